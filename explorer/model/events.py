@@ -1,0 +1,116 @@
+"""Trace events: what a trace asks the simulated machine to do.
+
+Frozen value objects (h11's style). Every event carries ``line`` (its 1-based line in the trace
+file, 0 for events built in code), ``t`` (logical time: consecutive events with an equal ``t``
+run concurrently under the schedule; ``None`` runs alone, in file order) and ``note`` (narration
+shown when the event starts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    op: ClassVar[str] = ""
+    line: int = 0
+    t: int | None = None
+    note: str | None = None
+
+    def describe(self) -> str:
+        """Short human text, e.g. ``fault vcpu=0 gfn=0x1000``."""
+        parts = [self.op]
+        for name in self.__slots__:  # type: ignore[attr-defined]
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if name in ("gfn", "pfn"):
+                value = hex(value)
+            parts.append(f"{name}={value}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TdCreate(Event):
+    """KVM_CREATE_VM + KVM_TDX_INIT_VM: TDR and TDCS control pages, HKID, mirror root."""
+
+    op: ClassVar[str] = "td_create"
+    td: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VcpuCreate(Event):
+    """KVM_CREATE_VCPU + KVM_TDX_INIT_VCPU: TDVPR and TDCX control pages, empty caches."""
+
+    op: ClassVar[str] = "vcpu_create"
+    td: int
+    vcpu: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TdFinalize(Event):
+    """KVM_TDX_FINALIZE_VM (TDH.MR.FINALIZE): later faults use PAGE.AUG instead of PAGE.ADD."""
+
+    op: ClassVar[str] = "td_finalize"
+    td: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fault(Event):
+    """An EPT violation on a private gfn, handled by ``tdx_handle_ept_violation``."""
+
+    op: ClassVar[str] = "fault"
+    vcpu: int
+    gfn: int
+    pfn: int | None = None  # host page for the guest page (must be free); None: allocator picks
+    level: str = "4k"  # "4k" | "2m" (2m is rejected by v6 with KVM_BUG_ON)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Zap(Event):
+    """Zap of one private guest page (PAGE.REMOVE, then ``tdx_pamt_put``)."""
+
+    op: ClassVar[str] = "zap"
+    td: int
+    gfn: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VcpuFree(Event):
+    """``tdx_vcpu_free``: the vCPU's caches are freed; its control pages wait for teardown."""
+
+    op: ClassVar[str] = "vcpu_free"
+    vcpu: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TdDestroy(Event):
+    """TD teardown in the kernel's order (frees its remaining vCPUs too)."""
+
+    op: ClassVar[str] = "td_destroy"
+    td: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Inject(Event):
+    """Make the next ``count`` occurrences of ``what`` fail (see ``constants.INJECTIONS``)."""
+
+    op: ClassVar[str] = "inject"
+    what: str
+    count: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Note(Event):
+    """Narration only; changes nothing."""
+
+    op: ClassVar[str] = "note"
+    text: str
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.op: cls
+    for cls in (TdCreate, VcpuCreate, TdFinalize, Fault, Zap, VcpuFree, TdDestroy, Inject, Note)
+}
