@@ -1,0 +1,370 @@
+"""arch/x86 Dynamic PAMT: ``tdx_pamt_get``/``tdx_pamt_put`` and ``struct tdx_pamt_cache``.
+
+Follows arch/x86/virt/vmx/tdx/tdx.c of the v6 series (patches 05/11 "refcount and lock",
+06/11 "lock-free fast path", 08/11 "Add APIs to support Dynamic PAMT ops from KVM's fault path",
+the seed of this project) step for step, as restated in dpamt-model.md sections 3 to 5:
+
+- ``v6`` (default): get takes the lock-free fast path ``atomic_inc_not_zero`` when the region
+  already has a pair; otherwise it takes two pages (from the vCPU's cache, or from the page
+  allocator when no cache is given), locks ``pamt_lock``, rechecks (a lost race frees both pages
+  to the page allocator, not back to the cache), and issues PAMT.ADD. Put decrements without the
+  lock unless the count is 1 (``atomic_add_unless(-1, 1)``), else locks, decrements, and issues
+  PAMT.REMOVE at 0; a failed REMOVE leaves refcount 1 and leaks the pair (WARN).
+- ``v6-locked``: patch 05 alone, no fast path: get allocates the pair first, then locks; put
+  always locks.
+- ``v5-hint`` (Sean's v5): put decrements without the lock and rechecks under it; get treats
+  ``TDX_HPA_RANGE_NOT_FREE`` from PAMT.ADD as "a put has not removed the pair yet".
+
+Each function is a generator: every ``yield`` is one step a reviewer can stop at.
+"""
+
+from __future__ import annotations
+
+from explorer.model import tdx_module as tdx
+from explorer.model.constants import PAGES_PER_REGION_SHIFT
+from explorer.model.machine import (
+    O_IN_HAND,
+    O_LEAKED,
+    O_PAIR,
+    KGen,
+    Machine,
+    Thread,
+    Vcpu,
+)
+
+ENOMEM = -12
+EIO = -5
+
+#: Modes whose get/put are the series' own (the design strategies reuse them).
+FAST_PATH_MODES = frozenset(
+    {"v6", "v5-hint", "v5-topup-install", "v4-shared-list", "kvm-style-cache", "mempool",
+     "atomic-under-lock", "sleeping-under-lock"}
+)
+
+
+# ============================================================================ locks
+def spin_lock(m: Machine, th: Thread, fn: str, label: str) -> KGen:
+    """``spin_lock(&pamt_lock)``: a waiter spins, one visible step per turn."""
+    while m.pamt_lock is not None:
+        th.spinning = "pamt_lock"
+        m.count("spins")
+        yield fn, label + ".spin", "spin: pamt_lock is held by {}", (m.pamt_lock,)
+    th.spinning = None
+    m.pamt_lock = th.name
+    th.holds.append("pamt_lock")
+    m.set_lock("pamt_lock", None, th.name)
+    yield fn, label, "spin_lock(&pamt_lock)", ()
+
+
+def spin_unlock(m: Machine, th: Thread) -> None:
+    m.pamt_lock = None
+    th.holds.remove("pamt_lock")
+    m.set_lock("pamt_lock", th.name, None)
+
+
+def read_lock_mmu(m: Machine, th: Thread, fn: str) -> KGen:
+    """``read_lock(&kvm->mmu_lock)`` (x86's mmu_lock is a queued rwlock: readers wait for a writer)."""
+    while m.mmu_writer is not None:
+        th.spinning = "mmu_lock"
+        m.count("spins")
+        yield fn, "mmu_lock.read_spin", "spin: mmu_lock is write-held by {}", (m.mmu_writer,)
+    th.spinning = None
+    m.mmu_readers.append(th.name)
+    th.holds.append("mmu_lock(read)")
+    m.set_lock("mmu_lock", "", f"+read {th.name}")
+    yield fn, "mmu_lock.read", "read_lock(&kvm->mmu_lock): no sleeping allocation from here on", ()
+
+
+def read_unlock_mmu(m: Machine, th: Thread, fn: str) -> KGen:
+    m.mmu_readers.remove(th.name)
+    th.holds.remove("mmu_lock(read)")
+    m.set_lock("mmu_lock", f"read {th.name}", "")
+    yield fn, "mmu_lock.read_unlock", "read_unlock(&kvm->mmu_lock)", ()
+
+
+def write_lock_mmu(m: Machine, th: Thread, fn: str) -> KGen:
+    while m.mmu_writer is not None or m.mmu_readers:
+        th.spinning = "mmu_lock"
+        m.count("spins")
+        holders = m.mmu_writer or ", ".join(m.mmu_readers)
+        yield fn, "mmu_lock.write_spin", "spin: mmu_lock is held by {}", (holders,)
+    th.spinning = None
+    m.mmu_writer = th.name
+    th.holds.append("mmu_lock(write)")
+    m.set_lock("mmu_lock", "", f"write {th.name}")
+    yield fn, "mmu_lock.write", "write_lock(&kvm->mmu_lock)", ()
+
+
+def write_unlock_mmu(m: Machine, th: Thread, fn: str) -> KGen:
+    m.mmu_writer = None
+    th.holds.remove("mmu_lock(write)")
+    m.set_lock("mmu_lock", f"write {th.name}", "")
+    yield fn, "mmu_lock.write_unlock", "write_unlock(&kvm->mmu_lock)", ()
+
+
+# ============================================================================ the cache
+def tdx_topup_pamt_cache(m: Machine, th: Thread, vcpu: Vcpu, n: int) -> KGen:
+    """``tdx_topup_pamt_cache(cache, n)``: fill to exactly ``2 * n`` pages; -ENOMEM keeps what was
+    added. There is no larger capacity (unlike KVM's caches, filled to 40)."""
+    fn = "tdx_topup_pamt_cache"
+    target = 2 * n
+    old = len(vcpu.pamt_cache)
+    while len(vcpu.pamt_cache) < target:
+        pfn = m.alloc_page(th, O_IN_HAND, sleeping=True)
+        if pfn is None:
+            yield (
+                fn,
+                "pamt_cache.topup_fail",
+                "tdx_topup_pamt_cache: alloc_page failed at {} of {} pages: -ENOMEM",
+                (len(vcpu.pamt_cache), target),
+            )
+            return ENOMEM
+        m.pamt_cache_push(vcpu, pfn)
+    if old == target or old > target:
+        yield fn, "pamt_cache.full", "tdx_topup_pamt_cache: {} pages, target 2 x {} = {}: nothing to do", (
+            old, n, target)
+    else:
+        yield fn, "pamt_cache.topup", "tdx_topup_pamt_cache: {} -> {} pages (target 2 x {})", (
+            old, target, n)
+    return 0
+
+
+def tdx_free_pamt_cache(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
+    """``tdx_free_pamt_cache``: every cached page back to the page allocator (vCPU free)."""
+    fn = "tdx_free_pamt_cache"
+    n = 0
+    while True:
+        pfn = m.pamt_cache_pop(vcpu)
+        if pfn is None:
+            break
+        m.free_page(pfn)
+        n += 1
+    yield fn, "pamt_cache.free", "tdx_free_pamt_cache: {} pages to the page allocator", (n,)
+
+
+# ============================================================================ get
+def _take_pamt_page(m: Machine, th: Thread, vcpu: Vcpu | None, fn: str) -> KGen:
+    """``alloc_dpamt_page``: pop from the cache (never sleeps) or ``alloc_page`` (sleeps)."""
+    if vcpu is not None:
+        pfn = m.pamt_cache_pop(vcpu)
+        if pfn is not None:
+            yield fn, "pamt_get.pop", "pop page {:#x} (region {}) from vCPU {}'s tdx_pamt_cache: {} left", (
+                pfn, pfn >> PAGES_PER_REGION_SHIFT, vcpu.id, len(vcpu.pamt_cache))
+        return pfn
+    pfn = m.alloc_page(th, O_IN_HAND, sleeping=True)
+    if pfn is not None:
+        yield fn, "pamt_get.alloc", "no cache: alloc_page(GFP_KERNEL_ACCOUNT) -> {:#x} (region {})", (
+            pfn, pfn >> PAGES_PER_REGION_SHIFT)
+    return pfn
+
+
+def _free_pair(m: Machine, pages: list[int], from_cache: bool) -> None:
+    for p in pages:
+        m.free_page(p)
+    if from_cache:
+        m.count("pamt_pages_drained", len(pages))
+
+
+def tdx_pamt_get(m: Machine, th: Thread, pfn: int, vcpu: Vcpu | None) -> KGen:
+    """``tdx_pamt_get(pfn, cache)``: returns 0, -ENOMEM or -EIO (dpamt-model.md section 3)."""
+    fn = "tdx_pamt_get"
+    region = pfn >> PAGES_PER_REGION_SHIFT
+    th.stack.append(fn)
+    m.inflight[region] = m.inflight.get(region, 0) + 1
+    try:
+        return (yield from _pamt_get(m, th, fn, region, vcpu))
+    finally:
+        th.stack.pop()
+        left = m.inflight[region] - 1
+        if left:
+            m.inflight[region] = left
+        else:
+            del m.inflight[region]
+
+
+def _pamt_get(m: Machine, th: Thread, fn: str, region: int, vcpu: Vcpu | None) -> KGen:
+    m.count("pamt_get")
+    if m.mode != "v6-locked":
+        old = m.refcount.get(region, 0)
+        if old:
+            m.set_refcount(region, old + 1)
+            m.count("pamt_get_fast")
+            yield fn, "pamt_get.fast", "refcount[{}] {} -> {}: atomic_inc_not_zero, fast path, no lock", (
+                region, old, old + 1)
+            return 0
+        yield fn, "pamt_get.slow", "refcount[{}] is 0: region {} needs a PAMT page pair", (region, region)
+    m.count("pamt_get_slow")
+    # alloc_pamt_array(): two pages, from the cache or the allocator
+    pages: list[int] = []
+    for _ in range(2):
+        page = yield from _take_pamt_page(m, th, vcpu, fn)
+        if page is None:
+            if pages:
+                _free_pair(m, pages, vcpu is not None)
+                yield fn, "pamt_get.partial", "second page missing: free {:#x} to the page allocator (not the cache): -ENOMEM", (
+                    pages[0],)
+            else:
+                where = "vCPU's tdx_pamt_cache is empty" if vcpu is not None else "alloc_page failed"
+                yield fn, "pamt_get.enomem", "{}: -ENOMEM", (where,)
+            return ENOMEM
+        pages.append(page)
+    yield from spin_lock(m, th, fn, "pamt_get.lock")
+    cur = m.refcount.get(region, 0)
+    if cur:
+        # Lost race: another CPU did 0 -> 1 since the fast-path check.
+        m.set_refcount(region, cur + 1)
+        m.count("pamt_lost_race")
+        yield fn, "pamt_get.lost_race", "recheck: refcount[{}] is {} now (another CPU added the pair): lost race, {} -> {}", (
+            region, cur, cur, cur + 1)
+        spin_unlock(m, th)
+        yield fn, "pamt_get.unlock", "spin_unlock(&pamt_lock)", ()
+        _free_pair(m, pages, vcpu is not None)
+        yield fn, "pamt_get.free_pair", "free both pages {:#x}, {:#x} to the page allocator (not back to the cache)", (
+            pages[0], pages[1])
+        return 0
+    pair = (pages[0], pages[1])
+    m.count("pamt_add")
+    status = tdx.INJECTED_ERROR if m.take_injection("pamt_add_fail") else m.module.pamt_add(region, pair)
+    if status == tdx.SUCCESS:
+        for p in pair:
+            m.set_owner(p, O_PAIR)
+        m.note_pair(region, None, pair)
+        m.set_refcount(region, 1)
+        yield fn, "pamt_get.add", "TDH.PHYMEM.PAMT.ADD region {} pages {:#x}, {:#x}: TDX_SUCCESS; refcount 0 -> 1", (
+            region, pair[0], pair[1])
+        spin_unlock(m, th)
+        yield fn, "pamt_get.unlock", "spin_unlock(&pamt_lock)", ()
+        return 0
+    if m.mode == "v5-hint" and status == tdx.HPA_RANGE_NOT_FREE:
+        m.set_refcount(region, 1)
+        yield fn, "pamt_get.add_hint", "PAMT.ADD region {}: TDX_HPA_RANGE_NOT_FREE, a put has not removed the pair yet: refcount 0 -> 1", (
+            region,)
+        spin_unlock(m, th)
+        yield fn, "pamt_get.unlock", "spin_unlock(&pamt_lock)", ()
+        _free_pair(m, pages, vcpu is not None)
+        yield fn, "pamt_get.free_pair", "free both pages {:#x}, {:#x} to the page allocator", (pages[0], pages[1])
+        return 0
+    m.count("pamt_add_failed")
+    m.diag("warning", "WARN_PAMT_ADD", f"TDH.PHYMEM.PAMT.ADD region {region} failed: {status}")
+    yield fn, "pamt_get.add_fail", "TDH.PHYMEM.PAMT.ADD region {}: {}: WARN, -EIO", (region, status)
+    spin_unlock(m, th)
+    yield fn, "pamt_get.unlock", "spin_unlock(&pamt_lock)", ()
+    _free_pair(m, pages, vcpu is not None)
+    yield fn, "pamt_get.free_pair", "free both pages {:#x}, {:#x} to the page allocator", (pages[0], pages[1])
+    return EIO
+
+
+# ============================================================================ put
+def tdx_pamt_put(m: Machine, th: Thread, pfn: int) -> KGen:
+    """``tdx_pamt_put(pfn)`` (dpamt-model.md section 4). The caller has dropped its reference."""
+    fn = "tdx_pamt_put"
+    region = pfn >> PAGES_PER_REGION_SHIFT
+    th.stack.append(fn)
+    m.inflight[region] = m.inflight.get(region, 0) + 1
+    try:
+        yield from _pamt_put(m, th, fn, region)
+    finally:
+        th.stack.pop()
+        left = m.inflight[region] - 1
+        if left:
+            m.inflight[region] = left
+        else:
+            del m.inflight[region]
+
+
+def _pamt_put(m: Machine, th: Thread, fn: str, region: int) -> KGen:
+    m.count("pamt_put")
+    mode = m.mode
+    if mode == "v6-locked":
+        yield from spin_lock(m, th, fn, "pamt_put.lock")
+        old = m.refcount.get(region, 0)
+        if old > 1:
+            m.set_refcount(region, old - 1)
+            yield fn, "pamt_put.dec", "refcount[{}] {} -> {} under pamt_lock", (region, old, old - 1)
+            spin_unlock(m, th)
+            yield fn, "pamt_put.unlock", "spin_unlock(&pamt_lock)", ()
+            return
+        yield from _remove(m, th, fn, region, zero_on_success=True)
+        return
+    if mode == "v5-hint":
+        old = m.refcount.get(region, 0)
+        m.set_refcount(region, old - 1)
+        if old - 1:
+            yield fn, "pamt_put.fast", "atomic_dec_and_test: refcount[{}] {} -> {}, not zero: done", (
+                region, old, old - 1)
+            return
+        m.v5_put_window[region] = m.v5_put_window.get(region, 0) + 1
+        yield fn, "pamt_put.dec_unlocked", "atomic_dec_and_test: refcount[{}] {} -> 0 without the lock: recheck under it", (
+            region, old)
+        yield from spin_lock(m, th, fn, "pamt_put.lock")
+        left = m.v5_put_window[region] - 1
+        if left:
+            m.v5_put_window[region] = left
+        else:
+            del m.v5_put_window[region]
+        cur = m.refcount.get(region, 0)
+        if cur:
+            yield fn, "pamt_put.slipped", "recheck: refcount[{}] is {}: a get slipped in, keep the pair", (region, cur)
+            spin_unlock(m, th)
+            yield fn, "pamt_put.unlock", "spin_unlock(&pamt_lock)", ()
+            return
+        yield from _remove(m, th, fn, region, zero_on_success=False)
+        return
+    # v6 and the strategies built on it
+    old = m.refcount.get(region, 0)
+    if old > 1:
+        m.set_refcount(region, old - 1)
+        yield fn, "pamt_put.fast", "atomic_add_unless(-1, 1): refcount[{}] {} -> {}, no lock", (
+            region, old, old - 1)
+        return
+    yield fn, "pamt_put.slow", "refcount[{}] is {}: take pamt_lock to drop the last reference", (region, old)
+    yield from spin_lock(m, th, fn, "pamt_put.lock")
+    old = m.refcount.get(region, 0)
+    m.set_refcount(region, old - 1)
+    if old - 1:
+        yield fn, "pamt_put.slipped", "refcount[{}] {} -> {}: a get slipped in, keep the pair", (
+            region, old, old - 1)
+        spin_unlock(m, th)
+        yield fn, "pamt_put.unlock", "spin_unlock(&pamt_lock)", ()
+        return
+    yield fn, "pamt_put.dec", "refcount[{}] 1 -> 0 under pamt_lock: remove the pair", (region,)
+    yield from _remove(m, th, fn, region, zero_on_success=False)
+
+
+def _remove(m: Machine, th: Thread, fn: str, region: int, *, zero_on_success: bool) -> KGen:
+    """PAMT.REMOVE under ``pamt_lock``; on failure refcount goes (back) to 1 and the pair leaks."""
+    m.count("pamt_remove")
+    pair = m.module.pairs.get(region)
+    if m.take_injection("pamt_remove_fail"):
+        status, got = tdx.INJECTED_ERROR, None
+    else:
+        status, got = m.module.pamt_remove(region)
+    if status == tdx.SUCCESS and got is not None:
+        for p in got:
+            m.set_owner(p, O_IN_HAND)
+        m.note_pair(region, got, None)
+        if zero_on_success:
+            m.set_refcount(region, 0)
+        yield fn, "pamt_put.remove", "TDH.PHYMEM.PAMT.REMOVE region {}: TDX_SUCCESS, pages {:#x}, {:#x} returned", (
+            region, got[0], got[1])
+        spin_unlock(m, th)
+        yield fn, "pamt_put.unlock", "spin_unlock(&pamt_lock)", ()
+        for p in got:
+            m.free_page(p)
+        yield fn, "pamt_put.free_pair", "free both pages {:#x}, {:#x} to the page allocator", (got[0], got[1])
+        return
+    m.count("pamt_remove_failed")
+    m.set_refcount(region, 1)
+    m.add_orphan(region)
+    if pair is not None:
+        for p in pair:
+            m.set_owner(p, O_LEAKED)
+    m.diag(
+        "warning",
+        "WARN_PAMT_REMOVE",
+        f"TDH.PHYMEM.PAMT.REMOVE region {region} failed: {status}; refcount left at 1, pair leaked",
+    )
+    yield fn, "pamt_put.remove_fail", "TDH.PHYMEM.PAMT.REMOVE region {}: {}: WARN; refcount back to 1, the pair stays with the TDX module (leaked)", (
+        region, status)
+    spin_unlock(m, th)
+    yield fn, "pamt_put.unlock", "spin_unlock(&pamt_lock)", ()

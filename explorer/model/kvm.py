@@ -1,0 +1,717 @@
+"""KVM/TDX: vCPUs, KVM's MMU caches, the S-EPT fault path, zap, and TD teardown.
+
+Follows upstream KVM and the v6 series as restated in dpamt-model.md sections 6 to 8:
+
+- ``kvm_mmu_topup_memory_cache`` (virt/kvm/kvm_main.c): no-op when the cache holds at least
+  ``min``; otherwise fill to capacity 40; a failed allocation is tolerated when ``min`` is held.
+  ``kvm_mmu_memory_cache_alloc`` pops the last object; an empty cache WARNs and falls back to a
+  GFP_ATOMIC allocation (BUG_ON if that fails).
+- ``mmu_topup_memory_caches`` (arch/x86/kvm/mmu/mmu.c) in the kernel's order: pte_list_desc,
+  mmu_external_spt_cache, v6's ``topup_external_cache`` -> ``tdx_topup_pamt_cache``,
+  mmu_shadow_page_cache, mmu_page_header_cache. The first failure ends the fault with -ENOMEM.
+- ``tdx_handle_ept_violation`` (arch/x86/kvm/vmx/tdx.c) retries RET_PF_RETRY locally; each try
+  walks the mirror page table under ``read_lock(mmu_lock)`` (``kvm_tdp_mmu_map``), links missing
+  non-root S-EPT tables (freeze the entry, ``tdx_pamt_get`` on the table page, TDH.MEM.SEPT.ADD,
+  unwind on error) and installs the 4 KiB leaf (``tdx_pamt_get`` on the guest page, TDH.MEM.PAGE.ADD
+  while the TD is being built, TDH.MEM.PAGE.AUG once it runs; ``tdx_pamt_put`` on failure).
+  The S-EPT root comes with the TD and takes no DPAMT get at fault time.
+- Control pages (``tdx_alloc_control_page``: allocate, ``tdx_pamt_get(pfn, NULL)``), zap
+  (``tdx_sept_remove_private_spte``: PAGE.REMOVE then ``tdx_pamt_put``), vCPU free
+  (``tdx_free_pamt_cache``, then KVM's caches) and teardown in the kernel's order: leaves zapped
+  and put, HKID released, S-EPT tables reclaimed, put and freed, control pages reclaimed, put and
+  freed, caches freed.
+"""
+
+from __future__ import annotations
+
+from explorer.model import constants as C
+from explorer.model import tdx_module as tdx
+from explorer.model.dpamt import (
+    EIO,
+    ENOMEM,
+    read_lock_mmu,
+    read_unlock_mmu,
+    tdx_free_pamt_cache,
+    tdx_pamt_get,
+    tdx_pamt_put,
+    tdx_topup_pamt_cache,
+    write_lock_mmu,
+    write_unlock_mmu,
+)
+from explorer.model.events import (
+    Event,
+    Fault,
+    TdCreate,
+    TdDestroy,
+    TdFinalize,
+    VcpuCreate,
+    VcpuFree,
+    Zap,
+)
+from explorer.model.machine import (
+    O_CONTROL,
+    O_GUEST,
+    O_IN_HAND,
+    O_KVM_CACHE,
+    O_MIRROR,
+    O_SEPT,
+    KGen,
+    KvmCache,
+    Machine,
+    Td,
+    Thread,
+    Vcpu,
+)
+
+DONE, RETRY = 0, 1
+ALIVE_TD_STATES = ("created", "finalized", "bugged")
+
+
+# ============================================================================ dispatch
+def run_event(m: Machine, th: Thread, idx: int, ev: Event) -> KGen:
+    """The kernel entry point for one trace event (raises ImpossibleEvent before any change)."""
+    if isinstance(ev, Fault):
+        return tdx_handle_ept_violation(m, th, idx, ev)
+    if isinstance(ev, Zap):
+        return zap_private_page(m, th, idx, ev)
+    if isinstance(ev, TdCreate):
+        return tdx_td_create(m, th, idx, ev)
+    if isinstance(ev, VcpuCreate):
+        return tdx_vcpu_create(m, th, idx, ev)
+    if isinstance(ev, TdFinalize):
+        return tdx_td_finalize(m, th, idx, ev)
+    if isinstance(ev, VcpuFree):
+        return tdx_vcpu_free_event(m, th, idx, ev)
+    if isinstance(ev, TdDestroy):
+        return tdx_td_destroy(m, th, idx, ev)
+    raise m.impossible(ev, idx, f"op {ev.op!r} is not kernel work")
+
+
+def _live_td(m: Machine, ev: Event, idx: int, td_id: int) -> Td:
+    td = m.tds.get(td_id)
+    if td is None:
+        raise m.impossible(ev, idx, f"unknown TD {td_id}", "a td_create for it earlier")
+    if td.state not in ALIVE_TD_STATES:
+        raise m.impossible(ev, idx, f"TD {td_id} is {td.state}")
+    return td
+
+
+# ============================================================================ KVM caches
+def new_kvm_caches(m: Machine) -> dict[str, KvmCache]:
+    """The vCPU's MMU caches; ``worst_case_tables`` is the ``min`` of the page-table caches."""
+    wct = m.settings.worst_case_tables
+    return {
+        "pte_list_desc": KvmCache("pte_list_desc", True, 1 + wct + C.PTE_PREFETCH_NUM),
+        "external_spt": KvmCache("external_spt", False, wct),
+        "shadow_page": KvmCache("shadow_page", False, wct),
+        "page_header": KvmCache("page_header", True, wct),
+    }
+
+
+def kvm_mmu_topup_memory_cache(m: Machine, th: Thread, vcpu: Vcpu, cache: KvmCache) -> KGen:
+    """Fill to capacity when below ``min``; tolerate a failure once ``min`` is held.
+
+    Yields a step only when it does something (a no-op top-up is silent, to keep faults short).
+    """
+    fn = "kvm_mmu_topup_memory_cache"
+    old = cache.count
+    if old >= cache.min:
+        return 0
+    while cache.count < cache.capacity:
+        if cache.objects:  # slab objects: no host page, no injected failure
+            cache.nobjs += 1
+            continue
+        pfn = m.alloc_page(th, O_KVM_CACHE, sleeping=True)
+        if pfn is None:
+            break
+        cache.pfns.append(pfn)
+    m.kvm_cache_changed(vcpu, cache, old)
+    if cache.count < cache.min:
+        yield fn, "kvm_topup.fail", "{}: allocation failed at {}, below min {}: -ENOMEM", (
+            cache.name, cache.count, cache.min)
+        return ENOMEM
+    yield fn, "kvm_topup.fill", "{}: {} < min {}: filled {} -> {} (capacity {})", (
+        cache.name, old, cache.min, old, cache.count, cache.capacity)
+    return 0
+
+
+def kvm_mmu_memory_cache_alloc(m: Machine, th: Thread, vcpu: Vcpu, cache: KvmCache) -> int | None:
+    """Pop the last object; an empty cache WARNs and falls back to GFP_ATOMIC under the lock.
+
+    Returns the pfn (page caches), 0 (object caches) or None when the atomic fallback failed
+    (the kernel's BUG_ON, reported as an error diagnostic).
+    """
+    old = cache.count
+    if cache.objects:
+        if cache.nobjs:
+            cache.nobjs -= 1
+        else:
+            m.count("kvm_cache_empty")
+            m.diag("warning", "WARN_CACHE_EMPTY", f"vCPU {vcpu.id}: {cache.name} cache empty: GFP_ATOMIC fallback")
+            m.count("allocs_atomic")
+            if th.holds:
+                m.count("allocs_under_lock")
+        m.kvm_cache_changed(vcpu, cache, old)
+        return 0
+    if cache.pfns:
+        pfn = cache.pfns.pop()
+        m.set_owner(pfn, O_IN_HAND)
+        m.kvm_cache_changed(vcpu, cache, old)
+        return pfn
+    m.count("kvm_cache_empty")
+    m.diag("warning", "WARN_CACHE_EMPTY", f"vCPU {vcpu.id}: {cache.name} cache empty: GFP_ATOMIC fallback")
+    got = m.alloc_page(th, O_IN_HAND, sleeping=False)
+    if got is None:
+        m.diag("error", "BUG_ON", f"vCPU {vcpu.id}: GFP_ATOMIC fallback for {cache.name} failed (BUG_ON)")
+    return got
+
+
+def mmu_topup_memory_caches(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
+    """x86's ``mmu_topup_memory_caches`` in the kernel's order; the first failure aborts."""
+    caches = vcpu.caches
+    th.stack.append("mmu_topup_memory_caches")
+    try:
+        for name in ("pte_list_desc", "external_spt"):
+            if (yield from kvm_mmu_topup_memory_cache(m, th, vcpu, caches[name])):
+                return ENOMEM
+        if (yield from topup_external_cache(m, th, vcpu)):
+            return ENOMEM
+        for name in ("shadow_page", "page_header"):
+            if (yield from kvm_mmu_topup_memory_cache(m, th, vcpu, caches[name])):
+                return ENOMEM
+        return 0
+    finally:
+        th.stack.pop()
+
+
+def topup_external_cache(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
+    """v6's ``topup_external_cache(vcpu, 5)`` -> ``tdx_topup_pamt_cache(cache, n)``."""
+    th.stack.append("tdx_topup_pamt_cache")
+    try:
+        return (yield from tdx_topup_pamt_cache(m, th, vcpu, m.settings.dpamt_gets_per_fault))
+    finally:
+        th.stack.pop()
+
+
+def kvm_mmu_free_memory_caches(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
+    fn = "kvm_mmu_free_memory_caches"
+    pages = 0
+    for cache in vcpu.caches.values():
+        old = cache.count
+        for pfn in cache.pfns:
+            m.free_page(pfn)
+            pages += 1
+        cache.pfns.clear()
+        cache.nobjs = 0
+        m.kvm_cache_changed(vcpu, cache, old)
+    yield fn, "kvm_caches.free", "kvm_mmu_free_memory_caches: {} cached pages to the page allocator", (pages,)
+
+
+# ============================================================================ fault path
+def tdx_handle_ept_violation(m: Machine, th: Thread, idx: int, ev: Fault) -> KGen:
+    """An EPT violation on a private gfn, retried locally until it maps or gives up."""
+    fn = "tdx_handle_ept_violation"
+    vcpu = m.vcpus.get(ev.vcpu)
+    if vcpu is None or not vcpu.alive:
+        what = "unknown" if vcpu is None else "freed"
+        raise m.impossible(ev, idx, f"fault on {what} vCPU {ev.vcpu}", "a vcpu_create for it earlier")
+    td = _live_td(m, ev, idx, vcpu.td)
+    limit = C.GFN_LIMIT[m.settings.ept_levels]
+    if ev.gfn >= limit:
+        raise m.impossible(
+            ev, idx, f"gfn {ev.gfn:#x} is beyond the reach of {m.settings.ept_levels}-level EPT",
+            f"gfn < {limit:#x}")
+    bound = td.gmem.get(ev.gfn)
+    if ev.pfn is not None:
+        if ev.pfn >= m.mem.total_pages:
+            raise m.impossible(
+                ev, idx, f"pfn {ev.pfn:#x} is outside host memory ({m.mem.total_pages:#x} pages)",
+                f"pfn < {m.mem.total_pages:#x}")
+        if bound is not None and bound != ev.pfn:
+            raise m.impossible(ev, idx, f"gfn {ev.gfn:#x} is already backed by pfn {bound:#x}")
+        if bound is None and not m.mem.is_free(ev.pfn):
+            from explorer.model.records import OWNERS
+
+            raise m.impossible(
+                ev, idx, f"pfn {ev.pfn:#x} is not free (it is {OWNERS[m.mem.owner(ev.pfn)]})",
+                "a free pfn")
+    th.stack.append(fn)
+    m.count("faults")
+    if ev.pfn is not None and bound is None:
+        _gmem_bind(m, td, ev.gfn, ev.pfn)
+    yield fn, "fault.begin", "EPT violation: vCPU {} gfn {:#x} ({})", (vcpu.id, ev.gfn, ev.level)
+    if td.state == "bugged":
+        m.count("faults_failed")
+        yield fn, "fault.vm_bugged", "the VM is bugged (KVM_BUG_ON earlier): -EIO", ()
+        return
+    attempt = 0
+    while True:
+        if (yield from mmu_topup_memory_caches(m, th, vcpu)):
+            m.count("faults_failed")
+            yield fn, "fault.enomem", "topping up the caches failed: -ENOMEM, the fault exits to userspace", ()
+            return
+        pfn = td.gmem.get(ev.gfn)
+        if pfn is None:
+            pfn = m.alloc_page(th, O_GUEST, sleeping=True)
+            if pfn is None:
+                m.count("faults_failed")
+                yield "kvm_faultin_pfn", "faultin.enomem", "guest_memfd could not allocate a page: -ENOMEM", ()
+                return
+            _gmem_bind(m, td, ev.gfn, pfn, owned=True)
+            yield "kvm_faultin_pfn", "faultin.alloc", "guest_memfd allocates pfn {:#x} (region {}) for gfn {:#x}", (
+                pfn, pfn >> C.PAGES_PER_REGION_SHIFT, ev.gfn)
+        ret = yield from kvm_tdp_mmu_map(m, th, vcpu, td, ev.gfn, pfn, ev.level)
+        if ret == DONE:
+            return
+        if ret != RETRY:
+            m.count("faults_failed")
+            yield fn, "fault.eio", "the fault failed: -EIO", ()
+            return
+        attempt += 1
+        m.count("fault_retries")
+        if attempt > m.settings.max_retries:
+            m.count("faults_failed")
+            m.count("livelocks")
+            m.diag(
+                "livelock",
+                "LIVELOCK",
+                f"vCPU {vcpu.id} gfn {ev.gfn:#x}: still RET_PF_RETRY after {m.settings.max_retries} "
+                "retries (max_retries): the vCPU would spin until interrupted",
+            )
+            yield fn, "fault.livelock", "gave up after {} retries: livelock (the kernel would spin until a signal)", (
+                m.settings.max_retries,)
+            return
+        if td.state not in ALIVE_TD_STATES:
+            m.count("faults_failed")
+            yield fn, "fault.eio", "the TD is being destroyed: -EIO", ()
+            return
+        yield fn, "fault.retry", "RET_PF_RETRY: retry the fault locally (retry {}), topping up again", (attempt,)
+
+
+def _gmem_bind(m: Machine, td: Td, gfn: int, pfn: int, owned: bool = False) -> None:
+    if not owned:
+        m.set_owner(pfn, O_GUEST)
+    td.gmem[gfn] = pfn
+    m.note("gmem", (td.id, gfn), None, pfn)
+
+
+def kvm_tdp_mmu_map(
+    m: Machine, th: Thread, vcpu: Vcpu, td: Td, gfn: int, pfn: int, level: str
+) -> KGen:
+    """One try: walk the mirror page table under read_lock(mmu_lock), link tables, map the leaf."""
+    fn = "kvm_tdp_mmu_map"
+    th.stack.append(fn)
+    try:
+        yield from read_lock_mmu(m, th, fn)
+        if td.state not in ALIVE_TD_STATES:
+            yield from read_unlock_mmu(m, th, fn)
+            return EIO
+        ret = yield from _walk_and_map(m, th, vcpu, td, gfn, pfn, level)
+        yield from read_unlock_mmu(m, th, fn)
+        if ret == DONE:
+            yield "tdx_handle_ept_violation", "fault.done", "gfn {:#x} -> pfn {:#x}: fault resolved", (gfn, pfn)
+        return ret
+    finally:
+        th.stack.pop()
+
+
+def _free_sp(m: Machine, sp: int | None, spt: int | None) -> None:
+    """``tdp_mmu_free_sp``: the shadow page and its S-EPT page go to the page allocator."""
+    for p in (sp, spt):
+        if p is not None:
+            m.free_page(p)
+
+
+def _walk_and_map(
+    m: Machine, th: Thread, vcpu: Vcpu, td: Td, gfn: int, pfn: int, level: str
+) -> KGen:
+    fn = "kvm_tdp_mmu_map"
+    levels = m.settings.ept_levels
+    goal = 1 if level == "4k" else 2  # level of the table holding the leaf entry
+    for k in range(levels - 1, goal - 1, -1):
+        key = (k, gfn >> (9 * k))
+        entry = td.entries.get(key)
+        if entry is not None and entry[0] == "present":
+            continue
+        if entry is not None:
+            yield fn, "walk.frozen", "the entry for the level-{} table is frozen by {}: RET_PF_RETRY", (k, entry[1])
+            return RETRY
+        ret = yield from _link_table(m, th, vcpu, td, key)
+        if ret != DONE:
+            return ret
+    return (yield from _map_leaf(m, th, vcpu, td, gfn, pfn, level))
+
+
+def _link_table(m: Machine, th: Thread, vcpu: Vcpu, td: Td, key: tuple[int, int]) -> KGen:
+    fn = "kvm_tdp_mmu_map"
+    k = key[0]
+    caches = vcpu.caches
+    kvm_mmu_memory_cache_alloc(m, th, vcpu, caches["page_header"])
+    sp = kvm_mmu_memory_cache_alloc(m, th, vcpu, caches["shadow_page"])
+    spt = kvm_mmu_memory_cache_alloc(m, th, vcpu, caches["external_spt"])
+    if sp is None or spt is None:
+        _free_sp(m, sp, spt)
+        yield fn, "tdp.alloc_bug", "GFP_ATOMIC fallback failed: BUG_ON (the kernel would crash)", ()
+        return EIO
+    yield "tdp_mmu_alloc_sp", "tdp.alloc_sp", "level-{} table: shadow page {:#x} and S-EPT page {:#x} (region {}) from vCPU {}'s caches", (
+        k, sp, spt, spt >> C.PAGES_PER_REGION_SHIFT, vcpu.id)
+    if key in td.entries:  # cmpxchg lost: another vCPU froze or linked it meanwhile
+        _free_sp(m, sp, spt)
+        yield fn, "tdp.freeze_lost", "another vCPU changed the level-{} entry first: free the shadow page, RET_PF_RETRY", (k,)
+        return RETRY
+    td.entries[key] = ("frozen", th.name)
+    m.note("sept", (td.id, *key), "absent", "frozen")
+    yield fn, "tdp.freeze", "freeze the entry for the level-{} table (FROZEN_SPTE)", (k,)
+    th.stack.append("tdx_sept_link_private_spt")
+    try:
+        ret = yield from tdx_pamt_get(m, th, spt, vcpu)
+        if ret:
+            del td.entries[key]
+            m.note("sept", (td.id, *key), "frozen", "absent")
+            _free_sp(m, sp, spt)
+            yield fn, "tdp.unwind", "tdx_pamt_get failed ({}): restore the entry, free the shadow page, RET_PF_RETRY", (
+                ret,)
+            return RETRY
+        m.mark_gotten(spt, +1)
+        if m.take_injection("sept_add_busy"):
+            status = tdx.OPERAND_BUSY
+        else:
+            status = m.module.give_page(spt, "sept")
+        if status != tdx.SUCCESS:
+            m.count("sept_add_failed")
+            if status == tdx.MISSING_PAMT_PAGE_PAIR:
+                m.diag("violation", "INV3_MISSING_PAIR", f"TDH.MEM.SEPT.ADD {spt:#x}: {status}")
+            yield "tdx_sept_link_private_spt", "sept.add_fail", "TDH.MEM.SEPT.ADD level {} table {:#x}: {}", (k, spt, status)
+            m.mark_gotten(spt, -1)
+            yield from tdx_pamt_put(m, th, spt)
+            del td.entries[key]
+            m.note("sept", (td.id, *key), "frozen", "absent")
+            _free_sp(m, sp, spt)
+            yield fn, "tdp.unwind", "restore the entry, free the shadow page: RET_PF_RETRY", ()
+            return RETRY
+        m.count("sept_add")
+        m.set_owner(spt, O_SEPT)
+        m.set_owner(sp, O_MIRROR)
+        td.entries[key] = ("present", spt, sp)
+        m.note("sept", (td.id, *key), "frozen", "present")
+        yield "tdx_sept_link_private_spt", "sept.add", "TDH.MEM.SEPT.ADD level {} table {:#x}: TDX_SUCCESS, linked", (k, spt)
+        return DONE
+    finally:
+        th.stack.pop()
+
+
+def _map_leaf(
+    m: Machine, th: Thread, vcpu: Vcpu, td: Td, gfn: int, pfn: int, level: str
+) -> KGen:
+    fn = "kvm_tdp_mmu_map"
+    if level != "4k":
+        td.state = "bugged"
+        m.note("td", td.id, "running", "bugged")
+        m.diag("error", "KVM_BUG_ON", f"TD {td.id}: 2 MiB mapping of gfn {gfn:#x}: v6 supports 4 KiB only")
+        yield "tdx_sept_set_private_spte", "leaf.kvm_bug", "KVM_BUG_ON(level != PG_LEVEL_4K): v6 maps 4 KiB only; the VM is bugged, -EIO", ()
+        return EIO
+    if gfn in td.leaves:
+        m.count("faults_spurious")
+        yield fn, "leaf.spurious", "gfn {:#x} is already mapped: spurious fault", (gfn,)
+        return DONE
+    if gfn in td.leaf_frozen:
+        yield fn, "leaf.frozen", "the leaf for gfn {:#x} is frozen by {}: RET_PF_RETRY", (gfn, td.leaf_frozen[gfn])
+        return RETRY
+    td.leaf_frozen[gfn] = th.name
+    m.note("leaf", (td.id, gfn), "absent", "frozen")
+    yield fn, "leaf.freeze", "freeze the leaf entry for gfn {:#x}", (gfn,)
+    fn2 = "tdx_sept_set_private_spte"
+    th.stack.append(fn2)
+    try:
+        ret = yield from tdx_pamt_get(m, th, pfn, vcpu)
+        if ret:
+            del td.leaf_frozen[gfn]
+            m.note("leaf", (td.id, gfn), "frozen", "absent")
+            yield fn, "leaf.unwind", "tdx_pamt_get failed ({}): restore the leaf entry, RET_PF_RETRY", (ret,)
+            return RETRY
+        m.mark_gotten(pfn, +1)
+        aug = td.state == "finalized"
+        call = "TDH.MEM.PAGE.AUG" if aug else "TDH.MEM.PAGE.ADD"
+        if aug and m.take_injection("page_aug_busy"):
+            status = tdx.OPERAND_BUSY
+        else:
+            status = m.module.give_page(pfn, "guest")
+        if status != tdx.SUCCESS:
+            m.count("page_aug_failed")
+            if status == tdx.MISSING_PAMT_PAGE_PAIR:
+                m.diag("violation", "INV3_MISSING_PAIR", f"{call} {pfn:#x}: {status}")
+            yield fn2, "leaf.aug_fail", "{} gfn {:#x} -> pfn {:#x}: {}: tdx_pamt_put", (call, gfn, pfn, status)
+            m.mark_gotten(pfn, -1)
+            yield from tdx_pamt_put(m, th, pfn)
+            del td.leaf_frozen[gfn]
+            m.note("leaf", (td.id, gfn), "frozen", "absent")
+            yield fn, "leaf.unwind", "restore the leaf entry: RET_PF_RETRY", ()
+            return RETRY if status == tdx.OPERAND_BUSY else EIO
+        del td.leaf_frozen[gfn]
+        td.leaves[gfn] = pfn
+        m.note("leaf", (td.id, gfn), "frozen", pfn)
+        m.count("page_aug" if aug else "page_add")
+        yield fn2, "page.aug" if aug else "page.add", "{} gfn {:#x} -> pfn {:#x}: TDX_SUCCESS", (call, gfn, pfn)
+        return DONE
+    finally:
+        th.stack.pop()
+
+
+# ============================================================================ zap
+def zap_private_page(m: Machine, th: Thread, idx: int, ev: Zap) -> KGen:
+    """Zap one private page: PAGE.REMOVE under write_lock(mmu_lock), then ``tdx_pamt_put``."""
+    td = _live_td(m, ev, idx, ev.td)
+    if ev.gfn not in td.leaves:
+        raise m.impossible(ev, idx, f"zap of gfn {ev.gfn:#x}, which TD {ev.td} has not mapped",
+                           "a mapped gfn")
+    fn = "tdx_sept_remove_private_spte"
+    th.stack.append(fn)
+    m.count("zaps")
+    yield from write_lock_mmu(m, th, fn)
+    pfn = td.leaves.get(ev.gfn)
+    if pfn is None:
+        yield fn, "zap.gone", "gfn {:#x} is no longer mapped: nothing to do", (ev.gfn,)
+    else:
+        yield from _zap_leaf(m, th, td, ev.gfn, pfn)
+    yield from write_unlock_mmu(m, th, fn)
+
+
+def _zap_leaf(m: Machine, th: Thread, td: Td, gfn: int, pfn: int) -> KGen:
+    fn = "tdx_sept_remove_private_spte"
+    yield fn, "zap.block", "TDH.MEM.RANGE.BLOCK + TDH.MEM.TRACK for gfn {:#x}, kick vCPUs", (gfn,)
+    status = m.module.take_page(pfn)
+    m.count("page_remove")
+    del td.leaves[gfn]
+    m.note("leaf", (td.id, gfn), pfn, "absent")
+    yield fn, "zap.page_remove", "TDH.MEM.PAGE.REMOVE gfn {:#x} pfn {:#x}: {}", (gfn, pfn, status)
+    m.mark_gotten(pfn, -1)
+    yield from tdx_pamt_put(m, th, pfn)
+    del td.gmem[gfn]
+    m.note("gmem", (td.id, gfn), pfn, None)
+    m.free_page(pfn)
+    yield fn, "zap.free", "guest_memfd releases pfn {:#x} to the page allocator", (pfn,)
+
+
+# ============================================================================ control pages
+def tdx_alloc_control_page(m: Machine, th: Thread) -> KGen:
+    """``tdx_alloc_control_page``: allocate, then ``tdx_pamt_get(pfn, NULL)`` (pair from the
+    page allocator: this runs outside spinlocks, so it may sleep)."""
+    fn = "tdx_alloc_control_page"
+    th.stack.append(fn)
+    try:
+        pfn = m.alloc_page(th, O_IN_HAND, sleeping=True)
+        if pfn is None:
+            yield fn, "control.enomem", "alloc_page failed: -ENOMEM", ()
+            return None
+        yield fn, "control.alloc", "alloc_page(GFP_KERNEL_ACCOUNT) -> {:#x} (region {})", (
+            pfn, pfn >> C.PAGES_PER_REGION_SHIFT)
+        ret = yield from tdx_pamt_get(m, th, pfn, None)
+        if ret:
+            m.free_page(pfn)
+            yield fn, "control.get_fail", "tdx_pamt_get failed ({}): free {:#x}", (ret, pfn)
+            return None
+        m.mark_gotten(pfn, +1)
+        return pfn
+    finally:
+        th.stack.pop()
+
+
+def _give_control(m: Machine, th: Thread, pfn: int, kind: str, call: str, fn: str) -> KGen:
+    status = m.module.give_page(pfn, kind)
+    if status != tdx.SUCCESS:
+        if status == tdx.MISSING_PAMT_PAGE_PAIR:
+            m.diag("violation", "INV3_MISSING_PAIR", f"{call} {pfn:#x}: {status}")
+        yield fn, "control.seamcall_fail", "{} {} page {:#x}: {}", (call, kind.upper(), pfn, status)
+        m.mark_gotten(pfn, -1)
+        yield from tdx_pamt_put(m, th, pfn)
+        m.free_page(pfn)
+        return False
+    m.set_owner(pfn, O_CONTROL)
+    yield fn, "control.seamcall", "{} {} page {:#x}: TDX_SUCCESS", (call, kind.upper(), pfn)
+    return True
+
+
+def _add_control_pages(
+    m: Machine, th: Thread, out: list[tuple[int, str]], plan: list[tuple[str, str]], fn: str
+) -> KGen:
+    for kind, call in plan:
+        pfn = yield from tdx_alloc_control_page(m, th)
+        if pfn is None:
+            return False
+        if not (yield from _give_control(m, th, pfn, kind, call, fn)):
+            return False
+        out.append((pfn, kind))
+    return True
+
+
+def _reclaim_control(m: Machine, th: Thread, pages: list[tuple[int, str]], fn: str) -> KGen:
+    """``tdx_reclaim_control_page`` for each page, last added first: reclaim, put, free."""
+    while pages:
+        pfn, kind = pages.pop()
+        status = m.module.take_page(pfn)
+        m.set_owner(pfn, O_IN_HAND)
+        yield fn, "control.reclaim", "TDH.PHYMEM.PAGE.RECLAIM {} page {:#x}: {}", (kind.upper(), pfn, status)
+        m.mark_gotten(pfn, -1)
+        yield from tdx_pamt_put(m, th, pfn)
+        m.free_page(pfn)
+        yield fn, "control.free", "free {} page {:#x} to the page allocator", (kind.upper(), pfn)
+
+
+def tdx_td_create(m: Machine, th: Thread, idx: int, ev: TdCreate) -> KGen:
+    """KVM_CREATE_VM + KVM_TDX_INIT_VM: TDR, HKID, TDCS pages (the S-EPT root is in the TDCS),
+    and KVM's mirror root page."""
+    if ev.td in m.tds:
+        raise m.impossible(ev, idx, f"TD {ev.td} already exists", "a new TD id")
+    fn = "tdx_td_init"
+    th.stack.append(fn)
+    td = m.tds[ev.td] = Td(ev.td)
+    m.note("td", td.id, None, "creating")
+    yield fn, "td.begin", "create TD {}: TDR, HKID, {} TDCS pages", (td.id, m.settings.tdcs_pages)
+    ok = yield from _add_control_pages(m, th, td.control, [("tdr", "TDH.MNG.CREATE")], fn)
+    if ok:
+        td.hkid = m.next_hkid
+        m.next_hkid += 1
+        m.note("hkid", td.id, None, td.hkid)
+        yield fn, "td.hkid", "TDH.MNG.KEY.CONFIG: TD {} gets HKID {}", (td.id, td.hkid)
+        plan = [("tdcs", "TDH.MNG.ADDCX")] * m.settings.tdcs_pages
+        ok = yield from _add_control_pages(m, th, td.control, plan, fn)
+    if ok:
+        root = m.alloc_page(th, O_MIRROR, sleeping=True)
+        ok = root is not None
+        if root is not None:
+            td.mirror_root = root
+            yield "kvm_tdp_mmu_alloc_root", "td.mirror_root", "mirror root page {:#x} (the S-EPT root is a TDCS page: no DPAMT get at fault time)", (
+                root,)
+    if not ok:
+        m.diag("error", "TD_CREATE_ENOMEM", f"TD {td.id}: creation failed (-ENOMEM); unwound")
+        yield fn, "td.fail", "TD {} creation failed: -ENOMEM, unwind", (td.id,)
+        td.hkid = None
+        yield from _reclaim_control(m, th, td.control, fn)
+        td.state = "failed"
+        m.note("td", td.id, "creating", "failed")
+        yield fn, "td.failed", "TD {} is gone", (td.id,)
+        return
+    td.state = "created"
+    m.note("td", td.id, "creating", "created")
+    yield fn, "td.ready", "TDH.MNG.INIT: TD {} is being built (faults use TDH.MEM.PAGE.ADD)", (td.id,)
+
+
+def tdx_vcpu_create(m: Machine, th: Thread, idx: int, ev: VcpuCreate) -> KGen:
+    """KVM_CREATE_VCPU + KVM_TDX_INIT_VCPU: TDVPR + TDCX pages, an empty tdx_pamt_cache."""
+    td = _live_td(m, ev, idx, ev.td)
+    if ev.vcpu in m.vcpus:
+        raise m.impossible(ev, idx, f"vCPU {ev.vcpu} already exists (ids are unique across TDs)",
+                           "a new vCPU id")
+    fn = "tdx_vcpu_create"
+    th.stack.append(fn)
+    vcpu = m.vcpus[ev.vcpu] = Vcpu(ev.vcpu, td.id)
+    vcpu.caches = new_kvm_caches(m)
+    td.vcpus.append(vcpu.id)
+    m.note("vcpu", vcpu.id, None, f"td{td.id}")
+    yield fn, "vcpu.begin", "create vCPU {} in TD {}: TDVPR + {} TDCX pages; tdx_init_pamt_cache", (
+        vcpu.id, td.id, m.settings.tdcx_pages)
+    plan = [("tdvpr", "TDH.VP.CREATE")] + [("tdcx", "TDH.VP.ADDCX")] * m.settings.tdcx_pages
+    ok = yield from _add_control_pages(m, th, vcpu.control, plan, fn)
+    if not ok:
+        m.diag("error", "VCPU_CREATE_ENOMEM", f"vCPU {vcpu.id}: creation failed (-ENOMEM); unwound")
+        yield from _reclaim_control(m, th, vcpu.control, fn)
+        vcpu.alive = False
+        td.vcpus.remove(vcpu.id)
+        m.note("vcpu", vcpu.id, f"td{td.id}", "failed")
+        yield fn, "vcpu.failed", "vCPU {} creation failed: -ENOMEM", (vcpu.id,)
+        return
+    yield fn, "vcpu.ready", "TDH.VP.INIT: vCPU {} ready", (vcpu.id,)
+
+
+def tdx_td_finalize(m: Machine, th: Thread, idx: int, ev: TdFinalize) -> KGen:
+    td = _live_td(m, ev, idx, ev.td)
+    if td.state != "created":
+        raise m.impossible(ev, idx, f"TD {td.id} is {td.state}, not being built", "a TD being built")
+    td.state = "finalized"
+    m.note("td", td.id, "created", "finalized")
+    yield "tdx_td_finalize", "td.finalize", "TDH.MR.FINALIZE: TD {} runs; later faults use TDH.MEM.PAGE.AUG", (td.id,)
+
+
+def tdx_vcpu_free_event(m: Machine, th: Thread, idx: int, ev: VcpuFree) -> KGen:
+    vcpu = m.vcpus.get(ev.vcpu)
+    if vcpu is None or not vcpu.alive:
+        raise m.impossible(ev, idx, f"vCPU {ev.vcpu} is {'unknown' if vcpu is None else 'already freed'}",
+                           "a live vCPU")
+    yield from tdx_vcpu_free(m, th, vcpu)
+
+
+def tdx_vcpu_free(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
+    """``tdx_vcpu_free``: the DPAMT cache, then KVM's caches. TDVPR/TDCX cannot be reclaimed
+    while the TD holds its HKID: they are reclaimed at TD teardown."""
+    fn = "tdx_vcpu_free"
+    th.stack.append(fn)
+    try:
+        yield from tdx_free_pamt_cache(m, th, vcpu)
+        yield from kvm_mmu_free_memory_caches(m, th, vcpu)
+        vcpu.alive = False
+        m.note("vcpu", vcpu.id, f"td{vcpu.td}", "freed")
+        if vcpu.control:
+            yield fn, "vcpu.freed", "vCPU {} freed; its {} control pages wait for the TD's teardown (HKID still assigned)", (
+                vcpu.id, len(vcpu.control))
+        else:
+            yield fn, "vcpu.freed", "vCPU {} freed", (vcpu.id,)
+    finally:
+        th.stack.pop()
+
+
+def tdx_td_destroy(m: Machine, th: Thread, idx: int, ev: TdDestroy) -> KGen:
+    """TD teardown in the kernel's order (dpamt-model.md section 8)."""
+    td = m.tds.get(ev.td)
+    if td is None or td.state in ("destroyed", "destroying", "failed", "creating"):
+        what = "unknown" if td is None else td.state
+        raise m.impossible(ev, idx, f"TD {ev.td} is {what}", "a live TD")
+    fn = "tdx_td_destroy"
+    th.stack.append(fn)
+    old_state = td.state
+    td.state = "destroying"
+    m.note("td", td.id, old_state, "destroying")
+    yield fn, "td.destroy", "destroy TD {}: {} mapped pages, {} S-EPT tables", (
+        td.id, len(td.leaves), len(td.entries))
+    # 1. leaves zapped and put (mmu_lock held for write)
+    yield from write_lock_mmu(m, th, fn)
+    for gfn in sorted(td.leaves):
+        yield from _zap_leaf(m, th, td, gfn, td.leaves[gfn])
+    yield from write_unlock_mmu(m, th, fn)
+    # 2. HKID released
+    m.note("hkid", td.id, td.hkid, None)
+    yield "tdx_mmu_release_hkid", "td.hkid_release", "TDH.PHYMEM.CACHE.WB + TDH.MNG.KEY.FREEID: HKID {} released", (
+        td.hkid,)
+    td.hkid = None
+    # 3. S-EPT tables reclaimed, put and freed (immediately, not via RCU), mirror pages freed
+    for key in sorted(td.entries, key=lambda k: (k[0], k[1])):
+        entry = td.entries.pop(key)
+        if entry[0] != "present":
+            continue
+        spt, sp = entry[1], entry[2]
+        status = m.module.take_page(spt)
+        m.set_owner(spt, O_IN_HAND)
+        m.note("sept", (td.id, *key), "present", "absent")
+        yield "tdx_sept_free_private_spt", "sept.reclaim", "TDH.PHYMEM.PAGE.RECLAIM level-{} S-EPT table {:#x}: {}", (
+            key[0], spt, status)
+        m.mark_gotten(spt, -1)
+        yield from tdx_pamt_put(m, th, spt)
+        m.free_page(spt)
+        m.free_page(sp)
+        yield "tdx_sept_free_private_spt", "sept.free", "free S-EPT page {:#x} and its mirror page {:#x}", (spt, sp)
+    # 4. control pages: each vCPU's TDCX/TDVPR, then the TD's TDCS and TDR (last)
+    for vid in td.vcpus:
+        yield from _reclaim_control(m, th, m.vcpus[vid].control, "tdx_vcpu_free")
+    yield from _reclaim_control(m, th, td.control, "tdx_td_free")
+    # 5. caches freed
+    for vid in td.vcpus:
+        vcpu = m.vcpus[vid]
+        if vcpu.alive:
+            yield from tdx_vcpu_free(m, th, vcpu)
+    if td.mirror_root is not None:
+        m.free_page(td.mirror_root)
+    for gfn in sorted(td.gmem):
+        m.free_page(td.gmem.pop(gfn))
+    td.mirror_root = None
+    td.state = "destroyed"
+    m.note("td", td.id, "destroying", "destroyed")
+    yield fn, "td.destroyed", "TD {} destroyed: mirror root and guest_memfd pages freed", (td.id,)

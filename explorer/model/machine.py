@@ -1,0 +1,724 @@
+"""The simulated machine: kernel state, CPUs running kernel code as generators, the scheduler.
+
+Theory of operation
+-------------------
+Every kernel function the model follows (``tdx_pamt_get``, ``tdx_handle_ept_violation``, ...,
+see :mod:`explorer.model.dpamt` and :mod:`explorer.model.kvm`) is a Python generator running on
+a simulated CPU (a :class:`Thread`: each vCPU thread ``vcpuN`` and each VM thread ``tdN`` is a
+CPU of its own). It ``yield``s at every point a reviewer would want to stop at: the fast-path
+check, a pop from the cache, taking a lock, the recheck, each SEAMCALL, the unlock. A yield ends
+one *step*; the value yielded names the function, a stable label, and a narration template with
+its arguments (formatted only when steps are recorded).
+
+Interleaving is nothing but choosing which generator to advance next (:meth:`Machine.run_batch`):
+events with the same logical time ``t`` form a *batch* and run concurrently under the schedule
+(``sequential``, ``round-robin``: one step per CPU in turn, ``random``: seeded). Races such as
+two vCPUs taking the slow path on one cold region, or a put at refcount 1 racing a get, come out
+of the real control flow, not out of special cases.
+
+Every state change goes through the small API of :class:`Machine` (``set_owner``,
+``set_refcount``, ``cache_push``/``cache_pop``, ``set_lock``, ...), which records
+``(kind, key, old, new)`` :class:`~explorer.model.records.Effect`s for the current step and marks
+the regions it touches, so that the invariants of dpamt-model.md section 10 are checked after
+every step on exactly the regions that changed (:mod:`explorer.model.invariants`).
+
+Determinism: no wall clock, seeded randomness only, no iteration over sets into output. The same
+events and settings give the same steps, byte for byte.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from explorer.model import constants as C
+from explorer.model.errors import ImpossibleEvent, Problem
+from explorer.model.events import Event, Inject, Note
+from explorer.model.memory import FREE, HostMemory, MemoryImage
+from explorer.model.records import (
+    OWNER_CODE,
+    OWNERS,
+    CpuView,
+    Diagnostic,
+    Effect,
+    KvmCacheView,
+    Snapshot,
+    Step,
+    TdView,
+    VcpuView,
+)
+from explorer.model.settings import Settings
+from explorer.model.tdx_module import ModuleImage, TdxModule
+
+#: What a kernel generator yields at the end of a step: (function, label, template, args).
+StepInfo = tuple[str, str, str, tuple[Any, ...]]
+KGen = Generator[StepInfo, None, Any]
+
+O_FREE = FREE
+O_PAIR = OWNER_CODE["pamt_pair"]
+O_PAMT_CACHE = OWNER_CODE["pamt_cache"]
+O_KVM_CACHE = OWNER_CODE["kvm_cache"]
+O_SEPT = OWNER_CODE["sept"]
+O_MIRROR = OWNER_CODE["mirror"]
+O_CONTROL = OWNER_CODE["control"]
+O_GUEST = OWNER_CODE["guest"]
+O_LEAKED = OWNER_CODE["leaked"]
+O_IN_HAND = OWNER_CODE["in_hand"]
+
+#: Hard limits of one replay (named so messages can cite them).
+MAX_STEPS_PER_BATCH = 5_000_000
+MAX_SPIN_STEPS = 100_000
+
+COUNTER_NAMES = (
+    "faults",
+    "fault_retries",
+    "faults_failed",
+    "faults_spurious",
+    "livelocks",
+    "pamt_get",
+    "pamt_get_fast",
+    "pamt_get_slow",
+    "pamt_lost_race",
+    "pamt_add",
+    "pamt_add_failed",
+    "pamt_put",
+    "pamt_remove",
+    "pamt_remove_failed",
+    "pamt_pages_drained",
+    "sept_add",
+    "sept_add_failed",
+    "page_aug",
+    "page_add",
+    "page_aug_failed",
+    "page_remove",
+    "alloc_failed",
+    "allocs_sleeping",
+    "allocs_atomic",
+    "allocs_under_lock",
+    "kvm_cache_empty",
+    "spins",
+    "zaps",
+    "violations",
+    "warnings",
+)
+
+
+@dataclass(slots=True)
+class KvmCache:
+    """A ``struct kvm_mmu_memory_cache``: pages (``pfns``, LIFO at the end) or slab objects."""
+
+    name: str
+    objects: bool
+    min: int
+    capacity: int = C.KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE
+    pfns: list[int] = field(default_factory=list)
+    nobjs: int = 0
+
+    @property
+    def count(self) -> int:
+        return self.nobjs if self.objects else len(self.pfns)
+
+
+@dataclass(slots=True)
+class Vcpu:
+    id: int
+    td: int
+    alive: bool = True
+    #: ``struct tdx_pamt_cache``: the list head is the END of this list (push/pop there).
+    pamt_cache: list[int] = field(default_factory=list)
+    caches: dict[str, KvmCache] = field(default_factory=dict)
+    control: list[tuple[int, str]] = field(default_factory=list)  # (pfn, "tdvpr"|"tdcx")
+
+
+@dataclass(slots=True)
+class Td:
+    id: int
+    state: str = "creating"  # creating | created | finalized | bugged | failed | destroyed
+    hkid: int | None = None
+    vcpus: list[int] = field(default_factory=list)
+    control: list[tuple[int, str]] = field(default_factory=list)  # (pfn, "tdr"|"tdcs")
+    mirror_root: int | None = None
+    #: S-EPT entries pointing at non-root tables, keyed (level of the table, gfn >> 9*level):
+    #: ("frozen", cpu) while being linked, ("present", sept_pfn, mirror_pfn) once linked.
+    entries: dict[tuple[int, int], tuple[Any, ...]] = field(default_factory=dict)
+    leaves: dict[int, int] = field(default_factory=dict)  # mapped gfn -> pfn
+    leaf_frozen: dict[int, str] = field(default_factory=dict)  # gfn -> cpu
+    gmem: dict[int, int] = field(default_factory=dict)  # guest_memfd: gfn -> pfn it holds
+
+
+@dataclass(slots=True)
+class Thread:
+    """A simulated CPU running one event's kernel code at a time."""
+
+    name: str
+    queue: deque[tuple[int, Event]]
+    order: int
+    gen: KGen | None = None
+    event: int | None = None
+    line: int = 0
+    stack: list[str] = field(default_factory=list)
+    holds: list[str] = field(default_factory=list)
+    spinning: str | None = None
+    last: StepInfo | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.gen is None and not self.queue
+
+
+def thread_name(ev: Event) -> str:
+    """vCPU work runs on that vCPU's thread; VM-wide work on the VM's thread."""
+    vcpu = getattr(ev, "vcpu", None)
+    if vcpu is not None and ev.op != "vcpu_create":
+        return f"vcpu{vcpu}"
+    return f"td{getattr(ev, 'td', 0)}"
+
+
+def batches(events: Sequence[Event]) -> list[tuple[int, int]]:
+    """Split events into batches ``[start, end)``: runs of consecutive events with one ``t``."""
+    out: list[tuple[int, int]] = []
+    i, n = 0, len(events)
+    while i < n:
+        t = events[i].t
+        j = i + 1
+        if t is not None:
+            while j < n and events[j].t == t:
+                j += 1
+        out.append((i, j))
+        i = j
+    return out
+
+
+@dataclass(slots=True)
+class MachineImage:
+    """A quiescent checkpoint (between batches) of everything a replay depends on."""
+
+    memory: MemoryImage
+    module: ModuleImage
+    refcount: dict[int, int]
+    orphans: dict[int, int]
+    gotten: dict[int, int]
+    tds: dict[int, Td]
+    vcpus: dict[int, Vcpu]
+    counters: dict[str, int]
+    injections: dict[str, int]
+    nr_steps: int
+    next_hkid: int
+    sched_rng: object
+    extra: dict[str, Any]
+
+
+class Machine:
+    """All kernel and TDX-module state, and the loop that runs events on simulated CPUs."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        record: bool = True,
+        check: bool = True,
+        full_check: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.mode = settings.mode
+        self.record = record
+        self.check = check
+        self.full_check = full_check
+        self.mem = HostMemory(settings.total_pages, settings.allocator, settings.seed)
+        self.module = TdxModule()
+        # arch/x86 DPAMT state
+        self.refcount: dict[int, int] = {}
+        self.orphans: dict[int, int] = {}
+        self.pamt_lock: str | None = None
+        # engine bookkeeping (not kernel state): references held by callers, per region, and
+        # regions with a get/put in flight (invariant 2 is checked only when none is).
+        self.gotten: dict[int, int] = {}
+        self.inflight: dict[int, int] = {}
+        self.v5_put_window: dict[int, int] = {}
+        # KVM state
+        self.tds: dict[int, Td] = {}
+        self.vcpus: dict[int, Vcpu] = {}
+        self.mmu_readers: list[str] = []
+        self.mmu_writer: str | None = None
+        self.next_hkid = 1
+        self.injections: dict[str, int] = dict.fromkeys(C.INJECTIONS, 0)
+        self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
+        self.extra: dict[str, Any] = {}
+        # stepping
+        self.sched_rng = random.Random(settings.seed ^ 0x5C4ED)
+        self.nr_steps = 0
+        self.steps: list[Step] = []
+        self.diagnostics: list[Diagnostic] = []
+        self.stopped: Diagnostic | None = None
+        self.threads: dict[str, Thread] = {}
+        self.event_first_step: dict[int, int] = {}
+        self.batch_labels: set[str] = set()
+        self.batch_regions: set[int] = set()
+        self.on_step: Callable[[Machine, Step], None] | None = None
+        self._fx: list[Effect] = []
+        self._dirty: set[int] = set()
+        self._changed_counters: dict[str, int] = {}
+        self._diags: list[tuple[str, str, str]] = []
+        self._current: Thread | None = None
+
+    # ================================================================ effects API
+    def _effect(self, kind: str, key: Any, old: Any, new: Any) -> None:
+        fx = self._fx
+        if kind in ("pamt_cache", "kvm_cache"):  # one effect per cache per step: first old, last new
+            for i in range(len(fx) - 1, -1, -1):
+                if fx[i][0] == kind and fx[i][1] == key:
+                    fx[i] = Effect(kind, key, fx[i][2], new)
+                    return
+        fx.append(Effect(kind, key, old, new))
+
+    def set_owner(self, pfn: int, code: int) -> None:
+        old = self.mem.set_owner(pfn, code)
+        self._dirty.add(pfn >> C.PAGES_PER_REGION_SHIFT)
+        if self.record and old != code:
+            self._effect("page", pfn, OWNERS[old], OWNERS[code])
+
+    def set_refcount(self, region: int, new: int) -> None:
+        old = self.refcount.get(region, 0)
+        if new:
+            self.refcount[region] = new
+        else:
+            self.refcount.pop(region, None)
+        self._dirty.add(region)
+        if self.record:
+            self._effect("refcount", region, old, new)
+
+    def add_orphan(self, region: int) -> None:
+        old = self.orphans.get(region, 0)
+        self.orphans[region] = old + 1
+        self._dirty.add(region)
+        if self.record:
+            self._effect("orphan", region, old, old + 1)
+
+    def mark_gotten(self, pfn: int, delta: int) -> None:
+        """The caller now holds (+1) or dropped (-1) a DPAMT reference on pfn's region."""
+        region = pfn >> C.PAGES_PER_REGION_SHIFT
+        n = self.gotten.get(region, 0) + delta
+        if n:
+            self.gotten[region] = n
+        else:
+            self.gotten.pop(region, None)
+        self._dirty.add(region)
+
+    def set_lock(self, lock: str, old: Any, new: Any) -> None:
+        if self.record:
+            self._effect("lock", lock, old, new)
+
+    def note_pair(self, region: int, old: Any, new: Any) -> None:
+        self._dirty.add(region)
+        if self.record:
+            self._effect("pair", region, old, new)
+
+    def note(self, kind: str, key: Any, old: Any, new: Any) -> None:
+        """Record a change of KVM state (S-EPT entry, mapping, TD/vCPU state) as an effect."""
+        if self.record:
+            self._effect(kind, key, old, new)
+
+    def count(self, name: str, n: int = 1) -> None:
+        value = self.counters[name] + n
+        self.counters[name] = value
+        if self.record:
+            self._changed_counters[name] = value
+
+    def diag(self, kind: str, code: str, message: str) -> None:
+        """Raise a diagnostic at the current step (violation | warning | livelock | error)."""
+        self._diags.append((kind, code, message))
+        if kind == "violation":
+            self.counters["violations"] += 1
+        elif kind == "warning":
+            self.counters["warnings"] += 1
+
+    # ================================================================ pages
+    def alloc_page(self, th: Thread, owner: int, *, sleeping: bool) -> int | None:
+        """``alloc_page(GFP_KERNEL_ACCOUNT)`` (sleeping) or ``GFP_ATOMIC``; None on failure.
+
+        Injected ``alloc_fail`` applies to every host-page allocation. A sleeping allocation
+        while this CPU holds a spinlock is invariant 6's violation.
+        """
+        under_lock = bool(th.holds)
+        if sleeping:
+            self.count("allocs_sleeping")
+            if under_lock:
+                self.diag(
+                    "violation",
+                    "INV6_SLEEP_UNDER_LOCK",
+                    f"{th.name}: sleeping allocation (GFP_KERNEL) while holding "
+                    f"{', '.join(th.holds)}",
+                )
+        else:
+            self.count("allocs_atomic")
+        if under_lock:
+            self.count("allocs_under_lock")
+        if self.take_injection("alloc_fail"):
+            self.count("alloc_failed")
+            return None
+        pfn = self.mem.pick_free()
+        if pfn is None:
+            self.count("alloc_failed")
+            return None
+        self.set_owner(pfn, owner)
+        return pfn
+
+    def free_page(self, pfn: int) -> None:
+        self.set_owner(pfn, O_FREE)
+
+    def take_injection(self, what: str) -> bool:
+        left = self.injections[what]
+        if left:
+            self.injections[what] = left - 1
+            self.note("inject", what, left, left - 1)
+            return True
+        return False
+
+    def pamt_cache_push(self, vcpu: Vcpu, pfn: int) -> None:
+        old = len(vcpu.pamt_cache)
+        vcpu.pamt_cache.append(pfn)
+        self.set_owner(pfn, O_PAMT_CACHE)
+        if self.record:
+            self._effect("pamt_cache", vcpu.id, old, old + 1)
+
+    def pamt_cache_pop(self, vcpu: Vcpu) -> int | None:
+        if not vcpu.pamt_cache:
+            return None
+        old = len(vcpu.pamt_cache)
+        pfn = vcpu.pamt_cache.pop()
+        self.set_owner(pfn, O_IN_HAND)
+        if self.record:
+            self._effect("pamt_cache", vcpu.id, old, old - 1)
+        return pfn
+
+    def kvm_cache_changed(self, vcpu: Vcpu, cache: KvmCache, old: int) -> None:
+        if self.record:
+            self._effect("kvm_cache", f"{vcpu.id}/{cache.name}", old, cache.count)
+
+    # ================================================================ running events
+    def impossible(self, ev: Event, idx: int, reason: str, expected: str = "") -> ImpossibleEvent:
+        return ImpossibleEvent(
+            Problem("trace", ev.line, 1, reason, ev.describe(), expected), event_index=idx
+        )
+
+    def run_batch(self, items: Iterable[tuple[int, Event]]) -> None:
+        """Run one batch of concurrent events to completion under the schedule.
+
+        ``inject`` and ``note`` events take effect when the batch starts (they are not kernel
+        work). If an event turns out impossible when its CPU starts it, the replay stops: the
+        CPUs already running finish their events, nothing after runs.
+        """
+        threads: dict[str, Thread] = {}
+        for idx, ev in items:
+            if isinstance(ev, (Inject, Note)):
+                self._instant(idx, ev)
+                continue
+            name = thread_name(ev)
+            th = threads.get(name)
+            if th is None:
+                th = threads[name] = Thread(name, deque(), len(threads))
+            th.queue.append((idx, ev))
+        self.threads = threads
+        order = list(threads.values())
+        schedule = self.settings.schedule
+        last_order = -1
+        current: Thread | None = None
+        batch_steps = 0
+        spin_run = 0
+        while True:
+            live = [th for th in order if not th.done]
+            if not live:
+                break
+            if schedule == "round-robin":  # one step per CPU in turn
+                th = next((t for t in live if t.order > last_order), live[0])
+                last_order = th.order
+            elif schedule == "random":
+                th = live[self.sched_rng.randrange(len(live))]
+            else:  # sequential: keep the current CPU until it finishes or spins
+                if current is None or current.done or current.spinning:
+                    ready = [t for t in live if not t.spinning] or live
+                    if current is not None and current.spinning and len(ready) > 1:
+                        ready = [t for t in ready if t is not current] or ready
+                    current = ready[0]
+                th = current
+            info = self._advance(th, order)
+            if info is None:
+                continue
+            self._commit(th, info)
+            batch_steps += 1
+            spin_run = spin_run + 1 if th.spinning else 0
+            if spin_run > MAX_SPIN_STEPS or batch_steps > MAX_STEPS_PER_BATCH:
+                self._abort_batch(order, spin_run > MAX_SPIN_STEPS)
+                break
+        if self.check:
+            from explorer.model.invariants import check_quiescent
+
+            check_quiescent(self)
+            self._flush_diags()
+        self._current = None
+
+    def _advance(self, th: Thread, order: list[Thread]) -> StepInfo | None:
+        """Run ``th`` to its next step, starting its next event if it has none running."""
+        from explorer.model.kvm import run_event  # kernel code imports the machine
+
+        self._current = th
+        while True:
+            if th.gen is None:
+                if not th.queue:
+                    return None
+                idx, ev = th.queue.popleft()
+                th.event, th.line = idx, ev.line
+                th.stack.clear()
+                self.event_first_step.setdefault(idx, self.nr_steps)
+                th.gen = run_event(self, th, idx, ev)
+            try:
+                return next(th.gen)
+            except StopIteration:
+                th.gen = None
+            except ImpossibleEvent as exc:
+                th.gen = None
+                self._stop(exc)
+                for other in order:
+                    other.queue.clear()
+                return None
+
+    def _abort_batch(self, order: list[Thread], deadlock: bool) -> None:
+        reason = (
+            f"every CPU spun for {MAX_SPIN_STEPS} steps: deadlock"
+            if deadlock
+            else f"a batch ran past {MAX_STEPS_PER_BATCH} steps"
+        )
+        th = next((t for t in order if t.gen is not None), order[0])
+        self.stopped = Diagnostic(
+            self.nr_steps - 1, th.event or 0, th.line, "error", "STEP_LIMIT", reason
+        )
+        self.diagnostics.append(self.stopped)
+        for t in order:
+            if t.gen is not None:
+                t.gen.close()
+            t.gen = None
+            t.queue.clear()
+
+    def _flush_diags(self) -> None:
+        """Attach diagnostics raised between steps (batch-end checks) to the last step."""
+        if not self._diags:
+            return
+        last = self.steps[-1] if self.record and self.steps else None
+        ev = last.event if last else -1
+        line = last.line if last else 0
+        diags = tuple(Diagnostic(self.nr_steps - 1, ev, line, *d) for d in self._diags)
+        self._diags.clear()
+        self.diagnostics.extend(diags)
+        if last is not None:
+            self.steps[-1] = replace(last, diagnostics=last.diagnostics + diags)
+
+    def _stop(self, exc: ImpossibleEvent) -> None:
+        p = exc.problems[0]
+        self.stopped = Diagnostic(
+            self.nr_steps - 1, exc.event_index, p.line, "error", "IMPOSSIBLE_EVENT", p.reason
+        )
+        self.diagnostics.append(self.stopped)
+
+    def _instant(self, idx: int, ev: Event) -> None:
+        self.event_first_step.setdefault(idx, self.nr_steps)
+        th = Thread("trace", deque(), 0, event=idx, line=ev.line)
+        self._current = th
+        if isinstance(ev, Inject):
+            old = self.injections[ev.what]
+            self.injections[ev.what] = old + ev.count
+            self.note("inject", ev.what, old, old + ev.count)
+            info: StepInfo = (
+                "trace",
+                "trace.inject",
+                "inject: the next {} {} will fail",
+                (ev.count, ev.what),
+            )
+        else:
+            assert isinstance(ev, Note)
+            info = ("trace", "trace.note", "{}", (ev.text,))
+        self._commit(th, info)
+        self._current = None
+
+    def _commit(self, th: Thread, info: StepInfo) -> None:
+        from explorer.model.invariants import check_regions, check_global
+
+        index = self.nr_steps
+        self.nr_steps = index + 1
+        th.last = info
+        label = info[1]
+        th.spinning = th.spinning if label.endswith(".spin") else None
+        self.batch_labels.add(label)
+        dirty = self._dirty
+        if dirty:
+            self.batch_regions |= dirty
+        if self.check:
+            if self.full_check:
+                check_regions(self, set(self.refcount) | set(self.module.pairs) | dirty)
+            elif dirty:
+                check_regions(self, dirty)
+            check_global(self)
+        diags: tuple[Diagnostic, ...] = ()
+        if self._diags:
+            ev = th.event if th.event is not None else -1
+            diags = tuple(Diagnostic(index, ev, th.line, *d) for d in self._diags)
+            self.diagnostics.extend(diags)
+            self._diags.clear()
+        if self.record:
+            fn, label, template, args = info
+            step = Step(
+                index,
+                th.event if th.event is not None else -1,
+                th.line,
+                th.name,
+                fn,
+                label,
+                template.format(*args),
+                tuple(self._fx),
+                tuple(self._changed_counters.items()),
+                diags,
+            )
+            self.steps.append(step)
+            self._fx.clear()
+            self._changed_counters.clear()
+            if self.on_step is not None:
+                self.on_step(self, step)
+        dirty.clear()
+
+    def run(self, events: Sequence[Event]) -> None:
+        """Run every event, batch by batch, until the end or an impossible event."""
+        for start, end in batches(events):
+            if self.stopped is not None:
+                break
+            self.run_batch((i, events[i]) for i in range(start, end))
+
+    # ================================================================ checkpoints
+    def image(self) -> MachineImage:
+        """A checkpoint; only valid between batches (no CPU in the middle of kernel code)."""
+        import copy
+
+        return MachineImage(
+            memory=self.mem.image(),
+            module=self.module.image(),
+            refcount=dict(self.refcount),
+            orphans=dict(self.orphans),
+            gotten=dict(self.gotten),
+            tds=copy.deepcopy(self.tds),
+            vcpus=copy.deepcopy(self.vcpus),
+            counters=dict(self.counters),
+            injections=dict(self.injections),
+            nr_steps=self.nr_steps,
+            next_hkid=self.next_hkid,
+            sched_rng=self.sched_rng.getstate(),
+            extra=copy.deepcopy(self.extra),
+        )
+
+    def restore(self, img: MachineImage) -> None:
+        import copy
+
+        self.mem.restore(img.memory)
+        self.module.restore(img.module)
+        self.refcount = dict(img.refcount)
+        self.orphans = dict(img.orphans)
+        self.gotten = dict(img.gotten)
+        self.inflight = {}
+        self.v5_put_window = {}
+        self.tds = copy.deepcopy(img.tds)
+        self.vcpus = copy.deepcopy(img.vcpus)
+        self.counters = dict(img.counters)
+        self.injections = dict(img.injections)
+        self.nr_steps = img.nr_steps
+        self.next_hkid = img.next_hkid
+        self.sched_rng.setstate(img.sched_rng)  # type: ignore[arg-type]
+        self.extra = copy.deepcopy(img.extra)
+        self.pamt_lock = None
+        self.mmu_readers = []
+        self.mmu_writer = None
+        self.threads = {}
+        self.stopped = None
+
+    # ================================================================ snapshots
+    def page_summary(self) -> dict[str, int]:
+        c = self.mem.counts
+        out = {
+            "total": self.mem.total_pages,
+            "free": c[O_FREE],
+            "pamt_pair": c[O_PAIR],
+            "pamt_cache": c[O_PAMT_CACHE],
+            "kvm_cache": c[O_KVM_CACHE],
+            "sept": c[O_SEPT] + c[O_MIRROR],
+            "control": c[O_CONTROL],
+            "guest": c[O_GUEST],
+            "leaked": c[O_LEAKED],
+        }
+        out["mirror"] = c[O_MIRROR]
+        out["in_hand"] = c[O_IN_HAND]
+        return out
+
+    def snapshot(self, step: int | None = None, event: int = -1) -> Snapshot:
+        s = self.settings
+        target = 2 * s.dpamt_gets_per_fault
+        vcpus = tuple(
+            VcpuView(
+                v.id,
+                v.td,
+                v.alive,
+                tuple(v.pamt_cache),
+                target,
+                tuple(
+                    KvmCacheView(c.name, c.objects, c.min, c.capacity, c.count, tuple(c.pfns))
+                    for c in v.caches.values()
+                ),
+                tuple(p for p, _ in v.control),
+            )
+            for v in sorted(self.vcpus.values(), key=lambda v: v.id)
+        )
+        tds = tuple(
+            TdView(
+                t.id,
+                t.state,
+                t.hkid,
+                tuple(t.vcpus),
+                tuple(p for p, _ in t.control),
+                len(t.leaves),
+                sum(1 for e in t.entries.values() if e[0] == "present"),
+            )
+            for t in sorted(self.tds.values(), key=lambda t: t.id)
+        )
+        cpus = []
+        for th in self.threads.values():
+            info = th.last
+            cpus.append(
+                CpuView(
+                    th.name,
+                    th.event if th.gen is not None else None,
+                    info[0] if info else None,
+                    info[1] if info else None,
+                    info[2].format(*info[3]) if info else "",
+                    tuple(th.stack),
+                    th.spinning,
+                    tuple(th.holds),
+                )
+            )
+        return Snapshot(
+            step=self.nr_steps - 1 if step is None else step,
+            event=event,
+            settings=s,
+            nr_regions=self.mem.nr_regions,
+            region_owners={r: self.mem.region_counts(r) for r in sorted(self.mem.regions)},
+            refcount=dict(sorted(self.refcount.items())),
+            pairs=dict(sorted(self.module.pairs.items())),
+            orphans=dict(sorted(self.orphans.items())),
+            vcpus=vcpus,
+            tds=tds,
+            cpus=tuple(cpus),
+            pamt_lock=self.pamt_lock,
+            mmu_lock_writer=self.mmu_writer,
+            mmu_lock_readers=tuple(self.mmu_readers),
+            counters=dict(self.counters),
+            pages=self.page_summary(),
+            injections=dict(self.injections),
+            extra=dict(self.extra),
+        )

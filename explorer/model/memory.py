@@ -1,0 +1,177 @@
+"""Host memory: 4 KiB pages in 2 MiB regions, their owners, and the page allocator.
+
+Memory is sparse: a region gets a 512-byte owner map (one byte per page, codes of
+:data:`explorer.model.records.OWNERS`) the first time one of its pages is allocated; an untouched
+region is entirely free. That keeps a 4 TiB host (2M regions) as cheap as a 256 MiB one until
+pages are used, and makes ``bytearray.find`` do the "first free page in a region" search in C.
+
+Allocator policies (what ``alloc_page()`` returns, deterministically):
+
+- ``lowest``: the lowest free pfn (buddy-allocator-like locality: consecutive allocations fill a
+  region before touching the next, the best case for DPAMT).
+- ``spread``: round-robin over regions, the lowest free page of the next region that has one
+  (every allocation lands in a different region: the worst case for DPAMT, each needs a pair).
+- ``random``: a seeded random region, then a seeded random free page in it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass
+
+from explorer.model.constants import PAGES_PER_REGION, PAGES_PER_REGION_SHIFT
+from explorer.model.records import OWNERS
+
+FREE = 0
+_NR_OWNERS = len(OWNERS)
+
+
+@dataclass(slots=True)
+class MemoryImage:
+    """A frozen copy of :class:`HostMemory` for checkpoints (bytes are shared, never mutated)."""
+
+    regions: dict[int, bytes]
+    nfree: dict[int, int]
+    counts: tuple[int, ...]
+    heap: tuple[int, ...]
+    untouched: int
+    spread_cursor: int
+    rng_state: object
+
+
+class HostMemory:
+    """Pages, owners and the allocator. Owner changes go through :meth:`set_owner` only."""
+
+    def __init__(self, total_pages: int, policy: str, seed: int) -> None:
+        self.total_pages = total_pages
+        self.nr_regions = total_pages >> PAGES_PER_REGION_SHIFT
+        self.policy = policy
+        self.regions: dict[int, bytearray] = {}
+        self.nfree: dict[int, int] = {}
+        #: pages per owner code, over all memory
+        self.counts: list[int] = [0] * _NR_OWNERS
+        self.counts[FREE] = total_pages
+        # "lowest": touched regions that may have free pages (lazy min-heap) + the lowest
+        # untouched region.
+        self._heap: list[int] = []
+        self._in_heap: set[int] = set()
+        self._untouched = 0
+        self._spread_cursor = 0
+        self._rng = random.Random(seed)
+
+    # -- reading -------------------------------------------------------------------------
+    def owner(self, pfn: int) -> int:
+        owners = self.regions.get(pfn >> PAGES_PER_REGION_SHIFT)
+        return FREE if owners is None else owners[pfn & (PAGES_PER_REGION - 1)]
+
+    def is_free(self, pfn: int) -> bool:
+        return 0 <= pfn < self.total_pages and self.owner(pfn) == FREE
+
+    def region_counts(self, region: int) -> tuple[int, ...]:
+        owners = self.regions.get(region)
+        if owners is None:
+            return (PAGES_PER_REGION,) + (0,) * (_NR_OWNERS - 1)
+        return tuple(owners.count(code) for code in range(_NR_OWNERS))
+
+    # -- writing -------------------------------------------------------------------------
+    def set_owner(self, pfn: int, code: int) -> int:
+        """Give ``pfn`` a new owner; returns the old one. Freeing is ``code == FREE``."""
+        region = pfn >> PAGES_PER_REGION_SHIFT
+        owners = self.regions.get(region)
+        if owners is None:
+            owners = self._touch(region)
+        off = pfn & (PAGES_PER_REGION - 1)
+        old = owners[off]
+        if old == code:
+            return old
+        owners[off] = code
+        self.counts[old] -= 1
+        self.counts[code] += 1
+        if old == FREE:
+            self.nfree[region] -= 1
+        elif code == FREE:
+            self.nfree[region] += 1
+            if region not in self._in_heap:
+                self._in_heap.add(region)
+                heapq.heappush(self._heap, region)
+        return old
+
+    def _touch(self, region: int) -> bytearray:
+        owners = bytearray(PAGES_PER_REGION)
+        self.regions[region] = owners
+        self.nfree[region] = PAGES_PER_REGION
+        self._in_heap.add(region)
+        heapq.heappush(self._heap, region)
+        return owners
+
+    def pick_free(self) -> int | None:
+        """The pfn the policy would allocate next, or None when memory is full (no change)."""
+        if self.counts[FREE] == 0:
+            return None
+        if self.policy == "lowest":
+            return self._pick_lowest()
+        if self.policy == "spread":
+            return self._pick_spread()
+        return self._pick_random()
+
+    def _first_free_in(self, region: int, start: int = 0) -> int:
+        owners = self.regions.get(region)
+        if owners is None:
+            off = start
+        else:
+            off = owners.find(FREE, start)
+            if off < 0:
+                off = owners.find(FREE)
+        return (region << PAGES_PER_REGION_SHIFT) | off
+
+    def _has_free(self, region: int) -> bool:
+        return self.nfree.get(region, PAGES_PER_REGION) > 0
+
+    def _pick_lowest(self) -> int:
+        heap = self._heap
+        while heap and self.nfree[heap[0]] == 0:
+            self._in_heap.discard(heapq.heappop(heap))
+        while self._untouched in self.regions:
+            self._untouched += 1
+        candidates = [heap[0]] if heap else []
+        if self._untouched < self.nr_regions:
+            candidates.append(self._untouched)
+        return self._first_free_in(min(candidates))
+
+    def _pick_spread(self) -> int:
+        n = self.nr_regions
+        region = self._spread_cursor % n
+        while not self._has_free(region):  # terminates: counts[FREE] > 0
+            region = (region + 1) % n
+        self._spread_cursor = region + 1
+        return self._first_free_in(region)
+
+    def _pick_random(self) -> int:
+        n = self.nr_regions
+        region = self._rng.randrange(n)
+        while not self._has_free(region):
+            region = (region + 1) % n
+        return self._first_free_in(region, self._rng.randrange(PAGES_PER_REGION))
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def image(self) -> MemoryImage:
+        return MemoryImage(
+            regions={r: bytes(b) for r, b in self.regions.items()},
+            nfree=dict(self.nfree),
+            counts=tuple(self.counts),
+            heap=tuple(self._heap),
+            untouched=self._untouched,
+            spread_cursor=self._spread_cursor,
+            rng_state=self._rng.getstate(),
+        )
+
+    def restore(self, img: MemoryImage) -> None:
+        self.regions = {r: bytearray(b) for r, b in img.regions.items()}
+        self.nfree = dict(img.nfree)
+        self.counts = list(img.counts)
+        self._heap = list(img.heap)
+        self._in_heap = set(img.heap)
+        self._untouched = img.untouched
+        self._spread_cursor = img.spread_cursor
+        self._rng.setstate(img.rng_state)  # type: ignore[arg-type]
