@@ -26,6 +26,7 @@ from explorer.model.machine import (
     O_IN_HAND,
     O_LEAKED,
     O_PAIR,
+    O_PAMT_CACHE,
     KGen,
     Machine,
     Thread,
@@ -34,12 +35,6 @@ from explorer.model.machine import (
 
 ENOMEM = -12
 EIO = -5
-
-#: Modes whose get/put are the series' own (the design strategies reuse them).
-FAST_PATH_MODES = frozenset(
-    {"v6", "v5-hint", "v5-topup-install", "v4-shared-list", "kvm-style-cache", "mempool",
-     "atomic-under-lock", "sleeping-under-lock"}
-)
 
 
 # ============================================================================ locks
@@ -50,6 +45,13 @@ def spin_lock(m: Machine, th: Thread, fn: str, label: str) -> KGen:
         m.count("spins")
         yield fn, label + ".spin", "spin: pamt_lock is held by {}", (m.pamt_lock,)
     th.spinning = None
+    if th.softirq:
+        m.diag(
+            "violation",
+            "LOCKDEP_PAMT_LOCK_SOFTIRQ",
+            f"{th.name}: pamt_lock taken in softirq (RCU callback) and in process context: "
+            "possible deadlock (the lockdep report of the v5 review)",
+        )
     m.pamt_lock = th.name
     th.holds.append("pamt_lock")
     m.set_lock("pamt_lock", None, th.name)
@@ -121,11 +123,19 @@ def tdx_topup_pamt_cache(m: Machine, th: Thread, vcpu: Vcpu, n: int) -> KGen:
             return ENOMEM
         m.pamt_cache_push(vcpu, pfn)
     if old == target or old > target:
-        yield fn, "pamt_cache.full", "tdx_topup_pamt_cache: {} pages, target 2 x {} = {}: nothing to do", (
-            old, n, target)
+        yield (
+            fn,
+            "pamt_cache.full",
+            "tdx_topup_pamt_cache: {} pages, target 2 x {} = {}: nothing to do",
+            (old, n, target),
+        )
     else:
-        yield fn, "pamt_cache.topup", "tdx_topup_pamt_cache: {} -> {} pages (target 2 x {})", (
-            old, target, n)
+        yield (
+            fn,
+            "pamt_cache.topup",
+            "tdx_topup_pamt_cache: {} -> {} pages (target 2 x {})",
+            (old, target, n),
+        )
     return 0
 
 
@@ -144,24 +154,84 @@ def tdx_free_pamt_cache(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
 
 # ============================================================================ get
 def _take_pamt_page(m: Machine, th: Thread, vcpu: Vcpu | None, fn: str) -> KGen:
-    """``alloc_dpamt_page``: pop from the cache (never sleeps) or ``alloc_page`` (sleeps)."""
-    if vcpu is not None:
-        pfn = m.pamt_cache_pop(vcpu)
+    """``alloc_dpamt_page``: where a pair page comes from, per mode.
+
+    v6 (and the modes that keep its cache): pop from the vCPU's cache (never sleeps), or
+    ``alloc_page`` (sleeps) when no cache is given. The strategies of dpamt-model.md section 11
+    differ only here and in :func:`_free_pair` and the top-up: ``mempool`` tries a non-sleeping
+    allocation first and dips into its reserve when it fails; ``atomic-under-lock`` allocates
+    with GFP_ATOMIC under the MMU lock; ``sleeping-under-lock`` sleeps under it (invariant 6).
+    """
+    mode = m.mode
+    if vcpu is None:
+        pfn = m.alloc_page(th, O_IN_HAND, sleeping=True)
         if pfn is not None:
-            yield fn, "pamt_get.pop", "pop page {:#x} (region {}) from vCPU {}'s tdx_pamt_cache: {} left", (
-                pfn, pfn >> PAGES_PER_REGION_SHIFT, vcpu.id, len(vcpu.pamt_cache))
+            yield (
+                fn,
+                "pamt_get.alloc",
+                "no cache: alloc_page(GFP_KERNEL_ACCOUNT) -> {:#x} (region {})",
+                (pfn, pfn >> PAGES_PER_REGION_SHIFT),
+            )
         return pfn
-    pfn = m.alloc_page(th, O_IN_HAND, sleeping=True)
+    if mode in ("atomic-under-lock", "mempool"):
+        pfn = m.alloc_page(th, O_IN_HAND, sleeping=False)
+        if pfn is not None:
+            yield (
+                fn,
+                "pamt_get.alloc_atomic",
+                "alloc_page(GFP_ATOMIC/GFP_NOWAIT) under mmu_lock -> {:#x} (region {})",
+                (pfn, pfn >> PAGES_PER_REGION_SHIFT),
+            )
+            return pfn
+        if mode == "atomic-under-lock":
+            return None
+        pool: list[int] = m.extra.setdefault("mempool", [])
+        if not pool:
+            return None
+        pfn = pool.pop()
+        m.set_owner(pfn, O_IN_HAND)
+        m.note("mempool", "reserve", len(pool) + 1, len(pool))
+        yield (
+            fn,
+            "pamt_get.mempool",
+            "GFP_NOWAIT failed: take {:#x} from the mempool reserve ({} left)",
+            (pfn, len(pool)),
+        )
+        return pfn
+    if mode == "sleeping-under-lock":
+        pfn = m.alloc_page(th, O_IN_HAND, sleeping=True)
+        if pfn is not None:
+            yield (
+                fn,
+                "pamt_get.alloc_sleeping",
+                "alloc_page(GFP_KERNEL) under mmu_lock -> {:#x}: may sleep in atomic context",
+                (pfn,),
+            )
+        return pfn
+    pfn = m.pamt_cache_pop(vcpu)
     if pfn is not None:
-        yield fn, "pamt_get.alloc", "no cache: alloc_page(GFP_KERNEL_ACCOUNT) -> {:#x} (region {})", (
-            pfn, pfn >> PAGES_PER_REGION_SHIFT)
+        yield (
+            fn,
+            "pamt_get.pop",
+            "pop page {:#x} (region {}) from vCPU {}'s tdx_pamt_cache: {} left",
+            (pfn, pfn >> PAGES_PER_REGION_SHIFT, vcpu.id, len(vcpu.pamt_cache)),
+        )
     return pfn
 
 
 def _free_pair(m: Machine, pages: list[int], from_cache: bool) -> None:
+    """Free pair pages to the page allocator; a mempool refills its reserve first."""
+    target = 2 * m.settings.dpamt_gets_per_fault
     for p in pages:
+        if m.mode == "mempool":
+            pool: list[int] = m.extra.setdefault("mempool", [])
+            if len(pool) < target:  # mempool_free(): below min_nr, the element goes back
+                pool.append(p)
+                m.set_owner(p, O_PAMT_CACHE)
+                m.note("mempool", "reserve", len(pool) - 1, len(pool))
+                continue
         m.free_page(p)
-    if from_cache:
+    if from_cache and m.mode not in ("mempool", "atomic-under-lock", "sleeping-under-lock"):
         m.count("pamt_pages_drained", len(pages))
 
 
@@ -189,10 +259,19 @@ def _pamt_get(m: Machine, th: Thread, fn: str, region: int, vcpu: Vcpu | None) -
         if old:
             m.set_refcount(region, old + 1)
             m.count("pamt_get_fast")
-            yield fn, "pamt_get.fast", "refcount[{}] {} -> {}: atomic_inc_not_zero, fast path, no lock", (
-                region, old, old + 1)
+            yield (
+                fn,
+                "pamt_get.fast",
+                "refcount[{}] {} -> {}: atomic_inc_not_zero, fast path, no lock",
+                (region, old, old + 1),
+            )
             return 0
-        yield fn, "pamt_get.slow", "refcount[{}] is 0: region {} needs a PAMT page pair", (region, region)
+        yield (
+            fn,
+            "pamt_get.slow",
+            "refcount[{}] is 0: region {} needs a PAMT page pair",
+            (region, region),
+        )
     m.count("pamt_get_slow")
     # alloc_pamt_array(): two pages, from the cache or the allocator
     pages: list[int] = []
@@ -201,10 +280,16 @@ def _pamt_get(m: Machine, th: Thread, fn: str, region: int, vcpu: Vcpu | None) -
         if page is None:
             if pages:
                 _free_pair(m, pages, vcpu is not None)
-                yield fn, "pamt_get.partial", "second page missing: free {:#x} to the page allocator (not the cache): -ENOMEM", (
-                    pages[0],)
+                yield (
+                    fn,
+                    "pamt_get.partial",
+                    "second page missing: free {:#x} to the page allocator (not the cache): -ENOMEM",
+                    (pages[0],),
+                )
             else:
-                where = "vCPU's tdx_pamt_cache is empty" if vcpu is not None else "alloc_page failed"
+                where = (
+                    "vCPU's tdx_pamt_cache is empty" if vcpu is not None else "alloc_page failed"
+                )
                 yield fn, "pamt_get.enomem", "{}: -ENOMEM", (where,)
             return ENOMEM
         pages.append(page)
@@ -214,35 +299,58 @@ def _pamt_get(m: Machine, th: Thread, fn: str, region: int, vcpu: Vcpu | None) -
         # Lost race: another CPU did 0 -> 1 since the fast-path check.
         m.set_refcount(region, cur + 1)
         m.count("pamt_lost_race")
-        yield fn, "pamt_get.lost_race", "recheck: refcount[{}] is {} now (another CPU added the pair): lost race, {} -> {}", (
-            region, cur, cur, cur + 1)
+        yield (
+            fn,
+            "pamt_get.lost_race",
+            "recheck: refcount[{}] is {} now (another CPU added the pair): lost race, {} -> {}",
+            (region, cur, cur, cur + 1),
+        )
         spin_unlock(m, th)
         yield fn, "pamt_get.unlock", "spin_unlock(&pamt_lock)", ()
         _free_pair(m, pages, vcpu is not None)
-        yield fn, "pamt_get.free_pair", "free both pages {:#x}, {:#x} to the page allocator (not back to the cache)", (
-            pages[0], pages[1])
+        yield (
+            fn,
+            "pamt_get.free_pair",
+            "free both pages {:#x}, {:#x} to the page allocator (not back to the cache)",
+            (pages[0], pages[1]),
+        )
         return 0
     pair = (pages[0], pages[1])
     m.count("pamt_add")
-    status = tdx.INJECTED_ERROR if m.take_injection("pamt_add_fail") else m.module.pamt_add(region, pair)
+    status = (
+        tdx.INJECTED_ERROR if m.take_injection("pamt_add_fail") else m.module.pamt_add(region, pair)
+    )
     if status == tdx.SUCCESS:
         for p in pair:
             m.set_owner(p, O_PAIR)
         m.note_pair(region, None, pair)
         m.set_refcount(region, 1)
-        yield fn, "pamt_get.add", "TDH.PHYMEM.PAMT.ADD region {} pages {:#x}, {:#x}: TDX_SUCCESS; refcount 0 -> 1", (
-            region, pair[0], pair[1])
+        yield (
+            fn,
+            "pamt_get.add",
+            "TDH.PHYMEM.PAMT.ADD region {} pages {:#x}, {:#x}: TDX_SUCCESS; refcount 0 -> 1",
+            (region, pair[0], pair[1]),
+        )
         spin_unlock(m, th)
         yield fn, "pamt_get.unlock", "spin_unlock(&pamt_lock)", ()
         return 0
     if m.mode == "v5-hint" and status == tdx.HPA_RANGE_NOT_FREE:
         m.set_refcount(region, 1)
-        yield fn, "pamt_get.add_hint", "PAMT.ADD region {}: TDX_HPA_RANGE_NOT_FREE, a put has not removed the pair yet: refcount 0 -> 1", (
-            region,)
+        yield (
+            fn,
+            "pamt_get.add_hint",
+            "PAMT.ADD region {}: TDX_HPA_RANGE_NOT_FREE, a put has not removed the pair yet: refcount 0 -> 1",
+            (region,),
+        )
         spin_unlock(m, th)
         yield fn, "pamt_get.unlock", "spin_unlock(&pamt_lock)", ()
         _free_pair(m, pages, vcpu is not None)
-        yield fn, "pamt_get.free_pair", "free both pages {:#x}, {:#x} to the page allocator", (pages[0], pages[1])
+        yield (
+            fn,
+            "pamt_get.free_pair",
+            "free both pages {:#x}, {:#x} to the page allocator",
+            (pages[0], pages[1]),
+        )
         return 0
     m.count("pamt_add_failed")
     m.diag("warning", "WARN_PAMT_ADD", f"TDH.PHYMEM.PAMT.ADD region {region} failed: {status}")
@@ -250,7 +358,12 @@ def _pamt_get(m: Machine, th: Thread, fn: str, region: int, vcpu: Vcpu | None) -
     spin_unlock(m, th)
     yield fn, "pamt_get.unlock", "spin_unlock(&pamt_lock)", ()
     _free_pair(m, pages, vcpu is not None)
-    yield fn, "pamt_get.free_pair", "free both pages {:#x}, {:#x} to the page allocator", (pages[0], pages[1])
+    yield (
+        fn,
+        "pamt_get.free_pair",
+        "free both pages {:#x}, {:#x} to the page allocator",
+        (pages[0], pages[1]),
+    )
     return EIO
 
 
@@ -280,7 +393,12 @@ def _pamt_put(m: Machine, th: Thread, fn: str, region: int) -> KGen:
         old = m.refcount.get(region, 0)
         if old > 1:
             m.set_refcount(region, old - 1)
-            yield fn, "pamt_put.dec", "refcount[{}] {} -> {} under pamt_lock", (region, old, old - 1)
+            yield (
+                fn,
+                "pamt_put.dec",
+                "refcount[{}] {} -> {} under pamt_lock",
+                (region, old, old - 1),
+            )
             spin_unlock(m, th)
             yield fn, "pamt_put.unlock", "spin_unlock(&pamt_lock)", ()
             return
@@ -290,12 +408,20 @@ def _pamt_put(m: Machine, th: Thread, fn: str, region: int) -> KGen:
         old = m.refcount.get(region, 0)
         m.set_refcount(region, old - 1)
         if old - 1:
-            yield fn, "pamt_put.fast", "atomic_dec_and_test: refcount[{}] {} -> {}, not zero: done", (
-                region, old, old - 1)
+            yield (
+                fn,
+                "pamt_put.fast",
+                "atomic_dec_and_test: refcount[{}] {} -> {}, not zero: done",
+                (region, old, old - 1),
+            )
             return
         m.v5_put_window[region] = m.v5_put_window.get(region, 0) + 1
-        yield fn, "pamt_put.dec_unlocked", "atomic_dec_and_test: refcount[{}] {} -> 0 without the lock: recheck under it", (
-            region, old)
+        yield (
+            fn,
+            "pamt_put.dec_unlocked",
+            "atomic_dec_and_test: refcount[{}] {} -> 0 without the lock: recheck under it",
+            (region, old),
+        )
         yield from spin_lock(m, th, fn, "pamt_put.lock")
         left = m.v5_put_window[region] - 1
         if left:
@@ -304,7 +430,12 @@ def _pamt_put(m: Machine, th: Thread, fn: str, region: int) -> KGen:
             del m.v5_put_window[region]
         cur = m.refcount.get(region, 0)
         if cur:
-            yield fn, "pamt_put.slipped", "recheck: refcount[{}] is {}: a get slipped in, keep the pair", (region, cur)
+            yield (
+                fn,
+                "pamt_put.slipped",
+                "recheck: refcount[{}] is {}: a get slipped in, keep the pair",
+                (region, cur),
+            )
             spin_unlock(m, th)
             yield fn, "pamt_put.unlock", "spin_unlock(&pamt_lock)", ()
             return
@@ -314,16 +445,29 @@ def _pamt_put(m: Machine, th: Thread, fn: str, region: int) -> KGen:
     old = m.refcount.get(region, 0)
     if old > 1:
         m.set_refcount(region, old - 1)
-        yield fn, "pamt_put.fast", "atomic_add_unless(-1, 1): refcount[{}] {} -> {}, no lock", (
-            region, old, old - 1)
+        yield (
+            fn,
+            "pamt_put.fast",
+            "atomic_add_unless(-1, 1): refcount[{}] {} -> {}, no lock",
+            (region, old, old - 1),
+        )
         return
-    yield fn, "pamt_put.slow", "refcount[{}] is {}: take pamt_lock to drop the last reference", (region, old)
+    yield (
+        fn,
+        "pamt_put.slow",
+        "refcount[{}] is {}: take pamt_lock to drop the last reference",
+        (region, old),
+    )
     yield from spin_lock(m, th, fn, "pamt_put.lock")
     old = m.refcount.get(region, 0)
     m.set_refcount(region, old - 1)
     if old - 1:
-        yield fn, "pamt_put.slipped", "refcount[{}] {} -> {}: a get slipped in, keep the pair", (
-            region, old, old - 1)
+        yield (
+            fn,
+            "pamt_put.slipped",
+            "refcount[{}] {} -> {}: a get slipped in, keep the pair",
+            (region, old, old - 1),
+        )
         spin_unlock(m, th)
         yield fn, "pamt_put.unlock", "spin_unlock(&pamt_lock)", ()
         return
@@ -345,13 +489,21 @@ def _remove(m: Machine, th: Thread, fn: str, region: int, *, zero_on_success: bo
         m.note_pair(region, got, None)
         if zero_on_success:
             m.set_refcount(region, 0)
-        yield fn, "pamt_put.remove", "TDH.PHYMEM.PAMT.REMOVE region {}: TDX_SUCCESS, pages {:#x}, {:#x} returned", (
-            region, got[0], got[1])
+        yield (
+            fn,
+            "pamt_put.remove",
+            "TDH.PHYMEM.PAMT.REMOVE region {}: TDX_SUCCESS, pages {:#x}, {:#x} returned",
+            (region, got[0], got[1]),
+        )
         spin_unlock(m, th)
         yield fn, "pamt_put.unlock", "spin_unlock(&pamt_lock)", ()
-        for p in got:
-            m.free_page(p)
-        yield fn, "pamt_put.free_pair", "free both pages {:#x}, {:#x} to the page allocator", (got[0], got[1])
+        _free_pair(m, list(got), from_cache=False)
+        yield (
+            fn,
+            "pamt_put.free_pair",
+            "free both pages {:#x}, {:#x} to the page allocator",
+            (got[0], got[1]),
+        )
         return
     m.count("pamt_remove_failed")
     m.set_refcount(region, 1)
@@ -364,7 +516,11 @@ def _remove(m: Machine, th: Thread, fn: str, region: int, *, zero_on_success: bo
         "WARN_PAMT_REMOVE",
         f"TDH.PHYMEM.PAMT.REMOVE region {region} failed: {status}; refcount left at 1, pair leaked",
     )
-    yield fn, "pamt_put.remove_fail", "TDH.PHYMEM.PAMT.REMOVE region {}: {}: WARN; refcount back to 1, the pair stays with the TDX module (leaked)", (
-        region, status)
+    yield (
+        fn,
+        "pamt_put.remove_fail",
+        "TDH.PHYMEM.PAMT.REMOVE region {}: {}: WARN; refcount back to 1, the pair stays with the TDX module (leaked)",
+        (region, status),
+    )
     spin_unlock(m, th)
     yield fn, "pamt_put.unlock", "spin_unlock(&pamt_lock)", ()

@@ -22,7 +22,7 @@ class Event:
     def describe(self) -> str:
         """Short human text, e.g. ``fault vcpu=0 gfn=0x1000``."""
         parts = [self.op]
-        for name in self.__slots__:  # type: ignore[attr-defined]
+        for name in self.__slots__:
             value = getattr(self, name)
             if value is None:
                 continue

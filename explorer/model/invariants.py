@@ -47,14 +47,14 @@ def check_regions(m: Machine, regions: Iterable[int]) -> None:
     for r in sorted(regions):
         rc = m.refcount.get(r, 0)
         pair = pairs.get(r)
-        if lock_free and (rc > 0) != (pair is not None):
-            if not (v5 and rc == 0 and pair is not None and r in m.v5_put_window):
-                m.diag(
-                    "violation",
-                    "INV1_REFCOUNT_PAIR",
-                    f"region {r}: refcount {rc} but {'a' if pair else 'no'} PAMT pair "
-                    "with pamt_lock free",
-                )
+        v5_window = v5 and rc == 0 and pair is not None and r in m.v5_put_window
+        if lock_free and (rc > 0) != (pair is not None) and not v5_window:
+            m.diag(
+                "violation",
+                "INV1_REFCOUNT_PAIR",
+                f"region {r}: refcount {rc} but {'a' if pair else 'no'} PAMT pair "
+                "with pamt_lock free",
+            )
         if r not in m.inflight:
             held = m.gotten.get(r, 0)
             orphans = m.orphans.get(r, 0)
@@ -89,8 +89,13 @@ def check_global(m: Machine) -> None:
     """Invariant 5, the parts that hold after every step: caches and pairs vs page owners."""
     counts = m.mem.counts
     if sum(counts) != m.mem.total_pages:
-        m.diag("violation", "INV5_CONSERVATION", f"owners sum to {sum(counts)}, not {m.mem.total_pages}")
+        m.diag(
+            "violation",
+            "INV5_CONSERVATION",
+            f"owners sum to {sum(counts)}, not {m.mem.total_pages}",
+        )
     in_pamt_cache = sum(len(v.pamt_cache) for v in m.vcpus.values())
+    in_pamt_cache += len(m.extra.get("mempool", ()))
     if counts[O_PAMT_CACHE] != in_pamt_cache:
         m.diag(
             "violation",

@@ -54,6 +54,7 @@ from explorer.model.machine import (
     O_IN_HAND,
     O_KVM_CACHE,
     O_MIRROR,
+    O_PAMT_CACHE,
     O_SEPT,
     KGen,
     KvmCache,
@@ -121,17 +122,33 @@ def kvm_mmu_topup_memory_cache(m: Machine, th: Thread, vcpu: Vcpu, cache: KvmCac
         if cache.objects:  # slab objects: no host page, no injected failure
             cache.nobjs += 1
             continue
-        pfn = m.alloc_page(th, O_KVM_CACHE, sleeping=True)
+        install = m.mode == "v5-topup-install" and cache.name == "external_spt"
+        pfn = m.alloc_page(th, O_IN_HAND if install else O_KVM_CACHE, sleeping=True)
         if pfn is None:
             break
+        if install:
+            # DPAMT installed when the S-EPT page is allocated (v5): a get per cached page.
+            if (yield from tdx_pamt_get(m, th, pfn, None)):
+                m.free_page(pfn)
+                break
+            m.mark_gotten(pfn, +1)
+            m.set_owner(pfn, O_KVM_CACHE)
         cache.pfns.append(pfn)
     m.kvm_cache_changed(vcpu, cache, old)
     if cache.count < cache.min:
-        yield fn, "kvm_topup.fail", "{}: allocation failed at {}, below min {}: -ENOMEM", (
-            cache.name, cache.count, cache.min)
+        yield (
+            fn,
+            "kvm_topup.fail",
+            "{}: allocation failed at {}, below min {}: -ENOMEM",
+            (cache.name, cache.count, cache.min),
+        )
         return ENOMEM
-    yield fn, "kvm_topup.fill", "{}: {} < min {}: filled {} -> {} (capacity {})", (
-        cache.name, old, cache.min, old, cache.count, cache.capacity)
+    yield (
+        fn,
+        "kvm_topup.fill",
+        "{}: {} < min {}: filled {} -> {} (capacity {})",
+        (cache.name, old, cache.min, old, cache.count, cache.capacity),
+    )
     return 0
 
 
@@ -147,7 +164,11 @@ def kvm_mmu_memory_cache_alloc(m: Machine, th: Thread, vcpu: Vcpu, cache: KvmCac
             cache.nobjs -= 1
         else:
             m.count("kvm_cache_empty")
-            m.diag("warning", "WARN_CACHE_EMPTY", f"vCPU {vcpu.id}: {cache.name} cache empty: GFP_ATOMIC fallback")
+            m.diag(
+                "warning",
+                "WARN_CACHE_EMPTY",
+                f"vCPU {vcpu.id}: {cache.name} cache empty: GFP_ATOMIC fallback",
+            )
             m.count("allocs_atomic")
             if th.holds:
                 m.count("allocs_under_lock")
@@ -159,10 +180,24 @@ def kvm_mmu_memory_cache_alloc(m: Machine, th: Thread, vcpu: Vcpu, cache: KvmCac
         m.kvm_cache_changed(vcpu, cache, old)
         return pfn
     m.count("kvm_cache_empty")
-    m.diag("warning", "WARN_CACHE_EMPTY", f"vCPU {vcpu.id}: {cache.name} cache empty: GFP_ATOMIC fallback")
+    m.diag(
+        "warning",
+        "WARN_CACHE_EMPTY",
+        f"vCPU {vcpu.id}: {cache.name} cache empty: GFP_ATOMIC fallback",
+    )
     got = m.alloc_page(th, O_IN_HAND, sleeping=False)
     if got is None:
-        m.diag("error", "BUG_ON", f"vCPU {vcpu.id}: GFP_ATOMIC fallback for {cache.name} failed (BUG_ON)")
+        m.diag(
+            "error",
+            "BUG_ON",
+            f"vCPU {vcpu.id}: GFP_ATOMIC fallback for {cache.name} failed (BUG_ON)",
+        )
+    if got is not None and m.mode == "v5-topup-install" and cache.name == "external_spt":
+        m.diag(
+            "warning",
+            "V5_UNINSTALLED_SEPT_PAGE",
+            f"{got:#x}: GFP_ATOMIC S-EPT page without DPAMT from top-up",
+        )
     return got
 
 
@@ -171,7 +206,10 @@ def mmu_topup_memory_caches(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
     caches = vcpu.caches
     th.stack.append("mmu_topup_memory_caches")
     try:
-        for name in ("pte_list_desc", "external_spt"):
+        names = (
+            ("pte_list_desc",) if m.mode == "v4-shared-list" else ("pte_list_desc", "external_spt")
+        )
+        for name in names:
             if (yield from kvm_mmu_topup_memory_cache(m, th, vcpu, caches[name])):
                 return ENOMEM
         if (yield from topup_external_cache(m, th, vcpu)):
@@ -185,12 +223,66 @@ def mmu_topup_memory_caches(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
 
 
 def topup_external_cache(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
-    """v6's ``topup_external_cache(vcpu, 5)`` -> ``tdx_topup_pamt_cache(cache, n)``."""
+    """v6's ``topup_external_cache(vcpu, 5)`` -> ``tdx_topup_pamt_cache(cache, n)``; the
+    strategies of dpamt-model.md section 11 replace it:
+
+    - ``v5-topup-install``: S-EPT pages got their DPAMT at KVM's top-up; only the 4 KiB leaf
+      needs pages here: ``tdx_topup_pamt_cache(cache, 1)``.
+    - ``v4-shared-list``: one list for S-EPT pages and DPAMT pages: filled to
+      ``worst_case_tables + 2 * n`` (5 + 2 x 5 = 15).
+    - ``kvm-style-cache``: KVM's rule: nothing when at least ``2 * n`` are held, else fill to 40.
+    - ``mempool``, ``atomic-under-lock``, ``sleeping-under-lock``: no top-up before the lock.
+    """
+    mode = m.mode
+    n = m.settings.dpamt_gets_per_fault
+    if mode in ("mempool", "atomic-under-lock", "sleeping-under-lock"):
+        return 0
     th.stack.append("tdx_topup_pamt_cache")
     try:
-        return (yield from tdx_topup_pamt_cache(m, th, vcpu, m.settings.dpamt_gets_per_fault))
+        if mode == "v5-topup-install":
+            return (yield from tdx_topup_pamt_cache(m, th, vcpu, 1))
+        if mode == "v4-shared-list":
+            return (yield from _topup_exact(m, th, vcpu, m.settings.worst_case_tables + 2 * n))
+        if mode == "kvm-style-cache":
+            if len(vcpu.pamt_cache) >= 2 * n:
+                return 0
+            return (yield from _topup_exact(m, th, vcpu, C.KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE))
+        return (yield from tdx_topup_pamt_cache(m, th, vcpu, n))
     finally:
         th.stack.pop()
+
+
+def _topup_exact(m: Machine, th: Thread, vcpu: Vcpu, target: int) -> KGen:
+    """Fill the vCPU's DPAMT list to ``target`` pages (the v4 shared list, a KVM-style cache)."""
+    fn = "tdx_topup_pamt_cache"
+    old = len(vcpu.pamt_cache)
+    while len(vcpu.pamt_cache) < target:
+        pfn = m.alloc_page(th, O_IN_HAND, sleeping=True)
+        if pfn is None:
+            yield (
+                fn,
+                "pamt_cache.topup_fail",
+                "top-up: alloc_page failed at {} of {} pages: -ENOMEM",
+                (len(vcpu.pamt_cache), target),
+            )
+            return ENOMEM
+        m.pamt_cache_push(vcpu, pfn)
+    if old >= target:
+        yield fn, "pamt_cache.full", "top-up: {} pages, target {}: nothing to do", (old, target)
+    else:
+        yield fn, "pamt_cache.topup", "top-up ({}): {} -> {} pages", (m.mode, old, target)
+    return 0
+
+
+def _put_cache_page(m: Machine, th: Thread, pfn: int, softirq: bool) -> KGen:
+    """v5-topup-install: a cached S-EPT page carries a DPAMT reference; dropping the page drops
+    it (from an RCU callback, in softirq context, when KVM frees page tables)."""
+    m.mark_gotten(pfn, -1)
+    th.softirq = softirq
+    try:
+        yield from tdx_pamt_put(m, th, pfn)
+    finally:
+        th.softirq = False
 
 
 def kvm_mmu_free_memory_caches(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
@@ -198,13 +290,21 @@ def kvm_mmu_free_memory_caches(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
     pages = 0
     for cache in vcpu.caches.values():
         old = cache.count
-        for pfn in cache.pfns:
+        while cache.pfns:
+            pfn = cache.pfns.pop()
+            if m.mode == "v5-topup-install" and cache.name == "external_spt":
+                m.set_owner(pfn, O_IN_HAND)
+                yield from _put_cache_page(m, th, pfn, softirq=False)
             m.free_page(pfn)
             pages += 1
-        cache.pfns.clear()
         cache.nobjs = 0
         m.kvm_cache_changed(vcpu, cache, old)
-    yield fn, "kvm_caches.free", "kvm_mmu_free_memory_caches: {} cached pages to the page allocator", (pages,)
+    yield (
+        fn,
+        "kvm_caches.free",
+        "kvm_mmu_free_memory_caches: {} cached pages to the page allocator",
+        (pages,),
+    )
 
 
 # ============================================================================ fault path
@@ -214,27 +314,38 @@ def tdx_handle_ept_violation(m: Machine, th: Thread, idx: int, ev: Fault) -> KGe
     vcpu = m.vcpus.get(ev.vcpu)
     if vcpu is None or not vcpu.alive:
         what = "unknown" if vcpu is None else "freed"
-        raise m.impossible(ev, idx, f"fault on {what} vCPU {ev.vcpu}", "a vcpu_create for it earlier")
+        raise m.impossible(
+            ev, idx, f"fault on {what} vCPU {ev.vcpu}", "a vcpu_create for it earlier"
+        )
     td = _live_td(m, ev, idx, vcpu.td)
     limit = C.GFN_LIMIT[m.settings.ept_levels]
     if ev.gfn >= limit:
         raise m.impossible(
-            ev, idx, f"gfn {ev.gfn:#x} is beyond the reach of {m.settings.ept_levels}-level EPT",
-            f"gfn < {limit:#x}")
+            ev,
+            idx,
+            f"gfn {ev.gfn:#x} is beyond the reach of {m.settings.ept_levels}-level EPT",
+            f"gfn < {limit:#x}",
+        )
     bound = td.gmem.get(ev.gfn)
     if ev.pfn is not None:
         if ev.pfn >= m.mem.total_pages:
             raise m.impossible(
-                ev, idx, f"pfn {ev.pfn:#x} is outside host memory ({m.mem.total_pages:#x} pages)",
-                f"pfn < {m.mem.total_pages:#x}")
+                ev,
+                idx,
+                f"pfn {ev.pfn:#x} is outside host memory ({m.mem.total_pages:#x} pages)",
+                f"pfn < {m.mem.total_pages:#x}",
+            )
         if bound is not None and bound != ev.pfn:
             raise m.impossible(ev, idx, f"gfn {ev.gfn:#x} is already backed by pfn {bound:#x}")
         if bound is None and not m.mem.is_free(ev.pfn):
             from explorer.model.records import OWNERS
 
             raise m.impossible(
-                ev, idx, f"pfn {ev.pfn:#x} is not free (it is {OWNERS[m.mem.owner(ev.pfn)]})",
-                "a free pfn")
+                ev,
+                idx,
+                f"pfn {ev.pfn:#x} is not free (it is {OWNERS[m.mem.owner(ev.pfn)]})",
+                "a free pfn",
+            )
     th.stack.append(fn)
     m.count("faults")
     if ev.pfn is not None and bound is None:
@@ -248,18 +359,32 @@ def tdx_handle_ept_violation(m: Machine, th: Thread, idx: int, ev: Fault) -> KGe
     while True:
         if (yield from mmu_topup_memory_caches(m, th, vcpu)):
             m.count("faults_failed")
-            yield fn, "fault.enomem", "topping up the caches failed: -ENOMEM, the fault exits to userspace", ()
+            yield (
+                fn,
+                "fault.enomem",
+                "topping up the caches failed: -ENOMEM, the fault exits to userspace",
+                (),
+            )
             return
         pfn = td.gmem.get(ev.gfn)
         if pfn is None:
             pfn = m.alloc_page(th, O_GUEST, sleeping=True)
             if pfn is None:
                 m.count("faults_failed")
-                yield "kvm_faultin_pfn", "faultin.enomem", "guest_memfd could not allocate a page: -ENOMEM", ()
+                yield (
+                    "kvm_faultin_pfn",
+                    "faultin.enomem",
+                    "guest_memfd could not allocate a page: -ENOMEM",
+                    (),
+                )
                 return
             _gmem_bind(m, td, ev.gfn, pfn, owned=True)
-            yield "kvm_faultin_pfn", "faultin.alloc", "guest_memfd allocates pfn {:#x} (region {}) for gfn {:#x}", (
-                pfn, pfn >> C.PAGES_PER_REGION_SHIFT, ev.gfn)
+            yield (
+                "kvm_faultin_pfn",
+                "faultin.alloc",
+                "guest_memfd allocates pfn {:#x} (region {}) for gfn {:#x}",
+                (pfn, pfn >> C.PAGES_PER_REGION_SHIFT, ev.gfn),
+            )
         ret = yield from kvm_tdp_mmu_map(m, th, vcpu, td, ev.gfn, pfn, ev.level)
         if ret == DONE:
             return
@@ -278,14 +403,23 @@ def tdx_handle_ept_violation(m: Machine, th: Thread, idx: int, ev: Fault) -> KGe
                 f"vCPU {vcpu.id} gfn {ev.gfn:#x}: still RET_PF_RETRY after {m.settings.max_retries} "
                 "retries (max_retries): the vCPU would spin until interrupted",
             )
-            yield fn, "fault.livelock", "gave up after {} retries: livelock (the kernel would spin until a signal)", (
-                m.settings.max_retries,)
+            yield (
+                fn,
+                "fault.livelock",
+                "gave up after {} retries: livelock (the kernel would spin until a signal)",
+                (m.settings.max_retries,),
+            )
             return
         if td.state not in ALIVE_TD_STATES:
             m.count("faults_failed")
             yield fn, "fault.eio", "the TD is being destroyed: -EIO", ()
             return
-        yield fn, "fault.retry", "RET_PF_RETRY: retry the fault locally (retry {}), topping up again", (attempt,)
+        yield (
+            fn,
+            "fault.retry",
+            "RET_PF_RETRY: retry the fault locally (retry {}), topping up again",
+            (attempt,),
+        )
 
 
 def _gmem_bind(m: Machine, td: Td, gfn: int, pfn: int, owned: bool = False) -> None:
@@ -309,7 +443,12 @@ def kvm_tdp_mmu_map(
         ret = yield from _walk_and_map(m, th, vcpu, td, gfn, pfn, level)
         yield from read_unlock_mmu(m, th, fn)
         if ret == DONE:
-            yield "tdx_handle_ept_violation", "fault.done", "gfn {:#x} -> pfn {:#x}: fault resolved", (gfn, pfn)
+            yield (
+                "tdx_handle_ept_violation",
+                "fault.done",
+                "gfn {:#x} -> pfn {:#x}: fault resolved",
+                (gfn, pfn),
+            )
         return ret
     finally:
         th.stack.pop()
@@ -334,7 +473,12 @@ def _walk_and_map(
         if entry is not None and entry[0] == "present":
             continue
         if entry is not None:
-            yield fn, "walk.frozen", "the entry for the level-{} table is frozen by {}: RET_PF_RETRY", (k, entry[1])
+            yield (
+                fn,
+                "walk.frozen",
+                "the entry for the level-{} table is frozen by {}: RET_PF_RETRY",
+                (k, entry[1]),
+            )
             return RETRY
         ret = yield from _link_table(m, th, vcpu, td, key)
         if ret != DONE:
@@ -348,31 +492,55 @@ def _link_table(m: Machine, th: Thread, vcpu: Vcpu, td: Td, key: tuple[int, int]
     caches = vcpu.caches
     kvm_mmu_memory_cache_alloc(m, th, vcpu, caches["page_header"])
     sp = kvm_mmu_memory_cache_alloc(m, th, vcpu, caches["shadow_page"])
-    spt = kvm_mmu_memory_cache_alloc(m, th, vcpu, caches["external_spt"])
+    preinstalled = False
+    if m.mode == "v4-shared-list":  # v4: S-EPT pages come from the same list as DPAMT pages
+        spt = m.pamt_cache_pop(vcpu)
+        if spt is None:
+            spt = kvm_mmu_memory_cache_alloc(m, th, vcpu, caches["external_spt"])
+    else:
+        # v5-topup-install: a page from the cache already carries its DPAMT reference
+        preinstalled = m.mode == "v5-topup-install" and bool(caches["external_spt"].pfns)
+        spt = kvm_mmu_memory_cache_alloc(m, th, vcpu, caches["external_spt"])
     if sp is None or spt is None:
         _free_sp(m, sp, spt)
         yield fn, "tdp.alloc_bug", "GFP_ATOMIC fallback failed: BUG_ON (the kernel would crash)", ()
         return EIO
-    yield "tdp_mmu_alloc_sp", "tdp.alloc_sp", "level-{} table: shadow page {:#x} and S-EPT page {:#x} (region {}) from vCPU {}'s caches", (
-        k, sp, spt, spt >> C.PAGES_PER_REGION_SHIFT, vcpu.id)
+    yield (
+        "tdp_mmu_alloc_sp",
+        "tdp.alloc_sp",
+        "level-{} table: shadow page {:#x} and S-EPT page {:#x} (region {}) from vCPU {}'s caches",
+        (k, sp, spt, spt >> C.PAGES_PER_REGION_SHIFT, vcpu.id),
+    )
     if key in td.entries:  # cmpxchg lost: another vCPU froze or linked it meanwhile
+        if preinstalled:
+            yield from _put_cache_page(m, th, spt, softirq=False)
         _free_sp(m, sp, spt)
-        yield fn, "tdp.freeze_lost", "another vCPU changed the level-{} entry first: free the shadow page, RET_PF_RETRY", (k,)
+        yield (
+            fn,
+            "tdp.freeze_lost",
+            "another vCPU changed the level-{} entry first: free the shadow page, RET_PF_RETRY",
+            (k,),
+        )
         return RETRY
     td.entries[key] = ("frozen", th.name)
     m.note("sept", (td.id, *key), "absent", "frozen")
     yield fn, "tdp.freeze", "freeze the entry for the level-{} table (FROZEN_SPTE)", (k,)
     th.stack.append("tdx_sept_link_private_spt")
     try:
-        ret = yield from tdx_pamt_get(m, th, spt, vcpu)
+        ret = 0 if preinstalled else (yield from tdx_pamt_get(m, th, spt, vcpu))
         if ret:
             del td.entries[key]
             m.note("sept", (td.id, *key), "frozen", "absent")
             _free_sp(m, sp, spt)
-            yield fn, "tdp.unwind", "tdx_pamt_get failed ({}): restore the entry, free the shadow page, RET_PF_RETRY", (
-                ret,)
+            yield (
+                fn,
+                "tdp.unwind",
+                "tdx_pamt_get failed ({}): restore the entry, free the shadow page, RET_PF_RETRY",
+                (ret,),
+            )
             return RETRY
-        m.mark_gotten(spt, +1)
+        if not preinstalled:
+            m.mark_gotten(spt, +1)
         if m.take_injection("sept_add_busy"):
             status = tdx.OPERAND_BUSY
         else:
@@ -381,7 +549,12 @@ def _link_table(m: Machine, th: Thread, vcpu: Vcpu, td: Td, key: tuple[int, int]
             m.count("sept_add_failed")
             if status == tdx.MISSING_PAMT_PAGE_PAIR:
                 m.diag("violation", "INV3_MISSING_PAIR", f"TDH.MEM.SEPT.ADD {spt:#x}: {status}")
-            yield "tdx_sept_link_private_spt", "sept.add_fail", "TDH.MEM.SEPT.ADD level {} table {:#x}: {}", (k, spt, status)
+            yield (
+                "tdx_sept_link_private_spt",
+                "sept.add_fail",
+                "TDH.MEM.SEPT.ADD level {} table {:#x}: {}",
+                (k, spt, status),
+            )
             m.mark_gotten(spt, -1)
             yield from tdx_pamt_put(m, th, spt)
             del td.entries[key]
@@ -394,28 +567,45 @@ def _link_table(m: Machine, th: Thread, vcpu: Vcpu, td: Td, key: tuple[int, int]
         m.set_owner(sp, O_MIRROR)
         td.entries[key] = ("present", spt, sp)
         m.note("sept", (td.id, *key), "frozen", "present")
-        yield "tdx_sept_link_private_spt", "sept.add", "TDH.MEM.SEPT.ADD level {} table {:#x}: TDX_SUCCESS, linked", (k, spt)
+        yield (
+            "tdx_sept_link_private_spt",
+            "sept.add",
+            "TDH.MEM.SEPT.ADD level {} table {:#x}: TDX_SUCCESS, linked",
+            (k, spt),
+        )
         return DONE
     finally:
         th.stack.pop()
 
 
-def _map_leaf(
-    m: Machine, th: Thread, vcpu: Vcpu, td: Td, gfn: int, pfn: int, level: str
-) -> KGen:
+def _map_leaf(m: Machine, th: Thread, vcpu: Vcpu, td: Td, gfn: int, pfn: int, level: str) -> KGen:
     fn = "kvm_tdp_mmu_map"
     if level != "4k":
         td.state = "bugged"
         m.note("td", td.id, "running", "bugged")
-        m.diag("error", "KVM_BUG_ON", f"TD {td.id}: 2 MiB mapping of gfn {gfn:#x}: v6 supports 4 KiB only")
-        yield "tdx_sept_set_private_spte", "leaf.kvm_bug", "KVM_BUG_ON(level != PG_LEVEL_4K): v6 maps 4 KiB only; the VM is bugged, -EIO", ()
+        m.diag(
+            "error",
+            "KVM_BUG_ON",
+            f"TD {td.id}: 2 MiB mapping of gfn {gfn:#x}: v6 supports 4 KiB only",
+        )
+        yield (
+            "tdx_sept_set_private_spte",
+            "leaf.kvm_bug",
+            "KVM_BUG_ON(level != PG_LEVEL_4K): v6 maps 4 KiB only; the VM is bugged, -EIO",
+            (),
+        )
         return EIO
     if gfn in td.leaves:
         m.count("faults_spurious")
         yield fn, "leaf.spurious", "gfn {:#x} is already mapped: spurious fault", (gfn,)
         return DONE
     if gfn in td.leaf_frozen:
-        yield fn, "leaf.frozen", "the leaf for gfn {:#x} is frozen by {}: RET_PF_RETRY", (gfn, td.leaf_frozen[gfn])
+        yield (
+            fn,
+            "leaf.frozen",
+            "the leaf for gfn {:#x} is frozen by {}: RET_PF_RETRY",
+            (gfn, td.leaf_frozen[gfn]),
+        )
         return RETRY
     td.leaf_frozen[gfn] = th.name
     m.note("leaf", (td.id, gfn), "absent", "frozen")
@@ -427,7 +617,12 @@ def _map_leaf(
         if ret:
             del td.leaf_frozen[gfn]
             m.note("leaf", (td.id, gfn), "frozen", "absent")
-            yield fn, "leaf.unwind", "tdx_pamt_get failed ({}): restore the leaf entry, RET_PF_RETRY", (ret,)
+            yield (
+                fn,
+                "leaf.unwind",
+                "tdx_pamt_get failed ({}): restore the leaf entry, RET_PF_RETRY",
+                (ret,),
+            )
             return RETRY
         m.mark_gotten(pfn, +1)
         aug = td.state == "finalized"
@@ -440,7 +635,12 @@ def _map_leaf(
             m.count("page_aug_failed")
             if status == tdx.MISSING_PAMT_PAGE_PAIR:
                 m.diag("violation", "INV3_MISSING_PAIR", f"{call} {pfn:#x}: {status}")
-            yield fn2, "leaf.aug_fail", "{} gfn {:#x} -> pfn {:#x}: {}: tdx_pamt_put", (call, gfn, pfn, status)
+            yield (
+                fn2,
+                "leaf.aug_fail",
+                "{} gfn {:#x} -> pfn {:#x}: {}: tdx_pamt_put",
+                (call, gfn, pfn, status),
+            )
             m.mark_gotten(pfn, -1)
             yield from tdx_pamt_put(m, th, pfn)
             del td.leaf_frozen[gfn]
@@ -451,7 +651,12 @@ def _map_leaf(
         td.leaves[gfn] = pfn
         m.note("leaf", (td.id, gfn), "frozen", pfn)
         m.count("page_aug" if aug else "page_add")
-        yield fn2, "page.aug" if aug else "page.add", "{} gfn {:#x} -> pfn {:#x}: TDX_SUCCESS", (call, gfn, pfn)
+        yield (
+            fn2,
+            "page.aug" if aug else "page.add",
+            "{} gfn {:#x} -> pfn {:#x}: TDX_SUCCESS",
+            (call, gfn, pfn),
+        )
         return DONE
     finally:
         th.stack.pop()
@@ -462,8 +667,9 @@ def zap_private_page(m: Machine, th: Thread, idx: int, ev: Zap) -> KGen:
     """Zap one private page: PAGE.REMOVE under write_lock(mmu_lock), then ``tdx_pamt_put``."""
     td = _live_td(m, ev, idx, ev.td)
     if ev.gfn not in td.leaves:
-        raise m.impossible(ev, idx, f"zap of gfn {ev.gfn:#x}, which TD {ev.td} has not mapped",
-                           "a mapped gfn")
+        raise m.impossible(
+            ev, idx, f"zap of gfn {ev.gfn:#x}, which TD {ev.td} has not mapped", "a mapped gfn"
+        )
     fn = "tdx_sept_remove_private_spte"
     th.stack.append(fn)
     m.count("zaps")
@@ -503,8 +709,12 @@ def tdx_alloc_control_page(m: Machine, th: Thread) -> KGen:
         if pfn is None:
             yield fn, "control.enomem", "alloc_page failed: -ENOMEM", ()
             return None
-        yield fn, "control.alloc", "alloc_page(GFP_KERNEL_ACCOUNT) -> {:#x} (region {})", (
-            pfn, pfn >> C.PAGES_PER_REGION_SHIFT)
+        yield (
+            fn,
+            "control.alloc",
+            "alloc_page(GFP_KERNEL_ACCOUNT) -> {:#x} (region {})",
+            (pfn, pfn >> C.PAGES_PER_REGION_SHIFT),
+        )
         ret = yield from tdx_pamt_get(m, th, pfn, None)
         if ret:
             m.free_page(pfn)
@@ -550,7 +760,12 @@ def _reclaim_control(m: Machine, th: Thread, pages: list[tuple[int, str]], fn: s
         pfn, kind = pages.pop()
         status = m.module.take_page(pfn)
         m.set_owner(pfn, O_IN_HAND)
-        yield fn, "control.reclaim", "TDH.PHYMEM.PAGE.RECLAIM {} page {:#x}: {}", (kind.upper(), pfn, status)
+        yield (
+            fn,
+            "control.reclaim",
+            "TDH.PHYMEM.PAGE.RECLAIM {} page {:#x}: {}",
+            (kind.upper(), pfn, status),
+        )
         m.mark_gotten(pfn, -1)
         yield from tdx_pamt_put(m, th, pfn)
         m.free_page(pfn)
@@ -580,8 +795,12 @@ def tdx_td_create(m: Machine, th: Thread, idx: int, ev: TdCreate) -> KGen:
         ok = root is not None
         if root is not None:
             td.mirror_root = root
-            yield "kvm_tdp_mmu_alloc_root", "td.mirror_root", "mirror root page {:#x} (the S-EPT root is a TDCS page: no DPAMT get at fault time)", (
-                root,)
+            yield (
+                "kvm_tdp_mmu_alloc_root",
+                "td.mirror_root",
+                "mirror root page {:#x} (the S-EPT root is a TDCS page: no DPAMT get at fault time)",
+                (root,),
+            )
     if not ok:
         m.diag("error", "TD_CREATE_ENOMEM", f"TD {td.id}: creation failed (-ENOMEM); unwound")
         yield fn, "td.fail", "TD {} creation failed: -ENOMEM, unwind", (td.id,)
@@ -593,25 +812,37 @@ def tdx_td_create(m: Machine, th: Thread, idx: int, ev: TdCreate) -> KGen:
         return
     td.state = "created"
     m.note("td", td.id, "creating", "created")
-    yield fn, "td.ready", "TDH.MNG.INIT: TD {} is being built (faults use TDH.MEM.PAGE.ADD)", (td.id,)
+    yield (
+        fn,
+        "td.ready",
+        "TDH.MNG.INIT: TD {} is being built (faults use TDH.MEM.PAGE.ADD)",
+        (td.id,),
+    )
 
 
 def tdx_vcpu_create(m: Machine, th: Thread, idx: int, ev: VcpuCreate) -> KGen:
     """KVM_CREATE_VCPU + KVM_TDX_INIT_VCPU: TDVPR + TDCX pages, an empty tdx_pamt_cache."""
     td = _live_td(m, ev, idx, ev.td)
     if ev.vcpu in m.vcpus:
-        raise m.impossible(ev, idx, f"vCPU {ev.vcpu} already exists (ids are unique across TDs)",
-                           "a new vCPU id")
+        raise m.impossible(
+            ev, idx, f"vCPU {ev.vcpu} already exists (ids are unique across TDs)", "a new vCPU id"
+        )
     fn = "tdx_vcpu_create"
     th.stack.append(fn)
     vcpu = m.vcpus[ev.vcpu] = Vcpu(ev.vcpu, td.id)
     vcpu.caches = new_kvm_caches(m)
     td.vcpus.append(vcpu.id)
     m.note("vcpu", vcpu.id, None, f"td{td.id}")
-    yield fn, "vcpu.begin", "create vCPU {} in TD {}: TDVPR + {} TDCX pages; tdx_init_pamt_cache", (
-        vcpu.id, td.id, m.settings.tdcx_pages)
+    yield (
+        fn,
+        "vcpu.begin",
+        "create vCPU {} in TD {}: TDVPR + {} TDCX pages; tdx_init_pamt_cache",
+        (vcpu.id, td.id, m.settings.tdcx_pages),
+    )
     plan = [("tdvpr", "TDH.VP.CREATE")] + [("tdcx", "TDH.VP.ADDCX")] * m.settings.tdcx_pages
     ok = yield from _add_control_pages(m, th, vcpu.control, plan, fn)
+    if ok and m.mode == "mempool" and "mempool" not in m.extra:
+        yield from _mempool_create(m, th)
     if not ok:
         m.diag("error", "VCPU_CREATE_ENOMEM", f"vCPU {vcpu.id}: creation failed (-ENOMEM); unwound")
         yield from _reclaim_control(m, th, vcpu.control, fn)
@@ -623,20 +854,51 @@ def tdx_vcpu_create(m: Machine, th: Thread, idx: int, ev: VcpuCreate) -> KGen:
     yield fn, "vcpu.ready", "TDH.VP.INIT: vCPU {} ready", (vcpu.id,)
 
 
+def _mempool_create(m: Machine, th: Thread) -> KGen:
+    """``mempool_create(min_nr = 2 * n)``: the reserve is filled once, then only refilled by
+    frees (``mempool_free``), never topped up before a fault."""
+    pool: list[int] = m.extra.setdefault("mempool", [])
+    target = 2 * m.settings.dpamt_gets_per_fault
+    while len(pool) < target:
+        pfn = m.alloc_page(th, O_IN_HAND, sleeping=True)
+        if pfn is None:
+            break
+        m.set_owner(pfn, O_PAMT_CACHE)
+        pool.append(pfn)
+    m.note("mempool", "reserve", 0, len(pool))
+    yield (
+        "mempool_create",
+        "mempool.create",
+        "mempool_create: reserve of {} pages (2 x {})",
+        (len(pool), m.settings.dpamt_gets_per_fault),
+    )
+
+
 def tdx_td_finalize(m: Machine, th: Thread, idx: int, ev: TdFinalize) -> KGen:
     td = _live_td(m, ev, idx, ev.td)
     if td.state != "created":
-        raise m.impossible(ev, idx, f"TD {td.id} is {td.state}, not being built", "a TD being built")
+        raise m.impossible(
+            ev, idx, f"TD {td.id} is {td.state}, not being built", "a TD being built"
+        )
     td.state = "finalized"
     m.note("td", td.id, "created", "finalized")
-    yield "tdx_td_finalize", "td.finalize", "TDH.MR.FINALIZE: TD {} runs; later faults use TDH.MEM.PAGE.AUG", (td.id,)
+    yield (
+        "tdx_td_finalize",
+        "td.finalize",
+        "TDH.MR.FINALIZE: TD {} runs; later faults use TDH.MEM.PAGE.AUG",
+        (td.id,),
+    )
 
 
 def tdx_vcpu_free_event(m: Machine, th: Thread, idx: int, ev: VcpuFree) -> KGen:
     vcpu = m.vcpus.get(ev.vcpu)
     if vcpu is None or not vcpu.alive:
-        raise m.impossible(ev, idx, f"vCPU {ev.vcpu} is {'unknown' if vcpu is None else 'already freed'}",
-                           "a live vCPU")
+        raise m.impossible(
+            ev,
+            idx,
+            f"vCPU {ev.vcpu} is {'unknown' if vcpu is None else 'already freed'}",
+            "a live vCPU",
+        )
     yield from tdx_vcpu_free(m, th, vcpu)
 
 
@@ -651,8 +913,12 @@ def tdx_vcpu_free(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
         vcpu.alive = False
         m.note("vcpu", vcpu.id, f"td{vcpu.td}", "freed")
         if vcpu.control:
-            yield fn, "vcpu.freed", "vCPU {} freed; its {} control pages wait for the TD's teardown (HKID still assigned)", (
-                vcpu.id, len(vcpu.control))
+            yield (
+                fn,
+                "vcpu.freed",
+                "vCPU {} freed; its {} control pages wait for the TD's teardown (HKID still assigned)",
+                (vcpu.id, len(vcpu.control)),
+            )
         else:
             yield fn, "vcpu.freed", "vCPU {} freed", (vcpu.id,)
     finally:
@@ -670,8 +936,12 @@ def tdx_td_destroy(m: Machine, th: Thread, idx: int, ev: TdDestroy) -> KGen:
     old_state = td.state
     td.state = "destroying"
     m.note("td", td.id, old_state, "destroying")
-    yield fn, "td.destroy", "destroy TD {}: {} mapped pages, {} S-EPT tables", (
-        td.id, len(td.leaves), len(td.entries))
+    yield (
+        fn,
+        "td.destroy",
+        "destroy TD {}: {} mapped pages, {} S-EPT tables",
+        (td.id, len(td.leaves), len(td.entries)),
+    )
     # 1. leaves zapped and put (mmu_lock held for write)
     yield from write_lock_mmu(m, th, fn)
     for gfn in sorted(td.leaves):
@@ -679,8 +949,12 @@ def tdx_td_destroy(m: Machine, th: Thread, idx: int, ev: TdDestroy) -> KGen:
     yield from write_unlock_mmu(m, th, fn)
     # 2. HKID released
     m.note("hkid", td.id, td.hkid, None)
-    yield "tdx_mmu_release_hkid", "td.hkid_release", "TDH.PHYMEM.CACHE.WB + TDH.MNG.KEY.FREEID: HKID {} released", (
-        td.hkid,)
+    yield (
+        "tdx_mmu_release_hkid",
+        "td.hkid_release",
+        "TDH.PHYMEM.CACHE.WB + TDH.MNG.KEY.FREEID: HKID {} released",
+        (td.hkid,),
+    )
     td.hkid = None
     # 3. S-EPT tables reclaimed, put and freed (immediately, not via RCU), mirror pages freed
     for key in sorted(td.entries, key=lambda k: (k[0], k[1])):
@@ -691,13 +965,25 @@ def tdx_td_destroy(m: Machine, th: Thread, idx: int, ev: TdDestroy) -> KGen:
         status = m.module.take_page(spt)
         m.set_owner(spt, O_IN_HAND)
         m.note("sept", (td.id, *key), "present", "absent")
-        yield "tdx_sept_free_private_spt", "sept.reclaim", "TDH.PHYMEM.PAGE.RECLAIM level-{} S-EPT table {:#x}: {}", (
-            key[0], spt, status)
-        m.mark_gotten(spt, -1)
-        yield from tdx_pamt_put(m, th, spt)
+        yield (
+            "tdx_sept_free_private_spt",
+            "sept.reclaim",
+            "TDH.PHYMEM.PAGE.RECLAIM level-{} S-EPT table {:#x}: {}",
+            (key[0], spt, status),
+        )
+        if m.mode == "v5-topup-install":  # freed through call_rcu(): put in softirq context
+            yield from _put_cache_page(m, th, spt, softirq=True)
+        else:
+            m.mark_gotten(spt, -1)
+            yield from tdx_pamt_put(m, th, spt)
         m.free_page(spt)
         m.free_page(sp)
-        yield "tdx_sept_free_private_spt", "sept.free", "free S-EPT page {:#x} and its mirror page {:#x}", (spt, sp)
+        yield (
+            "tdx_sept_free_private_spt",
+            "sept.free",
+            "free S-EPT page {:#x} and its mirror page {:#x}",
+            (spt, sp),
+        )
     # 4. control pages: each vCPU's TDCX/TDVPR, then the TD's TDCS and TDR (last)
     for vid in td.vcpus:
         yield from _reclaim_control(m, th, m.vcpus[vid].control, "tdx_vcpu_free")

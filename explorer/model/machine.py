@@ -163,10 +163,24 @@ class Thread:
     holds: list[str] = field(default_factory=list)
     spinning: str | None = None
     last: StepInfo | None = None
+    softirq: bool = False  # running an RCU callback (v5-topup-install frees S-EPT pages so)
 
     @property
     def done(self) -> bool:
         return self.gen is None and not self.queue
+
+
+def _checks() -> tuple[Callable[[Machine, Iterable[int]], None], Callable[[Machine], None]]:
+    """The invariant checks (imported late: invariants imports this module)."""
+    global _CHECKS
+    if _CHECKS is None:
+        from explorer.model.invariants import check_global, check_regions
+
+        _CHECKS = (check_regions, check_global)
+    return _CHECKS
+
+
+_CHECKS: tuple[Callable[[Machine, Iterable[int]], None], Callable[[Machine], None]] | None = None
 
 
 def thread_name(ev: Event) -> str:
@@ -267,7 +281,10 @@ class Machine:
     # ================================================================ effects API
     def _effect(self, kind: str, key: Any, old: Any, new: Any) -> None:
         fx = self._fx
-        if kind in ("pamt_cache", "kvm_cache"):  # one effect per cache per step: first old, last new
+        if kind in (
+            "pamt_cache",
+            "kvm_cache",
+        ):  # one effect per cache per step: first old, last new
             for i in range(len(fx) - 1, -1, -1):
                 if fx[i][0] == kind and fx[i][1] == key:
                     fx[i] = Effect(kind, key, fx[i][2], new)
@@ -543,8 +560,6 @@ class Machine:
         self._current = None
 
     def _commit(self, th: Thread, info: StepInfo) -> None:
-        from explorer.model.invariants import check_regions, check_global
-
         index = self.nr_steps
         self.nr_steps = index + 1
         th.last = info
@@ -555,6 +570,7 @@ class Machine:
         if dirty:
             self.batch_regions |= dirty
         if self.check:
+            check_regions, check_global = _checks()
             if self.full_check:
                 check_regions(self, set(self.refcount) | set(self.module.pairs) | dirty)
             elif dirty:

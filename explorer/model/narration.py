@@ -83,7 +83,10 @@ PSEUDOCODE: dict[str, list[Line]] = {
         ((), "tdp_mmu_alloc_sp(vcpu):"),
         ((), "  sp = kvm_mmu_memory_cache_alloc(mmu_page_header_cache)"),
         ((), "  sp->spt = kvm_mmu_memory_cache_alloc(mmu_shadow_page_cache)"),
-        (("tdp.alloc_sp",), "  sp->external_spt = kvm_mmu_memory_cache_alloc(mmu_external_spt_cache)"),
+        (
+            ("tdp.alloc_sp",),
+            "  sp->external_spt = kvm_mmu_memory_cache_alloc(mmu_external_spt_cache)",
+        ),
         ((), "  (an empty cache WARNs and falls back to GFP_ATOMIC)"),
     ],
     "tdx_sept_link_private_spt": [
@@ -108,11 +111,28 @@ PSEUDOCODE: dict[str, list[Line]] = {
         (("pamt_get.slow",), "  # refcount was 0: this region needs a PAMT page pair"),
         (("pamt_get.pop",), "  pages = 2 x (cache ? pop(cache) : ...)          # never sleeps"),
         (("pamt_get.alloc",), "          (no cache: alloc_page(GFP_KERNEL_ACCOUNT))"),
-        (("pamt_get.partial", "pamt_get.enomem"),
-         "  if a page is missing: free the other to the allocator; -ENOMEM"),
+        (
+            ("pamt_get.alloc_atomic",),
+            "          (atomic/mempool designs: GFP_ATOMIC under mmu_lock)",
+        ),
+        (
+            ("pamt_get.mempool",),
+            "          (mempool design: GFP_NOWAIT failed, take from the reserve)",
+        ),
+        (
+            ("pamt_get.alloc_sleeping",),
+            "          (rejected design: GFP_KERNEL under mmu_lock: may sleep!)",
+        ),
+        (
+            ("pamt_get.partial", "pamt_get.enomem"),
+            "  if a page is missing: free the other to the allocator; -ENOMEM",
+        ),
         (("pamt_get.lock", "pamt_get.lock.spin"), "  spin_lock(&pamt_lock)"),
         (("pamt_get.lost_race",), "  if atomic_read(refcount): atomic_inc(refcount)  # lost race"),
-        (("pamt_get.add",), "  else if TDH.PHYMEM.PAMT.ADD(pfn, pages) ok: atomic_set(refcount, 1)"),
+        (
+            ("pamt_get.add",),
+            "  else if TDH.PHYMEM.PAMT.ADD(pfn, pages) ok: atomic_set(refcount, 1)",
+        ),
         (("pamt_get.add_hint",), "  else if HPA_RANGE_NOT_FREE (v5): atomic_set(refcount, 1)"),
         (("pamt_get.add_fail",), "  else: WARN, ret = -EIO"),
         (("pamt_get.unlock",), "  spin_unlock(&pamt_lock)"),
@@ -140,10 +160,16 @@ PSEUDOCODE: dict[str, list[Line]] = {
     ],
     "tdx_td_init": [
         (("td.begin",), "create the TD:"),
-        (("control.seamcall", "control.seamcall_fail"), "  TDR = tdx_alloc_control_page(); TDH.MNG.CREATE"),
+        (
+            ("control.seamcall", "control.seamcall_fail"),
+            "  TDR = tdx_alloc_control_page(); TDH.MNG.CREATE",
+        ),
         (("td.hkid",), "  TDH.MNG.KEY.CONFIG                   # the TD gets its HKID"),
         ((), "  for each TDCS page: tdx_alloc_control_page(); TDH.MNG.ADDCX"),
-        (("td.fail", "td.failed", "control.reclaim", "control.free"), "  on error: reclaim, put, free"),
+        (
+            ("td.fail", "td.failed", "control.reclaim", "control.free"),
+            "  on error: reclaim, put, free",
+        ),
         (("td.ready",), "  TDH.MNG.INIT"),
     ],
     "kvm_tdp_mmu_alloc_root": [
@@ -151,10 +177,16 @@ PSEUDOCODE: dict[str, list[Line]] = {
     ],
     "tdx_vcpu_create": [
         (("vcpu.begin",), "create the vCPU: tdx_init_pamt_cache(&tdx->pamt_cache)"),
-        (("control.seamcall", "control.seamcall_fail"), "  TDVPR: tdx_alloc_control_page(); TDH.VP.CREATE"),
+        (
+            ("control.seamcall", "control.seamcall_fail"),
+            "  TDVPR: tdx_alloc_control_page(); TDH.VP.CREATE",
+        ),
         ((), "  for each TDCX page: tdx_alloc_control_page(); TDH.VP.ADDCX"),
         (("vcpu.failed", "control.reclaim", "control.free"), "  on error: reclaim, put, free"),
         (("vcpu.ready",), "  TDH.VP.INIT"),
+    ],
+    "mempool_create": [
+        (("mempool.create",), "mempool_create(min_nr = 2 * n): fill the reserve once"),
     ],
     "tdx_td_finalize": [
         (("td.finalize",), "TDH.MR.FINALIZE: the TD runs; faults now use TDH.MEM.PAGE.AUG"),
@@ -178,8 +210,10 @@ PSEUDOCODE: dict[str, list[Line]] = {
     ],
     "tdx_td_destroy": [
         (("td.destroy",), "destroy the TD:"),
-        (("mmu_lock.write", "mmu_lock.write_spin", "mmu_lock.write_unlock"),
-         "  under write_lock(mmu_lock): zap every leaf (PAGE.REMOVE, tdx_pamt_put)"),
+        (
+            ("mmu_lock.write", "mmu_lock.write_spin", "mmu_lock.write_unlock"),
+            "  under write_lock(mmu_lock): zap every leaf (PAGE.REMOVE, tdx_pamt_put)",
+        ),
         ((), "  tdx_mmu_release_hkid()"),
         ((), "  for each S-EPT table: RECLAIM, tdx_pamt_put, free (not via RCU)"),
         ((), "  for each vCPU: reclaim TDCX, TDVPR; then TDCS, TDR last"),

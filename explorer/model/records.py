@@ -31,7 +31,15 @@ OWNER_CODE = {name: code for code, name in enumerate(OWNERS)}
 #: The page-accounting categories of the JSON summary (they sum to ``total``). KVM's mirror
 #: page-table pages count as ``sept``: they shadow the S-EPT tables one for one.
 SUMMARY_PAGE_KEYS = (
-    "total", "free", "pamt_pair", "pamt_cache", "kvm_cache", "sept", "control", "guest", "leaked",
+    "total",
+    "free",
+    "pamt_pair",
+    "pamt_cache",
+    "kvm_cache",
+    "sept",
+    "control",
+    "guest",
+    "leaked",
 )
 
 

@@ -61,16 +61,28 @@ class Settings:
             spec = SETTING_SPECS.get(key)
             if spec is None:
                 problems.append(
-                    Problem(source, line, 0, f"unknown setting {key!r}", str(key),
-                            ", ".join(SETTING_SPECS))
+                    Problem(
+                        source,
+                        line,
+                        0,
+                        f"unknown setting {key!r}",
+                        str(key),
+                        ", ".join(SETTING_SPECS),
+                    )
                 )
                 continue
             try:
                 out[key] = spec.check(value)
             except ValueError as exc:
                 problems.append(
-                    Problem(source, line, 0, f"setting {key}={value!r}: {exc}", f"{key}={value!r}",
-                            spec.expected)
+                    Problem(
+                        source,
+                        line,
+                        0,
+                        f"setting {key}={value!r}: {exc}",
+                        f"{key}={value!r}",
+                        spec.expected,
+                    )
                 )
         if problems:
             raise SettingsError(problems)
@@ -90,7 +102,9 @@ class Settings:
             spec = SETTING_SPECS.get(key)
             if spec is None:
                 problems.append(
-                    Problem(source, 0, 0, f"unknown setting {key!r}", item, ", ".join(SETTING_SPECS))
+                    Problem(
+                        source, 0, 0, f"unknown setting {key!r}", item, ", ".join(SETTING_SPECS)
+                    )
                 )
                 continue
             out[key] = spec.from_text(raw.strip())
@@ -159,18 +173,29 @@ SETTING_SPECS: dict[str, SettingSpec] = {
     for s in (
         SettingSpec("mode", "v6", "tdx_pamt_get/put variant or design strategy", C.MODES),
         SettingSpec("ept_levels", 4, "S-EPT levels (4: 3 non-root tables, 5: 4)", (4, 5)),
-        SettingSpec("worst_case_tables", C.PT64_ROOT_MAX_LEVEL,
-                    "min of KVM's page-table caches (PT64_ROOT_MAX_LEVEL)",
-                    lo=0, hi=C.KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE),
-        SettingSpec("dpamt_gets_per_fault", C.DPAMT_GETS_PER_FAULT,
-                    "n of tdx_topup_pamt_cache(cache, n): 2n pages", lo=0, hi=64),
-        SettingSpec("host_memory_mib", 256, "host memory in MiB", lo=2, hi=MAX_HOST_MEMORY_MIB,
-                    even=True),
+        SettingSpec(
+            "worst_case_tables",
+            C.PT64_ROOT_MAX_LEVEL,
+            "min of KVM's page-table caches (PT64_ROOT_MAX_LEVEL)",
+            lo=0,
+            hi=C.KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE,
+        ),
+        SettingSpec(
+            "dpamt_gets_per_fault",
+            C.DPAMT_GETS_PER_FAULT,
+            "n of tdx_topup_pamt_cache(cache, n): 2n pages",
+            lo=0,
+            hi=64,
+        ),
+        SettingSpec(
+            "host_memory_mib", 256, "host memory in MiB", lo=2, hi=MAX_HOST_MEMORY_MIB, even=True
+        ),
         SettingSpec("allocator", "lowest", "page allocator policy", C.ALLOCATORS),
         SettingSpec("seed", 0, "seed of the random allocator and schedule", lo=0, hi=2**63 - 1),
         SettingSpec("schedule", "round-robin", "interleaving of concurrent events", C.SCHEDULES),
-        SettingSpec("max_retries", 64, "local retries of one fault before 'livelock'",
-                    lo=0, hi=1_000_000),
+        SettingSpec(
+            "max_retries", 64, "local retries of one fault before 'livelock'", lo=0, hi=1_000_000
+        ),
         SettingSpec("tdcs_pages", C.DEFAULT_TDCS_PAGES, "TDCS pages per TD", lo=1, hi=64),
         SettingSpec("tdcx_pages", C.DEFAULT_TDCX_PAGES, "TDCX pages per vCPU", lo=0, hi=64),
     )

@@ -43,7 +43,9 @@ def summary(m: Machine, nr_events: int) -> dict[str, Any]:
         "settings": m.settings.to_dict(),
         "counters": {k: m.counters[k] for k in SUMMARY_COUNTERS},
         "regions": regions,
-        "pamt_cache": {str(v.id): len(v.pamt_cache) for v in sorted(m.vcpus.values(), key=lambda v: v.id)},
+        "pamt_cache": {
+            str(v.id): len(v.pamt_cache) for v in sorted(m.vcpus.values(), key=lambda v: v.id)
+        },
         "pages": {k: pages[k] for k in SUMMARY_PAGE_KEYS},
         "diagnostics": [
             {
