@@ -274,6 +274,7 @@ class Machine:
         self.on_step: Callable[[Machine, Step], None] | None = None
         self._fx: list[Effect] = []
         self._dirty: set[int] = set()
+        self._owners_changed = False  # global page accounting is rechecked only then
         self._changed_counters: dict[str, int] = {}
         self._diags: list[tuple[str, str, str]] = []
         self._current: Thread | None = None
@@ -294,6 +295,7 @@ class Machine:
     def set_owner(self, pfn: int, code: int) -> None:
         old = self.mem.set_owner(pfn, code)
         self._dirty.add(pfn >> C.PAGES_PER_REGION_SHIFT)
+        self._owners_changed = True
         if self.record and old != code:
             self._effect("page", pfn, OWNERS[old], OWNERS[code])
 
@@ -441,17 +443,37 @@ class Machine:
         self.threads = threads
         order = list(threads.values())
         schedule = self.settings.schedule
-        last_order = -1
+        live = list(order)
+        rr = 0
         current: Thread | None = None
         batch_steps = 0
         spin_run = 0
         while True:
-            live = [th for th in order if not th.done]
+            if len(order) == 1:  # one CPU: nothing to interleave
+                th = order[0]
+                if th.done:
+                    break
+                info = self._advance(th, order)
+                if info is None:
+                    continue
+                self._commit(th, info)
+                batch_steps += 1
+                if th.spinning:
+                    spin_run += 1
+                    if spin_run > MAX_SPIN_STEPS:
+                        self._abort_batch(order, True)
+                        break
+                elif batch_steps > MAX_STEPS_PER_BATCH:
+                    self._abort_batch(order, False)
+                    break
+                continue
+            if rr >= len(live):
+                rr = 0
             if not live:
                 break
             if schedule == "round-robin":  # one step per CPU in turn
-                th = next((t for t in live if t.order > last_order), live[0])
-                last_order = th.order
+                th = live[rr]
+                rr += 1
             elif schedule == "random":
                 th = live[self.sched_rng.randrange(len(live))]
             else:  # sequential: keep the current CPU until it finishes or spins
@@ -463,6 +485,11 @@ class Machine:
                 th = current
             info = self._advance(th, order)
             if info is None:
+                if th.done:  # keep round-robin's turn order: the next CPU moves into this slot
+                    i = live.index(th)
+                    del live[i]
+                    if i < rr:
+                        rr -= 1
                 continue
             self._commit(th, info)
             batch_steps += 1
@@ -575,7 +602,9 @@ class Machine:
                 check_regions(self, set(self.refcount) | set(self.module.pairs) | dirty)
             elif dirty:
                 check_regions(self, dirty)
-            check_global(self)
+            if self._owners_changed or self.full_check:
+                check_global(self)
+        self._owners_changed = False
         diags: tuple[Diagnostic, ...] = ()
         if self._diags:
             ev = th.event if th.event is not None else -1
