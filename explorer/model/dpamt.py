@@ -29,6 +29,7 @@ from explorer.model.machine import (
     O_PAMT_CACHE,
     KGen,
     Machine,
+    Td,
     Thread,
     Vcpu,
 )
@@ -64,43 +65,54 @@ def spin_unlock(m: Machine, th: Thread) -> None:
     m.set_lock("pamt_lock", th.name, None)
 
 
-def read_lock_mmu(m: Machine, th: Thread, fn: str) -> KGen:
-    """``read_lock(&kvm->mmu_lock)`` (x86's mmu_lock is a queued rwlock: readers wait for a writer)."""
-    while m.mmu_writer is not None:
+def read_lock_mmu(m: Machine, th: Thread, fn: str, td: Td) -> KGen:
+    """``read_lock(&kvm->mmu_lock)``: one rwlock per VM (x86's is a queued rwlock: a reader
+    waits while a writer holds it)."""
+    while td.mmu_writer is not None:
         th.spinning = "mmu_lock"
         m.count("spins")
-        yield fn, "mmu_lock.read_spin", "spin: mmu_lock is write-held by {}", (m.mmu_writer,)
+        yield (
+            fn,
+            "mmu_lock.read_spin",
+            "spin: TD {}'s mmu_lock is write-held by {}",
+            (td.id, td.mmu_writer),
+        )
     th.spinning = None
-    m.mmu_readers.append(th.name)
+    td.mmu_readers.append(th.name)
     th.holds.append("mmu_lock(read)")
-    m.set_lock("mmu_lock", "", f"+read {th.name}")
-    yield fn, "mmu_lock.read", "read_lock(&kvm->mmu_lock): no sleeping allocation from here on", ()
+    m.set_lock(f"mmu_lock/td{td.id}", "", f"+read {th.name}")
+    yield (
+        fn,
+        "mmu_lock.read",
+        "read_lock(&kvm->mmu_lock) of TD {}: no sleeping allocation from here on",
+        (td.id,),
+    )
 
 
-def read_unlock_mmu(m: Machine, th: Thread, fn: str) -> KGen:
-    m.mmu_readers.remove(th.name)
+def read_unlock_mmu(m: Machine, th: Thread, fn: str, td: Td) -> KGen:
+    td.mmu_readers.remove(th.name)
     th.holds.remove("mmu_lock(read)")
-    m.set_lock("mmu_lock", f"read {th.name}", "")
+    m.set_lock(f"mmu_lock/td{td.id}", f"read {th.name}", "")
     yield fn, "mmu_lock.read_unlock", "read_unlock(&kvm->mmu_lock)", ()
 
 
-def write_lock_mmu(m: Machine, th: Thread, fn: str) -> KGen:
-    while m.mmu_writer is not None or m.mmu_readers:
+def write_lock_mmu(m: Machine, th: Thread, fn: str, td: Td) -> KGen:
+    while td.mmu_writer is not None or td.mmu_readers:
         th.spinning = "mmu_lock"
         m.count("spins")
-        holders = m.mmu_writer or ", ".join(m.mmu_readers)
-        yield fn, "mmu_lock.write_spin", "spin: mmu_lock is held by {}", (holders,)
+        holders = td.mmu_writer or ", ".join(td.mmu_readers)
+        yield fn, "mmu_lock.write_spin", "spin: TD {}'s mmu_lock is held by {}", (td.id, holders)
     th.spinning = None
-    m.mmu_writer = th.name
+    td.mmu_writer = th.name
     th.holds.append("mmu_lock(write)")
-    m.set_lock("mmu_lock", "", f"write {th.name}")
-    yield fn, "mmu_lock.write", "write_lock(&kvm->mmu_lock)", ()
+    m.set_lock(f"mmu_lock/td{td.id}", "", f"write {th.name}")
+    yield fn, "mmu_lock.write", "write_lock(&kvm->mmu_lock) of TD {}", (td.id,)
 
 
-def write_unlock_mmu(m: Machine, th: Thread, fn: str) -> KGen:
-    m.mmu_writer = None
+def write_unlock_mmu(m: Machine, th: Thread, fn: str, td: Td) -> KGen:
+    td.mmu_writer = None
     th.holds.remove("mmu_lock(write)")
-    m.set_lock("mmu_lock", f"write {th.name}", "")
+    m.set_lock(f"mmu_lock/td{td.id}", f"write {th.name}", "")
     yield fn, "mmu_lock.write_unlock", "write_unlock(&kvm->mmu_lock)", ()
 
 

@@ -144,5 +144,6 @@ def check_quiescent(m: Machine) -> None:
                 "INV5_CONSERVATION",
                 f"{owned} pages owned as {name}, but the structures hold {held}",
             )
-    if m.inflight or m.pamt_lock is not None or m.mmu_readers or m.mmu_writer:
+    mmu_held = any(t.mmu_readers or t.mmu_writer for t in m.tds.values())
+    if m.inflight or m.pamt_lock is not None or mmu_held:
         m.diag("violation", "LOCK_LEAK", "a lock or an in-flight get/put survived its batch")

@@ -436,12 +436,12 @@ def kvm_tdp_mmu_map(
     fn = "kvm_tdp_mmu_map"
     th.stack.append(fn)
     try:
-        yield from read_lock_mmu(m, th, fn)
+        yield from read_lock_mmu(m, th, fn, td)
         if td.state not in ALIVE_TD_STATES:
-            yield from read_unlock_mmu(m, th, fn)
+            yield from read_unlock_mmu(m, th, fn, td)
             return EIO
         ret = yield from _walk_and_map(m, th, vcpu, td, gfn, pfn, level)
-        yield from read_unlock_mmu(m, th, fn)
+        yield from read_unlock_mmu(m, th, fn, td)
         if ret == DONE:
             yield (
                 "tdx_handle_ept_violation",
@@ -673,13 +673,13 @@ def zap_private_page(m: Machine, th: Thread, idx: int, ev: Zap) -> KGen:
     fn = "tdx_sept_remove_private_spte"
     th.stack.append(fn)
     m.count("zaps")
-    yield from write_lock_mmu(m, th, fn)
+    yield from write_lock_mmu(m, th, fn, td)
     pfn = td.leaves.get(ev.gfn)
     if pfn is None:
         yield fn, "zap.gone", "gfn {:#x} is no longer mapped: nothing to do", (ev.gfn,)
     else:
         yield from _zap_leaf(m, th, td, ev.gfn, pfn)
-    yield from write_unlock_mmu(m, th, fn)
+    yield from write_unlock_mmu(m, th, fn, td)
 
 
 def _zap_leaf(m: Machine, th: Thread, td: Td, gfn: int, pfn: int) -> KGen:
@@ -943,10 +943,10 @@ def tdx_td_destroy(m: Machine, th: Thread, idx: int, ev: TdDestroy) -> KGen:
         (td.id, len(td.leaves), len(td.entries)),
     )
     # 1. leaves zapped and put (mmu_lock held for write)
-    yield from write_lock_mmu(m, th, fn)
+    yield from write_lock_mmu(m, th, fn, td)
     for gfn in sorted(td.leaves):
         yield from _zap_leaf(m, th, td, gfn, td.leaves[gfn])
-    yield from write_unlock_mmu(m, th, fn)
+    yield from write_unlock_mmu(m, th, fn, td)
     # 2. HKID released
     m.note("hkid", td.id, td.hkid, None)
     yield (

@@ -147,6 +147,9 @@ class Td:
     leaves: dict[int, int] = field(default_factory=dict)  # mapped gfn -> pfn
     leaf_frozen: dict[int, str] = field(default_factory=dict)  # gfn -> cpu
     gmem: dict[int, int] = field(default_factory=dict)  # guest_memfd: gfn -> pfn it holds
+    #: ``kvm->mmu_lock``: one rwlock per VM (``pamt_lock`` is the only global lock)
+    mmu_readers: list[str] = field(default_factory=list)
+    mmu_writer: str | None = None
 
 
 @dataclass(slots=True)
@@ -255,8 +258,6 @@ class Machine:
         # KVM state
         self.tds: dict[int, Td] = {}
         self.vcpus: dict[int, Vcpu] = {}
-        self.mmu_readers: list[str] = []
-        self.mmu_writer: str | None = None
         self.next_hkid = 1
         self.injections: dict[str, int] = dict.fromkeys(C.INJECTIONS, 0)
         self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
@@ -679,8 +680,6 @@ class Machine:
         self.sched_rng.setstate(img.sched_rng)  # type: ignore[arg-type]
         self.extra = copy.deepcopy(img.extra)
         self.pamt_lock = None
-        self.mmu_readers = []
-        self.mmu_writer = None
         self.threads = {}
         self.stopped = None
 
@@ -729,6 +728,8 @@ class Machine:
                 tuple(p for p, _ in t.control),
                 len(t.leaves),
                 sum(1 for e in t.entries.values() if e[0] == "present"),
+                t.mmu_writer,
+                tuple(t.mmu_readers),
             )
             for t in sorted(self.tds.values(), key=lambda t: t.id)
         )
@@ -760,8 +761,8 @@ class Machine:
             tds=tds,
             cpus=tuple(cpus),
             pamt_lock=self.pamt_lock,
-            mmu_lock_writer=self.mmu_writer,
-            mmu_lock_readers=tuple(self.mmu_readers),
+            mmu_lock_writer=next((t.mmu_writer for t in self.tds.values() if t.mmu_writer), None),
+            mmu_lock_readers=tuple(r for t in self.tds.values() for r in t.mmu_readers),
             counters=dict(self.counters),
             pages=self.page_summary(),
             injections=dict(self.injections),

@@ -117,6 +117,8 @@ class TdView:
     control_pfns: tuple[int, ...]  # TDR then TDCS
     mapped: int  # guest pages mapped
     sept_tables: int  # non-root S-EPT tables linked
+    mmu_lock_writer: str | None = None  # this VM's kvm->mmu_lock
+    mmu_lock_readers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,7 @@ class Snapshot:
     tds: tuple[TdView, ...]
     cpus: tuple[CpuView, ...]
     pamt_lock: str | None  # holder
+    #: kvm->mmu_lock is per VM (see TdView); these two aggregate over all TDs for a quick look
     mmu_lock_writer: str | None
     mmu_lock_readers: tuple[str, ...]
     counters: dict[str, int]
