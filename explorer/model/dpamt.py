@@ -278,13 +278,15 @@ def _pamt_get(m: Machine, th: Thread, fn: str, region: int, vcpu: Vcpu | None) -
                 (region, old, old + 1),
             )
             return 0
+        m.count("pamt_get_slow")
         yield (
             fn,
             "pamt_get.slow",
             "refcount[{}] is 0: region {} needs a PAMT page pair",
             (region, region),
         )
-    m.count("pamt_get_slow")
+    else:
+        m.count("pamt_get_slow")
     # alloc_pamt_array(): two pages, from the cache or the allocator
     pages: list[int] = []
     for _ in range(2):
