@@ -80,7 +80,7 @@ def read_lock_mmu(m: Machine, th: Thread, fn: str, td: Td) -> KGen:
     th.spinning = None
     td.mmu_readers.append(th.name)
     th.holds.append("mmu_lock(read)")
-    m.set_lock(f"mmu_lock/td{td.id}", "", f"+read {th.name}")
+    m.set_lock(f"mmu_lock/td{td.id}", None, f"read {th.name}")
     yield (
         fn,
         "mmu_lock.read",
@@ -92,7 +92,7 @@ def read_lock_mmu(m: Machine, th: Thread, fn: str, td: Td) -> KGen:
 def read_unlock_mmu(m: Machine, th: Thread, fn: str, td: Td) -> KGen:
     td.mmu_readers.remove(th.name)
     th.holds.remove("mmu_lock(read)")
-    m.set_lock(f"mmu_lock/td{td.id}", f"read {th.name}", "")
+    m.set_lock(f"mmu_lock/td{td.id}", f"read {th.name}", None)
     yield fn, "mmu_lock.read_unlock", "read_unlock(&kvm->mmu_lock)", ()
 
 
@@ -105,14 +105,14 @@ def write_lock_mmu(m: Machine, th: Thread, fn: str, td: Td) -> KGen:
     th.spinning = None
     td.mmu_writer = th.name
     th.holds.append("mmu_lock(write)")
-    m.set_lock(f"mmu_lock/td{td.id}", "", f"write {th.name}")
+    m.set_lock(f"mmu_lock/td{td.id}", None, f"write {th.name}")
     yield fn, "mmu_lock.write", "write_lock(&kvm->mmu_lock) of TD {}", (td.id,)
 
 
 def write_unlock_mmu(m: Machine, th: Thread, fn: str, td: Td) -> KGen:
     td.mmu_writer = None
     th.holds.remove("mmu_lock(write)")
-    m.set_lock(f"mmu_lock/td{td.id}", f"write {th.name}", "")
+    m.set_lock(f"mmu_lock/td{td.id}", f"write {th.name}", None)
     yield fn, "mmu_lock.write_unlock", "write_unlock(&kvm->mmu_lock)", ()
 
 

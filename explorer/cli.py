@@ -1,0 +1,269 @@
+"""``python -m explorer``: check, replay, generate and sweep traces from the command line.
+
+Exit status (a contract, scripts rely on it): 0 replayed with no violation (or: valid, written);
+1 replayed with violations; 2 invalid trace, impossible event, or bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import io
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any, TextIO
+
+from explorer.model.errors import ImpossibleEvent, Problem, TraceError
+from explorer.model.machine import Machine, batches
+from explorer.model.settings import Settings
+from explorer.model.summary import summary
+from explorer.render import format_steps
+from explorer.trace import Trace, parse_trace
+from explorer.trace import limits as L
+from explorer.trace.generate import WORKLOADS
+
+EXIT_OK, EXIT_VIOLATIONS, EXIT_INVALID = 0, 1, 2
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse exits with 2 too; keep our wording
+        raise _UsageError(message)
+
+
+def read_trace(path: str) -> Trace:
+    """Read and parse ``path`` (``-`` for standard input); size-checked before reading."""
+    if path == "-":
+        data = sys.stdin.buffer.read(L.MAX_UPLOAD_BYTES + 1)
+        name = "<stdin>"
+    else:
+        name = os.path.basename(path)
+        try:
+            size = os.stat(path).st_size
+            if size > L.MAX_UPLOAD_BYTES:
+                raise TraceError(
+                    Problem(
+                        name,
+                        0,
+                        0,
+                        f"the file is {size} bytes, over the limit of "
+                        f"{L.MAX_UPLOAD_BYTES} bytes (MAX_UPLOAD_BYTES)",
+                    )
+                )
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise TraceError(Problem(name, 0, 0, f"cannot read the file: {exc.strerror}")) from None
+    return parse_trace(data, name)
+
+
+def resolve_settings(trace: Trace, assignments: Sequence[str]) -> Settings:
+    """Defaults, then the trace header's settings, then ``--set key=value`` (last wins)."""
+    settings = Settings().with_overrides(trace.settings, source=trace.source)
+    if assignments:
+        settings = settings.with_overrides(Settings.parse_assignments(list(assignments)), "--set")
+    return settings
+
+
+def _print_problems(problems: Iterable[Problem], out: TextIO) -> None:
+    for p in problems:
+        print(p, file=out)
+
+
+# ------------------------------------------------------------------ check
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate: the file's syntax and schema, then a dry run for events impossible in context."""
+    trace = read_trace(args.trace)
+    settings = resolve_settings(trace, args.set or [])
+    m = Machine(settings, record=False, check=False)
+    m.run(trace.events)
+    if m.stopped is not None:
+        d = m.stopped
+        print(f"{trace.source}:{d.line}:1: {d.message} (event {d.event + 1})")
+        return EXIT_INVALID
+    print(f"OK: {trace.source}: {len(trace.events)} events, {m.nr_steps} steps")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ replay
+def cmd_replay(args: argparse.Namespace) -> int:
+    trace = read_trace(args.trace)
+    settings = resolve_settings(trace, args.set or [])
+    events = trace.events
+    m = Machine(settings, record=not args.json, check=True)
+    out = sys.stdout
+    for start, end in batches(events):
+        if m.stopped is not None:
+            break
+        m.run_batch((i, events[i]) for i in range(start, end))
+        if not args.json:
+            for line in format_steps(m.steps):
+                out.write(line + "\n")
+            m.steps.clear()
+    result = summary(m, len(events))
+    if args.json:
+        json.dump(result, out, indent=None if args.compact else 2, sort_keys=False)
+        out.write("\n")
+    else:
+        c = result["counters"]
+        out.write(
+            f"# {len(events)} events, {m.nr_steps} steps; "
+            + " ".join(f"{k}={v}" for k, v in c.items())
+            + "\n"
+        )
+        for d in result["diagnostics"]:
+            out.write(
+                f"# {d['kind']} {d['code']} at step {d['step']} (line {d['line']}): {d['message']}\n"
+            )
+    if m.stopped is not None:
+        print(f"{trace.source}:{m.stopped.line}:1: {m.stopped.message}", file=sys.stderr)
+        return EXIT_INVALID
+    return (
+        EXIT_VIOLATIONS if any(d["kind"] == "violation" for d in result["diagnostics"]) else EXIT_OK
+    )
+
+
+# ------------------------------------------------------------------ generate
+def cmd_generate(args: argparse.Namespace) -> int:
+    kwargs: dict[str, Any] = {
+        "tds": args.tds,
+        "vcpus": args.vcpus,
+        "faults": args.faults,
+        "seed": args.seed,
+        "add_pages": args.add_pages,
+        "host_memory_mib": args.host_memory_mib,
+    }
+    if args.workload == "boot":
+        kwargs["teardown"] = args.teardown
+    else:
+        kwargs["zap_ratio"] = args.zap_ratio
+    try:
+        lines = WORKLOADS[args.workload](**kwargs)
+        first = next(lines)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    if args.output == "-":
+        _write_lines(sys.stdout, first, lines)
+    elif args.output.endswith(".gz"):
+        with gzip.open(args.output, "wt", encoding="utf-8", compresslevel=6) as gz:
+            _write_lines(gz, first, lines)
+    else:
+        with open(args.output, "w", encoding="utf-8") as f:
+            _write_lines(f, first, lines)
+    return EXIT_OK
+
+
+def _write_lines(out: TextIO, first: str, lines: Iterable[str]) -> None:
+    out.write(first + "\n")
+    buf: list[str] = []
+    for line in lines:
+        buf.append(line)
+        if len(buf) >= 4096:
+            out.write("\n".join(buf) + "\n")
+            buf.clear()
+    if buf:
+        out.write("\n".join(buf) + "\n")
+
+
+# ------------------------------------------------------------------ sweep
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from explorer.sweep import grid_points, parse_vary, run_sweep
+
+    trace = read_trace(args.trace)
+    base = resolve_settings(trace, args.set or [])
+    points = grid_points(base, parse_vary(args.vary))
+
+    def progress(done: int, total: int) -> None:
+        print(f"\r{done}/{total} points", end="", file=sys.stderr, flush=True)
+
+    rows = run_sweep(trace.events, points, workers=args.workers, progress=progress)
+    print(file=sys.stderr)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    if args.out == "-":
+        sys.stdout.write(buf.getvalue())
+    else:
+        with open(args.out, "w", encoding="utf-8", newline="") as f:
+            f.write(buf.getvalue())
+        print(f"wrote {len(rows)} rows to {args.out}", file=sys.stderr)
+    if args.plot:
+        from explorer.views.sweep import sweep_figure
+
+        keys = list(parse_vary(args.vary))
+        fig = sweep_figure(
+            rows, x=f"setting.{keys[0]}", group=f"setting.{keys[1]}" if len(keys) > 1 else None
+        )
+        fig.write_html(args.plot, include_plotlyjs=True)
+        print(f"wrote the plot to {args.plot}", file=sys.stderr)
+    return EXIT_VIOLATIONS if any(r["violations"] for r in rows) else EXIT_OK
+
+
+# ------------------------------------------------------------------ main
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m explorer",
+        description="DPAMT Explorer: check, replay, "
+        "generate and sweep Dynamic PAMT fault-path traces.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    c = sub.add_parser("check", help="validate a trace (schema, then a dry run)")
+    c.add_argument("trace", help="trace file (.jsonl, .jsonl.gz, .csv) or - for stdin")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+    c.set_defaults(func=cmd_check)
+    r = sub.add_parser("replay", help="replay a trace: one line per step, or --json")
+    r.add_argument("trace")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+    r.add_argument("--json", action="store_true", help="print one JSON summary of the final state")
+    r.add_argument("--compact", action="store_true", help="with --json: on one line")
+    r.set_defaults(func=cmd_replay)
+    g = sub.add_parser("generate", help="write a synthetic workload trace")
+    g.add_argument("workload", choices=sorted(WORKLOADS))
+    g.add_argument("--tds", type=int, default=1)
+    g.add_argument("--vcpus", type=int, default=2)
+    g.add_argument("--faults", type=int, default=1000)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--add-pages", type=int, default=16, help="PAGE.ADD faults per TD before finalize"
+    )
+    g.add_argument(
+        "--host-memory-mib", type=int, default=4096, help="setting written in the header"
+    )
+    g.add_argument("--teardown", action="store_true", help="boot: destroy the TDs at the end")
+    g.add_argument("--zap-ratio", type=float, default=0.3, help="churn: zaps per round")
+    g.add_argument("-o", "--output", default="-", help="file (.jsonl or .jsonl.gz) or - (stdout)")
+    g.set_defaults(func=cmd_generate)
+    s = sub.add_parser("sweep", help="replay a trace over a grid of settings")
+    s.add_argument("trace")
+    s.add_argument("--vary", action="append", required=True, metavar="KEY=A..B|KEY=A,B")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE")
+    s.add_argument("--out", default="-", help="CSV file, or - (stdout)")
+    s.add_argument("--plot", help="write an HTML chart of the sweep")
+    s.add_argument("--workers", type=int, default=None, help="worker processes (default: CPUs)")
+    s.set_defaults(func=cmd_sweep)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        code: int = args.func(args)
+        return code
+    except _UsageError as exc:
+        print(f"usage error: {exc} (see python -m explorer --help)", file=sys.stderr)
+        return EXIT_INVALID
+    except ImpossibleEvent as exc:
+        _print_problems(exc.problems, sys.stderr)
+        return EXIT_INVALID
+    except TraceError as exc:
+        _print_problems(exc.problems, sys.stderr)
+        return EXIT_INVALID
+    except BrokenPipeError:
+        return EXIT_OK
