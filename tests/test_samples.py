@@ -1,0 +1,75 @@
+"""Every sample replays to its committed golden output (one line per step, or a JSON summary).
+
+After a deliberate change of behaviour: ``make goldens`` (pytest --update-goldens), then read the
+diff of the goldens before committing them with the change.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from explorer.cli import resolve_settings
+from explorer.model.machine import Machine
+from explorer.model.summary import summary
+from explorer.render import format_steps
+from explorer.trace import parse_trace
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_traces"
+#: Samples whose golden is the JSON summary (their step text would be megabytes).
+SUMMARY_GOLDENS = {"workload_two_tds"}
+NAMES = sorted(p.stem for p in SAMPLES.glob("*.jsonl"))
+
+
+def _render(name: str) -> str:
+    trace = parse_trace((SAMPLES / f"{name}.jsonl").read_bytes(), f"{name}.jsonl")
+    m = Machine(resolve_settings(trace, []), full_check=name not in SUMMARY_GOLDENS)
+    m.run(trace.events)
+    if name in SUMMARY_GOLDENS:
+        return json.dumps(summary(m, len(trace.events)), indent=2) + "\n"
+    lines = [f"# {trace.title}", *format_steps(m.steps)]
+    lines.append(json.dumps(summary(m, len(trace.events))["counters"]))
+    return "\n".join(lines) + "\n"
+
+
+def _golden(name: str) -> Path:
+    return SAMPLES / (f"{name}.golden.json" if name in SUMMARY_GOLDENS else f"{name}.golden.txt")
+
+
+def test_the_library_has_the_lessons_the_readme_lists() -> None:
+    readme = (SAMPLES / "README.md").read_text()
+    for name in NAMES:
+        assert f"`{name}`" in readme, f"{name} is not listed in sample_traces/README.md"
+    assert len(NAMES) >= 11
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sample_replays_to_its_golden(name: str, request: pytest.FixtureRequest) -> None:
+    got = _render(name)
+    golden = _golden(name)
+    if request.config.getoption("--update-goldens"):
+        golden.write_text(got)
+        return
+    assert golden.exists(), f"no golden for {name}: run make goldens"
+    want = golden.read_text()
+    if got != want:
+        got_lines, want_lines = got.splitlines(), want.splitlines()
+        first = next(
+            (i for i, (a, b) in enumerate(zip(got_lines, want_lines, strict=False)) if a != b),
+            min(len(got_lines), len(want_lines)),
+        )
+        pytest.fail(
+            f"{name} differs from {golden.name} at line {first + 1}:\n"
+            f"  golden: {want_lines[first] if first < len(want_lines) else '<end>'}\n"
+            f"  now:    {got_lines[first] if first < len(got_lines) else '<end>'}"
+        )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sample_teaches_without_violations(name: str) -> None:
+    trace = parse_trace((SAMPLES / f"{name}.jsonl").read_bytes(), f"{name}.jsonl")
+    assert trace.title and trace.description
+    m = Machine(resolve_settings(trace, []), record=False)
+    m.run(trace.events)
+    assert m.stopped is None
+    assert not [d for d in m.diagnostics if d.kind == "violation"]
