@@ -1,0 +1,382 @@
+"""The timeline: a replay you can step through, back and forth, and jump anywhere in.
+
+Two levels, both visible to users: **events** (trace lines) and **steps** (inside the kernel; an
+event is a few to a few hundred steps, and the steps of concurrent events interleave).
+
+How it stays cheap on long traces: the bulk replay runs with steps counted, not stored, and keeps
+only compact per-batch arrays (first step and first event of each batch, flags of what happened in
+it, the regions it touched, series for the charts) plus a checkpoint of the machine every few
+batches (between batches no CPU is inside kernel code, so a checkpoint is plain data). The
+micro-steps of any batch are re-derived on demand: restore the nearest checkpoint before it,
+re-run the batches in between without recording, and record that one batch. The engine is
+deterministic, so the re-derived steps are exactly the steps of the bulk replay. A small LRU keeps
+recent batches, so stepping forward and back is instant.
+"""
+
+from __future__ import annotations
+
+import bisect
+from array import array
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from explorer.metrics import idle_pages
+from explorer.model.constants import PAGE_SIZE, PAGES_PER_REGION_SHIFT
+from explorer.model.events import Event
+from explorer.model.machine import Machine, MachineImage, batches
+from explorer.model.records import Diagnostic, Snapshot, Step
+from explorer.model.settings import Settings
+from explorer.model.summary import summary
+
+#: Flags of a batch: what happened in it (bit per kind), from the step labels it produced.
+FLAG_LABELS: dict[str, tuple[str, ...]] = {
+    "lost_race": ("pamt_get.lost_race",),
+    "cache_drained": (
+        "pamt_get.partial",
+        "pamt_get.lost_race",
+        "pamt_get.add_fail",
+        "pamt_cache.free",
+    ),
+    "refcount_zero": (
+        "pamt_get.add",
+        "pamt_get.add_hint",
+        "pamt_put.remove",
+        "pamt_put.dec",
+        "pamt_put.dec_unlocked",
+    ),
+    "retry": ("fault.retry",),
+    "livelock": ("fault.livelock",),
+}
+FLAG_BITS = {name: 1 << i for i, name in enumerate([*FLAG_LABELS, "violation", "warning"])}
+FIND_KINDS = ("op", "region", "label", *FLAG_BITS)
+
+#: Default batches between checkpoints (the checkpoint holds the whole machine state).
+CHECKPOINT_EVERY = 64
+#: Re-derived batches kept in memory.
+LRU_BATCHES = 16
+
+
+class ReplayCancelled(Exception):
+    """Raised by :func:`replay` when its ``cancel`` callback says so."""
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a step is: its batch, and its offset within the batch."""
+
+    batch: int
+    offset: int
+
+
+class Timeline:
+    """A replayed trace. Build it with :func:`replay`."""
+
+    def __init__(self, events: Sequence[Event], settings: Settings) -> None:
+        self.events = events
+        self.settings = settings
+        self.nr_steps = 0
+        self.diagnostics: list[Diagnostic] = []
+        self.stopped: Diagnostic | None = None
+        self._summary: dict[str, Any] = {}
+        # per batch (index b), plus a final sentinel where noted
+        self.batch_event = array("q")  # first event of batch b (+ sentinel: events run)
+        self.batch_step = array("q")  # first step of batch b (+ sentinel: nr_steps)
+        self.batch_flags = array("H")
+        self.region_offsets = array("q", [0])  # CSR: regions touched by batch b
+        self.region_values = array("q")
+        self.event_step = array("q")  # first step of each event (-1: never ran)
+        # series, one value per batch (state after it)
+        self.series: dict[str, array[int]] = {
+            "pairs": array("q"),
+            "free_pages": array("q"),
+            "idle_pages": array("q"),
+            "retries": array("q"),
+            "lost_races": array("q"),
+            "leaked_pages": array("q"),
+        }
+        self.cache_series: dict[int, array[int]] = {}  # vCPU -> its cache pages after each batch
+        self._checkpoints: dict[int, MachineImage] = {}
+        self._lru: OrderedDict[int, list[Step]] = OrderedDict()
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def nr_events(self) -> int:
+        return len(self.events)
+
+    @property
+    def nr_batches(self) -> int:
+        return len(self.batch_step) - 1
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON summary of the final state (``python -m explorer replay --json``)."""
+        return self._summary
+
+    # ------------------------------------------------------------------ positions
+    def batch_of_step(self, i: int) -> int:
+        if not 0 <= i < self.nr_steps:
+            raise IndexError(f"step {i} is outside 0..{self.nr_steps - 1}")
+        return bisect.bisect_right(self.batch_step, i) - 1
+
+    def batch_of_event(self, e: int) -> int:
+        return bisect.bisect_right(self.batch_event, e) - 1
+
+    def first_step_of_event(self, e: int) -> int | None:
+        """The step at which event ``e`` starts (None if it never ran, e.g. after a stop)."""
+        if not 0 <= e < self.nr_events:
+            raise IndexError(f"event {e} is outside 0..{self.nr_events - 1}")
+        s = self.event_step[e] if e < len(self.event_step) else -1
+        return None if s < 0 else s
+
+    def event_of_step(self, i: int) -> int:
+        return self.step(i).event
+
+    # ------------------------------------------------------------------ steps
+    def step(self, i: int) -> Step:
+        b = self.batch_of_step(i)
+        return self._batch_steps(b)[i - self.batch_step[b]]
+
+    def steps_between(self, i: int, j: int) -> list[Step]:
+        """Steps ``i`` to ``j - 1``."""
+        i, j = max(i, 0), min(j, self.nr_steps)
+        out: list[Step] = []
+        while i < j:
+            b = self.batch_of_step(i)
+            steps = self._batch_steps(b)
+            lo = i - self.batch_step[b]
+            hi = min(j - self.batch_step[b], len(steps))
+            out.extend(steps[lo:hi])
+            i = self.batch_step[b] + hi
+        return out
+
+    def changed_regions(self, i: int) -> list[int]:
+        """Regions whose refcount, pair, orphans or page owners changed at step ``i``."""
+        regions: set[int] = set()
+        for e in self.step(i).effects:
+            if e.kind in ("refcount", "pair", "orphan"):
+                regions.add(e.key)
+            elif e.kind == "page":
+                regions.add(e.key >> PAGES_PER_REGION_SHIFT)
+        return sorted(regions)
+
+    def _machine_at_batch(self, b: int) -> Machine:
+        """A recording machine in the state just before batch ``b``."""
+        c = max((k for k in self._checkpoints if k <= b), default=0)
+        m = Machine(self.settings, record=False, check=True)
+        if c in self._checkpoints:
+            m.restore(self._checkpoints[c])
+        for k in range(c, b):
+            self._run_batch(m, k)
+        m.record = True
+        return m
+
+    def _run_batch(self, m: Machine, b: int) -> None:
+        start, end = self.batch_event[b], self.batch_event[b + 1]
+        m.run_batch((i, self.events[i]) for i in range(start, end))
+
+    def _batch_steps(self, b: int) -> list[Step]:
+        steps = self._lru.get(b)
+        if steps is not None:
+            self._lru.move_to_end(b)
+            return steps
+        m = self._machine_at_batch(b)
+        self._run_batch(m, b)
+        steps = m.steps
+        self._lru[b] = steps
+        if len(self._lru) > LRU_BATCHES:
+            self._lru.popitem(last=False)
+        return steps
+
+    # ------------------------------------------------------------------ state
+    def state_at(self, i: int) -> Snapshot:
+        """The machine after step ``i`` (``-1``: before the first step), CPUs mid-flight included."""
+        if i < 0:
+            m = Machine(self.settings, record=False)
+            return m.snapshot(step=-1, event=-1)
+        b = self.batch_of_step(i)
+        m = self._machine_at_batch(b)
+        target = i
+
+        class _Stop(Exception):
+            pass
+
+        def stop(machine: Machine, step: Step) -> None:
+            if step.index == target:
+                raise _Stop
+
+        m.on_step = stop
+        try:
+            self._run_batch(m, b)
+        except _Stop:
+            pass
+        m.on_step = None
+        ev = m.steps[-1].event if m.steps else -1
+        return m.snapshot(step=i, event=ev)
+
+    # ------------------------------------------------------------------ queries
+    def find(self, kind: str, start: int, direction: int = 1, arg: Any = None) -> int | None:
+        """The next (``direction`` 1) or previous (-1) step after/before ``start`` where ``kind``
+        happens. Kinds: ``op`` (arg: op name; the step the event starts), ``region`` (arg: region
+        index), ``label`` (arg: a step label), and the flags ``lost_race``, ``cache_drained``,
+        ``refcount_zero``, ``retry``, ``livelock``, ``violation``, ``warning``."""
+        if kind not in FIND_KINDS:
+            raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(FIND_KINDS)}")
+        if self.nr_steps == 0:
+            return None
+        if kind == "op":
+            return self._find_op(str(arg), start, direction)
+        nb = self.nr_batches
+        b = self.batch_of_step(min(max(start, 0), self.nr_steps - 1))
+        while 0 <= b < nb:
+            if self._batch_may_have(kind, b, arg):
+                steps = self._batch_steps(b)
+                seq = steps if direction > 0 else list(reversed(steps))
+                for s in seq:
+                    if (s.index > start if direction > 0 else s.index < start) and self._matches(
+                        kind, s, arg
+                    ):
+                        return s.index
+            b += 1 if direction > 0 else -1
+        return None
+
+    def _find_op(self, op: str, start: int, direction: int) -> int | None:
+        # events in file order; their first steps increase with the event index
+        e = self.step(min(max(start, 0), self.nr_steps - 1)).event if start >= 0 else -1
+        rng = range(e + 1, self.nr_events) if direction > 0 else range(e - 1, -1, -1)
+        for k in rng:
+            if self.events[k].op == op:
+                s = self.first_step_of_event(k)
+                if s is not None and (s > start if direction > 0 else s < start):
+                    return s
+        return None
+
+    def _batch_may_have(self, kind: str, b: int, arg: Any) -> bool:
+        if kind == "region":
+            lo, hi = self.region_offsets[b], self.region_offsets[b + 1]
+            return int(arg) in self.region_values[lo:hi]
+        if kind == "label":
+            return True
+        return bool(self.batch_flags[b] & FLAG_BITS[kind])
+
+    def _matches(self, kind: str, s: Step, arg: Any) -> bool:
+        if kind == "region":
+            r = int(arg)
+            return any(
+                (e.kind in ("refcount", "pair", "orphan") and e.key == r)
+                or (e.kind == "page" and e.key >> PAGES_PER_REGION_SHIFT == r)
+                for e in s.effects
+            )
+        if kind == "label":
+            return s.label == arg
+        if kind in ("violation", "warning"):
+            return any(d.kind == kind for d in s.diagnostics)
+        if kind == "refcount_zero":
+            return any(e.kind == "refcount" and (e.old == 0) != (e.new == 0) for e in s.effects)
+        return s.label in FLAG_LABELS[kind]
+
+    # ------------------------------------------------------------------ series
+    def series_x(self) -> array[int]:
+        """The step index at which each series value holds (the end of each batch)."""
+        return array("q", (max(s - 1, 0) for s in self.batch_step[1:]))
+
+    def memory_bytes(self) -> int:
+        """Approximate bytes held by the compact arrays (checkpoints not included)."""
+        arrays = [
+            self.batch_event,
+            self.batch_step,
+            self.batch_flags,
+            self.region_offsets,
+            self.region_values,
+            self.event_step,
+            *self.series.values(),
+            *self.cache_series.values(),
+        ]
+        return sum(a.itemsize * len(a) for a in arrays)
+
+
+def replay(
+    events: Sequence[Event],
+    settings: Settings,
+    *,
+    progress: Callable[[float, str], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+    report_every: int = 2000,
+) -> Timeline:
+    """Replay ``events`` in bulk into a :class:`Timeline` (invariants checked at every step)."""
+    tl = Timeline(events, settings)
+    m = Machine(settings, record=False, check=True)
+    event_step = tl.event_step
+    event_step.extend([-1] * len(events))
+    n = len(events)
+    since_report = 0
+    last_end = 0
+    for b, (start, end) in enumerate(batches(events)):
+        if m.stopped is not None:
+            break
+        if b % checkpoint_every == 0:
+            tl._checkpoints[b] = m.image()
+        tl.batch_event.append(start)
+        tl.batch_step.append(m.nr_steps)
+        m.batch_labels = set()
+        m.batch_regions = set()
+        m.event_first_step = {}
+        ndiag = len(m.diagnostics)
+        m.run_batch((i, events[i]) for i in range(start, end))
+        for e, s in m.event_first_step.items():
+            event_step[e] = s
+        flags = 0
+        labels = m.batch_labels
+        for name, names in FLAG_LABELS.items():
+            if not labels.isdisjoint(names):
+                flags |= FLAG_BITS[name]
+        for d in m.diagnostics[ndiag:]:
+            if d.kind in ("violation", "warning"):
+                flags |= FLAG_BITS[d.kind]
+        tl.batch_flags.append(flags)
+        tl.region_values.extend(sorted(m.batch_regions))
+        tl.region_offsets.append(len(tl.region_values))
+        _sample(tl, m)
+        last_end = end
+        since_report += end - start
+        if since_report >= report_every:
+            since_report = 0
+            if progress is not None:
+                progress(end / n, f"{end:,} of {n:,} events, {m.nr_steps:,} steps")
+            if cancel is not None and cancel():
+                raise ReplayCancelled(f"cancelled after {end:,} of {n:,} events")
+    tl.batch_event.append(last_end)
+    tl.batch_step.append(m.nr_steps)
+    tl.nr_steps = m.nr_steps
+    tl.diagnostics = list(m.diagnostics)
+    tl.stopped = m.stopped
+    tl._summary = summary(m, n)
+    if progress is not None:
+        progress(1.0, f"{n:,} events, {m.nr_steps:,} steps")
+    return tl
+
+
+def _sample(tl: Timeline, m: Machine) -> None:
+    s = tl.series
+    s["pairs"].append(len(m.module.pairs))
+    s["free_pages"].append(m.mem.counts[0])
+    idle = idle_pages(m)
+    s["idle_pages"].append(sum(idle.values()))
+    s["retries"].append(m.counters["fault_retries"])
+    s["lost_races"].append(m.counters["pamt_lost_race"])
+    s["leaked_pages"].append(m.page_summary()["leaked"])
+    nb = len(s["pairs"])
+    for v in m.vcpus:
+        col = tl.cache_series.get(v)
+        if col is None:
+            col = tl.cache_series[v] = array("q", [0] * (nb - 1))
+        col.append(idle.get(v, 0))
+    for v, col in tl.cache_series.items():
+        if len(col) < nb:
+            col.append(0)
+
+
+def dpamt_bytes(pairs: int) -> int:
+    """Bytes of PAMT pair pages for ``pairs`` installed pairs (2 x 4 KiB each)."""
+    return pairs * 2 * PAGE_SIZE

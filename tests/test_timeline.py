@@ -1,0 +1,136 @@
+"""The timeline re-derives exactly the steps and states of an uninterrupted recorded run."""
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from explorer.cli import resolve_settings
+from explorer.model.events import Fault, TdCreate, VcpuCreate, Zap
+from explorer.model.machine import Machine
+from explorer.model.settings import Settings
+from explorer.timeline import ReplayCancelled, replay
+from explorer.trace import parse_trace
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_traces"
+
+
+def _load(name: str):  # type: ignore[no-untyped-def]
+    trace = parse_trace((SAMPLES / f"{name}.jsonl").read_bytes(), name)
+    return trace.events, resolve_settings(trace, [])
+
+
+def _recorded(events, settings):  # type: ignore[no-untyped-def]
+    """Every step, and a snapshot after every step, from one uninterrupted recorded run."""
+    m = Machine(settings, record=True)
+    snaps = []
+    m.on_step = lambda machine, step: snaps.append(
+        machine.snapshot(step=step.index, event=step.event)
+    )
+    m.run(events)
+    return m, snaps
+
+
+def _same_state(a, b) -> None:  # type: ignore[no-untyped-def]
+    da, db = asdict(a), asdict(b)
+    for key in da:
+        assert da[key] == db[key], f"{key} differs at step {a.step}"
+
+
+@pytest.mark.parametrize("name", ["lost_race", "put_vs_get", "td_lifecycle", "cache_too_small"])
+@pytest.mark.parametrize("every", [1, 3, 64])
+def test_steps_and_states_match_a_recorded_run(name: str, every: int) -> None:
+    events, settings = _load(name)
+    m, snaps = _recorded(events, settings)
+    tl = replay(events, settings, checkpoint_every=every)
+    assert tl.nr_steps == m.nr_steps == len(m.steps)
+    assert tl.steps_between(0, tl.nr_steps) == m.steps
+    for i in list(range(0, tl.nr_steps, 7)) + [tl.nr_steps - 1]:
+        assert tl.step(i) == m.steps[i]
+        _same_state(tl.state_at(i), snaps[i])
+    assert tl.summary()["steps"] == m.nr_steps
+
+
+@pytest.mark.parametrize("schedule", ["sequential", "round-robin", "random"])
+def test_concurrent_batches_under_every_schedule(schedule: str) -> None:
+    settings = Settings(schedule=schedule, seed=5)
+    events = (
+        [TdCreate(td=0), VcpuCreate(td=0, vcpu=0), VcpuCreate(td=0, vcpu=1)]
+        + [Fault(vcpu=i % 2, gfn=0x300 * i, pfn=0x8000 + i, t=i // 2) for i in range(16)]
+        + [Zap(td=0, gfn=0x300 * 3, t=100), Fault(vcpu=0, gfn=0x7777, t=100)]
+    )
+    m, snaps = _recorded(events, settings)
+    tl = replay(events, settings, checkpoint_every=2)
+    for i in range(0, tl.nr_steps, 5):
+        assert tl.step(i) == m.steps[i]
+        _same_state(tl.state_at(i), snaps[i])
+
+
+def test_state_before_the_first_step_is_empty() -> None:
+    events, settings = _load("cold_region")
+    s = replay(events, settings).state_at(-1)
+    assert s.step == -1 and s.pages["free"] == s.pages["total"] and not s.refcount
+
+
+def test_find_agrees_with_a_brute_force_scan() -> None:
+    events, settings = _load("lost_race")
+    m, _ = _recorded(events, settings)
+    tl = replay(events, settings, checkpoint_every=2)
+
+    def brute(pred, start, direction):  # type: ignore[no-untyped-def]
+        seq = m.steps[start + 1 :] if direction > 0 else reversed(m.steps[: max(start, 0)])
+        return next((s.index for s in seq if pred(s)), None)
+
+    checks = {
+        ("lost_race", None): lambda s: s.label == "pamt_get.lost_race",
+        ("refcount_zero", None): lambda s: any(
+            e.kind == "refcount" and (e.old == 0) != (e.new == 0) for e in s.effects
+        ),
+        ("region", 64): lambda s: any(
+            (e.kind in ("refcount", "pair", "orphan") and e.key == 64)
+            or (e.kind == "page" and e.key >> 9 == 64)
+            for e in s.effects
+        ),
+        ("label", "pamt_get.lock.spin"): lambda s: s.label == "pamt_get.lock.spin",
+        ("cache_drained", None): lambda s: (
+            s.label
+            in ("pamt_get.partial", "pamt_get.lost_race", "pamt_get.add_fail", "pamt_cache.free")
+        ),
+    }
+    for (kind, arg), pred in checks.items():
+        for start in (0, 50, 110, 125, m.nr_steps - 1):
+            for direction in (1, -1):
+                assert tl.find(kind, start, direction, arg) == brute(pred, start, direction), (
+                    kind,
+                    start,
+                    direction,
+                )
+    first_fault = tl.find("op", 0, 1, "fault")
+    assert first_fault is not None and m.steps[first_fault].label == "fault.begin"
+    assert tl.find("lost_race", 0, 1) is not None
+
+
+def test_progress_and_cancel() -> None:
+    events = [TdCreate(td=0), VcpuCreate(td=0, vcpu=0)] + [Fault(vcpu=0, gfn=g) for g in range(300)]
+    seen: list[float] = []
+    tl = replay(events, Settings(), progress=lambda f, msg: seen.append(f), report_every=50)
+    assert seen[-1] == 1.0 and len(seen) >= 6 and seen == sorted(seen)
+    assert len(tl.series["pairs"]) == tl.nr_batches
+    with pytest.raises(ReplayCancelled):
+        replay(events, Settings(), cancel=lambda: True, report_every=50)
+
+
+def test_a_stopped_replay_keeps_what_came_before() -> None:
+    events = [
+        TdCreate(td=0),
+        VcpuCreate(td=0, vcpu=0),
+        Fault(vcpu=0, gfn=1),
+        Zap(td=0, gfn=99),
+        Fault(vcpu=0, gfn=2),
+    ]
+    tl = replay(events, Settings())
+    assert tl.stopped is not None and tl.stopped.code == "IMPOSSIBLE_EVENT"
+    assert tl.first_step_of_event(4) is None
+    last = tl.state_at(tl.nr_steps - 1)
+    assert last.tds[0].mapped == 1
+    assert tl.summary()["ok"] is False
