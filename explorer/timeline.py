@@ -16,6 +16,7 @@ recent batches, so stepping forward and back is instant.
 from __future__ import annotations
 
 import bisect
+import contextlib
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -206,10 +207,8 @@ class Timeline:
                 raise _Stop
 
         m.on_step = stop
-        try:
+        with contextlib.suppress(_Stop):
             self._run_batch(m, b)
-        except _Stop:
-            pass
         m.on_step = None
         ev = m.steps[-1].event if m.steps else -1
         return m.snapshot(step=i, event=ev)
@@ -268,7 +267,7 @@ class Timeline:
                 for e in s.effects
             )
         if kind == "label":
-            return s.label == arg
+            return bool(s.label == arg)
         if kind in ("violation", "warning"):
             return any(d.kind == kind for d in s.diagnostics)
         if kind == "refcount_zero":
@@ -372,7 +371,7 @@ def _sample(tl: Timeline, m: Machine) -> None:
         if col is None:
             col = tl.cache_series[v] = array("q", [0] * (nb - 1))
         col.append(idle.get(v, 0))
-    for v, col in tl.cache_series.items():
+    for col in tl.cache_series.values():
         if len(col) < nb:
             col.append(0)
 

@@ -45,7 +45,7 @@ def test_steps_and_states_match_a_recorded_run(name: str, every: int) -> None:
     tl = replay(events, settings, checkpoint_every=every)
     assert tl.nr_steps == m.nr_steps == len(m.steps)
     assert tl.steps_between(0, tl.nr_steps) == m.steps
-    for i in list(range(0, tl.nr_steps, 7)) + [tl.nr_steps - 1]:
+    for i in [*range(0, tl.nr_steps, 7), tl.nr_steps - 1]:
         assert tl.step(i) == m.steps[i]
         _same_state(tl.state_at(i), snaps[i])
     assert tl.summary()["steps"] == m.nr_steps
