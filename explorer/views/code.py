@@ -1,0 +1,65 @@
+"""The kernel-code panel's data: for each CPU, its function's pseudocode with the current line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from explorer.model.narration import PSEUDOCODE, line_of
+from explorer.model.records import Snapshot
+
+
+@dataclass(frozen=True)
+class CpuCode:
+    cpu: str
+    function: str
+    stack: tuple[str, ...]
+    lines: tuple[str, ...]
+    current: int | None  # index into lines
+    narration: str
+    holds: tuple[str, ...]
+    spinning_on: str | None
+    running: bool
+
+    def listing(self) -> str:
+        """The pseudocode with the current line marked ``=>`` (plain text: shown escaped)."""
+        return "\n".join(
+            ("=> " if i == self.current else "   ") + text for i, text in enumerate(self.lines)
+        )
+
+
+def code_panel(snapshot: Snapshot) -> list[CpuCode]:
+    out = []
+    for c in snapshot.cpus:
+        function = c.function or ""
+        lines = tuple(text for _, text in PSEUDOCODE.get(function, []))
+        out.append(
+            CpuCode(
+                cpu=c.cpu,
+                function=function,
+                stack=c.stack,
+                lines=lines,
+                current=line_of(function, c.label) if c.label else None,
+                narration=c.narration,
+                holds=c.holds,
+                spinning_on=c.spinning_on,
+                running=c.event is not None,
+            )
+        )
+    return out
+
+
+def lock_summary(snapshot: Snapshot) -> list[str]:
+    """Who holds which lock and who spins, one line each."""
+    lines = [f"pamt_lock: {snapshot.pamt_lock or 'free'}"]
+    for t in snapshot.tds:
+        if t.state == "destroyed":
+            continue
+        held = t.mmu_lock_writer and f"write-held by {t.mmu_lock_writer}"
+        readers = ", ".join(t.mmu_lock_readers)
+        lines.append(
+            f"TD {t.td} mmu_lock: {held or (f'read-held by {readers}' if readers else 'free')}"
+        )
+    for c in snapshot.cpus:
+        if c.spinning_on:
+            lines.append(f"{c.cpu} spins on {c.spinning_on}")
+    return lines

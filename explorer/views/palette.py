@@ -1,0 +1,52 @@
+"""Colours and legend text shared by every view (Okabe-Ito: safe for colour-blind readers and
+readable on light and dark backgrounds)."""
+
+from __future__ import annotations
+
+BLACK = "#000000"
+ORANGE = "#E69F00"
+SKY = "#56B4E9"
+GREEN = "#009E73"
+YELLOW = "#F0E442"
+BLUE = "#0072B2"
+VERMILLION = "#D55E00"
+PURPLE = "#CC79A7"
+GREY = "#BBBBBB"
+LIGHT = "#EEEEEE"
+
+#: DPAMT state of a region, by code (the region map's default colouring).
+DPAMT_STATES = (
+    ("free", "no page in use", LIGHT),
+    ("used, no pair", "pages in use by the host (caches, allocations), no PAMT pair", GREY),
+    ("pair, refcount 1-3", "PAMT pair installed; few TD pages", SKY),
+    ("pair, refcount 4-63", "PAMT pair installed", BLUE),
+    ("pair, refcount 64+", "PAMT pair installed; many TD pages", GREEN),
+    ("leaked pair", "PAMT.REMOVE failed: refcount held by an orphan, pair leaked", VERMILLION),
+    ("pair, refcount 0", "transient: pair present while refcount is 0 (inside a put)", YELLOW),
+)
+
+#: Page owners (explorer.model.records.OWNERS order) -> colour, for "colour by owner".
+OWNER_COLOURS = {
+    "free": LIGHT,
+    "pamt_pair": BLUE,
+    "pamt_cache": ORANGE,
+    "kvm_cache": YELLOW,
+    "sept": GREEN,
+    "mirror": "#7FC8B0",
+    "control": PURPLE,
+    "guest": SKY,
+    "leaked": VERMILLION,
+    "in_hand": BLACK,
+}
+
+CPU_COLOURS = (BLUE, ORANGE, GREEN, VERMILLION, PURPLE, SKY, YELLOW, BLACK)
+
+
+def discrete_scale(colours: list[str]) -> list[list[float | str]]:
+    """A Plotly colourscale mapping integer codes 0..n-1 (z range 0..n-1) to flat colours."""
+    n = len(colours)
+    scale: list[list[float | str]] = []
+    for i, c in enumerate(colours):
+        scale.append([i / n, c])
+        scale.append([(i + 1) / n, c])
+    return scale
