@@ -52,7 +52,7 @@ def test_region_map_by_owner_and_bad_mode(race) -> None:  # type: ignore[no-unty
     a = region_arrays(s)
     assert a.owner[64] == 7  # guest pages dominate region 64
     fig = region_map(s, color_by="owner")
-    assert "owner" in fig.layout.title.text
+    assert "owner" in fig.data[0].colorbar.title.text and "guest" in fig.data[0].colorbar.ticktext
     with pytest.raises(ValueError):
         region_map(s, color_by="rainbow")
 

@@ -10,7 +10,7 @@ from explorer.model.records import Snapshot
 from explorer.views.palette import BLUE, GREY, ORANGE, VERMILLION, YELLOW
 
 
-def pamt_cache_figure(snapshot: Snapshot) -> go.Figure:
+def pamt_cache_figure(snapshot: Snapshot, height: int | None = None) -> go.Figure:
     """One column per vCPU: its cached pages bottom to top (the top pops first, LIFO), each
     labelled with its region; the dashed line is the top-up target ``2 * dpamt_gets_per_fault``."""
     fig = go.Figure()
@@ -36,6 +36,10 @@ def pamt_cache_figure(snapshot: Snapshot) -> go.Figure:
             base=[y - 0.5 for y in ys],
             text=texts,
             textposition="inside",
+            insidetextanchor="middle",
+            textfont={"size": 11, "color": "black"},
+            constraintext="none",
+            textangle=0,
             hovertext=hovers,
             hoverinfo="text",
             marker={"color": colours, "line": {"width": 1, "color": "white"}},
@@ -70,9 +74,10 @@ def pamt_cache_figure(snapshot: Snapshot) -> go.Figure:
         },
         yaxis={"title": "pages in the cache", "range": [0, top], "dtick": 2},
         barmode="overlay",
-        legend={"orientation": "h", "y": -0.25},
-        margin={"l": 50, "r": 10, "t": 50, "b": 40},
+        legend={"orientation": "h", "y": -0.3, "font": {"size": 10}},
+        margin={"l": 50, "r": 10, "t": 40, "b": 30},
         uirevision="pamt-cache",
+        height=height,
     )
     return fig
 

@@ -46,11 +46,12 @@ def _flat(s: Snapshot) -> dict[str, Any]:
 
 
 def diff_snapshots(a: Snapshot, b: Snapshot) -> pd.DataFrame:
-    """Every item that differs between ``a`` and ``b`` (missing = 0 / none)."""
+    """Every item that differs between ``a`` (column ``from``) and ``b`` (``to``); a missing
+    item counts as 0."""
     fa, fb = _flat(a), _flat(b)
     rows = []
     for key in sorted(set(fa) | set(fb)):
         va, vb = fa.get(key, 0), fb.get(key, 0)
         if va != vb:
-            rows.append({"item": key, f"step {a.step}": str(va), f"step {b.step}": str(vb)})
-    return pd.DataFrame(rows, columns=["item", f"step {a.step}", f"step {b.step}"])
+            rows.append({"item": key, "from": str(va), "to": str(vb)})
+    return pd.DataFrame(rows, columns=["item", "from", "to"])

@@ -20,11 +20,20 @@ class CpuCode:
     spinning_on: str | None
     running: bool
 
-    def listing(self) -> str:
-        """The pseudocode with the current line marked ``=>`` (plain text: shown escaped)."""
-        return "\n".join(
-            ("=> " if i == self.current else "   ") + text for i, text in enumerate(self.lines)
-        )
+    def listing(self, context: int | None = None) -> str:
+        """The pseudocode with the current line marked ``=>`` (plain text: shown escaped); with
+        ``context``, only that many lines either side of the current one (the header first)."""
+        lines = list(enumerate(self.lines))
+        if context is not None and self.current is not None and len(lines) > 2 * context + 2:
+            lo = max(1, self.current - context)
+            hi = min(len(lines), self.current + context + 1)
+            lines = [
+                lines[0],
+                *([(-1, "   ...")] if lo > 1 else []),
+                *lines[lo:hi],
+                *([(-1, "   ...")] if hi < len(lines) else []),
+            ]
+        return "\n".join(("=> " if i == self.current else "   ") + text for i, text in lines)
 
 
 def code_panel(snapshot: Snapshot) -> list[CpuCode]:

@@ -40,6 +40,8 @@ OWNER_COLOURS = {
 }
 
 CPU_COLOURS = (BLUE, ORANGE, GREEN, VERMILLION, PURPLE, SKY, YELLOW, BLACK)
+#: Line colours for series of several configurations, in order.
+OKABE_ITO = (BLUE, ORANGE, GREEN, VERMILLION, PURPLE, SKY, YELLOW, BLACK)
 
 
 def discrete_scale(colours: list[str]) -> list[list[float | str]]:

@@ -49,6 +49,7 @@ def region_map(
     color_by: str = "dpamt",
     arrays: RegionArrays | None = None,
     title: str | None = None,
+    height: int | None = None,
 ) -> go.Figure:
     """The map for ``snapshot``; ``changed`` regions are outlined."""
     a = arrays if arrays is not None else region_arrays(snapshot)
@@ -113,7 +114,7 @@ def region_map(
             )
         )
     fig.update_layout(
-        title=title or f"Host memory: {n:,} regions of 2 MiB ({n * 2:,} MiB), by {legend}",
+        title=title or f"Host memory: {n:,} regions of 2 MiB ({n * 2:,} MiB)",
         xaxis={"title": f"region mod {w}", "showgrid": False, "zeroline": False},
         yaxis={
             "title": f"region div {w}",
@@ -123,8 +124,9 @@ def region_map(
             "scaleanchor": "x",
         },
         legend={"orientation": "h", "y": -0.15},
-        margin={"l": 50, "r": 10, "t": 50, "b": 40},
+        margin={"l": 50, "r": 10, "t": 40, "b": 40},
         uirevision="region-map",
+        height=height,
     )
     return fig
 

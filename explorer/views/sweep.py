@@ -8,8 +8,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-#: Okabe-Ito: distinguishable with every common colour-vision deficiency.
-OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+from explorer.views.palette import OKABE_ITO
 
 PANELS = (
     ("idle_pages_peak", "pages held idle in DPAMT caches (peak)"),

@@ -1,0 +1,385 @@
+"""Explore: step through a trace and watch regions, refcounts, caches and locks move."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from explorer.model.settings import Settings
+from explorer.timeline import Timeline
+from explorer.views.animation import animation_figure, animation_html
+from explorer.views.caches import kvm_caches_figure, pamt_cache_figure
+from explorer.views.changes import diff_snapshots, effects_table
+from explorer.views.code import code_panel, lock_summary
+from explorer.views.refcounts import dpamt_over_time_figure, refcount_figure
+from explorer.views.region_map import region_map
+from pages import common
+
+JUMP_KINDS = {
+    "an event of op...": "op",
+    "a change of region...": "region",
+    "a lost race": "lost_race",
+    "a refcount crossing 0": "refcount_zero",
+    "a cache drained to the allocator": "cache_drained",
+    "a fault retry": "retry",
+    "a livelock": "livelock",
+    "a violation": "violation",
+    "a warning": "warning",
+}
+OPS = (
+    "fault",
+    "zap",
+    "td_create",
+    "vcpu_create",
+    "td_finalize",
+    "vcpu_free",
+    "td_destroy",
+    "inject",
+    "note",
+)
+COMPACT_CSS = "<style>.block-container{padding-top:2.6rem;padding-bottom:1rem}</style>"
+SPEEDS = {"1 step/s": 1.0, "2 steps/s": 0.5, "4 steps/s": 0.25, "8 steps/s": 0.125}
+
+
+def _set_cursor(i: int) -> None:
+    st.session_state.cursor = i
+
+
+def _move(delta: int, last: int) -> None:
+    st.session_state.cursor = min(max(st.session_state.cursor + delta, -1), last)
+
+
+def _toggle_play() -> None:
+    st.session_state.playing = not st.session_state.playing
+    st.session_state.play_changed = True
+
+
+def _jump(tl: Timeline, direction: int) -> None:
+    kind = JUMP_KINDS[st.session_state.jump_kind]
+    arg: object = None
+    if kind == "op":
+        arg = st.session_state.jump_op
+    elif kind == "region":
+        arg = int(st.session_state.jump_region)
+    found = tl.find(kind, st.session_state.cursor, direction, arg)
+    if found is None:
+        st.session_state.jump_note = (
+            f"no {'later' if direction > 0 else 'earlier'} step of that kind"
+        )
+    else:
+        st.session_state.jump_note = ""
+        st.session_state.cursor = found
+
+
+def _go_event(tl: Timeline) -> None:
+    e = int(st.session_state.goto_event) - 1
+    s = tl.first_step_of_event(e) if 0 <= e < tl.nr_events else None
+    if s is None:
+        st.session_state.jump_note = f"event {e + 1} did not run (the replay stopped before it)"
+    else:
+        st.session_state.jump_note = ""
+        st.session_state.cursor = s
+
+
+def controls(tl: Timeline) -> None:
+    last = tl.nr_steps - 1
+    cols = st.columns([1.2, 1.1, 1.1, 1.1, 1.2, 1.5], vertical_alignment="bottom")
+    cols[0].button(
+        "First",
+        key="btn_first",
+        on_click=_set_cursor,
+        args=(-1,),
+        shortcut="Home",
+        help="before the first step (Home)",
+    )
+    cols[1].button(
+        "Prev",
+        key="btn_prev",
+        on_click=_move,
+        args=(-1, last),
+        shortcut="Left",
+        help="previous step (Left arrow)",
+    )
+    cols[2].button(
+        "Next",
+        key="btn_next",
+        on_click=_move,
+        args=(1, last),
+        shortcut="Right",
+        type="primary",
+        help="next step (Right arrow)",
+    )
+    cols[3].button(
+        "Last",
+        key="btn_last",
+        on_click=_set_cursor,
+        args=(last,),
+        shortcut="End",
+        help="the last step (End)",
+    )
+    cols[4].button(
+        "Pause" if st.session_state.playing else "Play",
+        key="btn_play",
+        on_click=_toggle_play,
+        shortcut="Space",
+        help="play / pause (Space)",
+    )
+    cols[5].selectbox("speed", list(SPEEDS), index=1, key="speed", label_visibility="collapsed")
+    if last >= 0:
+        st.slider("step", min_value=-1, max_value=last, key="cursor", label_visibility="collapsed")
+    j = st.columns([1, 1, 1.7, 1.3, 0.9, 0.9], vertical_alignment="bottom")
+    j[0].number_input(
+        "go to step",
+        min_value=-1,
+        max_value=max(last, -1),
+        step=1,
+        key="goto_step",
+        on_change=lambda: _set_cursor(int(st.session_state.goto_step)),
+    )
+    j[1].number_input(
+        "go to event",
+        min_value=1,
+        max_value=max(tl.nr_events, 1),
+        step=1,
+        key="goto_event",
+        on_change=_go_event,
+        args=(tl,),
+        help="events are the trace's lines, in order",
+    )
+    kind = j[2].selectbox(
+        "jump to the previous / next step with", list(JUMP_KINDS), key="jump_kind"
+    )
+    if JUMP_KINDS[kind] == "op":
+        j[3].selectbox("op", OPS, key="jump_op")
+    elif JUMP_KINDS[kind] == "region":
+        j[3].number_input(
+            "region", min_value=0, max_value=tl.settings.nr_regions - 1, step=1, key="jump_region"
+        )
+    j[4].button("earlier", key="btn_jump_prev", on_click=_jump, args=(tl, -1))
+    j[5].button("later", key="btn_jump_next", on_click=_jump, args=(tl, 1))
+    note = st.session_state.get("jump_note")
+    if note:
+        st.caption(note)
+
+
+def knob_effects(loaded: common.Loaded, settings: Settings) -> None:
+    """What the current knobs did, against the kernel defaults of the same knobs."""
+    kernel = Settings()
+    knobs = ("worst_case_tables", "dpamt_gets_per_fault", "mode")
+    if all(getattr(settings, k) == getattr(kernel, k) for k in knobs):
+        return
+    default = settings.with_overrides({k: getattr(kernel, k) for k in knobs})
+    now, ref = common.metrics(loaded, settings), common.metrics(loaded, default)
+    cols = st.columns(6)
+    for col, (label, a, b) in zip(
+        cols,
+        [
+            ("retries", now.counters["fault_retries"], ref.counters["fault_retries"]),
+            ("livelocks", now.counters["livelocks"], ref.counters["livelocks"]),
+            ("idle cache pages (peak)", now.idle_peak, ref.idle_peak),
+            ("pairs installed (peak)", now.pairs_peak, ref.pairs_peak),
+            ("lost races", now.counters["pamt_lost_race"], ref.counters["pamt_lost_race"]),
+            ("violations", now.violations, ref.violations),
+        ],
+        strict=True,
+    ):
+        col.metric(label, a, delta=a - b, delta_color="inverse", help="vs the kernel default knobs")
+
+
+def view(tl: Timeline, loaded: common.Loaded, settings: Settings) -> None:
+    if st.session_state.pop("play_changed", False):
+        st.rerun(scope="app")
+    if st.session_state.playing and st.session_state.cursor < tl.nr_steps - 1:
+        st.session_state.cursor += 1
+    elif st.session_state.playing:
+        st.session_state.playing = False
+    controls(tl)
+    i = min(max(int(st.session_state.cursor), -1), tl.nr_steps - 1)
+    snap = tl.state_at(i)
+    step = tl.step(i) if i >= 0 else None
+    changed = tl.changed_regions(i) if i >= 0 else []
+    left, right = st.columns([3, 2])
+    with left:
+        color_by = st.session_state.get("color_by", "dpamt")
+        st.plotly_chart(
+            region_map(snap, changed, color_by=color_by, height=300),
+            key="chart_region_map",
+            width="stretch",
+        )
+        st.plotly_chart(
+            pamt_cache_figure(snap, height=240), key="chart_pamt_cache", width="stretch"
+        )
+    with right:
+        if step is None:
+            st.markdown("**Before the first step.** Press **Next** (or the Right arrow).")
+        else:
+            ev = tl.events[step.event] if step.event >= 0 else None
+            st.markdown(
+                f"**Step {step.index}** of {tl.nr_steps - 1}, on **{step.cpu}** in "
+                f"`{step.function}`"
+            )
+            st.text(step.narration)
+            if ev is not None:
+                st.caption(f"event {step.event + 1} (trace line {ev.line})")
+                st.text(ev.describe() + (f"  # {ev.note}" if ev.note else ""))
+            for d in step.diagnostics:
+                (st.error if d.kind in ("violation", "error") else st.warning)(
+                    f"{d.kind}: {d.code}"
+                )
+                st.text(d.message)
+        panel = code_panel(snap)
+        panel.sort(key=lambda c: (step is None or c.cpu != step.cpu, c.cpu))
+        for cpu in panel[:2]:
+            state = (
+                "spinning on " + cpu.spinning_on
+                if cpu.spinning_on
+                else ("running" if cpu.running else "idle")
+            )
+            st.caption(f"{cpu.cpu}: {' > '.join(cpu.stack) or cpu.function} ({state})")
+            if cpu.lines:
+                st.code(cpu.listing(context=3), language=None)
+        st.text("\n".join(lock_summary(snap)))
+    tabs = st.tabs(
+        [
+            "What changed",
+            "Refcounts",
+            "KVM caches",
+            "Over time",
+            "Diff two steps",
+            "Animation",
+            "Diagnostics",
+            "Display",
+        ]
+    )
+    with tabs[0]:
+        if step is not None:
+            st.dataframe(effects_table(step), hide_index=True, width="stretch", key="table_effects")
+        else:
+            st.caption("Nothing yet: this is the state before the first step.")
+    with tabs[1]:
+        st.plotly_chart(refcount_figure(snap, changed), key="chart_refcounts", width="stretch")
+    with tabs[2]:
+        st.plotly_chart(kvm_caches_figure(snap), key="chart_kvm_caches", width="stretch")
+    with tabs[3]:
+        st.plotly_chart(
+            dpamt_over_time_figure(
+                list(tl.series_x()),
+                list(tl.series["pairs"]),
+                list(tl.series["leaked_pages"]),
+                snap.nr_regions,
+                cursor=i,
+            ),
+            key="chart_over_time",
+            width="stretch",
+        )
+    with tabs[4]:
+        c1, c2 = st.columns(2)
+        other = c1.number_input(
+            "compare with step",
+            min_value=-1,
+            max_value=tl.nr_steps - 1,
+            value=max(i - 1, -1),
+            key="diff_step",
+        )
+        c2.caption(f"current step: {i}")
+        st.dataframe(
+            diff_snapshots(tl.state_at(int(other)), snap),
+            hide_index=True,
+            width="stretch",
+            key="table_diff",
+        )
+    with tabs[5]:
+        st.caption(
+            "Plays in the browser, with no round-trip to the server: the region map and "
+            "the caches over the 30 steps around the cursor."
+        )
+        if st.button("Build the animation", key="btn_animation"):
+            lo, hi = max(i - 15, 0), min(i + 15, tl.nr_steps)
+            window = [
+                (tl.state_at(k), tl.changed_regions(k), tl.step(k).label) for k in range(lo, hi)
+            ]
+            if window:
+                fig = animation_figure(window)
+                st.session_state.animation = (lo, hi, fig)
+        anim = st.session_state.get("animation")
+        if anim is not None:
+            st.plotly_chart(anim[2], key="chart_animation", width="stretch")
+            st.download_button(
+                "Download as standalone HTML",
+                animation_html(anim[2]),
+                file_name=f"dpamt-steps-{anim[0]}-{anim[1]}.html",
+                mime="text/html",
+                key="btn_download_animation",
+            )
+    with tabs[6]:
+        if tl.diagnostics:
+            st.dataframe(
+                [
+                    {
+                        "step": d.step,
+                        "event": d.event + 1,
+                        "line": d.line,
+                        "kind": d.kind,
+                        "code": d.code,
+                        "message": d.message,
+                    }
+                    for d in tl.diagnostics
+                ],
+                hide_index=True,
+                width="stretch",
+                key="table_diagnostics",
+            )
+        else:
+            st.caption("No violation, warning or livelock in this replay.")
+    with tabs[7]:
+        st.radio(
+            "colour regions by",
+            ["dpamt", "owner"],
+            horizontal=True,
+            key="color_by",
+            format_func=lambda c: "DPAMT state" if c == "dpamt" else "page owner",
+        )
+    common.sync_url(settings)
+
+
+def main() -> None:
+    problems = common.init_session()
+    common.sidebar_trace_picker()
+    settings = common.sidebar_settings()
+    st.sidebar.caption(
+        "Why 10 pages: each DPAMT get uses 0 pages (fast path) or 2 (a PAMT pair). "
+        "A 4 KiB fault links at most 4 non-root S-EPT tables (5-level EPT; the root "
+        "is not covered) plus the leaf: 5 gets x 2 = 10 pages. Fewer: a cold fault "
+        "runs dry and retries; 0: it livelocks."
+    )
+    loaded: common.Loaded = st.session_state.loaded
+    st.markdown(COMPACT_CSS, unsafe_allow_html=True)  # our own CSS: tighter page margins
+    st.markdown(
+        "**You are watching host memory (2 MiB regions), the vCPUs' DPAMT caches and the "
+        "kernel code, step by step, while KVM handles a TDX trace. Press Next (or the "
+        "Right arrow).**"
+    )
+    for p in problems:
+        st.warning("A link parameter was ignored:")
+        st.text(p)
+    common.show_upload_errors()
+    st.text(f"{loaded.source}: {loaded.trace.title or '(untitled trace)'}")
+    tl = common.timeline(loaded, settings)
+    if tl.stopped is not None:
+        st.error(
+            f"The replay stopped at an impossible event: trace line {tl.stopped.line}. "
+            "Everything before it can be explored."
+        )
+        st.text(tl.stopped.message)
+    if tl.nr_steps == 0:
+        st.info("This trace produced no step.")
+        return
+    knob_effects(loaded, settings)
+    if "cursor" not in st.session_state:
+        st.session_state.cursor = -1
+    st.session_state.cursor = min(max(int(st.session_state.cursor), -1), tl.nr_steps - 1)
+    playing = st.session_state.get("playing", False)
+    interval = SPEEDS.get(st.session_state.get("speed", "2 steps/s"), 0.5) if playing else None
+    st.fragment(run_every=interval)(view)(tl, loaded, settings)
+
+
+main()
