@@ -167,6 +167,8 @@ def sidebar_trace_picker() -> None:
     names = [s.name for s in samples]
     titles = {s.name: s.title for s in samples}
     current = loaded.name if loaded.name in names else None
+    if current is None and st.session_state.get("sample_select") is not None:
+        st.session_state.sample_select = None  # an upload is loaded: no sample is selected
     choice = st.sidebar.selectbox(
         "Sample trace",
         names,

@@ -62,15 +62,15 @@ def main() -> None:
             {
                 "event": i + 1,
                 "line": ev.line,
-                "t": "" if ev.t is None else ev.t,
+                "t": ev.t,
                 "op": obj.pop("op"),
                 "fields": ", ".join(f"{k}={v}" for k, v in obj.items() if k not in ("t", "note")),
                 "note": ev.note or "",
             }
         )
-    st.dataframe(
-        pd.DataFrame(rows), hide_index=True, width="stretch", height=300, key="table_events"
-    )
+    table = pd.DataFrame(rows, columns=["event", "line", "t", "op", "fields", "note"])
+    table["t"] = table["t"].astype("Int64")  # logical time, empty when the event has none
+    st.dataframe(table, hide_index=True, width="stretch", height=300, key="table_events")
     tl = common.timeline(loaded, settings)
     if tl.stopped is not None:
         st.error(f"Replaying it stops at an impossible event, trace line {tl.stopped.line}:")

@@ -1,0 +1,176 @@
+"""The app, page by page, with Streamlit's AppTest (no browser): flows and the figures' data."""
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from explorer.appsupport import (
+    DEFAULT_SAMPLE,
+    UPLOAD_LIMIT_MB,
+    decode_view_state,
+    encode_view_state,
+    list_samples,
+)
+from explorer.model.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "streamlit_app.py")
+
+
+def _app(**params: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=90)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _chart(at: AppTest, key: str) -> dict:  # type: ignore[type-arg]
+    for el in at.get("plotly_chart"):
+        if json.loads(el.proto.spec).get("layout", {}).get("uirevision") == key:
+            return json.loads(el.proto.spec)
+    raise AssertionError(f"no chart with uirevision {key}")
+
+
+def _table(at: AppTest, column: str, index: bool = False):  # type: ignore[no-untyped-def]
+    """The first dataframe with ``column`` (AppTest finds dataframes by content, not key)."""
+    for df in at.dataframe:
+        value = df.value
+        if column in value.columns or (index and any(column in str(c) for c in value.columns)):
+            return value
+    raise AssertionError(f"no table with a column {column!r}")
+
+
+def _step_text(at: AppTest) -> str:
+    return next((m.value for m in at.markdown if m.value.startswith("**Step ")), "")
+
+
+def test_explore_opens_on_the_default_sample_before_the_first_step() -> None:
+    at = _app()
+    assert at.session_state.loaded.name == DEFAULT_SAMPLE
+    assert any("Before the first step" in m.value for m in at.markdown)
+    region = _chart(at, "region-map")
+    assert region["data"][0]["type"] == "heatmap"
+    assert _chart(at, "pamt-cache")["layout"]["title"]["text"].startswith("tdx_pamt_cache")
+
+
+def test_next_prev_last_and_first() -> None:
+    at = _app()
+    at.button(key="btn_next").click().run()
+    assert _step_text(at).startswith("**Step 0** of")
+    at.button(key="btn_next").click().run()
+    at.button(key="btn_prev").click().run()
+    assert _step_text(at).startswith("**Step 0** of")
+    at.button(key="btn_last").click().run()
+    last = at.session_state.cursor
+    assert _step_text(at).startswith(f"**Step {last}** of {last}")
+    at.button(key="btn_first").click().run()
+    assert at.session_state.cursor == -1
+
+
+@pytest.mark.parametrize("sample", [s.name for s in list_samples()])
+def test_every_sample_loads_and_steps(sample: str) -> None:
+    at = _app()
+    at.selectbox(key="sample_select").set_value(sample).run()
+    assert not at.exception
+    assert at.session_state.loaded.name == sample
+    at.button(key="btn_next").click().run()
+    assert _step_text(at).startswith("**Step 0**")
+
+
+def test_jump_to_the_lost_race_shows_it_in_the_map_and_the_caches() -> None:
+    at = _app(sample="lost_race")
+    at.selectbox(key="jump_kind").set_value("a lost race").run()
+    at.button(key="btn_jump_next").click().run()
+    assert "lost race" in " ".join(t.value for t in at.text)
+    region = _chart(at, "region-map")
+    assert region["data"][1]["customdata"] == [64]  # region 64 outlined: its refcount changed
+    cache = _chart(at, "pamt-cache")
+    assert cache["data"][1]["y"] == [10, 10]  # the target line: 2 x 5
+
+
+def test_go_to_event_and_region_jump() -> None:
+    at = _app(sample="td_lifecycle")
+    at.number_input(key="goto_event").set_value(7).run()
+    assert "event 7 (trace line" in " ".join(c.value for c in at.caption)
+    at.selectbox(key="jump_kind").set_value("a change of region...").run()
+    at.number_input(key="jump_region").set_value(64).run()
+    at.button(key="btn_jump_next").click().run()
+    effects = _table(at, "state")
+    assert any("[64]" in str(v) or "[0x80" in str(v) for v in effects["item"])
+
+
+def test_changing_a_knob_replays_and_shows_what_it_did() -> None:
+    at = _app(sample="cold_5level")
+    at.number_input(key="knob_dpamt_gets_per_fault").set_value(2).run()
+    assert not at.exception
+    metrics = {m.label: m for m in at.metric}
+    assert int(metrics["retries"].value) > 0  # below the worst case: retries
+    assert at.query_params["dpamt_gets_per_fault"] in ("2", ["2"])
+    at.button(key="reset_settings").click().run()
+    assert "dpamt_gets_per_fault" not in at.query_params
+
+
+def test_a_shared_url_lands_on_the_same_step_and_settings() -> None:
+    at = _app(sample="lost_race", step="132", seed="3")
+    assert at.session_state.cursor == 132
+    assert at.session_state.overrides == {"seed": 3}
+    assert _step_text(at).startswith("**Step 132**")
+
+
+def test_bad_url_parameters_are_reported_not_fatal() -> None:
+    at = _app(sample="nope", step="x", mode="v9", bogus="1")
+    shown = " ".join(t.value for t in at.text)
+    assert "no sample named 'nope'" in shown and "step='x'" in shown and "mode='v9'" in shown
+
+
+def test_traces_page_lists_events_and_generates() -> None:
+    at = _app(sample="lost_race")
+    at.switch_page("pages/traces.py").run()
+    assert not at.exception
+    events = _table(at, "op")
+    assert len(events) == 8 and list(events["op"])[-1] == "fault"
+    at.number_input(key="gen_faults").set_value(100)
+    submit = next(b for b in at.button if b.key.startswith("FormSubmitter:generate"))
+    submit.click().run()
+    assert not at.exception
+    assert at.session_state.loaded.name == "upload"
+    assert at.session_state.loaded.source.startswith("boot-")
+
+
+def test_compare_page_measures_the_designs() -> None:
+    at = _app(sample="workload_two_tds")
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception
+    table = _table(at, "v6", index=True)
+    idle = table.loc["pages idle in caches (peak)"]
+    assert idle.iloc[2] > idle.iloc[0]  # kvm-style-cache holds more pages idle than v6
+    assert "first diverge at event" in " ".join(i.value for i in at.info)
+
+
+def test_about_page_has_its_diagrams() -> None:
+    at = _app()
+    at.switch_page("pages/about.py").run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == 2
+
+
+def test_view_state_round_trip_and_upload_limit() -> None:
+    base = Settings()
+    s = base.with_overrides({"mode": "mempool", "seed": 3})
+    params = encode_view_state("lost_race", 17, s, base)
+    assert params == {"sample": "lost_race", "step": "17", "mode": "mempool", "seed": "3"}
+    state, problems = decode_view_state(params)
+    assert (state.sample, state.step, state.overrides, problems) == (
+        "lost_race",
+        17,
+        {"mode": "mempool", "seed": 3},
+        [],
+    )
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["maxUploadSize"] == UPLOAD_LIMIT_MB
+    assert config["server"]["enableXsrfProtection"] is True
