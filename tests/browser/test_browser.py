@@ -1,0 +1,99 @@
+"""The app in a real browser: charts render, stepping by click and by key, uploads, the
+animation, shared URLs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.browser.conftest import settle, shot
+
+pytestmark = pytest.mark.browser
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_traces"
+
+
+def _step(pg) -> str:  # type: ignore[no-untyped-def]
+    text = pg.locator("text=/^Step \\d+ of \\d+/").first.inner_text()
+    return text
+
+
+def _wait_step(pg, n: int) -> None:  # type: ignore[no-untyped-def]
+    pg.wait_for_selector(f"text=/^Step {n} of \\d+/", timeout=30_000)
+
+
+def test_charts_render_and_next_prev_step(page, server) -> None:  # type: ignore[no-untyped-def]
+    page.goto(server)
+    settle(page)
+    for key in ("chart_region_map", "chart_pamt_cache"):
+        page.wait_for_selector(f".st-key-{key} .js-plotly-plot .main-svg")
+    assert (
+        page.locator(
+            ".st-key-chart_region_map .heatmaplayer, .st-key-chart_region_map image"
+        ).count()
+        >= 1
+    )
+    shot(page, "explore-start")
+    page.locator(".st-key-btn_next button").first.click()
+    _wait_step(page, 0)
+    page.locator(".st-key-btn_next button").first.click()
+    _wait_step(page, 1)
+    page.locator(".st-key-btn_prev button").first.click()
+    _wait_step(page, 0)
+
+
+def test_keyboard_shortcuts_step(page, server) -> None:  # type: ignore[no-untyped-def]
+    page.goto(server + "/?sample=lost_race&step=10")
+    settle(page)
+    assert _step(page).startswith("Step 10 of")
+    page.locator(".st-key-btn_next button").first.wait_for()
+    page.wait_for_timeout(2000)  # the buttons' shortcut listeners attach after they render
+    page.keyboard.press("ArrowRight")
+    _wait_step(page, 11)
+    page.keyboard.press("ArrowLeft")
+    _wait_step(page, 10)
+
+
+def test_a_shared_url_lands_on_the_same_step(page, server) -> None:  # type: ignore[no-untyped-def]
+    page.goto(server + "/?sample=lost_race&step=132")
+    settle(page)
+    assert _step(page).startswith("Step 132 of")
+    assert page.get_by_text(re.compile("lost race, 1 -> 2")).count() >= 1
+    shot(page, "explore-lost-race")
+    assert "step=132" in page.url and "sample=lost_race" in page.url
+
+
+def test_upload_a_good_then_a_bad_trace(page, server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    page.goto(server)
+    settle(page)
+    good = SAMPLES / "fast_path.jsonl"
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(good))
+    settle(page)
+    page.wait_for_selector("text=fast_path.jsonl: A second page in the same region")
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text('{"op": "td_create", "td": 0}\n{"op": "fault", "vcpu": 0, "gfn": 1.5}\n')
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(bad))
+    settle(page)
+    page.wait_for_selector("text=The uploaded trace was not loaded")
+    assert page.get_by_text("fast_path.jsonl: A second page in the same region").count() == 1
+    grid = page.locator('[data-testid="stDataFrame"]').first
+    assert grid.is_visible()
+    shot(page, "upload-errors")
+
+
+def test_the_animation_plays_in_the_browser(page, server) -> None:  # type: ignore[no-untyped-def]
+    page.goto(server + "/?sample=lost_race&step=120")
+    settle(page)
+    page.get_by_role("tab", name="Animation").click()
+    page.locator(".st-key-btn_animation button").first.click()
+    settle(page)
+    chart = page.locator(".st-key-chart_animation .js-plotly-plot")
+    chart.wait_for()
+    title = chart.locator(".gtitle").first
+    before = title.text_content()
+    chart.locator(".updatemenu-button").first.click()  # Play
+    page.wait_for_timeout(2500)
+    after = title.text_content()
+    assert before != after, "the animation did not advance"
+    shot(page, "animation")
