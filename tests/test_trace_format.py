@@ -1,0 +1,133 @@
+"""The trace format: the document and the parser agree; round trips; fuzzing."""
+
+import gzip
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from explorer.model.constants import INJECTIONS, MODES
+from explorer.model.errors import TraceError
+from explorer.model.events import EVENT_TYPES, Fault, Inject, Note, TdCreate, VcpuCreate, Zap
+from explorer.model.settings import SETTING_SPECS
+from explorer.trace import limits, parse_trace
+from explorer.trace.parse import CSV_COLUMNS, SCHEMA
+from explorer.trace.write import dump_trace
+
+DOC = (Path(__file__).resolve().parent.parent / "docs" / "trace-format.md").read_text()
+
+
+def _blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", DOC, flags=re.S)
+
+
+def test_every_op_field_setting_and_limit_is_documented() -> None:
+    for op, (required, optional) in SCHEMA.items():
+        assert f"| `{op}` |" in DOC, op
+        for f in (*required, *optional):
+            assert f"`{f}`" in DOC, (op, f)
+    for key in SETTING_SPECS:
+        assert f"| `{key}` |" in DOC, key
+    for mode in MODES:
+        assert f"`{mode}`" in DOC, mode
+    for what in INJECTIONS:
+        assert f"`{what}`" in DOC, what
+    for name in dir(limits):
+        if name.startswith("MAX_"):
+            assert f"`{name}`" in DOC or name in DOC, name
+    for col in CSV_COLUMNS:
+        assert f"`{col}`" in DOC, col
+
+
+def test_every_documented_example_parses() -> None:
+    header, events = _blocks("json")[0], _blocks("json")[1]
+    trace = parse_trace((header + events).encode(), "doc.jsonl")
+    assert trace.settings == {"ept_levels": 5, "dpamt_gets_per_fault": 5}
+    assert sorted({e.op for e in trace.events}) == sorted(EVENT_TYPES)
+    csv_example = re.search(r"```\n(op,.*?)```", DOC, flags=re.S)
+    assert csv_example is not None
+    assert len(parse_trace(csv_example.group(1).encode(), "doc.csv").events) == 3
+
+
+def test_documented_error_examples_are_what_the_parser_says() -> None:
+    trace = '{"op": "td_create", "td": 0}\n{"op": "fault", "vcpu": 0, "gfn": 1.5}\n{"op": "hop"}\n'
+    with pytest.raises(TraceError) as info:
+        parse_trace(trace.encode(), "trace.jsonl")
+    for problem in info.value.problems:
+        assert str(problem) in DOC
+
+
+def test_crlf_bom_gzip_and_csv_are_accepted() -> None:
+    text = '\ufeff{"op": "td_create", "td": 0}\r\n# comment\r\n\r\n{"op": "note", "text": "x"}\r\n'
+    data = text.encode()
+    assert len(parse_trace(data, "a.jsonl").events) == 2
+    assert len(parse_trace(gzip.compress(data), "a.jsonl.gz").events) == 2
+    assert parse_trace(b"op,td\ntd_create,0\n", "a.csv").events == (TdCreate(td=0, line=2),)
+
+
+_ints = st.integers(min_value=0, max_value=2**20 - 1)
+_gfns = st.integers(min_value=0, max_value=limits.MAX_GFN)
+_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
+_events = st.one_of(
+    st.builds(TdCreate, td=_ints),
+    st.builds(VcpuCreate, td=_ints, vcpu=_ints),
+    st.builds(Fault, vcpu=_ints, gfn=_gfns, pfn=st.none() | st.integers(0, limits.MAX_PFN)),
+    st.builds(Zap, td=_ints, gfn=_gfns, note=st.none() | _text),
+    st.builds(Inject, what=st.sampled_from(INJECTIONS), count=st.integers(1, 1000)),
+    st.builds(Note, text=_text),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_events, min_size=1, max_size=20), _text)
+def test_written_traces_parse_back_to_equal_events(events: list, title: str) -> None:  # type: ignore[type-arg]
+    text = dump_trace(events, title=title)
+    parsed = parse_trace(text.encode(), "rt.jsonl")
+    stripped = [(e.op, *[getattr(e, f) for f in e.__slots__ if f != "line"]) for e in parsed.events]  # type: ignore[attr-defined]
+    want = [(e.op, *[getattr(e, f) for f in e.__slots__ if f != "line"]) for e in events]  # type: ignore[attr-defined]
+    assert stripped == want
+    assert parsed.title == title
+
+
+_VALID = b'{"format": "dpamt-trace", "version": 1}\n{"op": "td_create", "td": 0}\n{"op": "fault", "vcpu": 0, "gfn": "0x10", "t": 1}\n'
+
+
+def _only_trace_errors(data: bytes, name: str) -> None:
+    try:
+        parse_trace(data, name)
+    except TraceError as exc:
+        assert exc.problems and all(p.reason for p in exc.problems)
+
+
+def _mutate(data: bytes, edits: list[tuple[int, int]]) -> bytes:
+    b = bytearray(data)
+    for pos, val in edits:
+        if b:
+            b[pos % len(b)] = val
+    return bytes(b)
+
+
+_edits = st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=6)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.binary(max_size=400) | st.builds(_mutate, st.just(_VALID), _edits),
+    st.sampled_from(["f.jsonl", "f.csv", "f.jsonl.gz"]),
+)
+def test_fuzz_the_parser_raises_only_trace_errors(data: bytes, name: str) -> None:
+    _only_trace_errors(data, name)
+
+
+@pytest.mark.slow
+@settings(max_examples=100_000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    st.binary(max_size=600)
+    | st.builds(_mutate, st.just(_VALID), _edits)
+    | st.text(max_size=300).map(str.encode),
+    st.sampled_from(["f.jsonl", "f.csv", "f.jsonl.gz"]),
+)
+def test_fuzz_the_parser_long_run(data: bytes, name: str) -> None:
+    _only_trace_errors(data, name)
