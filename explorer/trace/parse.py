@@ -513,8 +513,8 @@ def _parse_jsonl(lines: list[str], source: str) -> Trace:
                 c.add(
                     n,
                     _value_col(raw, key),
-                    f"{key} must be a scalar, not a "
-                    f"{'object' if isinstance(value, dict) else 'list'}",
+                    f"{key} must be a scalar, not a"
+                    f"{'n object' if isinstance(value, dict) else ' list'}",
                     f"{key}=...",
                 )
                 break
