@@ -55,6 +55,11 @@ FIND_KINDS = ("op", "region", "label", *FLAG_BITS)
 
 #: Default batches between checkpoints (the checkpoint holds the whole machine state).
 CHECKPOINT_EVERY = 64
+#: Memory the checkpoints may take (estimated). Above it, every other checkpoint is dropped and
+#: the spacing doubles: memory stays bounded on any trace, seeking gets slower on huge ones.
+CHECKPOINT_BUDGET_BYTES = 1 << 30
+#: Estimated bytes of checkpoint per entry of machine state (dict items, owner bytes per region).
+_BYTES_PER_ENTRY = 90
 #: Re-derived batches kept in memory.
 LRU_BATCHES = 16
 
@@ -301,6 +306,7 @@ def replay(
     progress: Callable[[float, str], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     checkpoint_every: int = CHECKPOINT_EVERY,
+    checkpoint_budget: int = CHECKPOINT_BUDGET_BYTES,
     report_every: int = 2000,
 ) -> Timeline:
     """Replay ``events`` in bulk into a :class:`Timeline` (invariants checked at every step)."""
@@ -315,7 +321,14 @@ def replay(
         if m.stopped is not None:
             break
         if b % checkpoint_every == 0:
-            tl._checkpoints[b] = m.image()
+            size = _state_entries(m) * _BYTES_PER_ENTRY
+            while tl._checkpoints and (len(tl._checkpoints) + 1) * size > checkpoint_budget:
+                checkpoint_every *= 2  # thin: keep the checkpoints on the doubled spacing
+                tl._checkpoints = {
+                    k: v for k, v in tl._checkpoints.items() if k % checkpoint_every == 0
+                }
+            if b % checkpoint_every == 0:
+                tl._checkpoints[b] = m.image()
         tl.batch_event.append(start)
         tl.batch_step.append(m.nr_steps)
         m.batch_labels = set()
@@ -354,6 +367,12 @@ def replay(
     if progress is not None:
         progress(1.0, f"{n:,} events, {m.nr_steps:,} steps")
     return tl
+
+
+def _state_entries(m: Machine) -> int:
+    """Entries a checkpoint of ``m`` copies (guest mappings, S-EPT entries, regions)."""
+    tds = sum(len(t.leaves) + len(t.gmem) + len(t.entries) for t in m.tds.values())
+    return tds + 8 * (len(m.mem.regions) + len(m.module.pages)) + len(m.refcount)
 
 
 def _sample(tl: Timeline, m: Machine) -> None:

@@ -134,3 +134,13 @@ def test_a_stopped_replay_keeps_what_came_before() -> None:
     last = tl.state_at(tl.nr_steps - 1)
     assert last.tds[0].mapped == 1
     assert tl.summary()["ok"] is False
+
+
+def test_checkpoints_stay_within_their_budget_and_seeking_stays_exact() -> None:
+    events, settings = _load("workload_two_tds")
+    m, snaps = _recorded(events[:1200], settings)
+    tl = replay(events[:1200], settings, checkpoint_every=1, checkpoint_budget=2_000_000)
+    assert 1 < len(tl._checkpoints) < tl.nr_batches  # thinned
+    for i in range(0, tl.nr_steps, 997):
+        assert tl.step(i) == m.steps[i]
+        _same_state(tl.state_at(i), snaps[i])

@@ -186,6 +186,32 @@ def _checks() -> tuple[Callable[[Machine, Iterable[int]], None], Callable[[Machi
 _CHECKS: tuple[Callable[[Machine, Iterable[int]], None], Callable[[Machine], None]] | None = None
 
 
+def _copy_td(t: Td) -> Td:
+    """A copy of a quiescent TD (its dicts hold ints and tuples: shallow copies suffice)."""
+    return Td(
+        t.id,
+        t.state,
+        t.hkid,
+        list(t.vcpus),
+        list(t.control),
+        t.mirror_root,
+        dict(t.entries),
+        dict(t.leaves),
+        dict(t.leaf_frozen),
+        dict(t.gmem),
+        list(t.mmu_readers),
+        t.mmu_writer,
+    )
+
+
+def _copy_vcpu(v: Vcpu) -> Vcpu:
+    caches = {
+        n: KvmCache(c.name, c.objects, c.min, c.capacity, list(c.pfns), c.nobjs)
+        for n, c in v.caches.items()
+    }
+    return Vcpu(v.id, v.td, v.alive, list(v.pamt_cache), caches, list(v.control))
+
+
 def thread_name(ev: Event) -> str:
     """vCPU work runs on that vCPU's thread; VM-wide work on the VM's thread."""
     vcpu = getattr(ev, "vcpu", None)
@@ -642,28 +668,27 @@ class Machine:
 
     # ================================================================ checkpoints
     def image(self) -> MachineImage:
-        """A checkpoint; only valid between batches (no CPU in the middle of kernel code)."""
-        import copy
+        """A checkpoint; only valid between batches (no CPU in the middle of kernel code).
 
+        Shallow copies of int-keyed dicts of ints and tuples (C-speed), not deep copies: the
+        big parts (guest mappings, S-EPT entries, page owners) are exactly those."""
         return MachineImage(
             memory=self.mem.image(),
             module=self.module.image(),
             refcount=dict(self.refcount),
             orphans=dict(self.orphans),
             gotten=dict(self.gotten),
-            tds=copy.deepcopy(self.tds),
-            vcpus=copy.deepcopy(self.vcpus),
+            tds={k: _copy_td(t) for k, t in self.tds.items()},
+            vcpus={k: _copy_vcpu(v) for k, v in self.vcpus.items()},
             counters=dict(self.counters),
             injections=dict(self.injections),
             nr_steps=self.nr_steps,
             next_hkid=self.next_hkid,
             sched_rng=self.sched_rng.getstate(),
-            extra=copy.deepcopy(self.extra),
+            extra={k: list(v) if isinstance(v, list) else v for k, v in self.extra.items()},
         )
 
     def restore(self, img: MachineImage) -> None:
-        import copy
-
         self.mem.restore(img.memory)
         self.module.restore(img.module)
         self.refcount = dict(img.refcount)
@@ -671,14 +696,14 @@ class Machine:
         self.gotten = dict(img.gotten)
         self.inflight = {}
         self.v5_put_window = {}
-        self.tds = copy.deepcopy(img.tds)
-        self.vcpus = copy.deepcopy(img.vcpus)
+        self.tds = {k: _copy_td(t) for k, t in img.tds.items()}
+        self.vcpus = {k: _copy_vcpu(v) for k, v in img.vcpus.items()}
         self.counters = dict(img.counters)
         self.injections = dict(img.injections)
         self.nr_steps = img.nr_steps
         self.next_hkid = img.next_hkid
         self.sched_rng.setstate(img.sched_rng)  # type: ignore[arg-type]
-        self.extra = copy.deepcopy(img.extra)
+        self.extra = {k: list(v) if isinstance(v, list) else v for k, v in img.extra.items()}
         self.pamt_lock = None
         self.threads = {}
         self.stopped = None
