@@ -33,8 +33,8 @@ chromium:
 	@command -v chromium >/dev/null && chromium --version
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check explorer pages tests streamlit_app.py
-	$(VENV)/bin/ruff format --check explorer pages tests streamlit_app.py
+	$(VENV)/bin/ruff check explorer pages tests tools streamlit_app.py
+	$(VENV)/bin/ruff format --check explorer pages tests tools streamlit_app.py
 	$(VENV)/bin/mypy
 
 unit: $(STAMP)
@@ -53,6 +53,10 @@ bench: $(STAMP)
 
 fuzz: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+## make loadtest: 20 browser sessions for 60 s against one server (docs/reliability.md)
+loadtest: $(STAMP) chromium
+	$(PY) tools/loadtest.py --sessions 20 --seconds 60
 
 goldens: $(STAMP)
 	$(PY) -m pytest -q tests/test_samples.py --update-goldens

@@ -21,8 +21,10 @@ DEFAULT_SAMPLE = "td_lifecycle"
 #: The upload limit in MiB; ``.streamlit/config.toml`` sets ``server.maxUploadSize`` to the same
 #: (a test keeps them equal).
 UPLOAD_LIMIT_MB = L.MAX_UPLOAD_BYTES // L.MIB
-#: Replays kept per server process (least recently used dropped first).
-REPLAY_CACHE_ENTRIES = 16
+#: Replays kept per server process (least recently used dropped first), and the checkpoint
+#: memory each may take: together they bound the cache (8 x 256 MiB of checkpoints at most).
+REPLAY_CACHE_ENTRIES = 8
+REPLAY_CHECKPOINT_BUDGET = 256 << 20
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import streamlit as st
 from explorer.appsupport import (
     DEFAULT_SAMPLE,
     REPLAY_CACHE_ENTRIES,
+    REPLAY_CHECKPOINT_BUDGET,
     UPLOAD_LIMIT_MB,
     content_key,
     decode_view_state,
@@ -91,7 +92,9 @@ def _timeline(
     _settings: Settings,
     _progress: Any = None,
 ) -> Timeline:
-    return replay(_trace.events, _settings, progress=_progress)
+    return replay(
+        _trace.events, _settings, progress=_progress, checkpoint_budget=REPLAY_CHECKPOINT_BUDGET
+    )
 
 
 @st.cache_resource(max_entries=4 * REPLAY_CACHE_ENTRIES, show_spinner=False)
