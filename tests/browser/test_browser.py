@@ -97,3 +97,16 @@ def test_the_animation_plays_in_the_browser(page, server) -> None:  # type: igno
     after = title.text_content()
     assert before != after, "the animation did not advance"
     shot(page, "animation")
+
+
+def test_compare_page_measures_the_designs_side_by_side(page, server) -> None:  # type: ignore[no-untyped-def]
+    page.goto(server + "/compare?sample=lost_race")
+    settle(page)
+    page.wait_for_selector("text=Compare designs")
+    page.wait_for_selector("text=/first diverge at event|never diverge/")
+    maps = page.locator('[class*="st-key-chart_cmp_map_"] .js-plotly-plot')
+    maps.first.wait_for()
+    assert maps.count() == 3  # the three default configurations, side by side
+    page.locator(".st-key-btn_sweep button").first.click()
+    page.wait_for_selector(".st-key-chart_sweep .js-plotly-plot", timeout=120_000)
+    shot(page, "compare")
