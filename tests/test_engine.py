@@ -227,7 +227,7 @@ def test_topup_fills_exactly_2n_and_kvm_caches_fill_to_40_below_min() -> None:
 def test_topup_order_is_the_kernels() -> None:
     m = run([*BOOT, Fault(vcpu=0, gfn=0x10)])
     order = [
-        s.narration.split(":")[0]
+        s.narration.split(":")[0].split(" ")[0]
         for s in m.steps
         if s.label in ("kvm_topup.fill", "pamt_cache.topup")
     ]

@@ -120,8 +120,13 @@ def write_unlock_mmu(m: Machine, th: Thread, fn: str, td: Td) -> KGen:
 def tdx_topup_pamt_cache(m: Machine, th: Thread, vcpu: Vcpu, n: int) -> KGen:
     """``tdx_topup_pamt_cache(cache, n)``: fill to exactly ``2 * n`` pages; -ENOMEM keeps what was
     added. There is no larger capacity (unlike KVM's caches, filled to 40)."""
+    return (yield from fill_pamt_cache(m, th, vcpu, 2 * n, f"tdx_topup_pamt_cache (2 x {n})"))
+
+
+def fill_pamt_cache(m: Machine, th: Thread, vcpu: Vcpu, target: int, what: str) -> KGen:
+    """Push freshly allocated pages on the vCPU's list until it holds ``target``: v6's top-up,
+    and the v4 shared list and the KVM-style cache of the rejected designs."""
     fn = "tdx_topup_pamt_cache"
-    target = 2 * n
     old = len(vcpu.pamt_cache)
     while len(vcpu.pamt_cache) < target:
         pfn = m.alloc_page(th, O_IN_HAND, sleeping=True)
@@ -129,25 +134,15 @@ def tdx_topup_pamt_cache(m: Machine, th: Thread, vcpu: Vcpu, n: int) -> KGen:
             yield (
                 fn,
                 "pamt_cache.topup_fail",
-                "tdx_topup_pamt_cache: alloc_page failed at {} of {} pages: -ENOMEM",
-                (len(vcpu.pamt_cache), target),
+                "{}: alloc_page failed at {} of {} pages: -ENOMEM",
+                (what, len(vcpu.pamt_cache), target),
             )
             return ENOMEM
         m.pamt_cache_push(vcpu, pfn)
-    if old == target or old > target:
-        yield (
-            fn,
-            "pamt_cache.full",
-            "tdx_topup_pamt_cache: {} pages, target 2 x {} = {}: nothing to do",
-            (old, n, target),
-        )
+    if old >= target:
+        yield fn, "pamt_cache.full", "{}: {} pages, target {}: nothing to do", (what, old, target)
     else:
-        yield (
-            fn,
-            "pamt_cache.topup",
-            "tdx_topup_pamt_cache: {} -> {} pages (target 2 x {})",
-            (old, target, n),
-        )
+        yield fn, "pamt_cache.topup", "{}: {} -> {} pages", (what, old, target)
     return 0
 
 

@@ -29,6 +29,7 @@ from explorer.model import tdx_module as tdx
 from explorer.model.dpamt import (
     EIO,
     ENOMEM,
+    fill_pamt_cache,
     read_lock_mmu,
     read_unlock_mmu,
     tdx_free_pamt_cache,
@@ -242,36 +243,18 @@ def topup_external_cache(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
         if mode == "v5-topup-install":
             return (yield from tdx_topup_pamt_cache(m, th, vcpu, 1))
         if mode == "v4-shared-list":
-            return (yield from _topup_exact(m, th, vcpu, m.settings.worst_case_tables + 2 * n))
+            target = m.settings.worst_case_tables + 2 * n
+            return (yield from fill_pamt_cache(m, th, vcpu, target, f"v4 shared list ({target})"))
         if mode == "kvm-style-cache":
             if len(vcpu.pamt_cache) >= 2 * n:
                 return 0
-            return (yield from _topup_exact(m, th, vcpu, C.KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE))
+            cap = C.KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE
+            return (
+                yield from fill_pamt_cache(m, th, vcpu, cap, f"KVM-style cache (fill to {cap})")
+            )
         return (yield from tdx_topup_pamt_cache(m, th, vcpu, n))
     finally:
         th.stack.pop()
-
-
-def _topup_exact(m: Machine, th: Thread, vcpu: Vcpu, target: int) -> KGen:
-    """Fill the vCPU's DPAMT list to ``target`` pages (the v4 shared list, a KVM-style cache)."""
-    fn = "tdx_topup_pamt_cache"
-    old = len(vcpu.pamt_cache)
-    while len(vcpu.pamt_cache) < target:
-        pfn = m.alloc_page(th, O_IN_HAND, sleeping=True)
-        if pfn is None:
-            yield (
-                fn,
-                "pamt_cache.topup_fail",
-                "top-up: alloc_page failed at {} of {} pages: -ENOMEM",
-                (len(vcpu.pamt_cache), target),
-            )
-            return ENOMEM
-        m.pamt_cache_push(vcpu, pfn)
-    if old >= target:
-        yield fn, "pamt_cache.full", "top-up: {} pages, target {}: nothing to do", (old, target)
-    else:
-        yield fn, "pamt_cache.topup", "top-up ({}): {} -> {} pages", (m.mode, old, target)
-    return 0
 
 
 def _put_cache_page(m: Machine, th: Thread, pfn: int, softirq: bool) -> KGen:
