@@ -117,7 +117,8 @@ def shot(pg, name: str) -> None:  # type: ignore[no-untyped-def]
     """A screenshot once the page has settled and its charts have drawn."""
     settle(pg)
     for chart in pg.locator(".js-plotly-plot").all():
-        chart.locator(".main-svg").first.wait_for()
+        if chart.is_visible():  # charts in closed tabs stay hidden
+            chart.locator(".main-svg").first.wait_for(state="attached")
     pg.wait_for_timeout(500)
     ARTIFACTS.mkdir(exist_ok=True)
     pg.screenshot(path=str(ARTIFACTS / f"{name}.png"))
