@@ -94,7 +94,7 @@ def bench_trace(faults: int, state_at_samples: int, state_at_budget_s: float) ->
         "bytes_per_event": (rss2 - rss1) / n_events,
         "bytes_per_step": (rss2 - rss1) / max(tl.nr_steps, 1),
         "event_objects_bytes_per_event": (rss1 - rss0) / n_events,
-        "checkpoints": len(tl._checkpoints),
+        "checkpoints": f"{len(tl._checkpoints)} keyframes, {len(tl._deltas)} deltas",
     }
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from explorer.metrics import idle_pages
 from explorer.model.constants import PAGE_SIZE, PAGES_PER_REGION_SHIFT
 from explorer.model.events import Event
-from explorer.model.machine import Machine, MachineImage, batches
+from explorer.model.machine import Machine, MachineDelta, MachineImage, batches
 from explorer.model.records import Diagnostic, Snapshot, Step
 from explorer.model.settings import Settings
 from explorer.model.summary import summary
@@ -53,10 +53,12 @@ FLAG_LABELS: dict[str, tuple[str, ...]] = {
 FLAG_BITS = {name: 1 << i for i, name in enumerate([*FLAG_LABELS, "violation", "warning"])}
 FIND_KINDS = ("op", "region", "label", *FLAG_BITS)
 
-#: Default batches between checkpoints (the checkpoint holds the whole machine state).
-CHECKPOINT_EVERY = 64
-#: Memory the checkpoints may take (estimated). Above it, every other checkpoint is dropped and
-#: the spacing doubles: memory stays bounded on any trace, seeking gets slower on huge ones.
+#: Batches between checkpoints. A checkpoint is a delta (what changed since the previous one);
+#: every KEYFRAME_EVERY checkpoints it is also a full keyframe of the machine.
+CHECKPOINT_EVERY = 32
+KEYFRAME_EVERY = 32
+#: Memory the keyframes may take (estimated). Above it, every other keyframe is dropped and their
+#: spacing doubles (the deltas chain from any earlier keyframe, so seeking stays exact).
 CHECKPOINT_BUDGET_BYTES = 1 << 30
 #: Estimated bytes of checkpoint per entry of machine state (dict items, owner bytes per region).
 _BYTES_PER_ENTRY = 90
@@ -103,7 +105,9 @@ class Timeline:
             "leaked_pages": array("q"),
         }
         self.cache_series: dict[int, array[int]] = {}  # vCPU -> its cache pages after each batch
-        self._checkpoints: dict[int, MachineImage] = {}
+        self._checkpoints: dict[int, MachineImage] = {}  # keyframes, by batch
+        self._deltas: dict[int, MachineDelta] = {}  # every checkpoint, by batch
+        self._ckpt_batches = array("q")  # batches with a checkpoint, ascending
         self._lru: OrderedDict[int, list[Step]] = OrderedDict()
 
     # ------------------------------------------------------------------ sizes
@@ -167,13 +171,20 @@ class Timeline:
         return sorted(regions)
 
     def _machine_at_batch(self, b: int) -> Machine:
-        """A recording machine in the state just before batch ``b``."""
-        c = max((k for k in self._checkpoints if k <= b), default=0)
+        """A recording machine in the state just before batch ``b``: the nearest keyframe, the
+        deltas after it, then the batches since the last checkpoint."""
         m = Machine(self.settings, record=False, check=True)
-        if c in self._checkpoints:
-            m.restore(self._checkpoints[c])
-        for k in range(c, b):
-            self._run_batch(m, k)
+        ck = self._ckpt_batches
+        c = ck[bisect.bisect_right(ck, b) - 1] if ck and ck[0] <= b else 0
+        k = max((x for x in self._checkpoints if x <= c), default=None)
+        if k is not None:
+            m.restore(self._checkpoints[k])
+            for cb in ck[bisect.bisect_right(ck, k) : bisect.bisect_right(ck, c)]:
+                m.apply_delta(self._deltas[cb])
+        else:
+            c = 0
+        for x in range(c, b):
+            self._run_batch(m, x)
         m.record = True
         return m
 
@@ -306,6 +317,7 @@ def replay(
     progress: Callable[[float, str], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     checkpoint_every: int = CHECKPOINT_EVERY,
+    keyframe_every: int = KEYFRAME_EVERY,
     checkpoint_budget: int = CHECKPOINT_BUDGET_BYTES,
     report_every: int = 2000,
 ) -> Timeline:
@@ -321,14 +333,19 @@ def replay(
         if m.stopped is not None:
             break
         if b % checkpoint_every == 0:
-            size = _state_entries(m) * _BYTES_PER_ENTRY
-            while tl._checkpoints and (len(tl._checkpoints) + 1) * size > checkpoint_budget:
-                checkpoint_every *= 2  # thin: keep the checkpoints on the doubled spacing
-                tl._checkpoints = {
-                    k: v for k, v in tl._checkpoints.items() if k % checkpoint_every == 0
-                }
-            if b % checkpoint_every == 0:
-                tl._checkpoints[b] = m.image()
+            tl._deltas[b] = m.delta()
+            tl._ckpt_batches.append(b)
+            if b % (checkpoint_every * keyframe_every) == 0:
+                size = _state_entries(m) * _BYTES_PER_ENTRY
+                while (
+                    len(tl._checkpoints) > 1
+                    and (len(tl._checkpoints) + 1) * size > checkpoint_budget
+                ):
+                    keyframe_every *= 2  # thin: keep the keyframes on the doubled spacing
+                    span = checkpoint_every * keyframe_every
+                    tl._checkpoints = {k: v for k, v in tl._checkpoints.items() if k % span == 0}
+                if b % (checkpoint_every * keyframe_every) == 0:
+                    tl._checkpoints[b] = m.image()
         tl.batch_event.append(start)
         tl.batch_step.append(m.nr_steps)
         m.batch_labels = set()

@@ -38,11 +38,11 @@ def _same_state(a, b) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("name", ["lost_race", "put_vs_get", "td_lifecycle", "cache_too_small"])
-@pytest.mark.parametrize("every", [1, 3, 64])
-def test_steps_and_states_match_a_recorded_run(name: str, every: int) -> None:
+@pytest.mark.parametrize(("every", "keyframes"), [(1, 1), (1, 4), (3, 2), (64, 32)])
+def test_steps_and_states_match_a_recorded_run(name: str, every: int, keyframes: int) -> None:
     events, settings = _load(name)
     m, snaps = _recorded(events, settings)
-    tl = replay(events, settings, checkpoint_every=every)
+    tl = replay(events, settings, checkpoint_every=every, keyframe_every=keyframes)
     assert tl.nr_steps == m.nr_steps == len(m.steps)
     assert tl.steps_between(0, tl.nr_steps) == m.steps
     for i in [*range(0, tl.nr_steps, 7), tl.nr_steps - 1]:
@@ -139,8 +139,10 @@ def test_a_stopped_replay_keeps_what_came_before() -> None:
 def test_checkpoints_stay_within_their_budget_and_seeking_stays_exact() -> None:
     events, settings = _load("workload_two_tds")
     m, snaps = _recorded(events[:1200], settings)
-    tl = replay(events[:1200], settings, checkpoint_every=1, checkpoint_budget=2_000_000)
-    assert 1 < len(tl._checkpoints) < tl.nr_batches  # thinned
+    tl = replay(events[:1200], settings, checkpoint_every=1, keyframe_every=2,
+                checkpoint_budget=2_000_000)
+    assert 1 < len(tl._checkpoints) < tl.nr_batches // 2  # keyframes thinned
+    assert len(tl._deltas) == tl.nr_batches  # every batch has its delta
     for i in range(0, tl.nr_steps, 997):
         assert tl.step(i) == m.steps[i]
         _same_state(tl.state_at(i), snaps[i])

@@ -133,6 +133,46 @@ class Vcpu:
     control: list[tuple[int, str]] = field(default_factory=list)  # (pfn, "tdvpr"|"tdcx")
 
 
+class TrackedDict(dict[Any, Any]):
+    """A dict that remembers which keys changed since the last checkpoint, so a checkpoint
+    copies the changes (guest mappings, S-EPT entries), not the whole dict."""
+
+    __slots__ = ("changed",)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.changed: set[Any] = set()
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.changed.add(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self.changed.add(key)
+        super().__delitem__(key)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        self.changed.add(key)
+        return super().pop(key, *default)
+
+    def delta(self) -> dict[Any, Any]:
+        """{key: value, or _GONE} for every key changed since the last call."""
+        out = {k: self.get(k, _GONE) for k in self.changed}
+        self.changed = set()
+        return out
+
+    def apply(self, delta: dict[Any, Any]) -> None:
+        for k, v in delta.items():
+            if v is _GONE:
+                super().pop(k, None)
+            else:
+                super().__setitem__(k, v)
+        self.changed = set()
+
+
+_GONE = object()
+
+
 @dataclass(slots=True)
 class Td:
     id: int
@@ -143,10 +183,10 @@ class Td:
     mirror_root: int | None = None
     #: S-EPT entries pointing at non-root tables, keyed (level of the table, gfn >> 9*level):
     #: ("frozen", cpu) while being linked, ("present", sept_pfn, mirror_pfn) once linked.
-    entries: dict[tuple[int, int], tuple[Any, ...]] = field(default_factory=dict)
-    leaves: dict[int, int] = field(default_factory=dict)  # mapped gfn -> pfn
+    entries: dict[tuple[int, int], tuple[Any, ...]] = field(default_factory=TrackedDict)
+    leaves: dict[int, int] = field(default_factory=TrackedDict)  # mapped gfn -> pfn
     leaf_frozen: dict[int, str] = field(default_factory=dict)  # gfn -> cpu
-    gmem: dict[int, int] = field(default_factory=dict)  # guest_memfd: gfn -> pfn it holds
+    gmem: dict[int, int] = field(default_factory=TrackedDict)  # guest_memfd: gfn -> pfn held
     #: ``kvm->mmu_lock``: one rwlock per VM (``pamt_lock`` is the only global lock)
     mmu_readers: list[str] = field(default_factory=list)
     mmu_writer: str | None = None
@@ -195,13 +235,18 @@ def _copy_td(t: Td) -> Td:
         list(t.vcpus),
         list(t.control),
         t.mirror_root,
-        dict(t.entries),
-        dict(t.leaves),
+        TrackedDict(t.entries),
+        TrackedDict(t.leaves),
         dict(t.leaf_frozen),
-        dict(t.gmem),
+        TrackedDict(t.gmem),
         list(t.mmu_readers),
         t.mmu_writer,
     )
+
+
+def _small_td(t: Td) -> Td:
+    """A TD without its big dicts (a delta carries their changes instead)."""
+    return Td(t.id, t.state, t.hkid, list(t.vcpus), list(t.control), t.mirror_root)
 
 
 def _copy_vcpu(v: Vcpu) -> Vcpu:
@@ -254,6 +299,30 @@ class MachineImage:
     extra: dict[str, Any]
 
 
+@dataclass(slots=True)
+class MachineDelta:
+    """A delta checkpoint: the changes since the previous checkpoint (see Machine.delta)."""
+
+    mem_regions: dict[int, bytes]
+    mem_nfree: dict[int, int]
+    mem_scalars: tuple[Any, ...]
+    module: tuple[dict[int, bytes], dict[int, int | None], dict[int, Any]]
+    regions: dict[int, tuple[int | None, int | None, int | None]]
+    tds: dict[int, tuple[Td, dict[Any, Any], dict[Any, Any], dict[Any, Any]]]
+    vcpus: dict[int, Vcpu]
+    counters: dict[str, int]
+    injections: dict[str, int]
+    nr_steps: int
+    next_hkid: int
+    sched_rng: object
+    extra: dict[str, Any]
+
+
+def _tracked(d: dict[Any, Any]) -> TrackedDict:
+    assert isinstance(d, TrackedDict)
+    return d
+
+
 class Machine:
     """All kernel and TDX-module state, and the loop that runs events on simulated CPUs."""
 
@@ -301,6 +370,7 @@ class Machine:
         self.on_step: Callable[[Machine, Step], None] | None = None
         self._fx: list[Effect] = []
         self._dirty: set[int] = set()
+        self._ckpt_regions: set[int] = set()  # refcount/orphans/gotten keys since a checkpoint
         self._owners_changed = False  # global page accounting is rechecked only then
         self._changed_counters: dict[str, int] = {}
         self._diags: list[tuple[str, str, str]] = []
@@ -333,6 +403,7 @@ class Machine:
         else:
             self.refcount.pop(region, None)
         self._dirty.add(region)
+        self._ckpt_regions.add(region)
         if self.record:
             self._effect("refcount", region, old, new)
 
@@ -340,6 +411,7 @@ class Machine:
         old = self.orphans.get(region, 0)
         self.orphans[region] = old + 1
         self._dirty.add(region)
+        self._ckpt_regions.add(region)
         if self.record:
             self._effect("orphan", region, old, old + 1)
 
@@ -352,6 +424,7 @@ class Machine:
         else:
             self.gotten.pop(region, None)
         self._dirty.add(region)
+        self._ckpt_regions.add(region)
 
     def set_lock(self, lock: str, old: Any, new: Any) -> None:
         if self.record:
@@ -667,11 +740,80 @@ class Machine:
             self.run_batch((i, events[i]) for i in range(start, end))
 
     # ================================================================ checkpoints
+    def delta(self) -> MachineDelta:
+        """What changed since the last checkpoint (``image`` or ``delta``): a delta checkpoint.
+
+        Like :meth:`image`, only valid between batches. Applying the deltas in order to the
+        image they follow (:meth:`apply_delta`) rebuilds the machine exactly."""
+        mem = self.mem
+        regions = self._ckpt_regions
+        d = MachineDelta(
+            mem_regions={r: bytes(mem.regions[r]) for r in mem.dirty},
+            mem_nfree={r: mem.nfree[r] for r in mem.dirty},
+            mem_scalars=mem.scalars(),
+            module=self.module.delta(),
+            regions={
+                r: (self.refcount.get(r), self.orphans.get(r), self.gotten.get(r)) for r in regions
+            },
+            tds={
+                k: (
+                    _small_td(t),
+                    _tracked(t.leaves).delta(),
+                    _tracked(t.gmem).delta(),
+                    _tracked(t.entries).delta(),
+                )
+                for k, t in self.tds.items()
+            },
+            vcpus={k: _copy_vcpu(v) for k, v in self.vcpus.items()},
+            counters=dict(self.counters),
+            injections=dict(self.injections),
+            nr_steps=self.nr_steps,
+            next_hkid=self.next_hkid,
+            sched_rng=self.sched_rng.getstate(),
+            extra={k: list(v) if isinstance(v, list) else v for k, v in self.extra.items()},
+        )
+        mem.dirty = set()
+        self._ckpt_regions = set()
+        return d
+
+    def apply_delta(self, d: MachineDelta) -> None:
+        """Move a machine restored at the previous checkpoint forward to this one."""
+        self.mem.apply(d.mem_regions, d.mem_nfree, d.mem_scalars)
+        self.module.apply(d.module)
+        for r, (rc, orphans, gotten) in d.regions.items():
+            for table, value in (
+                (self.refcount, rc),
+                (self.orphans, orphans),
+                (self.gotten, gotten),
+            ):
+                if value is None:
+                    table.pop(r, None)
+                else:
+                    table[r] = value
+        for k, (small, leaves, gmem, entries) in d.tds.items():
+            td = self.tds.get(k)
+            if td is None:
+                td = self.tds[k] = _small_td(small)
+            td.state, td.hkid, td.vcpus = small.state, small.hkid, list(small.vcpus)
+            td.control, td.mirror_root = list(small.control), small.mirror_root
+            _tracked(td.leaves).apply(leaves)
+            _tracked(td.gmem).apply(gmem)
+            _tracked(td.entries).apply(entries)
+        self.vcpus = {k: _copy_vcpu(v) for k, v in d.vcpus.items()}
+        self.counters = dict(d.counters)
+        self.injections = dict(d.injections)
+        self.nr_steps = d.nr_steps
+        self.next_hkid = d.next_hkid
+        self.sched_rng.setstate(d.sched_rng)  # type: ignore[arg-type]
+        self.extra = {k: list(v) if isinstance(v, list) else v for k, v in d.extra.items()}
+        self._ckpt_regions = set()
+
     def image(self) -> MachineImage:
         """A checkpoint; only valid between batches (no CPU in the middle of kernel code).
 
         Shallow copies of int-keyed dicts of ints and tuples (C-speed), not deep copies: the
         big parts (guest mappings, S-EPT entries, page owners) are exactly those."""
+        self._clear_tracking()
         return MachineImage(
             memory=self.mem.image(),
             module=self.module.image(),
@@ -687,6 +829,14 @@ class Machine:
             sched_rng=self.sched_rng.getstate(),
             extra={k: list(v) if isinstance(v, list) else v for k, v in self.extra.items()},
         )
+
+    def _clear_tracking(self) -> None:
+        self.mem.dirty = set()
+        self.module.dirty = set()
+        self._ckpt_regions = set()
+        for t in self.tds.values():
+            for d in (t.leaves, t.gmem, t.entries):
+                _tracked(d).changed = set()
 
     def restore(self, img: MachineImage) -> None:
         self.mem.restore(img.memory)
@@ -707,6 +857,7 @@ class Machine:
         self.pamt_lock = None
         self.threads = {}
         self.stopped = None
+        self._ckpt_regions = set()
 
     # ================================================================ snapshots
     def page_summary(self) -> dict[str, int]:

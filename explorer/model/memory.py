@@ -19,6 +19,7 @@ from __future__ import annotations
 import heapq
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from explorer.model.constants import PAGES_PER_REGION, PAGES_PER_REGION_SHIFT
 from explorer.model.records import OWNERS
@@ -59,6 +60,8 @@ class HostMemory:
         self._untouched = 0
         self._spread_cursor = 0
         self._rng = random.Random(seed)
+        #: regions changed since the last checkpoint (delta checkpoints copy only these)
+        self.dirty: set[int] = set()
 
     # -- reading -------------------------------------------------------------------------
     def owner(self, pfn: int) -> int:
@@ -86,13 +89,14 @@ class HostMemory:
         if old == code:
             return old
         owners[off] = code
+        self.dirty.add(region)
         self.counts[old] -= 1
         self.counts[code] += 1
         if old == FREE:
             self.nfree[region] -= 1
         elif code == FREE:
             self.nfree[region] += 1
-            if region not in self._in_heap:
+            if self.policy == "lowest" and region not in self._in_heap:
                 self._in_heap.add(region)
                 heapq.heappush(self._heap, region)
         return old
@@ -101,8 +105,10 @@ class HostMemory:
         owners = bytearray(PAGES_PER_REGION)
         self.regions[region] = owners
         self.nfree[region] = PAGES_PER_REGION
-        self._in_heap.add(region)
-        heapq.heappush(self._heap, region)
+        self.dirty.add(region)
+        if self.policy == "lowest":  # only "lowest" searches by region order
+            self._in_heap.add(region)
+            heapq.heappush(self._heap, region)
         return owners
 
     def pick_free(self) -> int | None:
@@ -175,3 +181,28 @@ class HostMemory:
         self._untouched = img.untouched
         self._spread_cursor = img.spread_cursor
         self._rng.setstate(img.rng_state)  # type: ignore[arg-type]
+        self.dirty = set()
+
+    def scalars(self) -> tuple[Any, ...]:
+        """What a delta checkpoint copies besides the dirty regions."""
+        return (
+            tuple(self.counts),
+            tuple(self._heap),
+            self._untouched,
+            self._spread_cursor,
+            self._rng.getstate(),
+        )
+
+    def apply(
+        self, regions: dict[int, bytes], nfree: dict[int, int], scalars: tuple[Any, ...]
+    ) -> None:
+        """Apply a delta checkpoint (see :meth:`explorer.model.machine.Machine.delta`)."""
+        for r, b in regions.items():
+            self.regions[r] = bytearray(b)
+        self.nfree.update(nfree)
+        counts, heap, self._untouched, self._spread_cursor, rng = scalars
+        self.counts = list(counts)
+        self._heap = list(heap)
+        self._in_heap = set(heap)
+        self._rng.setstate(rng)
+        self.dirty = set()

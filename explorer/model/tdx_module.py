@@ -12,6 +12,7 @@ Every SEAMCALL returns a status name: ``TDX_SUCCESS`` or the module's error name
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from explorer.model.constants import PAGES_PER_REGION, PAGES_PER_REGION_SHIFT
 
@@ -47,6 +48,8 @@ class TdxModule:
         #: region -> number of its 4 KiB pages in TD use (excluding PAMT pair pages, which need
         #: no backing of their own)
         self.used: dict[int, int] = {}
+        #: regions whose pages, pair or use count changed since the last checkpoint
+        self.dirty: set[int] = set()
 
     def kind(self, pfn: int) -> int:
         kinds = self.pages.get(pfn >> PAGES_PER_REGION_SHIFT)
@@ -60,6 +63,7 @@ class TdxModule:
         off = pfn & (PAGES_PER_REGION - 1)
         old = kinds[off]
         kinds[off] = code
+        self.dirty.add(region)
         delta = (code not in (0, _PAMT)) - (old not in (0, _PAMT))
         if delta:
             self.used[region] = self.used.get(region, 0) + delta
@@ -74,6 +78,7 @@ class TdxModule:
         if any(self.kind(p) for p in pair) or pair[0] == pair[1]:
             return PAGE_NOT_FREE
         self.pairs[region] = pair
+        self.dirty.add(region)
         for p in pair:
             self._set_kind(p, _PAMT)
         return SUCCESS
@@ -86,6 +91,7 @@ class TdxModule:
         if self.used.get(region, 0):
             return PAMT_PAGE_NOT_EMPTY, None
         del self.pairs[region]
+        self.dirty.add(region)
         for p in pair:
             self._set_kind(p, 0)
         return SUCCESS, pair
@@ -116,3 +122,31 @@ class TdxModule:
         self.pairs = dict(img.pairs)
         self.pages = {r: bytearray(b) for r, b in img.pages.items()}
         self.used = dict(img.used)
+        self.dirty = set()
+
+    def delta(self) -> tuple[dict[int, bytes], dict[int, int | None], dict[int, Any]]:
+        """Pages, use counts and pairs of the regions changed since the last checkpoint."""
+        d = self.dirty
+        out = (
+            {r: bytes(self.pages[r]) for r in d if r in self.pages},
+            {r: self.used.get(r) for r in d},
+            {r: self.pairs.get(r) for r in d},
+        )
+        self.dirty = set()
+        return out
+
+    def apply(self, d: tuple[dict[int, bytes], dict[int, int | None], dict[int, Any]]) -> None:
+        pages, used, pairs = d
+        for r, b in pages.items():
+            self.pages[r] = bytearray(b)
+        for r, n in used.items():
+            if n is None:
+                self.used.pop(r, None)
+            else:
+                self.used[r] = n
+        for r, p in pairs.items():
+            if p is None:
+                self.pairs.pop(r, None)
+            else:
+                self.pairs[r] = p
+        self.dirty = set()
