@@ -126,6 +126,11 @@ def controls(tl: Timeline) -> None:
     cols[5].selectbox("speed", list(SPEEDS), index=1, key="speed", label_visibility="collapsed")
     if last >= 0:
         st.slider("step", min_value=-1, max_value=last, key="cursor", label_visibility="collapsed")
+    # the two boxes show where the cursor is (set before the widgets exist in this run)
+    cur = min(max(int(st.session_state.cursor), -1), last)
+    st.session_state.goto_step = cur
+    if cur >= 0:
+        st.session_state.goto_event = tl.step(cur).event + 1
     j = st.columns([1, 1, 1.7, 1.3, 0.9, 0.9], vertical_alignment="bottom")
     j[0].number_input(
         "go to step",

@@ -68,6 +68,7 @@ def test_next_prev_last_and_first() -> None:
     at.button(key="btn_last").click().run()
     last = at.session_state.cursor
     assert _step_text(at).startswith(f"**Step {last}** of {last}")
+    assert at.number_input(key="goto_step").value == last  # the box follows the cursor
     at.button(key="btn_first").click().run()
     assert at.session_state.cursor == -1
 
