@@ -33,8 +33,8 @@ chromium:
 	@command -v chromium >/dev/null && chromium --version
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check explorer pages tests tools streamlit_app.py
-	$(VENV)/bin/ruff format --check explorer pages tests tools streamlit_app.py
+	$(VENV)/bin/ruff check explorer app_pages tests tools streamlit_app.py
+	$(VENV)/bin/ruff format --check explorer app_pages tests tools streamlit_app.py
 	$(VENV)/bin/mypy
 
 unit: $(STAMP)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import threading
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -109,6 +110,9 @@ class Timeline:
         self._deltas: dict[int, MachineDelta] = {}  # every checkpoint, by batch
         self._ckpt_batches = array("q")  # batches with a checkpoint, ascending
         self._lru: OrderedDict[int, list[Step]] = OrderedDict()
+        #: the app caches one Timeline per trace for every session, and Streamlit runs sessions
+        #: in threads: re-derivations and the LRU are guarded by this lock
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -193,6 +197,10 @@ class Timeline:
         m.run_batch((i, self.events[i]) for i in range(start, end))
 
     def _batch_steps(self, b: int) -> list[Step]:
+        with self._lock:
+            return self._batch_steps_locked(b)
+
+    def _batch_steps_locked(self, b: int) -> list[Step]:
         steps = self._lru.get(b)
         if steps is not None:
             self._lru.move_to_end(b)
@@ -212,6 +220,10 @@ class Timeline:
             m = Machine(self.settings, record=False)
             return m.snapshot(step=-1, event=-1)
         b = self.batch_of_step(i)
+        with self._lock:  # the checkpoints are read-only; this keeps seeks one at a time
+            return self._state_at_locked(i, b)
+
+    def _state_at_locked(self, i: int, b: int) -> Snapshot:
         m = self._machine_at_batch(b)
         target = i
 

@@ -131,7 +131,7 @@ def test_bad_url_parameters_are_reported_not_fatal() -> None:
 
 def test_traces_page_lists_events_and_generates() -> None:
     at = _app(sample="lost_race")
-    at.switch_page("pages/traces.py").run()
+    at.switch_page("app_pages/traces.py").run()
     assert not at.exception
     events = _table(at, "op")
     assert len(events) == 8 and list(events["op"])[-1] == "fault"
@@ -145,7 +145,7 @@ def test_traces_page_lists_events_and_generates() -> None:
 
 def test_compare_page_measures_the_designs() -> None:
     at = _app(sample="workload_two_tds")
-    at.switch_page("pages/compare.py").run()
+    at.switch_page("app_pages/compare.py").run()
     assert not at.exception
     table = _table(at, "v6", index=True)
     idle = table.loc["pages idle in caches (peak)"]
@@ -155,7 +155,7 @@ def test_compare_page_measures_the_designs() -> None:
 
 def test_about_page_has_its_diagrams() -> None:
     at = _app()
-    at.switch_page("pages/about.py").run()
+    at.switch_page("app_pages/about.py").run()
     assert not at.exception
     assert len(at.get("plotly_chart")) == 2
 

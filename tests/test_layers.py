@@ -33,3 +33,10 @@ def test_model_and_trace_use_only_the_standard_library() -> None:
                 assert top in allowed, f"{path.name} imports {name}"
                 if top == "explorer":
                     assert name.split(".")[1] in ("model", "trace"), f"{path.name} imports {name}"
+
+
+def test_no_pages_directory_beside_the_entry_point() -> None:
+    """A pages/ directory makes Streamlit run deep links (/compare) as legacy pages on a fresh
+    server, without the app's navigation: see streamlit_app.py."""
+    root = EXPLORER.parent
+    assert (root / "streamlit_app.py").exists() and not (root / "pages").exists()

@@ -69,8 +69,10 @@ def test_designs_show_their_costs() -> None:
     assert v6.violations == 0 and v6.idle_peak <= 2 * 10  # two vCPUs, 10 pages each at most
     # KVM's rule fills to 40: more pages held idle
     assert by_mode["kvm-style-cache"].idle_peak > v6.idle_peak
-    # install at top-up: speculative pairs for every cached S-EPT page
+    # install at top-up: speculative pairs and references for every cached S-EPT page
     assert by_mode["v5-topup-install"].pairs_peak > v6.pairs_peak
+    assert v6.speculative_refs_peak == 0
+    assert by_mode["v5-topup-install"].speculative_refs_peak >= 2 * 35  # 2 vCPUs x 40 cached
     # sleeping under the MMU lock: every allocation a violation (invariant 6)
     assert by_mode["sleeping-under-lock"].violations > 0
     assert by_mode["mempool"].counters["allocs_under_lock"] > 0

@@ -139,10 +139,26 @@ def test_a_stopped_replay_keeps_what_came_before() -> None:
 def test_checkpoints_stay_within_their_budget_and_seeking_stays_exact() -> None:
     events, settings = _load("workload_two_tds")
     m, snaps = _recorded(events[:1200], settings)
-    tl = replay(events[:1200], settings, checkpoint_every=1, keyframe_every=2,
-                checkpoint_budget=2_000_000)
+    tl = replay(
+        events[:1200], settings, checkpoint_every=1, keyframe_every=2, checkpoint_budget=2_000_000
+    )
     assert 1 < len(tl._checkpoints) < tl.nr_batches // 2  # keyframes thinned
     assert len(tl._deltas) == tl.nr_batches  # every batch has its delta
     for i in range(0, tl.nr_steps, 997):
         assert tl.step(i) == m.steps[i]
         _same_state(tl.state_at(i), snaps[i])
+
+
+def test_one_timeline_serves_many_threads() -> None:
+    """The app shares a cached Timeline between sessions (threads): answers stay exact."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    events, settings = _load("lost_race")
+    m, snaps = _recorded(events, settings)
+    tl = replay(events, settings, checkpoint_every=2)
+    picks = [(k * 37) % tl.nr_steps for k in range(120)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        got = list(pool.map(lambda i: (tl.step(i), tl.state_at(i)), picks))
+    for i, (step, snap) in zip(picks, got, strict=True):
+        assert step == m.steps[i]
+        _same_state(snap, snaps[i])

@@ -103,6 +103,8 @@ def test_compare_page_measures_the_designs_side_by_side(page, server) -> None:  
     page.goto(server + "/compare?sample=lost_race")
     settle(page)
     page.wait_for_selector("text=Compare designs")
+    nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
+    assert "Explore" in nav and "About DPAMT" in nav and "common" not in nav
     page.wait_for_selector("text=/first diverge at event|never diverge/")
     maps = page.locator('[class*="st-key-chart_cmp_map_"] .js-plotly-plot')
     maps.first.wait_for()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app_pages import common
 from explorer.model.settings import Settings
 from explorer.timeline import Timeline
 from explorer.views.animation import animation_figure, animation_html
@@ -12,7 +13,6 @@ from explorer.views.changes import diff_snapshots, effects_table
 from explorer.views.code import code_panel, lock_summary
 from explorer.views.refcounts import dpamt_over_time_figure, refcount_figure
 from explorer.views.region_map import region_map
-from pages import common
 
 JUMP_KINDS = {
     "an event of op...": "op",

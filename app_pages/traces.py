@@ -7,9 +7,9 @@ import json
 import pandas as pd
 import streamlit as st
 
+from app_pages import common
 from explorer.trace.generate import WORKLOADS
 from explorer.trace.write import dump_trace, event_object
-from pages import common
 
 #: Events shown in the table (the whole trace can be downloaded).
 MAX_ROWS = 5000

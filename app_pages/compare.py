@@ -6,6 +6,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from app_pages import common
 from explorer.model.constants import MODES
 from explorer.model.errors import TraceError
 from explorer.model.settings import Settings
@@ -15,7 +16,6 @@ from explorer.views.caches import pamt_cache_figure
 from explorer.views.palette import OKABE_ITO
 from explorer.views.region_map import region_map
 from explorer.views.sweep import sweep_figure
-from pages import common
 
 DEFAULT_CONFIGS = pd.DataFrame(
     [
@@ -28,6 +28,7 @@ METRIC_LABELS = {
     "idle_pages_peak": "pages idle in caches (peak)",
     "idle_pages_mean": "pages idle in caches (mean)",
     "pairs_peak": "pairs installed (peak)",
+    "speculative_refs_peak": "DPAMT refs for pages not in TD use (peak)",
     "dpamt_pair_bytes_peak": "DPAMT pair bytes (peak)",
     "static_pamt_4k_bytes": "static 4 KiB PAMT bytes",
     "gets_slow": "slow gets",
