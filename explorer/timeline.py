@@ -268,14 +268,22 @@ class Timeline:
         return None
 
     def _find_op(self, op: str, start: int, direction: int) -> int | None:
-        # events in file order; their first steps increase with the event index
-        e = self.step(min(max(start, 0), self.nr_steps - 1)).event if start >= 0 else -1
-        rng = range(e + 1, self.nr_events) if direction > 0 else range(e - 1, -1, -1)
-        for k in rng:
-            if self.events[k].op == op:
-                s = self.first_step_of_event(k)
-                if s is not None and (s > start if direction > 0 else s < start):
-                    return s
+        """The nearest step, after (or before) ``start``, at which an event of ``op`` starts.
+
+        Batches are in order, but inside a concurrent batch events start in schedule order,
+        not file order: take the nearest first step among the batch's matching events."""
+        b = self.batch_of_step(min(max(start, 0), self.nr_steps - 1))
+        batches_ = range(b, self.nr_batches) if direction > 0 else range(b, -1, -1)
+        for bb in batches_:
+            found = [
+                s
+                for k in range(self.batch_event[bb], self.batch_event[bb + 1])
+                if self.events[k].op == op
+                and (s := self.event_step[k]) >= 0
+                and (s > start if direction > 0 else s < start)
+            ]
+            if found:
+                return min(found) if direction > 0 else max(found)
         return None
 
     def _batch_may_have(self, kind: str, b: int, arg: Any) -> bool:

@@ -162,3 +162,23 @@ def test_one_timeline_serves_many_threads() -> None:
     for i, (step, snap) in zip(picks, got, strict=True):
         assert step == m.steps[i]
         _same_state(snap, snaps[i])
+
+
+def test_find_op_inside_a_concurrent_batch_takes_the_nearest_start() -> None:
+    """Events of one batch start in schedule order (here random), not file order."""
+    events = [
+        TdCreate(td=0),
+        VcpuCreate(td=0, vcpu=0),
+        VcpuCreate(td=0, vcpu=1),
+        VcpuCreate(td=0, vcpu=2),
+    ] + [Fault(vcpu=v, gfn=0x10 + v, t=1) for v in range(3)]
+    for seed in range(12):
+        settings = Settings(schedule="random", seed=seed)
+        m, _ = _recorded(events, settings)
+        tl = replay(events, settings)
+        starts = sorted(s.index for s in m.steps if s.label == "fault.begin")
+        i, seen = -1, []
+        while (i := tl.find("op", i, 1, "fault")) is not None:
+            seen.append(i)
+        assert seen == starts
+        assert tl.find("op", starts[-1], -1, "fault") == starts[-2]
