@@ -131,3 +131,58 @@ def test_fuzz_the_parser_raises_only_trace_errors(data: bytes, name: str) -> Non
 )
 def test_fuzz_the_parser_long_run(data: bytes, name: str) -> None:
     _only_trace_errors(data, name)
+
+
+# ---------------------------------------------------------------- the parser's fast path
+_FAULT_LINES = [
+    '{"op":"fault","vcpu":0,"gfn":"0x1000","t":0}',
+    '{ "op" : "fault" , "vcpu" : 7 , "gfn" : "0xABCdef" , "t" : 3 }\r',
+    '{"op":"fault","vcpu":1,"gfn":"0x0"}',
+    '{"op":"fault","vcpu":01,"gfn":"0x10","t":4}',  # leading zero: invalid JSON
+    '{"op":"fault","vcpu":-1,"gfn":"0x10","t":4}',  # negative
+    '{"op":"fault","vcpu":1048576,"gfn":"0x10","t":4}',  # MAX_ID + 1
+    '{"op":"fault","vcpu":2,"gfn":"0x200000000000","t":4}',  # MAX_GFN + 1
+    '{"op":"fault","vcpu":2,"gfn":"0X10","t":5}',  # upper-case prefix: full path accepts it
+    '{"op":"fault","vcpu":2,"gfn":"0x10","t":2}',  # t goes back in time
+    '{"op":"fault","vcpu":2,"gfn":"0x10","t":9007199254740992}',  # MAX_T + 1
+    '{"op":"fault","vcpu":2,"gfn":"0x10","t":6,"t":7}',  # duplicate key
+    '{"op":"fault","vcpu":3,"gfn":"0x11","t":6}',
+    '\u00a0{"op":"fault","vcpu":3,"gfn":"0x12","t":6}',  # not JSON whitespace
+    '{"op":"fault","vcpu":3,"gfn":"0x13"}',
+    '{"op":"fault","gfn":"0x14","vcpu":3,"t":8}',  # other key order: the full path
+    '{"op":"fault","vcpu":3,"gfn":"0x15","t":8,"note":"n"}',
+]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(_FAULT_LINES), min_size=1, max_size=12))
+def test_the_fast_path_parses_exactly_like_the_full_path(lines: list[str]) -> None:
+    """Canonical fault lines skip the JSON decoder; the events or problems must be identical."""
+    import explorer.trace.parse as parse_module
+
+    data = ("\n".join(['{"op":"td_create","td":0}', *lines]) + "\n").encode()
+    results = []
+    for fast in (True, False):
+        parse_module.FAST_PATH = fast
+        try:
+            results.append(("ok", parse_trace(data, "t.jsonl").events))
+        except TraceError as exc:
+            results.append(("error", tuple(exc.problems)))
+        finally:
+            parse_module.FAST_PATH = True
+    assert results[0] == results[1]
+
+
+def test_the_fast_path_is_taken_for_generated_traces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generated fault lines are canonical: none of them reaches the JSON decoder."""
+    import explorer.trace.parse as parse_module
+    from explorer.trace.generate import boot
+
+    decoded: list[str] = []
+    real = parse_module._loads
+    monkeypatch.setattr(parse_module, "_loads", lambda raw: decoded.append(raw) or real(raw))
+    text = "\n".join(boot(tds=2, vcpus=4, faults=500, seed=3)) + "\n"
+    trace = parse_trace(text.encode(), "boot.jsonl")
+    faults = [e for e in trace.events if isinstance(e, Fault)]
+    assert len(faults) >= 500
+    assert not any('"op":"fault"' in raw for raw in decoded)

@@ -8,8 +8,9 @@ shown when the event starts).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,6 +109,37 @@ class Note(Event):
 
     op: ClassVar[str] = "note"
     text: str
+
+
+def _slot_setter(cls: type, name: str) -> Callable[[object, Any], None]:
+    """The ``__set__`` of a slot's member descriptor (bypasses a frozen class's __setattr__)."""
+    setter: Callable[[object, Any], None] = vars(cls)[name].__set__
+    return setter
+
+
+_NEW = object.__new__
+_SET_LINE, _SET_T, _SET_NOTE = (_slot_setter(Event, n) for n in ("line", "t", "note"))
+_SET_VCPU, _SET_GFN, _SET_PFN, _SET_LEVEL = (
+    _slot_setter(Fault, n) for n in ("vcpu", "gfn", "pfn", "level")
+)
+
+
+def plain_fault(line: int, vcpu: int, gfn: int, t: int | None) -> Fault:
+    """``Fault(line=line, vcpu=vcpu, gfn=gfn, t=t)``, equal to it, built twice as fast.
+
+    A frozen dataclass's ``__init__`` goes through ``object.__setattr__`` once per field; the
+    parser's fast path (:mod:`explorer.trace.parse`) builds a million of these per large trace,
+    so it sets the slots through their descriptors instead (the same values, no validation:
+    the caller has validated them)."""
+    f = _NEW(Fault)
+    _SET_LINE(f, line)
+    _SET_T(f, t)
+    _SET_NOTE(f, None)
+    _SET_VCPU(f, vcpu)
+    _SET_GFN(f, gfn)
+    _SET_PFN(f, None)
+    _SET_LEVEL(f, "4k")
+    return f
 
 
 EVENT_TYPES: dict[str, type[Event]] = {

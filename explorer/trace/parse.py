@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import zlib
 from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
+from explorer.gcpause import gc_paused
 from explorer.model.constants import INJECTIONS, PAGES_PER_REGION
 from explorer.model.errors import Problem, TraceError
-from explorer.model.events import EVENT_TYPES, Event
+from explorer.model.events import EVENT_TYPES, Event, plain_fault
 from explorer.model.settings import SETTING_SPECS
 from explorer.trace import limits as L
 
@@ -435,6 +437,11 @@ def _loads(raw: str) -> Any:
 # ------------------------------------------------------------------ entry point
 def parse_trace(data: bytes, source: str = "trace") -> Trace:
     """Parse ``data`` (the file's bytes; ``source`` names it in messages) into a :class:`Trace`."""
+    with gc_paused():
+        return _parse_trace(data, source)
+
+
+def _parse_trace(data: bytes, source: str) -> Trace:
     text = _decode(data, source)
     lines = text.split("\n")
     first = next((ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), "")
@@ -458,15 +465,52 @@ def _check_line_length(raw: str, n: int, c: _Collector) -> bool:
     return True
 
 
+#: The canonical fault line (what ``generate`` and ``write`` emit, spaces allowed where JSON allows
+#: them): ``{"op":"fault","vcpu":N,"gfn":"0x..","t":N}``, ``t`` optional. JSON integers only (no
+#: sign, no leading zero), bounded digit counts (so such a line is far below MAX_LINE_BYTES).
+_WS = r"[ \t\r]*"
+_FAST_FAULT = re.compile(
+    rf'{_WS}\{{{_WS}"op"{_WS}:{_WS}"fault"{_WS},{_WS}"vcpu"{_WS}:{_WS}(0|[1-9][0-9]{{0,9}}){_WS},'
+    rf'{_WS}"gfn"{_WS}:{_WS}"0x([0-9a-fA-F]{{1,16}})"{_WS}'
+    rf'(?:,{_WS}"t"{_WS}:{_WS}(0|[1-9][0-9]{{0,18}}){_WS})?\}}{_WS}'
+).fullmatch
+#: Tests turn the fast path off to compare it with the full path.
+FAST_PATH = True
+
+
 def _parse_jsonl(lines: list[str], source: str) -> Trace:
+    """JSON Lines. Canonical fault lines, nearly all of a large trace, take a fast path: one
+    regular expression instead of a JSON decode and the per-field schema checks (about 3 us per
+    line instead of 14). It accepts only lines the full path would accept with the same values;
+    a line it does not match, or whose values are out of range or go back in time, goes through
+    the full path, which reports the exact problem."""
     c = _Collector(source)
     b = _Builder(c, csv_mode=False)
     title = description = ""
     settings: dict[str, Any] = {}
     seen_content = False
+    fast = _FAST_FAULT if FAST_PATH else None
+    events = b.events
+    max_id, max_gfn, max_t, max_events = L.MAX_ID, L.MAX_GFN, L.MAX_T, L.MAX_EVENTS
     for n, raw in enumerate(lines, 1):
         if c.full:
             break
+        if fast is not None and (mm := fast(raw)) is not None:
+            v, g, ts = mm.groups()
+            vcpu, gfn = int(v), int(g, 16)
+            t = None if ts is None else int(ts)
+            last_t = b.last_t
+            if (
+                vcpu <= max_id
+                and gfn <= max_gfn
+                and len(events) < max_events
+                and (t is None or (t <= max_t and (last_t is None or t >= last_t)))
+            ):
+                if t is not None:
+                    b.last_t, b.last_t_line = t, n
+                events.append(plain_fault(n, vcpu, gfn, t))
+                seen_content = True
+                continue
         raw = raw.rstrip("\r")
         stripped = raw.strip()
         if not stripped or stripped.startswith("#"):
