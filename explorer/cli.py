@@ -81,7 +81,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Validate: the file's syntax and schema, then a dry run for events impossible in context."""
     trace = read_trace(args.trace)
     settings = resolve_settings(trace, args.set or [])
-    m = Machine(settings, record=False, check=False)
+    m = Machine(settings, record=False, check=False, fast=True)
     m.run(trace.events)
     if m.stopped is not None:
         d = m.stopped
@@ -96,7 +96,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     trace = read_trace(args.trace)
     settings = resolve_settings(trace, args.set or [])
     events = trace.events
-    m = Machine(settings, record=not args.json, check=True)
+    m = Machine(settings, record=not args.json, check=True, fast=True)
     out = sys.stdout
     for start, end in batches(events):
         if m.stopped is not None:

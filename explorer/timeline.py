@@ -177,7 +177,7 @@ class Timeline:
     def _machine_at_batch(self, b: int) -> Machine:
         """A recording machine in the state just before batch ``b``: the nearest keyframe, the
         deltas after it, then the batches since the last checkpoint."""
-        m = Machine(self.settings, record=False, check=True)
+        m = Machine(self.settings, record=False, check=True, fast=True)
         ck = self._ckpt_batches
         c = ck[bisect.bisect_right(ck, b) - 1] if ck and ck[0] <= b else 0
         k = max((x for x in self._checkpoints if x <= c), default=None)
@@ -343,7 +343,7 @@ def replay(
 ) -> Timeline:
     """Replay ``events`` in bulk into a :class:`Timeline` (invariants checked at every step)."""
     tl = Timeline(events, settings)
-    m = Machine(settings, record=False, check=True)
+    m = Machine(settings, record=False, check=True, fast=True)
     event_step = tl.event_step
     event_step.extend([-1] * len(events))
     n = len(events)

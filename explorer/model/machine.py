@@ -37,6 +37,7 @@ from typing import Any
 from explorer.model import constants as C
 from explorer.model.errors import ImpossibleEvent, Problem
 from explorer.model.events import Event, Inject, Note
+from explorer.model.fastpath import run_fast_batch
 from explorer.model.memory import FREE, HostMemory, MemoryImage
 from explorer.model.records import (
     OWNER_CODE,
@@ -155,6 +156,11 @@ class TrackedDict(dict[Any, Any]):
         self.changed.add(key)
         return super().pop(key, *default)
 
+    def set_many(self, items: dict[Any, Any]) -> None:
+        """``self[k] = v`` for every item, in one C-level update (the batch fast path)."""
+        self.changed.update(items)
+        super().update(items)
+
     def delta(self) -> dict[Any, Any]:
         """{key: value, or _GONE} for every key changed since the last call."""
         out = {k: self.get(k, _GONE) for k in self.changed}
@@ -224,6 +230,17 @@ def _checks() -> tuple[Callable[[Machine, Iterable[int]], None], Callable[[Machi
 
 
 _CHECKS: tuple[Callable[[Machine, Iterable[int]], None], Callable[[Machine], None]] | None = None
+_RUN_EVENT: Callable[[Machine, Thread, int, Event], KGen] | None = None
+
+
+def _run_event() -> Callable[[Machine, Thread, int, Event], KGen]:
+    """``explorer.model.kvm.run_event`` (imported late: the kernel code imports this module)."""
+    global _RUN_EVENT
+    if _RUN_EVENT is None:
+        from explorer.model.kvm import run_event
+
+        _RUN_EVENT = run_event
+    return _RUN_EVENT
 
 
 def _copy_td(t: Td) -> Td:
@@ -333,8 +350,12 @@ class Machine:
         record: bool = True,
         check: bool = True,
         full_check: bool = False,
+        fast: bool = False,
     ) -> None:
         self.settings = settings
+        #: run qualifying batches on the fast path (explorer.model.fastpath) when not recording
+        self.fast = fast
+        self.fast_batches = 0  # batches run on the fast path
         self.mode = settings.mode
         self.record = record
         self.check = check
@@ -530,6 +551,10 @@ class Machine:
         work). If an event turns out impossible when its CPU starts it, the replay stops: the
         CPUs already running finish their events, nothing after runs.
         """
+        if self.fast and not self.record and self.on_step is None:
+            items = list(items)
+            if run_fast_batch(self, items):
+                return
         threads: dict[str, Thread] = {}
         for idx, ev in items:
             if isinstance(ev, (Inject, Note)):
@@ -606,8 +631,6 @@ class Machine:
 
     def _advance(self, th: Thread, order: list[Thread]) -> StepInfo | None:
         """Run ``th`` to its next step, starting its next event if it has none running."""
-        from explorer.model.kvm import run_event  # kernel code imports the machine
-
         self._current = th
         while True:
             if th.gen is None:
@@ -617,7 +640,7 @@ class Machine:
                 th.event, th.line = idx, ev.line
                 th.stack.clear()
                 self.event_first_step.setdefault(idx, self.nr_steps)
-                th.gen = run_event(self, th, idx, ev)
+                th.gen = _run_event()(self, th, idx, ev)
             try:
                 return next(th.gen)
             except StopIteration:

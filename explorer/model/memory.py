@@ -121,6 +121,61 @@ class HostMemory:
             return self._pick_spread()
         return self._pick_random()
 
+    def peek_lowest(self, n: int) -> list[int] | None:
+        """The next ``n`` pfns the ``lowest`` policy will hand out, if they all lie in touched
+        regions (holes in earlier regions, then the region being filled); None otherwise
+        (another policy, an untouched region needed, an unusually large heap). Changes nothing:
+        the batch fast path plans with it (:mod:`explorer.model.fastpath`), then allocates the
+        same pages with :meth:`take_planned`."""
+        heap = self._heap
+        if self.policy != "lowest" or n <= 0 or not heap or len(heap) > 64:
+            return None
+        untouched = self._untouched
+        while untouched in self.regions:
+            untouched += 1
+        if untouched >= self.nr_regions:
+            untouched = -1
+        out: list[int] = []
+        for region in sorted(heap):  # heap entries are distinct (see _in_heap)
+            if 0 <= untouched < region:
+                return None  # the allocator would start an untouched region first
+            free = self.nfree[region]
+            if not free:
+                continue  # exhausted, not yet popped
+            owners = self.regions[region]
+            base = region << PAGES_PER_REGION_SHIFT
+            off = -1
+            for _ in range(min(free, n - len(out))):
+                off = owners.find(FREE, off + 1)
+                out.append(base | off)
+            if len(out) == n:
+                return out
+        return None
+
+    def take_planned(self, pfns: list[int], codes: list[int]) -> None:
+        """Allocate the pages :meth:`peek_lowest` returned, in order, to owners ``codes``: the
+        same state as that many :meth:`pick_free` + :meth:`set_owner` calls. A pick pops the
+        exhausted regions off the top of the heap and moves the untouched cursor past touched
+        regions; within one region's run of picks that changes nothing after the first, so it
+        is done where the region changes."""
+        heap, nfree, counts, regions = self._heap, self.nfree, self.counts, self.regions
+        current = -1
+        owners = bytearray()
+        for pfn, code in zip(pfns, codes, strict=True):
+            region = pfn >> PAGES_PER_REGION_SHIFT
+            if region != current:
+                while heap and nfree[heap[0]] == 0:
+                    self._in_heap.discard(heapq.heappop(heap))
+                while self._untouched in regions:
+                    self._untouched += 1
+                current = region
+                owners = regions[region]
+                self.dirty.add(region)
+            owners[pfn & (PAGES_PER_REGION - 1)] = code
+            counts[code] += 1
+            nfree[region] -= 1
+        counts[FREE] -= len(pfns)
+
     def _first_free_in(self, region: int, start: int = 0) -> int:
         owners = self.regions.get(region)
         if owners is None:

@@ -105,6 +105,25 @@ class TdxModule:
         self._set_kind(pfn, KIND_CODE[kind])
         return SUCCESS
 
+    def give_pages(self, region: int, offsets: list[int], kind: str) -> bool:
+        """``give_page`` for pages of one region with a pair, all free in the module (the batch
+        fast path checked that); False, with nothing changed, if one is not."""
+        if region not in self.pairs:
+            return False
+        if not offsets:
+            return True
+        kinds = self.pages.get(region)
+        if kinds is not None and any(kinds[off] for off in offsets):
+            return False
+        if kinds is None:
+            kinds = self.pages[region] = bytearray(PAGES_PER_REGION)
+        code = KIND_CODE[kind]
+        for off in offsets:
+            kinds[off] = code
+        self.dirty.add(region)
+        self.used[region] = self.used.get(region, 0) + len(offsets)
+        return True
+
     def take_page(self, pfn: int) -> str:
         """PAGE.REMOVE / PHYMEM.PAGE.RECLAIM: the module gives ``pfn`` back."""
         if not self.kind(pfn) or self.kind(pfn) == _PAMT:

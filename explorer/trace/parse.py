@@ -19,12 +19,12 @@ import zlib
 from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
-from explorer.gcpause import gc_paused
 from explorer.model.constants import INJECTIONS, PAGES_PER_REGION
 from explorer.model.errors import Problem, TraceError
 from explorer.model.events import EVENT_TYPES, Event, plain_fault
 from explorer.model.settings import SETTING_SPECS
 from explorer.trace import limits as L
+from explorer.trace.gcpause import gc_paused
 
 FORMAT_NAME = "dpamt-trace"
 FORMAT_VERSION = 1

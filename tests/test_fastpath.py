@@ -1,0 +1,230 @@
+"""The batch fast path (explorer.model.fastpath) against the generators, batch by batch.
+
+Two machines replay the same trace, one with ``fast=True``; after every batch their whole state
+must be equal: pages and owners, the allocator, the module's pages and pairs, refcounts,
+mappings, S-EPT entries, caches, counters, step counts, where each event started, the labels and
+regions of the batch. Traces: generated boot and churn workloads under the modes and schedules
+the fast path takes, the samples, and random traces from Hypothesis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from explorer.model.events import Event, Fault, VcpuCreate, Zap
+from explorer.model.fastpath import FAST_MODES
+from explorer.model.machine import Machine, batches
+from explorer.model.settings import Settings
+from explorer.timeline import replay
+from explorer.trace import parse_trace
+from explorer.trace.generate import boot, churn
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_traces"
+
+
+def fingerprint(m: Machine) -> dict[str, Any]:
+    """Everything a later batch, a checkpoint or a view can depend on."""
+    mem = m.mem
+    return {
+        "regions": {r: bytes(b) for r, b in mem.regions.items()},
+        "nfree": dict(mem.nfree),
+        "counts": list(mem.counts),
+        "heap": list(mem._heap),
+        "untouched": mem._untouched,
+        "mem_dirty": set(mem.dirty),
+        "pairs": dict(m.module.pairs),
+        "module_pages": {r: bytes(b) for r, b in m.module.pages.items()},
+        "used": dict(m.module.used),
+        "module_dirty": set(m.module.dirty),
+        "refcount": dict(m.refcount),
+        "orphans": dict(m.orphans),
+        "gotten": dict(m.gotten),
+        "inflight": dict(m.inflight),
+        "ckpt_regions": set(m._ckpt_regions),
+        "tds": {
+            k: (
+                t.state,
+                dict(t.entries),
+                dict(t.leaves),
+                dict(t.gmem),
+                dict(t.leaf_frozen),
+                list(t.mmu_readers),
+                t.mmu_writer,
+                set(t.entries.changed),  # type: ignore[attr-defined]
+                set(t.leaves.changed),  # type: ignore[attr-defined]
+                set(t.gmem.changed),  # type: ignore[attr-defined]
+            )
+            for k, t in m.tds.items()
+        },
+        "vcpus": {
+            k: (
+                v.alive,
+                list(v.pamt_cache),
+                {n: (list(c.pfns), c.nobjs) for n, c in v.caches.items()},
+            )
+            for k, v in m.vcpus.items()
+        },
+        "counters": dict(m.counters),
+        "injections": dict(m.injections),
+        "nr_steps": m.nr_steps,
+        "extra": {k: list(v) if isinstance(v, list) else v for k, v in m.extra.items()},
+        "diagnostics": list(m.diagnostics),
+        "stopped": m.stopped,
+        "pamt_lock": m.pamt_lock,
+    }
+
+
+def compare(events: Sequence[Event], s: Settings) -> list[bool]:
+    """Replay both ways, batch by batch; returns which batches took the fast path."""
+    slow = Machine(s, record=False, check=True)
+    fast = Machine(s, record=False, check=True, fast=True)
+    taken: list[bool] = []
+    for b, (start, end) in enumerate(batches(events)):
+        if slow.stopped is not None:
+            break
+        per_batch = []
+        before = fast.fast_batches
+        for m in (slow, fast):
+            m.batch_labels, m.batch_regions, m.event_first_step = set(), set(), {}
+            steps = m.nr_steps
+            m.run_batch((i, events[i]) for i in range(start, end))
+            per_batch.append((set(m.batch_labels), set(m.batch_regions), dict(m.event_first_step)))
+        taken.append(fast.fast_batches > before)
+        assert per_batch[0] == per_batch[1], f"batch {b} (events {start}..{end - 1})"
+        a, f = fingerprint(slow), fingerprint(fast)
+        for key in a:
+            assert a[key] == f[key], f"batch {b} (events {start}..{end - 1}): {key} differs"
+        assert steps <= slow.nr_steps
+    assert slow.counters["violations"] == 0 or fast.counters["violations"] > 0
+    return taken
+
+
+def _events(text: str) -> tuple[tuple[Event, ...], Settings]:
+    trace = parse_trace((text + "\n").encode(), "t.jsonl")
+    return trace.events, Settings().with_overrides(trace.settings)
+
+
+@pytest.mark.parametrize("mode", sorted(FAST_MODES))
+@pytest.mark.parametrize("schedule", ["round-robin", "sequential"])
+def test_boot_traces_agree(mode: str, schedule: str) -> None:
+    events, s = _events("\n".join(boot(tds=2, vcpus=4, faults=1200, seed=5)))
+    s = s.with_overrides({"mode": mode, "schedule": schedule})
+    taken = compare(events, s)
+    if mode != "sleeping-under-lock":  # its first fault violates invariant 6: no fast path
+        assert sum(taken) > len(batches(events)) // 2  # the fast path did run, mostly
+
+
+@pytest.mark.parametrize("schedule", ["round-robin", "sequential"])
+@pytest.mark.parametrize("finalized", [False, True])
+def test_several_faults_per_cpu_in_one_batch(schedule: str, finalized: bool) -> None:
+    """CPUs with one, two and three faults in one batch: their steps interleave unevenly."""
+    from explorer.model.events import TdCreate, TdFinalize
+
+    events: list[Event] = [TdCreate(td=0), *(VcpuCreate(td=0, vcpu=v) for v in range(3))]
+    if finalized:
+        events.append(TdFinalize(td=0))
+    base = [0x10000, 0x20000, 0x30000]
+    for t in range(40):  # warm up: pairs installed, tables linked, caches full
+        events += [Fault(vcpu=v, gfn=base[v] + t, t=t) for v in range(3)]
+    for t, shape in ((40, (3, 1, 2)), (41, (1, 3, 2)), (42, (2, 2, 1))):
+        for v, count in enumerate(shape):
+            events += [Fault(vcpu=v, gfn=base[v] + 100 * t + i, t=t) for i in range(count)]
+    s = Settings().with_overrides({"schedule": schedule})
+    taken = compare(events, s)
+    assert all(taken[-3:])
+
+
+@pytest.mark.parametrize("schedule", ["round-robin", "sequential", "random"])
+def test_churn_traces_agree(schedule: str) -> None:
+    events, s = _events("\n".join(churn(tds=2, vcpus=4, faults=1500, seed=2, zap_ratio=0.3)))
+    compare(events, s.with_overrides({"schedule": schedule}))
+
+
+@pytest.mark.parametrize("wct,gets,levels", [(1, 1, 4), (2, 3, 5), (5, 5, 5), (8, 12, 4)])
+def test_worst_case_counts_agree(wct: int, gets: int, levels: int) -> None:
+    """The two worst-case knobs change how often top-ups and links happen."""
+    events, s = _events("\n".join(boot(tds=1, vcpus=3, faults=900, seed=11)))
+    s = s.with_overrides(
+        {"worst_case_tables": wct, "dpamt_gets_per_fault": gets, "ept_levels": levels}
+    )
+    compare(events, s)
+
+
+@pytest.mark.parametrize("path", sorted(SAMPLES.glob("*.jsonl")), ids=lambda p: p.stem)
+def test_samples_agree(path: Path) -> None:
+    trace = parse_trace(path.read_bytes(), path.name)
+    compare(trace.events, Settings().with_overrides(trace.settings))
+
+
+@st.composite
+def fault_traces(draw: st.DrawFn) -> tuple[list[Event], Settings]:
+    """One to three vCPUs on one TD; faults that share tables or repeat gfns, zaps; all modes
+    the fast path takes and two it does not; small and large hosts."""
+    from explorer.model.events import TdCreate, TdFinalize
+
+    vcpus = draw(st.integers(1, 3))
+    events: list[Event] = [TdCreate(td=0), *(VcpuCreate(td=0, vcpu=v) for v in range(vcpus))]
+    if draw(st.booleans()):
+        events.append(TdFinalize(td=0))
+    base = draw(st.sampled_from([0, 0x1FF, 0x3FE00, 0x7FFFFF00]))
+    n = draw(st.integers(1, 60))
+    t = 0
+    for _ in range(n):
+        kind = draw(st.sampled_from(["fault"] * 6 + ["zap", "tick"]))
+        gfn = base + draw(st.integers(0, 700))
+        if kind == "tick":
+            t += 1
+        elif kind == "zap":
+            events.append(Zap(td=0, gfn=gfn, t=t))
+        else:
+            events.append(Fault(vcpu=draw(st.integers(0, vcpus - 1)), gfn=gfn, t=t))
+    s = Settings().with_overrides(
+        {
+            "mode": draw(st.sampled_from([*sorted(FAST_MODES), "v6-locked", "v4-shared-list"])),
+            "schedule": draw(st.sampled_from(["round-robin", "sequential"])),
+            "worst_case_tables": draw(st.integers(1, 6)),
+            "dpamt_gets_per_fault": draw(st.integers(1, 6)),
+            "host_memory_mib": draw(st.sampled_from([64, 4096])),
+        }
+    )
+    return events, s
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fault_traces())
+def test_random_traces_agree(case: tuple[list[Event], Settings]) -> None:
+    events, s = case
+    compare(events, s)
+
+
+def test_timelines_agree() -> None:
+    """The timeline replays with the fast path; a timeline forced onto the generators must have
+    the same batches, flags, regions, series, event starts and summary."""
+    import explorer.model.fastpath as fastpath
+
+    events, s = _events("\n".join(churn(tds=2, vcpus=4, faults=2000, seed=9, zap_ratio=0.2)))
+    fast_tl = replay(events, s)
+    real = fastpath.run_fast_batch
+    fastpath_off = lambda m, items: False  # noqa: E731
+    try:
+        import explorer.model.machine as machine_module
+
+        machine_module.run_fast_batch = fastpath_off  # type: ignore[assignment]
+        slow_tl = replay(events, s)
+    finally:
+        machine_module.run_fast_batch = real
+    for name in ("batch_event", "batch_step", "batch_flags", "region_offsets", "region_values"):
+        assert getattr(fast_tl, name) == getattr(slow_tl, name), name
+    assert fast_tl.event_step == slow_tl.event_step
+    assert fast_tl.series == slow_tl.series
+    assert fast_tl.cache_series == slow_tl.cache_series
+    assert fast_tl.summary() == slow_tl.summary()
+    for i in (0, fast_tl.nr_steps // 3, fast_tl.nr_steps - 1):
+        assert fast_tl.step(i) == slow_tl.step(i)
+        assert fast_tl.state_at(i) == slow_tl.state_at(i)
