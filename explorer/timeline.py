@@ -27,7 +27,8 @@ from typing import Any
 from explorer.metrics import idle_pages
 from explorer.model.constants import PAGE_SIZE, PAGES_PER_REGION_SHIFT
 from explorer.model.events import Event
-from explorer.model.machine import Machine, MachineDelta, MachineImage, batches
+from explorer.model.fastpath import run_fast_batches
+from explorer.model.machine import O_LEAKED, Machine, MachineDelta, MachineImage, batches
 from explorer.model.records import Diagnostic, Snapshot, Step
 from explorer.model.settings import Settings
 from explorer.model.summary import summary
@@ -349,9 +350,13 @@ def replay(
     n = len(events)
     since_report = 0
     last_end = 0
-    for b, (start, end) in enumerate(batches(events)):
+    spans = batches(events)
+    nb = len(spans)
+    b = 0
+    while b < nb:
         if m.stopped is not None:
             break
+        start, end = spans[b]
         if b % checkpoint_every == 0:
             tl._deltas[b] = m.delta()
             tl._ckpt_batches.append(b)
@@ -366,29 +371,54 @@ def replay(
                     tl._checkpoints = {k: v for k, v in tl._checkpoints.items() if k % span == 0}
                 if b % (checkpoint_every * keyframe_every) == 0:
                     tl._checkpoints[b] = m.image()
-        tl.batch_event.append(start)
-        tl.batch_step.append(m.nr_steps)
-        m.batch_labels = set()
-        m.batch_regions = set()
-        m.event_first_step = {}
         ndiag = len(m.diagnostics)
-        m.run_batch((i, events[i]) for i in range(start, end))
-        for e, s in m.event_first_step.items():
-            event_step[e] = s
-        flags = 0
-        labels = m.batch_labels
-        for name, names in FLAG_LABELS.items():
-            if not labels.isdisjoint(names):
-                flags |= FLAG_BITS[name]
-        for d in m.diagnostics[ndiag:]:
-            if d.kind in ("violation", "warning"):
-                flags |= FLAG_BITS[d.kind]
-        tl.batch_flags.append(flags)
-        tl.region_values.extend(sorted(m.batch_regions))
-        tl.region_offsets.append(len(tl.region_values))
-        _sample(tl, m)
+        b0 = b
+        m.event_first_step = {}
+        # a run of fast batches, up to the next checkpoint (explorer.model.fastpath)
+        upto = min((b // checkpoint_every + 1) * checkpoint_every, nb)
+        idle = idle_pages(m)
+        free = m.mem.counts[0]
+        outcomes = run_fast_batches(
+            m, (zip(range(s, e), events[s:e], strict=True) for s, e in spans[b:upto])
+        )
+        if outcomes:
+            for e, st in m.event_first_step.items():
+                event_step[e] = st
+            step = m.nr_steps - sum(o.steps for o in outcomes)
+            pairs = len(m.module.pairs)
+            retries, lost = m.counters["fault_retries"], m.counters["pamt_lost_race"]
+            leaked = m.mem.counts[O_LEAKED]
+            for o in outcomes:
+                start, end = spans[b]
+                tl.batch_event.append(start)
+                tl.batch_step.append(step)
+                step += o.steps
+                tl.batch_flags.append(_flags(o.labels))
+                tl.region_values.extend(o.regions)
+                tl.region_offsets.append(len(tl.region_values))
+                free -= o.allocated
+                for v, k in o.topups.items():
+                    idle[v] += k
+                _append_sample(tl, m, pairs, free, idle, retries, lost, leaked)
+                b += 1
+            if len(m.diagnostics) > ndiag:  # from the run's end-of-run checks
+                tl.batch_flags[-1] |= _diag_flags(m.diagnostics[ndiag:])
+        else:
+            tl.batch_event.append(start)
+            tl.batch_step.append(m.nr_steps)
+            m.batch_labels = set()
+            m.batch_regions = set()
+            m.run_batch(((i, events[i]) for i in range(start, end)), try_fast=False)
+            for e, st in m.event_first_step.items():
+                event_step[e] = st
+            tl.batch_flags.append(_flags(m.batch_labels) | _diag_flags(m.diagnostics[ndiag:]))
+            tl.region_values.extend(sorted(m.batch_regions))
+            tl.region_offsets.append(len(tl.region_values))
+            _sample(tl, m)
+            b += 1
+        end = spans[b - 1][1]
         last_end = end
-        since_report += end - start
+        since_report += end - spans[b0][0]
         if since_report >= report_every:
             since_report = 0
             if progress is not None:
@@ -412,24 +442,67 @@ def _state_entries(m: Machine) -> int:
     return tds + 8 * (len(m.mem.regions) + len(m.module.pages)) + len(m.refcount)
 
 
+def _flags(labels: set[str] | frozenset[str]) -> int:
+    """The flag bits of a batch whose steps had ``labels``."""
+    flags = 0
+    for name, names in FLAG_LABELS.items():
+        if not labels.isdisjoint(names):
+            flags |= FLAG_BITS[name]
+    return flags
+
+
+def _diag_flags(diags: Sequence[Diagnostic]) -> int:
+    flags = 0
+    for d in diags:
+        if d.kind in ("violation", "warning"):
+            flags |= FLAG_BITS[d.kind]
+    return flags
+
+
 def _sample(tl: Timeline, m: Machine) -> None:
+    """The series after a batch, read from the machine."""
+    _append_sample(
+        tl,
+        m,
+        len(m.module.pairs),
+        m.mem.counts[0],
+        idle_pages(m),
+        m.counters["fault_retries"],
+        m.counters["pamt_lost_race"],
+        m.mem.counts[O_LEAKED],
+    )
+
+
+def _append_sample(
+    tl: Timeline,
+    m: Machine,
+    pairs: int,
+    free: int,
+    idle: dict[int, int],
+    retries: int,
+    lost_races: int,
+    leaked: int,
+) -> None:
+    """Append one value to every series (``idle``: pages in each vCPU's DPAMT cache, -1 the
+    mempool reserve; a fast run passes the values each of its batches leaves)."""
     s = tl.series
-    s["pairs"].append(len(m.module.pairs))
-    s["free_pages"].append(m.mem.counts[0])
-    idle = idle_pages(m)
+    s["pairs"].append(pairs)
+    s["free_pages"].append(free)
     s["idle_pages"].append(sum(idle.values()))
-    s["retries"].append(m.counters["fault_retries"])
-    s["lost_races"].append(m.counters["pamt_lost_race"])
-    s["leaked_pages"].append(m.page_summary()["leaked"])
+    s["retries"].append(retries)
+    s["lost_races"].append(lost_races)
+    s["leaked_pages"].append(leaked)
     nb = len(s["pairs"])
+    series = tl.cache_series
     for v in m.vcpus:
-        col = tl.cache_series.get(v)
+        col = series.get(v)
         if col is None:
-            col = tl.cache_series[v] = array("q", [0] * (nb - 1))
+            col = series[v] = array("q", [0] * (nb - 1))
         col.append(idle.get(v, 0))
-    for col in tl.cache_series.values():
-        if len(col) < nb:
-            col.append(0)
+    if len(series) != len(m.vcpus):
+        for col in series.values():
+            if len(col) < nb:
+                col.append(0)
 
 
 def dpamt_bytes(pairs: int) -> int:

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from explorer.model.events import Event, Fault, VcpuCreate, Zap
-from explorer.model.fastpath import FAST_MODES
+from explorer.model.fastpath import FAST_MODES, run_fast_batches
 from explorer.model.machine import Machine, batches
 from explorer.model.settings import Settings
 from explorer.timeline import replay
@@ -105,6 +105,45 @@ def compare(events: Sequence[Event], s: Settings) -> list[bool]:
     return taken
 
 
+def compare_runs(events: Sequence[Event], s: Settings, run: int = 8) -> int:
+    """Like :func:`compare`, but the fast machine takes runs of up to ``run`` batches at once
+    (as the timeline does); compared after each run, each batch's outcome against the
+    generators' batch. Returns how many batches ran in runs longer than one."""
+    slow = Machine(s, record=False, check=True)
+    fast = Machine(s, record=False, check=True, fast=True)
+    spans = batches(events)
+    b = in_runs = 0
+    while b < len(spans) and slow.stopped is None:
+        fast.event_first_step = {}
+        outcomes = run_fast_batches(
+            fast, ([(i, events[i]) for i in range(x, y)] for x, y in spans[b : b + run])
+        )
+        count = len(outcomes) or 1
+        if not outcomes:
+            x, y = spans[b]
+            fast.run_batch([(i, events[i]) for i in range(x, y)], try_fast=False)
+        in_runs += count if count > 1 else 0
+        first: dict[int, int] = {}
+        for j in range(count):
+            x, y = spans[b + j]
+            slow.batch_labels, slow.batch_regions, slow.event_first_step = set(), set(), {}
+            steps = slow.nr_steps
+            slow.run_batch([(i, events[i]) for i in range(x, y)])
+            first.update(slow.event_first_step)
+            if outcomes:
+                o = outcomes[j]
+                where = f"batch {b + j} of a run of {count}"
+                assert o.labels == slow.batch_labels, where
+                assert o.regions == sorted(slow.batch_regions), where
+                assert o.steps == slow.nr_steps - steps, where
+        assert fast.event_first_step == first, f"batches {b}..{b + count - 1}"
+        a, f = fingerprint(slow), fingerprint(fast)
+        for key in a:
+            assert a[key] == f[key], f"after batches {b}..{b + count - 1}: {key} differs"
+        b += count
+    return in_runs
+
+
 def _events(text: str) -> tuple[tuple[Event, ...], Settings]:
     trace = parse_trace((text + "\n").encode(), "t.jsonl")
     return trace.events, Settings().with_overrides(trace.settings)
@@ -116,8 +155,10 @@ def test_boot_traces_agree(mode: str, schedule: str) -> None:
     events, s = _events("\n".join(boot(tds=2, vcpus=4, faults=1200, seed=5)))
     s = s.with_overrides({"mode": mode, "schedule": schedule})
     taken = compare(events, s)
+    in_runs = compare_runs(events, s)
     if mode != "sleeping-under-lock":  # its first fault violates invariant 6: no fast path
         assert sum(taken) > len(batches(events)) // 2  # the fast path did run, mostly
+        assert in_runs > len(batches(events)) // 2
 
 
 @pytest.mark.parametrize("schedule", ["round-robin", "sequential"])
@@ -138,12 +179,14 @@ def test_several_faults_per_cpu_in_one_batch(schedule: str, finalized: bool) -> 
     s = Settings().with_overrides({"schedule": schedule})
     taken = compare(events, s)
     assert all(taken[-3:])
+    assert compare_runs(events, s, run=3) >= 3
 
 
 @pytest.mark.parametrize("schedule", ["round-robin", "sequential", "random"])
 def test_churn_traces_agree(schedule: str) -> None:
     events, s = _events("\n".join(churn(tds=2, vcpus=4, faults=1500, seed=2, zap_ratio=0.3)))
     compare(events, s.with_overrides({"schedule": schedule}))
+    compare_runs(events, s.with_overrides({"schedule": schedule}))
 
 
 @pytest.mark.parametrize("wct,gets,levels", [(1, 1, 4), (2, 3, 5), (5, 5, 5), (8, 12, 4)])
@@ -154,6 +197,7 @@ def test_worst_case_counts_agree(wct: int, gets: int, levels: int) -> None:
         {"worst_case_tables": wct, "dpamt_gets_per_fault": gets, "ept_levels": levels}
     )
     compare(events, s)
+    compare_runs(events, s)
 
 
 @pytest.mark.parametrize("path", sorted(SAMPLES.glob("*.jsonl")), ids=lambda p: p.stem)
@@ -201,24 +245,22 @@ def fault_traces(draw: st.DrawFn) -> tuple[list[Event], Settings]:
 def test_random_traces_agree(case: tuple[list[Event], Settings]) -> None:
     events, s = case
     compare(events, s)
+    compare_runs(events, s, run=4)
 
 
 def test_timelines_agree() -> None:
     """The timeline replays with the fast path; a timeline forced onto the generators must have
     the same batches, flags, regions, series, event starts and summary."""
-    import explorer.model.fastpath as fastpath
+    import explorer.model.machine as machine_module
+    import explorer.timeline as timeline_module
 
     events, s = _events("\n".join(churn(tds=2, vcpus=4, faults=2000, seed=9, zap_ratio=0.2)))
     fast_tl = replay(events, s)
-    real = fastpath.run_fast_batch
-    fastpath_off = lambda m, items: False  # noqa: E731
-    try:
-        import explorer.model.machine as machine_module
-
-        machine_module.run_fast_batch = fastpath_off  # type: ignore[assignment]
+    assert fast_tl.nr_batches > 100
+    with pytest.MonkeyPatch.context() as mp:
+        for module in (machine_module, timeline_module):
+            mp.setattr(module, "run_fast_batches", lambda m, batches: [])
         slow_tl = replay(events, s)
-    finally:
-        machine_module.run_fast_batch = real
     for name in ("batch_event", "batch_step", "batch_flags", "region_offsets", "region_values"):
         assert getattr(fast_tl, name) == getattr(slow_tl, name), name
     assert fast_tl.event_step == slow_tl.event_step

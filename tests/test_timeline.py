@@ -114,7 +114,8 @@ def test_progress_and_cancel() -> None:
     events = [TdCreate(td=0), VcpuCreate(td=0, vcpu=0)] + [Fault(vcpu=0, gfn=g) for g in range(300)]
     seen: list[float] = []
     tl = replay(events, Settings(), progress=lambda f, msg: seen.append(f), report_every=50)
-    assert seen[-1] == 1.0 and len(seen) >= 6 and seen == sorted(seen)
+    # reported at batch or fast-run boundaries (runs end at checkpoints: 32 batches at most)
+    assert seen[-1] == 1.0 and len(seen) >= 4 and seen == sorted(seen)
     assert len(tl.series["pairs"]) == tl.nr_batches
     with pytest.raises(ReplayCancelled):
         replay(events, Settings(), cancel=lambda: True, report_every=50)

@@ -37,7 +37,7 @@ from typing import Any
 from explorer.model import constants as C
 from explorer.model.errors import ImpossibleEvent, Problem
 from explorer.model.events import Event, Inject, Note
-from explorer.model.fastpath import run_fast_batch
+from explorer.model.fastpath import run_fast_batches
 from explorer.model.memory import FREE, HostMemory, MemoryImage
 from explorer.model.records import (
     OWNER_CODE,
@@ -544,16 +544,16 @@ class Machine:
             Problem("trace", ev.line, 1, reason, ev.describe(), expected), event_index=idx
         )
 
-    def run_batch(self, items: Iterable[tuple[int, Event]]) -> None:
+    def run_batch(self, items: Iterable[tuple[int, Event]], *, try_fast: bool = True) -> None:
         """Run one batch of concurrent events to completion under the schedule.
 
         ``inject`` and ``note`` events take effect when the batch starts (they are not kernel
         work). If an event turns out impossible when its CPU starts it, the replay stops: the
         CPUs already running finish their events, nothing after runs.
         """
-        if self.fast and not self.record and self.on_step is None:
+        if try_fast and self.fast and not self.record and self.on_step is None:
             items = list(items)
-            if run_fast_batch(self, items):
+            if run_fast_batches(self, [items]):
                 return
         threads: dict[str, Thread] = {}
         for idx, ev in items:

@@ -121,24 +121,24 @@ class HostMemory:
             return self._pick_spread()
         return self._pick_random()
 
-    def peek_lowest(self, n: int) -> list[int] | None:
-        """The next ``n`` pfns the ``lowest`` policy will hand out, if they all lie in touched
-        regions (holes in earlier regions, then the region being filled); None otherwise
-        (another policy, an untouched region needed, an unusually large heap). Changes nothing:
-        the batch fast path plans with it (:mod:`explorer.model.fastpath`), then allocates the
-        same pages with :meth:`take_planned`."""
+    def peek_lowest(self, n: int) -> list[int]:
+        """Up to ``n`` pfns: the next ones the ``lowest`` policy will hand out, as long as they lie
+        in touched regions (holes in earlier regions, then the region being filled); fewer when
+        an untouched region comes next, none under another policy or with an unusually large
+        heap. Changes nothing: the batch fast path plans with it (:mod:`explorer.model.fastpath`),
+        then allocates the same pages with :meth:`take_planned`."""
         heap = self._heap
+        out: list[int] = []
         if self.policy != "lowest" or n <= 0 or not heap or len(heap) > 64:
-            return None
+            return out
         untouched = self._untouched
         while untouched in self.regions:
             untouched += 1
         if untouched >= self.nr_regions:
             untouched = -1
-        out: list[int] = []
         for region in sorted(heap):  # heap entries are distinct (see _in_heap)
             if 0 <= untouched < region:
-                return None  # the allocator would start an untouched region first
+                break  # the allocator would start an untouched region first
             free = self.nfree[region]
             if not free:
                 continue  # exhausted, not yet popped
@@ -149,8 +149,8 @@ class HostMemory:
                 off = owners.find(FREE, off + 1)
                 out.append(base | off)
             if len(out) == n:
-                return out
-        return None
+                break
+        return out
 
     def take_planned(self, pfns: list[int], codes: list[int]) -> None:
         """Allocate the pages :meth:`peek_lowest` returned, in order, to owners ``codes``: the
