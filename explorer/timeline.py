@@ -32,6 +32,7 @@ from explorer.model.machine import O_LEAKED, Machine, MachineDelta, MachineImage
 from explorer.model.records import Diagnostic, Snapshot, Step
 from explorer.model.settings import Settings
 from explorer.model.summary import summary
+from explorer.trace.gcpause import gc_paused
 
 #: Flags of a batch: what happened in it (bit per kind), from the step labels it produced.
 FLAG_LABELS: dict[str, tuple[str, ...]] = {
@@ -342,7 +343,31 @@ def replay(
     checkpoint_budget: int = CHECKPOINT_BUDGET_BYTES,
     report_every: int = 2000,
 ) -> Timeline:
-    """Replay ``events`` in bulk into a :class:`Timeline` (invariants checked at every step)."""
+    """Replay ``events`` in bulk into a :class:`Timeline` (invariants checked at every step;
+    uncontended batches run on the fast path, see :mod:`explorer.model.fastpath`)."""
+    with gc_paused():  # no reference cycles are made; millions of live objects are not rescanned
+        return _replay(
+            events,
+            settings,
+            progress,
+            cancel,
+            checkpoint_every,
+            keyframe_every,
+            checkpoint_budget,
+            report_every,
+        )
+
+
+def _replay(
+    events: Sequence[Event],
+    settings: Settings,
+    progress: Callable[[float, str], None] | None,
+    cancel: Callable[[], bool] | None,
+    checkpoint_every: int,
+    keyframe_every: int,
+    checkpoint_budget: int,
+    report_every: int,
+) -> Timeline:
     tl = Timeline(events, settings)
     m = Machine(settings, record=False, check=True, fast=True)
     event_step = tl.event_step
