@@ -229,12 +229,20 @@ class _Planner:
                 return False  # links used the page caches below min: the top-up allocates
             step = seq = nlinks = 0
             filled = False
+            leaf_chunk, gmem_chunk = leaves.chunk, gmem.chunk
             for idx, ev in queue:
                 gfn = ev.gfn
-                if gfn >= limit or gfn in leaves or gfn in frozen or (tid, gfn) in seen:
+                lc = leaf_chunk(gfn)
+                if (
+                    gfn >= limit
+                    or (lc is not None and gfn in lc)
+                    or gfn in frozen
+                    or (tid, gfn) in seen
+                ):
                     return False
                 seen.add((tid, gfn))
-                bound = gmem.get(gfn)
+                gc = gmem_chunk(gfn)
+                bound = None if gc is None else gc.get(gfn)
                 if bound is not None:  # backed earlier (explicit pfn): its get must be fast too
                     r = bound >> _SHIFT
                     if not refcount.get(r) or r not in pairs or kind(bound):

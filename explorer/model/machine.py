@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from explorer.model import constants as C
+from explorer.model.chunked import GONE, ChunkedDict
 from explorer.model.errors import ImpossibleEvent, Problem
 from explorer.model.events import Event, Inject, Note
 from explorer.model.fastpath import run_fast_batches
@@ -162,21 +163,19 @@ class TrackedDict(dict[Any, Any]):
         super().update(items)
 
     def delta(self) -> dict[Any, Any]:
-        """{key: value, or _GONE} for every key changed since the last call."""
-        out = {k: self.get(k, _GONE) for k in self.changed}
+        """{key: value, or GONE} for every key changed since the last call."""
+        out = {k: self.get(k, GONE) for k in self.changed}
         self.changed = set()
         return out
 
     def apply(self, delta: dict[Any, Any]) -> None:
         for k, v in delta.items():
-            if v is _GONE:
+            if v is GONE:
                 super().pop(k, None)
             else:
                 super().__setitem__(k, v)
         self.changed = set()
 
-
-_GONE = object()
 
 
 @dataclass(slots=True)
@@ -190,9 +189,10 @@ class Td:
     #: S-EPT entries pointing at non-root tables, keyed (level of the table, gfn >> 9*level):
     #: ("frozen", cpu) while being linked, ("present", sept_pfn, mirror_pfn) once linked.
     entries: dict[tuple[int, int], tuple[Any, ...]] = field(default_factory=TrackedDict)
-    leaves: dict[int, int] = field(default_factory=TrackedDict)  # mapped gfn -> pfn
+    #: the two big dicts (one entry per faulted page) share chunks with checkpoints
+    leaves: ChunkedDict = field(default_factory=ChunkedDict)  # mapped gfn -> pfn
     leaf_frozen: dict[int, str] = field(default_factory=dict)  # gfn -> cpu
-    gmem: dict[int, int] = field(default_factory=TrackedDict)  # guest_memfd: gfn -> pfn held
+    gmem: ChunkedDict = field(default_factory=ChunkedDict)  # guest_memfd: gfn -> pfn held
     #: ``kvm->mmu_lock``: one rwlock per VM (``pamt_lock`` is the only global lock)
     mmu_readers: list[str] = field(default_factory=list)
     mmu_writer: str | None = None
@@ -244,7 +244,8 @@ def _run_event() -> Callable[[Machine, Thread, int, Event], KGen]:
 
 
 def _copy_td(t: Td) -> Td:
-    """A copy of a quiescent TD (its dicts hold ints and tuples: shallow copies suffice)."""
+    """A copy of a quiescent TD (its dicts hold ints and tuples: shallow copies suffice; the
+    mappings share their chunks, see explorer.model.chunked)."""
     return Td(
         t.id,
         t.state,
@@ -253,9 +254,9 @@ def _copy_td(t: Td) -> Td:
         list(t.control),
         t.mirror_root,
         TrackedDict(t.entries),
-        TrackedDict(t.leaves),
+        t.leaves.snapshot(),
         dict(t.leaf_frozen),
-        TrackedDict(t.gmem),
+        t.gmem.snapshot(),
         list(t.mmu_readers),
         t.mmu_writer,
     )
@@ -335,8 +336,8 @@ class MachineDelta:
     extra: dict[str, Any]
 
 
-def _tracked(d: dict[Any, Any]) -> TrackedDict:
-    assert isinstance(d, TrackedDict)
+def _tracked(d: Any) -> TrackedDict | ChunkedDict:
+    assert isinstance(d, (TrackedDict, ChunkedDict))
     return d
 
 
@@ -795,7 +796,7 @@ class Machine:
             sched_rng=self.sched_rng.getstate(),
             extra={k: list(v) if isinstance(v, list) else v for k, v in self.extra.items()},
         )
-        mem.dirty = set()
+        mem.clear_dirty()
         self._ckpt_regions = set()
         return d
 
@@ -854,8 +855,8 @@ class Machine:
         )
 
     def _clear_tracking(self) -> None:
-        self.mem.dirty = set()
-        self.module.dirty = set()
+        self.mem.clear_dirty()
+        self.module.clear_dirty()
         self._ckpt_regions = set()
         for t in self.tds.values():
             for d in (t.leaves, t.gmem, t.entries):

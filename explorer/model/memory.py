@@ -62,6 +62,11 @@ class HostMemory:
         self._rng = random.Random(seed)
         #: regions changed since the last checkpoint (delta checkpoints copy only these)
         self.dirty: set[int] = set()
+        #: the owner maps as of the last image, as bytes shared by every image since (a region
+        #: unchanged between two images is one object, not two copies), and the regions changed
+        #: since the last image
+        self._image_cache: dict[int, bytes] = {}
+        self._image_dirty: set[int] = set()
 
     # -- reading -------------------------------------------------------------------------
     def owner(self, pfn: int) -> int:
@@ -216,9 +221,18 @@ class HostMemory:
         return self._first_free_in(region, self._rng.randrange(PAGES_PER_REGION))
 
     # -- checkpoints ---------------------------------------------------------------------
+    def clear_dirty(self) -> None:
+        """Start a new delta interval (the regions changed still go into the next image)."""
+        self._image_dirty |= self.dirty
+        self.dirty = set()
+
     def image(self) -> MemoryImage:
+        cache, regions = self._image_cache, self.regions
+        for r in self._image_dirty | self.dirty:
+            cache[r] = bytes(regions[r])
+        self._image_dirty = set()
         return MemoryImage(
-            regions={r: bytes(b) for r, b in self.regions.items()},
+            regions=dict(cache),
             nfree=dict(self.nfree),
             counts=tuple(self.counts),
             heap=tuple(self._heap),
@@ -237,6 +251,8 @@ class HostMemory:
         self._spread_cursor = img.spread_cursor
         self._rng.setstate(img.rng_state)  # type: ignore[arg-type]
         self.dirty = set()
+        self._image_cache = dict(img.regions)
+        self._image_dirty = set()
 
     def scalars(self) -> tuple[Any, ...]:
         """What a delta checkpoint copies besides the dirty regions."""
@@ -254,6 +270,7 @@ class HostMemory:
         """Apply a delta checkpoint (see :meth:`explorer.model.machine.Machine.delta`)."""
         for r, b in regions.items():
             self.regions[r] = bytearray(b)
+        self._image_dirty.update(regions)
         self.nfree.update(nfree)
         counts, heap, self._untouched, self._spread_cursor, rng = scalars
         self.counts = list(counts)

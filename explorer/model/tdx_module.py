@@ -50,6 +50,9 @@ class TdxModule:
         self.used: dict[int, int] = {}
         #: regions whose pages, pair or use count changed since the last checkpoint
         self.dirty: set[int] = set()
+        #: page kinds as of the last image, shared between images (see HostMemory.image)
+        self._image_cache: dict[int, bytes] = {}
+        self._image_dirty: set[int] = set()
 
     def kind(self, pfn: int) -> int:
         kinds = self.pages.get(pfn >> PAGES_PER_REGION_SHIFT)
@@ -132,16 +135,26 @@ class TdxModule:
         return SUCCESS
 
     # -- checkpoints ---------------------------------------------------------------------
+    def clear_dirty(self) -> None:
+        """Start a new delta interval (the regions changed still go into the next image)."""
+        self._image_dirty |= self.dirty
+        self.dirty = set()
+
     def image(self) -> ModuleImage:
-        return ModuleImage(
-            dict(self.pairs), {r: bytes(b) for r, b in self.pages.items()}, dict(self.used)
-        )
+        cache, pages = self._image_cache, self.pages
+        for r in self._image_dirty | self.dirty:
+            if r in pages:
+                cache[r] = bytes(pages[r])
+        self._image_dirty = set()
+        return ModuleImage(dict(self.pairs), dict(cache), dict(self.used))
 
     def restore(self, img: ModuleImage) -> None:
         self.pairs = dict(img.pairs)
         self.pages = {r: bytearray(b) for r, b in img.pages.items()}
         self.used = dict(img.used)
         self.dirty = set()
+        self._image_cache = dict(img.pages)
+        self._image_dirty = set()
 
     def delta(self) -> tuple[dict[int, bytes], dict[int, int | None], dict[int, Any]]:
         """Pages, use counts and pairs of the regions changed since the last checkpoint."""
@@ -151,13 +164,14 @@ class TdxModule:
             {r: self.used.get(r) for r in d},
             {r: self.pairs.get(r) for r in d},
         )
-        self.dirty = set()
+        self.clear_dirty()
         return out
 
     def apply(self, d: tuple[dict[int, bytes], dict[int, int | None], dict[int, Any]]) -> None:
         pages, used, pairs = d
         for r, b in pages.items():
             self.pages[r] = bytearray(b)
+        self._image_dirty.update(pages)
         for r, n in used.items():
             if n is None:
                 self.used.pop(r, None)
