@@ -386,7 +386,7 @@ def _replay(
             tl._deltas[b] = m.delta()
             tl._ckpt_batches.append(b)
             if b % (checkpoint_every * keyframe_every) == 0:
-                size = _state_entries(m) * _BYTES_PER_ENTRY
+                size = (_state_entries(m) + _changes_since(tl, b)) * _BYTES_PER_ENTRY
                 while (
                     len(tl._checkpoints) > 1
                     and (len(tl._checkpoints) + 1) * size > checkpoint_budget
@@ -462,9 +462,27 @@ def _replay(
 
 
 def _state_entries(m: Machine) -> int:
-    """Entries a checkpoint of ``m`` copies (guest mappings, S-EPT entries, regions)."""
-    tds = sum(len(t.leaves) + len(t.gmem) + len(t.entries) for t in m.tds.values())
-    return tds + 8 * (len(m.mem.regions) + len(m.module.pages)) + len(m.refcount)
+    """Entries a keyframe of ``m`` adds: the tables it copies (regions, chunk tables, S-EPT
+    entries, refcounts), and the guest-mapping chunks it shares with the live machine, which
+    copies each one when it next writes to it (about one copy of the mappings written since the
+    last keyframe: counted as the mappings in the chunks held)."""
+    tds = 0
+    for t in m.tds.values():
+        tds += len(t.entries) + t.leaves.chunk_count() + t.gmem.chunk_count()
+    regions = 8 * (len(m.mem.regions) + len(m.module.pages)) + len(m.refcount)
+    return tds + regions
+
+
+def _changes_since(tl: Timeline, b: int) -> int:
+    """Guest-mapping changes recorded by the deltas since the last keyframe before batch b."""
+    last = max((k for k in tl._checkpoints if k < b), default=-1)
+    total = 0
+    for cb in reversed(tl._ckpt_batches):
+        if cb <= last:
+            break
+        for _small, leaves, gmem, _entries in tl._deltas[cb].tds.values():
+            total += len(leaves[0]) + len(gmem[0])
+    return total
 
 
 def _flags(labels: set[str] | frozenset[str]) -> int:

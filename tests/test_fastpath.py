@@ -270,3 +270,18 @@ def test_timelines_agree() -> None:
     for i in (0, fast_tl.nr_steps // 3, fast_tl.nr_steps - 1):
         assert fast_tl.step(i) == slow_tl.step(i)
         assert fast_tl.state_at(i) == slow_tl.state_at(i)
+
+
+def test_a_cache_below_min_in_the_middle_of_a_batch() -> None:
+    """A CPU's first fault links tables and leaves external_spt below min: its next fault in the
+    same batch tops up (allocates pages), which only the generators do."""
+    from explorer.model.events import TdCreate, TdFinalize
+
+    events: list[Event] = [TdCreate(td=0), VcpuCreate(td=0, vcpu=0), TdFinalize(td=0)]
+    events.append(Fault(vcpu=0, gfn=1, t=0))
+    # each gfn j << 27 needs three new tables (levels 3, 2 and 1): three S-EPT pages
+    events += [Fault(vcpu=0, gfn=j << 27, t=j) for j in range(1, 11)]  # 37 -> 7 pages
+    events += [Fault(vcpu=0, gfn=j << 27, t=11) for j in (11, 12)]  # 7 -> 4 < min: top-up
+    s = Settings()
+    compare(events, s)
+    compare_runs(events, s)

@@ -105,18 +105,52 @@ class _Batch:
 
 
 class _Shadow:
-    """A vCPU's caches as the planned batches leave them (counts only; nothing changes)."""
+    """A vCPU as the planned batches leave it: its caches' counts (nothing changes until the
+    run is applied), what its faults look up, and its place in the batch being planned."""
 
-    __slots__ = ("ext", "ext_n", "have", "phd", "phd_n", "pte", "pte_n", "shp", "shp_n", "td")
+    __slots__ = (
+        "batch",
+        "entries",
+        "ext",
+        "ext_min",
+        "ext_n",
+        "filled",
+        "frozen",
+        "gmem_chunk",
+        "have",
+        "k",
+        "leaf_chunk",
+        "links",
+        "phd",
+        "phd_min",
+        "phd_n",
+        "pte",
+        "pte_min",
+        "pte_n",
+        "seq",
+        "shp",
+        "shp_min",
+        "shp_n",
+        "step",
+        "td",
+        "tid",
+        "vcpu",
+    )
 
     def __init__(self, vcpu: Vcpu, td: Td) -> None:
         caches = vcpu.caches
+        self.vcpu, self.td, self.tid = vcpu, td, td.id
         self.pte, self.ext = caches["pte_list_desc"], caches["external_spt"]
         self.shp, self.phd = caches["shadow_page"], caches["page_header"]
         self.pte_n, self.phd_n = self.pte.nobjs, self.phd.nobjs
         self.ext_n, self.shp_n = len(self.ext.pfns), len(self.shp.pfns)
+        self.pte_min, self.phd_min = self.pte.min, self.phd.min
+        self.ext_min, self.shp_min = self.ext.min, self.shp.min
         self.have = len(vcpu.pamt_cache)
-        self.td = td
+        self.entries, self.frozen = td.entries, td.leaf_frozen
+        self.leaf_chunk, self.gmem_chunk = td.leaves.chunk, td.gmem.chunk
+        # per batch: the batch it last ran in, its thread order, steps, allocations, links
+        self.batch, self.k, self.step, self.seq, self.links, self.filled = -1, 0, 0, 0, 0, False
 
 
 def run_fast_batches(
@@ -178,22 +212,14 @@ class _Planner:
 
     # ------------------------------------------------------------------ planning
     def add(self, items: Iterable[tuple[int, Event]]) -> bool:
-        """Plan one more batch; False (the run ends before it) if it does not qualify."""
+        """Plan one more batch; False (the run ends before it) if it does not qualify.
+
+        Events are planned in file order; each vCPU is one thread (in order of first
+        appearance) whose steps continue from its previous event in the batch. Nothing here
+        depends on the order of threads but the allocations, which are sorted afterwards."""
         from explorer.model.machine import MAX_STEPS_PER_BATCH
 
         m = self.m
-        threads: dict[int, int] = {}  # vCPU id -> thread order
-        queues: list[list[tuple[int, Fault]]] = []
-        for idx, ev in items:
-            if type(ev) is not Fault or ev.pfn is not None or ev.level != "4k":
-                return False
-            k = threads.get(ev.vcpu)
-            if k is None:
-                k = threads[ev.vcpu] = len(queues)
-                queues.append([])
-            queues[k].append((idx, ev))
-        if not queues:
-            return False
         refcount, pairs, kind = m.refcount, m.module.pairs, m.module.kind
         limit, walk, low, target, full_step = (
             self.limit,
@@ -206,9 +232,12 @@ class _Planner:
         bno = len(self.batches)
         batch = _Batch()
         labels, starts, allocs, faults = batch.labels, batch.starts, batch.allocs, batch.faults
+        threads: list[_Shadow] = []
         # a failed batch ends the run: keys it marked seen or linked are never looked at again
-        for k, queue in enumerate(queues):
-            vid = queue[0][1].vcpu
+        for idx, ev in items:
+            if type(ev) is not Fault or ev.pfn is not None or ev.level != "4k":
+                return False
+            vid = ev.vcpu
             sh = shadows.get(vid)
             if sh is None:
                 vcpu = m.vcpus.get(vid)
@@ -218,100 +247,116 @@ class _Planner:
                 if td is None or td.state not in _LIVE_TD or td.mmu_writer is not None:
                     return False
                 sh = shadows[vid] = _Shadow(vcpu, td)
-                if sh.ext_n < sh.ext.min or sh.shp_n < sh.shp.min:
-                    return False  # a top-up that allocates KVM cache pages: the generators
-            td = sh.td
-            tid = td.id
-            entries, leaves, gmem, frozen = td.entries, td.leaves, td.gmem, td.leaf_frozen
-            pte_n, phd_n, ext_n, shp_n, have = sh.pte_n, sh.phd_n, sh.ext_n, sh.shp_n, sh.have
-            pte_min, phd_min = sh.pte.min, sh.phd.min
-            if ext_n < sh.ext.min or shp_n < sh.shp.min:
-                return False  # links used the page caches below min: the top-up allocates
-            step = seq = nlinks = 0
-            filled = False
-            leaf_chunk, gmem_chunk = leaves.chunk, gmem.chunk
-            for idx, ev in queue:
-                gfn = ev.gfn
-                lc = leaf_chunk(gfn)
-                if (
-                    gfn >= limit
-                    or (lc is not None and gfn in lc)
-                    or gfn in frozen
-                    or (tid, gfn) in seen
-                ):
+            if sh.batch != bno:  # the vCPU's first event in this batch: a new thread
+                sh.batch, sh.k, sh.step, sh.seq, sh.links, sh.filled = (
+                    bno,
+                    len(threads),
+                    0,
+                    0,
+                    0,
+                    False,
+                )
+                threads.append(sh)
+            k = sh.k
+            td, tid = sh.td, sh.tid
+            gfn = ev.gfn
+            lc = sh.leaf_chunk(gfn)
+            if (
+                gfn >= limit
+                or (lc is not None and gfn in lc)
+                or gfn in sh.frozen
+                or (tid, gfn) in seen
+            ):
+                return False
+            seen.add((tid, gfn))
+            gc = sh.gmem_chunk(gfn)
+            bound = None if gc is None else gc.get(gfn)
+            if bound is not None:  # backed earlier (explicit pfn): its get must be fast too
+                r = bound >> _SHIFT
+                if not refcount.get(r) or r not in pairs or kind(bound):
                     return False
-                seen.add((tid, gfn))
-                gc = gmem_chunk(gfn)
-                bound = None if gc is None else gc.get(gfn)
-                if bound is not None:  # backed earlier (explicit pfn): its get must be fast too
-                    r = bound >> _SHIFT
-                    if not refcount.get(r) or r not in pairs or kind(bound):
+            ext_n, shp_n = sh.ext_n, sh.shp_n
+            if ext_n < sh.ext_min or shp_n < sh.shp_min:
+                return False  # the page caches' top-up allocates: the generators do it
+            step = sh.step
+            starts.append((idx, k, step))
+            step += 1  # fault.begin
+            if sh.pte_n < sh.pte_min:  # kvm_mmu_topup_memory_cache(pte_list_desc): objects
+                sh.pte_n = sh.pte.capacity
+                step += 1
+                sh.filled = True
+            if sh.have < low:
+                allocs.append((step, k, sh.seq, _PAMT, vid, target - sh.have))
+                sh.seq += 1
+                sh.have = target
+                step += 1
+                labels.add("pamt_cache.topup")
+            elif full_step:
+                step += 1
+            phd_n = sh.phd_n
+            if phd_n < sh.phd_min:
+                phd_n = sh.phd.capacity
+                step += 1
+                sh.filled = True
+            if bound is None:
+                allocs.append((step, k, sh.seq, _GUEST, len(faults), 0))
+                sh.seq += 1
+                step += 1
+            step += 1  # mmu_lock.read
+            links: list[Link] = []
+            entries = sh.entries
+            l1 = entries.get((1, gfn >> 9))
+            if l1 is None or l1[0] != "present":
+                # (a present level-1 entry implies present entries above it: tables are linked
+                # top-down and a present entry goes only with its TD)
+                for lv, shift in walk:
+                    key = (lv, gfn >> shift)
+                    entry = entries.get(key)
+                    if entry is not None:
+                        if entry[0] != "present":
+                            return False  # frozen by a CPU mid-link: RET_PF_RETRY
+                        continue
+                    owner = linked.get((tid, *key))
+                    if owner is not None:
+                        if owner[0] == bno and owner[1] != k:
+                            return False  # two CPUs race for one table: the generators decide
+                        continue  # linked earlier in the run, or by this CPU
+                    linked[(tid, *key)] = (bno, k)
+                    # tdp_mmu_alloc_sp: a page_header object, a shadow page, an S-EPT page
+                    if phd_n == 0 or shp_n == 0 or ext_n == 0:
+                        return False  # an empty cache WARNs and allocates GFP_ATOMIC
+                    phd_n -= 1
+                    shp_n -= 1
+                    ext_n -= 1
+                    spt = sh.ext.pfns[ext_n]
+                    r = spt >> _SHIFT
+                    if not refcount.get(r) or r not in pairs or kind(spt):
                         return False
-                starts.append((idx, k, step))
-                step += 1  # fault.begin
-                if pte_n < pte_min:  # kvm_mmu_topup_memory_cache(pte_list_desc): objects only
-                    pte_n = sh.pte.capacity
-                    step += 1
-                    filled = True
-                if have < low:
-                    allocs.append((step, k, seq, _PAMT, vid, target - have))
-                    seq += 1
-                    have = target
-                    step += 1
-                    labels.add("pamt_cache.topup")
-                elif full_step:
-                    step += 1
-                    labels.add("pamt_cache.full")
-                if phd_n < phd_min:
-                    phd_n = sh.phd.capacity
-                    step += 1
-                    filled = True
-                if bound is None:
-                    allocs.append((step, k, seq, _GUEST, td, gfn))
-                    seq += 1
-                    step += 1
-                step += 1  # mmu_lock.read
-                links: list[Link] = []
-                l1 = entries.get((1, gfn >> 9))
-                if l1 is None or l1[0] != "present":
-                    # (a present level-1 entry implies present entries above it: tables are
-                    # linked top-down and a present entry goes only with its TD)
-                    for lv, shift in walk:
-                        key = (lv, gfn >> shift)
-                        entry = entries.get(key)
-                        if entry is not None:
-                            if entry[0] != "present":
-                                return False  # frozen by a CPU mid-link: RET_PF_RETRY
-                            continue
-                        owner = linked.get((tid, *key))
-                        if owner is not None:
-                            if owner[0] == bno and owner[1] != k:
-                                return False  # two CPUs race for one table: generators decide
-                            continue  # linked earlier in the run, or by this CPU
-                        linked[(tid, *key)] = (bno, k)
-                        # tdp_mmu_alloc_sp: a page_header object, a shadow page, an S-EPT page
-                        if phd_n == 0 or shp_n == 0 or ext_n == 0:
-                            return False  # an empty cache WARNs and allocates GFP_ATOMIC
-                        phd_n -= 1
-                        shp_n -= 1
-                        ext_n -= 1
-                        spt = sh.ext.pfns[ext_n]
-                        r = spt >> _SHIFT
-                        if not refcount.get(r) or r not in pairs or kind(spt):
-                            return False
-                        links.append((key, sh.shp.pfns[shp_n], spt))
-                        step += 4  # tdp.alloc_sp, tdp.freeze, pamt_get.fast, sept.add
-                    nlinks += len(links)
-                step += 5  # leaf.freeze, pamt_get.fast, page.aug|add, read_unlock, fault.done
-                faults.append((td, gfn, bound, links))
-            labels.add("page.aug" if td.state == "finalized" else "page.add")
-            if filled:
+                    links.append((key, sh.shp.pfns[shp_n], spt))
+                    step += 4  # tdp.alloc_sp, tdp.freeze, pamt_get.fast, sept.add
+                sh.links += len(links)
+                sh.ext_n, sh.shp_n = ext_n, shp_n
+            sh.phd_n = phd_n
+            sh.step = step + 5  # leaf.freeze, pamt_get.fast, page.aug|add, unlock, fault.done
+            faults.append((td, gfn, bound, links))
+        if not threads:
+            return False
+        aug = False
+        for sh in threads:
+            batch.lengths.append(sh.step)
+            if sh.td.state == "finalized":
+                aug = True
+            else:
+                labels.add("page.add")
+            if sh.links or sh.filled:
+                batch.caches.append((sh.vcpu, sh.links, sh.pte_n, sh.phd_n))
+                batch.links += sh.links
+            if sh.filled:
                 labels.add("kvm_topup.fill")
-            if nlinks or filled:
-                batch.caches.append((m.vcpus[vid], nlinks, pte_n, phd_n))
-                batch.links += nlinks
-            sh.pte_n, sh.phd_n, sh.ext_n, sh.shp_n, sh.have = pte_n, phd_n, ext_n, shp_n, have
-            batch.lengths.append(step)
+        if aug:
+            labels.add("page.aug")
+        if full_step and len(faults) > sum(1 for a in allocs if a[3] == _PAMT):
+            labels.add("pamt_cache.full")  # an event that did not top up found it full
         if batch.links:
             labels.update(_LINK_LABELS)
         if allocs:
@@ -361,7 +406,7 @@ class _Planner:
         """Make the changes of the planned batches: the generators' final state, and each
         batch's outcome; the invariants of the touched regions are checked at the end."""
         from explorer.model.invariants import check_global, check_quiescent, check_regions
-        from explorer.model.machine import O_GUEST, O_MIRROR, O_PAMT_CACHE, O_SEPT, _tracked
+        from explorer.model.machine import O_GUEST, O_MIRROR, O_PAMT_CACHE, O_SEPT
 
         m = self.m
         counters, module = m.counters, m.module
@@ -381,8 +426,10 @@ class _Planner:
         nfaults = nlinks = aug = add = 0
         for batch in self.batches:
             regions: set[int] = set()
-            guest: dict[tuple[int, int], int] = {}
+            faults = batch.faults
+            guest: list[int | None] = [None] * len(faults)  # fault -> its new guest page
             topups: dict[int, int] = {}
+            allocated = 0
             for _step, _k, _seq, what, who, arg in batch.allocs:
                 if what == _PAMT:
                     got = pfns[i : i + arg]
@@ -391,13 +438,12 @@ class _Planner:
                     codes += [O_PAMT_CACHE] * arg
                     regions.update(p >> _SHIFT for p in got)
                     i += arg
+                    allocated += arg
                 else:
-                    p = pfns[i]
-                    guest[(who.id, arg)] = p
+                    guest[who] = pfns[i]
                     codes.append(O_GUEST)
-                    regions.add(p >> _SHIFT)
                     i += 1
-            allocated = sum(a[5] if a[3] == _PAMT else 1 for a in batch.allocs)
+                    allocated += 1
             for vcpu, links_made, pte_n, phd_n in batch.caches:
                 caches = vcpu.caches
                 caches["pte_list_desc"].nobjs = pte_n
@@ -405,8 +451,11 @@ class _Planner:
                 if links_made:
                     del caches["shadow_page"].pfns[-links_made:]
                     del caches["external_spt"].pfns[-links_made:]
-            for td, gfn, bound, links in batch.faults:
+            last_tid, lv, gm = -1, {}, {}
+            for j, (td, gfn, bound, links) in enumerate(faults):
                 tid = td.id
+                if tid != last_tid:
+                    lv, gm, last_tid = leaves.setdefault(tid, {}), gmem.setdefault(tid, {}), tid
                 for key, sp, spt in links:
                     r = spt >> _SHIFT
                     gets[r] = gets.get(r, 0) + 1
@@ -419,9 +468,10 @@ class _Planner:
                     nlinks += 1
                 pfn = bound
                 if pfn is None:
-                    pfn = guest[(tid, gfn)]
-                    gmem.setdefault(tid, {})[gfn] = pfn
-                leaves.setdefault(tid, {})[gfn] = pfn
+                    pfn = guest[j]
+                    assert pfn is not None
+                    gm[gfn] = pfn
+                lv[gfn] = pfn
                 r = pfn >> _SHIFT
                 gets[r] = gets.get(r, 0) + 1
                 regions.add(r)
@@ -430,7 +480,7 @@ class _Planner:
                     aug += 1
                 else:
                     add += 1
-            nfaults += len(batch.faults)
+            nfaults += len(faults)
             # where each event starts
             lengths = batch.lengths
             if self.round_robin and len(lengths) > 1:
@@ -462,9 +512,9 @@ class _Planner:
         for r, offsets in by_region.items():
             assert module.give_pages(r, offsets, "guest")
         for tid, items in gmem.items():
-            _tracked(tds[tid].gmem).set_many(items)
+            tds[tid].gmem.set_many(items)
         for tid, items in leaves.items():
-            _tracked(tds[tid].leaves).set_many(items)
+            tds[tid].leaves.set_many(items)
         ckpt = m._ckpt_regions
         for r, k in gets.items():
             refcount[r] += k

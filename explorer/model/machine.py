@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from explorer.model import constants as C
-from explorer.model.chunked import GONE, ChunkedDict
+from explorer.model.chunked import GONE, ChunkedDelta, ChunkedDict
 from explorer.model.errors import ImpossibleEvent, Problem
 from explorer.model.events import Event, Inject, Note
 from explorer.model.fastpath import run_fast_batches
@@ -326,7 +326,7 @@ class MachineDelta:
     mem_scalars: tuple[Any, ...]
     module: tuple[dict[int, bytes], dict[int, int | None], dict[int, Any]]
     regions: dict[int, tuple[int | None, int | None, int | None]]
-    tds: dict[int, tuple[Td, dict[Any, Any], dict[Any, Any], dict[Any, Any]]]
+    tds: dict[int, tuple[Td, ChunkedDelta, ChunkedDelta, dict[Any, Any]]]
     vcpus: dict[int, Vcpu]
     counters: dict[str, int]
     injections: dict[str, int]
@@ -336,8 +336,8 @@ class MachineDelta:
     extra: dict[str, Any]
 
 
-def _tracked(d: Any) -> TrackedDict | ChunkedDict:
-    assert isinstance(d, (TrackedDict, ChunkedDict))
+def _tracked(d: Any) -> TrackedDict:
+    assert isinstance(d, TrackedDict)
     return d
 
 
@@ -782,8 +782,8 @@ class Machine:
             tds={
                 k: (
                     _small_td(t),
-                    _tracked(t.leaves).delta(),
-                    _tracked(t.gmem).delta(),
+                    t.leaves.delta(),
+                    t.gmem.delta(),
                     _tracked(t.entries).delta(),
                 )
                 for k, t in self.tds.items()
@@ -820,8 +820,8 @@ class Machine:
                 td = self.tds[k] = _small_td(small)
             td.state, td.hkid, td.vcpus = small.state, small.hkid, list(small.vcpus)
             td.control, td.mirror_root = list(small.control), small.mirror_root
-            _tracked(td.leaves).apply(leaves)
-            _tracked(td.gmem).apply(gmem)
+            td.leaves.apply(leaves)
+            td.gmem.apply(gmem)
             _tracked(td.entries).apply(entries)
         self.vcpus = {k: _copy_vcpu(v) for k, v in d.vcpus.items()}
         self.counters = dict(d.counters)
@@ -859,8 +859,9 @@ class Machine:
         self.module.clear_dirty()
         self._ckpt_regions = set()
         for t in self.tds.values():
-            for d in (t.leaves, t.gmem, t.entries):
-                _tracked(d).changed = set()
+            t.leaves.changed = set()
+            t.gmem.changed = set()
+            _tracked(t.entries).changed = set()
 
     def restore(self, img: MachineImage) -> None:
         self.mem.restore(img.memory)
