@@ -1,19 +1,19 @@
-"""A dict of int keys in chunks shared copy-on-write between snapshots.
+"""A dict of non-negative int values, keyed by int, in chunks that checkpoints freeze compactly.
 
 A TD's guest mappings (``leaves``) and guest_memfd bindings (``gmem``) are the machine's biggest
 state: one entry per faulted page, a million after a million faults. The timeline keeps a full
-checkpoint (a keyframe) of the machine every thousand batches or so and restores one on every
-seek; with plain dicts each keyframe copied every entry (about 40 bytes and 30 ns each), which
-dominated both the memory of a long timeline and the time of a seek.
+checkpoint (a keyframe) every thousand batches or so and restores one on every seek; with plain
+dicts each keyframe copied every entry (about 40 bytes and 30 ns each, plus the int objects),
+which dominated both the memory of a long timeline and the time of a seek.
 
-Here the keys are grouped by ``key >> CHUNK_SHIFT`` (512 consecutive gfns: the pages of one
-2 MiB guest region) into small dicts. :meth:`ChunkedDict.snapshot` copies only the table of
-chunks; both dicts then share every chunk, and the first write to a shared chunk copies that
-chunk alone. A fault run touches a few chunks per thousand batches, so a keyframe costs a few
-chunks instead of the whole mapping, and a restore costs the table of chunks.
+Here keys are grouped by ``key >> CHUNK_SHIFT`` (512 consecutive gfns: one 2 MiB guest region)
+into small dicts. A checkpoint (:meth:`ChunkedDict.frozen_copy`) holds each chunk *frozen*: two
+arrays of 8-byte ints (sorted keys, values), 16 bytes per entry and no int objects; a chunk not
+written since the previous checkpoint is not frozen again, the checkpoints share it. A restored
+copy starts with frozen chunks and thaws one into a dict the first time it is read.
 
-Like the machine's ``TrackedDict``, it remembers which keys changed since the last delta
-checkpoint (:meth:`delta`, :meth:`apply`).
+Changes since the last delta checkpoint are remembered with their values, so a delta
+(:meth:`delta`) is two arrays as well.
 """
 
 from __future__ import annotations
@@ -23,12 +23,14 @@ from collections.abc import Iterable, Iterator, MutableMapping
 from typing import Any
 
 CHUNK_SHIFT = 9
-#: a delta: changed keys (ascending) and their values, -1 where deleted
-ChunkedDelta = tuple["array[int]", "array[int]"]
+#: a frozen chunk, or a delta: keys (ascending) and their values (-1: deleted)
+Frozen = tuple["array[int]", "array[int]"]
+ChunkedDelta = Frozen
+_Chunk = dict[int, int] | Frozen
 
 
 class _Gone:
-    """The value of a key deleted since the last delta checkpoint."""
+    """The value of a key deleted since the last delta checkpoint (TrackedDict's deltas)."""
 
     __slots__ = ()
 
@@ -40,81 +42,97 @@ GONE: Any = _Gone()
 _MISSING = object()
 
 
-class ChunkedDict(MutableMapping[int, Any]):
-    """``dict[int, Any]`` semantics; snapshots share chunks until one side writes to them.
+def _freeze(chunk: dict[int, int]) -> Frozen:
+    keys = array("q", sorted(chunk))
+    return keys, array("q", map(chunk.__getitem__, keys))
+
+
+class ChunkedDict(MutableMapping[int, int]):
+    """``dict[int, int]`` semantics for non-negative values (pfns), with compact checkpoints.
 
     Iteration order is by chunk, not by insertion: every caller in the engine sorts."""
 
-    __slots__ = ("_chunks", "_len", "_owned", "changed")
+    __slots__ = ("_chunks", "_frozen", "_len", "_unfrozen", "changed")
 
-    def __init__(self, items: Iterable[tuple[int, Any]] | None = None) -> None:
-        self._chunks: dict[int, dict[int, Any]] = {}
-        self._owned: set[int] = set()  # chunks this dict may write in place (not shared)
+    def __init__(self, items: Iterable[tuple[int, int]] | None = None) -> None:
+        self._chunks: dict[int, _Chunk] = {}
         self._len = 0
-        #: keys changed since the last delta checkpoint
-        self.changed: set[int] = set()
+        #: the last frozen version of each chunk, and the chunks written since
+        self._frozen: dict[int, Frozen] = {}
+        self._unfrozen: set[int] = set()
+        #: key -> value (-1: deleted) for the keys changed since the last delta checkpoint
+        self.changed: dict[int, int] = {}
         if items is not None:
             for k, v in items:
                 self[k] = v
-            self.changed = set()
+            self.changed = {}
 
     # -- reading -----------------------------------------------------------------------
-    def __getitem__(self, key: int) -> Any:
-        chunk = self._chunks.get(key >> CHUNK_SHIFT)
-        if chunk is None:
+    def chunk(self, key: int) -> dict[int, int] | None:
+        """The dict holding ``key``'s chunk (thawed if it was frozen), None if none: read-only
+        for callers (the fast path's lookups)."""
+        cid = key >> CHUNK_SHIFT
+        c = self._chunks.get(cid)
+        if c is None or type(c) is dict:
+            return c
+        assert isinstance(c, tuple)
+        thawed = dict(zip(c[0], c[1], strict=True))
+        self._chunks[cid] = thawed
+        return thawed
+
+    def __getitem__(self, key: int) -> int:
+        c = self.chunk(key)
+        if c is None:
             raise KeyError(key)
-        return chunk[key]
+        return c[key]
 
     def get(self, key: int, default: Any = None) -> Any:
-        chunk = self._chunks.get(key >> CHUNK_SHIFT)
-        return default if chunk is None else chunk.get(key, default)
+        c = self.chunk(key)
+        return default if c is None else c.get(key, default)
 
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, int):
             return False
-        chunk = self._chunks.get(key >> CHUNK_SHIFT)
-        return chunk is not None and key in chunk
+        c = self.chunk(key)
+        return c is not None and key in c
 
     def __len__(self) -> int:
         return self._len
 
     def __iter__(self) -> Iterator[int]:
-        for chunk in list(self._chunks.values()):
-            yield from list(chunk)
-
-    def chunk(self, key: int) -> dict[int, Any] | None:
-        """The chunk holding ``key``'s neighbourhood, read-only (the fast path's lookups)."""
-        return self._chunks.get(key >> CHUNK_SHIFT)
+        for cid in list(self._chunks):
+            c = self._chunks[cid]
+            if isinstance(c, dict):
+                yield from list(c)
+            else:
+                yield from list(c[0])
 
     # -- writing -----------------------------------------------------------------------
-    def _writable(self, cid: int) -> dict[int, Any]:
-        chunk = self._chunks.get(cid)
-        if cid not in self._owned:
-            chunk = {} if chunk is None else dict(chunk)
-            self._chunks[cid] = chunk
-            self._owned.add(cid)
-        assert chunk is not None
-        return chunk
+    def _writable(self, cid: int) -> dict[int, int]:
+        c = self.chunk(cid << CHUNK_SHIFT)
+        if c is None:
+            c = self._chunks[cid] = {}
+        self._unfrozen.add(cid)
+        return c
 
-    def __setitem__(self, key: int, value: Any) -> None:
-        chunk = self._writable(key >> CHUNK_SHIFT)
-        if key not in chunk:
+    def __setitem__(self, key: int, value: int) -> None:
+        c = self._writable(key >> CHUNK_SHIFT)
+        if key not in c:
             self._len += 1
-        chunk[key] = value
-        self.changed.add(key)
+        c[key] = value
+        self.changed[key] = value
 
     def __delitem__(self, key: int) -> None:
         cid = key >> CHUNK_SHIFT
-        chunk = self._chunks.get(cid)
-        if chunk is None or key not in chunk:
+        c = self.chunk(key)
+        if c is None or key not in c:
             raise KeyError(key)
-        chunk = self._writable(cid)
-        del chunk[key]
+        del c[key]
+        self._unfrozen.add(cid)
         self._len -= 1
-        self.changed.add(key)
-        if not chunk:
+        self.changed[key] = -1
+        if not c:
             del self._chunks[cid]
-            self._owned.discard(cid)
 
     def pop(self, key: int, default: Any = _MISSING) -> Any:
         if key in self:
@@ -125,47 +143,46 @@ class ChunkedDict(MutableMapping[int, Any]):
             raise KeyError(key)
         return default
 
-    def set_many(self, items: dict[int, Any]) -> None:
+    def set_many(self, items: dict[int, int]) -> None:
         """``self[k] = v`` for every item (the batch fast path: a run's mappings at once)."""
-        chunks, owned = self._chunks, self._owned
-        cid_last, chunk = -1, None
+        cid_last, c = -1, None
         added = 0
         for k, v in items.items():
             cid = k >> CHUNK_SHIFT
-            if cid != cid_last or chunk is None:
-                chunk = chunks.get(cid)
-                if cid not in owned:
-                    chunk = {} if chunk is None else dict(chunk)
-                    chunks[cid] = chunk
-                    owned.add(cid)
+            if cid != cid_last or c is None:
+                c = self._writable(cid)
                 cid_last = cid
-            assert chunk is not None
-            if k not in chunk:
+            if k not in c:
                 added += 1
-            chunk[k] = v
+            c[k] = v
         self._len += added
         self.changed.update(items)
 
     # -- checkpoints -------------------------------------------------------------------
-    def snapshot(self) -> ChunkedDict:
-        """A copy that shares every chunk (both copy a chunk before their next write to it)."""
+    def frozen_copy(self) -> ChunkedDict:
+        """A copy made of frozen chunks (for a checkpoint, or a machine restored from one):
+        the chunks written since the last call are frozen again, the others are shared."""
+        frozen = self._frozen
+        for cid in self._unfrozen:
+            c = self._chunks.get(cid)
+            if c is None:
+                frozen.pop(cid, None)
+            elif type(c) is dict:
+                frozen[cid] = _freeze(c)
+        self._unfrozen = set()
         copy = ChunkedDict()
-        copy._chunks = dict(self._chunks)
+        copy._chunks = dict(frozen)
+        copy._frozen = dict(frozen)
         copy._len = self._len
-        self._owned = set()
         return copy
 
     def delta(self) -> ChunkedDelta:
-        """The keys changed since the last call, ascending, and their values (-1: deleted),
-        as two arrays of 8-byte ints: 16 bytes per change instead of a dict's ~100 (values
-        must be non-negative ints, as pfns are)."""
-        chunks = self._chunks
-        keys = array("q", sorted(self.changed))
-        values = array("q")
-        for k in keys:
-            chunk = chunks.get(k >> CHUNK_SHIFT)
-            values.append(-1 if chunk is None else chunk.get(k, -1))
-        self.changed = set()
+        """The keys changed since the last call (ascending) and their values (-1: deleted), as
+        two arrays of 8-byte ints: 16 bytes per change."""
+        changed = self.changed
+        keys = array("q", sorted(changed))
+        values = array("q", map(changed.__getitem__, keys))
+        self.changed = {}
         return keys, values
 
     def apply(self, delta: ChunkedDelta) -> None:
@@ -178,7 +195,7 @@ class ChunkedDict(MutableMapping[int, Any]):
             self.set_many({k: v for k, v in zip(keys, values, strict=True) if v >= 0})
         else:
             self.set_many(dict(zip(keys, values, strict=True)))
-        self.changed = set()
+        self.changed = {}
 
     def chunk_count(self) -> int:
         return len(self._chunks)

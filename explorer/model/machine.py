@@ -177,7 +177,6 @@ class TrackedDict(dict[Any, Any]):
         self.changed = set()
 
 
-
 @dataclass(slots=True)
 class Td:
     id: int
@@ -245,7 +244,7 @@ def _run_event() -> Callable[[Machine, Thread, int, Event], KGen]:
 
 def _copy_td(t: Td) -> Td:
     """A copy of a quiescent TD (its dicts hold ints and tuples: shallow copies suffice; the
-    mappings share their chunks, see explorer.model.chunked)."""
+    mappings are frozen chunks shared between copies, see explorer.model.chunked)."""
     return Td(
         t.id,
         t.state,
@@ -254,9 +253,9 @@ def _copy_td(t: Td) -> Td:
         list(t.control),
         t.mirror_root,
         TrackedDict(t.entries),
-        t.leaves.snapshot(),
+        t.leaves.frozen_copy(),
         dict(t.leaf_frozen),
-        t.gmem.snapshot(),
+        t.gmem.frozen_copy(),
         list(t.mmu_readers),
         t.mmu_writer,
     )
@@ -859,8 +858,8 @@ class Machine:
         self.module.clear_dirty()
         self._ckpt_regions = set()
         for t in self.tds.values():
-            t.leaves.changed = set()
-            t.gmem.changed = set()
+            t.leaves.changed = {}
+            t.gmem.changed = {}
             _tracked(t.entries).changed = set()
 
     def restore(self, img: MachineImage) -> None:
