@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import operator
 import threading
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate, repeat
 from typing import Any
 
 from explorer.metrics import idle_pages
 from explorer.model.constants import PAGE_SIZE, PAGES_PER_REGION_SHIFT
 from explorer.model.events import Event
-from explorer.model.fastpath import run_fast_batches
+from explorer.model.fastpath import BatchOutcome, run_fast_batches
 from explorer.model.machine import O_LEAKED, Machine, MachineDelta, MachineImage, batches
 from explorer.model.records import Diagnostic, Snapshot, Step
 from explorer.model.settings import Settings
@@ -404,28 +406,13 @@ def _replay(
         idle = idle_pages(m)
         free = m.mem.counts[0]
         outcomes = run_fast_batches(
-            m, (zip(range(s, e), events[s:e], strict=True) for s, e in spans[b:upto])
+            m,
+            (zip(range(s, e), events[s:e], strict=True) for s, e in spans[b:upto]),
+            note_starts=False,
         )
         if outcomes:
-            for e, st in m.event_first_step.items():
-                event_step[e] = st
-            step = m.nr_steps - sum(o.steps for o in outcomes)
-            pairs = len(m.module.pairs)
-            retries, lost = m.counters["fault_retries"], m.counters["pamt_lost_race"]
-            leaked = m.mem.counts[O_LEAKED]
-            for o in outcomes:
-                start, end = spans[b]
-                tl.batch_event.append(start)
-                tl.batch_step.append(step)
-                step += o.steps
-                tl.batch_flags.append(_flags(o.labels))
-                tl.region_values.extend(o.regions)
-                tl.region_offsets.append(len(tl.region_values))
-                free -= o.allocated
-                for v, k in o.topups.items():
-                    idle[v] += k
-                _append_sample(tl, m, pairs, free, idle, retries, lost, leaked)
-                b += 1
+            _append_run(tl, m, spans[b : b + len(outcomes)], outcomes, idle, free)
+            b += len(outcomes)
             if len(m.diagnostics) > ndiag:  # from the run's end-of-run checks
                 tl.batch_flags[-1] |= _diag_flags(m.diagnostics[ndiag:])
         else:
@@ -500,6 +487,70 @@ def _diag_flags(diags: Sequence[Diagnostic]) -> int:
         if d.kind in ("violation", "warning"):
             flags |= FLAG_BITS[d.kind]
     return flags
+
+
+def _append_run(
+    tl: Timeline,
+    m: Machine,
+    spans: list[tuple[int, int]],
+    outcomes: list[BatchOutcome],
+    idle: dict[int, int],
+    free: int,
+) -> None:
+    """The per-batch arrays and series of a fast run (``idle`` and ``free``: before it). In a
+    run only allocations and DPAMT cache top-ups change what the series show."""
+    n = len(outcomes)
+    step = m.nr_steps - sum(o.steps for o in outcomes)
+    event_step, regions = tl.event_step, tl.region_values
+    flags_of: dict[frozenset[str], int] = {}
+    for (start, end), o in zip(spans, outcomes, strict=True):
+        tl.batch_event.append(start)
+        tl.batch_step.append(step)
+        step += o.steps
+        flags = flags_of.get(o.labels)
+        if flags is None:
+            flags = flags_of[o.labels] = _flags(o.labels)
+        tl.batch_flags.append(flags)
+        event_step[start:end] = array("q", o.starts)
+        regions.extend(o.regions)
+        tl.region_offsets.append(len(regions))
+    s = tl.series
+    for name, value in (
+        ("pairs", len(m.module.pairs)),
+        ("retries", m.counters["fault_retries"]),
+        ("lost_races", m.counters["pamt_lost_race"]),
+        ("leaked_pages", m.mem.counts[O_LEAKED]),
+    ):
+        s[name].extend(repeat(value, n))
+    s["free_pages"].extend(accumulate((o.allocated for o in outcomes), operator.sub, initial=free))
+    del s["free_pages"][-n - 1]  # the value before the run
+    total = sum(idle.values())
+    per_vcpu: dict[int, Any]
+    if not any(o.topups for o in outcomes):
+        s["idle_pages"].extend(repeat(total, n))
+        per_vcpu = {v: repeat(idle.get(v, 0), n) for v in m.vcpus}
+    else:
+        cols: dict[int, list[int]] = {v: [] for v in m.vcpus}
+        totals = []
+        for o in outcomes:
+            for v, k in o.topups.items():
+                idle[v] += k
+                total += k
+            totals.append(total)
+            for v, col in cols.items():
+                col.append(idle.get(v, 0))
+        s["idle_pages"].extend(totals)
+        per_vcpu = cols
+    nb = len(s["pairs"])
+    series = tl.cache_series
+    for v, values in per_vcpu.items():
+        column = series.get(v)
+        if column is None:
+            column = series[v] = array("q", [0] * (nb - n))
+        column.extend(values)
+    for padded in series.values():
+        if len(padded) < nb:
+            padded.extend(repeat(0, nb - len(padded)))
 
 
 def _sample(tl: Timeline, m: Machine) -> None:

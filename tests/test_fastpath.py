@@ -259,7 +259,7 @@ def test_timelines_agree() -> None:
     assert fast_tl.nr_batches > 100
     with pytest.MonkeyPatch.context() as mp:
         for module in (machine_module, timeline_module):
-            mp.setattr(module, "run_fast_batches", lambda m, batches: [])
+            mp.setattr(module, "run_fast_batches", lambda m, batches, **kw: [])
         slow_tl = replay(events, s)
     for name in ("batch_event", "batch_step", "batch_flags", "region_offsets", "region_values"):
         assert getattr(fast_tl, name) == getattr(slow_tl, name), name

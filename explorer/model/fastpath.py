@@ -87,6 +87,7 @@ class BatchOutcome:
     regions: list[int]  # regions it touched, ascending
     allocated: int  # host pages it allocated
     topups: dict[int, int]  # vCPU -> pages added to its DPAMT cache
+    starts: list[int]  # the step each of its events starts at, in the order they were given
 
 
 class _Batch:
@@ -154,10 +155,12 @@ class _Shadow:
 
 
 def run_fast_batches(
-    m: Machine, batches: Iterable[Iterable[tuple[int, Event]]]
+    m: Machine, batches: Iterable[Iterable[tuple[int, Event]]], *, note_starts: bool = True
 ) -> list[BatchOutcome]:
     """Run the longest prefix of ``batches`` (each an iterable of ``(index, event)``) that
-    qualifies, as one run; returns the outcome of each batch run (empty: nothing changed)."""
+    qualifies, as one run; returns the outcome of each batch run (empty: nothing changed).
+    ``note_starts``: also record each event's first step in ``m.event_first_step`` (the
+    timeline takes them from the outcomes instead)."""
     if not _machine_qualifies(m):
         return []
     planner = _Planner(m)
@@ -167,7 +170,13 @@ def run_fast_batches(
     n = planner.fit()
     if not n:
         return []
-    return planner.apply(n)
+    outcomes = planner.apply(n)
+    if note_starts:
+        first = m.event_first_step
+        for batch, o in zip(planner.batches, outcomes, strict=True):
+            for (idx, _k, _j), st in zip(batch.starts, o.starts, strict=True):
+                first.setdefault(idx, st)
+    return outcomes
 
 
 def _machine_qualifies(m: Machine) -> bool:
@@ -413,7 +422,6 @@ class _Planner:
         refcount, gotten = m.refcount, m.gotten
         vcpus, tds = m.vcpus, m.tds
         pfns = self.pfns
-        first = m.event_first_step
         outcomes: list[BatchOutcome] = []
         codes: list[int] = []
         gets: dict[int, int] = {}  # region -> references taken
@@ -484,26 +492,28 @@ class _Planner:
             # where each event starts
             lengths = batch.lengths
             if self.round_robin and len(lengths) > 1:
-                for idx, k, j in batch.starts:
+                starts = []
+                for _idx, k, j in batch.starts:
                     if j == 0:  # every CPU's first step comes in CPU order
-                        first.setdefault(idx, step0 + k)
+                        starts.append(step0 + k)
                     else:
                         before = sum(min(j, x) for x in lengths)
                         before += sum(1 for kk in range(k) if lengths[kk] > j)
-                        first.setdefault(idx, step0 + before)
+                        starts.append(step0 + before)
             else:  # one CPU after the other
                 base = step0
                 bases = []
                 for x in lengths:
                     bases.append(base)
                     base += x
-                for idx, k, j in batch.starts:
-                    first.setdefault(idx, bases[k] + j)
+                starts = [bases[k] + j for _idx, k, j in batch.starts]
             steps = sum(lengths)
             step0 += steps
             all_regions |= regions
             outcomes.append(
-                BatchOutcome(steps, frozenset(batch.labels), sorted(regions), allocated, topups)
+                BatchOutcome(
+                    steps, frozenset(batch.labels), sorted(regions), allocated, topups, starts
+                )
             )
         if pfns:
             m.mem.take_planned(pfns, codes)
