@@ -77,6 +77,8 @@ def bench_trace(faults: int, state_at_samples: int, state_at_budget_s: float) ->
         lat.append((time.perf_counter() - t) * 1000)
     lat.sort()
     n_events = tl.nr_events
+    parts = tl.memory_bytes()
+    held = sum(parts.values())
     return {
         "faults": faults,
         "events": n_events,
@@ -90,9 +92,11 @@ def bench_trace(faults: int, state_at_samples: int, state_at_budget_s: float) ->
         "state_at_median_ms": statistics.median(lat) if lat else float("nan"),
         "state_at_p95_ms": lat[int(0.95 * (len(lat) - 1))] if lat else float("nan"),
         "events_bytes": rss1 - rss0,
-        "timeline_bytes": rss2 - rss1,
-        "bytes_per_event": (rss2 - rss1) / n_events,
-        "bytes_per_step": (rss2 - rss1) / max(tl.nr_steps, 1),
+        "timeline_bytes": held,
+        "bytes_per_event": held / n_events,
+        "bytes_per_step": held / max(tl.nr_steps, 1),
+        "held": parts,
+        "rss_bytes_per_event": (rss2 - rss1) / n_events,
         "event_objects_bytes_per_event": (rss1 - rss0) / n_events,
         "checkpoints": f"{len(tl._checkpoints)} keyframes, {len(tl._deltas)} deltas",
     }
@@ -123,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
             f"(x{r['parse_replay_ratio']:.1f}), replay {r['replay_events_per_s']:,.0f} faults/s, "
             f"{r['steps']:,} steps; state_at median {r['state_at_median_ms']:.1f} ms, p95 "
             f"{r['state_at_p95_ms']:.1f} ms ({r['state_at_samples']} samples); timeline "
-            f"{r['bytes_per_event']:.0f} B/event, {r['bytes_per_step']:.1f} B/step; parsed events "
+            f"{r['bytes_per_event']:.0f} B/event held ("
+            + ", ".join(f"{k} {v / r['events']:.0f}" for k, v in r["held"].items())
+            + f"), {r['bytes_per_step']:.1f} B/step; process growth during the replay "
+            f"{r['rss_bytes_per_event']:.0f} B/event; parsed events "
             f"{r['event_objects_bytes_per_event']:.0f} B/event; {r['checkpoints']} checkpoints"
         )
     maps = [region_map_stats(n) for n in (32_768, 524_288)]
@@ -171,7 +178,14 @@ def render(
     line("state_at median (ms)", "state_at_median_ms", "{:.1f}", "<= 20")
     line("state_at p95 (ms)", "state_at_p95_ms", "{:.1f}", "")
     line("state_at samples", "state_at_samples", "{}", "1,000")
-    line("timeline bytes per event", "bytes_per_event", "{:.0f}", "<= 200")
+    line("timeline bytes per event (held)", "bytes_per_event", "{:.0f}", "<= 200")
+    for part in ("arrays", "deltas", "keyframes"):
+        out.append(
+            f"| - of which {part} | "
+            + " | ".join(f"{r['held'][part] / r['events']:.0f}" for r in rows)
+            + " |  |"
+        )
+    line("process growth during the replay, bytes per event", "rss_bytes_per_event", "{:.0f}", "")
     line("timeline bytes per step", "bytes_per_step", "{:.1f}", "")
     line("parsed events, bytes per event", "event_objects_bytes_per_event", "{:.0f}", "")
     line("checkpoints", "checkpoints", "{}", "")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import operator
+import sys
 import threading
 from array import array
 from collections import OrderedDict
@@ -319,8 +320,12 @@ class Timeline:
         """The step index at which each series value holds (the end of each batch)."""
         return array("q", (max(s - 1, 0) for s in self.batch_step[1:]))
 
-    def memory_bytes(self) -> int:
-        """Approximate bytes held by the compact arrays (checkpoints not included)."""
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes the timeline holds, by part: ``arrays`` (per-batch and per-event arrays,
+        series), ``deltas`` and ``keyframes`` (checkpoints; an object shared by several
+        checkpoints, such as a frozen chunk of guest mappings, is counted once). The events
+        themselves are not counted (they belong to the parsed trace)."""
+        seen: set[int] = set()
         arrays = [
             self.batch_event,
             self.batch_step,
@@ -331,7 +336,38 @@ class Timeline:
             *self.series.values(),
             *self.cache_series.values(),
         ]
-        return sum(a.itemsize * len(a) for a in arrays)
+        return {
+            "arrays": sum(_deep_size(a, seen) for a in arrays),
+            "deltas": _deep_size(self._deltas, seen),
+            "keyframes": _deep_size(self._checkpoints, seen),
+        }
+
+
+def _deep_size(obj: Any, seen: set[int]) -> int:
+    """``sys.getsizeof`` of ``obj`` and everything it holds, each object once (``seen``)."""
+    total = 0
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        if id(o) in seen:
+            continue
+        seen.add(id(o))
+        total += sys.getsizeof(o)
+        if isinstance(o, (str, bytes, bytearray, int, float, bool, array)) or o is None:
+            continue
+        if isinstance(o, dict):
+            stack.extend(o.keys())
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple, set, frozenset)):
+            stack.extend(o)
+        else:
+            for cls in type(o).__mro__:
+                for name in getattr(cls, "__slots__", ()):
+                    if hasattr(o, name):
+                        stack.append(getattr(o, name))
+            if hasattr(o, "__dict__"):
+                stack.append(vars(o))
+    return total
 
 
 def replay(

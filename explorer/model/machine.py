@@ -29,6 +29,7 @@ events and settings give the same steps, byte for byte.
 from __future__ import annotations
 
 import random
+from array import array
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -327,11 +328,11 @@ class MachineDelta:
     regions: dict[int, tuple[int | None, int | None, int | None]]
     tds: dict[int, tuple[Td, ChunkedDelta, ChunkedDelta, dict[Any, Any]]]
     vcpus: dict[int, Vcpu]
-    counters: dict[str, int]
+    counters: array[int]  # in COUNTER_NAMES order
     injections: dict[str, int]
     nr_steps: int
     next_hkid: int
-    sched_rng: object
+    sched_rng: object  # None: unchanged since the previous checkpoint
     extra: dict[str, Any]
 
 
@@ -392,6 +393,8 @@ class Machine:
         self._fx: list[Effect] = []
         self._dirty: set[int] = set()
         self._ckpt_regions: set[int] = set()  # refcount/orphans/gotten keys since a checkpoint
+        self._ckpt_vcpus: dict[int, Vcpu] = {}  # the vCPU copies of the last delta
+        self._ckpt_sched: object = None  # the scheduler generator's state at the last delta
         self._owners_changed = False  # global page accounting is rechecked only then
         self._changed_counters: dict[str, int] = {}
         self._diags: list[tuple[str, str, str]] = []
@@ -787,17 +790,37 @@ class Machine:
                 )
                 for k, t in self.tds.items()
             },
-            vcpus={k: _copy_vcpu(v) for k, v in self.vcpus.items()},
-            counters=dict(self.counters),
+            vcpus=self._vcpus_for_delta(),
+            counters=array("q", (self.counters[k] for k in COUNTER_NAMES)),
             injections=dict(self.injections),
             nr_steps=self.nr_steps,
             next_hkid=self.next_hkid,
-            sched_rng=self.sched_rng.getstate(),
+            sched_rng=self._sched_state_for_delta(),
             extra={k: list(v) if isinstance(v, list) else v for k, v in self.extra.items()},
         )
         mem.clear_dirty()
         self._ckpt_regions = set()
         return d
+
+    def _vcpus_for_delta(self) -> dict[int, Vcpu]:
+        """Copies of the vCPUs; one unchanged since the last delta is that delta's copy (shared,
+        never mutated: a restore copies again)."""
+        last = self._ckpt_vcpus
+        out = {}
+        for k, v in self.vcpus.items():
+            prev = last.get(k)
+            out[k] = prev if prev is not None and prev == v else _copy_vcpu(v)
+        self._ckpt_vcpus = out
+        return out
+
+    def _sched_state_for_delta(self) -> object:
+        """The scheduler's generator state, or None if unchanged since the last delta (only the
+        ``random`` schedule draws from it; the state is 625 ints)."""
+        state = self.sched_rng.getstate()
+        if state == self._ckpt_sched:
+            return None
+        self._ckpt_sched = state
+        return state
 
     def apply_delta(self, d: MachineDelta) -> None:
         """Move a machine restored at the previous checkpoint forward to this one."""
@@ -823,11 +846,12 @@ class Machine:
             td.gmem.apply(gmem)
             _tracked(td.entries).apply(entries)
         self.vcpus = {k: _copy_vcpu(v) for k, v in d.vcpus.items()}
-        self.counters = dict(d.counters)
+        self.counters = dict(zip(COUNTER_NAMES, d.counters, strict=True))
         self.injections = dict(d.injections)
         self.nr_steps = d.nr_steps
         self.next_hkid = d.next_hkid
-        self.sched_rng.setstate(d.sched_rng)  # type: ignore[arg-type]
+        if d.sched_rng is not None:
+            self.sched_rng.setstate(d.sched_rng)  # type: ignore[arg-type]
         self.extra = {k: list(v) if isinstance(v, list) else v for k, v in d.extra.items()}
         self._ckpt_regions = set()
 

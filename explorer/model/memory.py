@@ -67,6 +67,7 @@ class HostMemory:
         #: since the last image
         self._image_cache: dict[int, bytes] = {}
         self._image_dirty: set[int] = set()
+        self._ckpt_rng: object = None  # the generator's state at the last delta checkpoint
 
     # -- reading -------------------------------------------------------------------------
     def owner(self, pfn: int) -> int:
@@ -255,14 +256,15 @@ class HostMemory:
         self._image_dirty = set()
 
     def scalars(self) -> tuple[Any, ...]:
-        """What a delta checkpoint copies besides the dirty regions."""
-        return (
-            tuple(self.counts),
-            tuple(self._heap),
-            self._untouched,
-            self._spread_cursor,
-            self._rng.getstate(),
-        )
+        """What a delta checkpoint copies besides the dirty regions. The random generator's
+        state (625 ints, 5 KB) only when it moved since the last call (only the ``random``
+        policy draws from it): None otherwise."""
+        state = self._rng.getstate()
+        if state == self._ckpt_rng:
+            rng = None
+        else:
+            rng = self._ckpt_rng = state
+        return (tuple(self.counts), tuple(self._heap), self._untouched, self._spread_cursor, rng)
 
     def apply(
         self, regions: dict[int, bytes], nfree: dict[int, int], scalars: tuple[Any, ...]
@@ -276,5 +278,6 @@ class HostMemory:
         self.counts = list(counts)
         self._heap = list(heap)
         self._in_heap = set(heap)
-        self._rng.setstate(rng)
+        if rng is not None:
+            self._rng.setstate(rng)
         self.dirty = set()
