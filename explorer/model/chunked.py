@@ -144,18 +144,19 @@ class ChunkedDict(MutableMapping[int, int]):
         return default
 
     def set_many(self, items: dict[int, int]) -> None:
-        """``self[k] = v`` for every item (the batch fast path: a run's mappings at once)."""
-        cid_last, c = -1, None
-        added = 0
+        """``self[k] = v`` for every item (the batch fast path: a run's mappings at once):
+        grouped by chunk first, then one ``dict.update`` per chunk."""
+        by_chunk: dict[int, dict[int, int]] = {}
         for k, v in items.items():
-            cid = k >> CHUNK_SHIFT
-            if cid != cid_last or c is None:
-                c = self._writable(cid)
-                cid_last = cid
-            if k not in c:
-                added += 1
-            c[k] = v
-        self._len += added
+            sub = by_chunk.get(k >> CHUNK_SHIFT)
+            if sub is None:
+                sub = by_chunk[k >> CHUNK_SHIFT] = {}
+            sub[k] = v
+        for cid, sub in by_chunk.items():
+            c = self._writable(cid)
+            before = len(c)
+            c.update(sub)
+            self._len += len(c) - before
         self.changed.update(items)
 
     # -- checkpoints -------------------------------------------------------------------

@@ -118,9 +118,11 @@ class _Shadow:
         "filled",
         "frozen",
         "gmem_chunk",
+        "gmem_chunks",
         "have",
         "k",
         "leaf_chunk",
+        "leaf_chunks",
         "links",
         "phd",
         "phd_min",
@@ -150,6 +152,9 @@ class _Shadow:
         self.have = len(vcpu.pamt_cache)
         self.entries, self.frozen = td.entries, td.leaf_frozen
         self.leaf_chunk, self.gmem_chunk = td.leaves.chunk, td.gmem.chunk
+        # the chunk tables, read directly (a frozen chunk is a tuple: thawed through chunk())
+        self.leaf_chunks: dict[int, Any] = td.leaves._chunks
+        self.gmem_chunks: dict[int, Any] = td.gmem._chunks
         # per batch: the batch it last ran in, its thread order, steps, allocations, links
         self.batch, self.k, self.step, self.seq, self.links, self.filled = -1, 0, 0, 0, 0, False
 
@@ -213,6 +218,9 @@ class _Planner:
         else:  # v6, v5-hint: tdx_topup_pamt_cache(cache, n) fills to exactly 2n, a step always
             self.low, self.target, self.full_step = 2 * n, 2 * n, 1
         self.round_robin = settings.schedule == "round-robin"
+        from explorer.model.machine import MAX_STEPS_PER_BATCH  # (machine imports this module)
+
+        self.max_steps = MAX_STEPS_PER_BATCH
         self.shadows: dict[int, _Shadow] = {}
         self.seen: set[tuple[int, int]] = set()  # (TD, gfn) faulted in the run
         self.linked: dict[tuple[int, int, int], tuple[int, int]] = {}  # key -> (batch, thread)
@@ -226,8 +234,6 @@ class _Planner:
         Events are planned in file order; each vCPU is one thread (in order of first
         appearance) whose steps continue from its previous event in the batch. Nothing here
         depends on the order of threads but the allocations, which are sorted afterwards."""
-        from explorer.model.machine import MAX_STEPS_PER_BATCH
-
         m = self.m
         refcount, pairs, kind = m.refcount, m.module.pairs, m.module.kind
         limit, walk, low, target, full_step = (
@@ -242,6 +248,7 @@ class _Planner:
         batch = _Batch()
         labels, starts, allocs, faults = batch.labels, batch.starts, batch.allocs, batch.faults
         threads: list[_Shadow] = []
+        topups = 0  # events that top up their DPAMT cache
         # a failed batch ends the run: keys it marked seen or linked are never looked at again
         for idx, ev in items:
             if type(ev) is not Fault or ev.pfn is not None or ev.level != "4k":
@@ -269,7 +276,9 @@ class _Planner:
             k = sh.k
             td, tid = sh.td, sh.tid
             gfn = ev.gfn
-            lc = sh.leaf_chunk(gfn)
+            lc = sh.leaf_chunks.get(gfn >> 9)
+            if lc.__class__ is tuple:  # frozen (a restored machine): thaw it
+                lc = sh.leaf_chunk(gfn)
             if (
                 gfn >= limit
                 or (lc is not None and gfn in lc)
@@ -278,7 +287,9 @@ class _Planner:
             ):
                 return False
             seen.add((tid, gfn))
-            gc = sh.gmem_chunk(gfn)
+            gc = sh.gmem_chunks.get(gfn >> 9)
+            if gc.__class__ is tuple:
+                gc = sh.gmem_chunk(gfn)
             bound = None if gc is None else gc.get(gfn)
             if bound is not None:  # backed earlier (explicit pfn): its get must be fast too
                 r = bound >> _SHIFT
@@ -295,6 +306,7 @@ class _Planner:
                 step += 1
                 sh.filled = True
             if sh.have < low:
+                topups += 1
                 allocs.append((step, k, sh.seq, _PAMT, vid, target - sh.have))
                 sh.seq += 1
                 sh.have = target
@@ -364,18 +376,18 @@ class _Planner:
                 labels.add("kvm_topup.fill")
         if aug:
             labels.add("page.aug")
-        if full_step and len(faults) > sum(1 for a in allocs if a[3] == _PAMT):
+        if full_step and len(faults) > topups:
             labels.add("pamt_cache.full")  # an event that did not top up found it full
         if batch.links:
             labels.update(_LINK_LABELS)
         if allocs:
-            if any(a[3] == _GUEST for a in allocs):
+            if len(allocs) > topups:  # the others are guest pages
                 labels.add("faultin.alloc")
             if self.round_robin:  # step j of every CPU before step j + 1
-                allocs.sort(key=lambda a: (a[0], a[1], a[2]))
+                allocs.sort()  # by (step, thread, sequence): unique, later fields never compared
             else:  # sequential, or one CPU: CPU after CPU
                 allocs.sort(key=lambda a: (a[1], a[2]))
-        if sum(batch.lengths) > MAX_STEPS_PER_BATCH:
+        if sum(batch.lengths) > self.max_steps:
             return False
         self.batches.append(batch)
         return True
@@ -388,6 +400,13 @@ class _Planner:
         need = sum(a[5] if a[3] == _PAMT else 1 for b in self.batches for a in b.allocs)
         pfns = m.mem.peek_lowest(need) if need else []
         refcount, pairs, pages = m.refcount, m.module.pairs, m.module.pages
+        if len(pfns) == need:  # the usual case: every page fits, one or two regions to check
+            regions = {p >> _SHIFT for p in pfns}
+            if all(refcount.get(r) and r in pairs for r in regions) and not any(
+                (kinds := pages.get(p >> _SHIFT)) is not None and kinds[p & _MASK] for p in pfns
+            ):
+                self.pfns = pfns
+                return len(self.batches)
         i = 0
         for n, batch in enumerate(self.batches):
             at_start = i
