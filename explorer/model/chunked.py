@@ -7,7 +7,7 @@ dicts each keyframe copied every entry (about 40 bytes and 30 ns each, plus the 
 which dominated both the memory of a long timeline and the time of a seek.
 
 Here keys are grouped by ``key >> CHUNK_SHIFT`` (512 consecutive gfns: one 2 MiB guest region)
-into small dicts. A checkpoint (:meth:`ChunkedDict.frozen_copy`) holds each chunk *frozen*: two
+into small dicts. A checkpoint (:meth:`ChunkedDict.frozen_table`) holds each chunk *frozen*: two
 arrays of 8-byte ints (sorted keys, values), 16 bytes per entry and no int objects; a chunk not
 written since the previous checkpoint is not frozen again, the checkpoints share it. A restored
 copy starts with frozen chunks and thaws one into a dict the first time it is read.
@@ -26,6 +26,8 @@ CHUNK_SHIFT = 9
 #: a frozen chunk, or a delta: keys (ascending) and their values (-1: deleted)
 Frozen = tuple["array[int]", "array[int]"]
 ChunkedDelta = Frozen
+#: a checkpoint's table of frozen chunks: chunk ids, the chunks, the number of keys
+FrozenTable = tuple["array[int]", tuple[Frozen, ...], int]
 _Chunk = dict[int, int] | Frozen
 
 
@@ -160,9 +162,9 @@ class ChunkedDict(MutableMapping[int, int]):
         self.changed.update(items)
 
     # -- checkpoints -------------------------------------------------------------------
-    def frozen_copy(self) -> ChunkedDict:
-        """A copy made of frozen chunks (for a checkpoint, or a machine restored from one):
-        the chunks written since the last call are frozen again, the others are shared."""
+    def frozen_table(self) -> FrozenTable:
+        """The table of frozen chunks (for a checkpoint): the chunks written since the last
+        call are frozen again, the others are the same objects as in the previous table."""
         frozen = self._frozen
         for cid in self._unfrozen:
             c = self._chunks.get(cid)
@@ -171,11 +173,17 @@ class ChunkedDict(MutableMapping[int, int]):
             elif type(c) is dict:
                 frozen[cid] = _freeze(c)
         self._unfrozen = set()
-        copy = ChunkedDict()
-        copy._chunks = dict(frozen)
-        copy._frozen = dict(frozen)
-        copy._len = self._len
-        return copy
+        return array("q", frozen.keys()), tuple(frozen.values()), self._len
+
+    @classmethod
+    def from_table(cls, table: FrozenTable) -> ChunkedDict:
+        """A dict restored from a :meth:`frozen_table` (chunks thawed when first read)."""
+        cids, chunks, n = table
+        d = cls()
+        d._chunks = dict(zip(cids, chunks, strict=True))
+        d._frozen = dict(d._chunks)  # type: ignore[arg-type]
+        d._len = n
+        return d
 
     def delta(self) -> ChunkedDelta:
         """The keys changed since the last call (ascending) and their values (-1: deleted), as

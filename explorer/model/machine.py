@@ -36,11 +36,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from explorer.model import constants as C
-from explorer.model.chunked import GONE, ChunkedDelta, ChunkedDict
+from explorer.model.chunked import GONE, ChunkedDelta, ChunkedDict, FrozenTable
 from explorer.model.errors import ImpossibleEvent, Problem
 from explorer.model.events import Event, Inject, Note
 from explorer.model.fastpath import run_fast_batches
 from explorer.model.memory import FREE, HostMemory, MemoryImage
+from explorer.model.packed import PackedInts, pack_ints, unpack_ints
 from explorer.model.records import (
     OWNER_CODE,
     OWNERS,
@@ -243,9 +244,15 @@ def _run_event() -> Callable[[Machine, Thread, int, Event], KGen]:
     return _RUN_EVENT
 
 
-def _copy_td(t: Td) -> Td:
-    """A copy of a quiescent TD (its dicts hold ints and tuples: shallow copies suffice; the
-    mappings are frozen chunks shared between copies, see explorer.model.chunked)."""
+def _copy_td(t: Td, mappings: tuple[FrozenTable, FrozenTable] | None = None) -> Td:
+    """A copy of a quiescent TD (its dicts hold ints and tuples: shallow copies suffice). The
+    guest mappings are not copied (a keyframe keeps them as tables of frozen chunks, see
+    explorer.model.chunked): empty, or restored from ``mappings``."""
+    leaves, gmem = (
+        (ChunkedDict(), ChunkedDict())
+        if mappings is None
+        else (ChunkedDict.from_table(mappings[0]), ChunkedDict.from_table(mappings[1]))
+    )
     return Td(
         t.id,
         t.state,
@@ -254,9 +261,9 @@ def _copy_td(t: Td) -> Td:
         list(t.control),
         t.mirror_root,
         TrackedDict(t.entries),
-        t.leaves.frozen_copy(),
+        leaves,
         dict(t.leaf_frozen),
-        t.gmem.frozen_copy(),
+        gmem,
         list(t.mmu_readers),
         t.mmu_writer,
     )
@@ -304,10 +311,11 @@ class MachineImage:
 
     memory: MemoryImage
     module: ModuleImage
-    refcount: dict[int, int]
-    orphans: dict[int, int]
-    gotten: dict[int, int]
-    tds: dict[int, Td]
+    refcount: PackedInts
+    orphans: PackedInts
+    gotten: PackedInts
+    tds: dict[int, Td]  # without their guest mappings:
+    mappings: dict[int, tuple[FrozenTable, FrozenTable]]  # (leaves, gmem) per TD
     vcpus: dict[int, Vcpu]
     counters: dict[str, int]
     injections: dict[str, int]
@@ -781,15 +789,7 @@ class Machine:
             regions={
                 r: (self.refcount.get(r), self.orphans.get(r), self.gotten.get(r)) for r in regions
             },
-            tds={
-                k: (
-                    _small_td(t),
-                    t.leaves.delta(),
-                    t.gmem.delta(),
-                    _tracked(t.entries).delta(),
-                )
-                for k, t in self.tds.items()
-            },
+            tds={k: self._td_delta(t) for k, t in self.tds.items()},
             vcpus=self._vcpus_for_delta(),
             counters=array("q", (self.counters[k] for k in COUNTER_NAMES)),
             injections=dict(self.injections),
@@ -801,6 +801,14 @@ class Machine:
         mem.clear_dirty()
         self._ckpt_regions = set()
         return d
+
+    def _td_delta(self, t: Td) -> tuple[Td, ChunkedDelta, ChunkedDelta, dict[Any, Any]]:
+        """A TD's part of a delta. Faults map a gfn to the page guest_memfd gave it, so the
+        mappings' and guest_memfd's changes are usually equal: then one object serves both."""
+        leaves, gmem = t.leaves.delta(), t.gmem.delta()
+        if gmem == leaves:
+            gmem = leaves
+        return _small_td(t), leaves, gmem, _tracked(t.entries).delta()
 
     def _vcpus_for_delta(self) -> dict[int, Vcpu]:
         """Copies of the vCPUs; one unchanged since the last delta is that delta's copy (shared,
@@ -864,10 +872,13 @@ class Machine:
         return MachineImage(
             memory=self.mem.image(),
             module=self.module.image(),
-            refcount=dict(self.refcount),
-            orphans=dict(self.orphans),
-            gotten=dict(self.gotten),
+            refcount=pack_ints(self.refcount),
+            orphans=pack_ints(self.orphans),
+            gotten=pack_ints(self.gotten),
             tds={k: _copy_td(t) for k, t in self.tds.items()},
+            mappings={
+                k: (t.leaves.frozen_table(), t.gmem.frozen_table()) for k, t in self.tds.items()
+            },
             vcpus={k: _copy_vcpu(v) for k, v in self.vcpus.items()},
             counters=dict(self.counters),
             injections=dict(self.injections),
@@ -889,12 +900,12 @@ class Machine:
     def restore(self, img: MachineImage) -> None:
         self.mem.restore(img.memory)
         self.module.restore(img.module)
-        self.refcount = dict(img.refcount)
-        self.orphans = dict(img.orphans)
-        self.gotten = dict(img.gotten)
+        self.refcount = unpack_ints(img.refcount)
+        self.orphans = unpack_ints(img.orphans)
+        self.gotten = unpack_ints(img.gotten)
         self.inflight = {}
         self.v5_put_window = {}
-        self.tds = {k: _copy_td(t) for k, t in img.tds.items()}
+        self.tds = {k: _copy_td(t, img.mappings[k]) for k, t in img.tds.items()}
         self.vcpus = {k: _copy_vcpu(v) for k, v in img.vcpus.items()}
         self.counters = dict(img.counters)
         self.injections = dict(img.injections)

@@ -22,6 +22,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from explorer.model.constants import PAGES_PER_REGION, PAGES_PER_REGION_SHIFT
+from explorer.model.packed import (
+    PackedInts,
+    PackedRefs,
+    pack_ints,
+    pack_refs,
+    unpack_ints,
+    unpack_refs,
+)
 from explorer.model.records import OWNERS
 
 FREE = 0
@@ -32,8 +40,8 @@ _NR_OWNERS = len(OWNERS)
 class MemoryImage:
     """A frozen copy of :class:`HostMemory` for checkpoints (bytes are shared, never mutated)."""
 
-    regions: dict[int, bytes]
-    nfree: dict[int, int]
+    regions: PackedRefs  # region -> owner map (bytes, shared between images)
+    nfree: PackedInts
     counts: tuple[int, ...]
     heap: tuple[int, ...]
     untouched: int
@@ -233,8 +241,8 @@ class HostMemory:
             cache[r] = bytes(regions[r])
         self._image_dirty = set()
         return MemoryImage(
-            regions=dict(cache),
-            nfree=dict(self.nfree),
+            regions=pack_refs(cache),
+            nfree=pack_ints(self.nfree),
             counts=tuple(self.counts),
             heap=tuple(self._heap),
             untouched=self._untouched,
@@ -243,8 +251,9 @@ class HostMemory:
         )
 
     def restore(self, img: MemoryImage) -> None:
-        self.regions = {r: bytearray(b) for r, b in img.regions.items()}
-        self.nfree = dict(img.nfree)
+        cache = unpack_refs(img.regions)
+        self.regions = {r: bytearray(b) for r, b in cache.items()}
+        self.nfree = unpack_ints(img.nfree)
         self.counts = list(img.counts)
         self._heap = list(img.heap)
         self._in_heap = set(img.heap)
@@ -252,7 +261,7 @@ class HostMemory:
         self._spread_cursor = img.spread_cursor
         self._rng.setstate(img.rng_state)  # type: ignore[arg-type]
         self.dirty = set()
-        self._image_cache = dict(img.regions)
+        self._image_cache = cache
         self._image_dirty = set()
 
     def scalars(self) -> tuple[Any, ...]:

@@ -15,6 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from explorer.model.constants import PAGES_PER_REGION, PAGES_PER_REGION_SHIFT
+from explorer.model.packed import (
+    PackedInts,
+    PackedRefs,
+    pack_ints,
+    pack_refs,
+    unpack_ints,
+    unpack_refs,
+)
 
 SUCCESS = "TDX_SUCCESS"
 HPA_RANGE_NOT_FREE = "TDX_HPA_RANGE_NOT_FREE"
@@ -34,9 +42,9 @@ _PAMT = KIND_CODE["pamt"]
 
 @dataclass(slots=True)
 class ModuleImage:
-    pairs: dict[int, tuple[int, int]]
-    pages: dict[int, bytes]
-    used: dict[int, int]
+    pairs: PackedRefs  # region -> (pfn, pfn)
+    pages: PackedRefs  # region -> page kinds (bytes, shared between images)
+    used: PackedInts
 
 
 class TdxModule:
@@ -146,14 +154,15 @@ class TdxModule:
             if r in pages:
                 cache[r] = bytes(pages[r])
         self._image_dirty = set()
-        return ModuleImage(dict(self.pairs), dict(cache), dict(self.used))
+        return ModuleImage(pack_refs(self.pairs), pack_refs(cache), pack_ints(self.used))
 
     def restore(self, img: ModuleImage) -> None:
-        self.pairs = dict(img.pairs)
-        self.pages = {r: bytearray(b) for r, b in img.pages.items()}
-        self.used = dict(img.used)
+        cache = unpack_refs(img.pages)
+        self.pairs = unpack_refs(img.pairs)
+        self.pages = {r: bytearray(b) for r, b in cache.items()}
+        self.used = unpack_ints(img.used)
         self.dirty = set()
-        self._image_cache = dict(img.pages)
+        self._image_cache = cache
         self._image_dirty = set()
 
     def delta(self) -> tuple[dict[int, bytes], dict[int, int | None], dict[int, Any]]:
