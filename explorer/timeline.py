@@ -188,8 +188,12 @@ class Timeline:
         k = max((x for x in self._checkpoints if x <= c), default=None)
         if k is not None:
             m.restore(self._checkpoints[k])
-            for cb in ck[bisect.bisect_right(ck, k) : bisect.bisect_right(ck, c)]:
-                m.apply_delta(self._deltas[cb])
+            m.apply_deltas(
+                [
+                    self._deltas[cb]
+                    for cb in ck[bisect.bisect_right(ck, k) : bisect.bisect_right(ck, c)]
+                ]
+            )
         else:
             c = 0
         for x in range(c, b):

@@ -19,6 +19,7 @@ Changes since the last delta checkpoint are remembered with their values, so a d
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, MutableMapping
 from typing import Any
 
@@ -195,7 +196,9 @@ class ChunkedDict(MutableMapping[int, int]):
         return keys, values
 
     def apply(self, delta: ChunkedDelta) -> None:
-        """Apply a :meth:`delta` (moving a restored copy forward to the next checkpoint)."""
+        """Apply a :meth:`delta` (moving a restored copy forward to the next checkpoint). The
+        keys are sorted: each chunk's slice is found by bisection and written with one
+        ``dict.update``."""
         keys, values = delta
         if -1 in values:
             for k, v in zip(keys, values, strict=True):
@@ -203,7 +206,15 @@ class ChunkedDict(MutableMapping[int, int]):
                     self.pop(k, None)
             self.set_many({k: v for k, v in zip(keys, values, strict=True) if v >= 0})
         else:
-            self.set_many(dict(zip(keys, values, strict=True)))
+            i, n = 0, len(keys)
+            while i < n:
+                cid = keys[i] >> CHUNK_SHIFT
+                j = bisect_left(keys, (cid + 1) << CHUNK_SHIFT, i)
+                c = self._writable(cid)
+                before = len(c)
+                c.update(zip(keys[i:j], values[i:j], strict=True))
+                self._len += len(c) - before
+                i = j
         self.changed = {}
 
     def chunk_count(self) -> int:

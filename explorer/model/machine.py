@@ -830,8 +830,17 @@ class Machine:
         self._ckpt_sched = state
         return state
 
-    def apply_delta(self, d: MachineDelta) -> None:
-        """Move a machine restored at the previous checkpoint forward to this one."""
+    def apply_deltas(self, deltas: Sequence[MachineDelta]) -> None:
+        """Apply consecutive deltas; what each delta holds in full (vCPUs, counters) is copied
+        from the last one only."""
+        for d in deltas[:-1]:
+            self.apply_delta(d, last=False)
+        if deltas:
+            self.apply_delta(deltas[-1])
+
+    def apply_delta(self, d: MachineDelta, *, last: bool = True) -> None:
+        """Move a machine restored at the previous checkpoint forward to this one (``last``
+        False: another delta follows, which replaces the vCPUs and counters anyway)."""
         self.mem.apply(d.mem_regions, d.mem_nfree, d.mem_scalars)
         self.module.apply(d.module)
         for r, (rc, orphans, gotten) in d.regions.items():
@@ -853,8 +862,9 @@ class Machine:
             td.leaves.apply(leaves)
             td.gmem.apply(gmem)
             _tracked(td.entries).apply(entries)
-        self.vcpus = {k: _copy_vcpu(v) for k, v in d.vcpus.items()}
-        self.counters = dict(zip(COUNTER_NAMES, d.counters, strict=True))
+        if last:
+            self.vcpus = {k: _copy_vcpu(v) for k, v in d.vcpus.items()}
+            self.counters = dict(zip(COUNTER_NAMES, d.counters, strict=True))
         self.injections = dict(d.injections)
         self.nr_steps = d.nr_steps
         self.next_hkid = d.next_hkid
