@@ -69,6 +69,7 @@ _BASE_LABELS = frozenset(
     }
 )
 _LINK_LABELS = frozenset({"tdp.alloc_sp", "tdp.freeze", "pamt_get.fast", "sept.add"})
+_NO_LINKS: list[Link] = []  # shared by the faults that link nothing (never appended to)
 #: allocation kinds
 _PAMT, _GUEST = 0, 1
 
@@ -130,6 +131,7 @@ class _Shadow:
         "pte",
         "pte_min",
         "pte_n",
+        "seen",
         "seq",
         "shp",
         "shp_min",
@@ -157,6 +159,7 @@ class _Shadow:
         self.gmem_chunks: dict[int, Any] = td.gmem._chunks
         # per batch: the batch it last ran in, its thread order, steps, allocations, links
         self.batch, self.k, self.step, self.seq, self.links, self.filled = -1, 0, 0, 0, 0, False
+        self.seen: set[int] = set()  # the run's gfns of this TD (shared by its vCPUs)
 
 
 def run_fast_batches(
@@ -222,7 +225,7 @@ class _Planner:
 
         self.max_steps = MAX_STEPS_PER_BATCH
         self.shadows: dict[int, _Shadow] = {}
-        self.seen: set[tuple[int, int]] = set()  # (TD, gfn) faulted in the run
+        self.seen: dict[int, set[int]] = {}  # TD -> gfns faulted in the run
         self.linked: dict[tuple[int, int, int], tuple[int, int]] = {}  # key -> (batch, thread)
         self.batches: list[_Batch] = []
         self.pfns: list[int] = []
@@ -263,6 +266,7 @@ class _Planner:
                 if td is None or td.state not in _LIVE_TD or td.mmu_writer is not None:
                     return False
                 sh = shadows[vid] = _Shadow(vcpu, td)
+                sh.seen = seen.setdefault(td.id, set())
             if sh.batch != bno:  # the vCPU's first event in this batch: a new thread
                 sh.batch, sh.k, sh.step, sh.seq, sh.links, sh.filled = (
                     bno,
@@ -283,10 +287,10 @@ class _Planner:
                 gfn >= limit
                 or (lc is not None and gfn in lc)
                 or gfn in sh.frozen
-                or (tid, gfn) in seen
+                or gfn in sh.seen
             ):
                 return False
-            seen.add((tid, gfn))
+            sh.seen.add(gfn)
             gc = sh.gmem_chunks.get(gfn >> 9)
             if gc.__class__ is tuple:
                 gc = sh.gmem_chunk(gfn)
@@ -324,10 +328,11 @@ class _Planner:
                 sh.seq += 1
                 step += 1
             step += 1  # mmu_lock.read
-            links: list[Link] = []
+            links: list[Link] = _NO_LINKS
             entries = sh.entries
             l1 = entries.get((1, gfn >> 9))
             if l1 is None or l1[0] != "present":
+                links = []
                 # (a present level-1 entry implies present entries above it: tables are linked
                 # top-down and a present entry goes only with its TD)
                 for lv, shift in walk:
