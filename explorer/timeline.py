@@ -63,11 +63,16 @@ FIND_KINDS = ("op", "region", "label", *FLAG_BITS)
 #: every KEYFRAME_EVERY checkpoints it is also a full keyframe of the machine.
 CHECKPOINT_EVERY = 32
 KEYFRAME_EVERY = 32
-#: Memory the keyframes may take (estimated). Above it, every other keyframe is dropped and their
-#: spacing doubles (the deltas chain from any earlier keyframe, so seeking stays exact).
+#: Memory the keyframes may take (estimated): at most this, and at most KEYFRAME_BYTES_PER_EVENT
+#: per event of the trace (but always KEYFRAME_MIN_BUDGET). Above it, every other keyframe is
+#: dropped and their spacing doubles (the deltas chain from any earlier keyframe, so seeking
+#: stays exact; it applies more deltas). A keyframe's tables grow with the machine's state, so
+#: without the per-event share a million-fault timeline spent 94 bytes per event on keyframes.
 CHECKPOINT_BUDGET_BYTES = 1 << 30
-#: Estimated bytes of checkpoint per entry of machine state (dict items, owner bytes per region).
-_BYTES_PER_ENTRY = 90
+KEYFRAME_BYTES_PER_EVENT = 96
+KEYFRAME_MIN_BUDGET = 16 << 20
+#: Estimated bytes of keyframe per entry of machine state (packed tables: 8 to 16 bytes).
+_BYTES_PER_ENTRY = 16
 #: Re-derived batches kept in memory.
 LRU_BATCHES = 16
 
@@ -412,6 +417,9 @@ def _replay(
 ) -> Timeline:
     tl = Timeline(events, settings)
     m = Machine(settings, record=False, check=True, fast=True)
+    checkpoint_budget = min(
+        checkpoint_budget, max(KEYFRAME_MIN_BUDGET, KEYFRAME_BYTES_PER_EVENT * len(events))
+    )
     event_step = tl.event_step
     event_step.extend([-1] * len(events))
     n = len(events)

@@ -141,7 +141,7 @@ def test_checkpoints_stay_within_their_budget_and_seeking_stays_exact() -> None:
     events, settings = _load("workload_two_tds")
     m, snaps = _recorded(events[:1200], settings)
     tl = replay(
-        events[:1200], settings, checkpoint_every=1, keyframe_every=2, checkpoint_budget=300_000
+        events[:1200], settings, checkpoint_every=1, keyframe_every=2, checkpoint_budget=30_000
     )
     assert 1 < len(tl._checkpoints) < tl.nr_batches // 2  # keyframes thinned
     assert len(tl._deltas) == tl.nr_batches  # every batch has its delta
