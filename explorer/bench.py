@@ -169,7 +169,7 @@ def render(
             f"| {label} | " + " | ".join(fmt.format(r[key]) for r in rows) + f" | {target} |"
         )
 
-    line("events (steps)", "events", "{:,}", "")
+    line("events", "events", "{:,}", "")
     line("steps", "steps", "{:,}", "")
     line("parse only (s)", "parse_s", "{:.2f}", "")
     line("parse + replay (s)", "parse_replay_s", "{:.2f}", "1M in <= 10 s")
