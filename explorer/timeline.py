@@ -30,7 +30,7 @@ from typing import Any
 from explorer.metrics import idle_pages
 from explorer.model.constants import PAGE_SIZE, PAGES_PER_REGION_SHIFT
 from explorer.model.events import Event
-from explorer.model.fastpath import BatchOutcome, run_fast_batches
+from explorer.model.fastpath import BatchOutcome, run_fast_batches, run_simple_batches
 from explorer.model.machine import O_LEAKED, Machine, MachineDelta, MachineImage, batches
 from explorer.model.records import Diagnostic, Snapshot, Step
 from explorer.model.settings import Settings
@@ -449,15 +449,16 @@ def _replay(
         ndiag = len(m.diagnostics)
         b0 = b
         m.event_first_step = {}
-        # a run of fast batches, up to the next checkpoint (explorer.model.fastpath)
+        # a run of fast batches, up to the next checkpoint (explorer.model.fastpath): simple
+        # batches (warm faults, one per CPU) in bulk, else this batch on the general fast path
         upto = min((b // checkpoint_every + 1) * checkpoint_every, nb)
         idle = idle_pages(m)
         free = m.mem.counts[0]
-        outcomes = run_fast_batches(
-            m,
-            (zip(range(s, e), events[s:e], strict=True) for s, e in spans[b:upto]),
-            note_starts=False,
-        )
+        outcomes = run_simple_batches(m, events, spans[b:upto])
+        if not outcomes:  # this batch is not simple: the general fast path, for it alone
+            outcomes = run_fast_batches(
+                m, [zip(range(start, end), events[start:end], strict=True)], note_starts=False
+            )
         if outcomes:
             _append_run(tl, m, spans[b : b + len(outcomes)], outcomes, idle, free)
             b += len(outcomes)

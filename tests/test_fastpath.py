@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from explorer.model.events import Event, Fault, VcpuCreate, Zap
-from explorer.model.fastpath import FAST_MODES, run_fast_batches
+from explorer.model.fastpath import FAST_MODES, run_fast_batches, run_simple_batches
 from explorer.model.machine import Machine, batches
 from explorer.model.settings import Settings
 from explorer.timeline import replay
@@ -105,7 +105,7 @@ def compare(events: Sequence[Event], s: Settings) -> list[bool]:
     return taken
 
 
-def compare_runs(events: Sequence[Event], s: Settings, run: int = 8) -> int:
+def compare_runs(events: Sequence[Event], s: Settings, run: int = 8, simple: bool = False) -> int:
     """Like :func:`compare`, but the fast machine takes runs of up to ``run`` batches at once
     (as the timeline does); compared after each run, each batch's outcome against the
     generators' batch. Returns how many batches ran in runs longer than one."""
@@ -115,9 +115,16 @@ def compare_runs(events: Sequence[Event], s: Settings, run: int = 8) -> int:
     b = in_runs = 0
     while b < len(spans) and slow.stopped is None:
         fast.event_first_step = {}
-        outcomes = run_fast_batches(
-            fast, ([(i, events[i]) for i in range(x, y)] for x, y in spans[b : b + run])
-        )
+        outcomes = run_simple_batches(fast, events, spans[b : b + run]) if simple else []
+        if outcomes:
+            for (x, _y), o in zip(spans[b:], outcomes, strict=False):
+                fast.event_first_step.update(
+                    zip(range(x, x + len(o.starts)), o.starts, strict=True)
+                )
+        else:
+            outcomes = run_fast_batches(
+                fast, ([(i, events[i]) for i in range(x, y)] for x, y in spans[b : b + run])
+            )
         count = len(outcomes) or 1
         if not outcomes:
             x, y = spans[b]
@@ -156,9 +163,11 @@ def test_boot_traces_agree(mode: str, schedule: str) -> None:
     s = s.with_overrides({"mode": mode, "schedule": schedule})
     taken = compare(events, s)
     in_runs = compare_runs(events, s)
+    in_simple_runs = compare_runs(events, s, simple=True)
     if mode != "sleeping-under-lock":  # its first fault violates invariant 6: no fast path
         assert sum(taken) > len(batches(events)) // 2  # the fast path did run, mostly
         assert in_runs > len(batches(events)) // 2
+        assert in_simple_runs > len(batches(events)) // 2
 
 
 @pytest.mark.parametrize("schedule", ["round-robin", "sequential"])
@@ -180,6 +189,7 @@ def test_several_faults_per_cpu_in_one_batch(schedule: str, finalized: bool) -> 
     taken = compare(events, s)
     assert all(taken[-3:])
     assert compare_runs(events, s, run=3) >= 3
+    compare_runs(events, s, run=3, simple=True)
 
 
 @pytest.mark.parametrize("schedule", ["round-robin", "sequential", "random"])
@@ -187,6 +197,7 @@ def test_churn_traces_agree(schedule: str) -> None:
     events, s = _events("\n".join(churn(tds=2, vcpus=4, faults=1500, seed=2, zap_ratio=0.3)))
     compare(events, s.with_overrides({"schedule": schedule}))
     compare_runs(events, s.with_overrides({"schedule": schedule}))
+    compare_runs(events, s.with_overrides({"schedule": schedule}), simple=True)
 
 
 @pytest.mark.parametrize("wct,gets,levels", [(1, 1, 4), (2, 3, 5), (5, 5, 5), (8, 12, 4)])
@@ -198,6 +209,7 @@ def test_worst_case_counts_agree(wct: int, gets: int, levels: int) -> None:
     )
     compare(events, s)
     compare_runs(events, s)
+    compare_runs(events, s, simple=True)
 
 
 @pytest.mark.parametrize("path", sorted(SAMPLES.glob("*.jsonl")), ids=lambda p: p.stem)
@@ -246,6 +258,7 @@ def test_random_traces_agree(case: tuple[list[Event], Settings]) -> None:
     events, s = case
     compare(events, s)
     compare_runs(events, s, run=4)
+    compare_runs(events, s, run=4, simple=True)
 
 
 def test_timelines_agree() -> None:
@@ -285,3 +298,27 @@ def test_a_cache_below_min_in_the_middle_of_a_batch() -> None:
     s = Settings()
     compare(events, s)
     compare_runs(events, s)
+
+
+@pytest.mark.parametrize("mode", ["v6", "kvm-style-cache", "mempool"])
+@pytest.mark.parametrize("schedule", ["round-robin", "sequential"])
+def test_boot_timelines_agree(mode: str, schedule: str) -> None:
+    """The timeline's replay (simple runs, the general fast path, the generators) against a
+    replay on the generators alone."""
+    import explorer.model.machine as machine_module
+    import explorer.timeline as timeline_module
+
+    events, s = _events("\n".join(boot(tds=2, vcpus=4, faults=3000, seed=4)))
+    s = s.with_overrides({"mode": mode, "schedule": schedule})
+    fast_tl = replay(events, s)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(timeline_module, "run_simple_batches", lambda m, events, spans: [])
+        for module in (machine_module, timeline_module):
+            mp.setattr(module, "run_fast_batches", lambda m, batches, **kw: [])
+        slow_tl = replay(events, s)
+    for name in ("batch_event", "batch_step", "batch_flags", "region_offsets", "region_values"):
+        assert getattr(fast_tl, name) == getattr(slow_tl, name), name
+    assert fast_tl.event_step == slow_tl.event_step
+    assert fast_tl.series == slow_tl.series
+    assert fast_tl.cache_series == slow_tl.cache_series
+    assert fast_tl.summary() == slow_tl.summary()
