@@ -24,7 +24,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import accumulate, repeat
+from itertools import accumulate, chain, repeat
 from typing import Any
 
 from explorer.metrics import idle_pages
@@ -550,19 +550,24 @@ def _append_run(
     run only allocations and DPAMT cache top-ups change what the series show."""
     n = len(outcomes)
     step = m.nr_steps - sum(o.steps for o in outcomes)
-    event_step, regions = tl.event_step, tl.region_values
+    tl.batch_event.extend(start for start, _end in spans)
+    tl.batch_step.extend(accumulate((o.steps for o in outcomes[:-1]), initial=step))
     flags_of: dict[frozenset[str], int] = {}
-    for (start, end), o in zip(spans, outcomes, strict=True):
-        tl.batch_event.append(start)
-        tl.batch_step.append(step)
-        step += o.steps
-        flags = flags_of.get(o.labels)
-        if flags is None:
-            flags = flags_of[o.labels] = _flags(o.labels)
-        tl.batch_flags.append(flags)
-        event_step[start:end] = array("q", o.starts)
-        regions.extend(o.regions)
-        tl.region_offsets.append(len(regions))
+    flags = []
+    for o in outcomes:
+        f = flags_of.get(o.labels)
+        if f is None:
+            f = flags_of[o.labels] = _flags(o.labels)
+        flags.append(f)
+    tl.batch_flags.extend(flags)
+    # the batches are consecutive: their events' first steps are one slice
+    tl.event_step[spans[0][0] : spans[-1][1]] = array(
+        "q", chain.from_iterable(o.starts for o in outcomes)
+    )
+    regions = tl.region_values
+    tl.region_offsets.extend(accumulate((len(o.regions) for o in outcomes), initial=len(regions)))
+    del tl.region_offsets[-n - 1]  # (the offset before the run is there already)
+    regions.extend(chain.from_iterable(o.regions for o in outcomes))
     s = tl.series
     for name, value in (
         ("pairs", len(m.module.pairs)),

@@ -162,6 +162,26 @@ class ChunkedDict(MutableMapping[int, int]):
             self._len += len(c) - before
         self.changed.update(items)
 
+    @staticmethod
+    def group(items: dict[int, int]) -> dict[int, dict[int, int]]:
+        """``items`` split by chunk (for :meth:`set_grouped`, on several dicts)."""
+        by_chunk: dict[int, dict[int, int]] = {}
+        for k, v in items.items():
+            sub = by_chunk.get(k >> CHUNK_SHIFT)
+            if sub is None:
+                sub = by_chunk[k >> CHUNK_SHIFT] = {}
+            sub[k] = v
+        return by_chunk
+
+    def set_grouped(self, by_chunk: dict[int, dict[int, int]], items: dict[int, int]) -> None:
+        """:meth:`set_many` with ``items`` already split by :meth:`group`."""
+        for cid, sub in by_chunk.items():
+            c = self._writable(cid)
+            before = len(c)
+            c.update(sub)
+            self._len += len(c) - before
+        self.changed.update(items)
+
     # -- checkpoints -------------------------------------------------------------------
     def frozen_table(self) -> FrozenTable:
         """The table of frozen chunks (for a checkpoint): the chunks written since the last

@@ -69,6 +69,7 @@ _BASE_LABELS = frozenset(
     }
 )
 _LINK_LABELS = frozenset({"tdp.alloc_sp", "tdp.freeze", "pamt_get.fast", "sept.add"})
+_UNKNOWN: Any = object()
 _NO_LINKS: list[Link] = []  # shared by the faults that link nothing (never appended to)
 #: allocation kinds
 _PAMT, _GUEST = 0, 1
@@ -596,10 +597,13 @@ def run_simple_batches(
     per_event = 8 + full_step
     from explorer.model.machine import MAX_STEPS_PER_BATCH as max_steps
 
-    ok_vcpus: dict[int, Td] = {}  # vCPUs checked: their TD
-    bad_vcpus: set[int] = set()
+    # vCPUs checked: (TD id, its mappings' and guest_memfd's chunk tables, S-EPT entries, the
+    # run's gfns of the TD); None: not simple
+    ok_vcpus: dict[int, tuple[int, dict[int, Any], dict[int, Any], dict[Any, Any], set[int]] | None]
+    ok_vcpus = {}
     seen: dict[int, set[int]] = {}
-    order: list[tuple[int, int]] = []  # (TD, gfn) in event order: allocation order
+    tids: list[int] = []  # each event's TD and gfn, in event order: the allocation order
+    gfns: list[int] = []
     taken = 0  # batches accepted
     for start, end in spans:
         batch = events[start:end]
@@ -609,45 +613,54 @@ def run_simple_batches(
         if not all(ev.pfn is None and ev.level == "4k" for ev in batch):  # type: ignore[attr-defined]
             break
         good = True
-        mark = len(order)
+        mark = len(gfns)
         for vid, ev in zip(vids, batch, strict=True):
-            td = ok_vcpus.get(vid)
-            if td is None:
-                td = _simple_vcpu(m, vid, low) if vid not in bad_vcpus else None
-                if td is None:
-                    bad_vcpus.add(vid)
-                    good = False
-                    break
-                ok_vcpus[vid] = td
+            info = ok_vcpus.get(vid, _UNKNOWN)
+            if info is _UNKNOWN:
+                td = _simple_vcpu(m, vid, low)
+                info = ok_vcpus[vid] = (
+                    None
+                    if td is None
+                    else (
+                        td.id,
+                        td.leaves._chunks,
+                        td.gmem._chunks,
+                        td.entries,
+                        seen.setdefault(td.id, set()),
+                    )
+                )
+            if info is None:
+                good = False
+                break
+            tid, leaf_chunks, gmem_chunks, entries, tseen = info
             gfn: int = ev.gfn  # type: ignore[attr-defined]
-            tseen = seen.get(td.id)
-            if tseen is None:
-                tseen = seen[td.id] = set()
-            leaves_chunk = td.leaves.chunk(gfn)
-            gmem_chunk = td.gmem.chunk(gfn)
-            l1 = td.entries.get((1, gfn >> 9))
+            cid = gfn >> 9
+            lc = leaf_chunks.get(cid)
+            gc = gmem_chunks.get(cid)
+            l1 = entries.get((1, cid))
             if (
                 gfn >= limit
                 or gfn in tseen
-                or (leaves_chunk is not None and gfn in leaves_chunk)
-                or (gmem_chunk is not None and gfn in gmem_chunk)
+                or (lc is not None and gfn in (lc if type(lc) is dict else lc[0]))
+                or (gc is not None and gfn in (gc if type(gc) is dict else gc[0]))
                 or l1 is None
                 or l1[0] != "present"
             ):
                 good = False
                 break
             tseen.add(gfn)
-            order.append((td.id, gfn))
+            tids.append(tid)
+            gfns.append(gfn)
         if not good:
-            for tid, gfn in order[mark:]:  # this batch's marks: it is not in the run
-                seen[tid].discard(gfn)
-            del order[mark:]
+            for tid, gfn in zip(tids[mark:], gfns[mark:], strict=True):
+                seen[tid].discard(gfn)  # this batch's marks: it is not in the run
+            del tids[mark:], gfns[mark:]
             break
         taken += 1
     if not taken:
         return []
     # the pages, in event order; the run ends before the first batch whose pages do not fit
-    pfns = m.mem.peek_lowest(len(order))
+    pfns = m.mem.peek_lowest(len(gfns))
     refcount, pairs, pages = m.refcount, m.module.pairs, m.module.pages
     fits = 0
     for p in pfns:
@@ -662,7 +675,9 @@ def run_simple_batches(
     if not taken:
         return []
     count = sum(lengths[:taken])
-    return _apply_simple(m, spans[:taken], order[:count], pfns[:count], per_event, full_step)
+    return _apply_simple(
+        m, spans[:taken], tids[:count], gfns[:count], pfns[:count], per_event, full_step
+    )
 
 
 def _simple_vcpu(m: Machine, vid: int, low: int) -> Td | None:
@@ -684,7 +699,8 @@ def _simple_vcpu(m: Machine, vid: int, low: int) -> Td | None:
 def _apply_simple(
     m: Machine,
     spans: Sequence[tuple[int, int]],
-    order: list[tuple[int, int]],
+    tids: list[int],
+    gfns: list[int],
     pfns: list[int],
     per_event: int,
     full_step: int,
@@ -695,29 +711,28 @@ def _apply_simple(
     from explorer.model.machine import O_GUEST
 
     tds, counters, module = m.tds, m.counters, m.module
-    m.mem.take_planned(pfns, [O_GUEST] * len(pfns))
-    by_td: dict[int, dict[int, int]] = {}
-    for (tid, gfn), pfn in zip(order, pfns, strict=True):
-        d = by_td.get(tid)
-        if d is None:
-            d = by_td[tid] = {}
-        d[gfn] = pfn
+    by_region: dict[int, list[int]] = {}  # region -> page offsets, in allocation order
+    for p in pfns:
+        offs = by_region.get(p >> _SHIFT)
+        if offs is None:
+            offs = by_region[p >> _SHIFT] = []
+        offs.append(p & _MASK)
+    m.mem.take_regions(by_region, O_GUEST)
     aug = add = 0
-    for tid, items in by_td.items():
+    for tid in set(tids):
         td = tds[tid]
-        td.gmem.set_many(items)
-        td.leaves.set_many(items)
+        items = (
+            dict(zip(gfns, pfns, strict=True))
+            if len(tds) == 1 or all(t == tid for t in tids)
+            else {g: p for t, g, p in zip(tids, gfns, pfns, strict=True) if t == tid}
+        )
+        groups = td.leaves.group(items)
+        td.gmem.set_grouped(groups, items)
+        td.leaves.set_grouped(groups, items)
         if td.state == "finalized":
             aug += len(items)
         else:
             add += len(items)
-    by_region: dict[int, list[int]] = {}
-    for p in pfns:
-        r = p >> _SHIFT
-        offs = by_region.get(r)
-        if offs is None:
-            offs = by_region[r] = []
-        offs.append(p & _MASK)
     refcount, gotten, ckpt = m.refcount, m.gotten, m._ckpt_regions
     for r, offs in by_region.items():
         assert module.give_pages(r, offs, "guest")
@@ -734,27 +749,33 @@ def _apply_simple(
     base.add("faultin.alloc")
     if full_step:
         base.add("pamt_cache.full")
-    finalized = {tid: tds[tid].state == "finalized" for tid in by_td}
+    finalized = {tid: tds[tid].state == "finalized" for tid in set(tids)}
+    labels_of: dict[frozenset[int], frozenset[str]] = {}
     round_robin = m.settings.schedule == "round-robin"
     outcomes: list[BatchOutcome] = []
     step0 = m.nr_steps
     i = 0
+    single_region = len(by_region) == 1
+    only_region = list(by_region)
     for start, end in spans:
         k = end - start
-        batch_tds = {tid for tid, _gfn in order[i : i + k]}
-        labels = set(base)
-        labels.update("page.aug" if finalized[tid] else "page.add" for tid in batch_tds)
-        regions = sorted({p >> _SHIFT for p in pfns[i : i + k]})
+        batch_tds = frozenset(tids[i : i + k])
+        labels = labels_of.get(batch_tds)
+        if labels is None:
+            ls = set(base)
+            ls.update("page.aug" if finalized[tid] else "page.add" for tid in batch_tds)
+            labels = labels_of[batch_tds] = frozenset(ls)
+        regions = only_region if single_region else sorted({p >> _SHIFT for p in pfns[i : i + k]})
         if round_robin and k > 1:
             starts = list(range(step0, step0 + k))
         else:
             starts = list(range(step0, step0 + k * per_event, per_event))
-        outcomes.append(BatchOutcome(k * per_event, frozenset(labels), regions, k, {}, starts))
+        outcomes.append(BatchOutcome(k * per_event, labels, regions, k, {}, starts))
         step0 += k * per_event
         i += k
     m.nr_steps = step0
     all_regions = set(by_region)
-    m.batch_labels |= set().union(*(o.labels for o in outcomes))
+    m.batch_labels |= set().union(*labels_of.values())
     m.batch_regions |= all_regions
     m.threads = {}
     m.fast_batches += len(outcomes)

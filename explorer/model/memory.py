@@ -203,6 +203,30 @@ class HostMemory:
             nfree[region] -= 1
         counts[FREE] -= len(pfns)
 
+    def take_regions(self, by_region: dict[int, list[int]], code: int) -> None:
+        """:meth:`take_planned` for pages with one owner ``code``, grouped by region in
+        allocation order (``by_region``: region -> page offsets, a region's pages allocated
+        together): a contiguous run of offsets is one slice assignment."""
+        heap, nfree, counts, regions = self._heap, self.nfree, self.counts, self.regions
+        total = 0
+        for region, offs in by_region.items():
+            while heap and nfree[heap[0]] == 0:
+                self._in_heap.discard(heapq.heappop(heap))
+            while self._untouched in regions:
+                self._untouched += 1
+            owners = regions[region]
+            first, n = offs[0], len(offs)
+            if offs[-1] - first + 1 == n:  # ascending and distinct: a contiguous run
+                owners[first : first + n] = bytes([code]) * n
+            else:
+                for off in offs:
+                    owners[off] = code
+            nfree[region] -= n
+            self.dirty.add(region)
+            total += n
+        counts[code] += total
+        counts[FREE] -= total
+
     def _first_free_in(self, region: int, start: int = 0) -> int:
         owners = self.regions.get(region)
         if owners is None:
