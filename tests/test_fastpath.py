@@ -21,7 +21,7 @@ from explorer.model.events import Event, Fault, VcpuCreate, Zap
 from explorer.model.fastpath import FAST_MODES, run_fast_batches, run_simple_batches
 from explorer.model.machine import Machine, batches
 from explorer.model.settings import Settings
-from explorer.timeline import replay
+from explorer.timeline import Timeline, replay
 from explorer.trace import parse_trace
 from explorer.trace.generate import boot, churn
 
@@ -264,22 +264,10 @@ def test_random_traces_agree(case: tuple[list[Event], Settings]) -> None:
 def test_timelines_agree() -> None:
     """The timeline replays with the fast path; a timeline forced onto the generators must have
     the same batches, flags, regions, series, event starts and summary."""
-    import explorer.model.machine as machine_module
-    import explorer.timeline as timeline_module
 
     events, s = _events("\n".join(churn(tds=2, vcpus=4, faults=2000, seed=9, zap_ratio=0.2)))
-    fast_tl = replay(events, s)
+    fast_tl, slow_tl = _timelines_agree(events, s)
     assert fast_tl.nr_batches > 100
-    with pytest.MonkeyPatch.context() as mp:
-        for module in (machine_module, timeline_module):
-            mp.setattr(module, "run_fast_batches", lambda m, batches, **kw: [])
-        slow_tl = replay(events, s)
-    for name in ("batch_event", "batch_step", "batch_flags", "region_offsets", "region_values"):
-        assert getattr(fast_tl, name) == getattr(slow_tl, name), name
-    assert fast_tl.event_step == slow_tl.event_step
-    assert fast_tl.series == slow_tl.series
-    assert fast_tl.cache_series == slow_tl.cache_series
-    assert fast_tl.summary() == slow_tl.summary()
     for i in (0, fast_tl.nr_steps // 3, fast_tl.nr_steps - 1):
         assert fast_tl.step(i) == slow_tl.step(i)
         assert fast_tl.state_at(i) == slow_tl.state_at(i)
@@ -305,11 +293,16 @@ def test_a_cache_below_min_in_the_middle_of_a_batch() -> None:
 def test_boot_timelines_agree(mode: str, schedule: str) -> None:
     """The timeline's replay (simple runs, the general fast path, the generators) against a
     replay on the generators alone."""
+
+    events, s = _events("\n".join(boot(tds=2, vcpus=4, faults=3000, seed=4)))
+    _timelines_agree(events, s.with_overrides({"mode": mode, "schedule": schedule}))
+
+
+def _timelines_agree(events: Sequence[Event], s: Settings) -> tuple[Timeline, Timeline]:
+    """Replay with the fast paths and on the generators alone: the same timeline."""
     import explorer.model.machine as machine_module
     import explorer.timeline as timeline_module
 
-    events, s = _events("\n".join(boot(tds=2, vcpus=4, faults=3000, seed=4)))
-    s = s.with_overrides({"mode": mode, "schedule": schedule})
     fast_tl = replay(events, s)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(timeline_module, "run_simple_batches", lambda m, events, spans: [])
@@ -322,3 +315,4 @@ def test_boot_timelines_agree(mode: str, schedule: str) -> None:
     assert fast_tl.series == slow_tl.series
     assert fast_tl.cache_series == slow_tl.cache_series
     assert fast_tl.summary() == slow_tl.summary()
+    return fast_tl, slow_tl

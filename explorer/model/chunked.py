@@ -149,18 +149,7 @@ class ChunkedDict(MutableMapping[int, int]):
     def set_many(self, items: dict[int, int]) -> None:
         """``self[k] = v`` for every item (the batch fast path: a run's mappings at once):
         grouped by chunk first, then one ``dict.update`` per chunk."""
-        by_chunk: dict[int, dict[int, int]] = {}
-        for k, v in items.items():
-            sub = by_chunk.get(k >> CHUNK_SHIFT)
-            if sub is None:
-                sub = by_chunk[k >> CHUNK_SHIFT] = {}
-            sub[k] = v
-        for cid, sub in by_chunk.items():
-            c = self._writable(cid)
-            before = len(c)
-            c.update(sub)
-            self._len += len(c) - before
-        self.changed.update(items)
+        self.set_grouped(self.group(items), items)
 
     @staticmethod
     def group(items: dict[int, int]) -> dict[int, dict[int, int]]:

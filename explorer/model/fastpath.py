@@ -434,7 +434,6 @@ class _Planner:
     def apply(self, n: int) -> list[BatchOutcome]:
         """Make the changes of the planned batches: the generators' final state, and each
         batch's outcome; the invariants of the touched regions are checked at the end."""
-        from explorer.model.invariants import check_global, check_quiescent, check_regions
         from explorer.model.machine import O_GUEST, O_MIRROR, O_PAMT_CACHE, O_SEPT
 
         m = self.m
@@ -557,19 +556,7 @@ class _Planner:
         counters["page_aug"] += aug
         counters["page_add"] += add
         m.nr_steps = step0
-        m.batch_labels |= set().union(*(o.labels for o in outcomes))
-        m.batch_regions |= all_regions
-        m.threads = {}
-        m.fast_batches += n
-        if m.check:
-            # the touched regions (invariants 1 to 4) and page conservation (invariant 5) once
-            # per run; a violation here is reported at the run's last step
-            check_regions(m, all_regions)
-            check_global(m)
-            check_quiescent(m)
-            m._flush_diags()
-        m._owners_changed = False
-        m._dirty.clear()
+        _finish_run(m, outcomes, all_regions)
         return outcomes
 
 
@@ -707,7 +694,6 @@ def _apply_simple(
 ) -> list[BatchOutcome]:
     """Apply a simple run (see :func:`run_simple_batches`): the same state changes as
     :meth:`_Planner.apply` for these batches, in bulk."""
-    from explorer.model.invariants import check_global, check_quiescent, check_regions
     from explorer.model.machine import O_GUEST
 
     tds, counters, module = m.tds, m.counters, m.module
@@ -775,15 +761,24 @@ def _apply_simple(
         i += k
     m.nr_steps = step0
     all_regions = set(by_region)
-    m.batch_labels |= set().union(*labels_of.values())
-    m.batch_regions |= all_regions
+    _finish_run(m, outcomes, all_regions)
+    return outcomes
+
+
+def _finish_run(m: Machine, outcomes: list[BatchOutcome], regions: set[int]) -> None:
+    """What every fast run ends with: the batch bookkeeping, and the invariants: the touched
+    regions (1 to 4) and page conservation (5), once per run (a violation here is reported at
+    the run's last step)."""
+    from explorer.model.invariants import check_global, check_quiescent, check_regions
+
+    m.batch_labels |= set().union(*(o.labels for o in outcomes))
+    m.batch_regions |= regions
     m.threads = {}
     m.fast_batches += len(outcomes)
-    if m.check:  # as after a fast run: touched regions, and page conservation
-        check_regions(m, all_regions)
+    if m.check:
+        check_regions(m, regions)
         check_global(m)
         check_quiescent(m)
         m._flush_diags()
     m._owners_changed = False
     m._dirty.clear()
-    return outcomes
