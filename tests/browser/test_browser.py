@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.browser.conftest import settle, shot
 
@@ -107,8 +108,9 @@ def test_compare_page_measures_the_designs_side_by_side(page, server) -> None:  
     assert "Explore" in nav and "About DPAMT" in nav and "common" not in nav
     page.wait_for_selector("text=/first diverge at event|never diverge/")
     maps = page.locator('[class*="st-key-chart_cmp_map_"] .js-plotly-plot')
-    maps.first.wait_for()
-    assert maps.count() == 3  # the three default configurations, side by side
+    # the three default configurations, side by side (Plotly draws each one when it arrives:
+    # wait for all three, not just the first)
+    expect(maps).to_have_count(3, timeout=60_000)
     page.locator(".st-key-btn_sweep button").first.click()
     page.wait_for_selector(".st-key-chart_sweep .js-plotly-plot", timeout=120_000)
     shot(page, "compare")
