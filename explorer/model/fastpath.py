@@ -11,17 +11,19 @@ batch's outcome directly and applies it through the machine's effects API.
 Exactness, by construction and by test:
 
 - It applies only where the outcome is order-independent, checked before anything changes
-  (:func:`_plan`): every event a 4 KiB ``fault`` with no explicit pfn, on a live vCPU of a
-  created or finalized TD whose ``mmu_lock`` no writer holds; distinct gfns, none mapped; every
-  ``tdx_pamt_get`` on a region whose refcount is already above zero (``atomic_inc_not_zero``
-  succeeds: ``pamt_lock`` is never taken) and that has a pair; KVM's page caches at ``min``
-  (a top-up that allocates goes through the generators) and not empty where a table is linked;
-  every table linked by one CPU only; no injected failure pending, no violation so far; all the
-  pages the batch allocates in the region the lowest-pfn allocator is filling.
-- The steps each event takes are the generators' steps (the label lists below mirror
-  :func:`explorer.model.kvm.tdx_handle_ept_violation` and what it calls). Under ``sequential``
-  CPUs run one after another; under ``round-robin`` the k-th step of every CPU runs in CPU order
-  before any (k+1)-th: that fixes each event's first step and the order of the allocations.
+  (:meth:`_Planner.add`, :meth:`_Planner.fit`): every event a 4 KiB ``fault`` with no explicit
+  pfn, on a live vCPU of a created or finalized TD whose ``mmu_lock`` no writer holds; distinct
+  gfns, none mapped; every ``tdx_pamt_get`` on a region whose refcount is already above zero
+  (``atomic_inc_not_zero`` succeeds: ``pamt_lock`` is never taken) and that has a pair; KVM's
+  page caches at ``min`` (a top-up that allocates goes through the generators) and not empty
+  where a table is linked; every table linked by one CPU only; no injected failure pending, no
+  violation so far; every page the batch allocates from a touched region (the lowest-pfn
+  allocator's holes, then the region it is filling: :meth:`HostMemory.peek_lowest`).
+- The steps each event takes are the generators' steps: the step counts in
+  :meth:`_Planner.add` follow :func:`explorer.model.kvm.tdx_handle_ept_violation` and what it
+  calls, one by one. Under ``sequential`` CPUs run one after another; under ``round-robin`` the
+  k-th step of every CPU runs in CPU order before any (k+1)-th: that fixes each event's first
+  step and the order of the allocations.
 - ``tests/test_fastpath.py`` replays traces both ways and compares the machines (pages, owners,
   refcounts, pairs, mappings, caches, counters, checkpoints), the steps and the batch labels.
 
@@ -253,6 +255,7 @@ class _Planner:
         labels, starts, allocs, faults = batch.labels, batch.starts, batch.allocs, batch.faults
         threads: list[_Shadow] = []
         topups = 0  # events that top up their DPAMT cache
+        full_steps = 0  # events whose top-up found the cache full
         # a failed batch ends the run: keys it marked seen or linked are never looked at again
         for idx, ev in items:
             if type(ev) is not Fault or ev.pfn is not None or ev.level != "4k":
@@ -305,15 +308,18 @@ class _Planner:
                 sh.pte_n = sh.pte.capacity
                 step += 1
                 sh.filled = True
-            if sh.have < low:
+            if sh.have < low and sh.have < target:
                 topups += 1
                 allocs.append((step, k, sh.seq, _PAMT, vid, target - sh.have))
                 sh.seq += 1
                 sh.have = target
                 step += 1
                 labels.add("pamt_cache.topup")
-            elif full_step:
+            elif full_step or sh.have < low:
+                # (the KVM-style cache below 2n but at its capacity of 40 already: filling to
+                # 40 adds nothing, and fill_pamt_cache reports it full)
                 step += 1
+                full_steps += 1
             phd_n = sh.phd_n
             if phd_n < sh.phd_min:
                 phd_n = sh.phd.capacity
@@ -377,8 +383,8 @@ class _Planner:
                 labels.add("kvm_topup.fill")
         if aug:
             labels.add("page.aug")
-        if full_step and len(faults) > topups:
-            labels.add("pamt_cache.full")  # an event that did not top up found it full
+        if full_steps:
+            labels.add("pamt_cache.full")
         if batch.links:
             labels.update(_LINK_LABELS)
         if allocs:
