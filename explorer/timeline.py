@@ -60,9 +60,12 @@ FLAG_BITS = {name: 1 << i for i, name in enumerate([*FLAG_LABELS, "violation", "
 FIND_KINDS = ("op", "region", "label", *FLAG_BITS)
 
 #: Batches between checkpoints. A checkpoint is a delta (what changed since the previous one);
-#: every KEYFRAME_EVERY checkpoints it is also a full keyframe of the machine.
-CHECKPOINT_EVERY = 32
-KEYFRAME_EVERY = 32
+#: every KEYFRAME_EVERY checkpoints it is also a full keyframe of the machine. 64 and 16 (a
+#: keyframe every 1,024 batches): against 32 and 32, measured at 1M faults, the replay took 11 %
+#: less time and the deltas 19 bytes per event less, for the same seek times (a seek re-runs up to
+#: 63 batches, on the fast path, but applies half as many deltas).
+CHECKPOINT_EVERY = 64
+KEYFRAME_EVERY = 16
 #: Memory the keyframes may take (estimated): at most this, and at most KEYFRAME_BYTES_PER_EVENT
 #: per event of the trace (but always KEYFRAME_MIN_BUDGET). Above it, every other keyframe is
 #: dropped and their spacing doubles (the deltas chain from any earlier keyframe, so seeking
