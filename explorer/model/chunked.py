@@ -32,16 +32,6 @@ FrozenTable = tuple["array[int]", tuple[Frozen, ...], int]
 _Chunk = dict[int, int] | Frozen
 
 
-class _Gone:
-    """The value of a key deleted since the last delta checkpoint (TrackedDict's deltas)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "GONE"
-
-
-GONE: Any = _Gone()
 _MISSING = object()
 
 

@@ -494,7 +494,8 @@ class _Planner:
                     gets[r] = gets.get(r, 0) + 1
                     regions.add(r)
                     regions.add(sp >> _SHIFT)
-                    assert module.give_page(spt, "sept") == "TDX_SUCCESS"
+                    status = module.give_page(spt, "sept")
+                    assert status == "TDX_SUCCESS", status  # (the plan checked the page)
                     m.set_owner(spt, O_SEPT)
                     m.set_owner(sp, O_MIRROR)
                     td.entries[key] = ("present", spt, sp)
@@ -545,7 +546,8 @@ class _Planner:
             m._owners_changed = True
             counters["allocs_sleeping"] += len(pfns)
         for r, offsets in by_region.items():
-            assert module.give_pages(r, offsets, "guest")
+            given = module.give_pages(r, offsets, "guest")
+            assert given, r  # (the plan checked the region's pair and pages)
         for tid, items in gmem.items():
             tds[tid].gmem.set_many(items)
         for tid, items in leaves.items():
@@ -727,7 +729,8 @@ def _apply_simple(
             add += len(items)
     refcount, gotten, ckpt = m.refcount, m.gotten, m._ckpt_regions
     for r, offs in by_region.items():
-        assert module.give_pages(r, offs, "guest")
+        given = module.give_pages(r, offs, "guest")
+        assert given, r  # (the plan checked the region's pair and pages)
         refcount[r] += len(offs)
         gotten[r] = gotten.get(r, 0) + len(offs)
         ckpt.add(r)

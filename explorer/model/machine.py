@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from explorer.model import constants as C
-from explorer.model.chunked import GONE, ChunkedDelta, ChunkedDict, FrozenTable
+from explorer.model.chunked import ChunkedDelta, ChunkedDict, FrozenTable
 from explorer.model.errors import ImpossibleEvent, Problem
 from explorer.model.events import Event, Inject, Note
 from explorer.model.fastpath import run_fast_batches
@@ -135,6 +135,18 @@ class Vcpu:
     pamt_cache: list[int] = field(default_factory=list)
     caches: dict[str, KvmCache] = field(default_factory=dict)
     control: list[tuple[int, str]] = field(default_factory=list)  # (pfn, "tdvpr"|"tdcx")
+
+
+class _Gone:
+    """The value of a key deleted since the last delta checkpoint (TrackedDict's deltas)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "GONE"
+
+
+GONE: Any = _Gone()
 
 
 class TrackedDict(dict[Any, Any]):

@@ -23,10 +23,10 @@ from typing import Any
 
 from explorer.model.constants import PAGES_PER_REGION, PAGES_PER_REGION_SHIFT
 from explorer.model.packed import (
+    ImageCache,
     PackedInts,
     PackedRefs,
     pack_ints,
-    pack_refs,
     unpack_ints,
     unpack_refs,
 )
@@ -73,11 +73,8 @@ class HostMemory:
         self._rng = random.Random(seed)
         #: regions changed since the last checkpoint (delta checkpoints copy only these)
         self.dirty: set[int] = set()
-        #: the owner maps as of the last image, as bytes shared by every image since (a region
-        #: unchanged between two images is one object, not two copies), and the regions changed
-        #: since the last image
-        self._image_cache: dict[int, bytes] = {}
-        self._image_dirty: set[int] = set()
+        #: the owner maps as of the last image, shared by every image since
+        self._images = ImageCache()
         self._ckpt_rng: object = None  # the generator's state at the last delta checkpoint
 
     # -- reading -------------------------------------------------------------------------
@@ -185,36 +182,39 @@ class HostMemory:
         exhausted regions off the top of the heap and moves the untouched cursor past touched
         regions; within one region's run of picks that changes nothing after the first, so it
         is done where the region changes."""
-        heap, nfree, counts, regions = self._heap, self.nfree, self.counts, self.regions
+        nfree, counts = self.nfree, self.counts
         current = -1
         owners = bytearray()
         for pfn, code in zip(pfns, codes, strict=True):
             region = pfn >> PAGES_PER_REGION_SHIFT
             if region != current:
-                while heap and nfree[heap[0]] == 0:
-                    self._in_heap.discard(heapq.heappop(heap))
-                while self._untouched in regions:
-                    self._untouched += 1
                 current = region
-                owners = regions[region]
-                self.dirty.add(region)
+                owners = self._enter_planned(region)
             owners[pfn & (PAGES_PER_REGION - 1)] = code
             counts[code] += 1
             nfree[region] -= 1
         counts[FREE] -= len(pfns)
 
+    def _enter_planned(self, region: int) -> bytearray:
+        """What :meth:`pick_free` does before the first of a run of picks in ``region``: pop
+        the exhausted regions off the top of the heap, move the untouched cursor past touched
+        regions. Returns the region's owner map (marked changed)."""
+        heap, nfree = self._heap, self.nfree
+        while heap and nfree[heap[0]] == 0:
+            self._in_heap.discard(heapq.heappop(heap))
+        while self._untouched in self.regions:
+            self._untouched += 1
+        self.dirty.add(region)
+        return self.regions[region]
+
     def take_regions(self, by_region: dict[int, list[int]], code: int) -> None:
         """:meth:`take_planned` for pages with one owner ``code``, grouped by region in
         allocation order (``by_region``: region -> page offsets, a region's pages allocated
         together): a contiguous run of offsets is one slice assignment."""
-        heap, nfree, counts, regions = self._heap, self.nfree, self.counts, self.regions
+        nfree, counts = self.nfree, self.counts
         total = 0
         for region, offs in by_region.items():
-            while heap and nfree[heap[0]] == 0:
-                self._in_heap.discard(heapq.heappop(heap))
-            while self._untouched in regions:
-                self._untouched += 1
-            owners = regions[region]
+            owners = self._enter_planned(region)
             first, n = offs[0], len(offs)
             if offs[-1] - first + 1 == n:  # ascending and distinct: a contiguous run
                 owners[first : first + n] = bytes([code]) * n
@@ -222,7 +222,6 @@ class HostMemory:
                 for off in offs:
                     owners[off] = code
             nfree[region] -= n
-            self.dirty.add(region)
             total += n
         counts[code] += total
         counts[FREE] -= total
@@ -269,16 +268,12 @@ class HostMemory:
     # -- checkpoints ---------------------------------------------------------------------
     def clear_dirty(self) -> None:
         """Start a new delta interval (the regions changed still go into the next image)."""
-        self._image_dirty |= self.dirty
+        self._images.dirty |= self.dirty
         self.dirty = set()
 
     def image(self) -> MemoryImage:
-        cache, regions = self._image_cache, self.regions
-        for r in self._image_dirty | self.dirty:
-            cache[r] = bytes(regions[r])
-        self._image_dirty = set()
         return MemoryImage(
-            regions=pack_refs(cache),
+            regions=self._images.pack(self.regions, self.dirty),
             nfree=pack_ints(self.nfree),
             counts=tuple(self.counts),
             heap=tuple(self._heap),
@@ -298,8 +293,7 @@ class HostMemory:
         self._spread_cursor = img.spread_cursor
         self._rng.setstate(img.rng_state)  # type: ignore[arg-type]
         self.dirty = set()
-        self._image_cache = cache
-        self._image_dirty = set()
+        self._images = ImageCache(cache)
 
     def scalars(self) -> tuple[Any, ...]:
         """What a delta checkpoint copies besides the dirty regions. The random generator's
@@ -318,7 +312,7 @@ class HostMemory:
         """Apply a delta checkpoint (see :meth:`explorer.model.machine.Machine.delta`)."""
         for r, b in regions.items():
             self.regions[r] = bytearray(b)
-        self._image_dirty.update(regions)
+        self._images.dirty.update(regions)
         self.nfree.update(nfree)
         counts, heap, self._untouched, self._spread_cursor, rng = scalars
         self.counts = list(counts)

@@ -33,3 +33,25 @@ def pack_refs(d: dict[int, Any]) -> PackedRefs:
 
 def unpack_refs(p: PackedRefs) -> dict[int, Any]:
     return dict(zip(p[0], p[1], strict=True))
+
+
+class ImageCache:
+    """Per-region bytes (owner maps, module page kinds) as of the last image, shared by every
+    image since: a region unchanged between two images is one object, not two copies. ``dirty``:
+    the regions changed since the last image (folded in from each delta interval)."""
+
+    __slots__ = ("cache", "dirty")
+
+    def __init__(self, cache: dict[int, bytes] | None = None) -> None:
+        self.cache: dict[int, bytes] = {} if cache is None else cache
+        self.dirty: set[int] = set()
+
+    def pack(self, source: dict[int, bytearray], dirty: set[int]) -> PackedRefs:
+        """The image of ``source``: its regions changed since the last image (``self.dirty``,
+        and ``dirty`` of the current delta interval) copied, the others shared."""
+        cache = self.cache
+        for r in self.dirty | dirty:
+            if r in source:
+                cache[r] = bytes(source[r])
+        self.dirty = set()
+        return pack_refs(cache)

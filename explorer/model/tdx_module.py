@@ -16,6 +16,7 @@ from typing import Any
 
 from explorer.model.constants import PAGES_PER_REGION, PAGES_PER_REGION_SHIFT
 from explorer.model.packed import (
+    ImageCache,
     PackedInts,
     PackedRefs,
     pack_ints,
@@ -58,9 +59,8 @@ class TdxModule:
         self.used: dict[int, int] = {}
         #: regions whose pages, pair or use count changed since the last checkpoint
         self.dirty: set[int] = set()
-        #: page kinds as of the last image, shared between images (see HostMemory.image)
-        self._image_cache: dict[int, bytes] = {}
-        self._image_dirty: set[int] = set()
+        #: page kinds as of the last image, shared by every image since
+        self._images = ImageCache()
 
     def kind(self, pfn: int) -> int:
         kinds = self.pages.get(pfn >> PAGES_PER_REGION_SHIFT)
@@ -145,16 +145,13 @@ class TdxModule:
     # -- checkpoints ---------------------------------------------------------------------
     def clear_dirty(self) -> None:
         """Start a new delta interval (the regions changed still go into the next image)."""
-        self._image_dirty |= self.dirty
+        self._images.dirty |= self.dirty
         self.dirty = set()
 
     def image(self) -> ModuleImage:
-        cache, pages = self._image_cache, self.pages
-        for r in self._image_dirty | self.dirty:
-            if r in pages:
-                cache[r] = bytes(pages[r])
-        self._image_dirty = set()
-        return ModuleImage(pack_refs(self.pairs), pack_refs(cache), pack_ints(self.used))
+        return ModuleImage(
+            pack_refs(self.pairs), self._images.pack(self.pages, self.dirty), pack_ints(self.used)
+        )
 
     def restore(self, img: ModuleImage) -> None:
         cache = unpack_refs(img.pages)
@@ -162,8 +159,7 @@ class TdxModule:
         self.pages = {r: bytearray(b) for r, b in cache.items()}
         self.used = unpack_ints(img.used)
         self.dirty = set()
-        self._image_cache = cache
-        self._image_dirty = set()
+        self._images = ImageCache(cache)
 
     def delta(self) -> tuple[dict[int, bytes], dict[int, int | None], dict[int, Any]]:
         """Pages, use counts and pairs of the regions changed since the last checkpoint."""
@@ -180,7 +176,7 @@ class TdxModule:
         pages, used, pairs = d
         for r, b in pages.items():
             self.pages[r] = bytearray(b)
-        self._image_dirty.update(pages)
+        self._images.dirty.update(pages)
         for r, n in used.items():
             if n is None:
                 self.used.pop(r, None)
