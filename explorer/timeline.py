@@ -30,7 +30,12 @@ from typing import Any
 from explorer.metrics import idle_pages
 from explorer.model.constants import PAGE_SIZE, PAGES_PER_REGION_SHIFT
 from explorer.model.events import Event
-from explorer.model.fastpath import BatchOutcome, run_fast_batches, run_simple_batches
+from explorer.model.fastpath import (
+    BatchOutcome,
+    FaultColumns,
+    run_fast_batches,
+    run_simple_batches,
+)
 from explorer.model.machine import O_LEAKED, Machine, MachineDelta, MachineImage, batches
 from explorer.model.records import Diagnostic, Snapshot, Step
 from explorer.model.settings import Settings
@@ -430,6 +435,7 @@ def _replay(
     last_end = 0
     spans = batches(events)
     nb = len(spans)
+    cols = FaultColumns.of(events)
     b = 0
     while b < nb:
         if m.stopped is not None:
@@ -457,7 +463,7 @@ def _replay(
         upto = min((b // checkpoint_every + 1) * checkpoint_every, nb)
         idle = idle_pages(m)
         free = m.mem.counts[0]
-        outcomes = run_simple_batches(m, events, spans[b:upto])
+        outcomes = run_simple_batches(m, events, spans[b:upto], cols)
         if not outcomes:  # this batch is not simple: the general fast path, for it alone
             outcomes = run_fast_batches(
                 m, [zip(range(start, end), events[start:end], strict=True)], note_starts=False

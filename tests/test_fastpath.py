@@ -18,7 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from explorer.model.events import Event, Fault, VcpuCreate, Zap
-from explorer.model.fastpath import FAST_MODES, run_fast_batches, run_simple_batches
+from explorer.model.fastpath import (
+    FAST_MODES,
+    FaultColumns,
+    run_fast_batches,
+    run_simple_batches,
+)
 from explorer.model.machine import Machine, batches
 from explorer.model.settings import Settings
 from explorer.timeline import Timeline, replay
@@ -112,10 +117,11 @@ def compare_runs(events: Sequence[Event], s: Settings, run: int = 8, simple: boo
     slow = Machine(s, record=False, check=True)
     fast = Machine(s, record=False, check=True, fast=True)
     spans = batches(events)
+    cols = FaultColumns.of(events)
     b = in_runs = 0
     while b < len(spans) and slow.stopped is None:
         fast.event_first_step = {}
-        outcomes = run_simple_batches(fast, events, spans[b : b + run]) if simple else []
+        outcomes = run_simple_batches(fast, events, spans[b : b + run], cols) if simple else []
         if outcomes:
             for (x, _y), o in zip(spans[b:], outcomes, strict=False):
                 fast.event_first_step.update(
@@ -315,7 +321,7 @@ def _timelines_agree(events: Sequence[Event], s: Settings) -> tuple[Timeline, Ti
 
     fast_tl = replay(events, s)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(timeline_module, "run_simple_batches", lambda m, events, spans: [])
+        mp.setattr(timeline_module, "run_simple_batches", lambda m, events, spans, cols: [])
         for module in (machine_module, timeline_module):
             mp.setattr(module, "run_fast_batches", lambda m, batches, **kw: [])
         slow_tl = replay(events, s)

@@ -139,7 +139,7 @@ class ChunkedDict(MutableMapping[int, int]):
     def set_many(self, items: dict[int, int]) -> None:
         """``self[k] = v`` for every item (the batch fast path: a run's mappings at once):
         grouped by chunk first, then one ``dict.update`` per chunk."""
-        self.set_grouped(self.group(items), items)
+        self.set_grouped(self.group(items))
 
     @staticmethod
     def group(items: dict[int, int]) -> dict[int, dict[int, int]]:
@@ -152,14 +152,16 @@ class ChunkedDict(MutableMapping[int, int]):
             sub[k] = v
         return by_chunk
 
-    def set_grouped(self, by_chunk: dict[int, dict[int, int]], items: dict[int, int]) -> None:
-        """:meth:`set_many` with ``items`` already split by :meth:`group`."""
+    def set_grouped(self, by_chunk: dict[int, dict[int, int]]) -> None:
+        """:meth:`set_many` with the items already split by chunk (:meth:`group`, or the simple
+        runs' sort by chunk); one grouping can serve several dicts."""
+        changed = self.changed
         for cid, sub in by_chunk.items():
             c = self._writable(cid)
             before = len(c)
             c.update(sub)
             self._len += len(c) - before
-        self.changed.update(items)
+            changed.update(sub)
 
     # -- checkpoints -------------------------------------------------------------------
     def frozen_table(self) -> FrozenTable:

@@ -41,11 +41,13 @@ does not qualify.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from explorer.model import constants as C
+from explorer.model.chunked import CHUNK_SHIFT
 from explorer.model.events import Event, Fault
 
 if TYPE_CHECKING:
@@ -71,7 +73,6 @@ _BASE_LABELS = frozenset(
     }
 )
 _LINK_LABELS = frozenset({"tdp.alloc_sp", "tdp.freeze", "pamt_get.fast", "sept.add"})
-_UNKNOWN: Any = object()
 _NO_LINKS: list[Link] = []  # shared by the faults that link nothing (never appended to)
 #: allocation kinds
 _PAMT, _GUEST = 0, 1
@@ -91,7 +92,7 @@ class BatchOutcome:
     regions: list[int]  # regions it touched, ascending
     allocated: int  # host pages it allocated
     topups: dict[int, int]  # vCPU -> pages added to its DPAMT cache
-    starts: list[int]  # the step each of its events starts at, in the order they were given
+    starts: Sequence[int]  # the step each of its events starts at, in the order they were given
 
 
 class _Batch:
@@ -569,110 +570,156 @@ class _Planner:
 
 
 # ============================================================================ simple runs
+@dataclass(frozen=True, slots=True)
+class FaultColumns:
+    """The trace's faults as two columns, for the simple runs' checks: each event's vCPU (-1
+    where the event is not a plain 4 KiB fault with no pfn, which no simple run takes) and gfn.
+    Built once per replay (:meth:`of`, two list comprehensions), so that the check of an event
+    reads two list items instead of four attributes and a type."""
+
+    vcpu: list[int]
+    gfn: list[int]
+
+    @classmethod
+    def of(cls, events: Sequence[Event]) -> FaultColumns:
+        vcpu = [
+            ev.vcpu if type(ev) is Fault and ev.pfn is None and ev.level == "4k" else -1
+            for ev in events
+        ]
+        gfn = [ev.gfn if type(ev) is Fault else -1 for ev in events]
+        return cls(vcpu, gfn)
+
+
 def run_simple_batches(
-    m: Machine, events: Sequence[Event], spans: Sequence[tuple[int, int]]
+    m: Machine, events: Sequence[Event], spans: Sequence[tuple[int, int]], cols: FaultColumns
 ) -> list[BatchOutcome]:
     """The commonest case of :func:`run_fast_batches`, at a fraction of its cost: batches in
     which every CPU takes one warm fault and nothing else happens. Runs the longest prefix of
-    ``spans`` (batches ``events[start:end]``) in which every batch is *simple*: one fault per
-    vCPU; every vCPU's caches at or above ``min`` and its DPAMT cache full (no top-up of any
-    kind); every gfn new, not backed yet, under a present level-1 table (no link); every guest
-    page from a touched region with a pair and a refcount above zero. Then every event is the
-    same nine (eight without the DPAMT "full" step) steps; under either schedule the CPUs'
-    first steps are in CPU order and the guest pages are allocated in event order, so the run
-    is computed with a few list operations per event. Returns the outcomes (empty: nothing ran,
-    nothing changed); a batch that is not simple is left to :func:`run_fast_batches`."""
+    ``spans`` (batches ``events[start:end]``; ``cols``: the events' columns) in which every
+    batch is *simple*: one fault per vCPU; every vCPU's caches at or above ``min`` and its
+    DPAMT cache full (no top-up of any kind); every gfn new, not backed yet, under a present
+    level-1 table (no link); every guest page from a touched region with a pair and a refcount
+    above zero. Then every event is the same nine (eight without the DPAMT "full" step) steps;
+    under either schedule the CPUs' first steps are in CPU order and the guest pages are
+    allocated in event order, so the run is computed with a few list operations per event.
+    Returns the outcomes (empty: nothing ran, nothing changed); a batch that is not simple is
+    left to :func:`run_fast_batches`.
+
+    The pages come first: how many the allocator can hand out on paired regions bounds the
+    run before any event is looked at (a run usually ends where the allocator reaches a fresh
+    region), so no event is checked for a batch that could not run anyway."""
     if not spans or not _machine_qualifies(m):
         return []
     settings = m.settings
     limit = C.GFN_LIMIT[settings.ept_levels]
-    n = settings.dpamt_gets_per_fault
     full_step = 0 if m.mode in _NO_TOPUP_MODES or m.mode == "kvm-style-cache" else 1
-    low = -1 if m.mode in _NO_TOPUP_MODES else 2 * n
+    low = -1 if m.mode in _NO_TOPUP_MODES else 2 * settings.dpamt_gets_per_fault
     per_event = 8 + full_step
     from explorer.model.machine import MAX_STEPS_PER_BATCH as max_steps
 
-    # vCPUs checked: (TD id, its mappings' and guest_memfd's chunk tables, S-EPT entries, the
-    # run's gfns of the TD); None: not simple
-    ok_vcpus: dict[int, tuple[int, dict[int, Any], dict[int, Any], dict[Any, Any], set[int]] | None]
-    ok_vcpus = {}
-    seen: dict[int, set[int]] = {}
-    tids: list[int] = []  # each event's TD and gfn, in event order: the allocation order
-    gfns: list[int] = []
+    first = spans[0][0]
+    segments = _pages_fit(m, m.mem.peek_lowest_segments(spans[-1][1] - first))
+    fits = sum(len(offs) for _r, offs in segments)
+    vc, gf = cols.vcpu, cols.gfn
+    # vCPU -> (TD id, mappings' and guest_memfd's chunk tables, S-EPT entries, chunk id, the
+    # chunk's mappings and bindings): the chunk part is re-read when the vCPU's gfns move on
+    state: dict[int, list[Any]] = {}
+    stop = first + fits  # the first event that cannot be taken
     taken = 0  # batches accepted
     for start, end in spans:
-        batch = events[start:end]
-        vids = [ev.vcpu if type(ev) is Fault else -1 for ev in batch]
-        if -1 in vids or len(set(vids)) != len(vids) or len(vids) * per_event > max_steps:
+        if end > stop:
             break
-        if not all(ev.pfn is None and ev.level == "4k" for ev in batch):  # type: ignore[attr-defined]
-            break
-        good = True
-        mark = len(gfns)
-        for vid, ev in zip(vids, batch, strict=True):
-            info = ok_vcpus.get(vid, _UNKNOWN)
-            if info is _UNKNOWN:
-                td = _simple_vcpu(m, vid, low)
-                info = ok_vcpus[vid] = (
-                    None
-                    if td is None
-                    else (
-                        td.id,
-                        td.leaves._chunks,
-                        td.gmem._chunks,
-                        td.entries,
-                        seen.setdefault(td.id, set()),
-                    )
-                )
-            if info is None:
-                good = False
+        if len(set(vc[start:end])) != end - start or (end - start) * per_event > max_steps:
+            break  # two events of one vCPU (or of no vCPU: -1)
+        bad = -1
+        for i in range(start, end):
+            vid = vc[i]
+            st = state.get(vid)
+            if st is None:
+                td = _simple_vcpu(m, vid, low) if vid >= 0 else None
+                if td is None:
+                    bad = i
+                    break
+                st = state[vid] = [td.id, td.leaves._chunks, td.gmem._chunks, td.entries, -1]
+                st.extend((_EMPTY, _EMPTY))
+            g = gf[i]
+            c = g >> CHUNK_SHIFT
+            if c != st[4]:
+                l1 = st[3].get((1, c))
+                if l1 is None or l1[0] != "present":
+                    bad = i
+                    break
+                st[4:] = c, _keys(st[1].get(c)), _keys(st[2].get(c))
+            if g in st[5] or g in st[6] or g >= limit:
+                bad = i
                 break
-            tid, leaf_chunks, gmem_chunks, entries, tseen = info
-            gfn: int = ev.gfn  # type: ignore[attr-defined]
-            cid = gfn >> 9
-            lc = leaf_chunks.get(cid)
-            gc = gmem_chunks.get(cid)
-            l1 = entries.get((1, cid))
-            if (
-                gfn >= limit
-                or gfn in tseen
-                or (lc is not None and gfn in (lc if type(lc) is dict else lc[0]))
-                or (gc is not None and gfn in (gc if type(gc) is dict else gc[0]))
-                or l1 is None
-                or l1[0] != "present"
-            ):
-                good = False
-                break
-            tseen.add(gfn)
-            tids.append(tid)
-            gfns.append(gfn)
-        if not good:
-            for tid, gfn in zip(tids[mark:], gfns[mark:], strict=True):
-                seen[tid].discard(gfn)  # this batch's marks: it is not in the run
-            del tids[mark:], gfns[mark:]
+        if bad >= 0:
             break
         taken += 1
     if not taken:
         return []
-    # the pages, in event order; the run ends before the first batch whose pages do not fit
-    pfns = m.mem.peek_lowest(len(gfns))
+    end = spans[taken - 1][1]
+    tids = [state[v][0] for v in vc[first:end]]
+    gfns = gf[first:end]
+    again = _first_repeat(tids, gfns)  # a gfn faulted twice in the run: the later one stops it
+    if again is not None:
+        taken = bisect_right([e for _s, e in spans[:taken]], first + again)
+        if not taken:
+            return []
+        end = spans[taken - 1][1]
+        del tids[end - first :], gfns[end - first :]
+    return _apply_simple(m, spans[:taken], tids, gfns, segments, per_event, full_step)
+
+
+_EMPTY: frozenset[int] = frozenset()
+
+
+def _keys(chunk: Any) -> Any:
+    """What ``in`` tests a chunk's keys with: the chunk dict itself, the keys of a frozen one."""
+    if chunk is None:
+        return _EMPTY
+    return chunk if type(chunk) is dict else frozenset(chunk[0])
+
+
+def _first_repeat(tids: list[int], gfns: list[int]) -> int | None:
+    """The index of the first (TD, gfn) seen before in the lists, or None (the usual case,
+    told by one set's size)."""
+    pairs = list(zip(tids, gfns, strict=True))
+    if len(set(pairs)) == len(pairs):
+        return None
+    seen: set[tuple[int, int]] = set()
+    for i, p in enumerate(pairs):
+        if p in seen:
+            return i
+        seen.add(p)
+    return None  # (unreachable: the sizes differed)
+
+
+def _pages_fit(
+    m: Machine, segments: list[tuple[int, Sequence[int]]]
+) -> list[tuple[int, Sequence[int]]]:
+    """The prefix of the allocator's next pages (``segments``: region, offsets) a simple run
+    can take: on regions with a refcount above zero and a pair, pages the module does not use
+    yet."""
     refcount, pairs, pages = m.refcount, m.module.pairs, m.module.pages
-    fits = 0
-    for p in pfns:
-        r = p >> _SHIFT
-        kinds = pages.get(r)
-        if not refcount.get(r) or r not in pairs or (kinds is not None and kinds[p & _MASK]):
+    out: list[tuple[int, Sequence[int]]] = []
+    for r, offs in segments:
+        if not refcount.get(r) or r not in pairs:
             break
-        fits += 1
-    lengths = [end - start for start, end in spans[:taken]]
-    while taken and sum(lengths[:taken]) > fits:
-        taken -= 1
-    if not taken:
-        return []
-    count = sum(lengths[:taken])
-    return _apply_simple(
-        m, spans[:taken], tids[:count], gfns[:count], pfns[:count], per_event, full_step
-    )
+        kinds = pages.get(r)
+        if kinds is not None:
+            if type(offs) is range:
+                if kinds.count(0, offs.start, offs.stop) != len(offs):
+                    used = next(i for i, off in enumerate(offs) if kinds[off])
+                    out.append((r, offs[:used]))
+                    break
+            else:
+                used = next((i for i, off in enumerate(offs) if kinds[off]), -1)
+                if used >= 0:
+                    out.append((r, offs[:used]))
+                    break
+        out.append((r, offs))
+    return [(r, offs) for r, offs in out if len(offs)]
 
 
 def _simple_vcpu(m: Machine, vid: int, low: int) -> Td | None:
@@ -696,37 +743,45 @@ def _apply_simple(
     spans: Sequence[tuple[int, int]],
     tids: list[int],
     gfns: list[int],
-    pfns: list[int],
+    segments: list[tuple[int, Sequence[int]]],
     per_event: int,
     full_step: int,
 ) -> list[BatchOutcome]:
-    """Apply a simple run (see :func:`run_simple_batches`): the same state changes as
-    :meth:`_Planner.apply` for these batches, in bulk."""
+    """Apply a simple run (see :func:`run_simple_batches`; ``tids``, ``gfns``: each event's TD
+    and gfn, in event order; ``segments``: the allocator's next pages by region, at least one
+    per event): the same state changes as :meth:`_Planner.apply` for these batches, in bulk."""
     from explorer.model.machine import O_GUEST
 
     tds, counters, module = m.tds, m.counters, m.module
-    by_region: dict[int, list[int]] = {}  # region -> page offsets, in allocation order
-    for p in pfns:
-        offs = by_region.get(p >> _SHIFT)
-        if offs is None:
-            offs = by_region[p >> _SHIFT] = []
-        offs.append(p & _MASK)
+    nfaults = len(gfns)
+    by_region: dict[int, Sequence[int]] = {}  # region -> page offsets, in allocation order
+    pfns: list[int] = []
+    for r, offs in segments:
+        if len(pfns) == nfaults:
+            break
+        offs = offs[: nfaults - len(pfns)]
+        by_region[r] = offs
+        base = r << _SHIFT
+        pfns.extend([base | off for off in offs])
     m.mem.take_regions(by_region, O_GUEST)
+    # the mappings by TD and chunk, each chunk's items in event order: one grouping, two dicts
+    groups: dict[int, dict[int, dict[int, int]]] = {t: {} for t in set(tids)}
+    for t, g, p in zip(tids, gfns, pfns, strict=True):
+        by_chunk = groups[t]
+        sub = by_chunk.get(g >> CHUNK_SHIFT)
+        if sub is None:
+            sub = by_chunk[g >> CHUNK_SHIFT] = {}
+        sub[g] = p
     aug = add = 0
-    for tid in set(tids):
-        td = tds[tid]
-        items = (
-            dict(zip(gfns, pfns, strict=True))
-            if len(tds) == 1 or all(t == tid for t in tids)
-            else {g: p for t, g, p in zip(tids, gfns, pfns, strict=True) if t == tid}
-        )
-        groups = td.leaves.group(items)
-        td.gmem.set_grouped(groups, items)
-        td.leaves.set_grouped(groups, items)
+    for t, by_chunk in groups.items():
+        td = tds[t]
+        td.gmem.set_grouped(by_chunk)
+        td.leaves.set_grouped(by_chunk)
+        k = sum(map(len, by_chunk.values()))
         if td.state == "finalized":
-            aug += len(items)
+            aug += k
         else:
-            add += len(items)
+            add += k
     refcount, gotten, ckpt = m.refcount, m.gotten, m._ckpt_regions
     for r, offs in by_region.items():
         given = module.give_pages(r, offs, "guest")
@@ -734,17 +789,16 @@ def _apply_simple(
         refcount[r] += len(offs)
         gotten[r] = gotten.get(r, 0) + len(offs)
         ckpt.add(r)
-    nfaults = len(pfns)
     for name in ("faults", "pamt_get", "pamt_get_fast", "allocs_sleeping"):
         counters[name] += nfaults
     counters["page_aug"] += aug
     counters["page_add"] += add
     # per batch: steps, event starts, labels, regions
-    base = set(_BASE_LABELS)
-    base.add("faultin.alloc")
+    base_labels = set(_BASE_LABELS)
+    base_labels.add("faultin.alloc")
     if full_step:
-        base.add("pamt_cache.full")
-    finalized = {tid: tds[tid].state == "finalized" for tid in set(tids)}
+        base_labels.add("pamt_cache.full")
+    finalized = {t: tds[t].state == "finalized" for t in groups}
     labels_of: dict[frozenset[int], frozenset[str]] = {}
     round_robin = m.settings.schedule == "round-robin"
     outcomes: list[BatchOutcome] = []
@@ -757,20 +811,19 @@ def _apply_simple(
         batch_tds = frozenset(tids[i : i + k])
         labels = labels_of.get(batch_tds)
         if labels is None:
-            ls = set(base)
-            ls.update("page.aug" if finalized[tid] else "page.add" for tid in batch_tds)
+            ls = set(base_labels)
+            ls.update("page.aug" if finalized[t] else "page.add" for t in batch_tds)
             labels = labels_of[batch_tds] = frozenset(ls)
         regions = only_region if single_region else sorted({p >> _SHIFT for p in pfns[i : i + k]})
         if round_robin and k > 1:
-            starts = list(range(step0, step0 + k))
+            starts = range(step0, step0 + k)
         else:
-            starts = list(range(step0, step0 + k * per_event, per_event))
+            starts = range(step0, step0 + k * per_event, per_event)
         outcomes.append(BatchOutcome(k * per_event, labels, regions, k, {}, starts))
         step0 += k * per_event
         i += k
     m.nr_steps = step0
-    all_regions = set(by_region)
-    _finish_run(m, outcomes, all_regions)
+    _finish_run(m, outcomes, set(by_region))
     return outcomes
 
 
