@@ -37,15 +37,22 @@ from explorer.model.machine import (
 from explorer.model.tdx_module import KIND_CODE
 
 _PAMT_KIND = KIND_CODE["pamt"]
+_PAIR_OWNERS = (O_PAIR, O_LEAKED)
 
 
 def check_regions(m: Machine, regions: Iterable[int]) -> None:
-    """Invariants 1 to 4 on ``regions`` (the ones the step touched, or all in full mode)."""
+    """Invariants 1 to 4 on ``regions`` (the ones the step touched, or all in full mode).
+
+    Runs after every step that touches a region (a few hundred thousand times in a long
+    replay): the tables are looked up once, outside the loop, and the pair's two pages are
+    checked without building a set."""
     lock_free = m.pamt_lock is None
     pairs = m.module.pairs
+    refcount, gotten, orphans, inflight = m.refcount, m.gotten, m.orphans, m.inflight
+    used, owner, kind = m.module.used, m.mem.owner, m.module.kind
     v5 = m.mode == "v5-hint"
     for r in sorted(regions):
-        rc = m.refcount.get(r, 0)
+        rc = refcount.get(r, 0)
         pair = pairs.get(r)
         v5_window = v5 and rc == 0 and pair is not None and r in m.v5_put_window
         if lock_free and (rc > 0) != (pair is not None) and not v5_window:
@@ -55,38 +62,43 @@ def check_regions(m: Machine, regions: Iterable[int]) -> None:
                 f"region {r}: refcount {rc} but {'a' if pair else 'no'} PAMT pair "
                 "with pamt_lock free",
             )
-        if r not in m.inflight:
-            held = m.gotten.get(r, 0)
-            orphans = m.orphans.get(r, 0)
-            if rc != held + orphans:
+        if r not in inflight:
+            held = gotten.get(r, 0)
+            orphaned = orphans.get(r, 0)
+            if rc != held + orphaned:
                 m.diag(
                     "violation",
                     "INV2_REFCOUNT_USERS",
-                    f"region {r}: refcount {rc} != {held} pages gotten + {orphans} orphan(s)",
+                    f"region {r}: refcount {rc} != {held} pages gotten + {orphaned} orphan(s)",
                 )
-        if m.module.used.get(r, 0) and pair is None:
+        if used.get(r, 0) and pair is None:
             m.diag(
                 "violation",
                 "INV3_MISSING_PAIR",
-                f"region {r}: {m.module.used[r]} page(s) in TD use without a PAMT pair",
+                f"region {r}: {used[r]} page(s) in TD use without a PAMT pair",
             )
         if pair is not None:
-            owners = {m.mem.owner(p) for p in pair}
+            a, b = pair
             if (
-                pair[0] == pair[1]
-                or not owners <= {O_PAIR, O_LEAKED}
-                or any(m.module.kind(p) != _PAMT_KIND for p in pair)
+                a == b
+                or owner(a) not in _PAIR_OWNERS
+                or owner(b) not in _PAIR_OWNERS
+                or kind(a) != _PAMT_KIND
+                or kind(b) != _PAMT_KIND
             ):
                 m.diag(
                     "violation",
                     "INV4_PAIR_PAGES",
-                    f"region {r}: pair {pair[0]:#x}, {pair[1]:#x} is not two pages held only "
-                    "as PAMT pages",
+                    f"region {r}: pair {a:#x}, {b:#x} is not two pages held only as PAMT pages",
                 )
 
 
 def check_global(m: Machine) -> None:
-    """Invariant 5, the parts that hold after every step: caches and pairs vs page owners."""
+    """Invariant 5, the parts that hold after every step: caches and pairs vs page owners.
+
+    Runs after every step that changes a page's owner: the sums are list comprehensions (about
+    twice as fast as generator expressions on CPython 3.11), the orphan count is skipped when
+    there is no orphan."""
     counts = m.mem.counts
     if sum(counts) != m.mem.total_pages:
         m.diag(
@@ -94,7 +106,8 @@ def check_global(m: Machine) -> None:
             "INV5_CONSERVATION",
             f"owners sum to {sum(counts)}, not {m.mem.total_pages}",
         )
-    in_pamt_cache = sum(len(v.pamt_cache) for v in m.vcpus.values())
+    vcpus = m.vcpus.values()
+    in_pamt_cache = sum([len(v.pamt_cache) for v in vcpus])
     in_pamt_cache += len(m.extra.get("mempool", ()))
     if counts[O_PAMT_CACHE] != in_pamt_cache:
         m.diag(
@@ -102,15 +115,18 @@ def check_global(m: Machine) -> None:
             "INV5_CONSERVATION",
             f"{counts[O_PAMT_CACHE]} pages owned as pamt_cache, {in_pamt_cache} in the caches",
         )
-    in_kvm = sum(len(c.pfns) for v in m.vcpus.values() for c in v.caches.values())
+    in_kvm = sum([len(c.pfns) for v in vcpus for c in v.caches.values()])
     if counts[O_KVM_CACHE] != in_kvm:
         m.diag(
             "violation",
             "INV5_CONSERVATION",
             f"{counts[O_KVM_CACHE]} pages owned as kvm_cache, {in_kvm} in KVM's caches",
         )
-    leaked_pairs = sum(1 for r, n in m.orphans.items() if n and r in m.module.pairs)
-    pairs = len(m.module.pairs)
+    pairs_of = m.module.pairs
+    leaked_pairs = (
+        sum([1 for r, n in m.orphans.items() if n and r in pairs_of]) if m.orphans else 0
+    )
+    pairs = len(pairs_of)
     if counts[O_PAIR] + counts[O_LEAKED] != 2 * pairs or counts[O_LEAKED] != 2 * leaked_pairs:
         m.diag(
             "violation",
