@@ -332,3 +332,38 @@ def _timelines_agree(events: Sequence[Event], s: Settings) -> tuple[Timeline, Ti
     assert fast_tl.cache_series == slow_tl.cache_series
     assert fast_tl.summary() == slow_tl.summary()
     return fast_tl, slow_tl
+
+
+@pytest.mark.parametrize("schedule", ["round-robin", "sequential"])
+def test_seeks_rerun_simple_runs_exactly(schedule: str) -> None:
+    """A seek re-runs the batches after its checkpoint with simple runs where it can: the state
+    at steps far from any checkpoint is the recorded run's, and simple runs did take part."""
+    import explorer.timeline as timeline_module
+
+    events, s = _events("\n".join(boot(tds=2, vcpus=4, faults=3000, seed=4)))
+    s = s.with_overrides({"schedule": schedule})
+    tl = replay(events, s)
+    # steps in the last batches of checkpoint intervals: the most batches re-run
+    targets = {tl.batch_step[b] + 1 for b in range(60, tl.nr_batches - 1, 64)}
+    targets.add(tl.nr_steps - 1)
+    want: dict[int, Any] = {}
+    m = Machine(s, record=True)
+    m.on_step = lambda mach, step: (
+        want.__setitem__(step.index, mach.snapshot(step=step.index, event=step.event))
+        if step.index in targets
+        else None
+    )
+    m.run(events)
+    assert len(want) == len(targets) >= 5
+    taken: list[int] = []
+
+    def counting(*args: Any) -> Any:
+        out = run_simple_batches(*args)
+        taken.append(len(out))
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(timeline_module, "run_simple_batches", counting)
+        for i in sorted(targets):
+            assert tl.state_at(i) == want[i], f"step {i}"
+    assert sum(taken) > 40 * (len(targets) - 1)  # most re-run batches were simple

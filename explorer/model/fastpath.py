@@ -579,15 +579,17 @@ class FaultColumns:
 
     vcpu: list[int]
     gfn: list[int]
+    base: int = 0  # the index of the first event the columns hold
 
     @classmethod
-    def of(cls, events: Sequence[Event]) -> FaultColumns:
+    def of(cls, events: Sequence[Event], base: int = 0) -> FaultColumns:
+        """The columns of ``events`` (a slice of the trace that starts at event ``base``)."""
         vcpu = [
             ev.vcpu if type(ev) is Fault and ev.pfn is None and ev.level == "4k" else -1
             for ev in events
         ]
         gfn = [ev.gfn if type(ev) is Fault else -1 for ev in events]
-        return cls(vcpu, gfn)
+        return cls(vcpu, gfn, base)
 
 
 def run_simple_batches(
@@ -618,6 +620,7 @@ def run_simple_batches(
     from explorer.model.machine import MAX_STEPS_PER_BATCH as max_steps
 
     first = spans[0][0]
+    base = cols.base
     segments = _pages_fit(m, m.mem.peek_lowest_segments(spans[-1][1] - first))
     fits = sum(len(offs) for _r, offs in segments)
     vc, gf = cols.vcpu, cols.gfn
@@ -629,10 +632,13 @@ def run_simple_batches(
     for start, end in spans:
         if end > stop:
             break
-        if len(set(vc[start:end])) != end - start or (end - start) * per_event > max_steps:
+        if (
+            len(set(vc[start - base : end - base])) != end - start
+            or (end - start) * per_event > max_steps
+        ):
             break  # two events of one vCPU (or of no vCPU: -1)
         bad = -1
-        for i in range(start, end):
+        for i in range(start - base, end - base):
             vid = vc[i]
             st = state.get(vid)
             if st is None:
@@ -659,8 +665,8 @@ def run_simple_batches(
     if not taken:
         return []
     end = spans[taken - 1][1]
-    tids = [state[v][0] for v in vc[first:end]]
-    gfns = gf[first:end]
+    tids = [state[v][0] for v in vc[first - base : end - base]]
+    gfns = gf[first - base : end - base]
     again = _first_repeat(tids, gfns)  # a gfn faulted twice in the run: the later one stops it
     if again is not None:
         taken = bisect_right([e for _s, e in spans[:taken]], first + again)
@@ -762,7 +768,10 @@ def _apply_simple(
         offs = offs[: nfaults - len(pfns)]
         by_region[r] = offs
         base = r << _SHIFT
-        pfns.extend([base | off for off in offs])
+        if type(offs) is range:
+            pfns.extend(range(base + offs.start, base + offs.stop))
+        else:
+            pfns.extend([base | off for off in offs])
     m.mem.take_regions(by_region, O_GUEST)
     # the mappings by TD and chunk, each chunk's items in event order: one grouping, two dicts
     groups: dict[int, dict[int, dict[int, int]]] = {t: {} for t in set(tids)}
@@ -833,7 +842,7 @@ def _finish_run(m: Machine, outcomes: list[BatchOutcome], regions: set[int]) -> 
     the run's last step)."""
     from explorer.model.invariants import check_global, check_quiescent, check_regions
 
-    m.batch_labels |= set().union(*(o.labels for o in outcomes))
+    m.batch_labels |= set().union(*{o.labels for o in outcomes})  # (few distinct sets)
     m.batch_regions |= regions
     m.threads = {}
     m.fast_batches += len(outcomes)

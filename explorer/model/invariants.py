@@ -123,9 +123,7 @@ def check_global(m: Machine) -> None:
             f"{counts[O_KVM_CACHE]} pages owned as kvm_cache, {in_kvm} in KVM's caches",
         )
     pairs_of = m.module.pairs
-    leaked_pairs = (
-        sum([1 for r, n in m.orphans.items() if n and r in pairs_of]) if m.orphans else 0
-    )
+    leaked_pairs = sum([1 for r, n in m.orphans.items() if n and r in pairs_of]) if m.orphans else 0
     pairs = len(pairs_of)
     if counts[O_PAIR] + counts[O_LEAKED] != 2 * pairs or counts[O_LEAKED] != 2 * leaked_pairs:
         m.diag(
