@@ -453,13 +453,16 @@ def _replay(
     last_end = 0
     spans = batches(events)
     nb = len(spans)
-    cols = FaultColumns.of(events)
     b = 0
     while b < nb:
         if m.stopped is not None:
             break
         start, end = spans[b]
         if b % checkpoint_every == 0:
+            # the columns of this interval's events (runs never cross a checkpoint): built per
+            # interval, a few KiB at a time, not for the whole trace at once
+            last = spans[min(b + checkpoint_every, nb) - 1][1]
+            cols = FaultColumns.of(events[start:last], start)
             tl._deltas[b] = m.delta()
             tl._ckpt_batches.append(b)
             if b % (checkpoint_every * keyframe_every) == 0:
