@@ -574,8 +574,9 @@ class _Planner:
 class FaultColumns:
     """The trace's faults as two columns, for the simple runs' checks: each event's vCPU (-1
     where the event is not a plain 4 KiB fault with no pfn, which no simple run takes) and gfn.
-    Built once per replay (:meth:`of`, two list comprehensions), so that the check of an event
-    reads two list items instead of four attributes and a type."""
+    Built per checkpoint interval by the replay, per seek for the batches it re-runs (:meth:`of`,
+    two list comprehensions), so that the check of an event reads two list items instead of
+    four attributes and a type."""
 
     vcpu: list[int]
     gfn: list[int]
