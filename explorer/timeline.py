@@ -459,10 +459,6 @@ def _replay(
             break
         start, end = spans[b]
         if b % checkpoint_every == 0:
-            # the columns of this interval's events (runs never cross a checkpoint): built per
-            # interval, a few KiB at a time, not for the whole trace at once
-            last = spans[min(b + checkpoint_every, nb) - 1][1]
-            cols = FaultColumns.of(events[start:last], start)
             tl._deltas[b] = m.delta()
             tl._ckpt_batches.append(b)
             if b % (checkpoint_every * keyframe_every) == 0:
@@ -482,6 +478,10 @@ def _replay(
         # a run of fast batches, up to the next checkpoint (explorer.model.fastpath): simple
         # batches (warm faults, one per CPU) in bulk, else this batch on the general fast path
         upto = min((b // checkpoint_every + 1) * checkpoint_every, nb)
+        if b % checkpoint_every == 0:
+            # the columns of this interval's events (runs never cross a checkpoint): built per
+            # interval, a few KiB at a time, not for the whole trace at once
+            cols = FaultColumns.of(events[start : spans[upto - 1][1]], start)
         idle = idle_pages(m)
         free = m.mem.counts[0]
         outcomes = run_simple_batches(m, events, spans[b:upto], cols)

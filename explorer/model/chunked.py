@@ -154,7 +154,7 @@ class ChunkedDict(MutableMapping[int, int]):
 
     def set_grouped(self, by_chunk: dict[int, dict[int, int]]) -> None:
         """:meth:`set_many` with the items already split by chunk (:meth:`group`, or the simple
-        runs' sort by chunk); one grouping can serve several dicts."""
+        runs' grouping by TD and chunk); one grouping can serve several dicts."""
         changed = self.changed
         for cid, sub in by_chunk.items():
             c = self._writable(cid)

@@ -625,9 +625,7 @@ def run_simple_batches(
     segments = _pages_fit(m, m.mem.peek_lowest_segments(spans[-1][1] - first))
     fits = sum(len(offs) for _r, offs in segments)
     vc, gf = cols.vcpu, cols.gfn
-    # vCPU -> (TD id, mappings' and guest_memfd's chunk tables, S-EPT entries, chunk id, the
-    # chunk's mappings and bindings): the chunk part is re-read when the vCPU's gfns move on
-    state: dict[int, list[Any]] = {}
+    state: dict[int, _SimpleVcpu] = {}
     stop = first + fits  # the first event that cannot be taken
     taken = 0  # batches accepted
     for start, end in spans:
@@ -647,17 +645,12 @@ def run_simple_batches(
                 if td is None:
                     bad = i
                     break
-                st = state[vid] = [td.id, td.leaves._chunks, td.gmem._chunks, td.entries, -1]
-                st.extend((_EMPTY, _EMPTY))
+                st = state[vid] = _SimpleVcpu(td)
             g = gf[i]
-            c = g >> CHUNK_SHIFT
-            if c != st[4]:
-                l1 = st[3].get((1, c))
-                if l1 is None or l1[0] != "present":
-                    bad = i
-                    break
-                st[4:] = c, _keys(st[1].get(c)), _keys(st[2].get(c))
-            if g in st[5] or g in st[6] or g >= limit:
+            if g >> CHUNK_SHIFT != st.chunk and not st.enter(g):
+                bad = i
+                break
+            if g in st.mapped or g in st.backed or g >= limit:
                 bad = i
                 break
         if bad >= 0:
@@ -666,7 +659,7 @@ def run_simple_batches(
     if not taken:
         return []
     end = spans[taken - 1][1]
-    tids = [state[v][0] for v in vc[first - base : end - base]]
+    tids = [state[v].tid for v in vc[first - base : end - base]]
     gfns = gf[first - base : end - base]
     again = _first_repeat(tids, gfns)  # a gfn faulted twice in the run: the later one stops it
     if again is not None:
@@ -678,14 +671,33 @@ def run_simple_batches(
     return _apply_simple(m, spans[:taken], tids, gfns, segments, per_event, full_step)
 
 
-_EMPTY: frozenset[int] = frozenset()
+_EMPTY: dict[int, int] = {}  # (never written)
 
 
-def _keys(chunk: Any) -> Any:
-    """What ``in`` tests a chunk's keys with: the chunk dict itself, the keys of a frozen one."""
-    if chunk is None:
-        return _EMPTY
-    return chunk if type(chunk) is dict else frozenset(chunk[0])
+class _SimpleVcpu:
+    """What a simple run's check keeps of a vCPU: its TD, and the 2 MiB guest chunk its last
+    fault fell in (its mappings and guest_memfd bindings), re-read only when its gfns move on to
+    another chunk."""
+
+    __slots__ = ("backed", "chunk", "entries", "gmem", "leaves", "mapped", "tid")
+
+    def __init__(self, td: Td) -> None:
+        self.tid = td.id
+        self.leaves, self.gmem, self.entries = td.leaves, td.gmem, td.entries
+        self.chunk = -1
+        self.mapped = self.backed = _EMPTY
+
+    def enter(self, gfn: int) -> bool:
+        """Move to ``gfn``'s chunk; False if it has no present level-1 table (a fault there
+        links one: not simple)."""
+        c = gfn >> CHUNK_SHIFT
+        l1 = self.entries.get((1, c))
+        if l1 is None or l1[0] != "present":
+            return False
+        self.chunk = c
+        self.mapped = self.leaves.chunk(gfn) or _EMPTY
+        self.backed = self.gmem.chunk(gfn) or _EMPTY
+        return True
 
 
 def _first_repeat(tids: list[int], gfns: list[int]) -> int | None:
@@ -714,17 +726,13 @@ def _pages_fit(
         if not refcount.get(r) or r not in pairs:
             break
         kinds = pages.get(r)
-        if kinds is not None:
-            if type(offs) is range:
-                if kinds.count(0, offs.start, offs.stop) != len(offs):
-                    used = next(i for i, off in enumerate(offs) if kinds[off])
-                    out.append((r, offs[:used]))
-                    break
-            else:
-                used = next((i for i, off in enumerate(offs) if kinds[off]), -1)
-                if used >= 0:
-                    out.append((r, offs[:used]))
-                    break
+        if kinds is not None and not (  # (a range is checked with one byte count)
+            type(offs) is range and kinds.count(0, offs.start, offs.stop) == len(offs)
+        ):
+            used = next((i for i, off in enumerate(offs) if kinds[off]), -1)
+            if used >= 0:
+                out.append((r, offs[:used]))
+                break
         out.append((r, offs))
     return [(r, offs) for r, offs in out if len(offs)]
 

@@ -229,14 +229,15 @@ class HostMemory:
     def take_regions(self, by_region: dict[int, Sequence[int]], code: int) -> None:
         """:meth:`take_planned` for pages with one owner ``code``, grouped by region in
         allocation order (``by_region``: region -> page offsets, a region's pages allocated
-        together): a contiguous run of offsets is one slice assignment."""
+        together): a ``range`` of offsets is one slice assignment (as in
+        :meth:`explorer.model.tdx_module.TdxModule.give_pages`)."""
         nfree, counts = self.nfree, self.counts
         total = 0
         for region, offs in by_region.items():
             owners = self._enter_planned(region)
-            first, n = offs[0], len(offs)
-            if offs[-1] - first + 1 == n:  # ascending and distinct: a contiguous run
-                owners[first : first + n] = bytes([code]) * n
+            n = len(offs)
+            if type(offs) is range and offs.step == 1:  # a contiguous run: one slice
+                owners[offs.start : offs.stop] = bytes([code]) * n
             else:
                 for off in offs:
                     owners[off] = code
