@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from explorer.model.events import Event, Fault, VcpuCreate, Zap
 from explorer.model.fastpath import (
     FAST_MODES,
+    BatchOutcome,
     FaultColumns,
     run_fast_batches,
     run_simple_batches,
@@ -110,10 +111,17 @@ def compare(events: Sequence[Event], s: Settings) -> list[bool]:
     return taken
 
 
-def compare_runs(events: Sequence[Event], s: Settings, run: int = 8, simple: bool = False) -> int:
+def compare_runs(
+    events: Sequence[Event],
+    s: Settings,
+    run: int = 8,
+    simple: bool = False,
+    simple_outcomes: dict[int, BatchOutcome] | None = None,
+) -> int:
     """Like :func:`compare`, but the fast machine takes runs of up to ``run`` batches at once
     (as the timeline does); compared after each run, each batch's outcome against the
-    generators' batch. Returns how many batches ran in runs longer than one."""
+    generators' batch. Returns how many batches ran in runs longer than one; the outcomes of
+    the batches simple runs took go to ``simple_outcomes`` (batch index -> outcome)."""
     slow = Machine(s, record=False, check=True)
     fast = Machine(s, record=False, check=True, fast=True)
     spans = batches(events)
@@ -122,6 +130,8 @@ def compare_runs(events: Sequence[Event], s: Settings, run: int = 8, simple: boo
     while b < len(spans) and slow.stopped is None:
         fast.event_first_step = {}
         outcomes = run_simple_batches(fast, events, spans[b : b + run], cols) if simple else []
+        if simple_outcomes is not None:
+            simple_outcomes.update(enumerate(outcomes, b))
         if outcomes:
             for (x, _y), o in zip(spans[b:], outcomes, strict=False):
                 fast.event_first_step.update(
@@ -302,6 +312,42 @@ def test_a_cache_below_min_in_the_middle_of_a_batch() -> None:
     s = Settings()
     compare(events, s)
     compare_runs(events, s)
+
+
+@pytest.mark.parametrize("schedule", ["round-robin", "sequential"])
+def test_simple_runs_link_level1_tables(schedule: str) -> None:
+    """Faults on fresh 2 MiB guest chunks under a present level-2 table link a level-1 table
+    each: simple runs take them (four more steps per link) until a vCPU's caches fall below
+    min (its next fault tops up) and stop at a batch where two CPUs race for one table; each
+    batch's outcome and the whole state match the generators'."""
+    from explorer.model.events import TdCreate, TdFinalize
+
+    events: list[Event] = [TdCreate(td=0)]
+    events += [VcpuCreate(td=0, vcpu=v) for v in range(2)]
+    events.append(TdFinalize(td=0))
+    t = 0
+    events += [Fault(vcpu=v, gfn=v, t=t) for v in range(2)]  # levels 3, 2, 1 under gfn 0
+    for k in range(1, 41):  # 40 links per vCPU: its page-table caches run below min
+        t += 1
+        events += [Fault(vcpu=v, gfn=((2 * k + v) << 9) + k % 7, t=t) for v in range(2)]
+        if k in (10, 20):  # two CPUs fault in one fresh chunk: they race for its table
+            t += 1
+            events += [Fault(vcpu=v, gfn=((100 + k) << 9) + v, t=t) for v in range(2)]
+    s = Settings().with_overrides({"schedule": schedule})
+    seen: dict[int, BatchOutcome] = {}
+    compare_runs(events, s, run=16, simple=True, simple_outcomes=seen)
+    spans = batches(events)
+    racing = {
+        b for b, (x, _y) in enumerate(spans) if getattr(events[x], "gfn", 0) >> 9 in (110, 120)
+    }
+    assert len(racing) == 2 and not racing & set(seen)
+    linked = [o for o in seen.values() if "sept.add" in o.labels]
+    assert len(linked) >= 30, len(linked)
+    assert all(o.steps == 2 * 9 + 2 * 4 for o in linked)  # two CPUs, one link each
+    # a batch after one whose link took a vCPU's caches below min tops them up: not simple
+    topups = [b for b in range(5, len(spans)) if b not in seen and b not in racing]
+    assert len(topups) == 2  # (one per vCPU)
+    assert all("sept.add" in seen[b - 1].labels for b in topups)
 
 
 @pytest.mark.parametrize("mode", ["v6", "kvm-style-cache", "mempool"])

@@ -44,6 +44,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 from explorer.model import constants as C
@@ -601,10 +602,12 @@ def run_simple_batches(
     ``spans`` (batches ``events[start:end]``; ``cols``: the events' columns) in which every
     batch is *simple*: one fault per vCPU; every vCPU's caches at or above ``min`` and its
     DPAMT cache full (no top-up of any kind); every gfn new, not backed yet, under a present
-    level-1 table (no link); every guest page from a touched region with a pair and a refcount
-    above zero. Then every event is the same nine (eight without the DPAMT "full" step) steps;
-    under either schedule the CPUs' first steps are in CPU order and the guest pages are
-    allocated in event order, so the run is computed with a few list operations per event.
+    level-1 table or one the fault can link alone (:class:`_RunLinks`); every guest page from a
+    touched region with a pair and a refcount above zero. Then every event is the same nine
+    (eight without the DPAMT "full" step) steps, four more where it links a table; under either
+    schedule the CPUs' first steps are in CPU order and the guest pages are allocated in event
+    order (a link allocates nothing), so the run is computed with a few list operations per
+    event.
     Returns the outcomes (empty: nothing ran, nothing changed); a batch that is not simple is
     left to :func:`run_fast_batches`.
 
@@ -626,16 +629,16 @@ def run_simple_batches(
     fits = sum(len(offs) for _r, offs in segments)
     vc, gf = cols.vcpu, cols.gfn
     state: dict[int, _SimpleVcpu] = {}
+    links = _RunLinks(m)
     stop = first + fits  # the first event that cannot be taken
     taken = 0  # batches accepted
     for start, end in spans:
         if end > stop:
             break
-        if (
-            len(set(vc[start - base : end - base])) != end - start
-            or (end - start) * per_event > max_steps
-        ):
+        if len(set(vc[start - base : end - base])) != end - start:
             break  # two events of one vCPU (or of no vCPU: -1)
+        links.batch = taken
+        nlinks = len(links.made)
         bad = -1
         for i in range(start - base, end - base):
             vid = vc[i]
@@ -645,15 +648,15 @@ def run_simple_batches(
                 if td is None:
                     bad = i
                     break
-                st = state[vid] = _SimpleVcpu(td)
+                st = state[vid] = _SimpleVcpu(td, m.vcpus[vid])
             g = gf[i]
-            if g >> CHUNK_SHIFT != st.chunk and not st.enter(g):
+            if g >> CHUNK_SHIFT != st.chunk and not st.enter(g, links, base + i):
                 bad = i
                 break
             if g in st.mapped or g in st.backed or g >= limit:
                 bad = i
                 break
-        if bad >= 0:
+        if bad >= 0 or (end - start) * per_event + 4 * (len(links.made) - nlinks) > max_steps:
             break
         taken += 1
     if not taken:
@@ -668,35 +671,112 @@ def run_simple_batches(
             return []
         end = spans[taken - 1][1]
         del tids[end - first :], gfns[end - first :]
-    return _apply_simple(m, spans[:taken], tids, gfns, segments, per_event, full_step)
+    made = [link for link in links.made if link[0] < end]  # (a rejected batch's links go)
+    return _apply_simple(m, spans[:taken], tids, gfns, segments, per_event, full_step, made)
 
 
 _EMPTY: dict[int, int] = {}  # (never written)
 
 
+class _RunLinks:
+    """The level-1 tables a simple run links: a fault on a 2 MiB guest chunk with no level-1
+    table links one (``tdp_mmu_alloc_sp`` from the vCPU's caches, a fast ``tdx_pamt_get`` on
+    the S-EPT page's region, ``TDH.MEM.SEPT.ADD``: four more steps, no page from the
+    allocator), which keeps the batch simple when the tables above are present, no other CPU
+    of the batch links the same table, the caches hold the pages and the S-EPT page's region
+    has a pair and a refcount above zero. Beyond that the general fast path or the generators
+    decide (a race for one table, a top-up, a fresh region)."""
+
+    __slots__ = ("batch", "kind", "linked", "made", "pairs", "refcount", "upper")
+
+    def __init__(self, m: Machine) -> None:
+        self.refcount, self.pairs, self.kind = m.refcount, m.module.pairs, m.module.kind
+        levels = m.settings.ept_levels
+        self.upper = [(lv, 9 * lv) for lv in range(levels - 1, 1, -1)]  # the tables above
+        self.linked: dict[tuple[int, int], int] = {}  # (TD, chunk) -> the batch that links it
+        self.made: list[tuple[int, int, int, int]] = []  # (event, vCPU, TD, chunk), in order
+        self.batch = 0  # the batch being checked (its number in the run)
+
+
 class _SimpleVcpu:
-    """What a simple run's check keeps of a vCPU: its TD, and the 2 MiB guest chunk its last
-    fault fell in (its mappings and guest_memfd bindings), re-read only when its gfns move on to
-    another chunk."""
+    """What a simple run's check keeps of a vCPU: its TD, the 2 MiB guest chunk its last fault
+    fell in (its mappings and guest_memfd bindings), re-read only when its gfns move on to
+    another chunk, and the counts its table links leave in its page-table caches."""
 
-    __slots__ = ("backed", "chunk", "entries", "gmem", "leaves", "mapped", "tid")
+    __slots__ = (
+        "backed",
+        "chunk",
+        "entries",
+        "ext",
+        "ext_n",
+        "gmem",
+        "leaves",
+        "low",
+        "mapped",
+        "mins",
+        "phd_n",
+        "shp_n",
+        "tid",
+        "vid",
+    )
 
-    def __init__(self, td: Td) -> None:
-        self.tid = td.id
+    def __init__(self, td: Td, vcpu: Vcpu) -> None:
+        self.tid, self.vid = td.id, vcpu.id
         self.leaves, self.gmem, self.entries = td.leaves, td.gmem, td.entries
         self.chunk = -1
         self.mapped = self.backed = _EMPTY
+        caches = vcpu.caches
+        self.ext = caches["external_spt"].pfns
+        self.ext_n, self.shp_n = len(self.ext), len(caches["shadow_page"].pfns)
+        self.phd_n = caches["page_header"].nobjs
+        self.mins = (
+            caches["external_spt"].min,
+            caches["shadow_page"].min,
+            caches["page_header"].min,
+        )
+        self.low = False  # a link took a cache below min: the next fault tops it up
 
-    def enter(self, gfn: int) -> bool:
-        """Move to ``gfn``'s chunk; False if it has no present level-1 table (a fault there
-        links one: not simple)."""
+    def enter(self, gfn: int, links: _RunLinks, event: int) -> bool:
+        """Move to ``gfn``'s chunk, linking its level-1 table if it has none; False if the fault
+        is not simple (see :class:`_RunLinks`)."""
+        if self.low:
+            return False
         c = gfn >> CHUNK_SHIFT
         l1 = self.entries.get((1, c))
-        if l1 is None or l1[0] != "present":
-            return False
-        self.chunk = c
+        if l1 is None:
+            by = links.linked.get((self.tid, c))
+            if by is None:
+                if not self._link(gfn, c, links, event):
+                    return False
+            elif by == links.batch:
+                return False  # two CPUs race for one table: the generators decide
+        elif l1[0] != "present":
+            return False  # frozen by a CPU mid-link: RET_PF_RETRY
+        self.chunk = -1 if self.low else c  # (low: its next fault comes back here, and stops)
         self.mapped = self.leaves.chunk(gfn) or _EMPTY
         self.backed = self.gmem.chunk(gfn) or _EMPTY
+        return True
+
+    def _link(self, gfn: int, c: int, links: _RunLinks, event: int) -> bool:
+        entries = self.entries
+        for lv, shift in links.upper:
+            entry = entries.get((lv, gfn >> shift))
+            if entry is None or entry[0] != "present":
+                return False  # more than one table to link: the general fast path does it
+        if not (self.ext_n and self.shp_n and self.phd_n):
+            return False  # an empty cache WARNs and allocates GFP_ATOMIC
+        spt = self.ext[self.ext_n - 1]
+        r = spt >> _SHIFT
+        if not links.refcount.get(r) or r not in links.pairs or links.kind(spt):
+            return False
+        self.ext_n -= 1
+        self.shp_n -= 1
+        self.phd_n -= 1
+        e_min, s_min, p_min = self.mins
+        if self.ext_n < e_min or self.shp_n < s_min or self.phd_n < p_min:
+            self.low = True
+        links.linked[(self.tid, c)] = links.batch
+        links.made.append((event, self.vid, self.tid, c))
         return True
 
 
@@ -761,10 +841,12 @@ def _apply_simple(
     segments: list[tuple[int, Sequence[int]]],
     per_event: int,
     full_step: int,
+    links: list[tuple[int, int, int, int]],
 ) -> list[BatchOutcome]:
     """Apply a simple run (see :func:`run_simple_batches`; ``tids``, ``gfns``: each event's TD
     and gfn, in event order; ``segments``: the allocator's next pages by region, at least one
-    per event): the same state changes as :meth:`_Planner.apply` for these batches, in bulk."""
+    per event; ``links``: the level-1 tables it links, as (event, vCPU, TD, chunk)): the same
+    state changes as :meth:`_Planner.apply` for these batches, in bulk."""
     from explorer.model.machine import O_GUEST
 
     tds, counters, module = m.tds, m.counters, m.module
@@ -811,6 +893,7 @@ def _apply_simple(
         counters[name] += nfaults
     counters["page_aug"] += aug
     counters["page_add"] += add
+    linked = _apply_links(m, links) if links else _NO_LINKED
     # per batch: steps, event starts, labels, regions
     base_labels = set(_BASE_LABELS)
     base_labels.add("faultin.alloc")
@@ -833,16 +916,69 @@ def _apply_simple(
             ls.update("page.aug" if finalized[t] else "page.add" for t in batch_tds)
             labels = labels_of[batch_tds] = frozenset(ls)
         regions = only_region if single_region else sorted({p >> _SHIFT for p in pfns[i : i + k]})
-        if round_robin and k > 1:
+        steps = k * per_event
+        if linked and (made := [e for e in range(start, end) if e in linked]):
+            # a fault that links a table takes 4 more steps; the CPUs' first steps are still
+            # in CPU order under round-robin (no allocation comes after a link)
+            labels = labels | _LINK_LABELS
+            regions = sorted({*regions, *(r for e in made for r in linked[e])})
+            steps += 4 * len(made)
+            if round_robin and k > 1:
+                starts: Sequence[int] = range(step0, step0 + k)
+            else:
+                starts = list(
+                    accumulate(
+                        (per_event + 4 * (e in linked) for e in range(start, end - 1)),
+                        initial=step0,
+                    )
+                )
+        elif round_robin and k > 1:
             starts = range(step0, step0 + k)
         else:
             starts = range(step0, step0 + k * per_event, per_event)
-        outcomes.append(BatchOutcome(k * per_event, labels, regions, k, {}, starts))
-        step0 += k * per_event
+        outcomes.append(BatchOutcome(steps, labels, regions, k, {}, starts))
+        step0 += steps
         i += k
     m.nr_steps = step0
-    _finish_run(m, outcomes, set(by_region))
+    touched = set(by_region)
+    for rs in linked.values():
+        touched.update(rs)
+    _finish_run(m, outcomes, touched)
     return outcomes
+
+
+_NO_LINKED: dict[int, tuple[int, int]] = {}  # (never written)
+
+
+def _apply_links(m: Machine, links: list[tuple[int, int, int, int]]) -> dict[int, tuple[int, int]]:
+    """Link the level-1 tables of a simple run (what :func:`explorer.model.kvm._link_table`
+    leaves: the shadow and S-EPT pages popped from the vCPU's caches, a ``page_header`` object
+    used, the S-EPT page given to the module and its region's refcount up by one, the entry
+    present); returns each linking event's regions (S-EPT page's, shadow page's)."""
+    from explorer.model.machine import O_MIRROR, O_SEPT
+
+    module, refcount, gotten, ckpt = m.module, m.refcount, m.gotten, m._ckpt_regions
+    out: dict[int, tuple[int, int]] = {}
+    for event, vid, tid, chunk in links:
+        caches = m.vcpus[vid].caches
+        sp = caches["shadow_page"].pfns.pop()
+        spt = caches["external_spt"].pfns.pop()
+        caches["page_header"].nobjs -= 1
+        status = module.give_page(spt, "sept")
+        assert status == "TDX_SUCCESS", status  # (the check looked at the page and its region)
+        m.set_owner(spt, O_SEPT)
+        m.set_owner(sp, O_MIRROR)
+        m.tds[tid].entries[(1, chunk)] = ("present", spt, sp)
+        r = spt >> _SHIFT
+        refcount[r] += 1
+        gotten[r] = gotten.get(r, 0) + 1
+        ckpt.add(r)
+        out[event] = (r, sp >> _SHIFT)
+    n = len(links)
+    m.counters["pamt_get"] += n
+    m.counters["pamt_get_fast"] += n
+    m.counters["sept_add"] += n
+    return out
 
 
 def _finish_run(m: Machine, outcomes: list[BatchOutcome], regions: set[int]) -> None:
