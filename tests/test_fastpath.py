@@ -22,6 +22,7 @@ from explorer.model.fastpath import (
     FAST_MODES,
     BatchOutcome,
     FaultColumns,
+    run_crossing_batch,
     run_fast_batches,
     run_simple_batches,
 )
@@ -350,6 +351,38 @@ def test_simple_runs_link_level1_tables(schedule: str) -> None:
     assert all("sept.add" in seen[b - 1].labels for b in topups)
 
 
+@pytest.mark.parametrize("schedule", ["round-robin", "sequential"])
+def test_region_crossings_run_without_generators(schedule: str) -> None:
+    """The batches where the allocator moves on to a fresh region (several CPUs on the slow
+    path of tdx_pamt_get) run on the crossing path, each one equal to the generators' batch:
+    under round-robin the CPUs of the fresh region pop their pairs, spin on pamt_lock, one adds
+    the pair and the others lose the race and free theirs; under sequential the first adds and
+    the others find the refcount up (no spin, no lost race)."""
+    import explorer.model.machine as machine_module
+
+    events, s = _events("\n".join(boot(tds=2, vcpus=8, faults=6000, seed=3)))
+    s = s.with_overrides({"schedule": schedule})
+    taken: list[set[str]] = []
+
+    def counting(m: Machine, items: Sequence[tuple[int, Event]]) -> bool:
+        ran = run_crossing_batch(m, items)
+        if ran:
+            taken.append(set(m.batch_labels))
+        return ran
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(machine_module, "run_crossing_batch", counting)
+        compare(events, s)
+    assert len(taken) >= 10, len(taken)
+    assert all({"pamt_get.slow", "pamt_get.add"} <= labels for labels in taken)
+    lost = [labels for labels in taken if "pamt_get.lost_race" in labels]
+    if schedule == "round-robin":
+        assert len(lost) >= len(taken) // 2
+        assert all({"pamt_get.lock.spin", "pamt_get.free_pair"} <= labels for labels in lost)
+    else:
+        assert not lost and not any("pamt_get.lock.spin" in labels for labels in taken)
+
+
 @pytest.mark.parametrize("mode", ["v6", "kvm-style-cache", "mempool"])
 @pytest.mark.parametrize("schedule", ["round-robin", "sequential"])
 def test_boot_timelines_agree(mode: str, schedule: str) -> None:
@@ -368,6 +401,7 @@ def _timelines_agree(events: Sequence[Event], s: Settings) -> tuple[Timeline, Ti
     fast_tl = replay(events, s)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(timeline_module, "run_simple_batches", lambda m, events, spans, cols: [])
+        mp.setattr(machine_module, "run_crossing_batch", lambda m, items: False)
         for module in (machine_module, timeline_module):
             mp.setattr(module, "run_fast_batches", lambda m, batches, **kw: [])
         slow_tl = replay(events, s)

@@ -998,3 +998,275 @@ def _finish_run(m: Machine, outcomes: list[BatchOutcome], regions: set[int]) -> 
         m._flush_diags()
     m._owners_changed = False
     m._dirty.clear()
+
+
+# ============================================================================ region crossings
+#: A crossing thread's phases (one step each, but LOCK, which spins while pamt_lock is held):
+#: the v6 warm fault of :func:`explorer.model.kvm.tdx_handle_ept_violation`, with the slow
+#: path of :func:`explorer.model.dpamt.tdx_pamt_get` where its region has no pair yet.
+(_BEGIN, _FULL, _ALLOC, _MMU, _FREEZE, _GET, _POP1, _POP2, _LOCK, _DECIDE) = range(10)
+(_UNLOCK, _FREE, _AUG, _MMU_UNLOCK, _DONE, _FINISHED) = range(10, 16)
+_CROSS_LABELS = {
+    _BEGIN: "fault.begin",
+    _FULL: "pamt_cache.full",
+    _ALLOC: "faultin.alloc",
+    _MMU: "mmu_lock.read",
+    _FREEZE: "leaf.freeze",
+    _POP1: "pamt_get.pop",
+    _POP2: "pamt_get.pop",
+    _UNLOCK: "pamt_get.unlock",
+    _FREE: "pamt_get.free_pair",
+    _MMU_UNLOCK: "mmu_lock.read_unlock",
+    _DONE: "fault.done",
+}
+
+
+class _Crossing:
+    """One CPU of a crossing batch, as the schedule runs it (no machine state changes here)."""
+
+    __slots__ = ("aug", "first", "gfn", "idx", "lost", "pfn", "phase", "region", "td", "vcpu")
+
+    def __init__(self, idx: int, vcpu: Vcpu, td: Td, gfn: int) -> None:
+        self.idx, self.vcpu, self.td, self.gfn = idx, vcpu, td, gfn
+        self.aug = td.state == "finalized"  # PAGE.AUG, else PAGE.ADD (before TD finalize)
+        self.phase, self.first, self.lost = _BEGIN, -1, False
+        self.pfn = self.region = -1
+
+
+def run_crossing_batch(m: Machine, items: Sequence[tuple[int, Event]]) -> bool:
+    """A region crossing without the generators: every CPU of the batch takes one warm 4 KiB
+    fault (as in a simple batch: nothing to top up or link, its DPAMT cache full) and at
+    least one guest page lands on a region with no PAMT pair yet, so its ``tdx_pamt_get``
+    takes the slow path: two pages popped from the vCPU's ``tdx_pamt_cache``, ``pamt_lock``
+    (the other CPUs of the region spin), PAMT.ADD by the first CPU to take the lock, a lost
+    race (refcount already up, the pair freed to the allocator) for the others. This is the
+    batch a boot trace hits each time the allocator moves on to a fresh 2 MiB region (1.7 % of
+    its batches, a fifth of the replay's time on the generators).
+
+    The schedule is run on a small model of the threads' phases first, with nothing changed
+    (the steps, labels, event starts, which CPU adds the pair, the order of the frees); then
+    the outcome is applied through the machine's primitives, in the order that matters (the
+    guest pages, all allocated before any pair is freed, then the pops, the PAMT.ADDs, the
+    frees in schedule order). v6 only, round-robin or sequential. Returns False, with nothing
+    changed, where anything else could happen (the generators run the batch then); the
+    invariants are checked at the end, as for the other fast runs. ``tests/test_fastpath.py``
+    compares it with the generators batch by batch."""
+    if m.mode != "v6" or not items or m.record or not _machine_qualifies(m):
+        return False
+    settings = m.settings
+    limit = C.GFN_LIMIT[settings.ept_levels]
+    low = 2 * settings.dpamt_gets_per_fault
+    threads: list[_Crossing] = []
+    seen: set[tuple[int, int]] = set()
+    vids: set[int] = set()
+    for idx, ev in items:
+        if type(ev) is not Fault or ev.pfn is not None or ev.level != "4k" or ev.vcpu in vids:
+            return False
+        vids.add(ev.vcpu)
+        td = _simple_vcpu(m, ev.vcpu, low)
+        gfn = ev.gfn
+        if td is None or gfn >= limit or (td.id, gfn) in seen or low < 2:
+            return False
+        seen.add((td.id, gfn))
+        l1 = td.entries.get((1, gfn >> CHUNK_SHIFT))
+        if l1 is None or l1[0] != "present" or gfn in td.leaves or gfn in td.gmem:
+            return False
+        threads.append(_Crossing(idx, m.vcpus[ev.vcpu], td, gfn))
+    k = len(threads)
+    pfns = m.mem.peek_lowest_into_untouched(k)
+    if pfns is None:
+        return False
+    refcount, pairs, pages = m.refcount, m.module.pairs, m.module.pages
+    rc: dict[int, int] = {}  # the batch's regions: their refcounts as the schedule runs
+    fresh = False
+    for th, p in zip(threads, pfns, strict=True):
+        r = p >> _SHIFT
+        kinds = pages.get(r)
+        if kinds is not None and kinds[p & _MASK]:
+            return False
+        n = refcount.get(r, 0)
+        if (n > 0) != (r in pairs):
+            return False
+        fresh = fresh or not n
+        th.pfn, th.region = p, r
+        rc[r] = n
+    if not fresh:
+        return False  # every get is fast: a simple batch, for the other fast paths
+    plan = _schedule_crossing(m, threads, rc)
+    if plan is None:
+        return False
+    steps, labels, adds, frees, spins = plan
+    # the pairs the winners install: their cache's last two pages, free in the module
+    kind = m.module.kind
+    for th in adds:
+        cache = th.vcpu.pamt_cache
+        if cache[-1] == cache[-2] or kind(cache[-1]) or kind(cache[-2]):
+            return False
+    touched = set(rc)
+    for th in (*adds, *frees):
+        touched.update(p >> _SHIFT for p in th.vcpu.pamt_cache[-2:])
+    _apply_crossing(m, threads, pfns, adds, frees, rc)
+    counters = m.counters
+    nslow = len(adds) + len(frees)
+    counters["pamt_get_fast"] += k - nslow
+    counters["pamt_get_slow"] += nslow
+    counters["spins"] += spins
+    counters["pamt_lost_race"] += len(frees)
+    counters["pamt_add"] += len(adds)
+    counters["pamt_pages_drained"] += 2 * len(frees)
+    first = m.event_first_step
+    for th in threads:
+        first.setdefault(th.idx, th.first)
+    step0 = m.nr_steps
+    m.nr_steps = step0 + steps
+    starts = [th.first for th in threads]
+    outcome = BatchOutcome(steps, frozenset(labels), sorted(touched), k, {}, starts)
+    _finish_run(m, [outcome], touched)
+    return True
+
+
+def _schedule_crossing(
+    m: Machine, threads: list[_Crossing], rc: dict[int, int]
+) -> tuple[int, set[str], list[_Crossing], list[_Crossing], int] | None:
+    """Run the crossing batch's schedule on the threads' phases (``rc``: the refcounts, updated
+    as the gets run): the batch's steps, labels, the CPUs that add a pair (in order), those
+    that lose the race (in the order they free their pair) and the spin steps; None where the
+    schedule leaves the pattern (a spin under ``sequential``, a free before an allocation) or
+    the batch would hit a step limit (the generators report that)."""
+    from explorer.model.machine import MAX_SPIN_STEPS, MAX_STEPS_PER_BATCH
+
+    step = m.nr_steps
+    labels: set[str] = set()
+    adds: list[_Crossing] = []
+    frees: list[_Crossing] = []
+    holder: _Crossing | None = None  # pamt_lock's
+    spins = spin_run = allocs = 0
+    k = len(threads)
+    round_robin = m.settings.schedule == "round-robin" and k > 1
+    # round-robin: one step per unfinished CPU in turn; else each CPU to its end in turn
+    live = list(threads)
+    cur = 0
+    while live:
+        th = live[cur]  # (always the first under sequential: it runs to its end)
+        phase = th.phase
+        if phase == _BEGIN:
+            th.first = step
+        if phase == _GET:
+            r = th.region
+            if rc[r]:
+                rc[r] += 1
+                label = "pamt_get.fast"
+                th.phase = _AUG
+            else:
+                label = "pamt_get.slow"
+                th.phase = _POP1
+        elif phase == _LOCK:
+            if holder is not None:
+                if not round_robin:
+                    return None
+                label = "pamt_get.lock.spin"
+                spins += 1
+            else:
+                holder = th
+                label = "pamt_get.lock"
+                th.phase = _DECIDE
+        elif phase == _DECIDE:
+            r = th.region
+            if rc[r]:
+                rc[r] += 1
+                th.lost = True
+                frees.append(th)
+                label = "pamt_get.lost_race"
+            else:
+                rc[r] = 1
+                adds.append(th)
+                label = "pamt_get.add"
+            th.phase = _UNLOCK
+        elif phase == _UNLOCK:
+            holder = None
+            label = "pamt_get.unlock"
+            th.phase = _FREE if th.lost else _AUG
+        elif phase == _AUG:
+            label = "page.aug" if th.aug else "page.add"
+            th.phase = _MMU_UNLOCK
+        else:
+            label = _CROSS_LABELS[phase]
+            if phase == _ALLOC:
+                allocs += 1
+            elif phase == _FREE and allocs < k:
+                return None  # (a pair freed before every guest page is allocated)
+            th.phase = phase + 1
+        labels.add(label)
+        step += 1
+        spin_run = spin_run + 1 if label == "pamt_get.lock.spin" else 0
+        if spin_run > MAX_SPIN_STEPS or step - m.nr_steps > MAX_STEPS_PER_BATCH:
+            return None
+        if th.phase == _FINISHED:
+            live.remove(th)
+            if round_robin and live:
+                cur %= len(live)  # (the next CPU moved into this slot)
+        elif round_robin:
+            cur = (cur + 1) % len(live)
+    return step - m.nr_steps, labels, adds, frees, spins
+
+
+def _apply_crossing(
+    m: Machine,
+    threads: list[_Crossing],
+    pfns: list[int],
+    adds: list[_Crossing],
+    frees: list[_Crossing],
+    rc: dict[int, int],
+) -> None:
+    """Make the crossing batch's changes, through the machine's primitives where the order
+    shows (the allocator's heap): the guest pages, the pops, the PAMT.ADDs, the frees in the
+    schedule's order, then the mappings, the module's guest pages and the refcounts."""
+    from explorer.model.machine import O_GUEST, O_PAIR
+
+    mem = m.mem
+    for p in pfns:  # the allocator's own picks (a fresh region is touched on the way)
+        got = mem.pick_free()
+        assert got == p, (got, p)  # (peek_lowest_into_untouched told them)
+        m.set_owner(p, O_GUEST)
+    m.counters["allocs_sleeping"] += len(pfns)
+    popped: dict[int, tuple[int, int]] = {}  # alloc_pamt_array(): the cache's last page first
+    for th in (*adds, *frees):  # (each from its own vCPU's cache: their order does not show)
+        cache = th.vcpu.pamt_cache
+        popped[th.idx] = (cache[-1], cache[-2])
+        m.pamt_cache_pop(th.vcpu)
+        m.pamt_cache_pop(th.vcpu)
+    module = m.module
+    for th in adds:
+        pair = popped[th.idx]
+        status = module.pamt_add(th.region, pair)
+        assert status == "TDX_SUCCESS", status  # (the plan checked the region and the pages)
+        for p in pair:
+            m.set_owner(p, O_PAIR)
+        m.note_pair(th.region, None, pair)
+    for th in frees:
+        for p in popped[th.idx]:
+            m.free_page(p)
+    leaves: dict[int, dict[int, int]] = {}
+    aug = add = 0
+    for th in threads:
+        leaves.setdefault(th.td.id, {})[th.gfn] = th.pfn
+        status = module.give_page(th.pfn, "guest")
+        assert status == "TDX_SUCCESS", status
+        if th.aug:
+            aug += 1
+        else:
+            add += 1
+    for tid, items in leaves.items():
+        m.tds[tid].gmem.set_many(items)
+        m.tds[tid].leaves.set_many(items)
+    refcount, gotten, ckpt = m.refcount, m.gotten, m._ckpt_regions
+    for th in threads:
+        gotten[th.region] = gotten.get(th.region, 0) + 1
+    for r, n in rc.items():
+        refcount[r] = n
+        ckpt.add(r)
+    counters = m.counters
+    counters["faults"] += len(threads)
+    counters["pamt_get"] += len(threads)
+    counters["page_aug"] += aug
+    counters["page_add"] += add

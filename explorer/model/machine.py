@@ -39,7 +39,7 @@ from explorer.model import constants as C
 from explorer.model.chunked import ChunkedDelta, ChunkedDict, FrozenTable
 from explorer.model.errors import ImpossibleEvent, Problem
 from explorer.model.events import Event, Inject, Note
-from explorer.model.fastpath import run_fast_batches
+from explorer.model.fastpath import run_crossing_batch, run_fast_batches
 from explorer.model.memory import FREE, HostMemory, MemoryImage
 from explorer.model.packed import PackedInts, pack_ints, unpack_ints
 from explorer.model.records import (
@@ -573,10 +573,16 @@ class Machine:
         ``inject`` and ``note`` events take effect when the batch starts (they are not kernel
         work). If an event turns out impossible when its CPU starts it, the replay stops: the
         CPUs already running finish their events, nothing after runs.
+
+        A fast machine that does not record tries the fast paths first
+        (:mod:`explorer.model.fastpath`): the general one (``try_fast=False``: the caller tried
+        it already), then the region crossing; the generators run what neither takes.
         """
-        if try_fast and self.fast and not self.record and self.on_step is None:
+        if self.fast and not self.record and self.on_step is None:
             items = list(items)
-            if run_fast_batches(self, [items]):
+            if try_fast and run_fast_batches(self, [items]):
+                return
+            if run_crossing_batch(self, items):  # (a region crossing: the fast path's own)
                 return
         threads: dict[str, Thread] = {}
         for idx, ev in items:

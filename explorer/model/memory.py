@@ -158,6 +158,27 @@ class HostMemory:
             out.extend([base | off for off in offsets])
         return out
 
+    def peek_lowest_into_untouched(self, n: int) -> list[int] | None:
+        """The next ``n`` pfns the ``lowest`` policy hands out, where they run on from the
+        touched regions into the untouched region it starts next (a region crossing: see
+        :func:`explorer.model.fastpath.run_crossing_batch`); None where that cannot be told
+        cheaply (another policy, a large heap, the end of memory). Changes nothing."""
+        if self.policy != "lowest" or n <= 0 or len(self._heap) > 64:
+            return None
+        out = self.peek_lowest(n)
+        need = n - len(out)
+        if need:
+            # the touched regions' free pages below the untouched cursor are all in `out`:
+            # the allocator starts that region next, at its first page
+            untouched = self._untouched
+            while untouched in self.regions:
+                untouched += 1
+            if untouched >= self.nr_regions or need > PAGES_PER_REGION:
+                return None
+            base = untouched << PAGES_PER_REGION_SHIFT
+            out.extend(range(base, base + need))
+        return out
+
     def peek_lowest_segments(self, n: int) -> list[tuple[int, Sequence[int]]]:
         """:meth:`peek_lowest` by region, in allocation order: (region, page offsets). A region's
         free pages that form one run to its end (the region being filled, the common case)
