@@ -352,6 +352,24 @@ def test_simple_runs_link_level1_tables(schedule: str) -> None:
 
 
 @pytest.mark.parametrize("schedule", ["round-robin", "sequential"])
+def test_simple_runs_top_up_the_dpamt_cache(schedule: str) -> None:
+    """After a region crossing, the CPUs that popped a pair from their tdx_pamt_cache top it up
+    in their next fault: simple runs take those batches (under round-robin the top-ups' pages
+    before the guest pages, under sequential CPU after CPU), each equal to the generators'."""
+    events, s = _events("\n".join(boot(tds=2, vcpus=8, faults=6000, seed=3)))
+    seen: dict[int, BatchOutcome] = {}
+    s = s.with_overrides({"schedule": schedule})
+    compare_runs(events, s, run=16, simple=True, simple_outcomes=seen)
+    topped = [o for o in seen.values() if "pamt_cache.topup" in o.labels]
+    assert len(topped) >= 10, len(topped)
+    assert all(
+        o.allocated == len(o.starts) + sum(o.topups.values()) > len(o.starts) for o in topped
+    )
+    if schedule == "round-robin":  # every CPU lost a race or added: all top up, none is full
+        assert any("pamt_cache.full" not in o.labels for o in topped)
+
+
+@pytest.mark.parametrize("schedule", ["round-robin", "sequential"])
 def test_region_crossings_run_without_generators(schedule: str) -> None:
     """The batches where the allocator moves on to a fresh region (several CPUs on the slow
     path of tdx_pamt_get) run on the crossing path, each one equal to the generators' batch:

@@ -600,14 +600,15 @@ def run_simple_batches(
     """The commonest case of :func:`run_fast_batches`, at a fraction of its cost: batches in
     which every CPU takes one warm fault and nothing else happens. Runs the longest prefix of
     ``spans`` (batches ``events[start:end]``; ``cols``: the events' columns) in which every
-    batch is *simple*: one fault per vCPU; every vCPU's caches at or above ``min`` and its
-    DPAMT cache full (no top-up of any kind); every gfn new, not backed yet, under a present
-    level-1 table or one the fault can link alone (:class:`_RunLinks`); every guest page from a
+    batch is *simple*: one fault per vCPU; every vCPU's KVM caches at or above ``min`` and its
+    DPAMT cache full, or (v6, v5-hint) topped up to 2n in its first fault of the run, in the
+    step the "full" check takes otherwise; every gfn new, not backed yet, under a present
+    level-1 table or one the fault can link alone (:class:`_RunLinks`); every page from a
     touched region with a pair and a refcount above zero. Then every event is the same nine
     (eight without the DPAMT "full" step) steps, four more where it links a table; under either
     schedule the CPUs' first steps are in CPU order and the guest pages are allocated in event
-    order (a link allocates nothing), so the run is computed with a few list operations per
-    event.
+    order (a link allocates nothing; a top-up's pages come first, :func:`_take_topups`), so the
+    run is computed with a few list operations per event.
     Returns the outcomes (empty: nothing ran, nothing changed); a batch that is not simple is
     left to :func:`run_fast_batches`.
 
@@ -630,10 +631,14 @@ def run_simple_batches(
     vc, gf = cols.vcpu, cols.gfn
     state: dict[int, _SimpleVcpu] = {}
     links = _RunLinks(m)
-    stop = first + fits  # the first event that cannot be taken
+    # v6, v5-hint: a vCPU whose DPAMT cache is short tops it up in its first fault of the run,
+    # in the step the "full" check takes otherwise (its pages come before the guest pages)
+    topup_low = low if full_step else -1
+    topups: list[tuple[int, int, int]] = []  # (event, vCPU, pages)
+    extra = 0  # pages the top-ups take
     taken = 0  # batches accepted
     for start, end in spans:
-        if end > stop:
+        if end - first + extra > fits:
             break
         if len(set(vc[start - base : end - base])) != end - start:
             break  # two events of one vCPU (or of no vCPU: -1)
@@ -644,11 +649,15 @@ def run_simple_batches(
             vid = vc[i]
             st = state.get(vid)
             if st is None:
-                td = _simple_vcpu(m, vid, low) if vid >= 0 else None
+                td = _simple_vcpu(m, vid, low, topup_low) if vid >= 0 else None
                 if td is None:
                     bad = i
                     break
                 st = state[vid] = _SimpleVcpu(td, m.vcpus[vid])
+                short = topup_low - len(m.vcpus[vid].pamt_cache)
+                if short > 0:
+                    topups.append((base + i, vid, short))
+                    extra += short
             g = gf[i]
             if g >> CHUNK_SHIFT != st.chunk and not st.enter(g, links, base + i):
                 bad = i
@@ -656,7 +665,11 @@ def run_simple_batches(
             if g in st.mapped or g in st.backed or g >= limit:
                 bad = i
                 break
-        if bad >= 0 or (end - start) * per_event + 4 * (len(links.made) - nlinks) > max_steps:
+        if (
+            bad >= 0
+            or (end - start) * per_event + 4 * (len(links.made) - nlinks) > max_steps
+            or end - first + extra > fits
+        ):
             break
         taken += 1
     if not taken:
@@ -671,8 +684,10 @@ def run_simple_batches(
             return []
         end = spans[taken - 1][1]
         del tids[end - first :], gfns[end - first :]
-    made = [link for link in links.made if link[0] < end]  # (a rejected batch's links go)
-    return _apply_simple(m, spans[:taken], tids, gfns, segments, per_event, full_step, made)
+    # (a rejected batch's links and top-ups go)
+    made = [link for link in links.made if link[0] < end]
+    tops = [top for top in topups if top[0] < end]
+    return _apply_simple(m, spans[:taken], tids, gfns, segments, per_event, full_step, made, tops)
 
 
 _EMPTY: dict[int, int] = {}  # (never written)
@@ -817,15 +832,17 @@ def _pages_fit(
     return [(r, offs) for r, offs in out if len(offs)]
 
 
-def _simple_vcpu(m: Machine, vid: int, low: int) -> Td | None:
-    """The vCPU's TD if its faults can be simple: nothing to top up, nothing frozen."""
+def _simple_vcpu(m: Machine, vid: int, low: int, topup_low: int = -1) -> Td | None:
+    """The vCPU's TD if its faults can be simple: nothing frozen, KVM's caches at ``min``, the
+    DPAMT cache at ``low`` or, with ``topup_low`` (v6's 2n), anywhere below it (its first
+    fault of the run tops it up to 2n in the step it takes anyway)."""
     vcpu = m.vcpus.get(vid)
     if vcpu is None or not vcpu.alive:
         return None
     td = m.tds.get(vcpu.td)
     if td is None or td.state not in _LIVE_TD or td.mmu_writer is not None or td.leaf_frozen:
         return None
-    if len(vcpu.pamt_cache) < low:
+    if len(vcpu.pamt_cache) < low and topup_low < 0:
         return None
     for cache in vcpu.caches.values():
         if cache.count < cache.min:
@@ -842,21 +859,24 @@ def _apply_simple(
     per_event: int,
     full_step: int,
     links: list[tuple[int, int, int, int]],
+    topups: list[tuple[int, int, int]],
 ) -> list[BatchOutcome]:
     """Apply a simple run (see :func:`run_simple_batches`; ``tids``, ``gfns``: each event's TD
-    and gfn, in event order; ``segments``: the allocator's next pages by region, at least one
-    per event; ``links``: the level-1 tables it links, as (event, vCPU, TD, chunk)): the same
-    state changes as :meth:`_Planner.apply` for these batches, in bulk."""
+    and gfn, in event order; ``segments``: the allocator's next pages by region, enough for
+    every event and top-up; ``links``: the level-1 tables it links, as (event, vCPU, TD,
+    chunk); ``topups``: the DPAMT cache top-ups, as (event, vCPU, pages)): the same state
+    changes as :meth:`_Planner.apply` for these batches, in bulk."""
     from explorer.model.machine import O_GUEST
 
     tds, counters, module = m.tds, m.counters, m.module
     nfaults = len(gfns)
+    total = nfaults + sum(n for _e, _v, n in topups)
     by_region: dict[int, Sequence[int]] = {}  # region -> page offsets, in allocation order
     pfns: list[int] = []
     for r, offs in segments:
-        if len(pfns) == nfaults:
+        if len(pfns) == total:
             break
-        offs = offs[: nfaults - len(pfns)]
+        offs = offs[: total - len(pfns)]
         by_region[r] = offs
         base = r << _SHIFT
         if type(offs) is range:
@@ -864,6 +884,9 @@ def _apply_simple(
         else:
             pfns.extend([base | off for off in offs])
     m.mem.take_regions(by_region, O_GUEST)
+    topped: dict[int, tuple[int, list[int]]] = {}  # event -> (vCPU, its top-up's pages)
+    if topups:
+        pfns, by_region, topped = _take_topups(m, spans, pfns, topups)
     # the mappings by TD and chunk, each chunk's items in event order: one grouping, two dicts
     groups: dict[int, dict[int, dict[int, int]]] = {t: {} for t in set(tids)}
     for t, g, p in zip(tids, gfns, pfns, strict=True):
@@ -889,8 +912,9 @@ def _apply_simple(
         refcount[r] += len(offs)
         gotten[r] = gotten.get(r, 0) + len(offs)
         ckpt.add(r)
-    for name in ("faults", "pamt_get", "pamt_get_fast", "allocs_sleeping"):
+    for name in ("faults", "pamt_get", "pamt_get_fast"):
         counters[name] += nfaults
+    counters["allocs_sleeping"] += total
     counters["page_aug"] += aug
     counters["page_add"] += add
     linked = _apply_links(m, links) if links else _NO_LINKED
@@ -917,6 +941,13 @@ def _apply_simple(
             labels = labels_of[batch_tds] = frozenset(ls)
         regions = only_region if single_region else sorted({p >> _SHIFT for p in pfns[i : i + k]})
         steps = k * per_event
+        tops = _NO_TOPUPS
+        if topped and (at := [e for e in range(start, end) if e in topped]):
+            tops = {topped[e][0]: len(topped[e][1]) for e in at}
+            regions = sorted({*regions, *(p >> _SHIFT for e in at for p in topped[e][1])})
+            labels = labels | {"pamt_cache.topup"}
+            if len(at) == k:  # (no CPU of the batch found its cache full)
+                labels = labels - {"pamt_cache.full"}
         if linked and (made := [e for e in range(start, end) if e in linked]):
             # a fault that links a table takes 4 more steps; the CPUs' first steps are still
             # in CPU order under round-robin (no allocation comes after a link)
@@ -936,7 +967,7 @@ def _apply_simple(
             starts = range(step0, step0 + k)
         else:
             starts = range(step0, step0 + k * per_event, per_event)
-        outcomes.append(BatchOutcome(steps, labels, regions, k, {}, starts))
+        outcomes.append(BatchOutcome(steps, labels, regions, k + sum(tops.values()), tops, starts))
         step0 += steps
         i += k
     m.nr_steps = step0
@@ -948,6 +979,60 @@ def _apply_simple(
 
 
 _NO_LINKED: dict[int, tuple[int, int]] = {}  # (never written)
+_NO_TOPUPS: dict[int, int] = {}  # (never written)
+
+
+def _take_topups(
+    m: Machine,
+    spans: Sequence[tuple[int, int]],
+    pfns: list[int],
+    topups: list[tuple[int, int, int]],
+) -> tuple[list[int], dict[int, Sequence[int]], dict[int, tuple[int, list[int]]]]:
+    """Split a simple run's pages (``pfns``, in allocation order, all taken as guest pages)
+    between its DPAMT cache top-ups and its guest pages, in the order the schedule allocates
+    them: under round-robin every top-up of a batch (each CPU's second step) before any guest
+    page (its third), else CPU after CPU, each one's top-up before its guest page. The top-up
+    pages become ``pamt_cache`` pages, pushed on their vCPU's cache (what
+    :func:`explorer.model.dpamt.fill_pamt_cache` leaves). Returns the guest pages (one per
+    event, in event order), the guest pages by region, and each topping-up event's pages."""
+    from explorer.model.machine import O_PAMT_CACHE
+
+    at = {e: (vid, n) for e, vid, n in topups}
+    round_robin = m.settings.schedule == "round-robin"
+    guest: list[int] = []
+    topped: dict[int, tuple[int, list[int]]] = {}
+    pos = 0
+    for start, end in spans:
+        k = end - start
+        tops = [e for e in range(start, end) if e in at]
+        if not tops:
+            guest += pfns[pos : pos + k]
+            pos += k
+            continue
+        if round_robin and k > 1:
+            for e in tops:
+                vid, n = at[e]
+                topped[e] = (vid, pfns[pos : pos + n])
+                pos += n
+            guest += pfns[pos : pos + k]
+            pos += k
+        else:
+            for e in range(start, end):
+                if e in at:
+                    vid, n = at[e]
+                    topped[e] = (vid, pfns[pos : pos + n])
+                    pos += n
+                guest.append(pfns[pos])
+                pos += 1
+    mem, vcpus = m.mem, m.vcpus
+    for vid, pages in topped.values():
+        for p in pages:
+            mem.set_owner(p, O_PAMT_CACHE)
+        vcpus[vid].pamt_cache.extend(pages)
+    by_region: dict[int, list[int]] = {}
+    for p in guest:
+        by_region.setdefault(p >> _SHIFT, []).append(p & _MASK)
+    return guest, dict(by_region), topped
 
 
 def _apply_links(m: Machine, links: list[tuple[int, int, int, int]]) -> dict[int, tuple[int, int]]:
