@@ -441,8 +441,9 @@ def test_seeks_rerun_simple_runs_exactly(schedule: str) -> None:
     events, s = _events("\n".join(boot(tds=2, vcpus=4, faults=3000, seed=4)))
     s = s.with_overrides({"schedule": schedule})
     tl = replay(events, s)
-    # steps in the last batches of checkpoint intervals: the most batches re-run
-    targets = {tl.batch_step[b] + 1 for b in range(60, tl.nr_batches - 1, 64)}
+    # steps in the last batches of checkpoint intervals (the most batches re-run) and midway
+    every = timeline_module.CHECKPOINT_EVERY
+    targets = {tl.batch_step[b] + 1 for b in range(every - 4, tl.nr_batches - 1, every // 2)}
     targets.add(tl.nr_steps - 1)
     want: dict[int, Any] = {}
     m = Machine(s, record=True)
