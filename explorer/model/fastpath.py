@@ -886,7 +886,7 @@ def _apply_simple(
     m.mem.take_regions(by_region, O_GUEST)
     topped: dict[int, tuple[int, list[int]]] = {}  # event -> (vCPU, its top-up's pages)
     if topups:
-        pfns, by_region, topped = _take_topups(m, spans, pfns, topups)
+        pfns, by_region, topped = _take_topups(m, spans, pfns, topups, by_region)
     # the mappings by TD and chunk, each chunk's items in event order: one grouping, two dicts
     groups: dict[int, dict[int, dict[int, int]]] = {t: {} for t in set(tids)}
     for t, g, p in zip(tids, gfns, pfns, strict=True):
@@ -987,6 +987,7 @@ def _take_topups(
     spans: Sequence[tuple[int, int]],
     pfns: list[int],
     topups: list[tuple[int, int, int]],
+    by_region: dict[int, Sequence[int]],
 ) -> tuple[list[int], dict[int, Sequence[int]], dict[int, tuple[int, list[int]]]]:
     """Split a simple run's pages (``pfns``, in allocation order, all taken as guest pages)
     between its DPAMT cache top-ups and its guest pages, in the order the schedule allocates
@@ -994,7 +995,9 @@ def _take_topups(
     page (its third), else CPU after CPU, each one's top-up before its guest page. The top-up
     pages become ``pamt_cache`` pages, pushed on their vCPU's cache (what
     :func:`explorer.model.dpamt.fill_pamt_cache` leaves). Returns the guest pages (one per
-    event, in event order), the guest pages by region, and each topping-up event's pages."""
+    event, in event order), the guest pages by region (``by_region``: all the run's pages),
+    and each topping-up event's pages. A vCPU tops up in its first fault of the run, so only
+    the first batches are walked; the rest of the pages are guest pages, in order."""
     from explorer.model.machine import O_PAMT_CACHE
 
     at = {e: (vid, n) for e, vid, n in topups}
@@ -1002,7 +1005,10 @@ def _take_topups(
     guest: list[int] = []
     topped: dict[int, tuple[int, list[int]]] = {}
     pos = 0
+    last = max(at)
     for start, end in spans:
+        if start > last:
+            break
         k = end - start
         tops = [e for e in range(start, end) if e in at]
         if not tops:
@@ -1024,15 +1030,21 @@ def _take_topups(
                     pos += n
                 guest.append(pfns[pos])
                 pos += 1
+    guest += pfns[pos:]
     mem, vcpus = m.mem, m.vcpus
+    dropped: dict[int, set[int]] = {}  # region -> offsets of top-up pages
     for vid, pages in topped.values():
         for p in pages:
             mem.set_owner(p, O_PAMT_CACHE)
+            dropped.setdefault(p >> _SHIFT, set()).add(p & _MASK)
         vcpus[vid].pamt_cache.extend(pages)
-    by_region: dict[int, list[int]] = {}
-    for p in guest:
-        by_region.setdefault(p >> _SHIFT, []).append(p & _MASK)
-    return guest, dict(by_region), topped
+    guest_by_region: dict[int, Sequence[int]] = {}
+    for r, offs in by_region.items():
+        drop = dropped.get(r)
+        kept = offs if drop is None else [off for off in offs if off not in drop]
+        if kept:
+            guest_by_region[r] = kept
+    return guest, guest_by_region, topped
 
 
 def _apply_links(m: Machine, links: list[tuple[int, int, int, int]]) -> dict[int, tuple[int, int]]:

@@ -990,7 +990,7 @@ class Machine:
                 tuple(t.vcpus),
                 tuple(p for p, _ in t.control),
                 len(t.leaves),
-                sum(1 for e in t.entries.values() if e[0] == "present"),
+                [e[0] for e in t.entries.values()].count("present"),
                 t.mmu_writer,
                 tuple(t.mmu_readers),
             )
