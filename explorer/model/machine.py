@@ -841,7 +841,9 @@ class Machine:
 
     def _sched_state_for_delta(self) -> object:
         """The scheduler's generator state, or None if unchanged since the last delta (only the
-        ``random`` schedule draws from it; the state is 625 ints)."""
+        ``random`` schedule draws from it; the state is 625 ints, not even read otherwise)."""
+        if self.settings.schedule != "random":
+            return None
         state = self.sched_rng.getstate()
         if state == self._ckpt_sched:
             return None
