@@ -140,10 +140,30 @@ def main(argv: list[str] | None = None) -> int:
             f"JSON {m['json_bytes'] / 1024:,.0f} KiB"
         )
     if args.write:
-        with open(args.write, "w") as f:
-            f.write(render(facts, rows, maps, args.quick))
+        write_figures(args.write, render(facts, rows, maps, args.quick))
         print("wrote", args.write)
     return 0
+
+
+#: Where the generated figures end in docs/performance.md: what follows is written by hand (the
+#: verdicts, the history, where the time goes) and ``--write`` keeps it.
+HAND_WRITTEN = "<!-- Above: written by make bench. Below: written by hand, kept by --write. -->"
+
+
+def write_figures(path: str, figures: str) -> None:
+    """Write ``figures`` to ``path``, keeping the hand-written part of an existing file (from
+    the :data:`HAND_WRITTEN` marker on): regenerating the tables never loses the analysis."""
+    rest = ""
+    try:
+        with open(path) as f:
+            old = f.read()
+    except FileNotFoundError:
+        old = ""
+    at = old.find(HAND_WRITTEN)
+    if at >= 0:
+        rest = old[at + len(HAND_WRITTEN) :]
+    with open(path, "w") as f:
+        f.write(figures.rstrip("\n") + "\n\n" + HAND_WRITTEN + rest)
 
 
 def render(
