@@ -1138,7 +1138,7 @@ def run_crossing_batch(m: Machine, items: Sequence[tuple[int, Event]]) -> bool:
     (the other CPUs of the region spin), PAMT.ADD by the first CPU to take the lock, a lost
     race (refcount already up, the pair freed to the allocator) for the others. This is the
     batch a boot trace hits each time the allocator moves on to a fresh 2 MiB region (1.7 % of
-    its batches, a fifth of the replay's time on the generators).
+    its batches; on the generators they took a fifth of the replay's time).
 
     The schedule is run on a small model of the threads' phases first, with nothing changed
     (the steps, labels, event starts, which CPU adds the pair, the order of the frees); then
@@ -1214,8 +1214,7 @@ def run_crossing_batch(m: Machine, items: Sequence[tuple[int, Event]]) -> bool:
     first = m.event_first_step
     for th in threads:
         first.setdefault(th.idx, th.first)
-    step0 = m.nr_steps
-    m.nr_steps = step0 + steps
+    m.nr_steps += steps
     starts = [th.first for th in threads]
     outcome = BatchOutcome(steps, frozenset(labels), sorted(touched), k, {}, starts)
     _finish_run(m, [outcome], touched)
