@@ -50,3 +50,28 @@ def test_it_behaves_like_a_dict_through_checkpoints(script: list[tuple[str, int,
         restored = ChunkedDict.from_table(copy.frozen_table())
         restored[7] = 1  # writing to a restored copy leaves the checkpoint alone
         assert dict(copy) == then
+
+
+def test_a_table_shares_the_chunks_equal_to_another_dicts() -> None:
+    """guest_memfd's table shares the frozen chunks equal to the mappings' (taken just before);
+    a chunk that differs is frozen on its own; restored copies are independent."""
+    leaves, gmem = ChunkedDict(), ChunkedDict()
+    for g in range(1000):  # chunks 0 and 1 equal in both
+        leaves[g] = gmem[g] = 5000 + g
+    gmem[1500] = 1  # chunk 2: only guest_memfd
+    leaves[600] = 42  # chunk 1 differs
+    lt = leaves.frozen_table()
+    gt = gmem.frozen_table(like=leaves)
+    lchunks = dict(zip(lt[0], lt[1], strict=True))
+    gchunks = dict(zip(gt[0], gt[1], strict=True))
+    assert gchunks[0] is lchunks[0]
+    assert gchunks[1] is not lchunks[1] and 2 not in lchunks
+    g2, l2 = ChunkedDict.from_table(gt), ChunkedDict.from_table(lt)
+    assert dict(g2) == dict(gmem) and dict(l2) == dict(leaves)
+    g2[0] = 7  # writing to one restored copy leaves the other and the tables alone
+    assert l2[0] == 5000 and ChunkedDict.from_table(lt)[0] == 5000
+    leaves[1] = 9  # a later pair of tables: the mappings' chunk 0 is frozen again
+    lt2 = leaves.frozen_table()
+    gt2 = gmem.frozen_table(like=leaves)
+    assert ChunkedDict.from_table(lt2)[1] == 9 and ChunkedDict.from_table(gt2)[1] == 5001
+    assert dict(zip(gt2[0], gt2[1], strict=True))[0] is gchunks[0]  # (unchanged in gmem)

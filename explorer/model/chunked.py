@@ -174,16 +174,26 @@ class ChunkedDict(MutableMapping[int, int]):
             changed.update(sub)
 
     # -- checkpoints -------------------------------------------------------------------
-    def frozen_table(self) -> FrozenTable:
+    def frozen_table(self, like: ChunkedDict | None = None) -> FrozenTable:
         """The table of frozen chunks (for a checkpoint): the chunks written since the last
-        call are frozen again, the others are the same objects as in the previous table."""
+        call are frozen again, the others are the same objects as in the previous table.
+        ``like``: a dict whose table was just taken (a TD's mappings, for its guest_memfd
+        bindings): a chunk equal to its chunk there shares its frozen form instead of being
+        frozen again (a fault maps a gfn to the page guest_memfd gave it, so the two are
+        usually equal: half the freezing, and half the keyframes' chunks)."""
         frozen = self._frozen
+        other = like._chunks if like is not None else None
         for cid in self._unfrozen:
             c = self._chunks.get(cid)
             if c is None:
                 frozen.pop(cid, None)
             elif type(c) is dict:
-                frozen[cid] = _freeze(c)
+                shared = None
+                if other is not None and like is not None:
+                    oc = other.get(cid)
+                    if type(oc) is dict and oc == c:  # (its frozen form is current: its
+                        shared = like._frozen.get(cid)  # table was just taken)
+                frozen[cid] = shared if shared is not None else _freeze(c)
         self._unfrozen = set()
         return array("q", frozen.keys()), tuple(frozen.values()), self._len
 

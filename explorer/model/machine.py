@@ -907,7 +907,8 @@ class Machine:
             gotten=pack_ints(self.gotten),
             tds={k: _copy_td(t) for k, t in self.tds.items()},
             mappings={
-                k: (t.leaves.frozen_table(), t.gmem.frozen_table()) for k, t in self.tds.items()
+                k: (t.leaves.frozen_table(), t.gmem.frozen_table(like=t.leaves))
+                for k, t in self.tds.items()
             },
             vcpus={k: _copy_vcpu(v) for k, v in self.vcpus.items()},
             counters=dict(self.counters),
