@@ -931,6 +931,8 @@ def _apply_simple(
     i = 0
     single_region = len(by_region) == 1
     only_region = list(by_region)
+    top_events, link_events = sorted(topped), sorted(linked)
+    ti, ntop, li, nlink = 0, len(top_events), 0, len(link_events)
     for start, end in spans:
         k = end - start
         batch_tds = frozenset(tids[i : i + k])
@@ -942,13 +944,21 @@ def _apply_simple(
         regions = only_region if single_region else sorted({p >> _SHIFT for p in pfns[i : i + k]})
         steps = k * per_event
         tops = _NO_TOPUPS
-        if topped and (at := [e for e in range(start, end) if e in topped]):
+        at = []  # its events that top up (the lists are in event order: no scan per batch)
+        while ti < ntop and top_events[ti] < end:
+            at.append(top_events[ti])
+            ti += 1
+        if at:
             tops = {topped[e][0]: len(topped[e][1]) for e in at}
             regions = sorted({*regions, *(p >> _SHIFT for e in at for p in topped[e][1])})
             labels = labels | {"pamt_cache.topup"}
             if len(at) == k:  # (no CPU of the batch found its cache full)
                 labels = labels - {"pamt_cache.full"}
-        if linked and (made := [e for e in range(start, end) if e in linked]):
+        made = []  # its events that link a table
+        while li < nlink and link_events[li] < end:
+            made.append(link_events[li])
+            li += 1
+        if made:
             # a fault that links a table takes 4 more steps; the CPUs' first steps are still
             # in CPU order under round-robin (no allocation comes after a link)
             labels = labels | _LINK_LABELS
