@@ -182,15 +182,14 @@ class ChunkedDict(MutableMapping[int, int]):
         frozen again (a fault maps a gfn to the page guest_memfd gave it, so the two are
         usually equal: half the freezing, and half the keyframes' chunks)."""
         frozen = self._frozen
-        other = like._chunks if like is not None else None
         for cid in self._unfrozen:
             c = self._chunks.get(cid)
             if c is None:
                 frozen.pop(cid, None)
             elif type(c) is dict:
                 shared = None
-                if other is not None and like is not None:
-                    oc = other.get(cid)
+                if like is not None:
+                    oc = like._chunks.get(cid)
                     if type(oc) is dict and oc == c:  # (its frozen form is current: its
                         shared = like._frozen.get(cid)  # table was just taken)
                 frozen[cid] = shared if shared is not None else _freeze(c)

@@ -442,7 +442,7 @@ class _Planner:
     def apply(self, n: int) -> list[BatchOutcome]:
         """Make the changes of the planned batches: the generators' final state, and each
         batch's outcome; the invariants of the touched regions are checked at the end."""
-        from explorer.model.machine import O_GUEST, O_MIRROR, O_PAMT_CACHE, O_SEPT
+        from explorer.model.machine import O_GUEST, O_PAMT_CACHE
 
         m = self.m
         counters, module = m.counters, m.module
@@ -496,11 +496,7 @@ class _Planner:
                     gets[r] = gets.get(r, 0) + 1
                     regions.add(r)
                     regions.add(sp >> _SHIFT)
-                    status = module.give_page(spt, "sept")
-                    assert status == "TDX_SUCCESS", status  # (the plan checked the page)
-                    m.set_owner(spt, O_SEPT)
-                    m.set_owner(sp, O_MIRROR)
-                    td.entries[key] = ("present", spt, sp)
+                    _install_table(m, td, key, sp, spt)
                     nlinks += 1
                 pfn = bound
                 if pfn is None:
@@ -1057,25 +1053,32 @@ def _take_topups(
     return guest, guest_by_region, topped
 
 
+def _install_table(m: Machine, td: Td, key: tuple[int, int], sp: int, spt: int) -> None:
+    """What a successful :func:`explorer.model.kvm._link_table` leaves for the table ``key``:
+    the S-EPT page given to the module (``TDH.MEM.SEPT.ADD``; the caller checked it is free and
+    on a paired region), the shadow page held as its mirror, the entry present."""
+    from explorer.model.machine import O_MIRROR, O_SEPT
+
+    status = m.module.give_page(spt, "sept")
+    assert status == "TDX_SUCCESS", status
+    m.set_owner(spt, O_SEPT)
+    m.set_owner(sp, O_MIRROR)
+    td.entries[key] = ("present", spt, sp)
+
+
 def _apply_links(m: Machine, links: list[tuple[int, int, int, int]]) -> dict[int, tuple[int, int]]:
     """Link the level-1 tables of a simple run (what :func:`explorer.model.kvm._link_table`
     leaves: the shadow and S-EPT pages popped from the vCPU's caches, a ``page_header`` object
     used, the S-EPT page given to the module and its region's refcount up by one, the entry
     present); returns each linking event's regions (S-EPT page's, shadow page's)."""
-    from explorer.model.machine import O_MIRROR, O_SEPT
-
-    module, refcount, gotten, ckpt = m.module, m.refcount, m.gotten, m._ckpt_regions
+    refcount, gotten, ckpt = m.refcount, m.gotten, m._ckpt_regions
     out: dict[int, tuple[int, int]] = {}
     for event, vid, tid, chunk in links:
         caches = m.vcpus[vid].caches
         sp = caches["shadow_page"].pfns.pop()
         spt = caches["external_spt"].pfns.pop()
         caches["page_header"].nobjs -= 1
-        status = module.give_page(spt, "sept")
-        assert status == "TDX_SUCCESS", status  # (the check looked at the page and its region)
-        m.set_owner(spt, O_SEPT)
-        m.set_owner(sp, O_MIRROR)
-        m.tds[tid].entries[(1, chunk)] = ("present", spt, sp)
+        _install_table(m, m.tds[tid], (1, chunk), sp, spt)
         r = spt >> _SHIFT
         refcount[r] += 1
         gotten[r] = gotten.get(r, 0) + 1
@@ -1209,18 +1212,7 @@ def run_crossing_batch(m: Machine, items: Sequence[tuple[int, Event]]) -> bool:
         cache = th.vcpu.pamt_cache
         if cache[-1] == cache[-2] or kind(cache[-1]) or kind(cache[-2]):
             return False
-    touched = set(rc)
-    for th in (*adds, *frees):
-        touched.update(p >> _SHIFT for p in th.vcpu.pamt_cache[-2:])
-    _apply_crossing(m, threads, pfns, adds, frees, rc)
-    counters = m.counters
-    nslow = len(adds) + len(frees)
-    counters["pamt_get_fast"] += k - nslow
-    counters["pamt_get_slow"] += nslow
-    counters["spins"] += spins
-    counters["pamt_lost_race"] += len(frees)
-    counters["pamt_add"] += len(adds)
-    counters["pamt_pages_drained"] += 2 * len(frees)
+    touched = _apply_crossing(m, threads, pfns, adds, frees, rc, spins)
     first = m.event_first_step
     for th in threads:
         first.setdefault(th.idx, th.first)
@@ -1323,10 +1315,12 @@ def _apply_crossing(
     adds: list[_Crossing],
     frees: list[_Crossing],
     rc: dict[int, int],
-) -> None:
+    spins: int,
+) -> set[int]:
     """Make the crossing batch's changes, through the machine's primitives where the order
     shows (the allocator's heap): the guest pages, the pops, the PAMT.ADDs, the frees in the
-    schedule's order, then the mappings, the module's guest pages and the refcounts."""
+    schedule's order, then the mappings, the module's guest pages, the refcounts and the
+    counters. Returns the regions it touched (the guest pages', the popped pages')."""
     from explorer.model.machine import O_GUEST, O_PAIR
 
     mem = m.mem
@@ -1335,10 +1329,12 @@ def _apply_crossing(
         assert got == p, (got, p)  # (peek_lowest_into_untouched told them)
         m.set_owner(p, O_GUEST)
     m.counters["allocs_sleeping"] += len(pfns)
+    touched = set(rc)
     popped: dict[int, tuple[int, int]] = {}  # alloc_pamt_array(): the cache's last page first
     for th in (*adds, *frees):  # (each from its own vCPU's cache: their order does not show)
         cache = th.vcpu.pamt_cache
         popped[th.idx] = (cache[-1], cache[-2])
+        touched.update((cache[-1] >> _SHIFT, cache[-2] >> _SHIFT))
         m.pamt_cache_pop(th.vcpu)
         m.pamt_cache_pop(th.vcpu)
     module = m.module
@@ -1372,7 +1368,15 @@ def _apply_crossing(
         refcount[r] = n
         ckpt.add(r)
     counters = m.counters
+    nslow = len(adds) + len(frees)
     counters["faults"] += len(threads)
     counters["pamt_get"] += len(threads)
+    counters["pamt_get_fast"] += len(threads) - nslow
+    counters["pamt_get_slow"] += nslow
+    counters["spins"] += spins
+    counters["pamt_lost_race"] += len(frees)
+    counters["pamt_add"] += len(adds)
+    counters["pamt_pages_drained"] += 2 * len(frees)
     counters["page_aug"] += aug
     counters["page_add"] += add
+    return touched
