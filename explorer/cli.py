@@ -7,9 +7,7 @@ Exit status (a contract, scripts rely on it): 0 replayed with no violation (or: 
 from __future__ import annotations
 
 import argparse
-import csv
 import gzip
-import io
 import json
 import os
 import sys
@@ -81,7 +79,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Validate: the file's syntax and schema, then a dry run for events impossible in context."""
     trace = read_trace(args.trace)
     settings = resolve_settings(trace, args.set or [])
-    m = Machine(settings, record=False, check=False, fast=True)
+    m = Machine(settings, record=False, check=False)
     m.run(trace.events)
     if m.stopped is not None:
         d = m.stopped
@@ -96,7 +94,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     trace = read_trace(args.trace)
     settings = resolve_settings(trace, args.set or [])
     events = trace.events
-    m = Machine(settings, record=not args.json, check=True, fast=True)
+    m = Machine(settings, record=not args.json, check=True)
     out = sys.stdout
     for start, end in batches(events):
         if m.stopped is not None:
@@ -172,32 +170,69 @@ def _write_lines(out: TextIO, first: str, lines: Iterable[str]) -> None:
 
 
 # ------------------------------------------------------------------ sweep
+def _progress_bar(done: int, total: int, rate: float, eta: float) -> str:
+    width = 30
+    filled = width * done // total if total else width
+    eta_text = "--" if eta == float("inf") else f"{eta:,.0f} s"
+    return (
+        f"\r[{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,} points"
+        f"  {rate:,.1f} points/s  ETA {eta_text}  "
+    )
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from explorer.sweep import grid_points, parse_vary, run_sweep
+    """Replay a trace over a grid of settings on Dask (a scheduler, or a LocalCluster)."""
+    import time
+
+    from explorer.sweep import (
+        SchedulerUnreachable,
+        SweepOutputError,
+        grid_points,
+        parse_vary,
+        run_sweep,
+    )
 
     trace = read_trace(args.trace)
     base = resolve_settings(trace, args.set or [])
-    points = grid_points(base, parse_vary(args.vary))
+    grid = parse_vary(args.vary)
+    points = grid_points(base, grid)
+    scheduler = args.scheduler or os.environ.get("DPAMT_SCHEDULER") or None
+    last = [0.0]
 
-    def progress(done: int, total: int) -> None:
-        print(f"\r{done}/{total} points", end="", file=sys.stderr, flush=True)
+    def progress(done: int, total: int, rate: float, eta: float) -> None:
+        now = time.monotonic()
+        if done == total or now - last[0] >= 0.2:
+            last[0] = now
+            print(_progress_bar(done, total, rate, eta), end="", file=sys.stderr, flush=True)
 
-    rows = run_sweep(trace.events, points, workers=args.workers, progress=progress)
+    try:
+        rows = run_sweep(
+            trace.events,
+            points,
+            scheduler=scheduler,
+            workers=args.workers,
+            out=args.out,
+            progress=progress,
+            trace=trace.title or trace.source,
+            note=args.note or "",
+        )
+    except SchedulerUnreachable as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except SweepOutputError as exc:
+        print(f"\nusage error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     print(file=sys.stderr)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    if args.out == "-":
-        sys.stdout.write(buf.getvalue())
-    else:
-        with open(args.out, "w", encoding="utf-8", newline="") as f:
-            f.write(buf.getvalue())
-        print(f"wrote {len(rows)} rows to {args.out}", file=sys.stderr)
+    errors = sum(1 for r in rows if r["status"] != "ok")
+    if args.out != "-":
+        print(
+            f"{len(rows)} points ({errors} with an error) in {args.out}",
+            file=sys.stderr,
+        )
     if args.plot:
         from explorer.views.sweep import sweep_figure
 
-        keys = list(parse_vary(args.vary))
+        keys = list(grid)
         fig = sweep_figure(
             rows, x=f"setting.{keys[0]}", group=f"setting.{keys[1]}" if len(keys) > 1 else None
         )
@@ -244,9 +279,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("trace")
     s.add_argument("--vary", action="append", required=True, metavar="KEY=A..B|KEY=A,B")
     s.add_argument("--set", action="append", metavar="KEY=VALUE")
-    s.add_argument("--out", default="-", help="CSV file, or - (stdout)")
+    s.add_argument(
+        "--out",
+        default="-",
+        help="FILE.parquet or FILE.csv (written as points finish; a rerun resumes), "
+        "or - (CSV on stdout)",
+    )
     s.add_argument("--plot", help="write an HTML chart of the sweep")
-    s.add_argument("--workers", type=int, default=None, help="worker processes (default: CPUs)")
+    s.add_argument(
+        "--scheduler",
+        metavar="tcp://HOST:PORT",
+        help="Dask scheduler to submit to (default: $DPAMT_SCHEDULER, else a local cluster)",
+    )
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="local cluster: worker processes (default: CPUs; 1: run in this process)",
+    )
+    s.add_argument("--note", help="free text written in the note column of every row")
     s.set_defaults(func=cmd_sweep)
     return p
 
