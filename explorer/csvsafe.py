@@ -44,9 +44,18 @@ def rows_to_csv(rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | N
 
 
 def escape_frame(df: Any) -> Any:
-    """A copy of a pandas DataFrame whose text cells are escaped (for ``to_csv``)."""
+    """A copy of a pandas DataFrame whose text cells are escaped (for ``to_csv``): every column
+    that is not numeric, boolean or a date may hold text (pandas 3 calls text ``str``, pandas 2
+    ``object``), and its cells go through :func:`escape_cell` (non-text cells pass unchanged)."""
+    import pandas as pd
+
     out = df.copy()
     for name in out.columns:
-        if out[name].dtype == object or str(out[name].dtype).startswith("string"):
-            out[name] = out[name].map(escape_cell)
+        col = out[name]
+        if not (
+            pd.api.types.is_numeric_dtype(col)
+            or pd.api.types.is_bool_dtype(col)
+            or pd.api.types.is_datetime64_any_dtype(col)
+        ):
+            out[name] = col.astype(object).map(escape_cell)
     return out
