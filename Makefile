@@ -8,7 +8,12 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SAMPLE ?= td_lifecycle
 PORT   ?= 8501
 
-.PHONY: run test lint unit browser chromium bench loadtest fuzz goldens clean
+.PHONY: run test lint unit browser chromium bench loadtest fuzz goldens clean native
+
+# The engine compiled with mypyc (explorer/model/native.py): rebuilt when a model source changes;
+# without a C compiler the build says so and the pure Python engine runs (same results, slower).
+NATIVE := explorer/model/_native/SOURCES
+MODEL_SOURCES := $(wildcard explorer/model/*.py)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +24,13 @@ $(STAMP): pyproject.toml | $(PY)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+$(NATIVE): $(MODEL_SOURCES) explorer/build_native.py | $(STAMP)
+	$(PY) -m explorer.build_native
+
+native: $(NATIVE)
+
 ## make run: install and start the app on the default sample
-run: $(STAMP)
+run: $(STAMP) $(NATIVE)
 	$(VENV)/bin/streamlit run streamlit_app.py --server.port $(PORT) -- --sample $(SAMPLE)
 
 ## Chromium for the browser tests comes from Debian (playwright cannot download one here)
@@ -37,29 +47,29 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check explorer app_pages tests tools streamlit_app.py
 	$(VENV)/bin/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) $(NATIVE)
 	$(PY) -m pytest -q -n 2 -m 'not browser and not slow'
 
-browser: $(STAMP) chromium
+browser: $(STAMP) $(NATIVE) chromium
 	$(PY) -m pytest -q -m browser -p no:xdist
 
 ## make test: everything CI runs (lint, unit, AppTest, browser)
-test: $(STAMP) chromium lint
+test: $(STAMP) $(NATIVE) chromium lint
 	$(PY) -m pytest -q -n 2 -m 'not browser and not slow'
 	$(PY) -m pytest -q -m browser -p no:xdist
 
-bench: $(STAMP)
+bench: $(STAMP) $(NATIVE)
 	$(PY) -m explorer.bench
 
-fuzz: $(STAMP)
+fuzz: $(STAMP) $(NATIVE)
 	$(PY) -m pytest -q -m slow
 
 ## make loadtest: 20 browser sessions for 60 s against one server (docs/reliability.md)
-loadtest: $(STAMP) chromium
+loadtest: $(STAMP) $(NATIVE) chromium
 	$(PY) tools/loadtest.py --sessions 20 --seconds 60
 
 goldens: $(STAMP)
 	$(PY) -m pytest -q tests/test_samples.py --update-goldens
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts explorer/model/_native

@@ -81,7 +81,7 @@ def idle_pages(m: Machine) -> dict[int, int]:
 
 def run_metrics(events: Sequence[Event], settings: Settings) -> RunMetrics:
     """Replay ``events`` under ``settings`` and measure it (deterministic)."""
-    m = Machine(settings, record=False, check=True, fast=True)
+    m = Machine(settings, record=False, check=True)
     total_series: list[int] = []
     pairs_series: list[int] = []
     spec_peak = 0

@@ -17,26 +17,26 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import operator
 import sys
 import threading
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import accumulate, chain, repeat
 from typing import Any
 
 from explorer.metrics import idle_pages
 from explorer.model.constants import PAGE_SIZE, PAGES_PER_REGION_SHIFT
 from explorer.model.events import Event
-from explorer.model.fastpath import (
-    BatchOutcome,
-    FaultColumns,
-    run_fast_batches,
-    run_simple_batches,
+from explorer.model.machine import (
+    K_FAULT_RETRIES,
+    K_PAMT_LOST_RACE,
+    O_LEAKED,
+    Machine,
+    MachineDelta,
+    MachineImage,
+    batches,
 )
-from explorer.model.machine import O_LEAKED, Machine, MachineDelta, MachineImage, batches
 from explorer.model.records import Diagnostic, Snapshot, Step
 from explorer.model.settings import Settings
 from explorer.model.summary import summary
@@ -198,7 +198,7 @@ class Timeline:
     def _machine_at_batch(self, b: int) -> Machine:
         """A recording machine in the state just before batch ``b``: the nearest keyframe, the
         deltas after it, then the batches since the last checkpoint."""
-        m = Machine(self.settings, record=False, check=True, fast=True)
+        m = Machine(self.settings, record=False, check=True)
         ck = self._ckpt_batches
         c = ck[bisect.bisect_right(ck, b) - 1] if ck and ck[0] <= b else 0
         k = max((x for x in self._checkpoints if x <= c), default=None)
@@ -218,22 +218,9 @@ class Timeline:
 
     def _run_batches(self, m: Machine, c: int, b: int) -> None:
         """Run batches ``c`` to ``b - 1`` (at most a checkpoint interval) on a machine that does
-        not record, as the replay ran them: runs of simple batches in bulk, any other batch on
-        its own (the general fast path, else the generators). A seek spends most of its time
-        here when the target is far from its checkpoint."""
-        if c >= b:
-            return
-        edges = self.batch_event
-        spans = [(edges[x], edges[x + 1]) for x in range(c, b)]
-        cols = FaultColumns.of(self.events[spans[0][0] : spans[-1][1]], spans[0][0])
-        x = c
-        while x < b:
-            outcomes = run_simple_batches(m, self.events, spans[x - c :], cols)
-            if outcomes:
-                x += len(outcomes)
-            else:
-                self._run_batch(m, x)
-                x += 1
+        not record, as the replay ran them."""
+        for x in range(c, b):
+            self._run_batch(m, x)
 
     def _run_batch(self, m: Machine, b: int) -> None:
         start, end = self.batch_event[b], self.batch_event[b + 1]
@@ -445,7 +432,7 @@ def _replay(
     report_every: int,
 ) -> Timeline:
     tl = Timeline(events, settings)
-    m = Machine(settings, record=False, check=True, fast=True)
+    m = Machine(settings, record=False, check=True)
     checkpoint_budget = min(
         checkpoint_budget, max(KEYFRAME_MIN_BUDGET, KEYFRAME_BYTES_PER_EVENT * len(events))
     )
@@ -477,39 +464,19 @@ def _replay(
                     tl._checkpoints[b] = m.image()
         ndiag = len(m.diagnostics)
         b0 = b
+        tl.batch_event.append(start)
+        tl.batch_step.append(m.nr_steps)
         m.event_first_step = {}
-        # a run of fast batches, up to the next checkpoint (explorer.model.fastpath): simple
-        # batches (warm faults, one per CPU) in bulk, else this batch on the general fast path
-        upto = min((b // checkpoint_every + 1) * checkpoint_every, nb)
-        if b % checkpoint_every == 0:
-            # the columns of this interval's events (runs never cross a checkpoint): built per
-            # interval, a few KiB at a time, not for the whole trace at once
-            cols = FaultColumns.of(events[start : spans[upto - 1][1]], start)
-        idle = idle_pages(m)
-        free = m.mem.counts[0]
-        outcomes = run_simple_batches(m, events, spans[b:upto], cols)
-        if not outcomes:  # this batch is not simple: the general fast path, for it alone
-            outcomes = run_fast_batches(
-                m, [zip(range(start, end), events[start:end], strict=True)], note_starts=False
-            )
-        if outcomes:
-            _append_run(tl, m, spans[b : b + len(outcomes)], outcomes, idle, free)
-            b += len(outcomes)
-            if len(m.diagnostics) > ndiag:  # from the run's end-of-run checks
-                tl.batch_flags[-1] |= _diag_flags(m.diagnostics[ndiag:])
-        else:
-            tl.batch_event.append(start)
-            tl.batch_step.append(m.nr_steps)
-            m.batch_labels = set()
-            m.batch_regions = set()
-            m.run_batch(((i, events[i]) for i in range(start, end)), try_fast=False)
-            for e, st in m.event_first_step.items():
-                event_step[e] = st
-            tl.batch_flags.append(_flags(m.batch_labels) | _diag_flags(m.diagnostics[ndiag:]))
-            tl.region_values.extend(sorted(m.batch_regions))
-            tl.region_offsets.append(len(tl.region_values))
-            _sample(tl, m)
-            b += 1
+        m.batch_labels = set()
+        m.batch_regions = set()
+        m.run_batch((i, events[i]) for i in range(start, end))
+        for e, st in m.event_first_step.items():
+            event_step[e] = st
+        tl.batch_flags.append(_flags(m.batch_labels) | _diag_flags(m.diagnostics[ndiag:]))
+        tl.region_values.extend(sorted(m.batch_regions))
+        tl.region_offsets.append(len(tl.region_values))
+        _sample(tl, m)
+        b += 1
         end = spans[b - 1][1]
         last_end = end
         since_report += end - spans[b0][0]
@@ -571,75 +538,6 @@ def _diag_flags(diags: Sequence[Diagnostic]) -> int:
     return flags
 
 
-def _append_run(
-    tl: Timeline,
-    m: Machine,
-    spans: list[tuple[int, int]],
-    outcomes: list[BatchOutcome],
-    idle: dict[int, int],
-    free: int,
-) -> None:
-    """The per-batch arrays and series of a fast run (``idle`` and ``free``: before it). In a
-    run only allocations and DPAMT cache top-ups change what the series show."""
-    n = len(outcomes)
-    step = m.nr_steps - sum(o.steps for o in outcomes)
-    tl.batch_event.extend(start for start, _end in spans)
-    tl.batch_step.extend(accumulate((o.steps for o in outcomes[:-1]), initial=step))
-    flags_of: dict[frozenset[str], int] = {}
-    flags = []
-    for o in outcomes:
-        f = flags_of.get(o.labels)
-        if f is None:
-            f = flags_of[o.labels] = _flags(o.labels)
-        flags.append(f)
-    tl.batch_flags.extend(flags)
-    # the batches are consecutive: their events' first steps are one slice
-    tl.event_step[spans[0][0] : spans[-1][1]] = array(
-        "q", chain.from_iterable(o.starts for o in outcomes)
-    )
-    regions = tl.region_values
-    tl.region_offsets.extend(accumulate((len(o.regions) for o in outcomes), initial=len(regions)))
-    del tl.region_offsets[-n - 1]  # (the offset before the run is there already)
-    regions.extend(chain.from_iterable(o.regions for o in outcomes))
-    s = tl.series
-    for name, value in (
-        ("pairs", len(m.module.pairs)),
-        ("retries", m.counters["fault_retries"]),
-        ("lost_races", m.counters["pamt_lost_race"]),
-        ("leaked_pages", m.mem.counts[O_LEAKED]),
-    ):
-        s[name].extend(repeat(value, n))
-    s["free_pages"].extend(accumulate((o.allocated for o in outcomes), operator.sub, initial=free))
-    del s["free_pages"][-n - 1]  # the value before the run
-    total = sum(idle.values())
-    per_vcpu: dict[int, Any]
-    if not any(o.topups for o in outcomes):
-        s["idle_pages"].extend(repeat(total, n))
-        per_vcpu = {v: repeat(idle.get(v, 0), n) for v in m.vcpus}
-    else:
-        cols: dict[int, list[int]] = {v: [] for v in m.vcpus}
-        totals = []
-        for o in outcomes:
-            for v, k in o.topups.items():
-                idle[v] += k
-                total += k
-            totals.append(total)
-            for v, col in cols.items():
-                col.append(idle.get(v, 0))
-        s["idle_pages"].extend(totals)
-        per_vcpu = cols
-    nb = len(s["pairs"])
-    series = tl.cache_series
-    for v, values in per_vcpu.items():
-        column = series.get(v)
-        if column is None:
-            column = series[v] = array("q", [0] * (nb - n))
-        column.extend(values)
-    for padded in series.values():
-        if len(padded) < nb:
-            padded.extend(repeat(0, nb - len(padded)))
-
-
 def _sample(tl: Timeline, m: Machine) -> None:
     """The series after a batch, read from the machine."""
     _append_sample(
@@ -648,8 +546,8 @@ def _sample(tl: Timeline, m: Machine) -> None:
         len(m.module.pairs),
         m.mem.counts[0],
         idle_pages(m),
-        m.counters["fault_retries"],
-        m.counters["pamt_lost_race"],
+        m.cnt[K_FAULT_RETRIES],
+        m.cnt[K_PAMT_LOST_RACE],
         m.mem.counts[O_LEAKED],
     )
 

@@ -46,6 +46,12 @@ Public surface: :class:`Machine`, :func:`batches`, :class:`Settings`, the event 
 record types, :func:`summary`.
 """
 
+from explorer.model import native as _native
+
+#: True when the modules below run compiled (mypyc, see :mod:`explorer.model.native`): set before
+#: any of them is imported, so that every import of them finds the same build.
+NATIVE = _native.activate(__path__)
+
 from explorer.model.errors import ImpossibleEvent, Problem, SettingsError, TraceError
 from explorer.model.events import (
     EVENT_TYPES,
@@ -67,6 +73,7 @@ from explorer.model.summary import summary
 
 __all__ = [
     "EVENT_TYPES",
+    "NATIVE",
     "SETTING_SPECS",
     "Diagnostic",
     "Effect",

@@ -23,12 +23,24 @@ from __future__ import annotations
 from explorer.model import tdx_module as tdx
 from explorer.model.constants import PAGES_PER_REGION_SHIFT
 from explorer.model.machine import (
+    K_PAMT_ADD,
+    K_PAMT_ADD_FAILED,
+    K_PAMT_GET,
+    K_PAMT_GET_FAST,
+    K_PAMT_GET_SLOW,
+    K_PAMT_LOST_RACE,
+    K_PAMT_PAGES_DRAINED,
+    K_PAMT_PUT,
+    K_PAMT_REMOVE,
+    K_PAMT_REMOVE_FAILED,
+    K_SPINS,
     O_IN_HAND,
     O_LEAKED,
     O_PAIR,
     O_PAMT_CACHE,
     KGen,
     Machine,
+    StepInfo,
     Td,
     Thread,
     Vcpu,
@@ -43,7 +55,7 @@ def spin_lock(m: Machine, th: Thread, fn: str, label: str) -> KGen:
     """``spin_lock(&pamt_lock)``: a waiter spins, one visible step per turn."""
     while m.pamt_lock is not None:
         th.spinning = "pamt_lock"
-        m.count("spins")
+        m.count(K_SPINS)
         yield fn, label + ".spin", "spin: pamt_lock is held by {}", (m.pamt_lock,)
     th.spinning = None
     if th.softirq:
@@ -55,14 +67,16 @@ def spin_lock(m: Machine, th: Thread, fn: str, label: str) -> KGen:
         )
     m.pamt_lock = th.name
     th.holds.append("pamt_lock")
-    m.set_lock("pamt_lock", None, th.name)
+    if m.record:
+        m.set_lock("pamt_lock", None, th.name)
     yield fn, label, "spin_lock(&pamt_lock)", ()
 
 
 def spin_unlock(m: Machine, th: Thread) -> None:
     m.pamt_lock = None
     th.holds.remove("pamt_lock")
-    m.set_lock("pamt_lock", th.name, None)
+    if m.record:
+        m.set_lock("pamt_lock", th.name, None)
 
 
 def read_lock_mmu(m: Machine, th: Thread, fn: str, td: Td) -> KGen:
@@ -70,7 +84,7 @@ def read_lock_mmu(m: Machine, th: Thread, fn: str, td: Td) -> KGen:
     waits while a writer holds it)."""
     while td.mmu_writer is not None:
         th.spinning = "mmu_lock"
-        m.count("spins")
+        m.count(K_SPINS)
         yield (
             fn,
             "mmu_lock.read_spin",
@@ -80,7 +94,8 @@ def read_lock_mmu(m: Machine, th: Thread, fn: str, td: Td) -> KGen:
     th.spinning = None
     td.mmu_readers.append(th.name)
     th.holds.append("mmu_lock(read)")
-    m.set_lock(f"mmu_lock/td{td.id}", None, f"read {th.name}")
+    if m.record:
+        m.set_lock(f"mmu_lock/td{td.id}", None, f"read {th.name}")
     yield (
         fn,
         "mmu_lock.read",
@@ -89,43 +104,54 @@ def read_lock_mmu(m: Machine, th: Thread, fn: str, td: Td) -> KGen:
     )
 
 
-def read_unlock_mmu(m: Machine, th: Thread, fn: str, td: Td) -> KGen:
+def read_unlock_mmu(m: Machine, th: Thread, td: Td) -> None:
+    """``read_unlock(&kvm->mmu_lock)``; the caller yields :data:`READ_UNLOCK_STEP` (a one-step
+    unlock needs no generator of its own)."""
     td.mmu_readers.remove(th.name)
     th.holds.remove("mmu_lock(read)")
-    m.set_lock(f"mmu_lock/td{td.id}", f"read {th.name}", None)
-    yield fn, "mmu_lock.read_unlock", "read_unlock(&kvm->mmu_lock)", ()
+    if m.record:
+        m.set_lock(f"mmu_lock/td{td.id}", f"read {th.name}", None)
+
+
+#: The step of ``read_unlock(&kvm->mmu_lock)`` (in kvm_tdp_mmu_map, whose step it is).
+READ_UNLOCK_STEP: StepInfo = (
+    "kvm_tdp_mmu_map",
+    "mmu_lock.read_unlock",
+    "read_unlock(&kvm->mmu_lock)",
+    (),
+)
 
 
 def write_lock_mmu(m: Machine, th: Thread, fn: str, td: Td) -> KGen:
     while td.mmu_writer is not None or td.mmu_readers:
         th.spinning = "mmu_lock"
-        m.count("spins")
+        m.count(K_SPINS)
         holders = td.mmu_writer or ", ".join(td.mmu_readers)
         yield fn, "mmu_lock.write_spin", "spin: TD {}'s mmu_lock is held by {}", (td.id, holders)
     th.spinning = None
     td.mmu_writer = th.name
     th.holds.append("mmu_lock(write)")
-    m.set_lock(f"mmu_lock/td{td.id}", None, f"write {th.name}")
+    if m.record:
+        m.set_lock(f"mmu_lock/td{td.id}", None, f"write {th.name}")
     yield fn, "mmu_lock.write", "write_lock(&kvm->mmu_lock) of TD {}", (td.id,)
 
 
 def write_unlock_mmu(m: Machine, th: Thread, fn: str, td: Td) -> KGen:
     td.mmu_writer = None
     th.holds.remove("mmu_lock(write)")
-    m.set_lock(f"mmu_lock/td{td.id}", f"write {th.name}", None)
+    if m.record:
+        m.set_lock(f"mmu_lock/td{td.id}", f"write {th.name}", None)
     yield fn, "mmu_lock.write_unlock", "write_unlock(&kvm->mmu_lock)", ()
 
 
 # ============================================================================ the cache
-def tdx_topup_pamt_cache(m: Machine, th: Thread, vcpu: Vcpu, n: int) -> KGen:
-    """``tdx_topup_pamt_cache(cache, n)``: fill to exactly ``2 * n`` pages; -ENOMEM keeps what was
-    added. There is no larger capacity (unlike KVM's caches, filled to 40)."""
-    return (yield from fill_pamt_cache(m, th, vcpu, 2 * n, f"tdx_topup_pamt_cache (2 x {n})"))
-
-
 def fill_pamt_cache(m: Machine, th: Thread, vcpu: Vcpu, target: int, what: str) -> KGen:
-    """Push freshly allocated pages on the vCPU's list until it holds ``target``: v6's top-up,
-    and the v4 shared list and the KVM-style cache of the rejected designs."""
+    """Push freshly allocated pages on the vCPU's list until it holds ``target``.
+
+    This is v6's ``tdx_topup_pamt_cache(cache, n)`` with ``target = 2 * n`` (fill to exactly
+    that; -ENOMEM keeps what was added; there is no larger capacity, unlike KVM's caches, filled
+    to 40), and the v4 shared list and the KVM-style cache of the rejected designs, with their
+    targets. ``what`` names the call in the narration."""
     fn = "tdx_topup_pamt_cache"
     old = len(vcpu.pamt_cache)
     while len(vcpu.pamt_cache) < target:
@@ -239,49 +265,54 @@ def _free_pair(m: Machine, pages: list[int], from_cache: bool) -> None:
                 continue
         m.free_page(p)
     if from_cache and m.mode not in ("mempool", "atomic-under-lock", "sleeping-under-lock"):
-        m.count("pamt_pages_drained", len(pages))
+        m.count(K_PAMT_PAGES_DRAINED, len(pages))
 
 
 def tdx_pamt_get(m: Machine, th: Thread, pfn: int, vcpu: Vcpu | None) -> KGen:
-    """``tdx_pamt_get(pfn, cache)``: returns 0, -ENOMEM or -EIO (dpamt-model.md section 3)."""
+    """``tdx_pamt_get(pfn, cache)``: returns 0, -ENOMEM or -EIO (dpamt-model.md section 3).
+
+    The region's get is "in flight" from the call to the return: the caller counts its
+    reference (``mark_gotten``) only once it has the result, so invariant 2 waits till then."""
     fn = "tdx_pamt_get"
     region = pfn >> PAGES_PER_REGION_SHIFT
     th.stack.append(fn)
-    m.inflight[region] = m.inflight.get(region, 0) + 1
+    inflight = m.inflight
+    inflight[region] = inflight.get(region, 0) + 1
     try:
-        return (yield from _pamt_get(m, th, fn, region, vcpu))
-    finally:
-        th.stack.pop()
-        left = m.inflight[region] - 1
-        if left:
-            m.inflight[region] = left
-        else:
-            del m.inflight[region]
-
-
-def _pamt_get(m: Machine, th: Thread, fn: str, region: int, vcpu: Vcpu | None) -> KGen:
-    m.count("pamt_get")
-    if m.mode != "v6-locked":
-        old = m.refcount.get(region, 0)
-        if old:
-            m.set_refcount(region, old + 1)
-            m.count("pamt_get_fast")
+        m.count(K_PAMT_GET)
+        if m.mode != "v6-locked":
+            old = m.refcount.get(region, 0)
+            if old:
+                m.set_refcount(region, old + 1)
+                m.count(K_PAMT_GET_FAST)
+                yield (
+                    fn,
+                    "pamt_get.fast",
+                    "refcount[{}] {} -> {}: atomic_inc_not_zero, fast path, no lock",
+                    (region, old, old + 1),
+                )
+                return 0
+            m.count(K_PAMT_GET_SLOW)
             yield (
                 fn,
-                "pamt_get.fast",
-                "refcount[{}] {} -> {}: atomic_inc_not_zero, fast path, no lock",
-                (region, old, old + 1),
+                "pamt_get.slow",
+                "refcount[{}] is 0: region {} needs a PAMT page pair",
+                (region, region),
             )
-            return 0
-        m.count("pamt_get_slow")
-        yield (
-            fn,
-            "pamt_get.slow",
-            "refcount[{}] is 0: region {} needs a PAMT page pair",
-            (region, region),
-        )
-    else:
-        m.count("pamt_get_slow")
+        else:
+            m.count(K_PAMT_GET_SLOW)
+        return (yield from _pamt_get_slow(m, th, fn, region, vcpu))
+    finally:
+        th.stack.pop()
+        left = inflight[region] - 1
+        if left:
+            inflight[region] = left
+        else:
+            del inflight[region]
+
+
+def _pamt_get_slow(m: Machine, th: Thread, fn: str, region: int, vcpu: Vcpu | None) -> KGen:
+    """The slow path: a pair of pages, ``pamt_lock``, the recheck, PAMT.ADD."""
     # alloc_pamt_array(): two pages, from the cache or the allocator
     pages: list[int] = []
     for _ in range(2):
@@ -307,7 +338,7 @@ def _pamt_get(m: Machine, th: Thread, fn: str, region: int, vcpu: Vcpu | None) -
     if cur:
         # Lost race: another CPU did 0 -> 1 since the fast-path check.
         m.set_refcount(region, cur + 1)
-        m.count("pamt_lost_race")
+        m.count(K_PAMT_LOST_RACE)
         yield (
             fn,
             "pamt_get.lost_race",
@@ -325,7 +356,7 @@ def _pamt_get(m: Machine, th: Thread, fn: str, region: int, vcpu: Vcpu | None) -
         )
         return 0
     pair = (pages[0], pages[1])
-    m.count("pamt_add")
+    m.count(K_PAMT_ADD)
     status = (
         tdx.INJECTED_ERROR if m.take_injection("pamt_add_fail") else m.module.pamt_add(region, pair)
     )
@@ -361,7 +392,7 @@ def _pamt_get(m: Machine, th: Thread, fn: str, region: int, vcpu: Vcpu | None) -
             (pages[0], pages[1]),
         )
         return 0
-    m.count("pamt_add_failed")
+    m.count(K_PAMT_ADD_FAILED)
     m.diag("warning", "WARN_PAMT_ADD", f"TDH.PHYMEM.PAMT.ADD region {region} failed: {status}")
     yield fn, "pamt_get.add_fail", "TDH.PHYMEM.PAMT.ADD region {}: {}: WARN, -EIO", (region, status)
     spin_unlock(m, th)
@@ -382,20 +413,21 @@ def tdx_pamt_put(m: Machine, th: Thread, pfn: int) -> KGen:
     fn = "tdx_pamt_put"
     region = pfn >> PAGES_PER_REGION_SHIFT
     th.stack.append(fn)
-    m.inflight[region] = m.inflight.get(region, 0) + 1
+    inflight = m.inflight
+    inflight[region] = inflight.get(region, 0) + 1
     try:
         yield from _pamt_put(m, th, fn, region)
     finally:
         th.stack.pop()
-        left = m.inflight[region] - 1
+        left = inflight[region] - 1
         if left:
-            m.inflight[region] = left
+            inflight[region] = left
         else:
-            del m.inflight[region]
+            del inflight[region]
 
 
 def _pamt_put(m: Machine, th: Thread, fn: str, region: int) -> KGen:
-    m.count("pamt_put")
+    m.count(K_PAMT_PUT)
     mode = m.mode
     if mode == "v6-locked":
         yield from spin_lock(m, th, fn, "pamt_put.lock")
@@ -486,7 +518,7 @@ def _pamt_put(m: Machine, th: Thread, fn: str, region: int) -> KGen:
 
 def _remove(m: Machine, th: Thread, fn: str, region: int, *, zero_on_success: bool) -> KGen:
     """PAMT.REMOVE under ``pamt_lock``; on failure refcount goes (back) to 1 and the pair leaks."""
-    m.count("pamt_remove")
+    m.count(K_PAMT_REMOVE)
     pair = m.module.pairs.get(region)
     if m.take_injection("pamt_remove_fail"):
         status, got = tdx.INJECTED_ERROR, None
@@ -514,7 +546,7 @@ def _remove(m: Machine, th: Thread, fn: str, region: int, *, zero_on_success: bo
             (got[0], got[1]),
         )
         return
-    m.count("pamt_remove_failed")
+    m.count(K_PAMT_REMOVE_FAILED)
     m.set_refcount(region, 1)
     m.add_orphan(region)
     if pair is not None:

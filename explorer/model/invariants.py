@@ -20,42 +20,51 @@ broken mode (or a bug in the explorer) must show up in the app at the exact step
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Set
+from typing import TYPE_CHECKING, Final
 
-from explorer.model.machine import (
-    O_CONTROL,
-    O_GUEST,
-    O_IN_HAND,
-    O_KVM_CACHE,
-    O_LEAKED,
-    O_MIRROR,
-    O_PAIR,
-    O_PAMT_CACHE,
-    O_SEPT,
-    Machine,
-)
+from explorer.model.records import OWNER_CODE
 from explorer.model.tdx_module import KIND_CODE
+
+if TYPE_CHECKING:  # (machine imports this module: the checks run inside its step loop)
+    from explorer.model.machine import Machine
+
+O_PAIR: Final = OWNER_CODE["pamt_pair"]
+O_PAMT_CACHE: Final = OWNER_CODE["pamt_cache"]
+O_KVM_CACHE: Final = OWNER_CODE["kvm_cache"]
+O_SEPT: Final = OWNER_CODE["sept"]
+O_MIRROR: Final = OWNER_CODE["mirror"]
+O_CONTROL: Final = OWNER_CODE["control"]
+O_GUEST: Final = OWNER_CODE["guest"]
+O_LEAKED: Final = OWNER_CODE["leaked"]
+O_IN_HAND: Final = OWNER_CODE["in_hand"]
 
 _PAMT_KIND = KIND_CODE["pamt"]
 _PAIR_OWNERS = (O_PAIR, O_LEAKED)
 
 
-def check_regions(m: Machine, regions: Iterable[int]) -> None:
+def check_regions(m: Machine, regions: Set[int], all_pairs: bool = False) -> None:
     """Invariants 1 to 4 on ``regions`` (the ones the step touched, or all in full mode).
 
-    Runs after every step that touches a region (a few hundred thousand times in a long
-    replay): the tables are looked up once, outside the loop, and the pair's two pages are
-    checked without building a set."""
+    Runs after every step that touches a region (millions of times in a long replay), so it
+    looks each table up once and sorts nothing when one region (the usual case) changed.
+    Invariant 4 (the pair's two pages) is checked where the step added or removed a pair
+    (``m.pair_dirty``), or everywhere with ``all_pairs``: a pair page that changes owner
+    otherwise shows in the page counts of invariant 5 (:func:`check_global`)."""
     lock_free = m.pamt_lock is None
     pairs = m.module.pairs
     refcount, gotten, orphans, inflight = m.refcount, m.gotten, m.orphans, m.inflight
-    used, owner, kind = m.module.used, m.mem.owner, m.module.kind
-    v5 = m.mode == "v5-hint"
-    for r in sorted(regions):
+    used = m.module.used
+    pair_dirty = m.pair_dirty
+    for r in sorted(regions) if len(regions) > 1 else regions:
         rc = refcount.get(r, 0)
         pair = pairs.get(r)
-        v5_window = v5 and rc == 0 and pair is not None and r in m.v5_put_window
-        if lock_free and (rc > 0) != (pair is not None) and not v5_window:
+        if (
+            lock_free
+            and (rc > 0) != (pair is not None)
+            # v5-hint: 0 with a pair inside a put's unlocked-decrement window is allowed
+            and not (m.mode == "v5-hint" and rc == 0 and r in m.v5_put_window)
+        ):
             m.diag(
                 "violation",
                 "INV1_REFCOUNT_PAIR",
@@ -64,41 +73,48 @@ def check_regions(m: Machine, regions: Iterable[int]) -> None:
             )
         if r not in inflight:
             held = gotten.get(r, 0)
-            orphaned = orphans.get(r, 0)
+            orphaned = orphans.get(r, 0) if orphans else 0
             if rc != held + orphaned:
                 m.diag(
                     "violation",
                     "INV2_REFCOUNT_USERS",
                     f"region {r}: refcount {rc} != {held} pages gotten + {orphaned} orphan(s)",
                 )
-        if used.get(r, 0) and pair is None:
-            m.diag(
-                "violation",
-                "INV3_MISSING_PAIR",
-                f"region {r}: {used[r]} page(s) in TD use without a PAMT pair",
-            )
-        if pair is not None:
-            a, b = pair
-            if (
-                a == b
-                or owner(a) not in _PAIR_OWNERS
-                or owner(b) not in _PAIR_OWNERS
-                or kind(a) != _PAMT_KIND
-                or kind(b) != _PAMT_KIND
-            ):
+        if pair is None:
+            if used.get(r, 0):
                 m.diag(
                     "violation",
-                    "INV4_PAIR_PAGES",
-                    f"region {r}: pair {a:#x}, {b:#x} is not two pages held only as PAMT pages",
+                    "INV3_MISSING_PAIR",
+                    f"region {r}: {used[r]} page(s) in TD use without a PAMT pair",
                 )
+        elif all_pairs or r in pair_dirty:
+            _check_pair(m, r, pair)
 
 
-def check_global(m: Machine) -> None:
+def _check_pair(m: Machine, r: int, pair: tuple[int, int]) -> None:
+    """Invariant 4: the pair is two distinct pages, held only as PAMT pages by both sides."""
+    a, b = pair
+    owner, kind = m.mem.owner, m.module.kind
+    if (
+        a == b
+        or owner(a) not in _PAIR_OWNERS
+        or owner(b) not in _PAIR_OWNERS
+        or kind(a) != _PAMT_KIND
+        or kind(b) != _PAMT_KIND
+    ):
+        m.diag(
+            "violation",
+            "INV4_PAIR_PAGES",
+            f"region {r}: pair {a:#x}, {b:#x} is not two pages held only as PAMT pages",
+        )
+
+
+def check_global(m: Machine, caches: bool = True) -> None:
     """Invariant 5, the parts that hold after every step: caches and pairs vs page owners.
 
-    Runs after every step that changes a page's owner: the sums are list comprehensions (about
-    twice as fast as generator expressions on CPython 3.11), the orphan count is skipped when
-    there is no orphan."""
+    Runs after every step that changes a page's owner. The caches are counted (over every vCPU)
+    only when ``caches``: when the step moved a page into or out of a cache (a warm fault's
+    pages never do), the orphan count only when there is an orphan."""
     counts = m.mem.counts
     if sum(counts) != m.mem.total_pages:
         m.diag(
@@ -106,22 +122,23 @@ def check_global(m: Machine) -> None:
             "INV5_CONSERVATION",
             f"owners sum to {sum(counts)}, not {m.mem.total_pages}",
         )
-    vcpus = m.vcpus.values()
-    in_pamt_cache = sum([len(v.pamt_cache) for v in vcpus])
-    in_pamt_cache += len(m.extra.get("mempool", ()))
-    if counts[O_PAMT_CACHE] != in_pamt_cache:
-        m.diag(
-            "violation",
-            "INV5_CONSERVATION",
-            f"{counts[O_PAMT_CACHE]} pages owned as pamt_cache, {in_pamt_cache} in the caches",
-        )
-    in_kvm = sum([len(c.pfns) for v in vcpus for c in v.caches.values()])
-    if counts[O_KVM_CACHE] != in_kvm:
-        m.diag(
-            "violation",
-            "INV5_CONSERVATION",
-            f"{counts[O_KVM_CACHE]} pages owned as kvm_cache, {in_kvm} in KVM's caches",
-        )
+    if caches:
+        vcpus = m.vcpus.values()
+        in_pamt_cache = sum([len(v.pamt_cache) for v in vcpus])
+        in_pamt_cache += len(m.extra.get("mempool", ()))
+        if counts[O_PAMT_CACHE] != in_pamt_cache:
+            m.diag(
+                "violation",
+                "INV5_CONSERVATION",
+                f"{counts[O_PAMT_CACHE]} pages owned as pamt_cache, {in_pamt_cache} in the caches",
+            )
+        in_kvm = sum([len(c.pfns) for v in vcpus for c in v.caches.values()])
+        if counts[O_KVM_CACHE] != in_kvm:
+            m.diag(
+                "violation",
+                "INV5_CONSERVATION",
+                f"{counts[O_KVM_CACHE]} pages owned as kvm_cache, {in_kvm} in KVM's caches",
+            )
     pairs_of = m.module.pairs
     leaked_pairs = sum([1 for r, n in m.orphans.items() if n and r in pairs_of]) if m.orphans else 0
     pairs = len(pairs_of)

@@ -29,13 +29,13 @@ from explorer.model import tdx_module as tdx
 from explorer.model.dpamt import (
     EIO,
     ENOMEM,
+    READ_UNLOCK_STEP,
     fill_pamt_cache,
     read_lock_mmu,
     read_unlock_mmu,
     tdx_free_pamt_cache,
     tdx_pamt_get,
     tdx_pamt_put,
-    tdx_topup_pamt_cache,
     write_lock_mmu,
     write_unlock_mmu,
 )
@@ -50,6 +50,21 @@ from explorer.model.events import (
     Zap,
 )
 from explorer.model.machine import (
+    K_ALLOCS_ATOMIC,
+    K_ALLOCS_UNDER_LOCK,
+    K_FAULT_RETRIES,
+    K_FAULTS,
+    K_FAULTS_FAILED,
+    K_FAULTS_SPURIOUS,
+    K_KVM_CACHE_EMPTY,
+    K_LIVELOCKS,
+    K_PAGE_ADD,
+    K_PAGE_AUG,
+    K_PAGE_AUG_FAILED,
+    K_PAGE_REMOVE,
+    K_SEPT_ADD,
+    K_SEPT_ADD_FAILED,
+    K_ZAPS,
     O_CONTROL,
     O_GUEST,
     O_IN_HAND,
@@ -110,15 +125,20 @@ def new_kvm_caches(m: Machine) -> dict[str, KvmCache]:
     }
 
 
-def kvm_mmu_topup_memory_cache(m: Machine, th: Thread, vcpu: Vcpu, cache: KvmCache) -> KGen:
+def kvm_mmu_topup_memory_cache(m: Machine, th: Thread, vcpu: Vcpu, cache: KvmCache) -> KGen | None:
     """Fill to capacity when below ``min``; tolerate a failure once ``min`` is held.
 
-    Yields a step only when it does something (a no-op top-up is silent, to keep faults short).
-    """
+    A cache holding at least ``min`` objects needs nothing: that top-up is silent (no step, to
+    keep faults short), so it returns None instead of a generator with nothing to run (every
+    fault tops up four caches, nearly always for nothing)."""
+    if cache.count >= cache.min:
+        return None
+    return _fill_kvm_cache(m, th, vcpu, cache)
+
+
+def _fill_kvm_cache(m: Machine, th: Thread, vcpu: Vcpu, cache: KvmCache) -> KGen:
     fn = "kvm_mmu_topup_memory_cache"
     old = cache.count
-    if old >= cache.min:
-        return 0
     while cache.count < cache.capacity:
         if cache.objects:  # slab objects: no host page, no injected failure
             cache.nobjs += 1
@@ -164,15 +184,15 @@ def kvm_mmu_memory_cache_alloc(m: Machine, th: Thread, vcpu: Vcpu, cache: KvmCac
         if cache.nobjs:
             cache.nobjs -= 1
         else:
-            m.count("kvm_cache_empty")
+            m.count(K_KVM_CACHE_EMPTY)
             m.diag(
                 "warning",
                 "WARN_CACHE_EMPTY",
                 f"vCPU {vcpu.id}: {cache.name} cache empty: GFP_ATOMIC fallback",
             )
-            m.count("allocs_atomic")
+            m.count(K_ALLOCS_ATOMIC)
             if th.holds:
-                m.count("allocs_under_lock")
+                m.count(K_ALLOCS_UNDER_LOCK)
         m.kvm_cache_changed(vcpu, cache, old)
         return 0
     if cache.pfns:
@@ -180,7 +200,7 @@ def kvm_mmu_memory_cache_alloc(m: Machine, th: Thread, vcpu: Vcpu, cache: KvmCac
         m.set_owner(pfn, O_IN_HAND)
         m.kvm_cache_changed(vcpu, cache, old)
         return pfn
-    m.count("kvm_cache_empty")
+    m.count(K_KVM_CACHE_EMPTY)
     m.diag(
         "warning",
         "WARN_CACHE_EMPTY",
@@ -211,12 +231,14 @@ def mmu_topup_memory_caches(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
             ("pte_list_desc",) if m.mode == "v4-shared-list" else ("pte_list_desc", "external_spt")
         )
         for name in names:
-            if (yield from kvm_mmu_topup_memory_cache(m, th, vcpu, caches[name])):
+            fill = kvm_mmu_topup_memory_cache(m, th, vcpu, caches[name])
+            if fill is not None and (yield from fill):
                 return ENOMEM
         if (yield from topup_external_cache(m, th, vcpu)):
             return ENOMEM
         for name in ("shadow_page", "page_header"):
-            if (yield from kvm_mmu_topup_memory_cache(m, th, vcpu, caches[name])):
+            fill = kvm_mmu_topup_memory_cache(m, th, vcpu, caches[name])
+            if fill is not None and (yield from fill):
                 return ENOMEM
         return 0
     finally:
@@ -235,13 +257,13 @@ def topup_external_cache(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
     - ``mempool``, ``atomic-under-lock``, ``sleeping-under-lock``: no top-up before the lock.
     """
     mode = m.mode
-    n = m.settings.dpamt_gets_per_fault
     if mode in ("mempool", "atomic-under-lock", "sleeping-under-lock"):
         return 0
+    n = m.settings.dpamt_gets_per_fault
     th.stack.append("tdx_topup_pamt_cache")
     try:
         if mode == "v5-topup-install":
-            return (yield from tdx_topup_pamt_cache(m, th, vcpu, 1))
+            return (yield from fill_pamt_cache(m, th, vcpu, 2, "tdx_topup_pamt_cache (2 x 1)"))
         if mode == "v4-shared-list":
             target = m.settings.worst_case_tables + 2 * n
             return (yield from fill_pamt_cache(m, th, vcpu, target, f"v4 shared list ({target})"))
@@ -252,7 +274,7 @@ def topup_external_cache(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
             return (
                 yield from fill_pamt_cache(m, th, vcpu, cap, f"KVM-style cache (fill to {cap})")
             )
-        return (yield from tdx_topup_pamt_cache(m, th, vcpu, n))
+        return (yield from fill_pamt_cache(m, th, vcpu, 2 * n, m.pamt_topup_what))
     finally:
         th.stack.pop()
 
@@ -301,7 +323,7 @@ def tdx_handle_ept_violation(m: Machine, th: Thread, idx: int, ev: Fault) -> KGe
             ev, idx, f"fault on {what} vCPU {ev.vcpu}", "a vcpu_create for it earlier"
         )
     td = _live_td(m, ev, idx, vcpu.td)
-    limit = C.GFN_LIMIT[m.settings.ept_levels]
+    limit = m.gfn_limit
     if ev.gfn >= limit:
         raise m.impossible(
             ev,
@@ -330,18 +352,18 @@ def tdx_handle_ept_violation(m: Machine, th: Thread, idx: int, ev: Fault) -> KGe
                 "a free pfn",
             )
     th.stack.append(fn)
-    m.count("faults")
+    m.count(K_FAULTS)
     if ev.pfn is not None and bound is None:
         _gmem_bind(m, td, ev.gfn, ev.pfn)
     yield fn, "fault.begin", "EPT violation: vCPU {} gfn {:#x} ({})", (vcpu.id, ev.gfn, ev.level)
     if td.state == "bugged":
-        m.count("faults_failed")
+        m.count(K_FAULTS_FAILED)
         yield fn, "fault.vm_bugged", "the VM is bugged (KVM_BUG_ON earlier): -EIO", ()
         return
     attempt = 0
     while True:
         if (yield from mmu_topup_memory_caches(m, th, vcpu)):
-            m.count("faults_failed")
+            m.count(K_FAULTS_FAILED)
             yield (
                 fn,
                 "fault.enomem",
@@ -353,7 +375,7 @@ def tdx_handle_ept_violation(m: Machine, th: Thread, idx: int, ev: Fault) -> KGe
         if pfn is None:
             pfn = m.alloc_page(th, O_GUEST, sleeping=True)
             if pfn is None:
-                m.count("faults_failed")
+                m.count(K_FAULTS_FAILED)
                 yield (
                     "kvm_faultin_pfn",
                     "faultin.enomem",
@@ -372,14 +394,14 @@ def tdx_handle_ept_violation(m: Machine, th: Thread, idx: int, ev: Fault) -> KGe
         if ret == DONE:
             return
         if ret != RETRY:
-            m.count("faults_failed")
+            m.count(K_FAULTS_FAILED)
             yield fn, "fault.eio", "the fault failed: -EIO", ()
             return
         attempt += 1
-        m.count("fault_retries")
-        if attempt > m.settings.max_retries:
-            m.count("faults_failed")
-            m.count("livelocks")
+        m.count(K_FAULT_RETRIES)
+        if attempt > m.max_retries:
+            m.count(K_FAULTS_FAILED)
+            m.count(K_LIVELOCKS)
             m.diag(
                 "livelock",
                 "LIVELOCK",
@@ -394,7 +416,7 @@ def tdx_handle_ept_violation(m: Machine, th: Thread, idx: int, ev: Fault) -> KGe
             )
             return
         if td.state not in ALIVE_TD_STATES:
-            m.count("faults_failed")
+            m.count(K_FAULTS_FAILED)
             yield fn, "fault.eio", "the TD is being destroyed: -EIO", ()
             return
         yield (
@@ -415,16 +437,41 @@ def _gmem_bind(m: Machine, td: Td, gfn: int, pfn: int, owned: bool = False) -> N
 def kvm_tdp_mmu_map(
     m: Machine, th: Thread, vcpu: Vcpu, td: Td, gfn: int, pfn: int, level: str
 ) -> KGen:
-    """One try: walk the mirror page table under read_lock(mmu_lock), link tables, map the leaf."""
+    """One try: walk the mirror page table under read_lock(mmu_lock) from the root down, link
+    the missing non-root tables, map the leaf."""
     fn = "kvm_tdp_mmu_map"
     th.stack.append(fn)
     try:
         yield from read_lock_mmu(m, th, fn, td)
         if td.state not in ALIVE_TD_STATES:
-            yield from read_unlock_mmu(m, th, fn, td)
+            read_unlock_mmu(m, th, td)
+            yield READ_UNLOCK_STEP
             return EIO
-        ret = yield from _walk_and_map(m, th, vcpu, td, gfn, pfn, level)
-        yield from read_unlock_mmu(m, th, fn, td)
+        ret = DONE
+        entries = td.entries
+        for k in range(m.ept_levels - 1, (1 if level == "4k" else 2) - 1, -1):
+            # k: the level of the table the walk needs next (the leaf sits in the level-1 or,
+            # for a 2 MiB mapping, the level-2 table)
+            key = (k, gfn >> (9 * k))
+            entry = entries.get(key)
+            if entry is not None and entry[0] == "present":
+                continue
+            if entry is not None:
+                yield (
+                    fn,
+                    "walk.frozen",
+                    "the entry for the level-{} table is frozen by {}: RET_PF_RETRY",
+                    (k, entry[1]),
+                )
+                ret = RETRY
+                break
+            ret = yield from _link_table(m, th, vcpu, td, key)
+            if ret != DONE:
+                break
+        if ret == DONE:
+            ret = yield from _map_leaf(m, th, vcpu, td, gfn, pfn, level)
+        read_unlock_mmu(m, th, td)
+        yield READ_UNLOCK_STEP
         if ret == DONE:
             yield (
                 "tdx_handle_ept_violation",
@@ -442,31 +489,6 @@ def _free_sp(m: Machine, sp: int | None, spt: int | None) -> None:
     for p in (sp, spt):
         if p is not None:
             m.free_page(p)
-
-
-def _walk_and_map(
-    m: Machine, th: Thread, vcpu: Vcpu, td: Td, gfn: int, pfn: int, level: str
-) -> KGen:
-    fn = "kvm_tdp_mmu_map"
-    levels = m.settings.ept_levels
-    goal = 1 if level == "4k" else 2  # level of the table holding the leaf entry
-    for k in range(levels - 1, goal - 1, -1):
-        key = (k, gfn >> (9 * k))
-        entry = td.entries.get(key)
-        if entry is not None and entry[0] == "present":
-            continue
-        if entry is not None:
-            yield (
-                fn,
-                "walk.frozen",
-                "the entry for the level-{} table is frozen by {}: RET_PF_RETRY",
-                (k, entry[1]),
-            )
-            return RETRY
-        ret = yield from _link_table(m, th, vcpu, td, key)
-        if ret != DONE:
-            return ret
-    return (yield from _map_leaf(m, th, vcpu, td, gfn, pfn, level))
 
 
 def _link_table(m: Machine, th: Thread, vcpu: Vcpu, td: Td, key: tuple[int, int]) -> KGen:
@@ -529,7 +551,7 @@ def _link_table(m: Machine, th: Thread, vcpu: Vcpu, td: Td, key: tuple[int, int]
         else:
             status = m.module.give_page(spt, "sept")
         if status != tdx.SUCCESS:
-            m.count("sept_add_failed")
+            m.count(K_SEPT_ADD_FAILED)
             if status == tdx.MISSING_PAMT_PAGE_PAIR:
                 m.diag("violation", "INV3_MISSING_PAIR", f"TDH.MEM.SEPT.ADD {spt:#x}: {status}")
             yield (
@@ -545,7 +567,7 @@ def _link_table(m: Machine, th: Thread, vcpu: Vcpu, td: Td, key: tuple[int, int]
             _free_sp(m, sp, spt)
             yield fn, "tdp.unwind", "restore the entry, free the shadow page: RET_PF_RETRY", ()
             return RETRY
-        m.count("sept_add")
+        m.count(K_SEPT_ADD)
         m.set_owner(spt, O_SEPT)
         m.set_owner(sp, O_MIRROR)
         td.entries[key] = ("present", spt, sp)
@@ -579,7 +601,7 @@ def _map_leaf(m: Machine, th: Thread, vcpu: Vcpu, td: Td, gfn: int, pfn: int, le
         )
         return EIO
     if gfn in td.leaves:
-        m.count("faults_spurious")
+        m.count(K_FAULTS_SPURIOUS)
         yield fn, "leaf.spurious", "gfn {:#x} is already mapped: spurious fault", (gfn,)
         return DONE
     if gfn in td.leaf_frozen:
@@ -615,7 +637,7 @@ def _map_leaf(m: Machine, th: Thread, vcpu: Vcpu, td: Td, gfn: int, pfn: int, le
         else:
             status = m.module.give_page(pfn, "guest")
         if status != tdx.SUCCESS:
-            m.count("page_aug_failed")
+            m.count(K_PAGE_AUG_FAILED)
             if status == tdx.MISSING_PAMT_PAGE_PAIR:
                 m.diag("violation", "INV3_MISSING_PAIR", f"{call} {pfn:#x}: {status}")
             yield (
@@ -633,7 +655,7 @@ def _map_leaf(m: Machine, th: Thread, vcpu: Vcpu, td: Td, gfn: int, pfn: int, le
         del td.leaf_frozen[gfn]
         td.leaves[gfn] = pfn
         m.note("leaf", (td.id, gfn), "frozen", pfn)
-        m.count("page_aug" if aug else "page_add")
+        m.count(K_PAGE_AUG if aug else K_PAGE_ADD)
         yield (
             fn2,
             "page.aug" if aug else "page.add",
@@ -655,7 +677,7 @@ def zap_private_page(m: Machine, th: Thread, idx: int, ev: Zap) -> KGen:
         )
     fn = "tdx_sept_remove_private_spte"
     th.stack.append(fn)
-    m.count("zaps")
+    m.count(K_ZAPS)
     yield from write_lock_mmu(m, th, fn, td)
     pfn = td.leaves.get(ev.gfn)
     if pfn is None:
@@ -669,7 +691,7 @@ def _zap_leaf(m: Machine, th: Thread, td: Td, gfn: int, pfn: int) -> KGen:
     fn = "tdx_sept_remove_private_spte"
     yield fn, "zap.block", "TDH.MEM.RANGE.BLOCK + TDH.MEM.TRACK for gfn {:#x}, kick vCPUs", (gfn,)
     status = m.module.take_page(pfn)
-    m.count("page_remove")
+    m.count(K_PAGE_REMOVE)
     del td.leaves[gfn]
     m.note("leaf", (td.id, gfn), pfn, "absent")
     yield fn, "zap.page_remove", "TDH.MEM.PAGE.REMOVE gfn {:#x} pfn {:#x}: {}", (gfn, pfn, status)

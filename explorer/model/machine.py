@@ -33,13 +33,13 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Final
 
 from explorer.model import constants as C
 from explorer.model.chunked import ChunkedDelta, ChunkedDict, FrozenTable
 from explorer.model.errors import ImpossibleEvent, Problem
 from explorer.model.events import Event, Inject, Note
-from explorer.model.fastpath import run_crossing_batch, run_fast_batches
+from explorer.model.invariants import check_global, check_quiescent, check_regions
 from explorer.model.memory import FREE, HostMemory, MemoryImage
 from explorer.model.packed import PackedInts, pack_ints, unpack_ints
 from explorer.model.records import (
@@ -109,6 +109,39 @@ COUNTER_NAMES = (
     "warnings",
 )
 
+#: Each counter's index in :attr:`Machine.cnt` (the kernel code counts by index: a list
+#: store, where a dict of names cost a string lookup per count).
+K_FAULTS: Final = 0
+K_FAULT_RETRIES: Final = 1
+K_FAULTS_FAILED: Final = 2
+K_FAULTS_SPURIOUS: Final = 3
+K_LIVELOCKS: Final = 4
+K_PAMT_GET: Final = 5
+K_PAMT_GET_FAST: Final = 6
+K_PAMT_GET_SLOW: Final = 7
+K_PAMT_LOST_RACE: Final = 8
+K_PAMT_ADD: Final = 9
+K_PAMT_ADD_FAILED: Final = 10
+K_PAMT_PUT: Final = 11
+K_PAMT_REMOVE: Final = 12
+K_PAMT_REMOVE_FAILED: Final = 13
+K_PAMT_PAGES_DRAINED: Final = 14
+K_SEPT_ADD: Final = 15
+K_SEPT_ADD_FAILED: Final = 16
+K_PAGE_AUG: Final = 17
+K_PAGE_ADD: Final = 18
+K_PAGE_AUG_FAILED: Final = 19
+K_PAGE_REMOVE: Final = 20
+K_ALLOC_FAILED: Final = 21
+K_ALLOCS_SLEEPING: Final = 22
+K_ALLOCS_ATOMIC: Final = 23
+K_ALLOCS_UNDER_LOCK: Final = 24
+K_KVM_CACHE_EMPTY: Final = 25
+K_SPINS: Final = 26
+K_ZAPS: Final = 27
+K_VIOLATIONS: Final = 28
+K_WARNINGS: Final = 29
+
 
 @dataclass(slots=True)
 class KvmCache:
@@ -171,11 +204,6 @@ class TrackedDict(dict[Any, Any]):
         self.changed.add(key)
         return super().pop(key, *default)
 
-    def set_many(self, items: dict[Any, Any]) -> None:
-        """``self[k] = v`` for every item, in one C-level update (the batch fast path)."""
-        self.changed.update(items)
-        super().update(items)
-
     def delta(self) -> dict[Any, Any]:
         """{key: value, or GONE} for every key changed since the last call."""
         out = {k: self.get(k, GONE) for k in self.changed}
@@ -232,17 +260,6 @@ class Thread:
         return self.gen is None and not self.queue
 
 
-def _checks() -> tuple[Callable[[Machine, Iterable[int]], None], Callable[[Machine], None]]:
-    """The invariant checks (imported late: invariants imports this module)."""
-    global _CHECKS
-    if _CHECKS is None:
-        from explorer.model.invariants import check_global, check_regions
-
-        _CHECKS = (check_regions, check_global)
-    return _CHECKS
-
-
-_CHECKS: tuple[Callable[[Machine, Iterable[int]], None], Callable[[Machine], None]] | None = None
 _RUN_EVENT: Callable[[Machine, Thread, int, Event], KGen] | None = None
 
 
@@ -333,7 +350,7 @@ class MachineImage:
     injections: dict[str, int]
     nr_steps: int
     next_hkid: int
-    sched_rng: object
+    sched_rng: Any  # random.Random.getstate()
     extra: dict[str, Any]
 
 
@@ -352,7 +369,7 @@ class MachineDelta:
     injections: dict[str, int]
     nr_steps: int
     next_hkid: int
-    sched_rng: object  # None: unchanged since the previous checkpoint
+    sched_rng: Any  # None: unchanged since the previous checkpoint
     extra: dict[str, Any]
 
 
@@ -371,13 +388,15 @@ class Machine:
         record: bool = True,
         check: bool = True,
         full_check: bool = False,
-        fast: bool = False,
     ) -> None:
         self.settings = settings
-        #: run qualifying batches on the fast path (explorer.model.fastpath) when not recording
-        self.fast = fast
-        self.fast_batches = 0  # batches run on the fast path
         self.mode = settings.mode
+        # settings the kernel code reads on every fault, as plain attributes
+        self.ept_levels = settings.ept_levels
+        self.gfn_limit: int = C.GFN_LIMIT[settings.ept_levels]
+        self.max_retries = settings.max_retries
+        #: how the DPAMT top-up is named in its narration (v6: 2 x dpamt_gets_per_fault pages)
+        self.pamt_topup_what = f"tdx_topup_pamt_cache (2 x {settings.dpamt_gets_per_fault})"
         self.record = record
         self.check = check
         self.full_check = full_check
@@ -397,7 +416,8 @@ class Machine:
         self.vcpus: dict[int, Vcpu] = {}
         self.next_hkid = 1
         self.injections: dict[str, int] = dict.fromkeys(C.INJECTIONS, 0)
-        self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
+        #: the counters, by index (K_FAULTS, ...; :attr:`counters` names them)
+        self.cnt: list[int] = [0] * len(COUNTER_NAMES)
         self.extra: dict[str, Any] = {}
         # stepping
         self.sched_rng = random.Random(settings.seed ^ 0x5C4ED)
@@ -412,13 +432,15 @@ class Machine:
         self.on_step: Callable[[Machine, Step], None] | None = None
         self._fx: list[Effect] = []
         self._dirty: set[int] = set()
+        #: regions whose pair was added or removed in this step (invariant 4 checks them)
+        self.pair_dirty: set[int] = set()
         self._ckpt_regions: set[int] = set()  # refcount/orphans/gotten keys since a checkpoint
         self._ckpt_vcpus: dict[int, Vcpu] = {}  # the vCPU copies of the last delta
         self._ckpt_sched: object = None  # the scheduler generator's state at the last delta
         self._owners_changed = False  # global page accounting is rechecked only then
+        self._caches_changed = False  # ... and the caches counted only then
         self._changed_counters: dict[str, int] = {}
         self._diags: list[tuple[str, str, str]] = []
-        self._current: Thread | None = None
 
     # ================================================================ effects API
     def _effect(self, kind: str, key: Any, old: Any, new: Any) -> None:
@@ -437,6 +459,8 @@ class Machine:
         old = self.mem.set_owner(pfn, code)
         self._dirty.add(pfn >> C.PAGES_PER_REGION_SHIFT)
         self._owners_changed = True
+        if old in (O_PAMT_CACHE, O_KVM_CACHE) or code in (O_PAMT_CACHE, O_KVM_CACHE):
+            self._caches_changed = True
         if self.record and old != code:
             self._effect("page", pfn, OWNERS[old], OWNERS[code])
 
@@ -476,6 +500,7 @@ class Machine:
 
     def note_pair(self, region: int, old: Any, new: Any) -> None:
         self._dirty.add(region)
+        self.pair_dirty.add(region)
         if self.record:
             self._effect("pair", region, old, new)
 
@@ -484,19 +509,28 @@ class Machine:
         if self.record:
             self._effect(kind, key, old, new)
 
-    def count(self, name: str, n: int = 1) -> None:
-        value = self.counters[name] + n
-        self.counters[name] = value
+    @property
+    def counters(self) -> dict[str, int]:
+        """The counters by name (a fresh dict: for reports, not for the kernel code)."""
+        return dict(zip(COUNTER_NAMES, self.cnt, strict=True))
+
+    def counter(self, name: str) -> int:
+        return self.cnt[COUNTER_NAMES.index(name)]
+
+    def count(self, k: int, n: int = 1) -> None:
+        """Add ``n`` to counter ``k`` (an index: K_FAULTS, ...)."""
+        value = self.cnt[k] + n
+        self.cnt[k] = value
         if self.record:
-            self._changed_counters[name] = value
+            self._changed_counters[COUNTER_NAMES[k]] = value
 
     def diag(self, kind: str, code: str, message: str) -> None:
         """Raise a diagnostic at the current step (violation | warning | livelock | error)."""
         self._diags.append((kind, code, message))
         if kind == "violation":
-            self.counters["violations"] += 1
+            self.cnt[K_VIOLATIONS] += 1
         elif kind == "warning":
-            self.counters["warnings"] += 1
+            self.cnt[K_WARNINGS] += 1
 
     # ================================================================ pages
     def alloc_page(self, th: Thread, owner: int, *, sleeping: bool) -> int | None:
@@ -507,7 +541,7 @@ class Machine:
         """
         under_lock = bool(th.holds)
         if sleeping:
-            self.count("allocs_sleeping")
+            self.count(K_ALLOCS_SLEEPING)
             if under_lock:
                 self.diag(
                     "violation",
@@ -516,15 +550,15 @@ class Machine:
                     f"{', '.join(th.holds)}",
                 )
         else:
-            self.count("allocs_atomic")
+            self.count(K_ALLOCS_ATOMIC)
         if under_lock:
-            self.count("allocs_under_lock")
+            self.count(K_ALLOCS_UNDER_LOCK)
         if self.take_injection("alloc_fail"):
-            self.count("alloc_failed")
+            self.count(K_ALLOC_FAILED)
             return None
         pfn = self.mem.pick_free()
         if pfn is None:
-            self.count("alloc_failed")
+            self.count(K_ALLOC_FAILED)
             return None
         self.set_owner(pfn, owner)
         return pfn
@@ -567,24 +601,21 @@ class Machine:
             Problem("trace", ev.line, 1, reason, ev.describe(), expected), event_index=idx
         )
 
-    def run_batch(self, items: Iterable[tuple[int, Event]], *, try_fast: bool = True) -> None:
+    def run_batch(self, items: Iterable[tuple[int, Event]]) -> None:
         """Run one batch of concurrent events to completion under the schedule.
 
         ``inject`` and ``note`` events take effect when the batch starts (they are not kernel
         work). If an event turns out impossible when its CPU starts it, the replay stops: the
         CPUs already running finish their events, nothing after runs.
 
-        A fast machine that does not record tries the fast paths first
-        (:mod:`explorer.model.fastpath`): the general one (``try_fast=False``: the caller tried
-        it already), then the region crossing; the generators run what neither takes.
+        This is the only way kernel code runs, recorded or not: a bulk replay runs exactly the
+        generators a reviewer steps through, with the step records left out (``record``
+        False) and the invariants checked on what each step touched.
         """
-        if self.fast and not self.record and self.on_step is None:
-            items = list(items)
-            if try_fast and run_fast_batches(self, [items]):
-                return
-            if run_crossing_batch(self, items):  # (a region crossing: the fast path's own)
-                return
         threads: dict[str, Thread] = {}
+        # the previous batch's CPUs are done: an inject or note step of this batch shows none
+        # (as a machine restored at a checkpoint does), this batch's CPUs once they start
+        self.threads = threads
         for idx, ev in items:
             if isinstance(ev, (Inject, Note)):
                 self._instant(idx, ev)
@@ -594,46 +625,66 @@ class Machine:
             if th is None:
                 th = threads[name] = Thread(name, deque(), len(threads))
             th.queue.append((idx, ev))
-        self.threads = threads
         order = list(threads.values())
+        if len(order) == 1:
+            self._run_alone(order[0], order)
+        elif order:
+            self._run_interleaved(order)
+        if self.check:
+            check_quiescent(self)
+            self._flush_diags()
+
+    def _run_alone(self, th: Thread, order: list[Thread]) -> None:
+        """One CPU in the batch: nothing to interleave, its steps run back to back."""
+        batch_steps = spin_run = 0
+        while True:
+            info = self._advance(th, order)
+            if info is None:
+                if th.done:
+                    return
+                continue
+            self._commit(th, info)
+            batch_steps += 1
+            if th.spinning is not None:
+                spin_run += 1
+                if spin_run > MAX_SPIN_STEPS:
+                    self._abort_batch(order, True)
+                    return
+            elif batch_steps > MAX_STEPS_PER_BATCH:
+                self._abort_batch(order, False)
+                return
+
+    def _run_interleaved(self, order: list[Thread]) -> None:
+        """Several CPUs: ``round-robin`` (one step per CPU in turn), ``random`` (a seeded CPU
+        each step) or ``sequential`` (a CPU runs until it finishes or spins)."""
         schedule = self.settings.schedule
+        rr_mode = schedule == "round-robin"
+        random_mode = schedule == "random"
+        getrandbits = self.sched_rng.getrandbits
         live = list(order)
         rr = 0
         current: Thread | None = None
-        batch_steps = 0
-        spin_run = 0
-        while True:
-            if len(order) == 1:  # one CPU: nothing to interleave
-                th = order[0]
-                if th.done:
-                    break
-                info = self._advance(th, order)
-                if info is None:
-                    continue
-                self._commit(th, info)
-                batch_steps += 1
-                if th.spinning:
-                    spin_run += 1
-                    if spin_run > MAX_SPIN_STEPS:
-                        self._abort_batch(order, True)
-                        break
-                elif batch_steps > MAX_STEPS_PER_BATCH:
-                    self._abort_batch(order, False)
-                    break
-                continue
-            if rr >= len(live):
-                rr = 0
-            if not live:
-                break
-            if schedule == "round-robin":  # one step per CPU in turn
+        batch_steps = spin_run = 0
+        while live:
+            if rr_mode:
+                if rr >= len(live):
+                    rr = 0
                 th = live[rr]
                 rr += 1
-            elif schedule == "random":
-                th = live[self.sched_rng.randrange(len(live))]
+            elif random_mode:
+                # random.Random.randrange(n), spelled out (the same draws: _randbelow's
+                # rejection sampling on getrandbits(n.bit_length())) without its Python-level
+                # argument checks, once per step
+                n = len(live)
+                k = n.bit_length()
+                r = getrandbits(k)
+                while r >= n:
+                    r = getrandbits(k)
+                th = live[r]
             else:  # sequential: keep the current CPU until it finishes or spins
-                if current is None or current.done or current.spinning:
-                    ready = [t for t in live if not t.spinning] or live
-                    if current is not None and current.spinning and len(ready) > 1:
+                if current is None or current.done or current.spinning is not None:
+                    ready = [t for t in live if t.spinning is None] or live
+                    if current is not None and current.spinning is not None and len(ready) > 1:
                         ready = [t for t in ready if t is not current] or ready
                     current = ready[0]
                 th = current
@@ -647,31 +698,25 @@ class Machine:
                 continue
             self._commit(th, info)
             batch_steps += 1
-            spin_run = spin_run + 1 if th.spinning else 0
+            spin_run = spin_run + 1 if th.spinning is not None else 0
             if spin_run > MAX_SPIN_STEPS or batch_steps > MAX_STEPS_PER_BATCH:
                 self._abort_batch(order, spin_run > MAX_SPIN_STEPS)
-                break
-        if self.check:
-            from explorer.model.invariants import check_quiescent
-
-            check_quiescent(self)
-            self._flush_diags()
-        self._current = None
+                return
 
     def _advance(self, th: Thread, order: list[Thread]) -> StepInfo | None:
         """Run ``th`` to its next step, starting its next event if it has none running."""
-        self._current = th
         while True:
-            if th.gen is None:
+            gen = th.gen
+            if gen is None:
                 if not th.queue:
                     return None
                 idx, ev = th.queue.popleft()
                 th.event, th.line = idx, ev.line
                 th.stack.clear()
                 self.event_first_step.setdefault(idx, self.nr_steps)
-                th.gen = _run_event()(self, th, idx, ev)
+                gen = th.gen = _run_event()(self, th, idx, ev)
             try:
-                return next(th.gen)
+                return next(gen)
             except StopIteration:
                 th.gen = None
             except ImpossibleEvent as exc:
@@ -721,7 +766,6 @@ class Machine:
     def _instant(self, idx: int, ev: Event) -> None:
         self.event_first_step.setdefault(idx, self.nr_steps)
         th = Thread("trace", deque(), 0, event=idx, line=ev.line)
-        self._current = th
         if isinstance(ev, Inject):
             old = self.injections[ev.what]
             self.injections[ev.what] = old + ev.count
@@ -736,27 +780,28 @@ class Machine:
             assert isinstance(ev, Note)
             info = ("trace", "trace.note", "{}", (ev.text,))
         self._commit(th, info)
-        self._current = None
 
     def _commit(self, th: Thread, info: StepInfo) -> None:
         index = self.nr_steps
         self.nr_steps = index + 1
         th.last = info
-        label = info[1]
-        th.spinning = th.spinning if label.endswith(".spin") else None
-        self.batch_labels.add(label)
+        self.batch_labels.add(info[1])
         dirty = self._dirty
         if dirty:
             self.batch_regions |= dirty
         if self.check:
-            check_regions, check_global = _checks()
             if self.full_check:
-                check_regions(self, set(self.refcount) | set(self.module.pairs) | dirty)
-            elif dirty:
-                check_regions(self, dirty)
-            if self._owners_changed or self.full_check:
+                check_regions(self, set(self.refcount) | set(self.module.pairs) | dirty, True)
                 check_global(self)
+            else:
+                if dirty:
+                    check_regions(self, dirty)
+                if self._owners_changed:
+                    check_global(self, self._caches_changed)
         self._owners_changed = False
+        self._caches_changed = False
+        if self.pair_dirty:
+            self.pair_dirty.clear()
         diags: tuple[Diagnostic, ...] = ()
         if self._diags:
             ev = th.event if th.event is not None else -1
@@ -809,7 +854,7 @@ class Machine:
             },
             tds={k: self._td_delta(t) for k, t in self.tds.items()},
             vcpus=self._vcpus_for_delta(),
-            counters=array("q", (self.counters[k] for k in COUNTER_NAMES)),
+            counters=array("q", self.cnt),
             injections=dict(self.injections),
             nr_steps=self.nr_steps,
             next_hkid=self.next_hkid,
@@ -884,12 +929,12 @@ class Machine:
             _tracked(td.entries).apply(entries)
         if last:
             self.vcpus = {k: _copy_vcpu(v) for k, v in d.vcpus.items()}
-            self.counters = dict(zip(COUNTER_NAMES, d.counters, strict=True))
+            self.cnt = list(d.counters)
         self.injections = dict(d.injections)
         self.nr_steps = d.nr_steps
         self.next_hkid = d.next_hkid
         if d.sched_rng is not None:
-            self.sched_rng.setstate(d.sched_rng)  # type: ignore[arg-type]
+            self.sched_rng.setstate(d.sched_rng)
         self.extra = {k: list(v) if isinstance(v, list) else v for k, v in d.extra.items()}
         self._ckpt_regions = set()
 
@@ -911,7 +956,7 @@ class Machine:
                 for k, t in self.tds.items()
             },
             vcpus={k: _copy_vcpu(v) for k, v in self.vcpus.items()},
-            counters=dict(self.counters),
+            counters=self.counters,
             injections=dict(self.injections),
             nr_steps=self.nr_steps,
             next_hkid=self.next_hkid,
@@ -938,11 +983,11 @@ class Machine:
         self.v5_put_window = {}
         self.tds = {k: _copy_td(t, img.mappings[k]) for k, t in img.tds.items()}
         self.vcpus = {k: _copy_vcpu(v) for k, v in img.vcpus.items()}
-        self.counters = dict(img.counters)
+        self.cnt = [img.counters[k] for k in COUNTER_NAMES]
         self.injections = dict(img.injections)
         self.nr_steps = img.nr_steps
         self.next_hkid = img.next_hkid
-        self.sched_rng.setstate(img.sched_rng)  # type: ignore[arg-type]
+        self.sched_rng.setstate(img.sched_rng)
         self.extra = {k: list(v) if isinstance(v, list) else v for k, v in img.extra.items()}
         self.pamt_lock = None
         self.threads = {}
@@ -1029,7 +1074,7 @@ class Machine:
             pamt_lock=self.pamt_lock,
             mmu_lock_writer=next((t.mmu_writer for t in self.tds.values() if t.mmu_writer), None),
             mmu_lock_readers=tuple(r for t in self.tds.values() for r in t.mmu_readers),
-            counters=dict(self.counters),
+            counters=self.counters,
             pages=self.page_summary(),
             injections=dict(self.injections),
             extra=dict(self.extra),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +49,19 @@ class MemoryImage:
     heap: tuple[int, ...]
     untouched: int
     spread_cursor: int
-    rng_state: object
+    rng_state: (
+        Any  # random.Random.getstate() (Any: mypyc cannot compile an `object` dataclass field)
+    )
+
+
+def _randbelow(rng: random.Random, n: int) -> int:
+    """``rng.randrange(n)`` for ``n > 0``: the same draws (CPython's rejection sampling on
+    ``getrandbits(n.bit_length())``), without randrange's argument handling in Python."""
+    k = n.bit_length()
+    r = rng.getrandbits(k)
+    while r >= n:
+        r = rng.getrandbits(k)
+    return r
 
 
 class HostMemory:
@@ -60,6 +71,7 @@ class HostMemory:
         self.total_pages = total_pages
         self.nr_regions = total_pages >> PAGES_PER_REGION_SHIFT
         self.policy = policy
+        self._lowest = policy == "lowest"
         self.regions: dict[int, bytearray] = {}
         self.nfree: dict[int, int] = {}
         #: pages per owner code, over all memory
@@ -121,7 +133,7 @@ class HostMemory:
             self.nfree[region] -= 1
         elif code == FREE:
             self.nfree[region] += 1
-            if self.policy == "lowest" and region not in self._in_heap:
+            if self._lowest and region not in self._in_heap:
                 self._in_heap.add(region)
                 heapq.heappush(self._heap, region)
         return old
@@ -131,7 +143,7 @@ class HostMemory:
         self.regions[region] = owners
         self.nfree[region] = PAGES_PER_REGION
         self.dirty.add(region)
-        if self.policy == "lowest":  # only "lowest" searches by region order
+        if self._lowest:  # only "lowest" searches by region order
             self._in_heap.add(region)
             heapq.heappush(self._heap, region)
         return owners
@@ -145,127 +157,6 @@ class HostMemory:
         if self.policy == "spread":
             return self._pick_spread()
         return self._pick_random()
-
-    def peek_lowest(self, n: int) -> list[int]:
-        """Up to ``n`` pfns: the next ones the ``lowest`` policy will hand out, as long as they lie
-        in touched regions (holes in earlier regions, then the region being filled); fewer when
-        an untouched region comes next, none under another policy or with an unusually large
-        heap. Changes nothing: the batch fast path plans with it (:mod:`explorer.model.fastpath`),
-        then allocates the same pages with :meth:`take_planned`."""
-        out: list[int] = []
-        for region, offsets in self.peek_lowest_segments(n):
-            base = region << PAGES_PER_REGION_SHIFT
-            out.extend([base | off for off in offsets])
-        return out
-
-    def peek_lowest_into_untouched(self, n: int) -> list[int] | None:
-        """The next ``n`` pfns the ``lowest`` policy hands out, where they run on from the
-        touched regions into the untouched region it starts next (a region crossing: see
-        :func:`explorer.model.fastpath.run_crossing_batch`); None where that cannot be told
-        cheaply (another policy, a large heap, the end of memory). Changes nothing."""
-        if self.policy != "lowest" or n <= 0 or len(self._heap) > 64:
-            return None
-        out = self.peek_lowest(n)
-        need = n - len(out)
-        if need:
-            # the touched regions' free pages below the untouched cursor are all in `out`:
-            # the allocator starts that region next, at its first page
-            untouched = self._untouched
-            while untouched in self.regions:
-                untouched += 1
-            if untouched >= self.nr_regions or need > PAGES_PER_REGION:
-                return None
-            base = untouched << PAGES_PER_REGION_SHIFT
-            out.extend(range(base, base + need))
-        return out
-
-    def peek_lowest_segments(self, n: int) -> list[tuple[int, Sequence[int]]]:
-        """:meth:`peek_lowest` by region, in allocation order: (region, page offsets). A region's
-        free pages that form one run to its end (the region being filled, the common case)
-        come as a ``range``, found with two byte scans instead of a ``find`` per page."""
-        heap = self._heap
-        out: list[tuple[int, Sequence[int]]] = []
-        if self.policy != "lowest" or n <= 0 or not heap or len(heap) > 64:
-            return out
-        untouched = self._untouched
-        while untouched in self.regions:
-            untouched += 1
-        if untouched >= self.nr_regions:
-            untouched = -1
-        need = n
-        for region in sorted(heap):  # heap entries are distinct (see _in_heap)
-            if 0 <= untouched < region:
-                break  # the allocator would start an untouched region first
-            free = self.nfree[region]
-            if not free:
-                continue  # exhausted, not yet popped
-            owners = self.regions[region]
-            take = min(free, need)
-            first = owners.find(FREE)
-            if PAGES_PER_REGION - first == free:  # every free page after the first one
-                out.append((region, range(first, first + take)))
-            else:
-                offs = [first]
-                off = first
-                for _ in range(take - 1):
-                    off = owners.find(FREE, off + 1)
-                    offs.append(off)
-                out.append((region, offs))
-            need -= take
-            if not need:
-                break
-        return out
-
-    def take_planned(self, pfns: list[int], codes: list[int]) -> None:
-        """Allocate the pages :meth:`peek_lowest` returned, in order, to owners ``codes``: the
-        same state as that many :meth:`pick_free` + :meth:`set_owner` calls. A pick pops the
-        exhausted regions off the top of the heap and moves the untouched cursor past touched
-        regions; within one region's run of picks that changes nothing after the first, so it
-        is done where the region changes."""
-        nfree, counts = self.nfree, self.counts
-        current = -1
-        owners = bytearray()
-        for pfn, code in zip(pfns, codes, strict=True):
-            region = pfn >> PAGES_PER_REGION_SHIFT
-            if region != current:
-                current = region
-                owners = self._enter_planned(region)
-            owners[pfn & (PAGES_PER_REGION - 1)] = code
-            counts[code] += 1
-            nfree[region] -= 1
-        counts[FREE] -= len(pfns)
-
-    def _enter_planned(self, region: int) -> bytearray:
-        """What :meth:`pick_free` does before the first of a run of picks in ``region``: pop
-        the exhausted regions off the top of the heap, move the untouched cursor past touched
-        regions. Returns the region's owner map (marked changed)."""
-        heap, nfree = self._heap, self.nfree
-        while heap and nfree[heap[0]] == 0:
-            self._in_heap.discard(heapq.heappop(heap))
-        while self._untouched in self.regions:
-            self._untouched += 1
-        self.dirty.add(region)
-        return self.regions[region]
-
-    def take_regions(self, by_region: dict[int, Sequence[int]], code: int) -> None:
-        """:meth:`take_planned` for pages with one owner ``code``, grouped by region in
-        allocation order (``by_region``: region -> page offsets, a region's pages allocated
-        together): a ``range`` of offsets is one slice assignment (as in
-        :meth:`explorer.model.tdx_module.TdxModule.give_pages`)."""
-        nfree, counts = self.nfree, self.counts
-        total = 0
-        for region, offs in by_region.items():
-            owners = self._enter_planned(region)
-            n = len(offs)
-            if type(offs) is range and offs.step == 1:  # a contiguous run: one slice
-                owners[offs.start : offs.stop] = bytes([code]) * n
-            else:
-                for off in offs:
-                    owners[off] = code
-            nfree[region] -= n
-            total += n
-        counts[code] += total
-        counts[FREE] -= total
 
     def _first_free_in(self, region: int, start: int = 0) -> int:
         owners = self.regions.get(region)
@@ -301,10 +192,10 @@ class HostMemory:
 
     def _pick_random(self) -> int:
         n = self.nr_regions
-        region = self._rng.randrange(n)
+        region = _randbelow(self._rng, n)
         while not self._has_free(region):
             region = (region + 1) % n
-        return self._first_free_in(region, self._rng.randrange(PAGES_PER_REGION))
+        return self._first_free_in(region, _randbelow(self._rng, PAGES_PER_REGION))
 
     # -- checkpoints ---------------------------------------------------------------------
     def clear_dirty(self) -> None:
@@ -332,7 +223,7 @@ class HostMemory:
         self._in_heap = set(img.heap)
         self._untouched = img.untouched
         self._spread_cursor = img.spread_cursor
-        self._rng.setstate(img.rng_state)  # type: ignore[arg-type]
+        self._rng.setstate(img.rng_state)
         self.dirty = set()
         self._images = ImageCache(cache)
 

@@ -11,7 +11,6 @@ Every SEAMCALL returns a status name: ``TDX_SUCCESS`` or the module's error name
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,35 +115,6 @@ class TdxModule:
             return MISSING_PAMT_PAGE_PAIR
         self._set_kind(pfn, KIND_CODE[kind])
         return SUCCESS
-
-    def give_pages(self, region: int, offsets: Sequence[int], kind: str) -> bool:
-        """``give_page`` for pages of one region with a pair, all free in the module (the batch
-        fast path checked that); False, with nothing changed, if one is not. A ``range`` of
-        offsets (a simple run filling a region) is checked and written as one slice."""
-        if region not in self.pairs:
-            return False
-        if not offsets:
-            return True
-        kinds = self.pages.get(region)
-        first, n = offsets[0], len(offsets)
-        contiguous = type(offsets) is range and offsets.step == 1  # one slice
-        if kinds is not None and (
-            kinds.count(0, first, first + n) != n
-            if contiguous
-            else any(kinds[off] for off in offsets)
-        ):
-            return False
-        if kinds is None:
-            kinds = self.pages[region] = bytearray(PAGES_PER_REGION)
-        code = KIND_CODE[kind]
-        if contiguous:
-            kinds[first : first + n] = bytes([code]) * n
-        else:
-            for off in offsets:
-                kinds[off] = code
-        self.dirty.add(region)
-        self.used[region] = self.used.get(region, 0) + len(offsets)
-        return True
 
     def take_page(self, pfn: int) -> str:
         """PAGE.REMOVE / PHYMEM.PAGE.RECLAIM: the module gives ``pfn`` back."""
