@@ -1,14 +1,18 @@
 """What every page shares: the loaded trace, the settings sidebar, cached replays, the URL.
 
 User-provided text (titles, notes, error lines) is only ever shown with ``st.text``, ``st.code``
-or in dataframes: never as Markdown or HTML.
+or in dataframes: never as Markdown or HTML. Tables that hold it go through :func:`safe_frame`:
+``st.dataframe``'s toolbar offers "Download as CSV", which writes cells verbatim, so their text
+cells are escaped against formula injection (explorer.csvsafe) before they are shown.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
 import streamlit as st
 
 from explorer.appsupport import (
@@ -16,16 +20,21 @@ from explorer.appsupport import (
     REPLAY_CACHE_ENTRIES,
     REPLAY_CHECKPOINT_BUDGET,
     UPLOAD_LIMIT_MB,
+    RejectedUpload,
     content_key,
     decode_view_state,
     encode_view_state,
+    knob_widget,
     list_samples,
+    parse_knob_text,
+    problem_rows,
     sample_bytes,
     settings_key,
 )
+from explorer.csvsafe import escape_frame
 from explorer.metrics import RunMetrics, run_metrics
-from explorer.model.errors import TraceError
-from explorer.model.settings import SETTING_SPECS, Settings
+from explorer.model.errors import Problem, TraceError
+from explorer.model.settings import Settings
 from explorer.timeline import Timeline, replay
 from explorer.trace import Trace, parse_trace
 
@@ -61,19 +70,23 @@ class Loaded:
     trace: Trace
 
 
-def problems_table(exc: TraceError) -> None:
+def safe_frame(data: Any, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """``data`` (rows or a DataFrame) as a DataFrame whose text cells are escaped for CSV: the
+    table's toolbar "Download as CSV" then cannot hand a spreadsheet a formula."""
+    if isinstance(data, pd.DataFrame):
+        frame = data
+    else:
+        frame = pd.DataFrame(data, columns=list(columns) if columns is not None else None)
+    escaped: pd.DataFrame = escape_frame(frame)
+    return escaped
+
+
+def problems_table(problems: Sequence[Problem]) -> None:
     """Every problem of a bad trace as a table (line, column, reason, text, expected)."""
     st.dataframe(
-        [
-            {
-                "line": p.line,
-                "column": p.col,
-                "reason": p.reason,
-                "text": p.text,
-                "expected": p.expected,
-            }
-            for p in exc.problems
-        ],
+        safe_frame(
+            problem_rows(problems), columns=["line", "column", "reason", "text", "expected"]
+        ),
         hide_index=True,
         width="stretch",
     )
@@ -125,6 +138,7 @@ def load_sample(name: str) -> None:
     st.session_state.loaded = Loaded(
         name, f"{name}.jsonl", data, _parse(content_key(data), f"{name}.jsonl", data)
     )
+    st.session_state.pop("upload_error", None)
     st.session_state.overrides = {}
     st.session_state.cursor = -1
     st.session_state.playing = False
@@ -132,13 +146,16 @@ def load_sample(name: str) -> None:
         st.session_state.pop(f"knob_{knob}", None)
 
 
-def load_upload(name: str, data: bytes) -> TraceError | None:
-    """Parse an upload; on errors the loaded trace stays as it was."""
+def load_upload(name: str, data: bytes) -> tuple[Problem, ...] | None:
+    """Parse an upload; on errors the loaded trace stays as it was and its problems are
+    returned (plain data: the exception, whose traceback holds the decompressed bytes, is
+    dropped here and never stored)."""
     try:
         trace = _parse(content_key(data), name, data)
     except TraceError as exc:
-        return exc
+        return tuple(exc.problems)
     st.session_state.loaded = Loaded("upload", name, data, trace)
+    st.session_state.pop("upload_error", None)
     st.session_state.overrides = {}
     st.session_state.cursor = -1
     st.session_state.playing = False
@@ -183,32 +200,43 @@ def sidebar_trace_picker() -> None:
     if choice is not None and choice != loaded.name:
         load_sample(choice)
         st.rerun()
+    # Uploads are told apart by the uploader's file id (a new one for every upload), never by
+    # name and size: a corrected file of the same name and size is read. After a refused
+    # upload the uploader gets a new key, so it is empty again (and Streamlit drops its bytes).
+    generation = int(st.session_state.get("upload_generation", 0))
     up = st.sidebar.file_uploader(
         f"...or upload a trace (.jsonl, .jsonl.gz, .csv; up to {UPLOAD_LIMIT_MB} MB)",
         type=["jsonl", "gz", "csv"],
-        key="upload",
+        key=f"upload_{generation}",
     )
-    if up is not None and st.session_state.get("upload_seen") != (up.name, up.size):
-        st.session_state.upload_seen = (up.name, up.size)
-        err = load_upload(up.name, up.getvalue())
-        if err is None:
-            st.rerun()
-        st.session_state.upload_error = (up.name, err)
-    bad = st.session_state.get("upload_error")
-    if bad is not None and bad[0] == (up.name if up else None):
+    if up is not None and st.session_state.get("upload_seen") != up.file_id:
+        st.session_state.upload_seen = up.file_id
+        problems = load_upload(up.name, up.getvalue())
+        if problems is not None:
+            st.session_state.upload_error = RejectedUpload(up.name, problems)
+            st.session_state.upload_generation = generation + 1
+        st.rerun()
+    bad: RejectedUpload | None = st.session_state.get("upload_error")
+    if bad is not None:
         st.sidebar.error(
-            f"That upload has {len(bad[1].problems)} problem(s); the loaded trace "
-            "is unchanged. See the list on the page."
+            f"The upload has {len(bad.problems)} problem(s) and was not loaded; the previous "
+            "trace is still loaded. See the list on the page."
         )
 
 
 def show_upload_errors() -> None:
-    bad = st.session_state.get("upload_error")
-    up = st.session_state.get("upload")
-    if bad is not None and up is not None and bad[0] == up.name:
-        st.error("The uploaded trace was not loaded: it has these problems.")
-        st.text(f"file: {bad[0]}")
-        problems_table(bad[1])
+    """The problems of the last refused upload, until another trace loads or they are
+    dismissed."""
+    bad: RejectedUpload | None = st.session_state.get("upload_error")
+    if bad is None:
+        return
+    loaded: Loaded = st.session_state.loaded
+    st.error("The uploaded trace was not loaded: it has these problems.")
+    st.text(f"file: {bad.source}\nstill loaded: {loaded.source}")
+    problems_table(bad.problems)
+    if st.button("Dismiss", key="btn_dismiss_upload_error"):
+        st.session_state.pop("upload_error", None)
+        st.rerun()
 
 
 def sidebar_settings() -> Settings:
@@ -219,26 +247,36 @@ def sidebar_settings() -> Settings:
     overrides: dict[str, Any] = st.session_state.overrides
     st.sidebar.subheader("Settings")
     for knob in KNOBS:
-        spec = SETTING_SPECS[knob]
+        widget = knob_widget(knob)  # bounds: the parser's own (SETTING_SPECS)
         value = overrides.get(knob, getattr(base, knob))
         label = f"{knob} (kernel default {getattr(kernel, knob)})"
         key = f"knob_{knob}"
-        if spec.choices:
-            choices = list(spec.choices)
+        new: Any
+        if widget.kind == "select":
+            choices = list(widget.choices)
             new = st.sidebar.selectbox(
                 label, choices, index=choices.index(value), key=key, help=KNOB_HELP[knob]
             )
-        else:
-            hi = min(spec.hi, 2**53 - 1) if knob != "host_memory_mib" else 1024 * 1024
+        elif widget.kind == "number":
             new = st.sidebar.number_input(
                 label,
-                min_value=spec.lo,
-                max_value=hi,
+                min_value=widget.lo,
+                max_value=widget.hi,
                 value=value,
-                step=2 if spec.even else 1,
+                step=widget.step,
                 key=key,
                 help=KNOB_HELP[knob],
             )
+        else:  # wider than a browser number holds exactly (the seed): typed as text
+            text = st.sidebar.text_input(
+                label, value=str(value), key=key, help=f"{KNOB_HELP[knob]}; {widget.expected}"
+            )
+            try:
+                new = parse_knob_text(knob, text)
+            except ValueError as exc:
+                st.sidebar.error("Not a valid value; it is ignored:")
+                st.sidebar.text(str(exc))
+                new = value
         if new != getattr(base, knob):
             overrides[knob] = new
         else:

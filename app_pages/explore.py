@@ -318,17 +318,19 @@ def view(tl: Timeline, loaded: common.Loaded, settings: Settings) -> None:
     with tabs[6]:
         if tl.diagnostics:
             st.dataframe(
-                [
-                    {
-                        "step": d.step,
-                        "event": d.event + 1,
-                        "line": d.line,
-                        "kind": d.kind,
-                        "code": d.code,
-                        "message": d.message,
-                    }
-                    for d in tl.diagnostics
-                ],
+                common.safe_frame(
+                    [
+                        {
+                            "step": d.step,
+                            "event": d.event + 1,
+                            "line": d.line,
+                            "kind": d.kind,
+                            "code": d.code,
+                            "message": d.message,
+                        }
+                        for d in tl.diagnostics
+                    ]
+                ),
                 hide_index=True,
                 width="stretch",
                 key="table_diagnostics",

@@ -34,7 +34,7 @@ def main() -> None:
     c1, c2 = st.columns(2)
     c1.markdown("**Settings in its header**")
     c1.dataframe(
-        pd.DataFrame(
+        common.safe_frame(
             [{"setting": k, "value": str(v)} for k, v in loaded.trace.settings.items()],
             columns=["setting", "value"],
         ),
@@ -43,7 +43,7 @@ def main() -> None:
     )
     c2.markdown("**Settings in force** (header, then the sidebar)")
     c2.dataframe(
-        pd.DataFrame(
+        common.safe_frame(
             [{"setting": k, "value": str(v)} for k, v in settings.to_dict().items()],
             columns=["setting", "value"],
         ),
@@ -70,7 +70,10 @@ def main() -> None:
         )
     table = pd.DataFrame(rows, columns=["event", "line", "t", "op", "fields", "note"])
     table["t"] = table["t"].astype("Int64")  # logical time, empty when the event has none
-    st.dataframe(table, hide_index=True, width="stretch", height=300, key="table_events")
+    # notes are the uploader's text: escaped, so the toolbar's "Download as CSV" is safe
+    st.dataframe(
+        common.safe_frame(table), hide_index=True, width="stretch", height=300, key="table_events"
+    )
     tl = common.timeline(loaded, settings)
     if tl.stopped is not None:
         st.error(f"Replaying it stops at an impossible event, trace line {tl.stopped.line}:")
@@ -117,9 +120,9 @@ def main() -> None:
                 kwargs["zap_ratio"] = float(zap)
             text = "\n".join(WORKLOADS[workload](**kwargs)) + "\n"
             name = f"{workload}-{tds}td-{vcpus}vcpu-{faults}-seed{seed}.jsonl"
-            err = common.load_upload(name, text.encode())
-            if err is not None:
-                common.problems_table(err)
+            problems = common.load_upload(name, text.encode())
+            if problems is not None:
+                common.problems_table(problems)
             else:
                 st.session_state.generated = (name, text)
                 st.rerun()

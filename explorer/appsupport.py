@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from explorer.model.errors import Problem
 from explorer.model.settings import SETTING_SPECS, Settings
 from explorer.trace import limits as L
 
@@ -25,6 +26,9 @@ UPLOAD_LIMIT_MB = L.MAX_UPLOAD_BYTES // L.MIB
 #: memory each may take: together they bound the cache (8 x 256 MiB of checkpoints at most).
 REPLAY_CACHE_ENTRIES = 8
 REPLAY_CHECKPOINT_BUDGET = 256 << 20
+#: The largest integer a Streamlit ``number_input`` holds exactly (JavaScript's
+#: ``Number.MAX_SAFE_INTEGER``); a setting whose range goes beyond it is edited as text.
+JS_MAX_SAFE_INTEGER = 2**53 - 1
 
 
 @dataclass(frozen=True)
@@ -111,3 +115,67 @@ def encode_view_state(sample: str, step: int, settings: Settings, base: Settings
         if getattr(base, key) != value:
             out[key] = str(value)
     return out
+
+
+@dataclass(frozen=True)
+class KnobWidget:
+    """How the sidebar edits one setting, read from :data:`SETTING_SPECS` (the parser's limits),
+    so that every value a trace header may hold is also a value of its widget.
+
+    ``kind`` is ``"select"`` (``choices``), ``"number"`` (``lo..hi`` by ``step``) or ``"text"``
+    (an integer range wider than a browser number holds: parse with :func:`parse_knob_text`).
+    """
+
+    kind: str
+    choices: tuple[Any, ...]
+    lo: int
+    hi: int
+    step: int
+    expected: str
+
+
+def knob_widget(name: str) -> KnobWidget:
+    spec = SETTING_SPECS[name]
+    if spec.choices:
+        kind = "select"
+    elif spec.lo >= -JS_MAX_SAFE_INTEGER and spec.hi <= JS_MAX_SAFE_INTEGER:
+        kind = "number"
+    else:
+        kind = "text"
+    return KnobWidget(
+        kind, tuple(spec.choices), spec.lo, spec.hi, 2 if spec.even else 1, spec.expected
+    )
+
+
+def parse_knob_text(name: str, text: str) -> int:
+    """The value of a setting typed as text (decimal or 0x hex), checked as the parser checks
+    it; raises ``ValueError`` with a message naming the setting and what is expected."""
+    spec = SETTING_SPECS[name]
+    try:
+        value: int = spec.check(spec.from_text(text))
+    except ValueError as exc:
+        raise ValueError(f"{name}={text!r}: {exc} (expected {spec.expected})") from None
+    return value
+
+
+@dataclass(frozen=True)
+class RejectedUpload:
+    """What the app keeps of an upload it refused: its name and its problems, plain data only
+    (never the exception: its traceback holds the upload's decompressed bytes)."""
+
+    source: str
+    problems: tuple[Problem, ...]
+
+
+def problem_rows(problems: Sequence[Problem]) -> list[dict[str, Any]]:
+    """Rows of the problems table (line, column, reason, text, expected)."""
+    return [
+        {
+            "line": p.line,
+            "column": p.col,
+            "reason": p.reason,
+            "text": p.text,
+            "expected": p.expected,
+        }
+        for p in problems
+    ]

@@ -14,7 +14,7 @@ from explorer.appsupport import (
     encode_view_state,
     list_samples,
 )
-from explorer.model.settings import Settings
+from explorer.model.settings import MAX_HOST_MEMORY_MIB, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "streamlit_app.py")
@@ -175,3 +175,112 @@ def test_view_state_round_trip_and_upload_limit() -> None:
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert config["server"]["maxUploadSize"] == UPLOAD_LIMIT_MB
     assert config["server"]["enableXsrfProtection"] is True
+
+
+# Hostile input, round 2 (issue 15): uploads, settings at the format's limits, CSV downloads.
+
+
+def _trace(settings: dict | None = None, note: str = "") -> bytes:  # type: ignore[type-arg]
+    head = {"format": "dpamt-trace", "version": 1, "title": "t", "settings": settings or {}}
+    lines = [head, {"op": "td_create", "td": 0}, {"op": "vcpu_create", "td": 0, "vcpu": 0}]
+    if note:
+        lines[1]["note"] = note
+    return ("\n".join(json.dumps(x) for x in lines) + "\n").encode()
+
+
+def _upload(at: AppTest, name: str, data: bytes) -> AppTest:
+    at.file_uploader[0].set_value((name, data, "application/octet-stream")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _objects(value: object, depth: int = 0):  # type: ignore[no-untyped-def]
+    """``value`` and everything it holds (containers, dataclass fields), a few levels deep."""
+    yield value
+    if depth > 4:
+        return
+    if isinstance(value, dict):
+        children = list(value.values())
+    elif isinstance(value, list | tuple | set):
+        children = list(value)
+    elif hasattr(value, "__dataclass_fields__"):
+        children = [getattr(value, f) for f in value.__dataclass_fields__]
+    else:
+        children = []
+    for child in children:
+        yield from _objects(child, depth + 1)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"host_memory_mib": 2097152},
+        {"host_memory_mib": MAX_HOST_MEMORY_MIB},
+        {"seed": 2**63 - 1},
+        {"seed": 2**53},
+    ],
+    ids=["host-2TiB", "host-max", "seed-max", "seed-2^53"],
+)
+def test_every_setting_the_format_accepts_loads_in_the_app(settings: dict) -> None:  # type: ignore[type-arg]
+    at = _upload(_app(), "limits.jsonl", _trace(settings))
+    assert at.session_state.loaded.name == "upload"
+    ((key, value),) = settings.items()
+    widget = at.number_input if key != "seed" else at.text_input
+    assert widget(key=f"knob_{key}").value == (value if key != "seed" else str(value))
+    at.button(key="btn_next").click().run()  # a rerun keeps it: no StreamlitValueAboveMaxError
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state.overrides == {}  # the value round-trips through its widget
+    at.text_input(key="knob_seed").set_value("0x10").run()
+    assert at.session_state.overrides.get("seed") == 16
+    at.text_input(key="knob_seed").set_value(str(2**63)).run()  # beyond the format: refused
+    assert not at.exception and "expected an integer in 0..9223372036854775807" in " ".join(
+        t.value for t in at.sidebar.text
+    )
+
+
+def test_a_refused_upload_keeps_only_its_problems_as_plain_data() -> None:
+    at = _upload(_app(), "bad.jsonl", b'{"op": "no_such_op"}\n')
+    assert at.session_state.loaded.name == DEFAULT_SAMPLE
+    for key in list(at.session_state):
+        for obj in _objects(at.session_state[key]):
+            assert not isinstance(obj, BaseException), (key, obj)
+    bad = at.session_state.upload_error
+    assert bad.source == "bad.jsonl" and bad.problems[0].line == 1
+
+
+def test_a_corrected_upload_of_the_same_name_and_size_is_read() -> None:
+    good = _trace()
+    bad = good.replace(b"td_create", b"td_crxxxe")
+    assert len(bad) == len(good)
+    at = _upload(_app(), "trace.jsonl", bad)
+    assert at.session_state.loaded.name == DEFAULT_SAMPLE
+    at = _upload(at, "trace.jsonl", good)
+    assert at.session_state.loaded.name == "upload"
+    assert "upload_error" not in at.session_state
+    assert not at.error
+
+
+def test_after_a_refused_upload_the_uploader_is_empty_and_the_page_says_what_stays() -> None:
+    at = _upload(_app(), "bad.jsonl", b'{"op": "no_such_op"}\n')
+    assert at.file_uploader[0].value is None
+    shown = " ".join(t.value for t in at.text)
+    assert "file: bad.jsonl" in shown and f"still loaded: {DEFAULT_SAMPLE}.jsonl" in shown
+    assert "previous trace is still loaded" in at.sidebar.error[0].value
+    assert list(_table(at, "reason")["line"]) == [1]
+    at.button(key="btn_dismiss_upload_error").click().run()
+    assert "upload_error" not in at.session_state and not at.error
+
+
+FORMULAS = ["=cmd|' /C calc'!A0", "@SUM(1+1)", "-2+3", "+1", "\tx", "\rx"]
+
+
+@pytest.mark.parametrize("note", FORMULAS)
+def test_tables_with_user_text_escape_formulas_for_their_csv_download(note: str) -> None:
+    at = _upload(_app(), "notes.jsonl", _trace(note=note))
+    at.switch_page("app_pages/traces.py").run()
+    assert not at.exception
+    assert _table(at, "note")["note"].iloc[0] == "'" + note
+    # a refused upload's offending text is shown escaped too
+    at = _upload(at, "bad.csv", note.encode() + b",1\n")
+    texts = [str(v) for v in _table(at, "reason")["text"]]
+    assert not any(v.startswith(("=", "+", "-", "@", "\t", "\r")) for v in texts), texts
