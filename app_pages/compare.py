@@ -137,7 +137,8 @@ def main() -> None:
         snap = tl.state_at(min(i, tl.nr_steps - 1))
         col.caption(label)
         col.plotly_chart(
-            region_map(snap, title=f"regions after event {e}"),
+            # a column of a 1440-px page: about 1,400 / n px wide (the map sizes its colour bar)
+            region_map(snap, title=f"regions after event {e}", width=1400 // len(results)),
             key=f"chart_cmp_map_{label}",
             width="stretch",
         )

@@ -23,13 +23,41 @@ from explorer.views.palette import BLACK, DPAMT_STATES, OWNER_COLOURS, discrete_
 #: Above this many regions, cells carry no per-cell hover text (payload size).
 HOVER_TEXT_LIMIT = 16384
 
+#: Figure width (px) assumed when the caller does not say: the Explore page's main map (the left
+#: 3/5 of a wide page at 1440 px). The map fills its axes at any real width; this only sets the
+#: cells' aspect.
+DEFAULT_WIDTH = 600
+#: Below this figure width (px) the colour bar is compact (thin, small font, short labels).
+NARROW_WIDTH = 450
+#: Margins (px) around the plot area: y-axis title and ticks, right edge, title, x-axis title.
+MARGIN = {"l": 50, "r": 10, "t": 40, "b": 40}
+#: Room (px) the colour bar takes right of the plot area (Plotly widens the right margin for it).
+COLORBAR_PX = {"full": 170, "compact": 85}
+#: Plot-area height (px) bounds when the figure height is sized from the rows.
+MIN_PLOT_HEIGHT, MAX_PLOT_HEIGHT = 140, 560
+#: Preferred plot-area aspect (width / height) when the height is free.
+WIDE_ASPECT, NARROW_ASPECT = 1.5, 1.0
 
-def grid_width(nr_regions: int) -> int:
-    """Columns of the grid: about 1.5 x as wide as tall, a power of two from 16 to 1024."""
-    if nr_regions <= 16:
-        return max(nr_regions, 1)
-    w = 2 ** round(math.log2(math.sqrt(nr_regions) * 1.5))
-    return int(min(1024, max(16, w)))
+#: Short labels for the DPAMT states in a compact colour bar (same order as DPAMT_STATES; "rc"
+#: is the refcount; the hover text gives the full name).
+SHORT_STATES = ("free", "used", "rc 1-3", "rc 4-63", "rc 64+", "leaked", "rc 0")
+
+
+def grid_width(nr_regions: int, aspect: float = WIDE_ASPECT) -> int:
+    """Columns of the grid for a plot area ``aspect`` times as wide as tall: the power of two
+    that makes the cells closest to square (so a cell is at most 2x as wide as tall or the
+    reverse), at most 1024 and at most ``nr_regions``."""
+    n = max(nr_regions, 1)
+    best, best_err = 1, math.inf
+    cols = 1
+    while cols <= min(n, 1024):
+        rows = -(-n // cols)
+        # cell aspect (px wide / px tall) = (W / cols) / (H / rows) = aspect * rows / cols
+        err = abs(math.log(aspect * rows / cols))
+        if err <= best_err + 1e-9:  # ties: the wider grid (fewer rows, a shorter figure)
+            best, best_err = cols, err
+        cols *= 2
+    return best
 
 
 def _grid(values: npt.NDArray[np.int8], width: int) -> npt.NDArray[np.int8 | np.float32]:
@@ -43,6 +71,27 @@ def _grid(values: npt.NDArray[np.int8], width: int) -> npt.NDArray[np.int8 | np.
     return z.reshape(rows, width)
 
 
+def map_geometry(
+    nr_regions: int, width: int | None = None, height: int | None = None
+) -> tuple[int, int, int, float, float]:
+    """(columns, rows, figure height, plot-area width, plot-area height) in px of the map of
+    ``nr_regions`` in a figure ``width`` px wide (default DEFAULT_WIDTH). With ``height`` given,
+    the columns follow the plot area's aspect; without, the columns follow a preferred aspect and
+    the height is sized so the cells are square (within MIN/MAX_PLOT_HEIGHT)."""
+    w = width if width is not None else DEFAULT_WIDTH
+    narrow = w < NARROW_WIDTH
+    pw = max(40.0, w - MARGIN["l"] - MARGIN["r"] - COLORBAR_PX["compact" if narrow else "full"])
+    if height is not None:
+        ph = max(40.0, height - MARGIN["t"] - MARGIN["b"])
+        cols = grid_width(nr_regions, pw / ph)
+        rows = -(-max(nr_regions, 1) // cols)
+        return cols, rows, height, pw, ph
+    cols = grid_width(nr_regions, NARROW_ASPECT if narrow else WIDE_ASPECT)
+    rows = -(-max(nr_regions, 1) // cols)
+    ph = min(MAX_PLOT_HEIGHT, max(MIN_PLOT_HEIGHT, pw * rows / cols))
+    return cols, rows, round(ph) + MARGIN["t"] + MARGIN["b"], pw, ph
+
+
 def region_map(
     snapshot: Snapshot,
     changed: Sequence[int] = (),
@@ -50,35 +99,54 @@ def region_map(
     arrays: RegionArrays | None = None,
     title: str | None = None,
     height: int | None = None,
+    *,
+    width: int | None = None,
 ) -> go.Figure:
-    """The map for ``snapshot``; ``changed`` regions are outlined."""
+    """The map for ``snapshot``; ``changed`` regions are outlined.
+
+    ``width``: the figure's width in px where the app shows it (default DEFAULT_WIDTH; the
+    figure still stretches to its container). ``height``: the figure's height in px, or None to
+    size it from the rows. The columns are chosen for near-square cells in that box, and the
+    axes span exactly the grid, so the data fills the plot area at any size and any real width.
+    """
     a = arrays if arrays is not None else region_arrays(snapshot)
     n = snapshot.nr_regions
-    w = grid_width(n)
+    w, rows, fig_height, pw, ph = map_geometry(n, width, height)
+    narrow = (width if width is not None else DEFAULT_WIDTH) < NARROW_WIDTH
     if color_by == "owner":
         codes, names = a.owner, [name for name in OWNERS]
         colours = [OWNER_COLOURS[name] for name in OWNERS]
-        legend = "dominant owner of the region's pages"
+        legend = "owner" if narrow else "dominant owner of the region's pages"
+        short = names  # already short
     elif color_by == "dpamt":
         codes, names = a.state, [name for name, _, _ in DPAMT_STATES]
         colours = [c for _, _, c in DPAMT_STATES]
-        legend = "DPAMT state"
+        legend = "state" if narrow else "DPAMT state"
+        short = list(SHORT_STATES)
     else:
         raise ValueError("color_by must be 'dpamt' or 'owner'")
     z = _grid(codes, w)
     k = len(colours)
+    colorbar: dict[str, object] = {
+        "title": {"text": legend},
+        "tickvals": list(range(k)),
+        "ticktext": short if narrow else names,
+        "len": 1.0,
+        "y": 0.5,
+        "yanchor": "middle",
+    }
+    if narrow:
+        colorbar.update(thickness=10, tickfont={"size": 10}, xpad=4)
+        colorbar["title"] = {"text": legend, "font": {"size": 10}}
+    else:
+        colorbar.update(thickness=16)
     heat: dict[str, object] = {
         "z": z,
         "zmin": -0.5,
         "zmax": k - 0.5,
         "colorscale": discrete_scale(colours),
         "showscale": True,
-        "colorbar": {
-            "title": {"text": legend},
-            "tickvals": list(range(k)),
-            "ticktext": names,
-            "len": 0.9,
-        },
+        "colorbar": colorbar,
         "name": "regions",
     }
     if n <= HOVER_TEXT_LIMIT:
@@ -102,31 +170,49 @@ def region_map(
     if changed:
         ch = np.asarray(sorted(set(changed)), dtype=np.int64)
         ch = ch[(ch >= 0) & (ch < n)]
+        cell = min(pw / w, ph / rows)
         fig.add_trace(
             go.Scatter(
                 x=(ch % w).tolist(),
                 y=(ch // w).tolist(),
                 mode="markers",
-                marker={"symbol": "square-open", "size": 14, "line": {"width": 3}, "color": BLACK},
+                marker={
+                    "symbol": "square-open",
+                    "size": int(min(14, max(8, cell))),
+                    "line": {"width": 3 if cell >= 10 else 2},
+                    "color": BLACK,
+                },
                 name="changed by this step",
                 hovertemplate="region %{customdata} changed<extra></extra>",
                 customdata=ch.tolist(),
+                cliponaxis=False,
             )
         )
     fig.update_layout(
-        title=title or f"Host memory: {n:,} regions of 2 MiB ({n * 2:,} MiB)",
-        xaxis={"title": f"region mod {w}", "showgrid": False, "zeroline": False},
-        yaxis={
-            "title": f"region div {w}",
-            "autorange": "reversed",
+        title={
+            "text": title or f"Host memory: {n:,} regions of 2 MiB ({n * 2:,} MiB)",
+            "font": {"size": 13 if narrow else 16},
+        },
+        xaxis={
+            "title": f"region mod {w}",
+            "range": [-0.5, w - 0.5],
+            "autorange": False,
             "showgrid": False,
             "zeroline": False,
-            "scaleanchor": "x",
+        },
+        yaxis={
+            "title": f"region div {w}",
+            # rows go down: an explicit reversed range (what autorange "reversed" would give)
+            "range": [rows - 0.5, -0.5],
+            "autorange": False,
+            "showgrid": False,
+            "zeroline": False,
         },
         legend={"orientation": "h", "y": -0.15},
-        margin={"l": 50, "r": 10, "t": 40, "b": 40},
+        showlegend=False,
+        margin=dict(MARGIN),
         uirevision="region-map",
-        height=height,
+        height=fig_height,
     )
     return fig
 
