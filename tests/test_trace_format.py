@@ -186,3 +186,169 @@ def test_the_fast_path_is_taken_for_generated_traces(monkeypatch: pytest.MonkeyP
     faults = [e for e in trace.events if isinstance(e, Fault)]
     assert len(faults) >= 500
     assert not any('"op":"fault"' in raw for raw in decoded)
+
+
+# ---------------------------------------------------------------- hostile input, round 2
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ('"0x10"', True),
+        ('"0X10"', True),
+        ("16", True),
+        ('"0x000000000000000000000000000000010"', True),  # zero-padded: still 16
+        ('"0x1_0"', False),
+        ('" 0x1 "', False),
+        ('"0x 1"', False),
+        ('"-0x1"', False),
+        ('"16"', False),  # decimal strings are CSV only
+        ("16.0", False),
+        ('"0x' + "f" * 4300 + '"', False),
+        ('"0x' + "1" * 60000 + '"', False),
+        ("9" * 5000, False),
+    ],
+)
+def test_integer_rules_in_jsonl(value: str, ok: bool) -> None:
+    data = f'{{"op": "zap", "td": 0, "gfn": {value}}}\n'.encode()
+    if ok:
+        assert parse_trace(data, "t.jsonl").events[0].gfn == 16  # type: ignore[attr-defined]
+        return
+    with pytest.raises(TraceError) as info:
+        parse_trace(data, "t.jsonl")
+    (problem,) = info.value.problems
+    assert (problem.line, problem.col) == (1, 31), problem
+    assert problem.reason.startswith("gfn "), problem
+    assert len(problem.reason) < 200 and len(problem.text) <= 120
+
+
+@pytest.mark.parametrize(
+    ("cell", "ok"),
+    [
+        ("16", True),
+        (" 16 ", True),
+        ("0x10", True),
+        ("1_6", False),
+        ("1 6", False),
+        ("+16", False),
+        ("9" * 5000, False),
+        ("0x" + "f" * 5000, False),
+    ],
+)
+def test_integer_rules_in_csv(cell: str, ok: bool) -> None:
+    data = f"op,td,gfn\nzap,0,{cell}\n".encode()
+    if ok:
+        assert parse_trace(data, "t.csv").events[0].gfn == 16  # type: ignore[attr-defined]
+        return
+    with pytest.raises(TraceError) as info:
+        parse_trace(data, "t.csv")
+    assert [(p.line, p.reason.split()[0]) for p in info.value.problems] == [(2, "gfn")]
+
+
+def test_the_header_version_must_be_the_integer_1() -> None:
+    for version in ("1.0", "true", '"1"', "1e0"):
+        data = (
+            f'{{"format": "dpamt-trace", "version": {version}}}\n{{"op": "td_create", "td": 0}}\n'
+        )
+        with pytest.raises(TraceError, match="unsupported version"):
+            parse_trace(data.encode(), "t.jsonl")
+
+
+def test_csv_quotes_must_close_on_their_line() -> None:
+    good = b'op,td,note\ntd_create,0,"a ""quoted"", note"\n'
+    assert parse_trace(good, "t.csv").events[0].note == 'a "quoted", note'
+    spans = b'op,td,note\ntd_create,0,"a note\nthat goes on",x\n# "\ntd_create,1,\n'
+    with pytest.raises(TraceError) as info:
+        parse_trace(spans, "t.csv")
+    assert [(p.line, p.col, p.reason.split(":")[0]) for p in info.value.problems] == [
+        (2, 13, "unterminated quote")
+    ]
+
+
+@pytest.mark.parametrize("header", [True, False])
+@pytest.mark.parametrize("gz", [True, False])
+def test_too_many_events_is_one_problem_where_the_limit_is_crossed(
+    monkeypatch: pytest.MonkeyPatch, header: bool, gz: bool
+) -> None:
+    monkeypatch.setattr(limits, "MAX_EVENTS", 5)
+    lines = ['{"format": "dpamt-trace", "version": 1}'] if header else []
+    lines += ["# comment", ""] + ['{"op": "note", "text": "x"}', "", "  # c"] * 8
+    data = ("\n".join(lines) + "\n").encode()
+    with pytest.raises(TraceError) as info:
+        parse_trace(gzip.compress(data) if gz else data, "t.jsonl")
+    (problem,) = info.value.problems
+    sixth = [i for i, ln in enumerate(lines, 1) if '"note"' in ln][5]
+    assert (problem.line, problem.col) == (sixth, 1)
+    assert "more than 5 events (MAX_EVENTS)" in problem.reason
+    # at the limit: accepted
+    data = ("\n".join(lines[: lines.index(lines[sixth - 1], sixth - 1)]) + "\n").encode()
+    assert len(parse_trace(data, "t.jsonl").events) == 5
+
+
+def test_gzip_is_capped_while_it_streams(monkeypatch: pytest.MonkeyPatch) -> None:
+    import explorer.trace.parse as parse_module
+
+    monkeypatch.setattr(parse_module, "CHUNK_BYTES", 64)
+    monkeypatch.setattr(limits, "MAX_DECOMPRESSED_BYTES", 1000)
+    with pytest.raises(TraceError, match="expands past 1000 bytes"):
+        parse_trace(gzip.compress(b"\n" * 1001 + b'{"op": "td_create", "td": 0}\n'), "t.gz")
+    two = gzip.compress(b'{"op": "td_create", "td": 0}\n') + gzip.compress(b'{"op": "note", ')
+    two += gzip.compress(b'"text": "x"}\n')
+    assert len(parse_trace(two, "t.gz").events) == 2  # concatenated members
+    for bad in (two[:-9], two + b"garbage"):
+        with pytest.raises(TraceError, match="gzip data"):
+            parse_trace(bad, "t.gz")
+
+
+def test_a_long_line_is_refused_without_being_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    import explorer.trace.parse as parse_module
+
+    monkeypatch.setattr(parse_module, "CHUNK_BYTES", 16)
+    monkeypatch.setattr(limits, "MAX_LINE_BYTES", 100)
+    long_note = '{"op": "note", "text": "' + "y" * 500 + '"}'
+    text = "\n".join(['{"op": "td_create", "td": 0}', "#" + "c" * 500, " " * 500, long_note])
+    with pytest.raises(TraceError) as info:
+        parse_trace(text.encode(), "t.jsonl")
+    (problem,) = info.value.problems
+    assert (problem.line, problem.col) == (4, 101)
+    assert f"line is {len(long_note)} bytes" in problem.reason
+
+
+_LINE_POOL = [
+    "",
+    "\r",
+    "   ",
+    "# comment",
+    "  #",
+    '{"op": "note", "text": "caf\u00e9"}',
+    '{"op":"fault","vcpu":0,"gfn":"0x10"}',
+    '{"op": "td_create", "td": 3}\r',
+]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.sampled_from(_LINE_POOL), min_size=1, max_size=300),
+    st.integers(4, 200),
+    st.booleans(),
+    st.booleans(),
+)
+def test_chunking_never_changes_lines_or_events(
+    lines: list[str], chunk: int, gz: bool, trailing_newline: bool
+) -> None:
+    """Streaming in chunks of any size (and the path for runs of blank lines and comments) gives
+    the same events on the same lines as reading the whole text."""
+    import explorer.trace.parse as parse_module
+
+    text = "\n".join(lines) + ("\n" if trailing_newline else "")
+    data = text.encode()
+    want = [i for i, ln in enumerate(text.split("\n"), 1) if ln.strip() and "#" not in ln]
+    saved = parse_module.CHUNK_BYTES
+    try:
+        parse_module.CHUNK_BYTES = chunk
+        try:
+            trace = parse_trace(gzip.compress(data) if gz else data, "t.jsonl")
+        except TraceError as exc:
+            assert not want, exc  # only comments and blank lines: no events, or empty
+            return
+    finally:
+        parse_module.CHUNK_BYTES = saved
+    assert [e.line for e in trace.events] == want

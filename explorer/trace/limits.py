@@ -27,6 +27,9 @@ MAX_ID = (1 << 20) - 1
 MAX_GFN = (1 << 45) - 1
 #: Host frame numbers (the engine checks the configured host memory).
 MAX_PFN = (1 << 40) - 1
+#: Significant digits of an integer (JSON number, hex or CSV decimal string), checked before any
+#: conversion: more is out of every range (Python's int() itself refuses over 4300 digits).
+MAX_INT_DIGITS = 24
 #: Logical time values.
 MAX_T = (1 << 53) - 1
 #: Occurrences one inject event may arm.

@@ -5,6 +5,9 @@ JSON Lines (``.jsonl``, ``.jsonl.gz``) or CSV. Every problem is reported as a
 expected; problems are collected (up to :data:`~explorer.trace.limits.MAX_ERRORS`) and raised
 together as one :class:`~explorer.model.errors.TraceError`. Nothing else escapes on bad input.
 
+The bytes are read in two streaming passes, one chunk at a time (docs/reliability.md, "Refusing
+is cheap"): a first pass refuses what is refused whole, the second parses line by line.
+
 Only the shape of each event is checked here. Whether an event can happen (its vCPU exists, its
 gfn is mapped, its pfn is free and inside host memory, its gfn within the EPT's reach) depends on
 the state and the settings, and is checked by the engine when the event runs.
@@ -16,8 +19,10 @@ import csv
 import json
 import re
 import zlib
+from collections.abc import Iterator
 from dataclasses import MISSING, dataclass, fields
-from typing import Any
+from itertools import compress, count
+from typing import Any, NoReturn
 
 from explorer.model.constants import INJECTIONS, PAGES_PER_REGION
 from explorer.model.errors import Problem, TraceError
@@ -81,6 +86,7 @@ class _Collector:
     def __init__(self, source: str) -> None:
         self.source = source
         self.problems: list[Problem] = []
+        self.full = False  # stop reading: a limit was crossed, or MAX_ERRORS problems found
 
     def add(self, line: int, col: int, reason: str, text: str = "", expected: str = "") -> None:
         if len(self.problems) < L.MAX_ERRORS:
@@ -89,10 +95,17 @@ class _Collector:
             self.problems.append(
                 Problem(self.source, line, 0, f"more than {L.MAX_ERRORS} problems: stopped here")
             )
+            self.full = True
 
-    @property
-    def full(self) -> bool:
-        return len(self.problems) > L.MAX_ERRORS
+    def stop(self, line: int, col: int, reason: str) -> None:
+        """Report ``reason`` once and stop reading."""
+        self.add(line, col, reason)
+        self.full = True
+
+
+def _r(value: Any) -> str:
+    """``repr(value)`` short enough for a reason (the value may be a 60 KB string)."""
+    return _short(repr(value), 60)
 
 
 def _short(text: str, n: int = 120) -> str:
@@ -100,91 +113,290 @@ def _short(text: str, n: int = 120) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
-# ------------------------------------------------------------------ bytes -> text
-def _decode(data: bytes, source: str) -> str:
-    """Bytes to text: gunzip (bounded), reject UTF-16 and binary, accept a UTF-8 BOM."""
+# ------------------------------------------------------------------ bytes -> lines
+#: Bytes handed on at a time: the decompressor's output chunk, and the slices of a plain file.
+CHUNK_BYTES = 1 << 20
+#: Compressed bytes fed to the decompressor at a time.
+_GZIP_INPUT_BYTES = 64 * 1024
+#: Whitespace of a blank line (ASCII only: JSON has no other whitespace; the line counter of the
+#: first pass and the parsers agree on what a blank line is).
+_BLANK = " \t\r\f\v"
+_BLANK_B = b" \t\r\f\v"
+#: The first pass's byte classes (with the blanks deleted): a line starts with "x" if it is a
+#: content line (neither blank nor a comment), the lines it counts.
+_CLASSES = bytes(b if b in b"\n#" else ord("x") for b in range(256))
+#: What the line reader yields in place of a line over MAX_LINE_BYTES (already reported). No real
+#: line can be this: a NUL byte refuses the file before any line is read.
+_TOO_LONG = "\x00"
+
+
+class _TooManyLines(Exception):
+    """The first pass saw more lines than MAX_EVENTS allows: count the content lines exactly."""
+
+
+@dataclass
+class _Scan:
+    """What the first pass learns about the bytes before any line is parsed."""
+
+    first: bytes  # the first content line (at most MAX_LINE_BYTES of it), b"" if none
+
+
+def _refuse(source: str, line: int, col: int, reason: str, expected: str = "") -> TraceError:
+    return TraceError(Problem(source, line, col, reason, "", expected))
+
+
+def _raw_chunks(data: bytes, source: str) -> Iterator[bytes]:
+    """The file's bytes in chunks of at most CHUNK_BYTES: gunzipped as they are read (with the
+    MAX_DECOMPRESSED_BYTES cap checked on every chunk), a plain file sliced. Never the whole
+    decompressed text at once."""
     if len(data) > L.MAX_UPLOAD_BYTES:
-        raise TraceError(
-            Problem(
-                source,
-                0,
-                0,
-                f"the file is {len(data)} bytes, over the limit of "
-                f"{L.MAX_UPLOAD_BYTES} bytes (MAX_UPLOAD_BYTES)",
-            )
+        raise _refuse(
+            source,
+            0,
+            0,
+            f"the file is {len(data)} bytes, over the limit of "
+            f"{L.MAX_UPLOAD_BYTES} bytes (MAX_UPLOAD_BYTES)",
         )
-    if data[:2] == b"\x1f\x8b":
-        data = _gunzip(data, source)
-    if not data.strip():
-        raise TraceError(
-            Problem(source, 0, 0, "the trace is empty", "", "a JSON Lines or CSV trace")
-        )
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(data) > 1 and data[1:2] == b"\x00"):
-        raise TraceError(
-            Problem(source, 1, 1, "the file is UTF-16; traces are UTF-8", "", "UTF-8 text")
-        )
-    if data[:3] == b"\xef\xbb\xbf":
-        data = data[3:]
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        line, col = _position(data, nul)
-        raise TraceError(
-            Problem(
-                source, line, col, "binary data (a NUL byte): not a text trace", "", "UTF-8 text"
-            )
-        )
+    if data[:2] != b"\x1f\x8b":
+        for i in range(0, len(data), CHUNK_BYTES):
+            yield data[i : i + CHUNK_BYTES]
+        return
+    yield from _gunzip_chunks(data, source)
+
+
+def _gunzip_chunks(data: bytes, source: str) -> Iterator[bytes]:
+    view = memoryview(data)
+    pos, size, cap = 0, 0, L.MAX_DECOMPRESSED_BYTES
+    d = zlib.decompressobj(wbits=31)
+    pending: bytes | memoryview = b""
+    waiting = False  # the last call filled its output: more may be waiting without more input
     try:
-        return data.decode("utf-8")
+        while True:
+            if not pending and not waiting:
+                if pos >= len(data):
+                    raise _refuse(source, 0, 0, "the gzip data is truncated")
+                pending = view[pos : pos + _GZIP_INPUT_BYTES]
+                pos += len(pending)
+            out = d.decompress(pending, CHUNK_BYTES)
+            pending = d.unconsumed_tail
+            waiting = len(out) == CHUNK_BYTES
+            if out:
+                size += len(out)
+                if size > cap:
+                    raise _refuse(
+                        source,
+                        0,
+                        0,
+                        f"the gzip data expands past {cap} bytes (MAX_DECOMPRESSED_BYTES)",
+                    )
+                yield out
+            if d.eof:  # the end of a member: another may follow (concatenated gzip files)
+                pending = d.unused_data
+                if not pending and pos >= len(data):
+                    return
+                d = zlib.decompressobj(wbits=31)
+                waiting = False
+    except zlib.error as exc:
+        raise _refuse(source, 0, 0, f"invalid gzip data: {exc}") from None
+
+
+def _chunks(data: bytes, source: str) -> Iterator[bytes]:
+    """:func:`_raw_chunks` with the checks of the file's start: UTF-16 is refused, a UTF-8
+    byte-order mark dropped (the first chunk is at least 4 bytes unless the file is shorter)."""
+    raw = _raw_chunks(data, source)
+    head = b""
+    for chunk in raw:
+        head += chunk
+        if len(head) >= 4:
+            break
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(head) > 1 and head[1:2] == b"\x00"):
+        raise _refuse(source, 1, 1, "the file is UTF-16; traces are UTF-8", "UTF-8 text")
+    if head[:3] == b"\xef\xbb\xbf":
+        head = head[3:]
+    if head:
+        yield head
+    yield from raw
+
+
+def _scan(data: bytes, source: str, *, exact: bool = False) -> _Scan:
+    """The first pass, streaming, before anything is parsed: the gzip checks and cap, binary
+    data, an empty file, the first content line (which says JSONL or CSV, header or not), and the
+    event limit: once the lines are more than MAX_EVENTS allows, content lines are counted
+    (``exact``) and the file is refused at the first content line past the limit. Only C-speed
+    byte operations run per byte or line, so a refused file costs about one decompression,
+    however many lines it has, and holds one chunk at a time."""
+    first: bytes | None = None
+    content = 0  # content lines so far (``exact``)
+    limit = L.MAX_EVENTS + 1
+    lines = 0  # newlines before the current block
+    carry = b""  # the unfinished last line (at most MAX_LINE_BYTES + 1 bytes of it)
+    blank = True
+    for chunk in _chunks(data, source):
+        if blank and chunk.strip():
+            blank = False
+        nul = chunk.find(b"\x00")
+        if nul >= 0:
+            line = lines + chunk.count(b"\n", 0, nul) + 1
+            start = chunk.rfind(b"\n", 0, nul) + 1
+            col = nul - start + 1 + (len(carry) if start == 0 else 0)
+            raise _refuse(
+                source, line, col, "binary data (a NUL byte): not a text trace", "UTF-8 text"
+            )
+        cut = chunk.rfind(b"\n")
+        if cut < 0:
+            carry = (carry + chunk)[: L.MAX_LINE_BYTES + 1]
+            continue
+        block = carry + chunk[:cut]
+        carry = chunk[cut + 1 : cut + 2 + L.MAX_LINE_BYTES]
+        if first is None or exact:
+            # one byte per line start: "x" for a content line, "#" or nothing (blank) otherwise
+            classes = b"\n" + block.translate(_CLASSES, _BLANK_B)
+            starts = classes.count(b"\nx")
+            if first is None and starts:
+                at = classes.count(b"\n", 0, classes.find(b"\nx") + 1) - 1
+                first = block.split(b"\n", at + 1)[at][: L.MAX_LINE_BYTES]
+                limit = L.MAX_EVENTS + _non_event_first_line(first, source)
+            if exact:
+                if content + starts > limit:
+                    j = -1
+                    for _ in range(limit - content + 1):
+                        j = classes.find(b"\nx", j + 1)
+                    _too_many_events(source, lines + classes.count(b"\n", 0, j + 1))
+                content += starts
+        lines += block.count(b"\n") + 1
+        if not exact and lines > limit:
+            raise _TooManyLines
+    if carry:
+        head = carry.lstrip(_BLANK_B)[:1]
+        if head and head != b"#":
+            if first is None:
+                first = carry
+            elif exact and content + 1 > limit:
+                _too_many_events(source, lines + 1)
+    if blank:
+        raise _refuse(source, 0, 0, "the trace is empty", "a JSON Lines or CSV trace")
+    return _Scan(first or b"")
+
+
+def _too_many_events(source: str, line: int) -> NoReturn:
+    raise _refuse(
+        source,
+        line,
+        1,
+        f"more than {L.MAX_EVENTS} events (MAX_EVENTS): refused without reading further",
+    )
+
+
+def _non_event_first_line(first: bytes, source: str) -> int:
+    """1 if the first content line is a header or CSV column row (not an event), else 0."""
+    if _is_csv(first, source):
+        return 1
+    try:
+        obj = _loads(first.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return 1  # a problem, not an event: the trace is refused anyway
+    return int(not isinstance(obj, dict) or "op" not in obj)
+
+
+def _is_csv(first: bytes, source: str) -> bool:
+    head = first.strip(_BLANK_B)
+    return source.lower().endswith(".csv") or head == b"op" or head.startswith(b"op,")
+
+
+def _lines(data: bytes, source: str, c: _Collector) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every line, streaming: each chunk is decoded at once and split.
+    Invalid UTF-8 refuses the file at its line:col. A line over MAX_LINE_BYTES is reported here
+    (unless it is a comment) and skipped without being held; :data:`_TOO_LONG` stands for it."""
+    n = 0  # lines yielded so far
+    carry = b""
+    long_size = -1  # >= 0 while skipping the rest of an over-long line
+    long_head = b""
+    long_quiet = long_blank = False
+    for chunk in _chunks(data, source):
+        if long_size >= 0:
+            nl = chunk.find(b"\n")
+            if nl < 0:
+                long_size += len(chunk)
+                if long_blank:
+                    long_quiet = long_blank = not chunk.strip(_BLANK_B)
+                continue
+            long_size += nl
+            if long_blank:
+                long_quiet = not chunk[:nl].strip(_BLANK_B)
+            n += 1
+            if not long_quiet:
+                _line_too_long(c, n, long_size, long_head.decode("utf-8", "replace"))
+                yield n, _TOO_LONG
+            long_size = -1
+            chunk = chunk[nl + 1 :]
+        cut = chunk.rfind(b"\n")
+        if cut < 0:
+            carry += chunk
+            if len(carry) > L.MAX_LINE_BYTES:
+                stripped = carry.lstrip(_BLANK_B)
+                long_blank = not stripped
+                long_quiet = long_blank or stripped.startswith(b"#")  # a comment: not reported
+                long_size, long_head, carry = len(carry), carry[:240], b""
+            continue
+        block = carry + chunk[:cut]
+        carry = chunk[cut + 1 :]
+        nl = block.count(b"\n") + 1
+        if nl * 8 > len(block):  # short lines: maybe runs of blank lines or comments
+            if b"\r" in block:
+                block = block.replace(b"\r\n", b"\n")
+            classes = b"\n" + block.translate(_CLASSES, _BLANK_B)
+            if classes.count(b"\nx") * 4 < nl:  # mostly not content: yield only content lines
+                if not block.isascii():
+                    _decode_block(block, n, source)  # UTF-8 is checked everywhere
+                lines_b = block.split(b"\n")
+                i, prev, j = -1, -1, classes.find(b"\nx")
+                while j >= 0:
+                    i += classes.count(b"\n", prev + 1, j + 1)
+                    prev = j
+                    yield n + i + 1, lines_b[i].decode("utf-8")
+                    j = classes.find(b"\nx", j + 1)
+            else:
+                parts = _decode_block(block, n, source).split("\n")
+                yield from compress(zip(count(n + 1), parts), parts)
+            n += nl
+            continue
+        for line in _decode_block(block, n, source).split("\n"):
+            n += 1
+            yield n, line
+    if long_size >= 0:
+        n += 1
+        if not long_quiet:
+            _line_too_long(c, n, long_size, long_head.decode("utf-8", "replace"))
+            yield n, _TOO_LONG
+    elif carry:
+        yield n + 1, _decode_block(carry, n, source)
+
+
+def _decode_block(block: bytes, lines_before: int, source: str) -> str:
+    try:
+        return block.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line, col = _position(data, exc.start)
+        line = lines_before + block.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (block.rfind(b"\n", 0, exc.start) + 1) + 1
         raise TraceError(
             Problem(
                 source,
                 line,
                 col,
                 "invalid UTF-8",
-                repr(data[exc.start : exc.start + 8]),
+                repr(block[exc.start : exc.start + 8]),
                 "UTF-8 text",
             )
         ) from None
 
 
-def _position(data: bytes, offset: int) -> tuple[int, int]:
-    line = data.count(b"\n", 0, offset) + 1
-    start = data.rfind(b"\n", 0, offset) + 1
-    return line, offset - start + 1
-
-
-def _gunzip(data: bytes, source: str) -> bytes:
-    out: list[bytes] = []
-    size = 0
-    rest = data
-    try:
-        while rest:
-            d = zlib.decompressobj(wbits=31)
-            chunk = d.decompress(rest, L.MAX_DECOMPRESSED_BYTES - size + 1)
-            while True:
-                size += len(chunk)
-                if size > L.MAX_DECOMPRESSED_BYTES:
-                    raise TraceError(
-                        Problem(
-                            source,
-                            0,
-                            0,
-                            "the gzip data expands past "
-                            f"{L.MAX_DECOMPRESSED_BYTES} bytes (MAX_DECOMPRESSED_BYTES)",
-                        )
-                    )
-                out.append(chunk)
-                if not d.unconsumed_tail:
-                    break
-                chunk = d.decompress(d.unconsumed_tail, L.MAX_DECOMPRESSED_BYTES - size + 1)
-            if not d.eof:
-                raise TraceError(Problem(source, 0, 0, "the gzip data is truncated"))
-            rest = d.unused_data
-    except zlib.error as exc:
-        raise TraceError(Problem(source, 0, 0, f"invalid gzip data: {exc}")) from None
-    return b"".join(out)
+def _line_too_long(c: _Collector, n: int, size: int, head: str) -> None:
+    c.add(
+        n,
+        L.MAX_LINE_BYTES + 1,
+        f"line is {size} bytes, over the limit of {L.MAX_LINE_BYTES} (MAX_LINE_BYTES)",
+        head[:60],
+    )
 
 
 # ------------------------------------------------------------------ values
@@ -202,21 +414,55 @@ def _value_col(raw: str, key: str) -> int:
     return j + 1
 
 
-def _int(value: Any, *, csv_cell: bool) -> int | None:
-    """A JSON integer, a hex string "0x..", or (CSV) a decimal string; None if not an int."""
+class _Huge:
+    """A JSON number with more digits than any limit allows, kept as its digit count (Python's
+    ``int()`` refuses over 4300 digits, and nothing that long is in range anyway)."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<a {self.digits}-digit number>"
+
+
+_HEX_TEXT = re.compile(r"0[xX]([0-9a-fA-F]+)").fullmatch
+_DEC_TEXT = re.compile(r"-?([0-9]+)").fullmatch
+
+
+def _parse_int(text: str) -> int | _Huge:
+    """The JSON decoder's ``parse_int``: an over-long number becomes a :class:`_Huge`."""
+    digits = text.lstrip("-").lstrip("0")
+    if len(digits) > L.MAX_INT_DIGITS:
+        return _Huge(len(text.lstrip("-")))
+    return int(text)
+
+
+def _int_text(text: str, *, decimal: bool) -> int | _Huge | None:
+    """A hex string "0x.." (or, if ``decimal``, "-?[0-9]+") exactly: no spaces, underscores or
+    signs inside; None if it is not one. Over-long digit strings are never converted."""
+    m = _HEX_TEXT(text)
+    base = 16
+    if m is None and decimal:
+        m, base = _DEC_TEXT(text), 10
+    if m is None:
+        return None
+    digits = m.group(1)
+    if len(digits.lstrip("0")) > L.MAX_INT_DIGITS:
+        return _Huge(len(digits))
+    return int(text if base == 10 else digits, base)
+
+
+def _int(value: Any, *, csv_cell: bool) -> int | _Huge | None:
+    """A JSON integer, a hex string "0x.." or (CSV, where spaces around a cell are ignored) a
+    decimal string; a :class:`_Huge` if it has too many digits; None if not an integer."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
+    if isinstance(value, (int, _Huge)):
         return value
     if isinstance(value, str):
-        text = value.strip().lower()
-        try:
-            if text.startswith("0x"):
-                return int(text, 16)
-            if csv_cell:
-                return int(text, 10)
-        except ValueError:
-            return None
+        return _int_text(value.strip(" \t") if csv_cell else value, decimal=csv_cell)
     return None
 
 
@@ -237,13 +483,15 @@ def _check_field(key: str, value: Any, *, csv_cell: bool) -> tuple[Any, str, str
                 f"{key} must be an integer, got {kind}",
                 expected + ' (JSON number or "0x...")',
             )
+        if isinstance(n, _Huge):
+            return None, f"{key} is a {n.digits}-digit number, out of range", expected
         if not lo <= n <= hi:
             return None, f"{key}={n} is out of range", expected
         return n, "", ""
     if key in _CHOICES:
         choices = _CHOICES[key]
         if not isinstance(value, str) or value not in choices:
-            return None, f"{key}={value!r} is not allowed", " | ".join(choices)
+            return None, f"{key}={_r(value)} is not allowed", " | ".join(choices)
         return value, "", ""
     if key in _TEXT:
         if not isinstance(value, str):
@@ -251,7 +499,7 @@ def _check_field(key: str, value: Any, *, csv_cell: bool) -> tuple[Any, str, str
         if len(value) > L.MAX_TEXT:
             return None, f"{key} is {len(value)} characters, over the limit of {L.MAX_TEXT}", ""
         return value, "", ""
-    return None, f"unknown field {key!r}", ""
+    return None, f"unknown field {_r(key)}", ""
 
 
 def _depth(value: Any, level: int = 1) -> int:
@@ -282,7 +530,7 @@ class _Builder:
             c.add(line, 1, "missing field 'op'", raw, ", ".join(SCHEMA))
             return
         if not isinstance(op, str) or op not in SCHEMA:
-            c.add(line, col("op"), f"unknown op {op!r}", raw, ", ".join(SCHEMA))
+            c.add(line, col("op"), f"unknown op {_r(op)}", raw, ", ".join(SCHEMA))
             return
         required, optional = SCHEMA[op]
         allowed = set(required) | set(optional) | set(COMMON_FIELDS) | {"op"}
@@ -295,7 +543,7 @@ class _Builder:
                 c.add(
                     line,
                     col(key),
-                    f"unknown field {key!r} for op {op!r}",
+                    f"unknown field {_r(key)} for op {_r(op)}",
                     raw,
                     ", ".join(sorted(allowed - {"op"})),
                 )
@@ -341,7 +589,7 @@ class _Builder:
         if not ok:
             return
         if len(self.events) >= L.MAX_EVENTS:
-            c.add(line, 1, f"more than {L.MAX_EVENTS} events (MAX_EVENTS)")
+            c.stop(line, 1, f"more than {L.MAX_EVENTS} events (MAX_EVENTS)")
             return
         self.events.append(EVENT_TYPES[op](line=line, **values))
 
@@ -354,20 +602,20 @@ def _header(
     for key, value in obj.items():
         col = _value_col(raw, key)
         if key not in HEADER_KEYS:
-            c.add(line, col, f"unknown header field {key!r}", raw, ", ".join(HEADER_KEYS))
+            c.add(line, col, f"unknown header field {_r(key)}", raw, ", ".join(HEADER_KEYS))
         elif key == "format" and value != FORMAT_NAME:
             c.add(
                 line,
                 col,
-                f"format {value!r} is not a DPAMT trace",
+                f"format {_r(value)} is not a DPAMT trace",
                 f"format={value!r}",
                 f'"{FORMAT_NAME}"',
             )
-        elif key == "version" and (isinstance(value, bool) or value != FORMAT_VERSION):
+        elif key == "version" and (type(value) is not int or value != FORMAT_VERSION):
             c.add(
                 line,
                 col,
-                f"unsupported version {value!r}",
+                f"unsupported version {_r(value)}",
                 f"version={value!r}",
                 str(FORMAT_VERSION),
             )
@@ -397,21 +645,36 @@ def _header(
                 scol = _value_col(raw, skey)
                 spec = SETTING_SPECS.get(skey)
                 if spec is None:
-                    c.add(line, scol, f"unknown setting {skey!r}", skey, ", ".join(SETTING_SPECS))
+                    c.add(line, scol, f"unknown setting {_r(skey)}", skey, ", ".join(SETTING_SPECS))
                     continue
                 try:
-                    settings[skey] = spec.check(svalue)
+                    settings[skey] = spec.check(_setting_value(spec.default, svalue))
                 except ValueError as exc:
                     c.add(
                         line,
                         scol,
-                        f"setting {skey}={svalue!r}: {exc}",
+                        f"setting {skey}={_r(svalue)}: {exc}",
                         f"{skey}={svalue!r}",
                         spec.expected,
                     )
     if "version" not in obj:
         c.add(line, 1, "the header has no version", raw, f'"version": {FORMAT_VERSION}')
     return title, description, settings
+
+
+def _setting_value(default: Any, value: Any) -> Any:
+    """A header setting's value, with the trace format's integer rules applied before the
+    setting's own check: hex or decimal strings exactly, no over-long numbers."""
+    if isinstance(value, _Huge):
+        raise ValueError(f"a {value.digits}-digit number is out of range")
+    if isinstance(value, str) and isinstance(default, int):
+        n = _int_text(value, decimal=True)
+        if n is None:
+            raise ValueError(f"{_r(value)} is not an integer")
+        if isinstance(n, _Huge):
+            raise ValueError(f"a {n.digits}-digit number is out of range")
+        return n
+    return value
 
 
 def _reject_constant(name: str) -> Any:
@@ -422,12 +685,14 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in pairs:
         if k in out:
-            raise ValueError(f"duplicate field {k!r}")
+            raise ValueError(f"duplicate field {_r(k)}")
         out[k] = v
     return out
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+_DECODER = json.JSONDecoder(
+    parse_constant=_reject_constant, object_pairs_hook=_no_duplicates, parse_int=_parse_int
+)
 
 
 def _loads(raw: str) -> Any:
@@ -442,14 +707,18 @@ def parse_trace(data: bytes, source: str = "trace") -> Trace:
 
 
 def _parse_trace(data: bytes, source: str) -> Trace:
-    text = _decode(data, source)
-    lines = text.split("\n")
-    first = next((ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), "")
-    head = first.strip().lstrip("\ufeff")
-    is_csv = source.lower().endswith(".csv") or head == "op" or head.startswith("op,")
-    if is_csv:
-        return _parse_csv(lines, source)
-    return _parse_jsonl(lines, source)
+    """Two streaming passes over the bytes (each chunk decompressed and decoded as it comes):
+    :func:`_scan` refuses what is refused whole (bad gzip, binary, empty, too many events)
+    before anything is parsed, then the lines are parsed one by one."""
+    try:
+        scan = _scan(data, source)
+    except _TooManyLines:
+        scan = _scan(data, source, exact=True)
+    c = _Collector(source)
+    lines = _lines(data, source, c)
+    if _is_csv(scan.first, source):
+        return _parse_csv(lines, c)
+    return _parse_jsonl(lines, c)
 
 
 def _check_line_length(raw: str, n: int, c: _Collector) -> bool:
@@ -478,13 +747,13 @@ _FAST_FAULT = re.compile(
 FAST_PATH = True
 
 
-def _parse_jsonl(lines: list[str], source: str) -> Trace:
+def _parse_jsonl(lines: Iterator[tuple[int, str]], c: _Collector) -> Trace:
     """JSON Lines. Canonical fault lines, nearly all of a large trace, take a fast path: one
     regular expression instead of a JSON decode and the per-field schema checks (about 3 us per
     line instead of 14). It accepts only lines the full path would accept with the same values;
     a line it does not match, or whose values are out of range or go back in time, goes through
     the full path, which reports the exact problem."""
-    c = _Collector(source)
+    source = c.source
     b = _Builder(c, csv_mode=False)
     title = description = ""
     settings: dict[str, Any] = {}
@@ -492,7 +761,7 @@ def _parse_jsonl(lines: list[str], source: str) -> Trace:
     fast = _FAST_FAULT if FAST_PATH else None
     events = b.events
     max_id, max_gfn, max_t, max_events = L.MAX_ID, L.MAX_GFN, L.MAX_T, L.MAX_EVENTS
-    for n, raw in enumerate(lines, 1):
+    for n, raw in lines:
         if c.full:
             break
         if fast is not None and (mm := fast(raw)) is not None:
@@ -512,10 +781,10 @@ def _parse_jsonl(lines: list[str], source: str) -> Trace:
                 seen_content = True
                 continue
         raw = raw.rstrip("\r")
-        stripped = raw.strip()
+        stripped = raw.strip(_BLANK)
         if not stripped or stripped.startswith("#"):
             continue
-        if not _check_line_length(raw, n, c):
+        if raw == _TOO_LONG or not _check_line_length(raw, n, c):
             seen_content = True
             continue
         try:
@@ -531,11 +800,8 @@ def _parse_jsonl(lines: list[str], source: str) -> Trace:
             c.add(n, 1, f"JSON nested too deeply (limit {L.MAX_NESTING})", raw)
             seen_content = True
             continue
-        except ValueError as exc:  # NaN/Infinity, duplicate keys, over-long integers
-            msg = str(exc)
-            if "digits" in msg:
-                msg = "an integer with thousands of digits"
-            c.add(n, 1, f"invalid JSON: {msg}", raw, "one JSON object per line")
+        except ValueError as exc:  # NaN/Infinity, duplicate keys
+            c.add(n, 1, f"invalid JSON: {exc}", raw, "one JSON object per line")
             seen_content = True
             continue
         if not isinstance(obj, dict):
@@ -567,19 +833,36 @@ def _parse_jsonl(lines: list[str], source: str) -> Trace:
     return _finish(c, b, source, "jsonl", title, description, settings)
 
 
-def _parse_csv(lines: list[str], source: str) -> Trace:
-    c = _Collector(source)
+def _parse_csv(lines: Iterator[tuple[int, str]], c: _Collector) -> Trace:
+    source = c.source
     b = _Builder(c, csv_mode=True)
     header: list[str] | None = None
     header_line = 0
-    for n, raw in enumerate(lines, 1):
+    in_quote = False  # inside a quoted cell left open on an earlier line (already reported)
+    for n, raw in lines:
         if c.full:
             break
         raw = raw.rstrip("\r")
-        if not raw.strip() or raw.lstrip().startswith("#"):
+        if in_quote:  # the rest of a cell that spans lines: part of the problem reported
+            in_quote = raw != _TOO_LONG and _open_quote(raw, in_quote=True) is not None
             continue
-        if not _check_line_length(raw, n, c):
+        stripped = raw.strip(_BLANK)
+        if not stripped or stripped.startswith("#"):
             continue
+        if raw == _TOO_LONG or not _check_line_length(raw, n, c):
+            continue
+        if '"' in raw:
+            q = _open_quote(raw, in_quote=False)
+            if q is not None:
+                c.add(
+                    n,
+                    q + 1,
+                    "unterminated quote: a quoted cell must end on its line",
+                    raw,
+                    'a closing " on the same line (cells may not span lines)',
+                )
+                in_quote = True
+                continue
         try:
             row = next(csv.reader([raw]))
         except csv.Error as exc:
@@ -590,7 +873,7 @@ def _parse_csv(lines: list[str], source: str) -> Trace:
             header_line = n
             for i, h in enumerate(header):
                 if h not in CSV_COLUMNS:
-                    c.add(n, _csv_col(raw, i), f"unknown column {h!r}", h, ", ".join(CSV_COLUMNS))
+                    c.add(n, _csv_col(raw, i), f"unknown column {_r(h)}", h, ", ".join(CSV_COLUMNS))
             if "op" not in header:
                 c.add(
                     n,
@@ -628,9 +911,34 @@ def _parse_csv(lines: list[str], source: str) -> Trace:
                 )
                 continue
         b.event(obj, n, raw)
-    if header is None:
+    if header is None and not c.problems:
         c.add(0, 0, "the CSV has no header row", "", "op,vcpu,gfn,...")
     return _finish(c, b, source, "csv", "", "", {})
+
+
+def _open_quote(raw: str, *, in_quote: bool) -> int | None:
+    """Where a quoted cell is left open at the end of ``raw``: the index of its opening quote
+    (-1 if it was opened on an earlier line), None if every quoted cell is closed. A quote opens
+    a cell only at the cell's start, as in Python's csv module; ``""`` inside is a quote."""
+    i, n = 0, len(raw)
+    opened = -1
+    while True:
+        if in_quote:
+            j = raw.find('"', i)
+            while 0 <= j < n - 1 and raw[j + 1] == '"':
+                j = raw.find('"', j + 2)
+            if j < 0:
+                return opened
+            in_quote = False
+            i = j + 1
+        elif i < n and raw[i] == '"':
+            in_quote, opened = True, i
+            i += 1
+            continue
+        comma = raw.find(",", i)
+        if comma < 0:
+            return None
+        i = comma + 1
 
 
 def _csv_col(raw: str, index: int) -> int:
