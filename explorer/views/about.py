@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from explorer.overhead import COVER_LETTER_FIGURES
+from explorer.overhead import CoverRow, cover_letter_rows, format_bytes
 from explorer.views.palette import BLUE, GREY, LIGHT, ORANGE, SKY
 
 
@@ -54,32 +54,57 @@ def region_diagram(used: int = 3) -> go.Figure:
 
 
 def overhead_figure() -> go.Figure:
-    """Static PAMT vs Dynamic PAMT, TDX on and no TD running (the v6 cover letter's figures)."""
-    hosts = [h for h, _, _, _ in COVER_LETTER_FIGURES]
+    """Static PAMT vs Dynamic PAMT, TDX on and no TD running: the v6 cover letter's four rows.
+
+    Bars are the published figures (GB = GiB); the hover adds the figures our formulas give for
+    the same configuration (:func:`explorer.overhead.cover_letter_rows`). The third bar of each
+    host is the "max_pfn at maxpa" row, where the refcount array alone is 8 GiB and Dynamic PAMT
+    costs more than static PAMT on a 256 GB host.
+    """
+    rows = cover_letter_rows()
+    at_ram = [r for r in rows if r.maxpa_bits is None]
+    at_maxpa = [r for r in rows if r.maxpa_bits is not None]
+    hosts = [
+        f"{r.machine.split()[0].replace('GB', ' GB').replace('TB', ' TB')} host" for r in at_ram
+    ]
+
+    def hover(rs: list[CoverRow], static: bool) -> list[str]:
+        out = []
+        for r in rs:
+            ours = r.computed.static_total if static else r.computed.dpamt_total
+            published = r.published_static_gb if static else r.published_dpamt_gb
+            out.append(
+                f"{r.machine.split('(')[0].strip()}, max_pfn at {r.max_pfn_at}<br>"
+                f"cover letter: {published:.2f} GB, savings/(loss) {r.published_ratio}<br>"
+                f"our formula: {format_bytes(ours)} ({format_bytes(ours, 'MB', 1)})"
+            )
+        return out
+
+    def bar(rs: list[CoverRow], static: bool, name: str, color: str) -> go.Bar:
+        ys = [r.published_static_gb if static else r.published_dpamt_gb for r in rs]
+        return go.Bar(
+            x=hosts,
+            y=ys,
+            name=name,
+            marker={"color": color},
+            text=[f"{y:.2f} GB" for y in ys],
+            hovertext=hover(rs, static),
+            hoverinfo="text",
+        )
+
     fig = go.Figure(
         [
-            go.Bar(
-                x=hosts,
-                y=[s for _, _, s, _ in COVER_LETTER_FIGURES],
-                name="static PAMT",
-                marker={"color": GREY},
-                text=[f"{s} GB" for _, _, s, _ in COVER_LETTER_FIGURES],
-            ),
-            go.Bar(
-                x=hosts,
-                y=[d for _, _, _, d in COVER_LETTER_FIGURES],
-                name="Dynamic PAMT",
-                marker={"color": ORANGE},
-                text=[f"{d} GB" for _, _, _, d in COVER_LETTER_FIGURES],
-            ),
+            bar(at_ram, True, "static PAMT", GREY),
+            bar(at_ram, False, "Dynamic PAMT, max_pfn at the RAM size", ORANGE),
+            bar(at_maxpa, False, "Dynamic PAMT, max_pfn at maxpa (52 bits)", BLUE),
         ]
     )
     fig.update_layout(
-        title="PAMT memory with TDX enabled and no TD running (v6 cover letter)",
+        title="PAMT memory with TDX enabled and no TD running (v6 cover letter, non-optimized refcounts)",
         xaxis={"title": "host"},
-        yaxis={"title": "GB of PAMT"},
+        yaxis={"title": "GB (GiB) of PAMT"},
         barmode="group",
         legend={"orientation": "h", "y": -0.2},
-        height=360,
+        height=380,
     )
     return fig
