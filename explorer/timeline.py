@@ -25,43 +25,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from explorer.metrics import idle_pages
+from explorer.model.bulk import FLAG_BITS, FLAG_LABELS, BatchLog, run_batches
 from explorer.model.constants import PAGE_SIZE, PAGES_PER_REGION_SHIFT
 from explorer.model.events import Event
-from explorer.model.machine import (
-    K_FAULT_RETRIES,
-    K_PAMT_LOST_RACE,
-    O_LEAKED,
-    Machine,
-    MachineDelta,
-    MachineImage,
-    batches,
-)
+from explorer.model.machine import Machine, MachineDelta, MachineImage, batches
 from explorer.model.records import Diagnostic, Snapshot, Step
 from explorer.model.settings import Settings
 from explorer.model.summary import summary
 from explorer.trace.gcpause import gc_paused
 
-#: Flags of a batch: what happened in it (bit per kind), from the step labels it produced.
-FLAG_LABELS: dict[str, tuple[str, ...]] = {
-    "lost_race": ("pamt_get.lost_race",),
-    "cache_drained": (
-        "pamt_get.partial",
-        "pamt_get.lost_race",
-        "pamt_get.add_fail",
-        "pamt_cache.free",
-    ),
-    "refcount_zero": (
-        "pamt_get.add",
-        "pamt_get.add_hint",
-        "pamt_put.remove",
-        "pamt_put.dec",
-        "pamt_put.dec_unlocked",
-    ),
-    "retry": ("fault.retry",),
-    "livelock": ("fault.livelock",),
-}
-FLAG_BITS = {name: 1 << i for i, name in enumerate([*FLAG_LABELS, "violation", "warning"])}
 FIND_KINDS = ("op", "region", "label", *FLAG_BITS)
 
 #: Batches between checkpoints. A checkpoint is a delta (what changed since the previous one);
@@ -110,23 +82,8 @@ class Timeline:
         self.diagnostics: list[Diagnostic] = []
         self.stopped: Diagnostic | None = None
         self._summary: dict[str, Any] = {}
-        # per batch (index b), plus a final sentinel where noted
-        self.batch_event = array("q")  # first event of batch b (+ sentinel: events run)
-        self.batch_step = array("q")  # first step of batch b (+ sentinel: nr_steps)
-        self.batch_flags = array("H")
-        self.region_offsets = array("q", [0])  # CSR: regions touched by batch b
-        self.region_values = array("q")
-        self.event_step = array("q")  # first step of each event (-1: never ran)
-        # series, one value per batch (state after it)
-        self.series: dict[str, array[int]] = {
-            "pairs": array("q"),
-            "free_pages": array("q"),
-            "idle_pages": array("q"),
-            "retries": array("q"),
-            "lost_races": array("q"),
-            "leaked_pages": array("q"),
-        }
-        self.cache_series: dict[int, array[int]] = {}  # vCPU -> its cache pages after each batch
+        # per batch (index b), plus a final sentinel where noted: see explorer.model.bulk
+        self._adopt(BatchLog(len(events)))
         self._checkpoints: dict[int, MachineImage] = {}  # keyframes, by batch
         self._deltas: dict[int, MachineDelta] = {}  # every checkpoint, by batch
         self._ckpt_batches = array("q")  # batches with a checkpoint, ascending
@@ -134,6 +91,16 @@ class Timeline:
         #: the app caches one Timeline per trace for every session, and Streamlit runs sessions
         #: in threads: re-derivations and the LRU are guarded by this lock
         self._lock = threading.RLock()
+
+    def _adopt(self, log: BatchLog) -> None:
+        """Take the per-batch arrays of a bulk replay's log."""
+        self.batch_event = log.batch_event  # first event of batch b (+ sentinel: events run)
+        self.batch_step = log.batch_step  # first step of batch b (+ sentinel: nr_steps)
+        self.batch_flags = log.batch_flags
+        self.region_offsets = log.region_offsets  # CSR: regions touched by batch b
+        self.region_values = log.region_values
+        self.event_step = log.event_step  # first step of each event (-1: never ran)
+        self.series = log.series  # one value per batch (the state after it)
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -359,7 +326,6 @@ class Timeline:
             self.region_values,
             self.event_step,
             *self.series.values(),
-            *self.cache_series.values(),
         ]
         return {
             "arrays": sum(_deep_size(a, seen) for a in arrays),
@@ -436,18 +402,15 @@ def _replay(
     checkpoint_budget = min(
         checkpoint_budget, max(KEYFRAME_MIN_BUDGET, KEYFRAME_BYTES_PER_EVENT * len(events))
     )
-    event_step = tl.event_step
-    event_step.extend([-1] * len(events))
+    log = BatchLog(len(events))
+    tl._adopt(log)
     n = len(events)
     since_report = 0
     last_end = 0
     spans = batches(events)
     nb = len(spans)
     b = 0
-    while b < nb:
-        if m.stopped is not None:
-            break
-        start, end = spans[b]
+    while b < nb and m.stopped is None:
         if b % checkpoint_every == 0:
             tl._deltas[b] = m.delta()
             tl._ckpt_batches.append(b)
@@ -462,21 +425,12 @@ def _replay(
                     tl._checkpoints = {k: v for k, v in tl._checkpoints.items() if k % span == 0}
                 if b % (checkpoint_every * keyframe_every) == 0:
                     tl._checkpoints[b] = m.image()
-        ndiag = len(m.diagnostics)
+        # the batches up to the next checkpoint, run and logged by the compiled loop
+        upto = min(b - b % checkpoint_every + checkpoint_every, nb)
         b0 = b
-        tl.batch_event.append(start)
-        tl.batch_step.append(m.nr_steps)
-        m.event_first_step = {}
-        m.batch_labels = set()
-        m.batch_regions = set()
-        m.run_batch((i, events[i]) for i in range(start, end))
-        for e, st in m.event_first_step.items():
-            event_step[e] = st
-        tl.batch_flags.append(_flags(m.batch_labels) | _diag_flags(m.diagnostics[ndiag:]))
-        tl.region_values.extend(sorted(m.batch_regions))
-        tl.region_offsets.append(len(tl.region_values))
-        _sample(tl, m)
-        b += 1
+        b = run_batches(m, events, spans, b, upto, log)
+        if b == b0:
+            break
         end = spans[b - 1][1]
         last_end = end
         since_report += end - spans[b0][0]
@@ -519,69 +473,6 @@ def _changes_since(tl: Timeline, b: int) -> int:
         for _small, leaves, gmem, _entries in tl._deltas[cb].tds.values():
             total += len(leaves[0]) + len(gmem[0])
     return total
-
-
-def _flags(labels: set[str] | frozenset[str]) -> int:
-    """The flag bits of a batch whose steps had ``labels``."""
-    flags = 0
-    for name, names in FLAG_LABELS.items():
-        if not labels.isdisjoint(names):
-            flags |= FLAG_BITS[name]
-    return flags
-
-
-def _diag_flags(diags: Sequence[Diagnostic]) -> int:
-    flags = 0
-    for d in diags:
-        if d.kind in ("violation", "warning"):
-            flags |= FLAG_BITS[d.kind]
-    return flags
-
-
-def _sample(tl: Timeline, m: Machine) -> None:
-    """The series after a batch, read from the machine."""
-    _append_sample(
-        tl,
-        m,
-        len(m.module.pairs),
-        m.mem.counts[0],
-        idle_pages(m),
-        m.cnt[K_FAULT_RETRIES],
-        m.cnt[K_PAMT_LOST_RACE],
-        m.mem.counts[O_LEAKED],
-    )
-
-
-def _append_sample(
-    tl: Timeline,
-    m: Machine,
-    pairs: int,
-    free: int,
-    idle: dict[int, int],
-    retries: int,
-    lost_races: int,
-    leaked: int,
-) -> None:
-    """Append one value to every series (``idle``: pages in each vCPU's DPAMT cache, -1 the
-    mempool reserve; a fast run passes the values each of its batches leaves)."""
-    s = tl.series
-    s["pairs"].append(pairs)
-    s["free_pages"].append(free)
-    s["idle_pages"].append(sum(idle.values()))
-    s["retries"].append(retries)
-    s["lost_races"].append(lost_races)
-    s["leaked_pages"].append(leaked)
-    nb = len(s["pairs"])
-    series = tl.cache_series
-    for v in m.vcpus:
-        col = series.get(v)
-        if col is None:
-            col = series[v] = array("q", [0] * (nb - 1))
-        col.append(idle.get(v, 0))
-    if len(series) != len(m.vcpus):
-        for col in series.values():
-            if len(col) < nb:
-                col.append(0)
 
 
 def dpamt_bytes(pairs: int) -> int:

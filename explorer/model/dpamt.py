@@ -20,6 +20,8 @@ Each function is a generator: every ``yield`` is one step a reviewer can stop at
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from explorer.model import tdx_module as tdx
 from explorer.model.constants import PAGES_PER_REGION_SHIFT
 from explorer.model.machine import (
@@ -51,13 +53,89 @@ EIO = -5
 
 
 # ============================================================================ locks
+def _pamt_lock_holder(m: Machine, td: Td | None) -> str | None:
+    """Who holds ``pamt_lock`` (None: it is free)."""
+    return m.pamt_lock
+
+
+def _mmu_writer(m: Machine, td: Td | None) -> str | None:
+    """What keeps a reader of the TD's ``mmu_lock`` out: a writer."""
+    assert td is not None
+    return td.mmu_writer
+
+
+def _mmu_holders(m: Machine, td: Td | None) -> str | None:
+    """What keeps a writer of the TD's ``mmu_lock`` out: a writer or any reader."""
+    assert td is not None
+    if td.mmu_writer is not None:
+        return td.mmu_writer
+    return ", ".join(td.mmu_readers) if td.mmu_readers else None
+
+
+class Spin:
+    """A CPU spinning on a lock: its next spin step, if the lock's holders stay the same, is the
+    same step again. The scheduler repeats it (:meth:`again`) without resuming the spinner's
+    generator: a contended lock costs a spin step per turn of every waiter (a third of the steps
+    of a contended batch), and each spin step is the loop below, one more time."""
+
+    __slots__ = ("blocker", "holder", "info", "td")
+
+    def __init__(
+        self,
+        blocker: Callable[[Machine, Td | None], str | None],
+        td: Td | None,
+        holder: str,
+        info: StepInfo,
+    ) -> None:
+        self.blocker = blocker
+        self.td = td
+        self.holder = holder
+        self.info = info
+
+    def again(self, m: Machine) -> StepInfo | None:
+        """The spin step once more (counted), or None when the holders changed: the spinner
+        then runs its own code (it takes the lock, or spins on someone else)."""
+        if self.blocker(m, self.td) != self.holder:
+            return None
+        m.count(K_SPINS)
+        return self.info
+
+
+def _spin(
+    m: Machine,
+    th: Thread,
+    blocker: Callable[[Machine, Td | None], str | None],
+    td: Td | None,
+    what: str,
+    fn: str,
+    label: str,
+    template: str,
+) -> KGen:
+    """Spin while ``blocker`` names a holder: a visible step per turn (``template`` names the
+    holder). Returns with the lock free for this CPU to take, in the same step."""
+    while (holder := blocker(m, td)) is not None:
+        th.spinning = what
+        m.count(K_SPINS)
+        info: StepInfo = (fn, label, template, (holder,) if td is None else (td.id, holder))
+        th.respin = Spin(blocker, td, holder, info)
+        yield info
+    th.spinning = None
+    th.respin = None
+
+
 def spin_lock(m: Machine, th: Thread, fn: str, label: str) -> KGen:
     """``spin_lock(&pamt_lock)``: a waiter spins, one visible step per turn."""
-    while m.pamt_lock is not None:
-        th.spinning = "pamt_lock"
-        m.count(K_SPINS)
-        yield fn, label + ".spin", "spin: pamt_lock is held by {}", (m.pamt_lock,)
-    th.spinning = None
+    if m.pamt_lock is not None:
+        yield from _spin(
+            m,
+            th,
+            _pamt_lock_holder,
+            None,
+            "pamt_lock",
+            fn,
+            label + ".spin",
+            "spin: pamt_lock is held by {}",
+        )
     if th.softirq:
         m.diag(
             "violation",
@@ -82,16 +160,17 @@ def spin_unlock(m: Machine, th: Thread) -> None:
 def read_lock_mmu(m: Machine, th: Thread, fn: str, td: Td) -> KGen:
     """``read_lock(&kvm->mmu_lock)``: one rwlock per VM (x86's is a queued rwlock: a reader
     waits while a writer holds it)."""
-    while td.mmu_writer is not None:
-        th.spinning = "mmu_lock"
-        m.count(K_SPINS)
-        yield (
+    if td.mmu_writer is not None:
+        yield from _spin(
+            m,
+            th,
+            _mmu_writer,
+            td,
+            "mmu_lock",
             fn,
             "mmu_lock.read_spin",
             "spin: TD {}'s mmu_lock is write-held by {}",
-            (td.id, td.mmu_writer),
         )
-    th.spinning = None
     td.mmu_readers.append(th.name)
     th.holds.append("mmu_lock(read)")
     if m.record:
@@ -123,12 +202,17 @@ READ_UNLOCK_STEP: StepInfo = (
 
 
 def write_lock_mmu(m: Machine, th: Thread, fn: str, td: Td) -> KGen:
-    while td.mmu_writer is not None or td.mmu_readers:
-        th.spinning = "mmu_lock"
-        m.count(K_SPINS)
-        holders = td.mmu_writer or ", ".join(td.mmu_readers)
-        yield fn, "mmu_lock.write_spin", "spin: TD {}'s mmu_lock is held by {}", (td.id, holders)
-    th.spinning = None
+    if td.mmu_writer is not None or td.mmu_readers:
+        yield from _spin(
+            m,
+            th,
+            _mmu_holders,
+            td,
+            "mmu_lock",
+            fn,
+            "mmu_lock.write_spin",
+            "spin: TD {}'s mmu_lock is held by {}",
+        )
     td.mmu_writer = th.name
     th.holds.append("mmu_lock(write)")
     if m.record:

@@ -20,6 +20,9 @@ Follows upstream KVM and the v6 series as restated in dpamt-model.md sections 6 
   (``tdx_free_pamt_cache``, then KVM's caches) and teardown in the kernel's order: leaves zapped
   and put, HKID released, S-EPT tables reclaimed, put and freed, control pages reclaimed, put and
   freed, caches freed.
+
+Effects of KVM state (S-EPT entries, mappings, guest_memfd) are noted only for a recorded step
+(``if m.record``): a bulk replay would build their key tuples millions of times for nothing.
 """
 
 from __future__ import annotations
@@ -431,7 +434,8 @@ def _gmem_bind(m: Machine, td: Td, gfn: int, pfn: int, owned: bool = False) -> N
     if not owned:
         m.set_owner(pfn, O_GUEST)
     td.gmem[gfn] = pfn
-    m.note("gmem", (td.id, gfn), None, pfn)
+    if m.record:
+        m.note("gmem", (td.id, gfn), None, pfn)
 
 
 def kvm_tdp_mmu_map(
@@ -528,14 +532,16 @@ def _link_table(m: Machine, th: Thread, vcpu: Vcpu, td: Td, key: tuple[int, int]
         )
         return RETRY
     td.entries[key] = ("frozen", th.name)
-    m.note("sept", (td.id, *key), "absent", "frozen")
+    if m.record:
+        m.note("sept", (td.id, *key), "absent", "frozen")
     yield fn, "tdp.freeze", "freeze the entry for the level-{} table (FROZEN_SPTE)", (k,)
     th.stack.append("tdx_sept_link_private_spt")
     try:
         ret = 0 if preinstalled else (yield from tdx_pamt_get(m, th, spt, vcpu))
         if ret:
             del td.entries[key]
-            m.note("sept", (td.id, *key), "frozen", "absent")
+            if m.record:
+                m.note("sept", (td.id, *key), "frozen", "absent")
             _free_sp(m, sp, spt)
             yield (
                 fn,
@@ -549,7 +555,7 @@ def _link_table(m: Machine, th: Thread, vcpu: Vcpu, td: Td, key: tuple[int, int]
         if m.take_injection("sept_add_busy"):
             status = tdx.OPERAND_BUSY
         else:
-            status = m.module.give_page(spt, "sept")
+            status = m.module.give_page(spt, tdx.K_SEPT)
         if status != tdx.SUCCESS:
             m.count(K_SEPT_ADD_FAILED)
             if status == tdx.MISSING_PAMT_PAGE_PAIR:
@@ -563,7 +569,8 @@ def _link_table(m: Machine, th: Thread, vcpu: Vcpu, td: Td, key: tuple[int, int]
             m.mark_gotten(spt, -1)
             yield from tdx_pamt_put(m, th, spt)
             del td.entries[key]
-            m.note("sept", (td.id, *key), "frozen", "absent")
+            if m.record:
+                m.note("sept", (td.id, *key), "frozen", "absent")
             _free_sp(m, sp, spt)
             yield fn, "tdp.unwind", "restore the entry, free the shadow page: RET_PF_RETRY", ()
             return RETRY
@@ -571,7 +578,8 @@ def _link_table(m: Machine, th: Thread, vcpu: Vcpu, td: Td, key: tuple[int, int]
         m.set_owner(spt, O_SEPT)
         m.set_owner(sp, O_MIRROR)
         td.entries[key] = ("present", spt, sp)
-        m.note("sept", (td.id, *key), "frozen", "present")
+        if m.record:
+            m.note("sept", (td.id, *key), "frozen", "present")
         yield (
             "tdx_sept_link_private_spt",
             "sept.add",
@@ -613,7 +621,8 @@ def _map_leaf(m: Machine, th: Thread, vcpu: Vcpu, td: Td, gfn: int, pfn: int, le
         )
         return RETRY
     td.leaf_frozen[gfn] = th.name
-    m.note("leaf", (td.id, gfn), "absent", "frozen")
+    if m.record:
+        m.note("leaf", (td.id, gfn), "absent", "frozen")
     yield fn, "leaf.freeze", "freeze the leaf entry for gfn {:#x}", (gfn,)
     fn2 = "tdx_sept_set_private_spte"
     th.stack.append(fn2)
@@ -621,7 +630,8 @@ def _map_leaf(m: Machine, th: Thread, vcpu: Vcpu, td: Td, gfn: int, pfn: int, le
         ret = yield from tdx_pamt_get(m, th, pfn, vcpu)
         if ret:
             del td.leaf_frozen[gfn]
-            m.note("leaf", (td.id, gfn), "frozen", "absent")
+            if m.record:
+                m.note("leaf", (td.id, gfn), "frozen", "absent")
             yield (
                 fn,
                 "leaf.unwind",
@@ -635,7 +645,7 @@ def _map_leaf(m: Machine, th: Thread, vcpu: Vcpu, td: Td, gfn: int, pfn: int, le
         if aug and m.take_injection("page_aug_busy"):
             status = tdx.OPERAND_BUSY
         else:
-            status = m.module.give_page(pfn, "guest")
+            status = m.module.give_page(pfn, tdx.K_GUEST)
         if status != tdx.SUCCESS:
             m.count(K_PAGE_AUG_FAILED)
             if status == tdx.MISSING_PAMT_PAGE_PAIR:
@@ -649,12 +659,14 @@ def _map_leaf(m: Machine, th: Thread, vcpu: Vcpu, td: Td, gfn: int, pfn: int, le
             m.mark_gotten(pfn, -1)
             yield from tdx_pamt_put(m, th, pfn)
             del td.leaf_frozen[gfn]
-            m.note("leaf", (td.id, gfn), "frozen", "absent")
+            if m.record:
+                m.note("leaf", (td.id, gfn), "frozen", "absent")
             yield fn, "leaf.unwind", "restore the leaf entry: RET_PF_RETRY", ()
             return RETRY if status == tdx.OPERAND_BUSY else EIO
         del td.leaf_frozen[gfn]
         td.leaves[gfn] = pfn
-        m.note("leaf", (td.id, gfn), "frozen", pfn)
+        if m.record:
+            m.note("leaf", (td.id, gfn), "frozen", pfn)
         m.count(K_PAGE_AUG if aug else K_PAGE_ADD)
         yield (
             fn2,
@@ -693,12 +705,14 @@ def _zap_leaf(m: Machine, th: Thread, td: Td, gfn: int, pfn: int) -> KGen:
     status = m.module.take_page(pfn)
     m.count(K_PAGE_REMOVE)
     del td.leaves[gfn]
-    m.note("leaf", (td.id, gfn), pfn, "absent")
+    if m.record:
+        m.note("leaf", (td.id, gfn), pfn, "absent")
     yield fn, "zap.page_remove", "TDH.MEM.PAGE.REMOVE gfn {:#x} pfn {:#x}: {}", (gfn, pfn, status)
     m.mark_gotten(pfn, -1)
     yield from tdx_pamt_put(m, th, pfn)
     del td.gmem[gfn]
-    m.note("gmem", (td.id, gfn), pfn, None)
+    if m.record:
+        m.note("gmem", (td.id, gfn), pfn, None)
     m.free_page(pfn)
     yield fn, "zap.free", "guest_memfd releases pfn {:#x} to the page allocator", (pfn,)
 
@@ -732,7 +746,7 @@ def tdx_alloc_control_page(m: Machine, th: Thread) -> KGen:
 
 
 def _give_control(m: Machine, th: Thread, pfn: int, kind: str, call: str, fn: str) -> KGen:
-    status = m.module.give_page(pfn, kind)
+    status = m.module.give_page(pfn, tdx.KIND_CODE[kind])
     if status != tdx.SUCCESS:
         if status == tdx.MISSING_PAMT_PAGE_PAIR:
             m.diag("violation", "INV3_MISSING_PAIR", f"{call} {pfn:#x}: {status}")
@@ -969,7 +983,8 @@ def tdx_td_destroy(m: Machine, th: Thread, idx: int, ev: TdDestroy) -> KGen:
         spt, sp = entry[1], entry[2]
         status = m.module.take_page(spt)
         m.set_owner(spt, O_IN_HAND)
-        m.note("sept", (td.id, *key), "present", "absent")
+        if m.record:
+            m.note("sept", (td.id, *key), "present", "absent")
         yield (
             "tdx_sept_free_private_spt",
             "sept.reclaim",

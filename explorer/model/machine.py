@@ -33,7 +33,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from explorer.model import constants as C
 from explorer.model.chunked import ChunkedDelta, ChunkedDict, FrozenTable
@@ -239,6 +239,12 @@ class Td:
     mmu_writer: str | None = None
 
 
+class Respin(Protocol):
+    """A spin step the scheduler can repeat (:class:`explorer.model.dpamt.Spin`)."""
+
+    def again(self, m: Machine) -> StepInfo | None: ...
+
+
 @dataclass(slots=True)
 class Thread:
     """A simulated CPU running one event's kernel code at a time."""
@@ -254,6 +260,9 @@ class Thread:
     spinning: str | None = None
     last: StepInfo | None = None
     softirq: bool = False  # running an RCU callback (v5-topup-install frees S-EPT pages so)
+    #: while spinning: how to repeat the spin step without resuming the generator
+    #: (:class:`explorer.model.dpamt.Spin`)
+    respin: Respin | None = None
 
     @property
     def done(self) -> bool:
@@ -395,6 +404,7 @@ class Machine:
         self.ept_levels = settings.ept_levels
         self.gfn_limit: int = C.GFN_LIMIT[settings.ept_levels]
         self.max_retries = settings.max_retries
+        self.gets_per_fault = settings.dpamt_gets_per_fault
         #: how the DPAMT top-up is named in its narration (v6: 2 x dpamt_gets_per_fault pages)
         self.pamt_topup_what = f"tdx_topup_pamt_cache (2 x {settings.dpamt_gets_per_fault})"
         self.record = record
@@ -416,6 +426,7 @@ class Machine:
         self.vcpus: dict[int, Vcpu] = {}
         self.next_hkid = 1
         self.injections: dict[str, int] = dict.fromkeys(C.INJECTIONS, 0)
+        self._injecting = 0  # injected failures pending, all kinds together
         #: the counters, by index (K_FAULTS, ...; :attr:`counters` names them)
         self.cnt: list[int] = [0] * len(COUNTER_NAMES)
         self.extra: dict[str, Any] = {}
@@ -438,7 +449,6 @@ class Machine:
         self._ckpt_vcpus: dict[int, Vcpu] = {}  # the vCPU copies of the last delta
         self._ckpt_sched: object = None  # the scheduler generator's state at the last delta
         self._owners_changed = False  # global page accounting is rechecked only then
-        self._caches_changed = False  # ... and the caches counted only then
         self._changed_counters: dict[str, int] = {}
         self._diags: list[tuple[str, str, str]] = []
 
@@ -459,8 +469,6 @@ class Machine:
         old = self.mem.set_owner(pfn, code)
         self._dirty.add(pfn >> C.PAGES_PER_REGION_SHIFT)
         self._owners_changed = True
-        if old in (O_PAMT_CACHE, O_KVM_CACHE) or code in (O_PAMT_CACHE, O_KVM_CACHE):
-            self._caches_changed = True
         if self.record and old != code:
             self._effect("page", pfn, OWNERS[old], OWNERS[code])
 
@@ -567,9 +575,13 @@ class Machine:
         self.set_owner(pfn, O_FREE)
 
     def take_injection(self, what: str) -> bool:
+        """Whether an injected failure of ``what`` is pending (and use it up)."""
+        if not self._injecting:  # none pending at all: the usual case, no lookup
+            return False
         left = self.injections[what]
         if left:
             self.injections[what] = left - 1
+            self._injecting -= 1
             self.note("inject", what, left, left - 1)
             return True
         return False
@@ -688,7 +700,11 @@ class Machine:
                         ready = [t for t in ready if t is not current] or ready
                     current = ready[0]
                 th = current
-            info = self._advance(th, order)
+            respin = th.respin
+            info = respin.again(self) if respin is not None else None
+            if info is None:
+                th.respin = None
+                info = self._advance(th, order)
             if info is None:
                 if th.done:  # keep round-robin's turn order: the next CPU moves into this slot
                     i = live.index(th)
@@ -769,6 +785,7 @@ class Machine:
         if isinstance(ev, Inject):
             old = self.injections[ev.what]
             self.injections[ev.what] = old + ev.count
+            self._injecting += ev.count
             self.note("inject", ev.what, old, old + ev.count)
             info: StepInfo = (
                 "trace",
@@ -797,9 +814,8 @@ class Machine:
                 if dirty:
                     check_regions(self, dirty)
                 if self._owners_changed:
-                    check_global(self, self._caches_changed)
+                    check_global(self, False)
         self._owners_changed = False
-        self._caches_changed = False
         if self.pair_dirty:
             self.pair_dirty.clear()
         diags: tuple[Diagnostic, ...] = ()
@@ -931,6 +947,7 @@ class Machine:
             self.vcpus = {k: _copy_vcpu(v) for k, v in d.vcpus.items()}
             self.cnt = list(d.counters)
         self.injections = dict(d.injections)
+        self._injecting = sum(self.injections.values())
         self.nr_steps = d.nr_steps
         self.next_hkid = d.next_hkid
         if d.sched_rng is not None:
@@ -985,6 +1002,7 @@ class Machine:
         self.vcpus = {k: _copy_vcpu(v) for k, v in img.vcpus.items()}
         self.cnt = [img.counters[k] for k in COUNTER_NAMES]
         self.injections = dict(img.injections)
+        self._injecting = sum(self.injections.values())
         self.nr_steps = img.nr_steps
         self.next_hkid = img.next_hkid
         self.sched_rng.setstate(img.sched_rng)

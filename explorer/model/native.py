@@ -42,6 +42,7 @@ NATIVE_MODULES = (
     "invariants",
     "dpamt",
     "kvm",
+    "bulk",
 )
 PACKAGE_DIR = Path(__file__).resolve().parent
 NATIVE_DIR = PACKAGE_DIR / "_native"

@@ -12,7 +12,7 @@ Every SEAMCALL returns a status name: ``TDX_SUCCESS`` or the module's error name
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from explorer.model.constants import PAGES_PER_REGION, PAGES_PER_REGION_SHIFT
 from explorer.model.packed import (
@@ -39,6 +39,13 @@ INJECTED_ERROR = "TDX_SW_ERROR"
 PAGE_KINDS = ("none", "pamt", "tdr", "tdcs", "tdvpr", "tdcx", "sept", "guest")
 KIND_CODE = {name: code for code, name in enumerate(PAGE_KINDS)}
 _PAMT = KIND_CODE["pamt"]
+#: kinds of TD page, as :meth:`TdxModule.give_page` takes them
+K_TDR: Final = KIND_CODE["tdr"]
+K_TDCS: Final = KIND_CODE["tdcs"]
+K_TDVPR: Final = KIND_CODE["tdvpr"]
+K_TDCX: Final = KIND_CODE["tdcx"]
+K_SEPT: Final = KIND_CODE["sept"]
+K_GUEST: Final = KIND_CODE["guest"]
 
 
 @dataclass(slots=True)
@@ -107,13 +114,13 @@ class TdxModule:
             self._set_kind(p, 0)
         return SUCCESS, pair
 
-    def give_page(self, pfn: int, kind: str) -> str:
+    def give_page(self, pfn: int, kind: int) -> str:
         """MNG.CREATE/ADDCX, VP.CREATE/ADDCX, SEPT.ADD, PAGE.AUG/ADD: the module takes ``pfn``."""
         if self.kind(pfn):
             return PAGE_NOT_FREE
         if (pfn >> PAGES_PER_REGION_SHIFT) not in self.pairs:
             return MISSING_PAMT_PAGE_PAIR
-        self._set_kind(pfn, KIND_CODE[kind])
+        self._set_kind(pfn, kind)
         return SUCCESS
 
     def take_page(self, pfn: int) -> str:

@@ -1,0 +1,148 @@
+"""Bulk replay: batches run back to back on the kernel generators, a few numbers kept per batch.
+
+A timeline (:mod:`explorer.timeline`) does not store steps: it keeps, per batch, where the batch
+starts (its first event and first step), what happened in it (flag bits from its step labels
+and diagnostics), the regions it touched, and the series the charts draw, and re-derives any
+step on demand from a checkpoint. This module is that per-batch loop. It is part of the compiled
+engine (:mod:`explorer.model.native`): for traces of one event per batch (events without ``t``)
+the bookkeeping of a batch costs as much as the batch itself, and compiled it costs little.
+
+Nothing here knows what the kernel does: a batch is :meth:`Machine.run_batch`, exactly what a
+reviewer steps through, with ``record`` off.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Sequence
+from typing import Final
+
+from explorer.model.events import Event
+from explorer.model.machine import K_FAULT_RETRIES, K_PAMT_LOST_RACE, Machine
+from explorer.model.records import OWNER_CODE, Diagnostic
+
+#: What happened in a batch (a bit per kind), from the labels of its steps.
+FLAG_LABELS: Final[dict[str, tuple[str, ...]]] = {
+    "lost_race": ("pamt_get.lost_race",),
+    "cache_drained": (
+        "pamt_get.partial",
+        "pamt_get.lost_race",
+        "pamt_get.add_fail",
+        "pamt_cache.free",
+    ),
+    "refcount_zero": (
+        "pamt_get.add",
+        "pamt_get.add_hint",
+        "pamt_put.remove",
+        "pamt_put.dec",
+        "pamt_put.dec_unlocked",
+    ),
+    "retry": ("fault.retry",),
+    "livelock": ("fault.livelock",),
+}
+FLAG_BITS: Final[dict[str, int]] = {
+    name: 1 << i for i, name in enumerate([*FLAG_LABELS, "violation", "warning"])
+}
+#: label -> the flag bits it sets (one lookup per label of a batch)
+LABEL_BITS: Final[dict[str, int]] = {}
+for _name, _labels in FLAG_LABELS.items():
+    for _label in _labels:
+        LABEL_BITS[_label] = LABEL_BITS.get(_label, 0) | FLAG_BITS[_name]
+DIAG_BITS: Final[dict[str, int]] = {
+    "violation": FLAG_BITS["violation"],
+    "warning": FLAG_BITS["warning"],
+}
+#: The series a timeline keeps, one value per batch (the state after it).
+SERIES: Final = ("pairs", "free_pages", "idle_pages", "retries", "lost_races", "leaked_pages")
+_O_FREE: Final = OWNER_CODE["free"]
+_O_LEAKED: Final = OWNER_CODE["leaked"]
+
+
+def label_flags(labels: set[str] | frozenset[str]) -> int:
+    """The flag bits of a batch whose steps had ``labels``."""
+    flags = 0
+    for label in labels:
+        flags |= LABEL_BITS.get(label, 0)
+    return flags
+
+
+def diag_flags(diags: Sequence[Diagnostic]) -> int:
+    flags = 0
+    for d in diags:
+        flags |= DIAG_BITS.get(d.kind, 0)
+    return flags
+
+
+def idle_pages(m: Machine) -> int:
+    """Pages held idle in DPAMT caches right now: every live vCPU's ``tdx_pamt_cache``, plus a
+    mempool design's shared reserve."""
+    n = 0
+    for v in m.vcpus.values():
+        if v.alive:
+            n += len(v.pamt_cache)
+    pool = m.extra.get("mempool")
+    if pool is not None:
+        n += len(pool)
+    return n
+
+
+class BatchLog:
+    """What a bulk replay keeps per batch and per event: compact arrays (8 bytes per index,
+    4 per series value, 2 per flag word), appended batch by batch."""
+
+    def __init__(self, nr_events: int) -> None:
+        self.batch_event = array("q")  # first event of each batch
+        self.batch_step = array("q")  # first step of each batch
+        self.batch_flags = array("H")
+        self.region_offsets = array("q", [0])  # CSR: the regions touched by each batch
+        self.region_values = array("q")
+        self.event_step = array("q", [-1]) * nr_events  # first step of each event (-1: never)
+        self.series: dict[str, array[int]] = {name: array("i") for name in SERIES}
+
+
+def run_batches(
+    m: Machine,
+    events: Sequence[Event],
+    spans: Sequence[tuple[int, int]],
+    b0: int,
+    b1: int,
+    log: BatchLog,
+) -> int:
+    """Run batches ``b0`` to ``b1 - 1`` (``spans[b]`` is batch b's ``[start, end)`` of events)
+    on ``m``, appending to ``log``. Stops early when the replay stops (an impossible event, a
+    step limit); returns the first batch not run."""
+    event_step = log.event_step
+    s = log.series
+    pairs, free, idle = s["pairs"], s["free_pages"], s["idle_pages"]
+    retries, races, leaked = s["retries"], s["lost_races"], s["leaked_pages"]
+    b = b0
+    while b < b1:
+        if m.stopped is not None:
+            break
+        start, end = spans[b]
+        ndiag = len(m.diagnostics)
+        log.batch_event.append(start)
+        log.batch_step.append(m.nr_steps)
+        m.event_first_step = {}
+        m.batch_labels = set()
+        m.batch_regions = set()
+        m.run_batch([(i, events[i]) for i in range(start, end)])
+        for e, st in m.event_first_step.items():
+            event_step[e] = st
+        flags = label_flags(m.batch_labels)
+        if len(m.diagnostics) > ndiag:
+            flags |= diag_flags(m.diagnostics[ndiag:])
+        log.batch_flags.append(flags)
+        regions = m.batch_regions
+        if regions:
+            log.region_values.extend(sorted(regions) if len(regions) > 1 else regions)
+        log.region_offsets.append(len(log.region_values))
+        counts = m.mem.counts
+        pairs.append(len(m.module.pairs))
+        free.append(counts[_O_FREE])
+        idle.append(idle_pages(m))
+        retries.append(m.cnt[K_FAULT_RETRIES])
+        races.append(m.cnt[K_PAMT_LOST_RACE])
+        leaked.append(counts[_O_LEAKED])
+        b += 1
+    return b
