@@ -326,3 +326,8 @@ def sync_url(settings: Settings) -> None:
 def ensure_default() -> None:
     if "loaded" not in st.session_state:
         load_sample(DEFAULT_SAMPLE)
+
+
+def replay_key(loaded: Loaded, settings: Settings) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """Which replay a view was drawn from: the trace's bytes and the settings."""
+    return (content_key(loaded.data), settings_key(settings))

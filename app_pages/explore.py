@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app_pages import common
+from explorer.appsupport import Place, place_in
 from explorer.model.settings import Settings
 from explorer.timeline import Timeline
 from explorer.views.animation import animation_figure, animation_html
@@ -37,7 +38,27 @@ OPS = (
     "note",
 )
 COMPACT_CSS = "<style>.block-container{padding-top:2.6rem;padding-bottom:1rem}</style>"
-SPEEDS = {"1 step/s": 1.0, "2 steps/s": 0.5, "4 steps/s": 0.25, "8 steps/s": 0.125}
+SPEEDS = {
+    "1 step/s": 1.0,
+    "2 steps/s": 0.5,
+    "4 steps/s": 0.25,
+    "8 steps/s": 0.125,
+    "10 steps/s": 0.1,
+}
+TABS = (
+    "What changed",
+    "Refcounts",
+    "KVM caches",
+    "Over time",
+    "Diff two steps",
+    "Animation",
+    "Diagnostics",
+    "Display",
+)
+NUMBERING = (
+    "Steps are numbered from 0, as in the replay log, the Traces page and the diagnostics; "
+    "-1 is the state before step 0. Events are numbered from 1, like the trace's event lines."
+)
 
 
 def _set_cursor(i: int) -> None:
@@ -71,6 +92,8 @@ def _jump(tl: Timeline, direction: int) -> None:
 
 
 def _go_event(tl: Timeline) -> None:
+    if st.session_state.goto_event is None:
+        return
     e = int(st.session_state.goto_event) - 1
     s = tl.first_step_of_event(e) if 0 <= e < tl.nr_events else None
     if s is None:
@@ -125,12 +148,19 @@ def controls(tl: Timeline) -> None:
     )
     cols[5].selectbox("speed", list(SPEEDS), index=1, key="speed", label_visibility="collapsed")
     if last >= 0:
-        st.slider("step", min_value=-1, max_value=last, key="cursor", label_visibility="collapsed")
-    # the two boxes show where the cursor is (set before the widgets exist in this run)
+        st.slider(
+            "step",
+            min_value=-1,
+            max_value=last,
+            key="cursor",
+            label_visibility="collapsed",
+            help=NUMBERING,
+        )
+    # the two boxes show where the cursor is (set before the widgets exist in this run); before
+    # the first step no event has run: the event box is empty
     cur = min(max(int(st.session_state.cursor), -1), last)
     st.session_state.goto_step = cur
-    if cur >= 0:
-        st.session_state.goto_event = tl.step(cur).event + 1
+    st.session_state.goto_event = tl.step(cur).event + 1 if cur >= 0 else None
     j = st.columns([1, 1, 1.7, 1.3, 0.9, 0.9], vertical_alignment="bottom")
     j[0].number_input(
         "go to step",
@@ -139,6 +169,7 @@ def controls(tl: Timeline) -> None:
         step=1,
         key="goto_step",
         on_change=lambda: _set_cursor(int(st.session_state.goto_step)),
+        help=f"0 to {last}; -1: before the first step. {NUMBERING}",
     )
     j[1].number_input(
         "go to event",
@@ -148,7 +179,8 @@ def controls(tl: Timeline) -> None:
         key="goto_event",
         on_change=_go_event,
         args=(tl,),
-        help="events are the trace's lines, in order",
+        placeholder="none yet",
+        help=f"1 to {tl.nr_events}: the trace's events, in order (empty before the first step)",
     )
     kind = j[2].selectbox(
         "jump to the previous / next step with", list(JUMP_KINDS), key="jump_kind"
@@ -190,15 +222,31 @@ def knob_effects(loaded: common.Loaded, settings: Settings) -> None:
         col.metric(label, a, delta=a - b, delta_color="inverse", help="vs the kernel default knobs")
 
 
-def view(tl: Timeline, loaded: common.Loaded, settings: Settings) -> None:
+def _remember_place(tl: Timeline, replay_key: tuple[object, ...], i: int) -> None:
+    """Where the cursor is, as an event and a label (kept across a change of settings)."""
+    old: Place | None = st.session_state.get("place")
+    if old is not None and old.replay == replay_key and old.step == i:
+        return
+    if i < 0:
+        st.session_state.place = Place(replay_key, i, -1, "")
+    else:
+        s = tl.step(i)
+        st.session_state.place = Place(replay_key, i, s.event, s.label)
+
+
+def view(
+    tl: Timeline, loaded: common.Loaded, settings: Settings, replay_key: tuple[object, ...]
+) -> None:
     if st.session_state.pop("play_changed", False):
         st.rerun(scope="app")
     if st.session_state.playing and st.session_state.cursor < tl.nr_steps - 1:
         st.session_state.cursor += 1
     elif st.session_state.playing:
         st.session_state.playing = False
+        st.rerun(scope="app")  # the last step: stop the timer
     controls(tl)
     i = min(max(int(st.session_state.cursor), -1), tl.nr_steps - 1)
+    _remember_place(tl, replay_key, i)
     snap = tl.state_at(i)
     step = tl.step(i) if i >= 0 else None
     changed = tl.changed_regions(i) if i >= 0 else []
@@ -215,16 +263,19 @@ def view(tl: Timeline, loaded: common.Loaded, settings: Settings) -> None:
         )
     with right:
         if step is None:
-            st.markdown("**Before the first step.** Press **Next** (or the Right arrow).")
+            st.markdown(
+                f"**Before the first step** (of {tl.nr_steps} steps, numbered 0 to "
+                f"{tl.nr_steps - 1}). Press **Next** (or the Right arrow)."
+            )
         else:
             ev = tl.events[step.event] if step.event >= 0 else None
             st.markdown(
-                f"**Step {step.index}** of {tl.nr_steps - 1}, on **{step.cpu}** in "
-                f"`{step.function}`"
+                f"**Step {step.index}** of {tl.nr_steps} steps (numbered 0 to {tl.nr_steps - 1}), "
+                f"on **{step.cpu}** in `{step.function}`"
             )
             st.text(step.narration)
             if ev is not None:
-                st.caption(f"event {step.event + 1} (trace line {ev.line})")
+                st.caption(f"event {step.event + 1} of {tl.nr_events} (trace line {ev.line})")
                 st.text(ev.describe() + (f"  # {ev.note}" if ev.note else ""))
             for d in step.diagnostics:
                 (st.error if d.kind in ("violation", "error") else st.warning)(
@@ -241,103 +292,63 @@ def view(tl: Timeline, loaded: common.Loaded, settings: Settings) -> None:
             )
             st.caption(f"{cpu.cpu}: {' > '.join(cpu.stack) or cpu.function} ({state})")
             if cpu.lines:
-                st.code(cpu.listing(context=3), language=None)
+                st.code(cpu.listing(context=3), language=None, wrap_lines=True)
         st.text("\n".join(lock_summary(snap)))
-    tabs = st.tabs(
-        [
-            "What changed",
-            "Refcounts",
-            "KVM caches",
-            "Over time",
-            "Diff two steps",
-            "Animation",
-            "Diagnostics",
-            "Display",
-        ]
-    )
-    with tabs[0]:
-        if step is not None:
-            st.dataframe(effects_table(step), hide_index=True, width="stretch", key="table_effects")
-        else:
-            st.caption("Nothing yet: this is the state before the first step.")
-    with tabs[1]:
-        st.plotly_chart(refcount_figure(snap, changed), key="chart_refcounts", width="stretch")
-    with tabs[2]:
-        st.plotly_chart(kvm_caches_figure(snap), key="chart_kvm_caches", width="stretch")
-    with tabs[3]:
-        st.plotly_chart(
-            dpamt_over_time_figure(
-                list(tl.series_x()),
-                list(tl.series["pairs"]),
-                list(tl.series["leaked_pages"]),
-                snap.nr_regions,
-                cursor=i,
-            ),
-            key="chart_over_time",
-            width="stretch",
-        )
-    with tabs[4]:
-        c1, c2 = st.columns(2)
-        other = c1.number_input(
-            "compare with step",
-            min_value=-1,
-            max_value=tl.nr_steps - 1,
-            value=max(i - 1, -1),
-            key="diff_step",
-        )
-        c2.caption(f"current step: {i}")
-        st.dataframe(
-            diff_snapshots(tl.state_at(int(other)), snap),
-            hide_index=True,
-            width="stretch",
-            key="table_diff",
-        )
-    with tabs[5]:
-        st.caption(
-            "Plays in the browser, with no round-trip to the server: the region map and "
-            "the caches over the 30 steps around the cursor."
-        )
-        if st.button("Build the animation", key="btn_animation"):
-            lo, hi = max(i - 15, 0), min(i + 15, tl.nr_steps)
-            window = [
-                (tl.state_at(k), tl.changed_regions(k), tl.step(k).label) for k in range(lo, hi)
-            ]
-            if window:
-                fig = animation_figure(window)
-                st.session_state.animation = (lo, hi, fig)
-        anim = st.session_state.get("animation")
-        if anim is not None:
-            st.plotly_chart(anim[2], key="chart_animation", width="stretch")
-            st.download_button(
-                "Download as standalone HTML",
-                animation_html(anim[2]),
-                file_name=f"dpamt-steps-{anim[0]}-{anim[1]}.html",
-                mime="text/html",
-                key="btn_download_animation",
-            )
-    with tabs[6]:
-        if tl.diagnostics:
-            st.dataframe(
-                common.safe_frame(
-                    [
-                        {
-                            "step": d.step,
-                            "event": d.event + 1,
-                            "line": d.line,
-                            "kind": d.kind,
-                            "code": d.code,
-                            "message": d.message,
-                        }
-                        for d in tl.diagnostics
-                    ]
+    # Only the open tab is drawn (a step reruns this fragment: the hidden tabs' figures are not
+    # rebuilt and re-sent for every step); switching tabs reruns the fragment.
+    tabs = st.tabs(list(TABS), key="explore_tab", on_change="rerun")
+    opened = [t.open is not False for t in tabs]
+    if opened[0]:
+        with tabs[0]:
+            if step is not None:
+                st.dataframe(
+                    effects_table(step), hide_index=True, width="stretch", key="table_effects"
+                )
+            else:
+                st.caption("Nothing yet: this is the state before the first step.")
+    if opened[1]:
+        with tabs[1]:
+            st.plotly_chart(refcount_figure(snap, changed), key="chart_refcounts", width="stretch")
+    if opened[2]:
+        with tabs[2]:
+            st.plotly_chart(kvm_caches_figure(snap), key="chart_kvm_caches", width="stretch")
+    if opened[3]:
+        with tabs[3]:
+            st.plotly_chart(
+                dpamt_over_time_figure(
+                    list(tl.series_x()),
+                    list(tl.series["pairs"]),
+                    list(tl.series["leaked_pages"]),
+                    snap.nr_regions,
+                    cursor=i,
                 ),
+                key="chart_over_time",
+                width="stretch",
+            )
+    if opened[4]:
+        with tabs[4]:
+            c1, c2 = st.columns(2)
+            other = c1.number_input(
+                "compare with step",
+                min_value=-1,
+                max_value=tl.nr_steps - 1,
+                value=max(i - 1, -1),
+                key="diff_step",
+            )
+            c2.caption(f"current step: {i}")
+            st.dataframe(
+                diff_snapshots(tl.state_at(int(other)), snap),
                 hide_index=True,
                 width="stretch",
-                key="table_diagnostics",
+                key="table_diff",
             )
-        else:
-            st.caption("No violation, warning or livelock in this replay.")
-    with tabs[7]:
+    if opened[5]:
+        with tabs[5]:
+            animation_tab(tl, i)
+    if opened[6]:
+        with tabs[6]:
+            diagnostics_tab(tl)
+    with tabs[7]:  # always drawn: the radio keeps its value while another tab is open
         st.radio(
             "colour regions by",
             ["dpamt", "owner"],
@@ -346,6 +357,63 @@ def view(tl: Timeline, loaded: common.Loaded, settings: Settings) -> None:
             format_func=lambda c: "DPAMT state" if c == "dpamt" else "page owner",
         )
     common.sync_url(settings)
+
+
+def animation_tab(tl: Timeline, i: int) -> None:
+    st.caption(
+        "Plays in the browser, with no round-trip to the server: the region map and "
+        "the caches over the 30 steps around the cursor."
+    )
+    if st.button("Build the animation", key="btn_animation"):
+        lo, hi = max(i - 15, 0), min(i + 15, tl.nr_steps)
+        window = [(tl.state_at(k), tl.changed_regions(k), tl.step(k).label) for k in range(lo, hi)]
+        if window:
+            fig = animation_figure(window)
+            st.session_state.animation = (lo, hi, fig)
+    anim = st.session_state.get("animation")
+    if anim is not None:
+        st.plotly_chart(anim[2], key="chart_animation", width="stretch")
+        st.download_button(
+            "Download as standalone HTML",
+            animation_html(anim[2]),
+            file_name=f"dpamt-steps-{anim[0]}-{anim[1]}.html",
+            mime="text/html",
+            key="btn_download_animation",
+        )
+
+
+def diagnostics_tab(tl: Timeline) -> None:
+    if tl.diagnostics:
+        st.dataframe(
+            common.safe_frame(
+                [
+                    {
+                        "step": d.step,
+                        "event": d.event + 1,
+                        "line": d.line,
+                        "kind": d.kind,
+                        "code": d.code,
+                        "message": d.message,
+                    }
+                    for d in tl.diagnostics
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+            key="table_diagnostics",
+        )
+    else:
+        st.caption("No violation, warning or livelock in this replay.")
+
+
+def restore_place(tl: Timeline, loaded: common.Loaded, replay_key: tuple[object, ...]) -> None:
+    """After a change of settings (a new replay of the same trace), put the cursor on the same
+    event, at the first step of the same label within it if there is one."""
+    old: Place | None = st.session_state.get("place")
+    if old is None or old.replay == replay_key or old.replay[0] != replay_key[0]:
+        return
+    if int(st.session_state.cursor) == old.step:  # moved meanwhile (e.g. a link): keep that
+        st.session_state.cursor = place_in(tl, old.event, old.label)
 
 
 def main() -> None:
@@ -383,10 +451,12 @@ def main() -> None:
     knob_effects(loaded, settings)
     if "cursor" not in st.session_state:
         st.session_state.cursor = -1
+    replay_key = common.replay_key(loaded, settings)
+    restore_place(tl, loaded, replay_key)
     st.session_state.cursor = min(max(int(st.session_state.cursor), -1), tl.nr_steps - 1)
     playing = st.session_state.get("playing", False)
     interval = SPEEDS.get(st.session_state.get("speed", "2 steps/s"), 0.5) if playing else None
-    st.fragment(run_every=interval)(view)(tl, loaded, settings)
+    st.fragment(run_every=interval)(view)(tl, loaded, settings, replay_key)
 
 
 main()

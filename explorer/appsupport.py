@@ -179,3 +179,36 @@ def problem_rows(problems: Sequence[Problem]) -> list[dict[str, Any]]:
         }
         for p in problems
     ]
+
+
+#: How far past an event's first step :func:`place_in` looks for a step of the same label (the
+#: steps of concurrent events interleave, so an event's steps need not be contiguous).
+PLACE_SCAN_STEPS = 4096
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where the cursor is, in terms that survive a new replay of the same trace: the replay it
+    was taken in, the event (0-based; -1 before the first step) and the step's label."""
+
+    replay: tuple[Any, ...]
+    step: int
+    event: int
+    label: str
+
+
+def place_in(tl: Any, event: int, label: str) -> int:
+    """The step of ``tl`` (a :class:`explorer.timeline.Timeline`) that best matches a step of
+    another replay of the same trace: the first step of ``label`` within ``event``, else the
+    event's first step; -1 for ``event < 0``; the last step if the event never ran."""
+    if event < 0 or tl.nr_steps == 0:
+        return -1
+    if event >= tl.nr_events:
+        return int(tl.nr_steps - 1)
+    first = tl.first_step_of_event(event)
+    if first is None:
+        return int(tl.nr_steps - 1)
+    for k, s in enumerate(tl.steps_between(first, first + PLACE_SCAN_STEPS)):
+        if s.event == event and s.label == label:
+            return int(first + k)
+    return int(first)

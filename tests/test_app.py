@@ -67,7 +67,7 @@ def test_next_prev_last_and_first() -> None:
     assert _step_text(at).startswith("**Step 0** of")
     at.button(key="btn_last").click().run()
     last = at.session_state.cursor
-    assert _step_text(at).startswith(f"**Step {last}** of {last}")
+    assert _step_text(at).startswith(f"**Step {last}** of {last + 1} steps (numbered 0 to {last})")
     assert at.number_input(key="goto_step").value == last  # the box follows the cursor
     at.button(key="btn_first").click().run()
     assert at.session_state.cursor == -1
@@ -97,7 +97,7 @@ def test_jump_to_the_lost_race_shows_it_in_the_map_and_the_caches() -> None:
 def test_go_to_event_and_region_jump() -> None:
     at = _app(sample="td_lifecycle")
     at.number_input(key="goto_event").set_value(7).run()
-    assert "event 7 (trace line" in " ".join(c.value for c in at.caption)
+    assert "event 7 of 11 (trace line" in " ".join(c.value for c in at.caption)
     at.selectbox(key="jump_kind").set_value("a change of region...").run()
     at.number_input(key="jump_region").set_value(64).run()
     at.button(key="btn_jump_next").click().run()
@@ -284,3 +284,43 @@ def test_tables_with_user_text_escape_formulas_for_their_csv_download(note: str)
     at = _upload(at, "bad.csv", note.encode() + b",1\n")
     texts = [str(v) for v in _table(at, "reason")["text"]]
     assert not any(v.startswith(("=", "+", "-", "@", "\t", "\r")) for v in texts), texts
+
+
+def test_steps_and_events_follow_one_stated_convention() -> None:
+    """Steps count from 0 (-1: before step 0), events from 1; before the first step no event is
+    shown, and the step count is the Traces page's "replays in N steps"."""
+    at = _app()
+    assert at.number_input(key="goto_step").value == -1
+    assert at.number_input(key="goto_event").value is None  # not 1: no event has run
+    nr_steps = int(at.slider(key="cursor").max) + 1
+    before = next(m.value for m in at.markdown if m.value.startswith("**Before the first step"))
+    assert f"of {nr_steps} steps, numbered 0 to {nr_steps - 1}" in before
+    at.button(key="btn_next").click().run()
+    assert at.number_input(key="goto_step").value == 0
+    assert at.number_input(key="goto_event").value == 1
+    assert _step_text(at).startswith(f"**Step 0** of {nr_steps} steps")
+    at.number_input(key="goto_event").set_value(3).run()
+    assert at.number_input(key="goto_event").value == 3
+    assert at.number_input(key="goto_step").value == at.session_state.cursor > 0
+
+
+def test_changing_a_setting_keeps_the_event_and_the_kind_of_step() -> None:
+    """Step 119 of td_lifecycle (a PAMT.ADD) stays in its event, on a step of the same label,
+    after switching to v6-locked (not on whatever step 119 is in the new replay)."""
+    from explorer.appsupport import sample_bytes
+    from explorer.timeline import replay
+    from explorer.trace import parse_trace
+
+    trace = parse_trace(sample_bytes(DEFAULT_SAMPLE), "t")
+    base = Settings().with_overrides(trace.settings)
+    old = replay(trace.events, base)
+    new = replay(trace.events, base.with_overrides({"mode": "v6-locked"}))
+    before = old.step(119)
+    at = _app(step="119")
+    assert at.session_state.cursor == 119
+    at.selectbox(key="knob_mode").set_value("v6-locked").run()
+    assert not at.exception
+    after = new.step(at.session_state.cursor)
+    assert after.event == before.event
+    assert after.label == before.label, (before.label, after.label)
+    assert at.number_input(key="goto_event").value == before.event + 1

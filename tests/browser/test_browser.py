@@ -114,3 +114,35 @@ def test_compare_page_measures_the_designs_side_by_side(page, server) -> None:  
     page.locator(".st-key-btn_sweep button").first.click()
     page.wait_for_selector(".st-key-chart_sweep .js-plotly-plot", timeout=120_000)
     shot(page, "compare")
+
+
+def test_stepping_answers_quickly_and_a_deep_link_loads_once(page, server) -> None:  # type: ignore[no-untyped-def]
+    """A deep link runs the script once (no second run after the URL sync), and a Right-arrow
+    step reruns only the stepping fragment: generous bounds, for a loaded CI machine."""
+    import statistics
+    import time
+
+    page.add_init_script(
+        "window.__runs = 0; new MutationObserver(() => {"
+        " const a = document.querySelector('[data-testid=stApp]');"
+        " const s = a && a.getAttribute('data-test-script-state');"
+        " if (s === 'running' && window.__last !== 'running') window.__runs += 1;"
+        " window.__last = s; }).observe(document, {subtree: true, attributes: true,"
+        " childList: true});"
+    )
+    page.goto(server + "/?sample=td_lifecycle&step=100")
+    settle(page)
+    _wait_step(page, 100)
+    page.wait_for_timeout(1500)
+    assert page.evaluate("window.__runs") == 1, "the deep link ran the script more than once"
+    times = []
+    for n in range(101, 109):
+        t0 = time.perf_counter()
+        page.keyboard.press("ArrowRight")
+        _wait_step(page, n)
+        page.wait_for_selector(
+            '[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=30_000
+        )
+        times.append(time.perf_counter() - t0)
+    assert "step=108" in page.url
+    assert statistics.median(times) < 1.5, times
