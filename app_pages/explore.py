@@ -293,6 +293,8 @@ def view(
             st.caption(f"{cpu.cpu}: {' > '.join(cpu.stack) or cpu.function} ({state})")
             if cpu.lines:
                 st.code(cpu.listing(context=3), language=None, wrap_lines=True)
+                if cpu.source:
+                    st.caption(f"follows {cpu.source}")
         st.text("\n".join(lock_summary(snap)))
     # Only the open tab is drawn (a step reruns this fragment: the hidden tabs' figures are not
     # rebuilt and re-sent for every step); switching tabs reruns the fragment.

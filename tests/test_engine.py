@@ -142,15 +142,18 @@ def test_put_decrements_without_the_lock_above_1_and_removes_at_0() -> None:
     )
     assert "pamt_put.fast" in labels(m, "td0") and m.refcount[64] == 1
     m.run([Zap(td=0, gfn=0x11)])
-    tail = labels(m, "td0")[-9:]
-    assert tail[:6] == [
+    tail = labels(m, "td0")[-10:]
+    assert tail[:8] == [
         "zap.page_remove",
         "pamt_put.slow",
         "pamt_put.lock",
         "pamt_put.dec",
         "pamt_put.remove",
         "pamt_put.unlock",
+        "pamt_put.reset_pair",  # free_pamt_array: tdx_quirk_reset_paddr, then free
+        "pamt_put.free_pair",
     ]
+    assert "atomic_dec_and_lock" in m.steps[-9].narration  # pamt_put.slow
     assert 64 not in m.refcount and 64 not in m.module.pairs
 
 
@@ -181,8 +184,23 @@ def test_v6_locked_has_no_fast_path_and_always_allocates_the_pair_first() -> Non
         mode="v6-locked",
     )
     assert "pamt_get.fast" not in labels(m) and "pamt_put.fast" not in labels(m)
-    assert m.counters["pamt_lost_race"] > 0  # every get on a region with a pair "loses"
+    # finding the pair under the lock is v6-locked's ordinary path, not a race
+    assert m.counters["pamt_lost_race"] == 0 and "pamt_get.lost_race" not in labels(m)
+    present = [s for s in m.steps if s.label == "pamt_get.pair_present"]
+    assert any("pair already present: refcount[64] 1 -> 2" in s.narration for s in present)
     assert m.refcount[64] == 1
+
+
+def test_v6_locked_one_vcpu_three_pages_of_one_region_has_no_lost_race() -> None:
+    """Issue 14: one vCPU faulting three pages of one region reported pamt_lost_race=4."""
+    m = run(
+        [*BOOT, *(Fault(vcpu=0, gfn=0x10 + i, pfn=COLD + i) for i in range(3))],
+        mode="v6-locked",
+    )
+    assert m.counters["pamt_lost_race"] == 0
+    # every get that did not add the pair found it present (control pages included)
+    c = m.counters
+    assert labels(m).count("pamt_get.pair_present") == c["pamt_get"] - c["pamt_add"] > 0
 
 
 def test_v5_hint_put_decrements_unlocked_and_a_racing_get_sees_hpa_range_not_free() -> None:
@@ -316,12 +334,46 @@ def test_teardown_in_the_kernels_order_frees_every_page() -> None:
             TdDestroy(td=0),
         ]
     )
-    seq = [s.label for s in m.steps if s.event == 7]  # the td_destroy event
+    steps = [s for s in m.steps if s.event == 7]  # the td_destroy event
+    seq = [s.label for s in steps]
     first = {label: seq.index(label) for label in dict.fromkeys(seq)}
-    assert first["zap.page_remove"] < first["td.hkid_release"] < first["sept.reclaim"]
-    assert first["sept.reclaim"] < first["control.reclaim"] < first["pamt_cache.free"]
+    # kvm_destroy_vm: private pages, the HKID, each vCPU (tdx_vcpu_free: DPAMT cache, TDCX,
+    # TDVPR; then KVM's caches), the S-EPT tables, then tdx_vm_destroy: TDCS, TDR last
+    assert first["zap.page_remove"] < first["td.hkid_release"] < first["pamt_cache.free"]
+    assert first["pamt_cache.free"] < first["control.reclaim"] < first["kvm_caches.free"]
+    assert first["kvm_caches.free"] < first["sept.reclaim"]
+    # "TDH.PHYMEM.PAGE.RECLAIM <KIND> page ...": TDCX pages then TDVPR per vCPU, TDCS then TDR
+    reclaimed = [s.narration.split()[1] for s in steps if s.label == "control.reclaim"]
+    vcpu0 = reclaimed[: reclaimed.index("TDVPR") + 1]
+    assert vcpu0 == ["TDCX"] * (len(vcpu0) - 1) + ["TDVPR"]
+    assert reclaimed[-1] == "TDR" and set(reclaimed[-5:-1]) == {"TDCS"}
     assert m.page_summary()["free"] == m.mem.total_pages
     assert not m.refcount and not m.module.pairs
+
+
+def test_teardown_order_decides_which_region_a_failed_remove_leaks() -> None:
+    """Every page in a region of its own (the spread allocator), no private page left, one
+    PAMT.REMOVE failing at teardown: in the kernel's order the first region to reach 0 is a
+    page of vCPU 0's (tdx_vcpu_free reclaims its TDCX pages before kvm_mmu_uninit_vm frees the
+    S-EPT tables), so that region leaks, not an S-EPT table's."""
+    m = Machine(Settings(allocator="spread", host_memory_mib=4096), full_check=True)
+    m.run(
+        [
+            *BOOT,
+            Fault(vcpu=0, gfn=1),
+            Zap(td=0, gfn=1),
+            Inject(what="pamt_remove_fail"),
+            TdDestroy(td=0),
+        ]
+    )
+    assert m.stopped is None
+    (leak,) = [d for d in m.diagnostics if d.code == "WARN_PAMT_REMOVE"]
+    assert "WARN_ON_ONCE in tdx_pamt_put" in leak.message
+    before = [s for s in m.steps[: leak.step] if s.event == 7]
+    reclaims = [s for s in before if s.label in ("control.reclaim", "sept.reclaim")]
+    assert reclaims[-1].function == "tdx_vcpu_free" and "TDCX" in reclaims[-1].narration
+    assert not any(s.label == "sept.reclaim" for s in before)
+    assert len(m.orphans) == 1 and m.page_summary()["leaked"] == 2
 
 
 def test_impossible_events_stop_the_replay_and_keep_what_came_before() -> None:
@@ -563,3 +615,38 @@ def test_engine_against_a_naive_model_long() -> None:
             suppress_health_check=list(HealthCheck),
         ),
     )
+
+
+def test_a_traces_pfn_is_bound_after_the_top_ups_as_kvm_does() -> None:
+    """kvm_tdp_mmu_page_fault: mmu_topup_memory_caches, then kvm_mmu_faultin_pfn (the page from
+    guest_memfd), then mmu_lock. A trace's explicit pfn is guest_memfd's page: bound there."""
+    m = run([*BOOT, Fault(vcpu=0, gfn=0x10, pfn=COLD)])
+    fault = [s for s in m.steps if s.event == 4]
+    seq = [s.label for s in fault]
+    assert seq.index("pamt_cache.topup") < seq.index("faultin.given") < seq.index("mmu_lock.read")
+    given = fault[seq.index("faultin.given")]
+    assert given.function == "kvm_mmu_faultin_pfn"
+    assert ("page", COLD, "free", "guest") in [tuple(e) for e in given.effects]
+    begin = fault[0]
+    assert begin.label == "fault.begin" and not [e for e in begin.effects if e.key == COLD]
+
+
+def test_an_inject_or_note_step_shows_no_cpu_of_the_batch_before() -> None:
+    """The CPU panel at an instant step is the same whether the step was recorded or
+    re-derived from a checkpoint (which has no CPU): none."""
+    m = Machine(Settings(), full_check=True)
+    snaps = []
+    m.on_step = lambda mm, step: snaps.append(mm.snapshot()) if step.label == "trace.inject" else None
+    m.run([*BOOT, Fault(vcpu=0, gfn=1, t=1), Fault(vcpu=1, gfn=2, t=1), Inject(what="alloc_fail")])
+    assert len(snaps) == 1 and snaps[0].cpus == ()
+
+
+def test_the_explorers_own_diagnostics_say_so_and_name_the_kernels_warn() -> None:
+    m = Machine(Settings(dpamt_gets_per_fault=0, max_retries=2), full_check=True)
+    m.run([*BOOT, Fault(vcpu=0, gfn=0x10, pfn=COLD)])
+    (livelock,) = [d for d in m.diagnostics if d.code == "LIVELOCK"]
+    assert "explorer's diagnostic" in livelock.message and "no limit" in livelock.message
+    m = Machine(Settings(), full_check=True)
+    m.run([*BOOT, Inject(what="pamt_add_fail"), Fault(vcpu=0, gfn=0x10, pfn=COLD)])
+    (warn,) = [d for d in m.diagnostics if d.code == "WARN_PAMT_ADD"]
+    assert "WARN_ON_ONCE in tdx_pamt_get" in warn.message

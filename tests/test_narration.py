@@ -15,7 +15,7 @@ from explorer.model.events import (
     Zap,
 )
 from explorer.model.machine import Machine
-from explorer.model.narration import PSEUDOCODE, all_labels, line_of
+from explorer.model.narration import PSEUDOCODE, SOURCES, all_labels, line_of, pseudocode
 from explorer.model.settings import Settings
 
 # Concurrency, injections of every kind, a 2 MiB leaf, a livelock-prone cold region, teardown.
@@ -53,8 +53,25 @@ def test_every_step_of_every_mode_has_a_pseudocode_line(mode: str) -> None:
     seen: set[tuple[str, str]] = set()
     for schedule in SCHEDULES:
         seen |= _labels_of_run(mode, schedule)
-    missing = sorted(p for p in seen if line_of(*p) is None)
-    assert not missing, f"steps without a pseudocode line: {missing}"
+    missing = sorted(p for p in seen if line_of(*p, mode) is None)
+    assert not missing, f"steps without a pseudocode line in {mode}: {missing}"
+
+
+@pytest.mark.parametrize("mode", ["v6", "v6-locked"])
+def test_each_mode_shows_its_own_code_only(mode: str) -> None:
+    """In v6 no line of a rejected design (mempool, GFP_KERNEL under the lock, v5's hint, the v4
+    list) shows; v6-locked has no lock-free check and calls a found pair "present", not a
+    race."""
+    texts = [text for function in PSEUDOCODE for _, text in pseudocode(function, mode)]
+    for foreign in ("design", "v5", "v4", "mempool", "HPA_RANGE_NOT_FREE"):
+        assert not [t for t in texts if foreign in t], (mode, foreign)
+    get = [text for _, text in pseudocode("tdx_pamt_get", mode)]
+    if mode == "v6":
+        assert any("atomic_inc_not_zero" in t for t in get)
+        assert any("lost race" in t for t in get)
+    else:
+        assert not any("atomic_inc_not_zero" in t for t in get)
+        assert any("pair present" in t for t in get) and not any("lost race" in t for t in get)
 
 
 def test_pseudocode_labels_are_ones_the_engine_uses() -> None:
@@ -85,6 +102,8 @@ def test_pseudocode_labels_are_ones_the_engine_uses() -> None:
         "pamt_get.partial",
         "pamt_put.slipped",
         "pamt_get.lost_race",
+        "pamt_get.pair_present",
+        "faultin.taken",
         "leaf.spurious",
         "pamt_get.lock.spin",
         "pamt_put.lock.spin",
@@ -97,7 +116,21 @@ def test_pseudocode_labels_are_ones_the_engine_uses() -> None:
     assert not unused, f"pseudocode labels no run produced: {unused}"
 
 
-def test_every_function_has_a_header_or_a_labelled_line() -> None:
-    for function, lines in PSEUDOCODE.items():
+def test_every_function_has_a_header_or_a_labelled_line_and_a_source() -> None:
+    for function in PSEUDOCODE:
+        lines = pseudocode(function)
         assert lines, function
         assert all(isinstance(text, str) and text for _, text in lines)
+        assert SOURCES.get(function), f"{function} cites no file and function"
+
+
+def test_the_names_are_the_v6_trees() -> None:
+    """The S-EPT hooks v6 is based on (no link_external_spt / remove_external_spte any more),
+    atomic_dec_and_lock in the put, the refcount lookup helper, free_pamt_array's reset."""
+    functions = set(PSEUDOCODE)
+    assert {"tdx_sept_map_nonleaf_spte", "tdx_sept_map_leaf_spte"} <= functions
+    assert "tdx_sept_remove_leaf_spte" in functions
+    assert not {"tdx_sept_link_private_spt", "tdx_sept_remove_private_spte"} & functions
+    text = "\n".join(t for f in PSEUDOCODE for _, t in pseudocode(f, "v6"))
+    for name in ("atomic_dec_and_lock", "tdx_find_pamt_refcount", "tdx_quirk_reset_paddr"):
+        assert name in text, name

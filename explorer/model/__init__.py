@@ -16,8 +16,8 @@ PAMT page pair and which pages it uses (:mod:`.tdx_module`); the two views are c
 
 *Code.* Each kernel function is a generator (``tdx_pamt_get``, ``tdx_pamt_put``,
 ``tdx_topup_pamt_cache``, ``kvm_mmu_topup_memory_cache``, ``tdx_handle_ept_violation``,
-``kvm_tdp_mmu_map``, ``tdx_sept_link_private_spt``, ``tdx_sept_set_private_spte``,
-``tdx_sept_remove_private_spte``, TD and vCPU creation and teardown). A ``yield`` ends a step;
+``kvm_tdp_mmu_map``, ``tdx_sept_map_nonleaf_spte``, ``tdx_sept_map_leaf_spte``,
+``tdx_sept_remove_leaf_spte``, TD and vCPU creation and teardown). A ``yield`` ends a step;
 every step carries the CPU, the function, a stable label (:mod:`.narration` maps labels to lines
 of pseudocode), a one-line narration, its effects ``(kind, key, old, new)``, the counters it
 changed and the diagnostics it raised (:mod:`.records`).

@@ -27,6 +27,7 @@ FLAG_LABELS: Final[dict[str, tuple[str, ...]]] = {
     "cache_drained": (
         "pamt_get.partial",
         "pamt_get.lost_race",
+        "pamt_get.pair_present",
         "pamt_get.add_fail",
         "pamt_cache.free",
     ),

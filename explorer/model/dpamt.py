@@ -141,7 +141,7 @@ def spin_lock(m: Machine, th: Thread, fn: str, label: str) -> KGen:
             "violation",
             "LOCKDEP_PAMT_LOCK_SOFTIRQ",
             f"{th.name}: pamt_lock taken in softirq (RCU callback) and in process context: "
-            "possible deadlock (the lockdep report of the v5 review)",
+            "possible deadlock (the explorer's model of the lockdep report of the v5 review)",
         )
     m.pamt_lock = th.name
     th.holds.append("pamt_lock")
@@ -420,24 +420,28 @@ def _pamt_get_slow(m: Machine, th: Thread, fn: str, region: int, vcpu: Vcpu | No
     yield from spin_lock(m, th, fn, "pamt_get.lock")
     cur = m.refcount.get(region, 0)
     if cur:
-        # Lost race: another CPU did 0 -> 1 since the fast-path check.
         m.set_refcount(region, cur + 1)
-        m.count(K_PAMT_LOST_RACE)
-        yield (
-            fn,
-            "pamt_get.lost_race",
-            "recheck: refcount[{}] is {} now (another CPU added the pair): lost race, {} -> {}",
-            (region, cur, cur, cur + 1),
-        )
+        if m.mode == "v6-locked":
+            # patch 05 alone has no lock-free check: finding the pair under the lock is the
+            # ordinary path of every get but a region's first, not a race
+            yield (
+                fn,
+                "pamt_get.pair_present",
+                "pair already present: refcount[{}] {} -> {}, free the two pages",
+                (region, cur, cur + 1),
+            )
+        else:
+            # lost race: another CPU did 0 -> 1 since the lock-free check
+            m.count(K_PAMT_LOST_RACE)
+            yield (
+                fn,
+                "pamt_get.lost_race",
+                "recheck: refcount[{}] is {} now (another CPU added the pair): lost race, {} -> {}",
+                (region, cur, cur, cur + 1),
+            )
         spin_unlock(m, th)
         yield fn, "pamt_get.unlock", "spin_unlock(&pamt_lock)", ()
-        _free_pair(m, pages, vcpu is not None)
-        yield (
-            fn,
-            "pamt_get.free_pair",
-            "free both pages {:#x}, {:#x} to the page allocator (not back to the cache)",
-            (pages[0], pages[1]),
-        )
+        yield from free_pamt_array(m, fn, "pamt_get", pages, vcpu is not None)
         return 0
     pair = (pages[0], pages[1])
     m.count(K_PAMT_ADD)
@@ -468,27 +472,46 @@ def _pamt_get_slow(m: Machine, th: Thread, fn: str, region: int, vcpu: Vcpu | No
         )
         spin_unlock(m, th)
         yield fn, "pamt_get.unlock", "spin_unlock(&pamt_lock)", ()
-        _free_pair(m, pages, vcpu is not None)
-        yield (
-            fn,
-            "pamt_get.free_pair",
-            "free both pages {:#x}, {:#x} to the page allocator",
-            (pages[0], pages[1]),
-        )
+        yield from free_pamt_array(m, fn, "pamt_get", pages, vcpu is not None)
         return 0
     m.count(K_PAMT_ADD_FAILED)
-    m.diag("warning", "WARN_PAMT_ADD", f"TDH.PHYMEM.PAMT.ADD region {region} failed: {status}")
-    yield fn, "pamt_get.add_fail", "TDH.PHYMEM.PAMT.ADD region {}: {}: WARN, -EIO", (region, status)
-    spin_unlock(m, th)
-    yield fn, "pamt_get.unlock", "spin_unlock(&pamt_lock)", ()
-    _free_pair(m, pages, vcpu is not None)
+    m.diag(
+        "warning",
+        "WARN_PAMT_ADD",
+        f"TDH.PHYMEM.PAMT.ADD region {region} failed: {status} "
+        "(the kernel's WARN_ON_ONCE in tdx_pamt_get)",
+    )
     yield (
         fn,
-        "pamt_get.free_pair",
-        "free both pages {:#x}, {:#x} to the page allocator",
+        "pamt_get.add_fail",
+        "TDH.PHYMEM.PAMT.ADD region {}: {}: WARN_ON_ONCE, -EIO",
+        (region, status),
+    )
+    spin_unlock(m, th)
+    yield fn, "pamt_get.unlock", "spin_unlock(&pamt_lock)", ()
+    yield from free_pamt_array(m, fn, "pamt_get", pages, vcpu is not None)
+    return EIO
+
+
+def free_pamt_array(m: Machine, fn: str, side: str, pages: list[int], from_cache: bool) -> KGen:
+    """``free_pamt_array()`` (v6 04/11): each page is reset with ``tdx_quirk_reset_paddr()``
+    ("unconditionally, to cover cases where they were passed to the TDX module"), then freed
+    to the page allocator, never back to a cache. Two steps, the reset and the free (a lost
+    race, a failed PAMT.ADD, a successful PAMT.REMOVE)."""
+    yield (
+        fn,
+        f"{side}.reset_pair",
+        "free_pamt_array: tdx_quirk_reset_paddr() on {:#x} and {:#x} (cleared of any TDX use)",
         (pages[0], pages[1]),
     )
-    return EIO
+    _free_pair(m, pages, from_cache)
+    yield (
+        fn,
+        f"{side}.free_pair",
+        "free_pamt_array: __free_page() both pages {:#x}, {:#x} to the page allocator "
+        "(not back to the cache)",
+        (pages[0], pages[1]),
+    )
 
 
 # ============================================================================ put
@@ -573,14 +596,14 @@ def _pamt_put(m: Machine, th: Thread, fn: str, region: int) -> KGen:
         yield (
             fn,
             "pamt_put.fast",
-            "atomic_add_unless(-1, 1): refcount[{}] {} -> {}, no lock",
+            "atomic_dec_and_lock(): refcount[{}] {} -> {}, not the last reference: no lock",
             (region, old, old - 1),
         )
         return
     yield (
         fn,
         "pamt_put.slow",
-        "refcount[{}] is {}: take pamt_lock to drop the last reference",
+        "atomic_dec_and_lock(): refcount[{}] is {}: the last reference, take pamt_lock",
         (region, old),
     )
     yield from spin_lock(m, th, fn, "pamt_put.lock")
@@ -590,13 +613,19 @@ def _pamt_put(m: Machine, th: Thread, fn: str, region: int) -> KGen:
         yield (
             fn,
             "pamt_put.slipped",
-            "refcount[{}] {} -> {}: a get slipped in, keep the pair",
+            "atomic_dec_and_lock(): refcount[{}] {} -> {} under the lock: a get slipped in, "
+            "keep the pair",
             (region, old, old - 1),
         )
         spin_unlock(m, th)
         yield fn, "pamt_put.unlock", "spin_unlock(&pamt_lock)", ()
         return
-    yield fn, "pamt_put.dec", "refcount[{}] 1 -> 0 under pamt_lock: remove the pair", (region,)
+    yield (
+        fn,
+        "pamt_put.dec",
+        "atomic_dec_and_lock(): refcount[{}] 1 -> 0 under pamt_lock: remove the pair",
+        (region,),
+    )
     yield from _remove(m, th, fn, region, zero_on_success=False)
 
 
@@ -622,13 +651,7 @@ def _remove(m: Machine, th: Thread, fn: str, region: int, *, zero_on_success: bo
         )
         spin_unlock(m, th)
         yield fn, "pamt_put.unlock", "spin_unlock(&pamt_lock)", ()
-        _free_pair(m, list(got), from_cache=False)
-        yield (
-            fn,
-            "pamt_put.free_pair",
-            "free both pages {:#x}, {:#x} to the page allocator",
-            (got[0], got[1]),
-        )
+        yield from free_pamt_array(m, fn, "pamt_put", list(got), False)
         return
     m.count(K_PAMT_REMOVE_FAILED)
     m.set_refcount(region, 1)
@@ -639,12 +662,13 @@ def _remove(m: Machine, th: Thread, fn: str, region: int, *, zero_on_success: bo
     m.diag(
         "warning",
         "WARN_PAMT_REMOVE",
-        f"TDH.PHYMEM.PAMT.REMOVE region {region} failed: {status}; refcount left at 1, pair leaked",
+        f"TDH.PHYMEM.PAMT.REMOVE region {region} failed: {status}; refcount left at 1, pair "
+        "leaked (the kernel's WARN_ON_ONCE in tdx_pamt_put)",
     )
     yield (
         fn,
         "pamt_put.remove_fail",
-        "TDH.PHYMEM.PAMT.REMOVE region {}: {}: WARN; refcount back to 1, the pair stays with the TDX module (leaked)",
+        "TDH.PHYMEM.PAMT.REMOVE region {}: {}: WARN_ON_ONCE; refcount back to 1, the pair stays with the TDX module (leaked)",
         (region, status),
     )
     spin_unlock(m, th)

@@ -69,7 +69,7 @@ def check_regions(m: Machine, regions: Set[int], all_pairs: bool = False) -> Non
                 "violation",
                 "INV1_REFCOUNT_PAIR",
                 f"region {r}: refcount {rc} but {'a' if pair else 'no'} PAMT pair "
-                "with pamt_lock free",
+                "with pamt_lock free (explorer invariant 1)",
             )
         if r not in inflight:
             held = gotten.get(r, 0)
@@ -78,14 +78,16 @@ def check_regions(m: Machine, regions: Set[int], all_pairs: bool = False) -> Non
                 m.diag(
                     "violation",
                     "INV2_REFCOUNT_USERS",
-                    f"region {r}: refcount {rc} != {held} pages gotten + {orphaned} orphan(s)",
+                    f"region {r}: refcount {rc} != {held} pages gotten + {orphaned} orphan(s) "
+                    "(explorer invariant 2)",
                 )
         if pair is None:
             if used.get(r, 0):
                 m.diag(
                     "violation",
                     "INV3_MISSING_PAIR",
-                    f"region {r}: {used[r]} page(s) in TD use without a PAMT pair",
+                    f"region {r}: {used[r]} page(s) in TD use without a PAMT pair "
+                    "(explorer invariant 3)",
                 )
         elif all_pairs or r in pair_dirty:
             _check_pair(m, r, pair)
@@ -105,7 +107,8 @@ def _check_pair(m: Machine, r: int, pair: tuple[int, int]) -> None:
         m.diag(
             "violation",
             "INV4_PAIR_PAGES",
-            f"region {r}: pair {a:#x}, {b:#x} is not two pages held only as PAMT pages",
+            f"region {r}: pair {a:#x}, {b:#x} is not two pages held only as PAMT pages "
+            "(explorer invariant 4)",
         )
 
 
@@ -123,7 +126,7 @@ def check_global(m: Machine, caches: bool = True) -> None:
         m.diag(
             "violation",
             "INV5_CONSERVATION",
-            f"owners sum to {sum(counts)}, not {m.mem.total_pages}",
+            f"owners sum to {sum(counts)}, not {m.mem.total_pages} (explorer invariant 5)",
         )
     if caches:
         _check_caches(m)
@@ -135,7 +138,7 @@ def check_global(m: Machine, caches: bool = True) -> None:
             "violation",
             "INV5_CONSERVATION",
             f"{counts[O_PAIR]} pair + {counts[O_LEAKED]} leaked pages for {pairs} pairs "
-            f"({leaked_pairs} leaked)",
+            f"({leaked_pairs} leaked) (explorer invariant 5)",
         )
 
 
@@ -149,14 +152,16 @@ def _check_caches(m: Machine) -> None:
         m.diag(
             "violation",
             "INV5_CONSERVATION",
-            f"{counts[O_PAMT_CACHE]} pages owned as pamt_cache, {in_pamt_cache} in the caches",
+            f"{counts[O_PAMT_CACHE]} pages owned as pamt_cache, {in_pamt_cache} in the caches "
+            "(explorer invariant 5)",
         )
     in_kvm = sum([len(c.pfns) for v in vcpus for c in v.caches.values()])
     if counts[O_KVM_CACHE] != in_kvm:
         m.diag(
             "violation",
             "INV5_CONSERVATION",
-            f"{counts[O_KVM_CACHE]} pages owned as kvm_cache, {in_kvm} in KVM's caches",
+            f"{counts[O_KVM_CACHE]} pages owned as kvm_cache, {in_kvm} in KVM's caches "
+            "(explorer invariant 5)",
         )
 
 
@@ -189,7 +194,12 @@ def check_quiescent(m: Machine) -> None:
             m.diag(
                 "violation",
                 "INV5_CONSERVATION",
-                f"{owned} pages owned as {name}, but the structures hold {held}",
+                f"{owned} pages owned as {name}, but the structures hold {held} "
+                "(explorer invariant 5)",
             )
     if m.inflight or m.pamt_lock is not None or mmu_held:
-        m.diag("violation", "LOCK_LEAK", "a lock or an in-flight get/put survived its batch")
+        m.diag(
+            "violation",
+            "LOCK_LEAK",
+            "a lock or an in-flight get/put survived its batch (the explorer's check)",
+        )

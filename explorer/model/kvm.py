@@ -16,7 +16,7 @@ Follows upstream KVM and the v6 series as restated in dpamt-model.md sections 6 
   while the TD is being built, TDH.MEM.PAGE.AUG once it runs; ``tdx_pamt_put`` on failure).
   The S-EPT root comes with the TD and takes no DPAMT get at fault time.
 - Control pages (``tdx_alloc_control_page``: allocate, ``tdx_pamt_get(pfn, NULL)``), zap
-  (``tdx_sept_remove_private_spte``: PAGE.REMOVE then ``tdx_pamt_put``), vCPU free
+  (``tdx_sept_remove_leaf_spte``: PAGE.REMOVE then ``tdx_pamt_put``), vCPU free
   (``tdx_free_pamt_cache``, then KVM's caches) and teardown in the kernel's order: leaves zapped
   and put, HKID released, S-EPT tables reclaimed, put and freed, control pages reclaimed, put and
   freed, caches freed.
@@ -103,7 +103,7 @@ def run_event(m: Machine, th: Thread, idx: int, ev: Event) -> KGen:
     if isinstance(ev, VcpuFree):
         return tdx_vcpu_free_event(m, th, idx, ev)
     if isinstance(ev, TdDestroy):
-        return tdx_td_destroy(m, th, idx, ev)
+        return kvm_destroy_vm(m, th, idx, ev)
     raise m.impossible(ev, idx, f"op {ev.op!r} is not kernel work")
 
 
@@ -191,7 +191,8 @@ def kvm_mmu_memory_cache_alloc(m: Machine, th: Thread, vcpu: Vcpu, cache: KvmCac
             m.diag(
                 "warning",
                 "WARN_CACHE_EMPTY",
-                f"vCPU {vcpu.id}: {cache.name} cache empty: GFP_ATOMIC fallback",
+                f"vCPU {vcpu.id}: {cache.name} cache empty: GFP_ATOMIC fallback "
+                "(the kernel's WARN_ON_ONCE in kvm_mmu_memory_cache_alloc)",
             )
             m.count(K_ALLOCS_ATOMIC)
             if th.holds:
@@ -207,20 +208,23 @@ def kvm_mmu_memory_cache_alloc(m: Machine, th: Thread, vcpu: Vcpu, cache: KvmCac
     m.diag(
         "warning",
         "WARN_CACHE_EMPTY",
-        f"vCPU {vcpu.id}: {cache.name} cache empty: GFP_ATOMIC fallback",
+        f"vCPU {vcpu.id}: {cache.name} cache empty: GFP_ATOMIC fallback "
+        "(the kernel's WARN_ON_ONCE in kvm_mmu_memory_cache_alloc)",
     )
     got = m.alloc_page(th, O_IN_HAND, sleeping=False)
     if got is None:
         m.diag(
             "error",
             "BUG_ON",
-            f"vCPU {vcpu.id}: GFP_ATOMIC fallback for {cache.name} failed (BUG_ON)",
+            f"vCPU {vcpu.id}: GFP_ATOMIC fallback for {cache.name} failed (the kernel's BUG_ON "
+            "in kvm_mmu_memory_cache_alloc: it would crash)",
         )
     if got is not None and m.mode == "v5-topup-install" and cache.name == "external_spt":
         m.diag(
             "warning",
             "V5_UNINSTALLED_SEPT_PAGE",
-            f"{got:#x}: GFP_ATOMIC S-EPT page without DPAMT from top-up",
+            f"{got:#x}: GFP_ATOMIC S-EPT page without DPAMT from top-up (the explorer's note "
+            "on the v5 design)",
         )
     return got
 
@@ -293,8 +297,8 @@ def _put_cache_page(m: Machine, th: Thread, pfn: int, softirq: bool) -> KGen:
         th.softirq = False
 
 
-def kvm_mmu_free_memory_caches(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
-    fn = "kvm_mmu_free_memory_caches"
+def mmu_free_memory_caches(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
+    fn = "mmu_free_memory_caches"
     pages = 0
     for cache in vcpu.caches.values():
         old = cache.count
@@ -310,7 +314,7 @@ def kvm_mmu_free_memory_caches(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
     yield (
         fn,
         "kvm_caches.free",
-        "kvm_mmu_free_memory_caches: {} cached pages to the page allocator",
+        "mmu_free_memory_caches: {} cached pages to the page allocator",
         (pages,),
     )
 
@@ -356,8 +360,6 @@ def tdx_handle_ept_violation(m: Machine, th: Thread, idx: int, ev: Fault) -> KGe
             )
     th.stack.append(fn)
     m.count(K_FAULTS)
-    if ev.pfn is not None and bound is None:
-        _gmem_bind(m, td, ev.gfn, ev.pfn)
     yield fn, "fault.begin", "EPT violation: vCPU {} gfn {:#x} ({})", (vcpu.id, ev.gfn, ev.level)
     if td.state == "bugged":
         m.count(K_FAULTS_FAILED)
@@ -374,13 +376,40 @@ def tdx_handle_ept_violation(m: Machine, th: Thread, idx: int, ev: Fault) -> KGe
                 (),
             )
             return
+        # kvm_mmu_faultin_pfn(): the page comes from guest_memfd after the top-ups, as in
+        # kvm_tdp_mmu_page_fault()
         pfn = td.gmem.get(ev.gfn)
-        if pfn is None:
+        if pfn is None and ev.pfn is not None:  # the trace names the page guest_memfd holds
+            pfn = ev.pfn
+            if not m.mem.is_free(pfn):  # another CPU of the batch was given it meanwhile
+                m.count(K_FAULTS_FAILED)
+                m.diag(
+                    "error",
+                    "FAULTIN_PFN_TAKEN",
+                    f"pfn {pfn:#x}, the trace's page for gfn {ev.gfn:#x}, was allocated by "
+                    "another CPU of the batch before this fault reached kvm_mmu_faultin_pfn "
+                    "(the explorer's report: give the pfn to an earlier event)",
+                )
+                yield (
+                    "kvm_mmu_faultin_pfn",
+                    "faultin.taken",
+                    "pfn {:#x} is no longer free: -ENOMEM",
+                    (pfn,),
+                )
+                return
+            _gmem_bind(m, td, ev.gfn, pfn)
+            yield (
+                "kvm_mmu_faultin_pfn",
+                "faultin.given",
+                "guest_memfd gives pfn {:#x} (region {}) for gfn {:#x} (the trace's page)",
+                (pfn, pfn >> C.PAGES_PER_REGION_SHIFT, ev.gfn),
+            )
+        elif pfn is None:
             pfn = m.alloc_page(th, O_GUEST, sleeping=True)
             if pfn is None:
                 m.count(K_FAULTS_FAILED)
                 yield (
-                    "kvm_faultin_pfn",
+                    "kvm_mmu_faultin_pfn",
                     "faultin.enomem",
                     "guest_memfd could not allocate a page: -ENOMEM",
                     (),
@@ -388,7 +417,7 @@ def tdx_handle_ept_violation(m: Machine, th: Thread, idx: int, ev: Fault) -> KGe
                 return
             _gmem_bind(m, td, ev.gfn, pfn, owned=True)
             yield (
-                "kvm_faultin_pfn",
+                "kvm_mmu_faultin_pfn",
                 "faultin.alloc",
                 "guest_memfd allocates pfn {:#x} (region {}) for gfn {:#x}",
                 (pfn, pfn >> C.PAGES_PER_REGION_SHIFT, ev.gfn),
@@ -408,14 +437,16 @@ def tdx_handle_ept_violation(m: Machine, th: Thread, idx: int, ev: Fault) -> KGe
             m.diag(
                 "livelock",
                 "LIVELOCK",
-                f"vCPU {vcpu.id} gfn {ev.gfn:#x}: still RET_PF_RETRY after {m.settings.max_retries} "
-                "retries (max_retries): the vCPU would spin until interrupted",
+                f"vCPU {vcpu.id} gfn {ev.gfn:#x}: still RET_PF_RETRY after {m.max_retries} "
+                "retries (max_retries): the explorer's diagnostic, not the kernel's: "
+                "tdx_handle_ept_violation() has no limit and prints nothing, the vCPU would "
+                "spin until a signal or a pending event",
             )
             yield (
                 fn,
                 "fault.livelock",
                 "gave up after {} retries: livelock (the kernel would spin until a signal)",
-                (m.settings.max_retries,),
+                (m.max_retries,),
             )
             return
         if td.state not in ALIVE_TD_STATES:
@@ -535,7 +566,7 @@ def _link_table(m: Machine, th: Thread, vcpu: Vcpu, td: Td, key: tuple[int, int]
     if m.record:
         m.note("sept", (td.id, *key), "absent", "frozen")
     yield fn, "tdp.freeze", "freeze the entry for the level-{} table (FROZEN_SPTE)", (k,)
-    th.stack.append("tdx_sept_link_private_spt")
+    th.stack.append("tdx_sept_map_nonleaf_spte")
     try:
         ret = 0 if preinstalled else (yield from tdx_pamt_get(m, th, spt, vcpu))
         if ret:
@@ -561,7 +592,7 @@ def _link_table(m: Machine, th: Thread, vcpu: Vcpu, td: Td, key: tuple[int, int]
             if status == tdx.MISSING_PAMT_PAGE_PAIR:
                 m.diag("violation", "INV3_MISSING_PAIR", f"TDH.MEM.SEPT.ADD {spt:#x}: {status}")
             yield (
-                "tdx_sept_link_private_spt",
+                "tdx_sept_map_nonleaf_spte",
                 "sept.add_fail",
                 "TDH.MEM.SEPT.ADD level {} table {:#x}: {}",
                 (k, spt, status),
@@ -581,7 +612,7 @@ def _link_table(m: Machine, th: Thread, vcpu: Vcpu, td: Td, key: tuple[int, int]
         if m.record:
             m.note("sept", (td.id, *key), "frozen", "present")
         yield (
-            "tdx_sept_link_private_spt",
+            "tdx_sept_map_nonleaf_spte",
             "sept.add",
             "TDH.MEM.SEPT.ADD level {} table {:#x}: TDX_SUCCESS, linked",
             (k, spt),
@@ -602,7 +633,7 @@ def _map_leaf(m: Machine, th: Thread, vcpu: Vcpu, td: Td, gfn: int, pfn: int, le
             f"TD {td.id}: 2 MiB mapping of gfn {gfn:#x}: v6 supports 4 KiB only",
         )
         yield (
-            "tdx_sept_set_private_spte",
+            "tdx_sept_map_leaf_spte",
             "leaf.kvm_bug",
             "KVM_BUG_ON(level != PG_LEVEL_4K): v6 maps 4 KiB only; the VM is bugged, -EIO",
             (),
@@ -624,7 +655,7 @@ def _map_leaf(m: Machine, th: Thread, vcpu: Vcpu, td: Td, gfn: int, pfn: int, le
     if m.record:
         m.note("leaf", (td.id, gfn), "absent", "frozen")
     yield fn, "leaf.freeze", "freeze the leaf entry for gfn {:#x}", (gfn,)
-    fn2 = "tdx_sept_set_private_spte"
+    fn2 = "tdx_sept_map_leaf_spte"
     th.stack.append(fn2)
     try:
         ret = yield from tdx_pamt_get(m, th, pfn, vcpu)
@@ -687,7 +718,7 @@ def zap_private_page(m: Machine, th: Thread, idx: int, ev: Zap) -> KGen:
         raise m.impossible(
             ev, idx, f"zap of gfn {ev.gfn:#x}, which TD {ev.td} has not mapped", "a mapped gfn"
         )
-    fn = "tdx_sept_remove_private_spte"
+    fn = "tdx_sept_remove_leaf_spte"
     th.stack.append(fn)
     m.count(K_ZAPS)
     yield from write_lock_mmu(m, th, fn, td)
@@ -700,7 +731,7 @@ def zap_private_page(m: Machine, th: Thread, idx: int, ev: Zap) -> KGen:
 
 
 def _zap_leaf(m: Machine, th: Thread, td: Td, gfn: int, pfn: int) -> KGen:
-    fn = "tdx_sept_remove_private_spte"
+    fn = "tdx_sept_remove_leaf_spte"
     yield fn, "zap.block", "TDH.MEM.RANGE.BLOCK + TDH.MEM.TRACK for gfn {:#x}, kick vCPUs", (gfn,)
     status = m.module.take_page(pfn)
     m.count(K_PAGE_REMOVE)
@@ -774,9 +805,13 @@ def _add_control_pages(
 
 
 def _reclaim_control(m: Machine, th: Thread, pages: list[tuple[int, str]], fn: str) -> KGen:
-    """``tdx_reclaim_control_page`` for each page, last added first: reclaim, put, free."""
-    while pages:
-        pfn, kind = pages.pop()
+    """``tdx_reclaim_control_page`` for each page, in the kernel's order: the TDCX (or TDCS)
+    pages in index order, then the TDVPR (or TDR) page, which was added first and goes last.
+    Each: TDH.PHYMEM.PAGE.RECLAIM (and its reset), then ``tdx_free_control_page``:
+    ``tdx_pamt_put``, ``__free_page``."""
+    order = pages[1:] + pages[:1]
+    pages.clear()
+    for pfn, kind in order:
         status = m.module.take_page(pfn)
         m.set_owner(pfn, O_IN_HAND)
         yield (
@@ -821,7 +856,11 @@ def tdx_td_create(m: Machine, th: Thread, idx: int, ev: TdCreate) -> KGen:
                 (root,),
             )
     if not ok:
-        m.diag("error", "TD_CREATE_ENOMEM", f"TD {td.id}: creation failed (-ENOMEM); unwound")
+        m.diag(
+            "error",
+            "TD_CREATE_ENOMEM",
+            f"TD {td.id}: creation failed (-ENOMEM); unwound (the explorer's report: the ioctl returns -ENOMEM)",
+        )
         yield fn, "td.fail", "TD {} creation failed: -ENOMEM, unwind", (td.id,)
         td.hkid = None
         yield from _reclaim_control(m, th, td.control, fn)
@@ -863,7 +902,11 @@ def tdx_vcpu_create(m: Machine, th: Thread, idx: int, ev: VcpuCreate) -> KGen:
     if ok and m.mode == "mempool" and "mempool" not in m.extra:
         yield from _mempool_create(m, th)
     if not ok:
-        m.diag("error", "VCPU_CREATE_ENOMEM", f"vCPU {vcpu.id}: creation failed (-ENOMEM); unwound")
+        m.diag(
+            "error",
+            "VCPU_CREATE_ENOMEM",
+            f"vCPU {vcpu.id}: creation failed (-ENOMEM); unwound (the explorer's report: the ioctl returns -ENOMEM)",
+        )
         yield from _reclaim_control(m, th, vcpu.control, fn)
         vcpu.alive = False
         td.vcpus.remove(vcpu.id)
@@ -922,13 +965,23 @@ def tdx_vcpu_free_event(m: Machine, th: Thread, idx: int, ev: VcpuFree) -> KGen:
 
 
 def tdx_vcpu_free(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
-    """``tdx_vcpu_free``: the DPAMT cache, then KVM's caches. TDVPR/TDCX cannot be reclaimed
-    while the TD holds its HKID: they are reclaimed at TD teardown."""
+    """``kvm_arch_vcpu_destroy``: ``tdx_vcpu_free`` (v6: ``tdx_free_pamt_cache`` first; the
+    TDCX pages, then the TDVPR, only once the TD's HKID is released: at teardown), then
+    ``kvm_mmu_destroy`` -> ``mmu_free_memory_caches`` (KVM's own caches). A trace's
+    ``vcpu_free`` runs it while the TD still holds its HKID: the control pages then wait for
+    the TD's teardown, which reclaims them in this vCPU's turn."""
     fn = "tdx_vcpu_free"
     th.stack.append(fn)
     try:
-        yield from tdx_free_pamt_cache(m, th, vcpu)
-        yield from kvm_mmu_free_memory_caches(m, th, vcpu)
+        td = m.tds.get(vcpu.td)
+        hkid_released = td is not None and td.hkid is None
+        if vcpu.alive:
+            yield from tdx_free_pamt_cache(m, th, vcpu)
+        if hkid_released and vcpu.control:
+            yield from _reclaim_control(m, th, vcpu.control, fn)
+        if not vcpu.alive:
+            return
+        yield from mmu_free_memory_caches(m, th, vcpu)
         vcpu.alive = False
         m.note("vcpu", vcpu.id, f"td{vcpu.td}", "freed")
         if vcpu.control:
@@ -944,13 +997,27 @@ def tdx_vcpu_free(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
         th.stack.pop()
 
 
-def tdx_td_destroy(m: Machine, th: Thread, idx: int, ev: TdDestroy) -> KGen:
-    """TD teardown in the kernel's order (dpamt-model.md section 8)."""
+def kvm_destroy_vm(m: Machine, th: Thread, idx: int, ev: TdDestroy) -> KGen:
+    """TD teardown in the order of the kernel v6 is based on (docs/engine.md, "Teardown"):
+
+    1. the guest's private pages are removed (PAGE.REMOVE, ``tdx_pamt_put``) while the TD
+       still holds its HKID (``tdx_sept_remove_leaf_spte``: "HKID is released after all
+       private pages have been removed");
+    2. ``kvm_arch_pre_destroy_vm`` -> ``tdx_mmu_release_hkid``: the HKID is released;
+    3. ``kvm_destroy_vcpus``, each vCPU: ``tdx_vcpu_free`` (``tdx_free_pamt_cache``, TDCX
+       pages, TDVPR) then ``kvm_mmu_destroy`` (KVM's caches);
+    4. ``kvm_mmu_uninit_vm`` -> ``kvm_mmu_uninit_tdp_mmu``: the mirror root and every S-EPT
+       table, each through ``tdx_sept_free_private_spt`` (reclaim, ``tdx_pamt_put``, freed at
+       once, not from an RCU callback);
+    5. ``vm_destroy`` -> ``tdx_vm_destroy``: the TDCS pages, then the TDR.
+
+    With an injected PAMT.REMOVE failure, which region leaks depends on this order.
+    """
     td = m.tds.get(ev.td)
     if td is None or td.state in ("destroyed", "destroying", "failed", "creating"):
         what = "unknown" if td is None else td.state
         raise m.impossible(ev, idx, f"TD {ev.td} is {what}", "a live TD")
-    fn = "tdx_td_destroy"
+    fn = "kvm_destroy_vm"
     th.stack.append(fn)
     old_state = td.state
     td.state = "destroying"
@@ -961,12 +1028,12 @@ def tdx_td_destroy(m: Machine, th: Thread, idx: int, ev: TdDestroy) -> KGen:
         "destroy TD {}: {} mapped pages, {} S-EPT tables",
         (td.id, len(td.leaves), len(td.entries)),
     )
-    # 1. leaves zapped and put (mmu_lock held for write)
+    # 1. private pages removed and put (mmu_lock held for write), the HKID still assigned
     yield from write_lock_mmu(m, th, fn, td)
     for gfn in sorted(td.leaves):
         yield from _zap_leaf(m, th, td, gfn, td.leaves[gfn])
     yield from write_unlock_mmu(m, th, fn, td)
-    # 2. HKID released
+    # 2. the HKID released
     m.note("hkid", td.id, td.hkid, None)
     yield (
         "tdx_mmu_release_hkid",
@@ -975,7 +1042,10 @@ def tdx_td_destroy(m: Machine, th: Thread, idx: int, ev: TdDestroy) -> KGen:
         (td.hkid,),
     )
     td.hkid = None
-    # 3. S-EPT tables reclaimed, put and freed (immediately, not via RCU), mirror pages freed
+    # 3. the vCPUs: DPAMT cache, TDCX and TDVPR pages, KVM's caches
+    for vid in td.vcpus:
+        yield from tdx_vcpu_free(m, th, m.vcpus[vid])
+    # 4. the S-EPT tables and their mirror pages, then the mirror root
     for key in sorted(td.entries, key=lambda k: (k[0], k[1])):
         entry = td.entries.pop(key)
         if entry[0] != "present":
@@ -1004,20 +1074,13 @@ def tdx_td_destroy(m: Machine, th: Thread, idx: int, ev: TdDestroy) -> KGen:
             "free S-EPT page {:#x} and its mirror page {:#x}",
             (spt, sp),
         )
-    # 4. control pages: each vCPU's TDCX/TDVPR, then the TD's TDCS and TDR (last)
-    for vid in td.vcpus:
-        yield from _reclaim_control(m, th, m.vcpus[vid].control, "tdx_vcpu_free")
-    yield from _reclaim_control(m, th, td.control, "tdx_td_free")
-    # 5. caches freed
-    for vid in td.vcpus:
-        vcpu = m.vcpus[vid]
-        if vcpu.alive:
-            yield from tdx_vcpu_free(m, th, vcpu)
     if td.mirror_root is not None:
         m.free_page(td.mirror_root)
+        td.mirror_root = None
+    # 5. the TD's control pages: TDCS, then TDR (last)
+    yield from _reclaim_control(m, th, td.control, "tdx_vm_destroy")
     for gfn in sorted(td.gmem):
         m.free_page(td.gmem.pop(gfn))
-    td.mirror_root = None
     td.state = "destroyed"
     m.note("td", td.id, "destroying", "destroyed")
     yield fn, "td.destroyed", "TD {} destroyed: mirror root and guest_memfd pages freed", (td.id,)

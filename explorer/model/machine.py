@@ -555,7 +555,8 @@ class Machine:
                     "violation",
                     "INV6_SLEEP_UNDER_LOCK",
                     f"{th.name}: sleeping allocation (GFP_KERNEL) while holding "
-                    f"{', '.join(th.holds)}",
+                    f"{', '.join(th.holds)} (explorer invariant 6; the kernel's might_sleep() "
+                    "says 'BUG: sleeping function called from invalid context')",
                 )
         else:
             self.count(K_ALLOCS_ATOMIC)
@@ -744,9 +745,9 @@ class Machine:
 
     def _abort_batch(self, order: list[Thread], deadlock: bool) -> None:
         reason = (
-            f"every CPU spun for {MAX_SPIN_STEPS} steps: deadlock"
+            f"every CPU spun for {MAX_SPIN_STEPS} steps: deadlock (the explorer's limit)"
             if deadlock
-            else f"a batch ran past {MAX_STEPS_PER_BATCH} steps"
+            else f"a batch ran past {MAX_STEPS_PER_BATCH} steps (the explorer's limit)"
         )
         th = next((t for t in order if t.gen is not None), order[0])
         self.stopped = Diagnostic(

@@ -1,14 +1,70 @@
 """Short pseudocode of each kernel function the engine runs, with the step labels per line.
 
 Written for this project (not kernel source): enough for the code panel to highlight where each
-CPU is. Each entry of :data:`PSEUDOCODE` is a list of ``(labels, text)``: the labels a step may
-carry while that line runs (empty for context lines). A test checks that every label the engine
-yields appears here, so the panel never shows a step without its line.
+CPU is. Each entry of :data:`PSEUDOCODE` is a list of lines ``(labels, text)`` or
+``(labels, text, modes)``: the labels a step may carry while that line runs (empty for context
+lines), and, for a line that only some designs run, the modes whose code it is. The panel shows
+a mode's own code only (:func:`pseudocode`): in ``v6`` no line of the rejected designs appears.
+:data:`SOURCES` names the file and function each entry follows, in the tree v6 is based on
+(Yan Zhao's MMU refactor v2, on which TDX's S-EPT hooks are ``tdx_sept_set_private_spte``
+dispatching to ``tdx_sept_map_nonleaf_spte``, ``tdx_sept_map_leaf_spte`` and
+``tdx_sept_remove_leaf_spte``; ``link_external_spt`` and ``remove_external_spte`` are gone).
+A test checks that every label the engine yields appears here, for the modes that yield it.
 """
 
 from __future__ import annotations
 
-Line = tuple[tuple[str, ...], str]
+Line = tuple[tuple[str, ...], str] | tuple[tuple[str, ...], str, frozenset[str]]
+
+V6_FAMILY = frozenset(
+    {"v6", "v5-hint", "v5-topup-install", "v4-shared-list", "kvm-style-cache", "mempool"}
+)
+NO_CACHE = frozenset({"mempool", "atomic-under-lock", "sleeping-under-lock"})
+
+
+def only(*modes: str) -> frozenset[str]:
+    return frozenset(modes)
+
+
+TDX_C = "arch/x86/virt/vmx/tdx/tdx.c"
+KVM_TDX_C = "arch/x86/kvm/vmx/tdx.c"
+MMU_C = "arch/x86/kvm/mmu/mmu.c"
+TDP_MMU_C = "arch/x86/kvm/mmu/tdp_mmu.c"
+KVM_MAIN_C = "virt/kvm/kvm_main.c"
+
+#: function -> where it lives (v6 and the tree it is based on)
+SOURCES: dict[str, str] = {
+    "tdx_handle_ept_violation": f"{KVM_TDX_C}: tdx_handle_ept_violation()",
+    "mmu_topup_memory_caches": f"{MMU_C}: mmu_topup_memory_caches()",
+    "kvm_mmu_topup_memory_cache": f"{KVM_MAIN_C}: __kvm_mmu_topup_memory_cache()",
+    "tdx_topup_pamt_cache": f"{TDX_C}: tdx_topup_pamt_cache() (v6 08/11)",
+    "tdx_free_pamt_cache": f"{TDX_C}: tdx_free_pamt_cache() (v6 08/11)",
+    "mmu_free_memory_caches": f"{MMU_C}: mmu_free_memory_caches() (from kvm_mmu_destroy())",
+    "kvm_mmu_faultin_pfn": f"{MMU_C}: kvm_mmu_faultin_pfn() -> kvm_gmem_get_pfn()",
+    "kvm_tdp_mmu_map": f"{TDP_MMU_C}: kvm_tdp_mmu_map() (via kvm_tdp_mmu_page_fault())",
+    "tdp_mmu_alloc_sp": f"{TDP_MMU_C}: tdp_mmu_alloc_sp()",
+    "tdx_sept_map_nonleaf_spte": (
+        f"{KVM_TDX_C}: tdx_sept_set_private_spte() -> tdx_sept_map_nonleaf_spte()"
+    ),
+    "tdx_sept_map_leaf_spte": f"{KVM_TDX_C}: tdx_sept_set_private_spte() -> tdx_sept_map_leaf_spte()",
+    "tdx_pamt_get": f"{TDX_C}: tdx_pamt_get() (v6 05, 06, 08/11)",
+    "tdx_pamt_put": f"{TDX_C}: tdx_pamt_put() (v6 05, 06/11)",
+    "tdx_alloc_control_page": f"{TDX_C}: tdx_alloc_control_page() (v6)",
+    "tdx_td_init": f"{KVM_TDX_C}: __tdx_td_init()",
+    "kvm_tdp_mmu_alloc_root": f"{TDP_MMU_C}: kvm_tdp_mmu_alloc_root()",
+    "tdx_vcpu_create": f"{KVM_TDX_C}: tdx_td_vcpu_init()",
+    "mempool_create": "mm/mempool.c: mempool_create() (a rejected design)",
+    "tdx_td_finalize": f"{KVM_TDX_C}: tdx_td_finalize()",
+    "tdx_vcpu_free": f"{KVM_TDX_C}: tdx_vcpu_free() (from kvm_arch_vcpu_destroy())",
+    "tdx_sept_remove_leaf_spte": (
+        f"{KVM_TDX_C}: tdx_sept_set_private_spte() -> tdx_sept_remove_leaf_spte()"
+    ),
+    "kvm_destroy_vm": f"{KVM_MAIN_C}: kvm_destroy_vm() (TD teardown, docs/engine.md)",
+    "tdx_mmu_release_hkid": f"{KVM_TDX_C}: tdx_mmu_release_hkid()",
+    "tdx_sept_free_private_spt": f"{KVM_TDX_C}: tdx_sept_free_private_spt()",
+    "tdx_vm_destroy": f"{KVM_TDX_C}: tdx_vm_destroy() -> tdx_reclaim_td_control_pages()",
+    "trace": "the trace itself (not kernel code)",
+}
 
 PSEUDOCODE: dict[str, list[Line]] = {
     "tdx_handle_ept_violation": [
@@ -16,50 +72,85 @@ PSEUDOCODE: dict[str, list[Line]] = {
         (("fault.vm_bugged",), "  if VM bugged: return -EIO"),
         ((), "  loop:"),
         (("fault.enomem",), "    if mmu_topup_memory_caches(vcpu): return -ENOMEM"),
-        ((), "    pfn = kvm_faultin_pfn(gfn)            # guest_memfd"),
-        ((), "    ret = kvm_tdp_mmu_map(vcpu, gfn, pfn)"),
+        ((), "    pfn = kvm_mmu_faultin_pfn(gfn)       # guest_memfd, after the top-ups"),
+        ((), "    read_lock(mmu_lock); ret = kvm_tdp_mmu_map(vcpu, gfn, pfn)"),
         (("fault.done",), "    if ret != RET_PF_RETRY: return ret"),
         (("fault.eio",), "    if error or TD going away: return -EIO"),
-        (("fault.livelock",), "    if ++retries > max_retries: livelock (spins until a signal)"),
-        (("fault.retry",), "    retry locally, without re-entering the guest"),
+        (
+            ("fault.livelock",),
+            "    (explorer: after max_retries, report a livelock; the kernel retries until a signal)",
+        ),
+        (("fault.retry",), "    cond_resched(); retry locally, without re-entering the guest"),
     ],
     "mmu_topup_memory_caches": [
         ((), "mmu_topup_memory_caches(vcpu):        # sleepable, before mmu_lock"),
         ((), "  topup(pte_list_desc,  1 + PT64_ROOT_MAX_LEVEL + PTE_PREFETCH_NUM)"),
-        ((), "  topup(mmu_external_spt_cache, PT64_ROOT_MAX_LEVEL)"),
-        ((), "  topup_external_cache(vcpu, 5)        # v6: tdx_topup_pamt_cache"),
+        (
+            (),
+            "  topup(mmu_external_spt_cache, PT64_ROOT_MAX_LEVEL)",
+            V6_FAMILY - {"v4-shared-list"} | NO_CACHE | {"v6-locked"},
+        ),
+        (
+            (),
+            "  topup_external_cache(vcpu, PT64_ROOT_MAX_LEVEL)   # -> tdx_topup_pamt_cache",
+            V6_FAMILY | {"v6-locked"},
+        ),
         ((), "  topup(mmu_shadow_page_cache, PT64_ROOT_MAX_LEVEL)"),
         ((), "  topup(mmu_page_header_cache, PT64_ROOT_MAX_LEVEL)"),
         ((), "  the first failure returns -ENOMEM (nothing rolled back)"),
     ],
     "kvm_mmu_topup_memory_cache": [
-        ((), "kvm_mmu_topup_memory_cache(mc, min):"),
+        ((), "__kvm_mmu_topup_memory_cache(mc, capacity 40, min):"),
         ((), "  if mc->nobjs >= min: return 0"),
-        ((), "  while mc->nobjs < capacity (40):"),
+        ((), "  while mc->nobjs < capacity:"),
         ((), "    obj = alloc(GFP_KERNEL_ACCOUNT)"),
+        (
+            (),
+            "    (v5 design: tdx_pamt_get(page, NULL) for each S-EPT page)",
+            only("v5-topup-install"),
+        ),
         (("kvm_topup.fail",), "    if !obj: return mc->nobjs >= min ? 0 : -ENOMEM"),
         (("kvm_topup.fill",), "    mc->objects[mc->nobjs++] = obj"),
     ],
     "tdx_topup_pamt_cache": [
-        ((), "tdx_topup_pamt_cache(cache, n):"),
-        ((), "  npages = n * TDX_DPAMT_ENTRY_PAGE_CNT     # 2 pages per get"),
+        (
+            (),
+            "tdx_topup_pamt_cache(cache, npages):",
+            V6_FAMILY - {"kvm-style-cache"} | {"v6-locked"},
+        ),
+        (
+            (),
+            "  npages *= TDX_DPAMT_ENTRY_PAGE_CNT     # 2 pages per get",
+            V6_FAMILY | {"v6-locked"},
+        ),
+        (
+            (),
+            "  (v4 design: one list for S-EPT and DPAMT pages: fill to tables + 2n)",
+            only("v4-shared-list"),
+        ),
+        (
+            (),
+            "  (KVM-style design: nothing if >= 2n, else fill to capacity 40)",
+            only("kvm-style-cache"),
+        ),
         (("pamt_cache.full",), "  while cache->cnt < npages:"),
         ((), "    page = alloc_page(GFP_KERNEL_ACCOUNT)"),
         (("pamt_cache.topup_fail",), "    if !page: return -ENOMEM"),
-        (("pamt_cache.topup",), "    list_add(page, &cache->page_list); cache->cnt++"),
+        (("pamt_cache.topup",), "    list_add(&page->lru, &cache->page_list); cache->cnt++"),
     ],
     "tdx_free_pamt_cache": [
         ((), "tdx_free_pamt_cache(cache):"),
         (("pamt_cache.free",), "  while (page = pop(cache)): __free_page(page)"),
     ],
-    "kvm_mmu_free_memory_caches": [
-        ((), "kvm_mmu_free_memory_caches(vcpu):"),
-        (("kvm_caches.free",), "  free every object of every MMU cache"),
+    "mmu_free_memory_caches": [
+        ((), "mmu_free_memory_caches(vcpu):          # from kvm_mmu_destroy()"),
+        (("kvm_caches.free",), "  kvm_mmu_free_memory_cache() for each MMU cache"),
     ],
-    "kvm_faultin_pfn": [
-        ((), "kvm_faultin_pfn(vcpu, fault):"),
+    "kvm_mmu_faultin_pfn": [
+        ((), "kvm_mmu_faultin_pfn(vcpu, fault):"),
         (("faultin.alloc",), "  pfn = kvm_gmem_get_pfn(gfn)         # allocates on first touch"),
-        (("faultin.enomem",), "  if !pfn: return -ENOMEM"),
+        (("faultin.given",), "  (the trace names the page guest_memfd holds for the gfn)"),
+        (("faultin.enomem", "faultin.taken"), "  if !pfn: return -ENOMEM"),
     ],
     "kvm_tdp_mmu_map": [
         (("mmu_lock.read", "mmu_lock.read_spin"), "read_lock(&kvm->mmu_lock)"),
@@ -69,13 +160,13 @@ PSEUDOCODE: dict[str, list[Line]] = {
         ((), "    sp = tdp_mmu_alloc_sp(vcpu)       # header + shadow page + S-EPT page"),
         (("tdp.freeze_lost",), "    if !cmpxchg(entry, 0, FROZEN): free sp; RET_PF_RETRY"),
         (("tdp.freeze",), "    entry = FROZEN_SPTE"),
-        ((), "    tdx_sept_link_private_spt(sp)      # tdx_pamt_get + SEPT.ADD"),
+        ((), "    set_external_spte -> tdx_sept_map_nonleaf_spte(sp)"),
         (("tdp.unwind",), "    on error: restore entry, free sp, RET_PF_RETRY"),
         (("tdp.alloc_bug",), "    (cache empty and GFP_ATOMIC failed: BUG_ON)"),
         (("leaf.spurious",), "at the goal: if the leaf is present: spurious, done"),
         (("leaf.frozen",), "  if the leaf is frozen by another vCPU: RET_PF_RETRY"),
         (("leaf.freeze",), "  freeze the leaf"),
-        ((), "  tdx_sept_set_private_spte(gfn, pfn)   # tdx_pamt_get + AUG/ADD"),
+        ((), "  set_external_spte -> tdx_sept_map_leaf_spte(gfn, pfn)"),
         (("leaf.unwind",), "  on error: restore the leaf, RET_PF_RETRY"),
         (("mmu_lock.read_unlock",), "read_unlock(&kvm->mmu_lock)"),
     ],
@@ -87,75 +178,143 @@ PSEUDOCODE: dict[str, list[Line]] = {
             ("tdp.alloc_sp",),
             "  sp->external_spt = kvm_mmu_memory_cache_alloc(mmu_external_spt_cache)",
         ),
+        (
+            (),
+            "  (v4 design: the S-EPT page comes off the shared per-vCPU list first)",
+            only("v4-shared-list"),
+        ),
         ((), "  (an empty cache WARNs and falls back to GFP_ATOMIC)"),
     ],
-    "tdx_sept_link_private_spt": [
-        ((), "tdx_sept_link_private_spt(level, external_spt):"),
-        ((), "  if tdx_pamt_get(pfn(external_spt), &vcpu->pamt_cache): return error"),
-        (("sept.add_fail",), "  err = TDH.MEM.SEPT.ADD(gpa, level, external_spt)"),
-        ((), "  if err: tdx_pamt_put(pfn); return -EBUSY/-EIO"),
+    "tdx_sept_map_nonleaf_spte": [
+        ((), "tdx_sept_map_nonleaf_spte(kvm, gfn, level, spte):"),
+        ((), "  if tdx_pamt_get(pfn(sept_pt), &tdx->pamt_cache): return error"),
+        (
+            (),
+            "  (v5 design: the page came with its reference from the top-up)",
+            only("v5-topup-install"),
+        ),
+        (("sept.add_fail",), "  err = TDH.MEM.SEPT.ADD(gpa, level, sept_pt)"),
+        ((), "  if err: tdx_pamt_put(pfn); return -EBUSY or TDX_BUG_ON"),
         (("sept.add",), "  return 0                                # table linked"),
     ],
-    "tdx_sept_set_private_spte": [
-        ((), "tdx_sept_set_private_spte(gfn, level, pfn):"),
+    "tdx_sept_map_leaf_spte": [
+        ((), "tdx_sept_map_leaf_spte(kvm, gfn, level, spte):"),
         (("leaf.kvm_bug",), "  if KVM_BUG_ON(level != PG_LEVEL_4K): return -EIO"),
-        ((), "  if tdx_pamt_get(pfn, &vcpu->pamt_cache): return error"),
+        ((), "  if tdx_pamt_get(pfn, &tdx->pamt_cache): return error"),
         (("page.add",), "  TD being built: TDH.MEM.PAGE.ADD(gpa, pfn)"),
         (("page.aug",), "  TD running:     TDH.MEM.PAGE.AUG(gpa, pfn)"),
         (("leaf.aug_fail",), "  on error: tdx_pamt_put(pfn); return -EBUSY/-EIO"),
     ],
     "tdx_pamt_get": [
         ((), "tdx_pamt_get(pfn, cache):"),
-        ((), "  refcount = &pamt_refcounts[pfn >> 9]"),
-        (("pamt_get.fast",), "  if atomic_inc_not_zero(refcount): return 0      # fast path"),
-        (("pamt_get.slow",), "  # refcount was 0: this region needs a PAMT page pair"),
-        (("pamt_get.pop",), "  pages = 2 x (cache ? pop(cache) : ...)          # never sleeps"),
-        (("pamt_get.alloc",), "          (no cache: alloc_page(GFP_KERNEL_ACCOUNT))"),
+        ((), "  refcount = tdx_find_pamt_refcount(pfn)   # &pamt_refcounts[pfn >> 9]"),
+        (
+            ("pamt_get.fast",),
+            "  if atomic_inc_not_zero(refcount): return 0      # fast path",
+            V6_FAMILY | NO_CACHE,
+        ),
+        (
+            ("pamt_get.slow",),
+            "  # refcount was 0: this region needs a PAMT page pair",
+            V6_FAMILY | NO_CACHE,
+        ),
+        ((), "  alloc_pamt_array(pages, cache):"),
+        (
+            ("pamt_get.pop",),
+            "    pages[i] = cache ? pop(cache) : alloc_page()  # never sleeps with a cache",
+            V6_FAMILY - {"mempool"} | {"v6-locked"},
+        ),
+        (("pamt_get.alloc",), "    (no cache: alloc_page(GFP_KERNEL_ACCOUNT))"),
         (
             ("pamt_get.alloc_atomic",),
-            "          (atomic/mempool designs: GFP_ATOMIC under mmu_lock)",
+            "    (design: alloc_page(GFP_ATOMIC/GFP_NOWAIT) under mmu_lock)",
+            only("mempool", "atomic-under-lock"),
         ),
         (
             ("pamt_get.mempool",),
-            "          (mempool design: GFP_NOWAIT failed, take from the reserve)",
+            "    (mempool design: GFP_NOWAIT failed, take from the reserve)",
+            only("mempool"),
         ),
         (
             ("pamt_get.alloc_sleeping",),
-            "          (rejected design: GFP_KERNEL under mmu_lock: may sleep!)",
+            "    (rejected design: GFP_KERNEL under mmu_lock: may sleep!)",
+            only("sleeping-under-lock"),
         ),
         (
             ("pamt_get.partial", "pamt_get.enomem"),
-            "  if a page is missing: free the other to the allocator; -ENOMEM",
+            "    if a page is missing: __free_page() the other; return -ENOMEM",
         ),
         (("pamt_get.lock", "pamt_get.lock.spin"), "  spin_lock(&pamt_lock)"),
-        (("pamt_get.lost_race",), "  if atomic_read(refcount): atomic_inc(refcount)  # lost race"),
+        (
+            ("pamt_get.lost_race",),
+            "  if atomic_read(refcount): atomic_inc(refcount); goto out_free  # lost race",
+            V6_FAMILY | NO_CACHE,
+        ),
+        (
+            ("pamt_get.pair_present",),
+            "  if atomic_read(refcount): atomic_inc(refcount); goto out_free  # pair present",
+            only("v6-locked"),
+        ),
         (
             ("pamt_get.add",),
-            "  else if TDH.PHYMEM.PAMT.ADD(pfn, pages) ok: atomic_set(refcount, 1)",
+            "  if TDH.PHYMEM.PAMT.ADD(pfn, pages) == TDX_SUCCESS: atomic_set(refcount, 1)",
         ),
-        (("pamt_get.add_hint",), "  else if HPA_RANGE_NOT_FREE (v5): atomic_set(refcount, 1)"),
-        (("pamt_get.add_fail",), "  else: WARN, ret = -EIO"),
+        (
+            ("pamt_get.add_hint",),
+            "  else if TDX_HPA_RANGE_NOT_FREE: atomic_set(refcount, 1)  # v5: a put is pending",
+            only("v5-hint"),
+        ),
+        (("pamt_get.add_fail",), "  else: WARN_ON_ONCE(1); ret = -EIO"),
         (("pamt_get.unlock",), "  spin_unlock(&pamt_lock)"),
-        (("pamt_get.free_pair",), "  if lost race or error: free both pages to the page allocator"),
+        (
+            ("pamt_get.reset_pair",),
+            "out_free: free_pamt_array(pages): tdx_quirk_reset_paddr() each page,",
+        ),
+        (("pamt_get.free_pair",), "          then __free_page() (to the page allocator)"),
     ],
     "tdx_pamt_put": [
         ((), "tdx_pamt_put(pfn):"),
-        (("pamt_put.fast",), "  if atomic_add_unless(refcount, -1, 1): return  # fast path"),
-        (("pamt_put.dec_unlocked",), "  (v5: atomic_dec_and_test without the lock)"),
-        (("pamt_put.slow",), "  # refcount is 1: the last user"),
+        ((), "  refcount = tdx_find_pamt_refcount(pfn)"),
+        (
+            ("pamt_put.fast", "pamt_put.slow"),
+            "  if !atomic_dec_and_lock(refcount, &pamt_lock): return   # not the last",
+            V6_FAMILY - {"v5-hint"} | NO_CACHE,
+        ),
+        (
+            ("pamt_put.fast", "pamt_put.dec_unlocked"),
+            "  if !atomic_dec_and_test(refcount): return   # v5: no lock",
+            only("v5-hint"),
+        ),
         (("pamt_put.lock", "pamt_put.lock.spin"), "  spin_lock(&pamt_lock)"),
-        (("pamt_put.dec",), "  if !atomic_dec_and_test(refcount):"),
-        (("pamt_put.slipped",), "    unlock; return                  # a get slipped in"),
+        (
+            ("pamt_put.dec",),
+            "  if atomic_read(refcount) > 1: atomic_dec(refcount); unlock; return",
+            only("v6-locked"),
+        ),
+        (
+            ("pamt_put.dec", "pamt_put.slipped"),
+            "  (atomic_dec_and_lock: the count reached 0 under the lock, else a get slipped in)",
+            V6_FAMILY - {"v5-hint"} | NO_CACHE,
+        ),
+        (
+            ("pamt_put.slipped",),
+            "  if atomic_read(refcount): unlock; return   # v5: a get slipped in",
+            only("v5-hint"),
+        ),
         (("pamt_put.remove",), "  TDH.PHYMEM.PAMT.REMOVE(pfn) -> pages"),
-        (("pamt_put.remove_fail",), "  on error: WARN; atomic_set(refcount, 1)   # pair leaked"),
+        (
+            ("pamt_put.remove_fail",),
+            "  if WARN_ON_ONCE(err): atomic_set(refcount, 1); unlock; return  # pair leaked",
+        ),
         (("pamt_put.unlock",), "  spin_unlock(&pamt_lock)"),
-        (("pamt_put.free_pair",), "  free both pages to the page allocator"),
+        (("pamt_put.reset_pair",), "  free_pamt_array(pages): tdx_quirk_reset_paddr() each page,"),
+        (("pamt_put.free_pair",), "          then __free_page() (to the page allocator)"),
     ],
     "tdx_alloc_control_page": [
         ((), "tdx_alloc_control_page():"),
         (("control.alloc",), "  page = alloc_page(GFP_KERNEL_ACCOUNT)"),
         (("control.enomem",), "  if !page: return NULL"),
-        (("control.get_fail",), "  if tdx_pamt_get(pfn, NULL): free page; return NULL"),
+        (("control.get_fail",), "  if tdx_pamt_get(pfn, NULL): __free_page(page); return NULL"),
         ((), "  return page"),
     ],
     "tdx_td_init": [
@@ -186,7 +345,11 @@ PSEUDOCODE: dict[str, list[Line]] = {
         (("vcpu.ready",), "  TDH.VP.INIT"),
     ],
     "mempool_create": [
-        (("mempool.create",), "mempool_create(min_nr = 2 * n): fill the reserve once"),
+        (
+            ("mempool.create",),
+            "mempool_create(min_nr = 2 * n): fill the reserve once",
+            only("mempool"),
+        ),
     ],
     "tdx_td_finalize": [
         (("td.finalize",), "TDH.MR.FINALIZE: the TD runs; faults now use TDH.MEM.PAGE.AUG"),
@@ -194,12 +357,12 @@ PSEUDOCODE: dict[str, list[Line]] = {
     "tdx_vcpu_free": [
         ((), "tdx_vcpu_free(vcpu):"),
         ((), "  tdx_free_pamt_cache(&tdx->pamt_cache)"),
-        ((), "  kvm_mmu_free_memory_caches(vcpu)"),
-        (("control.reclaim",), "  if the HKID is released: reclaim TDCX, TDVPR pages"),
-        (("control.free",), "    tdx_pamt_put(pfn); __free_page(page)"),
-        (("vcpu.freed",), "  the vCPU is gone"),
+        (("control.reclaim",), "  if the HKID is released: reclaim each TDCX page, then TDVPR"),
+        (("control.free",), "    tdx_free_control_page(): tdx_pamt_put(pfn); __free_page(page)"),
+        ((), "then kvm_mmu_destroy() -> mmu_free_memory_caches(vcpu)"),
+        (("vcpu.freed",), "the vCPU is gone"),
     ],
-    "tdx_sept_remove_private_spte": [
+    "tdx_sept_remove_leaf_spte": [
         (("mmu_lock.write", "mmu_lock.write_spin"), "write_lock(&kvm->mmu_lock)"),
         (("zap.gone",), "if the gfn is not mapped: nothing to do"),
         (("zap.block",), "TDH.MEM.RANGE.BLOCK; TDH.MEM.TRACK; kick vCPUs"),
@@ -208,29 +371,29 @@ PSEUDOCODE: dict[str, list[Line]] = {
         (("zap.free",), "guest_memfd releases the page"),
         (("mmu_lock.write_unlock",), "write_unlock(&kvm->mmu_lock)"),
     ],
-    "tdx_td_destroy": [
+    "kvm_destroy_vm": [
         (("td.destroy",), "destroy the TD:"),
         (
             ("mmu_lock.write", "mmu_lock.write_spin", "mmu_lock.write_unlock"),
-            "  under write_lock(mmu_lock): zap every leaf (PAGE.REMOVE, tdx_pamt_put)",
+            "  remove every private page (PAGE.REMOVE, tdx_pamt_put), HKID still assigned",
         ),
-        ((), "  tdx_mmu_release_hkid()"),
-        ((), "  for each S-EPT table: RECLAIM, tdx_pamt_put, free (not via RCU)"),
-        ((), "  for each vCPU: reclaim TDCX, TDVPR; then TDCS, TDR last"),
-        ((), "  free the vCPUs' caches"),
-        (("td.destroyed",), "  free the mirror root and guest_memfd pages"),
+        ((), "  kvm_arch_pre_destroy_vm() -> tdx_mmu_release_hkid()"),
+        ((), "  kvm_destroy_vcpus(): tdx_vcpu_free() (cache, TDCX, TDVPR), KVM's caches"),
+        ((), "  kvm_mmu_uninit_vm(): each S-EPT table: tdx_sept_free_private_spt()"),
+        ((), "  tdx_vm_destroy(): reclaim the TDCS pages, then the TDR"),
+        (("td.destroyed",), "  free the remaining guest_memfd pages"),
     ],
     "tdx_mmu_release_hkid": [
         (("td.hkid_release",), "TDH.PHYMEM.CACHE.WB; TDH.MNG.KEY.FREEID: release the HKID"),
     ],
     "tdx_sept_free_private_spt": [
         (("sept.reclaim",), "TDH.PHYMEM.PAGE.RECLAIM(S-EPT page)"),
-        ((), "tdx_pamt_put(pfn)"),
-        (("sept.free",), "free the S-EPT page and its mirror page"),
+        ((), "tdx_free_control_page(): tdx_pamt_put(pfn) (immediately, not from RCU)"),
+        (("sept.free",), "__free_page(S-EPT page); free the mirror page"),
     ],
-    "tdx_td_free": [
-        (("control.reclaim",), "reclaim each TDCS page, then the TDR"),
-        (("control.free",), "  tdx_pamt_put(pfn); __free_page(page)"),
+    "tdx_vm_destroy": [
+        (("control.reclaim",), "tdx_reclaim_td_control_pages(): each TDCS page, then the TDR"),
+        (("control.free",), "  tdx_free_control_page(): tdx_pamt_put(pfn); __free_page(page)"),
     ],
     "trace": [
         (("trace.inject",), "inject: make the next N operations fail"),
@@ -239,13 +402,23 @@ PSEUDOCODE: dict[str, list[Line]] = {
 }
 
 
-def line_of(function: str, label: str) -> int | None:
-    """Index of the pseudocode line of ``function`` that ``label`` highlights, if any."""
-    for i, (labels, _text) in enumerate(PSEUDOCODE.get(function, [])):
+def pseudocode(function: str, mode: str | None = None) -> list[tuple[tuple[str, ...], str]]:
+    """The lines of ``function`` that ``mode`` runs (every line with ``mode`` None)."""
+    out: list[tuple[tuple[str, ...], str]] = []
+    for line in PSEUDOCODE.get(function, []):
+        if mode is not None and len(line) == 3 and mode not in line[2]:
+            continue
+        out.append((line[0], line[1]))
+    return out
+
+
+def line_of(function: str, label: str, mode: str | None = None) -> int | None:
+    """Index of the line of ``pseudocode(function, mode)`` that ``label`` highlights."""
+    for i, (labels, _text) in enumerate(pseudocode(function, mode)):
         if label in labels:
             return i
     return None
 
 
 def all_labels() -> set[str]:
-    return {label for lines in PSEUDOCODE.values() for labels, _ in lines for label in labels}
+    return {label for lines in PSEUDOCODE.values() for line in lines for label in line[0]}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from explorer.model.narration import PSEUDOCODE, line_of
+from explorer.model.narration import SOURCES, line_of, pseudocode
 from explorer.model.records import Snapshot
 
 
@@ -12,6 +12,7 @@ from explorer.model.records import Snapshot
 class CpuCode:
     cpu: str
     function: str
+    source: str  # the file and function the pseudocode follows
     stack: tuple[str, ...]
     lines: tuple[str, ...]
     current: int | None  # index into lines
@@ -37,17 +38,21 @@ class CpuCode:
 
 
 def code_panel(snapshot: Snapshot) -> list[CpuCode]:
+    """Each CPU's function as the mode runs it (no line of another design), its current line
+    and the source it follows."""
+    mode = snapshot.settings.mode
     out = []
     for c in snapshot.cpus:
         function = c.function or ""
-        lines = tuple(text for _, text in PSEUDOCODE.get(function, []))
+        lines = tuple(text for _, text in pseudocode(function, mode))
         out.append(
             CpuCode(
                 cpu=c.cpu,
                 function=function,
+                source=SOURCES.get(function, ""),
                 stack=c.stack,
                 lines=lines,
-                current=line_of(function, c.label) if c.label else None,
+                current=line_of(function, c.label, mode) if c.label else None,
                 narration=c.narration,
                 holds=c.holds,
                 spinning_on=c.spinning_on,
