@@ -352,3 +352,74 @@ def test_chunking_never_changes_lines_or_events(
     finally:
         parse_module.CHUNK_BYTES = saved
     assert [e.line for e in trace.events] == want
+
+
+# ---------------------------------------------------------------- the bulk path, every line form
+_FIELD_VALUES = {
+    "td": ["0", "7", '"0x7"', '"0X1f"', "1048576", '"7"', "-1", "1.0", "true", "null", '"0x_1"'],
+    "vcpu": ["0", "3", '"0x3"', "1048575", "01", '" 0x3"', '"0x3 "', '"0x\\u0663"'],
+    "gfn": ['"0x200"', "512", '"0x1fffffffffff"', '"0x200000000000"', '"0x201"', "[1]", '"0xg"'],
+    "pfn": ['"0x400"', "1024", '"0x10000000000"', "{}", '"0x0000000000000000000000000000400"'],
+    "level": ['"4k"', '"2m"', '"1g"', "4"],
+    "what": ['"alloc_fail"', '"page_aug_busy"', '"nope"'],
+    "count": ["1", '"0x2"', "0", "1000001"],
+    "text": ['"a story"', '"with: colons"', '"\\u003a"', '""', "5"],
+    "note": ['"n"', '"x: y"', "null"],
+    "t": ["0", "5", '"0x6"', "3", "9007199254740992", "NaN"],
+    "op": [f'"{op}"' for op in SCHEMA] + ['"hop"', "1"],
+    "extra": ["1"],
+}
+
+
+@st.composite
+def _json_line(draw: st.DrawFn) -> str:
+    op = draw(st.sampled_from(list(SCHEMA)))
+    required, optional = SCHEMA[op]
+    keys = ["op", *required]
+    keys += draw(
+        st.lists(st.sampled_from([*optional, "t", "note", "extra", "op", "td"]), max_size=3)
+    )
+    keys = draw(st.permutations(keys))
+    sep = draw(st.sampled_from([(",", ":"), (", ", ": "), (" ,\t", " : ")]))
+    pairs = []
+    for key in keys:
+        value = (
+            f'"{op}"'
+            if key == "op" and draw(st.booleans())
+            else draw(st.sampled_from(_FIELD_VALUES[key]))
+        )
+        pairs.append(f'"{key}"{sep[1]}{value}')
+    pad = draw(st.sampled_from(["", " ", "\t", "\r"]))
+    return "{" + sep[0].join(pairs) + "}" + pad
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        _json_line()
+        | st.sampled_from(["", "# c", "  ", '{"format": "dpamt-trace", "version": 1}']),
+        min_size=1,
+        max_size=40,
+    ),
+    st.sampled_from([1, 3, 256]),
+)
+def test_every_line_form_parses_like_the_full_path(lines: list[str], batch: int) -> None:
+    """Any key order, spacing, hex or decimal integers, optional fields, bad values, duplicate
+    keys, colons and escapes in text: the bulk path and the full path give equal events or
+    equal problems (line:col, reason, text)."""
+    import explorer.trace.parse as parse_module
+
+    data = ("\n".join(lines) + "\n").encode()
+    results = []
+    saved = parse_module._BATCH
+    for fast in (True, False):
+        parse_module.FAST_PATH = fast
+        parse_module._BATCH = batch
+        try:
+            results.append(("ok", parse_trace(data, "t.jsonl").events))
+        except TraceError as exc:
+            results.append(("error", tuple(exc.problems)))
+        finally:
+            parse_module.FAST_PATH = True
+            parse_module._BATCH = saved
+    assert results[0] == results[1]

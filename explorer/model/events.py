@@ -142,6 +142,18 @@ def plain_fault(line: int, vcpu: int, gfn: int, t: int | None) -> Fault:
     return f
 
 
+def slot_setters(cls: type[Event]) -> dict[str, Callable[[object, Any], None]]:
+    """Every field of ``cls`` (``line``, ``t`` and ``note`` included) -> the ``__set__`` of its
+    slot, for builders like :func:`plain_fault`: ``object.__new__(cls)`` with every one of these
+    called once is equal to ``cls(...)`` with the same values (no validation: the caller has
+    validated them). The parser's bulk path (:mod:`explorer.trace.parse`) builds its events so."""
+    out: dict[str, Callable[[object, Any], None]] = {}
+    for klass in reversed(cls.__mro__):
+        for name in vars(klass).get("__slots__", ()):
+            out[name] = _slot_setter(klass, name)
+    return out
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.op: cls
     for cls in (TdCreate, VcpuCreate, TdFinalize, Fault, Zap, VcpuFree, TdDestroy, Inject, Note)

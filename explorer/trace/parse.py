@@ -19,14 +19,14 @@ import csv
 import json
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import MISSING, dataclass, fields
-from itertools import compress, count
+from itertools import compress, count, islice
 from typing import Any, NoReturn
 
 from explorer.model.constants import INJECTIONS, PAGES_PER_REGION
 from explorer.model.errors import Problem, TraceError
-from explorer.model.events import EVENT_TYPES, Event, plain_fault
+from explorer.model.events import EVENT_TYPES, Event, plain_fault, slot_setters
 from explorer.model.settings import SETTING_SPECS
 from explorer.trace import limits as L
 from explorer.trace.gcpause import gc_paused
@@ -747,90 +747,314 @@ _FAST_FAULT = re.compile(
 FAST_PATH = True
 
 
+# ------------------------------------------------------------------ the bulk path
+#: Lines decoded together by one ``json.loads`` in the bulk path.
+_BATCH = 256
+_HEX_PREFIXES = ("0x", "0X")
+_ABSENT = object()
+
+
+_ALLOWED = {op: frozenset({"op", *req, *opt, *COMMON_FIELDS}) for op, (req, opt) in SCHEMA.items()}
+_ALL_KEYS = frozenset().union(*_ALLOWED.values())
+_DEFAULTS = {op: {f.name: f.default for f in fields(cls)} for op, cls in EVENT_TYPES.items()}
+
+
+def _value_check(key: str, ind: str) -> list[str]:
+    """Source lines that check (and convert) the JSON value in the variable ``key`` by the
+    rules of :func:`_check_field`, ``return None`` if it is not good."""
+    if key in _INT_RANGES:
+        lo, hi = _INT_RANGES[key]
+        return [
+            f"{ind}if type({key}) is not int:",
+            f"{ind}    if (type({key}) is not str or {key}[:2] not in _HEX_PREFIXES",
+            f"{ind}            or not {key}.isascii() or not {key}.isalnum()):",
+            f"{ind}        return None",
+            f"{ind}    {key} = int({key}, 16)",
+            f"{ind}if not {lo} <= {key} <= {hi}:",
+            f"{ind}    return None",
+        ]
+    if key in _CHOICES:
+        return [f"{ind}if {key} not in {set(_CHOICES[key])!r}:", f"{ind}    return None"]
+    if key in _TEXT:
+        return [
+            f"{ind}if type({key}) is not str or len({key}) > {L.MAX_TEXT}:",
+            f"{ind}    return None",
+        ]
+    raise AssertionError(key)
+
+
+def _build_lines(op: str, present: set[str], ind: str) -> list[str]:
+    defaults = _DEFAULTS[op]
+    out = []
+    if op == "fault":
+        pfn = "pfn" if "pfn" in present else "None"
+        level = "level" if "level" in present else repr(defaults["level"])
+        out += [
+            f"{ind}if {level} == '2m' and (gfn % {PAGES_PER_REGION} or ({pfn} is not None and {pfn} % {PAGES_PER_REGION})):",
+            f"{ind}    return None",
+        ]
+    out.append(f"{ind}e = _NEW(_CLS_{op})")
+    for name in slot_setters(EVENT_TYPES[op]):
+        value = name if name in present or name == "line" else repr(defaults[name])
+        out.append(f"{ind}_SET_{op}_{name}(e, {value})")
+    out.append(f"{ind}return e")
+    return out
+
+
+def _shape_source(keys: tuple[str, ...]) -> str | None:
+    """The source of ``_shape(d, line)`` for decoded objects whose keys are ``keys`` in this
+    order: the event ``d`` stands for, built through its slots, or None if ``d`` is not exactly
+    a valid event; then the full path (:meth:`_Builder.event`) decides and reports. One unpacking
+    of ``d.values()``, then one test per field by the rules of :func:`_check_field` for JSON
+    values (no function call for a JSON integer), then one branch per op these keys fit.
+    None if no op has exactly these keys."""
+    present = set(keys)
+    ops = [
+        op for op, (req, _) in SCHEMA.items() if present <= _ALLOWED[op] and present.issuperset(req)
+    ]
+    if "op" not in present or not ops:
+        return None
+    body = ["def _shape(d, line):", f"    {', '.join(keys)}, = d.values()"]
+    for key in keys:
+        if key != "op":
+            body += _value_check(key, "    ")
+    for op in ops:
+        body.append(f"    if op == {op!r}:")
+        body += _build_lines(op, present, "        ")
+    body.append("    return None")
+    return "\n".join(body) + "\n"
+
+
+def _namespace() -> dict[str, Any]:
+    ns: dict[str, Any] = {"_HEX_PREFIXES": _HEX_PREFIXES, "_NEW": object.__new__}
+    for op, cls in EVENT_TYPES.items():
+        ns[f"_CLS_{op}"] = cls
+        for name, setter in slot_setters(cls).items():
+            ns[f"_SET_{op}_{name}"] = setter
+    return ns
+
+
+_NAMESPACE = _namespace()
+#: key order of a decoded line -> its validator (:func:`_shape_source`), made when first seen.
+_SHAPES: dict[tuple[str, ...], Callable[[dict[str, Any], int], Event | None] | None] = {}
+#: At most this many shapes are kept (a valid line has at most 7 keys, so there are few).
+_MAX_SHAPES = 4096
+
+
+def _shape(keys: tuple[str, ...]) -> Callable[[dict[str, Any], int], Event | None] | None:
+    """The validator of ``keys`` (None: the full path decides), made and kept if new."""
+    if not _ALL_KEYS.issuperset(keys):
+        return None
+    source = _shape_source(keys)
+    fn = None
+    if source is not None:
+        ns = dict(_NAMESPACE)
+        exec(source, ns)  # source generated above from the schema, never from input
+        fn = ns["_shape"]
+    if len(_SHAPES) < _MAX_SHAPES:
+        _SHAPES[keys] = fn
+    return fn
+
+
+def _no_duplicate_keys(raw: str, d: dict[str, Any]) -> bool:
+    """True if the line ``raw``, decoded (last key wins) to ``d``, had no duplicate key. Every
+    pair has one colon outside strings; without a backslash, a string holds as many colons in the
+    line as decoded; keys that ``d`` may have hold none. So if the line's colons are exactly
+    ``len(d)`` plus those of ``d``'s string values, it had ``len(d)`` pairs."""
+    colons = raw.count(":")
+    if colons == len(d):
+        return True
+    if "\\" in raw:
+        return False
+    return colons == len(d) + sum(v.count(":") for v in d.values() if type(v) is str)
+
+
 def _parse_jsonl(lines: Iterator[tuple[int, str]], c: _Collector) -> Trace:
-    """JSON Lines. Canonical fault lines, nearly all of a large trace, take a fast path: one
-    regular expression instead of a JSON decode and the per-field schema checks (about 3 us per
-    line instead of 14). It accepts only lines the full path would accept with the same values;
-    a line it does not match, or whose values are out of range or go back in time, goes through
-    the full path, which reports the exact problem."""
+    """JSON Lines, in batches of :data:`_BATCH` lines. The bulk path decodes a batch whose lines
+    are all one ``{...}`` each with one ``json.loads`` of them as a JSON array (C speed, no call
+    per line), checks each object with its op's generated validator (:data:`_VALIDATORS`) and
+    builds its event through its slots. Anything it does not accept exactly (a batch that does
+    not decode, a line that is not an object on its own, a value out of range, a duplicate key, t
+    going back in time, a header, a comment) goes line by line: canonical fault lines through a
+    regular expression, other lines through ``json.loads`` and the validator, and what is still
+    not accepted through the full path (:meth:`_Builder.event`), which reports the exact problem
+    at its line:col. The bulk path accepts only what the full path accepts, with equal events
+    (tests/test_trace_format.py compares them with :data:`FAST_PATH` off)."""
     source = c.source
     b = _Builder(c, csv_mode=False)
-    title = description = ""
-    settings: dict[str, Any] = {}
-    seen_content = False
+    head: dict[str, Any] = {"title": "", "description": "", "settings": {}, "seen": False}
     fast = _FAST_FAULT if FAST_PATH else None
     events = b.events
     max_id, max_gfn, max_t, max_events = L.MAX_ID, L.MAX_GFN, L.MAX_T, L.MAX_EVENTS
-    for n, raw in lines:
-        if c.full:
-            break
-        if fast is not None and (mm := fast(raw)) is not None:
-            v, g, ts = mm.groups()
-            vcpu, gfn = int(v), int(g, 16)
-            t = None if ts is None else int(ts)
+    shapes = _SHAPES
+    loads = json.loads
+    quarter_line = L.MAX_LINE_BYTES // 4  # chars: a line this long is within MAX_LINE_BYTES
+
+    def accept(d: Any, n: int) -> bool:
+        """Append the event of the decoded line ``d`` if the fast checks accept it."""
+        if type(d) is not dict:
+            return False
+        keys = tuple(d)
+        v = shapes.get(keys)
+        if v is None and keys not in shapes:
+            v = _shape(keys)
+        if v is None:
+            return False
+        e = v(d, n)
+        if e is None or len(events) >= max_events:
+            return False
+        t = e.t
+        if t is not None:
             last_t = b.last_t
-            if (
-                vcpu <= max_id
-                and gfn <= max_gfn
-                and len(events) < max_events
-                and (t is None or (t <= max_t and (last_t is None or t >= last_t)))
-            ):
-                if t is not None:
-                    b.last_t, b.last_t_line = t, n
-                events.append(plain_fault(n, vcpu, gfn, t))
-                seen_content = True
-                continue
-        raw = raw.rstrip("\r")
-        stripped = raw.strip(_BLANK)
-        if not stripped or stripped.startswith("#"):
+            if last_t is not None and t < last_t:
+                return False
+            b.last_t, b.last_t_line = t, n
+        events.append(e)
+        return True
+
+    def one(n: int, raw: str) -> None:
+        """A line on its own: the fast paths, then the full path."""
+        if fast is not None:
+            if (mm := fast(raw)) is not None:
+                v, g, ts = mm.groups()
+                vcpu, gfn = int(v), int(g, 16)
+                t = None if ts is None else int(ts)
+                last_t = b.last_t
+                if (
+                    vcpu <= max_id
+                    and gfn <= max_gfn
+                    and len(events) < max_events
+                    and (t is None or (t <= max_t and (last_t is None or t >= last_t)))
+                ):
+                    if t is not None:
+                        b.last_t, b.last_t_line = t, n
+                    events.append(plain_fault(n, vcpu, gfn, t))
+                    head["seen"] = True
+                    return
+            elif len(raw) <= quarter_line and "{" in raw:
+                try:
+                    d = loads(raw)
+                    if _no_duplicate_keys(raw, d) and accept(d, n):
+                        head["seen"] = True
+                        return
+                except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+                    pass
+        _full_line(n, raw, b, c, head)
+
+    while not c.full:
+        batch = list(islice(lines, _BATCH))
+        if not batch:
+            break
+        if fast is None:
+            for n, raw in batch:
+                _full_line(n, raw, b, c, head)
+                if c.full:
+                    break
             continue
-        if raw == _TOO_LONG or not _check_line_length(raw, n, c):
-            seen_content = True
+        raws = [raw for _, raw in batch]
+        text = "\n".join(raws)
+        k = len(raws)
+        decoded: list[Any] | None = None
+        if fast(raws[0]) is not None and fast(raws[-1]) is not None:
+            pass  # canonical fault lines (what generate writes): the regex is faster, line by line
+        elif (
+            ("\n" + text).count("\n{") == k
+            and (text + "\n").count("}\n") + text.count("}\r\n") + text.endswith("}\r") == k
+            and max(map(len, raws)) <= quarter_line
+        ):
+            # Every line is "{...}" (no line can then continue another: docs in _bulk_safe)
+            try:
+                decoded = loads("[" + text.replace("\n", ",\n") + "]")
+            except (ValueError, RecursionError):
+                decoded = None
+            if decoded is not None and len(decoded) != k:
+                decoded = None
+        if decoded is None:
+            for n, raw in batch:
+                one(n, raw)
+                if c.full:
+                    break
             continue
-        try:
-            obj = _loads(raw)
-        except json.JSONDecodeError as exc:
-            reason = "invalid JSON: " + exc.msg
-            if exc.pos >= len(raw.rstrip()):
-                reason = "invalid JSON: the line ends early (truncated?)"
-            c.add(n, exc.colno, reason, raw, "one JSON object per line")
-            seen_content = True
-            continue
-        except RecursionError:
-            c.add(n, 1, f"JSON nested too deeply (limit {L.MAX_NESTING})", raw)
-            seen_content = True
-            continue
-        except ValueError as exc:  # NaN/Infinity, duplicate keys
-            c.add(n, 1, f"invalid JSON: {exc}", raw, "one JSON object per line")
-            seen_content = True
-            continue
-        if not isinstance(obj, dict):
-            c.add(n, 1, f"expected a JSON object, got {type(obj).__name__}", raw, '{"op": ...}')
-            seen_content = True
-            continue
-        depth = _depth(obj)
-        if depth > L.MAX_NESTING:
-            c.add(n, 1, f"JSON nested {depth} deep, over the limit of {L.MAX_NESTING}", raw)
-            seen_content = True
-            continue
-        if not seen_content and "format" in obj and "op" not in obj:
-            title, description, settings = _header(obj, n, raw, c)
-            seen_content = True
-            continue
-        seen_content = True
-        for key, value in obj.items():
-            if isinstance(value, (dict, list)):
-                c.add(
-                    n,
-                    _value_col(raw, key),
-                    f"{key} must be a scalar, not a"
-                    f"{'n object' if isinstance(value, dict) else ' list'}",
-                    f"{key}=...",
-                )
+        exact_keys = text.count(":") == sum(map(len, decoded))
+        before = len(events)
+        for (n, raw), d in zip(batch, decoded, strict=True):
+            try:
+                keys = tuple(d)
+                v = shapes.get(keys)
+                if v is None and keys not in shapes:
+                    v = _shape(keys)
+                if (
+                    v is not None
+                    and (e := v(d, n)) is not None
+                    and (exact_keys or _no_duplicate_keys(raw, d))
+                    and len(events) < max_events
+                ):
+                    t = e.t
+                    if t is None:
+                        events.append(e)
+                        continue
+                    last_t = b.last_t
+                    if last_t is None or t >= last_t:
+                        b.last_t, b.last_t_line = t, n
+                        events.append(e)
+                        continue
+            except (ValueError, TypeError, KeyError, AttributeError):
+                pass
+            if len(events) > before:  # an event came first: a header now is not the header
+                head["seen"] = True
+            _full_line(n, raw, b, c, head)
+            if c.full:
                 break
-        else:
-            b.event(obj, n, raw)
-    return _finish(c, b, source, "jsonl", title, description, settings)
+        if len(events) > before:
+            head["seen"] = True
+    return _finish(c, b, source, "jsonl", head["title"], head["description"], head["settings"])
+
+
+def _full_line(n: int, raw: str, b: _Builder, c: _Collector, head: dict[str, Any]) -> None:
+    """The full path for one line: every check, every problem at its line:col."""
+    raw = raw.rstrip("\r")
+    stripped = raw.strip(_BLANK)
+    if not stripped or stripped.startswith("#"):
+        return
+    head["seen"], seen_content = True, head["seen"]
+    if raw == _TOO_LONG or not _check_line_length(raw, n, c):
+        return
+    try:
+        obj = _loads(raw)
+    except json.JSONDecodeError as exc:
+        reason = "invalid JSON: " + exc.msg
+        if exc.pos >= len(raw.rstrip()):
+            reason = "invalid JSON: the line ends early (truncated?)"
+        c.add(n, exc.colno, reason, raw, "one JSON object per line")
+        return
+    except RecursionError:
+        c.add(n, 1, f"JSON nested too deeply (limit {L.MAX_NESTING})", raw)
+        return
+    except ValueError as exc:  # NaN/Infinity, duplicate keys
+        c.add(n, 1, f"invalid JSON: {exc}", raw, "one JSON object per line")
+        return
+    if not isinstance(obj, dict):
+        c.add(n, 1, f"expected a JSON object, got {type(obj).__name__}", raw, '{"op": ...}')
+        return
+    depth = _depth(obj)
+    if depth > L.MAX_NESTING:
+        c.add(n, 1, f"JSON nested {depth} deep, over the limit of {L.MAX_NESTING}", raw)
+        return
+    if not seen_content and "format" in obj and "op" not in obj:
+        head["title"], head["description"], head["settings"] = _header(obj, n, raw, c)
+        return
+    for key, value in obj.items():
+        if isinstance(value, (dict, list)):
+            c.add(
+                n,
+                _value_col(raw, key),
+                f"{key} must be a scalar, not a"
+                f"{'n object' if isinstance(value, dict) else ' list'}",
+                f"{key}=...",
+            )
+            break
+    else:
+        b.event(obj, n, raw)
 
 
 def _parse_csv(lines: Iterator[tuple[int, str]], c: _Collector) -> Trace:
