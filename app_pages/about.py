@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from explorer.views.about import overhead_figure, region_diagram
+from explorer.views.about import cover_letter_markdown, overhead_figure, region_diagram
 
 st.title("About Dynamic PAMT")
 st.markdown(
@@ -28,6 +28,15 @@ removes the pair (PAMT.REMOVE). Anything else takes a lock-free fast path.
 """
 )
 st.plotly_chart(overhead_figure(), key="chart_about_overhead", width="stretch")
+st.markdown(
+    """
+The chart draws the v6 cover letter's four rows: TDX enabled, no TD running, the refcounts in one
+array from pfn 0 to `max_pfn` (v6's "non-optimized refcount solution"). Dynamic PAMT saves about
+100 times when `max_pfn` is at the RAM size, and **costs more** when `max_pfn` sits at the top of
+the physical address space (maxpa). Compare designs has the calculator for other hosts.
+"""
+)
+st.markdown(cover_letter_markdown())
 st.markdown(
     """
 ### The fault path, and why the cache holds 10 pages

@@ -7,15 +7,26 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app_pages import common
-from explorer.model.constants import MODES
+from explorer.designs import design, help_text
+from explorer.metrics import RunMetrics
+from explorer.model.constants import MODES, PAGE_SIZE
 from explorer.model.errors import TraceError
 from explorer.model.settings import Settings
-from explorer.overhead import COVER_LETTER_FIGURES, GIB, overhead, regions_touched
+from explorer.overhead import (
+    GIB,
+    LORE_V6,
+    MAXPA_BITS,
+    format_bytes,
+    max_pfn_at,
+    overhead,
+    regions_touched,
+)
 from explorer.sweep import grid_points, run_sweep
+from explorer.views.about import cover_letter_table, overhead_table, overhead_verdict
 from explorer.views.caches import pamt_cache_figure
 from explorer.views.palette import OKABE_ITO
 from explorer.views.region_map import region_map
-from explorer.views.sweep import sweep_figure
+from explorer.views.sweep import count_axis, sweep_figure
 
 DEFAULT_CONFIGS = pd.DataFrame(
     [
@@ -39,6 +50,21 @@ METRIC_LABELS = {
     "allocs_under_lock": "allocations under a lock",
     "violations": "violations",
 }
+BYTE_ROWS = [METRIC_LABELS["dpamt_pair_bytes_peak"], METRIC_LABELS["static_pamt_4k_bytes"]]
+#: The mode column's help: each mode's first line of :func:`explorer.designs.help_text`.
+MODE_HELP = (
+    "The design each row models. The sources' reasons for each are beside its column below "
+    "(*Why each design*).\n\n" + "\n\n".join(help_text(m).split("\n")[0] for m in MODES)
+)
+REFCOUNT_CHOICES = {
+    "vmalloc 0..max_pfn (as v6)": "vmalloc",
+    "sparse: RAM regions only (the dropped optimization)": "sparse",
+}
+
+
+def _count(v: float) -> str:
+    """A count with thousands separators; a mean with two decimals."""
+    return f"{v:,.0f}" if float(v).is_integer() else f"{v:,.2f}"
 
 
 def _configs(base: Settings) -> tuple[list[tuple[str, Settings]], list[str]]:
@@ -48,7 +74,9 @@ def _configs(base: Settings) -> tuple[list[tuple[str, Settings]], list[str]]:
         key="configs",
         width="stretch",
         column_config={
-            "mode": st.column_config.SelectboxColumn("mode", options=list(MODES), required=True),
+            "mode": st.column_config.SelectboxColumn(
+                "mode", options=list(MODES), required=True, help=MODE_HELP
+            ),
             "dpamt_gets_per_fault": st.column_config.NumberColumn(
                 min_value=0, max_value=64, step=1
             ),
@@ -91,7 +119,11 @@ def main() -> None:
     table = pd.DataFrame(
         {label: {METRIC_LABELS[k]: r.row()[k] for k in METRIC_LABELS} for label, _, r in results}
     )
-    st.dataframe(table, width="stretch", key="table_compare")
+    # numbers stay numbers (sortable, testable); the Styler shows bytes with units, counts
+    # with separators; the height fits every row, so nothing hides behind a scrollbar
+    styled = table.style.format(_count).format(format_bytes, subset=pd.IndexSlice[BYTE_ROWS, :])
+    st.dataframe(styled, width="stretch", height=35 * (len(table) + 1) + 3, key="table_compare")
+    _reasons(results)
     # first divergence: the first event after which the measured series differ
     series = [r.series for _, _, r in results]
     n = min(len(s["idle_pages"]) for s in series)
@@ -119,7 +151,7 @@ def main() -> None:
     fig.update_layout(
         title="Pages held idle in DPAMT caches, after each event",
         xaxis={"title": "event"},
-        yaxis={"title": "pages"},
+        yaxis={"title": "pages", **count_axis([max(r.series["idle_pages"]) for *_, r in results])},
         legend={"orientation": "h", "y": -0.25},
     )
     st.plotly_chart(fig, key="chart_compare_idle", width="stretch")
@@ -135,14 +167,16 @@ def main() -> None:
         b = min(tl.batch_of_event(e - 1), tl.nr_batches - 1)
         i = tl.batch_step[b + 1] - 1 if b >= 0 else -1
         snap = tl.state_at(min(i, tl.nr_steps - 1))
-        col.caption(label)
+        col.caption(label, help=help_text(s.mode))
         col.plotly_chart(
             # a column of a 1440-px page: about 1,400 / n px wide (the map sizes its colour bar)
             region_map(snap, title=f"regions after event {e}", width=1400 // len(results)),
             key=f"chart_cmp_map_{label}",
             width="stretch",
         )
-        col.plotly_chart(pamt_cache_figure(snap), key=f"chart_cmp_cache_{label}", width="stretch")
+        col.plotly_chart(
+            pamt_cache_figure(snap, narrow=True), key=f"chart_cmp_cache_{label}", width="stretch"
+        )
 
     st.subheader("Sweep dpamt_gets_per_fault")
     hi = st.slider("from 0 to", 1, 12, 8, key="sweep_hi")
@@ -165,37 +199,91 @@ def main() -> None:
             width="stretch",
         )
 
+    _memory()
+
+
+def _reasons(results: list[tuple[str, Settings, RunMetrics]]) -> None:
+    """Each configuration's design beside its column: the sources' reasons, what we can show."""
+    st.markdown("**Why each design**: the seed's reasons (or the mode's provenance), quoted")
+    for col, (label, s, _) in zip(st.columns(len(results)), results, strict=True):
+        d = design(s.mode)
+        col.markdown(f"**{label}**")
+        col.caption(d.provenance)
+        with col.expander(f"Why {s.mode}: quotes, what the simulation shows"):
+            st.markdown(help_text(s.mode))
+
+
+def _memory() -> None:
     st.subheader("Memory overhead: static PAMT vs Dynamic PAMT")
     m1, m2, m3 = st.columns(3)
-    host = m1.number_input("host memory (GiB)", 1, 65536, 256, key="oh_host")
+    host = int(m1.number_input("host memory (GiB)", 1, 65536, 256, key="oh_host"))
     frac = m2.slider("memory used by TDs at 4 KiB", 0.0, 1.0, 0.25, key="oh_frac")
-    placement = m3.selectbox("placement", ["packed", "scattered"], key="oh_place")
-    o = overhead(int(host) * GIB, regions_touched(int(host) * GIB, frac, placement))
+    placement = m3.selectbox(
+        "placement of TD pages",
+        ["packed", "scattered"],
+        key="oh_place",
+        help="packed: pages fill regions one after another (fewest pairs); scattered: one page "
+        "per region until all are touched (the worst case).",
+    )
+    m4, m5, m6 = st.columns(3)
+    at = m4.radio(
+        "max_pfn",
+        ["at the host's RAM size", "at maxpa"],
+        key="oh_maxpfn",
+        help="The refcount array covers pfn 0 to max_pfn (v6 cover letter). max_pfn sits at the "
+        "top of RAM, or, on a host whose highest RAM page is near the top of the physical "
+        "address space, at maxpa.",
+    )
+    bits = int(
+        m5.number_input(
+            "physical address bits (maxpa)",
+            39,
+            52,
+            MAXPA_BITS,
+            key="oh_bits",
+            disabled=at != "at maxpa",
+            help="52 is the cover letter's worst case; v6 10/11 enables Dynamic PAMT only with "
+            "at most 48 bits.",
+        )
+    )
+    refcounts = REFCOUNT_CHOICES[
+        m6.radio("refcount placement", list(REFCOUNT_CHOICES), key="oh_refcounts")
+    ]
+    host_bytes = host * GIB
+    pages = host_bytes // PAGE_SIZE
+    max_pfn = None
+    if at == "at maxpa":
+        max_pfn = max_pfn_at(bits)
+        if max_pfn < pages:
+            st.warning(
+                f"{bits} bits address {format_bytes(max_pfn * PAGE_SIZE)}, less than the host's "
+                f"{format_bytes(host_bytes)}: max_pfn taken at the RAM size."
+            )
+            max_pfn = None
+        elif bits > 48:
+            st.caption(
+                f"At {bits} bits: v6 10/11 enables Dynamic PAMT only when x86_phys_bits <= 48; "
+                "the cover letter's maxpa rows use 52 bits all the same."
+            )
+    o = overhead(host_bytes, regions_touched(host_bytes, frac, placement), max_pfn, refcounts)
     st.dataframe(
-        pd.DataFrame(
-            [
-                {"part": "static: 16 B x 4 KiB pages", "bytes": o.static_4k},
-                {
-                    "part": "static: 16 B x (2 MiB + 1 GiB entries), kept by DPAMT",
-                    "bytes": o.static_2m + o.static_1g,
-                },
-                {"part": "DPAMT: bitmap, 1 bit per 4 KiB page", "bytes": o.dpamt_bitmap},
-                {"part": "DPAMT: refcounts, 4 B per 2 MiB region", "bytes": o.dpamt_refcounts},
-                {
-                    "part": f"DPAMT: pairs, 8 KiB x {o.regions_with_pair:,} regions in use",
-                    "bytes": o.dpamt_pairs,
-                },
-                {"part": "total static PAMT", "bytes": o.static_total},
-                {"part": "total Dynamic PAMT", "bytes": o.dpamt_total},
-            ]
-        ),
+        overhead_table(o),
         hide_index=True,
+        width="stretch",
+        height=35 * 8 + 3,
         key="table_overhead",
     )
+    verdict = overhead_verdict(o)
+    (st.success if o.dpamt_total <= o.static_total else st.warning)(verdict)
+
+    st.markdown("**The v6 cover letter's table** (TDX enabled, no TD, non-optimized refcounts)")
+    st.dataframe(cover_letter_table(), hide_index=True, width="stretch", key="table_cover")
     st.caption(
-        f"Dynamic PAMT saves {o.saving:.1%} of static PAMT here. Reference (v6 cover letter, "
-        "no TD running): "
-        + "; ".join(f"{h}: {s} GB static vs {d} GB dynamic" for h, _, s, d in COVER_LETTER_FIGURES)
+        "Published figures beside ours. The cover letter's GB are GiB; its static column is "
+        "0.4 % of RAM (the exact 16 B per 4 KiB plus the 2 MiB and 1 GiB levels is 0.39 %). "
+        "Where max_pfn sits at maxpa, the refcount array (4 B per 2 MiB from pfn 0) is 8 GB "
+        "and Dynamic PAMT costs more than static PAMT. "
+        f"Source: v6 cover letter, {LORE_V6}"
     )
 
 

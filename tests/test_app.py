@@ -324,3 +324,82 @@ def test_changing_a_setting_keeps_the_event_and_the_kind_of_step() -> None:
     assert after.event == before.event
     assert after.label == before.label, (before.label, after.label)
     assert at.number_input(key="goto_event").value == before.event + 1
+
+
+def _compare(**params: str) -> AppTest:
+    at = _app(**params)
+    at.switch_page("app_pages/compare.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_compare_shows_the_seeds_reasons_beside_each_design() -> None:
+    from explorer.designs import design
+
+    at = _compare()
+    modes = ["v6", "v5-topup-install", "kvm-style-cache"]
+    expanders = {e.label.split(":")[0].removeprefix("Why "): e for e in at.expander}
+    assert set(modes) <= set(expanders)
+    for mode in modes:
+        text = " ".join(m.value for m in expanders[mode].markdown)
+        d = design(mode)
+        for q in d.quotes:
+            assert q.text in text and q.citation in text
+        assert d.can_show in text and d.cannot_show in text
+    # the rejected KVM-cache design carries the seed's own reason, with its line numbers
+    kvm = " ".join(m.value for m in expanders["kvm-style-cache"].markdown)
+    assert "too much inlined code added to headers" in kvm and "lines 16-17" in kvm
+    # each side-by-side column's caption has the mode's help
+    helps = [c.proto.help for c in at.caption if c.proto.help]
+    assert any("**kvm-style-cache**" in h and "inlined code" in h for h in helps)
+
+
+def test_compare_results_table_formats_bytes_and_counts() -> None:
+    import pyarrow as pa
+
+    at = _compare()
+    df = next(d for d in at.dataframe if "pages idle in caches (peak)" in d.value.index)
+    assert len(df.value) == 13  # every row, retries and after included
+    assert df.value.loc["static 4 KiB PAMT bytes"].iloc[0] > 0  # the data stay numbers
+    shown = pa.ipc.open_stream(df.proto.arrow_data.styler.display_values).read_all()
+    cells = " ".join(str(v) for col in shown.to_pydict().values() for v in col)
+    assert "1.00 MB" in cells and "16 KB" in cells  # bytes with units, not 1048576
+
+
+def test_compare_memory_calculator_at_maxpa_says_dpamt_costs_more() -> None:
+    at = _compare()
+    at.number_input(key="oh_host").set_value(256)
+    at.slider(key="oh_frac").set_value(0.0)
+    at.radio(key="oh_maxpfn").set_value("at maxpa").run()
+    assert not at.exception
+    table = next(d.value for d in at.dataframe if "part" in d.value.columns)
+    sizes = dict(zip(table["part"], table["size"], strict=True))
+    assert sizes["total static PAMT"] == "1.00 GB"
+    assert sizes["total Dynamic PAMT"] == "8.01 GB"  # the cover letter's 8.01
+    assert "1,075,843,072 B" in set(table["bytes"])
+    assert any("MORE than static PAMT" in w.value for w in at.warning)
+    # the sparse refcounts (the dropped optimization) bring it back to a saving
+    at.radio(key="oh_refcounts").set_value(at.radio(key="oh_refcounts").options[1]).run()
+    assert any("Dynamic PAMT saves" in s.value for s in at.success)
+
+
+def test_compare_cover_letter_table_and_citation() -> None:
+    from explorer.overhead import COVER_LETTER_TABLE, LORE_V6
+
+    at = _compare()
+    cover = next(d.value for d in at.dataframe if "DPAMT (published, GB)" in d.value.columns)
+    assert len(cover) == 4
+    assert list(cover["DPAMT (published, GB)"]) == [f"{r[4]:.2f}" for r in COVER_LETTER_TABLE]
+    assert list(cover["savings/(loss) (published)"]) == [r[5] for r in COVER_LETTER_TABLE]
+    assert list(cover["DPAMT costs more"]) == ["no", "yes", "no", "yes"]
+    assert any(LORE_V6 in c.value for c in at.caption)
+
+
+def test_about_quotes_the_cover_letters_rows() -> None:
+    at = _app()
+    at.switch_page("app_pages/about.py").run()
+    assert not at.exception
+    text = " ".join(m.value for m in at.markdown)
+    assert "| 256GB | maxpa (52 bits) | 1.02 GB | 8.01 GB | (8x) |" in text
+    assert "| 2TB | RAM size | 8.19 GB | 0.08 GB | 99x |" in text
+    assert "Where Dynamic PAMT costs more" in text and "rick.p.edgecombe" in text

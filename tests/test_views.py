@@ -1,5 +1,6 @@
 """Views: the figures carry the engine's numbers (checked on real snapshots from the samples)."""
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +126,83 @@ def test_about_diagrams() -> None:
     assert len(region_diagram(3).layout.shapes) == 2
     fig = overhead_figure()
     assert list(fig.data[0].y) == [1.02, 8.19] and list(fig.data[1].y) == [0.01, 0.08]
+
+
+def test_stack_labels_label_runs_not_every_page() -> None:
+    from explorer.views.caches import MAX_STACK_LABELS, stack_labels
+
+    forty = stack_labels([0] * 40)  # kvm-style-cache: 40 pages of region 0
+    assert [t for t in forty if t] == ["r0 x39", "r0"]
+    assert forty[-1] == "r0"  # the top (next pop) is always labelled
+    assert stack_labels([0, 0, 64, 64, 1]) == ["r0 x2", "", "r64 x2", "", "r1"]
+    many = stack_labels(list(range(40)))
+    placed = [i for i, t in enumerate(many) if t]
+    assert len(placed) <= MAX_STACK_LABELS and many[-1] == "r39"
+    assert min(b - a for a, b in itertools.pairwise(placed)) >= 4
+    assert stack_labels([]) == []
+
+
+def test_pamt_cache_narrow_title_and_few_labels_for_a_kvm_style_cache() -> None:
+    trace = parse_trace((SAMPLES / "lost_race.jsonl").read_bytes(), "lost_race.jsonl")
+    settings = resolve_settings(trace, []).with_overrides({"mode": "kvm-style-cache"})
+    tl = replay(trace.events, settings)
+    s = tl.state_at(tl.nr_steps - 1)
+    fig = pamt_cache_figure(s, narrow=True)
+    assert "<br>" in fig.layout.title.text and fig.layout.margin.t >= 60
+    bars = fig.data[0]
+    per_vcpu = max(len(v.pamt_cache) for v in s.vcpus)
+    assert per_vcpu > 12  # the fill-to-40 rule
+    assert sum(1 for t in bars.text if t) <= 2 * len(s.vcpus) * 12
+    assert sum(1 for t in bars.text if t) < len(bars.text) / 2
+    assert fig.layout.yaxis.tickformat == ",d"
+    labels = fig.data[-1]  # the run labels, centred on their runs
+    assert labels.mode == "text" and sorted(labels.text) == sorted(t for t in bars.text if t)
+
+
+def test_sweep_lines_are_told_apart_and_counts_have_integer_ticks() -> None:
+    from explorer.views.sweep import count_axis, overlaps, sweep_figure
+
+    rows = [
+        {
+            "setting.dpamt_gets_per_fault": g,
+            "setting.mode": m,
+            "idle_pages_peak": 2 * g,
+            "retries": 0,
+            "livelocks": 1 if g == 0 else 0,
+            "pairs_peak": 2,
+        }
+        for m in ("v6", "mempool")
+        for g in range(3)
+    ]
+    fig = sweep_figure(rows, "setting.dpamt_gets_per_fault", "setting.mode")
+    v6, mempool = fig.data[0], fig.data[4]
+    assert v6.line.dash != mempool.line.dash and v6.marker.symbol != mempool.marker.symbol
+    assert v6.line.width > mempool.line.width  # the line underneath shows around the one on top
+    notes = [a.text for a in fig.layout.annotations if "same line" in a.text]
+    assert all("same line: v6 = mempool" in n for n in notes) and len(notes) == 4
+    for axis in ("yaxis", "yaxis2", "yaxis3", "yaxis4", "xaxis"):
+        assert fig.layout[axis].tickformat == ",d"
+    assert fig.layout.yaxis3.dtick == 1  # livelocks 0..1: no 0.5 tick
+    assert count_axis([0, 0])["dtick"] == 1 and "dtick" not in count_axis([0, 300])
+    assert overlaps({"a": [1, 2], "b": [1, 2], "c": [0]}) == [["a", "b"]]
+
+
+def test_memory_tables_quote_the_cover_letter() -> None:
+    from explorer.overhead import GIB, max_pfn_at, overhead
+    from explorer.views.about import (
+        cover_letter_markdown,
+        cover_letter_table,
+        overhead_table,
+        overhead_verdict,
+    )
+
+    table = cover_letter_table()
+    assert list(table["DPAMT (published, GB)"]) == ["0.01", "8.01", "0.08", "8.08"]
+    assert list(table["DPAMT (ours)"])[1] == "8.01 GB"
+    md = cover_letter_markdown()
+    assert md.count("\n| ") == 4 and "costs more" in md and "(8x)" in md
+    o = overhead(256 * GIB, 0, max_pfn_at(52))
+    parts = overhead_table(o)
+    assert parts.iloc[3]["size"] == "8.00 GB" and parts.iloc[3]["bytes"] == "8,589,934,592 B"
+    assert "MORE" in overhead_verdict(o)
+    assert "saves" in overhead_verdict(overhead(256 * GIB, 0))

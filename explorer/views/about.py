@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import plotly.graph_objects as go
 
-from explorer.overhead import CoverRow, cover_letter_rows, format_bytes
+from explorer.overhead import LORE_V6, CoverRow, Overhead, cover_letter_rows, format_bytes
 from explorer.views.palette import BLUE, GREY, LIGHT, ORANGE, SKY
 
 
@@ -108,3 +109,127 @@ def overhead_figure() -> go.Figure:
         height=380,
     )
     return fig
+
+
+def overhead_table(o: Overhead) -> pd.DataFrame:
+    """Every part of :func:`explorer.overhead.overhead`'s result, with units and separators.
+
+    Columns: ``part``, ``size`` (:func:`format_bytes`), ``bytes`` (exact, thousands separators).
+    The refcount row says which ``max_pfn`` and placement it covers; the totals come last.
+    """
+    covered = (
+        f"4 B per 2 MiB, pfn 0 to max_pfn {o.max_pfn:,} (v6)"
+        if o.refcounts == "vmalloc"
+        else "4 B per 2 MiB of RAM only (sparse, dropped from v6)"
+    )
+    parts = [
+        ("static: 16 B x 4 KiB pages", o.static_4k),
+        ("static: 16 B x (2 MiB + 1 GiB entries), kept by DPAMT", o.static_2m + o.static_1g),
+        ("DPAMT: bitmap, 1 bit per 4 KiB page", o.dpamt_bitmap),
+        (f"DPAMT: refcounts, {covered}", o.dpamt_refcounts),
+        (f"DPAMT: pairs, 8 KiB x {o.regions_with_pair:,} regions in use", o.dpamt_pairs),
+        ("total static PAMT", o.static_total),
+        ("total Dynamic PAMT", o.dpamt_total),
+    ]
+    return pd.DataFrame(
+        [{"part": p, "size": format_bytes(n), "bytes": f"{n:,} B"} for p, n in parts]
+    )
+
+
+def overhead_verdict(o: Overhead) -> str:
+    """One sentence: how much Dynamic PAMT saves, or that it costs more (and why)."""
+    diff = o.static_total - o.dpamt_total
+    if diff >= 0:
+        return (
+            f"Dynamic PAMT saves {format_bytes(diff)} ({o.saving:.1%} of static PAMT, "
+            f"{o.ratio_label} in the cover letter's notation)."
+        )
+    why = (
+        f" The refcount array alone is {format_bytes(o.dpamt_refcounts)}: it covers pfn 0 to "
+        f"max_pfn whether RAM is there or not."
+        if o.dpamt_refcounts > o.static_4k / 2
+        else ""
+    )
+    return (
+        f"Dynamic PAMT costs {format_bytes(-diff)} MORE than static PAMT here "
+        f"({-o.saving:.1%} more, {o.ratio_label} in the cover letter's notation).{why}"
+    )
+
+
+def cover_letter_table() -> pd.DataFrame:
+    """The v6 cover letter's four rows (TDX on, no TD): the published figures beside ours."""
+    out = []
+    for r in cover_letter_rows():
+        out.append(
+            {
+                "machine": r.machine.split("(")[0].strip(),
+                "max_pfn at": r.max_pfn_at,
+                "PAMT (published, GB)": f"{r.published_static_gb:.2f}",
+                "DPAMT (published, GB)": f"{r.published_dpamt_gb:.2f}",
+                "savings/(loss) (published)": r.published_ratio,
+                "static PAMT (ours, exact)": format_bytes(r.computed.static_total),
+                "static PAMT (ours, 0.4 % rule)": f"{r.static_rule_gib:,.2f} GB",
+                "DPAMT (ours)": format_bytes(r.computed.dpamt_total),
+                "savings/(loss) (ours)": r.ratio_label,
+                "DPAMT costs more": "yes" if r.dpamt_costs_more else "no",
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def cover_letter_markdown() -> str:
+    """The cover letter's rows as a Markdown table, and where Dynamic PAMT costs more."""
+    rows = cover_letter_rows()
+    lines = [
+        "| machine | max_pfn at | static PAMT | Dynamic PAMT | savings/(loss) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.machine.split('(')[0].strip()} | {r.max_pfn_at} | "
+            f"{r.published_static_gb:.2f} GB | {r.published_dpamt_gb:.2f} GB | "
+            f"{r.published_ratio} |"
+        )
+    worse = [r for r in rows if r.dpamt_costs_more]
+    refs = worse[0].computed.dpamt_refcounts if worse else 0
+    lines += [
+        "",
+        "GB are GiB; the static column is the cover letter's 0.4 % of RAM (16 B per 4 KiB, "
+        "plus the 2 MiB and 1 GiB levels, is 0.39 %: "
+        + ", ".join(
+            f"{format_bytes(r.computed.static_total)} for {r.host_gib:,} GiB"
+            for r in rows
+            if r.maxpa_bits is None
+        )
+        + ").",
+    ]
+    if worse:
+        lines += [
+            "",
+            "**Where Dynamic PAMT costs more:** "
+            + "; ".join(_costs_more(r) for r in worse)
+            + f". v6 allocates the refcounts as one array from pfn 0 to `max_pfn` "
+            f"({format_bytes(refs)} when `max_pfn` sits at the top of a 52-bit physical address "
+            "space), whether or not RAM is there; the cover letter calls this the "
+            "non-optimized refcount solution. v6 10/11 enables Dynamic PAMT only when the CPU "
+            "has at most 48 physical address bits, which caps that array at 512 MB.",
+        ]
+    lines += ["", f"Source: the v6 cover letter, {LORE_V6}"]
+    return "\n".join(lines)
+
+
+def _costs_more(r: CoverRow) -> str:
+    name = f"{r.machine.split('(')[0].strip()} with max_pfn at {r.max_pfn_at}"
+    exact = (
+        f"{format_bytes(r.computed.dpamt_total)} against {format_bytes(r.computed.static_total)}"
+    )
+    if r.published_dpamt_gb > r.published_static_gb:
+        return (
+            f"{name}: {r.published_dpamt_gb:.2f} GB against {r.published_static_gb:.2f} GB "
+            f"as published, a loss of {r.published_ratio.strip('()')} ({exact} exact)"
+        )
+    return (
+        f"{name}: about even as published ({r.published_dpamt_gb:.2f} GB against "
+        f"{r.published_static_gb:.2f} GB, {r.published_ratio}), but more by the exact count "
+        f"({exact})"
+    )

@@ -9,20 +9,72 @@ from explorer.model.constants import KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE, PAGES_PE
 from explorer.model.records import Snapshot
 from explorer.views.palette import BLUE, GREY, ORANGE, VERMILLION, YELLOW
 
+#: At most this many region labels per vCPU stack: more overprint each other in a small chart.
+MAX_STACK_LABELS = 12
 
-def pamt_cache_figure(snapshot: Snapshot, height: int | None = None) -> go.Figure:
-    """One column per vCPU: its cached pages bottom to top (the top pops first, LIFO), each
-    labelled with its region; the dashed line is the top-up target ``2 * dpamt_gets_per_fault``."""
+
+def stack_label_points(
+    regions: list[int], max_labels: int = MAX_STACK_LABELS
+) -> list[tuple[int, float, str]]:
+    """Where a stack's labels go: (position labelled, y centre of its run, text), none overprinting.
+
+    The top page (the next to pop) is always labelled ``r<region>``. Below it, each run of pages
+    of one region gets one label at its middle, ``r<region>`` or ``r<region> x<n>`` for a run of
+    n pages. In a stack taller than ``max_labels`` pages, labels keep a gap of
+    ``ceil(len / max_labels)`` positions: the longest runs are labelled first, and a run too close
+    to a label already placed is left to its hover text.
+    """
+    n = len(regions)
+    if not n:
+        return []
+    gap = max(1, -(-n // max_labels))
+    points = [(n - 1, n - 0.5, f"r{regions[-1]}")]
+    runs: list[tuple[int, int, int]] = []  # (start, length, region) below the top page
+    start = 0
+    for pos in range(1, n):
+        if pos == n - 1 or regions[pos] != regions[start]:
+            runs.append((start, pos - start, regions[start]))
+            start = pos
+    for first, length, region in sorted(runs, key=lambda r: (-r[1], -r[0])):
+        mid = first + (length - 1) // 2
+        if all(abs(mid - p) >= gap for p, _, _ in points) and len(points) < max_labels:
+            text = f"r{region}" + (f" x{length}" if length > 1 else "")
+            points.append((mid, first + length / 2, text))
+    return points
+
+
+def stack_labels(regions: list[int], max_labels: int = MAX_STACK_LABELS) -> list[str]:
+    """One label per stack position (bottom first), most of them empty: see
+    :func:`stack_label_points`."""
+    texts = [""] * len(regions)
+    for pos, _, text in stack_label_points(regions, max_labels):
+        texts[pos] = text
+    return texts
+
+
+def pamt_cache_figure(
+    snapshot: Snapshot, height: int | None = None, narrow: bool = False
+) -> go.Figure:
+    """One column per vCPU: its cached pages bottom to top (the top pops first, LIFO), labelled
+    with their regions (runs of one region share a label: :func:`stack_labels`); the dashed line
+    is the top-up target ``2 * dpamt_gets_per_fault``. ``narrow``: a title on two short lines,
+    for a chart in a column of the page."""
     fig = go.Figure()
     vcpus = [v for v in snapshot.vcpus if v.alive]
     target = 2 * snapshot.settings.dpamt_gets_per_fault
     xs, ys, texts, hovers, colours = [], [], [], [], []
+    lx, ly, ltext = [], [], []
     for v in vcpus:
+        regions = [pfn >> PAGES_PER_REGION_SHIFT for pfn in v.pamt_cache]
+        texts += stack_labels(regions)
+        for _, y, text in stack_label_points(regions):
+            lx.append(f"vCPU {v.vcpu}")
+            ly.append(y)
+            ltext.append(text)
         for pos, pfn in enumerate(v.pamt_cache):
             is_top = pos == len(v.pamt_cache) - 1
             xs.append(f"vCPU {v.vcpu}")
             ys.append(pos + 0.5)
-            texts.append(f"r{pfn >> PAGES_PER_REGION_SHIFT}")
             hovers.append(
                 f"vCPU {v.vcpu}, position {pos} of {len(v.pamt_cache)}<br>pfn {pfn:#x}, "
                 f"region {pfn >> PAGES_PER_REGION_SHIFT}"
@@ -34,12 +86,10 @@ def pamt_cache_figure(snapshot: Snapshot, height: int | None = None) -> go.Figur
             x=xs,
             y=[1] * len(xs),
             base=[y - 0.5 for y in ys],
+            # the labels are drawn by the text trace below, centred on their runs (a bar's own
+            # text hides when its one-page segment is too small for it)
             text=texts,
-            textposition="inside",
-            insidetextanchor="middle",
-            textfont={"size": 11, "color": "black"},
-            constraintext="none",
-            textangle=0,
+            textposition="none",
             hovertext=hovers,
             hoverinfo="text",
             marker={"color": colours, "line": {"width": 1, "color": "white"}},
@@ -63,19 +113,41 @@ def pamt_cache_figure(snapshot: Snapshot, height: int | None = None) -> go.Figur
         fig.add_trace(
             go.Bar(x=["mempool"], y=[len(pool)], name="mempool reserve", marker={"color": YELLOW})
         )
+    fig.add_trace(
+        go.Scatter(
+            x=lx,
+            y=ly,
+            text=ltext,
+            mode="text",
+            textfont={"size": 11, "color": "black"},
+            hoverinfo="skip",
+            showlegend=False,
+            name="region labels",
+        )
+    )
     top = max([target, *[len(vc.pamt_cache) for vc in vcpus], 1]) + 1
+    title = (
+        "tdx_pamt_cache per vCPU<br><sup>LIFO stack; labels: regions of its pages</sup>"
+        if narrow
+        else "tdx_pamt_cache per vCPU (LIFO stack; labels: region of each page)"
+    )
     fig.update_layout(
-        title="tdx_pamt_cache per vCPU (LIFO stack; labels: region of each page)",
+        title={"text": title, "font": {"size": 15 if narrow else 17}},
         xaxis={
             "title": "vCPU",
             "type": "category",
             "categoryorder": "array",
             "categoryarray": labels,
         },
-        yaxis={"title": "pages in the cache", "range": [0, top], "dtick": 2},
+        yaxis={
+            "title": "pages in the cache",
+            "range": [0, top],
+            "dtick": 2 if top <= 24 else 10,
+            "tickformat": ",d",
+        },
         barmode="overlay",
         legend={"orientation": "h", "y": -0.3, "font": {"size": 10}},
-        margin={"l": 50, "r": 10, "t": 40, "b": 30},
+        margin={"l": 50, "r": 10, "t": 60 if narrow else 40, "b": 30},
         uirevision="pamt-cache",
         height=height,
     )
