@@ -52,7 +52,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_traces"
 
 
-def recorded(events: Sequence[Event], s: Settings, at: set[int]) -> tuple[Machine, dict[int, Snapshot]]:
+def recorded(
+    events: Sequence[Event], s: Settings, at: set[int]
+) -> tuple[Machine, dict[int, Snapshot]]:
     """A step-by-step replay (every step recorded, every invariant on every region), with the
     machine's snapshot after each step in ``at``."""
     m = Machine(s, record=True, check=True, full_check=True)

@@ -636,7 +636,9 @@ def test_an_inject_or_note_step_shows_no_cpu_of_the_batch_before() -> None:
     re-derived from a checkpoint (which has no CPU): none."""
     m = Machine(Settings(), full_check=True)
     snaps = []
-    m.on_step = lambda mm, step: snaps.append(mm.snapshot()) if step.label == "trace.inject" else None
+    m.on_step = lambda mm, step: (
+        snaps.append(mm.snapshot()) if step.label == "trace.inject" else None
+    )
     m.run([*BOOT, Fault(vcpu=0, gfn=1, t=1), Fault(vcpu=1, gfn=2, t=1), Inject(what="alloc_fail")])
     assert len(snaps) == 1 and snaps[0].cpus == ()
 
