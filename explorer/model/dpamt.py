@@ -42,6 +42,7 @@ from explorer.model.machine import (
     O_PAMT_CACHE,
     KGen,
     Machine,
+    Spin,
     StepInfo,
     Td,
     Thread,
@@ -70,35 +71,6 @@ def _mmu_holders(m: Machine, td: Td | None) -> str | None:
     if td.mmu_writer is not None:
         return td.mmu_writer
     return ", ".join(td.mmu_readers) if td.mmu_readers else None
-
-
-class Spin:
-    """A CPU spinning on a lock: its next spin step, if the lock's holders stay the same, is the
-    same step again. The scheduler repeats it (:meth:`again`) without resuming the spinner's
-    generator: a contended lock costs a spin step per turn of every waiter (a third of the steps
-    of a contended batch), and each spin step is the loop below, one more time."""
-
-    __slots__ = ("blocker", "holder", "info", "td")
-
-    def __init__(
-        self,
-        blocker: Callable[[Machine, Td | None], str | None],
-        td: Td | None,
-        holder: str,
-        info: StepInfo,
-    ) -> None:
-        self.blocker = blocker
-        self.td = td
-        self.holder = holder
-        self.info = info
-
-    def again(self, m: Machine) -> StepInfo | None:
-        """The spin step once more (counted), or None when the holders changed: the spinner
-        then runs its own code (it takes the lock, or spins on someone else)."""
-        if self.blocker(m, self.td) != self.holder:
-            return None
-        m.count(K_SPINS)
-        return self.info
 
 
 def _spin(
@@ -239,7 +211,7 @@ def fill_pamt_cache(m: Machine, th: Thread, vcpu: Vcpu, target: int, what: str) 
     fn = "tdx_topup_pamt_cache"
     old = len(vcpu.pamt_cache)
     while len(vcpu.pamt_cache) < target:
-        pfn = m.alloc_page(th, O_IN_HAND, sleeping=True)
+        pfn = m.alloc_page(th, O_PAMT_CACHE, sleeping=True)
         if pfn is None:
             yield (
                 fn,

@@ -114,7 +114,9 @@ def _check_pair(m: Machine, r: int, pair: tuple[int, int]) -> None:
 
 def check_global(m: Machine, caches: bool = True) -> None:
     """Invariant 5, the parts that hold after every step: page conservation, and the pair pages
-    against the pairs the module holds (the orphan count only when there is an orphan).
+    against the pairs the module holds (the orphan count only when there is an orphan). Run
+    after a step that moved a pair page or added or removed a pair (every step in the tests'
+    full mode); :func:`check_quiescent` runs it between batches.
 
     ``caches``: also count the pages in every vCPU's caches against their owners. That sum runs
     over every vCPU (40 lists with 8 vCPUs): done after every step in the tests' full mode, and
@@ -169,7 +171,7 @@ def check_quiescent(m: Machine) -> None:
     """Invariant 5 in full, between batches: every owner count matches its structures, and no
     lock or get/put in flight survived the batch. (After every batch: one pass over the TDs and
     vCPUs, nothing built.)"""
-    _check_caches(m)
+    check_global(m)
     guest = control = sept = mirror = 0
     mmu_held = False
     for t in m.tds.values():

@@ -323,6 +323,7 @@ def mmu_free_memory_caches(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
 def tdx_handle_ept_violation(m: Machine, th: Thread, idx: int, ev: Fault) -> KGen:
     """An EPT violation on a private gfn, retried locally until it maps or gives up."""
     fn = "tdx_handle_ept_violation"
+    gfn, given, level = ev.gfn, ev.pfn, ev.level  # (read once: events are Python objects)
     vcpu = m.vcpus.get(ev.vcpu)
     if vcpu is None or not vcpu.alive:
         what = "unknown" if vcpu is None else "freed"
@@ -331,36 +332,36 @@ def tdx_handle_ept_violation(m: Machine, th: Thread, idx: int, ev: Fault) -> KGe
         )
     td = _live_td(m, ev, idx, vcpu.td)
     limit = m.gfn_limit
-    if ev.gfn >= limit:
+    if gfn >= limit:
         raise m.impossible(
             ev,
             idx,
-            f"gfn {ev.gfn:#x} is beyond the reach of {m.settings.ept_levels}-level EPT",
+            f"gfn {gfn:#x} is beyond the reach of {m.settings.ept_levels}-level EPT",
             f"gfn < {limit:#x}",
         )
-    bound = td.gmem.get(ev.gfn)
-    if ev.pfn is not None:
-        if ev.pfn >= m.mem.total_pages:
+    bound = td.gmem.get(gfn)
+    if given is not None:
+        if given >= m.mem.total_pages:
             raise m.impossible(
                 ev,
                 idx,
-                f"pfn {ev.pfn:#x} is outside host memory ({m.mem.total_pages:#x} pages)",
+                f"pfn {given:#x} is outside host memory ({m.mem.total_pages:#x} pages)",
                 f"pfn < {m.mem.total_pages:#x}",
             )
-        if bound is not None and bound != ev.pfn:
-            raise m.impossible(ev, idx, f"gfn {ev.gfn:#x} is already backed by pfn {bound:#x}")
-        if bound is None and not m.mem.is_free(ev.pfn):
+        if bound is not None and bound != given:
+            raise m.impossible(ev, idx, f"gfn {gfn:#x} is already backed by pfn {bound:#x}")
+        if bound is None and not m.mem.is_free(given):
             from explorer.model.records import OWNERS
 
             raise m.impossible(
                 ev,
                 idx,
-                f"pfn {ev.pfn:#x} is not free (it is {OWNERS[m.mem.owner(ev.pfn)]})",
+                f"pfn {given:#x} is not free (it is {OWNERS[m.mem.owner(given)]})",
                 "a free pfn",
             )
     th.stack.append(fn)
     m.count(K_FAULTS)
-    yield fn, "fault.begin", "EPT violation: vCPU {} gfn {:#x} ({})", (vcpu.id, ev.gfn, ev.level)
+    yield fn, "fault.begin", "EPT violation: vCPU {} gfn {:#x} ({})", (vcpu.id, gfn, level)
     if td.state == "bugged":
         m.count(K_FAULTS_FAILED)
         yield fn, "fault.vm_bugged", "the VM is bugged (KVM_BUG_ON earlier): -EIO", ()
@@ -378,15 +379,15 @@ def tdx_handle_ept_violation(m: Machine, th: Thread, idx: int, ev: Fault) -> KGe
             return
         # kvm_mmu_faultin_pfn(): the page comes from guest_memfd after the top-ups, as in
         # kvm_tdp_mmu_page_fault()
-        pfn = td.gmem.get(ev.gfn)
-        if pfn is None and ev.pfn is not None:  # the trace names the page guest_memfd holds
-            pfn = ev.pfn
+        pfn = td.gmem.get(gfn)
+        if pfn is None and given is not None:  # the trace names the page guest_memfd holds
+            pfn = given
             if not m.mem.is_free(pfn):  # another CPU of the batch was given it meanwhile
                 m.count(K_FAULTS_FAILED)
                 m.diag(
                     "error",
                     "FAULTIN_PFN_TAKEN",
-                    f"pfn {pfn:#x}, the trace's page for gfn {ev.gfn:#x}, was allocated by "
+                    f"pfn {pfn:#x}, the trace's page for gfn {gfn:#x}, was allocated by "
                     "another CPU of the batch before this fault reached kvm_mmu_faultin_pfn "
                     "(the explorer's report: give the pfn to an earlier event)",
                 )
@@ -397,12 +398,12 @@ def tdx_handle_ept_violation(m: Machine, th: Thread, idx: int, ev: Fault) -> KGe
                     (pfn,),
                 )
                 return
-            _gmem_bind(m, td, ev.gfn, pfn)
+            _gmem_bind(m, td, gfn, pfn)
             yield (
                 "kvm_mmu_faultin_pfn",
                 "faultin.given",
                 "guest_memfd gives pfn {:#x} (region {}) for gfn {:#x} (the trace's page)",
-                (pfn, pfn >> C.PAGES_PER_REGION_SHIFT, ev.gfn),
+                (pfn, pfn >> C.PAGES_PER_REGION_SHIFT, gfn),
             )
         elif pfn is None:
             pfn = m.alloc_page(th, O_GUEST, sleeping=True)
@@ -415,14 +416,14 @@ def tdx_handle_ept_violation(m: Machine, th: Thread, idx: int, ev: Fault) -> KGe
                     (),
                 )
                 return
-            _gmem_bind(m, td, ev.gfn, pfn, owned=True)
+            _gmem_bind(m, td, gfn, pfn, owned=True)
             yield (
                 "kvm_mmu_faultin_pfn",
                 "faultin.alloc",
                 "guest_memfd allocates pfn {:#x} (region {}) for gfn {:#x}",
-                (pfn, pfn >> C.PAGES_PER_REGION_SHIFT, ev.gfn),
+                (pfn, pfn >> C.PAGES_PER_REGION_SHIFT, gfn),
             )
-        ret = yield from kvm_tdp_mmu_map(m, th, vcpu, td, ev.gfn, pfn, ev.level)
+        ret = yield from kvm_tdp_mmu_map(m, th, vcpu, td, gfn, pfn, level)
         if ret == DONE:
             return
         if ret != RETRY:
@@ -437,7 +438,7 @@ def tdx_handle_ept_violation(m: Machine, th: Thread, idx: int, ev: Fault) -> KGe
             m.diag(
                 "livelock",
                 "LIVELOCK",
-                f"vCPU {vcpu.id} gfn {ev.gfn:#x}: still RET_PF_RETRY after {m.max_retries} "
+                f"vCPU {vcpu.id} gfn {gfn:#x}: still RET_PF_RETRY after {m.max_retries} "
                 "retries (max_retries): the explorer's diagnostic, not the kernel's: "
                 "tdx_handle_ept_violation() has no limit and prints nothing, the vCPU would "
                 "spin until a signal or a pending event",

@@ -33,7 +33,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from explorer.model import constants as C
 from explorer.model.chunked import ChunkedDelta, ChunkedDict, FrozenTable
@@ -239,10 +239,34 @@ class Td:
     mmu_writer: str | None = None
 
 
-class Respin(Protocol):
-    """A spin step the scheduler can repeat (:class:`explorer.model.dpamt.Spin`)."""
+class Spin:
+    """A CPU spinning on a lock: its next spin step, if the lock's holders stay the same, is the
+    same step again. The scheduler repeats it (:meth:`again`) without resuming the spinner's
+    generator: a contended lock costs a spin step per turn of every waiter (a third of the steps
+    of a contended batch), and each spin step is the lock's spin loop (``explorer.model.dpamt
+    ._spin``, which makes these, with the lock's own ``blocker``) one more time."""
 
-    def again(self, m: Machine) -> StepInfo | None: ...
+    __slots__ = ("blocker", "holder", "info", "td")
+
+    def __init__(
+        self,
+        blocker: Callable[[Machine, Td | None], str | None],
+        td: Td | None,
+        holder: str,
+        info: StepInfo,
+    ) -> None:
+        self.blocker = blocker
+        self.td = td
+        self.holder = holder
+        self.info = info
+
+    def again(self, m: Machine) -> StepInfo | None:
+        """The spin step once more (counted), or None when the holders changed: the spinner
+        then runs its own code (it takes the lock, or spins on someone else)."""
+        if self.blocker(m, self.td) != self.holder:
+            return None
+        m.count(K_SPINS)
+        return self.info
 
 
 @dataclass(slots=True)
@@ -262,7 +286,7 @@ class Thread:
     softirq: bool = False  # running an RCU callback (v5-topup-install frees S-EPT pages so)
     #: while spinning: how to repeat the spin step without resuming the generator
     #: (:class:`explorer.model.dpamt.Spin`)
-    respin: Respin | None = None
+    respin: Spin | None = None
 
     @property
     def done(self) -> bool:
@@ -448,7 +472,7 @@ class Machine:
         self._ckpt_regions: set[int] = set()  # refcount/orphans/gotten keys since a checkpoint
         self._ckpt_vcpus: dict[int, Vcpu] = {}  # the vCPU copies of the last delta
         self._ckpt_sched: object = None  # the scheduler generator's state at the last delta
-        self._owners_changed = False  # global page accounting is rechecked only then
+        self._pairs_changed = False  # a pair page moved: invariant 5's pair counts then
         self._changed_counters: dict[str, int] = {}
         self._diags: list[tuple[str, str, str]] = []
 
@@ -466,9 +490,14 @@ class Machine:
         fx.append(Effect(kind, key, old, new))
 
     def set_owner(self, pfn: int, code: int) -> None:
+        """Give ``pfn`` a new owner. A page's owner alone cannot break invariants 1 to 4 of its
+        region (refcounts, references and pairs can): the region is noted as touched by the
+        batch, and the pair-page counts of invariant 5 are checked after the step when a pair
+        page moved."""
         old = self.mem.set_owner(pfn, code)
-        self._dirty.add(pfn >> C.PAGES_PER_REGION_SHIFT)
-        self._owners_changed = True
+        self.batch_regions.add(pfn >> C.PAGES_PER_REGION_SHIFT)
+        if old in (O_PAIR, O_LEAKED) or code in (O_PAIR, O_LEAKED):
+            self._pairs_changed = True
         if self.record and old != code:
             self._effect("page", pfn, OWNERS[old], OWNERS[code])
 
@@ -509,6 +538,7 @@ class Machine:
     def note_pair(self, region: int, old: Any, new: Any) -> None:
         self._dirty.add(region)
         self.pair_dirty.add(region)
+        self._pairs_changed = True
         if self.record:
             self._effect("pair", region, old, new)
 
@@ -588,9 +618,9 @@ class Machine:
         return False
 
     def pamt_cache_push(self, vcpu: Vcpu, pfn: int) -> None:
+        """``list_add`` of a page owned as ``pamt_cache`` (allocated so) on the vCPU's list."""
         old = len(vcpu.pamt_cache)
         vcpu.pamt_cache.append(pfn)
-        self.set_owner(pfn, O_PAMT_CACHE)
         if self.record:
             self._effect("pamt_cache", vcpu.id, old, old + 1)
 
@@ -733,15 +763,16 @@ class Machine:
                 self.event_first_step.setdefault(idx, self.nr_steps)
                 gen = th.gen = _run_event()(self, th, idx, ev)
             try:
-                return next(gen)
-            except StopIteration:
-                th.gen = None
+                info = next(gen, None)  # (None: the event is done; no StopIteration to build)
             except ImpossibleEvent as exc:
                 th.gen = None
                 self._stop(exc)
                 for other in order:
                     other.queue.clear()
                 return None
+            if info is not None:
+                return info
+            th.gen = None
 
     def _abort_batch(self, order: list[Thread], deadlock: bool) -> None:
         reason = (
@@ -814,9 +845,9 @@ class Machine:
             else:
                 if dirty:
                     check_regions(self, dirty)
-                if self._owners_changed:
+                if self._pairs_changed:
                     check_global(self, False)
-        self._owners_changed = False
+        self._pairs_changed = False
         if self.pair_dirty:
             self.pair_dirty.clear()
         diags: tuple[Diagnostic, ...] = ()

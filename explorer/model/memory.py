@@ -16,9 +16,9 @@ Allocator policies (what ``alloc_page()`` returns, deterministically):
 
 from __future__ import annotations
 
-import heapq
 import random
 from dataclasses import dataclass
+from heapq import heappop, heappush
 from typing import Any
 
 from explorer.model.constants import PAGES_PER_REGION, PAGES_PER_REGION_SHIFT
@@ -127,15 +127,18 @@ class HostMemory:
             return old
         owners[off] = code
         self.dirty.add(region)
-        self.counts[old] -= 1
-        self.counts[code] += 1
+        counts = self.counts
+        counts[old] = counts[old] - 1
+        counts[code] = counts[code] + 1
         if old == FREE:
-            self.nfree[region] -= 1
+            nfree = self.nfree
+            nfree[region] = nfree[region] - 1
         elif code == FREE:
-            self.nfree[region] += 1
+            nfree = self.nfree
+            nfree[region] = nfree[region] + 1
             if self._lowest and region not in self._in_heap:
                 self._in_heap.add(region)
-                heapq.heappush(self._heap, region)
+                heappush(self._heap, region)
         return old
 
     def _touch(self, region: int) -> bytearray:
@@ -145,7 +148,7 @@ class HostMemory:
         self.dirty.add(region)
         if self._lowest:  # only "lowest" searches by region order
             self._in_heap.add(region)
-            heapq.heappush(self._heap, region)
+            heappush(self._heap, region)
         return owners
 
     def pick_free(self) -> int | None:
@@ -173,14 +176,18 @@ class HostMemory:
 
     def _pick_lowest(self) -> int:
         heap = self._heap
-        while heap and self.nfree[heap[0]] == 0:
-            self._in_heap.discard(heapq.heappop(heap))
-        while self._untouched in self.regions:
-            self._untouched += 1
-        candidates = [heap[0]] if heap else []
-        if self._untouched < self.nr_regions:
-            candidates.append(self._untouched)
-        return self._first_free_in(min(candidates))
+        nfree = self.nfree
+        while heap and nfree[heap[0]] == 0:
+            self._in_heap.discard(heappop(heap))
+        regions = self.regions
+        untouched = self._untouched
+        while untouched in regions:
+            untouched += 1
+        self._untouched = untouched
+        if heap and (heap[0] < untouched or untouched >= self.nr_regions):
+            region = heap[0]  # a hole in (or the rest of) a touched region comes first
+            return (region << PAGES_PER_REGION_SHIFT) | regions[region].find(FREE)
+        return untouched << PAGES_PER_REGION_SHIFT  # a fresh region: its first page
 
     def _pick_spread(self) -> int:
         n = self.nr_regions
