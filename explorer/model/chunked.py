@@ -20,9 +20,8 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Iterable, Iterator
 from operator import itemgetter
-from typing import Any
 
 CHUNK_SHIFT = 9
 #: a frozen chunk, or a delta: keys (ascending) and their values (-1: deleted)
@@ -30,10 +29,6 @@ Frozen = tuple["array[int]", "array[int]"]
 ChunkedDelta = Frozen
 #: a checkpoint's table of frozen chunks: chunk ids, the chunks, the number of keys
 FrozenTable = tuple["array[int]", tuple[Frozen, ...], int]
-_Chunk = dict[int, int] | Frozen
-
-
-_MISSING = object()
 
 
 def _freeze(chunk: dict[int, int]) -> Frozen:
@@ -50,15 +45,20 @@ def _values_of(d: dict[int, int], keys: list[int]) -> array[int]:
     return array("q", [d[k] for k in keys])
 
 
-class ChunkedDict(MutableMapping[int, int]):
+class ChunkedDict:
     """``dict[int, int]`` semantics for non-negative values (pfns), with compact checkpoints.
 
+    A plain class, not a ``MutableMapping``: compiled by mypyc (explorer.model.native) it is a
+    native class, and a guest fault reads and writes two of these. Chunks live thawed in
+    ``_chunks``; a restored copy keeps the frozen ones in ``_cold`` until first read.
     Iteration order is by chunk, not by insertion: every caller in the engine sorts."""
 
-    __slots__ = ("_chunks", "_frozen", "_len", "_unfrozen", "changed")
+    __slots__ = ("_chunks", "_cold", "_frozen", "_len", "_unfrozen", "changed")
 
     def __init__(self, items: Iterable[tuple[int, int]] | None = None) -> None:
-        self._chunks: dict[int, _Chunk] = {}
+        self._chunks: dict[int, dict[int, int]] = {}
+        #: frozen chunks of a restored copy, not read yet
+        self._cold: dict[int, Frozen] = {}
         self._len = 0
         #: the last frozen version of each chunk, and the chunks written since
         self._frozen: dict[int, Frozen] = {}
@@ -73,13 +73,15 @@ class ChunkedDict(MutableMapping[int, int]):
     # -- reading -----------------------------------------------------------------------
     def chunk(self, key: int) -> dict[int, int] | None:
         """The dict holding ``key``'s chunk (thawed if it was frozen), None if none: read-only
-        for callers (the fast path's lookups)."""
+        for callers."""
         cid = key >> CHUNK_SHIFT
         c = self._chunks.get(cid)
-        if c is None or type(c) is dict:
+        if c is not None or not self._cold:
             return c
-        assert isinstance(c, tuple)
-        thawed = dict(zip(c[0], c[1], strict=True))
+        f = self._cold.pop(cid, None)
+        if f is None:
+            return None
+        thawed = dict(zip(f[0], f[1], strict=True))
         self._chunks[cid] = thawed
         return thawed
 
@@ -89,40 +91,51 @@ class ChunkedDict(MutableMapping[int, int]):
             raise KeyError(key)
         return c[key]
 
-    def get(self, key: int, default: Any = None) -> Any:
+    def get(self, key: int, default: int | None = None) -> int | None:
         c = self.chunk(key)
         return default if c is None else c.get(key, default)
 
-    def __contains__(self, key: object) -> bool:
-        if not isinstance(key, int):
-            return False
+    def __contains__(self, key: int) -> bool:
         c = self.chunk(key)
         return c is not None and key in c
 
     def __len__(self) -> int:
         return self._len
 
+    def _thaw_all(self) -> None:
+        for cid in list(self._cold):
+            self.chunk(cid << CHUNK_SHIFT)
+
+    def keys(self) -> list[int]:
+        self._thaw_all()
+        return [k for c in self._chunks.values() for k in c]
+
+    def values(self) -> list[int]:
+        self._thaw_all()
+        return [v for c in self._chunks.values() for v in c.values()]
+
+    def items(self) -> list[tuple[int, int]]:
+        self._thaw_all()
+        return [kv for c in self._chunks.values() for kv in c.items()]
+
     def __iter__(self) -> Iterator[int]:
-        for cid in list(self._chunks):
-            c = self._chunks[cid]
-            if isinstance(c, dict):
-                yield from list(c)
-            else:
-                yield from list(c[0])
+        return iter(self.keys())
 
     # -- writing -----------------------------------------------------------------------
     def _writable(self, cid: int) -> dict[int, int]:
-        c = self.chunk(cid << CHUNK_SHIFT)
+        c = self._chunks.get(cid)
         if c is None:
-            c = self._chunks[cid] = {}
+            c = self.chunk(cid << CHUNK_SHIFT)
+            if c is None:
+                c = self._chunks[cid] = {}
         self._unfrozen.add(cid)
         return c
 
     def __setitem__(self, key: int, value: int) -> None:
         c = self._writable(key >> CHUNK_SHIFT)
-        if key not in c:
-            self._len += 1
+        n = len(c)
         c[key] = value
+        self._len += len(c) - n
         self.changed[key] = value
 
     def __delitem__(self, key: int) -> None:
@@ -137,14 +150,14 @@ class ChunkedDict(MutableMapping[int, int]):
         if not c:
             del self._chunks[cid]
 
-    def pop(self, key: int, default: Any = _MISSING) -> Any:
-        if key in self:
-            value = self[key]
-            del self[key]
-            return value
-        if default is _MISSING:
-            raise KeyError(key)
-        return default
+    def pop(self, key: int, default: int | None = None) -> int | None:
+        """Remove ``key`` and return its value (``default`` when absent)."""
+        c = self.chunk(key)
+        if c is None or key not in c:
+            return default
+        value = c[key]
+        del self[key]
+        return value
 
     def set_many(self, items: dict[int, int]) -> None:
         """``self[k] = v`` for every item (the batch fast path: a run's mappings at once):
@@ -186,11 +199,11 @@ class ChunkedDict(MutableMapping[int, int]):
             c = self._chunks.get(cid)
             if c is None:
                 frozen.pop(cid, None)
-            elif type(c) is dict:
+            else:
                 shared = None
                 if like is not None:
                     oc = like._chunks.get(cid)
-                    if type(oc) is dict and oc == c:  # (its frozen form is current: its
+                    if oc is not None and oc == c:  # (its frozen form is current: its
                         shared = like._frozen.get(cid)  # table was just taken)
                 frozen[cid] = shared if shared is not None else _freeze(c)
         self._unfrozen = set()
@@ -201,8 +214,8 @@ class ChunkedDict(MutableMapping[int, int]):
         """A dict restored from a :meth:`frozen_table` (chunks thawed when first read)."""
         cids, chunks, n = table
         d = cls()
-        d._chunks = dict(zip(cids, chunks, strict=True))
-        d._frozen = dict(d._chunks)  # type: ignore[arg-type]
+        d._cold = dict(zip(cids, chunks, strict=True))
+        d._frozen = dict(d._cold)
         d._len = n
         return d
 
@@ -238,7 +251,7 @@ class ChunkedDict(MutableMapping[int, int]):
         self.changed = {}
 
     def chunk_count(self) -> int:
-        return len(self._chunks)
+        return len(self._chunks) + len(self._cold)
 
     def __repr__(self) -> str:
-        return f"ChunkedDict({dict(self)!r})"
+        return f"ChunkedDict({dict(self.items())!r})"

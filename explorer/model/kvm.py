@@ -1081,7 +1081,9 @@ def kvm_destroy_vm(m: Machine, th: Thread, idx: int, ev: TdDestroy) -> KGen:
     # 5. the TD's control pages: TDCS, then TDR (last)
     yield from _reclaim_control(m, th, td.control, "tdx_vm_destroy")
     for gfn in sorted(td.gmem):
-        m.free_page(td.gmem.pop(gfn))
+        pfn = td.gmem[gfn]
+        del td.gmem[gfn]
+        m.free_page(pfn)
     td.state = "destroyed"
     m.note("td", td.id, "destroying", "destroyed")
     yield fn, "td.destroyed", "TD {} destroyed: mirror root and guest_memfd pages freed", (td.id,)

@@ -38,7 +38,7 @@ from typing import Any, Final
 from explorer.model import constants as C
 from explorer.model.chunked import ChunkedDelta, ChunkedDict, FrozenTable
 from explorer.model.errors import ImpossibleEvent, Problem
-from explorer.model.events import Event, Inject, Note
+from explorer.model.events import Event, Fault, Inject, Note
 from explorer.model.invariants import check_global, check_quiescent, check_regions
 from explorer.model.memory import FREE, HostMemory, MemoryImage
 from explorer.model.packed import PackedInts, pack_ints, unpack_ints
@@ -461,6 +461,8 @@ class Machine:
         self.diagnostics: list[Diagnostic] = []
         self.stopped: Diagnostic | None = None
         self.threads: dict[str, Thread] = {}
+        self._threads_made: dict[str, Thread] = {}  # every CPU made so far, by name
+        self._vcpu_names: dict[int, str] = {}  # vCPU id -> its thread's name
         self.event_first_step: dict[int, int] = {}
         self.batch_labels: set[str] = set()
         self.batch_regions: set[int] = set()
@@ -473,6 +475,8 @@ class Machine:
         self._ckpt_vcpus: dict[int, Vcpu] = {}  # the vCPU copies of the last delta
         self._ckpt_sched: object = None  # the scheduler generator's state at the last delta
         self._pairs_changed = False  # a pair page moved: invariant 5's pair counts then
+        #: a page entered or left a cache in this batch: the caches are counted after it
+        self.caches_moved = False
         self._changed_counters: dict[str, int] = {}
         self._diags: list[tuple[str, str, str]] = []
 
@@ -498,6 +502,8 @@ class Machine:
         self.batch_regions.add(pfn >> C.PAGES_PER_REGION_SHIFT)
         if old in (O_PAIR, O_LEAKED) or code in (O_PAIR, O_LEAKED):
             self._pairs_changed = True
+        elif old in (O_PAMT_CACHE, O_KVM_CACHE) or code in (O_PAMT_CACHE, O_KVM_CACHE):
+            self.caches_moved = True
         if self.record and old != code:
             self._effect("page", pfn, OWNERS[old], OWNERS[code])
 
@@ -663,10 +669,17 @@ class Machine:
             if isinstance(ev, (Inject, Note)):
                 self._instant(idx, ev)
                 continue
-            name = thread_name(ev)
+            if isinstance(ev, Fault):  # (the commonest event: its thread's name cached)
+                name = self._vcpu_names.get(ev.vcpu)
+                if name is None:
+                    name = self._vcpu_names[ev.vcpu] = thread_name(ev)
+            else:
+                name = thread_name(ev)
             th = threads.get(name)
             if th is None:
-                th = threads[name] = Thread(name, deque(), len(threads))
+                th = self._thread(name)
+                th.order = len(threads)
+                threads[name] = th
             th.queue.append((idx, ev))
         order = list(threads.values())
         if len(order) == 1:
@@ -676,6 +689,25 @@ class Machine:
         if self.check:
             check_quiescent(self)
             self._flush_diags()
+
+    def _thread(self, name: str) -> Thread:
+        """The simulated CPU ``name``, idle: made once per machine and reused by every batch
+        (a batch of one event is common: building a CPU for each cost a tenth of its time)."""
+        th = self._threads_made.get(name)
+        if th is None:
+            th = self._threads_made[name] = Thread(name, deque(), 0)
+            return th
+        th.queue.clear()
+        th.gen = None
+        th.event = None
+        th.line = 0
+        th.stack.clear()
+        th.holds.clear()
+        th.spinning = None
+        th.last = None
+        th.softirq = False
+        th.respin = None
+        return th
 
     def _run_alone(self, th: Thread, order: list[Thread]) -> None:
         """One CPU in the batch: nothing to interleave, its steps run back to back."""
@@ -763,16 +795,16 @@ class Machine:
                 self.event_first_step.setdefault(idx, self.nr_steps)
                 gen = th.gen = _run_event()(self, th, idx, ev)
             try:
-                info = next(gen, None)  # (None: the event is done; no StopIteration to build)
+                return next(gen)  # (next with a default is a generic call when compiled)
+            except StopIteration:
+                th.gen = None
+                continue
             except ImpossibleEvent as exc:
                 th.gen = None
                 self._stop(exc)
                 for other in order:
                     other.queue.clear()
                 return None
-            if info is not None:
-                return info
-            th.gen = None
 
     def _abort_batch(self, order: list[Thread], deadlock: bool) -> None:
         reason = (

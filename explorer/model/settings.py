@@ -8,6 +8,7 @@ when topping up its page-table caches, ``PT64_ROOT_MAX_LEVEL`` = 5 in the kernel
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -160,12 +161,38 @@ class SettingSpec:
         return raw
 
 
+#: Significant digits of an integer written as text, checked before any conversion (more is out
+#: of every range; Python's int() itself refuses over 4300 digits). The trace format's limit
+#: (explorer.trace.limits.MAX_INT_DIGITS is this value).
+MAX_INT_DIGITS = 24
+
+_INT_TEXT = re.compile(r"0[xX]([0-9a-fA-F]+)|-?([0-9]+)").fullmatch
+
+
+def int_text(text: str) -> int:
+    """The rule for an integer written as text, in settings (--set, the app, a trace header's
+    settings) and trace fields: decimal (``-?[0-9]+``) or hex (``0x`` + hex digits), nothing else
+    (no underscores, spaces, signs inside or ``+``), at most :data:`MAX_INT_DIGITS` significant
+    digits. Raises ValueError with a one-line message (never echoing more than 40 characters)."""
+    m = _INT_TEXT(text)
+    if m is None:
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise ValueError(
+            f"{shown!r} is not an integer (decimal digits or 0x and hex digits, "
+            "no underscores or spaces)"
+        )
+    digits = m.group(1) or m.group(2)
+    if len(digits.lstrip("0")) > MAX_INT_DIGITS:
+        raise ValueError(
+            f"a {len(digits)}-digit number is out of range "
+            f"(over the limit of {MAX_INT_DIGITS} digits, MAX_INT_DIGITS)"
+        )
+    return int(digits, 16) if m.group(1) is not None else int(text, 10)
+
+
 def _int_text(text: str) -> int:
-    t = text.strip().lower()
-    try:
-        return int(t, 16) if t.startswith("0x") else int(t, 10)
-    except ValueError:
-        raise ValueError(f"{text!r} is not an integer") from None
+    """A setting's integer text (spaces around it ignored) by the rule of :func:`int_text`."""
+    return int_text(text.strip())
 
 
 SETTING_SPECS: dict[str, SettingSpec] = {
