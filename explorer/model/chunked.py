@@ -22,8 +22,9 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from operator import itemgetter
+from typing import Final
 
-CHUNK_SHIFT = 9
+CHUNK_SHIFT: Final = 9
 #: a frozen chunk, or a delta: keys (ascending) and their values (-1: deleted)
 Frozen = tuple["array[int]", "array[int]"]
 ChunkedDelta = Frozen

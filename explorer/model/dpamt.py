@@ -21,6 +21,7 @@ Each function is a generator: every ``yield`` is one step a reviewer can stop at
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from explorer.model import tdx_module as tdx
 from explorer.model.constants import PAGES_PER_REGION_SHIFT
@@ -49,8 +50,8 @@ from explorer.model.machine import (
     Vcpu,
 )
 
-ENOMEM = -12
-EIO = -5
+ENOMEM: Final = -12
+EIO: Final = -5
 
 
 # ============================================================================ locks

@@ -39,8 +39,8 @@ O_GUEST: Final = OWNER_CODE["guest"]
 O_LEAKED: Final = OWNER_CODE["leaked"]
 O_IN_HAND: Final = OWNER_CODE["in_hand"]
 
-_PAMT_KIND = KIND_CODE["pamt"]
-_PAIR_OWNERS = (O_PAIR, O_LEAKED)
+_PAMT_KIND: Final = KIND_CODE["pamt"]
+_PAIR_OWNERS: Final = (O_PAIR, O_LEAKED)
 
 
 def check_regions(m: Machine, regions: Set[int], all_pairs: bool = False) -> None:

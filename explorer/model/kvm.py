@@ -27,6 +27,8 @@ Effects of KVM state (S-EPT entries, mappings, guest_memfd) are noted only for a
 
 from __future__ import annotations
 
+from typing import Final
+
 from explorer.model import constants as C
 from explorer.model import tdx_module as tdx
 from explorer.model.dpamt import (
@@ -83,8 +85,9 @@ from explorer.model.machine import (
     Vcpu,
 )
 
-DONE, RETRY = 0, 1
-ALIVE_TD_STATES = ("created", "finalized", "bugged")
+DONE: Final = 0
+RETRY: Final = 1
+ALIVE_TD_STATES: Final = ("created", "finalized", "bugged")
 
 
 # ============================================================================ dispatch

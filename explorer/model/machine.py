@@ -58,25 +58,27 @@ from explorer.model.settings import Settings
 from explorer.model.tdx_module import ModuleImage, TdxModule
 
 #: What a kernel generator yields at the end of a step: (function, label, template, args).
-StepInfo = tuple[str, str, str, tuple[Any, ...]]
+#: (A variable-length tuple type: compiled, a fixed-length one is unboxed into a C struct and
+#: boxed again, a new tuple per step, wherever it is stored.)
+StepInfo = tuple[Any, ...]
 KGen = Generator[StepInfo, None, Any]
 
-O_FREE = FREE
-O_PAIR = OWNER_CODE["pamt_pair"]
-O_PAMT_CACHE = OWNER_CODE["pamt_cache"]
-O_KVM_CACHE = OWNER_CODE["kvm_cache"]
-O_SEPT = OWNER_CODE["sept"]
-O_MIRROR = OWNER_CODE["mirror"]
-O_CONTROL = OWNER_CODE["control"]
-O_GUEST = OWNER_CODE["guest"]
-O_LEAKED = OWNER_CODE["leaked"]
-O_IN_HAND = OWNER_CODE["in_hand"]
+O_FREE: Final = FREE
+O_PAIR: Final = OWNER_CODE["pamt_pair"]
+O_PAMT_CACHE: Final = OWNER_CODE["pamt_cache"]
+O_KVM_CACHE: Final = OWNER_CODE["kvm_cache"]
+O_SEPT: Final = OWNER_CODE["sept"]
+O_MIRROR: Final = OWNER_CODE["mirror"]
+O_CONTROL: Final = OWNER_CODE["control"]
+O_GUEST: Final = OWNER_CODE["guest"]
+O_LEAKED: Final = OWNER_CODE["leaked"]
+O_IN_HAND: Final = OWNER_CODE["in_hand"]
 
 #: Hard limits of one replay (named so messages can cite them).
-MAX_STEPS_PER_BATCH = 5_000_000
-MAX_SPIN_STEPS = 100_000
+MAX_STEPS_PER_BATCH: Final = 5_000_000
+MAX_SPIN_STEPS: Final = 100_000
 
-COUNTER_NAMES = (
+COUNTER_NAMES: Final = (
     "faults",
     "fault_retries",
     "faults_failed",
@@ -342,6 +344,15 @@ def _copy_vcpu(v: Vcpu) -> Vcpu:
         for n, c in v.caches.items()
     }
     return Vcpu(v.id, v.td, v.alive, list(v.pamt_cache), caches, list(v.control))
+
+
+def _resume(gen: KGen) -> StepInfo | None:
+    """Run ``gen`` to its next step; None when its event is done. (A ``for`` loop, not
+    ``next()``: compiled, it is a direct iterator call with no exception at the end; ``next``
+    is a builtin looked up and called per step, and its StopIteration builds a traceback.)"""
+    for info in gen:
+        return info
+    return None
 
 
 def thread_name(ev: Event) -> str:
@@ -795,16 +806,16 @@ class Machine:
                 self.event_first_step.setdefault(idx, self.nr_steps)
                 gen = th.gen = _run_event()(self, th, idx, ev)
             try:
-                return next(gen)  # (next with a default is a generic call when compiled)
-            except StopIteration:
-                th.gen = None
-                continue
+                info = _resume(gen)
             except ImpossibleEvent as exc:
                 th.gen = None
                 self._stop(exc)
                 for other in order:
                     other.queue.clear()
                 return None
+            if info is not None:
+                return info
+            th.gen = None
 
     def _abort_batch(self, order: list[Thread], deadlock: bool) -> None:
         reason = (

@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from heapq import heappop, heappush
-from typing import Any
+from typing import Any, Final
 
 from explorer.model.constants import PAGES_PER_REGION, PAGES_PER_REGION_SHIFT
 from explorer.model.packed import (
@@ -32,11 +32,11 @@ from explorer.model.packed import (
 )
 from explorer.model.records import OWNERS
 
-FREE = 0
-_NR_OWNERS = len(OWNERS)
+FREE: Final = 0
+_NR_OWNERS: Final = len(OWNERS)
 #: region_counts' memo: owner map -> counts (bounded: 8,192 maps of 512 bytes, 4 MiB at most)
 _COUNTS: dict[bytes, tuple[int, ...]] = {}
-_COUNTS_MAX = 8192
+_COUNTS_MAX: Final = 8192
 
 
 @dataclass(slots=True)

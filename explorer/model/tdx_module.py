@@ -25,20 +25,20 @@ from explorer.model.packed import (
     unpack_refs,
 )
 
-SUCCESS = "TDX_SUCCESS"
-HPA_RANGE_NOT_FREE = "TDX_HPA_RANGE_NOT_FREE"
-PAGE_NOT_FREE = "TDX_PAGE_NOT_FREE"
-NO_PAMT_PAGE_PAIR = "TDX_NO_PAMT_PAGE_PAIR"
-PAMT_PAGE_NOT_EMPTY = "TDX_PAMT_PAGE_NOT_EMPTY"
-MISSING_PAMT_PAGE_PAIR = "TDX_MISSING_PAMT_PAGE_PAIR"
-OPERAND_BUSY = "TDX_OPERAND_BUSY"
+SUCCESS: Final = "TDX_SUCCESS"
+HPA_RANGE_NOT_FREE: Final = "TDX_HPA_RANGE_NOT_FREE"
+PAGE_NOT_FREE: Final = "TDX_PAGE_NOT_FREE"
+NO_PAMT_PAGE_PAIR: Final = "TDX_NO_PAMT_PAGE_PAIR"
+PAMT_PAGE_NOT_EMPTY: Final = "TDX_PAMT_PAGE_NOT_EMPTY"
+MISSING_PAMT_PAGE_PAIR: Final = "TDX_MISSING_PAMT_PAGE_PAIR"
+OPERAND_BUSY: Final = "TDX_OPERAND_BUSY"
 #: The status an injected PAMT.ADD / PAMT.REMOVE failure returns (the kernel WARNs on any error).
-INJECTED_ERROR = "TDX_SW_ERROR"
+INJECTED_ERROR: Final = "TDX_SW_ERROR"
 
 #: What the module uses a 4 KiB page for (0: nothing). ``pamt`` pages back a region's PAMT.
-PAGE_KINDS = ("none", "pamt", "tdr", "tdcs", "tdvpr", "tdcx", "sept", "guest")
-KIND_CODE = {name: code for code, name in enumerate(PAGE_KINDS)}
-_PAMT = KIND_CODE["pamt"]
+PAGE_KINDS: Final = ("none", "pamt", "tdr", "tdcs", "tdvpr", "tdcx", "sept", "guest")
+KIND_CODE: Final = {name: code for code, name in enumerate(PAGE_KINDS)}
+_PAMT: Final = KIND_CODE["pamt"]
 #: kinds of TD page, as :meth:`TdxModule.give_page` takes them
 K_TDR: Final = KIND_CODE["tdr"]
 K_TDCS: Final = KIND_CODE["tdcs"]
