@@ -353,7 +353,8 @@ def _deep_size(obj: Any, seen: set[int]) -> int:
             stack.extend(o)
         else:
             for cls in type(o).__mro__:
-                for name in getattr(cls, "__slots__", ()):
+                # (a class compiled by mypyc lists its attributes in __mypyc_attrs__)
+                for name in (*getattr(cls, "__slots__", ()), *getattr(cls, "__mypyc_attrs__", ())):
                     if hasattr(o, name):
                         stack.append(getattr(o, name))
             if hasattr(o, "__dict__"):
