@@ -16,7 +16,6 @@ recent batches, so stepping forward and back is instant.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import sys
 import threading
 from array import array
@@ -28,7 +27,7 @@ from typing import Any
 from explorer.model.bulk import FLAG_BITS, FLAG_LABELS, BatchLog, run_batches
 from explorer.model.constants import PAGE_SIZE, PAGES_PER_REGION_SHIFT
 from explorer.model.events import Event
-from explorer.model.machine import Machine, MachineDelta, MachineImage, batches
+from explorer.model.machine import Machine, MachineDelta, MachineImage, StepReached, batches
 from explorer.model.records import Diagnostic, Snapshot, Step
 from explorer.model.settings import Settings
 from explorer.model.summary import summary
@@ -36,15 +35,13 @@ from explorer.trace.gcpause import gc_paused
 
 FIND_KINDS = ("op", "region", "label", *FLAG_BITS)
 
-#: Batches between checkpoints. A checkpoint is a delta (what changed since the previous one);
-#: every KEYFRAME_EVERY checkpoints it is also a full keyframe of the machine. 64 and 16 (a
-#: keyframe every 1,024 batches): against 32 and 32, measured at 1M faults, the replay took 11 %
-#: less time and the deltas 19 bytes per event less, for the same seek times (a seek re-runs up to
-#: 63 batches, on the fast path, but applies half as many deltas). 128 and 16, once simple runs
-#: took links, top-ups and the batches around region crossings (a fast run never crosses a
-#: checkpoint, so a checkpoint also ends a run): against 64, at 1M faults, the replay's CPU time
-#: 8 % less and the deltas 17 bytes per event less; the median seek 1 to 2 ms longer (8 to 10 ms).
-CHECKPOINT_EVERY = 128
+#: Events between checkpoints (at least; a checkpoint falls between batches). A checkpoint is a
+#: delta (what changed since the previous one); every KEYFRAME_EVERY checkpoints it is also a
+#: full keyframe of the machine. Counted in events, not batches: a trace of one event per batch
+#: (no ``t``) paid a delta's fixed part (the vCPUs, the TDs) every 128 events, eight times as
+#: often as a trace of eight concurrent vCPUs; now both pay it every 1,024 events, and a seek
+#: re-runs at most that many events (on the generators, about 10 ms).
+CHECKPOINT_EVERY = 1024
 KEYFRAME_EVERY = 16
 #: Memory the keyframes may take (estimated): at most this, and at most KEYFRAME_BYTES_PER_EVENT
 #: per event of the trace (but always KEYFRAME_MIN_BUDGET). Above it, every other keyframe is
@@ -162,9 +159,14 @@ class Timeline:
                 regions.add(e.key >> PAGES_PER_REGION_SHIFT)
         return sorted(regions)
 
-    def _machine_at_batch(self, b: int) -> Machine:
-        """A recording machine in the state just before batch ``b``: the nearest keyframe, the
-        deltas after it, then the batches since the last checkpoint."""
+    def _ckpt_ordinal(self, b: int) -> int:
+        """The position of the checkpoint at batch ``b`` among all checkpoints."""
+        return bisect.bisect_left(self._ckpt_batches, b)
+
+    def _machine_at_batch(self, b: int, record: bool = True) -> Machine:
+        """A machine (recording, unless ``record`` is False) in the state just before batch
+        ``b``: the nearest keyframe, the deltas after it, then the batches since the last
+        checkpoint."""
         m = Machine(self.settings, record=False, check=True)
         ck = self._ckpt_batches
         c = ck[bisect.bisect_right(ck, b) - 1] if ck and ck[0] <= b else 0
@@ -180,7 +182,7 @@ class Timeline:
         else:
             c = 0
         self._run_batches(m, c, b)
-        m.record = True
+        m.record = record
         return m
 
     def _run_batches(self, m: Machine, c: int, b: int) -> None:
@@ -221,21 +223,16 @@ class Timeline:
             return self._state_at_locked(i, b)
 
     def _state_at_locked(self, i: int, b: int) -> Snapshot:
-        m = self._machine_at_batch(b)
-        target = i
-
-        class _Stop(Exception):
-            pass
-
-        def stop(machine: Machine, step: Step) -> None:
-            if step.index == target:
-                raise _Stop
-
-        m.on_step = stop
-        with contextlib.suppress(_Stop):
+        # the target batch runs unrecorded up to step i: a seek into a long batch (a teardown
+        # of thousands of pages) does not build the records of every step before it
+        m = self._machine_at_batch(b, record=False)
+        m.stop_at = i
+        ev = -1
+        try:
             self._run_batch(m, b)
-        m.on_step = None
-        ev = m.steps[-1].event if m.steps else -1
+        except StepReached as reached:
+            ev = reached.event
+        m.stop_at = -1
         return m.snapshot(step=i, event=ev)
 
     # ------------------------------------------------------------------ queries
@@ -373,8 +370,9 @@ def replay(
     checkpoint_budget: int = CHECKPOINT_BUDGET_BYTES,
     report_every: int = 2000,
 ) -> Timeline:
-    """Replay ``events`` in bulk into a :class:`Timeline` (invariants checked at every step;
-    uncontended batches run on the fast path, see :mod:`explorer.model.fastpath`)."""
+    """Replay ``events`` in bulk into a :class:`Timeline`: every batch on the kernel generators,
+    steps counted, not stored (:mod:`explorer.model.bulk`), invariants checked at every step, a
+    checkpoint every ``checkpoint_every`` events."""
     with gc_paused():  # no reference cycles are made; millions of live objects are not rescanned
         return _replay(
             events,
@@ -411,27 +409,33 @@ def _replay(
     spans = batches(events)
     nb = len(spans)
     b = 0
+    since_ckpt = checkpoint_every  # events since the last checkpoint: one at batch 0
     while b < nb and m.stopped is None:
-        if b % checkpoint_every == 0:
+        if since_ckpt >= checkpoint_every:
+            since_ckpt = 0
+            ordinal = len(tl._ckpt_batches)
             tl._deltas[b] = m.delta()
             tl._ckpt_batches.append(b)
-            if b % (checkpoint_every * keyframe_every) == 0:
+            if ordinal % keyframe_every == 0:
                 size = (_state_entries(m) + _changes_since(tl, b)) * _BYTES_PER_ENTRY
                 while (
                     len(tl._checkpoints) > 1
                     and (len(tl._checkpoints) + 1) * size > checkpoint_budget
                 ):
                     keyframe_every *= 2  # thin: keep the keyframes on the doubled spacing
-                    span = checkpoint_every * keyframe_every
-                    tl._checkpoints = {k: v for k, v in tl._checkpoints.items() if k % span == 0}
-                if b % (checkpoint_every * keyframe_every) == 0:
+                    tl._checkpoints = {
+                        k: v
+                        for k, v in tl._checkpoints.items()
+                        if tl._ckpt_ordinal(k) % keyframe_every == 0
+                    }
+                if ordinal % keyframe_every == 0:
                     tl._checkpoints[b] = m.image()
         # the batches up to the next checkpoint, run and logged by the compiled loop
-        upto = min(b - b % checkpoint_every + checkpoint_every, nb)
         b0 = b
-        b = run_batches(m, events, spans, b, upto, log)
+        b = run_batches(m, events, spans, b, nb, log, spans[b][0] + checkpoint_every)
         if b == b0:
             break
+        since_ckpt += spans[b - 1][1] - spans[b0][0]
         end = spans[b - 1][1]
         last_end = end
         since_report += end - spans[b0][0]

@@ -108,10 +108,12 @@ def run_batches(
     b0: int,
     b1: int,
     log: BatchLog,
+    upto_event: int,
 ) -> int:
     """Run batches ``b0`` to ``b1 - 1`` (``spans[b]`` is batch b's ``[start, end)`` of events)
-    on ``m``, appending to ``log``. Stops early when the replay stops (an impossible event, a
-    step limit); returns the first batch not run."""
+    on ``m``, appending to ``log``, until a batch ends at or past event ``upto_event``. Stops
+    early when the replay stops (an impossible event, a step limit); returns the first batch
+    not run."""
     event_step = log.event_step
     s = log.series
     pairs, free, idle = s["pairs"], s["free_pages"], s["idle_pages"]
@@ -146,4 +148,6 @@ def run_batches(
         races.append(m.cnt[K_PAMT_LOST_RACE])
         leaked.append(counts[_O_LEAKED])
         b += 1
+        if end >= upto_event:
+            break
     return b

@@ -28,7 +28,6 @@ events and settings give the same steps, byte for byte.
 
 from __future__ import annotations
 
-import random
 from array import array
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Sequence
@@ -40,8 +39,9 @@ from explorer.model.chunked import ChunkedDelta, ChunkedDict, FrozenTable
 from explorer.model.errors import ImpossibleEvent, Problem
 from explorer.model.events import Event, Fault, Inject, Note
 from explorer.model.invariants import check_global, check_quiescent, check_regions
-from explorer.model.memory import FREE, HostMemory, MemoryImage
+from explorer.model.memory import FREE, HostMemory, MemoryImage, PageDelta
 from explorer.model.packed import PackedInts, pack_ints, unpack_ints
+from explorer.model.prng import XorShift32
 from explorer.model.records import (
     OWNER_CODE,
     OWNERS,
@@ -55,7 +55,7 @@ from explorer.model.records import (
     VcpuView,
 )
 from explorer.model.settings import Settings
-from explorer.model.tdx_module import ModuleImage, TdxModule
+from explorer.model.tdx_module import ModuleDelta, ModuleImage, TdxModule
 
 #: What a kernel generator yields at the end of a step: (function, label, template, args).
 #: (A variable-length tuple type: compiled, a fixed-length one is unboxed into a C struct and
@@ -338,12 +338,28 @@ def _small_td(t: Td) -> Td:
     return Td(t.id, t.state, t.hkid, list(t.vcpus), list(t.control), t.mirror_root)
 
 
-def _copy_vcpu(v: Vcpu) -> Vcpu:
-    caches = {
-        n: KvmCache(c.name, c.objects, c.min, c.capacity, list(c.pfns), c.nobjs)
-        for n, c in v.caches.items()
-    }
-    return Vcpu(v.id, v.td, v.alive, list(v.pamt_cache), caches, list(v.control))
+#: a vCPU frozen for a checkpoint: its scalars and caches, the page lists as arrays of 8-byte
+#: ints (a list of int objects costs four to five times as much)
+FrozenVcpu = tuple[Any, ...]
+
+
+def _freeze_vcpu(v: Vcpu) -> FrozenVcpu:
+    return (
+        v.id,
+        v.td,
+        v.alive,
+        array("q", v.pamt_cache),
+        tuple(
+            (c.name, c.objects, c.min, c.capacity, array("q", c.pfns), c.nobjs)
+            for c in v.caches.values()
+        ),
+        tuple(v.control),
+    )
+
+
+def _thaw_vcpu(f: FrozenVcpu) -> Vcpu:
+    caches = {c[0]: KvmCache(c[0], c[1], c[2], c[3], list(c[4]), c[5]) for c in f[4]}
+    return Vcpu(f[0], f[1], f[2], list(f[3]), caches, list(f[5]))
 
 
 def _resume(gen: KGen) -> StepInfo | None:
@@ -389,12 +405,12 @@ class MachineImage:
     gotten: PackedInts
     tds: dict[int, Td]  # without their guest mappings:
     mappings: dict[int, tuple[FrozenTable, FrozenTable]]  # (leaves, gmem) per TD
-    vcpus: dict[int, Vcpu]
+    vcpus: dict[int, FrozenVcpu]
     counters: dict[str, int]
     injections: dict[str, int]
     nr_steps: int
     next_hkid: int
-    sched_rng: Any  # random.Random.getstate()
+    sched_rng: int  # the random schedule's XorShift32 state
     extra: dict[str, Any]
 
 
@@ -402,24 +418,32 @@ class MachineImage:
 class MachineDelta:
     """A delta checkpoint: the changes since the previous checkpoint (see Machine.delta)."""
 
-    mem_regions: dict[int, bytes]
-    mem_nfree: dict[int, int]
+    mem_pages: PageDelta  # the pages whose owner changed, and their owners
     mem_scalars: tuple[Any, ...]
-    module: tuple[dict[int, bytes], dict[int, int | None], dict[int, Any]]
-    regions: dict[int, tuple[int | None, int | None, int | None]]
+    module: ModuleDelta
+    #: the regions whose refcount, orphans or references held changed, and those (0: none)
+    regions: tuple[array[int], array[int], array[int], array[int]]
     tds: dict[int, tuple[Td, ChunkedDelta, ChunkedDelta, dict[Any, Any]]]
-    vcpus: dict[int, Vcpu]
+    vcpus: dict[int, FrozenVcpu]
     counters: array[int]  # in COUNTER_NAMES order
     injections: dict[str, int]
     nr_steps: int
     next_hkid: int
-    sched_rng: Any  # None: unchanged since the previous checkpoint
+    sched_rng: int  # the random schedule's XorShift32 state
     extra: dict[str, Any]
 
 
 def _tracked(d: Any) -> TrackedDict:
     assert isinstance(d, TrackedDict)
     return d
+
+
+class StepReached(Exception):
+    """Raised by a machine when it commits its ``stop_at`` step (a seek stops there)."""
+
+    def __init__(self, event: int) -> None:
+        super().__init__(event)
+        self.event = event
 
 
 class Machine:
@@ -466,7 +490,7 @@ class Machine:
         self.cnt: list[int] = [0] * len(COUNTER_NAMES)
         self.extra: dict[str, Any] = {}
         # stepping
-        self.sched_rng = random.Random(settings.seed ^ 0x5C4ED)
+        self.sched_rng = XorShift32(settings.seed, 2)  # the random schedule's draws
         self.nr_steps = 0
         self.steps: list[Step] = []
         self.diagnostics: list[Diagnostic] = []
@@ -478,13 +502,14 @@ class Machine:
         self.batch_labels: set[str] = set()
         self.batch_regions: set[int] = set()
         self.on_step: Callable[[Machine, Step], None] | None = None
+        #: a step at which to stop (StepReached), mid-batch: a seek's target (-1: none)
+        self.stop_at = -1
         self._fx: list[Effect] = []
         self._dirty: set[int] = set()
         #: regions whose pair was added or removed in this step (invariant 4 checks them)
         self.pair_dirty: set[int] = set()
         self._ckpt_regions: set[int] = set()  # refcount/orphans/gotten keys since a checkpoint
-        self._ckpt_vcpus: dict[int, Vcpu] = {}  # the vCPU copies of the last delta
-        self._ckpt_sched: object = None  # the scheduler generator's state at the last delta
+        self._ckpt_vcpus: dict[int, FrozenVcpu] = {}  # the frozen vCPUs of the last delta
         self._pairs_changed = False  # a pair page moved: invariant 5's pair counts then
         #: a page entered or left a cache in this batch: the caches are counted after it
         self.caches_moved = False
@@ -746,7 +771,7 @@ class Machine:
         schedule = self.settings.schedule
         rr_mode = schedule == "round-robin"
         random_mode = schedule == "random"
-        getrandbits = self.sched_rng.getrandbits
+        rng = self.sched_rng
         live = list(order)
         rr = 0
         current: Thread | None = None
@@ -758,15 +783,7 @@ class Machine:
                 th = live[rr]
                 rr += 1
             elif random_mode:
-                # random.Random.randrange(n), spelled out (the same draws: _randbelow's
-                # rejection sampling on getrandbits(n.bit_length())) without its Python-level
-                # argument checks, once per step
-                n = len(live)
-                k = n.bit_length()
-                r = getrandbits(k)
-                while r >= n:
-                    r = getrandbits(k)
-                th = live[r]
+                th = live[rng.below(len(live))]
             else:  # sequential: keep the current CPU until it finishes or spins
                 if current is None or current.done or current.spinning is not None:
                     ready = [t for t in live if t.spinning is None] or live
@@ -919,6 +936,8 @@ class Machine:
             if self.on_step is not None:
                 self.on_step(self, step)
         dirty.clear()
+        if index == self.stop_at:
+            raise StepReached(th.event if th.event is not None else -1)
 
     def run(self, events: Sequence[Event]) -> None:
         """Run every event, batch by batch, until the end or an impossible event."""
@@ -936,23 +955,24 @@ class Machine:
         mem = self.mem
         regions = self._ckpt_regions
         d = MachineDelta(
-            mem_regions={r: bytes(mem.regions[r]) for r in mem.dirty},
-            mem_nfree={r: mem.nfree[r] for r in mem.dirty},
+            mem_pages=mem.page_delta(),
             mem_scalars=mem.scalars(),
             module=self.module.delta(),
-            regions={
-                r: (self.refcount.get(r), self.orphans.get(r), self.gotten.get(r)) for r in regions
-            },
+            regions=(
+                array("q", regions),
+                array("q", [self.refcount.get(r, 0) for r in regions]),
+                array("q", [self.orphans.get(r, 0) for r in regions]),
+                array("q", [self.gotten.get(r, 0) for r in regions]),
+            ),
             tds={k: self._td_delta(t) for k, t in self.tds.items()},
             vcpus=self._vcpus_for_delta(),
             counters=array("q", self.cnt),
             injections=dict(self.injections),
             nr_steps=self.nr_steps,
             next_hkid=self.next_hkid,
-            sched_rng=self._sched_state_for_delta(),
+            sched_rng=self.sched_rng.state,
             extra={k: list(v) if isinstance(v, list) else v for k, v in self.extra.items()},
         )
-        mem.clear_dirty()
         self._ckpt_regions = set()
         return d
 
@@ -964,27 +984,17 @@ class Machine:
             gmem = leaves
         return _small_td(t), leaves, gmem, _tracked(t.entries).delta()
 
-    def _vcpus_for_delta(self) -> dict[int, Vcpu]:
-        """Copies of the vCPUs; one unchanged since the last delta is that delta's copy (shared,
-        never mutated: a restore copies again)."""
+    def _vcpus_for_delta(self) -> dict[int, FrozenVcpu]:
+        """The vCPUs, frozen; one unchanged since the last delta is that delta's (shared, never
+        mutated: a restore thaws a copy)."""
         last = self._ckpt_vcpus
         out = {}
         for k, v in self.vcpus.items():
+            frozen = _freeze_vcpu(v)
             prev = last.get(k)
-            out[k] = prev if prev is not None and prev == v else _copy_vcpu(v)
+            out[k] = prev if prev is not None and prev == frozen else frozen
         self._ckpt_vcpus = out
         return out
-
-    def _sched_state_for_delta(self) -> object:
-        """The scheduler's generator state, or None if unchanged since the last delta (only the
-        ``random`` schedule draws from it; the state is 625 ints, not even read otherwise)."""
-        if self.settings.schedule != "random":
-            return None
-        state = self.sched_rng.getstate()
-        if state == self._ckpt_sched:
-            return None
-        self._ckpt_sched = state
-        return state
 
     def apply_deltas(self, deltas: Sequence[MachineDelta]) -> None:
         """Apply consecutive deltas; what each delta holds in full (vCPUs, counters) is copied
@@ -997,18 +1007,15 @@ class Machine:
     def apply_delta(self, d: MachineDelta, *, last: bool = True) -> None:
         """Move a machine restored at the previous checkpoint forward to this one (``last``
         False: another delta follows, which replaces the vCPUs and counters anyway)."""
-        self.mem.apply(d.mem_regions, d.mem_nfree, d.mem_scalars)
+        self.mem.apply(d.mem_pages, d.mem_scalars)
         self.module.apply(d.module)
-        for r, (rc, orphans, gotten) in d.regions.items():
-            for table, value in (
-                (self.refcount, rc),
-                (self.orphans, orphans),
-                (self.gotten, gotten),
-            ):
-                if value is None:
-                    table.pop(r, None)
-                else:
+        keys, *values = d.regions
+        for table, column in zip((self.refcount, self.orphans, self.gotten), values, strict=True):
+            for r, value in zip(keys, column, strict=True):
+                if value:
                     table[r] = value
+                else:
+                    table.pop(r, None)
         for k, (small, leaves, gmem, entries) in d.tds.items():
             td = self.tds.get(k)
             if td is None:
@@ -1019,14 +1026,13 @@ class Machine:
             td.gmem.apply(gmem)
             _tracked(td.entries).apply(entries)
         if last:
-            self.vcpus = {k: _copy_vcpu(v) for k, v in d.vcpus.items()}
+            self.vcpus = {k: _thaw_vcpu(v) for k, v in d.vcpus.items()}
             self.cnt = list(d.counters)
         self.injections = dict(d.injections)
         self._injecting = sum(self.injections.values())
         self.nr_steps = d.nr_steps
         self.next_hkid = d.next_hkid
-        if d.sched_rng is not None:
-            self.sched_rng.setstate(d.sched_rng)
+        self.sched_rng.state = d.sched_rng
         self.extra = {k: list(v) if isinstance(v, list) else v for k, v in d.extra.items()}
         self._ckpt_regions = set()
 
@@ -1047,12 +1053,12 @@ class Machine:
                 k: (t.leaves.frozen_table(), t.gmem.frozen_table(like=t.leaves))
                 for k, t in self.tds.items()
             },
-            vcpus={k: _copy_vcpu(v) for k, v in self.vcpus.items()},
+            vcpus={k: _freeze_vcpu(v) for k, v in self.vcpus.items()},
             counters=self.counters,
             injections=dict(self.injections),
             nr_steps=self.nr_steps,
             next_hkid=self.next_hkid,
-            sched_rng=self.sched_rng.getstate(),
+            sched_rng=self.sched_rng.state,
             extra={k: list(v) if isinstance(v, list) else v for k, v in self.extra.items()},
         )
 
@@ -1074,13 +1080,13 @@ class Machine:
         self.inflight = {}
         self.v5_put_window = {}
         self.tds = {k: _copy_td(t, img.mappings[k]) for k, t in img.tds.items()}
-        self.vcpus = {k: _copy_vcpu(v) for k, v in img.vcpus.items()}
+        self.vcpus = {k: _thaw_vcpu(v) for k, v in img.vcpus.items()}
         self.cnt = [img.counters[k] for k in COUNTER_NAMES]
         self.injections = dict(img.injections)
         self._injecting = sum(self.injections.values())
         self.nr_steps = img.nr_steps
         self.next_hkid = img.next_hkid
-        self.sched_rng.setstate(img.sched_rng)
+        self.sched_rng.state = img.sched_rng
         self.extra = {k: list(v) if isinstance(v, list) else v for k, v in img.extra.items()}
         self.pamt_lock = None
         self.threads = {}

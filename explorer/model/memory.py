@@ -16,7 +16,7 @@ Allocator policies (what ``alloc_page()`` returns, deterministically):
 
 from __future__ import annotations
 
-import random
+from array import array
 from dataclasses import dataclass
 from heapq import heappop, heappush
 from typing import Any, Final
@@ -24,12 +24,11 @@ from typing import Any, Final
 from explorer.model.constants import PAGES_PER_REGION, PAGES_PER_REGION_SHIFT
 from explorer.model.packed import (
     ImageCache,
-    PackedInts,
     PackedRefs,
-    pack_ints,
-    unpack_ints,
+    pack_refs,
     unpack_refs,
 )
+from explorer.model.prng import XorShift32
 from explorer.model.records import OWNERS
 
 FREE: Final = 0
@@ -39,29 +38,21 @@ _COUNTS: dict[bytes, tuple[int, ...]] = {}
 _COUNTS_MAX: Final = 8192
 
 
+#: the pages changed over a delta interval (ascending) and their owners (one byte each)
+PageDelta = tuple["array[int]", bytes]
+
+
 @dataclass(slots=True)
 class MemoryImage:
     """A frozen copy of :class:`HostMemory` for checkpoints (bytes are shared, never mutated)."""
 
     regions: PackedRefs  # region -> owner map (bytes, shared between images)
-    nfree: PackedInts
+    counts_of: PackedRefs  # region -> its pages per owner code (tuples, shared)
     counts: tuple[int, ...]
     heap: tuple[int, ...]
     untouched: int
     spread_cursor: int
-    rng_state: (
-        Any  # random.Random.getstate() (Any: mypyc cannot compile an `object` dataclass field)
-    )
-
-
-def _randbelow(rng: random.Random, n: int) -> int:
-    """``rng.randrange(n)`` for ``n > 0``: the same draws (CPython's rejection sampling on
-    ``getrandbits(n.bit_length())``), without randrange's argument handling in Python."""
-    k = n.bit_length()
-    r = rng.getrandbits(k)
-    while r >= n:
-        r = rng.getrandbits(k)
-    return r
+    rng_state: int  # the random allocator's XorShift32 state
 
 
 class HostMemory:
@@ -73,7 +64,8 @@ class HostMemory:
         self.policy = policy
         self._lowest = policy == "lowest"
         self.regions: dict[int, bytearray] = {}
-        self.nfree: dict[int, int] = {}
+        #: pages of each touched region per owner code (``[FREE]`` is its free pages)
+        self.rcounts: dict[int, list[int]] = {}
         #: pages per owner code, over all memory
         self.counts: list[int] = [0] * _NR_OWNERS
         self.counts[FREE] = total_pages
@@ -83,12 +75,12 @@ class HostMemory:
         self._in_heap: set[int] = set()
         self._untouched = 0
         self._spread_cursor = 0
-        self._rng = random.Random(seed)
-        #: regions changed since the last checkpoint (delta checkpoints copy only these)
-        self.dirty: set[int] = set()
-        #: the owner maps as of the last image, shared by every image since
+        self._rng = XorShift32(seed, 1)
+        #: pages whose owner changed since the last checkpoint (a delta holds their owners)
+        self.journal: list[int] = []
+        #: the owner maps and their counts as of the last image, shared by every image since
         self._images = ImageCache()
-        self._ckpt_rng: object = None  # the generator's state at the last delta checkpoint
+        self._count_images: dict[int, tuple[int, ...]] = {}
 
     # -- reading -------------------------------------------------------------------------
     def owner(self, pfn: int) -> int:
@@ -99,20 +91,12 @@ class HostMemory:
         return 0 <= pfn < self.total_pages and self.owner(pfn) == FREE
 
     def region_counts(self, region: int) -> tuple[int, ...]:
-        """Pages of ``region`` per owner code. Memoized by the owner map's content: a snapshot
-        counts every touched region (thousands after a long replay), most of them unchanged
-        since the last snapshot; one lookup replaces ten scans."""
-        owners = self.regions.get(region)
-        if owners is None:
+        """Pages of ``region`` per owner code (kept up to date by every owner change: a snapshot
+        reads thousands of regions)."""
+        rc = self.rcounts.get(region)
+        if rc is None:
             return (PAGES_PER_REGION,) + (0,) * (_NR_OWNERS - 1)
-        key = bytes(owners)
-        counts = _COUNTS.get(key)
-        if counts is None:
-            counts = tuple(owners.count(code) for code in range(_NR_OWNERS))
-            if len(_COUNTS) >= _COUNTS_MAX:
-                _COUNTS.clear()
-            _COUNTS[key] = counts
-        return counts
+        return tuple(rc)
 
     # -- writing -------------------------------------------------------------------------
     def set_owner(self, pfn: int, code: int) -> int:
@@ -126,26 +110,24 @@ class HostMemory:
         if old == code:
             return old
         owners[off] = code
-        self.dirty.add(region)
+        self.journal.append(pfn)
         counts = self.counts
         counts[old] = counts[old] - 1
         counts[code] = counts[code] + 1
-        if old == FREE:
-            nfree = self.nfree
-            nfree[region] = nfree[region] - 1
-        elif code == FREE:
-            nfree = self.nfree
-            nfree[region] = nfree[region] + 1
-            if self._lowest and region not in self._in_heap:
-                self._in_heap.add(region)
-                heappush(self._heap, region)
+        rc = self.rcounts[region]
+        rc[old] = rc[old] - 1
+        rc[code] = rc[code] + 1
+        if code == FREE and self._lowest and region not in self._in_heap:
+            self._in_heap.add(region)
+            heappush(self._heap, region)
         return old
 
     def _touch(self, region: int) -> bytearray:
         owners = bytearray(PAGES_PER_REGION)
         self.regions[region] = owners
-        self.nfree[region] = PAGES_PER_REGION
-        self.dirty.add(region)
+        rc = [0] * _NR_OWNERS
+        rc[FREE] = PAGES_PER_REGION
+        self.rcounts[region] = rc
         if self._lowest:  # only "lowest" searches by region order
             self._in_heap.add(region)
             heappush(self._heap, region)
@@ -172,12 +154,13 @@ class HostMemory:
         return (region << PAGES_PER_REGION_SHIFT) | off
 
     def _has_free(self, region: int) -> bool:
-        return self.nfree.get(region, PAGES_PER_REGION) > 0
+        rc = self.rcounts.get(region)
+        return rc is None or rc[FREE] > 0
 
     def _pick_lowest(self) -> int:
         heap = self._heap
-        nfree = self.nfree
-        while heap and nfree[heap[0]] == 0:
+        rcounts = self.rcounts
+        while heap and rcounts[heap[0]][FREE] == 0:
             self._in_heap.discard(heappop(heap))
         regions = self.regions
         untouched = self._untouched
@@ -199,64 +182,100 @@ class HostMemory:
 
     def _pick_random(self) -> int:
         n = self.nr_regions
-        region = _randbelow(self._rng, n)
+        region = self._rng.below(n)
         while not self._has_free(region):
             region = (region + 1) % n
-        return self._first_free_in(region, _randbelow(self._rng, PAGES_PER_REGION))
+        return self._first_free_in(region, self._rng.below(PAGES_PER_REGION))
 
     # -- checkpoints ---------------------------------------------------------------------
+    def _journal_regions(self) -> set[int]:
+        return {p >> PAGES_PER_REGION_SHIFT for p in self.journal}
+
     def clear_dirty(self) -> None:
         """Start a new delta interval (the regions changed still go into the next image)."""
-        self._images.dirty |= self.dirty
-        self.dirty = set()
+        self._images.dirty |= self._journal_regions()
+        self.journal = []
+
+    def page_delta(self) -> PageDelta:
+        """The pages whose owner changed since the last checkpoint and their owners now: two
+        arrays, about five bytes a page (a delta of a host whose allocations scatter over
+        thousands of regions holds its few changed pages, not those regions' whole maps)."""
+        pfns = sorted(set(self.journal))
+        regions = self.regions
+        owners = bytes(
+            [regions[p >> PAGES_PER_REGION_SHIFT][p & (PAGES_PER_REGION - 1)] for p in pfns]
+        )
+        self.clear_dirty()
+        return array("q", pfns), owners
 
     def image(self) -> MemoryImage:
+        changed = self._images.dirty | self._journal_regions()  # since the last image
+        counts_of = self._pack_counts(changed)
         return MemoryImage(
-            regions=self._images.pack(self.regions, self.dirty),
-            nfree=pack_ints(self.nfree),
+            regions=self._images.pack(self.regions, changed),
+            counts_of=counts_of,
             counts=tuple(self.counts),
             heap=tuple(self._heap),
             untouched=self._untouched,
             spread_cursor=self._spread_cursor,
-            rng_state=self._rng.getstate(),
+            rng_state=self._rng.state,
         )
 
     def restore(self, img: MemoryImage) -> None:
         cache = unpack_refs(img.regions)
         self.regions = {r: bytearray(b) for r, b in cache.items()}
-        self.nfree = unpack_ints(img.nfree)
+        self._count_images = unpack_refs(img.counts_of)
+        self.rcounts = {r: list(t) for r, t in self._count_images.items()}
         self.counts = list(img.counts)
         self._heap = list(img.heap)
         self._in_heap = set(img.heap)
         self._untouched = img.untouched
         self._spread_cursor = img.spread_cursor
-        self._rng.setstate(img.rng_state)
-        self.dirty = set()
+        self._rng.state = img.rng_state
+        self.journal = []
         self._images = ImageCache(cache)
 
-    def scalars(self) -> tuple[Any, ...]:
-        """What a delta checkpoint copies besides the dirty regions. The random generator's
-        state (625 ints, 5 KB) only when it moved since the last call (only the ``random``
-        policy draws from it): None otherwise."""
-        state = self._rng.getstate()
-        if state == self._ckpt_rng:
-            rng = None
-        else:
-            rng = self._ckpt_rng = state
-        return (tuple(self.counts), tuple(self._heap), self._untouched, self._spread_cursor, rng)
+    def _pack_counts(self, changed: set[int]) -> PackedRefs:
+        """Each touched region's owner counts, as of now: tuples, shared with the last image
+        for the regions not ``changed`` since."""
+        images = self._count_images
+        for r in changed:
+            rc = self.rcounts.get(r)
+            if rc is not None:
+                images[r] = tuple(rc)
+        return pack_refs(images)
 
-    def apply(
-        self, regions: dict[int, bytes], nfree: dict[int, int], scalars: tuple[Any, ...]
-    ) -> None:
-        """Apply a delta checkpoint (see :meth:`explorer.model.machine.Machine.delta`)."""
-        for r, b in regions.items():
-            self.regions[r] = bytearray(b)
-        self._images.dirty.update(regions)
-        self.nfree.update(nfree)
-        counts, heap, self._untouched, self._spread_cursor, rng = scalars
+    def scalars(self) -> tuple[Any, ...]:
+        """What a delta checkpoint copies besides the changed pages."""
+        return (
+            tuple(self.counts),
+            tuple(self._heap),
+            self._untouched,
+            self._spread_cursor,
+            self._rng.state,
+        )
+
+    def apply(self, pages: PageDelta, scalars: tuple[Any, ...]) -> None:
+        """Apply a delta checkpoint (see :meth:`explorer.model.machine.Machine.delta`): the
+        changed pages' owners, then each touched region's free count, recounted."""
+        pfns, owners = pages
+        regions, rcounts = self.regions, self.rcounts
+        touched: set[int] = set()
+        for pfn, code in zip(pfns, owners, strict=True):
+            region = pfn >> PAGES_PER_REGION_SHIFT
+            map_ = regions.get(region)
+            if map_ is None:
+                map_ = self._touch(region)
+            off = pfn & (PAGES_PER_REGION - 1)
+            old = map_[off]
+            map_[off] = code
+            rc = rcounts[region]
+            rc[old] = rc[old] - 1
+            rc[code] = rc[code] + 1
+            touched.add(region)
+        self._images.dirty |= touched
+        counts, heap, self._untouched, self._spread_cursor, self._rng.state = scalars
         self.counts = list(counts)
         self._heap = list(heap)
         self._in_heap = set(heap)
-        if rng is not None:
-            self._rng.setstate(rng)
-        self.dirty = set()
+        self.journal = []

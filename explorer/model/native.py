@@ -34,6 +34,7 @@ from pathlib import Path
 
 #: The modules of explorer.model that are compiled (the hot loop of every replay).
 NATIVE_MODULES = (
+    "prng",
     "packed",
     "chunked",
     "memory",

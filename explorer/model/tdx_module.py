@@ -11,8 +11,9 @@ Every SEAMCALL returns a status name: ``TDX_SUCCESS`` or the module's error name
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 from explorer.model.constants import PAGES_PER_REGION, PAGES_PER_REGION_SHIFT
 from explorer.model.packed import (
@@ -48,6 +49,11 @@ K_SEPT: Final = KIND_CODE["sept"]
 K_GUEST: Final = KIND_CODE["guest"]
 
 
+#: a delta: the pages whose kind changed (ascending) and their kinds; the regions whose pair
+#: changed and their pairs' two pages (-1: no pair)
+ModuleDelta = tuple["array[int]", bytes, "array[int]", "array[int]", "array[int]"]
+
+
 @dataclass(slots=True)
 class ModuleImage:
     pairs: PackedRefs  # region -> (pfn, pfn)
@@ -64,8 +70,9 @@ class TdxModule:
         #: region -> number of its 4 KiB pages in TD use (excluding PAMT pair pages, which need
         #: no backing of their own)
         self.used: dict[int, int] = {}
-        #: regions whose pages, pair or use count changed since the last checkpoint
-        self.dirty: set[int] = set()
+        #: pages whose kind changed, and regions whose pair changed, since the last checkpoint
+        self.journal: list[int] = []
+        self.pairs_dirty: set[int] = set()
         #: page kinds as of the last image, shared by every image since
         self._images = ImageCache()
 
@@ -81,7 +88,7 @@ class TdxModule:
         off = pfn & (PAGES_PER_REGION - 1)
         old = kinds[off]
         kinds[off] = code
-        self.dirty.add(region)
+        self.journal.append(pfn)
         delta = (code not in (0, _PAMT)) - (old not in (0, _PAMT))
         if delta:
             self.used[region] = self.used.get(region, 0) + delta
@@ -96,7 +103,7 @@ class TdxModule:
         if any(self.kind(p) for p in pair) or pair[0] == pair[1]:
             return PAGE_NOT_FREE
         self.pairs[region] = pair
-        self.dirty.add(region)
+        self.pairs_dirty.add(region)
         for p in pair:
             self._set_kind(p, _PAMT)
         return SUCCESS
@@ -109,7 +116,7 @@ class TdxModule:
         if self.used.get(region, 0):
             return PAMT_PAGE_NOT_EMPTY, None
         del self.pairs[region]
-        self.dirty.add(region)
+        self.pairs_dirty.add(region)
         for p in pair:
             self._set_kind(p, 0)
         return SUCCESS, pair
@@ -131,14 +138,20 @@ class TdxModule:
         return SUCCESS
 
     # -- checkpoints ---------------------------------------------------------------------
+    def _journal_regions(self) -> set[int]:
+        return {p >> PAGES_PER_REGION_SHIFT for p in self.journal}
+
     def clear_dirty(self) -> None:
         """Start a new delta interval (the regions changed still go into the next image)."""
-        self._images.dirty |= self.dirty
-        self.dirty = set()
+        self._images.dirty |= self._journal_regions()
+        self.journal = []
+        self.pairs_dirty = set()
 
     def image(self) -> ModuleImage:
         return ModuleImage(
-            pack_refs(self.pairs), self._images.pack(self.pages, self.dirty), pack_ints(self.used)
+            pack_refs(self.pairs),
+            self._images.pack(self.pages, self._journal_regions()),
+            pack_ints(self.used),
         )
 
     def restore(self, img: ModuleImage) -> None:
@@ -146,33 +159,55 @@ class TdxModule:
         self.pairs = unpack_refs(img.pairs)
         self.pages = {r: bytearray(b) for r, b in cache.items()}
         self.used = unpack_ints(img.used)
-        self.dirty = set()
+        self.journal = []
+        self.pairs_dirty = set()
         self._images = ImageCache(cache)
 
-    def delta(self) -> tuple[dict[int, bytes], dict[int, int | None], dict[int, Any]]:
-        """Pages, use counts and pairs of the regions changed since the last checkpoint."""
-        d = self.dirty
-        out = (
-            {r: bytes(self.pages[r]) for r in d if r in self.pages},
-            {r: self.used.get(r) for r in d},
-            {r: self.pairs.get(r) for r in d},
+    def delta(self) -> ModuleDelta:
+        """The pages whose kind changed since the last checkpoint with their kinds now (about
+        five bytes a page), and the pairs of the regions whose pair changed (None: removed)."""
+        pfns = sorted(set(self.journal))
+        pages = self.pages
+        kinds = bytes(
+            [pages[p >> PAGES_PER_REGION_SHIFT][p & (PAGES_PER_REGION - 1)] for p in pfns]
         )
+        regions = sorted(self.pairs_dirty)
+        pairs = [self.pairs.get(r) for r in regions]
         self.clear_dirty()
-        return out
+        return (
+            array("q", pfns),
+            kinds,
+            array("q", regions),
+            array("q", [-1 if p is None else p[0] for p in pairs]),
+            array("q", [-1 if p is None else p[1] for p in pairs]),
+        )
 
-    def apply(self, d: tuple[dict[int, bytes], dict[int, int | None], dict[int, Any]]) -> None:
-        pages, used, pairs = d
-        for r, b in pages.items():
-            self.pages[r] = bytearray(b)
-        self._images.dirty.update(pages)
-        for r, n in used.items():
-            if n is None:
-                self.used.pop(r, None)
+    def apply(self, d: ModuleDelta) -> None:
+        """Apply a :meth:`delta`: the pages' kinds, the pairs, and the use count of each region
+        a page changed in, recounted from its kinds."""
+        pfns, kinds, pair_regions, firsts, seconds = d
+        pages = self.pages
+        touched: set[int] = set()
+        for pfn, code in zip(pfns, kinds, strict=True):
+            region = pfn >> PAGES_PER_REGION_SHIFT
+            map_ = pages.get(region)
+            if map_ is None:
+                map_ = pages[region] = bytearray(PAGES_PER_REGION)
+            map_[pfn & (PAGES_PER_REGION - 1)] = code
+            touched.add(region)
+        used = self.used
+        for region in touched:
+            map_ = pages[region]
+            n = PAGES_PER_REGION - map_.count(0) - map_.count(_PAMT)
+            if n:
+                used[region] = n
             else:
-                self.used[r] = n
-        for r, p in pairs.items():
-            if p is None:
+                used.pop(region, None)
+        self._images.dirty |= touched
+        for r, a, b in zip(pair_regions, firsts, seconds, strict=True):
+            if a < 0:
                 self.pairs.pop(r, None)
             else:
-                self.pairs[r] = p
-        self.dirty = set()
+                self.pairs[r] = (a, b)
+        self.journal = []
+        self.pairs_dirty = set()
