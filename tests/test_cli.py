@@ -192,3 +192,41 @@ def test_replay_summary_is_byte_identical_across_processes() -> None:
     ]
     runs = [subprocess.run(cmd, cwd=ROOT, capture_output=True, check=True).stdout for _ in range(2)]
     assert runs[0] == runs[1] and len(runs[0]) > 1000
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("1_0", "is not an integer (decimal digits or 0x and hex digits, no underscores"),
+        ("0x1_0", "is not an integer"),
+        ("1 0", "is not an integer"),
+        (
+            "9" * 5000,
+            "a 5000-digit number is out of range (over the limit of 24 digits, MAX_INT_DIGITS)",
+        ),
+        (
+            "0x" + "f" * 5000,
+            "a 5000-digit number is out of range (over the limit of 24 digits, MAX_INT_DIGITS)",
+        ),
+    ],
+)
+def test_set_integer_text_is_refused_clearly(
+    value: str, reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 15: --set takes decimal or 0x hex integers only (no underscores or spaces, at most
+    MAX_INT_DIGITS digits), exit 2 and one line saying why; never int()'s own limit message."""
+    trace = Path(__file__).resolve().parent.parent / "sample_traces" / "workload_two_tds.jsonl"
+    assert main(["replay", str(trace), "--set", f"seed={value}"]) == 2
+    err = capsys.readouterr().err
+    assert reason in err
+    assert "Exceeds the limit" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_set_integer_text_accepts_decimal_and_hex() -> None:
+    from explorer.model.settings import int_text
+
+    assert int_text("10") == 10
+    assert int_text("0x10") == 16
+    assert int_text("0X0a") == 10
+    assert int_text("0" * 30 + "7") == 7  # leading zeros are not significant digits

@@ -5,6 +5,8 @@ A trace above a limit is refused with the limit and the value; nothing is trunca
 
 from __future__ import annotations
 
+from explorer.model.settings import MAX_INT_DIGITS as _MAX_INT_DIGITS
+
 MIB = 1 << 20
 
 #: Bytes of a trace file as given (compressed or not); the app's upload limit matches it.
@@ -29,7 +31,7 @@ MAX_GFN = (1 << 45) - 1
 MAX_PFN = (1 << 40) - 1
 #: Significant digits of an integer (JSON number, hex or CSV decimal string), checked before any
 #: conversion: more is out of every range (Python's int() itself refuses over 4300 digits).
-MAX_INT_DIGITS = 24
+MAX_INT_DIGITS = _MAX_INT_DIGITS
 #: Logical time values.
 MAX_T = (1 << 53) - 1
 #: Occurrences one inject event may arm.
