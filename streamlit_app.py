@@ -9,7 +9,7 @@ server, so the directory has another name.
 
 import streamlit as st
 
-st.set_page_config(page_title="DPAMT Explorer", page_icon=":material/memory:", layout="wide")
+st.set_page_config(page_title="DPAMT Explorer", page_icon="🧮", layout="wide")
 
 pages = [
     st.Page("app_pages/explore.py", title="Explore", icon=":material/search:", default=True),

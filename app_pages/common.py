@@ -200,6 +200,8 @@ def sidebar_trace_picker() -> None:
     if choice is not None and choice != loaded.name:
         load_sample(choice)
         st.rerun()
+    if current is not None:  # the box cuts a long title: the whole of it, below
+        st.sidebar.caption(titles[current])
     # Uploads are told apart by the uploader's file id (a new one for every upload), never by
     # name and size: a corrected file of the same name and size is read. After a refused
     # upload the uploader gets a new key, so it is empty again (and Streamlit drops its bytes).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import streamlit as st
 
 from app_pages import common
@@ -38,6 +40,7 @@ OPS = (
     "note",
 )
 COMPACT_CSS = "<style>.block-container{padding-top:2.6rem;padding-bottom:1rem}</style>"
+#: Seconds between steps while playing.
 SPEEDS = {
     "1 step/s": 1.0,
     "2 steps/s": 0.5,
@@ -45,6 +48,7 @@ SPEEDS = {
     "8 steps/s": 0.125,
     "10 steps/s": 0.1,
 }
+DEFAULT_SPEED = "2 steps/s"
 TABS = (
     "What changed",
     "Refcounts",
@@ -61,17 +65,53 @@ NUMBERING = (
 )
 
 
+def _period() -> float:
+    return SPEEDS.get(st.session_state.get("speed", DEFAULT_SPEED), SPEEDS[DEFAULT_SPEED])
+
+
+def _anchor(step: int) -> None:
+    """Playing: ``step`` is due now, and one more every period after it (see :func:`_due`)."""
+    st.session_state.play_anchor = (time.monotonic(), step, _period())
+
+
+def _due(last: int) -> int:
+    """The step that playing has reached: the anchor's step plus the periods since it, by the
+    clock (not by counting timer ticks: a tick that comes late, or two that the server folds
+    into one run, still leave playing at the chosen speed)."""
+    t0, step, period = st.session_state.play_anchor
+    return min(step + int((time.monotonic() - t0) / period + 0.5), last)
+
+
 def _set_cursor(i: int) -> None:
     st.session_state.cursor = i
+    if st.session_state.get("playing"):
+        _anchor(i)
+
+
+def _goto_step() -> None:
+    # While playing, the boxes and the slider are disabled and the clock places the cursor: a
+    # value they send then is the one shown a tick ago, not a request.
+    if not st.session_state.get("playing"):
+        st.session_state.cursor = int(st.session_state.goto_step)
 
 
 def _move(delta: int, last: int) -> None:
-    st.session_state.cursor = min(max(st.session_state.cursor + delta, -1), last)
+    _set_cursor(min(max(st.session_state.cursor + delta, -1), last))
 
 
 def _toggle_play() -> None:
     st.session_state.playing = not st.session_state.playing
     st.session_state.play_changed = True
+    if st.session_state.playing:
+        _anchor(int(st.session_state.get("shown_step", st.session_state.cursor)) + 1)
+    else:  # stop where the last tick drew (the slider may send an older value)
+        st.session_state.pause_at = st.session_state.get("shown_step", st.session_state.cursor)
+
+
+def _speed_changed() -> None:
+    if st.session_state.get("playing"):
+        _anchor(int(st.session_state.get("shown_step", st.session_state.cursor)))
+        st.session_state.play_changed = True  # a new timer period: rerun the app
 
 
 def _jump(tl: Timeline, direction: int) -> None:
@@ -88,11 +128,11 @@ def _jump(tl: Timeline, direction: int) -> None:
         )
     else:
         st.session_state.jump_note = ""
-        st.session_state.cursor = found
+        _set_cursor(found)
 
 
 def _go_event(tl: Timeline) -> None:
-    if st.session_state.goto_event is None:
+    if st.session_state.get("playing") or st.session_state.goto_event is None:
         return
     e = int(st.session_state.goto_event) - 1
     s = tl.first_step_of_event(e) if 0 <= e < tl.nr_events else None
@@ -146,7 +186,15 @@ def controls(tl: Timeline) -> None:
         shortcut="Space",
         help="play / pause (Space)",
     )
-    cols[5].selectbox("speed", list(SPEEDS), index=1, key="speed", label_visibility="collapsed")
+    cols[5].selectbox(
+        "speed",
+        list(SPEEDS),
+        index=list(SPEEDS).index(DEFAULT_SPEED),
+        key="speed",
+        on_change=_speed_changed,
+        label_visibility="collapsed",
+    )
+    playing = bool(st.session_state.playing)
     if last >= 0:
         st.slider(
             "step",
@@ -155,6 +203,7 @@ def controls(tl: Timeline) -> None:
             key="cursor",
             label_visibility="collapsed",
             help=NUMBERING,
+            disabled=playing,
         )
     # the two boxes show where the cursor is (set before the widgets exist in this run); before
     # the first step no event has run: the event box is empty
@@ -168,7 +217,8 @@ def controls(tl: Timeline) -> None:
         max_value=max(last, -1),
         step=1,
         key="goto_step",
-        on_change=lambda: _set_cursor(int(st.session_state.goto_step)),
+        on_change=_goto_step,
+        disabled=playing,
         help=f"0 to {last}; -1: before the first step. {NUMBERING}",
     )
     j[1].number_input(
@@ -179,6 +229,7 @@ def controls(tl: Timeline) -> None:
         key="goto_event",
         on_change=_go_event,
         args=(tl,),
+        disabled=playing,
         placeholder="none yet",
         help=f"1 to {tl.nr_events}: the trace's events, in order (empty before the first step)",
     )
@@ -207,19 +258,26 @@ def knob_effects(loaded: common.Loaded, settings: Settings) -> None:
     default = settings.with_overrides({k: getattr(kernel, k) for k in knobs})
     now, ref = common.metrics(loaded, settings), common.metrics(loaded, default)
     cols = st.columns(6)
-    for col, (label, a, b) in zip(
+    for col, (label, a, b, what) in zip(
         cols,
         [
-            ("retries", now.counters["fault_retries"], ref.counters["fault_retries"]),
-            ("livelocks", now.counters["livelocks"], ref.counters["livelocks"]),
-            ("idle cache pages (peak)", now.idle_peak, ref.idle_peak),
-            ("pairs installed (peak)", now.pairs_peak, ref.pairs_peak),
-            ("lost races", now.counters["pamt_lost_race"], ref.counters["pamt_lost_race"]),
-            ("violations", now.violations, ref.violations),
+            ("retries", now.counters["fault_retries"], ref.counters["fault_retries"], ""),
+            ("livelocks", now.counters["livelocks"], ref.counters["livelocks"], ""),
+            ("idle cache (peak)", now.idle_peak, ref.idle_peak, "peak of the pages idle in caches"),
+            ("pairs (peak)", now.pairs_peak, ref.pairs_peak, "peak of the PAMT pairs installed"),
+            ("lost races", now.counters["pamt_lost_race"], ref.counters["pamt_lost_race"], ""),
+            ("violations", now.violations, ref.violations, ""),
         ],
         strict=True,
     ):
-        col.metric(label, a, delta=a - b, delta_color="inverse", help="vs the kernel default knobs")
+        # short labels: six metrics share the page's width (longer ones were cut)
+        col.metric(
+            label,
+            a,
+            delta=a - b,
+            delta_color="inverse",
+            help=(f"{what}; " if what else "") + "the delta is against the kernel default knobs",
+        )
 
 
 def _remember_place(tl: Timeline, replay_key: tuple[object, ...], i: int) -> None:
@@ -238,14 +296,20 @@ def view(
     tl: Timeline, loaded: common.Loaded, settings: Settings, replay_key: tuple[object, ...]
 ) -> None:
     if st.session_state.pop("play_changed", False):
-        st.rerun(scope="app")
-    if st.session_state.playing and st.session_state.cursor < tl.nr_steps - 1:
-        st.session_state.cursor += 1
-    elif st.session_state.playing:
-        st.session_state.playing = False
-        st.rerun(scope="app")  # the last step: stop the timer
+        st.rerun(scope="app")  # start, stop or retime the timer (run_every is set by the app)
+    last = tl.nr_steps - 1
+    if "pause_at" in st.session_state:
+        st.session_state.cursor = st.session_state.pop("pause_at")
+    if st.session_state.playing:
+        if "play_anchor" not in st.session_state:
+            _anchor(int(st.session_state.cursor))
+        st.session_state.cursor = _due(last)
+        if st.session_state.cursor >= last:
+            st.session_state.playing = False
+            st.rerun(scope="app")  # the last step: stop the timer
     controls(tl)
-    i = min(max(int(st.session_state.cursor), -1), tl.nr_steps - 1)
+    i = min(max(int(st.session_state.cursor), -1), last)
+    st.session_state.shown_step = i
     _remember_place(tl, replay_key, i)
     snap = tl.state_at(i)
     step = tl.step(i) if i >= 0 else None
@@ -457,7 +521,7 @@ def main() -> None:
     restore_place(tl, loaded, replay_key)
     st.session_state.cursor = min(max(int(st.session_state.cursor), -1), tl.nr_steps - 1)
     playing = st.session_state.get("playing", False)
-    interval = SPEEDS.get(st.session_state.get("speed", "2 steps/s"), 0.5) if playing else None
+    interval = _period() if playing else None
     st.fragment(run_every=interval)(view)(tl, loaded, settings, replay_key)
 
 

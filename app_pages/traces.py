@@ -62,17 +62,21 @@ def main() -> None:
             {
                 "event": i + 1,
                 "line": ev.line,
-                "t": ev.t,
+                "t": "" if ev.t is None else str(ev.t),  # logical time; blank when none
                 "op": obj.pop("op"),
                 "fields": ", ".join(f"{k}={v}" for k, v in obj.items() if k not in ("t", "note")),
                 "note": ev.note or "",
             }
         )
     table = pd.DataFrame(rows, columns=["event", "line", "t", "op", "fields", "note"])
-    table["t"] = table["t"].astype("Int64")  # logical time, empty when the event has none
     # notes are the uploader's text: escaped, so the toolbar's "Download as CSV" is safe
+    # whole rows only: the header and up to 12 rows, each 35 px, plus the frame's 3 px
     st.dataframe(
-        common.safe_frame(table), hide_index=True, width="stretch", height=300, key="table_events"
+        common.safe_frame(table),
+        hide_index=True,
+        width="stretch",
+        height=35 * (min(len(table), 12) + 1) + 3,
+        key="table_events",
     )
     tl = common.timeline(loaded, settings)
     if tl.stopped is not None:

@@ -206,3 +206,28 @@ def test_memory_tables_quote_the_cover_letter() -> None:
     assert parts.iloc[3]["size"] == "8.00 GB" and parts.iloc[3]["bytes"] == "8,589,934,592 B"
     assert "MORE" in overhead_verdict(o)
     assert "saves" in overhead_verdict(overhead(256 * GIB, 0))
+
+
+def test_cache_chart_before_any_vcpu_is_empty_and_labelled(race) -> None:  # type: ignore[no-untyped-def]
+    tl, _ = race
+    s = tl.state_at(0)
+    assert not [v for v in s.vcpus if v.alive]
+    fig = pamt_cache_figure(s)
+    assert all("no vCPU" not in list(t.x or []) for t in fig.data)  # no dummy column, no stub
+    assert any("no vCPU yet" in a.text for a in fig.layout.annotations)
+
+
+def test_over_time_puts_each_unit_on_its_own_axis_and_levels_in_the_legend(race) -> None:  # type: ignore[no-untyped-def]
+    tl, i = race
+    s = tl.state_at(i)
+    x = list(tl.series_x())
+    fig = dpamt_over_time_figure(
+        x, list(tl.series["pairs"]), list(tl.series["leaked_pages"]), s.nr_regions, cursor=i
+    )
+    pairs = [t for t in fig.data if t.yaxis == "y"]
+    mib = [t for t in fig.data if t.yaxis == "y2"]
+    assert [t.name for t in pairs] == ["PAMT pairs installed"]
+    assert all("MiB" in t.name for t in mib) and len(mib) == 2  # DPAMT and static, one axis
+    names = {t.name for t in kvm_caches_figure(s).data}
+    assert "min = worst_case_tables = 5" in names and "capacity 40" in names
+    assert not kvm_caches_figure(s).layout.annotations  # no label over a bar

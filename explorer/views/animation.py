@@ -14,7 +14,7 @@ from plotly.subplots import make_subplots
 
 from explorer.frames import region_arrays
 from explorer.model.records import Snapshot
-from explorer.views.palette import BLACK, DPAMT_STATES, ORANGE, discrete_scale
+from explorer.views.palette import BLACK, DPAMT_STATES, NEUTRAL, ORANGE, discrete_scale
 from explorer.views.region_map import _grid, grid_width
 
 #: Frames at most in one animation (the window around the cursor is cut to this).
@@ -41,10 +41,14 @@ def animation_figure(window: Sequence[tuple[Snapshot, Sequence[int], str]]) -> g
     colours = [c for _, _, c in DPAMT_STATES]
     names = [n for n, _, _ in DPAMT_STATES]
     target = 2 * first.settings.dpamt_gets_per_fault
+    # the heatmap's colour bar sits in the gap between the two panels: wide enough for its
+    # labels, so they stay clear of the cache panel's ticks
+    spacing = 0.22
     fig = make_subplots(
         rows=1,
         cols=2,
         column_widths=[0.7, 0.3],
+        horizontal_spacing=spacing,
         subplot_titles=("regions (DPAMT state)", "tdx_pamt_cache pages per vCPU"),
     )
     heat, outline, bars = _frame_data(first, window[0][1], w)
@@ -52,7 +56,14 @@ def animation_figure(window: Sequence[tuple[Snapshot, Sequence[int], str]]) -> g
         zmin=-0.5,
         zmax=len(colours) - 0.5,
         colorscale=discrete_scale(colours),
-        colorbar={"tickvals": list(range(len(colours))), "ticktext": names, "x": 0.62},
+        colorbar={
+            "tickvals": list(range(len(colours))),
+            "ticktext": names,
+            "x": (1 - spacing) * 0.7 + 0.01,
+            "xanchor": "left",
+            "thickness": 16,
+            "tickfont": {"size": 11},
+        },
         name="regions",
     )
     outline.update(
@@ -95,7 +106,9 @@ def animation_figure(window: Sequence[tuple[Snapshot, Sequence[int], str]]) -> g
         title=f"step {window[0][0].step}: {window[0][2]}",
         yaxis={"autorange": "reversed", "title": f"region div {w}"},
         xaxis={"title": f"region mod {w}"},
-        yaxis2={"range": [0, max(target, 1) + 2], "title": "pages"},
+        # no y title: the panel's own title names its unit (pages), and a title here would sit
+        # next to the colour bar's labels
+        yaxis2={"range": [0, max(target, 1) + 2]},
         xaxis2={"title": "vCPU"},
         showlegend=False,
         updatemenus=[
@@ -141,7 +154,7 @@ def animation_figure(window: Sequence[tuple[Snapshot, Sequence[int], str]]) -> g
         ],
         margin={"l": 50, "r": 10, "t": 60, "b": 90},
     )
-    fig.add_hline(y=target, line_dash="dash", row=1, col=2)
+    fig.add_hline(y=target, line_dash="dash", line_color=NEUTRAL, row=1, col=2)
     return fig
 
 

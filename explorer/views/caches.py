@@ -7,7 +7,7 @@ from plotly.subplots import make_subplots
 
 from explorer.model.constants import KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE, PAGES_PER_REGION_SHIFT
 from explorer.model.records import Snapshot
-from explorer.views.palette import BLUE, GREY, ORANGE, VERMILLION, YELLOW
+from explorer.views.palette import BLUE, GREY, ORANGE, VERMILLION, YELLOW, legend_line
 
 #: At most this many region labels per vCPU stack: more overprint each other in a small chart.
 MAX_STACK_LABELS = 12
@@ -97,7 +97,7 @@ def pamt_cache_figure(
             width=0.6,
         )
     )
-    labels = [f"vCPU {v.vcpu}" for v in vcpus] or ["no vCPU"]
+    labels = [f"vCPU {v.vcpu}" for v in vcpus]
     fig.add_trace(
         go.Scatter(
             x=labels,
@@ -125,6 +125,16 @@ def pamt_cache_figure(
             name="region labels",
         )
     )
+    if not vcpus:  # an empty chart, labelled: no stub of a target line over a dummy column
+        fig.add_annotation(
+            text="no vCPU yet: each vCPU's cache appears here once vcpu_create has run",
+            x=0.5,
+            y=0.5,
+            xref="paper",
+            yref="paper",
+            showarrow=False,
+            font={"size": 13, "color": GREY},
+        )
     top = max([target, *[len(vc.pamt_cache) for vc in vcpus], 1]) + 1
     title = (
         "tdx_pamt_cache per vCPU<br><sup>LIFO stack; labels: regions of its pages</sup>"
@@ -138,6 +148,7 @@ def pamt_cache_figure(
             "type": "category",
             "categoryorder": "array",
             "categoryarray": labels,
+            "showticklabels": bool(vcpus),
         },
         yaxis={
             "title": "pages in the cache",
@@ -181,18 +192,13 @@ def kvm_caches_figure(snapshot: Snapshot) -> go.Figure:
         )
     if vcpus:
         wct = snapshot.settings.worst_case_tables
-        fig.add_hline(
-            y=wct,
-            line_dash="dot",
-            line_color=VERMILLION,
-            annotation_text=f"min = worst_case_tables = {wct}",
-        )
-        fig.add_hline(
-            y=KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE,
-            line_dash="dash",
-            line_color=GREY,
-            annotation_text="capacity 40",
-        )
+        # the two levels are named in the legend: a label on the line would sit over a bar
+        for y, dash, colour, name in (
+            (wct, "dot", VERMILLION, f"min = worst_case_tables = {wct}"),
+            (KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE, "dash", GREY, "capacity 40"),
+        ):
+            fig.add_hline(y=y, line_dash=dash, line_color=colour)
+            fig.add_trace(legend_line(name, colour, dash))
     fig.update_layout(
         title="KVM's MMU caches (no-op at >= min, else filled to 40)",
         xaxis={"title": "vCPU"},

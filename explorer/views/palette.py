@@ -3,6 +3,8 @@ readable on light and dark backgrounds)."""
 
 from __future__ import annotations
 
+import plotly.graph_objects as go
+
 BLACK = "#000000"
 ORANGE = "#E69F00"
 SKY = "#56B4E9"
@@ -13,6 +15,9 @@ VERMILLION = "#D55E00"
 PURPLE = "#CC79A7"
 GREY = "#BBBBBB"
 LIGHT = "#EEEEEE"
+#: Lines and marks that must read on a light and on a dark background (black vanishes on
+#: Streamlit's dark theme, white on its light one): a mid grey, contrast >= 3:1 on both.
+NEUTRAL = "#8C8C8C"
 
 #: DPAMT state of a region, by code (the region map's default colouring).
 DPAMT_STATES = (
@@ -52,3 +57,15 @@ def discrete_scale(colours: list[str]) -> list[list[float | str]]:
         scale.append([i / n, c])
         scale.append([(i + 1) / n, c])
     return scale
+
+
+def legend_line(name: str, colour: str, dash: str = "solid") -> go.Scatter:
+    """A legend entry for a line drawn as a shape (``add_hline``): no data, only the key."""
+    return go.Scatter(
+        x=[None],
+        y=[None],
+        mode="lines",
+        line={"color": colour, "dash": dash},
+        name=name,
+        hoverinfo="skip",
+    )

@@ -8,7 +8,7 @@ from plotly.subplots import make_subplots
 from explorer.frames import regions_in_play
 from explorer.model.constants import PAGE_SIZE, PAGES_PER_REGION, PAMT_ENTRY_SIZE
 from explorer.model.records import Snapshot
-from explorer.views.palette import BLUE, GREY, ORANGE, VERMILLION, YELLOW
+from explorer.views.palette import BLUE, GREY, NEUTRAL, ORANGE, VERMILLION, YELLOW
 
 #: Bars drawn at most (regions with the highest refcounts first beyond that).
 MAX_BARS = 64
@@ -28,7 +28,7 @@ def refcount_figure(snapshot: Snapshot, changed: list[int] | None = None) -> go.
         go.Bar(
             x=[f"r{r}" for r in df["region"]],
             y=df["refcount"],
-            marker={"color": colours, "line": {"width": lines, "color": "black"}},
+            marker={"color": colours, "line": {"width": lines, "color": NEUTRAL}},
             customdata=df[["pair", "orphans", "guest", "sept", "control"]].to_numpy(),
             hovertemplate=(
                 "%{x}: refcount %{y}<br>pair %{customdata[0]}<br>orphans %{customdata[1]}"
@@ -57,9 +57,19 @@ def dpamt_over_time_figure(
     nr_regions: int,
     cursor: int | None = None,
 ) -> go.Figure:
-    """Pairs installed and DPAMT pair bytes over the trace, against static 4 KiB PAMT."""
-    static = nr_regions * PAGES_PER_REGION * PAMT_ENTRY_SIZE
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    """Pairs installed over the trace (top), and their memory against static 4 KiB PAMT on one
+    MiB axis (bottom): two y-axes of different units side by side would put 2 pairs level with
+    1 MiB, so each panel has one unit and the memory panel shows the honest ratio."""
+    static_mib = nr_regions * PAGES_PER_REGION * PAMT_ENTRY_SIZE / 2**20
+    pair_mib = 2 * PAGE_SIZE / 2**20
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.12,
+        row_heights=[0.5, 0.5],
+        subplot_titles=("PAMT pairs installed", "PAMT memory (MiB, one axis)"),
+    )
     fig.add_trace(
         go.Scatter(
             x=steps,
@@ -67,28 +77,10 @@ def dpamt_over_time_figure(
             name="PAMT pairs installed",
             mode="lines",
             line={"color": BLUE, "shape": "hv"},
+            hovertemplate="step %{x}: %{y} pairs<extra></extra>",
         ),
-        secondary_y=False,
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=steps,
-            y=[p * 2 * PAGE_SIZE / 2**20 for p in pairs],
-            name="DPAMT pair memory (MiB)",
-            mode="lines",
-            line={"color": ORANGE, "shape": "hv"},
-        ),
-        secondary_y=True,
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=steps,
-            y=[static / 2**20] * len(steps),
-            name="static 4 KiB PAMT (MiB)",
-            mode="lines",
-            line={"color": GREY, "dash": "dash"},
-        ),
-        secondary_y=True,
+        row=1,
+        col=1,
     )
     if any(leaked_pages):
         fig.add_trace(
@@ -99,17 +91,59 @@ def dpamt_over_time_figure(
                 mode="lines",
                 line={"color": VERMILLION, "shape": "hv"},
             ),
-            secondary_y=False,
+            row=1,
+            col=1,
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=steps,
+            y=[p * pair_mib for p in pairs],
+            name="DPAMT pair memory (MiB)",
+            mode="lines",
+            line={"color": ORANGE, "shape": "hv"},
+            hovertemplate="step %{x}: %{y:.3f} MiB<extra></extra>",
+        ),
+        row=2,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[steps[0], steps[-1]] if steps else [],
+            y=[static_mib, static_mib] if steps else [],
+            name=f"static 4 KiB PAMT ({static_mib:,.2f} MiB)",
+            mode="lines",
+            line={"color": GREY, "dash": "dash"},
+            hovertemplate=f"static PAMT: {static_mib:,.2f} MiB<extra></extra>",
+        ),
+        row=2,
+        col=1,
+    )
+    if pairs:
+        peak = max(pairs) * pair_mib
+        share = peak / static_mib if static_mib else 0.0
+        fig.add_annotation(
+            text=f"peak DPAMT {peak * 1024:,.0f} KiB = {share:.1%} of static PAMT",
+            xref="x2 domain",
+            yref="y2 domain",
+            x=0.99,
+            y=0.5,
+            xanchor="right",
+            showarrow=False,
+            font={"size": 12, "color": NEUTRAL},
         )
     if cursor is not None:
-        fig.add_vline(x=cursor, line_color="black", line_dash="dot")
+        fig.add_vline(x=cursor, line_color=NEUTRAL, line_dash="dot")
     fig.update_layout(
         title="DPAMT over the trace vs static PAMT for this host",
-        xaxis={"title": "step"},
-        legend={"orientation": "h", "y": -0.3},
-        margin={"l": 50, "r": 10, "t": 50, "b": 40},
+        legend={"orientation": "h", "y": -0.18},
+        margin={"l": 60, "r": 10, "t": 60, "b": 40},
+        height=480,
         uirevision="dpamt-time",
     )
-    fig.update_yaxes(title_text="pairs", secondary_y=False)
-    fig.update_yaxes(title_text="MiB", secondary_y=True)
+    fig.update_xaxes(title_text="step", row=2, col=1)
+    few = max(pairs, default=0) <= 8  # a count: whole ticks only
+    fig.update_yaxes(
+        title_text="pairs", rangemode="tozero", tickformat=",d", dtick=1 if few else None, row=1
+    )
+    fig.update_yaxes(title_text="MiB", rangemode="tozero", row=2, col=1)
     return fig

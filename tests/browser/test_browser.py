@@ -3,6 +3,7 @@ animation, shared URLs."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
@@ -56,13 +57,27 @@ def test_keyboard_shortcuts_step(page, server) -> None:  # type: ignore[no-untyp
     _wait_step(page, 10)
 
 
+def _lost_race_step() -> int:
+    """The step of lost_race's lost race, on the engine as it is (not a number to keep up)."""
+    from explorer.model.settings import Settings
+    from explorer.timeline import replay
+    from explorer.trace import parse_trace
+
+    trace = parse_trace((SAMPLES / "lost_race.jsonl").read_bytes(), "lost_race.jsonl")
+    tl = replay(trace.events, Settings().with_overrides(trace.settings))
+    step = tl.find("lost_race", -1, 1)
+    assert step is not None
+    return step
+
+
 def test_a_shared_url_lands_on_the_same_step(page, server) -> None:  # type: ignore[no-untyped-def]
-    page.goto(server + "/?sample=lost_race&step=132")
+    step = _lost_race_step()
+    page.goto(server + f"/?sample=lost_race&step={step}")
     settle(page)
-    assert _step(page).startswith("Step 132 of")
+    assert _step(page).startswith(f"Step {step} of")
     assert page.get_by_text(re.compile("lost race, 1 -> 2")).count() >= 1
     shot(page, "explore-lost-race")
-    assert "step=132" in page.url and "sample=lost_race" in page.url
+    assert f"step={step}" in page.url and "sample=lost_race" in page.url
 
 
 def test_upload_a_good_then_a_bad_trace(page, server, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -146,3 +161,81 @@ def test_stepping_answers_quickly_and_a_deep_link_loads_once(page, server) -> No
         times.append(time.perf_counter() - t0)
     assert "step=108" in page.url
     assert statistics.median(times) < 1.5, times
+
+
+def test_nothing_is_requested_outside_the_server(page, server) -> None:  # type: ignore[no-untyped-def]
+    """Users run the app offline (a lecture hall): every page loads from the server alone, with
+    no request elsewhere (fonts, icons, usage stats, a Plotly CDN) and no failed load."""
+    from urllib.parse import urlsplit
+
+    here = urlsplit(server).netloc
+    outside: list[str] = []
+    failed: list[str] = []
+
+    def seen(request) -> None:  # type: ignore[no-untyped-def]
+        parts = urlsplit(request.url)
+        if parts.scheme in ("http", "https", "ws", "wss") and parts.netloc != here:
+            outside.append(request.url)
+
+    page.on("request", seen)
+    page.on("websocket", lambda ws: seen(ws))
+    page.on(
+        "console",
+        lambda m: failed.append(m.text) if m.type == "error" and "net::" in m.text else None,
+    )
+    for path in ("/?sample=lost_race&step=120", "/traces", "/compare", "/about"):
+        page.goto(server + path)
+        settle(page)
+        page.wait_for_timeout(1000)
+    page.goto(server + "/?sample=lost_race&step=120")
+    settle(page)
+    page.get_by_role("tab", name="Over time").click()
+    settle(page)
+    assert not outside, f"requests outside the server: {sorted(set(outside))}"
+    assert not failed, failed
+
+
+def test_playing_keeps_the_chosen_speed(page, server) -> None:  # type: ignore[no-untyped-def]
+    """At 10 steps/s the cursor moves about 10 steps a second of wall time (by the clock, not
+    one step per timer tick: a tick costs more than 100 ms), and never backwards."""
+    import time
+
+    page.goto(server + "/?sample=workload_two_tds&step=0")
+    settle(page)
+    _wait_step(page, 0)
+    page.wait_for_timeout(1000)
+    box = page.locator(".st-key-speed input").first
+    box.click()
+    box.fill("10 steps")
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "document.querySelector('.st-key-speed input')?.value?.startsWith('10')"
+        " || document.querySelector('.st-key-speed')?.textContent?.includes('10 steps/s')"
+    )
+    settle(page)
+
+    def step() -> int:
+        m = re.match(r"Step (\d+)", _step(page))
+        assert m is not None
+        return int(m.group(1))
+
+    page.locator(".st-key-btn_play button").first.click()
+    page.wait_for_timeout(1500)
+    seen = [step()]
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 5:
+        page.wait_for_timeout(200)
+        seen.append(step())
+    rate = (seen[-1] - seen[0]) / (time.monotonic() - t0)
+    button = page.locator(".st-key-btn_play button").first
+    for _ in range(3):  # a click that lands while a tick's fragment run is replaced is lost
+        button.click()  # (Streamlit drops it with the run): the user clicks again
+        settle(page)
+        if "Play" in button.inner_text():
+            break
+    assert "Play" in button.inner_text(), "Pause was never taken"
+    assert all(b >= a for a, b in itertools.pairwise(seen)), seen
+    assert 7 <= rate <= 13, (rate, seen)
+    paused = step()
+    page.wait_for_timeout(1500)
+    assert step() == paused, "pausing did not stop the steps"
