@@ -1,13 +1,19 @@
-"""``make bench``: the timeline's speed and memory on generated traces, figures printed.
+"""``make bench``: the timeline's speed and memory, figures printed.
+
+Two parts: the generator's ``boot`` workload at 100k and 1M faults, and a **matrix** of workload
+shapes the generator does not write (:mod:`explorer.trace.shapes`: other key orders and integer
+notations, runs without ``t``, bursts, zaps, teardown, TD lifecycles) crossed with the settings a
+reviewer picks (allocator, schedule, mode, EPT levels), each cell 100k faults by default.
 
 Never asserted in tests (shared machines are noisy); compare timings as ratios within one run.
-``python -m explorer.bench [--quick] [--write docs/performance.md]``.
+``python -m explorer.bench [--quick] [--matrix-faults N] [--only matrix|boot] [--write FILE]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import platform
 import random
@@ -16,10 +22,13 @@ import sys
 import time
 from typing import Any
 
+from explorer.model import NATIVE
+from explorer.model.constants import MODES
 from explorer.model.settings import Settings
 from explorer.timeline import replay
 from explorer.trace import parse_trace
 from explorer.trace.generate import boot
+from explorer.trace.shapes import write as write_shape
 from explorer.views.region_map import region_map_stats
 
 TARGETS = {
@@ -28,7 +37,30 @@ TARGETS = {
     "state_at_median_ms": 20.0,
     "bytes_per_event": 200,
     "region_map_524288_ms": 300.0,
+    "parse_replay_vs_json": 6.0,
 }
+
+#: The matrix: (workload shape, settings on top of the trace's header). Every shape with the
+#: defaults, then each allocator, schedule, mode and EPT depth on the shapes where it changes the
+#: most, and mixtures (the acceptance matrix is not ours: this covers the class, not cells).
+MATRIX: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("runs", {}),
+    ("runs", {"allocator": "random"}),
+    ("runs", {"allocator": "spread", "ept_levels": 5}),
+    ("concurrent", {}),
+    ("concurrent", {"schedule": "random"}),
+    ("concurrent", {"schedule": "sequential"}),
+    ("concurrent", {"allocator": "random", "schedule": "random"}),
+    ("concurrent", {"allocator": "spread", "ept_levels": 5}),
+    *(("concurrent", {"mode": m}) for m in MODES if m not in ("v6", "sleeping-under-lock")),
+    ("bursty", {}),
+    ("bursty", {"allocator": "random", "ept_levels": 5, "schedule": "random"}),
+    ("churn", {}),
+    ("churn", {"mode": "v6-locked"}),
+    ("churn", {"allocator": "spread", "schedule": "random"}),
+    ("lifecycle", {}),
+    ("lifecycle", {"allocator": "random", "mode": "v5-hint"}),
+)
 
 
 def _rss() -> int:
@@ -102,37 +134,138 @@ def bench_trace(faults: int, state_at_samples: int, state_at_budget_s: float) ->
     }
 
 
+def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
+    gc.collect()
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
+
+
+def _json_lines(data: bytes) -> int:
+    n = 0
+    loads = json.loads
+    for line in data.splitlines():
+        loads(line)
+        n += 1
+    return n
+
+
+def bench_cell(
+    shape: str, overrides: dict[str, Any], faults: int, samples: int, budget_s: float
+) -> dict[str, Any]:
+    """One matrix cell: plain ``json.loads`` of every line (the floor of reading the file),
+    the parser, the bulk replay, the timeline's memory and ``state_at`` at random steps."""
+    data = write_shape(shape, faults)
+    _, t_json = _timed(_json_lines, data)
+    trace, t_parse = _timed(parse_trace, data, f"{shape}.jsonl")
+    settings = Settings().with_overrides({**trace.settings, **overrides})
+    tl, t_replay = _timed(replay, trace.events, settings)
+    rng = random.Random(7)
+    lat: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(lat) < samples and time.perf_counter() < deadline:
+        i = rng.randrange(tl.nr_steps)
+        t = time.perf_counter()
+        tl.state_at(i)
+        lat.append((time.perf_counter() - t) * 1000)
+    lat.sort()
+    n_faults = sum(1 for e in trace.events if e.op == "fault")
+    held = sum(tl.memory_bytes().values())
+    return {
+        "cell": shape
+        + (" " + " ".join(f"{k}={v}" for k, v in overrides.items()) if overrides else ""),
+        "faults": n_faults,
+        "events": tl.nr_events,
+        "steps": tl.nr_steps,
+        "diagnostics": len(tl.diagnostics),
+        "json_s": t_json,
+        "parse_s": t_parse,
+        "replay_s": t_replay,
+        "faults_per_s": n_faults / t_replay,
+        "parse_replay_ratio": (t_parse + t_replay) / t_parse,
+        "parse_replay_vs_json": (t_parse + t_replay) / t_json,
+        "bytes_per_event": held / tl.nr_events,
+        "state_at_samples": len(lat),
+        "state_at_median_ms": statistics.median(lat) if lat else float("nan"),
+        "state_at_p95_ms": lat[int(0.95 * (len(lat) - 1))] if lat else float("nan"),
+    }
+
+
+def _mark(ok: bool) -> str:
+    return "ok" if ok else "MISS"
+
+
+def matrix_line(r: dict[str, Any]) -> str:
+    T = TARGETS
+    return (
+        f"{r['cell']:<52} {r['faults_per_s']:>9,.0f} f/s {_mark(r['faults_per_s'] >= T['replay_events_per_s']):4} "
+        f"p+r/p {r['parse_replay_ratio']:4.1f} {_mark(r['parse_replay_ratio'] <= T['parse_replay_ratio']):4} "
+        f"p+r/json {r['parse_replay_vs_json']:4.1f} {_mark(r['parse_replay_vs_json'] <= T['parse_replay_vs_json']):4} "
+        f"{r['bytes_per_event']:4.0f} B/ev {_mark(r['bytes_per_event'] <= T['bytes_per_event']):4} "
+        f"state_at {r['state_at_median_ms']:6.1f} ms (p95 {r['state_at_p95_ms']:6.1f}) "
+        f"{_mark(r['state_at_median_ms'] <= T['state_at_median_ms'])}"
+        + (f" [{r['diagnostics']} diagnostics]" if r["diagnostics"] else "")
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m explorer.bench")
     p.add_argument(
-        "--quick", action="store_true", help="10k and 100k faults instead of 100k and 1M"
+        "--quick",
+        action="store_true",
+        help="boot at 10k and 100k faults instead of 100k and 1M, matrix cells at 20k",
     )
     p.add_argument("--write", metavar="FILE", help="also write the figures as Markdown to FILE")
+    p.add_argument("--only", choices=("boot", "matrix"), help="run one part (default: both)")
+    p.add_argument(
+        "--matrix-faults",
+        type=int,
+        default=None,
+        help="faults per matrix cell (default 100,000; 20,000 with --quick)",
+    )
     p.add_argument(
         "--state-at-budget",
         type=float,
         default=120.0,
-        help="seconds of state_at sampling per trace at most (default 120)",
+        help="seconds of state_at sampling per boot trace at most (default 120)",
+    )
+    p.add_argument(
+        "--cell-budget",
+        type=float,
+        default=10.0,
+        help="seconds of state_at sampling per matrix cell at most (default 10; 200 samples)",
     )
     args = p.parse_args(argv)
     sizes = (10_000, 100_000) if args.quick else (100_000, 1_000_000)
+    cell_faults = args.matrix_faults or (20_000 if args.quick else 100_000)
     facts = machine_facts()
+    facts["engine"] = "compiled (mypyc)" if NATIVE else "pure Python"
     print("machine:", ", ".join(f"{k} {v}" for k, v in facts.items()))
     rows = []
-    for n in sizes:
-        r = bench_trace(n, 1000, args.state_at_budget)
-        rows.append(r)
-        print(
-            f"{n:>9,} faults: parse {r['parse_s']:.2f} s, parse+replay {r['parse_replay_s']:.2f} s "
-            f"(x{r['parse_replay_ratio']:.1f}), replay {r['replay_events_per_s']:,.0f} faults/s, "
-            f"{r['steps']:,} steps; state_at median {r['state_at_median_ms']:.1f} ms, p95 "
-            f"{r['state_at_p95_ms']:.1f} ms ({r['state_at_samples']} samples); timeline "
-            f"{r['bytes_per_event']:.0f} B/event held ("
-            + ", ".join(f"{k} {v / r['events']:.0f}" for k, v in r["held"].items())
-            + f"), {r['bytes_per_step']:.1f} B/step; process growth during the replay "
-            f"{r['rss_bytes_per_event']:.0f} B/event; parsed events "
-            f"{r['event_objects_bytes_per_event']:.0f} B/event; {r['checkpoints']} checkpoints"
-        )
+    if args.only in (None, "boot"):
+        for n in sizes:
+            r = bench_trace(n, 1000, args.state_at_budget)
+            rows.append(r)
+            print(
+                f"{n:>9,} faults: parse {r['parse_s']:.2f} s, parse+replay {r['parse_replay_s']:.2f} s "
+                f"(x{r['parse_replay_ratio']:.1f}), replay {r['replay_events_per_s']:,.0f} faults/s, "
+                f"{r['steps']:,} steps; state_at median {r['state_at_median_ms']:.1f} ms, p95 "
+                f"{r['state_at_p95_ms']:.1f} ms ({r['state_at_samples']} samples); timeline "
+                f"{r['bytes_per_event']:.0f} B/event held ("
+                + ", ".join(f"{k} {v / r['events']:.0f}" for k, v in r["held"].items())
+                + f"), {r['bytes_per_step']:.1f} B/step; process growth during the replay "
+                f"{r['rss_bytes_per_event']:.0f} B/event; parsed events "
+                f"{r['event_objects_bytes_per_event']:.0f} B/event; {r['checkpoints']} checkpoints",
+                flush=True,
+            )
+    cells = []
+    if args.only in (None, "matrix"):
+        print(f"matrix: {len(MATRIX)} cells of {cell_faults:,} faults", flush=True)
+        for shape, overrides in MATRIX:
+            c = bench_cell(shape, overrides, cell_faults, 200, args.cell_budget)
+            cells.append(c)
+            print(matrix_line(c), flush=True)
+        print(matrix_summary(cells), flush=True)
     maps = [region_map_stats(n) for n in (32_768, 524_288)]
     for m in maps:
         print(
@@ -140,9 +273,31 @@ def main(argv: list[str] | None = None) -> int:
             f"JSON {m['json_bytes'] / 1024:,.0f} KiB"
         )
     if args.write:
-        write_figures(args.write, render(facts, rows, maps, args.quick))
+        write_figures(args.write, render(facts, rows, cells, maps, args.quick))
         print("wrote", args.write)
     return 0
+
+
+def matrix_summary(cells: list[dict[str, Any]]) -> str:
+    """One line: how many cells meet each target, and the worst cell of each."""
+    if not cells:
+        return "matrix: no cells"
+    T = TARGETS
+    # (label, key, target, higher is better)
+    checks: tuple[tuple[str, str, float, bool], ...] = (
+        ("faults/s", "faults_per_s", T["replay_events_per_s"], True),
+        ("parse+replay/parse", "parse_replay_ratio", T["parse_replay_ratio"], False),
+        ("parse+replay/json", "parse_replay_vs_json", T["parse_replay_vs_json"], False),
+        ("B/event", "bytes_per_event", T["bytes_per_event"], False),
+        ("state_at median", "state_at_median_ms", T["state_at_median_ms"], False),
+    )
+    parts = []
+    for label, key, target, higher in checks:
+        met = sum(1 for c in cells if (c[key] >= target if higher else c[key] <= target))
+        ranked = sorted(cells, key=lambda c: c[key])
+        w = ranked[0] if higher else ranked[-1]
+        parts.append(f"{label} {met}/{len(cells)} (worst {w[key]:,.1f}: {w['cell']})")
+    return "matrix meets: " + "; ".join(parts)
 
 
 #: Where the generated figures end in docs/performance.md: what follows is written by hand (the
@@ -167,7 +322,11 @@ def write_figures(path: str, figures: str) -> None:
 
 
 def render(
-    facts: dict[str, str], rows: list[dict[str, Any]], maps: list[dict[str, float]], quick: bool
+    facts: dict[str, str],
+    rows: list[dict[str, Any]],
+    cells: list[dict[str, Any]],
+    maps: list[dict[str, float]],
+    quick: bool,
 ) -> str:
     out = [
         "# Performance",
@@ -209,6 +368,26 @@ def render(
     line("timeline bytes per step", "bytes_per_step", "{:.1f}", "")
     line("parsed events, bytes per event", "event_objects_bytes_per_event", "{:.0f}", "")
     line("checkpoints", "checkpoints", "{}", "")
+    if cells:
+        out += [
+            "",
+            f"Matrix ({len(cells)} cells of {cells[0]['faults']:,} faults, shapes from "
+            "`explorer/trace/shapes.py`, settings on top of the trace's; targets: >= 100,000 "
+            "faults/s, parse + replay <= 3x parse and <= 6x `json.loads` of the lines, <= 200 "
+            "B/event, `state_at` median <= 20 ms):",
+            "",
+            "| cell | faults/s | parse+replay / parse | parse+replay / json.loads | B/event "
+            "| state_at median (p95) ms | steps/fault |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for c in cells:
+            out.append(
+                f"| {c['cell']} | {c['faults_per_s']:,.0f} | {c['parse_replay_ratio']:.1f} | "
+                f"{c['parse_replay_vs_json']:.1f} | {c['bytes_per_event']:.0f} | "
+                f"{c['state_at_median_ms']:.1f} ({c['state_at_p95_ms']:.1f}) | "
+                f"{c['steps'] / c['faults']:.1f} |"
+            )
+        out += ["", matrix_summary(cells)]
     out += ["", "| region map | build (ms) | JSON (KiB) | target |", "|---|---|---|---|"]
     for m in maps:
         target = "<= 300 ms" if m["regions"] == 524_288 else ""

@@ -1,0 +1,65 @@
+"""The benchmark's workload shapes (explorer.trace.shapes) are valid traces of the shape they
+claim, written in every style the parser accepts, and each replays clean."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from explorer.bench import MATRIX, bench_cell, matrix_line, matrix_summary
+from explorer.model.settings import Settings
+from explorer.timeline import replay
+from explorer.trace import parse_trace
+from explorer.trace.shapes import SHAPES, write
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_shape_replays_clean_and_is_deterministic(shape: str) -> None:
+    data = write(shape, 3000, seed=5)
+    assert data == write(shape, 3000, seed=5)
+    assert data != write(shape, 3000, seed=6)
+    trace = parse_trace(data, f"{shape}.jsonl")
+    ops = Counter(e.op for e in trace.events)
+    assert ops["fault"] == 3000
+    tl = replay(trace.events, Settings().with_overrides(trace.settings))
+    assert tl.stopped is None
+    assert [d for d in tl.diagnostics if d.kind != "warning"] == []
+
+
+def test_shapes_differ_in_the_way_they_claim() -> None:
+    def events(shape: str, n: int = 2000) -> list:
+        return parse_trace(write(shape, n), "x").events
+
+    assert all(e.t is None for e in events("runs"))
+    conc = [e for e in events("concurrent") if e.op == "fault"]
+    per_t = Counter(e.t for e in conc)
+    assert set(list(per_t.values())[:-1]) == {8}  # every vCPU at each t
+    burst = Counter(e.t for e in events("bursty") if e.op == "fault")
+    assert min(burst.values()) < 4 and max(burst.values()) > 8
+    churn = Counter(e.op for e in events("churn"))
+    assert churn["zap"] > 300 and churn["vcpu_free"] == 1 and churn["td_destroy"] == 2
+    life = Counter(e.op for e in events("lifecycle", 6000))
+    assert life["td_create"] >= 6 and life["td_destroy"] >= 2
+
+
+def test_lines_come_in_every_style() -> None:
+    lines = write("bursty", 3000).decode().splitlines()[1:]
+    orders = Counter(tuple(json.loads(line)) for line in lines if '"fault"' in line)
+    assert len(orders) >= 6  # canonical, reversed, shuffled key orders
+    assert any('"gfn":"0x' in line or '"gfn": "0x' in line for line in lines)
+    assert any('"gfn":1' in line or '"gfn": 1' in line for line in lines)
+    assert any(", " in line for line in lines) and any('","' in line for line in lines)
+
+
+def test_bench_cell_reports_each_figure() -> None:
+    shape, overrides = MATRIX[1]
+    r = bench_cell(shape, overrides, 400, samples=5, budget_s=5.0)
+    assert r["faults"] == 400 and r["steps"] > r["faults"] and r["state_at_samples"] == 5
+    for key in ("faults_per_s", "parse_replay_ratio", "parse_replay_vs_json", "bytes_per_event"):
+        assert r[key] > 0
+    assert r["parse_replay_ratio"] > 1
+    assert r["cell"].startswith(shape) and "allocator=random" in r["cell"]
+    assert "f/s" in matrix_line(r)
+    assert "faults/s" in matrix_summary([r]) and "1 cells" not in matrix_summary([r])
