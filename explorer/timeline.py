@@ -314,7 +314,7 @@ class Timeline:
         series), ``deltas`` and ``keyframes`` (checkpoints; an object shared by several
         checkpoints, such as a frozen chunk of guest mappings, is counted once). The events
         themselves are not counted (they belong to the parsed trace)."""
-        seen: set[int] = set()
+        seen: dict[int, Any] = {}
         arrays = [
             self.batch_event,
             self.batch_step,
@@ -331,15 +331,20 @@ class Timeline:
         }
 
 
-def _deep_size(obj: Any, seen: set[int]) -> int:
-    """``sys.getsizeof`` of ``obj`` and everything it holds, each object once (``seen``)."""
+def _deep_size(obj: Any, seen: dict[int, Any]) -> int:
+    """``sys.getsizeof`` of ``obj`` and everything it holds, each object once.
+
+    ``seen`` maps the id of each object counted to the object, keeping it alive: reading an
+    attribute of a class compiled by mypyc can build a new object (a tuple field is stored
+    unboxed), which dies once counted, and a later temporary can take its id; with ids alone,
+    that one (and all it holds: a keyframe's owner maps) was skipped as already counted."""
     total = 0
     stack = [obj]
     while stack:
         o = stack.pop()
         if id(o) in seen:
             continue
-        seen.add(id(o))
+        seen[id(o)] = o
         total += sys.getsizeof(o)
         if isinstance(o, (str, bytes, bytearray, int, float, bool, array)) or o is None:
             continue
@@ -417,7 +422,10 @@ def _replay(
             tl._deltas[b] = m.delta()
             tl._ckpt_batches.append(b)
             if ordinal % keyframe_every == 0:
-                size = (_state_entries(m) + _changes_since(tl, b)) * _BYTES_PER_ENTRY
+                image = m.image()
+                size = (_state_entries(m) + _changes_since(tl, b)) * _BYTES_PER_ENTRY + _maps_bytes(
+                    image
+                )
                 while (
                     len(tl._checkpoints) > 1
                     and (len(tl._checkpoints) + 1) * size > checkpoint_budget
@@ -429,7 +437,7 @@ def _replay(
                         if tl._ckpt_ordinal(k) % keyframe_every == 0
                     }
                 if ordinal % keyframe_every == 0:
-                    tl._checkpoints[b] = m.image()
+                    tl._checkpoints[b] = image
         # the batches up to the next checkpoint, run and logged by the compiled loop
         b0 = b
         b = run_batches(m, events, spans, b, nb, log, spans[b][0] + checkpoint_every)
@@ -457,15 +465,27 @@ def _replay(
 
 
 def _state_entries(m: Machine) -> int:
-    """Entries a keyframe of ``m`` adds: the tables it copies (regions, chunk tables, S-EPT
-    entries, refcounts), and the guest-mapping chunks it shares with the live machine, which
-    copies each one when it next writes to it (about one copy of the mappings written since the
-    last keyframe: counted as the mappings in the chunks held)."""
+    """Entries a keyframe of ``m`` adds besides its page maps: the tables it copies (chunk
+    tables, S-EPT entries, refcounts and references held, pairs, use and owner counts), and
+    the guest-mapping chunks it shares with the live machine, which copies each one when it
+    next writes to it (about one copy of the mappings written since the last keyframe: counted
+    as the mappings in the chunks held)."""
     tds = 0
     for t in m.tds.values():
         tds += len(t.entries) + t.leaves.chunk_count() + t.gmem.chunk_count()
-    regions = 8 * (len(m.mem.regions) + len(m.module.pages)) + len(m.refcount)
+    regions = len(m.refcount) + len(m.gotten) + len(m.module.pairs) + len(m.module.used)
     return tds + regions
+
+
+def _maps_bytes(image: MachineImage) -> int:
+    """Bytes of the deflated page maps (owners and counts, module page kinds) an image holds,
+    each group counted (a group unchanged since the last image is shared with it: counting it
+    again keeps the estimate on the safe side)."""
+    total = 0
+    for groups in (image.memory.regions[1], image.module.pages[1]):
+        for present, blob in groups:
+            total += len(present) + len(blob) + 120  # the objects' headers, the tuple
+    return total
 
 
 def _changes_since(tl: Timeline, b: int) -> int:

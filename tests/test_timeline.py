@@ -184,3 +184,22 @@ def test_find_op_inside_a_concurrent_batch_takes_the_nearest_start() -> None:
             seen.append(i)
         assert seen == starts
         assert tl.find("op", starts[-1], -1, "fault") == starts[-2]
+
+
+def test_memory_bytes_counts_every_keyframe_page_map() -> None:
+    """The timeline's memory figure includes the keyframes' deflated page maps. (Reading a
+    tuple field of a class compiled by mypyc builds a new tuple each time: counted by id alone,
+    a dead temporary's id could be taken by a later one, and a keyframe's maps went uncounted.)"""
+    from explorer.trace.shapes import write
+
+    trace = parse_trace(write("runs", 3000), "runs.jsonl")
+    s = Settings().with_overrides({**trace.settings, "allocator": "random"})
+    tl = replay(trace.events, s, checkpoint_every=256, keyframe_every=2)
+    assert len(tl._checkpoints) >= 3
+    blobs: dict[int, int] = {}
+    for img in tl._checkpoints.values():
+        for groups in (img.memory.regions[1], img.module.pages[1]):
+            for _present, blob in groups:
+                blobs[id(blob)] = len(blob)
+    assert sum(blobs.values()) > 50_000
+    assert tl.memory_bytes()["keyframes"] > sum(blobs.values())

@@ -92,11 +92,11 @@ class BatchLog:
     4 per series value, 2 per flag word), appended batch by batch."""
 
     def __init__(self, nr_events: int) -> None:
-        self.batch_event = array("q")  # first event of each batch
+        self.batch_event = array("i")  # first event of each batch (at most MAX_EVENTS)
         self.batch_step = array("q")  # first step of each batch
         self.batch_flags = array("H")
         self.region_offsets = array("q", [0])  # CSR: the regions touched by each batch
-        self.region_values = array("q")
+        self.region_values = array("i")  # (a 4 TiB host has 2**21 regions)
         self.event_step = array("q", [-1]) * nr_events  # first step of each event (-1: never)
         self.series: dict[str, array[int]] = {name: array("i") for name in SERIES}
 

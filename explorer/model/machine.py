@@ -371,6 +371,13 @@ def _resume(gen: KGen) -> StepInfo | None:
     return None
 
 
+def _by_key(d: dict[int, Any]) -> dict[int, Any]:
+    """``d`` in key order. Sorting the keys (ints) and looking each up is several times cheaper
+    than sorting the items (tuples compared element by element): a snapshot of a host whose
+    allocations scatter sorts tens of thousands of regions."""
+    return {k: d[k] for k in sorted(d)}
+
+
 def thread_name(ev: Event) -> str:
     """vCPU work runs on that vCPU's thread; VM-wide work on the VM's thread."""
     vcpu = getattr(ev, "vcpu", None)
@@ -959,10 +966,10 @@ class Machine:
             mem_scalars=mem.scalars(),
             module=self.module.delta(),
             regions=(
-                array("q", regions),
-                array("q", [self.refcount.get(r, 0) for r in regions]),
-                array("q", [self.orphans.get(r, 0) for r in regions]),
-                array("q", [self.gotten.get(r, 0) for r in regions]),
+                array("i", regions),  # (32-bit: regions, refcounts, references)
+                array("i", [self.refcount.get(r, 0) for r in regions]),
+                array("i", [self.orphans.get(r, 0) for r in regions]),
+                array("i", [self.gotten.get(r, 0) for r in regions]),
             ),
             tds={k: self._td_delta(t) for k, t in self.tds.items()},
             vcpus=self._vcpus_for_delta(),
@@ -1163,10 +1170,10 @@ class Machine:
             event=event,
             settings=s,
             nr_regions=self.mem.nr_regions,
-            region_owners={r: self.mem.region_counts(r) for r in sorted(self.mem.regions)},
-            refcount=dict(sorted(self.refcount.items())),
-            pairs=dict(sorted(self.module.pairs.items())),
-            orphans=dict(sorted(self.orphans.items())),
+            region_owners=self.mem.all_region_counts(),
+            refcount=_by_key(self.refcount),
+            pairs=_by_key(self.module.pairs),
+            orphans=_by_key(self.orphans),
             vcpus=vcpus,
             tds=tds,
             cpus=tuple(cpus),

@@ -22,20 +22,12 @@ from heapq import heappop, heappush
 from typing import Any, Final
 
 from explorer.model.constants import PAGES_PER_REGION, PAGES_PER_REGION_SHIFT
-from explorer.model.packed import (
-    ImageCache,
-    PackedRefs,
-    pack_refs,
-    unpack_refs,
-)
+from explorer.model.packed import ImageCache, PackedRefs, unpack_maps
 from explorer.model.prng import XorShift32
 from explorer.model.records import OWNERS
 
 FREE: Final = 0
 _NR_OWNERS: Final = len(OWNERS)
-#: region_counts' memo: owner map -> counts (bounded: 8,192 maps of 512 bytes, 4 MiB at most)
-_COUNTS: dict[bytes, tuple[int, ...]] = {}
-_COUNTS_MAX: Final = 8192
 
 
 #: the pages changed over a delta interval (ascending) and their owners (one byte each)
@@ -46,8 +38,7 @@ PageDelta = tuple["array[int]", bytes]
 class MemoryImage:
     """A frozen copy of :class:`HostMemory` for checkpoints (bytes are shared, never mutated)."""
 
-    regions: PackedRefs  # region -> owner map (bytes, shared between images)
-    counts_of: PackedRefs  # region -> its pages per owner code (tuples, shared)
+    regions: PackedRefs  # owner maps and owner counts, deflated by groups (shared)
     counts: tuple[int, ...]
     heap: tuple[int, ...]
     untouched: int
@@ -79,8 +70,7 @@ class HostMemory:
         #: pages whose owner changed since the last checkpoint (a delta holds their owners)
         self.journal: list[int] = []
         #: the owner maps and their counts as of the last image, shared by every image since
-        self._images = ImageCache()
-        self._count_images: dict[int, tuple[int, ...]] = {}
+        self._images = ImageCache(_NR_OWNERS)
 
     # -- reading -------------------------------------------------------------------------
     def owner(self, pfn: int) -> int:
@@ -97,6 +87,14 @@ class HostMemory:
         if rc is None:
             return (PAGES_PER_REGION,) + (0,) * (_NR_OWNERS - 1)
         return tuple(rc)
+
+    def all_region_counts(self) -> dict[int, tuple[int, ...]]:
+        """:meth:`region_counts` of every touched region, in region order (a snapshot)."""
+        rcounts = self.rcounts
+        out: dict[int, tuple[int, ...]] = {}
+        for r in sorted(rcounts):
+            out[r] = tuple(rcounts[r])
+        return out
 
     # -- writing -------------------------------------------------------------------------
     def set_owner(self, pfn: int, code: int) -> int:
@@ -206,14 +204,11 @@ class HostMemory:
             [regions[p >> PAGES_PER_REGION_SHIFT][p & (PAGES_PER_REGION - 1)] for p in pfns]
         )
         self.clear_dirty()
-        return array("q", pfns), owners
+        return array("i", pfns), owners  # (32-bit: a 4 TiB host has 2**30 pages)
 
     def image(self) -> MemoryImage:
-        changed = self._images.dirty | self._journal_regions()  # since the last image
-        counts_of = self._pack_counts(changed)
         return MemoryImage(
-            regions=self._images.pack(self.regions, changed),
-            counts_of=counts_of,
+            regions=self._images.pack(self.regions, self._journal_regions(), self.rcounts),
             counts=tuple(self.counts),
             heap=tuple(self._heap),
             untouched=self._untouched,
@@ -222,10 +217,9 @@ class HostMemory:
         )
 
     def restore(self, img: MemoryImage) -> None:
-        cache = unpack_refs(img.regions)
-        self.regions = {r: bytearray(b) for r, b in cache.items()}
-        self._count_images = unpack_refs(img.counts_of)
-        self.rcounts = {r: list(t) for r, t in self._count_images.items()}
+        self.regions, self.rcounts, self._images = unpack_maps(
+            img.regions, PAGES_PER_REGION, _NR_OWNERS
+        )
         self.counts = list(img.counts)
         self._heap = list(img.heap)
         self._in_heap = set(img.heap)
@@ -233,17 +227,6 @@ class HostMemory:
         self._spread_cursor = img.spread_cursor
         self._rng.state = img.rng_state
         self.journal = []
-        self._images = ImageCache(cache)
-
-    def _pack_counts(self, changed: set[int]) -> PackedRefs:
-        """Each touched region's owner counts, as of now: tuples, shared with the last image
-        for the regions not ``changed`` since."""
-        images = self._count_images
-        for r in changed:
-            rc = self.rcounts.get(r)
-            if rc is not None:
-                images[r] = tuple(rc)
-        return pack_refs(images)
 
     def scalars(self) -> tuple[Any, ...]:
         """What a delta checkpoint copies besides the changed pages."""

@@ -19,11 +19,13 @@ from explorer.model.constants import PAGES_PER_REGION, PAGES_PER_REGION_SHIFT
 from explorer.model.packed import (
     ImageCache,
     PackedInts,
+    PackedPairs,
     PackedRefs,
     pack_ints,
-    pack_refs,
+    pack_pairs,
     unpack_ints,
-    unpack_refs,
+    unpack_maps,
+    unpack_pairs,
 )
 
 SUCCESS: Final = "TDX_SUCCESS"
@@ -56,8 +58,8 @@ ModuleDelta = tuple["array[int]", bytes, "array[int]", "array[int]", "array[int]
 
 @dataclass(slots=True)
 class ModuleImage:
-    pairs: PackedRefs  # region -> (pfn, pfn)
-    pages: PackedRefs  # region -> page kinds (bytes, shared between images)
+    pairs: PackedPairs  # region -> (pfn, pfn)
+    pages: PackedRefs  # page kinds, deflated by groups of regions (shared between images)
     used: PackedInts
 
 
@@ -149,19 +151,17 @@ class TdxModule:
 
     def image(self) -> ModuleImage:
         return ModuleImage(
-            pack_refs(self.pairs),
+            pack_pairs(self.pairs),
             self._images.pack(self.pages, self._journal_regions()),
             pack_ints(self.used),
         )
 
     def restore(self, img: ModuleImage) -> None:
-        cache = unpack_refs(img.pages)
-        self.pairs = unpack_refs(img.pairs)
-        self.pages = {r: bytearray(b) for r, b in cache.items()}
+        self.pages, _, self._images = unpack_maps(img.pages, PAGES_PER_REGION)
+        self.pairs = unpack_pairs(img.pairs)
         self.used = unpack_ints(img.used)
         self.journal = []
         self.pairs_dirty = set()
-        self._images = ImageCache(cache)
 
     def delta(self) -> ModuleDelta:
         """The pages whose kind changed since the last checkpoint with their kinds now (about
@@ -175,11 +175,11 @@ class TdxModule:
         pairs = [self.pairs.get(r) for r in regions]
         self.clear_dirty()
         return (
-            array("q", pfns),
+            array("i", pfns),  # (32-bit: a 4 TiB host has 2**30 pages)
             kinds,
-            array("q", regions),
-            array("q", [-1 if p is None else p[0] for p in pairs]),
-            array("q", [-1 if p is None else p[1] for p in pairs]),
+            array("i", regions),
+            array("i", [-1 if p is None else p[0] for p in pairs]),
+            array("i", [-1 if p is None else p[1] for p in pairs]),
         )
 
     def apply(self, d: ModuleDelta) -> None:
@@ -187,22 +187,26 @@ class TdxModule:
         a page changed in, recounted from its kinds."""
         pfns, kinds, pair_regions, firsts, seconds = d
         pages = self.pages
+        used = self.used
         touched: set[int] = set()
         for pfn, code in zip(pfns, kinds, strict=True):
             region = pfn >> PAGES_PER_REGION_SHIFT
             map_ = pages.get(region)
             if map_ is None:
                 map_ = pages[region] = bytearray(PAGES_PER_REGION)
-            map_[pfn & (PAGES_PER_REGION - 1)] = code
+            off = pfn & (PAGES_PER_REGION - 1)
+            old = map_[off]
+            map_[off] = code
             touched.add(region)
-        used = self.used
-        for region in touched:
-            map_ = pages[region]
-            n = PAGES_PER_REGION - map_.count(0) - map_.count(_PAMT)
-            if n:
-                used[region] = n
-            else:
-                used.pop(region, None)
+            # the region's use count follows each page (counting a whole map per region was
+            # two method calls and a scan: most of a seek on a host whose allocations scatter)
+            change = (code != 0 and code != _PAMT) - (old != 0 and old != _PAMT)
+            if change:
+                n = used.get(region, 0) + change
+                if n:
+                    used[region] = n
+                else:
+                    del used[region]
         self._images.dirty |= touched
         for r, a, b in zip(pair_regions, firsts, seconds, strict=True):
             if a < 0:
