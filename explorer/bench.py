@@ -178,6 +178,9 @@ def bench_cell(
         "events": tl.nr_events,
         "steps": tl.nr_steps,
         "diagnostics": len(tl.diagnostics),
+        "stopped": None
+        if tl.stopped is None
+        else f"event {tl.stopped.event + 1}: {tl.stopped.message}",
         "json_s": t_json,
         "parse_s": t_parse,
         "replay_s": t_replay,
@@ -205,6 +208,7 @@ def matrix_line(r: dict[str, Any]) -> str:
         f"state_at {r['state_at_median_ms']:6.1f} ms (p95 {r['state_at_p95_ms']:6.1f}) "
         f"{_mark(r['state_at_median_ms'] <= T['state_at_median_ms'])}"
         + (f" [{r['diagnostics']} diagnostics]" if r["diagnostics"] else "")
+        + (f" [STOPPED at {r['stopped']}: figures of a partial replay]" if r["stopped"] else "")
     )
 
 

@@ -117,7 +117,8 @@ def _concurrent(
     yield _header({"host_memory_mib": 65536}, "churn" if teardown else "concurrent")
     yield from _setup(tds, vcpus, w)
     cursor = [v * VCPU_RANGE + rng.randrange(VCPU_RANGE // 2) for v in range(vcpus)]
-    mapped: list[list[int]] = [[] for _ in range(tds)]
+    mapped: list[list[int]] = [[] for _ in range(tds)]  # zap candidates, each gfn once
+    is_mapped: list[set[int]] = [set() for _ in range(tds)]
     zapped: list[list[int]] = [[] for _ in range(vcpus)]
     live = list(range(vcpus))
     freed = False
@@ -147,10 +148,13 @@ def _concurrent(
                     i = rng.randrange(len(pages))
                     pages[i], pages[-1] = pages[-1], pages[i]
                     gfn = pages.pop()
+                    is_mapped[td].discard(gfn)
                     yield w.line({"op": "zap", "td": td, "gfn": gfn, "t": t})
                     zapped[(gfn // VCPU_RANGE) % vcpus].append(gfn)
-        for v, gfn in batch:
-            mapped[v % tds].append(gfn)
+        for v, gfn in batch:  # (a jump can land on a mapped gfn: a spurious fault)
+            if gfn not in is_mapped[v % tds]:
+                is_mapped[v % tds].add(gfn)
+                mapped[v % tds].append(gfn)
         t += 1
         if teardown and not freed and done >= faults // 2 and len(live) > 1:
             gone = live.pop()
