@@ -33,6 +33,7 @@ from explorer.appsupport import (
 )
 from explorer.csvsafe import escape_frame
 from explorer.metrics import RunMetrics, run_metrics
+from explorer.model.constants import mode_label
 from explorer.model.errors import Problem, TraceError
 from explorer.model.settings import Settings
 from explorer.timeline import Timeline, replay
@@ -257,7 +258,12 @@ def sidebar_settings() -> Settings:
         if widget.kind == "select":
             choices = list(widget.choices)
             new = st.sidebar.selectbox(
-                label, choices, index=choices.index(value), key=key, help=KNOB_HELP[knob]
+                label,
+                choices,
+                index=choices.index(value),
+                key=key,
+                help=KNOB_HELP[knob],
+                format_func=mode_label if knob == "mode" else str,
             )
         elif widget.kind == "number":
             new = st.sidebar.number_input(

@@ -9,7 +9,7 @@ import streamlit as st
 from app_pages import common
 from explorer.designs import design, help_text
 from explorer.metrics import RunMetrics
-from explorer.model.constants import MODES, PAGE_SIZE
+from explorer.model.constants import MODES, PAGE_SIZE, mode_label
 from explorer.model.errors import TraceError
 from explorer.model.settings import Settings
 from explorer.overhead import (
@@ -91,7 +91,11 @@ def _configs(base: Settings) -> tuple[list[tuple[str, Settings]], list[str]]:
             problems.append(f"row {n}: {exc}")
             continue
         out.append(
-            (f"{n}: {s.mode}, {s.dpamt_gets_per_fault} gets, {s.worst_case_tables} tables", s)
+            (
+                f"{n}: {mode_label(s.mode)}, {s.dpamt_gets_per_fault} gets, "
+                f"{s.worst_case_tables} tables",
+                s,
+            )
         )
     if not 2 <= len(out) <= 4:
         problems.append(f"compare 2 to 4 configurations ({len(out)} valid rows)")

@@ -1,7 +1,9 @@
-"""``python -m explorer``: check, replay, generate and sweep traces from the command line.
+"""``python -m explorer``: check, replay, explore, generate and sweep traces.
 
-Exit status (a contract, scripts rely on it): 0 replayed with no violation (or: valid, written);
-1 replayed with violations; 2 invalid trace, impossible event, or bad usage.
+Exit status (a contract, scripts rely on it): 0 replayed with no violation (or: valid, written;
+or explored completely with no violation); 1 replayed (or explored) with violations; 2 invalid
+trace, impossible event, or bad usage; 3 ``explore`` reached its state limit (or was stopped)
+before the search completed (nothing claimed).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from explorer.trace import Trace, parse_trace
 from explorer.trace import limits as L
 from explorer.trace.generate import WORKLOADS
 
-EXIT_OK, EXIT_VIOLATIONS, EXIT_INVALID = 0, 1, 2
+EXIT_OK, EXIT_VIOLATIONS, EXIT_INVALID, EXIT_INCOMPLETE = 0, 1, 2, 3
 
 
 class _UsageError(Exception):
@@ -125,6 +127,103 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return (
         EXIT_VIOLATIONS if any(d["kind"] == "violation" for d in result["diagnostics"]) else EXIT_OK
     )
+
+
+# ------------------------------------------------------------------ explore
+def cmd_explore(args: argparse.Namespace) -> int:
+    """Every interleaving of the trace's concurrent groups (explorer.explore). Needs generator
+    frames, which the compiled engine does not have: under it, the search runs in a child
+    process on the pure Python engine (same code, same results; the exit status and output
+    passed through)."""
+    from explorer.model import NATIVE
+
+    if args.max_states < 1:
+        raise _UsageError(f"--max-states must be at least 1, got {args.max_states}")
+    if args.trace == "-":
+        raise _UsageError("explore reads a trace file, not standard input: save it to a file")
+    trace = read_trace(args.trace)
+    settings = resolve_settings(trace, args.set or [])
+    if NATIVE:
+        import subprocess
+
+        env = dict(os.environ, DPAMT_PURE="1")
+        rest = sys.argv[1:] if args.argv is None else args.argv
+        argv = [sys.executable, "-m", "explorer", *rest]
+        return subprocess.run(argv, env=env, check=False).returncode
+    from explorer.explore import explore
+
+    progress = None
+    if not args.json and sys.stderr.isatty():
+
+        def progress(states: int, text: str) -> None:
+            print(f"\r{text}", end="", file=sys.stderr, flush=True)
+
+    result = explore(trace.events, settings, max_states=args.max_states, progress=progress)
+    if args.write_pinned:
+        _write_pinned(trace, settings, result, args.write_pinned)
+    out = sys.stdout
+    if args.json:
+        json.dump(result, out, indent=None if args.compact else 2)
+        out.write("\n")
+    else:
+        _print_exploration(result, out)
+    if not result["complete"]:
+        return EXIT_INCOMPLETE
+    return EXIT_OK if result["ok"] else EXIT_VIOLATIONS
+
+
+def _write_pinned(trace: Trace, settings: Settings, r: dict[str, Any], path: str) -> None:
+    """The trace with the schedule of the first finding (else of the first outcome) pinned by
+    ``schedule`` events: open it in the app, or replay it, to see that interleaving."""
+    from explorer.explore import pin
+    from explorer.trace.write import dump_trace
+
+    if r["violations"]:
+        orders, what = r["violations"][0]["orders"], f"finding {r['violations'][0]['code']}"
+    elif r["outcomes"]:
+        orders, what = r["outcomes"][0]["orders"], "outcome 1"
+    else:
+        print("nothing to pin: the search found no schedule", file=sys.stderr)
+        return
+    text = dump_trace(
+        pin(trace.events, orders),
+        title=f"{trace.title} (pinned: {what})",
+        description=trace.description,
+        settings=settings.to_dict(),
+    )
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(f"wrote {path}: the trace pinned to the schedule of {what}", file=sys.stderr)
+
+
+def _print_exploration(r: dict[str, Any], out: TextIO) -> None:
+    state = "complete" if r["complete"] else "INCOMPLETE: " + r.get("stopped", "")
+    out.write(
+        f"# {r['groups']} concurrent group(s), {r['states']:,} states, {r['schedules']:,} "
+        f"schedules, {r['end_states']} distinct outcome(s) in {r['seconds']:.2f} s ({state})\n"
+    )
+    for i, o in enumerate(r["outcomes"], 1):
+        c = o["counters"]
+        regions = ", ".join(
+            f"r{k}: refcount {v['refcount']}{' pair' if v['pair'] else ''}"
+            for k, v in o["regions"].items()
+        )
+        out.write(
+            f"outcome {i}: {o['schedules']:,} schedule(s); lost races {c['pamt_lost_race']}, "
+            f"PAMT.ADD {c['pamt_add']} (failed {c['pamt_add_failed']}), cache pages "
+            f"{sum(o['pamt_cache'].values())}; {regions or 'no region'}"
+            + (f"; {', '.join(o['diagnostics'])}" if o["diagnostics"] else "")
+            + "\n"
+        )
+        out.write(f"  e.g. {' '.join(o['example'])}\n")
+    for v in r["violations"]:
+        out.write(
+            f"{v['kind'].upper()} {v['code']} at step {v['step']} (group {v['group'] + 1}): "
+            f"{v['message']}\n"
+            f"  schedule: {' '.join(v['schedule'])}\n"
+        )
+    if "impossible" in r:
+        out.write(f"# an event is impossible under some interleaving: {r['impossible']}\n")
 
 
 # ------------------------------------------------------------------ generate
@@ -259,6 +358,26 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print one JSON summary of the final state")
     r.add_argument("--compact", action="store_true", help="with --json: on one line")
     r.set_defaults(func=cmd_replay)
+    x = sub.add_parser(
+        "explore",
+        help="every interleaving of the trace's concurrent groups: outcomes and violations",
+    )
+    x.add_argument("trace", help="trace file (.jsonl, .jsonl.gz, .csv)")
+    x.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+    x.add_argument("--json", action="store_true", help="print one JSON object (the contract)")
+    x.add_argument("--compact", action="store_true", help="with --json: on one line")
+    x.add_argument(
+        "--max-states",
+        type=int,
+        default=1_000_000,
+        help="stop (exit 3, nothing claimed) past this many states (default 1,000,000)",
+    )
+    x.add_argument(
+        "--write-pinned",
+        metavar="FILE",
+        help="write the trace with the first finding's schedule (else outcome 1's) pinned",
+    )
+    x.set_defaults(func=cmd_explore, argv=None)
     g = sub.add_parser("generate", help="write a synthetic workload trace")
     g.add_argument("workload", choices=sorted(WORKLOADS))
     g.add_argument("--tds", type=int, default=1)
@@ -305,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if argv is not None and hasattr(args, "argv"):
+            args.argv = list(argv)
         code: int = args.func(args)
         return code
     except _UsageError as exc:

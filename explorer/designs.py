@@ -128,7 +128,7 @@ class DesignRecord:
     mode: str
     summary: str
     #: ``seed``: the seed gives the reason; ``provenance``: the seed does not discuss this mode,
-    #: the quotes say where it comes from.
+    #: the quotes say where it comes from; ``broken``: broken on purpose (a check must catch it).
     kind: str
     provenance: str
     quotes: tuple[Quote, ...]
@@ -447,6 +447,34 @@ DESIGNS: tuple[DesignRecord, ...] = (
         ),
         beyond_sources="No source proposes this design; it is the counter-example of the rule.",
     ),
+    DesignRecord(
+        mode="v6-no-recheck",
+        summary=(
+            "DELIBERATELY BROKEN: v6 with the lost-race recheck under pamt_lock removed. A CPU "
+            "that saw refcount 0 on the lock-free check issues PAMT.ADD even when another CPU "
+            "added the pair meanwhile."
+        ),
+        kind="broken",
+        provenance=(
+            "Broken on purpose by this tool, to show what `python -m explorer explore` finds: "
+            "the recheck that v6 05/11 makes atomic with the SEAMCALL, taken out"
+        ),
+        quotes=(
+            _series(
+                "Serialize the refcount check and SEAMCALL with a global spinlock so the "
+                "read-decide-act sequence is atomic.",
+                "v6 05/11 commit message",
+            ),
+        ),
+        can_show=(
+            "The schedule in which two CPUs both see refcount 0 on a cold region: the second "
+            "PAMT.ADD of the region fails (TDX_HPA_RANGE_NOT_FREE), the kernel's WARN_ON_ONCE "
+            "fires and the fault fails with -EIO. `explore` finds it on two vCPUs; a fixed "
+            "schedule may never show it."
+        ),
+        cannot_show="Nothing about a real kernel: no posted version lacks the recheck.",
+        beyond_sources="The whole mode: it is a fault injected into the design, not a design.",
+    ),
 )
 
 BY_MODE: dict[str, DesignRecord] = {d.mode: d for d in DESIGNS}
@@ -463,7 +491,7 @@ def design(mode: str) -> DesignRecord:
 def help_text(mode: str) -> str:
     """Markdown for a mode's help or a Compare column: summary, quoted reasons, what we show."""
     d = design(mode)
-    head = "Why (the seed)" if d.kind == "seed" else "Where it comes from"
+    head = {"seed": "Why (the seed)", "broken": "Why it is here"}.get(d.kind, "Where it comes from")
     lines = [f"**{d.mode}**: {d.summary}", "", f"*{head}:* {d.provenance}."]
     for q in d.quotes:
         lines += ["", f"> {q.text}", f">  ({q.citation})"]

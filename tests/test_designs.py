@@ -17,7 +17,7 @@ from explorer.designs import (
     help_text,
     lore_link,
 )
-from explorer.model.constants import MODES
+from explorer.model.constants import MODES, mode_label
 
 SEED_FILE = Path("/work/shared/seeds/000_36613d21d2d4af06.txt")
 
@@ -95,7 +95,7 @@ def test_no_empty_fields(record: DesignRecord) -> None:
         assert value, f"{record.mode}: {field.name} is empty"
         if isinstance(value, str):
             assert value.strip(), f"{record.mode}: {field.name} is blank"
-    assert record.kind in ("seed", "provenance")
+    assert record.kind in ("seed", "provenance", "broken")
     for q in record.quotes:
         assert q.text.strip() and q.source and q.link.startswith("https://lore.kernel.org/kvm/")
 
@@ -133,6 +133,12 @@ def test_seed_reasons_sit_beside_the_modes_that_model_them() -> None:
         assert design(mode).kind == "provenance"
         assert all(q.source != SEED_SOURCE for q in design(mode).quotes)
     assert "05/11" in design("v6-locked").provenance
+    # a mode broken on purpose says so, in its record and wherever it is named
+    broken = design("v6-no-recheck")
+    assert broken.kind == "broken" and broken.summary.startswith("DELIBERATELY BROKEN")
+    assert mode_label("v6-no-recheck") == "v6-no-recheck (deliberately broken)"
+    assert mode_label("v6") == "v6"
+    assert "Why it is here" in help_text("v6-no-recheck")
 
 
 def test_what_a_simulation_cannot_measure_is_said() -> None:

@@ -111,6 +111,7 @@ def test_pseudocode_labels_are_ones_the_engine_uses() -> None:
         "mmu_lock.write_spin",
         "pamt_get.mempool",
         "pamt_get.enomem",
+        "pamt_get.no_recheck",  # a race in a broken mode: tests/test_explore.py finds it
     }
     unused = sorted(all_labels() - seen - rare)
     assert not unused, f"pseudocode labels no run produced: {unused}"

@@ -366,6 +366,7 @@ _FIELD_VALUES = {
     "text": ['"a story"', '"with: colons"', '"\\u003a"', '""', "5"],
     "note": ['"n"', '"x: y"', "null"],
     "t": ["0", "5", '"0x6"', "3", "9007199254740992", "NaN"],
+    "order": ['["vcpu0", "td1"]', '["vcpu01"]', "[]", '"vcpu0"', '[["vcpu0"]]', '["cpu"]'],
     "op": [f'"{op}"' for op in SCHEMA] + ['"hop"', "1"],
     "extra": ["1"],
 }

@@ -392,7 +392,16 @@ def _pamt_get_slow(m: Machine, th: Thread, fn: str, region: int, vcpu: Vcpu | No
         pages.append(page)
     yield from spin_lock(m, th, fn, "pamt_get.lock")
     cur = m.refcount.get(region, 0)
-    if cur:
+    if cur and m.mode == "v6-no-recheck":
+        # deliberately broken (explorer.explore's counterexample): the lost-race recheck under
+        # pamt_lock is gone, so a CPU that lost the race issues a second PAMT.ADD
+        yield (
+            fn,
+            "pamt_get.no_recheck",
+            "(deliberately broken: no recheck) refcount[{}] is {} already, PAMT.ADD anyway",
+            (region, cur),
+        )
+    elif cur:
         m.set_refcount(region, cur + 1)
         if m.mode == "v6-locked":
             # patch 05 alone has no lock-free check: finding the pair under the lock is the

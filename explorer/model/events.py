@@ -111,6 +111,17 @@ class Note(Event):
     text: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Schedule(Event):
+    """Pin the interleaving of its group (the events with its ``t``): ``order`` names the CPU
+    that takes each turn (``vcpuN``, ``tdN``), first to last; past its end the configured
+    schedule goes on. What ``python -m explorer explore`` writes to replay a schedule it found.
+    Changes nothing else (an instant step, like ``note``)."""
+
+    op: ClassVar[str] = "schedule"
+    order: tuple[str, ...]
+
+
 def _slot_setter(cls: type, name: str) -> Callable[[object, Any], None]:
     """The ``__set__`` of a slot's member descriptor (bypasses a frozen class's __setattr__)."""
     setter: Callable[[object, Any], None] = vars(cls)[name].__set__
@@ -156,5 +167,16 @@ def slot_setters(cls: type[Event]) -> dict[str, Callable[[object, Any], None]]:
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.op: cls
-    for cls in (TdCreate, VcpuCreate, TdFinalize, Fault, Zap, VcpuFree, TdDestroy, Inject, Note)
+    for cls in (
+        TdCreate,
+        VcpuCreate,
+        TdFinalize,
+        Fault,
+        Zap,
+        VcpuFree,
+        TdDestroy,
+        Inject,
+        Note,
+        Schedule,
+    )
 }

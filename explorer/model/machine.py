@@ -37,7 +37,7 @@ from typing import Any, Final
 from explorer.model import constants as C
 from explorer.model.chunked import ChunkedDelta, ChunkedDict, FrozenTable
 from explorer.model.errors import ImpossibleEvent, Problem
-from explorer.model.events import Event, Fault, Inject, Note
+from explorer.model.events import Event, Fault, Inject, Note, Schedule
 from explorer.model.invariants import check_global, check_quiescent, check_regions
 from explorer.model.memory import FREE, HostMemory, MemoryImage, PageDelta
 from explorer.model.packed import PackedInts, pack_ints, unpack_ints
@@ -518,6 +518,9 @@ class Machine:
         self._ckpt_regions: set[int] = set()  # refcount/orphans/gotten keys since a checkpoint
         self._ckpt_vcpus: dict[int, FrozenVcpu] = {}  # the frozen vCPUs of the last delta
         self._pairs_changed = False  # a pair page moved: invariant 5's pair counts then
+        #: turns pinned by the trace's ``schedule`` events for this batch: (CPU, event index,
+        #: the schedule event), consumed first to last before the configured schedule
+        self._pinned: deque[tuple[str, int, Event]] = deque()
         #: a page entered or left a cache in this batch: the caches are counted after it
         self.caches_moved = False
         self._changed_counters: dict[str, int] = {}
@@ -696,20 +699,41 @@ class Machine:
     def run_batch(self, items: Iterable[tuple[int, Event]]) -> None:
         """Run one batch of concurrent events to completion under the schedule.
 
-        ``inject`` and ``note`` events take effect when the batch starts (they are not kernel
-        work). If an event turns out impossible when its CPU starts it, the replay stops: the
-        CPUs already running finish their events, nothing after runs.
+        ``inject``, ``note`` and ``schedule`` events take effect when the batch starts (they
+        are not kernel work). If an event turns out impossible when its CPU starts it, the
+        replay stops: the CPUs already running finish their events, nothing after runs.
 
         This is the only way kernel code runs, recorded or not: a bulk replay runs exactly the
         generators a reviewer steps through, with the step records left out (``record``
         False) and the invariants checked on what each step touched.
         """
+        order = self.begin_batch(items)
+        if len(order) == 1:
+            self._run_alone(order[0], order)
+        elif order:
+            self._run_interleaved(order)
+        if self._pinned and self.stopped is None:
+            name, idx, ev = self._pinned[0]
+            self._stop(
+                self.impossible(
+                    ev,
+                    idx,
+                    f"the schedule names {name} for a turn after its group's work is done "
+                    f"({len(self._pinned)} turn(s) left over)",
+                )
+            )
+        self._pinned.clear()
+        self.end_batch()
+
+    def begin_batch(self, items: Iterable[tuple[int, Event]]) -> list[Thread]:
+        """Start a batch: the instant events take effect (``inject``, ``note``, ``schedule``)
+        and each CPU gets its queue of events; the CPUs, in order of first appearance."""
         threads: dict[str, Thread] = {}
         # the previous batch's CPUs are done: an inject or note step of this batch shows none
         # (as a machine restored at a checkpoint does), this batch's CPUs once they start
         self.threads = threads
         for idx, ev in items:
-            if isinstance(ev, (Inject, Note)):
+            if isinstance(ev, (Inject, Note, Schedule)):
                 self._instant(idx, ev)
                 continue
             if isinstance(ev, Fault):  # (the commonest event: its thread's name cached)
@@ -724,14 +748,49 @@ class Machine:
                 th.order = len(threads)
                 threads[name] = th
             th.queue.append((idx, ev))
-        order = list(threads.values())
-        if len(order) == 1:
-            self._run_alone(order[0], order)
-        elif order:
-            self._run_interleaved(order)
+        return list(threads.values())
+
+    def end_batch(self) -> None:
+        """The checks between batches (:func:`explorer.model.invariants.check_quiescent`)."""
         if self.check:
             check_quiescent(self)
             self._flush_diags()
+
+    def blocked(self, th: Thread) -> bool:
+        """``th`` spins on a lock whose holder has not changed: its turn would repeat the spin
+        step (``explorer.explore`` does not give it one)."""
+        respin = th.respin
+        return respin is not None and respin.blocker(self, respin.td) == respin.holder
+
+    def turn(self, th: Thread, order: list[Thread]) -> StepInfo | None:
+        """One turn of ``th``, as the schedulers give it: the spin step again if it is still
+        blocked, else its generator to its next step (starting its next event if needed); the
+        step, committed, or None if ``th`` had no step left (it is done)."""
+        respin = th.respin
+        info = respin.again(self) if respin is not None else None
+        if info is None:
+            th.respin = None
+            info = self._advance(th, order)
+        if info is not None:
+            self._commit(th, info)
+        return info
+
+    def _pinned_thread(self, live: list[Thread]) -> Thread | None:
+        """The CPU the trace's ``schedule`` names for this turn (None: no turn pinned, or the
+        replay stopped because the named CPU has no work in this batch)."""
+        name, idx, ev = self._pinned.popleft()
+        for th in live:
+            if th.name == name:
+                return th
+        self._stop(
+            self.impossible(
+                ev,
+                idx,
+                f"the schedule names {name}, which has no work left in its group "
+                f"(CPUs with work: {', '.join(t.name for t in live) or 'none'})",
+            )
+        )
+        return None
 
     def _thread(self, name: str) -> Thread:
         """The simulated CPU ``name``, idle: made once per machine and reused by every batch
@@ -756,6 +815,9 @@ class Machine:
         """One CPU in the batch: nothing to interleave, its steps run back to back."""
         batch_steps = spin_run = 0
         while True:
+            if self._pinned and self._pinned_thread([th]) is None:
+                self._close_all(order)
+                return
             info = self._advance(th, order)
             if info is None:
                 if th.done:
@@ -783,8 +845,15 @@ class Machine:
         rr = 0
         current: Thread | None = None
         batch_steps = spin_run = 0
+        pinned = self._pinned
         while live:
-            if rr_mode:
+            if pinned:  # the trace's schedule event names this turn's CPU
+                chosen = self._pinned_thread(live)
+                if chosen is None:
+                    self._close_all(order)
+                    return
+                th = chosen
+            elif rr_mode:
                 if rr >= len(live):
                     rr = 0
                 th = live[rr]
@@ -852,6 +921,10 @@ class Machine:
             self.nr_steps - 1, th.event or 0, th.line, "error", "STEP_LIMIT", reason
         )
         self.diagnostics.append(self.stopped)
+        self._close_all(order)
+
+    def _close_all(self, order: list[Thread]) -> None:
+        """The batch ends here: every CPU drops its event (the replay stops)."""
         for t in order:
             if t.gen is not None:
                 t.gen.close()
@@ -891,6 +964,15 @@ class Machine:
                 "trace.inject",
                 "inject: the next {} {} will fail",
                 (ev.count, ev.what),
+            )
+        elif isinstance(ev, Schedule):
+            self._pinned.extend((name, idx, ev) for name in ev.order)
+            shown = " ".join(ev.order[:24]) + (" ..." if len(ev.order) > 24 else "")
+            info = (
+                "trace",
+                "trace.schedule",
+                "schedule: the next {} turn(s) of this group go to {}",
+                (len(ev.order), shown),
             )
         else:
             assert isinstance(ev, Note)
@@ -1099,6 +1181,63 @@ class Machine:
         self.threads = {}
         self.stopped = None
         self._ckpt_regions = set()
+
+    def canonical_state(self) -> tuple[Any, ...]:
+        """Everything the machine's future depends on, as one hashable value, equal for equal
+        states whatever path led to them (``explorer.explore`` hashes it): page owners and the
+        allocator's position, the module's pages and pairs, refcounts, references, locks, TDs
+        (S-EPT entries, mappings, guest_memfd), vCPUs (caches) and counters. Not in it: the step
+        count and the spin counter (a path that spun longer reaches the same state), the
+        scheduler's random state (an exploration chooses every turn), step records. Counts
+        derived from the maps (per-region owners, use counts) are left out too."""
+        mem = self.mem
+        spins = COUNTER_NAMES.index("spins")
+        tds = []
+        for t in sorted(self.tds.values(), key=lambda t: t.id):
+            tds.append(
+                (
+                    t.id,
+                    t.state,
+                    t.hkid,
+                    tuple(t.vcpus),
+                    tuple(t.control),
+                    t.mirror_root,
+                    tuple(sorted(t.entries.items())),
+                    tuple(sorted(t.leaves.items())),
+                    tuple(sorted(t.leaf_frozen.items())),
+                    tuple(sorted(t.gmem.items())),
+                    tuple(sorted(t.mmu_readers)),
+                    t.mmu_writer,
+                )
+            )
+        vcpus = []
+        for v in sorted(self.vcpus.values(), key=lambda v: v.id):
+            caches = tuple(
+                (name, c.objects, c.min, c.capacity, tuple(c.pfns), c.nobjs)
+                for name, c in sorted(v.caches.items())
+            )
+            vcpus.append((v.id, v.td, v.alive, tuple(v.pamt_cache), caches, tuple(v.control)))
+        return (
+            tuple(sorted((r, bytes(b)) for r, b in mem.regions.items())),
+            tuple(sorted(set(mem._heap))),
+            mem._untouched,
+            mem._spread_cursor,
+            mem._rng.state,
+            tuple(sorted((r, bytes(b)) for r, b in self.module.pages.items())),
+            tuple(sorted(self.module.pairs.items())),
+            tuple(sorted(self.refcount.items())),
+            tuple(sorted(self.orphans.items())),
+            tuple(sorted(self.gotten.items())),
+            tuple(sorted(self.inflight.items())),
+            tuple(sorted(self.v5_put_window.items())),
+            self.pamt_lock,
+            tuple(tds),
+            tuple(vcpus),
+            tuple(c for i, c in enumerate(self.cnt) if i != spins),
+            tuple(sorted(self.injections.items())),
+            tuple(sorted((k, repr(v)) for k, v in self.extra.items())),
+            self.next_hkid,
+        )
 
     # ================================================================ snapshots
     def page_summary(self) -> dict[str, int]:

@@ -17,7 +17,15 @@ from __future__ import annotations
 Line = tuple[tuple[str, ...], str] | tuple[tuple[str, ...], str, frozenset[str]]
 
 V6_FAMILY = frozenset(
-    {"v6", "v5-hint", "v5-topup-install", "v4-shared-list", "kvm-style-cache", "mempool"}
+    {
+        "v6",
+        "v5-hint",
+        "v5-topup-install",
+        "v4-shared-list",
+        "kvm-style-cache",
+        "mempool",
+        "v6-no-recheck",
+    }
 )
 NO_CACHE = frozenset({"mempool", "atomic-under-lock", "sleeping-under-lock"})
 
@@ -248,7 +256,12 @@ PSEUDOCODE: dict[str, list[Line]] = {
         (
             ("pamt_get.lost_race",),
             "  if atomic_read(refcount): atomic_inc(refcount); goto out_free  # lost race",
-            V6_FAMILY | NO_CACHE,
+            (V6_FAMILY | NO_CACHE) - {"v6-no-recheck"},
+        ),
+        (
+            ("pamt_get.no_recheck",),
+            "  (deliberately broken: the lost-race recheck is missing)",
+            only("v6-no-recheck"),
         ),
         (
             ("pamt_get.pair_present",),

@@ -36,3 +36,5 @@ MAX_INT_DIGITS = _MAX_INT_DIGITS
 MAX_T = (1 << 53) - 1
 #: Occurrences one inject event may arm.
 MAX_INJECT_COUNT = 1_000_000
+#: Turns one schedule event may pin (a line holds at most MAX_LINE_BYTES anyway).
+MAX_SCHEDULE_TURNS = 4096

@@ -82,6 +82,8 @@ _INT_RANGES = {
 }
 _CHOICES = {"level": LEVELS, "what": INJECTIONS}
 _TEXT = ("note", "text")
+#: A CPU's name in a schedule's ``order``: what the engine calls its threads.
+_THREAD = re.compile(r"(?:vcpu|td)(?:0|[1-9][0-9]{0,6})")
 
 
 class _Collector:
@@ -501,7 +503,33 @@ def _check_field(key: str, value: Any, *, csv_cell: bool) -> tuple[Any, str, str
         if len(value) > L.MAX_TEXT:
             return None, f"{key} is {len(value)} characters, over the limit of {L.MAX_TEXT}", ""
         return value, "", ""
+    if key == "order":
+        return _check_order(value, csv_cell=csv_cell)
     return None, f"unknown field {_r(key)}", ""
+
+
+def _check_order(value: Any, *, csv_cell: bool) -> tuple[Any, str, str]:
+    """A schedule's ``order``: a JSON array of CPU names (in CSV, one cell of names separated
+    by spaces), 1 to MAX_SCHEDULE_TURNS of them."""
+    expected = 'CPU names, e.g. ["vcpu0", "vcpu1", "vcpu0"]' + (
+        ' (in CSV: "vcpu0 vcpu1 vcpu0")' if csv_cell else ""
+    )
+    if csv_cell and isinstance(value, str):
+        value = value.split()
+    if not isinstance(value, list):
+        return None, f"order must be a list, got {type(value).__name__}", expected
+    if not value:
+        return None, "order is empty", expected
+    if len(value) > L.MAX_SCHEDULE_TURNS:
+        return (
+            None,
+            f"order has {len(value)} turns, over the limit of {L.MAX_SCHEDULE_TURNS}",
+            expected,
+        )
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or not _THREAD.fullmatch(name):
+            return None, f"order[{i}]={_r(name)} is not a CPU name", "vcpuN or tdN"
+    return tuple(value), "", ""
 
 
 def _depth(value: Any, level: int = 1) -> int:
@@ -563,6 +591,15 @@ class _Builder:
                 ok = False
         if not ok:
             return
+        if op == "schedule" and values.get("t") is None:
+            c.add(
+                line,
+                1,
+                "a schedule event needs the t of the group it orders",
+                raw,
+                'a "t" equal to the t of the events it interleaves',
+            )
+            ok = False
         if op == "fault" and values.get("level") == "2m":
             for key in ("gfn", "pfn"):
                 v = values.get(key)
@@ -777,6 +814,8 @@ def _value_check(key: str, ind: str) -> list[str]:
             f"{ind}if type({key}) is not str or len({key}) > {L.MAX_TEXT}:",
             f"{ind}    return None",
         ]
+    if key == "order":  # a schedule: rare, and a list: the full path checks it
+        return [f"{ind}return None"]
     raise AssertionError(key)
 
 
@@ -1135,7 +1174,7 @@ def _full_line(n: int, raw: str, b: _Builder, c: _Collector, head: dict[str, Any
         head["title"], head["description"], head["settings"] = _header(obj, n, raw, c)
         return
     for key, value in obj.items():
-        if isinstance(value, (dict, list)):
+        if isinstance(value, (dict, list)) and not (key == "order" and isinstance(value, list)):
             c.add(
                 n,
                 _value_col(raw, key),

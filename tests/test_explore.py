@@ -1,0 +1,171 @@
+"""``python -m explorer explore``: every interleaving of a trace's concurrent groups.
+
+The search reads generator frames, so it runs on the pure Python engine: these tests run the
+command in a child process (under the compiled engine the command re-runs itself so), and
+check the JSON contract, the exit status, the outcome counts derived in docs/engine.md, and
+that a counterexample's schedule, pinned into the trace, replays to the same finding."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from explorer.explore import _count_paths, pin
+from explorer.model.machine import Machine
+from explorer.model.settings import Settings
+from explorer.timeline import replay
+from explorer.trace import parse_trace
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_traces"
+KEYS = ("ok", "complete", "groups", "states", "schedules", "end_states", "outcomes")
+
+
+def run(*args: str) -> tuple[int, dict[str, Any] | None, str]:
+    env = dict(os.environ)
+    env.pop("DPAMT_PURE", None)  # the command itself switches to the pure engine
+    p = subprocess.run(
+        [sys.executable, "-m", "explorer", "explore", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
+    data = json.loads(p.stdout) if "--json" in args and p.stdout.strip() else None
+    return p.returncode, data, p.stderr
+
+
+def explore_json(sample: str, mode: str, *extra: str) -> tuple[int, dict[str, Any]]:
+    code, data, err = run(
+        str(SAMPLES / f"{sample}.jsonl"), "--set", f"mode={mode}", "--json", *extra
+    )
+    assert data is not None, err
+    return code, data
+
+
+@pytest.mark.parametrize("mode", ["v6", "v6-locked", "v5-hint"])
+def test_clean_modes_explore_completely_with_the_outcomes_written_down(mode: str) -> None:
+    # outcome counts: docs/engine.md derives the two-vCPU v6 ones by hand
+    expected = {
+        ("lost_race", "v6"): 4,
+        ("lost_race", "v6-locked"): 4,
+        ("lost_race", "v5-hint"): 4,
+        ("put_vs_get", "v6"): 2,
+        ("put_vs_get", "v6-locked"): 3,
+        ("put_vs_get", "v5-hint"): 3,
+    }
+    for sample in ("lost_race", "put_vs_get"):
+        code, r = explore_json(sample, mode)
+        assert code == 0 and r["ok"] and r["complete"] and r["violations"] == []
+        assert all(k in r for k in (*KEYS, "violations", "seconds"))
+        assert r["groups"] == 1 and r["end_states"] == expected[(sample, mode)]
+        assert r["schedules"] == sum(o["schedules"] for o in r["outcomes"])
+        for o in r["outcomes"]:
+            assert set(o) >= {"schedules", "example", "counters", "regions", "pamt_cache", "pages"}
+            assert o["example"] == [t for order in o["orders"] for t in order]
+
+
+def test_v6_two_vcpus_on_a_cold_region_by_hand() -> None:
+    """The four outcomes of docs/engine.md: the winner (vCPU 0 or 1) installs its own two
+    cache pages as the pair; the other either finds refcount 1 on the lock-free check (fast
+    path, its cache keeps its pages) or read 0 before the ADD and lost the race under the lock
+    (its two pages freed to the allocator)."""
+    _, r = explore_json("lost_race", "v6")
+    seen = set()
+    for o in r["outcomes"]:
+        lost = o["counters"]["pamt_lost_race"]
+        cache = sum(o["pamt_cache"].values())
+        assert (lost, cache) in ((0, 18), (1, 16))
+        assert o["regions"]["64"]["refcount"] == 2
+        seen.add((tuple(o["regions"]["64"]["pair"]), lost))
+    assert len({pair for pair, _ in seen}) == 2 and len(seen) == 4
+    # symmetric: each winner with each way of losing, the same number of schedules
+    counts = sorted(o["schedules"] for o in r["outcomes"])
+    assert counts[0] == counts[1] and counts[2] == counts[3] and counts[0] < counts[2]
+
+
+def test_the_broken_mode_is_caught_and_its_schedule_replays_to_the_finding(
+    tmp_path: Path,
+) -> None:
+    pinned = tmp_path / "pinned.jsonl"
+    code, r = explore_json("lost_race", "v6-no-recheck", "--write-pinned", str(pinned))
+    assert code == 1 and not r["ok"] and r["complete"]
+    finding = r["violations"][0]
+    assert finding["code"] == "WARN_PAMT_ADD" and finding["kind"] == "warning"
+    assert "TDX_HPA_RANGE_NOT_FREE" in finding["message"]
+    # the same finding, replayed (compiled engine, this process) from the pinned trace
+    trace = parse_trace(pinned.read_bytes(), "pinned.jsonl")
+    s = Settings().with_overrides(trace.settings)
+    assert s.mode == "v6-no-recheck"
+    tl = replay(trace.events, s)
+    hits = [d for d in tl.diagnostics if d.code == "WARN_PAMT_ADD"]
+    assert hits and hits[0].step == finding["step"] + 1  # + the schedule event's own step
+    # and pin() gives the same events as the file
+    original = parse_trace((SAMPLES / "lost_race.jsonl").read_bytes(), "lost_race.jsonl")
+    assert [e.op for e in pin(original.events, finding["orders"])] == [e.op for e in trace.events]
+
+
+def test_three_cpus_on_one_region() -> None:
+    code, r = explore_json("race_three_cpus", "v6")
+    assert code == 0 and r["complete"] and r["end_states"] == 5
+    code, r = explore_json("race_three_cpus", "v6-no-recheck")
+    assert code == 1 and {v["code"] for v in r["violations"]} == {"WARN_PAMT_ADD"}
+
+
+def test_exit_status_and_messages() -> None:
+    lost = str(SAMPLES / "lost_race.jsonl")
+    code, data, _ = run(lost, "--json", "--max-states", "50")
+    assert code == 3 and data is not None
+    assert not data["complete"] and not data["ok"] and "limit of 50 states" in data["stopped"]
+    assert data["outcomes"] == [] and data["states"] == 51
+    code, _, err = run(lost, "--set", "mode=v7")
+    assert code == 2 and "mode" in err and "v6-no-recheck" in err
+    code, _, err = run(lost, "--set", "nonsense")
+    assert code == 2 and "expected key=value" in err
+    code, _, err = run(lost, "--max-states", "0")
+    assert code == 2 and "--max-states" in err
+    code, _, err = run(str(SAMPLES / "missing.jsonl"))
+    assert code == 2 and "missing.jsonl" in err
+
+
+def test_human_output_lists_outcomes_and_findings() -> None:
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "explorer",
+            "explore",
+            str(SAMPLES / "lost_race.jsonl"),
+            "--set",
+            "mode=v6-no-recheck",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert p.returncode == 1
+    assert "distinct outcome(s)" in p.stdout and "WARNING WARN_PAMT_ADD" in p.stdout
+    assert "schedule: vcpu" in p.stdout
+
+
+def test_count_paths_on_a_small_graph() -> None:
+    # a diamond and a shortcut: a->b->d, a->c->d, a->d: three paths to d, one to e via b
+    edges = {b"a": [b"b", b"c", b"d"], b"b": [b"d", b"e"], b"c": [b"d"]}
+    assert _count_paths(b"a", edges, {b"d", b"e"}) == {b"d": 3, b"e": 1}
+
+
+def test_no_concurrent_group_is_one_outcome() -> None:
+    code, r = explore_json("cold_region", "v6")
+    assert code == 0 and r["groups"] == 0 and r["end_states"] == 1 and r["schedules"] == 1
+    trace = parse_trace((SAMPLES / "cold_region.jsonl").read_bytes(), "cold_region.jsonl")
+    m = Machine(Settings().with_overrides(trace.settings), record=False)
+    m.run(trace.events)
+    assert r["outcomes"][0]["counters"]["faults"] == m.counter("faults")
