@@ -153,7 +153,12 @@ def cmd_explore(args: argparse.Namespace) -> int:
     from explorer.explore import explore
 
     progress = None
-    if not args.json and sys.stderr.isatty():
+    if args.progress:  # for programs (the app): one line per 1,000 states
+
+        def progress(states: int, text: str) -> None:
+            print(f"progress states={states} {text}", file=sys.stderr, flush=True)
+
+    elif not args.json and sys.stderr.isatty():
 
         def progress(states: int, text: str) -> None:
             print(f"\r{text}", end="", file=sys.stderr, flush=True)
@@ -376,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--write-pinned",
         metavar="FILE",
         help="write the trace with the first finding's schedule (else outcome 1's) pinned",
+    )
+    x.add_argument(
+        "--progress",
+        action="store_true",
+        help="print 'progress states=N ...' lines on stderr every 1,000 states (for programs)",
     )
     x.set_defaults(func=cmd_explore, argv=None)
     g = sub.add_parser("generate", help="write a synthetic workload trace")
