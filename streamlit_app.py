@@ -14,6 +14,8 @@ st.set_page_config(page_title="DPAMT Explorer", page_icon="🧮", layout="wide")
 pages = [
     st.Page("app_pages/explore.py", title="Explore", icon=":material/search:", default=True),
     st.Page("app_pages/traces.py", title="Traces", icon=":material/description:"),
+    st.Page("app_pages/interleavings.py", title="Interleavings", icon=":material/account_tree:"),
+    st.Page("app_pages/learn.py", title="Learn", icon=":material/school:"),
     st.Page("app_pages/compare.py", title="Compare designs", icon=":material/compare_arrows:"),
     st.Page("app_pages/about.py", title="About DPAMT", icon=":material/menu_book:"),
 ]
