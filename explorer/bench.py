@@ -18,8 +18,10 @@ import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from explorer.model import NATIVE
@@ -194,6 +196,39 @@ def bench_cell(
     }
 
 
+#: The searches ``make bench`` times: (sample, mode), with the issue's targets where it has one.
+EXPLORE_CASES: tuple[tuple[str, str, float | None], ...] = (
+    ("lost_race", "v6", 2.0),
+    ("lost_race", "v6-no-recheck", 2.0),
+    ("put_vs_get", "v6", None),
+    ("race_three_cpus", "v6", 10.0),
+    ("race_three_cpus", "v6-locked", 10.0),
+)
+
+
+def bench_explore(sample: str, mode: str) -> dict[str, Any]:
+    """One search of ``python -m explorer explore`` (in a child process on the pure Python
+    engine, as the command runs): states, outcomes, findings, seconds, states per second."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(root, "sample_traces", f"{sample}.jsonl")
+    cmd = [sys.executable, "-m", "explorer", "explore", path, "--set", f"mode={mode}", "--json"]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=root, check=False)
+    wall = time.perf_counter() - t0
+    r = json.loads(p.stdout)
+    return {
+        "sample": sample,
+        "mode": mode,
+        "states": r["states"],
+        "outcomes": r["end_states"],
+        "findings": [v["code"] for v in r["violations"]],
+        "complete": r["complete"],
+        "seconds": r["seconds"],
+        "wall_seconds": wall,
+        "states_per_s": r["states"] / max(r["seconds"], 1e-9),
+    }
+
+
 def _mark(ok: bool) -> str:
     return "ok" if ok else "MISS"
 
@@ -220,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         help="boot at 10k and 100k faults instead of 100k and 1M, matrix cells at 20k",
     )
     p.add_argument("--write", metavar="FILE", help="also write the figures as Markdown to FILE")
-    p.add_argument("--only", choices=("boot", "matrix"), help="run one part (default: both)")
+    p.add_argument(
+        "--only", choices=("boot", "matrix", "explore"), help="run one part (default: all)"
+    )
     p.add_argument(
         "--matrix-faults",
         type=int,
@@ -270,6 +307,20 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(c)
             print(matrix_line(c), flush=True)
         print(matrix_summary(cells), flush=True)
+    searches = []
+    if args.only in (None, "explore"):
+        for sample, mode, target in EXPLORE_CASES:
+            e = bench_explore(sample, mode)
+            e["target_s"] = target
+            searches.append(e)
+            print(
+                f"explore {sample} --set mode={mode}: {e['states']:,} states, "
+                f"{e['outcomes']} outcomes, findings {e['findings'] or 'none'}, "
+                f"{e['seconds']:.2f} s ({e['states_per_s']:,.0f} states/s; "
+                f"{e['wall_seconds']:.2f} s with the interpreter's start)"
+                + (f" target <= {target:.0f} s {_mark(e['seconds'] <= target)}" if target else ""),
+                flush=True,
+            )
     maps = [region_map_stats(n) for n in (32_768, 524_288)]
     for m in maps:
         print(
@@ -277,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             f"JSON {m['json_bytes'] / 1024:,.0f} KiB"
         )
     if args.write:
-        write_figures(args.write, render(facts, rows, cells, maps, args.quick))
+        write_figures(args.write, render(facts, rows, cells, maps, args.quick, searches))
         print("wrote", args.write)
     return 0
 
@@ -331,6 +382,7 @@ def render(
     cells: list[dict[str, Any]],
     maps: list[dict[str, float]],
     quick: bool,
+    searches: Sequence[dict[str, Any]] = (),
 ) -> str:
     out = [
         "# Performance",
@@ -392,6 +444,22 @@ def render(
                 f"{c['steps'] / c['faults']:.1f} |"
             )
         out += ["", matrix_summary(cells)]
+    if searches:
+        out += [
+            "",
+            "Every interleaving (`python -m explorer explore SAMPLE --set mode=M`, pure Python "
+            "engine, in its own process):",
+            "",
+            "| sample | mode | states | outcomes | findings | seconds | states/s | target |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for e in searches:
+            target = f"<= {e['target_s']:.0f} s" if e.get("target_s") else ""
+            out.append(
+                f"| {e['sample']} | {e['mode']} | {e['states']:,} | {e['outcomes']} | "
+                f"{', '.join(e['findings']) or 'none'} | {e['seconds']:.2f} | "
+                f"{e['states_per_s']:,.0f} | {target} |"
+            )
     out += ["", "| region map | build (ms) | JSON (KiB) | target |", "|---|---|---|---|"]
     for m in maps:
         target = "<= 300 ms" if m["regions"] == 524_288 else ""
