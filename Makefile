@@ -4,7 +4,11 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# Two install stamps: `make run` installs what running needs (the app and the engine's compiler),
+# the test targets add the test tools on top. A new pyproject.toml makes both stale.
+SUM    := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-run-$(SUM)
+TSTAMP := $(VENV)/.installed-test-$(SUM)
 SAMPLE ?= td_lifecycle
 PORT   ?= 8501
 
@@ -20,8 +24,13 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[test]'
-	rm -f $(VENV)/.installed-*
+	$(PY) -m pip install --quiet -e '.[native]'
+	rm -f $(VENV)/.installed-run-*
+	touch $@
+
+$(TSTAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[native,test]'
+	rm -f $(VENV)/.installed-test-*
 	touch $@
 
 $(NATIVE): $(MODEL_SOURCES) explorer/build_native.py | $(STAMP)
@@ -42,33 +51,33 @@ chromium:
 	fi
 	@command -v chromium >/dev/null && chromium --version
 
-lint: $(STAMP)
+lint: $(TSTAMP)
 	$(VENV)/bin/ruff check explorer app_pages tests tools streamlit_app.py
 	$(VENV)/bin/ruff format --check explorer app_pages tests tools streamlit_app.py
 	$(VENV)/bin/mypy
 
-unit: $(STAMP) $(NATIVE)
+unit: $(TSTAMP) $(NATIVE)
 	$(PY) -m pytest -q -n 2 -m 'not browser and not slow'
 
-browser: $(STAMP) $(NATIVE) chromium
+browser: $(TSTAMP) $(NATIVE) chromium
 	$(PY) -m pytest -q -m browser -p no:xdist
 
 ## make test: everything CI runs (lint, unit, AppTest, browser)
-test: $(STAMP) $(NATIVE) chromium lint
+test: $(TSTAMP) $(NATIVE) chromium lint
 	$(PY) -m pytest -q -n 2 -m 'not browser and not slow'
 	$(PY) -m pytest -q -m browser -p no:xdist
 
-bench: $(STAMP) $(NATIVE)
+bench: $(TSTAMP) $(NATIVE)
 	$(PY) -m explorer.bench
 
-fuzz: $(STAMP) $(NATIVE)
+fuzz: $(TSTAMP) $(NATIVE)
 	$(PY) -m pytest -q -m slow
 
 ## make loadtest: 20 browser sessions for 60 s against one server (docs/reliability.md)
-loadtest: $(STAMP) $(NATIVE) chromium
+loadtest: $(TSTAMP) $(NATIVE) chromium
 	$(PY) tools/loadtest.py --sessions 20 --seconds 60
 
-goldens: $(STAMP)
+goldens: $(TSTAMP)
 	$(PY) -m pytest -q tests/test_samples.py --update-goldens
 
 clean:

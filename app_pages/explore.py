@@ -7,7 +7,7 @@ import time
 import streamlit as st
 
 from app_pages import common
-from explorer.appsupport import Place, place_in
+from explorer.appsupport import Place, place_in, stop_note
 from explorer.model.settings import Settings
 from explorer.timeline import Timeline
 from explorer.views.animation import animation_figure, animation_html
@@ -506,11 +506,9 @@ def main() -> None:
     st.text(f"{loaded.source}: {loaded.trace.title or '(untitled trace)'}")
     tl = common.timeline(loaded, settings)
     if tl.stopped is not None:
-        st.error(
-            f"The replay stopped at an impossible event: trace line {tl.stopped.line}. "
-            "Everything before it can be explored."
-        )
-        st.text(tl.stopped.message)
+        note = stop_note(tl.diagnostics, tl.stopped, settings.max_retries)
+        (st.warning if note.livelock_step is not None else st.error)(note.headline)
+        st.text(note.detail)
     if tl.nr_steps == 0:
         st.info("This trace produced no step.")
         return

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from app_pages import common
+from explorer.appsupport import stop_note
 from explorer.trace.generate import WORKLOADS
 from explorer.trace.write import dump_trace, event_object
 
@@ -80,8 +81,9 @@ def main() -> None:
     )
     tl = common.timeline(loaded, settings)
     if tl.stopped is not None:
-        st.error(f"Replaying it stops at an impossible event, trace line {tl.stopped.line}:")
-        st.text(tl.stopped.message)
+        note = stop_note(tl.diagnostics, tl.stopped, settings.max_retries)
+        (st.warning if note.livelock_step is not None else st.error)(note.headline)
+        st.text(note.detail)
     else:
         st.success(f"Valid: it replays in {tl.nr_steps:,} steps.")
     d1, d2 = st.columns(2)

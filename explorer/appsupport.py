@@ -212,3 +212,35 @@ def place_in(tl: Any, event: int, label: str) -> int:
         if s.event == event and s.label == label:
             return int(first + k)
     return int(first)
+
+
+@dataclass(frozen=True)
+class StopNote:
+    """Why a replay stopped, said the way a user can act on it."""
+
+    headline: str
+    detail: str
+    livelock_step: int | None  # the step to show first, when the stop follows a livelock
+
+
+def stop_note(diagnostics: Sequence[Any], stopped: Any, max_retries: int) -> StopNote:
+    """The message for a replay that stopped at an impossible event (``stopped``, a
+    Diagnostic). A fault that livelocked (a cache too small: ``dpamt_gets_per_fault`` 0) never
+    maps its page, so a later zap of that page is "impossible": the cause is the livelock the
+    README predicts, not a bad trace, and the message says so and points at it."""
+    livelocks = [d for d in diagnostics if d.code == "LIVELOCK" and d.step <= max(stopped.step, 0)]
+    if livelocks:
+        first = livelocks[0]
+        return StopNote(
+            f"Livelock after {max_retries} retries, as the kernel would spin: see step "
+            f"{first.step}. The fault never mapped its page, so the replay stopped later, at "
+            f"trace line {stopped.line}.",
+            f"{first.message}\nthen: {stopped.message}",
+            first.step,
+        )
+    return StopNote(
+        f"The replay stopped at an impossible event: trace line {stopped.line}. Everything "
+        "before it can be explored.",
+        stopped.message,
+        None,
+    )

@@ -99,7 +99,9 @@ def test_effects_diff_and_code_panel(race) -> None:  # type: ignore[no-untyped-d
     tl, i = race
     step = tl.step(i)
     table = effects_table(step)
-    assert ("refcount", "refcount[64]", "1", "2") in {tuple(r) for r in table.to_numpy()}
+    rows = {tuple(r) for r in table.to_numpy()}
+    assert ("refcount", "refcount[64]", "1", "2") in rows
+    assert ("counter", "pamt_lost_race", "0", "1") in rows  # counters show old -> new too
     diff = diff_snapshots(tl.state_at(i - 1), tl.state_at(i))
     assert set(diff["item"]) >= {"refcount[64]", "counter.pamt_lost_race"}
     panel = {c.cpu: c for c in code_panel(tl.state_at(i))}

@@ -524,6 +524,7 @@ class Machine:
         #: a page entered or left a cache in this batch: the caches are counted after it
         self.caches_moved = False
         self._changed_counters: dict[str, int] = {}
+        self._counters_before: dict[str, int] = {}  # their values before the step
         self._diags: list[tuple[str, str, str]] = []
 
     # ================================================================ effects API
@@ -612,7 +613,9 @@ class Machine:
         value = self.cnt[k] + n
         self.cnt[k] = value
         if self.record:
-            self._changed_counters[COUNTER_NAMES[k]] = value
+            name = COUNTER_NAMES[k]
+            self._changed_counters[name] = value
+            self._counters_before.setdefault(name, value - n)
 
     def diag(self, kind: str, code: str, message: str) -> None:
         """Raise a diagnostic at the current step (violation | warning | livelock | error)."""
@@ -1018,10 +1021,12 @@ class Machine:
                 tuple(self._fx),
                 tuple(self._changed_counters.items()),
                 diags,
+                tuple(self._counters_before.items()),
             )
             self.steps.append(step)
             self._fx.clear()
             self._changed_counters.clear()
+            self._counters_before.clear()
             if self.on_step is not None:
                 self.on_step(self, step)
         dirty.clear()

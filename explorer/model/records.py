@@ -73,6 +73,8 @@ class Step:
     effects: tuple[Effect, ...] = ()
     counters: tuple[tuple[str, int], ...] = ()  # counters changed by this step (new values)
     diagnostics: tuple[Diagnostic, ...] = ()
+    #: the same counters' values before the step (for "what changed": old -> new)
+    counters_before: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

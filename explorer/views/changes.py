@@ -17,8 +17,17 @@ def effects_table(step: Step) -> pd.DataFrame:
         what, _, change = text.partition(" ")
         old, _, new = change.partition("->")
         rows.append({"state": e.kind, "item": what, "old": old, "new": new})
+    before = dict(step.counters_before)
     for name, value in step.counters:
-        rows.append({"state": "counter", "item": name, "old": "", "new": str(value)})
+        old = before.get(name)
+        rows.append(
+            {
+                "state": "counter",
+                "item": name,
+                "old": "" if old is None else str(old),
+                "new": str(value),
+            }
+        )
     return pd.DataFrame(rows, columns=["state", "item", "old", "new"])
 
 
