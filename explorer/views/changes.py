@@ -19,12 +19,12 @@ def effects_table(step: Step) -> pd.DataFrame:
         rows.append({"state": e.kind, "item": what, "old": old, "new": new})
     before = dict(step.counters_before)
     for name, value in step.counters:
-        old = before.get(name)
+        prev = before.get(name)
         rows.append(
             {
                 "state": "counter",
                 "item": name,
-                "old": "" if old is None else str(old),
+                "old": "" if prev is None else str(prev),
                 "new": str(value),
             }
         )
