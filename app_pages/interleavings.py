@@ -1,11 +1,220 @@
-"""Interleavings: every schedule of the loaded trace's concurrent groups (being built)."""
+"""Interleavings: every schedule of the loaded trace's concurrent groups, its outcomes and its
+findings, each one a click away from Explore (pinned, at the step where it departs).
+
+The search runs in a child process (:class:`explorer.exploreapp.ExploreJob`); the job and its
+result live in the session, keyed by the trace's bytes and the settings, so a rerun (a click
+elsewhere, a change of page) neither restarts nor loses it.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePath
+from typing import Any
 
 import streamlit as st
 
 from app_pages import common
+from explorer.appsupport import content_key, settings_key
+from explorer.exploreapp import (
+    DEFAULT_MAX_STATES,
+    MAX_MAX_STATES,
+    MIN_MAX_STATES,
+    ExploreJob,
+    first_difference,
+    outcome_rows,
+    pinned_trace,
+    violation_rows,
+)
+from explorer.model.constants import mode_label
+from explorer.model.settings import Settings
 
-common.init_session()
-common.sidebar_trace_picker()
-common.sidebar_settings()
-st.title("Interleavings")
-st.info("Work in progress: use `python -m explorer explore TRACE` meanwhile.")
+JOBS = "interleavings_jobs"
+#: Jobs (and their results) a session keeps; the oldest settled ones go first.
+KEEP_JOBS = 8
+#: "Open in Explore" buttons shown for outcomes (a table of thousands needs no thousand buttons).
+MAX_OUTCOME_BUTTONS = 60
+BUTTONS_PER_ROW = 6
+
+JobKey = tuple[str, tuple[tuple[str, Any], ...]]
+
+
+def _jobs() -> dict[JobKey, ExploreJob]:
+    jobs: dict[JobKey, ExploreJob] = st.session_state.setdefault(JOBS, {})
+    return jobs
+
+
+def _start(key: JobKey, loaded: common.Loaded, settings: Settings, max_states: int) -> None:
+    """One search per session at a time: a new one stops any other still running."""
+    jobs = _jobs()
+    for job in jobs.values():
+        job.stop()
+    jobs.pop(key, None)
+    while len(jobs) >= KEEP_JOBS:
+        jobs.pop(next(iter(jobs)))
+    jobs[key] = ExploreJob(loaded.trace.events, settings, max_states, title=loaded.trace.title)
+
+
+@st.fragment(run_every=0.5)
+def _progress(key: JobKey) -> None:
+    """The running search's state count, twice a second; the whole page reruns once it ends."""
+    job = _jobs().get(key)
+    if job is None:
+        return
+    status = job.poll()
+    if status.state != "running":
+        st.rerun()
+    st.progress(
+        min(status.states / job.max_states, 1.0),
+        text=f"Exploring: {status.states:,} states so far (limit {job.max_states:,})",
+    )
+    if st.button("Stop", key="btn_stop_explore"):
+        job.stop()
+        st.rerun()
+
+
+def _stem(source: str) -> str:
+    name = PurePath(source).name
+    for suffix in (".gz", ".jsonl", ".csv"):
+        name = name.removesuffix(suffix)
+    return name or "trace"
+
+
+def _open(
+    loaded: common.Loaded, settings: Settings, orders: list[list[str]], label: str, suffix: str
+) -> None:
+    """Load the trace with ``orders`` pinned and open Explore where it departs from the trace."""
+    with st.spinner("Pinning the schedule and finding where it departs..."):
+        data = pinned_trace(loaded.trace, settings, orders, label)
+        problems = common.load_upload(f"{_stem(loaded.source)}-{suffix}.jsonl", data)
+        if problems is not None:
+            st.error("The pinned trace did not load:")
+            common.problems_table(problems)
+            return
+        pinned: common.Loaded = st.session_state.loaded
+        step = first_difference(loaded.trace.events, settings, pinned.trace.events)
+    st.session_state.cursor = step
+    st.switch_page("app_pages/explore.py")
+
+
+def _summary(result: dict[str, Any]) -> None:
+    states, seconds = result["states"], result["seconds"]
+    if not result["complete"]:
+        st.warning(
+            f"Incomplete: {states:,} states in {seconds} s, then the search stopped; nothing is "
+            "claimed. Raise the state limit and run it again."
+        )
+        st.text(str(result.get("stopped", "")))
+        return
+    verdict = "complete" if result["ok"] else "complete, with findings"
+    st.markdown(
+        f"**{states:,}** states, **{result['schedules']:,}** schedules, "
+        f"**{result['end_states']:,}** distinct outcomes, {seconds} s: {verdict}."
+    )
+    if "impossible" in result:
+        st.warning("Under some interleaving an event of the trace cannot happen:")
+        st.text(str(result["impossible"]))
+
+
+def _outcomes(loaded: common.Loaded, settings: Settings, result: dict[str, Any]) -> None:
+    rows = outcome_rows(result)
+    if not rows:
+        return
+    st.subheader("Outcomes")
+    st.caption(
+        "Each distinct end state, how many turn orders reach it, and what it leaves. Open one "
+        "to replay an interleaving that reaches it."
+    )
+    st.dataframe(common.safe_frame(rows), hide_index=True, width="stretch", key="table_outcomes")
+    outcomes = result["outcomes"][:MAX_OUTCOME_BUTTONS]
+    if len(result["outcomes"]) > MAX_OUTCOME_BUTTONS:
+        st.caption(f"Buttons for the first {MAX_OUTCOME_BUTTONS} outcomes.")
+    for first in range(0, len(outcomes), BUTTONS_PER_ROW):
+        cols = st.columns(BUTTONS_PER_ROW)
+        for col, (n, o) in zip(
+            cols, enumerate(outcomes[first : first + BUTTONS_PER_ROW], first + 1), strict=False
+        ):
+            if col.button(
+                f"Open outcome {n} in Explore", key=f"btn_open_outcome_{n}", width="stretch"
+            ):
+                _open(loaded, settings, o["orders"], f"outcome {n}", f"outcome-{n}")
+
+
+def _findings(loaded: common.Loaded, settings: Settings, result: dict[str, Any]) -> None:
+    rows = violation_rows(result)
+    st.subheader("Findings")
+    if not rows:
+        if result["complete"]:
+            st.success("No schedule violates an invariant, fires a kernel WARN or deadlocks.")
+        return
+    st.caption(
+        "Invariant violations, kernel WARNs and deadlocks, each with the first schedule found "
+        "that reproduces it (step: where it fires in that schedule's replay)."
+    )
+    st.dataframe(common.safe_frame(rows), hide_index=True, width="stretch", key="table_findings")
+    for v in result["violations"]:
+        code = str(v["code"])
+        if st.button(f"Open {code} in Explore", key=f"btn_open_finding_{code}"):
+            _open(loaded, settings, v["orders"], code, code)
+
+
+def main() -> None:
+    common.init_session()
+    common.sidebar_trace_picker()
+    settings = common.sidebar_settings()
+    loaded: common.Loaded = st.session_state.loaded
+    st.title("Interleavings")
+    st.caption(
+        "Every order of the CPUs' turns in each group of concurrent events (same t), searched "
+        "on the engine itself: the distinct outcomes, how many schedules reach each, and every "
+        "finding with a schedule that reproduces it."
+    )
+    st.caption(
+        f"To see a finding, try the mode {mode_label('v6-no-recheck')!r} in the sidebar: it "
+        "drops the recheck under pamt_lock, and some schedule issues a second PAMT.ADD."
+    )
+    common.show_upload_errors()
+    st.text(f"trace: {loaded.source}: {loaded.trace.title}\nmode: {mode_label(settings.mode)}")
+    key: JobKey = (content_key(loaded.data), settings_key(settings))
+    job = _jobs().get(key)
+    status = job.poll() if job is not None else None
+    running = status is not None and status.state == "running"
+    c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
+    max_states = int(
+        c1.number_input(
+            "state limit",
+            min_value=MIN_MAX_STATES,
+            max_value=MAX_MAX_STATES,
+            value=DEFAULT_MAX_STATES,
+            step=10_000,
+            key="explore_max_states",
+            help="Past this many states the search stops and claims nothing (--max-states).",
+        )
+    )
+    if c2.button("Explore every interleaving", key="btn_explore", disabled=running):
+        _start(key, loaded, settings, max_states)
+        st.rerun()
+    if job is None or status is None:
+        return
+    if status.state == "running":
+        _progress(key)
+        return
+    if status.state == "stopped":
+        st.warning(status.message)
+        return
+    if status.state == "failed" or status.result is None:
+        st.error("The search failed:")
+        st.code(status.message, language=None)
+        return
+    result = status.result
+    if result["groups"] == 0:
+        st.info(
+            "This trace has no concurrent group (no two CPUs' events share a t): it has one "
+            "interleaving, the replay Explore shows."
+        )
+        return
+    _summary(result)
+    _outcomes(loaded, settings, result)
+    _findings(loaded, settings, result)
+
+
+main()

@@ -1,11 +1,307 @@
-"""Learn: guided tours of the samples and predict-the-next-step (being built)."""
+"""Learn: guided tours of the samples, and predict-the-next-step.
+
+Tours are data (sample_traces/<sample>.tour.ndjson, explorer/tours.py); each stop is shown with
+the view it names, drawn by the same view functions as the Explore page. A tour and its stop are
+in the URL (``tour``, ``stop``), so a teacher can hand out a link to one slide.
+
+Predict asks about the step about to be revealed; the questions and their answers come from the
+replay (explorer/predict.py), so they follow the engine.
+
+Tour text is the repository's, but it is shown like any other text we did not write here: with
+``st.text`` (never as Markdown), as app_pages/common.py asks.
+"""
+
+from __future__ import annotations
 
 import streamlit as st
 
 from app_pages import common
+from explorer.model.settings import Settings
+from explorer.predict import PredictionSession
+from explorer.timeline import Timeline
+from explorer.tours import ResolvedStop, TourError, resolve, tour_for, tour_names
+from explorer.views.caches import kvm_caches_figure, pamt_cache_figure
+from explorer.views.changes import diff_snapshots, effects_table
+from explorer.views.code import code_panel, lock_summary
+from explorer.views.refcounts import dpamt_over_time_figure, refcount_figure
+from explorer.views.region_map import region_map
 
-common.init_session()
-common.sidebar_trace_picker()
-common.sidebar_settings()
-st.title("Learn")
-st.info("Work in progress.")
+#: The query parameters this page owns (the others are the Explore page's).
+URL_KEYS = ("tour", "stop")
+QUESTIONS_MIN, QUESTIONS_MAX, QUESTIONS_DEFAULT = 5, 20, 5
+
+
+# ------------------------------------------------------------------ tour
+def _load(name: str) -> None:
+    """Load a tour's sample, and let the sidebar's picker show it: its remembered choice would
+    load the previous sample back, so it is forgotten (the picker then starts from the loaded
+    sample, like the knobs load_sample resets). Call before the picker is drawn."""
+    common.load_sample(name)
+    st.session_state.pop("sample_select", None)
+
+
+def _read_url(tours: list[str]) -> None:
+    """On the session's first run of this page, take the tour and the stop from the URL."""
+    if st.session_state.get("learn_url_read"):
+        return
+    st.session_state.learn_url_read = True
+    tour = st.query_params.get("tour")
+    if tour in tours:
+        st.session_state.learn_tour = tour
+        loaded: common.Loaded = st.session_state.loaded
+        if loaded.name != tour:
+            _load(tour)
+        try:
+            st.session_state.learn_stop = max(int(st.query_params.get("stop", "1")) - 1, 0)
+        except ValueError:
+            st.session_state.learn_stop = 0
+
+
+def _write_url(tour: str | None, stop: int | None) -> None:
+    """Put the tour and the 1-based stop in the URL, leaving every other parameter alone."""
+    want = {"tour": tour, "stop": None if stop is None else str(stop + 1)}
+    for key in URL_KEYS:
+        value = want[key]
+        if value is None:
+            if key in st.query_params:
+                del st.query_params[key]
+        elif st.query_params.get(key) != value:
+            st.query_params[key] = value
+
+
+def _tour_chosen() -> None:
+    st.session_state.learn_stop = 0
+    tour = st.session_state.learn_tour
+    loaded: common.Loaded = st.session_state.loaded
+    if tour is not None and loaded.name != tour:
+        _load(tour)
+
+
+def _move_stop(delta: int, n: int) -> None:
+    st.session_state.learn_stop = min(max(int(st.session_state.learn_stop) + delta, 0), n - 1)
+
+
+def _show_view(tl: Timeline, stop: ResolvedStop) -> None:
+    """The view the stop names, at its step."""
+    i = stop.step
+    snap = tl.state_at(i)
+    step = tl.step(i)
+    changed = tl.changed_regions(i)
+    view = stop.stop.view
+    st.caption(f"view: {stop.view_title}")
+    if view == "region_map" or view == "animation":
+        st.plotly_chart(
+            region_map(snap, changed, height=300), key="chart_learn_map", width="stretch"
+        )
+        if view == "animation":
+            st.caption("The animation plays on the Explore page (Animation tab).")
+    elif view == "pamt_caches":
+        st.plotly_chart(
+            pamt_cache_figure(snap, height=260), key="chart_learn_cache", width="stretch"
+        )
+    elif view == "code":
+        panel = code_panel(snap)
+        panel.sort(key=lambda c: (c.cpu != step.cpu, c.cpu))
+        for cpu in panel[:2]:
+            st.caption(f"{cpu.cpu}: {' > '.join(cpu.stack) or cpu.function}")
+            if cpu.lines:
+                st.code(cpu.listing(context=4), language=None, wrap_lines=True)
+    elif view == "locks":
+        st.text("\n".join(lock_summary(snap)))
+    elif view == "what_changed":
+        st.dataframe(effects_table(step), hide_index=True, width="stretch")
+    elif view == "refcounts":
+        st.plotly_chart(
+            refcount_figure(snap, changed), key="chart_learn_refcounts", width="stretch"
+        )
+    elif view == "kvm_caches":
+        st.plotly_chart(kvm_caches_figure(snap), key="chart_learn_kvm", width="stretch")
+    elif view == "over_time":
+        st.plotly_chart(
+            dpamt_over_time_figure(
+                list(tl.series_x()),
+                list(tl.series["pairs"]),
+                list(tl.series["leaked_pages"]),
+                snap.nr_regions,
+                cursor=i,
+            ),
+            key="chart_learn_over_time",
+            width="stretch",
+        )
+    elif view == "diff":
+        st.dataframe(diff_snapshots(tl.state_at(i - 1), snap), hide_index=True, width="stretch")
+    elif view == "diagnostics":
+        if not step.diagnostics:
+            st.caption("No diagnostic at this step.")
+        for d in step.diagnostics:
+            (st.error if d.kind in ("violation", "error") else st.warning)(f"{d.kind}: {d.code}")
+            st.text(d.message)
+
+
+def tour_tab(tl: Timeline, tours: list[str]) -> None:
+    loaded: common.Loaded = st.session_state.loaded
+    if "learn_tour" not in st.session_state:
+        st.session_state.learn_tour = loaded.name if loaded.name in tours else None
+    tour_name = st.selectbox(
+        "Tour",
+        tours,
+        key="learn_tour",
+        on_change=_tour_chosen,
+        placeholder="choose a tour",
+        help="Every sample with a tour (sample_traces/<sample>.tour.ndjson)",
+    )
+    if tour_name is None:
+        _write_url(None, None)
+        st.caption("Choose a tour: it loads its sample trace.")
+        return
+    if loaded.name != tour_name:
+        st.info(f"This tour is of the sample {tour_name}, which is not the trace loaded now.")
+        st.button(f"Load {tour_name}", key="btn_learn_load", on_click=_load, args=(tour_name,))
+        return
+    try:
+        tour = tour_for(tour_name)
+        stops = resolve(tour, tl) if tour is not None else []
+    except TourError as exc:
+        st.error(
+            "This tour does not fit the current replay (tours are written for the sample's own "
+            "settings: try Reset to the trace's settings):"
+        )
+        st.code(str(exc), language=None)
+        return
+    if tour is None or not stops:
+        st.caption("This tour has no stops.")
+        return
+    n = len(stops)
+    k = min(max(int(st.session_state.get("learn_stop", 0)), 0), n - 1)
+    st.session_state.learn_stop = k
+    _write_url(tour_name, k)
+    stop = stops[k]
+    st.text(tour.title)
+    if tour.description:
+        st.caption(tour.description)
+    c = st.columns([1, 1, 2, 3], vertical_alignment="center")
+    c[0].button("Prev", key="btn_tour_prev", on_click=_move_stop, args=(-1, n), disabled=k == 0)
+    c[1].button(
+        "Next",
+        key="btn_tour_next",
+        on_click=_move_stop,
+        args=(1, n),
+        disabled=k == n - 1,
+        type="primary",
+    )
+    c[2].markdown(f"**Stop {k + 1} of {n}**")
+    c[3].caption(f"{stop.stop.where()}: step {stop.step}")
+    step = tl.step(stop.step)
+    left, right = st.columns([2, 3])
+    with left:
+        st.markdown("**Look at**")
+        st.text(stop.stop.look)
+        st.markdown("**The teacher says**")
+        st.text(stop.stop.narration)
+        st.markdown(f"**Step {step.index}**, on {step.cpu} in `{step.function}`")
+        st.text(step.narration)
+        if st.button("Open this step in Explore", key="btn_tour_explore"):
+            st.session_state.cursor = stop.step
+            st.session_state.playing = False
+            st.session_state.pop("place", None)  # the cursor is set here: keep it
+            st.switch_page("app_pages/explore.py")
+    with right:
+        _show_view(tl, stop)
+
+
+# ------------------------------------------------------------------ predict
+def _verdict(tl: Timeline, session: PredictionSession) -> None:
+    last = session.answered[-1]
+    if last.correct:
+        st.success(f"Right: {last.question.answer}.")
+    else:
+        st.error(f"Not quite: the answer is {last.question.answer} (you said {last.given}).")
+    step = tl.step(last.step)
+    st.markdown(f"**Step {step.index}**, on {step.cpu} in `{step.function}`")
+    st.text(step.narration)
+
+
+def predict_tab(tl: Timeline, replay_key: tuple[object, ...]) -> None:
+    st.caption(
+        "Guess the next step before it is revealed: the engine marks your answer from its own "
+        "record of the step. Steps nothing is asked about are passed over."
+    )
+    session: PredictionSession | None = st.session_state.get("predict")
+    if session is not None and st.session_state.get("predict_replay") != replay_key:
+        session = None  # another trace or other settings: the questions are of another replay
+        st.session_state.predict = None
+    c = st.columns([1, 2], vertical_alignment="bottom")
+    total = c[0].number_input(
+        "questions",
+        min_value=QUESTIONS_MIN,
+        max_value=QUESTIONS_MAX,
+        value=QUESTIONS_DEFAULT,
+        step=1,
+        key="predict_n",
+    )
+    cursor = min(max(int(st.session_state.get("cursor", -1)), -1), tl.nr_steps - 1)
+    if c[1].button(f"Start at the current step ({cursor})", key="btn_predict_start"):
+        session = PredictionSession(start=cursor, total=int(total))
+        session.advance(tl)
+        st.session_state.predict = session
+        st.session_state.predict_replay = replay_key
+    if session is None:
+        return
+    if session.current is not None and not session.is_answered:
+        q = session.current
+        i = session.current_step
+        st.markdown(f"**Question {len(session.answered) + 1} of {session.total}** (step {i})")
+        if i > 0:
+            prev = tl.step(i - 1)
+            st.caption(f"So far (step {prev.index}, {prev.cpu}):")
+            st.text(prev.narration)
+        st.markdown(q.prompt)
+        given: object
+        if q.choices is not None:
+            given = st.radio("your answer", list(q.choices), index=None, key=f"predict_answer_{i}")
+        else:
+            given = st.number_input(
+                "your answer", min_value=0, value=0, step=1, key=f"predict_answer_{i}"
+            )
+        if st.button("Check", key="btn_predict_check", disabled=given is None):
+            session.answer(str(given))
+            st.rerun()
+        return
+    if session.is_answered:
+        _verdict(tl, session)
+    if not session.done:
+        if st.button("Next question", key="btn_predict_next", type="primary"):
+            session.advance(tl)
+            st.rerun()
+        return
+    if session.exhausted and len(session.answered) < session.total:
+        st.caption("The trace has no more steps to ask about.")
+    st.markdown(f"**Score: {session.score} of {len(session.answered)}**")
+    st.dataframe(common.safe_frame(session.rows()), hide_index=True, width="stretch")
+
+
+def main() -> None:
+    problems = common.init_session()
+    tours = tour_names()
+    _read_url(tours)
+    common.sidebar_trace_picker()
+    settings: Settings = common.sidebar_settings()
+    loaded: common.Loaded = st.session_state.loaded
+    st.title("Learn")
+    for p in problems:
+        if not any(f"{k!r}" in p for k in URL_KEYS):  # this page's own parameters
+            st.warning("A link parameter was ignored:")
+            st.text(p)
+    st.text(f"{loaded.source}: {loaded.trace.title or '(untitled trace)'}")
+    tl = common.timeline(loaded, settings)
+    if tl.nr_steps == 0:
+        st.info("This trace produced no step.")
+        return
+    tab_tour, tab_predict = st.tabs(["Tour", "Predict"])
+    with tab_tour:
+        tour_tab(tl, tours)
+    with tab_predict:
+        predict_tab(tl, common.replay_key(loaded, settings))
+
+
+main()

@@ -1,0 +1,304 @@
+"""What the app's Interleavings page needs, without Streamlit: a background exploration and the
+shapes of its result (tables, pinned traces, where to open them).
+
+**Why a child process.** The search (:mod:`explorer.explore`) reads generator frames, which only
+the pure Python engine has; the app's own process runs the compiled engine. So the page runs
+``python -m explorer explore TRACE --json --progress`` in a child, with ``DPAMT_PURE=1`` already
+set: the CLI then runs the search itself instead of re-running itself in a grandchild, so the
+process the page holds is the one doing the work, and stopping it stops the search. A child
+also keeps a long search off the server's threads and lets the user stop it at any time.
+
+**Why a reader thread.** The child prints ``progress states=N ...`` on stderr every 1,000
+states; a thread reads those lines as they come (a full stderr pipe would stall the child) and
+keeps the count, so a Streamlit fragment can poll it every half second without blocking. The
+JSON result goes to a file, not a pipe: it is read once the child has exited.
+
+The module holds no Streamlit object: a job is plain data behind a lock, safe to keep in
+``st.session_state`` and to poll from any script run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from subprocess import Popen
+from typing import Any, Literal
+
+from explorer.explore import pin
+from explorer.model.events import Event
+from explorer.model.settings import Settings
+from explorer.timeline import replay
+from explorer.trace import Trace
+from explorer.trace.write import dump_trace
+
+#: The repository root: the child runs ``-m explorer`` from here, so it finds this package.
+ROOT = Path(__file__).resolve().parent.parent
+#: Default and bounds of the page's state limit (``--max-states``).
+DEFAULT_MAX_STATES = 200_000
+MIN_MAX_STATES = 1_000
+MAX_MAX_STATES = 1_000_000
+#: How many lines of the child's stderr (other than progress) a failure report keeps.
+STDERR_LINES = 40
+#: The exit statuses after which stdout holds the JSON result: 0 clean, 1 findings, 3 limit.
+RESULT_STATUSES = (0, 1, 3)
+#: The largest schedule count a table column holds as a number (int64): past it, as text.
+INT64_MAX = 2**63 - 1
+
+JobState = Literal["running", "done", "failed", "stopped"]
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """One look at a job: ``state``, the states searched so far, and either the parsed JSON
+    result (``done``) or a message (``failed``: the child's stderr; ``stopped``)."""
+
+    state: JobState
+    states: int
+    result: dict[str, Any] | None = None
+    message: str = ""
+
+
+class ExploreJob:
+    """``python -m explorer explore`` on ``events`` and ``settings`` in a child process, started
+    at construction. :meth:`poll` says how it goes; :meth:`stop` ends it. Thread-safe: the
+    reader thread and any number of script runs share it through one lock."""
+
+    def __init__(
+        self,
+        events: Sequence[Event],
+        settings: Settings,
+        max_states: int = DEFAULT_MAX_STATES,
+        *,
+        title: str = "",
+    ) -> None:
+        if max_states < 1:
+            raise ValueError(f"max_states must be at least 1, got {max_states}")
+        self.max_states = max_states
+        self._lock = threading.Lock()
+        self._states = 0
+        self._state: JobState = "running"
+        self._result: dict[str, Any] | None = None
+        self._message = ""
+        self._stop_requested = False
+        self._stderr: deque[str] = deque(maxlen=STDERR_LINES)
+        self._dir = Path(tempfile.mkdtemp(prefix="dpamt-explore-"))
+        self._out_path = self._dir / "result.json"
+        try:
+            self._proc = self._start(events, settings, title)
+        except BaseException:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise
+        self._reader = threading.Thread(target=self._read, name="explore-reader", daemon=True)
+        self._reader.start()
+
+    def _start(self, events: Sequence[Event], settings: Settings, title: str) -> Popen[str]:
+        """Write the trace and start the child (its stdout to a file, its stderr to a pipe)."""
+        trace_path = self._dir / "trace.jsonl"
+        # the settings go into the trace's header: the child resolves exactly these (no --set)
+        trace_path.write_text(
+            dump_trace(events, title=title, settings=settings.to_dict()), encoding="utf-8"
+        )
+        argv = [
+            sys.executable,
+            "-m",
+            "explorer",
+            "explore",
+            str(trace_path),
+            "--json",
+            "--progress",
+            "--max-states",
+            str(self.max_states),
+        ]
+        env = dict(os.environ, DPAMT_PURE="1")
+        with open(self._out_path, "wb") as out:
+            return subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.PIPE,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+            )
+
+    # ------------------------------------------------------------------ the reader thread
+    def _read(self) -> None:
+        """Count progress lines until the child closes stderr; then settle the outcome."""
+        assert self._proc.stderr is not None
+        for line in self._proc.stderr:
+            states = parse_progress(line)
+            with self._lock:
+                if states is not None:
+                    self._states = max(self._states, states)
+                elif line.strip():
+                    self._stderr.append(line.rstrip("\n"))
+        code = self._proc.wait()
+        self._finish(code)
+
+    def _finish(self, code: int) -> None:
+        try:
+            text = self._out_path.read_text(encoding="utf-8")
+        except OSError:
+            text = ""
+        finally:
+            shutil.rmtree(self._dir, ignore_errors=True)
+        with self._lock:
+            if self._stop_requested:
+                self._state = "stopped"
+                self._message = f"stopped after {self._states:,} states: nothing is claimed"
+                return
+            if code in RESULT_STATUSES:
+                try:
+                    result = json.loads(text)
+                except ValueError as exc:
+                    self._state = "failed"
+                    self._message = f"the result was not JSON ({exc}); exit status {code}"
+                    return
+                if isinstance(result, dict):
+                    self._state = "done"
+                    self._result = result
+                    self._states = max(self._states, int(result.get("states", 0)))
+                    return
+            self._state = "failed"
+            detail = "\n".join(self._stderr) or "(no message)"
+            self._message = f"exit status {code}\n{detail}"
+
+    # ------------------------------------------------------------------ the page's side
+    def poll(self) -> JobStatus:
+        """How the job stands now (never blocks on the child)."""
+        with self._lock:
+            return JobStatus(self._state, self._states, self._result, self._message)
+
+    def stop(self) -> None:
+        """End the search: terminate the child (it holds no state worth saving: a stopped
+        search claims nothing). The reader thread then reports ``stopped``."""
+        with self._lock:
+            if self._state != "running":
+                return
+            self._stop_requested = True
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+
+    def wait(self, timeout: float | None = None) -> JobStatus:
+        """Block until the job has settled (or ``timeout`` seconds): for tests and scripts."""
+        self._reader.join(timeout)
+        return self.poll()
+
+
+def parse_progress(line: str) -> int | None:
+    """The state count of a ``progress states=N ...`` line; None for any other line."""
+    head, _, rest = line.strip().partition(" ")
+    if head != "progress" or not rest.startswith("states="):
+        return None
+    value = rest[len("states=") :].split(" ", 1)[0]
+    return int(value) if value.isdigit() else None
+
+
+# ---------------------------------------------------------------------- result shapes
+def _regions_text(regions: dict[str, Any]) -> str:
+    """Each region's refcount, and whether it has a PAMT pair: ``r64: 2, pair``."""
+    parts = []
+    for r in sorted(regions, key=int):
+        info = regions[r]
+        pair = ", pair" if info.get("pair") else ""
+        parts.append(f"r{r}: {info.get('refcount', 0)}{pair}")
+    return "; ".join(parts)
+
+
+def outcome_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One table row per distinct outcome: how many schedules reach it and what it leaves (the
+    PAMT operations, the pages idle in DPAMT caches, each region's refcount), so outcomes can
+    be told apart at a glance. Schedule counts stay numbers (sortable) unless one overflows a
+    table's 64-bit column, then all are text."""
+    outcomes = result.get("outcomes", [])
+    big = any(int(o["schedules"]) > INT64_MAX for o in outcomes)
+    rows = []
+    for n, o in enumerate(outcomes, 1):
+        counters = o.get("counters", {})
+        rows.append(
+            {
+                "outcome": n,
+                "schedules": f"{o['schedules']:,}" if big else int(o["schedules"]),
+                "lost races": int(o.get("lost_races", 0)),
+                "PAMT.ADD": int(counters.get("pamt_add", 0)),
+                "PAMT.ADD failed": int(counters.get("pamt_add_failed", 0)),
+                "PAMT.REMOVE": int(counters.get("pamt_remove", 0)),
+                "pages in DPAMT caches": sum(int(v) for v in o.get("pamt_cache", {}).values()),
+                "regions (refcount)": _regions_text(o.get("regions", {})),
+                # the engine's codes are "kind:CODE"; every kind is a problem, the code says which
+                "findings": ", ".join(d.split(":", 1)[-1] for d in o.get("diagnostics", [])),
+                "turns": len(o.get("example", [])),
+            }
+        )
+    return rows
+
+
+def violation_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One table row per finding: what it is, and the step of the first schedule that hits it."""
+    return [
+        {
+            "kind": v["kind"],
+            "code": v["code"],
+            "message": v["message"],
+            "step": int(v["step"]),
+            "group": int(v["group"]) + 1,
+            "turns": len(v.get("schedule", [])),
+        }
+        for v in result.get("violations", [])
+    ]
+
+
+def pinned_trace(
+    trace: Trace, settings: Settings, orders: Sequence[Sequence[str]], label: str
+) -> bytes:
+    """The trace with ``orders`` pinned by ``schedule`` events (:func:`explorer.explore.pin`),
+    as trace text: loaded in the app or replayed, it runs exactly that interleaving. The
+    settings go into its header, since the app resets its overrides when a trace loads."""
+    text = dump_trace(
+        pin(trace.events, orders),
+        title=f"{trace.title} (pinned: {label})" if trace.title else f"pinned: {label}",
+        description=trace.description,
+        settings=settings.to_dict(),
+    )
+    return text.encode("utf-8")
+
+
+def first_difference(
+    events: Sequence[Event], settings: Settings, pinned_events: Sequence[Event]
+) -> int:
+    """Where the pinned trace's replay first departs from the trace's own: the step to open it
+    at, so the user lands where the interleaving becomes the one found. Steps are compared by
+    CPU and label; the pinned replay's ``trace.schedule`` steps (which the original lacks) are
+    skipped. With no difference, the first ``trace.schedule`` step (the pin itself)."""
+    plain = replay(events, settings)
+    pinned = replay(pinned_events, settings)
+    a = plain.steps_between(0, plain.nr_steps)
+    b = pinned.steps_between(0, pinned.nr_steps)
+    first_schedule: int | None = None
+    i = 0
+    for step in b:
+        if step.label == "trace.schedule":
+            if first_schedule is None:
+                first_schedule = step.index
+            continue
+        if i >= len(a) or (a[i].cpu, a[i].label) != (step.cpu, step.label):
+            return step.index
+        i += 1
+    if first_schedule is not None:
+        return first_schedule
+    return max(pinned.nr_steps - 1, -1)

@@ -1,0 +1,72 @@
+"""The Interleavings page with Streamlit's AppTest: a real search in a child process, its
+outcomes and findings, and "Open in Explore" on a finding."""
+
+import time
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "streamlit_app.py")
+DEADLINE = 60.0
+
+
+def _page(sample: str, mode: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=90)
+    at.run()
+    at.selectbox(key="sample_select").set_value(sample).run()
+    at.switch_page("app_pages/interleavings.py").run()
+    if mode is not None:
+        at.selectbox(key="knob_mode").set_value(mode).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _explore(at: AppTest) -> None:
+    """Start the search and rerun until its result is shown (or the deadline)."""
+    at.button(key="btn_explore").click().run()
+    end = time.monotonic() + DEADLINE
+    while not any("distinct outcomes" in m.value for m in at.markdown):
+        assert not at.exception, [e.value for e in at.exception]
+        assert not at.error, [e.value for e in at.error]
+        assert time.monotonic() < end, "the search did not finish in time"
+        time.sleep(0.2)
+        at.run()
+
+
+def _table(at: AppTest, column: str):  # type: ignore[no-untyped-def]
+    for df in at.dataframe:
+        if column in df.value.columns:
+            return df.value
+    raise AssertionError(f"no table with a column {column!r}")
+
+
+def test_lost_race_has_four_outcomes_and_no_finding() -> None:
+    at = _page("lost_race")
+    _explore(at)
+    outcomes = _table(at, "lost races")
+    assert len(outcomes) == 4
+    assert sorted(outcomes["lost races"]) == [0, 0, 1, 1]
+    assert any("No schedule violates" in s.value for s in at.success)
+    # a rerun keeps the result: the search is not started again
+    at.run()
+    assert len(_table(at, "lost races")) == 4
+    assert not at.button(key="btn_explore").disabled
+
+
+def test_a_finding_opens_in_explore_pinned_at_its_departure() -> None:
+    at = _page("lost_race", mode="v6-no-recheck")
+    _explore(at)
+    findings = _table(at, "code")
+    assert "WARN_PAMT_ADD" in list(findings["code"])
+    at.button(key="btn_open_finding_WARN_PAMT_ADD").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    loaded = at.session_state.loaded
+    assert loaded.name == "upload"
+    assert "WARN_PAMT_ADD" in loaded.source
+    assert loaded.source.startswith("lost_race-")
+    assert loaded.trace.settings["mode"] == "v6-no-recheck"
+    step = at.session_state.cursor
+    assert step >= 0
+    # Explore is showing, at that step
+    assert any(m.value.startswith(f"**Step {step}** of") for m in at.markdown)

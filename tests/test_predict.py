@@ -1,0 +1,148 @@
+"""Predict-the-next-step: the engine's own answers agree with the recorded steps."""
+
+from pathlib import Path
+
+import pytest
+
+from explorer.model.settings import Settings
+from explorer.predict import (
+    NONE,
+    PredictionSession,
+    Question,
+    check,
+    questions_at,
+    vcpu_id,
+)
+from explorer.timeline import Timeline, replay
+from explorer.trace import parse_trace
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_traces"
+
+
+def _timeline(name: str) -> Timeline:
+    path = SAMPLES / f"{name}.jsonl"
+    trace = parse_trace(path.read_bytes(), path.name)
+    return replay(trace.events, Settings().with_overrides(trace.settings))
+
+
+@pytest.fixture(scope="module")
+def lost_race() -> Timeline:
+    return _timeline("lost_race")
+
+
+@pytest.fixture(scope="module")
+def cold_region() -> Timeline:
+    return _timeline("cold_region")
+
+
+def _all(tl: Timeline) -> list[tuple[int, Question]]:
+    return [(i, q) for i in range(tl.nr_steps) for q in questions_at(tl, i)]
+
+
+@pytest.mark.parametrize("name", ["lost_race", "cold_region"])
+def test_every_answer_agrees_with_the_recorded_step(name: str) -> None:
+    tl = _timeline(name)
+    asked = _all(tl)
+    assert {q.kind for _, q in asked} >= {"path", "region", "cache"}
+    for i, q in asked:
+        s = tl.step(i)
+        if q.kind == "region":
+            changed = {e.key for e in s.effects if e.kind in ("refcount", "pair")}
+            assert q.answer == (f"region {changed.pop()}" if changed else NONE)
+            assert q.choices is not None and q.answer in q.choices and NONE in q.choices
+        elif q.kind == "cache":
+            vcpu = vcpu_id(s.cpu)
+            assert vcpu is not None and q.choices is None
+            after = next(v for v in tl.state_at(i).vcpus if v.vcpu == vcpu)
+            assert int(q.answer) == len(after.pamt_cache)
+        elif q.kind == "path":
+            assert s.label in ("pamt_get.fast", "pamt_get.slow")
+            assert q.answer == s.label.removeprefix("pamt_get.")
+        elif q.kind == "race":
+            assert q.answer == ("yes" if s.label == "pamt_get.lost_race" else "no")
+        else:
+            raise AssertionError(q.kind)
+        assert check(q, q.answer)
+
+
+def test_lost_race_asks_about_the_race_and_the_loser_answer_is_yes(lost_race: Timeline) -> None:
+    races = [(i, q) for i, q in _all(lost_race) if q.kind == "race"]
+    lost = [i for i, q in races if q.answer == "yes"]
+    won = [i for i, q in races if q.answer == "no"]
+    assert [lost_race.step(i).label for i in lost] == ["pamt_get.lost_race"]
+    assert lost_race.step(lost[0]).cpu == "vcpu1"
+    # the winner (vcpu0 in the same race) is asked too, and does not lose
+    assert any(
+        lost_race.step(i).label == "pamt_get.add" and lost_race.step(i).cpu == "vcpu0" for i in won
+    )
+    # each race question comes right after the same CPU took pamt_lock
+    for i in lost + won:
+        s = lost_race.step(i)
+        prev = [p for p in lost_race.steps_between(i - 20, i) if p.cpu == s.cpu][-1]
+        assert prev.label == "pamt_get.lock"
+
+
+def test_cold_region_cache_counts_follow_topup_and_pops(cold_region: Timeline) -> None:
+    counts = [
+        (cold_region.step(i).label, int(q.answer))
+        for i, q in _all(cold_region)
+        if q.kind == "cache"
+    ]
+    topups = [c for label, c in counts if label == "pamt_cache.topup"]
+    pops = [c for label, c in counts if label == "pamt_get.pop"]
+    assert topups and pops
+    assert max(pops) < max(topups)  # a pop takes a page out of the cache
+
+
+def test_path_question_only_at_the_decision(cold_region: Timeline) -> None:
+    for i, q in _all(cold_region):
+        if q.kind == "path":
+            assert cold_region.step(i).label in ("pamt_get.fast", "pamt_get.slow")
+    assert questions_at(cold_region, -1) == []
+    assert questions_at(cold_region, cold_region.nr_steps) == []
+
+
+def test_check_numbers_and_text() -> None:
+    n = Question("cache", "?", None, "8")
+    assert check(n, 8) and check(n, "8") and check(n, " 8 ") and check(n, 8.0)
+    assert not check(n, 9) and not check(n, "eight")
+    t = Question("path", "?", ("fast", "slow"), "slow")
+    assert check(t, "Slow") and check(t, " SLOW ") and not check(t, "fast")
+
+
+@pytest.mark.parametrize("name", ["lost_race", "cold_region"])
+def test_a_session_scores_right_and_wrong_answers(name: str) -> None:
+    tl = _timeline(name)
+    right = PredictionSession(start=-1, total=6)
+    wrong = PredictionSession(start=-1, total=6)
+    for session, correct in ((right, True), (wrong, False)):
+        while session.advance(tl) is not None:
+            q = session.current
+            assert q is not None
+            assert q in questions_at(tl, session.current_step)
+            given = q.answer if correct else "not an answer"
+            assert session.answer(given).correct is correct
+            assert session.is_answered
+        assert session.done
+        assert len(session.answered) == 6
+        steps = [a.step for a in session.answered]
+        assert steps == sorted(set(steps))  # forward, one question per step
+    assert right.score == 6 and wrong.score == 0
+    assert len({a.question.kind for a in right.answered}) >= 2  # kinds are mixed
+    assert [r["right"] for r in right.rows()] == [True] * 6
+
+
+def test_a_session_starts_after_the_cursor_and_ends_with_the_timeline(
+    lost_race: Timeline,
+) -> None:
+    s = PredictionSession(start=120, total=20)
+    first = s.advance(lost_race)
+    assert first is not None and s.current_step > 120
+    s.answer(first.answer)
+    s.answer("wrong")  # a second answer to the same question does not count
+    assert len(s.answered) == 1 and s.score == 1
+    while s.advance(lost_race) is not None:
+        s.answer(s.current.answer if s.current else "")
+    assert s.done and s.exhausted and s.score == len(s.answered) < 20
+    with pytest.raises(ValueError):
+        s.answer("x")
