@@ -229,6 +229,24 @@ def bench_explore(sample: str, mode: str) -> dict[str, Any]:
     }
 
 
+def bench_browser() -> dict[str, Any]:
+    """Step latency in Chromium (``tools/step_latency.py``, in its own process: Playwright and a
+    server); empty, with a message, when Chromium is missing."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run(
+        [sys.executable, os.path.join(root, "tools", "step_latency.py"), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        check=False,
+    )
+    if p.returncode != 0:
+        print(f"step latency: not measured ({p.stderr.strip().splitlines()[-1:]})", flush=True)
+        return {}
+    result: dict[str, Any] = json.loads(p.stdout)
+    return result
+
+
 def _mark(ok: bool) -> str:
     return "ok" if ok else "MISS"
 
@@ -256,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--write", metavar="FILE", help="also write the figures as Markdown to FILE")
     p.add_argument(
-        "--only", choices=("boot", "matrix", "explore"), help="run one part (default: all)"
+        "--only",
+        choices=("boot", "matrix", "explore", "browser"),
+        help="run one part (default: all)",
     )
     p.add_argument(
         "--matrix-faults",
@@ -321,6 +341,16 @@ def main(argv: list[str] | None = None) -> int:
                 + (f" target <= {target:.0f} s {_mark(e['seconds'] <= target)}" if target else ""),
                 flush=True,
             )
+    latency: dict[str, Any] = {}
+    if args.only in (None, "browser"):
+        latency = bench_browser()
+        for sample, r in latency.items():
+            print(
+                f"step latency in Chromium, {sample}: p50 {r['p50_ms']:.0f} ms, p95 "
+                f"{r['p95_ms']:.0f} ms ({r['presses']} Right-arrow steps; target p50 <= 250 ms "
+                f"{_mark(r['p50_ms'] <= 250)})",
+                flush=True,
+            )
     maps = [region_map_stats(n) for n in (32_768, 524_288)]
     for m in maps:
         print(
@@ -328,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             f"JSON {m['json_bytes'] / 1024:,.0f} KiB"
         )
     if args.write:
-        write_figures(args.write, render(facts, rows, cells, maps, args.quick, searches))
+        write_figures(args.write, render(facts, rows, cells, maps, args.quick, searches, latency))
         print("wrote", args.write)
     return 0
 
@@ -383,6 +413,7 @@ def render(
     maps: list[dict[str, float]],
     quick: bool,
     searches: Sequence[dict[str, Any]] = (),
+    latency: dict[str, Any] | None = None,
 ) -> str:
     out = [
         "# Performance",
@@ -459,6 +490,20 @@ def render(
                 f"| {e['sample']} | {e['mode']} | {e['states']:,} | {e['outcomes']} | "
                 f"{', '.join(e['findings']) or 'none'} | {e['seconds']:.2f} | "
                 f"{e['states_per_s']:,.0f} | {target} |"
+            )
+    if latency:
+        out += [
+            "",
+            "Step latency in a real browser (`tools/step_latency.py`: Debian's Chromium at "
+            "1440x900, a Right-arrow press until the new step is shown and the app is idle):",
+            "",
+            "| sample | steps | p50 (ms) | p95 (ms) | target |",
+            "|---|---|---|---|---|",
+        ]
+        for sample, r in latency.items():
+            out.append(
+                f"| {sample} | {r['presses']} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
+                "p50 <= 250 |"
             )
     out += ["", "| region map | build (ms) | JSON (KiB) | target |", "|---|---|---|---|"]
     for m in maps:

@@ -1,0 +1,134 @@
+"""Step latency in a real browser: how long a Right-arrow step takes, as a user feels it.
+
+Starts the app on a free port, opens it in Debian's Chromium (Playwright) at 1440x900, and times
+Right-arrow presses from the key press until the new step number is shown and the app is idle
+again, on a few samples. Prints p50 and p95 per sample (``--json``: one JSON object). Run by
+``make bench`` (``python -m explorer.bench``); never a test assertion (shared machines are noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+]
+#: (sample, first step, presses): the default sample, the lost race, the 1,024-region workload
+CASES = (("td_lifecycle", 100, 20), ("lost_race", 90, 20), ("workload_two_tds", 2000, 20))
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "streamlit_app.py",
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                if r.read() == b"ok":
+                    return proc
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("the app did not start within 60 s")
+
+
+def measure(url: str, chromium: str) -> dict[str, Any]:
+    from playwright.sync_api import sync_playwright
+
+    out: dict[str, Any] = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        for sample, first, presses in CASES:
+            page = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
+            page.set_default_timeout(180_000)  # the first load replays the trace
+            page.goto(f"{url}/?sample={sample}&step={first}")
+            page.wait_for_selector(f"text=/^Step {first} of \\d+/")
+            page.wait_for_selector(IDLE)
+            page.locator(".st-key-btn_next button").first.wait_for()
+            page.wait_for_timeout(2000)  # the buttons' shortcut listeners attach after render
+            times = []
+            for n in range(first + 1, first + 1 + presses):
+                t0 = time.perf_counter()
+                page.keyboard.press("ArrowRight")
+                page.wait_for_selector(f"text=/^Step {n} of \\d+/")
+                page.wait_for_selector(IDLE)
+                times.append((time.perf_counter() - t0) * 1000)
+            times.sort()
+            out[sample] = {
+                "presses": presses,
+                "p50_ms": statistics.median(times),
+                "p95_ms": times[int(0.95 * (len(times) - 1))],
+                "max_ms": times[-1],
+            }
+            page.context.close()
+        browser.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="tools/step_latency.py")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args(argv)
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        print("step latency: skipped, chromium is not installed (make chromium)", file=sys.stderr)
+        return 2
+    port = _port()
+    proc = _serve(port)
+    try:
+        result = measure(f"http://127.0.0.1:{port}", chromium)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for sample, r in result.items():
+            print(
+                f"{sample}: {r['presses']} Right-arrow steps, p50 {r['p50_ms']:.0f} ms, "
+                f"p95 {r['p95_ms']:.0f} ms, max {r['max_ms']:.0f} ms"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
