@@ -75,6 +75,10 @@ EXTRA_COLUMNS = ("trace_digest", "trace", "note", "key", "seconds", "worker", "s
 
 #: progress(points done, total, points per second, ETA in seconds)
 ProgressFn = Callable[[int, int, float, float], None]
+#: cancel() -> True once the sweep should stop (asked between points; see :func:`run_sweep`)
+CancelFn = Callable[[], bool]
+#: Seconds between looks at ``cancel`` while waiting for the cluster's next result.
+CANCEL_POLL_S = 0.05
 
 
 class SchedulerUnreachable(Exception):
@@ -521,10 +525,34 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
         yield client
 
 
+def _next_done(ac: Any, cancel: CancelFn | None) -> Any:
+    """The next finished future of ``ac``; None when every one was returned or ``cancel()``.
+
+    Without ``cancel`` this is ``next(ac)`` (it blocks). With it, the wait is in
+    :data:`CANCEL_POLL_S` steps, so a cancel is seen while a long point is still running
+    rather than when it ends.
+    """
+    if cancel is None:
+        return next(ac, None)
+    while not ac.has_ready():
+        if cancel() or ac.is_empty():
+            return None
+        time.sleep(CANCEL_POLL_S)
+    return None if cancel() else next(ac, None)
+
+
 def _dask_results(
-    client: Any, events: Sequence[Event], digest: str, todo: list[_Todo]
+    client: Any,
+    events: Sequence[Event],
+    digest: str,
+    todo: list[_Todo],
+    cancel: CancelFn | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Rows of ``todo`` from the cluster, as they complete (a bounded window in flight)."""
+    """Rows of ``todo`` from the cluster, as they complete (a bounded window in flight).
+
+    Once ``cancel()`` is true nothing more is submitted and the futures still in flight are
+    cancelled (without ``force``: a task another client also wants keeps running for it).
+    """
     distributed = importlib.import_module("distributed")
     blob = pickle.dumps(tuple(events), protocol=pickle.HIGHEST_PROTOCOL)
     [blob_future] = client.scatter([blob], broadcast=True, hash=False)
@@ -532,9 +560,12 @@ def _dask_results(
     window = max(64, 8 * nthreads)
     pending = iter(todo)
     by_key = {t.key: t for t in todo}
+    inflight: dict[str, Any] = {}  # key -> future, submitted and not yet returned
 
     def submit(t: _Todo) -> Any:
-        return client.submit(run_point, blob_future, digest, t.settings, t.key, key=t.key)
+        future = client.submit(run_point, blob_future, digest, t.settings, t.key, key=t.key)
+        inflight[t.key] = future
+        return future
 
     ac = distributed.as_completed(
         [submit(t) for t in itertools.islice(pending, window)],
@@ -542,7 +573,8 @@ def _dask_results(
         raise_errors=False,
     )
     try:
-        for future in ac:
+        while (future := _next_done(ac, cancel)) is not None:
+            inflight.pop(future.key, None)
             t = by_key[future.key]
             try:
                 row: dict[str, Any] = future.result()
@@ -556,13 +588,15 @@ def _dask_results(
     finally:
         ac.clear()
         with contextlib.suppress(Exception):
-            client.cancel([blob_future])
+            client.cancel([*inflight.values(), blob_future])
 
 
 def _serial_results(
-    events: Sequence[Event], digest: str, todo: list[_Todo]
+    events: Sequence[Event], digest: str, todo: list[_Todo], cancel: CancelFn | None = None
 ) -> Iterator[dict[str, Any]]:
     for t in todo:
+        if cancel is not None and cancel():
+            return
         yield run_point(events, digest, t.settings, t.key)
 
 
@@ -575,6 +609,7 @@ def run_sweep(
     client: Any = None,
     out: str | None = None,
     progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
     trace: str = "",
     note: str = "",
 ) -> list[dict[str, Any]]:
@@ -584,6 +619,12 @@ def run_sweep(
     ("tcp://HOST:PORT"); else a LocalCluster of ``workers`` processes (default: the CPU count);
     ``workers=1`` runs in this process. ``out``: a .parquet or .csv file to write (and resume
     from), ``-`` for CSV on stdout, None for no file. ``trace`` and ``note`` fill those columns.
+
+    ``progress`` is called after each row; ``cancel``, when given, is asked between points (and
+    while waiting for a cluster's result): once it returns True nothing more is submitted, the
+    pending tasks are cancelled, and the rows finished so far (written to ``out`` too, so a
+    rerun resumes) are returned -- the points' order, the points not run left out. The app's
+    background runner (:mod:`explorer.sweepjob`) uses both; the CLI neither cancels nor changes.
     """
     if len(points) > MAX_SWEEP_POINTS:
         raise SettingsError(
@@ -626,14 +667,14 @@ def run_sweep(
     sink.open()
     report()
     try:
-        if todo:
+        if todo and not (cancel is not None and cancel()):
             with contextlib.ExitStack() as stack:
                 if client is None and (scheduler or (workers or 0) != 1):
                     client = stack.enter_context(dask_client(scheduler, workers))
                 results = (
-                    _dask_results(client, events, digest, todo)
+                    _dask_results(client, events, digest, todo, cancel)
                     if client is not None
-                    else _serial_results(events, digest, todo)
+                    else _serial_results(events, digest, todo, cancel)
                 )
                 start = time.monotonic()  # the rate counts from the first submission
                 for result in results:
@@ -645,4 +686,4 @@ def run_sweep(
                     report()
     finally:
         sink.close()
-    return [done[k] for k in keys]
+    return [done[k] for k in keys if k in done]
