@@ -345,6 +345,57 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return EXIT_VIOLATIONS if any(r["violations"] for r in rows) else EXIT_OK
 
 
+def cmd_explore_grid(args: argparse.Namespace) -> int:
+    """Every interleaving of several traces x a grid of settings, one Dask task per search
+    (explorer.explore_grid): the race catalogue of every mode in one run."""
+    from explorer.explore_grid import run_grid, write_rows
+    from explorer.sweep import SchedulerUnreachable, grid_points, parse_vary
+
+    if args.max_states < 1:
+        raise _UsageError(f"--max-states must be at least 1, got {args.max_states}")
+    traces = []
+    grid = parse_vary(args.vary) if args.vary else {}
+    for path in args.traces:
+        if path == "-":
+            raise _UsageError("explore-grid reads trace files, not standard input")
+        trace = read_trace(path)
+        base = resolve_settings(trace, args.set or [])  # each trace's own header, then --set
+        with open(path, "rb") as f:
+            traces.append((trace.source, f.read(), grid_points(base, grid) if grid else [base]))
+    scheduler = args.scheduler or os.environ.get("DPAMT_SCHEDULER") or None
+
+    def progress(done: int, total: int) -> None:
+        print(f"\r{done} of {total} searches", end="", file=sys.stderr, flush=True)
+
+    try:
+        rows = run_grid(
+            traces,
+            max_states=args.max_states,
+            scheduler=scheduler,
+            workers=args.workers,
+            progress=progress,
+        )
+    except SchedulerUnreachable as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    print(file=sys.stderr)
+    write_rows(rows, args.out)
+    for r in rows:
+        print(
+            f"{r['trace']} mode={r['mode']}: {r['status']}, {r['states'] or 0:,} states, "
+            f"{r['end_states'] or 0} outcomes, findings {r['findings'] or 'none'}"
+            + (f" ({r['error']})" if r["error"] else ""),
+            file=sys.stderr,
+        )
+    if any(r["status"] == "error" for r in rows):
+        return EXIT_INVALID
+    if any(r["findings"] for r in rows):
+        return EXIT_VIOLATIONS
+    return EXIT_INCOMPLETE if any(r["status"] != "done" for r in rows) else EXIT_OK
+
+
 # ------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
@@ -388,6 +439,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="print 'progress states=N ...' lines on stderr every 1,000 states (for programs)",
     )
     x.set_defaults(func=cmd_explore, argv=None)
+    xg = sub.add_parser(
+        "explore-grid",
+        help="explore several traces x a grid of settings, one Dask task per search",
+    )
+    xg.add_argument("traces", nargs="+", help="trace files")
+    xg.add_argument("--vary", action="append", metavar="KEY=A..B|KEY=A,B")
+    xg.add_argument("--set", action="append", metavar="KEY=VALUE")
+    xg.add_argument("--max-states", type=int, default=1_000_000)
+    xg.add_argument("--out", default="-", help="FILE.parquet or FILE.csv, or - (CSV on stdout)")
+    xg.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="Dask scheduler")
+    xg.add_argument(
+        "--workers", type=int, default=None, help="local cluster workers (1: no cluster)"
+    )
+    xg.set_defaults(func=cmd_explore_grid)
     g = sub.add_parser("generate", help="write a synthetic workload trace")
     g.add_argument("workload", choices=sorted(WORKLOADS))
     g.add_argument("--tds", type=int, default=1)
