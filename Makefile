@@ -12,7 +12,7 @@ TSTAMP := $(VENV)/.installed-test-$(SUM)
 SAMPLE ?= td_lifecycle
 PORT   ?= 8501
 
-.PHONY: run test lint unit browser chromium bench loadtest fuzz goldens clean native
+.PHONY: run test lint unit browser chromium bpftrace bench loadtest fuzz goldens clean native
 
 # The engine compiled with mypyc (explorer/model/native.py): rebuilt when a model source changes;
 # without a C compiler the build says so and the pure Python engine runs (same results, slower).
@@ -51,19 +51,29 @@ chromium:
 	fi
 	@command -v chromium >/dev/null && chromium --version
 
+## bpftrace checks tools/capture/dpamt.bt in the tests (bpftrace -d: parse only); best effort:
+## without it the test of the script's source against docs/capture.md still runs
+bpftrace:
+	@if ! command -v bpftrace >/dev/null 2>&1; then \
+	  echo "Installing Debian's bpftrace to check tools/capture/dpamt.bt"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  ($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq bpftrace >/dev/null) \
+	    || echo "bpftrace could not be installed: its check of the script will be skipped"; \
+	fi
+
 lint: $(TSTAMP)
 	$(VENV)/bin/ruff check explorer app_pages tests tools streamlit_app.py
 	$(VENV)/bin/ruff format --check explorer app_pages tests tools streamlit_app.py
 	$(VENV)/bin/mypy
 
-unit: $(TSTAMP) $(NATIVE)
+unit: $(TSTAMP) $(NATIVE) bpftrace
 	$(PY) -m pytest -q -n 2 -m 'not browser and not slow'
 
 browser: $(TSTAMP) $(NATIVE) chromium
 	$(PY) -m pytest -q -m browser -p no:xdist
 
 ## make test: everything CI runs (lint, unit, AppTest, browser)
-test: $(TSTAMP) $(NATIVE) chromium lint
+test: $(TSTAMP) $(NATIVE) chromium bpftrace lint
 	$(PY) -m pytest -q -n 2 -m 'not browser and not slow'
 	$(PY) -m pytest -q -m browser -p no:xdist
 
