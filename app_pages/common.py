@@ -94,8 +94,8 @@ def problems_table(problems: Sequence[Problem]) -> None:
 
 
 @st.cache_resource(max_entries=REPLAY_CACHE_ENTRIES, show_spinner=False)
-def _parse(key: str, source: str, _data: bytes) -> Trace:
-    return parse_trace(_data, source)
+def _parse(key: str, source: str, _data: bytes, _progress: Any = None) -> Trace:
+    return parse_trace(_data, source, _progress)
 
 
 @st.cache_resource(max_entries=REPLAY_CACHE_ENTRIES, show_spinner=False)
@@ -147,14 +147,48 @@ def load_sample(name: str) -> None:
         st.session_state.pop(f"knob_{knob}", None)
 
 
+#: Uploads with more events than this show a progress bar while they are parsed and replayed.
+PROGRESS_EVENTS = 20_000
+
+
 def load_upload(name: str, data: bytes) -> tuple[Problem, ...] | None:
-    """Parse an upload; on errors the loaded trace stays as it was and its problems are
-    returned (plain data: the exception, whose traceback holds the decompressed bytes, is
-    dropped here and never stored)."""
+    """Parse an upload, and replay a long one, before it replaces the loaded trace; on errors
+    the loaded trace stays as it was and its problems are returned (plain data: the exception,
+    whose traceback holds the decompressed bytes, is dropped here and never stored).
+
+    A long upload shows one progress bar from its first line: parsing, then replaying (the
+    replay is cached, so the page that follows finds it). Until both are done the previous
+    trace stays loaded: if the user stops the run meanwhile (Streamlit's Stop), the
+    ``loading`` mark is left behind and the next run says the load was cancelled
+    (:func:`cancelled_load_note`), with the previous trace still there."""
+    key = content_key(data)
+    bar = st.progress(0.0, text=f"Loading {name}: reading") if len(data) > 1 << 20 else None
+    st.session_state.loading = name
+
+    def parsing(frac: float, msg: str) -> None:
+        if bar is not None:
+            bar.progress(0.5 * frac, text=f"Loading {name}: parsing, {msg}")
+
     try:
-        trace = _parse(content_key(data), name, data)
+        trace = _parse(key, name, data, parsing if bar is not None else None)
     except TraceError as exc:
+        st.session_state.pop("loading", None)
+        if bar is not None:
+            bar.empty()
         return tuple(exc.problems)
+    if len(trace.events) > PROGRESS_EVENTS:
+        settings = Settings().with_overrides(trace.settings, source=name)
+        if bar is None:
+            bar = st.progress(0.5, text=f"Loading {name}: replaying")
+
+        def replaying(frac: float, msg: str) -> None:
+            assert bar is not None
+            bar.progress(0.5 + 0.5 * min(frac, 1.0), text=f"Loading {name}: replaying, {msg}")
+
+        _timeline(key, settings_key(settings), trace, settings, replaying)
+    if bar is not None:
+        bar.empty()
+    st.session_state.pop("loading", None)
     st.session_state.loaded = Loaded("upload", name, data, trace)
     st.session_state.pop("upload_error", None)
     st.session_state.overrides = {}
@@ -227,9 +261,19 @@ def sidebar_trace_picker() -> None:
         )
 
 
+def cancelled_load_note() -> None:
+    """After a load the user stopped (Streamlit's Stop, mid-parse or mid-replay): say so once;
+    the previous trace is still loaded."""
+    name = st.session_state.pop("loading", None)
+    if name is not None:
+        loaded: Loaded = st.session_state.loaded
+        st.warning(f"The load of {name} was cancelled; {loaded.source} is still loaded.")
+
+
 def show_upload_errors() -> None:
     """The problems of the last refused upload, until another trace loads or they are
     dismissed."""
+    cancelled_load_note()
     bad: RejectedUpload | None = st.session_state.get("upload_error")
     if bad is None:
         return

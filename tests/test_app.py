@@ -403,3 +403,32 @@ def test_about_quotes_the_cover_letters_rows() -> None:
     assert "| 256GB | maxpa (52 bits) | 1.02 GB | 8.01 GB | (8x) |" in text
     assert "| 2TB | RAM size | 8.19 GB | 0.08 GB | 99x |" in text
     assert "Where Dynamic PAMT costs more" in text and "rick.p.edgecombe" in text
+
+
+def test_a_stopped_load_says_so_and_keeps_the_previous_trace() -> None:
+    """A long upload is parsed and replayed before it replaces the loaded trace; a run stopped
+    meanwhile leaves the loading mark, and the next run says the load was cancelled."""
+    at = _app()
+    at.session_state.loading = "big.jsonl"  # what a stopped load leaves behind
+    at.run()
+    assert not at.exception
+    notes = [w.value for w in at.warning]
+    assert any("The load of big.jsonl was cancelled" in n for n in notes), notes
+    assert at.session_state.loaded.name == DEFAULT_SAMPLE
+    at.run()  # said once
+    assert not any("was cancelled" in w.value for w in at.warning)
+
+
+def test_a_long_upload_shows_progress_from_its_first_line() -> None:
+    """parse_trace reports as it parses, against the line count of its first pass."""
+    from explorer.trace import parse_trace
+    from explorer.trace.generate import boot
+
+    text = "\n".join(boot(tds=1, vcpus=2, faults=150_000, seed=1)) + "\n"
+    seen: list[tuple[float, str]] = []
+    trace = parse_trace(text.encode(), "big.jsonl", lambda f, m: seen.append((f, m)))
+    assert len(trace.events) > 150_000
+    assert seen[0] == (0.0, "checking the file") and len(seen) >= 3
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and 0.3 < fractions[-1] <= 1.0
+    assert "of" in seen[-1][1] and "lines" in seen[-1][1]

@@ -143,6 +143,7 @@ class _Scan:
     """What the first pass learns about the bytes before any line is parsed."""
 
     first: bytes  # the first content line (at most MAX_LINE_BYTES of it), b"" if none
+    lines: int = 0  # lines in the file (for progress: the second pass reports against it)
 
 
 def _refuse(source: str, line: int, col: int, reason: str, expected: str = "") -> TraceError:
@@ -279,7 +280,7 @@ def _scan(data: bytes, source: str, *, exact: bool = False) -> _Scan:
                 _too_many_events(source, lines + 1)
     if blank:
         raise _refuse(source, 0, 0, "the trace is empty", "a JSON Lines or CSV trace")
-    return _Scan(first or b"")
+    return _Scan(first or b"", lines + (1 if carry else 0))
 
 
 def _too_many_events(source: str, line: int) -> NoReturn:
@@ -734,22 +735,48 @@ def _loads(raw: str) -> Any:
 
 
 # ------------------------------------------------------------------ entry point
-def parse_trace(data: bytes, source: str = "trace") -> Trace:
-    """Parse ``data`` (the file's bytes; ``source`` names it in messages) into a :class:`Trace`."""
+#: Lines between two progress reports of :func:`parse_trace`.
+PROGRESS_LINES = 1 << 16
+
+
+def parse_trace(
+    data: bytes, source: str = "trace", progress: Callable[[float, str], None] | None = None
+) -> Trace:
+    """Parse ``data`` (the file's bytes; ``source`` names it in messages) into a :class:`Trace`.
+
+    ``progress(fraction, text)``, when given, is called as the lines are parsed (every
+    :data:`PROGRESS_LINES` lines), so that a long upload shows progress from its first line."""
     with gc_paused():
-        return _parse_trace(data, source)
+        return _parse_trace(data, source, progress)
 
 
-def _parse_trace(data: bytes, source: str) -> Trace:
+def _reporting(
+    lines: Iterator[tuple[int, str]], total: int, progress: Callable[[float, str], None]
+) -> Iterator[tuple[int, str]]:
+    due = PROGRESS_LINES
+    for item in lines:
+        if item[0] >= due:
+            due += PROGRESS_LINES
+            progress(min(item[0] / max(total, 1), 1.0), f"{item[0]:,} of {total:,} lines")
+        yield item
+
+
+def _parse_trace(
+    data: bytes, source: str, progress: Callable[[float, str], None] | None = None
+) -> Trace:
     """Two streaming passes over the bytes (each chunk decompressed and decoded as it comes):
     :func:`_scan` refuses what is refused whole (bad gzip, binary, empty, too many events)
     before anything is parsed, then the lines are parsed one by one."""
+    if progress is not None:
+        progress(0.0, "checking the file")
     try:
         scan = _scan(data, source)
     except _TooManyLines:
         scan = _scan(data, source, exact=True)
     c = _Collector(source)
     lines = _lines(data, source, c)
+    if progress is not None:
+        lines = _reporting(lines, scan.lines, progress)
     if _is_csv(scan.first, source):
         return _parse_csv(lines, c)
     return _parse_jsonl(lines, c)
