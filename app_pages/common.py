@@ -31,9 +31,11 @@ from explorer.appsupport import (
     sample_bytes,
     settings_key,
 )
+from explorer.capture import looks_like_capture, parse_capture
 from explorer.csvsafe import escape_frame
+from explorer.designs import help_text
 from explorer.metrics import RunMetrics, run_metrics
-from explorer.model.constants import mode_label
+from explorer.model.constants import MODES, mode_label
 from explorer.model.errors import Problem, TraceError
 from explorer.model.settings import Settings
 from explorer.timeline import Timeline, replay
@@ -54,7 +56,9 @@ KNOB_HELP = {
     "worst_case_tables": "min of KVM's page-table caches per fault (PT64_ROOT_MAX_LEVEL)",
     "dpamt_gets_per_fault": "n of tdx_topup_pamt_cache(cache, n): the cache holds 2n pages",
     "ept_levels": "4-level EPT: 3 non-root tables per fault at most; 5-level: 4",
-    "mode": "v6 as posted, its variants, and the designs the seed rejected",
+    # each mode's summary and where it comes from (explorer.designs: the seed's own reasons)
+    "mode": "v6 as posted, its variants, and the designs the seed rejected:\n\n"
+    + "\n\n".join(help_text(m).split("\n")[0] for m in MODES),
     "allocator": "lowest packs pages into regions; spread scatters them (worst case for DPAMT)",
     "schedule": "how concurrent events (same t) interleave",
     "seed": "seed of the random allocator and schedule",
@@ -161,6 +165,8 @@ def load_upload(name: str, data: bytes) -> tuple[Problem, ...] | None:
     trace stays loaded: if the user stops the run meanwhile (Streamlit's Stop), the
     ``loading`` mark is left behind and the next run says the load was cancelled
     (:func:`cancelled_load_note`), with the previous trace still there."""
+    if looks_like_capture(data):
+        return _load_capture(name, data)
     key = content_key(data)
     bar = st.progress(0.0, text=f"Loading {name}: reading") if len(data) > 1 << 20 else None
     st.session_state.loading = name
@@ -242,8 +248,9 @@ def sidebar_trace_picker() -> None:
     # upload the uploader gets a new key, so it is empty again (and Streamlit drops its bytes).
     generation = int(st.session_state.get("upload_generation", 0))
     up = st.sidebar.file_uploader(
-        f"...or upload a trace (.jsonl, .jsonl.gz, .csv; up to {UPLOAD_LIMIT_MB} MB)",
-        type=["jsonl", "gz", "csv"],
+        f"...or upload a trace (.jsonl, .jsonl.gz, .csv) or a kernel capture "
+        f"(tools/capture/dpamt.bt's .txt); up to {UPLOAD_LIMIT_MB} MB",
+        type=["jsonl", "gz", "csv", "txt"],
         key=f"upload_{generation}",
     )
     if up is not None and st.session_state.get("upload_seen") != up.file_id:
@@ -259,6 +266,53 @@ def sidebar_trace_picker() -> None:
             f"The upload has {len(bad.problems)} problem(s) and was not loaded; the previous "
             "trace is still loaded. See the list on the page."
         )
+
+
+@dataclass(frozen=True)
+class CaptureInfo:
+    """A kernel capture loaded as its imported trace, and the model's conformance to it."""
+
+    source: str  # the capture's file name
+    trace_key: str  # content_key of the imported trace's bytes: whose views these are
+    conformance: Any  # explorer.capture_import.Conformance
+
+
+def _load_capture(name: str, data: bytes) -> tuple[Problem, ...] | None:
+    """A kernel capture (tools/capture/dpamt.bt's output, told apart by its content): imported
+    as a trace (explorer.capture_import), checked against the model (``conform``), loaded as the
+    imported trace; the conformance stays beside it for Explore's markers and jumps."""
+    from explorer.capture_import import conform, import_capture
+    from explorer.trace.write import dump_trace
+
+    try:
+        cap = parse_capture(data, name)
+    except TraceError as exc:
+        return tuple(exc.problems)
+    imp = import_capture(cap)
+    text = dump_trace(
+        imp.events, title=f"imported from {name}", settings=imp.settings.to_dict()
+    ).encode()
+    stem = name.rsplit(".", 1)[0]
+    source = f"{stem}.imported.jsonl"
+    key = content_key(text)
+    trace = _parse(key, source, text)
+    st.session_state.loaded = Loaded("upload", source, text, trace)
+    st.session_state.capture_info = CaptureInfo(name, key, conform(cap))
+    st.session_state.pop("upload_error", None)
+    st.session_state.overrides = {}
+    st.session_state.cursor = -1
+    st.session_state.playing = False
+    for knob in KNOBS:
+        st.session_state.pop(f"knob_{knob}", None)
+    return None
+
+
+def capture_info(loaded: Loaded) -> CaptureInfo | None:
+    """The capture the loaded trace was imported from, if it was."""
+    info: CaptureInfo | None = st.session_state.get("capture_info")
+    if info is None or info.trace_key != content_key(loaded.data):
+        return None
+    return info
 
 
 def cancelled_load_note() -> None:

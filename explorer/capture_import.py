@@ -429,13 +429,25 @@ class Divergence:
 
 
 @dataclass(frozen=True)
+class Match:
+    """An observation on which the kernel and the model agree: where each side has it."""
+
+    line: int
+    kind: str
+    value: Any
+    step: int
+
+
+@dataclass(frozen=True)
 class Conformance:
-    """``ok`` when no divergence; ``observations`` compared (kernel side)."""
+    """``ok`` when no divergence; ``observations`` compared (kernel side). ``matches``: the
+    observations that agree, for the app's timeline markers (not part of ``--json``)."""
 
     ok: bool
     observations: int
     divergences: list[Divergence]
     stopped: str | None = None
+    matches: list[Match] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -577,6 +589,7 @@ def conform(capture: Capture, settings: Settings | None = None) -> Conformance:
     fwd: dict[int, int] = {}
     back: dict[int, int] = {}
     divs: list[Divergence] = []
+    matches: list[Match] = []
     total = 0
     for cpu in sorted(set(kern) | set(model)):
         kinds = sorted({k for k, _, _ in kern.get(cpu, [])} | {k for k, _, _ in model.get(cpu, [])})
@@ -598,10 +611,14 @@ def conform(capture: Capture, settings: Settings | None = None) -> Conformance:
                     kr, mr = k[1], m[1]
                     if fwd.get(kr, mr) == mr and back.get(mr, kr) == kr:
                         fwd[kr], back[mr] = mr, kr
+                        matches.append(Match(line, kind, hex(kr), step))
                         continue
                     divs.append(Divergence(line, kind, hex(kr), hex(mr), step))
                 elif k[1] != m[1]:
                     divs.append(Divergence(line, kind, k[1], m[1], step))
+                else:
+                    matches.append(Match(line, kind, k[1], step))
     divs.sort(key=lambda d: (d.line, d.kind))
     stopped = tl.stopped.message if tl.stopped is not None else None
-    return Conformance(not divs and stopped is None, total, divs, stopped)
+    matches.sort(key=lambda m: (m.step, m.line))
+    return Conformance(not divs and stopped is None, total, divs, stopped, matches)

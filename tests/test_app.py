@@ -432,3 +432,11 @@ def test_a_long_upload_shows_progress_from_its_first_line() -> None:
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and 0.3 < fractions[-1] <= 1.0
     assert "of" in seen[-1][1] and "lines" in seen[-1][1]
+
+
+def test_the_sidebar_mode_help_gives_each_designs_summary() -> None:
+    at = _app()
+    box = next(s for s in at.sidebar.selectbox if s.label.startswith("mode"))
+    assert "**v6**" in box.help and "**mempool**" in box.help
+    assert "DELIBERATELY BROKEN" in box.help  # v6-no-recheck says what it is
+    assert "v6-no-recheck (deliberately broken)" in box.options
