@@ -14,6 +14,7 @@ from explorer.views.animation import animation_figure, animation_html
 from explorer.views.caches import kvm_caches_figure, pamt_cache_figure
 from explorer.views.changes import diff_snapshots, effects_table
 from explorer.views.code import code_panel, lock_summary
+from explorer.views.export import DEFAULT_FORMAT, FORMATS, slide_config
 from explorer.views.refcounts import dpamt_over_time_figure, refcount_figure
 from explorer.views.region_map import region_map
 
@@ -320,10 +321,14 @@ def view(
         st.plotly_chart(
             region_map(snap, changed, color_by=color_by, height=300),
             key="chart_region_map",
+            config=_config("region_map"),
             width="stretch",
         )
         st.plotly_chart(
-            pamt_cache_figure(snap, height=240), key="chart_pamt_cache", width="stretch"
+            pamt_cache_figure(snap, height=240),
+            key="chart_pamt_cache",
+            config=_config("pamt_cache"),
+            width="stretch",
         )
     with right:
         if step is None:
@@ -374,10 +379,20 @@ def view(
                 st.caption("Nothing yet: this is the state before the first step.")
     if opened[1]:
         with tabs[1]:
-            st.plotly_chart(refcount_figure(snap, changed), key="chart_refcounts", width="stretch")
+            st.plotly_chart(
+                refcount_figure(snap, changed),
+                key="chart_refcounts",
+                config=_config("refcounts"),
+                width="stretch",
+            )
     if opened[2]:
         with tabs[2]:
-            st.plotly_chart(kvm_caches_figure(snap), key="chart_kvm_caches", width="stretch")
+            st.plotly_chart(
+                kvm_caches_figure(snap),
+                key="chart_kvm_caches",
+                config=_config("kvm_caches"),
+                width="stretch",
+            )
     if opened[3]:
         with tabs[3]:
             st.plotly_chart(
@@ -389,6 +404,7 @@ def view(
                     cursor=i,
                 ),
                 key="chart_over_time",
+                config=_config("over_time"),
                 width="stretch",
             )
     if opened[4]:
@@ -425,20 +441,48 @@ def view(
     common.sync_url(settings)
 
 
+def _config(name: str) -> dict[str, object]:
+    """The charts' Plotly config: the camera button saves a slide-size image (the format chosen
+    in the sidebar), named after the chart."""
+    return slide_config(st.session_state.get("export_format", DEFAULT_FORMAT), f"dpamt-{name}")
+
+
+def export_choice() -> None:
+    """The camera button's format, kept in ``export_format`` (not a widget key: the Learn page,
+    which has no such widget, reads it too)."""
+    if "export_format_choice" not in st.session_state:
+        st.session_state.export_format_choice = st.session_state.get(
+            "export_format", DEFAULT_FORMAT
+        )
+    st.session_state.export_format = st.sidebar.radio(
+        "Export format for the charts' camera button",
+        list(FORMATS),
+        format_func=lambda f: FORMATS[f],
+        horizontal=True,
+        key="export_format_choice",
+        help="The camera button at a chart's top right saves it as a 1920x1080 slide image "
+        "(the browser draws it: nothing is sent to a server).",
+    )
+
+
 def animation_tab(tl: Timeline, i: int) -> None:
     st.caption(
-        "Plays in the browser, with no round-trip to the server: the region map and "
-        "the caches over the 30 steps around the cursor."
+        "Plays in the browser, with no round-trip to the server: the region map, the caches, "
+        "each step's narration and its CPU's code over the 30 steps around the cursor."
     )
     if st.button("Build the animation", key="btn_animation"):
         lo, hi = max(i - 15, 0), min(i + 15, tl.nr_steps)
-        window = [(tl.state_at(k), tl.changed_regions(k), tl.step(k).label) for k in range(lo, hi)]
+        window = [
+            (tl.state_at(k), tl.changed_regions(k), tl.step(k).narration) for k in range(lo, hi)
+        ]
         if window:
-            fig = animation_figure(window)
+            fig = animation_figure(window, [tl.step(k).cpu for k in range(lo, hi)])
             st.session_state.animation = (lo, hi, fig)
     anim = st.session_state.get("animation")
     if anim is not None:
-        st.plotly_chart(anim[2], key="chart_animation", width="stretch")
+        st.plotly_chart(
+            anim[2], key="chart_animation", config=_config("animation"), width="stretch"
+        )
         st.download_button(
             "Download as standalone HTML",
             animation_html(anim[2]),
@@ -486,6 +530,7 @@ def main() -> None:
     problems = common.init_session()
     common.sidebar_trace_picker()
     settings = common.sidebar_settings()
+    export_choice()
     st.sidebar.caption(
         "Why 10 pages: each DPAMT get uses 0 pages (fast path) or 2 (a PAMT pair). "
         "A 4 KiB fault links at most 4 non-root S-EPT tables (5-level EPT; the root "

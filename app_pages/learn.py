@@ -13,9 +13,12 @@ Tour text is the repository's, but it is shown like any other text we did not wr
 
 from __future__ import annotations
 
+from functools import partial
+
 import streamlit as st
 
 from app_pages import common
+from explorer.handout import tour_handout_html
 from explorer.model.settings import Settings
 from explorer.predict import PredictionSession
 from explorer.timeline import Timeline
@@ -23,6 +26,7 @@ from explorer.tours import ResolvedStop, TourError, resolve, tour_for, tour_name
 from explorer.views.caches import kvm_caches_figure, pamt_cache_figure
 from explorer.views.changes import diff_snapshots, effects_table
 from explorer.views.code import code_panel, lock_summary
+from explorer.views.export import DEFAULT_FORMAT, slide_config
 from explorer.views.refcounts import dpamt_over_time_figure, refcount_figure
 from explorer.views.region_map import region_map
 
@@ -81,6 +85,12 @@ def _move_stop(delta: int, n: int) -> None:
     st.session_state.learn_stop = min(max(int(st.session_state.learn_stop) + delta, 0), n - 1)
 
 
+def _config(name: str) -> dict[str, object]:
+    """The charts' Plotly config: the camera button saves a slide-size image, in the format
+    chosen on the Explore page's sidebar (``export_format``)."""
+    return slide_config(st.session_state.get("export_format", DEFAULT_FORMAT), f"dpamt-{name}")
+
+
 def _show_view(tl: Timeline, stop: ResolvedStop) -> None:
     """The view the stop names, at its step."""
     i = stop.step
@@ -91,13 +101,19 @@ def _show_view(tl: Timeline, stop: ResolvedStop) -> None:
     st.caption(f"view: {stop.view_title}")
     if view == "region_map" or view == "animation":
         st.plotly_chart(
-            region_map(snap, changed, height=300), key="chart_learn_map", width="stretch"
+            region_map(snap, changed, height=300),
+            key="chart_learn_map",
+            config=_config("learn_map"),
+            width="stretch",
         )
         if view == "animation":
             st.caption("The animation plays on the Explore page (Animation tab).")
     elif view == "pamt_caches":
         st.plotly_chart(
-            pamt_cache_figure(snap, height=260), key="chart_learn_cache", width="stretch"
+            pamt_cache_figure(snap, height=260),
+            key="chart_learn_cache",
+            config=_config("learn_cache"),
+            width="stretch",
         )
     elif view == "code":
         panel = code_panel(snap)
@@ -112,10 +128,18 @@ def _show_view(tl: Timeline, stop: ResolvedStop) -> None:
         st.dataframe(effects_table(step), hide_index=True, width="stretch")
     elif view == "refcounts":
         st.plotly_chart(
-            refcount_figure(snap, changed), key="chart_learn_refcounts", width="stretch"
+            refcount_figure(snap, changed),
+            key="chart_learn_refcounts",
+            config=_config("learn_refcounts"),
+            width="stretch",
         )
     elif view == "kvm_caches":
-        st.plotly_chart(kvm_caches_figure(snap), key="chart_learn_kvm", width="stretch")
+        st.plotly_chart(
+            kvm_caches_figure(snap),
+            key="chart_learn_kvm",
+            config=_config("learn_kvm"),
+            width="stretch",
+        )
     elif view == "over_time":
         st.plotly_chart(
             dpamt_over_time_figure(
@@ -126,6 +150,7 @@ def _show_view(tl: Timeline, stop: ResolvedStop) -> None:
                 cursor=i,
             ),
             key="chart_learn_over_time",
+            config=_config("learn_over_time"),
             width="stretch",
         )
     elif view == "diff":
@@ -138,7 +163,7 @@ def _show_view(tl: Timeline, stop: ResolvedStop) -> None:
             st.text(d.message)
 
 
-def tour_tab(tl: Timeline, tours: list[str]) -> None:
+def tour_tab(tl: Timeline, tours: list[str], settings: Settings) -> None:
     loaded: common.Loaded = st.session_state.loaded
     if "learn_tour" not in st.session_state:
         st.session_state.learn_tour = loaded.name if loaded.name in tours else None
@@ -207,6 +232,17 @@ def tour_tab(tl: Timeline, tours: list[str]) -> None:
             st.switch_page("app_pages/explore.py")
     with right:
         _show_view(tl, stop)
+    st.download_button(
+        "Download this tour as a handout (HTML)",
+        # built on the click only: the page inlines plotly.js (a few MB) to work offline
+        partial(tour_handout_html, tour, tl, settings),
+        file_name=f"dpamt-tour-{tour_name}.html",
+        mime="text/html",
+        on_click="ignore",
+        key="btn_tour_handout",
+        help="One standalone page (works offline): every stop with its text, narration and view, "
+        "laid out for printing",
+    )
 
 
 # ------------------------------------------------------------------ predict
@@ -299,7 +335,7 @@ def main() -> None:
         return
     tab_tour, tab_predict = st.tabs(["Tour", "Predict"])
     with tab_tour:
-        tour_tab(tl, tours)
+        tour_tab(tl, tours, settings)
     with tab_predict:
         predict_tab(tl, common.replay_key(loaded, settings))
 
