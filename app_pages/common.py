@@ -133,6 +133,7 @@ def init_session() -> list[str]:
         name, f"{name}.jsonl", data, _parse(content_key(data), f"{name}.jsonl", data)
     )
     st.session_state.overrides = dict(view.overrides)
+    st.session_state.review_notes = dict(view.notes)
     st.session_state.cursor = view.step
     st.session_state.playing = False
     return problems
@@ -144,6 +145,7 @@ def load_sample(name: str) -> None:
         name, f"{name}.jsonl", data, _parse(content_key(data), f"{name}.jsonl", data)
     )
     st.session_state.pop("upload_error", None)
+    st.session_state.review_notes = {}
     st.session_state.overrides = {}
     st.session_state.cursor = -1
     st.session_state.playing = False
@@ -197,6 +199,7 @@ def load_upload(name: str, data: bytes) -> tuple[Problem, ...] | None:
     st.session_state.pop("loading", None)
     st.session_state.loaded = Loaded("upload", name, data, trace)
     st.session_state.pop("upload_error", None)
+    st.session_state.review_notes = {}
     st.session_state.overrides = {}
     st.session_state.cursor = -1
     st.session_state.playing = False
@@ -299,6 +302,7 @@ def _load_capture(name: str, data: bytes) -> tuple[Problem, ...] | None:
     st.session_state.loaded = Loaded("upload", source, text, trace)
     st.session_state.capture_info = CaptureInfo(name, key, conform(cap))
     st.session_state.pop("upload_error", None)
+    st.session_state.review_notes = {}
     st.session_state.overrides = {}
     st.session_state.cursor = -1
     st.session_state.playing = False
@@ -424,6 +428,7 @@ def sync_url(settings: Settings) -> None:
         int(st.session_state.get("cursor", -1)),
         settings,
         trace_settings(loaded),
+        st.session_state.get("review_notes") or None,
     )
     if st.query_params.to_dict() != params:
         st.query_params.from_dict(params)

@@ -7,11 +7,20 @@ import time
 import streamlit as st
 
 from app_pages import common
-from explorer.appsupport import Place, place_in, stop_note
+from explorer.appsupport import (
+    MAX_NOTE_CHARS,
+    MAX_NOTES,
+    Place,
+    notes_in_trace,
+    place_in,
+    stop_note,
+)
 from explorer.model.settings import Settings
 from explorer.timeline import Timeline
+from explorer.trace.write import dump_trace
 from explorer.views.animation import animation_figure, animation_html
 from explorer.views.caches import kvm_caches_figure, pamt_cache_figure
+from explorer.views.capture import capture_markers_figure, divergence_steps
 from explorer.views.changes import diff_snapshots, effects_table
 from explorer.views.code import code_panel, lock_summary
 from explorer.views.export import DEFAULT_FORMAT, FORMATS, slide_config
@@ -28,6 +37,8 @@ JUMP_KINDS = {
     "a livelock": "livelock",
     "a violation": "violation",
     "a warning": "warning",
+    "a divergence from the kernel capture": "divergence",
+    "a review note": "review_note",
 }
 OPS = (
     "fault",
@@ -39,6 +50,7 @@ OPS = (
     "td_destroy",
     "inject",
     "note",
+    "schedule",
 )
 COMPACT_CSS = "<style>.block-container{padding-top:2.6rem;padding-bottom:1rem}</style>"
 #: Seconds between steps while playing.
@@ -58,6 +70,8 @@ TABS = (
     "Diff two steps",
     "Animation",
     "Diagnostics",
+    "Kernel capture",
+    "Review notes",
     "Display",
 )
 NUMBERING = (
@@ -115,8 +129,30 @@ def _speed_changed() -> None:
         st.session_state.play_changed = True  # a new timer period: rerun the app
 
 
+def _jump_to_one_of(steps: list[int], direction: int, what: str) -> None:
+    """The next (previous) of ``steps`` after (before) the cursor."""
+    cursor = int(st.session_state.cursor)
+    found = [x for x in steps if (x > cursor if direction > 0 else x < cursor)]
+    if not found:
+        st.session_state.jump_note = f"no {'later' if direction > 0 else 'earlier'} {what}"
+        return
+    st.session_state.jump_note = ""
+    _set_cursor(found[0] if direction > 0 else found[-1])
+
+
 def _jump(tl: Timeline, direction: int) -> None:
     kind = JUMP_KINDS[st.session_state.jump_kind]
+    if kind == "divergence":
+        info = common.capture_info(st.session_state.loaded)
+        if info is None:
+            st.session_state.jump_note = "no kernel capture is loaded (upload one)"
+            return
+        _jump_to_one_of(divergence_steps(info.conformance.divergences), direction, "divergence")
+        return
+    if kind == "review_note":
+        notes = st.session_state.get("review_notes") or {}
+        _jump_to_one_of(sorted(notes), direction, "review note")
+        return
     arg: object = None
     if kind == "op":
         arg = st.session_state.jump_op
@@ -351,6 +387,10 @@ def view(
                     f"{d.kind}: {d.code}"
                 )
                 st.text(d.message)
+            pinned = (st.session_state.get("review_notes") or {}).get(step.index)
+            if pinned:
+                st.info("Review note on this step:")
+                st.text(pinned)
         panel = code_panel(snap)
         panel.sort(key=lambda c: (step is None or c.cpu != step.cpu, c.cpu))
         for cpu in panel[:2]:
@@ -430,7 +470,13 @@ def view(
     if opened[6]:
         with tabs[6]:
             diagnostics_tab(tl)
-    with tabs[7]:  # always drawn: the radio keeps its value while another tab is open
+    if opened[7]:
+        with tabs[7]:
+            capture_tab(tl, loaded, i)
+    if opened[8]:
+        with tabs[8]:
+            notes_tab(tl, loaded, i)
+    with tabs[9]:  # always drawn: the radio keeps its value while another tab is open
         st.radio(
             "colour regions by",
             ["dpamt", "owner"],
@@ -439,6 +485,109 @@ def view(
             format_func=lambda c: "DPAMT state" if c == "dpamt" else "page owner",
         )
     common.sync_url(settings)
+
+
+def capture_tab(tl: Timeline, loaded: common.Loaded, i: int) -> None:
+    """A kernel capture's observations on the timeline, and where the model parts from it."""
+    info = common.capture_info(loaded)
+    if info is None:
+        st.caption(
+            "No kernel capture is loaded. Upload one (the output of tools/capture/dpamt.bt, "
+            "docs/capture.md): it is imported as a trace and checked against the model, "
+            "observation by observation."
+        )
+        return
+    c = info.conformance
+    verdict = (
+        "the model agrees with every observation" if c.ok else f"{len(c.divergences)} divergence(s)"
+    )
+    st.markdown(f"**{info.source}**: {c.observations} kernel observations compared; {verdict}.")
+    if c.stopped:
+        st.warning("The imported trace's replay stopped:")
+        st.text(c.stopped)
+    st.plotly_chart(
+        capture_markers_figure(c.matches, c.divergences, i, tl.nr_steps),
+        key="chart_capture",
+        config=_config("capture"),
+        width="stretch",
+    )
+    if c.divergences:
+        st.dataframe(
+            common.safe_frame(
+                [
+                    {
+                        "capture line": d.line,
+                        "kind": d.kind,
+                        "kernel": str(d.observed),
+                        "model": str(d.predicted),
+                        "step": d.step,
+                    }
+                    for d in c.divergences
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+            key="table_divergences",
+        )
+        st.caption("Jump to them with 'a divergence from the kernel capture' above.")
+
+
+def _pin_note(i: int) -> None:
+    text = str(st.session_state.get("note_text", "")).strip()[:MAX_NOTE_CHARS]
+    notes = dict(st.session_state.get("review_notes") or {})
+    if not text:
+        notes.pop(i, None)
+    elif len(notes) < MAX_NOTES or i in notes:
+        notes[i] = text
+    st.session_state.review_notes = notes
+    st.session_state.note_text = ""
+
+
+def notes_tab(tl: Timeline, loaded: common.Loaded, i: int) -> None:
+    """A reviewer's notes pinned to steps: carried by the link (the URL) and, on download, by
+    the trace itself (a ``note`` event before the step's event)."""
+    notes: dict[int, str] = dict(st.session_state.get("review_notes") or {})
+    if i >= 0:
+        c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
+        c1.text_input(
+            f"note for step {i} (empty: remove it)",
+            key="note_text",
+            max_chars=MAX_NOTE_CHARS,
+            placeholder=notes.get(i, "e.g. look here: this is the lost race"),
+        )
+        c2.button("Pin to this step", key="btn_pin_note", on_click=_pin_note, args=(i,))
+    else:
+        st.caption("Step to a step to pin a note to it.")
+    if not notes:
+        st.caption(
+            f"No note yet. Notes go into the link (this page's URL) and into the trace you "
+            f"download here; at most {MAX_NOTES}."
+        )
+        return
+    st.dataframe(
+        common.safe_frame(
+            [{"step": k, "note": v} for k, v in sorted(notes.items())], columns=["step", "note"]
+        ),
+        hide_index=True,
+        width="stretch",
+        key="table_notes",
+    )
+    events = notes_in_trace(tl.events, tl, notes)
+    st.download_button(
+        "Download the trace with these notes (note events)",
+        dump_trace(
+            events,
+            title=loaded.trace.title,
+            description=loaded.trace.description,
+            settings=settings_dict(tl),
+        ),
+        file_name=loaded.source.rsplit(".", 1)[0] + "-notes.jsonl",
+        key="btn_download_notes",
+    )
+
+
+def settings_dict(tl: Timeline) -> dict[str, object]:
+    return dict(tl.settings.to_dict())
 
 
 def _config(name: str) -> dict[str, object]:

@@ -72,11 +72,48 @@ def settings_key(settings: Settings) -> tuple[tuple[str, Any], ...]:
 
 @dataclass
 class ViewState:
-    """What the URL carries: the sample, the step cursor, and the settings that differ."""
+    """What the URL carries: the sample, the step cursor, the settings that differ, and the
+    reviewer's notes pinned to steps."""
 
     sample: str = DEFAULT_SAMPLE
     step: int = -1
     overrides: dict[str, Any] = field(default_factory=dict)
+    notes: dict[int, str] = field(default_factory=dict)
+
+
+#: Review notes a link may carry, and the characters of each (a URL stays a few KB).
+MAX_NOTES = 20
+MAX_NOTE_CHARS = 500
+#: Query parameters other pages own (the Learn page's tour and stop): not "unknown".
+OTHER_PAGE_PARAMS = frozenset({"tour", "stop"})
+
+
+def decode_notes(value: str) -> dict[int, str]:
+    """``notes``: a JSON list of ``[step, text]`` pairs. Raises ValueError with what is wrong."""
+    try:
+        data = json.loads(value)
+    except ValueError:
+        raise ValueError("not JSON") from None
+    if not isinstance(data, list) or len(data) > MAX_NOTES:
+        raise ValueError(f"expected a list of at most {MAX_NOTES} [step, text] pairs")
+    out: dict[int, str] = {}
+    for item in data:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or type(item[0]) is not int
+            or item[0] < 0
+            or not isinstance(item[1], str)
+        ):
+            raise ValueError("each note is [step, text], step an integer >= 0")
+        if len(item[1]) > MAX_NOTE_CHARS:
+            raise ValueError(f"a note is over {MAX_NOTE_CHARS} characters")
+        out[item[0]] = item[1]
+    return out
+
+
+def encode_notes(notes: Mapping[int, str]) -> str:
+    return json.dumps([[k, notes[k]] for k in sorted(notes)], separators=(",", ":"))
 
 
 def decode_view_state(params: Mapping[str, Any]) -> tuple[ViewState, list[str]]:
@@ -96,6 +133,13 @@ def decode_view_state(params: Mapping[str, Any]) -> tuple[ViewState, list[str]]:
                 state.step = max(-1, int(value))
             except ValueError:
                 problems.append(f"URL: step={value!r} is not a number")
+        elif key == "notes":
+            try:
+                state.notes = decode_notes(str(value))
+            except ValueError as exc:
+                problems.append(f"URL: notes ignored: {exc}")
+        elif key in OTHER_PAGE_PARAMS:
+            pass
         elif key in SETTING_SPECS:
             spec = SETTING_SPECS[key]
             try:
@@ -107,13 +151,42 @@ def decode_view_state(params: Mapping[str, Any]) -> tuple[ViewState, list[str]]:
     return state, problems
 
 
-def encode_view_state(sample: str, step: int, settings: Settings, base: Settings) -> dict[str, str]:
+def encode_view_state(
+    sample: str,
+    step: int,
+    settings: Settings,
+    base: Settings,
+    notes: Mapping[int, str] | None = None,
+) -> dict[str, str]:
     """Query parameters for a link that reproduces the view (only settings that differ from
-    ``base``, the trace's own settings)."""
+    ``base``, the trace's own settings; the review notes when there are any)."""
     out = {"sample": sample, "step": str(step)}
     for key, value in settings.to_dict().items():
         if getattr(base, key) != value:
             out[key] = str(value)
+    if notes:
+        out["notes"] = encode_notes(notes)
+    return out
+
+
+def notes_in_trace(events: Sequence[Any], tl: Any, notes: Mapping[int, str]) -> list[Any]:
+    """``events`` with each review note as a ``note`` event just before the event its step
+    belongs to (in that event's group: same ``t``), its text prefixed with the step, so a
+    downloaded trace carries the notes into any viewer (a note is an instant step of its own:
+    the steps after it move on by one per note)."""
+    from explorer.model.events import Note
+
+    by_event: dict[int, list[str]] = {}
+    for step, text in sorted(notes.items()):
+        if 0 <= step < tl.nr_steps:
+            e = tl.step(step).event
+            if e >= 0:
+                by_event.setdefault(e, []).append(f"[review note, step {step}] {text}")
+    out: list[Any] = []
+    for i, ev in enumerate(events):
+        for text in by_event.get(i, ()):
+            out.append(Note(t=ev.t, text=text))
+        out.append(ev)
     return out
 
 

@@ -440,3 +440,69 @@ def test_the_sidebar_mode_help_gives_each_designs_summary() -> None:
     assert "**v6**" in box.help and "**mempool**" in box.help
     assert "DELIBERATELY BROKEN" in box.help  # v6-no-recheck says what it is
     assert "v6-no-recheck (deliberately broken)" in box.options
+
+
+def _open_tab(at: AppTest, label: str) -> AppTest:
+    at.session_state.explore_tab = label
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_an_uploaded_capture_shows_its_divergences_and_jumps_to_them() -> None:
+    at = _app()
+    data = (ROOT / "sample_traces" / "captures" / "divergent.txt").read_bytes()
+    _upload(at, "divergent.txt", data)
+    loaded = at.session_state.loaded
+    assert loaded.source == "divergent.imported.jsonl"
+    info = at.session_state.capture_info
+    assert not info.conformance.ok and {d.line for d in info.conformance.divergences} == {130, 183}
+    _open_tab(at, "Kernel capture")
+    assert any("divergence(s)" in m.value for m in at.markdown)
+    table = _table(at, "capture line")
+    assert set(table["capture line"]) == {130, 183}
+    _chart(at, "capture-markers")
+    at.selectbox(key="jump_kind").set_value("a divergence from the kernel capture").run()
+    at.button(key="btn_jump_next").click().run()
+    first = min(d.step for d in info.conformance.divergences)
+    assert at.session_state.cursor == first
+
+
+def test_a_review_note_is_pinned_carried_by_the_link_and_downloaded_in_the_trace() -> None:
+    at = _app(sample="lost_race", step="40")
+    _open_tab(at, "Review notes")
+    at.text_input(key="note_text").set_value("look here: the slow path starts").run()
+    at.button(key="btn_pin_note").click().run()
+    assert at.session_state.review_notes == {40: "look here: the slow path starts"}
+    raw = at.query_params["notes"]
+    raw = raw[0] if isinstance(raw, list) else raw
+    assert json.loads(raw) == [[40, "look here: the slow path starts"]]
+    assert any(i.value == "Review note on this step:" for i in at.info)
+    # the link carries it into a fresh session, shown on its step
+    link = _app(sample="lost_race", step="40", notes=raw)
+    assert link.session_state.review_notes == {40: "look here: the slow path starts"}
+    # a jump finds it; the downloaded trace has it as a note event before the step's event
+    link.session_state.cursor = 0
+    link.run()
+    link.selectbox(key="jump_kind").set_value("a review note").run()
+    link.button(key="btn_jump_next").click().run()
+    assert link.session_state.cursor == 40
+    from explorer.appsupport import notes_in_trace
+    from explorer.timeline import replay
+    from explorer.trace import parse_trace
+
+    trace = parse_trace((ROOT / "sample_traces" / "lost_race.jsonl").read_bytes(), "x")
+    tl = replay(trace.events, Settings().with_overrides(trace.settings))
+    with_notes = notes_in_trace(trace.events, tl, {40: "look"})
+    note = next(e for e in with_notes if e.op == "note" and "review note" in e.text)
+    i = with_notes.index(note)
+    assert (
+        with_notes[i + 1] is trace.events[tl.step(40).event]
+        and note.t == trace.events[tl.step(40).event].t
+    )
+
+
+def test_bad_notes_in_a_link_are_reported_not_fatal() -> None:
+    at = _app(sample="lost_race", notes="[[1, 2]]")
+    assert any("URL: notes ignored" in t.value for t in at.text)
+    assert not at.session_state.review_notes
