@@ -13,12 +13,14 @@ reviewer steps through, with ``record`` off.
 
 from __future__ import annotations
 
+import struct
 from array import array
 from collections.abc import Sequence
 from typing import Final
 
 from explorer.model.events import Event
 from explorer.model.machine import K_FAULT_RETRIES, K_PAMT_LOST_RACE, Machine
+from explorer.model.packed import int32s
 from explorer.model.records import OWNER_CODE, Diagnostic
 
 #: What happened in a batch (a bit per kind), from the labels of its steps.
@@ -165,11 +167,11 @@ def run_batches(
         b += 1
         if end >= upto_event:
             break
-    log.batch_event.extend(batch_event)
-    log.batch_step.extend(batch_step)
-    log.batch_flags.extend(batch_flags)
-    log.region_offsets.extend(region_offsets)
-    log.region_values.extend(region_values)
+    log.batch_event.extend(int32s(batch_event))
+    log.batch_step.frombytes(struct.pack(f"@{len(batch_step)}q", *batch_step))
+    log.batch_flags.frombytes(struct.pack(f"@{len(batch_flags)}H", *batch_flags))
+    log.region_offsets.frombytes(struct.pack(f"@{len(region_offsets)}q", *region_offsets))
+    log.region_values.extend(int32s(region_values))
     s = log.series
     for name, values in (
         ("pairs", pairs),
@@ -179,5 +181,5 @@ def run_batches(
         ("lost_races", races),
         ("leaked_pages", leaked),
     ):
-        s[name].extend(values)
+        s[name].extend(int32s(values))
     return b

@@ -40,7 +40,7 @@ from explorer.model.errors import ImpossibleEvent, Problem
 from explorer.model.events import Event, Fault, Inject, Note, Schedule
 from explorer.model.invariants import check_global, check_quiescent, check_regions
 from explorer.model.memory import FREE, HostMemory, MemoryImage, PageDelta
-from explorer.model.packed import PackedInts, pack_ints, unpack_ints
+from explorer.model.packed import PackedInts, int32s, pack_ints, unpack_ints
 from explorer.model.prng import XorShift32
 from explorer.model.records import (
     OWNER_CODE,
@@ -1053,10 +1053,10 @@ class Machine:
             mem_scalars=mem.scalars(),
             module=self.module.delta(),
             regions=(
-                array("i", regions),  # (32-bit: regions, refcounts, references)
-                array("i", [self.refcount.get(r, 0) for r in regions]),
-                array("i", [self.orphans.get(r, 0) for r in regions]),
-                array("i", [self.gotten.get(r, 0) for r in regions]),
+                int32s(list(regions)),  # (32-bit: regions, refcounts, references)
+                int32s([self.refcount.get(r, 0) for r in regions]),
+                int32s([self.orphans.get(r, 0) for r in regions]),
+                int32s([self.gotten.get(r, 0) for r in regions]),
             ),
             tds={k: self._td_delta(t) for k, t in self.tds.items()},
             vcpus=self._vcpus_for_delta(),

@@ -22,7 +22,7 @@ from heapq import heappop, heappush
 from typing import Any, Final
 
 from explorer.model.constants import PAGES_PER_REGION, PAGES_PER_REGION_SHIFT
-from explorer.model.packed import ImageCache, PackedRefs, unpack_maps
+from explorer.model.packed import ImageCache, PackedRefs, int32s, unpack_maps
 from explorer.model.prng import XorShift32
 from explorer.model.records import OWNERS
 
@@ -204,7 +204,7 @@ class HostMemory:
             [regions[p >> PAGES_PER_REGION_SHIFT][p & (PAGES_PER_REGION - 1)] for p in pfns]
         )
         self.clear_dirty()
-        return array("i", pfns), owners  # (32-bit: a 4 TiB host has 2**30 pages)
+        return int32s(pfns), owners  # (32-bit: a 4 TiB host has 2**30 pages)
 
     def image(self) -> MemoryImage:
         return MemoryImage(

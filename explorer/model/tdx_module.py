@@ -21,6 +21,7 @@ from explorer.model.packed import (
     PackedInts,
     PackedPairs,
     PackedRefs,
+    int32s,
     pack_ints,
     pack_pairs,
     unpack_ints,
@@ -175,11 +176,11 @@ class TdxModule:
         pairs = [self.pairs.get(r) for r in regions]
         self.clear_dirty()
         return (
-            array("i", pfns),  # (32-bit: a 4 TiB host has 2**30 pages)
+            int32s(pfns),  # (32-bit: a 4 TiB host has 2**30 pages)
             kinds,
-            array("i", regions),
-            array("i", [-1 if p is None else p[0] for p in pairs]),
-            array("i", [-1 if p is None else p[1] for p in pairs]),
+            int32s(regions),
+            int32s([-1 if p is None else p[0] for p in pairs]),
+            int32s([-1 if p is None else p[1] for p in pairs]),
         )
 
     def apply(self, d: ModuleDelta) -> None:
