@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_latency import CHROMIUM_ARGS, IDLE, ROOT, _port, _serve  # noqa: E402
+from step_latency import CHROMIUM_ARGS, IDLE, ROOT, _port, _serve
 
 
 def _settle(page) -> None:  # type: ignore[no-untyped-def]
