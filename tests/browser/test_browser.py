@@ -239,3 +239,34 @@ def test_playing_keeps_the_chosen_speed(page, server) -> None:  # type: ignore[n
     paused = step()
     page.wait_for_timeout(1500)
     assert step() == paused, "pausing did not stop the steps"
+
+
+_FILL_JS = """
+() => [...document.querySelectorAll('.js-plotly-plot')].filter(gd => gd._fullData &&
+  gd._fullData.some(t => t.type === 'heatmap') && gd.offsetParent !== null).map(gd => {
+  const heat = gd._fullData.find(t => t.type === 'heatmap');
+  const xa = gd._fullLayout[heat.xaxis === 'x' ? 'xaxis' : 'xaxis' + heat.xaxis.slice(1)];
+  const ya = gd._fullLayout[heat.yaxis === 'y' ? 'yaxis' : 'yaxis' + heat.yaxis.slice(1)];
+  const rows = heat.z.length, cols = heat.z[0].length;
+  const span = r => Math.abs(r[1] - r[0]);
+  return {fx: Math.min(cols / span(xa.range), 1), fy: Math.min(rows / span(ya.range), 1),
+          rows, cols};
+})
+"""
+
+
+@pytest.mark.parametrize(
+    "path", ["/?sample=workload_two_tds&step=500", "/?sample=td_lifecycle&step=50", "/compare"]
+)
+def test_every_heatmap_fills_its_axes_in_the_browser(page, server, path: str) -> None:  # type: ignore[no-untyped-def]
+    """Plotly's own computed layout (``_fullLayout``, ``_fullData``): every region map on the
+    1,024-region sample, the default sample and the Compare page covers at least 90 % of both
+    of its axes (issue 16: maps squashed to a strip filled 13 to 46 %)."""
+    page.goto(server + path)
+    settle(page)
+    page.wait_for_selector(".js-plotly-plot .heatmaplayer, .js-plotly-plot image")
+    page.wait_for_timeout(1500)
+    maps = page.evaluate(_FILL_JS)
+    assert maps, "no heatmap drawn"
+    for m in maps:
+        assert m["fx"] >= 0.9 and m["fy"] >= 0.9, (path, m)
