@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from explorer.model.constants import INJECTIONS, MODES
@@ -404,6 +404,8 @@ def _json_line(draw: st.DrawFn) -> str:
     ),
     st.sampled_from([1, 3, 256]),
 )
+@example(['{"op":"schedule","order":"vcpu0"}'], 1)  # a string order: the bulk path took it as text
+@example(['{"op":"schedule","order":["vcpu0"]}', '{"op":"schedule","order":"vcpu1"}'], 256)
 def test_every_line_form_parses_like_the_full_path(lines: list[str], batch: int) -> None:
     """Any key order, spacing, hex or decimal integers, optional fields, bad values, duplicate
     keys, colons and escapes in text: the bulk path and the full path give equal events or

@@ -1141,6 +1141,8 @@ def _columns(
             if not set(col).issubset(_CHOICES[key]) or "2m" in col:  # 2m: alignment, line by line
                 return False
             values[key] = col
+        elif key == "order":  # a schedule's list of CPU names: checked line by line
+            return False
         else:  # text
             if set(map(type, col)) != _STR_TYPE or max(map(len, col)) > L.MAX_TEXT:
                 return False
