@@ -114,17 +114,17 @@ class ImageCache:
             base = g << GROUP_SHIFT
             present = bytearray()
             parts: list[bytes | bytearray] = []
-            rows = array("i")
+            rows: list[int] = []
             for i in range(GROUP):
                 m = source.get(base + i)
                 if m is not None:
                     present.append(i)
                     parts.append(m)
                     if counts is not None and width:
-                        rows.extend(counts[base + i])
+                        rows += counts[base + i]
             if parts:
-                if width:
-                    parts.append(rows.tobytes())
+                if width:  # packed by struct: array.extend converts each int via PyArg_Parse
+                    parts.append(struct.pack(f"@{len(rows)}i", *rows))
                 cache[g] = (bytes(present), zlib.compress(b"".join(parts), 1, _RAW))
             else:
                 cache.pop(g, None)
