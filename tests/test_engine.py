@@ -652,3 +652,36 @@ def test_the_explorers_own_diagnostics_say_so_and_name_the_kernels_warn() -> Non
     m.run([*BOOT, Inject(what="pamt_add_fail"), Fault(vcpu=0, gfn=0x10, pfn=COLD)])
     (warn,) = [d for d in m.diagnostics if d.code == "WARN_PAMT_ADD"]
     assert "WARN_ON_ONCE in tdx_pamt_get" in warn.message
+
+
+@pytest.mark.parametrize("allocator", ["lowest", "random"])
+def test_a_zap_between_faultin_and_mmu_lock_makes_the_fault_stale(allocator: str) -> None:
+    """A vCPU refaults gfn 0x10 while the VM thread zaps it (the same t): the fault read the
+    page from guest_memfd before the zap freed it, so once it holds mmu_lock it finds
+    ``mmu_invalidate_seq`` moved (``is_page_fault_stale``), retries, and maps a page
+    guest_memfd allocates afresh, never the freed one (found by Hypothesis: the engine used to
+    map the freed page, which the page allocator then gave to the next fault too)."""
+    m = run([*BOOT, Fault(vcpu=0, gfn=0x10, pfn=COLD)], allocator=allocator)
+    m.run([Zap(td=0, gfn=0x10, t=1), Fault(vcpu=0, gfn=0x10, t=1)])
+    assert m.stopped is None
+    vcpu0 = labels(m, "vcpu0")
+    assert "fault.stale" in vcpu0
+    tail = vcpu0[vcpu0.index("fault.stale") :]
+    assert tail[:3] == ["fault.stale", "mmu_lock.read_unlock", "fault.retry"]
+    assert "faultin.alloc" in tail and tail[-2:] == ["mmu_lock.read_unlock", "fault.done"]
+    td = m.tds[0]
+    assert td.leaves[0x10] == td.gmem[0x10] != COLD
+    assert COLD not in [pfn for _, pfn in td.leaves.items()]  # the freed page is not mapped
+    m.run([Fault(vcpu=1, gfn=0x11)])  # the next page guest_memfd gives is another one
+    assert td.leaves[0x11] != td.leaves[0x10]
+    assert not [d for d in m.diagnostics if d.kind == "violation"]
+
+
+def test_a_zap_of_another_gfn_also_makes_an_inflight_fault_retry() -> None:
+    """``mmu_invalidate_seq`` is the VM's, not the gfn's: as in KVM, any zap between a fault's
+    ``kvm_mmu_faultin_pfn`` and its ``mmu_lock`` makes it retry once (and it then maps)."""
+    m = run([*BOOT, Fault(vcpu=0, gfn=0x10), Fault(vcpu=0, gfn=0x20)])
+    m.run([Zap(td=0, gfn=0x20, t=1), Fault(vcpu=0, gfn=0x10, t=1)])
+    vcpu0 = labels(m, "vcpu0")
+    assert "fault.stale" in vcpu0 and vcpu0[-1] == "fault.done"
+    assert 0x10 in m.tds[0].leaves and 0x20 not in m.tds[0].leaves

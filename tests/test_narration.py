@@ -92,6 +92,7 @@ def test_pseudocode_labels_are_ones_the_engine_uses() -> None:
         "faultin.enomem",
         "tdp.freeze_lost",
         "walk.frozen",
+        "fault.stale",  # a zap between faultin and mmu_lock: tests/test_engine.py
         "leaf.frozen",
         "zap.gone",
         "fault.eio",

@@ -381,7 +381,9 @@ def tdx_handle_ept_violation(m: Machine, th: Thread, idx: int, ev: Fault) -> KGe
             )
             return
         # kvm_mmu_faultin_pfn(): the page comes from guest_memfd after the top-ups, as in
-        # kvm_tdp_mmu_page_fault()
+        # kvm_tdp_mmu_page_fault(); the invalidation sequence is read first (fault->mmu_seq),
+        # so a zap that frees the page before this fault takes mmu_lock makes it stale
+        mmu_seq = td.mmu_invalidate_seq
         pfn = td.gmem.get(gfn)
         if pfn is None and given is not None:  # the trace names the page guest_memfd holds
             pfn = given
@@ -426,7 +428,7 @@ def tdx_handle_ept_violation(m: Machine, th: Thread, idx: int, ev: Fault) -> KGe
                 "guest_memfd allocates pfn {:#x} (region {}) for gfn {:#x}",
                 (pfn, pfn >> C.PAGES_PER_REGION_SHIFT, gfn),
             )
-        ret = yield from kvm_tdp_mmu_map(m, th, vcpu, td, gfn, pfn, level)
+        ret = yield from kvm_tdp_mmu_map(m, th, vcpu, td, gfn, pfn, level, mmu_seq)
         if ret == DONE:
             return
         if ret != RETRY:
@@ -474,10 +476,22 @@ def _gmem_bind(m: Machine, td: Td, gfn: int, pfn: int, owned: bool = False) -> N
 
 
 def kvm_tdp_mmu_map(
-    m: Machine, th: Thread, vcpu: Vcpu, td: Td, gfn: int, pfn: int, level: str
+    m: Machine,
+    th: Thread,
+    vcpu: Vcpu,
+    td: Td,
+    gfn: int,
+    pfn: int,
+    level: str,
+    mmu_seq: int,
 ) -> KGen:
     """One try: walk the mirror page table under read_lock(mmu_lock) from the root down, link
-    the missing non-root tables, map the leaf."""
+    the missing non-root tables, map the leaf.
+
+    First, as ``kvm_tdp_mmu_page_fault()`` does once it holds the lock,
+    ``is_page_fault_stale()``: if a zap ran since ``kvm_mmu_faultin_pfn()`` read ``mmu_seq``
+    (``kvm->mmu_invalidate_seq`` moved), ``pfn`` may have gone back to the page allocator, and
+    the try ends with RET_PF_RETRY before touching the page table."""
     fn = "kvm_tdp_mmu_map"
     th.stack.append(fn)
     try:
@@ -488,7 +502,18 @@ def kvm_tdp_mmu_map(
             return EIO
         ret = DONE
         entries = td.entries
+        if td.mmu_invalidate_seq != mmu_seq:  # (counted as a retry by the caller)
+            yield (
+                fn,
+                "fault.stale",
+                "is_page_fault_stale(): a zap ran since kvm_mmu_faultin_pfn gave pfn {:#x} "
+                "for gfn {:#x} (mmu_invalidate_seq {} -> {}): RET_PF_RETRY",
+                (pfn, gfn, mmu_seq, td.mmu_invalidate_seq),
+            )
+            ret = RETRY
         for k in range(m.ept_levels - 1, (1 if level == "4k" else 2) - 1, -1):
+            if ret != DONE:
+                break
             # k: the level of the table the walk needs next (the leaf sits in the level-1 or,
             # for a 2 MiB mapping, the level-2 table)
             key = (k, gfn >> (9 * k))
@@ -731,6 +756,8 @@ def zap_private_page(m: Machine, th: Thread, idx: int, ev: Zap) -> KGen:
         yield fn, "zap.gone", "gfn {:#x} is no longer mapped: nothing to do", (ev.gfn,)
     else:
         yield from _zap_leaf(m, th, td, ev.gfn, pfn)
+    # kvm_mmu_invalidate_end(): a fault that read guest_memfd before this point is now stale
+    td.mmu_invalidate_seq += 1
     yield from write_unlock_mmu(m, th, fn, td)
 
 

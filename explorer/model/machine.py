@@ -239,6 +239,9 @@ class Td:
     #: ``kvm->mmu_lock``: one rwlock per VM (``pamt_lock`` is the only global lock)
     mmu_readers: list[str] = field(default_factory=list)
     mmu_writer: str | None = None
+    #: ``kvm->mmu_invalidate_seq``: bumped by every zap (``kvm_mmu_invalidate_end``); a fault
+    #: that read guest_memfd under an older value is stale (``is_page_fault_stale``)
+    mmu_invalidate_seq: int = 0
 
 
 class Spin:
@@ -330,12 +333,21 @@ def _copy_td(t: Td, mappings: tuple[FrozenTable, FrozenTable] | None = None) -> 
         gmem,
         list(t.mmu_readers),
         t.mmu_writer,
+        t.mmu_invalidate_seq,
     )
 
 
 def _small_td(t: Td) -> Td:
     """A TD without its big dicts (a delta carries their changes instead)."""
-    return Td(t.id, t.state, t.hkid, list(t.vcpus), list(t.control), t.mirror_root)
+    return Td(
+        t.id,
+        t.state,
+        t.hkid,
+        list(t.vcpus),
+        list(t.control),
+        t.mirror_root,
+        mmu_invalidate_seq=t.mmu_invalidate_seq,
+    )
 
 
 #: a vCPU frozen for a checkpoint: its scalars and caches, the page lists as arrays of 8-byte
@@ -1116,6 +1128,7 @@ class Machine:
                 td = self.tds[k] = _small_td(small)
             td.state, td.hkid, td.vcpus = small.state, small.hkid, list(small.vcpus)
             td.control, td.mirror_root = list(small.control), small.mirror_root
+            td.mmu_invalidate_seq = small.mmu_invalidate_seq
             td.leaves.apply(leaves)
             td.gmem.apply(gmem)
             _tracked(td.entries).apply(entries)
@@ -1213,6 +1226,7 @@ class Machine:
                     tuple(sorted(t.gmem.items())),
                     tuple(sorted(t.mmu_readers)),
                     t.mmu_writer,
+                    t.mmu_invalidate_seq,
                 )
             )
         vcpus = []

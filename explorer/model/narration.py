@@ -156,12 +156,17 @@ PSEUDOCODE: dict[str, list[Line]] = {
     ],
     "kvm_mmu_faultin_pfn": [
         ((), "kvm_mmu_faultin_pfn(vcpu, fault):"),
+        ((), "  fault->mmu_seq = kvm->mmu_invalidate_seq   # read before guest_memfd"),
         (("faultin.alloc",), "  pfn = kvm_gmem_get_pfn(gfn)         # allocates on first touch"),
         (("faultin.given",), "  (the trace names the page guest_memfd holds for the gfn)"),
         (("faultin.enomem", "faultin.taken"), "  if !pfn: return -ENOMEM"),
     ],
     "kvm_tdp_mmu_map": [
         (("mmu_lock.read", "mmu_lock.read_spin"), "read_lock(&kvm->mmu_lock)"),
+        (
+            ("fault.stale",),
+            "if is_page_fault_stale(): RET_PF_RETRY  # (kvm_tdp_mmu_page_fault) a zap since faultin",
+        ),
         ((), "for each level from the root down to the goal:"),
         (("walk.frozen",), "  if entry frozen by another vCPU: RET_PF_RETRY"),
         ((), "  if entry not present:"),
@@ -382,6 +387,7 @@ PSEUDOCODE: dict[str, list[Line]] = {
         (("zap.page_remove",), "TDH.MEM.PAGE.REMOVE(gpa)"),
         ((), "tdx_pamt_put(pfn)"),
         (("zap.free",), "guest_memfd releases the page"),
+        ((), "kvm_mmu_invalidate_end(): mmu_invalidate_seq++  # in-flight faults go stale"),
         (("mmu_lock.write_unlock",), "write_unlock(&kvm->mmu_lock)"),
     ],
     "kvm_destroy_vm": [
