@@ -19,7 +19,10 @@ import re
 from dataclasses import dataclass, field
 
 from explorer.model.errors import Problem, TraceError
+from explorer.model.settings import MAX_HOST_MEMORY_MIB
 from explorer.trace import limits as L
+
+_MAX_HOST_PFN = MAX_HOST_MEMORY_MIB * 256 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,20 @@ PROBES: dict[str, ProbeSpec] = {
 }
 
 Value = int | str
+
+#: Fields an import turns into trace fields, within the trace format's own limits
+#: (explorer/trace/limits.py, explorer/model/settings.py): a pfn past the largest host, a gfn or gpa past 5-level EPT, a
+#: vCPU id past the format's ids are refused here, at their line and column, rather than
+#: carried into a trace that the engine cannot hold.
+_RANGES: dict[str, tuple[int, int]] = {
+    # (the import sizes host memory to cover every pfn: at most the largest host, 4 TiB)
+    "pfn": (0, _MAX_HOST_PFN),
+    "pair0": (0, _MAX_HOST_PFN),
+    "pair1": (0, _MAX_HOST_PFN),
+    "gfn": (0, L.MAX_GFN),
+    "gpa": (0, ((L.MAX_GFN + 1) << 12) - 1),
+    "vcpu": (0, L.MAX_ID),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +269,12 @@ def _parse_line(text: str, n: int, out: _Problems) -> Record | None:
             ok = False
         elif key in fields:
             out.add(n, col, f"key {key!r} repeated", part)
+            ok = False
+        elif key in _RANGES and not (
+            isinstance(value, int) and _RANGES[key][0] <= value <= _RANGES[key][1]
+        ):
+            lo, hi = _RANGES[key]
+            out.add(n, col, f"{key} out of range", part, f"an integer in {lo}..{hi:#x}")
             ok = False
         else:
             fields[key] = value

@@ -68,6 +68,23 @@ def test_malformed_field() -> None:
     assert p[:2] == (1, 58)
 
 
+def test_values_an_import_could_not_hold_are_refused_at_their_field() -> None:
+    """A pfn past the largest host (4 TiB), a gpa past 5-level EPT, a vCPU id past the trace
+    format's: refused at line:col (found by a mutation fuzz of the samples: a pfn of 0x1_0000_0000
+    sized the imported host past the format's limit and the replay raised struct.error)."""
+    (p,) = _problems("10 0 7 tdx_pamt_put.entry pfn=0x40000000\n")
+    assert p == (1, 27, "pfn out of range")
+    (p,) = _problems(
+        "10 0 7 tdh_phymem_pamt_add.entry pfn=0x8000 pair0=0x1 pair1=0x100000000000000000\n"
+    )
+    assert p[:2] == (1, 55) and p[2] == "pair1 out of range"
+    (p,) = _problems("10 0 7 kvm_page_fault vcpu=1048576 gpa=0x1000 error_code=0x0\n")
+    assert p[2] == "vcpu out of range"
+    (p,) = _problems("10 0 7 kvm_page_fault vcpu=0 gpa=0x2000000000000000 error_code=0x0\n")
+    assert p[2] == "gpa out of range"
+    parse_capture(b"10 0 7 tdx_pamt_put.entry pfn=0x3fffffff\n", "t")  # the last page: fine
+
+
 def test_out_of_order_timestamp_on_one_cpu() -> None:
     text = "30 0 7 tdx_pamt_put.entry pfn=1\n20 1 8 tdx_pamt_put.entry pfn=2\n25 0 7 tdx_pamt_put.return ret=0\n"
     (p,) = _problems(text)
