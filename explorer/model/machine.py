@@ -337,6 +337,14 @@ def _copy_td(t: Td, mappings: tuple[FrozenTable, FrozenTable] | None = None) -> 
     )
 
 
+def _copy_extra(extra: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a design's extra state whose lists (a mempool's reserve) are not shared: the
+    machine pops and pushes them in place, so a snapshot or checkpoint holding the live list
+    would change after it was taken (found by the differential tests: a snapshot taken at
+    ``mempool_create`` showed the reserve as it was after a later pop)."""
+    return {k: list(v) if isinstance(v, list) else v for k, v in extra.items()}
+
+
 def _small_td(t: Td) -> Td:
     """A TD without its big dicts (a delta carries their changes instead)."""
     return Td(
@@ -1077,7 +1085,7 @@ class Machine:
             nr_steps=self.nr_steps,
             next_hkid=self.next_hkid,
             sched_rng=self.sched_rng.state,
-            extra={k: list(v) if isinstance(v, list) else v for k, v in self.extra.items()},
+            extra=_copy_extra(self.extra),
         )
         self._ckpt_regions = set()
         return d
@@ -1140,7 +1148,7 @@ class Machine:
         self.nr_steps = d.nr_steps
         self.next_hkid = d.next_hkid
         self.sched_rng.state = d.sched_rng
-        self.extra = {k: list(v) if isinstance(v, list) else v for k, v in d.extra.items()}
+        self.extra = _copy_extra(d.extra)
         self._ckpt_regions = set()
 
     def image(self) -> MachineImage:
@@ -1166,7 +1174,7 @@ class Machine:
             nr_steps=self.nr_steps,
             next_hkid=self.next_hkid,
             sched_rng=self.sched_rng.state,
-            extra={k: list(v) if isinstance(v, list) else v for k, v in self.extra.items()},
+            extra=_copy_extra(self.extra),
         )
 
     def _clear_tracking(self) -> None:
@@ -1194,7 +1202,7 @@ class Machine:
         self.nr_steps = img.nr_steps
         self.next_hkid = img.next_hkid
         self.sched_rng.state = img.sched_rng
-        self.extra = {k: list(v) if isinstance(v, list) else v for k, v in img.extra.items()}
+        self.extra = _copy_extra(img.extra)
         self.pamt_lock = None
         self.threads = {}
         self.stopped = None
@@ -1341,5 +1349,5 @@ class Machine:
             counters=self.counters,
             pages=self.page_summary(),
             injections=dict(self.injections),
-            extra=dict(self.extra),
+            extra=_copy_extra(self.extra),  # (a mempool's reserve changes in place)
         )
