@@ -70,9 +70,22 @@ class RunMetrics:
         }
 
 
-def idle_pages(m: Machine) -> dict[int, int]:
-    """Pages each vCPU holds in its DPAMT cache right now (-1: the shared mempool reserve)."""
-    out = {v.id: len(v.pamt_cache) for v in m.vcpus.values() if v.alive}
+def idle_pages(m: Machine, idle: dict[int, int] | None = None) -> dict[int, int]:
+    """Pages each live vCPU holds in its DPAMT cache right now (-1: the shared mempool reserve).
+
+    ``idle``: the same after the previous batch, updated here for the vCPUs the last batch ran
+    on only (``Machine.batch_owners``: no other vCPU's cache can have changed), so that a trace
+    whose vCPUs come and go costs per batch what its batch did, not a pass over every vCPU."""
+    if idle is None:
+        out = {v.id: len(v.pamt_cache) for v in m.vcpus.values() if v.alive}
+    else:
+        out = idle
+        for k in m.batch_owners()[1]:
+            v = m.vcpus.get(k)
+            if v is not None and v.alive:
+                out[k] = len(v.pamt_cache)
+            else:
+                out.pop(k, None)
     pool = m.extra.get("mempool")
     if pool is not None:
         out[-1] = len(pool)
@@ -88,16 +101,17 @@ def run_metrics(events: Sequence[Event], settings: Settings) -> RunMetrics:
     per_vcpu_sum: dict[int, int] = {}
     per_vcpu_peak: dict[int, int] = {}
     per_vcpu_n: dict[int, int] = {}
+    idle: dict[int, int] = {}
     for start, end in batches(events):
         if m.stopped is not None:
             break
         m.run_batch((i, events[i]) for i in range(start, end))
-        idle = idle_pages(m)
+        idle = idle_pages(m, idle)
         total = sum(idle.values())
         pairs = len(m.module.pairs)
         # between batches every reference is for a page in TD use, unless a design takes
         # references early (v5-topup-install: for every S-EPT page in KVM's cache)
-        spec_peak = max(spec_peak, sum(m.gotten.values()) - sum(m.module.used.values()))
+        spec_peak = max(spec_peak, m.gotten_total - m.module.used_total)
         for _ in range(start, end):
             total_series.append(total)
             pairs_series.append(pairs)

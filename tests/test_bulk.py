@@ -40,7 +40,7 @@ from explorer.model.events import (
     VcpuFree,
     Zap,
 )
-from explorer.model.machine import Machine
+from explorer.model.machine import Machine, batches
 from explorer.model.records import Snapshot, Step
 from explorer.model.settings import Settings
 from explorer.model.summary import summary
@@ -266,3 +266,20 @@ def test_the_compiled_engine_gives_the_pure_engines_results(tmp_path: Path) -> N
         ]
     ]
     assert _summaries(paths, over, pure=False) == _summaries(paths, over, pure=True)
+
+
+@pytest.mark.parametrize("mode", ["v6", "v4-shared-list", "kvm-style-cache", "mempool"])
+def test_the_idle_series_is_what_the_caches_hold(mode: str) -> None:
+    """The timeline's ``idle_pages`` series (read from the owner counts) equals the pages in
+    the live vCPUs' DPAMT caches plus a mempool's reserve after every batch."""
+    trace = parse_trace((SAMPLES / "workload_two_tds.jsonl").read_bytes(), "w")
+    s = Settings().with_overrides({**trace.settings, "mode": mode})
+    events = trace.events[:1500]
+    tl = replay(events, s)
+    m = Machine(s, record=False, check=True)
+    want = []
+    for start, end in batches(events):
+        m.run_batch([(i, events[i]) for i in range(start, end)])
+        pool = m.extra.get("mempool", [])
+        want.append(sum(len(v.pamt_cache) for v in m.vcpus.values() if v.alive) + len(pool))
+    assert list(tl.series["idle_pages"]) == want and max(want) > 0

@@ -685,3 +685,31 @@ def test_a_zap_of_another_gfn_also_makes_an_inflight_fault_retry() -> None:
     vcpu0 = labels(m, "vcpu0")
     assert "fault.stale" in vcpu0 and vcpu0[-1] == "fault.done"
     assert 0x10 in m.tds[0].leaves and 0x20 not in m.tds[0].leaves
+
+
+def test_between_batches_only_the_tds_and_vcpus_a_batch_ran_on_are_recounted() -> None:
+    """The owner counts kept between batches are recounted for the TDs and vCPUs the batch's
+    events name (a trace with a thousand TDs, or vCPUs coming and going, paid a pass over all of
+    them per batch); in the full check mode a change to one the batch did not run on is caught
+    (``ENGINE_QUIESCENT_ROWS``), so this bookkeeping cannot go stale unnoticed."""
+    m = run([*BOOT, Fault(vcpu=0, gfn=0x10), Fault(vcpu=1, gfn=0x20)])
+    assert m.batch_owners() == ({0}, {1})  # the last batch: vCPU 1's fault, and its TD
+    m.run([Fault(vcpu=0, gfn=0x11)])
+    assert not [d for d in m.diagnostics if d.kind == "violation"]
+    m.vcpus[1].control.append(m.vcpus[1].control[0])  # a stray change to a vCPU not run on
+    m.run([Fault(vcpu=0, gfn=0x12)])
+    assert "ENGINE_QUIESCENT_ROWS" in {d.code for d in m.diagnostics}
+
+
+def test_a_delta_holds_the_tds_and_vcpus_its_batches_ran_on() -> None:
+    """Checkpoint deltas carry only what changed: one TD and one vCPU after a fault, every vCPU
+    of a TD after its teardown; applied in order they rebuild the machine (tests/test_bulk.py
+    compares every step of random traces)."""
+    m = run([*BOOT, TdCreate(td=1), VcpuCreate(td=1, vcpu=2), Fault(vcpu=2, gfn=0x10)])
+    m.delta()
+    m.run([Fault(vcpu=1, gfn=0x10)])
+    d = m.delta()
+    assert set(d.tds) == {0} and set(d.vcpus) == {1}
+    m.run([TdDestroy(td=0)])
+    d = m.delta()
+    assert set(d.tds) == {0} and set(d.vcpus) == {0, 1}

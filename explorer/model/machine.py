@@ -37,7 +37,7 @@ from typing import Any, Final
 from explorer.model import constants as C
 from explorer.model.chunked import ChunkedDelta, ChunkedDict, FrozenTable
 from explorer.model.errors import ImpossibleEvent, Problem
-from explorer.model.events import Event, Fault, Inject, Note, Schedule
+from explorer.model.events import Event, Fault, Inject, Note, Schedule, TdDestroy
 from explorer.model.invariants import check_global, check_quiescent, check_regions
 from explorer.model.memory import FREE, HostMemory, MemoryImage, PageDelta
 from explorer.model.packed import PackedInts, int32s, pack_ints, unpack_ints
@@ -292,6 +292,9 @@ class Thread:
     #: while spinning: how to repeat the spin step without resuming the generator
     #: (:class:`explorer.model.dpamt.Spin`)
     respin: Spin | None = None
+    #: whose thread this is: a vCPU's (``vcpuN``), or a VM's (``tdN``: ``vcpu`` None)
+    vcpu: int | None = None
+    td: int = 0
 
     @property
     def done(self) -> bool:
@@ -345,32 +348,38 @@ def _copy_extra(extra: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, list) else v for k, v in extra.items()}
 
 
-def _small_td(t: Td) -> Td:
-    """A TD without its big dicts (a delta carries their changes instead)."""
-    return Td(
-        t.id,
+#: A TD without its big dicts, for a delta: (state, hkid, vCPUs, control pages, mirror root,
+#: invalidation sequence). A tuple, not a Td: a Td carries empty dicts and tables (about a
+#: kilobyte), and a delta holds one per TD its batches ran on.
+SmallTd = tuple[str, int | None, tuple[int, ...], tuple[tuple[int, str], ...], int | None, int]
+
+
+def _small_td(t: Td) -> SmallTd:
+    return (
         t.state,
         t.hkid,
-        list(t.vcpus),
-        list(t.control),
+        tuple(t.vcpus),
+        tuple(t.control),
         t.mirror_root,
-        mmu_invalidate_seq=t.mmu_invalidate_seq,
+        t.mmu_invalidate_seq,
     )
 
 
-#: a vCPU frozen for a checkpoint: its scalars and caches, the page lists as arrays of 8-byte
-#: ints (a list of int objects costs four to five times as much)
+#: a vCPU frozen for a checkpoint: its scalars and caches, the page lists as arrays of 4-byte
+#: ints (a list of int objects costs eight to ten times as much)
 FrozenVcpu = tuple[Any, ...]
 
 
 def _freeze_vcpu(v: Vcpu) -> FrozenVcpu:
+    """The page lists as 32-bit arrays (a pfn of the largest host, 4 TiB, fits): a delta holds
+    one frozen vCPU per vCPU its batches ran on, 170 pfns each with full caches."""
     return (
         v.id,
         v.td,
         v.alive,
-        array("q", v.pamt_cache),
+        int32s(v.pamt_cache),
         tuple(
-            (c.name, c.objects, c.min, c.capacity, array("q", c.pfns), c.nobjs)
+            (c.name, c.objects, c.min, c.capacity, int32s(c.pfns), c.nobjs)
             for c in v.caches.values()
         ),
         tuple(v.control),
@@ -450,8 +459,8 @@ class MachineDelta:
     module: ModuleDelta
     #: the regions whose refcount, orphans or references held changed, and those (0: none)
     regions: tuple[array[int], array[int], array[int], array[int]]
-    tds: dict[int, tuple[Td, ChunkedDelta, ChunkedDelta, dict[Any, Any]]]
-    vcpus: dict[int, FrozenVcpu]
+    tds: dict[int, tuple[SmallTd, ChunkedDelta, ChunkedDelta, dict[Any, Any]]]  # (likewise)
+    vcpus: dict[int, FrozenVcpu]  # the vCPUs its batches ran on (the others are unchanged)
     counters: array[int]  # in COUNTER_NAMES order
     injections: dict[str, int]
     nr_steps: int
@@ -505,6 +514,9 @@ class Machine:
         # engine bookkeeping (not kernel state): references held by callers, per region, and
         # regions with a get/put in flight (invariant 2 is checked only when none is).
         self.gotten: dict[int, int] = {}
+        #: the sum of ``gotten`` (metrics read it after every batch: a sum over every region
+        #: was O(regions) per batch)
+        self.gotten_total = 0
         self.inflight: dict[int, int] = {}
         self.v5_put_window: dict[int, int] = {}
         # KVM state
@@ -536,13 +548,29 @@ class Machine:
         #: regions whose pair was added or removed in this step (invariant 4 checks them)
         self.pair_dirty: set[int] = set()
         self._ckpt_regions: set[int] = set()  # refcount/orphans/gotten keys since a checkpoint
-        self._ckpt_vcpus: dict[int, FrozenVcpu] = {}  # the frozen vCPUs of the last delta
+        #: the TDs and vCPUs batches ran on since the last checkpoint: a delta holds those only
+        #: (a delta of every TD and vCPU cost O(TDs + vCPUs) each time, and as much memory)
+        self._delta_tds: set[int] = set()
+        self._delta_vcpus: set[int] = set()
+        #: the vCPUs and TDs the current batch's events name (``batch_owners``)
+        self._batch_vcpus: set[int] = set()
+        self._batch_tds: set[int] = set()
+        self._batch_destroys: set[int] = set()
         self._pairs_changed = False  # a pair page moved: invariant 5's pair counts then
         #: turns pinned by the trace's ``schedule`` events for this batch: (CPU, event index,
         #: the schedule event), consumed first to last before the configured schedule
         self._pinned: deque[tuple[str, int, Event]] = deque()
         #: a page entered or left a cache in this batch: the caches are counted after it
         self.caches_moved = False
+        #: the pages each TD and vCPU holds, per owner, as of the last batch, and their sum
+        #: (``invariants.quiescent_totals``): recounted for the TDs and vCPUs a batch ran on
+        #: (``q_tds``, ``q_vcpus``), all of them after a restore (``q_all``)
+        self.q_all = True
+        self.q_tds: set[int] = set()
+        self.q_vcpus: set[int] = set()
+        self.q_td_rows: dict[int, list[int]] = {}
+        self.q_vcpu_rows: dict[int, list[int]] = {}
+        self.q_total: list[int] = [0] * 7
         self._changed_counters: dict[str, int] = {}
         self._counters_before: dict[str, int] = {}  # their values before the step
         self._diags: list[tuple[str, str, str]] = []
@@ -597,6 +625,7 @@ class Machine:
         """The caller now holds (+1) or dropped (-1) a DPAMT reference on pfn's region."""
         region = pfn >> C.PAGES_PER_REGION_SHIFT
         n = self.gotten.get(region, 0) + delta
+        self.gotten_total += delta
         if n:
             self.gotten[region] = n
         else:
@@ -752,6 +781,11 @@ class Machine:
         """Start a batch: the instant events take effect (``inject``, ``note``, ``schedule``)
         and each CPU gets its queue of events; the CPUs, in order of first appearance."""
         threads: dict[str, Thread] = {}
+        batch_vcpus: set[int] = set()
+        batch_tds: set[int] = set()
+        self._batch_vcpus = batch_vcpus
+        self._batch_tds = batch_tds
+        self._batch_destroys = set()
         # the previous batch's CPUs are done: an inject or note step of this batch shows none
         # (as a machine restored at a checkpoint does), this batch's CPUs once they start
         self.threads = threads
@@ -763,8 +797,17 @@ class Machine:
                 name = self._vcpu_names.get(ev.vcpu)
                 if name is None:
                     name = self._vcpu_names[ev.vcpu] = thread_name(ev)
+                batch_vcpus.add(ev.vcpu)
             else:
                 name = thread_name(ev)
+                vcpu = getattr(ev, "vcpu", None)
+                if vcpu is not None:
+                    batch_vcpus.add(vcpu)
+                td = getattr(ev, "td", None)
+                if td is not None:
+                    batch_tds.add(td)
+                    if isinstance(ev, TdDestroy):
+                        self._batch_destroys.add(td)
             th = threads.get(name)
             if th is None:
                 th = self._thread(name)
@@ -774,10 +817,33 @@ class Machine:
         return list(threads.values())
 
     def end_batch(self) -> None:
-        """The checks between batches (:func:`explorer.model.invariants.check_quiescent`)."""
+        """The checks between batches (:func:`explorer.model.invariants.check_quiescent`), and
+        the TDs and vCPUs the batch ran on noted for the next delta checkpoint."""
+        tds, vcpus = self.batch_owners()
+        self._delta_tds |= tds
+        self._delta_vcpus |= vcpus
         if self.check:
+            self.q_tds |= tds
+            self.q_vcpus |= vcpus
             check_quiescent(self)
             self._flush_diags()
+
+    def batch_owners(self) -> tuple[set[int], set[int]]:
+        """The TDs and vCPUs the current (or last) batch ran on, the only ones whose structures
+        it can have changed: each vCPU an event of the batch names (a fault's, a
+        ``vcpu_create``'s even when the creation failed) and its TD; each TD an event names;
+        every vCPU of a TD the batch destroys (the teardown frees their caches and pages)."""
+        q_tds: set[int] = set(self._batch_tds)
+        q_vcpus: set[int] = set(self._batch_vcpus)
+        for k in self._batch_vcpus:
+            v = self.vcpus.get(k)
+            if v is not None:
+                q_tds.add(v.td)
+        for k in self._batch_destroys:
+            t = self.tds.get(k)
+            if t is not None:
+                q_vcpus.update(t.vcpus)
+        return q_tds, q_vcpus
 
     def blocked(self, th: Thread) -> bool:
         """``th`` spins on a lock whose holder has not changed: its turn would repeat the spin
@@ -821,6 +887,10 @@ class Machine:
         th = self._threads_made.get(name)
         if th is None:
             th = self._threads_made[name] = Thread(name, deque(), 0)
+            if name.startswith("vcpu"):
+                th.vcpu = int(name[4:])
+            elif name.startswith("td"):
+                th.td = int(name[2:])
             return th
         th.queue.clear()
         th.gen = None
@@ -1078,8 +1148,10 @@ class Machine:
                 int32s([self.orphans.get(r, 0) for r in regions]),
                 int32s([self.gotten.get(r, 0) for r in regions]),
             ),
-            tds={k: self._td_delta(t) for k, t in self.tds.items()},
-            vcpus=self._vcpus_for_delta(),
+            tds={k: self._td_delta(self.tds[k]) for k in sorted(self._delta_tds) if k in self.tds},
+            vcpus={
+                k: _freeze_vcpu(self.vcpus[k]) for k in sorted(self._delta_vcpus) if k in self.vcpus
+            },
             counters=array("q", self.cnt),
             injections=dict(self.injections),
             nr_steps=self.nr_steps,
@@ -1088,9 +1160,11 @@ class Machine:
             extra=_copy_extra(self.extra),
         )
         self._ckpt_regions = set()
+        self._delta_tds = set()
+        self._delta_vcpus = set()
         return d
 
-    def _td_delta(self, t: Td) -> tuple[Td, ChunkedDelta, ChunkedDelta, dict[Any, Any]]:
+    def _td_delta(self, t: Td) -> tuple[SmallTd, ChunkedDelta, ChunkedDelta, dict[Any, Any]]:
         """A TD's part of a delta. Faults map a gfn to the page guest_memfd gave it, so the
         mappings' and guest_memfd's changes are usually equal: then one object serves both."""
         leaves, gmem = t.leaves.delta(), t.gmem.delta()
@@ -1098,21 +1172,9 @@ class Machine:
             gmem = leaves
         return _small_td(t), leaves, gmem, _tracked(t.entries).delta()
 
-    def _vcpus_for_delta(self) -> dict[int, FrozenVcpu]:
-        """The vCPUs, frozen; one unchanged since the last delta is that delta's (shared, never
-        mutated: a restore thaws a copy)."""
-        last = self._ckpt_vcpus
-        out = {}
-        for k, v in self.vcpus.items():
-            frozen = _freeze_vcpu(v)
-            prev = last.get(k)
-            out[k] = prev if prev is not None and prev == frozen else frozen
-        self._ckpt_vcpus = out
-        return out
-
     def apply_deltas(self, deltas: Sequence[MachineDelta]) -> None:
-        """Apply consecutive deltas; what each delta holds in full (vCPUs, counters) is copied
-        from the last one only."""
+        """Apply consecutive deltas; what each delta holds in full (the counters) is copied from
+        the last one only."""
         for d in deltas[:-1]:
             self.apply_delta(d, last=False)
         if deltas:
@@ -1120,7 +1182,7 @@ class Machine:
 
     def apply_delta(self, d: MachineDelta, *, last: bool = True) -> None:
         """Move a machine restored at the previous checkpoint forward to this one (``last``
-        False: another delta follows, which replaces the vCPUs and counters anyway)."""
+        False: another delta follows, which replaces the counters anyway)."""
         self.mem.apply(d.mem_pages, d.mem_scalars)
         self.module.apply(d.module)
         keys, *values = d.regions
@@ -1133,15 +1195,17 @@ class Machine:
         for k, (small, leaves, gmem, entries) in d.tds.items():
             td = self.tds.get(k)
             if td is None:
-                td = self.tds[k] = _small_td(small)
-            td.state, td.hkid, td.vcpus = small.state, small.hkid, list(small.vcpus)
-            td.control, td.mirror_root = list(small.control), small.mirror_root
-            td.mmu_invalidate_seq = small.mmu_invalidate_seq
+                td = self.tds[k] = Td(k)
+            state, hkid, vcpus, control, mirror_root, seq = small
+            td.state, td.hkid, td.vcpus = state, hkid, list(vcpus)
+            td.control, td.mirror_root = list(control), mirror_root
+            td.mmu_invalidate_seq = seq
             td.leaves.apply(leaves)
             td.gmem.apply(gmem)
             _tracked(td.entries).apply(entries)
+        for k, fv in d.vcpus.items():  # (the vCPUs the delta's batches ran on)
+            self.vcpus[k] = _thaw_vcpu(fv)
         if last:
-            self.vcpus = {k: _thaw_vcpu(v) for k, v in d.vcpus.items()}
             self.cnt = list(d.counters)
         self.injections = dict(d.injections)
         self._injecting = sum(self.injections.values())
@@ -1150,6 +1214,10 @@ class Machine:
         self.sched_rng.state = d.sched_rng
         self.extra = _copy_extra(d.extra)
         self._ckpt_regions = set()
+        self.q_all = True  # (the rows kept between batches are recounted at the next batch)
+        self._delta_tds = set()
+        self._delta_vcpus = set()
+        self.gotten_total = sum(self.gotten.values())
 
     def image(self) -> MachineImage:
         """A checkpoint; only valid between batches (no CPU in the middle of kernel code).
@@ -1181,6 +1249,8 @@ class Machine:
         self.mem.clear_dirty()
         self.module.clear_dirty()
         self._ckpt_regions = set()
+        self._delta_tds = set()
+        self._delta_vcpus = set()
         for t in self.tds.values():
             t.leaves.changed = {}
             t.gmem.changed = {}
@@ -1192,6 +1262,7 @@ class Machine:
         self.refcount = unpack_ints(img.refcount)
         self.orphans = unpack_ints(img.orphans)
         self.gotten = unpack_ints(img.gotten)
+        self.gotten_total = sum(self.gotten.values())
         self.inflight = {}
         self.v5_put_window = {}
         self.tds = {k: _copy_td(t, img.mappings[k]) for k, t in img.tds.items()}
@@ -1207,6 +1278,9 @@ class Machine:
         self.threads = {}
         self.stopped = None
         self._ckpt_regions = set()
+        self._delta_tds = set()
+        self._delta_vcpus = set()
+        self.q_all = True
 
     def canonical_state(self) -> tuple[Any, ...]:
         """Everything the machine's future depends on, as one hashable value, equal for equal

@@ -73,6 +73,7 @@ class TdxModule:
         #: region -> number of its 4 KiB pages in TD use (excluding PAMT pair pages, which need
         #: no backing of their own)
         self.used: dict[int, int] = {}
+        self.used_total = 0  # the sum of ``used`` (read after every batch by the metrics)
         #: pages whose kind changed, and regions whose pair changed, since the last checkpoint
         self.journal: list[int] = []
         self.pairs_dirty: set[int] = set()
@@ -94,6 +95,7 @@ class TdxModule:
         self.journal.append(pfn)
         delta = (code not in (0, _PAMT)) - (old not in (0, _PAMT))
         if delta:
+            self.used_total += delta
             self.used[region] = self.used.get(region, 0) + delta
             if not self.used[region]:
                 del self.used[region]
@@ -161,6 +163,7 @@ class TdxModule:
         self.pages, _, self._images = unpack_maps(img.pages, PAGES_PER_REGION)
         self.pairs = unpack_pairs(img.pairs)
         self.used = unpack_ints(img.used)
+        self.used_total = sum(self.used.values())
         self.journal = []
         self.pairs_dirty = set()
 
@@ -203,6 +206,7 @@ class TdxModule:
             # two method calls and a scan: most of a seek on a host whose allocations scatter)
             change = (code != 0 and code != _PAMT) - (old != 0 and old != _PAMT)
             if change:
+                self.used_total += change
                 n = used.get(region, 0) + change
                 if n:
                     used[region] = n
