@@ -62,6 +62,8 @@ MATRIX: tuple[tuple[str, dict[str, Any]], ...] = (
     ("churn", {"allocator": "spread", "schedule": "random"}),
     ("lifecycle", {}),
     ("lifecycle", {"allocator": "random", "mode": "v5-hint"}),
+    ("fleet", {}),
+    ("fleet", {"allocator": "spread", "schedule": "random"}),
 )
 
 

@@ -42,6 +42,12 @@ def test_shapes_differ_in_the_way_they_claim() -> None:
     assert churn["zap"] > 300 and churn["vcpu_free"] == 1 and churn["td_destroy"] == 2
     life = Counter(e.op for e in events("lifecycle", 6000))
     assert life["td_create"] >= 6 and life["td_destroy"] >= 2
+    fleet = events("fleet")
+    assert Counter(e.op for e in fleet)["td_create"] == 128
+    fleet_faults = [e for e in fleet if e.op == "fault"]
+    assert len({e.vcpu for e in fleet_faults}) > 200  # most of the 256 vCPUs fault
+    alone = sum(1 for e in fleet_faults if e.t is None)
+    assert 0.1 < alone / len(fleet_faults) < 0.3  # half the batches alone, the others 2 to 8
 
 
 def test_lines_come_in_every_style() -> None:

@@ -15,6 +15,8 @@ generator, so the parser sees every valid form and the engine sees other interle
   of zapped pages, a vCPU freed midway, and every TD destroyed at the end.
 - ``lifecycle``: TDs created, faulted and destroyed in turn (4 live at a time), so control
   pages, caches and PAMT pairs come and go throughout the trace.
+- ``fleet``: 128 TDs of 2 vCPUs alive at once, faults from random vCPUs, alone or a few at a
+  time: a cloud host, where the TDs and vCPUs far outnumber any batch's CPUs.
 
 Deterministic: the same arguments give the same bytes. Host memory is given in the header
 (``host_memory_mib``) and is large enough that every fault succeeds.
@@ -227,6 +229,35 @@ def lifecycle(
             t += 1
 
 
+def fleet(faults: int, seed: int = 1, tds: int = 128, vcpus_per_td: int = 2) -> Iterator[str]:
+    """A host running many TDs at once (a cloud host): ``tds`` TDs of ``vcpus_per_td`` vCPUs,
+    faults from vCPUs picked at random, mostly alone (no ``t``), sometimes 2 to 8 at one ``t``,
+    each vCPU walking its own range with jumps. The TDs and vCPUs far outnumber the CPUs of
+    any batch: what the engine does per TD or per vCPU between batches shows here."""
+    rng = random.Random(seed)
+    w = _Style(rng)
+    yield _header({"host_memory_mib": 65536}, "fleet")
+    nr = tds * vcpus_per_td
+    yield from _setup(tds, nr, w)
+    cursor = [(v % 64) * VCPU_RANGE + rng.randrange(VCPU_RANGE // 2) for v in range(nr)]
+    t = done = 0
+    while done < faults:
+        n = rng.choice((1, 1, 1, 2, 4, 8))
+        for _ in range(n):
+            v = rng.randrange(nr)
+            if rng.random() < 0.05:
+                cursor[v] = (v % 64) * VCPU_RANGE + rng.randrange(VCPU_RANGE // 2)
+            ev: dict[str, Any] = {"op": "fault", "vcpu": v, "gfn": cursor[v]}
+            if n > 1:
+                ev["t"] = t
+            yield w.line(ev)
+            cursor[v] += 1
+            done += 1
+            if done >= faults:
+                break
+        t += 1
+
+
 #: Shape name -> writer ``(faults, seed) -> lines``.
 SHAPES: dict[str, Callable[..., Iterator[str]]] = {
     "runs": runs,
@@ -234,6 +265,7 @@ SHAPES: dict[str, Callable[..., Iterator[str]]] = {
     "bursty": bursty,
     "churn": churn,
     "lifecycle": lifecycle,
+    "fleet": fleet,
 }
 
 
