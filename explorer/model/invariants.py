@@ -175,8 +175,8 @@ def _cache_counts(m: Machine, in_pamt_cache: int, in_kvm: int) -> None:
         )
 
 
-#: What a TD or a vCPU holds, per owner, at a quiescent point (see :func:`quiescent_totals`):
-#: guest, control, sept, mirror, pamt_cache, kvm_cache pages, and 1 if it holds mmu_lock.
+#: What the TDs and vCPUs hold, per owner, at a quiescent point (see :func:`quiescent_totals`):
+#: guest, control, sept, mirror, pamt_cache, kvm_cache pages, and how many TDs hold mmu_lock.
 _T_GUEST: Final = 0
 _T_CONTROL: Final = 1
 _T_SEPT: Final = 2
@@ -184,41 +184,75 @@ _T_MIRROR: Final = 3
 _T_PAMT_CACHE: Final = 4
 _T_KVM_CACHE: Final = 5
 _T_MMU_HELD: Final = 6
+#: Up to this many TDs and vCPUs, every one is counted after every batch (a few plain loops,
+#: cheaper than keeping rows up to date); past it, only those a batch ran on.
+_SMALL: Final = 24
 
 
-def _td_row(m: Machine, td: int) -> list[int]:
+def _td_row(m: Machine, td: int) -> tuple[int, int, int, int, int]:
+    """guest, control, sept, mirror pages of a TD, and 1 if it holds mmu_lock."""
     t = m.tds.get(td)
     if t is None:
-        return [0] * 7
+        return (0, 0, 0, 0, 0)
     n = len(t.entries)
     held = 1 if t.mmu_readers or t.mmu_writer is not None else 0
-    return [len(t.gmem), len(t.control), n, n + (t.mirror_root is not None), 0, 0, held]
+    return (len(t.gmem), len(t.control), n, n + (t.mirror_root is not None), held)
 
 
-def _vcpu_row(m: Machine, vcpu: int) -> list[int]:
+def _vcpu_row(m: Machine, vcpu: int) -> tuple[int, int, int]:
+    """control, DPAMT cache and KVM cache pages of a vCPU."""
     v = m.vcpus.get(vcpu)
     if v is None:
-        return [0] * 7
+        return (0, 0, 0)
     kvm = 0
     for c in v.caches.values():
         kvm += len(c.pfns)
-    return [0, len(v.control), 0, 0, len(v.pamt_cache), kvm, 0]
+    return (len(v.control), len(v.pamt_cache), kvm)
 
 
-def _full_rows(m: Machine) -> tuple[dict[int, list[int]], dict[int, list[int]], list[int]]:
-    tds = {k: _td_row(m, k) for k in m.tds}
-    vcpus = {k: _vcpu_row(m, k) for k in m.vcpus}
-    total = [0] * 7
-    for rows in (tds, vcpus):
-        for row in rows.values():
-            for i in range(7):
-                total[i] += row[i]
-    return tds, vcpus, total
+def _recount_td(m: Machine, td: int) -> None:
+    new = _td_row(m, td)
+    old = m.q_td_rows.get(td, (0, 0, 0, 0, 0))
+    if new != old:
+        total = m.q_total
+        total[_T_GUEST] += new[0] - old[0]
+        total[_T_CONTROL] += new[1] - old[1]
+        total[_T_SEPT] += new[2] - old[2]
+        total[_T_MIRROR] += new[3] - old[3]
+        total[_T_MMU_HELD] += new[4] - old[4]
+        if new == (0, 0, 0, 0, 0):
+            del m.q_td_rows[td]  # (a row of zeros is not kept: a recount keeps none either)
+        else:
+            m.q_td_rows[td] = new
+
+
+def _recount_vcpu(m: Machine, vcpu: int) -> None:
+    new = _vcpu_row(m, vcpu)
+    old = m.q_vcpu_rows.get(vcpu, (0, 0, 0))
+    if new != old:
+        total = m.q_total
+        total[_T_CONTROL] += new[0] - old[0]
+        total[_T_PAMT_CACHE] += new[1] - old[1]
+        total[_T_KVM_CACHE] += new[2] - old[2]
+        if new == (0, 0, 0):
+            del m.q_vcpu_rows[vcpu]
+        else:
+            m.q_vcpu_rows[vcpu] = new
+
+
+def _recount_all(m: Machine) -> None:
+    m.q_td_rows = {}
+    m.q_vcpu_rows = {}
+    m.q_total = [0] * 7
+    for k in m.tds:
+        _recount_td(m, k)
+    for k in m.vcpus:
+        _recount_vcpu(m, k)
 
 
 def quiescent_totals(m: Machine) -> list[int]:
     """The pages the TDs and vCPUs hold, per owner (rows ``_T_*``), kept up to date between
-    batches by recounting only the TDs and vCPUs the batch ran on (``m.q_tds``, ``m.q_vcpus``:
+    batches by recounting only the TDs and vCPUs the batch ran on (``Machine.batch_owners``:
     a TD's and a vCPU's structures change only through their own threads' events).
 
     Why: recounting every TD and vCPU after every batch cost O(TDs + vCPUs) per batch, which a
@@ -227,34 +261,32 @@ def quiescent_totals(m: Machine) -> list[int]:
     is also recounted and compared, so a TD or vCPU changed by a batch that did not name it is
     reported (``ENGINE_QUIESCENT_ROWS``), never silently missed."""
     if m.q_all:
-        m.q_td_rows, m.q_vcpu_rows, m.q_total = _full_rows(m)
+        _recount_all(m)
         m.q_all = False
     else:
-        total = m.q_total
-        for table, ids, row_of in (
-            (m.q_td_rows, m.q_tds, _td_row),
-            (m.q_vcpu_rows, m.q_vcpus, _vcpu_row),
-        ):
-            for k in ids:
-                new = row_of(m, k)
-                old = table.get(k)
-                if old is not None:
-                    for i in range(7):
-                        total[i] += new[i] - old[i]
-                else:
-                    for i in range(7):
-                        total[i] += new[i]
-                table[k] = new
+        for k in m._batch_vcpus:
+            _recount_vcpu(m, k)
+            v = m.vcpus.get(k)
+            if v is not None:
+                _recount_td(m, v.td)
+        for k in m._batch_tds:
+            _recount_td(m, k)
+        for k in m._batch_destroys:
+            t = m.tds.get(k)
+            if t is not None:
+                for vk in t.vcpus:
+                    _recount_vcpu(m, vk)
         if m.full_check:
-            tds, vcpus, full = _full_rows(m)
-            if full != total or tds != m.q_td_rows or vcpus != m.q_vcpu_rows:
+            kept = (m.q_td_rows, m.q_vcpu_rows, list(m.q_total))
+            _recount_all(m)
+            if kept != (m.q_td_rows, m.q_vcpu_rows, m.q_total):
                 m.diag(
                     "violation",
                     "ENGINE_QUIESCENT_ROWS",
-                    f"the counts kept between batches {total} differ from a recount {full}: a "
-                    "batch changed a TD or vCPU it did not run on (the explorer's own check)",
+                    f"the counts kept between batches {kept[2]} differ from a recount "
+                    f"{m.q_total}: a batch changed a TD or vCPU it did not run on (the "
+                    "explorer's own check)",
                 )
-                m.q_td_rows, m.q_vcpu_rows, m.q_total = tds, vcpus, full
             gotten, used = sum(m.gotten.values()), sum(m.module.used.values())
             if m.gotten_total != gotten or m.module.used_total != used:
                 m.diag(
@@ -264,29 +296,43 @@ def quiescent_totals(m: Machine) -> list[int]:
                     f"({m.module.used_total}) differ from a recount ({gotten}, {used}) "
                     "(the explorer's own check)",
                 )
-    m.q_tds.clear()
-    m.q_vcpus.clear()
     return m.q_total
 
 
 def check_quiescent(m: Machine) -> None:
     """Invariant 5 in full, between batches: every owner count matches its structures, and no
     lock or get/put in flight survived the batch. (After every batch: the TDs and vCPUs the
-    batch ran on are recounted, :func:`quiescent_totals`; the caches are compared only after a
-    batch that moved a page into or out of one.)"""
+    batch ran on are recounted, :func:`quiescent_totals`, or all of them on a small machine;
+    the caches are compared only after a batch that moved a page into or out of one.)"""
     caches = m.caches_moved
     m.caches_moved = False
     check_global(m, m.full_check)
-    total = quiescent_totals(m)
+    if not m.full_check and len(m.tds) + len(m.vcpus) <= _SMALL:
+        m.q_all = True  # (no rows kept: recounted in full if the machine grows)
+        guest = control = sept = mirror = 0
+        mmu_held = False
+        for t in m.tds.values():
+            guest += len(t.gmem)
+            control += len(t.control)
+            n = len(t.entries)
+            sept += n
+            mirror += n + (t.mirror_root is not None)
+            if t.mmu_readers or t.mmu_writer is not None:
+                mmu_held = True
+        for v in m.vcpus.values():
+            control += len(v.control)
+        if caches:
+            _check_caches(m)
+    else:
+        total = quiescent_totals(m)
+        guest, control = total[_T_GUEST], total[_T_CONTROL]
+        sept, mirror = total[_T_SEPT], total[_T_MIRROR]
+        mmu_held = total[_T_MMU_HELD] > 0
+        if caches and not m.full_check:  # (full mode: check_global counted them just now)
+            pool = m.extra.get("mempool")
+            in_pamt = total[_T_PAMT_CACHE] + (len(pool) if pool is not None else 0)
+            _cache_counts(m, in_pamt, total[_T_KVM_CACHE])
     counts = m.mem.counts
-    guest, control = total[_T_GUEST], total[_T_CONTROL]
-    sept, mirror = total[_T_SEPT], total[_T_MIRROR]
-    mmu_held = total[_T_MMU_HELD] > 0
-    if caches and not m.full_check:  # (full mode: check_global counted them just now)
-        pool = m.extra.get("mempool")
-        _cache_counts(
-            m, total[_T_PAMT_CACHE] + (len(pool) if pool is not None else 0), total[_T_KVM_CACHE]
-        )
     if (
         counts[O_IN_HAND] == 0
         and counts[O_GUEST] == guest

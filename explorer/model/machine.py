@@ -576,12 +576,10 @@ class Machine:
         self.caches_moved = False
         #: the pages each TD and vCPU holds, per owner, as of the last batch, and their sum
         #: (``invariants.quiescent_totals``): recounted for the TDs and vCPUs a batch ran on
-        #: (``q_tds``, ``q_vcpus``), all of them after a restore (``q_all``)
+        #: (``batch_owners``), all of them after a restore or a small machine's batch (``q_all``)
         self.q_all = True
-        self.q_tds: set[int] = set()
-        self.q_vcpus: set[int] = set()
-        self.q_td_rows: dict[int, list[int]] = {}
-        self.q_vcpu_rows: dict[int, list[int]] = {}
+        self.q_td_rows: dict[int, tuple[int, int, int, int, int]] = {}
+        self.q_vcpu_rows: dict[int, tuple[int, int, int]] = {}
         self.q_total: list[int] = [0] * 7
         self._changed_counters: dict[str, int] = {}
         self._counters_before: dict[str, int] = {}  # their values before the step
@@ -793,11 +791,14 @@ class Machine:
         """Start a batch: the instant events take effect (``inject``, ``note``, ``schedule``)
         and each CPU gets its queue of events; the CPUs, in order of first appearance."""
         threads: dict[str, Thread] = {}
-        batch_vcpus: set[int] = set()
-        batch_tds: set[int] = set()
-        self._batch_vcpus = batch_vcpus
-        self._batch_tds = batch_tds
-        self._batch_destroys = set()
+        batch_vcpus = self._batch_vcpus
+        batch_tds = self._batch_tds
+        if batch_vcpus:  # (guarded: most batches are one fault, and a call is not free)
+            batch_vcpus.clear()
+        if batch_tds:
+            batch_tds.clear()
+        if self._batch_destroys:
+            self._batch_destroys.clear()
         # the previous batch's CPUs are done: an inject or note step of this batch shows none
         # (as a machine restored at a checkpoint does), this batch's CPUs once they start
         self.threads = threads
@@ -831,12 +832,22 @@ class Machine:
     def end_batch(self) -> None:
         """The checks between batches (:func:`explorer.model.invariants.check_quiescent`), and
         the TDs and vCPUs the batch ran on noted for the next delta checkpoint."""
-        tds, vcpus = self.batch_owners()
-        self._delta_tds |= tds
-        self._delta_vcpus |= vcpus
+        delta_tds = self._delta_tds
+        delta_vcpus = self._delta_vcpus
+        vcpus = self.vcpus
+        for k in self._batch_vcpus:  # (plain loops: one fault per batch is the common case)
+            delta_vcpus.add(k)
+            v = vcpus.get(k)
+            if v is not None:
+                delta_tds.add(v.td)
+        if self._batch_tds:  # (an empty set's iterator still costs a few hundred instructions)
+            for k in self._batch_tds:
+                delta_tds.add(k)
+            for k in self._batch_destroys:
+                t = self.tds.get(k)
+                if t is not None:
+                    delta_vcpus.update(t.vcpus)
         if self.check:
-            self.q_tds |= tds
-            self.q_vcpus |= vcpus
             check_quiescent(self)
             self._flush_diags()
 
