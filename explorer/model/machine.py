@@ -292,9 +292,6 @@ class Thread:
     #: while spinning: how to repeat the spin step without resuming the generator
     #: (:class:`explorer.model.dpamt.Spin`)
     respin: Spin | None = None
-    #: whose thread this is: a vCPU's (``vcpuN``), or a VM's (``tdN``: ``vcpu`` None)
-    vcpu: int | None = None
-    td: int = 0
 
     @property
     def done(self) -> bool:
@@ -910,10 +907,6 @@ class Machine:
         th = self._threads_made.get(name)
         if th is None:
             th = self._threads_made[name] = Thread(name, deque(), 0)
-            if name.startswith("vcpu"):
-                th.vcpu = int(name[4:])
-            elif name.startswith("td"):
-                th.td = int(name[2:])
             return th
         th.queue.clear()
         th.gen = None
