@@ -1,4 +1,8 @@
-"""Shared pytest options."""
+"""Shared pytest options and fixtures."""
+
+import socket
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -10,3 +14,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="rewrite sample_traces/*.golden.* from the current engine instead of diffing",
     )
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """A LocalCluster of 2 worker processes on loopback, no dashboard, shared by a test module:
+    the one `explorer.sweep.dask_client` makes for ``--workers 2`` (the tests use the
+    project's own set-up, not a copy of it)."""
+    from explorer.sweep import dask_client
+
+    with dask_client(workers=2) as client:
+        yield client
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (for an unreachable scheduler)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

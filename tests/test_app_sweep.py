@@ -2,7 +2,6 @@
 its chart, and the Cluster expander's scheduler address."""
 
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -104,11 +103,9 @@ def test_a_bad_scheduler_address_says_so_and_disables_the_run(
 
 
 def test_an_unreachable_scheduler_fails_the_sweep_with_the_reason(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, free_port: int
 ) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port
     at = _compare(monkeypatch)
     at.text_input(key="sweep_scheduler").set_value(f"tcp://127.0.0.1:{port}").run()
     start = time.monotonic()

@@ -2,9 +2,7 @@
 apart."""
 
 import csv
-import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,26 +59,6 @@ def test_parse_vary_refuses_bad_specs_with_the_reason(spec: str, reason: str) ->
     with pytest.raises(SettingsError) as info:
         parse_vary([spec])
     assert reason in str(info.value)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    """One LocalCluster (2 worker processes, loopback, no dashboard) shared by this module."""
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
-            silence_logs=40,
-        ) as c,
-        Client(c, set_as_default=False) as client,
-    ):
-        yield client
 
 
 def _metrics(row: dict[str, Any]) -> dict[str, Any]:
@@ -261,18 +239,15 @@ def test_a_point_that_raises_is_recorded_not_fatal(cluster: Any, tmp_path: Path)
     assert len(bad) == 1 and "KeyError" in bad["error"].iloc[0] and pd.isna(bad["steps"].iloc[0])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 @pytest.mark.parametrize("via", ["flag", "env"])
 def test_an_unreachable_scheduler_exits_2_quickly(
-    via: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    via: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    free_port: int,
 ) -> None:
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port}"
     argv = ["sweep", str(SAMPLES / "lost_race.jsonl"), "--vary", "dpamt_gets_per_fault=0..3"]
     argv += ["--out", str(tmp_path / "x.csv")]
     if via == "flag":

@@ -1,8 +1,6 @@
 """The app's background sweep runner: same rows as run_sweep, progress, cancel, bad schedulers."""
 
-import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,33 +32,6 @@ def _points(trace: Any, hi: int, modes: tuple[str, ...] = ("v6", "v6-locked")) -
 def _same(row: dict[str, Any]) -> dict[str, Any]:
     """What must not depend on where a point ran (not seconds, not worker)."""
     return {k: row[k] for k in [*metric_columns(), "key", "status", "setting.mode"]}
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    """A LocalCluster of 2 worker processes (loopback, no dashboard) shared by this module."""
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
-            silence_logs=40,
-        ) as c,
-        Client(c, set_as_default=False) as client,
-    ):
-        yield client
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def test_a_job_on_its_own_local_cluster_gives_run_sweeps_rows() -> None:
@@ -155,9 +126,11 @@ def test_cluster_is_free_again_after_a_cancel(cluster: Any) -> None:
         ("tcp//nohost", "not an address of the form tcp://HOST:PORT"),
     ],
 )
-def test_a_bad_scheduler_fails_the_job_quickly_with_the_reason(address: str, reason: str) -> None:
+def test_a_bad_scheduler_fails_the_job_quickly_with_the_reason(
+    address: str, reason: str, free_port: int
+) -> None:
     if address == "free-port":
-        address = f"tcp://127.0.0.1:{_free_port()}"
+        address = f"tcp://127.0.0.1:{free_port}"
     trace = _trace("lost_race")
     start = time.monotonic()
     job = SweepJob(trace.events, _points(trace, 2), scheduler=address)

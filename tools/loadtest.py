@@ -12,19 +12,19 @@ import argparse
 import asyncio
 import json
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from playwright.async_api import async_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+sys.path.insert(0, str(ROOT / "tools"))
+from appserver import free_port, start_app, stop_app  # noqa: E402
 
 from explorer.appsupport import list_samples  # noqa: E402
 from explorer.trace.generate import boot  # noqa: E402
@@ -40,12 +40,6 @@ ARGS = [
 ]
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 MAX_CLICKS = 10_000
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _rss_mib(pid: int) -> float:
@@ -95,35 +89,10 @@ async def session(browser, url: str, k: int, seconds: float, upload: Path | None
 
 
 async def run(sessions: int, seconds: float) -> dict:  # type: ignore[type-arg]
-    port = _port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "streamlit_app.py",
-            "--server.headless",
-            "true",
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = start_app(port)  # (waits for the health check before any session starts)
     try:
-        for _ in range(200):
-            try:
-                with urllib.request.urlopen(url + "/_stcore/health", timeout=2):
-                    break
-            except OSError:
-                await asyncio.sleep(0.3)
         tmp = Path(tempfile.mkdtemp())
         uploads = {}
         for k in range(sessions):
@@ -149,8 +118,7 @@ async def run(sessions: int, seconds: float) -> dict:  # type: ignore[type-arg]
             watcher.cancel()
             await browser.close()
     finally:
-        server.terminate()
-        server.wait(timeout=20)
+        stop_app(server)
     lat = sorted(x for r in results for x in r["latencies"])
     errors = [f"session {r['session']}: {e}" for r in results for e in r["errors"]]
     return {

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_latency import CHROMIUM_ARGS, IDLE, ROOT, _port, _serve
+from appserver import ROOT, free_port, start_app, stop_app
+from step_latency import CHROMIUM_ARGS, IDLE
 
 
 def _settle(page) -> None:  # type: ignore[no-untyped-def]
@@ -35,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from playwright.sync_api import sync_playwright
 
-    port = _port()
-    proc = _serve(port)
+    port = free_port()
+    proc = start_app(port)
     url = f"http://127.0.0.1:{port}"
     try:
         with sync_playwright() as p:
@@ -97,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             page.screenshot(path=str(out / "calculator.png"))
             browser.close()
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_app(proc)
     print(f"wrote the screenshots to {out}")
     return 0
 

@@ -11,16 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from appserver import free_port, start_app, stop_app
+
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -30,45 +29,6 @@ CHROMIUM_ARGS = [
 ]
 #: (sample, first step, presses): the default sample, the lost race, the 1,024-region workload
 CASES = (("td_lifecycle", 100, 20), ("lost_race", 90, 20), ("workload_two_tds", 2000, 20))
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _serve(port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "streamlit_app.py",
-            "--server.headless",
-            "true",
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                if r.read() == b"ok":
-                    return proc
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("the app did not start within 60 s")
 
 
 def measure(url: str, chromium: str) -> dict[str, Any]:
@@ -112,13 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     if chromium is None:
         print("step latency: skipped, chromium is not installed (make chromium)", file=sys.stderr)
         return 2
-    port = _port()
-    proc = _serve(port)
+    port = free_port()
+    proc = start_app(port)
     try:
         result = measure(f"http://127.0.0.1:{port}", chromium)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_app(proc)
     if args.json:
         print(json.dumps(result))
     else:

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+from appserver import free_port, start_app, stop_app  # noqa: E402
+
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -33,53 +32,18 @@ CHROMIUM_ARGS = [
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def server() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     log = ARTIFACTS / "streamlit.log"
     ARTIFACTS.mkdir(exist_ok=True)
     with log.open("w") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamlit",
-                "run",
-                "streamlit_app.py",
-                "--server.headless",
-                "true",
-                "--server.port",
-                str(port),
-                "--server.address",
-                "127.0.0.1",
-                "--browser.gatherUsageStats",
-                "false",
-            ],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                    if r.read() == b"ok":
-                        break
-            except OSError:
-                time.sleep(0.3)
-        else:
-            proc.kill()
-            pytest.fail(f"streamlit did not start; see {log}")
-        yield url
-        proc.terminate()
-        proc.wait(timeout=10)
+        try:
+            proc = start_app(port, log=out)
+        except RuntimeError as exc:
+            pytest.fail(f"{exc}; see {log}")
+        yield f"http://127.0.0.1:{port}"
+        stop_app(proc)
 
 
 @pytest.fixture(scope="session")
