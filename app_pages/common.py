@@ -141,9 +141,14 @@ def init_session() -> list[str]:
 
 def load_sample(name: str) -> None:
     data = sample_bytes(name)
-    st.session_state.loaded = Loaded(
-        name, f"{name}.jsonl", data, _parse(content_key(data), f"{name}.jsonl", data)
-    )
+    _adopt(Loaded(name, f"{name}.jsonl", data, _parse(content_key(data), f"{name}.jsonl", data)))
+
+
+def _adopt(loaded: Loaded) -> None:
+    """Make ``loaded`` the trace on show: the previous one's upload error, review notes,
+    setting overrides, place and knobs go with it (one place for the three ways in: a sample,
+    an upload, an imported capture)."""
+    st.session_state.loaded = loaded
     st.session_state.pop("upload_error", None)
     st.session_state.review_notes = {}
     st.session_state.overrides = {}
@@ -197,14 +202,7 @@ def load_upload(name: str, data: bytes) -> tuple[Problem, ...] | None:
     if bar is not None:
         bar.empty()
     st.session_state.pop("loading", None)
-    st.session_state.loaded = Loaded("upload", name, data, trace)
-    st.session_state.pop("upload_error", None)
-    st.session_state.review_notes = {}
-    st.session_state.overrides = {}
-    st.session_state.cursor = -1
-    st.session_state.playing = False
-    for knob in KNOBS:
-        st.session_state.pop(f"knob_{knob}", None)
+    _adopt(Loaded("upload", name, data, trace))
     return None
 
 
@@ -299,15 +297,8 @@ def _load_capture(name: str, data: bytes) -> tuple[Problem, ...] | None:
     source = f"{stem}.imported.jsonl"
     key = content_key(text)
     trace = _parse(key, source, text)
-    st.session_state.loaded = Loaded("upload", source, text, trace)
+    _adopt(Loaded("upload", source, text, trace))
     st.session_state.capture_info = CaptureInfo(name, key, conform(cap))
-    st.session_state.pop("upload_error", None)
-    st.session_state.review_notes = {}
-    st.session_state.overrides = {}
-    st.session_state.cursor = -1
-    st.session_state.playing = False
-    for knob in KNOBS:
-        st.session_state.pop(f"knob_{knob}", None)
     return None
 
 

@@ -24,7 +24,7 @@ from explorer.views.capture import capture_markers_figure, divergence_steps
 from explorer.views.changes import diff_snapshots, effects_table
 from explorer.views.code import code_panel, lock_summary
 from explorer.views.export import DEFAULT_FORMAT, FORMATS, slide_config
-from explorer.views.refcounts import dpamt_over_time_figure, refcount_figure
+from explorer.views.refcounts import refcount_figure, timeline_over_time_figure
 from explorer.views.region_map import region_map
 
 JUMP_KINDS = {
@@ -436,13 +436,7 @@ def view(
     if opened[3]:
         with tabs[3]:
             st.plotly_chart(
-                dpamt_over_time_figure(
-                    list(tl.series_x()),
-                    list(tl.series["pairs"]),
-                    list(tl.series["leaked_pages"]),
-                    snap.nr_regions,
-                    cursor=i,
-                ),
+                timeline_over_time_figure(tl, i, snap.nr_regions),
                 key="chart_over_time",
                 config=_config("over_time"),
                 width="stretch",

@@ -27,7 +27,7 @@ from explorer.views.caches import kvm_caches_figure, pamt_cache_figure
 from explorer.views.changes import diff_snapshots, effects_table
 from explorer.views.code import code_panel, lock_summary
 from explorer.views.export import DEFAULT_FORMAT, slide_config
-from explorer.views.refcounts import dpamt_over_time_figure, refcount_figure
+from explorer.views.refcounts import refcount_figure, timeline_over_time_figure
 from explorer.views.region_map import region_map
 
 #: The query parameters this page owns (the others are the Explore page's).
@@ -142,13 +142,7 @@ def _show_view(tl: Timeline, stop: ResolvedStop) -> None:
         )
     elif view == "over_time":
         st.plotly_chart(
-            dpamt_over_time_figure(
-                list(tl.series_x()),
-                list(tl.series["pairs"]),
-                list(tl.series["leaked_pages"]),
-                snap.nr_regions,
-                cursor=i,
-            ),
+            timeline_over_time_figure(tl, i, snap.nr_regions),
             key="chart_learn_over_time",
             config=_config("learn_over_time"),
             width="stretch",

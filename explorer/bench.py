@@ -27,7 +27,7 @@ from typing import Any
 from explorer.model import NATIVE
 from explorer.model.constants import MODES
 from explorer.model.settings import Settings
-from explorer.timeline import replay
+from explorer.timeline import Timeline, replay
 from explorer.trace import parse_trace
 from explorer.trace.generate import boot
 from explorer.trace.shapes import write as write_shape
@@ -67,6 +67,21 @@ MATRIX: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
+def seek_latencies(tl: Timeline, samples: int, budget_s: float) -> list[float]:
+    """``state_at`` of up to ``samples`` random steps (seeded: the same steps every run) within
+    ``budget_s`` seconds, in ms, sorted."""
+    rng = random.Random(7)
+    lat: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(lat) < samples and time.perf_counter() < deadline:
+        i = rng.randrange(tl.nr_steps)
+        t = time.perf_counter()
+        tl.state_at(i)
+        lat.append((time.perf_counter() - t) * 1000)
+    lat.sort()
+    return lat
+
+
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -103,15 +118,7 @@ def bench_trace(faults: int, state_at_samples: int, state_at_budget_s: float) ->
     t_replay = time.perf_counter() - t0
     gc.collect()
     rss2 = _rss()
-    rng = random.Random(7)
-    lat: list[float] = []
-    deadline = time.perf_counter() + state_at_budget_s
-    while len(lat) < state_at_samples and time.perf_counter() < deadline:
-        i = rng.randrange(tl.nr_steps)
-        t = time.perf_counter()
-        tl.state_at(i)
-        lat.append((time.perf_counter() - t) * 1000)
-    lat.sort()
+    lat = seek_latencies(tl, state_at_samples, state_at_budget_s)
     n_events = tl.nr_events
     parts = tl.memory_bytes()
     held = sum(parts.values())
@@ -164,15 +171,7 @@ def bench_cell(
     trace, t_parse = _timed(parse_trace, data, f"{shape}.jsonl")
     settings = Settings().with_overrides({**trace.settings, **overrides})
     tl, t_replay = _timed(replay, trace.events, settings)
-    rng = random.Random(7)
-    lat: list[float] = []
-    deadline = time.perf_counter() + budget_s
-    while len(lat) < samples and time.perf_counter() < deadline:
-        i = rng.randrange(tl.nr_steps)
-        t = time.perf_counter()
-        tl.state_at(i)
-        lat.append((time.perf_counter() - t) * 1000)
-    lat.sort()
+    lat = seek_latencies(tl, samples, budget_s)
     n_faults = sum(1 for e in trace.events if e.op == "fault")
     held = sum(tl.memory_bytes().values())
     return {

@@ -61,17 +61,7 @@ def run_exploration(
 ) -> dict[str, Any]:
     """One search, in a child process on the pure Python engine; a row (never raises: a failed
     search is a row with ``status`` "error" and the reason)."""
-    row: dict[str, Any] = dict.fromkeys(COLUMNS)
-    row.update(
-        trace=source,
-        trace_digest=digest(data),
-        mode=settings.get("mode", "v6"),
-        status="error",
-        error="",
-        worker=_worker(),
-    )
-    for k, v in settings.items():
-        row[f"setting.{k}"] = v
+    row = _error_row(source, data, settings, "", _worker())
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dpamt-explore-") as tmp:
         path = os.path.join(tmp, os.path.basename(source) or "trace.jsonl")
@@ -98,6 +88,25 @@ def run_exploration(
         schedules=str(r["schedules"]),  # (exceeds 64 bits: kept as text)
         findings=",".join(v["code"] for v in r["violations"]),
     )
+    return row
+
+
+def _error_row(
+    source: str, data: bytes, settings: dict[str, Any], error: str, worker: str | None
+) -> dict[str, Any]:
+    """A row of the search of ``source`` under ``settings`` that has not (or not yet) run:
+    status "error", the reason in ``error``; a search that completes overwrites it."""
+    row: dict[str, Any] = dict.fromkeys(COLUMNS)
+    row.update(
+        trace=source,
+        trace_digest=digest(data),
+        mode=settings.get("mode", "v6"),
+        status="error",
+        error=error,
+        worker=worker,
+    )
+    for k, v in settings.items():
+        row[f"setting.{k}"] = v
     return row
 
 
@@ -148,15 +157,7 @@ def run_grid(
                 rows[i] = future.result()
             except Exception as exc:  # a worker lost for good: the row says so
                 name, data, s = tasks[i]
-                row: dict[str, Any] = dict.fromkeys(COLUMNS)
-                row.update(
-                    trace=name,
-                    trace_digest=digest(data),
-                    mode=s.get("mode", "v6"),
-                    status="error",
-                    error=f"{type(exc).__name__}: {exc}",
-                )
-                rows[i] = row
+                rows[i] = _error_row(name, data, s, f"{type(exc).__name__}: {exc}", None)
             done += 1
             if progress is not None:
                 progress(done, len(tasks))

@@ -20,7 +20,7 @@ from explorer.tours import ResolvedStop, Tour, resolve
 from explorer.views.caches import kvm_caches_figure, pamt_cache_figure
 from explorer.views.changes import diff_snapshots, effects_table
 from explorer.views.code import code_panel, lock_summary
-from explorer.views.refcounts import dpamt_over_time_figure, refcount_figure
+from explorer.views.refcounts import refcount_figure, timeline_over_time_figure
 from explorer.views.region_map import region_map
 
 #: id of the one <script> element holding plotly.js.
@@ -64,13 +64,7 @@ def _figure(tl: Timeline, stop: ResolvedStop) -> go.Figure | None:
     if view == "kvm_caches":
         return kvm_caches_figure(snap)
     if view == "over_time":
-        return dpamt_over_time_figure(
-            list(tl.series_x()),
-            list(tl.series["pairs"]),
-            list(tl.series["leaked_pages"]),
-            snap.nr_regions,
-            cursor=i,
-        )
+        return timeline_over_time_figure(tl, i, snap.nr_regions)
     return None
 
 

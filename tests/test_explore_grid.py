@@ -45,50 +45,30 @@ def test_a_grid_on_a_local_cluster_equals_one_search_at_a_time(tmp_path: Path) -
     ]
 
 
-def test_the_command_writes_parquet_and_says_what_it_found(tmp_path: Path) -> None:
-    out = tmp_path / "grid.parquet"
-    env = dict(os.environ)
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "explorer",
-            "explore-grid",
-            str(SAMPLES / "lost_race.jsonl"),
-            "--vary",
-            "mode=v6,v6-no-recheck",
-            "--workers",
-            "1",
-            "--out",
-            str(out),
-        ],
+def _explore_grid(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m explorer explore-grid lost_race.jsonl ARGS`` in a child process."""
+    cmd = [sys.executable, "-m", "explorer", "explore-grid", str(SAMPLES / "lost_race.jsonl")]
+    return subprocess.run(
+        [*cmd, *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env=env,
-        timeout=300,
+        env=dict(os.environ),
+        timeout=timeout,
+    )
+
+
+def test_the_command_writes_parquet_and_says_what_it_found(tmp_path: Path) -> None:
+    out = tmp_path / "grid.parquet"
+    p = _explore_grid(
+        "--vary", "mode=v6,v6-no-recheck", "--workers", "1", "--out", str(out), timeout=300
     )
     assert p.returncode == 1, p.stderr  # a finding
     frame = pd.read_parquet(out)
     assert list(frame["mode"]) == ["v6", "v6-no-recheck"]
     assert list(frame["findings"].fillna("")) == ["", "WARN_PAMT_ADD"]
     assert "WARN_PAMT_ADD" in p.stderr
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "explorer",
-            "explore-grid",
-            str(SAMPLES / "lost_race.jsonl"),
-            "--scheduler",
-            "tcp://127.0.0.1:9",
-            "--out",
-            str(tmp_path / "x.csv"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=60,
+    p = _explore_grid(
+        "--scheduler", "tcp://127.0.0.1:9", "--out", str(tmp_path / "x.csv"), timeout=60
     )
     assert p.returncode == 2 and "127.0.0.1:9" in p.stderr

@@ -8,6 +8,7 @@ from plotly.subplots import make_subplots
 from explorer.frames import regions_in_play
 from explorer.model.constants import PAGE_SIZE, PAGES_PER_REGION, PAMT_ENTRY_SIZE
 from explorer.model.records import Snapshot
+from explorer.timeline import Timeline
 from explorer.views.palette import BLUE, GREY, NEUTRAL, ORANGE, VERMILLION, YELLOW
 
 #: Bars drawn at most (regions with the highest refcounts first beyond that).
@@ -147,3 +148,15 @@ def dpamt_over_time_figure(
     )
     fig.update_yaxes(title_text="MiB", rangemode="tozero", row=2, col=1)
     return fig
+
+
+def timeline_over_time_figure(tl: Timeline, cursor: int, nr_regions: int) -> go.Figure:
+    """:func:`dpamt_over_time_figure` of a timeline's series, the cursor at step ``cursor``
+    (Explore, the Learn page and the tour handout draw this same chart)."""
+    return dpamt_over_time_figure(
+        list(tl.series_x()),
+        list(tl.series["pairs"]),
+        list(tl.series["leaked_pages"]),
+        nr_regions,
+        cursor=cursor,
+    )
