@@ -31,15 +31,15 @@ from explorer.appsupport import (
     sample_bytes,
     settings_key,
 )
-from explorer.capture import looks_like_capture, parse_capture
 from explorer.csvsafe import escape_frame
-from explorer.designs import help_text
-from explorer.metrics import RunMetrics, run_metrics
+from explorer.designs.rationale import help_text
+from explorer.ingest import Trace, parse_trace
+from explorer.ingest.capture import looks_like_capture, parse_capture
 from explorer.model.constants import MODES, mode_label
 from explorer.model.errors import Problem, TraceError
 from explorer.model.settings import Settings
-from explorer.timeline import Timeline, replay
-from explorer.trace import Trace, parse_trace
+from explorer.replay.timeline import Timeline, replay
+from explorer.sweeps.metrics import RunMetrics, run_metrics
 
 KNOBS = (
     "worst_case_tables",
@@ -56,7 +56,7 @@ KNOB_HELP = {
     "worst_case_tables": "min of KVM's page-table caches per fault (PT64_ROOT_MAX_LEVEL)",
     "dpamt_gets_per_fault": "n of tdx_topup_pamt_cache(cache, n): the cache holds 2n pages",
     "ept_levels": "4-level EPT: 3 non-root tables per fault at most; 5-level: 4",
-    # each mode's summary and where it comes from (explorer.designs: the seed's own reasons)
+    # each mode's summary and where it comes from (explorer.designs.rationale: the seed's own reasons)
     "mode": "v6 as posted, its variants, and the designs the seed rejected:\n\n"
     + "\n\n".join(help_text(m).split("\n")[0] for m in MODES),
     "allocator": "lowest packs pages into regions; spread scatters them (worst case for DPAMT)",
@@ -275,15 +275,16 @@ class CaptureInfo:
 
     source: str  # the capture's file name
     trace_key: str  # content_key of the imported trace's bytes: whose views these are
-    conformance: Any  # explorer.capture_import.Conformance
+    conformance: Any  # explorer.conformance.conform.Conformance
 
 
 def _load_capture(name: str, data: bytes) -> tuple[Problem, ...] | None:
     """A kernel capture (tools/capture/dpamt.bt's output, told apart by its content): imported
-    as a trace (explorer.capture_import), checked against the model (``conform``), loaded as the
+    as a trace (explorer.conformance.importer), checked against the model (``conform``), loaded as the
     imported trace; the conformance stays beside it for Explore's markers and jumps."""
-    from explorer.capture_import import conform, import_capture
-    from explorer.trace.write import dump_trace
+    from explorer.conformance.conform import conform
+    from explorer.conformance.importer import import_capture
+    from explorer.ingest.write import dump_trace
 
     try:
         cap = parse_capture(data, name)

@@ -10,12 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app_pages import common
-from explorer.designs import design, help_text
-from explorer.metrics import RunMetrics
-from explorer.model.constants import MODES, PAGE_SIZE, mode_label
-from explorer.model.errors import TraceError
-from explorer.model.settings import Settings
-from explorer.overhead import (
+from explorer.designs.overhead import (
     GIB,
     LORE_V6,
     MAXPA_BITS,
@@ -24,8 +19,13 @@ from explorer.overhead import (
     overhead,
     regions_touched,
 )
-from explorer.sweep import grid_points, settings_json, trace_digest
-from explorer.sweepjob import SCHEDULER_ENV, SweepJob, address_problem, local_workers
+from explorer.designs.rationale import design, help_text
+from explorer.model.constants import MODES, PAGE_SIZE, mode_label
+from explorer.model.errors import TraceError
+from explorer.model.settings import Settings
+from explorer.sweeps.job import SCHEDULER_ENV, SweepJob, address_problem, local_workers
+from explorer.sweeps.metrics import RunMetrics
+from explorer.sweeps.sweep import grid_points, settings_json, trace_digest
 from explorer.views.about import cover_letter_table, overhead_table, overhead_verdict
 from explorer.views.caches import pamt_cache_figure
 from explorer.views.palette import OKABE_ITO
@@ -55,7 +55,7 @@ METRIC_LABELS = {
     "violations": "violations",
 }
 BYTE_ROWS = [METRIC_LABELS["dpamt_pair_bytes_peak"], METRIC_LABELS["static_pamt_4k_bytes"]]
-#: The mode column's help: each mode's first line of :func:`explorer.designs.help_text`.
+#: The mode column's help: each mode's first line of :func:`explorer.designs.rationale.help_text`.
 MODE_HELP = (
     "The design each row models. The sources' reasons for each are beside its column below "
     "(*Why each design*).\n\n" + "\n\n".join(help_text(m).split("\n")[0] for m in MODES)

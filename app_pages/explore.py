@@ -15,9 +15,9 @@ from explorer.appsupport import (
     place_in,
     stop_note,
 )
+from explorer.ingest.write import dump_trace
 from explorer.model.settings import Settings
-from explorer.timeline import Timeline
-from explorer.trace.write import dump_trace
+from explorer.replay.timeline import Timeline
 from explorer.views.animation import animation_figure, animation_html
 from explorer.views.caches import kvm_caches_figure, pamt_cache_figure
 from explorer.views.capture import capture_markers_figure, divergence_steps

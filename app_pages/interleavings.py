@@ -1,7 +1,7 @@
 """Interleavings: every schedule of the loaded trace's concurrent groups, its outcomes and its
 findings, each one a click away from Explore (pinned, at the step where it departs).
 
-The search runs in a child process (:class:`explorer.exploreapp.ExploreJob`); the job and its
+The search runs in a child process (:class:`explorer.interleavings.job.ExploreJob`); the job and its
 result live in the session, keyed by the trace's bytes and the settings, so a rerun (a click
 elsewhere, a change of page) neither restarts nor loses it.
 """
@@ -15,7 +15,7 @@ import streamlit as st
 
 from app_pages import common
 from explorer.appsupport import content_key, settings_key
-from explorer.exploreapp import (
+from explorer.interleavings.job import (
     DEFAULT_MAX_STATES,
     MAX_MAX_STATES,
     MIN_MAX_STATES,

@@ -1,11 +1,11 @@
 """Learn: guided tours of the samples, and predict-the-next-step.
 
-Tours are data (sample_traces/<sample>.tour.ndjson, explorer/tours.py); each stop is shown with
+Tours are data (sample_traces/<sample>.tour.ndjson, explorer/teaching/tours.py); each stop is shown with
 the view it names, drawn by the same view functions as the Explore page. A tour and its stop are
 in the URL (``tour``, ``stop``), so a teacher can hand out a link to one slide.
 
 Predict asks about the step about to be revealed; the questions and their answers come from the
-replay (explorer/predict.py), so they follow the engine.
+replay (explorer/teaching/predict.py), so they follow the engine.
 
 Tour text is the repository's, but it is shown like any other text we did not write here: with
 ``st.text`` (never as Markdown), as app_pages/common.py asks.
@@ -18,11 +18,11 @@ from functools import partial
 import streamlit as st
 
 from app_pages import common
-from explorer.handout import tour_handout_html
 from explorer.model.settings import Settings
-from explorer.predict import PredictionSession
-from explorer.timeline import Timeline
-from explorer.tours import ResolvedStop, TourError, resolve, tour_for, tour_names
+from explorer.replay.timeline import Timeline
+from explorer.teaching.handout import tour_handout_html
+from explorer.teaching.predict import PredictionSession
+from explorer.teaching.tours import ResolvedStop, TourError, resolve, tour_for, tour_names
 from explorer.views.caches import kvm_caches_figure, pamt_cache_figure
 from explorer.views.changes import diff_snapshots, effects_table
 from explorer.views.code import code_panel, lock_summary

@@ -9,8 +9,8 @@ import streamlit as st
 
 from app_pages import common
 from explorer.appsupport import stop_note
-from explorer.trace.generate import WORKLOADS
-from explorer.trace.write import dump_trace, event_object
+from explorer.ingest.generate import WORKLOADS
+from explorer.ingest.write import dump_trace, event_object
 
 #: Events shown in the table (the whole trace can be downloaded).
 MAX_ROWS = 5000

@@ -13,9 +13,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from explorer.ingest import limits as L
 from explorer.model.errors import Problem
 from explorer.model.settings import SETTING_SPECS, Settings
-from explorer.trace import limits as L
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "sample_traces"
 DEFAULT_SAMPLE = "td_lifecycle"
@@ -271,7 +271,7 @@ class Place:
 
 
 def place_in(tl: Any, event: int, label: str) -> int:
-    """The step of ``tl`` (a :class:`explorer.timeline.Timeline`) that best matches a step of
+    """The step of ``tl`` (a :class:`explorer.replay.timeline.Timeline`) that best matches a step of
     another replay of the same trace: the first step of ``label`` within ``event``, else the
     event's first step; -1 for ``event < 0``; the last step if the event never ran."""
     if event < 0 or tl.nr_steps == 0:

@@ -1,7 +1,7 @@
 """``make bench``: the timeline's speed and memory, figures printed.
 
 Two parts: the generator's ``boot`` workload at 100k and 1M faults, and a **matrix** of workload
-shapes the generator does not write (:mod:`explorer.trace.shapes`: other key orders and integer
+shapes the generator does not write (:mod:`explorer.ingest.shapes`: other key orders and integer
 notations, runs without ``t``, bursts, zaps, teardown, TD lifecycles) crossed with the settings a
 reviewer picks (allocator, schedule, mode, EPT levels), each cell 100k faults by default.
 
@@ -24,13 +24,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from explorer.ingest import parse_trace
+from explorer.ingest.generate import boot
+from explorer.ingest.shapes import write as write_shape
 from explorer.model import NATIVE
 from explorer.model.constants import MODES
 from explorer.model.settings import Settings
-from explorer.timeline import Timeline, replay
-from explorer.trace import parse_trace
-from explorer.trace.generate import boot
-from explorer.trace.shapes import write as write_shape
+from explorer.replay.timeline import Timeline, replay
 from explorer.views.region_map import region_map_stats
 
 TARGETS = {
@@ -460,7 +460,7 @@ def render(
         out += [
             "",
             f"Matrix ({len(cells)} cells of {cells[0]['faults']:,} faults, shapes from "
-            "`explorer/trace/shapes.py`, settings on top of the trace's; targets: >= 100,000 "
+            "`explorer/ingest/shapes.py`, settings on top of the trace's; targets: >= 100,000 "
             "faults/s, parse + replay <= 3x parse and <= 6x `json.loads` of the lines, <= 200 "
             "B/event, `state_at` median <= 20 ms):",
             "",

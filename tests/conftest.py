@@ -19,9 +19,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
     """A LocalCluster of 2 worker processes on loopback, no dashboard, shared by a test module:
-    the one `explorer.sweep.dask_client` makes for ``--workers 2`` (the tests use the
+    the one `explorer.sweeps.sweep.dask_client` makes for ``--workers 2`` (the tests use the
     project's own set-up, not a copy of it)."""
-    from explorer.sweep import dask_client
+    from explorer.sweeps.sweep import dask_client
 
     with dask_client(workers=2) as client:
         yield client

@@ -308,8 +308,8 @@ def test_changing_a_setting_keeps_the_event_and_the_kind_of_step() -> None:
     """Step 119 of td_lifecycle (a PAMT.ADD) stays in its event, on a step of the same label,
     after switching to v6-locked (not on whatever step 119 is in the new replay)."""
     from explorer.appsupport import sample_bytes
-    from explorer.timeline import replay
-    from explorer.trace import parse_trace
+    from explorer.ingest import parse_trace
+    from explorer.replay.timeline import replay
 
     trace = parse_trace(sample_bytes(DEFAULT_SAMPLE), "t")
     base = Settings().with_overrides(trace.settings)
@@ -334,7 +334,7 @@ def _compare(**params: str) -> AppTest:
 
 
 def test_compare_shows_the_seeds_reasons_beside_each_design() -> None:
-    from explorer.designs import design
+    from explorer.designs.rationale import design
 
     at = _compare()
     modes = ["v6", "v5-topup-install", "kvm-style-cache"]
@@ -384,7 +384,7 @@ def test_compare_memory_calculator_at_maxpa_says_dpamt_costs_more() -> None:
 
 
 def test_compare_cover_letter_table_and_citation() -> None:
-    from explorer.overhead import COVER_LETTER_TABLE, LORE_V6
+    from explorer.designs.overhead import COVER_LETTER_TABLE, LORE_V6
 
     at = _compare()
     cover = next(d.value for d in at.dataframe if "DPAMT (published, GB)" in d.value.columns)
@@ -421,8 +421,8 @@ def test_a_stopped_load_says_so_and_keeps_the_previous_trace() -> None:
 
 def test_a_long_upload_shows_progress_from_its_first_line() -> None:
     """parse_trace reports as it parses, against the line count of its first pass."""
-    from explorer.trace import parse_trace
-    from explorer.trace.generate import boot
+    from explorer.ingest import parse_trace
+    from explorer.ingest.generate import boot
 
     text = "\n".join(boot(tds=1, vcpus=2, faults=150_000, seed=1)) + "\n"
     seen: list[tuple[float, str]] = []
@@ -488,8 +488,8 @@ def test_a_review_note_is_pinned_carried_by_the_link_and_downloaded_in_the_trace
     link.button(key="btn_jump_next").click().run()
     assert link.session_state.cursor == 40
     from explorer.appsupport import notes_in_trace
-    from explorer.timeline import replay
-    from explorer.trace import parse_trace
+    from explorer.ingest import parse_trace
+    from explorer.replay.timeline import replay
 
     trace = parse_trace((ROOT / "sample_traces" / "lost_race.jsonl").read_bytes(), "x")
     tl = replay(trace.events, Settings().with_overrides(trace.settings))

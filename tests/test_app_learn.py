@@ -4,11 +4,11 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
+from explorer.ingest import parse_trace
 from explorer.model.settings import Settings
-from explorer.predict import PredictionSession
-from explorer.timeline import replay
-from explorer.tours import resolve, tour_for
-from explorer.trace import parse_trace
+from explorer.replay.timeline import replay
+from explorer.teaching.predict import PredictionSession
+from explorer.teaching.tours import resolve, tour_for
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "streamlit_app.py")

@@ -65,7 +65,7 @@ def test_a_running_sweep_shows_progress_and_cancels(monkeypatch: pytest.MonkeyPa
     at = _compare(monkeypatch, sample="workload_two_tds")
     at.slider(key="sweep_hi").set_value(12).run()
     # slow every point down so the test sees the job running (the page's sweep is fast)
-    import explorer.sweep as sweep
+    import explorer.sweeps.sweep as sweep
 
     real = sweep.run_point
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from explorer.ingest import parse_trace
 from explorer.model.errors import TraceError
 from explorer.model.machine import Machine
 from explorer.model.settings import Settings
-from explorer.trace import parse_trace
 
 CORPUS = Path(__file__).resolve().parent / "bad_traces"
 EXPECTED: dict[str, dict[str, str]] = json.loads((CORPUS / "expected.json").read_text())

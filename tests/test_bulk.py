@@ -26,6 +26,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from explorer.ingest.generate import boot, churn
+from explorer.ingest.parse import parse_trace
 from explorer.model import NATIVE
 from explorer.model.constants import INJECTIONS, MODES
 from explorer.model.events import (
@@ -44,9 +46,7 @@ from explorer.model.machine import Machine, batches
 from explorer.model.records import Snapshot, Step
 from explorer.model.settings import Settings
 from explorer.model.summary import summary
-from explorer.timeline import replay
-from explorer.trace.generate import boot, churn
-from explorer.trace.parse import parse_trace
+from explorer.replay.timeline import replay
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_traces"
@@ -231,8 +231,8 @@ def _summaries(paths: list[Path], settings_: list[dict[str, Any]], pure: bool) -
         "import json, sys\n"
         "from explorer.model import NATIVE\n"
         "from explorer.model.settings import Settings\n"
-        "from explorer.timeline import replay\n"
-        "from explorer.trace.parse import parse_trace\n"
+        "from explorer.replay.timeline import replay\n"
+        "from explorer.ingest.parse import parse_trace\n"
         "out = [NATIVE]\n"
         "for path, over in json.loads(sys.argv[1]):\n"
         "    tr = parse_trace(open(path, 'rb').read(), path)\n"
@@ -290,7 +290,7 @@ def test_hosts_with_many_tds_and_vcpus_agree(shape: str, faults: int) -> None:
     """Past 24 TDs and vCPUs the bulk path keeps per-TD and per-vCPU counts between batches and
     its deltas hold only what batches ran on: bulk and step-by-step still agree on every figure
     and on states sought from checkpoints (128 TDs at once; TDs created and destroyed)."""
-    from explorer.trace.shapes import write
+    from explorer.ingest.shapes import write
 
     trace = parse_trace(write(shape, faults, seed=3), f"{shape}.jsonl")
     s = Settings().with_overrides(trace.settings)

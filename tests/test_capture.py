@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer.capture import PROBES, looks_like_capture, parse_capture
+from explorer.ingest.capture import PROBES, looks_like_capture, parse_capture
 from explorer.model.errors import TraceError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,7 +121,7 @@ def test_unknown_keys_are_noted_once() -> None:
 def test_limits() -> None:
     with pytest.raises(TraceError, match="MAX_LINE_BYTES"):
         parse_capture(b"1 0 1 tdx_pamt_put.entry pfn=1" + b" a=1" * 20000 + b"\n", "t")
-    from explorer.trace import limits
+    from explorer.ingest import limits
 
     with pytest.raises(TraceError, match="MAX_UPLOAD_BYTES"):
         parse_capture(b"#" * (limits.MAX_UPLOAD_BYTES + 1), "t")

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from explorer.capture import parse_capture
-from explorer.capture_import import conform, import_capture
-from explorer.cli import main
+from explorer.cli.main import main
+from explorer.conformance.conform import conform
+from explorer.conformance.importer import import_capture
+from explorer.ingest.capture import parse_capture
 from explorer.model.events import Fault, Schedule, TdCreate, TdDestroy, Zap
-from explorer.timeline import replay
+from explorer.replay.timeline import replay
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_traces" / "captures"
 

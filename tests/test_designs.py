@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer.designs import (
+from explorer.designs.rationale import (
     DESIGNS,
     SEED_SOURCE,
     SERIES_PASSAGES,

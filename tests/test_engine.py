@@ -25,7 +25,9 @@ from explorer.model.events import (
     VcpuFree,
     Zap,
 )
-from explorer.model.machine import Machine
+from explorer.model.machine import (
+    Machine,
+)
 from explorer.model.settings import Settings
 
 BOOT: list[Event] = [
@@ -90,7 +92,7 @@ def test_a_partial_pop_frees_the_first_page_to_the_allocator() -> None:
     """v6's top-ups keep the cache even and each get pops a pair, so the fault path never pops
     half a pair; the kernel code handles it anyway. Drive tdx_pamt_get on an odd cache."""
     from explorer.model.dpamt import ENOMEM, tdx_pamt_get
-    from explorer.model.machine import Thread
+    from explorer.model.state import Thread
 
     m = run([*BOOT, Fault(vcpu=0, gfn=0x10)])
     vcpu = m.vcpus[0]

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from explorer.explore import _count_paths, pin
+from explorer.ingest import parse_trace
+from explorer.interleavings.search import _count_paths, pin
 from explorer.model.machine import Machine
 from explorer.model.settings import Settings
-from explorer.timeline import replay
-from explorer.trace import parse_trace
+from explorer.replay.timeline import replay
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_traces"

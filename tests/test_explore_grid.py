@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from explorer.explore_grid import run_exploration, run_grid
+from explorer.interleavings.grid import run_exploration, run_grid
 from explorer.model.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

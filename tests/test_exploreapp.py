@@ -1,9 +1,9 @@
-"""explorer.exploreapp: the Interleavings page's background search and its result's shapes."""
+"""explorer.interleavings.job: the Interleavings page's background search and its result's shapes."""
 
 from pathlib import Path
 
-from explorer.explore import pin
-from explorer.exploreapp import (
+from explorer.ingest import Trace, parse_trace
+from explorer.interleavings.job import (
     ExploreJob,
     first_difference,
     outcome_rows,
@@ -11,9 +11,9 @@ from explorer.exploreapp import (
     pinned_trace,
     violation_rows,
 )
+from explorer.interleavings.search import pin
 from explorer.model.settings import Settings
-from explorer.timeline import replay
-from explorer.trace import Trace, parse_trace
+from explorer.replay.timeline import replay
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_traces"
 

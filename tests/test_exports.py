@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from explorer.handout import PLOTLYJS_ID, tour_handout_html
+from explorer.ingest import parse_trace
 from explorer.model.settings import Settings
-from explorer.timeline import Timeline, replay
-from explorer.tours import resolve, tour_for
-from explorer.trace import parse_trace
+from explorer.replay.timeline import Timeline, replay
+from explorer.teaching.handout import PLOTLYJS_ID, tour_handout_html
+from explorer.teaching.tours import resolve, tour_for
 from explorer.views.animation import NBSP, animation_figure, animation_html
 from explorer.views.code import code_panel
 from explorer.views.export import slide_config

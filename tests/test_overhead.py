@@ -2,7 +2,7 @@
 
 import pytest
 
-from explorer.overhead import (
+from explorer.designs.overhead import (
     COVER_LETTER_FIGURES,
     COVER_LETTER_TABLE,
     GIB,

@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from explorer.ingest import parse_trace
 from explorer.model.settings import Settings
-from explorer.predict import (
+from explorer.replay.timeline import Timeline, replay
+from explorer.teaching.predict import (
     NONE,
     PredictionSession,
     Question,
@@ -13,8 +15,6 @@ from explorer.predict import (
     questions_at,
     vcpu_id,
 )
-from explorer.timeline import Timeline, replay
-from explorer.trace import parse_trace
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_traces"
 

@@ -16,11 +16,11 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from explorer.cli import resolve_settings
+from explorer.cli.main import resolve_settings
+from explorer.ingest import parse_trace
 from explorer.model.records import OWNERS, Snapshot
 from explorer.model.settings import Settings
-from explorer.timeline import replay
-from explorer.trace import parse_trace
+from explorer.replay.timeline import replay
 from explorer.views.region_map import region_map
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_traces"

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from explorer.cli import resolve_settings
+from explorer.cli.main import resolve_settings
+from explorer.ingest import parse_trace
 from explorer.model.machine import Machine
 from explorer.model.summary import summary
-from explorer.render import format_steps
-from explorer.trace import parse_trace
+from explorer.replay.render import format_steps
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_traces"
 #: Samples whose golden is the JSON summary (their step text would be megabytes).

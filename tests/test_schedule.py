@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from explorer.ingest import parse_trace
 from explorer.model.events import Schedule
 from explorer.model.machine import Machine
 from explorer.model.settings import Settings
-from explorer.timeline import replay
-from explorer.trace import parse_trace
+from explorer.replay.timeline import replay
 
 from .test_bulk import agree
 

@@ -1,4 +1,4 @@
-"""The benchmark's workload shapes (explorer.trace.shapes) are valid traces of the shape they
+"""The benchmark's workload shapes (explorer.ingest.shapes) are valid traces of the shape they
 claim, written in every style the parser accepts, and each replays clean."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from collections import Counter
 import pytest
 
 from explorer.bench import MATRIX, bench_cell, matrix_line, matrix_summary
+from explorer.ingest import parse_trace
+from explorer.ingest.shapes import SHAPES, write
 from explorer.model.settings import Settings
-from explorer.timeline import replay
-from explorer.trace import parse_trace
-from explorer.trace.shapes import SHAPES, write
+from explorer.replay.timeline import replay
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))

@@ -9,12 +9,13 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from explorer.cli import main
-from explorer.metrics import run_metrics
+from explorer.cli.main import main
+from explorer.ingest import parse_trace
 from explorer.model.errors import SettingsError
 from explorer.model.events import Fault, Inject, TdCreate, TdFinalize, VcpuCreate, Zap
 from explorer.model.settings import Settings
-from explorer.sweep import (
+from explorer.sweeps.metrics import run_metrics
+from explorer.sweeps.sweep import (
     EXTRA_COLUMNS,
     MAX_SWEEP_POINTS,
     columns,
@@ -25,7 +26,6 @@ from explorer.sweep import (
     run_sweep,
     trace_digest,
 )
-from explorer.trace import parse_trace
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_traces"
 

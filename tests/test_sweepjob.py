@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
+from explorer.ingest import parse_trace
 from explorer.model.settings import Settings
-from explorer.sweep import grid_points, metric_columns, run_sweep
-from explorer.sweepjob import SweepJob, address_problem, local_workers
-from explorer.trace import parse_trace
+from explorer.sweeps.job import SweepJob, address_problem, local_workers
+from explorer.sweeps.sweep import grid_points, metric_columns, run_sweep
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_traces"
 
@@ -98,7 +98,7 @@ def test_cancel_midway_keeps_the_rows_done_and_says_cancelled(cluster: Any, wher
 
 
 def _keys(trace: Any, points: list[Settings]) -> list[str]:
-    from explorer.sweep import point_key, trace_digest
+    from explorer.sweeps.sweep import point_key, trace_digest
 
     digest = trace_digest(trace.events)
     return [point_key(digest, p) for p in points]

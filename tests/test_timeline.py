@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from explorer.cli import resolve_settings
+from explorer.cli.main import resolve_settings
+from explorer.ingest import parse_trace
 from explorer.model.events import Fault, TdCreate, VcpuCreate, Zap
 from explorer.model.machine import Machine
 from explorer.model.settings import Settings
-from explorer.timeline import CHECKPOINT_EVERY, ReplayCancelled, replay
-from explorer.trace import parse_trace
+from explorer.replay.timeline import CHECKPOINT_EVERY, ReplayCancelled, replay
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_traces"
 
@@ -190,7 +190,7 @@ def test_memory_bytes_counts_every_keyframe_page_map() -> None:
     """The timeline's memory figure includes the keyframes' deflated page maps. (Reading a
     tuple field of a class compiled by mypyc builds a new tuple each time: counted by id alone,
     a dead temporary's id could be taken by a later one, and a keyframe's maps went uncounted.)"""
-    from explorer.trace.shapes import write
+    from explorer.ingest.shapes import write
 
     trace = parse_trace(write("runs", 3000), "runs.jsonl")
     s = Settings().with_overrides({**trace.settings, "allocator": "random"})

@@ -1,4 +1,4 @@
-"""Guided tours (explorer/tours.py, docs/tours.md): every shipped tour parses and resolves on the
+"""Guided tours (explorer/teaching/tours.py, docs/tours.md): every shipped tour parses and resolves on the
 current engine, and a bad tour is refused at its line:col with its reason."""
 
 from functools import cache
@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from explorer.cli import resolve_settings
-from explorer.timeline import Timeline, replay
-from explorer.tours import (
+from explorer.cli.main import resolve_settings
+from explorer.ingest import parse_trace
+from explorer.replay.timeline import Timeline, replay
+from explorer.teaching.tours import (
     MAX_LOOK,
     MAX_NARRATION,
     TOUR_SUFFIX,
@@ -19,7 +20,6 @@ from explorer.tours import (
     tour_for,
     tour_names,
 )
-from explorer.trace import parse_trace
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_traces"
 REQUIRED = (

@@ -8,13 +8,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from explorer.ingest import limits, parse_trace
+from explorer.ingest.parse import CSV_COLUMNS, SCHEMA
+from explorer.ingest.write import dump_trace
 from explorer.model.constants import INJECTIONS, MODES
 from explorer.model.errors import TraceError
 from explorer.model.events import EVENT_TYPES, Fault, Inject, Note, TdCreate, VcpuCreate, Zap
 from explorer.model.settings import SETTING_SPECS
-from explorer.trace import limits, parse_trace
-from explorer.trace.parse import CSV_COLUMNS, SCHEMA
-from explorer.trace.write import dump_trace
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "trace-format.md").read_text()
 
@@ -158,7 +158,7 @@ _FAULT_LINES = [
 @given(st.lists(st.sampled_from(_FAULT_LINES), min_size=1, max_size=12))
 def test_the_fast_path_parses_exactly_like_the_full_path(lines: list[str]) -> None:
     """Canonical fault lines skip the JSON decoder; the events or problems must be identical."""
-    import explorer.trace.parse as parse_module
+    import explorer.ingest.parse as parse_module
 
     data = ("\n".join(['{"op":"td_create","td":0}', *lines]) + "\n").encode()
     results = []
@@ -175,8 +175,8 @@ def test_the_fast_path_parses_exactly_like_the_full_path(lines: list[str]) -> No
 
 def test_the_fast_path_is_taken_for_generated_traces(monkeypatch: pytest.MonkeyPatch) -> None:
     """Generated fault lines are canonical: none of them reaches the JSON decoder."""
-    import explorer.trace.parse as parse_module
-    from explorer.trace.generate import boot
+    import explorer.ingest.parse as parse_module
+    from explorer.ingest.generate import boot
 
     decoded: list[str] = []
     real = parse_module._loads
@@ -284,7 +284,7 @@ def test_too_many_events_is_one_problem_where_the_limit_is_crossed(
 
 
 def test_gzip_is_capped_while_it_streams(monkeypatch: pytest.MonkeyPatch) -> None:
-    import explorer.trace.parse as parse_module
+    import explorer.ingest.parse as parse_module
 
     monkeypatch.setattr(parse_module, "CHUNK_BYTES", 64)
     monkeypatch.setattr(limits, "MAX_DECOMPRESSED_BYTES", 1000)
@@ -299,7 +299,7 @@ def test_gzip_is_capped_while_it_streams(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_a_long_line_is_refused_without_being_held(monkeypatch: pytest.MonkeyPatch) -> None:
-    import explorer.trace.parse as parse_module
+    import explorer.ingest.parse as parse_module
 
     monkeypatch.setattr(parse_module, "CHUNK_BYTES", 16)
     monkeypatch.setattr(limits, "MAX_LINE_BYTES", 100)
@@ -336,7 +336,7 @@ def test_chunking_never_changes_lines_or_events(
 ) -> None:
     """Streaming in chunks of any size (and the path for runs of blank lines and comments) gives
     the same events on the same lines as reading the whole text."""
-    import explorer.trace.parse as parse_module
+    import explorer.ingest.parse as parse_module
 
     text = "\n".join(lines) + ("\n" if trailing_newline else "")
     data = text.encode()
@@ -410,7 +410,7 @@ def test_every_line_form_parses_like_the_full_path(lines: list[str], batch: int)
     """Any key order, spacing, hex or decimal integers, optional fields, bad values, duplicate
     keys, colons and escapes in text: the bulk path and the full path give equal events or
     equal problems (line:col, reason, text)."""
-    import explorer.trace.parse as parse_module
+    import explorer.ingest.parse as parse_module
 
     data = ("\n".join(lines) + "\n").encode()
     results = []

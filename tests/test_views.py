@@ -6,15 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from explorer.cli import resolve_settings
-from explorer.frames import region_arrays, regions_in_play
-from explorer.timeline import replay
-from explorer.trace import parse_trace
+from explorer.cli.main import resolve_settings
+from explorer.ingest import parse_trace
+from explorer.replay.timeline import replay
 from explorer.views.about import overhead_figure, region_diagram
 from explorer.views.animation import animation_figure, animation_html
 from explorer.views.caches import kvm_caches_figure, pamt_cache_figure
 from explorer.views.changes import diff_snapshots, effects_table
 from explorer.views.code import code_panel, lock_summary
+from explorer.views.frames import region_arrays, regions_in_play
 from explorer.views.refcounts import dpamt_over_time_figure, refcount_figure
 from explorer.views.region_map import grid_width, region_map, region_map_stats
 
@@ -190,7 +190,7 @@ def test_sweep_lines_are_told_apart_and_counts_have_integer_ticks() -> None:
 
 
 def test_memory_tables_quote_the_cover_letter() -> None:
-    from explorer.overhead import GIB, max_pfn_at, overhead
+    from explorer.designs.overhead import GIB, max_pfn_at, overhead
     from explorer.views.about import (
         cover_letter_markdown,
         cover_letter_table,

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from appserver import free_port, start_app, stop_app  # noqa: E402
 
 from explorer.appsupport import list_samples  # noqa: E402
-from explorer.trace.generate import boot  # noqa: E402
+from explorer.ingest.generate import boot  # noqa: E402
 
 ARGS = [
     "--no-sandbox",

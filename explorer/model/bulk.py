@@ -1,6 +1,6 @@
 """Bulk replay: batches run back to back on the kernel generators, a few numbers kept per batch.
 
-A timeline (:mod:`explorer.timeline`) does not store steps: it keeps, per batch, where the batch
+A timeline (:mod:`explorer.replay.timeline`) does not store steps: it keeps, per batch, where the batch
 starts (its first event and first step), what happened in it (flag bits from its step labels
 and diagnostics), the regions it touched, and the series the charts draw, and re-derives any
 step on demand from a checkpoint. This module is that per-batch loop. It is part of the compiled
@@ -19,9 +19,15 @@ from collections.abc import Sequence
 from typing import Final
 
 from explorer.model.events import Event
-from explorer.model.machine import K_FAULT_RETRIES, K_PAMT_LOST_RACE, Machine
+from explorer.model.machine import (
+    Machine,
+)
 from explorer.model.packed import int32s
 from explorer.model.records import OWNER_CODE, Diagnostic
+from explorer.model.steps import (
+    K_FAULT_RETRIES,
+    K_PAMT_LOST_RACE,
+)
 
 #: What happened in a batch (a bit per kind), from the labels of its steps.
 FLAG_LABELS: Final[dict[str, tuple[str, ...]]] = {

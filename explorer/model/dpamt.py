@@ -23,9 +23,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-from explorer.model import tdx_module as tdx
+import explorer.model.tdx_module as tdx
 from explorer.model.constants import PAGES_PER_REGION_SHIFT
-from explorer.model.machine import (
+from explorer.model.state import (
+    KernelState,
+    Spin,
+    Td,
+    Thread,
+    Vcpu,
+)
+from explorer.model.steps import (
     K_PAMT_ADD,
     K_PAMT_ADD_FAILED,
     K_PAMT_GET,
@@ -42,12 +49,7 @@ from explorer.model.machine import (
     O_PAIR,
     O_PAMT_CACHE,
     KGen,
-    Machine,
-    Spin,
     StepInfo,
-    Td,
-    Thread,
-    Vcpu,
 )
 
 ENOMEM: Final = -12
@@ -55,18 +57,18 @@ EIO: Final = -5
 
 
 # ============================================================================ locks
-def _pamt_lock_holder(m: Machine, td: Td | None) -> str | None:
+def _pamt_lock_holder(m: KernelState, td: Td | None) -> str | None:
     """Who holds ``pamt_lock`` (None: it is free)."""
     return m.pamt_lock
 
 
-def _mmu_writer(m: Machine, td: Td | None) -> str | None:
+def _mmu_writer(m: KernelState, td: Td | None) -> str | None:
     """What keeps a reader of the TD's ``mmu_lock`` out: a writer."""
     assert td is not None
     return td.mmu_writer
 
 
-def _mmu_holders(m: Machine, td: Td | None) -> str | None:
+def _mmu_holders(m: KernelState, td: Td | None) -> str | None:
     """What keeps a writer of the TD's ``mmu_lock`` out: a writer or any reader."""
     assert td is not None
     if td.mmu_writer is not None:
@@ -75,9 +77,9 @@ def _mmu_holders(m: Machine, td: Td | None) -> str | None:
 
 
 def _spin(
-    m: Machine,
+    m: KernelState,
     th: Thread,
-    blocker: Callable[[Machine, Td | None], str | None],
+    blocker: Callable[[KernelState, Td | None], str | None],
     td: Td | None,
     what: str,
     fn: str,
@@ -96,7 +98,7 @@ def _spin(
     th.respin = None
 
 
-def spin_lock(m: Machine, th: Thread, fn: str, label: str) -> KGen:
+def spin_lock(m: KernelState, th: Thread, fn: str, label: str) -> KGen:
     """``spin_lock(&pamt_lock)``: a waiter spins, one visible step per turn."""
     if m.pamt_lock is not None:
         yield from _spin(
@@ -123,14 +125,14 @@ def spin_lock(m: Machine, th: Thread, fn: str, label: str) -> KGen:
     yield fn, label, "spin_lock(&pamt_lock)", ()
 
 
-def spin_unlock(m: Machine, th: Thread) -> None:
+def spin_unlock(m: KernelState, th: Thread) -> None:
     m.pamt_lock = None
     th.holds.remove("pamt_lock")
     if m.record:
         m.set_lock("pamt_lock", th.name, None)
 
 
-def read_lock_mmu(m: Machine, th: Thread, fn: str, td: Td) -> KGen:
+def read_lock_mmu(m: KernelState, th: Thread, fn: str, td: Td) -> KGen:
     """``read_lock(&kvm->mmu_lock)``: one rwlock per VM (x86's is a queued rwlock: a reader
     waits while a writer holds it)."""
     if td.mmu_writer is not None:
@@ -156,7 +158,7 @@ def read_lock_mmu(m: Machine, th: Thread, fn: str, td: Td) -> KGen:
     )
 
 
-def read_unlock_mmu(m: Machine, th: Thread, td: Td) -> None:
+def read_unlock_mmu(m: KernelState, th: Thread, td: Td) -> None:
     """``read_unlock(&kvm->mmu_lock)``; the caller yields :data:`READ_UNLOCK_STEP` (a one-step
     unlock needs no generator of its own)."""
     td.mmu_readers.remove(th.name)
@@ -174,7 +176,7 @@ READ_UNLOCK_STEP: StepInfo = (
 )
 
 
-def write_lock_mmu(m: Machine, th: Thread, fn: str, td: Td) -> KGen:
+def write_lock_mmu(m: KernelState, th: Thread, fn: str, td: Td) -> KGen:
     if td.mmu_writer is not None or td.mmu_readers:
         yield from _spin(
             m,
@@ -193,7 +195,7 @@ def write_lock_mmu(m: Machine, th: Thread, fn: str, td: Td) -> KGen:
     yield fn, "mmu_lock.write", "write_lock(&kvm->mmu_lock) of TD {}", (td.id,)
 
 
-def write_unlock_mmu(m: Machine, th: Thread, fn: str, td: Td) -> KGen:
+def write_unlock_mmu(m: KernelState, th: Thread, fn: str, td: Td) -> KGen:
     td.mmu_writer = None
     th.holds.remove("mmu_lock(write)")
     if m.record:
@@ -202,7 +204,7 @@ def write_unlock_mmu(m: Machine, th: Thread, fn: str, td: Td) -> KGen:
 
 
 # ============================================================================ the cache
-def fill_pamt_cache(m: Machine, th: Thread, vcpu: Vcpu, target: int, what: str) -> KGen:
+def fill_pamt_cache(m: KernelState, th: Thread, vcpu: Vcpu, target: int, what: str) -> KGen:
     """Push freshly allocated pages on the vCPU's list until it holds ``target``.
 
     This is v6's ``tdx_topup_pamt_cache(cache, n)`` with ``target = 2 * n`` (fill to exactly
@@ -229,7 +231,7 @@ def fill_pamt_cache(m: Machine, th: Thread, vcpu: Vcpu, target: int, what: str) 
     return 0
 
 
-def tdx_free_pamt_cache(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
+def tdx_free_pamt_cache(m: KernelState, th: Thread, vcpu: Vcpu) -> KGen:
     """``tdx_free_pamt_cache``: every cached page back to the page allocator (vCPU free)."""
     fn = "tdx_free_pamt_cache"
     n = 0
@@ -243,7 +245,7 @@ def tdx_free_pamt_cache(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
 
 
 # ============================================================================ get
-def _take_pamt_page(m: Machine, th: Thread, vcpu: Vcpu | None, fn: str) -> KGen:
+def _take_pamt_page(m: KernelState, th: Thread, vcpu: Vcpu | None, fn: str) -> KGen:
     """``alloc_dpamt_page``: where a pair page comes from, per mode.
 
     v6 (and the modes that keep its cache): pop from the vCPU's cache (never sleeps), or
@@ -309,7 +311,7 @@ def _take_pamt_page(m: Machine, th: Thread, vcpu: Vcpu | None, fn: str) -> KGen:
     return pfn
 
 
-def _free_pair(m: Machine, pages: list[int], from_cache: bool) -> None:
+def _free_pair(m: KernelState, pages: list[int], from_cache: bool) -> None:
     """Free pair pages to the page allocator; a mempool refills its reserve first."""
     target = 2 * m.settings.dpamt_gets_per_fault
     for p in pages:
@@ -325,7 +327,7 @@ def _free_pair(m: Machine, pages: list[int], from_cache: bool) -> None:
         m.count(K_PAMT_PAGES_DRAINED, len(pages))
 
 
-def tdx_pamt_get(m: Machine, th: Thread, pfn: int, vcpu: Vcpu | None) -> KGen:
+def tdx_pamt_get(m: KernelState, th: Thread, pfn: int, vcpu: Vcpu | None) -> KGen:
     """``tdx_pamt_get(pfn, cache)``: returns 0, -ENOMEM or -EIO (dpamt-model.md section 3).
 
     The region's get is "in flight" from the call to the return: the caller counts its
@@ -368,7 +370,7 @@ def tdx_pamt_get(m: Machine, th: Thread, pfn: int, vcpu: Vcpu | None) -> KGen:
             del inflight[region]
 
 
-def _pamt_get_slow(m: Machine, th: Thread, fn: str, region: int, vcpu: Vcpu | None) -> KGen:
+def _pamt_get_slow(m: KernelState, th: Thread, fn: str, region: int, vcpu: Vcpu | None) -> KGen:
     """The slow path: a pair of pages, ``pamt_lock``, the recheck, PAMT.ADD."""
     # alloc_pamt_array(): two pages, from the cache or the allocator
     pages: list[int] = []
@@ -393,7 +395,7 @@ def _pamt_get_slow(m: Machine, th: Thread, fn: str, region: int, vcpu: Vcpu | No
     yield from spin_lock(m, th, fn, "pamt_get.lock")
     cur = m.refcount.get(region, 0)
     if cur and m.mode == "v6-no-recheck":
-        # deliberately broken (explorer.explore's counterexample): the lost-race recheck under
+        # deliberately broken (explorer.interleavings.search's counterexample): the lost-race recheck under
         # pamt_lock is gone, so a CPU that lost the race issues a second PAMT.ADD
         yield (
             fn,
@@ -475,7 +477,7 @@ def _pamt_get_slow(m: Machine, th: Thread, fn: str, region: int, vcpu: Vcpu | No
     return EIO
 
 
-def free_pamt_array(m: Machine, fn: str, side: str, pages: list[int], from_cache: bool) -> KGen:
+def free_pamt_array(m: KernelState, fn: str, side: str, pages: list[int], from_cache: bool) -> KGen:
     """``free_pamt_array()`` (v6 04/11): each page is reset with ``tdx_quirk_reset_paddr()``
     ("unconditionally, to cover cases where they were passed to the TDX module"), then freed
     to the page allocator, never back to a cache. Two steps, the reset and the free (a lost
@@ -497,7 +499,7 @@ def free_pamt_array(m: Machine, fn: str, side: str, pages: list[int], from_cache
 
 
 # ============================================================================ put
-def tdx_pamt_put(m: Machine, th: Thread, pfn: int) -> KGen:
+def tdx_pamt_put(m: KernelState, th: Thread, pfn: int) -> KGen:
     """``tdx_pamt_put(pfn)`` (dpamt-model.md section 4). The caller has dropped its reference."""
     fn = "tdx_pamt_put"
     region = pfn >> PAGES_PER_REGION_SHIFT
@@ -515,7 +517,7 @@ def tdx_pamt_put(m: Machine, th: Thread, pfn: int) -> KGen:
             del inflight[region]
 
 
-def _pamt_put(m: Machine, th: Thread, fn: str, region: int) -> KGen:
+def _pamt_put(m: KernelState, th: Thread, fn: str, region: int) -> KGen:
     m.count(K_PAMT_PUT)
     mode = m.mode
     if mode == "v6-locked":
@@ -611,7 +613,7 @@ def _pamt_put(m: Machine, th: Thread, fn: str, region: int) -> KGen:
     yield from _remove(m, th, fn, region, zero_on_success=False)
 
 
-def _remove(m: Machine, th: Thread, fn: str, region: int, *, zero_on_success: bool) -> KGen:
+def _remove(m: KernelState, th: Thread, fn: str, region: int, *, zero_on_success: bool) -> KGen:
     """PAMT.REMOVE under ``pamt_lock``; on failure refcount goes (back) to 1 and the pair leaks."""
     m.count(K_PAMT_REMOVE)
     pair = m.module.pairs.get(region)

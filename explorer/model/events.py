@@ -139,7 +139,7 @@ def plain_fault(line: int, vcpu: int, gfn: int, t: int | None) -> Fault:
     """``Fault(line=line, vcpu=vcpu, gfn=gfn, t=t)``, equal to it, built twice as fast.
 
     A frozen dataclass's ``__init__`` goes through ``object.__setattr__`` once per field; the
-    parser's fast path (:mod:`explorer.trace.parse`) builds a million of these per large trace,
+    parser's fast path (:mod:`explorer.ingest.parse`) builds a million of these per large trace,
     so it sets the slots through their descriptors instead (the same values, no validation:
     the caller has validated them)."""
     f = _NEW(Fault)
@@ -157,7 +157,7 @@ def slot_setters(cls: type[Event]) -> dict[str, Callable[[object, Any], None]]:
     """Every field of ``cls`` (``line``, ``t`` and ``note`` included) -> the ``__set__`` of its
     slot, for builders like :func:`plain_fault`: ``object.__new__(cls)`` with every one of these
     called once is equal to ``cls(...)`` with the same values (no validation: the caller has
-    validated them). The parser's bulk path (:mod:`explorer.trace.parse`) builds its events so."""
+    validated them). The parser's bulk path (:mod:`explorer.ingest.parse`) builds its events so."""
     out: dict[str, Callable[[object, Any], None]] = {}
     for klass in reversed(cls.__mro__):
         for name in vars(klass).get("__slots__", ()):

@@ -15,19 +15,17 @@ broken mode (or a bug in the explorer) must show up in the app at the exact step
    structures that hold those pages (checked at quiescent points, between batches, where no page
    is in a CPU's hands; cache and pair counts after every step).
 6. No sleeping allocation while holding ``pamt_lock`` or ``mmu_lock``: checked where the
-   allocation happens (:meth:`explorer.model.machine.Machine.alloc_page`).
+   allocation happens (:meth:`explorer.model.state.KernelState.alloc_page`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Set
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from explorer.model.records import OWNER_CODE
+from explorer.model.state import KernelState
 from explorer.model.tdx_module import KIND_CODE
-
-if TYPE_CHECKING:  # (machine imports this module: the checks run inside its step loop)
-    from explorer.model.machine import Machine
 
 O_PAIR: Final = OWNER_CODE["pamt_pair"]
 O_PAMT_CACHE: Final = OWNER_CODE["pamt_cache"]
@@ -43,7 +41,7 @@ _PAMT_KIND: Final = KIND_CODE["pamt"]
 _PAIR_OWNERS: Final = (O_PAIR, O_LEAKED)
 
 
-def check_regions(m: Machine, regions: Set[int], all_pairs: bool = False) -> None:
+def check_regions(m: KernelState, regions: Set[int], all_pairs: bool = False) -> None:
     """Invariants 1 to 4 on ``regions`` (the ones the step touched, or all in full mode).
 
     Runs after every step that touches a region (millions of times in a long replay), so it
@@ -93,7 +91,7 @@ def check_regions(m: Machine, regions: Set[int], all_pairs: bool = False) -> Non
             _check_pair(m, r, pair)
 
 
-def _check_pair(m: Machine, r: int, pair: tuple[int, int]) -> None:
+def _check_pair(m: KernelState, r: int, pair: tuple[int, int]) -> None:
     """Invariant 4: the pair is two distinct pages, held only as PAMT pages by both sides."""
     a, b = pair
     owner, kind = m.mem.owner, m.module.kind
@@ -112,7 +110,7 @@ def _check_pair(m: Machine, r: int, pair: tuple[int, int]) -> None:
         )
 
 
-def check_global(m: Machine, caches: bool = True) -> None:
+def check_global(m: KernelState, caches: bool = True) -> None:
     """Invariant 5, the parts that hold after every step: page conservation, and the pair pages
     against the pairs the module holds (the orphan count only when there is an orphan). Run
     after a step that moved a pair page or added or removed a pair (every step in the tests'
@@ -144,7 +142,7 @@ def check_global(m: Machine, caches: bool = True) -> None:
         )
 
 
-def _check_caches(m: Machine) -> None:
+def _check_caches(m: KernelState) -> None:
     """The pages owned as cache pages are the pages in the caches (all vCPUs)."""
     in_pamt_cache = in_kvm = 0
     for v in m.vcpus.values():  # plain loops: compiled, no list or generator built per batch
@@ -157,7 +155,7 @@ def _check_caches(m: Machine) -> None:
     _cache_counts(m, in_pamt_cache, in_kvm)
 
 
-def _cache_counts(m: Machine, in_pamt_cache: int, in_kvm: int) -> None:
+def _cache_counts(m: KernelState, in_pamt_cache: int, in_kvm: int) -> None:
     counts = m.mem.counts
     if counts[O_PAMT_CACHE] != in_pamt_cache:
         m.diag(
@@ -189,7 +187,7 @@ _T_MMU_HELD: Final = 6
 _SMALL: Final = 24
 
 
-def _td_row(m: Machine, td: int) -> tuple[int, int, int, int, int]:
+def _td_row(m: KernelState, td: int) -> tuple[int, int, int, int, int]:
     """guest, control, sept, mirror pages of a TD, and 1 if it holds mmu_lock."""
     t = m.tds.get(td)
     if t is None:
@@ -199,7 +197,7 @@ def _td_row(m: Machine, td: int) -> tuple[int, int, int, int, int]:
     return (len(t.gmem), len(t.control), n, n + (t.mirror_root is not None), held)
 
 
-def _vcpu_row(m: Machine, vcpu: int) -> tuple[int, int, int]:
+def _vcpu_row(m: KernelState, vcpu: int) -> tuple[int, int, int]:
     """control, DPAMT cache and KVM cache pages of a vCPU."""
     v = m.vcpus.get(vcpu)
     if v is None:
@@ -210,7 +208,7 @@ def _vcpu_row(m: Machine, vcpu: int) -> tuple[int, int, int]:
     return (len(v.control), len(v.pamt_cache), kvm)
 
 
-def _recount_td(m: Machine, td: int) -> None:
+def _recount_td(m: KernelState, td: int) -> None:
     new = _td_row(m, td)
     old = m.q_td_rows.get(td, (0, 0, 0, 0, 0))
     if new != old:
@@ -226,7 +224,7 @@ def _recount_td(m: Machine, td: int) -> None:
             m.q_td_rows[td] = new
 
 
-def _recount_vcpu(m: Machine, vcpu: int) -> None:
+def _recount_vcpu(m: KernelState, vcpu: int) -> None:
     new = _vcpu_row(m, vcpu)
     old = m.q_vcpu_rows.get(vcpu, (0, 0, 0))
     if new != old:
@@ -240,7 +238,7 @@ def _recount_vcpu(m: Machine, vcpu: int) -> None:
             m.q_vcpu_rows[vcpu] = new
 
 
-def _recount_all(m: Machine) -> None:
+def _recount_all(m: KernelState) -> None:
     m.q_td_rows = {}
     m.q_vcpu_rows = {}
     m.q_total = [0] * 7
@@ -250,7 +248,7 @@ def _recount_all(m: Machine) -> None:
         _recount_vcpu(m, k)
 
 
-def quiescent_totals(m: Machine) -> list[int]:
+def quiescent_totals(m: KernelState) -> list[int]:
     """The pages the TDs and vCPUs hold, per owner (rows ``_T_*``), kept up to date between
     batches by recounting only the TDs and vCPUs the batch ran on (``Machine.batch_owners``:
     a TD's and a vCPU's structures change only through their own threads' events).
@@ -299,7 +297,7 @@ def quiescent_totals(m: Machine) -> list[int]:
     return m.q_total
 
 
-def check_quiescent(m: Machine) -> None:
+def check_quiescent(m: KernelState) -> None:
     """Invariant 5 in full, between batches: every owner count matches its structures, and no
     lock or get/put in flight survived the batch. (After every batch: the TDs and vCPUs the
     batch ran on are recounted, :func:`quiescent_totals`, or all of them on a small machine;

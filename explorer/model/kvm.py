@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from explorer.model import constants as C
-from explorer.model import tdx_module as tdx
+import explorer.model.constants as C
+import explorer.model.tdx_module as tdx
 from explorer.model.dpamt import (
     EIO,
     ENOMEM,
@@ -54,7 +54,15 @@ from explorer.model.events import (
     VcpuFree,
     Zap,
 )
-from explorer.model.machine import (
+from explorer.model.records import OWNERS
+from explorer.model.state import (
+    KernelState,
+    KvmCache,
+    Td,
+    Thread,
+    Vcpu,
+)
+from explorer.model.steps import (
     K_ALLOCS_ATOMIC,
     K_ALLOCS_UNDER_LOCK,
     K_FAULT_RETRIES,
@@ -78,11 +86,6 @@ from explorer.model.machine import (
     O_PAMT_CACHE,
     O_SEPT,
     KGen,
-    KvmCache,
-    Machine,
-    Td,
-    Thread,
-    Vcpu,
 )
 
 DONE: Final = 0
@@ -91,7 +94,7 @@ ALIVE_TD_STATES: Final = ("created", "finalized", "bugged")
 
 
 # ============================================================================ dispatch
-def run_event(m: Machine, th: Thread, idx: int, ev: Event) -> KGen:
+def run_event(m: KernelState, th: Thread, idx: int, ev: Event) -> KGen:
     """The kernel entry point for one trace event (raises ImpossibleEvent before any change)."""
     if isinstance(ev, Fault):
         return tdx_handle_ept_violation(m, th, idx, ev)
@@ -110,7 +113,7 @@ def run_event(m: Machine, th: Thread, idx: int, ev: Event) -> KGen:
     raise m.impossible(ev, idx, f"op {ev.op!r} is not kernel work")
 
 
-def _live_td(m: Machine, ev: Event, idx: int, td_id: int) -> Td:
+def _live_td(m: KernelState, ev: Event, idx: int, td_id: int) -> Td:
     td = m.tds.get(td_id)
     if td is None:
         raise m.impossible(ev, idx, f"unknown TD {td_id}", "a td_create for it earlier")
@@ -120,7 +123,7 @@ def _live_td(m: Machine, ev: Event, idx: int, td_id: int) -> Td:
 
 
 # ============================================================================ KVM caches
-def new_kvm_caches(m: Machine) -> dict[str, KvmCache]:
+def new_kvm_caches(m: KernelState) -> dict[str, KvmCache]:
     """The vCPU's MMU caches; ``worst_case_tables`` is the ``min`` of the page-table caches."""
     wct = m.settings.worst_case_tables
     return {
@@ -131,7 +134,9 @@ def new_kvm_caches(m: Machine) -> dict[str, KvmCache]:
     }
 
 
-def kvm_mmu_topup_memory_cache(m: Machine, th: Thread, vcpu: Vcpu, cache: KvmCache) -> KGen | None:
+def kvm_mmu_topup_memory_cache(
+    m: KernelState, th: Thread, vcpu: Vcpu, cache: KvmCache
+) -> KGen | None:
     """Fill to capacity when below ``min``; tolerate a failure once ``min`` is held.
 
     A cache holding at least ``min`` objects needs nothing: that top-up is silent (no step, to
@@ -142,7 +147,7 @@ def kvm_mmu_topup_memory_cache(m: Machine, th: Thread, vcpu: Vcpu, cache: KvmCac
     return _fill_kvm_cache(m, th, vcpu, cache)
 
 
-def _fill_kvm_cache(m: Machine, th: Thread, vcpu: Vcpu, cache: KvmCache) -> KGen:
+def _fill_kvm_cache(m: KernelState, th: Thread, vcpu: Vcpu, cache: KvmCache) -> KGen:
     fn = "kvm_mmu_topup_memory_cache"
     old = cache.count
     while cache.count < cache.capacity:
@@ -179,7 +184,9 @@ def _fill_kvm_cache(m: Machine, th: Thread, vcpu: Vcpu, cache: KvmCache) -> KGen
     return 0
 
 
-def kvm_mmu_memory_cache_alloc(m: Machine, th: Thread, vcpu: Vcpu, cache: KvmCache) -> int | None:
+def kvm_mmu_memory_cache_alloc(
+    m: KernelState, th: Thread, vcpu: Vcpu, cache: KvmCache
+) -> int | None:
     """Pop the last object; an empty cache WARNs and falls back to GFP_ATOMIC under the lock.
 
     Returns the pfn (page caches), 0 (object caches) or None when the atomic fallback failed
@@ -232,7 +239,7 @@ def kvm_mmu_memory_cache_alloc(m: Machine, th: Thread, vcpu: Vcpu, cache: KvmCac
     return got
 
 
-def mmu_topup_memory_caches(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
+def mmu_topup_memory_caches(m: KernelState, th: Thread, vcpu: Vcpu) -> KGen:
     """x86's ``mmu_topup_memory_caches`` in the kernel's order; the first failure aborts."""
     caches = vcpu.caches
     th.stack.append("mmu_topup_memory_caches")
@@ -255,7 +262,7 @@ def mmu_topup_memory_caches(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
         th.stack.pop()
 
 
-def topup_external_cache(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
+def topup_external_cache(m: KernelState, th: Thread, vcpu: Vcpu) -> KGen:
     """v6's ``topup_external_cache(vcpu, 5)`` -> ``tdx_topup_pamt_cache(cache, n)``; the
     strategies of dpamt-model.md section 11 replace it:
 
@@ -289,7 +296,7 @@ def topup_external_cache(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
         th.stack.pop()
 
 
-def _put_cache_page(m: Machine, th: Thread, pfn: int, softirq: bool) -> KGen:
+def _put_cache_page(m: KernelState, th: Thread, pfn: int, softirq: bool) -> KGen:
     """v5-topup-install: a cached S-EPT page carries a DPAMT reference; dropping the page drops
     it (from an RCU callback, in softirq context, when KVM frees page tables)."""
     m.mark_gotten(pfn, -1)
@@ -300,7 +307,7 @@ def _put_cache_page(m: Machine, th: Thread, pfn: int, softirq: bool) -> KGen:
         th.softirq = False
 
 
-def mmu_free_memory_caches(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
+def mmu_free_memory_caches(m: KernelState, th: Thread, vcpu: Vcpu) -> KGen:
     fn = "mmu_free_memory_caches"
     pages = 0
     for cache in vcpu.caches.values():
@@ -323,7 +330,7 @@ def mmu_free_memory_caches(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
 
 
 # ============================================================================ fault path
-def tdx_handle_ept_violation(m: Machine, th: Thread, idx: int, ev: Fault) -> KGen:
+def tdx_handle_ept_violation(m: KernelState, th: Thread, idx: int, ev: Fault) -> KGen:
     """An EPT violation on a private gfn, retried locally until it maps or gives up."""
     fn = "tdx_handle_ept_violation"
     gfn, given, level = ev.gfn, ev.pfn, ev.level  # (read once: events are Python objects)
@@ -354,8 +361,6 @@ def tdx_handle_ept_violation(m: Machine, th: Thread, idx: int, ev: Fault) -> KGe
         if bound is not None and bound != given:
             raise m.impossible(ev, idx, f"gfn {gfn:#x} is already backed by pfn {bound:#x}")
         if bound is None and not m.mem.is_free(given):
-            from explorer.model.records import OWNERS
-
             raise m.impossible(
                 ev,
                 idx,
@@ -467,7 +472,7 @@ def tdx_handle_ept_violation(m: Machine, th: Thread, idx: int, ev: Fault) -> KGe
         )
 
 
-def _gmem_bind(m: Machine, td: Td, gfn: int, pfn: int, owned: bool = False) -> None:
+def _gmem_bind(m: KernelState, td: Td, gfn: int, pfn: int, owned: bool = False) -> None:
     if not owned:
         m.set_owner(pfn, O_GUEST)
     td.gmem[gfn] = pfn
@@ -476,7 +481,7 @@ def _gmem_bind(m: Machine, td: Td, gfn: int, pfn: int, owned: bool = False) -> N
 
 
 def kvm_tdp_mmu_map(
-    m: Machine,
+    m: KernelState,
     th: Thread,
     vcpu: Vcpu,
     td: Td,
@@ -548,14 +553,14 @@ def kvm_tdp_mmu_map(
         th.stack.pop()
 
 
-def _free_sp(m: Machine, sp: int | None, spt: int | None) -> None:
+def _free_sp(m: KernelState, sp: int | None, spt: int | None) -> None:
     """``tdp_mmu_free_sp``: the shadow page and its S-EPT page go to the page allocator."""
     for p in (sp, spt):
         if p is not None:
             m.free_page(p)
 
 
-def _link_table(m: Machine, th: Thread, vcpu: Vcpu, td: Td, key: tuple[int, int]) -> KGen:
+def _link_table(m: KernelState, th: Thread, vcpu: Vcpu, td: Td, key: tuple[int, int]) -> KGen:
     fn = "kvm_tdp_mmu_map"
     k = key[0]
     caches = vcpu.caches
@@ -651,7 +656,9 @@ def _link_table(m: Machine, th: Thread, vcpu: Vcpu, td: Td, key: tuple[int, int]
         th.stack.pop()
 
 
-def _map_leaf(m: Machine, th: Thread, vcpu: Vcpu, td: Td, gfn: int, pfn: int, level: str) -> KGen:
+def _map_leaf(
+    m: KernelState, th: Thread, vcpu: Vcpu, td: Td, gfn: int, pfn: int, level: str
+) -> KGen:
     fn = "kvm_tdp_mmu_map"
     if level != "4k":
         td.state = "bugged"
@@ -740,7 +747,7 @@ def _map_leaf(m: Machine, th: Thread, vcpu: Vcpu, td: Td, gfn: int, pfn: int, le
 
 
 # ============================================================================ zap
-def zap_private_page(m: Machine, th: Thread, idx: int, ev: Zap) -> KGen:
+def zap_private_page(m: KernelState, th: Thread, idx: int, ev: Zap) -> KGen:
     """Zap one private page: PAGE.REMOVE under write_lock(mmu_lock), then ``tdx_pamt_put``."""
     td = _live_td(m, ev, idx, ev.td)
     if ev.gfn not in td.leaves:
@@ -761,7 +768,7 @@ def zap_private_page(m: Machine, th: Thread, idx: int, ev: Zap) -> KGen:
     yield from write_unlock_mmu(m, th, fn, td)
 
 
-def _zap_leaf(m: Machine, th: Thread, td: Td, gfn: int, pfn: int) -> KGen:
+def _zap_leaf(m: KernelState, th: Thread, td: Td, gfn: int, pfn: int) -> KGen:
     fn = "tdx_sept_remove_leaf_spte"
     yield fn, "zap.block", "TDH.MEM.RANGE.BLOCK + TDH.MEM.TRACK for gfn {:#x}, kick vCPUs", (gfn,)
     status = m.module.take_page(pfn)
@@ -780,7 +787,7 @@ def _zap_leaf(m: Machine, th: Thread, td: Td, gfn: int, pfn: int) -> KGen:
 
 
 # ============================================================================ control pages
-def tdx_alloc_control_page(m: Machine, th: Thread) -> KGen:
+def tdx_alloc_control_page(m: KernelState, th: Thread) -> KGen:
     """``tdx_alloc_control_page``: allocate, then ``tdx_pamt_get(pfn, NULL)`` (pair from the
     page allocator: this runs outside spinlocks, so it may sleep)."""
     fn = "tdx_alloc_control_page"
@@ -807,7 +814,7 @@ def tdx_alloc_control_page(m: Machine, th: Thread) -> KGen:
         th.stack.pop()
 
 
-def _give_control(m: Machine, th: Thread, pfn: int, kind: str, call: str, fn: str) -> KGen:
+def _give_control(m: KernelState, th: Thread, pfn: int, kind: str, call: str, fn: str) -> KGen:
     status = m.module.give_page(pfn, tdx.KIND_CODE[kind])
     if status != tdx.SUCCESS:
         if status == tdx.MISSING_PAMT_PAGE_PAIR:
@@ -823,7 +830,7 @@ def _give_control(m: Machine, th: Thread, pfn: int, kind: str, call: str, fn: st
 
 
 def _add_control_pages(
-    m: Machine, th: Thread, out: list[tuple[int, str]], plan: list[tuple[str, str]], fn: str
+    m: KernelState, th: Thread, out: list[tuple[int, str]], plan: list[tuple[str, str]], fn: str
 ) -> KGen:
     for kind, call in plan:
         pfn = yield from tdx_alloc_control_page(m, th)
@@ -835,7 +842,7 @@ def _add_control_pages(
     return True
 
 
-def _reclaim_control(m: Machine, th: Thread, pages: list[tuple[int, str]], fn: str) -> KGen:
+def _reclaim_control(m: KernelState, th: Thread, pages: list[tuple[int, str]], fn: str) -> KGen:
     """``tdx_reclaim_control_page`` for each page, in the kernel's order: the TDCX (or TDCS)
     pages in index order, then the TDVPR (or TDR) page, which was added first and goes last.
     Each: TDH.PHYMEM.PAGE.RECLAIM (and its reset), then ``tdx_free_control_page``:
@@ -857,7 +864,7 @@ def _reclaim_control(m: Machine, th: Thread, pages: list[tuple[int, str]], fn: s
         yield fn, "control.free", "free {} page {:#x} to the page allocator", (kind.upper(), pfn)
 
 
-def tdx_td_create(m: Machine, th: Thread, idx: int, ev: TdCreate) -> KGen:
+def tdx_td_create(m: KernelState, th: Thread, idx: int, ev: TdCreate) -> KGen:
     """KVM_CREATE_VM + KVM_TDX_INIT_VM: TDR, HKID, TDCS pages (the S-EPT root is in the TDCS),
     and KVM's mirror root page."""
     if ev.td in m.tds:
@@ -909,7 +916,7 @@ def tdx_td_create(m: Machine, th: Thread, idx: int, ev: TdCreate) -> KGen:
     )
 
 
-def tdx_vcpu_create(m: Machine, th: Thread, idx: int, ev: VcpuCreate) -> KGen:
+def tdx_vcpu_create(m: KernelState, th: Thread, idx: int, ev: VcpuCreate) -> KGen:
     """KVM_CREATE_VCPU + KVM_TDX_INIT_VCPU: TDVPR + TDCX pages, an empty tdx_pamt_cache."""
     td = _live_td(m, ev, idx, ev.td)
     if ev.vcpu in m.vcpus:
@@ -947,7 +954,7 @@ def tdx_vcpu_create(m: Machine, th: Thread, idx: int, ev: VcpuCreate) -> KGen:
     yield fn, "vcpu.ready", "TDH.VP.INIT: vCPU {} ready", (vcpu.id,)
 
 
-def _mempool_create(m: Machine, th: Thread) -> KGen:
+def _mempool_create(m: KernelState, th: Thread) -> KGen:
     """``mempool_create(min_nr = 2 * n)``: the reserve is filled once, then only refilled by
     frees (``mempool_free``), never topped up before a fault."""
     pool: list[int] = m.extra.setdefault("mempool", [])
@@ -967,7 +974,7 @@ def _mempool_create(m: Machine, th: Thread) -> KGen:
     )
 
 
-def tdx_td_finalize(m: Machine, th: Thread, idx: int, ev: TdFinalize) -> KGen:
+def tdx_td_finalize(m: KernelState, th: Thread, idx: int, ev: TdFinalize) -> KGen:
     td = _live_td(m, ev, idx, ev.td)
     if td.state != "created":
         raise m.impossible(
@@ -983,7 +990,7 @@ def tdx_td_finalize(m: Machine, th: Thread, idx: int, ev: TdFinalize) -> KGen:
     )
 
 
-def tdx_vcpu_free_event(m: Machine, th: Thread, idx: int, ev: VcpuFree) -> KGen:
+def tdx_vcpu_free_event(m: KernelState, th: Thread, idx: int, ev: VcpuFree) -> KGen:
     vcpu = m.vcpus.get(ev.vcpu)
     if vcpu is None or not vcpu.alive:
         raise m.impossible(
@@ -995,7 +1002,7 @@ def tdx_vcpu_free_event(m: Machine, th: Thread, idx: int, ev: VcpuFree) -> KGen:
     yield from tdx_vcpu_free(m, th, vcpu)
 
 
-def tdx_vcpu_free(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
+def tdx_vcpu_free(m: KernelState, th: Thread, vcpu: Vcpu) -> KGen:
     """``kvm_arch_vcpu_destroy``: ``tdx_vcpu_free`` (v6: ``tdx_free_pamt_cache`` first; the
     TDCX pages, then the TDVPR, only once the TD's HKID is released: at teardown), then
     ``kvm_mmu_destroy`` -> ``mmu_free_memory_caches`` (KVM's own caches). A trace's
@@ -1028,7 +1035,7 @@ def tdx_vcpu_free(m: Machine, th: Thread, vcpu: Vcpu) -> KGen:
         th.stack.pop()
 
 
-def kvm_destroy_vm(m: Machine, th: Thread, idx: int, ev: TdDestroy) -> KGen:
+def kvm_destroy_vm(m: KernelState, th: Thread, idx: int, ev: TdDestroy) -> KGen:
     """TD teardown in the order of the kernel v6 is based on (docs/engine.md, "Teardown"):
 
     1. the guest's private pages are removed (PAGE.REMOVE, ``tdx_pamt_put``) while the TD

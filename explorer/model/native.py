@@ -39,6 +39,8 @@ NATIVE_MODULES = (
     "chunked",
     "memory",
     "tdx_module",
+    "steps",
+    "state",
     "machine",
     "invariants",
     "dpamt",

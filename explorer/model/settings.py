@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from explorer.model import constants as C
+import explorer.model.constants as C
 from explorer.model.errors import Problem, SettingsError
 
 #: Hard limit on host memory (4 TiB): region bookkeeping is sparse, so this is a sanity bound.
@@ -163,7 +163,7 @@ class SettingSpec:
 
 #: Significant digits of an integer written as text, checked before any conversion (more is out
 #: of every range; Python's int() itself refuses over 4300 digits). The trace format's limit
-#: (explorer.trace.limits.MAX_INT_DIGITS is this value).
+#: (explorer.ingest.limits.MAX_INT_DIGITS is this value).
 MAX_INT_DIGITS = 24
 
 _INT_TEXT = re.compile(r"0[xX]([0-9a-fA-F]+)|-?([0-9]+)").fullmatch

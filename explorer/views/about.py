@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from explorer.overhead import LORE_V6, CoverRow, Overhead, cover_letter_rows, format_bytes
+from explorer.designs.overhead import LORE_V6, CoverRow, Overhead, cover_letter_rows, format_bytes
 from explorer.views.palette import BLUE, GREY, LIGHT, ORANGE, SKY
 
 
@@ -58,7 +58,7 @@ def overhead_figure() -> go.Figure:
     """Static PAMT vs Dynamic PAMT, TDX on and no TD running: the v6 cover letter's four rows.
 
     Bars are the published figures (GB = GiB); the hover adds the figures our formulas give for
-    the same configuration (:func:`explorer.overhead.cover_letter_rows`). The third bar of each
+    the same configuration (:func:`explorer.designs.overhead.cover_letter_rows`). The third bar of each
     host is the "max_pfn at maxpa" row, where the refcount array alone is 8 GiB and Dynamic PAMT
     costs more than static PAMT on a 256 GB host.
     """
@@ -112,7 +112,7 @@ def overhead_figure() -> go.Figure:
 
 
 def overhead_table(o: Overhead) -> pd.DataFrame:
-    """Every part of :func:`explorer.overhead.overhead`'s result, with units and separators.
+    """Every part of :func:`explorer.designs.overhead.overhead`'s result, with units and separators.
 
     Columns: ``part``, ``size`` (:func:`format_bytes`), ``bytes`` (exact, thousands separators).
     The refcount row says which ``max_pfn`` and placement it covers; the totals come last.

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from explorer.frames import region_arrays
 from explorer.model.records import Snapshot
 from explorer.views.code import CpuCode, code_panel
+from explorer.views.frames import region_arrays
 from explorer.views.palette import BLACK, DPAMT_STATES, LIGHT, NEUTRAL, ORANGE, discrete_scale
 from explorer.views.region_map import _grid, grid_width
 

@@ -19,7 +19,7 @@ def capture_markers_figure(
     matches: Sequence[Any], divergences: Sequence[Any], cursor: int, nr_steps: int
 ) -> go.Figure:
     """``matches`` and ``divergences``: objects with ``line``, ``kind`` and ``step`` (and, for a
-    divergence, ``observed`` and ``predicted``): :mod:`explorer.capture_import`'s."""
+    divergence, ``observed`` and ``predicted``): :mod:`explorer.conformance.importer`'s."""
     kinds = sorted({m.kind for m in matches} | {d.kind for d in divergences})
     fig = go.Figure()
     fig.add_trace(

@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 
 from explorer.model.records import Snapshot, Step
-from explorer.render import format_effect
+from explorer.replay.render import format_effect
 
 
 def effects_table(step: Step) -> pd.DataFrame:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from explorer.frames import regions_in_play
 from explorer.model.constants import PAGE_SIZE, PAGES_PER_REGION, PAMT_ENTRY_SIZE
 from explorer.model.records import Snapshot
-from explorer.timeline import Timeline
+from explorer.replay.timeline import Timeline
+from explorer.views.frames import regions_in_play
 from explorer.views.palette import BLUE, GREY, NEUTRAL, ORANGE, VERMILLION, YELLOW
 
 #: Bars drawn at most (regions with the highest refcounts first beyond that).

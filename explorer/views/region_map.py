@@ -16,8 +16,8 @@ import numpy as np
 import numpy.typing as npt
 import plotly.graph_objects as go
 
-from explorer.frames import RegionArrays, region_arrays
 from explorer.model.records import OWNERS, Snapshot
+from explorer.views.frames import RegionArrays, region_arrays
 from explorer.views.palette import BLACK, DPAMT_STATES, OWNER_COLOURS, discrete_scale
 
 #: Above this many regions, cells carry no per-cell hover text (payload size).

@@ -59,9 +59,9 @@ def test_keyboard_shortcuts_step(page, server) -> None:  # type: ignore[no-untyp
 
 def _lost_race_step() -> int:
     """The step of lost_race's lost race, on the engine as it is (not a number to keep up)."""
+    from explorer.ingest import parse_trace
     from explorer.model.settings import Settings
-    from explorer.timeline import replay
-    from explorer.trace import parse_trace
+    from explorer.replay.timeline import replay
 
     trace = parse_trace((SAMPLES / "lost_race.jsonl").read_bytes(), "lost_race.jsonl")
     tl = replay(trace.events, Settings().with_overrides(trace.settings))

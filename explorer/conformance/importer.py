@@ -1,10 +1,10 @@
-"""Turn a kernel capture into a format-v1 trace, and check the model against the capture.
+"""Turn a kernel capture into a format-v1 trace (the model replays it to pin the race order).
 
-A capture (:mod:`explorer.capture`, docs/capture.md) says what a v6 kernel did on the DPAMT
+A capture (:mod:`explorer.ingest.capture`, docs/capture.md) says what a v6 kernel did on the DPAMT
 paths; a trace (docs/trace-format.md) says what to ask the model to do. :func:`import_capture`
 derives the second from the first (the TD's life: ``td_create``, ``vcpu_create``, ``fault``,
 ``zap``, ``td_destroy``, with the kernel's interleaving of concurrent faults pinned by
-``schedule`` events), and :func:`conform` replays that trace and compares, per thread and in
+``schedule`` events), and :func:`explorer.conformance.conform.conform` replays that trace and compares, per thread and in
 order, what the kernel observed (``tdx_pamt_get``'s return and path, PAMT.ADD / PAMT.REMOVE,
 the ``tdx_pamt_cache`` counts) with what the model predicts. The rules are in docs/capture.md
 ("Import", "Conformance"); this module is their implementation.
@@ -17,12 +17,11 @@ missing or extra observation from shifting every later one.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from explorer.capture import Capture, Record
+from explorer.ingest.capture import Capture, Record
 from explorer.model.events import (
     Event,
     Fault,
@@ -36,7 +35,7 @@ from explorer.model.events import (
 )
 from explorer.model.records import Step
 from explorer.model.settings import Settings
-from explorer.timeline import replay
+from explorer.replay.timeline import replay
 
 #: The TD every capture is imported as (a capture of several TDs is not distinguished: the
 #: probes carry no TD identity).
@@ -63,7 +62,7 @@ class ImportedTrace:
     vmm_tid: int | None = None
 
 
-def _int(rec: Record, key: str) -> int:
+def field_int(rec: Record, key: str) -> int:
     v = rec.fields.get(key)
     return v if isinstance(v, int) else 0
 
@@ -83,7 +82,7 @@ def _find_vmm(records: Sequence[Record]) -> int | None:
             break
         if r.probe == "tdx_alloc_control_page.entry":
             in_ctrl.add(r.tid)
-        elif r.probe == "tdx_pamt_get.entry" and r.tid in in_ctrl and _int(r, "cache") == 0:
+        elif r.probe == "tdx_pamt_get.entry" and r.tid in in_ctrl and field_int(r, "cache") == 0:
             return r.tid
     return None
 
@@ -114,7 +113,7 @@ def _faults(records: Sequence[Record], vcpu_tids: dict[int, int]) -> list[_Fault
     cur: dict[int, _Fault] = {}
     for i, r in enumerate(records):
         if r.probe == "kvm_page_fault":
-            f = _Fault(i, _int(r, "vcpu"), r.tid, _int(r, "gpa") >> 12, [r], r.ts, r.ts)
+            f = _Fault(i, field_int(r, "vcpu"), r.tid, field_int(r, "gpa") >> 12, [r], r.ts, r.ts)
             cur[r.tid] = f
             out.append(f)
         elif r.tid in cur and r.tid in vcpu_tids:
@@ -123,7 +122,7 @@ def _faults(records: Sequence[Record], vcpu_tids: dict[int, int]) -> list[_Fault
             f.t1 = r.ts
     for f in out:
         gets = [r for r in f.recs if r.probe == "tdx_pamt_get.entry"]
-        f.pfn = _int(gets[-1], "pfn") if gets else None
+        f.pfn = field_int(gets[-1], "pfn") if gets else None
     return out
 
 
@@ -157,15 +156,15 @@ def _get_calls(recs: Sequence[Record]) -> list[dict[str, Any]]:
     return calls
 
 
-def _path(call: dict[str, Any]) -> tuple[str, str | None]:
+def get_path(call: dict[str, Any]) -> tuple[str, str | None]:
     """Kernel path of a get: slow when it did PAMT.ADD or popped 2 cache pages; its outcome."""
     entry: Record = call["entry"]
     ret: Record = call["ret"]
-    before, after = _int(entry, "cache_count"), _int(ret, "cache_count")
+    before, after = field_int(entry, "cache_count"), field_int(ret, "cache_count")
     slow = call["add"] is not None or (before >= 0 and after >= 0 and before - after == 2)
     if not slow:
         return "fast", None
-    if _int(ret, "ret") != 0:
+    if field_int(ret, "ret") != 0:
         return "slow", "failed"
     return "slow", "added" if call["add"] is not None else "lost_race"
 
@@ -177,7 +176,7 @@ def import_capture(capture: Capture) -> ImportedTrace:
     vcpu_tids: dict[int, int] = {}
     for r in records:
         if r.probe == "kvm_page_fault" and r.tid != vmm:
-            vcpu_tids.setdefault(r.tid, _int(r, "vcpu"))
+            vcpu_tids.setdefault(r.tid, field_int(r, "vcpu"))
     vcpus = sorted(set(vcpu_tids.values()))
     faults = _faults(records, vcpu_tids)
     used: set[int] = set()
@@ -243,15 +242,15 @@ def import_capture(capture: Capture) -> ImportedTrace:
         f = fault_of.get(id(r))
         if f is not None:
             for g in f.recs:
-                if g.probe == "tdx_pamt_get.entry" and _int(g, "pfn") != f.pfn:
-                    other_regions.add(_int(g, "pfn") >> 9)
+                if g.probe == "tdx_pamt_get.entry" and field_int(g, "pfn") != f.pfn:
+                    other_regions.add(field_int(g, "pfn") >> 9)
             if f.pfn is not None and (f.pfn >> 9) in other_regions:
                 f.pfn = None
             elif f.pfn is not None:
                 pinned_regions.add(f.pfn >> 9)
         elif id(r) not in leaf_recs:
             for key in ("pfn", "pair0", "pair1"):
-                v = _int(r, key)
+                v = field_int(r, key)
                 if v and (v >> 9) not in pinned_regions:
                     other_regions.add(v >> 9)
     settings = _settings(capture, tdcs, tdcx)
@@ -270,18 +269,18 @@ def import_capture(capture: Capture) -> ImportedTrace:
             gt = t
         for f in group:
             for call in _get_calls(f.recs):
-                path, outcome = _path(call)
+                path, outcome = get_path(call)
                 if path == "slow":
                     e, r_ = call["entry"], call["ret"]
                     what = {"added": "did PAMT.ADD", "lost_race": "lost the race"}.get(
-                        outcome or "", f"failed ({_int(r_, 'ret')})"
+                        outcome or "", f"failed ({field_int(r_, 'ret')})"
                     )
                     cache = ""
-                    if _int(e, "cache_count") >= 0:
-                        cache = f"; cache {_int(e, 'cache_count')} -> {_int(r_, 'cache_count')}"
+                    if field_int(e, "cache_count") >= 0:
+                        cache = f"; cache {field_int(e, 'cache_count')} -> {field_int(r_, 'cache_count')}"
                     evs.append(
                         Note(
-                            text=f"kernel (vcpu{f.vcpu}): tdx_pamt_get({_int(e, 'pfn'):#x}) "
+                            text=f"kernel (vcpu{f.vcpu}): tdx_pamt_get({field_int(e, 'pfn'):#x}) "
                             f"slow path, {what}{cache}",
                             t=gt,
                         )
@@ -357,7 +356,7 @@ def _derive_order(
         return [s for s in tl.steps_between(start, tl.nr_steps) if s.event == idx]
 
     adds = sorted(
-        (r.ts, f.tid, _int(r, "pfn") >> 9)
+        (r.ts, f.tid, field_int(r, "pfn") >> 9)
         for f in group
         for r in f.recs
         if r.probe == "tdh_phymem_pamt_add.entry"
@@ -373,7 +372,7 @@ def _derive_order(
     order += [f"vcpu{winner.vcpu}"] * (locks[-1] + 1 if locks else add_at)
     for f in group:
         if f is winner or not any(
-            r.probe == "tdx_pamt_get.entry" and _int(r, "pfn") >> 9 == region and r.ts < add_ts
+            r.probe == "tdx_pamt_get.entry" and field_int(r, "pfn") >> 9 == region and r.ts < add_ts
             for r in f.recs
         ):
             continue
@@ -391,8 +390,8 @@ def _zaps(vmm_recs: Sequence[Record], after: int) -> list[tuple[int, list[Record
     out: list[tuple[int, list[Record]]] = []
     open_: dict[int, list[Record]] = {}
     for r in vmm_recs:
-        if r.probe == "kvm_tdp_mmu_spte_changed" and _int(r, "level") == 1:
-            gfn, old, new = _int(r, "gfn"), _int(r, "old_spte"), _int(r, "new_spte")
+        if r.probe == "kvm_tdp_mmu_spte_changed" and field_int(r, "level") == 1:
+            gfn, old, new = field_int(r, "gfn"), field_int(r, "old_spte"), field_int(r, "new_spte")
             if old not in (0, FROZEN_SPTE) and new == FROZEN_SPTE:
                 open_[gfn] = [r]
             elif old == FROZEN_SPTE and new == 0 and gfn in open_:
@@ -416,209 +415,3 @@ def _settings(capture: Capture, tdcs: int, tdcx: int) -> Settings:
     mib = max(256, -(-(top + 1) // 256))
     mib += mib % 2
     return Settings(mode="v6", host_memory_mib=mib, tdcs_pages=tdcs, tdcx_pages=tdcx)
-
-
-# ------------------------------------------------------------------ conformance
-@dataclass(frozen=True)
-class Divergence:
-    line: int
-    kind: str
-    observed: Any
-    predicted: Any
-    step: int
-
-
-@dataclass(frozen=True)
-class Match:
-    """An observation on which the kernel and the model agree: where each side has it."""
-
-    line: int
-    kind: str
-    value: Any
-    step: int
-
-
-@dataclass(frozen=True)
-class Conformance:
-    """``ok`` when no divergence; ``observations`` compared (kernel side). ``matches``: the
-    observations that agree, for the app's timeline markers (not part of ``--json``)."""
-
-    ok: bool
-    observations: int
-    divergences: list[Divergence]
-    stopped: str | None = None
-    matches: list[Match] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "ok": self.ok,
-            "observations": self.observations,
-            "divergences": [asdict(d) for d in self.divergences],
-        }
-        if self.stopped is not None:
-            out["stopped"] = self.stopped
-        return out
-
-    def dumps(self) -> str:
-        return json.dumps(self.to_json(), indent=2)
-
-
-#: An observation: (kind, value, capture line or model step).
-Obs = tuple[str, Any, int]
-
-
-def kernel_observations(capture: Capture, imp: ImportedTrace) -> dict[str, list[Obs]]:
-    """The kernel's observations per simulated CPU name (docs/capture.md, "Conformance")."""
-    names = {tid: f"vcpu{v}" for tid, v in imp.vcpu_tids.items()}
-    if imp.vmm_tid is not None:
-        names[imp.vmm_tid] = f"td{TD}"
-    out: dict[str, list[Obs]] = {}
-    by_tid: dict[int, list[Record]] = {}
-    for r in sorted(capture.records, key=lambda r: (r.ts, r.line)):
-        if r.tid in names:
-            by_tid.setdefault(r.tid, []).append(r)
-    for tid, recs in by_tid.items():
-        obs = out.setdefault(names[tid], [])
-        entry: Record | None = None
-        added = False
-        for r in recs:
-            p = r.probe
-            if p == "tdx_pamt_get.entry":
-                entry, added = r, False
-            elif p == "tdh_phymem_pamt_add.entry":
-                added = True
-                obs.append(("pamt_add.region", _int(r, "pfn") >> 9, r.line))
-            elif p == "tdh_phymem_pamt_remove.entry":
-                obs.append(("pamt_remove.region", _int(r, "pfn") >> 9, r.line))
-            elif p == "tdx_pamt_get.return" and entry is not None:
-                path, outcome = _path({"entry": entry, "ret": r, "add": r if added else None})
-                obs.append(("get.ret", _int(r, "ret"), r.line))
-                obs.append(("get.path", path, r.line))
-                obs.append(("get.outcome", outcome or "none", r.line))
-                if _int(entry, "cache_count") >= 0:
-                    obs.append(("get.cache_after", _int(r, "cache_count"), r.line))
-                entry = None
-            elif p == "tdx_topup_pamt_cache.return":
-                obs.append(("topup.ret", _int(r, "ret"), r.line))
-                obs.append(("topup.cache_after", _int(r, "cache_count"), r.line))
-            elif p == "tdx_free_pamt_cache.entry":
-                obs.append(("cache_free.count", _int(r, "cache_count"), r.line))
-    return out
-
-
-def model_observations(steps: Sequence[Step]) -> dict[str, list[Obs]]:
-    """The model's observations per simulated CPU, from the replay's step labels and effects
-    (explorer/model/narration.py): the same kinds as :func:`kernel_observations`."""
-    out: dict[str, list[Obs]] = {}
-    cache: dict[int, int] = {}
-    open_get: dict[str, dict[str, Any]] = {}
-    in_topup: dict[str, dict[str, Any]] = {}
-
-    def close(cpu: str) -> None:
-        g = open_get.pop(cpu, None)
-        if g is not None:
-            obs = out.setdefault(cpu, [])
-            obs.append(("get.ret", g["ret"], g["step"]))
-            obs.append(("get.path", g["path"], g["step"]))
-            obs.append(("get.outcome", g["outcome"] or "none", g["step"]))
-            if cpu.startswith("vcpu"):
-                obs.append(("get.cache_after", cache.get(int(cpu[4:]), 0), g["step"]))
-        tp = in_topup.pop(cpu, None)
-        if tp is not None:
-            obs = out.setdefault(cpu, [])
-            obs.append(("topup.ret", tp["ret"], tp["step"]))
-            obs.append(("topup.cache_after", cache.get(int(cpu[4:]), 0), tp["step"]))
-
-    for s in steps:
-        cpu = s.cpu
-        lab = s.label
-        new_call = s.function != "tdx_pamt_get" or lab in ("pamt_get.fast", "pamt_get.slow")
-        if new_call and (s.function != "tdx_topup_pamt_cache" or cpu in open_get):
-            close(cpu)
-        for e in s.effects:
-            if e.kind == "pamt_cache" and isinstance(e.key, int) and isinstance(e.new, int):
-                if lab == "pamt_cache.free" and isinstance(e.old, int):
-                    out.setdefault(cpu, []).append(("cache_free.count", e.old, s.index))
-                cache[e.key] = e.new
-        if lab in ("pamt_get.fast", "pamt_get.slow"):
-            open_get[cpu] = {
-                "ret": 0,
-                "path": lab.rpartition(".")[2],
-                "outcome": None,
-                "step": s.index,
-            }
-        elif cpu in open_get and s.function == "tdx_pamt_get":
-            g = open_get[cpu]
-            g["step"] = s.index
-            if lab == "pamt_get.add":
-                g["outcome"] = "added"
-                for e in s.effects:
-                    if e.kind == "pair":
-                        out.setdefault(cpu, []).append(("pamt_add.region", e.key, s.index))
-            elif lab == "pamt_get.lost_race":
-                g["outcome"] = "lost_race"
-            elif lab in ("pamt_get.enomem", "pamt_get.partial"):
-                g["outcome"], g["ret"] = "failed", ENOMEM
-            elif lab == "pamt_get.add_fail":
-                g["outcome"], g["ret"] = "failed", EIO
-        if s.function == "tdx_topup_pamt_cache":
-            tp = in_topup.setdefault(cpu, {"ret": 0, "step": s.index})
-            tp["step"] = s.index
-            if lab == "pamt_cache.topup_fail":
-                tp["ret"] = ENOMEM
-        if lab == "pamt_put.remove":
-            for e in s.effects:
-                if e.kind == "pair":
-                    out.setdefault(cpu, []).append(("pamt_remove.region", e.key, s.index))
-    for cpu in list(open_get) + list(in_topup):
-        close(cpu)
-    return out
-
-
-def conform(capture: Capture, settings: Settings | None = None) -> Conformance:
-    """Import ``capture``, replay it (with the imported settings unless ``settings`` is given)
-    and compare the kernel's observations with the model's, per thread and kind, in order.
-    Regions are compared through a one-to-one map (kernel region -> model region) built as they
-    are met: the model's page allocator does not pick the kernel's pfns, only the pinned leaves
-    are the same pages."""
-    imp = import_capture(capture)
-    tl = replay(imp.events, settings or imp.settings)
-    steps = tl.steps_between(0, tl.nr_steps)
-    kern = kernel_observations(capture, imp)
-    model = model_observations(steps)
-    fwd: dict[int, int] = {}
-    back: dict[int, int] = {}
-    divs: list[Divergence] = []
-    matches: list[Match] = []
-    total = 0
-    for cpu in sorted(set(kern) | set(model)):
-        kinds = sorted({k for k, _, _ in kern.get(cpu, [])} | {k for k, _, _ in model.get(cpu, [])})
-        for kind in kinds:
-            ko = [o for o in kern.get(cpu, []) if o[0] == kind]
-            mo = [o for o in model.get(cpu, []) if o[0] == kind]
-            total += len(ko)
-            for i in range(max(len(ko), len(mo))):
-                k = ko[i] if i < len(ko) else None
-                m = mo[i] if i < len(mo) else None
-                line = k[2] if k else (ko[-1][2] if ko else 0)
-                step = m[2] if m else -1
-                if k is None or m is None:
-                    divs.append(
-                        Divergence(line, kind, k[1] if k else None, m[1] if m else None, step)
-                    )
-                    continue
-                if kind.endswith(".region"):
-                    kr, mr = k[1], m[1]
-                    if fwd.get(kr, mr) == mr and back.get(mr, kr) == kr:
-                        fwd[kr], back[mr] = mr, kr
-                        matches.append(Match(line, kind, hex(kr), step))
-                        continue
-                    divs.append(Divergence(line, kind, hex(kr), hex(mr), step))
-                elif k[1] != m[1]:
-                    divs.append(Divergence(line, kind, k[1], m[1], step))
-                else:
-                    matches.append(Match(line, kind, k[1], step))
-    divs.sort(key=lambda d: (d.line, d.kind))
-    stopped = tl.stopped.message if tl.stopped is not None else None
-    matches.sort(key=lambda m: (m.step, m.line))
-    return Conformance(not divs and stopped is None, total, divs, stopped, matches)

@@ -2,7 +2,7 @@
 
 A design review asks for the race catalogue of every mode over a dozen scenarios. Each search is
 independent and can take seconds (three CPUs under ``v6-locked``: 8 s), so they run as tasks on
-Dask distributed, on the same cluster machinery as sweeps (:func:`explorer.sweep.dask_client`: a
+Dask distributed, on the same cluster machinery as sweeps (:func:`explorer.sweeps.sweep.dask_client`: a
 LocalCluster by default, or ``--scheduler tcp://HOST:PORT``). A task runs
 ``python -m explorer explore`` in a child process (the search reads generator frames, which
 only the pure Python engine has: the child is started with ``DPAMT_PURE=1``), on the trace's
@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from explorer.model.settings import Settings
-from explorer.sweep import dask_client
+from explorer.sweeps.sweep import dask_client
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: The columns of a result row, in order (the settings' own columns follow as ``setting.*``).
 COLUMNS = (
     "trace",

@@ -24,13 +24,13 @@ from typing import Any
 
 from explorer.model.errors import Problem, TraceError
 from explorer.model.narration import all_labels
-from explorer.timeline import Timeline
+from explorer.replay.timeline import Timeline
 
 FORMAT_NAME = "dpamt-tour"
 FORMAT_VERSION = 1
 #: File name of a sample's tour: ``<sample>`` + this suffix, beside ``<sample>.jsonl``.
 TOUR_SUFFIX = ".tour.ndjson"
-SAMPLES_DIR = Path(__file__).resolve().parent.parent / "sample_traces"
+SAMPLES_DIR = Path(__file__).resolve().parents[2] / "sample_traces"
 
 #: Views a stop may ask for: the Explore page's panels and tabs (app_pages/explore.py), by key,
 #: with the title the page shows. A view renamed or added there is renamed or added here.
@@ -66,7 +66,7 @@ MAX_DESCRIPTION = 400  # the header's description
 MAX_LOOK = 160  # "what to look at": one line
 MAX_NARRATION = 600  # a sentence or two, said aloud in under a minute
 MAX_NTH = 10_000
-MAX_EVENT = 5_000_000  # explorer.trace.limits.MAX_EVENTS
+MAX_EVENT = 5_000_000  # explorer.ingest.limits.MAX_EVENTS
 MAX_ERRORS = 50
 _SAMPLE_NAME = re.compile(r"[a-z0-9_]{1,64}")
 _DECODER = json.JSONDecoder()

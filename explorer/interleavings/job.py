@@ -1,7 +1,7 @@
 """What the app's Interleavings page needs, without Streamlit: a background exploration and the
 shapes of its result (tables, pinned traces, where to open them).
 
-**Why a child process.** The search (:mod:`explorer.explore`) reads generator frames, which only
+**Why a child process.** The search (:mod:`explorer.interleavings.search`) reads generator frames, which only
 the pure Python engine has; the app's own process runs the compiled engine. So the page runs
 ``python -m explorer explore TRACE --json --progress`` in a child, with ``DPAMT_PURE=1`` already
 set: the CLI then runs the search itself instead of re-running itself in a grandchild, so the
@@ -33,15 +33,15 @@ from pathlib import Path
 from subprocess import Popen
 from typing import Any, Literal
 
-from explorer.explore import pin
+from explorer.ingest import Trace
+from explorer.ingest.write import dump_trace
+from explorer.interleavings.search import pin
 from explorer.model.events import Event
 from explorer.model.settings import Settings
-from explorer.timeline import replay
-from explorer.trace import Trace
-from explorer.trace.write import dump_trace
+from explorer.replay.timeline import replay
 
 #: The repository root: the child runs ``-m explorer`` from here, so it finds this package.
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: Default and bounds of the page's state limit (``--max-states``).
 DEFAULT_MAX_STATES = 200_000
 MIN_MAX_STATES = 1_000
@@ -266,7 +266,7 @@ def violation_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 def pinned_trace(
     trace: Trace, settings: Settings, orders: Sequence[Sequence[str]], label: str
 ) -> bytes:
-    """The trace with ``orders`` pinned by ``schedule`` events (:func:`explorer.explore.pin`),
+    """The trace with ``orders`` pinned by ``schedule`` events (:func:`explorer.interleavings.search.pin`),
     as trace text: loaded in the app or replayed, it runs exactly that interleaving. The
     settings go into its header, since the app resets its overrides when a trace loads."""
     text = dump_trace(

@@ -52,8 +52,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from explorer.model.events import Event
-from explorer.model.machine import Machine, MachineImage, Thread, batches
+from explorer.model.machine import (
+    Machine,
+    MachineImage,
+    batches,
+)
 from explorer.model.settings import Settings
+from explorer.model.state import (
+    Thread,
+)
 from explorer.model.summary import summary
 
 #: Default bound on the states visited (all groups together): past it the search stops, claims

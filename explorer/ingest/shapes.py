@@ -1,4 +1,4 @@
-"""Workload shapes that :mod:`explorer.trace.generate` does not write, for ``make bench``.
+"""Workload shapes that :mod:`explorer.ingest.generate` does not write, for ``make bench``.
 
 The benchmark matrix must not measure only the generator's own habits (one key order, hex gfns,
 one fault per vCPU per ``t``, long runs): uploads come from other tools. Each shape here writes
@@ -29,7 +29,7 @@ import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
-#: Guest frames per vCPU range (4 GiB), as in :mod:`explorer.trace.generate`.
+#: Guest frames per vCPU range (4 GiB), as in :mod:`explorer.ingest.generate`.
 VCPU_RANGE = 1 << 20
 
 #: The canonical key order; styles permute it.

@@ -1,4 +1,4 @@
-"""Sweeps: one trace under a grid of settings, each point measured by :mod:`explorer.metrics`.
+"""Sweeps: one trace under a grid of settings, each point measured by :mod:`explorer.sweeps.metrics`.
 
 ``--vary dpamt_gets_per_fault=0..8 --vary mode=v6,v6-locked`` gives the cross product of the
 listed values (``a..b`` is an inclusive integer range, ``a,b,c`` a list), up to
@@ -17,7 +17,7 @@ same task (and the same row) in every run. A point that raises is recorded (``st
 the scheduler.
 
 Output (``out``), one row per point, written as the results arrive: every ``setting.<name>``,
-every metric of :meth:`explorer.metrics.RunMetrics.row`, then ``trace_digest``, ``trace``,
+every metric of :meth:`explorer.sweeps.metrics.RunMetrics.row`, then ``trace_digest``, ``trace``,
 ``note``, ``key``, ``seconds`` (the point's run time on its worker), ``worker`` (the worker's
 address), ``status`` and ``error`` (:data:`EXTRA_COLUMNS`).
 
@@ -57,10 +57,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from explorer.csvsafe import FORMULA_STARTS, escape_cell
-from explorer.metrics import run_metrics
 from explorer.model.errors import Problem, SettingsError
 from explorer.model.events import Event
 from explorer.model.settings import SETTING_SPECS, Settings
+from explorer.sweeps.metrics import run_metrics
 
 #: A sweep of more points than this is refused (each point is a full replay; 100,000 points of a
 #: 3,000-event trace is about an hour on one worker, see docs/scaling.md).
@@ -163,7 +163,7 @@ def grid_points(base: Settings, grid: dict[str, list[Any]]) -> list[Settings]:
 # ------------------------------------------------------------------ keys
 def trace_digest(events: Sequence[Event]) -> str:
     """SHA-256 (hex) of the events' canonical JSON (their fields and lines), format-independent."""
-    from explorer.trace.write import event_object
+    from explorer.ingest.write import event_object
 
     h = hashlib.sha256()
     for ev in events:
@@ -624,7 +624,7 @@ def run_sweep(
     while waiting for a cluster's result): once it returns True nothing more is submitted, the
     pending tasks are cancelled, and the rows finished so far (written to ``out`` too, so a
     rerun resumes) are returned -- the points' order, the points not run left out. The app's
-    background runner (:mod:`explorer.sweepjob`) uses both; the CLI neither cancels nor changes.
+    background runner (:mod:`explorer.sweeps.job`) uses both; the CLI neither cancels nor changes.
     """
     if len(points) > MAX_SWEEP_POINTS:
         raise SettingsError(

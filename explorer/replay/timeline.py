@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from explorer.ingest.gcpause import gc_paused
 from explorer.model.bulk import FLAG_BITS, FLAG_LABELS, BatchLog, run_batches
 from explorer.model.constants import PAGE_SIZE, PAGES_PER_REGION_SHIFT
 from explorer.model.events import Event
@@ -31,7 +32,6 @@ from explorer.model.machine import Machine, MachineDelta, MachineImage, StepReac
 from explorer.model.records import Diagnostic, Snapshot, Step
 from explorer.model.settings import Settings
 from explorer.model.summary import summary
-from explorer.trace.gcpause import gc_paused
 
 FIND_KINDS = ("op", "region", "label", *FLAG_BITS)
 

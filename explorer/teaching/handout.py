@@ -15,8 +15,8 @@ import plotly.graph_objects as go
 import plotly.offline
 
 from explorer.model.settings import Settings
-from explorer.timeline import Timeline
-from explorer.tours import ResolvedStop, Tour, resolve
+from explorer.replay.timeline import Timeline
+from explorer.teaching.tours import ResolvedStop, Tour, resolve
 from explorer.views.caches import kvm_caches_figure, pamt_cache_figure
 from explorer.views.changes import diff_snapshots, effects_table
 from explorer.views.code import code_panel, lock_summary
@@ -141,7 +141,7 @@ def _stop_html(tl: Timeline, stop: ResolvedStop, n: int) -> str:
 
 def tour_handout_html(tour: Tour, timeline: Timeline, settings: Settings) -> str:
     """A standalone HTML handout of ``tour`` on ``timeline`` (replayed with ``settings``):
-    plotly.js inlined once, no external URL. Raises :class:`explorer.tours.TourError` if a stop
+    plotly.js inlined once, no external URL. Raises :class:`explorer.teaching.tours.TourError` if a stop
     does not resolve."""
     stops = resolve(tour, timeline)
     knobs = ", ".join(f"{k}={v}" for k, v in settings.to_dict().items())

@@ -7,7 +7,7 @@ A capture is what a v6 kernel actually did, one probe hit per line::
 The parser is strict for the same reason the trace parser is (docs/trace-format.md): a capture
 compared against the model must say exactly what the kernel did, so a damaged or misread line is
 reported at ``source:line:col`` (as :class:`~explorer.model.errors.Problem`, collected up to
-:data:`~explorer.trace.limits.MAX_ERRORS` and raised together as one
+:data:`~explorer.ingest.limits.MAX_ERRORS` and raised together as one
 :class:`~explorer.model.errors.TraceError`) rather than silently skipped. Only unknown keys on a
 known probe are tolerated (kept, and noted once each in :attr:`Capture.unknown`): a newer script
 may print more than this parser knows, and that must not make older captures unreadable.
@@ -18,9 +18,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from explorer.ingest import limits as L
 from explorer.model.errors import Problem, TraceError
 from explorer.model.settings import MAX_HOST_MEMORY_MIB
-from explorer.trace import limits as L
 
 _MAX_HOST_PFN = MAX_HOST_MEMORY_MIB * 256 - 1
 
@@ -72,7 +72,7 @@ PROBES: dict[str, ProbeSpec] = {
 Value = int | str
 
 #: Fields an import turns into trace fields, within the trace format's own limits
-#: (explorer/trace/limits.py, explorer/model/settings.py): a pfn past the largest host, a gfn or gpa past 5-level EPT, a
+#: (explorer/ingest/limits.py, explorer/model/settings.py): a pfn past the largest host, a gfn or gpa past 5-level EPT, a
 #: vCPU id past the format's ids are refused here, at their line and column, rather than
 #: carried into a trace that the engine cannot hold.
 _RANGES: dict[str, tuple[int, int]] = {

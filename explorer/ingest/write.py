@@ -1,5 +1,5 @@
 """Write events as canonical format-v1 JSON Lines (gfn and pfn in hex), parseable back to equal
-events: the inverse of :func:`explorer.trace.parse.parse_trace`."""
+events: the inverse of :func:`explorer.ingest.parse.parse_trace`."""
 
 from __future__ import annotations
 

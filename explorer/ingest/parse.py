@@ -2,7 +2,7 @@
 
 JSON Lines (``.jsonl``, ``.jsonl.gz``) or CSV. Every problem is reported as a
 :class:`~explorer.model.errors.Problem` with ``source:line:col``, the offending text and what was
-expected; problems are collected (up to :data:`~explorer.trace.limits.MAX_ERRORS`) and raised
+expected; problems are collected (up to :data:`~explorer.ingest.limits.MAX_ERRORS`) and raised
 together as one :class:`~explorer.model.errors.TraceError`. Nothing else escapes on bad input.
 
 The bytes are read in two streaming passes, one chunk at a time (docs/reliability.md, "Refusing
@@ -26,12 +26,12 @@ from dataclasses import MISSING, dataclass, fields
 from itertools import compress, count, islice, repeat
 from typing import Any, NoReturn
 
+from explorer.ingest import limits as L
+from explorer.ingest.gcpause import gc_paused
 from explorer.model.constants import INJECTIONS, PAGES_PER_REGION
 from explorer.model.errors import Problem, TraceError
 from explorer.model.events import EVENT_TYPES, Event, plain_fault, slot_setters
 from explorer.model.settings import SETTING_SPECS, int_text
-from explorer.trace import limits as L
-from explorer.trace.gcpause import gc_paused
 
 FORMAT_NAME = "dpamt-trace"
 FORMAT_VERSION = 1

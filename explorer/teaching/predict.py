@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from explorer.model.records import Snapshot, Step
-from explorer.timeline import Timeline
+from explorer.replay.timeline import Timeline
 
 KINDS = ("race", "path", "region", "cache")
 #: The answer of a ``region`` question when the step changes no refcount and no pair.

@@ -1,7 +1,7 @@
 """A sweep in a background thread, for a UI: poll its progress, cancel it, keep what finished.
 
 The app's script must not block on a sweep (a rerun every half second draws its progress, and a
-Cancel button must be answered), so :class:`SweepJob` runs :func:`explorer.sweep.run_sweep` --
+Cancel button must be answered), so :class:`SweepJob` runs :func:`explorer.sweeps.sweep.run_sweep` --
 the same function, the same Dask code path and rows as ``python -m explorer sweep`` -- in a
 thread of its own, through run_sweep's ``progress`` and ``cancel`` hooks. Nothing here imports
 Streamlit: the runner is tested on its own (tests/test_sweepjob.py) and the page only draws what
@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from explorer.model.events import Event
 from explorer.model.settings import Settings
-from explorer.sweep import SchedulerUnreachable, run_sweep
+from explorer.sweeps.sweep import SchedulerUnreachable, run_sweep
 
 #: Environment variable naming the Dask scheduler (as for the CLI's ``--scheduler``).
 SCHEDULER_ENV = "DPAMT_SCHEDULER"
@@ -97,11 +97,11 @@ class SweepJob:
     """A sweep of ``points`` over ``events`` running in a background thread from construction.
 
     ``scheduler`` ("tcp://HOST:PORT") or None for a LocalCluster of ``workers`` processes
-    (``workers=1``: in this process), exactly as :func:`explorer.sweep.run_sweep` takes them.
+    (``workers=1``: in this process), exactly as :func:`explorer.sweeps.sweep.run_sweep` takes them.
     :meth:`poll` may be called from any thread; :meth:`cancel` stops submitting points and
     cancels the pending ones, and the rows already finished are kept (:meth:`rows`). A
     scheduler that does not answer fails the job within about ten seconds
-    (:func:`explorer.sweep.probe_scheduler`) with its reason in :attr:`SweepStatus.error`.
+    (:func:`explorer.sweeps.sweep.probe_scheduler`) with its reason in :attr:`SweepStatus.error`.
     """
 
     def __init__(

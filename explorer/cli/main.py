@@ -1,0 +1,56 @@
+"""``python -m explorer``: check, replay, explore, generate and sweep traces; import and conform
+kernel captures.
+
+The commands live with their capability (:mod:`explorer.cli.traces`,
+:mod:`explorer.interleavings.command`, :mod:`explorer.sweeps.command`,
+:mod:`explorer.conformance.command`); this module only assembles the parser and maps errors to
+the exit codes of :mod:`explorer.cli.common` (a contract, scripts rely on it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from explorer.cli.common import EXIT_INVALID, EXIT_OK, Parser, UsageError, print_problems
+from explorer.cli.common import resolve_settings as resolve_settings  # re-exported for callers
+from explorer.cli.traces import add_check_and_replay, add_generate
+from explorer.conformance.command import add_import_and_conform
+from explorer.interleavings.command import add_explore_and_grid
+from explorer.model.errors import ImpossibleEvent, TraceError
+from explorer.sweeps.command import add_sweep
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="python -m explorer",
+        description="DPAMT Explorer: check, replay, "
+        "generate and sweep Dynamic PAMT fault-path traces.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    add_check_and_replay(sub)
+    add_explore_and_grid(sub)
+    add_generate(sub)
+    add_sweep(sub)
+    add_import_and_conform(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if argv is not None and hasattr(args, "argv"):
+            args.argv = list(argv)
+        code: int = args.func(args)
+        return code
+    except UsageError as exc:
+        print(f"usage error: {exc} (see python -m explorer --help)", file=sys.stderr)
+        return EXIT_INVALID
+    except ImpossibleEvent as exc:
+        print_problems(exc.problems, sys.stderr)
+        return EXIT_INVALID
+    except TraceError as exc:
+        print_problems(exc.problems, sys.stderr)
+        return EXIT_INVALID
+    except BrokenPipeError:
+        return EXIT_OK

@@ -1,0 +1,152 @@
+"""``check``, ``replay`` and ``generate``: the commands on a trace itself (no analysis)."""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+from explorer.cli.common import (
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_VIOLATIONS,
+    UsageError,
+    read_trace,
+    resolve_settings,
+)
+from explorer.ingest.generate import WORKLOADS
+from explorer.model.machine import Machine, batches
+from explorer.model.summary import summary
+from explorer.replay.render import format_steps
+
+
+# ------------------------------------------------------------------ check
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate: the file's syntax and schema, then a dry run for events impossible in context."""
+    trace = read_trace(args.trace)
+    settings = resolve_settings(trace, args.set or [])
+    m = Machine(settings, record=False, check=False)
+    m.run(trace.events)
+    if m.stopped is not None:
+        d = m.stopped
+        print(f"{trace.source}:{d.line}:1: {d.message} (event {d.event + 1})")
+        return EXIT_INVALID
+    print(f"OK: {trace.source}: {len(trace.events)} events, {m.nr_steps} steps")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ replay
+def cmd_replay(args: argparse.Namespace) -> int:
+    trace = read_trace(args.trace)
+    settings = resolve_settings(trace, args.set or [])
+    events = trace.events
+    m = Machine(settings, record=not args.json, check=True)
+    out = sys.stdout
+    for start, end in batches(events):
+        if m.stopped is not None:
+            break
+        m.run_batch((i, events[i]) for i in range(start, end))
+        if not args.json:
+            for line in format_steps(m.steps):
+                out.write(line + "\n")
+            m.steps.clear()
+    result = summary(m, len(events))
+    if args.json:
+        json.dump(result, out, indent=None if args.compact else 2, sort_keys=False)
+        out.write("\n")
+    else:
+        c = result["counters"]
+        out.write(
+            f"# {len(events)} events, {m.nr_steps} steps; "
+            + " ".join(f"{k}={v}" for k, v in c.items())
+            + "\n"
+        )
+        for d in result["diagnostics"]:
+            out.write(
+                f"# {d['kind']} {d['code']} at step {d['step']} (line {d['line']}): {d['message']}\n"
+            )
+    if m.stopped is not None:
+        print(f"{trace.source}:{m.stopped.line}:1: {m.stopped.message}", file=sys.stderr)
+        return EXIT_INVALID
+    return (
+        EXIT_VIOLATIONS if any(d["kind"] == "violation" for d in result["diagnostics"]) else EXIT_OK
+    )
+
+
+# ------------------------------------------------------------------ generate
+def cmd_generate(args: argparse.Namespace) -> int:
+    kwargs: dict[str, Any] = {
+        "tds": args.tds,
+        "vcpus": args.vcpus,
+        "faults": args.faults,
+        "seed": args.seed,
+        "add_pages": args.add_pages,
+        "host_memory_mib": args.host_memory_mib,
+    }
+    if args.workload == "boot":
+        kwargs["teardown"] = args.teardown
+    else:
+        kwargs["zap_ratio"] = args.zap_ratio
+    try:
+        lines = WORKLOADS[args.workload](**kwargs)
+        first = next(lines)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.output == "-":
+        _write_lines(sys.stdout, first, lines)
+    elif args.output.endswith(".gz"):
+        with gzip.open(args.output, "wt", encoding="utf-8", compresslevel=6) as gz:
+            _write_lines(gz, first, lines)
+    else:
+        with open(args.output, "w", encoding="utf-8") as f:
+            _write_lines(f, first, lines)
+    return EXIT_OK
+
+
+def _write_lines(out: TextIO, first: str, lines: Iterable[str]) -> None:
+    out.write(first + "\n")
+    buf: list[str] = []
+    for line in lines:
+        buf.append(line)
+        if len(buf) >= 4096:
+            out.write("\n".join(buf) + "\n")
+            buf.clear()
+    if buf:
+        out.write("\n".join(buf) + "\n")
+
+
+def add_check_and_replay(sub: Any) -> None:
+    """Register ``check`` and ``replay`` on the subcommand parsers ``sub``."""
+    c = sub.add_parser("check", help="validate a trace (schema, then a dry run)")
+    c.add_argument("trace", help="trace file (.jsonl, .jsonl.gz, .csv) or - for stdin")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+    c.set_defaults(func=cmd_check)
+    r = sub.add_parser("replay", help="replay a trace: one line per step, or --json")
+    r.add_argument("trace")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+    r.add_argument("--json", action="store_true", help="print one JSON summary of the final state")
+    r.add_argument("--compact", action="store_true", help="with --json: on one line")
+    r.set_defaults(func=cmd_replay)
+
+
+def add_generate(sub: Any) -> None:
+    """Register ``generate`` on the subcommand parsers ``sub``."""
+    g = sub.add_parser("generate", help="write a synthetic workload trace")
+    g.add_argument("workload", choices=sorted(WORKLOADS))
+    g.add_argument("--tds", type=int, default=1)
+    g.add_argument("--vcpus", type=int, default=2)
+    g.add_argument("--faults", type=int, default=1000)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--add-pages", type=int, default=16, help="PAGE.ADD faults per TD before finalize"
+    )
+    g.add_argument(
+        "--host-memory-mib", type=int, default=4096, help="setting written in the header"
+    )
+    g.add_argument("--teardown", action="store_true", help="boot: destroy the TDs at the end")
+    g.add_argument("--zap-ratio", type=float, default=0.3, help="churn: zaps per round")
+    g.add_argument("-o", "--output", default="-", help="file (.jsonl or .jsonl.gz) or - (stdout)")
+    g.set_defaults(func=cmd_generate)

@@ -1,0 +1,88 @@
+"""``import`` and ``conform``: a kernel capture as a trace, and the model checked against it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from explorer.cli.common import EXIT_INVALID, EXIT_OK, EXIT_VIOLATIONS
+from explorer.ingest import limits as L
+from explorer.model.errors import Problem, TraceError
+
+
+def _read_capture(path: str) -> Any:
+    """Read and parse a kernel capture (docs/capture.md); ``-`` for standard input."""
+    from explorer.ingest.capture import parse_capture
+
+    if path == "-":
+        data, name = sys.stdin.buffer.read(L.MAX_UPLOAD_BYTES + 1), "<stdin>"
+    else:
+        name = os.path.basename(path)
+        try:
+            with open(path, "rb") as f:
+                data = f.read(L.MAX_UPLOAD_BYTES + 1)
+        except OSError as exc:
+            raise TraceError(Problem(name, 0, 0, f"cannot read the file: {exc.strerror}")) from None
+    return parse_capture(data, name)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """A kernel capture as a format-v1 trace (explorer/conformance/importer.py)."""
+    from explorer.conformance.importer import import_capture
+    from explorer.ingest.write import dump_trace
+
+    cap = _read_capture(args.capture)
+    imp = import_capture(cap)
+    text = dump_trace(
+        imp.events,
+        title=f"imported from {cap.source}",
+        settings=imp.settings.to_dict(),
+    )
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    for note in cap.unknown:
+        print(f"# {note}", file=sys.stderr)
+    for probe, n in sorted(imp.unused.items()):
+        print(f"# {n} {probe} record(s) not used", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_conform(args: argparse.Namespace) -> int:
+    """Replay a capture's imported trace and compare the kernel with the model."""
+    from explorer.conformance.conform import conform
+
+    cap = _read_capture(args.capture)
+    result = conform(cap)
+    if args.json:
+        json.dump(result.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for d in result.divergences:
+            print(
+                f"capture line {d.line}: {d.kind}: kernel {d.observed}, model {d.predicted} "
+                f"(step {d.step})"
+            )
+        verdict = "conforms" if result.ok else f"{len(result.divergences)} divergence(s)"
+        print(f"# {cap.source}: {result.observations} observations, {verdict}")
+    if result.stopped is not None:
+        print(f"{cap.source}: the replay stopped: {result.stopped}", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK if result.ok else EXIT_VIOLATIONS
+
+
+def add_import_and_conform(sub: Any) -> None:
+    """Register ``import`` and ``conform`` on the subcommand parsers ``sub``."""
+    im = sub.add_parser("import", help="a kernel capture (tools/capture/dpamt.bt) as a trace")
+    im.add_argument("capture", help="capture file, or - for stdin")
+    im.add_argument("-o", "--output", default="-", help="trace file (.jsonl) or - (stdout)")
+    im.set_defaults(func=cmd_import)
+    cf = sub.add_parser("conform", help="compare a kernel capture with the model's replay of it")
+    cf.add_argument("capture", help="capture file, or - for stdin")
+    cf.add_argument("--json", action="store_true", help="print one JSON object (the contract)")
+    cf.set_defaults(func=cmd_conform)

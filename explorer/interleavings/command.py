@@ -1,0 +1,216 @@
+"""``explore`` and ``explore-grid``: every interleaving of a trace, or of many traces x settings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, TextIO
+
+from explorer.cli.common import (
+    EXIT_INCOMPLETE,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_VIOLATIONS,
+    UsageError,
+    read_trace,
+    resolve_settings,
+)
+from explorer.ingest import Trace
+from explorer.model.settings import Settings
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    """Every interleaving of the trace's concurrent groups (explorer.interleavings.search). Needs generator
+    frames, which the compiled engine does not have: under it, the search runs in a child
+    process on the pure Python engine (same code, same results; the exit status and output
+    passed through)."""
+    from explorer.model import NATIVE
+
+    if args.max_states < 1:
+        raise UsageError(f"--max-states must be at least 1, got {args.max_states}")
+    if args.trace == "-":
+        raise UsageError("explore reads a trace file, not standard input: save it to a file")
+    trace = read_trace(args.trace)
+    settings = resolve_settings(trace, args.set or [])
+    if NATIVE:
+        import subprocess
+
+        env = dict(os.environ, DPAMT_PURE="1")
+        rest = sys.argv[1:] if args.argv is None else args.argv
+        argv = [sys.executable, "-m", "explorer", *rest]
+        return subprocess.run(argv, env=env, check=False).returncode
+    from explorer.interleavings.search import explore
+
+    progress = None
+    if args.progress:  # for programs (the app): one line per 1,000 states
+
+        def progress(states: int, text: str) -> None:
+            print(f"progress states={states} {text}", file=sys.stderr, flush=True)
+
+    elif not args.json and sys.stderr.isatty():
+
+        def progress(states: int, text: str) -> None:
+            print(f"\r{text}", end="", file=sys.stderr, flush=True)
+
+    result = explore(trace.events, settings, max_states=args.max_states, progress=progress)
+    if args.write_pinned:
+        _write_pinned(trace, settings, result, args.write_pinned)
+    out = sys.stdout
+    if args.json:
+        json.dump(result, out, indent=None if args.compact else 2)
+        out.write("\n")
+    else:
+        _print_exploration(result, out)
+    if not result["complete"]:
+        return EXIT_INCOMPLETE
+    return EXIT_OK if result["ok"] else EXIT_VIOLATIONS
+
+
+def _write_pinned(trace: Trace, settings: Settings, r: dict[str, Any], path: str) -> None:
+    """The trace with the schedule of the first finding (else of the first outcome) pinned by
+    ``schedule`` events: open it in the app, or replay it, to see that interleaving."""
+    from explorer.ingest.write import dump_trace
+    from explorer.interleavings.search import pin
+
+    if r["violations"]:
+        orders, what = r["violations"][0]["orders"], f"finding {r['violations'][0]['code']}"
+    elif r["outcomes"]:
+        orders, what = r["outcomes"][0]["orders"], "outcome 1"
+    else:
+        print("nothing to pin: the search found no schedule", file=sys.stderr)
+        return
+    text = dump_trace(
+        pin(trace.events, orders),
+        title=f"{trace.title} (pinned: {what})",
+        description=trace.description,
+        settings=settings.to_dict(),
+    )
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(f"wrote {path}: the trace pinned to the schedule of {what}", file=sys.stderr)
+
+
+def _print_exploration(r: dict[str, Any], out: TextIO) -> None:
+    state = "complete" if r["complete"] else "INCOMPLETE: " + r.get("stopped", "")
+    out.write(
+        f"# {r['groups']} concurrent group(s), {r['states']:,} states, {r['schedules']:,} "
+        f"schedules, {r['end_states']} distinct outcome(s) in {r['seconds']:.2f} s ({state})\n"
+    )
+    for i, o in enumerate(r["outcomes"], 1):
+        c = o["counters"]
+        regions = ", ".join(
+            f"r{k}: refcount {v['refcount']}{' pair' if v['pair'] else ''}"
+            for k, v in o["regions"].items()
+        )
+        out.write(
+            f"outcome {i}: {o['schedules']:,} schedule(s); lost races {c['pamt_lost_race']}, "
+            f"PAMT.ADD {c['pamt_add']} (failed {c['pamt_add_failed']}), cache pages "
+            f"{sum(o['pamt_cache'].values())}; {regions or 'no region'}"
+            + (f"; {', '.join(o['diagnostics'])}" if o["diagnostics"] else "")
+            + "\n"
+        )
+        out.write(f"  e.g. {' '.join(o['example'])}\n")
+    for v in r["violations"]:
+        out.write(
+            f"{v['kind'].upper()} {v['code']} at step {v['step']} (group {v['group'] + 1}): "
+            f"{v['message']}\n"
+            f"  schedule: {' '.join(v['schedule'])}\n"
+        )
+    if "impossible" in r:
+        out.write(f"# an event is impossible under some interleaving: {r['impossible']}\n")
+
+
+def cmd_explore_grid(args: argparse.Namespace) -> int:
+    """Every interleaving of several traces x a grid of settings, one Dask task per search
+    (explorer.interleavings.grid): the race catalogue of every mode in one run."""
+    from explorer.interleavings.grid import run_grid, write_rows
+    from explorer.sweeps.sweep import SchedulerUnreachable, grid_points, parse_vary
+
+    if args.max_states < 1:
+        raise UsageError(f"--max-states must be at least 1, got {args.max_states}")
+    traces = []
+    grid = parse_vary(args.vary) if args.vary else {}
+    for path in args.traces:
+        if path == "-":
+            raise UsageError("explore-grid reads trace files, not standard input")
+        trace = read_trace(path)
+        base = resolve_settings(trace, args.set or [])  # each trace's own header, then --set
+        with open(path, "rb") as f:
+            traces.append((trace.source, f.read(), grid_points(base, grid) if grid else [base]))
+    scheduler = args.scheduler or os.environ.get("DPAMT_SCHEDULER") or None
+
+    def progress(done: int, total: int) -> None:
+        print(f"\r{done} of {total} searches", end="", file=sys.stderr, flush=True)
+
+    try:
+        rows = run_grid(
+            traces,
+            max_states=args.max_states,
+            scheduler=scheduler,
+            workers=args.workers,
+            progress=progress,
+        )
+    except SchedulerUnreachable as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(file=sys.stderr)
+    write_rows(rows, args.out)
+    for r in rows:
+        print(
+            f"{r['trace']} mode={r['mode']}: {r['status']}, {r['states'] or 0:,} states, "
+            f"{r['end_states'] or 0} outcomes, findings {r['findings'] or 'none'}"
+            + (f" ({r['error']})" if r["error"] else ""),
+            file=sys.stderr,
+        )
+    if any(r["status"] == "error" for r in rows):
+        return EXIT_INVALID
+    if any(r["findings"] for r in rows):
+        return EXIT_VIOLATIONS
+    return EXIT_INCOMPLETE if any(r["status"] != "done" for r in rows) else EXIT_OK
+
+
+def add_explore_and_grid(sub: Any) -> None:
+    """Register ``explore`` and ``explore-grid`` on the subcommand parsers ``sub``."""
+    x = sub.add_parser(
+        "explore",
+        help="every interleaving of the trace's concurrent groups: outcomes and violations",
+    )
+    x.add_argument("trace", help="trace file (.jsonl, .jsonl.gz, .csv)")
+    x.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+    x.add_argument("--json", action="store_true", help="print one JSON object (the contract)")
+    x.add_argument("--compact", action="store_true", help="with --json: on one line")
+    x.add_argument(
+        "--max-states",
+        type=int,
+        default=1_000_000,
+        help="stop (exit 3, nothing claimed) past this many states (default 1,000,000)",
+    )
+    x.add_argument(
+        "--write-pinned",
+        metavar="FILE",
+        help="write the trace with the first finding's schedule (else outcome 1's) pinned",
+    )
+    x.add_argument(
+        "--progress",
+        action="store_true",
+        help="print 'progress states=N ...' lines on stderr every 1,000 states (for programs)",
+    )
+    x.set_defaults(func=cmd_explore, argv=None)
+    xg = sub.add_parser(
+        "explore-grid",
+        help="explore several traces x a grid of settings, one Dask task per search",
+    )
+    xg.add_argument("traces", nargs="+", help="trace files")
+    xg.add_argument("--vary", action="append", metavar="KEY=A..B|KEY=A,B")
+    xg.add_argument("--set", action="append", metavar="KEY=VALUE")
+    xg.add_argument("--max-states", type=int, default=1_000_000)
+    xg.add_argument("--out", default="-", help="FILE.parquet or FILE.csv, or - (CSV on stdout)")
+    xg.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="Dask scheduler")
+    xg.add_argument(
+        "--workers", type=int, default=None, help="local cluster workers (1: no cluster)"
+    )
+    xg.set_defaults(func=cmd_explore_grid)

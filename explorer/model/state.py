@@ -1,0 +1,472 @@
+"""All kernel and TDX-module state, and the small API every kernel function changes it through.
+
+:class:`KernelState` holds host memory, the TDX module's PAMT, DPAMT refcounts and
+``pamt_lock``, the TDs (their ``mmu_lock``, S-EPT entries, guest mappings) and vCPUs (their
+``tdx_pamt_cache`` and KVM MMU caches), and the CPUs (:class:`Thread`). Every state change goes
+through its methods (``set_owner``, ``set_refcount``, ``pamt_cache_push``/``pamt_cache_pop``,
+``set_lock``, ...), which record ``(kind, key, old, new)`` effects for the current step and mark
+the regions touched, so the invariants are checked on exactly those (see
+:mod:`explorer.model.machine`, which subclasses this with the scheduler).
+
+The kernel code (:mod:`explorer.model.dpamt`, :mod:`explorer.model.kvm`) is written against this
+class, not against the scheduler: that keeps the model's imports one way (machine -> kvm ->
+dpamt -> state -> steps), with no import inside a function to hide a circle.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import explorer.model.constants as C
+from explorer.model.chunked import ChunkedDict
+from explorer.model.errors import ImpossibleEvent, Problem
+from explorer.model.events import Event
+from explorer.model.memory import HostMemory
+from explorer.model.prng import XorShift32
+from explorer.model.records import (
+    OWNERS,
+    Diagnostic,
+    Effect,
+    Step,
+)
+from explorer.model.settings import Settings
+from explorer.model.steps import (
+    COUNTER_NAMES,
+    K_ALLOC_FAILED,
+    K_ALLOCS_ATOMIC,
+    K_ALLOCS_SLEEPING,
+    K_ALLOCS_UNDER_LOCK,
+    K_SPINS,
+    K_VIOLATIONS,
+    K_WARNINGS,
+    O_FREE,
+    O_IN_HAND,
+    O_KVM_CACHE,
+    O_LEAKED,
+    O_PAIR,
+    O_PAMT_CACHE,
+    KGen,
+    StepInfo,
+)
+from explorer.model.tdx_module import TdxModule
+
+
+@dataclass(slots=True)
+class KvmCache:
+    """A ``struct kvm_mmu_memory_cache``: pages (``pfns``, LIFO at the end) or slab objects."""
+
+    name: str
+    objects: bool
+    min: int
+    capacity: int = C.KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE
+    pfns: list[int] = field(default_factory=list)
+    nobjs: int = 0
+
+    @property
+    def count(self) -> int:
+        return self.nobjs if self.objects else len(self.pfns)
+
+
+@dataclass(slots=True)
+class Vcpu:
+    id: int
+    td: int
+    alive: bool = True
+    #: ``struct tdx_pamt_cache``: the list head is the END of this list (push/pop there).
+    pamt_cache: list[int] = field(default_factory=list)
+    caches: dict[str, KvmCache] = field(default_factory=dict)
+    control: list[tuple[int, str]] = field(default_factory=list)  # (pfn, "tdvpr"|"tdcx")
+
+
+class _Gone:
+    """The value of a key deleted since the last delta checkpoint (TrackedDict's deltas)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "GONE"
+
+
+GONE: Any = _Gone()
+
+
+class TrackedDict(dict[Any, Any]):
+    """A dict that remembers which keys changed since the last checkpoint, so a checkpoint
+    copies the changes (guest mappings, S-EPT entries), not the whole dict."""
+
+    __slots__ = ("changed",)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.changed: set[Any] = set()
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.changed.add(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self.changed.add(key)
+        super().__delitem__(key)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        self.changed.add(key)
+        return super().pop(key, *default)
+
+    def delta(self) -> dict[Any, Any]:
+        """{key: value, or GONE} for every key changed since the last call."""
+        out = {k: self.get(k, GONE) for k in self.changed}
+        self.changed = set()
+        return out
+
+    def apply(self, delta: dict[Any, Any]) -> None:
+        for k, v in delta.items():
+            if v is GONE:
+                super().pop(k, None)
+            else:
+                super().__setitem__(k, v)
+        self.changed = set()
+
+
+@dataclass(slots=True)
+class Td:
+    id: int
+    state: str = "creating"  # creating | created | finalized | bugged | failed | destroyed
+    hkid: int | None = None
+    vcpus: list[int] = field(default_factory=list)
+    control: list[tuple[int, str]] = field(default_factory=list)  # (pfn, "tdr"|"tdcs")
+    mirror_root: int | None = None
+    #: S-EPT entries pointing at non-root tables, keyed (level of the table, gfn >> 9*level):
+    #: ("frozen", cpu) while being linked, ("present", sept_pfn, mirror_pfn) once linked.
+    entries: dict[tuple[int, int], tuple[Any, ...]] = field(default_factory=TrackedDict)
+    #: the two big dicts (one entry per faulted page) share chunks with checkpoints
+    leaves: ChunkedDict = field(default_factory=ChunkedDict)  # mapped gfn -> pfn
+    leaf_frozen: dict[int, str] = field(default_factory=dict)  # gfn -> cpu
+    gmem: ChunkedDict = field(default_factory=ChunkedDict)  # guest_memfd: gfn -> pfn held
+    #: ``kvm->mmu_lock``: one rwlock per VM (``pamt_lock`` is the only global lock)
+    mmu_readers: list[str] = field(default_factory=list)
+    mmu_writer: str | None = None
+    #: ``kvm->mmu_invalidate_seq``: bumped by every zap (``kvm_mmu_invalidate_end``); a fault
+    #: that read guest_memfd under an older value is stale (``is_page_fault_stale``)
+    mmu_invalidate_seq: int = 0
+
+
+class Spin:
+    """A CPU spinning on a lock: its next spin step, if the lock's holders stay the same, is the
+    same step again. The scheduler repeats it (:meth:`again`) without resuming the spinner's
+    generator: a contended lock costs a spin step per turn of every waiter (a third of the steps
+    of a contended batch), and each spin step is the lock's spin loop (``explorer.model.dpamt
+    ._spin``, which makes these, with the lock's own ``blocker``) one more time."""
+
+    __slots__ = ("blocker", "holder", "info", "td")
+
+    def __init__(
+        self,
+        blocker: Callable[[KernelState, Td | None], str | None],
+        td: Td | None,
+        holder: str,
+        info: StepInfo,
+    ) -> None:
+        self.blocker = blocker
+        self.td = td
+        self.holder = holder
+        self.info = info
+
+    def again(self, m: KernelState) -> StepInfo | None:
+        """The spin step once more (counted), or None when the holders changed: the spinner
+        then runs its own code (it takes the lock, or spins on someone else)."""
+        if self.blocker(m, self.td) != self.holder:
+            return None
+        m.count(K_SPINS)
+        return self.info
+
+
+@dataclass(slots=True)
+class Thread:
+    """A simulated CPU running one event's kernel code at a time."""
+
+    name: str
+    queue: deque[tuple[int, Event]]
+    order: int
+    gen: KGen | None = None
+    event: int | None = None
+    line: int = 0
+    stack: list[str] = field(default_factory=list)
+    holds: list[str] = field(default_factory=list)
+    spinning: str | None = None
+    last: StepInfo | None = None
+    softirq: bool = False  # running an RCU callback (v5-topup-install frees S-EPT pages so)
+    #: while spinning: how to repeat the spin step without resuming the generator
+    #: (:class:`explorer.model.dpamt.Spin`)
+    respin: Spin | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.gen is None and not self.queue
+
+
+class KernelState:
+    """All kernel and TDX-module state, and the effects API the kernel code changes it through."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        record: bool = True,
+        check: bool = True,
+        full_check: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.mode = settings.mode
+        # settings the kernel code reads on every fault, as plain attributes
+        self.ept_levels = settings.ept_levels
+        self.gfn_limit: int = C.GFN_LIMIT[settings.ept_levels]
+        self.max_retries = settings.max_retries
+        self.gets_per_fault = settings.dpamt_gets_per_fault
+        #: how the DPAMT top-up is named in its narration (v6: 2 x dpamt_gets_per_fault pages)
+        self.pamt_topup_what = f"tdx_topup_pamt_cache (2 x {settings.dpamt_gets_per_fault})"
+        self.record = record
+        self.check = check
+        self.full_check = full_check
+        self.mem = HostMemory(settings.total_pages, settings.allocator, settings.seed)
+        self.module = TdxModule()
+        # arch/x86 DPAMT state
+        self.refcount: dict[int, int] = {}
+        self.orphans: dict[int, int] = {}
+        self.pamt_lock: str | None = None
+        # engine bookkeeping (not kernel state): references held by callers, per region, and
+        # regions with a get/put in flight (invariant 2 is checked only when none is).
+        self.gotten: dict[int, int] = {}
+        #: the sum of ``gotten`` (metrics read it after every batch: a sum over every region
+        #: was O(regions) per batch)
+        self.gotten_total = 0
+        self.inflight: dict[int, int] = {}
+        self.v5_put_window: dict[int, int] = {}
+        # KVM state
+        self.tds: dict[int, Td] = {}
+        self.vcpus: dict[int, Vcpu] = {}
+        self.next_hkid = 1
+        self.injections: dict[str, int] = dict.fromkeys(C.INJECTIONS, 0)
+        self._injecting = 0  # injected failures pending, all kinds together
+        #: the counters, by index (K_FAULTS, ...; :attr:`counters` names them)
+        self.cnt: list[int] = [0] * len(COUNTER_NAMES)
+        self.extra: dict[str, Any] = {}
+        # stepping
+        self.sched_rng = XorShift32(settings.seed, 2)  # the random schedule's draws
+        self.nr_steps = 0
+        self.steps: list[Step] = []
+        self.diagnostics: list[Diagnostic] = []
+        self.stopped: Diagnostic | None = None
+        self.threads: dict[str, Thread] = {}
+        self._threads_made: dict[str, Thread] = {}  # every CPU made so far, by name
+        self._vcpu_names: dict[int, str] = {}  # vCPU id -> its thread's name
+        self.event_first_step: dict[int, int] = {}
+        self.batch_labels: set[str] = set()
+        self.batch_regions: set[int] = set()
+        self.on_step: Callable[[KernelState, Step], None] | None = None
+        #: a step at which to stop (StepReached), mid-batch: a seek's target (-1: none)
+        self.stop_at = -1
+        self._fx: list[Effect] = []
+        self._dirty: set[int] = set()
+        #: regions whose pair was added or removed in this step (invariant 4 checks them)
+        self.pair_dirty: set[int] = set()
+        self._ckpt_regions: set[int] = set()  # refcount/orphans/gotten keys since a checkpoint
+        #: the TDs and vCPUs batches ran on since the last checkpoint: a delta holds those only
+        #: (a delta of every TD and vCPU cost O(TDs + vCPUs) each time, and as much memory)
+        self._delta_tds: set[int] = set()
+        self._delta_vcpus: set[int] = set()
+        #: the vCPUs and TDs the current batch's events name (``batch_owners``)
+        self._batch_vcpus: set[int] = set()
+        self._batch_tds: set[int] = set()
+        self._batch_destroys: set[int] = set()
+        self._pairs_changed = False  # a pair page moved: invariant 5's pair counts then
+        #: turns pinned by the trace's ``schedule`` events for this batch: (CPU, event index,
+        #: the schedule event), consumed first to last before the configured schedule
+        self._pinned: deque[tuple[str, int, Event]] = deque()
+        #: a page entered or left a cache in this batch: the caches are counted after it
+        self.caches_moved = False
+        #: the pages each TD and vCPU holds, per owner, as of the last batch, and their sum
+        #: (``invariants.quiescent_totals``): recounted for the TDs and vCPUs a batch ran on
+        #: (``batch_owners``), all of them after a restore or a small machine's batch (``q_all``)
+        self.q_all = True
+        self.q_td_rows: dict[int, tuple[int, int, int, int, int]] = {}
+        self.q_vcpu_rows: dict[int, tuple[int, int, int]] = {}
+        self.q_total: list[int] = [0] * 7
+        self._changed_counters: dict[str, int] = {}
+        self._counters_before: dict[str, int] = {}  # their values before the step
+        self._diags: list[tuple[str, str, str]] = []
+
+    # ================================================================ effects API
+    def _effect(self, kind: str, key: Any, old: Any, new: Any) -> None:
+        fx = self._fx
+        if kind in (
+            "pamt_cache",
+            "kvm_cache",
+        ):  # one effect per cache per step: first old, last new
+            for i in range(len(fx) - 1, -1, -1):
+                if fx[i][0] == kind and fx[i][1] == key:
+                    fx[i] = Effect(kind, key, fx[i][2], new)
+                    return
+        fx.append(Effect(kind, key, old, new))
+
+    def set_owner(self, pfn: int, code: int) -> None:
+        """Give ``pfn`` a new owner. A page's owner alone cannot break invariants 1 to 4 of its
+        region (refcounts, references and pairs can): the region is noted as touched by the
+        batch, and the pair-page counts of invariant 5 are checked after the step when a pair
+        page moved."""
+        old = self.mem.set_owner(pfn, code)
+        self.batch_regions.add(pfn >> C.PAGES_PER_REGION_SHIFT)
+        if old in (O_PAIR, O_LEAKED) or code in (O_PAIR, O_LEAKED):
+            self._pairs_changed = True
+        elif old in (O_PAMT_CACHE, O_KVM_CACHE) or code in (O_PAMT_CACHE, O_KVM_CACHE):
+            self.caches_moved = True
+        if self.record and old != code:
+            self._effect("page", pfn, OWNERS[old], OWNERS[code])
+
+    def set_refcount(self, region: int, new: int) -> None:
+        old = self.refcount.get(region, 0)
+        if new:
+            self.refcount[region] = new
+        else:
+            self.refcount.pop(region, None)
+        self._dirty.add(region)
+        self._ckpt_regions.add(region)
+        if self.record:
+            self._effect("refcount", region, old, new)
+
+    def add_orphan(self, region: int) -> None:
+        old = self.orphans.get(region, 0)
+        self.orphans[region] = old + 1
+        self._dirty.add(region)
+        self._ckpt_regions.add(region)
+        if self.record:
+            self._effect("orphan", region, old, old + 1)
+
+    def mark_gotten(self, pfn: int, delta: int) -> None:
+        """The caller now holds (+1) or dropped (-1) a DPAMT reference on pfn's region."""
+        region = pfn >> C.PAGES_PER_REGION_SHIFT
+        n = self.gotten.get(region, 0) + delta
+        self.gotten_total += delta
+        if n:
+            self.gotten[region] = n
+        else:
+            self.gotten.pop(region, None)
+        self._dirty.add(region)
+        self._ckpt_regions.add(region)
+
+    def set_lock(self, lock: str, old: Any, new: Any) -> None:
+        if self.record:
+            self._effect("lock", lock, old, new)
+
+    def note_pair(self, region: int, old: Any, new: Any) -> None:
+        self._dirty.add(region)
+        self.pair_dirty.add(region)
+        self._pairs_changed = True
+        if self.record:
+            self._effect("pair", region, old, new)
+
+    def note(self, kind: str, key: Any, old: Any, new: Any) -> None:
+        """Record a change of KVM state (S-EPT entry, mapping, TD/vCPU state) as an effect."""
+        if self.record:
+            self._effect(kind, key, old, new)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """The counters by name (a fresh dict: for reports, not for the kernel code)."""
+        return dict(zip(COUNTER_NAMES, self.cnt, strict=True))
+
+    def counter(self, name: str) -> int:
+        return self.cnt[COUNTER_NAMES.index(name)]
+
+    def count(self, k: int, n: int = 1) -> None:
+        """Add ``n`` to counter ``k`` (an index: K_FAULTS, ...)."""
+        value = self.cnt[k] + n
+        self.cnt[k] = value
+        if self.record:
+            name = COUNTER_NAMES[k]
+            self._changed_counters[name] = value
+            self._counters_before.setdefault(name, value - n)
+
+    def diag(self, kind: str, code: str, message: str) -> None:
+        """Raise a diagnostic at the current step (violation | warning | livelock | error)."""
+        self._diags.append((kind, code, message))
+        if kind == "violation":
+            self.cnt[K_VIOLATIONS] += 1
+        elif kind == "warning":
+            self.cnt[K_WARNINGS] += 1
+
+    # ================================================================ pages
+    def alloc_page(self, th: Thread, owner: int, *, sleeping: bool) -> int | None:
+        """``alloc_page(GFP_KERNEL_ACCOUNT)`` (sleeping) or ``GFP_ATOMIC``; None on failure.
+
+        Injected ``alloc_fail`` applies to every host-page allocation. A sleeping allocation
+        while this CPU holds a spinlock is invariant 6's violation.
+        """
+        under_lock = bool(th.holds)
+        if sleeping:
+            self.count(K_ALLOCS_SLEEPING)
+            if under_lock:
+                self.diag(
+                    "violation",
+                    "INV6_SLEEP_UNDER_LOCK",
+                    f"{th.name}: sleeping allocation (GFP_KERNEL) while holding "
+                    f"{', '.join(th.holds)} (explorer invariant 6; the kernel's might_sleep() "
+                    "says 'BUG: sleeping function called from invalid context')",
+                )
+        else:
+            self.count(K_ALLOCS_ATOMIC)
+        if under_lock:
+            self.count(K_ALLOCS_UNDER_LOCK)
+        if self.take_injection("alloc_fail"):
+            self.count(K_ALLOC_FAILED)
+            return None
+        pfn = self.mem.pick_free()
+        if pfn is None:
+            self.count(K_ALLOC_FAILED)
+            return None
+        self.set_owner(pfn, owner)
+        return pfn
+
+    def free_page(self, pfn: int) -> None:
+        self.set_owner(pfn, O_FREE)
+
+    def take_injection(self, what: str) -> bool:
+        """Whether an injected failure of ``what`` is pending (and use it up)."""
+        if not self._injecting:  # none pending at all: the usual case, no lookup
+            return False
+        left = self.injections[what]
+        if left:
+            self.injections[what] = left - 1
+            self._injecting -= 1
+            self.note("inject", what, left, left - 1)
+            return True
+        return False
+
+    def pamt_cache_push(self, vcpu: Vcpu, pfn: int) -> None:
+        """``list_add`` of a page owned as ``pamt_cache`` (allocated so) on the vCPU's list."""
+        old = len(vcpu.pamt_cache)
+        vcpu.pamt_cache.append(pfn)
+        if self.record:
+            self._effect("pamt_cache", vcpu.id, old, old + 1)
+
+    def pamt_cache_pop(self, vcpu: Vcpu) -> int | None:
+        if not vcpu.pamt_cache:
+            return None
+        old = len(vcpu.pamt_cache)
+        pfn = vcpu.pamt_cache.pop()
+        self.set_owner(pfn, O_IN_HAND)
+        if self.record:
+            self._effect("pamt_cache", vcpu.id, old, old - 1)
+        return pfn
+
+    def kvm_cache_changed(self, vcpu: Vcpu, cache: KvmCache, old: int) -> None:
+        if self.record:
+            self._effect("kvm_cache", f"{vcpu.id}/{cache.name}", old, cache.count)
+
+    # ================================================================ running events
+    def impossible(self, ev: Event, idx: int, reason: str, expected: str = "") -> ImpossibleEvent:
+        return ImpossibleEvent(
+            Problem("trace", ev.line, 1, reason, ev.describe(), expected), event_index=idx
+        )
