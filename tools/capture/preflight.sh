@@ -40,7 +40,7 @@ has_probe() { # attach point
 
 # one line per probe: attach-point TAB required|optional TAB what-is-lost TAB present|absent
 inventory() {
-	sed -n 's|^/\* probe \([^ ]*\) \(required\|optional\): \(.*\) \*/$|\1\t\2\t\3|p' "$SCRIPT" |
+	sed -n -E 's#^/\* probe ([^ ]*) (required|optional): (.*) \*/$#\1\t\2\t\3#p' "$SCRIPT" |
 		while IFS='	' read -r ap need lost; do
 			if has_probe "$ap"; then st=present; else st=absent; fi
 			printf '%s\t%s\t%s\t%s\n' "$ap" "$need" "$lost" "$st"
