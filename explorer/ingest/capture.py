@@ -130,6 +130,21 @@ _HEADER = re.compile(r"#\s*([a-z_][a-z0-9_]*)=(\S*)\s*")
 _ATTACHING = re.compile(r"Attaching [0-9]+ probes?\.\.\.")
 _HEXDIGITS = frozenset("0123456789abcdefABCDEF")
 _HEAD_SHAPE = "<timestamp_ns> <cpu> <tid> <pid> <probe> key=value ..."
+_FAST_HEAD = re.compile(r"(0|[1-9][0-9]*) (0|[1-9][0-9]*) (0|[1-9][0-9]*) (0|[1-9][0-9]*) (\S+)")
+_FAST_VALUE = r"(-?(?:0|[1-9][0-9]{0,%d})|0x[0-9a-fA-F]{1,64})" % (L.MAX_INT_DIGITS - 1)
+
+
+def _fast_regex(keys: tuple[str, ...]) -> re.Pattern[str]:
+    """A record of exactly these keys in this order with int values (what the script prints):
+    such a line is parsed by one match; any other goes through the checks of ``_parse_line``."""
+    return re.compile("".join(f" {k}={_FAST_VALUE}" for k in keys))
+
+
+#: probe -> (its fast regex, its keys, the range of each key (None: any int))
+_FAST: dict[str, tuple[re.Pattern[str], tuple[str, ...], tuple[tuple[int, int] | None, ...]]] = {
+    probe: (_fast_regex(spec.keys), spec.keys, tuple(_RANGES.get(k) for k in spec.keys))
+    for probe, spec in PROBES.items()
+}
 
 
 def human_size(n: int) -> str:
@@ -215,25 +230,19 @@ def parse_capture(data: bytes, source: str, *, size: int | None = None) -> Captu
     unknown: dict[tuple[str, str], int] = {}
     first_seen: dict[tuple[str, str], int] = {}
     n = 0
-    for n, raw in enumerate(data.split(b"\n"), 1):
+    for n, text in enumerate(_lines(data, out), 1):
         if out.full:
             break
-        if raw[-1:] == b"\r":
-            raw = raw[:-1]
-        if len(raw) > L.MAX_LINE_BYTES:
-            out.add(n, 1, f"the line is over {L.MAX_LINE_BYTES} bytes (MAX_LINE_BYTES)")
-            continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            out.add(n, e.start + 1, "not UTF-8", repr(raw[e.start : e.start + 8]))
+        if text is None:
             continue
         if not text or text[0] == "#" or _is_comment(text):
             m = _HEADER.fullmatch(text.strip(" \t"))
             if m and not records:
                 header[m.group(1)] = m.group(2)
             continue
-        rec = _parse_line(text, n, out)
+        rec = _fast_line(text, n)
+        if rec is None:
+            rec = _parse_line(text, n, out)
         if rec is None:
             continue
         keys = PROBES[rec.probe].keys
@@ -254,11 +263,12 @@ def parse_capture(data: bytes, source: str, *, size: int | None = None) -> Captu
         else:
             last_ts[rec.cpu] = (rec.ts, n)
         probe = rec.probe
-        if probe.endswith(".entry"):
-            k = (rec.tid, probe[:-6])
+        func, kind = _CALL[probe]
+        if kind == "entry":
+            k = (rec.tid, func)
             open_calls[k] = open_calls.get(k, 0) + 1
-        elif probe.endswith(".return"):
-            k = (rec.tid, probe[:-7])
+        elif kind == "return":
+            k = (rec.tid, func)
             if open_calls.get(k, 0) == 0:
                 col = len(f"{rec.ts} {rec.cpu} {rec.tid} {rec.pid} ") + 1
                 out.add(n, col, f"a return with no open {k[1]}.entry on tid {rec.tid}", probe)
@@ -280,6 +290,67 @@ def parse_capture(data: bytes, source: str, *, size: int | None = None) -> Captu
         for (probe, key), cnt in sorted(unknown.items())
     )
     return Capture(source, tuple(records), notes, dict(unknown), header)
+
+
+#: probe -> (function, "entry" | "return" | "") for the entry/return pairing
+_CALL: dict[str, tuple[str, str]] = {
+    p: (p.rpartition(".")[0], p.rpartition(".")[2]) if "." in p else (p, "") for p in PROBES
+}
+
+
+def _lines(data: bytes, out: _Problems) -> list[str | None]:
+    """The file's lines as text (CR of CRLF dropped): decoded at once when the file is UTF-8
+    (a million lines), else line by line with each bad line reported (None) at its column."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    else:
+        lines: list[str | None] = list(text.split("\n"))
+        for i, t in enumerate(lines):
+            assert t is not None
+            if t.endswith("\r"):
+                lines[i] = t = t[:-1]
+            if len(t) > L.MAX_LINE_BYTES // 4 and len(t.encode()) > L.MAX_LINE_BYTES:
+                out.add(i + 1, 1, f"the line is over {L.MAX_LINE_BYTES} bytes (MAX_LINE_BYTES)")
+                lines[i] = None
+        return lines
+    res: list[str | None] = []
+    for n, raw in enumerate(data.split(b"\n"), 1):
+        raw = raw.removesuffix(b"\r")
+        if len(raw) > L.MAX_LINE_BYTES:
+            out.add(n, 1, f"the line is over {L.MAX_LINE_BYTES} bytes (MAX_LINE_BYTES)")
+            res.append(None)
+            continue
+        try:
+            res.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            out.add(n, e.start + 1, "not UTF-8", repr(raw[e.start : e.start + 8]))
+            res.append(None)
+    return res
+
+
+def _fast_line(text: str, n: int) -> Record | None:
+    """The record of a line as the script prints it (every key once, in order, in range), or
+    None: then ``_parse_line`` decides, reporting each problem at its column."""
+    head = _FAST_HEAD.match(text)
+    if head is None:
+        return None
+    fast = _FAST.get(head.group(5))
+    if fast is None:
+        return None
+    regex, keys, ranges = fast
+    m = regex.fullmatch(text, head.end())
+    if m is None:
+        return None
+    fields: dict[str, Value] = {}
+    for key, raw, rng in zip(keys, m.groups(), ranges, strict=True):
+        v = int(raw, 0)
+        if rng is not None and not rng[0] <= v <= rng[1]:
+            return None
+        fields[key] = v
+    ts, cpu, tid, pid = head.group(1, 2, 3, 4)
+    return Record(n, int(ts), int(cpu), int(tid), head.group(5), fields, int(pid), text)
 
 
 def _parse_line(text: str, n: int, out: _Problems) -> Record | None:
