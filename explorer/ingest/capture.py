@@ -276,7 +276,7 @@ def parse_capture(data: bytes, source: str, *, size: int | None = None) -> Captu
                 open_calls[k] -= 1
         records.append(rec)
     if not records and not out.items:
-        lines = n - 1 if data.endswith(b"\n") else n
+        lines = data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
         out.add(
             0,
             0,
