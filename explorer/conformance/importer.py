@@ -295,7 +295,7 @@ def import_capture(capture: Capture) -> ImportedTrace:
         tuple(e for _, e, _ in out),
         settings,
         tuple(tuple(sorted(ls)) for _, _, ls in out),
-        ignored,
+        dict(sorted(ignored.items())),
         vcpus,
         tds,
         tuple(p for p, _, _ in out),
