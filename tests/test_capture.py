@@ -50,7 +50,9 @@ def test_not_a_capture() -> None:
     assert not looks_like_capture(b"1 2 3 tdx_pamt_put.entry pfn=0x1 kvm=0x0\n")  # format v1
 
 
-GOOD = "10 0 7 70 tdx_pamt_put.entry pfn=0x8000 kvm=0x0\n20 0 7 70 tdx_pamt_put.return ret=0 kvm=0x0\n"
+GOOD = (
+    "10 0 7 70 tdx_pamt_put.entry pfn=0x8000 kvm=0x0\n20 0 7 70 tdx_pamt_put.return ret=0 kvm=0x0\n"
+)
 
 
 def test_good_inline() -> None:
@@ -104,7 +106,9 @@ def test_out_of_order_timestamp_on_one_cpu() -> None:
 
 
 def test_return_without_entry() -> None:
-    text = "10 0 7 70 tdx_pamt_put.entry pfn=1 kvm=0x0\n20 0 8 70 tdx_pamt_put.return ret=0 kvm=0x0\n"
+    text = (
+        "10 0 7 70 tdx_pamt_put.entry pfn=1 kvm=0x0\n20 0 8 70 tdx_pamt_put.return ret=0 kvm=0x0\n"
+    )
     assert _problems(text) == [(2, 11, "a return with no open tdx_pamt_put.entry on tid 8")]
 
 
@@ -135,7 +139,10 @@ def test_unknown_keys_are_noted_once() -> None:
     )
     cap = parse_capture(text.encode(), "t")
     assert cap.records[0].fields["why"] == "zap"
-    assert cap.unknown_counts == {("tdx_pamt_put.entry", "why"): 2, ("tdx_pamt_put.return", "why"): 1}
+    assert cap.unknown_counts == {
+        ("tdx_pamt_put.entry", "why"): 2,
+        ("tdx_pamt_put.return", "why"): 1,
+    }
     assert len(cap.unknown) == 2 and "first at line 1" in cap.unknown[0]
 
 
@@ -230,15 +237,20 @@ TPS = ["kvm:kvm_page_fault", "kvmmmu:kvm_tdp_mmu_spte_changed"]
 
 def test_preflight_keeps_what_the_host_has_and_says_what_is_lost(tmp_path: Path) -> None:
     env = _fake_host(tmp_path, [*REQUIRED, "kvm_vcpu_ioctl"], TPS)
-    chk = subprocess.run(["sh", str(PREFLIGHT), "--check"], env=env, capture_output=True,
-                         text=True, timeout=60)
+    chk = subprocess.run(
+        ["sh", str(PREFLIGHT), "--check"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert chk.returncode == 0, chk.stderr
     assert re.search(r"absent\s+optional\s+kprobe:tdh_phymem_pamt_add\s+lost: PAMT.ADD", chk.stdout)
     assert re.search(r"present\s+required\s+kprobe:tdx_pamt_get\s", chk.stdout)
-    out = subprocess.run(["sh", str(PREFLIGHT), "--script"], env=env, capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        ["sh", str(PREFLIGHT), "--script"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
-    assert "kprobe:tdh_phymem_pamt_add\n" not in out.stdout and "kprobe:kvm_vm_ioctl\n" not in out.stdout
+    assert (
+        "kprobe:tdh_phymem_pamt_add\n" not in out.stdout
+        and "kprobe:kvm_vm_ioctl\n" not in out.stdout
+    )
     assert "kprobe:tdx_pamt_get\n" in out.stdout and "kprobe:kvm_vcpu_ioctl\n" in out.stdout
     assert 'printf("# probe_kprobe:tdh_phymem_pamt_add=absent\\n");' in out.stdout
     assert 'printf("# lost: PAMT.ADD seen directly' in out.stdout
@@ -247,8 +259,9 @@ def test_preflight_keeps_what_the_host_has_and_says_what_is_lost(tmp_path: Path)
 
 def test_preflight_refuses_without_a_required_probe(tmp_path: Path) -> None:
     env = _fake_host(tmp_path, REQUIRED[1:], TPS)
-    out = subprocess.run(["sh", str(PREFLIGHT), "--script"], env=env, capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        ["sh", str(PREFLIGHT), "--script"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 1 and "required probe(s) absent: kprobe:tdx_pamt_get" in out.stderr
 
 
@@ -259,11 +272,19 @@ def test_bpftrace_accepts_the_script(tmp_path: Path) -> None:
     formats, so without it they are checked by the parse only."""
     exe = shutil.which("bpftrace")
     assert exe is not None
-    every = [*REQUIRED, "kvm_vcpu_ioctl", "kvm_vm_ioctl", "kvm_arch_pre_destroy_vm",
-             "kvm_mmu_page_fault", "tdh_phymem_pamt_add", "tdh_phymem_pamt_remove"]
+    every = [
+        *REQUIRED,
+        "kvm_vcpu_ioctl",
+        "kvm_vm_ioctl",
+        "kvm_arch_pre_destroy_vm",
+        "kvm_mmu_page_fault",
+        "tdh_phymem_pamt_add",
+        "tdh_phymem_pamt_remove",
+    ]
     env_tp = _fake_host(tmp_path, every, TPS)
-    gen = subprocess.run(["sh", str(PREFLIGHT), "--script"], env=env_tp, capture_output=True,
-                         text=True, timeout=60)
+    gen = subprocess.run(
+        ["sh", str(PREFLIGHT), "--script"], env=env_tp, capture_output=True, text=True, timeout=60
+    )
     full = tmp_path / "full.bt"
     full.write_text(gen.stdout)
     res = subprocess.run([exe, "-d", str(full)], capture_output=True, text=True, timeout=120)

@@ -125,8 +125,14 @@ def _mut_unbalanced_put(lines: list[str]) -> tuple[list[str], int, str]:
 
 
 def _mut_missing_get(lines: list[str]) -> tuple[list[str], int, str]:
-    i = _first(lines, lambda i: _vcpu_get(lines, i) and "tdx_pamt_get.return" in lines[i + 1]
-               and "level=1 " in lines[i + 2])
+    i = _first(
+        lines,
+        lambda i: (
+            _vcpu_get(lines, i)
+            and "tdx_pamt_get.return" in lines[i + 1]
+            and "level=1 " in lines[i + 2]
+        ),
+    )
     return lines[:i] + lines[i + 2 :], i, "get.missing"
 
 
@@ -139,30 +145,47 @@ def _mut_add_elsewhere(lines: list[str]) -> tuple[list[str], int, str]:
 
 
 def _mut_premature_remove(lines: list[str]) -> tuple[list[str], int, str]:
-    i = _first(lines, lambda i: "tdx_pamt_put.entry" in lines[i]
-               and "tdx_pamt_put.return" in lines[i + 1])
+    i = _first(
+        lines, lambda i: "tdx_pamt_put.entry" in lines[i] and "tdx_pamt_put.return" in lines[i + 1]
+    )
     pfn = re.search(r"pfn=(0x[0-9a-f]+)", lines[i]).group(1)  # type: ignore[union-attr]
     head = lines[i].split(" tdx_pamt_put.entry")[0]
-    extra = [f"{head} tdh_phymem_pamt_remove.entry pfn={pfn} kvm=0x0\n",
-             f"{head} tdh_phymem_pamt_remove.return ret=0x0 kvm=0x0\n"]
+    extra = [
+        f"{head} tdh_phymem_pamt_remove.entry pfn={pfn} kvm=0x0\n",
+        f"{head} tdh_phymem_pamt_remove.return ret=0x0 kvm=0x0\n",
+    ]
     return lines[: i + 1] + extra + lines[i + 1 :], i + 2, "pamt_remove"
 
 
 def _mut_cold_fast(lines: list[str]) -> tuple[list[str], int, str]:
-    i = _first(lines, lambda i: _vcpu_get(lines, i) and "pamt_add.entry" in lines[i + 1]
-               and "tdx_pamt_get.return" in lines[i + 3])
+    i = _first(
+        lines,
+        lambda i: (
+            _vcpu_get(lines, i)
+            and "pamt_add.entry" in lines[i + 1]
+            and "tdx_pamt_get.return" in lines[i + 3]
+        ),
+    )
     before = re.search(r"cache_count=(\d+)", lines[i]).group(1)  # type: ignore[union-attr]
     ret = re.sub(r"cache_count=\d+", f"cache_count={before}", lines[i + 3])
-    return lines[: i + 1] + [ret] + lines[i + 4 :], i + 2, "get.path"
+    return [*lines[: i + 1], ret, *lines[i + 4 :]], i + 2, "get.path"
 
 
 def _mut_second_add(lines: list[str]) -> tuple[list[str], int, str]:
-    i = _first(lines, lambda i: _vcpu_get(lines, i) and "tdx_pamt_get.return" in lines[i + 1]
-               and "level=1 " in lines[i + 2])
+    i = _first(
+        lines,
+        lambda i: (
+            _vcpu_get(lines, i)
+            and "tdx_pamt_get.return" in lines[i + 1]
+            and "level=1 " in lines[i + 2]
+        ),
+    )
     pfn = re.search(r"pfn=(0x[0-9a-f]+)", lines[i]).group(1)  # type: ignore[union-attr]
     head = lines[i].split(" tdx_pamt_get.entry")[0]
-    extra = [f"{head} tdh_phymem_pamt_add.entry pfn={pfn} kvm=0x0\n",
-             f"{head} tdh_phymem_pamt_add.return ret=0x0 kvm=0x0\n"]
+    extra = [
+        f"{head} tdh_phymem_pamt_add.entry pfn={pfn} kvm=0x0\n",
+        f"{head} tdh_phymem_pamt_add.return ret=0x0 kvm=0x0\n",
+    ]
     return lines[: i + 1] + extra + lines[i + 1 :], i + 2, "pamt_add"
 
 
@@ -198,13 +221,22 @@ def test_each_way_a_kernel_could_differ_is_flagged_at_its_own_line(name: str) ->
 def test_divergent_samples_at_their_lines() -> None:
     c = conform(_cap("divergent.txt"))
     lines = (SAMPLES / "divergent.txt").read_text().splitlines()
-    extra = next(i + 1 for i, s in enumerate(lines) if "tdx_pamt_put.entry" in s
-                 and "tdx_pamt_put.entry" in lines[i - 2])
+    extra = next(
+        i + 1
+        for i, s in enumerate(lines)
+        if "tdx_pamt_put.entry" in s and "tdx_pamt_put.entry" in lines[i - 2]
+    )
     assert min(d.line for d in c.divergences) == extra
-    assert [u["line"] for u in c.unexplained] == [extra] and "tdx_pamt_put.entry" in c.unexplained[0]["text"]
+    assert [u["line"] for u in c.unexplained] == [extra] and "tdx_pamt_put.entry" in c.unexplained[
+        0
+    ]["text"]
     leak = conform(_cap("divergent_leak.txt"))
-    zap = next(i + 1 for i, s in enumerate((SAMPLES / "divergent_leak.txt").read_text().splitlines())
-               if " gfn=0x11 level=1 " in s and s.endswith("new_spte=0x8000000000000000 kvm=" + s.rsplit("kvm=", 1)[1]))
+    zap = next(
+        i + 1
+        for i, s in enumerate((SAMPLES / "divergent_leak.txt").read_text().splitlines())
+        if " gfn=0x11 level=1 " in s
+        and s.endswith("new_spte=0x8000000000000000 kvm=" + s.rsplit("kvm=", 1)[1])
+    )
     assert [(d.line, d.kind) for d in leak.divergences] == [(zap, "put.missing")]
 
 

@@ -35,12 +35,15 @@ for the app's markers.
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
 from dataclasses import asdict, dataclass, field
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from explorer.conformance.importer import (
     EIO,
     ENOMEM,
+    KVM_PROBES,
     PAGE_STRUCT,
     Attribution,
     attribute,
@@ -49,7 +52,7 @@ from explorer.conformance.importer import (
     spte_kind,
     spte_pfn,
 )
-from explorer.ingest.capture import Capture, Record
+from explorer.ingest.capture import PROBES, Capture, Record
 from explorer.model.settings import Settings
 from explorer.replay.timeline import replay
 
@@ -141,7 +144,8 @@ class _Checker:
         self.inflight: dict[int, list[_Call]] = {}  # region -> calls entered, not returned
         self.zaps: dict[int, list[Record]] = {}  # pfn -> zaps waiting for their put
         self.puts: dict[int, list[Record]] = {}  # pfn -> puts waiting for their zap
-        self.matches: list[tuple[int, str, Any]] = []
+        self.matches: list[tuple[int, str, Any, int]] = []  # line, kind, value, position
+        self.pos = 0
         self.divs: list[tuple[int, str, Any, Any]] = []
         self.unexplained: list[Record] = []
         self.adds_seen = False
@@ -159,7 +163,7 @@ class _Checker:
         return th
 
     def ok(self, r: Record, kind: str, value: Any) -> None:
-        self.matches.append((r.line, kind, value))
+        self.matches.append((r.line, kind, value, self.pos))
         self.t(r.tid).last_ok = r.line
 
     def div(self, line: int, kind: str, observed: Any, predicted: Any) -> None:
@@ -204,19 +208,17 @@ class _Checker:
     # ---------------------------------------------------------------- records
     def run(self) -> int:
         att = self.att
-        self.adds_seen = any(
-            r.probe.startswith("tdh_phymem_pamt_") for r in att.order
-        )
+        self.adds_seen = any(r.probe.startswith("tdh_phymem_pamt_") for r in att.order)
         n = 0
+        handlers = {p: getattr(self, "on_" + p.replace(".", "_")) for p in PROBES}
+        kvm_only = KVM_PROBES
         for i, r in enumerate(att.order):
             p = r.probe
-            why = att.why[i]
-            if why is not None and p in ("kvm_page_fault", "kvm_tdp_mmu_spte_changed",
-                                         "kvm_mmu_page_fault"):
+            if att.why[i] is not None and p in kvm_only:
                 continue  # ignored: another VM, a shared GPA (counted in ``ignored``)
             n += 1
-            handler = getattr(self, "on_" + p.replace(".", "_"))
-            handler(r)
+            self.pos = i
+            handlers[p](r)
         self.finish()
         return n
 
@@ -291,8 +293,9 @@ class _Checker:
         self.inflight.setdefault(call.region, []).append(call)
         if cache and th.topup is not None and th.topup.probe.startswith("tdx_topup"):
             if not th.topup_checked and field_int(th.topup, "cache") != cache:
-                self.div(th.topup.line, "topup.target", hex(field_int(th.topup, "cache")),
-                         hex(cache))
+                self.div(
+                    th.topup.line, "topup.target", hex(field_int(th.topup, "cache")), hex(cache)
+                )
             th.topup_checked = True
         self.ok(r, "get", hex(pfn))
 
@@ -306,11 +309,17 @@ class _Checker:
         if region != call.region:
             self.div(r.line, "pamt_add.region", hex(region), hex(call.region))
             return
-        if self.checked(call.region) and self.ref.get(call.region, 0) - self.borrowed.get(
-            call.region, 0
-        ) > 0 and not self.borrow(call, want_zero=True):
-            self.div(r.line, "pamt_add", "PAMT.ADD",
-                     f"none: region refcount {self.ref.get(call.region, 0)}")
+        if (
+            self.checked(call.region)
+            and self.ref.get(call.region, 0) - self.borrowed.get(call.region, 0) > 0
+            and not self.borrow(call, want_zero=True)
+        ):
+            self.div(
+                r.line,
+                "pamt_add",
+                "PAMT.ADD",
+                f"none: region refcount {self.ref.get(call.region, 0)}",
+            )
             call.add_ok = False
             return
         self.ok(r, "pamt_add.region", hex(region))
@@ -348,7 +357,9 @@ class _Checker:
                 return
         if ret != 0:
             allowed = ret == ENOMEM and (not call.cache or call.count < 2)
-            allowed |= ret == EIO and (call.add is not None and not call.add_ok or not self.adds_seen)
+            allowed |= ret == EIO and (
+                (call.add is not None and not call.add_ok) or not self.adds_seen
+            )
             if allowed:
                 self.ok(r, "get.ret", ret)
             else:
@@ -373,8 +384,9 @@ class _Checker:
                 self.settle(call, th)
                 return
             if path == "slow" and self.adds_seen:
-                self.div(self.missing_at(r), "pamt_add.missing", None,
-                         f"PAMT.ADD of region {region:#x}")
+                self.div(
+                    self.missing_at(r), "pamt_add.missing", None, f"PAMT.ADD of region {region:#x}"
+                )
             else:
                 self.ok(r, "get.outcome", "added (derived)")
             self.borrowed[region] = 0
@@ -410,8 +422,12 @@ class _Checker:
         if region != call.region:
             self.div(r.line, "pamt_remove.region", hex(region), hex(call.region))
         elif self.checked(region) and self.ref.get(region, 0) > 1 and not call.early:
-            self.div(r.line, "pamt_remove", "PAMT.REMOVE",
-                     f"none: region refcount {self.ref.get(region, 0)} before the put")
+            self.div(
+                r.line,
+                "pamt_remove",
+                "PAMT.REMOVE",
+                f"none: region refcount {self.ref.get(region, 0)} before the put",
+            )
         else:
             self.ok(r, "pamt_remove.region", hex(region))
 
@@ -434,14 +450,22 @@ class _Checker:
         ref = self.ref.get(region, 0)
         if not call.early:
             if self.checked(region) and ref <= 0:
-                self.div(call.entry.line, "put.refcount", "a put", f"none: region {region:#x} "
-                         "refcount 0 (unbalanced)")
+                self.div(
+                    call.entry.line,
+                    "put.refcount",
+                    "a put",
+                    f"none: region {region:#x} refcount 0 (unbalanced)",
+                )
                 return self.explain_put(call.entry, th)
             ref -= 1
             self.ref[region] = max(ref, 0)
         if ref == 0 and self.adds_seen and call.remove is None and self.checked(region):
-            self.div(self.missing_at(r), "pamt_remove.missing", None,
-                     f"PAMT.REMOVE of region {region:#x}")
+            self.div(
+                self.missing_at(r),
+                "pamt_remove.missing",
+                None,
+                f"PAMT.REMOVE of region {region:#x}",
+            )
         else:
             self.ok(r, "put.refcount", f"region {region:#x} -> {max(ref, 0)}")
         self.explain_put(call.entry, th)
@@ -507,12 +531,16 @@ class _Checker:
         if kind == "map":
             want = spte_pfn(new) if level == 1 else None
             for k, (gp, g) in enumerate(th.pending):
-                if want is None and field_int(g, "cache") or gp == want:
+                if (want is None and field_int(g, "cache")) or gp == want:
                     del th.pending[k]
                     self.ok(r, "map", hex(field_int(r, "gfn")))
                     return
-            self.div(self.missing_at(r), "get.missing", None,
-                     f"tdx_pamt_get({want:#x})" if want is not None else "tdx_pamt_get(S-EPT page)")
+            self.div(
+                self.missing_at(r),
+                "get.missing",
+                None,
+                f"tdx_pamt_get({want:#x})" if want is not None else "tdx_pamt_get(S-EPT page)",
+            )
         elif kind in ("zap", "frozen"):
             if level == 1:
                 pfn = spte_pfn(old)
@@ -537,7 +565,12 @@ class _Checker:
                     self.div(call.entry.line, "return.missing", None, "the call's return")
         for zs in self.zaps.values():
             for z in zs:
-                self.div(z.line, "put.missing", None, f"tdx_pamt_put({spte_pfn(field_int(z, 'old_spte')):#x})")
+                self.div(
+                    z.line,
+                    "put.missing",
+                    None,
+                    f"tdx_pamt_put({spte_pfn(field_int(z, 'old_spte')):#x})",
+                )
         for ps in self.puts.values():
             for p in ps:
                 self.unexplain(p)
@@ -547,29 +580,47 @@ def conform(capture: Capture, settings: Settings | None = None) -> Conformance:
     """Account for every record of ``capture`` (the module docstring's rules) and place each
     observation on the model's replay of the imported trace (``settings``: the imported ones
     unless given). ``ok`` when nothing diverges and the replay ran to its end."""
-    imp = import_capture(capture)
     att = attribute(capture)
+    imp = import_capture(capture, att)
     chk = _Checker(att, capture.header)
     observations = chk.run()
     tl = replay(imp.events, settings or imp.settings)
     stopped = tl.stopped.message if tl.stopped is not None else None
-    first: list[int] = []
-    for e in range(tl.nr_events):
-        s = tl.first_step_of_event(e)
-        first.append(s if s is not None else -1)
+    # the step of every record position: that of the last event begun at or before it
+    first = [tl.first_step_of_event(e) for e in range(tl.nr_events)]
+    starts = imp.positions
+
+    def step_at(pos: int) -> int:
+        e = bisect_right(starts, pos) - 1
+        s = first[e] if 0 <= e < len(first) else None
+        return -1 if s is None else s
 
     def step(line: int) -> int:
-        return first[imp.event_at(line)] if first else -1
+        return step_at(imp.line_pos.get(line, 0))
 
     divs = sorted(
         {Divergence(line, k, o, p, step(line)) for line, k, o, p in chk.divs},
         key=lambda d: (d.line, d.kind),
     )
-    matches = [Match(line, k, v, step(line)) for line, k, v in chk.matches]
-    matches.sort(key=lambda m: (m.step, m.line))
-    unexplained = [{"line": r.line, "text": r.text} for r in chk.unexplained]
-    unexplained.sort(key=lambda u: u["line"])
+    matches: list[Match] = []
+    e, nxt, cur = -1, (starts[0] if starts else 1 << 62), -1
+    for line, k, v, pos in chk.matches:  # positions ascend: one sweep over the events
+        while pos >= nxt:
+            e += 1
+            s = first[e] if e < len(first) else None
+            cur = -1 if s is None else s
+            nxt = starts[e + 1] if e + 1 < len(starts) else 1 << 62
+        matches.append(Match(line, k, v, cur))
+    matches.sort(key=itemgetter(3, 0))  # (step, line)
+    unexplained: list[dict[str, Any]] = [
+        {"line": r.line, "text": r.text} for r in sorted(chk.unexplained, key=lambda r: r.line)
+    ]
     return Conformance(
-        not divs and stopped is None, observations, divs, stopped, matches, unexplained,
+        not divs and stopped is None,
+        observations,
+        divs,
+        stopped,
+        matches,
+        unexplained,
         imp.ignored,
     )

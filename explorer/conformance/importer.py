@@ -51,14 +51,24 @@ PAGE_STRUCT = 64
 #: Probes only TDs reach (their ``kvm=`` marks the VM as a TD).
 TDX_PROBES = frozenset(
     p
-    for p in (
-        "tdx_pamt_get.entry tdx_pamt_get.return tdx_pamt_put.entry tdx_pamt_put.return "
-        "tdx_topup_pamt_cache.entry tdx_topup_pamt_cache.return tdx_free_pamt_cache.entry "
-        "tdx_free_pamt_cache.return tdh_phymem_pamt_add.entry tdh_phymem_pamt_add.return "
-        "tdh_phymem_pamt_remove.entry tdh_phymem_pamt_remove.return "
-        "tdx_alloc_control_page.entry tdx_alloc_control_page.return "
-        "tdx_free_control_page.entry tdx_free_control_page.return"
-    ).split()
+    for p in [
+        "tdx_pamt_get.entry",
+        "tdx_pamt_get.return",
+        "tdx_pamt_put.entry",
+        "tdx_pamt_put.return",
+        "tdx_topup_pamt_cache.entry",
+        "tdx_topup_pamt_cache.return",
+        "tdx_free_pamt_cache.entry",
+        "tdx_free_pamt_cache.return",
+        "tdh_phymem_pamt_add.entry",
+        "tdh_phymem_pamt_add.return",
+        "tdh_phymem_pamt_remove.entry",
+        "tdh_phymem_pamt_remove.return",
+        "tdx_alloc_control_page.entry",
+        "tdx_alloc_control_page.return",
+        "tdx_free_control_page.entry",
+        "tdx_free_control_page.return",
+    ]
 )
 #: Records that are only KVM's (a VM of any type prints them).
 KVM_PROBES = frozenset(("kvm_page_fault", "kvm_mmu_page_fault", "kvm_tdp_mmu_spte_changed"))
@@ -126,24 +136,27 @@ def attribute(capture: Capture) -> Attribution:
     tdx_kvms: set[int] = set()
     pid_tdx: dict[int, set[int]] = {}
     pid_tdx_records: set[int] = set()
+    kvms: list[int] = []
     for r in order:
+        k = r.fields.get("kvm", 0)
+        k = k if isinstance(k, int) else 0
+        kvms.append(k)
         if r.probe in TDX_PROBES:
-            k = field_int(r, "kvm")
             if k:
                 tdx_kvms.add(k)
-                pid_tdx.setdefault(r.pid, set()).add(k)
             else:
                 pid_tdx_records.add(r.pid)
-    for r in order:  # a process's TD: also when its kvm= is known only on KVM records
-        k = field_int(r, "kvm")
-        if k in tdx_kvms:
+    seen: set[tuple[int, int]] = set()
+    for r, k in zip(order, kvms, strict=True):  # a process's TD, also known from KVM records
+        if k in tdx_kvms and (r.pid, k) not in seen:
+            seen.add((r.pid, k))
             pid_tdx.setdefault(r.pid, set()).add(k)
     vms: dict[int, Vm] = {}
     vm_of: list[int] = []
     why: list[str | None] = []
-    shared: list[bool] = []
+    shared = [False] * len(order)
     for i, r in enumerate(order):
-        k = field_int(r, "kvm")
+        k = kvms[i]
         w: str | None = None
         if not k:
             mine = pid_tdx.get(r.pid, set())
@@ -165,22 +178,19 @@ def attribute(capture: Capture) -> Attribution:
                 vm.shared_bit = 51
         vm_of.append(k if w is None else 0)
         why.append(w)
-        shared.append(False)
     td = 0
     for vm in sorted(vms.values(), key=lambda v: v.first):
         if vm.tdx:
             vm.td, td = td, td + 1
     for i, r in enumerate(order):
-        k = vm_of[i]
-        if not k:
+        p = r.probe
+        if p not in KVM_PROBES or not vm_of[i]:
             continue
-        bit = vms[k].shared_bit
-        if r.probe == "kvm_page_fault" or r.probe == "kvm_mmu_page_fault":
-            s = bool(field_int(r, "gpa") >> bit & 1)
-        elif r.probe == "kvm_tdp_mmu_spte_changed":
+        bit = vms[vm_of[i]].shared_bit
+        if p == "kvm_tdp_mmu_spte_changed":
             s = bool(field_int(r, "gfn") >> (bit - 12) & 1)
         else:
-            continue
+            s = bool(field_int(r, "gpa") >> bit & 1)
         if s:
             shared[i] = True
             vm_of[i], why[i] = 0, "shared-gpa"
@@ -214,9 +224,10 @@ class ImportedTrace:
         return max(0, bisect_right(self.positions, pos) - 1)
 
 
-def import_capture(capture: Capture) -> ImportedTrace:
-    """Derive the trace of ``capture`` (docs/capture.md, "Import")."""
-    att = attribute(capture)
+def import_capture(capture: Capture, att: Attribution | None = None) -> ImportedTrace:
+    """Derive the trace of ``capture`` (docs/capture.md, "Import"); ``att``: its
+    :func:`attribute`, when the caller already has it."""
+    att = att if att is not None else attribute(capture)
     order = att.order
     events: list[tuple[int, Event, list[int]]] = []  # (position, event, lines)
     vcpus: dict[tuple[int, int], int] = {}

@@ -25,7 +25,7 @@ _LEAF_BITS = 0x800 | 0x600 | 0x7  # present, memtype WB (6 << 3 = 0x30 folded in
 _TABLE_BITS = 0x800 | 0x7
 VMEMMAP_BASE = 0xFFFFEA0000000000
 _HEX = frozenset(
-    "pfn cache kvm gpa rip gfn old_spte new_spte page error_code".split()
+    ["pfn", "cache", "kvm", "gpa", "rip", "gfn", "old_spte", "new_spte", "page", "error_code"]
 )
 
 
@@ -97,8 +97,13 @@ class HostSim:
             self.ref[region] = 1
         else:
             self.ref[region] += 1
-        self.emit(tid, pid, "tdx_pamt_get.return", ret=0,
-                  cache_count=self.cache.get(cache, -1) if cache else -1)
+        self.emit(
+            tid,
+            pid,
+            "tdx_pamt_get.return",
+            ret=0,
+            cache_count=self.cache.get(cache, -1) if cache else -1,
+        )
 
     def put(self, tid: int, pid: int, pfn: int) -> None:
         region = pfn >> 9
@@ -119,8 +124,7 @@ class HostSim:
         pfn = self.kernel_page()
         self.emit(tid, vm.pid, "tdx_alloc_control_page.entry")
         self.get(tid, vm.pid, pfn)
-        self.emit(tid, vm.pid, "tdx_alloc_control_page.return", ret=0,
-                  page=VMEMMAP_BASE + pfn * 64)
+        self.emit(tid, vm.pid, "tdx_alloc_control_page.return", ret=0, page=VMEMMAP_BASE + pfn * 64)
         vm.control.append(pfn)
 
     def control_free(self, vm: VmSim, tid: int, pfn: int) -> None:
@@ -129,7 +133,9 @@ class HostSim:
         self.emit(tid, vm.pid, "tdx_free_control_page.return", ret=0)
 
     # ---------------------------------------------------------------- VMs
-    def new_vm(self, *, tdx: bool = True, pid: int | None = None, vmm_tid: int | None = None) -> VmSim:
+    def new_vm(
+        self, *, tdx: bool = True, pid: int | None = None, vmm_tid: int | None = None
+    ) -> VmSim:
         self.next_vm += 1
         n = self.next_vm
         vm = VmSim(0xFFFF888100000000 + n * 0x40000, pid or 1000 * n, vmm_tid or 1000 * n, tdx)
@@ -157,26 +163,50 @@ class HostSim:
             external, mirror = self.kernel_page(), self.kernel_page()
             self.get(tid, vm.pid, external, cache)
             base = (gfn >> (9 * (level - 1))) << (9 * (level - 1))
-            self.emit(tid, vm.pid, "kvm_tdp_mmu_spte_changed", as_id=0, gfn=base, level=level,
-                      old_spte=SHADOW_NONPRESENT, new_spte=(mirror << 12) | _TABLE_BITS)
+            self.emit(
+                tid,
+                vm.pid,
+                "kvm_tdp_mmu_spte_changed",
+                as_id=0,
+                gfn=base,
+                level=level,
+                old_spte=SHADOW_NONPRESENT,
+                new_spte=(mirror << 12) | _TABLE_BITS,
+            )
             vm.tables[key] = (external, mirror)
 
     def _map_leaf(self, vm: VmSim, tid: int, cache: int, gfn: int, pfn: int) -> None:
         self.get(tid, vm.pid, pfn, cache)
-        self.emit(tid, vm.pid, "kvm_tdp_mmu_spte_changed", as_id=0, gfn=gfn, level=1,
-                  old_spte=SHADOW_NONPRESENT, new_spte=(pfn << 12) | _LEAF_BITS)
+        self.emit(
+            tid,
+            vm.pid,
+            "kvm_tdp_mmu_spte_changed",
+            as_id=0,
+            gfn=gfn,
+            level=1,
+            old_spte=SHADOW_NONPRESENT,
+            new_spte=(pfn << 12) | _LEAF_BITS,
+        )
         vm.leaves[gfn] = pfn
 
-    def fault(self, vm: VmSim, vcpu: int, gfn: int, pfn: int | None = None,
-              retries: int = 0) -> None:
+    def fault(
+        self, vm: VmSim, vcpu: int, gfn: int, pfn: int | None = None, retries: int = 0
+    ) -> None:
         """A private EPT violation: one ``kvm_page_fault``, one attempt per local retry (each
         tops up again), tables as needed, the leaf's get, its map. ``pfn`` None: spurious
         (already mapped, e.g. the other vCPU won)."""
         tid, cache = vm.vcpus[vcpu]
         gpa = gfn << 12
         code = 0x2 if vm.tdx else 0x182
-        self.emit(tid, vm.pid, "kvm_page_fault", vcpu=vcpu, rip=0xFFFFFFFF81000000 + gfn % 4096,
-                  gpa=gpa, error_code=code)
+        self.emit(
+            tid,
+            vm.pid,
+            "kvm_page_fault",
+            vcpu=vcpu,
+            rip=0xFFFFFFFF81000000 + gfn % 4096,
+            gpa=gpa,
+            error_code=code,
+        )
         for _ in range(retries + 1):
             self.emit(tid, vm.pid, "kvm_mmu_page_fault", gpa=gpa, error_code=code)
             if vm.tdx:
@@ -189,12 +219,27 @@ class HostSim:
                 if key not in vm.tables:
                     base = (gfn >> (9 * (level - 1))) << (9 * (level - 1))
                     m = self.kernel_page()
-                    self.emit(tid, vm.pid, "kvm_tdp_mmu_spte_changed", as_id=0, gfn=base,
-                              level=level, old_spte=SHADOW_NONPRESENT,
-                              new_spte=(m << 12) | _TABLE_BITS)
+                    self.emit(
+                        tid,
+                        vm.pid,
+                        "kvm_tdp_mmu_spte_changed",
+                        as_id=0,
+                        gfn=base,
+                        level=level,
+                        old_spte=SHADOW_NONPRESENT,
+                        new_spte=(m << 12) | _TABLE_BITS,
+                    )
                     vm.tables[key] = (0, m)
-            self.emit(tid, vm.pid, "kvm_tdp_mmu_spte_changed", as_id=0, gfn=gfn, level=1,
-                      old_spte=SHADOW_NONPRESENT, new_spte=(pfn << 12) | _LEAF_BITS)
+            self.emit(
+                tid,
+                vm.pid,
+                "kvm_tdp_mmu_spte_changed",
+                as_id=0,
+                gfn=gfn,
+                level=1,
+                old_spte=SHADOW_NONPRESENT,
+                new_spte=(pfn << 12) | _LEAF_BITS,
+            )
             vm.leaves[gfn] = pfn
             return
         self._tables(vm, tid, cache, gfn)
@@ -204,12 +249,27 @@ class HostSim:
         """A TD's fault on a shared GPA: the direct root, no S-EPT, no DPAMT get."""
         tid, cache = vm.vcpus[vcpu]
         sgfn = gfn | 1 << (vm.shared_bit - 12)
-        self.emit(tid, vm.pid, "kvm_page_fault", vcpu=vcpu, rip=0xFFFFFFFF81000000,
-                  gpa=sgfn << 12, error_code=0x182)
+        self.emit(
+            tid,
+            vm.pid,
+            "kvm_page_fault",
+            vcpu=vcpu,
+            rip=0xFFFFFFFF81000000,
+            gpa=sgfn << 12,
+            error_code=0x182,
+        )
         self.emit(tid, vm.pid, "kvm_mmu_page_fault", gpa=sgfn << 12, error_code=0x182)
         self.topup(tid, vm.pid, cache)
-        self.emit(tid, vm.pid, "kvm_tdp_mmu_spte_changed", as_id=0, gfn=sgfn, level=1,
-                  old_spte=SHADOW_NONPRESENT, new_spte=(pfn << 12) | _LEAF_BITS)
+        self.emit(
+            tid,
+            vm.pid,
+            "kvm_tdp_mmu_spte_changed",
+            as_id=0,
+            gfn=sgfn,
+            level=1,
+            old_spte=SHADOW_NONPRESENT,
+            new_spte=(pfn << 12) | _LEAF_BITS,
+        )
 
     def init_mem_region(self, vm: VmSim, vcpu: int, gfn: int, pfn: int) -> None:
         """``KVM_TDX_INIT_MEM_REGION`` on the VMM thread with vCPU ``vcpu``'s cache and no
@@ -227,8 +287,15 @@ class HostSim:
         ta, ca = vm.vcpus[va]
         tb, cb = vm.vcpus[vb]
         for v, g, t in ((va, ga, ta), (vb, gb, tb)):
-            self.emit(t, vm.pid, "kvm_page_fault", vcpu=v, rip=0xFFFFFFFF81000000, gpa=g << 12,
-                      error_code=0x2)
+            self.emit(
+                t,
+                vm.pid,
+                "kvm_page_fault",
+                vcpu=v,
+                rip=0xFFFFFFFF81000000,
+                gpa=g << 12,
+                error_code=0x2,
+            )
         for g, t, c in ((ga, ta, ca), (gb, tb, cb)):
             self.emit(t, vm.pid, "kvm_mmu_page_fault", gpa=g << 12, error_code=0x2)
             self.topup(t, vm.pid, c)
@@ -246,16 +313,32 @@ class HostSim:
         self.emit(tb, vm.pid, "tdx_pamt_get.return", ret=0, cache_count=self.cache[cb])
         self.emit(ta, vm.pid, "tdx_pamt_get.return", ret=0, cache_count=self.cache[ca])
         for g, p, t in ((gb, pb, tb), (ga, pa, ta)):
-            self.emit(t, vm.pid, "kvm_tdp_mmu_spte_changed", as_id=0, gfn=g, level=1,
-                      old_spte=SHADOW_NONPRESENT, new_spte=(p << 12) | _LEAF_BITS)
+            self.emit(
+                t,
+                vm.pid,
+                "kvm_tdp_mmu_spte_changed",
+                as_id=0,
+                gfn=g,
+                level=1,
+                old_spte=SHADOW_NONPRESENT,
+                new_spte=(p << 12) | _LEAF_BITS,
+            )
             vm.leaves[g] = p
 
     def zap(self, vm: VmSim, gfn: int, tid: int | None = None) -> None:
         """A runtime zap (``tdp_mmu_zap_leafs``): the SPTE record, then the put (v6 09/11)."""
         tid = tid or vm.vmm_tid
         pfn = vm.leaves.pop(gfn)
-        self.emit(tid, vm.pid, "kvm_tdp_mmu_spte_changed", as_id=0, gfn=gfn, level=1,
-                  old_spte=(pfn << 12) | _LEAF_BITS, new_spte=SHADOW_NONPRESENT)
+        self.emit(
+            tid,
+            vm.pid,
+            "kvm_tdp_mmu_spte_changed",
+            as_id=0,
+            gfn=gfn,
+            level=1,
+            old_spte=(pfn << 12) | _LEAF_BITS,
+            new_spte=SHADOW_NONPRESENT,
+        )
         if vm.tdx:
             self.put(tid, vm.pid, pfn)
 
@@ -269,23 +352,39 @@ class HostSim:
         self.ctx[tid] = vm.kvm
         self.emit(tid, vm.pid, "kvm_arch_pre_destroy_vm", kvm=vm.kvm)
         for gfn, pfn in sorted(vm.leaves.items()):
-            self.emit(tid, vm.pid, "kvm_tdp_mmu_spte_changed", as_id=0, gfn=gfn, level=1,
-                      old_spte=(pfn << 12) | _LEAF_BITS, new_spte=FROZEN_SPTE)
+            self.emit(
+                tid,
+                vm.pid,
+                "kvm_tdp_mmu_spte_changed",
+                as_id=0,
+                gfn=gfn,
+                level=1,
+                old_spte=(pfn << 12) | _LEAF_BITS,
+                new_spte=FROZEN_SPTE,
+            )
             if vm.tdx:
                 self.put(tid, vm.pid, pfn)
         vm.leaves.clear()
         for (level, idx), (external, mirror) in sorted(vm.tables.items()):
-            self.emit(tid, vm.pid, "kvm_tdp_mmu_spte_changed", as_id=0,
-                      gfn=idx << (9 * (level - 1)), level=level,
-                      old_spte=(mirror << 12) | _TABLE_BITS, new_spte=SHADOW_NONPRESENT)
+            self.emit(
+                tid,
+                vm.pid,
+                "kvm_tdp_mmu_spte_changed",
+                as_id=0,
+                gfn=idx << (9 * (level - 1)),
+                level=level,
+                old_spte=(mirror << 12) | _TABLE_BITS,
+                new_spte=SHADOW_NONPRESENT,
+            )
             if vm.tdx:
                 self.control_free(vm, tid, external)
         vm.tables.clear()
         if not vm.tdx:
             return
         for _, (_, cache) in sorted(vm.vcpus.items()):
-            self.emit(tid, vm.pid, "tdx_free_pamt_cache.entry", cache=cache,
-                      cache_count=self.cache[cache])
+            self.emit(
+                tid, vm.pid, "tdx_free_pamt_cache.entry", cache=cache, cache_count=self.cache[cache]
+            )
             self.cache[cache] = 0
             self.emit(tid, vm.pid, "tdx_free_pamt_cache.return", ret=0, cache_count=0)
         for pfn in reversed(vm.control):
@@ -307,7 +406,11 @@ def large_capture(records: int, *, seed: int = 1) -> str:
     h.new_vcpu(other, 0)
     next_pfn = 0x400000
     gfn_next = {vm.kvm: 0x1000 for vm in tds}
-    while len(h.lines) < records * 0.97:
+
+    def left() -> int:  # what the teardowns will print: ~4 records a leaf, ~7 a table
+        return sum(4 * len(vm.leaves) + 7 * len(vm.tables) for vm in tds)
+
+    while len(h.lines) + left() < records:
         vm = tds[rng.randrange(4)]
         r = rng.random()
         if r < 0.05:

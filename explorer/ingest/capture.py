@@ -131,7 +131,7 @@ _ATTACHING = re.compile(r"Attaching [0-9]+ probes?\.\.\.")
 _HEXDIGITS = frozenset("0123456789abcdefABCDEF")
 _HEAD_SHAPE = "<timestamp_ns> <cpu> <tid> <pid> <probe> key=value ..."
 _FAST_HEAD = re.compile(r"(0|[1-9][0-9]*) (0|[1-9][0-9]*) (0|[1-9][0-9]*) (0|[1-9][0-9]*) (\S+)")
-_FAST_VALUE = r"(-?(?:0|[1-9][0-9]{0,%d})|0x[0-9a-fA-F]{1,64})" % (L.MAX_INT_DIGITS - 1)
+_FAST_VALUE = rf"(-?(?:0|[1-9][0-9]{{0,{L.MAX_INT_DIGITS - 1}}})|0x[0-9a-fA-F]{{1,64}})"
 
 
 def _fast_regex(keys: tuple[str, ...]) -> re.Pattern[str]:
@@ -415,9 +415,5 @@ def looks_like_capture(data: bytes) -> bool:
         if _is_comment(text):
             continue
         head = text.split(" ")[:5]
-        return (
-            len(head) == 5
-            and all(_UINT.fullmatch(p) for p in head[:4])
-            and head[4] in PROBES
-        )
+        return len(head) == 5 and all(_UINT.fullmatch(p) for p in head[:4]) and head[4] in PROBES
     return False

@@ -115,8 +115,16 @@ def leak() -> HostSim:
     h.fault(a, 0, 0x10, 0x30000)
     h.fault(a, 0, 0x11, 0x30001)
     pfn = a.leaves.pop(0x11)
-    h.emit(a.vmm_tid, a.pid, "kvm_tdp_mmu_spte_changed", as_id=0, gfn=0x11, level=1,
-           old_spte=(pfn << 12) | 0xE07, new_spte=1 << 63)
+    h.emit(
+        a.vmm_tid,
+        a.pid,
+        "kvm_tdp_mmu_spte_changed",
+        as_id=0,
+        gfn=0x11,
+        level=1,
+        old_spte=(pfn << 12) | 0xE07,
+        new_spte=1 << 63,
+    )
     h.teardown(a)
     return h
 
