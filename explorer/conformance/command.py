@@ -15,18 +15,22 @@ from explorer.model.errors import Problem, TraceError
 
 def _read_capture(path: str) -> Any:
     """Read and parse a kernel capture (docs/capture.md); ``-`` for standard input."""
-    from explorer.ingest.capture import parse_capture
+    from explorer.ingest.capture import MAX_CAPTURE_BYTES, parse_capture
 
+    size: int | None = None
     if path == "-":
-        data, name = sys.stdin.buffer.read(L.MAX_UPLOAD_BYTES + 1), "<stdin>"
+        data, name = sys.stdin.buffer.read(MAX_CAPTURE_BYTES + 1), "<stdin>"
+        if len(data) > MAX_CAPTURE_BYTES:  # say how much there was, not where reading stopped
+            size = len(data) + sum(len(b) for b in iter(lambda: sys.stdin.buffer.read(L.MIB), b""))
     else:
         name = os.path.basename(path)
         try:
+            size = os.path.getsize(path)
             with open(path, "rb") as f:
-                data = f.read(L.MAX_UPLOAD_BYTES + 1)
+                data = f.read(MAX_CAPTURE_BYTES + 1)
         except OSError as exc:
             raise TraceError(Problem(name, 0, 0, f"cannot read the file: {exc.strerror}")) from None
-    return parse_capture(data, name)
+    return parse_capture(data, name, size=size)
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -48,8 +52,8 @@ def cmd_import(args: argparse.Namespace) -> int:
             f.write(text)
     for note in cap.unknown:
         print(f"# {note}", file=sys.stderr)
-    for probe, n in sorted(imp.unused.items()):
-        print(f"# {n} {probe} record(s) not used", file=sys.stderr)
+    for why, n in sorted(imp.ignored.items()):
+        print(f"# {n} record(s) ignored: {why}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -68,8 +72,11 @@ def cmd_conform(args: argparse.Namespace) -> int:
                 f"capture line {d.line}: {d.kind}: kernel {d.observed}, model {d.predicted} "
                 f"(step {d.step})"
             )
+        for u in result.unexplained:
+            print(f"capture line {u['line']}: unexplained: {u['text']}")
         verdict = "conforms" if result.ok else f"{len(result.divergences)} divergence(s)"
-        print(f"# {cap.source}: {result.observations} observations, {verdict}")
+        ignored = ", ".join(f"{n} {why}" for why, n in result.ignored.items()) or "none"
+        print(f"# {cap.source}: {result.observations} observations, {verdict}; ignored: {ignored}")
     if result.stopped is not None:
         print(f"{cap.source}: the replay stopped: {result.stopped}", file=sys.stderr)
         return EXIT_INVALID

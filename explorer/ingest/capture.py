@@ -1,16 +1,21 @@
 """Parse real kernel captures made by ``tools/capture/dpamt.bt`` (docs/capture.md is the contract).
 
-A capture is what a v6 kernel actually did, one probe hit per line::
+A capture is what a v6 kernel actually did, one probe hit per line (format v2)::
 
-    <timestamp_ns> <cpu> <tid> <probe> key=value key=value ...
+    <timestamp_ns> <cpu> <tid> <pid> <probe> key=value key=value ...
 
-The parser is strict for the same reason the trace parser is (docs/trace-format.md): a capture
-compared against the model must say exactly what the kernel did, so a damaged or misread line is
-reported at ``source:line:col`` (as :class:`~explorer.model.errors.Problem`, collected up to
-:data:`~explorer.ingest.limits.MAX_ERRORS` and raised together as one
-:class:`~explorer.model.errors.TraceError`) rather than silently skipped. Only unknown keys on a
-known probe are tolerated (kept, and noted once each in :attr:`Capture.unknown`): a newer script
-may print more than this parser knows, and that must not make older captures unreadable.
+``pid`` is the thread group (bpftrace's ``pid``: the VMM process) and every record carries
+``kvm=`` (the ``struct kvm *`` the thread last entered KVM for, 0x0 when unknown): the VM
+identity the import needs (issue 25). The two tracepoints print what their ``TP_printk`` prints
+(``arch/x86/kvm/trace.h`` ``kvm_page_fault``, ``arch/x86/kvm/mmu/mmutrace.h``
+``kvm_tdp_mmu_spte_changed``).
+
+The parser is strict: a damaged or misread line is reported at ``source:line:col`` (as
+:class:`~explorer.model.errors.Problem`, up to :data:`~explorer.ingest.limits.MAX_ERRORS`, raised
+together as one :class:`~explorer.model.errors.TraceError`), never skipped. Unknown keys on a
+known probe are kept and noted once each in :attr:`Capture.unknown` (a newer script may print
+more). Header comments ``# key=value`` written by ``tools/capture/preflight.sh`` (the probes
+attached, ``vmemmap_base``, ``page_size``, ``vms_at_start``) land in :attr:`Capture.header`.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from explorer.model.errors import Problem, TraceError
 from explorer.model.settings import MAX_HOST_MEMORY_MIB
 
 _MAX_HOST_PFN = MAX_HOST_MEMORY_MIB * 256 - 1
+#: A capture file may be larger than an uploaded trace: a busy host prints ~90 bytes per record,
+#: and a million records (the figure ``bench_capture`` times) is ~90 MB.
+MAX_CAPTURE_BYTES = 256 * L.MIB
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,62 +41,62 @@ class ProbeSpec:
     meaning: str
 
 
-#: Every probe the script prints, with its keys. docs/capture.md's table and the script's printf
-#: lines are checked against this by tests/test_capture.py, so the three cannot drift apart.
+#: Every probe the script can print, with its keys. docs/capture.md's table and the script's
+#: printf lines are checked against this by tests/test_capture.py. ``kvm`` is on every record.
 PROBES: dict[str, ProbeSpec] = {
     "tdx_pamt_get.entry": ProbeSpec(
-        ("pfn", "cache", "cache_count"), "a get: the page, its cache (0x0: none), cache pages"
+        ("pfn", "cache", "cache_count", "kvm"), "a get: the page, its cache (0x0: none), pages"
     ),
-    "tdx_pamt_get.return": ProbeSpec(("ret", "cache_count"), "0 or -errno; cache pages after"),
-    "tdx_pamt_put.entry": ProbeSpec(("pfn",), "a put of the page"),
-    "tdx_pamt_put.return": ProbeSpec(("ret",), "always 0 (void)"),
+    "tdx_pamt_get.return": ProbeSpec(("ret", "cache_count", "kvm"), "0 or -errno; pages after"),
+    "tdx_pamt_put.entry": ProbeSpec(("pfn", "kvm"), "a put of the page"),
+    "tdx_pamt_put.return": ProbeSpec(("ret", "kvm"), "always 0 (void)"),
     "tdx_topup_pamt_cache.entry": ProbeSpec(
-        ("cache", "npages", "cache_count"), "a top-up to 2 x npages"
+        ("cache", "npages", "cache_count", "kvm"), "a top-up to 2 x npages"
     ),
-    "tdx_topup_pamt_cache.return": ProbeSpec(("ret", "cache_count"), "0 or -ENOMEM; pages after"),
-    "tdx_free_pamt_cache.entry": ProbeSpec(("cache", "cache_count"), "the cache is emptied"),
-    "tdx_free_pamt_cache.return": ProbeSpec(("ret", "cache_count"), "always 0 (void); 0 after"),
-    "tdh_phymem_pamt_add.entry": ProbeSpec(
-        ("pfn", "pair0", "pair1"), "TDH.PHYMEM.PAMT.ADD for pfn's region with the pair's pfns"
+    "tdx_topup_pamt_cache.return": ProbeSpec(
+        ("ret", "cache_count", "kvm"), "0 or -ENOMEM; pages after"
     ),
-    "tdh_phymem_pamt_add.return": ProbeSpec(("ret",), "the TDX status (0x0: success)"),
-    "tdh_phymem_pamt_remove.entry": ProbeSpec(("pfn",), "TDH.PHYMEM.PAMT.REMOVE for the region"),
-    "tdh_phymem_pamt_remove.return": ProbeSpec(
-        ("ret", "pair0", "pair1"), "the TDX status; the returned pair's pfns"
+    "tdx_free_pamt_cache.entry": ProbeSpec(("cache", "cache_count", "kvm"), "the cache emptied"),
+    "tdx_free_pamt_cache.return": ProbeSpec(("ret", "cache_count", "kvm"), "always 0; 0 after"),
+    "tdh_phymem_pamt_add.entry": ProbeSpec(("pfn", "kvm"), "PAMT.ADD for pfn's 2 MiB region"),
+    "tdh_phymem_pamt_add.return": ProbeSpec(("ret", "kvm"), "the TDX status (0x0: success)"),
+    "tdh_phymem_pamt_remove.entry": ProbeSpec(("pfn", "kvm"), "PAMT.REMOVE for the region"),
+    "tdh_phymem_pamt_remove.return": ProbeSpec(("ret", "kvm"), "the TDX status"),
+    "tdx_alloc_control_page.entry": ProbeSpec(("kvm",), "a control page is allocated"),
+    "tdx_alloc_control_page.return": ProbeSpec(
+        ("ret", "page", "kvm"), "0 or -ENOMEM; its struct page *"
     ),
-    "tdx_alloc_control_page.entry": ProbeSpec((), "a control page is allocated"),
-    "tdx_alloc_control_page.return": ProbeSpec(("ret", "pfn"), "0 or -ENOMEM; its pfn"),
-    "tdx_free_control_page.entry": ProbeSpec(("pfn",), "a control page is freed"),
-    "tdx_free_control_page.return": ProbeSpec(("ret",), "always 0 (void)"),
+    "tdx_free_control_page.entry": ProbeSpec(("page", "kvm"), "a control page is freed"),
+    "tdx_free_control_page.return": ProbeSpec(("ret", "kvm"), "always 0 (void)"),
+    "kvm_mmu_page_fault": ProbeSpec(
+        ("gpa", "error_code", "kvm"), "one attempt of the fault handler (a local retry: more)"
+    ),
+    "kvm_arch_pre_destroy_vm": ProbeSpec(("kvm",), "the VM's teardown starts on this thread"),
     "kvm_page_fault": ProbeSpec(
-        ("vcpu", "gpa", "error_code"), "tracepoint kvm:kvm_page_fault (an EPT violation)"
+        ("vcpu", "rip", "gpa", "error_code", "kvm"), "tracepoint kvm:kvm_page_fault"
     ),
     "kvm_tdp_mmu_spte_changed": ProbeSpec(
-        ("as_id", "gfn", "level", "old_spte", "new_spte"),
-        "tracepoint kvmmmu:kvm_tdp_mmu_spte_changed (map, freeze, zap)",
+        ("as_id", "gfn", "level", "old_spte", "new_spte", "kvm"),
+        "tracepoint kvmmmu:kvm_tdp_mmu_spte_changed (map, zap, removed table)",
     ),
 }
 
 Value = int | str
 
-#: Fields an import turns into trace fields, within the trace format's own limits
-#: (explorer/ingest/limits.py, explorer/model/settings.py): a pfn past the largest host, a gfn or gpa past 5-level EPT, a
-#: vCPU id past the format's ids are refused here, at their line and column, rather than
-#: carried into a trace that the engine cannot hold.
+#: Fields an import turns into trace fields, within the trace format's own limits: refused at
+#: their line and column rather than carried into a trace the engine cannot hold.
 _RANGES: dict[str, tuple[int, int]] = {
-    # (the import sizes host memory to cover every pfn: at most the largest host, 4 TiB)
     "pfn": (0, _MAX_HOST_PFN),
-    "pair0": (0, _MAX_HOST_PFN),
-    "pair1": (0, _MAX_HOST_PFN),
     "gfn": (0, L.MAX_GFN),
     "gpa": (0, ((L.MAX_GFN + 1) << 12) - 1),
     "vcpu": (0, L.MAX_ID),
+    "level": (1, 5),
 }
 
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One probe hit. ``fields`` keeps unknown keys too (they are also noted in the capture)."""
+    """One probe hit. ``fields`` keeps unknown keys too; ``text`` is the line as read."""
 
     line: int
     ts: int
@@ -96,26 +104,57 @@ class Record:
     tid: int
     probe: str
     fields: dict[str, Value]
+    pid: int = 0
+    text: str = ""
 
 
 @dataclass(frozen=True)
 class Capture:
-    """A parsed capture: its records in file order and a note per unknown (probe, key)."""
+    """A parsed capture: its records in file order, a note per unknown (probe, key), and the
+    preflight's ``# key=value`` header lines."""
 
     source: str
     records: tuple[Record, ...]
     unknown: tuple[str, ...] = ()
     unknown_counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    header: dict[str, str] = field(default_factory=dict)
 
 
-_UINT = r"(?:0|[1-9][0-9]*)"
-#: A value: a decimal int (maybe negative), a 0x hex int, or a bare word.
 _INT = re.compile(r"-?(?:0|[1-9][0-9]*)|0x[0-9a-fA-F]+")
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 _KEY = re.compile(r"[a-z_][a-z0-9_]*")
-_HEAD = re.compile(rf"({_UINT}) ({_UINT}) ({_UINT}) ([A-Za-z_][A-Za-z0-9_.]*)(?= |$)")
+_UINT = re.compile(r"0|[1-9][0-9]*")
+_PROBE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+_HEADER = re.compile(r"#\s*([a-z_][a-z0-9_]*)=(\S*)\s*")
 #: What bpftrace itself prints before the records when run without -q: skipped, like a comment.
 _ATTACHING = re.compile(r"Attaching [0-9]+ probes?\.\.\.")
+_HEXDIGITS = frozenset("0123456789abcdefABCDEF")
+_HEAD_SHAPE = "<timestamp_ns> <cpu> <tid> <pid> <probe> key=value ..."
+_FAST_HEAD = re.compile(r"(0|[1-9][0-9]*) (0|[1-9][0-9]*) (0|[1-9][0-9]*) (0|[1-9][0-9]*) (\S+)")
+_FAST_VALUE = rf"(-?(?:0|[1-9][0-9]{{0,{L.MAX_INT_DIGITS - 1}}})|0x[0-9a-fA-F]{{1,64}})"
+
+
+def _fast_regex(keys: tuple[str, ...]) -> re.Pattern[str]:
+    """A record of exactly these keys in this order with int values (what the script prints):
+    such a line is parsed by one match; any other goes through the checks of ``_parse_line``."""
+    return re.compile("".join(f" {k}={_FAST_VALUE}" for k in keys))
+
+
+#: probe -> (its fast regex, its keys, the range of each key (None: any int))
+_FAST: dict[str, tuple[re.Pattern[str], tuple[str, ...], tuple[tuple[int, int] | None, ...]]] = {
+    probe: (_fast_regex(spec.keys), spec.keys, tuple(_RANGES.get(k) for k in spec.keys))
+    for probe, spec in PROBES.items()
+}
+
+
+def human_size(n: int) -> str:
+    """``n`` bytes as a person reads it (``73.4 MB (76,958,000 bytes)``): a size refused by a
+    limit is reported as the file's real size, never as the bytes read before stopping."""
+    if n >= 1000**2:
+        return f"{n / 1000**2:.1f} MB ({n:,} bytes)"
+    if n >= 1000:
+        return f"{n / 1000:.1f} kB ({n:,} bytes)"
+    return f"{n} bytes"
 
 
 def _short(text: str, n: int = 120) -> str:
@@ -139,20 +178,21 @@ class _Problems:
 
 
 def _value(text: str) -> Value | None:
-    """The value of ``text`` (int for a decimal or 0x hex int, str for a bare word), or None."""
+    """The value of ``text`` (int for a decimal or 0x hex int, str for a bare word), or None.
+    The common shapes are decided without a regex (a million records must parse in seconds)."""
+    if text[:2] == "0x":
+        h = text[2:]
+        if h and len(h) <= 64 and all(c in _HEXDIGITS for c in h):
+            return int(h, 16)
+        return None
+    if text.isdigit() and text.isascii() and (text[0] != "0" or len(text) == 1):
+        return int(text) if len(text) <= L.MAX_INT_DIGITS else None
     if _INT.fullmatch(text):
         digits = text.lstrip("-")
-        if len(digits.removeprefix("0x").lstrip("0")) > L.MAX_INT_DIGITS:
-            return None
-        return int(text, 16) if text.startswith("0x") else int(text)
+        return int(text) if len(digits) <= L.MAX_INT_DIGITS else None
     if _WORD.fullmatch(text):
         return text
     return None
-
-
-def _content_lines(data: bytes) -> list[tuple[int, bytes]]:
-    """(line number, bytes) of every line, CR of CRLF dropped."""
-    return [(n, raw.removesuffix(b"\r")) for n, raw in enumerate(data.split(b"\n"), 1)]
 
 
 def _is_comment(text: str) -> bool:
@@ -160,52 +200,57 @@ def _is_comment(text: str) -> bool:
     return not s or s.startswith("#") or bool(_ATTACHING.fullmatch(s))
 
 
-def parse_capture(data: bytes, source: str) -> Capture:
+def parse_capture(data: bytes, source: str, *, size: int | None = None) -> Capture:
     """Parse a capture, or raise :class:`TraceError` with every problem found.
 
-    Checks (each pinned to line:col): the record grammar and known probe names, each field's
-    syntax, a key's repetition, the probe's keys, timestamps not decreasing on one CPU (bpftrace
-    keeps each CPU's records in order; records of different CPUs may interleave), a ``.return``
-    with its ``.entry`` open on the same tid, and ``ret=`` on every return.
+    ``size``: the file's real size when ``data`` is only its first bytes (the reader stops past
+    the limit): the refusal then names the real size. Checks (each pinned to line:col): the
+    record grammar and known probe names, each field's syntax and range, a key's repetition, the
+    probe's keys, timestamps not decreasing on one CPU (bpftrace keeps each CPU's records in
+    order), a ``.return`` with its ``.entry`` open on the same tid, ``ret=`` on every return,
+    and at least one record (a file of comments only is not a capture of anything).
     """
-    if len(data) > L.MAX_UPLOAD_BYTES:
+    real = size if size is not None else len(data)
+    if real > MAX_CAPTURE_BYTES:
         raise TraceError(
             Problem(
                 source,
                 0,
                 0,
-                f"the file is {len(data)} bytes, over the limit of {L.MAX_UPLOAD_BYTES} bytes "
-                "(MAX_UPLOAD_BYTES)",
+                f"the file is {human_size(real)}, over the capture limit of "
+                f"{MAX_CAPTURE_BYTES // L.MIB} MiB (MAX_CAPTURE_BYTES)",
             )
         )
     data = data.removeprefix(b"\xef\xbb\xbf")
     out = _Problems(source)
     records: list[Record] = []
+    header: dict[str, str] = {}
     last_ts: dict[int, tuple[int, int]] = {}  # cpu -> (ts, line)
     open_calls: dict[tuple[int, str], int] = {}  # (tid, function) -> entries not yet returned
     unknown: dict[tuple[str, str], int] = {}
     first_seen: dict[tuple[str, str], int] = {}
-    for n, raw in _content_lines(data):
+    n = 0
+    for n, text in enumerate(_lines(data, out), 1):
         if out.full:
             break
-        if len(raw) > L.MAX_LINE_BYTES:
-            out.add(n, 1, f"the line is over {L.MAX_LINE_BYTES} bytes (MAX_LINE_BYTES)")
+        if text is None:
             continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            out.add(n, e.start + 1, "not UTF-8", repr(raw[e.start : e.start + 8]))
+        if not text or text[0] == "#" or _is_comment(text):
+            m = _HEADER.fullmatch(text.strip(" \t"))
+            if m and not records:
+                header[m.group(1)] = m.group(2)
             continue
-        if _is_comment(text):
-            continue
-        rec = _parse_line(text, n, out)
+        rec = _fast_line(text, n)
+        if rec is None:
+            rec = _parse_line(text, n, out)
         if rec is None:
             continue
-        spec = PROBES[rec.probe]
-        for key in rec.fields:
-            if key not in spec.keys:
-                unknown[(rec.probe, key)] = unknown.get((rec.probe, key), 0) + 1
-                first_seen.setdefault((rec.probe, key), n)
+        keys = PROBES[rec.probe].keys
+        if len(rec.fields) != len(keys):
+            for key in rec.fields:
+                if key not in keys:
+                    unknown[(rec.probe, key)] = unknown.get((rec.probe, key), 0) + 1
+                    first_seen.setdefault((rec.probe, key), n)
         prev = last_ts.get(rec.cpu)
         if prev is not None and rec.ts < prev[0]:
             out.add(
@@ -215,83 +260,148 @@ def parse_capture(data: bytes, source: str) -> Capture:
                 str(rec.ts),
                 f"at least {prev[0]}",
             )
-        if prev is None or rec.ts >= prev[0]:
+        else:
             last_ts[rec.cpu] = (rec.ts, n)
-        func, _, kind = rec.probe.rpartition(".")
+        probe = rec.probe
+        func, kind = _CALL[probe]
         if kind == "entry":
-            open_calls[(rec.tid, func)] = open_calls.get((rec.tid, func), 0) + 1
+            k = (rec.tid, func)
+            open_calls[k] = open_calls.get(k, 0) + 1
         elif kind == "return":
             k = (rec.tid, func)
             if open_calls.get(k, 0) == 0:
-                col = len(f"{rec.ts} {rec.cpu} {rec.tid} ") + 1
-                out.add(n, col, f"a return with no open {func}.entry on tid {rec.tid}", rec.probe)
+                col = len(f"{rec.ts} {rec.cpu} {rec.tid} {rec.pid} ") + 1
+                out.add(n, col, f"a return with no open {k[1]}.entry on tid {rec.tid}", probe)
             else:
                 open_calls[k] -= 1
         records.append(rec)
+    if not records and not out.items:
+        lines = data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
+        out.add(
+            0,
+            0,
+            f"no capture records in {lines} line(s): only comments and blank lines "
+            "(was the script stopped before the TD ran, or is this another file?)",
+        )
     if out.items:
         raise TraceError(out.items)
     notes = tuple(
         f"{probe}: unknown key {key!r} on {cnt} record(s), first at line {first_seen[(probe, key)]}"
         for (probe, key), cnt in sorted(unknown.items())
     )
-    return Capture(source, tuple(records), notes, dict(unknown))
+    return Capture(source, tuple(records), notes, dict(unknown), header)
+
+
+#: probe -> (function, "entry" | "return" | "") for the entry/return pairing
+_CALL: dict[str, tuple[str, str]] = {
+    p: (p.rpartition(".")[0], p.rpartition(".")[2]) if "." in p else (p, "") for p in PROBES
+}
+
+
+def _lines(data: bytes, out: _Problems) -> list[str | None]:
+    """The file's lines as text (CR of CRLF dropped): decoded at once when the file is UTF-8
+    (a million lines), else line by line with each bad line reported (None) at its column."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    else:
+        lines: list[str | None] = list(text.split("\n"))
+        for i, t in enumerate(lines):
+            assert t is not None
+            if t.endswith("\r"):
+                lines[i] = t = t[:-1]
+            if len(t) > L.MAX_LINE_BYTES // 4 and len(t.encode()) > L.MAX_LINE_BYTES:
+                out.add(i + 1, 1, f"the line is over {L.MAX_LINE_BYTES} bytes (MAX_LINE_BYTES)")
+                lines[i] = None
+        return lines
+    res: list[str | None] = []
+    for n, raw in enumerate(data.split(b"\n"), 1):
+        raw = raw.removesuffix(b"\r")
+        if len(raw) > L.MAX_LINE_BYTES:
+            out.add(n, 1, f"the line is over {L.MAX_LINE_BYTES} bytes (MAX_LINE_BYTES)")
+            res.append(None)
+            continue
+        try:
+            res.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            out.add(n, e.start + 1, "not UTF-8", repr(raw[e.start : e.start + 8]))
+            res.append(None)
+    return res
+
+
+def _fast_line(text: str, n: int) -> Record | None:
+    """The record of a line as the script prints it (every key once, in order, in range), or
+    None: then ``_parse_line`` decides, reporting each problem at its column."""
+    head = _FAST_HEAD.match(text)
+    if head is None:
+        return None
+    fast = _FAST.get(head.group(5))
+    if fast is None:
+        return None
+    regex, keys, ranges = fast
+    m = regex.fullmatch(text, head.end())
+    if m is None:
+        return None
+    fields: dict[str, Value] = {}
+    for key, raw, rng in zip(keys, m.groups(), ranges, strict=True):
+        v = int(raw, 0)
+        if rng is not None and not rng[0] <= v <= rng[1]:
+            return None
+        fields[key] = v
+    ts, cpu, tid, pid = head.group(1, 2, 3, 4)
+    return Record(n, int(ts), int(cpu), int(tid), head.group(5), fields, int(pid), text)
 
 
 def _parse_line(text: str, n: int, out: _Problems) -> Record | None:
     """One record (its field problems reported), or None when not even its head is usable."""
-    head = _HEAD.match(text)
-    if head is None:
-        out.add(
-            n,
-            1,
-            "not a capture record",
-            text,
-            "<timestamp_ns> <cpu> <tid> <probe> key=value ...",
-        )
+    parts = text.split(" ")
+    head = parts[:5]
+    if len(head) < 5 or not all(_UINT.fullmatch(p) for p in head[:4]):
+        out.add(n, 1, "not a capture record", text, _HEAD_SHAPE)
         return None
-    probe = head.group(4)
+    probe = head[4]
+    pcol = sum(len(p) + 1 for p in head[:4]) + 1
     if probe not in PROBES:
-        out.add(
-            n, head.start(4) + 1, f"unknown probe {probe!r}", probe, "a probe of docs/capture.md"
-        )
+        if _PROBE.fullmatch(probe):
+            out.add(n, pcol, f"unknown probe {probe!r}", probe, "a probe of docs/capture.md")
+        else:
+            out.add(n, 1, "not a capture record", text, _HEAD_SHAPE)
         return None
     fields: dict[str, Value] = {}
     ok = True
-    pos = head.end()
-    rest = text[pos:]
-    col = pos + 1
-    for part in rest.split(" ")[1:] if rest else []:
+    col = pcol + len(probe)
+    for part in parts[5:]:
         col += 1  # the separating space
         key, eq, val = part.partition("=")
-        value = _value(val) if eq else None
-        if not _KEY.fullmatch(key) or value is None:
+        value = _value(val) if eq and val else None
+        if value is None or not _KEY.fullmatch(key):
             out.add(n, col, "malformed field", part, "key=value (a decimal or 0x hex int, a word)")
             ok = False
         elif key in fields:
             out.add(n, col, f"key {key!r} repeated", part)
             ok = False
-        elif key in _RANGES and not (
-            isinstance(value, int) and _RANGES[key][0] <= value <= _RANGES[key][1]
-        ):
-            lo, hi = _RANGES[key]
-            out.add(n, col, f"{key} out of range", part, f"an integer in {lo}..{hi:#x}")
-            ok = False
         else:
-            fields[key] = value
+            rng = _RANGES.get(key)
+            if rng is not None and not (isinstance(value, int) and rng[0] <= value <= rng[1]):
+                out.add(n, col, f"{key} out of range", part, f"an integer in {rng[0]}..{rng[1]:#x}")
+                ok = False
+            else:
+                fields[key] = value
         col += len(part)
     spec = PROBES[probe]
-    missing = [k for k in spec.keys if k not in fields]
-    if ok and missing:
-        reason = (
-            "a return without ret="
-            if "ret" in missing and probe.endswith(".return")
-            else f"missing key(s) {', '.join(missing)}"
-        )
-        out.add(n, len(text) + 1, reason, probe, " ".join(f"{k}=" for k in spec.keys))
+    if ok:
+        missing = [k for k in spec.keys if k not in fields]
+        if missing:
+            reason = (
+                "a return without ret="
+                if "ret" in missing and probe.endswith(".return")
+                else f"missing key(s) {', '.join(missing)}"
+            )
+            out.add(n, len(text) + 1, reason, probe, " ".join(f"{k}=" for k in spec.keys))
     # A record with a bad field is still returned (the problem is already reported) so that the
     # order and entry/return checks go on past it instead of reporting a cascade of follow-ups.
-    ts, cpu, tid = (int(head.group(i)) for i in (1, 2, 3))
-    return Record(n, ts, cpu, tid, probe, fields)
+    return Record(n, int(head[0]), int(head[1]), int(head[2]), probe, fields, int(head[3]), text)
 
 
 def looks_like_capture(data: bytes) -> bool:
@@ -304,6 +414,6 @@ def looks_like_capture(data: bytes) -> bool:
             return False
         if _is_comment(text):
             continue
-        head = _HEAD.match(text)
-        return head is not None and head.group(4) in PROBES
+        head = text.split(" ")[:5]
+        return len(head) == 5 and all(_UINT.fullmatch(p) for p in head[:4]) and head[4] in PROBES
     return False
