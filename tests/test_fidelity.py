@@ -21,6 +21,7 @@ from explorer.model.constants import PAGES_PER_REGION_SHIFT
 from explorer.model.events import (
     Event,
     Fault,
+    Schedule,
     TdCreate,
     TdDestroy,
     TdFinalize,
@@ -73,6 +74,28 @@ def test_a_fault_during_an_invalidation_of_its_gfn_retries_before_mmu_lock() -> 
     after = [s.label for s in steps[end:] if s.cpu == "vcpu0"]
     assert "faultin.alloc" in after and after[-1] == "fault.done"
     assert m.tds[0].leaves[0x10] == m.tds[0].gmem[0x10]
+
+
+def test_an_invalidation_ending_while_guest_memfd_gives_the_page_retries_after_it() -> None:
+    """The second lockless check, after ``kvm_gmem_get_pfn``: vCPU 0's fault on a new gfn
+    samples ``mmu_seq`` while a zap of another gfn is in its window (the first check passes:
+    not its gfn), guest_memfd allocates the page, and the zap's ``kvm_mmu_invalidate_end``
+    moves the sequence before the fault goes on: it puts the page reference and retries
+    without taking ``mmu_lock``, then maps."""
+    m = _run([*BOOT, Fault(vcpu=0, gfn=0x10), Fault(vcpu=0, gfn=0x20)])
+    first = len(m.steps)
+    # the zap up to the write_lock of its end (lock, begin, remove, put, unlock, truncate,
+    # lock), the fault to its guest_memfd allocation, the zap's end, then the fault
+    order = ("td0",) * 7 + ("vcpu0",) * 3 + ("td0", "vcpu0")
+    m.run([Schedule(order=order, t=1), Zap(td=0, gfn=0x20, t=1), Fault(vcpu=0, gfn=0x30, t=1)])
+    assert m.stopped is None
+    vcpu0 = [s.label for s in m.steps[first:] if s.cpu == "vcpu0"]
+    late = vcpu0.index("faultin.retry_late")
+    assert vcpu0[late - 1] == "faultin.alloc" and vcpu0[late + 1] == "fault.retry"
+    assert not [x for x in vcpu0[:late] if x.startswith("mmu_lock")]
+    (step,) = [s for s in m.steps if s.label == "faultin.retry_late"]
+    assert "mmu_invalidate_seq moved 0 -> 1" in step.narration
+    assert vcpu0[-1] == "fault.done" and m.tds[0].leaves[0x30] == m.tds[0].gmem[0x30]
 
 
 def test_a_fault_on_another_gfn_maps_during_a_zaps_window() -> None:

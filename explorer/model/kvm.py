@@ -944,13 +944,18 @@ def _remove_leaf(m: KernelState, th: Thread, td: Td, gfn: int, pfn: int) -> KGen
     ``tdx_track`` (TDH.MEM.TRACK and a kick), TDH.MEM.PAGE.REMOVE, the page reset, then v6
     09/11's ``tdx_pamt_put(pfn)``. KVM does not free the page: guest_memfd owns it."""
     fn = "tdx_sept_remove_leaf_spte"
-    yield fn, "zap.block", "TDH.MEM.RANGE.BLOCK + TDH.MEM.TRACK for gfn {:#x}, kick vCPUs", (gfn,)
     status = m.module.take_page(pfn)
     m.count(K_PAGE_REMOVE)
     del td.leaves[gfn]
     if m.record:
         m.note("leaf", (td.id, gfn), pfn, "absent")
-    yield fn, "zap.page_remove", "TDH.MEM.PAGE.REMOVE gfn {:#x} pfn {:#x}: {}", (gfn, pfn, status)
+    # (one step: nothing else can look between BLOCK and REMOVE, both under write mmu_lock)
+    yield (
+        fn,
+        "zap.page_remove",
+        "TDH.MEM.RANGE.BLOCK, TDH.MEM.TRACK + kick, TDH.MEM.PAGE.REMOVE gfn {:#x} pfn {:#x}: {}",
+        (gfn, pfn, status),
+    )
     m.mark_gotten(pfn, -1)
     yield from tdx_pamt_put(m, th, pfn)
 

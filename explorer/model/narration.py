@@ -429,7 +429,7 @@ PSEUDOCODE: dict[str, list[Line]] = {
     ],
     "tdx_sept_remove_leaf_spte": [
         ((), "tdx_sept_remove_leaf_spte(kvm, gfn, pfn):   # write mmu_lock held"),
-        (("zap.block",), "  TDH.MEM.RANGE.BLOCK; tdx_track(): TDH.MEM.TRACK, kick vCPUs"),
+        ((), "  TDH.MEM.RANGE.BLOCK; tdx_track(): TDH.MEM.TRACK, kick vCPUs"),
         (("zap.page_remove",), "  TDH.MEM.PAGE.REMOVE(gpa); tdx_quirk_reset_paddr()"),
         ((), "  tdx_pamt_put(pfn)             # guest_memfd still owns the page"),
     ],
