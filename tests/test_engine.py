@@ -710,9 +710,9 @@ def test_a_zap_of_another_gfn_makes_a_fault_that_sampled_before_its_end_retry() 
     gets ``mmu_lock`` after ``kvm_mmu_invalidate_end`` finds the sequence moved, retries once,
     then maps."""
     m = run([*BOOT, Fault(vcpu=0, gfn=0x10), Fault(vcpu=0, gfn=0x20)])
-    # the zap up to the write_lock of its end (lock, begin, block, remove, put, unlock,
-    # truncate, lock), then the fault: fault.begin, top-up, the spin on mmu_lock
-    order = ("td0",) * 8 + ("vcpu0",) * 3
+    # the zap up to the write_lock of its end (lock, begin, remove, put, unlock, truncate,
+    # lock), then the fault: fault.begin, top-up, the spin on mmu_lock
+    order = ("td0",) * 7 + ("vcpu0",) * 3
     m.run([Schedule(order=order, t=1), Zap(td=0, gfn=0x20, t=1), Fault(vcpu=0, gfn=0x10, t=1)])
     assert m.stopped is None
     vcpu0 = labels(m, "vcpu0")
