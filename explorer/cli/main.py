@@ -12,7 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from explorer.cli.common import EXIT_INVALID, EXIT_OK, Parser, UsageError, print_problems
+from explorer.cli.common import (
+    EXIT_INVALID,
+    EXIT_OK,
+    OutputError,
+    Parser,
+    UsageError,
+    print_problems,
+)
 from explorer.cli.common import resolve_settings as resolve_settings  # re-exported for callers
 from explorer.cli.traces import add_check_and_replay, add_generate
 from explorer.conformance.command import add_import_and_conform
@@ -51,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INVALID
     except TraceError as exc:
         print_problems(exc.problems, sys.stderr)
+        return EXIT_INVALID
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     except BrokenPipeError:
         return EXIT_OK
