@@ -4,7 +4,8 @@ resolving its settings.
 Exit status (a contract, scripts rely on it): 0 replayed with no violation (or: valid, written;
 or explored completely with no violation); 1 replayed (or explored) with violations; 2 invalid
 trace, impossible event, or bad usage; 3 ``explore`` reached its state limit (or was stopped)
-before the search completed (nothing claimed).
+before the search completed (nothing claimed); 130 interrupted (SIGINT, Ctrl-C) and 143
+terminated (SIGTERM), after every process the command started has been ended.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from explorer.model.errors import Problem, TraceError
 from explorer.model.settings import Settings
 
 EXIT_OK, EXIT_VIOLATIONS, EXIT_INVALID, EXIT_INCOMPLETE = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 
 class UsageError(Exception):

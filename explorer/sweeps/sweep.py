@@ -559,6 +559,47 @@ def probe_scheduler(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         raise SchedulerUnreachable(address, "the peer is not a Dask scheduler")
 
 
+#: Signals that arrived while a LocalCluster was starting (see :func:`_signals_deferred`).
+_DEFERRED: list[int] = []
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM held while a LocalCluster starts, delivered once it is up.
+
+    Interrupted inside ``LocalCluster.__init__``, the cluster object never reaches the ``with``
+    that would close it: its worker processes are left to Dask's exit hook, which prints a
+    traceback. Held until the ``with`` is entered, the signal then unwinds it and the cluster
+    closes its workers like after any other interruption. Main thread only (a signal handler
+    can be set nowhere else); elsewhere nothing changes.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    watched = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in watched}
+    for sig in watched:
+        if previous[sig] not in (signal.SIG_IGN, None):
+            signal.signal(sig, lambda signum, frame: _DEFERRED.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _deliver_deferred() -> None:
+    """Send this process the signals held by :func:`_signals_deferred` (their handlers now the
+    usual ones: KeyboardInterrupt, or the CLI's SIGTERM exit)."""
+    import signal
+
+    while _DEFERRED:
+        signal.raise_signal(_DEFERRED.pop(0))
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: str | None = None, workers: int | None = None) -> Iterator[Any]:
     """A ``distributed.Client``: to ``scheduler``, or to a new LocalCluster (closed on exit).
@@ -578,20 +619,25 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
         finally:
             client.close()
         return
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers={workers}: a cluster needs at least one worker")
     n = workers or os.cpu_count() or 1
-    with (
-        distributed.LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            # no dashboard; the scheduler's small HTTP server on a free loopback port, not 8787
-            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
-            silence_logs=40,
-        ) as cluster,
-        distributed.Client(cluster, set_as_default=False) as client,
-    ):
+    with contextlib.ExitStack() as stack:
+        with _signals_deferred():
+            cluster = stack.enter_context(
+                distributed.LocalCluster(
+                    n_workers=n,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address=None,
+                    # no dashboard; the scheduler's small HTTP server on a free loopback port
+                    scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+                    silence_logs=40,
+                )
+            )
+            client = stack.enter_context(distributed.Client(cluster, set_as_default=False))
+        _deliver_deferred()  # inside the stack: the cluster closes as the signal unwinds
         yield client
 
 
