@@ -40,6 +40,12 @@ class Parser(argparse.ArgumentParser):
 def read_trace(path: str) -> Trace:
     """Read and parse ``path`` (``-`` for standard input) through the bounded reader: at most
     MAX_UPLOAD_BYTES + 1 bytes from any path (device, FIFO, /proc, stdin), then refused."""
+    return read_trace_and_bytes(path)[0]
+
+
+def read_trace_and_bytes(path: str) -> tuple[Trace, bytes]:
+    """:func:`read_trace`, with the bytes it parsed (for a command that also needs the file's
+    bytes: reading the path a second time would be unbounded, and a FIFO gives nothing twice)."""
     name = "<stdin>" if path == "-" else os.path.basename(path) or path
     try:
         data = read_bounded(path, L.MAX_UPLOAD_BYTES)
@@ -48,7 +54,7 @@ def read_trace(path: str) -> Trace:
         if "over the limit" in reason:
             reason += " (MAX_UPLOAD_BYTES)"
         raise TraceError(Problem(name, 0, 0, reason)) from None
-    return parse_trace(data, name)
+    return parse_trace(data, name), data
 
 
 def check_output_path(path: str, what: str = "output") -> None:
