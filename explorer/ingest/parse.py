@@ -1213,13 +1213,15 @@ def _parse_csv(blocks: _Blocks, c: _Collector) -> Trace:
     for nums, raws in _batches(blocks):
         if c.full:
             break
+        start = 0
+        while (r.header is None or r.in_quote) and start < len(raws) and not c.full:
+            r.line(nums[start], raws[start])  # the header row (and any line before it)
+            start += 1
         header = r.header
-        if header is None or r.in_quote:  # the header row (and any line before it)
-            for n, raw in zip(nums, raws, strict=True):
-                r.line(n, raw)
-                if c.full:
-                    break
+        if header is None or start == len(raws) or c.full:
             continue
+        if start:
+            nums, raws = nums[start:], raws[start:]
         lines = list(nums)
 
         def run(
