@@ -16,11 +16,11 @@ error; it only makes the common case (every line valid) cost about what decoding
 
 from __future__ import annotations
 
-import re
+import operator
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, fields
-from itertools import repeat
+from itertools import compress, repeat
 from operator import itemgetter
 from typing import Any
 
@@ -101,45 +101,56 @@ _INT = {int}
 _STR = {str}
 _INT_STR = {int, str}
 _BLANKS = " \t"
-#: One CSV integer cell: what the full path's rule accepts, less a sign (a negative number is
-#: out of every range: the full path reports it).
-_CELL = re.compile(r"0[xX][0-9a-fA-F]+|[0-9]+").fullmatch
 
 
 def _text_ints(col: Sequence[str], *, decimal: bool) -> list[int] | None:
     """Integer text, every cell "0x" and hex digits or (``decimal``) ASCII decimal digits,
     converted; None if any cell is not (or is longer than MAX_INT_DIGITS characters: the full
     path counts its significant digits). Checked with string methods over the joined column
-    (a regular expression costs more than the conversion)."""
-    if not col or min(map(len, col)) == 0 or max(map(len, col)) > L.MAX_INT_DIGITS:
+    (a regular expression costs more than the conversion); a column of both kinds is split by
+    prefix and each part checked so."""
+    if not col:
         return None
     joined = "\n".join(col)
-    flat = joined.replace("\n", "")
-    if not flat.isascii():
+    if (
+        joined.count("\n") != len(col) - 1  # a cell holds a newline (a JSON string may)
+        or "\n\n" in joined
+        or joined[:1] in ("\n", "")
+        or joined[-1] == "\n"  # an empty cell
+        or not joined.isascii()
+        or max(map(len, col)) > L.MAX_INT_DIGITS
+    ):
         return None
-    if decimal and flat.isdigit():  # ASCII: only 0-9 are digits
+    flat = joined.replace("\n", "")
+    if decimal and flat.isdigit():  # ASCII: only 0-9 are digits (no sign, space or "_")
         return list(map(int, col))
     lines = "\n" + joined
-    if lines.count("\n0x") + lines.count("\n0X") == len(col):
+    hexes = lines.count("\n0x") + lines.count("\n0X")
+    if hexes == len(col):
         if not flat.isalnum():  # no "_", sign or space, which int() would take
             return None
         try:
             return list(map(int, col, repeat(16)))  # int() refuses the letters past f
         except ValueError:
             return None
-    if not decimal:
+    if not decimal or not hexes:
         return None
-    conv: dict[str, int] = {}
-    for cell in set(col):  # decimal and hex cells mixed in one column
-        if _CELL(cell) is None:
-            return None
-        conv[cell] = int(cell, 16) if cell[1:2] in "xX" else int(cell)
+    is_hex = list(map(str.startswith, col, repeat(("0x", "0X"))))
+    hex_cells = list(compress(col, is_hex))
+    dec_cells = list(compress(col, map(operator.not_, is_hex)))
+    as_hex = _text_ints(hex_cells, decimal=False)
+    as_dec = _text_ints(dec_cells, decimal=True)
+    if as_hex is None or as_dec is None:
+        return None
+    conv = dict(zip(hex_cells, as_hex, strict=True))
+    conv.update(zip(dec_cells, as_dec, strict=True))
     return list(map(conv.__getitem__, col))
 
 
 def _ints(col: Sequence[Any], f: Field, csv: bool) -> Sequence[int] | None:
     """``col`` as integers in ``f``'s range by the format's rule for integers (JSON: a number
     or "0x..."; CSV: decimal or "0x..." cells, blanks around them ignored), or None."""
+    signed = False  # text has no sign: its integers are >= 0
     if csv:
         joined = "\n".join(col)
         if " " in joined or "\t" in joined:
@@ -148,7 +159,7 @@ def _ints(col: Sequence[Any], f: Field, csv: bool) -> Sequence[int] | None:
     else:
         types = set(map(type, col))
         if types == _INT:
-            ints = col
+            ints, signed = col, True
         elif types == _STR:
             ints = _text_ints(col, decimal=False)
         elif types == _INT_STR:
@@ -158,10 +169,10 @@ def _ints(col: Sequence[Any], f: Field, csv: bool) -> Sequence[int] | None:
                 return None
             # ints are not keys: get(v, v) converts the strings and keeps the ints
             table: dict[Any, int] = dict(zip(strs, conv, strict=True))
-            ints = list(map(table.get, col, col))
+            ints, signed = list(map(table.get, col, col)), True
         else:
             return None
-    if ints is None or min(ints) < f.lo or max(ints) > f.hi:
+    if ints is None or max(ints) > f.hi or ((signed or f.lo > 0) and min(ints) < f.lo):
         return None
     return ints
 
