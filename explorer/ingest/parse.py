@@ -34,7 +34,6 @@ from explorer.ingest.schema import (
     FIELDS,
     LEVELS,
     build_columns,
-    check_column,
     in_order,
     non_decreasing,
     pick,
@@ -811,8 +810,8 @@ _BATCH = 256
 #: A line the bulk path could not decode on its own: the full path reads it.
 _BAD = object()
 _DICT = {dict}
-_GET_OP = operator.methodcaller("get", "op")
-_GET_T = operator.methodcaller("get", "t")
+_OP = operator.itemgetter("op")
+_T_OF = operator.attrgetter("t")
 
 
 def _decode_batch(raws: list[str], longest: int) -> list[Any]:
@@ -858,32 +857,28 @@ def _no_duplicate_keys(raws: list[str], ds: list[dict[str, Any]]) -> bool:
     return "\\" not in text and colons == str(ds).count(":")
 
 
-def _last_t(ts: list[Any], lines: list[int]) -> tuple[Any, int]:
-    """The last ``t`` given in a run, and its line."""
-    for i in range(len(ts) - 1, -1, -1):
-        if ts[i] is not None:
-            return ts[i], lines[i]
-    raise AssertionError("no t")
-
-
-def _accept(op_of: list[Any], sigs: list[Any], lines: list[int], b: _Builder, make: Any) -> bool:
-    """Build the events of a run whose lines have the signatures ``sigs`` (op and fields
-    present): one :func:`~explorer.ingest.schema.build_columns` per distinct signature, the
-    events merged back into file order, appended to ``b`` only if every group is valid."""
-    groups: dict[Any, list[int]] = {}
-    if len(set(sigs)) == 1:
-        groups[sigs[0]] = list(range(len(sigs)))
-    else:
-        for i, sig in enumerate(sigs):
-            groups.setdefault(sig, []).append(i)
-    parts: list[tuple[list[int], list[Event]]] = []
-    for sig, idx in groups.items():
-        evs = make(op_of[idx[0]], sig, idx, pick(lines, idx))
-        if evs is None:
-            return False
-        parts.append((idx, evs))
-    b.events += in_order(parts)
-    return True
+def _json_groups(ds: list[dict[str, Any]]) -> list[tuple[Any, list[int], dict[str, Sequence[Any]]]]:
+    """The lines of a run grouped by op and keys: (op, positions, columns of the other keys).
+    Grouped by op and key count first (cheap), each group's columns taken by the keys of its
+    first line; a group whose lines differ in their keys is split by key set. Raises KeyError
+    (a line without ``op``) or TypeError (an unhashable op)."""
+    out: list[tuple[Any, list[int], dict[str, Sequence[Any]]]] = []
+    whole = len(ds)
+    for (op, _), idx in _positions(list(zip(map(_OP, ds), map(len, ds), strict=True))).items():
+        group = ds if len(idx) == whole else pick(ds, idx)
+        try:
+            cols: dict[str, Sequence[Any]] = {
+                k: list(map(operator.itemgetter(k), group)) for k in group[0] if k != "op"
+            }
+            out.append((op, idx, cols))
+            continue
+        except KeyError:
+            pass
+        for sub in _positions(list(map(frozenset, group))).values():
+            part = pick(group, sub)
+            cols = {k: list(map(operator.itemgetter(k), part)) for k in part[0] if k != "op"}
+            out.append((op, pick(idx, sub), cols))
+    return out
 
 
 def _json_run(ds: list[Any], raws: list[str], lines: list[int], b: _Builder) -> bool:
@@ -894,30 +889,28 @@ def _json_run(ds: list[Any], raws: list[str], lines: list[int], b: _Builder) -> 
     if not _no_duplicate_keys(raws, ds):
         return False
     try:
-        ops = list(map(_GET_OP, ds))
-        sigs = list(zip(ops, map(frozenset, ds), strict=True))
-        set(sigs)
-    except TypeError:  # an unhashable op (a list or an object)
+        groups = _json_groups(ds)
+    except (KeyError, TypeError):  # a line without op, or an op that is a list or an object
         return False
-    ts = list(map(_GET_T, ds))
-    given = [t for t in ts if t is not None]
-    if given:
-        t_checked = check_column("t", given, csv=False)
-        if t_checked is None or not non_decreasing(t_checked, b.last_t):
+    parts: list[tuple[list[int], list[Event]]] = []
+    for op, idx, cols in groups:
+        evs = build_columns(op, cols, pick(lines, idx) if len(groups) > 1 else lines, csv=False)
+        if evs is None:
             return False
+        parts.append((idx, evs))
+    return _append(in_order(parts), b)
 
-    def make(op: Any, sig: Any, idx: list[int], at: list[int]) -> list[Event] | None:
-        group = pick(ds, idx)
-        cols: dict[str, Sequence[Any]] = {
-            k: list(map(operator.itemgetter(k), group)) for k in sig[1] if k != "op"
-        }
-        return build_columns(op, cols, at, csv=False)
 
-    if not _accept(ops, sigs, lines, b, make):
+def _append(evs: list[Event], b: _Builder) -> bool:
+    """Append a run's events (in file order) if their times never go back; else False."""
+    ts = list(map(_T_OF, evs))
+    given = [t for t in ts if t is not None] if ts.count(None) else ts
+    if not non_decreasing(given, b.last_t):
         return False
     if given:
-        last, b.last_t_line = _last_t(ts, lines)
-        b.last_t = int(last, 16) if type(last) is str else last
+        b.last_t = given[-1]
+        b.last_t_line = next(e.line for e in reversed(evs) if e.t is not None)
+    b.events += evs
     return True
 
 
@@ -950,15 +943,6 @@ def _csv_run(raws: list[str], lines: list[int], header: list[str], b: _Builder) 
     op_at = header.index("op")
     others = [j for j in range(width) if j != op_at]
     ops = cols[op_at]
-    t_at = header.index("t") if "t" in header else -1
-    given: Sequence[int] = ()
-    if t_at >= 0:
-        given_text = list(compress(cols[t_at], flags[t_at]))
-        if given_text:
-            t_checked = check_column("t", given_text, csv=True)
-            if t_checked is None or not non_decreasing(t_checked, b.last_t):
-                return False
-            given = t_checked
     work = list(_positions(ops).items())
     parts: list[tuple[list[int], list[Event]]] = []
     while work:
@@ -981,18 +965,11 @@ def _csv_run(raws: list[str], lines: list[int], header: list[str], b: _Builder) 
                 {header[j]: cols[j] if whole else pick(cols[j], idx) for j in present},
                 lines if whole else pick(lines, idx),
                 csv=True,
-                checked={"t": given} if whole and len(given) == k else None,
             )
             if evs is None:
                 return False
             parts.append((idx, evs))
-    b.events += in_order(parts)
-    if given:
-        b.last_t = given[-1]
-        b.last_t_line = next(
-            n for n, f in zip(reversed(lines), reversed(flags[t_at]), strict=True) if f
-        )
-    return True
+    return _append(in_order(parts), b)
 
 
 def _positions(keys: Sequence[Any]) -> dict[Any, list[int]]:

@@ -212,13 +212,11 @@ def build_columns(
     lines: Sequence[int],
     *,
     csv: bool,
-    checked: dict[str, Sequence[Any]] | None = None,
 ) -> list[Event] | None:
     """The events of ``len(lines)`` lines of one op with the same fields: ``columns`` maps each
     field present (``op`` left out) to its values, one per line. Checked by :data:`EVENTS` and
     :data:`FIELDS` as a whole; None if anything is not exactly valid. ``t`` is checked for
-    range here and for order by the caller (it spans ops). ``checked``: columns the caller has
-    checked and converted already (by :func:`check_column`), taken as they are."""
+    range here and for order by the caller (it spans ops)."""
     if type(op) is not str or op not in EVENTS:
         return None
     req, _ = EVENTS[op]
@@ -227,11 +225,9 @@ def build_columns(
         return None
     values: dict[str, Sequence[Any]] = {}
     for name, col in columns.items():
-        good = checked.get(name) if checked else None
+        good = check_column(name, col, csv=csv)
         if good is None:
-            good = check_column(name, col, csv=csv)
-            if good is None:
-                return None
+            return None
         values[name] = good
     k = len(lines)
     new: list[Event] = list(map(object.__new__, repeat(EVENT_TYPES[op], k)))
