@@ -451,7 +451,7 @@ _CSV_CELLS = {
     "what": ["alloc_fail", "page_aug_busy", "nope", ""],
     "count": ["1", "0x2", "0", "1000001", ""],
     "text": ["a story", "with: colons", "", "\u00a0"],
-    "note": ["n", "", " ", "x y"],
+    "note": ["n", "", " ", "x y", "\x1f"],
     "t": ["0", "5", "0x6", "3", "9007199254740992", "", " 7"],
     "order": ["vcpu0 td1", "vcpu01", "", "cpu"],
 }
@@ -494,6 +494,7 @@ def _csv_trace(draw: st.DrawFn) -> list[str]:
 @example(["op,vcpu,gfn,t", "fault,0,16,1", "fault,1,0x11,"], 256)  # t in some rows only
 @example(["op,td,gfn,text", "zap,0,16,", "note,,,\u00a0"], 256)  # a blank cell is no cell
 @example(["op,what,count", "inject,alloc_fail,0"], 256)  # below the range's low end
+@example(["op,td,note", "td_create,0,\x1c"], 256)  # an ASCII separator is whitespace to strip()
 def test_every_csv_row_form_parses_like_the_full_path(rows: list[str], batch: int) -> None:
     """Columns in any order, cells given or blank, decimal and hex, blanks around cells, bad
     values, rows too wide, comments: the bulk path and the full path give equal events or equal
