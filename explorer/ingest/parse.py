@@ -6,7 +6,11 @@ expected; problems are collected (up to :data:`~explorer.ingest.limits.MAX_ERROR
 together as one :class:`~explorer.model.errors.TraceError`. Nothing else escapes on bad input.
 
 The bytes are read in two streaming passes, one chunk at a time (docs/reliability.md, "Refusing
-is cheap"): a first pass refuses what is refused whole, the second parses line by line.
+is cheap"): a first pass refuses what is refused whole, the second parses the lines, a block
+at a time. What a line may hold is a table (:mod:`explorer.ingest.schema`), read both by the full
+path here (one line at a time, every problem at its line:col) and by the schema's column
+interpreter, which takes whole runs of valid lines at C speed (:func:`_bulk`); nothing is
+generated as source.
 
 Only the shape of each event is checked here. Whether an event can happen (its vCPU exists, its
 gfn is mapped, its pfn is free and inside host memory, its gfn within the EPT's reach) depends on
