@@ -506,3 +506,18 @@ def test_bad_notes_in_a_link_are_reported_not_fatal() -> None:
     at = _app(sample="lost_race", notes="[[1, 2]]")
     assert any("URL: notes ignored" in t.value for t in at.text)
     assert not at.session_state.review_notes
+
+
+#: A page file is a thin script: widget layout and calls (issue 24); shared pieces are app_pages/ui's.
+MAX_PAGE_LINES = 300
+
+
+def test_no_file_in_app_pages_is_over_300_lines() -> None:
+    files = sorted((ROOT / "app_pages").rglob("*.py"))
+    assert len(files) > 10  # the pages and the ui package's pieces
+    long = {
+        str(f.relative_to(ROOT)): n
+        for f in files
+        if (n := len(f.read_text(encoding="utf-8").splitlines())) > MAX_PAGE_LINES
+    }
+    assert not long, f"over {MAX_PAGE_LINES} lines: {long}"
