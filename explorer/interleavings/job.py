@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from explorer.ingest import Trace
 from explorer.ingest.write import dump_trace
+from explorer.interleavings import child
 from explorer.interleavings.search import pin
 from explorer.model.events import Event
 from explorer.model.settings import Settings
@@ -92,13 +93,29 @@ class ExploreJob:
         self._stderr: deque[str] = deque(maxlen=STDERR_LINES)
         self._dir = Path(tempfile.mkdtemp(prefix="dpamt-explore-"))
         self._out_path = self._dir / "result.json"
+        # the child is started by the reader thread, which lives as long as the child: the
+        # child dies with the thread that started it (explorer.interleavings.child), and a
+        # script run of the app is a thread that ends long before the search
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+        self._reader = threading.Thread(
+            target=self._run, args=(events, settings, title), name="explore-reader", daemon=True
+        )
+        self._reader.start()
+        self._started.wait()
+        if self._start_error is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise self._start_error
+
+    def _run(self, events: Sequence[Event], settings: Settings, title: str) -> None:
         try:
             self._proc = self._start(events, settings, title)
-        except BaseException:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            raise
-        self._reader = threading.Thread(target=self._read, name="explore-reader", daemon=True)
-        self._reader.start()
+        except BaseException as exc:  # (handed to the constructor, which raises it)
+            self._start_error = exc
+            self._started.set()
+            return
+        self._started.set()
+        self._read()
 
     def _start(self, events: Sequence[Event], settings: Settings, title: str) -> Popen[str]:
         """Write the trace and start the child (its stdout to a file, its stderr to a pipe)."""
@@ -120,7 +137,7 @@ class ExploreJob:
         ]
         env = dict(os.environ, DPAMT_PURE="1")
         with open(self._out_path, "wb") as out:
-            return subprocess.Popen(
+            return child.popen(
                 argv,
                 cwd=ROOT,
                 env=env,

@@ -221,6 +221,7 @@ class Explorer:
                 "states": self.states,
                 "groups": len(self.groups),
                 "groups_done": len(self.groups) if complete else max(len(self.groups) - 1, 0),
+                "groups_total": self._groups_total,
                 "seconds": round(time.perf_counter() - t0, 3),
             },
         }
