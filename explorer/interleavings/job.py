@@ -259,10 +259,20 @@ def outcome_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "regions (refcount)": _regions_text(o.get("regions", {})),
                 # the engine's codes are "kind:CODE"; every kind is a problem, the code says which
                 "findings": ", ".join(d.split(":", 1)[-1] for d in o.get("diagnostics", [])),
+                "end states": int(o.get("variants", 1)),
+                "kernel paths": paths_text(o.get("paths", [])),
                 "turns": len(o.get("example", [])),
             }
         )
     return rows
+
+
+def paths_text(paths: Sequence[dict[str, list[str]]]) -> str:
+    """An outcome's kernel paths on one line: ``vcpu0: pamt_get.slow > pamt_get.add | ...``,
+    paths separated by `` || ``."""
+    return " || ".join(
+        " | ".join(f"{cpu}: {' > '.join(seq) or '-'}" for cpu, seq in p.items()) for p in paths
+    )
 
 
 def violation_rows(result: dict[str, Any]) -> list[dict[str, Any]]:

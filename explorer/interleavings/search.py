@@ -126,6 +126,8 @@ class _End:
     orders: list[list[str]]  # one turn order per group so far
     schedules: int
     diag_codes: tuple[str, ...]
+    #: the kernel paths that reach it (see _kernel_paths), at most MAX_PATHS
+    paths: frozenset[Signature] = frozenset({()})
 
 
 @dataclass
@@ -156,6 +158,7 @@ class Explorer:
         self._t0 = time.monotonic()
         self._next_report = 0.0
         self._groups_total = 0
+        self._replay_label = ""
         self.progress = progress
         self.cancel = cancel
         self.states = 0
@@ -206,7 +209,7 @@ class Explorer:
             reason = ""
             if not concurrent and m.stopped is None:
                 self._run_plain(m, spans[first:])
-        outcomes = [self._outcome(e) for e in ends] if complete else []
+        outcomes = _group_outcomes([self._outcome(e) for e in ends]) if complete else []
         result: dict[str, Any] = {
             "ok": complete and not self.violations and self.stopped is None,
             "complete": complete,
@@ -263,9 +266,12 @@ class Explorer:
                 key = _digest((m.canonical_state(), end.diag_codes))
                 seen = merged.get(key)
                 if seen is None:
-                    merged[key] = _End(key, m.image(), end.orders, end.schedules, end.diag_codes)
+                    merged[key] = _End(
+                        key, m.image(), end.orders, end.schedules, end.diag_codes, end.paths
+                    )
                 else:
                     seen.schedules += end.schedules
+                    seen.paths = _cap(seen.paths | end.paths)
         return list(merged.values())
 
     def _search(self, k: int, span: tuple[int, int], start: _End) -> list[_End]:
@@ -273,6 +279,7 @@ class Explorer:
         the number of turn orders that reach it and one of them."""
         items = self._items(span)
         edges: dict[Digest, list[tuple[str, Digest]]] = {}
+        labels: dict[Digest, list[str]] = {}  # each edge's step label, as edges[...] lists them
         enabled_at: dict[Digest, tuple[str, ...]] = {}
         parent_of: dict[Digest, tuple[Digest, str]] = {}
         ends: dict[Digest, tuple[list[str], MachineImage, tuple[str, ...]]] = {}
@@ -286,6 +293,7 @@ class Explorer:
         while stack:
             prefix, parent, path = stack.pop()
             m, threads = self._replay(start.image, items, prefix)
+            label = self._replay_label
             if m is None:
                 continue
             while True:
@@ -299,6 +307,7 @@ class Explorer:
                     root = key
                 else:
                     edges.setdefault(parent, []).append((prefix[-1], key))
+                    labels.setdefault(parent, []).append(label)
                 if key in visited:
                     break
                 visited.add(key)
@@ -326,16 +335,25 @@ class Explorer:
                 for th in reversed(enabled[1:]):
                     stack.append(((*prefix, th.name), key, path))
                 th = enabled[0]
-                m.turn(th, threads)
+                info = m.turn(th, threads)
+                label = info[1] if info is not None else ""
                 prefix = (*prefix, th.name)
                 parent = key
         self._livelocks(k, start, items, edges, enabled_at, parent_of)
         plain = {src: [d for _, d in out] for src, out in edges.items()}
         counts = _count_paths(root, plain, set(ends))
+        paths = _kernel_paths(root, edges, labels, set(ends), k)
         out = []
         for key, (turns, image, codes) in ends.items():
             out.append(
-                _End(key, image, [*start.orders, turns], start.schedules * counts[key], codes)
+                _End(
+                    key,
+                    image,
+                    [*start.orders, turns],
+                    start.schedules * counts[key],
+                    codes,
+                    _join_paths(start.paths, paths.get(key, set())),
+                )
             )
         return out
 
@@ -389,15 +407,18 @@ class Explorer:
     def _replay(
         self, image: MachineImage, items: list[tuple[int, Event]], prefix: Sequence[str]
     ) -> tuple[Machine | None, list[Thread]]:
-        """A machine at the group's start with ``prefix``'s turns taken."""
+        """A machine at the group's start with ``prefix``'s turns taken (the label of the last
+        turn's step in ``_replay_label``: "" when it only finished its CPU's event)."""
         m = self._machine()
         m.restore(image)
         threads = m.begin_batch(items)
         by_name = {th.name: th for th in threads}
+        info = None
         for name in prefix:
-            m.turn(by_name[name], threads)
+            info = m.turn(by_name[name], threads)
             if m.stopped is not None:
-                return m, threads
+                break
+        self._replay_label = info[1] if info is not None else ""
         return m, threads
 
     def _check_limits(self, k: int) -> None:
@@ -482,7 +503,53 @@ class Explorer:
             "pages": s["pages"],
             "lost_races": lost,
             "diagnostics": list(end.diag_codes),
+            "variants": 1,
+            "paths": [_path_json(sig, len(end.orders)) for sig in sorted(end.paths)],
         }
+
+
+#: Counters an outcome is not told apart by: the retries, which the search counts up to futile
+#: laps (a state reached with and without one is one state), so the value an outcome shows is
+#: that of one schedule reaching it.
+_LOOSE_COUNTERS = frozenset({"fault_retries"})
+
+
+def outcome_key(o: dict[str, Any]) -> tuple[Any, ...]:
+    """What an outcome is to a reviewer: the counters, each region's refcount and whether it
+    has a pair, each vCPU's cache count, the page totals by kind and the diagnostics. Not the
+    page numbers: which free page the allocator gave (and so which pages became a region's
+    pair) is not a different outcome (v6-locked used to split on it)."""
+    return (
+        tuple(sorted((k, v) for k, v in o["counters"].items() if k not in _LOOSE_COUNTERS)),
+        tuple(sorted((r, v["refcount"], v["pair"] is not None) for r, v in o["regions"].items())),
+        tuple(sorted(o["pamt_cache"].items())),
+        tuple(sorted(o["pages"].items())),
+        tuple(o["diagnostics"]),
+    )
+
+
+def _group_outcomes(outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Outcomes grouped by :func:`outcome_key`: schedules summed, ``variants`` the distinct end
+    states merged, ``paths`` the union of their kernel paths; the example is the first's."""
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for o in outcomes:
+        key = outcome_key(o)
+        g = groups.get(key)
+        if g is None:
+            groups[key] = dict(o, paths=list(o["paths"]))
+            continue
+        g["schedules"] += o["schedules"]
+        g["variants"] += o["variants"]
+        for p in o["paths"]:
+            if p not in g["paths"] and len(g["paths"]) < MAX_PATHS:
+                g["paths"].append(p)
+    return sorted(groups.values(), key=lambda g: (-g["schedules"], outcome_key(g)))
+
+
+def _path_json(sig: Signature, groups: int) -> dict[str, list[str]]:
+    """A kernel path for the JSON result: CPU -> its telling step labels (``g2:vcpu0`` when the
+    trace has several concurrent groups)."""
+    return {(cpu if groups <= 1 else f"g{k + 1}:{cpu}"): list(seq) for k, cpu, seq in sorted(sig)}
 
 
 # ---------------------------------------------------------------------- canonical states
@@ -720,6 +787,113 @@ def _fair_cycles(
                 if keep:
                     work.append(keep)
     return out
+
+
+#: A kernel path: per group and CPU, the labels of the steps that tell paths apart.
+Signature = tuple[tuple[int, str, tuple[str, ...]], ...]
+#: Kernel paths listed per outcome at most.
+MAX_PATHS = 16
+#: Step labels that tell kernel paths apart (the others: lock steps, pops, top-ups, ... are
+#: the same on every path, or follow from these).
+_PATH_PREFIXES = ("pamt_get.", "pamt_put.", "tdp.", "walk.", "leaf.", "zap.")
+_PATH_LABELS = frozenset({"fault.retry", "fault.stale", "fault.eio", "fault.enomem"})
+_PATH_NOISE = frozenset(
+    {
+        "pamt_get.pop",
+        "pamt_get.lock",
+        "pamt_get.unlock",
+        "pamt_put.lock",
+        "pamt_put.unlock",
+        "pamt_get.alloc",
+        "leaf.freeze",
+    }
+)
+
+
+def _telling(label: str) -> bool:
+    if label in _PATH_LABELS:
+        return True
+    return (
+        label.startswith(_PATH_PREFIXES)
+        and label not in _PATH_NOISE
+        and not label.endswith(".spin")  # (whether a lock was contended: every path may)
+    )
+
+
+def _cap(paths: frozenset[Signature] | set[Signature]) -> frozenset[Signature]:
+    if len(paths) <= MAX_PATHS:
+        return frozenset(paths)
+    return frozenset(sorted(paths)[:MAX_PATHS])
+
+
+def _extend(sig: Signature, k: int, cpu: str, label: str) -> Signature:
+    """``sig`` with CPU ``cpu`` of group ``k`` having taken a step ``label``; a run of one
+    label is kept as ``label xN``."""
+    entries = list(sig)
+    for i, (g, c, seq) in enumerate(entries):
+        if g == k and c == cpu:
+            if seq and seq[-1].split(" x")[0] == label:
+                head, _, n = seq[-1].partition(" x")
+                seq = (*seq[:-1], f"{head} x{int(n or 1) + 1}")
+            else:
+                seq = (*seq, label)
+            entries[i] = (g, c, seq)
+            return tuple(entries)
+    entries.append((k, cpu, (label,)))
+    return tuple(sorted(entries))
+
+
+def _kernel_paths(
+    root: Digest | None,
+    edges: dict[Digest, list[tuple[str, Digest]]],
+    labels: dict[Digest, list[str]],
+    ends: set[Digest],
+    k: int = 0,
+) -> dict[Digest, set[Signature]]:
+    """The kernel paths reaching each end state: along every turn order, each CPU's sequence of
+    telling step labels (a put's fast path and the path where a get slipped in end in the same
+    state, but are different lessons). Propagated over the graph in topological order of its
+    condensation; inside a retry loop along a breadth-first tree (paths without repeated laps),
+    at most MAX_PATHS per state."""
+    if root is None:
+        return {}
+    comps = _sccs([root], lambda n: [d for _, d in edges.get(n, ())])
+    comp_of = {n: i for i, c in enumerate(comps) for n in c}
+    sigs: dict[Digest, set[Signature]] = {root: {()}}
+
+    def push(n: Digest, i: int, d: Digest) -> None:
+        cpu, label = edges[n][i][0], labels[n][i]
+        here = sigs.get(n, set())
+        new = {(_extend(s, k, cpu, label) if label and _telling(label) else s) for s in here}
+        got = sigs.setdefault(d, set())
+        for s in sorted(new):
+            if len(got) >= MAX_PATHS:
+                break
+            got.add(s)
+
+    for c in range(len(comps) - 1, -1, -1):
+        members = comps[c]
+        if len(members) > 1:  # a loop: inside it along a breadth-first tree from its entries
+            inside = set(members)
+            queue = deque(n for n in members if sigs.get(n))
+            seen = set(queue)
+            while queue:
+                n = queue.popleft()
+                for i, (_, d) in enumerate(edges.get(n, ())):
+                    if d in inside and d not in seen:
+                        push(n, i, d)
+                        seen.add(d)
+                        queue.append(d)
+        for n in members:
+            for i, (_, d) in enumerate(edges.get(n, ())):
+                if comp_of[d] != c:
+                    push(n, i, d)
+    return {e: sigs.get(e, set()) for e in ends}
+
+
+def _join_paths(before: frozenset[Signature], now: set[Signature]) -> frozenset[Signature]:
+    """The paths of the groups so far followed by this group's."""
+    return _cap({tuple(sorted((*a, *b))) for a in sorted(before) for b in sorted(now)})
 
 
 #: The states on the search's current path, newest first: (key, key without counters, the rest).
