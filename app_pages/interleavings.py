@@ -121,7 +121,9 @@ def _summary(result: dict[str, Any]) -> None:
     verdict = "complete" if result["ok"] else "complete, with findings"
     st.markdown(
         f"**{states:,}** states, **{result['schedules']:,}** schedules, "
-        f"**{result['end_states']:,}** distinct outcomes, {seconds} s: {verdict}."
+        f"**{len(result['outcomes']):,}** distinct outcomes ({result['end_states']:,} end "
+        f"states: those differing only in page numbers are one outcome), {seconds} s: "
+        f"{verdict}."
     )
     if "impossible" in result:
         st.warning("Under some interleaving an event of the trace cannot happen:")

@@ -162,6 +162,7 @@ def test_human_output_lists_outcomes_and_findings() -> None:
     )
     assert p.returncode == 1
     assert "distinct outcome(s)" in p.stdout and "WARNING WARN_PAMT_ADD" in p.stdout
+    assert "path: vcpu0: " in p.stdout  # each outcome's kernel paths
     assert "schedule: vcpu" in p.stdout
 
 

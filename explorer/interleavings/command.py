@@ -118,7 +118,8 @@ def _print_exploration(r: dict[str, Any], out: TextIO) -> None:
         )
     out.write(
         f"# {r['groups']} concurrent group(s), {r['states']:,} states, {r['schedules']:,} "
-        f"schedules, {r['end_states']} distinct outcome(s) in {r['seconds']:.2f} s ({state})\n"
+        f"schedules, {len(r['outcomes'])} distinct outcome(s) ({r['end_states']} end "
+        f"state(s)) in {r['seconds']:.2f} s ({state})\n"
     )
     for i, o in enumerate(r["outcomes"], 1):
         c = o["counters"]
@@ -133,6 +134,12 @@ def _print_exploration(r: dict[str, Any], out: TextIO) -> None:
             + (f"; {', '.join(o['diagnostics'])}" if o["diagnostics"] else "")
             + "\n"
         )
+        if o.get("variants", 1) > 1:
+            out.write(f"  {o['variants']} end states (differing in page numbers only)\n")
+        for p in o.get("paths", [])[:4]:
+            out.write("  path: " + "; ".join(f"{c}: {' > '.join(q)}" for c, q in p.items()) + "\n")
+        if len(o.get("paths", [])) > 4:
+            out.write(f"  ... {len(o['paths']) - 4} more path(s)\n")
         out.write(f"  e.g. {' '.join(o['example'])}\n")
     for v in r["violations"]:
         out.write(

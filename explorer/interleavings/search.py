@@ -79,6 +79,8 @@ FINDINGS = ("violation", "warning")
 #: Counters left out of a state (Machine.canonical_state): the spin count, and the retry count,
 #: so that a lap of a retry loop that changed nothing else comes back to the state it left.
 _IGNORED_COUNTERS = ("spins", "fault_retries")
+#: The indices of the counters a state keeps.
+_COUNTED = tuple(i for i, name in enumerate(COUNTER_NAMES) if name not in _IGNORED_COUNTERS)
 #: Locals of kernel frames left out of a state for the same reason: the lap counter of
 #: tdx_handle_ept_violation()'s local retry loop. It only decides when the explorer's own
 #: ``max_retries`` bound fires, which a loop that comes back to its state never reaches: the
@@ -299,8 +301,10 @@ class Explorer:
             while True:
                 codes = _diag_codes(m)
                 ts = _threads_state(m, threads)
-                key = _digest((m.canonical_state(_IGNORED_COUNTERS), ts, codes))
-                lap_key = _digest((m.canonical_state(COUNTER_NAMES), ts, codes))
+                bare = m.canonical_state(COUNTER_NAMES)  # (the counters apart: see _lap_back)
+                counted = tuple([m.cnt[i] for i in _COUNTED])
+                key = _digest((bare, counted, ts, codes))
+                lap_key = _digest((bare, ts, codes))
                 if key not in visited and lap_key in lap_keys:
                     key = _lap_back(lap_key, path) or key
                 if parent is None:
