@@ -67,6 +67,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
         max_seconds=args.max_seconds,
         progress=progress,
         cancel=cancel_on_signals(),
+        fair=not args.unfair,
     )
     if sys.stderr.isatty() and not args.progress:
         print(file=sys.stderr)
@@ -135,7 +136,9 @@ def _print_exploration(r: dict[str, Any], out: TextIO) -> None:
             + "\n"
         )
         if o.get("variants", 1) > 1:
-            out.write(f"  {o['variants']} end states (differing in page numbers only)\n")
+            out.write(
+                f"  {o['variants']} end states (apart in page numbers or counts of retries)\n"
+            )
         for p in o.get("paths", [])[:4]:
             out.write("  path: " + "; ".join(f"{c}: {' > '.join(q)}" for c, q in p.items()) + "\n")
         if len(o.get("paths", [])) > 4:
@@ -224,6 +227,12 @@ def add_explore_and_grid(sub: Any) -> None:
         default=None,
         metavar="S",
         help="stop (exit 3, nothing claimed, what was covered printed) after S seconds",
+    )
+    x.add_argument(
+        "--unfair",
+        action="store_true",
+        help="the plain search: every lap of a retry loop a state, max_retries ends the loops "
+        "(no fair-cycle livelock check; the reference the fair search is tested against)",
     )
     x.add_argument(
         "--write-pinned",

@@ -81,6 +81,7 @@ FINDINGS = ("violation", "warning")
 _IGNORED_COUNTERS = ("spins", "fault_retries")
 #: The indices of the counters a state keeps.
 _COUNTED = tuple(i for i, name in enumerate(COUNTER_NAMES) if name not in _IGNORED_COUNTERS)
+_ALL_BUT_SPINS = tuple(i for i, name in enumerate(COUNTER_NAMES) if name != "spins")
 #: Locals of kernel frames left out of a state for the same reason: the lap counter of
 #: tdx_handle_ept_violation()'s local retry loop. It only decides when the explorer's own
 #: ``max_retries`` bound fires, which a loop that comes back to its state never reaches: the
@@ -152,8 +153,13 @@ class Explorer:
         max_seconds: float | None = None,
         progress: Callable[[int, str], None] | None = None,
         cancel: Callable[[], bool] | None = None,
+        fair: bool = True,
     ) -> None:
         self.events = events
+        #: False: the plain search, every lap of a retry loop a state of its own and the
+        #: explorer's max_retries bound ending the loops (the reference the property tests
+        #: compare the fair search with; ``--unfair``)
+        self.fair = fair
         self.settings = settings
         self.max_states = max_states
         self.max_seconds = max_seconds
@@ -265,7 +271,12 @@ class Explorer:
                 if m.stopped is not None:
                     self.stopped = m.stopped.message
                     continue
-                key = _digest((m.canonical_state(), end.diag_codes))
+                key = _digest(
+                    (
+                        m.canonical_state(_IGNORED_COUNTERS if self.fair else ("spins",)),
+                        end.diag_codes,
+                    )
+                )
                 seen = merged.get(key)
                 if seen is None:
                     merged[key] = _End(
@@ -300,12 +311,12 @@ class Explorer:
                 continue
             while True:
                 codes = _diag_codes(m)
-                ts = _threads_state(m, threads)
+                ts = _threads_state(m, threads, self.fair)
                 bare = m.canonical_state(COUNTER_NAMES)  # (the counters apart: see _lap_back)
-                counted = tuple([m.cnt[i] for i in _COUNTED])
+                counted = tuple([m.cnt[i] for i in (_COUNTED if self.fair else _ALL_BUT_SPINS)])
                 key = _digest((bare, counted, ts, codes))
                 lap_key = _digest((bare, ts, codes))
-                if key not in visited and lap_key in lap_keys:
+                if self.fair and key not in visited and lap_key in lap_keys:
                     key = _lap_back(lap_key, path) or key
                 if parent is None:
                     root = key
@@ -343,7 +354,8 @@ class Explorer:
                 label = info[1] if info is not None else ""
                 prefix = (*prefix, th.name)
                 parent = key
-        self._livelocks(k, start, items, edges, enabled_at, parent_of)
+        if self.fair:
+            self._livelocks(k, start, items, edges, enabled_at, parent_of)
         plain = {src: [d for _, d in out] for src, out in edges.items()}
         counts = _count_paths(root, plain, set(ends))
         paths = _kernel_paths(root, edges, labels, set(ends), k)
@@ -572,7 +584,7 @@ def _diag_codes(m: Machine) -> tuple[str, ...]:
     return tuple(sorted({f"{d.kind}:{d.code}" for d in m.diagnostics}))
 
 
-def _threads_state(m: Machine, threads: list[Thread]) -> tuple[Any, ...]:
+def _threads_state(m: Machine, threads: list[Thread], abstract: bool = True) -> tuple[Any, ...]:
     """Each CPU's part of the state: its queue, stack, locks, spin, and its generators' frames."""
     ids = _identities(m, threads)
     out = []
@@ -587,7 +599,7 @@ def _threads_state(m: Machine, threads: list[Thread]) -> tuple[Any, ...]:
                 th.spinning,
                 th.softirq,
                 _canon(th.respin, ids, 0),
-                _frames(th.gen, ids),
+                _frames(th.gen, ids, abstract),
             )
         )
     return tuple(out)
@@ -616,7 +628,7 @@ def _identities(m: Machine, threads: list[Thread]) -> dict[int, Any]:
     return ids
 
 
-def _frames(gen: Any, ids: dict[int, Any]) -> tuple[Any, ...]:
+def _frames(gen: Any, ids: dict[int, Any], abstract: bool = True) -> tuple[Any, ...]:
     """A generator chain's frames: code, position, locals (``yield from`` followed down)."""
     out: list[tuple[Any, ...]] = []
     depth = 0
@@ -631,7 +643,7 @@ def _frames(gen: Any, ids: dict[int, Any]) -> tuple[Any, ...]:
             out.append(("done",))
             break
         name = gen.gi_code.co_qualname
-        hidden = _ABSTRACT_LOCALS.get(name, ())
+        hidden = _ABSTRACT_LOCALS.get(name, ()) if abstract else ()
         out.append(
             (
                 name,
@@ -996,6 +1008,7 @@ def explore(
     max_seconds: float | None = None,
     progress: Callable[[int, str], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    fair: bool = True,
 ) -> dict[str, Any]:
     """Search every interleaving of ``events``' concurrent groups (see the module docstring)."""
     return Explorer(
@@ -1005,4 +1018,5 @@ def explore(
         max_seconds=max_seconds,
         progress=progress,
         cancel=cancel,
+        fair=fair,
     ).run()
