@@ -112,8 +112,10 @@ def _open(
 def _summary(result: dict[str, Any]) -> None:
     states, seconds = result["states"], result["seconds"]
     if not result["complete"]:
+        covered = result.get("covered", {})
         st.warning(
-            f"Incomplete: {states:,} states in {seconds} s, then the search stopped; nothing is "
+            f"Incomplete: {states:,} states in {seconds} s, then the search stopped in group "
+            f"{covered.get('groups', '?')} of {covered.get('groups_total', '?')}; nothing is "
             "claimed. Raise the state limit and run it again."
         )
         st.text(str(result.get("stopped", "")))
