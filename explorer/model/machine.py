@@ -805,16 +805,20 @@ class Machine(KernelState):
         self._delta_vcpus = set()
         self.q_all = True
 
-    def canonical_state(self) -> tuple[Any, ...]:
+    def canonical_state(self, ignore: Sequence[str] = ("spins",)) -> tuple[Any, ...]:
         """Everything the machine's future depends on, as one hashable value, equal for equal
         states whatever path led to them (``explorer.interleavings.search`` hashes it): page owners and the
         allocator's position, the module's pages and pairs, refcounts, references, locks, TDs
         (S-EPT entries, mappings, guest_memfd), vCPUs (caches) and counters. Not in it: the step
         count and the spin counter (a path that spun longer reaches the same state), the
         scheduler's random state (an exploration chooses every turn), step records. Counts
-        derived from the maps (per-region owners, use counts) are left out too."""
+        derived from the maps (per-region owners, use counts) are left out too.
+
+        ``ignore`` names the counters left out: an exploration also leaves out ``fault_retries``
+        (a lap of a retry loop that changed nothing else comes back to the same state, so the
+        loop is a cycle of the state graph, not a ladder of states)."""
         mem = self.mem
-        spins = COUNTER_NAMES.index("spins")
+        dropped = {COUNTER_NAMES.index(name) for name in ignore}
         tds = []
         for t in sorted(self.tds.values(), key=lambda t: t.id):
             tds.append(
@@ -857,7 +861,7 @@ class Machine(KernelState):
             self.pamt_lock,
             tuple(tds),
             tuple(vcpus),
-            tuple(c for i, c in enumerate(self.cnt) if i != spins),
+            tuple(c for i, c in enumerate(self.cnt) if i not in dropped),
             tuple(sorted(self.injections.items())),
             tuple(sorted((k, repr(v)) for k, v in self.extra.items())),
             self.next_hkid,
