@@ -41,16 +41,18 @@ def _table(at: AppTest, column: str):  # type: ignore[no-untyped-def]
     raise AssertionError(f"no table with a column {column!r}")
 
 
-def test_lost_race_has_four_outcomes_and_no_finding() -> None:
+def test_lost_race_has_three_outcomes_and_no_finding() -> None:
+    """Four end states, three outcomes: two end states differ only in which free pages the
+    allocator handed out (page identities are abstracted in outcomes)."""
     at = _page("lost_race")
     _explore(at)
     outcomes = _table(at, "lost races")
-    assert len(outcomes) == 4
-    assert sorted(outcomes["lost races"]) == [0, 0, 1, 1]
+    assert len(outcomes) == 3
+    assert sorted(outcomes["lost races"]) == [0, 0, 1]
     assert any("No schedule violates" in s.value for s in at.success)
     # a rerun keeps the result: the search is not started again
     at.run()
-    assert len(_table(at, "lost races")) == 4
+    assert len(_table(at, "lost races")) == 3
     assert not at.button(key="btn_explore").disabled
 
 
