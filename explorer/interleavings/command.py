@@ -14,7 +14,10 @@ from explorer.cli.common import (
     EXIT_OK,
     EXIT_VIOLATIONS,
     UsageError,
+    atomic_output,
+    check_output_path,
     read_trace,
+    read_trace_and_bytes,
     resolve_settings,
 )
 from explorer.ingest import Trace
@@ -34,6 +37,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-seconds must be more than 0, got {args.max_seconds}")
     if args.trace == "-":
         raise UsageError("explore reads a trace file, not standard input: save it to a file")
+    if args.write_pinned:
+        check_output_path(args.write_pinned, "--write-pinned")
     trace = read_trace(args.trace)
     settings = resolve_settings(trace, args.set or [])
     if NATIVE:
@@ -103,8 +108,8 @@ def _write_pinned(trace: Trace, settings: Settings, r: dict[str, Any], path: str
         description=trace.description,
         settings=settings.to_dict(),
     )
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    with atomic_output(path) as f:
+        f.write(text.encode("utf-8"))
     print(f"wrote {path}: the trace pinned to the schedule of {what}", file=sys.stderr)
 
 
@@ -162,15 +167,16 @@ def cmd_explore_grid(args: argparse.Namespace) -> int:
 
     if args.max_states < 1:
         raise UsageError(f"--max-states must be at least 1, got {args.max_states}")
+    check_output_path(args.out, "--out")
     traces = []
     grid = parse_vary(args.vary) if args.vary else {}
     for path in args.traces:
         if path == "-":
             raise UsageError("explore-grid reads trace files, not standard input")
-        trace = read_trace(path)
+        # the bytes the parse read (a second open would be unbounded, and a FIFO is empty twice)
+        trace, data = read_trace_and_bytes(path)
         base = resolve_settings(trace, args.set or [])  # each trace's own header, then --set
-        with open(path, "rb") as f:
-            traces.append((trace.source, f.read(), grid_points(base, grid) if grid else [base]))
+        traces.append((trace.source, data, grid_points(base, grid) if grid else [base]))
     scheduler = args.scheduler or os.environ.get("DPAMT_SCHEDULER") or None
 
     def progress(done: int, total: int) -> None:
@@ -190,7 +196,11 @@ def cmd_explore_grid(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     print(file=sys.stderr)
-    write_rows(rows, args.out)
+    if args.out == "-":
+        write_rows(rows, None, parquet=False)
+    else:
+        with atomic_output(args.out) as f:
+            write_rows(rows, f, parquet=args.out.endswith(".parquet"))
     for r in rows:
         print(
             f"{r['trace']} mode={r['mode']}: {r['status']}, {r['states'] or 0:,} states, "
