@@ -34,8 +34,12 @@ def int32s(values: Sequence[int] | Iterable[int]) -> array[int]:
 
 def pack_ints(d: dict[int, int]) -> PackedInts:
     """A region-keyed table of counts (refcounts, references, use counts): 32-bit keys and
-    values (a 4 TiB host has 2**21 regions)."""
-    return int32s(list(d.keys())), int32s(list(d.values()))
+    values (a 4 TiB host has 2**21 regions), in key order. Sorted so that the dict a restore
+    rebuilds is in region order: a snapshot of a host whose allocations scatter reads its
+    tens of thousands of regions in that order, and visiting them in the order they were
+    first touched (random) cost four times as much (cache misses)."""
+    keys = sorted(d)
+    return int32s(keys), int32s([d[k] for k in keys])
 
 
 #: keys and pairs of ints
@@ -43,11 +47,14 @@ PackedPairs = tuple["array[int]", "array[int]", "array[int]"]
 
 
 def pack_pairs(d: dict[int, tuple[int, int]]) -> PackedPairs:
-    """Region -> (pfn, pfn) as three 32-bit arrays (12 bytes a pair, not a tuple's 64)."""
+    """Region -> (pfn, pfn) as three 32-bit arrays (12 bytes a pair, not a tuple's 64), in
+    region order (as :func:`pack_ints`)."""
+    keys = sorted(d)
+    pairs = [d[k] for k in keys]
     return (
-        int32s(list(d.keys())),
-        int32s([p[0] for p in d.values()]),
-        int32s([p[1] for p in d.values()]),
+        int32s(keys),
+        int32s([p[0] for p in pairs]),
+        int32s([p[1] for p in pairs]),
     )
 
 
