@@ -9,6 +9,7 @@ import streamlit as st
 
 from app_pages import common
 from app_pages.ui.explore_tabs import explore_tabs
+from app_pages.ui.keys import STEP_HEADER_CSS, STEP_HEADER_KEY, step_keys
 from app_pages.ui.state_panel import export_choice, map_and_caches
 from app_pages.ui.step_panel import code_and_locks, step_text
 from app_pages.ui.stepper import controls, period, play_clock
@@ -16,7 +17,9 @@ from explorer.appsupport import Place, place_in, stop_note
 from explorer.model.settings import Settings
 from explorer.replay.timeline import Timeline
 
-COMPACT_CSS = "<style>.block-container{padding-top:2.6rem;padding-bottom:1rem}</style>"
+COMPACT_CSS = (
+    "<style>.block-container{padding-top:2.6rem;padding-bottom:1rem}" + STEP_HEADER_CSS + "</style>"
+)
 
 
 def knob_effects(loaded: common.Loaded, settings: Settings) -> None:
@@ -67,6 +70,7 @@ def view(
 ) -> None:
     last = tl.nr_steps - 1
     play_clock(last)
+    step_keys()
     controls(tl)
     i = min(max(int(st.session_state.cursor), -1), last)
     st.session_state.shown_step = i
@@ -78,7 +82,8 @@ def view(
     with left:
         map_and_caches(snap, changed)
     with right:
-        step_text(tl, step)
+        with st.container(key=STEP_HEADER_KEY):
+            step_text(tl, step)
         code_and_locks(snap, step)
     explore_tabs(tl, loaded, i, snap, step, changed)
     common.sync_url(settings)

@@ -161,7 +161,6 @@ def controls(tl: Timeline) -> None:
         key="btn_first",
         on_click=_set_cursor,
         args=(-1,),
-        shortcut="Home",
         help="before the first step (Home)",
     )
     cols[1].button(
@@ -169,7 +168,6 @@ def controls(tl: Timeline) -> None:
         key="btn_prev",
         on_click=_move,
         args=(-1, last),
-        shortcut="Left",
         help="previous step (Left arrow)",
     )
     cols[2].button(
@@ -177,7 +175,6 @@ def controls(tl: Timeline) -> None:
         key="btn_next",
         on_click=_move,
         args=(1, last),
-        shortcut="Right",
         type="primary",
         help="next step (Right arrow)",
     )
@@ -186,14 +183,12 @@ def controls(tl: Timeline) -> None:
         key="btn_last",
         on_click=_set_cursor,
         args=(last,),
-        shortcut="End",
         help="the last step (End)",
     )
     cols[4].button(
         "Pause" if st.session_state.playing else "Play",
         key="btn_play",
         on_click=_toggle_play,
-        shortcut="Space",
         help="play / pause (Space)",
     )
     cols[5].selectbox(

@@ -25,6 +25,12 @@ def _wait_step(pg, n: int) -> None:  # type: ignore[no-untyped-def]
     pg.wait_for_selector(f"text=/^Step {n} of \\d+/", timeout=30_000)
 
 
+def _wait_charts(pg) -> None:  # type: ignore[no-untyped-def]
+    """The step view's charts have drawn (what a lecturer sees as the page being ready)."""
+    for key in ("chart_region_map", "chart_pamt_cache"):
+        pg.wait_for_selector(f".st-key-{key} .main-svg", timeout=60_000)
+
+
 def test_charts_render_and_next_prev_step(page, server) -> None:  # type: ignore[no-untyped-def]
     page.goto(server)
     settle(page)
@@ -46,15 +52,24 @@ def test_charts_render_and_next_prev_step(page, server) -> None:  # type: ignore
 
 
 def test_keyboard_shortcuts_step(page, server) -> None:  # type: ignore[no-untyped-def]
+    """The first key after a deep link is not lost: pressed once the step and its charts show,
+    with no wait for the buttons (whose code may load seconds later on a busy machine)."""
     page.goto(server + "/?sample=lost_race&step=10")
-    settle(page)
-    assert _step(page).startswith("Step 10 of")
-    page.locator(".st-key-btn_next button").first.wait_for()
-    page.wait_for_timeout(2000)  # the buttons' shortcut listeners attach after they render
+    _wait_step(page, 10)
+    _wait_charts(page)
     page.keyboard.press("ArrowRight")
     _wait_step(page, 11)
     page.keyboard.press("ArrowLeft")
     _wait_step(page, 10)
+    page.keyboard.press("End")
+    last = int(re.sub(r"\D.*", "", _step(page).split("numbered 0 to ")[1]))
+    _wait_step(page, last)
+    page.keyboard.press("Home")
+    page.wait_for_selector("text=/^Before the first step/", timeout=30_000)
+    page.keyboard.press(" ")
+    page.locator(".st-key-btn_play button", has_text="Pause").first.wait_for()  # playing
+    page.keyboard.press(" ")
+    page.locator(".st-key-btn_play button", has_text="Play").first.wait_for()
 
 
 def _lost_race_step() -> int:
