@@ -99,6 +99,20 @@ def restore_place(tl: Timeline, loaded: common.Loaded, replay_key: tuple[object,
         st.session_state.cursor = place_in(tl, old.event, old.label)
 
 
+def _notes_inside(nr_steps: int) -> None:
+    """Review notes (from a link, or pinned before a change of settings) on steps the replay
+    has: the others are dropped, with a message naming them."""
+    notes: dict[int, str] = dict(st.session_state.get("review_notes") or {})
+    outside = sorted(k for k in notes if not 0 <= k < nr_steps)
+    if outside:
+        st.warning(
+            f"Review notes on steps outside this replay (steps 0 to {nr_steps - 1}) were "
+            f"dropped: step(s) {', '.join(map(str, outside[:5]))}"
+            + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")
+        )
+        st.session_state.review_notes = {k: v for k, v in notes.items() if k not in outside}
+
+
 def main() -> None:
     problems = common.init_session()
     common.sidebar_trace_picker()
@@ -130,6 +144,7 @@ def main() -> None:
     if tl.nr_steps == 0:
         st.info("This trace produced no step.")
         return
+    _notes_inside(tl.nr_steps)
     knob_effects(loaded, settings)
     if "cursor" not in st.session_state:
         st.session_state.cursor = -1
