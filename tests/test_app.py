@@ -570,7 +570,7 @@ def test_notes_too_long_for_a_link_are_refused_by_the_app() -> None:
         at.run()
         at.text_input(key="note_text").set_value("\u00e9" * MAX_NOTE_CHARS).run()
         at.button(key="btn_pin_note").click().run()
-        if "note_error" in at.session_state and at.session_state["note_error"]:
+        if at.session_state.get("note_error"):
             break
     else:
         raise AssertionError("every note was pinned")
