@@ -17,8 +17,14 @@ from explorer.appsupport import Place, place_in, stop_note
 from explorer.model.settings import Settings
 from explorer.replay.timeline import Timeline
 
+#: Our own CSS: tight page margins and gaps, and a code panel in a projector's 720 lines.
 COMPACT_CSS = (
-    "<style>.block-container{padding-top:2.6rem;padding-bottom:1rem}" + STEP_HEADER_CSS + "</style>"
+    "<style>.block-container{padding-top:3rem;padding-bottom:1rem}"
+    ".st-key-step_view [data-testid=stVerticalBlock]{gap:0.35rem}"
+    ".st-key-code_panel pre, .st-key-code_panel code{font-size:12px;line-height:1.3}"
+    ".st-key-code_panel pre{padding:0.4rem 0.6rem !important}"
+    ".st-key-locks pre, .st-key-locks div{font-size:12px}"
+    ".st-key-step_header p, .st-key-step_header div{font-size:14px}" + STEP_HEADER_CSS + "</style>"
 )
 
 
@@ -78,7 +84,7 @@ def view(
     snap = tl.state_at(i)
     step = tl.step(i) if i >= 0 else None
     changed = tl.changed_regions(i) if i >= 0 else []
-    left, right = st.columns([3, 2])
+    left, right = st.container(key="step_view").columns([5, 6])
     with left:
         map_and_caches(snap, changed)
     with right:
@@ -126,10 +132,9 @@ def main() -> None:
     )
     loaded: common.Loaded = st.session_state.loaded
     st.markdown(COMPACT_CSS, unsafe_allow_html=True)  # our own CSS: tighter page margins
-    st.markdown(
-        "**You are watching host memory (2 MiB regions), the vCPUs' DPAMT caches and the "
-        "kernel code, step by step, while KVM handles a TDX trace. Press Next (or the "
-        "Right arrow).**"
+    st.caption(
+        "Host memory, the DPAMT caches and the kernel code, step by step. "
+        "Keys: Right / Left step, Home / End, Space plays."
     )
     for p in problems:
         st.warning("A link parameter was ignored:")

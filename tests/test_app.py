@@ -97,7 +97,7 @@ def test_jump_to_the_lost_race_shows_it_in_the_map_and_the_caches() -> None:
 def test_go_to_event_and_region_jump() -> None:
     at = _app(sample="td_lifecycle")
     at.number_input(key="goto_event").set_value(7).run()
-    assert "event 7 of 11 (trace line" in " ".join(c.value for c in at.caption)
+    assert "event 7 of 11 (line" in " ".join(t.value for t in at.text)
     at.selectbox(key="jump_kind").set_value("a change of region...").run()
     at.number_input(key="jump_region").set_value(64).run()
     at.button(key="btn_jump_next").click().run()

@@ -285,3 +285,31 @@ def test_every_heatmap_fills_its_axes_in_the_browser(page, server, path: str) ->
     assert maps, "no heatmap drawn"
     for m in maps:
         assert m["fx"] >= 0.9 and m["fy"] >= 0.9, (path, m)
+
+
+@pytest.mark.parametrize("size", [(1280, 720), (1440, 900)])
+def test_map_caches_code_and_locks_are_in_view_together(browser, server, size) -> None:  # type: ignore[no-untyped-def]
+    """A projector's view: at 1280x720 and 1440x900 the region map, the caches, the code panel
+    and the locks are inside the viewport without scrolling, before the first step, at the
+    lost race and at the last step of the longest sample's view."""
+    width, height = size
+    context = browser.new_context(viewport={"width": width, "height": height})
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    try:
+        for query, want in (
+            (f"?sample=lost_race&step={_lost_race_step()}", f"Step {_lost_race_step()} of"),
+            ("?sample=td_lifecycle&step=100", "Step 100 of"),
+            ("?sample=lost_race&step=-1", "Before the first step"),
+        ):
+            pg.goto(f"{server}/{query}")
+            pg.wait_for_selector(f"text=/^{want}/")
+            _wait_charts(pg)
+            settle(pg)
+            for key in ("chart_region_map", "chart_pamt_cache", "code_panel", "locks"):
+                box = pg.locator(f".st-key-{key}").first.bounding_box()
+                assert box is not None, key
+                assert box["y"] >= 0 and box["y"] + box["height"] <= height, (query, key, box)
+            assert pg.evaluate("window.scrollY") == 0
+    finally:
+        context.close()
