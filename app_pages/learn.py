@@ -19,6 +19,7 @@ import streamlit as st
 
 from app_pages import common
 from app_pages.ui.tour_view import show_stop_view
+from explorer.appsupport import parse_step_text
 from explorer.model.settings import Settings
 from explorer.replay.timeline import Timeline
 from explorer.teaching.handout import tour_handout_html
@@ -51,7 +52,8 @@ def _read_url(tours: list[str]) -> None:
         if loaded.name != tour:
             _load(tour)
         try:
-            st.session_state.learn_stop = max(int(st.query_params.get("stop", "1")) - 1, 0)
+            stop = parse_step_text(st.query_params.get("stop", "1"))
+            st.session_state.learn_stop = max(stop - 1, 0)
         except ValueError:
             st.session_state.learn_stop = 0
 

@@ -84,12 +84,39 @@ class ViewState:
 #: Review notes a link may carry, and the characters of each (a URL stays a few KB).
 MAX_NOTES = 20
 MAX_NOTE_CHARS = 500
+#: The longest ``notes`` a link may carry, as it stands in the URL (percent-encoded): the server
+#: refuses a request line much past 16 KB with its own error page (uvicorn's h11 limit) before
+#: the app can say anything, so the app keeps its links well under it and says so when notes
+#: would not fit (download the trace with its notes instead).
+MAX_URL_NOTES_CHARS = 8_000
+#: A step number in a link: ASCII digits only (``int`` alone also takes other scripts' digits,
+#: spaces and underscores), at most this many of them.
+STEP_DIGITS = 9
 #: Query parameters other pages own (the Learn page's tour and stop): not "unknown".
 OTHER_PAGE_PARAMS = frozenset({"tour", "stop"})
 
 
+def parse_step_text(value: str) -> int:
+    """A step (or a tour stop) from a link: an optional minus and 1 to STEP_DIGITS ASCII
+    digits, as the CLI reads numbers. Raises ValueError saying what was expected."""
+    text = str(value)
+    body = text[1:] if text.startswith("-") else text
+    if not (1 <= len(body) <= STEP_DIGITS and all("0" <= c <= "9" for c in body)):
+        raise ValueError(f"expected an integer of at most {STEP_DIGITS} ASCII digits (0-9)")
+    return int(text)
+
+
+def url_notes_length(notes: Mapping[int, str]) -> int:
+    """Characters ``notes`` take in a link, percent-encoded as the browser sends them."""
+    from urllib.parse import quote
+
+    return len(quote(encode_notes(notes), safe=""))
+
+
 def decode_notes(value: str) -> dict[int, str]:
     """``notes``: a JSON list of ``[step, text]`` pairs. Raises ValueError with what is wrong."""
+    if len(value) > MAX_URL_NOTES_CHARS:
+        raise ValueError(f"longer than a link carries ({MAX_URL_NOTES_CHARS:,} characters)")
     try:
         data = json.loads(value)
     except ValueError:
@@ -130,9 +157,9 @@ def decode_view_state(params: Mapping[str, Any]) -> tuple[ViewState, list[str]]:
                 problems.append(f"URL: no sample named {value!r}; showing {DEFAULT_SAMPLE}")
         elif key == "step":
             try:
-                state.step = max(-1, int(value))
-            except ValueError:
-                problems.append(f"URL: step={value!r} is not a number")
+                state.step = max(-1, parse_step_text(str(value)))
+            except ValueError as exc:
+                problems.append(f"URL: step={value!r} is not a step: {exc}")
         elif key == "notes":
             try:
                 state.notes = decode_notes(str(value))
@@ -159,12 +186,13 @@ def encode_view_state(
     notes: Mapping[int, str] | None = None,
 ) -> dict[str, str]:
     """Query parameters for a link that reproduces the view (only settings that differ from
-    ``base``, the trace's own settings; the review notes when there are any)."""
+    ``base``, the trace's own settings; the review notes when there are any and they fit a
+    link, MAX_URL_NOTES_CHARS; the app refuses to pin a note past that)."""
     out = {"sample": sample, "step": str(step)}
     for key, value in settings.to_dict().items():
         if getattr(base, key) != value:
             out[key] = str(value)
-    if notes:
+    if notes and url_notes_length(notes) <= MAX_URL_NOTES_CHARS:
         out["notes"] = encode_notes(notes)
     return out
 

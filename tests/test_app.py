@@ -97,7 +97,7 @@ def test_jump_to_the_lost_race_shows_it_in_the_map_and_the_caches() -> None:
 def test_go_to_event_and_region_jump() -> None:
     at = _app(sample="td_lifecycle")
     at.number_input(key="goto_event").set_value(7).run()
-    assert "event 7 of 11 (trace line" in " ".join(c.value for c in at.caption)
+    assert "event 7 of 11 (line" in " ".join(t.value for t in at.text)
     at.selectbox(key="jump_kind").set_value("a change of region...").run()
     at.number_input(key="jump_region").set_value(64).run()
     at.button(key="btn_jump_next").click().run()
@@ -521,3 +521,61 @@ def test_no_file_in_app_pages_is_over_300_lines() -> None:
         if (n := len(f.read_text(encoding="utf-8").splitlines())) > MAX_PAGE_LINES
     }
     assert not long, f"over {MAX_PAGE_LINES} lines: {long}"
+
+
+@pytest.mark.parametrize("raw", ["\u0661\u0660", "1_0", " 10", "+10", "1e1", "1234567890"])
+def test_a_link_step_is_ascii_digits_only(raw: str) -> None:
+    """step= reads like the CLI's numbers: other scripts' digits, spaces, underscores, signs and
+    exponents are refused with a message, and the view starts before the first step."""
+    at = _app(sample="lost_race", step=raw)
+    assert any("is not a step" in t.value and "ASCII digits" in t.value for t in at.text)
+    assert at.session_state.cursor == -1
+
+
+def test_a_link_tour_stop_is_ascii_digits_only() -> None:
+    at = AppTest.from_file(APP, default_timeout=90)
+    at.query_params["tour"] = "lost_race"
+    at.query_params["stop"] = "\u0663"
+    at.switch_page("app_pages/learn.py").run()
+    assert not at.exception
+    assert at.session_state.learn_stop == 0
+
+
+def test_link_notes_outside_the_trace_are_dropped_with_a_message() -> None:
+    at = _app(sample="lost_race", notes=json.dumps([[10**30, "x"], [3, "kept"]]))
+    assert at.session_state.review_notes == {3: "kept"}
+    assert any("outside this replay" in w.value and str(10**30) in w.value for w in at.warning)
+
+
+def test_notes_too_long_for_a_link_are_refused_by_the_app() -> None:
+    from explorer.appsupport import (
+        MAX_NOTE_CHARS,
+        MAX_URL_NOTES_CHARS,
+        decode_notes,
+        encode_notes,
+        url_notes_length,
+    )
+
+    big = {k: "\u00e9" * MAX_NOTE_CHARS for k in range(10)}
+    assert url_notes_length(big) > MAX_URL_NOTES_CHARS
+    # a link never carries them; a crafted one is refused by length, not parsed
+    assert "notes" not in encode_view_state("lost_race", 3, Settings(), Settings(), big)
+    with pytest.raises(ValueError, match="longer than a link carries"):
+        decode_notes(encode_notes(big))
+    # pinning one note too many says so, and the link keeps the notes it had
+    at = _app(sample="lost_race", step="5")
+    _open_tab(at, "Review notes")
+    for step in range(5, 15):
+        at.session_state.cursor = step
+        at.run()
+        at.text_input(key="note_text").set_value("\u00e9" * MAX_NOTE_CHARS).run()
+        at.button(key="btn_pin_note").click().run()
+        if at.session_state.get("note_error"):
+            break
+    else:
+        raise AssertionError("every note was pinned")
+    assert any("would not fit in a link" in w.value for w in at.warning)
+    assert step not in at.session_state.review_notes
+    raw = at.query_params["notes"]
+    raw = raw[0] if isinstance(raw, list) else raw
+    assert len(json.loads(raw)) == len(at.session_state.review_notes)

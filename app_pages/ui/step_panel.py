@@ -25,8 +25,12 @@ def step_text(tl: Timeline, step: Step | None) -> None:
         )
         st.text(step.narration)
         if ev is not None:
-            st.caption(f"event {step.event + 1} of {tl.nr_events} (trace line {ev.line})")
-            st.text(ev.describe() + (f"  # {ev.note}" if ev.note else ""))
+            # one plain-text line (the event's fields are the trace's): the column fits 720 lines
+            st.text(
+                f"event {step.event + 1} of {tl.nr_events} (line {ev.line}): "
+                + ev.describe()
+                + (f"  # {ev.note}" if ev.note else "")
+            )
         for d in step.diagnostics:
             (st.error if d.kind in ("violation", "error") else st.warning)(f"{d.kind}: {d.code}")
             st.text(d.message)
@@ -36,19 +40,32 @@ def step_text(tl: Timeline, step: Step | None) -> None:
             st.text(pinned)
 
 
+#: Lines of pseudocode either side of the current one (two CPUs and the locks fit 720 lines).
+CODE_CONTEXT = 2
+
+
 def code_and_locks(snap: Snapshot, step: Step | None) -> None:
     """The code of two CPUs (the step's first) with their stacks and state, then the locks."""
+    with st.container(key="code_panel"):
+        _code(snap, step)
+    with st.container(key="locks"):
+        st.text("\n".join(lock_summary(snap)))
+
+
+def _code(snap: Snapshot, step: Step | None) -> None:
     panel = code_panel(snap)
+    if not panel:
+        st.caption("No CPU has run kernel code yet: the code shows here from the first step.")
+        return
     panel.sort(key=lambda c: (step is None or c.cpu != step.cpu, c.cpu))
-    for cpu in panel[:2]:
+    for n, cpu in enumerate(panel[:2]):
         state = (
             "spinning on " + cpu.spinning_on
             if cpu.spinning_on
             else ("running" if cpu.running else "idle")
         )
         st.caption(f"{cpu.cpu}: {' > '.join(cpu.stack) or cpu.function} ({state})")
-        if cpu.lines:
-            st.code(cpu.listing(context=3), language=None, wrap_lines=True)
-            if cpu.source:
-                st.caption(f"follows {cpu.source}")
-    st.text("\n".join(lock_summary(snap)))
+        # the step's CPU with its code; the other CPU as one line,
+        # so the map, the caches and the code fit a projector's 720 lines together
+        if cpu.lines and n == 0:
+            st.code(cpu.listing(context=CODE_CONTEXT), language=None, wrap_lines=False)
