@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from itertools import repeat
+from typing import NamedTuple
 
 from explorer.ingest import limits as L
+from explorer.ingest.gcpause import gc_paused
 from explorer.model.errors import Problem, TraceError
 from explorer.model.settings import MAX_HOST_MEMORY_MIB
 
@@ -94,9 +97,12 @@ _RANGES: dict[str, tuple[int, int]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One probe hit. ``fields`` keeps unknown keys too; ``text`` is the line as read."""
+class Record(NamedTuple):
+    """One probe hit. ``fields`` keeps unknown keys too; ``text`` is the line as read.
+
+    A named tuple rather than a frozen dataclass: a capture holds a million of them, and a
+    tuple is built in one call (a frozen dataclass sets each field through ``object.__setattr__``);
+    it is immutable all the same."""
 
     line: int
     ts: int
@@ -140,9 +146,21 @@ def _fast_regex(keys: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("".join(f" {k}={_FAST_VALUE}" for k in keys))
 
 
-#: probe -> (its fast regex, its keys, the range of each key (None: any int))
-_FAST: dict[str, tuple[re.Pattern[str], tuple[str, ...], tuple[tuple[int, int] | None, ...]]] = {
-    probe: (_fast_regex(spec.keys), spec.keys, tuple(_RANGES.get(k) for k in spec.keys))
+class _Fast(NamedTuple):
+    """How ``_fast_line`` reads one probe's records: the regex of its keys, the keys, and the
+    index, low and high of each key with a range (:data:`_RANGES`)."""
+
+    regex: re.Pattern[str]
+    keys: tuple[str, ...]
+    ranged: tuple[tuple[int, int, int], ...]
+
+
+_FAST: dict[str, _Fast] = {
+    probe: _Fast(
+        _fast_regex(spec.keys),
+        spec.keys,
+        tuple((i, *_RANGES[k]) for i, k in enumerate(spec.keys) if k in _RANGES),
+    )
     for probe, spec in PROBES.items()
 }
 
@@ -221,7 +239,11 @@ def parse_capture(data: bytes, source: str, *, size: int | None = None) -> Captu
                 f"{MAX_CAPTURE_BYTES // L.MIB} MiB (MAX_CAPTURE_BYTES)",
             )
         )
-    data = data.removeprefix(b"\xef\xbb\xbf")
+    with gc_paused():  # a million records and their dicts, no reference cycles among them
+        return _parse_capture(data.removeprefix(b"\xef\xbb\xbf"), source)
+
+
+def _parse_capture(data: bytes, source: str) -> Capture:
     out = _Problems(source)
     records: list[Record] = []
     header: dict[str, str] = {}
@@ -235,43 +257,45 @@ def parse_capture(data: bytes, source: str, *, size: int | None = None) -> Captu
             break
         if text is None:
             continue
-        if not text or text[0] == "#" or _is_comment(text):
-            m = _HEADER.fullmatch(text.strip(" \t"))
-            if m and not records:
-                header[m.group(1)] = m.group(2)
-            continue
-        rec = _fast_line(text, n)
+        # a record starts with its timestamp: a line starting with a digit is no comment, and
+        # is tried on the fast path first (a million of them)
+        rec = _fast_line(text, n) if "0" <= text[:1] <= "9" else None
         if rec is None:
+            if not text or text[0] == "#" or _is_comment(text):
+                m = _HEADER.fullmatch(text.strip(" \t"))
+                if m and not records:
+                    header[m.group(1)] = m.group(2)
+                continue
             rec = _parse_line(text, n, out)
-        if rec is None:
-            continue
-        keys = PROBES[rec.probe].keys
-        if len(rec.fields) != len(keys):
-            for key in rec.fields:
-                if key not in keys:
-                    unknown[(rec.probe, key)] = unknown.get((rec.probe, key), 0) + 1
-                    first_seen.setdefault((rec.probe, key), n)
-        prev = last_ts.get(rec.cpu)
-        if prev is not None and rec.ts < prev[0]:
+            if rec is None:
+                continue
+            keys = PROBES[rec.probe].keys
+            if len(rec.fields) != len(keys):
+                for key in rec.fields:
+                    if key not in keys:
+                        unknown[(rec.probe, key)] = unknown.get((rec.probe, key), 0) + 1
+                        first_seen.setdefault((rec.probe, key), n)
+        _, ts, cpu, tid, probe, _, pid, _ = rec
+        prev = last_ts.get(cpu)
+        if prev is not None and ts < prev[0]:
             out.add(
                 n,
                 1,
-                f"timestamp goes back on cpu {rec.cpu} (line {prev[1]} has {prev[0]})",
-                str(rec.ts),
+                f"timestamp goes back on cpu {cpu} (line {prev[1]} has {prev[0]})",
+                str(ts),
                 f"at least {prev[0]}",
             )
         else:
-            last_ts[rec.cpu] = (rec.ts, n)
-        probe = rec.probe
+            last_ts[cpu] = (ts, n)
         func, kind = _CALL[probe]
         if kind == "entry":
-            k = (rec.tid, func)
+            k = (tid, func)
             open_calls[k] = open_calls.get(k, 0) + 1
         elif kind == "return":
-            k = (rec.tid, func)
+            k = (tid, func)
             if open_calls.get(k, 0) == 0:
-                col = len(f"{rec.ts} {rec.cpu} {rec.tid} {rec.pid} ") + 1
-                out.add(n, col, f"a return with no open {k[1]}.entry on tid {rec.tid}", probe)
+                col = len(f"{ts} {cpu} {tid} {pid} ") + 1
+                out.add(n, col, f"a return with no open {k[1]}.entry on tid {tid}", probe)
             else:
                 open_calls[k] -= 1
         records.append(rec)
@@ -306,14 +330,18 @@ def _lines(data: bytes, out: _Problems) -> list[str | None]:
     except UnicodeDecodeError:
         pass
     else:
-        lines: list[str | None] = list(text.split("\n"))
-        for i, t in enumerate(lines):
-            assert t is not None
-            if t.endswith("\r"):
-                lines[i] = t = t[:-1]
-            if len(t) > L.MAX_LINE_BYTES // 4 and len(t.encode()) > L.MAX_LINE_BYTES:
-                out.add(i + 1, 1, f"the line is over {L.MAX_LINE_BYTES} bytes (MAX_LINE_BYTES)")
-                lines[i] = None
+        split = text.split("\n")
+        lines: list[str | None] = list(split)
+        if "\r" in text:
+            lines = [t[:-1] if t[-1:] == "\r" else t for t in split]
+        # a line is long in bytes only when long in characters (at most 4 bytes each): the
+        # scan of each line is skipped when none is (a million lines)
+        if max(map(len, split)) > L.MAX_LINE_BYTES // 4:
+            for i, t in enumerate(lines):
+                assert t is not None
+                if len(t) > L.MAX_LINE_BYTES // 4 and len(t.encode()) > L.MAX_LINE_BYTES:
+                    out.add(i + 1, 1, f"the line is over {L.MAX_LINE_BYTES} bytes (MAX_LINE_BYTES)")
+                    lines[i] = None
         return lines
     res: list[str | None] = []
     for n, raw in enumerate(data.split(b"\n"), 1):
@@ -332,25 +360,30 @@ def _lines(data: bytes, out: _Problems) -> list[str | None]:
 
 def _fast_line(text: str, n: int) -> Record | None:
     """The record of a line as the script prints it (every key once, in order, in range), or
-    None: then ``_parse_line`` decides, reporting each problem at its column."""
+    None: then ``_parse_line`` decides, reporting each problem at its column. Two regex matches
+    check the whole line; the values are converted by ``int`` in one ``map`` (a million lines)."""
     head = _FAST_HEAD.match(text)
     if head is None:
         return None
-    fast = _FAST.get(head.group(5))
+    probe = head[5]
+    fast = _FAST.get(probe)
     if fast is None:
         return None
-    regex, keys, ranges = fast
-    m = regex.fullmatch(text, head.end())
+    m = fast.regex.fullmatch(text, head.end())
     if m is None:
         return None
-    fields: dict[str, Value] = {}
-    for key, raw, rng in zip(keys, m.groups(), ranges, strict=True):
-        v = int(raw, 0)
-        if rng is not None and not rng[0] <= v <= rng[1]:
+    values = list(map(int, m.groups(), repeat(0)))  # base 0: decimal or 0x hex
+    for i, low, high in fast.ranged:
+        if not low <= values[i] <= high:
             return None
-        fields[key] = v
-    ts, cpu, tid, pid = head.group(1, 2, 3, 4)
-    return Record(n, int(ts), int(cpu), int(tid), head.group(5), fields, int(pid), text)
+    ts, cpu, tid, pid = map(int, head.group(1, 2, 3, 4))
+    return _new_record(
+        Record, (n, ts, cpu, tid, probe, dict(zip(fast.keys, values, strict=True)), pid, text)
+    )
+
+
+#: ``Record``'s fields from one tuple, without the keyword-argument ``__new__`` (``_fast_line``).
+_new_record = tuple.__new__
 
 
 def _parse_line(text: str, n: int, out: _Problems) -> Record | None:
