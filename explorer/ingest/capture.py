@@ -137,7 +137,18 @@ _HEADER = re.compile(r"#\s*([a-z_][a-z0-9_]*)=(\S*)\s*")
 _ATTACHING = re.compile(r"Attaching [0-9]+ probes?\.\.\.")
 _HEXDIGITS = frozenset("0123456789abcdefABCDEF")
 _HEAD_SHAPE = "<timestamp_ns> <cpu> <tid> <pid> <probe> key=value ..."
-_FAST_HEAD = re.compile(r"(0|[1-9][0-9]*) (0|[1-9][0-9]*) (0|[1-9][0-9]*) (0|[1-9][0-9]*) (\S+)")
+#: The timestamp, then who printed the record: "<cpu> <tid> <pid> <probe>" (one group, the key of
+#: ``_fast_line``'s memo), with the probe as a group of its own.
+_FAST_HEAD = re.compile(
+    r"(0|[1-9][0-9]*) ((?:0|[1-9][0-9]*) (?:0|[1-9][0-9]*) (?:0|[1-9][0-9]*) (\S+))"
+)
+#: ``_fast_line``'s memo: "<cpu> <tid> <pid> <probe>" -> (cpu, tid, pid, probe, its _Fast)
+_Who = dict[
+    str,
+    tuple[int, int, int, str, re.Pattern[str], tuple[str, ...], tuple[tuple[int, int, int], ...]],
+]
+#: The memo's bound (a host's threads x CPUs x probes; cleared when over).
+_MAX_WHO = 1 << 16
 _FAST_VALUE = rf"(-?(?:0|[1-9][0-9]{{0,{L.MAX_INT_DIGITS - 1}}})|0x[0-9a-fA-F]{{1,64}})"
 
 
@@ -248,10 +259,12 @@ def _parse_capture(data: bytes, source: str) -> Capture:
     out = _Problems(source)
     records: list[Record] = []
     header: dict[str, str] = {}
-    last_ts: dict[int, tuple[int, int]] = {}  # cpu -> (ts, line)
+    last_ts: dict[int, int] = {}  # cpu -> the timestamp of its last record in order
+    last_line: dict[int, int] = {}  # cpu -> that record's line
     open_calls: dict[tuple[int, str], int] = {}  # (tid, function) -> entries not yet returned
     unknown: dict[tuple[str, str], int] = {}
     first_seen: dict[tuple[str, str], int] = {}
+    who: _Who = {}
     n = 0
     for n, text in enumerate(_lines(data, out), 1):
         if out.full:
@@ -260,7 +273,7 @@ def _parse_capture(data: bytes, source: str) -> Capture:
             continue
         # a record starts with its timestamp: a line starting with a digit is no comment, and
         # is tried on the fast path first (a million of them)
-        rec = _fast_line(text, n) if "0" <= text[:1] <= "9" else None
+        rec = _fast_line(text, n, who) if "0" <= text[:1] <= "9" else None
         if rec is None:
             if not text or text[0] == "#" or _is_comment(text):
                 m = _HEADER.fullmatch(text.strip(" \t"))
@@ -277,28 +290,29 @@ def _parse_capture(data: bytes, source: str) -> Capture:
                         unknown[(rec.probe, key)] = unknown.get((rec.probe, key), 0) + 1
                         first_seen.setdefault((rec.probe, key), n)
         ts, cpu, tid, probe = rec.ts, rec.cpu, rec.tid, rec.probe
-        prev = last_ts.get(cpu)
-        if prev is not None and ts < prev[0]:
+        if ts < last_ts.get(cpu, 0):
+            last = last_ts[cpu]
             out.add(
                 n,
                 1,
-                f"timestamp goes back on cpu {cpu} (line {prev[1]} has {prev[0]})",
+                f"timestamp goes back on cpu {cpu} (line {last_line[cpu]} has {last})",
                 str(ts),
-                f"at least {prev[0]}",
+                f"at least {last}",
             )
         else:
-            last_ts[cpu] = (ts, n)
-        func, kind = _CALL[probe]
-        if kind == "entry":
+            last_ts[cpu] = ts
+            last_line[cpu] = n
+        func, step = _CALL[probe]
+        if step:
             k = (tid, func)
-            open_calls[k] = open_calls.get(k, 0) + 1
-        elif kind == "return":
-            k = (tid, func)
-            if open_calls.get(k, 0) == 0:
-                col = len(f"{ts} {cpu} {tid} {rec.pid} ") + 1
-                out.add(n, col, f"a return with no open {k[1]}.entry on tid {tid}", probe)
+            depth = open_calls.get(k, 0)
+            if step > 0:
+                open_calls[k] = depth + 1
+            elif depth:
+                open_calls[k] = depth - 1
             else:
-                open_calls[k] -= 1
+                col = len(f"{ts} {cpu} {tid} {rec.pid} ") + 1
+                out.add(n, col, f"a return with no open {func}.entry on tid {tid}", probe)
         records.append(rec)
     if not records and not out.items:
         lines = data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
@@ -317,9 +331,12 @@ def _parse_capture(data: bytes, source: str) -> Capture:
     return Capture(source, tuple(records), notes, dict(unknown), header)
 
 
-#: probe -> (function, "entry" | "return" | "") for the entry/return pairing
-_CALL: dict[str, tuple[str, str]] = {
-    p: (p.rpartition(".")[0], p.rpartition(".")[2]) if "." in p else (p, "") for p in PROBES
+#: probe -> (function, +1 for its entry, -1 for its return, 0: not a call) for the pairing
+_CALL: dict[str, tuple[str, int]] = {
+    p: (p.rpartition(".")[0], {"entry": 1, "return": -1}.get(p.rpartition(".")[2], 0))
+    if "." in p
+    else (p, 0)
+    for p in PROBES
 }
 
 
@@ -359,18 +376,25 @@ def _lines(data: bytes, out: _Problems) -> list[str | None]:
     return res
 
 
-def _fast_line(text: str, n: int) -> Record | None:
+def _fast_line(text: str, n: int, who: _Who) -> Record | None:
     """The record of a line as the script prints it (every key once, in order, in range), or
     None: then ``_parse_line`` decides, reporting each problem at its column. Two regex matches
-    check the whole line; the values are converted by ``int`` in one ``map`` (a million lines)."""
+    check the whole line; the values are converted by ``int`` in one ``map`` (a million lines).
+    ``who`` remembers each "<cpu> <tid> <pid> <probe>" met: a thread prints many records on one
+    CPU, so its head is converted once, not on each line."""
     head = _FAST_HEAD.match(text)
     if head is None:
         return None
-    probe = head[5]
-    fast = _FAST.get(probe)
-    if fast is None:
-        return None
-    regex, keys, ranged = fast
+    known = who.get(head[2])
+    if known is None:
+        fast = _FAST.get(head[3])
+        if fast is None:
+            return None
+        cpu_s, tid_s, pid_s, probe_s = head[2].split(" ")
+        if len(who) >= _MAX_WHO:
+            who.clear()
+        known = who[head[2]] = (int(cpu_s), int(tid_s), int(pid_s), probe_s, *fast)
+    cpu, tid, pid, probe, regex, keys, ranged = known
     m = regex.fullmatch(text, head.end())
     if m is None:
         return None
@@ -378,8 +402,7 @@ def _fast_line(text: str, n: int) -> Record | None:
     for i, low, high in ranged:
         if not low <= values[i] <= high:
             return None
-    ts, cpu, tid, pid = map(int, head.group(1, 2, 3, 4))
-    return Record(n, ts, cpu, tid, probe, dict(zip(keys, values, strict=True)), pid, text)
+    return Record(n, int(head[1]), cpu, tid, probe, dict(zip(keys, values, strict=True)), pid, text)
 
 
 def _parse_line(text: str, n: int, out: _Problems) -> Record | None:
