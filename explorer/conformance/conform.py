@@ -100,19 +100,24 @@ class Matches(Sequence[Match]):
 
     def _built(self) -> list[Match]:
         if self._items is None:
-            assert self._observed is not None
-            items: list[Match] = []
-            starts, steps = self._starts, self._steps
-            e, nxt, cur = -1, (starts[0] if starts else 1 << 62), -1
-            for line, kind, value, pos in self._observed:  # positions ascend: one sweep
-                while pos >= nxt:
-                    e += 1
-                    cur = steps[e] if e < len(steps) else -1
-                    nxt = starts[e + 1] if e + 1 < len(starts) else 1 << 62
-                items.append(_new_match(Match, (line, kind, value, cur)))
-            items.sort(key=itemgetter(3, 0))  # (step, line)
-            self._items, self._observed = items, None
+            with gc_paused():  # a million tuples, no cycles among them
+                self._items = self._build()
+            self._observed = None
         return self._items
+
+    def _build(self) -> list[Match]:
+        assert self._observed is not None
+        items: list[Match] = []
+        starts, steps = self._starts, self._steps
+        e, nxt, cur = -1, (starts[0] if starts else 1 << 62), -1
+        for line, kind, value, pos in self._observed:  # positions ascend: one sweep
+            while pos >= nxt:
+                e += 1
+                cur = steps[e] if e < len(steps) else -1
+                nxt = starts[e + 1] if e + 1 < len(starts) else 1 << 62
+            items.append(_new_match(Match, (line, kind, value, cur)))
+        items.sort(key=itemgetter(3, 0))  # (step, line)
+        return items
 
     def __len__(self) -> int:
         return len(self._observed) if self._observed is not None else len(self._built())
