@@ -8,7 +8,7 @@ gzip: :data:`INPUTS`), each cell 100k faults by default. Every cell prints the p
 floor (decoding the lines alone) as well as parse + replay.
 
 Never asserted in tests (shared machines are noisy); compare timings as ratios within one run.
-``python -m explorer.bench [--quick] [--matrix-faults N] [--only matrix|boot] [--write FILE]``.
+``python -m explorer.bench [--quick] [--matrix-faults N] [--only matrix|boot|capture] [--write FILE]``.
 """
 
 from __future__ import annotations
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", metavar="FILE", help="also write the figures as Markdown to FILE")
     p.add_argument(
         "--only",
-        choices=("boot", "matrix", "explore", "browser"),
+        choices=("boot", "matrix", "explore", "browser", "capture"),
         help="run one part (default: all)",
     )
     p.add_argument(
@@ -421,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{_mark(r['p50_ms'] <= 250)})",
                 flush=True,
             )
+    if args.only in (None, "capture"):
+        from explorer.conformance.bench import bench_capture, summary
+
+        print(summary(bench_capture(100_000 if args.quick else 1_000_000)), flush=True)
     maps = [region_map_stats(n) for n in (32_768, 524_288)]
     for m in maps:
         print(
