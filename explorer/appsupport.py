@@ -79,6 +79,9 @@ class ViewState:
     step: int = -1
     overrides: dict[str, Any] = field(default_factory=dict)
     notes: dict[int, str] = field(default_factory=dict)
+    #: The sample's concurrent groups pinned to these turn orders (``schedule=`` of a finding
+    #: link, explorer.interleavings.job.encode_schedule), or None: the sample as it is.
+    schedule: list[list[str]] | None = None
 
 
 #: Review notes a link may carry, and the characters of each (a URL stays a few KB).
@@ -167,6 +170,19 @@ def decode_view_state(params: Mapping[str, Any]) -> tuple[ViewState, list[str]]:
                 problems.append(f"URL: notes ignored: {exc}")
         elif key in OTHER_PAGE_PARAMS:
             pass
+        elif key == "schedule" and str(value) not in SETTING_SPECS["schedule"].choices:
+            # ``schedule`` names both a setting (its few words) and a finding's pinned turn
+            # orders (CPU names in runs): a value the setting does not take is the orders.
+            from explorer.interleavings.job import decode_schedule
+
+            try:
+                state.schedule = decode_schedule(str(value))
+            except ValueError as exc:
+                problems.append(
+                    f"URL: schedule={str(value)[:80]!r} ignored: {exc} (expected one of "
+                    f"{', '.join(SETTING_SPECS['schedule'].choices)}, or a finding's turn "
+                    "orders like vcpu0*2.vcpu1)"
+                )
         elif key in SETTING_SPECS:
             spec = SETTING_SPECS[key]
             try:
@@ -184,14 +200,19 @@ def encode_view_state(
     settings: Settings,
     base: Settings,
     notes: Mapping[int, str] | None = None,
+    schedule: str = "",
 ) -> dict[str, str]:
     """Query parameters for a link that reproduces the view (only settings that differ from
     ``base``, the trace's own settings; the review notes when there are any and they fit a
-    link, MAX_URL_NOTES_CHARS; the app refuses to pin a note past that)."""
+    link, MAX_URL_NOTES_CHARS; the app refuses to pin a note past that). ``schedule``: the
+    pinned turn orders of a sample opened from a finding (encoded); they take the parameter
+    over the ``schedule`` setting, which a pinned group ignores anyway."""
     out = {"sample": sample, "step": str(step)}
     for key, value in settings.to_dict().items():
         if getattr(base, key) != value:
             out[key] = str(value)
+    if schedule:
+        out["schedule"] = schedule
     if notes and url_notes_length(notes) <= MAX_URL_NOTES_CHARS:
         out["notes"] = encode_notes(notes)
     return out

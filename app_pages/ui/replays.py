@@ -26,6 +26,9 @@ class Loaded:
     source: str  # file name
     data: bytes
     trace: Trace
+    #: A sample with its concurrent groups pinned (a finding's link or Open button): the turn
+    #: orders as a link carries them (explorer.interleavings.job.encode_schedule), else "".
+    schedule: str = ""
 
 
 @st.cache_resource(max_entries=REPLAY_CACHE_ENTRIES, show_spinner=False)
