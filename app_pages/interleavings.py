@@ -96,16 +96,10 @@ def _open(
         with st.spinner("Pinning the schedule..."):
             plain = common.pinned_sample(loaded.name, []).trace if loaded.schedule else loaded.trace
             try:
-                at_sample = common.pinned_sample(loaded.name, orders)
+                at_sample = common.adopt_pinned(loaded.name, orders, settings)
             except ValueError as exc:
-                st.error("The schedule could not be pinned:")
-                st.text(str(exc))
+                st.error(f"The schedule could not be pinned: {exc}")
                 return
-            base = common.trace_settings(at_sample)
-            common.adopt(at_sample)
-            st.session_state.overrides = {
-                k: v for k, v in settings.to_dict().items() if getattr(base, k) != v
-            }
             step = (
                 at_step
                 if at_step is not None

@@ -80,6 +80,18 @@ def pinned_sample(name: str, orders: Sequence[Sequence[str]]) -> Loaded:
     )
 
 
+def adopt_pinned(name: str, orders: Sequence[Sequence[str]], settings: Settings) -> Loaded:
+    """Show the sample ``name`` pinned to ``orders`` under ``settings`` (kept as overrides of
+    the sample's own): what a finding's Open button does, so its share link is the sample's."""
+    pinned = pinned_sample(name, orders)
+    base = trace_settings(pinned)
+    adopt(pinned)
+    st.session_state.overrides = {
+        k: v for k, v in settings.to_dict().items() if getattr(base, k) != v
+    }
+    return pinned
+
+
 def load_sample(name: str) -> None:
     data = sample_bytes(name)
     adopt(Loaded(name, f"{name}.jsonl", data, _parse(content_key(data), f"{name}.jsonl", data)))
