@@ -9,23 +9,13 @@ import streamlit as st
 
 from app_pages import common
 from app_pages.ui.explore_tabs import explore_tabs
-from app_pages.ui.keys import STEP_HEADER_CSS, STEP_HEADER_KEY, step_keys
+from app_pages.ui.keys import STEP_HEADER_KEY, step_keys
 from app_pages.ui.state_panel import export_choice, map_and_caches
-from app_pages.ui.step_panel import code_and_locks, step_text
+from app_pages.ui.step_panel import COMPACT_CSS, code_and_locks, step_text
 from app_pages.ui.stepper import controls, period, play_clock
 from explorer.appsupport import Place, place_in, stop_note
 from explorer.model.settings import Settings
 from explorer.replay.timeline import Timeline
-
-#: Our own CSS: tight page margins and gaps, and a code panel in a projector's 720 lines.
-COMPACT_CSS = (
-    "<style>.block-container{padding-top:3rem;padding-bottom:1rem}"
-    ".st-key-step_view [data-testid=stVerticalBlock]{gap:0.35rem}"
-    ".st-key-code_panel pre, .st-key-code_panel code{font-size:12px;line-height:1.3}"
-    ".st-key-code_panel pre{padding:0.4rem 0.6rem !important}"
-    ".st-key-locks pre, .st-key-locks div{font-size:12px}"
-    ".st-key-step_header p, .st-key-step_header div{font-size:14px}" + STEP_HEADER_CSS + "</style>"
-)
 
 
 def knob_effects(loaded: common.Loaded, settings: Settings) -> None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -22,13 +24,79 @@ DEFAULT_SAMPLE = "td_lifecycle"
 #: The upload limit in MiB; ``.streamlit/config.toml`` sets ``server.maxUploadSize`` to the same
 #: (a test keeps them equal).
 UPLOAD_LIMIT_MB = L.MAX_UPLOAD_BYTES // L.MIB
-#: Replays kept per server process (least recently used dropped first), and the checkpoint
-#: memory each may take: together they bound the cache (8 x 256 MiB of checkpoints at most).
-REPLAY_CACHE_ENTRIES = 8
+#: The checkpoint memory one replay may take (explorer.replay.timeline thins them to fit).
 REPLAY_CHECKPOINT_BUDGET = 256 << 20
+#: Bytes of parsed traces and replays the server process keeps for all sessions together
+#: (:class:`ByteBudgetCache`, least recently used dropped first); docs/reliability.md.
+REPLAY_CACHE_BUDGET = 1 << 30
+#: Estimated bytes per event of a parsed trace and of its replay (RSS growth measured on a
+#: 1,075,398-event upload: 201 MiB parsed, 461 MiB replayed; docs/reliability.md), plus a
+#: floor for the fixed part of a small one.
+PARSE_BYTES_PER_EVENT = 190
+REPLAY_BYTES_PER_EVENT = 430
+CACHE_ENTRY_FLOOR = 64 << 10
 #: The largest integer a Streamlit ``number_input`` holds exactly (JavaScript's
 #: ``Number.MAX_SAFE_INTEGER``); a setting whose range goes beyond it is edited as text.
 JS_MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def parse_estimate(nr_events: int) -> int:
+    """Bytes a parsed trace of ``nr_events`` events holds (its event objects dominate)."""
+    return CACHE_ENTRY_FLOOR + PARSE_BYTES_PER_EVENT * nr_events
+
+
+def replay_estimate(nr_events: int) -> int:
+    """Bytes a replay of ``nr_events`` events holds (per-event arrays and checkpoints)."""
+    return CACHE_ENTRY_FLOOR + REPLAY_BYTES_PER_EVENT * nr_events
+
+
+class ByteBudgetCache:
+    """Values kept under a byte budget, each with its estimated size; least recently used
+    dropped first. A value over the whole budget is not kept (the caller keeps it for its own
+    session): the app's replay cache was a count of entries (8), so eight uploads near the
+    limit kept about 5.3 GB after their sessions closed; a budget in bytes bounds that to
+    ``budget`` whatever the traces are. Thread-safe: Streamlit runs sessions in threads."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any | None:
+        """The value under ``key`` (now the most recently used), or None."""
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[0]
+
+    def put(self, key: Hashable, value: Any, size: int) -> bool:
+        """Keep ``value`` as ``size`` bytes, dropping the least recently used until the total
+        fits; False (nothing kept or dropped) when ``size`` alone is over the budget."""
+        if size > self.budget:
+            return False
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            while self._items and self._bytes + size > self.budget:
+                _, (_, dropped) = self._items.popitem(last=False)
+                self._bytes -= dropped
+            self._items[key] = (value, size)
+            self._bytes += size
+            return True
+
+    @property
+    def total(self) -> int:
+        """Estimated bytes held."""
+        return self._bytes
+
+    def held(self) -> list[Hashable]:
+        """Keys, least recently used first."""
+        with self._lock:
+            return list(self._items)
 
 
 @dataclass(frozen=True)
@@ -79,6 +147,9 @@ class ViewState:
     step: int = -1
     overrides: dict[str, Any] = field(default_factory=dict)
     notes: dict[int, str] = field(default_factory=dict)
+    #: The sample's concurrent groups pinned to these turn orders (``schedule=`` of a finding
+    #: link, explorer.interleavings.job.encode_schedule), or None: the sample as it is.
+    schedule: list[list[str]] | None = None
 
 
 #: Review notes a link may carry, and the characters of each (a URL stays a few KB).
@@ -167,6 +238,19 @@ def decode_view_state(params: Mapping[str, Any]) -> tuple[ViewState, list[str]]:
                 problems.append(f"URL: notes ignored: {exc}")
         elif key in OTHER_PAGE_PARAMS:
             pass
+        elif key == "schedule" and str(value) not in SETTING_SPECS["schedule"].choices:
+            # ``schedule`` names both a setting (its few words) and a finding's pinned turn
+            # orders (CPU names in runs): a value the setting does not take is the orders.
+            from explorer.interleavings.job import decode_schedule
+
+            try:
+                state.schedule = decode_schedule(str(value))
+            except ValueError as exc:
+                problems.append(
+                    f"URL: schedule={str(value)[:80]!r} ignored: {exc} (expected one of "
+                    f"{', '.join(SETTING_SPECS['schedule'].choices)}, or a finding's turn "
+                    "orders like vcpu0*2.vcpu1)"
+                )
         elif key in SETTING_SPECS:
             spec = SETTING_SPECS[key]
             try:
@@ -184,14 +268,19 @@ def encode_view_state(
     settings: Settings,
     base: Settings,
     notes: Mapping[int, str] | None = None,
+    schedule: str = "",
 ) -> dict[str, str]:
     """Query parameters for a link that reproduces the view (only settings that differ from
     ``base``, the trace's own settings; the review notes when there are any and they fit a
-    link, MAX_URL_NOTES_CHARS; the app refuses to pin a note past that)."""
+    link, MAX_URL_NOTES_CHARS; the app refuses to pin a note past that). ``schedule``: the
+    pinned turn orders of a sample opened from a finding (encoded); they take the parameter
+    over the ``schedule`` setting, which a pinned group ignores anyway."""
     out = {"sample": sample, "step": str(step)}
     for key, value in settings.to_dict().items():
         if getattr(base, key) != value:
             out[key] = str(value)
+    if schedule:
+        out["schedule"] = schedule
     if notes and url_notes_length(notes) <= MAX_URL_NOTES_CHARS:
         out["notes"] = encode_notes(notes)
     return out

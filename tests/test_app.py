@@ -3,6 +3,7 @@
 import json
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -456,7 +457,11 @@ def test_an_uploaded_capture_shows_its_divergences_and_jumps_to_them() -> None:
     loaded = at.session_state.loaded
     assert loaded.source == "divergent.imported.jsonl"
     info = at.session_state.capture_info
-    assert not info.conformance.ok and {d.line for d in info.conformance.divergences} == {72, 79, 88}
+    assert not info.conformance.ok and {d.line for d in info.conformance.divergences} == {
+        72,
+        79,
+        88,
+    }
     _open_tab(at, "Kernel capture")
     assert any("divergence(s)" in m.value for m in at.markdown)
     table = _table(at, "capture line")
@@ -579,3 +584,39 @@ def test_notes_too_long_for_a_link_are_refused_by_the_app() -> None:
     raw = at.query_params["notes"]
     raw = raw[0] if isinstance(raw, list) else raw
     assert len(json.loads(raw)) == len(at.session_state.review_notes)
+
+
+def test_the_replay_cache_is_bounded_in_bytes_least_recently_used_first() -> None:
+    from explorer.appsupport import ByteBudgetCache, parse_estimate, replay_estimate
+
+    cache = ByteBudgetCache(1000)
+    assert cache.put("a", 1, 400) and cache.put("b", 2, 400)
+    assert cache.get("a") == 1  # now b is the least recently used
+    assert cache.put("c", 3, 300)  # 1,100 > 1,000: b goes
+    assert cache.held() == ["a", "c"] and cache.total == 700 and cache.get("b") is None
+    assert not cache.put("huge", 4, 1001)  # over the budget alone: kept nowhere here
+    assert cache.held() == ["a", "c"] and cache.total == 700
+    assert cache.put("a", 5, 900)  # a replaced (its old size freed), c dropped to fit
+    assert cache.held() == ["a"] and cache.total == 900 and cache.get("a") == 5
+    # the estimates: a 1.08M-event upload is about 660 MiB, under the 1 GiB budget alone
+    n = 1_075_398
+    assert 600 << 20 < parse_estimate(n) + replay_estimate(n) < 700 << 20
+
+
+def test_a_trace_over_the_budget_stays_in_its_session_only(monkeypatch: Any) -> None:
+    from app_pages.ui import replays
+    from explorer.appsupport import REPLAY_CACHE_BUDGET, ByteBudgetCache
+
+    fresh = ByteBudgetCache(REPLAY_CACHE_BUDGET)
+    monkeypatch.setattr(replays, "shared_cache", lambda: fresh)
+    monkeypatch.setattr(replays, "replay_estimate", lambda n: REPLAY_CACHE_BUDGET + 1)
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60)
+    at.run()
+    at.selectbox(key="sample_select").set_value("lost_race").run()
+    assert not at.exception, [e.value for e in at.exception]
+    own = at.session_state["own_cache"]
+    # the session keeps its latest replay (the one on show); the shared cache none
+    ((kind, _, _),) = own
+    assert kind == "replay" and next(iter(own.values())).nr_steps > 0
+    assert [k[0] for k in fresh.held()].count("replay") == 0
+    assert [k[0] for k in fresh.held()].count("parse") >= 2

@@ -5,9 +5,20 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app_pages.ui.keys import STEP_HEADER_CSS
 from explorer.model.records import Snapshot, Step
 from explorer.replay.timeline import Timeline
 from explorer.views.code import code_panel, lock_summary
+
+#: Our own CSS: tight page margins and gaps, and a code panel in a projector's 720 lines.
+COMPACT_CSS = (
+    "<style>.block-container{padding-top:3rem;padding-bottom:1rem}"
+    ".st-key-step_view [data-testid=stVerticalBlock]{gap:0.35rem}"
+    ".st-key-code_panel pre, .st-key-code_panel code{font-size:12px;line-height:1.3}"
+    ".st-key-code_panel pre{padding:0.4rem 0.6rem !important}"
+    ".st-key-locks pre, .st-key-locks div{font-size:12px}"
+    ".st-key-step_header p, .st-key-step_header div{font-size:14px}" + STEP_HEADER_CSS + "</style>"
+)
 
 
 def step_text(tl: Timeline, step: Step | None) -> None:
