@@ -236,7 +236,7 @@ def _load_capture(name: str, data: bytes) -> tuple[Problem, ...] | None:
     key = content_key(text)
     trace = _parse(key, source, text)
     adopt(Loaded("upload", source, text, trace))
-    st.session_state.capture_info = CaptureInfo(name, key, conform(cap))
+    st.session_state.capture_info = CaptureInfo(name, key, conform(cap, imported=imp))
     return None
 
 
