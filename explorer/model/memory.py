@@ -241,10 +241,21 @@ class HostMemory:
     def apply(self, pages: PageDelta, scalars: tuple[Any, ...]) -> None:
         """Apply a delta checkpoint (see :meth:`explorer.model.machine.Machine.delta`): the
         changed pages' owners, then each touched region's free count, recounted."""
-        pfns, owners = pages
+        self.apply_many([pages], scalars)
+
+    def apply_many(self, pages: list[PageDelta], scalars: tuple[Any, ...]) -> None:
+        """Apply consecutive delta checkpoints as one: their pages merged first (the last owner
+        of each page wins), so a page changed in several of them is written once; ``scalars``
+        are the last one's."""
+        if len(pages) == 1:
+            merged = dict(zip(pages[0][0], pages[0][1], strict=True))
+        else:
+            merged = {}
+            for pfns, owners in pages:
+                merged.update(zip(pfns, owners, strict=True))
         regions, rcounts = self.regions, self.rcounts
         touched: set[int] = set()
-        for pfn, code in zip(pfns, owners, strict=True):
+        for pfn, code in merged.items():
             region = pfn >> PAGES_PER_REGION_SHIFT
             map_ = regions.get(region)
             if map_ is None:

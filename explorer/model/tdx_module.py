@@ -189,11 +189,20 @@ class TdxModule:
     def apply(self, d: ModuleDelta) -> None:
         """Apply a :meth:`delta`: the pages' kinds, the pairs, and the use count of each region
         a page changed in, recounted from its kinds."""
-        pfns, kinds, pair_regions, firsts, seconds = d
+        self.apply_many([d])
+
+    def apply_many(self, deltas: list[ModuleDelta]) -> None:
+        """Apply consecutive :meth:`delta` results as one: pages and pairs merged first (the
+        last value wins), so each is written once."""
+        merged: dict[int, int] = {}
+        pairs: dict[int, tuple[int, int]] = {}
+        for pfns, kinds, pair_regions, firsts, seconds in deltas:
+            merged.update(zip(pfns, kinds, strict=True))
+            pairs.update(zip(pair_regions, zip(firsts, seconds, strict=True), strict=True))
         pages = self.pages
         used = self.used
         touched: set[int] = set()
-        for pfn, code in zip(pfns, kinds, strict=True):
+        for pfn, code in merged.items():
             region = pfn >> PAGES_PER_REGION_SHIFT
             map_ = pages.get(region)
             if map_ is None:
@@ -213,7 +222,7 @@ class TdxModule:
                 else:
                     del used[region]
         self._images.dirty |= touched
-        for r, a, b in zip(pair_regions, firsts, seconds, strict=True):
+        for r, (a, b) in pairs.items():
             if a < 0:
                 self.pairs.pop(r, None)
             else:
