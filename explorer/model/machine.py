@@ -901,12 +901,12 @@ class Machine(KernelState):
             )
             vcpus.append((v.id, v.td, v.alive, tuple(v.pamt_cache), caches, tuple(v.control)))
         return (
-            tuple(sorted((r, bytes(b)) for r, b in mem.regions.items())),
+            tuple(sorted((r, bytes(b)) for r, b in mem.maps().items())),
             tuple(sorted(set(mem._heap))),
             mem._untouched,
             mem._spread_cursor,
             mem._rng.state,
-            tuple(sorted((r, bytes(b)) for r, b in self.module.pages.items())),
+            tuple(sorted((r, bytes(b)) for r, b in self.module.kind_maps().items())),
             tuple(sorted(self.module.pairs.items())),
             tuple(sorted(self.refcount.items())),
             tuple(sorted(self.orphans.items())),
@@ -992,7 +992,7 @@ class Machine(KernelState):
             event=event,
             settings=s,
             nr_regions=self.mem.nr_regions,
-            region_owners=self.mem.all_region_counts(),
+            region_owners=self.mem.region_table(),
             refcount=_by_key(self.refcount),
             pairs=_by_key(self.module.pairs),
             orphans=_by_key(self.orphans),
