@@ -708,11 +708,13 @@ class Machine(KernelState):
         last = deltas[-1]
         self.mem.apply_many([d.mem_pages for d in deltas], last.mem_scalars)
         self.module.apply_many([d.module for d in deltas])
-        rows: dict[int, tuple[int, int, int]] = {}
-        for d in deltas:
-            keys, refcounts, orphans, gotten = d.regions
-            rows.update(zip(keys, zip(refcounts, orphans, gotten, strict=True), strict=True))
-        self._apply_rows(rows)
+        for i, table in enumerate((self.refcount, self.orphans, self.gotten), 1):
+            merged: dict[int, int] = {}
+            for d in deltas:
+                merged.update(zip(d.regions[0], d.regions[i], strict=True))
+            table.update(merged)  # (in C; then the rows that went to 0 leave)
+            for r in [r for r, value in merged.items() if not value]:
+                del table[r]
         per_td: dict[int, list[tuple[SmallTd, ChunkedDelta, ChunkedDelta, dict[Any, Any]]]] = {}
         for d in deltas:
             for k, part in d.tds.items():

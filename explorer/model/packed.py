@@ -341,7 +341,7 @@ class LayeredMaps:
         else:
             merged = pages
         keys = sorted(merged)  # (each delta's pages ascending: a few runs for the sort)
-        out = LayeredMaps(self.base, self.size, int32s(keys), bytes([merged[k] for k in keys]))
+        out = LayeredMaps(self.base, self.size, int32s(keys), bytes(map(merged.__getitem__, keys)))
         out.inflated = self.inflated
         return out
 
