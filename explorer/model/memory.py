@@ -69,6 +69,9 @@ class HostMemory:
         self.rcounts: dict[int, list[int]] = {}
         #: the maps of a restored memory not built yet (None: nothing restored)
         self._layers: LayeredMaps | None = None
+        #: regions the layers were found not to hold (the "lowest" allocator asks about the
+        #: lowest untouched region at every allocation)
+        self._absent: set[int] = set()
         #: pages per owner code, over all memory
         self.counts: list[int] = [0] * _NR_OWNERS
         self.counts[FREE] = total_pages
@@ -88,11 +91,13 @@ class HostMemory:
     def _built(self, region: int) -> bytearray | None:
         """``region``'s map, built from the restored layers if needed; None: never touched."""
         owners = self.regions.get(region)
-        if owners is None and self._layers is not None:
+        if owners is None and self._layers is not None and region not in self._absent:
             owners = self._layers.map(region)
             if owners is not None:
                 self.regions[region] = owners
                 self.rcounts[region] = owner_counts(owners)
+            else:
+                self._absent.add(region)
         return owners
 
     def owner(self, pfn: int) -> int:
@@ -284,6 +289,7 @@ class HostMemory:
         self.regions = {}
         self.rcounts = {}
         self._layers = LayeredMaps(img.regions, PAGES_PER_REGION) if img.regions else None
+        self._absent = set()
         self._images = SparseImages(dict(img.regions))
         self.counts = list(img.counts)
         self._heap = list(img.heap)
@@ -339,6 +345,7 @@ class HostMemory:
             if layers is None:
                 layers = LayeredMaps(None, PAGES_PER_REGION)
             self._layers = layers.with_pages(merged)
+            self._absent = set()
         counts, heap, self._untouched, self._spread_cursor, self._rng.state = scalars
         self.counts = list(counts)
         self._heap = list(heap)

@@ -86,8 +86,10 @@ class TdxModule:
         #: the kind each journal entry's page had before it
         self.journal_old = bytearray()
         self.pairs_dirty: set[int] = set()
-        #: the kinds of a restored module not built yet (None: nothing restored)
+        #: the kinds of a restored module not built yet (None: nothing restored), and the
+        #: regions they were found not to hold
         self._layers: LayeredMaps | None = None
+        self._absent: set[int] = set()
         #: page kinds as of the last image, shared by every image since
         self._images = SparseImages()
 
@@ -95,10 +97,12 @@ class TdxModule:
         """``region``'s kinds, built from the restored layers if needed (see
         :class:`~explorer.model.packed.LayeredMaps`); None: no page of it was ever used."""
         kinds = self.pages.get(region)
-        if kinds is None and self._layers is not None:
+        if kinds is None and self._layers is not None and region not in self._absent:
             kinds = self._layers.map(region)
             if kinds is not None:
                 self.pages[region] = kinds
+            else:
+                self._absent.add(region)
         return kinds
 
     def kind(self, pfn: int) -> int:
@@ -208,6 +212,7 @@ class TdxModule:
         """Take ``img``'s state. The kinds stay in the image until first read or written."""
         self.pages = {}
         self._layers = LayeredMaps(img.pages, PAGES_PER_REGION) if img.pages else None
+        self._absent = set()
         self._images = SparseImages(dict(img.pages))
         self.pairs = unpack_pairs(img.pairs)
         self.used = unpack_ints(img.used)
@@ -304,6 +309,7 @@ class TdxModule:
             if layers is None:
                 layers = LayeredMaps(None, PAGES_PER_REGION)
             self._layers = layers.with_pages(merged)
+            self._absent = set()
         for r, (a, b) in pairs.items():
             if a < 0:
                 self.pairs.pop(r, None)
