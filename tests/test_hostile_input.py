@@ -324,3 +324,39 @@ def test_generate_that_fails_midway_leaves_the_old_file(
     assert f"{out}: the write failed: No space left on device" in err
     assert out.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["t.jsonl"]
     assert real is not full_disk
+
+
+# ------------------------------------------------------------------ memory after sessions end
+def test_the_idle_trimmer_collects_and_trims_once_after_activity_goes_quiet() -> None:
+    """After a burst of script runs the server collects and trims once, ``idle_s`` after the
+    last run, and not while runs keep coming, nor again without new activity."""
+    from explorer.appsupport import IdleTrimmer
+
+    now = [100.0]
+    trims: list[float] = []
+    t = IdleTrimmer(idle_s=5.0, trim=lambda: trims.append(now[0]), clock=lambda: now[0])
+    assert not t.poll()  # nothing happened yet
+    for _ in range(10):  # a session stepping every second
+        t.touch()
+        now[0] += 1.0
+        assert not t.poll()
+    now[0] += 3.9  # 4.9 s since the last run
+    assert not t.poll() and trims == []
+    now[0] += 0.2
+    assert t.poll() and trims == [now[0]] and t.trims == 1
+    now[0] += 60
+    assert not t.poll() and t.trims == 1  # idle: nothing new to give back
+    t.touch()
+    now[0] += 5
+    assert t.poll() and t.trims == 2
+
+
+def test_the_idle_trimmer_thread_runs_and_stops() -> None:
+    from explorer.appsupport import IdleTrimmer
+
+    done = threading.Event()
+    t = IdleTrimmer(idle_s=0.0, poll_s=0.01, trim=done.set).start()
+    t.touch()
+    assert done.wait(10)
+    t.stop()
+    assert t._thread is not None and not t._thread.is_alive()
