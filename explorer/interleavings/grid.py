@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from explorer.cli.common import workers_problem
 from explorer.model.settings import Settings
 from explorer.sweeps.sweep import dask_client
 
@@ -131,7 +132,11 @@ def run_grid(
 ) -> list[dict[str, Any]]:
     """Every search of ``traces`` (each a name, its bytes and its grid of settings: a trace's own
     header settings differ from another's); rows in that order. ``workers`` 1 runs the searches
-    one after the other in this process's children (no cluster)."""
+    one after the other in this process's children (no cluster); ``workers`` outside 1 to
+    :func:`explorer.cli.common.max_workers` is a ValueError before anything runs."""
+    problem = workers_problem(workers)
+    if problem is not None:
+        raise ValueError(problem)
     tasks = [(name, data, s.to_dict()) for name, data, points in traces for s in points]
     if len(tasks) > MAX_TASKS:
         raise ValueError(f"{len(tasks):,} searches, over the limit of {MAX_TASKS:,} (MAX_TASKS)")
