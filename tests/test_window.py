@@ -13,6 +13,7 @@ from explorer.views.code import lock_summary
 from explorer.views.region_map import region_map
 from explorer.views.window import (
     apply_map_patch,
+    caches_figure,
     code_view,
     figure_json,
     step_text,
@@ -44,7 +45,7 @@ def test_each_step_is_what_the_views_draw(name: str, centre: int) -> None:
         want = figure_json(region_map(snap, changed, height=220))
         assert apply_map_patch(payload["map_base"], s["map"]) == want, f"map at step {i}"
         moved += bool(s["map"]["cells"])
-        assert s["caches"] == figure_json(pamt_cache_figure(snap, height=160)), i
+        assert caches_figure(payload, s) == figure_json(pamt_cache_figure(snap, height=160)), i
         text = step_text(tl, step)
         assert s["text"]["header"] == text.header and s["text"]["narration"] == text.narration
         assert s["text"]["event_line"] == text.event_line
@@ -77,3 +78,13 @@ def test_bad_arguments_are_named() -> None:
         step_window(tl, tl.nr_steps, 3)
     with pytest.raises(ValueError, match="radius"):
         step_window(tl, 0, -1)
+
+
+def test_a_recentred_window_reuses_the_memo_and_equals_a_fresh_one() -> None:
+    tl = _timeline("lost_race")
+    memo: dict = {}  # type: ignore[type-arg]
+    step_window(tl, 30, 4, memo=memo)
+    assert len(memo) == 9
+    again = step_window(tl, 33, 4, memo=memo)
+    assert len(memo) == 12  # only the 3 new steps were built
+    assert again == step_window(tl, 33, 4)

@@ -191,6 +191,20 @@ def apply_map_patch(base: dict[str, Any], patch: Mapping[str, Any]) -> dict[str,
     return {"data": data, "layout": patch.get("layout", base["layout"])}
 
 
+def _without(layout: dict[str, Any], key: str, value: object) -> dict[str, Any]:
+    if key in layout and layout[key] == value:
+        return {k: v for k, v in layout.items() if k != key}
+    return layout
+
+
+def caches_figure(window: Mapping[str, Any], step: Mapping[str, Any]) -> dict[str, Any]:
+    """A step's caches figure from the window (its template put back, as the client does)."""
+    layout = dict(step["caches"]["layout"])
+    if "template" not in layout and window["caches_template"] is not None:
+        layout["template"] = window["caches_template"]
+    return {"data": step["caches"]["data"], "layout": layout}
+
+
 def step_window(
     tl: Timeline,
     centre: int,
@@ -200,10 +214,13 @@ def step_window(
     map_height: int | None = None,
     cache_height: int | None = None,
     notes: Mapping[int, str] | None = None,
+    memo: dict[tuple[object, ...], tuple[dict[str, Any], dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """The payload for steps ``[centre - radius, centre + radius]`` (clipped to -1 .. last; -1
     is the state before the first step). ``notes``: review notes pinned to steps (shown with
-    the step's text). Raises ValueError naming the bad argument."""
+    the step's text). ``memo``: the steps' figures of earlier windows of the same replay (kept by
+    the caller): a re-centred window builds only its new steps (a figure costs ~50 ms, mostly
+    plotly's validation). Raises ValueError naming the bad argument."""
     last = tl.nr_steps - 1
     if last < 0:
         raise ValueError("step_window: the replay has no step")
@@ -212,18 +229,32 @@ def step_window(
     if radius < 0:
         raise ValueError(f"step_window: radius {radius} is negative")
     lo, hi = max(centre - radius, -1), min(centre + radius, last)
-    base = _map(tl, lo, color_by, map_height)
+    memo = {} if memo is None else memo
+
+    def figures(i: int, snap: Snapshot) -> tuple[dict[str, Any], dict[str, Any]]:
+        k = (i, color_by, map_height, cache_height)
+        if k not in memo:
+            caches = figure_json(pamt_cache_figure(snap, height=cache_height))
+            memo[k] = (_map(tl, i, color_by, map_height), caches)
+        return memo[k]
+
+    base = figures(lo, tl.state_at(lo))[0]
+    template = None
     steps = []
     for i in range(lo, hi + 1):
         snap = tl.state_at(i)
         step = tl.step(i) if i >= 0 else None
         note = (notes or {}).get(i, "")
+        fig_map, caches = figures(i, snap)
+        # the caches' theme template (7 KB) once for the window, not once a step
+        template = caches["layout"].get("template", template)
+        caches = {**caches, "layout": _without(caches["layout"], "template", template)}
         steps.append(
             {
                 "step": i,
                 "event": step.event if step is not None else -1,
-                "map": map_patch(base, _map(tl, i, color_by, map_height)),
-                "caches": figure_json(pamt_cache_figure(snap, height=cache_height)),
+                "map": map_patch(base, fig_map),
+                "caches": caches,
                 "text": asdict(step_text(tl, step)),
                 "note": note,
                 "code": [asdict(b) for b in code_view(snap, step)],
@@ -237,5 +268,6 @@ def step_window(
         "nr_steps": tl.nr_steps,
         "no_code": NO_CODE,
         "map_base": base,
+        "caches_template": template,
         "steps": steps,
     }
