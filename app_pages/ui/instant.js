@@ -90,6 +90,8 @@ function draw(st) {
   }));
   st.locks.textContent = s.locks.join('\n');
   st.root.dataset.step = String(i);
+  st.shown.push(i);  // every step drawn, in order (the browser test checks Play skips none)
+  if (st.shown.length > 1000) st.shown.shift();
 }
 
 // One report in flight at a time (each is a rerun of the page); a step the server has not
@@ -164,7 +166,10 @@ function install(st) {
     if (!what || !st.root.isConnected || e.ctrlKey || e.metaKey || e.altKey || e.shiftKey || typing(e)) return;
     e.preventDefault();
     e.stopImmediatePropagation();
+    const t0 = performance.now();
     act(st, what);
+    // key press to the step drawn, in the page (tools/step_latency.py reads it)
+    requestAnimationFrame(() => st.times.push(performance.now() - t0));
   }, true);
   window.addEventListener('click', (e) => {
     if (!st.root.isConnected) return;
@@ -211,7 +216,7 @@ export default function (component) {
     st.inflight = undefined;
     st.history = [];
   }
-  if (!st.installed) { install(st); st.installed = true; }
+  if (!st.installed) { st.times = []; st.shown = []; install(st); st.installed = true; }
   st.setStateValue = setStateValue;
   st.config = data.config;
   const prev = st.w;
