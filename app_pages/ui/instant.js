@@ -102,8 +102,6 @@ function report(st, now) {
     if (st.sent === st.step) return;
     st.sent = st.step;
     st.inflight = st.step;
-    st.history.push(st.step);
-    if (st.history.length > 50) st.history.shift();
     st.setStateValue('step', st.step);
   };
   const outside = st.step < st.w.lo || st.step > st.w.hi;
@@ -147,15 +145,22 @@ function stopPlay(st) {
 
 function togglePlay(st) {
   if (st.playing) { stopPlay(st); return; }
-  const t0 = performance.now(), from = st.step, period = st.w.period_ms;
+  const period = st.w.period_ms;
+  let t0 = performance.now(), from = st.step;
   st.playLabel('Pause');
-  // by the clock, as the server's Play does: a late tick still leaves playing at its speed;
-  // each step of the window is drawn (a tick never skips one it has not shown)
+  // by the clock, as the server's Play does (a late tick still leaves playing at its speed),
+  // and never past the window: at its edge playing waits for the re-centred window (asked
+  // MARGIN steps before), so every step is drawn, at the speed unless the server is late
   st.playing = setInterval(() => {
+    if (st.step >= st.w.nr_steps - 1) { stopPlay(st); return; }
     const due = from + Math.floor((performance.now() - t0) / period) + 1;
     const next = Math.min(st.step + 1, due);
     if (next <= st.step) return;
-    if (st.step >= st.w.nr_steps - 1) { stopPlay(st); return; }
+    if (next > st.w.hi) {  // wait for the window; the clock restarts from here
+      report(st, true);
+      t0 = performance.now(); from = st.step;
+      return;
+    }
     go(st, next);
   }, Math.max(16, period / 4));
 }
@@ -210,32 +215,23 @@ export default function (component) {
     right.append(st.header, st.narration, st.event, st.diag, st.note, st.code, st.locks);
     root.append(left, right);
     parentElement.appendChild(root);
-    st.root = root;
-    st.step = undefined;
-    st.sent = undefined;
-    st.inflight = undefined;
-    st.history = [];
+    st.root = root;  // a new root (a remount) keeps the shown step: the reply decides
   }
   if (!st.installed) { st.times = []; st.shown = []; install(st); st.installed = true; }
   st.setStateValue = setStateValue;
   st.config = data.config;
-  const prev = st.w;
+  const prevCursor = st.w ? st.w.cursor : undefined;
   st.w = data.window;
   st.w.margin = data.margin;
   st.w.period_ms = data.period_ms;
-  // the server moved the cursor itself (a jump, the slider, a link): show its step; otherwise
-  // (its reply to our report) keep the shown step, which the new window holds
   if (data.cursor === st.inflight) st.inflight = undefined;
-  // replies come in order: the answered report and those before it are done
-  const answered = st.history.indexOf(data.cursor);
-  const ours = answered >= 0;
-  if (ours) st.history.splice(0, answered + 1);
-  const serverMoved = !prev || (data.cursor !== prev.cursor && !ours);
+  // the server's cursor is a step this page reported (its reply, or a late copy of an older
+  // one): the shown step stays; else the server moved it (a jump, the slider, a link)
+  const serverMoved = !data.from_client && data.cursor !== prevCursor;
   if (st.step === undefined || serverMoved || st.step < st.w.lo || st.step > st.w.hi) {
     st.step = data.cursor;
     st.sent = data.cursor;
     st.inflight = undefined;
-    st.history = [];
   } else if (st.sent !== st.step) {
     report(st, Math.min(st.step - st.w.lo, st.w.hi - st.step) < st.w.margin);
   }

@@ -33,9 +33,9 @@ from explorer.replay.timeline import Timeline
 from explorer.views.window import step_window
 
 #: Steps either side of the cursor the browser holds.
-RADIUS = 15
+RADIUS = 20
 #: The browser asks for a re-centred window when it is this close to the window's edge.
-MARGIN = 5
+MARGIN = 10
 #: Steps' figures kept for re-centred windows (per session) before the memo starts over.
 MEMO_STEPS = 400
 #: Where Streamlit serves static files from (beside the main script) and the served path.
@@ -69,6 +69,7 @@ def _on_step() -> None:
     value = (st.session_state.get("instant_view") or {}).get("step")
     if isinstance(value, int):
         st.session_state.cursor = value
+        st.session_state.instant_reported = value
 
 
 def _window(tl: Timeline, replay_key: tuple[object, ...], cursor: int) -> dict[str, Any]:
@@ -108,6 +109,8 @@ def instant_view(tl: Timeline, replay_key: tuple[object, ...], cursor: int) -> N
         data={
             "window": _window(tl, replay_key, cursor),
             "cursor": cursor,
+            # the cursor is the step the browser reported (not moved since by the server)
+            "from_client": st.session_state.get("instant_reported") == cursor,
             "margin": MARGIN,
             "period_ms": int(period() * 1000),
             "plotly_src": PLOTLY_SRC,

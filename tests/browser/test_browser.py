@@ -335,7 +335,7 @@ def test_instant_steps_step_in_the_browser_and_the_server_follows(page, server) 
     edge too: it is re-centred) and the server's cursor follows (the step box)."""
     _instant_on(page, server + "/?sample=lost_race&step=10")
     _wait_step(page, 10)
-    for n in range(11, 11 + 22):  # past the window's edge (RADIUS 15): re-centred on the way
+    for n in range(11, 11 + 22):  # past the window's edge (RADIUS 20): re-centred on the way
         page.keyboard.press("ArrowRight")
         _wait_step(page, n)
     page.keyboard.press("ArrowLeft")
@@ -361,7 +361,8 @@ def test_instant_play_shows_every_step(page, server) -> None:  # type: ignore[no
     settle(page)
     page.locator(".instant").first.wait_for()
     page.locator(".st-key-btn_play button").first.click()
-    _wait_step(page, 30)
+    # each step shows for 100 ms: wait for the page's record of steps drawn, not a header
+    page.wait_for_function("Math.max(...window.__dpamtInstant.shown) >= 30", timeout=60_000)
     page.locator(".st-key-btn_play button").first.click()
     shown = page.evaluate("window.__dpamtInstant.shown")
     start = shown.index(5)
