@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from explorer.model.events import Event
+from explorer.model.events import Event, Fault, Zap
 from explorer.model.machine import (
     Machine,
     MachineImage,
@@ -59,6 +59,7 @@ from explorer.model.machine import (
 )
 from explorer.model.settings import Settings
 from explorer.model.state import (
+    FP_PAMT_LOCK,
     Thread,
 )
 from explorer.model.steps import COUNTER_NAMES
@@ -154,8 +155,12 @@ class Explorer:
         progress: Callable[[int, str], None] | None = None,
         cancel: Callable[[], bool] | None = None,
         fair: bool = True,
+        reduction: bool = True,
     ) -> None:
         self.events = events
+        #: False: every enabled CPU's turn is searched in every state (``--no-reduction``; the
+        #: reference the reduced search is tested against, and the exact schedule counts)
+        self.reduction = reduction
         #: False: the plain search, every lap of a retry loop a state of its own and the
         #: explorer's max_retries bound ending the loops (the reference the property tests
         #: compare the fair search with; ``--unfair``)
@@ -177,7 +182,9 @@ class Explorer:
 
     # ------------------------------------------------------------------ machines
     def _machine(self) -> Machine:
-        return Machine(self.settings, record=False, check=True)
+        m = Machine(self.settings, record=False, check=True)
+        m.fp_on = self.reduction
+        return m
 
     def _items(self, span: tuple[int, int]) -> list[tuple[int, Event]]:
         return [(i, self.events[i]) for i in range(*span)]
@@ -224,6 +231,7 @@ class Explorer:
             "groups": len(self.groups),
             "states": self.states,
             "schedules": sum(e.schedules for e in ends) if complete else 0,
+            "reduction": self.reduction,
             "end_states": len(ends) if complete else 0,
             "outcomes": outcomes,
             "violations": [v.to_json() for v in self.violations.values()],
@@ -263,8 +271,9 @@ class Explorer:
         """Explore group ``k`` from each of ``starts``; the distinct end states after it (and
         after the single-CPU batches that follow it, ``after``)."""
         merged: dict[Digest, _End] = {}
+        search = self._search_reduced if self.reduction else self._search
         for start in starts:
-            for end in self._search(k, span, start):
+            for end in search(k, span, start):
                 m = self._machine()
                 m.restore(end.image)
                 self._run_plain(m, after)
@@ -354,6 +363,22 @@ class Explorer:
                 label = info[1] if info is not None else ""
                 prefix = (*prefix, th.name)
                 parent = key
+        return self._finish(k, start, items, root, edges, labels, enabled_at, parent_of, ends)
+
+    def _finish(
+        self,
+        k: int,
+        start: _End,
+        items: list[tuple[int, Event]],
+        root: Digest | None,
+        edges: dict[Digest, list[tuple[str, Digest]]],
+        labels: dict[Digest, list[str]],
+        enabled_at: dict[Digest, tuple[str, ...]],
+        parent_of: dict[Digest, tuple[Digest, str]],
+        ends: dict[Digest, tuple[list[str], MachineImage, tuple[str, ...]]],
+    ) -> list[_End]:
+        """A group's searched graph to its end states: the livelock check, the schedules
+        reaching each end state and its kernel paths."""
         if self.fair:
             self._livelocks(k, start, items, edges, enabled_at, parent_of)
         plain = {src: [d for _, d in out] for src, out in edges.items()}
@@ -372,6 +397,16 @@ class Explorer:
                 )
             )
         return out
+
+    def _search_reduced(self, k: int, span: tuple[int, int], start: _End) -> list[_End]:
+        """Group ``k`` from ``start`` with partial-order reduction (:class:`_Reduced`): one
+        schedule per class of schedules that differ only in the order of independent turns."""
+        items = self._items(span)
+        g = _Reduced(self, k, start, items)
+        g.run()
+        return self._finish(
+            k, start, items, g.root, g.edges, g.labels, g.enabled_at, g.parent_of, g.ends
+        )
 
     def _livelocks(
         self,
@@ -978,6 +1013,493 @@ def _lap(
     return []
 
 
+# ---------------------------------------------------------------------- partial-order reduction
+#: A turn's footprint: the objects it read, wrote, and changed by commutative updates
+#: (:meth:`explorer.model.state.KernelState.fp_read`).
+Footprint = tuple[frozenset[Any], frozenset[Any], frozenset[Any]]
+#: The footprint of a turn of an event the kernel code does not annotate (TD and vCPU creation,
+#: vCPU free, TD teardown): it conflicts with every turn of every other CPU.
+_STAR: Footprint = (frozenset(), frozenset({"*"}), frozenset())
+#: The events whose kernel code records what it reads and writes.
+_ANNOTATED = (Fault, Zap)
+
+
+def _footprint(m: Machine) -> Footprint:
+    """The recorder's sets after a turn, normalised: an object both read and updated is
+    written; a written object is neither read nor updated.
+
+    With them, what the invariant checks after the turn read of each region it dirtied
+    (:func:`explorer.model.invariants.check_regions`): whether ``pamt_lock`` is free matters
+    only when the region's refcount and pair disagree, its pages in TD use only when it has no
+    pair; both conditions are the region's own state after the turn, which the turn read."""
+    r = m.fp_r
+    if m.fp_checked:
+        pairs = m.module.pairs
+        for region in m.fp_checked:
+            pair = pairs.get(region)
+            if (m.refcount.get(region, 0) > 0) != (pair is not None):
+                r.add(FP_PAMT_LOCK)
+            if pair is None:
+                r.add(("used", region))
+    w = frozenset(m.fp_w)
+    both = m.fp_r & m.fp_a
+    if both:
+        w = w | both
+    return (frozenset(m.fp_r) - w, w, frozenset(m.fp_a) - w)
+
+
+def _dependent(x: Footprint, y: Footprint) -> bool:
+    """Two turns of different CPUs are dependent when one writes an object the other reads,
+    writes or updates, or one updates an object the other reads. Updates of one object
+    (additions, frees to the allocator) commute with each other, reads with reads."""
+    xr, xw, xa = x
+    yr, yw, ya = y
+    if "*" in xw or "*" in yw:
+        return True
+    return not (
+        xw.isdisjoint(yr)
+        and xw.isdisjoint(yw)
+        and xw.isdisjoint(ya)
+        and yw.isdisjoint(xr)
+        and yw.isdisjoint(xa)
+        and xa.isdisjoint(yr)
+        and ya.isdisjoint(xr)
+    )
+
+
+class _Universe:
+    """One bit per access (object, mode, CPU) seen so far, so that the set of accesses of a
+    whole searched subgraph (a *summary*) is one int and unions are single operations."""
+
+    __slots__ = ("bit", "cpu", "om", "star")
+
+    def __init__(self) -> None:
+        self.bit: dict[tuple[Any, str, str], int] = {}
+        self.om: dict[tuple[Any, str], int] = {}  # (object, mode) -> its bits, every CPU
+        self.cpu: dict[str, int] = {}  # CPU -> the bits of its accesses
+        self.star = 0  # the bits of unannotated turns
+
+    def _reg(self, obj: Any, mode: str, cpu: str) -> int:
+        key = (obj, mode, cpu)
+        b = self.bit.get(key)
+        if b is None:
+            b = self.bit[key] = 1 << len(self.bit)
+            self.om[(obj, mode)] = self.om.get((obj, mode), 0) | b
+            self.cpu[cpu] = self.cpu.get(cpu, 0) | b
+            if obj == "*":
+                self.star |= b
+        return b
+
+    def step_bits(self, cpu: str, fp: Footprint) -> int:
+        r, w, a = fp
+        bits = 0
+        for o in r:
+            bits |= self._reg(o, "r", cpu)
+        for o in w:
+            bits |= self._reg(o, "w", cpu)
+        for o in a:
+            bits |= self._reg(o, "a", cpu)
+        return bits
+
+    def conflicts(self, cpu: str, fp: Footprint) -> int:
+        """The bits of other CPUs' accesses (so far) that a turn ``fp`` of ``cpu`` depends on
+        (:func:`_dependent`, access by access)."""
+        own = self.cpu.get(cpu, 0)
+        r, w, a = fp
+        if "*" in w:
+            return ((1 << len(self.bit)) - 1) & ~own
+        om = self.om
+        mask = self.star
+        for o in r:
+            mask |= om.get((o, "w"), 0)
+        for o in w:
+            mask |= om.get((o, "r"), 0) | om.get((o, "w"), 0) | om.get((o, "a"), 0)
+        for o in a:
+            mask |= om.get((o, "w"), 0) | om.get((o, "r"), 0)
+        return mask & ~own
+
+
+class _Node:
+    """A state of the reduced search: its enabled CPUs, the CPUs to search from it
+    (``backtrack``), those searched (``done``, in order) with each turn's footprint, bits and
+    successor, its sleep set (CPU -> the footprint of its turn here), and the summary of the
+    accesses of every turn searched from it and below."""
+
+    __slots__ = (
+        "backtrack",
+        "bits",
+        "done",
+        "enabled",
+        "fps",
+        "index",
+        "lap_key",
+        "sleep",
+        "succ",
+        "summary",
+    )
+
+    def __init__(self, index: int, lap_key: Digest) -> None:
+        self.index = index
+        self.lap_key = lap_key
+        self.enabled: tuple[str, ...] = ()
+        self.backtrack: set[str] = set()
+        self.done: list[str] = []
+        self.fps: dict[str, Footprint] = {}
+        self.bits: dict[str, int] = {}
+        self.succ: dict[str, Digest] = {}
+        self.sleep: dict[str, Footprint] = {}
+        self.summary = 0
+
+    def next_cpu(self) -> str | None:
+        for x in self.enabled:
+            if x in self.backtrack and x not in self.sleep and x not in self.fps:
+                return x
+        return None
+
+
+#: A frame of the reduced search's depth-first stack: [state, the CPU whose turn leaves it
+#: along the stack (None at the top), that turn's conflict bits, the universe size they were
+#: computed at, the path for _lap_back].
+_Frame = list[Any]
+
+
+class _Reduced:
+    """The reduced search of one group (see docs/engine.md, "Every interleaving").
+
+    Stateful dynamic partial-order reduction on turn footprints: a depth-first search that
+    takes one enabled CPU's turn in a new state and adds others (``backtrack``) only where a
+    race demands it, with sleep sets, and state hashing on top:
+
+    - **Races.** When a turn executes, every turn on the stack of another CPU whose footprint
+      depends on it (or, when the turn reaches a state already searched, on any turn searched
+      from there: its summary) is a race: the later CPU is added to the earlier state's
+      backtrack set if it is enabled there, else every enabled CPU (Flanagan and Godefroid's
+      rule, without the happens-before filter: more backtracking, never less).
+    - **Sleep sets** (Godefroid): a CPU searched from a state stays asleep in the states
+      reached by turns independent of its turn there; under state caching a state reached
+      again with a smaller sleep set is searched again for the CPUs that woke.
+    - **The closing check** (Yang et al.'s summaries, done on the whole graph): once the
+      depth-first search ends, the conditions above are checked for every searched turn
+      against every turn searched below it, sleep sets against every path, and every state on
+      a cycle of the searched graph is fully expanded (the cycle proviso the fair-cycle
+      livelock check needs). Whatever is missing is searched and the check repeats until
+      nothing is.
+    """
+
+    def __init__(self, ex: Explorer, k: int, start: _End, items: list[tuple[int, Event]]) -> None:
+        self.ex = ex
+        self.k = k
+        self.start = start
+        self.items = items
+        self.nodes: dict[Digest, _Node] = {}
+        self.edges: dict[Digest, list[tuple[str, Digest]]] = {}
+        self.labels: dict[Digest, list[str]] = {}
+        self.enabled_at: dict[Digest, tuple[str, ...]] = {}
+        self.parent_of: dict[Digest, tuple[Digest, str]] = {}
+        self.ends: dict[Digest, tuple[list[str], MachineImage, tuple[str, ...]]] = {}
+        self.lap_keys: set[Digest] = set()
+        self.root: Digest | None = None
+        self.u = _Universe()
+        self.on_stack: set[Digest] = set()
+        self.work: set[Digest] = set()
+        # the machine, the state it is in (None: somewhere no node stands for) and its turns
+        self.m: Machine | None = None
+        self.threads: list[Thread] = []
+        self.by_name: dict[str, Thread] = {}
+        self.cur: Digest | None = None
+        self.prefix: list[str] = []
+
+    # -------------------------------------------------------------- driving
+    def run(self) -> None:
+        self._goto(None)
+        root = self._arrive(None, "", "", None)[0]
+        self.ex._progress(self.k, force=True)
+        node = self.nodes[root]
+        if node.enabled:
+            node.backtrack.add(node.enabled[0])
+            self._dfs(root)
+        while True:
+            work = self._check()
+            if not work:
+                return
+            for key in sorted(work, key=lambda n: self.nodes[n].index):
+                self._dfs(key)
+
+    def _goto(self, key: Digest | None) -> None:
+        """Put the machine in state ``key`` (the group's start for None) by re-execution."""
+        turns = _path_to(key, self.parent_of) if key is not None else []
+        m, threads = self.ex._replay(self.start.image, self.items, turns)
+        assert m is not None
+        self.m, self.threads = m, threads
+        self.by_name = {th.name: th for th in threads}
+        self.prefix = turns
+        self.cur = key
+
+    def _annotated(self, th: Thread) -> bool:
+        return th.event is None or isinstance(self.ex.events[th.event], _ANNOTATED)
+
+    def _arrive(
+        self, parent: Digest | None, cpu: str, label: str, path: _Path | None
+    ) -> tuple[Digest, bool]:
+        """The node of the machine's state, reached from ``parent`` by ``cpu``'s turn (the
+        plain search's bookkeeping: edge, lap-back, violations, end states, deadlocks);
+        whether it is new."""
+        ex, m, threads = self.ex, self.m, self.threads
+        assert m is not None
+        codes = _diag_codes(m)
+        ts = _threads_state(m, threads, ex.fair)
+        bare = m.canonical_state(COUNTER_NAMES)
+        counted = tuple([m.cnt[i] for i in (_COUNTED if ex.fair else _ALL_BUT_SPINS)])
+        key = _digest((bare, counted, ts, codes))
+        lap_key = _digest((bare, ts, codes))
+        self.cur = key
+        if ex.fair and key not in self.nodes and lap_key in self.lap_keys:
+            back = _lap_back(lap_key, path)
+            if back is not None:
+                key = back
+                self.cur = None  # (the machine's counters are not the node's)
+        if parent is None:
+            self.root = key
+        else:
+            self.edges.setdefault(parent, []).append((cpu, key))
+            self.labels.setdefault(parent, []).append(label)
+        if key in self.nodes:
+            return key, False
+        node = self.nodes[key] = _Node(len(self.nodes), lap_key)
+        self.lap_keys.add(lap_key)
+        if parent is not None:
+            self.parent_of[key] = (parent, cpu)
+        ex.states += 1
+        ex._check_limits(self.k)
+        ex._note_violations(m, self.k, self.start, self.prefix)
+        if m.stopped is not None:
+            ex.stopped = m.stopped.message
+            self.cur = None
+            return key, True
+        live = [th for th in threads if not th.done]
+        enabled = tuple(th.name for th in live if not m.blocked(th))
+        self.enabled_at[key] = enabled
+        if not live:
+            m.end_batch()
+            ex._note_violations(m, self.k, self.start, self.prefix)
+            self.ends[key] = (list(self.prefix), m.image(), _diag_codes(m))
+            self.cur = None
+        elif not enabled:
+            ex._deadlock(m, self.k, self.start, self.prefix, live)
+        node.enabled = enabled
+        return key, True
+
+    def _dfs(self, key: Digest) -> None:
+        """Search depth-first from ``key``, on the stack of its first path (so that races with
+        the turns above it are seen)."""
+        nodes, u = self.nodes, self.u
+        stack: list[_Frame] = []
+        path: _Path | None = None
+        chain = [*_chain(key, self.parent_of), (key, None)]
+        for n, out in chain:
+            path = (n, nodes[n].lap_key, path)
+            stack.append([n, out, 0, -1, path])
+            self.on_stack.add(n)
+        while stack:
+            fr = stack[-1]
+            key = fr[0]
+            node = nodes[key]
+            p = node.next_cpu()
+            if p is None:
+                self._summarise(node)
+                stack.pop()
+                self.on_stack.discard(key)
+                if stack:
+                    stack[-1][1] = None
+                continue
+            if self.cur != key:
+                self._goto(key)
+            m = self.m
+            assert m is not None
+            th = self.by_name[p]
+            annotated = self._annotated(th)
+            m.fp_r.clear()
+            m.fp_w.clear()
+            m.fp_a.clear()
+            m.fp_checked.clear()
+            info = m.turn(th, self.threads)
+            fp = _footprint(m) if annotated and self._annotated(th) else _STAR
+            bits = u.step_bits(p, fp)
+            node.fps[p] = fp
+            node.bits[p] = bits
+            node.done.append(p)
+            node.backtrack.add(p)
+            self.prefix.append(p)
+            self._races(stack, bits)
+            sleep = {x: f for x, f in node.sleep.items() if not _dependent(f, fp)}
+            for x in node.done[:-1]:
+                f = node.fps[x]
+                if not _dependent(f, fp):
+                    sleep[x] = f
+            c, new = self._arrive(key, p, info[1] if info is not None else "", fr[4])
+            node.succ[p] = c
+            cn = nodes[c]
+            if new:
+                cn.sleep = sleep
+                first = p if p in cn.enabled and p not in sleep else None
+                if first is None:
+                    first = next((x for x in cn.enabled if x not in sleep), None)
+                if first is not None:
+                    cn.backtrack.add(first)
+                    fr[1], fr[2], fr[3] = p, 0, -1
+                    stack.append([c, None, 0, -1, (c, cn.lap_key, fr[4])])
+                    self.on_stack.add(c)
+                continue
+            if c in self.on_stack:  # a cycle: this state is fully expanded (the proviso)
+                self._expand(key, node)
+                continue
+            # the turns on the stack, this one included, against those searched from c
+            fr[1], fr[2], fr[3] = p, 0, -1
+            if cn.summary:
+                self._races(stack, cn.summary)
+            fr[1], fr[3] = None, -1
+            woke = [x for x in cn.sleep if x not in sleep]
+            if woke:  # reached with a smaller sleep set: search what woke up (Godefroid)
+                cn.sleep = {x: f for x, f in cn.sleep.items() if x in sleep}
+                cn.backtrack.update(x for x in woke if x in cn.enabled)
+                if cn.next_cpu() is not None:
+                    fr[1], fr[2], fr[3] = p, 0, -1
+                    stack.append([c, None, 0, -1, (c, cn.lap_key, fr[4])])
+                    self.on_stack.add(c)
+
+    def _races(self, stack: list[_Frame], bits: int) -> None:
+        """Each turn on the stack (a frame whose CPU is set) that conflicts with one of the
+        accesses ``bits`` of another CPU: that CPU goes into the frame's backtrack set."""
+        u, nodes = self.u, self.nodes
+        size = len(u.bit)
+        for fr in stack:
+            q = fr[1]
+            if q is None:
+                continue
+            node = nodes[fr[0]]
+            if len(node.backtrack) >= len(node.enabled):
+                continue
+            if fr[3] != size:
+                fr[2] = u.conflicts(q, node.fps[q])
+                fr[3] = size
+            hit = fr[2] & bits
+            if not hit:
+                continue
+            for x, xm in u.cpu.items():
+                if hit & xm:
+                    self._require(fr[0], node, x)
+
+    def _require(self, key: Digest, node: _Node, x: str) -> bool:
+        """``x``'s turn must be searched from ``node`` (every enabled CPU's, if ``x`` is not
+        enabled there), unless it is already or ``x`` sleeps there."""
+        if x in node.enabled:
+            if x in node.backtrack or x in node.sleep:
+                return False
+            node.backtrack.add(x)
+        else:
+            more = [y for y in node.enabled if y not in node.backtrack and y not in node.sleep]
+            if not more:
+                return False
+            node.backtrack.update(more)
+        if key not in self.on_stack:
+            self.work.add(key)
+        return True
+
+    def _expand(self, key: Digest, node: _Node) -> None:
+        """Search every enabled CPU's turn from ``node``, asleep or not."""
+        if node.sleep:
+            node.sleep = {}
+        if len(node.backtrack) < len(node.enabled):
+            node.backtrack.update(node.enabled)
+            if key not in self.on_stack:
+                self.work.add(key)
+
+    def _summarise(self, node: _Node) -> None:
+        s = 0
+        nodes = self.nodes
+        for x in node.done:
+            s |= node.bits[x] | nodes[node.succ[x]].summary
+        node.summary = s
+
+    # -------------------------------------------------------------- the closing check
+    def _check(self) -> set[Digest]:
+        """The conditions of the reduction on the whole searched graph; the states with turns
+        left to search (none: the search is complete)."""
+        nodes, u = self.nodes, self.u
+        self.work = set()
+        if self.root is None:
+            return set()
+
+        def succ(n: Digest) -> list[Digest]:
+            node = nodes[n]
+            return [node.succ[x] for x in node.done]
+
+        comps = _sccs([self.root], succ)
+        comp_of = {n: i for i, c in enumerate(comps) for n in c}
+        summaries = [0] * len(comps)
+        for i, comp in enumerate(comps):  # (sinks first)
+            s = 0
+            looped = len(comp) > 1
+            for n in comp:
+                node = nodes[n]
+                for x in node.done:
+                    s |= node.bits[x]
+                    j = comp_of[node.succ[x]]
+                    if j != i:
+                        s |= summaries[j]
+                    elif not looped:
+                        looped = True
+            summaries[i] = s
+            if looped:  # the cycle proviso
+                for n in comp:
+                    self._expand(n, nodes[n])
+        # sleep sets: each state's no larger than along every searched turn into it
+        queue = deque(sorted(nodes, key=lambda n: nodes[n].index))
+        queued = set(queue)
+        while queue:
+            a = queue.popleft()
+            queued.discard(a)
+            node = nodes[a]
+            for i, p in enumerate(node.done):
+                fp = node.fps[p]
+                c = node.succ[p]
+                cn = nodes[c]
+                if not cn.sleep:
+                    continue
+                allowed = {x for x, f in node.sleep.items() if not _dependent(f, fp)}
+                allowed.update(x for x in node.done[:i] if not _dependent(node.fps[x], fp))
+                woke = [x for x in cn.sleep if x not in allowed]
+                if woke:
+                    cn.sleep = {x: f for x, f in cn.sleep.items() if x in allowed}
+                    cn.backtrack.update(x for x in woke if x in cn.enabled)
+                    self.work.add(c)
+                    if c not in queued:
+                        queued.add(c)
+                        queue.append(c)
+        # races: every searched turn against every turn searched below it
+        for n, node in nodes.items():
+            node.summary = summaries[comp_of[n]] if n in comp_of else 0
+            for x in node.done:
+                hit = u.conflicts(x, node.fps[x]) & summaries[comp_of[node.succ[x]]]
+                if not hit:
+                    continue
+                for y, ym in u.cpu.items():
+                    if hit & ym:
+                        self._require(n, node, y)
+        return {n for n in self.work if nodes[n].next_cpu() is not None}
+
+
+def _chain(key: Digest, parent_of: dict[Digest, tuple[Digest, str]]) -> list[tuple[Digest, str]]:
+    """The states on the first path to ``key`` (without it), each with the turn leaving it."""
+    out: list[tuple[Digest, str]] = []
+    n = key
+    while n in parent_of:
+        n, cpu = parent_of[n]
+        out.append((n, cpu))
+    out.reverse()
+    return out
+
+
 def pin(events: Sequence[Event], orders: Sequence[Sequence[str]]) -> list[Event]:
     """``events`` with each concurrent group's turn order pinned: ``orders[k]`` becomes a
     ``schedule`` event at the head of the k-th concurrent group (replacing any it had), so a
@@ -1009,6 +1531,7 @@ def explore(
     progress: Callable[[int, str], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     fair: bool = True,
+    reduction: bool = True,
 ) -> dict[str, Any]:
     """Search every interleaving of ``events``' concurrent groups (see the module docstring)."""
     return Explorer(
@@ -1019,4 +1542,5 @@ def explore(
         progress=progress,
         cancel=cancel,
         fair=fair,
+        reduction=reduction,
     ).run()

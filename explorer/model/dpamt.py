@@ -79,6 +79,7 @@ def _mmu_holders(m: KernelState, td: Td | None) -> str | None:
     assert td is not None
     if m.fp_on:
         m.fp_read(("mmu", td.id))
+        m.fp_read(("mmu_readers", td.id))
     if td.mmu_writer is not None:
         return td.mmu_writer
     return ", ".join(td.mmu_readers) if td.mmu_readers else None
@@ -148,9 +149,10 @@ def spin_unlock(m: KernelState, th: Thread) -> None:
 
 def read_lock_mmu(m: KernelState, th: Thread, fn: str, td: Td) -> KGen:
     """``read_lock(&kvm->mmu_lock)``: one rwlock per VM (x86's is a queued rwlock: a reader
-    waits while a writer holds it)."""
-    if m.fp_on:  # (the readers' list is written: two readers in either order list differently)
-        m.fp_write(("mmu", td.id))
+    waits while a writer holds it). Readers commute with readers: the footprint reads the
+    writer and updates the readers (two readers in either order leave the same set)."""
+    if m.fp_on:
+        m.fp_read(("mmu", td.id))
     if td.mmu_writer is not None:
         yield from _spin(
             m,
@@ -163,7 +165,7 @@ def read_lock_mmu(m: KernelState, th: Thread, fn: str, td: Td) -> KGen:
             "spin: TD {}'s mmu_lock is write-held by {}",
         )
     if m.fp_on:
-        m.fp_write(("mmu", td.id))
+        m.fp_add(("mmu_readers", td.id))
     td.mmu_readers.append(th.name)
     th.holds.append("mmu_lock(read)")
     if m.record:
@@ -180,7 +182,7 @@ def read_unlock_mmu(m: KernelState, th: Thread, td: Td) -> None:
     """``read_unlock(&kvm->mmu_lock)``; the caller yields :data:`READ_UNLOCK_STEP` (a one-step
     unlock needs no generator of its own)."""
     if m.fp_on:
-        m.fp_write(("mmu", td.id))
+        m.fp_add(("mmu_readers", td.id))
     td.mmu_readers.remove(th.name)
     th.holds.remove("mmu_lock(read)")
     if m.record:
@@ -199,6 +201,7 @@ READ_UNLOCK_STEP: StepInfo = (
 def write_lock_mmu(m: KernelState, th: Thread, fn: str, td: Td) -> KGen:
     if m.fp_on:
         m.fp_write(("mmu", td.id))
+        m.fp_read(("mmu_readers", td.id))
     if td.mmu_writer is not None or td.mmu_readers:
         yield from _spin(
             m,

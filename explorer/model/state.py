@@ -161,7 +161,9 @@ class Td:
 #: ``("tdstate", td)`` and a region's pages in TD use ``("used", r)``.
 FP_PAMT_LOCK: Final = ("L", "pamt_lock")
 FP_ALLOC: Final = ("alloc",)
-FP_COUNTS: Final = ("counts",)
+#: the count of pages owned as pair pages, as leaked pair pages (``("counts", code)``)
+FP_PAIR_PAGES: Final = ("counts", O_PAIR)
+FP_LEAKED_PAGES: Final = ("counts", O_LEAKED)
 FP_PAIRS: Final = ("pairs",)
 FP_INJECT: Final = ("inject",)
 FP_MEMPOOL: Final = ("mempool",)
@@ -321,6 +323,10 @@ class KernelState:
         self.fp_r: set[Any] = set()
         self.fp_w: set[Any] = set()
         self.fp_a: set[Any] = set()
+        #: the regions the invariant checks after this step look at (``_dirty``): what those
+        #: checks read depends on the regions' state after the step, so the search adds it
+        #: then (``explorer.interleavings.search._check_reads``)
+        self.fp_checked: set[int] = set()
 
     # ================================================================ footprints
     def fp_read(self, obj: Any) -> None:
@@ -338,15 +344,17 @@ class KernelState:
         self.fp_a.add(obj)
 
     def _fp_checked(self, region: int) -> None:
-        """What the invariant checks after this step read (``check_regions`` on a region the
-        step dirtied: its DPAMT state, whether ``pamt_lock`` is free, its pages in TD use)."""
+        """``check_regions`` runs on ``region`` after this step: it reads the region's DPAMT
+        state, and (depending on that state after the step) whether ``pamt_lock`` is free and
+        the region's pages in TD use."""
         self.fp_r.add(("R", region))
-        self.fp_r.add(FP_PAMT_LOCK)
-        self.fp_r.add(("used", region))
+        self.fp_checked.add(region)
 
     def _fp_pair_check(self, pair: Any) -> None:
-        """``check_global`` (page counts, pairs) and invariant 4 on the pair's two pages."""
-        self.fp_r.add(FP_COUNTS)
+        """``check_global`` (the pair and leaked page counts against the pairs; the sum of all
+        counts every owner change keeps) and invariant 4 on the pair's two pages."""
+        self.fp_r.add(FP_PAIR_PAGES)
+        self.fp_r.add(FP_LEAKED_PAGES)
         self.fp_r.add(FP_PAIRS)
         if isinstance(pair, tuple):
             for p in pair:
@@ -388,7 +396,8 @@ class KernelState:
         if old == code:
             return
         self.fp_w.add(("page", pfn))
-        self.fp_a.add(FP_COUNTS)
+        self.fp_a.add(("counts", old))
+        self.fp_a.add(("counts", code))
         if code == O_FREE:
             self.fp_a.add(FP_ALLOC)
         elif old == O_FREE:
