@@ -155,11 +155,13 @@ class Explorer:
         progress: Callable[[int, str], None] | None = None,
         cancel: Callable[[], bool] | None = None,
         fair: bool = True,
-        reduction: bool = True,
+        reduction: bool = False,
     ) -> None:
         self.events = events
-        #: False: every enabled CPU's turn is searched in every state (``--no-reduction``; the
-        #: reference the reduced search is tested against, and the exact schedule counts)
+        #: True: the partial-order reduction (:class:`_Reduced`): one schedule per class of
+        #: schedules that differ only in the order of independent turns, so ``schedules``
+        #: counts the schedules searched, not all. False: every enabled CPU's turn in every
+        #: state (the reference the reduced search is tested against; exact schedule counts)
         self.reduction = reduction
         #: False: the plain search, every lap of a retry loop a state of its own and the
         #: explorer's max_retries bound ending the loops (the reference the property tests
@@ -1148,7 +1150,7 @@ class _Node:
         self.bits: dict[str, int] = {}
         self.succ: dict[str, Digest] = {}
         self.sleep: dict[str, Footprint] = {}
-        self.summary = 0
+        self.summary = -1  # (unknown: the state is new since the last summaries)
 
     def next_cpu(self) -> str | None:
         for x in self.enabled:
@@ -1157,33 +1159,31 @@ class _Node:
         return None
 
 
-#: A frame of the reduced search's depth-first stack: [state, the CPU whose turn leaves it
-#: along the stack (None at the top), that turn's conflict bits, the universe size they were
-#: computed at, the path for _lap_back].
-_Frame = list[Any]
-
-
 class _Reduced:
     """The reduced search of one group (see docs/engine.md, "Every interleaving").
 
-    Stateful dynamic partial-order reduction on turn footprints: a depth-first search that
-    takes one enabled CPU's turn in a new state and adds others (``backtrack``) only where a
-    race demands it, with sleep sets, and state hashing on top:
+    Stateful dynamic partial-order reduction on turn footprints, in *walks*: each walk is a
+    depth-first traversal of the graph searched so far from the group's start, which takes the
+    turns already searched from their records and executes (by re-execution to the state) only
+    those a state's backtrack set gained. A new state gets one turn; others are added where a
+    race demands it. A walk keeps, for the turns on its stack, vector clocks of the
+    happens-before order (program order and dependent turns):
 
-    - **Races.** When a turn executes, every turn on the stack of another CPU whose footprint
-      depends on it (or, when the turn reaches a state already searched, on any turn searched
-      from there: its summary) is a race: the later CPU is added to the earlier state's
-      backtrack set if it is enabled there, else every enabled CPU (Flanagan and Godefroid's
-      rule, without the happens-before filter: more backtracking, never less).
-    - **Sleep sets** (Godefroid): a CPU searched from a state stays asleep in the states
-      reached by turns independent of its turn there; under state caching a state reached
-      again with a smaller sleep set is searched again for the CPUs that woke.
-    - **The closing check** (Yang et al.'s summaries, done on the whole graph): once the
-      depth-first search ends, the conditions above are checked for every searched turn
-      against every turn searched below it, sleep sets against every path, and every state on
-      a cycle of the searched graph is fully expanded (the cycle proviso the fair-cycle
-      livelock check needs). Whatever is missing is searched and the check repeats until
-      nothing is.
+    - **A turn on the stack** (searched or executed) is checked against the stack's turns of
+      other CPUs it races with (dependent, and not ordered by another turn in between:
+      source-DPOR, Abdulla et al. 2014); for each race the state before the earlier turn gets an
+      *initial* of the turns that could reverse it, unless one is there already or asleep.
+    - **A turn into a state the walk has seen** (state hashing) is checked as if every turn
+      searched from that state followed (its *summary*, Yang et al. 2008): each turn on the stack
+      that conflicts with a summarised access of a CPU it does not happen before gets that CPU,
+      or every enabled CPU if it is not enabled there (Flanagan and Godefroid 2005).
+    - **Sleep sets** (Godefroid): a CPU searched from a state sleeps in the states reached by
+      turns independent of its turn; a state met with a smaller sleep set wakes the CPUs that
+      dropped out of it and searches them.
+    - **Cycle proviso**: a turn back to a state on the stack fully expands its state.
+
+    The walks repeat until one executes nothing and adds nothing: then every path of the
+    searched graph satisfies the conditions with summaries of the final graph.
     """
 
     def __init__(self, ex: Explorer, k: int, start: _End, items: list[tuple[int, Event]]) -> None:
@@ -1200,30 +1200,34 @@ class _Reduced:
         self.lap_keys: set[Digest] = set()
         self.root: Digest | None = None
         self.u = _Universe()
-        self.on_stack: set[Digest] = set()
-        self.work: set[Digest] = set()
+        self.changed = False
+        self.walks = 0
         # the machine, the state it is in (None: somewhere no node stands for) and its turns
         self.m: Machine | None = None
         self.threads: list[Thread] = []
         self.by_name: dict[str, Thread] = {}
         self.cur: Digest | None = None
         self.prefix: list[str] = []
+        self.cpus: list[str] = []
+        self.cpu_index: dict[str, int] = {}
 
     # -------------------------------------------------------------- driving
     def run(self) -> None:
         self._goto(None)
+        self.cpus = [th.name for th in self.threads]
+        self.cpu_index = {name: i for i, name in enumerate(self.cpus)}
         root = self._arrive(None, "", "", None)[0]
         self.ex._progress(self.k, force=True)
         node = self.nodes[root]
         if node.enabled:
             node.backtrack.add(node.enabled[0])
-            self._dfs(root)
         while True:
-            work = self._check()
-            if not work:
+            self._summaries()
+            self.changed = False
+            self._walk()
+            self.walks += 1
+            if not self.changed:
                 return
-            for key in sorted(work, key=lambda n: self.nodes[n].index):
-                self._dfs(key)
 
     def _goto(self, key: Digest | None) -> None:
         """Put the machine in state ``key`` (the group's start for None) by re-execution."""
@@ -1289,55 +1293,81 @@ class _Reduced:
         node.enabled = enabled
         return key, True
 
-    def _dfs(self, key: Digest) -> None:
-        """Search depth-first from ``key``, on the stack of its first path (so that races with
-        the turns above it are seen)."""
-        nodes, u = self.nodes, self.u
-        stack: list[_Frame] = []
-        path: _Path | None = None
-        chain = [*_chain(key, self.parent_of), (key, None)]
-        for n, out in chain:
-            path = (n, nodes[n].lap_key, path)
-            stack.append([n, out, 0, -1, path])
-            self.on_stack.add(n)
+    def _execute(self, key: Digest, node: _Node, p: str, path: _Path | None) -> bool:
+        """Take ``p``'s turn from state ``key`` (re-executing to it if the machine is
+        elsewhere); record its footprint and successor; whether the successor is new."""
+        if self.cur != key:
+            self._goto(key)
+        m = self.m
+        assert m is not None
+        th = self.by_name[p]
+        annotated = self._annotated(th)
+        m.fp_r.clear()
+        m.fp_w.clear()
+        m.fp_a.clear()
+        m.fp_checked.clear()
+        info = m.turn(th, self.threads)
+        fp = _footprint(m) if annotated and self._annotated(th) else _STAR
+        node.fps[p] = fp
+        node.bits[p] = self.u.step_bits(p, fp)
+        node.done.append(p)
+        node.backtrack.add(p)
+        self.prefix.append(p)
+        c, new = self._arrive(key, p, info[1] if info is not None else "", path)
+        node.succ[p] = c
+        self.changed = True
+        return new
+
+    # -------------------------------------------------------------- a walk
+    def _walk(self) -> None:
+        """One depth-first walk of the searched graph (see the class docstring)."""
+        nodes = self.nodes
+        assert self.root is not None
+        n_cpu = len(self.cpus)
+        none = (-1,) * n_cpu
+        #: each CPU's clock: the vector clock of its last turn on the stack
+        clock: list[tuple[int, ...]] = [none] * n_cpu
+        seen: set[Digest] = set()
+        on_stack: set[Digest] = set()
+        root = self.root
+        # frame: [state, next index into done, out CPU, out CPU's index, its vector clock,
+        #         conflict bits of the out turn, the universe size they were computed at,
+        #         path (for _lap_back), (CPU index, clock) to restore when popped]
+        stack: list[list[Any]] = [
+            [root, 0, None, -1, none, 0, -1, (root, nodes[root].lap_key, None), None]
+        ]
+        seen.add(root)
+        on_stack.add(root)
         while stack:
             fr = stack[-1]
             key = fr[0]
             node = nodes[key]
-            p = node.next_cpu()
-            if p is None:
-                self._summarise(node)
-                stack.pop()
-                self.on_stack.discard(key)
-                if stack:
-                    stack[-1][1] = None
-                continue
-            if self.cur != key:
-                self._goto(key)
-            m = self.m
-            assert m is not None
-            th = self.by_name[p]
-            annotated = self._annotated(th)
-            m.fp_r.clear()
-            m.fp_w.clear()
-            m.fp_a.clear()
-            m.fp_checked.clear()
-            info = m.turn(th, self.threads)
-            fp = _footprint(m) if annotated and self._annotated(th) else _STAR
-            bits = u.step_bits(p, fp)
-            node.fps[p] = fp
-            node.bits[p] = bits
-            node.done.append(p)
-            node.backtrack.add(p)
-            self.prefix.append(p)
-            self._races(stack, bits)
+            i = fr[1]
+            if i == len(node.done):
+                p = node.next_cpu()
+                if p is None:
+                    stack.pop()
+                    on_stack.discard(key)
+                    if fr[8] is not None:
+                        clock[fr[8][0]] = fr[8][1]
+                    if stack:
+                        stack[-1][2] = None
+                    continue
+                new = self._execute(key, node, p, fr[7])
+            else:
+                p = node.done[i]
+                new = False
+            fr[1] = i + 1
+            fp = node.fps[p]
+            bits = node.bits[p]
+            c = node.succ[p]
+            pi = self.cpu_index[p]
+            vc = self._direct_races(stack, p, pi, bits, clock)
             sleep = {x: f for x, f in node.sleep.items() if not _dependent(f, fp)}
-            for x in node.done[:-1]:
+            for x in node.done[:i]:
                 f = node.fps[x]
                 if not _dependent(f, fp):
                     sleep[x] = f
-            c, new = self._arrive(key, p, info[1] if info is not None else "", fr[4])
-            node.succ[p] = c
             cn = nodes[c]
             if new:
                 cn.sleep = sleep
@@ -1346,89 +1376,162 @@ class _Reduced:
                     first = next((x for x in cn.enabled if x not in sleep), None)
                 if first is not None:
                     cn.backtrack.add(first)
-                    fr[1], fr[2], fr[3] = p, 0, -1
-                    stack.append([c, None, 0, -1, (c, cn.lap_key, fr[4])])
-                    self.on_stack.add(c)
+            else:
+                woke = [x for x in cn.sleep if x not in sleep]
+                if woke:  # reached with a smaller sleep set: search what woke up (Godefroid)
+                    cn.sleep = {x: f for x, f in cn.sleep.items() if x in sleep}
+                    cn.backtrack.update(x for x in woke if x in cn.enabled)
+                    self.changed = True
+            if c in on_stack:  # a cycle: this state is fully expanded (the proviso)
+                self._expand(node)
                 continue
-            if c in self.on_stack:  # a cycle: this state is fully expanded (the proviso)
-                self._expand(key, node)
+            if c in seen:
+                # the stack's turns and this one against those searched from c
+                fr[2], fr[3], fr[4], fr[6] = p, pi, vc, -1
+                saved = clock[pi]
+                clock[pi] = vc
+                if cn.summary >= 0:
+                    self._summary_races(stack, cn.summary, clock)
+                else:  # (c is new in this walk: its summary is for the next one)
+                    self.changed = True
+                clock[pi] = saved
+                fr[2] = None
                 continue
-            # the turns on the stack, this one included, against those searched from c
-            fr[1], fr[2], fr[3] = p, 0, -1
-            if cn.summary:
-                self._races(stack, cn.summary)
-            fr[1], fr[3] = None, -1
-            woke = [x for x in cn.sleep if x not in sleep]
-            if woke:  # reached with a smaller sleep set: search what woke up (Godefroid)
-                cn.sleep = {x: f for x, f in cn.sleep.items() if x in sleep}
-                cn.backtrack.update(x for x in woke if x in cn.enabled)
-                if cn.next_cpu() is not None:
-                    fr[1], fr[2], fr[3] = p, 0, -1
-                    stack.append([c, None, 0, -1, (c, cn.lap_key, fr[4])])
-                    self.on_stack.add(c)
+            seen.add(c)
+            on_stack.add(c)
+            fr[2], fr[3], fr[4], fr[6] = p, pi, vc, -1
+            stack.append([c, 0, None, -1, none, 0, -1, (c, cn.lap_key, fr[7]), (pi, clock[pi])])
+            clock[pi] = vc
 
-    def _races(self, stack: list[_Frame], bits: int) -> None:
-        """Each turn on the stack (a frame whose CPU is set) that conflicts with one of the
-        accesses ``bits`` of another CPU: that CPU goes into the frame's backtrack set."""
+    def _conf(self, fr: list[Any]) -> int:
+        """The conflict bits of a frame's out turn (recomputed when the universe grew)."""
+        size = len(self.u.bit)
+        if fr[6] != size:
+            fr[5] = self.u.conflicts(fr[2], self.nodes[fr[0]].fps[fr[2]])
+            fr[6] = size
+        conf: int = fr[5]
+        return conf
+
+    def _direct_races(
+        self,
+        stack: list[list[Any]],
+        p: str,
+        pi: int,
+        bits: int,
+        clock: list[tuple[int, ...]],
+    ) -> tuple[int, ...]:
+        """The races of ``p``'s turn (accesses ``bits``) from the top of the stack with the
+        stack's turns (source-DPOR); its vector clock."""
+        j = len(stack) - 1
+        mine = clock[pi]
+        dep = [i for i in range(j) if self._conf(stack[i]) & bits]
+        vc = list(mine)
+        for i in dep:
+            vci = stack[i][4]
+            for y in range(len(vc)):
+                if vci[y] > vc[y]:
+                    vc[y] = vci[y]
+        vc[pi] = j
+        later = [-1] * len(vc)  # what the conflicting turns after i know
+        for i in reversed(dep):
+            fr = stack[i]
+            qi = fr[3]
+            if qi != pi and mine[qi] < i and later[qi] < i:
+                self._reverse(stack, i, j, p, pi, tuple(vc))
+            vci = fr[4]
+            for y in range(len(later)):
+                if vci[y] > later[y]:
+                    later[y] = vci[y]
+        return tuple(vc)
+
+    def _reverse(
+        self,
+        stack: list[list[Any]],
+        i: int,
+        j: int,
+        p: str,
+        pi: int,
+        vcj: tuple[int, ...],
+    ) -> None:
+        """A race of the stack's turn ``i`` with ``p``'s turn ``j``: the state before ``i``
+        must search an initial of ``v`` = the turns after ``i`` that do not happen after it,
+        then ``j`` (one whose first turn in ``v`` nothing in ``v`` happens before)."""
+        qi = stack[i][3]
+        initials: list[str] = []
+        first: set[int] = set()
+        in_v: list[int] = []
+        for k in range(i + 1, j):
+            fk = stack[k]
+            vck = fk[4]
+            if vck[qi] >= i:
+                continue
+            in_v.append(k)
+            x = fk[3]
+            if x in first:
+                continue
+            first.add(x)
+            if all(vck[y] <= i for y in range(len(vck)) if y != x):
+                initials.append(fk[2])
+        if pi not in first and not any(vcj[stack[k][3]] >= k for k in in_v):
+            initials.append(p)
+        node = self.nodes[stack[i][0]]
+        if any(x in node.backtrack or x in node.sleep for x in initials):
+            return
+        pick = [x for x in initials if x in node.enabled]
+        if pick:
+            node.backtrack.add(p if p in pick else pick[0])
+            self.changed = True
+        else:  # (no initial enabled there: every enabled CPU)
+            self._require_all(node)
+
+    def _summary_races(
+        self, stack: list[list[Any]], summary: int, clock: list[tuple[int, ...]]
+    ) -> None:
+        """Each turn on the stack against the summarised accesses of every other CPU that
+        it does not happen before (the CPU's clock is before it)."""
         u, nodes = self.u, self.nodes
-        size = len(u.bit)
-        for fr in stack:
-            q = fr[1]
-            if q is None:
+        for i, fr in enumerate(stack):
+            if fr[2] is None:
                 continue
             node = nodes[fr[0]]
             if len(node.backtrack) >= len(node.enabled):
                 continue
-            if fr[3] != size:
-                fr[2] = u.conflicts(q, node.fps[q])
-                fr[3] = size
-            hit = fr[2] & bits
+            hit = self._conf(fr) & summary
             if not hit:
                 continue
+            qi = fr[3]
             for x, xm in u.cpu.items():
-                if hit & xm:
-                    self._require(fr[0], node, x)
+                if not hit & xm:
+                    continue
+                if clock[self.cpu_index[x]][qi] >= i:  # i happens before x's next turn
+                    continue
+                if x in node.enabled:
+                    if x not in node.backtrack and x not in node.sleep:
+                        node.backtrack.add(x)
+                        self.changed = True
+                else:
+                    self._require_all(node)
 
-    def _require(self, key: Digest, node: _Node, x: str) -> bool:
-        """``x``'s turn must be searched from ``node`` (every enabled CPU's, if ``x`` is not
-        enabled there), unless it is already or ``x`` sleeps there."""
-        if x in node.enabled:
-            if x in node.backtrack or x in node.sleep:
-                return False
-            node.backtrack.add(x)
-        else:
-            more = [y for y in node.enabled if y not in node.backtrack and y not in node.sleep]
-            if not more:
-                return False
+    def _require_all(self, node: _Node) -> None:
+        more = [y for y in node.enabled if y not in node.backtrack and y not in node.sleep]
+        if more:
             node.backtrack.update(more)
-        if key not in self.on_stack:
-            self.work.add(key)
-        return True
+            self.changed = True
 
-    def _expand(self, key: Digest, node: _Node) -> None:
-        """Search every enabled CPU's turn from ``node``, asleep or not."""
+    def _expand(self, node: _Node) -> None:
+        """Search every enabled CPU's turn from ``node``, asleep or not (the cycle proviso)."""
         if node.sleep:
             node.sleep = {}
+            self.changed = True
         if len(node.backtrack) < len(node.enabled):
             node.backtrack.update(node.enabled)
-            if key not in self.on_stack:
-                self.work.add(key)
+            self.changed = True
 
-    def _summarise(self, node: _Node) -> None:
-        s = 0
+    def _summaries(self) -> None:
+        """Each state's summary: the accesses of every turn searched from it and below (one
+        value per strongly connected part of the graph)."""
         nodes = self.nodes
-        for x in node.done:
-            s |= node.bits[x] | nodes[node.succ[x]].summary
-        node.summary = s
-
-    # -------------------------------------------------------------- the closing check
-    def _check(self) -> set[Digest]:
-        """The conditions of the reduction on the whole searched graph; the states with turns
-        left to search (none: the search is complete)."""
-        nodes, u = self.nodes, self.u
-        self.work = set()
-        if self.root is None:
-            return set()
+        assert self.root is not None
 
         def succ(n: Digest) -> list[Digest]:
             node = nodes[n]
@@ -1439,7 +1542,6 @@ class _Reduced:
         summaries = [0] * len(comps)
         for i, comp in enumerate(comps):  # (sinks first)
             s = 0
-            looped = len(comp) > 1
             for n in comp:
                 node = nodes[n]
                 for x in node.done:
@@ -1447,57 +1549,9 @@ class _Reduced:
                     j = comp_of[node.succ[x]]
                     if j != i:
                         s |= summaries[j]
-                    elif not looped:
-                        looped = True
             summaries[i] = s
-            if looped:  # the cycle proviso
-                for n in comp:
-                    self._expand(n, nodes[n])
-        # sleep sets: each state's no larger than along every searched turn into it
-        queue = deque(sorted(nodes, key=lambda n: nodes[n].index))
-        queued = set(queue)
-        while queue:
-            a = queue.popleft()
-            queued.discard(a)
-            node = nodes[a]
-            for i, p in enumerate(node.done):
-                fp = node.fps[p]
-                c = node.succ[p]
-                cn = nodes[c]
-                if not cn.sleep:
-                    continue
-                allowed = {x for x, f in node.sleep.items() if not _dependent(f, fp)}
-                allowed.update(x for x in node.done[:i] if not _dependent(node.fps[x], fp))
-                woke = [x for x in cn.sleep if x not in allowed]
-                if woke:
-                    cn.sleep = {x: f for x, f in cn.sleep.items() if x in allowed}
-                    cn.backtrack.update(x for x in woke if x in cn.enabled)
-                    self.work.add(c)
-                    if c not in queued:
-                        queued.add(c)
-                        queue.append(c)
-        # races: every searched turn against every turn searched below it
         for n, node in nodes.items():
-            node.summary = summaries[comp_of[n]] if n in comp_of else 0
-            for x in node.done:
-                hit = u.conflicts(x, node.fps[x]) & summaries[comp_of[node.succ[x]]]
-                if not hit:
-                    continue
-                for y, ym in u.cpu.items():
-                    if hit & ym:
-                        self._require(n, node, y)
-        return {n for n in self.work if nodes[n].next_cpu() is not None}
-
-
-def _chain(key: Digest, parent_of: dict[Digest, tuple[Digest, str]]) -> list[tuple[Digest, str]]:
-    """The states on the first path to ``key`` (without it), each with the turn leaving it."""
-    out: list[tuple[Digest, str]] = []
-    n = key
-    while n in parent_of:
-        n, cpu = parent_of[n]
-        out.append((n, cpu))
-    out.reverse()
-    return out
+            node.summary = summaries[comp_of[n]] if n in comp_of else -1
 
 
 def pin(events: Sequence[Event], orders: Sequence[Sequence[str]]) -> list[Event]:
@@ -1531,7 +1585,7 @@ def explore(
     progress: Callable[[int, str], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     fair: bool = True,
-    reduction: bool = True,
+    reduction: bool = False,
 ) -> dict[str, Any]:
     """Search every interleaving of ``events``' concurrent groups (see the module docstring)."""
     return Explorer(
