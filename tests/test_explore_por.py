@@ -21,7 +21,9 @@ from tests.test_explore_fair_property import traces as two_cpu_traces
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_traces"
-MAX_STATES = "6000"
+#: State bounds of the full search (a trace it cannot finish within is skipped)
+MAX_STATES = "3000"
+MAX_STATES_3 = "8000"
 
 #: The child: both searches on the trace read from stdin; argv: the state bound, then
 #: optionally an object kind and the access modes ("r", "w", "a") to leave out of every
@@ -52,17 +54,17 @@ json.dump([full, reduced], sys.stdout)
 
 @st.composite
 def three_cpu_traces(draw: st.DrawFn) -> str:
-    """Three vCPUs of one or two TDs in one concurrent group: faults on fresh or warm ranges
-    (gfns that share a level-1 table or not), pages given in one cold region or from the
-    allocator, and maybe a zap of a mapped page instead of the first fault."""
+    """Three vCPUs of one or two TDs in one concurrent group, after a warm-up fault each (full
+    caches, the upper tables present): faults next to the warm-ups (their level-1 table
+    present) or on a fresh range (a table race), pages given in one cold region (a DPAMT race)
+    or from the allocator, and maybe a zap of a mapped page instead of the first fault."""
     mode = draw(st.sampled_from(["v6", "v6-locked", "v5-hint", "v6-no-recheck"]))
-    gets = draw(st.sampled_from([1, 5]))
     lines: list[dict[str, Any]] = [
         {
             "format": "dpamt-trace",
             "version": 1,
             "title": "random",
-            "settings": {"mode": mode, "dpamt_gets_per_fault": gets, "max_retries": 3},
+            "settings": {"mode": mode, "max_retries": 3},
         },
         {"op": "td_create", "td": 0},
     ]
@@ -74,27 +76,29 @@ def three_cpu_traces(draw: st.DrawFn) -> str:
     lines.append({"op": "td_finalize", "td": 0})
     if two_tds:
         lines.append({"op": "td_finalize", "td": 1})
-    if draw(st.booleans()):
-        for v in range(3):
-            lines.append({"op": "fault", "vcpu": v, "gfn": hex(0x400 + v)})
+    for v in range(3):
+        lines.append({"op": "fault", "vcpu": v, "gfn": hex(0x400 + v)})
     zap = draw(st.booleans())
     if zap:
-        lines.append({"op": "fault", "vcpu": 0, "gfn": "0x1000", "pfn": "0x8000"})
-    base = draw(st.sampled_from([0x0, 0x200]))
+        lines.append({"op": "fault", "vcpu": 0, "gfn": "0x408", "pfn": "0x8000"})
+    base = draw(st.sampled_from([0x410, 0x410, 0x0]))
+    cold = draw(st.booleans())
     for v in range(3):
         if zap and v == 0:
-            lines.append({"op": "zap", "td": 0, "gfn": "0x1000", "t": 1})
+            lines.append({"op": "zap", "td": 0, "gfn": "0x408", "t": 1})
             continue
         ev: dict[str, Any] = {"op": "fault", "vcpu": v, "gfn": hex(base + v), "t": 1}
-        if draw(st.booleans()):
+        if cold:
             ev["pfn"] = hex(0x8010 + v)
         lines.append(ev)
     return "\n".join(json.dumps(x) for x in lines) + "\n"
 
 
-def _searches(text: str, *weaken: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _searches(
+    text: str, *weaken: str, limit: str = MAX_STATES
+) -> tuple[dict[str, Any], dict[str, Any]]:
     p = subprocess.run(
-        [sys.executable, "-c", _SEARCH, MAX_STATES, *weaken],
+        [sys.executable, "-c", _SEARCH, limit, *weaken],
         input=text.encode(),
         capture_output=True,
         cwd=ROOT,
@@ -107,9 +111,15 @@ def _searches(text: str, *weaken: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _outcomes(r: dict[str, Any]) -> set[tuple[Any, ...]]:
+    """The outcomes as grouped (:func:`outcome_key`), but those the explorer's own
+    ``max_retries`` bound ended: the fair search counts laps of a loop across states it
+    otherwise merges, so which of them a search reaches depends on how many interleavings of
+    the laps it takes; the loop itself is the ``LIVELOCK`` finding, compared below."""
     from explorer.interleavings.search import outcome_key
 
-    return {outcome_key(o) for o in r["outcomes"]}
+    return {
+        outcome_key(o) for o in r["outcomes"] if not any("LIVELOCK" in d for d in o["diagnostics"])
+    }
 
 
 def _findings(r: dict[str, Any]) -> set[str]:
@@ -118,7 +128,7 @@ def _findings(r: dict[str, Any]) -> set[str]:
 
 def _same(full: dict[str, Any], reduced: dict[str, Any], text: str) -> None:
     """The reduced search claims what the full one claims: every outcome (as grouped, the
-    counters included), every finding (violations, WARNs, deadlocks, livelocks)."""
+    counters included), every finding (violations, WARNs, deadlocks, real livelocks)."""
     assert reduced["complete"], text
     assert reduced["states"] <= full["states"], text
     assert _findings(reduced) == _findings(full), text
@@ -126,8 +136,8 @@ def _same(full: dict[str, Any], reduced: dict[str, Any], text: str) -> None:
     assert reduced.get("impossible") == full.get("impossible"), text
 
 
-def _check(text: str) -> None:
-    full, reduced = _searches(text)
+def _check(text: str, limit: str = MAX_STATES) -> None:
+    full, reduced = _searches(text, limit=limit)
     assume(full["complete"])
     _same(full, reduced, text)
 
@@ -139,16 +149,16 @@ _SETTINGS = dict(
 )
 
 
-@settings(max_examples=5, **_SETTINGS)  # type: ignore[arg-type]
+@settings(max_examples=4, **_SETTINGS)  # type: ignore[arg-type]
 @given(two_cpu_traces())
 def test_the_reduced_search_finds_what_the_full_one_finds(text: str) -> None:
     _check(text)
 
 
-@settings(max_examples=3, **_SETTINGS)  # type: ignore[arg-type]
+@settings(max_examples=2, **_SETTINGS)  # type: ignore[arg-type]
 @given(three_cpu_traces())
 def test_the_reduced_search_finds_what_the_full_one_finds_on_three_cpus(text: str) -> None:
-    _check(text)
+    _check(text, MAX_STATES_3)
 
 
 @pytest.mark.slow
@@ -162,28 +172,24 @@ def test_the_reduced_search_finds_what_the_full_one_finds_many(text: str) -> Non
 @settings(max_examples=40, **_SETTINGS)  # type: ignore[arg-type]
 @given(three_cpu_traces())
 def test_the_reduced_search_finds_what_the_full_one_finds_on_three_cpus_many(text: str) -> None:
-    _check(text)
+    _check(text, MAX_STATES_3)
 
 
 @pytest.mark.parametrize(
-    ("sample", "mode", "kind", "modes"),
+    ("sample", "kind", "modes"),
     [
         # the walk's lock-free read of the level-1 entry: the table race goes unseen
-        ("cold_race_2vcpu", "v6", "sept", "r"),
+        ("cold_race_2vcpu", "sept", "r"),
         # a region's DPAMT state (refcount, pair, references): the DPAMT race goes unseen
-        ("lost_race", "v6", "R", "rwa"),
+        ("lost_race", "R", "rwa"),
     ],
 )
 def test_the_comparison_fails_when_the_relation_is_too_weak(
-    sample: str, mode: str, kind: str, modes: str
+    sample: str, kind: str, modes: str
 ) -> None:
     """The property above can fail: leave an object out of the footprints and the reduced
-    search misses outcomes the full one finds."""
+    search misses outcomes the full one finds (both samples run under v6)."""
     text = (SAMPLES / f"{sample}.jsonl").read_text()
-    lines = text.splitlines()
-    header = json.loads(lines[0])
-    header.setdefault("settings", {})["mode"] = mode
-    text = "\n".join([json.dumps(header), *lines[1:]]) + "\n"
     full, exact = _searches(text)
     _same(full, exact, text)  # the exact relation: the same
     full, weak = _searches(text, kind, modes)
