@@ -9,14 +9,13 @@ import streamlit as st
 
 from app_pages import common
 from app_pages.ui.explore_tabs import explore_tabs
+from app_pages.ui.keys import STEP_HEADER_KEY, step_keys
 from app_pages.ui.state_panel import export_choice, map_and_caches
-from app_pages.ui.step_panel import code_and_locks, step_text
+from app_pages.ui.step_panel import COMPACT_CSS, code_and_locks, step_text
 from app_pages.ui.stepper import controls, period, play_clock
 from explorer.appsupport import Place, place_in, stop_note
 from explorer.model.settings import Settings
 from explorer.replay.timeline import Timeline
-
-COMPACT_CSS = "<style>.block-container{padding-top:2.6rem;padding-bottom:1rem}</style>"
 
 
 def knob_effects(loaded: common.Loaded, settings: Settings) -> None:
@@ -67,6 +66,7 @@ def view(
 ) -> None:
     last = tl.nr_steps - 1
     play_clock(last)
+    step_keys()
     controls(tl)
     i = min(max(int(st.session_state.cursor), -1), last)
     st.session_state.shown_step = i
@@ -74,11 +74,12 @@ def view(
     snap = tl.state_at(i)
     step = tl.step(i) if i >= 0 else None
     changed = tl.changed_regions(i) if i >= 0 else []
-    left, right = st.columns([3, 2])
+    left, right = st.container(key="step_view").columns([5, 6])
     with left:
         map_and_caches(snap, changed)
     with right:
-        step_text(tl, step)
+        with st.container(key=STEP_HEADER_KEY):
+            step_text(tl, step)
         code_and_locks(snap, step)
     explore_tabs(tl, loaded, i, snap, step, changed)
     common.sync_url(settings)
@@ -94,6 +95,20 @@ def restore_place(tl: Timeline, loaded: common.Loaded, replay_key: tuple[object,
         st.session_state.cursor = place_in(tl, old.event, old.label)
 
 
+def _notes_inside(nr_steps: int) -> None:
+    """Review notes (from a link, or pinned before a change of settings) on steps the replay
+    has: the others are dropped, with a message naming them."""
+    notes: dict[int, str] = dict(st.session_state.get("review_notes") or {})
+    outside = sorted(k for k in notes if not 0 <= k < nr_steps)
+    if outside:
+        st.warning(
+            f"Review notes on steps outside this replay (steps 0 to {nr_steps - 1}) were "
+            f"dropped: step(s) {', '.join(map(str, outside[:5]))}"
+            + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")
+        )
+        st.session_state.review_notes = {k: v for k, v in notes.items() if k not in outside}
+
+
 def main() -> None:
     problems = common.init_session()
     common.sidebar_trace_picker()
@@ -107,10 +122,9 @@ def main() -> None:
     )
     loaded: common.Loaded = st.session_state.loaded
     st.markdown(COMPACT_CSS, unsafe_allow_html=True)  # our own CSS: tighter page margins
-    st.markdown(
-        "**You are watching host memory (2 MiB regions), the vCPUs' DPAMT caches and the "
-        "kernel code, step by step, while KVM handles a TDX trace. Press Next (or the "
-        "Right arrow).**"
+    st.caption(
+        "Host memory, the DPAMT caches and the kernel code, step by step. "
+        "Keys: Right / Left step, Home / End, Space plays."
     )
     for p in problems:
         st.warning("A link parameter was ignored:")
@@ -125,6 +139,7 @@ def main() -> None:
     if tl.nr_steps == 0:
         st.info("This trace produced no step.")
         return
+    _notes_inside(tl.nr_steps)
     knob_effects(loaded, settings)
     if "cursor" not in st.session_state:
         st.session_state.cursor = -1

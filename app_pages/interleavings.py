@@ -92,6 +92,22 @@ def _open(
 ) -> None:
     """Load the trace with ``orders`` pinned and open Explore at ``at_step`` (a finding: the
     step it fires at), else where the pinned replay departs from the trace (an outcome)."""
+    if loaded.name != "upload":  # a sample (pinned or not): its link names it and the orders
+        with st.spinner("Pinning the schedule..."):
+            plain = common.pinned_sample(loaded.name, []).trace if loaded.schedule else loaded.trace
+            try:
+                at_sample = common.adopt_pinned(loaded.name, orders, settings)
+            except ValueError as exc:
+                st.error(f"The schedule could not be pinned: {exc}")
+                return
+            step = (
+                at_step
+                if at_step is not None
+                else first_difference(plain.events, settings, at_sample.trace.events)
+            )
+        st.session_state.cursor = step
+        st.switch_page("app_pages/explore.py")
+        return
     with st.spinner("Pinning the schedule and finding where it departs..."):
         data = pinned_trace(loaded.trace, settings, orders, label)
         problems = common.load_upload(f"{_stem(loaded.source)}-{suffix}.jsonl", data)

@@ -18,7 +18,9 @@ from functools import partial
 import streamlit as st
 
 from app_pages import common
-from app_pages.ui.tour_view import show_stop_view
+from app_pages.ui.step_panel import COMPACT_CSS
+from app_pages.ui.tour_view import show_stop_full
+from explorer.appsupport import parse_step_text
 from explorer.model.settings import Settings
 from explorer.replay.timeline import Timeline
 from explorer.teaching.handout import tour_handout_html
@@ -51,7 +53,8 @@ def _read_url(tours: list[str]) -> None:
         if loaded.name != tour:
             _load(tour)
         try:
-            st.session_state.learn_stop = max(int(st.query_params.get("stop", "1")) - 1, 0)
+            stop = parse_step_text(st.query_params.get("stop", "1"))
+            st.session_state.learn_stop = max(stop - 1, 0)
         except ValueError:
             st.session_state.learn_stop = 0
 
@@ -121,7 +124,7 @@ def tour_tab(tl: Timeline, tours: list[str], settings: Settings) -> None:
     st.text(tour.title)
     if tour.description:
         st.caption(tour.description)
-    c = st.columns([1, 1, 2, 3], vertical_alignment="center")
+    c = st.columns([1, 1, 2, 3, 3], vertical_alignment="center")
     c[0].button("Prev", key="btn_tour_prev", on_click=_move_stop, args=(-1, n), disabled=k == 0)
     c[1].button(
         "Next",
@@ -133,22 +136,13 @@ def tour_tab(tl: Timeline, tours: list[str], settings: Settings) -> None:
     )
     c[2].markdown(f"**Stop {k + 1} of {n}**")
     c[3].caption(f"{stop.stop.where()}: step {stop.step}")
-    step = tl.step(stop.step)
-    left, right = st.columns([2, 3])
-    with left:
-        st.markdown("**Look at**")
-        st.text(stop.stop.look)
-        st.markdown("**The teacher says**")
-        st.text(stop.stop.narration)
-        st.markdown(f"**Step {step.index}**, on {step.cpu} in `{step.function}`")
-        st.text(step.narration)
-        if st.button("Open this step in Explore", key="btn_tour_explore"):
-            st.session_state.cursor = stop.step
-            st.session_state.playing = False
-            st.session_state.pop("place", None)  # the cursor is set here: keep it
-            st.switch_page("app_pages/explore.py")
-    with right:
-        show_stop_view(tl, stop)
+    if c[4].button("Open this step in Explore", key="btn_tour_explore"):
+        st.session_state.cursor = stop.step
+        st.session_state.playing = False
+        st.session_state.pop("place", None)  # the cursor is set here: keep it
+        st.switch_page("app_pages/explore.py")
+    st.markdown(COMPACT_CSS, unsafe_allow_html=True)  # Explore's layout: it fits 1280x720
+    show_stop_full(tl, stop)
     st.download_button(
         "Download this tour as a handout (HTML)",
         # built on the click only: the page inlines plotly.js (a few MB) to work offline

@@ -64,10 +64,10 @@ def test_a_finding_opens_in_explore_pinned_at_its_departure() -> None:
     at.button(key="btn_open_finding_WARN_PAMT_ADD").click().run()
     assert not at.exception, [e.value for e in at.exception]
     loaded = at.session_state.loaded
-    assert loaded.name == "upload"
-    assert "WARN_PAMT_ADD" in loaded.source
-    assert loaded.source.startswith("lost_race-")
-    assert loaded.trace.settings["mode"] == "v6-no-recheck"
+    # a sample stays a sample, pinned: its share link names it and the turn orders
+    assert loaded.name == "lost_race" and loaded.schedule
+    assert loaded.source == "lost_race-pinned.jsonl"
+    assert at.session_state.overrides["mode"] == "v6-no-recheck"
     step = at.session_state.cursor
     assert step >= 0
     # Explore is showing, at that step

@@ -16,6 +16,7 @@ from explorer.interleavings.job import (
     decode_schedule,
     encode_schedule,
     explore_step,
+    finding_link,
     violation_rows,
 )
 from explorer.interleavings.search import pin
@@ -91,3 +92,47 @@ def test_a_finding_opens_at_its_step_and_links_to_the_sample_and_schedule() -> N
     assert at.session_state.cursor == int(row["step"])
     # Explore shows that step
     assert any(m.value.startswith(f"**Step {row['step']}** of") for m in at.markdown)
+    # the share link names the sample and the schedule, not an upload
+    assert at.query_params["sample"] == "lost_race"
+    assert decode_schedule(at.query_params["schedule"]) == orders
+    assert at.query_params["mode"] == "v6-no-recheck"
+
+
+def _explore_from(query: dict[str, str]) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=90)
+    for k, v in query.items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_a_finding_link_opens_explore_pinned_at_the_findings_step() -> None:
+    v, settings = _finding("lost_race", "v6-no-recheck", "WARN_PAMT_ADD")
+    trace = parse_trace((SAMPLES / "lost_race.jsonl").read_bytes(), "lost_race.jsonl")
+    base = Settings().with_overrides(trace.settings)
+    query = finding_link("lost_race", settings, base, v)
+    at = _explore_from(query)
+    step = explore_step(v)
+    assert at.session_state.cursor == step
+    assert at.session_state.loaded.schedule == query["schedule"]
+    # the step Explore shows is the pinned replay's, where the finding fires
+    tl = replay(pin(trace.events, v["orders"]), settings)
+    header = next(m.value for m in at.markdown if m.value.startswith(f"**Step {step}** of"))
+    assert f"of {tl.nr_steps - 1}" in header or f"of {tl.nr_steps}" in header
+    assert "WARN_PAMT_ADD" in {d.code for d in tl.diagnostics if d.step == step}
+    assert not any("ignored" in w.value for w in at.warning)
+    # Explore replays the pinned events: the finding's order heads the concurrent group
+    pins = [e.order for e in at.session_state.loaded.trace.events if e.op == "schedule"]
+    assert pins == [tuple(o) for o in v["orders"]]
+    assert at.query_params["schedule"] == query["schedule"]
+    assert at.query_params["sample"] == "lost_race"
+
+
+def test_a_bad_schedule_in_a_link_is_named_and_ignored() -> None:
+    for bad, what in (("vcpu0*0", "count"), ("vcpu7.vcpu0", "not a CPU of lost_race")):
+        at = _explore_from({"sample": "lost_race", "schedule": bad})
+        shown = [t.value for t in at.text]
+        assert any("schedule" in t and what in t for t in shown), shown
+        assert at.session_state.loaded.schedule == ""
+        assert "schedule" not in at.query_params

@@ -10,7 +10,13 @@ from app_pages.ui.loader import capture_info
 from app_pages.ui.replays import Loaded
 from app_pages.ui.state_panel import chart_config as _config
 from app_pages.ui.tables import safe_frame
-from explorer.appsupport import MAX_NOTE_CHARS, MAX_NOTES, notes_in_trace
+from explorer.appsupport import (
+    MAX_NOTE_CHARS,
+    MAX_NOTES,
+    MAX_URL_NOTES_CHARS,
+    notes_in_trace,
+    url_notes_length,
+)
 from explorer.ingest.write import dump_trace
 from explorer.model.records import Snapshot, Step
 from explorer.replay.timeline import Timeline
@@ -161,10 +167,18 @@ def capture_tab(tl: Timeline, loaded: Loaded, i: int) -> None:
 def _pin_note(i: int) -> None:
     text = str(st.session_state.get("note_text", "")).strip()[:MAX_NOTE_CHARS]
     notes = dict(st.session_state.get("review_notes") or {})
+    st.session_state.pop("note_error", None)
     if not text:
         notes.pop(i, None)
     elif len(notes) < MAX_NOTES or i in notes:
         notes[i] = text
+        if url_notes_length(notes) > MAX_URL_NOTES_CHARS:
+            st.session_state.note_error = (
+                f"Not pinned: with this note the notes would not fit in a link (at most "
+                f"{MAX_URL_NOTES_CHARS:,} characters as a URL). Shorten it, or download the "
+                "trace with the notes below."
+            )
+            return
     st.session_state.review_notes = notes
     st.session_state.note_text = ""
 
@@ -182,6 +196,8 @@ def notes_tab(tl: Timeline, loaded: Loaded, i: int) -> None:
             placeholder=notes.get(i, "e.g. look here: this is the lost race"),
         )
         c2.button("Pin to this step", key="btn_pin_note", on_click=_pin_note, args=(i,))
+        if st.session_state.get("note_error"):
+            st.warning(st.session_state.note_error)
     else:
         st.caption("Step to a step to pin a note to it.")
     if not notes:

@@ -4,6 +4,7 @@ URL in step with what is shown."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,11 @@ from explorer.appsupport import (
     settings_key,
 )
 from explorer.ingest.capture import looks_like_capture, parse_capture
+from explorer.ingest.write import dump_trace
+from explorer.interleavings.job import encode_schedule
+from explorer.interleavings.search import pin
 from explorer.model.errors import Problem, TraceError
+from explorer.model.machine import thread_name
 from explorer.model.settings import Settings
 
 
@@ -38,6 +43,11 @@ def init_session() -> list[str]:
     st.session_state.loaded = Loaded(
         name, f"{name}.jsonl", data, _parse(content_key(data), f"{name}.jsonl", data)
     )
+    if view.schedule is not None:
+        try:
+            st.session_state.loaded = pinned_sample(name, view.schedule)
+        except ValueError as exc:
+            problems.append(f"URL: schedule ignored: {exc}; showing {name} unpinned")
     st.session_state.overrides = dict(view.overrides)
     st.session_state.review_notes = dict(view.notes)
     st.session_state.cursor = view.step
@@ -45,12 +55,49 @@ def init_session() -> list[str]:
     return problems
 
 
+def pinned_sample(name: str, orders: Sequence[Sequence[str]]) -> Loaded:
+    """The sample ``name`` with its concurrent groups pinned to ``orders`` (a finding's turn
+    orders, explorer.interleavings.search.pin), keeping the sample's own header settings, so a
+    link's settings stay overrides against them. ValueError naming what does not fit: more
+    orders than the sample has concurrent groups, or a CPU the sample does not have."""
+    raw = sample_bytes(name)
+    trace = _parse(content_key(raw), f"{name}.jsonl", raw)
+    cpus = {thread_name(e) for e in trace.events}
+    for k, order in enumerate(orders, 1):
+        unknown = sorted(set(order) - cpus)
+        if unknown:
+            raise ValueError(f"group {k} names {', '.join(unknown[:3])}, not a CPU of {name}")
+    events = pin(trace.events, orders)
+    text = dump_trace(
+        events,
+        title=f"{trace.title} (pinned schedule)",
+        description=trace.description,
+        settings=trace.settings,
+    ).encode("utf-8")
+    source = f"{name}-pinned.jsonl"
+    return Loaded(
+        name, source, text, _parse(content_key(text), source, text), encode_schedule(orders)
+    )
+
+
+def adopt_pinned(name: str, orders: Sequence[Sequence[str]], settings: Settings) -> Loaded:
+    """Show the sample ``name`` pinned to ``orders`` under ``settings`` (kept as overrides of
+    the sample's own): what a finding's Open button does, so its share link is the sample's."""
+    pinned = pinned_sample(name, orders)
+    base = trace_settings(pinned)
+    adopt(pinned)
+    st.session_state.overrides = {
+        k: v for k, v in settings.to_dict().items() if getattr(base, k) != v
+    }
+    return pinned
+
+
 def load_sample(name: str) -> None:
     data = sample_bytes(name)
-    _adopt(Loaded(name, f"{name}.jsonl", data, _parse(content_key(data), f"{name}.jsonl", data)))
+    adopt(Loaded(name, f"{name}.jsonl", data, _parse(content_key(data), f"{name}.jsonl", data)))
 
 
-def _adopt(loaded: Loaded) -> None:
+def adopt(loaded: Loaded) -> None:
     """Make ``loaded`` the trace on show: the previous one's upload error, review notes,
     setting overrides, place and knobs go with it (one place for the three ways in: a sample,
     an upload, an imported capture)."""
@@ -108,7 +155,7 @@ def load_upload(name: str, data: bytes) -> tuple[Problem, ...] | None:
     if bar is not None:
         bar.empty()
     st.session_state.pop("loading", None)
-    _adopt(Loaded("upload", name, data, trace))
+    adopt(Loaded("upload", name, data, trace))
     return None
 
 
@@ -188,8 +235,8 @@ def _load_capture(name: str, data: bytes) -> tuple[Problem, ...] | None:
     source = f"{stem}.imported.jsonl"
     key = content_key(text)
     trace = _parse(key, source, text)
-    _adopt(Loaded("upload", source, text, trace))
-    st.session_state.capture_info = CaptureInfo(name, key, conform(cap))
+    adopt(Loaded("upload", source, text, trace))
+    st.session_state.capture_info = CaptureInfo(name, key, conform(cap, imported=imp))
     return None
 
 
@@ -227,6 +274,7 @@ def show_upload_errors() -> None:
 
 
 def sync_url(settings: Settings) -> None:
+    """The URL names what is shown: a sample (pinned: with its ``schedule``) or ``upload``."""
     loaded: Loaded = st.session_state.loaded
     params = encode_view_state(
         loaded.name if loaded.name != "upload" else "upload",
@@ -234,6 +282,7 @@ def sync_url(settings: Settings) -> None:
         settings,
         trace_settings(loaded),
         st.session_state.get("review_notes") or None,
+        schedule=loaded.schedule,
     )
     if st.query_params.to_dict() != params:
         st.query_params.from_dict(params)

@@ -35,17 +35,21 @@ def export_choice() -> None:
     )
 
 
+#: Heights (px) of the map and the caches: with the controls above, both fit a 1280x720 view.
+MAP_HEIGHT, CACHE_HEIGHT = 220, 160
+
+
 def map_and_caches(snap: Snapshot, changed: list[int]) -> None:
     """The region map (coloured as the Display tab says) above the vCPUs' PAMT caches."""
     color_by = st.session_state.get("color_by", "dpamt")
     st.plotly_chart(
-        region_map(snap, changed, color_by=color_by, height=300),
+        region_map(snap, changed, color_by=color_by, height=MAP_HEIGHT),
         key="chart_region_map",
         config=chart_config("region_map"),
         width="stretch",
     )
     st.plotly_chart(
-        pamt_cache_figure(snap, height=240),
+        pamt_cache_figure(snap, height=CACHE_HEIGHT),
         key="chart_pamt_cache",
         config=chart_config("pamt_cache"),
         width="stretch",

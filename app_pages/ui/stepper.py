@@ -155,46 +155,38 @@ def _go_event(tl: Timeline) -> None:
 
 def controls(tl: Timeline) -> None:
     last = tl.nr_steps - 1
-    cols = st.columns([1.2, 1.1, 1.1, 1.1, 1.2, 1.5], vertical_alignment="bottom")
+    # one row (a projector's 720 lines): the five buttons, the speed, the step and event boxes,
+    # and the jumps in a popover
+    cols = st.columns([1, 1, 1, 1, 1.1, 1.5, 1.3, 1.3, 1.3], vertical_alignment="bottom")
     cols[0].button(
         "First",
         key="btn_first",
         on_click=_set_cursor,
         args=(-1,),
-        shortcut="Home",
-        help="before the first step (Home)",
     )
     cols[1].button(
         "Prev",
         key="btn_prev",
         on_click=_move,
         args=(-1, last),
-        shortcut="Left",
-        help="previous step (Left arrow)",
     )
     cols[2].button(
         "Next",
         key="btn_next",
         on_click=_move,
         args=(1, last),
-        shortcut="Right",
         type="primary",
-        help="next step (Right arrow)",
     )
     cols[3].button(
         "Last",
         key="btn_last",
         on_click=_set_cursor,
         args=(last,),
-        shortcut="End",
-        help="the last step (End)",
     )
     cols[4].button(
         "Pause" if st.session_state.playing else "Play",
         key="btn_play",
         on_click=_toggle_play,
-        shortcut="Space",
-        help="play / pause (Space)",
     )
     cols[5].selectbox(
         "speed",
@@ -205,24 +197,13 @@ def controls(tl: Timeline) -> None:
         label_visibility="collapsed",
     )
     playing = bool(st.session_state.playing)
-    if last >= 0:
-        st.slider(
-            "step",
-            min_value=-1,
-            max_value=last,
-            key="cursor",
-            label_visibility="collapsed",
-            help=NUMBERING,
-            disabled=playing,
-        )
     # the two boxes show where the cursor is (set before the widgets exist in this run); before
     # the first step no event has run: the event box is empty
     cur = min(max(int(st.session_state.cursor), -1), last)
     st.session_state.goto_step = cur
     st.session_state.goto_event = tl.step(cur).event + 1 if cur >= 0 else None
-    j = st.columns([1, 1, 1.7, 1.3, 0.9, 0.9], vertical_alignment="bottom")
-    j[0].number_input(
-        "go to step",
+    cols[6].number_input(
+        "step",
         min_value=-1,
         max_value=max(last, -1),
         step=1,
@@ -231,8 +212,8 @@ def controls(tl: Timeline) -> None:
         disabled=playing,
         help=f"0 to {last}; -1: before the first step. {NUMBERING}",
     )
-    j[1].number_input(
-        "go to event",
+    cols[7].number_input(
+        "event",
         min_value=1,
         max_value=max(tl.nr_events, 1),
         step=1,
@@ -243,17 +224,33 @@ def controls(tl: Timeline) -> None:
         placeholder="none yet",
         help=f"1 to {tl.nr_events}: the trace's events, in order (empty before the first step)",
     )
-    kind = j[2].selectbox(
-        "jump to the previous / next step with", list(JUMP_KINDS), key="jump_kind"
-    )
-    if JUMP_KINDS[kind] == "op":
-        j[3].selectbox("op", OPS, key="jump_op")
-    elif JUMP_KINDS[kind] == "region":
-        j[3].number_input(
-            "region", min_value=0, max_value=tl.settings.nr_regions - 1, step=1, key="jump_region"
+    with cols[8].popover("Jump...", width="stretch"):
+        kind = st.selectbox(
+            "jump to the previous / next step with", list(JUMP_KINDS), key="jump_kind"
         )
-    j[4].button("earlier", key="btn_jump_prev", on_click=_jump, args=(tl, -1))
-    j[5].button("later", key="btn_jump_next", on_click=_jump, args=(tl, 1))
+        if JUMP_KINDS[kind] == "op":
+            st.selectbox("op", OPS, key="jump_op")
+        elif JUMP_KINDS[kind] == "region":
+            st.number_input(
+                "region",
+                min_value=0,
+                max_value=tl.settings.nr_regions - 1,
+                step=1,
+                key="jump_region",
+            )
+        c1, c2 = st.columns(2)
+        c1.button("earlier", key="btn_jump_prev", on_click=_jump, args=(tl, -1))
+        c2.button("later", key="btn_jump_next", on_click=_jump, args=(tl, 1))
+    if last >= 0:
+        st.slider(
+            "step",
+            min_value=-1,
+            max_value=last,
+            key="cursor",
+            label_visibility="collapsed",
+            help=NUMBERING,
+            disabled=playing,
+        )
     note = st.session_state.get("jump_note")
     if note:
         st.caption(note)

@@ -79,3 +79,52 @@ def show_stop_view(tl: Timeline, stop: ResolvedStop) -> None:
         for d in step.diagnostics:
             (st.error if d.kind in ("violation", "error") else st.warning)(f"{d.kind}: {d.code}")
             st.text(d.message)
+
+
+#: Which element of the full view each stop view points at (the CSS class of its container);
+#: the other views are drawn below the full view, in ``tour_extra``.
+LOOK_AT: dict[str, str] = {
+    "region_map": "st-key-chart_region_map",
+    "animation": "st-key-chart_region_map",
+    "pamt_caches": "st-key-chart_pamt_cache",
+    "code": "st-key-code_panel",
+    "locks": "st-key-locks",
+}
+EXTRA_KEY = "tour_extra"
+
+
+def highlight_css(view: str) -> str:
+    """CSS outlining the element the stop points at (an amber frame, as a pointer on a slide
+    would): the stop's view in the full view, or the extra view drawn below it."""
+    target = LOOK_AT.get(view, f"st-key-{EXTRA_KEY}")
+    return (
+        f"<style>.{target}{{outline:3px solid #f59e0b;outline-offset:2px;border-radius:4px}}"
+        ".st-key-tour_teacher{background:rgba(245,158,11,0.12);padding:0.4rem 0.6rem;"
+        "border-left:4px solid #f59e0b}</style>"
+    )
+
+
+def show_stop_full(tl: Timeline, stop: ResolvedStop) -> None:
+    """The stop as Explore shows its step (the map and caches; the step, the code and the
+    locks) with the teacher's text beside them and the element the stop names outlined."""
+    from app_pages.ui.keys import STEP_HEADER_KEY
+    from app_pages.ui.state_panel import map_and_caches
+    from app_pages.ui.step_panel import code_and_locks, step_text
+
+    i = stop.step
+    snap = tl.state_at(i)
+    step = tl.step(i)
+    st.markdown(highlight_css(stop.stop.view), unsafe_allow_html=True)
+    left, right = st.container(key="step_view").columns([5, 6])
+    with left:
+        map_and_caches(snap, tl.changed_regions(i))
+    with right:
+        with st.container(key="tour_teacher"):
+            st.text(stop.stop.look)
+            st.text(stop.stop.narration)
+        with st.container(key=STEP_HEADER_KEY):
+            step_text(tl, step)
+        code_and_locks(snap, step)
+    if stop.stop.view not in LOOK_AT:
+        with st.container(key=EXTRA_KEY):
+            show_stop_view(tl, stop)

@@ -18,6 +18,7 @@ from explorer.cli.common import (
     check_output_path,
 )
 from explorer.ingest.bounded import InputRefused, read_bounded
+from explorer.ingest.gcpause import gc_paused
 from explorer.model.errors import Problem, TraceError
 
 
@@ -49,8 +50,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     from explorer.ingest.write import dump_trace
 
     check_output_path(args.output, "-o")
-    cap = _read_capture(args.capture)
-    imp = import_capture(cap)
+    with gc_paused():  # as in cmd_conform
+        cap = _read_capture(args.capture)
+        imp = import_capture(cap)
     text = dump_trace(
         imp.events,
         title=f"imported from {cap.source}",
@@ -72,8 +74,11 @@ def cmd_conform(args: argparse.Namespace) -> int:
     """Replay a capture's imported trace and compare the kernel with the model."""
     from explorer.conformance.conform import conform
 
-    cap = _read_capture(args.capture)
-    result = conform(cap)
+    # one pause for the whole command: each stage pauses the collector for its own work, and
+    # re-enabled between them it would rescan the million records the parse left alive
+    with gc_paused():
+        cap = _read_capture(args.capture)
+        result = conform(cap)
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -36,9 +36,11 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_right
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from operator import itemgetter
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 from explorer.conformance.importer import (
     EIO,
@@ -46,13 +48,14 @@ from explorer.conformance.importer import (
     KVM_PROBES,
     PAGE_STRUCT,
     Attribution,
-    attribute,
+    ImportedTrace,
     field_int,
     import_capture,
     spte_kind,
     spte_pfn,
 )
 from explorer.ingest.capture import PROBES, Capture, Record
+from explorer.ingest.gcpause import gc_paused
 from explorer.model.settings import Settings
 from explorer.replay.timeline import replay
 
@@ -75,6 +78,77 @@ class Match(NamedTuple):
     step: int
 
 
+class Matches(Sequence[Match]):
+    """A conformance's matches sorted by (step, line), built from the checker's observations on
+    first use: there is one per record, and only the app's markers read them (``conform`` on the
+    command line and its ``--json`` do not), so a million are not built for nothing.
+
+    ``observed``: (line, kind, value, record position) in position order; ``starts``: the
+    position each event starts at, ascending; ``steps``: each event's first step (-1: never ran).
+    """
+
+    def __init__(
+        self,
+        observed: list[tuple[int, str, Any, int]],
+        starts: Sequence[int],
+        steps: Sequence[int],
+    ) -> None:
+        self._observed: list[tuple[int, str, Any, int]] | None = observed
+        self._starts = starts
+        self._steps = steps
+        self._items: list[Match] | None = None
+
+    def _built(self) -> list[Match]:
+        if self._items is None:
+            with gc_paused():  # a million tuples, no cycles among them
+                self._items = self._build()
+            self._observed = None
+        return self._items
+
+    def _build(self) -> list[Match]:
+        assert self._observed is not None
+        items: list[Match] = []
+        starts, steps = self._starts, self._steps
+        e, nxt, cur = -1, (starts[0] if starts else 1 << 62), -1
+        for line, kind, value, pos in self._observed:  # positions ascend: one sweep
+            while pos >= nxt:
+                e += 1
+                cur = steps[e] if e < len(steps) else -1
+                nxt = starts[e + 1] if e + 1 < len(starts) else 1 << 62
+            items.append(_new_match(Match, (line, kind, value, cur)))
+        items.sort(key=itemgetter(3, 0))  # (step, line)
+        return items
+
+    def __len__(self) -> int:
+        return len(self._observed) if self._observed is not None else len(self._built())
+
+    @overload
+    def __getitem__(self, i: int) -> Match: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Match]: ...
+
+    def __getitem__(self, i: int | slice) -> Match | list[Match]:
+        return self._built()[i]
+
+    def __iter__(self) -> Iterator[Match]:
+        return iter(self._built())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Matches | list | tuple):
+            return self._built() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-looking, like the list it stands for
+
+    def __repr__(self) -> str:
+        return f"Matches({self._built()!r})"
+
+
+#: ``Match``'s fields from one tuple, without the keyword-argument ``__new__`` (``Matches``).
+_new_match = tuple.__new__
+
+
 @dataclass(frozen=True)
 class Conformance:
     """``ok`` when no divergence; ``observations`` the records checked; ``unexplained`` the
@@ -85,7 +159,7 @@ class Conformance:
     observations: int
     divergences: list[Divergence]
     stopped: str | None = None
-    matches: list[Match] = field(default_factory=list)
+    matches: Sequence[Match] = field(default_factory=list)
     unexplained: list[dict[str, Any]] = field(default_factory=list)
     ignored: dict[str, int] = field(default_factory=dict)
 
@@ -105,7 +179,7 @@ class Conformance:
         return json.dumps(self.to_json(), indent=2)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Call:
     """A ``tdx_pamt_get`` / ``tdx_pamt_put`` between its entry and return."""
 
@@ -120,7 +194,7 @@ class _Call:
     early: bool = False  # its refcount effect was applied before its return (a race)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Thread:
     get: _Call | None = None
     put: _Call | None = None
@@ -131,7 +205,6 @@ class _Thread:
     topup: Record | None = None  # the last top-up since the last fault attempt
     topup_checked: bool = False
     pending: list[tuple[int, Record]] = field(default_factory=list)  # successful gets unused
-    last_ok: int = 0  # the line of the last record of this thread that matched
 
 
 class _Checker:
@@ -140,7 +213,8 @@ class _Checker:
         self.ref: dict[int, int] = {}
         self.borrowed: dict[int, int] = {}
         self.cache: dict[int, int] = {}
-        self.threads: dict[int, _Thread] = {}
+        self.threads: defaultdict[int, _Thread] = defaultdict(_Thread)
+        self.last_ok: dict[int, int] = {}  # tid -> the line of its last record that matched
         self.inflight: dict[int, list[_Call]] = {}  # region -> calls entered, not returned
         self.zaps: dict[int, list[Record]] = {}  # pfn -> zaps waiting for their put
         self.puts: dict[int, list[Record]] = {}  # pfn -> puts waiting for their zap
@@ -156,22 +230,16 @@ class _Checker:
         self.known: set[int] = set()
 
     # ---------------------------------------------------------------- helpers
-    def t(self, tid: int) -> _Thread:
-        th = self.threads.get(tid)
-        if th is None:
-            th = self.threads[tid] = _Thread()
-        return th
-
     def ok(self, r: Record, kind: str, value: Any) -> None:
         self.matches.append((r.line, kind, value, self.pos))
-        self.t(r.tid).last_ok = r.line
+        self.last_ok[r.tid] = r.line
 
     def div(self, line: int, kind: str, observed: Any, predicted: Any) -> None:
         self.divs.append((line, kind, observed, predicted))
 
     def missing_at(self, r: Record) -> int:
         """Where a missing record of ``r``'s thread belongs: after its last matched record."""
-        return self.t(r.tid).last_ok or r.line
+        return self.last_ok.get(r.tid) or r.line
 
     def checked(self, region: int) -> bool:
         """A region's refcount is known: the capture started with no TD (``vms_at_start=0``),
@@ -223,13 +291,13 @@ class _Checker:
         return n
 
     def on_kvm_page_fault(self, r: Record) -> None:
-        th = self.t(r.tid)
+        th = self.threads[r.tid]
         self.close_window(th)
         th.topup, th.topup_checked = None, False
         self.ok(r, "fault", hex(field_int(r, "gpa")))
 
     def on_kvm_mmu_page_fault(self, r: Record) -> None:
-        th = self.t(r.tid)
+        th = self.threads[r.tid]
         th.topup, th.topup_checked = None, False  # a new attempt (local retry) tops up again
         self.ok(r, "fault.attempt", hex(field_int(r, "gpa")))
 
@@ -249,12 +317,12 @@ class _Checker:
     def on_tdx_topup_pamt_cache_entry(self, r: Record) -> None:
         cache = field_int(r, "cache")
         self.check_count(r, cache, field_int(r, "cache_count"))
-        th = self.t(r.tid)
+        th = self.threads[r.tid]
         th.topup, th.topup_checked = r, False
         self.ok(r, "topup", hex(cache))
 
     def on_tdx_topup_pamt_cache_return(self, r: Record) -> None:
-        e = self.t(r.tid).topup
+        e = self.threads[r.tid].topup
         ret, after = field_int(r, "ret"), field_int(r, "cache_count")
         if e is None:
             self.unexplain(r)
@@ -271,11 +339,11 @@ class _Checker:
 
     def on_tdx_free_pamt_cache_entry(self, r: Record) -> None:
         self.check_count(r, field_int(r, "cache"), field_int(r, "cache_count"))
-        self.t(r.tid).topup = r
+        self.threads[r.tid].topup = r
         self.ok(r, "cache_free", field_int(r, "cache_count"))
 
     def on_tdx_free_pamt_cache_return(self, r: Record) -> None:
-        e = self.t(r.tid).topup
+        e = self.threads[r.tid].topup
         if field_int(r, "cache_count") != 0:
             self.div(r.line, "cache_free.after", field_int(r, "cache_count"), 0)
         else:
@@ -288,7 +356,7 @@ class _Checker:
         pfn, cache = field_int(r, "pfn"), field_int(r, "cache")
         call = _Call(r, pfn >> 9, pfn, cache, field_int(r, "cache_count"))
         self.check_count(r, cache, call.count)
-        th = self.t(r.tid)
+        th = self.threads[r.tid]
         th.get = call
         self.inflight.setdefault(call.region, []).append(call)
         if cache and th.topup is not None and th.topup.probe.startswith("tdx_topup"):
@@ -300,7 +368,7 @@ class _Checker:
         self.ok(r, "get", hex(pfn))
 
     def on_tdh_phymem_pamt_add_entry(self, r: Record) -> None:
-        call = self.t(r.tid).get
+        call = self.threads[r.tid].get
         if call is None:
             self.unexplain(r)
             return
@@ -325,7 +393,7 @@ class _Checker:
         self.ok(r, "pamt_add.region", hex(region))
 
     def on_tdh_phymem_pamt_add_return(self, r: Record) -> None:
-        call = self.t(r.tid).get
+        call = self.threads[r.tid].get
         if call is None or call.add is None:
             self.unexplain(r)
             return
@@ -334,7 +402,7 @@ class _Checker:
         self.ok(r, "pamt_add.status", hex(field_int(r, "ret")))
 
     def on_tdx_pamt_get_return(self, r: Record) -> None:
-        th = self.t(r.tid)
+        th = self.threads[r.tid]
         call = th.get
         if call is None:
             self.unexplain(r)
@@ -407,13 +475,13 @@ class _Checker:
     def on_tdx_pamt_put_entry(self, r: Record) -> None:
         pfn = field_int(r, "pfn")
         call = _Call(r, pfn >> 9, pfn)
-        th = self.t(r.tid)
+        th = self.threads[r.tid]
         th.put = call
         self.inflight.setdefault(call.region, []).append(call)
         self.ok(r, "put", hex(pfn))
 
     def on_tdh_phymem_pamt_remove_entry(self, r: Record) -> None:
-        call = self.t(r.tid).put
+        call = self.threads[r.tid].put
         if call is None:
             self.unexplain(r)
             return
@@ -432,14 +500,14 @@ class _Checker:
             self.ok(r, "pamt_remove.region", hex(region))
 
     def on_tdh_phymem_pamt_remove_return(self, r: Record) -> None:
-        call = self.t(r.tid).put
+        call = self.threads[r.tid].put
         if call is None or call.remove is None:
             self.unexplain(r)
             return
         self.ok(r, "pamt_remove.status", hex(field_int(r, "ret")))
 
     def on_tdx_pamt_put_return(self, r: Record) -> None:
-        th = self.t(r.tid)
+        th = self.threads[r.tid]
         call = th.put
         if call is None:
             self.unexplain(r)
@@ -487,12 +555,12 @@ class _Checker:
 
     # ---- control pages
     def on_tdx_alloc_control_page_entry(self, r: Record) -> None:
-        th = self.t(r.tid)
+        th = self.threads[r.tid]
         th.ctrl_alloc, th.ctrl_gets = r, 0
         self.ok(r, "control.alloc", "")
 
     def on_tdx_alloc_control_page_return(self, r: Record) -> None:
-        th = self.t(r.tid)
+        th = self.threads[r.tid]
         if th.ctrl_alloc is None:
             self.unexplain(r)
             return
@@ -506,12 +574,12 @@ class _Checker:
         self.ok(r, "control.page", hex(page))
 
     def on_tdx_free_control_page_entry(self, r: Record) -> None:
-        th = self.t(r.tid)
+        th = self.threads[r.tid]
         th.ctrl_free, th.ctrl_puts = r, 0
         self.ok(r, "control.free", hex(field_int(r, "page")))
 
     def on_tdx_free_control_page_return(self, r: Record) -> None:
-        th = self.t(r.tid)
+        th = self.threads[r.tid]
         e = th.ctrl_free
         if e is None:
             self.unexplain(r)
@@ -527,7 +595,7 @@ class _Checker:
     def on_kvm_tdp_mmu_spte_changed(self, r: Record) -> None:
         old, new, level = field_int(r, "old_spte"), field_int(r, "new_spte"), field_int(r, "level")
         kind = spte_kind(old, new)
-        th = self.t(r.tid)
+        th = self.threads[r.tid]
         if kind == "map":
             want = spte_pfn(new) if level == 1 else None
             for k, (gp, g) in enumerate(th.pending):
@@ -576,42 +644,41 @@ class _Checker:
                 self.unexplain(p)
 
 
-def conform(capture: Capture, settings: Settings | None = None) -> Conformance:
+def conform(
+    capture: Capture, settings: Settings | None = None, *, imported: ImportedTrace | None = None
+) -> Conformance:
     """Account for every record of ``capture`` (the module docstring's rules) and place each
     observation on the model's replay of the imported trace (``settings``: the imported ones
-    unless given). ``ok`` when nothing diverges and the replay ran to its end."""
-    att = attribute(capture)
-    imp = import_capture(capture, att)
-    chk = _Checker(att, capture.header)
-    observations = chk.run()
+    unless given). ``ok`` when nothing diverges and the replay ran to its end.
+
+    ``imported``: :func:`import_capture` of this ``capture``, when the caller has it (the app
+    shows the trace and its conformance): its attribution and events are used, not derived
+    again. Its ``matches`` are built on first use (``conform --json`` never reads them)."""
+    if imported is None:
+        imported = import_capture(capture)
+    att = imported.attribution
+    if att is None or len(att.order) != len(capture.records):
+        raise ValueError(f"imported is not import_capture() of {capture.source}")
+    imp = imported
+    with gc_paused():  # a million observations, no reference cycles among them
+        chk = _Checker(att, capture.header)
+        observations = chk.run()
     tl = replay(imp.events, settings or imp.settings)
     stopped = tl.stopped.message if tl.stopped is not None else None
-    # the step of every record position: that of the last event begun at or before it
+    # the step at which each event starts (-1: it never ran); a record position's step is that
+    # of the last event begun at or before it
     first = [tl.first_step_of_event(e) for e in range(tl.nr_events)]
+    steps = [-1 if s is None else s for s in first]
     starts = imp.positions
 
-    def step_at(pos: int) -> int:
-        e = bisect_right(starts, pos) - 1
-        s = first[e] if 0 <= e < len(first) else None
-        return -1 if s is None else s
-
     def step(line: int) -> int:
-        return step_at(imp.line_pos.get(line, 0))
+        e = bisect_right(starts, imp.line_pos.get(line, 0)) - 1
+        return steps[e] if 0 <= e < len(steps) else -1
 
     divs = sorted(
         {Divergence(line, k, o, p, step(line)) for line, k, o, p in chk.divs},
         key=lambda d: (d.line, d.kind),
     )
-    matches: list[Match] = []
-    e, nxt, cur = -1, (starts[0] if starts else 1 << 62), -1
-    for line, k, v, pos in chk.matches:  # positions ascend: one sweep over the events
-        while pos >= nxt:
-            e += 1
-            s = first[e] if e < len(first) else None
-            cur = -1 if s is None else s
-            nxt = starts[e + 1] if e + 1 < len(starts) else 1 << 62
-        matches.append(Match(line, k, v, cur))
-    matches.sort(key=itemgetter(3, 0))  # (step, line)
     unexplained: list[dict[str, Any]] = [
         {"line": r.line, "text": r.text} for r in sorted(chk.unexplained, key=lambda r: r.line)
     ]
@@ -620,7 +687,7 @@ def conform(capture: Capture, settings: Settings | None = None) -> Conformance:
         observations,
         divs,
         stopped,
-        matches,
+        Matches(chk.matches, starts, steps),
         unexplained,
         imp.ignored,
     )
