@@ -38,7 +38,8 @@ KEEP_JOBS = 8
 MAX_OUTCOME_BUTTONS = 60
 BUTTONS_PER_ROW = 6
 
-JobKey = tuple[str, tuple[tuple[str, Any], ...]]
+#: (the trace's content, its settings, whether the search is reduced)
+JobKey = tuple[str, tuple[tuple[str, Any], ...], bool]
 
 
 def _jobs() -> dict[JobKey, ExploreJob]:
@@ -54,7 +55,9 @@ def _start(key: JobKey, loaded: common.Loaded, settings: Settings, max_states: i
     jobs.pop(key, None)
     while len(jobs) >= KEEP_JOBS:
         jobs.pop(next(iter(jobs)))
-    jobs[key] = ExploreJob(loaded.trace.events, settings, max_states, title=loaded.trace.title)
+    jobs[key] = ExploreJob(
+        loaded.trace.events, settings, max_states, title=loaded.trace.title, reduction=key[2]
+    )
 
 
 @st.fragment(run_every=0.5)
@@ -68,7 +71,8 @@ def _progress(key: JobKey) -> None:
         st.rerun()
     st.progress(
         min(status.states / job.max_states, 1.0),
-        text=f"Exploring: {status.states:,} states so far (limit {job.max_states:,})",
+        text=f"Exploring: {status.states:,} states so far{' (reduced)' if job.reduction else ''} "
+        f"(limit {job.max_states:,})",
     )
     if st.button("Stop", key="btn_stop_explore"):
         job.stop()
@@ -127,10 +131,11 @@ def _open(
 
 def _summary(result: dict[str, Any]) -> None:
     states, seconds = result["states"], result["seconds"]
+    searched = "searched (reduced)" if result.get("reduction") else "(full search)"
     if not result["complete"]:
         covered = result.get("covered", {})
         st.warning(
-            f"Incomplete: {states:,} states in {seconds} s, then the search stopped in group "
+            f"Incomplete: {states:,} states {searched} in {seconds} s, then the search stopped in group "
             f"{covered.get('groups', '?')} of {covered.get('groups_total', '?')}; nothing is "
             "claimed. Raise the state limit and run it again."
         )
@@ -138,7 +143,7 @@ def _summary(result: dict[str, Any]) -> None:
         return
     verdict = "complete" if result["ok"] else "complete, with findings"
     st.markdown(
-        f"**{states:,}** states, **{result['schedules']:,}** schedules, "
+        f"**{states:,}** states {searched}, **{result['schedules']:,}** schedules {searched}, "
         f"**{len(result['outcomes']):,}** distinct outcomes ({result['end_states']:,} end "
         f"states: those differing only in page numbers are one outcome), {seconds} s: "
         f"{verdict}."
@@ -251,11 +256,19 @@ def main() -> None:
     )
     common.show_upload_errors()
     st.text(f"trace: {loaded.source}: {loaded.trace.title}\nmode: {mode_label(settings.mode)}")
-    key: JobKey = (content_key(loaded.data), settings_key(settings))
+    c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="bottom")
+    reduction = c2.toggle(
+        "partial-order reduction",
+        value=True,
+        key="explore_reduction",
+        help="On: one order per class of orders that differ only in independent turns (the "
+        "same outcomes and findings, far fewer states). Off: the full search, every order "
+        "(exact state and schedule counts; --no-reduction).",
+    )
+    key: JobKey = (content_key(loaded.data), settings_key(settings), reduction)
     job = _jobs().get(key)
     status = job.poll() if job is not None else None
     running = status is not None and status.state == "running"
-    c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
     max_states = int(
         c1.number_input(
             "state limit",
@@ -267,7 +280,7 @@ def main() -> None:
             help="Past this many states the search stops and claims nothing (--max-states).",
         )
     )
-    if c2.button("Explore every interleaving", key="btn_explore", disabled=running):
+    if c3.button("Explore every interleaving", key="btn_explore", disabled=running):
         _start(key, loaded, settings, max_states)
         st.rerun()
     if job is None or status is None:
