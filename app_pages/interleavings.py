@@ -55,9 +55,8 @@ def _start(key: JobKey, loaded: common.Loaded, settings: Settings, max_states: i
     jobs.pop(key, None)
     while len(jobs) >= KEEP_JOBS:
         jobs.pop(next(iter(jobs)))
-    jobs[key] = ExploreJob(
-        loaded.trace.events, settings, max_states, title=loaded.trace.title, reduction=key[2]
-    )
+    title = loaded.trace.title
+    jobs[key] = ExploreJob(loaded.trace.events, settings, max_states, title=title, reduction=key[2])
 
 
 @st.fragment(run_every=0.5)
@@ -69,11 +68,9 @@ def _progress(key: JobKey) -> None:
     status = job.poll()
     if status.state != "running":
         st.rerun()
-    st.progress(
-        min(status.states / job.max_states, 1.0),
-        text=f"Exploring: {status.states:,} states so far{' (reduced)' if job.reduction else ''} "
-        f"(limit {job.max_states:,})",
-    )
+    reduced = " (reduced)" if job.reduction else ""
+    text = f"Exploring: {status.states:,} states so far{reduced} (limit {job.max_states:,})"
+    st.progress(min(status.states / job.max_states, 1.0), text=text)
     if st.button("Stop", key="btn_stop_explore"):
         job.stop()
         st.rerun()
@@ -135,9 +132,9 @@ def _summary(result: dict[str, Any]) -> None:
     if not result["complete"]:
         covered = result.get("covered", {})
         st.warning(
-            f"Incomplete: {states:,} states {searched} in {seconds} s, then the search stopped in group "
-            f"{covered.get('groups', '?')} of {covered.get('groups_total', '?')}; nothing is "
-            "claimed. Raise the state limit and run it again."
+            f"Incomplete: {states:,} states {searched} in {seconds} s, then the search stopped "
+            f"in group {covered.get('groups', '?')} of {covered.get('groups_total', '?')}; "
+            "nothing is claimed. Raise the state limit and run it again."
         )
         st.text(str(result.get("stopped", "")))
         return
@@ -162,15 +159,13 @@ def _outcomes(loaded: common.Loaded, settings: Settings, result: dict[str, Any])
         "Each distinct end state, how many turn orders reach it, and what it leaves. Open one "
         "to replay an interleaving that reaches it."
     )
+    config = {
+        "regions (refcount)": st.column_config.TextColumn(width="medium"),
+        "kernel paths": st.column_config.TextColumn(width="large"),
+    }
+    frame = common.safe_frame(rows)
     st.dataframe(
-        common.safe_frame(rows),
-        hide_index=True,
-        width="stretch",
-        key="table_outcomes",
-        column_config={
-            "regions (refcount)": st.column_config.TextColumn(width="medium"),
-            "kernel paths": st.column_config.TextColumn(width="large"),
-        },
+        frame, hide_index=True, width="stretch", key="table_outcomes", column_config=config
     )
     st.caption("Open an outcome in Explore:")
     outcomes = result["outcomes"][:MAX_OUTCOME_BUTTONS]
@@ -178,9 +173,8 @@ def _outcomes(loaded: common.Loaded, settings: Settings, result: dict[str, Any])
         st.caption(f"Buttons for the first {MAX_OUTCOME_BUTTONS} outcomes.")
     for first in range(0, len(outcomes), BUTTONS_PER_ROW):
         cols = st.columns(BUTTONS_PER_ROW)
-        for col, (n, o) in zip(
-            cols, enumerate(outcomes[first : first + BUTTONS_PER_ROW], first + 1), strict=False
-        ):
+        row = enumerate(outcomes[first : first + BUTTONS_PER_ROW], first + 1)
+        for col, (n, o) in zip(cols, row, strict=False):
             if col.button(
                 f"Outcome {n}",
                 key=f"btn_open_outcome_{n}",
@@ -218,12 +212,9 @@ def _findings(loaded: common.Loaded, settings: Settings, result: dict[str, Any])
     config: dict[str, Any] = {"message": st.column_config.TextColumn(width="large")}
     if link is not None:
         config["link"] = st.column_config.LinkColumn(display_text="link", width="small")
+    frame = common.safe_frame(rows)
     st.dataframe(
-        common.safe_frame(rows),
-        hide_index=True,
-        width="stretch",
-        key="table_findings",
-        column_config=config,
+        frame, hide_index=True, width="stretch", key="table_findings", column_config=config
     )
     violations = result["violations"]
     for first in range(0, len(violations), BUTTONS_PER_ROW):
@@ -261,25 +252,23 @@ def main() -> None:
         "partial-order reduction",
         value=True,
         key="explore_reduction",
-        help="On: one order per class of orders that differ only in independent turns (the "
-        "same outcomes and findings, far fewer states). Off: the full search, every order "
-        "(exact state and schedule counts; --no-reduction).",
+        help="On: one order per class of orders differing only in independent turns (same "
+        "outcomes and findings). Off: every order, exact counts (--no-reduction).",
     )
     key: JobKey = (content_key(loaded.data), settings_key(settings), reduction)
     job = _jobs().get(key)
     status = job.poll() if job is not None else None
     running = status is not None and status.state == "running"
-    max_states = int(
-        c1.number_input(
-            "state limit",
-            min_value=MIN_MAX_STATES,
-            max_value=MAX_MAX_STATES,
-            value=DEFAULT_MAX_STATES,
-            step=10_000,
-            key="explore_max_states",
-            help="Past this many states the search stops and claims nothing (--max-states).",
-        )
+    limit = c1.number_input(
+        "state limit",
+        min_value=MIN_MAX_STATES,
+        max_value=MAX_MAX_STATES,
+        value=DEFAULT_MAX_STATES,
+        step=10_000,
+        key="explore_max_states",
+        help="Past this many states the search stops and claims nothing (--max-states).",
     )
+    max_states = int(limit)
     if c3.button("Explore every interleaving", key="btn_explore", disabled=running):
         _start(key, loaded, settings, max_states)
         st.rerun()
