@@ -56,8 +56,10 @@ json.dump([full, reduced], sys.stdout)
 def three_cpu_traces(draw: st.DrawFn) -> str:
     """Three vCPUs of one or two TDs in one concurrent group, after a warm-up fault each (full
     caches, the upper tables present): faults next to the warm-ups (their level-1 table
-    present) or on a fresh range (a table race), pages given in one cold region (a DPAMT race)
-    or from the allocator, and maybe a zap of a mapped page instead of the first fault."""
+    present) or on a fresh range (a table race), pages given in one cold region (a DPAMT race),
+    in a cold region each (critical sections of ``pamt_lock`` with independent bodies: what the
+    lock-aware relation does not order) or from the allocator, and maybe a zap of a mapped page
+    instead of the first fault."""
     mode = draw(st.sampled_from(["v6", "v6-locked", "v5-hint", "v6-no-recheck"]))
     lines: list[dict[str, Any]] = [
         {
@@ -82,14 +84,14 @@ def three_cpu_traces(draw: st.DrawFn) -> str:
     if zap:
         lines.append({"op": "fault", "vcpu": 0, "gfn": "0x408", "pfn": "0x8000"})
     base = draw(st.sampled_from([0x410, 0x410, 0x0]))
-    cold = draw(st.booleans())
+    cold = draw(st.sampled_from(["", "one region", "a region each"]))
     for v in range(3):
         if zap and v == 0:
             lines.append({"op": "zap", "td": 0, "gfn": "0x408", "t": 1})
             continue
         ev: dict[str, Any] = {"op": "fault", "vcpu": v, "gfn": hex(base + v), "t": 1}
         if cold:
-            ev["pfn"] = hex(0x8010 + v)
+            ev["pfn"] = hex(0x8010 + v * (0x200 if cold == "a region each" else 1))
         lines.append(ev)
     return "\n".join(json.dumps(x) for x in lines) + "\n"
 
@@ -206,3 +208,34 @@ def test_the_reduced_search_searches_fewer_states_on_the_cold_range() -> None:
     _same(full, reduced, text)
     assert reduced["reduction"] and not full["reduction"]
     assert reduced["states"] < 0.75 * full["states"]
+
+
+def test_acquisitions_of_pamt_lock_race_only_by_their_bodies() -> None:
+    """The lock-aware relation (LAPOR): two turns that take or release ``pamt_lock`` do not
+    conflict by the lock word; bodies do, and so does an invariant check's look at whether the
+    lock is free by a CPU that does not hold it. The full relation (sleep sets) keeps them
+    dependent."""
+    from explorer.interleavings.search import _dependent, _lock_aware
+    from explorer.model.machine import Machine
+    from explorer.model.settings import Settings
+    from explorer.model.state import FP_PAMT_LOCK
+
+    m = Machine(Settings(), record=False, check=True)
+    none: frozenset[object] = frozenset()
+    acq = (none, frozenset({FP_PAMT_LOCK}), none)
+
+    def aware(fp: Any, ops: set[str], cpu: str, holder: str | None) -> Any:
+        m.fp_l = {(op, FP_PAMT_LOCK) for op in ops}
+        m.pamt_lock = holder
+        return _lock_aware(fp, m, cpu, False)
+
+    a0 = aware(acq, {"test", "acq"}, "vcpu0", "vcpu0")
+    r1 = aware(acq, {"rel"}, "vcpu1", None)
+    assert _dependent(acq, acq)  # the full relation
+    assert not _dependent(a0, r1)
+    body = (none, frozenset({("R", 64)}), none)
+    assert _dependent((a0[0], a0[1] | body[1], a0[2]), body)
+    check = aware((frozenset({FP_PAMT_LOCK}), none, none), {"check"}, "vcpu1", "vcpu0")
+    assert _dependent(check, a0)
+    own = aware((frozenset({FP_PAMT_LOCK}), none, none), {"check"}, "vcpu0", "vcpu0")
+    assert not _dependent(own, r1)

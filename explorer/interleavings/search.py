@@ -1051,6 +1051,7 @@ def _footprint(m: Machine) -> Footprint:
             pair = pairs.get(region)
             if (m.refcount.get(region, 0) > 0) != (pair is not None):
                 r.add(FP_PAMT_LOCK)
+                m.fp_l.add(("check", FP_PAMT_LOCK))
             if pair is None:
                 r.add(("used", region))
     w = frozenset(m.fp_w)
@@ -1077,6 +1078,39 @@ def _dependent(x: Footprint, y: Footprint) -> bool:
         and xa.isdisjoint(yr)
         and ya.isdisjoint(xr)
     )
+
+
+#: The lock word of ``pamt_lock`` in the lock-aware relation: acquisitions and releases update it
+#: (commuting with each other), a look at it by a CPU that does not hold it reads it.
+_LOCK_WORD = ("LW", "pamt_lock")
+
+
+def _lock_aware(fp: Footprint, m: Machine, cpu: str, held_before: bool) -> Footprint:
+    """The footprint a turn of ``cpu`` has in the race relation (LAPOR: Kokologiannakis, Raad
+    and Vafeiadis, OOPSLA 2019): ``pamt_lock``'s acquisitions, releases and a spinner's looks
+    at its holder do not conflict with each other, so two critical sections are not a race by
+    their lock alone; their bodies' accesses are, and a race with a turn taken while another
+    CPU holds the lock is placed at that CPU's acquisition as well (:meth:`_Reduced._lift`).
+    The lock word is still read by the invariant checks of a CPU that does not hold it after
+    the turn (whether it is free is what they check), and updated by acquisitions and
+    releases: those conflict. The lock word stays a plain write (the relation of sleep sets)
+    when this turn takes another lock while holding ``pamt_lock`` (then ``pamt_lock`` is not
+    a leaf of the lock order and a deadlock could depend on the order of its holders)."""
+    r, w, a = fp
+    if FP_PAMT_LOCK not in r and FP_PAMT_LOCK not in w:
+        return fp
+    if held_before and any(isinstance(o, tuple) and o[0] == "mmu" for o in (*r, *w)):
+        return fp
+    ops = {op for op, lock in m.fp_l if lock == FP_PAMT_LOCK}
+    r = r - {FP_PAMT_LOCK}
+    w = w - {FP_PAMT_LOCK}
+    if "acq" in ops or "rel" in ops:
+        a = a | {_LOCK_WORD}
+    if "check" in ops and m.pamt_lock != cpu:
+        r = r | {_LOCK_WORD}
+    if _LOCK_WORD in r and _LOCK_WORD in a:
+        r, w, a = r - {_LOCK_WORD}, w | {_LOCK_WORD}, a - {_LOCK_WORD}
+    return (r, w, a)
 
 
 class _Universe:
@@ -1135,7 +1169,9 @@ class _Node:
     """A state of the reduced search: its enabled CPUs, the CPUs to search from it
     (``backtrack``), those searched (``done``, in order) with each turn's footprint, bits and
     successor, its sleep set (CPU -> the footprint of its turn here), and the summary of the
-    accesses of every turn searched from it and below."""
+    accesses of every turn searched from it and below. ``fps`` are the footprints of the full
+    relation (sleep sets), ``lfps`` those of the lock-aware one (races, :func:`_lock_aware`),
+    ``holder`` who holds ``pamt_lock`` after each turn."""
 
     __slots__ = (
         "backtrack",
@@ -1143,8 +1179,10 @@ class _Node:
         "done",
         "enabled",
         "fps",
+        "holder",
         "index",
         "lap_key",
+        "lfps",
         "sleep",
         "succ",
         "summary",
@@ -1157,6 +1195,8 @@ class _Node:
         self.backtrack: set[str] = set()
         self.done: list[str] = []
         self.fps: dict[str, Footprint] = {}
+        self.lfps: dict[str, Footprint] = {}
+        self.holder: dict[str, str | None] = {}
         self.bits: dict[str, int] = {}
         self.succ: dict[str, Digest] = {}
         self.sleep: dict[str, Footprint] = {}
@@ -1220,11 +1260,14 @@ class _Reduced:
         self.prefix: list[str] = []
         self.cpus: list[str] = []
         self.cpu_index: dict[str, int] = {}
+        self.root_holder: str | None = None
 
     # -------------------------------------------------------------- driving
     def run(self) -> None:
         self.ex._progress(self.k, force=True)  # (from the start: before the first state)
         self._goto(None)
+        assert self.m is not None
+        self.root_holder = self.m.pamt_lock
         self.cpus = [th.name for th in self.threads]
         self.cpu_index = {name: i for i, name in enumerate(self.cpus)}
         root = self._arrive(None, "", "", None)[0]
@@ -1316,10 +1359,15 @@ class _Reduced:
         m.fp_w.clear()
         m.fp_a.clear()
         m.fp_checked.clear()
+        m.fp_l.clear()
+        held_before = m.pamt_lock == p
         info = m.turn(th, self.threads)
         fp = _footprint(m) if annotated and self._annotated(th) else _STAR
+        lfp = _lock_aware(fp, m, p, held_before) if fp is not _STAR else fp
         node.fps[p] = fp
-        node.bits[p] = self.u.step_bits(p, fp)
+        node.lfps[p] = lfp
+        node.holder[p] = m.pamt_lock
+        node.bits[p] = self.u.step_bits(p, lfp)
         node.done.append(p)
         node.backtrack.add(p)
         self.prefix.append(p)
@@ -1342,9 +1390,21 @@ class _Reduced:
         root = self.root
         # frame: [state, next index into done, out CPU, out CPU's index, its vector clock,
         #         conflict bits of the out turn, the universe size they were computed at,
-        #         path (for _lap_back), (CPU index, clock) to restore when popped]
+        #         path (for _lap_back), (CPU index, clock) to restore when popped,
+        #         (pamt_lock's holder in the state, the stack index of its acquisition or -1)]
         stack: list[list[Any]] = [
-            [root, 0, None, -1, none, 0, -1, (root, nodes[root].lap_key, None), None]
+            [
+                root,
+                0,
+                None,
+                -1,
+                none,
+                0,
+                -1,
+                (root, nodes[root].lap_key, None),
+                None,
+                (self.root_holder, -1),
+            ]
         ]
         seen.add(root)
         on_stack.add(root)
@@ -1410,14 +1470,17 @@ class _Reduced:
             seen.add(c)
             on_stack.add(c)
             fr[2], fr[3], fr[4], fr[6] = p, pi, vc, -1
-            stack.append([c, 0, None, -1, none, 0, -1, (c, cn.lap_key, fr[7]), (pi, clock[pi])])
+            h = node.holder[p]
+            hold = fr[9] if h == fr[9][0] else (h, len(stack) - 1 if h is not None else -1)
+            path = (c, cn.lap_key, fr[7])
+            stack.append([c, 0, None, -1, none, 0, -1, path, (pi, clock[pi]), hold])
             clock[pi] = vc
 
     def _conf(self, fr: list[Any]) -> int:
         """The conflict bits of a frame's out turn (recomputed when the universe grew)."""
         size = len(self.u.bit)
         if fr[6] != size:
-            fr[5] = self.u.conflicts(fr[2], self.nodes[fr[0]].fps[fr[2]])
+            fr[5] = self.u.conflicts(fr[2], self.nodes[fr[0]].lfps[fr[2]])
             fr[6] = size
         conf: int = fr[5]
         return conf
@@ -1448,11 +1511,26 @@ class _Reduced:
             qi = fr[3]
             if qi != pi and mine[qi] < i and later[qi] < i:
                 self._reverse(stack, i, j, p, pi, tuple(vc))
+                a = self._lift(stack, i, p)
+                if a >= 0:
+                    self._reverse(stack, a, j, p, pi, tuple(vc))
             vci = fr[4]
             for y in range(len(later)):
                 if vci[y] > later[y]:
                     later[y] = vci[y]
         return tuple(vc)
+
+    def _lift(self, stack: list[list[Any]], i: int, x: str) -> int:
+        """The stack index of the acquisition of ``pamt_lock`` by a CPU other than ``x`` that
+        holds it in the state before turn ``i`` (-1: none, or taken before the group). A race
+        of turn ``i`` with a turn of ``x`` may need ``x`` to pass ``pamt_lock`` first, which it
+        cannot while the holder holds it: the holder's critical section and ``x``'s are then
+        the conflicting pair, and the reversal goes before the acquisition too (LAPOR's race of
+        two critical sections whose bodies conflict)."""
+        holder, a = stack[i][9]
+        if holder is None or holder == x:
+            return -1
+        return int(a)
 
     def _reverse(
         self,
@@ -1504,7 +1582,8 @@ class _Reduced:
             if fr[2] is None:
                 continue
             node = nodes[fr[0]]
-            if len(node.backtrack) >= len(node.enabled):
+            lifted = fr[9][0] is not None and fr[9][1] >= 0
+            if len(node.backtrack) >= len(node.enabled) and not lifted:
                 continue
             hit = self._conf(fr) & summary
             if not hit:
@@ -1515,12 +1594,20 @@ class _Reduced:
                     continue
                 if clock[self.cpu_index[x]][qi] >= i:  # i happens before x's next turn
                     continue
-                if x in node.enabled:
-                    if x not in node.backtrack and x not in node.sleep:
-                        node.backtrack.add(x)
-                        self.changed = True
-                else:
-                    self._require_all(node)
+                self._add(node, x)
+                a = self._lift(stack, i, x)
+                if a >= 0:
+                    self._add(nodes[stack[a][0]], x)
+
+    def _add(self, node: _Node, x: str) -> None:
+        """Search ``x`` from ``node`` (unless it is there or asleep), or every enabled CPU if
+        ``x`` is not enabled there."""
+        if x in node.enabled:
+            if x not in node.backtrack and x not in node.sleep:
+                node.backtrack.add(x)
+                self.changed = True
+        else:
+            self._require_all(node)
 
     def _require_all(self, node: _Node) -> None:
         more = [y for y in node.enabled if y not in node.backtrack and y not in node.sleep]

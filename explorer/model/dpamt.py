@@ -63,6 +63,7 @@ def _pamt_lock_holder(m: KernelState, td: Td | None) -> str | None:
     """Who holds ``pamt_lock`` (None: it is free)."""
     if m.fp_on:
         m.fp_read(FP_PAMT_LOCK)
+        m.fp_l.add(("test", FP_PAMT_LOCK))
     return m.pamt_lock
 
 
@@ -111,6 +112,7 @@ def spin_lock(m: KernelState, th: Thread, fn: str, label: str) -> KGen:
     """``spin_lock(&pamt_lock)``: a waiter spins, one visible step per turn."""
     if m.fp_on:
         m.fp_read(FP_PAMT_LOCK)
+        m.fp_l.add(("test", FP_PAMT_LOCK))
     if m.pamt_lock is not None:
         yield from _spin(
             m,
@@ -131,6 +133,7 @@ def spin_lock(m: KernelState, th: Thread, fn: str, label: str) -> KGen:
         )
     if m.fp_on:
         m.fp_write(FP_PAMT_LOCK)
+        m.fp_l.add(("acq", FP_PAMT_LOCK))
     m.pamt_lock = th.name
     th.holds.append("pamt_lock")
     if m.record:
@@ -141,6 +144,7 @@ def spin_lock(m: KernelState, th: Thread, fn: str, label: str) -> KGen:
 def spin_unlock(m: KernelState, th: Thread) -> None:
     if m.fp_on:
         m.fp_write(FP_PAMT_LOCK)
+        m.fp_l.add(("rel", FP_PAMT_LOCK))
     m.pamt_lock = None
     th.holds.remove("pamt_lock")
     if m.record:

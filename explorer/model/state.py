@@ -323,6 +323,12 @@ class KernelState:
         self.fp_r: set[Any] = set()
         self.fp_w: set[Any] = set()
         self.fp_a: set[Any] = set()
+        #: the lock operations of the step, (operation, lock word) with the operation "test"
+        #: (a spinner's look at the holder), "acq", "rel", or "check" (the invariant checks'
+        #: look at whether it is free): the lock word is in ``fp_r``/``fp_w`` as well, and the
+        #: search's lock-aware relation replaces those accesses by these (LAPOR:
+        #: ``explorer.interleavings.search._lock_aware``)
+        self.fp_l: set[tuple[str, Any]] = set()
         #: the regions the invariant checks after this step look at (``_dirty``): what those
         #: checks read depends on the regions' state after the step, so the search adds it
         #: then (``explorer.interleavings.search._check_reads``)
