@@ -84,11 +84,13 @@ def test_open_a_stop_in_explore() -> None:
 
 
 def test_a_prediction_round_with_the_right_answers_scores_5_of_5() -> None:
-    at = _learn(sample="lost_race", step="100")
-    path = ROOT / "sample_traces" / "lost_race.jsonl"
+    # a sample with five moments to ask about after step 0 (a slow path, a pair, a race won
+    # and lost, a fault completing after its retry): a round asks each once
+    at = _learn(sample="cold_race_3vcpu", step="0")
+    path = ROOT / "sample_traces" / "cold_race_3vcpu.jsonl"
     trace = parse_trace(path.read_bytes(), path.name)
     tl = replay(trace.events, Settings().with_overrides(trace.settings))
-    expected = PredictionSession(start=100, total=5)
+    expected = PredictionSession(start=0, total=5)
     at.number_input(key="predict_n").set_value(5).run()
     at.button(key="btn_predict_start").click().run()
     assert not at.exception, [e.value for e in at.exception]

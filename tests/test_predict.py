@@ -8,7 +8,6 @@ from explorer.ingest import parse_trace
 from explorer.model.settings import Settings
 from explorer.replay.timeline import Timeline, replay
 from explorer.teaching.predict import (
-    NONE,
     PredictionSession,
     Question,
     check,
@@ -43,13 +42,13 @@ def _all(tl: Timeline) -> list[tuple[int, Question]]:
 def test_every_answer_agrees_with_the_recorded_step(name: str) -> None:
     tl = _timeline(name)
     asked = _all(tl)
-    assert {q.kind for _, q in asked} >= {"path", "region", "cache"}
+    assert {q.kind for _, q in asked} >= {"path", "region"}
     for i, q in asked:
         s = tl.step(i)
         if q.kind == "region":
             changed = {e.key for e in s.effects if e.kind in ("refcount", "pair")}
-            assert q.answer == (f"region {changed.pop()}" if changed else NONE)
-            assert q.choices is not None and q.answer in q.choices and NONE in q.choices
+            assert q.answer == f"region {changed.pop()}"  # never "none"
+            assert q.choices is not None and q.answer in q.choices
         elif q.kind == "cache":
             vcpu = vcpu_id(s.cpu)
             assert vcpu is not None and q.choices is None
@@ -88,10 +87,9 @@ def test_cold_region_cache_counts_follow_topup_and_pops(cold_region: Timeline) -
         for i, q in _all(cold_region)
         if q.kind == "cache"
     ]
-    topups = [c for label, c in counts if label == "pamt_cache.topup"]
-    pops = [c for label, c in counts if label == "pamt_get.pop"]
-    assert topups and pops
-    assert max(pops) < max(topups)  # a pop takes a page out of the cache
+    # asked only at drains (a pop), each a page fewer than the one before it
+    assert counts and {label for label, _ in counts} == {"pamt_get.pop"}
+    assert [c for _, c in counts[:2]] == [9, 8]
 
 
 def test_path_question_only_at_the_decision(cold_region: Timeline) -> None:
@@ -124,12 +122,15 @@ def test_a_session_scores_right_and_wrong_answers(name: str) -> None:
             assert session.answer(given).correct is correct
             assert session.is_answered
         assert session.done
-        assert len(session.answered) == 6
+        # these samples hold 4 moments (a slow path, a pair, a race won and lost, or a second
+        # pair): a round of 6 asks each once and ends with the trace
+        assert 4 <= len(session.answered) <= 6
         steps = [a.step for a in session.answered]
         assert steps == sorted(set(steps))  # forward, one question per step
-    assert right.score == 6 and wrong.score == 0
+    assert [a.step for a in right.answered] == [a.step for a in wrong.answered]
+    assert right.score == len(right.answered) and wrong.score == 0
     assert len({a.question.kind for a in right.answered}) >= 2  # kinds are mixed
-    assert [r["right"] for r in right.rows()] == [True] * 6
+    assert [r["right"] for r in right.rows()] == [True] * len(right.answered)
 
 
 def test_a_session_starts_after_the_cursor_and_ends_with_the_timeline(
@@ -146,3 +147,25 @@ def test_a_session_starts_after_the_cursor_and_ends_with_the_timeline(
     assert s.done and s.exhausted and s.score == len(s.answered) < 20
     with pytest.raises(ValueError):
         s.answer("x")
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "answer"),
+    [
+        ("lost_race", "race", "yes"),
+        ("cold_race_2vcpu", "race", "yes"),
+        ("cache_zero", "retry", "retry"),
+        ("cache_too_small", "retry", "retry"),
+        ("cold_race_3vcpu", "race", "yes"),
+        ("stale_fault", "retry", "retry"),
+        ("pamt_add_failure", "retry", "retry"),
+        ("cold_region", "region", "region 64"),
+    ],
+)
+def test_a_round_of_five_reaches_the_samples_lesson(name: str, kind: str, answer: str) -> None:
+    tl = _timeline(name)
+    s = PredictionSession(start=-1, total=5)
+    while s.advance(tl) is not None:
+        assert s.current is not None and s.current.answer != "none"
+        s.answer(s.current.answer)
+    assert (kind, answer) in {(a.question.kind, a.question.answer) for a in s.answered}

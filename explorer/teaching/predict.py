@@ -6,17 +6,24 @@ its answer is read off that step's own record (its label and effects, or the sna
 when the step changes nothing of what is asked), never written by hand: when the engine changes
 to follow the kernel more closely, the questions and their answers follow with it.
 
-Kinds of question (:data:`KINDS`):
+Questions are asked only at the steps that matter, the moments a lesson is about (the
+samples each have one): a race decided under ``pamt_lock``, a get's fast or slow path, a drain of
+a vCPU's DPAMT cache (a pop), a refcount crossing 0 (a pair installed or removed),
+a fault's retry. Every other step is passed over, and no question has "nothing changes" for an
+answer. Kinds of question (:data:`KINDS`):
 
-- ``region``: which region's refcount or PAMT pair changes in this step (or ``none``). Asked at
-  the DPAMT get and put steps, the only ones that change either; ``none`` is a right answer as
-  often as a region is (a pop, a lock, a spin change neither).
-- ``cache``: how many pages the vCPU's DPAMT cache holds after this step (a number). Asked at a
-  vCPU's cache and get steps: a top-up fills it, a slow get pops two, everything else keeps it.
+- ``race``: does this CPU lose the race, at its step right after taking ``pamt_lock`` in a get:
+  the recheck under the lock finds the region installed (``pamt_get.lost_race``) or not
+  (``tdx_pamt_get``'s recheck, the one v6 adds).
 - ``path``: fast or slow path, at a ``tdx_pamt_get`` decision step (``pamt_get.fast`` or
   ``pamt_get.slow``).
-- ``race``: does this CPU lose the race, at its step right after taking ``pamt_lock`` in a get:
-  the recheck under the lock finds the region installed (``pamt_get.lost_race``) or not.
+- ``retry``: does the fault retry or complete, at the end of a fault that ran its cache dry
+  (``fault.retry``, or the ``fault.done`` of a fault that retried before: KVM's RET_PF_RETRY
+  after ``tdx_pamt_get`` found the cache empty).
+- ``region``: which region's refcount crosses 0 or PAMT pair changes, at the steps that do
+  (the pair installed by ``tdx_pamt_add``, removed by ``tdx_pamt_put``'s last reference).
+- ``cache``: how many pages the vCPU's DPAMT cache holds after this step (a number), at the
+  steps that drain it: a slow get's pop of a pair's pages (filled by ``tdx_topup_pamt_cache``).
 
 No Streamlit here: the app's Learn page drives a :class:`PredictionSession`, the tests drive the
 same one.
@@ -29,12 +36,13 @@ from dataclasses import dataclass, field
 from explorer.model.records import Snapshot, Step
 from explorer.replay.timeline import Timeline
 
-KINDS = ("race", "path", "region", "cache")
-#: The answer of a ``region`` question when the step changes no refcount and no pair.
-NONE = "none"
+KINDS = ("race", "retry", "path", "region", "cache")
 #: Choices of ``path`` and ``race`` questions.
 PATH_CHOICES = ("fast", "slow")
 RACE_CHOICES = ("yes", "no")
+RETRY_CHOICES = ("retry", "complete")
+#: A fault's last step: it retries (the cache ran dry) or completes (explorer.model.kvm).
+RETRY_LABEL, DONE_LABEL = "fault.retry", "fault.done"
 #: Labels of the get's fast/slow decision (explorer.model.narration).
 PATH_LABELS = {"pamt_get.fast": "fast", "pamt_get.slow": "slow"}
 LOCK_LABEL = "pamt_get.lock"
@@ -114,6 +122,50 @@ def _changed_regions(s: Step) -> list[int]:
     return out
 
 
+def _contested(tl: Timeline, step: int) -> bool:
+    """Two or more CPUs take the slow path in the step's batch (the events running together):
+    a race for one region's pair is possible, so its recheck and the gets that follow the
+    winner (fast, since the pair is in) are worth a question; a lone get's are routine."""
+    b = tl.batch_of_step(step)
+    lo, hi = tl.batch_step[b], tl.batch_step[b + 1]
+    cpus = {
+        p.cpu
+        for p in tl.steps_between(lo, min(hi, lo + 4 * LOOKBACK))
+        if p.label == "pamt_get.slow"
+    }
+    return len(cpus) >= 2
+
+
+def _crossings(s: Step) -> list[int]:
+    """Regions whose pair this step changes or whose refcount it takes across 0 (the moments
+    a region's DPAMT backing appears or goes), in order of first change."""
+    out: list[int] = []
+    for e in s.effects:
+        moved = e.kind == "pair" or (
+            e.kind == "refcount" and (int(e.old or 0) == 0) != (int(e.new or 0) == 0)
+        )
+        if moved and int(e.key) not in out:
+            out.append(int(e.key))
+    return out
+
+
+def _cache_moves(s: Step, vcpu: int) -> bool:
+    """The step drains the vCPU's DPAMT cache (a slow get's pop): a top-up only refills it to
+    the count the sidebar shows, which asks nothing."""
+    return any(
+        e.kind == "pamt_cache" and e.key == vcpu and int(e.new) < int(e.old) for e in s.effects
+    )
+
+
+def _retried_before(tl: Timeline, step: int, s: Step) -> bool:
+    """A ``fault.retry`` of the same event on the same CPU before ``step`` (nearby)."""
+    lo = max(step - 16 * LOOKBACK, 0)
+    return any(
+        p.label == RETRY_LABEL and p.cpu == s.cpu and p.event == s.event
+        for p in tl.steps_between(lo, step)
+    )
+
+
 def _batch_regions(tl: Timeline, step: int) -> list[int]:
     """Regions whose refcount or pair changes anywhere in the step's batch (the events running
     together): offered whether or not this very step changes them, so being among the choices
@@ -165,7 +217,7 @@ def questions_at(tl: Timeline, step: int) -> list[Question]:
     fam = family(s.label)
     vcpu = vcpu_id(s.cpu)
     out: list[Question] = []
-    if s.label != LOCK_LABEL and fam == "pamt_get":
+    if s.label != LOCK_LABEL and fam == "pamt_get" and _contested(tl, step):
         prev = _previous_on_cpu(tl, step, s.cpu)
         if prev is not None and prev.label == LOCK_LABEL and prev.event == s.event:
             out.append(
@@ -178,7 +230,7 @@ def questions_at(tl: Timeline, step: int) -> list[Question]:
                     "yes" if s.label == LOST_RACE_LABEL else "no",
                 )
             )
-    if s.label in PATH_LABELS:
+    if s.label in PATH_LABELS and (PATH_LABELS[s.label] == "slow" or _contested(tl, step)):
         out.append(
             Question(
                 "path",
@@ -188,22 +240,34 @@ def questions_at(tl: Timeline, step: int) -> list[Question]:
                 PATH_LABELS[s.label],
             )
         )
-    needs_before = fam in REGION_FAMILIES or (vcpu is not None and fam in CACHE_FAMILIES)
-    before = tl.state_at(step - 1) if needs_before else None
-    if fam in REGION_FAMILIES and before is not None:
-        changed = _changed_regions(s)
-        if len(changed) <= 1:  # one region or none (always so on the samples)
+    # the snapshot before the step (a seek) only where a region or a drain question is asked
+    crossed = _crossings(s) if fam in REGION_FAMILIES else []
+    drains = vcpu is not None and fam in CACHE_FAMILIES and _cache_moves(s, vcpu)
+    before = tl.state_at(step - 1) if crossed or drains else None
+    if s.label == RETRY_LABEL or (s.label == DONE_LABEL and _retried_before(tl, step, s)):
+        out.append(
+            Question(
+                "retry",
+                f"{s.cpu}'s fault reaches its end after its DPAMT gets. Does it retry (the "
+                "cache ran dry: RET_PF_RETRY, fault again) or complete?",
+                RETRY_CHOICES,
+                "retry" if s.label == RETRY_LABEL else "complete",
+            )
+        )
+    if crossed and before is not None:
+        changed = crossed
+        if len(changed) == 1:  # one region (always so on the samples)
             regions = _regions_in_play(tl, step, before, changed)
             out.append(
                 Question(
                     "region",
-                    f"Next, {s.cpu} runs a step of {s.function}. Which region's refcount or "
-                    "PAMT pair changes in it?",
-                    (*(f"region {r}" for r in regions), NONE),
-                    f"region {changed[0]}" if changed else NONE,
+                    f"Next, {s.cpu} runs a step of {s.function} that changes a PAMT pair or "
+                    "takes a refcount across 0. Which region's?",
+                    tuple(f"region {r}" for r in regions),
+                    f"region {changed[0]}",
                 )
             )
-    if vcpu is not None and fam in CACHE_FAMILIES and before is not None:
+    if vcpu is not None and drains and before is not None:
         count = _cache_after(s, vcpu, before)
         if count is not None:
             out.append(
@@ -218,14 +282,29 @@ def questions_at(tl: Timeline, step: int) -> list[Question]:
     return out
 
 
+#: How far past a question already asked a round looks for a moment not asked yet (a race, a
+#: retry) before asking the same kind again: a few faults' worth of steps.
+LOOKAHEAD = 4 * LOOKBACK
+
+
+def moment(q: Question) -> tuple[str, str]:
+    """What a question is about, for telling a round's moments apart: its kind and, for the
+    yes/no kinds, its answer (a lost race and a won one are two lessons; two slow paths, or two
+    regions installed, are one)."""
+    return (q.kind, q.answer if q.kind in ("race", "retry", "path") else "")
+
+
 @dataclass
 class PredictionSession:
     """A round of ``total`` questions about the steps after ``start`` (the step the learner is
     looking at; -1 before the first).
 
     Steps that have no question are passed over (their narration stays on the Explore page).
-    One question per step; among a step's questions the kind asked least so far is taken, so a
-    round mixes kinds instead of asking about the cache at every get. Plain data (ints and
+    One question per step; a round goes on to the next moment it has not asked about yet
+    (:func:`moment`: a lost race after a won one, a retry after slow paths) within
+    :data:`LOOKAHEAD` steps, and only then asks a moment again, so a round of five reaches the
+    sample's lesson instead of asking about every cold table. Among a step's questions the kind
+    asked least so far is taken. Plain data (ints and
     frozen questions): it lives in Streamlit's session state, and the timeline is passed in."""
 
     start: int
@@ -263,15 +342,49 @@ class PredictionSession:
         if len(self.answered) >= self.total:
             return None
         i = self.position + 1
-        while i < tl.nr_steps:
+        fallback: tuple[int, list[Question]] | None = None
+        while i < tl.nr_steps and (fallback is None or i <= fallback[0] + LOOKAHEAD):
             qs = questions_at(tl, i)
             if qs:
-                self.current, self.current_step, self.position = self._pick(qs), i, i
-                return self.current
+                i, qs = self._best_of_event(tl, i, qs)
+                fresh = [q for q in qs if moment(q) not in self._asked_moments()]
+                if fresh:
+                    return self._put(i, fresh)
+                if fallback is None:
+                    fallback = (i, qs)
             i += 1
+        if fallback is not None:  # every moment ahead was asked already: ask one again
+            return self._put(*fallback)
         self.position = tl.nr_steps - 1
         self.exhausted = True
         return None
+
+    def _asked_moments(self) -> set[tuple[str, str]]:
+        return {moment(a.question) for a in self.answered}
+
+    def _put(self, i: int, qs: list[Question]) -> Question:
+        self.current, self.current_step, self.position = self._pick(qs), i, i
+        return self.current
+
+    @staticmethod
+    def _best_of_event(tl: Timeline, i: int, qs: list[Question]) -> tuple[int, list[Question]]:
+        """One question per trace event, at its step that matters most (:data:`KINDS` order:
+        the race, then a retry, a pair, a path, a drain): a get's path, pops and pair are one
+        story, and a round of a few questions would otherwise spend them all on the first
+        fault and never reach the sample's lesson (its race, its retry, its removal)."""
+        ev = tl.step(i).event
+        b = tl.batch_of_step(i)
+        hi = min(tl.batch_step[b + 1], i + 4 * LOOKBACK)
+        best, best_qs = i, qs
+        for j in range(i + 1, hi):
+            if tl.step(j).event != ev:
+                continue
+            other = questions_at(tl, j)
+            if other and min(KINDS.index(q.kind) for q in other) < min(
+                KINDS.index(q.kind) for q in best_qs
+            ):
+                best, best_qs = j, other
+        return best, best_qs
 
     def answer(self, given: str | int | float) -> Answered:
         """Record the learner's answer to the current question (it stays current, so the page
