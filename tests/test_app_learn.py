@@ -99,12 +99,10 @@ def test_a_prediction_round_with_the_right_answers_scores_5_of_5() -> None:
         assert q is not None
         step = expected.current_step
         assert at.session_state.predict.current == q  # the page asks what the engine asks
-        widget = (
-            at.radio(key=f"predict_answer_{step}")
-            if q.choices is not None
-            else at.number_input(key=f"predict_answer_{step}")
-        )
-        widget.set_value(q.answer if q.choices is not None else int(q.answer)).run()
+        if q.choices is not None:
+            at.radio(key=f"predict_answer_{step}").set_value(q.answer).run()
+        else:
+            at.number_input(key=f"predict_answer_{step}").set_value(int(q.answer)).run()
         at.button(key="btn_predict_check").click().run()
         assert not at.exception, [e.value for e in at.exception]
         assert any(s.value.startswith("Right") for s in at.success), n
