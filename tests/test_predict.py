@@ -8,9 +8,12 @@ from explorer.ingest import parse_trace
 from explorer.model.settings import Settings
 from explorer.replay.timeline import Timeline, replay
 from explorer.teaching.predict import (
+    MOMENT_FLAGS,
     PredictionSession,
     Question,
+    batch_moments,
     check,
+    moment_index,
     questions_at,
     vcpu_id,
 )
@@ -160,6 +163,7 @@ def test_a_session_starts_after_the_cursor_and_ends_with_the_timeline(
         ("stale_fault", "retry", "retry"),
         ("pamt_add_failure", "retry", "retry"),
         ("cold_region", "region", "region 64"),
+        ("cold_race_20vcpu_independent", "race", "yes"),
     ],
 )
 def test_a_round_of_five_reaches_the_samples_lesson(name: str, kind: str, answer: str) -> None:
@@ -169,3 +173,19 @@ def test_a_round_of_five_reaches_the_samples_lesson(name: str, kind: str, answer
         assert s.current is not None and s.current.answer != "none"
         s.answer(s.current.answer)
     assert (kind, answer) in {(a.question.kind, a.question.answer) for a in s.answered}
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in SAMPLES.glob("*.jsonl")))
+def test_the_batches_the_flags_rule_out_hold_no_moment(name: str) -> None:
+    """The moment index reads only batches whose flags may hold a moment: every other batch,
+    read anyway, has none, and the index agrees with a scan of every batch."""
+    tl = _timeline(name)
+    every: list[int] = []
+    for b in range(tl.nr_batches):
+        found = batch_moments(tl.steps_between(tl.batch_step[b], tl.batch_step[b + 1]))
+        if not tl.batch_flags[b] & MOMENT_FLAGS:
+            assert found == [], (name, b)
+        every += [i for i, _ in found]
+    index = moment_index(tl)
+    assert [i for i in every if index.asks_at(i)] == every
+    assert index.batches_read <= tl.nr_batches

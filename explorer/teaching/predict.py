@@ -31,8 +31,13 @@ same one.
 
 from __future__ import annotations
 
+import bisect
+import threading
+import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from explorer.model.bulk import FLAG_BITS
 from explorer.model.records import Snapshot, Step
 from explorer.replay.timeline import Timeline
 
@@ -55,9 +60,6 @@ CACHE_FAMILIES = ("pamt_cache", "pamt_get")
 #: At most this many regions among the choices of a ``region`` question (the answer always is
 #: one of them): a list of a thousand regions is no question.
 MAX_REGION_CHOICES = 6
-#: How far back to look for a CPU's previous step (the steps of concurrent events interleave;
-#: a CPU's next step is a few steps later, never hundreds).
-LOOKBACK = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,15 +106,6 @@ def check(q: Question, answer: str | int | float) -> bool:
     return str(answer).strip().casefold() == q.answer.strip().casefold()
 
 
-def _previous_on_cpu(tl: Timeline, step: int, cpu: str) -> Step | None:
-    """The last step before ``step`` run by ``cpu`` (None if there is none nearby)."""
-    lo = max(step - LOOKBACK, 0)
-    for s in reversed(tl.steps_between(lo, step)):
-        if s.cpu == cpu:
-            return s
-    return None
-
-
 def _changed_regions(s: Step) -> list[int]:
     """Regions whose refcount or pair this step changes, in order of first change."""
     out: list[int] = []
@@ -120,20 +113,6 @@ def _changed_regions(s: Step) -> list[int]:
         if e.kind in ("refcount", "pair") and e.key not in out:
             out.append(int(e.key))
     return out
-
-
-def _contested(tl: Timeline, step: int) -> bool:
-    """Two or more CPUs take the slow path in the step's batch (the events running together):
-    a race for one region's pair is possible, so its recheck and the gets that follow the
-    winner (fast, since the pair is in) are worth a question; a lone get's are routine."""
-    b = tl.batch_of_step(step)
-    lo, hi = tl.batch_step[b], tl.batch_step[b + 1]
-    cpus = {
-        p.cpu
-        for p in tl.steps_between(lo, min(hi, lo + 4 * LOOKBACK))
-        if p.label == "pamt_get.slow"
-    }
-    return len(cpus) >= 2
 
 
 def _crossings(s: Step) -> list[int]:
@@ -149,21 +128,177 @@ def _crossings(s: Step) -> list[int]:
     return out
 
 
-def _cache_moves(s: Step, vcpu: int) -> bool:
-    """The step drains the vCPU's DPAMT cache (a slow get's pop): a top-up only refills it to
-    the count the sidebar shows, which asks nothing."""
-    return any(
-        e.kind == "pamt_cache" and e.key == vcpu and int(e.new) < int(e.old) for e in s.effects
-    )
+def _cache_drain(s: Step, vcpu: int) -> int | None:
+    """The vCPU's DPAMT cache count after this step if the step drains it (a slow get's pop),
+    else None: a top-up only refills it to the count the sidebar shows, which asks nothing."""
+    count = None
+    for e in s.effects:
+        if e.kind == "pamt_cache" and e.key == vcpu and int(e.new) < int(e.old):
+            count = int(e.new)
+    if count is None:
+        return None
+    for e in reversed(s.effects):  # the count after the step: its last change of this cache
+        if e.kind == "pamt_cache" and e.key == vcpu:
+            return int(e.new)
+    return count
 
 
-def _retried_before(tl: Timeline, step: int, s: Step) -> bool:
-    """A ``fault.retry`` of the same event on the same CPU before ``step`` (nearby)."""
-    lo = max(step - 16 * LOOKBACK, 0)
-    return any(
-        p.label == RETRY_LABEL and p.cpu == s.cpu and p.event == s.event
-        for p in tl.steps_between(lo, step)
-    )
+#: What a moment asks, before its question is written: its kind and answer (for ``region``, the
+#: region's number; for ``cache``, the count), read off the step's own record.
+Ask = tuple[str, str]
+
+#: Batches that may hold a moment: a get's slow path always ends in a pair added or removed (a
+#: refcount crossing 0), a lost race, a pair found present, a failed add or a retry, each of
+#: which sets one of these flags of the bulk replay (explorer.model.bulk); the contested fast
+#: paths and the pops are in the same batch. tests/test_predict.py checks it on every sample.
+MOMENT_FLAGS = (
+    FLAG_BITS["lost_race"]
+    | FLAG_BITS["cache_drained"]
+    | FLAG_BITS["refcount_zero"]
+    | FLAG_BITS["retry"]
+)
+
+
+def batch_moments(steps: list[Step]) -> list[tuple[int, tuple[Ask, ...]]]:
+    """The moments among one batch's steps (the events running together, in step order): each
+    step that has a question, with what it asks, in the order of :data:`KINDS`.
+
+    One pass over the batch: an event never spans two batches, so a CPU's previous step of the
+    same event (``pamt_lock`` taken just before a race's recheck) and a fault's earlier retry
+    are in it, and whether two CPUs take the slow path (a contested get) is a property of it."""
+    slow_cpus = {s.cpu for s in steps if s.label == "pamt_get.slow"}
+    contested = len(slow_cpus) >= 2
+    last_on_cpu: dict[str, Step] = {}
+    retried: set[tuple[str, int]] = set()
+    out: list[tuple[int, tuple[Ask, ...]]] = []
+    for s in steps:
+        fam = family(s.label)
+        asks: list[Ask] = []
+        prev = last_on_cpu.get(s.cpu)
+        if (
+            contested
+            and fam == "pamt_get"
+            and s.label != LOCK_LABEL
+            and prev is not None
+            and prev.label == LOCK_LABEL
+            and prev.event == s.event
+        ):
+            asks.append(("race", "yes" if s.label == LOST_RACE_LABEL else "no"))
+        if s.label == RETRY_LABEL:
+            asks.append(("retry", "retry"))
+            retried.add((s.cpu, s.event))
+        elif s.label == DONE_LABEL and (s.cpu, s.event) in retried:
+            asks.append(("retry", "complete"))
+        if s.label in PATH_LABELS and (PATH_LABELS[s.label] == "slow" or contested):
+            asks.append(("path", PATH_LABELS[s.label]))
+        if fam in REGION_FAMILIES:
+            crossed = _crossings(s)
+            if len(crossed) == 1:  # one region (always so on the samples)
+                asks.append(("region", str(crossed[0])))
+        vcpu = vcpu_id(s.cpu)
+        if vcpu is not None and fam in CACHE_FAMILIES:
+            count = _cache_drain(s, vcpu)
+            if count is not None:
+                asks.append(("cache", str(count)))
+        if asks:
+            asks.sort(key=lambda a: KINDS.index(a[0]))
+            out.append((s.index, tuple(asks)))
+        last_on_cpu[s.cpu] = s
+    return out
+
+
+class MomentIndex:
+    """The moments of one replay, found once: batches are scanned in order as a round needs
+    them (only those whose flags say they may hold one) and never again, so a round walks a
+    list instead of re-deriving a batch and seeking at every candidate step. Get it with
+    :func:`moment_index` (one per timeline)."""
+
+    def __init__(self, tl: Timeline) -> None:
+        self._tl = tl
+        self._steps: list[int] = []  # steps with a moment, ascending
+        #: a later step of the same event has a question that matters more (:func:`rank`)
+        self._superseded: list[bool] = []
+        self._asks: list[tuple[Ask, ...]] = []
+        self._scanned = 0  # batches scanned so far
+        self._lock = threading.Lock()
+        #: batches re-derived so far (the others' flags ruled them out)
+        self.batches_read = 0
+
+    @property
+    def complete(self) -> bool:
+        """Every batch is scanned."""
+        return self._scanned >= self._tl.nr_batches
+
+    def _scan_next(self) -> None:
+        """Scan the next batch not scanned yet."""
+        tl = self._tl
+        with self._lock:
+            b = self._scanned
+            if b >= tl.nr_batches:
+                return
+            if tl.batch_flags[b] & MOMENT_FLAGS:
+                self.batches_read += 1
+                steps = tl.steps_between(tl.batch_step[b], tl.batch_step[b + 1])
+                event_of = {s.index: s.event for s in steps}
+                found = batch_moments(steps)
+                later: dict[int, int] = {}  # event -> best rank among its later moments
+                superseded = [False] * len(found)
+                for k in range(len(found) - 1, -1, -1):
+                    i, asks = found[k]
+                    ev = event_of[i]
+                    superseded[k] = later.get(ev, len(KINDS)) < rank(asks)
+                    later[ev] = min(later.get(ev, len(KINDS)), rank(asks))
+                for (i, asks), sup in zip(found, superseded, strict=True):
+                    self._steps.append(i)
+                    self._superseded.append(sup)
+                    self._asks.append(asks)
+            self._scanned = b + 1
+
+    def _scan_through(self, step: int) -> None:
+        """Scan batches until the one holding ``step`` (or the last) is done."""
+        tl = self._tl
+        while not self.complete and tl.batch_step[self._scanned] <= step:
+            self._scan_next()
+
+    def asks_at(self, step: int) -> tuple[Ask, ...]:
+        """What step ``step`` asks (empty if it is no moment)."""
+        if not 0 <= step < self._tl.nr_steps:
+            return ()
+        self._scan_through(step)
+        k = bisect.bisect_left(self._steps, step)
+        return self._asks[k] if k < len(self._steps) and self._steps[k] == step else ()
+
+    def after(self, step: int) -> Iterator[tuple[int, tuple[Ask, ...]]]:
+        """The moments after ``step`` a round may ask about (step, asks), in order, scanning
+        further batches only as the caller goes on. One per trace event at most, at its step
+        that matters most (:func:`rank`): a get's path, pops and pair are one story with its
+        race, and a round of a few questions would otherwise spend them all on the first fault
+        and never reach the sample's lesson (its race, its retry, its removal). The moments of
+        other events in between stay (a jump to the event's best step would skip them)."""
+        self._scan_through(step)
+        k = bisect.bisect_right(self._steps, step)
+        while True:
+            while k < len(self._steps):
+                if not self._superseded[k]:
+                    yield self._steps[k], self._asks[k]
+                k += 1
+            if self.complete:
+                return
+            self._scan_next()
+
+
+_INDEXES: weakref.WeakKeyDictionary[Timeline, MomentIndex] = weakref.WeakKeyDictionary()
+_INDEXES_LOCK = threading.Lock()
+
+
+def moment_index(tl: Timeline) -> MomentIndex:
+    """The replay's :class:`MomentIndex` (made on first use, kept as long as the timeline: the
+    app caches one timeline per trace for every session, so every round on it shares one)."""
+    with _INDEXES_LOCK:
+        index = _INDEXES.get(tl)
+        if index is None:
+            index = _INDEXES[tl] = MomentIndex(tl)
+        return index
 
 
 def _batch_regions(tl: Timeline, step: int) -> list[int]:
@@ -173,7 +308,7 @@ def _batch_regions(tl: Timeline, step: int) -> list[int]:
     b = tl.batch_of_step(step)
     lo, hi = tl.batch_step[b], tl.batch_step[b + 1]
     out: list[int] = []
-    for s in tl.steps_between(lo, min(hi, lo + 4 * LOOKBACK)):
+    for s in tl.steps_between(lo, hi):
         for r in _changed_regions(s):
             if r not in out:
                 out.append(r)
@@ -196,95 +331,68 @@ def _regions_in_play(tl: Timeline, step: int, before: Snapshot, answer: list[int
     return sorted(picked)
 
 
-def _cache_after(s: Step, vcpu: int, before: Snapshot) -> int | None:
-    """The vCPU's DPAMT cache count after ``s``: the step's own change if it has one, else the
-    count before it (None if the vCPU is not in the snapshot)."""
-    for e in reversed(s.effects):
-        if e.kind == "pamt_cache" and e.key == vcpu:
-            return int(e.new)
-    for v in before.vcpus:
-        if v.vcpu == vcpu:
-            return len(v.pamt_cache)
-    return None
-
-
 def questions_at(tl: Timeline, step: int) -> list[Question]:
     """The questions about step ``step`` (the next one to reveal), in the order of
-    :data:`KINDS`; empty if the step is outside the timeline or nothing is asked of it."""
-    if not 0 <= step < tl.nr_steps:
+    :data:`KINDS`; empty if the step is outside the timeline or nothing is asked of it. What is
+    asked comes from the replay's :class:`MomentIndex`; only a ``region`` question seeks (the
+    regions live before the step are among its choices)."""
+    asks = moment_index(tl).asks_at(step)
+    if not asks:
         return []
     s = tl.step(step)
-    fam = family(s.label)
-    vcpu = vcpu_id(s.cpu)
     out: list[Question] = []
-    if s.label != LOCK_LABEL and fam == "pamt_get" and _contested(tl, step):
-        prev = _previous_on_cpu(tl, step, s.cpu)
-        if prev is not None and prev.label == LOCK_LABEL and prev.event == s.event:
-            out.append(
-                Question(
-                    "race",
-                    f"{s.cpu} has just taken pamt_lock in tdx_pamt_get and rechecks the "
-                    "region's refcount. Does it lose the race (another CPU installed the pair "
-                    "first)?",
-                    RACE_CHOICES,
-                    "yes" if s.label == LOST_RACE_LABEL else "no",
-                )
+    for kind, answer in asks:
+        if kind == "race":
+            prompt = (
+                f"{s.cpu} has just taken pamt_lock in tdx_pamt_get and rechecks the "
+                "region's refcount. Does it lose the race (another CPU installed the pair "
+                "first)?"
             )
-    if s.label in PATH_LABELS and (PATH_LABELS[s.label] == "slow" or _contested(tl, step)):
-        out.append(
-            Question(
-                "path",
-                f"{s.cpu} enters tdx_pamt_get for a page. Fast path (the region already has "
-                "its pair: just count the page) or slow path (a pair must be installed)?",
-                PATH_CHOICES,
-                PATH_LABELS[s.label],
-            )
-        )
-    # the snapshot before the step (a seek) only where a region or a drain question is asked
-    crossed = _crossings(s) if fam in REGION_FAMILIES else []
-    drains = vcpu is not None and fam in CACHE_FAMILIES and _cache_moves(s, vcpu)
-    before = tl.state_at(step - 1) if crossed or drains else None
-    if s.label == RETRY_LABEL or (s.label == DONE_LABEL and _retried_before(tl, step, s)):
-        out.append(
-            Question(
-                "retry",
+            out.append(Question(kind, prompt, RACE_CHOICES, answer))
+        elif kind == "retry":
+            prompt = (
                 f"{s.cpu}'s fault reaches its end after its DPAMT gets. Does it retry (the "
-                "cache ran dry: RET_PF_RETRY, fault again) or complete?",
-                RETRY_CHOICES,
-                "retry" if s.label == RETRY_LABEL else "complete",
+                "cache ran dry: RET_PF_RETRY, fault again) or complete?"
             )
-        )
-    if crossed and before is not None:
-        changed = crossed
-        if len(changed) == 1:  # one region (always so on the samples)
-            regions = _regions_in_play(tl, step, before, changed)
+            out.append(Question(kind, prompt, RETRY_CHOICES, answer))
+        elif kind == "path":
+            prompt = (
+                f"{s.cpu} enters tdx_pamt_get for a page. Fast path (the region already has "
+                "its pair: just count the page) or slow path (a pair must be installed)?"
+            )
+            out.append(Question(kind, prompt, PATH_CHOICES, answer))
+        elif kind == "region":
+            regions = _regions_in_play(tl, step, tl.state_at(step - 1), [int(answer)])
+            prompt = (
+                f"Next, {s.cpu} runs a step of {s.function} that changes a PAMT pair or "
+                "takes a refcount across 0. Which region's?"
+            )
             out.append(
-                Question(
-                    "region",
-                    f"Next, {s.cpu} runs a step of {s.function} that changes a PAMT pair or "
-                    "takes a refcount across 0. Which region's?",
-                    tuple(f"region {r}" for r in regions),
-                    f"region {changed[0]}",
-                )
+                Question(kind, prompt, tuple(f"region {r}" for r in regions), f"region {answer}")
             )
-    if vcpu is not None and drains and before is not None:
-        count = _cache_after(s, vcpu, before)
-        if count is not None:
-            out.append(
-                Question(
-                    "cache",
-                    f"Next, {s.cpu} runs a step of {s.function}. How many pages does its DPAMT "
-                    "cache hold after it?",
-                    None,
-                    str(count),
-                )
+        else:
+            prompt = (
+                f"Next, {s.cpu} runs a step of {s.function}. How many pages does its DPAMT "
+                "cache hold after it?"
             )
+            out.append(Question(kind, prompt, None, answer))
     return out
 
 
 #: How far past a question already asked a round looks for a moment not asked yet (a race, a
 #: retry) before asking the same kind again: a few faults' worth of steps.
-LOOKAHEAD = 4 * LOOKBACK
+LOOKAHEAD = 1024
+
+
+def rank(asks: tuple[Ask, ...]) -> int:
+    """How much a step's questions matter, least first: the :data:`KINDS` index of the first
+    (the race, then a retry, a path, a pair, a drain)."""
+    return min(KINDS.index(k) for k, _ in asks)
+
+
+def _moment_of(a: Ask) -> tuple[str, str]:
+    """:func:`moment` of a question not written yet."""
+    return (a[0], a[1] if a[0] in ("race", "retry", "path") else "")
 
 
 def moment(q: Question) -> tuple[str, str]:
@@ -337,24 +445,22 @@ class PredictionSession:
         return min(qs, key=lambda q: (asked.get(q.kind, 0), KINDS.index(q.kind)))
 
     def advance(self, tl: Timeline) -> Question | None:
-        """Move to the next step that has a question and put one (None at the end)."""
+        """Move to the next step that has a question and put one (None at the end): a walk
+        along the replay's :class:`MomentIndex`, which is scanned once for every round."""
         self.current = None
         if len(self.answered) >= self.total:
             return None
-        i = self.position + 1
-        fallback: tuple[int, list[Question]] | None = None
-        while i < tl.nr_steps and (fallback is None or i <= fallback[0] + LOOKAHEAD):
-            qs = questions_at(tl, i)
-            if qs:
-                i, qs = self._best_of_event(tl, i, qs)
-                fresh = [q for q in qs if moment(q) not in self._asked_moments()]
-                if fresh:
-                    return self._put(i, fresh)
-                if fallback is None:
-                    fallback = (i, qs)
-            i += 1
+        asked = self._asked_moments()
+        fallback: int | None = None
+        for i, asks in moment_index(tl).after(self.position):
+            if fallback is not None and i > fallback + LOOKAHEAD:
+                break
+            if any(_moment_of(a) not in asked for a in asks):
+                return self._put(tl, i, asked)
+            if fallback is None:
+                fallback = i
         if fallback is not None:  # every moment ahead was asked already: ask one again
-            return self._put(*fallback)
+            return self._put(tl, fallback, set())
         self.position = tl.nr_steps - 1
         self.exhausted = True
         return None
@@ -362,29 +468,12 @@ class PredictionSession:
     def _asked_moments(self) -> set[tuple[str, str]]:
         return {moment(a.question) for a in self.answered}
 
-    def _put(self, i: int, qs: list[Question]) -> Question:
-        self.current, self.current_step, self.position = self._pick(qs), i, i
+    def _put(self, tl: Timeline, i: int, asked: set[tuple[str, str]]) -> Question:
+        """Put a question about step ``i``: one of a moment not in ``asked``, if any."""
+        qs = questions_at(tl, i)
+        fresh = [q for q in qs if moment(q) not in asked] or qs
+        self.current, self.current_step, self.position = self._pick(fresh), i, i
         return self.current
-
-    @staticmethod
-    def _best_of_event(tl: Timeline, i: int, qs: list[Question]) -> tuple[int, list[Question]]:
-        """One question per trace event, at its step that matters most (:data:`KINDS` order:
-        the race, then a retry, a pair, a path, a drain): a get's path, pops and pair are one
-        story, and a round of a few questions would otherwise spend them all on the first
-        fault and never reach the sample's lesson (its race, its retry, its removal)."""
-        ev = tl.step(i).event
-        b = tl.batch_of_step(i)
-        hi = min(tl.batch_step[b + 1], i + 4 * LOOKBACK)
-        best, best_qs = i, qs
-        for j in range(i + 1, hi):
-            if tl.step(j).event != ev:
-                continue
-            other = questions_at(tl, j)
-            if other and min(KINDS.index(q.kind) for q in other) < min(
-                KINDS.index(q.kind) for q in best_qs
-            ):
-                best, best_qs = j, other
-        return best, best_qs
 
     def answer(self, given: str | int | float) -> Answered:
         """Record the learner's answer to the current question (it stays current, so the page
