@@ -13,10 +13,13 @@ from explorer.teaching.predict import (
     Question,
     batch_moments,
     check,
+    moment,
     moment_index,
     questions_at,
+    rank,
     vcpu_id,
 )
+from explorer.teaching.tours import resolve, tour_for, tour_names
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_traces"
 
@@ -125,9 +128,11 @@ def test_a_session_scores_right_and_wrong_answers(name: str) -> None:
             assert session.answer(given).correct is correct
             assert session.is_answered
         assert session.done
-        # these samples hold 4 moments (a slow path, a pair, a race won and lost, or a second
-        # pair): a round of 6 asks each once and ends with the trace
-        assert 4 <= len(session.answered) <= 6
+        # a round asks each moment once and ends early when none is left (these samples hold
+        # a slow path, then a race won and lost, or a second pair)
+        assert 2 <= len(session.answered) < 6 and session.exhausted
+        moments = [moment(a.question) for a in session.answered]
+        assert len(moments) == len(set(moments))
         steps = [a.step for a in session.answered]
         assert steps == sorted(set(steps))  # forward, one question per step
     assert [a.step for a in right.answered] == [a.step for a in wrong.answered]
@@ -155,14 +160,11 @@ def test_a_session_starts_after_the_cursor_and_ends_with_the_timeline(
 @pytest.mark.parametrize(
     ("name", "kind", "answer"),
     [
-        ("lost_race", "race", "yes"),
+        # the samples without a tour (those with one: the next test)
         ("cold_race_2vcpu", "race", "yes"),
-        ("cache_zero", "retry", "retry"),
-        ("cache_too_small", "retry", "retry"),
         ("cold_race_3vcpu", "race", "yes"),
         ("stale_fault", "retry", "retry"),
         ("pamt_add_failure", "retry", "retry"),
-        ("cold_region", "region", "region 64"),
         ("cold_race_20vcpu_independent", "race", "yes"),
     ],
 )
@@ -189,3 +191,47 @@ def test_the_batches_the_flags_rule_out_hold_no_moment(name: str) -> None:
     index = moment_index(tl)
     assert [i for i in every if index.asks_at(i)] == every
     assert index.batches_read <= tl.nr_batches
+
+
+def _lesson(name: str, tl: Timeline) -> set[tuple[str, str]]:
+    """A sample's lesson, from its tour: the moments at the tour's stops that matter most (the
+    race over the pair it installs, the retry over the slow path before it)."""
+    tour = tour_for(name)
+    assert tour is not None
+    index = moment_index(tl)
+    asks = [a for stop in resolve(tour, tl) for a in index.asks_at(stop.step)]
+    assert asks, f"no stop of {name}'s tour is a moment"
+    top = min(rank((a,)) for a in asks)
+    return {(a[0], a[2]) for a in asks if rank((a,)) == top}
+
+
+@pytest.mark.parametrize("name", tour_names())
+def test_a_round_of_five_reaches_the_lesson_of_the_samples_tour(name: str) -> None:
+    tl = _timeline(name)
+    lesson = _lesson(name, tl)
+    s = PredictionSession(start=-1, total=5)
+    while s.advance(tl) is not None:
+        assert s.current is not None
+        s.answer(s.current.answer)
+    assert lesson <= {moment(a.question) for a in s.answered}, lesson
+
+
+def test_the_tour_lessons_are_the_moments_the_tours_are_about() -> None:
+    assert _lesson("lost_race", _timeline("lost_race")) == {("race", "yes"), ("race", "no")}
+    assert _lesson("put_vs_get", _timeline("put_vs_get")) == {("region", "installed")}
+    assert _lesson("td_lifecycle", _timeline("td_lifecycle")) == {
+        ("region", "installed"),
+        ("region", "removed"),
+    }
+
+
+def test_a_round_started_at_a_tour_stop_asks_after_it() -> None:
+    tl = _timeline("td_lifecycle")
+    tour = tour_for("td_lifecycle")
+    assert tour is not None
+    stop = resolve(tour, tl)[2]  # region 64 installed
+    s = PredictionSession(start=stop.step, total=5)
+    while s.advance(tl) is not None:
+        s.answer(s.current.answer if s.current else "")
+    assert s.answered and all(a.step > stop.step for a in s.answered)
+    assert ("region", "removed") in {moment(a.question) for a in s.answered}

@@ -70,6 +70,9 @@ class Question:
     prompt: str
     choices: tuple[str, ...] | None
     answer: str
+    #: What the question is about beyond its kind (:func:`moment`): the answer of a yes/no or
+    #: a path question, ``installed`` or ``removed`` for a region's pair, empty for a count.
+    topic: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +146,10 @@ def _cache_drain(s: Step, vcpu: int) -> int | None:
     return count
 
 
-#: What a moment asks, before its question is written: its kind and answer (for ``region``, the
-#: region's number; for ``cache``, the count), read off the step's own record.
-Ask = tuple[str, str]
+#: What a moment asks, before its question is written: its kind, its answer (for ``region``,
+#: the region's number; for ``cache``, the count), read off the step's own record, and its topic
+#: (:attr:`Question.topic`).
+Ask = tuple[str, str, str]
 
 #: Batches that may hold a moment: a get's slow path always ends in a pair added or removed (a
 #: refcount crossing 0), a lost race, a pair found present, a failed add or a retry, each of
@@ -183,23 +187,25 @@ def batch_moments(steps: list[Step]) -> list[tuple[int, tuple[Ask, ...]]]:
             and prev.label == LOCK_LABEL
             and prev.event == s.event
         ):
-            asks.append(("race", "yes" if s.label == LOST_RACE_LABEL else "no"))
+            lost = "yes" if s.label == LOST_RACE_LABEL else "no"
+            asks.append(("race", lost, lost))
         if s.label == RETRY_LABEL:
-            asks.append(("retry", "retry"))
+            asks.append(("retry", "retry", "retry"))
             retried.add((s.cpu, s.event))
         elif s.label == DONE_LABEL and (s.cpu, s.event) in retried:
-            asks.append(("retry", "complete"))
+            asks.append(("retry", "complete", "complete"))
         if s.label in PATH_LABELS and (PATH_LABELS[s.label] == "slow" or contested):
-            asks.append(("path", PATH_LABELS[s.label]))
+            asks.append(("path", PATH_LABELS[s.label], PATH_LABELS[s.label]))
         if fam in REGION_FAMILIES:
             crossed = _crossings(s)
             if len(crossed) == 1:  # one region (always so on the samples)
-                asks.append(("region", str(crossed[0])))
+                gone = fam == "pamt_put"  # a put's last reference removes; a get's first installs
+                asks.append(("region", str(crossed[0]), "removed" if gone else "installed"))
         vcpu = vcpu_id(s.cpu)
         if vcpu is not None and fam in CACHE_FAMILIES:
             count = _cache_drain(s, vcpu)
             if count is not None:
-                asks.append(("cache", str(count)))
+                asks.append(("cache", str(count), ""))
         if asks:
             asks.sort(key=lambda a: KINDS.index(a[0]))
             out.append((s.index, tuple(asks)))
@@ -216,8 +222,9 @@ class MomentIndex:
     def __init__(self, tl: Timeline) -> None:
         self._tl = tl
         self._steps: list[int] = []  # steps with a moment, ascending
-        #: a later step of the same event has a question that matters more (:func:`rank`)
-        self._superseded: list[bool] = []
+        self._events: list[int] = []  # the trace event of each
+        #: event -> positions of its moments in the lists above (an event is in one batch)
+        self._of_event: dict[int, list[int]] = {}
         self._asks: list[tuple[Ask, ...]] = []
         self._scanned = 0  # batches scanned so far
         self._lock = threading.Lock()
@@ -240,17 +247,10 @@ class MomentIndex:
                 self.batches_read += 1
                 steps = tl.steps_between(tl.batch_step[b], tl.batch_step[b + 1])
                 event_of = {s.index: s.event for s in steps}
-                found = batch_moments(steps)
-                later: dict[int, int] = {}  # event -> best rank among its later moments
-                superseded = [False] * len(found)
-                for k in range(len(found) - 1, -1, -1):
-                    i, asks = found[k]
-                    ev = event_of[i]
-                    superseded[k] = later.get(ev, len(KINDS)) < rank(asks)
-                    later[ev] = min(later.get(ev, len(KINDS)), rank(asks))
-                for (i, asks), sup in zip(found, superseded, strict=True):
+                for i, asks in batch_moments(steps):
+                    self._of_event.setdefault(event_of[i], []).append(len(self._steps))
                     self._steps.append(i)
-                    self._superseded.append(sup)
+                    self._events.append(event_of[i])
                     self._asks.append(asks)
             self._scanned = b + 1
 
@@ -268,23 +268,27 @@ class MomentIndex:
         k = bisect.bisect_left(self._steps, step)
         return self._asks[k] if k < len(self._steps) and self._steps[k] == step else ()
 
-    def after(self, step: int) -> Iterator[tuple[int, tuple[Ask, ...]]]:
-        """The moments after ``step`` a round may ask about (step, asks), in order, scanning
-        further batches only as the caller goes on. One per trace event at most, at its step
-        that matters most (:func:`rank`): a get's path, pops and pair are one story with its
-        race, and a round of a few questions would otherwise spend them all on the first fault
-        and never reach the sample's lesson (its race, its retry, its removal). The moments of
-        other events in between stay (a jump to the event's best step would skip them)."""
+    def after(self, step: int) -> Iterator[tuple[int, int, tuple[Ask, ...]]]:
+        """The moments after ``step`` (step, event, asks), in order, scanning further batches
+        only as the caller goes on."""
         self._scan_through(step)
         k = bisect.bisect_right(self._steps, step)
         while True:
             while k < len(self._steps):
-                if not self._superseded[k]:
-                    yield self._steps[k], self._asks[k]
+                yield self._steps[k], self._events[k], self._asks[k]
                 k += 1
             if self.complete:
                 return
             self._scan_next()
+
+    def later_of_event(self, event: int, step: int) -> list[tuple[int, tuple[Ask, ...]]]:
+        """The moments of trace event ``event`` after ``step`` (its batch is scanned once one
+        of its moments was seen)."""
+        return [
+            (self._steps[k], self._asks[k])
+            for k in self._of_event.get(event, ())
+            if self._steps[k] > step
+        ]
 
 
 _INDEXES: weakref.WeakKeyDictionary[Timeline, MomentIndex] = weakref.WeakKeyDictionary()
@@ -341,26 +345,26 @@ def questions_at(tl: Timeline, step: int) -> list[Question]:
         return []
     s = tl.step(step)
     out: list[Question] = []
-    for kind, answer in asks:
+    for kind, answer, topic in asks:
         if kind == "race":
             prompt = (
                 f"{s.cpu} has just taken pamt_lock in tdx_pamt_get and rechecks the "
                 "region's refcount. Does it lose the race (another CPU installed the pair "
                 "first)?"
             )
-            out.append(Question(kind, prompt, RACE_CHOICES, answer))
+            out.append(Question(kind, prompt, RACE_CHOICES, answer, topic))
         elif kind == "retry":
             prompt = (
                 f"{s.cpu}'s fault reaches its end after its DPAMT gets. Does it retry (the "
                 "cache ran dry: RET_PF_RETRY, fault again) or complete?"
             )
-            out.append(Question(kind, prompt, RETRY_CHOICES, answer))
+            out.append(Question(kind, prompt, RETRY_CHOICES, answer, topic))
         elif kind == "path":
             prompt = (
                 f"{s.cpu} enters tdx_pamt_get for a page. Fast path (the region already has "
                 "its pair: just count the page) or slow path (a pair must be installed)?"
             )
-            out.append(Question(kind, prompt, PATH_CHOICES, answer))
+            out.append(Question(kind, prompt, PATH_CHOICES, answer, topic))
         elif kind == "region":
             regions = _regions_in_play(tl, step, tl.state_at(step - 1), [int(answer)])
             prompt = (
@@ -368,38 +372,44 @@ def questions_at(tl: Timeline, step: int) -> list[Question]:
                 "takes a refcount across 0. Which region's?"
             )
             out.append(
-                Question(kind, prompt, tuple(f"region {r}" for r in regions), f"region {answer}")
+                Question(
+                    kind,
+                    prompt,
+                    tuple(f"region {r}" for r in regions),
+                    f"region {answer}",
+                    topic,
+                )
             )
         else:
             prompt = (
                 f"Next, {s.cpu} runs a step of {s.function}. How many pages does its DPAMT "
                 "cache hold after it?"
             )
-            out.append(Question(kind, prompt, None, answer))
+            out.append(Question(kind, prompt, None, answer, topic))
     return out
-
-
-#: How far past a question already asked a round looks for a moment not asked yet (a race, a
-#: retry) before asking the same kind again: a few faults' worth of steps.
-LOOKAHEAD = 1024
 
 
 def rank(asks: tuple[Ask, ...]) -> int:
     """How much a step's questions matter, least first: the :data:`KINDS` index of the first
     (the race, then a retry, a path, a pair, a drain)."""
-    return min(KINDS.index(k) for k, _ in asks)
+    return min(KINDS.index(a[0]) for a in asks)
 
 
 def _moment_of(a: Ask) -> tuple[str, str]:
     """:func:`moment` of a question not written yet."""
-    return (a[0], a[1] if a[0] in ("race", "retry", "path") else "")
+    return (a[0], a[2])
+
+
+def _fresh(asks: tuple[Ask, ...], asked: set[tuple[str, str]]) -> tuple[Ask, ...]:
+    """The asks of a moment not in ``asked``."""
+    return tuple(a for a in asks if _moment_of(a) not in asked)
 
 
 def moment(q: Question) -> tuple[str, str]:
-    """What a question is about, for telling a round's moments apart: its kind and, for the
-    yes/no kinds, its answer (a lost race and a won one are two lessons; two slow paths, or two
-    regions installed, are one)."""
-    return (q.kind, q.answer if q.kind in ("race", "retry", "path") else "")
+    """What a question is about, for telling a round's moments apart: its kind and its topic (a
+    lost race and a won one are two lessons, a pair installed and one removed too; two slow
+    paths, or two regions installed, are one)."""
+    return (q.kind, q.topic)
 
 
 @dataclass
@@ -408,12 +418,13 @@ class PredictionSession:
     looking at; -1 before the first).
 
     Steps that have no question are passed over (their narration stays on the Explore page).
-    One question per step; a round goes on to the next moment it has not asked about yet
-    (:func:`moment`: a lost race after a won one, a retry after slow paths) within
-    :data:`LOOKAHEAD` steps, and only then asks a moment again, so a round of five reaches the
-    sample's lesson instead of asking about every cold table. Among a step's questions the kind
-    asked least so far is taken. Plain data (ints and
-    frozen questions): it lives in Streamlit's session state, and the timeline is passed in."""
+    A round asks each moment once (:func:`moment`: a lost race and a won one are two, two slow
+    paths one), one question per trace event, at the event's step that matters most among
+    those not asked yet (:func:`rank`: its race rather than its pop), and ends early when no
+    moment it has not asked is left: so a round of five reaches the sample's lesson instead of
+    asking about every cold table. Among a step's questions the kind asked least so far is
+    taken. Plain data (ints and frozen questions): it lives in Streamlit's session state, and
+    the timeline is passed in."""
 
     start: int
     total: int
@@ -423,8 +434,10 @@ class PredictionSession:
     current_step: int = -1
     #: The step the next search starts after.
     position: int = -1
-    #: No step with a question is left in the timeline.
+    #: No moment the round has not asked is left in the timeline.
     exhausted: bool = False
+    #: The trace events asked about so far (one question each).
+    events: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.position < self.start:
@@ -445,22 +458,28 @@ class PredictionSession:
         return min(qs, key=lambda q: (asked.get(q.kind, 0), KINDS.index(q.kind)))
 
     def advance(self, tl: Timeline) -> Question | None:
-        """Move to the next step that has a question and put one (None at the end): a walk
-        along the replay's :class:`MomentIndex`, which is scanned once for every round."""
+        """Move to the next step with a moment not asked yet and put a question (None at the
+        end): a walk along the replay's :class:`MomentIndex`, scanned once for every round."""
         self.current = None
         if len(self.answered) >= self.total:
             return None
         asked = self._asked_moments()
-        fallback: int | None = None
-        for i, asks in moment_index(tl).after(self.position):
-            if fallback is not None and i > fallback + LOOKAHEAD:
-                break
-            if any(_moment_of(a) not in asked for a in asks):
-                return self._put(tl, i, asked)
-            if fallback is None:
-                fallback = i
-        if fallback is not None:  # every moment ahead was asked already: ask one again
-            return self._put(tl, fallback, set())
+        index = moment_index(tl)
+        for i, ev, asks in index.after(self.position):
+            fresh = _fresh(asks, asked)
+            if ev in self.events:  # one question per trace event, but a fault that retried
+                fresh = tuple(a for a in fresh if a[0] == "retry")  # may complete after all
+            if not fresh:
+                continue
+            # a get's path, pops, pair and race are one story: wait for the event's step that
+            # matters most among those with a moment not asked yet (the race over the pop)
+            if any(
+                (more := _fresh(later, asked)) and rank(more) < rank(fresh)
+                for _, later in index.later_of_event(ev, i)
+            ):
+                continue
+            self.events.append(ev)
+            return self._put(tl, i, asked)
         self.position = tl.nr_steps - 1
         self.exhausted = True
         return None
