@@ -27,12 +27,15 @@ HOVER_TEXT_LIMIT = 16384
 #: 3/5 of a wide page at 1440 px). The map fills its axes at any real width; this only sets the
 #: cells' aspect.
 DEFAULT_WIDTH = 600
+#: Width (px) of the page's content where maps stand side by side (Compare): a 1440-px window
+#: less the sidebar and the page's padding; columns are this wide together, less their gaps.
+CONTENT_WIDTH, COLUMN_GAP = 1000, 16
 #: Below this figure width (px) the colour bar is compact (thin, small font, short labels).
 NARROW_WIDTH = 450
 #: Margins (px) around the plot area: y-axis title and ticks, right edge, title, x-axis title.
 MARGIN = {"l": 50, "r": 10, "t": 40, "b": 40}
 #: Room (px) the colour bar takes right of the plot area (Plotly widens the right margin for it).
-COLORBAR_PX = {"full": 170, "compact": 85}
+COLORBAR_PX = {"full": 180, "compact": 85}
 #: Plot-area height (px) bounds when the figure height is sized from the rows.
 MIN_PLOT_HEIGHT, MAX_PLOT_HEIGHT = 140, 560
 #: Preferred plot-area aspect (width / height) when the height is free.
@@ -69,6 +72,23 @@ def _grid(values: npt.NDArray[np.int8], width: int) -> npt.NDArray[np.int8 | np.
     z = np.full(rows * width, np.nan, dtype=np.float32)
     z[: len(values)] = values
     return z.reshape(rows, width)
+
+
+def column_width(columns: int, content: int = CONTENT_WIDTH) -> int:
+    """The width (px) of one of ``columns`` side-by-side maps on a page ``content`` px wide:
+    what to pass as ``width`` to :func:`region_map`, so a narrow column gets the compact
+    colour bar and the plot area keeps its room (a width guessed too large sized a full colour
+    bar that pushed the map to a sliver, or over it)."""
+    n = max(columns, 1)
+    return max(1, (content - COLUMN_GAP * (n - 1)) // n)
+
+
+def colorbar_px(ticktext: Sequence[str], compact: bool) -> int:
+    """An estimate (px) of the room a colour bar with these labels takes right of the plot:
+    its thickness, padding and the longest label (about 0.6 em a character)."""
+    font = 10 if compact else 12
+    thickness, pad = (10, 4) if compact else (16, 10)
+    return thickness + 2 * pad + math.ceil(0.6 * font * max((len(t) for t in ticktext), default=0))
 
 
 def map_geometry(
