@@ -9,6 +9,7 @@ import streamlit as st
 from app_pages import common
 from app_pages.ui.overhead_panel import memory_panel
 from app_pages.ui.sweep_panel import sweep_panel
+from app_pages.ui.tour_view import page_theme
 from explorer.designs.overhead import (
     format_bytes,
 )
@@ -172,12 +173,17 @@ def main() -> None:
         col.caption(label, help=help_text(s.mode))
         col.plotly_chart(
             # the map sizes its colour bar for the column's real width
-            region_map(snap, title=f"regions after event {e}", width=column_width(len(results))),
+            region_map(
+                snap,
+                title=f"regions after event {e}",
+                width=column_width(len(results)),
+                theme=page_theme(),
+            ),
             key=f"chart_cmp_map_{label}",
             width="stretch",
         )
         col.plotly_chart(
-            pamt_cache_figure(snap, narrow=True, y_top=top),
+            pamt_cache_figure(snap, narrow=True, y_top=top, theme=page_theme()),
             key=f"chart_cmp_cache_{label}",
             width="stretch",
         )

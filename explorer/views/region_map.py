@@ -18,7 +18,14 @@ import plotly.graph_objects as go
 
 from explorer.model.records import OWNERS, Snapshot
 from explorer.views.frames import RegionArrays, region_arrays
-from explorer.views.palette import BLACK, DPAMT_STATES, OWNER_COLOURS, discrete_scale
+from explorer.views.palette import (
+    DPAMT_STATES,
+    check_theme,
+    discrete_scale,
+    dpamt_colours,
+    ink,
+    owner_colours,
+)
 
 #: Above this many regions, cells carry no per-cell hover text (payload size).
 HOVER_TEXT_LIMIT = 16384
@@ -121,26 +128,32 @@ def region_map(
     height: int | None = None,
     *,
     width: int | None = None,
+    theme: str = "light",
 ) -> go.Figure:
     """The map for ``snapshot``; ``changed`` regions are outlined.
+
+    ``theme``: ``light`` or ``dark`` (the app's, ``st.context.theme.type``): free cells, most of
+    a map, are a dim grey on a dark theme instead of a bright block, and the outlines white.
 
     ``width``: the figure's width in px where the app shows it (default DEFAULT_WIDTH; the
     figure still stretches to its container). ``height``: the figure's height in px, or None to
     size it from the rows. The columns are chosen for near-square cells in that box, and the
     axes span exactly the grid, so the data fills the plot area at any size and any real width.
     """
+    check_theme(theme)
     a = arrays if arrays is not None else region_arrays(snapshot)
     n = snapshot.nr_regions
     w, rows, fig_height, pw, ph = map_geometry(n, width, height)
     narrow = (width if width is not None else DEFAULT_WIDTH) < NARROW_WIDTH
     if color_by == "owner":
         codes, names = a.owner, [name for name in OWNERS]
-        colours = [OWNER_COLOURS[name] for name in OWNERS]
+        by_owner = owner_colours(theme)
+        colours = [by_owner[name] for name in OWNERS]
         legend = "owner" if narrow else "dominant owner of the region's pages"
         short = names  # already short
     elif color_by == "dpamt":
         codes, names = a.state, [name for name, _, _ in DPAMT_STATES]
-        colours = [c for _, _, c in DPAMT_STATES]
+        colours = dpamt_colours(theme)
         legend = "state" if narrow else "DPAMT state"
         short = list(SHORT_STATES)
     else:
@@ -200,7 +213,7 @@ def region_map(
                     "symbol": "square-open",
                     "size": int(min(14, max(8, cell))),
                     "line": {"width": 3 if cell >= 10 else 2},
-                    "color": BLACK,
+                    "color": ink(theme),
                 },
                 name="changed by this step",
                 hovertemplate="region %{customdata} changed<extra></extra>",
