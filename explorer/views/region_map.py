@@ -98,6 +98,40 @@ def colorbar_px(ticktext: Sequence[str], compact: bool) -> int:
     return thickness + 2 * pad + math.ceil(0.6 * font * max((len(t) for t in ticktext), default=0))
 
 
+#: Zoom in on the activity when it spans at most 1/ZOOM_RATIO of the map (a 4 GiB host whose
+#: TDs use a few regions showed one corner cell of 2,048), to at least MIN_SPAN regions.
+ZOOM_RATIO, MIN_SPAN = 8, 64
+
+
+def active_span(
+    nr_regions: int, active: npt.NDArray[np.bool_], changed: Sequence[int] = ()
+) -> tuple[int, int] | None:
+    """The regions ``[lo, hi)`` from the first to the last one with activity (a page in use, a
+    pair, a change now), or None when there is none."""
+    idx = np.flatnonzero(active[:nr_regions])
+    points = [int(idx[0]), int(idx[-1])] if idx.size else []
+    points += [int(r) for r in changed if 0 <= r < nr_regions]
+    if not points:
+        return None
+    return min(points), max(points) + 1
+
+
+def shown_regions(
+    nr_regions: int, span: tuple[int, int] | None, width: int | None, height: int | None
+) -> tuple[int, int]:
+    """The regions ``[base, end)`` the map draws: all of them, or, when the activity spans at
+    most 1/:data:`ZOOM_RATIO` of the map, that span (at least :data:`MIN_SPAN`), starting at a
+    row boundary so that "region = row x columns + column" still holds."""
+    if span is None or (span[1] - span[0]) * ZOOM_RATIO > nr_regions:
+        return 0, nr_regions
+    lo, hi = span
+    m = max(hi - lo, MIN_SPAN)
+    cols = map_geometry(m, width, height)[0]
+    base = lo - lo % cols
+    end = min(nr_regions, max(hi, base + m))
+    return base, end
+
+
 def map_geometry(
     nr_regions: int, width: int | None = None, height: int | None = None
 ) -> tuple[int, int, int, float, float]:
@@ -129,8 +163,13 @@ def region_map(
     *,
     width: int | None = None,
     theme: str = "light",
+    zoom: bool = True,
 ) -> go.Figure:
     """The map for ``snapshot``; ``changed`` regions are outlined.
+
+    ``zoom``: when the activity (pages in use, pairs, the changed regions) spans a small part of
+    a big map, draw that span only (:func:`shown_regions`; the title says which regions); the
+    rows keep their numbers, so a cell is still region row x columns + column.
 
     ``theme``: ``light`` or ``dark`` (the app's, ``st.context.theme.type``): free cells, most of
     a map, are a dim grey on a dark theme instead of a bright block, and the outlines white.
@@ -143,7 +182,14 @@ def region_map(
     check_theme(theme)
     a = arrays if arrays is not None else region_arrays(snapshot)
     n = snapshot.nr_regions
-    w, rows, fig_height, pw, ph = map_geometry(n, width, height)
+    span = active_span(n, (a.state != 0) | (a.used > 0), changed) if zoom else None
+    base, end = shown_regions(n, span, width, height)
+    m = end - base
+    w, _, fig_height, pw, ph = map_geometry(m, width, height)
+    if base % w:  # the span's own columns (a power of two) start base on a row boundary
+        w = math.gcd(w, base)
+    row0 = base // w
+    rows = -(-m // w)
     narrow = (width if width is not None else DEFAULT_WIDTH) < NARROW_WIDTH
     if color_by == "owner":
         codes, names = a.owner, [name for name in OWNERS]
@@ -158,7 +204,7 @@ def region_map(
         short = list(SHORT_STATES)
     else:
         raise ValueError("color_by must be 'dpamt' or 'owner'")
-    z = _grid(codes, w)
+    z = _grid(codes[base:end], w)
     k = len(colours)
     colorbar: dict[str, object] = {
         "title": {"text": legend},
@@ -181,9 +227,13 @@ def region_map(
         "showscale": True,
         "colorbar": colorbar,
         "name": "regions",
+        "x0": 0,
+        "dx": 1,
+        "y0": row0,
+        "dy": 1,
     }
-    if n <= HOVER_TEXT_LIMIT:
-        idx = range(n)
+    if m <= HOVER_TEXT_LIMIT:
+        idx = range(base, end)
         refc = a.refcount
         pairs = snapshot.pairs
         text = [
@@ -192,7 +242,7 @@ def region_map(
             + f"<br>{int(a.used[r])} of 512 pages in use"
             for r in idx
         ]
-        text += [""] * (z.size - n)
+        text += [""] * (z.size - m)
         heat["text"] = np.array(text, dtype=object).reshape(z.shape)
         heat["hovertemplate"] = "%{text}<extra></extra>"
     else:
@@ -202,7 +252,7 @@ def region_map(
     fig = go.Figure(go.Heatmap(**heat))
     if changed:
         ch = np.asarray(sorted(set(changed)), dtype=np.int64)
-        ch = ch[(ch >= 0) & (ch < n)]
+        ch = ch[(ch >= base) & (ch < end)]
         cell = min(pw / w, ph / rows)
         fig.add_trace(
             go.Scatter(
@@ -223,7 +273,8 @@ def region_map(
         )
     fig.update_layout(
         title={
-            "text": title or f"Host memory: {n:,} regions of 2 MiB ({n * 2:,} MiB)",
+            "text": (title or f"Host memory: {n:,} regions of 2 MiB ({n * 2:,} MiB)")
+            + (f" (regions {base:,}-{end - 1:,}: the rest are free)" if m < n else ""),
             "font": {"size": 13 if narrow else 16},
         },
         xaxis={
@@ -236,7 +287,7 @@ def region_map(
         yaxis={
             "title": f"region div {w}",
             # rows go down: an explicit reversed range (what autorange "reversed" would give)
-            "range": [rows - 0.5, -0.5],
+            "range": [row0 + rows - 0.5, row0 - 0.5],
             "autorange": False,
             "showgrid": False,
             "zeroline": False,
