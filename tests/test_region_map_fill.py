@@ -230,10 +230,7 @@ def test_a_4_gib_map_shows_the_span_with_activity(used: list[int]) -> None:
     assert np.count_nonzero(np.nan_to_num(z) != 0) == len(used)
     cols = z.shape[1]
     base = int(heat.y0) * cols
-    assert (
-        f"regions {base:,}-" in fig.layout.title.text
-        and "the rest are free" in fig.layout.title.text
-    )
+    assert f"regions {base:,}-" in fig.layout.title.text and "of 2,048" in fig.layout.title.text
     # every active region is at its cell: row y0 + r, column c is region (y0 + r) x cols + c
     for r in used:
         assert z[r // cols - int(heat.y0), r % cols] != 0

@@ -273,8 +273,7 @@ def region_map(
         )
     fig.update_layout(
         title={
-            "text": (title or f"Host memory: {n:,} regions of 2 MiB ({n * 2:,} MiB)")
-            + (f" (regions {base:,}-{end - 1:,}: the rest are free)" if m < n else ""),
+            "text": _title(title, n, base, end),
             "font": {"size": 13 if narrow else 16},
         },
         xaxis={
@@ -299,6 +298,14 @@ def region_map(
         height=fig_height,
     )
     return fig
+
+
+def _title(title: str | None, n: int, base: int, end: int) -> str:
+    """The map's title; a zoomed map names its span (short: it shares a line with the chart)."""
+    if end - base == n:
+        return title or f"Host memory: {n:,} regions of 2 MiB ({n * 2:,} MiB)"
+    span = f"regions {base:,}-{end - 1:,} of {n:,}"
+    return f"{title} ({span})" if title else f"Host memory: {span} (2 MiB each; the rest free)"
 
 
 def region_map_stats(nr_regions: int, seed: int = 0) -> dict[str, float]:
