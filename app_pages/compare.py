@@ -20,7 +20,7 @@ from explorer.model.settings import Settings
 from explorer.sweeps.metrics import RunMetrics
 from explorer.views.caches import cache_top, pamt_cache_figure
 from explorer.views.palette import OKABE_ITO
-from explorer.views.region_map import column_width, region_map
+from explorer.views.region_map import column_width, region_map, replay_span
 from explorer.views.sweep import count_axis
 
 DEFAULT_CONFIGS = pd.DataFrame(
@@ -162,13 +162,16 @@ def main() -> None:
     )
     cols = st.columns(len(results))
     snaps = []
+    timelines = []
     for _label, s, _ in results:
         tl = common.timeline(loaded, s)
+        timelines.append(tl)
         b = min(tl.batch_of_event(e - 1), tl.nr_batches - 1)
         i = tl.batch_step[b + 1] - 1 if b >= 0 else -1
         snaps.append(tl.state_at(min(i, tl.nr_steps - 1)))
     # one y range for every side's caches: equal heights are equal counts
     top = max(cache_top(snap) for snap in snaps)
+    span = replay_span(*timelines)  # one span for every side: their cells line up
     for col, (label, s, _), snap in zip(cols, results, snaps, strict=True):
         col.caption(label, help=help_text(s.mode))
         col.plotly_chart(
@@ -178,6 +181,7 @@ def main() -> None:
                 title=f"regions after event {e}",
                 width=column_width(len(results)),
                 theme=page_theme(),
+                span=span,
             ),
             key=f"chart_cmp_map_{label}",
             width="stretch",

@@ -12,7 +12,7 @@ from explorer.views.caches import kvm_caches_figure, pamt_cache_figure
 from explorer.views.changes import diff_snapshots, effects_table
 from explorer.views.code import code_panel, lock_summary
 from explorer.views.refcounts import refcount_figure, timeline_over_time_figure
-from explorer.views.region_map import region_map
+from explorer.views.region_map import region_map, replay_span
 
 
 def page_theme() -> str:
@@ -32,7 +32,7 @@ def show_stop_view(tl: Timeline, stop: ResolvedStop) -> None:
     st.caption(f"view: {stop.view_title}")
     if view == "region_map" or view == "animation":
         st.plotly_chart(
-            region_map(snap, changed, height=300, theme=page_theme()),
+            region_map(snap, changed, height=300, theme=page_theme(), span=replay_span(tl)),
             key="chart_learn_map",
             config=_config("learn_map"),
             width="stretch",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +27,9 @@ from explorer.views.palette import (
     ink,
     owner_colours,
 )
+
+if TYPE_CHECKING:
+    from explorer.replay.timeline import Timeline
 
 #: Above this many regions, cells carry no per-cell hover text (payload size).
 HOVER_TEXT_LIMIT = 16384
@@ -116,6 +120,16 @@ def active_span(
     return min(points), max(points) + 1
 
 
+def replay_span(*timelines: Timeline) -> tuple[int, int] | None:
+    """The regions from the first to the last one any step of these replays touches (a page's
+    owner, a refcount, a pair, an orphan), for :func:`region_map`'s ``span``: one span for a
+    whole replay, and one for the replays Compare shows side by side, so their cells line up."""
+    spans = [s for s in (tl.touched_span() for tl in timelines) if s is not None]
+    if not spans:
+        return None
+    return min(s[0] for s in spans), max(s[1] for s in spans)
+
+
 def shown_regions(
     nr_regions: int, span: tuple[int, int] | None, width: int | None, height: int | None
 ) -> tuple[int, int]:
@@ -163,13 +177,16 @@ def region_map(
     *,
     width: int | None = None,
     theme: str = "light",
-    zoom: bool = True,
+    span: tuple[int, int] | None = None,
 ) -> go.Figure:
     """The map for ``snapshot``; ``changed`` regions are outlined.
 
-    ``zoom``: when the activity (pages in use, pairs, the changed regions) spans a small part of
-    a big map, draw that span only (:func:`shown_regions`; the title says which regions); the
-    rows keep their numbers, so a cell is still region row x columns + column.
+    ``span``: the regions with activity over the whole replay (:func:`replay_span`, or
+    :func:`active_span` of one state); when it is a small part of a big map, only that span is
+    drawn (:func:`shown_regions`; the title says which regions), the rows keeping their numbers,
+    so a cell is still region row x columns + column. It is the replay's, not the step's: a map
+    zoomed on each step's own activity changed its grid as the activity grew, moving every
+    cell under a viewer stepping through it. None: the whole map.
 
     ``theme``: ``light`` or ``dark`` (the app's, ``st.context.theme.type``): free cells, most of
     a map, are a dim grey on a dark theme instead of a bright block, and the outlines white.
@@ -182,7 +199,6 @@ def region_map(
     check_theme(theme)
     a = arrays if arrays is not None else region_arrays(snapshot)
     n = snapshot.nr_regions
-    span = active_span(n, (a.state != 0) | (a.used > 0), changed) if zoom else None
     base, end = shown_regions(n, span, width, height)
     m = end - base
     w, _, fig_height, pw, ph = map_geometry(m, width, height)
