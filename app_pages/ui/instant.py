@@ -36,8 +36,9 @@ from explorer.views.window import step_window
 RADIUS = 20
 #: The browser asks for a re-centred window when it is this close to the window's edge.
 MARGIN = 10
-#: Steps' figures kept for re-centred windows (per session) before the memo starts over.
-MEMO_STEPS = 400
+#: Memo entries (about two a step: its changed cells, its text/code/caches) kept for re-centred
+#: windows (per session) before the memo starts over.
+MEMO_ENTRIES = 1000
 #: Where Streamlit serves static files from (beside the main script) and the served path.
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 PLOTLY_SRC = "app/static/plotly.min.js"
@@ -86,7 +87,7 @@ def _window(tl: Timeline, replay_key: tuple[object, ...], cursor: int) -> dict[s
         if inside and (cursor - lo >= MARGIN or lo == -1) and (hi - cursor >= MARGIN or hi == last):
             return w
     memo = st.session_state.get("instant_memo")
-    if memo is None or memo[0] != replay_key or len(memo[1]) > MEMO_STEPS:
+    if memo is None or memo[0] != replay_key or len(memo[1]) > MEMO_ENTRIES:
         memo = st.session_state.instant_memo = (replay_key, {})
     w = step_window(
         tl,

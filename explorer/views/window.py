@@ -126,6 +126,13 @@ def figure_json(fig: Any) -> dict[str, Any]:
 
 
 def _plain(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind in "biu":  # no NaN to replace: the nested lists as they are (fast)
+            return x.tolist()
+        if x.dtype.kind == "f":
+            o = x.astype(object)
+            o[np.isnan(x)] = None
+            return o.tolist()
     if hasattr(x, "tolist"):
         x = x.tolist()
     if isinstance(x, dict) and "bdata" in x and "dtype" in x:  # plotly's typed-array encoding
@@ -388,7 +395,10 @@ def step_window(
             fig = region_map(snap_lo, [0], color_by=color_by, height=map_height)
             memo[okey] = figure_json(fig)["data"][1]
     outline = memo[okey]
-    cache_ref = figure_json(pamt_cache_figure(snap_lo, height=cache_height))
+    rkey = ("caches_ref", cache_height)
+    if rkey not in memo:  # its styles and layout (the steps' data replace its own)
+        memo[rkey] = figure_json(pamt_cache_figure(snap_lo, height=cache_height))
+    cache_ref = memo[rkey]
     template = cache_ref["layout"].get("template")
 
     arrays: dict[int, tuple[Snapshot, RegionArrays]] = {}
@@ -411,8 +421,6 @@ def step_window(
     cells: dict[int, tuple[int, str | None]] = {}
     steps = []
     for i in range(lo, hi + 1):
-        snap = tl.state_at(i)
-        step = tl.step(i) if i >= 0 else None
         if i > lo:
             cells.update(delta(i))
         patch_cells = [
@@ -420,23 +428,31 @@ def step_window(
             for k, (z, t) in sorted(cells.items())
             if z != bz[k] or (with_text and t != bt[k])
         ]
-        ckey = ("caches", i, cache_height)
-        if ckey not in memo:
-            memo[ckey] = _caches_json(snap, cache_ref)
-        caches = memo[ckey]
+        skey = ("step", i, cache_height)
+        if skey not in memo:  # what a step shows besides its map, built once a replay
+            snap = tl.state_at(i)
+            step = tl.step(i) if i >= 0 else None
+            memo[skey] = {
+                "event": step.event if step is not None else -1,
+                "caches": _caches_json(snap, cache_ref),
+                "text": asdict(step_text(tl, step)),
+                "code": [asdict(b) for b in code_view(snap, step)],
+                "locks": lock_summary(snap),
+                "changed": tl.changed_regions(i) if i >= 0 else [],
+            }
+        m = memo[skey]
         # the caches' theme template (7 KB) once for the window, not once a step
-        caches = {**caches, "layout": _without(caches["layout"], "template", template)}
-        changed = tl.changed_regions(i) if i >= 0 else []
+        caches = {**m["caches"], "layout": _without(m["caches"]["layout"], "template", template)}
         steps.append(
             {
                 "step": i,
-                "event": step.event if step is not None else -1,
-                "map": {"cells": patch_cells, "outline": _outline(outline, changed, cols, n)},
+                "event": m["event"],
+                "map": {"cells": patch_cells, "outline": _outline(outline, m["changed"], cols, n)},
                 "caches": caches,
-                "text": asdict(step_text(tl, step)),
+                "text": m["text"],
                 "note": (notes or {}).get(i, ""),
-                "code": [asdict(b) for b in code_view(snap, step)],
-                "locks": lock_summary(snap),
+                "code": m["code"],
+                "locks": m["locks"],
             }
         )
     return {
