@@ -29,19 +29,30 @@ def _timeline(name: str) -> Timeline:
 
 
 @pytest.mark.parametrize(
-    ("name", "centre", "color_by"),
+    ("name", "centre", "color_by", "width"),
     [
-        ("lost_race", 30, "dpamt"),
-        ("td_lifecycle", 0, "dpamt"),
-        ("lost_race", 12, "owner"),
-        ("workload_two_tds", 200, "dpamt"),
+        ("lost_race", 30, "dpamt", None),
+        ("td_lifecycle", 0, "dpamt", 400),
+        ("lost_race", 12, "owner", 400),
+        ("workload_two_tds", 200, "dpamt", None),
     ],
 )
-def test_each_step_is_what_the_views_draw(name: str, centre: int, color_by: str) -> None:
+def test_each_step_is_what_the_views_draw(
+    name: str, centre: int, color_by: str, width: int | None
+) -> None:
+    narrow = width is not None
     tl = _timeline(name)
     centre = min(centre, tl.nr_steps - 1)
     w = step_window(
-        tl, centre, 6, color_by=color_by, map_height=220, cache_height=160, notes={centre: "look"}
+        tl,
+        centre,
+        6,
+        color_by=color_by,
+        map_height=220,
+        cache_height=160,
+        map_width=width,
+        narrow_caches=narrow,
+        notes={centre: "look"},
     )
     payload = json.loads(json.dumps(w, allow_nan=False))  # JSON as the browser gets it
     assert payload["lo"] == max(centre - 6, -1)
@@ -52,10 +63,12 @@ def test_each_step_is_what_the_views_draw(name: str, centre: int, color_by: str)
         snap = tl.state_at(i)
         step = tl.step(i) if i >= 0 else None
         changed = tl.changed_regions(i) if i >= 0 else []
-        want = figure_json(region_map(snap, changed, color_by=color_by, height=220))
+        want = figure_json(region_map(snap, changed, color_by=color_by, height=220, width=width))
         assert apply_map_patch(payload["map_base"], s["map"]) == want, f"map at step {i}"
         moved += bool(s["map"]["cells"])
-        assert caches_figure(payload, s) == figure_json(pamt_cache_figure(snap, height=160)), i
+        assert caches_figure(payload, s) == figure_json(
+            pamt_cache_figure(snap, height=160, narrow=narrow)
+        ), i
         text = step_text(tl, step)
         assert s["text"]["header"] == text.header and s["text"]["narration"] == text.narration
         assert s["text"]["event_line"] == text.event_line

@@ -355,12 +355,16 @@ def step_window(
     color_by: str = "dpamt",
     map_height: int | None = None,
     cache_height: int | None = None,
+    map_width: int | None = None,
+    narrow_caches: bool = False,
     notes: Mapping[int, str] | None = None,
     memo: dict[tuple[object, ...], Any] | None = None,
 ) -> dict[str, Any]:
     """The payload for steps ``[centre - radius, centre + radius]`` (clipped to -1 .. last; -1
     is the state before the first step). ``notes``: review notes pinned to steps (shown with
-    the step's text). ``memo``: what earlier windows of the same replay built (kept by the
+    the step's text). ``map_width`` and ``narrow_caches``: region_map's ``width`` and
+    pamt_cache_figure's ``narrow`` (a compact colour bar, a short title for a narrow column).
+    ``memo``: what earlier windows of the same replay built (kept by the
     caller): each step's cells that changed from the step before and its caches.
 
     Speed: a Plotly figure costs ~50 ms (its validation), so the window builds two real ones
@@ -383,21 +387,25 @@ def step_window(
     snap_lo = tl.state_at(lo)
     n = snap_lo.nr_regions
     changed_lo = tl.changed_regions(lo) if lo >= 0 else []
-    base = figure_json(region_map(snap_lo, changed_lo, color_by=color_by, height=map_height))
+    base = figure_json(
+        region_map(snap_lo, changed_lo, color_by=color_by, height=map_height, width=map_width)
+    )
     cols = len(base["data"][0]["z"][0])
     padded = len(base["data"][0]["z"]) * cols != n
     with_text = n <= HOVER_TEXT_LIMIT
-    okey = ("outline", color_by, map_height)
+    okey = ("outline", color_by, map_height, map_width)
     if okey not in memo:
         if len(base["data"]) > 1:
             memo[okey] = base["data"][1]
         else:  # region_map's outline trace (styled by it), any region will do
-            fig = region_map(snap_lo, [0], color_by=color_by, height=map_height)
+            fig = region_map(snap_lo, [0], color_by=color_by, height=map_height, width=map_width)
             memo[okey] = figure_json(fig)["data"][1]
     outline = memo[okey]
-    rkey = ("caches_ref", cache_height)
+    rkey = ("caches_ref", cache_height, narrow_caches)
     if rkey not in memo:  # its styles and layout (the steps' data replace its own)
-        memo[rkey] = figure_json(pamt_cache_figure(snap_lo, height=cache_height))
+        memo[rkey] = figure_json(
+            pamt_cache_figure(snap_lo, height=cache_height, narrow=narrow_caches)
+        )
     cache_ref = memo[rkey]
     template = cache_ref["layout"].get("template")
 
@@ -428,7 +436,7 @@ def step_window(
             for k, (z, t) in sorted(cells.items())
             if z != bz[k] or (with_text and t != bt[k])
         ]
-        skey = ("step", i, cache_height)
+        skey = ("step", i, cache_height, narrow_caches)
         if skey not in memo:  # what a step shows besides its map, built once a replay
             snap = tl.state_at(i)
             step = tl.step(i) if i >= 0 else None
