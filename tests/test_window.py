@@ -28,11 +28,32 @@ def _timeline(name: str) -> Timeline:
     return replay(trace.events, resolve_settings(trace, []))
 
 
-@pytest.mark.parametrize(("name", "centre"), [("lost_race", 30), ("td_lifecycle", 0)])
-def test_each_step_is_what_the_views_draw(name: str, centre: int) -> None:
+@pytest.mark.parametrize(
+    ("name", "centre", "color_by", "width"),
+    [
+        ("lost_race", 30, "dpamt", None),
+        ("td_lifecycle", 0, "dpamt", 400),
+        ("lost_race", 12, "owner", 400),
+        ("workload_two_tds", 200, "dpamt", None),
+    ],
+)
+def test_each_step_is_what_the_views_draw(
+    name: str, centre: int, color_by: str, width: int | None
+) -> None:
+    narrow = width is not None
     tl = _timeline(name)
     centre = min(centre, tl.nr_steps - 1)
-    w = step_window(tl, centre, 6, map_height=220, cache_height=160, notes={centre: "look"})
+    w = step_window(
+        tl,
+        centre,
+        6,
+        color_by=color_by,
+        map_height=220,
+        cache_height=160,
+        map_width=width,
+        narrow_caches=narrow,
+        notes={centre: "look"},
+    )
     payload = json.loads(json.dumps(w, allow_nan=False))  # JSON as the browser gets it
     assert payload["lo"] == max(centre - 6, -1)
     assert [s["step"] for s in payload["steps"]] == list(range(payload["lo"], payload["hi"] + 1))
@@ -42,10 +63,12 @@ def test_each_step_is_what_the_views_draw(name: str, centre: int) -> None:
         snap = tl.state_at(i)
         step = tl.step(i) if i >= 0 else None
         changed = tl.changed_regions(i) if i >= 0 else []
-        want = figure_json(region_map(snap, changed, height=220))
+        want = figure_json(region_map(snap, changed, color_by=color_by, height=220, width=width))
         assert apply_map_patch(payload["map_base"], s["map"]) == want, f"map at step {i}"
         moved += bool(s["map"]["cells"])
-        assert caches_figure(payload, s) == figure_json(pamt_cache_figure(snap, height=160)), i
+        assert caches_figure(payload, s) == figure_json(
+            pamt_cache_figure(snap, height=160, narrow=narrow)
+        ), i
         text = step_text(tl, step)
         assert s["text"]["header"] == text.header and s["text"]["narration"] == text.narration
         assert s["text"]["event_line"] == text.event_line
@@ -54,7 +77,7 @@ def test_each_step_is_what_the_views_draw(name: str, centre: int) -> None:
         ]
         assert s["locks"] == lock_summary(snap)
         assert s["note"] == ("look" if i == centre else "")
-    if name == "lost_race":
+    if name != "td_lifecycle":
         assert moved, "no step of the window changed a cell: the patches were not exercised"
 
 
@@ -84,7 +107,33 @@ def test_a_recentred_window_reuses_the_memo_and_equals_a_fresh_one() -> None:
     tl = _timeline("lost_race")
     memo: dict = {}  # type: ignore[type-arg]
     step_window(tl, 30, 4, memo=memo)
-    assert len(memo) == 9
+    deltas = [k for k in memo if k[0] == "delta"]
+    assert sorted(k[1] for k in deltas) == list(range(27, 35))  # each step but the first
     again = step_window(tl, 33, 4, memo=memo)
-    assert len(memo) == 12  # only the 3 new steps were built
+    assert sorted(k[1] for k in memo if k[0] == "delta") == list(range(27, 38))
     assert again == step_window(tl, 33, 4)
+
+
+def test_no_step_builds_a_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A window builds its base step's map and caches (and once a replay the outline's
+    style), never one figure per step: that is what made a re-centre cost 10 x 50-70 ms."""
+    import explorer.views.caches as caches_mod
+    import explorer.views.region_map as rm
+    import explorer.views.window as win
+
+    calls = {"map": 0, "caches": 0}
+    real_map, real_caches = rm.region_map, caches_mod.pamt_cache_figure
+
+    def count_map(*a: object, **k: object) -> object:
+        calls["map"] += 1
+        return real_map(*a, **k)  # type: ignore[arg-type]
+
+    def count_caches(*a: object, **k: object) -> object:
+        calls["caches"] += 1
+        return real_caches(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rm, "region_map", count_map)
+    monkeypatch.setattr(win, "pamt_cache_figure", count_caches)
+    w = step_window(_timeline("lost_race"), 30, 10)
+    assert len(w["steps"]) == 21
+    assert calls["map"] <= 2 and calls["caches"] == 1, calls

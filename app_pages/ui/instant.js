@@ -90,6 +90,9 @@ function draw(st) {
   }));
   st.locks.textContent = s.locks.join('\n');
   st.root.dataset.step = String(i);
+  // the step box shows the shown step at once (its value; the server's own follows the report)
+  const box = document.querySelector('.st-key-goto_step input');
+  if (box && document.activeElement !== box) box.value = String(i);
   st.shown.push(i);  // every step drawn, in order (the browser test checks Play skips none)
   if (st.shown.length > 1000) st.shown.shift();
 }
@@ -99,12 +102,13 @@ function draw(st) {
 function report(st, now) {
   clearTimeout(st.timer);
   const send = () => {
-    if (st.sent === st.step) return;
-    st.sent = st.step;
-    st.inflight = st.step;
-    st.setStateValue('step', st.step);
+    const step = want(st);
+    if (st.sent === step) return;
+    st.sent = step;
+    st.inflight = step;
+    st.setStateValue('step', step);
   };
-  const outside = st.step < st.w.lo || st.step > st.w.hi;
+  const outside = st.pending !== undefined;
   if (outside || (now && st.inflight === undefined)) send();
   else st.timer = setTimeout(send, now ? 50 : IDLE_MS);
 }
@@ -112,12 +116,17 @@ function report(st, now) {
 function go(st, target) {
   const w = st.w;
   target = Math.max(-1, Math.min(w.nr_steps - 1, target));
-  if (target === st.step) return;
-  if (target < w.lo || target > w.hi) {  // outside the window: the server draws and re-centres
-    st.step = target;
+  if (target === want(st)) return;
+  if (target < w.lo || target > w.hi) {
+    // outside the window: the step shown stays (marked as waiting) until the re-centred window
+    // arrives, which then shows this step at once (no key is lost, the page is not stuck)
+    st.pending = target;
+    st.root.classList.add('waiting');
     report(st, true);
     return;
   }
+  st.pending = undefined;
+  st.root.classList.remove('waiting');
   st.step = target;
   draw(st);
   // near the window's edge: ask for a re-centred window now (the step is still drawn here)
@@ -125,12 +134,15 @@ function go(st, target) {
   report(st, edge < w.margin);
 }
 
+// The step the user asked for last: a step beyond the window waits there for its window.
+function want(st) { return st.pending !== undefined ? st.pending : st.step; }
+
 function act(st, what) {
   const w = st.w;
   if (what === 'play') { togglePlay(st); return; }
   stopPlay(st);
-  if (what === 'next') go(st, st.step + 1);
-  else if (what === 'prev') go(st, st.step - 1);
+  if (what === 'next') go(st, want(st) + 1);
+  else if (what === 'prev') go(st, want(st) - 1);
   else if (what === 'first') go(st, -1);
   else if (what === 'last') go(st, w.nr_steps - 1);
 }
@@ -228,12 +240,21 @@ export default function (component) {
   // the server's cursor is a step this page reported (its reply, or a late copy of an older
   // one): the shown step stays; else the server moved it (a jump, the slider, a link)
   const serverMoved = !data.from_client && data.cursor !== prevCursor;
-  if (st.step === undefined || serverMoved || st.step < st.w.lo || st.step > st.w.hi) {
+  if (st.step === undefined || serverMoved) {
     st.step = data.cursor;
     st.sent = data.cursor;
     st.inflight = undefined;
-  } else if (st.sent !== st.step) {
-    report(st, Math.min(st.step - st.w.lo, st.w.hi - st.step) < st.w.margin);
+    st.pending = undefined;
+  } else if (st.pending !== undefined && st.pending >= st.w.lo && st.pending <= st.w.hi) {
+    st.step = st.pending;  // the step asked beyond the old window: shown now
+    st.pending = undefined;
+  } else if (st.pending === undefined && (st.step < st.w.lo || st.step > st.w.hi)) {
+    st.step = data.cursor;  // cannot happen for a reply to this page; a stale page follows
+    st.sent = data.cursor;
+  }
+  st.root.classList.toggle('waiting', st.pending !== undefined);
+  if (st.sent !== want(st)) {
+    report(st, st.pending !== undefined || Math.min(st.step - st.w.lo, st.w.hi - st.step) < st.w.margin);
   }
   st.w.cursor = data.cursor;
   draw(st);

@@ -32,12 +32,16 @@ from app_pages.ui.stepper import period
 from explorer.replay.timeline import Timeline
 from explorer.views.window import step_window
 
+#: The map's width (px) for region_map's layout: the view's left column (5/11 of the page, 330 px at
+#: 1280, 440 at 1440) takes a compact colour bar; the caches take their two-line title.
+MAP_WIDTH = 400
 #: Steps either side of the cursor the browser holds.
-RADIUS = 20
+RADIUS = 30
 #: The browser asks for a re-centred window when it is this close to the window's edge.
-MARGIN = 10
-#: Steps' figures kept for re-centred windows (per session) before the memo starts over.
-MEMO_STEPS = 400
+MARGIN = 20
+#: Memo entries (about two a step: its changed cells, its text/code/caches) kept for re-centred
+#: windows (per session) before the memo starts over.
+MEMO_ENTRIES = 1000
 #: Where Streamlit serves static files from (beside the main script) and the served path.
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 PLOTLY_SRC = "app/static/plotly.min.js"
@@ -86,7 +90,7 @@ def _window(tl: Timeline, replay_key: tuple[object, ...], cursor: int) -> dict[s
         if inside and (cursor - lo >= MARGIN or lo == -1) and (hi - cursor >= MARGIN or hi == last):
             return w
     memo = st.session_state.get("instant_memo")
-    if memo is None or memo[0] != replay_key or len(memo[1]) > MEMO_STEPS:
+    if memo is None or memo[0] != replay_key or len(memo[1]) > MEMO_ENTRIES:
         memo = st.session_state.instant_memo = (replay_key, {})
     w = step_window(
         tl,
@@ -95,6 +99,8 @@ def _window(tl: Timeline, replay_key: tuple[object, ...], cursor: int) -> dict[s
         color_by=color_by,
         map_height=MAP_HEIGHT,
         cache_height=CACHE_HEIGHT,
+        map_width=MAP_WIDTH,
+        narrow_caches=True,
         notes=notes,
         memo=memo[1],
     )

@@ -67,7 +67,7 @@ def _due(last: int) -> int:
     clock (not by counting timer ticks: a tick that comes late, or two that the server folds
     into one run, still leave playing at the chosen speed)."""
     t0, step, period = st.session_state.play_anchor
-    return min(step + int((time.monotonic() - t0) / period + 0.5), last)
+    return min(int(step) + int((time.monotonic() - t0) / period + 0.5), last)
 
 
 def _set_cursor(i: int) -> None:

@@ -32,10 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from explorer.model.records import Snapshot, Step
+from explorer.model.constants import PAGES_PER_REGION_SHIFT
+from explorer.model.records import OWNERS, Snapshot, Step
 from explorer.replay.timeline import Timeline
-from explorer.views.caches import pamt_cache_figure
+from explorer.views.caches import pamt_cache_figure, stack_label_points, stack_labels
 from explorer.views.code import code_panel, lock_summary
+from explorer.views.frames import RegionArrays, region_arrays
+from explorer.views.palette import DPAMT_STATES, GREY, ORANGE, VERMILLION, YELLOW
 
 #: Steps either side of the centre the window holds by default.
 DEFAULT_RADIUS = 20
@@ -123,6 +126,13 @@ def figure_json(fig: Any) -> dict[str, Any]:
 
 
 def _plain(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind in "biu":  # no NaN to replace: the nested lists as they are (fast)
+            return x.tolist()
+        if x.dtype.kind == "f":
+            o = x.astype(object)
+            o[np.isnan(x)] = None
+            return o.tolist()
     if hasattr(x, "tolist"):
         x = x.tolist()
     if isinstance(x, dict) and "bdata" in x and "dtype" in x:  # plotly's typed-array encoding
@@ -143,19 +153,74 @@ def _flat(grid: Any) -> list[Any]:
     return [v for row in grid for v in row] if grid and isinstance(grid[0], list) else list(grid)
 
 
-def _map(tl: Timeline, i: int, color_by: str, height: int | None) -> dict[str, Any]:
-    # imported here: region_map pulls numpy/plotly, as the callers already have
-    from explorer.views.region_map import region_map
+def _hover_texts(
+    snap: Snapshot, a: RegionArrays, codes: Any, names: list[str], regions: Any
+) -> list[str]:
+    """The hover text of ``regions`` (as region_map writes it for maps of at most
+    HOVER_TEXT_LIMIT regions; tests/test_window.py checks they agree)."""
+    pairs = snap.pairs
+    return [
+        f"region {r} ({r << 21:#x})<br>{names[int(codes[r])]}<br>refcount {int(a.refcount[r])}"
+        + (f"<br>pair {pairs[r][0]:#x}, {pairs[r][1]:#x}" if r in pairs else "")
+        + f"<br>{int(a.used[r])} of 512 pages in use"
+        for r in regions
+    ]
 
-    changed = tl.changed_regions(i) if i >= 0 else []
-    return figure_json(region_map(tl.state_at(i), changed, color_by=color_by, height=height))
+
+def _codes(a: RegionArrays, color_by: str) -> tuple[Any, list[str]]:
+    if color_by == "owner":
+        return a.owner, list(OWNERS)
+    if color_by == "dpamt":
+        return a.state, [name for name, _, _ in DPAMT_STATES]
+    raise ValueError("color_by must be 'dpamt' or 'owner'")
+
+
+def _delta(
+    prev: tuple[Snapshot, RegionArrays],
+    cur: tuple[Snapshot, RegionArrays],
+    color_by: str,
+    with_text: bool,
+) -> dict[int, tuple[int, str | None]]:
+    """The cells whose colour (or hover text) differ between two consecutive steps, by flat
+    index (the grid is the regions row-major, so a cell's flat index is its region): a
+    vectorised compare of the region arrays."""
+    (ps, pa), (cs, ca) = prev, cur
+    pc, _ = _codes(pa, color_by)
+    cc, names = _codes(ca, color_by)
+    diff = pc != cc
+    if with_text:
+        diff |= (pa.refcount != ca.refcount) | (pa.used != ca.used)
+        moved = {r for r, p in ps.pairs.items() if cs.pairs.get(r) != p}
+        moved |= {r for r in cs.pairs if r not in ps.pairs}
+        if moved:
+            diff[np.fromiter(moved, dtype=np.int64, count=len(moved))] = True
+    idx = np.flatnonzero(diff)
+    z = cc[idx].tolist()
+    texts: list[str | None] = (
+        list(_hover_texts(cs, ca, cc, names, idx.tolist())) if with_text else [None] * len(z)
+    )
+    return dict(zip(idx.tolist(), zip(z, texts, strict=True), strict=True))
+
+
+def _outline(template: dict[str, Any], changed: list[int], cols: int, n: int) -> Any:
+    """The changed regions' outline trace: region_map's own trace (``template``, built once)
+    with this step's regions."""
+    ch = sorted({r for r in changed if 0 <= r < n})
+    if not changed:
+        return None
+    return {
+        **template,
+        "x": [r % cols for r in ch],
+        "y": [r // cols for r in ch],
+        "customdata": ch,
+    }
 
 
 def map_patch(base: dict[str, Any], fig: dict[str, Any]) -> dict[str, Any]:
     """What differs in ``fig`` (a step's map) from ``base`` (the window's first map): the cells
     whose z or hover text differ as ``[flat index, z, text]``, the outline trace of the regions
-    the step changed (or None), and the layout when it differs (it does only if the map's size
-    does, which a replay keeps)."""
+    the step changed (or None), and the layout when it differs. The reference for
+    :func:`step_window`'s direct patches (which never build a step's figure)."""
     bz, fz = _flat(base["data"][0]["z"]), _flat(fig["data"][0]["z"])
     bt = _flat(base["data"][0].get("text") or [])
     ft = _flat(fig["data"][0].get("text") or [])
@@ -205,6 +270,83 @@ def caches_figure(window: Mapping[str, Any], step: Mapping[str, Any]) -> dict[st
     return {"data": step["caches"]["data"], "layout": layout}
 
 
+def _caches_json(snap: Snapshot, ref: dict[str, Any]) -> dict[str, Any]:
+    """The caches figure of ``snap`` as plain JSON, from its data: the bars, the target line
+    and the labels of pamt_cache_figure, with the styles and layout of ``ref`` (that function's
+    figure for another step of the replay, built once a window). tests/test_window.py checks
+    the result equals pamt_cache_figure's for every step."""
+    vcpus = [v for v in snap.vcpus if v.alive]
+    target = 2 * snap.settings.dpamt_gets_per_fault
+    xs: list[str] = []
+    bases: list[float] = []
+    texts: list[str] = []
+    hovers: list[str] = []
+    colours: list[str] = []
+    lx: list[str] = []
+    ly: list[float] = []
+    ltext: list[str] = []
+    for v in vcpus:
+        name = f"vCPU {v.vcpu}"
+        regions = [pfn >> PAGES_PER_REGION_SHIFT for pfn in v.pamt_cache]
+        texts += stack_labels(regions)
+        for _, y, text in stack_label_points(regions):
+            lx.append(name)
+            ly.append(y)
+            ltext.append(text)
+        size = len(v.pamt_cache)
+        for pos, pfn in enumerate(v.pamt_cache):
+            is_top = pos == size - 1
+            xs.append(name)
+            bases.append(pos)
+            hovers.append(
+                f"{name}, position {pos} of {size}<br>pfn {pfn:#x}, "
+                f"region {pfn >> PAGES_PER_REGION_SHIFT}"
+                + ("<br>next to pop (LIFO)" if is_top else "")
+            )
+            colours.append(VERMILLION if is_top else ORANGE)
+    by_name = {t.get("name"): t for t in ref["data"]}
+    bar, line, labels_t = ref["data"][0], ref["data"][1], ref["data"][-1]
+    labels = [f"vCPU {v.vcpu}" for v in vcpus]
+    data: list[dict[str, Any]] = [
+        {
+            **bar,
+            "x": xs,
+            "y": [1] * len(xs),
+            "base": [float(b) for b in bases],
+            "text": texts,
+            "hovertext": hovers,
+            "marker": {**bar["marker"], "color": colours},
+        },
+        {**line, "x": labels, "y": [target] * len(labels)},
+    ]
+    if "mempool" in snap.extra:
+        pool = by_name.get("mempool reserve") or {
+            "type": "bar",
+            "x": ["mempool"],
+            "name": "mempool reserve",
+            "marker": {"color": YELLOW},
+        }
+        data.append({**pool, "y": [len(snap.extra["mempool"])]})
+    data.append({**labels_t, "x": lx, "y": ly, "text": ltext})
+    layout = {k: v for k, v in ref["layout"].items() if k != "annotations"}
+    if not vcpus:
+        layout["annotations"] = [
+            {
+                "font": {"color": GREY, "size": 13},
+                "showarrow": False,
+                "text": "no vCPU yet: each vCPU's cache appears here once vcpu_create has run",
+                "x": 0.5,
+                "xref": "paper",
+                "y": 0.5,
+                "yref": "paper",
+            }
+        ]
+    top = max([target, *[len(vc.pamt_cache) for vc in vcpus], 1]) + 1
+    layout["xaxis"] = {**layout["xaxis"], "categoryarray": labels, "showticklabels": bool(vcpus)}
+    layout["yaxis"] = {**layout["yaxis"], "range": [0, top], "dtick": 2 if top <= 24 else 10}
+    return {"data": data, "layout": layout}
+
+
 def step_window(
     tl: Timeline,
     centre: int,
@@ -213,14 +355,22 @@ def step_window(
     color_by: str = "dpamt",
     map_height: int | None = None,
     cache_height: int | None = None,
+    map_width: int | None = None,
+    narrow_caches: bool = False,
     notes: Mapping[int, str] | None = None,
-    memo: dict[tuple[object, ...], tuple[dict[str, Any], dict[str, Any]]] | None = None,
+    memo: dict[tuple[object, ...], Any] | None = None,
 ) -> dict[str, Any]:
     """The payload for steps ``[centre - radius, centre + radius]`` (clipped to -1 .. last; -1
     is the state before the first step). ``notes``: review notes pinned to steps (shown with
-    the step's text). ``memo``: the steps' figures of earlier windows of the same replay (kept by
-    the caller): a re-centred window builds only its new steps (a figure costs ~50 ms, mostly
-    plotly's validation). Raises ValueError naming the bad argument."""
+    the step's text). ``map_width`` and ``narrow_caches``: region_map's ``width`` and
+    pamt_cache_figure's ``narrow`` (a compact colour bar, a short title for a narrow column).
+    ``memo``: what earlier windows of the same replay built (kept by the
+    caller): each step's cells that changed from the step before and its caches.
+
+    Speed: a Plotly figure costs ~50 ms (its validation), so the window builds two real ones
+    (the base step's map and caches, whose styles and layout the steps reuse) and each step's
+    patch from the snapshot's data: region_arrays, a vectorised compare with the step before,
+    the changed cells' hover text. Raises ValueError naming the bad argument."""
     last = tl.nr_steps - 1
     if last < 0:
         raise ValueError("step_window: the replay has no step")
@@ -228,37 +378,89 @@ def step_window(
         raise ValueError(f"step_window: centre {centre} is outside -1..{last}")
     if radius < 0:
         raise ValueError(f"step_window: radius {radius} is negative")
+    if color_by not in ("dpamt", "owner"):
+        raise ValueError(f"step_window: color_by {color_by!r} is not 'dpamt' or 'owner'")
     lo, hi = max(centre - radius, -1), min(centre + radius, last)
     memo = {} if memo is None else memo
+    from explorer.views.region_map import HOVER_TEXT_LIMIT, region_map
 
-    def figures(i: int, snap: Snapshot) -> tuple[dict[str, Any], dict[str, Any]]:
-        k = (i, color_by, map_height, cache_height)
+    snap_lo = tl.state_at(lo)
+    n = snap_lo.nr_regions
+    changed_lo = tl.changed_regions(lo) if lo >= 0 else []
+    base = figure_json(
+        region_map(snap_lo, changed_lo, color_by=color_by, height=map_height, width=map_width)
+    )
+    cols = len(base["data"][0]["z"][0])
+    padded = len(base["data"][0]["z"]) * cols != n
+    with_text = n <= HOVER_TEXT_LIMIT
+    okey = ("outline", color_by, map_height, map_width)
+    if okey not in memo:
+        if len(base["data"]) > 1:
+            memo[okey] = base["data"][1]
+        else:  # region_map's outline trace (styled by it), any region will do
+            fig = region_map(snap_lo, [0], color_by=color_by, height=map_height, width=map_width)
+            memo[okey] = figure_json(fig)["data"][1]
+    outline = memo[okey]
+    rkey = ("caches_ref", cache_height, narrow_caches)
+    if rkey not in memo:  # its styles and layout (the steps' data replace its own)
+        memo[rkey] = figure_json(
+            pamt_cache_figure(snap_lo, height=cache_height, narrow=narrow_caches)
+        )
+    cache_ref = memo[rkey]
+    template = cache_ref["layout"].get("template")
+
+    arrays: dict[int, tuple[Snapshot, RegionArrays]] = {}
+
+    def at(i: int) -> tuple[Snapshot, RegionArrays]:
+        if i not in arrays:
+            snap = tl.state_at(i)
+            arrays[i] = (snap, region_arrays(snap))
+        return arrays[i]
+
+    def delta(i: int) -> dict[int, tuple[int, str | None]]:
+        k = ("delta", i, color_by, with_text)
         if k not in memo:
-            caches = figure_json(pamt_cache_figure(snap, height=cache_height))
-            memo[k] = (_map(tl, i, color_by, map_height), caches)
-        return memo[k]
+            memo[k] = _delta(at(i - 1), at(i), color_by, with_text)
+        d: dict[int, tuple[int, str | None]] = memo[k]
+        return d
 
-    base = figures(lo, tl.state_at(lo))[0]
-    template = None
+    bz = _flat(base["data"][0]["z"])
+    bt = _flat(base["data"][0].get("text") or [])
+    cells: dict[int, tuple[int, str | None]] = {}
     steps = []
     for i in range(lo, hi + 1):
-        snap = tl.state_at(i)
-        step = tl.step(i) if i >= 0 else None
-        note = (notes or {}).get(i, "")
-        fig_map, caches = figures(i, snap)
+        if i > lo:
+            cells.update(delta(i))
+        patch_cells = [
+            [k, float(z) if padded else z, t]
+            for k, (z, t) in sorted(cells.items())
+            if z != bz[k] or (with_text and t != bt[k])
+        ]
+        skey = ("step", i, cache_height, narrow_caches)
+        if skey not in memo:  # what a step shows besides its map, built once a replay
+            snap = tl.state_at(i)
+            step = tl.step(i) if i >= 0 else None
+            memo[skey] = {
+                "event": step.event if step is not None else -1,
+                "caches": _caches_json(snap, cache_ref),
+                "text": asdict(step_text(tl, step)),
+                "code": [asdict(b) for b in code_view(snap, step)],
+                "locks": lock_summary(snap),
+                "changed": tl.changed_regions(i) if i >= 0 else [],
+            }
+        m = memo[skey]
         # the caches' theme template (7 KB) once for the window, not once a step
-        template = caches["layout"].get("template", template)
-        caches = {**caches, "layout": _without(caches["layout"], "template", template)}
+        caches = {**m["caches"], "layout": _without(m["caches"]["layout"], "template", template)}
         steps.append(
             {
                 "step": i,
-                "event": step.event if step is not None else -1,
-                "map": map_patch(base, fig_map),
+                "event": m["event"],
+                "map": {"cells": patch_cells, "outline": _outline(outline, m["changed"], cols, n)},
                 "caches": caches,
-                "text": asdict(step_text(tl, step)),
-                "note": note,
-                "code": [asdict(b) for b in code_view(snap, step)],
-                "locks": lock_summary(snap),
+                "text": m["text"],
+                "note": (notes or {}).get(i, ""),
+                "code": m["code"],
+                "locks": m["locks"],
             }
         )
     return {

@@ -47,6 +47,30 @@ def server() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def instant_server() -> Iterator[str]:
+    """A second server with instant steps on from the first page load (DPAMT_INSTANT=1): deep
+    links open on the browser-drawn view, as they would with the setting on by default."""
+    port = free_port()
+    log = ARTIFACTS / "streamlit-instant.log"
+    ARTIFACTS.mkdir(exist_ok=True)
+    before = os.environ.get("DPAMT_INSTANT")
+    os.environ["DPAMT_INSTANT"] = "1"  # the server's process inherits it
+    try:
+        with log.open("w") as out:
+            try:
+                proc = start_app(port, log=out)
+            except RuntimeError as exc:
+                pytest.fail(f"{exc}; see {log}")
+            yield f"http://127.0.0.1:{port}"
+            stop_app(proc)
+    finally:
+        if before is None:
+            os.environ.pop("DPAMT_INSTANT", None)
+        else:
+            os.environ["DPAMT_INSTANT"] = before
+
+
+@pytest.fixture(scope="session")
 def browser() -> Iterator[object]:
     chromium = shutil.which("chromium")
     if chromium is None:

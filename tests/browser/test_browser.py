@@ -17,8 +17,7 @@ SAMPLES = Path(__file__).resolve().parents[2] / "sample_traces"
 
 
 def _step(pg) -> str:  # type: ignore[no-untyped-def]
-    text = pg.locator("text=/^Step \\d+ of \\d+/").first.inner_text()
-    return text
+    return str(pg.locator("text=/^Step \\d+ of \\d+/").first.inner_text())
 
 
 def _wait_step(pg, n: int) -> None:  # type: ignore[no-untyped-def]
@@ -335,19 +334,26 @@ def test_instant_steps_step_in_the_browser_and_the_server_follows(page, server) 
     edge too: it is re-centred) and the server's cursor follows (the step box)."""
     _instant_on(page, server + "/?sample=lost_race&step=10")
     _wait_step(page, 10)
-    for n in range(11, 11 + 22):  # past the window's edge (RADIUS 20): re-centred on the way
+    for n in range(11, 11 + 32):  # past the window's edge (RADIUS 30): re-centred on the way
         page.keyboard.press("ArrowRight")
         _wait_step(page, n)
     page.keyboard.press("ArrowLeft")
-    _wait_step(page, 31)
+    _wait_step(page, 41)
     page.locator(".st-key-btn_prev button").first.click()
-    _wait_step(page, 30)
+    _wait_step(page, 40)
     page.locator(".st-key-btn_next button").first.click()
-    _wait_step(page, 31)
+    _wait_step(page, 41)
     # the rest of the page follows the step the browser shows (its step box)
-    expect(page.locator(".st-key-goto_step input")).to_have_value("31", timeout=60_000)
-    _wait_step(page, 31)  # and the rerun did not move the shown step
-    assert page.locator(".instant").first.get_attribute("data-step") == "31"
+    expect(page.locator(".st-key-goto_step input")).to_have_value("41", timeout=60_000)
+    _wait_step(page, 41)  # and the rerun did not move the shown step
+    assert page.locator(".instant").first.get_attribute("data-step") == "41"
+    # a burst of keys beyond the window (faster than the server answers): none is lost, the
+    # last one's step shows once its window arrives
+    for _ in range(45):
+        page.keyboard.press("ArrowRight")
+    _wait_step(page, 86)
+    expect(page.locator(".instant").first).to_have_attribute("data-step", "86", timeout=60_000)
+    expect(page.locator(".st-key-goto_step input")).to_have_value("86", timeout=60_000)
     page.keyboard.press("Home")
     page.wait_for_selector("text=/^Before the first step/")
 
@@ -369,3 +375,80 @@ def test_instant_play_shows_every_step(page, server) -> None:  # type: ignore[no
     run = shown[start:]
     played = [s for k, s in enumerate(run) if k == 0 or s != run[k - 1]]
     assert played[:26] == list(range(5, 31)), str(played[:40])
+
+
+def _instant_at(pg, url: str, step: int) -> None:  # type: ignore[no-untyped-def]
+    """Open a deep link on the instant server; wait until the browser draws its step."""
+    pg.goto(url)
+    expect(pg.locator(".instant").first).to_have_attribute("data-step", str(step), timeout=60_000)
+    pg.wait_for_selector(".instant .map .main-svg")
+    pg.wait_for_selector(".instant .caches .main-svg")
+
+
+@pytest.mark.parametrize("size", [(1280, 720), (1440, 900)])
+def test_instant_view_is_in_view_together(browser, instant_server, size) -> None:  # type: ignore[no-untyped-def]
+    """With instant steps on, at 1280x720 and 1440x900 the map, the caches, the code and the
+    locks drawn in the browser are inside the viewport, before the first step, at the lost race
+    and after stepping there by key."""
+    width, height = size
+    context = browser.new_context(viewport={"width": width, "height": height})
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    try:
+        race = _lost_race_step()
+        for query, step in (
+            (f"?sample=lost_race&step={race}", race),
+            ("?sample=lost_race&step=-1", -1),
+        ):
+            _instant_at(pg, f"{instant_server}/{query}", step)
+            if step == -1:
+                pg.keyboard.press("ArrowRight")
+                expect(pg.locator(".instant").first).to_have_attribute("data-step", "0")
+            for part in ("map", "caches", "code", "locks"):
+                box = pg.locator(f".instant .{part}").first.bounding_box()
+                assert box is not None and box["height"] > 0, (query, part)
+                assert box["y"] >= 0 and box["y"] + box["height"] <= height, (query, part, box)
+                assert box["x"] >= 0 and box["x"] + box["width"] <= width, (query, part, box)
+            assert pg.evaluate("window.scrollY") == 0
+    finally:
+        context.close()
+
+
+def test_instant_first_key_after_a_deep_link(page, instant_server) -> None:  # type: ignore[no-untyped-def]
+    """The first key after a deep link is not lost: pressed as soon as the step shows."""
+    for key, want in (("ArrowRight", 11), ("ArrowLeft", 9), ("End", 142), ("Home", -1)):
+        page.goto(instant_server + "/?sample=lost_race&step=10")
+        page.wait_for_selector("text=/^Step 10 of \\d+/")
+        page.keyboard.press(key)
+        expect(page.locator(".instant").first).to_have_attribute(
+            "data-step", str(want), timeout=60_000
+        )
+    # and the server follows the last one (the step box)
+    expect(page.locator(".st-key-goto_step input")).to_have_value("-1", timeout=60_000)
+
+
+def test_instant_play_draws_every_step_at_every_speed(page, instant_server) -> None:  # type: ignore[no-untyped-def]
+    """Play in the browser draws every step in turn, at each offered speed (the faster ones
+    across the window's edge: playing waits there for the re-centred window)."""
+    from app_pages.ui.stepper import SPEEDS
+
+    _instant_at(page, instant_server + "/?sample=lost_race&step=2", 2)
+    at = 2
+    for label, period in SPEEDS.items():
+        page.locator(".st-key-speed").first.click()
+        page.get_by_role("option", name=label).click()
+        settle(page)
+        expect(page.locator(".instant").first).to_have_attribute("data-step", str(at))
+        n = max(5, round(4 / period))  # 4 s of playing, at least 5 steps
+        before = page.evaluate("window.__dpamtInstant.shown.length")
+        page.locator(".st-key-btn_play button").first.click()
+        page.wait_for_function(
+            f"window.__dpamtInstant.shown.slice({before}).includes({at + n})", timeout=60_000
+        )
+        page.locator(".st-key-btn_play button").first.click()
+        shown = page.evaluate(f"window.__dpamtInstant.shown.slice({before})")
+        played = [s for k, s in enumerate(shown) if k == 0 or s != shown[k - 1]]
+        assert played[: n + 1] == list(range(at, at + n + 1)) or played[:n] == list(
+            range(at + 1, at + n + 1)
+        ), (label, played[: n + 2])
+        at = int(page.locator(".instant").first.get_attribute("data-step") or "0")
