@@ -28,10 +28,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import re
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -262,6 +264,53 @@ async def run(sessions: int, seconds: float, settle_s: float, think: float) -> d
     }
 
 
+#: Samples whose figures ``--figures`` times: a small trace and the longest in the library.
+FIGURE_SAMPLES = ("td_lifecycle", "workload_two_tds")
+
+
+def figure_cost(samples: tuple[str, ...] = FIGURE_SAMPLES, repeats: int = 3) -> dict[str, float]:
+    """Milliseconds per call of the two figures every Next rebuilds (the Explore page's map and
+    caches chart, as ``app_pages/ui/state_panel.py`` calls them), the best of ``repeats`` passes
+    over up to 60 steps of each sample spread over its replay: the server's share of a Next that
+    the figures are, without Streamlit or a network."""
+    from explorer.appsupport import sample_bytes
+    from explorer.cli.main import resolve_settings
+    from explorer.ingest import parse_trace
+    from explorer.model.records import Snapshot
+    from explorer.replay.timeline import replay
+    from explorer.views.caches import pamt_cache_figure
+    from explorer.views.region_map import region_map
+
+    out: dict[str, float] = {}
+    for name in samples:
+        trace = parse_trace(sample_bytes(name), name)
+        tl = replay(trace.events, resolve_settings(trace, []))
+        steps = list(range(-1, tl.nr_steps))[:: max(1, tl.nr_steps // 60)]
+        states = [(tl.state_at(i), tl.changed_regions(i) if i >= 0 else []) for i in steps]
+        region_map(*states[0])  # the first call imports Plotly's validators: not timed
+        pamt_cache_figure(states[0][0])
+
+        def draw_map(snap: Snapshot, changed: list[int]) -> object:
+            return region_map(snap, changed, height=520)
+
+        def draw_caches(snap: Snapshot, changed: list[int]) -> object:
+            return pamt_cache_figure(snap, height=260)
+
+        draws: tuple[tuple[str, Callable[[Snapshot, list[int]], object]], ...] = (
+            ("region_map", draw_map),
+            ("pamt_cache_figure", draw_caches),
+        )
+        for label, draw in draws:
+            best = math.inf
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for snap, changed in states:
+                    draw(snap, changed)
+                best = min(best, (time.perf_counter() - t0) / len(states))
+            out[f"{name} {label} ms"] = round(best * 1000, 2)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(prog="python tools/loadtest.py")
     p.add_argument("--sessions", type=int, default=30)
@@ -270,7 +319,15 @@ def main() -> int:
     p.add_argument(
         "--think", type=float, default=0.0, help="seconds each session waits between clicks"
     )
+    p.add_argument(
+        "--figures",
+        action="store_true",
+        help="only time the map and caches figures (ms per call), no server",
+    )
     args = p.parse_args()
+    if args.figures:
+        print(json.dumps(figure_cost(), indent=2))
+        return 0
     if not 1 <= args.sessions <= MAX_SESSIONS or not 0 < args.seconds <= 3600:
         p.error(f"--sessions 1..{MAX_SESSIONS}, --seconds up to 3600")
     if not 0 <= args.think <= 60 or not 0 <= args.settle <= 600:
