@@ -1,10 +1,13 @@
 """Views: the figures carry the engine's numbers (checked on real snapshots from the samples)."""
 
+import dataclasses
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
+import plotly.io as pio
 import pytest
 
 from explorer.cli.main import resolve_settings
@@ -17,7 +20,7 @@ from explorer.views.changes import diff_snapshots, effects_table
 from explorer.views.code import code_panel, lock_summary
 from explorer.views.frames import region_arrays, regions_in_play
 from explorer.views.refcounts import dpamt_over_time_figure, refcount_figure
-from explorer.views.region_map import grid_width, region_map, region_map_stats
+from explorer.views.region_map import grid_width, region_map, region_map_stats, replay_span
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_traces"
 
@@ -271,3 +274,42 @@ def test_the_caches_and_abouts_grid_follow_a_dark_theme(race) -> None:  # type: 
     bars = pamt_cache_figure(snap, theme="dark").data[0]
     assert _luminance(bars.marker.line.color) < 0.1  # no white ladder between the pages
     assert pamt_cache_figure(snap).data[0].marker.line.color.upper() == "#FFFFFF"
+
+
+def _as_json(fig: go.Figure) -> object:
+    return json.loads(pio.to_json(fig, validate=False))
+
+
+@pytest.mark.parametrize("name", ["td_lifecycle", "workload_two_tds", "lost_race"])
+def test_figures_built_without_validation_are_what_validation_would_store(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """region_map and pamt_cache_figure skip Plotly's per-property validation (their cost on
+    each Next): every property must already be in the form validation stores, so re-validating
+    the figure (a title written as a bare string would become {"text": ...}; an unknown property
+    raises) changes nothing."""
+    trace = parse_trace((SAMPLES / f"{name}.jsonl").read_bytes(), name)
+    tl = replay(trace.events, resolve_settings(trace, []))
+    span = replay_span(tl)
+    steps = sorted({-1, 0, tl.nr_steps // 2, tl.nr_steps - 1})
+    for i in steps:
+        snap = tl.state_at(i)
+        changed = tl.changed_regions(i) if i >= 0 else []
+        pooled = dataclasses.replace(snap, extra={**snap.extra, "mempool": [1, 2, 3]})
+        figs = [
+            region_map(snap, changed),
+            region_map(snap, changed, color_by="owner", theme="dark", width=300, span=span),
+            region_map(snap, changed, height=220, title="a map"),
+            pamt_cache_figure(snap),
+            pamt_cache_figure(pooled, height=260, narrow=True, y_top=30, theme="dark"),
+        ]
+        monkeypatch.setattr("explorer.views.region_map.HOVER_TEXT_LIMIT", 0)
+        figs.append(region_map(snap, changed))  # a big map's hover template, no text
+        monkeypatch.undo()
+        for fig in figs:
+            assert _as_json(go.Figure(fig.to_dict())) == _as_json(fig)
+        # validation is back on for what a caller does with the figure afterwards
+        with pytest.raises(ValueError):
+            figs[0].update_layout(not_a_layout_property=1)
+        with pytest.raises(ValueError):
+            figs[3].data[0].update(not_a_bar_property=1)

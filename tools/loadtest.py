@@ -7,17 +7,24 @@ each run until ``script_finished``. With no browser on the machine the figures a
 alone (issue 29: ten Chromiums on two cores measured the browsers as much as the server).
 
 Each session loads a sample (round robin over the library), then presses Next for the given
-time; at the last step it presses First and goes on. It records:
+time; at the last step it presses First and goes on. Its pace (:data:`DEFAULT_PACE_S`): a press
+every 1 to 2 s (uniformly drawn, from the previous press, seeded by the session's number), like a
+class following a lecturer's slides; a press whose answer came later than that follows at once.
+``--pace 0 0`` presses again as soon as the answer came (no pause: the server's throughput);
+``--think S`` waits S seconds after each answer instead. It records:
 
 - errors (must be 0): an exception element, a run that did not finish within
   :data:`RUN_TIMEOUT_S`, a closed websocket, or a step shown that is not the one this session
   asked for (the step after its own cursor, in its own trace: a session seeing another
   session's cursor or trace fails here);
 - the latency from sending Next to ``script_finished`` (p50/p95);
-- the server's resident memory every second: before the sessions (after one warm-up pass over
-  the samples, so the replay cache is as full as it will be), at its peak, and for up to
-  :data:`SETTLE_S` seconds after the last session closed, until it is back within
-  :data:`BACK_TOLERANCE_MIB` of the start.
+- the server's resident memory: once it answers its health check (``boot``: no page run yet);
+  at the start, after one warm-up session per sample has loaded its page and pressed Next a few
+  times (the first runs import the app's modules and Plotly's validators and fill the replay
+  cache: memory no session frees, so the start is measured after them); every second during the
+  sessions (the peak); at their end; and every second for :data:`SETTLE_S` seconds after the
+  last session closed (the last of them, and when it was first back within
+  :data:`BACK_TOLERANCE_MIB` of the start).
 
 Only 127.0.0.1 is contacted; the sessions, the runs and the waits are all bounded in count and
 time.
@@ -28,10 +35,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import random
 import re
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +70,11 @@ BACK_TOLERANCE_MIB = 10.0
 STEP_TEXT = re.compile(r"\*\*Step (\d+)\*\* of (\d+) steps")
 BEFORE_TEXT = re.compile(r"\*\*Before the first step\*\* \(of (\d+) steps")
 MAX_SESSIONS = 100
+#: Seconds from one press to the next, drawn uniformly in this range: a class stepping along
+#: with a lecturer (a slide every 1 to 2 s at the quickest).
+DEFAULT_PACE_S = (1.0, 2.0)
+#: Next presses of each warm-up session (the page's first runs after a load import more).
+WARM_NEXTS = 3
 
 
 def rss_mib(pid: int) -> float:
@@ -160,11 +175,20 @@ class Session:
 
 
 async def drive(
-    port: int, k: int, sample: str, title: str, seconds: float, think: float = 0.0
+    port: int,
+    k: int,
+    sample: str,
+    title: str,
+    seconds: float,
+    think: float = 0.0,
+    pace: tuple[float, float] = (0.0, 0.0),
+    max_nexts: int = MAX_RUNS,
 ) -> dict[str, Any]:
     """Session ``k``: load ``sample`` (whose header says ``title``), then Next (First at the
-    end) for ``seconds``, waiting ``think`` seconds after each answer (a reader's pace; 0: as
-    fast as the server answers)."""
+    end) for ``seconds`` (at most ``max_nexts`` presses): each press ``pace`` seconds after the
+    previous one (drawn uniformly, seeded by ``k``; at once if its answer came later), then
+    ``think`` seconds after each answer (0 and 0: as fast as the server answers)."""
+    rng = random.Random(k)
     result: dict[str, Any] = {"session": k, "sample": sample, "errors": [], "latencies": []}
     s = Session(port, f"sample={sample}")
     try:
@@ -179,8 +203,9 @@ async def drive(
             return result
         cursor, total = -1, first.steps
         deadline = time.monotonic() + seconds
-        for _ in range(MAX_RUNS):
-            if time.monotonic() > deadline:
+        for _ in range(min(max_nexts, MAX_RUNS)):
+            pressed = time.monotonic()
+            if pressed > deadline:
                 break
             at_end = total is not None and cursor >= total - 1
             run = await s.rerun("btn_first" if at_end else "btn_next")
@@ -195,8 +220,9 @@ async def drive(
                 )
                 break
             cursor = expect
-            if think:
-                await asyncio.sleep(think)
+            wait = max(think, pressed + rng.uniform(*pace) - time.monotonic())
+            if wait > 0:
+                await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())))
     except Exception as exc:  # a load test reports failures, it does not stop at the first
         result["errors"].append(f"{type(exc).__name__}: {str(exc)[:200]}")
     finally:
@@ -204,14 +230,18 @@ async def drive(
     return result
 
 
-async def run(sessions: int, seconds: float, settle_s: float, think: float) -> dict[str, Any]:
+async def run(
+    sessions: int, seconds: float, settle_s: float, think: float, pace: tuple[float, float]
+) -> dict[str, Any]:
     port = free_port()
     server = start_app(port)
     samples = [(s.name, s.title) for s in list_samples()]
     try:
-        # warm-up: every sample once, so the start figure includes what any first load caches
+        boot = rss_mib(server.pid)
+        # warm-up: every sample loaded, a few Nexts, so the start figure includes what any first
+        # run imports and caches (modules, Plotly's validators, the replay cache)
         for name, title in samples:
-            warm = await drive(port, -1, name, title, 0)
+            warm = await drive(port, -1, name, title, 60, max_nexts=WARM_NEXTS)
             if warm["errors"]:
                 raise RuntimeError(f"warm-up on {name}: {warm['errors'][:3]}")
         await asyncio.sleep(2)
@@ -226,7 +256,10 @@ async def run(sessions: int, seconds: float, settle_s: float, think: float) -> d
         watcher = asyncio.create_task(watch())
         t0 = time.monotonic()
         results = await asyncio.gather(
-            *[drive(port, k, *samples[k % len(samples)], seconds, think) for k in range(sessions)]
+            *[
+                drive(port, k, *samples[k % len(samples)], seconds, think, pace)
+                for k in range(sessions)
+            ]
         )
         wall = time.monotonic() - t0
         watcher.cancel()
@@ -234,10 +267,10 @@ async def run(sessions: int, seconds: float, settle_s: float, think: float) -> d
         after = [end]
         t_end = time.monotonic()
         back_s: float | None = 0.0 if end - start <= BACK_TOLERANCE_MIB else None
-        while back_s is None and time.monotonic() - t_end < settle_s:
+        while time.monotonic() - t_end < settle_s:
             await asyncio.sleep(1)
             after.append(rss_mib(server.pid))
-            if after[-1] - start <= BACK_TOLERANCE_MIB:
+            if back_s is None and after[-1] - start <= BACK_TOLERANCE_MIB:
                 back_s = time.monotonic() - t_end
     finally:
         stop_app(server)
@@ -247,19 +280,70 @@ async def run(sessions: int, seconds: float, settle_s: float, think: float) -> d
         "sessions": sessions,
         "seconds": seconds,
         "think_s": think,
+        "pace_s": list(pace),
         "wall_s": round(wall, 1),
         "nexts": len(lat),
+        "nexts_per_s": round(len(lat) / wall, 1) if wall else None,
         "errors": len(errors),
         "error_list": errors[:20],
         "next_p50_ms": round(statistics.median(lat), 1) if lat else None,
         "next_p95_ms": round(lat[int(0.95 * (len(lat) - 1))], 1) if lat else None,
         "next_max_ms": round(lat[-1], 1) if lat else None,
+        "server_rss_boot_mib": round(boot, 1),
         "server_rss_start_mib": round(start, 1),
         "server_rss_peak_mib": round(max(rss), 1),
         "server_rss_at_end_mib": round(end, 1),
         "server_rss_last_mib": round(after[-1], 1),
+        "settle_s": settle_s,
         "back_to_start_s": None if back_s is None else round(back_s, 1),
     }
+
+
+#: Samples whose figures ``--figures`` times: a small trace and the longest in the library.
+FIGURE_SAMPLES = ("td_lifecycle", "workload_two_tds")
+
+
+def figure_cost(samples: tuple[str, ...] = FIGURE_SAMPLES, repeats: int = 3) -> dict[str, float]:
+    """Milliseconds per call of the two figures every Next rebuilds (the Explore page's map and
+    caches chart, as ``app_pages/ui/state_panel.py`` calls them), the best of ``repeats`` passes
+    over up to 60 steps of each sample spread over its replay: the server's share of a Next that
+    the figures are, without Streamlit or a network."""
+    from explorer.appsupport import sample_bytes
+    from explorer.cli.main import resolve_settings
+    from explorer.ingest import parse_trace
+    from explorer.model.records import Snapshot
+    from explorer.replay.timeline import replay
+    from explorer.views.caches import pamt_cache_figure
+    from explorer.views.region_map import region_map
+
+    out: dict[str, float] = {}
+    for name in samples:
+        trace = parse_trace(sample_bytes(name), name)
+        tl = replay(trace.events, resolve_settings(trace, []))
+        steps = list(range(-1, tl.nr_steps))[:: max(1, tl.nr_steps // 60)]
+        states = [(tl.state_at(i), tl.changed_regions(i) if i >= 0 else []) for i in steps]
+        region_map(*states[0])  # the first call imports Plotly's validators: not timed
+        pamt_cache_figure(states[0][0])
+
+        def draw_map(snap: Snapshot, changed: list[int]) -> object:
+            return region_map(snap, changed, height=520)
+
+        def draw_caches(snap: Snapshot, changed: list[int]) -> object:
+            return pamt_cache_figure(snap, height=260)
+
+        draws: tuple[tuple[str, Callable[[Snapshot, list[int]], object]], ...] = (
+            ("region_map", draw_map),
+            ("pamt_cache_figure", draw_caches),
+        )
+        for label, draw in draws:
+            best = math.inf
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for snap, changed in states:
+                    draw(snap, changed)
+                best = min(best, (time.perf_counter() - t0) / len(states))
+            out[f"{name} {label} ms"] = round(best * 1000, 2)
+    return out
 
 
 def main() -> int:
@@ -268,14 +352,38 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--settle", type=float, default=SETTLE_S, help="seconds to watch memory after")
     p.add_argument(
-        "--think", type=float, default=0.0, help="seconds each session waits between clicks"
+        "--pace",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=None,
+        help=f"seconds from one press to the next, drawn in [LO, HI] (default "
+        f"{DEFAULT_PACE_S[0]:g} {DEFAULT_PACE_S[1]:g}; 0 0: no pause)",
+    )
+    p.add_argument(
+        "--think",
+        type=float,
+        default=None,
+        help="seconds each session waits after each answer, instead of --pace",
+    )
+    p.add_argument(
+        "--figures",
+        action="store_true",
+        help="only time the map and caches figures (ms per call), no server",
     )
     args = p.parse_args()
+    if args.figures:
+        print(json.dumps(figure_cost(), indent=2))
+        return 0
     if not 1 <= args.sessions <= MAX_SESSIONS or not 0 < args.seconds <= 3600:
         p.error(f"--sessions 1..{MAX_SESSIONS}, --seconds up to 3600")
-    if not 0 <= args.think <= 60 or not 0 <= args.settle <= 600:
-        p.error("--think 0..60, --settle 0..600")
-    report = asyncio.run(run(args.sessions, args.seconds, args.settle, args.think))
+    if args.think is not None and args.pace is not None:
+        p.error("--think or --pace, not both")
+    think = args.think if args.think is not None else 0.0
+    pace = (0.0, 0.0) if args.think is not None else tuple(args.pace or DEFAULT_PACE_S)
+    if not 0 <= think <= 60 or not 0 <= pace[0] <= pace[1] <= 60 or not 0 <= args.settle <= 600:
+        p.error("--think 0..60, --pace LO HI with 0 <= LO <= HI <= 60, --settle 0..600")
+    report = asyncio.run(run(args.sessions, args.seconds, args.settle, think, (pace[0], pace[1])))
     print(json.dumps(report, indent=2))
     ok = (
         report["errors"] == 0

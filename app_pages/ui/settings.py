@@ -39,9 +39,20 @@ KNOB_HELP = {
 }
 
 
-def current_settings() -> Settings:
-    loaded: Loaded = st.session_state.loaded
-    base = trace_settings(loaded)
+#: What does not change between runs, made once per process instead of on every run (the
+#: sidebar is drawn on every Next of every session): the kernel's defaults, each knob's widget
+#: kind and bounds, its label.
+_KERNEL = Settings()
+_WIDGETS = {knob: knob_widget(knob) for knob in KNOBS}  # bounds: the parser's own (SETTING_SPECS)
+_LABELS = {knob: f"{knob} (kernel default {getattr(_KERNEL, knob)})" for knob in KNOBS}
+_CHOICES = {knob: list(w.choices) for knob, w in _WIDGETS.items() if w.kind == "select"}
+
+
+def current_settings(base: Settings | None = None) -> Settings:
+    """The trace's settings (``base``, default: the loaded trace's) with the sidebar's
+    overrides; an override the trace's settings refuse is dropped, with a message."""
+    if base is None:
+        base = trace_settings(st.session_state.loaded)
     try:
         return base.with_overrides(st.session_state.overrides, source="sidebar")
     except TraceError as exc:
@@ -55,17 +66,16 @@ def sidebar_settings() -> Settings:
     """The worst-case page-table counts and the other knobs, each with its default and a reset."""
     loaded: Loaded = st.session_state.loaded
     base = trace_settings(loaded)
-    kernel = Settings()
     overrides: dict[str, Any] = st.session_state.overrides
     st.sidebar.subheader("Settings")
     for knob in KNOBS:
-        widget = knob_widget(knob)  # bounds: the parser's own (SETTING_SPECS)
+        widget = _WIDGETS[knob]
         value = overrides.get(knob, getattr(base, knob))
-        label = f"{knob} (kernel default {getattr(kernel, knob)})"
+        label = _LABELS[knob]
         key = f"knob_{knob}"
         new: Any
         if widget.kind == "select":
-            choices = list(widget.choices)
+            choices = _CHOICES[knob]
             new = st.sidebar.selectbox(
                 label,
                 choices,
@@ -105,4 +115,4 @@ def sidebar_settings() -> Settings:
         for knob in KNOBS:
             st.session_state.pop(f"knob_{knob}", None)
         st.rerun()
-    return current_settings()
+    return current_settings(base)

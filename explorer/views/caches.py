@@ -16,6 +16,7 @@ from explorer.views.palette import (
     YELLOW,
     check_theme,
     legend_line,
+    unchecked_figure,
 )
 
 #: At most this many region labels per vCPU stack: more overprint each other in a small chart.
@@ -84,11 +85,16 @@ def pamt_cache_figure(
     ``light`` or ``dark``; the pages of a stack are parted by lines of the page's background
     (white lines on a dark page drew a bright ladder)."""
     check_theme(theme)
-    fig = go.Figure()
     vcpus = [v for v in snapshot.vcpus if v.alive]
     target = 2 * snapshot.settings.dpamt_gets_per_fault
-    xs, ys, texts, hovers, colours = [], [], [], [], []
-    lx, ly, ltext = [], [], []
+    xs: list[str] = []
+    ys: list[float] = []
+    texts: list[str] = []
+    hovers: list[str] = []
+    colours: list[str] = []
+    lx: list[str] = []
+    ly: list[float] = []
+    ltext: list[str] = []
     for v in vcpus:
         regions = [pfn >> PAGES_PER_REGION_SHIFT for pfn in v.pamt_cache]
         texts += stack_labels(regions)
@@ -106,88 +112,98 @@ def pamt_cache_figure(
                 + ("<br>next to pop (LIFO)" if is_top else "")
             )
             colours.append(VERMILLION if is_top else ORANGE)
-    fig.add_trace(
-        go.Bar(
-            x=xs,
-            y=[1] * len(xs),
-            base=[y - 0.5 for y in ys],
+    labels = [f"vCPU {v.vcpu}" for v in vcpus]
+    data: list[dict[str, object]] = [
+        {
+            "type": "bar",
+            "x": xs,
+            "y": [1] * len(xs),
+            "base": [y - 0.5 for y in ys],
             # the labels are drawn by the text trace below, centred on their runs (a bar's own
             # text hides when its one-page segment is too small for it)
-            text=texts,
-            textposition="none",
-            hovertext=hovers,
-            hoverinfo="text",
-            marker={"color": colours, "line": {"width": 1, "color": BACKGROUND[theme]}},
-            name="cached page (top: next pop)",
-            width=0.6,
-        )
-    )
-    labels = [f"vCPU {v.vcpu}" for v in vcpus]
-    fig.add_trace(
-        go.Scatter(
-            x=labels,
-            y=[target] * len(labels),
-            mode="lines+markers",
-            line={"dash": "dash", "color": BLUE},
-            marker={"symbol": "line-ew-open", "size": 30},
-            name=f"top-up target 2 x {snapshot.settings.dpamt_gets_per_fault} = {target}",
-        )
-    )
+            "text": texts,
+            "textposition": "none",
+            "hovertext": hovers,
+            "hoverinfo": "text",
+            "marker": {"color": colours, "line": {"width": 1, "color": BACKGROUND[theme]}},
+            "name": "cached page (top: next pop)",
+            "width": 0.6,
+        },
+        {
+            "type": "scatter",
+            "x": labels,
+            "y": [target] * len(labels),
+            "mode": "lines+markers",
+            "line": {"dash": "dash", "color": BLUE},
+            "marker": {"symbol": "line-ew-open", "size": 30},
+            "name": f"top-up target 2 x {snapshot.settings.dpamt_gets_per_fault} = {target}",
+        },
+    ]
     if "mempool" in snapshot.extra:
         pool = snapshot.extra["mempool"]
-        fig.add_trace(
-            go.Bar(x=["mempool"], y=[len(pool)], name="mempool reserve", marker={"color": YELLOW})
+        data.append(
+            {
+                "type": "bar",
+                "x": ["mempool"],
+                "y": [len(pool)],
+                "name": "mempool reserve",
+                "marker": {"color": YELLOW},
+            }
         )
-    fig.add_trace(
-        go.Scatter(
-            x=lx,
-            y=ly,
-            text=ltext,
-            mode="text",
-            textfont={"size": 11, "color": "black"},
-            hoverinfo="skip",
-            showlegend=False,
-            name="region labels",
-        )
+    data.append(
+        {
+            "type": "scatter",
+            "x": lx,
+            "y": ly,
+            "text": ltext,
+            "mode": "text",
+            "textfont": {"size": 11, "color": "black"},
+            "hoverinfo": "skip",
+            "showlegend": False,
+            "name": "region labels",
+        }
     )
-    if not vcpus:  # an empty chart, labelled: no stub of a target line over a dummy column
-        fig.add_annotation(
-            text="no vCPU yet: each vCPU's cache appears here once vcpu_create has run",
-            x=0.5,
-            y=0.5,
-            xref="paper",
-            yref="paper",
-            showarrow=False,
-            font={"size": 13, "color": GREY},
-        )
     top = max(y_top, cache_top(snapshot)) if y_top is not None else cache_top(snapshot)
     title = (
         "tdx_pamt_cache per vCPU<br><sup>LIFO stack; labels: regions of its pages</sup>"
         if narrow
         else "tdx_pamt_cache per vCPU (LIFO stack; labels: region of each page)"
     )
-    fig.update_layout(
-        title={"text": title, "font": {"size": 15 if narrow else 17}},
-        xaxis={
-            "title": "vCPU",
+    layout: dict[str, object] = {
+        "title": {"text": title, "font": {"size": 15 if narrow else 17}},
+        "xaxis": {
+            "title": {"text": "vCPU"},
             "type": "category",
             "categoryorder": "array",
             "categoryarray": labels,
             "showticklabels": bool(vcpus),
         },
-        yaxis={
-            "title": "pages in the cache",
+        "yaxis": {
+            "title": {"text": "pages in the cache"},
             "range": [0, top],
             "dtick": 2 if top <= 24 else 10,
             "tickformat": ",d",
         },
-        barmode="overlay",
-        legend={"orientation": "h", "y": -0.3, "font": {"size": 10}},
-        margin={"l": 50, "r": 10, "t": 60 if narrow else 40, "b": 30},
-        uirevision="pamt-cache",
-        height=height,
-    )
-    return fig
+        "barmode": "overlay",
+        "legend": {"orientation": "h", "y": -0.3, "font": {"size": 10}},
+        "margin": {"l": 50, "r": 10, "t": 60 if narrow else 40, "b": 30},
+        "uirevision": "pamt-cache",
+    }
+    if height is not None:
+        layout["height"] = height
+    if not vcpus:  # an empty chart, labelled: no stub of a target line over a dummy column
+        layout["annotations"] = [
+            {
+                "text": "no vCPU yet: each vCPU's cache appears here once vcpu_create has run",
+                "x": 0.5,
+                "y": 0.5,
+                "xref": "paper",
+                "yref": "paper",
+                "showarrow": False,
+                "font": {"size": 13, "color": GREY},
+            }
+        ]
+    return unchecked_figure(data, layout)
 
 
 def kvm_caches_figure(snapshot: Snapshot) -> go.Figure:

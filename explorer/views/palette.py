@@ -3,6 +3,8 @@ readable on light and dark backgrounds)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import plotly.graph_objects as go
 
 BLACK = "#000000"
@@ -110,3 +112,26 @@ def legend_line(name: str, colour: str, dash: str = "solid") -> go.Scatter:
         name=name,
         hoverinfo="skip",
     )
+
+
+def unchecked_figure(
+    data: Sequence[Mapping[str, object]], layout: Mapping[str, object]
+) -> go.Figure:
+    """A Figure made at once from ``data`` (trace dicts, each with its ``type``) and ``layout``,
+    without Plotly's per-property validation.
+
+    Why: the region map and the caches chart are rebuilt on every Next of every session, and
+    validating each property (go.Heatmap(...), add_trace, update_layout) was most of their cost
+    (issue 29: ~28 % of a load-test run in Plotly's validators). So the views write every
+    property in the form validation would store it (a title as ``{"text": ...}``, never a bare
+    string; a trace's ``type``), and tests/test_views.py checks that a validated Figure of the
+    same dicts is identical, for every view built this way. Validation is switched back on for
+    the returned figure, its traces and its layout: a caller's later ``update_layout`` is checked
+    as usual.
+    """
+    fig = go.Figure(data=[dict(t) for t in data], layout=dict(layout), _validate=False)
+    fig._validate = True
+    fig.layout._validate = True
+    for trace in fig.data:
+        trace._validate = True
+    return fig

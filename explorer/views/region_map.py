@@ -26,6 +26,7 @@ from explorer.views.palette import (
     dpamt_colours,
     ink,
     owner_colours,
+    unchecked_figure,
 )
 
 if TYPE_CHECKING:
@@ -265,55 +266,53 @@ def region_map(
         heat["hovertemplate"] = (
             f"row %{{y}}, column %{{x}}: region = row x {w} + column<br>state %{{z}}<extra></extra>"
         )
-    fig = go.Figure(go.Heatmap(**heat))
+    data: list[dict[str, object]] = [{"type": "heatmap", **heat}]
     if changed:
         ch = np.asarray(sorted(set(changed)), dtype=np.int64)
         ch = ch[(ch >= base) & (ch < end)]
         cell = min(pw / w, ph / rows)
-        fig.add_trace(
-            go.Scatter(
-                x=(ch % w).tolist(),
-                y=(ch // w).tolist(),
-                mode="markers",
-                marker={
+        data.append(
+            {
+                "type": "scatter",
+                "x": (ch % w).tolist(),
+                "y": (ch // w).tolist(),
+                "mode": "markers",
+                "marker": {
                     "symbol": "square-open",
                     "size": int(min(14, max(8, cell))),
                     "line": {"width": 3 if cell >= 10 else 2},
                     "color": ink(theme),
                 },
-                name="changed by this step",
-                hovertemplate="region %{customdata} changed<extra></extra>",
-                customdata=ch.tolist(),
-                cliponaxis=False,
-            )
+                "name": "changed by this step",
+                "hovertemplate": "region %{customdata} changed<extra></extra>",
+                "customdata": ch.tolist(),
+                "cliponaxis": False,
+            }
         )
-    fig.update_layout(
-        title={
-            "text": _title(title, n, base, end),
-            "font": {"size": 13 if narrow else 16},
-        },
-        xaxis={
-            "title": f"region mod {w}",
+    layout = {
+        "title": {"text": _title(title, n, base, end), "font": {"size": 13 if narrow else 16}},
+        "xaxis": {
+            "title": {"text": f"region mod {w}"},
             "range": [-0.5, w - 0.5],
             "autorange": False,
             "showgrid": False,
             "zeroline": False,
         },
-        yaxis={
-            "title": f"region div {w}",
+        "yaxis": {
+            "title": {"text": f"region div {w}"},
             # rows go down: an explicit reversed range (what autorange "reversed" would give)
             "range": [row0 + rows - 0.5, row0 - 0.5],
             "autorange": False,
             "showgrid": False,
             "zeroline": False,
         },
-        legend={"orientation": "h", "y": -0.15},
-        showlegend=False,
-        margin=dict(MARGIN),
-        uirevision="region-map",
-        height=fig_height,
-    )
-    return fig
+        "legend": {"orientation": "h", "y": -0.15},
+        "showlegend": False,
+        "margin": dict(MARGIN),
+        "uirevision": "region-map",
+        "height": fig_height,
+    }
+    return unchecked_figure(data, layout)
 
 
 def _title(title: str | None, n: int, base: int, end: int) -> str:
