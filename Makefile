@@ -85,7 +85,7 @@ fuzz: $(TSTAMP) $(NATIVE)
 
 ## make loadtest: 30 protocol-level sessions (no browser) for 60 s against one server (docs/reliability.md)
 loadtest: $(TSTAMP) $(NATIVE)
-	$(PY) tools/loadtest.py --sessions 30 --seconds 60 --think 1
+	$(PY) tools/loadtest.py --sessions 30 --seconds 60
 
 goldens: $(TSTAMP)
 	$(PY) -m pytest -q tests/test_samples.py --update-goldens
