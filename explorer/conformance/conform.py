@@ -1,60 +1,43 @@
-"""Check a kernel capture against the v6 DPAMT rules, record by record (docs/capture.md).
+"""Does the MODEL do what the kernel did? Replay the imported capture, align per thread.
 
-:func:`conform` reads every record of a capture in timestamp order and accounts for each one:
-it is either **ignored** with a reason (:func:`explorer.conformance.importer.attribute`: another
-VM, a shared GPA, no VM context), **explained** by the v6 rules (a match), or a **divergence** at
-its own line. The rules are those of the v6 series (``tdx_pamt_get`` / ``tdx_pamt_put`` in
-``arch/x86/virt/vmx/tdx/tdx.c``, 06/11; their KVM callers in ``arch/x86/kvm/vmx/tdx.c``, 09/11),
-kept as a host-wide shadow:
+:func:`conform` imports a capture (:func:`explorer.conformance.importer.import_capture`: one TD
+per TDX VM, leaf pfns pinned, concurrent faults pinned to the kernel's interleaving by
+``schedule`` events), replays that trace on the engine (:mod:`explorer.model`: ``tdx_pamt_get``
+/ ``tdx_pamt_put`` in ``dpamt.py``, the fault path in ``kvm.py``) and compares what each side
+did, per simulated CPU (a vCPU's fault windows; a TD's other work: creation, zaps, teardown on
+whatever thread ran it). Nothing here knows the v6 rules: the verdict is the engine's.
 
-- one refcount per 2 MiB region (``pamt_refcounts[pfn >> 9]``), shared by every TD: a get on a
-  region at 0 must take the slow path and do PAMT.ADD (observed through ``tdh_phymem_pamt_add``
-  when that static helper could be probed, else derived from the count), a get on a region above
-  0 the fast path (or lose the race under ``pamt_lock``); a put takes it down by one and the last
-  one does PAMT.REMOVE; a put at 0 is unbalanced;
-- one page count per ``tdx_pamt_cache``: a top-up reaches ``2 * npages``, a slow get pops two,
-  a fast get none, ``tdx_free_pamt_cache`` empties it; the count a record prints must be the one
-  the shadow holds; a vCPU thread's gets use the cache its last top-up filled;
-- every map ``SHADOW_NONPRESENT_VALUE -> present`` (``handle_changed_spte`` after
-  ``set_external_spte_present``) consumes the get of its thread before it (a leaf: the get of the
-  pfn the SPTE maps), every leaf zap (``-> SHADOW_NONPRESENT_VALUE``) or removed-table leaf
-  (``-> FROZEN_SPTE``) pairs with a put of the pfn it unmapped (by pfn, in either order), every
-  other put is a ``tdx_free_control_page`` or an error path (the get just before it).
-
-Concurrency (legal kernel alternatives): a probe's effect on a refcount happens somewhere between
-its entry and return, so a check that fails at a return is retried as if another thread's
-operation on the same region, in flight at that moment, had come first (the other vCPU winning
-a race: its PAMT.ADD before this fast get). A local retry (a second top-up under one
-``kvm_page_fault``) and a spurious fault (no get, no map) are ordinary. A missing record is
-reported after the last record of its thread that matched, where it should have been.
-
-The model's replay of the imported trace (one TD per TDX VM) gives each observation its step,
-for the app's markers.
+Each side becomes a sequence of operations per CPU (a "lane"): a fault and each of its
+attempts, a top-up, a get (its return and path: fast, PAMT.ADD, lost race, failure; the PAMT.ADD
+region; the cache count after), a put (its region, PAMT.REMOVE), a cache free (the count it
+frees), a control page allocated or freed, an SPTE map / zap / removed-table leaf, a teardown.
+The two lanes are aligned on the operations' kinds with anchors (a run of equal kinds; after a
+mismatch, the nearest resynchronisation, fewest operations skipped): a kernel operation left
+over is ``unexplained`` at its own line, a model operation left over is ``<kind>.missing``
+after the last kernel record that matched; aligned operations are compared field by field
+(regions and caches through a one-to-one map, kernel -> model, built as they are met: only the
+leaf pages are the kernel's own pfns). Every record is ignored (per reason), part of a matched
+operation, or part of a divergence.
 """
 
 from __future__ import annotations
 
 import json
-from bisect import bisect_right
 from dataclasses import asdict, dataclass, field
-from operator import itemgetter
 from typing import Any, NamedTuple
 
 from explorer.conformance.importer import (
-    EIO,
-    ENOMEM,
     KVM_PROBES,
-    PAGE_STRUCT,
-    Attribution,
+    ImportedTrace,
     attribute,
-    field_int,
     import_capture,
     spte_kind,
     spte_pfn,
 )
-from explorer.ingest.capture import PROBES, Capture, Record
+from explorer.ingest.capture import Capture, Record
+from explorer.model.machine import Machine
+from explorer.model.records import Step
 from explorer.model.settings import Settings
-from explorer.replay.timeline import replay
 
 
 @dataclass(frozen=True)
@@ -67,7 +50,7 @@ class Divergence:
 
 
 class Match(NamedTuple):
-    """An observation on which the kernel and the rules agree (a tuple: there is one per record)."""
+    """An operation on which the kernel and the model agree (a tuple: there are many)."""
 
     line: int
     kind: str
@@ -77,9 +60,9 @@ class Match(NamedTuple):
 
 @dataclass(frozen=True)
 class Conformance:
-    """``ok`` when no divergence; ``observations`` the records checked; ``unexplained`` the
-    records no rule accounts for (each also a divergence of kind ``unexplained``); ``ignored``
-    the records set aside per reason. ``matches`` is for the app's markers (not in ``--json``)."""
+    """``ok`` when no divergence; ``observations`` the records compared; ``unexplained`` the
+    kernel's operations the model did not do (each also a divergence of kind ``unexplained``);
+    ``ignored`` the records set aside per reason. ``matches`` is for the app (not in --json)."""
 
     ok: bool
     observations: int
@@ -105,522 +88,503 @@ class Conformance:
         return json.dumps(self.to_json(), indent=2)
 
 
-@dataclass
-class _Call:
-    """A ``tdx_pamt_get`` / ``tdx_pamt_put`` between its entry and return."""
+class Op:
+    """One operation of one side: ``kind``; ``f`` its fields; ``lines`` (kernel) the records it
+    covers, first the one it is reported at; ``step`` (model) where it happened."""
 
-    entry: Record
-    region: int
-    pfn: int
-    cache: int = 0
-    count: int = -1
-    add: Record | None = None
-    add_ok: bool = True
-    remove: Record | None = None
-    early: bool = False  # its refcount effect was applied before its return (a race)
+    __slots__ = ("kind", "f", "lines", "step", "recs")
 
-
-@dataclass
-class _Thread:
-    get: _Call | None = None
-    put: _Call | None = None
-    ctrl_alloc: Record | None = None
-    ctrl_gets: int = 0
-    ctrl_free: Record | None = None
-    ctrl_puts: int = 0
-    topup: Record | None = None  # the last top-up since the last fault attempt
-    topup_checked: bool = False
-    pending: list[tuple[int, Record]] = field(default_factory=list)  # successful gets unused
-    last_ok: int = 0  # the line of the last record of this thread that matched
+    def __init__(self, kind: str, line: int = 0, step: int = -1) -> None:
+        self.kind = kind
+        self.f: dict[str, Any] = {}
+        self.lines = [line] if line else []
+        self.step = step
+        self.recs: list[Record] = []
 
 
-class _Checker:
-    def __init__(self, att: Attribution, header: dict[str, str]) -> None:
-        self.att = att
-        self.ref: dict[int, int] = {}
-        self.borrowed: dict[int, int] = {}
-        self.cache: dict[int, int] = {}
-        self.threads: dict[int, _Thread] = {}
-        self.inflight: dict[int, list[_Call]] = {}  # region -> calls entered, not returned
-        self.zaps: dict[int, list[Record]] = {}  # pfn -> zaps waiting for their put
-        self.puts: dict[int, list[Record]] = {}  # pfn -> puts waiting for their zap
-        self.matches: list[tuple[int, str, Any, int]] = []  # line, kind, value, position
-        self.pos = 0
-        self.divs: list[tuple[int, str, Any, Any]] = []
-        self.unexplained: list[Record] = []
-        self.adds_seen = False
-        self.page_size = int(header.get("page_size", PAGE_STRUCT) or PAGE_STRUCT)
-        vb = header.get("vmemmap_base", "")
-        self.vmemmap: int | None = int(vb, 16) if vb.startswith("0x") else None
-        self.unknown_start = header.get("vms_at_start", "0") not in ("0", "")
-        self.known: set[int] = set()
-
-    # ---------------------------------------------------------------- helpers
-    def t(self, tid: int) -> _Thread:
-        th = self.threads.get(tid)
-        if th is None:
-            th = self.threads[tid] = _Thread()
-        return th
-
-    def ok(self, r: Record, kind: str, value: Any) -> None:
-        self.matches.append((r.line, kind, value, self.pos))
-        self.t(r.tid).last_ok = r.line
-
-    def div(self, line: int, kind: str, observed: Any, predicted: Any) -> None:
-        self.divs.append((line, kind, observed, predicted))
-
-    def missing_at(self, r: Record) -> int:
-        """Where a missing record of ``r``'s thread belongs: after its last matched record."""
-        return self.t(r.tid).last_ok or r.line
-
-    def checked(self, region: int) -> bool:
-        """A region's refcount is known: the capture started with no TD (``vms_at_start=0``),
-        or this region was first met through a PAMT.ADD / a get at a known count."""
-        return not self.unknown_start or region in self.known
-
-    def pfn_of_page(self, page: int) -> int:
-        """``page_to_pfn`` for vmemmap: ``(page - vmemmap_base) / sizeof(struct page)``. Without
-        the base (no ``CONFIG_KALLSYMS_ALL``) it is calibrated from a control-page allocation
-        whose get was seen; before that, ``page / sizeof(struct page)``: the same regions when
-        the base is aligned to 512 struct pages (KASLR aligns it to 1 GiB; docs/capture.md)."""
-        base = self.vmemmap if self.vmemmap is not None else 0
-        return (page - base) // self.page_size
-
-    def borrow(self, call: _Call, want_zero: bool) -> bool:
-        """Linearise another thread's in-flight operation on the same region first, if that
-        makes ``call`` legal: a get seeing the count above 0 because a racing get's PAMT.ADD
-        came first, or at 0 because a racing put's PAMT.REMOVE came first."""
-        for other in self.inflight.get(call.region, []):
-            if other is call or other.entry.tid == call.entry.tid or other.early:
-                continue
-            is_get = other.entry.probe == "tdx_pamt_get.entry"
-            if not want_zero and is_get:
-                other.early = True
-                self.ref[call.region] = self.ref.get(call.region, 0) + 1
-                self.borrowed[call.region] = self.borrowed.get(call.region, 0) + 1
-                return True
-            if want_zero and not is_get and self.ref.get(call.region, 0) == 1:
-                other.early = True
-                self.ref[call.region] = 0
-                return True
-        return False
-
-    # ---------------------------------------------------------------- records
-    def run(self) -> int:
-        att = self.att
-        self.adds_seen = any(r.probe.startswith("tdh_phymem_pamt_") for r in att.order)
-        n = 0
-        handlers = {p: getattr(self, "on_" + p.replace(".", "_")) for p in PROBES}
-        kvm_only = KVM_PROBES
-        for i, r in enumerate(att.order):
-            p = r.probe
-            if att.why[i] is not None and p in kvm_only:
-                continue  # ignored: another VM, a shared GPA (counted in ``ignored``)
-            n += 1
-            self.pos = i
-            handlers[p](r)
-        self.finish()
-        return n
-
-    def on_kvm_page_fault(self, r: Record) -> None:
-        th = self.t(r.tid)
-        self.close_window(th)
-        th.topup, th.topup_checked = None, False
-        self.ok(r, "fault", hex(field_int(r, "gpa")))
-
-    def on_kvm_mmu_page_fault(self, r: Record) -> None:
-        th = self.t(r.tid)
-        th.topup, th.topup_checked = None, False  # a new attempt (local retry) tops up again
-        self.ok(r, "fault.attempt", hex(field_int(r, "gpa")))
-
-    def on_kvm_arch_pre_destroy_vm(self, r: Record) -> None:
-        self.ok(r, "teardown", hex(field_int(r, "kvm")))
-
-    def close_window(self, th: _Thread) -> None:
-        for _, g in th.pending:
-            self.div(g.line, "map.missing", None, "an SPTE map using this get")
-        th.pending.clear()
-
-    def check_count(self, r: Record, cache: int, count: int) -> None:
-        want = self.cache.get(cache)
-        if cache and want is not None and count != want:
-            self.div(r.line, "cache_count", count, want)
-
-    def on_tdx_topup_pamt_cache_entry(self, r: Record) -> None:
-        cache = field_int(r, "cache")
-        self.check_count(r, cache, field_int(r, "cache_count"))
-        th = self.t(r.tid)
-        th.topup, th.topup_checked = r, False
-        self.ok(r, "topup", hex(cache))
-
-    def on_tdx_topup_pamt_cache_return(self, r: Record) -> None:
-        e = self.t(r.tid).topup
-        ret, after = field_int(r, "ret"), field_int(r, "cache_count")
-        if e is None:
-            self.unexplain(r)
-            return
-        before, target = field_int(e, "cache_count"), 2 * field_int(e, "npages")
-        want = max(before, target)
-        if ret == 0 and after != want:
-            self.div(r.line, "topup.cache_after", after, want)
-        elif ret not in (0, ENOMEM) or (ret == ENOMEM and not before <= after < target):
-            self.div(r.line, "topup.ret", ret, f"0 with {want} pages")
-        else:
-            self.ok(r, "topup.cache_after", after)
-        self.cache[field_int(e, "cache")] = after
-
-    def on_tdx_free_pamt_cache_entry(self, r: Record) -> None:
-        self.check_count(r, field_int(r, "cache"), field_int(r, "cache_count"))
-        self.t(r.tid).topup = r
-        self.ok(r, "cache_free", field_int(r, "cache_count"))
-
-    def on_tdx_free_pamt_cache_return(self, r: Record) -> None:
-        e = self.t(r.tid).topup
-        if field_int(r, "cache_count") != 0:
-            self.div(r.line, "cache_free.after", field_int(r, "cache_count"), 0)
-        else:
-            self.ok(r, "cache_free.after", 0)
-        if e is not None:
-            self.cache[field_int(e, "cache")] = 0
-
-    # ---- gets
-    def on_tdx_pamt_get_entry(self, r: Record) -> None:
-        pfn, cache = field_int(r, "pfn"), field_int(r, "cache")
-        call = _Call(r, pfn >> 9, pfn, cache, field_int(r, "cache_count"))
-        self.check_count(r, cache, call.count)
-        th = self.t(r.tid)
-        th.get = call
-        self.inflight.setdefault(call.region, []).append(call)
-        if cache and th.topup is not None and th.topup.probe.startswith("tdx_topup"):
-            if not th.topup_checked and field_int(th.topup, "cache") != cache:
-                self.div(
-                    th.topup.line, "topup.target", hex(field_int(th.topup, "cache")), hex(cache)
-                )
-            th.topup_checked = True
-        self.ok(r, "get", hex(pfn))
-
-    def on_tdh_phymem_pamt_add_entry(self, r: Record) -> None:
-        call = self.t(r.tid).get
-        if call is None:
-            self.unexplain(r)
-            return
-        region = field_int(r, "pfn") >> 9
-        call.add = r
-        if region != call.region:
-            self.div(r.line, "pamt_add.region", hex(region), hex(call.region))
-            return
-        if (
-            self.checked(call.region)
-            and self.ref.get(call.region, 0) - self.borrowed.get(call.region, 0) > 0
-            and not self.borrow(call, want_zero=True)
-        ):
-            self.div(
-                r.line,
-                "pamt_add",
-                "PAMT.ADD",
-                f"none: region refcount {self.ref.get(call.region, 0)}",
-            )
-            call.add_ok = False
-            return
-        self.ok(r, "pamt_add.region", hex(region))
-
-    def on_tdh_phymem_pamt_add_return(self, r: Record) -> None:
-        call = self.t(r.tid).get
-        if call is None or call.add is None:
-            self.unexplain(r)
-            return
-        if field_int(r, "ret") != 0:
-            call.add_ok = False
-        self.ok(r, "pamt_add.status", hex(field_int(r, "ret")))
-
-    def on_tdx_pamt_get_return(self, r: Record) -> None:
-        th = self.t(r.tid)
-        call = th.get
-        if call is None:
-            self.unexplain(r)
-            return
-        th.get = None
-        self.inflight[call.region].remove(call)
-        ret, after = field_int(r, "ret"), field_int(r, "cache_count")
-        if call.cache:
-            self.cache[call.cache] = after
-        region = call.region
-        ref = self.ref.get(region, 0)
-        checked = self.checked(region)
-        # the path the kernel took: from the cache's count where there is one
-        path: str | None = None
-        if call.cache and call.count >= 0:
-            d = call.count - after
-            path = {0: "fast", 2: "slow"}.get(d)
-            if path is None:
-                self.div(r.line, "get.cache_after", after, f"{call.count} or {call.count - 2}")
-                return
-        if ret != 0:
-            allowed = ret == ENOMEM and (not call.cache or call.count < 2)
-            allowed |= ret == EIO and (
-                (call.add is not None and not call.add_ok) or not self.adds_seen
-            )
-            if allowed:
-                self.ok(r, "get.ret", ret)
-            else:
-                self.div(r.line, "get.ret", ret, 0)
-            return
-        if call.add is not None:
-            if path == "fast":
-                self.div(r.line, "get.cache_after", after, call.count - 2)
-            elif call.add_ok:
-                self.ok(r, "get.outcome", "added")
-            if not call.early:
-                self.ref[region] = ref + 1
-            self.borrowed[region] = 0
-            self.known.add(region)
-            self.settle(call, th)
-            return
-        cold = checked and ref - (1 if call.early else 0) <= 0
-        if cold and not self.borrow(call, want_zero=False):
-            if path == "fast":
-                self.div(r.line, "get.path", "fast", "slow: region refcount 0")
-                self.ref[region] = ref + (0 if call.early else 1)
-                self.settle(call, th)
-                return
-            if path == "slow" and self.adds_seen:
-                self.div(
-                    self.missing_at(r), "pamt_add.missing", None, f"PAMT.ADD of region {region:#x}"
-                )
-            else:
-                self.ok(r, "get.outcome", "added (derived)")
-            self.borrowed[region] = 0
-        else:
-            self.ok(r, "get.outcome", "fast" if path == "fast" else "lost_race" if path else "warm")
-        if not call.early:
-            self.ref[region] = self.ref.get(region, 0) + 1
-        self.known.add(region)
-        self.settle(call, th)
-
-    def settle(self, call: _Call, th: _Thread) -> None:
-        if th.ctrl_alloc is not None:
-            th.ctrl_gets += 1
-        else:
-            th.pending.append((call.pfn, call.entry))
-
-    # ---- puts
-    def on_tdx_pamt_put_entry(self, r: Record) -> None:
-        pfn = field_int(r, "pfn")
-        call = _Call(r, pfn >> 9, pfn)
-        th = self.t(r.tid)
-        th.put = call
-        self.inflight.setdefault(call.region, []).append(call)
-        self.ok(r, "put", hex(pfn))
-
-    def on_tdh_phymem_pamt_remove_entry(self, r: Record) -> None:
-        call = self.t(r.tid).put
-        if call is None:
-            self.unexplain(r)
-            return
-        region = field_int(r, "pfn") >> 9
-        call.remove = r
-        if region != call.region:
-            self.div(r.line, "pamt_remove.region", hex(region), hex(call.region))
-        elif self.checked(region) and self.ref.get(region, 0) > 1 and not call.early:
-            self.div(
-                r.line,
-                "pamt_remove",
-                "PAMT.REMOVE",
-                f"none: region refcount {self.ref.get(region, 0)} before the put",
-            )
-        else:
-            self.ok(r, "pamt_remove.region", hex(region))
-
-    def on_tdh_phymem_pamt_remove_return(self, r: Record) -> None:
-        call = self.t(r.tid).put
-        if call is None or call.remove is None:
-            self.unexplain(r)
-            return
-        self.ok(r, "pamt_remove.status", hex(field_int(r, "ret")))
-
-    def on_tdx_pamt_put_return(self, r: Record) -> None:
-        th = self.t(r.tid)
-        call = th.put
-        if call is None:
-            self.unexplain(r)
-            return
-        th.put = None
-        self.inflight[call.region].remove(call)
-        region = call.region
-        ref = self.ref.get(region, 0)
-        if not call.early:
-            if self.checked(region) and ref <= 0:
-                self.div(
-                    call.entry.line,
-                    "put.refcount",
-                    "a put",
-                    f"none: region {region:#x} refcount 0 (unbalanced)",
-                )
-                return self.explain_put(call.entry, th)
-            ref -= 1
-            self.ref[region] = max(ref, 0)
-        if ref == 0 and self.adds_seen and call.remove is None and self.checked(region):
-            self.div(
-                self.missing_at(r),
-                "pamt_remove.missing",
-                None,
-                f"PAMT.REMOVE of region {region:#x}",
-            )
-        else:
-            self.ok(r, "put.refcount", f"region {region:#x} -> {max(ref, 0)}")
-        self.explain_put(call.entry, th)
-
-    def explain_put(self, e: Record, th: _Thread) -> None:
-        pfn = field_int(e, "pfn")
-        if th.ctrl_free is not None:
-            th.ctrl_puts += 1
-            return
-        for k, (gp, _) in enumerate(th.pending):  # an error path: put of the get just made
-            if gp == pfn:
-                del th.pending[k]
-                return
-        z = self.zaps.get(pfn)
-        if z:
-            z.pop(0)
-            return
-        self.puts.setdefault(pfn, []).append(e)
-
-    # ---- control pages
-    def on_tdx_alloc_control_page_entry(self, r: Record) -> None:
-        th = self.t(r.tid)
-        th.ctrl_alloc, th.ctrl_gets = r, 0
-        self.ok(r, "control.alloc", "")
-
-    def on_tdx_alloc_control_page_return(self, r: Record) -> None:
-        th = self.t(r.tid)
-        if th.ctrl_alloc is None:
-            self.unexplain(r)
-            return
-        page, ret = field_int(r, "page"), field_int(r, "ret")
-        th.ctrl_alloc = None
-        if ret == 0 and th.ctrl_gets == 0:  # the get was inlined: derive it
-            pfn = self.pfn_of_page(page)
-            region = pfn >> 9
-            self.ref[region] = self.ref.get(region, 0) + 1
-            self.known.add(region)
-        self.ok(r, "control.page", hex(page))
-
-    def on_tdx_free_control_page_entry(self, r: Record) -> None:
-        th = self.t(r.tid)
-        th.ctrl_free, th.ctrl_puts = r, 0
-        self.ok(r, "control.free", hex(field_int(r, "page")))
-
-    def on_tdx_free_control_page_return(self, r: Record) -> None:
-        th = self.t(r.tid)
-        e = th.ctrl_free
-        if e is None:
-            self.unexplain(r)
-            return
-        th.ctrl_free = None
-        if th.ctrl_puts == 0 and field_int(e, "page"):  # the put was inlined: derive it
-            region = self.pfn_of_page(field_int(e, "page")) >> 9
-            if self.ref.get(region, 0) > 0:
-                self.ref[region] -= 1
-        self.ok(r, "control.freed", "")
-
-    # ---- SPTEs
-    def on_kvm_tdp_mmu_spte_changed(self, r: Record) -> None:
-        old, new, level = field_int(r, "old_spte"), field_int(r, "new_spte"), field_int(r, "level")
-        kind = spte_kind(old, new)
-        th = self.t(r.tid)
-        if kind == "map":
-            want = spte_pfn(new) if level == 1 else None
-            for k, (gp, g) in enumerate(th.pending):
-                if (want is None and field_int(g, "cache")) or gp == want:
-                    del th.pending[k]
-                    self.ok(r, "map", hex(field_int(r, "gfn")))
-                    return
-            self.div(
-                self.missing_at(r),
-                "get.missing",
-                None,
-                f"tdx_pamt_get({want:#x})" if want is not None else "tdx_pamt_get(S-EPT page)",
-            )
-        elif kind in ("zap", "frozen"):
-            if level == 1:
-                pfn = spte_pfn(old)
-                p = self.puts.get(pfn)
-                if p:
-                    p.pop(0)
-                else:
-                    self.zaps.setdefault(pfn, []).append(r)
-            self.ok(r, kind, hex(field_int(r, "gfn")))
-        else:
-            self.unexplain(r)
-
-    def unexplain(self, r: Record) -> None:
-        self.unexplained.append(r)
-        self.div(r.line, "unexplained", r.probe, "no record of this kind here")
-
-    def finish(self) -> None:
-        for th in self.threads.values():
-            self.close_window(th)
-            for call in (th.get, th.put):
-                if call is not None:
-                    self.div(call.entry.line, "return.missing", None, "the call's return")
-        for zs in self.zaps.values():
-            for z in zs:
-                self.div(
-                    z.line,
-                    "put.missing",
-                    None,
-                    f"tdx_pamt_put({spte_pfn(field_int(z, 'old_spte')):#x})",
-                )
-        for ps in self.puts.values():
-            for p in ps:
-                self.unexplain(p)
-
-
-def conform(capture: Capture, settings: Settings | None = None) -> Conformance:
-    """Account for every record of ``capture`` (the module docstring's rules) and place each
-    observation on the model's replay of the imported trace (``settings``: the imported ones
-    unless given). ``ok`` when nothing diverges and the replay ran to its end."""
-    att = attribute(capture)
-    imp = import_capture(capture, att)
-    chk = _Checker(att, capture.header)
-    observations = chk.run()
-    tl = replay(imp.events, settings or imp.settings)
-    stopped = tl.stopped.message if tl.stopped is not None else None
-    # the step of every record position: that of the last event begun at or before it
-    first = [tl.first_step_of_event(e) for e in range(tl.nr_events)]
-    starts = imp.positions
-
-    def step_at(pos: int) -> int:
-        e = bisect_right(starts, pos) - 1
-        s = first[e] if 0 <= e < len(first) else None
-        return -1 if s is None else s
-
-    def step(line: int) -> int:
-        return step_at(imp.line_pos.get(line, 0))
-
-    divs = sorted(
-        {Divergence(line, k, o, p, step(line)) for line, k, o, p in chk.divs},
-        key=lambda d: (d.line, d.kind),
-    )
-    matches: list[Match] = []
-    e, nxt, cur = -1, (starts[0] if starts else 1 << 62), -1
-    for line, k, v, pos in chk.matches:  # positions ascend: one sweep over the events
-        while pos >= nxt:
-            e += 1
-            s = first[e] if e < len(first) else None
-            cur = -1 if s is None else s
-            nxt = starts[e + 1] if e + 1 < len(starts) else 1 << 62
-        matches.append(Match(line, k, v, cur))
-    matches.sort(key=itemgetter(3, 0))  # (step, line)
-    unexplained: list[dict[str, Any]] = [
-        {"line": r.line, "text": r.text} for r in sorted(chk.unexplained, key=lambda r: r.line)
+_CALLS = {
+    "tdx_pamt_get.entry": "get",
+    "tdx_pamt_put.entry": "put",
+    "tdx_topup_pamt_cache.entry": "topup",
+    "tdx_free_pamt_cache.entry": "cache_free",
+    "tdx_alloc_control_page.entry": "control.alloc",
+    "tdx_free_control_page.entry": "control.free",
+}
+_RETURNS = {
+    "tdx_pamt_get.return": "get",
+    "tdx_pamt_put.return": "put",
+    "tdx_topup_pamt_cache.return": "topup",
+    "tdx_free_pamt_cache.return": "cache_free",
+    "tdx_alloc_control_page.return": "control.alloc",
+    "tdx_free_control_page.return": "control.free",
+}
+#: Records of the fault path: they stay in their thread's fault window.
+_FAULT_PATH = frozenset(
+    [
+        "kvm_mmu_page_fault",
+        "tdx_topup_pamt_cache.entry",
+        "tdx_topup_pamt_cache.return",
+        "tdx_pamt_get.entry",
+        "tdx_pamt_get.return",
+        "tdh_phymem_pamt_add.entry",
+        "tdh_phymem_pamt_add.return",
+        "tdx_pamt_put.entry",
+        "tdx_pamt_put.return",
+        "tdh_phymem_pamt_remove.entry",
+        "tdh_phymem_pamt_remove.return",
     ]
+)
+
+
+def _int(r: Record, key: str) -> int:
+    v = r.fields.get(key)
+    return v if isinstance(v, int) else 0
+
+
+def kernel_lanes(
+    capture: Capture, imp: ImportedTrace
+) -> tuple[dict[str, list[Op]], dict[str, int], int]:
+    """The kernel's operations per model CPU, the records ignored per reason, and the number
+    of records compared. A record in a fault window of a vCPU thread (from its
+    ``kvm_page_fault`` to its next record off the fault path) is that vCPU's (``vcpuN``, the
+    import's number); any other record of a TD is the TD's (``tdN``)."""
+    att = attribute(capture)
+    ignored = dict(att.ignored())
+    lanes: dict[str, list[Op]] = {}
+    window: dict[int, str] = {}  # tid -> the vCPU lane of its open fault window
+    open_call: dict[tuple[int, str], Op] = {}  # (tid, call kind) -> operation
+    vcpu_names = {k: f"vcpu{v}" for k, v in imp.vcpus.items()}
+    compared = 0
+    adds_probed = any(r.probe.startswith("tdh_phymem_pamt_") for r in att.order)
+    attempts = any(r.probe == "kvm_mmu_page_fault" for r in att.order)
+    for i, r in enumerate(att.order):
+        p = r.probe
+        if att.why[i] is not None and p in KVM_PROBES:
+            continue
+        k = att.vm_of[i]
+        td = imp.tds.get(k, -1) if k else -1
+        if td < 0:
+            ignored["no-vm-context"] = ignored.get("no-vm-context", 0) + 1
+            continue
+        if p == "kvm_page_fault":
+            lane = vcpu_names[(td, _int(r, "vcpu"))]
+            window[r.tid] = lane
+        elif p not in _FAULT_PATH and not (
+            p == "kvm_tdp_mmu_spte_changed"
+            and spte_kind(_int(r, "old_spte"), _int(r, "new_spte")) == "map"
+        ):
+            window.pop(r.tid, None)
+            lane = f"td{td}"
+        else:
+            lane = window.get(r.tid, f"td{td}")
+        if lane.startswith("td") and _init_mem_region(r, open_call):
+            ignored["init-mem-region"] = ignored.get("init-mem-region", 0) + 1
+            continue
+        compared += 1
+        ops = lanes.setdefault(lane, [])
+        call = _CALLS.get(p)
+        if call is not None:
+            op = Op(call, r.line)
+            op.recs.append(r)
+            if call == "get":
+                op.f = {"pfn": _int(r, "pfn"), "cache": _int(r, "cache")}
+                op.f["before"] = _int(r, "cache_count")
+            elif call == "put":
+                op.f = {"pfn": _int(r, "pfn"), "probed": adds_probed}
+            elif call in ("topup", "cache_free"):
+                op.f = {"cache": _int(r, "cache"), "before": _int(r, "cache_count")}
+            open_call[(r.tid, call)] = op
+            ops.append(op)
+            continue
+        ret = _RETURNS.get(p)
+        if ret is not None:
+            op2 = open_call.pop((r.tid, ret), None)
+            if op2 is None:
+                ops.append(_stray(r))
+                continue
+            op2.lines.append(r.line)
+            op2.recs.append(r)
+            op2.f["ret"] = _int(r, "ret")
+            if "before" in op2.f:
+                op2.f["after"] = _int(r, "cache_count")
+            if ret == "get":
+                op2.f["path"] = _kernel_path(op2, adds_probed)
+            continue
+        if p.startswith("tdh_phymem_pamt_"):
+            owner = open_call.get((r.tid, "get" if "_add" in p else "put"))
+            if owner is None:
+                ops.append(_stray(r))
+                continue
+            owner.lines.append(r.line)
+            owner.recs.append(r)
+            if p.endswith(".entry"):
+                owner.f["add" if "_add" in p else "remove"] = (_int(r, "pfn") >> 9, r.line)
+            continue
+        if p == "kvm_page_fault":
+            gfn = (_int(r, "gpa") >> 12) & ~(1 << (att.vms[k].shared_bit - 12))
+            op = Op("fault", r.line)
+            op.f = {"gfn": gfn}
+        elif p == "kvm_mmu_page_fault":
+            op = Op("attempt", r.line)
+        elif p == "kvm_arch_pre_destroy_vm":
+            op = Op("teardown", r.line)
+        else:  # kvm_tdp_mmu_spte_changed
+            old, new, level = _int(r, "old_spte"), _int(r, "new_spte"), _int(r, "level")
+            kind = spte_kind(old, new)
+            if kind == "map":
+                op = Op("map.leaf" if level == 1 else "map.table", r.line)
+                if level == 1:
+                    op.f = {"gfn": _int(r, "gfn"), "pfn": spte_pfn(new)}
+            elif kind in ("zap", "frozen") and level == 1:
+                op = Op(kind, r.line)
+                op.f = {"gfn": _int(r, "gfn")}
+            elif kind in ("zap", "frozen"):
+                op = Op("table.zap", r.line)
+            else:
+                op = _stray(r)
+        op.recs.append(r)
+        ops.append(op)
+    for op in open_call.values():
+        op.f["ret"] = None  # the return never came
+    del attempts
+    return lanes, dict(sorted(ignored.items())), compared
+
+
+def _stray(r: Record) -> Op:
+    op = Op("stray:" + r.probe, r.line)
+    op.recs.append(r)
+    return op
+
+
+def _init_mem_region(r: Record, open_call: dict[tuple[int, str], Op]) -> bool:
+    """``KVM_TDX_INIT_MEM_REGION`` (``kvm_tdp_map_page`` on a VMM thread with a vCPU's cache,
+    no ``kvm_page_fault``): its top-up, gets with a cache and maps. The trace format has no
+    event for it (the model builds a TD without its initial image): ignored, counted."""
+    p = r.probe
+    if p in ("tdx_topup_pamt_cache.entry", "tdx_pamt_get.entry"):
+        return _int(r, "cache") != 0
+    if p in ("tdx_topup_pamt_cache.return", "tdx_pamt_get.return"):
+        call = "topup" if p.startswith("tdx_topup") else "get"
+        return (r.tid, call) not in open_call
+    if p.startswith("tdh_phymem_pamt_add"):
+        return (r.tid, "get") not in open_call
+    if p == "kvm_tdp_mmu_spte_changed":
+        return spte_kind(_int(r, "old_spte"), _int(r, "new_spte")) == "map"
+    return False
+
+
+def _kernel_path(op: Op, adds_probed: bool) -> str:
+    """The path the kernel's get took, as far as its records show it: ``fast``, ``added``,
+    ``lost_race``, ``failed``, ``slow`` (added or lost: no PAMT.ADD probe), ``fast|lost_race``
+    (no cache count, PAMT.ADD probed but not seen) or ``?`` (neither)."""
+    if op.f.get("ret"):
+        return "failed"
+    if "add" in op.f:
+        return "added"
+    before, after = op.f.get("before", -1), op.f.get("after", -1)
+    if op.f.get("cache") and before >= 0:
+        if before == after:
+            return "fast"
+        if before - after == 2:
+            return "lost_race" if adds_probed else "slow"
+        return f"cache {before} -> {after}"
+    return "fast|lost_race" if adds_probed else "?"
+
+
+_PATH_OK = {
+    "slow": ("added", "lost_race"),
+    "fast|lost_race": ("fast", "lost_race"),
+    "?": ("fast", "added", "lost_race"),
+}
+
+
+# ------------------------------------------------------------------ the model's side
+class _ModelRecorder:
+    """The model's operations per CPU, from the replay's steps (labels and effects of
+    explorer/model/dpamt.py and kvm.py), taken as they are committed (``on_step``)."""
+
+    def __init__(self, events: Any, attempts: bool) -> None:
+        self.events = events
+        self.attempts = attempts
+        self.lanes: dict[str, list[Op]] = {}
+        self.cache: dict[int, int] = {}
+        self.get: dict[str, Op] = {}
+        self.put: dict[str, Op] = {}
+
+    def __call__(self, m: Any, s: Step) -> None:
+        m.steps.clear()  # only the operations are kept: a million records stay small
+        cpu, lab, fn = s.cpu, s.label, s.function
+        lane = self.lanes.get(cpu)
+        if lane is None:
+            lane = self.lanes[cpu] = []
+        g = self.get.get(cpu)
+        if g is not None and (fn != "tdx_pamt_get" or lab in ("pamt_get.fast", "pamt_get.slow")):
+            self._close_get(cpu, g)
+            g = None
+        pu = self.put.get(cpu)
+        if pu is not None and (fn != "tdx_pamt_put" or lab in ("pamt_put.fast", "pamt_put.slow")):
+            del self.put[cpu]
+            pu = None
+        for e in s.effects:
+            k = e.kind
+            if k == "pamt_cache" and isinstance(e.new, int):
+                if lab == "pamt_cache.free" and not any(o.kind == "cache_free" for o in lane[-1:]):
+                    op = Op("cache_free", step=s.index)
+                    op.f = {"vcpu": e.key, "before": e.old, "after": 0}
+                    lane.append(op)
+                self.cache[e.key] = e.new
+            elif k in ("refcount", "pair") and g is not None and "region" not in g.f:
+                g.f["region"] = e.key
+            elif k in ("refcount", "pair") and pu is not None and "region" not in pu.f:
+                pu.f["region"] = e.key
+        if lab in ("pamt_get.fast", "pamt_get.slow"):
+            op = Op("get", step=s.index)
+            op.f = {"vcpu": int(cpu[4:]) if cpu.startswith("vcpu") else None, "path": "?"}
+            op.f["path"] = "fast" if lab == "pamt_get.fast" else "slow"
+            for e in s.effects:
+                if e.kind == "refcount":
+                    op.f["region"] = e.key
+            lane.append(op)
+            self.get[cpu] = op
+            if op.f["path"] == "fast":
+                op.f["ret"] = 0
+        elif g is not None:
+            if lab == "pamt_get.add":
+                g.f["path"], g.f["ret"] = "added", 0
+                g.f["add_step"] = s.index
+                for e in s.effects:
+                    if e.kind == "pair":
+                        g.f["region"] = e.key
+            elif lab == "pamt_get.lost_race":
+                g.f["path"], g.f["ret"] = "lost_race", 0
+            elif lab in ("pamt_get.enomem", "pamt_get.partial"):
+                g.f["path"], g.f["ret"] = "failed", -12
+            elif lab == "pamt_get.add_fail":
+                g.f["path"], g.f["ret"] = "failed", -5
+                g.f["add_step"] = s.index
+        elif lab in ("pamt_put.fast", "pamt_put.slow"):
+            op = Op("put", step=s.index)
+            for e in s.effects:
+                if e.kind == "refcount":
+                    op.f["region"] = e.key
+            lane.append(op)
+            self.put[cpu] = op
+        elif pu is not None and lab in ("pamt_put.remove", "pamt_put.remove_fail"):
+            pu.f["remove"] = s.index
+        elif fn == "tdx_topup_pamt_cache" and lab.startswith("pamt_cache."):
+            op = Op("topup", step=s.index)
+            v = int(cpu[4:]) if cpu.startswith("vcpu") else -1
+            op.f = {"vcpu": v, "after": self.cache.get(v, 0)}
+            op.f["ret"] = -12 if lab == "pamt_cache.topup_fail" else 0
+            lane.append(op)
+        elif lab == "pamt_cache.free" and not any(o.kind == "cache_free" for o in lane[-1:]):
+            op = Op("cache_free", step=s.index)
+            op.f = {"before": 0, "after": 0}
+            lane.append(op)
+        elif lab == "fault.begin":
+            op = Op("fault", step=s.index)
+            op.f = {"gfn": getattr(self.events[s.event], "gfn", None)}
+            lane.append(op)
+            if self.attempts:
+                lane.append(Op("attempt", step=s.index))
+        elif lab == "fault.retry" and self.attempts:
+            lane.append(Op("attempt", step=s.index))
+        elif lab in ("page.aug", "page.add"):
+            op = Op("map.leaf", step=s.index)
+            op.f = {"gfn": getattr(self.events[s.event], "gfn", None)}
+            lane.append(op)
+        elif lab == "sept.add":
+            lane.append(Op("map.table", step=s.index))
+        elif lab == "zap.page_remove":
+            op = Op("zap" if self.events[s.event].op == "zap" else "frozen", step=s.index)
+            op.f = {"gfn": None}
+            lane.append(op)
+        elif lab == "sept.reclaim":
+            lane.append(Op("table.zap", step=s.index))
+            lane.append(Op("control.free", step=s.index))
+        elif lab == "control.alloc":
+            lane.append(Op("control.alloc", step=s.index))
+        elif lab == "control.reclaim":
+            lane.append(Op("control.free", step=s.index))
+        elif lab == "td.destroy":
+            lane.append(Op("teardown", step=s.index))
+
+    def _close_get(self, cpu: str, g: Op) -> None:
+        del self.get[cpu]
+        v = g.f.get("vcpu")
+        if v is not None:
+            g.f["after"] = self.cache.get(v, 0)
+
+
+# ------------------------------------------------------------------ alignment
+_WINDOW = 24
+_ANCHOR = 3
+
+
+def align(k: list[Op], m: list[Op]) -> list[tuple[Op | None, Op | None]]:
+    """Pairs of (kernel, model) operations in order, None where one side has nothing. Equal
+    kinds pair; at a mismatch the nearest resynchronisation (``_ANCHOR`` equal kinds in a row,
+    or the end) with the fewest operations skipped, kernel skips first on a tie; a pair whose
+    kinds differ inside a skipped span of the same kind pairs them (a value difference)."""
+    out: list[tuple[Op | None, Op | None]] = []
+    i = j = 0
+    nk, nm = len(k), len(m)
+    while i < nk and j < nm:
+        if k[i].kind == m[j].kind:
+            out.append((k[i], m[j]))
+            i += 1
+            j += 1
+            continue
+        best: tuple[int, int] | None = None
+        for d in range(1, 2 * _WINDOW + 1):
+            for a in range(min(d, _WINDOW), -1, -1):
+                b = d - a
+                if b > _WINDOW:
+                    continue
+                if _anchored(k, m, i + a, j + b):
+                    best = (a, b)
+                    break
+            if best is not None:
+                break
+        a, b = best if best is not None else (1, 1)
+        out.extend((x, None) for x in k[i : i + a])
+        out.extend((None, y) for y in m[j : j + b])
+        i, j = i + a, j + b
+    out.extend((x, None) for x in k[i:])
+    out.extend((None, y) for y in m[j:])
+    return out
+
+
+def _anchored(k: list[Op], m: list[Op], i: int, j: int) -> bool:
+    n = min(_ANCHOR, len(k) - i, len(m) - j)
+    if n <= 0:
+        return i >= len(k) and j >= len(m)
+    return all(k[i + x].kind == m[j + x].kind for x in range(n))
+
+
+class _Bijection:
+    """Kernel -> model, one to one, set as met (regions: only leaf pages are pinned)."""
+
+    def __init__(self) -> None:
+        self.fwd: dict[Any, Any] = {}
+        self.back: dict[Any, Any] = {}
+
+    def ok(self, kv: Any, mv: Any) -> bool:
+        if kv is None or mv is None:
+            return True
+        f, b = self.fwd.get(kv), self.back.get(mv)
+        if f is None and b is None:
+            self.fwd[kv], self.back[mv] = mv, kv
+            return True
+        return f == mv and b == kv
+
+
+# ------------------------------------------------------------------ conform
+def conform(capture: Capture, settings: Settings | None = None) -> Conformance:
+    """Import ``capture``, replay it on the engine (the imported settings unless ``settings``)
+    and align the kernel's operations with the model's, per CPU (the module docstring)."""
+    imp = import_capture(capture)
+    kern, ignored, compared = kernel_lanes(capture, imp)
+    attempts = any(r.probe == "kvm_mmu_page_fault" for r in capture.records)
+    rec = _ModelRecorder(imp.events, attempts)
+    m = Machine(settings or imp.settings, record=True, check=True)
+    m.on_step = rec
+    m.run(imp.events)
+    stopped = m.stopped.message if m.stopped is not None else None
+    divs: list[Divergence] = []
+    matches: list[Match] = []
+    unexplained: list[dict[str, Any]] = []
+    regions, caches = _Bijection(), _Bijection()
+    for lane in sorted(set(kern) | set(rec.lanes)):
+        last_line, last_step = 0, -1
+        for ko, mo in align(kern.get(lane, []), rec.lanes.get(lane, [])):
+            if ko is not None and mo is not None:
+                before = len(divs)
+                _compare(ko, mo, regions, caches, divs)
+                if len(divs) == before:
+                    matches.append(Match(ko.lines[0], ko.kind, _shown(ko), mo.step))
+                last_line, last_step = max(ko.lines), mo.step
+            elif ko is not None:
+                for r in ko.recs:
+                    unexplained.append({"line": r.line, "text": r.text})
+                divs.append(
+                    Divergence(ko.lines[0], "unexplained", ko.recs[0].probe, None, last_step)
+                )
+            elif mo is not None:
+                divs.append(
+                    Divergence(last_line or 1, mo.kind + ".missing", None, _shown(mo), mo.step)
+                )
+    divs.sort(key=lambda d: (d.line, d.kind))
+    unexplained.sort(key=lambda u: u["line"])
+    matches.sort(key=lambda x: (x.step, x.line))
     return Conformance(
-        not divs and stopped is None,
-        observations,
-        divs,
-        stopped,
-        matches,
-        unexplained,
-        imp.ignored,
+        not divs and stopped is None, compared, divs, stopped, matches, unexplained, ignored
     )
+
+
+def _shown(op: Op) -> Any:
+    if "gfn" in op.f and op.f["gfn"] is not None:
+        return hex(op.f["gfn"])
+    if "path" in op.f:
+        return op.f["path"]
+    return op.kind
+
+
+def _compare(k: Op, m: Op, regions: _Bijection, caches: _Bijection, divs: list[Divergence]) -> None:
+    """Field by field, each difference a divergence at the kernel record that shows it."""
+    kf, mf, st = k.f, m.f, m.step
+
+    def div(line: int, kind: str, o: Any, p: Any) -> None:
+        divs.append(Divergence(line, kind, o, p, st))
+
+    kind = k.kind
+    ret_line = k.lines[1] if len(k.lines) > 1 else k.lines[0]
+    if kind in ("fault", "map.leaf") and kf.get("gfn") != mf.get("gfn"):
+        div(k.lines[0], kind + ".gfn", hex(kf.get("gfn") or 0), hex(mf.get("gfn") or 0))
+    elif kind == "topup":
+        kc = kf.get("cache") or None
+        if not caches.ok(kc, mf.get("vcpu")):
+            div(k.lines[0], "topup.target", hex(kc or 0), f"vCPU {mf.get('vcpu')}'s cache")
+        elif kf.get("ret") is not None and kf.get("ret") != mf.get("ret"):
+            div(ret_line, "topup.ret", kf.get("ret"), mf.get("ret"))
+        elif kf.get("after") is not None and kf.get("after") != mf.get("after"):
+            div(ret_line, "topup.cache_after", kf.get("after"), mf.get("after"))
+    elif kind == "cache_free":
+        if kf.get("before", -1) >= 0 and kf.get("before") != mf.get("before"):
+            div(k.lines[0], "cache_free.count", kf.get("before"), mf.get("before"))
+    elif kind == "get":
+        kc = kf.get("cache") or None
+        kr = kf["pfn"] >> 9
+        if not caches.ok(kc, mf.get("vcpu") if kc else None):
+            div(k.lines[0], "get.cache", hex(kc or 0), f"vCPU {mf.get('vcpu')}'s cache")
+        if not regions.ok(kr, mf.get("region")):
+            div(k.lines[0], "get.region", hex(kr), hex(mf.get("region") or 0))
+        kp, mp = kf.get("path"), mf.get("path")
+        add = kf.get("add")
+        if kf.get("ret") is None:
+            div(k.lines[0], "return.missing", None, mp)
+        elif kf.get("ret") != mf.get("ret"):
+            div(ret_line, "get.ret", kf.get("ret"), mf.get("ret"))
+        elif add is not None and mp != "added":
+            div(add[1], "pamt_add", "PAMT.ADD", f"none ({mp})")
+        elif add is not None and not regions.ok(add[0], mf.get("region")):
+            div(add[1], "pamt_add.region", hex(add[0]), hex(mf.get("region") or 0))
+        elif kp != mp and mp not in _PATH_OK.get(str(kp), ()):
+            div(ret_line, "get.path", kp, mp)
+        elif kc and kf.get("after", -1) >= 0 and kf.get("after") != mf.get("after"):
+            div(ret_line, "get.cache_after", kf.get("after"), mf.get("after"))
+        elif mp == "added" and add is None and kp == "fast|lost_race":
+            div(k.lines[0], "pamt_add.missing", None, "PAMT.ADD")
+    elif kind == "put":
+        kr = kf["pfn"] >> 9
+        if not regions.ok(kr, mf.get("region")):
+            div(k.lines[0], "put.region", hex(kr), hex(mf.get("region") or 0))
+        rm = kf.get("remove")
+        if rm is not None and "remove" not in mf:
+            div(rm[1], "pamt_remove", "PAMT.REMOVE", "none: the region keeps references")
+        elif rm is not None and not regions.ok(rm[0], mf.get("region")):
+            div(rm[1], "pamt_remove.region", hex(rm[0]), hex(mf.get("region") or 0))
+        elif rm is None and "remove" in mf and kf.get("probed"):
+            div(k.lines[0], "pamt_remove.missing", None, "PAMT.REMOVE")
+        elif kf.get("ret", 0) is None:
+            div(k.lines[0], "return.missing", None, "the put's return")

@@ -31,7 +31,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from explorer.ingest.capture import Capture, Record
-from explorer.model.events import Event, Fault, TdCreate, TdDestroy, TdFinalize, VcpuCreate, Zap
+from explorer.model.events import (
+    Event,
+    Fault,
+    Schedule,
+    TdCreate,
+    TdDestroy,
+    TdFinalize,
+    VcpuCreate,
+    Zap,
+)
 from explorer.model.settings import MAX_HOST_MEMORY_MIB, Settings
 
 #: ``SHADOW_NONPRESENT_VALUE`` on x86-64 (``arch/x86/kvm/mmu/spte.h``): bit 63, what a TDP-MMU
@@ -238,6 +247,8 @@ def import_capture(capture: Capture, att: Attribution | None = None) -> Imported
     destroyed: set[int] = set()
     created: set[int] = set()
     nfaults = 0
+    top_pfn = 0
+    spans: list[tuple[int, int, int, int]] = []  # (first ts, map ts, tid, fault position)
 
     def td_of(i: int) -> int:
         k = att.vm_of[i]
@@ -275,9 +286,16 @@ def import_capture(capture: Capture, att: Attribution | None = None) -> Imported
             if kind == "map" and w is not None and w[1] == td and w[2] == field_int(r, "gfn"):
                 fr = order[w[0]]
                 vcpu = vcpus[(td, field_int(fr, "vcpu"))]
+                pfn = spte_pfn(field_int(r, "new_spte"))  # the kernel's page: pinned
+                top_pfn = max(top_pfn, pfn)
                 events.append(
-                    (w[0], Fault(vcpu=vcpu, gfn=w[2]), [*window_lines.get(r.tid, []), r.line])
+                    (
+                        w[0],
+                        Fault(vcpu=vcpu, gfn=w[2], pfn=pfn),
+                        [*window_lines.get(r.tid, []), r.line],
+                    )
                 )
+                spans.append((fr.ts, order[i].ts, r.tid, w[0]))
                 nfaults += 1
                 del window[r.tid]
             elif kind == "map":
@@ -298,9 +316,26 @@ def import_capture(capture: Capture, att: Attribution | None = None) -> Imported
             for (t, _), v in sorted(vcpus.items(), key=lambda x: x[1]):
                 if t == ev.td:
                     out.insert(len(out) - 1, (pos, VcpuCreate(td=t, vcpu=v), []))
-    mib = max(256, -(-(nfaults * 3 + 8192) // 256))
+    groups = _race_groups(spans, order)
+    mib = max(256, -(-(nfaults * 3 + 8192) // 256), (top_pfn >> 8) + 64)
     mib = min(MAX_HOST_MEMORY_MIB, mib + mib % 2)
-    settings = Settings(mode="v6", host_memory_mib=mib)
+    # tdx_td_init: TDR + TDCS pages on one thread; tdx_td_vcpu_init: TDVPR + TDCX pages on the
+    # vCPU ioctl's thread: the model allocates as many (Settings.tdcs_pages / tdcx_pages)
+    allocs: dict[tuple[int, int], int] = {}
+    for i, r in enumerate(order):
+        if r.probe == "tdx_alloc_control_page.entry" and td_of(i) >= 0:
+            allocs[(td_of(i), r.tid)] = allocs.get((td_of(i), r.tid), 0) + 1
+    base = Settings()
+    tdcs, tdcx = base.tdcs_pages, base.tdcx_pages
+    firsts = sorted({td for td, _ in allocs})
+    if firsts:
+        per_td = [n for (td, _), n in allocs.items() if td == firsts[0]]
+        tdcs = max(0, per_td[0] - 1)
+        if len(per_td) > 1:
+            tdcx = max(0, min(per_td[1:]) - 1)
+    settings = Settings(mode="v6", host_memory_mib=mib, tdcs_pages=tdcs, tdcx_pages=tdcx)
+    if groups:
+        out = _pin_races(out, groups, settings)
     return ImportedTrace(
         capture.source,
         tuple(e for _, e, _ in out),
@@ -312,6 +347,105 @@ def import_capture(capture: Capture, att: Attribution | None = None) -> Imported
         tuple(p for p, _, _ in out),
         {r.line: i for i, r in enumerate(order)},
     )
+
+
+def _race_groups(
+    spans: list[tuple[int, int, int, int]], order: Sequence[Record]
+) -> list[tuple[list[tuple[int, int]], int]]:
+    """Faults of different threads whose records overlap in time (``kvm_page_fault`` to the
+    map) ran concurrently: each such group as its faults (position of the ``kvm_page_fault``,
+    tid) and the tid that won (the first ``tdh_phymem_pamt_add`` among the group's threads,
+    else the thread whose fault came first)."""
+    spans.sort()
+    groups: list[list[tuple[int, int, int, int]]] = []
+    end = -1
+    for sp in spans:
+        if groups and sp[0] <= end and all(g[2] != sp[2] for g in groups[-1]):
+            groups[-1].append(sp)
+            end = max(end, sp[1])
+        else:
+            groups.append([sp])
+            end = sp[1]
+    out: list[tuple[list[tuple[int, int]], int]] = []
+    for g in groups:
+        if len(g) < 2:
+            continue
+        tids = {sp[2] for sp in g}
+        lo, hi = min(sp[3] for sp in g), max(sp[1] for sp in g)
+        winner = g[0][2]
+        for r in order[lo:]:  # (a group spans few records)
+            if r.ts > hi:
+                break
+            if r.tid in tids and r.probe == "tdh_phymem_pamt_add.entry":
+                winner = r.tid
+                break
+        out.append(([(sp[3], sp[2]) for sp in g], winner))
+    return out
+
+
+def _pin_races(
+    out: list[tuple[int, Event, list[int]]],
+    groups: list[tuple[list[tuple[int, int]], int]],
+    settings: Settings,
+) -> list[tuple[int, Event, list[int]]]:
+    """Each concurrent group as one batch (one ``t``) led by a ``schedule`` event pinning the
+    kernel's order (docs/trace-format.md): the winner runs up to its last ``pamt_get.lock``
+    before its PAMT.ADD, then each other fault up to its last lock-free check
+    (``pamt_get.slow``), as the kernel's did before the winner's PAMT.ADD; the configured
+    schedule goes on from there (with no PAMT.ADD in the group: the first fault runs whole).
+    Turns are counted on the model's own steps (a dry run of the trace so far plus that fault
+    alone): the engine, not the import, decides every path."""
+    from explorer.model.machine import Machine
+
+    tid_of: dict[int, tuple[int, int]] = {}  # fault position -> (group, tid)
+    for n, (members, _) in enumerate(groups):
+        for pos, tid in members:
+            tid_of[pos] = (n, tid)
+    new: list[tuple[int, Event, list[int]]] = []
+    held: dict[int, list[tuple[int, Event, list[int], int]]] = {}
+    left = {n: len(members) for n, (members, _) in enumerate(groups)}
+    for pos, ev, ls in out:
+        g = tid_of.get(pos) if isinstance(ev, Fault) else None
+        if g is None:
+            new.append((pos, ev, ls))
+            continue
+        n, tid = g
+        held.setdefault(n, []).append((pos, ev, ls, tid))
+        left[n] -= 1
+        if left[n]:
+            continue
+        members = held.pop(n)
+        prefix = [e for _, e, _ in new]
+
+        def alone(f: Event) -> list[str]:
+            assert isinstance(f, Fault)
+            m = Machine(settings, record=True, check=False)
+            m.run([*prefix, Fault(vcpu=f.vcpu, gfn=f.gfn, pfn=f.pfn)])
+            return [s.label for s in m.steps if s.event == len(prefix)]
+
+        winner = next((x for x in members if x[3] == groups[n][1]), members[0])
+        name = f"vcpu{getattr(winner[1], 'vcpu', 0)}"
+        labels = alone(winner[1])
+        if "pamt_get.add" not in labels:
+            turns = [name] * len(labels)
+        else:
+            add_at = labels.index("pamt_get.add")
+            locks = [j for j in range(add_at) if labels[j] == "pamt_get.lock"]
+            turns = [name] * (locks[-1] + 1 if locks else add_at)
+            for x in members:
+                if x is winner:
+                    continue
+                ls2 = alone(x[1])
+                stop = ls2.index("pamt_get.add") if "pamt_get.add" in ls2 else len(ls2)
+                slows = [j for j in range(stop) if ls2[j] == "pamt_get.slow"]
+                if slows:
+                    turns += [f"vcpu{getattr(x[1], 'vcpu', 0)}"] * (slows[-1] + 1)
+        t = n + 1
+        new.append((members[0][0], Schedule(order=tuple(turns), t=t), []))
+        for p, ev2, ls2_, _ in members:
+            assert isinstance(ev2, Fault)
+            new.append((p, Fault(vcpu=ev2.vcpu, gfn=ev2.gfn, pfn=ev2.pfn, t=t), ls2_))
+    return new
 
 
 def _rank(ev: Event) -> int:
