@@ -83,9 +83,9 @@ bench: $(TSTAMP) $(NATIVE)
 fuzz: $(TSTAMP) $(NATIVE)
 	$(PY) -m pytest -q -m slow
 
-## make loadtest: 20 browser sessions for 60 s against one server (docs/reliability.md)
-loadtest: $(TSTAMP) $(NATIVE) chromium
-	$(PY) tools/loadtest.py --sessions 20 --seconds 60
+## make loadtest: 30 protocol-level sessions (no browser) for 60 s against one server (docs/reliability.md)
+loadtest: $(TSTAMP) $(NATIVE)
+	$(PY) tools/loadtest.py --sessions 30 --seconds 60 --think 1
 
 goldens: $(TSTAMP)
 	$(PY) -m pytest -q tests/test_samples.py --update-goldens

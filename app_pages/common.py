@@ -1,436 +1,56 @@
-"""What every page shares: the loaded trace, the settings sidebar, cached replays, the URL.
+"""What every page shares, under one name: the pages (and app_pages/interleavings.py) call
+``common.X``; the pieces themselves live in :mod:`app_pages.ui`, one module each.
 
 User-provided text (titles, notes, error lines) is only ever shown with ``st.text``, ``st.code``
-or in dataframes: never as Markdown or HTML. Tables that hold it go through :func:`safe_frame`:
-``st.dataframe``'s toolbar offers "Download as CSV", which writes cells verbatim, so their text
-cells are escaped against formula injection (explorer.csvsafe) before they are shown.
+or in dataframes (through :func:`safe_frame`): never as Markdown or HTML.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
-
-import pandas as pd
-import streamlit as st
-
-from explorer.appsupport import (
-    DEFAULT_SAMPLE,
-    REPLAY_CACHE_ENTRIES,
-    REPLAY_CHECKPOINT_BUDGET,
-    UPLOAD_LIMIT_MB,
-    RejectedUpload,
-    content_key,
-    decode_view_state,
-    encode_view_state,
-    knob_widget,
-    list_samples,
-    parse_knob_text,
-    problem_rows,
-    sample_bytes,
-    settings_key,
+from app_pages.ui.loader import (
+    PROGRESS_EVENTS,
+    CaptureInfo,
+    adopt,
+    adopt_pinned,
+    cancelled_load_note,
+    capture_info,
+    ensure_default,
+    init_session,
+    load_sample,
+    load_upload,
+    pinned_sample,
+    show_upload_errors,
+    sidebar_trace_picker,
+    sync_url,
 )
-from explorer.csvsafe import escape_frame
-from explorer.designs.rationale import help_text
-from explorer.ingest import Trace, parse_trace
-from explorer.ingest.capture import looks_like_capture, parse_capture
-from explorer.model.constants import MODES, mode_label
-from explorer.model.errors import Problem, TraceError
-from explorer.model.settings import Settings
-from explorer.replay.timeline import Timeline, replay
-from explorer.sweeps.metrics import RunMetrics, run_metrics
+from app_pages.ui.replays import Loaded, metrics, replay_key, timeline, trace_settings
+from app_pages.ui.settings import KNOB_HELP, KNOBS, current_settings, sidebar_settings
+from app_pages.ui.tables import problems_table, safe_frame
 
-KNOBS = (
-    "worst_case_tables",
-    "dpamt_gets_per_fault",
-    "ept_levels",
-    "mode",
-    "allocator",
-    "schedule",
-    "seed",
-    "host_memory_mib",
-    "max_retries",
-)
-KNOB_HELP = {
-    "worst_case_tables": "min of KVM's page-table caches per fault (PT64_ROOT_MAX_LEVEL)",
-    "dpamt_gets_per_fault": "n of tdx_topup_pamt_cache(cache, n): the cache holds 2n pages",
-    "ept_levels": "4-level EPT: 3 non-root tables per fault at most; 5-level: 4",
-    # each mode's summary and where it comes from (explorer.designs.rationale: the seed's own reasons)
-    "mode": "v6 as posted, its variants, and the designs the seed rejected:\n\n"
-    + "\n\n".join(help_text(m).split("\n")[0] for m in MODES),
-    "allocator": "lowest packs pages into regions; spread scatters them (worst case for DPAMT)",
-    "schedule": "how concurrent events (same t) interleave",
-    "seed": "seed of the random allocator and schedule",
-    "host_memory_mib": "host memory; even, 2 MiB per region",
-    "max_retries": "local retries of a fault before the explorer reports a livelock",
-}
-
-
-@dataclass
-class Loaded:
-    name: str  # sample name, or "upload"
-    source: str  # file name
-    data: bytes
-    trace: Trace
-
-
-def safe_frame(data: Any, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """``data`` (rows or a DataFrame) as a DataFrame whose text cells are escaped for CSV: the
-    table's toolbar "Download as CSV" then cannot hand a spreadsheet a formula."""
-    if isinstance(data, pd.DataFrame):
-        frame = data
-    else:
-        frame = pd.DataFrame(data, columns=list(columns) if columns is not None else None)
-    escaped: pd.DataFrame = escape_frame(frame)
-    return escaped
-
-
-def problems_table(problems: Sequence[Problem]) -> None:
-    """Every problem of a bad trace as a table (line, column, reason, text, expected)."""
-    st.dataframe(
-        safe_frame(
-            problem_rows(problems), columns=["line", "column", "reason", "text", "expected"]
-        ),
-        hide_index=True,
-        width="stretch",
-    )
-
-
-@st.cache_resource(max_entries=REPLAY_CACHE_ENTRIES, show_spinner=False)
-def _parse(key: str, source: str, _data: bytes, _progress: Any = None) -> Trace:
-    return parse_trace(_data, source, _progress)
-
-
-@st.cache_resource(max_entries=REPLAY_CACHE_ENTRIES, show_spinner=False)
-def _timeline(
-    key: str,
-    skey: tuple[tuple[str, Any], ...],
-    _trace: Trace,
-    _settings: Settings,
-    _progress: Any = None,
-) -> Timeline:
-    return replay(
-        _trace.events, _settings, progress=_progress, checkpoint_budget=REPLAY_CHECKPOINT_BUDGET
-    )
-
-
-@st.cache_resource(max_entries=4 * REPLAY_CACHE_ENTRIES, show_spinner=False)
-def _metrics(
-    key: str, skey: tuple[tuple[str, Any], ...], _trace: Trace, _settings: Settings
-) -> RunMetrics:
-    return run_metrics(_trace.events, _settings)
-
-
-def init_session() -> list[str]:
-    """On a session's first run, take the sample, step and settings from the URL."""
-    if "loaded" in st.session_state:
-        return []
-    view, problems = decode_view_state(st.query_params.to_dict())
-    name = view.sample
-    data = sample_bytes(name)
-    st.session_state.loaded = Loaded(
-        name, f"{name}.jsonl", data, _parse(content_key(data), f"{name}.jsonl", data)
-    )
-    st.session_state.overrides = dict(view.overrides)
-    st.session_state.review_notes = dict(view.notes)
-    st.session_state.cursor = view.step
-    st.session_state.playing = False
-    return problems
-
-
-def load_sample(name: str) -> None:
-    data = sample_bytes(name)
-    _adopt(Loaded(name, f"{name}.jsonl", data, _parse(content_key(data), f"{name}.jsonl", data)))
-
-
-def _adopt(loaded: Loaded) -> None:
-    """Make ``loaded`` the trace on show: the previous one's upload error, review notes,
-    setting overrides, place and knobs go with it (one place for the three ways in: a sample,
-    an upload, an imported capture)."""
-    st.session_state.loaded = loaded
-    st.session_state.pop("upload_error", None)
-    st.session_state.review_notes = {}
-    st.session_state.overrides = {}
-    st.session_state.cursor = -1
-    st.session_state.playing = False
-    for knob in KNOBS:
-        st.session_state.pop(f"knob_{knob}", None)
-
-
-#: Uploads with more events than this show a progress bar while they are parsed and replayed.
-PROGRESS_EVENTS = 20_000
-
-
-def load_upload(name: str, data: bytes) -> tuple[Problem, ...] | None:
-    """Parse an upload, and replay a long one, before it replaces the loaded trace; on errors
-    the loaded trace stays as it was and its problems are returned (plain data: the exception,
-    whose traceback holds the decompressed bytes, is dropped here and never stored).
-
-    A long upload shows one progress bar from its first line: parsing, then replaying (the
-    replay is cached, so the page that follows finds it). Until both are done the previous
-    trace stays loaded: if the user stops the run meanwhile (Streamlit's Stop), the
-    ``loading`` mark is left behind and the next run says the load was cancelled
-    (:func:`cancelled_load_note`), with the previous trace still there."""
-    if looks_like_capture(data):
-        return _load_capture(name, data)
-    key = content_key(data)
-    bar = st.progress(0.0, text=f"Loading {name}: reading") if len(data) > 1 << 20 else None
-    st.session_state.loading = name
-
-    def parsing(frac: float, msg: str) -> None:
-        if bar is not None:
-            bar.progress(0.5 * frac, text=f"Loading {name}: parsing, {msg}")
-
-    try:
-        trace = _parse(key, name, data, parsing if bar is not None else None)
-    except TraceError as exc:
-        st.session_state.pop("loading", None)
-        if bar is not None:
-            bar.empty()
-        return tuple(exc.problems)
-    if len(trace.events) > PROGRESS_EVENTS:
-        settings = Settings().with_overrides(trace.settings, source=name)
-        if bar is None:
-            bar = st.progress(0.5, text=f"Loading {name}: replaying")
-
-        def replaying(frac: float, msg: str) -> None:
-            assert bar is not None
-            bar.progress(0.5 + 0.5 * min(frac, 1.0), text=f"Loading {name}: replaying, {msg}")
-
-        _timeline(key, settings_key(settings), trace, settings, replaying)
-    if bar is not None:
-        bar.empty()
-    st.session_state.pop("loading", None)
-    _adopt(Loaded("upload", name, data, trace))
-    return None
-
-
-def trace_settings(loaded: Loaded) -> Settings:
-    return Settings().with_overrides(loaded.trace.settings, source=loaded.source)
-
-
-def current_settings() -> Settings:
-    loaded: Loaded = st.session_state.loaded
-    base = trace_settings(loaded)
-    try:
-        return base.with_overrides(st.session_state.overrides, source="sidebar")
-    except TraceError as exc:
-        st.sidebar.error("A setting is invalid and was reset:")
-        st.sidebar.code(str(exc), language=None)
-        st.session_state.overrides = {}
-        return base
-
-
-def sidebar_trace_picker() -> None:
-    """Sample picker and upload box (in the sidebar)."""
-    loaded: Loaded = st.session_state.loaded
-    samples = list_samples()
-    names = [s.name for s in samples]
-    titles = {s.name: s.title for s in samples}
-    current = loaded.name if loaded.name in names else None
-    if current is None and st.session_state.get("sample_select") is not None:
-        st.session_state.sample_select = None  # an upload is loaded: no sample is selected
-    choice = st.sidebar.selectbox(
-        "Sample trace",
-        names,
-        index=names.index(current) if current else None,
-        format_func=lambda n: titles[n],
-        key="sample_select",
-        placeholder="(an uploaded trace is loaded)",
-    )
-    if choice is not None and choice != loaded.name:
-        load_sample(choice)
-        st.rerun()
-    if current is not None:  # the box cuts a long title: the whole of it, below
-        st.sidebar.caption(titles[current])
-    # Uploads are told apart by the uploader's file id (a new one for every upload), never by
-    # name and size: a corrected file of the same name and size is read. After a refused
-    # upload the uploader gets a new key, so it is empty again (and Streamlit drops its bytes).
-    generation = int(st.session_state.get("upload_generation", 0))
-    up = st.sidebar.file_uploader(
-        f"...or upload a trace (.jsonl, .jsonl.gz, .csv) or a kernel capture "
-        f"(tools/capture/dpamt.bt's .txt); up to {UPLOAD_LIMIT_MB} MB",
-        type=["jsonl", "gz", "csv", "txt"],
-        key=f"upload_{generation}",
-    )
-    if up is not None and st.session_state.get("upload_seen") != up.file_id:
-        st.session_state.upload_seen = up.file_id
-        problems = load_upload(up.name, up.getvalue())
-        if problems is not None:
-            st.session_state.upload_error = RejectedUpload(up.name, problems)
-            st.session_state.upload_generation = generation + 1
-        st.rerun()
-    bad: RejectedUpload | None = st.session_state.get("upload_error")
-    if bad is not None:
-        st.sidebar.error(
-            f"The upload has {len(bad.problems)} problem(s) and was not loaded; the previous "
-            "trace is still loaded. See the list on the page."
-        )
-
-
-@dataclass(frozen=True)
-class CaptureInfo:
-    """A kernel capture loaded as its imported trace, and the model's conformance to it."""
-
-    source: str  # the capture's file name
-    trace_key: str  # content_key of the imported trace's bytes: whose views these are
-    conformance: Any  # explorer.conformance.conform.Conformance
-
-
-def _load_capture(name: str, data: bytes) -> tuple[Problem, ...] | None:
-    """A kernel capture (tools/capture/dpamt.bt's output, told apart by its content): imported
-    as a trace (explorer.conformance.importer), checked against the model (``conform``), loaded as the
-    imported trace; the conformance stays beside it for Explore's markers and jumps."""
-    from explorer.conformance.conform import conform
-    from explorer.conformance.importer import import_capture
-    from explorer.ingest.write import dump_trace
-
-    try:
-        cap = parse_capture(data, name)
-    except TraceError as exc:
-        return tuple(exc.problems)
-    imp = import_capture(cap)
-    text = dump_trace(
-        imp.events, title=f"imported from {name}", settings=imp.settings.to_dict()
-    ).encode()
-    stem = name.rsplit(".", 1)[0]
-    source = f"{stem}.imported.jsonl"
-    key = content_key(text)
-    trace = _parse(key, source, text)
-    _adopt(Loaded("upload", source, text, trace))
-    st.session_state.capture_info = CaptureInfo(name, key, conform(cap))
-    return None
-
-
-def capture_info(loaded: Loaded) -> CaptureInfo | None:
-    """The capture the loaded trace was imported from, if it was."""
-    info: CaptureInfo | None = st.session_state.get("capture_info")
-    if info is None or info.trace_key != content_key(loaded.data):
-        return None
-    return info
-
-
-def cancelled_load_note() -> None:
-    """After a load the user stopped (Streamlit's Stop, mid-parse or mid-replay): say so once;
-    the previous trace is still loaded."""
-    name = st.session_state.pop("loading", None)
-    if name is not None:
-        loaded: Loaded = st.session_state.loaded
-        st.warning(f"The load of {name} was cancelled; {loaded.source} is still loaded.")
-
-
-def show_upload_errors() -> None:
-    """The problems of the last refused upload, until another trace loads or they are
-    dismissed."""
-    cancelled_load_note()
-    bad: RejectedUpload | None = st.session_state.get("upload_error")
-    if bad is None:
-        return
-    loaded: Loaded = st.session_state.loaded
-    st.error("The uploaded trace was not loaded: it has these problems.")
-    st.text(f"file: {bad.source}\nstill loaded: {loaded.source}")
-    problems_table(bad.problems)
-    if st.button("Dismiss", key="btn_dismiss_upload_error"):
-        st.session_state.pop("upload_error", None)
-        st.rerun()
-
-
-def sidebar_settings() -> Settings:
-    """The worst-case page-table counts and the other knobs, each with its default and a reset."""
-    loaded: Loaded = st.session_state.loaded
-    base = trace_settings(loaded)
-    kernel = Settings()
-    overrides: dict[str, Any] = st.session_state.overrides
-    st.sidebar.subheader("Settings")
-    for knob in KNOBS:
-        widget = knob_widget(knob)  # bounds: the parser's own (SETTING_SPECS)
-        value = overrides.get(knob, getattr(base, knob))
-        label = f"{knob} (kernel default {getattr(kernel, knob)})"
-        key = f"knob_{knob}"
-        new: Any
-        if widget.kind == "select":
-            choices = list(widget.choices)
-            new = st.sidebar.selectbox(
-                label,
-                choices,
-                index=choices.index(value),
-                key=key,
-                help=KNOB_HELP[knob],
-                format_func=mode_label if knob == "mode" else str,
-            )
-        elif widget.kind == "number":
-            new = st.sidebar.number_input(
-                label,
-                min_value=widget.lo,
-                max_value=widget.hi,
-                value=value,
-                step=widget.step,
-                key=key,
-                help=KNOB_HELP[knob],
-            )
-        else:  # wider than a browser number holds exactly (the seed): typed as text
-            text = st.sidebar.text_input(
-                label, value=str(value), key=key, help=f"{KNOB_HELP[knob]}; {widget.expected}"
-            )
-            try:
-                new = parse_knob_text(knob, text)
-            except ValueError as exc:
-                st.sidebar.error("Not a valid value; it is ignored:")
-                st.sidebar.text(str(exc))
-                new = value
-        if new != getattr(base, knob):
-            overrides[knob] = new
-        else:
-            overrides.pop(knob, None)
-    if st.sidebar.button(
-        "Reset to the trace's settings", key="reset_settings", disabled=not overrides
-    ):
-        st.session_state.overrides = {}
-        for knob in KNOBS:
-            st.session_state.pop(f"knob_{knob}", None)
-        st.rerun()
-    return current_settings()
-
-
-def timeline(loaded: Loaded, settings: Settings) -> Timeline:
-    """The replay for this trace and settings (cached across reruns and sessions)."""
-    key = content_key(loaded.data)
-    skey = settings_key(settings)
-    if len(loaded.trace.events) > 20_000:
-        bar = st.progress(0.0, text="Replaying...")
-
-        def progress(frac: float, msg: str) -> None:
-            bar.progress(min(frac, 1.0), text=f"Replaying: {msg}")
-
-        tl = _timeline(key, skey, loaded.trace, settings, progress)
-        bar.empty()
-        return tl
-    return _timeline(key, skey, loaded.trace, settings)
-
-
-def metrics(loaded: Loaded, settings: Settings) -> RunMetrics:
-    return _metrics(content_key(loaded.data), settings_key(settings), loaded.trace, settings)
-
-
-def sync_url(settings: Settings) -> None:
-    loaded: Loaded = st.session_state.loaded
-    params = encode_view_state(
-        loaded.name if loaded.name != "upload" else "upload",
-        int(st.session_state.get("cursor", -1)),
-        settings,
-        trace_settings(loaded),
-        st.session_state.get("review_notes") or None,
-    )
-    if st.query_params.to_dict() != params:
-        st.query_params.from_dict(params)
-
-
-def ensure_default() -> None:
-    if "loaded" not in st.session_state:
-        load_sample(DEFAULT_SAMPLE)
-
-
-def replay_key(loaded: Loaded, settings: Settings) -> tuple[str, tuple[tuple[str, Any], ...]]:
-    """Which replay a view was drawn from: the trace's bytes and the settings."""
-    return (content_key(loaded.data), settings_key(settings))
+__all__ = [
+    "KNOBS",
+    "KNOB_HELP",
+    "PROGRESS_EVENTS",
+    "CaptureInfo",
+    "Loaded",
+    "adopt",
+    "adopt_pinned",
+    "cancelled_load_note",
+    "capture_info",
+    "current_settings",
+    "ensure_default",
+    "init_session",
+    "load_sample",
+    "load_upload",
+    "metrics",
+    "pinned_sample",
+    "problems_table",
+    "replay_key",
+    "safe_frame",
+    "show_upload_errors",
+    "sidebar_settings",
+    "sidebar_trace_picker",
+    "sync_url",
+    "timeline",
+    "trace_settings",
+]

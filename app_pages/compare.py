@@ -2,35 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 from app_pages import common
+from app_pages.ui.overhead_panel import memory_panel
+from app_pages.ui.sweep_panel import sweep_panel
 from explorer.designs.overhead import (
-    GIB,
-    LORE_V6,
-    MAXPA_BITS,
     format_bytes,
-    max_pfn_at,
-    overhead,
-    regions_touched,
 )
 from explorer.designs.rationale import design, help_text
-from explorer.model.constants import MODES, PAGE_SIZE, mode_label
+from explorer.model.constants import MODES, mode_label
 from explorer.model.errors import TraceError
 from explorer.model.settings import Settings
-from explorer.sweeps.job import SCHEDULER_ENV, SweepJob, address_problem, local_workers
 from explorer.sweeps.metrics import RunMetrics
-from explorer.sweeps.sweep import grid_points, settings_json, trace_digest
-from explorer.views.about import cover_letter_table, overhead_table, overhead_verdict
 from explorer.views.caches import pamt_cache_figure
 from explorer.views.palette import OKABE_ITO
 from explorer.views.region_map import region_map
-from explorer.views.sweep import count_axis, sweep_figure
+from explorer.views.sweep import count_axis
 
 DEFAULT_CONFIGS = pd.DataFrame(
     [
@@ -186,126 +176,9 @@ def main() -> None:
             pamt_cache_figure(snap, narrow=True), key=f"chart_cmp_cache_{label}", width="stretch"
         )
 
-    _sweep(loaded, base, configs)
+    sweep_panel(loaded, base, configs)
 
-    _memory()
-
-
-#: Sweeps kept in the session (the latest few settings' results; older ones are dropped).
-MAX_SWEEP_JOBS = 4
-
-
-def _scheduler() -> tuple[str | None, str | None]:
-    """The "Cluster" expander: (scheduler address or None for a local run, problem or None).
-
-    The address starts as DPAMT_SCHEDULER (as for the CLI) and can be edited here; empty
-    means this machine.
-    """
-    with st.expander("Cluster"):
-        text = st.text_input(
-            "Dask scheduler",
-            value=os.environ.get(SCHEDULER_ENV, ""),
-            key="sweep_scheduler",
-            placeholder="tcp://HOST:PORT",
-            help="Empty: this machine (in this process for a small sweep, else a local cluster "
-            f"of one worker per CPU). Starts as ${SCHEDULER_ENV}. See docs/scaling.md.",
-        ).strip()
-        if not text:
-            st.caption("The sweep runs on this machine.")
-            return None, None
-        problem = address_problem(text)
-        if problem is None:
-            st.caption(f"The sweep runs on the Dask cluster at {text}.")
-            return text, None
-    # outside the expander: seen even when it is closed, beside the disabled button
-    st.error(f"Bad scheduler address. {problem}")
-    return None, problem
-
-
-def _digest(loaded: common.Loaded) -> str:
-    """The trace digest of the sweep rows, computed once per loaded trace (keyed by its bytes)."""
-    memo: dict[str, str] = st.session_state.setdefault("sweep_digests", {})
-    raw = hashlib.sha256(loaded.data).hexdigest()
-    if raw not in memo:
-        memo.clear()
-        memo[raw] = trace_digest(loaded.trace.events)
-    return memo[raw]
-
-
-def _sweep(loaded: common.Loaded, base: Settings, configs: list[tuple[str, Settings]]) -> None:
-    """The sweep over dpamt_gets_per_fault, run by a background :class:`SweepJob`.
-
-    The job lives in the session, keyed by the trace digest, the points' settings and the
-    scheduler: changing a setting shows that setting's sweep (or none), and a sweep keeps
-    running across reruns while the fragment below draws its progress.
-    """
-    st.subheader("Sweep dpamt_gets_per_fault")
-    scheduler, problem = _scheduler()
-    hi = st.slider("from 0 to", 1, 12, 8, key="sweep_hi")
-    modes = sorted({s.mode for _, s in configs})
-    points = [
-        p
-        for m in modes
-        for p in grid_points(
-            base.with_overrides({"mode": m}), {"dpamt_gets_per_fault": list(range(hi + 1))}
-        )
-    ]
-    key = hashlib.sha256(
-        "\n".join([_digest(loaded), scheduler or "", *map(settings_json, points)]).encode()
-    ).hexdigest()
-    jobs: dict[str, SweepJob] = st.session_state.setdefault("sweep_jobs", {})
-    if st.button("Run the sweep", key="btn_sweep", disabled=problem is not None):
-        for old in jobs.values():  # one sweep at a time from this page
-            old.cancel()
-        jobs.pop(key, None)
-        workers = local_workers(len(points), len(loaded.trace.events), scheduler)
-        jobs[key] = SweepJob(loaded.trace.events, points, scheduler, workers, trace=loaded.source)
-        while len(jobs) > MAX_SWEEP_JOBS:
-            jobs.pop(next(iter(jobs))).cancel()
-    job = jobs.get(key)
-    if job is None:
-        return
-    if not job.poll().finished:
-        _sweep_progress(job)
-        return
-    status = job.poll()
-    if status.state == "failed":
-        st.error(f"The sweep failed. {status.error}")
-        return
-    if status.state == "cancelled":
-        st.warning(
-            f"The sweep was cancelled: {status.done:,} of {status.total:,} points were run, "
-            "shown below."
-        )
-    else:
-        st.caption(
-            f"{status.total:,} points in {status.elapsed:,.1f} s "
-            f"({'on ' + scheduler if scheduler else 'on this machine'})."
-        )
-    rows = job.rows()
-    if rows:
-        st.plotly_chart(
-            sweep_figure(rows, "setting.dpamt_gets_per_fault", "setting.mode"),
-            key="chart_sweep",
-            width="stretch",
-        )
-
-
-@st.fragment(run_every=0.5)
-def _sweep_progress(job: SweepJob) -> None:
-    """The running sweep's progress bar and Cancel button, redrawn every half second.
-
-    When the job has finished, the whole page reruns once, and draws its chart instead.
-    """
-    status = job.poll()
-    if status.finished:
-        st.rerun()
-    st.progress(status.fraction, text=status.describe())
-    if job.cancel_requested:
-        st.caption("Cancelling: the points running now finish, the rest are dropped.")
-    elif st.button("Cancel", key="btn_sweep_cancel"):
-        job.cancel()
-        st.caption("Cancelling: the points running now finish, the rest are dropped.")
+    memory_panel()
 
 
 def _reasons(results: list[tuple[str, Settings, RunMetrics]]) -> None:
@@ -317,80 +190,6 @@ def _reasons(results: list[tuple[str, Settings, RunMetrics]]) -> None:
         col.caption(d.provenance)
         with col.expander(f"Why {s.mode}: quotes, what the simulation shows"):
             st.markdown(help_text(s.mode))
-
-
-def _memory() -> None:
-    st.subheader("Memory overhead: static PAMT vs Dynamic PAMT")
-    m1, m2, m3 = st.columns(3)
-    host = int(m1.number_input("host memory (GiB)", 1, 65536, 256, key="oh_host"))
-    frac = m2.slider("memory used by TDs at 4 KiB", 0.0, 1.0, 0.25, key="oh_frac")
-    placement = m3.selectbox(
-        "placement of TD pages",
-        ["packed", "scattered"],
-        key="oh_place",
-        help="packed: pages fill regions one after another (fewest pairs); scattered: one page "
-        "per region until all are touched (the worst case).",
-    )
-    m4, m5, m6 = st.columns(3)
-    at = m4.radio(
-        "max_pfn",
-        ["at the host's RAM size", "at maxpa"],
-        key="oh_maxpfn",
-        help="The refcount array covers pfn 0 to max_pfn (v6 cover letter). max_pfn sits at the "
-        "top of RAM, or, on a host whose highest RAM page is near the top of the physical "
-        "address space, at maxpa.",
-    )
-    bits = int(
-        m5.number_input(
-            "physical address bits (maxpa)",
-            39,
-            52,
-            MAXPA_BITS,
-            key="oh_bits",
-            disabled=at != "at maxpa",
-            help="52 is the cover letter's worst case; v6 10/11 enables Dynamic PAMT only with "
-            "at most 48 bits.",
-        )
-    )
-    refcounts = REFCOUNT_CHOICES[
-        m6.radio("refcount placement", list(REFCOUNT_CHOICES), key="oh_refcounts")
-    ]
-    host_bytes = host * GIB
-    pages = host_bytes // PAGE_SIZE
-    max_pfn = None
-    if at == "at maxpa":
-        max_pfn = max_pfn_at(bits)
-        if max_pfn < pages:
-            st.warning(
-                f"{bits} bits address {format_bytes(max_pfn * PAGE_SIZE)}, less than the host's "
-                f"{format_bytes(host_bytes)}: max_pfn taken at the RAM size."
-            )
-            max_pfn = None
-        elif bits > 48:
-            st.caption(
-                f"At {bits} bits: v6 10/11 enables Dynamic PAMT only when x86_phys_bits <= 48; "
-                "the cover letter's maxpa rows use 52 bits all the same."
-            )
-    o = overhead(host_bytes, regions_touched(host_bytes, frac, placement), max_pfn, refcounts)
-    st.dataframe(
-        overhead_table(o),
-        hide_index=True,
-        width="stretch",
-        height=35 * 8 + 3,
-        key="table_overhead",
-    )
-    verdict = overhead_verdict(o)
-    (st.success if o.dpamt_total <= o.static_total else st.warning)(verdict)
-
-    st.markdown("**The v6 cover letter's table** (TDX enabled, no TD, non-optimized refcounts)")
-    st.dataframe(cover_letter_table(), hide_index=True, width="stretch", key="table_cover")
-    st.caption(
-        "Published figures beside ours. The cover letter's GB are GiB; its static column is "
-        "0.4 % of RAM (the exact 16 B per 4 KiB plus the 2 MiB and 1 GiB levels is 0.39 %). "
-        "Where max_pfn sits at maxpa, the refcount array (4 B per 2 MiB from pfn 0) is 8 GB "
-        "and Dynamic PAMT costs more than static PAMT. "
-        f"Source: v6 cover letter, {LORE_V6}"
-    )
 
 
 main()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import PurePath
 from typing import Any
+from urllib.parse import urlencode
 
 import streamlit as st
 
@@ -20,6 +21,8 @@ from explorer.interleavings.job import (
     MAX_MAX_STATES,
     MIN_MAX_STATES,
     ExploreJob,
+    explore_step,
+    finding_link,
     first_difference,
     outcome_rows,
     pinned_trace,
@@ -80,9 +83,31 @@ def _stem(source: str) -> str:
 
 
 def _open(
-    loaded: common.Loaded, settings: Settings, orders: list[list[str]], label: str, suffix: str
+    loaded: common.Loaded,
+    settings: Settings,
+    orders: list[list[str]],
+    label: str,
+    suffix: str,
+    at_step: int | None = None,
 ) -> None:
-    """Load the trace with ``orders`` pinned and open Explore where it departs from the trace."""
+    """Load the trace with ``orders`` pinned and open Explore at ``at_step`` (a finding: the
+    step it fires at), else where the pinned replay departs from the trace (an outcome)."""
+    if loaded.name != "upload":  # a sample (pinned or not): its link names it and the orders
+        with st.spinner("Pinning the schedule..."):
+            plain = common.pinned_sample(loaded.name, []).trace if loaded.schedule else loaded.trace
+            try:
+                at_sample = common.adopt_pinned(loaded.name, orders, settings)
+            except ValueError as exc:
+                st.error(f"The schedule could not be pinned: {exc}")
+                return
+            step = (
+                at_step
+                if at_step is not None
+                else first_difference(plain.events, settings, at_sample.trace.events)
+            )
+        st.session_state.cursor = step
+        st.switch_page("app_pages/explore.py")
+        return
     with st.spinner("Pinning the schedule and finding where it departs..."):
         data = pinned_trace(loaded.trace, settings, orders, label)
         problems = common.load_upload(f"{_stem(loaded.source)}-{suffix}.jsonl", data)
@@ -91,7 +116,11 @@ def _open(
             common.problems_table(problems)
             return
         pinned: common.Loaded = st.session_state.loaded
-        step = first_difference(loaded.trace.events, settings, pinned.trace.events)
+        step = (
+            at_step
+            if at_step is not None
+            else first_difference(loaded.trace.events, settings, pinned.trace.events)
+        )
     st.session_state.cursor = step
     st.switch_page("app_pages/explore.py")
 
@@ -99,8 +128,10 @@ def _open(
 def _summary(result: dict[str, Any]) -> None:
     states, seconds = result["states"], result["seconds"]
     if not result["complete"]:
+        covered = result.get("covered", {})
         st.warning(
-            f"Incomplete: {states:,} states in {seconds} s, then the search stopped; nothing is "
+            f"Incomplete: {states:,} states in {seconds} s, then the search stopped in group "
+            f"{covered.get('groups', '?')} of {covered.get('groups_total', '?')}; nothing is "
             "claimed. Raise the state limit and run it again."
         )
         st.text(str(result.get("stopped", "")))
@@ -108,7 +139,9 @@ def _summary(result: dict[str, Any]) -> None:
     verdict = "complete" if result["ok"] else "complete, with findings"
     st.markdown(
         f"**{states:,}** states, **{result['schedules']:,}** schedules, "
-        f"**{result['end_states']:,}** distinct outcomes, {seconds} s: {verdict}."
+        f"**{len(result['outcomes']):,}** distinct outcomes ({result['end_states']:,} end "
+        f"states: those differing only in page numbers are one outcome), {seconds} s: "
+        f"{verdict}."
     )
     if "impossible" in result:
         st.warning("Under some interleaving an event of the trace cannot happen:")
@@ -124,7 +157,17 @@ def _outcomes(loaded: common.Loaded, settings: Settings, result: dict[str, Any])
         "Each distinct end state, how many turn orders reach it, and what it leaves. Open one "
         "to replay an interleaving that reaches it."
     )
-    st.dataframe(common.safe_frame(rows), hide_index=True, width="stretch", key="table_outcomes")
+    st.dataframe(
+        common.safe_frame(rows),
+        hide_index=True,
+        width="stretch",
+        key="table_outcomes",
+        column_config={
+            "regions (refcount)": st.column_config.TextColumn(width="medium"),
+            "kernel paths": st.column_config.TextColumn(width="large"),
+        },
+    )
+    st.caption("Open an outcome in Explore:")
     outcomes = result["outcomes"][:MAX_OUTCOME_BUTTONS]
     if len(result["outcomes"]) > MAX_OUTCOME_BUTTONS:
         st.caption(f"Buttons for the first {MAX_OUTCOME_BUTTONS} outcomes.")
@@ -134,27 +177,61 @@ def _outcomes(loaded: common.Loaded, settings: Settings, result: dict[str, Any])
             cols, enumerate(outcomes[first : first + BUTTONS_PER_ROW], first + 1), strict=False
         ):
             if col.button(
-                f"Open outcome {n} in Explore", key=f"btn_open_outcome_{n}", width="stretch"
+                f"Outcome {n}",
+                key=f"btn_open_outcome_{n}",
+                width="stretch",
+                help=f"Open outcome {n} in Explore, pinned to a schedule that reaches it",
             ):
                 _open(loaded, settings, o["orders"], f"outcome {n}", f"outcome-{n}")
 
 
 def _findings(loaded: common.Loaded, settings: Settings, result: dict[str, Any]) -> None:
-    rows = violation_rows(result)
+    link = None
+    if loaded.name != "upload":  # a sample: a link can name it
+        base = Settings().with_overrides(loaded.trace.settings)
+
+        def link(v: dict[str, Any]) -> str:
+            # (Explore is the default page: the app's root, relative to this page's URL)
+            return "./?" + urlencode(finding_link(loaded.name, settings, base, v))
+
+    rows = violation_rows(result, link)
     st.subheader("Findings")
     if not rows:
         if result["complete"]:
             st.success("No schedule violates an invariant, fires a kernel WARN or deadlocks.")
         return
     st.caption(
-        "Invariant violations, kernel WARNs and deadlocks, each with the first schedule found "
-        "that reproduces it (step: where it fires in that schedule's replay)."
+        "Invariant violations, kernel WARNs, deadlocks and livelocks, each with the first "
+        "schedule found that reproduces it (step: where it fires in that schedule's replay, "
+        "the step Explore opens at)."
+        + (
+            " The link reproduces it: the sample, its settings and the pinned schedule."
+            if link is not None
+            else " (A link needs a sample: an uploaded trace is not in the app's library.)"
+        )
     )
-    st.dataframe(common.safe_frame(rows), hide_index=True, width="stretch", key="table_findings")
-    for v in result["violations"]:
-        code = str(v["code"])
-        if st.button(f"Open {code} in Explore", key=f"btn_open_finding_{code}"):
-            _open(loaded, settings, v["orders"], code, code)
+    config: dict[str, Any] = {"message": st.column_config.TextColumn(width="large")}
+    if link is not None:
+        config["link"] = st.column_config.LinkColumn(display_text="link", width="small")
+    st.dataframe(
+        common.safe_frame(rows),
+        hide_index=True,
+        width="stretch",
+        key="table_findings",
+        column_config=config,
+    )
+    violations = result["violations"]
+    for first in range(0, len(violations), BUTTONS_PER_ROW):
+        cols = st.columns(BUTTONS_PER_ROW)
+        for col, v in zip(cols, violations[first : first + BUTTONS_PER_ROW], strict=False):
+            code = str(v["code"])
+            if col.button(
+                f"Open {code}",
+                key=f"btn_open_finding_{code}",
+                width="stretch",
+                help=f"Open {code} in Explore at step {explore_step(v)}, where it fires",
+            ):
+                _open(loaded, settings, v["orders"], code, code, at_step=explore_step(v))
 
 
 def main() -> None:

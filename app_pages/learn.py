@@ -18,17 +18,14 @@ from functools import partial
 import streamlit as st
 
 from app_pages import common
+from app_pages.ui.step_panel import COMPACT_CSS
+from app_pages.ui.tour_view import show_stop_full
+from explorer.appsupport import parse_step_text
 from explorer.model.settings import Settings
 from explorer.replay.timeline import Timeline
 from explorer.teaching.handout import tour_handout_html
 from explorer.teaching.predict import PredictionSession
-from explorer.teaching.tours import ResolvedStop, TourError, resolve, tour_for, tour_names
-from explorer.views.caches import kvm_caches_figure, pamt_cache_figure
-from explorer.views.changes import diff_snapshots, effects_table
-from explorer.views.code import code_panel, lock_summary
-from explorer.views.export import DEFAULT_FORMAT, slide_config
-from explorer.views.refcounts import refcount_figure, timeline_over_time_figure
-from explorer.views.region_map import region_map
+from explorer.teaching.tours import TourError, resolve, tour_for, tour_names
 
 #: The query parameters this page owns (the others are the Explore page's).
 URL_KEYS = ("tour", "stop")
@@ -56,7 +53,8 @@ def _read_url(tours: list[str]) -> None:
         if loaded.name != tour:
             _load(tour)
         try:
-            st.session_state.learn_stop = max(int(st.query_params.get("stop", "1")) - 1, 0)
+            stop = parse_step_text(st.query_params.get("stop", "1"))
+            st.session_state.learn_stop = max(stop - 1, 0)
         except ValueError:
             st.session_state.learn_stop = 0
 
@@ -83,78 +81,6 @@ def _tour_chosen() -> None:
 
 def _move_stop(delta: int, n: int) -> None:
     st.session_state.learn_stop = min(max(int(st.session_state.learn_stop) + delta, 0), n - 1)
-
-
-def _config(name: str) -> dict[str, object]:
-    """The charts' Plotly config: the camera button saves a slide-size image, in the format
-    chosen on the Explore page's sidebar (``export_format``)."""
-    return slide_config(st.session_state.get("export_format", DEFAULT_FORMAT), f"dpamt-{name}")
-
-
-def _show_view(tl: Timeline, stop: ResolvedStop) -> None:
-    """The view the stop names, at its step."""
-    i = stop.step
-    snap = tl.state_at(i)
-    step = tl.step(i)
-    changed = tl.changed_regions(i)
-    view = stop.stop.view
-    st.caption(f"view: {stop.view_title}")
-    if view == "region_map" or view == "animation":
-        st.plotly_chart(
-            region_map(snap, changed, height=300),
-            key="chart_learn_map",
-            config=_config("learn_map"),
-            width="stretch",
-        )
-        if view == "animation":
-            st.caption("The animation plays on the Explore page (Animation tab).")
-    elif view == "pamt_caches":
-        st.plotly_chart(
-            pamt_cache_figure(snap, height=260),
-            key="chart_learn_cache",
-            config=_config("learn_cache"),
-            width="stretch",
-        )
-    elif view == "code":
-        panel = code_panel(snap)
-        panel.sort(key=lambda c: (c.cpu != step.cpu, c.cpu))
-        for cpu in panel[:2]:
-            st.caption(f"{cpu.cpu}: {' > '.join(cpu.stack) or cpu.function}")
-            if cpu.lines:
-                st.code(cpu.listing(context=4), language=None, wrap_lines=True)
-    elif view == "locks":
-        st.text("\n".join(lock_summary(snap)))
-    elif view == "what_changed":
-        st.dataframe(effects_table(step), hide_index=True, width="stretch")
-    elif view == "refcounts":
-        st.plotly_chart(
-            refcount_figure(snap, changed),
-            key="chart_learn_refcounts",
-            config=_config("learn_refcounts"),
-            width="stretch",
-        )
-    elif view == "kvm_caches":
-        st.plotly_chart(
-            kvm_caches_figure(snap),
-            key="chart_learn_kvm",
-            config=_config("learn_kvm"),
-            width="stretch",
-        )
-    elif view == "over_time":
-        st.plotly_chart(
-            timeline_over_time_figure(tl, i, snap.nr_regions),
-            key="chart_learn_over_time",
-            config=_config("learn_over_time"),
-            width="stretch",
-        )
-    elif view == "diff":
-        st.dataframe(diff_snapshots(tl.state_at(i - 1), snap), hide_index=True, width="stretch")
-    elif view == "diagnostics":
-        if not step.diagnostics:
-            st.caption("No diagnostic at this step.")
-        for d in step.diagnostics:
-            (st.error if d.kind in ("violation", "error") else st.warning)(f"{d.kind}: {d.code}")
-            st.text(d.message)
 
 
 def tour_tab(tl: Timeline, tours: list[str], settings: Settings) -> None:
@@ -198,7 +124,7 @@ def tour_tab(tl: Timeline, tours: list[str], settings: Settings) -> None:
     st.text(tour.title)
     if tour.description:
         st.caption(tour.description)
-    c = st.columns([1, 1, 2, 3], vertical_alignment="center")
+    c = st.columns([1, 1, 2, 3, 3], vertical_alignment="center")
     c[0].button("Prev", key="btn_tour_prev", on_click=_move_stop, args=(-1, n), disabled=k == 0)
     c[1].button(
         "Next",
@@ -210,22 +136,13 @@ def tour_tab(tl: Timeline, tours: list[str], settings: Settings) -> None:
     )
     c[2].markdown(f"**Stop {k + 1} of {n}**")
     c[3].caption(f"{stop.stop.where()}: step {stop.step}")
-    step = tl.step(stop.step)
-    left, right = st.columns([2, 3])
-    with left:
-        st.markdown("**Look at**")
-        st.text(stop.stop.look)
-        st.markdown("**The teacher says**")
-        st.text(stop.stop.narration)
-        st.markdown(f"**Step {step.index}**, on {step.cpu} in `{step.function}`")
-        st.text(step.narration)
-        if st.button("Open this step in Explore", key="btn_tour_explore"):
-            st.session_state.cursor = stop.step
-            st.session_state.playing = False
-            st.session_state.pop("place", None)  # the cursor is set here: keep it
-            st.switch_page("app_pages/explore.py")
-    with right:
-        _show_view(tl, stop)
+    if c[4].button("Open this step in Explore", key="btn_tour_explore"):
+        st.session_state.cursor = stop.step
+        st.session_state.playing = False
+        st.session_state.pop("place", None)  # the cursor is set here: keep it
+        st.switch_page("app_pages/explore.py")
+    st.markdown(COMPACT_CSS, unsafe_allow_html=True)  # Explore's layout: it fits 1280x720
+    show_stop_full(tl, stop)
     st.download_button(
         "Download this tour as a handout (HTML)",
         # built on the click only: the page inlines plotly.js (a few MB) to work offline

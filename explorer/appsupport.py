@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -22,13 +24,79 @@ DEFAULT_SAMPLE = "td_lifecycle"
 #: The upload limit in MiB; ``.streamlit/config.toml`` sets ``server.maxUploadSize`` to the same
 #: (a test keeps them equal).
 UPLOAD_LIMIT_MB = L.MAX_UPLOAD_BYTES // L.MIB
-#: Replays kept per server process (least recently used dropped first), and the checkpoint
-#: memory each may take: together they bound the cache (8 x 256 MiB of checkpoints at most).
-REPLAY_CACHE_ENTRIES = 8
+#: The checkpoint memory one replay may take (explorer.replay.timeline thins them to fit).
 REPLAY_CHECKPOINT_BUDGET = 256 << 20
+#: Bytes of parsed traces and replays the server process keeps for all sessions together
+#: (:class:`ByteBudgetCache`, least recently used dropped first); docs/reliability.md.
+REPLAY_CACHE_BUDGET = 1 << 30
+#: Estimated bytes per event of a parsed trace and of its replay (RSS growth measured on a
+#: 1,075,398-event upload: 201 MiB parsed, 461 MiB replayed; docs/reliability.md), plus a
+#: floor for the fixed part of a small one.
+PARSE_BYTES_PER_EVENT = 190
+REPLAY_BYTES_PER_EVENT = 430
+CACHE_ENTRY_FLOOR = 64 << 10
 #: The largest integer a Streamlit ``number_input`` holds exactly (JavaScript's
 #: ``Number.MAX_SAFE_INTEGER``); a setting whose range goes beyond it is edited as text.
 JS_MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def parse_estimate(nr_events: int) -> int:
+    """Bytes a parsed trace of ``nr_events`` events holds (its event objects dominate)."""
+    return CACHE_ENTRY_FLOOR + PARSE_BYTES_PER_EVENT * nr_events
+
+
+def replay_estimate(nr_events: int) -> int:
+    """Bytes a replay of ``nr_events`` events holds (per-event arrays and checkpoints)."""
+    return CACHE_ENTRY_FLOOR + REPLAY_BYTES_PER_EVENT * nr_events
+
+
+class ByteBudgetCache:
+    """Values kept under a byte budget, each with its estimated size; least recently used
+    dropped first. A value over the whole budget is not kept (the caller keeps it for its own
+    session): the app's replay cache was a count of entries (8), so eight uploads near the
+    limit kept about 5.3 GB after their sessions closed; a budget in bytes bounds that to
+    ``budget`` whatever the traces are. Thread-safe: Streamlit runs sessions in threads."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any | None:
+        """The value under ``key`` (now the most recently used), or None."""
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[0]
+
+    def put(self, key: Hashable, value: Any, size: int) -> bool:
+        """Keep ``value`` as ``size`` bytes, dropping the least recently used until the total
+        fits; False (nothing kept or dropped) when ``size`` alone is over the budget."""
+        if size > self.budget:
+            return False
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            while self._items and self._bytes + size > self.budget:
+                _, (_, dropped) = self._items.popitem(last=False)
+                self._bytes -= dropped
+            self._items[key] = (value, size)
+            self._bytes += size
+            return True
+
+    @property
+    def total(self) -> int:
+        """Estimated bytes held."""
+        return self._bytes
+
+    def held(self) -> list[Hashable]:
+        """Keys, least recently used first."""
+        with self._lock:
+            return list(self._items)
 
 
 @dataclass(frozen=True)
@@ -79,17 +147,47 @@ class ViewState:
     step: int = -1
     overrides: dict[str, Any] = field(default_factory=dict)
     notes: dict[int, str] = field(default_factory=dict)
+    #: The sample's concurrent groups pinned to these turn orders (``schedule=`` of a finding
+    #: link, explorer.interleavings.job.encode_schedule), or None: the sample as it is.
+    schedule: list[list[str]] | None = None
 
 
 #: Review notes a link may carry, and the characters of each (a URL stays a few KB).
 MAX_NOTES = 20
 MAX_NOTE_CHARS = 500
+#: The longest ``notes`` a link may carry, as it stands in the URL (percent-encoded): the server
+#: refuses a request line much past 16 KB with its own error page (uvicorn's h11 limit) before
+#: the app can say anything, so the app keeps its links well under it and says so when notes
+#: would not fit (download the trace with its notes instead).
+MAX_URL_NOTES_CHARS = 8_000
+#: A step number in a link: ASCII digits only (``int`` alone also takes other scripts' digits,
+#: spaces and underscores), at most this many of them.
+STEP_DIGITS = 9
 #: Query parameters other pages own (the Learn page's tour and stop): not "unknown".
 OTHER_PAGE_PARAMS = frozenset({"tour", "stop"})
 
 
+def parse_step_text(value: str) -> int:
+    """A step (or a tour stop) from a link: an optional minus and 1 to STEP_DIGITS ASCII
+    digits, as the CLI reads numbers. Raises ValueError saying what was expected."""
+    text = str(value)
+    body = text[1:] if text.startswith("-") else text
+    if not (1 <= len(body) <= STEP_DIGITS and all("0" <= c <= "9" for c in body)):
+        raise ValueError(f"expected an integer of at most {STEP_DIGITS} ASCII digits (0-9)")
+    return int(text)
+
+
+def url_notes_length(notes: Mapping[int, str]) -> int:
+    """Characters ``notes`` take in a link, percent-encoded as the browser sends them."""
+    from urllib.parse import quote
+
+    return len(quote(encode_notes(notes), safe=""))
+
+
 def decode_notes(value: str) -> dict[int, str]:
     """``notes``: a JSON list of ``[step, text]`` pairs. Raises ValueError with what is wrong."""
+    if len(value) > MAX_URL_NOTES_CHARS:
+        raise ValueError(f"longer than a link carries ({MAX_URL_NOTES_CHARS:,} characters)")
     try:
         data = json.loads(value)
     except ValueError:
@@ -130,9 +228,9 @@ def decode_view_state(params: Mapping[str, Any]) -> tuple[ViewState, list[str]]:
                 problems.append(f"URL: no sample named {value!r}; showing {DEFAULT_SAMPLE}")
         elif key == "step":
             try:
-                state.step = max(-1, int(value))
-            except ValueError:
-                problems.append(f"URL: step={value!r} is not a number")
+                state.step = max(-1, parse_step_text(str(value)))
+            except ValueError as exc:
+                problems.append(f"URL: step={value!r} is not a step: {exc}")
         elif key == "notes":
             try:
                 state.notes = decode_notes(str(value))
@@ -140,6 +238,19 @@ def decode_view_state(params: Mapping[str, Any]) -> tuple[ViewState, list[str]]:
                 problems.append(f"URL: notes ignored: {exc}")
         elif key in OTHER_PAGE_PARAMS:
             pass
+        elif key == "schedule" and str(value) not in SETTING_SPECS["schedule"].choices:
+            # ``schedule`` names both a setting (its few words) and a finding's pinned turn
+            # orders (CPU names in runs): a value the setting does not take is the orders.
+            from explorer.interleavings.job import decode_schedule
+
+            try:
+                state.schedule = decode_schedule(str(value))
+            except ValueError as exc:
+                problems.append(
+                    f"URL: schedule={str(value)[:80]!r} ignored: {exc} (expected one of "
+                    f"{', '.join(SETTING_SPECS['schedule'].choices)}, or a finding's turn "
+                    "orders like vcpu0*2.vcpu1)"
+                )
         elif key in SETTING_SPECS:
             spec = SETTING_SPECS[key]
             try:
@@ -157,14 +268,20 @@ def encode_view_state(
     settings: Settings,
     base: Settings,
     notes: Mapping[int, str] | None = None,
+    schedule: str = "",
 ) -> dict[str, str]:
     """Query parameters for a link that reproduces the view (only settings that differ from
-    ``base``, the trace's own settings; the review notes when there are any)."""
+    ``base``, the trace's own settings; the review notes when there are any and they fit a
+    link, MAX_URL_NOTES_CHARS; the app refuses to pin a note past that). ``schedule``: the
+    pinned turn orders of a sample opened from a finding (encoded); they take the parameter
+    over the ``schedule`` setting, which a pinned group ignores anyway."""
     out = {"sample": sample, "step": str(step)}
     for key, value in settings.to_dict().items():
         if getattr(base, key) != value:
             out[key] = str(value)
-    if notes:
+    if schedule:
+        out["schedule"] = schedule
+    if notes and url_notes_length(notes) <= MAX_URL_NOTES_CHARS:
         out["notes"] = encode_notes(notes)
     return out
 

@@ -3,6 +3,7 @@
 import json
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -97,7 +98,7 @@ def test_jump_to_the_lost_race_shows_it_in_the_map_and_the_caches() -> None:
 def test_go_to_event_and_region_jump() -> None:
     at = _app(sample="td_lifecycle")
     at.number_input(key="goto_event").set_value(7).run()
-    assert "event 7 of 11 (trace line" in " ".join(c.value for c in at.caption)
+    assert "event 7 of 11 (line" in " ".join(t.value for t in at.text)
     at.selectbox(key="jump_kind").set_value("a change of region...").run()
     at.number_input(key="jump_region").set_value(64).run()
     at.button(key="btn_jump_next").click().run()
@@ -456,7 +457,11 @@ def test_an_uploaded_capture_shows_its_divergences_and_jumps_to_them() -> None:
     loaded = at.session_state.loaded
     assert loaded.source == "divergent.imported.jsonl"
     info = at.session_state.capture_info
-    assert not info.conformance.ok and {d.line for d in info.conformance.divergences} == {72, 79, 88}
+    assert not info.conformance.ok and {d.line for d in info.conformance.divergences} == {
+        72,
+        79,
+        88,
+    }
     _open_tab(at, "Kernel capture")
     assert any("divergence(s)" in m.value for m in at.markdown)
     table = _table(at, "capture line")
@@ -506,3 +511,112 @@ def test_bad_notes_in_a_link_are_reported_not_fatal() -> None:
     at = _app(sample="lost_race", notes="[[1, 2]]")
     assert any("URL: notes ignored" in t.value for t in at.text)
     assert not at.session_state.review_notes
+
+
+#: A page file is a thin script: widget layout and calls (issue 24); shared pieces are app_pages/ui's.
+MAX_PAGE_LINES = 300
+
+
+def test_no_file_in_app_pages_is_over_300_lines() -> None:
+    files = sorted((ROOT / "app_pages").rglob("*.py"))
+    assert len(files) > 10  # the pages and the ui package's pieces
+    long = {
+        str(f.relative_to(ROOT)): n
+        for f in files
+        if (n := len(f.read_text(encoding="utf-8").splitlines())) > MAX_PAGE_LINES
+    }
+    assert not long, f"over {MAX_PAGE_LINES} lines: {long}"
+
+
+@pytest.mark.parametrize("raw", ["\u0661\u0660", "1_0", " 10", "+10", "1e1", "1234567890"])
+def test_a_link_step_is_ascii_digits_only(raw: str) -> None:
+    """step= reads like the CLI's numbers: other scripts' digits, spaces, underscores, signs and
+    exponents are refused with a message, and the view starts before the first step."""
+    at = _app(sample="lost_race", step=raw)
+    assert any("is not a step" in t.value and "ASCII digits" in t.value for t in at.text)
+    assert at.session_state.cursor == -1
+
+
+def test_a_link_tour_stop_is_ascii_digits_only() -> None:
+    at = AppTest.from_file(APP, default_timeout=90)
+    at.query_params["tour"] = "lost_race"
+    at.query_params["stop"] = "\u0663"
+    at.switch_page("app_pages/learn.py").run()
+    assert not at.exception
+    assert at.session_state.learn_stop == 0
+
+
+def test_link_notes_outside_the_trace_are_dropped_with_a_message() -> None:
+    at = _app(sample="lost_race", notes=json.dumps([[10**30, "x"], [3, "kept"]]))
+    assert at.session_state.review_notes == {3: "kept"}
+    assert any("outside this replay" in w.value and str(10**30) in w.value for w in at.warning)
+
+
+def test_notes_too_long_for_a_link_are_refused_by_the_app() -> None:
+    from explorer.appsupport import (
+        MAX_NOTE_CHARS,
+        MAX_URL_NOTES_CHARS,
+        decode_notes,
+        encode_notes,
+        url_notes_length,
+    )
+
+    big = {k: "\u00e9" * MAX_NOTE_CHARS for k in range(10)}
+    assert url_notes_length(big) > MAX_URL_NOTES_CHARS
+    # a link never carries them; a crafted one is refused by length, not parsed
+    assert "notes" not in encode_view_state("lost_race", 3, Settings(), Settings(), big)
+    with pytest.raises(ValueError, match="longer than a link carries"):
+        decode_notes(encode_notes(big))
+    # pinning one note too many says so, and the link keeps the notes it had
+    at = _app(sample="lost_race", step="5")
+    _open_tab(at, "Review notes")
+    for step in range(5, 15):
+        at.session_state.cursor = step
+        at.run()
+        at.text_input(key="note_text").set_value("\u00e9" * MAX_NOTE_CHARS).run()
+        at.button(key="btn_pin_note").click().run()
+        if at.session_state.get("note_error"):
+            break
+    else:
+        raise AssertionError("every note was pinned")
+    assert any("would not fit in a link" in w.value for w in at.warning)
+    assert step not in at.session_state.review_notes
+    raw = at.query_params["notes"]
+    raw = raw[0] if isinstance(raw, list) else raw
+    assert len(json.loads(raw)) == len(at.session_state.review_notes)
+
+
+def test_the_replay_cache_is_bounded_in_bytes_least_recently_used_first() -> None:
+    from explorer.appsupport import ByteBudgetCache, parse_estimate, replay_estimate
+
+    cache = ByteBudgetCache(1000)
+    assert cache.put("a", 1, 400) and cache.put("b", 2, 400)
+    assert cache.get("a") == 1  # now b is the least recently used
+    assert cache.put("c", 3, 300)  # 1,100 > 1,000: b goes
+    assert cache.held() == ["a", "c"] and cache.total == 700 and cache.get("b") is None
+    assert not cache.put("huge", 4, 1001)  # over the budget alone: kept nowhere here
+    assert cache.held() == ["a", "c"] and cache.total == 700
+    assert cache.put("a", 5, 900)  # a replaced (its old size freed), c dropped to fit
+    assert cache.held() == ["a"] and cache.total == 900 and cache.get("a") == 5
+    # the estimates: a 1.08M-event upload is about 660 MiB, under the 1 GiB budget alone
+    n = 1_075_398
+    assert 600 << 20 < parse_estimate(n) + replay_estimate(n) < 700 << 20
+
+
+def test_a_trace_over_the_budget_stays_in_its_session_only(monkeypatch: Any) -> None:
+    from app_pages.ui import replays
+    from explorer.appsupport import REPLAY_CACHE_BUDGET, ByteBudgetCache
+
+    fresh = ByteBudgetCache(REPLAY_CACHE_BUDGET)
+    monkeypatch.setattr(replays, "shared_cache", lambda: fresh)
+    monkeypatch.setattr(replays, "replay_estimate", lambda n: REPLAY_CACHE_BUDGET + 1)
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60)
+    at.run()
+    at.selectbox(key="sample_select").set_value("lost_race").run()
+    assert not at.exception, [e.value for e in at.exception]
+    own = at.session_state["own_cache"]
+    # the session keeps its latest replay (the one on show); the shared cache none
+    ((kind, _, _),) = own
+    assert kind == "replay" and next(iter(own.values())).nr_steps > 0
+    assert [k[0] for k in fresh.held()].count("replay") == 0
+    assert [k[0] for k in fresh.held()].count("parse") >= 2

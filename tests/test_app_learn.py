@@ -129,3 +129,32 @@ def test_a_wrong_answer_is_marked_wrong() -> None:
     at.button(key="btn_predict_check").click().run()
     assert any(e.value.startswith("Not quite") for e in at.error)
     assert at.session_state.predict.score == 0
+
+
+def test_a_tour_stop_is_the_full_explore_view_with_its_element_outlined() -> None:
+    from app_pages.ui.tour_view import LOOK_AT, highlight_css
+
+    tour = tour_for("lost_race")
+    assert tour is not None
+    at = _learn(tour="lost_race", stop="1")
+    trace = parse_trace((ROOT / "sample_traces" / "lost_race.jsonl").read_bytes(), "lr")
+    tl = replay(trace.events, Settings().with_overrides(trace.settings))
+    stops = resolve(tour, tl)
+    views = set()
+    for k, stop in enumerate(stops):
+        if k:
+            at.button(key="btn_tour_next").click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert at.query_params["tour"] == "lost_race" and at.query_params["stop"] == str(k + 1)
+        # Explore's view at the stop's step: map, caches, the step's header, code and locks
+        charts = {c.proto.id for c in at.get("plotly_chart")}
+        assert len(charts) >= 2
+        assert any(m.value.startswith(f"**Step {stop.step}** of") for m in at.markdown)
+        # the teacher's text beside it, and the element the stop names outlined
+        assert stop.stop.look in _texts(at) and stop.stop.narration in _texts(at)
+        css = [m.value for m in at.markdown if "outline:3px" in m.value]
+        assert css == [highlight_css(stop.stop.view)]
+        target = LOOK_AT.get(stop.stop.view, "st-key-tour_extra")
+        assert f".{target}{{outline" in css[0]
+        views.add(stop.stop.view)
+    assert len(views) >= 2  # the tour points at more than one element

@@ -93,6 +93,8 @@ def test_pseudocode_labels_are_ones_the_engine_uses() -> None:
         "tdp.freeze_lost",
         "walk.frozen",
         "fault.stale",  # a zap between faultin and mmu_lock: tests/test_engine.py
+        "faultin.retry_early",  # a fault on a gfn being invalidated: tests/test_fidelity.py
+        "faultin.retry_late",  # an invalidation ends during kvm_gmem_get_pfn: the same
         "leaf.frozen",
         "zap.gone",
         "fault.eio",

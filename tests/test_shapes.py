@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from explorer.bench import MATRIX, bench_cell, matrix_line, matrix_summary
+from explorer.bench import INPUTS, MATRIX, bench_cell, cell_input, matrix_line, matrix_summary
 from explorer.ingest import parse_trace
 from explorer.ingest.shapes import SHAPES, write
 from explorer.model.settings import Settings
@@ -69,3 +69,24 @@ def test_bench_cell_reports_each_figure() -> None:
     assert r["cell"].startswith(shape) and "allocator=random" in r["cell"]
     assert "f/s" in matrix_line(r)
     assert "faults/s" in matrix_summary([r]) and "1 cells" not in matrix_summary([r])
+
+
+def test_every_input_class_gives_the_same_events() -> None:
+    """A cell's trace as JSON Lines, gzip or CSV parses to equal events (CSV's column row takes
+    the header's line, so even the line numbers agree); CSV carries the header's settings apart."""
+    events = {}
+    for kind in INPUTS:
+        data, name, header = cell_input("churn", 1500, kind)
+        trace = parse_trace(data, name)
+        events[kind] = trace.events
+        assert {**header, **trace.settings} == {"host_memory_mib": 65536}, kind
+    assert events["csv"] == events["jsonl"] == events["gzip"]
+    assert {c.get("input", "jsonl") for _, c in MATRIX} == set(INPUTS)
+
+
+@pytest.mark.parametrize("kind", ["csv", "gzip"])
+def test_bench_cell_of_each_input_class(kind: str) -> None:
+    r = bench_cell("fleet", {"input": kind}, 300, samples=3, budget_s=5.0)
+    assert r["input"] == kind and r["cell"] == f"fleet input={kind}"
+    assert r["faults"] == 300 and r["parse_vs_floor"] > 0 and r["stopped"] is None
+    assert "parse/floor" in matrix_line(r)

@@ -406,6 +406,7 @@ def _json_line(draw: st.DrawFn) -> str:
 )
 @example(['{"op":"schedule","order":"vcpu0"}'], 1)  # a string order: the bulk path took it as text
 @example(['{"op":"schedule","order":["vcpu0"]}', '{"op":"schedule","order":"vcpu1"}'], 256)
+@example(['{"op":"inject","what":"alloc_fail","count":0}'], 256)  # below the range's low end
 def test_every_line_form_parses_like_the_full_path(lines: list[str], batch: int) -> None:
     """Any key order, spacing, hex or decimal integers, optional fields, bad values, duplicate
     keys, colons and escapes in text: the bulk path and the full path give equal events or
@@ -426,3 +427,109 @@ def test_every_line_form_parses_like_the_full_path(lines: list[str], batch: int)
             parse_module.FAST_PATH = True
             parse_module._BATCH = saved
     assert results[0] == results[1]
+
+
+# ---------------------------------------------------------------- the schema and the CSV bulk path
+def test_the_schema_says_what_the_event_classes_hold() -> None:
+    """explorer/ingest/schema.py's table of ops and fields agrees with the event classes: every
+    op, every field, required or optional as the class has it, and every field typed."""
+    from explorer.ingest.schema import EVENTS, FIELDS, model_fields
+
+    assert set(EVENTS) == set(EVENT_TYPES)
+    for op, cls in EVENT_TYPES.items():
+        assert EVENTS[op] == model_fields(cls), op
+        assert set(EVENTS[op][0] + EVENTS[op][1]) <= set(FIELDS), op
+
+
+_CSV_CELLS = {
+    "op": [*SCHEMA, "hop", " fault", ""],
+    "td": ["0", "7", "0x7", " 3 ", "1048576", "-1", "1.0", "", "0x_1", "\u0663"],
+    "vcpu": ["0", "3", "0X3", "1048575", "01", "", "0x3 ", "+1"],
+    "gfn": ["512", "0x200", "0x1fffffffffff", "0x200000000000", "0x201", "", "0xg", "1_0"],
+    "pfn": ["1024", "0x400", "0x10000000000", "", "0x" + "0" * 30 + "1"],
+    "level": ["4k", "2m", "1g", "", " 4k"],
+    "what": ["alloc_fail", "page_aug_busy", "nope", ""],
+    "count": ["1", "0x2", "0", "1000001", ""],
+    "text": ["a story", "with: colons", "", "\u00a0"],
+    "note": ["n", "", " ", "x y", "\x1f"],
+    "t": ["0", "5", "0x6", "3", "9007199254740992", "", " 7"],
+    "order": ["vcpu0 td1", "vcpu01", "", "cpu"],
+}
+
+
+@st.composite
+def _csv_trace(draw: st.DrawFn) -> list[str]:
+    columns = draw(st.permutations(CSV_COLUMNS).map(list))
+    columns = ["op", *draw(st.lists(st.sampled_from(columns), max_size=6, unique=True))]
+    columns = list(dict.fromkeys(columns))
+    if draw(st.booleans()):
+        columns = draw(st.permutations(columns))
+    op_col = columns.index("op")
+    rows = [",".join(columns)]
+    for _ in range(draw(st.integers(1, 30))):
+        kind = draw(st.integers(0, 9))
+        if kind == 0:
+            rows.append(draw(st.sampled_from(["", "# c", "  ", 'td_create,"0', ",".join(columns)])))
+            continue
+        op = draw(st.sampled_from(list(SCHEMA)))
+        required, optional = SCHEMA[op]
+        cells = []
+        for i, col in enumerate(columns):
+            if i == op_col:
+                cells.append(op if kind > 2 else draw(st.sampled_from(_CSV_CELLS["op"])))
+            elif col in required and kind > 3:
+                cells.append(draw(st.sampled_from([c for c in _CSV_CELLS[col] if c][:3])))
+            elif col in (*required, *optional, "t", "note") or kind < 3:
+                cells.append(draw(st.sampled_from(_CSV_CELLS[col])))
+            else:
+                cells.append("")
+        if kind == 1:
+            cells.append(draw(st.sampled_from(["", "x"])))
+        rows.append(",".join(cells) + draw(st.sampled_from(["", "", "\r"])))
+    return rows
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_csv_trace(), st.sampled_from([1, 3, 256]))
+@example(["op,vcpu,gfn,t", "fault,0,16,1", "fault,1,0x11,"], 256)  # t in some rows only
+@example(["op,td,gfn,text", "zap,0,16,", "note,,,\u00a0"], 256)  # a blank cell is no cell
+@example(["op,what,count", "inject,alloc_fail,0"], 256)  # below the range's low end
+@example(["op,td,note", "td_create,0,\x1c"], 256)  # an ASCII separator is whitespace to strip()
+def test_every_csv_row_form_parses_like_the_full_path(rows: list[str], batch: int) -> None:
+    """Columns in any order, cells given or blank, decimal and hex, blanks around cells, bad
+    values, rows too wide, comments: the bulk path and the full path give equal events or equal
+    problems (line:col, reason, text)."""
+    import explorer.ingest.parse as parse_module
+
+    data = ("\n".join(rows) + "\n").encode()
+    results = []
+    saved = parse_module._BATCH
+    for fast in (True, False):
+        parse_module.FAST_PATH = fast
+        parse_module._BATCH = batch
+        try:
+            results.append(("ok", parse_trace(data, "t.csv").events))
+        except TraceError as exc:
+            results.append(("error", tuple(exc.problems)))
+        finally:
+            parse_module.FAST_PATH = True
+            parse_module._BATCH = saved
+    assert results[0] == results[1]
+
+
+def test_valid_csv_takes_the_bulk_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A valid CSV trace of mixed ops, with optional cells given in some rows only, is built
+    without the csv module (the full path's reader): its rows go through the bulk path."""
+    import explorer.ingest.parse as parse_module
+
+    rows = ["op,td,vcpu,gfn,t,note", "td_create,0,,,,", "vcpu_create,0,0,,,", "td_finalize,0,,,,"]
+    rows += [f"fault,,0,{g},{g // 3},{'n' if g % 7 == 0 else ''}" for g in range(600)]
+    rows += [f"zap,0,,0x{g:x},200," for g in range(0, 600, 50)]
+    data = ("\n".join(rows) + "\n").encode()
+    want = parse_trace(data, "t.csv").events
+    calls: list[str] = []
+    real = parse_module.csv.reader
+    monkeypatch.setattr(parse_module.csv, "reader", lambda r: calls.append(r[0]) or real(r))
+    assert parse_trace(data, "t.csv").events == want
+    assert calls == [rows[0]]  # the header row only
+    assert len(want) == 3 + 600 + 12

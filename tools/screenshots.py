@@ -45,6 +45,16 @@ def main(argv: list[str] | None = None) -> int:
             page = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
             page.set_default_timeout(180_000)
 
+            # Explore at the lost race on a 1280x720 projector: map, caches, code and locks
+            small = browser.new_context(viewport={"width": 1280, "height": 720}).new_page()
+            small.set_default_timeout(180_000)
+            small.goto(f"{url}/?sample=lost_race&step=134")
+            for chart in ("chart_region_map", "chart_pamt_cache"):
+                small.wait_for_selector(f".st-key-{chart} .main-svg")
+            _settle(small)
+            small.screenshot(path=str(out / "explore-lecture.png"))
+            small.context.close()
+
             # Learn: a tour stop (linked), then a prediction round with one answer checked
             page.goto(f"{url}/learn?tour=lost_race&stop=4")
             _settle(page)
@@ -78,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 str(ROOT / "sample_traces" / "captures" / "divergent.txt")
             )
             _settle(page)
+            page.get_by_role("button", name="Jump...").click()  # the jumps' popover
             page.locator(".st-key-jump_kind").first.click()
             page.get_by_role("option", name="a divergence from the kernel capture").click()
             _settle(page)

@@ -10,9 +10,21 @@ the exit codes of :mod:`explorer.cli.common` (a contract, scripts rely on it).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+from typing import Any
 
-from explorer.cli.common import EXIT_INVALID, EXIT_OK, Parser, UsageError, print_problems
+from explorer.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    OutputError,
+    Parser,
+    UsageError,
+    print_problems,
+)
 from explorer.cli.common import resolve_settings as resolve_settings  # re-exported for callers
 from explorer.cli.traces import add_check_and_replay, add_generate
 from explorer.conformance.command import add_import_and_conform
@@ -36,7 +48,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so that every ``with`` block unwinds: a sweep's
+    LocalCluster closes its nannies and worker processes (issue 29: no orphans), a file
+    written through a temporary is removed. A BaseException, so ``except Exception`` in the
+    commands does not swallow it."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; SIGTERM and SIGINT end it cleanly (exit 143 and 130, every process it
+    started ended by the unwinding), never with a traceback."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print("\nterminated", file=sys.stderr)
+        return EXIT_TERMINATED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if argv is not None and hasattr(args, "argv"):
@@ -51,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INVALID
     except TraceError as exc:
         print_problems(exc.problems, sys.stderr)
+        return EXIT_INVALID
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     except BrokenPipeError:
         return EXIT_OK

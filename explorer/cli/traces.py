@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import io
 import json
 import sys
 from collections.abc import Iterable
@@ -14,6 +15,8 @@ from explorer.cli.common import (
     EXIT_OK,
     EXIT_VIOLATIONS,
     UsageError,
+    atomic_output,
+    check_output_path,
     read_trace,
     resolve_settings,
 )
@@ -90,6 +93,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         kwargs["teardown"] = args.teardown
     else:
         kwargs["zap_ratio"] = args.zap_ratio
+    check_output_path(args.output, "-o")
     try:
         lines = WORKLOADS[args.workload](**kwargs)
         first = next(lines)
@@ -97,12 +101,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if args.output == "-":
         _write_lines(sys.stdout, first, lines)
-    elif args.output.endswith(".gz"):
-        with gzip.open(args.output, "wt", encoding="utf-8", compresslevel=6) as gz:
-            _write_lines(gz, first, lines)
-    else:
-        with open(args.output, "w", encoding="utf-8") as f:
-            _write_lines(f, first, lines)
+        return EXIT_OK
+    with atomic_output(args.output) as raw:
+        if args.output.endswith(".gz"):
+            with (
+                gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6) as gz,
+                io.TextIOWrapper(gz, encoding="utf-8") as text,
+            ):
+                _write_lines(text, first, lines)
+        else:
+            plain = io.TextIOWrapper(raw, encoding="utf-8")
+            _write_lines(plain, first, lines)
+            plain.flush()
+            plain.detach()  # the raw file stays open for atomic_output to sync and rename
     return EXIT_OK
 
 

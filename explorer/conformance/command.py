@@ -3,34 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import stat
 import sys
 from typing import Any
 
-from explorer.cli.common import EXIT_INVALID, EXIT_OK, EXIT_VIOLATIONS
-from explorer.ingest import limits as L
+from explorer.cli.common import (
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_VIOLATIONS,
+    atomic_output,
+    check_output_path,
+)
+from explorer.ingest.bounded import InputRefused, read_bounded
+from explorer.ingest.gcpause import gc_paused
 from explorer.model.errors import Problem, TraceError
 
 
 def _read_capture(path: str) -> Any:
-    """Read and parse a kernel capture (docs/capture.md); ``-`` for standard input."""
+    """Read and parse a kernel capture (docs/capture.md); ``-`` for standard input.
+
+    Through the bounded reader (:func:`explorer.ingest.bounded.read_bounded`): at most
+    MAX_CAPTURE_BYTES + 1 bytes from any path (a device, a FIFO, /proc, standard input), so
+    ``conform /dev/zero`` is refused at the limit instead of reading without end. A regular file
+    over the limit is refused by its size before anything is read, and named by that size."""
     from explorer.ingest.capture import MAX_CAPTURE_BYTES, parse_capture
 
-    size: int | None = None
-    if path == "-":
-        data, name = sys.stdin.buffer.read(MAX_CAPTURE_BYTES + 1), "<stdin>"
-        if len(data) > MAX_CAPTURE_BYTES:  # say how much there was, not where reading stopped
-            size = len(data) + sum(len(b) for b in iter(lambda: sys.stdin.buffer.read(L.MIB), b""))
-    else:
-        name = os.path.basename(path)
-        try:
-            size = os.path.getsize(path)
-            with open(path, "rb") as f:
-                data = f.read(MAX_CAPTURE_BYTES + 1)
-        except OSError as exc:
-            raise TraceError(Problem(name, 0, 0, f"cannot read the file: {exc.strerror}")) from None
-    return parse_capture(data, name, size=size)
+    name = "<stdin>" if path == "-" else os.path.basename(path) or path
+    if path != "-":
+        with contextlib.suppress(OSError):  # unreadable: read_bounded says why
+            st = os.stat(path)
+            if stat.S_ISREG(st.st_mode) and st.st_size > MAX_CAPTURE_BYTES:
+                return parse_capture(b"", name, size=st.st_size)  # refused, with its real size
+    try:
+        data = read_bounded(path, MAX_CAPTURE_BYTES)
+    except InputRefused as exc:
+        raise TraceError(Problem(name, 0, 0, exc.reason)) from None
+    return parse_capture(data, name)
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -38,8 +49,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     from explorer.conformance.importer import import_capture
     from explorer.ingest.write import dump_trace
 
-    cap = _read_capture(args.capture)
-    imp = import_capture(cap)
+    check_output_path(args.output, "-o")
+    with gc_paused():  # as in cmd_conform
+        cap = _read_capture(args.capture)
+        imp = import_capture(cap)
     text = dump_trace(
         imp.events,
         title=f"imported from {cap.source}",
@@ -48,8 +61,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.output == "-":
         sys.stdout.write(text)
     else:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
+        with atomic_output(args.output) as f:
+            f.write(text.encode("utf-8"))
     for note in cap.unknown:
         print(f"# {note}", file=sys.stderr)
     for why, n in sorted(imp.ignored.items()):
@@ -61,8 +74,11 @@ def cmd_conform(args: argparse.Namespace) -> int:
     """Replay a capture's imported trace and compare the kernel with the model."""
     from explorer.conformance.conform import conform
 
-    cap = _read_capture(args.capture)
-    result = conform(cap)
+    # one pause for the whole command: each stage pauses the collector for its own work, and
+    # re-enabled between them it would rescan the million records the parse left alive
+    with gc_paused():
+        cap = _read_capture(args.capture)
+        result = conform(cap)
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -23,18 +23,20 @@ operation, or part of a divergence.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from operator import itemgetter
+from typing import Any, NamedTuple, overload
 
 from explorer.conformance.importer import (
     KVM_PROBES,
     ImportedTrace,
-    attribute,
     import_capture,
     spte_kind,
     spte_pfn,
 )
 from explorer.ingest.capture import Capture, Record
+from explorer.ingest.gcpause import gc_paused
 from explorer.model.machine import Machine
 from explorer.model.records import Step
 from explorer.model.settings import Settings
@@ -58,6 +60,82 @@ class Match(NamedTuple):
     step: int
 
 
+class Matches(Sequence[Match]):
+    """A conformance's matches sorted by (step, line), built on first use: there is one per
+    operation, and only the app's markers read them (``conform`` on the command line and its
+    ``--json`` do not), so a million are not built for nothing.
+
+    ``observed``: (line, kind, value, x) tuples. With ``starts`` (the record position each event
+    starts at, ascending) and ``steps`` (each event's first step, -1: never ran), ``x`` is a
+    record position, in ascending order, and a match takes the step of the last event begun at
+    or before it; without them (``None``), ``x`` is the step itself.
+    """
+
+    def __init__(
+        self,
+        observed: list[tuple[int, str, Any, int]],
+        starts: Sequence[int] | None = None,
+        steps: Sequence[int] | None = None,
+    ) -> None:
+        self._observed: list[tuple[int, str, Any, int]] | None = observed
+        self._starts = starts
+        self._steps = steps
+        self._items: list[Match] | None = None
+
+    def _built(self) -> list[Match]:
+        if self._items is None:
+            with gc_paused():  # a million tuples, no cycles among them
+                self._items = self._build()
+            self._observed = None
+        return self._items
+
+    def _build(self) -> list[Match]:
+        assert self._observed is not None
+        starts, steps = self._starts, self._steps
+        if starts is None or steps is None:
+            items = [_new_match(Match, o) for o in self._observed]
+        else:
+            items = []
+            e, nxt, cur = -1, (starts[0] if starts else 1 << 62), -1
+            for line, kind, value, pos in self._observed:  # positions ascend: one sweep
+                while pos >= nxt:
+                    e += 1
+                    cur = steps[e] if e < len(steps) else -1
+                    nxt = starts[e + 1] if e + 1 < len(starts) else 1 << 62
+                items.append(_new_match(Match, (line, kind, value, cur)))
+        items.sort(key=itemgetter(3, 0))  # (step, line)
+        return items
+
+    def __len__(self) -> int:
+        return len(self._observed) if self._observed is not None else len(self._built())
+
+    @overload
+    def __getitem__(self, i: int) -> Match: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Match]: ...
+
+    def __getitem__(self, i: int | slice) -> Match | list[Match]:
+        return self._built()[i]
+
+    def __iter__(self) -> Iterator[Match]:
+        return iter(self._built())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Matches | list | tuple):
+            return self._built() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-looking, like the list it stands for
+
+    def __repr__(self) -> str:
+        return f"Matches({self._built()!r})"
+
+
+#: ``Match``'s fields from one tuple, without the keyword-argument ``__new__`` (``Matches``).
+_new_match = tuple.__new__
+
+
 @dataclass(frozen=True)
 class Conformance:
     """``ok`` when no divergence; ``observations`` the records compared; ``unexplained`` the
@@ -68,7 +146,7 @@ class Conformance:
     observations: int
     divergences: list[Divergence]
     stopped: str | None = None
-    matches: list[Match] = field(default_factory=list)
+    matches: Sequence[Match] = field(default_factory=list)
     unexplained: list[dict[str, Any]] = field(default_factory=list)
     ignored: dict[str, int] = field(default_factory=dict)
 
@@ -92,7 +170,7 @@ class Op:
     """One operation of one side: ``kind``; ``f`` its fields; ``lines`` (kernel) the records it
     covers, first the one it is reported at; ``step`` (model) where it happened."""
 
-    __slots__ = ("kind", "f", "lines", "step", "recs")
+    __slots__ = ("f", "kind", "lines", "recs", "step")
 
     def __init__(self, kind: str, line: int = 0, step: int = -1) -> None:
         self.kind = kind
@@ -141,14 +219,13 @@ def _int(r: Record, key: str) -> int:
     return v if isinstance(v, int) else 0
 
 
-def kernel_lanes(
-    capture: Capture, imp: ImportedTrace
-) -> tuple[dict[str, list[Op]], dict[str, int], int]:
+def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int], int]:
     """The kernel's operations per model CPU, the records ignored per reason, and the number
     of records compared. A record in a fault window of a vCPU thread (from its
     ``kvm_page_fault`` to its next record off the fault path) is that vCPU's (``vcpuN``, the
     import's number); any other record of a TD is the TD's (``tdN``)."""
-    att = attribute(capture)
+    att = imp.attribution
+    assert att is not None  # import_capture always sets it
     ignored = dict(att.ignored())
     lanes: dict[str, list[Op]] = {}
     window: dict[int, str] = {}  # tid -> the vCPU lane of its open fault window
@@ -476,15 +553,30 @@ class _Bijection:
         if f is None and b is None:
             self.fwd[kv], self.back[mv] = mv, kv
             return True
-        return f == mv and b == kv
+        return bool(f == mv and b == kv)
 
 
 # ------------------------------------------------------------------ conform
-def conform(capture: Capture, settings: Settings | None = None) -> Conformance:
+def conform(
+    capture: Capture, settings: Settings | None = None, *, imported: ImportedTrace | None = None
+) -> Conformance:
     """Import ``capture``, replay it on the engine (the imported settings unless ``settings``)
-    and align the kernel's operations with the model's, per CPU (the module docstring)."""
-    imp = import_capture(capture)
-    kern, ignored, compared = kernel_lanes(capture, imp)
+    and align the kernel's operations with the model's, per CPU (the module docstring).
+
+    ``imported``: :func:`import_capture` of this ``capture``, when the caller has it (the app
+    shows the trace and its conformance): its attribution and events are used, not derived
+    again. The ``matches`` are built on first use (``conform --json`` never reads them)."""
+    if imported is None:
+        imported = import_capture(capture)
+    att = imported.attribution
+    if att is None or len(att.order) != len(capture.records):
+        raise ValueError(f"imported is not import_capture() of {capture.source}")
+    with gc_paused():  # a million operations, no reference cycles among them
+        return _conform(capture, imported, settings)
+
+
+def _conform(capture: Capture, imp: ImportedTrace, settings: Settings | None) -> Conformance:
+    kern, ignored, compared = kernel_lanes(imp)
     attempts = any(r.probe == "kvm_mmu_page_fault" for r in capture.records)
     rec = _ModelRecorder(imp.events, attempts)
     m = Machine(settings or imp.settings, record=True, check=True)
@@ -492,7 +584,7 @@ def conform(capture: Capture, settings: Settings | None = None) -> Conformance:
     m.run(imp.events)
     stopped = m.stopped.message if m.stopped is not None else None
     divs: list[Divergence] = []
-    matches: list[Match] = []
+    matches: list[tuple[int, str, Any, int]] = []
     unexplained: list[dict[str, Any]] = []
     regions, caches = _Bijection(), _Bijection()
     for lane in sorted(set(kern) | set(rec.lanes)):
@@ -502,7 +594,7 @@ def conform(capture: Capture, settings: Settings | None = None) -> Conformance:
                 before = len(divs)
                 _compare(ko, mo, regions, caches, divs)
                 if len(divs) == before:
-                    matches.append(Match(ko.lines[0], ko.kind, _shown(ko), mo.step))
+                    matches.append((ko.lines[0], ko.kind, _shown(ko), mo.step))
                 last_line, last_step = max(ko.lines), mo.step
             elif ko is not None:
                 for r in ko.recs:
@@ -516,9 +608,14 @@ def conform(capture: Capture, settings: Settings | None = None) -> Conformance:
                 )
     divs.sort(key=lambda d: (d.line, d.kind))
     unexplained.sort(key=lambda u: u["line"])
-    matches.sort(key=lambda x: (x.step, x.line))
     return Conformance(
-        not divs and stopped is None, compared, divs, stopped, matches, unexplained, ignored
+        not divs and stopped is None,
+        compared,
+        divs,
+        stopped,
+        Matches(matches),
+        unexplained,
+        ignored,
     )
 
 

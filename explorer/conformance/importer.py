@@ -27,10 +27,14 @@ records:
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import count
+from operator import attrgetter
 
 from explorer.ingest.capture import Capture, Record
+from explorer.ingest.gcpause import gc_paused
 from explorer.model.events import (
     Event,
     Fault,
@@ -81,6 +85,8 @@ TDX_PROBES = frozenset(
 )
 #: Records that are only KVM's (a VM of any type prints them).
 KVM_PROBES = frozenset(("kvm_page_fault", "kvm_mmu_page_fault", "kvm_tdp_mmu_spte_changed"))
+#: The records :func:`import_capture` derives events from (beside each TD's first record).
+_EVENT_PROBES = frozenset(("kvm_page_fault", "kvm_arch_pre_destroy_vm", "kvm_tdp_mmu_spte_changed"))
 
 
 def field_int(rec: Record, key: str) -> int:
@@ -99,11 +105,11 @@ def spte_pfn(spte: int) -> int:
 def spte_kind(old: int, new: int) -> str:
     """``map``, ``zap`` (runtime: to ``SHADOW_NONPRESENT_VALUE``), ``frozen`` (a child of a
     removed table: to ``FROZEN_SPTE``) or ``other`` (a change no TD's mirror SPTE makes)."""
-    if not is_present(old) and is_present(new):
-        return "map"
-    if is_present(old) and new == SHADOW_NONPRESENT:
+    if not old & SPTE_PRESENT:
+        return "map" if new & SPTE_PRESENT else "other"
+    if new == SHADOW_NONPRESENT:
         return "zap"
-    if is_present(old) and new & ~0xFFF == SHADOW_NONPRESENT and new & 0xFFF in (0x5A0, 0x498):
+    if new & ~0xFFF == SHADOW_NONPRESENT and new & 0xFFF in (0x5A0, 0x498):
         return "frozen"  # 0x498: a proposed FROZEN_SPTE value (docs/capture.md, unverified)
     return "other"
 
@@ -132,16 +138,19 @@ class Attribution:
     shared: list[bool]
 
     def ignored(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for w in self.why:
-            if w is not None:
-                out[w] = out.get(w, 0) + 1
-        return dict(sorted(out.items()))
+        counts = Counter(self.why)  # counted in C: a million records
+        return {w: counts[w] for w in sorted(w for w in counts if w is not None)}
+
+
+def by_time(records: Sequence[Record]) -> list[Record]:
+    """``records`` (in file order, as :class:`Capture` holds them) by timestamp, then file line:
+    a stable sort by timestamp alone keeps file order among equal timestamps."""
+    return sorted(records, key=attrgetter("ts"))
 
 
 def attribute(capture: Capture) -> Attribution:
     """Which VM each record belongs to, or why it is ignored (the module docstring's rules)."""
-    order = sorted(capture.records, key=lambda r: (r.ts, r.line))
+    order = by_time(capture.records)
     tdx_kvms: set[int] = set()
     pid_tdx: dict[int, set[int]] = {}
     pid_tdx_records: set[int] = set()
@@ -221,6 +230,8 @@ class ImportedTrace:
     tds: dict[int, int] = field(default_factory=dict)  # VM key -> td
     positions: tuple[int, ...] = ()
     line_pos: dict[int, int] = field(default_factory=dict)  # capture line -> sorted position
+    #: what :func:`attribute` decided for every record (``conform`` reuses it)
+    attribution: Attribution | None = field(default=None, repr=False, compare=False)
 
     @property
     def unused(self) -> dict[str, int]:
@@ -236,7 +247,11 @@ class ImportedTrace:
 def import_capture(capture: Capture, att: Attribution | None = None) -> ImportedTrace:
     """Derive the trace of ``capture`` (docs/capture.md, "Import"); ``att``: its
     :func:`attribute`, when the caller already has it."""
-    att = att if att is not None else attribute(capture)
+    with gc_paused():  # a million records' attribution, no reference cycles in it
+        return _import(capture, att if att is not None else attribute(capture))
+
+
+def _import(capture: Capture, att: Attribution) -> ImportedTrace:
     order = att.order
     events: list[tuple[int, Event, list[int]]] = []  # (position, event, lines)
     vcpus: dict[tuple[int, int], int] = {}
@@ -245,29 +260,22 @@ def import_capture(capture: Capture, att: Attribution | None = None) -> Imported
     window: dict[int, tuple[int, int, int]] = {}  # tid -> (position, td, gfn) of its open fault
     window_lines: dict[int, list[int]] = {}
     destroyed: set[int] = set()
-    created: set[int] = set()
     nfaults = 0
     top_pfn = 0
     spans: list[tuple[int, int, int, int]] = []  # (first ts, map ts, tid, fault position)
-
-    def td_of(i: int) -> int:
-        k = att.vm_of[i]
-        return tds.get(k, -1) if k else -1
-
-    def ensure_td(i: int, td: int) -> None:
-        if td not in created:
-            created.add(td)
-            events.append((i, TdCreate(td=td), [order[i].line]))
-            events.append((i, TdFinalize(td=td), []))
-
-    for i, r in enumerate(order):
-        td = td_of(i)
-        if td < 0:
-            continue
-        p = r.probe
+    vm_of = att.vm_of
+    for k in dict.fromkeys(vm_of):  # each TD made at its first record, in record order
+        if k:
+            i = vm_of.index(k)
+            events.append((i, TdCreate(td=tds[k]), [order[i].line]))
+            events.append((i, TdFinalize(td=tds[k]), []))
+    # only a TD's KVM records make events: a million tdx_* records are not visited here
+    for i in [i for i, r in enumerate(order) if r.probe in _EVENT_PROBES and vm_of[i]]:
+        r = order[i]
+        td = tds[vm_of[i]]
         if td in destroyed:
             continue
-        ensure_td(i, td)
+        p = r.probe
         if p == "kvm_page_fault":
             vid = (td, field_int(r, "vcpu"))
             if vid not in vcpus:
@@ -323,8 +331,9 @@ def import_capture(capture: Capture, att: Attribution | None = None) -> Imported
     # vCPU ioctl's thread: the model allocates as many (Settings.tdcs_pages / tdcx_pages)
     allocs: dict[tuple[int, int], int] = {}
     for i, r in enumerate(order):
-        if r.probe == "tdx_alloc_control_page.entry" and td_of(i) >= 0:
-            allocs[(td_of(i), r.tid)] = allocs.get((td_of(i), r.tid), 0) + 1
+        k = vm_of[i]
+        if r.probe == "tdx_alloc_control_page.entry" and k in tds:
+            allocs[(tds[k], r.tid)] = allocs.get((tds[k], r.tid), 0) + 1
     base = Settings()
     tdcs, tdcx = base.tdcs_pages, base.tdcx_pages
     firsts = sorted({td for td, _ in allocs})
@@ -345,7 +354,8 @@ def import_capture(capture: Capture, att: Attribution | None = None) -> Imported
         vcpus,
         tds,
         tuple(p for p, _, _ in out),
-        {r.line: i for i, r in enumerate(order)},
+        dict(zip(map(attrgetter("line"), order), count())),
+        att,
     )
 
 
@@ -398,12 +408,12 @@ def _pin_races(
     from explorer.model.machine import Machine
 
     tid_of: dict[int, tuple[int, int]] = {}  # fault position -> (group, tid)
-    for n, (members, _) in enumerate(groups):
-        for pos, tid in members:
+    for n, (group, _) in enumerate(groups):
+        for pos, tid in group:
             tid_of[pos] = (n, tid)
     new: list[tuple[int, Event, list[int]]] = []
     held: dict[int, list[tuple[int, Event, list[int], int]]] = {}
-    left = {n: len(members) for n, (members, _) in enumerate(groups)}
+    left = {n: len(group) for n, (group, _) in enumerate(groups)}
     for pos, ev, ls in out:
         g = tid_of.get(pos) if isinstance(ev, Fault) else None
         if g is None:
@@ -417,7 +427,7 @@ def _pin_races(
         members = held.pop(n)
         prefix = [e for _, e, _ in new]
 
-        def alone(f: Event) -> list[str]:
+        def alone(f: Event, prefix: list[Event] = prefix) -> list[str]:
             assert isinstance(f, Fault)
             m = Machine(settings, record=True, check=False)
             m.run([*prefix, Fault(vcpu=f.vcpu, gfn=f.gfn, pfn=f.pfn)])
@@ -448,8 +458,12 @@ def _pin_races(
     return new
 
 
+#: Among the events of one record: the TD, its vCPUs, its finalize, then the rest.
+_RANK: dict[type, int] = {TdCreate: 0, VcpuCreate: 1, TdFinalize: 2}
+
+
 def _rank(ev: Event) -> int:
-    return {TdCreate: 0, TdFinalize: 2, VcpuCreate: 1}.get(type(ev), 3)
+    return _RANK.get(type(ev), 3)
 
 
 def records_of(capture: Capture) -> Sequence[Record]:

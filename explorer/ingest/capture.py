@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from itertools import repeat
+from typing import NamedTuple
 
 from explorer.ingest import limits as L
+from explorer.ingest.gcpause import gc_paused
 from explorer.model.errors import Problem, TraceError
 from explorer.model.settings import MAX_HOST_MEMORY_MIB
 
@@ -94,9 +97,13 @@ _RANGES: dict[str, tuple[int, int]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Record:
-    """One probe hit. ``fields`` keeps unknown keys too; ``text`` is the line as read."""
+    """One probe hit. ``fields`` keeps unknown keys too; ``text`` is the line as read.
+
+    Not frozen, though nothing changes a record once parsed: a frozen dataclass sets each field
+    through ``object.__setattr__``, and a capture builds a million records (five times the cost
+    of a plain slots class, which reads its fields fastest too)."""
 
     line: int
     ts: int
@@ -130,7 +137,18 @@ _HEADER = re.compile(r"#\s*([a-z_][a-z0-9_]*)=(\S*)\s*")
 _ATTACHING = re.compile(r"Attaching [0-9]+ probes?\.\.\.")
 _HEXDIGITS = frozenset("0123456789abcdefABCDEF")
 _HEAD_SHAPE = "<timestamp_ns> <cpu> <tid> <pid> <probe> key=value ..."
-_FAST_HEAD = re.compile(r"(0|[1-9][0-9]*) (0|[1-9][0-9]*) (0|[1-9][0-9]*) (0|[1-9][0-9]*) (\S+)")
+#: The timestamp, then who printed the record: "<cpu> <tid> <pid> <probe>" (one group, the key of
+#: ``_fast_line``'s memo), with the probe as a group of its own.
+_FAST_HEAD = re.compile(
+    r"(0|[1-9][0-9]*) ((?:0|[1-9][0-9]*) (?:0|[1-9][0-9]*) (?:0|[1-9][0-9]*) (\S+))"
+)
+#: ``_fast_line``'s memo: "<cpu> <tid> <pid> <probe>" -> (cpu, tid, pid, probe, its _Fast)
+_Who = dict[
+    str,
+    tuple[int, int, int, str, re.Pattern[str], tuple[str, ...], tuple[tuple[int, int, int], ...]],
+]
+#: The memo's bound (a host's threads x CPUs x probes; cleared when over).
+_MAX_WHO = 1 << 16
 _FAST_VALUE = rf"(-?(?:0|[1-9][0-9]{{0,{L.MAX_INT_DIGITS - 1}}})|0x[0-9a-fA-F]{{1,64}})"
 
 
@@ -140,9 +158,21 @@ def _fast_regex(keys: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("".join(f" {k}={_FAST_VALUE}" for k in keys))
 
 
-#: probe -> (its fast regex, its keys, the range of each key (None: any int))
-_FAST: dict[str, tuple[re.Pattern[str], tuple[str, ...], tuple[tuple[int, int] | None, ...]]] = {
-    probe: (_fast_regex(spec.keys), spec.keys, tuple(_RANGES.get(k) for k in spec.keys))
+class _Fast(NamedTuple):
+    """How ``_fast_line`` reads one probe's records: the regex of its keys, the keys, and the
+    index, low and high of each key with a range (:data:`_RANGES`)."""
+
+    regex: re.Pattern[str]
+    keys: tuple[str, ...]
+    ranged: tuple[tuple[int, int, int], ...]
+
+
+_FAST: dict[str, _Fast] = {
+    probe: _Fast(
+        _fast_regex(spec.keys),
+        spec.keys,
+        tuple((i, *_RANGES[k]) for i, k in enumerate(spec.keys) if k in _RANGES),
+    )
     for probe, spec in PROBES.items()
 }
 
@@ -221,59 +251,68 @@ def parse_capture(data: bytes, source: str, *, size: int | None = None) -> Captu
                 f"{MAX_CAPTURE_BYTES // L.MIB} MiB (MAX_CAPTURE_BYTES)",
             )
         )
-    data = data.removeprefix(b"\xef\xbb\xbf")
+    with gc_paused():  # a million records and their dicts, no reference cycles among them
+        return _parse_capture(data.removeprefix(b"\xef\xbb\xbf"), source)
+
+
+def _parse_capture(data: bytes, source: str) -> Capture:
     out = _Problems(source)
     records: list[Record] = []
     header: dict[str, str] = {}
-    last_ts: dict[int, tuple[int, int]] = {}  # cpu -> (ts, line)
+    last_ts: dict[int, int] = {}  # cpu -> the timestamp of its last record in order
+    last_line: dict[int, int] = {}  # cpu -> that record's line
     open_calls: dict[tuple[int, str], int] = {}  # (tid, function) -> entries not yet returned
     unknown: dict[tuple[str, str], int] = {}
     first_seen: dict[tuple[str, str], int] = {}
+    who: _Who = {}
     n = 0
     for n, text in enumerate(_lines(data, out), 1):
         if out.full:
             break
         if text is None:
             continue
-        if not text or text[0] == "#" or _is_comment(text):
-            m = _HEADER.fullmatch(text.strip(" \t"))
-            if m and not records:
-                header[m.group(1)] = m.group(2)
-            continue
-        rec = _fast_line(text, n)
+        # a record starts with its timestamp: a line starting with a digit is no comment, and
+        # is tried on the fast path first (a million of them)
+        rec = _fast_line(text, n, who) if "0" <= text[:1] <= "9" else None
         if rec is None:
+            if not text or text[0] == "#" or _is_comment(text):
+                m = _HEADER.fullmatch(text.strip(" \t"))
+                if m and not records:
+                    header[m.group(1)] = m.group(2)
+                continue
             rec = _parse_line(text, n, out)
-        if rec is None:
-            continue
-        keys = PROBES[rec.probe].keys
-        if len(rec.fields) != len(keys):
-            for key in rec.fields:
-                if key not in keys:
-                    unknown[(rec.probe, key)] = unknown.get((rec.probe, key), 0) + 1
-                    first_seen.setdefault((rec.probe, key), n)
-        prev = last_ts.get(rec.cpu)
-        if prev is not None and rec.ts < prev[0]:
+            if rec is None:
+                continue
+            keys = PROBES[rec.probe].keys
+            if len(rec.fields) != len(keys):
+                for key in rec.fields:
+                    if key not in keys:
+                        unknown[(rec.probe, key)] = unknown.get((rec.probe, key), 0) + 1
+                        first_seen.setdefault((rec.probe, key), n)
+        ts, cpu, tid, probe = rec.ts, rec.cpu, rec.tid, rec.probe
+        if ts < last_ts.get(cpu, 0):
+            last = last_ts[cpu]
             out.add(
                 n,
                 1,
-                f"timestamp goes back on cpu {rec.cpu} (line {prev[1]} has {prev[0]})",
-                str(rec.ts),
-                f"at least {prev[0]}",
+                f"timestamp goes back on cpu {cpu} (line {last_line[cpu]} has {last})",
+                str(ts),
+                f"at least {last}",
             )
         else:
-            last_ts[rec.cpu] = (rec.ts, n)
-        probe = rec.probe
-        func, kind = _CALL[probe]
-        if kind == "entry":
-            k = (rec.tid, func)
-            open_calls[k] = open_calls.get(k, 0) + 1
-        elif kind == "return":
-            k = (rec.tid, func)
-            if open_calls.get(k, 0) == 0:
-                col = len(f"{rec.ts} {rec.cpu} {rec.tid} {rec.pid} ") + 1
-                out.add(n, col, f"a return with no open {k[1]}.entry on tid {rec.tid}", probe)
+            last_ts[cpu] = ts
+            last_line[cpu] = n
+        func, step = _CALL[probe]
+        if step:
+            k = (tid, func)
+            depth = open_calls.get(k, 0)
+            if step > 0:
+                open_calls[k] = depth + 1
+            elif depth:
+                open_calls[k] = depth - 1
             else:
-                open_calls[k] -= 1
+                col = len(f"{ts} {cpu} {tid} {rec.pid} ") + 1
+                out.add(n, col, f"a return with no open {func}.entry on tid {tid}", probe)
         records.append(rec)
     if not records and not out.items:
         lines = data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
@@ -292,9 +331,12 @@ def parse_capture(data: bytes, source: str, *, size: int | None = None) -> Captu
     return Capture(source, tuple(records), notes, dict(unknown), header)
 
 
-#: probe -> (function, "entry" | "return" | "") for the entry/return pairing
-_CALL: dict[str, tuple[str, str]] = {
-    p: (p.rpartition(".")[0], p.rpartition(".")[2]) if "." in p else (p, "") for p in PROBES
+#: probe -> (function, +1 for its entry, -1 for its return, 0: not a call) for the pairing
+_CALL: dict[str, tuple[str, int]] = {
+    p: (p.rpartition(".")[0], {"entry": 1, "return": -1}.get(p.rpartition(".")[2], 0))
+    if "." in p
+    else (p, 0)
+    for p in PROBES
 }
 
 
@@ -306,14 +348,18 @@ def _lines(data: bytes, out: _Problems) -> list[str | None]:
     except UnicodeDecodeError:
         pass
     else:
-        lines: list[str | None] = list(text.split("\n"))
-        for i, t in enumerate(lines):
-            assert t is not None
-            if t.endswith("\r"):
-                lines[i] = t = t[:-1]
-            if len(t) > L.MAX_LINE_BYTES // 4 and len(t.encode()) > L.MAX_LINE_BYTES:
-                out.add(i + 1, 1, f"the line is over {L.MAX_LINE_BYTES} bytes (MAX_LINE_BYTES)")
-                lines[i] = None
+        split = text.split("\n")
+        lines: list[str | None] = list(split)
+        if "\r" in text:
+            lines = [t[:-1] if t[-1:] == "\r" else t for t in split]
+        # a line is long in bytes only when long in characters (at most 4 bytes each): the
+        # scan of each line is skipped when none is (a million lines)
+        if max(map(len, split)) > L.MAX_LINE_BYTES // 4:
+            for i, t in enumerate(lines):
+                assert t is not None
+                if len(t) > L.MAX_LINE_BYTES // 4 and len(t.encode()) > L.MAX_LINE_BYTES:
+                    out.add(i + 1, 1, f"the line is over {L.MAX_LINE_BYTES} bytes (MAX_LINE_BYTES)")
+                    lines[i] = None
         return lines
     res: list[str | None] = []
     for n, raw in enumerate(data.split(b"\n"), 1):
@@ -330,27 +376,33 @@ def _lines(data: bytes, out: _Problems) -> list[str | None]:
     return res
 
 
-def _fast_line(text: str, n: int) -> Record | None:
+def _fast_line(text: str, n: int, who: _Who) -> Record | None:
     """The record of a line as the script prints it (every key once, in order, in range), or
-    None: then ``_parse_line`` decides, reporting each problem at its column."""
+    None: then ``_parse_line`` decides, reporting each problem at its column. Two regex matches
+    check the whole line; the values are converted by ``int`` in one ``map`` (a million lines).
+    ``who`` remembers each "<cpu> <tid> <pid> <probe>" met: a thread prints many records on one
+    CPU, so its head is converted once, not on each line."""
     head = _FAST_HEAD.match(text)
     if head is None:
         return None
-    fast = _FAST.get(head.group(5))
-    if fast is None:
-        return None
-    regex, keys, ranges = fast
+    known = who.get(head[2])
+    if known is None:
+        fast = _FAST.get(head[3])
+        if fast is None:
+            return None
+        cpu_s, tid_s, pid_s, probe_s = head[2].split(" ")
+        if len(who) >= _MAX_WHO:
+            who.clear()
+        known = who[head[2]] = (int(cpu_s), int(tid_s), int(pid_s), probe_s, *fast)
+    cpu, tid, pid, probe, regex, keys, ranged = known
     m = regex.fullmatch(text, head.end())
     if m is None:
         return None
-    fields: dict[str, Value] = {}
-    for key, raw, rng in zip(keys, m.groups(), ranges, strict=True):
-        v = int(raw, 0)
-        if rng is not None and not rng[0] <= v <= rng[1]:
+    values = list(map(int, m.groups(), repeat(0)))  # base 0: decimal or 0x hex
+    for i, low, high in ranged:
+        if not low <= values[i] <= high:
             return None
-        fields[key] = v
-    ts, cpu, tid, pid = head.group(1, 2, 3, 4)
-    return Record(n, int(ts), int(cpu), int(tid), head.group(5), fields, int(pid), text)
+    return Record(n, int(head[1]), cpu, tid, probe, dict(zip(keys, values, strict=True)), pid, text)
 
 
 def _parse_line(text: str, n: int, out: _Problems) -> Record | None:

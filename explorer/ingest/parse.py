@@ -6,7 +6,11 @@ expected; problems are collected (up to :data:`~explorer.ingest.limits.MAX_ERROR
 together as one :class:`~explorer.model.errors.TraceError`. Nothing else escapes on bad input.
 
 The bytes are read in two streaming passes, one chunk at a time (docs/reliability.md, "Refusing
-is cheap"): a first pass refuses what is refused whole, the second parses line by line.
+is cheap"): a first pass refuses what is refused whole, the second parses the lines, a block
+at a time. What a line may hold is a table (:mod:`explorer.ingest.schema`), read both by the full
+path here (one line at a time, every problem at its line:col) and by the schema's column
+interpreter, which takes whole runs of valid lines at C speed (:func:`_bulk`); nothing is
+generated as source.
 
 Only the shape of each event is checked here. Whether an event can happen (its vCPU exists, its
 gfn is mapped, its pfn is free and inside host memory, its gfn within the EPT's reach) depends on
@@ -20,24 +24,33 @@ import json
 import operator
 import re
 import zlib
-from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import MISSING, dataclass, fields
-from itertools import compress, count, islice, repeat
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import compress, repeat
 from typing import Any, NoReturn
 
 from explorer.ingest import limits as L
 from explorer.ingest.gcpause import gc_paused
-from explorer.model.constants import INJECTIONS, PAGES_PER_REGION
+from explorer.ingest.schema import (
+    COMMON_FIELDS,
+    CSV_COLUMNS,
+    EVENTS,
+    FIELDS,
+    LEVELS,
+    build_columns,
+    in_order,
+    non_decreasing,
+    pick,
+)
+from explorer.model.constants import PAGES_PER_REGION
 from explorer.model.errors import Problem, TraceError
-from explorer.model.events import EVENT_TYPES, Event, plain_fault, slot_setters
+from explorer.model.events import EVENT_TYPES, Event
 from explorer.model.settings import SETTING_SPECS, int_text
 
 FORMAT_NAME = "dpamt-trace"
 FORMAT_VERSION = 1
 HEADER_KEYS = ("format", "version", "title", "description", "settings")
-COMMON_FIELDS = ("t", "note")
-LEVELS = ("4k", "2m")
+__all__ = ["COMMON_FIELDS", "CSV_COLUMNS", "LEVELS", "SCHEMA", "Trace", "parse_trace"]
 
 
 @dataclass(frozen=True)
@@ -53,35 +66,9 @@ class Trace:
 
 
 # ------------------------------------------------------------------ field schema
-def _required_and_optional(cls: type[Event]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    req, opt = [], []
-    for f in fields(cls):
-        if f.name in ("line", "t", "note"):
-            continue
-        if f.default is MISSING and f.default_factory is MISSING:
-            req.append(f.name)
-        else:
-            opt.append(f.name)
-    return tuple(req), tuple(opt)
+#: op -> (required fields, optional fields): the schema's table (:mod:`explorer.ingest.schema`).
+SCHEMA = EVENTS
 
-
-#: op -> (required fields, optional fields), from the event classes themselves.
-SCHEMA: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    op: _required_and_optional(cls) for op, cls in EVENT_TYPES.items()
-}
-#: Every column a CSV trace may have.
-CSV_COLUMNS = ("op", *sorted({f for r, o in SCHEMA.values() for f in (*r, *o)}), *COMMON_FIELDS)
-
-_INT_RANGES = {
-    "td": (0, L.MAX_ID),
-    "vcpu": (0, L.MAX_ID),
-    "gfn": (0, L.MAX_GFN),
-    "pfn": (0, L.MAX_PFN),
-    "count": (1, L.MAX_INJECT_COUNT),
-    "t": (0, L.MAX_T),
-}
-_CHOICES = {"level": LEVELS, "what": INJECTIONS}
-_TEXT = ("note", "text")
 #: A CPU's name in a schedule's ``order``: what the engine calls its threads.
 _THREAD = re.compile(r"(?:vcpu|td)(?:0|[1-9][0-9]{0,6})")
 
@@ -308,8 +295,9 @@ def _is_csv(first: bytes, source: str) -> bool:
     return source.lower().endswith(".csv") or head == b"op" or head.startswith(b"op,")
 
 
-def _lines(data: bytes, source: str, c: _Collector) -> Iterator[tuple[int, str]]:
-    """(line number, text) of every line, streaming: each chunk is decoded at once and split.
+def _blocks(data: bytes, source: str, c: _Collector) -> Iterator[tuple[Sequence[int], list[str]]]:
+    """(line numbers, texts) of every line, a block of them at a time, streaming: each chunk is
+    decoded at once and split (the parsers take the lists whole, no Python code per line).
     Invalid UTF-8 refuses the file at its line:col. A line over MAX_LINE_BYTES is reported here
     (unless it is a comment) and skipped without being held; :data:`_TOO_LONG` stands for it."""
     n = 0  # lines yielded so far
@@ -331,7 +319,7 @@ def _lines(data: bytes, source: str, c: _Collector) -> Iterator[tuple[int, str]]
             n += 1
             if not long_quiet:
                 _line_too_long(c, n, long_size, long_head.decode("utf-8", "replace"))
-                yield n, _TOO_LONG
+                yield [n], [_TOO_LONG]
             long_size = -1
             chunk = chunk[nl + 1 :]
         cut = chunk.rfind(b"\n")
@@ -354,27 +342,33 @@ def _lines(data: bytes, source: str, c: _Collector) -> Iterator[tuple[int, str]]
                 if not block.isascii():
                     _decode_block(block, n, source)  # UTF-8 is checked everywhere
                 lines_b = block.split(b"\n")
+                nums: list[int] = []
                 i, prev, j = -1, -1, classes.find(b"\nx")
                 while j >= 0:
                     i += classes.count(b"\n", prev + 1, j + 1)
                     prev = j
-                    yield n + i + 1, lines_b[i].decode("utf-8")
+                    nums.append(n + i + 1)
                     j = classes.find(b"\nx", j + 1)
+                if nums:
+                    yield nums, [lines_b[k - n - 1].decode("utf-8") for k in nums]
             else:
                 parts = _decode_block(block, n, source).split("\n")
-                yield from compress(zip(count(n + 1), parts), parts)
+                yield (
+                    list(compress(range(n + 1, n + 1 + len(parts)), parts)),
+                    list(filter(None, parts)),
+                )
             n += nl
             continue
-        for line in _decode_block(block, n, source).split("\n"):
-            n += 1
-            yield n, line
+        parts = _decode_block(block, n, source).split("\n")
+        yield range(n + 1, n + 1 + len(parts)), parts
+        n += len(parts)
     if long_size >= 0:
         n += 1
         if not long_quiet:
             _line_too_long(c, n, long_size, long_head.decode("utf-8", "replace"))
-            yield n, _TOO_LONG
+            yield [n], [_TOO_LONG]
     elif carry:
-        yield n + 1, _decode_block(carry, n, source)
+        yield [n + 1], [_decode_block(carry, n, source)]
 
 
 def _decode_block(block: bytes, lines_before: int, source: str) -> str:
@@ -473,8 +467,11 @@ def _int(value: Any, *, csv_cell: bool) -> int | _Huge | None:
 
 def _check_field(key: str, value: Any, *, csv_cell: bool) -> tuple[Any, str, str]:
     """(value, reason, expected): reason is empty when the value is good."""
-    if key in _INT_RANGES:
-        lo, hi = _INT_RANGES[key]
+    f = FIELDS.get(key)
+    if f is None:
+        return None, f"unknown field {_r(key)}", ""
+    if f.kind == "int":
+        lo, hi = f.lo, f.hi
         n = _int(value, csv_cell=csv_cell)
         expected = (
             f"an integer in {lo}..{hi:#x}" if key in ("gfn", "pfn") else f"an integer in {lo}..{hi}"
@@ -493,12 +490,12 @@ def _check_field(key: str, value: Any, *, csv_cell: bool) -> tuple[Any, str, str
         if not lo <= n <= hi:
             return None, f"{key}={n} is out of range", expected
         return n, "", ""
-    if key in _CHOICES:
-        choices = _CHOICES[key]
+    if f.kind == "choice":
+        choices = f.choices
         if not isinstance(value, str) or value not in choices:
             return None, f"{key}={_r(value)} is not allowed", " | ".join(choices)
         return value, "", ""
-    if key in _TEXT:
+    if f.kind == "text":
         if not isinstance(value, str):
             return None, f"{key} must be a string", "a string"
         if len(value) > L.MAX_TEXT:
@@ -750,15 +747,29 @@ def parse_trace(
         return _parse_trace(data, source, progress)
 
 
-def _reporting(
-    lines: Iterator[tuple[int, str]], total: int, progress: Callable[[float, str], None]
-) -> Iterator[tuple[int, str]]:
+_Blocks = Iterator[tuple[Sequence[int], list[str]]]
+
+
+def _reporting(blocks: _Blocks, total: int, progress: Callable[[float, str], None]) -> _Blocks:
     due = PROGRESS_LINES
-    for item in lines:
-        if item[0] >= due:
-            due += PROGRESS_LINES
-            progress(min(item[0] / max(total, 1), 1.0), f"{item[0]:,} of {total:,} lines")
-        yield item
+    for nums, lines in blocks:
+        yield nums, lines
+        if nums and nums[-1] >= due:
+            last = nums[-1]
+            due = (last // PROGRESS_LINES + 1) * PROGRESS_LINES
+            progress(min(last / max(total, 1), 1.0), f"{last:,} of {total:,} lines")
+
+
+def _batches(blocks: _Blocks) -> Iterator[tuple[Sequence[int], list[str]]]:
+    """The blocks cut into batches of at most :data:`_BATCH` lines."""
+    for nums, lines in blocks:
+        size = _BATCH
+        if len(lines) <= size:
+            if lines:
+                yield nums, lines
+            continue
+        for i in range(0, len(lines), size):
+            yield nums[i : i + size], lines[i : i + size]
 
 
 def _parse_trace(
@@ -774,12 +785,12 @@ def _parse_trace(
     except _TooManyLines:
         scan = _scan(data, source, exact=True)
     c = _Collector(source)
-    lines = _lines(data, source, c)
+    blocks = _blocks(data, source, c)
     if progress is not None:
-        lines = _reporting(lines, scan.lines, progress)
+        blocks = _reporting(blocks, scan.lines, progress)
     if _is_csv(scan.first, source):
-        return _parse_csv(lines, c)
-    return _parse_jsonl(lines, c)
+        return _parse_csv(blocks, c)
+    return _parse_jsonl(blocks, c)
 
 
 def _check_line_length(raw: str, n: int, c: _Collector) -> bool:
@@ -795,378 +806,250 @@ def _check_line_length(raw: str, n: int, c: _Collector) -> bool:
     return True
 
 
-#: The canonical fault line (what ``generate`` and ``write`` emit, spaces allowed where JSON allows
-#: them): ``{"op":"fault","vcpu":N,"gfn":"0x..","t":N}``, ``t`` optional. JSON integers only (no
-#: sign, no leading zero), bounded digit counts (so such a line is far below MAX_LINE_BYTES).
-_WS = r"[ \t\r]*"
-_FAST_FAULT = re.compile(
-    rf'{_WS}\{{{_WS}"op"{_WS}:{_WS}"fault"{_WS},{_WS}"vcpu"{_WS}:{_WS}(0|[1-9][0-9]{{0,9}}){_WS},'
-    rf'{_WS}"gfn"{_WS}:{_WS}"0x([0-9a-fA-F]{{1,16}})"{_WS}'
-    rf'(?:,{_WS}"t"{_WS}:{_WS}(0|[1-9][0-9]{{0,18}}){_WS})?\}}{_WS}'
-).fullmatch
-#: Tests turn the fast path off to compare it with the full path.
-FAST_PATH = True
-
-
 # ------------------------------------------------------------------ the bulk path
-#: Lines decoded together by one ``json.loads`` in the bulk path.
+#: Tests turn the bulk path off to compare it with the full path.
+FAST_PATH = True
+#: Lines read together by the bulk path (one ``json.loads`` of a JSON Lines batch).
 _BATCH = 256
-_HEX_PREFIXES = ("0x", "0X")
-_ABSENT = object()
+#: A line the bulk path could not decode on its own: the full path reads it.
+_BAD = object()
+_DICT = {dict}
+#: What ``str.strip()`` strips in ASCII (the full path's test of an empty cell), newline aside.
+_ASCII_SPACE = "".join(ch for ch in map(chr, range(128)) if ch.isspace() and ch != "\n")
+_OP = operator.itemgetter("op")
+_T_OF = operator.attrgetter("t")
 
 
-_ALLOWED = {op: frozenset({"op", *req, *opt, *COMMON_FIELDS}) for op, (req, opt) in SCHEMA.items()}
-_ALL_KEYS = frozenset().union(*_ALLOWED.values())
-_DEFAULTS = {op: {f.name: f.default for f in fields(cls)} for op, cls in EVENT_TYPES.items()}
-
-
-def _value_check(key: str, ind: str) -> list[str]:
-    """Source lines that check (and convert) the JSON value in the variable ``key`` by the
-    rules of :func:`_check_field`, ``return None`` if it is not good."""
-    if key in _INT_RANGES:
-        lo, hi = _INT_RANGES[key]
-        return [
-            f"{ind}if type({key}) is not int:",
-            f"{ind}    if (type({key}) is not str or {key}[:2] not in _HEX_PREFIXES",
-            f"{ind}            or not {key}.isascii() or not {key}.isalnum()):",
-            f"{ind}        return None",
-            f"{ind}    {key} = int({key}, 16)",
-            f"{ind}if not {lo} <= {key} <= {hi}:",
-            f"{ind}    return None",
-        ]
-    if key in _CHOICES:
-        return [f"{ind}if {key} not in {set(_CHOICES[key])!r}:", f"{ind}    return None"]
-    if key in _TEXT:
-        return [
-            f"{ind}if type({key}) is not str or len({key}) > {L.MAX_TEXT}:",
-            f"{ind}    return None",
-        ]
-    if key == "order":  # a schedule: rare, and a list: the full path checks it
-        return [f"{ind}return None"]
-    raise AssertionError(key)
-
-
-def _build_lines(op: str, present: set[str], ind: str) -> list[str]:
-    defaults = _DEFAULTS[op]
-    out = []
-    if op == "fault":
-        pfn = "pfn" if "pfn" in present else "None"
-        level = "level" if "level" in present else repr(defaults["level"])
-        out += [
-            f"{ind}if {level} == '2m' and (gfn % {PAGES_PER_REGION} or ({pfn} is not None and {pfn} % {PAGES_PER_REGION})):",
-            f"{ind}    return None",
-        ]
-    out.append(f"{ind}e = _NEW(_CLS_{op})")
-    for name in slot_setters(EVENT_TYPES[op]):
-        value = name if name in present or name == "line" else repr(defaults[name])
-        out.append(f"{ind}_SET_{op}_{name}(e, {value})")
-    out.append(f"{ind}return e")
+def _decode_batch(raws: list[str], longest: int) -> list[Any]:
+    """The lines ``raws`` decoded by ``json.loads``: all at once as one JSON array when every
+    line is one ``{...}`` (no line can then continue another: a line that is not a whole object
+    makes the array invalid, or its count wrong), else each line alone; :data:`_BAD` for a
+    line that does not decode or is longer than ``longest`` characters."""
+    text = "\n".join(raws)
+    k = len(raws)
+    if (
+        ("\n" + text).count("\n{") == k
+        and (text + "\n").count("}\n") + text.count("}\r\n") + text.endswith("}\r") == k
+        and max(map(len, raws)) <= longest
+    ):
+        try:
+            decoded = json.loads("[" + text.replace("\n", ",\n") + "]")
+        except (ValueError, RecursionError):
+            decoded = None
+        if decoded is not None and len(decoded) == k:
+            return list(decoded)
+    out: list[Any] = []
+    loads = json.loads
+    for raw in raws:
+        if len(raw) > longest:
+            out.append(_BAD)
+            continue
+        try:
+            out.append(loads(raw))
+        except (ValueError, RecursionError):
+            out.append(_BAD)
     return out
 
 
-def _shape_source(keys: tuple[str, ...]) -> str | None:
-    """The source of ``_shape(d, line)`` for decoded objects whose keys are ``keys`` in this
-    order: the event ``d`` stands for, built through its slots, or None if ``d`` is not exactly
-    a valid event; then the full path (:meth:`_Builder.event`) decides and reports. One unpacking
-    of ``d.values()``, then one test per field by the rules of :func:`_check_field` for JSON
-    values (no function call for a JSON integer), then one branch per op these keys fit.
-    None if no op has exactly these keys."""
-    present = set(keys)
-    ops = [
-        op for op, (req, _) in SCHEMA.items() if present <= _ALLOWED[op] and present.issuperset(req)
-    ]
-    if "op" not in present or not ops:
-        return None
-    body = ["def _shape(d, line):", f"    {', '.join(keys)}, = d.values()"]
-    for key in keys:
-        if key != "op":
-            body += _value_check(key, "    ")
-    for op in ops:
-        body.append(f"    if op == {op!r}:")
-        body += _build_lines(op, present, "        ")
-    body.append("    return None")
-    return "\n".join(body) + "\n"
-
-
-def _namespace() -> dict[str, Any]:
-    ns: dict[str, Any] = {"_HEX_PREFIXES": _HEX_PREFIXES, "_NEW": object.__new__}
-    for op, cls in EVENT_TYPES.items():
-        ns[f"_CLS_{op}"] = cls
-        for name, setter in slot_setters(cls).items():
-            ns[f"_SET_{op}_{name}"] = setter
-    return ns
-
-
-_NAMESPACE = _namespace()
-_SETTERS = {op: slot_setters(cls) for op, cls in EVENT_TYPES.items()}
-#: key order of a decoded line -> its validator (:func:`_shape_source`), made when first seen.
-_SHAPES: dict[tuple[str, ...], Callable[[dict[str, Any], int], Event | None] | None] = {}
-#: At most this many shapes are kept (a valid line has at most 7 keys, so there are few).
-_MAX_SHAPES = 4096
-
-
-def _shape(keys: tuple[str, ...]) -> Callable[[dict[str, Any], int], Event | None] | None:
-    """The validator of ``keys`` (None: the full path decides), made and kept if new."""
-    if not _ALL_KEYS.issuperset(keys):
-        return None
-    source = _shape_source(keys)
-    fn = None
-    if source is not None:
-        ns = dict(_NAMESPACE)
-        exec(source, ns)  # source generated above from the schema, never from input
-        fn = ns["_shape"]
-    if len(_SHAPES) < _MAX_SHAPES:
-        _SHAPES[keys] = fn
-    return fn
-
-
-def _no_duplicate_keys(raw: str, d: dict[str, Any]) -> bool:
-    """True if the line ``raw``, decoded (last key wins) to ``d``, had no duplicate key. Every
-    pair has one colon outside strings; without a backslash, a string holds as many colons in the
-    line as decoded; keys that ``d`` may have hold none. So if the line's colons are exactly
-    ``len(d)`` plus those of ``d``'s string values, it had ``len(d)`` pairs."""
-    colons = raw.count(":")
-    if colons == len(d):
+def _no_duplicate_keys(raws: list[str], ds: list[dict[str, Any]]) -> bool:
+    """True if the lines ``raws``, decoded (last key wins) to ``ds``, had no duplicate key.
+    Every pair has one colon outside strings; without a backslash a string holds as many colons
+    in the line as in its decoded ``repr``; so if the lines' colons are exactly those of the
+    objects' ``repr`` (one per pair, plus those inside strings), no pair was dropped."""
+    text = "\n".join(raws)
+    colons = text.count(":")
+    if colons == sum(map(len, ds)):
         return True
-    if "\\" in raw:
+    return "\\" not in text and colons == str(ds).count(":")
+
+
+def _json_groups(ds: list[dict[str, Any]]) -> list[tuple[Any, list[int], dict[str, Sequence[Any]]]]:
+    """The lines of a run grouped by op and keys: (op, positions, columns of the other keys).
+    Grouped by op and key count first (cheap), each group's columns taken by the keys of its
+    first line; a group whose lines differ in their keys is split by key set. Raises KeyError
+    (a line without ``op``) or TypeError (an unhashable op)."""
+    out: list[tuple[Any, list[int], dict[str, Sequence[Any]]]] = []
+    whole = len(ds)
+    for (op, _), idx in _positions(list(zip(map(_OP, ds), map(len, ds), strict=True))).items():
+        group = ds if len(idx) == whole else pick(ds, idx)
+        try:
+            cols: dict[str, Sequence[Any]] = {
+                k: list(map(operator.itemgetter(k), group)) for k in group[0] if k != "op"
+            }
+            out.append((op, idx, cols))
+            continue
+        except KeyError:
+            pass
+        for sub in _positions(list(map(frozenset, group))).values():
+            part = pick(group, sub)
+            cols = {k: list(map(operator.itemgetter(k), part)) for k in part[0] if k != "op"}
+            out.append((op, pick(idx, sub), cols))
+    return out
+
+
+def _json_run(ds: list[Any], raws: list[str], lines: list[int], b: _Builder) -> bool:
+    """The bulk path for a run of decoded lines: True if every line is a valid event (then its
+    events are appended), False if any is not (nothing is appended; the caller splits the run)."""
+    if set(map(type, ds)) != _DICT or len(b.events) + len(ds) > L.MAX_EVENTS:
         return False
-    return colons == len(d) + sum(v.count(":") for v in d.values() if type(v) is str)
+    if not _no_duplicate_keys(raws, ds):
+        return False
+    try:
+        groups = _json_groups(ds)
+    except (KeyError, TypeError):  # a line without op, or an op that is a list or an object
+        return False
+    parts: list[tuple[list[int], list[Event]]] = []
+    for op, idx, cols in groups:
+        evs = build_columns(op, cols, pick(lines, idx) if len(groups) > 1 else lines, csv=False)
+        if evs is None:
+            return False
+        parts.append((idx, evs))
+    return _append(in_order(parts), b)
 
 
-def _parse_jsonl(lines: Iterator[tuple[int, str]], c: _Collector) -> Trace:
-    """JSON Lines, in batches of :data:`_BATCH` lines. The bulk path decodes a batch whose lines
-    are all one ``{...}`` each with one ``json.loads`` of them as a JSON array (C speed, no call
-    per line), checks each object with its op's generated validator (:data:`_VALIDATORS`) and
-    builds its event through its slots. Anything it does not accept exactly (a batch that does
-    not decode, a line that is not an object on its own, a value out of range, a duplicate key, t
-    going back in time, a header, a comment) goes line by line: canonical fault lines through a
-    regular expression, other lines through ``json.loads`` and the validator, and what is still
-    not accepted through the full path (:meth:`_Builder.event`), which reports the exact problem
-    at its line:col. The bulk path accepts only what the full path accepts, with equal events
-    (tests/test_trace_format.py compares them with :data:`FAST_PATH` off)."""
-    source = c.source
+def _append(evs: list[Event], b: _Builder) -> bool:
+    """Append a run's events (in file order) if their times never go back; else False."""
+    ts = list(map(_T_OF, evs))
+    given = [t for t in ts if t is not None] if ts.count(None) else ts
+    if not non_decreasing(given, b.last_t):
+        return False
+    if given:
+        b.last_t = given[-1]
+        b.last_t_line = next(e.line for e in reversed(evs) if e.t is not None)
+    b.events += evs
+    return True
+
+
+def _csv_run(raws: list[str], lines: list[int], header: list[str], b: _Builder) -> bool:
+    """The bulk path for a run of CSV rows (after the header): True if every row is a valid
+    event (then they are appended), else False and nothing is appended. With no quote in the
+    run and every row as wide as the header, the csv module would split each row at its commas:
+    the run is split so at once, into columns, then grouped by op and by the cells given."""
+    width = len(header)
+    text = "\n".join(raws)
+    if "\r" in text:
+        raws = list(map(str.rstrip, raws, repeat("\r")))
+        text = "\n".join(raws)
+    k = len(raws)
+    if (
+        '"' in text
+        or "\r" in text
+        or width < 2
+        or len(b.events) + k > L.MAX_EVENTS
+        or max(map(len, raws)) > L.MAX_LINE_BYTES // 4
+        or set(map(str.count, raws, repeat(","))) != {width - 1}
+    ):
+        return False
+    cells = text.replace("\n", ",").split(",")
+    cols = [cells[j::width] for j in range(width)]
+    if text.isascii() and not any(map(text.__contains__, _ASCII_SPACE)):
+        flags = cols  # no whitespace: a cell is given if it is not empty
+    else:
+        flags = [list(map(str.strip, col)) for col in cols]
+    op_at = header.index("op")
+    others = [j for j in range(width) if j != op_at]
+    ops = cols[op_at]
+    work = list(_positions(ops).items())
+    parts: list[tuple[list[int], list[Event]]] = []
+    while work:
+        op, idx = work.pop()
+        whole = len(idx) == k
+        present: list[int] = []
+        for j in others:
+            f = flags[j] if whole else pick(flags[j], idx)
+            empty = f.count("")
+            if empty == len(idx):
+                continue
+            if empty:  # given in some rows only: split the group by it
+                work.append((op, list(compress(idx, f))))
+                work.append((op, [i for i, v in zip(idx, f, strict=True) if not v]))
+                break
+            present.append(j)
+        else:
+            evs = build_columns(
+                op,
+                {header[j]: cols[j] if whole else pick(cols[j], idx) for j in present},
+                lines if whole else pick(lines, idx),
+                csv=True,
+            )
+            if evs is None:
+                return False
+            parts.append((idx, evs))
+    return _append(in_order(parts), b)
+
+
+def _positions(keys: Sequence[Any]) -> dict[Any, list[int]]:
+    """key -> the positions where it is, in order (one key: no loop)."""
+    first = keys[0]
+    if keys.count(first) == len(keys):
+        return {first: list(range(len(keys)))}
+    out: dict[Any, list[int]] = {}
+    for i, key in enumerate(keys):
+        out.setdefault(key, []).append(i)
+    return out
+
+
+def _bulk(
+    nums: Sequence[int],
+    raws: list[str],
+    run: Callable[[int, int], bool],
+    line: Callable[[int, str], None],
+    c: _Collector,
+) -> None:
+    """Read a batch by the bulk path where it can: ``run(lo, hi)`` tries lines ``lo:hi`` whole;
+    a run it refuses is split in halves, down to single lines, which go to the full path
+    (``line``) in file order. Once a problem is found, everything goes to the full path: the
+    trace is refused, and the full path alone decides what is reported."""
+    todo = [(0, len(raws))]
+    while todo and not c.full:
+        lo, hi = todo.pop()
+        if FAST_PATH and not c.problems and run(lo, hi):
+            continue
+        if hi - lo == 1 or not FAST_PATH or c.problems:
+            for i in range(lo, hi):
+                line(nums[i], raws[i])
+                if c.full:
+                    break
+            continue
+        mid = (lo + hi) // 2
+        todo += [(mid, hi), (lo, mid)]
+
+
+def _parse_jsonl(blocks: _Blocks, c: _Collector) -> Trace:
+    """JSON Lines, in batches of :data:`_BATCH` lines, each decoded by one ``json.loads`` (as
+    one JSON array when every line is one ``{...}``) and checked column by column by the schema
+    (:func:`~explorer.ingest.schema.build_columns`). What the bulk path does not accept whole
+    (a header, a comment, a schedule, a 2m fault, anything invalid) is split down to single lines
+    for the full path (:meth:`_Builder.event`), which reports every problem at its line:col. The
+    bulk path accepts only what the full path accepts, with equal events (tests/
+    test_trace_format.py compares them with :data:`FAST_PATH` off)."""
     b = _Builder(c, csv_mode=False)
     head: dict[str, Any] = {"title": "", "description": "", "settings": {}, "seen": False}
-    fast = _FAST_FAULT if FAST_PATH else None
-    events = b.events
-    max_id, max_gfn, max_t, max_events = L.MAX_ID, L.MAX_GFN, L.MAX_T, L.MAX_EVENTS
-    shapes = _SHAPES
-    loads = json.loads
-    quarter_line = L.MAX_LINE_BYTES // 4  # chars: a line this long is within MAX_LINE_BYTES
+    longest = L.MAX_LINE_BYTES // 4  # chars: a line this long is within MAX_LINE_BYTES
 
-    def accept(d: Any, n: int) -> bool:
-        """Append the event of the decoded line ``d`` if the fast checks accept it."""
-        if type(d) is not dict:
-            return False
-        keys = tuple(d)
-        v = shapes.get(keys)
-        if v is None and keys not in shapes:
-            v = _shape(keys)
-        if v is None:
-            return False
-        e = v(d, n)
-        if e is None or len(events) >= max_events:
-            return False
-        t = e.t
-        if t is not None:
-            last_t = b.last_t
-            if last_t is not None and t < last_t:
-                return False
-            b.last_t, b.last_t_line = t, n
-        events.append(e)
-        return True
-
-    def one(n: int, raw: str) -> None:
-        """A line on its own: the fast paths, then the full path."""
-        if fast is not None:
-            if (mm := fast(raw)) is not None:
-                v, g, ts = mm.groups()
-                vcpu, gfn = int(v), int(g, 16)
-                t = None if ts is None else int(ts)
-                last_t = b.last_t
-                if (
-                    vcpu <= max_id
-                    and gfn <= max_gfn
-                    and len(events) < max_events
-                    and (t is None or (t <= max_t and (last_t is None or t >= last_t)))
-                ):
-                    if t is not None:
-                        b.last_t, b.last_t_line = t, n
-                    events.append(plain_fault(n, vcpu, gfn, t))
-                    head["seen"] = True
-                    return
-            elif len(raw) <= quarter_line and "{" in raw:
-                try:
-                    d = loads(raw)
-                    if _no_duplicate_keys(raw, d) and accept(d, n):
-                        head["seen"] = True
-                        return
-                except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
-                    pass
+    def full(n: int, raw: str) -> None:
         _full_line(n, raw, b, c, head)
 
-    while not c.full:
-        batch = list(islice(lines, _BATCH))
-        if not batch:
+    for nums, raws in _batches(blocks):
+        if c.full:
             break
-        if fast is None:
-            for n, raw in batch:
-                _full_line(n, raw, b, c, head)
-                if c.full:
-                    break
-            continue
-        raws = [raw for _, raw in batch]
-        text = "\n".join(raws)
-        k = len(raws)
-        decoded: list[Any] | None = None
-        if (
-            ("\n" + text).count("\n{") == k
-            and (text + "\n").count("}\n") + text.count("}\r\n") + text.endswith("}\r") == k
-            and max(map(len, raws)) <= quarter_line
-        ):
-            # Every line is "{...}" (no line can then continue another: docs in _bulk_safe)
-            try:
-                decoded = loads("[" + text.replace("\n", ",\n") + "]")
-            except (ValueError, RecursionError):
-                decoded = None
-            if decoded is not None and len(decoded) != k:
-                decoded = None
-        if decoded is None:
-            for n, raw in batch:
-                one(n, raw)
-                if c.full:
-                    break
-            continue
-        exact_keys = text.count(":") == sum(map(len, decoded))
-        if not exact_keys and "\\" not in text:
-            # Without a backslash, a duplicate key is the only way the line's colons can
-            # outnumber those of the decoded objects' repr (docs in _no_duplicate_keys)
-            exact_keys = text.count(":") == str(decoded).count(":")
-        if exact_keys and _columns(decoded, batch, b, max_events):
-            head["seen"] = True
-            continue
-        before = len(events)
-        for (n, raw), d in zip(batch, decoded, strict=True):
-            try:
-                keys = tuple(d)
-                v = shapes.get(keys)
-                if v is None and keys not in shapes:
-                    v = _shape(keys)
-                if (
-                    v is not None
-                    and (e := v(d, n)) is not None
-                    and (exact_keys or _no_duplicate_keys(raw, d))
-                    and len(events) < max_events
-                ):
-                    t = e.t
-                    if t is None:
-                        events.append(e)
-                        continue
-                    last_t = b.last_t
-                    if last_t is None or t >= last_t:
-                        b.last_t, b.last_t_line = t, n
-                        events.append(e)
-                        continue
-            except (ValueError, TypeError, KeyError, AttributeError):
-                pass
-            if len(events) > before:  # an event came first: a header now is not the header
-                head["seen"] = True
-            _full_line(n, raw, b, c, head)
-            if c.full:
-                break
-        if len(events) > before:
-            head["seen"] = True
-    return _finish(c, b, source, "jsonl", head["title"], head["description"], head["settings"])
+        decoded = _decode_batch(raws, longest) if FAST_PATH and not c.problems else []
+        lines = list(nums)
 
-
-_HEX_LIST = re.compile(r"(?:0[xX][0-9a-fA-F]+\n)*0[xX][0-9a-fA-F]+").fullmatch
-_INT_TYPE = {int}
-_FIRST = operator.itemgetter(0)
-_STR_TYPE = {str}
-
-
-def _int_column(col: tuple[Any, ...], lo: int, hi: int) -> list[int] | tuple[Any, ...] | None:
-    """``col`` as integers if every value is a JSON integer, or every value a hex string
-    "0x..", all in lo..hi (the rules of :func:`_check_field`), else None."""
-    types = set(map(type, col))
-    if types != _INT_TYPE:
-        if types != _STR_TYPE or _HEX_LIST("\n".join(col)) is None:
-            return None
-        ints: list[int] | tuple[Any, ...] = list(map(int, col, repeat(16)))
-    else:
-        ints = col
-    if min(ints) < lo or max(ints) > hi:
-        return None
-    return ints
-
-
-def _columns(
-    decoded: list[Any], batch: list[tuple[int, str]], b: _Builder, max_events: int
-) -> bool:
-    """The bulk path for the (line number, text) pairs ``batch`` decoded to ``decoded`` (no
-    duplicate keys): if every object is a dict with the same keys in the same
-    order, of one op, and every column passes :func:`_check_field`'s rules for JSON values, the
-    events are built column by column through their slots (C-level loops, no Python code per
-    line) and appended; True. Otherwise nothing is appended; False (the lines go one by one)."""
-    k = len(decoded)
-    if set(map(type, decoded)) != {dict} or len(b.events) + k > max_events:
-        return False
-    key_set = set(map(tuple, decoded))
-    if len(key_set) != 1:
-        return False
-    keys = key_set.pop()
-    if "op" not in keys:
-        return False
-    cols = dict(zip(keys, zip(*map(dict.values, decoded), strict=True), strict=True))
-    ops = set(cols["op"])
-    if len(ops) != 1:
-        return False
-    op = ops.pop()
-    if type(op) is not str or op not in SCHEMA:
-        return False
-    req, _ = SCHEMA[op]
-    if not _ALLOWED[op].issuperset(keys) or not set(keys).issuperset(req):
-        return False
-    values: dict[str, Any] = {}
-    for key, col in cols.items():
-        if key == "op":
-            continue
-        if key in _INT_RANGES:
-            lo, hi = _INT_RANGES[key]
-            checked = _int_column(col, lo, hi)
-            if checked is None:
-                return False
-            values[key] = checked
-        elif key in _CHOICES:
-            if not set(col).issubset(_CHOICES[key]) or "2m" in col:  # 2m: alignment, line by line
-                return False
-            values[key] = col
-        elif key == "order":  # a schedule's list of CPU names: checked line by line
+        def run(
+            lo: int,
+            hi: int,
+            decoded: list[Any] = decoded,
+            raws: list[str] = raws,
+            lines: list[int] = lines,
+        ) -> bool:
+            if _json_run(decoded[lo:hi], raws[lo:hi], lines[lo:hi], b):
+                head["seen"] = True  # an event came first: a header now is not the header
+                return True
             return False
-        else:  # text
-            if set(map(type, col)) != _STR_TYPE or max(map(len, col)) > L.MAX_TEXT:
-                return False
-            values[key] = col
-    ts = values.get("t")
-    if ts is not None:
-        if (b.last_t is not None and ts[0] < b.last_t) or not all(
-            map(operator.le, ts, islice(ts, 1, None))
-        ):
-            return False
-        b.last_t, b.last_t_line = ts[-1], batch[-1][0]
-    cls = EVENT_TYPES[op]
-    new = list(map(object.__new__, repeat(cls, k)))
-    defaults = _DEFAULTS[op]
-    for name, setter in _SETTERS[op].items():
-        if name == "line":
-            col_values: Any = map(_FIRST, batch)
-        else:
-            col_values = values.get(name)
-            if col_values is None:
-                col_values = repeat(defaults[name], k)
-        deque(map(setter, new, col_values), 0)
-    b.events += new
-    return True
+
+        _bulk(nums, raws, run, full, c)
+    return _finish(c, b, c.source, "jsonl", head["title"], head["description"], head["settings"])
 
 
 def _full_line(n: int, raw: str, b: _Builder, c: _Collector, head: dict[str, Any]) -> None:
@@ -1216,24 +1099,29 @@ def _full_line(n: int, raw: str, b: _Builder, c: _Collector, head: dict[str, Any
         b.event(obj, n, raw)
 
 
-def _parse_csv(lines: Iterator[tuple[int, str]], c: _Collector) -> Trace:
-    source = c.source
-    b = _Builder(c, csv_mode=True)
-    header: list[str] | None = None
-    header_line = 0
-    in_quote = False  # inside a quoted cell left open on an earlier line (already reported)
-    for n, raw in lines:
-        if c.full:
-            break
+class _Csv:
+    """The CSV reader's state between lines: the header row (None until read), its line, and
+    whether a quoted cell was left open on an earlier line."""
+
+    def __init__(self, c: _Collector) -> None:
+        self.c = c
+        self.b = _Builder(c, csv_mode=True)
+        self.header: list[str] | None = None
+        self.header_line = 0
+        self.in_quote = False  # inside a quoted cell left open on an earlier line (reported)
+
+    def line(self, n: int, raw: str) -> None:
+        """The full path for one line: every check, every problem at its line:col."""
+        c = self.c
         raw = raw.rstrip("\r")
-        if in_quote:  # the rest of a cell that spans lines: part of the problem reported
-            in_quote = raw != _TOO_LONG and _open_quote(raw, in_quote=True) is not None
-            continue
+        if self.in_quote:  # the rest of a cell that spans lines: part of the problem reported
+            self.in_quote = raw != _TOO_LONG and _open_quote(raw, in_quote=True) is not None
+            return
         stripped = raw.strip(_BLANK)
         if not stripped or stripped.startswith("#"):
-            continue
+            return
         if raw == _TOO_LONG or not _check_line_length(raw, n, c):
-            continue
+            return
         if '"' in raw:
             q = _open_quote(raw, in_quote=False)
             if q is not None:
@@ -1244,20 +1132,20 @@ def _parse_csv(lines: Iterator[tuple[int, str]], c: _Collector) -> Trace:
                     raw,
                     'a closing " on the same line (cells may not span lines)',
                 )
-                in_quote = True
-                continue
+                self.in_quote = True
+                return
         try:
             row = next(csv.reader([raw]))
         except csv.Error as exc:
             c.add(n, 1, f"invalid CSV: {exc}", raw)
-            continue
-        if header is None:
-            header = [h.strip().lstrip("\ufeff") for h in row]
-            header_line = n
-            for i, h in enumerate(header):
+            return
+        if self.header is None:
+            self.header = [h.strip().lstrip("\ufeff") for h in row]
+            self.header_line = n
+            for i, h in enumerate(self.header):
                 if h not in CSV_COLUMNS:
                     c.add(n, _csv_col(raw, i), f"unknown column {_r(h)}", h, ", ".join(CSV_COLUMNS))
-            if "op" not in header:
+            if "op" not in self.header:
                 c.add(
                     n,
                     1,
@@ -1265,38 +1153,73 @@ def _parse_csv(lines: Iterator[tuple[int, str]], c: _Collector) -> Trace:
                     raw,
                     "op," + ",".join(CSV_COLUMNS[1:4]) + ",...",
                 )
-                break
-            if len(set(header)) != len(header):
+                c.full = True  # no row can be read without its op: stop here
+                return
+            if len(set(self.header)) != len(self.header):
                 c.add(n, 1, "a column appears twice in the CSV header", raw)
-                break
-            continue
-        if len(row) > len(header):
+                c.full = True
+            return
+        if len(row) > len(self.header):
             c.add(
                 n,
-                _csv_col(raw, len(header)),
-                f"{len(row)} cells but the header has {len(header)} columns",
+                _csv_col(raw, len(self.header)),
+                f"{len(row)} cells but the header has {len(self.header)} columns",
                 raw,
             )
-            continue
+            return
         obj = {
-            h: v for h, v in zip(header, row, strict=False) if v.strip() != "" and h in CSV_COLUMNS
+            h: v
+            for h, v in zip(self.header, row, strict=False)
+            if v.strip() != "" and h in CSV_COLUMNS
         }
         op = obj.get("op", "").strip()
         if op in SCHEMA:
-            missing = [k for k in SCHEMA[op][0] if k not in header]
+            missing = [k for k in SCHEMA[op][0] if k not in self.header]
             if missing:
                 c.add(
-                    header_line,
+                    self.header_line,
                     1,
                     f"the CSV has no {', '.join(missing)} column for op {op!r} (line {n})",
-                    ",".join(header),
+                    ",".join(self.header),
                     ", ".join(SCHEMA[op][0]),
                 )
-                continue
-        b.event(obj, n, raw)
-    if header is None and not c.problems:
+                return
+        self.b.event(obj, n, raw)
+
+
+def _parse_csv(blocks: _Blocks, c: _Collector) -> Trace:
+    """CSV, in batches of :data:`_BATCH` rows: after the header row, each batch is split on
+    commas and checked column by column by the schema (:func:`_csv_run`); what that does not
+    accept whole is split down to single rows for the full path (:meth:`_Csv.line`, the csv
+    module and :meth:`_Builder.event`), which reports every problem at its line:col."""
+    r = _Csv(c)
+    for nums, raws in _batches(blocks):
+        if c.full:
+            break
+        start = 0
+        while (r.header is None or r.in_quote) and start < len(raws) and not c.full:
+            r.line(nums[start], raws[start])  # the header row (and any line before it)
+            start += 1
+        header = r.header
+        if header is None or start == len(raws) or c.full:
+            continue
+        if start:
+            nums, raws = nums[start:], raws[start:]
+        lines = list(nums)
+
+        def run(
+            lo: int,
+            hi: int,
+            header: list[str] = header,
+            raws: list[str] = raws,
+            lines: list[int] = lines,
+        ) -> bool:
+            return _csv_run(raws[lo:hi], lines[lo:hi], header, r.b)
+
+        _bulk(nums, raws, run, r.line, c)
+    if r.header is None and not c.problems:
         c.add(0, 0, "the CSV has no header row", "", "op,vcpu,gfn,...")
-    return _finish(c, b, source, "csv", "", "", {})
+    return _finish(c, r.b, c.source, "csv", "", "", {})
 
 
 def _open_quote(raw: str, *, in_quote: bool) -> int | None:

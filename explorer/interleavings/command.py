@@ -14,7 +14,10 @@ from explorer.cli.common import (
     EXIT_OK,
     EXIT_VIOLATIONS,
     UsageError,
+    atomic_output,
+    check_output_path,
     read_trace,
+    read_trace_and_bytes,
     resolve_settings,
 )
 from explorer.ingest import Trace
@@ -30,31 +33,49 @@ def cmd_explore(args: argparse.Namespace) -> int:
 
     if args.max_states < 1:
         raise UsageError(f"--max-states must be at least 1, got {args.max_states}")
+    if args.max_seconds is not None and not args.max_seconds > 0:
+        raise UsageError(f"--max-seconds must be more than 0, got {args.max_seconds}")
     if args.trace == "-":
         raise UsageError("explore reads a trace file, not standard input: save it to a file")
+    if args.write_pinned:
+        check_output_path(args.write_pinned, "--write-pinned")
     trace = read_trace(args.trace)
     settings = resolve_settings(trace, args.set or [])
     if NATIVE:
-        import subprocess
+        from explorer.interleavings.child import run_forwarding
 
         env = dict(os.environ, DPAMT_PURE="1")
         rest = sys.argv[1:] if args.argv is None else args.argv
-        argv = [sys.executable, "-m", "explorer", *rest]
-        return subprocess.run(argv, env=env, check=False).returncode
+        return run_forwarding([sys.executable, "-m", "explorer", *rest], env)
+    from explorer.interleavings.child import cancel_on_signals
     from explorer.interleavings.search import explore
 
-    progress = None
-    if args.progress:  # for programs (the app): one line per 1,000 states
+    if args.progress:  # for programs (the app): a line every half second, from the start
 
         def progress(states: int, text: str) -> None:
             print(f"progress states={states} {text}", file=sys.stderr, flush=True)
 
-    elif not args.json and sys.stderr.isatty():
+    elif sys.stderr.isatty():
 
         def progress(states: int, text: str) -> None:
-            print(f"\r{text}", end="", file=sys.stderr, flush=True)
+            print(f"\r{text}\x1b[K", end="", file=sys.stderr, flush=True)
 
-    result = explore(trace.events, settings, max_states=args.max_states, progress=progress)
+    else:  # a log: a plain line every half second
+
+        def progress(states: int, text: str) -> None:
+            print(text, file=sys.stderr, flush=True)
+
+    result = explore(
+        trace.events,
+        settings,
+        max_states=args.max_states,
+        max_seconds=args.max_seconds,
+        progress=progress,
+        cancel=cancel_on_signals(),
+        fair=not args.unfair,
+    )
+    if sys.stderr.isatty() and not args.progress:
+        print(file=sys.stderr)
     if args.write_pinned:
         _write_pinned(trace, settings, result, args.write_pinned)
     out = sys.stdout
@@ -87,16 +108,24 @@ def _write_pinned(trace: Trace, settings: Settings, r: dict[str, Any], path: str
         description=trace.description,
         settings=settings.to_dict(),
     )
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    with atomic_output(path) as f:
+        f.write(text.encode("utf-8"))
     print(f"wrote {path}: the trace pinned to the schedule of {what}", file=sys.stderr)
 
 
 def _print_exploration(r: dict[str, Any], out: TextIO) -> None:
-    state = "complete" if r["complete"] else "INCOMPLETE: " + r.get("stopped", "")
+    if r["complete"]:
+        state = "complete"
+    else:
+        c = r["covered"]
+        state = (
+            f"INCOMPLETE: {r.get('stopped', '')}; covered {c['groups_done']} of "
+            f"{c['groups_total']} group(s) before it"
+        )
     out.write(
         f"# {r['groups']} concurrent group(s), {r['states']:,} states, {r['schedules']:,} "
-        f"schedules, {r['end_states']} distinct outcome(s) in {r['seconds']:.2f} s ({state})\n"
+        f"schedules, {len(r['outcomes'])} distinct outcome(s) ({r['end_states']} end "
+        f"state(s)) in {r['seconds']:.2f} s ({state})\n"
     )
     for i, o in enumerate(r["outcomes"], 1):
         c = o["counters"]
@@ -111,6 +140,14 @@ def _print_exploration(r: dict[str, Any], out: TextIO) -> None:
             + (f"; {', '.join(o['diagnostics'])}" if o["diagnostics"] else "")
             + "\n"
         )
+        if o.get("variants", 1) > 1:
+            out.write(
+                f"  {o['variants']} end states (apart in page numbers or counts of retries)\n"
+            )
+        for p in o.get("paths", [])[:4]:
+            out.write("  path: " + "; ".join(f"{c}: {' > '.join(q)}" for c, q in p.items()) + "\n")
+        if len(o.get("paths", [])) > 4:
+            out.write(f"  ... {len(o['paths']) - 4} more path(s)\n")
         out.write(f"  e.g. {' '.join(o['example'])}\n")
     for v in r["violations"]:
         out.write(
@@ -130,15 +167,16 @@ def cmd_explore_grid(args: argparse.Namespace) -> int:
 
     if args.max_states < 1:
         raise UsageError(f"--max-states must be at least 1, got {args.max_states}")
+    check_output_path(args.out, "--out")
     traces = []
     grid = parse_vary(args.vary) if args.vary else {}
     for path in args.traces:
         if path == "-":
             raise UsageError("explore-grid reads trace files, not standard input")
-        trace = read_trace(path)
+        # the bytes the parse read (a second open would be unbounded, and a FIFO is empty twice)
+        trace, data = read_trace_and_bytes(path)
         base = resolve_settings(trace, args.set or [])  # each trace's own header, then --set
-        with open(path, "rb") as f:
-            traces.append((trace.source, f.read(), grid_points(base, grid) if grid else [base]))
+        traces.append((trace.source, data, grid_points(base, grid) if grid else [base]))
     scheduler = args.scheduler or os.environ.get("DPAMT_SCHEDULER") or None
 
     def progress(done: int, total: int) -> None:
@@ -158,7 +196,11 @@ def cmd_explore_grid(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     print(file=sys.stderr)
-    write_rows(rows, args.out)
+    if args.out == "-":
+        write_rows(rows, None, parquet=False)
+    else:
+        with atomic_output(args.out) as f:
+            write_rows(rows, f, parquet=args.out.endswith(".parquet"))
     for r in rows:
         print(
             f"{r['trace']} mode={r['mode']}: {r['status']}, {r['states'] or 0:,} states, "
@@ -190,6 +232,19 @@ def add_explore_and_grid(sub: Any) -> None:
         help="stop (exit 3, nothing claimed) past this many states (default 1,000,000)",
     )
     x.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help="stop (exit 3, nothing claimed, what was covered printed) after S seconds",
+    )
+    x.add_argument(
+        "--unfair",
+        action="store_true",
+        help="the plain search: every lap of a retry loop a state, max_retries ends the loops "
+        "(no fair-cycle livelock check; the reference the fair search is tested against)",
+    )
+    x.add_argument(
         "--write-pinned",
         metavar="FILE",
         help="write the trace with the first finding's schedule (else outcome 1's) pinned",
@@ -197,7 +252,7 @@ def add_explore_and_grid(sub: Any) -> None:
     x.add_argument(
         "--progress",
         action="store_true",
-        help="print 'progress states=N ...' lines on stderr every 1,000 states (for programs)",
+        help="print 'progress states=N ...' lines on stderr every half second (for programs)",
     )
     x.set_defaults(func=cmd_explore, argv=None)
     xg = sub.add_parser(

@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from explorer.model.settings import Settings
 from explorer.sweeps.sweep import dask_client
@@ -164,16 +164,17 @@ def run_grid(
     return [r for r in rows if r is not None]
 
 
-def write_rows(rows: Sequence[dict[str, Any]], out: str) -> None:
-    """Rows to ``out``: Parquet for ``.parquet``, else CSV (``-``: standard output)."""
+def write_rows(rows: Sequence[dict[str, Any]], out: BinaryIO | None, parquet: bool) -> None:
+    """Rows as Parquet (``parquet``) or CSV to the binary file ``out`` (None: CSV on standard
+    output). The command opens ``out`` (``atomic_output``: a complete file or none)."""
     import pandas as pd
 
     from explorer.csvsafe import escape_frame
 
     frame = pd.DataFrame(list(rows))
-    if out.endswith(".parquet"):
-        frame.to_parquet(out, index=False)
-    elif out == "-":
+    if out is None:
         escape_frame(frame).to_csv(sys.stdout, index=False)
+    elif parquet:
+        frame.to_parquet(out, index=False)
     else:
-        escape_frame(frame).to_csv(out, index=False)
+        out.write(escape_frame(frame).to_csv(index=False).encode("utf-8"))

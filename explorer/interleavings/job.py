@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import Popen
@@ -35,6 +36,7 @@ from typing import Any, Literal
 
 from explorer.ingest import Trace
 from explorer.ingest.write import dump_trace
+from explorer.interleavings import child
 from explorer.interleavings.search import pin
 from explorer.model.events import Event
 from explorer.model.settings import Settings
@@ -92,13 +94,29 @@ class ExploreJob:
         self._stderr: deque[str] = deque(maxlen=STDERR_LINES)
         self._dir = Path(tempfile.mkdtemp(prefix="dpamt-explore-"))
         self._out_path = self._dir / "result.json"
+        # the child is started by the reader thread, which lives as long as the child: the
+        # child dies with the thread that started it (explorer.interleavings.child), and a
+        # script run of the app is a thread that ends long before the search
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+        self._reader = threading.Thread(
+            target=self._run, args=(events, settings, title), name="explore-reader", daemon=True
+        )
+        self._reader.start()
+        self._started.wait()
+        if self._start_error is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise self._start_error
+
+    def _run(self, events: Sequence[Event], settings: Settings, title: str) -> None:
         try:
             self._proc = self._start(events, settings, title)
-        except BaseException:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            raise
-        self._reader = threading.Thread(target=self._read, name="explore-reader", daemon=True)
-        self._reader.start()
+        except BaseException as exc:  # (handed to the constructor, which raises it)
+            self._start_error = exc
+            self._started.set()
+            return
+        self._started.set()
+        self._read()
 
     def _start(self, events: Sequence[Event], settings: Settings, title: str) -> Popen[str]:
         """Write the trace and start the child (its stdout to a file, its stderr to a pipe)."""
@@ -120,7 +138,7 @@ class ExploreJob:
         ]
         env = dict(os.environ, DPAMT_PURE="1")
         with open(self._out_path, "wb") as out:
-            return subprocess.Popen(
+            return child.popen(
                 argv,
                 cwd=ROOT,
                 env=env,
@@ -242,25 +260,106 @@ def outcome_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "regions (refcount)": _regions_text(o.get("regions", {})),
                 # the engine's codes are "kind:CODE"; every kind is a problem, the code says which
                 "findings": ", ".join(d.split(":", 1)[-1] for d in o.get("diagnostics", [])),
+                "end states": int(o.get("variants", 1)),
+                "kernel paths": paths_text(o.get("paths", [])),
                 "turns": len(o.get("example", [])),
             }
         )
     return rows
 
 
-def violation_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """One table row per finding: what it is, and the step of the first schedule that hits it."""
-    return [
-        {
+def paths_text(paths: Sequence[dict[str, list[str]]]) -> str:
+    """An outcome's kernel paths on one line: ``vcpu0: pamt_get.slow > pamt_get.add | ...``,
+    paths separated by `` || ``."""
+    return " || ".join(
+        " | ".join(f"{cpu}: {' > '.join(seq) or '-'}" for cpu, seq in p.items()) for p in paths
+    )
+
+
+def explore_step(v: dict[str, Any]) -> int:
+    """The step at which a finding fires in the pinned trace's replay, the step Explore opens
+    at: the search's step, after the one ``schedule`` step the pinned trace has at the head of
+    each concurrent group up to the finding's (see :func:`explorer.interleavings.search.pin`)."""
+    return int(v["step"]) + len(v.get("orders", []))
+
+
+def violation_rows(
+    result: dict[str, Any], link: Callable[[dict[str, Any]], str | None] | None = None
+) -> list[dict[str, Any]]:
+    """One table row per finding: what it is, the step Explore shows it at (its step in the
+    pinned replay of the first schedule that hits it) and, with ``link``, a link to it."""
+    rows = []
+    for v in result.get("violations", []):
+        row = {
             "kind": v["kind"],
             "code": v["code"],
-            "message": v["message"],
-            "step": int(v["step"]),
+            "step": explore_step(v),
             "group": int(v["group"]) + 1,
             "turns": len(v.get("schedule", [])),
+            "message": v["message"],
         }
-        for v in result.get("violations", [])
-    ]
+        if link is not None:
+            row["link"] = link(v)
+        rows.append(row)
+    return rows
+
+
+#: A CPU's name in an encoded schedule: a thread name of the engine (``vcpu3``, ``td0``).
+_CPU_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+#: Bound on the turns one encoded schedule may carry (a link is read from a URL).
+MAX_LINK_TURNS = 1_000_000
+
+
+def encode_schedule(orders: Sequence[Sequence[str]]) -> str:
+    """Turn orders as URL-safe text: groups separated by ``~``, runs of one CPU as
+    ``NAME*COUNT``, separated by ``.``: ``vcpu0*5.vcpu1*2~td0.vcpu1``. Runs keep a link short
+    (a cold-range schedule is hundreds of turns in a few dozen runs)."""
+    groups = []
+    for order in orders:
+        runs: list[str] = []
+        prev, n = "", 0
+        for name in [*order, ""]:
+            if name == prev:
+                n += 1
+                continue
+            if prev:
+                runs.append(prev if n == 1 else f"{prev}*{n}")
+            prev, n = name, 1
+        groups.append(".".join(runs))
+    return "~".join(groups)
+
+
+def decode_schedule(text: str) -> list[list[str]]:
+    """The turn orders of :func:`encode_schedule`; ValueError naming the bad part."""
+    orders: list[list[str]] = []
+    total = 0
+    for g, group in enumerate(text.split("~"), 1):
+        order: list[str] = []
+        for run in group.split(".") if group else []:
+            name, star, count = run.partition("*")
+            if not _CPU_NAME.fullmatch(name):
+                raise ValueError(f"schedule group {g}: {run!r} is not a CPU name (like vcpu0)")
+            if star and not (count.isdigit() and 0 < int(count) <= MAX_LINK_TURNS):
+                raise ValueError(f"schedule group {g}: {run!r}: the count must be 1 or more")
+            n = int(count) if star else 1
+            total += n
+            if total > MAX_LINK_TURNS:
+                raise ValueError(f"schedule: more than {MAX_LINK_TURNS:,} turns")
+            order.extend([name] * n)
+        orders.append(order)
+    return orders
+
+
+def finding_link(
+    sample: str, settings: Settings, base: Settings, v: dict[str, Any]
+) -> dict[str, str]:
+    """Query parameters that reproduce a finding of a sample in Explore: the sample, the
+    settings that differ from its own, the pinned turn orders (``schedule``), and the step."""
+    from explorer.appsupport import encode_view_state
+
+    params = encode_view_state(sample, explore_step(v), settings, base)
+    params["schedule"] = encode_schedule(v["orders"])
+    return params
 
 
 def pinned_trace(

@@ -251,6 +251,22 @@ class ChunkedDict:
                 i = j
         self.changed = {}
 
+    def apply_many(self, deltas: list[ChunkedDelta]) -> None:
+        """Apply consecutive deltas (:meth:`delta`) as one: merged first (the last value of
+        each key wins, a dict update in C per delta), so a key changed in several of them is
+        written once. A seek applies up to a keyframe interval of deltas."""
+        if len(deltas) == 1:
+            self.apply(deltas[0])
+            return
+        merged: dict[int, int] = {}
+        for keys, values in deltas:
+            merged.update(zip(keys, values, strict=True))
+        if not merged:
+            self.changed = {}
+            return
+        keys_ = sorted(merged)  # (each delta's keys ascending: a few runs for the sort to merge)
+        self.apply((array("q", keys_), _values_of(merged, keys_)))
+
     def chunk_count(self) -> int:
         return len(self._chunks) + len(self._cold)
 

@@ -128,34 +128,9 @@ def _slot_setter(cls: type, name: str) -> Callable[[object, Any], None]:
     return setter
 
 
-_NEW = object.__new__
-_SET_LINE, _SET_T, _SET_NOTE = (_slot_setter(Event, n) for n in ("line", "t", "note"))
-_SET_VCPU, _SET_GFN, _SET_PFN, _SET_LEVEL = (
-    _slot_setter(Fault, n) for n in ("vcpu", "gfn", "pfn", "level")
-)
-
-
-def plain_fault(line: int, vcpu: int, gfn: int, t: int | None) -> Fault:
-    """``Fault(line=line, vcpu=vcpu, gfn=gfn, t=t)``, equal to it, built twice as fast.
-
-    A frozen dataclass's ``__init__`` goes through ``object.__setattr__`` once per field; the
-    parser's fast path (:mod:`explorer.ingest.parse`) builds a million of these per large trace,
-    so it sets the slots through their descriptors instead (the same values, no validation:
-    the caller has validated them)."""
-    f = _NEW(Fault)
-    _SET_LINE(f, line)
-    _SET_T(f, t)
-    _SET_NOTE(f, None)
-    _SET_VCPU(f, vcpu)
-    _SET_GFN(f, gfn)
-    _SET_PFN(f, None)
-    _SET_LEVEL(f, "4k")
-    return f
-
-
 def slot_setters(cls: type[Event]) -> dict[str, Callable[[object, Any], None]]:
     """Every field of ``cls`` (``line``, ``t`` and ``note`` included) -> the ``__set__`` of its
-    slot, for builders like :func:`plain_fault`: ``object.__new__(cls)`` with every one of these
+    slot, for bulk builders: ``object.__new__(cls)`` with every one of these
     called once is equal to ``cls(...)`` with the same values (no validation: the caller has
     validated them). The parser's bulk path (:mod:`explorer.ingest.parse`) builds its events so."""
     out: dict[str, Callable[[object, Any], None]] = {}

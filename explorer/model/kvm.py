@@ -15,11 +15,16 @@ Follows upstream KVM and the v6 series as restated in dpamt-model.md sections 6 
   unwind on error) and installs the 4 KiB leaf (``tdx_pamt_get`` on the guest page, TDH.MEM.PAGE.ADD
   while the TD is being built, TDH.MEM.PAGE.AUG once it runs; ``tdx_pamt_put`` on failure).
   The S-EPT root comes with the TD and takes no DPAMT get at fault time.
-- Control pages (``tdx_alloc_control_page``: allocate, ``tdx_pamt_get(pfn, NULL)``), zap
-  (``tdx_sept_remove_leaf_spte``: PAGE.REMOVE then ``tdx_pamt_put``), vCPU free
-  (``tdx_free_pamt_cache``, then KVM's caches) and teardown in the kernel's order: leaves zapped
-  and put, HKID released, S-EPT tables reclaimed, put and freed, control pages reclaimed, put and
-  freed, caches freed.
+- ``kvm_mmu_faultin_pfn`` (mmu.c) samples ``mmu_invalidate_seq`` and checks
+  ``mmu_invalidate_retry_gfn_unsafe`` before and after asking guest_memfd for the page: an
+  invalidation covering the gfn ends the try with RET_PF_RETRY without taking ``mmu_lock``;
+  ``is_page_fault_stale`` under ``mmu_lock`` is the last check.
+- Control pages (``tdx_alloc_control_page``: allocate, ``tdx_pamt_get(pfn, NULL)``); a zap is a
+  guest_memfd punch hole (``kvm_gmem_punch_hole``: invalidate begin and PAGE.REMOVE +
+  ``tdx_pamt_put`` under write ``mmu_lock``, the page freed by truncation outside it, then
+  invalidate end bumping the sequence); vCPU free (``tdx_free_pamt_cache``, then either the
+  control pages or, with the HKID still held, an early return that leaks them; then KVM's
+  caches); teardown by function in the order of mainline since 6.15 (:func:`kvm_destroy_vm`).
 
 Effects of KVM state (S-EPT entries, mappings, guest_memfd) are noted only for a recorded step
 (``if m.record``): a bulk replay would build their key tuples millions of times for nothing.
@@ -91,6 +96,77 @@ from explorer.model.steps import (
 DONE: Final = 0
 RETRY: Final = 1
 ALIVE_TD_STATES: Final = ("created", "finalized", "bugged")
+#: ``INVALID_GPA``: the range of an invalidation that has added none yet
+INVALID_GFN: Final = -1
+
+
+# ============================================================================ invalidations
+def _invalidation_key(td: Td) -> str:
+    return f"mmu_invalidate/td{td.id}"
+
+
+def mmu_invalidation(m: KernelState, td: Td) -> tuple[int, int, int]:
+    """``kvm->mmu_invalidate_in_progress`` and ``mmu_invalidate_range_start/_end`` of a TD's VM.
+
+    Kept in ``m.extra`` (one immutable tuple per TD, present only while an invalidation is in
+    progress) rather than in :class:`Td`: checkpoints, snapshots and the explorer's state hash
+    already carry ``extra``, and between batches no invalidation is ever open, so a checkpoint
+    holds none."""
+    got: tuple[int, int, int] | None = m.extra.get(_invalidation_key(td))
+    return got if got is not None else (0, INVALID_GFN, INVALID_GFN)
+
+
+def kvm_mmu_invalidate_begin(m: KernelState, td: Td, start: int, end: int) -> tuple[int, int]:
+    """``kvm_mmu_invalidate_begin`` then ``kvm_mmu_invalidate_range_add`` (virt/kvm/kvm_main.c,
+    both under write ``mmu_lock``): ``mmu_invalidate_in_progress++`` (the first one resets the
+    range to ``INVALID_GPA``), then the range grows to cover ``[start, end)``. The sequence is
+    not bumped here: ``kvm_mmu_invalidate_end`` does that. Returns the old and new count."""
+    n, lo, hi = mmu_invalidation(m, td)
+    if n == 0:
+        lo = hi = INVALID_GFN
+    if lo == INVALID_GFN:
+        lo, hi = start, end
+    else:
+        lo, hi = min(lo, start), max(hi, end)
+    m.extra[_invalidation_key(td)] = (n + 1, lo, hi)
+    return n, n + 1
+
+
+def kvm_mmu_invalidate_end(m: KernelState, td: Td) -> tuple[int, int]:
+    """``kvm_mmu_invalidate_end`` (virt/kvm/kvm_main.c, write ``mmu_lock`` held):
+    ``mmu_invalidate_seq++``, then ``mmu_invalidate_in_progress--``. A fault that sampled the
+    sequence before this point is stale from here on, whatever its gfn. Returns the old and
+    new sequence."""
+    n, lo, hi = mmu_invalidation(m, td)
+    key = _invalidation_key(td)
+    if n <= 1:
+        m.extra.pop(key, None)
+    else:
+        m.extra[key] = (n - 1, lo, hi)
+    old = td.mmu_invalidate_seq
+    td.mmu_invalidate_seq = old + 1
+    return old, old + 1
+
+
+def mmu_invalidate_retry_gfn(m: KernelState, td: Td, mmu_seq: int, gfn: int) -> str | None:
+    """Why a fault that sampled ``mmu_seq`` must retry, or None: an invalidation in progress
+    whose range covers ``gfn``, or the sequence moved since the sample.
+
+    The test of ``mmu_invalidate_retry_gfn_unsafe`` (include/linux/kvm_host.h: the lockless
+    pre-checks ``kvm_mmu_faultin_pfn`` makes, added by "KVM: x86/mmu: Retry fault before
+    acquiring mmu_lock if mapping is changing") and of ``mmu_invalidate_retry_gfn`` (the same,
+    under ``mmu_lock``, from ``is_page_fault_stale``). The engine's memory is sequentially
+    consistent, so the lockless copy never sees stale values: the two agree."""
+    if not m.extra:  # (the usual case: no invalidation open anywhere, no design state)
+        if td.mmu_invalidate_seq != mmu_seq:
+            return f"mmu_invalidate_seq moved {mmu_seq} -> {td.mmu_invalidate_seq}"
+        return None
+    n, lo, hi = mmu_invalidation(m, td)
+    if n and lo <= gfn < hi:
+        return f"an invalidation of [{lo:#x}, {hi:#x}) is in progress"
+    if td.mmu_invalidate_seq != mmu_seq:
+        return f"mmu_invalidate_seq moved {mmu_seq} -> {td.mmu_invalidate_seq}"
+    return None
 
 
 # ============================================================================ dispatch
@@ -99,7 +175,7 @@ def run_event(m: KernelState, th: Thread, idx: int, ev: Event) -> KGen:
     if isinstance(ev, Fault):
         return tdx_handle_ept_violation(m, th, idx, ev)
     if isinstance(ev, Zap):
-        return zap_private_page(m, th, idx, ev)
+        return kvm_gmem_punch_hole(m, th, idx, ev)
     if isinstance(ev, TdCreate):
         return tdx_td_create(m, th, idx, ev)
     if isinstance(ev, VcpuCreate):
@@ -385,55 +461,37 @@ def tdx_handle_ept_violation(m: KernelState, th: Thread, idx: int, ev: Fault) ->
                 (),
             )
             return
-        # kvm_mmu_faultin_pfn(): the page comes from guest_memfd after the top-ups, as in
-        # kvm_tdp_mmu_page_fault(); the invalidation sequence is read first (fault->mmu_seq),
-        # so a zap that frees the page before this fault takes mmu_lock makes it stale
+        # kvm_mmu_faultin_pfn(): fault->mmu_seq first, then a lockless pre-check before
+        # guest_memfd is asked for the page, and another after (both RET_PF_RETRY without
+        # taking mmu_lock); is_page_fault_stale() under mmu_lock is the last check
         mmu_seq = td.mmu_invalidate_seq
-        pfn = td.gmem.get(gfn)
-        if pfn is None and given is not None:  # the trace names the page guest_memfd holds
-            pfn = given
-            if not m.mem.is_free(pfn):  # another CPU of the batch was given it meanwhile
-                m.count(K_FAULTS_FAILED)
-                m.diag(
-                    "error",
-                    "FAULTIN_PFN_TAKEN",
-                    f"pfn {pfn:#x}, the trace's page for gfn {gfn:#x}, was allocated by "
-                    "another CPU of the batch before this fault reached kvm_mmu_faultin_pfn "
-                    "(the explorer's report: give the pfn to an earlier event)",
-                )
-                yield (
-                    "kvm_mmu_faultin_pfn",
-                    "faultin.taken",
-                    "pfn {:#x} is no longer free: -ENOMEM",
-                    (pfn,),
-                )
-                return
-            _gmem_bind(m, td, gfn, pfn)
+        why = mmu_invalidate_retry_gfn(m, td, mmu_seq, gfn)
+        if why is not None:
             yield (
                 "kvm_mmu_faultin_pfn",
-                "faultin.given",
-                "guest_memfd gives pfn {:#x} (region {}) for gfn {:#x} (the trace's page)",
-                (pfn, pfn >> C.PAGES_PER_REGION_SHIFT, gfn),
+                "faultin.retry_early",
+                "mmu_invalidate_retry_gfn_unsafe(gfn {:#x}): {}: RET_PF_RETRY before "
+                "guest_memfd, without taking mmu_lock",
+                (gfn, why),
             )
-        elif pfn is None:
-            pfn = m.alloc_page(th, O_GUEST, sleeping=True)
-            if pfn is None:
-                m.count(K_FAULTS_FAILED)
+            ret = RETRY
+        else:
+            got = yield from _kvm_gmem_get_pfn(m, th, td, gfn, given)
+            if got is None:
+                return
+            pfn = got
+            why = mmu_invalidate_retry_gfn(m, td, mmu_seq, gfn)
+            if why is not None:
                 yield (
                     "kvm_mmu_faultin_pfn",
-                    "faultin.enomem",
-                    "guest_memfd could not allocate a page: -ENOMEM",
-                    (),
+                    "faultin.retry_late",
+                    "mmu_invalidate_retry_gfn_unsafe(gfn {:#x}) after kvm_gmem_get_pfn: {}: "
+                    "kvm_mmu_finish_page_fault() puts pfn {:#x}, RET_PF_RETRY without mmu_lock",
+                    (gfn, why, pfn),
                 )
-                return
-            _gmem_bind(m, td, gfn, pfn, owned=True)
-            yield (
-                "kvm_mmu_faultin_pfn",
-                "faultin.alloc",
-                "guest_memfd allocates pfn {:#x} (region {}) for gfn {:#x}",
-                (pfn, pfn >> C.PAGES_PER_REGION_SHIFT, gfn),
-            )
-        ret = yield from kvm_tdp_mmu_map(m, th, vcpu, td, gfn, pfn, level, mmu_seq)
+                ret = RETRY
+            else:
+                ret = yield from kvm_tdp_mmu_map(m, th, vcpu, td, gfn, pfn, level, mmu_seq)
         if ret == DONE:
             return
         if ret != RETRY:
@@ -472,6 +530,59 @@ def tdx_handle_ept_violation(m: KernelState, th: Thread, idx: int, ev: Fault) ->
         )
 
 
+def _kvm_gmem_get_pfn(m: KernelState, th: Thread, td: Td, gfn: int, given: int | None) -> KGen:
+    """``__kvm_mmu_faultin_pfn`` -> ``kvm_gmem_get_pfn`` (virt/kvm/guest_memfd.c): the page
+    guest_memfd holds for ``gfn``, allocated on first touch (``__filemap_get_folio`` with
+    FGP_CREAT; no filemap invalidate lock is taken, so a punch hole does not block it: the
+    pre-checks around it keep a fault off a gfn being invalidated). A trace's ``pfn`` names the
+    page. Returns the pfn, or None when the fault failed (counted and narrated)."""
+    pfn = td.gmem.get(gfn)
+    if pfn is None and given is not None:  # the trace names the page guest_memfd holds
+        pfn = given
+        if not m.mem.is_free(pfn):  # another CPU of the batch was given it meanwhile
+            m.count(K_FAULTS_FAILED)
+            m.diag(
+                "error",
+                "FAULTIN_PFN_TAKEN",
+                f"pfn {pfn:#x}, the trace's page for gfn {gfn:#x}, was allocated by "
+                "another CPU of the batch before this fault reached kvm_mmu_faultin_pfn "
+                "(the explorer's report: give the pfn to an earlier event)",
+            )
+            yield (
+                "kvm_mmu_faultin_pfn",
+                "faultin.taken",
+                "pfn {:#x} is no longer free: -ENOMEM",
+                (pfn,),
+            )
+            return None
+        _gmem_bind(m, td, gfn, pfn)
+        yield (
+            "kvm_mmu_faultin_pfn",
+            "faultin.given",
+            "guest_memfd gives pfn {:#x} (region {}) for gfn {:#x} (the trace's page)",
+            (pfn, pfn >> C.PAGES_PER_REGION_SHIFT, gfn),
+        )
+    elif pfn is None:
+        pfn = m.alloc_page(th, O_GUEST, sleeping=True)
+        if pfn is None:
+            m.count(K_FAULTS_FAILED)
+            yield (
+                "kvm_mmu_faultin_pfn",
+                "faultin.enomem",
+                "guest_memfd could not allocate a page: -ENOMEM",
+                (),
+            )
+            return None
+        _gmem_bind(m, td, gfn, pfn, owned=True)
+        yield (
+            "kvm_mmu_faultin_pfn",
+            "faultin.alloc",
+            "guest_memfd allocates pfn {:#x} (region {}) for gfn {:#x}",
+            (pfn, pfn >> C.PAGES_PER_REGION_SHIFT, gfn),
+        )
+    return pfn
+
+
 def _gmem_bind(m: KernelState, td: Td, gfn: int, pfn: int, owned: bool = False) -> None:
     if not owned:
         m.set_owner(pfn, O_GUEST)
@@ -494,8 +605,10 @@ def kvm_tdp_mmu_map(
     the missing non-root tables, map the leaf.
 
     First, as ``kvm_tdp_mmu_page_fault()`` does once it holds the lock,
-    ``is_page_fault_stale()``: if a zap ran since ``kvm_mmu_faultin_pfn()`` read ``mmu_seq``
-    (``kvm->mmu_invalidate_seq`` moved), ``pfn`` may have gone back to the page allocator, and
+    ``is_page_fault_stale()`` -> ``mmu_invalidate_retry_gfn()``, the last of the three checks
+    (the two lockless ones are in ``kvm_mmu_faultin_pfn``): an invalidation covering ``gfn`` in
+    progress, or one that ended since ``mmu_seq`` was sampled (``kvm->mmu_invalidate_seq``
+    moved, whatever gfn it covered), means ``pfn`` may be going back to the page allocator, and
     the try ends with RET_PF_RETRY before touching the page table."""
     fn = "kvm_tdp_mmu_map"
     th.stack.append(fn)
@@ -507,13 +620,14 @@ def kvm_tdp_mmu_map(
             return EIO
         ret = DONE
         entries = td.entries
-        if td.mmu_invalidate_seq != mmu_seq:  # (counted as a retry by the caller)
+        why = mmu_invalidate_retry_gfn(m, td, mmu_seq, gfn)
+        if why is not None:  # (counted as a retry by the caller)
             yield (
                 fn,
                 "fault.stale",
-                "is_page_fault_stale(): a zap ran since kvm_mmu_faultin_pfn gave pfn {:#x} "
-                "for gfn {:#x} (mmu_invalidate_seq {} -> {}): RET_PF_RETRY",
-                (pfn, gfn, mmu_seq, td.mmu_invalidate_seq),
+                "is_page_fault_stale() -> mmu_invalidate_retry_gfn(gfn {:#x}) under mmu_lock: "
+                "{} since kvm_mmu_faultin_pfn gave pfn {:#x}: RET_PF_RETRY",
+                (gfn, why, pfn),
             )
             ret = RETRY
         for k in range(m.ept_levels - 1, (1 if level == "4k" else 2) - 1, -1):
@@ -747,43 +861,103 @@ def _map_leaf(
 
 
 # ============================================================================ zap
-def zap_private_page(m: KernelState, th: Thread, idx: int, ev: Zap) -> KGen:
-    """Zap one private page: PAGE.REMOVE under write_lock(mmu_lock), then ``tdx_pamt_put``."""
+def kvm_gmem_punch_hole(m: KernelState, th: Thread, idx: int, ev: Zap) -> KGen:
+    """A trace's ``zap``: ``fallocate(PUNCH_HOLE)`` of one page of the TD's guest_memfd,
+    ``kvm_gmem_punch_hole`` (virt/kvm/guest_memfd.c) in its three parts:
+
+    1. ``kvm_gmem_invalidate_begin`` -> ``__kvm_gmem_invalidate_begin``, under write
+       ``mmu_lock``: ``kvm_mmu_invalidate_begin`` + ``kvm_mmu_invalidate_range_add`` (from
+       ``kvm_mmu_unmap_gfn_range``), then the zap of the mirror leaf: TDX's
+       ``tdx_sept_remove_leaf_spte`` (BLOCK, TRACK, PAGE.REMOVE, and v6 09/11's
+       ``tdx_pamt_put`` after the page is reset). ``mmu_lock`` is then dropped with the
+       invalidation still in progress.
+    2. ``truncate_inode_pages_range``: guest_memfd drops the folio, which goes back to the page
+       allocator, outside ``mmu_lock``.
+    3. ``kvm_gmem_invalidate_end`` -> ``__kvm_gmem_invalidate_end``, under write ``mmu_lock``:
+       ``kvm_mmu_invalidate_end`` bumps ``mmu_invalidate_seq``.
+
+    Between 1 and 3 a fault on another gfn may take ``mmu_lock`` and map; a fault on this gfn
+    retries in ``kvm_mmu_faultin_pfn`` without taking it. ``filemap_invalidate_lock``, which
+    serialises punch holes of one file, is not modelled: two zaps of one TD in one batch nest
+    (``mmu_invalidate_in_progress`` 2) as an MMU-notifier invalidation and a punch hole can."""
     td = _live_td(m, ev, idx, ev.td)
     if ev.gfn not in td.leaves:
         raise m.impossible(
             ev, idx, f"zap of gfn {ev.gfn:#x}, which TD {ev.td} has not mapped", "a mapped gfn"
         )
-    fn = "tdx_sept_remove_leaf_spte"
-    th.stack.append(fn)
+    gfn = ev.gfn
+    th.stack.append("kvm_gmem_punch_hole")
     m.count(K_ZAPS)
+    fn = "__kvm_gmem_invalidate_begin"
     yield from write_lock_mmu(m, th, fn, td)
-    pfn = td.leaves.get(ev.gfn)
+    was, now = kvm_mmu_invalidate_begin(m, td, gfn, gfn + 1)
+    _, lo, hi = mmu_invalidation(m, td)
+    yield (
+        fn,
+        "invalidate.begin",
+        "kvm_mmu_invalidate_begin(): mmu_invalidate_in_progress {} -> {}, range [{:#x}, {:#x}): "
+        "faults on it now retry before mmu_lock",
+        (was, now, lo, hi),
+    )
+    pfn = td.leaves.get(gfn)
     if pfn is None:
-        yield fn, "zap.gone", "gfn {:#x} is no longer mapped: nothing to do", (ev.gfn,)
+        yield fn, "zap.gone", "gfn {:#x} is no longer mapped: nothing to unmap", (gfn,)
     else:
-        yield from _zap_leaf(m, th, td, ev.gfn, pfn)
-    # kvm_mmu_invalidate_end(): a fault that read guest_memfd before this point is now stale
-    td.mmu_invalidate_seq += 1
+        yield from _remove_leaf(m, th, td, gfn, pfn)
+    yield from write_unlock_mmu(m, th, fn, td)
+    fn = "kvm_gmem_punch_hole"
+    held = td.gmem.get(gfn)
+    if held is not None:
+        del td.gmem[gfn]
+        if m.record:
+            m.note("gmem", (td.id, gfn), held, None)
+        m.free_page(held)
+        yield (
+            fn,
+            "gmem.truncate",
+            "truncate_inode_pages_range(): guest_memfd drops pfn {:#x} (gfn {:#x}) to the page "
+            "allocator, mmu_lock not held, the invalidation still in progress",
+            (held, gfn),
+        )
+    else:
+        yield (
+            fn,
+            "gmem.truncate",
+            "truncate_inode_pages_range(): guest_memfd holds no page for gfn {:#x} any more",
+            (gfn,),
+        )
+    fn = "__kvm_gmem_invalidate_end"
+    yield from write_lock_mmu(m, th, fn, td)
+    old, new = kvm_mmu_invalidate_end(m, td)
+    yield (
+        fn,
+        "invalidate.end",
+        "kvm_mmu_invalidate_end(): mmu_invalidate_seq {} -> {}, in_progress {} -> {}: faults "
+        "that sampled the old sequence are stale",
+        (old, new, now, now - 1),
+    )
     yield from write_unlock_mmu(m, th, fn, td)
 
 
-def _zap_leaf(m: KernelState, th: Thread, td: Td, gfn: int, pfn: int) -> KGen:
+def _remove_leaf(m: KernelState, th: Thread, td: Td, gfn: int, pfn: int) -> KGen:
+    """``tdx_sept_remove_leaf_spte`` under write ``mmu_lock``: TDH.MEM.RANGE.BLOCK,
+    ``tdx_track`` (TDH.MEM.TRACK and a kick), TDH.MEM.PAGE.REMOVE, the page reset, then v6
+    09/11's ``tdx_pamt_put(pfn)``. KVM does not free the page: guest_memfd owns it."""
     fn = "tdx_sept_remove_leaf_spte"
-    yield fn, "zap.block", "TDH.MEM.RANGE.BLOCK + TDH.MEM.TRACK for gfn {:#x}, kick vCPUs", (gfn,)
     status = m.module.take_page(pfn)
     m.count(K_PAGE_REMOVE)
     del td.leaves[gfn]
     if m.record:
         m.note("leaf", (td.id, gfn), pfn, "absent")
-    yield fn, "zap.page_remove", "TDH.MEM.PAGE.REMOVE gfn {:#x} pfn {:#x}: {}", (gfn, pfn, status)
+    # (one step: nothing else can look between BLOCK and REMOVE, both under write mmu_lock)
+    yield (
+        fn,
+        "zap.page_remove",
+        "TDH.MEM.RANGE.BLOCK, TDH.MEM.TRACK + kick, TDH.MEM.PAGE.REMOVE gfn {:#x} pfn {:#x}: {}",
+        (gfn, pfn, status),
+    )
     m.mark_gotten(pfn, -1)
     yield from tdx_pamt_put(m, th, pfn)
-    del td.gmem[gfn]
-    if m.record:
-        m.note("gmem", (td.id, gfn), pfn, None)
-    m.free_page(pfn)
-    yield fn, "zap.free", "guest_memfd releases pfn {:#x} to the page allocator", (pfn,)
 
 
 # ============================================================================ control pages
@@ -1003,51 +1177,75 @@ def tdx_vcpu_free_event(m: KernelState, th: Thread, idx: int, ev: VcpuFree) -> K
 
 
 def tdx_vcpu_free(m: KernelState, th: Thread, vcpu: Vcpu) -> KGen:
-    """``kvm_arch_vcpu_destroy``: ``tdx_vcpu_free`` (v6: ``tdx_free_pamt_cache`` first; the
-    TDCX pages, then the TDVPR, only once the TD's HKID is released: at teardown), then
-    ``kvm_mmu_destroy`` -> ``mmu_free_memory_caches`` (KVM's own caches). A trace's
-    ``vcpu_free`` runs it while the TD still holds its HKID: the control pages then wait for
-    the TD's teardown, which reclaims them in this vCPU's turn."""
+    """``kvm_arch_vcpu_destroy``: ``vt_vcpu_free`` -> ``tdx_vcpu_free`` (arch/x86/kvm/vmx/tdx.c),
+    then ``kvm_mmu_destroy`` -> ``mmu_free_memory_caches`` (KVM's own caches).
+
+    ``tdx_vcpu_free`` in the kernel's order: v6 09/11's ``tdx_free_pamt_cache`` first; then,
+    if the TD's HKID is still assigned, it returns at once: the TDX module cannot reclaim a
+    vCPU's pages while the HKID is held ("the kernel failed to free the HKID" or vCPU creation
+    failed), so the TDCX and TDVPR pages are never reclaimed: leaked, still the module's, with
+    their DPAMT references, so their regions keep their pairs. Nobody frees them later (the
+    TD's teardown does not come back to a freed vCPU). A trace's ``vcpu_free`` before
+    ``td_destroy`` is that case, reported as a warning (``VCPU_FREE_HKID_ASSIGNED``); the
+    leaked pages stay listed with the freed vCPU. Otherwise (``kvm_destroy_vcpus``, after
+    ``tdx_mmu_release_hkid``) the TDCX pages in index order, then the TDVPR, each through
+    ``tdx_reclaim_control_page`` (reclaim, ``tdx_free_control_page``: put, free)."""
     fn = "tdx_vcpu_free"
     th.stack.append(fn)
     try:
         td = m.tds.get(vcpu.td)
-        hkid_released = td is not None and td.hkid is None
-        if vcpu.alive:
-            yield from tdx_free_pamt_cache(m, th, vcpu)
-        if hkid_released and vcpu.control:
+        yield from tdx_free_pamt_cache(m, th, vcpu)
+        if td is not None and td.hkid is not None and vcpu.control:
+            pages = ", ".join(f"{kind.upper()} {pfn:#x}" for pfn, kind in vcpu.control)
+            m.diag(
+                "warning",
+                "VCPU_FREE_HKID_ASSIGNED",
+                f"vCPU {vcpu.id} freed while TD {td.id} still holds HKID {td.hkid}: "
+                f"tdx_vcpu_free() returns early and never reclaims its {len(vcpu.control)} "
+                f"control pages ({pages}): leaked, with their DPAMT references (the kernel "
+                "only frees vCPUs after tdx_mmu_release_hkid, or on a failed creation)",
+            )
+            yield (
+                fn,
+                "vcpu.leak",
+                "is_hkid_assigned(): HKID {} still held: return early; TDVPR and {} TDCX "
+                "pages are never reclaimed (leaked)",
+                (td.hkid, len(vcpu.control) - 1),
+            )
+        elif vcpu.control:
             yield from _reclaim_control(m, th, vcpu.control, fn)
-        if not vcpu.alive:
-            return
         yield from mmu_free_memory_caches(m, th, vcpu)
         vcpu.alive = False
         m.note("vcpu", vcpu.id, f"td{vcpu.td}", "freed")
-        if vcpu.control:
-            yield (
-                fn,
-                "vcpu.freed",
-                "vCPU {} freed; its {} control pages wait for the TD's teardown (HKID still assigned)",
-                (vcpu.id, len(vcpu.control)),
-            )
-        else:
-            yield fn, "vcpu.freed", "vCPU {} freed", (vcpu.id,)
+        yield fn, "vcpu.freed", "vCPU {} freed", (vcpu.id,)
     finally:
         th.stack.pop()
 
 
 def kvm_destroy_vm(m: KernelState, th: Thread, idx: int, ev: TdDestroy) -> KGen:
-    """TD teardown in the order of the kernel v6 is based on (docs/engine.md, "Teardown"):
+    """TD teardown by function, in the order of mainline since 6.15 with DPAMT v6
+    (docs/engine.md, "Teardown"):
 
-    1. the guest's private pages are removed (PAGE.REMOVE, ``tdx_pamt_put``) while the TD
-       still holds its HKID (``tdx_sept_remove_leaf_spte``: "HKID is released after all
-       private pages have been removed");
-    2. ``kvm_arch_pre_destroy_vm`` -> ``tdx_mmu_release_hkid``: the HKID is released;
-    3. ``kvm_destroy_vcpus``, each vCPU: ``tdx_vcpu_free`` (``tdx_free_pamt_cache``, TDCX
-       pages, TDVPR) then ``kvm_mmu_destroy`` (KVM's caches);
-    4. ``kvm_mmu_uninit_vm`` -> ``kvm_mmu_uninit_tdp_mmu``: the mirror root and every S-EPT
-       table, each through ``tdx_sept_free_private_spt`` (reclaim, ``tdx_pamt_put``, freed at
-       once, not from an RCU callback);
-    5. ``vm_destroy`` -> ``tdx_vm_destroy``: the TDCS pages, then the TDR.
+    1. ``kvm_gmem_release`` (the guest_memfd file's release: it holds a reference to the VM,
+       so it runs before ``kvm_destroy_vm``) -> ``__kvm_gmem_invalidate_begin`` over every
+       gfn: each private page is removed (``tdx_sept_remove_leaf_spte``: PAGE.REMOVE,
+       ``tdx_pamt_put``) while the TD still holds its HKID; then ``__kvm_gmem_invalidate_end``.
+       guest_memfd frees no page here ("lifetime is associated with the inode");
+    2. ``kvm_arch_pre_destroy_vm`` -> ``vt_vm_pre_destroy`` -> ``tdx_mmu_release_hkid``;
+    3. ``mmu_notifier_unregister`` -> ``kvm_mmu_notifier_release`` -> ``kvm_tdp_mmu_zap_all``:
+       direct roots only ("KVM: x86/tdp_mmu: Don't zap valid mirror roots in
+       kvm_tdp_mmu_zap_all()"): no S-EPT page is freed there;
+    4. ``kvm_arch_destroy_vm``: ``kvm_destroy_vcpus`` first (17bcd7144263, "KVM: x86: Free
+       vCPUs before freeing VM state"): each live vCPU's ``tdx_vcpu_free`` (DPAMT cache, TDCX
+       pages, TDVPR) then KVM's caches;
+    5. ``kvm_mmu_uninit_vm`` -> ``kvm_mmu_uninit_tdp_mmu``: every S-EPT table through
+       ``tdx_sept_free_private_spt`` (reclaim, ``tdx_pamt_put``, freed at once, not from an RCU
+       callback), and the mirror root;
+    6. ``kvm_x86_call(vm_destroy)`` last (46c49372e10e, "KVM: x86: move vm_destroy callback at
+       end of kvm_arch_destroy_vm") -> ``tdx_vm_destroy`` -> ``tdx_reclaim_td_control_pages``:
+       the TDCS pages, then the TDR;
+    7. the guest_memfd inode's pages go back to the page allocator (its eviction, once the
+       file's last reference is gone).
 
     With an injected PAMT.REMOVE failure, which region leaks depends on this order.
     """
@@ -1066,12 +1264,32 @@ def kvm_destroy_vm(m: KernelState, th: Thread, idx: int, ev: TdDestroy) -> KGen:
         "destroy TD {}: {} mapped pages, {} S-EPT tables",
         (td.id, len(td.leaves), len(td.entries)),
     )
-    # 1. private pages removed and put (mmu_lock held for write), the HKID still assigned
+    # 1. kvm_gmem_release: every private page removed and put under write mmu_lock, the HKID
+    # still assigned; guest_memfd keeps the pages
+    fn = "__kvm_gmem_invalidate_begin"
     yield from write_lock_mmu(m, th, fn, td)
+    was, now = kvm_mmu_invalidate_begin(m, td, 0, m.gfn_limit)
+    yield (
+        fn,
+        "invalidate.begin",
+        "kvm_gmem_release(): kvm_mmu_invalidate_begin(): mmu_invalidate_in_progress {} -> {}, "
+        "every gfn; unmap every private page, free none (guest_memfd's inode owns them)",
+        (was, now),
+    )
     for gfn in sorted(td.leaves):
-        yield from _zap_leaf(m, th, td, gfn, td.leaves[gfn])
+        yield from _remove_leaf(m, th, td, gfn, td.leaves[gfn])
     yield from write_unlock_mmu(m, th, fn, td)
-    # 2. the HKID released
+    fn = "__kvm_gmem_invalidate_end"
+    yield from write_lock_mmu(m, th, fn, td)
+    old, new = kvm_mmu_invalidate_end(m, td)
+    yield (
+        fn,
+        "invalidate.end",
+        "kvm_mmu_invalidate_end(): mmu_invalidate_seq {} -> {}, in_progress {} -> {}",
+        (old, new, now, now - 1),
+    )
+    yield from write_unlock_mmu(m, th, fn, td)
+    # 2. kvm_arch_pre_destroy_vm: the HKID released
     m.note("hkid", td.id, td.hkid, None)
     yield (
         "tdx_mmu_release_hkid",
@@ -1080,10 +1298,20 @@ def kvm_destroy_vm(m: KernelState, th: Thread, idx: int, ev: TdDestroy) -> KGen:
         (td.hkid,),
     )
     td.hkid = None
-    # 3. the vCPUs: DPAMT cache, TDCX and TDVPR pages, KVM's caches
+    # 3. mmu_notifier_unregister: the notifier's release zaps direct roots only
+    yield (
+        "kvm_tdp_mmu_zap_all",
+        "td.notifier_release",
+        "mmu_notifier_unregister() -> kvm_tdp_mmu_zap_all(): direct roots only; the mirror "
+        "root and its {} S-EPT tables stay for kvm_mmu_uninit_vm",
+        (len(td.entries),),
+    )
+    # 4. kvm_destroy_vcpus: each live vCPU (a vCPU freed earlier leaked its control pages)
     for vid in td.vcpus:
-        yield from tdx_vcpu_free(m, th, m.vcpus[vid])
-    # 4. the S-EPT tables and their mirror pages, then the mirror root
+        vcpu = m.vcpus[vid]
+        if vcpu.alive:
+            yield from tdx_vcpu_free(m, th, vcpu)
+    # 5. kvm_mmu_uninit_vm: the S-EPT tables and their mirror pages, then the mirror root
     for key in sorted(td.entries, key=lambda k: (k[0], k[1])):
         entry = td.entries.pop(key)
         if entry[0] != "present":
@@ -1115,12 +1343,18 @@ def kvm_destroy_vm(m: KernelState, th: Thread, idx: int, ev: TdDestroy) -> KGen:
     if td.mirror_root is not None:
         m.free_page(td.mirror_root)
         td.mirror_root = None
-    # 5. the TD's control pages: TDCS, then TDR (last)
+    # 6. vm_destroy, last: the TD's control pages: TDCS, then TDR
     yield from _reclaim_control(m, th, td.control, "tdx_vm_destroy")
+    # 7. the guest_memfd inode's pages, to the page allocator
     for gfn in sorted(td.gmem):
         pfn = td.gmem[gfn]
         del td.gmem[gfn]
         m.free_page(pfn)
     td.state = "destroyed"
     m.note("td", td.id, "destroying", "destroyed")
-    yield fn, "td.destroyed", "TD {} destroyed: mirror root and guest_memfd pages freed", (td.id,)
+    yield (
+        "kvm_destroy_vm",
+        "td.destroyed",
+        "TD {} destroyed; guest_memfd's inode frees its pages",
+        (td.id,),
+    )

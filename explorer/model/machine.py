@@ -696,38 +696,95 @@ class Machine(KernelState):
         return _small_td(t), leaves, gmem, _tracked(t.entries).delta()
 
     def apply_deltas(self, deltas: Sequence[MachineDelta]) -> None:
-        """Apply consecutive deltas; what each delta holds in full (the counters) is copied from
-        the last one only."""
-        for d in deltas[:-1]:
-            self.apply_delta(d, last=False)
-        if deltas:
-            self.apply_delta(deltas[-1])
+        """Apply consecutive deltas as one (a seek: the deltas between its keyframe and its
+        checkpoint, up to a keyframe interval of them). Each table is merged first, the last
+        value of each key winning, and then applied once: a page, a region's refcount, a guest
+        mapping or a vCPU changed in several deltas is written once, not once per delta, and
+        what each delta holds in full (the counters, the scalars) is taken from the last."""
+        if len(deltas) <= 1:
+            for d in deltas:
+                self.apply_delta(d)
+            return
+        last = deltas[-1]
+        self.mem.apply_many([d.mem_pages for d in deltas], last.mem_scalars)
+        self.module.apply_many([d.module for d in deltas])
+        for i, table in enumerate((self.refcount, self.orphans, self.gotten), 1):
+            merged: dict[int, int] = {}
+            for d in deltas:
+                merged.update(zip(d.regions[0], d.regions[i], strict=True))
+            table.update(merged)  # (in C; then the rows that went to 0 leave)
+            for r in [r for r, value in merged.items() if not value]:
+                del table[r]
+        per_td: dict[int, list[tuple[SmallTd, ChunkedDelta, ChunkedDelta, dict[Any, Any]]]] = {}
+        for d in deltas:
+            for k, part in d.tds.items():
+                per_td.setdefault(k, []).append(part)
+        for k, parts in per_td.items():
+            td = self._td_for_delta(k, parts[-1][0])
+            leaves = [p[1] for p in parts]
+            gmems = [p[2] for p in parts]
+            td.leaves.apply_many(leaves)
+            if all(g is lv for g, lv in zip(gmems, leaves, strict=True)):
+                td.gmem.apply_many(leaves)  # (the same changes: merged once more, cheaply)
+            else:
+                td.gmem.apply_many(gmems)
+            entries: dict[Any, Any] = {}
+            for p in parts:
+                entries.update(p[3])
+            _tracked(td.entries).apply(entries)
+        frozen: dict[int, FrozenVcpu] = {}
+        for d in deltas:
+            frozen.update(d.vcpus)  # (a vCPU's last frozen state is its state at the end)
+        for k, fv in frozen.items():
+            self.vcpus[k] = _thaw_vcpu(fv)
+        self._apply_scalars(last, True)
+
+    def _apply_rows(self, rows: dict[int, tuple[int, int, int]]) -> None:
+        """Regions' refcounts, orphans and references held, as a delta holds them (0: none)."""
+        refcount, orphans, gotten = self.refcount, self.orphans, self.gotten
+        for r, (rc, orphan, held) in rows.items():
+            if rc:
+                refcount[r] = rc
+            else:
+                refcount.pop(r, None)
+            if orphan:
+                orphans[r] = orphan
+            else:
+                orphans.pop(r, None)
+            if held:
+                gotten[r] = held
+            else:
+                gotten.pop(r, None)
+
+    def _td_for_delta(self, k: int, small: SmallTd) -> Td:
+        """TD ``k`` (created if the delta is its first), its small fields set from ``small``."""
+        td = self.tds.get(k)
+        if td is None:
+            td = self.tds[k] = Td(k)
+        state, hkid, vcpus, control, mirror_root, seq = small
+        td.state, td.hkid, td.vcpus = state, hkid, list(vcpus)
+        td.control, td.mirror_root = list(control), mirror_root
+        td.mmu_invalidate_seq = seq
+        return td
 
     def apply_delta(self, d: MachineDelta, *, last: bool = True) -> None:
         """Move a machine restored at the previous checkpoint forward to this one (``last``
         False: another delta follows, which replaces the counters anyway)."""
         self.mem.apply(d.mem_pages, d.mem_scalars)
         self.module.apply(d.module)
-        keys, *values = d.regions
-        for table, column in zip((self.refcount, self.orphans, self.gotten), values, strict=True):
-            for r, value in zip(keys, column, strict=True):
-                if value:
-                    table[r] = value
-                else:
-                    table.pop(r, None)
+        keys, refcounts, orphans, gotten = d.regions
+        self._apply_rows(dict(zip(keys, zip(refcounts, orphans, gotten, strict=True), strict=True)))
         for k, (small, leaves, gmem, entries) in d.tds.items():
-            td = self.tds.get(k)
-            if td is None:
-                td = self.tds[k] = Td(k)
-            state, hkid, vcpus, control, mirror_root, seq = small
-            td.state, td.hkid, td.vcpus = state, hkid, list(vcpus)
-            td.control, td.mirror_root = list(control), mirror_root
-            td.mmu_invalidate_seq = seq
+            td = self._td_for_delta(k, small)
             td.leaves.apply(leaves)
             td.gmem.apply(gmem)
             _tracked(td.entries).apply(entries)
         for k, fv in d.vcpus.items():  # (the vCPUs the delta's batches ran on)
             self.vcpus[k] = _thaw_vcpu(fv)
+        self._apply_scalars(d, last)
+
+    def _apply_scalars(self, d: MachineDelta, last: bool) -> None:
+        """What a delta holds in full: counters, injections, the scheduler's state."""
         if last:
             self.cnt = list(d.counters)
         self.injections = dict(d.injections)
@@ -805,16 +862,20 @@ class Machine(KernelState):
         self._delta_vcpus = set()
         self.q_all = True
 
-    def canonical_state(self) -> tuple[Any, ...]:
+    def canonical_state(self, ignore: Sequence[str] = ("spins",)) -> tuple[Any, ...]:
         """Everything the machine's future depends on, as one hashable value, equal for equal
         states whatever path led to them (``explorer.interleavings.search`` hashes it): page owners and the
         allocator's position, the module's pages and pairs, refcounts, references, locks, TDs
         (S-EPT entries, mappings, guest_memfd), vCPUs (caches) and counters. Not in it: the step
         count and the spin counter (a path that spun longer reaches the same state), the
         scheduler's random state (an exploration chooses every turn), step records. Counts
-        derived from the maps (per-region owners, use counts) are left out too."""
+        derived from the maps (per-region owners, use counts) are left out too.
+
+        ``ignore`` names the counters left out: an exploration also leaves out ``fault_retries``
+        (a lap of a retry loop that changed nothing else comes back to the same state, so the
+        loop is a cycle of the state graph, not a ladder of states)."""
         mem = self.mem
-        spins = COUNTER_NAMES.index("spins")
+        dropped = {COUNTER_NAMES.index(name) for name in ignore}
         tds = []
         for t in sorted(self.tds.values(), key=lambda t: t.id):
             tds.append(
@@ -842,12 +903,12 @@ class Machine(KernelState):
             )
             vcpus.append((v.id, v.td, v.alive, tuple(v.pamt_cache), caches, tuple(v.control)))
         return (
-            tuple(sorted((r, bytes(b)) for r, b in mem.regions.items())),
+            tuple(sorted((r, bytes(b)) for r, b in mem.maps().items())),
             tuple(sorted(set(mem._heap))),
             mem._untouched,
             mem._spread_cursor,
             mem._rng.state,
-            tuple(sorted((r, bytes(b)) for r, b in self.module.pages.items())),
+            tuple(sorted((r, bytes(b)) for r, b in self.module.kind_maps().items())),
             tuple(sorted(self.module.pairs.items())),
             tuple(sorted(self.refcount.items())),
             tuple(sorted(self.orphans.items())),
@@ -857,7 +918,7 @@ class Machine(KernelState):
             self.pamt_lock,
             tuple(tds),
             tuple(vcpus),
-            tuple(c for i, c in enumerate(self.cnt) if i != spins),
+            tuple(c for i, c in enumerate(self.cnt) if i not in dropped),
             tuple(sorted(self.injections.items())),
             tuple(sorted((k, repr(v)) for k, v in self.extra.items())),
             self.next_hkid,
@@ -933,7 +994,7 @@ class Machine(KernelState):
             event=event,
             settings=s,
             nr_regions=self.mem.nr_regions,
-            region_owners=self.mem.all_region_counts(),
+            region_owners=self.mem.region_table(),
             refcount=_by_key(self.refcount),
             pairs=_by_key(self.module.pairs),
             orphans=_by_key(self.orphans),

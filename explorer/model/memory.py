@@ -22,9 +22,9 @@ from heapq import heappop, heappush
 from typing import Any, Final
 
 from explorer.model.constants import PAGES_PER_REGION, PAGES_PER_REGION_SHIFT
-from explorer.model.packed import ImageCache, PackedRefs, int32s, unpack_maps
+from explorer.model.packed import GROUP_SHIFT, LayeredMaps, SparseGroup, SparseImages, int32s
 from explorer.model.prng import XorShift32
-from explorer.model.records import OWNERS
+from explorer.model.records import OWNERS, RegionCounts
 
 FREE: Final = 0
 _NR_OWNERS: Final = len(OWNERS)
@@ -36,9 +36,9 @@ PageDelta = tuple["array[int]", bytes]
 
 @dataclass(slots=True)
 class MemoryImage:
-    """A frozen copy of :class:`HostMemory` for checkpoints (bytes are shared, never mutated)."""
+    """A frozen copy of :class:`HostMemory` for checkpoints (never mutated, shared)."""
 
-    regions: PackedRefs  # owner maps and owner counts, deflated by groups (shared)
+    regions: dict[int, SparseGroup]  # owner maps, sparse, by groups of regions (shared)
     counts: tuple[int, ...]
     heap: tuple[int, ...]
     untouched: int
@@ -46,17 +46,32 @@ class MemoryImage:
     rng_state: int  # the random allocator's XorShift32 state
 
 
+def owner_counts(owners: bytearray) -> list[int]:
+    """Pages of a region per owner code."""
+    return [owners.count(code) for code in range(_NR_OWNERS)]
+
+
 class HostMemory:
-    """Pages, owners and the allocator. Owner changes go through :meth:`set_owner` only."""
+    """Pages, owners and the allocator. Owner changes go through :meth:`set_owner` only.
+
+    A memory restored from a checkpoint holds its keyframe's maps and the deltas' pages in a
+    :class:`~explorer.model.packed.LayeredMaps` (``_layers``) and builds a region's map and
+    counts (``regions``, ``rcounts``) when it first reads or writes that region."""
 
     def __init__(self, total_pages: int, policy: str, seed: int) -> None:
         self.total_pages = total_pages
         self.nr_regions = total_pages >> PAGES_PER_REGION_SHIFT
         self.policy = policy
         self._lowest = policy == "lowest"
+        #: the owner map of each touched region built so far (see ``_layers``)
         self.regions: dict[int, bytearray] = {}
-        #: pages of each touched region per owner code (``[FREE]`` is its free pages)
+        #: pages of each region in ``regions`` per owner code (``[FREE]`` is its free pages)
         self.rcounts: dict[int, list[int]] = {}
+        #: the maps of a restored memory not built yet (None: nothing restored)
+        self._layers: LayeredMaps | None = None
+        #: regions the layers were found not to hold (the "lowest" allocator asks about the
+        #: lowest untouched region at every allocation)
+        self._absent: set[int] = set()
         #: pages per owner code, over all memory
         self.counts: list[int] = [0] * _NR_OWNERS
         self.counts[FREE] = total_pages
@@ -69,32 +84,64 @@ class HostMemory:
         self._rng = XorShift32(seed, 1)
         #: pages whose owner changed since the last checkpoint (a delta holds their owners)
         self.journal: list[int] = []
-        #: the owner maps and their counts as of the last image, shared by every image since
-        self._images = ImageCache(_NR_OWNERS)
+        #: the owner maps as of the last image, shared by every image since
+        self._images = SparseImages()
 
     # -- reading -------------------------------------------------------------------------
+    def _built(self, region: int) -> bytearray | None:
+        """``region``'s map, built from the restored layers if needed; None: never touched."""
+        owners = self.regions.get(region)
+        if owners is None and self._layers is not None and region not in self._absent:
+            owners = self._layers.map(region)
+            if owners is not None:
+                self.regions[region] = owners
+                self.rcounts[region] = owner_counts(owners)
+            else:
+                self._absent.add(region)
+        return owners
+
     def owner(self, pfn: int) -> int:
         owners = self.regions.get(pfn >> PAGES_PER_REGION_SHIFT)
-        return FREE if owners is None else owners[pfn & (PAGES_PER_REGION - 1)]
+        if owners is None:
+            if self._layers is None:
+                return FREE
+            owners = self._built(pfn >> PAGES_PER_REGION_SHIFT)
+            if owners is None:
+                return FREE
+        return owners[pfn & (PAGES_PER_REGION - 1)]
 
     def is_free(self, pfn: int) -> bool:
         return 0 <= pfn < self.total_pages and self.owner(pfn) == FREE
 
+    def _rc(self, region: int) -> list[int] | None:
+        rc = self.rcounts.get(region)
+        if rc is None and self._layers is not None and self._built(region) is not None:
+            rc = self.rcounts[region]
+        return rc
+
     def region_counts(self, region: int) -> tuple[int, ...]:
         """Pages of ``region`` per owner code (kept up to date by every owner change: a snapshot
         reads thousands of regions)."""
-        rc = self.rcounts.get(region)
+        rc = self._rc(region)
         if rc is None:
             return (PAGES_PER_REGION,) + (0,) * (_NR_OWNERS - 1)
         return tuple(rc)
 
-    def all_region_counts(self) -> dict[int, tuple[int, ...]]:
-        """:meth:`region_counts` of every touched region, in region order (a snapshot)."""
-        rcounts = self.rcounts
-        out: dict[int, tuple[int, ...]] = {}
-        for r in sorted(rcounts):
-            out[r] = tuple(rcounts[r])
-        return out
+    def region_table(self) -> RegionCounts:
+        """:meth:`region_counts` of every touched region, for a snapshot: the counts of the
+        regions built so far, and the layers of the rest (read when the snapshot is)."""
+        built = {r: tuple(rc) for r, rc in self.rcounts.items()}
+        layers = self._layers
+        if layers is None:
+            return RegionCounts(built)
+        return RegionCounts(built, layers.base, layers.pfns, layers.values)
+
+    def maps(self) -> dict[int, bytearray]:
+        """Every touched region's owner map (all built: for a canonical state)."""
+        if self._layers is not None:
+            for r in self._layers.regions():
+                self._built(r)
+        return self.regions
 
     # -- writing -------------------------------------------------------------------------
     def set_owner(self, pfn: int, code: int) -> int:
@@ -121,6 +168,10 @@ class HostMemory:
         return old
 
     def _touch(self, region: int) -> bytearray:
+        if self._layers is not None:
+            built = self._built(region)
+            if built is not None:
+                return built
         owners = bytearray(PAGES_PER_REGION)
         self.regions[region] = owners
         rc = [0] * _NR_OWNERS
@@ -143,6 +194,8 @@ class HostMemory:
 
     def _first_free_in(self, region: int, start: int = 0) -> int:
         owners = self.regions.get(region)
+        if owners is None and self._layers is not None:
+            owners = self._built(region)
         if owners is None:
             off = start
         else:
@@ -153,22 +206,30 @@ class HostMemory:
 
     def _has_free(self, region: int) -> bool:
         rc = self.rcounts.get(region)
+        if rc is None and self._layers is not None:
+            rc = self._rc(region)
         return rc is None or rc[FREE] > 0
 
     def _pick_lowest(self) -> int:
         heap = self._heap
-        rcounts = self.rcounts
-        while heap and rcounts[heap[0]][FREE] == 0:
+        while heap:
+            rc = self._rc(heap[0])
+            if rc is not None and rc[FREE] > 0:
+                break
             self._in_heap.discard(heappop(heap))
-        regions = self.regions
         untouched = self._untouched
-        while untouched in regions:
+        while self._is_touched(untouched):
             untouched += 1
         self._untouched = untouched
         if heap and (heap[0] < untouched or untouched >= self.nr_regions):
             region = heap[0]  # a hole in (or the rest of) a touched region comes first
-            return (region << PAGES_PER_REGION_SHIFT) | regions[region].find(FREE)
+            return (region << PAGES_PER_REGION_SHIFT) | self.regions[region].find(FREE)
         return untouched << PAGES_PER_REGION_SHIFT  # a fresh region: its first page
+
+    def _is_touched(self, region: int) -> bool:
+        if region in self.regions:
+            return True
+        return self._layers is not None and self._built(region) is not None
 
     def _pick_spread(self) -> int:
         n = self.nr_regions
@@ -207,8 +268,15 @@ class HostMemory:
         return int32s(pfns), owners  # (32-bit: a 4 TiB host has 2**30 pages)
 
     def image(self) -> MemoryImage:
+        dirty = self._journal_regions()
+        layers = self._layers
+        if layers is not None:  # the groups to encode again need all their regions built
+            self._images.dirty |= {g << GROUP_SHIFT for g in layers.patched_groups()}
+            for g in {r >> GROUP_SHIFT for r in self._images.dirty | dirty}:
+                for r in layers.regions_in_group(g):
+                    self._built(r)
         return MemoryImage(
-            regions=self._images.pack(self.regions, self._journal_regions(), self.rcounts),
+            regions=self._images.pack(self.regions, dirty),
             counts=tuple(self.counts),
             heap=tuple(self._heap),
             untouched=self._untouched,
@@ -217,9 +285,12 @@ class HostMemory:
         )
 
     def restore(self, img: MemoryImage) -> None:
-        self.regions, self.rcounts, self._images = unpack_maps(
-            img.regions, PAGES_PER_REGION, _NR_OWNERS
-        )
+        """Take ``img``'s state. The maps stay in the image until first read or written."""
+        self.regions = {}
+        self.rcounts = {}
+        self._layers = LayeredMaps(img.regions, PAGES_PER_REGION) if img.regions else None
+        self._absent = set()
+        self._images = SparseImages(dict(img.regions))
         self.counts = list(img.counts)
         self._heap = list(img.heap)
         self._in_heap = set(img.heap)
@@ -239,24 +310,42 @@ class HostMemory:
         )
 
     def apply(self, pages: PageDelta, scalars: tuple[Any, ...]) -> None:
-        """Apply a delta checkpoint (see :meth:`explorer.model.machine.Machine.delta`): the
-        changed pages' owners, then each touched region's free count, recounted."""
-        pfns, owners = pages
+        """Apply a delta checkpoint (see :meth:`explorer.model.machine.Machine.delta`)."""
+        self.apply_many([pages], scalars)
+
+    def apply_many(self, pages: list[PageDelta], scalars: tuple[Any, ...]) -> None:
+        """Apply consecutive delta checkpoints as one: their pages merged first (the last owner
+        of each page wins), so a page changed in several of them is taken once; ``scalars``
+        are the last one's. The pages of regions not built yet join the layers (read when the
+        region is first touched); those of built regions are written to their maps."""
+        merged: dict[int, int] = {}
+        for pfns, owners in pages:
+            merged.update(zip(pfns, owners, strict=True))
         regions, rcounts = self.regions, self.rcounts
-        touched: set[int] = set()
-        for pfn, code in zip(pfns, owners, strict=True):
-            region = pfn >> PAGES_PER_REGION_SHIFT
-            map_ = regions.get(region)
-            if map_ is None:
-                map_ = self._touch(region)
-            off = pfn & (PAGES_PER_REGION - 1)
-            old = map_[off]
-            map_[off] = code
-            rc = rcounts[region]
-            rc[old] = rc[old] - 1
-            rc[code] = rc[code] + 1
-            touched.add(region)
-        self._images.dirty |= touched
+        if regions:
+            later: dict[int, int] = {}
+            touched: set[int] = set()
+            for pfn, code in merged.items():
+                region = pfn >> PAGES_PER_REGION_SHIFT
+                map_ = regions.get(region)
+                if map_ is None:
+                    later[pfn] = code
+                    continue
+                off = pfn & (PAGES_PER_REGION - 1)
+                old = map_[off]
+                map_[off] = code
+                rc = rcounts[region]
+                rc[old] = rc[old] - 1
+                rc[code] = rc[code] + 1
+                touched.add(region)
+            self._images.dirty |= touched
+            merged = later
+        if merged:
+            layers = self._layers
+            if layers is None:
+                layers = LayeredMaps(None, PAGES_PER_REGION)
+            self._layers = layers.with_pages(merged)
+            self._absent = set()
         counts, heap, self._untouched, self._spread_cursor, self._rng.state = scalars
         self.counts = list(counts)
         self._heap = list(heap)

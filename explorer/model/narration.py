@@ -39,6 +39,8 @@ KVM_TDX_C = "arch/x86/kvm/vmx/tdx.c"
 MMU_C = "arch/x86/kvm/mmu/mmu.c"
 TDP_MMU_C = "arch/x86/kvm/mmu/tdp_mmu.c"
 KVM_MAIN_C = "virt/kvm/kvm_main.c"
+GMEM_C = "virt/kvm/guest_memfd.c"
+X86_C = "arch/x86/kvm/x86.c"
 
 #: function -> where it lives (v6 and the tree it is based on)
 SOURCES: dict[str, str] = {
@@ -48,7 +50,9 @@ SOURCES: dict[str, str] = {
     "tdx_topup_pamt_cache": f"{TDX_C}: tdx_topup_pamt_cache() (v6 08/11)",
     "tdx_free_pamt_cache": f"{TDX_C}: tdx_free_pamt_cache() (v6 08/11)",
     "mmu_free_memory_caches": f"{MMU_C}: mmu_free_memory_caches() (from kvm_mmu_destroy())",
-    "kvm_mmu_faultin_pfn": f"{MMU_C}: kvm_mmu_faultin_pfn() -> kvm_gmem_get_pfn()",
+    "kvm_mmu_faultin_pfn": (
+        f"{MMU_C}: kvm_mmu_faultin_pfn() -> mmu_invalidate_retry_gfn_unsafe(), kvm_gmem_get_pfn()"
+    ),
     "kvm_tdp_mmu_map": f"{TDP_MMU_C}: kvm_tdp_mmu_map() (via kvm_tdp_mmu_page_fault())",
     "tdp_mmu_alloc_sp": f"{TDP_MMU_C}: tdp_mmu_alloc_sp()",
     "tdx_sept_map_nonleaf_spte": (
@@ -65,9 +69,19 @@ SOURCES: dict[str, str] = {
     "tdx_td_finalize": f"{KVM_TDX_C}: tdx_td_finalize()",
     "tdx_vcpu_free": f"{KVM_TDX_C}: tdx_vcpu_free() (from kvm_arch_vcpu_destroy())",
     "tdx_sept_remove_leaf_spte": (
-        f"{KVM_TDX_C}: tdx_sept_set_private_spte() -> tdx_sept_remove_leaf_spte()"
+        f"{KVM_TDX_C}: tdx_sept_remove_leaf_spte() (v6 09/11: tdx_pamt_put after PAGE.REMOVE)"
     ),
-    "kvm_destroy_vm": f"{KVM_MAIN_C}: kvm_destroy_vm() (TD teardown, docs/engine.md)",
+    "kvm_gmem_punch_hole": f"{GMEM_C}: kvm_gmem_punch_hole() (fallocate PUNCH_HOLE)",
+    "__kvm_gmem_invalidate_begin": (
+        f"{GMEM_C}: __kvm_gmem_invalidate_begin() -> {KVM_MAIN_C}: kvm_mmu_invalidate_begin()"
+    ),
+    "__kvm_gmem_invalidate_end": (
+        f"{GMEM_C}: __kvm_gmem_invalidate_end() -> {KVM_MAIN_C}: kvm_mmu_invalidate_end()"
+    ),
+    "kvm_destroy_vm": (
+        f"{KVM_MAIN_C}: kvm_destroy_vm(), {X86_C}: kvm_arch_destroy_vm() (mainline >= 6.15)"
+    ),
+    "kvm_tdp_mmu_zap_all": f"{TDP_MMU_C}: kvm_tdp_mmu_zap_all() (from the MMU notifier's release)",
     "tdx_mmu_release_hkid": f"{KVM_TDX_C}: tdx_mmu_release_hkid()",
     "tdx_sept_free_private_spt": f"{KVM_TDX_C}: tdx_sept_free_private_spt()",
     "tdx_vm_destroy": f"{KVM_TDX_C}: tdx_vm_destroy() -> tdx_reclaim_td_control_pages()",
@@ -80,8 +94,8 @@ PSEUDOCODE: dict[str, list[Line]] = {
         (("fault.vm_bugged",), "  if VM bugged: return -EIO"),
         ((), "  loop:"),
         (("fault.enomem",), "    if mmu_topup_memory_caches(vcpu): return -ENOMEM"),
-        ((), "    pfn = kvm_mmu_faultin_pfn(gfn)       # guest_memfd, after the top-ups"),
-        ((), "    read_lock(mmu_lock); ret = kvm_tdp_mmu_map(vcpu, gfn, pfn)"),
+        ((), "    ret = kvm_mmu_faultin_pfn(gfn)       # guest_memfd, after the top-ups"),
+        ((), "    if ret == CONTINUE: read_lock(mmu_lock); ret = kvm_tdp_mmu_map(vcpu, gfn, pfn)"),
         (("fault.done",), "    if ret != RET_PF_RETRY: return ret"),
         (("fault.eio",), "    if error or TD going away: return -EIO"),
         (
@@ -156,16 +170,26 @@ PSEUDOCODE: dict[str, list[Line]] = {
     ],
     "kvm_mmu_faultin_pfn": [
         ((), "kvm_mmu_faultin_pfn(vcpu, fault):"),
-        ((), "  fault->mmu_seq = kvm->mmu_invalidate_seq   # read before guest_memfd"),
+        ((), "  fault->mmu_seq = kvm->mmu_invalidate_seq; smp_rmb()"),
+        (
+            ("faultin.retry_early",),
+            "  if mmu_invalidate_retry_gfn_unsafe(kvm, mmu_seq, gfn): return RET_PF_RETRY",
+        ),
+        ((), "    # an invalidation of gfn in progress: retry now, without mmu_lock"),
         (("faultin.alloc",), "  pfn = kvm_gmem_get_pfn(gfn)         # allocates on first touch"),
         (("faultin.given",), "  (the trace names the page guest_memfd holds for the gfn)"),
         (("faultin.enomem", "faultin.taken"), "  if !pfn: return -ENOMEM"),
+        (
+            ("faultin.retry_late",),
+            "  if mmu_invalidate_retry_gfn_unsafe(...): kvm_mmu_finish_page_fault(); RET_PF_RETRY",
+        ),
+        ((), "  return RET_PF_CONTINUE"),
     ],
     "kvm_tdp_mmu_map": [
         (("mmu_lock.read", "mmu_lock.read_spin"), "read_lock(&kvm->mmu_lock)"),
         (
             ("fault.stale",),
-            "if is_page_fault_stale(): RET_PF_RETRY  # (kvm_tdp_mmu_page_fault) a zap since faultin",
+            "if is_page_fault_stale(): RET_PF_RETRY  # mmu_invalidate_retry_gfn, the last check",
         ),
         ((), "for each level from the root down to the goal:"),
         (("walk.frozen",), "  if entry frozen by another vCPU: RET_PF_RETRY"),
@@ -375,32 +399,65 @@ PSEUDOCODE: dict[str, list[Line]] = {
     "tdx_vcpu_free": [
         ((), "tdx_vcpu_free(vcpu):"),
         ((), "  tdx_free_pamt_cache(&tdx->pamt_cache)"),
-        (("control.reclaim",), "  if the HKID is released: reclaim each TDCX page, then TDVPR"),
+        (("vcpu.leak",), "  if is_hkid_assigned(kvm_tdx): return   # pages never reclaimed"),
+        (("control.reclaim",), "  reclaim each TDCX page, then the TDVPR"),
         (("control.free",), "    tdx_free_control_page(): tdx_pamt_put(pfn); __free_page(page)"),
         ((), "then kvm_mmu_destroy() -> mmu_free_memory_caches(vcpu)"),
         (("vcpu.freed",), "the vCPU is gone"),
     ],
+    "kvm_gmem_punch_hole": [
+        ((), "kvm_gmem_punch_hole(inode, offset, len):"),
+        ((), "  filemap_invalidate_lock(mapping)"),
+        ((), "  kvm_gmem_invalidate_begin()      # write mmu_lock: begin, unmap, unlock"),
+        (
+            ("gmem.truncate",),
+            "  truncate_inode_pages_range()     # the page to the allocator, no mmu_lock",
+        ),
+        ((), "  kvm_gmem_invalidate_end()        # write mmu_lock: mmu_invalidate_seq++"),
+        ((), "  filemap_invalidate_unlock(mapping)"),
+    ],
+    "__kvm_gmem_invalidate_begin": [
+        ((), "__kvm_gmem_invalidate_begin(f, start, end):"),
+        (("mmu_lock.write", "mmu_lock.write_spin"), "  KVM_MMU_LOCK(kvm)         # write_lock"),
+        (
+            ("invalidate.begin",),
+            "  kvm_mmu_invalidate_begin(kvm)  # in_progress++; range_add(start, end)",
+        ),
+        (("zap.gone",), "  kvm_mmu_unmap_gfn_range()  # the mirror leaf, if still mapped:"),
+        ((), "    -> tdx_sept_remove_leaf_spte(gfn, pfn)"),
+        (("mmu_lock.write_unlock",), "  KVM_MMU_UNLOCK(kvm)       # in_progress stays > 0"),
+    ],
     "tdx_sept_remove_leaf_spte": [
-        (("mmu_lock.write", "mmu_lock.write_spin"), "write_lock(&kvm->mmu_lock)"),
-        (("zap.gone",), "if the gfn is not mapped: nothing to do"),
-        (("zap.block",), "TDH.MEM.RANGE.BLOCK; TDH.MEM.TRACK; kick vCPUs"),
-        (("zap.page_remove",), "TDH.MEM.PAGE.REMOVE(gpa)"),
-        ((), "tdx_pamt_put(pfn)"),
-        (("zap.free",), "guest_memfd releases the page"),
-        ((), "kvm_mmu_invalidate_end(): mmu_invalidate_seq++  # in-flight faults go stale"),
-        (("mmu_lock.write_unlock",), "write_unlock(&kvm->mmu_lock)"),
+        ((), "tdx_sept_remove_leaf_spte(kvm, gfn, pfn):   # write mmu_lock held"),
+        ((), "  TDH.MEM.RANGE.BLOCK; tdx_track(): TDH.MEM.TRACK, kick vCPUs"),
+        (("zap.page_remove",), "  TDH.MEM.PAGE.REMOVE(gpa); tdx_quirk_reset_paddr()"),
+        ((), "  tdx_pamt_put(pfn)             # guest_memfd still owns the page"),
+    ],
+    "__kvm_gmem_invalidate_end": [
+        ((), "__kvm_gmem_invalidate_end(f, start, end):"),
+        (("mmu_lock.write", "mmu_lock.write_spin"), "  KVM_MMU_LOCK(kvm)"),
+        (
+            ("invalidate.end",),
+            "  kvm_mmu_invalidate_end(kvm)    # mmu_invalidate_seq++; in_progress--",
+        ),
+        (("mmu_lock.write_unlock",), "  KVM_MMU_UNLOCK(kvm)"),
     ],
     "kvm_destroy_vm": [
         (("td.destroy",), "destroy the TD:"),
-        (
-            ("mmu_lock.write", "mmu_lock.write_spin", "mmu_lock.write_unlock"),
-            "  remove every private page (PAGE.REMOVE, tdx_pamt_put), HKID still assigned",
-        ),
+        ((), "  kvm_gmem_release(): invalidate every gfn: PAGE.REMOVE + put, HKID held"),
         ((), "  kvm_arch_pre_destroy_vm() -> tdx_mmu_release_hkid()"),
-        ((), "  kvm_destroy_vcpus(): tdx_vcpu_free() (cache, TDCX, TDVPR), KVM's caches"),
-        ((), "  kvm_mmu_uninit_vm(): each S-EPT table: tdx_sept_free_private_spt()"),
-        ((), "  tdx_vm_destroy(): reclaim the TDCS pages, then the TDR"),
-        (("td.destroyed",), "  free the remaining guest_memfd pages"),
+        ((), "  mmu_notifier_unregister() -> kvm_tdp_mmu_zap_all()   # direct roots only"),
+        ((), "  kvm_arch_destroy_vm():"),
+        ((), "    kvm_destroy_vcpus(): tdx_vcpu_free() (cache, TDCX, TDVPR), KVM's caches"),
+        ((), "    kvm_mmu_uninit_vm(): each S-EPT table: tdx_sept_free_private_spt()"),
+        ((), "    kvm_x86_call(vm_destroy) -> tdx_vm_destroy(): TDCS pages, then the TDR"),
+        (("td.destroyed",), "  guest_memfd's inode frees its pages"),
+    ],
+    "kvm_tdp_mmu_zap_all": [
+        (
+            ("td.notifier_release",),
+            "kvm_tdp_mmu_zap_all(kvm): zap KVM_DIRECT_ROOTS | KVM_INVALID_ROOTS (no mirror)",
+        ),
     ],
     "tdx_mmu_release_hkid": [
         (("td.hkid_release",), "TDH.PHYMEM.CACHE.WB; TDH.MNG.KEY.FREEID: release the HKID"),

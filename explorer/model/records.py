@@ -7,9 +7,13 @@ when asked for (the app's cursor, a golden file), never per step in bulk replays
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from explorer.model.constants import PAGES_PER_REGION, PAGES_PER_REGION_SHIFT
+from explorer.model.packed import SparseGroup, group_regions, layered_map
 from explorer.model.settings import Settings
 
 #: Page owners in the kernel's view, one byte per 4 KiB page. ``in_hand`` is a page popped from
@@ -123,6 +127,74 @@ class TdView:
     mmu_lock_readers: tuple[str, ...] = ()
 
 
+class RegionCounts(Mapping[int, tuple[int, ...]]):
+    """A snapshot's pages per owner of every touched region (region -> ``len(OWNERS)`` counts),
+    in region order; regions not listed are entirely free.
+
+    Built in layers, read when asked: the regions whose counts the machine had built
+    (``built``), and for the others the owner maps of a restored machine's keyframe (``base``:
+    sparse groups, see :class:`explorer.model.packed.SparseGroup`) with the pages its deltas
+    changed on top (``pfns`` ascending, owner ``values``). A seek's machine builds only the
+    regions it touched, so a snapshot of a host whose allocations scatter over tens of
+    thousands of regions does not count each of them; a reader that wants all of them at once
+    takes :meth:`layers` (``explorer.views.frames`` counts them with numpy). Immutable: every
+    layer is either copied or never changed by the machine."""
+
+    def __init__(
+        self,
+        built: dict[int, tuple[int, ...]],
+        base: dict[int, SparseGroup] | None = None,
+        pfns: array[int] | None = None,
+        values: bytes = b"",
+    ) -> None:
+        self._built = built
+        self._base = base
+        self._pfns: array[int] = array("i") if pfns is None else pfns
+        self._values = values
+        self._keys: list[int] | None = None
+
+    def __getitem__(self, region: int) -> tuple[int, ...]:
+        counts = self._built.get(region)
+        if counts is not None:
+            return counts
+        if self._base is None and not self._pfns:
+            raise KeyError(region)
+        owners = layered_map(self._base, self._pfns, self._values, region, PAGES_PER_REGION)
+        if owners is None:
+            raise KeyError(region)
+        return tuple([owners.count(code) for code in range(len(OWNERS))])
+
+    def _sorted(self) -> list[int]:
+        if self._keys is None:
+            if self._base is None and not self._pfns:
+                self._keys = sorted(self._built)
+            else:
+                keys = set(self._built)
+                for g, group in (self._base or {}).items():
+                    keys.update(group_regions(g, group))
+                keys.update([p >> PAGES_PER_REGION_SHIFT for p in self._pfns])
+                self._keys = sorted(keys)
+        return self._keys
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._sorted())
+
+    def __len__(self) -> int:
+        return len(self._sorted())
+
+    def __bool__(self) -> bool:
+        return bool(self._built) or bool(self._base) or bool(self._pfns)
+
+    def layers(
+        self,
+    ) -> tuple[dict[int, tuple[int, ...]], dict[int, SparseGroup] | None, array[int], bytes]:
+        """(built counts, keyframe groups or None, changed pages, their owners): see above."""
+        return self._built, self._base, self._pfns, self._values
+
+    def __repr__(self) -> str:
+        return f"RegionCounts({dict(self.items())!r})"
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """The whole machine after step ``step`` (-1: before the first step)."""
@@ -133,7 +205,7 @@ class Snapshot:
     nr_regions: int
     #: region -> pages of that region per owner (len(OWNERS) counts); regions not listed are
     #: entirely free.
-    region_owners: dict[int, tuple[int, ...]]
+    region_owners: Mapping[int, tuple[int, ...]]
     refcount: dict[int, int]  # regions with a non-zero refcount
     pairs: dict[int, tuple[int, int]]  # regions with a PAMT page pair, per the TDX module
     orphans: dict[int, int]  # references left by failed PAMT.REMOVEs

@@ -13,19 +13,21 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass
+from operator import xor
 from typing import Final
 
 from explorer.model.constants import PAGES_PER_REGION, PAGES_PER_REGION_SHIFT
 from explorer.model.packed import (
-    ImageCache,
+    GROUP_SHIFT,
+    LayeredMaps,
     PackedInts,
     PackedPairs,
-    PackedRefs,
+    SparseGroup,
+    SparseImages,
     int32s,
     pack_ints,
     pack_pairs,
     unpack_ints,
-    unpack_maps,
     unpack_pairs,
 )
 
@@ -50,17 +52,22 @@ K_TDVPR: Final = KIND_CODE["tdvpr"]
 K_TDCX: Final = KIND_CODE["tdcx"]
 K_SEPT: Final = KIND_CODE["sept"]
 K_GUEST: Final = KIND_CODE["guest"]
+#: ``bytes.translate`` table: kind code -> 1 if the page is in TD use (a kind other than none
+#: and pamt: what a region's use count counts), else 0
+_IN_TD_USE: Final = bytes([0 if c in (0, _PAMT) else 1 for c in range(256)])
 
 
-#: a delta: the pages whose kind changed (ascending) and their kinds; the regions whose pair
-#: changed and their pairs' two pages (-1: no pair)
-ModuleDelta = tuple["array[int]", bytes, "array[int]", "array[int]", "array[int]"]
+#: a delta: the pages whose kind changed (ascending), their kinds before the interval and
+#: now; the regions whose pair changed and their pairs' two pages (-1: no pair). (The kinds
+#: before: a seek applies a delta to regions it has not built, and counts their pages in TD
+#: use from the two kinds of each page.)
+ModuleDelta = tuple["array[int]", bytes, bytes, "array[int]", "array[int]", "array[int]"]
 
 
 @dataclass(slots=True)
 class ModuleImage:
     pairs: PackedPairs  # region -> (pfn, pfn)
-    pages: PackedRefs  # page kinds, deflated by groups of regions (shared between images)
+    pages: dict[int, SparseGroup]  # page kinds, sparse, by groups of regions (shared)
     used: PackedInts
 
 
@@ -76,23 +83,57 @@ class TdxModule:
         self.used_total = 0  # the sum of ``used`` (read after every batch by the metrics)
         #: pages whose kind changed, and regions whose pair changed, since the last checkpoint
         self.journal: list[int] = []
+        #: the kind each journal entry's page had before it
+        self.journal_old = bytearray()
         self.pairs_dirty: set[int] = set()
+        #: the kinds of a restored module not built yet (None: nothing restored), and the
+        #: regions they were found not to hold
+        self._layers: LayeredMaps | None = None
+        self._absent: set[int] = set()
         #: page kinds as of the last image, shared by every image since
-        self._images = ImageCache()
+        self._images = SparseImages()
+
+    def _built(self, region: int) -> bytearray | None:
+        """``region``'s kinds, built from the restored layers if needed (see
+        :class:`~explorer.model.packed.LayeredMaps`); None: no page of it was ever used."""
+        kinds = self.pages.get(region)
+        if kinds is None and self._layers is not None and region not in self._absent:
+            kinds = self._layers.map(region)
+            if kinds is not None:
+                self.pages[region] = kinds
+            else:
+                self._absent.add(region)
+        return kinds
 
     def kind(self, pfn: int) -> int:
         kinds = self.pages.get(pfn >> PAGES_PER_REGION_SHIFT)
-        return 0 if kinds is None else kinds[pfn & (PAGES_PER_REGION - 1)]
+        if kinds is None:
+            if self._layers is None:
+                return 0
+            kinds = self._built(pfn >> PAGES_PER_REGION_SHIFT)
+            if kinds is None:
+                return 0
+        return kinds[pfn & (PAGES_PER_REGION - 1)]
+
+    def kind_maps(self) -> dict[int, bytearray]:
+        """Every used region's kinds (all built: for a canonical state)."""
+        if self._layers is not None:
+            for r in self._layers.regions():
+                self._built(r)
+        return self.pages
 
     def _set_kind(self, pfn: int, code: int) -> None:
         region = pfn >> PAGES_PER_REGION_SHIFT
         kinds = self.pages.get(region)
         if kinds is None:
-            kinds = self.pages[region] = bytearray(PAGES_PER_REGION)
+            kinds = self._built(region) if self._layers is not None else None
+            if kinds is None:
+                kinds = self.pages[region] = bytearray(PAGES_PER_REGION)
         off = pfn & (PAGES_PER_REGION - 1)
         old = kinds[off]
         kinds[off] = code
         self.journal.append(pfn)
+        self.journal_old.append(old)
         delta = (code not in (0, _PAMT)) - (old not in (0, _PAMT))
         if delta:
             self.used_total += delta
@@ -150,27 +191,45 @@ class TdxModule:
         """Start a new delta interval (the regions changed still go into the next image)."""
         self._images.dirty |= self._journal_regions()
         self.journal = []
+        self.journal_old = bytearray()
         self.pairs_dirty = set()
 
     def image(self) -> ModuleImage:
+        dirty = self._journal_regions()
+        layers = self._layers
+        if layers is not None:  # the groups to encode again need all their regions built
+            self._images.dirty |= {g << GROUP_SHIFT for g in layers.patched_groups()}
+            for g in {r >> GROUP_SHIFT for r in self._images.dirty | dirty}:
+                for r in layers.regions_in_group(g):
+                    self._built(r)
         return ModuleImage(
             pack_pairs(self.pairs),
-            self._images.pack(self.pages, self._journal_regions()),
+            self._images.pack(self.pages, dirty),
             pack_ints(self.used),
         )
 
     def restore(self, img: ModuleImage) -> None:
-        self.pages, _, self._images = unpack_maps(img.pages, PAGES_PER_REGION)
+        """Take ``img``'s state. The kinds stay in the image until first read or written."""
+        self.pages = {}
+        self._layers = LayeredMaps(img.pages, PAGES_PER_REGION) if img.pages else None
+        self._absent = set()
+        self._images = SparseImages(dict(img.pages))
         self.pairs = unpack_pairs(img.pairs)
         self.used = unpack_ints(img.used)
         self.used_total = sum(self.used.values())
         self.journal = []
+        self.journal_old = bytearray()
         self.pairs_dirty = set()
 
     def delta(self) -> ModuleDelta:
-        """The pages whose kind changed since the last checkpoint with their kinds now (about
-        five bytes a page), and the pairs of the regions whose pair changed (None: removed)."""
-        pfns = sorted(set(self.journal))
+        """The pages whose kind changed since the last checkpoint with their kinds before and
+        now (about six bytes a page), and the pairs of the regions whose pair changed (None:
+        removed)."""
+        journal = self.journal
+        # each page's kind before the interval: its first journal entry's (the dict keeps the
+        # last value written, so the entries are written last to first)
+        before = dict(zip(reversed(journal), reversed(self.journal_old), strict=True))
+        pfns = sorted(before)
         pages = self.pages
         kinds = bytes(
             [pages[p >> PAGES_PER_REGION_SHIFT][p & (PAGES_PER_REGION - 1)] for p in pfns]
@@ -180,6 +239,7 @@ class TdxModule:
         self.clear_dirty()
         return (
             int32s(pfns),  # (32-bit: a 4 TiB host has 2**30 pages)
+            bytes([before[p] for p in pfns]),
             kinds,
             int32s(regions),
             int32s([-1 if p is None else p[0] for p in pairs]),
@@ -187,36 +247,74 @@ class TdxModule:
         )
 
     def apply(self, d: ModuleDelta) -> None:
-        """Apply a :meth:`delta`: the pages' kinds, the pairs, and the use count of each region
-        a page changed in, recounted from its kinds."""
-        pfns, kinds, pair_regions, firsts, seconds = d
-        pages = self.pages
-        used = self.used
-        touched: set[int] = set()
-        for pfn, code in zip(pfns, kinds, strict=True):
-            region = pfn >> PAGES_PER_REGION_SHIFT
-            map_ = pages.get(region)
-            if map_ is None:
-                map_ = pages[region] = bytearray(PAGES_PER_REGION)
-            off = pfn & (PAGES_PER_REGION - 1)
-            old = map_[off]
-            map_[off] = code
-            touched.add(region)
-            # the region's use count follows each page (counting a whole map per region was
-            # two method calls and a scan: most of a seek on a host whose allocations scatter)
-            change = (code != 0 and code != _PAMT) - (old != 0 and old != _PAMT)
-            if change:
-                self.used_total += change
+        """Apply a :meth:`delta`."""
+        self.apply_many([d])
+
+    def apply_many(self, deltas: list[ModuleDelta]) -> None:
+        """Apply consecutive :meth:`delta` results as one: pages and pairs merged first (for a
+        page, its kind before the first delta and after the last), so each is taken once. The
+        kinds of regions not built yet join the layers (read when the region is first
+        touched); those of built regions are written to their maps. Each region's pages in TD
+        use follow from each page's two kinds."""
+        merged: dict[int, int] = {}
+        pairs: dict[int, tuple[int, int]] = {}
+        for pfns, _before, kinds, pair_regions, firsts, seconds in deltas:
+            merged.update(zip(pfns, kinds, strict=True))
+            pairs.update(zip(pair_regions, zip(firsts, seconds, strict=True), strict=True))
+        if len(deltas) == 1:
+            before = dict(zip(deltas[0][0], deltas[0][1], strict=True))
+        else:
+            before = {}
+            for d in reversed(deltas):
+                before.update(zip(d[0], d[1], strict=True))
+        # Only the pages whose TD use changed count, found in C: both kinds of every page as
+        # 0/1 (in TD use or not), then the positions where they differ. On a host whose
+        # allocations scatter, a seek merges tens of thousands of pages, most of them pair
+        # pages or pages that came and went; a Python loop over each was most of its deltas.
+        pfns_ = list(merged)
+        now = bytes(map(merged.__getitem__, pfns_)).translate(_IN_TD_USE)
+        then = bytes(map(before.__getitem__, pfns_)).translate(_IN_TD_USE)
+        if now != then:
+            used = self.used
+            total = self.used_total
+            differs = bytes(map(xor, now, then))
+            i = differs.find(1)
+            while i >= 0:
+                region = pfns_[i] >> PAGES_PER_REGION_SHIFT
+                change = now[i] - then[i]
+                total += change
                 n = used.get(region, 0) + change
                 if n:
                     used[region] = n
                 else:
                     del used[region]
-        self._images.dirty |= touched
-        for r, a, b in zip(pair_regions, firsts, seconds, strict=True):
+                i = differs.find(1, i + 1)
+            self.used_total = total
+        pages = self.pages
+        if pages:
+            later: dict[int, int] = {}
+            dirty: set[int] = set()
+            for pfn, code in merged.items():
+                region = pfn >> PAGES_PER_REGION_SHIFT
+                map_ = pages.get(region)
+                if map_ is None:
+                    later[pfn] = code
+                else:
+                    map_[pfn & (PAGES_PER_REGION - 1)] = code
+                    dirty.add(region)
+            self._images.dirty |= dirty
+            merged = later
+        if merged:
+            layers = self._layers
+            if layers is None:
+                layers = LayeredMaps(None, PAGES_PER_REGION)
+            self._layers = layers.with_pages(merged)
+            self._absent = set()
+        for r, (a, b) in pairs.items():
             if a < 0:
                 self.pairs.pop(r, None)
             else:
                 self.pairs[r] = (a, b)
         self.journal = []
+        self.journal_old = bytearray()
         self.pairs_dirty = set()

@@ -478,13 +478,17 @@ def _state_entries(m: Machine) -> int:
 
 
 def _maps_bytes(image: MachineImage) -> int:
-    """Bytes of the deflated page maps (owners and counts, module page kinds) an image holds,
-    each group counted (a group unchanged since the last image is shared with it: counting it
-    again keeps the estimate on the safe side)."""
+    """Bytes of the page maps (owners, module page kinds: groups in the forms of
+    :data:`explorer.model.packed.SparseGroup`) an image holds, each group counted (a group
+    unchanged since the last image is shared with it: counting it again keeps the estimate on
+    the safe side)."""
     total = 0
-    for groups in (image.memory.regions[1], image.module.pages[1]):
-        for present, blob in groups:
-            total += len(present) + len(blob) + 120  # the objects' headers, the tuple
+    for groups in (image.memory.regions, image.module.pages):
+        for group in groups.values():
+            if isinstance(group, bytes):
+                total += len(group) + 33  # (33: a bytes object's header)
+            else:
+                total += len(group[0]) + len(group[1]) + 2 * 33 + 56
     return total
 
 

@@ -7,7 +7,16 @@ import os
 import sys
 from typing import Any
 
-from explorer.cli.common import EXIT_INVALID, EXIT_OK, EXIT_VIOLATIONS, read_trace, resolve_settings
+from explorer.cli.common import (
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_VIOLATIONS,
+    UsageError,
+    atomic_output,
+    check_output_path,
+    read_trace,
+    resolve_settings,
+)
 
 
 def _progress_bar(done: int, total: int, rate: float, eta: float) -> str:
@@ -32,6 +41,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         run_sweep,
     )
 
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: must be 1 or more (1: run in this process)")
+    check_output_path(args.out, "--out")
+    if args.plot is not None:
+        check_output_path(args.plot, "--plot")
+    if (
+        args.out != "-"
+        and args.plot is not None
+        and (os.path.abspath(args.out) == os.path.abspath(args.plot))
+    ):
+        raise UsageError(f"--out and --plot are the same file: {args.out}")
     trace = read_trace(args.trace)
     base = resolve_settings(trace, args.set or [])
     grid = parse_vary(args.vary)
@@ -62,6 +82,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except SweepOutputError as exc:
         print(f"\nusage error: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    except OSError as exc:  # a write that failed after the start (disk full, directory removed)
+        where = exc.filename or args.out
+        print(f"\nerror: writing {where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_INVALID
     print(file=sys.stderr)
     errors = sum(1 for r in rows if r["status"] != "ok")
     if args.out != "-":
@@ -76,7 +100,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         fig = sweep_figure(
             rows, x=f"setting.{keys[0]}", group=f"setting.{keys[1]}" if len(keys) > 1 else None
         )
-        fig.write_html(args.plot, include_plotlyjs=True)
+        with atomic_output(args.plot) as f:
+            f.write(fig.to_html(include_plotlyjs=True).encode("utf-8"))
         print(f"wrote the plot to {args.plot}", file=sys.stderr)
     return EXIT_VIOLATIONS if any(r["violations"] for r in rows) else EXIT_OK
 

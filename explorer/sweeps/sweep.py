@@ -446,15 +446,78 @@ class _Todo:
     settings: Settings
 
 
+#: Bytes a peer may send in one message while it is probed (a scheduler's handshake and its
+#: ``identity`` reply are a few hundred bytes; its worker list grows about 1 KiB per worker).
+MAX_PROBE_MESSAGE_BYTES = 4 << 20
+#: Frames in one probed message (a plain msgpack message has one or two).
+MAX_PROBE_FRAMES = 64
+
+
+def _recv_exact(sock: Any, n: int, deadline: float) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no complete answer in time")
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(min(n - len(buf), 1 << 16))
+        except TimeoutError:
+            raise TimeoutError("no complete answer in time") from None
+        if not chunk:
+            raise ConnectionError(f"the peer closed the connection after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+def _read_dask_message(sock: Any, deadline: float) -> Any:
+    """One message of Dask's TCP framing (distributed.comm.tcp: an 8-byte length, then a
+    prelude of frame count and frame lengths, then the frames), every length checked against
+    :data:`MAX_PROBE_MESSAGE_BYTES` *before* anything is allocated for it; the first frame
+    decoded as plain msgpack (nothing unpickled: the peer is not trusted yet)."""
+    import struct
+
+    msgpack = importlib.import_module("msgpack")
+    (nosplit,) = struct.unpack("<Q", _recv_exact(sock, 8, deadline))
+    if nosplit < 8 or nosplit > MAX_PROBE_MESSAGE_BYTES:
+        raise ValueError(f"it announced a message of {nosplit} bytes")
+    body = _recv_exact(sock, nosplit, deadline)
+    (nframes,) = struct.unpack_from("<Q", body)
+    if nframes == 0 or nframes > MAX_PROBE_FRAMES or 8 + 8 * nframes > nosplit:
+        raise ValueError(f"it announced {nframes} frames in a message of {nosplit} bytes")
+    lengths = struct.unpack_from(f"<{nframes}Q", body, 8)
+    total = 8 + 8 * nframes + sum(lengths)
+    if total > MAX_PROBE_MESSAGE_BYTES or total < nosplit:
+        raise ValueError(f"its frames add up to {total} bytes")
+    body += _recv_exact(sock, total - nosplit, deadline)  # frames sent after the first read
+    first = body[8 + 8 * nframes : 8 + 8 * nframes + lengths[0]]
+    try:
+        return msgpack.unpackb(first, raw=False, strict_map_key=False, use_list=False)
+    except Exception as exc:
+        raise ValueError(f"its first frame is not msgpack ({type(exc).__name__})") from None
+
+
+def _dask_frames(msg: dict[str, Any]) -> bytes:
+    import struct
+
+    msgpack = importlib.import_module("msgpack")
+    frame: bytes = msgpack.packb(msg, use_bin_type=True)
+    packed = struct.pack("<QQ", 1, len(frame)) + frame
+    return struct.pack("<Q", len(packed)) + packed
+
+
 def probe_scheduler(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     """Raise :class:`SchedulerUnreachable` unless a Dask scheduler answers at ``address``.
 
-    A TCP connect first (a refused port fails at once, a silent host after ``timeout``), then
-    Dask's handshake and an ``identity`` call, the whole bounded by ``timeout`` (a peer that
-    is not a Dask scheduler fails here, not inside a Client that would hang on close).
+    The exchange is Dask's own (both sides send a handshake, then an ``identity`` call), done
+    here on a plain socket with every length the peer announces checked before it is read: a
+    peer that is not a Dask scheduler (a web server, one that sends garbage, one that claims an
+    8 GiB frame) is named as such within ``timeout`` and without allocating what it claims,
+    where distributed's own reader would allocate it (issue 29: "Unable to allocate 3.07 EiB").
+    TLS addresses get only the TCP connect here; the Client's own handshake checks the rest.
     """
-    import asyncio
     import socket
+    import sys as _sys
 
     addressing = importlib.import_module("distributed.comm.addressing")
     try:
@@ -462,31 +525,79 @@ def probe_scheduler(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         host, port = addressing.get_address_host_port(address, strict=True)
     except Exception:
         raise SchedulerUnreachable(address, "not an address of the form tcp://HOST:PORT") from None
-    if scheme in ("tcp", "tls"):
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-        except OSError as exc:
-            raise SchedulerUnreachable(
-                address, exc.strerror or str(exc) or type(exc).__name__
-            ) from None
-
-    async def identity() -> Any:
-        comm_mod = importlib.import_module("distributed.comm")
-        comm = await comm_mod.connect(address, timeout=timeout)
-        try:
-            await comm.write({"op": "identity", "reply": True})
-            return await comm.read()
-        finally:
-            comm.abort()
-
+    deadline = time.monotonic() + timeout
     try:
-        reply = asyncio.run(asyncio.wait_for(identity(), timeout))
-    except Exception as exc:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
         raise SchedulerUnreachable(
-            address, f"no Dask scheduler answered ({type(exc).__name__}: {exc})"[:300]
+            address, exc.strerror or str(exc) or type(exc).__name__
+        ) from None
+    if scheme != "tcp":
+        sock.close()
+        return
+    try:
+        with sock:
+            sock.sendall(
+                _dask_frames(
+                    {
+                        "compression": None,
+                        "python": tuple(_sys.version_info)[:3],
+                        "pickle-protocol": pickle.HIGHEST_PROTOCOL,
+                    }
+                )
+            )
+            handshake = _read_dask_message(sock, deadline)
+            if not isinstance(handshake, dict) or "pickle-protocol" not in handshake:
+                raise ValueError("its first message is not a Dask handshake")
+            sock.sendall(_dask_frames({"op": "identity", "reply": True}))
+            reply = _read_dask_message(sock, deadline)
+    except (OSError, ValueError, TimeoutError) as exc:
+        raise SchedulerUnreachable(
+            address, f"the peer is not a Dask scheduler: {exc}"[:300]
         ) from None
     if not isinstance(reply, dict) or reply.get("type") != "Scheduler":
         raise SchedulerUnreachable(address, "the peer is not a Dask scheduler")
+
+
+#: Signals that arrived while a LocalCluster was starting (see :func:`_signals_deferred`).
+_DEFERRED: list[int] = []
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM held while a LocalCluster starts, delivered once it is up.
+
+    Interrupted inside ``LocalCluster.__init__``, the cluster object never reaches the ``with``
+    that would close it: its worker processes are left to Dask's exit hook, which prints a
+    traceback. Held until the ``with`` is entered, the signal then unwinds it and the cluster
+    closes its workers like after any other interruption. Main thread only (a signal handler
+    can be set nowhere else); elsewhere nothing changes.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    watched = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in watched}
+    for sig in watched:
+        if previous[sig] not in (signal.SIG_IGN, None):
+            signal.signal(sig, lambda signum, frame: _DEFERRED.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _deliver_deferred() -> None:
+    """Send this process the signals held by :func:`_signals_deferred` (their handlers now the
+    usual ones: KeyboardInterrupt, or the CLI's SIGTERM exit)."""
+    import signal
+
+    while _DEFERRED:
+        signal.raise_signal(_DEFERRED.pop(0))
 
 
 @contextlib.contextmanager
@@ -508,20 +619,25 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
         finally:
             client.close()
         return
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers={workers}: a cluster needs at least one worker")
     n = workers or os.cpu_count() or 1
-    with (
-        distributed.LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            # no dashboard; the scheduler's small HTTP server on a free loopback port, not 8787
-            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
-            silence_logs=40,
-        ) as cluster,
-        distributed.Client(cluster, set_as_default=False) as client,
-    ):
+    with contextlib.ExitStack() as stack:
+        with _signals_deferred():
+            cluster = stack.enter_context(
+                distributed.LocalCluster(
+                    n_workers=n,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address=None,
+                    # no dashboard; the scheduler's small HTTP server on a free loopback port
+                    scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+                    silence_logs=40,
+                )
+            )
+            client = stack.enter_context(distributed.Client(cluster, set_as_default=False))
+        _deliver_deferred()  # inside the stack: the cluster closes as the signal unwinds
         yield client
 
 

@@ -7,13 +7,17 @@ from arrays even at 524,288 regions (1 TiB).
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from explorer.model.records import OWNER_CODE, OWNERS, Snapshot
+from explorer.model.constants import PAGES_PER_REGION, PAGES_PER_REGION_SHIFT
+from explorer.model.packed import GROUP_SHIFT, sparse_header
+from explorer.model.records import OWNER_CODE, OWNERS, RegionCounts, Snapshot
 
 FREE_CODE = OWNER_CODE["free"]
 
@@ -28,6 +32,71 @@ class RegionArrays:
     used: npt.NDArray[np.int16]  # pages not free
 
 
+_NR_OWNERS = len(OWNERS)
+
+
+def owner_table(
+    region_owners: Mapping[int, tuple[int, ...]],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+    """A snapshot's ``region_owners`` as arrays: the touched regions (ascending) and their
+    pages per owner (one row each). A :class:`~explorer.model.records.RegionCounts` of a
+    restored machine keeps most regions as its keyframe's sparse maps and the deltas' pages:
+    they are counted here, with numpy, rather than region by region in the engine."""
+    if not isinstance(region_owners, RegionCounts):
+        regions = np.fromiter(region_owners.keys(), dtype=np.int64, count=len(region_owners))
+        rows = np.array(list(region_owners.values()), dtype=np.int32).reshape(-1, _NR_OWNERS)
+        order = np.argsort(regions, kind="stable")
+        return regions[order], rows[order]
+    built, base, pfns, values = region_owners.layers()
+    page_parts: list[npt.NDArray[np.int64]] = []
+    code_parts: list[npt.NDArray[np.uint8]] = []
+    region_parts: list[npt.NDArray[np.int64]] = []
+    for g, group in (base or {}).items():
+        first = g << GROUP_SHIFT
+        if isinstance(group, bytes):  # sparse: indices, where each region begins, entries
+            n = group[0]
+            ids = first + np.frombuffer(group, dtype=np.uint8, count=n, offset=1).astype(np.int64)
+            head = sparse_header(n)
+            bounds = np.frombuffer(group, dtype="<u2", count=n + 1, offset=head).astype(np.int64)
+            entries = np.frombuffer(group, dtype="<u2", offset=head + 2 * (n + 1)).astype(np.int64)
+            page_parts.append(
+                (np.repeat(ids, bounds[1:] - bounds[:-1]) << PAGES_PER_REGION_SHIFT)
+                | (entries & (PAGES_PER_REGION - 1))
+            )
+            code_parts.append((entries >> 9).astype(np.uint8))
+        else:  # dense: indices, and their maps deflated
+            index, blob = group
+            ids = first + np.frombuffer(index, dtype=np.uint8).astype(np.int64)
+            maps = np.frombuffer(zlib.decompress(blob, -15), dtype=np.uint8)
+            maps = maps.reshape(len(ids), PAGES_PER_REGION)
+            row, off = np.nonzero(maps)
+            page_parts.append((ids[row] << PAGES_PER_REGION_SHIFT) | off)
+            code_parts.append(maps[row, off])
+        region_parts.append(ids)
+    patch = np.frombuffer(pfns, dtype=np.int32).astype(np.int64)
+    page_parts.append(patch)
+    code_parts.append(np.frombuffer(values, dtype=np.uint8))
+    region_parts.append(patch >> PAGES_PER_REGION_SHIFT)
+    region_parts.append(np.fromiter(built.keys(), dtype=np.int64, count=len(built)))
+    regions = np.unique(np.concatenate(region_parts))
+    pages = np.concatenate(page_parts)
+    codes = np.concatenate(code_parts).astype(np.int64)
+    # the deltas' pages come after the keyframe's: keep each page's last owner
+    order = np.argsort(pages, kind="stable")
+    pages, codes = pages[order], codes[order]
+    last = np.ones(len(pages), dtype=bool)
+    last[:-1] = pages[1:] != pages[:-1]
+    pages, codes = pages[last], codes[last]
+    idx = np.searchsorted(regions, pages >> PAGES_PER_REGION_SHIFT)
+    flat = np.bincount(idx * _NR_OWNERS + codes, minlength=len(regions) * _NR_OWNERS)
+    rows = flat.reshape(len(regions), _NR_OWNERS).astype(np.int32)
+    rows[:, FREE_CODE] = PAGES_PER_REGION - (rows.sum(axis=1) - rows[:, FREE_CODE])
+    if built:
+        keys = np.fromiter(built.keys(), dtype=np.int64, count=len(built))
+        rows[np.searchsorted(regions, keys)] = np.array(list(built.values()), dtype=np.int32)
+    return regions, rows
+
+
 def region_arrays(s: Snapshot) -> RegionArrays:
     n = s.nr_regions
     refcount = np.zeros(n, dtype=np.int32)
@@ -37,8 +106,7 @@ def region_arrays(s: Snapshot) -> RegionArrays:
     used = np.zeros(n, dtype=np.int16)
     owner = np.zeros(n, dtype=np.int8)
     if s.region_owners:
-        regions = np.fromiter(s.region_owners.keys(), dtype=np.int64, count=len(s.region_owners))
-        counts = np.array(list(s.region_owners.values()), dtype=np.int16)
+        regions, counts = owner_table(s.region_owners)
         used[regions] = 512 - counts[:, FREE_CODE]
         busy = counts.copy()
         busy[:, FREE_CODE] = 0
@@ -64,10 +132,13 @@ def region_arrays(s: Snapshot) -> RegionArrays:
 def regions_in_play(s: Snapshot) -> pd.DataFrame:
     """One row per region with a refcount, a pair or an orphan: the refcount chart's data."""
     regions = sorted(set(s.refcount) | set(s.pairs) | set(s.orphans))
+    table, table_rows = owner_table(s.region_owners)
+    at = np.searchsorted(table, regions).tolist()
     rows = []
-    for r in regions:
+    for r, i in zip(regions, at, strict=True):
         pair = s.pairs.get(r)
-        counts = s.region_owners.get(r)
+        found = i < len(table) and table[i] == r
+        counts = tuple(table_rows[i].tolist()) if found else None
         rows.append(
             {
                 "region": r,

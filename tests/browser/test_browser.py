@@ -25,6 +25,12 @@ def _wait_step(pg, n: int) -> None:  # type: ignore[no-untyped-def]
     pg.wait_for_selector(f"text=/^Step {n} of \\d+/", timeout=30_000)
 
 
+def _wait_charts(pg) -> None:  # type: ignore[no-untyped-def]
+    """The step view's charts have drawn (what a lecturer sees as the page being ready)."""
+    for key in ("chart_region_map", "chart_pamt_cache"):
+        pg.wait_for_selector(f".st-key-{key} .main-svg", timeout=60_000)
+
+
 def test_charts_render_and_next_prev_step(page, server) -> None:  # type: ignore[no-untyped-def]
     page.goto(server)
     settle(page)
@@ -46,15 +52,24 @@ def test_charts_render_and_next_prev_step(page, server) -> None:  # type: ignore
 
 
 def test_keyboard_shortcuts_step(page, server) -> None:  # type: ignore[no-untyped-def]
+    """The first key after a deep link is not lost: pressed once the step and its charts show,
+    with no wait for the buttons (whose code may load seconds later on a busy machine)."""
     page.goto(server + "/?sample=lost_race&step=10")
-    settle(page)
-    assert _step(page).startswith("Step 10 of")
-    page.locator(".st-key-btn_next button").first.wait_for()
-    page.wait_for_timeout(2000)  # the buttons' shortcut listeners attach after they render
+    _wait_step(page, 10)
+    _wait_charts(page)
     page.keyboard.press("ArrowRight")
     _wait_step(page, 11)
     page.keyboard.press("ArrowLeft")
     _wait_step(page, 10)
+    page.keyboard.press("End")
+    last = int(re.sub(r"\D.*", "", _step(page).split("numbered 0 to ")[1]))
+    _wait_step(page, last)
+    page.keyboard.press("Home")
+    page.wait_for_selector("text=/^Before the first step/", timeout=30_000)
+    page.keyboard.press(" ")
+    page.locator(".st-key-btn_play button", has_text="Pause").first.wait_for()  # playing
+    page.keyboard.press(" ")
+    page.locator(".st-key-btn_play button", has_text="Play").first.wait_for()
 
 
 def _lost_race_step() -> int:
@@ -148,6 +163,9 @@ def test_stepping_answers_quickly_and_a_deep_link_loads_once(page, server) -> No
     page.goto(server + "/?sample=td_lifecycle&step=100")
     settle(page)
     _wait_step(page, 100)
+    # as a lecturer does: the step's charts have drawn (a key pressed while plotly.js is still
+    # loading reaches the server but its step is not drawn: docs/lecture.md, still open)
+    _wait_charts(page)
     page.wait_for_timeout(1500)
     assert page.evaluate("window.__runs") == 1, "the deep link ran the script more than once"
     times = []
@@ -228,9 +246,10 @@ def test_playing_keeps_the_chosen_speed(page, server) -> None:  # type: ignore[n
         seen.append(step())
     rate = (seen[-1] - seen[0]) / (time.monotonic() - t0)
     button = page.locator(".st-key-btn_play button").first
-    for _ in range(3):  # a click that lands while a tick's fragment run is replaced is lost
-        button.click()  # (Streamlit drops it with the run): the user clicks again
-        settle(page)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # a click that lands while a tick's fragment run is
+        button.click()  # replaced is lost (Streamlit drops it with the run): the user clicks
+        settle(page)  # again, as often as a loaded machine needs
         if "Play" in button.inner_text():
             break
     assert "Play" in button.inner_text(), "Pause was never taken"
@@ -270,3 +289,31 @@ def test_every_heatmap_fills_its_axes_in_the_browser(page, server, path: str) ->
     assert maps, "no heatmap drawn"
     for m in maps:
         assert m["fx"] >= 0.9 and m["fy"] >= 0.9, (path, m)
+
+
+@pytest.mark.parametrize("size", [(1280, 720), (1440, 900)])
+def test_map_caches_code_and_locks_are_in_view_together(browser, server, size) -> None:  # type: ignore[no-untyped-def]
+    """A projector's view: at 1280x720 and 1440x900 the region map, the caches, the code panel
+    and the locks are inside the viewport without scrolling, before the first step, at the
+    lost race and at the last step of the longest sample's view."""
+    width, height = size
+    context = browser.new_context(viewport={"width": width, "height": height})
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    try:
+        for query, want in (
+            (f"?sample=lost_race&step={_lost_race_step()}", f"Step {_lost_race_step()} of"),
+            ("?sample=td_lifecycle&step=100", "Step 100 of"),
+            ("?sample=lost_race&step=-1", "Before the first step"),
+        ):
+            pg.goto(f"{server}/{query}")
+            pg.wait_for_selector(f"text=/^{want}/")
+            _wait_charts(pg)
+            settle(pg)
+            for key in ("chart_region_map", "chart_pamt_cache", "code_panel", "locks"):
+                box = pg.locator(f".st-key-{key}").first.bounding_box()
+                assert box is not None, key
+                assert box["y"] >= 0 and box["y"] + box["height"] <= height, (query, key, box)
+            assert pg.evaluate("window.scrollY") == 0
+    finally:
+        context.close()

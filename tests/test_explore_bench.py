@@ -1,0 +1,13 @@
+"""The exploration benchmark's rows (the figures themselves are printed, never asserted)."""
+
+from explorer.interleavings.bench import bench_explore
+
+
+def test_bench_explore_reports_each_search() -> None:
+    rows = bench_explore([("lost_race", "v6"), ("cold_race_3vcpu", "v6")], max_seconds=1.0)
+    assert [r["sample"] for r in rows] == ["lost_race", "cold_race_3vcpu"]
+    lost, cold = rows
+    assert lost["complete"] and lost["outcomes"] == 3 and lost["findings"] == []
+    assert lost["states"] > 0 and lost["states_per_s"] > 0 and lost["seconds"] > 0
+    # a search past its budget is a row all the same, marked incomplete
+    assert not cold["complete"] and cold["states"] > 0 and cold["outcomes"] == 0

@@ -1,0 +1,291 @@
+"""Hostile input, round 3 (issue 29): device files, FIFOs, /proc, a gzip bomb, output paths that
+cannot be written, bad --workers. Each case exits 2 with a message naming the path and the
+reason, never a traceback. Size limits are monkeypatched small so the cases stay fast."""
+
+import gzip
+import os
+import threading
+import zlib
+from pathlib import Path
+
+import pytest
+
+from explorer.cli.common import check_output_path
+from explorer.cli.main import main
+from explorer.ingest import bounded
+from explorer.ingest import limits as L
+from explorer.ingest.bounded import InputRefused, read_bounded
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_traces"
+SMALL = 64 * 1024
+
+
+@pytest.fixture
+def small_limit(monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(L, "MAX_UPLOAD_BYTES", SMALL)
+    return SMALL
+
+
+# ------------------------------------------------------------------ the bounded reader
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
+def test_an_endless_device_is_refused_at_the_limit(device: str) -> None:
+    with pytest.raises(InputRefused) as e:
+        read_bounded(device, SMALL)
+    assert e.value.path == device
+    assert f"character device has more than {SMALL} bytes, over the limit of {SMALL}" in str(
+        e.value
+    )
+
+
+def test_a_regular_file_over_the_limit_is_refused_with_its_size(tmp_path: Path) -> None:
+    big = tmp_path / "big.jsonl"
+    big.write_bytes(b"x" * (SMALL + 10))
+    with pytest.raises(InputRefused, match=f"is {SMALL + 10} bytes, over the limit of {SMALL}"):
+        read_bounded(str(big), SMALL)
+    assert read_bounded(str(big), SMALL + 10) == b"x" * (SMALL + 10)
+
+
+def test_a_proc_file_reporting_size_0_is_read_whole() -> None:
+    data = read_bounded("/proc/self/status", SMALL)
+    assert b"VmRSS" in data or b"Name:" in data
+    with pytest.raises(InputRefused, match="more than 16 bytes"):
+        read_bounded("/proc/self/status", 16)
+
+
+def test_a_fifo_with_an_endless_writer_is_refused(tmp_path: Path) -> None:
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    stop = threading.Event()
+
+    def writer() -> None:
+        try:
+            with open(fifo, "wb") as f:
+                while not stop.is_set():
+                    f.write(b"{}\n" * 4096)
+        except BrokenPipeError:  # the reader refused and closed its end
+            pass
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        with pytest.raises(InputRefused, match=f"FIFO has more than {SMALL} bytes"):
+            read_bounded(str(fifo), SMALL)
+    finally:
+        stop.set()
+    t.join(10)
+    assert not t.is_alive()
+
+
+def test_a_fifo_whose_writer_is_silent_times_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bounded, "IDLE_TIMEOUT_S", 0.2)
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    with pytest.raises(InputRefused, match=r"no data for 0.2 s from the FIFO \(after 0 bytes\)"):
+        read_bounded(str(fifo), SMALL)
+
+
+def test_a_fifo_with_a_finite_writer_is_read_whole(tmp_path: Path) -> None:
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    payload = (SAMPLES / "lost_race.jsonl").read_bytes()
+
+    def writer() -> None:
+        with open(fifo, "wb") as f:
+            f.write(payload)
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    assert read_bounded(str(fifo), SMALL) == payload
+    t.join(10)
+
+
+def test_stdin_is_bounded_too(tmp_path: Path) -> None:
+    with open("/dev/zero", "rb") as zero, pytest.raises(InputRefused, match="<stdin>"):
+        read_bounded("-", SMALL, stdin=zero)
+
+
+def test_a_directory_and_a_missing_file_are_named(tmp_path: Path) -> None:
+    with pytest.raises(InputRefused, match="is a directory"):
+        read_bounded(str(tmp_path), SMALL)
+    with pytest.raises(InputRefused, match="cannot read the file: No such file"):
+        read_bounded(str(tmp_path / "nope"), SMALL)
+
+
+# ------------------------------------------------------------------ the CLI reads through it
+@pytest.mark.parametrize("command", ["check", "replay", "sweep"])
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
+def test_every_trace_command_refuses_a_device_with_exit_2(
+    command: str, device: str, small_limit: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [command, device]
+    if command == "sweep":
+        argv += ["--vary", "dpamt_gets_per_fault=0..1", "--workers", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"over the limit of {small_limit} bytes (MAX_UPLOAD_BYTES)" in err
+    assert "Traceback" not in err
+
+
+def test_check_refuses_a_proc_file_as_a_trace_not_as_a_crash(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["check", "/proc/self/status"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("status:") and "Traceback" not in err
+
+
+def test_a_gzip_bomb_is_refused_at_the_cap_not_after_inflating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """64 MiB of newlines in 64 KiB of gzip; the cap set to 1 MiB: refused at the cap (the
+    parser inflates chunk by chunk, checking the running size)."""
+    monkeypatch.setattr(L, "MAX_DECOMPRESSED_BYTES", 1 << 20)
+    c = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = b"\n" * (1 << 20)
+    bomb = b"".join(c.compress(block) for _ in range(64)) + c.flush()
+    assert len(bomb) < 200_000
+    path = tmp_path / "bomb.jsonl.gz"
+    path.write_bytes(bomb)
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "the gzip data expands past 1048576 bytes (MAX_DECOMPRESSED_BYTES)" in err
+
+
+def test_a_normal_trace_still_reads(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["check", str(SAMPLES / "lost_race.jsonl")]) == 0
+    gz = tmp_path / "t.jsonl.gz"
+    gz.write_bytes(gzip.compress((SAMPLES / "lost_race.jsonl").read_bytes()))
+    assert main(["check", str(gz)]) == 0
+
+
+# ------------------------------------------------------------------ output paths
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("{tmp}/missing/x.csv", "the directory {tmp}/missing does not exist"),
+        ("/proc/x.csv", "under /proc"),
+        ("/proc/self/status", "under /proc"),
+        ("/dev/full", "is a device"),
+        ("/dev/null", "is a device"),
+        ("{tmp}", "is a directory"),
+        ("{tmp}/file/x.csv", "{tmp}/file is not a directory"),
+    ],
+)
+def test_an_unwritable_output_is_named_with_the_reason(
+    tmp_path: Path, path: str, reason: str
+) -> None:
+    from explorer.cli.common import UsageError
+
+    (tmp_path / "file").write_text("")
+    path, reason = path.format(tmp=tmp_path), reason.format(tmp=tmp_path)
+    with pytest.raises(UsageError) as e:
+        check_output_path(path, "--out")
+    assert str(e.value).startswith(f"--out {path}: ") and reason in str(e.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_a_read_only_directory_is_refused(tmp_path: Path) -> None:
+    from explorer.cli.common import UsageError
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(UsageError, match="is not writable"):
+            check_output_path(str(ro / "x.csv"))
+    finally:
+        ro.chmod(0o700)
+
+
+SWEEP = ["sweep", str(SAMPLES / "lost_race.jsonl"), "--vary", "dpamt_gets_per_fault=0..1"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (["--out", "{tmp}/missing/s.csv"], "--out {tmp}/missing/s.csv: the directory"),
+        (["--out", "/proc/s.parquet"], "--out /proc/s.parquet: under /proc"),
+        (["--out", "-", "--plot", "/dev/full"], "--plot /dev/full: is a device"),
+        (["--out", "-", "--plot", "{tmp}/missing/p.html"], "--plot {tmp}/missing/p.html"),
+        (["--workers", "0"], "--workers 0: must be 1 or more"),
+        (["--workers", "-3"], "--workers -3: must be 1 or more"),
+    ],
+)
+def test_sweep_refuses_bad_outputs_and_workers_before_any_work(
+    tmp_path: Path,
+    extra: list[str],
+    said: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import explorer.sweeps.sweep as sw
+
+    def never(*a: object, **k: object) -> None:
+        raise AssertionError("the sweep started")
+
+    monkeypatch.setattr(sw, "run_sweep", never)
+    argv = [*SWEEP, *(a.format(tmp=tmp_path) for a in extra)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert said.format(tmp=tmp_path) in err and "Traceback" not in err
+
+
+def test_sweep_plot_is_written_whole(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plot = tmp_path / "p.html"
+    argv = [*SWEEP, "--workers", "1", "--out", str(tmp_path / "s.csv"), "--plot", str(plot)]
+    assert main(argv) == 0
+    assert plot.read_text().rstrip().endswith("</html>")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.html", "s.csv"]  # no temp left
+
+
+@pytest.mark.parametrize("name", ["missing/t.jsonl", "missing/t.jsonl.gz"])
+def test_generate_into_a_missing_directory_is_a_usage_error(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / name
+    assert main(["generate", "boot", "--faults", "10", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"-o {out}: the directory {out.parent} does not exist" in err
+
+
+@pytest.mark.parametrize("name", ["t.jsonl", "t.jsonl.gz"])
+def test_generate_writes_whole_files_through_a_temp(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / name
+    assert main(["generate", "boot", "--faults", "50", "-o", str(out)]) == 0
+    assert main(["check", str(out)]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_generate_that_fails_midway_leaves_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A write error after the start (here: the disk fills after 64 KiB) is exit 2 with the
+    path, and the file promised is the old one, untouched, with no temporary left beside it."""
+    import explorer.cli.traces as traces
+
+    out = tmp_path / "t.jsonl"
+    out.write_text("old\n")
+    real = traces._write_lines
+
+    def full_disk(text, first, lines):  # type: ignore[no-untyped-def]
+        text.write(first + "\n")
+        text.flush()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(traces, "_write_lines", full_disk)
+    assert main(["generate", "boot", "--faults", "5000", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: the write failed: No space left on device" in err
+    assert out.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["t.jsonl"]
+    assert real is not full_disk
