@@ -234,10 +234,21 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
     compared = 0
     adds_probed = any(r.probe.startswith("tdh_phymem_pamt_") for r in att.order)
     attempts = any(r.probe == "kvm_mmu_page_fault" for r in att.order)
+    shared: set[int] = set()  # threads in a shared-GPA fault (no model event: KVM's own EPT)
     for i, r in enumerate(att.order):
         p = r.probe
         if att.why[i] is not None and p in KVM_PROBES:
+            if p == "kvm_page_fault":
+                if att.why[i] == "shared-gpa":
+                    shared.add(r.tid)
+                else:
+                    shared.discard(r.tid)
             continue
+        if r.tid in shared:
+            if p in _FAULT_PATH:  # the top-up tdx_handle_ept_violation does for any fault
+                ignored["shared-gpa"] = ignored.get("shared-gpa", 0) + 1
+                continue
+            shared.discard(r.tid)
         k = att.vm_of[i]
         td = imp.tds.get(k, -1) if k else -1
         if td < 0:
@@ -252,6 +263,12 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
         ):
             window.pop(r.tid, None)
             lane = f"td{td}"
+        elif (
+            p == "tdx_topup_pamt_cache.entry"
+            and r.tid not in window
+            and _int(r, "cache") in imp.caches
+        ):  # KVM_TDX_INIT_MEM_REGION: that vCPU's fault before the finalize (import_capture)
+            lane = window[r.tid] = f"vcpu{imp.caches[_int(r, 'cache')]}"
         else:
             lane = window.get(r.tid, f"td{td}")
         if lane.startswith("td") and _init_mem_region(r, open_call):
@@ -324,7 +341,36 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
     for op in open_call.values():
         op.f["ret"] = None  # the return never came
     del attempts
-    return lanes, dict(sorted(ignored.items())), compared
+    return (
+        {n: fold_retries(ops) for n, ops in lanes.items()},
+        dict(sorted(ignored.items())),
+        compared,
+    )
+
+
+def fold_retries(ops: list[Op]) -> list[Op]:
+    """A fault attempt that did nothing but top up before the next attempt of the same fault
+    (``RET_PF_RETRY`` before any PAMT operation: a stale fault, a frozen SPTE) folded into that
+    next attempt: its top-ups only refill the cache the next attempt tops up again. Applied to
+    both sides alike, so the kernel may retry where the model did not (the trace format has
+    no event for the cause, ``is_page_fault_stale``) and the other way round."""
+    out: list[Op] = []
+    i, n = 0, len(ops)
+    while i < n:
+        op = ops[i]
+        if op.kind == "attempt":
+            j = i + 1
+            while j < n and ops[j].kind == "topup":
+                j += 1
+            if j < n and j > i and ops[j].kind == "attempt":
+                nxt = ops[j]
+                nxt.lines = [x for o in ops[i:j] for x in o.lines] + nxt.lines
+                nxt.recs = [x for o in ops[i:j] for x in o.recs] + nxt.recs
+                i = j
+                continue
+        out.append(op)
+        i += 1
+    return out
 
 
 def _stray(r: Record) -> Op:
@@ -380,9 +426,10 @@ class _ModelRecorder:
     """The model's operations per CPU, from the replay's steps (labels and effects of
     explorer/model/dpamt.py and kvm.py), taken as they are committed (``on_step``)."""
 
-    def __init__(self, events: Any, attempts: bool) -> None:
+    def __init__(self, events: Any, attempts: bool, init_faults: frozenset[int]) -> None:
         self.events = events
         self.attempts = attempts
+        self.init_faults = init_faults  # no kvm_page_fault / kvm_mmu_page_fault in the kernel
         self.lanes: dict[str, list[Op]] = {}
         self.cache: dict[int, int] = {}
         self.get: dict[str, Op] = {}
@@ -458,6 +505,8 @@ class _ModelRecorder:
             op = Op("cache_free", step=s.index)
             op.f = {"before": 0, "after": 0}
             lane.append(op)
+        elif lab in ("fault.begin", "fault.retry") and s.event in self.init_faults:
+            pass  # KVM_TDX_INIT_MEM_REGION: kvm_tdp_map_page, not a page fault
         elif lab == "fault.begin":
             op = Op("fault", step=s.index)
             op.f = {"gfn": getattr(self.events[s.event], "gfn", None)}
@@ -578,11 +627,12 @@ def conform(
 def _conform(capture: Capture, imp: ImportedTrace, settings: Settings | None) -> Conformance:
     kern, ignored, compared = kernel_lanes(imp)
     attempts = any(r.probe == "kvm_mmu_page_fault" for r in capture.records)
-    rec = _ModelRecorder(imp.events, attempts)
+    rec = _ModelRecorder(imp.events, attempts, imp.init_faults)
     m = Machine(settings or imp.settings, record=True, check=True)
     m.on_step = rec
     m.run(imp.events)
     stopped = m.stopped.message if m.stopped is not None else None
+    rec.lanes = {n: fold_retries(ops) for n, ops in rec.lanes.items()}
     divs: list[Divergence] = []
     matches: list[tuple[int, str, Any, int]] = []
     unexplained: list[dict[str, Any]] = []

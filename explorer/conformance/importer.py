@@ -86,7 +86,14 @@ TDX_PROBES = frozenset(
 #: Records that are only KVM's (a VM of any type prints them).
 KVM_PROBES = frozenset(("kvm_page_fault", "kvm_mmu_page_fault", "kvm_tdp_mmu_spte_changed"))
 #: The records :func:`import_capture` derives events from (beside each TD's first record).
-_EVENT_PROBES = frozenset(("kvm_page_fault", "kvm_arch_pre_destroy_vm", "kvm_tdp_mmu_spte_changed"))
+_EVENT_PROBES = frozenset(
+    (
+        "kvm_page_fault",
+        "kvm_arch_pre_destroy_vm",
+        "kvm_tdp_mmu_spte_changed",
+        "tdx_topup_pamt_cache.entry",
+    )
+)
 
 
 def field_int(rec: Record, key: str) -> int:
@@ -232,6 +239,11 @@ class ImportedTrace:
     line_pos: dict[int, int] = field(default_factory=dict)  # capture line -> sorted position
     #: what :func:`attribute` decided for every record (``conform`` reuses it)
     attribution: Attribution | None = field(default=None, repr=False, compare=False)
+    #: a vCPU's PAMT cache address -> the vCPU (``KVM_TDX_INIT_MEM_REGION`` runs on the VMM
+    #: thread with a vCPU's cache: its records are that vCPU's)
+    caches: dict[int, int] = field(default_factory=dict)
+    #: the events that are ``KVM_TDX_INIT_MEM_REGION`` (faults before the TD's finalize)
+    init_faults: frozenset[int] = frozenset()
 
     @property
     def unused(self) -> dict[str, int]:
@@ -264,33 +276,58 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
     top_pfn = 0
     spans: list[tuple[int, int, int, int]] = []  # (first ts, map ts, tid, fault position)
     vm_of = att.vm_of
+    first: dict[int, int] = {}  # td -> the position of its first record
     for k in dict.fromkeys(vm_of):  # each TD made at its first record, in record order
         if k:
-            i = vm_of.index(k)
+            first[tds[k]] = i = vm_of.index(k)
             events.append((i, TdCreate(td=tds[k]), [order[i].line]))
-            events.append((i, TdFinalize(td=tds[k]), []))
-    # only a TD's KVM records make events: a million tdx_* records are not visited here
+    first_fault: dict[int, int] = {}  # td -> the position of its first kvm_page_fault
+    cache_vcpu: dict[int, tuple[int, int]] = {}  # a vCPU's PAMT cache -> (td, kernel vCPU id)
+    init_open: dict[int, tuple[int, int, int, int]] = {}  # tid -> (position, td, cache, line)
+    inits: list[tuple[int, int, int, int, int, list[int]]] = []  # pos, td, cache, gfn, pfn, lines
+
+    def spurious(w: tuple[int, int, int], lines: list[int]) -> None:
+        """A fault that mapped nothing (``kvm_page_fault`` with no leaf map before the thread's
+        next fault): the model runs it too, with no page given: a spurious fault if the gfn is
+        mapped (``kvm_tdp_mmu_map``), and whatever else the engine decides otherwise."""
+        vcpu = vcpus[(w[1], field_int(order[w[0]], "vcpu"))]
+        events.append((w[0], Fault(vcpu=vcpu, gfn=w[2]), lines))
+
+    # only a TD's KVM records and top-ups make events: most tdx_* records are not visited here
     for i in [i for i, r in enumerate(order) if r.probe in _EVENT_PROBES and vm_of[i]]:
         r = order[i]
         td = tds[vm_of[i]]
         if td in destroyed:
             continue
         p = r.probe
-        if p == "kvm_page_fault":
+        if p == "tdx_topup_pamt_cache.entry":
+            w = window.get(r.tid)
+            cache = field_int(r, "cache")
+            if w is not None:
+                cache_vcpu.setdefault(cache, (w[1], field_int(order[w[0]], "vcpu")))
+            elif cache:  # a vCPU's cache outside any fault: KVM_TDX_INIT_MEM_REGION
+                init_open[r.tid] = (i, td, cache, r.line)
+        elif p == "kvm_page_fault":
+            if r.tid in window:
+                spurious(window.pop(r.tid), window_lines[r.tid])
             vid = (td, field_int(r, "vcpu"))
+            first_fault.setdefault(td, i)
             if vid not in vcpus:
                 vcpus[vid] = len(vcpus)
-                events.append((i, VcpuCreate(td=td, vcpu=vcpus[vid]), []))
             vm = att.vms[att.vm_of[i]]
             gfn = (field_int(r, "gpa") >> 12) & ~(1 << (vm.shared_bit - 12))
             window[r.tid] = (i, td, gfn)
             window_lines[r.tid] = [r.line]
+            init_open.pop(r.tid, None)
         elif p == "kvm_arch_pre_destroy_vm":
+            for tid in [t for t, w in window.items() if w[1] == td]:
+                spurious(window.pop(tid), window_lines[tid])
             destroyed.add(td)
             events.append((i, TdDestroy(td=td), [r.line]))
         elif p == "kvm_tdp_mmu_spte_changed" and field_int(r, "level") == 1:
             kind = spte_kind(field_int(r, "old_spte"), field_int(r, "new_spte"))
             w = window.get(r.tid)
+            init = init_open.get(r.tid)
             if kind == "map" and w is not None and w[1] == td and w[2] == field_int(r, "gfn"):
                 fr = order[w[0]]
                 vcpu = vcpus[(td, field_int(fr, "vcpu"))]
@@ -306,6 +343,12 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
                 spans.append((fr.ts, order[i].ts, r.tid, w[0]))
                 nfaults += 1
                 del window[r.tid]
+            elif kind == "map" and w is None and init is not None and init[1] == td:
+                pfn = spte_pfn(field_int(r, "new_spte"))
+                top_pfn = max(top_pfn, pfn)
+                inits.append((init[0], td, init[2], field_int(r, "gfn"), pfn, [init[3], r.line]))
+                nfaults += 1
+                del init_open[r.tid]
             elif kind == "map":
                 ignored["init-mem-region"] = ignored.get("init-mem-region", 0) + 1
             elif kind == "zap":
@@ -313,17 +356,38 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
             elif kind == "frozen":
                 destroyed.add(td)
                 events.append((i, TdDestroy(td=td), [r.line]))
+    for tid, w in list(window.items()):
+        if w[1] not in destroyed:
+            spurious(w, window_lines[tid])
+    # KVM_TDX_INIT_MEM_REGION (tdx_vcpu_init_mem_region: kvm_tdp_map_page with the vCPU's
+    # caches, before KVM_TDX_FINALIZE_VM): a fault of that vCPU before the TD's finalize, which
+    # the model runs as TDH.MEM.PAGE.ADD (kvm.py). The vCPU is the one whose own faults top up
+    # that cache; a cache no fault uses is a vCPU of its own.
+    caches: dict[int, int] = {}
+    last_init: dict[int, int] = {}
+    for pos, td, cache, gfn, pfn, ls in inits:
+        vid = cache_vcpu.get(cache, (td, -1 - cache))
+        if vid not in vcpus:
+            vcpus[vid] = len(vcpus)
+        caches[cache] = vcpus[vid]
+        events.append((pos, Fault(vcpu=vcpus[vid], gfn=gfn, pfn=pfn), ls))
+        last_init[td] = pos
+    for c, vid in cache_vcpu.items():
+        caches.setdefault(c, vcpus[vid])
+    for td, pos in first.items():
+        # KVM_TDX_FINALIZE_VM has no record: after the TD's initial image, before its first
+        # fault (with no image: at the TD's creation, as before)
+        at = pos if td not in last_init else first_fault.get(td, last_init[td] + 1)
+        events.append((at, TdFinalize(td=td), []))
     events.sort(key=lambda e: (e[0], _rank(e[1])))
-    # vCPUs right after their TD's finalize: the model cannot fault on a vCPU it has not made
+    # vCPUs right after their TD's creation: the model cannot fault on a vCPU it has not made
     out: list[tuple[int, Event, list[int]]] = []
     for pos, ev, ls in events:
-        if isinstance(ev, VcpuCreate):
-            continue
         out.append((pos, ev, ls))
-        if isinstance(ev, TdFinalize):
+        if isinstance(ev, TdCreate):
             for (t, _), v in sorted(vcpus.items(), key=lambda x: x[1]):
                 if t == ev.td:
-                    out.insert(len(out) - 1, (pos, VcpuCreate(td=t, vcpu=v), []))
+                    out.append((pos, VcpuCreate(td=t, vcpu=v), []))
     groups = _race_groups(spans, order)
     mib = max(256, -(-(nfaults * 3 + 8192) // 256), (top_pfn >> 8) + 64)
     mib = min(MAX_HOST_MEMORY_MIB, mib + mib % 2)
@@ -345,6 +409,14 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
     settings = Settings(mode="v6", host_memory_mib=mib, tdcs_pages=tdcs, tdcx_pages=tdcx)
     if groups:
         out = _pin_races(out, groups, settings)
+    td_of_vcpu = {v: t for (t, _), v in vcpus.items()}
+    finalized: set[int] = set()
+    init_faults: set[int] = set()
+    for n, (_, ev, _) in enumerate(out):
+        if isinstance(ev, TdFinalize):
+            finalized.add(ev.td)
+        elif isinstance(ev, Fault) and td_of_vcpu.get(ev.vcpu) not in finalized:
+            init_faults.add(n)
     return ImportedTrace(
         capture.source,
         tuple(e for _, e, _ in out),
@@ -356,6 +428,8 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
         tuple(p for p, _, _ in out),
         dict(zip(map(attrgetter("line"), order), count())),
         att,
+        caches,
+        frozenset(init_faults),
     )
 
 
