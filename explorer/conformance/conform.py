@@ -263,12 +263,9 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
         ):
             window.pop(r.tid, None)
             lane = f"td{td}"
-        elif (
-            p == "tdx_topup_pamt_cache.entry"
-            and r.tid not in window
-            and _int(r, "cache") in imp.caches
-        ):  # KVM_TDX_INIT_MEM_REGION: that vCPU's fault before the finalize (import_capture)
-            lane = window[r.tid] = f"vcpu{imp.caches[_int(r, 'cache')]}"
+        elif r.line in imp.init_at and r.tid not in window:
+            # KVM_TDX_INIT_MEM_REGION: that vCPU's fault before the finalize (import_capture)
+            lane = window[r.tid] = f"vcpu{imp.init_at[r.line]}"
         else:
             lane = window.get(r.tid, f"td{td}")
         if lane.startswith("td") and _init_mem_region(r, open_call):
@@ -637,6 +634,8 @@ def _conform(capture: Capture, imp: ImportedTrace, settings: Settings | None) ->
     matches: list[tuple[int, str, Any, int]] = []
     unexplained: list[dict[str, Any]] = []
     regions, caches = _Bijection(), _Bijection()
+    for c, v in imp.caches.items():  # each vCPU's cache as its own gets name it
+        caches.ok(c, v)
     for lane in sorted(set(kern) | set(rec.lanes)):
         last_line, last_step = 0, -1
         for ko, mo in align(kern.get(lane, []), rec.lanes.get(lane, [])):

@@ -92,6 +92,7 @@ _EVENT_PROBES = frozenset(
         "kvm_arch_pre_destroy_vm",
         "kvm_tdp_mmu_spte_changed",
         "tdx_topup_pamt_cache.entry",
+        "tdx_pamt_get.entry",
     )
 )
 
@@ -239,9 +240,11 @@ class ImportedTrace:
     line_pos: dict[int, int] = field(default_factory=dict)  # capture line -> sorted position
     #: what :func:`attribute` decided for every record (``conform`` reuses it)
     attribution: Attribution | None = field(default=None, repr=False, compare=False)
-    #: a vCPU's PAMT cache address -> the vCPU (``KVM_TDX_INIT_MEM_REGION`` runs on the VMM
-    #: thread with a vCPU's cache: its records are that vCPU's)
+    #: a vCPU's PAMT cache address -> the vCPU, as its gets show it
     caches: dict[int, int] = field(default_factory=dict)
+    #: the first line of each ``KVM_TDX_INIT_MEM_REGION`` page -> the vCPU whose fault it is
+    #: (it runs on the VMM thread with that vCPU's cache: the records from there are its)
+    init_at: dict[int, int] = field(default_factory=dict)
     #: the events that are ``KVM_TDX_INIT_MEM_REGION`` (faults before the TD's finalize)
     init_faults: frozenset[int] = frozenset()
 
@@ -283,8 +286,9 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
             events.append((i, TdCreate(td=tds[k]), [order[i].line]))
     first_fault: dict[int, int] = {}  # td -> the position of its first kvm_page_fault
     cache_vcpu: dict[int, tuple[int, int]] = {}  # a vCPU's PAMT cache -> (td, kernel vCPU id)
-    init_open: dict[int, tuple[int, int, int, int]] = {}  # tid -> (position, td, cache, line)
+    init_open: dict[int, list[int]] = {}  # tid -> [position, td, cache, line, cache from a get]
     inits: list[tuple[int, int, int, int, int, list[int]]] = []  # pos, td, cache, gfn, pfn, lines
+    init_lines: dict[int, int] = {}  # the first line of each INIT_MEM_REGION page -> its cache
 
     def spurious(w: tuple[int, int, int], lines: list[int]) -> None:
         """A fault that mapped nothing (``kvm_page_fault`` with no leaf map before the thread's
@@ -300,13 +304,19 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
         if td in destroyed:
             continue
         p = r.probe
-        if p == "tdx_topup_pamt_cache.entry":
+        if p == "tdx_topup_pamt_cache.entry" or p == "tdx_pamt_get.entry":
             w = window.get(r.tid)
             cache = field_int(r, "cache")
+            if not cache:
+                continue  # a control page's get
             if w is not None:
-                cache_vcpu.setdefault(cache, (w[1], field_int(order[w[0]], "vcpu")))
-            elif cache:  # a vCPU's cache outside any fault: KVM_TDX_INIT_MEM_REGION
-                init_open[r.tid] = (i, td, cache, r.line)
+                if p == "tdx_pamt_get.entry":  # the cache a vCPU's fault consumes is its own
+                    cache_vcpu.setdefault(cache, (w[1], field_int(order[w[0]], "vcpu")))
+            elif r.tid not in init_open:  # a vCPU's cache outside any fault: INIT_MEM_REGION
+                init_open[r.tid] = [i, td, cache, r.line, p == "tdx_pamt_get.entry"]
+            elif p == "tdx_pamt_get.entry" and not init_open[r.tid][4]:
+                init_open[r.tid][2] = cache  # the vCPU is the one whose cache its gets take
+                init_open[r.tid][4] = True
         elif p == "kvm_page_fault":
             if r.tid in window:
                 spurious(window.pop(r.tid), window_lines[r.tid])
@@ -347,6 +357,7 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
                 pfn = spte_pfn(field_int(r, "new_spte"))
                 top_pfn = max(top_pfn, pfn)
                 inits.append((init[0], td, init[2], field_int(r, "gfn"), pfn, [init[3], r.line]))
+                init_lines[init[3]] = init[2]
                 nfaults += 1
                 del init_open[r.tid]
             elif kind == "map":
@@ -374,6 +385,7 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
         last_init[td] = pos
     for c, vid in cache_vcpu.items():
         caches.setdefault(c, vcpus[vid])
+    init_at = {line: caches[c] for line, c in init_lines.items()}
     for td, pos in first.items():
         # KVM_TDX_FINALIZE_VM has no record: after the TD's initial image, before its first
         # fault (with no image: at the TD's creation, as before)
@@ -429,6 +441,7 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
         dict(zip(map(attrgetter("line"), order), count())),
         att,
         caches,
+        init_at,
         frozenset(init_faults),
     )
 
