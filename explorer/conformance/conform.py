@@ -32,6 +32,7 @@ from explorer.conformance.importer import (
     KVM_PROBES,
     ImportedTrace,
     import_capture,
+    pinned_pfns,
     spte_kind,
     spte_pfn,
 )
@@ -624,10 +625,14 @@ def conform(
 def _conform(capture: Capture, imp: ImportedTrace, settings: Settings | None) -> Conformance:
     kern, ignored, compared = kernel_lanes(imp)
     attempts = any(r.probe == "kvm_mmu_page_fault" for r in capture.records)
-    rec = _ModelRecorder(imp.events, attempts, imp.init_faults)
+    # the replay takes the kernel's pages (leaves, S-EPT tables, control pages): the
+    # allocator leaves them alone, and a get is fast or PAMT.ADD in the same regions as there
+    events = imp.pinned or imp.events
+    rec = _ModelRecorder(events, attempts, imp.init_faults)
     m = Machine(settings or imp.settings, record=True, check=True)
+    m.mem.pin(pinned_pfns(events))
     m.on_step = rec
-    m.run(imp.events)
+    m.run(events)
     stopped = m.stopped.message if m.stopped is not None else None
     rec.lanes = {n: fold_retries(ops) for n, ops in rec.lanes.items()}
     divs: list[Divergence] = []

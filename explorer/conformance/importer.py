@@ -29,7 +29,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import count
 from operator import attrgetter
 
@@ -247,6 +247,10 @@ class ImportedTrace:
     init_at: dict[int, int] = field(default_factory=dict)
     #: the events that are ``KVM_TDX_INIT_MEM_REGION`` (faults before the TD's finalize)
     init_faults: frozenset[int] = frozenset()
+    #: ``events`` with the S-EPT table and control pages the kernel chose (``Fault.tables``,
+    #: ``TdCreate.control``, ``VcpuCreate.control``), what ``conform`` replays; the trace
+    #: format has no fields for them yet, so ``import -o`` writes ``events``. Empty: unpinned
+    pinned: tuple[Event, ...] = ()
 
     @property
     def unused(self) -> dict[str, int]:
@@ -289,6 +293,12 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
     init_open: dict[int, list[int]] = {}  # tid -> [position, td, cache, line, cache from a get]
     inits: list[tuple[int, int, int, int, int, list[int]]] = []  # pos, td, cache, gfn, pfn, lines
     init_lines: dict[int, int] = {}  # the first line of each INIT_MEM_REGION page -> its cache
+    # pins (docs/capture.md, "Pinned pages"): the pfns of the gets a fault's thread made before
+    # its leaf's map (its S-EPT table pages), and of each thread's control pages' gets
+    gets: dict[int, list[int]] = {}  # tid -> pfns got in its open fault or INIT_MEM_REGION
+    tables: dict[int, tuple[int, ...]] = {}  # fault position -> its table pages
+    control: dict[tuple[int, int], list[int]] = {}  # (td, tid) -> control pages, in order
+    vcpu_tid: dict[tuple[int, int], int] = {}  # (td, kernel vCPU id) -> its thread
 
     def spurious(w: tuple[int, int, int], lines: list[int]) -> None:
         """A fault that mapped nothing (``kvm_page_fault`` with no leaf map before the thread's
@@ -296,6 +306,9 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
         mapped (``kvm_tdp_mmu_map``), and whatever else the engine decides otherwise."""
         vcpu = vcpus[(w[1], field_int(order[w[0]], "vcpu"))]
         events.append((w[0], Fault(vcpu=vcpu, gfn=w[2]), lines))
+        got = gets.pop(order[w[0]].tid, None)
+        if got:
+            tables[w[0]] = tuple(got)
 
     # only a TD's KVM records and top-ups make events: most tdx_* records are not visited here
     for i in [i for i, r in enumerate(order) if r.probe in _EVENT_PROBES and vm_of[i]]:
@@ -308,15 +321,20 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
             w = window.get(r.tid)
             cache = field_int(r, "cache")
             if not cache:
-                continue  # a control page's get
+                if p == "tdx_pamt_get.entry" and w is None:  # a control page's get
+                    control.setdefault((td, r.tid), []).append(field_int(r, "pfn"))
+                continue
             if w is not None:
                 if p == "tdx_pamt_get.entry":  # the cache a vCPU's fault consumes is its own
                     cache_vcpu.setdefault(cache, (w[1], field_int(order[w[0]], "vcpu")))
             elif r.tid not in init_open:  # a vCPU's cache outside any fault: INIT_MEM_REGION
                 init_open[r.tid] = [i, td, cache, r.line, p == "tdx_pamt_get.entry"]
+                gets[r.tid] = []
             elif p == "tdx_pamt_get.entry" and not init_open[r.tid][4]:
                 init_open[r.tid][2] = cache  # the vCPU is the one whose cache its gets take
                 init_open[r.tid][4] = True
+            if p == "tdx_pamt_get.entry":
+                gets.setdefault(r.tid, []).append(field_int(r, "pfn"))
         elif p == "kvm_page_fault":
             if r.tid in window:
                 spurious(window.pop(r.tid), window_lines[r.tid])
@@ -324,6 +342,8 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
             first_fault.setdefault(td, i)
             if vid not in vcpus:
                 vcpus[vid] = len(vcpus)
+            vcpu_tid.setdefault(vid, r.tid)
+            gets[r.tid] = []
             vm = att.vms[att.vm_of[i]]
             gfn = (field_int(r, "gpa") >> 12) & ~(1 << (vm.shared_bit - 12))
             window[r.tid] = (i, td, gfn)
@@ -343,6 +363,9 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
                 vcpu = vcpus[(td, field_int(fr, "vcpu"))]
                 pfn = spte_pfn(field_int(r, "new_spte"))  # the kernel's page: pinned
                 top_pfn = max(top_pfn, pfn)
+                got = [g for g in gets.pop(r.tid, ()) if g != pfn]
+                if got:
+                    tables[w[0]] = tuple(got)
                 events.append(
                     (
                         w[0],
@@ -356,6 +379,9 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
             elif kind == "map" and w is None and init is not None and init[1] == td:
                 pfn = spte_pfn(field_int(r, "new_spte"))
                 top_pfn = max(top_pfn, pfn)
+                got = [g for g in gets.pop(r.tid, ()) if g != pfn]
+                if got:
+                    tables[init[0]] = tuple(got)
                 inits.append((init[0], td, init[2], field_int(r, "gfn"), pfn, [init[3], r.line]))
                 init_lines[init[3]] = init[2]
                 nfaults += 1
@@ -397,10 +423,14 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
     for pos, ev, ls in events:
         out.append((pos, ev, ls))
         if isinstance(ev, TdCreate):
-            for (t, _), v in sorted(vcpus.items(), key=lambda x: x[1]):
+            for (t, _), v in sorted(
+                vcpus.items()
+            ):  # kernel index order (kvm_destroy_vcpus frees so)
                 if t == ev.td:
                     out.append((pos, VcpuCreate(td=t, vcpu=v), []))
     groups = _race_groups(spans, order)
+    for pfns in [*tables.values(), *control.values()]:  # the pinned pages must fit too
+        top_pfn = max(top_pfn, *pfns)
     mib = max(256, -(-(nfaults * 3 + 8192) // 256), (top_pfn >> 8) + 64)
     mib = min(MAX_HOST_MEMORY_MIB, mib + mib % 2)
     # tdx_td_init: TDR + TDCS pages on one thread; tdx_td_vcpu_init: TDVPR + TDCX pages on the
@@ -419,6 +449,7 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
         if len(per_td) > 1:
             tdcx = max(0, min(per_td[1:]) - 1)
     settings = Settings(mode="v6", host_memory_mib=mib, tdcs_pages=tdcs, tdcx_pages=tdcx)
+    out = _pinned(out, tables, control, vcpu_tid, vcpus, first, order, tdcs, tdcx)
     if groups:
         out = _pin_races(out, groups, settings)
     td_of_vcpu = {v: t for (t, _), v in vcpus.items()}
@@ -431,7 +462,7 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
             init_faults.add(n)
     return ImportedTrace(
         capture.source,
-        tuple(e for _, e, _ in out),
+        tuple(_unpinned(e) for _, e, _ in out),
         settings,
         tuple(tuple(sorted(ls)) for _, _, ls in out),
         dict(sorted(ignored.items())),
@@ -443,7 +474,77 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
         caches,
         init_at,
         frozenset(init_faults),
+        tuple(e for _, e, _ in out),
     )
+
+
+def _pinned(
+    out: list[tuple[int, Event, list[int]]],
+    tables: dict[int, tuple[int, ...]],
+    control: dict[tuple[int, int], list[int]],
+    vcpu_tid: dict[tuple[int, int], int],
+    vcpus: dict[tuple[int, int], int],
+    first: dict[int, int],
+    order: Sequence[Record],
+    tdcs: int,
+    tdcx: int,
+) -> list[tuple[int, Event, list[int]]]:
+    """The events of ``out`` with the pages the kernel chose pinned (docs/capture.md, "Pinned
+    pages"): a fault's ``tables`` (the ``tdx_pamt_get`` pfns its thread asked for before the
+    leaf's, i.e. ``tdx_sept_link_private_spt``'s table pages), a TD's ``control`` (the first
+    ``1 + tdcs`` control-page gets, ``tdx_alloc_control_page``, on the thread of its first
+    record) and a vCPU's (the next ``1 + tdcx`` on its fault thread). A control list whose length
+    is not what the model allocates is not pinned (the allocator picks, as without the probe)."""
+    td_ctl: dict[int, tuple[int, ...]] = {}
+    taken: dict[tuple[int, int], int] = {}
+    for td, pos in first.items():
+        key = (td, order[pos].tid)
+        got = control.get(key, [])
+        if len(got) >= 1 + tdcs:
+            td_ctl[td] = tuple(got[: 1 + tdcs])
+            taken[key] = 1 + tdcs
+    vcpu_ctl: dict[int, tuple[int, ...]] = {}
+    for (td, kid), v in vcpus.items():
+        tid = vcpu_tid.get((td, kid))
+        if tid is None:
+            continue
+        got = control.get((td, tid), [])[taken.get((td, tid), 0) :]
+        if len(got) == 1 + tdcx:
+            vcpu_ctl[v] = tuple(got)
+    res: list[tuple[int, Event, list[int]]] = []
+    for pos, ev, ls in out:
+        if isinstance(ev, Fault) and pos in tables:
+            ev = replace(ev, tables=tables[pos])
+        elif isinstance(ev, TdCreate) and ev.td in td_ctl:
+            ev = replace(ev, control=td_ctl[ev.td])
+        elif isinstance(ev, VcpuCreate) and ev.vcpu in vcpu_ctl:
+            ev = replace(ev, control=vcpu_ctl[ev.vcpu])
+        res.append((pos, ev, ls))
+    return res
+
+
+def _unpinned(ev: Event) -> Event:
+    """``ev`` without its pins (what the trace format can hold)."""
+    if isinstance(ev, Fault) and ev.tables is not None:
+        return replace(ev, tables=None)
+    if isinstance(ev, (TdCreate, VcpuCreate)) and ev.control is not None:
+        return replace(ev, control=None)
+    return ev
+
+
+def pinned_pfns(events: Sequence[Event]) -> list[int]:
+    """Every page ``events`` pin (leaves, tables, control pages): what the model's allocator
+    must leave alone (:meth:`explorer.model.memory.HostMemory.pin`)."""
+    out: list[int] = []
+    for ev in events:
+        if isinstance(ev, Fault):
+            if ev.pfn is not None:
+                out.append(ev.pfn)
+            if ev.tables:
+                out.extend(ev.tables)
+        elif isinstance(ev, (TdCreate, VcpuCreate)) and ev.control:
+            out.extend(ev.control)
+    return out
 
 
 def _race_groups(
@@ -517,7 +618,8 @@ def _pin_races(
         def alone(f: Event, prefix: list[Event] = prefix) -> list[str]:
             assert isinstance(f, Fault)
             m = Machine(settings, record=True, check=False)
-            m.run([*prefix, Fault(vcpu=f.vcpu, gfn=f.gfn, pfn=f.pfn)])
+            m.mem.pin(pinned_pfns([*prefix, f]))
+            m.run([*prefix, replace(f, t=None)])
             return [s.label for s in m.steps if s.event == len(prefix)]
 
         winner = next((x for x in members if x[3] == groups[n][1]), members[0])
@@ -541,7 +643,7 @@ def _pin_races(
         new.append((members[0][0], Schedule(order=tuple(turns), t=t), []))
         for p, ev2, ls2_, _ in members:
             assert isinstance(ev2, Fault)
-            new.append((p, Fault(vcpu=ev2.vcpu, gfn=ev2.gfn, pfn=ev2.pfn, t=t), ls2_))
+            new.append((p, replace(ev2, t=t), ls2_))
     return new
 
 
