@@ -220,6 +220,12 @@ def _int(r: Record, key: str) -> int:
     return v if isinstance(v, int) else 0
 
 
+def _num(fields: dict[str, Any], key: str) -> int:
+    """``fields[key]`` when it is a number, else 0 (a missing or non-numeric field)."""
+    v = fields.get(key, 0)
+    return v if v.__class__ is int else 0
+
+
 def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int], int]:
     """The kernel's operations per model CPU, the records ignored per reason, and the number
     of records compared. A record in a fault window of a vCPU thread (from its
@@ -236,69 +242,81 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
     adds_probed = any(r.probe.startswith("tdh_phymem_pamt_") for r in att.order)
     attempts = any(r.probe == "kvm_mmu_page_fault" for r in att.order)
     shared: set[int] = set()  # threads in a shared-GPA fault (no model event: KVM's own EPT)
+    # (the loop runs once per record: its lookups are bound to locals, its TD lanes named once)
+    why, vm_of, tds, init_at = att.why, att.vm_of, imp.tds, imp.init_at
+    fault_path, calls, returns = _FAULT_PATH, _CALLS, _RETURNS
+    td_lane: dict[int, str] = {}
     for i, r in enumerate(att.order):
         p = r.probe
-        if att.why[i] is not None and p in KVM_PROBES:
+        fs = r.fields
+        if why[i] is not None and p in KVM_PROBES:
             if p == "kvm_page_fault":
                 if att.why[i] == "shared-gpa":
                     shared.add(r.tid)
                 else:
                     shared.discard(r.tid)
             continue
-        if r.tid in shared:
-            if p in _FAULT_PATH:  # the top-up tdx_handle_ept_violation does for any fault
+        tid = r.tid
+        if shared and tid in shared:
+            if p in fault_path:  # the top-up tdx_handle_ept_violation does for any fault
                 ignored["shared-gpa"] = ignored.get("shared-gpa", 0) + 1
                 continue
-            shared.discard(r.tid)
-        k = att.vm_of[i]
-        td = imp.tds.get(k, -1) if k else -1
+            shared.discard(tid)
+        k = vm_of[i]
+        td = tds.get(k, -1) if k else -1
         if td < 0:
             ignored["no-vm-context"] = ignored.get("no-vm-context", 0) + 1
             continue
+        tdl = td_lane.get(td)
+        if tdl is None:
+            tdl = td_lane[td] = f"td{td}"
         if p == "kvm_page_fault":
-            lane = vcpu_names[(td, _int(r, "vcpu"))]
-            window[r.tid] = lane
-        elif p not in _FAULT_PATH and not (
+            lane = vcpu_names[(td, _num(fs, "vcpu"))]
+            window[tid] = lane
+        elif p not in fault_path and not (
             p == "kvm_tdp_mmu_spte_changed"
-            and spte_kind(_int(r, "old_spte"), _int(r, "new_spte")) == "map"
+            and spte_kind(_num(fs, "old_spte"), _num(fs, "new_spte")) == "map"
         ):
-            window.pop(r.tid, None)
-            lane = f"td{td}"
-        elif r.line in imp.init_at and r.tid not in window:
+            window.pop(tid, None)
+            lane = tdl
+        elif r.line in init_at and tid not in window:
             # KVM_TDX_INIT_MEM_REGION: that vCPU's fault before the finalize (import_capture)
-            lane = window[r.tid] = f"vcpu{imp.init_at[r.line]}"
+            lane = window[tid] = f"vcpu{init_at[r.line]}"
         else:
-            lane = window.get(r.tid, f"td{td}")
-        if lane.startswith("td") and _init_mem_region(r, open_call):
+            lane = window.get(tid, tdl)
+        if lane is tdl and _init_mem_region(r, open_call):
             ignored["init-mem-region"] = ignored.get("init-mem-region", 0) + 1
             continue
         compared += 1
-        ops = lanes.setdefault(lane, [])
-        call = _CALLS.get(p)
+        ops = lanes.get(lane)
+        if ops is None:
+            ops = lanes[lane] = []
+        call = calls.get(p)
         if call is not None:
             op = Op(call, r.line)
             op.recs.append(r)
+            fs = r.fields
             if call == "get":
-                op.f = {"pfn": _int(r, "pfn"), "cache": _int(r, "cache")}
-                op.f["before"] = _int(r, "cache_count")
+                op.f = {"pfn": _num(fs, "pfn"), "cache": _num(fs, "cache")}
+                op.f["before"] = _num(fs, "cache_count")
             elif call == "put":
-                op.f = {"pfn": _int(r, "pfn"), "probed": adds_probed}
+                op.f = {"pfn": _num(fs, "pfn"), "probed": adds_probed}
             elif call in ("topup", "cache_free"):
-                op.f = {"cache": _int(r, "cache"), "before": _int(r, "cache_count")}
-            open_call[(r.tid, call)] = op
+                op.f = {"cache": _num(fs, "cache"), "before": _num(fs, "cache_count")}
+            open_call[(tid, call)] = op
             ops.append(op)
             continue
-        ret = _RETURNS.get(p)
+        ret = returns.get(p)
         if ret is not None:
-            op2 = open_call.pop((r.tid, ret), None)
+            op2 = open_call.pop((tid, ret), None)
             if op2 is None:
                 ops.append(_stray(r))
                 continue
             op2.lines.append(r.line)
             op2.recs.append(r)
-            op2.f["ret"] = _int(r, "ret")
+            op2.f["ret"] = _num(fs, "ret")
             if "before" in op2.f:
-                op2.f["after"] = _int(r, "cache_count")
+                op2.f["after"] = _num(fs, "cache_count")
             if ret == "get":
                 op2.f["path"] = _kernel_path(op2, adds_probed)
             continue
@@ -310,10 +328,10 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
             owner.lines.append(r.line)
             owner.recs.append(r)
             if p.endswith(".entry"):
-                owner.f["add" if "_add" in p else "remove"] = (_int(r, "pfn") >> 9, r.line)
+                owner.f["add" if "_add" in p else "remove"] = (_num(fs, "pfn") >> 9, r.line)
             continue
         if p == "kvm_page_fault":
-            gfn = (_int(r, "gpa") >> 12) & ~(1 << (att.vms[k].shared_bit - 12))
+            gfn = (_num(fs, "gpa") >> 12) & ~(1 << (att.vms[k].shared_bit - 12))
             op = Op("fault", r.line)
             op.f = {"gfn": gfn}
         elif p == "kvm_mmu_page_fault":
@@ -321,15 +339,15 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
         elif p == "kvm_arch_pre_destroy_vm":
             op = Op("teardown", r.line)
         else:  # kvm_tdp_mmu_spte_changed
-            old, new, level = _int(r, "old_spte"), _int(r, "new_spte"), _int(r, "level")
+            old, new, level = _num(fs, "old_spte"), _num(fs, "new_spte"), _num(fs, "level")
             kind = spte_kind(old, new)
             if kind == "map":
                 op = Op("map.leaf" if level == 1 else "map.table", r.line)
                 if level == 1:
-                    op.f = {"gfn": _int(r, "gfn"), "pfn": spte_pfn(new)}
+                    op.f = {"gfn": _num(fs, "gfn"), "pfn": spte_pfn(new)}
             elif kind in ("zap", "frozen") and level == 1:
                 op = Op(kind, r.line)
-                op.f = {"gfn": _int(r, "gfn")}
+                op.f = {"gfn": _num(fs, "gfn")}
             elif kind in ("zap", "frozen"):
                 op = Op("table.zap", r.line)
             else:
@@ -420,6 +438,32 @@ _PATH_OK = {
 
 
 # ------------------------------------------------------------------ the model's side
+#: The labels :class:`_ModelRecorder` makes an operation of (or ends one with); any other step
+#: only updates a PAMT cache's count, unless a get or put is open (its region, its end).
+_RECORDED = frozenset(
+    [
+        "pamt_get.fast",
+        "pamt_get.slow",
+        "pamt_put.fast",
+        "pamt_put.slow",
+        "pamt_cache.free",
+        "pamt_cache.topup_fail",
+        "pamt_cache.topup",
+        "pamt_cache.full",
+        "fault.begin",
+        "fault.retry",
+        "page.aug",
+        "page.add",
+        "sept.add",
+        "zap.page_remove",
+        "sept.reclaim",
+        "control.alloc",
+        "control.reclaim",
+        "td.destroy",
+    ]
+)
+
+
 class _ModelRecorder:
     """The model's operations per CPU, from the replay's steps (labels and effects of
     explorer/model/dpamt.py and kvm.py), taken as they are committed (``on_step``)."""
@@ -435,7 +479,14 @@ class _ModelRecorder:
 
     def __call__(self, m: Any, s: Step) -> None:
         m.steps.clear()  # only the operations are kept: a million records stay small
-        cpu, lab, fn = s.cpu, s.label, s.function
+        lab = s.label
+        if lab not in _RECORDED and not self.get and not self.put:
+            # most steps (locks, SEAMCALLs, KVM's walk): only a PAMT cache count to keep
+            for e in s.effects:
+                if e.kind == "pamt_cache" and isinstance(e.new, int):
+                    self.cache[e.key] = e.new
+            return
+        cpu, fn = s.cpu, s.function
         lane = self.lanes.get(cpu)
         if lane is None:
             lane = self.lanes[cpu] = []
