@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from app_pages.ui.tour_view import page_theme
 from explorer.views.about import cover_letter_markdown, overhead_figure, region_diagram
 
 st.title("About Dynamic PAMT")
@@ -18,7 +19,7 @@ while that region holds a page the TDX module uses: 512 entries x 16 B = 8 KiB =
 region**, handed over with `TDH.PHYMEM.PAMT.ADD` and taken back with `TDH.PHYMEM.PAMT.REMOVE`.
 """
 )
-st.plotly_chart(region_diagram(3), key="chart_about_region", width="stretch")
+st.plotly_chart(region_diagram(3, theme=page_theme()), key="chart_about_region", width="stretch")
 st.markdown(
     """
 The kernel keeps a **refcount per 2 MiB region**: the number of its 4 KiB pages in TD use.

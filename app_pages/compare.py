@@ -9,6 +9,7 @@ import streamlit as st
 from app_pages import common
 from app_pages.ui.overhead_panel import memory_panel
 from app_pages.ui.sweep_panel import sweep_panel
+from app_pages.ui.tour_view import page_theme
 from explorer.designs.overhead import (
     format_bytes,
 )
@@ -17,9 +18,9 @@ from explorer.model.constants import MODES, mode_label
 from explorer.model.errors import TraceError
 from explorer.model.settings import Settings
 from explorer.sweeps.metrics import RunMetrics
-from explorer.views.caches import pamt_cache_figure
+from explorer.views.caches import cache_top, pamt_cache_figure
 from explorer.views.palette import OKABE_ITO
-from explorer.views.region_map import region_map
+from explorer.views.region_map import column_width, region_map, replay_span
 from explorer.views.sweep import count_axis
 
 DEFAULT_CONFIGS = pd.DataFrame(
@@ -160,20 +161,35 @@ def main() -> None:
         "after event", 1, nev, value=(first + 1) if first is not None else nev, key="compare_event"
     )
     cols = st.columns(len(results))
-    for col, (label, s, _) in zip(cols, results, strict=True):
+    snaps = []
+    timelines = []
+    for _label, s, _ in results:
         tl = common.timeline(loaded, s)
+        timelines.append(tl)
         b = min(tl.batch_of_event(e - 1), tl.nr_batches - 1)
         i = tl.batch_step[b + 1] - 1 if b >= 0 else -1
-        snap = tl.state_at(min(i, tl.nr_steps - 1))
+        snaps.append(tl.state_at(min(i, tl.nr_steps - 1)))
+    # one y range for every side's caches: equal heights are equal counts
+    top = max(cache_top(snap) for snap in snaps)
+    span = replay_span(*timelines)  # one span for every side: their cells line up
+    for col, (label, s, _), snap in zip(cols, results, snaps, strict=True):
         col.caption(label, help=help_text(s.mode))
         col.plotly_chart(
-            # a column of a 1440-px page: about 1,400 / n px wide (the map sizes its colour bar)
-            region_map(snap, title=f"regions after event {e}", width=1400 // len(results)),
+            # the map sizes its colour bar for the column's real width
+            region_map(
+                snap,
+                title=f"regions after event {e}",
+                width=column_width(len(results)),
+                theme=page_theme(),
+                span=span,
+            ),
             key=f"chart_cmp_map_{label}",
             width="stretch",
         )
         col.plotly_chart(
-            pamt_cache_figure(snap, narrow=True), key=f"chart_cmp_cache_{label}", width="stretch"
+            pamt_cache_figure(snap, narrow=True, y_top=top, theme=page_theme()),
+            key=f"chart_cmp_cache_{label}",
+            width="stretch",
         )
 
     sweep_panel(loaded, base, configs)

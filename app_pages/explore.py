@@ -5,10 +5,13 @@ step_panel, explore_tabs)."""
 
 from __future__ import annotations
 
+import os
+
 import streamlit as st
 
 from app_pages import common
 from app_pages.ui.explore_tabs import explore_tabs
+from app_pages.ui.instant import instant_view
 from app_pages.ui.keys import STEP_HEADER_KEY, step_keys
 from app_pages.ui.state_panel import export_choice, map_and_caches
 from app_pages.ui.step_panel import COMPACT_CSS, code_and_locks, step_text
@@ -74,13 +77,19 @@ def view(
     snap = tl.state_at(i)
     step = tl.step(i) if i >= 0 else None
     changed = tl.changed_regions(i) if i >= 0 else []
-    left, right = st.container(key="step_view").columns([5, 6])
-    with left:
-        map_and_caches(snap, changed)
-    with right:
+    if st.session_state.get("instant_steps"):
+        # drawn and stepped in the browser (app_pages/ui/instant.py); the keys' listener's
+        # marker (the step header's key) is on it, so keys.py's queue stays for the fallback
         with st.container(key=STEP_HEADER_KEY):
-            step_text(tl, step)
-        code_and_locks(snap, step)
+            instant_view(tl, replay_key, i)
+    else:
+        left, right = st.container(key="step_view").columns([5, 6])
+        with left:
+            map_and_caches(snap, changed)
+        with right:
+            with st.container(key=STEP_HEADER_KEY):
+                step_text(tl, step)
+            code_and_locks(snap, step)
     explore_tabs(tl, loaded, i, snap, step, changed)
     common.sync_url(settings)
 
@@ -114,6 +123,14 @@ def main() -> None:
     common.sidebar_trace_picker()
     settings = common.sidebar_settings()
     export_choice()
+    if "instant_steps" not in st.session_state:  # DPAMT_INSTANT=1: on by default (measurements)
+        st.session_state.instant_steps = os.environ.get("DPAMT_INSTANT") == "1"
+    st.sidebar.toggle(
+        "Instant steps (beta)",
+        key="instant_steps",
+        help="Step through a window of steps drawn in the browser: Next, Prev, the keys and "
+        "Play need no round trip to the server until the cursor leaves the window.",
+    )
     st.sidebar.caption(
         "Why 10 pages: each DPAMT get uses 0 pages (fast path) or 2 (a PAMT pair). "
         "A 4 KiB fault links at most 4 non-root S-EPT tables (5-level EPT; the root "

@@ -38,7 +38,8 @@ KEEP_JOBS = 8
 MAX_OUTCOME_BUTTONS = 60
 BUTTONS_PER_ROW = 6
 
-JobKey = tuple[str, tuple[tuple[str, Any], ...]]
+#: (the trace's content, its settings, whether the search is reduced)
+JobKey = tuple[str, tuple[tuple[str, Any], ...], bool]
 
 
 def _jobs() -> dict[JobKey, ExploreJob]:
@@ -54,7 +55,8 @@ def _start(key: JobKey, loaded: common.Loaded, settings: Settings, max_states: i
     jobs.pop(key, None)
     while len(jobs) >= KEEP_JOBS:
         jobs.pop(next(iter(jobs)))
-    jobs[key] = ExploreJob(loaded.trace.events, settings, max_states, title=loaded.trace.title)
+    title = loaded.trace.title
+    jobs[key] = ExploreJob(loaded.trace.events, settings, max_states, title=title, reduction=key[2])
 
 
 @st.fragment(run_every=0.5)
@@ -66,10 +68,9 @@ def _progress(key: JobKey) -> None:
     status = job.poll()
     if status.state != "running":
         st.rerun()
-    st.progress(
-        min(status.states / job.max_states, 1.0),
-        text=f"Exploring: {status.states:,} states so far (limit {job.max_states:,})",
-    )
+    reduced = " (reduced)" if job.reduction else ""
+    text = f"Exploring: {status.states:,} states so far{reduced} (limit {job.max_states:,})"
+    st.progress(min(status.states / job.max_states, 1.0), text=text)
     if st.button("Stop", key="btn_stop_explore"):
         job.stop()
         st.rerun()
@@ -127,18 +128,19 @@ def _open(
 
 def _summary(result: dict[str, Any]) -> None:
     states, seconds = result["states"], result["seconds"]
+    searched = "searched (reduced)" if result.get("reduction") else "(full search)"
     if not result["complete"]:
         covered = result.get("covered", {})
         st.warning(
-            f"Incomplete: {states:,} states in {seconds} s, then the search stopped in group "
-            f"{covered.get('groups', '?')} of {covered.get('groups_total', '?')}; nothing is "
-            "claimed. Raise the state limit and run it again."
+            f"Incomplete: {states:,} states {searched} in {seconds} s, then the search stopped "
+            f"in group {covered.get('groups', '?')} of {covered.get('groups_total', '?')}; "
+            "nothing is claimed. Raise the state limit and run it again."
         )
         st.text(str(result.get("stopped", "")))
         return
     verdict = "complete" if result["ok"] else "complete, with findings"
     st.markdown(
-        f"**{states:,}** states, **{result['schedules']:,}** schedules, "
+        f"**{states:,}** states {searched}, **{result['schedules']:,}** schedules {searched}, "
         f"**{len(result['outcomes']):,}** distinct outcomes ({result['end_states']:,} end "
         f"states: those differing only in page numbers are one outcome), {seconds} s: "
         f"{verdict}."
@@ -157,15 +159,13 @@ def _outcomes(loaded: common.Loaded, settings: Settings, result: dict[str, Any])
         "Each distinct end state, how many turn orders reach it, and what it leaves. Open one "
         "to replay an interleaving that reaches it."
     )
+    config = {
+        "regions (refcount)": st.column_config.TextColumn(width="medium"),
+        "kernel paths": st.column_config.TextColumn(width="large"),
+    }
+    frame = common.safe_frame(rows)
     st.dataframe(
-        common.safe_frame(rows),
-        hide_index=True,
-        width="stretch",
-        key="table_outcomes",
-        column_config={
-            "regions (refcount)": st.column_config.TextColumn(width="medium"),
-            "kernel paths": st.column_config.TextColumn(width="large"),
-        },
+        frame, hide_index=True, width="stretch", key="table_outcomes", column_config=config
     )
     st.caption("Open an outcome in Explore:")
     outcomes = result["outcomes"][:MAX_OUTCOME_BUTTONS]
@@ -173,9 +173,8 @@ def _outcomes(loaded: common.Loaded, settings: Settings, result: dict[str, Any])
         st.caption(f"Buttons for the first {MAX_OUTCOME_BUTTONS} outcomes.")
     for first in range(0, len(outcomes), BUTTONS_PER_ROW):
         cols = st.columns(BUTTONS_PER_ROW)
-        for col, (n, o) in zip(
-            cols, enumerate(outcomes[first : first + BUTTONS_PER_ROW], first + 1), strict=False
-        ):
+        row = enumerate(outcomes[first : first + BUTTONS_PER_ROW], first + 1)
+        for col, (n, o) in zip(cols, row, strict=False):
             if col.button(
                 f"Outcome {n}",
                 key=f"btn_open_outcome_{n}",
@@ -213,12 +212,9 @@ def _findings(loaded: common.Loaded, settings: Settings, result: dict[str, Any])
     config: dict[str, Any] = {"message": st.column_config.TextColumn(width="large")}
     if link is not None:
         config["link"] = st.column_config.LinkColumn(display_text="link", width="small")
+    frame = common.safe_frame(rows)
     st.dataframe(
-        common.safe_frame(rows),
-        hide_index=True,
-        width="stretch",
-        key="table_findings",
-        column_config=config,
+        frame, hide_index=True, width="stretch", key="table_findings", column_config=config
     )
     violations = result["violations"]
     for first in range(0, len(violations), BUTTONS_PER_ROW):
@@ -251,23 +247,29 @@ def main() -> None:
     )
     common.show_upload_errors()
     st.text(f"trace: {loaded.source}: {loaded.trace.title}\nmode: {mode_label(settings.mode)}")
-    key: JobKey = (content_key(loaded.data), settings_key(settings))
+    c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="bottom")
+    reduction = c2.toggle(
+        "partial-order reduction",
+        value=True,
+        key="explore_reduction",
+        help="On: one order per class of orders differing only in independent turns (same "
+        "outcomes and findings). Off: every order, exact counts (--no-reduction).",
+    )
+    key: JobKey = (content_key(loaded.data), settings_key(settings), reduction)
     job = _jobs().get(key)
     status = job.poll() if job is not None else None
     running = status is not None and status.state == "running"
-    c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
-    max_states = int(
-        c1.number_input(
-            "state limit",
-            min_value=MIN_MAX_STATES,
-            max_value=MAX_MAX_STATES,
-            value=DEFAULT_MAX_STATES,
-            step=10_000,
-            key="explore_max_states",
-            help="Past this many states the search stops and claims nothing (--max-states).",
-        )
+    limit = c1.number_input(
+        "state limit",
+        min_value=MIN_MAX_STATES,
+        max_value=MAX_MAX_STATES,
+        value=DEFAULT_MAX_STATES,
+        step=10_000,
+        key="explore_max_states",
+        help="Past this many states the search stops and claims nothing (--max-states).",
     )
-    if c2.button("Explore every interleaving", key="btn_explore", disabled=running):
+    max_states = int(limit)
+    if c3.button("Explore every interleaving", key="btn_explore", disabled=running):
         _start(key, loaded, settings, max_states)
         st.rerun()
     if job is None or status is None:

@@ -25,11 +25,13 @@ from explorer.model.settings import Settings
 from explorer.replay.timeline import Timeline
 from explorer.teaching.handout import tour_handout_html
 from explorer.teaching.predict import PredictionSession
-from explorer.teaching.tours import TourError, resolve, tour_for, tour_names
+from explorer.teaching.tours import ResolvedStop, TourError, resolve, tour_for, tour_names
 
 #: The query parameters this page owns (the others are the Explore page's).
 URL_KEYS = ("tour", "stop")
 QUESTIONS_MIN, QUESTIONS_MAX, QUESTIONS_DEFAULT = 5, 20, 5
+#: Where a prediction round starts (the ``predict_from`` radio).
+START_TOUR, START_CURSOR, START_STEP = "tour", "cursor", "step"
 
 
 # ------------------------------------------------------------------ tour
@@ -83,7 +85,8 @@ def _move_stop(delta: int, n: int) -> None:
     st.session_state.learn_stop = min(max(int(st.session_state.learn_stop) + delta, 0), n - 1)
 
 
-def tour_tab(tl: Timeline, tours: list[str], settings: Settings) -> None:
+def tour_tab(tl: Timeline, tours: list[str], settings: Settings) -> ResolvedStop | None:
+    """The tour's stop on screen (None when no tour of the loaded trace is open)."""
     loaded: common.Loaded = st.session_state.loaded
     if "learn_tour" not in st.session_state:
         st.session_state.learn_tour = loaded.name if loaded.name in tours else None
@@ -98,11 +101,11 @@ def tour_tab(tl: Timeline, tours: list[str], settings: Settings) -> None:
     if tour_name is None:
         _write_url(None, None)
         st.caption("Choose a tour: it loads its sample trace.")
-        return
+        return None
     if loaded.name != tour_name:
         st.info(f"This tour is of the sample {tour_name}, which is not the trace loaded now.")
         st.button(f"Load {tour_name}", key="btn_learn_load", on_click=_load, args=(tour_name,))
-        return
+        return None
     try:
         tour = tour_for(tour_name)
         stops = resolve(tour, tl) if tour is not None else []
@@ -112,10 +115,10 @@ def tour_tab(tl: Timeline, tours: list[str], settings: Settings) -> None:
             "settings: try Reset to the trace's settings):"
         )
         st.code(str(exc), language=None)
-        return
+        return None
     if tour is None or not stops:
         st.caption("This tour has no stops.")
-        return
+        return None
     n = len(stops)
     k = min(max(int(st.session_state.get("learn_stop", 0)), 0), n - 1)
     st.session_state.learn_stop = k
@@ -154,6 +157,7 @@ def tour_tab(tl: Timeline, tours: list[str], settings: Settings) -> None:
         help="One standalone page (works offline): every stop with its text, narration and view, "
         "laid out for printing",
     )
+    return stop
 
 
 # ------------------------------------------------------------------ predict
@@ -168,16 +172,21 @@ def _verdict(tl: Timeline, session: PredictionSession) -> None:
     st.text(step.narration)
 
 
-def predict_tab(tl: Timeline, replay_key: tuple[object, ...]) -> None:
+def predict_tab(
+    tl: Timeline, replay_key: tuple[object, ...], stop: ResolvedStop | None = None
+) -> None:
+    """A round of questions about the steps after a start: the tour's stop on screen (when a
+    tour is open), Explore's cursor, or a step the learner types."""
     st.caption(
         "Guess the next step before it is revealed: the engine marks your answer from its own "
-        "record of the step. Steps nothing is asked about are passed over."
+        "record of the step. Only the moments a lesson is about are asked (a race, a retry, a "
+        "path, a pair or a refcount crossing 0, a drain), each once: a round may end early."
     )
     session: PredictionSession | None = st.session_state.get("predict")
     if session is not None and st.session_state.get("predict_replay") != replay_key:
         session = None  # another trace or other settings: the questions are of another replay
         st.session_state.predict = None
-    c = st.columns([1, 2], vertical_alignment="bottom")
+    c = st.columns([1, 3], vertical_alignment="bottom")
     total = c[0].number_input(
         "questions",
         min_value=QUESTIONS_MIN,
@@ -185,10 +194,42 @@ def predict_tab(tl: Timeline, replay_key: tuple[object, ...]) -> None:
         value=QUESTIONS_DEFAULT,
         step=1,
         key="predict_n",
+        help="At most: a round asks each moment of the trace once and may end early",
     )
     cursor = min(max(int(st.session_state.get("cursor", -1)), -1), tl.nr_steps - 1)
-    if c[1].button(f"Start at the current step ({cursor})", key="btn_predict_start"):
-        session = PredictionSession(start=cursor, total=int(total))
+    starts = {START_CURSOR: cursor, START_STEP: -1}
+    if stop is not None:
+        starts = {START_TOUR: stop.step, **starts}
+    labels = {
+        START_TOUR: f"the tour's stop (step {stop.step if stop else '-'})",
+        START_CURSOR: f"Explore's cursor (step {cursor})",
+        START_STEP: "a step number",
+    }
+    if st.session_state.get("predict_from") not in starts:
+        st.session_state.predict_from = next(iter(starts))  # the tour's stop when one is open
+    origin = c[1].radio(
+        "start after",
+        list(starts),
+        format_func=labels.__getitem__,
+        horizontal=True,
+        key="predict_from",
+        help="The questions are about the steps after this one",
+    )
+    start = starts[origin]
+    if origin == START_STEP:
+        start = int(
+            st.number_input(
+                "step",
+                min_value=-1,
+                max_value=tl.nr_steps - 1,
+                value=-1,
+                step=1,
+                key="predict_from_step",
+                help="-1: from the first step",
+            )
+        )
+    if st.button(f"Start after step {start}", key="btn_predict_start"):
+        session = PredictionSession(start=start, total=int(total))
         session.advance(tl)
         st.session_state.predict = session
         st.session_state.predict_replay = replay_key
@@ -246,9 +287,9 @@ def main() -> None:
         return
     tab_tour, tab_predict = st.tabs(["Tour", "Predict"])
     with tab_tour:
-        tour_tab(tl, tours, settings)
+        stop = tour_tab(tl, tours, settings)
     with tab_predict:
-        predict_tab(tl, common.replay_key(loaded, settings))
+        predict_tab(tl, common.replay_key(loaded, settings), stop)
 
 
 main()

@@ -5,11 +5,15 @@ Kept here so they are unit-tested without a browser and the pages stay thin.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import hashlib
 import json
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -97,6 +101,95 @@ class ByteBudgetCache:
         """Keys, least recently used first."""
         with self._lock:
             return list(self._items)
+
+
+#: Seconds without a script run (no session stepping, loading or clicking) after which the
+#: server collects garbage and hands its freed heap back to the system (:class:`IdleTrimmer`).
+IDLE_TRIM_S = 5.0
+
+
+def _glibc_malloc_trim() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim(0)`` (return the free memory at the top of every malloc arena and
+    in whole free pages inside them to the kernel), or None off glibc (macOS, musl)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        fn = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_size_t]
+    fn.restype = ctypes.c_int
+    return lambda: fn(0)
+
+
+class IdleTrimmer:
+    """Once the app has been idle for ``idle_s`` seconds after some activity: ``gc.collect()``,
+    then glibc's ``malloc_trim(0)``.
+
+    Why: Streamlit runs each session's script in a thread of its own, and glibc gives busy
+    threads malloc arenas of their own (up to 8 per CPU); what 30 concurrent sessions allocated
+    while stepping (figures, protobufs, widget states) is freed when they stop, but stays in
+    those arenas, so the server's resident memory stayed ~100 MB above its start long after the
+    sessions closed (docs/reliability.md, the load test). A collection breaks the cycles the
+    figure objects leave, and the trim returns the freed pages. Both run only when nothing is
+    running (never in a session's way): a poll thread checks every ``poll_s`` seconds whether
+    :meth:`touch` (each script run) was called since the last trim and not for ``idle_s``.
+    Thread-safe; ``trim`` and ``clock`` are injectable for tests."""
+
+    def __init__(
+        self,
+        idle_s: float = IDLE_TRIM_S,
+        poll_s: float = 1.0,
+        trim: Callable[[], object] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.idle_s = idle_s
+        self.poll_s = poll_s
+        self._trim = trim if trim is not None else _glibc_malloc_trim()
+        self._clock = clock
+        self._last = clock()
+        self._dirty = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.trims = 0
+
+    def touch(self) -> None:
+        """A script run happened now: trim once it has been quiet for ``idle_s``."""
+        with self._lock:
+            self._last = self._clock()
+            self._dirty = True
+
+    def poll(self) -> bool:
+        """Collect and trim if there was activity and ``idle_s`` has passed since; True if it
+        did."""
+        with self._lock:
+            if not self._dirty or self._clock() - self._last < self.idle_s:
+                return False
+            self._dirty = False
+        gc.collect()
+        if self._trim is not None:
+            self._trim()
+        self.trims += 1
+        return True
+
+    def start(self) -> IdleTrimmer:
+        """Run :meth:`poll` every ``poll_s`` seconds in a daemon thread (once)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="idle-trimmer", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.poll()
 
 
 @dataclass(frozen=True)

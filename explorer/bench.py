@@ -26,7 +26,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Any
 
 from explorer.ingest import parse_trace
@@ -57,6 +59,57 @@ INPUTS = ("jsonl", "gzip", "csv")
 #: The matrix: (workload shape, settings on top of the trace's header). Every shape with the
 #: defaults, then each allocator, schedule, mode and EPT depth on the shapes where it changes the
 #: most, and mixtures (the acceptance matrix is not ours: this covers the class, not cells).
+#: 1 TiB of host memory, in MiB (a host_memory_mib override).
+TIB_MIB = 1 << 20
+#: Pages of a 2 MiB region (the unit a refault cell zaps to 0 and faults again).
+_REGION = 512
+
+
+def refault_trace(faults: int, seed: int = 1, vcpus: int = 8, tds: int = 2) -> bytes:
+    """Refault churn, a class the shapes do not write: each vCPU in turn faults a whole 2 MiB
+    region of its range (its pages in a shuffled order), zaps every page of it (the region's
+    DPAMT refcount falls to 0 and its PAMT pages are freed, ``tdx_pamt_put``) and faults it
+    again (``tdx_pamt_get`` allocates them anew), so DPAMT pages come and go all the time;
+    ``t`` advances every 8 events (concurrent groups). Integers in decimal or hex by a seeded
+    coin, as uploads from other tools write them. ``faults`` counts the faults written."""
+    rng = random.Random(seed)
+    lines = [
+        json.dumps(
+            {
+                "format": "dpamt-trace",
+                "version": 1,
+                "title": "refault",
+                "settings": {"host_memory_mib": 65536},
+            }
+        )
+    ]
+    lines += [json.dumps({"op": "td_create", "td": td}) for td in range(tds)]
+    lines += [json.dumps({"op": "vcpu_create", "td": v % tds, "vcpu": v}) for v in range(vcpus)]
+    lines += [json.dumps({"op": "td_finalize", "td": td}) for td in range(tds)]
+    done = n = 0
+    while done < faults:
+        v = rng.randrange(vcpus)
+        base = (v << 20) + rng.randrange((1 << 20) // _REGION) * _REGION
+        pages = list(range(base, base + _REGION))
+        for phase in ("fault", "zap", "fault"):
+            rng.shuffle(pages)
+            for gfn in pages:
+                g: int | str = hex(gfn) if rng.random() < 0.5 else gfn
+                obj: dict[str, Any] = {"op": phase, "gfn": g, "t": n // 8}
+                obj["vcpu" if phase == "fault" else "td"] = v if phase == "fault" else v % tds
+                lines.append(json.dumps(obj))
+                n += 1
+                done += phase == "fault"
+                if done >= faults:
+                    break
+            if done >= faults:
+                break
+    return ("\n".join(lines) + "\n").encode()
+
+
+#: Cell shapes the bench writes itself (the others are :mod:`explorer.ingest.shapes`).
+BENCH_SHAPES = {"refault": refault_trace}
+
 MATRIX: tuple[tuple[str, dict[str, Any]], ...] = (
     ("runs", {}),
     ("runs", {"allocator": "random"}),
@@ -82,6 +135,15 @@ MATRIX: tuple[tuple[str, dict[str, Any]], ...] = (
     ("fleet", {"input": "csv", "allocator": "random"}),
     ("concurrent", {"input": "gzip"}),
     ("lifecycle", {"input": "gzip", "allocator": "random"}),
+    ("churn", {"input": "gzip", "mode": "v6-locked"}),
+    # 1 TiB hosts: the allocators' structures must not cost what the host memory is
+    ("runs", {"host_memory_mib": TIB_MIB}),
+    ("runs", {"host_memory_mib": TIB_MIB, "allocator": "random"}),
+    ("concurrent", {"host_memory_mib": TIB_MIB, "allocator": "spread"}),
+    # refault churn: whole 2 MiB regions faulted, zapped to 0 pages and faulted again
+    ("refault", {}),
+    ("refault", {"allocator": "random"}),
+    ("refault", {"input": "csv", "mode": "v6-locked"}),
 )
 
 
@@ -215,7 +277,7 @@ def floor(kind: str) -> Any:
 def cell_input(shape: str, faults: int, kind: str) -> tuple[bytes, str, dict[str, Any]]:
     """The bytes of a cell's trace as its input class gives them, their file name, and the
     settings the header carries when the format has no header (CSV)."""
-    data = write_shape(shape, faults)
+    data = BENCH_SHAPES[shape](faults) if shape in BENCH_SHAPES else write_shape(shape, faults)
     if kind == "csv":
         data, settings = csv_trace(data)
         return data, f"{shape}.csv", settings
@@ -263,6 +325,67 @@ def bench_cell(
         "state_at_median_ms": statistics.median(lat) if lat else float("nan"),
         "state_at_p95_ms": lat[int(0.95 * (len(lat) - 1))] if lat else float("nan"),
     }
+
+
+#: The shapes :func:`bench_csv_parse` reads as CSV.
+CSV_SHAPES = ("runs", "churn", "fleet")
+
+
+def bench_csv_parse(faults: int, repeats: int = 5) -> list[dict[str, Any]]:
+    """CSV parse against the ``csv`` module's reader over the same bytes, per shape, in one run
+    (best of ``repeats`` CPU times each, interleaved so that load on the machine hits all
+    alike): the column reader, the batches alone (``COLUMNAR`` off), and the construction of
+    the events alone (``object.__new__`` and one slot store per field: a lower bound of any
+    parser that returns these event objects)."""
+    import explorer.ingest.parse as P
+    from explorer.model.events import slot_setters
+
+    out = []
+    for shape in CSV_SHAPES:
+        data, name, _ = cell_input(shape, faults, "csv")
+        best = {"floor": 1e9, "columnar": 1e9, "batches": 1e9, "events": 1e9}
+        trace = parse_trace(data, name)
+        by_type: dict[type, list[Any]] = {}
+        for e in trace.events:
+            by_type.setdefault(type(e), []).append(e)
+        columns = [
+            (
+                cls,
+                len(evs),
+                [(setter, [getattr(e, f) for e in evs]) for f, setter in slot_setters(cls).items()],
+            )
+            for cls, evs in by_type.items()
+        ]
+        for _ in range(repeats):
+            for key in best:
+                gc.collect()
+                t0 = time.process_time()
+                if key == "floor":
+                    _csv_rows(data)
+                elif key == "events":
+                    for cls, k, fields in columns:
+                        new: list[Any] = list(map(object.__new__, repeat(cls, k)))
+                        for setter, col in fields:
+                            deque(map(setter, new, col), 0)
+                else:
+                    P.COLUMNAR = key == "columnar"
+                    try:
+                        parse_trace(data, name)
+                    finally:
+                        P.COLUMNAR = True
+                best[key] = min(best[key], time.process_time() - t0)
+        out.append({"shape": shape, "rows": len(trace.events), **best})
+    return out
+
+
+def csv_parse_line(r: dict[str, Any]) -> str:
+    f = r["floor"]
+    return (
+        f"CSV parse, {r['shape']:<10} {r['rows']:>7,} rows: csv.reader {f * 1000:5.0f} ms, parse "
+        f"{r['columnar'] * 1000:5.0f} ms = {r['columnar'] / f:4.2f}x (target <= "
+        f"{TARGETS['parse_vs_floor']}x {_mark(r['columnar'] / f <= TARGETS['parse_vs_floor'])}); "
+        f"batches alone {r['batches'] / f:4.2f}x; building the events alone {r['events'] / f:4.2f}x"
+    )
 
 
 #: The searches ``make bench`` times: (sample, mode), with the issue's targets where it has one.
@@ -352,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", metavar="FILE", help="also write the figures as Markdown to FILE")
     p.add_argument(
         "--only",
-        choices=("boot", "matrix", "explore", "browser", "capture"),
+        choices=("boot", "matrix", "csv", "explore", "browser", "capture"),
         help="run one part (default: all)",
     )
     p.add_argument(
@@ -404,6 +527,9 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(c)
             print(matrix_line(c), flush=True)
         print(matrix_summary(cells), flush=True)
+    if args.only in (None, "csv"):
+        for r in bench_csv_parse(cell_faults):
+            print(csv_parse_line(r), flush=True)
     searches = []
     if args.only in (None, "explore"):
         for sample, mode, target in EXPLORE_CASES:

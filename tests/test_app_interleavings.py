@@ -50,10 +50,19 @@ def test_lost_race_has_three_outcomes_and_no_finding() -> None:
     assert len(outcomes) == 3
     assert sorted(outcomes["lost races"]) == [0, 0, 1]
     assert any("No schedule violates" in s.value for s in at.success)
+    # the reduced search by default, and the counts say so
+    assert any("states searched (reduced)" in m.value for m in at.markdown)
+    assert "schedules searched" in outcomes.columns
     # a rerun keeps the result: the search is not started again
     at.run()
     assert len(_table(at, "lost races")) == 3
     assert not at.button(key="btn_explore").disabled
+    # the full search when the reduction is off: the same outcomes, all schedules counted
+    at.toggle(key="explore_reduction").set_value(False).run()
+    _explore(at)
+    full = _table(at, "lost races")
+    assert sorted(full["lost races"]) == [0, 0, 1] and "schedules" in full.columns
+    assert any("540** states (full search)" in m.value for m in at.markdown)
 
 
 def test_a_finding_opens_in_explore_pinned_at_its_departure() -> None:

@@ -84,11 +84,13 @@ def test_open_a_stop_in_explore() -> None:
 
 
 def test_a_prediction_round_with_the_right_answers_scores_5_of_5() -> None:
-    at = _learn(sample="lost_race", step="100")
-    path = ROOT / "sample_traces" / "lost_race.jsonl"
+    # a sample with five moments to ask about after step 0 (a slow path, a pair installed, a
+    # contested fast path, a race won and lost): a round asks each once
+    at = _learn(sample="workload_two_tds", step="0")
+    path = ROOT / "sample_traces" / "workload_two_tds.jsonl"
     trace = parse_trace(path.read_bytes(), path.name)
     tl = replay(trace.events, Settings().with_overrides(trace.settings))
-    expected = PredictionSession(start=100, total=5)
+    expected = PredictionSession(start=0, total=5)
     at.number_input(key="predict_n").set_value(5).run()
     at.button(key="btn_predict_start").click().run()
     assert not at.exception, [e.value for e in at.exception]
@@ -97,12 +99,10 @@ def test_a_prediction_round_with_the_right_answers_scores_5_of_5() -> None:
         assert q is not None
         step = expected.current_step
         assert at.session_state.predict.current == q  # the page asks what the engine asks
-        widget = (
-            at.radio(key=f"predict_answer_{step}")
-            if q.choices is not None
-            else at.number_input(key=f"predict_answer_{step}")
-        )
-        widget.set_value(q.answer if q.choices is not None else int(q.answer)).run()
+        if q.choices is not None:
+            at.radio(key=f"predict_answer_{step}").set_value(q.answer).run()
+        else:
+            at.number_input(key=f"predict_answer_{step}").set_value(int(q.answer)).run()
         at.button(key="btn_predict_check").click().run()
         assert not at.exception, [e.value for e in at.exception]
         assert any(s.value.startswith("Right") for s in at.success), n
@@ -114,6 +114,30 @@ def test_a_prediction_round_with_the_right_answers_scores_5_of_5() -> None:
     table = at.dataframe[0].value
     assert list(table["right"]) == [True] * 5
     assert list(table["step"]) == [a.step for a in expected.answered]
+
+
+def test_a_round_starts_at_the_tour_stop_or_at_a_chosen_step() -> None:
+    at = _learn(tour="td_lifecycle", stop="3")
+    path = ROOT / "sample_traces" / "td_lifecycle.jsonl"
+    trace = parse_trace(path.read_bytes(), path.name)
+    tl = replay(trace.events, Settings().with_overrides(trace.settings))
+    tour = tour_for("td_lifecycle")
+    assert tour is not None
+    stop = resolve(tour, tl)[2].step
+    assert at.radio(key="predict_from").value == "tour"  # the tour's stop, when one is open
+    at.button(key="btn_predict_start").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state.predict.start == stop
+    assert at.session_state.predict.current_step > stop
+    at.radio(key="predict_from").set_value("step").run()
+    at.number_input(key="predict_from_step").set_value(150).run()
+    at.button(key="btn_predict_start").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    session = at.session_state.predict
+    assert session.start == 150 and session.current_step > 150
+    at.radio(key="predict_from").set_value("cursor").run()
+    at.button(key="btn_predict_start").click().run()
+    assert at.session_state.predict.start == at.session_state.cursor
 
 
 def test_a_wrong_answer_is_marked_wrong() -> None:

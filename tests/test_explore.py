@@ -24,6 +24,7 @@ from explorer.replay.timeline import replay
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_traces"
+EXPLORE = (sys.executable, "-m", "explorer", "explore")
 KEYS = ("ok", "complete", "groups", "states", "schedules", "end_states", "outcomes")
 
 
@@ -50,8 +51,11 @@ def explore_json(sample: str, mode: str, *extra: str) -> tuple[int, dict[str, An
     return code, data
 
 
+@pytest.mark.parametrize("reduction", [True, False], ids=["reduced", "full"])
 @pytest.mark.parametrize("mode", ["v6", "v6-locked", "v5-hint"])
-def test_clean_modes_explore_completely_with_the_outcomes_written_down(mode: str) -> None:
+def test_clean_modes_explore_completely_with_the_outcomes_written_down(
+    mode: str, reduction: bool
+) -> None:
     # outcome counts: docs/engine.md derives the two-vCPU v6 ones by hand
     expected = {
         ("lost_race", "v6"): 4,
@@ -62,8 +66,9 @@ def test_clean_modes_explore_completely_with_the_outcomes_written_down(mode: str
         ("put_vs_get", "v5-hint"): 3,
     }
     for sample in ("lost_race", "put_vs_get"):
-        code, r = explore_json(sample, mode)
+        code, r = explore_json(sample, mode, *([] if reduction else ["--no-reduction"]))
         assert code == 0 and r["ok"] and r["complete"] and r["violations"] == []
+        assert r["reduction"] is reduction
         assert all(k in r for k in (*KEYS, "violations", "seconds"))
         assert r["groups"] == 1 and r["end_states"] == expected[(sample, mode)]
         assert r["schedules"] == sum(o["schedules"] for o in r["outcomes"])
@@ -78,8 +83,11 @@ def test_v6_two_vcpus_on_a_cold_region_by_hand() -> None:
     path, its cache keeps its pages) or read 0 before the ADD and lost the race under the lock
     (its two pages freed to the allocator). As outcomes, page numbers abstracted: the two lost
     races are one outcome (8 + 8 cache pages, which vCPU won only changes which pages form the
-    pair), the fast paths two (the winner's cache is the one with 8)."""
-    _, r = explore_json("lost_race", "v6")
+    pair), the fast paths two (the winner's cache is the one with 8). Schedule counts are of
+    the full search (the reduced one searches one order per class of independent turns); the
+    reduced search reaches the same outcomes by the same kernel paths."""
+    _, r = explore_json("lost_race", "v6", "--no-reduction")
+    assert not r["reduction"] and r["states"] == 540  # docs/engine.md's hand count
     assert r["end_states"] == 4 and len(r["outcomes"]) == 3
     lost = [o for o in r["outcomes"] if o["counters"]["pamt_lost_race"] == 1]
     fast = [o for o in r["outcomes"] if o["counters"]["pamt_lost_race"] == 0]
@@ -98,13 +106,26 @@ def test_v6_two_vcpus_on_a_cold_region_by_hand() -> None:
         for p in o["paths"]:
             assert any(seq[-1].startswith("pamt_get.fast") for seq in p.values())
             assert any("pamt_get.add" in seq for seq in p.values())
+    _, reduced = explore_json("lost_race", "v6")
+    assert reduced["reduction"] and reduced["states"] < r["states"]
+    assert reduced["end_states"] == 4
+
+    def shape(o: dict[str, Any]) -> tuple[Any, ...]:
+        paths = sorted(sorted(map(tuple, p.values())) for p in o["paths"])
+        return (o["counters"], o["pamt_cache"], o["regions"], o["variants"], paths)
+
+    assert sorted(map(repr, map(shape, reduced["outcomes"]))) == sorted(
+        map(repr, map(shape, r["outcomes"]))
+    )
 
 
+@pytest.mark.parametrize("reduction", [True, False], ids=["reduced", "full"])
 def test_the_broken_mode_is_caught_and_its_schedule_replays_to_the_finding(
-    tmp_path: Path,
+    tmp_path: Path, reduction: bool
 ) -> None:
     pinned = tmp_path / "pinned.jsonl"
-    code, r = explore_json("lost_race", "v6-no-recheck", "--write-pinned", str(pinned))
+    extra = [] if reduction else ["--no-reduction"]
+    code, r = explore_json("lost_race", "v6-no-recheck", "--write-pinned", str(pinned), *extra)
     assert code == 1 and not r["ok"] and r["complete"]
     finding = r["violations"][0]
     assert finding["code"] == "WARN_PAMT_ADD" and finding["kind"] == "warning"
@@ -121,10 +142,12 @@ def test_the_broken_mode_is_caught_and_its_schedule_replays_to_the_finding(
     assert [e.op for e in pin(original.events, finding["orders"])] == [e.op for e in trace.events]
 
 
-def test_three_cpus_on_one_region() -> None:
-    code, r = explore_json("race_three_cpus", "v6")
+@pytest.mark.parametrize("reduction", [True, False], ids=["reduced", "full"])
+def test_three_cpus_on_one_region(reduction: bool) -> None:
+    extra = [] if reduction else ["--no-reduction"]
+    code, r = explore_json("race_three_cpus", "v6", *extra)
     assert code == 0 and r["complete"] and r["end_states"] == 5
-    code, r = explore_json("race_three_cpus", "v6-no-recheck")
+    code, r = explore_json("race_three_cpus", "v6-no-recheck", *extra)
     assert code == 1 and {v["code"] for v in r["violations"]} == {"WARN_PAMT_ADD"}
 
 
@@ -164,6 +187,17 @@ def test_human_output_lists_outcomes_and_findings() -> None:
     assert "distinct outcome(s)" in p.stdout and "WARNING WARN_PAMT_ADD" in p.stdout
     assert "path: vcpu0: " in p.stdout  # each outcome's kernel paths
     assert "schedule: vcpu" in p.stdout
+    # the counts say which search they are of
+    assert "states searched (reduced)" in p.stdout and "schedule(s) searched" in p.stdout
+    full = subprocess.run(
+        [*EXPLORE, str(SAMPLES / "lost_race.jsonl"), "--no-reduction"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert full.returncode == 0 and "540 states (full search)" in full.stdout
+    assert "searched" not in full.stdout
 
 
 def test_count_paths_on_a_small_graph() -> None:

@@ -32,7 +32,10 @@ from explorer.interleavings.search import explore
 from explorer.model.settings import Settings
 trace = parse_trace(sys.stdin.buffer.read(), "random.jsonl")
 s = Settings().with_overrides(trace.settings)
-out = [explore(trace.events, s, max_states=int(sys.argv[1]), fair=f) for f in (True, False)]
+out = [
+    explore(trace.events, s, max_states=int(sys.argv[1]), fair=f, reduction=False)
+    for f in (True, False)
+]
 json.dump(out, sys.stdout)
 """
 

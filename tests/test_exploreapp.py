@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from explorer.ingest import Trace, parse_trace
 from explorer.interleavings.job import (
     ExploreJob,
@@ -31,13 +33,16 @@ def test_progress_lines_are_parsed_and_others_are_not() -> None:
     assert parse_progress("Traceback (most recent call last):") is None
 
 
-def test_lost_race_explores_to_three_outcomes_in_a_child() -> None:
+@pytest.mark.parametrize("reduction", [True, False], ids=["reduced", "full"])
+def test_lost_race_explores_to_three_outcomes_in_a_child(reduction: bool) -> None:
     trace, settings = _sample("lost_race")
-    job = ExploreJob(trace.events, settings, 200_000)
+    job = ExploreJob(trace.events, settings, 200_000, reduction=reduction)
     status = job.wait(60)
     assert status.state == "done", status.message
     r = status.result
     assert r is not None and r["complete"] and r["ok"] and r["groups"] == 1
+    # the full search's states are docs/engine.md's hand count; the reduced search's fewer
+    assert r["reduction"] is reduction and (r["states"] < 540 if reduction else r["states"] == 540)
     assert status.states == r["states"]
     rows = outcome_rows(r)
     # four end states; the two lost races differ only in which pages form the pair: one outcome
@@ -45,7 +50,10 @@ def test_lost_race_explores_to_three_outcomes_in_a_child() -> None:
     assert sorted(row["lost races"] for row in rows) == [0, 0, 1]
     assert sorted(row["pages in DPAMT caches"] for row in rows) == [16, 18, 18]
     assert all("r64: 2, pair" in row["regions (refcount)"] for row in rows)
-    assert sum(row["schedules"] for row in rows) == r["schedules"]
+    # the column says whether the schedules are all of them or those the reduced search ran
+    column = "schedules searched" if reduction else "schedules"
+    assert all(column in row and len(row) == len(rows[0]) for row in rows)
+    assert sum(row[column] for row in rows) == r["schedules"]
     assert all(
         row["turns"] == len(o["example"]) for row, o in zip(rows, r["outcomes"], strict=True)
     )

@@ -232,6 +232,41 @@ def test_sweep_refuses_bad_outputs_and_workers_before_any_work(
     assert said.format(tmp=tmp_path) in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("cpus", [1, 2, 16])
+def test_workers_above_four_per_cpu_are_refused_with_the_reason(
+    cpus: int,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--workers`` is bounded by the CPUs this process may use (its affinity, faked here), for
+    sweep and explore-grid alike; the bound itself passes the check, one more is refused before
+    a cluster or a search starts."""
+    import explorer.cli.common as cc
+    import explorer.interleavings.grid as grid
+    import explorer.sweeps.sweep as sw
+
+    def never(*a: object, **k: object) -> None:
+        raise AssertionError("the work started")
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    monkeypatch.setattr(sw, "run_sweep", never)
+    monkeypatch.setattr(grid, "dask_client", never)
+    monkeypatch.setattr(grid, "run_exploration", never)
+    top = cc.MAX_WORKERS_PER_CPU * cpus
+    assert cc.max_workers() == top
+    assert cc.workers_problem(top) is None
+    said = f"--workers {top + 1}: at most {top} (4 per CPU, {cpus} CPUs here)"
+    assert main([*SWEEP, "--workers", str(top + 1)]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "CPU-bound" in err and "Traceback" not in err
+    grid_argv = ["explore-grid", str(SAMPLES / "lost_race.jsonl"), "--out", "-"]
+    for bad, why in [(top + 1, said), (0, "--workers 0: must be 1 or more")]:
+        assert main([*grid_argv, "--workers", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert why in err and "Traceback" not in err
+
+
 def test_sweep_plot_is_written_whole(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     plot = tmp_path / "p.html"
     argv = [*SWEEP, "--workers", "1", "--out", str(tmp_path / "s.csv"), "--plot", str(plot)]
@@ -289,3 +324,39 @@ def test_generate_that_fails_midway_leaves_the_old_file(
     assert f"{out}: the write failed: No space left on device" in err
     assert out.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["t.jsonl"]
     assert real is not full_disk
+
+
+# ------------------------------------------------------------------ memory after sessions end
+def test_the_idle_trimmer_collects_and_trims_once_after_activity_goes_quiet() -> None:
+    """After a burst of script runs the server collects and trims once, ``idle_s`` after the
+    last run, and not while runs keep coming, nor again without new activity."""
+    from explorer.appsupport import IdleTrimmer
+
+    now = [100.0]
+    trims: list[float] = []
+    t = IdleTrimmer(idle_s=5.0, trim=lambda: trims.append(now[0]), clock=lambda: now[0])
+    assert not t.poll()  # nothing happened yet
+    for _ in range(10):  # a session stepping every second
+        t.touch()
+        now[0] += 1.0
+        assert not t.poll()
+    now[0] += 3.9  # 4.9 s since the last run
+    assert not t.poll() and trims == []
+    now[0] += 0.2
+    assert t.poll() and trims == [now[0]] and t.trims == 1
+    now[0] += 60
+    assert not t.poll() and t.trims == 1  # idle: nothing new to give back
+    t.touch()
+    now[0] += 5
+    assert t.poll() and t.trims == 2
+
+
+def test_the_idle_trimmer_thread_runs_and_stops() -> None:
+    from explorer.appsupport import IdleTrimmer
+
+    done = threading.Event()
+    t = IdleTrimmer(idle_s=0.0, poll_s=0.01, trim=done.set).start()
+    t.touch()
+    assert done.wait(10)
+    t.stop()
+    assert t._thread is not None and not t._thread.is_alive()

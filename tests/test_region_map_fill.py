@@ -9,6 +9,7 @@ both axes, in the plot area the figure leaves after its margins and its colour b
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from explorer.ingest import parse_trace
 from explorer.model.records import OWNERS, Snapshot
 from explorer.model.settings import Settings
 from explorer.replay.timeline import replay
-from explorer.views.region_map import region_map
+from explorer.views.frames import region_arrays
+from explorer.views.region_map import active_span, region_map, replay_span, shown_regions
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_traces"
 SIZES = [16, 128, 1024, 32_768, 524_288]
@@ -187,8 +189,80 @@ def test_workload_two_tds_fills_its_axes() -> None:
     snap = tl.state_at(i)
     assert snap.nr_regions == 1024
     changed = tl.changed_regions(i)
-    _check(region_map(snap, changed, height=300), EXPLORE[0], snap.nr_regions)
-    _check(region_map(snap, title="after", width=COMPARE[0]), COMPARE[0], snap.nr_regions)
+    # the whole map (no span), and the span with activity
+    for zoom in (False, True):
+        shown = snap.nr_regions
+        span = None
+        if zoom:
+            a = region_arrays(snap)
+            span = active_span(snap.nr_regions, (a.state != 0) | (a.used > 0), changed)
+            base, end = shown_regions(snap.nr_regions, span, None, 300)
+            shown = end - base
+        fig = region_map(snap, changed, height=300, span=span)
+        _check(fig, EXPLORE[0], shown)
+        _check(region_map(snap, title="after", width=COMPARE[0], span=span), COMPARE[0], shown)
+
+
+def _four_gib(used: list[int]) -> Snapshot:
+    """A 4 GiB host (2,048 regions) whose TD uses a page of each region in ``used``."""
+    owners = {}
+    for r in used:
+        c = [0] * len(OWNERS)
+        c[0], c[OWNERS.index("guest")] = 511, 1
+        owners[r] = tuple(c)
+    return replace(
+        _snapshot(16),
+        settings=Settings(host_memory_mib=4096),
+        nr_regions=2048,
+        region_owners=owners,
+        refcount={r: 1 for r in used},
+        pairs={r: (r << 21, (r << 21) + 4096) for r in used},
+    )
+
+
+@pytest.mark.parametrize("used", [[0, 1, 2], [1500, 1503], [700, 702, 760]])
+def test_a_4_gib_map_shows_the_span_with_activity(used: list[int]) -> None:
+    s = _four_gib(used)
+    fig = region_map(s, [used[-1]], height=300, span=(min(used), max(used) + 1))
+    heat = _heat(fig)
+    z = np.asarray(heat.z, dtype=float)
+    # the active regions are a visible share of the cells drawn, not one corner cell of 2,048
+    assert z.size <= 2048 // 8 and z.size >= 64
+    assert np.count_nonzero(np.nan_to_num(z) != 0) == len(used)
+    cols = z.shape[1]
+    base = int(heat.y0) * cols
+    assert f"regions {base:,}-" in fig.layout.title.text and "of 2,048" in fig.layout.title.text
+    # every active region is at its cell: row y0 + r, column c is region (y0 + r) x cols + c
+    for r in used:
+        assert z[r // cols - int(heat.y0), r % cols] != 0
+        assert f"region {r} " in heat.text[r // cols - int(heat.y0)][r % cols]
+    outline = fig.data[1]
+    assert (outline.x[0], outline.y[0]) == (used[-1] % cols, used[-1] // cols)
+    _check(fig, EXPLORE[0], z.size - int(np.isnan(z).sum()))
+    # spread activity, or no span: the whole map
+    assert np.asarray(_heat(region_map(s)).z).size >= 2048
+    assert np.asarray(_heat(region_map(_four_gib([0, 2000]), span=(0, 2001))).z).size >= 2048
+
+
+@pytest.mark.parametrize("sample", ["cold_5level", "cache_too_small", "td_lifecycle"])
+def test_a_replay_is_drawn_on_one_span_at_every_step(sample: str) -> None:
+    """The map of every step of a replay shows the same regions (the replay's span), and that
+    span holds every region any step changes: a map zoomed on each step's own activity moved
+    its cells as the activity grew."""
+    trace = parse_trace((SAMPLES / f"{sample}.jsonl").read_bytes(), sample)
+    tl = replay(trace.events, resolve_settings(trace, []))
+    span = replay_span(tl)
+    assert span is not None
+    grids = set()
+    for i in range(0, tl.nr_steps, max(1, tl.nr_steps // 12)):
+        changed = tl.changed_regions(i)
+        assert all(span[0] <= r < span[1] for r in changed)
+        heat = _heat(region_map(tl.state_at(i), changed, height=300, span=span))
+        grids.add((np.asarray(heat.z).shape, float(heat.y0)))
+    assert len(grids) == 1
+    if sample == "cold_5level":  # 2,048 regions, activity in the first few dozen: zoomed
+        assert tl.state_at(0).nr_regions == 2048
+        assert np.prod(grids.pop()[0]) <= 2048 // 8
 
 
 def test_hover_and_outline_follow_the_grid() -> None:

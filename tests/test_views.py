@@ -4,6 +4,7 @@ import itertools
 from pathlib import Path
 
 import numpy as np
+import plotly.graph_objects as go
 import pytest
 
 from explorer.cli.main import resolve_settings
@@ -233,3 +234,40 @@ def test_over_time_puts_each_unit_on_its_own_axis_and_levels_in_the_legend(race)
     names = {t.name for t in kvm_caches_figure(s).data}
     assert "min = worst_case_tables = 5" in names and "capacity 40" in names
     assert not kvm_caches_figure(s).layout.annotations  # no label over a bar
+
+
+def _luminance(colour: str) -> float:
+    """Relative luminance (WCAG) of ``#RRGGBB``."""
+    rgb = [int(colour[k : k + 2], 16) / 255 for k in (1, 3, 5)]
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def _free_scale_colour(fig: go.Figure) -> str:
+    return str(fig.data[0].colorscale[0][1])  # code 0: free
+
+
+@pytest.mark.parametrize("color_by", ["dpamt", "owner"])
+def test_the_map_follows_a_dark_theme(race, color_by: str) -> None:  # type: ignore[no-untyped-def]
+    tl, i = race
+    snap = tl.state_at(i)
+    dark = region_map(snap, [1], color_by=color_by, theme="dark")
+    light = region_map(snap, [1], color_by=color_by)
+    # free cells, most of a map, are dim on a dark page and stay light on a light one
+    assert _luminance(_free_scale_colour(dark)) < 0.1
+    assert _luminance(_free_scale_colour(light)) > 0.7
+    # the outline of the changed cells reads on the dark page
+    assert _luminance(dark.data[1].marker.color) > 0.7
+    with pytest.raises(ValueError, match="theme"):
+        region_map(snap, theme="blue")
+
+
+def test_the_caches_and_abouts_grid_follow_a_dark_theme(race) -> None:  # type: ignore[no-untyped-def]
+    tl, i = race
+    snap = tl.state_at(i)
+    grid = region_diagram(3, theme="dark")
+    assert _luminance(str(grid.data[0].colorscale[0][1])) < 0.1
+    assert _luminance(str(region_diagram(3).data[0].colorscale[0][1])) > 0.7
+    bars = pamt_cache_figure(snap, theme="dark").data[0]
+    assert _luminance(bars.marker.line.color) < 0.1  # no white ladder between the pages
+    assert pamt_cache_figure(snap).data[0].marker.line.color.upper() == "#FFFFFF"

@@ -9,6 +9,7 @@ committing: they are the docs' pictures, not tests.
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 import time
@@ -61,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
             page.screenshot(path=str(out / "learn-tour.png"))
             page.get_by_role("tab", name="Predict").click()
             _settle(page)
-            page.get_by_role("button", name="Start").first.click()
+            page.get_by_role("button", name=re.compile(r"^Start after step")).click()
             _settle(page)
-            radios = page.locator('[role="radiogroup"] label')
+            # the answer's radio (the round's "start after" is a radio too)
+            radios = page.locator('[class*="st-key-predict_answer_"] [role="radiogroup"] label')
             if radios.count():
                 radios.first.click()
                 _settle(page)

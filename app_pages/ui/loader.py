@@ -10,7 +10,7 @@ from typing import Any
 
 import streamlit as st
 
-from app_pages.ui.replays import Loaded, _parse, _timeline, trace_settings
+from app_pages.ui.replays import Loaded, _parse, _timeline, idle_trimmer, trace_settings
 from app_pages.ui.settings import KNOBS
 from app_pages.ui.tables import problems_table
 from explorer.appsupport import (
@@ -34,7 +34,9 @@ from explorer.model.settings import Settings
 
 
 def init_session() -> list[str]:
-    """On a session's first run, take the sample, step and settings from the URL."""
+    """On a session's first run, take the sample, step and settings from the URL. Every page
+    calls it on every run: the run is activity for the idle trimmer too."""
+    idle_trimmer().touch()
     if "loaded" in st.session_state:
         return []
     view, problems = decode_view_state(st.query_params.to_dict())

@@ -13,6 +13,7 @@ from explorer.appsupport import (
     REPLAY_CACHE_BUDGET,
     REPLAY_CHECKPOINT_BUDGET,
     ByteBudgetCache,
+    IdleTrimmer,
     content_key,
     parse_estimate,
     replay_estimate,
@@ -39,6 +40,13 @@ class Loaded:
 def shared_cache() -> ByteBudgetCache:
     """The process's one cache of parsed traces and replays (all sessions)."""
     return ByteBudgetCache(REPLAY_CACHE_BUDGET)
+
+
+@st.cache_resource(show_spinner=False)
+def idle_trimmer() -> IdleTrimmer:
+    """The process's one :class:`~explorer.appsupport.IdleTrimmer` (started on first use):
+    memory the sessions freed goes back to the system once no script has run for a while."""
+    return IdleTrimmer().start()
 
 
 #: Session state key of the parse and the replay too big for the shared cache: the session's

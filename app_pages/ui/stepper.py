@@ -221,7 +221,7 @@ def controls(tl: Timeline) -> None:
         on_change=_go_event,
         args=(tl,),
         disabled=playing,
-        placeholder="none yet",
+        placeholder="none",  # "none yet" was cut to "none ye" in the column at 1280 px
         help=f"1 to {tl.nr_events}: the trace's events, in order (empty before the first step)",
     )
     with cols[8].popover("Jump...", width="stretch"):

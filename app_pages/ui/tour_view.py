@@ -12,7 +12,14 @@ from explorer.views.caches import kvm_caches_figure, pamt_cache_figure
 from explorer.views.changes import diff_snapshots, effects_table
 from explorer.views.code import code_panel, lock_summary
 from explorer.views.refcounts import refcount_figure, timeline_over_time_figure
-from explorer.views.region_map import region_map
+from explorer.views.region_map import region_map, replay_span
+
+
+def page_theme() -> str:
+    """``dark`` or ``light``: the theme the viewer's browser shows (``st.context.theme``, since
+    Streamlit 1.46), for the views that take a ``theme``. Unknown (the first run of a session,
+    before the browser has said; Streamlit issue 11920) counts as light, Streamlit's default."""
+    return "dark" if st.context.theme.type == "dark" else "light"
 
 
 def show_stop_view(tl: Timeline, stop: ResolvedStop) -> None:
@@ -25,7 +32,7 @@ def show_stop_view(tl: Timeline, stop: ResolvedStop) -> None:
     st.caption(f"view: {stop.view_title}")
     if view == "region_map" or view == "animation":
         st.plotly_chart(
-            region_map(snap, changed, height=300),
+            region_map(snap, changed, height=300, theme=page_theme(), span=replay_span(tl)),
             key="chart_learn_map",
             config=_config("learn_map"),
             width="stretch",
@@ -34,7 +41,7 @@ def show_stop_view(tl: Timeline, stop: ResolvedStop) -> None:
             st.caption("The animation plays on the Explore page (Animation tab).")
     elif view == "pamt_caches":
         st.plotly_chart(
-            pamt_cache_figure(snap, height=260),
+            pamt_cache_figure(snap, height=260, theme=page_theme()),
             key="chart_learn_cache",
             config=_config("learn_cache"),
             width="stretch",

@@ -94,6 +94,54 @@ def check_output_path(path: str, what: str = "output") -> None:
         raise UsageError(f"{what} {path}: the directory {parent} is not writable")
 
 
+#: ``--workers`` at most this many per CPU this process may run on. A worker is a whole
+#: process (its own interpreter, numpy and the engine: about 100 MB resident before any work)
+#: running one CPU-bound search or replay at a time (one thread each), so workers beyond the
+#: CPUs only share them: more memory and more switching, never more throughput. Four per CPU
+#: leaves room for a worker waiting on its disk or its scheduler, and refuses a typo such as
+#: ``--workers 800`` (800 processes, tens of GB) before a single one starts.
+MAX_WORKERS_PER_CPU = 4
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which a container or ``taskset``
+    narrows; ``os.cpu_count()`` counts the whole machine), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS)
+        return max(1, os.cpu_count() or 1)
+
+
+def max_workers() -> int:
+    """The most ``--workers`` a command accepts here: :data:`MAX_WORKERS_PER_CPU` per usable
+    CPU."""
+    return MAX_WORKERS_PER_CPU * usable_cpus()
+
+
+def workers_problem(workers: int | None, flag: str = "--workers") -> str | None:
+    """Why ``workers`` is refused (a message naming ``flag``, the value and the bound), or None
+    when it is fine (None: the command's default, the CPU count)."""
+    if workers is None:
+        return None
+    if workers < 1:
+        return f"{flag} {workers}: must be 1 or more (1: run in this process)"
+    top = max_workers()
+    if workers > top:
+        return (
+            f"{flag} {workers}: at most {top} ({MAX_WORKERS_PER_CPU} per CPU, {usable_cpus()} "
+            "CPUs here): each worker is a process of its own doing CPU-bound work, so more "
+            "only add memory and switching"
+        )
+    return None
+
+
+def check_workers(workers: int | None, flag: str = "--workers") -> None:
+    """Raise :class:`UsageError` when :func:`workers_problem` refuses ``workers``."""
+    problem = workers_problem(workers, flag)
+    if problem is not None:
+        raise UsageError(problem)
+
+
 class OutputError(Exception):
     """A write that failed after the work started (disk full, removed directory): exit 2."""
 

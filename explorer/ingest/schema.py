@@ -101,6 +101,8 @@ _INT = {int}
 _STR = {str}
 _INT_STR = {int, str}
 _BLANKS = " \t"
+#: Prefixes ``int(cell, 0)`` takes that the format does not (octal and binary).
+_OTHER_BASES = ("\n0o", "\n0O", "\n0b", "\n0B")
 
 
 def _text_ints(col: Sequence[str], *, decimal: bool) -> list[int] | None:
@@ -125,6 +127,17 @@ def _text_ints(col: Sequence[str], *, decimal: bool) -> list[int] | None:
     if decimal and flat.isdigit():  # ASCII: only 0-9 are digits (no sign, space or "_")
         return list(map(int, col))
     lines = "\n" + joined
+    if (
+        decimal
+        and flat.isalnum()  # no "_", sign or space, which int() would take
+        and not any(map(lines.__contains__, _OTHER_BASES))
+    ):
+        # int(cell, 0) takes exactly "0x" + hex digits and decimal digits without a leading 0
+        # here (letters outside a hex cell, and a decimal 0-prefix, are refused): one pass
+        try:
+            return list(map(int, col, repeat(0)))
+        except ValueError:
+            pass  # a decimal cell with leading zeros (valid) or a bad cell: the split below
     hexes = lines.count("\n0x") + lines.count("\n0X")
     if hexes == len(col):
         if not flat.isalnum():  # no "_", sign or space, which int() would take

@@ -35,7 +35,8 @@ BENCH_SECONDS = 60.0
 def bench_explore(
     searches: Sequence[tuple[str, str]] = BENCH_SEARCHES, max_seconds: float = BENCH_SECONDS
 ) -> list[dict[str, Any]]:
-    """One row per search: ``sample``, ``mode``, ``complete``, ``states``, ``states_per_s``,
+    """One row per search (the default search: the partial-order reduction): ``sample``,
+    ``mode``, ``complete``, ``reduction``, ``states``, ``states_per_s``,
     ``seconds`` (the search's own time, without the child's start), ``outcomes``,
     ``findings``."""
     rows = []
@@ -73,6 +74,7 @@ def bench_explore(
                 "sample": sample,
                 "mode": mode,
                 "complete": bool(r["complete"]),
+                "reduction": bool(r.get("reduction", False)),
                 "states": int(r["states"]),
                 "states_per_s": round(r["states"] / seconds) if seconds > 0 else 0,
                 "seconds": seconds,
@@ -88,7 +90,8 @@ def main() -> None:
     for row in bench_explore():
         state = "complete" if row["complete"] else "INCOMPLETE (budget)"
         print(
-            f"explore {row['sample']:<30} {row['mode']:<6} {row['states']:>9,} states "
+            f"explore {row['sample']:<30} {row['mode']:<6} {row['states']:>9,} states"
+            f"{' (reduced)' if row['reduction'] else ' (full)   '} "
             f"{row['states_per_s']:>7,} states/s {row['seconds']:>7.2f} s  {state}"
         )
 

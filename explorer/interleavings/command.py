@@ -73,6 +73,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
         progress=progress,
         cancel=cancel_on_signals(),
         fair=not args.unfair,
+        reduction=not args.no_reduction,
     )
     if sys.stderr.isatty() and not args.progress:
         print(file=sys.stderr)
@@ -122,10 +123,11 @@ def _print_exploration(r: dict[str, Any], out: TextIO) -> None:
             f"INCOMPLETE: {r.get('stopped', '')}; covered {c['groups_done']} of "
             f"{c['groups_total']} group(s) before it"
         )
+    searched = "searched (reduced)" if r.get("reduction") else "(full search)"
     out.write(
-        f"# {r['groups']} concurrent group(s), {r['states']:,} states, {r['schedules']:,} "
-        f"schedules, {len(r['outcomes'])} distinct outcome(s) ({r['end_states']} end "
-        f"state(s)) in {r['seconds']:.2f} s ({state})\n"
+        f"# {r['groups']} concurrent group(s), {r['states']:,} states {searched}, "
+        f"{r['schedules']:,} schedules {searched}, {len(r['outcomes'])} distinct outcome(s) "
+        f"({r['end_states']} end state(s)) in {r['seconds']:.2f} s ({state})\n"
     )
     for i, o in enumerate(r["outcomes"], 1):
         c = o["counters"]
@@ -134,7 +136,7 @@ def _print_exploration(r: dict[str, Any], out: TextIO) -> None:
             for k, v in o["regions"].items()
         )
         out.write(
-            f"outcome {i}: {o['schedules']:,} schedule(s); lost races {c['pamt_lost_race']}, "
+            f"outcome {i}: {o['schedules']:,} schedule(s){' searched' if r.get('reduction') else ''}; lost races {c['pamt_lost_race']}, "
             f"PAMT.ADD {c['pamt_add']} (failed {c['pamt_add_failed']}), cache pages "
             f"{sum(o['pamt_cache'].values())}; {regions or 'no region'}"
             + (f"; {', '.join(o['diagnostics'])}" if o["diagnostics"] else "")
@@ -186,6 +188,7 @@ def cmd_explore_grid(args: argparse.Namespace) -> int:
         rows = run_grid(
             traces,
             max_states=args.max_states,
+            reduction=not args.no_reduction,
             scheduler=scheduler,
             workers=args.workers,
             progress=progress,
@@ -203,7 +206,8 @@ def cmd_explore_grid(args: argparse.Namespace) -> int:
             write_rows(rows, f, parquet=args.out.endswith(".parquet"))
     for r in rows:
         print(
-            f"{r['trace']} mode={r['mode']}: {r['status']}, {r['states'] or 0:,} states, "
+            f"{r['trace']} mode={r['mode']}: {r['status']}, {r['states'] or 0:,} states "
+            f"{'searched (reduced)' if r['reduction'] else '(full search)'}, "
             f"{r['end_states'] or 0} outcomes, findings {r['findings'] or 'none'}"
             + (f" ({r['error']})" if r["error"] else ""),
             file=sys.stderr,
@@ -245,6 +249,12 @@ def add_explore_and_grid(sub: Any) -> None:
         "(no fair-cycle livelock check; the reference the fair search is tested against)",
     )
     x.add_argument(
+        "--no-reduction",
+        action="store_true",
+        help="the full search: every order of independent turns too (exact state and schedule "
+        "counts; by default the partial-order reduction searches one order per class)",
+    )
+    x.add_argument(
         "--write-pinned",
         metavar="FILE",
         help="write the trace with the first finding's schedule (else outcome 1's) pinned",
@@ -263,6 +273,12 @@ def add_explore_and_grid(sub: Any) -> None:
     xg.add_argument("--vary", action="append", metavar="KEY=A..B|KEY=A,B")
     xg.add_argument("--set", action="append", metavar="KEY=VALUE")
     xg.add_argument("--max-states", type=int, default=1_000_000)
+    xg.add_argument(
+        "--no-reduction",
+        action="store_true",
+        help="the full search: every order of independent turns too (exact state and schedule "
+        "counts; by default the partial-order reduction searches one order per class)",
+    )
     xg.add_argument("--out", default="-", help="FILE.parquet or FILE.csv, or - (CSV on stdout)")
     xg.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="Dask scheduler")
     xg.add_argument(

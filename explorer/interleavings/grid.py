@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from explorer.cli.common import workers_problem
 from explorer.model.settings import Settings
 from explorer.sweeps.sweep import dask_client
 
@@ -38,6 +39,7 @@ COLUMNS = (
     "ok",
     "complete",
     "groups",
+    "reduction",
     "states",
     "end_states",
     "schedules",
@@ -57,10 +59,11 @@ def digest(data: bytes) -> str:
 
 
 def run_exploration(
-    data: bytes, source: str, settings: dict[str, Any], max_states: int
+    data: bytes, source: str, settings: dict[str, Any], max_states: int, reduction: bool = True
 ) -> dict[str, Any]:
     """One search, in a child process on the pure Python engine; a row (never raises: a failed
-    search is a row with ``status`` "error" and the reason)."""
+    search is a row with ``status`` "error" and the reason). ``reduction`` False: the full
+    search (``--no-reduction``); the row's ``reduction`` says which its counts are of."""
     row = _error_row(source, data, settings, "", _worker())
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dpamt-explore-") as tmp:
@@ -69,6 +72,8 @@ def run_exploration(
             f.write(data)
         cmd = [sys.executable, "-m", "explorer", "explore", path, "--json", "--compact"]
         cmd += ["--max-states", str(max_states)]
+        if not reduction:
+            cmd.append("--no-reduction")
         for k, v in settings.items():
             cmd += ["--set", f"{k}={v}"]
         env = dict(os.environ, DPAMT_PURE="1")
@@ -83,6 +88,7 @@ def run_exploration(
         ok=bool(r["ok"]),
         complete=bool(r["complete"]),
         groups=int(r["groups"]),
+        reduction=bool(r.get("reduction", False)),
         states=int(r["states"]),
         end_states=int(r["end_states"]),
         schedules=str(r["schedules"]),  # (exceeds 64 bits: kept as text)
@@ -117,21 +123,29 @@ def _worker() -> str:
     return "local"
 
 
-def _run_task(blob: Any, source: str, settings: dict[str, Any], max_states: int) -> dict[str, Any]:
-    return run_exploration(blob, source, settings, max_states)
+def _run_task(
+    blob: Any, source: str, settings: dict[str, Any], max_states: int, reduction: bool
+) -> dict[str, Any]:
+    return run_exploration(blob, source, settings, max_states, reduction)
 
 
 def run_grid(
     traces: Sequence[tuple[str, bytes, Sequence[Settings]]],
     *,
     max_states: int,
+    reduction: bool = True,
     scheduler: str | None = None,
     workers: int | None = None,
     progress: ProgressFn | None = None,
 ) -> list[dict[str, Any]]:
     """Every search of ``traces`` (each a name, its bytes and its grid of settings: a trace's own
     header settings differ from another's); rows in that order. ``workers`` 1 runs the searches
-    one after the other in this process's children (no cluster)."""
+    one after the other in this process's children (no cluster); ``workers`` outside 1 to
+    :func:`explorer.cli.common.max_workers` is a ValueError before anything runs;
+    ``reduction`` False runs the full searches."""
+    problem = workers_problem(workers)
+    if problem is not None:
+        raise ValueError(problem)
     tasks = [(name, data, s.to_dict()) for name, data, points in traces for s in points]
     if len(tasks) > MAX_TASKS:
         raise ValueError(f"{len(tasks):,} searches, over the limit of {MAX_TASKS:,} (MAX_TASKS)")
@@ -139,7 +153,7 @@ def run_grid(
     done = 0
     if workers == 1 and not scheduler:
         for i, (name, data, s) in enumerate(tasks):
-            rows[i] = run_exploration(data, name, s, max_states)
+            rows[i] = run_exploration(data, name, s, max_states, reduction)
             done += 1
             if progress is not None:
                 progress(done, len(tasks))
@@ -148,7 +162,7 @@ def run_grid(
     with dask_client(scheduler, workers) as client:
         blobs = {name: client.scatter(data, broadcast=True, hash=False) for name, data, _ in traces}
         futures = {
-            client.submit(_run_task, blobs[name], name, s, max_states, pure=False): i
+            client.submit(_run_task, blobs[name], name, s, max_states, reduction, pure=False): i
             for i, (name, _, s) in enumerate(tasks)
         }
         for future in distributed.as_completed(list(futures), loop=client.loop):

@@ -71,7 +71,8 @@ class JobStatus:
 
 class ExploreJob:
     """``python -m explorer explore`` on ``events`` and ``settings`` in a child process, started
-    at construction. :meth:`poll` says how it goes; :meth:`stop` ends it. Thread-safe: the
+    at construction (the partial-order reduction unless ``reduction`` is False). :meth:`poll`
+    says how it goes; :meth:`stop` ends it. Thread-safe: the
     reader thread and any number of script runs share it through one lock."""
 
     def __init__(
@@ -81,10 +82,13 @@ class ExploreJob:
         max_states: int = DEFAULT_MAX_STATES,
         *,
         title: str = "",
+        reduction: bool = True,
     ) -> None:
         if max_states < 1:
             raise ValueError(f"max_states must be at least 1, got {max_states}")
         self.max_states = max_states
+        #: False: the full search (``--no-reduction``): exact state and schedule counts
+        self.reduction = reduction
         self._lock = threading.Lock()
         self._states = 0
         self._state: JobState = "running"
@@ -136,6 +140,8 @@ class ExploreJob:
             "--max-states",
             str(self.max_states),
         ]
+        if not self.reduction:
+            argv.append("--no-reduction")
         env = dict(os.environ, DPAMT_PURE="1")
         with open(self._out_path, "wb") as out:
             return child.popen(
@@ -242,8 +248,10 @@ def outcome_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """One table row per distinct outcome: how many schedules reach it and what it leaves (the
     PAMT operations, the pages idle in DPAMT caches, each region's refcount), so outcomes can
     be told apart at a glance. Schedule counts stay numbers (sortable) unless one overflows a
-    table's 64-bit column, then all are text."""
+    table's 64-bit column, then all are text. Of a reduced search the column is
+    ``schedules searched`` (one per class of orders of independent turns), else ``schedules``."""
     outcomes = result.get("outcomes", [])
+    column = "schedules searched" if result.get("reduction") else "schedules"
     big = any(int(o["schedules"]) > INT64_MAX for o in outcomes)
     rows = []
     for n, o in enumerate(outcomes, 1):
@@ -251,7 +259,7 @@ def outcome_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "outcome": n,
-                "schedules": f"{o['schedules']:,}" if big else int(o["schedules"]),
+                column: f"{o['schedules']:,}" if big else int(o["schedules"]),
                 "lost races": int(o.get("lost_races", 0)),
                 "PAMT.ADD": int(counters.get("pamt_add", 0)),
                 "PAMT.ADD failed": int(counters.get("pamt_add_failed", 0)),

@@ -37,6 +37,14 @@ moves a generator on); the schedules reaching an outcome are the paths from the 
 it, counted once the search is complete. Across groups, each distinct end state of a group is a
 start of the next (the single-CPU batches between them run as the replay runs them), and the
 counts multiply.
+
+**The reduction is the default** (``reduction=True``; ``--no-reduction`` on the CLI): turns of
+different CPUs whose footprints are disjoint commute, so the search runs one schedule per class
+of schedules that differ only in the order of such turns (:class:`_Reduced`). It finds the same
+outcomes and violations; its ``states`` and ``schedules`` count what it searched, not every
+interleaving (the result's ``reduction`` says which). The full search (``reduction=False``)
+counts every schedule exactly: the reference the property test compares with, and what hand
+counts (lost_race's 540 states) are of.
 """
 
 from __future__ import annotations
@@ -51,7 +59,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from explorer.model.events import Event
+from explorer.model.events import Event, Fault, Zap
 from explorer.model.machine import (
     Machine,
     MachineImage,
@@ -59,6 +67,7 @@ from explorer.model.machine import (
 )
 from explorer.model.settings import Settings
 from explorer.model.state import (
+    FP_PAMT_LOCK,
     Thread,
 )
 from explorer.model.steps import COUNTER_NAMES
@@ -154,8 +163,15 @@ class Explorer:
         progress: Callable[[int, str], None] | None = None,
         cancel: Callable[[], bool] | None = None,
         fair: bool = True,
+        reduction: bool = True,
     ) -> None:
         self.events = events
+        #: True (the default): the partial-order reduction (:class:`_Reduced`): one schedule
+        #: per class of schedules that differ only in the order of independent turns, so
+        #: ``states`` and ``schedules`` count those searched, not all. False: every enabled
+        #: CPU's turn in every state (the reference the reduced search is tested against;
+        #: exact state and schedule counts)
+        self.reduction = reduction
         #: False: the plain search, every lap of a retry loop a state of its own and the
         #: explorer's max_retries bound ending the loops (the reference the property tests
         #: compare the fair search with; ``--unfair``)
@@ -177,7 +193,9 @@ class Explorer:
 
     # ------------------------------------------------------------------ machines
     def _machine(self) -> Machine:
-        return Machine(self.settings, record=False, check=True)
+        m = Machine(self.settings, record=False, check=True)
+        m.fp_on = self.reduction
+        return m
 
     def _items(self, span: tuple[int, int]) -> list[tuple[int, Event]]:
         return [(i, self.events[i]) for i in range(*span)]
@@ -224,6 +242,7 @@ class Explorer:
             "groups": len(self.groups),
             "states": self.states,
             "schedules": sum(e.schedules for e in ends) if complete else 0,
+            "reduction": self.reduction,
             "end_states": len(ends) if complete else 0,
             "outcomes": outcomes,
             "violations": [v.to_json() for v in self.violations.values()],
@@ -263,8 +282,9 @@ class Explorer:
         """Explore group ``k`` from each of ``starts``; the distinct end states after it (and
         after the single-CPU batches that follow it, ``after``)."""
         merged: dict[Digest, _End] = {}
+        search = self._search_reduced if self.reduction else self._search
         for start in starts:
-            for end in self._search(k, span, start):
+            for end in search(k, span, start):
                 m = self._machine()
                 m.restore(end.image)
                 self._run_plain(m, after)
@@ -354,6 +374,22 @@ class Explorer:
                 label = info[1] if info is not None else ""
                 prefix = (*prefix, th.name)
                 parent = key
+        return self._finish(k, start, items, root, edges, labels, enabled_at, parent_of, ends)
+
+    def _finish(
+        self,
+        k: int,
+        start: _End,
+        items: list[tuple[int, Event]],
+        root: Digest | None,
+        edges: dict[Digest, list[tuple[str, Digest]]],
+        labels: dict[Digest, list[str]],
+        enabled_at: dict[Digest, tuple[str, ...]],
+        parent_of: dict[Digest, tuple[Digest, str]],
+        ends: dict[Digest, tuple[list[str], MachineImage, tuple[str, ...]]],
+    ) -> list[_End]:
+        """A group's searched graph to its end states: the livelock check, the schedules
+        reaching each end state and its kernel paths."""
         if self.fair:
             self._livelocks(k, start, items, edges, enabled_at, parent_of)
         plain = {src: [d for _, d in out] for src, out in edges.items()}
@@ -372,6 +408,16 @@ class Explorer:
                 )
             )
         return out
+
+    def _search_reduced(self, k: int, span: tuple[int, int], start: _End) -> list[_End]:
+        """Group ``k`` from ``start`` with partial-order reduction (:class:`_Reduced`): one
+        schedule per class of schedules that differ only in the order of independent turns."""
+        items = self._items(span)
+        g = _Reduced(self, k, start, items)
+        g.run()
+        return self._finish(
+            k, start, items, g.root, g.edges, g.labels, g.enabled_at, g.parent_of, g.ends
+        )
 
     def _livelocks(
         self,
@@ -471,7 +517,8 @@ class Explorer:
         rate = self.states / elapsed if elapsed > 0 else 0.0
         self.progress(
             self.states,
-            f"group {k + 1} of {self._groups_total}: {self.states:,} states, "
+            f"group {k + 1} of {self._groups_total}: {self.states:,} states"
+            f"{' (reduced)' if self.reduction else ''}, "
             f"{rate:,.0f} states/s, {elapsed:.1f} s",
         )
 
@@ -978,6 +1025,632 @@ def _lap(
     return []
 
 
+# ---------------------------------------------------------------------- partial-order reduction
+#: A turn's footprint: the objects it read, wrote, and changed by commutative updates
+#: (:meth:`explorer.model.state.KernelState.fp_read`).
+Footprint = tuple[frozenset[Any], frozenset[Any], frozenset[Any]]
+#: The footprint of a turn of an event the kernel code does not annotate (TD and vCPU creation,
+#: vCPU free, TD teardown): it conflicts with every turn of every other CPU.
+_STAR: Footprint = (frozenset(), frozenset({"*"}), frozenset())
+#: The events whose kernel code records what it reads and writes.
+_ANNOTATED = (Fault, Zap)
+
+
+def _footprint(m: Machine) -> Footprint:
+    """The recorder's sets after a turn, normalised: an object both read and updated is
+    written; a written object is neither read nor updated.
+
+    With them, what the invariant checks after the turn read of each region it dirtied
+    (:func:`explorer.model.invariants.check_regions`): whether ``pamt_lock`` is free matters
+    only when the region's refcount and pair disagree, its pages in TD use only when it has no
+    pair; both conditions are the region's own state after the turn, which the turn read."""
+    r = m.fp_r
+    if m.fp_checked:
+        pairs = m.module.pairs
+        for region in m.fp_checked:
+            pair = pairs.get(region)
+            if (m.refcount.get(region, 0) > 0) != (pair is not None):
+                r.add(FP_PAMT_LOCK)
+                m.fp_l.add(("check", FP_PAMT_LOCK))
+            if pair is None:
+                r.add(("used", region))
+    w = frozenset(m.fp_w)
+    both = m.fp_r & m.fp_a
+    if both:
+        w = w | both
+    return (frozenset(m.fp_r) - w, w, frozenset(m.fp_a) - w)
+
+
+def _dependent(x: Footprint, y: Footprint) -> bool:
+    """Two turns of different CPUs are dependent when one writes an object the other reads,
+    writes or updates, or one updates an object the other reads. Updates of one object
+    (additions, frees to the allocator) commute with each other, reads with reads."""
+    xr, xw, xa = x
+    yr, yw, ya = y
+    if "*" in xw or "*" in yw:
+        return True
+    return not (
+        xw.isdisjoint(yr)
+        and xw.isdisjoint(yw)
+        and xw.isdisjoint(ya)
+        and yw.isdisjoint(xr)
+        and yw.isdisjoint(xa)
+        and xa.isdisjoint(yr)
+        and ya.isdisjoint(xr)
+    )
+
+
+#: The lock word of ``pamt_lock`` in the lock-aware relation: acquisitions and releases update it
+#: (commuting with each other), a look at it by a CPU that does not hold it reads it.
+_LOCK_WORD = ("LW", "pamt_lock")
+
+
+def _lock_aware(fp: Footprint, m: Machine, cpu: str, held_before: bool) -> Footprint:
+    """The footprint a turn of ``cpu`` has in the race relation (LAPOR: Kokologiannakis, Raad
+    and Vafeiadis, OOPSLA 2019): ``pamt_lock``'s acquisitions, releases and a spinner's looks
+    at its holder do not conflict with each other, so two critical sections are not a race by
+    their lock alone; their bodies' accesses are, and a race with a turn taken while another
+    CPU holds the lock is placed at that CPU's acquisition as well (:meth:`_Reduced._lift`).
+    The lock word is still read by the invariant checks of a CPU that does not hold it after
+    the turn (whether it is free is what they check), and updated by acquisitions and
+    releases: those conflict. The lock word stays a plain write (the relation of sleep sets)
+    when this turn takes another lock while holding ``pamt_lock`` (then ``pamt_lock`` is not
+    a leaf of the lock order and a deadlock could depend on the order of its holders)."""
+    r, w, a = fp
+    if FP_PAMT_LOCK not in r and FP_PAMT_LOCK not in w:
+        return fp
+    if held_before and any(isinstance(o, tuple) and o[0] == "mmu" for o in (*r, *w)):
+        return fp
+    ops = {op for op, lock in m.fp_l if lock == FP_PAMT_LOCK}
+    r = r - {FP_PAMT_LOCK}
+    w = w - {FP_PAMT_LOCK}
+    if "acq" in ops or "rel" in ops:
+        a = a | {_LOCK_WORD}
+    if "check" in ops and m.pamt_lock != cpu:
+        r = r | {_LOCK_WORD}
+    if _LOCK_WORD in r and _LOCK_WORD in a:
+        r, w, a = r - {_LOCK_WORD}, w | {_LOCK_WORD}, a - {_LOCK_WORD}
+    return (r, w, a)
+
+
+class _Universe:
+    """One bit per access (object, mode, CPU) seen so far, so that the set of accesses of a
+    whole searched subgraph (a *summary*) is one int and unions are single operations."""
+
+    __slots__ = ("bit", "cpu", "om", "star")
+
+    def __init__(self) -> None:
+        self.bit: dict[tuple[Any, str, str], int] = {}
+        self.om: dict[tuple[Any, str], int] = {}  # (object, mode) -> its bits, every CPU
+        self.cpu: dict[str, int] = {}  # CPU -> the bits of its accesses
+        self.star = 0  # the bits of unannotated turns
+
+    def _reg(self, obj: Any, mode: str, cpu: str) -> int:
+        key = (obj, mode, cpu)
+        b = self.bit.get(key)
+        if b is None:
+            b = self.bit[key] = 1 << len(self.bit)
+            self.om[(obj, mode)] = self.om.get((obj, mode), 0) | b
+            self.cpu[cpu] = self.cpu.get(cpu, 0) | b
+            if obj == "*":
+                self.star |= b
+        return b
+
+    def step_bits(self, cpu: str, fp: Footprint) -> int:
+        r, w, a = fp
+        bits = 0
+        for o in r:
+            bits |= self._reg(o, "r", cpu)
+        for o in w:
+            bits |= self._reg(o, "w", cpu)
+        for o in a:
+            bits |= self._reg(o, "a", cpu)
+        return bits
+
+    def conflicts(self, cpu: str, fp: Footprint) -> int:
+        """The bits of other CPUs' accesses (so far) that a turn ``fp`` of ``cpu`` depends on
+        (:func:`_dependent`, access by access)."""
+        own = self.cpu.get(cpu, 0)
+        r, w, a = fp
+        if "*" in w:
+            return ((1 << len(self.bit)) - 1) & ~own
+        om = self.om
+        mask = self.star
+        for o in r:
+            mask |= om.get((o, "w"), 0)
+        for o in w:
+            mask |= om.get((o, "r"), 0) | om.get((o, "w"), 0) | om.get((o, "a"), 0)
+        for o in a:
+            mask |= om.get((o, "w"), 0) | om.get((o, "r"), 0)
+        return mask & ~own
+
+
+class _Node:
+    """A state of the reduced search: its enabled CPUs, the CPUs to search from it
+    (``backtrack``), those searched (``done``, in order) with each turn's footprint, bits and
+    successor, its sleep set (CPU -> the footprint of its turn here), and the summary of the
+    accesses of every turn searched from it and below. ``fps`` are the footprints of the full
+    relation (sleep sets), ``lfps`` those of the lock-aware one (races, :func:`_lock_aware`),
+    ``holder`` who holds ``pamt_lock`` after each turn."""
+
+    __slots__ = (
+        "backtrack",
+        "bits",
+        "done",
+        "enabled",
+        "fps",
+        "holder",
+        "index",
+        "lap_key",
+        "lfps",
+        "sleep",
+        "succ",
+        "summary",
+    )
+
+    def __init__(self, index: int, lap_key: Digest) -> None:
+        self.index = index
+        self.lap_key = lap_key
+        self.enabled: tuple[str, ...] = ()
+        self.backtrack: set[str] = set()
+        self.done: list[str] = []
+        self.fps: dict[str, Footprint] = {}
+        self.lfps: dict[str, Footprint] = {}
+        self.holder: dict[str, str | None] = {}
+        self.bits: dict[str, int] = {}
+        self.succ: dict[str, Digest] = {}
+        self.sleep: dict[str, Footprint] = {}
+        self.summary = -1  # (unknown: the state is new since the last summaries)
+
+    def next_cpu(self) -> str | None:
+        for x in self.enabled:
+            if x in self.backtrack and x not in self.sleep and x not in self.fps:
+                return x
+        return None
+
+
+class _Reduced:
+    """The reduced search of one group (see docs/engine.md, "Every interleaving").
+
+    Stateful dynamic partial-order reduction on turn footprints, in *walks*: each walk is a
+    depth-first traversal of the graph searched so far from the group's start, which takes the
+    turns already searched from their records and executes (by re-execution to the state) only
+    those a state's backtrack set gained. A new state gets one turn; others are added where a
+    race demands it. A walk keeps, for the turns on its stack, vector clocks of the
+    happens-before order (program order and dependent turns):
+
+    - **A turn on the stack** (searched or executed) is checked against the stack's turns of
+      other CPUs it races with (dependent, and not ordered by another turn in between:
+      source-DPOR, Abdulla et al. 2014); for each race the state before the earlier turn gets an
+      *initial* of the turns that could reverse it, unless one is there already or asleep.
+    - **A turn into a state the walk has seen** (state hashing) is checked as if every turn
+      searched from that state followed (its *summary*, Yang et al. 2008): each turn on the stack
+      that conflicts with a summarised access of a CPU it does not happen before gets that CPU,
+      or every enabled CPU if it is not enabled there (Flanagan and Godefroid 2005).
+    - **Sleep sets** (Godefroid): a CPU searched from a state sleeps in the states reached by
+      turns independent of its turn; a state met with a smaller sleep set wakes the CPUs that
+      dropped out of it and searches them.
+    - **Cycle proviso**: a turn back to a state on the stack fully expands its state.
+
+    The walks repeat until one executes nothing and adds nothing: then every path of the
+    searched graph satisfies the conditions with summaries of the final graph.
+    """
+
+    def __init__(self, ex: Explorer, k: int, start: _End, items: list[tuple[int, Event]]) -> None:
+        self.ex = ex
+        self.k = k
+        self.start = start
+        self.items = items
+        self.nodes: dict[Digest, _Node] = {}
+        self.edges: dict[Digest, list[tuple[str, Digest]]] = {}
+        self.labels: dict[Digest, list[str]] = {}
+        self.enabled_at: dict[Digest, tuple[str, ...]] = {}
+        self.parent_of: dict[Digest, tuple[Digest, str]] = {}
+        self.ends: dict[Digest, tuple[list[str], MachineImage, tuple[str, ...]]] = {}
+        self.lap_keys: set[Digest] = set()
+        self.root: Digest | None = None
+        self.u = _Universe()
+        self.changed = False
+        self.walks = 0
+        # the machine, the state it is in (None: somewhere no node stands for) and its turns
+        self.m: Machine | None = None
+        self.threads: list[Thread] = []
+        self.by_name: dict[str, Thread] = {}
+        self.cur: Digest | None = None
+        self.prefix: list[str] = []
+        self.cpus: list[str] = []
+        self.cpu_index: dict[str, int] = {}
+        self.root_holder: str | None = None
+
+    # -------------------------------------------------------------- driving
+    def run(self) -> None:
+        self.ex._progress(self.k, force=True)  # (from the start: before the first state)
+        self._goto(None)
+        assert self.m is not None
+        self.root_holder = self.m.pamt_lock
+        self.cpus = [th.name for th in self.threads]
+        self.cpu_index = {name: i for i, name in enumerate(self.cpus)}
+        root = self._arrive(None, "", "", None)[0]
+        node = self.nodes[root]
+        if node.enabled:
+            node.backtrack.add(node.enabled[0])
+        while True:
+            self._summaries()
+            self.changed = False
+            self._walk()
+            self.walks += 1
+            if not self.changed:
+                return
+
+    def _goto(self, key: Digest | None) -> None:
+        """Put the machine in state ``key`` (the group's start for None) by re-execution."""
+        turns = _path_to(key, self.parent_of) if key is not None else []
+        m, threads = self.ex._replay(self.start.image, self.items, turns)
+        assert m is not None
+        self.m, self.threads = m, threads
+        self.by_name = {th.name: th for th in threads}
+        self.prefix = turns
+        self.cur = key
+
+    def _annotated(self, th: Thread) -> bool:
+        return th.event is None or isinstance(self.ex.events[th.event], _ANNOTATED)
+
+    def _arrive(
+        self, parent: Digest | None, cpu: str, label: str, path: _Path | None
+    ) -> tuple[Digest, bool]:
+        """The node of the machine's state, reached from ``parent`` by ``cpu``'s turn (the
+        plain search's bookkeeping: edge, lap-back, violations, end states, deadlocks);
+        whether it is new."""
+        ex, m, threads = self.ex, self.m, self.threads
+        assert m is not None
+        codes = _diag_codes(m)
+        ts = _threads_state(m, threads, ex.fair)
+        bare = m.canonical_state(COUNTER_NAMES)
+        counted = tuple([m.cnt[i] for i in (_COUNTED if ex.fair else _ALL_BUT_SPINS)])
+        key = _digest((bare, counted, ts, codes))
+        lap_key = _digest((bare, ts, codes))
+        self.cur = key
+        if ex.fair and key not in self.nodes and lap_key in self.lap_keys:
+            back = _lap_back(lap_key, path)
+            if back is not None:
+                key = back
+                self.cur = None  # (the machine's counters are not the node's)
+        if parent is None:
+            self.root = key
+        else:
+            self.edges.setdefault(parent, []).append((cpu, key))
+            self.labels.setdefault(parent, []).append(label)
+        if key in self.nodes:
+            return key, False
+        node = self.nodes[key] = _Node(len(self.nodes), lap_key)
+        self.lap_keys.add(lap_key)
+        if parent is not None:
+            self.parent_of[key] = (parent, cpu)
+        ex.states += 1
+        ex._check_limits(self.k)
+        ex._note_violations(m, self.k, self.start, self.prefix)
+        if m.stopped is not None:
+            ex.stopped = m.stopped.message
+            self.cur = None
+            return key, True
+        live = [th for th in threads if not th.done]
+        enabled = tuple(th.name for th in live if not m.blocked(th))
+        self.enabled_at[key] = enabled
+        if not live:
+            m.end_batch()
+            ex._note_violations(m, self.k, self.start, self.prefix)
+            self.ends[key] = (list(self.prefix), m.image(), _diag_codes(m))
+            self.cur = None
+        elif not enabled:
+            ex._deadlock(m, self.k, self.start, self.prefix, live)
+        node.enabled = enabled
+        return key, True
+
+    def _execute(self, key: Digest, node: _Node, p: str, path: _Path | None) -> bool:
+        """Take ``p``'s turn from state ``key`` (re-executing to it if the machine is
+        elsewhere); record its footprint and successor; whether the successor is new."""
+        if self.cur != key:
+            self._goto(key)
+        m = self.m
+        assert m is not None
+        th = self.by_name[p]
+        annotated = self._annotated(th)
+        m.fp_r.clear()
+        m.fp_w.clear()
+        m.fp_a.clear()
+        m.fp_checked.clear()
+        m.fp_l.clear()
+        held_before = m.pamt_lock == p
+        info = m.turn(th, self.threads)
+        fp = _footprint(m) if annotated and self._annotated(th) else _STAR
+        lfp = _lock_aware(fp, m, p, held_before) if fp is not _STAR else fp
+        node.fps[p] = fp
+        node.lfps[p] = lfp
+        node.holder[p] = m.pamt_lock
+        node.bits[p] = self.u.step_bits(p, lfp)
+        node.done.append(p)
+        node.backtrack.add(p)
+        self.prefix.append(p)
+        c, new = self._arrive(key, p, info[1] if info is not None else "", path)
+        node.succ[p] = c
+        self.changed = True
+        return new
+
+    # -------------------------------------------------------------- a walk
+    def _walk(self) -> None:
+        """One depth-first walk of the searched graph (see the class docstring)."""
+        nodes = self.nodes
+        assert self.root is not None
+        n_cpu = len(self.cpus)
+        none = (-1,) * n_cpu
+        #: each CPU's clock: the vector clock of its last turn on the stack
+        clock: list[tuple[int, ...]] = [none] * n_cpu
+        seen: set[Digest] = set()
+        on_stack: set[Digest] = set()
+        root = self.root
+        # frame: [state, next index into done, out CPU, out CPU's index, its vector clock,
+        #         conflict bits of the out turn, the universe size they were computed at,
+        #         path (for _lap_back), (CPU index, clock) to restore when popped,
+        #         (pamt_lock's holder in the state, the stack index of its acquisition or -1)]
+        stack: list[list[Any]] = [
+            [
+                root,
+                0,
+                None,
+                -1,
+                none,
+                0,
+                -1,
+                (root, nodes[root].lap_key, None),
+                None,
+                (self.root_holder, -1),
+            ]
+        ]
+        seen.add(root)
+        on_stack.add(root)
+        while stack:
+            fr = stack[-1]
+            key = fr[0]
+            node = nodes[key]
+            i = fr[1]
+            if i == len(node.done):
+                p = node.next_cpu()
+                if p is None:
+                    stack.pop()
+                    on_stack.discard(key)
+                    if fr[8] is not None:
+                        clock[fr[8][0]] = fr[8][1]
+                    if stack:
+                        stack[-1][2] = None
+                    continue
+                new = self._execute(key, node, p, fr[7])
+            else:
+                p = node.done[i]
+                new = False
+            fr[1] = i + 1
+            fp = node.fps[p]
+            bits = node.bits[p]
+            c = node.succ[p]
+            pi = self.cpu_index[p]
+            vc = self._direct_races(stack, p, pi, bits, clock)
+            sleep = {x: f for x, f in node.sleep.items() if not _dependent(f, fp)}
+            for x in node.done[:i]:
+                f = node.fps[x]
+                if not _dependent(f, fp):
+                    sleep[x] = f
+            cn = nodes[c]
+            if new:
+                cn.sleep = sleep
+                first = p if p in cn.enabled and p not in sleep else None
+                if first is None:
+                    first = next((x for x in cn.enabled if x not in sleep), None)
+                if first is not None:
+                    cn.backtrack.add(first)
+            else:
+                woke = [x for x in cn.sleep if x not in sleep]
+                if woke:  # reached with a smaller sleep set: search what woke up (Godefroid)
+                    cn.sleep = {x: f for x, f in cn.sleep.items() if x in sleep}
+                    cn.backtrack.update(x for x in woke if x in cn.enabled)
+                    self.changed = True
+            if c in on_stack:  # a cycle: this state is fully expanded (the proviso)
+                self._expand(node)
+                continue
+            if c in seen:
+                # the stack's turns and this one against those searched from c
+                fr[2], fr[3], fr[4], fr[6] = p, pi, vc, -1
+                saved = clock[pi]
+                clock[pi] = vc
+                if cn.summary >= 0:
+                    self._summary_races(stack, cn.summary, clock)
+                else:  # (c is new in this walk: its summary is for the next one)
+                    self.changed = True
+                clock[pi] = saved
+                fr[2] = None
+                continue
+            seen.add(c)
+            on_stack.add(c)
+            fr[2], fr[3], fr[4], fr[6] = p, pi, vc, -1
+            h = node.holder[p]
+            hold = fr[9] if h == fr[9][0] else (h, len(stack) - 1 if h is not None else -1)
+            path = (c, cn.lap_key, fr[7])
+            stack.append([c, 0, None, -1, none, 0, -1, path, (pi, clock[pi]), hold])
+            clock[pi] = vc
+
+    def _conf(self, fr: list[Any]) -> int:
+        """The conflict bits of a frame's out turn (recomputed when the universe grew)."""
+        size = len(self.u.bit)
+        if fr[6] != size:
+            fr[5] = self.u.conflicts(fr[2], self.nodes[fr[0]].lfps[fr[2]])
+            fr[6] = size
+        conf: int = fr[5]
+        return conf
+
+    def _direct_races(
+        self,
+        stack: list[list[Any]],
+        p: str,
+        pi: int,
+        bits: int,
+        clock: list[tuple[int, ...]],
+    ) -> tuple[int, ...]:
+        """The races of ``p``'s turn (accesses ``bits``) from the top of the stack with the
+        stack's turns (source-DPOR); its vector clock."""
+        j = len(stack) - 1
+        mine = clock[pi]
+        dep = [i for i in range(j) if self._conf(stack[i]) & bits]
+        vc = list(mine)
+        for i in dep:
+            vci = stack[i][4]
+            for y in range(len(vc)):
+                if vci[y] > vc[y]:
+                    vc[y] = vci[y]
+        vc[pi] = j
+        later = [-1] * len(vc)  # what the conflicting turns after i know
+        for i in reversed(dep):
+            fr = stack[i]
+            qi = fr[3]
+            if qi != pi and mine[qi] < i and later[qi] < i:
+                self._reverse(stack, i, j, p, pi, tuple(vc))
+                a = self._lift(stack, i, p)
+                if a >= 0:
+                    self._reverse(stack, a, j, p, pi, tuple(vc))
+            vci = fr[4]
+            for y in range(len(later)):
+                if vci[y] > later[y]:
+                    later[y] = vci[y]
+        return tuple(vc)
+
+    def _lift(self, stack: list[list[Any]], i: int, x: str) -> int:
+        """The stack index of the acquisition of ``pamt_lock`` by a CPU other than ``x`` that
+        holds it in the state before turn ``i`` (-1: none, or taken before the group). A race
+        of turn ``i`` with a turn of ``x`` may need ``x`` to pass ``pamt_lock`` first, which it
+        cannot while the holder holds it: the holder's critical section and ``x``'s are then
+        the conflicting pair, and the reversal goes before the acquisition too (LAPOR's race of
+        two critical sections whose bodies conflict)."""
+        holder, a = stack[i][9]
+        if holder is None or holder == x:
+            return -1
+        return int(a)
+
+    def _reverse(
+        self,
+        stack: list[list[Any]],
+        i: int,
+        j: int,
+        p: str,
+        pi: int,
+        vcj: tuple[int, ...],
+    ) -> None:
+        """A race of the stack's turn ``i`` with ``p``'s turn ``j``: the state before ``i``
+        must search an initial of ``v`` = the turns after ``i`` that do not happen after it,
+        then ``j`` (one whose first turn in ``v`` nothing in ``v`` happens before)."""
+        qi = stack[i][3]
+        initials: list[str] = []
+        first: set[int] = set()
+        in_v: list[int] = []
+        for k in range(i + 1, j):
+            fk = stack[k]
+            vck = fk[4]
+            if vck[qi] >= i:
+                continue
+            in_v.append(k)
+            x = fk[3]
+            if x in first:
+                continue
+            first.add(x)
+            if all(vck[y] <= i for y in range(len(vck)) if y != x):
+                initials.append(fk[2])
+        if pi not in first and not any(vcj[stack[k][3]] >= k for k in in_v):
+            initials.append(p)
+        node = self.nodes[stack[i][0]]
+        if any(x in node.backtrack or x in node.sleep for x in initials):
+            return
+        pick = [x for x in initials if x in node.enabled]
+        if pick:
+            node.backtrack.add(p if p in pick else pick[0])
+            self.changed = True
+        else:  # (no initial enabled there: every enabled CPU)
+            self._require_all(node)
+
+    def _summary_races(
+        self, stack: list[list[Any]], summary: int, clock: list[tuple[int, ...]]
+    ) -> None:
+        """Each turn on the stack against the summarised accesses of every other CPU that
+        it does not happen before (the CPU's clock is before it)."""
+        u, nodes = self.u, self.nodes
+        for i, fr in enumerate(stack):
+            if fr[2] is None:
+                continue
+            node = nodes[fr[0]]
+            lifted = fr[9][0] is not None and fr[9][1] >= 0
+            if len(node.backtrack) >= len(node.enabled) and not lifted:
+                continue
+            hit = self._conf(fr) & summary
+            if not hit:
+                continue
+            qi = fr[3]
+            for x, xm in u.cpu.items():
+                if not hit & xm:
+                    continue
+                if clock[self.cpu_index[x]][qi] >= i:  # i happens before x's next turn
+                    continue
+                self._add(node, x)
+                a = self._lift(stack, i, x)
+                if a >= 0:
+                    self._add(nodes[stack[a][0]], x)
+
+    def _add(self, node: _Node, x: str) -> None:
+        """Search ``x`` from ``node`` (unless it is there or asleep), or every enabled CPU if
+        ``x`` is not enabled there."""
+        if x in node.enabled:
+            if x not in node.backtrack and x not in node.sleep:
+                node.backtrack.add(x)
+                self.changed = True
+        else:
+            self._require_all(node)
+
+    def _require_all(self, node: _Node) -> None:
+        more = [y for y in node.enabled if y not in node.backtrack and y not in node.sleep]
+        if more:
+            node.backtrack.update(more)
+            self.changed = True
+
+    def _expand(self, node: _Node) -> None:
+        """Search every enabled CPU's turn from ``node``, asleep or not (the cycle proviso)."""
+        if node.sleep:
+            node.sleep = {}
+            self.changed = True
+        if len(node.backtrack) < len(node.enabled):
+            node.backtrack.update(node.enabled)
+            self.changed = True
+
+    def _summaries(self) -> None:
+        """Each state's summary: the accesses of every turn searched from it and below (one
+        value per strongly connected part of the graph)."""
+        nodes = self.nodes
+        assert self.root is not None
+
+        def succ(n: Digest) -> list[Digest]:
+            node = nodes[n]
+            return [node.succ[x] for x in node.done]
+
+        comps = _sccs([self.root], succ)
+        comp_of = {n: i for i, c in enumerate(comps) for n in c}
+        summaries = [0] * len(comps)
+        for i, comp in enumerate(comps):  # (sinks first)
+            s = 0
+            for n in comp:
+                node = nodes[n]
+                for x in node.done:
+                    s |= node.bits[x]
+                    j = comp_of[node.succ[x]]
+                    if j != i:
+                        s |= summaries[j]
+            summaries[i] = s
+        for n, node in nodes.items():
+            node.summary = summaries[comp_of[n]] if n in comp_of else -1
+
+
 def pin(events: Sequence[Event], orders: Sequence[Sequence[str]]) -> list[Event]:
     """``events`` with each concurrent group's turn order pinned: ``orders[k]`` becomes a
     ``schedule`` event at the head of the k-th concurrent group (replacing any it had), so a
@@ -1009,6 +1682,7 @@ def explore(
     progress: Callable[[int, str], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     fair: bool = True,
+    reduction: bool = True,
 ) -> dict[str, Any]:
     """Search every interleaving of ``events``' concurrent groups (see the module docstring)."""
     return Explorer(
@@ -1019,4 +1693,5 @@ def explore(
         progress=progress,
         cancel=cancel,
         fair=fair,
+        reduction=reduction,
     ).run()

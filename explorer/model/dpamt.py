@@ -26,6 +26,8 @@ from typing import Final
 import explorer.model.tdx_module as tdx
 from explorer.model.constants import PAGES_PER_REGION_SHIFT
 from explorer.model.state import (
+    FP_MEMPOOL,
+    FP_PAMT_LOCK,
     KernelState,
     Spin,
     Td,
@@ -59,18 +61,26 @@ EIO: Final = -5
 # ============================================================================ locks
 def _pamt_lock_holder(m: KernelState, td: Td | None) -> str | None:
     """Who holds ``pamt_lock`` (None: it is free)."""
+    if m.fp_on:
+        m.fp_read(FP_PAMT_LOCK)
+        m.fp_l.add(("test", FP_PAMT_LOCK))
     return m.pamt_lock
 
 
 def _mmu_writer(m: KernelState, td: Td | None) -> str | None:
     """What keeps a reader of the TD's ``mmu_lock`` out: a writer."""
     assert td is not None
+    if m.fp_on:
+        m.fp_read(("mmu", td.id))
     return td.mmu_writer
 
 
 def _mmu_holders(m: KernelState, td: Td | None) -> str | None:
     """What keeps a writer of the TD's ``mmu_lock`` out: a writer or any reader."""
     assert td is not None
+    if m.fp_on:
+        m.fp_read(("mmu", td.id))
+        m.fp_read(("mmu_readers", td.id))
     if td.mmu_writer is not None:
         return td.mmu_writer
     return ", ".join(td.mmu_readers) if td.mmu_readers else None
@@ -100,6 +110,9 @@ def _spin(
 
 def spin_lock(m: KernelState, th: Thread, fn: str, label: str) -> KGen:
     """``spin_lock(&pamt_lock)``: a waiter spins, one visible step per turn."""
+    if m.fp_on:
+        m.fp_read(FP_PAMT_LOCK)
+        m.fp_l.add(("test", FP_PAMT_LOCK))
     if m.pamt_lock is not None:
         yield from _spin(
             m,
@@ -118,6 +131,9 @@ def spin_lock(m: KernelState, th: Thread, fn: str, label: str) -> KGen:
             f"{th.name}: pamt_lock taken in softirq (RCU callback) and in process context: "
             "possible deadlock (the explorer's model of the lockdep report of the v5 review)",
         )
+    if m.fp_on:
+        m.fp_write(FP_PAMT_LOCK)
+        m.fp_l.add(("acq", FP_PAMT_LOCK))
     m.pamt_lock = th.name
     th.holds.append("pamt_lock")
     if m.record:
@@ -126,6 +142,9 @@ def spin_lock(m: KernelState, th: Thread, fn: str, label: str) -> KGen:
 
 
 def spin_unlock(m: KernelState, th: Thread) -> None:
+    if m.fp_on:
+        m.fp_write(FP_PAMT_LOCK)
+        m.fp_l.add(("rel", FP_PAMT_LOCK))
     m.pamt_lock = None
     th.holds.remove("pamt_lock")
     if m.record:
@@ -134,7 +153,10 @@ def spin_unlock(m: KernelState, th: Thread) -> None:
 
 def read_lock_mmu(m: KernelState, th: Thread, fn: str, td: Td) -> KGen:
     """``read_lock(&kvm->mmu_lock)``: one rwlock per VM (x86's is a queued rwlock: a reader
-    waits while a writer holds it)."""
+    waits while a writer holds it). Readers commute with readers: the footprint reads the
+    writer and updates the readers (two readers in either order leave the same set)."""
+    if m.fp_on:
+        m.fp_read(("mmu", td.id))
     if td.mmu_writer is not None:
         yield from _spin(
             m,
@@ -146,6 +168,8 @@ def read_lock_mmu(m: KernelState, th: Thread, fn: str, td: Td) -> KGen:
             "mmu_lock.read_spin",
             "spin: TD {}'s mmu_lock is write-held by {}",
         )
+    if m.fp_on:
+        m.fp_add(("mmu_readers", td.id))
     td.mmu_readers.append(th.name)
     th.holds.append("mmu_lock(read)")
     if m.record:
@@ -161,6 +185,8 @@ def read_lock_mmu(m: KernelState, th: Thread, fn: str, td: Td) -> KGen:
 def read_unlock_mmu(m: KernelState, th: Thread, td: Td) -> None:
     """``read_unlock(&kvm->mmu_lock)``; the caller yields :data:`READ_UNLOCK_STEP` (a one-step
     unlock needs no generator of its own)."""
+    if m.fp_on:
+        m.fp_add(("mmu_readers", td.id))
     td.mmu_readers.remove(th.name)
     th.holds.remove("mmu_lock(read)")
     if m.record:
@@ -177,6 +203,9 @@ READ_UNLOCK_STEP: StepInfo = (
 
 
 def write_lock_mmu(m: KernelState, th: Thread, fn: str, td: Td) -> KGen:
+    if m.fp_on:
+        m.fp_write(("mmu", td.id))
+        m.fp_read(("mmu_readers", td.id))
     if td.mmu_writer is not None or td.mmu_readers:
         yield from _spin(
             m,
@@ -188,6 +217,8 @@ def write_lock_mmu(m: KernelState, th: Thread, fn: str, td: Td) -> KGen:
             "mmu_lock.write_spin",
             "spin: TD {}'s mmu_lock is held by {}",
         )
+    if m.fp_on:
+        m.fp_write(("mmu", td.id))
     td.mmu_writer = th.name
     th.holds.append("mmu_lock(write)")
     if m.record:
@@ -196,6 +227,8 @@ def write_lock_mmu(m: KernelState, th: Thread, fn: str, td: Td) -> KGen:
 
 
 def write_unlock_mmu(m: KernelState, th: Thread, fn: str, td: Td) -> KGen:
+    if m.fp_on:
+        m.fp_write(("mmu", td.id))
     td.mmu_writer = None
     th.holds.remove("mmu_lock(write)")
     if m.record:
@@ -277,6 +310,8 @@ def _take_pamt_page(m: KernelState, th: Thread, vcpu: Vcpu | None, fn: str) -> K
             return pfn
         if mode == "atomic-under-lock":
             return None
+        if m.fp_on:
+            m.fp_write(FP_MEMPOOL)
         pool: list[int] = m.extra.setdefault("mempool", [])
         if not pool:
             return None
@@ -316,6 +351,8 @@ def _free_pair(m: KernelState, pages: list[int], from_cache: bool) -> None:
     target = 2 * m.settings.dpamt_gets_per_fault
     for p in pages:
         if m.mode == "mempool":
+            if m.fp_on:
+                m.fp_write(FP_MEMPOOL)
             pool: list[int] = m.extra.setdefault("mempool", [])
             if len(pool) < target:  # mempool_free(): below min_nr, the element goes back
                 pool.append(p)
@@ -335,11 +372,15 @@ def tdx_pamt_get(m: KernelState, th: Thread, pfn: int, vcpu: Vcpu | None) -> KGe
     fn = "tdx_pamt_get"
     region = pfn >> PAGES_PER_REGION_SHIFT
     th.stack.append(fn)
+    if m.fp_on:
+        m.fp_add(("R", region))
     inflight = m.inflight
     inflight[region] = inflight.get(region, 0) + 1
     try:
         m.count(K_PAMT_GET)
         if m.mode != "v6-locked":
+            if m.fp_on:  # atomic_inc_not_zero() reads the count lock-free
+                m.fp_read(("R", region))
             old = m.refcount.get(region, 0)
             if old:
                 m.set_refcount(region, old + 1)
@@ -363,6 +404,8 @@ def tdx_pamt_get(m: KernelState, th: Thread, pfn: int, vcpu: Vcpu | None) -> KGe
         return (yield from _pamt_get_slow(m, th, fn, region, vcpu))
     finally:
         th.stack.pop()
+        if m.fp_on:
+            m.fp_add(("R", region))
         left = inflight[region] - 1
         if left:
             inflight[region] = left
@@ -393,6 +436,8 @@ def _pamt_get_slow(m: KernelState, th: Thread, fn: str, region: int, vcpu: Vcpu 
             return ENOMEM
         pages.append(page)
     yield from spin_lock(m, th, fn, "pamt_get.lock")
+    if m.fp_on:
+        m.fp_read(("R", region))
     cur = m.refcount.get(region, 0)
     if cur and m.mode == "v6-no-recheck":
         # deliberately broken (explorer.interleavings.search's counterexample): the lost-race recheck under
@@ -428,6 +473,10 @@ def _pamt_get_slow(m: KernelState, th: Thread, fn: str, region: int, vcpu: Vcpu 
         yield from free_pamt_array(m, fn, "pamt_get", pages, vcpu is not None)
         return 0
     pair = (pages[0], pages[1])
+    if m.fp_on:  # PAMT.ADD: the region's pair, and the module's use of the two pages
+        m.fp_write(("R", region))
+        m.fp_write(("page", pair[0]))
+        m.fp_write(("page", pair[1]))
     m.count(K_PAMT_ADD)
     status = (
         tdx.INJECTED_ERROR if m.take_injection("pamt_add_fail") else m.module.pamt_add(region, pair)
@@ -504,12 +553,16 @@ def tdx_pamt_put(m: KernelState, th: Thread, pfn: int) -> KGen:
     fn = "tdx_pamt_put"
     region = pfn >> PAGES_PER_REGION_SHIFT
     th.stack.append(fn)
+    if m.fp_on:
+        m.fp_add(("R", region))
     inflight = m.inflight
     inflight[region] = inflight.get(region, 0) + 1
     try:
         yield from _pamt_put(m, th, fn, region)
     finally:
         th.stack.pop()
+        if m.fp_on:
+            m.fp_add(("R", region))
         left = inflight[region] - 1
         if left:
             inflight[region] = left
@@ -522,6 +575,8 @@ def _pamt_put(m: KernelState, th: Thread, fn: str, region: int) -> KGen:
     mode = m.mode
     if mode == "v6-locked":
         yield from spin_lock(m, th, fn, "pamt_put.lock")
+        if m.fp_on:
+            m.fp_read(("R", region))
         old = m.refcount.get(region, 0)
         if old > 1:
             m.set_refcount(region, old - 1)
@@ -537,6 +592,8 @@ def _pamt_put(m: KernelState, th: Thread, fn: str, region: int) -> KGen:
         yield from _remove(m, th, fn, region, zero_on_success=True)
         return
     if mode == "v5-hint":
+        if m.fp_on:
+            m.fp_read(("R", region))
         old = m.refcount.get(region, 0)
         m.set_refcount(region, old - 1)
         if old - 1:
@@ -547,6 +604,8 @@ def _pamt_put(m: KernelState, th: Thread, fn: str, region: int) -> KGen:
                 (region, old, old - 1),
             )
             return
+        if m.fp_on:
+            m.fp_write(("R", region))
         m.v5_put_window[region] = m.v5_put_window.get(region, 0) + 1
         yield (
             fn,
@@ -555,6 +614,8 @@ def _pamt_put(m: KernelState, th: Thread, fn: str, region: int) -> KGen:
             (region, old),
         )
         yield from spin_lock(m, th, fn, "pamt_put.lock")
+        if m.fp_on:
+            m.fp_write(("R", region))
         left = m.v5_put_window[region] - 1
         if left:
             m.v5_put_window[region] = left
@@ -574,6 +635,8 @@ def _pamt_put(m: KernelState, th: Thread, fn: str, region: int) -> KGen:
         yield from _remove(m, th, fn, region, zero_on_success=False)
         return
     # v6 and the strategies built on it
+    if m.fp_on:
+        m.fp_read(("R", region))
     old = m.refcount.get(region, 0)
     if old > 1:
         m.set_refcount(region, old - 1)
@@ -591,6 +654,8 @@ def _pamt_put(m: KernelState, th: Thread, fn: str, region: int) -> KGen:
         (region, old),
     )
     yield from spin_lock(m, th, fn, "pamt_put.lock")
+    if m.fp_on:
+        m.fp_read(("R", region))
     old = m.refcount.get(region, 0)
     m.set_refcount(region, old - 1)
     if old - 1:
@@ -616,6 +681,13 @@ def _pamt_put(m: KernelState, th: Thread, fn: str, region: int) -> KGen:
 def _remove(m: KernelState, th: Thread, fn: str, region: int, *, zero_on_success: bool) -> KGen:
     """PAMT.REMOVE under ``pamt_lock``; on failure refcount goes (back) to 1 and the pair leaks."""
     m.count(K_PAMT_REMOVE)
+    if m.fp_on:  # PAMT.REMOVE: the pair, the region's pages in TD use, the pair's pages
+        m.fp_write(("R", region))
+        m.fp_read(("used", region))
+        old_pair = m.module.pairs.get(region)
+        if old_pair is not None:
+            m.fp_write(("page", old_pair[0]))
+            m.fp_write(("page", old_pair[1]))
     pair = m.module.pairs.get(region)
     if m.take_injection("pamt_remove_fail"):
         status, got = tdx.INJECTED_ERROR, None

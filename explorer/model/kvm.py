@@ -112,6 +112,8 @@ def mmu_invalidation(m: KernelState, td: Td) -> tuple[int, int, int]:
     progress) rather than in :class:`Td`: checkpoints, snapshots and the explorer's state hash
     already carry ``extra``, and between batches no invalidation is ever open, so a checkpoint
     holds none."""
+    if m.fp_on:
+        m.fp_read(("inval", td.id))
     got: tuple[int, int, int] | None = m.extra.get(_invalidation_key(td))
     return got if got is not None else (0, INVALID_GFN, INVALID_GFN)
 
@@ -121,6 +123,8 @@ def kvm_mmu_invalidate_begin(m: KernelState, td: Td, start: int, end: int) -> tu
     both under write ``mmu_lock``): ``mmu_invalidate_in_progress++`` (the first one resets the
     range to ``INVALID_GPA``), then the range grows to cover ``[start, end)``. The sequence is
     not bumped here: ``kvm_mmu_invalidate_end`` does that. Returns the old and new count."""
+    if m.fp_on:
+        m.fp_write(("inval", td.id))
     n, lo, hi = mmu_invalidation(m, td)
     if n == 0:
         lo = hi = INVALID_GFN
@@ -137,6 +141,8 @@ def kvm_mmu_invalidate_end(m: KernelState, td: Td) -> tuple[int, int]:
     ``mmu_invalidate_seq++``, then ``mmu_invalidate_in_progress--``. A fault that sampled the
     sequence before this point is stale from here on, whatever its gfn. Returns the old and
     new sequence."""
+    if m.fp_on:
+        m.fp_write(("inval", td.id))
     n, lo, hi = mmu_invalidation(m, td)
     key = _invalidation_key(td)
     if n <= 1:
@@ -157,6 +163,8 @@ def mmu_invalidate_retry_gfn(m: KernelState, td: Td, mmu_seq: int, gfn: int) -> 
     acquiring mmu_lock if mapping is changing") and of ``mmu_invalidate_retry_gfn`` (the same,
     under ``mmu_lock``, from ``is_page_fault_stale``). The engine's memory is sequentially
     consistent, so the lockless copy never sees stale values: the two agree."""
+    if m.fp_on:  # (``not m.extra`` only skips lookups: the answer is this TD's state alone)
+        m.fp_read(("inval", td.id))
     if not m.extra:  # (the usual case: no invalidation open anywhere, no design state)
         if td.mmu_invalidate_seq != mmu_seq:
             return f"mmu_invalidate_seq moved {mmu_seq} -> {td.mmu_invalidate_seq}"
@@ -425,6 +433,11 @@ def tdx_handle_ept_violation(m: KernelState, th: Thread, idx: int, ev: Fault) ->
             f"gfn {gfn:#x} is beyond the reach of {m.settings.ept_levels}-level EPT",
             f"gfn < {limit:#x}",
         )
+    if m.fp_on:
+        m.fp_read(("tdstate", td.id))
+        m.fp_read(("gmem", td.id, gfn))
+        if given is not None:
+            m.fp_read(("page", given))
     bound = td.gmem.get(gfn)
     if given is not None:
         if given >= m.mem.total_pages:
@@ -447,6 +460,8 @@ def tdx_handle_ept_violation(m: KernelState, th: Thread, idx: int, ev: Fault) ->
     th.stack.append(fn)
     m.count(K_FAULTS)
     yield fn, "fault.begin", "EPT violation: vCPU {} gfn {:#x} ({})", (vcpu.id, gfn, level)
+    if m.fp_on:
+        m.fp_read(("tdstate", td.id))
     if td.state == "bugged":
         m.count(K_FAULTS_FAILED)
         yield fn, "fault.vm_bugged", "the VM is bugged (KVM_BUG_ON earlier): -EIO", ()
@@ -467,6 +482,8 @@ def tdx_handle_ept_violation(m: KernelState, th: Thread, idx: int, ev: Fault) ->
         # kvm_mmu_faultin_pfn(): fault->mmu_seq first, then a lockless pre-check before
         # guest_memfd is asked for the page, and another after (both RET_PF_RETRY without
         # taking mmu_lock); is_page_fault_stale() under mmu_lock is the last check
+        if m.fp_on:
+            m.fp_read(("inval", td.id))
         mmu_seq = td.mmu_invalidate_seq
         why = mmu_invalidate_retry_gfn(m, td, mmu_seq, gfn)
         if why is not None:
@@ -523,6 +540,8 @@ def tdx_handle_ept_violation(m: KernelState, th: Thread, idx: int, ev: Fault) ->
                 (m.max_retries,),
             )
             return
+        if m.fp_on:
+            m.fp_read(("tdstate", td.id))
         if td.state not in ALIVE_TD_STATES:
             m.count(K_FAULTS_FAILED)
             yield fn, "fault.eio", "the TD is being destroyed: -EIO", ()
@@ -541,6 +560,10 @@ def _kvm_gmem_get_pfn(m: KernelState, th: Thread, td: Td, gfn: int, given: int |
     FGP_CREAT; no filemap invalidate lock is taken, so a punch hole does not block it: the
     pre-checks around it keep a fault off a gfn being invalidated). A trace's ``pfn`` names the
     page. Returns the pfn, or None when the fault failed (counted and narrated)."""
+    if m.fp_on:
+        m.fp_read(("gmem", td.id, gfn))
+        if given is not None:
+            m.fp_read(("page", given))
     pfn = td.gmem.get(gfn)
     if pfn is None and given is not None:  # the trace names the page guest_memfd holds
         pfn = given
@@ -589,6 +612,8 @@ def _kvm_gmem_get_pfn(m: KernelState, th: Thread, td: Td, gfn: int, given: int |
 
 
 def _gmem_bind(m: KernelState, td: Td, gfn: int, pfn: int, owned: bool = False) -> None:
+    if m.fp_on:
+        m.fp_write(("gmem", td.id, gfn))
     if not owned:
         m.set_owner(pfn, O_GUEST)
     td.gmem[gfn] = pfn
@@ -620,6 +645,8 @@ def kvm_tdp_mmu_map(
     th.stack.append(fn)
     try:
         yield from read_lock_mmu(m, th, fn, td)
+        if m.fp_on:
+            m.fp_read(("tdstate", td.id))
         if td.state not in ALIVE_TD_STATES:
             read_unlock_mmu(m, th, td)
             yield READ_UNLOCK_STEP
@@ -642,6 +669,8 @@ def kvm_tdp_mmu_map(
             # k: the level of the table the walk needs next (the leaf sits in the level-1 or,
             # for a 2 MiB mapping, the level-2 table)
             key = (k, gfn >> (9 * k))
+            if m.fp_on:
+                m.fp_read(("sept", td.id, *key))
             entry = entries.get(key)
             if entry is not None and entry[0] == "present":
                 continue
@@ -671,6 +700,16 @@ def kvm_tdp_mmu_map(
         return ret
     finally:
         th.stack.pop()
+
+
+def _fp_give(m: KernelState, pfn: int) -> None:
+    """The footprint of a SEAMCALL that gives the module a page (SEPT.ADD, PAGE.AUG/ADD): the
+    page's use, its region's pair (checked: TDX_MISSING_PAMT_PAGE_PAIR), its region's count of
+    pages in TD use (an addition)."""
+    region = pfn >> C.PAGES_PER_REGION_SHIFT
+    m.fp_write(("page", pfn))
+    m.fp_read(("R", region))
+    m.fp_add(("used", region))
 
 
 def _free_sp(m: KernelState, sp: int | None, spt: int | None) -> None:
@@ -759,6 +798,8 @@ def _link_table(
         "level-{} table: shadow page {:#x} and S-EPT page {:#x} (region {}) from vCPU {}'s caches",
         (k, sp, spt, spt >> C.PAGES_PER_REGION_SHIFT, vcpu.id),
     )
+    if m.fp_on:  # the cmpxchg on the entry (the walk read it in an earlier step)
+        m.fp_write(("sept", td.id, *key))
     if key in td.entries:  # cmpxchg lost: another vCPU froze or linked it meanwhile
         if preinstalled:
             yield from _put_cache_page(m, th, spt, softirq=False)
@@ -780,6 +821,8 @@ def _link_table(
     try:
         ret = 0 if preinstalled else (yield from tdx_pamt_get(m, th, spt, vcpu))
         if ret:
+            if m.fp_on:
+                m.fp_write(("sept", td.id, *key))
             del td.entries[key]
             if m.record:
                 m.note("sept", (td.id, *key), "frozen", "absent")
@@ -796,6 +839,8 @@ def _link_table(
         if m.take_injection("sept_add_busy"):
             status = tdx.OPERAND_BUSY
         else:
+            if m.fp_on:
+                _fp_give(m, spt)
             status = m.module.give_page(spt, tdx.K_SEPT)
         if status != tdx.SUCCESS:
             m.count(K_SEPT_ADD_FAILED)
@@ -809,6 +854,8 @@ def _link_table(
             )
             m.mark_gotten(spt, -1)
             yield from tdx_pamt_put(m, th, spt)
+            if m.fp_on:
+                m.fp_write(("sept", td.id, *key))
             del td.entries[key]
             if m.record:
                 m.note("sept", (td.id, *key), "frozen", "absent")
@@ -818,6 +865,8 @@ def _link_table(
         m.count(K_SEPT_ADD)
         m.set_owner(spt, O_SEPT)
         m.set_owner(sp, O_MIRROR)
+        if m.fp_on:
+            m.fp_write(("sept", td.id, *key))
         td.entries[key] = ("present", spt, sp)
         if m.record:
             m.note("sept", (td.id, *key), "frozen", "present")
@@ -837,6 +886,8 @@ def _map_leaf(
 ) -> KGen:
     fn = "kvm_tdp_mmu_map"
     if level != "4k":
+        if m.fp_on:
+            m.fp_write(("tdstate", td.id))
         td.state = "bugged"
         m.note("td", td.id, "running", "bugged")
         m.diag(
@@ -851,6 +902,8 @@ def _map_leaf(
             (),
         )
         return EIO
+    if m.fp_on:  # the leaf SPTE (mapped, or frozen by a CPU installing it)
+        m.fp_read(("leaf", td.id, gfn))
     if gfn in td.leaves:
         m.count(K_FAULTS_SPURIOUS)
         yield fn, "leaf.spurious", "gfn {:#x} is already mapped: spurious fault", (gfn,)
@@ -863,6 +916,8 @@ def _map_leaf(
             (gfn, td.leaf_frozen[gfn]),
         )
         return RETRY
+    if m.fp_on:
+        m.fp_write(("leaf", td.id, gfn))
     td.leaf_frozen[gfn] = th.name
     if m.record:
         m.note("leaf", (td.id, gfn), "absent", "frozen")
@@ -872,6 +927,8 @@ def _map_leaf(
     try:
         ret = yield from tdx_pamt_get(m, th, pfn, vcpu)
         if ret:
+            if m.fp_on:
+                m.fp_write(("leaf", td.id, gfn))
             del td.leaf_frozen[gfn]
             if m.record:
                 m.note("leaf", (td.id, gfn), "frozen", "absent")
@@ -888,6 +945,8 @@ def _map_leaf(
         if aug and m.take_injection("page_aug_busy"):
             status = tdx.OPERAND_BUSY
         else:
+            if m.fp_on:
+                _fp_give(m, pfn)
             status = m.module.give_page(pfn, tdx.K_GUEST)
         if status != tdx.SUCCESS:
             m.count(K_PAGE_AUG_FAILED)
@@ -901,11 +960,15 @@ def _map_leaf(
             )
             m.mark_gotten(pfn, -1)
             yield from tdx_pamt_put(m, th, pfn)
+            if m.fp_on:
+                m.fp_write(("leaf", td.id, gfn))
             del td.leaf_frozen[gfn]
             if m.record:
                 m.note("leaf", (td.id, gfn), "frozen", "absent")
             yield fn, "leaf.unwind", "restore the leaf entry: RET_PF_RETRY", ()
             return RETRY if status == tdx.OPERAND_BUSY else EIO
+        if m.fp_on:
+            m.fp_write(("leaf", td.id, gfn))
         del td.leaf_frozen[gfn]
         td.leaves[gfn] = pfn
         if m.record:
@@ -943,6 +1006,9 @@ def kvm_gmem_punch_hole(m: KernelState, th: Thread, idx: int, ev: Zap) -> KGen:
     serialises punch holes of one file, is not modelled: two zaps of one TD in one batch nest
     (``mmu_invalidate_in_progress`` 2) as an MMU-notifier invalidation and a punch hole can."""
     td = _live_td(m, ev, idx, ev.td)
+    if m.fp_on:
+        m.fp_read(("tdstate", td.id))
+        m.fp_read(("leaf", td.id, ev.gfn))
     if ev.gfn not in td.leaves:
         raise m.impossible(
             ev, idx, f"zap of gfn {ev.gfn:#x}, which TD {ev.td} has not mapped", "a mapped gfn"
@@ -961,6 +1027,8 @@ def kvm_gmem_punch_hole(m: KernelState, th: Thread, idx: int, ev: Zap) -> KGen:
         "faults on it now retry before mmu_lock",
         (was, now, lo, hi),
     )
+    if m.fp_on:
+        m.fp_read(("leaf", td.id, gfn))
     pfn = td.leaves.get(gfn)
     if pfn is None:
         yield fn, "zap.gone", "gfn {:#x} is no longer mapped: nothing to unmap", (gfn,)
@@ -968,6 +1036,8 @@ def kvm_gmem_punch_hole(m: KernelState, th: Thread, idx: int, ev: Zap) -> KGen:
         yield from _remove_leaf(m, th, td, gfn, pfn)
     yield from write_unlock_mmu(m, th, fn, td)
     fn = "kvm_gmem_punch_hole"
+    if m.fp_on:
+        m.fp_write(("gmem", td.id, gfn))
     held = td.gmem.get(gfn)
     if held is not None:
         del td.gmem[gfn]
@@ -1006,6 +1076,10 @@ def _remove_leaf(m: KernelState, th: Thread, td: Td, gfn: int, pfn: int) -> KGen
     ``tdx_track`` (TDH.MEM.TRACK and a kick), TDH.MEM.PAGE.REMOVE, the page reset, then v6
     09/11's ``tdx_pamt_put(pfn)``. KVM does not free the page: guest_memfd owns it."""
     fn = "tdx_sept_remove_leaf_spte"
+    if m.fp_on:
+        m.fp_write(("page", pfn))
+        m.fp_add(("used", pfn >> C.PAGES_PER_REGION_SHIFT))
+        m.fp_write(("leaf", td.id, gfn))
     status = m.module.take_page(pfn)
     m.count(K_PAGE_REMOVE)
     del td.leaves[gfn]

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import explorer.model.constants as C
 from explorer.model.chunked import ChunkedDict
@@ -151,6 +151,22 @@ class Td:
     #: ``kvm->mmu_invalidate_seq``: bumped by every zap (``kvm_mmu_invalidate_end``); a fault
     #: that read guest_memfd under an older value is stale (``is_page_fault_stale``)
     mmu_invalidate_seq: int = 0
+
+
+#: Footprint objects shared by every CPU (see :meth:`KernelState.fp_read`); the others are
+#: tuples naming a region's DPAMT state ``("R", r)``, a page ``("page", pfn)`` (its owner and
+#: the module's use of it), a TD's ``mmu_lock`` ``("mmu", td)``, an S-EPT entry
+#: ``("sept", td, level, index)``, a leaf ``("leaf", td, gfn)``, guest_memfd's page for a gfn
+#: ``("gmem", td, gfn)``, a TD's invalidation state ``("inval", td)``, its life-cycle state
+#: ``("tdstate", td)`` and a region's pages in TD use ``("used", r)``.
+FP_PAMT_LOCK: Final = ("L", "pamt_lock")
+FP_ALLOC: Final = ("alloc",)
+#: the count of pages owned as pair pages, as leaked pair pages (``("counts", code)``)
+FP_PAIR_PAGES: Final = ("counts", O_PAIR)
+FP_LEAKED_PAGES: Final = ("counts", O_LEAKED)
+FP_PAIRS: Final = ("pairs",)
+FP_INJECT: Final = ("inject",)
+FP_MEMPOOL: Final = ("mempool",)
 
 
 class Spin:
@@ -297,6 +313,58 @@ class KernelState:
         self._changed_counters: dict[str, int] = {}
         self._counters_before: dict[str, int] = {}  # their values before the step
         self._diags: list[tuple[str, str, str]] = []
+        #: the footprint recorder of the partial-order reduction
+        #: (``explorer.interleavings.search``): while ``fp_on``, every access to shared state
+        #: is noted as an object read (``fp_r``), written (``fp_w``) or changed by a commutative
+        #: update (``fp_a``: an addition, a free to the allocator); the search empties the sets
+        #: before a turn and reads them after it. Off (replays, bulk runs), a hook costs one
+        #: attribute test.
+        self.fp_on = False
+        self.fp_r: set[Any] = set()
+        self.fp_w: set[Any] = set()
+        self.fp_a: set[Any] = set()
+        #: the lock operations of the step, (operation, lock word) with the operation "test"
+        #: (a spinner's look at the holder), "acq", "rel", or "check" (the invariant checks'
+        #: look at whether it is free): the lock word is in ``fp_r``/``fp_w`` as well, and the
+        #: search's lock-aware relation replaces those accesses by these (LAPOR:
+        #: ``explorer.interleavings.search._lock_aware``)
+        self.fp_l: set[tuple[str, Any]] = set()
+        #: the regions the invariant checks after this step look at (``_dirty``): what those
+        #: checks read depends on the regions' state after the step, so the search adds it
+        #: then (``explorer.interleavings.search._check_reads``)
+        self.fp_checked: set[int] = set()
+
+    # ================================================================ footprints
+    def fp_read(self, obj: Any) -> None:
+        """The current step reads ``obj`` (call only under ``if m.fp_on``)."""
+        self.fp_r.add(obj)
+
+    def fp_write(self, obj: Any) -> None:
+        """The current step writes ``obj`` (call only under ``if m.fp_on``)."""
+        self.fp_w.add(obj)
+
+    def fp_add(self, obj: Any) -> None:
+        """The current step changes ``obj`` by an update that commutes with every other update
+        of the same kind (counts kept per owner, references held, frees): two such updates in
+        either order leave the same state; a read of ``obj`` still conflicts with them."""
+        self.fp_a.add(obj)
+
+    def _fp_checked(self, region: int) -> None:
+        """``check_regions`` runs on ``region`` after this step: it reads the region's DPAMT
+        state, and (depending on that state after the step) whether ``pamt_lock`` is free and
+        the region's pages in TD use."""
+        self.fp_r.add(("R", region))
+        self.fp_checked.add(region)
+
+    def _fp_pair_check(self, pair: Any) -> None:
+        """``check_global`` (the pair and leaked page counts against the pairs; the sum of all
+        counts every owner change keeps) and invariant 4 on the pair's two pages."""
+        self.fp_r.add(FP_PAIR_PAGES)
+        self.fp_r.add(FP_LEAKED_PAGES)
+        self.fp_r.add(FP_PAIRS)
+        if isinstance(pair, tuple):
+            for p in pair:
+                self.fp_r.add(("page", p))
 
     # ================================================================ effects API
     def _effect(self, kind: str, key: Any, old: Any, new: Any) -> None:
@@ -317,6 +385,8 @@ class KernelState:
         batch, and the pair-page counts of invariant 5 are checked after the step when a pair
         page moved."""
         old = self.mem.set_owner(pfn, code)
+        if self.fp_on:
+            self._fp_owner(pfn, old, code)
         self.batch_regions.add(pfn >> C.PAGES_PER_REGION_SHIFT)
         if old in (O_PAIR, O_LEAKED) or code in (O_PAIR, O_LEAKED):
             self._pairs_changed = True
@@ -325,7 +395,26 @@ class KernelState:
         if self.record and old != code:
             self._effect("page", pfn, OWNERS[old], OWNERS[code])
 
+    def _fp_owner(self, pfn: int, old: int, code: int) -> None:
+        """A page changed owner: the page, the per-owner counts (an addition), and the
+        allocator's free set when the page left it (a write: the next allocation takes
+        another page) or joined it (a free: frees commute with each other)."""
+        if old == code:
+            return
+        self.fp_w.add(("page", pfn))
+        self.fp_a.add(("counts", old))
+        self.fp_a.add(("counts", code))
+        if code == O_FREE:
+            self.fp_a.add(FP_ALLOC)
+        elif old == O_FREE:
+            self.fp_w.add(FP_ALLOC)
+        if old in (O_PAIR, O_LEAKED) or code in (O_PAIR, O_LEAKED):
+            self._fp_pair_check(None)
+
     def set_refcount(self, region: int, new: int) -> None:
+        if self.fp_on:
+            self.fp_w.add(("R", region))
+            self._fp_checked(region)
         old = self.refcount.get(region, 0)
         if new:
             self.refcount[region] = new
@@ -337,6 +426,10 @@ class KernelState:
             self._effect("refcount", region, old, new)
 
     def add_orphan(self, region: int) -> None:
+        if self.fp_on:
+            self.fp_w.add(("R", region))
+            self.fp_w.add(FP_PAIRS)
+            self._fp_checked(region)
         old = self.orphans.get(region, 0)
         self.orphans[region] = old + 1
         self._dirty.add(region)
@@ -347,6 +440,9 @@ class KernelState:
     def mark_gotten(self, pfn: int, delta: int) -> None:
         """The caller now holds (+1) or dropped (-1) a DPAMT reference on pfn's region."""
         region = pfn >> C.PAGES_PER_REGION_SHIFT
+        if self.fp_on:
+            self.fp_a.add(("R", region))
+            self._fp_checked(region)
         n = self.gotten.get(region, 0) + delta
         self.gotten_total += delta
         if n:
@@ -361,6 +457,12 @@ class KernelState:
             self._effect("lock", lock, old, new)
 
     def note_pair(self, region: int, old: Any, new: Any) -> None:
+        if self.fp_on:
+            self.fp_w.add(("R", region))
+            self.fp_w.add(FP_PAIRS)
+            self._fp_checked(region)
+            self._fp_pair_check(old)
+            self._fp_pair_check(new)
         self._dirty.add(region)
         self.pair_dirty.add(region)
         self._pairs_changed = True
@@ -422,6 +524,8 @@ class KernelState:
         if self.take_injection("alloc_fail"):
             self.count(K_ALLOC_FAILED)
             return None
+        if self.fp_on:  # "the lowest free page": allocations in either order differ
+            self.fp_w.add(FP_ALLOC)
         pfn = self.mem.pick_free()
         if pfn is None:
             self.count(K_ALLOC_FAILED)
@@ -434,12 +538,16 @@ class KernelState:
 
     def take_injection(self, what: str) -> bool:
         """Whether an injected failure of ``what`` is pending (and use it up)."""
+        if self.fp_on:
+            self.fp_r.add(FP_INJECT)
         if not self._injecting:  # none pending at all: the usual case, no lookup
             return False
         left = self.injections[what]
         if left:
             self.injections[what] = left - 1
             self._injecting -= 1
+            if self.fp_on:
+                self.fp_w.add(FP_INJECT)
             self.note("inject", what, left, left - 1)
             return True
         return False

@@ -98,6 +98,8 @@ class Timeline:
         self.region_values = log.region_values
         self.event_step = log.event_step  # first step of each event (-1: never ran)
         self.series = log.series  # one value per batch (the state after it)
+        self._touched_span: tuple[int, int] | None = None
+        self._touched_known = False
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -148,6 +150,15 @@ class Timeline:
             out.extend(steps[lo:hi])
             i = self.batch_step[b] + hi
         return out
+
+    def touched_span(self) -> tuple[int, int] | None:
+        """The regions ``[lo, hi)`` from the first to the last one any step touches, or None
+        (computed once: the views draw every step of a replay on this one span)."""
+        if not self._touched_known:
+            values = self.region_values
+            self._touched_span = (min(values), max(values) + 1) if len(values) else None
+            self._touched_known = True
+        return self._touched_span
 
     def changed_regions(self, i: int) -> list[int]:
         """Regions whose refcount, pair, orphans or page owners changed at step ``i``."""

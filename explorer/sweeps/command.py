@@ -14,6 +14,7 @@ from explorer.cli.common import (
     UsageError,
     atomic_output,
     check_output_path,
+    check_workers,
     read_trace,
     resolve_settings,
 )
@@ -41,8 +42,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         run_sweep,
     )
 
-    if args.workers is not None and args.workers < 1:
-        raise UsageError(f"--workers {args.workers}: must be 1 or more (1: run in this process)")
+    check_workers(args.workers)
     check_output_path(args.out, "--out")
     if args.plot is not None:
         check_output_path(args.plot, "--plot")
@@ -128,7 +128,8 @@ def add_sweep(sub: Any) -> None:
         "--workers",
         type=int,
         default=None,
-        help="local cluster: worker processes (default: CPUs; 1: run in this process)",
+        help="local cluster: worker processes (default: CPUs; 1: run in this process; "
+        "at most 4 per CPU: each is a process doing CPU-bound work)",
     )
     s.add_argument("--note", help="free text written in the note column of every row")
     s.set_defaults(func=cmd_sweep)

@@ -21,7 +21,7 @@ from explorer.views.caches import kvm_caches_figure, pamt_cache_figure
 from explorer.views.changes import diff_snapshots, effects_table
 from explorer.views.code import code_panel, lock_summary
 from explorer.views.refcounts import refcount_figure, timeline_over_time_figure
-from explorer.views.region_map import region_map
+from explorer.views.region_map import region_map, replay_span
 
 #: id of the one <script> element holding plotly.js.
 PLOTLYJS_ID = "plotly-js"
@@ -56,7 +56,7 @@ def _figure(tl: Timeline, stop: ResolvedStop) -> go.Figure | None:
     changed = tl.changed_regions(i)
     view = stop.stop.view
     if view in ("region_map", "animation"):
-        return region_map(snap, changed, height=300)
+        return region_map(snap, changed, height=300, span=replay_span(tl))
     if view == "pamt_caches":
         return pamt_cache_figure(snap, height=260)
     if view == "refcounts":

@@ -6,18 +6,20 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from explorer.designs.overhead import LORE_V6, CoverRow, Overhead, cover_letter_rows, format_bytes
-from explorer.views.palette import BLUE, GREY, LIGHT, ORANGE, SKY
+from explorer.views.palette import BLUE, GREY, ORANGE, SKY, free_colour
 
 
-def region_diagram(used: int = 3) -> go.Figure:
-    """A 2 MiB region as 512 pages (16 x 32), ``used`` of them given to a TD, and its PAMT pair."""
+def region_diagram(used: int = 3, theme: str = "light") -> go.Figure:
+    """A 2 MiB region as 512 pages (16 x 32), ``used`` of them given to a TD, and its PAMT pair.
+    ``theme``: ``light`` or ``dark``; free pages follow it (a bright block on a dark page, else)."""
+    free = free_colour(theme)
     z = [[0] * 32 for _ in range(16)]
     for i in range(used):
         z[i // 32][i % 32] = 1
     fig = go.Figure(
         go.Heatmap(
             z=z,
-            colorscale=[[0, LIGHT], [0.5, LIGHT], [0.5, SKY], [1, SKY]],
+            colorscale=[[0, free], [0.5, free], [0.5, SKY], [1, SKY]],
             showscale=False,
             xgap=1,
             ygap=1,

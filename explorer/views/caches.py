@@ -7,7 +7,16 @@ from plotly.subplots import make_subplots
 
 from explorer.model.constants import KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE, PAGES_PER_REGION_SHIFT
 from explorer.model.records import Snapshot
-from explorer.views.palette import BLUE, GREY, ORANGE, VERMILLION, YELLOW, legend_line
+from explorer.views.palette import (
+    BACKGROUND,
+    BLUE,
+    GREY,
+    ORANGE,
+    VERMILLION,
+    YELLOW,
+    check_theme,
+    legend_line,
+)
 
 #: At most this many region labels per vCPU stack: more overprint each other in a small chart.
 MAX_STACK_LABELS = 12
@@ -52,13 +61,29 @@ def stack_labels(regions: list[int], max_labels: int = MAX_STACK_LABELS) -> list
     return texts
 
 
+def cache_top(snapshot: Snapshot) -> int:
+    """The top of the y axis of :func:`pamt_cache_figure`: a page above the fullest cache or
+    the top-up target."""
+    target = 2 * snapshot.settings.dpamt_gets_per_fault
+    return max([target, *[len(v.pamt_cache) for v in snapshot.vcpus if v.alive], 1]) + 1
+
+
 def pamt_cache_figure(
-    snapshot: Snapshot, height: int | None = None, narrow: bool = False
+    snapshot: Snapshot,
+    height: int | None = None,
+    narrow: bool = False,
+    y_top: int | None = None,
+    theme: str = "light",
 ) -> go.Figure:
     """One column per vCPU: its cached pages bottom to top (the top pops first, LIFO), labelled
     with their regions (runs of one region share a label: :func:`stack_labels`); the dashed line
     is the top-up target ``2 * dpamt_gets_per_fault``. ``narrow``: a title on two short lines,
-    for a chart in a column of the page."""
+    for a chart in a column of the page. ``y_top``: the top of the y axis (default
+    :func:`cache_top`); charts compared side by side pass the largest of theirs, so that equal
+    heights mean equal counts (a cache of 10 drawn as tall as one of 40 misleads). ``theme``:
+    ``light`` or ``dark``; the pages of a stack are parted by lines of the page's background
+    (white lines on a dark page drew a bright ladder)."""
+    check_theme(theme)
     fig = go.Figure()
     vcpus = [v for v in snapshot.vcpus if v.alive]
     target = 2 * snapshot.settings.dpamt_gets_per_fault
@@ -92,7 +117,7 @@ def pamt_cache_figure(
             textposition="none",
             hovertext=hovers,
             hoverinfo="text",
-            marker={"color": colours, "line": {"width": 1, "color": "white"}},
+            marker={"color": colours, "line": {"width": 1, "color": BACKGROUND[theme]}},
             name="cached page (top: next pop)",
             width=0.6,
         )
@@ -135,7 +160,7 @@ def pamt_cache_figure(
             showarrow=False,
             font={"size": 13, "color": GREY},
         )
-    top = max([target, *[len(vc.pamt_cache) for vc in vcpus], 1]) + 1
+    top = max(y_top, cache_top(snapshot)) if y_top is not None else cache_top(snapshot)
     title = (
         "tdx_pamt_cache per vCPU<br><sup>LIFO stack; labels: regions of its pages</sup>"
         if narrow

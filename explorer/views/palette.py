@@ -19,6 +19,47 @@ LIGHT = "#EEEEEE"
 #: Streamlit's dark theme, white on its light one): a mid grey, contrast >= 3:1 on both.
 NEUTRAL = "#8C8C8C"
 
+#: The themes a view can be drawn for (Streamlit's ``st.context.theme.type``).
+THEMES = ("light", "dark")
+#: On a dark theme: free cells a little lighter than Streamlit's dark background (#0E1117), so
+#: the grid reads as a grid without the bright block LIGHT makes there; marks that are black on a
+#: light theme are white.
+FREE_DARK = "#30343E"
+WHITE = "#FFFFFF"
+#: The page's background on each theme (Streamlit's defaults): thin separators between cells.
+BACKGROUND = {"light": WHITE, "dark": "#0E1117"}
+
+
+def check_theme(theme: str) -> str:
+    """``theme`` if it is one of :data:`THEMES`, else a ValueError naming it."""
+    if theme not in THEMES:
+        raise ValueError(f"theme must be one of {', '.join(THEMES)}, not {theme!r}")
+    return theme
+
+
+def free_colour(theme: str = "light") -> str:
+    """The colour of free cells (a region with no page in use, a free page) on ``theme``."""
+    return FREE_DARK if check_theme(theme) == "dark" else LIGHT
+
+
+def ink(theme: str = "light") -> str:
+    """Marks drawn over the data (outlines of changed cells): black on light, white on dark."""
+    return WHITE if check_theme(theme) == "dark" else BLACK
+
+
+def dpamt_colours(theme: str = "light") -> list[str]:
+    """The colours of :data:`DPAMT_STATES` on ``theme`` (only free changes)."""
+    return [free_colour(theme) if name == "free" else c for name, _, c in DPAMT_STATES]
+
+
+def owner_colours(theme: str = "light") -> dict[str, str]:
+    """:data:`OWNER_COLOURS` on ``theme``: free follows the theme, black marks turn white."""
+    out = dict(OWNER_COLOURS)
+    out["free"] = free_colour(theme)
+    out["in_hand"] = ink(theme)
+    return out
+
+
 #: DPAMT state of a region, by code (the region map's default colouring).
 DPAMT_STATES = (
     ("free", "no page in use", LIGHT),

@@ -317,3 +317,55 @@ def test_map_caches_code_and_locks_are_in_view_together(browser, server, size) -
             assert pg.evaluate("window.scrollY") == 0
     finally:
         context.close()
+
+
+def _instant_on(pg, url: str) -> None:  # type: ignore[no-untyped-def]
+    """Open ``url`` and turn Explore's instant steps on (the sidebar toggle)."""
+    pg.goto(url)
+    pg.wait_for_selector(".st-key-instant_steps")
+    pg.locator(".st-key-instant_steps label").first.click()
+    pg.wait_for_selector(".instant .map .main-svg")
+    pg.wait_for_selector(".instant .caches .main-svg")
+    # the toggle keeps the focus, and keys typed into an input are its own: focus the page
+    pg.locator(".instant .header").first.click()
+
+
+def test_instant_steps_step_in_the_browser_and_the_server_follows(page, server) -> None:  # type: ignore[no-untyped-def]
+    """With instant steps on, keys and buttons step the window drawn in the page (beyond its
+    edge too: it is re-centred) and the server's cursor follows (the step box)."""
+    _instant_on(page, server + "/?sample=lost_race&step=10")
+    _wait_step(page, 10)
+    for n in range(11, 11 + 22):  # past the window's edge (RADIUS 20): re-centred on the way
+        page.keyboard.press("ArrowRight")
+        _wait_step(page, n)
+    page.keyboard.press("ArrowLeft")
+    _wait_step(page, 31)
+    page.locator(".st-key-btn_prev button").first.click()
+    _wait_step(page, 30)
+    page.locator(".st-key-btn_next button").first.click()
+    _wait_step(page, 31)
+    # the rest of the page follows the step the browser shows (its step box)
+    expect(page.locator(".st-key-goto_step input")).to_have_value("31", timeout=60_000)
+    _wait_step(page, 31)  # and the rerun did not move the shown step
+    assert page.locator(".instant").first.get_attribute("data-step") == "31"
+    page.keyboard.press("Home")
+    page.wait_for_selector("text=/^Before the first step/")
+
+
+def test_instant_play_shows_every_step(page, server) -> None:  # type: ignore[no-untyped-def]
+    """Play in the browser draws every step in turn at the fastest offered speed."""
+    _instant_on(page, server + "/?sample=lost_race&step=5")
+    _wait_step(page, 5)
+    page.locator(".st-key-speed").first.click()
+    page.get_by_role("option", name="10 steps/s").click()
+    settle(page)
+    page.locator(".instant").first.wait_for()
+    page.locator(".st-key-btn_play button").first.click()
+    # each step shows for 100 ms: wait for the page's record of steps drawn, not a header
+    page.wait_for_function("Math.max(...window.__dpamtInstant.shown) >= 30", timeout=60_000)
+    page.locator(".st-key-btn_play button").first.click()
+    shown = page.evaluate("window.__dpamtInstant.shown")
+    start = shown.index(5)
+    run = shown[start:]
+    played = [s for k, s in enumerate(run) if k == 0 or s != run[k - 1]]
+    assert played[:26] == list(range(5, 31)), str(played[:40])

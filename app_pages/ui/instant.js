@@ -1,0 +1,243 @@
+// Instant steps (issue 27): the step view of Explore drawn in the browser from a window of steps
+// (explorer/views/window.py), stepped by the keys and the stepper's buttons without a rerun.
+// The server is told the shown step after IDLE_MS without a step, or at once when the next step
+// would leave the window; its reply re-centres the window without moving the shown step.
+const IDLE_MS = 500;
+const KEYS = { ArrowRight: 'next', ArrowLeft: 'prev', Home: 'first', End: 'last', ' ': 'play' };
+const BUTTONS = { btn_next: 'next', btn_prev: 'prev', btn_first: 'first', btn_last: 'last', btn_play: 'play' };
+
+function loadPlotly(src) {
+  if (window.Plotly) return Promise.resolve(window.Plotly);
+  if (!window.__dpamtPlotly) {
+    window.__dpamtPlotly = new Promise((resolve, reject) => {
+      const s = document.createElement('script');
+      s.src = src;
+      s.onload = () => resolve(window.Plotly);
+      s.onerror = () => reject(new Error('plotly.js did not load from ' + src));
+      document.head.appendChild(s);
+    });
+  }
+  return window.__dpamtPlotly;
+}
+
+function typing(e) {
+  for (const t of (e.composedPath ? e.composedPath() : [e.target])) {
+    if (!t || !t.tagName) continue;
+    if (['INPUT', 'TEXTAREA', 'SELECT'].includes(t.tagName) || t.isContentEditable) return true;
+    const role = t.getAttribute && t.getAttribute('role');
+    if (['slider', 'combobox', 'listbox', 'tab', 'option'].includes(role)) return true;
+  }
+  return false;
+}
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function markdownish(s) {
+  // the header's only markup: **bold** and `code` (the text is ours, escaped first)
+  const esc = s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+  return esc.replace(/\*\*([^*]+)\*\*/g, '<b>$1</b>').replace(/`([^`]+)`/g, '<code>$1</code>');
+}
+
+function mapFigure(w, patch) {
+  const heat = Object.assign({}, w.map_base.data[0]);
+  const z = heat.z.map((row) => row.slice());
+  const text = heat.text ? heat.text.map((row) => row.slice()) : null;
+  const cols = z[0].length;
+  for (const [k, value, hover] of patch.cells) {
+    const r = Math.floor(k / cols), c = k % cols;
+    z[r][c] = value;
+    if (text) text[r][c] = hover;
+  }
+  heat.z = z;
+  if (text) heat.text = text;
+  const data = [heat];
+  if (patch.outline) data.push(patch.outline);
+  return { data, layout: patch.layout || w.map_base.layout };
+}
+
+function draw(st) {
+  const w = st.w, i = st.step;
+  const s = w.steps[i - w.lo];
+  if (!s) return;
+  const P = window.Plotly;
+  if (P) {
+    const m = mapFigure(w, s.map);
+    P.react(st.mapDiv, m.data, m.layout, st.config.map);
+    const layout = Object.assign({}, s.caches.layout);
+    if (!layout.template && w.caches_template) layout.template = w.caches_template;
+    P.react(st.cacheDiv, s.caches.data, layout, st.config.caches);
+  }
+  st.header.innerHTML = markdownish(s.text.header);
+  st.narration.textContent = s.text.narration;
+  st.event.textContent = s.text.event_line;
+  st.diag.replaceChildren(...s.text.diagnostics.map(([kind, code, message, isError]) => {
+    const d = el('div', isError ? 'diag error' : 'diag warning');
+    d.append(el('b', '', kind + ': ' + code), el('pre', '', message));
+    return d;
+  }));
+  st.note.textContent = s.note ? 'Review note on this step: ' + s.note : '';
+  st.note.style.display = s.note ? '' : 'none';
+  const blocks = s.code.length ? s.code : [{ caption: w.no_code, listing: null }];
+  st.code.replaceChildren(...blocks.flatMap((b) => {
+    const out = [el('div', 'caption', b.caption)];
+    if (b.listing !== null) out.push(el('pre', 'listing', b.listing));
+    return out;
+  }));
+  st.locks.textContent = s.locks.join('\n');
+  st.root.dataset.step = String(i);
+  st.shown.push(i);  // every step drawn, in order (the browser test checks Play skips none)
+  if (st.shown.length > 1000) st.shown.shift();
+}
+
+// One report in flight at a time (each is a rerun of the page); a step the server has not
+// answered yet is remembered so that its reply does not move the shown step back.
+function report(st, now) {
+  clearTimeout(st.timer);
+  const send = () => {
+    if (st.sent === st.step) return;
+    st.sent = st.step;
+    st.inflight = st.step;
+    st.setStateValue('step', st.step);
+  };
+  const outside = st.step < st.w.lo || st.step > st.w.hi;
+  if (outside || (now && st.inflight === undefined)) send();
+  else st.timer = setTimeout(send, now ? 50 : IDLE_MS);
+}
+
+function go(st, target) {
+  const w = st.w;
+  target = Math.max(-1, Math.min(w.nr_steps - 1, target));
+  if (target === st.step) return;
+  if (target < w.lo || target > w.hi) {  // outside the window: the server draws and re-centres
+    st.step = target;
+    report(st, true);
+    return;
+  }
+  st.step = target;
+  draw(st);
+  // near the window's edge: ask for a re-centred window now (the step is still drawn here)
+  const edge = Math.min(target - w.lo, w.hi - target);
+  report(st, edge < w.margin);
+}
+
+function act(st, what) {
+  const w = st.w;
+  if (what === 'play') { togglePlay(st); return; }
+  stopPlay(st);
+  if (what === 'next') go(st, st.step + 1);
+  else if (what === 'prev') go(st, st.step - 1);
+  else if (what === 'first') go(st, -1);
+  else if (what === 'last') go(st, w.nr_steps - 1);
+}
+
+function stopPlay(st) {
+  if (!st.playing) return;
+  clearInterval(st.playing);
+  st.playing = null;
+  st.playLabel('Play');
+  report(st, true);
+}
+
+function togglePlay(st) {
+  if (st.playing) { stopPlay(st); return; }
+  const period = st.w.period_ms;
+  let t0 = performance.now(), from = st.step;
+  st.playLabel('Pause');
+  // by the clock, as the server's Play does (a late tick still leaves playing at its speed),
+  // and never past the window: at its edge playing waits for the re-centred window (asked
+  // MARGIN steps before), so every step is drawn, at the speed unless the server is late
+  st.playing = setInterval(() => {
+    if (st.step >= st.w.nr_steps - 1) { stopPlay(st); return; }
+    const due = from + Math.floor((performance.now() - t0) / period) + 1;
+    const next = Math.min(st.step + 1, due);
+    if (next <= st.step) return;
+    if (next > st.w.hi) {  // wait for the window; the clock restarts from here
+      report(st, true);
+      t0 = performance.now(); from = st.step;
+      return;
+    }
+    go(st, next);
+  }, Math.max(16, period / 4));
+}
+
+function install(st) {
+  window.addEventListener('keydown', (e) => {
+    const what = KEYS[e.key];
+    if (!what || !st.root.isConnected || e.ctrlKey || e.metaKey || e.altKey || e.shiftKey || typing(e)) return;
+    e.preventDefault();
+    e.stopImmediatePropagation();
+    const t0 = performance.now();
+    act(st, what);
+    // key press to the step drawn, in the page (tools/step_latency.py reads it)
+    requestAnimationFrame(() => st.times.push(performance.now() - t0));
+  }, true);
+  window.addEventListener('click', (e) => {
+    if (!st.root.isConnected) return;
+    for (const [key, what] of Object.entries(BUTTONS)) {
+      const b = e.target.closest && e.target.closest('.st-key-' + key + ' button');
+      if (b) {
+        e.preventDefault();
+        e.stopImmediatePropagation();
+        act(st, what);
+        return;
+      }
+    }
+  }, true);
+  st.playLabel = (label) => {
+    const b = document.querySelector('.st-key-btn_play button p') || document.querySelector('.st-key-btn_play button');
+    if (b) b.textContent = label;
+  };
+}
+
+export default function (component) {
+  const { data, parentElement, setStateValue } = component;
+  window.__dpamtInstant = window.__dpamtInstant || {};
+  let st = window.__dpamtInstant;
+  let root = parentElement.querySelector('.instant');
+  if (!root) {
+    root = el('div', 'instant');
+    const left = el('div', 'left'), right = el('div', 'right');
+    st.mapDiv = el('div', 'map');
+    st.cacheDiv = el('div', 'caches');
+    left.append(st.mapDiv, st.cacheDiv);
+    st.header = el('div', 'header');
+    st.narration = el('pre', 'narration');
+    st.event = el('pre', 'event');
+    st.diag = el('div', 'diags');
+    st.note = el('div', 'note');
+    st.code = el('div', 'code');
+    st.locks = el('pre', 'locks');
+    right.append(st.header, st.narration, st.event, st.diag, st.note, st.code, st.locks);
+    root.append(left, right);
+    parentElement.appendChild(root);
+    st.root = root;  // a new root (a remount) keeps the shown step: the reply decides
+  }
+  if (!st.installed) { st.times = []; st.shown = []; install(st); st.installed = true; }
+  st.setStateValue = setStateValue;
+  st.config = data.config;
+  const prevCursor = st.w ? st.w.cursor : undefined;
+  st.w = data.window;
+  st.w.margin = data.margin;
+  st.w.period_ms = data.period_ms;
+  if (data.cursor === st.inflight) st.inflight = undefined;
+  // the server's cursor is a step this page reported (its reply, or a late copy of an older
+  // one): the shown step stays; else the server moved it (a jump, the slider, a link)
+  const serverMoved = !data.from_client && data.cursor !== prevCursor;
+  if (st.step === undefined || serverMoved || st.step < st.w.lo || st.step > st.w.hi) {
+    st.step = data.cursor;
+    st.sent = data.cursor;
+    st.inflight = undefined;
+  } else if (st.sent !== st.step) {
+    report(st, Math.min(st.step - st.w.lo, st.w.hi - st.step) < st.w.margin);
+  }
+  st.w.cursor = data.cursor;
+  draw(st);
+  loadPlotly(data.plotly_src).then(() => draw(st)).catch((err) => {
+    st.mapDiv.textContent = String(err);
+  });
+}

@@ -1,0 +1,121 @@
+"""Instant steps (issue 27): Explore's step view drawn in the browser from a window of steps.
+
+Each Next/Prev used to rerun the step view on the server (230-250 ms idle, 400-700 ms under load,
+tools/step_latency.py). Here one ``st.components.v2`` component (no iframe: it lives in the page's
+DOM, as keys.py's does) gets :func:`explorer.views.window.step_window`'s payload for the steps
+around the cursor and draws the map and the caches with Plotly.js, the text, the code and the
+locks itself. The keys and the stepper's First/Prev/Next/Last/Play buttons are caught before
+Streamlit sees them (capture listeners on ``window``) and step the window without a rerun. The
+component reports its step as its ``step`` state after ``IDLE_MS`` without a step, or at once near
+the window's edge; the callback puts the cursor there, so the rest of the page (tabs, URL, notes)
+follows, and the rerun sends a re-centred window, the shown step kept.
+
+Plotly.js is not a global in Streamlit's page: plotly's own ``plotly.min.js`` (the installed
+plotly package, the same version the server-drawn charts use) is copied into ``static/`` at start
+and served by Streamlit's static file serving (``server.enableStaticServing``); it works offline.
+
+Behind the sidebar setting "Instant steps" (off by default): the server-drawn view and its
+buttons stay the path the browser tests and tools/loadtest.py use.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import plotly
+import streamlit as st
+
+from app_pages.ui.state_panel import CACHE_HEIGHT, MAP_HEIGHT, chart_config
+from app_pages.ui.stepper import period
+from explorer.replay.timeline import Timeline
+from explorer.views.window import step_window
+
+#: Steps either side of the cursor the browser holds.
+RADIUS = 20
+#: The browser asks for a re-centred window when it is this close to the window's edge.
+MARGIN = 10
+#: Steps' figures kept for re-centred windows (per session) before the memo starts over.
+MEMO_STEPS = 400
+#: Where Streamlit serves static files from (beside the main script) and the served path.
+STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
+PLOTLY_SRC = "app/static/plotly.min.js"
+
+_HERE = Path(__file__).resolve().parent
+
+
+def _plotly_js() -> None:
+    """Copy the installed plotly package's plotly.min.js beside the app (gitignored), once."""
+    src = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+    dst = STATIC_DIR / "plotly.min.js"
+    if not dst.exists() or dst.stat().st_size != src.stat().st_size:
+        STATIC_DIR.mkdir(exist_ok=True)
+        shutil.copyfile(src, dst)
+
+
+_plotly_js()
+
+_component = st.components.v2.component(
+    "dpamt_instant",
+    js=(_HERE / "instant.js").read_text(encoding="utf-8"),
+    css=(_HERE / "instant.css").read_text(encoding="utf-8"),
+    isolate_styles=False,  # Plotly.js styles its charts from the document's head
+)
+
+
+def _on_step() -> None:
+    """The browser's step becomes the cursor (the rest of the page follows on this rerun)."""
+    value = (st.session_state.get("instant_view") or {}).get("step")
+    if isinstance(value, int):
+        st.session_state.cursor = value
+        st.session_state.instant_reported = value
+
+
+def _window(tl: Timeline, replay_key: tuple[object, ...], cursor: int) -> dict[str, Any]:
+    """The window around ``cursor``, rebuilt only when the cursor nears its edge (or the
+    replay, the colouring or the notes change): most reruns reuse it."""
+    color_by = st.session_state.get("color_by", "dpamt")
+    notes = dict(st.session_state.get("review_notes") or {})
+    key = (replay_key, color_by, tuple(sorted(notes.items())))
+    old = st.session_state.get("instant_window")
+    if old is not None and old[0] == key:
+        w: dict[str, Any] = old[1]
+        lo, hi, last = w["lo"], w["hi"], tl.nr_steps - 1
+        inside = lo <= cursor <= hi
+        if inside and (cursor - lo >= MARGIN or lo == -1) and (hi - cursor >= MARGIN or hi == last):
+            return w
+    memo = st.session_state.get("instant_memo")
+    if memo is None or memo[0] != replay_key or len(memo[1]) > MEMO_STEPS:
+        memo = st.session_state.instant_memo = (replay_key, {})
+    w = step_window(
+        tl,
+        cursor,
+        RADIUS,
+        color_by=color_by,
+        map_height=MAP_HEIGHT,
+        cache_height=CACHE_HEIGHT,
+        notes=notes,
+        memo=memo[1],
+    )
+    st.session_state.instant_window = (key, w)
+    return w
+
+
+def instant_view(tl: Timeline, replay_key: tuple[object, ...], cursor: int) -> None:
+    """The step view (map, caches, text, code, locks) drawn and stepped in the browser."""
+    _component(
+        key="instant_view",
+        data={
+            "window": _window(tl, replay_key, cursor),
+            "cursor": cursor,
+            # the cursor is the step the browser reported (not moved since by the server)
+            "from_client": st.session_state.get("instant_reported") == cursor,
+            "margin": MARGIN,
+            "period_ms": int(period() * 1000),
+            "plotly_src": PLOTLY_SRC,
+            "config": {"map": chart_config("region_map"), "caches": chart_config("pamt_cache")},
+        },
+        default={"step": cursor},
+        on_step_change=_on_step,
+    )
