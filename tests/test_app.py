@@ -456,6 +456,8 @@ def test_an_uploaded_capture_shows_its_divergences_and_jumps_to_them() -> None:
     _upload(at, "divergent.txt", data)
     loaded = at.session_state.loaded
     assert loaded.source == "divergent.imported.jsonl"
+    # the loaded trace pins the kernel's pages, so its steps are conform's (test_capture_pins.py)
+    assert any(getattr(e, "control", None) for e in loaded.trace.events)
     info = at.session_state.capture_info
     assert not info.conformance.ok and {d.line for d in info.conformance.divergences} == {
         72,

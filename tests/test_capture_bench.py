@@ -32,7 +32,7 @@ def test_the_large_capture_conforms(n: int, seed: int) -> None:
     fast in the kernel is PAMT.ADD in the model."""
     cap = parse_capture(large_capture(n, seed=seed).encode(), "large.txt")
     imp = import_capture(cap)
-    assert any(getattr(e, "tables", None) for e in imp.pinned)
-    assert any(getattr(e, "control", None) for e in imp.pinned)
+    assert any(getattr(e, "tables", None) for e in imp.events)
+    assert any(getattr(e, "control", None) for e in imp.events)
     c = conform(cap, imported=imp)
     assert c.ok, c.divergences[:3]

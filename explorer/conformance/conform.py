@@ -32,12 +32,12 @@ from explorer.conformance.importer import (
     KVM_PROBES,
     ImportedTrace,
     import_capture,
-    pinned_pfns,
     spte_kind,
     spte_pfn,
 )
 from explorer.ingest.capture import Capture, Record
 from explorer.ingest.gcpause import gc_paused
+from explorer.model.events import pinned_pfns
 from explorer.model.machine import Machine
 from explorer.model.records import Step
 from explorer.model.settings import Settings
@@ -678,7 +678,7 @@ def _conform(capture: Capture, imp: ImportedTrace, settings: Settings | None) ->
     attempts = any(r.probe == "kvm_mmu_page_fault" for r in capture.records)
     # the replay takes the kernel's pages (leaves, S-EPT tables, control pages): the
     # allocator leaves them alone, and a get is fast or PAMT.ADD in the same regions as there
-    events = imp.pinned or imp.events
+    events = imp.events
     rec = _ModelRecorder(events, attempts, imp.init_faults)
     m = Machine(settings or imp.settings, record=True, check=True)
     m.mem.pin(pinned_pfns(events))

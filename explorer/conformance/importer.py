@@ -44,6 +44,7 @@ from explorer.model.events import (
     TdFinalize,
     VcpuCreate,
     Zap,
+    pinned_pfns,
 )
 from explorer.model.settings import MAX_HOST_MEMORY_MIB, Settings
 
@@ -247,10 +248,6 @@ class ImportedTrace:
     init_at: dict[int, int] = field(default_factory=dict)
     #: the events that are ``KVM_TDX_INIT_MEM_REGION`` (faults before the TD's finalize)
     init_faults: frozenset[int] = frozenset()
-    #: ``events`` with the S-EPT table and control pages the kernel chose (``Fault.tables``,
-    #: ``TdCreate.control``, ``VcpuCreate.control``), what ``conform`` replays; the trace
-    #: format has no fields for them yet, so ``import -o`` writes ``events``. Empty: unpinned
-    pinned: tuple[Event, ...] = ()
 
     @property
     def unused(self) -> dict[str, int]:
@@ -462,7 +459,7 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
             init_faults.add(n)
     return ImportedTrace(
         capture.source,
-        tuple(_unpinned(e) for _, e, _ in out),
+        tuple(e for _, e, _ in out),
         settings,
         tuple(tuple(sorted(ls)) for _, _, ls in out),
         dict(sorted(ignored.items())),
@@ -474,7 +471,6 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
         caches,
         init_at,
         frozenset(init_faults),
-        tuple(e for _, e, _ in out),
     )
 
 
@@ -521,30 +517,6 @@ def _pinned(
             ev = replace(ev, control=vcpu_ctl[ev.vcpu])
         res.append((pos, ev, ls))
     return res
-
-
-def _unpinned(ev: Event) -> Event:
-    """``ev`` without its pins (what the trace format can hold)."""
-    if isinstance(ev, Fault) and ev.tables is not None:
-        return replace(ev, tables=None)
-    if isinstance(ev, (TdCreate, VcpuCreate)) and ev.control is not None:
-        return replace(ev, control=None)
-    return ev
-
-
-def pinned_pfns(events: Sequence[Event]) -> list[int]:
-    """Every page ``events`` pin (leaves, tables, control pages): what the model's allocator
-    must leave alone (:meth:`explorer.model.memory.HostMemory.pin`)."""
-    out: list[int] = []
-    for ev in events:
-        if isinstance(ev, Fault):
-            if ev.pfn is not None:
-                out.append(ev.pfn)
-            if ev.tables:
-                out.extend(ev.tables)
-        elif isinstance(ev, (TdCreate, VcpuCreate)) and ev.control:
-            out.extend(ev.control)
-    return out
 
 
 def _race_groups(

@@ -8,7 +8,7 @@ shown when the event starts).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -165,3 +165,20 @@ EVENT_TYPES: dict[str, type[Event]] = {
         Schedule,
     )
 }
+
+
+def pinned_pfns(events: Sequence[Event]) -> list[int]:
+    """Every page ``events`` pin (a fault's ``pfn`` and ``tables``, a TD's or vCPU's
+    ``control``): what the model's allocator must leave alone for the whole replay
+    (:meth:`explorer.model.memory.HostMemory.pin`), so each is free when its event takes it.
+    A replay of a trace that pins pages (an imported kernel capture) pins these first."""
+    out: list[int] = []
+    for ev in events:
+        if isinstance(ev, Fault):
+            if ev.pfn is not None:
+                out.append(ev.pfn)
+            if ev.tables:
+                out.extend(ev.tables)
+        elif isinstance(ev, (TdCreate, VcpuCreate)) and ev.control:
+            out.extend(ev.control)
+    return out
