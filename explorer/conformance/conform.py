@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any, NamedTuple, overload
 
 from explorer.conformance.importer import (
@@ -173,12 +173,12 @@ class Op:
 
     __slots__ = ("f", "kind", "lines", "recs", "step")
 
-    def __init__(self, kind: str, line: int = 0, step: int = -1) -> None:
+    def __init__(self, kind: str, line: int = 0, step: int = -1, rec: Record | None = None) -> None:
         self.kind = kind
         self.f: dict[str, Any] = {}
         self.lines = [line] if line else []
         self.step = step
-        self.recs: list[Record] = []
+        self.recs: list[Record] = [rec] if rec is not None else []
 
 
 _CALLS = {
@@ -235,23 +235,23 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
     assert att is not None  # import_capture always sets it
     ignored = dict(att.ignored())
     lanes: dict[str, list[Op]] = {}
-    window: dict[int, str] = {}  # tid -> the vCPU lane of its open fault window
+    window: dict[int, list[Op]] = {}  # tid -> the vCPU lane of its open fault window
     open_call: dict[tuple[int, str], Op] = {}  # (tid, call kind) -> operation
     vcpu_names = {k: f"vcpu{v}" for k, v in imp.vcpus.items()}
     compared = 0
     adds_probed = any(r.probe.startswith("tdh_phymem_pamt_") for r in att.order)
-    attempts = any(r.probe == "kvm_mmu_page_fault" for r in att.order)
     shared: set[int] = set()  # threads in a shared-GPA fault (no model event: KVM's own EPT)
-    # (the loop runs once per record: its lookups are bound to locals, its TD lanes named once)
-    why, vm_of, tds, init_at = att.why, att.vm_of, imp.tds, imp.init_at
-    fault_path, calls, returns = _FAULT_PATH, _CALLS, _RETURNS
-    td_lane: dict[int, str] = {}
+    # The loop runs once per record (a million): lookups bound to locals, each lane's list
+    # found once per TD or fault window (not by name per record), spte_kind computed once.
+    why, vm_of, tds, init_at, vms = att.why, att.vm_of, imp.tds, imp.init_at, att.vms
+    fault_path, calls, returns, kvm_probes = _FAULT_PATH, _CALLS, _RETURNS, KVM_PROBES
+    td_ops: dict[int, list[Op]] = {}  # td -> its lane
+    n_shared = n_novm = n_init = 0
     for i, r in enumerate(att.order):
         p = r.probe
-        fs = r.fields
-        if why[i] is not None and p in KVM_PROBES:
+        if why[i] is not None and p in kvm_probes:
             if p == "kvm_page_fault":
-                if att.why[i] == "shared-gpa":
+                if why[i] == "shared-gpa":
                     shared.add(r.tid)
                 else:
                     shared.discard(r.tid)
@@ -259,43 +259,40 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
         tid = r.tid
         if shared and tid in shared:
             if p in fault_path:  # the top-up tdx_handle_ept_violation does for any fault
-                ignored["shared-gpa"] = ignored.get("shared-gpa", 0) + 1
+                n_shared += 1
                 continue
             shared.discard(tid)
         k = vm_of[i]
         td = tds.get(k, -1) if k else -1
         if td < 0:
-            ignored["no-vm-context"] = ignored.get("no-vm-context", 0) + 1
+            n_novm += 1
             continue
-        tdl = td_lane.get(td)
+        fs = r.fields
+        tdl = td_ops.get(td)
         if tdl is None:
-            tdl = td_lane[td] = f"td{td}"
+            tdl = td_ops[td] = lanes.setdefault(f"td{td}", [])
+        kind = ""
+        if p == "kvm_tdp_mmu_spte_changed":
+            old, new = _num(fs, "old_spte"), _num(fs, "new_spte")
+            kind = spte_kind(old, new)
         if p == "kvm_page_fault":
-            lane = vcpu_names[(td, _num(fs, "vcpu"))]
-            window[tid] = lane
-        elif p not in fault_path and not (
-            p == "kvm_tdp_mmu_spte_changed"
-            and spte_kind(_num(fs, "old_spte"), _num(fs, "new_spte")) == "map"
-        ):
+            ops = lanes.setdefault(vcpu_names[(td, _num(fs, "vcpu"))], [])
+            window[tid] = ops
+        elif p not in fault_path and kind != "map":
             window.pop(tid, None)
-            lane = tdl
-        elif r.line in init_at and tid not in window:
+            ops = tdl
+        elif tid not in window and r.line in init_at:
             # KVM_TDX_INIT_MEM_REGION: that vCPU's fault before the finalize (import_capture)
-            lane = window[tid] = f"vcpu{init_at[r.line]}"
+            ops = window[tid] = lanes.setdefault(f"vcpu{init_at[r.line]}", [])
         else:
-            lane = window.get(tid, tdl)
-        if lane is tdl and _init_mem_region(r, open_call):
-            ignored["init-mem-region"] = ignored.get("init-mem-region", 0) + 1
+            ops = window.get(tid, tdl)
+        if ops is tdl and _init_mem_region(r, open_call, kind):
+            n_init += 1
             continue
         compared += 1
-        ops = lanes.get(lane)
-        if ops is None:
-            ops = lanes[lane] = []
         call = calls.get(p)
         if call is not None:
-            op = Op(call, r.line)
-            op.recs.append(r)
-            fs = r.fields
+            op = Op(call, r.line, -1, r)
             if call == "get":
                 op.f = {"pfn": _num(fs, "pfn"), "cache": _num(fs, "cache")}
                 op.f["before"] = _num(fs, "cache_count")
@@ -314,14 +311,15 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
                 continue
             op2.lines.append(r.line)
             op2.recs.append(r)
-            op2.f["ret"] = _num(fs, "ret")
-            if "before" in op2.f:
-                op2.f["after"] = _num(fs, "cache_count")
+            f2 = op2.f
+            f2["ret"] = _num(fs, "ret")
+            if "before" in f2:
+                f2["after"] = _num(fs, "cache_count")
             if ret == "get":
-                op2.f["path"] = _kernel_path(op2, adds_probed)
+                f2["path"] = _kernel_path(op2, adds_probed)
             continue
         if p.startswith("tdh_phymem_pamt_"):
-            owner = open_call.get((r.tid, "get" if "_add" in p else "put"))
+            owner = open_call.get((tid, "get" if "_add" in p else "put"))
             if owner is None:
                 ops.append(_stray(r))
                 continue
@@ -331,34 +329,38 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
                 owner.f["add" if "_add" in p else "remove"] = (_num(fs, "pfn") >> 9, r.line)
             continue
         if p == "kvm_page_fault":
-            gfn = (_num(fs, "gpa") >> 12) & ~(1 << (att.vms[k].shared_bit - 12))
-            op = Op("fault", r.line)
+            gfn = (_num(fs, "gpa") >> 12) & ~(1 << (vms[k].shared_bit - 12))
+            op = Op("fault", r.line, -1, r)
             op.f = {"gfn": gfn}
         elif p == "kvm_mmu_page_fault":
-            op = Op("attempt", r.line)
+            op = Op("attempt", r.line, -1, r)
         elif p == "kvm_arch_pre_destroy_vm":
-            op = Op("teardown", r.line)
+            op = Op("teardown", r.line, -1, r)
         else:  # kvm_tdp_mmu_spte_changed
-            old, new, level = _num(fs, "old_spte"), _num(fs, "new_spte"), _num(fs, "level")
-            kind = spte_kind(old, new)
+            level = _num(fs, "level")
             if kind == "map":
-                op = Op("map.leaf" if level == 1 else "map.table", r.line)
+                op = Op("map.leaf" if level == 1 else "map.table", r.line, -1, r)
                 if level == 1:
                     op.f = {"gfn": _num(fs, "gfn"), "pfn": spte_pfn(new)}
             elif kind in ("zap", "frozen") and level == 1:
-                op = Op(kind, r.line)
+                op = Op(kind, r.line, -1, r)
                 op.f = {"gfn": _num(fs, "gfn")}
             elif kind in ("zap", "frozen"):
-                op = Op("table.zap", r.line)
+                op = Op("table.zap", r.line, -1, r)
             else:
                 op = _stray(r)
-        op.recs.append(r)
         ops.append(op)
     for op in open_call.values():
         op.f["ret"] = None  # the return never came
-    del attempts
+    for why_, n in (
+        ("shared-gpa", n_shared),
+        ("no-vm-context", n_novm),
+        ("init-mem-region", n_init),
+    ):
+        if n:
+            ignored[why_] = ignored.get(why_, 0) + n
     return (
-        {n: fold_retries(ops) for n, ops in lanes.items()},
+        {n: fold_retries(ops) for n, ops in lanes.items() if ops},
         dict(sorted(ignored.items())),
         compared,
     )
@@ -369,33 +371,42 @@ def fold_retries(ops: list[Op]) -> list[Op]:
     (``RET_PF_RETRY`` before any PAMT operation: a stale fault, a frozen SPTE) folded into that
     next attempt: its top-ups only refill the cache the next attempt tops up again. Applied to
     both sides alike, so the kernel may retry where the model did not (the trace format has
-    no event for the cause, ``is_page_fault_stale``) and the other way round."""
+    no event for the cause, ``is_page_fault_stale``) and the other way round. (The attempts
+    are found by ``list.index`` over the kinds and the runs between them copied as slices: a
+    lane holds hundreds of thousands of operations.)"""
+    kinds = list(map(_KIND, ops))
+    n = len(ops)
     out: list[Op] = []
-    i, n = 0, len(ops)
-    while i < n:
-        op = ops[i]
-        if op.kind == "attempt":
-            j = i + 1
-            while j < n and ops[j].kind == "topup":
-                j += 1
-            if j < n and j > i and ops[j].kind == "attempt":
-                nxt = ops[j]
-                nxt.lines = [x for o in ops[i:j] for x in o.lines] + nxt.lines
-                nxt.recs = [x for o in ops[i:j] for x in o.recs] + nxt.recs
-                i = j
-                continue
-        out.append(op)
-        i += 1
+    last = i = 0  # ops[last:] not copied yet; i: where the next attempt is looked for
+    while True:
+        try:
+            i = kinds.index("attempt", i)
+        except ValueError:
+            break
+        j = i + 1
+        while j < n and kinds[j] == "topup":
+            j += 1
+        if j < n and kinds[j] == "attempt":
+            nxt = ops[j]
+            nxt.lines = [x for o in ops[i:j] for x in o.lines] + nxt.lines
+            nxt.recs = [x for o in ops[i:j] for x in o.recs] + nxt.recs
+            out += ops[last:i]
+            last = j
+        i = j
+    if not last:
+        return ops
+    out += ops[last:]
     return out
 
 
+_KIND = attrgetter("kind")
+
+
 def _stray(r: Record) -> Op:
-    op = Op("stray:" + r.probe, r.line)
-    op.recs.append(r)
-    return op
+    return Op("stray:" + r.probe, r.line, -1, r)
 
 
-def _init_mem_region(r: Record, open_call: dict[tuple[int, str], Op]) -> bool:
+def _init_mem_region(r: Record, open_call: dict[tuple[int, str], Op], spte: str) -> bool:
     """``KVM_TDX_INIT_MEM_REGION`` (``kvm_tdp_map_page`` on a VMM thread with a vCPU's cache,
     no ``kvm_page_fault``): its top-up, gets with a cache and maps. The trace format has no
     event for it (the model builds a TD without its initial image): ignored, counted."""
@@ -408,7 +419,7 @@ def _init_mem_region(r: Record, open_call: dict[tuple[int, str], Op]) -> bool:
     if p.startswith("tdh_phymem_pamt_add"):
         return (r.tid, "get") not in open_call
     if p == "kvm_tdp_mmu_spte_changed":
-        return spte_kind(_int(r, "old_spte"), _int(r, "new_spte")) == "map"
+        return spte == "map"  # (spte_kind of the record, computed by the caller)
     return False
 
 
@@ -482,9 +493,10 @@ class _ModelRecorder:
         lab = s.label
         if lab not in _RECORDED and not self.get and not self.put:
             # most steps (locks, SEAMCALLs, KVM's walk): only a PAMT cache count to keep
-            for e in s.effects:
-                if e.kind == "pamt_cache" and isinstance(e.new, int):
-                    self.cache[e.key] = e.new
+            # (effects unpacked as the tuples they are: no attribute lookups per effect)
+            for kind, key, _, new in s.effects:
+                if kind == "pamt_cache" and isinstance(new, int):
+                    self.cache[key] = new
             return
         cpu, fn = s.cpu, s.function
         lane = self.lanes.get(cpu)
@@ -732,14 +744,22 @@ def _shown(op: Op) -> Any:
     return op.kind
 
 
+#: The kinds of operation :func:`_compare` compares fields of (the others match by kind).
+_COMPARED = frozenset(("fault", "map.leaf", "topup", "cache_free", "get", "put"))
+
+
 def _compare(k: Op, m: Op, regions: _Bijection, caches: _Bijection, divs: list[Divergence]) -> None:
     """Field by field, each difference a divergence at the kernel record that shows it."""
+    kind = k.kind
+    if kind not in _COMPARED:  # the commonest kinds carry no field to compare
+        return
     kf, mf, st = k.f, m.f, m.step
+    if kind in ("fault", "map.leaf") and kf.get("gfn") == mf.get("gfn"):
+        return
 
     def div(line: int, kind: str, o: Any, p: Any) -> None:
         divs.append(Divergence(line, kind, o, p, st))
 
-    kind = k.kind
     ret_line = k.lines[1] if len(k.lines) > 1 else k.lines[0]
     if kind in ("fault", "map.leaf") and kf.get("gfn") != mf.get("gfn"):
         div(k.lines[0], kind + ".gfn", hex(kf.get("gfn") or 0), hex(mf.get("gfn") or 0))
