@@ -2,6 +2,7 @@
 
 import gzip
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from explorer.ingest import limits, parse_trace
 from explorer.ingest.parse import CSV_COLUMNS, SCHEMA
+from explorer.ingest.schema import MAX_CONTROL_PINS, MAX_TABLE_PINS
 from explorer.ingest.write import dump_trace
 from explorer.model.constants import INJECTIONS, MODES
 from explorer.model.errors import TraceError
@@ -70,10 +72,17 @@ def test_crlf_bom_gzip_and_csv_are_accepted() -> None:
 _ints = st.integers(min_value=0, max_value=2**20 - 1)
 _gfns = st.integers(min_value=0, max_value=limits.MAX_GFN)
 _text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
+_pfns = st.integers(0, limits.MAX_PFN)
+
+
+def _pins(most: int) -> st.SearchStrategy[tuple[int, ...] | None]:
+    return st.none() | st.lists(_pfns, max_size=most, unique=True).map(tuple)
+
+
 _events = st.one_of(
-    st.builds(TdCreate, td=_ints),
-    st.builds(VcpuCreate, td=_ints, vcpu=_ints),
-    st.builds(Fault, vcpu=_ints, gfn=_gfns, pfn=st.none() | st.integers(0, limits.MAX_PFN)),
+    st.builds(TdCreate, td=_ints, control=_pins(MAX_CONTROL_PINS)),
+    st.builds(VcpuCreate, td=_ints, vcpu=_ints, control=_pins(MAX_CONTROL_PINS)),
+    st.builds(Fault, vcpu=_ints, gfn=_gfns, pfn=st.none() | _pfns, tables=_pins(MAX_TABLE_PINS)),
     st.builds(Zap, td=_ints, gfn=_gfns, note=st.none() | _text),
     st.builds(Inject, what=st.sampled_from(INJECTIONS), count=st.integers(1, 1000)),
     st.builds(Note, text=_text),
@@ -367,6 +376,16 @@ _FIELD_VALUES = {
     "note": ['"n"', '"x: y"', "null"],
     "t": ["0", "5", '"0x6"', "3", "9007199254740992", "NaN"],
     "order": ['["vcpu0", "td1"]', '["vcpu01"]', "[]", '"vcpu0"', '[["vcpu0"]]', '["cpu"]'],
+    "tables": [
+        *('["0x8000", "0x8001"]', "[32768, 32769]", "[]", '["0x8000", 32768]', '"0x8000"'),
+        *('["0x1", "0x2", "0x3", "0x4", "0x5"]', '["0x10000000000"]', "[1.5]", '[["0x1"]]'),
+        "[-1]",
+    ],
+    "control": [
+        *('["0x9000"]', '["0x9000", "0x9001", "0x9002"]', "[]", '["0x9000", "0x9000"]'),
+        "[" + ", ".join(f'"{0x9000 + i:#x}"' for i in range(66)) + "]",
+        *('["0x9zz"]', "{}"),
+    ],
     "op": [f'"{op}"' for op in SCHEMA] + ['"hop"', "1"],
     "extra": ["1"],
 }
@@ -429,6 +448,94 @@ def test_every_line_form_parses_like_the_full_path(lines: list[str], batch: int)
     assert results[0] == results[1]
 
 
+# ---------------------------------------------------------------- pinned pages: tables, control
+_FAULT = '{"op": "fault", "vcpu": 0, "gfn": "0x10", '
+_PIN_PROBLEMS = [
+    (_FAULT + '"tables": "0x8000"}', "tables must be a list of pfns, got str"),
+    (_FAULT + '"tables": {"a": 1}}', "tables must be a list of pfns, got dict"),
+    (_FAULT + '"tables": 5}', "tables must be a list of pfns, got int"),
+    (_FAULT + '"tables": ["0x8000", "0xzz"]}', "tables[1] must be an integer, got a string"),
+    (_FAULT + '"tables": ["0x8000", true]}', "tables[1] must be an integer, got bool"),
+    (_FAULT + '"tables": [1.0]}', "tables[0] must be an integer, got a float"),
+    (_FAULT + '"tables": [["0x1"]]}', "tables[0] must be an integer, got list"),
+    (_FAULT + '"tables": [-1]}', "tables[0]=-0x1 is out of range"),
+    (_FAULT + '"tables": ["0x10000000000"]}', "tables[0]=0x10000000000 is out of range"),
+    (_FAULT + '"tables": [' + "9" * 30 + "]}", "tables[0] is a 30-digit number, out of range"),
+    (_FAULT + '"tables": ["0x1", "0x2", "0x3", "0x4", "0x5"]}', "tables has 5 pfns, over the"),
+    (_FAULT + '"tables": ["0x8000", 32768]}', "tables[1]=0x8000 repeats tables[0]"),
+    ('{"op": "td_create", "td": 0, "control": ["0x1", "0x1"]}', "control[1]=0x1 repeats"),
+    (
+        '{"op": "vcpu_create", "td": 0, "vcpu": 0, "control": ['
+        + ", ".join(str(i) for i in range(MAX_CONTROL_PINS + 1))
+        + "]}",
+        f"control has {MAX_CONTROL_PINS + 1} pfns, over the limit of {MAX_CONTROL_PINS}",
+    ),
+    ('{"op": "zap", "td": 0, "gfn": 1, "tables": []}', "unknown field 'tables' for op 'zap'"),
+    ('{"op": "td_destroy", "td": 0, "control": []}', "unknown field 'control'"),
+]
+
+
+@pytest.mark.parametrize(("line", "reason"), _PIN_PROBLEMS)
+def test_a_bad_pin_list_is_one_problem_at_its_field(line: str, reason: str) -> None:
+    """Every way a pinned-page list can be wrong is reported at the list's line:col, on both the
+    bulk path (a run of 300 good lines around it) and the full path."""
+    key = "control" if '"control"' in line else "tables"
+    good = _FAULT.replace("0x10", "0x20") + '"tables": ["0x100"]}'
+    data = "\n".join([good] * 150 + [line] + [good] * 150).encode()
+    with pytest.raises(TraceError) as exc:
+        parse_trace(data, "t.jsonl")
+    (p,) = exc.value.problems
+    assert (p.line, p.col) == (151, line.index(f'"{key}"') + len(key) + 5), p
+    assert p.reason.startswith(reason), p
+
+
+def test_pins_round_trip_in_hex_and_in_csv_cells() -> None:
+    """``dump_trace`` writes pins as lists of hex pfns; CSV carries them as a cell of pfns
+    separated by spaces; both parse to the events' tuples (an empty JSON list to an empty
+    tuple: a fault that pins no table page)."""
+    evs = [
+        TdCreate(td=0, control=(0x9000, 0x9001)),
+        VcpuCreate(td=0, vcpu=0, control=(0x9100,)),
+        Fault(vcpu=0, gfn=0x10, pfn=0x8000, tables=(0x8100, 0x8101, 0x8102)),
+        Fault(vcpu=0, gfn=0x11, tables=()),
+    ]
+    text = dump_trace(evs)
+    assert '"tables": ["0x8100", "0x8101", "0x8102"]' in text
+    assert [replace(e, line=0) for e in parse_trace(text.encode(), "t.jsonl").events] == evs
+    csv_text = (
+        "op,td,vcpu,gfn,pfn,tables,control\n"
+        "td_create,0,,,,,0x9000 0x9001\n"
+        "vcpu_create,0,0,,,, 37120 \n"
+        "fault,,0,0x10,0x8000,0x8100 0x8101 0x8102,\n"
+    )
+    got = parse_trace(csv_text.encode(), "t.csv").events
+    assert [replace(e, line=0) for e in got] == evs[:3]
+    with pytest.raises(TraceError) as exc:
+        parse_trace(b"op,td,control\ntd_create,0,0x9000 0x9000\n", "t.csv")
+    (p,) = exc.value.problems
+    assert (p.line, p.reason) == (2, "control[1]=0x9000 repeats control[0]")
+
+
+def test_pinned_lines_take_the_bulk_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An imported capture pins most of its events' pages: such lines (JSON and CSV) are
+    checked column-wise, none of them by the full path's per-line decoder or csv reader."""
+    import explorer.ingest.parse as parse_module
+
+    evs = [TdCreate(td=0, control=(0x9000, 0x9001)), VcpuCreate(td=0, vcpu=0, control=(0x9100,))]
+    evs += [Fault(vcpu=0, gfn=g, tables=(0x8000 + 2 * g, 0x8001 + 2 * g)) for g in range(600)]
+    calls: list[str] = []
+    real_loads, real_reader = parse_module._loads, parse_module.csv.reader
+    monkeypatch.setattr(parse_module, "_loads", lambda raw: calls.append(raw) or real_loads(raw))
+    monkeypatch.setattr(parse_module.csv, "reader", lambda r: calls.append(r[0]) or real_reader(r))
+    got = parse_trace(dump_trace(evs).encode(), "t.jsonl").events
+    assert [replace(e, line=0) for e in got] == evs
+    rows = ["op,td,vcpu,gfn,tables"] + [
+        f"fault,,0,{g},{g + 5000} 0x{g + 9000:x}" for g in range(600)
+    ]
+    assert len(parse_trace(("\n".join(rows) + "\n").encode(), "t.csv").events) == 600
+    assert [c for c in calls if '"op"' in c or c.startswith("fault")] == []
+
+
 # ---------------------------------------------------------------- the schema and the CSV bulk path
 def test_the_schema_says_what_the_event_classes_hold() -> None:
     """explorer/ingest/schema.py's table of ops and fields agrees with the event classes: every
@@ -454,6 +561,8 @@ _CSV_CELLS = {
     "note": ["n", "", " ", "x y", "\x1f"],
     "t": ["0", "5", "0x6", "3", "9007199254740992", "", " 7"],
     "order": ["vcpu0 td1", "vcpu01", "", "cpu"],
+    "tables": ["0x8000 0x8001", "32768", "", " 0x8000 ", "0x8000 32768", "0x8000,", "0xzz", "-1"],
+    "control": ["0x9000 0x9001 0x9002", "0x9000", "", "0x9000 0x9000", "0x10000000000", "1_0"],
 }
 
 

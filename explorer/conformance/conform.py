@@ -1,63 +1,46 @@
-"""Check a kernel capture against the v6 DPAMT rules, record by record (docs/capture.md).
+"""Does the MODEL do what the kernel did? Replay the imported capture, align per thread.
 
-:func:`conform` reads every record of a capture in timestamp order and accounts for each one:
-it is either **ignored** with a reason (:func:`explorer.conformance.importer.attribute`: another
-VM, a shared GPA, no VM context), **explained** by the v6 rules (a match), or a **divergence** at
-its own line. The rules are those of the v6 series (``tdx_pamt_get`` / ``tdx_pamt_put`` in
-``arch/x86/virt/vmx/tdx/tdx.c``, 06/11; their KVM callers in ``arch/x86/kvm/vmx/tdx.c``, 09/11),
-kept as a host-wide shadow:
+:func:`conform` imports a capture (:func:`explorer.conformance.importer.import_capture`: one TD
+per TDX VM, leaf pfns pinned, concurrent faults pinned to the kernel's interleaving by
+``schedule`` events), replays that trace on the engine (:mod:`explorer.model`: ``tdx_pamt_get``
+/ ``tdx_pamt_put`` in ``dpamt.py``, the fault path in ``kvm.py``) and compares what each side
+did, per simulated CPU (a vCPU's fault windows; a TD's other work: creation, zaps, teardown on
+whatever thread ran it). Nothing here knows the v6 rules: the verdict is the engine's.
 
-- one refcount per 2 MiB region (``pamt_refcounts[pfn >> 9]``), shared by every TD: a get on a
-  region at 0 must take the slow path and do PAMT.ADD (observed through ``tdh_phymem_pamt_add``
-  when that static helper could be probed, else derived from the count), a get on a region above
-  0 the fast path (or lose the race under ``pamt_lock``); a put takes it down by one and the last
-  one does PAMT.REMOVE; a put at 0 is unbalanced;
-- one page count per ``tdx_pamt_cache``: a top-up reaches ``2 * npages``, a slow get pops two,
-  a fast get none, ``tdx_free_pamt_cache`` empties it; the count a record prints must be the one
-  the shadow holds; a vCPU thread's gets use the cache its last top-up filled;
-- every map ``SHADOW_NONPRESENT_VALUE -> present`` (``handle_changed_spte`` after
-  ``set_external_spte_present``) consumes the get of its thread before it (a leaf: the get of the
-  pfn the SPTE maps), every leaf zap (``-> SHADOW_NONPRESENT_VALUE``) or removed-table leaf
-  (``-> FROZEN_SPTE``) pairs with a put of the pfn it unmapped (by pfn, in either order), every
-  other put is a ``tdx_free_control_page`` or an error path (the get just before it).
-
-Concurrency (legal kernel alternatives): a probe's effect on a refcount happens somewhere between
-its entry and return, so a check that fails at a return is retried as if another thread's
-operation on the same region, in flight at that moment, had come first (the other vCPU winning
-a race: its PAMT.ADD before this fast get). A local retry (a second top-up under one
-``kvm_page_fault``) and a spurious fault (no get, no map) are ordinary. A missing record is
-reported after the last record of its thread that matched, where it should have been.
-
-The model's replay of the imported trace (one TD per TDX VM) gives each observation its step,
-for the app's markers.
+Each side becomes a sequence of operations per CPU (a "lane"): a fault and each of its
+attempts, a top-up, a get (its return and path: fast, PAMT.ADD, lost race, failure; the PAMT.ADD
+region; the cache count after), a put (its region, PAMT.REMOVE), a cache free (the count it
+frees), a control page allocated or freed, an SPTE map / zap / removed-table leaf, a teardown.
+The two lanes are aligned on the operations' kinds with anchors (a run of equal kinds; after a
+mismatch, the nearest resynchronisation, fewest operations skipped): a kernel operation left
+over is ``unexplained`` at its own line, a model operation left over is ``<kind>.missing``
+after the last kernel record that matched; aligned operations are compared field by field
+(regions and caches through a one-to-one map, kernel -> model, built as they are met: only the
+leaf pages are the kernel's own pfns). Every record is ignored (per reason), part of a matched
+operation, or part of a divergence.
 """
 
 from __future__ import annotations
 
 import json
-from bisect import bisect_right
-from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any, NamedTuple, overload
 
 from explorer.conformance.importer import (
-    EIO,
-    ENOMEM,
     KVM_PROBES,
-    PAGE_STRUCT,
-    Attribution,
     ImportedTrace,
-    field_int,
     import_capture,
     spte_kind,
     spte_pfn,
 )
-from explorer.ingest.capture import PROBES, Capture, Record
+from explorer.ingest.capture import Capture, Record
 from explorer.ingest.gcpause import gc_paused
+from explorer.model.events import pinned_pfns
+from explorer.model.machine import Machine
+from explorer.model.records import Step
 from explorer.model.settings import Settings
-from explorer.replay.timeline import replay
 
 
 @dataclass(frozen=True)
@@ -70,7 +53,7 @@ class Divergence:
 
 
 class Match(NamedTuple):
-    """An observation on which the kernel and the rules agree (a tuple: there is one per record)."""
+    """An operation on which the kernel and the model agree (a tuple: there are many)."""
 
     line: int
     kind: str
@@ -79,19 +62,21 @@ class Match(NamedTuple):
 
 
 class Matches(Sequence[Match]):
-    """A conformance's matches sorted by (step, line), built from the checker's observations on
-    first use: there is one per record, and only the app's markers read them (``conform`` on the
-    command line and its ``--json`` do not), so a million are not built for nothing.
+    """A conformance's matches sorted by (step, line), built on first use: there is one per
+    operation, and only the app's markers read them (``conform`` on the command line and its
+    ``--json`` do not), so a million are not built for nothing.
 
-    ``observed``: (line, kind, value, record position) in position order; ``starts``: the
-    position each event starts at, ascending; ``steps``: each event's first step (-1: never ran).
+    ``observed``: (line, kind, value, x) tuples. With ``starts`` (the record position each event
+    starts at, ascending) and ``steps`` (each event's first step, -1: never ran), ``x`` is a
+    record position, in ascending order, and a match takes the step of the last event begun at
+    or before it; without them (``None``), ``x`` is the step itself.
     """
 
     def __init__(
         self,
         observed: list[tuple[int, str, Any, int]],
-        starts: Sequence[int],
-        steps: Sequence[int],
+        starts: Sequence[int] | None = None,
+        steps: Sequence[int] | None = None,
     ) -> None:
         self._observed: list[tuple[int, str, Any, int]] | None = observed
         self._starts = starts
@@ -107,15 +92,18 @@ class Matches(Sequence[Match]):
 
     def _build(self) -> list[Match]:
         assert self._observed is not None
-        items: list[Match] = []
         starts, steps = self._starts, self._steps
-        e, nxt, cur = -1, (starts[0] if starts else 1 << 62), -1
-        for line, kind, value, pos in self._observed:  # positions ascend: one sweep
-            while pos >= nxt:
-                e += 1
-                cur = steps[e] if e < len(steps) else -1
-                nxt = starts[e + 1] if e + 1 < len(starts) else 1 << 62
-            items.append(_new_match(Match, (line, kind, value, cur)))
+        if starts is None or steps is None:
+            items = [_new_match(Match, o) for o in self._observed]
+        else:
+            items = []
+            e, nxt, cur = -1, (starts[0] if starts else 1 << 62), -1
+            for line, kind, value, pos in self._observed:  # positions ascend: one sweep
+                while pos >= nxt:
+                    e += 1
+                    cur = steps[e] if e < len(steps) else -1
+                    nxt = starts[e + 1] if e + 1 < len(starts) else 1 << 62
+                items.append(_new_match(Match, (line, kind, value, cur)))
         items.sort(key=itemgetter(3, 0))  # (step, line)
         return items
 
@@ -151,9 +139,9 @@ _new_match = tuple.__new__
 
 @dataclass(frozen=True)
 class Conformance:
-    """``ok`` when no divergence; ``observations`` the records checked; ``unexplained`` the
-    records no rule accounts for (each also a divergence of kind ``unexplained``); ``ignored``
-    the records set aside per reason. ``matches`` is for the app's markers (not in ``--json``)."""
+    """``ok`` when no divergence; ``observations`` the records compared; ``unexplained`` the
+    kernel's operations the model did not do (each also a divergence of kind ``unexplained``);
+    ``ignored`` the records set aside per reason. ``matches`` is for the app (not in --json)."""
 
     ok: bool
     observations: int
@@ -179,515 +167,646 @@ class Conformance:
         return json.dumps(self.to_json(), indent=2)
 
 
-@dataclass(slots=True)
-class _Call:
-    """A ``tdx_pamt_get`` / ``tdx_pamt_put`` between its entry and return."""
+class Op:
+    """One operation of one side: ``kind``; ``f`` its fields; ``lines`` (kernel) the records it
+    covers, first the one it is reported at; ``step`` (model) where it happened."""
 
-    entry: Record
-    region: int
-    pfn: int
-    cache: int = 0
-    count: int = -1
-    add: Record | None = None
-    add_ok: bool = True
-    remove: Record | None = None
-    early: bool = False  # its refcount effect was applied before its return (a race)
+    __slots__ = ("f", "kind", "lines", "recs", "step")
 
-
-@dataclass(slots=True)
-class _Thread:
-    get: _Call | None = None
-    put: _Call | None = None
-    ctrl_alloc: Record | None = None
-    ctrl_gets: int = 0
-    ctrl_free: Record | None = None
-    ctrl_puts: int = 0
-    topup: Record | None = None  # the last top-up since the last fault attempt
-    topup_checked: bool = False
-    pending: list[tuple[int, Record]] = field(default_factory=list)  # successful gets unused
+    def __init__(self, kind: str, line: int = 0, step: int = -1, rec: Record | None = None) -> None:
+        self.kind = kind
+        self.f: dict[str, Any] = {}
+        self.lines = [line] if line else []
+        self.step = step
+        self.recs: list[Record] = [rec] if rec is not None else []
 
 
-class _Checker:
-    def __init__(self, att: Attribution, header: dict[str, str]) -> None:
-        self.att = att
-        self.ref: dict[int, int] = {}
-        self.borrowed: dict[int, int] = {}
-        self.cache: dict[int, int] = {}
-        self.threads: defaultdict[int, _Thread] = defaultdict(_Thread)
-        self.last_ok: dict[int, int] = {}  # tid -> the line of its last record that matched
-        self.inflight: dict[int, list[_Call]] = {}  # region -> calls entered, not returned
-        self.zaps: dict[int, list[Record]] = {}  # pfn -> zaps waiting for their put
-        self.puts: dict[int, list[Record]] = {}  # pfn -> puts waiting for their zap
-        self.matches: list[tuple[int, str, Any, int]] = []  # line, kind, value, position
-        self.pos = 0
-        self.divs: list[tuple[int, str, Any, Any]] = []
-        self.unexplained: list[Record] = []
-        self.adds_seen = False
-        self.page_size = int(header.get("page_size", PAGE_STRUCT) or PAGE_STRUCT)
-        vb = header.get("vmemmap_base", "")
-        self.vmemmap: int | None = int(vb, 16) if vb.startswith("0x") else None
-        self.unknown_start = header.get("vms_at_start", "0") not in ("0", "")
-        self.known: set[int] = set()
+_CALLS = {
+    "tdx_pamt_get.entry": "get",
+    "tdx_pamt_put.entry": "put",
+    "tdx_topup_pamt_cache.entry": "topup",
+    "tdx_free_pamt_cache.entry": "cache_free",
+    "tdx_alloc_control_page.entry": "control.alloc",
+    "tdx_free_control_page.entry": "control.free",
+}
+_RETURNS = {
+    "tdx_pamt_get.return": "get",
+    "tdx_pamt_put.return": "put",
+    "tdx_topup_pamt_cache.return": "topup",
+    "tdx_free_pamt_cache.return": "cache_free",
+    "tdx_alloc_control_page.return": "control.alloc",
+    "tdx_free_control_page.return": "control.free",
+}
+#: Records of the fault path: they stay in their thread's fault window.
+_FAULT_PATH = frozenset(
+    [
+        "kvm_mmu_page_fault",
+        "tdx_topup_pamt_cache.entry",
+        "tdx_topup_pamt_cache.return",
+        "tdx_pamt_get.entry",
+        "tdx_pamt_get.return",
+        "tdh_phymem_pamt_add.entry",
+        "tdh_phymem_pamt_add.return",
+        "tdx_pamt_put.entry",
+        "tdx_pamt_put.return",
+        "tdh_phymem_pamt_remove.entry",
+        "tdh_phymem_pamt_remove.return",
+    ]
+)
 
-    # ---------------------------------------------------------------- helpers
-    def ok(self, r: Record, kind: str, value: Any) -> None:
-        self.matches.append((r.line, kind, value, self.pos))
-        self.last_ok[r.tid] = r.line
 
-    def div(self, line: int, kind: str, observed: Any, predicted: Any) -> None:
-        self.divs.append((line, kind, observed, predicted))
+def _int(r: Record, key: str) -> int:
+    v = r.fields.get(key)
+    return v if isinstance(v, int) else 0
 
-    def missing_at(self, r: Record) -> int:
-        """Where a missing record of ``r``'s thread belongs: after its last matched record."""
-        return self.last_ok.get(r.tid) or r.line
 
-    def checked(self, region: int) -> bool:
-        """A region's refcount is known: the capture started with no TD (``vms_at_start=0``),
-        or this region was first met through a PAMT.ADD / a get at a known count."""
-        return not self.unknown_start or region in self.known
+def _num(fields: dict[str, Any], key: str) -> int:
+    """``fields[key]`` when it is a number, else 0 (a missing or non-numeric field)."""
+    v = fields.get(key, 0)
+    return v if v.__class__ is int else 0
 
-    def pfn_of_page(self, page: int) -> int:
-        """``page_to_pfn`` for vmemmap: ``(page - vmemmap_base) / sizeof(struct page)``. Without
-        the base (no ``CONFIG_KALLSYMS_ALL``) it is calibrated from a control-page allocation
-        whose get was seen; before that, ``page / sizeof(struct page)``: the same regions when
-        the base is aligned to 512 struct pages (KASLR aligns it to 1 GiB; docs/capture.md)."""
-        base = self.vmemmap if self.vmemmap is not None else 0
-        return (page - base) // self.page_size
 
-    def borrow(self, call: _Call, want_zero: bool) -> bool:
-        """Linearise another thread's in-flight operation on the same region first, if that
-        makes ``call`` legal: a get seeing the count above 0 because a racing get's PAMT.ADD
-        came first, or at 0 because a racing put's PAMT.REMOVE came first."""
-        for other in self.inflight.get(call.region, []):
-            if other is call or other.entry.tid == call.entry.tid or other.early:
-                continue
-            is_get = other.entry.probe == "tdx_pamt_get.entry"
-            if not want_zero and is_get:
-                other.early = True
-                self.ref[call.region] = self.ref.get(call.region, 0) + 1
-                self.borrowed[call.region] = self.borrowed.get(call.region, 0) + 1
-                return True
-            if want_zero and not is_get and self.ref.get(call.region, 0) == 1:
-                other.early = True
-                self.ref[call.region] = 0
-                return True
-        return False
-
-    # ---------------------------------------------------------------- records
-    def run(self) -> int:
-        att = self.att
-        self.adds_seen = any(r.probe.startswith("tdh_phymem_pamt_") for r in att.order)
-        n = 0
-        handlers = {p: getattr(self, "on_" + p.replace(".", "_")) for p in PROBES}
-        kvm_only = KVM_PROBES
-        for i, r in enumerate(att.order):
-            p = r.probe
-            if att.why[i] is not None and p in kvm_only:
-                continue  # ignored: another VM, a shared GPA (counted in ``ignored``)
-            n += 1
-            self.pos = i
-            handlers[p](r)
-        self.finish()
-        return n
-
-    def on_kvm_page_fault(self, r: Record) -> None:
-        th = self.threads[r.tid]
-        self.close_window(th)
-        th.topup, th.topup_checked = None, False
-        self.ok(r, "fault", hex(field_int(r, "gpa")))
-
-    def on_kvm_mmu_page_fault(self, r: Record) -> None:
-        th = self.threads[r.tid]
-        th.topup, th.topup_checked = None, False  # a new attempt (local retry) tops up again
-        self.ok(r, "fault.attempt", hex(field_int(r, "gpa")))
-
-    def on_kvm_arch_pre_destroy_vm(self, r: Record) -> None:
-        self.ok(r, "teardown", hex(field_int(r, "kvm")))
-
-    def close_window(self, th: _Thread) -> None:
-        for _, g in th.pending:
-            self.div(g.line, "map.missing", None, "an SPTE map using this get")
-        th.pending.clear()
-
-    def check_count(self, r: Record, cache: int, count: int) -> None:
-        want = self.cache.get(cache)
-        if cache and want is not None and count != want:
-            self.div(r.line, "cache_count", count, want)
-
-    def on_tdx_topup_pamt_cache_entry(self, r: Record) -> None:
-        cache = field_int(r, "cache")
-        self.check_count(r, cache, field_int(r, "cache_count"))
-        th = self.threads[r.tid]
-        th.topup, th.topup_checked = r, False
-        self.ok(r, "topup", hex(cache))
-
-    def on_tdx_topup_pamt_cache_return(self, r: Record) -> None:
-        e = self.threads[r.tid].topup
-        ret, after = field_int(r, "ret"), field_int(r, "cache_count")
-        if e is None:
-            self.unexplain(r)
-            return
-        before, target = field_int(e, "cache_count"), 2 * field_int(e, "npages")
-        want = max(before, target)
-        if ret == 0 and after != want:
-            self.div(r.line, "topup.cache_after", after, want)
-        elif ret not in (0, ENOMEM) or (ret == ENOMEM and not before <= after < target):
-            self.div(r.line, "topup.ret", ret, f"0 with {want} pages")
-        else:
-            self.ok(r, "topup.cache_after", after)
-        self.cache[field_int(e, "cache")] = after
-
-    def on_tdx_free_pamt_cache_entry(self, r: Record) -> None:
-        self.check_count(r, field_int(r, "cache"), field_int(r, "cache_count"))
-        self.threads[r.tid].topup = r
-        self.ok(r, "cache_free", field_int(r, "cache_count"))
-
-    def on_tdx_free_pamt_cache_return(self, r: Record) -> None:
-        e = self.threads[r.tid].topup
-        if field_int(r, "cache_count") != 0:
-            self.div(r.line, "cache_free.after", field_int(r, "cache_count"), 0)
-        else:
-            self.ok(r, "cache_free.after", 0)
-        if e is not None:
-            self.cache[field_int(e, "cache")] = 0
-
-    # ---- gets
-    def on_tdx_pamt_get_entry(self, r: Record) -> None:
-        pfn, cache = field_int(r, "pfn"), field_int(r, "cache")
-        call = _Call(r, pfn >> 9, pfn, cache, field_int(r, "cache_count"))
-        self.check_count(r, cache, call.count)
-        th = self.threads[r.tid]
-        th.get = call
-        self.inflight.setdefault(call.region, []).append(call)
-        if cache and th.topup is not None and th.topup.probe.startswith("tdx_topup"):
-            if not th.topup_checked and field_int(th.topup, "cache") != cache:
-                self.div(
-                    th.topup.line, "topup.target", hex(field_int(th.topup, "cache")), hex(cache)
-                )
-            th.topup_checked = True
-        self.ok(r, "get", hex(pfn))
-
-    def on_tdh_phymem_pamt_add_entry(self, r: Record) -> None:
-        call = self.threads[r.tid].get
-        if call is None:
-            self.unexplain(r)
-            return
-        region = field_int(r, "pfn") >> 9
-        call.add = r
-        if region != call.region:
-            self.div(r.line, "pamt_add.region", hex(region), hex(call.region))
-            return
-        if (
-            self.checked(call.region)
-            and self.ref.get(call.region, 0) - self.borrowed.get(call.region, 0) > 0
-            and not self.borrow(call, want_zero=True)
-        ):
-            self.div(
-                r.line,
-                "pamt_add",
-                "PAMT.ADD",
-                f"none: region refcount {self.ref.get(call.region, 0)}",
-            )
-            call.add_ok = False
-            return
-        self.ok(r, "pamt_add.region", hex(region))
-
-    def on_tdh_phymem_pamt_add_return(self, r: Record) -> None:
-        call = self.threads[r.tid].get
-        if call is None or call.add is None:
-            self.unexplain(r)
-            return
-        if field_int(r, "ret") != 0:
-            call.add_ok = False
-        self.ok(r, "pamt_add.status", hex(field_int(r, "ret")))
-
-    def on_tdx_pamt_get_return(self, r: Record) -> None:
-        th = self.threads[r.tid]
-        call = th.get
-        if call is None:
-            self.unexplain(r)
-            return
-        th.get = None
-        self.inflight[call.region].remove(call)
-        ret, after = field_int(r, "ret"), field_int(r, "cache_count")
-        if call.cache:
-            self.cache[call.cache] = after
-        region = call.region
-        ref = self.ref.get(region, 0)
-        checked = self.checked(region)
-        # the path the kernel took: from the cache's count where there is one
-        path: str | None = None
-        if call.cache and call.count >= 0:
-            d = call.count - after
-            path = {0: "fast", 2: "slow"}.get(d)
-            if path is None:
-                self.div(r.line, "get.cache_after", after, f"{call.count} or {call.count - 2}")
-                return
-        if ret != 0:
-            allowed = ret == ENOMEM and (not call.cache or call.count < 2)
-            allowed |= ret == EIO and (
-                (call.add is not None and not call.add_ok) or not self.adds_seen
-            )
-            if allowed:
-                self.ok(r, "get.ret", ret)
-            else:
-                self.div(r.line, "get.ret", ret, 0)
-            return
-        if call.add is not None:
-            if path == "fast":
-                self.div(r.line, "get.cache_after", after, call.count - 2)
-            elif call.add_ok:
-                self.ok(r, "get.outcome", "added")
-            if not call.early:
-                self.ref[region] = ref + 1
-            self.borrowed[region] = 0
-            self.known.add(region)
-            self.settle(call, th)
-            return
-        cold = checked and ref - (1 if call.early else 0) <= 0
-        if cold and not self.borrow(call, want_zero=False):
-            if path == "fast":
-                self.div(r.line, "get.path", "fast", "slow: region refcount 0")
-                self.ref[region] = ref + (0 if call.early else 1)
-                self.settle(call, th)
-                return
-            if path == "slow" and self.adds_seen:
-                self.div(
-                    self.missing_at(r), "pamt_add.missing", None, f"PAMT.ADD of region {region:#x}"
-                )
-            else:
-                self.ok(r, "get.outcome", "added (derived)")
-            self.borrowed[region] = 0
-        else:
-            self.ok(r, "get.outcome", "fast" if path == "fast" else "lost_race" if path else "warm")
-        if not call.early:
-            self.ref[region] = self.ref.get(region, 0) + 1
-        self.known.add(region)
-        self.settle(call, th)
-
-    def settle(self, call: _Call, th: _Thread) -> None:
-        if th.ctrl_alloc is not None:
-            th.ctrl_gets += 1
-        else:
-            th.pending.append((call.pfn, call.entry))
-
-    # ---- puts
-    def on_tdx_pamt_put_entry(self, r: Record) -> None:
-        pfn = field_int(r, "pfn")
-        call = _Call(r, pfn >> 9, pfn)
-        th = self.threads[r.tid]
-        th.put = call
-        self.inflight.setdefault(call.region, []).append(call)
-        self.ok(r, "put", hex(pfn))
-
-    def on_tdh_phymem_pamt_remove_entry(self, r: Record) -> None:
-        call = self.threads[r.tid].put
-        if call is None:
-            self.unexplain(r)
-            return
-        region = field_int(r, "pfn") >> 9
-        call.remove = r
-        if region != call.region:
-            self.div(r.line, "pamt_remove.region", hex(region), hex(call.region))
-        elif self.checked(region) and self.ref.get(region, 0) > 1 and not call.early:
-            self.div(
-                r.line,
-                "pamt_remove",
-                "PAMT.REMOVE",
-                f"none: region refcount {self.ref.get(region, 0)} before the put",
-            )
-        else:
-            self.ok(r, "pamt_remove.region", hex(region))
-
-    def on_tdh_phymem_pamt_remove_return(self, r: Record) -> None:
-        call = self.threads[r.tid].put
-        if call is None or call.remove is None:
-            self.unexplain(r)
-            return
-        self.ok(r, "pamt_remove.status", hex(field_int(r, "ret")))
-
-    def on_tdx_pamt_put_return(self, r: Record) -> None:
-        th = self.threads[r.tid]
-        call = th.put
-        if call is None:
-            self.unexplain(r)
-            return
-        th.put = None
-        self.inflight[call.region].remove(call)
-        region = call.region
-        ref = self.ref.get(region, 0)
-        if not call.early:
-            if self.checked(region) and ref <= 0:
-                self.div(
-                    call.entry.line,
-                    "put.refcount",
-                    "a put",
-                    f"none: region {region:#x} refcount 0 (unbalanced)",
-                )
-                return self.explain_put(call.entry, th)
-            ref -= 1
-            self.ref[region] = max(ref, 0)
-        if ref == 0 and self.adds_seen and call.remove is None and self.checked(region):
-            self.div(
-                self.missing_at(r),
-                "pamt_remove.missing",
-                None,
-                f"PAMT.REMOVE of region {region:#x}",
-            )
-        else:
-            self.ok(r, "put.refcount", f"region {region:#x} -> {max(ref, 0)}")
-        self.explain_put(call.entry, th)
-
-    def explain_put(self, e: Record, th: _Thread) -> None:
-        pfn = field_int(e, "pfn")
-        if th.ctrl_free is not None:
-            th.ctrl_puts += 1
-            return
-        for k, (gp, _) in enumerate(th.pending):  # an error path: put of the get just made
-            if gp == pfn:
-                del th.pending[k]
-                return
-        z = self.zaps.get(pfn)
-        if z:
-            z.pop(0)
-            return
-        self.puts.setdefault(pfn, []).append(e)
-
-    # ---- control pages
-    def on_tdx_alloc_control_page_entry(self, r: Record) -> None:
-        th = self.threads[r.tid]
-        th.ctrl_alloc, th.ctrl_gets = r, 0
-        self.ok(r, "control.alloc", "")
-
-    def on_tdx_alloc_control_page_return(self, r: Record) -> None:
-        th = self.threads[r.tid]
-        if th.ctrl_alloc is None:
-            self.unexplain(r)
-            return
-        page, ret = field_int(r, "page"), field_int(r, "ret")
-        th.ctrl_alloc = None
-        if ret == 0 and th.ctrl_gets == 0:  # the get was inlined: derive it
-            pfn = self.pfn_of_page(page)
-            region = pfn >> 9
-            self.ref[region] = self.ref.get(region, 0) + 1
-            self.known.add(region)
-        self.ok(r, "control.page", hex(page))
-
-    def on_tdx_free_control_page_entry(self, r: Record) -> None:
-        th = self.threads[r.tid]
-        th.ctrl_free, th.ctrl_puts = r, 0
-        self.ok(r, "control.free", hex(field_int(r, "page")))
-
-    def on_tdx_free_control_page_return(self, r: Record) -> None:
-        th = self.threads[r.tid]
-        e = th.ctrl_free
-        if e is None:
-            self.unexplain(r)
-            return
-        th.ctrl_free = None
-        if th.ctrl_puts == 0 and field_int(e, "page"):  # the put was inlined: derive it
-            region = self.pfn_of_page(field_int(e, "page")) >> 9
-            if self.ref.get(region, 0) > 0:
-                self.ref[region] -= 1
-        self.ok(r, "control.freed", "")
-
-    # ---- SPTEs
-    def on_kvm_tdp_mmu_spte_changed(self, r: Record) -> None:
-        old, new, level = field_int(r, "old_spte"), field_int(r, "new_spte"), field_int(r, "level")
-        kind = spte_kind(old, new)
-        th = self.threads[r.tid]
-        if kind == "map":
-            want = spte_pfn(new) if level == 1 else None
-            for k, (gp, g) in enumerate(th.pending):
-                if (want is None and field_int(g, "cache")) or gp == want:
-                    del th.pending[k]
-                    self.ok(r, "map", hex(field_int(r, "gfn")))
-                    return
-            self.div(
-                self.missing_at(r),
-                "get.missing",
-                None,
-                f"tdx_pamt_get({want:#x})" if want is not None else "tdx_pamt_get(S-EPT page)",
-            )
-        elif kind in ("zap", "frozen"):
-            if level == 1:
-                pfn = spte_pfn(old)
-                p = self.puts.get(pfn)
-                if p:
-                    p.pop(0)
+def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int], int]:
+    """The kernel's operations per model CPU, the records ignored per reason, and the number
+    of records compared. A record in a fault window of a vCPU thread (from its
+    ``kvm_page_fault`` to its next record off the fault path) is that vCPU's (``vcpuN``, the
+    import's number); any other record of a TD is the TD's (``tdN``)."""
+    att = imp.attribution
+    assert att is not None  # import_capture always sets it
+    ignored = dict(att.ignored())
+    lanes: dict[str, list[Op]] = {}
+    window: dict[int, list[Op]] = {}  # tid -> the vCPU lane of its open fault window
+    open_call: dict[tuple[int, str], Op] = {}  # (tid, call kind) -> operation
+    vcpu_names = {k: f"vcpu{v}" for k, v in imp.vcpus.items()}
+    compared = 0
+    adds_probed = any(r.probe.startswith("tdh_phymem_pamt_") for r in att.order)
+    shared: set[int] = set()  # threads in a shared-GPA fault (no model event: KVM's own EPT)
+    # The loop runs once per record (a million): lookups bound to locals, each lane's list
+    # found once per TD or fault window (not by name per record), spte_kind computed once.
+    why, vm_of, tds, init_at, vms = att.why, att.vm_of, imp.tds, imp.init_at, att.vms
+    fault_path, calls, returns, kvm_probes = _FAULT_PATH, _CALLS, _RETURNS, KVM_PROBES
+    td_ops: dict[int, list[Op]] = {}  # td -> its lane
+    n_shared = n_novm = n_init = 0
+    for i, r in enumerate(att.order):
+        p = r.probe
+        if why[i] is not None and p in kvm_probes:
+            if p == "kvm_page_fault":
+                if why[i] == "shared-gpa":
+                    shared.add(r.tid)
                 else:
-                    self.zaps.setdefault(pfn, []).append(r)
-            self.ok(r, kind, hex(field_int(r, "gfn")))
+                    shared.discard(r.tid)
+            continue
+        tid = r.tid
+        if shared and tid in shared:
+            if p in fault_path:  # the top-up tdx_handle_ept_violation does for any fault
+                n_shared += 1
+                continue
+            shared.discard(tid)
+        k = vm_of[i]
+        td = tds.get(k, -1) if k else -1
+        if td < 0:
+            n_novm += 1
+            continue
+        fs = r.fields
+        tdl = td_ops.get(td)
+        if tdl is None:
+            tdl = td_ops[td] = lanes.setdefault(f"td{td}", [])
+        kind = ""
+        if p == "kvm_tdp_mmu_spte_changed":
+            old, new = _num(fs, "old_spte"), _num(fs, "new_spte")
+            kind = spte_kind(old, new)
+        if p == "kvm_page_fault":
+            ops = lanes.setdefault(vcpu_names[(td, _num(fs, "vcpu"))], [])
+            window[tid] = ops
+        elif p not in fault_path and kind != "map":
+            window.pop(tid, None)
+            ops = tdl
+        elif tid not in window and r.line in init_at:
+            # KVM_TDX_INIT_MEM_REGION: that vCPU's fault before the finalize (import_capture)
+            ops = window[tid] = lanes.setdefault(f"vcpu{init_at[r.line]}", [])
         else:
-            self.unexplain(r)
+            ops = window.get(tid, tdl)
+        if ops is tdl and _init_mem_region(r, open_call, kind):
+            n_init += 1
+            continue
+        compared += 1
+        call = calls.get(p)
+        if call is not None:
+            op = Op(call, r.line, -1, r)
+            if call == "get":
+                op.f = {"pfn": _num(fs, "pfn"), "cache": _num(fs, "cache")}
+                op.f["before"] = _num(fs, "cache_count")
+            elif call == "put":
+                op.f = {"pfn": _num(fs, "pfn"), "probed": adds_probed}
+            elif call in ("topup", "cache_free"):
+                op.f = {"cache": _num(fs, "cache"), "before": _num(fs, "cache_count")}
+            open_call[(tid, call)] = op
+            ops.append(op)
+            continue
+        ret = returns.get(p)
+        if ret is not None:
+            op2 = open_call.pop((tid, ret), None)
+            if op2 is None:
+                ops.append(_stray(r))
+                continue
+            op2.lines.append(r.line)
+            op2.recs.append(r)
+            f2 = op2.f
+            f2["ret"] = _num(fs, "ret")
+            if "before" in f2:
+                f2["after"] = _num(fs, "cache_count")
+            if ret == "get":
+                f2["path"] = _kernel_path(op2, adds_probed)
+            continue
+        if p.startswith("tdh_phymem_pamt_"):
+            owner = open_call.get((tid, "get" if "_add" in p else "put"))
+            if owner is None:
+                ops.append(_stray(r))
+                continue
+            owner.lines.append(r.line)
+            owner.recs.append(r)
+            if p.endswith(".entry"):
+                owner.f["add" if "_add" in p else "remove"] = (_num(fs, "pfn") >> 9, r.line)
+            continue
+        if p == "kvm_page_fault":
+            gfn = (_num(fs, "gpa") >> 12) & ~(1 << (vms[k].shared_bit - 12))
+            op = Op("fault", r.line, -1, r)
+            op.f = {"gfn": gfn}
+        elif p == "kvm_mmu_page_fault":
+            op = Op("attempt", r.line, -1, r)
+        elif p == "kvm_arch_pre_destroy_vm":
+            op = Op("teardown", r.line, -1, r)
+        else:  # kvm_tdp_mmu_spte_changed
+            level = _num(fs, "level")
+            if kind == "map":
+                op = Op("map.leaf" if level == 1 else "map.table", r.line, -1, r)
+                if level == 1:
+                    op.f = {"gfn": _num(fs, "gfn"), "pfn": spte_pfn(new)}
+            elif kind in ("zap", "frozen") and level == 1:
+                op = Op(kind, r.line, -1, r)
+                op.f = {"gfn": _num(fs, "gfn")}
+            elif kind in ("zap", "frozen"):
+                op = Op("table.zap", r.line, -1, r)
+            else:
+                op = _stray(r)
+        ops.append(op)
+    for op in open_call.values():
+        op.f["ret"] = None  # the return never came
+    for why_, n in (
+        ("shared-gpa", n_shared),
+        ("no-vm-context", n_novm),
+        ("init-mem-region", n_init),
+    ):
+        if n:
+            ignored[why_] = ignored.get(why_, 0) + n
+    return (
+        {n: fold_retries(ops) for n, ops in lanes.items() if ops},
+        dict(sorted(ignored.items())),
+        compared,
+    )
 
-    def unexplain(self, r: Record) -> None:
-        self.unexplained.append(r)
-        self.div(r.line, "unexplained", r.probe, "no record of this kind here")
 
-    def finish(self) -> None:
-        for th in self.threads.values():
-            self.close_window(th)
-            for call in (th.get, th.put):
-                if call is not None:
-                    self.div(call.entry.line, "return.missing", None, "the call's return")
-        for zs in self.zaps.values():
-            for z in zs:
-                self.div(
-                    z.line,
-                    "put.missing",
-                    None,
-                    f"tdx_pamt_put({spte_pfn(field_int(z, 'old_spte')):#x})",
-                )
-        for ps in self.puts.values():
-            for p in ps:
-                self.unexplain(p)
+def fold_retries(ops: list[Op]) -> list[Op]:
+    """A fault attempt that did nothing but top up before the next attempt of the same fault
+    (``RET_PF_RETRY`` before any PAMT operation: a stale fault, a frozen SPTE) folded into that
+    next attempt: its top-ups only refill the cache the next attempt tops up again. Applied to
+    both sides alike, so the kernel may retry where the model did not (the trace format has
+    no event for the cause, ``is_page_fault_stale``) and the other way round. (The attempts
+    are found by ``list.index`` over the kinds and the runs between them copied as slices: a
+    lane holds hundreds of thousands of operations.)"""
+    kinds = list(map(_KIND, ops))
+    n = len(ops)
+    out: list[Op] = []
+    last = i = 0  # ops[last:] not copied yet; i: where the next attempt is looked for
+    while True:
+        try:
+            i = kinds.index("attempt", i)
+        except ValueError:
+            break
+        j = i + 1
+        while j < n and kinds[j] == "topup":
+            j += 1
+        if j < n and kinds[j] == "attempt":
+            nxt = ops[j]
+            nxt.lines = [x for o in ops[i:j] for x in o.lines] + nxt.lines
+            nxt.recs = [x for o in ops[i:j] for x in o.recs] + nxt.recs
+            out += ops[last:i]
+            last = j
+        i = j
+    if not last:
+        return ops
+    out += ops[last:]
+    return out
 
 
+_KIND = attrgetter("kind")
+
+
+def _stray(r: Record) -> Op:
+    return Op("stray:" + r.probe, r.line, -1, r)
+
+
+def _init_mem_region(r: Record, open_call: dict[tuple[int, str], Op], spte: str) -> bool:
+    """``KVM_TDX_INIT_MEM_REGION`` (``kvm_tdp_map_page`` on a VMM thread with a vCPU's cache,
+    no ``kvm_page_fault``): its top-up, gets with a cache and maps. The trace format has no
+    event for it (the model builds a TD without its initial image): ignored, counted."""
+    p = r.probe
+    if p in ("tdx_topup_pamt_cache.entry", "tdx_pamt_get.entry"):
+        return _int(r, "cache") != 0
+    if p in ("tdx_topup_pamt_cache.return", "tdx_pamt_get.return"):
+        call = "topup" if p.startswith("tdx_topup") else "get"
+        return (r.tid, call) not in open_call
+    if p.startswith("tdh_phymem_pamt_add"):
+        return (r.tid, "get") not in open_call
+    if p == "kvm_tdp_mmu_spte_changed":
+        return spte == "map"  # (spte_kind of the record, computed by the caller)
+    return False
+
+
+def _kernel_path(op: Op, adds_probed: bool) -> str:
+    """The path the kernel's get took, as far as its records show it: ``fast``, ``added``,
+    ``lost_race``, ``failed``, ``slow`` (added or lost: no PAMT.ADD probe), ``fast|lost_race``
+    (no cache count, PAMT.ADD probed but not seen) or ``?`` (neither)."""
+    if op.f.get("ret"):
+        return "failed"
+    if "add" in op.f:
+        return "added"
+    before, after = op.f.get("before", -1), op.f.get("after", -1)
+    if op.f.get("cache") and before >= 0:
+        if before == after:
+            return "fast"
+        if before - after == 2:
+            return "lost_race" if adds_probed else "slow"
+        return f"cache {before} -> {after}"
+    return "fast|lost_race" if adds_probed else "?"
+
+
+_PATH_OK = {
+    "slow": ("added", "lost_race"),
+    "fast|lost_race": ("fast", "lost_race"),
+    "?": ("fast", "added", "lost_race"),
+}
+
+
+# ------------------------------------------------------------------ the model's side
+#: The labels :class:`_ModelRecorder` makes an operation of (or ends one with); any other step
+#: only updates a PAMT cache's count, unless a get or put is open (its region, its end).
+_RECORDED = frozenset(
+    [
+        "pamt_get.fast",
+        "pamt_get.slow",
+        "pamt_put.fast",
+        "pamt_put.slow",
+        "pamt_cache.free",
+        "pamt_cache.topup_fail",
+        "pamt_cache.topup",
+        "pamt_cache.full",
+        "fault.begin",
+        "fault.retry",
+        "page.aug",
+        "page.add",
+        "sept.add",
+        "zap.page_remove",
+        "sept.reclaim",
+        "control.alloc",
+        "control.reclaim",
+        "td.destroy",
+    ]
+)
+
+
+class _ModelRecorder:
+    """The model's operations per CPU, from the replay's steps (labels and effects of
+    explorer/model/dpamt.py and kvm.py), taken as they are committed (``on_step``)."""
+
+    def __init__(self, events: Any, attempts: bool, init_faults: frozenset[int]) -> None:
+        self.events = events
+        self.attempts = attempts
+        self.init_faults = init_faults  # no kvm_page_fault / kvm_mmu_page_fault in the kernel
+        self.lanes: dict[str, list[Op]] = {}
+        self.cache: dict[int, int] = {}
+        self.get: dict[str, Op] = {}
+        self.put: dict[str, Op] = {}
+
+    def __call__(self, m: Any, s: Step) -> None:
+        m.steps.clear()  # only the operations are kept: a million records stay small
+        lab = s.label
+        if lab not in _RECORDED and not self.get and not self.put:
+            # most steps (locks, SEAMCALLs, KVM's walk): only a PAMT cache count to keep
+            # (effects unpacked as the tuples they are: no attribute lookups per effect)
+            for kind, key, _, new in s.effects:
+                if kind == "pamt_cache" and isinstance(new, int):
+                    self.cache[key] = new
+            return
+        cpu, fn = s.cpu, s.function
+        lane = self.lanes.get(cpu)
+        if lane is None:
+            lane = self.lanes[cpu] = []
+        g = self.get.get(cpu)
+        if g is not None and (fn != "tdx_pamt_get" or lab in ("pamt_get.fast", "pamt_get.slow")):
+            self._close_get(cpu, g)
+            g = None
+        pu = self.put.get(cpu)
+        if pu is not None and (fn != "tdx_pamt_put" or lab in ("pamt_put.fast", "pamt_put.slow")):
+            del self.put[cpu]
+            pu = None
+        for e in s.effects:
+            k = e.kind
+            if k == "pamt_cache" and isinstance(e.new, int):
+                if lab == "pamt_cache.free" and not any(o.kind == "cache_free" for o in lane[-1:]):
+                    op = Op("cache_free", step=s.index)
+                    op.f = {"vcpu": e.key, "before": e.old, "after": 0}
+                    lane.append(op)
+                self.cache[e.key] = e.new
+            elif k in ("refcount", "pair") and g is not None and "region" not in g.f:
+                g.f["region"] = e.key
+            elif k in ("refcount", "pair") and pu is not None and "region" not in pu.f:
+                pu.f["region"] = e.key
+        if lab in ("pamt_get.fast", "pamt_get.slow"):
+            op = Op("get", step=s.index)
+            op.f = {"vcpu": int(cpu[4:]) if cpu.startswith("vcpu") else None, "path": "?"}
+            op.f["path"] = "fast" if lab == "pamt_get.fast" else "slow"
+            for e in s.effects:
+                if e.kind == "refcount":
+                    op.f["region"] = e.key
+            lane.append(op)
+            self.get[cpu] = op
+            if op.f["path"] == "fast":
+                op.f["ret"] = 0
+        elif g is not None:
+            if lab == "pamt_get.add":
+                g.f["path"], g.f["ret"] = "added", 0
+                g.f["add_step"] = s.index
+                for e in s.effects:
+                    if e.kind == "pair":
+                        g.f["region"] = e.key
+            elif lab == "pamt_get.lost_race":
+                g.f["path"], g.f["ret"] = "lost_race", 0
+            elif lab in ("pamt_get.enomem", "pamt_get.partial"):
+                g.f["path"], g.f["ret"] = "failed", -12
+            elif lab == "pamt_get.add_fail":
+                g.f["path"], g.f["ret"] = "failed", -5
+                g.f["add_step"] = s.index
+        elif lab in ("pamt_put.fast", "pamt_put.slow"):
+            op = Op("put", step=s.index)
+            for e in s.effects:
+                if e.kind == "refcount":
+                    op.f["region"] = e.key
+            lane.append(op)
+            self.put[cpu] = op
+        elif pu is not None and lab in ("pamt_put.remove", "pamt_put.remove_fail"):
+            pu.f["remove"] = s.index
+        elif fn == "tdx_topup_pamt_cache" and lab.startswith("pamt_cache."):
+            op = Op("topup", step=s.index)
+            v = int(cpu[4:]) if cpu.startswith("vcpu") else -1
+            op.f = {"vcpu": v, "after": self.cache.get(v, 0)}
+            op.f["ret"] = -12 if lab == "pamt_cache.topup_fail" else 0
+            lane.append(op)
+        elif lab == "pamt_cache.free" and not any(o.kind == "cache_free" for o in lane[-1:]):
+            op = Op("cache_free", step=s.index)
+            op.f = {"before": 0, "after": 0}
+            lane.append(op)
+        elif lab in ("fault.begin", "fault.retry") and s.event in self.init_faults:
+            pass  # KVM_TDX_INIT_MEM_REGION: kvm_tdp_map_page, not a page fault
+        elif lab == "fault.begin":
+            op = Op("fault", step=s.index)
+            op.f = {"gfn": getattr(self.events[s.event], "gfn", None)}
+            lane.append(op)
+            if self.attempts:
+                lane.append(Op("attempt", step=s.index))
+        elif lab == "fault.retry" and self.attempts:
+            lane.append(Op("attempt", step=s.index))
+        elif lab in ("page.aug", "page.add"):
+            op = Op("map.leaf", step=s.index)
+            op.f = {"gfn": getattr(self.events[s.event], "gfn", None)}
+            lane.append(op)
+        elif lab == "sept.add":
+            lane.append(Op("map.table", step=s.index))
+        elif lab == "zap.page_remove":
+            op = Op("zap" if self.events[s.event].op == "zap" else "frozen", step=s.index)
+            op.f = {"gfn": None}
+            lane.append(op)
+        elif lab == "sept.reclaim":
+            lane.append(Op("table.zap", step=s.index))
+            lane.append(Op("control.free", step=s.index))
+        elif lab == "control.alloc":
+            lane.append(Op("control.alloc", step=s.index))
+        elif lab == "control.reclaim":
+            lane.append(Op("control.free", step=s.index))
+        elif lab == "td.destroy":
+            lane.append(Op("teardown", step=s.index))
+
+    def _close_get(self, cpu: str, g: Op) -> None:
+        del self.get[cpu]
+        v = g.f.get("vcpu")
+        if v is not None:
+            g.f["after"] = self.cache.get(v, 0)
+
+
+# ------------------------------------------------------------------ alignment
+_WINDOW = 24
+_ANCHOR = 3
+
+
+def align(k: list[Op], m: list[Op]) -> list[tuple[Op | None, Op | None]]:
+    """Pairs of (kernel, model) operations in order, None where one side has nothing. Equal
+    kinds pair; at a mismatch the nearest resynchronisation (``_ANCHOR`` equal kinds in a row,
+    or the end) with the fewest operations skipped, kernel skips first on a tie; a pair whose
+    kinds differ inside a skipped span of the same kind pairs them (a value difference)."""
+    out: list[tuple[Op | None, Op | None]] = []
+    i = j = 0
+    nk, nm = len(k), len(m)
+    while i < nk and j < nm:
+        if k[i].kind == m[j].kind:
+            out.append((k[i], m[j]))
+            i += 1
+            j += 1
+            continue
+        best: tuple[int, int] | None = None
+        for d in range(1, 2 * _WINDOW + 1):
+            for a in range(min(d, _WINDOW), -1, -1):
+                b = d - a
+                if b > _WINDOW:
+                    continue
+                if _anchored(k, m, i + a, j + b):
+                    best = (a, b)
+                    break
+            if best is not None:
+                break
+        a, b = best if best is not None else (1, 1)
+        out.extend((x, None) for x in k[i : i + a])
+        out.extend((None, y) for y in m[j : j + b])
+        i, j = i + a, j + b
+    out.extend((x, None) for x in k[i:])
+    out.extend((None, y) for y in m[j:])
+    return out
+
+
+def _anchored(k: list[Op], m: list[Op], i: int, j: int) -> bool:
+    n = min(_ANCHOR, len(k) - i, len(m) - j)
+    if n <= 0:
+        return i >= len(k) and j >= len(m)
+    return all(k[i + x].kind == m[j + x].kind for x in range(n))
+
+
+class _Bijection:
+    """Kernel -> model, one to one, set as met (regions: only leaf pages are pinned)."""
+
+    def __init__(self) -> None:
+        self.fwd: dict[Any, Any] = {}
+        self.back: dict[Any, Any] = {}
+
+    def ok(self, kv: Any, mv: Any) -> bool:
+        if kv is None or mv is None:
+            return True
+        f, b = self.fwd.get(kv), self.back.get(mv)
+        if f is None and b is None:
+            self.fwd[kv], self.back[mv] = mv, kv
+            return True
+        return bool(f == mv and b == kv)
+
+
+# ------------------------------------------------------------------ conform
 def conform(
     capture: Capture, settings: Settings | None = None, *, imported: ImportedTrace | None = None
 ) -> Conformance:
-    """Account for every record of ``capture`` (the module docstring's rules) and place each
-    observation on the model's replay of the imported trace (``settings``: the imported ones
-    unless given). ``ok`` when nothing diverges and the replay ran to its end.
+    """Import ``capture``, replay it on the engine (the imported settings unless ``settings``)
+    and align the kernel's operations with the model's, per CPU (the module docstring).
 
     ``imported``: :func:`import_capture` of this ``capture``, when the caller has it (the app
     shows the trace and its conformance): its attribution and events are used, not derived
-    again. Its ``matches`` are built on first use (``conform --json`` never reads them)."""
+    again. The ``matches`` are built on first use (``conform --json`` never reads them)."""
     if imported is None:
         imported = import_capture(capture)
     att = imported.attribution
     if att is None or len(att.order) != len(capture.records):
         raise ValueError(f"imported is not import_capture() of {capture.source}")
-    imp = imported
-    with gc_paused():  # a million observations, no reference cycles among them
-        chk = _Checker(att, capture.header)
-        observations = chk.run()
-    tl = replay(imp.events, settings or imp.settings)
-    stopped = tl.stopped.message if tl.stopped is not None else None
-    # the step at which each event starts (-1: it never ran); a record position's step is that
-    # of the last event begun at or before it
-    first = [tl.first_step_of_event(e) for e in range(tl.nr_events)]
-    steps = [-1 if s is None else s for s in first]
-    starts = imp.positions
+    with gc_paused():  # a million operations, no reference cycles among them
+        return _conform(capture, imported, settings)
 
-    def step(line: int) -> int:
-        e = bisect_right(starts, imp.line_pos.get(line, 0)) - 1
-        return steps[e] if 0 <= e < len(steps) else -1
 
-    divs = sorted(
-        {Divergence(line, k, o, p, step(line)) for line, k, o, p in chk.divs},
-        key=lambda d: (d.line, d.kind),
-    )
-    unexplained: list[dict[str, Any]] = [
-        {"line": r.line, "text": r.text} for r in sorted(chk.unexplained, key=lambda r: r.line)
-    ]
+def _conform(capture: Capture, imp: ImportedTrace, settings: Settings | None) -> Conformance:
+    kern, ignored, compared = kernel_lanes(imp)
+    attempts = any(r.probe == "kvm_mmu_page_fault" for r in capture.records)
+    # the replay takes the kernel's pages (leaves, S-EPT tables, control pages): the
+    # allocator leaves them alone, and a get is fast or PAMT.ADD in the same regions as there
+    events = imp.events
+    rec = _ModelRecorder(events, attempts, imp.init_faults)
+    m = Machine(settings or imp.settings, record=True, check=True)
+    m.mem.pin(pinned_pfns(events))
+    m.on_step = rec
+    m.run(events)
+    stopped = m.stopped.message if m.stopped is not None else None
+    rec.lanes = {n: fold_retries(ops) for n, ops in rec.lanes.items()}
+    divs: list[Divergence] = []
+    matches: list[tuple[int, str, Any, int]] = []
+    unexplained: list[dict[str, Any]] = []
+    regions, caches = _Bijection(), _Bijection()
+    for c, v in imp.caches.items():  # each vCPU's cache as its own gets name it
+        caches.ok(c, v)
+    for lane in sorted(set(kern) | set(rec.lanes)):
+        last_line, last_step = 0, -1
+        for ko, mo in align(kern.get(lane, []), rec.lanes.get(lane, [])):
+            if ko is not None and mo is not None:
+                before = len(divs)
+                _compare(ko, mo, regions, caches, divs)
+                if len(divs) == before:
+                    matches.append((ko.lines[0], ko.kind, _shown(ko), mo.step))
+                last_line, last_step = max(ko.lines), mo.step
+            elif ko is not None:
+                for r in ko.recs:
+                    unexplained.append({"line": r.line, "text": r.text})
+                divs.append(
+                    Divergence(ko.lines[0], "unexplained", ko.recs[0].probe, None, last_step)
+                )
+            elif mo is not None:
+                divs.append(
+                    Divergence(last_line or 1, mo.kind + ".missing", None, _shown(mo), mo.step)
+                )
+    divs.sort(key=lambda d: (d.line, d.kind))
+    unexplained.sort(key=lambda u: u["line"])
     return Conformance(
         not divs and stopped is None,
-        observations,
+        compared,
         divs,
         stopped,
-        Matches(chk.matches, starts, steps),
+        Matches(matches),
         unexplained,
-        imp.ignored,
+        ignored,
     )
+
+
+def _shown(op: Op) -> Any:
+    if "gfn" in op.f and op.f["gfn"] is not None:
+        return hex(op.f["gfn"])
+    if "path" in op.f:
+        return op.f["path"]
+    return op.kind
+
+
+#: The kinds of operation :func:`_compare` compares fields of (the others match by kind).
+_COMPARED = frozenset(("fault", "map.leaf", "topup", "cache_free", "get", "put"))
+
+
+def _compare(k: Op, m: Op, regions: _Bijection, caches: _Bijection, divs: list[Divergence]) -> None:
+    """Field by field, each difference a divergence at the kernel record that shows it."""
+    kind = k.kind
+    if kind not in _COMPARED:  # the commonest kinds carry no field to compare
+        return
+    kf, mf, st = k.f, m.f, m.step
+    if kind in ("fault", "map.leaf") and kf.get("gfn") == mf.get("gfn"):
+        return
+
+    def div(line: int, kind: str, o: Any, p: Any) -> None:
+        divs.append(Divergence(line, kind, o, p, st))
+
+    ret_line = k.lines[1] if len(k.lines) > 1 else k.lines[0]
+    if kind in ("fault", "map.leaf") and kf.get("gfn") != mf.get("gfn"):
+        div(k.lines[0], kind + ".gfn", hex(kf.get("gfn") or 0), hex(mf.get("gfn") or 0))
+    elif kind == "topup":
+        kc = kf.get("cache") or None
+        if not caches.ok(kc, mf.get("vcpu")):
+            div(k.lines[0], "topup.target", hex(kc or 0), f"vCPU {mf.get('vcpu')}'s cache")
+        elif kf.get("ret") is not None and kf.get("ret") != mf.get("ret"):
+            div(ret_line, "topup.ret", kf.get("ret"), mf.get("ret"))
+        elif kf.get("after") is not None and kf.get("after") != mf.get("after"):
+            div(ret_line, "topup.cache_after", kf.get("after"), mf.get("after"))
+    elif kind == "cache_free":
+        if kf.get("before", -1) >= 0 and kf.get("before") != mf.get("before"):
+            div(k.lines[0], "cache_free.count", kf.get("before"), mf.get("before"))
+    elif kind == "get":
+        kc = kf.get("cache") or None
+        kr = kf["pfn"] >> 9
+        if not caches.ok(kc, mf.get("vcpu") if kc else None):
+            div(k.lines[0], "get.cache", hex(kc or 0), f"vCPU {mf.get('vcpu')}'s cache")
+        if not regions.ok(kr, mf.get("region")):
+            div(k.lines[0], "get.region", hex(kr), hex(mf.get("region") or 0))
+        kp, mp = kf.get("path"), mf.get("path")
+        add = kf.get("add")
+        if kf.get("ret") is None:
+            div(k.lines[0], "return.missing", None, mp)
+        elif kf.get("ret") != mf.get("ret"):
+            div(ret_line, "get.ret", kf.get("ret"), mf.get("ret"))
+        elif add is not None and mp != "added":
+            div(add[1], "pamt_add", "PAMT.ADD", f"none ({mp})")
+        elif add is not None and not regions.ok(add[0], mf.get("region")):
+            div(add[1], "pamt_add.region", hex(add[0]), hex(mf.get("region") or 0))
+        elif kp != mp and mp not in _PATH_OK.get(str(kp), ()):
+            div(ret_line, "get.path", kp, mp)
+        elif kc and kf.get("after", -1) >= 0 and kf.get("after") != mf.get("after"):
+            div(ret_line, "get.cache_after", kf.get("after"), mf.get("after"))
+        elif mp == "added" and add is None and kp == "fast|lost_race":
+            div(k.lines[0], "pamt_add.missing", None, "PAMT.ADD")
+    elif kind == "put":
+        kr = kf["pfn"] >> 9
+        if not regions.ok(kr, mf.get("region")):
+            div(k.lines[0], "put.region", hex(kr), hex(mf.get("region") or 0))
+        rm = kf.get("remove")
+        if rm is not None and "remove" not in mf:
+            div(rm[1], "pamt_remove", "PAMT.REMOVE", "none: the region keeps references")
+        elif rm is not None and not regions.ok(rm[0], mf.get("region")):
+            div(rm[1], "pamt_remove.region", hex(rm[0]), hex(mf.get("region") or 0))
+        elif rm is None and "remove" in mf and kf.get("probed"):
+            div(k.lines[0], "pamt_remove.missing", None, "PAMT.REMOVE")
+        elif kf.get("ret", 0) is None:
+            div(k.lines[0], "return.missing", None, "the put's return")

@@ -29,13 +29,23 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import count
 from operator import attrgetter
 
 from explorer.ingest.capture import Capture, Record
 from explorer.ingest.gcpause import gc_paused
-from explorer.model.events import Event, Fault, TdCreate, TdDestroy, TdFinalize, VcpuCreate, Zap
+from explorer.model.events import (
+    Event,
+    Fault,
+    Schedule,
+    TdCreate,
+    TdDestroy,
+    TdFinalize,
+    VcpuCreate,
+    Zap,
+    pinned_pfns,
+)
 from explorer.model.settings import MAX_HOST_MEMORY_MIB, Settings
 
 #: ``SHADOW_NONPRESENT_VALUE`` on x86-64 (``arch/x86/kvm/mmu/spte.h``): bit 63, what a TDP-MMU
@@ -77,7 +87,15 @@ TDX_PROBES = frozenset(
 #: Records that are only KVM's (a VM of any type prints them).
 KVM_PROBES = frozenset(("kvm_page_fault", "kvm_mmu_page_fault", "kvm_tdp_mmu_spte_changed"))
 #: The records :func:`import_capture` derives events from (beside each TD's first record).
-_EVENT_PROBES = frozenset(("kvm_page_fault", "kvm_arch_pre_destroy_vm", "kvm_tdp_mmu_spte_changed"))
+_EVENT_PROBES = frozenset(
+    (
+        "kvm_page_fault",
+        "kvm_arch_pre_destroy_vm",
+        "kvm_tdp_mmu_spte_changed",
+        "tdx_topup_pamt_cache.entry",
+        "tdx_pamt_get.entry",
+    )
+)
 
 
 def field_int(rec: Record, key: str) -> int:
@@ -223,6 +241,13 @@ class ImportedTrace:
     line_pos: dict[int, int] = field(default_factory=dict)  # capture line -> sorted position
     #: what :func:`attribute` decided for every record (``conform`` reuses it)
     attribution: Attribution | None = field(default=None, repr=False, compare=False)
+    #: a vCPU's PAMT cache address -> the vCPU, as its gets show it
+    caches: dict[int, int] = field(default_factory=dict)
+    #: the first line of each ``KVM_TDX_INIT_MEM_REGION`` page -> the vCPU whose fault it is
+    #: (it runs on the VMM thread with that vCPU's cache: the records from there are its)
+    init_at: dict[int, int] = field(default_factory=dict)
+    #: the events that are ``KVM_TDX_INIT_MEM_REGION`` (faults before the TD's finalize)
+    init_faults: frozenset[int] = frozenset()
 
     @property
     def unused(self) -> dict[str, int]:
@@ -252,42 +277,112 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
     window_lines: dict[int, list[int]] = {}
     destroyed: set[int] = set()
     nfaults = 0
+    top_pfn = 0
+    spans: list[tuple[int, int, int, int]] = []  # (first ts, map ts, tid, fault position)
     vm_of = att.vm_of
+    first: dict[int, int] = {}  # td -> the position of its first record
     for k in dict.fromkeys(vm_of):  # each TD made at its first record, in record order
         if k:
-            i = vm_of.index(k)
+            first[tds[k]] = i = vm_of.index(k)
             events.append((i, TdCreate(td=tds[k]), [order[i].line]))
-            events.append((i, TdFinalize(td=tds[k]), []))
-    # only a TD's KVM records make events: a million tdx_* records are not visited here
+    first_fault: dict[int, int] = {}  # td -> the position of its first kvm_page_fault
+    cache_vcpu: dict[int, tuple[int, int]] = {}  # a vCPU's PAMT cache -> (td, kernel vCPU id)
+    init_open: dict[int, list[int]] = {}  # tid -> [position, td, cache, line, cache from a get]
+    inits: list[tuple[int, int, int, int, int, list[int]]] = []  # pos, td, cache, gfn, pfn, lines
+    init_lines: dict[int, int] = {}  # the first line of each INIT_MEM_REGION page -> its cache
+    # pins (docs/capture.md, "Pinned pages"): the pfns of the gets a fault's thread made before
+    # its leaf's map (its S-EPT table pages), and of each thread's control pages' gets
+    gets: dict[int, list[int]] = {}  # tid -> pfns got in its open fault or INIT_MEM_REGION
+    tables: dict[int, tuple[int, ...]] = {}  # fault position -> its table pages
+    control: dict[tuple[int, int], list[int]] = {}  # (td, tid) -> control pages, in order
+    vcpu_tid: dict[tuple[int, int], int] = {}  # (td, kernel vCPU id) -> its thread
+
+    def spurious(w: tuple[int, int, int], lines: list[int]) -> None:
+        """A fault that mapped nothing (``kvm_page_fault`` with no leaf map before the thread's
+        next fault): the model runs it too, with no page given: a spurious fault if the gfn is
+        mapped (``kvm_tdp_mmu_map``), and whatever else the engine decides otherwise."""
+        vcpu = vcpus[(w[1], field_int(order[w[0]], "vcpu"))]
+        events.append((w[0], Fault(vcpu=vcpu, gfn=w[2]), lines))
+        got = gets.pop(order[w[0]].tid, None)
+        if got:
+            tables[w[0]] = tuple(got)
+
+    # only a TD's KVM records and top-ups make events: most tdx_* records are not visited here
     for i in [i for i, r in enumerate(order) if r.probe in _EVENT_PROBES and vm_of[i]]:
         r = order[i]
         td = tds[vm_of[i]]
         if td in destroyed:
             continue
         p = r.probe
-        if p == "kvm_page_fault":
+        if p == "tdx_topup_pamt_cache.entry" or p == "tdx_pamt_get.entry":
+            w = window.get(r.tid)
+            cache = field_int(r, "cache")
+            if not cache:
+                if p == "tdx_pamt_get.entry" and w is None:  # a control page's get
+                    control.setdefault((td, r.tid), []).append(field_int(r, "pfn"))
+                continue
+            if w is not None:
+                if p == "tdx_pamt_get.entry":  # the cache a vCPU's fault consumes is its own
+                    cache_vcpu.setdefault(cache, (w[1], field_int(order[w[0]], "vcpu")))
+            elif r.tid not in init_open:  # a vCPU's cache outside any fault: INIT_MEM_REGION
+                init_open[r.tid] = [i, td, cache, r.line, p == "tdx_pamt_get.entry"]
+                gets[r.tid] = []
+            elif p == "tdx_pamt_get.entry" and not init_open[r.tid][4]:
+                init_open[r.tid][2] = cache  # the vCPU is the one whose cache its gets take
+                init_open[r.tid][4] = True
+            if p == "tdx_pamt_get.entry":
+                gets.setdefault(r.tid, []).append(field_int(r, "pfn"))
+        elif p == "kvm_page_fault":
+            if r.tid in window:
+                spurious(window.pop(r.tid), window_lines[r.tid])
             vid = (td, field_int(r, "vcpu"))
+            first_fault.setdefault(td, i)
             if vid not in vcpus:
                 vcpus[vid] = len(vcpus)
-                events.append((i, VcpuCreate(td=td, vcpu=vcpus[vid]), []))
+            vcpu_tid.setdefault(vid, r.tid)
+            gets[r.tid] = []
             vm = att.vms[att.vm_of[i]]
             gfn = (field_int(r, "gpa") >> 12) & ~(1 << (vm.shared_bit - 12))
             window[r.tid] = (i, td, gfn)
             window_lines[r.tid] = [r.line]
+            init_open.pop(r.tid, None)
         elif p == "kvm_arch_pre_destroy_vm":
+            for tid in [t for t, w in window.items() if w[1] == td]:
+                spurious(window.pop(tid), window_lines[tid])
             destroyed.add(td)
             events.append((i, TdDestroy(td=td), [r.line]))
         elif p == "kvm_tdp_mmu_spte_changed" and field_int(r, "level") == 1:
             kind = spte_kind(field_int(r, "old_spte"), field_int(r, "new_spte"))
             w = window.get(r.tid)
+            init = init_open.get(r.tid)
             if kind == "map" and w is not None and w[1] == td and w[2] == field_int(r, "gfn"):
                 fr = order[w[0]]
                 vcpu = vcpus[(td, field_int(fr, "vcpu"))]
+                pfn = spte_pfn(field_int(r, "new_spte"))  # the kernel's page: pinned
+                top_pfn = max(top_pfn, pfn)
+                got = [g for g in gets.pop(r.tid, ()) if g != pfn]
+                if got:
+                    tables[w[0]] = tuple(got)
                 events.append(
-                    (w[0], Fault(vcpu=vcpu, gfn=w[2]), [*window_lines.get(r.tid, []), r.line])
+                    (
+                        w[0],
+                        Fault(vcpu=vcpu, gfn=w[2], pfn=pfn),
+                        [*window_lines.get(r.tid, []), r.line],
+                    )
                 )
+                spans.append((fr.ts, order[i].ts, r.tid, w[0]))
                 nfaults += 1
                 del window[r.tid]
+            elif kind == "map" and w is None and init is not None and init[1] == td:
+                pfn = spte_pfn(field_int(r, "new_spte"))
+                top_pfn = max(top_pfn, pfn)
+                got = [g for g in gets.pop(r.tid, ()) if g != pfn]
+                if got:
+                    tables[init[0]] = tuple(got)
+                inits.append((init[0], td, init[2], field_int(r, "gfn"), pfn, [init[3], r.line]))
+                init_lines[init[3]] = init[2]
+                nfaults += 1
+                del init_open[r.tid]
             elif kind == "map":
                 ignored["init-mem-region"] = ignored.get("init-mem-region", 0) + 1
             elif kind == "zap":
@@ -295,20 +390,73 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
             elif kind == "frozen":
                 destroyed.add(td)
                 events.append((i, TdDestroy(td=td), [r.line]))
+    for tid, w in list(window.items()):
+        if w[1] not in destroyed:
+            spurious(w, window_lines[tid])
+    # KVM_TDX_INIT_MEM_REGION (tdx_vcpu_init_mem_region: kvm_tdp_map_page with the vCPU's
+    # caches, before KVM_TDX_FINALIZE_VM): a fault of that vCPU before the TD's finalize, which
+    # the model runs as TDH.MEM.PAGE.ADD (kvm.py). The vCPU is the one whose own faults top up
+    # that cache; a cache no fault uses is a vCPU of its own.
+    caches: dict[int, int] = {}
+    last_init: dict[int, int] = {}
+    for pos, td, cache, gfn, pfn, ls in inits:
+        vid = cache_vcpu.get(cache, (td, -1 - cache))
+        if vid not in vcpus:
+            vcpus[vid] = len(vcpus)
+        caches[cache] = vcpus[vid]
+        events.append((pos, Fault(vcpu=vcpus[vid], gfn=gfn, pfn=pfn), ls))
+        last_init[td] = pos
+    for c, vid in cache_vcpu.items():
+        caches.setdefault(c, vcpus[vid])
+    init_at = {line: caches[c] for line, c in init_lines.items()}
+    for td, pos in first.items():
+        # KVM_TDX_FINALIZE_VM has no record: after the TD's initial image, before its first
+        # fault (with no image: at the TD's creation, as before)
+        at = pos if td not in last_init else first_fault.get(td, last_init[td] + 1)
+        events.append((at, TdFinalize(td=td), []))
     events.sort(key=lambda e: (e[0], _rank(e[1])))
-    # vCPUs right after their TD's finalize: the model cannot fault on a vCPU it has not made
+    # vCPUs right after their TD's creation: the model cannot fault on a vCPU it has not made
     out: list[tuple[int, Event, list[int]]] = []
     for pos, ev, ls in events:
-        if isinstance(ev, VcpuCreate):
-            continue
         out.append((pos, ev, ls))
-        if isinstance(ev, TdFinalize):
-            for (t, _), v in sorted(vcpus.items(), key=lambda x: x[1]):
+        if isinstance(ev, TdCreate):
+            for (t, _), v in sorted(
+                vcpus.items()
+            ):  # kernel index order (kvm_destroy_vcpus frees so)
                 if t == ev.td:
-                    out.insert(len(out) - 1, (pos, VcpuCreate(td=t, vcpu=v), []))
-    mib = max(256, -(-(nfaults * 3 + 8192) // 256))
+                    out.append((pos, VcpuCreate(td=t, vcpu=v), []))
+    groups = _race_groups(spans, order)
+    for pfns in [*tables.values(), *control.values()]:  # the pinned pages must fit too
+        top_pfn = max(top_pfn, *pfns)
+    mib = max(256, -(-(nfaults * 3 + 8192) // 256), (top_pfn >> 8) + 64)
     mib = min(MAX_HOST_MEMORY_MIB, mib + mib % 2)
-    settings = Settings(mode="v6", host_memory_mib=mib)
+    # tdx_td_init: TDR + TDCS pages on one thread; tdx_td_vcpu_init: TDVPR + TDCX pages on the
+    # vCPU ioctl's thread: the model allocates as many (Settings.tdcs_pages / tdcx_pages)
+    allocs: dict[tuple[int, int], int] = {}
+    for i, r in enumerate(order):
+        k = vm_of[i]
+        if r.probe == "tdx_alloc_control_page.entry" and k in tds:
+            allocs[(tds[k], r.tid)] = allocs.get((tds[k], r.tid), 0) + 1
+    base = Settings()
+    tdcs, tdcx = base.tdcs_pages, base.tdcx_pages
+    firsts = sorted({td for td, _ in allocs})
+    if firsts:
+        per_td = [n for (td, _), n in allocs.items() if td == firsts[0]]
+        tdcs = max(0, per_td[0] - 1)
+        if len(per_td) > 1:
+            tdcx = max(0, min(per_td[1:]) - 1)
+    settings = Settings(mode="v6", host_memory_mib=mib, tdcs_pages=tdcs, tdcx_pages=tdcx)
+    out = _pinned(out, tables, control, vcpu_tid, vcpus, first, order, tdcs, tdcx)
+    if groups:
+        out = _pin_races(out, groups, settings)
+    td_of_vcpu = {v: t for (t, _), v in vcpus.items()}
+    finalized: set[int] = set()
+    init_faults: set[int] = set()
+    for n, (_, ev, _) in enumerate(out):
+        if isinstance(ev, TdFinalize):
+            finalized.add(ev.td)
+        elif isinstance(ev, Fault) and td_of_vcpu.get(ev.vcpu) not in finalized:
+            init_faults.add(n)
     return ImportedTrace(
         capture.source,
         tuple(e for _, e, _ in out),
@@ -320,7 +468,155 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
         tuple(p for p, _, _ in out),
         dict(zip(map(attrgetter("line"), order), count())),
         att,
+        caches,
+        init_at,
+        frozenset(init_faults),
     )
+
+
+def _pinned(
+    out: list[tuple[int, Event, list[int]]],
+    tables: dict[int, tuple[int, ...]],
+    control: dict[tuple[int, int], list[int]],
+    vcpu_tid: dict[tuple[int, int], int],
+    vcpus: dict[tuple[int, int], int],
+    first: dict[int, int],
+    order: Sequence[Record],
+    tdcs: int,
+    tdcx: int,
+) -> list[tuple[int, Event, list[int]]]:
+    """The events of ``out`` with the pages the kernel chose pinned (docs/capture.md, "Pinned
+    pages"): a fault's ``tables`` (the ``tdx_pamt_get`` pfns its thread asked for before the
+    leaf's, i.e. ``tdx_sept_link_private_spt``'s table pages), a TD's ``control`` (the first
+    ``1 + tdcs`` control-page gets, ``tdx_alloc_control_page``, on the thread of its first
+    record) and a vCPU's (the next ``1 + tdcx`` on its fault thread). A control list whose length
+    is not what the model allocates is not pinned (the allocator picks, as without the probe)."""
+    td_ctl: dict[int, tuple[int, ...]] = {}
+    taken: dict[tuple[int, int], int] = {}
+    for td, pos in first.items():
+        key = (td, order[pos].tid)
+        got = control.get(key, [])
+        if len(got) >= 1 + tdcs:
+            td_ctl[td] = tuple(got[: 1 + tdcs])
+            taken[key] = 1 + tdcs
+    vcpu_ctl: dict[int, tuple[int, ...]] = {}
+    for (td, kid), v in vcpus.items():
+        tid = vcpu_tid.get((td, kid))
+        if tid is None:
+            continue
+        got = control.get((td, tid), [])[taken.get((td, tid), 0) :]
+        if len(got) == 1 + tdcx:
+            vcpu_ctl[v] = tuple(got)
+    res: list[tuple[int, Event, list[int]]] = []
+    for pos, ev, ls in out:
+        if isinstance(ev, Fault) and pos in tables:
+            ev = replace(ev, tables=tables[pos])
+        elif isinstance(ev, TdCreate) and ev.td in td_ctl:
+            ev = replace(ev, control=td_ctl[ev.td])
+        elif isinstance(ev, VcpuCreate) and ev.vcpu in vcpu_ctl:
+            ev = replace(ev, control=vcpu_ctl[ev.vcpu])
+        res.append((pos, ev, ls))
+    return res
+
+
+def _race_groups(
+    spans: list[tuple[int, int, int, int]], order: Sequence[Record]
+) -> list[tuple[list[tuple[int, int]], int]]:
+    """Faults of different threads whose records overlap in time (``kvm_page_fault`` to the
+    map) ran concurrently: each such group as its faults (position of the ``kvm_page_fault``,
+    tid) and the tid that won (the first ``tdh_phymem_pamt_add`` among the group's threads,
+    else the thread whose fault came first)."""
+    spans.sort()
+    groups: list[list[tuple[int, int, int, int]]] = []
+    end = -1
+    for sp in spans:
+        if groups and sp[0] <= end and all(g[2] != sp[2] for g in groups[-1]):
+            groups[-1].append(sp)
+            end = max(end, sp[1])
+        else:
+            groups.append([sp])
+            end = sp[1]
+    out: list[tuple[list[tuple[int, int]], int]] = []
+    for g in groups:
+        if len(g) < 2:
+            continue
+        tids = {sp[2] for sp in g}
+        lo, hi = min(sp[3] for sp in g), max(sp[1] for sp in g)
+        winner = g[0][2]
+        for r in order[lo:]:  # (a group spans few records)
+            if r.ts > hi:
+                break
+            if r.tid in tids and r.probe == "tdh_phymem_pamt_add.entry":
+                winner = r.tid
+                break
+        out.append(([(sp[3], sp[2]) for sp in g], winner))
+    return out
+
+
+def _pin_races(
+    out: list[tuple[int, Event, list[int]]],
+    groups: list[tuple[list[tuple[int, int]], int]],
+    settings: Settings,
+) -> list[tuple[int, Event, list[int]]]:
+    """Each concurrent group as one batch (one ``t``) led by a ``schedule`` event pinning the
+    kernel's order (docs/trace-format.md): the winner runs up to its last ``pamt_get.lock``
+    before its PAMT.ADD, then each other fault up to its last lock-free check
+    (``pamt_get.slow``), as the kernel's did before the winner's PAMT.ADD; the configured
+    schedule goes on from there (with no PAMT.ADD in the group: the first fault runs whole).
+    Turns are counted on the model's own steps (a dry run of the trace so far plus that fault
+    alone): the engine, not the import, decides every path."""
+    from explorer.model.machine import Machine
+
+    tid_of: dict[int, tuple[int, int]] = {}  # fault position -> (group, tid)
+    for n, (group, _) in enumerate(groups):
+        for pos, tid in group:
+            tid_of[pos] = (n, tid)
+    new: list[tuple[int, Event, list[int]]] = []
+    held: dict[int, list[tuple[int, Event, list[int], int]]] = {}
+    left = {n: len(group) for n, (group, _) in enumerate(groups)}
+    for pos, ev, ls in out:
+        g = tid_of.get(pos) if isinstance(ev, Fault) else None
+        if g is None:
+            new.append((pos, ev, ls))
+            continue
+        n, tid = g
+        held.setdefault(n, []).append((pos, ev, ls, tid))
+        left[n] -= 1
+        if left[n]:
+            continue
+        members = held.pop(n)
+        prefix = [e for _, e, _ in new]
+
+        def alone(f: Event, prefix: list[Event] = prefix) -> list[str]:
+            assert isinstance(f, Fault)
+            m = Machine(settings, record=True, check=False)
+            m.mem.pin(pinned_pfns([*prefix, f]))
+            m.run([*prefix, replace(f, t=None)])
+            return [s.label for s in m.steps if s.event == len(prefix)]
+
+        winner = next((x for x in members if x[3] == groups[n][1]), members[0])
+        name = f"vcpu{getattr(winner[1], 'vcpu', 0)}"
+        labels = alone(winner[1])
+        if "pamt_get.add" not in labels:
+            turns = [name] * len(labels)
+        else:
+            add_at = labels.index("pamt_get.add")
+            locks = [j for j in range(add_at) if labels[j] == "pamt_get.lock"]
+            turns = [name] * (locks[-1] + 1 if locks else add_at)
+            for x in members:
+                if x is winner:
+                    continue
+                ls2 = alone(x[1])
+                stop = ls2.index("pamt_get.add") if "pamt_get.add" in ls2 else len(ls2)
+                slows = [j for j in range(stop) if ls2[j] == "pamt_get.slow"]
+                if slows:
+                    turns += [f"vcpu{getattr(x[1], 'vcpu', 0)}"] * (slows[-1] + 1)
+        t = n + 1
+        new.append((members[0][0], Schedule(order=tuple(turns), t=t), []))
+        for p, ev2, ls2_, _ in members:
+            assert isinstance(ev2, Fault)
+            new.append((p, replace(ev2, t=t), ls2_))
+    return new
 
 
 #: Among the events of one record: the TD, its vCPUs, its finalize, then the rest.

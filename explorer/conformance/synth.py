@@ -40,6 +40,7 @@ class VmSim:
     tables: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
     leaves: dict[int, int] = field(default_factory=dict)  # gfn -> pfn
     control: list[int] = field(default_factory=list)  # pfns
+    vcpu_control: dict[int, list[int]] = field(default_factory=dict)  # vCPU tid -> pfns
 
 
 class HostSim:
@@ -126,6 +127,8 @@ class HostSim:
         self.get(tid, vm.pid, pfn)
         self.emit(tid, vm.pid, "tdx_alloc_control_page.return", ret=0, page=VMEMMAP_BASE + pfn * 64)
         vm.control.append(pfn)
+        if tid != vm.vmm_tid:
+            vm.vcpu_control.setdefault(tid, []).append(pfn)
 
     def control_free(self, vm: VmSim, tid: int, pfn: int) -> None:
         self.emit(tid, vm.pid, "tdx_free_control_page.entry", page=VMEMMAP_BASE + pfn * 64)
@@ -343,9 +346,10 @@ class HostSim:
             self.put(tid, vm.pid, pfn)
 
     def teardown(self, vm: VmSim, tid: int | None = None, pid: int | None = None) -> None:
-        """The last reference dropped on thread ``tid`` (any thread): leaves under removed
-        tables print ``-> FROZEN_SPTE`` and are put, each table's entry is zapped and its S-EPT
-        page freed, then each vCPU's cache and control pages, then the TD's."""
+        """The last reference dropped on thread ``tid`` (any thread): in ``kvm_destroy_vm``'s order as the
+        engine runs it (explorer/model/kvm.py): leaves under removed tables print ``->
+        FROZEN_SPTE`` and are put, then each vCPU's cache and control pages, then each table's
+        entry is zapped and its S-EPT page freed, then the TD's control pages."""
         tid = tid or vm.vmm_tid
         if pid is not None:
             vm = VmSim(**{**vm.__dict__, "pid": pid})
@@ -365,6 +369,19 @@ class HostSim:
             if vm.tdx:
                 self.put(tid, vm.pid, pfn)
         vm.leaves.clear()
+        if vm.tdx:  # kvm_destroy_vcpus: each vCPU's cache, then its TDVPR and TDCX pages
+            for _, (vtid, cache) in sorted(vm.vcpus.items()):
+                self.emit(
+                    tid,
+                    vm.pid,
+                    "tdx_free_pamt_cache.entry",
+                    cache=cache,
+                    cache_count=self.cache[cache],
+                )
+                self.cache[cache] = 0
+                self.emit(tid, vm.pid, "tdx_free_pamt_cache.return", ret=0, cache_count=0)
+                for pfn in vm.vcpu_control.get(vtid, []):
+                    self.control_free(vm, tid, pfn)
         for (level, idx), (external, mirror) in sorted(vm.tables.items()):
             self.emit(
                 tid,
@@ -381,14 +398,10 @@ class HostSim:
         vm.tables.clear()
         if not vm.tdx:
             return
-        for _, (_, cache) in sorted(vm.vcpus.items()):
-            self.emit(
-                tid, vm.pid, "tdx_free_pamt_cache.entry", cache=cache, cache_count=self.cache[cache]
-            )
-            self.cache[cache] = 0
-            self.emit(tid, vm.pid, "tdx_free_pamt_cache.return", ret=0, cache_count=0)
-        for pfn in reversed(vm.control):
-            self.control_free(vm, tid, pfn)
+        vcpu_pages = {p for ps in vm.vcpu_control.values() for p in ps}
+        for pfn in vm.control:  # tdx_vm_free: TDR and TDCS pages
+            if pfn not in vcpu_pages:
+                self.control_free(vm, tid, pfn)
         vm.control.clear()
 
 

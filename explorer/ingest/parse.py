@@ -38,6 +38,7 @@ from explorer.ingest.schema import (
     EVENTS,
     FIELDS,
     LEVELS,
+    Field,
     build_columns,
     in_order,
     non_decreasing,
@@ -69,6 +70,9 @@ class Trace:
 # ------------------------------------------------------------------ field schema
 #: op -> (required fields, optional fields): the schema's table (:mod:`explorer.ingest.schema`).
 SCHEMA = EVENTS
+
+#: Fields whose JSON value is a list: a schedule's order, the pages a capture pins.
+_LISTS = frozenset(k for k, f in FIELDS.items() if f.kind in ("order", "pfns"))
 
 #: A CPU's name in a schedule's ``order``: what the engine calls its threads.
 _THREAD = re.compile(r"(?:vcpu|td)(?:0|[1-9][0-9]{0,6})")
@@ -504,7 +508,41 @@ def _check_field(key: str, value: Any, *, csv_cell: bool) -> tuple[Any, str, str
         return value, "", ""
     if key == "order":
         return _check_order(value, csv_cell=csv_cell)
+    if f.kind == "pfns":
+        return _check_pins(key, f, value, csv_cell=csv_cell)
     return None, f"unknown field {_r(key)}", ""
+
+
+def _check_pins(key: str, f: Field, value: Any, *, csv_cell: bool) -> tuple[Any, str, str]:
+    """Pages a kernel capture pins (``tables``, ``control``): a JSON array of pfns, each a
+    number or "0x..." (in CSV, one cell of pfns separated by spaces), at most ``f.most``, each
+    in range and named once (the replay takes each page once)."""
+    expected = f'at most {f.most} distinct pfns in 0..{f.hi:#x}, e.g. ["0x8000", "0x8001"]' + (
+        ' (in CSV: "0x8000 0x8001")' if csv_cell else ""
+    )
+    if csv_cell and isinstance(value, str):
+        value = value.split()
+    if not isinstance(value, list):
+        kind = "a float" if isinstance(value, float) else type(value).__name__
+        return None, f"{key} must be a list of pfns, got {kind}", expected
+    if len(value) > f.most:
+        return None, f"{key} has {len(value)} pfns, over the limit of {f.most}", expected
+    seen: dict[int, int] = {}
+    for i, item in enumerate(value):
+        n = _int(item, csv_cell=csv_cell)
+        if n is None:
+            kind = "a float" if isinstance(item, float) else type(item).__name__
+            if isinstance(item, str):
+                kind = "a string that is not an integer"
+            return None, f"{key}[{i}] must be an integer, got {kind}", expected
+        if isinstance(n, _Huge):
+            return None, f"{key}[{i}] is a {n.digits}-digit number, out of range", expected
+        if not f.lo <= n <= f.hi:
+            return None, f"{key}[{i}]={n:#x} is out of range", expected
+        if n in seen:
+            return None, f"{key}[{i}]={n:#x} repeats {key}[{seen[n]}]", expected
+        seen[n] = i
+    return tuple(seen), "", ""
 
 
 def _check_order(value: Any, *, csv_cell: bool) -> tuple[Any, str, str]:
@@ -1093,7 +1131,7 @@ def _full_line(n: int, raw: str, b: _Builder, c: _Collector, head: dict[str, Any
         head["title"], head["description"], head["settings"] = _header(obj, n, raw, c)
         return
     for key, value in obj.items():
-        if isinstance(value, (dict, list)) and not (key == "order" and isinstance(value, list)):
+        if isinstance(value, (dict, list)) and key not in _LISTS:  # (a list field says why)
             c.add(
                 n,
                 _value_col(raw, key),

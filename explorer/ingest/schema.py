@@ -20,7 +20,7 @@ import operator
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, fields
-from itertools import compress, repeat
+from itertools import chain, compress, islice, repeat
 from operator import itemgetter
 from typing import Any
 
@@ -36,12 +36,23 @@ COMMON_FIELDS = ("t", "note")
 @dataclass(frozen=True)
 class Field:
     """One field's type: ``kind`` is "int" (``lo``..``hi``), "choice" (one of ``choices``),
-    "text" (a string of at most MAX_TEXT characters) or "order" (a schedule's CPU names)."""
+    "text" (a string of at most MAX_TEXT characters), "order" (a schedule's CPU names) or
+    "pfns" (a list of at most ``most`` distinct integers in ``lo``..``hi``: pages a kernel
+    capture pins)."""
 
     kind: str
     lo: int = 0
     hi: int = 0
     choices: tuple[str, ...] = ()
+    most: int = 0
+
+
+#: The most S-EPT table pages one fault links: the non-root levels of a 5-level EPT (PML4,
+#: PDPT, PD, PT), each a ``tdx_sept_link_private_spt`` with its own page.
+MAX_TABLE_PINS = 4
+#: The most control pages one ``td_create`` or ``vcpu_create`` takes: the TDR (or TDVPR) and up
+#: to 64 TDCS (or TDCX) pages (the ``tdcs_pages``/``tdcx_pages`` settings' limit).
+MAX_CONTROL_PINS = 65
 
 
 #: Every field an event line may have, with its type and range.
@@ -57,14 +68,16 @@ FIELDS: dict[str, Field] = {
     "note": Field("text"),
     "text": Field("text"),
     "order": Field("order"),
+    "tables": Field("pfns", 0, L.MAX_PFN, most=MAX_TABLE_PINS),
+    "control": Field("pfns", 0, L.MAX_PFN, most=MAX_CONTROL_PINS),
 }
 
 #: op -> (required fields, optional fields), besides the common ``t`` and ``note``.
 EVENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "td_create": (("td",), ()),
-    "vcpu_create": (("td", "vcpu"), ()),
+    "td_create": (("td",), ("control",)),
+    "vcpu_create": (("td", "vcpu"), ("control",)),
     "td_finalize": (("td",), ()),
-    "fault": (("vcpu", "gfn"), ("pfn", "level")),
+    "fault": (("vcpu", "gfn"), ("pfn", "level", "tables")),
     "zap": (("td", "gfn"), ()),
     "vcpu_free": (("vcpu",), ()),
     "td_destroy": (("td",), ()),
@@ -207,7 +220,33 @@ def check_column(name: str, col: Sequence[Any], *, csv: bool) -> Sequence[Any] |
         if set(map(type, col)) != _STR or max(map(len, col)) > L.MAX_TEXT:
             return None
         return col
+    if f.kind == "pfns":
+        return _pin_lists(col, f, csv)
     return None  # a schedule's order: rare, checked line by line
+
+
+def _pin_lists(col: Sequence[Any], f: Field, csv: bool) -> list[tuple[int, ...]] | None:
+    """Lists of pfns (JSON arrays; CSV cells of pfns separated by spaces) as tuples, each at
+    most ``f.most`` long with its pfns in range and distinct; None if any is not (or empty, in
+    CSV, where an empty cell is no field). An imported capture pins a fault's table pages on
+    most of its faults, so this is the common case of such a trace, checked column-wise."""
+    lists: Sequence[Any] = list(map(str.split, col)) if csv else col
+    if not csv and set(map(type, lists)) != {list}:
+        return None
+    lens = list(map(len, lists))
+    if max(lens) > f.most:
+        return None
+    flat = list(chain.from_iterable(lists))
+    if not flat:
+        return list(map(tuple, lists))
+    ints = _ints(flat, f, csv)
+    if ints is None:
+        return None
+    it = iter(ints)
+    out = [tuple(islice(it, n)) for n in lens]
+    if list(map(len, map(set, out))) != lens:  # a pfn named twice in one list
+        return None
+    return out
 
 
 def non_decreasing(ts: Sequence[int], last: int | None) -> bool:

@@ -1,5 +1,5 @@
-"""Write events as canonical format-v1 JSON Lines (gfn and pfn in hex), parseable back to equal
-events: the inverse of :func:`explorer.ingest.parse.parse_trace`."""
+"""Write events as canonical format-v1 JSON Lines (gfn, pfn and pinned pfns in hex), parseable
+back to equal events: the inverse of :func:`explorer.ingest.parse.parse_trace`."""
 
 from __future__ import annotations
 
@@ -23,7 +23,11 @@ def event_object(ev: Event) -> dict[str, Any]:
             or (f.name == "count" and value == 1)
         ):
             continue
-        obj[f.name] = hex(value) if f.name in ("gfn", "pfn") else value
+        if f.name in ("gfn", "pfn"):
+            value = hex(value)
+        elif f.name in ("tables", "control"):  # pinned pages: lists of pfns
+            value = [hex(v) for v in value]
+        obj[f.name] = value
     return obj
 
 

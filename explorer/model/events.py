@@ -8,7 +8,7 @@ shown when the event starts).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,6 +29,8 @@ class Event:
                 continue
             if name in ("gfn", "pfn"):
                 value = hex(value)
+            elif name in ("tables", "control"):
+                value = ",".join(hex(v) for v in value)
             parts.append(f"{name}={value}")
         return " ".join(parts)
 
@@ -39,6 +41,9 @@ class TdCreate(Event):
 
     op: ClassVar[str] = "td_create"
     td: int
+    #: the TDR then TDCS pages' pfns (``tdx_alloc_control_page``'s gets in a kernel capture);
+    #: None: the allocator picks them
+    control: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,6 +53,8 @@ class VcpuCreate(Event):
     op: ClassVar[str] = "vcpu_create"
     td: int
     vcpu: int
+    #: the TDVPR then TDCX pages' pfns (as ``TdCreate.control``); None: the allocator picks
+    control: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,6 +74,9 @@ class Fault(Event):
     gfn: int
     pfn: int | None = None  # host page for the guest page (must be free); None: allocator picks
     level: str = "4k"  # "4k" | "2m" (2m is rejected by v6 with KVM_BUG_ON)
+    #: the S-EPT table pages this fault links, in the order it links them (the kernel's
+    #: ``tdx_pamt_get`` on each table page); None (or fewer than it links): from the vCPU's cache
+    tables: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,3 +165,20 @@ EVENT_TYPES: dict[str, type[Event]] = {
         Schedule,
     )
 }
+
+
+def pinned_pfns(events: Sequence[Event]) -> list[int]:
+    """Every page ``events`` pin (a fault's ``pfn`` and ``tables``, a TD's or vCPU's
+    ``control``): what the model's allocator must leave alone for the whole replay
+    (:meth:`explorer.model.memory.HostMemory.pin`), so each is free when its event takes it.
+    A replay of a trace that pins pages (an imported kernel capture) pins these first."""
+    out: list[int] = []
+    for ev in events:
+        if isinstance(ev, Fault):
+            if ev.pfn is not None:
+                out.append(ev.pfn)
+            if ev.tables:
+                out.extend(ev.tables)
+        elif isinstance(ev, (TdCreate, VcpuCreate)) and ev.control:
+            out.extend(ev.control)
+    return out

@@ -456,6 +456,7 @@ def tdx_handle_ept_violation(m: KernelState, th: Thread, idx: int, ev: Fault) ->
                 f"pfn {given:#x} is not free (it is {OWNERS[m.mem.owner(given)]})",
                 "a free pfn",
             )
+    check_pins(m, ev, idx, "tables", ev.tables)
     th.stack.append(fn)
     m.count(K_FAULTS)
     yield fn, "fault.begin", "EPT violation: vCPU {} gfn {:#x} ({})", (vcpu.id, gfn, level)
@@ -465,6 +466,8 @@ def tdx_handle_ept_violation(m: KernelState, th: Thread, idx: int, ev: Fault) ->
         m.count(K_FAULTS_FAILED)
         yield fn, "fault.vm_bugged", "the VM is bugged (KVM_BUG_ON earlier): -EIO", ()
         return
+    # the capture's S-EPT table pages, last first (popped as the tables are linked)
+    pins = list(reversed(ev.tables)) if ev.tables else None
     attempt = 0
     while True:
         if (yield from mmu_topup_memory_caches(m, th, vcpu)):
@@ -508,7 +511,9 @@ def tdx_handle_ept_violation(m: KernelState, th: Thread, idx: int, ev: Fault) ->
                 )
                 ret = RETRY
             else:
-                ret = yield from kvm_tdp_mmu_map(m, th, vcpu, td, gfn, pfn, level, mmu_seq)
+                ret = yield from kvm_tdp_mmu_map(
+                    m, th, vcpu, td, gfn, pfn, level, mmu_seq, (ev, idx, pins)
+                )
         if ret == DONE:
             return
         if ret != RETRY:
@@ -625,6 +630,7 @@ def kvm_tdp_mmu_map(
     pfn: int,
     level: str,
     mmu_seq: int,
+    pinned: tuple[Fault, int, list[int] | None] | None = None,
 ) -> KGen:
     """One try: walk the mirror page table under read_lock(mmu_lock) from the root down, link
     the missing non-root tables, map the leaf.
@@ -677,7 +683,7 @@ def kvm_tdp_mmu_map(
                 )
                 ret = RETRY
                 break
-            ret = yield from _link_table(m, th, vcpu, td, key)
+            ret = yield from _link_table(m, th, vcpu, td, key, pinned)
             if ret != DONE:
                 break
         if ret == DONE:
@@ -713,7 +719,52 @@ def _free_sp(m: KernelState, sp: int | None, spt: int | None) -> None:
             m.free_page(p)
 
 
-def _link_table(m: KernelState, th: Thread, vcpu: Vcpu, td: Td, key: tuple[int, int]) -> KGen:
+def check_pins(
+    m: KernelState, ev: Event, idx: int, field: str, pfns: tuple[int, ...] | None
+) -> None:
+    """Before an event changes anything: every page it pins in ``field`` is in host memory,
+    free and named once (the replay stops at the event, the state before it stays viewable)."""
+    if pfns is None:
+        return
+    if len(set(pfns)) != len(pfns):
+        raise m.impossible(ev, idx, f"{ev.op} {field}: a pfn is named twice", "distinct pfns")
+    for i, pfn in enumerate(pfns):
+        _check_pin(m, ev, idx, f"{field}[{i}]", pfn)
+
+
+def _check_pin(m: KernelState, ev: Event, idx: int, field: str, pfn: int) -> None:
+    if not 0 <= pfn < m.mem.total_pages:
+        raise m.impossible(
+            ev,
+            idx,
+            f"{ev.op} {field}: pfn {pfn:#x} is outside host memory ({m.mem.total_pages:#x} pages)",
+            f"pfn < {m.mem.total_pages:#x}",
+        )
+    if not m.mem.is_free(pfn):
+        raise m.impossible(
+            ev,
+            idx,
+            f"{ev.op} {field}: pfn {pfn:#x} is already in use (it is {OWNERS[m.mem.owner(pfn)]})",
+            "a free pfn",
+        )
+
+
+def take_pinned(m: KernelState, ev: Event, idx: int, field: str, pfn: int) -> None:
+    """Check the page an event pins (``field`` names it, e.g. ``tables[1]``) and take it: it
+    must be in host memory and free (the allocator never hands out a pinned page:
+    ``HostMemory.pin``; a page some other path still holds cannot be the kernel's choice)."""
+    _check_pin(m, ev, idx, field, pfn)
+    m.set_owner(pfn, O_IN_HAND)
+
+
+def _link_table(
+    m: KernelState,
+    th: Thread,
+    vcpu: Vcpu,
+    td: Td,
+    key: tuple[int, int],
+    pinned: tuple[Fault, int, list[int] | None] | None = None,
+) -> KGen:
     fn = "kvm_tdp_mmu_map"
     k = key[0]
     caches = vcpu.caches
@@ -728,6 +779,15 @@ def _link_table(m: KernelState, th: Thread, vcpu: Vcpu, td: Td, key: tuple[int, 
         # v5-topup-install: a page from the cache already carries its DPAMT reference
         preinstalled = m.mode == "v5-topup-install" and bool(caches["external_spt"].pfns)
         spt = kvm_mmu_memory_cache_alloc(m, th, vcpu, caches["external_spt"])
+    pins = pinned[2] if pinned is not None and not preinstalled else None
+    if pins and spt is not None and pinned is not None:
+        # the capture names the table page: the cache's page goes back to the page allocator
+        want = pins.pop()
+        if want != spt:
+            tables = pinned[0].tables or ()
+            take_pinned(m, pinned[0], pinned[1], f"tables[{len(tables) - len(pins) - 1}]", want)
+            m.free_page(spt)
+            spt = want
     if sp is None or spt is None:
         _free_sp(m, sp, spt)
         yield fn, "tdp.alloc_bug", "GFP_ATOMIC fallback failed: BUG_ON (the kernel would crash)", ()
@@ -744,6 +804,8 @@ def _link_table(m: KernelState, th: Thread, vcpu: Vcpu, td: Td, key: tuple[int, 
         if preinstalled:
             yield from _put_cache_page(m, th, spt, softirq=False)
         _free_sp(m, sp, spt)
+        if pins is not None and m.mem.is_pinned(spt):
+            pins.append(spt)  # no get on it: the next table this fault links takes it
         yield (
             fn,
             "tdp.freeze_lost",
@@ -1035,16 +1097,25 @@ def _remove_leaf(m: KernelState, th: Thread, td: Td, gfn: int, pfn: int) -> KGen
 
 
 # ============================================================================ control pages
-def tdx_alloc_control_page(m: KernelState, th: Thread) -> KGen:
+def tdx_alloc_control_page(
+    m: KernelState, th: Thread, pinned: tuple[Event, int, str, int] | None = None
+) -> KGen:
     """``tdx_alloc_control_page``: allocate, then ``tdx_pamt_get(pfn, NULL)`` (pair from the
-    page allocator: this runs outside spinlocks, so it may sleep)."""
+    page allocator: this runs outside spinlocks, so it may sleep). ``pinned``: the event, its
+    index, the field and the pfn a capture names for this page (taken as guest_memfd's page is
+    for a fault's leaf)."""
     fn = "tdx_alloc_control_page"
     th.stack.append(fn)
     try:
-        pfn = m.alloc_page(th, O_IN_HAND, sleeping=True)
-        if pfn is None:
-            yield fn, "control.enomem", "alloc_page failed: -ENOMEM", ()
-            return None
+        if pinned is not None:
+            ev, idx, field, pfn = pinned
+            take_pinned(m, ev, idx, field, pfn)
+        else:
+            got = m.alloc_page(th, O_IN_HAND, sleeping=True)
+            if got is None:
+                yield fn, "control.enomem", "alloc_page failed: -ENOMEM", ()
+                return None
+            pfn = got
         yield (
             fn,
             "control.alloc",
@@ -1078,10 +1149,21 @@ def _give_control(m: KernelState, th: Thread, pfn: int, kind: str, call: str, fn
 
 
 def _add_control_pages(
-    m: KernelState, th: Thread, out: list[tuple[int, str]], plan: list[tuple[str, str]], fn: str
+    m: KernelState,
+    th: Thread,
+    out: list[tuple[int, str]],
+    plan: list[tuple[str, str]],
+    fn: str,
+    pinned: tuple[Event, int, tuple[int, ...] | None, int] | None = None,
 ) -> KGen:
-    for kind, call in plan:
-        pfn = yield from tdx_alloc_control_page(m, th)
+    """Each control page of ``plan``; ``pinned``: the event, its index, its ``control`` pfns
+    and the index of this plan's first page in them (None or past its end: allocated)."""
+    for i, (kind, call) in enumerate(plan):
+        pin = None
+        if pinned is not None and pinned[2] is not None and pinned[3] + i < len(pinned[2]):
+            at = pinned[3] + i
+            pin = (pinned[0], pinned[1], f"control[{at}]", pinned[2][at])
+        pfn = yield from tdx_alloc_control_page(m, th, pin)
         if pfn is None:
             return False
         if not (yield from _give_control(m, th, pfn, kind, call, fn)):
@@ -1117,19 +1199,21 @@ def tdx_td_create(m: KernelState, th: Thread, idx: int, ev: TdCreate) -> KGen:
     and KVM's mirror root page."""
     if ev.td in m.tds:
         raise m.impossible(ev, idx, f"TD {ev.td} already exists", "a new TD id")
+    check_pins(m, ev, idx, "control", ev.control)
     fn = "tdx_td_init"
     th.stack.append(fn)
     td = m.tds[ev.td] = Td(ev.td)
     m.note("td", td.id, None, "creating")
     yield fn, "td.begin", "create TD {}: TDR, HKID, {} TDCS pages", (td.id, m.settings.tdcs_pages)
-    ok = yield from _add_control_pages(m, th, td.control, [("tdr", "TDH.MNG.CREATE")], fn)
+    pins = (ev, idx, ev.control, 0)
+    ok = yield from _add_control_pages(m, th, td.control, [("tdr", "TDH.MNG.CREATE")], fn, pins)
     if ok:
         td.hkid = m.next_hkid
         m.next_hkid += 1
         m.note("hkid", td.id, None, td.hkid)
         yield fn, "td.hkid", "TDH.MNG.KEY.CONFIG: TD {} gets HKID {}", (td.id, td.hkid)
         plan = [("tdcs", "TDH.MNG.ADDCX")] * m.settings.tdcs_pages
-        ok = yield from _add_control_pages(m, th, td.control, plan, fn)
+        ok = yield from _add_control_pages(m, th, td.control, plan, fn, (ev, idx, ev.control, 1))
     if ok:
         root = m.alloc_page(th, O_MIRROR, sleeping=True)
         ok = root is not None
@@ -1171,6 +1255,7 @@ def tdx_vcpu_create(m: KernelState, th: Thread, idx: int, ev: VcpuCreate) -> KGe
         raise m.impossible(
             ev, idx, f"vCPU {ev.vcpu} already exists (ids are unique across TDs)", "a new vCPU id"
         )
+    check_pins(m, ev, idx, "control", ev.control)
     fn = "tdx_vcpu_create"
     th.stack.append(fn)
     vcpu = m.vcpus[ev.vcpu] = Vcpu(ev.vcpu, td.id)
@@ -1184,7 +1269,7 @@ def tdx_vcpu_create(m: KernelState, th: Thread, idx: int, ev: VcpuCreate) -> KGe
         (vcpu.id, td.id, m.settings.tdcx_pages),
     )
     plan = [("tdvpr", "TDH.VP.CREATE")] + [("tdcx", "TDH.VP.ADDCX")] * m.settings.tdcx_pages
-    ok = yield from _add_control_pages(m, th, vcpu.control, plan, fn)
+    ok = yield from _add_control_pages(m, th, vcpu.control, plan, fn, (ev, idx, ev.control, 0))
     if ok and m.mode == "mempool" and "mempool" not in m.extra:
         yield from _mempool_create(m, th)
     if not ok:

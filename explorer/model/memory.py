@@ -17,6 +17,7 @@ Allocator policies (what ``alloc_page()`` returns, deterministically):
 from __future__ import annotations
 
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
 from heapq import heappop, heappush
 from typing import Any, Final
@@ -86,6 +87,8 @@ class HostMemory:
         self.journal: list[int] = []
         #: the owner maps as of the last image, shared by every image since
         self._images = SparseImages()
+        #: pages a trace pins to later events (see :meth:`pin`), by region: never allocated
+        self._pins: dict[int, frozenset[int]] = {}
 
     # -- reading -------------------------------------------------------------------------
     def _built(self, region: int) -> bytearray | None:
@@ -182,15 +185,81 @@ class HostMemory:
             heappush(self._heap, region)
         return owners
 
+    def pin(self, pfns: Iterable[int]) -> None:
+        """Reserve ``pfns``: pages the kernel's capture names for later events (a fault's leaf
+        and S-EPT table pages, a TD's or vCPU's control pages). The allocator never hands one
+        out, so a pinned page is free when its event takes it, whatever the model allocated
+        before (the kernel's buddy allocator chose it; the model's policy must not). Pins hold
+        for the whole run (images do not carry them): a page the kernel used twice, pinned once
+        and reused by the allocator once, stays out of the model's allocator too."""
+        by_region: dict[int, set[int]] = {}
+        for pfn in pfns:
+            if 0 <= pfn < self.total_pages:
+                by_region.setdefault(pfn >> PAGES_PER_REGION_SHIFT, set()).add(pfn)
+        pins = {r: set(p) for r, p in self._pins.items()}
+        for r, p in by_region.items():
+            pins.setdefault(r, set()).update(p)
+        self._pins = {r: frozenset(p) for r, p in pins.items()}
+
+    def is_pinned(self, pfn: int) -> bool:
+        """Whether :meth:`pin` reserved ``pfn``."""
+        pins = self._pins.get(pfn >> PAGES_PER_REGION_SHIFT)
+        return pins is not None and pfn in pins
+
     def pick_free(self) -> int | None:
         """The pfn the policy would allocate next, or None when memory is full (no change)."""
         if self.counts[FREE] == 0:
             return None
         if self.policy == "lowest":
-            return self._pick_lowest()
-        if self.policy == "spread":
-            return self._pick_spread()
-        return self._pick_random()
+            pfn = self._pick_lowest()
+        elif self.policy == "spread":
+            pfn = self._pick_spread()
+        else:
+            pfn = self._pick_random()
+        if self._pins and self.is_pinned(pfn):
+            return self._skip_pins(pfn)
+        return pfn
+
+    def _unpinned_free_in(self, region: int, start: int) -> int | None:
+        """The first free page of ``region`` at or after offset ``start`` that no pin holds."""
+        pins = self._pins.get(region, frozenset())
+        base = region << PAGES_PER_REGION_SHIFT
+        owners = self.regions.get(region)
+        if owners is None and self._layers is not None:
+            owners = self._built(region)
+        off = start
+        while off < PAGES_PER_REGION:
+            if owners is not None:
+                off = owners.find(FREE, off)
+                if off < 0:
+                    return None
+            if base | off not in pins:
+                return base | off
+            off += 1
+        return None
+
+    def _skip_pins(self, pfn: int) -> int | None:
+        """The policy's choice past the pinned page ``pfn``: the next free unpinned page in
+        the policy's order (``lowest``: ascending pfns; ``spread`` and ``random``: the rest of
+        ``pfn``'s region, its start, then the next regions round-robin). None: every free page
+        is pinned."""
+        region, off = pfn >> PAGES_PER_REGION_SHIFT, pfn & (PAGES_PER_REGION - 1)
+        n = self.nr_regions
+        for i in range(n):
+            r = region + i if self._lowest else (region + i) % n
+            if r >= n:
+                return None
+            rc = self._rc(r)
+            if rc is not None and rc[FREE] == 0:
+                continue
+            got = self._unpinned_free_in(r, off if i == 0 else 0)
+            if got is None and i == 0 and off and not self._lowest:
+                got = self._unpinned_free_in(r, 0)
+            if got is not None:
+                if self.policy == "spread":
+                    self._spread_cursor = r + 1
+                return got
+        return None
 
     def _first_free_in(self, region: int, start: int = 0) -> int:
         owners = self.regions.get(region)
