@@ -77,3 +77,48 @@ def test_the_allocator_never_hands_out_a_pinned_page() -> None:
         assert not any(mem.is_pinned(p) for p in got), policy
         assert region * R + R - 1 in got, policy
         assert mem.pick_free() is None, policy  # what is left is pinned
+
+
+def _low_pin_trace() -> list[Event]:
+    """A capture's trace whose second TD's control pages are the lowest free pages: the pages
+    the model's lowest-first allocator hands the first TD's cache top-up unless they are
+    reserved from the start."""
+    tdr = tuple(range(1 + Settings().tdcs_pages))  # region 0's first pages
+    return [
+        *_boot(),
+        Fault(vcpu=0, gfn=0x10, pfn=73 * R, tables=TABLES),
+        TdCreate(td=1, control=tdr),
+    ]
+
+
+def test_every_replay_of_a_capture_reserves_its_pinned_pages() -> None:
+    """The app's replay (Timeline), check, replay, sweep metrics and explore reserve what a
+    trace pins before its first event (reserved_pfns), as conform does: a page the kernel
+    used later is never handed out earlier by the model (which stopped the replay with
+    "already in use")."""
+    from explorer.interleavings.search import Explorer
+    from explorer.model.events import reserved_pfns
+    from explorer.replay.timeline import replay
+    from explorer.sweeps.metrics import run_metrics
+
+    events = _low_pin_trace()
+    unreserved = Machine(Settings())
+    unreserved.run(events)
+    assert unreserved.stopped is not None and "already in use" in str(unreserved.stopped)
+    assert set(reserved_pfns(events)) >= set(events[-1].control or ())
+    tl = replay(events, Settings())
+    assert tl.stopped is None, tl.stopped
+    last = tl.nr_steps - 1
+    assert tl.state_at(last).step == last  # a seek's machine reserves them too
+    assert tl.step(last).event == len(events) - 1
+    assert run_metrics(events, Settings()).counters["pamt_lost_race"] == 0
+    ex = Explorer(events, Settings())
+    ex.run()
+    assert ex.stopped is None, ex.stopped
+
+
+def test_a_trace_that_names_no_table_or_control_page_reserves_nothing() -> None:
+    """A hand-written trace's fault pfns are taken when their fault comes (its goldens stand)."""
+    from explorer.model.events import reserved_pfns
+
+    assert reserved_pfns([TdCreate(td=0), Fault(vcpu=0, gfn=1, pfn=5 * R)]) == []

@@ -21,6 +21,7 @@ from explorer.cli.common import (
     resolve_settings,
 )
 from explorer.ingest.generate import WORKLOADS
+from explorer.model.events import reserved_pfns
 from explorer.model.machine import Machine, batches
 from explorer.model.summary import summary
 from explorer.replay.render import format_steps
@@ -32,6 +33,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     trace = read_trace(args.trace)
     settings = resolve_settings(trace, args.set or [])
     m = Machine(settings, record=False, check=False)
+    m.mem.pin(reserved_pfns(trace.events))  # (an imported capture's pages: as conform replays)
     m.run(trace.events)
     if m.stopped is not None:
         d = m.stopped
@@ -47,6 +49,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     settings = resolve_settings(trace, args.set or [])
     events = trace.events
     m = Machine(settings, record=not args.json, check=True)
+    m.mem.pin(reserved_pfns(events))
     out = sys.stdout
     for start, end in batches(events):
         if m.stopped is not None:

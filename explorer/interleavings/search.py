@@ -59,7 +59,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from explorer.model.events import Event, Fault, Zap
+from explorer.model.events import Event, Fault, Zap, reserved_pfns
 from explorer.model.machine import (
     Machine,
     MachineImage,
@@ -166,6 +166,7 @@ class Explorer:
         reduction: bool = True,
     ) -> None:
         self.events = events
+        self._pins: dict[int, frozenset[int]] | None = None
         #: True (the default): the partial-order reduction (:class:`_Reduced`): one schedule
         #: per class of schedules that differ only in the order of independent turns, so
         #: ``states`` and ``schedules`` count those searched, not all. False: every enabled
@@ -195,6 +196,11 @@ class Explorer:
     def _machine(self) -> Machine:
         m = Machine(self.settings, record=False, check=True)
         m.fp_on = self.reduction
+        if self._pins is None:  # (an imported capture's pages, reserved as conform replays)
+            m.mem.pin(reserved_pfns(self.events))
+            self._pins = m.mem.pin_table()
+        else:
+            m.mem.use_pins(self._pins)
         return m
 
     def _items(self, span: tuple[int, int]) -> list[tuple[int, Event]]:

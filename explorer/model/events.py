@@ -167,6 +167,21 @@ EVENT_TYPES: dict[str, type[Event]] = {
 }
 
 
+def reserved_pfns(events: Sequence[Event]) -> list[int]:
+    """The pages a replay of ``events`` reserves before its first event: every pinned page
+    (:func:`pinned_pfns`) when the trace names an S-EPT table or a control page (an imported
+    kernel capture: the kernel's allocator chose all of them, so the model's must take none of
+    them early, as ``conform`` replays it), and none otherwise (a hand-written trace's fault
+    ``pfn`` is taken when its fault comes, as the trace format has always said: its replays and
+    goldens do not change)."""
+    for ev in events:
+        if (isinstance(ev, Fault) and ev.tables) or (
+            isinstance(ev, (TdCreate, VcpuCreate)) and ev.control
+        ):
+            return pinned_pfns(events)
+    return []
+
+
 def pinned_pfns(events: Sequence[Event]) -> list[int]:
     """Every page ``events`` pin (a fault's ``pfn`` and ``tables``, a TD's or vCPU's
     ``control``): what the model's allocator must leave alone for the whole replay

@@ -201,6 +201,15 @@ class HostMemory:
             pins.setdefault(r, set()).update(p)
         self._pins = {r: frozenset(p) for r, p in pins.items()}
 
+    def pin_table(self) -> dict[int, frozenset[int]]:
+        """The pins (:meth:`pin`) by region, to give another machine of the same replay at once
+        (:meth:`use_pins`: a seek's machine, without building the sets again)."""
+        return self._pins
+
+    def use_pins(self, table: dict[int, frozenset[int]]) -> None:
+        """Take the pins of :meth:`pin_table` (read-only: :meth:`pin` builds a new table)."""
+        self._pins = table
+
     def is_pinned(self, pfn: int) -> bool:
         """Whether :meth:`pin` reserved ``pfn``."""
         pins = self._pins.get(pfn >> PAGES_PER_REGION_SHIFT)

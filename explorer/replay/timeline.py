@@ -27,7 +27,7 @@ from typing import Any
 from explorer.ingest.gcpause import gc_paused
 from explorer.model.bulk import FLAG_BITS, FLAG_LABELS, BatchLog, run_batches
 from explorer.model.constants import PAGE_SIZE, PAGES_PER_REGION_SHIFT
-from explorer.model.events import Event
+from explorer.model.events import Event, reserved_pfns
 from explorer.model.machine import Machine, MachineDelta, MachineImage, StepReached, batches
 from explorer.model.records import Diagnostic, Snapshot, Step
 from explorer.model.settings import Settings
@@ -85,6 +85,8 @@ class Timeline:
         self._deltas: dict[int, MachineDelta] = {}  # every checkpoint, by batch
         self._ckpt_batches = array("q")  # batches with a checkpoint, ascending
         self._lru: OrderedDict[int, list[Step]] = OrderedDict()
+        #: the pages every machine of this replay reserves (an imported capture's: reserved_pfns)
+        self._pins: dict[int, frozenset[int]] = {}
         #: the app caches one Timeline per trace for every session, and Streamlit runs sessions
         #: in threads: re-derivations and the LRU are guarded by this lock
         self._lock = threading.RLock()
@@ -179,6 +181,8 @@ class Timeline:
         ``b``: the nearest keyframe, the deltas after it, then the batches since the last
         checkpoint."""
         m = Machine(self.settings, record=False, check=True)
+        if self._pins:
+            m.mem.use_pins(self._pins)
         ck = self._ckpt_batches
         c = ck[bisect.bisect_right(ck, b) - 1] if ck and ck[0] <= b else 0
         k = max((x for x in self._checkpoints if x <= c), default=None)
@@ -414,11 +418,15 @@ def _replay(
 ) -> Timeline:
     tl = Timeline(events, settings)
     m = Machine(settings, record=False, check=True)
+    reserved = reserved_pfns(events)
+    if reserved:
+        m.mem.pin(reserved)
     checkpoint_budget = min(
         checkpoint_budget, max(KEYFRAME_MIN_BUDGET, KEYFRAME_BYTES_PER_EVENT * len(events))
     )
     log = BatchLog(len(events))
     tl._adopt(log)
+    tl._pins = m.mem.pin_table()
     n = len(events)
     since_report = 0
     last_end = 0

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from explorer.model.constants import PAGE_SIZE, PAGES_PER_REGION, PAMT_ENTRY_SIZE
-from explorer.model.events import Event
+from explorer.model.events import Event, reserved_pfns
 from explorer.model.machine import Machine, batches
 from explorer.model.settings import Settings
 
@@ -95,6 +95,7 @@ def idle_pages(m: Machine, idle: dict[int, int] | None = None) -> dict[int, int]
 def run_metrics(events: Sequence[Event], settings: Settings) -> RunMetrics:
     """Replay ``events`` under ``settings`` and measure it (deterministic)."""
     m = Machine(settings, record=False, check=True)
+    m.mem.pin(reserved_pfns(events))  # (an imported capture's pages, as conform replays)
     total_series: list[int] = []
     pairs_series: list[int] = []
     spec_peak = 0
