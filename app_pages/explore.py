@@ -85,7 +85,7 @@ def view(
     else:
         left, right = st.container(key="step_view").columns([5, 6])
         with left:
-            map_and_caches(snap, changed)
+            map_and_caches(snap, changed, tl)
         with right:
             with st.container(key=STEP_HEADER_KEY):
                 step_text(tl, step)

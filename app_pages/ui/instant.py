@@ -27,9 +27,10 @@ from typing import Any
 import plotly
 import streamlit as st
 
-from app_pages.ui.state_panel import CACHE_HEIGHT, MAP_HEIGHT, chart_config
+from app_pages.ui.state_panel import CACHE_HEIGHT, MAP_HEIGHT, chart_config, page_theme
 from app_pages.ui.stepper import period
 from explorer.replay.timeline import Timeline
+from explorer.views.region_map import replay_span
 from explorer.views.window import step_window
 
 #: The map's width (px) for region_map's layout: the view's left column (5/11 of the page, 330 px at
@@ -78,10 +79,12 @@ def _on_step() -> None:
 
 def _window(tl: Timeline, replay_key: tuple[object, ...], cursor: int) -> dict[str, Any]:
     """The window around ``cursor``, rebuilt only when the cursor nears its edge (or the
-    replay, the colouring or the notes change): most reruns reuse it."""
+    replay, the colouring, the theme or the notes change): most reruns reuse it. The map draws
+    the replay's span and both figures the page's theme, as the server-drawn view does."""
     color_by = st.session_state.get("color_by", "dpamt")
+    theme = page_theme()
     notes = dict(st.session_state.get("review_notes") or {})
-    key = (replay_key, color_by, tuple(sorted(notes.items())))
+    key = (replay_key, color_by, theme, tuple(sorted(notes.items())))
     old = st.session_state.get("instant_window")
     if old is not None and old[0] == key:
         w: dict[str, Any] = old[1]
@@ -103,6 +106,8 @@ def _window(tl: Timeline, replay_key: tuple[object, ...], cursor: int) -> dict[s
         narrow_caches=True,
         notes=notes,
         memo=memo[1],
+        theme=theme,
+        span=replay_span(tl),
     )
     st.session_state.instant_window = (key, w)
     return w
