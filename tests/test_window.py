@@ -175,3 +175,12 @@ def test_no_step_builds_a_figure(monkeypatch: pytest.MonkeyPatch) -> None:
     w = step_window(_timeline("lost_race"), 30, 10)
     assert len(w["steps"]) == 21
     assert calls["map"] <= 2 and calls["caches"] == 1, calls
+
+
+def test_dpamt_instant_turns_instant_steps_on_and_off() -> None:
+    """Explore's start (app_pages/explore.py reads DPAMT_INSTANT through this)."""
+    from app_pages.ui.instant import ON_BY_DEFAULT, instant_by_default
+
+    assert instant_by_default(None) is ON_BY_DEFAULT and instant_by_default("") is ON_BY_DEFAULT
+    assert instant_by_default("0") is False and instant_by_default(" Off ") is False
+    assert instant_by_default("1") is True and instant_by_default("yes") is True
