@@ -11,7 +11,7 @@ import streamlit as st
 
 from app_pages import common
 from app_pages.ui.explore_tabs import explore_tabs
-from app_pages.ui.instant import instant_view
+from app_pages.ui.instant import instant_by_default, instant_view
 from app_pages.ui.keys import STEP_HEADER_KEY, step_keys
 from app_pages.ui.state_panel import export_choice, map_and_caches
 from app_pages.ui.step_panel import COMPACT_CSS, code_and_locks, step_text
@@ -85,7 +85,7 @@ def view(
     else:
         left, right = st.container(key="step_view").columns([5, 6])
         with left:
-            map_and_caches(snap, changed)
+            map_and_caches(snap, changed, tl)
         with right:
             with st.container(key=STEP_HEADER_KEY):
                 step_text(tl, step)
@@ -123,10 +123,10 @@ def main() -> None:
     common.sidebar_trace_picker()
     settings = common.sidebar_settings()
     export_choice()
-    if "instant_steps" not in st.session_state:  # DPAMT_INSTANT=1: on by default (measurements)
-        st.session_state.instant_steps = os.environ.get("DPAMT_INSTANT") == "1"
+    if "instant_steps" not in st.session_state:  # DPAMT_INSTANT=1/0, else the default
+        st.session_state.instant_steps = instant_by_default(os.environ.get("DPAMT_INSTANT"))
     st.sidebar.toggle(
-        "Instant steps (beta)",
+        "Instant steps",
         key="instant_steps",
         help="Step through a window of steps drawn in the browser: Next, Prev, the keys and "
         "Play need no round trip to the server until the cursor leaves the window.",

@@ -10,12 +10,13 @@ from explorer.ingest import parse_trace
 from explorer.replay.timeline import Timeline, replay
 from explorer.views.caches import pamt_cache_figure
 from explorer.views.code import lock_summary
-from explorer.views.region_map import region_map
+from explorer.views.region_map import region_map, replay_span, shown_regions
 from explorer.views.window import (
     apply_map_patch,
     caches_figure,
     code_view,
     figure_json,
+    page_template,
     step_text,
     step_window,
 )
@@ -29,19 +30,31 @@ def _timeline(name: str) -> Timeline:
 
 
 @pytest.mark.parametrize(
-    ("name", "centre", "color_by", "width"),
+    ("name", "centre", "color_by", "width", "theme", "with_span"),
     [
-        ("lost_race", 30, "dpamt", None),
-        ("td_lifecycle", 0, "dpamt", 400),
-        ("lost_race", 12, "owner", 400),
-        ("workload_two_tds", 200, "dpamt", None),
+        ("lost_race", 30, "dpamt", None, "light", False),
+        ("td_lifecycle", 0, "dpamt", 400, "light", False),
+        ("lost_race", 12, "owner", 400, "dark", True),
+        ("workload_two_tds", 200, "dpamt", None, "light", True),
+        # a 4 GiB host: the map draws the replay's span (a zoomed grid starting at a row > 0)
+        ("cold_5level", 20, "dpamt", 400, "light", True),
+        ("cold_5level", 6, "owner", None, "dark", True),
+        # a span that does not start at region 0 (the grid's first row is not row 0) and leaves
+        # out regions the steps change (their cells and outlines are not drawn)
+        ("cold_5level", 99, "dpamt", 400, "dark", (70, 140)),
     ],
 )
 def test_each_step_is_what_the_views_draw(
-    name: str, centre: int, color_by: str, width: int | None
+    name: str,
+    centre: int,
+    color_by: str,
+    width: int | None,
+    theme: str,
+    with_span: bool | tuple[int, int],
 ) -> None:
     narrow = width is not None
     tl = _timeline(name)
+    span = with_span if isinstance(with_span, tuple) else replay_span(tl) if with_span else None
     centre = min(centre, tl.nr_steps - 1)
     w = step_window(
         tl,
@@ -53,8 +66,15 @@ def test_each_step_is_what_the_views_draw(
         map_width=width,
         narrow_caches=narrow,
         notes={centre: "look"},
+        theme=theme,
+        span=span,
     )
     payload = json.loads(json.dumps(w, allow_nan=False))  # JSON as the browser gets it
+    base, end = shown_regions(tl.state_at(0).nr_regions, span, width, 220)
+    if name == "cold_5level":  # the case guards the zoom: the span is drawn, not the map
+        assert end - base < tl.state_at(0).nr_regions
+        assert (base > 0) == isinstance(with_span, tuple)
+    assert (payload["page_template"] is None) == (theme == "light")
     assert payload["lo"] == max(centre - 6, -1)
     assert [s["step"] for s in payload["steps"]] == list(range(payload["lo"], payload["hi"] + 1))
     moved = 0
@@ -63,11 +83,15 @@ def test_each_step_is_what_the_views_draw(
         snap = tl.state_at(i)
         step = tl.step(i) if i >= 0 else None
         changed = tl.changed_regions(i) if i >= 0 else []
-        want = figure_json(region_map(snap, changed, color_by=color_by, height=220, width=width))
+        want = figure_json(
+            region_map(
+                snap, changed, color_by=color_by, height=220, width=width, theme=theme, span=span
+            )
+        )
         assert apply_map_patch(payload["map_base"], s["map"]) == want, f"map at step {i}"
         moved += bool(s["map"]["cells"])
         assert caches_figure(payload, s) == figure_json(
-            pamt_cache_figure(snap, height=160, narrow=narrow)
+            pamt_cache_figure(snap, height=160, narrow=narrow, theme=theme)
         ), i
         text = step_text(tl, step)
         assert s["text"]["header"] == text.header and s["text"]["narration"] == text.narration
@@ -101,6 +125,20 @@ def test_bad_arguments_are_named() -> None:
         step_window(tl, tl.nr_steps, 3)
     with pytest.raises(ValueError, match="radius"):
         step_window(tl, 0, -1)
+    with pytest.raises(ValueError, match="theme"):
+        step_window(tl, 0, 3, theme="blue")
+    with pytest.raises(ValueError, match="span"):
+        step_window(tl, 0, 3, span=(5, 2))
+    with pytest.raises(ValueError, match="beyond"):
+        step_window(tl, 0, 3, span=(0, tl.state_at(0).nr_regions + 1))
+
+
+def test_the_dark_page_template_has_see_through_backgrounds() -> None:
+    t = page_template("dark")
+    assert t is not None
+    assert t["layout"]["paper_bgcolor"] == t["layout"]["plot_bgcolor"] == "rgba(0,0,0,0)"
+    assert t["layout"]["font"]["color"] != "#2a3f5f"  # plotly's light text, unreadable on dark
+    assert page_template("light") is None
 
 
 def test_a_recentred_window_reuses_the_memo_and_equals_a_fresh_one() -> None:
@@ -137,3 +175,12 @@ def test_no_step_builds_a_figure(monkeypatch: pytest.MonkeyPatch) -> None:
     w = step_window(_timeline("lost_race"), 30, 10)
     assert len(w["steps"]) == 21
     assert calls["map"] <= 2 and calls["caches"] == 1, calls
+
+
+def test_dpamt_instant_turns_instant_steps_on_and_off() -> None:
+    """Explore's start (app_pages/explore.py reads DPAMT_INSTANT through this)."""
+    from app_pages.ui.instant import ON_BY_DEFAULT, instant_by_default
+
+    assert instant_by_default(None) is ON_BY_DEFAULT and instant_by_default("") is ON_BY_DEFAULT
+    assert instant_by_default("0") is False and instant_by_default(" Off ") is False
+    assert instant_by_default("1") is True and instant_by_default("yes") is True

@@ -57,7 +57,13 @@ function mapFigure(w, patch) {
   if (text) heat.text = text;
   const data = [heat];
   if (patch.outline) data.push(patch.outline);
-  return { data, layout: patch.layout || w.map_base.layout };
+  return { data, layout: themed(w, patch.layout || w.map_base.layout) };
+}
+
+// The page's theme: on a dark page the figures take the window's page_template (plotly_dark,
+// see-through backgrounds; explorer/views/window.py's page_template), on light their own.
+function themed(w, layout) {
+  return w.page_template ? Object.assign({}, layout, { template: w.page_template }) : layout;
 }
 
 function draw(st) {
@@ -70,7 +76,7 @@ function draw(st) {
     P.react(st.mapDiv, m.data, m.layout, st.config.map);
     const layout = Object.assign({}, s.caches.layout);
     if (!layout.template && w.caches_template) layout.template = w.caches_template;
-    P.react(st.cacheDiv, s.caches.data, layout, st.config.caches);
+    P.react(st.cacheDiv, s.caches.data, themed(w, layout), st.config.caches);
   }
   st.header.innerHTML = markdownish(s.text.header);
   st.narration.textContent = s.text.narration;

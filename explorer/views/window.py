@@ -38,7 +38,15 @@ from explorer.replay.timeline import Timeline
 from explorer.views.caches import pamt_cache_figure, stack_label_points, stack_labels
 from explorer.views.code import code_panel, lock_summary
 from explorer.views.frames import RegionArrays, region_arrays
-from explorer.views.palette import DPAMT_STATES, GREY, ORANGE, VERMILLION, YELLOW
+from explorer.views.palette import (
+    DPAMT_STATES,
+    GREY,
+    ORANGE,
+    THEMES,
+    VERMILLION,
+    YELLOW,
+    check_theme,
+)
 
 #: Steps either side of the centre the window holds by default.
 DEFAULT_RADIUS = 20
@@ -202,10 +210,11 @@ def _delta(
     return dict(zip(idx.tolist(), zip(z, texts, strict=True), strict=True))
 
 
-def _outline(template: dict[str, Any], changed: list[int], cols: int, n: int) -> Any:
+def _outline(template: dict[str, Any], changed: list[int], cols: int, base: int, end: int) -> Any:
     """The changed regions' outline trace: region_map's own trace (``template``, built once)
-    with this step's regions."""
-    ch = sorted({r for r in changed if 0 <= r < n})
+    with this step's regions shown (``[base, end)``: the map's span); None when the step
+    changed none (region_map's figure then has no such trace)."""
+    ch = sorted({r for r in changed if base <= r < end})
     if not changed:
         return None
     return {
@@ -359,11 +368,17 @@ def step_window(
     narrow_caches: bool = False,
     notes: Mapping[int, str] | None = None,
     memo: dict[tuple[object, ...], Any] | None = None,
+    theme: str = "light",
+    span: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """The payload for steps ``[centre - radius, centre + radius]`` (clipped to -1 .. last; -1
     is the state before the first step). ``notes``: review notes pinned to steps (shown with
     the step's text). ``map_width`` and ``narrow_caches``: region_map's ``width`` and
     pamt_cache_figure's ``narrow`` (a compact colour bar, a short title for a narrow column).
+    ``theme`` and ``span``: region_map's (``span`` the replay's, :func:`replay_span`, so a 4 GiB
+    map keeps one grid over the window and across windows) and pamt_cache_figure's ``theme``;
+    the payload's ``page_template`` is the Plotly template the browser draws both figures with
+    on that theme (:func:`page_template`).
     ``memo``: what earlier windows of the same replay built (kept by the
     caller): each step's cells that changed from the step before and its caches.
 
@@ -380,31 +395,43 @@ def step_window(
         raise ValueError(f"step_window: radius {radius} is negative")
     if color_by not in ("dpamt", "owner"):
         raise ValueError(f"step_window: color_by {color_by!r} is not 'dpamt' or 'owner'")
+    if theme not in THEMES:
+        raise ValueError(f"step_window: theme {theme!r} is not one of {', '.join(THEMES)}")
+    if span is not None and not 0 <= span[0] < span[1]:
+        raise ValueError(f"step_window: span {span!r} is not (first, end) with first < end")
     lo, hi = max(centre - radius, -1), min(centre + radius, last)
     memo = {} if memo is None else memo
-    from explorer.views.region_map import HOVER_TEXT_LIMIT, region_map
+    from explorer.views.region_map import HOVER_TEXT_LIMIT, region_map, shown_regions
 
     snap_lo = tl.state_at(lo)
     n = snap_lo.nr_regions
+    if span is not None and span[1] > n:
+        raise ValueError(f"step_window: span {span!r} ends beyond the map's {n} regions")
+    # the regions the map draws: its grid's flat index k is region first + k
+    first, end = shown_regions(n, span, map_width, map_height)
     changed_lo = tl.changed_regions(lo) if lo >= 0 else []
-    base = figure_json(
-        region_map(snap_lo, changed_lo, color_by=color_by, height=map_height, width=map_width)
-    )
+    opts: dict[str, Any] = {
+        "color_by": color_by,
+        "height": map_height,
+        "width": map_width,
+        "theme": theme,
+        "span": span,
+    }
+    base = figure_json(region_map(snap_lo, changed_lo, **opts))
     cols = len(base["data"][0]["z"][0])
-    padded = len(base["data"][0]["z"]) * cols != n
-    with_text = n <= HOVER_TEXT_LIMIT
-    okey = ("outline", color_by, map_height, map_width)
+    padded = len(base["data"][0]["z"]) * cols != end - first
+    with_text = end - first <= HOVER_TEXT_LIMIT
+    okey = ("outline", color_by, map_height, map_width, theme, span)
     if okey not in memo:
         if len(base["data"]) > 1:
             memo[okey] = base["data"][1]
-        else:  # region_map's outline trace (styled by it), any region will do
-            fig = region_map(snap_lo, [0], color_by=color_by, height=map_height, width=map_width)
-            memo[okey] = figure_json(fig)["data"][1]
+        else:  # region_map's outline trace (styled by it), any shown region will do
+            memo[okey] = figure_json(region_map(snap_lo, [first], **opts))["data"][1]
     outline = memo[okey]
-    rkey = ("caches_ref", cache_height, narrow_caches)
+    rkey = ("caches_ref", cache_height, narrow_caches, theme)
     if rkey not in memo:  # its styles and layout (the steps' data replace its own)
         memo[rkey] = figure_json(
-            pamt_cache_figure(snap_lo, height=cache_height, narrow=narrow_caches)
+            pamt_cache_figure(snap_lo, height=cache_height, narrow=narrow_caches, theme=theme)
         )
     cache_ref = memo[rkey]
     template = cache_ref["layout"].get("template")
@@ -432,11 +459,11 @@ def step_window(
         if i > lo:
             cells.update(delta(i))
         patch_cells = [
-            [k, float(z) if padded else z, t]
-            for k, (z, t) in sorted(cells.items())
-            if z != bz[k] or (with_text and t != bt[k])
+            [r - first, float(z) if padded else z, t]
+            for r, (z, t) in sorted(cells.items())
+            if first <= r < end and (z != bz[r - first] or (with_text and t != bt[r - first]))
         ]
-        skey = ("step", i, cache_height, narrow_caches)
+        skey = ("step", i, cache_height, narrow_caches, theme)
         if skey not in memo:  # what a step shows besides its map, built once a replay
             snap = tl.state_at(i)
             step = tl.step(i) if i >= 0 else None
@@ -455,7 +482,10 @@ def step_window(
             {
                 "step": i,
                 "event": m["event"],
-                "map": {"cells": patch_cells, "outline": _outline(outline, m["changed"], cols, n)},
+                "map": {
+                    "cells": patch_cells,
+                    "outline": _outline(outline, m["changed"], cols, first, end),
+                },
                 "caches": caches,
                 "text": m["text"],
                 "note": (notes or {}).get(i, ""),
@@ -471,5 +501,21 @@ def step_window(
         "no_code": NO_CODE,
         "map_base": base,
         "caches_template": template,
+        "page_template": page_template(theme),
         "steps": steps,
     }
+
+
+def page_template(theme: str) -> dict[str, Any] | None:
+    """The Plotly template the browser draws the window's figures with on ``theme``: None on
+    light (the figures' own); on dark, plotly's ``plotly_dark`` with see-through backgrounds,
+    so the charts sit on the page's dark background with light text and grid (the figures'
+    own template is a white page: a bright block in a dark page). The server-drawn charts get
+    the same from Streamlit's own chart theme."""
+    if check_theme(theme) == "light":
+        return None
+    import plotly.io as pio
+
+    t: dict[str, Any] = _plain(pio.templates["plotly_dark"].to_plotly_json())
+    t["layout"] = {**t["layout"], "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)"}
+    return t

@@ -32,29 +32,15 @@ CHROMIUM_ARGS = [
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 
 
-@pytest.fixture(scope="session")
-def server() -> Iterator[str]:
+def _serve(log_name: str, instant: str | None) -> Iterator[str]:
+    """A Streamlit server whose environment has ``DPAMT_INSTANT=instant`` (None: unset, the
+    app's default); the variable is put back as it was after."""
     port = free_port()
-    log = ARTIFACTS / "streamlit.log"
+    log = ARTIFACTS / log_name
     ARTIFACTS.mkdir(exist_ok=True)
-    with log.open("w") as out:
-        try:
-            proc = start_app(port, log=out)
-        except RuntimeError as exc:
-            pytest.fail(f"{exc}; see {log}")
-        yield f"http://127.0.0.1:{port}"
-        stop_app(proc)
-
-
-@pytest.fixture(scope="session")
-def instant_server() -> Iterator[str]:
-    """A second server with instant steps on from the first page load (DPAMT_INSTANT=1): deep
-    links open on the browser-drawn view, as they would with the setting on by default."""
-    port = free_port()
-    log = ARTIFACTS / "streamlit-instant.log"
-    ARTIFACTS.mkdir(exist_ok=True)
-    before = os.environ.get("DPAMT_INSTANT")
-    os.environ["DPAMT_INSTANT"] = "1"  # the server's process inherits it
+    before = os.environ.pop("DPAMT_INSTANT", None)
+    if instant is not None:
+        os.environ["DPAMT_INSTANT"] = instant  # the server's process inherits it
     try:
         with log.open("w") as out:
             try:
@@ -64,10 +50,25 @@ def instant_server() -> Iterator[str]:
             yield f"http://127.0.0.1:{port}"
             stop_app(proc)
     finally:
-        if before is None:
-            os.environ.pop("DPAMT_INSTANT", None)
-        else:
+        os.environ.pop("DPAMT_INSTANT", None)
+        if before is not None:
             os.environ["DPAMT_INSTANT"] = before
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[str]:
+    """The server-drawn fallback (DPAMT_INSTANT=0): Explore's step view drawn by the server,
+    the Plotly charts the tests of that view wait for (chart_region_map, ...)."""
+    yield from _serve("streamlit.log", "0")
+
+
+@pytest.fixture(scope="session")
+def instant_server() -> Iterator[str]:
+    """Instant steps from the first page load, deep links open on the browser-drawn view: the
+    app's default when it is on (DPAMT_INSTANT unset), else DPAMT_INSTANT=1."""
+    from app_pages.ui.instant import ON_BY_DEFAULT
+
+    yield from _serve("streamlit-instant.log", None if ON_BY_DEFAULT else "1")
 
 
 @pytest.fixture(scope="session")

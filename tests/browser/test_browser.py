@@ -107,8 +107,8 @@ def test_upload_a_good_then_a_bad_trace(page, server, tmp_path) -> None:  # type
     settle(page)
     page.wait_for_selector("text=The uploaded trace was not loaded")
     assert page.get_by_text("fast_path.jsonl: A second page in the same region").count() == 1
-    grid = page.locator('[data-testid="stDataFrame"]').first
-    assert grid.is_visible()
+    # the errors' table (its grid's code loads on first use: waited for, not read at once)
+    expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible(timeout=60_000)
     shot(page, "upload-errors")
 
 
@@ -452,3 +452,28 @@ def test_instant_play_draws_every_step_at_every_speed(page, instant_server) -> N
             range(at + 1, at + n + 1)
         ), (label, played[: n + 2])
         at = int(page.locator(".instant").first.get_attribute("data-step") or "0")
+
+
+def test_each_server_starts_on_its_default(browser, server, instant_server) -> None:  # type: ignore[no-untyped-def]
+    """The instant server (the app's default when instant steps are on by default, else
+    DPAMT_INSTANT=1) starts on the view drawn in the browser, the sidebar toggle on;
+    DPAMT_INSTANT=0 starts on the server-drawn view, the toggle off."""
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    try:
+        for url, instant in ((instant_server, True), (server, False)):
+            pg.goto(url + "/?sample=lost_race&step=3")
+            if instant:
+                expect(pg.locator(".instant").first).to_have_attribute("data-step", "3")
+                pg.wait_for_selector(".instant .map .main-svg")
+            else:
+                _wait_charts(pg)
+                _wait_step(pg, 3)
+            settle(pg)
+            toggle = pg.locator('.st-key-instant_steps input[type="checkbox"]').first
+            assert toggle.is_checked() is instant, url
+            assert pg.locator(".instant").count() == (1 if instant else 0), url
+            assert pg.locator(".st-key-chart_region_map").count() == (0 if instant else 1), url
+    finally:
+        context.close()
