@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app_pages.ui.tour_view import page_theme
+from app_pages.ui.state_panel import page_theme
 from explorer.views.about import cover_letter_markdown, overhead_figure, region_diagram
 
 st.title("About Dynamic PAMT")

@@ -8,8 +8,8 @@ import streamlit as st
 
 from app_pages import common
 from app_pages.ui.overhead_panel import memory_panel
+from app_pages.ui.state_panel import page_theme
 from app_pages.ui.sweep_panel import sweep_panel
-from app_pages.ui.tour_view import page_theme
 from explorer.designs.overhead import (
     format_bytes,
 )

@@ -555,8 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         for sample, r in latency.items():
             print(
                 f"step latency in Chromium, {sample}: p50 {r['p50_ms']:.0f} ms, p95 "
-                f"{r['p95_ms']:.0f} ms ({r['presses']} Right-arrow steps; target p50 <= 250 ms "
-                f"{_mark(r['p50_ms'] <= 250)})",
+                f"{r['p95_ms']:.0f} ms ({r['presses']} Right-arrow steps; target p50 <= 150 ms "
+                f"and p95 <= 250 ms {_mark(r['p50_ms'] <= 150 and r['p95_ms'] <= 250)})",
                 flush=True,
             )
     if args.only in (None, "capture"):
@@ -710,7 +710,8 @@ def render(
         out += [
             "",
             "Step latency in a real browser (`tools/step_latency.py`: Debian's Chromium at "
-            "1440x900, a Right-arrow press until the new step is shown and the app is idle):",
+            "1440x900, instant steps on (`--server-drawn` times the fallback), a Right-arrow "
+            "press until the new step is shown):",
             "",
             "| sample | steps | p50 (ms) | p95 (ms) | target |",
             "|---|---|---|---|---|",
@@ -718,7 +719,7 @@ def render(
         for sample, r in latency.items():
             out.append(
                 f"| {sample} | {r['presses']} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
-                "p50 <= 250 |"
+                "p50 <= 150, p95 <= 250 |"
             )
     out += ["", "| region map | build (ms) | JSON (KiB) | target |", "|---|---|---|---|"]
     for m in maps:

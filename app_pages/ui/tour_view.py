@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app_pages.ui.state_panel import chart_config as _config
+from app_pages.ui.state_panel import page_theme
 from explorer.replay.timeline import Timeline
 from explorer.teaching.tours import ResolvedStop
 from explorer.views.caches import kvm_caches_figure, pamt_cache_figure
@@ -13,13 +14,6 @@ from explorer.views.changes import diff_snapshots, effects_table
 from explorer.views.code import code_panel, lock_summary
 from explorer.views.refcounts import refcount_figure, timeline_over_time_figure
 from explorer.views.region_map import region_map, replay_span
-
-
-def page_theme() -> str:
-    """``dark`` or ``light``: the theme the viewer's browser shows (``st.context.theme``, since
-    Streamlit 1.46), for the views that take a ``theme``. Unknown (the first run of a session,
-    before the browser has said; Streamlit issue 11920) counts as light, Streamlit's default."""
-    return "dark" if st.context.theme.type == "dark" else "light"
 
 
 def show_stop_view(tl: Timeline, stop: ResolvedStop) -> None:
@@ -124,7 +118,7 @@ def show_stop_full(tl: Timeline, stop: ResolvedStop) -> None:
     st.markdown(highlight_css(stop.stop.view), unsafe_allow_html=True)
     left, right = st.container(key="step_view").columns([5, 6])
     with left:
-        map_and_caches(snap, tl.changed_regions(i))
+        map_and_caches(snap, tl.changed_regions(i), tl)
     with right:
         with st.container(key="tour_teacher"):
             st.text(stop.stop.look)
