@@ -39,7 +39,7 @@ from explorer.ingest.capture import Capture, Record
 from explorer.ingest.gcpause import gc_paused
 from explorer.model.events import pinned_pfns
 from explorer.model.machine import Machine
-from explorer.model.records import Step
+from explorer.model.records import Effect
 from explorer.model.settings import Settings
 
 
@@ -477,7 +477,7 @@ _RECORDED = frozenset(
 
 class _ModelRecorder:
     """The model's operations per CPU, from the replay's steps (labels and effects of
-    explorer/model/dpamt.py and kvm.py), taken as they are committed (``on_step``)."""
+    explorer/model/dpamt.py and kvm.py), taken as they are committed (``on_lean_step``)."""
 
     def __init__(self, events: Any, attempts: bool, init_faults: frozenset[int]) -> None:
         self.events = events
@@ -488,17 +488,18 @@ class _ModelRecorder:
         self.get: dict[str, Op] = {}
         self.put: dict[str, Op] = {}
 
-    def __call__(self, m: Any, s: Step) -> None:
-        m.steps.clear()  # only the operations are kept: a million records stay small
-        lab = s.label
+    def __call__(
+        self, index: int, event: int, cpu: str, fn: str, lab: str, effects: Sequence[Effect]
+    ) -> None:
+        """One committed step, as the engine's lean recording hands it over
+        (:data:`explorer.model.state.LeanStep`)."""
         if lab not in _RECORDED and not self.get and not self.put:
             # most steps (locks, SEAMCALLs, KVM's walk): only a PAMT cache count to keep
             # (effects unpacked as the tuples they are: no attribute lookups per effect)
-            for kind, key, _, new in s.effects:
+            for kind, key, _, new in effects:
                 if kind == "pamt_cache" and isinstance(new, int):
                     self.cache[key] = new
             return
-        cpu, fn = s.cpu, s.function
         lane = self.lanes.get(cpu)
         if lane is None:
             lane = self.lanes[cpu] = []
@@ -510,11 +511,11 @@ class _ModelRecorder:
         if pu is not None and (fn != "tdx_pamt_put" or lab in ("pamt_put.fast", "pamt_put.slow")):
             del self.put[cpu]
             pu = None
-        for e in s.effects:
+        for e in effects:
             k = e.kind
             if k == "pamt_cache" and isinstance(e.new, int):
                 if lab == "pamt_cache.free" and not any(o.kind == "cache_free" for o in lane[-1:]):
-                    op = Op("cache_free", step=s.index)
+                    op = Op("cache_free", step=index)
                     op.f = {"vcpu": e.key, "before": e.old, "after": 0}
                     lane.append(op)
                 self.cache[e.key] = e.new
@@ -523,10 +524,10 @@ class _ModelRecorder:
             elif k in ("refcount", "pair") and pu is not None and "region" not in pu.f:
                 pu.f["region"] = e.key
         if lab in ("pamt_get.fast", "pamt_get.slow"):
-            op = Op("get", step=s.index)
+            op = Op("get", step=index)
             op.f = {"vcpu": int(cpu[4:]) if cpu.startswith("vcpu") else None, "path": "?"}
             op.f["path"] = "fast" if lab == "pamt_get.fast" else "slow"
-            for e in s.effects:
+            for e in effects:
                 if e.kind == "refcount":
                     op.f["region"] = e.key
             lane.append(op)
@@ -536,8 +537,8 @@ class _ModelRecorder:
         elif g is not None:
             if lab == "pamt_get.add":
                 g.f["path"], g.f["ret"] = "added", 0
-                g.f["add_step"] = s.index
-                for e in s.effects:
+                g.f["add_step"] = index
+                for e in effects:
                     if e.kind == "pair":
                         g.f["region"] = e.key
             elif lab == "pamt_get.lost_race":
@@ -546,55 +547,55 @@ class _ModelRecorder:
                 g.f["path"], g.f["ret"] = "failed", -12
             elif lab == "pamt_get.add_fail":
                 g.f["path"], g.f["ret"] = "failed", -5
-                g.f["add_step"] = s.index
+                g.f["add_step"] = index
         elif lab in ("pamt_put.fast", "pamt_put.slow"):
-            op = Op("put", step=s.index)
-            for e in s.effects:
+            op = Op("put", step=index)
+            for e in effects:
                 if e.kind == "refcount":
                     op.f["region"] = e.key
             lane.append(op)
             self.put[cpu] = op
         elif pu is not None and lab in ("pamt_put.remove", "pamt_put.remove_fail"):
-            pu.f["remove"] = s.index
+            pu.f["remove"] = index
         elif fn == "tdx_topup_pamt_cache" and lab.startswith("pamt_cache."):
-            op = Op("topup", step=s.index)
+            op = Op("topup", step=index)
             v = int(cpu[4:]) if cpu.startswith("vcpu") else -1
             op.f = {"vcpu": v, "after": self.cache.get(v, 0)}
             op.f["ret"] = -12 if lab == "pamt_cache.topup_fail" else 0
             lane.append(op)
         elif lab == "pamt_cache.free" and not any(o.kind == "cache_free" for o in lane[-1:]):
-            op = Op("cache_free", step=s.index)
+            op = Op("cache_free", step=index)
             op.f = {"before": 0, "after": 0}
             lane.append(op)
-        elif lab in ("fault.begin", "fault.retry") and s.event in self.init_faults:
+        elif lab in ("fault.begin", "fault.retry") and event in self.init_faults:
             pass  # KVM_TDX_INIT_MEM_REGION: kvm_tdp_map_page, not a page fault
         elif lab == "fault.begin":
-            op = Op("fault", step=s.index)
-            op.f = {"gfn": getattr(self.events[s.event], "gfn", None)}
+            op = Op("fault", step=index)
+            op.f = {"gfn": getattr(self.events[event], "gfn", None)}
             lane.append(op)
             if self.attempts:
-                lane.append(Op("attempt", step=s.index))
+                lane.append(Op("attempt", step=index))
         elif lab == "fault.retry" and self.attempts:
-            lane.append(Op("attempt", step=s.index))
+            lane.append(Op("attempt", step=index))
         elif lab in ("page.aug", "page.add"):
-            op = Op("map.leaf", step=s.index)
-            op.f = {"gfn": getattr(self.events[s.event], "gfn", None)}
+            op = Op("map.leaf", step=index)
+            op.f = {"gfn": getattr(self.events[event], "gfn", None)}
             lane.append(op)
         elif lab == "sept.add":
-            lane.append(Op("map.table", step=s.index))
+            lane.append(Op("map.table", step=index))
         elif lab == "zap.page_remove":
-            op = Op("zap" if self.events[s.event].op == "zap" else "frozen", step=s.index)
+            op = Op("zap" if self.events[event].op == "zap" else "frozen", step=index)
             op.f = {"gfn": None}
             lane.append(op)
         elif lab == "sept.reclaim":
-            lane.append(Op("table.zap", step=s.index))
-            lane.append(Op("control.free", step=s.index))
+            lane.append(Op("table.zap", step=index))
+            lane.append(Op("control.free", step=index))
         elif lab == "control.alloc":
-            lane.append(Op("control.alloc", step=s.index))
+            lane.append(Op("control.alloc", step=index))
         elif lab == "control.reclaim":
-            lane.append(Op("control.free", step=s.index))
+            lane.append(Op("control.free", step=index))
         elif lab == "td.destroy":
-            lane.append(Op("teardown", step=s.index))
+            lane.append(Op("teardown", step=index))
 
     def _close_get(self, cpu: str, g: Op) -> None:
         del self.get[cpu]
@@ -692,9 +693,9 @@ def _conform(capture: Capture, imp: ImportedTrace, settings: Settings | None) ->
     # allocator leaves them alone, and a get is fast or PAMT.ADD in the same regions as there
     events = imp.events
     rec = _ModelRecorder(events, attempts, imp.init_faults)
-    m = Machine(settings or imp.settings, record=True, check=True)
+    m = Machine(settings or imp.settings, record="lean", check=True)
     m.mem.pin(pinned_pfns(events))
-    m.on_step = rec
+    m.on_lean_step = rec  # (no Step built per step: the recorder reads only these fields)
     m.run(events)
     stopped = m.stopped.message if m.stopped is not None else None
     rec.lanes = {n: fold_retries(ops) for n, ops in rec.lanes.items()}

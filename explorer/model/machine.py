@@ -44,6 +44,7 @@ from explorer.model.packed import PackedInts, int32s, pack_ints, unpack_ints
 from explorer.model.records import (
     CpuView,
     Diagnostic,
+    Effect,
     KvmCacheView,
     Snapshot,
     Step,
@@ -621,7 +622,9 @@ class Machine(KernelState):
             diags = tuple(Diagnostic(index, ev, th.line, *d) for d in self._diags)
             self.diagnostics.extend(diags)
             self._diags.clear()
-        if self.record:
+        if self.lean and self.record:
+            self._lean_commit(th, index, info)
+        elif self.record:
             fn, label, template, args = info
             step = Step(
                 index,
@@ -645,6 +648,22 @@ class Machine(KernelState):
         dirty.clear()
         if index == self.stop_at:
             raise StepReached(th.event if th.event is not None else -1)
+
+    def _lean_commit(self, th: Thread, index: int, info: StepInfo) -> None:
+        """The lean recording of a step (``record="lean"``): its fields to
+        :attr:`on_lean_step`, the step's effect list handed over (a fresh one for the next
+        step), no narration formatted and no :class:`Step` built (a replay of a million-record
+        capture spent as long building them as running the kernel code)."""
+        fx = self._fx
+        effects: Sequence[Effect] = ()
+        if fx:
+            effects = fx
+            self._fx = []
+        receiver = self.on_lean_step
+        if receiver is not None:
+            receiver(
+                index, th.event if th.event is not None else -1, th.name, info[0], info[1], effects
+            )
 
     def run(self, events: Sequence[Event]) -> None:
         """Run every event, batch by batch, until the end or an impossible event."""

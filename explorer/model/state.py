@@ -16,7 +16,7 @@ dpamt -> state -> steps), with no import inside a function to hide a circle.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -52,6 +52,13 @@ from explorer.model.steps import (
     StepInfo,
 )
 from explorer.model.tdx_module import TdxModule
+
+#: The lean recording's receiver (``Machine(record="lean")``), called once per committed step
+#: with the fields of its :class:`~explorer.model.records.Step` that a bulk reader needs:
+#: ``(index, event, cpu, function, label, effects)``, each equal to the full recording's (-1
+#: for no event). ``effects`` is handed over, not copied: the receiver may keep it but must not
+#: change it.
+LeanStep = Callable[[int, int, str, str, str, Sequence[Effect]], None]
 
 
 @dataclass(slots=True)
@@ -230,10 +237,12 @@ class KernelState:
         self,
         settings: Settings,
         *,
-        record: bool = True,
+        record: bool | str = True,
         check: bool = True,
         full_check: bool = False,
     ) -> None:
+        if isinstance(record, str) and record != "lean":
+            raise ValueError(f"record={record!r}: expected True, False or 'lean'")
         self.settings = settings
         self.mode = settings.mode
         # settings the kernel code reads on every fault, as plain attributes
@@ -243,7 +252,14 @@ class KernelState:
         self.gets_per_fault = settings.dpamt_gets_per_fault
         #: how the DPAMT top-up is named in its narration (v6: 2 x dpamt_gets_per_fault pages)
         self.pamt_topup_what = f"tdx_topup_pamt_cache (2 x {settings.dpamt_gets_per_fault})"
-        self.record = record
+        #: steps are recorded: their effects noted (``True`` or ``"lean"``)
+        self.record = bool(record)
+        #: the lean recording (``record="lean"``): each step's index, event, CPU, function,
+        #: label and effects handed to :attr:`on_lean_step`, no :class:`Step` built, no
+        #: narration formatted, no counters noted, nothing kept in :attr:`steps`. For a caller
+        #: that reads only those fields of every step of a long replay (``conform``: a million
+        #: kernel records), where building each step's record cost more than running it.
+        self.lean = record == "lean"
         self.check = check
         self.full_check = full_check
         self.mem = HostMemory(settings.total_pages, settings.allocator, settings.seed)
@@ -282,6 +298,8 @@ class KernelState:
         self.batch_labels: set[str] = set()
         self.batch_regions: set[int] = set()
         self.on_step: Callable[[KernelState, Step], None] | None = None
+        #: the lean recording's receiver, called as each step is committed (:data:`LeanStep`)
+        self.on_lean_step: LeanStep | None = None
         #: a step at which to stop (StepReached), mid-batch: a seek's target (-1: none)
         self.stop_at = -1
         self._fx: list[Effect] = []
@@ -486,7 +504,7 @@ class KernelState:
         """Add ``n`` to counter ``k`` (an index: K_FAULTS, ...)."""
         value = self.cnt[k] + n
         self.cnt[k] = value
-        if self.record:
+        if self.record and not self.lean:  # (a lean step has no counters)
             name = COUNTER_NAMES[k]
             self._changed_counters[name] = value
             self._counters_before.setdefault(name, value - n)
