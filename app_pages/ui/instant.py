@@ -49,9 +49,9 @@ STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 PLOTLY_SRC = "app/static/plotly.min.js"
 
 _HERE = Path(__file__).resolve().parent
-#: Whether a session starts with instant steps when the server's DPAMT_INSTANT is unset. Off
-#: until the in-process tests of the server-drawn view (AppTest) run with DPAMT_INSTANT=0 and
-#: the browser file passes twice in a row (docs/lecture.md).
+#: Whether a session starts with instant steps when the server's DPAMT_INSTANT is unset (the
+#: in-process AppTest tests, which run no JavaScript, set DPAMT_INSTANT=0: tests/conftest.py).
+#: Off until the browser file passes twice in a row with it on (docs/lecture.md).
 ON_BY_DEFAULT = False
 #: Values of DPAMT_INSTANT that turn instant steps off (or on) for new sessions.
 OFF_VALUES = ("0", "off", "false", "no")
