@@ -15,7 +15,7 @@ from app_pages.ui.instant import instant_by_default, instant_view
 from app_pages.ui.keys import STEP_HEADER_KEY, step_keys
 from app_pages.ui.state_panel import export_choice, map_and_caches
 from app_pages.ui.step_panel import COMPACT_CSS, code_and_locks, step_text
-from app_pages.ui.stepper import controls, period, play_clock
+from app_pages.ui.stepper import apply_box_step, controls, period, play_clock
 from explorer.appsupport import Place, place_in, stop_note
 from explorer.model.settings import Settings
 from explorer.replay.timeline import Timeline
@@ -68,6 +68,7 @@ def view(
     tl: Timeline, loaded: common.Loaded, settings: Settings, replay_key: tuple[object, ...]
 ) -> None:
     last = tl.nr_steps - 1
+    apply_box_step()  # a fragment's run: its callbacks ran just before
     play_clock(last)
     step_keys()
     controls(tl)
@@ -158,6 +159,7 @@ def main() -> None:
         return
     _notes_inside(tl.nr_steps)
     knob_effects(loaded, settings)
+    apply_box_step()
     if "cursor" not in st.session_state:
         st.session_state.cursor = -1
     replay_key = common.replay_key(loaded, settings)

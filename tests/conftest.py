@@ -1,10 +1,16 @@
 """Shared pytest options and fixtures."""
 
+import os
 import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+# The in-process page tests (streamlit.testing AppTest) run no JavaScript, so they cannot run
+# Explore's instant view (drawn in the browser, app_pages/ui/instant.py); with instant steps on by
+# default they test the server-drawn view. The browser tests set DPAMT_INSTANT for each server.
+os.environ.setdefault("DPAMT_INSTANT", "0")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -184,3 +184,48 @@ def test_dpamt_instant_turns_instant_steps_on_and_off() -> None:
     assert instant_by_default(None) is ON_BY_DEFAULT and instant_by_default("") is ON_BY_DEFAULT
     assert instant_by_default("0") is False and instant_by_default(" Off ") is False
     assert instant_by_default("1") is True and instant_by_default("yes") is True
+
+
+def test_only_a_newer_report_of_the_page_moves_the_cursor() -> None:
+    """The page numbers its reports; an answer to (or copy of) an older one than the last
+    applied is not a request (issue 27: a paused Play put back on an earlier step)."""
+    from app_pages.ui.instant import newer_report
+
+    assert newer_report({"step": 33, "seq": 8}, 7, 100) == 33
+    assert newer_report({"step": -1, "seq": 1}, 0, 100) == -1
+    assert newer_report({"step": 24, "seq": 7}, 7, 100) is None  # applied already
+    assert newer_report({"step": 24, "seq": 5}, 7, 100) is None  # older
+    assert newer_report({"step": 100, "seq": 8}, 7, 100) is None  # no such step
+    for bad in (None, 33, {"step": 33}, {"step": "33", "seq": 8}, {"step": True, "seq": 8}):
+        assert newer_report(bad, 0, 100) is None, bad
+
+
+class _State(dict[str, object]):
+    """st.session_state's dict and attribute access, for the stepper's functions."""
+
+    def __getattr__(self, name: str) -> object:
+        return self[name]
+
+    def __setattr__(self, name: str, value: object) -> None:
+        self[name] = value
+
+
+def test_a_step_box_echo_sent_with_a_report_does_not_move_the_cursor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The step box's value sent in the same rerun as the page's report is an echo of a step
+    shown earlier: the report decides, whichever callback ran last; without a report the box
+    moves the cursor."""
+    import types
+
+    from app_pages.ui import stepper
+
+    state = _State(cursor=33, box_step=24, instant_report_run=True)
+    monkeypatch.setattr(stepper, "st", types.SimpleNamespace(session_state=state))
+    stepper.apply_box_step()
+    assert state == {"cursor": 33}
+    state.update(box_step=24)
+    stepper.apply_box_step()
+    assert state == {"cursor": 24}
+    stepper.apply_box_step()  # nothing asked: nothing moves
+    assert state == {"cursor": 24}

@@ -26,6 +26,10 @@ class following a lecturer's slides; a press whose answer came later than that f
   last session closed (the last of them, and when it was first back within
   :data:`BACK_TOLERANCE_MIB` of the start).
 
+The server starts with ``DPAMT_INSTANT=0``: each session reads the step shown from the
+server-drawn view's header (instant steps, the default, draw it in the browser, which these
+sessions do not run) and presses the server's Next.
+
 Only 127.0.0.1 is contacted; the sessions, the runs and the waits are all bounded in count and
 time.
 """
@@ -36,6 +40,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import random
 import re
 import statistics
@@ -234,6 +239,7 @@ async def run(
     sessions: int, seconds: float, settle_s: float, think: float, pace: tuple[float, float]
 ) -> dict[str, Any]:
     port = free_port()
+    os.environ["DPAMT_INSTANT"] = "0"  # the server-drawn view (the server inherits it)
     server = start_app(port)
     samples = [(s.name, s.title) for s in list_samples()]
     try:

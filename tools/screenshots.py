@@ -4,11 +4,16 @@
 Learn page at a tour stop and after a prediction, the Interleavings page with a finding, the
 Explore page's kernel-capture tab, and Compare's memory calculator. Look at them before
 committing: they are the docs' pictures, not tests.
+
+The server starts with ``DPAMT_INSTANT=0``: the Explore shots wait for the server-drawn charts
+(``chart_region_map``, ``chart_pamt_cache``), which instant steps (the default) replace with the
+view drawn in the browser.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import sys
@@ -38,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import sync_playwright
 
     port = free_port()
+    os.environ["DPAMT_INSTANT"] = "0"  # the server-drawn view (the server inherits it)
     proc = start_app(port)
     url = f"http://127.0.0.1:{port}"
     try:

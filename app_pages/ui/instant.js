@@ -104,7 +104,9 @@ function draw(st) {
 }
 
 // One report in flight at a time (each is a rerun of the page); a step the server has not
-// answered yet is remembered so that its reply does not move the shown step back.
+// answered yet is remembered so that its reply does not move the shown step back. Reports are
+// numbered (seq): the server applies only a newer one and echoes the last it applied, so an
+// answer to an older report (a rerun still drawing step 24 while Play is at 33) is known as one.
 function report(st, now) {
   clearTimeout(st.timer);
   const send = () => {
@@ -112,7 +114,8 @@ function report(st, now) {
     if (st.sent === step) return;
     st.sent = step;
     st.inflight = step;
-    st.setStateValue('step', step);
+    st.seq = (st.seq || 0) + 1;
+    st.setStateValue('report', { step, seq: st.seq });
   };
   const outside = st.pending !== undefined;
   if (outside || (now && st.inflight === undefined)) send();
@@ -238,14 +241,21 @@ export default function (component) {
   if (!st.installed) { st.times = []; st.shown = []; install(st); st.installed = true; }
   st.setStateValue = setStateValue;
   st.config = data.config;
-  const prevCursor = st.w ? st.w.cursor : undefined;
-  st.w = data.window;
-  st.w.margin = data.margin;
-  st.w.period_ms = data.period_ms;
-  if (data.cursor === st.inflight) st.inflight = undefined;
-  // the server's cursor is a step this page reported (its reply, or a late copy of an older
-  // one): the shown step stays; else the server moved it (a jump, the slider, a link)
-  const serverMoved = !data.from_client && data.cursor !== prevCursor;
+  const prevCursor = st.serverCursor;
+  // an answer to an older report than this page's latest: its cursor is not a request (the
+  // newer report, applied after it, puts the server's cursor on this page's step)
+  const stale = st.step !== undefined && (data.seq || 0) < (st.seq || 0);
+  const inside = (w, i) => i >= w.lo && i <= w.hi;
+  if (!stale || inside(data.window, want(st)) || !st.w) {
+    st.w = data.window;  // else the old window, which holds the step shown, stays
+    st.w.margin = data.margin;
+    st.w.period_ms = data.period_ms;
+  }
+  if (!stale) st.inflight = undefined;
+  // the server's cursor is a step this page reported (the answer to its latest report): the
+  // shown step stays; else, if it answers the latest report, the server moved it (a jump, the
+  // slider, a link); an answer to an older report never moves it
+  const serverMoved = !stale && !data.from_client && data.cursor !== prevCursor;
   if (st.step === undefined || serverMoved) {
     st.step = data.cursor;
     st.sent = data.cursor;
@@ -262,7 +272,7 @@ export default function (component) {
   if (st.sent !== want(st)) {
     report(st, st.pending !== undefined || Math.min(st.step - st.w.lo, st.w.hi - st.step) < st.w.margin);
   }
-  st.w.cursor = data.cursor;
+  if (!stale) st.serverCursor = data.cursor;
   draw(st);
   loadPlotly(data.plotly_src).then(() => draw(st)).catch((err) => {
     st.mapDiv.textContent = String(err);

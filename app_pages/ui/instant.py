@@ -49,9 +49,9 @@ STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 PLOTLY_SRC = "app/static/plotly.min.js"
 
 _HERE = Path(__file__).resolve().parent
-#: Whether a session starts with instant steps when the server's DPAMT_INSTANT is unset. Off
-#: until the in-process tests of the server-drawn view (AppTest) run with DPAMT_INSTANT=0 and
-#: the browser file passes twice in a row (docs/lecture.md).
+#: Whether a session starts with instant steps when the server's DPAMT_INSTANT is unset (the
+#: in-process AppTest tests, which run no JavaScript, set DPAMT_INSTANT=0: tests/conftest.py).
+#: Off until the browser file passes twice in a row with it on (docs/lecture.md).
 ON_BY_DEFAULT = False
 #: Values of DPAMT_INSTANT that turn instant steps off (or on) for new sessions.
 OFF_VALUES = ("0", "off", "false", "no")
@@ -85,12 +85,35 @@ _component = st.components.v2.component(
 )
 
 
-def _on_step() -> None:
-    """The browser's step becomes the cursor (the rest of the page follows on this rerun)."""
-    value = (st.session_state.get("instant_view") or {}).get("step")
-    if isinstance(value, int):
-        st.session_state.cursor = value
-        st.session_state.instant_reported = value
+def newer_report(value: object, last_seq: int, nr_steps: int) -> int | None:
+    """The step of the page's report ``value`` (``{"step": int, "seq": int}``) if it is newer
+    than the last one applied (``last_seq``) and names a step of the replay, else None. The
+    page numbers its reports 1, 2, ...; a report the server has already applied, or an older
+    one, is a late copy and must not move the cursor back (issue 27: Play paused at step 33 was
+    put back on 24 by an answer to an earlier report)."""
+    if not isinstance(value, dict):
+        return None
+    step, seq = value.get("step"), value.get("seq")
+    if type(step) is not int or type(seq) is not int or seq <= last_seq:
+        return None
+    return step if -1 <= step < nr_steps else None
+
+
+def _on_report() -> None:
+    """The browser's step becomes the cursor (the rest of the page follows on this rerun); the
+    report's sequence number is echoed back so that the page can tell an answer to its latest
+    report from one to an older report. The step box's value sent with it is not a request
+    (stepper.apply_box_step)."""
+    report = (st.session_state.get("instant_view") or {}).get("report")
+    last = int(st.session_state.get("instant_seq", 0))
+    step = newer_report(report, last, int(st.session_state.get("instant_nr_steps", 0)))
+    if step is None:
+        return
+    assert isinstance(report, dict)
+    st.session_state.cursor = step
+    st.session_state.instant_reported = step
+    st.session_state.instant_seq = report["seq"]
+    st.session_state.instant_report_run = True
 
 
 def _window(tl: Timeline, replay_key: tuple[object, ...], cursor: int) -> dict[str, Any]:
@@ -131,6 +154,7 @@ def _window(tl: Timeline, replay_key: tuple[object, ...], cursor: int) -> dict[s
 
 def instant_view(tl: Timeline, replay_key: tuple[object, ...], cursor: int) -> None:
     """The step view (map, caches, text, code, locks) drawn and stepped in the browser."""
+    st.session_state.instant_nr_steps = tl.nr_steps
     _component(
         key="instant_view",
         data={
@@ -138,11 +162,14 @@ def instant_view(tl: Timeline, replay_key: tuple[object, ...], cursor: int) -> N
             "cursor": cursor,
             # the cursor is the step the browser reported (not moved since by the server)
             "from_client": st.session_state.get("instant_reported") == cursor,
+            # the last report applied: a cursor answering an older one than the page's latest
+            # does not move the page's step
+            "seq": int(st.session_state.get("instant_seq", 0)),
             "margin": MARGIN,
             "period_ms": int(period() * 1000),
             "plotly_src": PLOTLY_SRC,
             "config": {"map": chart_config("region_map"), "caches": chart_config("pamt_cache")},
         },
-        default={"step": cursor},
-        on_step_change=_on_step,
+        default={"report": None},
+        on_report_change=_on_report,
     )

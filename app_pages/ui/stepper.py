@@ -80,7 +80,21 @@ def _goto_step() -> None:
     # While playing, the boxes and the slider are disabled and the clock places the cursor: a
     # value they send then is the one shown a tick ago, not a request.
     if not st.session_state.get("playing"):
-        st.session_state.cursor = int(st.session_state.goto_step)
+        st.session_state.box_step = int(st.session_state.goto_step)
+
+
+def apply_box_step() -> None:
+    """Put the cursor where the step or event box asked, unless the browser's instant view
+    reported its step in the same run (app_pages/ui/instant.py). Its reports come while the
+    server is still drawing an earlier step, so the same request can carry a box value the page
+    had not yet received the update of (an echo of a step shown a moment ago, not a request):
+    the report is the page's newer word. Applied here, not in the callbacks, whose order
+    Streamlit does not fix. Called before the cursor is read (the app's run and the view's)."""
+    box = st.session_state.pop("box_step", None)
+    if st.session_state.pop("instant_report_run", False):
+        return
+    if box is not None:
+        st.session_state.cursor = int(box)
 
 
 def _move(delta: int, last: int) -> None:
@@ -150,7 +164,7 @@ def _go_event(tl: Timeline) -> None:
         st.session_state.jump_note = f"event {e + 1} did not run (the replay stopped before it)"
     else:
         st.session_state.jump_note = ""
-        st.session_state.cursor = s
+        st.session_state.box_step = s
 
 
 def controls(tl: Timeline) -> None:
