@@ -60,6 +60,16 @@ def main(argv: list[str] | None = None) -> int:
                 small.wait_for_selector(f".st-key-{chart} .main-svg")
             _settle(small)
             small.screenshot(path=str(out / "explore-lecture.png"))
+            # the same projector: a tour stop on the full view, and a prediction
+            small.goto(f"{url}/learn?tour=lost_race&stop=4")
+            small.get_by_text(re.compile(r"^Stop \d+ of \d+$")).first.wait_for()
+            _settle(small)
+            small.screenshot(path=str(out / "learn-tour-lecture.png"))
+            small.get_by_role("tab", name="Predict").click()
+            _settle(small)
+            small.get_by_role("button", name=re.compile(r"^Start after step")).click()
+            _settle(small)
+            small.screenshot(path=str(out / "learn-predict-lecture.png"))
             small.context.close()
 
             # Learn: a tour stop (linked), then a prediction round with one answer checked

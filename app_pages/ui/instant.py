@@ -51,8 +51,8 @@ PLOTLY_SRC = "app/static/plotly.min.js"
 _HERE = Path(__file__).resolve().parent
 #: Whether a session starts with instant steps when the server's DPAMT_INSTANT is unset (the
 #: in-process AppTest tests, which run no JavaScript, set DPAMT_INSTANT=0: tests/conftest.py).
-#: Off until the browser file passes twice in a row with it on (docs/lecture.md).
-ON_BY_DEFAULT = False
+#: On: every step drawn in the browser (docs/lecture.md); DPAMT_INSTANT=0 or the toggle turns it off.
+ON_BY_DEFAULT = True
 #: Values of DPAMT_INSTANT that turn instant steps off (or on) for new sessions.
 OFF_VALUES = ("0", "off", "false", "no")
 ON_VALUES = ("1", "on", "true", "yes")

@@ -10,10 +10,13 @@ and a key pressed before the button is there waits for it (``QUEUE_MS`` at most)
 header stays hidden (``STEP_HEADER_CSS``) until the listener is in place: what the lecturer sees
 as ready takes keys.
 
-A key also waits until the app is between runs and the view's charts have drawn: a rerun asked in
-the seconds after a deep link, while Plotly's code was still loading, ran on the server but its
-new step was never drawn (the page stayed on the old step until another message; 5 of 6 tries,
-by the old shortcuts, a click or a component's state alike; 0 of 6 once the charts had drawn).
+A key also waits until the view's charts have drawn and, until that has once held with the app
+between runs for ``SETTLE_MS``, until the app is between runs: a rerun asked in the seconds after
+a deep link, while Plotly's code was still loading, ran on the server but its new step was never
+drawn (the page stayed on the old step until another message; 5 of 6 tries, by the old
+shortcuts, a click or a component's state alike; 0 of 6 once the charts had drawn). After that
+first settle keys go at once: a server-drawn Play reruns on every tick, and under load the app
+was never between runs long enough for Space to pause it.
 """
 
 from __future__ import annotations
@@ -76,7 +79,14 @@ function pump(k) {
     const [key, at] = k.queue[0];
     if (performance.now() - at > QUEUE_MS) { k.queue.shift(); continue; }
     const b = document.querySelector('.st-key-' + key + ' button');
-    if (!b || b.disabled || !idle(k) || !drawn()) break;
+    if (!b || b.disabled || !drawn()) break;
+    // the settle wait guards the page's first runs only: once the app has been between runs
+    // with its charts drawn, keys go at once (a server-drawn Play reruns every tick, so under
+    // load it is never idle for SETTLE_MS, and Space could not pause it)
+    if (!k.settled) {
+      if (!idle(k)) break;
+      k.settled = true;
+    }
     k.queue.shift();
     b.click();
   }
