@@ -32,6 +32,17 @@ from explorer.model.events import Event
 _ASCII_SPACE = "".join(ch for ch in map(chr, range(128)) if ch.isspace() and ch != "\n")
 
 
+def split_columns(text: str, width: int) -> tuple[list[list[str]], list[list[str]]]:
+    """The columns of ``text`` (rows of exactly ``width`` unquoted cells, one a line, checked by
+    the caller), and each column's cells as the full path tests them for being given (stripped;
+    the columns themselves when the text has no whitespace, the common case: no copy)."""
+    cells = text.replace("\n", ",").split(",")
+    cols = [cells[j::width] for j in range(width)]
+    if text.isascii() and not any(map(text.__contains__, _ASCII_SPACE)):
+        return cols, cols  # no whitespace: a cell is given if it is not empty
+    return cols, [list(map(str.strip, col)) for col in cols]
+
+
 def read_rows(
     raws: list[str], lines: Sequence[int], header: list[str], room: int
 ) -> list[Event] | None:
@@ -56,12 +67,7 @@ def read_rows(
         or set(map(str.count, raws, repeat(","))) != {width - 1}
     ):
         return None
-    cells = text.replace("\n", ",").split(",")
-    cols = [cells[j::width] for j in range(width)]
-    if text.isascii() and not any(map(text.__contains__, _ASCII_SPACE)):
-        flags = cols  # no whitespace: a cell is given if it is not empty
-    else:
-        flags = [list(map(str.strip, col)) for col in cols]
+    cols, flags = split_columns(text, width)
     op_at = header.index("op")
     others = [j for j in range(width) if j != op_at]
     ops = cols[op_at]

@@ -30,7 +30,7 @@ from itertools import compress, repeat
 from typing import Any, NoReturn
 
 from explorer.ingest import limits as L
-from explorer.ingest.csvcolumns import read_rows
+from explorer.ingest.csvcolumns import read_rows, split_columns
 from explorer.ingest.gcpause import gc_paused
 from explorer.ingest.schema import (
     COMMON_FIELDS,
@@ -859,8 +859,6 @@ _BATCH = 256
 #: A line the bulk path could not decode on its own: the full path reads it.
 _BAD = object()
 _DICT = {dict}
-#: What ``str.strip()`` strips in ASCII (the full path's test of an empty cell), newline aside.
-_ASCII_SPACE = "".join(ch for ch in map(chr, range(128)) if ch.isspace() and ch != "\n")
 _OP = operator.itemgetter("op")
 _T_OF = operator.attrgetter("t")
 
@@ -985,12 +983,7 @@ def _csv_run(raws: list[str], lines: list[int], header: list[str], b: _Builder) 
         or set(map(str.count, raws, repeat(","))) != {width - 1}
     ):
         return False
-    cells = text.replace("\n", ",").split(",")
-    cols = [cells[j::width] for j in range(width)]
-    if text.isascii() and not any(map(text.__contains__, _ASCII_SPACE)):
-        flags = cols  # no whitespace: a cell is given if it is not empty
-    else:
-        flags = [list(map(str.strip, col)) for col in cols]
+    cols, flags = split_columns(text, width)
     op_at = header.index("op")
     others = [j for j in range(width) if j != op_at]
     ops = cols[op_at]

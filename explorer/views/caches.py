@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -69,6 +71,48 @@ def cache_top(snapshot: Snapshot) -> int:
     return max([target, *[len(v.pamt_cache) for v in snapshot.vcpus if v.alive], 1]) + 1
 
 
+class CacheStacks(NamedTuple):
+    """The bars of the vCPUs' ``tdx_pamt_cache`` stacks, one page a bar (x, base, label, hover,
+    colour: the top, the next to pop, in vermillion), and the run labels' points: the data of
+    :func:`pamt_cache_figure`, shared with the browser's step window (explorer/views/window.py)."""
+
+    xs: list[str]
+    bases: list[int]
+    texts: list[str]
+    hovers: list[str]
+    colours: list[str]
+    lx: list[str]
+    ly: list[float]
+    ltext: list[str]
+
+
+def cache_stacks(snapshot: Snapshot) -> CacheStacks:
+    """The stacks of the live vCPUs' caches, bottom to top (see :class:`CacheStacks`)."""
+    out = CacheStacks([], [], [], [], [], [], [], [])
+    for v in snapshot.vcpus:
+        if not v.alive:
+            continue
+        name = f"vCPU {v.vcpu}"
+        regions = [pfn >> PAGES_PER_REGION_SHIFT for pfn in v.pamt_cache]
+        out.texts.extend(stack_labels(regions))
+        for _, y, text in stack_label_points(regions):
+            out.lx.append(name)
+            out.ly.append(y)
+            out.ltext.append(text)
+        size = len(v.pamt_cache)
+        for pos, pfn in enumerate(v.pamt_cache):
+            is_top = pos == size - 1
+            out.xs.append(name)
+            out.bases.append(pos)
+            out.hovers.append(
+                f"{name}, position {pos} of {size}<br>pfn {pfn:#x}, "
+                f"region {pfn >> PAGES_PER_REGION_SHIFT}"
+                + ("<br>next to pop (LIFO)" if is_top else "")
+            )
+            out.colours.append(VERMILLION if is_top else ORANGE)
+    return out
+
+
 def pamt_cache_figure(
     snapshot: Snapshot,
     height: int | None = None,
@@ -87,31 +131,10 @@ def pamt_cache_figure(
     check_theme(theme)
     vcpus = [v for v in snapshot.vcpus if v.alive]
     target = 2 * snapshot.settings.dpamt_gets_per_fault
-    xs: list[str] = []
-    ys: list[float] = []
-    texts: list[str] = []
-    hovers: list[str] = []
-    colours: list[str] = []
-    lx: list[str] = []
-    ly: list[float] = []
-    ltext: list[str] = []
-    for v in vcpus:
-        regions = [pfn >> PAGES_PER_REGION_SHIFT for pfn in v.pamt_cache]
-        texts += stack_labels(regions)
-        for _, y, text in stack_label_points(regions):
-            lx.append(f"vCPU {v.vcpu}")
-            ly.append(y)
-            ltext.append(text)
-        for pos, pfn in enumerate(v.pamt_cache):
-            is_top = pos == len(v.pamt_cache) - 1
-            xs.append(f"vCPU {v.vcpu}")
-            ys.append(pos + 0.5)
-            hovers.append(
-                f"vCPU {v.vcpu}, position {pos} of {len(v.pamt_cache)}<br>pfn {pfn:#x}, "
-                f"region {pfn >> PAGES_PER_REGION_SHIFT}"
-                + ("<br>next to pop (LIFO)" if is_top else "")
-            )
-            colours.append(VERMILLION if is_top else ORANGE)
+    st = cache_stacks(snapshot)
+    xs, texts, hovers, colours = st.xs, st.texts, st.hovers, st.colours
+    lx, ly, ltext = st.lx, st.ly, st.ltext
+    ys = [b + 0.5 for b in st.bases]
     labels = [f"vCPU {v.vcpu}" for v in vcpus]
     data: list[dict[str, object]] = [
         {

@@ -32,18 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from explorer.model.constants import PAGES_PER_REGION_SHIFT
 from explorer.model.records import OWNERS, Snapshot, Step
 from explorer.replay.timeline import Timeline
-from explorer.views.caches import pamt_cache_figure, stack_label_points, stack_labels
+from explorer.views.caches import cache_stacks, pamt_cache_figure
 from explorer.views.code import code_panel, lock_summary
 from explorer.views.frames import RegionArrays, region_arrays
 from explorer.views.palette import (
     DPAMT_STATES,
     GREY,
-    ORANGE,
     THEMES,
-    VERMILLION,
     YELLOW,
     check_theme,
 )
@@ -286,45 +283,19 @@ def _caches_json(snap: Snapshot, ref: dict[str, Any]) -> dict[str, Any]:
     the result equals pamt_cache_figure's for every step."""
     vcpus = [v for v in snap.vcpus if v.alive]
     target = 2 * snap.settings.dpamt_gets_per_fault
-    xs: list[str] = []
-    bases: list[float] = []
-    texts: list[str] = []
-    hovers: list[str] = []
-    colours: list[str] = []
-    lx: list[str] = []
-    ly: list[float] = []
-    ltext: list[str] = []
-    for v in vcpus:
-        name = f"vCPU {v.vcpu}"
-        regions = [pfn >> PAGES_PER_REGION_SHIFT for pfn in v.pamt_cache]
-        texts += stack_labels(regions)
-        for _, y, text in stack_label_points(regions):
-            lx.append(name)
-            ly.append(y)
-            ltext.append(text)
-        size = len(v.pamt_cache)
-        for pos, pfn in enumerate(v.pamt_cache):
-            is_top = pos == size - 1
-            xs.append(name)
-            bases.append(pos)
-            hovers.append(
-                f"{name}, position {pos} of {size}<br>pfn {pfn:#x}, "
-                f"region {pfn >> PAGES_PER_REGION_SHIFT}"
-                + ("<br>next to pop (LIFO)" if is_top else "")
-            )
-            colours.append(VERMILLION if is_top else ORANGE)
+    st = cache_stacks(snap)
     by_name = {t.get("name"): t for t in ref["data"]}
     bar, line, labels_t = ref["data"][0], ref["data"][1], ref["data"][-1]
     labels = [f"vCPU {v.vcpu}" for v in vcpus]
     data: list[dict[str, Any]] = [
         {
             **bar,
-            "x": xs,
-            "y": [1] * len(xs),
-            "base": [float(b) for b in bases],
-            "text": texts,
-            "hovertext": hovers,
-            "marker": {**bar["marker"], "color": colours},
+            "x": st.xs,
+            "y": [1] * len(st.xs),
+            "base": [float(b) for b in st.bases],
+            "text": st.texts,
+            "hovertext": st.hovers,
+            "marker": {**bar["marker"], "color": st.colours},
         },
         {**line, "x": labels, "y": [target] * len(labels)},
     ]
@@ -336,7 +307,7 @@ def _caches_json(snap: Snapshot, ref: dict[str, Any]) -> dict[str, Any]:
             "marker": {"color": YELLOW},
         }
         data.append({**pool, "y": [len(snap.extra["mempool"])]})
-    data.append({**labels_t, "x": lx, "y": ly, "text": ltext})
+    data.append({**labels_t, "x": st.lx, "y": st.ly, "text": st.ltext})
     layout = {k: v for k, v in ref["layout"].items() if k != "annotations"}
     if not vcpus:
         layout["annotations"] = [
