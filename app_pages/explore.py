@@ -10,12 +10,13 @@ import os
 import streamlit as st
 
 from app_pages import common
+from app_pages.ui.boxes import apply_box_step, boxes_delivered
 from app_pages.ui.explore_tabs import explore_tabs
 from app_pages.ui.instant import instant_by_default, instant_view
 from app_pages.ui.keys import STEP_HEADER_KEY, step_keys
 from app_pages.ui.state_panel import export_choice, map_and_caches
 from app_pages.ui.step_panel import COMPACT_CSS, code_and_locks, step_text
-from app_pages.ui.stepper import apply_box_step, controls, period, play_clock
+from app_pages.ui.stepper import controls, period, play_clock
 from explorer.appsupport import Place, place_in, stop_note
 from explorer.model.settings import Settings
 from explorer.replay.timeline import Timeline
@@ -93,6 +94,7 @@ def view(
             code_and_locks(snap, step)
     explore_tabs(tl, loaded, i, snap, step, changed)
     common.sync_url(settings)
+    boxes_delivered()  # the run drew everything: the browser holds what the boxes show
 
 
 def restore_place(tl: Timeline, loaded: common.Loaded, replay_key: tuple[object, ...]) -> None:

@@ -293,7 +293,7 @@ def test_steps_and_events_follow_one_stated_convention() -> None:
     at = _app()
     assert at.number_input(key="goto_step").value == -1
     assert at.number_input(key="goto_event").value is None  # not 1: no event has run
-    nr_steps = int(at.slider(key="cursor").max) + 1
+    nr_steps = int(at.slider(key="step_slider").max) + 1
     before = next(m.value for m in at.markdown if m.value.startswith("**Before the first step"))
     assert f"of {nr_steps} steps, numbered 0 to {nr_steps - 1}" in before
     at.button(key="btn_next").click().run()

@@ -8,6 +8,7 @@ import time
 
 import streamlit as st
 
+from app_pages.ui.boxes import EVENT_BOX, SLIDER, STEP_BOX, box_moved, event_box_moved, show_boxes
 from app_pages.ui.loader import capture_info
 from explorer.replay.timeline import Timeline
 from explorer.views.capture import divergence_steps
@@ -76,27 +77,6 @@ def _set_cursor(i: int) -> None:
         _anchor(i)
 
 
-def _goto_step() -> None:
-    # While playing, the boxes and the slider are disabled and the clock places the cursor: a
-    # value they send then is the one shown a tick ago, not a request.
-    if not st.session_state.get("playing"):
-        st.session_state.box_step = int(st.session_state.goto_step)
-
-
-def apply_box_step() -> None:
-    """Put the cursor where the step or event box asked, unless the browser's instant view
-    reported its step in the same run (app_pages/ui/instant.py). Its reports come while the
-    server is still drawing an earlier step, so the same request can carry a box value the page
-    had not yet received the update of (an echo of a step shown a moment ago, not a request):
-    the report is the page's newer word. Applied here, not in the callbacks, whose order
-    Streamlit does not fix. Called before the cursor is read (the app's run and the view's)."""
-    box = st.session_state.pop("box_step", None)
-    if st.session_state.pop("instant_report_run", False):
-        return
-    if box is not None:
-        st.session_state.cursor = int(box)
-
-
 def _move(delta: int, last: int) -> None:
     _set_cursor(min(max(st.session_state.cursor + delta, -1), last))
 
@@ -155,18 +135,6 @@ def _jump(tl: Timeline, direction: int) -> None:
         _set_cursor(found)
 
 
-def _go_event(tl: Timeline) -> None:
-    if st.session_state.get("playing") or st.session_state.goto_event is None:
-        return
-    e = int(st.session_state.goto_event) - 1
-    s = tl.first_step_of_event(e) if 0 <= e < tl.nr_events else None
-    if s is None:
-        st.session_state.jump_note = f"event {e + 1} did not run (the replay stopped before it)"
-    else:
-        st.session_state.jump_note = ""
-        st.session_state.box_step = s
-
-
 def controls(tl: Timeline) -> None:
     last = tl.nr_steps - 1
     # one row (a projector's 720 lines): the five buttons, the speed, the step and event boxes,
@@ -214,15 +182,16 @@ def controls(tl: Timeline) -> None:
     # the two boxes show where the cursor is (set before the widgets exist in this run); before
     # the first step no event has run: the event box is empty
     cur = min(max(int(st.session_state.cursor), -1), last)
-    st.session_state.goto_step = cur
-    st.session_state.goto_event = tl.step(cur).event + 1 if cur >= 0 else None
+    event = tl.step(cur).event + 1 if cur >= 0 else None
+    show_boxes((cur, event, cur))
     cols[6].number_input(
         "step",
         min_value=-1,
         max_value=max(last, -1),
         step=1,
-        key="goto_step",
-        on_change=_goto_step,
+        key=STEP_BOX,
+        on_change=box_moved,
+        args=(STEP_BOX,),
         disabled=playing,
         help=f"0 to {last}; -1: before the first step. {NUMBERING}",
     )
@@ -231,8 +200,8 @@ def controls(tl: Timeline) -> None:
         min_value=1,
         max_value=max(tl.nr_events, 1),
         step=1,
-        key="goto_event",
-        on_change=_go_event,
+        key=EVENT_BOX,
+        on_change=event_box_moved,
         args=(tl,),
         disabled=playing,
         placeholder="none",  # "none yet" was cut to "none ye" in the column at 1280 px
@@ -260,7 +229,9 @@ def controls(tl: Timeline) -> None:
             "step",
             min_value=-1,
             max_value=last,
-            key="cursor",
+            key=SLIDER,
+            on_change=box_moved,
+            args=(SLIDER,),
             label_visibility="collapsed",
             help=NUMBERING,
             disabled=playing,
