@@ -175,9 +175,15 @@ class Op:
 
     __slots__ = ("f", "kind", "recs", "step")
 
-    def __init__(self, kind: str, step: int = -1, rec: Record | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        step: int = -1,
+        rec: Record | None = None,
+        f: dict[str, Any] | None = None,
+    ) -> None:
         self.kind = kind
-        self.f: dict[str, Any] = {}
+        self.f: dict[str, Any] = {} if f is None else f
         self.step = step
         self.recs: list[Record] = [rec] if rec is not None else _NO_RECS
 
@@ -297,14 +303,16 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
         compared += 1
         call = calls.get(p)
         if call is not None:
-            op = Op(call, -1, r)
             if call == "get":
-                op.f = {"pfn": _num(fs, "pfn"), "cache": _num(fs, "cache")}
-                op.f["before"] = _num(fs, "cache_count")
+                f = {"pfn": _num(fs, "pfn"), "cache": _num(fs, "cache")}
+                f["before"] = _num(fs, "cache_count")
             elif call == "put":
-                op.f = {"pfn": _num(fs, "pfn"), "probed": adds_probed}
+                f = {"pfn": _num(fs, "pfn"), "probed": adds_probed}
             elif call in ("topup", "cache_free"):
-                op.f = {"cache": _num(fs, "cache"), "before": _num(fs, "cache_count")}
+                f = {"cache": _num(fs, "cache"), "before": _num(fs, "cache_count")}
+            else:
+                f = {}
+            op = Op(call, -1, r, f)
             open_call[(tid, call)] = op
             ops.append(op)
             continue
@@ -333,21 +341,19 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
             continue
         if p == "kvm_page_fault":
             gfn = (_num(fs, "gpa") >> 12) & ~(1 << (vms[k].shared_bit - 12))
-            op = Op("fault", -1, r)
-            op.f = {"gfn": gfn}
+            op = Op("fault", -1, r, {"gfn": gfn})
         elif p == "kvm_mmu_page_fault":
             op = Op("attempt", -1, r)
         elif p == "kvm_arch_pre_destroy_vm":
             op = Op("teardown", -1, r)
         else:  # kvm_tdp_mmu_spte_changed
             level = _num(fs, "level")
-            if kind == "map":
-                op = Op("map.leaf" if level == 1 else "map.table", -1, r)
-                if level == 1:
-                    op.f = {"gfn": _num(fs, "gfn"), "pfn": spte_pfn(new)}
+            if kind == "map" and level == 1:
+                op = Op("map.leaf", -1, r, {"gfn": _num(fs, "gfn"), "pfn": spte_pfn(new)})
+            elif kind == "map":
+                op = Op("map.table", -1, r)
             elif kind in ("zap", "frozen") and level == 1:
-                op = Op(kind, -1, r)
-                op.f = {"gfn": _num(fs, "gfn")}
+                op = Op(kind, -1, r, {"gfn": _num(fs, "gfn")})
             elif kind in ("zap", "frozen"):
                 op = Op("table.zap", -1, r)
             else:
@@ -517,8 +523,7 @@ class _ModelRecorder:
             k = e.kind
             if k == "pamt_cache" and isinstance(e.new, int):
                 if lab == "pamt_cache.free" and not any(o.kind == "cache_free" for o in lane[-1:]):
-                    op = Op("cache_free", step=index)
-                    op.f = {"vcpu": e.key, "before": e.old, "after": 0}
+                    op = Op("cache_free", index, None, {"vcpu": e.key, "before": e.old, "after": 0})
                     lane.append(op)
                 self.cache[e.key] = e.new
             elif k in ("refcount", "pair") and g is not None and "region" not in g.f:
@@ -526,8 +531,12 @@ class _ModelRecorder:
             elif k in ("refcount", "pair") and pu is not None and "region" not in pu.f:
                 pu.f["region"] = e.key
         if lab in ("pamt_get.fast", "pamt_get.slow"):
-            op = Op("get", step=index)
-            op.f = {"vcpu": int(cpu[4:]) if cpu.startswith("vcpu") else None, "path": "?"}
+            op = Op(
+                "get",
+                index,
+                None,
+                {"vcpu": int(cpu[4:]) if cpu.startswith("vcpu") else None, "path": "?"},
+            )
             op.f["path"] = "fast" if lab == "pamt_get.fast" else "slow"
             for e in effects:
                 if e.kind == "refcount":
@@ -566,28 +575,26 @@ class _ModelRecorder:
             op.f["ret"] = -12 if lab == "pamt_cache.topup_fail" else 0
             lane.append(op)
         elif lab == "pamt_cache.free" and not any(o.kind == "cache_free" for o in lane[-1:]):
-            op = Op("cache_free", step=index)
-            op.f = {"before": 0, "after": 0}
+            op = Op("cache_free", index, None, {"before": 0, "after": 0})
             lane.append(op)
         elif lab in ("fault.begin", "fault.retry") and event in self.init_faults:
             pass  # KVM_TDX_INIT_MEM_REGION: kvm_tdp_map_page, not a page fault
         elif lab == "fault.begin":
-            op = Op("fault", step=index)
-            op.f = {"gfn": getattr(self.events[event], "gfn", None)}
+            op = Op("fault", index, None, {"gfn": getattr(self.events[event], "gfn", None)})
             lane.append(op)
             if self.attempts:
                 lane.append(Op("attempt", step=index))
         elif lab == "fault.retry" and self.attempts:
             lane.append(Op("attempt", step=index))
         elif lab in ("page.aug", "page.add"):
-            op = Op("map.leaf", step=index)
-            op.f = {"gfn": getattr(self.events[event], "gfn", None)}
+            op = Op("map.leaf", index, None, {"gfn": getattr(self.events[event], "gfn", None)})
             lane.append(op)
         elif lab == "sept.add":
             lane.append(Op("map.table", step=index))
         elif lab == "zap.page_remove":
-            op = Op("zap" if self.events[event].op == "zap" else "frozen", step=index)
-            op.f = {"gfn": None}
+            op = Op(
+                "zap" if self.events[event].op == "zap" else "frozen", index, None, {"gfn": None}
+            )
             lane.append(op)
         elif lab == "sept.reclaim":
             lane.append(Op("table.zap", step=index))
