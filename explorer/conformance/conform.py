@@ -511,25 +511,24 @@ class _ModelRecorder:
         lane = self.lanes.get(cpu)
         if lane is None:
             lane = self.lanes[cpu] = []
-        g = self.get.get(cpu)
+        g = self.get.get(cpu) if self.get else None
         if g is not None and (fn != "tdx_pamt_get" or lab in ("pamt_get.fast", "pamt_get.slow")):
             self._close_get(cpu, g)
             g = None
-        pu = self.put.get(cpu)
+        pu = self.put.get(cpu) if self.put else None
         if pu is not None and (fn != "tdx_pamt_put" or lab in ("pamt_put.fast", "pamt_put.slow")):
             del self.put[cpu]
             pu = None
-        for e in effects:
-            k = e.kind
-            if k == "pamt_cache" and isinstance(e.new, int):
-                if lab == "pamt_cache.free" and not any(o.kind == "cache_free" for o in lane[-1:]):
-                    op = Op("cache_free", index, None, {"vcpu": e.key, "before": e.old, "after": 0})
+        for k, key, old, new in effects:
+            if k == "pamt_cache" and isinstance(new, int):
+                if lab == "pamt_cache.free" and not (lane and lane[-1].kind == "cache_free"):
+                    op = Op("cache_free", index, None, {"vcpu": key, "before": old, "after": 0})
                     lane.append(op)
-                self.cache[e.key] = e.new
+                self.cache[key] = new
             elif k in ("refcount", "pair") and g is not None and "region" not in g.f:
-                g.f["region"] = e.key
+                g.f["region"] = key
             elif k in ("refcount", "pair") and pu is not None and "region" not in pu.f:
-                pu.f["region"] = e.key
+                pu.f["region"] = key
         if lab in ("pamt_get.fast", "pamt_get.slow"):
             op = Op(
                 "get",
@@ -538,9 +537,9 @@ class _ModelRecorder:
                 {"vcpu": int(cpu[4:]) if cpu.startswith("vcpu") else None, "path": "?"},
             )
             op.f["path"] = "fast" if lab == "pamt_get.fast" else "slow"
-            for e in effects:
-                if e.kind == "refcount":
-                    op.f["region"] = e.key
+            for k, key, _, _ in effects:
+                if k == "refcount":
+                    op.f["region"] = key
             lane.append(op)
             self.get[cpu] = op
             if op.f["path"] == "fast":
@@ -549,9 +548,9 @@ class _ModelRecorder:
             if lab == "pamt_get.add":
                 g.f["path"], g.f["ret"] = "added", 0
                 g.f["add_step"] = index
-                for e in effects:
-                    if e.kind == "pair":
-                        g.f["region"] = e.key
+                for k, key, _, _ in effects:
+                    if k == "pair":
+                        g.f["region"] = key
             elif lab == "pamt_get.lost_race":
                 g.f["path"], g.f["ret"] = "lost_race", 0
             elif lab in ("pamt_get.enomem", "pamt_get.partial"):
@@ -561,9 +560,9 @@ class _ModelRecorder:
                 g.f["add_step"] = index
         elif lab in ("pamt_put.fast", "pamt_put.slow"):
             op = Op("put", step=index)
-            for e in effects:
-                if e.kind == "refcount":
-                    op.f["region"] = e.key
+            for k, key, _, _ in effects:
+                if k == "refcount":
+                    op.f["region"] = key
             lane.append(op)
             self.put[cpu] = op
         elif pu is not None and lab in ("pamt_put.remove", "pamt_put.remove_fail"):
@@ -574,7 +573,7 @@ class _ModelRecorder:
             op.f = {"vcpu": v, "after": self.cache.get(v, 0)}
             op.f["ret"] = -12 if lab == "pamt_cache.topup_fail" else 0
             lane.append(op)
-        elif lab == "pamt_cache.free" and not any(o.kind == "cache_free" for o in lane[-1:]):
+        elif lab == "pamt_cache.free" and not (lane and lane[-1].kind == "cache_free"):
             op = Op("cache_free", index, None, {"before": 0, "after": 0})
             lane.append(op)
         elif lab in ("fault.begin", "fault.retry") and event in self.init_faults:
