@@ -168,17 +168,28 @@ class Conformance:
 
 
 class Op:
-    """One operation of one side: ``kind``; ``f`` its fields; ``lines`` (kernel) the records it
-    covers, first the one it is reported at; ``step`` (model) where it happened."""
+    """One operation of one side: ``kind``; ``f`` its fields; ``recs`` (kernel) the records it
+    covers, first the one it is reported at; ``step`` (model) where it happened. A model
+    operation covers no record: its ``recs`` is the one shared empty list :data:`_NO_RECS` (a million operations: one list less each to build and
+    free), never appended to (only :func:`kernel_lanes` appends, to its own operations)."""
 
-    __slots__ = ("f", "kind", "lines", "recs", "step")
+    __slots__ = ("f", "kind", "recs", "step")
 
-    def __init__(self, kind: str, line: int = 0, step: int = -1, rec: Record | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        step: int = -1,
+        rec: Record | None = None,
+        f: dict[str, Any] | None = None,
+    ) -> None:
         self.kind = kind
-        self.f: dict[str, Any] = {}
-        self.lines = [line] if line else []
+        self.f: dict[str, Any] = {} if f is None else f
         self.step = step
-        self.recs: list[Record] = [rec] if rec is not None else []
+        self.recs: list[Record] = [rec] if rec is not None else _NO_RECS
+
+
+_NO_RECS: list[Record] = []
+_LINE = attrgetter("line")
 
 
 _CALLS = {
@@ -292,14 +303,16 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
         compared += 1
         call = calls.get(p)
         if call is not None:
-            op = Op(call, r.line, -1, r)
             if call == "get":
-                op.f = {"pfn": _num(fs, "pfn"), "cache": _num(fs, "cache")}
-                op.f["before"] = _num(fs, "cache_count")
+                f = {"pfn": _num(fs, "pfn"), "cache": _num(fs, "cache")}
+                f["before"] = _num(fs, "cache_count")
             elif call == "put":
-                op.f = {"pfn": _num(fs, "pfn"), "probed": adds_probed}
+                f = {"pfn": _num(fs, "pfn"), "probed": adds_probed}
             elif call in ("topup", "cache_free"):
-                op.f = {"cache": _num(fs, "cache"), "before": _num(fs, "cache_count")}
+                f = {"cache": _num(fs, "cache"), "before": _num(fs, "cache_count")}
+            else:
+                f = {}
+            op = Op(call, -1, r, f)
             open_call[(tid, call)] = op
             ops.append(op)
             continue
@@ -309,7 +322,6 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
             if op2 is None:
                 ops.append(_stray(r))
                 continue
-            op2.lines.append(r.line)
             op2.recs.append(r)
             f2 = op2.f
             f2["ret"] = _num(fs, "ret")
@@ -323,30 +335,27 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
             if owner is None:
                 ops.append(_stray(r))
                 continue
-            owner.lines.append(r.line)
             owner.recs.append(r)
             if p.endswith(".entry"):
                 owner.f["add" if "_add" in p else "remove"] = (_num(fs, "pfn") >> 9, r.line)
             continue
         if p == "kvm_page_fault":
             gfn = (_num(fs, "gpa") >> 12) & ~(1 << (vms[k].shared_bit - 12))
-            op = Op("fault", r.line, -1, r)
-            op.f = {"gfn": gfn}
+            op = Op("fault", -1, r, {"gfn": gfn})
         elif p == "kvm_mmu_page_fault":
-            op = Op("attempt", r.line, -1, r)
+            op = Op("attempt", -1, r)
         elif p == "kvm_arch_pre_destroy_vm":
-            op = Op("teardown", r.line, -1, r)
+            op = Op("teardown", -1, r)
         else:  # kvm_tdp_mmu_spte_changed
             level = _num(fs, "level")
-            if kind == "map":
-                op = Op("map.leaf" if level == 1 else "map.table", r.line, -1, r)
-                if level == 1:
-                    op.f = {"gfn": _num(fs, "gfn"), "pfn": spte_pfn(new)}
+            if kind == "map" and level == 1:
+                op = Op("map.leaf", -1, r, {"gfn": _num(fs, "gfn"), "pfn": spte_pfn(new)})
+            elif kind == "map":
+                op = Op("map.table", -1, r)
             elif kind in ("zap", "frozen") and level == 1:
-                op = Op(kind, r.line, -1, r)
-                op.f = {"gfn": _num(fs, "gfn")}
+                op = Op(kind, -1, r, {"gfn": _num(fs, "gfn")})
             elif kind in ("zap", "frozen"):
-                op = Op("table.zap", r.line, -1, r)
+                op = Op("table.zap", -1, r)
             else:
                 op = _stray(r)
         ops.append(op)
@@ -388,8 +397,7 @@ def fold_retries(ops: list[Op]) -> list[Op]:
             j += 1
         if j < n and kinds[j] == "attempt":
             nxt = ops[j]
-            nxt.lines = [x for o in ops[i:j] for x in o.lines] + nxt.lines
-            nxt.recs = [x for o in ops[i:j] for x in o.recs] + nxt.recs
+            nxt.recs = [x for o in ops[i : j + 1] for x in o.recs]
             out += ops[last:i]
             last = j
         i = j
@@ -403,7 +411,7 @@ _KIND = attrgetter("kind")
 
 
 def _stray(r: Record) -> Op:
-    return Op("stray:" + r.probe, r.line, -1, r)
+    return Op("stray:" + r.probe, -1, r)
 
 
 def _init_mem_region(r: Record, open_call: dict[tuple[int, str], Op], spte: str) -> bool:
@@ -503,33 +511,35 @@ class _ModelRecorder:
         lane = self.lanes.get(cpu)
         if lane is None:
             lane = self.lanes[cpu] = []
-        g = self.get.get(cpu)
+        g = self.get.get(cpu) if self.get else None
         if g is not None and (fn != "tdx_pamt_get" or lab in ("pamt_get.fast", "pamt_get.slow")):
             self._close_get(cpu, g)
             g = None
-        pu = self.put.get(cpu)
+        pu = self.put.get(cpu) if self.put else None
         if pu is not None and (fn != "tdx_pamt_put" or lab in ("pamt_put.fast", "pamt_put.slow")):
             del self.put[cpu]
             pu = None
-        for e in effects:
-            k = e.kind
-            if k == "pamt_cache" and isinstance(e.new, int):
-                if lab == "pamt_cache.free" and not any(o.kind == "cache_free" for o in lane[-1:]):
-                    op = Op("cache_free", step=index)
-                    op.f = {"vcpu": e.key, "before": e.old, "after": 0}
+        for k, key, old, new in effects:
+            if k == "pamt_cache" and isinstance(new, int):
+                if lab == "pamt_cache.free" and not (lane and lane[-1].kind == "cache_free"):
+                    op = Op("cache_free", index, None, {"vcpu": key, "before": old, "after": 0})
                     lane.append(op)
-                self.cache[e.key] = e.new
+                self.cache[key] = new
             elif k in ("refcount", "pair") and g is not None and "region" not in g.f:
-                g.f["region"] = e.key
+                g.f["region"] = key
             elif k in ("refcount", "pair") and pu is not None and "region" not in pu.f:
-                pu.f["region"] = e.key
+                pu.f["region"] = key
         if lab in ("pamt_get.fast", "pamt_get.slow"):
-            op = Op("get", step=index)
-            op.f = {"vcpu": int(cpu[4:]) if cpu.startswith("vcpu") else None, "path": "?"}
+            op = Op(
+                "get",
+                index,
+                None,
+                {"vcpu": int(cpu[4:]) if cpu.startswith("vcpu") else None, "path": "?"},
+            )
             op.f["path"] = "fast" if lab == "pamt_get.fast" else "slow"
-            for e in effects:
-                if e.kind == "refcount":
-                    op.f["region"] = e.key
+            for k, key, _, _ in effects:
+                if k == "refcount":
+                    op.f["region"] = key
             lane.append(op)
             self.get[cpu] = op
             if op.f["path"] == "fast":
@@ -538,9 +548,9 @@ class _ModelRecorder:
             if lab == "pamt_get.add":
                 g.f["path"], g.f["ret"] = "added", 0
                 g.f["add_step"] = index
-                for e in effects:
-                    if e.kind == "pair":
-                        g.f["region"] = e.key
+                for k, key, _, _ in effects:
+                    if k == "pair":
+                        g.f["region"] = key
             elif lab == "pamt_get.lost_race":
                 g.f["path"], g.f["ret"] = "lost_race", 0
             elif lab in ("pamt_get.enomem", "pamt_get.partial"):
@@ -550,9 +560,9 @@ class _ModelRecorder:
                 g.f["add_step"] = index
         elif lab in ("pamt_put.fast", "pamt_put.slow"):
             op = Op("put", step=index)
-            for e in effects:
-                if e.kind == "refcount":
-                    op.f["region"] = e.key
+            for k, key, _, _ in effects:
+                if k == "refcount":
+                    op.f["region"] = key
             lane.append(op)
             self.put[cpu] = op
         elif pu is not None and lab in ("pamt_put.remove", "pamt_put.remove_fail"):
@@ -563,29 +573,27 @@ class _ModelRecorder:
             op.f = {"vcpu": v, "after": self.cache.get(v, 0)}
             op.f["ret"] = -12 if lab == "pamt_cache.topup_fail" else 0
             lane.append(op)
-        elif lab == "pamt_cache.free" and not any(o.kind == "cache_free" for o in lane[-1:]):
-            op = Op("cache_free", step=index)
-            op.f = {"before": 0, "after": 0}
+        elif lab == "pamt_cache.free" and not (lane and lane[-1].kind == "cache_free"):
+            op = Op("cache_free", index, None, {"before": 0, "after": 0})
             lane.append(op)
         elif lab in ("fault.begin", "fault.retry") and event in self.init_faults:
             pass  # KVM_TDX_INIT_MEM_REGION: kvm_tdp_map_page, not a page fault
         elif lab == "fault.begin":
-            op = Op("fault", step=index)
-            op.f = {"gfn": getattr(self.events[event], "gfn", None)}
+            op = Op("fault", index, None, {"gfn": getattr(self.events[event], "gfn", None)})
             lane.append(op)
             if self.attempts:
                 lane.append(Op("attempt", step=index))
         elif lab == "fault.retry" and self.attempts:
             lane.append(Op("attempt", step=index))
         elif lab in ("page.aug", "page.add"):
-            op = Op("map.leaf", step=index)
-            op.f = {"gfn": getattr(self.events[event], "gfn", None)}
+            op = Op("map.leaf", index, None, {"gfn": getattr(self.events[event], "gfn", None)})
             lane.append(op)
         elif lab == "sept.add":
             lane.append(Op("map.table", step=index))
         elif lab == "zap.page_remove":
-            op = Op("zap" if self.events[event].op == "zap" else "frozen", step=index)
-            op.f = {"gfn": None}
+            op = Op(
+                "zap" if self.events[event].op == "zap" else "frozen", index, None, {"gfn": None}
+            )
             lane.append(op)
         elif lab == "sept.reclaim":
             lane.append(Op("table.zap", step=index))
@@ -712,13 +720,13 @@ def _conform(capture: Capture, imp: ImportedTrace, settings: Settings | None) ->
                 before = len(divs)
                 _compare(ko, mo, regions, caches, divs)
                 if len(divs) == before:
-                    matches.append((ko.lines[0], ko.kind, _shown(ko), mo.step))
-                last_line, last_step = max(ko.lines), mo.step
+                    matches.append((ko.recs[0].line, ko.kind, _shown(ko), mo.step))
+                last_line, last_step = max(map(_LINE, ko.recs)), mo.step
             elif ko is not None:
                 for r in ko.recs:
                     unexplained.append({"line": r.line, "text": r.text})
                 divs.append(
-                    Divergence(ko.lines[0], "unexplained", ko.recs[0].probe, None, last_step)
+                    Divergence(ko.recs[0].line, "unexplained", ko.recs[0].probe, None, last_step)
                 )
             elif mo is not None:
                 divs.append(
@@ -761,31 +769,33 @@ def _compare(k: Op, m: Op, regions: _Bijection, caches: _Bijection, divs: list[D
     def div(line: int, kind: str, o: Any, p: Any) -> None:
         divs.append(Divergence(line, kind, o, p, st))
 
-    ret_line = k.lines[1] if len(k.lines) > 1 else k.lines[0]
+    recs = k.recs
+    line = recs[0].line
+    ret_line = recs[1].line if len(recs) > 1 else line
     if kind in ("fault", "map.leaf") and kf.get("gfn") != mf.get("gfn"):
-        div(k.lines[0], kind + ".gfn", hex(kf.get("gfn") or 0), hex(mf.get("gfn") or 0))
+        div(line, kind + ".gfn", hex(kf.get("gfn") or 0), hex(mf.get("gfn") or 0))
     elif kind == "topup":
         kc = kf.get("cache") or None
         if not caches.ok(kc, mf.get("vcpu")):
-            div(k.lines[0], "topup.target", hex(kc or 0), f"vCPU {mf.get('vcpu')}'s cache")
+            div(line, "topup.target", hex(kc or 0), f"vCPU {mf.get('vcpu')}'s cache")
         elif kf.get("ret") is not None and kf.get("ret") != mf.get("ret"):
             div(ret_line, "topup.ret", kf.get("ret"), mf.get("ret"))
         elif kf.get("after") is not None and kf.get("after") != mf.get("after"):
             div(ret_line, "topup.cache_after", kf.get("after"), mf.get("after"))
     elif kind == "cache_free":
         if kf.get("before", -1) >= 0 and kf.get("before") != mf.get("before"):
-            div(k.lines[0], "cache_free.count", kf.get("before"), mf.get("before"))
+            div(line, "cache_free.count", kf.get("before"), mf.get("before"))
     elif kind == "get":
         kc = kf.get("cache") or None
         kr = kf["pfn"] >> 9
         if not caches.ok(kc, mf.get("vcpu") if kc else None):
-            div(k.lines[0], "get.cache", hex(kc or 0), f"vCPU {mf.get('vcpu')}'s cache")
+            div(line, "get.cache", hex(kc or 0), f"vCPU {mf.get('vcpu')}'s cache")
         if not regions.ok(kr, mf.get("region")):
-            div(k.lines[0], "get.region", hex(kr), hex(mf.get("region") or 0))
+            div(line, "get.region", hex(kr), hex(mf.get("region") or 0))
         kp, mp = kf.get("path"), mf.get("path")
         add = kf.get("add")
         if kf.get("ret") is None:
-            div(k.lines[0], "return.missing", None, mp)
+            div(line, "return.missing", None, mp)
         elif kf.get("ret") != mf.get("ret"):
             div(ret_line, "get.ret", kf.get("ret"), mf.get("ret"))
         elif add is not None and mp != "added":
@@ -797,17 +807,17 @@ def _compare(k: Op, m: Op, regions: _Bijection, caches: _Bijection, divs: list[D
         elif kc and kf.get("after", -1) >= 0 and kf.get("after") != mf.get("after"):
             div(ret_line, "get.cache_after", kf.get("after"), mf.get("after"))
         elif mp == "added" and add is None and kp == "fast|lost_race":
-            div(k.lines[0], "pamt_add.missing", None, "PAMT.ADD")
+            div(line, "pamt_add.missing", None, "PAMT.ADD")
     elif kind == "put":
         kr = kf["pfn"] >> 9
         if not regions.ok(kr, mf.get("region")):
-            div(k.lines[0], "put.region", hex(kr), hex(mf.get("region") or 0))
+            div(line, "put.region", hex(kr), hex(mf.get("region") or 0))
         rm = kf.get("remove")
         if rm is not None and "remove" not in mf:
             div(rm[1], "pamt_remove", "PAMT.REMOVE", "none: the region keeps references")
         elif rm is not None and not regions.ok(rm[0], mf.get("region")):
             div(rm[1], "pamt_remove.region", hex(rm[0]), hex(mf.get("region") or 0))
         elif rm is None and "remove" in mf and kf.get("probed"):
-            div(k.lines[0], "pamt_remove.missing", None, "PAMT.REMOVE")
+            div(line, "pamt_remove.missing", None, "PAMT.REMOVE")
         elif kf.get("ret", 0) is None:
-            div(k.lines[0], "return.missing", None, "the put's return")
+            div(line, "return.missing", None, "the put's return")
