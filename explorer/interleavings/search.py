@@ -49,6 +49,7 @@ counts (lost_race's 540 states) are of.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import pickle
@@ -340,8 +341,7 @@ class Explorer:
                 ts = _threads_state(m, threads, self.fair)
                 bare = m.canonical_state(COUNTER_NAMES)  # (the counters apart: see _lap_back)
                 counted = tuple([m.cnt[i] for i in (_COUNTED if self.fair else _ALL_BUT_SPINS)])
-                key = _digest((bare, counted, ts, codes))
-                lap_key = _digest((bare, ts, codes))
+                key, lap_key = _keys(bare, counted, ts, codes)
                 if self.fair and key not in visited and lap_key in lap_keys:
                     key = _lap_back(lap_key, path) or key
                 if parent is None:
@@ -633,6 +633,13 @@ def _digest(obj: Any) -> Digest:
     return hashlib.blake2b(buf.getbuffer(), digest_size=16).digest()
 
 
+def _keys(bare: Any, counted: Any, ts: Any, codes: Any) -> tuple[Digest, Digest]:
+    """A state's key and its key without the counters (``lap_key``, see :func:`_lap_back`).
+    Their values order the fair-cycle search (``_fair_cycles`` sorts states), so they stay
+    the digests of these tuples: a livelock's example schedule does not move."""
+    return _digest((bare, counted, ts, codes)), _digest((bare, ts, codes))
+
+
 def _diag_codes(m: Machine) -> tuple[str, ...]:
     return tuple(sorted({f"{d.kind}:{d.code}" for d in m.diagnostics}))
 
@@ -704,7 +711,12 @@ def _frames(gen: Any, ids: dict[int, Any], abstract: bool = True) -> tuple[Any, 
                 # (a frame's locals come in its code's variable order: no sort needed)
                 tuple(
                     [
-                        (k, "*" if k in hidden else _canon(v, ids, 1))
+                        (
+                            k,
+                            "*"
+                            if k in hidden
+                            else (v if type(v) in _SCALARS else _canon(v, ids, 1)),
+                        )
                         for k, v in frame.f_locals.items()
                     ]
                 ),
@@ -718,6 +730,13 @@ def _frames(gen: Any, ids: dict[int, Any], abstract: bool = True) -> tuple[Any, 
 _SCALARS = frozenset({int, str, bool, float, bytes, type(None)})
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _event_canon(ev: Event) -> tuple[str, int, str]:
+    """A trace event held by a frame: its line and text. Events are frozen values, so equal
+    events have equal stand-ins and one computed per event serves every state."""
+    return ("event", ev.line, ev.describe())
+
+
 def _canon(v: Any, ids: dict[int, Any], depth: int) -> Any:
     """A hashable, repr-stable stand-in for a local variable's value."""
     if type(v) in _SCALARS:
@@ -728,7 +747,10 @@ def _canon(v: Any, ids: dict[int, Any], depth: int) -> Any:
     if depth > 12:
         raise TypeError(f"explore: a local nested too deep to canonicalize ({type(v).__name__})")
     if isinstance(v, (tuple, list, deque)):
-        return (type(v).__name__, tuple(_canon(x, ids, depth + 1) for x in v))
+        return (
+            type(v).__name__,
+            tuple([x if type(x) in _SCALARS else _canon(x, ids, depth + 1) for x in v]),
+        )
     if isinstance(v, (set, frozenset)):
         return ("set", tuple(sorted(repr(_canon(x, ids, depth + 1)) for x in v)))
     if isinstance(v, dict):
@@ -742,7 +764,7 @@ def _canon(v: Any, ids: dict[int, Any], depth: int) -> Any:
             ),
         )
     if isinstance(v, Event):
-        return ("event", v.line, v.describe())
+        return _event_canon(v)
     if isinstance(v, types.GeneratorType):
         return ("gen", _frames(v, ids))
     if isinstance(v, (types.FunctionType, types.BuiltinFunctionType, types.MethodType, type)):
@@ -1313,8 +1335,7 @@ class _Reduced:
         ts = _threads_state(m, threads, ex.fair)
         bare = m.canonical_state(COUNTER_NAMES)
         counted = tuple([m.cnt[i] for i in (_COUNTED if ex.fair else _ALL_BUT_SPINS)])
-        key = _digest((bare, counted, ts, codes))
-        lap_key = _digest((bare, ts, codes))
+        key, lap_key = _keys(bare, counted, ts, codes)
         self.cur = key
         if ex.fair and key not in self.nodes and lap_key in self.lap_keys:
             back = _lap_back(lap_key, path)
