@@ -17,7 +17,9 @@ class following a lecturer's slides; a press whose answer came later than that f
   :data:`RUN_TIMEOUT_S`, a closed websocket, or a step shown that is not the one this session
   asked for (the step after its own cursor, in its own trace: a session seeing another
   session's cursor or trace fails here);
-- the latency from sending Next to ``script_finished`` (p50/p95);
+- the latency of Next (p50/p95; the server view: from sending it to ``script_finished``; the
+  instant view: what it waits for, below) and, in the instant view, of each report of the page's
+  step (from sending it to ``script_finished``);
 - the server's resident memory: once it answers its health check (``boot``: no page run yet);
   at the start, after one warm-up session per sample has loaded its page and pressed Next a few
   times (the first runs import the app's modules and Plotly's validators and fill the replay
@@ -26,9 +28,17 @@ class following a lecturer's slides; a press whose answer came later than that f
   last session closed (the last of them, and when it was first back within
   :data:`BACK_TOLERANCE_MIB` of the start).
 
-The server starts with ``DPAMT_INSTANT=0``: each session reads the step shown from the
-server-drawn view's header (instant steps, the default, draw it in the browser, which these
-sessions do not run) and presses the server's Next.
+Two views (``--view``). ``instant``, the app's default (the server runs with
+``DPAMT_INSTANT=1``): Next moves the step in the page from the window of steps the server sent,
+with no server run; the page reports its step after its quiet time, or at once near the window's
+edge, and that report is a run of the step view's fragment (:func:`drive_instant` does what
+app_pages/ui/instant.js does, and checks each answer: its seq, its cursor, its window, its trace).
+A Next that leaves the window waits for the re-centred window: its wait is the answer's time;
+inside the window it waits for nothing (0: the page draws it, 50-80 ms in Chromium,
+docs/lecture.md). ``server``: the server-drawn view (``DPAMT_INSTANT=0``), each Next a run;
+:func:`drive` reads the step shown from the view's header. In both, a widget of the step view
+reruns only its fragment, as the browser asks, and the messages a session already holds are named
+by their hashes, as the browser does (the server then sends a reference, not the message again).
 
 Only 127.0.0.1 is contacted; the sessions, the runs and the waits are all bounded in count and
 time.
@@ -98,6 +108,9 @@ class Run:
     buttons: dict[str, str] = field(default_factory=dict)  # key -> widget id
     texts: list[str] = field(default_factory=list)
     exceptions: list[str] = field(default_factory=list)
+    #: The instant view's data (its window's bounds, the cursor, the report seq) and its id.
+    instant: dict[str, Any] | None = None
+    instant_id: str = ""
 
 
 class Session:
@@ -109,6 +122,12 @@ class Session:
         self.page_hash = ""
         self.buttons: dict[str, str] = {}
         self.ws: WebSocketClientConnection | None = None
+        #: The fragment each widget was drawn in: a widget of a fragment reruns only that
+        #: fragment, as the browser asks (Explore's step view is one, app_pages/explore.py).
+        self.fragments: dict[str, str] = {}
+        #: Messages kept by their hash, whose hashes each rerun sends back as the browser does
+        #: (``cached_message_hashes``): the server then sends a reference, not the message again.
+        self.cache: dict[str, ForwardMsg] = {}
 
     async def open(self) -> None:
         request = HTTPRequest(self.url, connect_timeout=10, request_timeout=10)
@@ -116,17 +135,26 @@ class Session:
             request, subprotocols=["streamlit"], max_message_size=64 << 20
         )
 
-    async def rerun(self, trigger: str | None = None) -> Run:
-        """Send a rerun (with ``trigger``: that button's click) and read the run to its end."""
+    async def rerun(self, trigger: str | None = None, report: dict[str, int] | None = None) -> Run:
+        """Send a rerun (with ``trigger``: that button's click; with ``report``: the instant
+        view's state, as its page sets it after a step: app_pages/ui/instant.js) and read the
+        run to its end."""
         assert self.ws is not None
         msg = BackMsg()
         state = msg.rerun_script
         state.query_string = self.query
         state.page_script_hash = self.page_hash
+        widget = ""
         if trigger is not None:
             w = state.widget_states.widgets.add()
-            w.id = self.buttons[trigger]
+            w.id = widget = self.buttons[trigger]
             w.trigger_value = True
+        if report is not None:
+            w = state.widget_states.widgets.add()
+            w.id = widget = self.instant_id
+            w.json_value = json.dumps({"report": report})
+        state.fragment_id = self.fragments.get(widget, "")
+        state.cached_message_hashes.extend(self.cache)
         start = time.monotonic()
         await self.ws.write_message(msg.SerializeToString(), binary=True)
         run = Run(0.0)
@@ -142,6 +170,12 @@ class Session:
                 continue
             fwd = ForwardMsg()
             fwd.ParseFromString(raw)
+            if fwd.WhichOneof("type") == "ref_hash":
+                if fwd.ref_hash not in self.cache:
+                    raise RuntimeError("the server referred to a message this session never got")
+                fwd = self.cache[fwd.ref_hash]
+            elif fwd.metadata.cacheable and fwd.hash:
+                self.cache[fwd.hash] = fwd
             kind = fwd.WhichOneof("type")
             if kind == "new_session":
                 self.page_hash = fwd.new_session.page_script_hash or self.page_hash
@@ -150,6 +184,7 @@ class Session:
             elif kind == "script_finished":
                 run.seconds = time.monotonic() - start
                 self.buttons.update(run.buttons)
+                self.instant_id = run.instant_id or self.instant_id
                 return run
 
     def _element(self, fwd: ForwardMsg, run: Run) -> None:
@@ -158,11 +193,31 @@ class Session:
             return
         el = delta.new_element
         which = el.WhichOneof("type")
+        if delta.fragment_id:
+            wid = getattr(getattr(el, which), "id", "") if which else ""
+            if isinstance(wid, str) and wid:
+                self.fragments[wid] = delta.fragment_id
         if which == "exception":
             run.exceptions.append(f"{el.exception.type}: {el.exception.message}"[:200])
         elif which == "button":
             key = el.button.id.rsplit("-", 1)[-1]
             run.buttons[key] = el.button.id
+        elif which == "bidi_component":
+            comp = el.bidi_component  # the instant view's data: JSON bytes (or JSON text)
+            data = json.loads(
+                comp.bytes if comp.WhichOneof("data") == "bytes" else comp.json or "null"
+            )
+            if isinstance(data, dict) and isinstance(data.get("window"), dict):
+                w = data["window"]
+                run.instant_id = el.bidi_component.id
+                run.instant = {
+                    "cursor": data.get("cursor"),
+                    "seq": data.get("seq"),
+                    "lo": w.get("lo"),
+                    "hi": w.get("hi"),
+                    "nr_steps": w.get("nr_steps"),
+                    "margin": data.get("margin"),
+                }
         elif which == "markdown":
             body = el.markdown.body
             run.texts.append(body)
@@ -235,11 +290,116 @@ async def drive(
     return result
 
 
-async def run(
-    sessions: int, seconds: float, settle_s: float, think: float, pace: tuple[float, float]
+#: The instant page's quiet time before it reports its step (app_pages/ui/instant.js IDLE_MS).
+IDLE_S = 0.5
+
+
+async def drive_instant(
+    port: int,
+    k: int,
+    sample: str,
+    title: str,
+    seconds: float,
+    think: float = 0.0,
+    pace: tuple[float, float] = (0.0, 0.0),
+    max_nexts: int = MAX_RUNS,
 ) -> dict[str, Any]:
+    """Session ``k`` on the instant view (the app's default), as its page behaves
+    (app_pages/ui/instant.js): Next moves the step in the browser when it is inside the window
+    the server sent (no wait: ``next_wait`` 0), else waits for the re-centred window (the wait
+    is the reply's time); the page reports its step at once near the window's edge, else after
+    :data:`IDLE_S` of quiet, and the server's run answers it (``reports``, from sending to
+    ``script_finished``). An answer must echo this session's report (its seq), put the cursor on
+    its step, in its own trace (its step count), inside the window it sends."""
+    rng = random.Random(k)
+    result: dict[str, Any] = {
+        "session": k,
+        "sample": sample,
+        "errors": [],
+        "latencies": [],
+        "reports": [],
+    }
+    s = Session(port, f"sample={sample}")
+    seq = 0
+
+    async def report(step: int, total: int) -> dict[str, Any] | None:
+        nonlocal seq
+        seq += 1
+        answer = await s.rerun(report={"step": step, "seq": seq})
+        result["reports"].append(answer.seconds * 1000)
+        result["errors"] += answer.exceptions
+        w = answer.instant
+        if (
+            w is None
+            or w["seq"] != seq
+            or w["cursor"] != step
+            or not w["lo"] <= step <= w["hi"]
+            or w["nr_steps"] != total
+        ):
+            result["errors"].append(f"reported step {step} (seq {seq}) of {total}, answer {w}")
+            return None
+        return w
+
+    try:
+        await s.open()
+        first = await s.rerun()
+        result["errors"] += first.exceptions
+        w = first.instant
+        if w is None or w["cursor"] != -1 or not w["nr_steps"] or not s.instant_id:
+            result["errors"].append(f"the page does not show {sample}'s instant view at -1")
+            return result
+        total, step = int(w["nr_steps"]), -1
+        deadline = time.monotonic() + seconds
+        for _ in range(min(max_nexts, MAX_RUNS)):
+            pressed = time.monotonic()
+            if pressed > deadline:
+                break
+            target = -1 if step >= total - 1 else step + 1
+            if not w["lo"] <= target <= w["hi"]:  # waits for its window
+                got = await report(target, total)
+                if got is None:
+                    break
+                w = got
+                result["latencies"].append((time.monotonic() - pressed) * 1000)
+                step = target
+            else:
+                step = target
+                result["latencies"].append(0.0)  # drawn in the browser, from the window
+                next_at = pressed + rng.uniform(*pace)
+                if min(step - w["lo"], w["hi"] - step) < w["margin"]:
+                    got = await report(step, total)  # near the edge: at once
+                elif next_at - time.monotonic() > IDLE_S or think > 0:
+                    await asyncio.sleep(IDLE_S)
+                    got = await report(step, total)
+                else:
+                    got = w  # the next press comes before the page's quiet time
+                if got is None:
+                    break
+                w = got
+                wait = max(think, next_at - time.monotonic())
+                if wait > 0:
+                    await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+    except Exception as exc:  # a load test reports failures, it does not stop at the first
+        result["errors"].append(f"{type(exc).__name__}: {str(exc)[:200]}")
+    finally:
+        await s.close()
+    return result
+
+
+async def run(
+    sessions: int,
+    seconds: float,
+    settle_s: float,
+    think: float,
+    pace: tuple[float, float],
+    view: str = "instant",
+) -> dict[str, Any]:
+    """The load test on ``view``: ``instant`` (the app's default, :func:`drive_instant`) or
+    ``server`` (the server-drawn view, DPAMT_INSTANT=0, :func:`drive`)."""
     port = free_port()
-    os.environ["DPAMT_INSTANT"] = "0"  # the server-drawn view (the server inherits it)
+    # the server inherits it: each session starts on that view
+    os.environ["DPAMT_INSTANT"] = "1" if view == "instant" else "0"
+    driver = drive_instant if view == "instant" else drive
     server = start_app(port)
     samples = [(s.name, s.title) for s in list_samples()]
     try:
@@ -247,7 +407,7 @@ async def run(
         # warm-up: every sample loaded, a few Nexts, so the start figure includes what any first
         # run imports and caches (modules, Plotly's validators, the replay cache)
         for name, title in samples:
-            warm = await drive(port, -1, name, title, 60, max_nexts=WARM_NEXTS)
+            warm = await driver(port, -1, name, title, 60, max_nexts=WARM_NEXTS)
             if warm["errors"]:
                 raise RuntimeError(f"warm-up on {name}: {warm['errors'][:3]}")
         await asyncio.sleep(2)
@@ -263,7 +423,7 @@ async def run(
         t0 = time.monotonic()
         results = await asyncio.gather(
             *[
-                drive(port, k, *samples[k % len(samples)], seconds, think, pace)
+                driver(port, k, *samples[k % len(samples)], seconds, think, pace)
                 for k in range(sessions)
             ]
         )
@@ -281,8 +441,10 @@ async def run(
     finally:
         stop_app(server)
     lat = sorted(x for r in results for x in r["latencies"])
+    reports = sorted(x for r in results for x in r.get("reports", []))
     errors = [f"session {r['session']} ({r['sample']}): {e}" for r in results for e in r["errors"]]
     return {
+        "view": view,
         "sessions": sessions,
         "seconds": seconds,
         "think_s": think,
@@ -295,6 +457,10 @@ async def run(
         "next_p50_ms": round(statistics.median(lat), 1) if lat else None,
         "next_p95_ms": round(lat[int(0.95 * (len(lat) - 1))], 1) if lat else None,
         "next_max_ms": round(lat[-1], 1) if lat else None,
+        # instant view: the page's reports of its step and the server's answers (the runs)
+        "reports": len(reports),
+        "report_p50_ms": round(statistics.median(reports), 1) if reports else None,
+        "report_p95_ms": round(reports[int(0.95 * (len(reports) - 1))], 1) if reports else None,
         "server_rss_boot_mib": round(boot, 1),
         "server_rss_start_mib": round(start, 1),
         "server_rss_peak_mib": round(max(rss), 1),
@@ -373,6 +539,13 @@ def main() -> int:
         help="seconds each session waits after each answer, instead of --pace",
     )
     p.add_argument(
+        "--view",
+        choices=("instant", "server"),
+        default="instant",
+        help="the step view the sessions drive: instant (the app's default: Next is drawn in "
+        "the browser, the page reports its step) or server (each Next a server run)",
+    )
+    p.add_argument(
         "--figures",
         action="store_true",
         help="only time the map and caches figures (ms per call), no server",
@@ -389,12 +562,15 @@ def main() -> int:
     pace = (0.0, 0.0) if args.think is not None else tuple(args.pace or DEFAULT_PACE_S)
     if not 0 <= think <= 60 or not 0 <= pace[0] <= pace[1] <= 60 or not 0 <= args.settle <= 600:
         p.error("--think 0..60, --pace LO HI with 0 <= LO <= HI <= 60, --settle 0..600")
-    report = asyncio.run(run(args.sessions, args.seconds, args.settle, think, (pace[0], pace[1])))
+    report = asyncio.run(
+        run(args.sessions, args.seconds, args.settle, think, (pace[0], pace[1]), args.view)
+    )
     print(json.dumps(report, indent=2))
     ok = (
         report["errors"] == 0
         and report["next_p95_ms"] is not None
         and report["next_p95_ms"] <= 1000
+        and (report["report_p95_ms"] or 0) <= 1000
         and report["back_to_start_s"] is not None
     )
     return 0 if ok else 1

@@ -293,8 +293,18 @@ function install(st) {
   };
 }
 
+// The server sends its data as UTF-8 JSON bytes (app_pages/ui/instant.py: encoded once per
+// window, not on every run); plain JSON is taken too.
+function decoded(data) {
+  if (data instanceof Uint8Array || data instanceof ArrayBuffer) {
+    return JSON.parse(new TextDecoder().decode(data));
+  }
+  return data;
+}
+
 export default function (component) {
-  const { data, parentElement, setStateValue } = component;
+  const { parentElement, setStateValue } = component;
+  const data = decoded(component.data);
   window.__dpamtInstant = window.__dpamtInstant || {};
   let st = window.__dpamtInstant;
   let root = parentElement.querySelector('.instant');
