@@ -5,6 +5,7 @@ step_panel, explore_tabs)."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import streamlit as st
@@ -14,6 +15,7 @@ from app_pages.ui.boxes import apply_box_step, boxes_delivered
 from app_pages.ui.explore_tabs import explore_tabs
 from app_pages.ui.instant import instant_by_default, instant_event, instant_view
 from app_pages.ui.keys import STEP_HEADER_KEY, step_keys
+from app_pages.ui.replays import idle_trimmer
 from app_pages.ui.state_panel import export_choice, map_and_caches
 from app_pages.ui.step_panel import COMPACT_CSS, code_and_locks, step_text
 from app_pages.ui.stepper import controls, period, play_clock
@@ -69,6 +71,7 @@ def view(
     tl: Timeline, loaded: common.Loaded, settings: Settings, replay_key: tuple[object, ...]
 ) -> None:
     last = tl.nr_steps - 1
+    idle_trimmer().touch()  # a fragment's run is activity too (the page's runs touch it as well)
     apply_box_step()  # a fragment's run: its callbacks ran just before
     instant_event(tl)
     play_clock(last)
@@ -77,15 +80,16 @@ def view(
     i = min(max(int(st.session_state.cursor), -1), last)
     st.session_state.shown_step = i
     _remember_place(tl, replay_key, i)
-    snap = tl.state_at(i)
     step = tl.step(i) if i >= 0 else None
     changed = tl.changed_regions(i) if i >= 0 else []
+    snap_at = functools.cache(functools.partial(tl.state_at, i))  # the seek, once, if asked
     if st.session_state.get("instant_steps"):
         # drawn and stepped in the browser (app_pages/ui/instant.py); the keys' listener's
         # marker (the step header's key) is on it, so keys.py's queue stays for the fallback
         with st.container(key=STEP_HEADER_KEY):
             instant_view(tl, replay_key, i)
     else:
+        snap = snap_at()
         left, right = st.container(key="step_view").columns([5, 6])
         with left:
             map_and_caches(snap, changed, tl)
@@ -93,7 +97,7 @@ def view(
             with st.container(key=STEP_HEADER_KEY):
                 step_text(tl, step)
             code_and_locks(snap, step)
-    explore_tabs(tl, loaded, i, snap, step, changed)
+    explore_tabs(tl, loaded, i, snap_at, step, changed)
     common.sync_url(settings)
     boxes_delivered()  # the run drew everything: the browser holds what the boxes show
 

@@ -154,21 +154,40 @@ class IdleTrimmer:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: [idle seconds, function, pending]: see :meth:`on_idle`
+        self._hooks: list[list[Any]] = []
         self.trims = 0
+
+    def on_idle(self, fn: Callable[[], object], idle_s: float) -> None:
+        """Call ``fn`` once the app has been idle for ``idle_s`` seconds after some activity
+        (then collect and trim): for caches that only save time, whose memory should go back
+        once nobody is using the app (the step windows' memo, app_pages/ui/instant.py)."""
+        with self._lock:
+            self._hooks.append([idle_s, fn, False])
 
     def touch(self) -> None:
         """A script run happened now: trim once it has been quiet for ``idle_s``."""
         with self._lock:
             self._last = self._clock()
             self._dirty = True
+            for hook in self._hooks:
+                hook[2] = True
 
     def poll(self) -> bool:
-        """Collect and trim if there was activity and ``idle_s`` has passed since; True if it
-        did."""
+        """Collect and trim if there was activity and ``idle_s`` has passed since (first
+        calling the :meth:`on_idle` functions whose time has come); True if it did."""
         with self._lock:
-            if not self._dirty or self._clock() - self._last < self.idle_s:
-                return False
-            self._dirty = False
+            idle = self._clock() - self._last
+            due = [hook for hook in self._hooks if hook[2] and idle >= hook[0]]
+            for hook in due:
+                hook[2] = False
+            main = self._dirty and idle >= self.idle_s
+            if main:
+                self._dirty = False
+        if not main and not due:
+            return False
+        for hook in due:
+            hook[1]()
         gc.collect()
         if self._trim is not None:
             self._trim()

@@ -351,6 +351,34 @@ def test_the_idle_trimmer_collects_and_trims_once_after_activity_goes_quiet() ->
     assert t.poll() and t.trims == 2
 
 
+def test_the_idle_trimmer_drops_a_speed_cache_once_the_app_is_idle_longer() -> None:
+    """An ``on_idle`` function (the step windows' memo dropped) runs once, ``idle_s`` of its
+    own after the last run, then the memory is collected and trimmed; not while runs come,
+    not again without new activity."""
+    from explorer.appsupport import IdleTrimmer
+
+    now = [0.0]
+    trims: list[float] = []
+    dropped: list[float] = []
+    t = IdleTrimmer(idle_s=5.0, trim=lambda: trims.append(now[0]), clock=lambda: now[0])
+    t.on_idle(lambda: dropped.append(now[0]), 30.0)
+    t.touch()
+    now[0] += 5
+    assert t.poll() and dropped == [] and trims == [5.0]  # the plain trim first
+    now[0] += 24.9
+    assert not t.poll() and dropped == []
+    now[0] += 0.1
+    assert t.poll() and dropped == [30.0] and trims == [5.0, 30.0]  # dropped, then trimmed
+    now[0] += 100
+    assert not t.poll() and dropped == [30.0]
+    t.touch()  # activity again: due again 30 s after it
+    now[0] += 29
+    t.poll()
+    assert dropped == [30.0]
+    now[0] += 1
+    assert t.poll() and dropped == [30.0, 160.0]
+
+
 def test_the_idle_trimmer_thread_runs_and_stops() -> None:
     from explorer.appsupport import IdleTrimmer
 

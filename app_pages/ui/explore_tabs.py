@@ -4,6 +4,8 @@ tab is drawn."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import streamlit as st
 
 from app_pages.ui.loader import capture_info
@@ -41,9 +43,16 @@ TABS = (
 
 
 def explore_tabs(
-    tl: Timeline, loaded: Loaded, i: int, snap: Snapshot, step: Step | None, changed: list[int]
+    tl: Timeline,
+    loaded: Loaded,
+    i: int,
+    snap: Callable[[], Snapshot],
+    step: Step | None,
+    changed: list[int],
 ) -> None:
-    """The tabs below the step, at step ``i`` (``snap``, ``step`` and ``changed`` are its)."""
+    """The tabs below the step, at step ``i`` (``step`` and ``changed`` are its; ``snap`` gives
+    its state: asked only by the tabs that draw it, since a seek is the dearest part of a run
+    whose open tab does not need it, e.g. the instant view's report with "What changed" open)."""
     # Only the open tab is drawn (a step reruns this fragment: the hidden tabs' figures are not
     # rebuilt and re-sent for every step); switching tabs reruns the fragment.
     tabs = st.tabs(list(TABS), key="explore_tab", on_change="rerun")
@@ -59,7 +68,7 @@ def explore_tabs(
     if opened[1]:
         with tabs[1]:
             st.plotly_chart(
-                refcount_figure(snap, changed),
+                refcount_figure(snap(), changed),
                 key="chart_refcounts",
                 config=_config("refcounts"),
                 width="stretch",
@@ -67,7 +76,7 @@ def explore_tabs(
     if opened[2]:
         with tabs[2]:
             st.plotly_chart(
-                kvm_caches_figure(snap),
+                kvm_caches_figure(snap()),
                 key="chart_kvm_caches",
                 config=_config("kvm_caches"),
                 width="stretch",
@@ -75,7 +84,7 @@ def explore_tabs(
     if opened[3]:
         with tabs[3]:
             st.plotly_chart(
-                timeline_over_time_figure(tl, i, snap.nr_regions),
+                timeline_over_time_figure(tl, i, snap().nr_regions),
                 key="chart_over_time",
                 config=_config("over_time"),
                 width="stretch",
@@ -92,7 +101,7 @@ def explore_tabs(
             )
             c2.caption(f"current step: {i}")
             st.dataframe(
-                diff_snapshots(tl.state_at(int(other)), snap),
+                diff_snapshots(tl.state_at(int(other)), snap()),
                 hide_index=True,
                 width="stretch",
                 key="table_diff",

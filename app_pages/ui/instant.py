@@ -23,11 +23,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import plotly
 import streamlit as st
 
+from app_pages.ui.replays import idle_trimmer
 from app_pages.ui.state_panel import CACHE_HEIGHT, MAP_HEIGHT, chart_config, page_theme
 from app_pages.ui.stepper import period
 from explorer.replay.timeline import Timeline
@@ -42,8 +46,13 @@ RADIUS = 30
 #: The browser asks for a re-centred window when it is this close to the window's edge.
 MARGIN = 20
 #: Memo entries (about two a step: its changed cells, its text/code/caches) kept for re-centred
-#: windows (per session) before the memo starts over.
-MEMO_ENTRIES = 1000
+#: windows (per replay, shared by the sessions) before that memo starts over, and the replays
+#: whose memos are kept (:func:`_memo`): at most MEMOS x MEMO_ENTRIES entries in the process.
+MEMO_ENTRIES = 500
+MEMOS = 4
+#: Seconds without any run after which the memos are dropped (they only save time; the memory
+#: goes back once nobody uses the app: explorer.appsupport.IdleTrimmer.on_idle).
+MEMO_IDLE_S = 30.0
 #: Where Streamlit serves static files from (beside the main script) and the served path.
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 PLOTLY_SRC = "app/static/plotly.min.js"
@@ -133,6 +142,39 @@ def instant_event(tl: Timeline) -> None:
         st.session_state.cursor = s
 
 
+_MEMOS: OrderedDict[tuple[object, ...], dict[Any, Any]] = OrderedDict()
+_MEMOS_LOCK = threading.Lock()
+
+
+def _memo(replay_key: tuple[object, ...]) -> dict[Any, Any]:
+    """The memo of step-window parts for ``replay_key``, shared by every session of the process
+    (sessions on one trace and settings build each step's parts once: a class on one sample
+    shares them), at most :data:`MEMOS` replays and :data:`MEMO_ENTRIES` entries each (the least
+    recently used replay goes first; a full memo starts over). Its entries are values, so two
+    sessions writing one key at once write equal values."""
+    _drop_memos_when_idle()
+    with _MEMOS_LOCK:
+        memo = _MEMOS.get(replay_key)
+        if memo is None or len(memo) > MEMO_ENTRIES:
+            memo = _MEMOS[replay_key] = {}
+        _MEMOS.move_to_end(replay_key)
+        while len(_MEMOS) > MEMOS:
+            _MEMOS.popitem(last=False)
+        return memo
+
+
+def _drop_memos() -> None:
+    with _MEMOS_LOCK:
+        _MEMOS.clear()
+
+
+@st.cache_resource(show_spinner=False)
+def _drop_memos_when_idle() -> bool:
+    """Register, once per process, the memos' drop with the idle trimmer."""
+    idle_trimmer().on_idle(_drop_memos, MEMO_IDLE_S)
+    return True
+
+
 def _window(tl: Timeline, replay_key: tuple[object, ...], cursor: int) -> bytes:
     """The window around ``cursor``, rebuilt only when the cursor nears its edge (or the
     replay, the colouring, the theme or the notes change): most reruns reuse it. The map draws
@@ -147,9 +189,7 @@ def _window(tl: Timeline, replay_key: tuple[object, ...], cursor: int) -> bytes:
         inside = lo <= cursor <= hi
         if inside and (cursor - lo >= MARGIN or lo == -1) and (hi - cursor >= MARGIN or hi == last):
             return old[3]  # type: ignore[no-any-return]
-    memo = st.session_state.get("instant_memo")
-    if memo is None or memo[0] != replay_key or len(memo[1]) > MEMO_ENTRIES:
-        memo = st.session_state.instant_memo = (replay_key, {})
+    memo = _memo(replay_key)
     w = step_window(
         tl,
         cursor,
@@ -160,7 +200,7 @@ def _window(tl: Timeline, replay_key: tuple[object, ...], cursor: int) -> bytes:
         map_width=MAP_WIDTH,
         narrow_caches=True,
         notes=notes,
-        memo=memo[1],
+        memo=memo,
         theme=theme,
         span=replay_span(tl),
     )
