@@ -12,8 +12,8 @@ Every SEAMCALL returns a status name: ``TDX_SUCCESS`` or the module's error name
 from __future__ import annotations
 
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
-from operator import xor
 from typing import Final
 
 from explorer.model.constants import PAGES_PER_REGION, PAGES_PER_REGION_SHIFT
@@ -52,16 +52,29 @@ K_TDVPR: Final = KIND_CODE["tdvpr"]
 K_TDCX: Final = KIND_CODE["tdcx"]
 K_SEPT: Final = KIND_CODE["sept"]
 K_GUEST: Final = KIND_CODE["guest"]
-#: ``bytes.translate`` table: kind code -> 1 if the page is in TD use (a kind other than none
-#: and pamt: what a region's use count counts), else 0
-_IN_TD_USE: Final = bytes([0 if c in (0, _PAMT) else 1 for c in range(256)])
+
+#: a delta: the pages whose kind changed (ascending) and their kinds now; the regions whose pair
+#: changed and their pairs' two pages (-1: no pair); the count of pages in TD use now of each
+#: region a changed page is in (16-bit: at most 512; in region order, the regions being those of
+#: the pages: :func:`regions_of`), and the host's total. (The counts: a seek applies a delta to
+#: regions it has not built; taking each region's count as the delta recorded it replaces
+#: classifying every merged page's two kinds at every seek.)
+ModuleDelta = tuple[
+    "array[int]", bytes, "array[int]", "array[int]", "array[int]", "array[int]", int
+]
 
 
-#: a delta: the pages whose kind changed (ascending), their kinds before the interval and
-#: now; the regions whose pair changed and their pairs' two pages (-1: no pair). (The kinds
-#: before: a seek applies a delta to regions it has not built, and counts their pages in TD
-#: use from the two kinds of each page.)
-ModuleDelta = tuple["array[int]", bytes, bytes, "array[int]", "array[int]", "array[int]"]
+def regions_of(pfns: Iterable[int]) -> list[int]:
+    """The regions of ascending ``pfns``, each once, ascending (one pass, no set: the module's
+    delta stores its regions' counts in this order without the regions themselves)."""
+    out: list[int] = []
+    last = -1
+    for p in pfns:
+        r = p >> PAGES_PER_REGION_SHIFT
+        if r != last:
+            out.append(r)
+            last = r
+    return out
 
 
 @dataclass(slots=True)
@@ -83,8 +96,6 @@ class TdxModule:
         self.used_total = 0  # the sum of ``used`` (read after every batch by the metrics)
         #: pages whose kind changed, and regions whose pair changed, since the last checkpoint
         self.journal: list[int] = []
-        #: the kind each journal entry's page had before it
-        self.journal_old = bytearray()
         self.pairs_dirty: set[int] = set()
         #: the kinds of a restored module not built yet (None: nothing restored), and the
         #: regions they were found not to hold
@@ -133,7 +144,6 @@ class TdxModule:
         old = kinds[off]
         kinds[off] = code
         self.journal.append(pfn)
-        self.journal_old.append(old)
         delta = (code not in (0, _PAMT)) - (old not in (0, _PAMT))
         if delta:
             self.used_total += delta
@@ -191,7 +201,6 @@ class TdxModule:
         """Start a new delta interval (the regions changed still go into the next image)."""
         self._images.dirty |= self._journal_regions()
         self.journal = []
-        self.journal_old = bytearray()
         self.pairs_dirty = set()
 
     def image(self) -> ModuleImage:
@@ -218,32 +227,33 @@ class TdxModule:
         self.used = unpack_ints(img.used)
         self.used_total = sum(self.used.values())
         self.journal = []
-        self.journal_old = bytearray()
         self.pairs_dirty = set()
 
     def delta(self) -> ModuleDelta:
-        """The pages whose kind changed since the last checkpoint with their kinds before and
-        now (about six bytes a page), and the pairs of the regions whose pair changed (None:
-        removed)."""
-        journal = self.journal
-        # each page's kind before the interval: its first journal entry's (the dict keeps the
-        # last value written, so the entries are written last to first)
-        before = dict(zip(reversed(journal), reversed(self.journal_old), strict=True))
-        pfns = sorted(before)
+        """The pages whose kind changed since the last checkpoint with their kinds now (about
+        five bytes a page), the pairs of the regions whose pair changed (-1: removed), and the
+        TD-use count of every region a changed page is in (two bytes a region)."""
+        pfns = sorted(set(self.journal))
         pages = self.pages
         kinds = bytes(
             [pages[p >> PAGES_PER_REGION_SHIFT][p & (PAGES_PER_REGION - 1)] for p in pfns]
         )
         regions = sorted(self.pairs_dirty)
         pairs = [self.pairs.get(r) for r in regions]
-        self.clear_dirty()
+        touched = regions_of(pfns)
+        self._images.dirty.update(touched)
+        used = self.used
+        counts = array("H", [used.get(r, 0) for r in touched])
+        self.journal = []
+        self.pairs_dirty = set()
         return (
             int32s(pfns),  # (32-bit: a 4 TiB host has 2**30 pages)
-            bytes([before[p] for p in pfns]),
             kinds,
             int32s(regions),
             int32s([-1 if p is None else p[0] for p in pairs]),
             int32s([-1 if p is None else p[1] for p in pairs]),
+            counts,
+            self.used_total,
         )
 
     def apply(self, d: ModuleDelta) -> None:
@@ -251,45 +261,26 @@ class TdxModule:
         self.apply_many([d])
 
     def apply_many(self, deltas: list[ModuleDelta]) -> None:
-        """Apply consecutive :meth:`delta` results as one: pages and pairs merged first (for a
-        page, its kind before the first delta and after the last), so each is taken once. The
-        kinds of regions not built yet join the layers (read when the region is first
-        touched); those of built regions are written to their maps. Each region's pages in TD
-        use follow from each page's two kinds."""
+        """Apply consecutive :meth:`delta` results as one: pages, pairs and regions' TD-use
+        counts merged first (the last value of each winning), so each is taken once. The kinds
+        of regions not built yet join the layers (read when the region is first touched); those
+        of built regions are written to their maps. The use counts are the deltas' own (a
+        region's count as its last delta recorded it): on a host whose allocations scatter a
+        seek merges tens of thousands of pages, and classifying each page's kinds again was
+        most of applying the deltas."""
         merged: dict[int, int] = {}
         pairs: dict[int, tuple[int, int]] = {}
-        for pfns, _before, kinds, pair_regions, firsts, seconds in deltas:
+        counts: dict[int, int] = {}
+        for pfns, kinds, pair_regions, firsts, seconds, used_now, _total in deltas:
             merged.update(zip(pfns, kinds, strict=True))
             pairs.update(zip(pair_regions, zip(firsts, seconds, strict=True), strict=True))
-        if len(deltas) == 1:
-            before = dict(zip(deltas[0][0], deltas[0][1], strict=True))
-        else:
-            before = {}
-            for d in reversed(deltas):
-                before.update(zip(d[0], d[1], strict=True))
-        # Only the pages whose TD use changed count, found in C: both kinds of every page as
-        # 0/1 (in TD use or not), then the positions where they differ. On a host whose
-        # allocations scatter, a seek merges tens of thousands of pages, most of them pair
-        # pages or pages that came and went; a Python loop over each was most of its deltas.
-        pfns_ = list(merged)
-        now = bytes(map(merged.__getitem__, pfns_)).translate(_IN_TD_USE)
-        then = bytes(map(before.__getitem__, pfns_)).translate(_IN_TD_USE)
-        if now != then:
+            counts.update(zip(regions_of(pfns), used_now, strict=True))
+        if deltas:
             used = self.used
-            total = self.used_total
-            differs = bytes(map(xor, now, then))
-            i = differs.find(1)
-            while i >= 0:
-                region = pfns_[i] >> PAGES_PER_REGION_SHIFT
-                change = now[i] - then[i]
-                total += change
-                n = used.get(region, 0) + change
-                if n:
-                    used[region] = n
-                else:
-                    del used[region]
-                i = differs.find(1, i + 1)
-            self.used_total = total
+            used.update(counts)  # (in C; then the regions that went to 0 leave)
+            for r in [r for r, n in counts.items() if not n]:
+                del used[r]
+            self.used_total = deltas[-1][6]
         pages = self.pages
         if pages:
             later: dict[int, int] = {}
@@ -316,5 +307,4 @@ class TdxModule:
             else:
                 self.pairs[r] = (a, b)
         self.journal = []
-        self.journal_old = bytearray()
         self.pairs_dirty = set()
