@@ -1479,6 +1479,13 @@ class _Reduced:
                     cn.sleep = {x: f for x, f in cn.sleep.items() if x in sleep}
                     cn.backtrack.update(x for x in woke if x in cn.enabled)
                     self.changed = True
+                    if c in seen and c not in on_stack and cn.next_cpu() is not None:
+                        # visit c again from here, in this walk, rather than leave the CPUs
+                        # that woke to the next walk: its turns are checked against this
+                        # stack as on a first visit (extra checks of a real path of the
+                        # graph; the walk that ends the search has no wake-up, so it is a
+                        # plain walk: docs/engine.md, "Every interleaving", point 3)
+                        seen.discard(c)
             if c in on_stack:  # a cycle: this state is fully expanded (the proviso)
                 self._expand(node)
                 continue
