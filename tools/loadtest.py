@@ -128,6 +128,7 @@ class Session:
         #: Messages kept by their hash, whose hashes each rerun sends back as the browser does
         #: (``cached_message_hashes``): the server then sends a reference, not the message again.
         self.cache: dict[str, ForwardMsg] = {}
+        self.instant_id = ""  # the instant view's widget id, once a run drew it
 
     async def open(self) -> None:
         request = HTTPRequest(self.url, connect_timeout=10, request_timeout=10)
@@ -273,8 +274,9 @@ async def drive(
             if not at_end:
                 result["latencies"].append(run.seconds * 1000)
             result["errors"] += run.exceptions
-            # exactly the step this session asked for, in its own trace (its step count)
-            if run.step != expect or run.steps != total or title not in run.texts:
+            # exactly the step this session asked for, in its own trace (its step count; the
+            # title is drawn outside the step view's fragment, so a Next's run does not redraw it)
+            if run.step != expect or run.steps != total:
                 result["errors"].append(
                     f"asked for step {expect} of {total}, shown {run.step} of {run.steps}"
                 )
