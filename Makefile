@@ -83,9 +83,11 @@ bench: $(TSTAMP) $(NATIVE)
 fuzz: $(TSTAMP) $(NATIVE)
 	$(PY) -m pytest -q -m slow
 
-## make loadtest: 30 protocol-level sessions (no browser) for 60 s against one server (docs/reliability.md)
+## make loadtest: 30 protocol-level sessions (no browser) for 60 s against one server, on the
+## instant view (the default) and then the server-drawn one (docs/reliability.md)
 loadtest: $(TSTAMP) $(NATIVE)
-	$(PY) tools/loadtest.py --sessions 30 --seconds 60
+	$(PY) tools/loadtest.py --sessions 30 --seconds 60 --view instant
+	$(PY) tools/loadtest.py --sessions 30 --seconds 60 --view server
 
 goldens: $(TSTAMP)
 	$(PY) -m pytest -q tests/test_samples.py --update-goldens
