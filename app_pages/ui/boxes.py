@@ -93,13 +93,20 @@ def event_box_moved(tl: Timeline) -> None:
     value = st.session_state[EVENT_BOX]
     if not _requests() or value is None or not edited(EVENT_BOX):
         return
-    e = int(value) - 1
-    s = tl.first_step_of_event(e) if 0 <= e < tl.nr_events else None
-    if s is None:
-        st.session_state.jump_note = f"event {e + 1} did not run (the replay stopped before it)"
-    else:
-        st.session_state.jump_note = ""
+    s = event_first_step(tl, int(value))
+    if s is not None:
         st.session_state.box_step = s
+
+
+def event_first_step(tl: Timeline, event: int) -> int | None:
+    """The first step of ``event`` (1-based, as the event box shows events), or None with the
+    stepper's note saying why (the replay stopped before it, or there is no such event)."""
+    e = event - 1
+    s = tl.first_step_of_event(e) if 0 <= e < tl.nr_events else None
+    st.session_state.jump_note = (
+        f"event {e + 1} did not run (the replay stopped before it)" if s is None else ""
+    )
+    return s
 
 
 def apply_box_step() -> None:

@@ -31,6 +31,7 @@ from typing import Any
 import plotly
 import streamlit as st
 
+from app_pages.ui.boxes import event_first_step
 from app_pages.ui.replays import idle_trimmer
 from app_pages.ui.state_panel import CACHE_HEIGHT, MAP_HEIGHT, chart_config, page_theme
 from app_pages.ui.stepper import period
@@ -133,12 +134,8 @@ def instant_event(tl: Timeline) -> None:
     report's ``event``, 1-based as the box shows it); the page follows the server's cursor."""
     if "instant_event" not in st.session_state:
         return
-    e = int(st.session_state.pop("instant_event")) - 1
-    s = tl.first_step_of_event(e) if 0 <= e < tl.nr_events else None
-    if s is None:
-        st.session_state.jump_note = f"event {e + 1} did not run (the replay stopped before it)"
-    else:
-        st.session_state.jump_note = ""
+    s = event_first_step(tl, int(st.session_state.pop("instant_event")))
+    if s is not None:
         st.session_state.cursor = s
 
 
