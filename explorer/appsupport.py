@@ -124,6 +124,31 @@ def _glibc_malloc_trim() -> Callable[[], object] | None:
     return lambda: fn(0)
 
 
+#: Allocations from this size up get pages of their own from the kernel (glibc's
+#: ``M_MMAP_THRESHOLD``), given back as soon as they are freed (see :func:`mmap_large_blocks`).
+MMAP_THRESHOLD = 64 * 1024
+
+
+def mmap_large_blocks(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Have glibc serve every allocation of ``threshold`` bytes or more with its own mapping
+    (``mallopt(M_MMAP_THRESHOLD)``), for the app server. Why: glibc's default starts at 128 KB
+    and then rises (up to 32 MB) each time such a block is freed, so the step windows' ~100 KB
+    messages, Arrow buffers and seek arrays ended up inside the malloc arenas of the script
+    threads (a new thread per run), where a few small blocks left among them keep whole pages:
+    30 stepping sessions left the instant view's server 23 MiB above its start 60 s after they
+    closed; with 64 KB, 13 MiB (docs/reliability.md). False off glibc (macOS, musl)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(-3, threshold))  # M_MMAP_THRESHOLD
+
+
 class IdleTrimmer:
     """Once the app has been idle for ``idle_s`` seconds after some activity: ``gc.collect()``,
     then glibc's ``malloc_trim(0)``.

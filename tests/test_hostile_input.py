@@ -379,6 +379,41 @@ def test_the_idle_trimmer_drops_a_speed_cache_once_the_app_is_idle_longer() -> N
     assert t.poll() and dropped == [30.0, 160.0]
 
 
+def test_large_blocks_get_their_own_mapping_once_asked() -> None:
+    """After :func:`mmap_large_blocks`, 96 KB blocks that the heap's top cannot hold get
+    mappings of their own (glibc's ``mallinfo2().hblks``); with glibc's default threshold (128
+    KB) they all come from the heap. Checked in a child process, on glibc only."""
+    import ctypes.util
+    import subprocess
+    import sys
+
+    if ctypes.util.find_library("c") is None or sys.platform != "linux":
+        pytest.skip("glibc only")
+    probe = (
+        "import ctypes, ctypes.util, sys\n"
+        "from explorer.appsupport import mmap_large_blocks\n"
+        "libc = ctypes.CDLL(ctypes.util.find_library('c'))\n"
+        "class M(ctypes.Structure): _fields_ = [(n, ctypes.c_size_t) for n in\n"
+        "    'arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost'.split()]\n"
+        "libc.mallinfo2.restype = M\n"
+        "libc.malloc.restype = ctypes.c_void_p; libc.malloc.argtypes = [ctypes.c_size_t]\n"
+        "if sys.argv[1] == 'on': assert mmap_large_blocks()\n"
+        "before = libc.mallinfo2().hblks\n"
+        "blocks = [libc.malloc(96 * 1024) for _ in range(64)]\n"
+        "print(libc.mallinfo2().hblks - before)\n"
+    )
+    mapped = {}
+    for mode in ("off", "on"):
+        out = subprocess.run(
+            [sys.executable, "-c", probe, mode], capture_output=True, text=True, check=False
+        )
+        if "mallinfo2" in out.stderr:
+            pytest.skip("no mallinfo2 (glibc before 2.33)")
+        assert out.returncode == 0, out.stderr
+        mapped[mode] = int(out.stdout)
+    assert mapped["off"] == 0 and mapped["on"] >= 32, mapped
+
+
 def test_the_idle_trimmer_thread_runs_and_stops() -> None:
     from explorer.appsupport import IdleTrimmer
 

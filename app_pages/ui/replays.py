@@ -15,6 +15,7 @@ from explorer.appsupport import (
     ByteBudgetCache,
     IdleTrimmer,
     content_key,
+    mmap_large_blocks,
     parse_estimate,
     replay_estimate,
     settings_key,
@@ -46,6 +47,7 @@ def shared_cache() -> ByteBudgetCache:
 def idle_trimmer() -> IdleTrimmer:
     """The process's one :class:`~explorer.appsupport.IdleTrimmer` (started on first use):
     memory the sessions freed goes back to the system once no script has run for a while."""
+    mmap_large_blocks()
     return IdleTrimmer().start()
 
 
