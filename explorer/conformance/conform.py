@@ -31,6 +31,7 @@ from typing import Any, NamedTuple, overload
 from explorer.conformance.importer import (
     KVM_PROBES,
     ImportedTrace,
+    field_int,
     import_capture,
     spte_kind,
     spte_pfn,
@@ -226,11 +227,6 @@ _FAULT_PATH = frozenset(
 )
 
 
-def _int(r: Record, key: str) -> int:
-    v = r.fields.get(key)
-    return v if isinstance(v, int) else 0
-
-
 def _num(fields: dict[str, Any], key: str) -> int:
     """``fields[key]`` when it is a number, else 0 (a missing or non-numeric field)."""
     v = fields.get(key, 0)
@@ -420,7 +416,7 @@ def _init_mem_region(r: Record, open_call: dict[tuple[int, str], Op], spte: str)
     event for it (the model builds a TD without its initial image): ignored, counted."""
     p = r.probe
     if p in ("tdx_topup_pamt_cache.entry", "tdx_pamt_get.entry"):
-        return _int(r, "cache") != 0
+        return field_int(r, "cache") != 0
     if p in ("tdx_topup_pamt_cache.return", "tdx_pamt_get.return"):
         call = "topup" if p.startswith("tdx_topup") else "get"
         return (r.tid, call) not in open_call
