@@ -49,3 +49,9 @@ def _title(name: str) -> str:
     from explorer.appsupport import list_samples
 
     return next(s.title for s in list_samples() if s.name == name)
+
+
+def test_a_session_that_cannot_connect_is_an_error_not_a_crash() -> None:
+    for driver in (loadtest.drive_instant, loadtest.drive):
+        r = asyncio.run(driver(free_port(), 0, "lost_race", "t", 5, max_nexts=2))
+        assert len(r["errors"]) == 1 and "ConnectionRefusedError" in r["errors"][0], r

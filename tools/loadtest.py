@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -56,7 +57,7 @@ import re
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,26 @@ class Session:
             self.ws = None
 
 
+@contextlib.asynccontextmanager
+async def _opened(port: int, sample: str, result: dict[str, Any]) -> AsyncIterator[Session]:
+    """A session for ``sample``'s page (the caller opens it: a failure to connect is then one
+    of ``result``'s errors too), closed at the end; a failure is one of ``result``'s errors (a
+    load test reports failures, it does not stop at the first)."""
+    s = Session(port, f"sample={sample}")
+    try:
+        yield s
+    except Exception as exc:
+        result["errors"].append(f"{type(exc).__name__}: {str(exc)[:200]}")
+    finally:
+        await s.close()
+
+
+async def _pause(wait: float, deadline: float) -> None:
+    """Wait ``wait`` seconds (the session's pace), never past its ``deadline``."""
+    if wait > 0:
+        await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+
+
 async def drive(
     port: int,
     k: int,
@@ -251,8 +272,7 @@ async def drive(
     ``think`` seconds after each answer (0 and 0: as fast as the server answers)."""
     rng = random.Random(k)
     result: dict[str, Any] = {"session": k, "sample": sample, "errors": [], "latencies": []}
-    s = Session(port, f"sample={sample}")
-    try:
+    async with _opened(port, sample, result) as s:
         await s.open()
         first = await s.rerun()
         if first.exceptions:
@@ -282,13 +302,7 @@ async def drive(
                 )
                 break
             cursor = expect
-            wait = max(think, pressed + rng.uniform(*pace) - time.monotonic())
-            if wait > 0:
-                await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())))
-    except Exception as exc:  # a load test reports failures, it does not stop at the first
-        result["errors"].append(f"{type(exc).__name__}: {str(exc)[:200]}")
-    finally:
-        await s.close()
+            await _pause(max(think, pressed + rng.uniform(*pace) - time.monotonic()), deadline)
     return result
 
 
@@ -321,10 +335,9 @@ async def drive_instant(
         "latencies": [],
         "reports": [],
     }
-    s = Session(port, f"sample={sample}")
     seq = 0
 
-    async def report(step: int, total: int) -> dict[str, Any] | None:
+    async def report(s: Session, step: int, total: int) -> dict[str, Any] | None:
         nonlocal seq
         seq += 1
         answer = await s.rerun(report={"step": step, "seq": seq})
@@ -342,7 +355,7 @@ async def drive_instant(
             return None
         return w
 
-    try:
+    async with _opened(port, sample, result) as s:
         await s.open()
         first = await s.rerun()
         result["errors"] += first.exceptions
@@ -358,7 +371,7 @@ async def drive_instant(
                 break
             target = -1 if step >= total - 1 else step + 1
             if not w["lo"] <= target <= w["hi"]:  # waits for its window
-                got = await report(target, total)
+                got = await report(s, target, total)
                 if got is None:
                     break
                 w = got
@@ -369,22 +382,16 @@ async def drive_instant(
                 result["latencies"].append(0.0)  # drawn in the browser, from the window
                 next_at = pressed + rng.uniform(*pace)
                 if min(step - w["lo"], w["hi"] - step) < w["margin"]:
-                    got = await report(step, total)  # near the edge: at once
+                    got = await report(s, step, total)  # near the edge: at once
                 elif next_at - time.monotonic() > IDLE_S or think > 0:
                     await asyncio.sleep(IDLE_S)
-                    got = await report(step, total)
+                    got = await report(s, step, total)
                 else:
                     got = w  # the next press comes before the page's quiet time
                 if got is None:
                     break
                 w = got
-                wait = max(think, next_at - time.monotonic())
-                if wait > 0:
-                    await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())))
-    except Exception as exc:  # a load test reports failures, it does not stop at the first
-        result["errors"].append(f"{type(exc).__name__}: {str(exc)[:200]}")
-    finally:
-        await s.close()
+                await _pause(max(think, next_at - time.monotonic()), deadline)
     return result
 
 
