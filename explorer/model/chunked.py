@@ -37,6 +37,21 @@ def _freeze(chunk: dict[int, int]) -> Frozen:
     return array("q", keys), _values_of(chunk, keys)
 
 
+def merge_deltas(deltas: list[ChunkedDelta]) -> ChunkedDelta:
+    """Consecutive deltas (:meth:`ChunkedDict.delta`) as one, the last value of each key
+    winning (a dict update in C per delta, then one sort: each delta's keys are ascending, a
+    few runs for the sort to merge). A seek merges a TD's guest-mapping changes once and
+    applies the result to both tables that record them (``leaves`` and ``gmem`` change
+    together on every fault: ``kvm_tdp_mmu_map`` installs the leaf of a page gmem holds)."""
+    if len(deltas) == 1:
+        return deltas[0]
+    merged: dict[int, int] = {}
+    for keys, values in deltas:
+        merged.update(zip(keys, values, strict=True))
+    keys_ = sorted(merged)
+    return array("q", keys_), _values_of(merged, keys_)
+
+
 def _values_of(d: dict[int, int], keys: list[int]) -> array[int]:
     """``d``'s values for ``keys``, as an array: one ``itemgetter`` call looks them all up in C
     (a third faster than a lookup per key through ``map``; keyframes and deltas do this for
@@ -255,17 +270,7 @@ class ChunkedDict:
         """Apply consecutive deltas (:meth:`delta`) as one: merged first (the last value of
         each key wins, a dict update in C per delta), so a key changed in several of them is
         written once. A seek applies up to a keyframe interval of deltas."""
-        if len(deltas) == 1:
-            self.apply(deltas[0])
-            return
-        merged: dict[int, int] = {}
-        for keys, values in deltas:
-            merged.update(zip(keys, values, strict=True))
-        if not merged:
-            self.changed = {}
-            return
-        keys_ = sorted(merged)  # (each delta's keys ascending: a few runs for the sort to merge)
-        self.apply((array("q", keys_), _values_of(merged, keys_)))
+        self.apply(merge_deltas(deltas))
 
     def chunk_count(self) -> int:
         return len(self._chunks) + len(self._cold)

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from explorer.model.chunked import ChunkedDelta, ChunkedDict, FrozenTable
+from explorer.model.chunked import ChunkedDelta, ChunkedDict, FrozenTable, merge_deltas
 from explorer.model.errors import ImpossibleEvent
 from explorer.model.events import Event, Fault, Inject, Note, Schedule, TdDestroy
 from explorer.model.invariants import check_global, check_quiescent, check_regions
@@ -727,26 +727,26 @@ class Machine(KernelState):
         last = deltas[-1]
         self.mem.apply_many([d.mem_pages for d in deltas], last.mem_scalars)
         self.module.apply_many([d.module for d in deltas])
-        for i, table in enumerate((self.refcount, self.orphans, self.gotten), 1):
-            merged: dict[int, int] = {}
-            for d in deltas:
-                merged.update(zip(d.regions[0], d.regions[i], strict=True))
-            table.update(merged)  # (in C; then the rows that went to 0 leave)
-            for r in [r for r, value in merged.items() if not value]:
-                del table[r]
+        rows: dict[int, tuple[int, int, int]] = {}
+        for d in deltas:
+            keys, refcounts, orphans, gotten = d.regions
+            rows.update(zip(keys, zip(refcounts, orphans, gotten, strict=True), strict=True))
+        self._apply_rows(rows)  # (one merge for the three tables, each row written once)
         per_td: dict[int, list[tuple[SmallTd, ChunkedDelta, ChunkedDelta, dict[Any, Any]]]] = {}
         for d in deltas:
             for k, part in d.tds.items():
                 per_td.setdefault(k, []).append(part)
         for k, parts in per_td.items():
             td = self._td_for_delta(k, parts[-1][0])
-            leaves = [p[1] for p in parts]
-            gmems = [p[2] for p in parts]
-            td.leaves.apply_many(leaves)
-            if all(g is lv for g, lv in zip(gmems, leaves, strict=True)):
-                td.gmem.apply_many(leaves)  # (the same changes: merged once more, cheaply)
+            leaves = merge_deltas([p[1] for p in parts])
+            td.leaves.apply(leaves)
+            # a delta whose gmem changes equal its leaves' shares their arrays (:meth:`delta`;
+            # compiled, the pair itself is re-boxed, so the arrays are what is compared): the
+            # merge is then done once for both tables
+            if all(p[2][0] is p[1][0] and p[2][1] is p[1][1] for p in parts):
+                td.gmem.apply(leaves)
             else:
-                td.gmem.apply_many(gmems)
+                td.gmem.apply(merge_deltas([p[2] for p in parts]))
             entries: dict[Any, Any] = {}
             for p in parts:
                 entries.update(p[3])
