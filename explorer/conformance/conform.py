@@ -500,9 +500,11 @@ class _ModelRecorder:
         if lab not in _RECORDED and not self.get and not self.put:
             # most steps (locks, SEAMCALLs, KVM's walk): only a PAMT cache count to keep
             # (effects unpacked as the tuples they are: no attribute lookups per effect)
-            for kind, key, _, new in effects:
-                if kind == "pamt_cache" and isinstance(new, int):
-                    self.cache[key] = new
+            if effects:
+                cache = self.cache
+                for kind, key, _, new in effects:
+                    if kind == "pamt_cache" and isinstance(new, int):
+                        cache[key] = new
             return
         lane = self.lanes.get(cpu)
         if lane is None:
@@ -709,15 +711,22 @@ def _conform(capture: Capture, imp: ImportedTrace, settings: Settings | None) ->
     regions, caches = _Bijection(), _Bijection()
     for c, v in imp.caches.items():  # each vCPU's cache as its own gets name it
         caches.ok(c, v)
+    fielded = _COMPARED
     for lane in sorted(set(kern) | set(rec.lanes)):
         last_line, last_step = 0, -1
         for ko, mo in align(kern.get(lane, []), rec.lanes.get(lane, [])):
             if ko is not None and mo is not None:
-                before = len(divs)
-                _compare(ko, mo, regions, caches, divs)
-                if len(divs) == before:
-                    matches.append((ko.recs[0].line, ko.kind, _shown(ko), mo.step))
-                last_line, last_step = max(map(_LINE, ko.recs)), mo.step
+                recs = ko.recs
+                # (the commonest kinds carry no field to compare: _compare is not called)
+                if ko.kind not in fielded:
+                    matches.append((recs[0].line, ko.kind, _shown(ko), mo.step))
+                else:
+                    before = len(divs)
+                    _compare(ko, mo, regions, caches, divs)
+                    if len(divs) == before:
+                        matches.append((recs[0].line, ko.kind, _shown(ko), mo.step))
+                last_line = recs[0].line if len(recs) == 1 else max(map(_LINE, recs))
+                last_step = mo.step
             elif ko is not None:
                 for r in ko.recs:
                     unexplained.append({"line": r.line, "text": r.text})
