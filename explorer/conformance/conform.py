@@ -254,11 +254,11 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
     fault_path, calls, returns, kvm_probes = _FAULT_PATH, _CALLS, _RETURNS, KVM_PROBES
     td_ops: dict[int, list[Op]] = {}  # td -> its lane
     n_shared = n_novm = n_init = 0
-    for i, r in enumerate(att.order):
+    for r, w, k in zip(att.order, why, vm_of, strict=True):
         p = r.probe
-        if why[i] is not None and p in kvm_probes:
+        if w is not None and p in kvm_probes:
             if p == "kvm_page_fault":
-                if why[i] == "shared-gpa":
+                if w == "shared-gpa":
                     shared.add(r.tid)
                 else:
                     shared.discard(r.tid)
@@ -269,7 +269,6 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
                 n_shared += 1
                 continue
             shared.discard(tid)
-        k = vm_of[i]
         td = tds.get(k, -1) if k else -1
         if td < 0:
             n_novm += 1
