@@ -145,7 +145,7 @@ _FAST_HEAD = re.compile(
 #: ``_fast_line``'s memo: "<cpu> <tid> <pid> <probe>" -> (cpu, tid, pid, probe, its _Fast)
 _Who = dict[
     str,
-    tuple[int, int, int, str, re.Pattern[str], tuple[str, ...], tuple[tuple[int, int, int], ...]],
+    tuple[int, int, int, str, re.Pattern[str], tuple[str, ...], tuple[tuple[str, int, int], ...]],
 ]
 #: The memo's bound (a host's threads x CPUs x probes; cleared when over).
 _MAX_WHO = 1 << 16
@@ -160,18 +160,18 @@ def _fast_regex(keys: tuple[str, ...]) -> re.Pattern[str]:
 
 class _Fast(NamedTuple):
     """How ``_fast_line`` reads one probe's records: the regex of its keys, the keys, and the
-    index, low and high of each key with a range (:data:`_RANGES`)."""
+    key, low and high of each key with a range (:data:`_RANGES`)."""
 
     regex: re.Pattern[str]
     keys: tuple[str, ...]
-    ranged: tuple[tuple[int, int, int], ...]
+    ranged: tuple[tuple[str, int, int], ...]
 
 
 _FAST: dict[str, _Fast] = {
     probe: _Fast(
         _fast_regex(spec.keys),
         spec.keys,
-        tuple((i, *_RANGES[k]) for i, k in enumerate(spec.keys) if k in _RANGES),
+        tuple((k, *_RANGES[k]) for k in spec.keys if k in _RANGES),
     )
     for probe, spec in PROBES.items()
 }
@@ -398,11 +398,12 @@ def _fast_line(text: str, n: int, who: _Who) -> Record | None:
     m = regex.fullmatch(text, head.end())
     if m is None:
         return None
-    values = list(map(int, m.groups(), repeat(0)))  # base 0: decimal or 0x hex
-    for i, low, high in ranged:
-        if not low <= values[i] <= high:
+    # one group per key (the regex is built from the keys); int base 0: decimal or 0x hex
+    fields: dict[str, Value] = dict(zip(keys, map(int, m.groups(), repeat(0)), strict=False))
+    for key, low, high in ranged:
+        if not low <= fields[key] <= high:  # type: ignore[operator]  # every value is an int
             return None
-    return Record(n, int(head[1]), cpu, tid, probe, dict(zip(keys, values, strict=True)), pid, text)
+    return Record(n, int(head[1]), cpu, tid, probe, fields, pid, text)
 
 
 def _parse_line(text: str, n: int, out: _Problems) -> Record | None:
