@@ -12,7 +12,7 @@ import streamlit as st
 from app_pages import common
 from app_pages.ui.boxes import apply_box_step, boxes_delivered
 from app_pages.ui.explore_tabs import explore_tabs
-from app_pages.ui.instant import instant_by_default, instant_view
+from app_pages.ui.instant import instant_by_default, instant_event, instant_view
 from app_pages.ui.keys import STEP_HEADER_KEY, step_keys
 from app_pages.ui.state_panel import export_choice, map_and_caches
 from app_pages.ui.step_panel import COMPACT_CSS, code_and_locks, step_text
@@ -70,6 +70,7 @@ def view(
 ) -> None:
     last = tl.nr_steps - 1
     apply_box_step()  # a fragment's run: its callbacks ran just before
+    instant_event(tl)
     play_clock(last)
     step_keys()
     controls(tl)

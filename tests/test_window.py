@@ -218,14 +218,14 @@ def test_a_step_box_echo_sent_with_a_report_does_not_move_the_cursor(
     moves the cursor."""
     import types
 
-    from app_pages.ui import stepper
+    from app_pages.ui import boxes
 
     state = _State(cursor=33, box_step=24, instant_report_run=True)
-    monkeypatch.setattr(stepper, "st", types.SimpleNamespace(session_state=state))
-    stepper.apply_box_step()
+    monkeypatch.setattr(boxes, "st", types.SimpleNamespace(session_state=state))
+    boxes.apply_box_step()
     assert state == {"cursor": 33}
     state.update(box_step=24)
-    stepper.apply_box_step()
+    boxes.apply_box_step()
     assert state == {"cursor": 24}
-    stepper.apply_box_step()  # nothing asked: nothing moves
+    boxes.apply_box_step()  # nothing asked: nothing moves
     assert state == {"cursor": 24}

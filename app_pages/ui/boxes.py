@@ -12,6 +12,13 @@ back to 57 when the speed changed). So each run that ends records what it showed
 (:func:`boxes_delivered`), and a value equal to what the last finished run showed is the browser's
 copy, not an edit (:func:`edited`).
 
+In the instant view the page moves without the server, so the browser's copy of an older step
+can come back with any rerun, and a finished run's boxes may not yet be drawn when the next
+request leaves (seen under load: Play paused at 15 went back to 14). There the widgets send no
+request at all: the page turns the user's edits of them into its own reports
+(app_pages/ui/instant.js: the step box and the slider move the page at once, the event box asks
+the server for its first step, app_pages/ui/instant.py ``instant_event``).
+
 The keys stay the same for the session's life: a new key per move (a new widget) would tell
 edits from copies without a record, but the browser then draws the old and the new box side by
 side while a run is drawing (seen in the browser tests).
@@ -64,19 +71,27 @@ def edited(key: str, state: MutableMapping[str, Any] | None = None) -> bool:
     return key not in delivered or delivered[key] != state[key]
 
 
+def _requests() -> bool:
+    """Whether the values the boxes and the slider send can be requests. Not while playing (the
+    boxes and the slider are disabled and the clock places the cursor: a value they send then is
+    the one shown a tick ago), and not in the instant view, whose page turns the user's edits of
+    them into its own reports (app_pages/ui/instant.js): there the browser's copy of an older step
+    can come back with any rerun, since the page moves without the server, and the browser may
+    not yet have drawn a finished run's boxes when the next request leaves."""
+    return not st.session_state.get("playing") and not st.session_state.get("instant_steps")
+
+
 def box_moved(key: str) -> None:
     """The step box or the slider (``key``) was edited: a request for that step, applied by
     :func:`apply_box_step`."""
-    # While playing, the boxes and the slider are disabled and the clock places the cursor: a
-    # value they send then is the one shown a tick ago, not a request.
-    if not st.session_state.get("playing") and edited(key):
+    if _requests() and edited(key):
         st.session_state.box_step = int(st.session_state[key])
 
 
 def event_box_moved(tl: Timeline) -> None:
     """The event box was edited: a request for the event's first step."""
     value = st.session_state[EVENT_BOX]
-    if st.session_state.get("playing") or value is None or not edited(EVENT_BOX):
+    if not _requests() or value is None or not edited(EVENT_BOX):
         return
     e = int(value) - 1
     s = tl.first_step_of_event(e) if 0 <= e < tl.nr_events else None

@@ -186,7 +186,85 @@ function togglePlay(st) {
   }, Math.max(16, period / 4));
 }
 
+// The stepper's step box, event box and slider: in this view a user's edit of them is the
+// page's request, drawn here at once (the step box and the slider) or asked of the server (the
+// event box: it knows which step begins an event); the server takes no request from what these
+// widgets send back, which may be a copy of an older step it drew (app_pages/ui/boxes.py).
+const BOXES = { goto_step: 'step', goto_event: 'event' };
+
+function boxOf(e) {
+  for (const t of (e.composedPath ? e.composedPath() : [e.target])) {
+    if (!t || !t.closest) continue;
+    for (const [key, kind] of Object.entries(BOXES)) {
+      const box = t.closest('.st-key-' + key);
+      if (box) return { kind, box, input: box.querySelector('input') };
+    }
+  }
+  return null;
+}
+
+function sliderValue() {
+  // Streamlit's slider keeps its value in a hidden range input (react-aria)
+  const input = document.querySelector('.st-key-step_slider input[type="range"]');
+  const v = input ? Number(input.value) : NaN;
+  return Number.isInteger(v) ? v : null;
+}
+
+function commit(st, kind, raw) {
+  if (raw === null || raw === undefined || String(raw).trim() === '') return;
+  const v = Number(raw);
+  if (!Number.isInteger(v)) return;
+  stopPlay(st);
+  if (kind === 'event') {
+    st.seq = (st.seq || 0) + 1;
+    st.sent = undefined;  // the server's answer places the step
+    st.inflight = want(st);
+    st.setStateValue('report', { step: want(st), seq: st.seq, event: v });
+  } else {
+    go(st, v);
+  }
+}
+
+function installBoxes(st) {
+  // typed into a box: committed by Enter or by leaving it, as Streamlit commits it
+  window.addEventListener('input', (e) => {
+    const b = st.root && st.root.isConnected ? boxOf(e) : null;
+    if (b) st.edited = b.kind;  // an input event: the user's typing, never a value set by code
+  }, true);
+  const done = (e) => {
+    const b = st.root && st.root.isConnected ? boxOf(e) : null;
+    if (!b || !b.input || st.edited !== b.kind) return;
+    st.edited = undefined;
+    commit(st, b.kind, b.input.value);
+  };
+  window.addEventListener('keydown', (e) => { if (e.key === 'Enter') done(e); }, true);
+  window.addEventListener('focusout', done, true);
+  // the boxes' + and - buttons and the slider: their value once Streamlit has drawn it
+  let sliding = false;
+  window.addEventListener('pointerdown', (e) => {
+    if (!st.root || !st.root.isConnected) return;
+    const path = e.composedPath ? e.composedPath() : [e.target];
+    sliding = path.some((t) => t && t.closest && t.closest('.st-key-step_slider'));
+    const b = boxOf(e);
+    const stepper = path.some((t) => t && t.dataset && /^stNumberInputStep/.test(t.dataset.testid || ''));
+    if (b && stepper) setTimeout(() => commit(st, b.kind, b.input && b.input.value), 0);
+  }, true);
+  window.addEventListener('pointerup', () => {
+    if (!sliding) return;
+    sliding = false;
+    setTimeout(() => commit(st, 'step', sliderValue()), 0);
+  }, true);
+  window.addEventListener('keyup', (e) => {
+    if (!st.root || !st.root.isConnected) return;
+    const t = e.target;
+    if (t && t.closest && t.closest('.st-key-step_slider') && /^(Arrow|Home|End|Page)/.test(e.key)) {
+      setTimeout(() => commit(st, 'step', sliderValue()), 0);
+    }
+  }, true);
+}
+
 function install(st) {
+  installBoxes(st);
   window.addEventListener('keydown', (e) => {
     const what = KEYS[e.key];
     if (!what || !st.root.isConnected || e.ctrlKey || e.metaKey || e.altKey || e.shiftKey || typing(e)) return;

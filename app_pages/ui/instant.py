@@ -114,6 +114,23 @@ def _on_report() -> None:
     st.session_state.instant_reported = step
     st.session_state.instant_seq = report["seq"]
     st.session_state.instant_report_run = True
+    event = report.get("event")
+    if type(event) is int:  # the event box, edited in the page: its first step (instant_event)
+        st.session_state.instant_event = event
+
+
+def instant_event(tl: Timeline) -> None:
+    """Put the cursor on the first step of the event the page's event box asked for (its
+    report's ``event``, 1-based as the box shows it); the page follows the server's cursor."""
+    if "instant_event" not in st.session_state:
+        return
+    e = int(st.session_state.pop("instant_event")) - 1
+    s = tl.first_step_of_event(e) if 0 <= e < tl.nr_events else None
+    if s is None:
+        st.session_state.jump_note = f"event {e + 1} did not run (the replay stopped before it)"
+    else:
+        st.session_state.jump_note = ""
+        st.session_state.cursor = s
 
 
 def _window(tl: Timeline, replay_key: tuple[object, ...], cursor: int) -> dict[str, Any]:

@@ -477,3 +477,47 @@ def test_each_server_starts_on_its_default(browser, server, instant_server) -> N
             assert pg.locator(".st-key-chart_region_map").count() == (0 if instant else 1), url
     finally:
         context.close()
+
+
+def test_instant_boxes_and_slider_are_the_users_requests(page, instant_server) -> None:  # type: ignore[no-untyped-def]
+    """In the instant view a step typed in the step box, an event typed in the event box and a
+    move of the slider take the view there (the server follows); what the widgets send back on
+    another rerun (a change of speed here) never moves it (issue 27: a copy of an older step came
+    back from the browser and was read as a request)."""
+    from explorer.appsupport import sample_bytes
+    from explorer.cli.main import resolve_settings
+    from explorer.ingest import parse_trace
+    from explorer.replay.timeline import replay
+
+    trace = parse_trace(sample_bytes("lost_race"), "lost_race")
+    tl = replay(trace.events, resolve_settings(trace, []))
+    event_step = tl.first_step_of_event(5)  # event 6 in the box (1-based)
+    assert event_step is not None and event_step not in (10, 100)
+    _instant_at(page, instant_server + "/?sample=lost_race&step=10", 10)
+    box = page.locator(".st-key-goto_step input").first
+    box.fill("100")
+    box.press("Enter")
+    expect(page.locator(".instant").first).to_have_attribute("data-step", "100", timeout=60_000)
+    event = page.locator(".st-key-goto_event input").first
+    event.fill("6")
+    event.press("Enter")
+    expect(page.locator(".instant").first).to_have_attribute(
+        "data-step", str(event_step), timeout=60_000
+    )
+    thumb = page.locator('.st-key-step_slider input[type="range"]').first
+    thumb.focus()
+    thumb.press("ArrowRight")
+    expect(page.locator(".instant").first).to_have_attribute(
+        "data-step", str(event_step + 1), timeout=60_000
+    )
+    settle(page)
+    page.locator(".instant .header").first.click()
+    for _ in range(3):  # steps the server has not drawn in the boxes yet
+        page.keyboard.press("ArrowRight")
+    at = event_step + 4
+    expect(page.locator(".instant").first).to_have_attribute("data-step", str(at))
+    page.locator(".st-key-speed").first.click()
+    page.get_by_role("option", name="4 steps/s").click()
+    settle(page)
+    expect(page.locator(".instant").first).to_have_attribute("data-step", str(at))
+    expect(page.locator(".st-key-goto_step input")).to_have_value(str(at), timeout=60_000)
