@@ -16,8 +16,11 @@ PORT   ?= 8501
 
 # The engine compiled with mypyc (explorer/model/native.py): rebuilt when a model source changes;
 # without a C compiler the build says so and the pure Python engine runs (same results, slower).
-NATIVE := explorer/model/_native/SOURCES
+# The capture path (conformance importer and conform) is a second group, stamped apart: editing
+# conform.py rebuilds it alone (explorer.build_native builds whichever group is stale).
+NATIVE := explorer/model/_native/SOURCES explorer/conformance/_native/SOURCES
 MODEL_SOURCES := $(wildcard explorer/model/*.py)
+CAPTURE_SOURCES := explorer/conformance/importer.py explorer/conformance/conform.py
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +36,10 @@ $(TSTAMP): $(STAMP)
 	rm -f $(VENV)/.installed-test-*
 	touch $@
 
-$(NATIVE): $(MODEL_SOURCES) explorer/build_native.py | $(STAMP)
+explorer/model/_native/SOURCES: $(MODEL_SOURCES) explorer/build_native.py | $(STAMP)
+	$(PY) -m explorer.build_native
+
+explorer/conformance/_native/SOURCES: $(CAPTURE_SOURCES) explorer/build_native.py | $(STAMP)
 	$(PY) -m explorer.build_native
 
 native: $(NATIVE)
@@ -93,4 +99,5 @@ goldens: $(TSTAMP)
 	$(PY) -m pytest -q tests/test_samples.py --update-goldens
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts explorer/model/_native
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts explorer/model/_native \
+	  explorer/conformance/_native

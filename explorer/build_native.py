@@ -1,9 +1,11 @@
-"""Build the compiled engine: :mod:`explorer.model` with mypyc (see :mod:`explorer.model.native`).
+"""Build the compiled groups with mypyc (see :mod:`explorer.model.native`): the engine
+(:mod:`explorer.model`) and the capture path (:mod:`explorer.conformance`'s importer and conform).
 
-``python -m explorer.build_native`` (``make`` runs it) compiles :data:`NATIVE_MODULES` into
-``explorer/model/_native/`` with a stamp of the sources it compiled; nothing to do when the
-build is current. A missing compiler or a failed build leaves the pure Python engine in use
-(slower, the same results) and exits 0: the build is an optimisation, never a requirement.
+``python -m explorer.build_native`` (``make`` runs it) compiles each group of
+:data:`~explorer.model.native.GROUPS` into its package's ``_native/`` directory with a stamp of
+the sources it compiled; nothing to do for a group whose build is current. A missing compiler or
+a failed build leaves that group's pure Python modules in use (slower, the same results) and
+exits 0: the build is an optimisation, never a requirement.
 """
 
 from __future__ import annotations
@@ -16,44 +18,41 @@ import sys
 import tempfile
 from pathlib import Path
 
-from explorer.model.native import (
-    GROUP,
-    NATIVE_DIR,
-    NATIVE_MODULES,
-    PACKAGE_DIR,
-    STAMP,
-    native_ready,
-    sources_digest,
-)
+from explorer.model.native import GROUPS, Group
+
+#: The repository root: mypyc names each module from its path relative to it.
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def build(verbose: bool = False) -> bool:
-    """Compile :data:`NATIVE_MODULES` with mypyc into :data:`NATIVE_DIR`. Returns False (and
-    leaves the pure Python modules in use) when mypyc or a C compiler is missing or fails."""
-    if native_ready():
+def build_group(group: Group, verbose: bool = False) -> bool:
+    """Compile ``group``'s modules with mypyc into its ``_native/`` directory. Returns False (and
+    leaves the group's pure Python modules in use) when mypyc or a C compiler is missing or
+    fails."""
+    if group.ready():
         if verbose:
-            print("explorer.model: the compiled engine is up to date")
+            print(f"{group.package}: the compiled modules are up to date")
         return True
     try:
         from mypyc.build import mypycify
         from setuptools import Distribution  # type: ignore[import-untyped]
     except ImportError as exc:
-        print(f"explorer.model: not compiled ({exc}); the pure Python engine runs", file=sys.stderr)
+        print(
+            f"{group.package}: not compiled ({exc}); the pure Python modules run", file=sys.stderr
+        )
         return False
-    root = PACKAGE_DIR.parent.parent
-    files = [str(Path("explorer") / "model" / f"{name}.py") for name in NATIVE_MODULES]
-    digest = sources_digest()
+    files = [str(path.relative_to(ROOT)) for path in group.sources()]
+    digest = group.sources_digest()
     cwd = os.getcwd()
     log = io.StringIO()
     with tempfile.TemporaryDirectory(prefix="dpamt-native-") as tmp:
         try:
-            os.chdir(root)
+            os.chdir(ROOT)
             with contextlib.redirect_stdout(log):  # mypyc's and setuptools' chatter
                 exts = mypycify(
                     files,
                     opt_level="3",
                     debug_level="0",
-                    group_name=GROUP,
+                    group_name=group.lib,
                     target_dir=str(Path(tmp) / "c"),
                 )
                 dist = Distribution({"name": "dpamt-native", "ext_modules": exts})
@@ -62,29 +61,36 @@ def build(verbose: bool = False) -> bool:
                 cmd.build_temp = str(Path(tmp) / "temp")
                 cmd.ensure_finalized()
                 cmd.run()
-        except (Exception, SystemExit) as exc:  # a compiler error: keep the pure engine
+        except (Exception, SystemExit) as exc:  # a compiler error: keep the pure modules
             print(log.getvalue()[-4000:], file=sys.stderr)
             print(
-                f"explorer.model: compiling failed ({exc}); the pure Python engine runs",
+                f"{group.package}: compiling failed ({exc}); the pure Python modules run",
                 file=sys.stderr,
             )
             return False
         finally:
             os.chdir(cwd)
-        built = Path(tmp) / "lib" / "explorer" / "model"
-        if NATIVE_DIR.exists():
-            shutil.rmtree(NATIVE_DIR)
-        NATIVE_DIR.mkdir()
+        built = Path(tmp, "lib", *group.package.split("."))
+        if group.native_dir.exists():
+            shutil.rmtree(group.native_dir)
+        group.native_dir.mkdir()
         for so in built.iterdir():
-            shutil.copy2(so, NATIVE_DIR / so.name)
-    STAMP.write_text(digest + "\n")
+            shutil.copy2(so, group.native_dir / so.name)
+    group.stamp.write_text(digest + "\n")
     if verbose:
-        print(f"explorer.model: compiled {len(NATIVE_MODULES)} modules into {NATIVE_DIR}")
+        print(f"{group.package}: compiled {len(group.modules)} modules into {group.native_dir}")
     return True
 
 
+def build(verbose: bool = False) -> bool:
+    """Build every group (each on its own: one failing leaves the others built). Returns whether
+    all of them are compiled and current."""
+    results = [build_group(group, verbose) for group in GROUPS]
+    return all(results)
+
+
 def main() -> int:
-    build(verbose=True)  # a failed build is not an error: the pure Python engine runs
+    build(verbose=True)  # a failed build is not an error: the pure Python modules run
     return 0
 
 

@@ -594,7 +594,10 @@ def _pin_races(
             m.run([*prefix, replace(f, t=None)])
             return [s.label for s in m.steps if s.event == len(prefix)]
 
-        winner = next((x for x in members if x[3] == groups[n][1]), members[0])
+        # the winner by its position, never by identity: compiled with mypyc, a tuple taken
+        # from ``members`` twice is two objects (``is`` was False for the winner itself)
+        w = next((i for i, x in enumerate(members) if x[3] == groups[n][1]), 0)
+        winner = members[w]
         name = f"vcpu{getattr(winner[1], 'vcpu', 0)}"
         labels = alone(winner[1])
         if "pamt_get.add" not in labels:
@@ -603,8 +606,8 @@ def _pin_races(
             add_at = labels.index("pamt_get.add")
             locks = [j for j in range(add_at) if labels[j] == "pamt_get.lock"]
             turns = [name] * (locks[-1] + 1 if locks else add_at)
-            for x in members:
-                if x is winner:
+            for i, x in enumerate(members):
+                if i == w:
                     continue
                 ls2 = alone(x[1])
                 stop = ls2.index("pamt_get.add") if "pamt_get.add" in ls2 else len(ls2)
