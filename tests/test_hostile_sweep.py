@@ -204,3 +204,26 @@ def test_a_killed_sweep_leaves_no_process_behind(
             with __import__("contextlib").suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         proc.wait(10)
+
+
+def test_an_interrupt_quiets_the_clusters_teardown() -> None:
+    """KeyboardInterrupt (or the CLI's SIGTERM exception) unwinding a local cluster silences the
+    loggers that would print its teardown's tracebacks; an ordinary error leaves them alone."""
+    import logging
+
+    from explorer.sweeps.sweep import TEARDOWN_LOGGERS, dask_client
+
+    loggers = [logging.getLogger(name) for name in TEARDOWN_LOGGERS]
+    saved = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.NOTSET)
+        with pytest.raises(ValueError), dask_client(workers=1):
+            raise ValueError("a point's own error")
+        assert all(lg.level <= logging.CRITICAL for lg in loggers)
+        with pytest.raises(KeyboardInterrupt), dask_client(workers=1):
+            raise KeyboardInterrupt
+        assert all(lg.level > logging.CRITICAL for lg in loggers)
+    finally:
+        for lg, level in zip(loggers, saved, strict=True):
+            lg.setLevel(level)

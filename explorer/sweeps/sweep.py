@@ -637,8 +637,30 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
                 )
             )
             client = stack.enter_context(distributed.Client(cluster, set_as_default=False))
-        _deliver_deferred()  # inside the stack: the cluster closes as the signal unwinds
-        yield client
+        try:
+            _deliver_deferred()  # inside the stack: the cluster closes as the signal unwinds
+            yield client
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM (cli.main.Terminated), exit
+                quiet_teardown_logs()
+            raise
+
+
+#: The loggers that report a cluster's teardown in this process: tornado's callbacks (the
+#: scheduler's and nannies' comms, closed under a running task) and asyncio's unretrieved futures.
+TEARDOWN_LOGGERS = ("tornado", "tornado.application", "tornado.general", "asyncio", "distributed")
+
+
+def quiet_teardown_logs() -> None:
+    """Silence :data:`TEARDOWN_LOGGERS` in this process. Called when an interrupt unwinds a
+    LocalCluster mid-work: closing it then cancels the points in flight, and a comm closed under
+    a running callback is logged by tornado's IOLoop as an error with its traceback (seen under
+    load: a SIGINT'd ``sweep --workers 2`` printed one before "interrupted"). The user asked to
+    stop; the command says "interrupted" or "terminated" and nothing else (issue 29)."""
+    import logging
+
+    for name in TEARDOWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 def _next_done(ac: Any, cancel: CancelFn | None) -> Any:
