@@ -4,6 +4,7 @@ against ``conform`` alone, and the lazily built matches against a list."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -11,29 +12,41 @@ import pytest
 from explorer.conformance.conform import Matches, conform
 from explorer.conformance.importer import import_capture
 from explorer.conformance.synth import large_capture
-from explorer.ingest.capture import _fast_line, _parse_line, _Problems, parse_capture
+from explorer.ingest import capture
+from explorer.ingest.capture import _parse_line, _Problems, parse_capture
+from explorer.model.errors import TraceError
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_traces" / "captures"
 
 
-def _record_lines() -> list[str]:
-    texts = [large_capture(3000, seed=3)] + [p.read_text() for p in sorted(SAMPLES.glob("*.txt"))]
-    return [t for text in texts for t in text.split("\n") if t[:1].isdigit()]
+def _captures() -> list[str]:
+    return [large_capture(3000, seed=3)] + [p.read_text() for p in sorted(SAMPLES.glob("*.txt"))]
 
 
-def test_the_fast_line_reads_what_the_checked_parse_reads() -> None:
-    who: dict = {}  # type: ignore[type-arg]  # one memo across all lines, as in a parse
-    lines = _record_lines()
-    fast = 0
-    for n, text in enumerate(lines, 1):
-        rec = _fast_line(text, n, who)
-        if rec is None:
-            continue
-        fast += 1
-        out = _Problems("t")
-        assert rec == _parse_line(text, n, out) and not out.items, text
-        assert _fast_line(text, n, {}) == rec  # the memo changes nothing
-    assert fast > len(lines) * 0.9  # the script's own lines take the fast path
+class _Checked:
+    """``_parse_line`` counting the lines it is given: what the fast path left to it."""
+
+    def __init__(self) -> None:
+        self.lines: list[int] = []
+
+    def __call__(self, text: str, n: int, out: _Problems) -> object:
+        self.lines.append(n)
+        return _parse_line(text, n, out)
+
+
+def test_the_fast_path_reads_what_the_checked_parse_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    checked = _Checked()
+    monkeypatch.setattr(capture, "_parse_line", checked)
+    records = 0
+    for text in _captures():
+        cap = parse_capture(text.encode(), "t")
+        assert len(cap.records) == sum(t[:1].isdigit() for t in text.split("\n"))
+        for rec in cap.records:  # each record as the checked parse reads its line alone
+            out = _Problems("t")
+            assert rec == _parse_line(rec.text, rec.line, out) and not out.items, rec.text
+        records += len(cap.records)
+    assert records > 3000
+    assert len(checked.lines) < records * 0.1  # the script's own lines take the fast path
 
 
 @pytest.mark.parametrize(
@@ -48,10 +61,15 @@ def test_the_fast_line_reads_what_the_checked_parse_reads() -> None:
         "1 0 7 7 no_such_probe pfn=1 kvm=0x1",
     ],
 )
-def test_the_fast_line_leaves_every_other_line_to_the_checked_parse(text: str) -> None:
-    who: dict = {}  # type: ignore[type-arg]
-    assert _fast_line("1 0 7 7 tdx_pamt_put.entry pfn=0x100 kvm=0x1", 1, who) is not None
-    assert _fast_line(text, 2, who) is None  # with the thread's head already in the memo
+def test_the_fast_path_leaves_every_other_line_to_the_checked_parse(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked = _Checked()
+    monkeypatch.setattr(capture, "_parse_line", checked)
+    good = "1 0 7 7 tdx_pamt_put.entry pfn=0x100 kvm=0x1"
+    with contextlib.suppress(TraceError):  # (most of them are refused: not the point here)
+        parse_capture(f"{good}\n{good}\n{text}\n".encode(), "t")
+    assert checked.lines == [3]  # with the thread's head already in the memo
 
 
 def test_a_timestamp_going_back_names_the_last_record_in_order_on_its_cpu() -> None:

@@ -21,6 +21,7 @@ attached, ``vmemmap_base``, ``page_size``, ``vms_at_start``) land in :attr:`Capt
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import NamedTuple
@@ -138,15 +139,29 @@ _ATTACHING = re.compile(r"Attaching [0-9]+ probes?\.\.\.")
 _HEXDIGITS = frozenset("0123456789abcdefABCDEF")
 _HEAD_SHAPE = "<timestamp_ns> <cpu> <tid> <pid> <probe> key=value ..."
 #: The timestamp, then who printed the record: "<cpu> <tid> <pid> <probe>" (one group, the key of
-#: ``_fast_line``'s memo), with the probe as a group of its own.
+#: the parser's memo, :class:`_Who`), with the probe as a group of its own.
 _FAST_HEAD = re.compile(
     r"(0|[1-9][0-9]*) ((?:0|[1-9][0-9]*) (?:0|[1-9][0-9]*) (?:0|[1-9][0-9]*) (\S+))"
 )
-#: ``_fast_line``'s memo: "<cpu> <tid> <pid> <probe>" -> (cpu, tid, pid, probe, its _Fast)
-_Who = dict[
-    str,
-    tuple[int, int, int, str, re.Pattern[str], tuple[str, ...], tuple[tuple[str, int, int], ...]],
-]
+
+
+class _Who(NamedTuple):
+    """What the parser's memo knows of one "<cpu> <tid> <pid> <probe>" head (:func:`_learn`):
+    the head's numbers, the probe's fields regex (``fullmatch``), keys and ranged keys
+    (:class:`_Fast`), and the entry/return pairing's key ``(tid, function)`` and step (+1, -1,
+    0: :data:`_CALL`), all computed once per thread and probe rather than on each line."""
+
+    cpu: int
+    tid: int
+    pid: int
+    probe: str
+    fullmatch: Callable[[str, int], re.Match[str] | None]
+    keys: tuple[str, ...]
+    ranged: tuple[tuple[str, int, int], ...]
+    call: tuple[int, str]
+    step: int
+
+
 #: The memo's bound (a host's threads x CPUs x probes; cleared when over).
 _MAX_WHO = 1 << 16
 _FAST_VALUE = rf"(-?(?:0|[1-9][0-9]{{0,{L.MAX_INT_DIGITS - 1}}})|0x[0-9a-fA-F]{{1,64}})"
@@ -159,7 +174,7 @@ def _fast_regex(keys: tuple[str, ...]) -> re.Pattern[str]:
 
 
 class _Fast(NamedTuple):
-    """How ``_fast_line`` reads one probe's records: the regex of its keys, the keys, and the
+    """How the parser's fast path reads one probe's records: the regex of its keys, the keys, and the
     key, low and high of each key with a range (:data:`_RANGES`)."""
 
     regex: re.Pattern[str]
@@ -260,60 +275,81 @@ def _parse_capture(data: bytes, source: str) -> Capture:
     records: list[Record] = []
     header: dict[str, str] = {}
     last_ts: dict[int, int] = {}  # cpu -> the timestamp of its last record in order
-    last_line: dict[int, int] = {}  # cpu -> that record's line
     open_calls: dict[tuple[int, str], int] = {}  # (tid, function) -> entries not yet returned
     unknown: dict[tuple[str, str], int] = {}
     first_seen: dict[tuple[str, str], int] = {}
-    who: _Who = {}
+    who: dict[str, _Who] = {}
     n = 0
+    # The loop runs once per line (a million): a line as the script prints it (every key once,
+    # in order, in range) is read by two regex matches and one ``int`` per value, its head's
+    # numbers, probe and pairing taken from the memo; any other line goes through the checks of
+    # ``_parse_line``, which report each problem at its column (tests/test_capture_fast.py
+    # checks that both paths read a record alike).
+    fast_head, who_get, append, ts_get = _FAST_HEAD.match, who.get, records.append, last_ts.get
     for n, text in enumerate(_lines(data, out), 1):
         if out.full:
             break
         if text is None:
             continue
-        # a record starts with its timestamp: a line starting with a digit is no comment, and
-        # is tried on the fast path first (a million of them)
-        rec = _fast_line(text, n, who) if "0" <= text[:1] <= "9" else None
+        head = fast_head(text)
+        if head is not None:
+            known = who_get(head[2]) or _learn(head, who)
+            if known is not None:
+                cpu, tid, pid, probe, fullmatch, keys, ranged, call, step = known
+                m = fullmatch(text, head.end())
+                if m is not None:
+                    # one group per key; int base 0: decimal or 0x hex
+                    fields: dict[str, Value] = dict(
+                        zip(keys, map(int, m.groups(), repeat(0)), strict=False)
+                    )
+                    for key, low, high in ranged:
+                        if not low <= fields[key] <= high:  # type: ignore[operator]  # ints
+                            break
+                    else:
+                        ts = int(head[1])
+                        append(Record(n, ts, cpu, tid, probe, fields, pid, text))
+                        if ts < ts_get(cpu, 0):
+                            _went_back(out, records, cpu, last_ts[cpu])
+                        else:
+                            last_ts[cpu] = ts
+                        if step:
+                            depth = open_calls.get(call, 0)
+                            if step > 0:
+                                open_calls[call] = depth + 1
+                            elif depth:
+                                open_calls[call] = depth - 1
+                            else:
+                                _no_entry(out, records[-1], call[1])
+                        continue
+        if not text or text[0] == "#" or _is_comment(text):
+            h = _HEADER.fullmatch(text.strip(" \t"))
+            if h and not records:
+                header[h.group(1)] = h.group(2)
+            continue
+        rec = _parse_line(text, n, out)
         if rec is None:
-            if not text or text[0] == "#" or _is_comment(text):
-                m = _HEADER.fullmatch(text.strip(" \t"))
-                if m and not records:
-                    header[m.group(1)] = m.group(2)
-                continue
-            rec = _parse_line(text, n, out)
-            if rec is None:
-                continue
-            keys = PROBES[rec.probe].keys
-            if len(rec.fields) != len(keys):
-                for key in rec.fields:
-                    if key not in keys:
-                        unknown[(rec.probe, key)] = unknown.get((rec.probe, key), 0) + 1
-                        first_seen.setdefault((rec.probe, key), n)
-        ts, cpu, tid, probe = rec.ts, rec.cpu, rec.tid, rec.probe
-        if ts < last_ts.get(cpu, 0):
-            last = last_ts[cpu]
-            out.add(
-                n,
-                1,
-                f"timestamp goes back on cpu {cpu} (line {last_line[cpu]} has {last})",
-                str(ts),
-                f"at least {last}",
-            )
+            continue
+        keys = PROBES[rec.probe].keys
+        if len(rec.fields) != len(keys):
+            for key in rec.fields:
+                if key not in keys:
+                    unknown[(rec.probe, key)] = unknown.get((rec.probe, key), 0) + 1
+                    first_seen.setdefault((rec.probe, key), n)
+        append(rec)
+        if rec.ts < ts_get(rec.cpu, 0):
+            _went_back(out, records, rec.cpu, last_ts[rec.cpu])
         else:
-            last_ts[cpu] = ts
-            last_line[cpu] = n
-        func, step = _CALL[probe]
+            last_ts[rec.cpu] = rec.ts
+        func, step = _CALL[rec.probe]
         if step:
-            k = (tid, func)
+            k = (rec.tid, func)
             depth = open_calls.get(k, 0)
             if step > 0:
                 open_calls[k] = depth + 1
             elif depth:
                 open_calls[k] = depth - 1
             else:
-                col = len(f"{ts} {cpu} {tid} {rec.pid} ") + 1
-                out.add(n, col, f"a return with no open {func}.entry on tid {tid}", probe)
-        records.append(rec)
+                _no_entry(out, rec, func)
     if not records and not out.items:
         lines = data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
         out.add(
@@ -376,34 +412,56 @@ def _lines(data: bytes, out: _Problems) -> list[str | None]:
     return res
 
 
-def _fast_line(text: str, n: int, who: _Who) -> Record | None:
-    """The record of a line as the script prints it (every key once, in order, in range), or
-    None: then ``_parse_line`` decides, reporting each problem at its column. Two regex matches
-    check the whole line; the values are converted by ``int`` in one ``map`` (a million lines).
-    ``who`` remembers each "<cpu> <tid> <pid> <probe>" met: a thread prints many records on one
-    CPU, so its head is converted once, not on each line."""
-    head = _FAST_HEAD.match(text)
-    if head is None:
+def _learn(head: re.Match[str], who: dict[str, _Who]) -> _Who | None:
+    """The memo's entry for a head "<cpu> <tid> <pid> <probe>" not met before (kept in ``who``),
+    or None when the probe is unknown (the checked parse then reports it). A thread prints many
+    records on one CPU: its head is converted once, not on each line."""
+    fast = _FAST.get(head[3])
+    if fast is None:
         return None
-    known = who.get(head[2])
-    if known is None:
-        fast = _FAST.get(head[3])
-        if fast is None:
-            return None
-        cpu_s, tid_s, pid_s, probe_s = head[2].split(" ")
-        if len(who) >= _MAX_WHO:
-            who.clear()
-        known = who[head[2]] = (int(cpu_s), int(tid_s), int(pid_s), probe_s, *fast)
-    cpu, tid, pid, probe, regex, keys, ranged = known
-    m = regex.fullmatch(text, head.end())
-    if m is None:
-        return None
-    # one group per key (the regex is built from the keys); int base 0: decimal or 0x hex
-    fields: dict[str, Value] = dict(zip(keys, map(int, m.groups(), repeat(0)), strict=False))
-    for key, low, high in ranged:
-        if not low <= fields[key] <= high:  # type: ignore[operator]  # every value is an int
-            return None
-    return Record(n, int(head[1]), cpu, tid, probe, fields, pid, text)
+    cpu_s, tid_s, pid_s, probe = head[2].split(" ")
+    if len(who) >= _MAX_WHO:
+        who.clear()
+    tid = int(tid_s)
+    func, step = _CALL[probe]
+    known = who[head[2]] = _Who(
+        int(cpu_s),
+        tid,
+        int(pid_s),
+        probe,
+        fast.regex.fullmatch,
+        fast.keys,
+        fast.ranged,
+        (tid, func),
+        step,
+    )
+    return known
+
+
+def _went_back(out: _Problems, records: list[Record], cpu: int, last: int) -> None:
+    """Report the last record (``records[-1]``) for a timestamp lower than ``last``, the latest
+    in-order one on its CPU, naming that record's line: the newest earlier record of this CPU
+    with that very timestamp (a record going back is kept but never raises the mark, so only an
+    in-order record can carry it). Searched only on an error: the loop keeps no line per CPU."""
+    rec = records[-1]
+    line = next(
+        records[i].line
+        for i in range(len(records) - 2, -1, -1)
+        if records[i].cpu == cpu and records[i].ts == last
+    )
+    out.add(
+        rec.line,
+        1,
+        f"timestamp goes back on cpu {cpu} (line {line} has {last})",
+        str(rec.ts),
+        f"at least {last}",
+    )
+
+
+def _no_entry(out: _Problems, rec: Record, func: str) -> None:
+    """Report ``rec``, a return with no entry of ``func`` open on its thread, at its probe."""
+    col = len(f"{rec.ts} {rec.cpu} {rec.tid} {rec.pid} ") + 1
+    out.add(rec.line, col, f"a return with no open {func}.entry on tid {rec.tid}", rec.probe)
 
 
 def _parse_line(text: str, n: int, out: _Problems) -> Record | None:
