@@ -69,7 +69,8 @@ class Matches(Sequence[Match]):
     ``observed``: (line, kind, value, x) tuples. With ``starts`` (the record position each event
     starts at, ascending) and ``steps`` (each event's first step, -1: never ran), ``x`` is a
     record position, in ascending order, and a match takes the step of the last event begun at
-    or before it; without them (``None``), ``x`` is the step itself.
+    or before it; without them (``None``), ``x`` is the step itself. ``shown``: each value is the
+    kernel's :class:`Op`, shown (:func:`_shown`) when the matches are built.
     """
 
     def __init__(
@@ -77,7 +78,10 @@ class Matches(Sequence[Match]):
         observed: list[tuple[int, str, Any, int]],
         starts: Sequence[int] | None = None,
         steps: Sequence[int] | None = None,
+        *,
+        shown: bool = False,
     ) -> None:
+        self._ops = shown
         self._observed: list[tuple[int, str, Any, int]] | None = observed
         self._starts = starts
         self._steps = steps
@@ -93,6 +97,8 @@ class Matches(Sequence[Match]):
     def _build(self) -> list[Match]:
         assert self._observed is not None
         starts, steps = self._starts, self._steps
+        if self._ops:  # each value the kernel's operation, shown now (not per match made)
+            self._observed = [(a, b, _shown(c), d) for a, b, c, d in self._observed]
         if starts is None or steps is None:
             items = [_new_match(Match, o) for o in self._observed]
         else:
@@ -745,12 +751,12 @@ def _conform(capture: Capture, imp: ImportedTrace, settings: Settings | None) ->
                 recs = ko.recs
                 # (the commonest kinds carry no field to compare: _compare is not called)
                 if ko.kind not in fielded:
-                    matches.append((recs[0].line, ko.kind, _shown(ko), mo.step))
+                    matches.append((recs[0].line, ko.kind, ko, mo.step))
                 else:
                     before = len(divs)
                     _compare(ko, mo, regions, caches, divs)
                     if len(divs) == before:
-                        matches.append((recs[0].line, ko.kind, _shown(ko), mo.step))
+                        matches.append((recs[0].line, ko.kind, ko, mo.step))
                 last_line = recs[0].line if len(recs) == 1 else max(map(_LINE, recs))
                 last_step = mo.step
             elif ko is not None:
@@ -770,7 +776,7 @@ def _conform(capture: Capture, imp: ImportedTrace, settings: Settings | None) ->
         compared,
         divs,
         stopped,
-        Matches(matches),
+        Matches(matches, shown=True),
         unexplained,
         ignored,
     )
