@@ -501,6 +501,9 @@ def main(argv: list[str] | None = None) -> int:
     cell_faults = args.matrix_faults or (20_000 if args.quick else 100_000)
     facts = machine_facts()
     facts["engine"] = "compiled (mypyc)" if NATIVE else "pure Python"
+    from explorer import conformance  # (its package activates the compiled capture path)
+
+    facts["capture path"] = "compiled (mypyc)" if conformance.NATIVE else "pure Python"
     print("machine:", ", ".join(f"{k} {v}" for k, v in facts.items()))
     rows = []
     if args.only in (None, "boot"):
