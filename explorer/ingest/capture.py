@@ -291,6 +291,7 @@ def _parse_capture(data: bytes, source: str) -> Capture:
             break
         if text is None:
             continue
+        rec: Record | None = None
         head = fast_head(text)
         if head is not None:
             known = who_get(head[2]) or _learn(head, who)
@@ -307,49 +308,38 @@ def _parse_capture(data: bytes, source: str) -> Capture:
                             break
                     else:
                         ts = int(head[1])
-                        append(Record(n, ts, cpu, tid, probe, fields, pid, text))
-                        if ts < ts_get(cpu, 0):
-                            _went_back(out, records, cpu, last_ts[cpu])
-                        else:
-                            last_ts[cpu] = ts
-                        if step:
-                            depth = open_calls.get(call, 0)
-                            if step > 0:
-                                open_calls[call] = depth + 1
-                            elif depth:
-                                open_calls[call] = depth - 1
-                            else:
-                                _no_entry(out, records[-1], call[1])
-                        continue
-        if not text or text[0] == "#" or _is_comment(text):
-            h = _HEADER.fullmatch(text.strip(" \t"))
-            if h and not records:
-                header[h.group(1)] = h.group(2)
-            continue
-        rec = _parse_line(text, n, out)
+                        rec = Record(n, ts, cpu, tid, probe, fields, pid, text)
         if rec is None:
-            continue
-        keys = PROBES[rec.probe].keys
-        if len(rec.fields) != len(keys):
-            for key in rec.fields:
-                if key not in keys:
-                    unknown[(rec.probe, key)] = unknown.get((rec.probe, key), 0) + 1
-                    first_seen.setdefault((rec.probe, key), n)
+            if not text or text[0] == "#" or _is_comment(text):
+                h = _HEADER.fullmatch(text.strip(" \t"))
+                if h and not records:
+                    header[h.group(1)] = h.group(2)
+                continue
+            rec = _parse_line(text, n, out)
+            if rec is None:
+                continue
+            keys = PROBES[rec.probe].keys
+            if len(rec.fields) != len(keys):
+                for key in rec.fields:
+                    if key not in keys:
+                        unknown[(rec.probe, key)] = unknown.get((rec.probe, key), 0) + 1
+                        first_seen.setdefault((rec.probe, key), n)
+            ts, cpu = rec.ts, rec.cpu
+            func, step = _CALL[rec.probe]
+            call = (rec.tid, func)
         append(rec)
-        if rec.ts < ts_get(rec.cpu, 0):
-            _went_back(out, records, rec.cpu, last_ts[rec.cpu])
+        if ts < ts_get(cpu, 0):
+            _went_back(out, records, cpu, last_ts[cpu])
         else:
-            last_ts[rec.cpu] = rec.ts
-        func, step = _CALL[rec.probe]
+            last_ts[cpu] = ts
         if step:
-            k = (rec.tid, func)
-            depth = open_calls.get(k, 0)
+            depth = open_calls.get(call, 0)
             if step > 0:
-                open_calls[k] = depth + 1
+                open_calls[call] = depth + 1
             elif depth:
-                open_calls[k] = depth - 1
+                open_calls[call] = depth - 1
             else:
-                _no_entry(out, rec, func)
+                _no_entry(out, rec, call[1])
     if not records and not out.items:
         lines = data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
         out.add(
