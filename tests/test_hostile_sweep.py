@@ -227,3 +227,35 @@ def test_an_interrupt_quiets_the_clusters_teardown() -> None:
     finally:
         for lg, level in zip(loggers, saved, strict=True):
             lg.setLevel(level)
+
+
+def test_an_interrupt_off_the_main_thread_leaves_the_loggers_alone() -> None:
+    """The app's background sweep runs in a thread of the server: whatever ends it there, the
+    server's own loggers are never silenced."""
+    import logging
+    import threading
+
+    from explorer.sweeps.sweep import TEARDOWN_LOGGERS, dask_client
+
+    loggers = [logging.getLogger(name) for name in TEARDOWN_LOGGERS]
+    saved = [lg.level for lg in loggers]
+    caught: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with dask_client(workers=1):
+                raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            caught.append(exc)
+
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.NOTSET)
+        t = threading.Thread(target=run)
+        t.start()
+        t.join(120)
+        assert caught, "the thread did not finish"
+        assert all(lg.level <= logging.CRITICAL for lg in loggers)
+    finally:
+        for lg, level in zip(loggers, saved, strict=True):
+            lg.setLevel(level)

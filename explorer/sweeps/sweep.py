@@ -641,9 +641,17 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
             _deliver_deferred()  # inside the stack: the cluster closes as the signal unwinds
             yield client
         except BaseException as exc:
-            if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM (cli.main.Terminated), exit
+            # Ctrl-C or SIGTERM (cli.main.Terminated), which only the main thread gets: never
+            # an app's background sweep (its own thread) nor a generator closed unfinished
+            if not isinstance(exc, Exception | GeneratorExit) and _main_thread():
                 quiet_teardown_logs()
             raise
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 #: The loggers that report a cluster's teardown in this process: tornado's callbacks (the
@@ -656,7 +664,8 @@ def quiet_teardown_logs() -> None:
     LocalCluster mid-work: closing it then cancels the points in flight, and a comm closed under
     a running callback is logged by tornado's IOLoop as an error with its traceback (seen under
     load: a SIGINT'd ``sweep --workers 2`` printed one before "interrupted"). The user asked to
-    stop; the command says "interrupted" or "terminated" and nothing else (issue 29)."""
+    stop; the command says "interrupted" or "terminated" and nothing else (issue 29). The
+    levels stay so for the rest of the process: the command is ending."""
     import logging
 
     for name in TEARDOWN_LOGGERS:
