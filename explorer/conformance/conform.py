@@ -26,10 +26,12 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from operator import attrgetter, itemgetter
-from typing import Any, Final, NamedTuple, overload
+from typing import Any, NamedTuple, overload
 
 from explorer.conformance.importer import (
+    KVM_PROBES,
     ImportedTrace,
+    field_int,
     import_capture,
     spte_kind,
     spte_pfn,
@@ -198,48 +200,38 @@ _NO_RECS: list[Record] = []
 _LINE = attrgetter("line")
 
 
-#: Each probe as a small code (:func:`kernel_lanes` tests codes, not strings: one dict lookup
-#: per record). 1-3: KVM's own records (``KVM_PROBES``); 3-13: the fault path (a record there
-#: stays in its thread's fault window); 4-6 and 14-16: a call's entry, 7-9 and 17-19 its return
-#: (the call's index: :data:`_CALL_OF`); 10-13: ``tdh_phymem_pamt_*``; 0: a probe not listed.
-_CODE: dict[str, int] = {
-    "kvm_page_fault": 1,
-    "kvm_tdp_mmu_spte_changed": 2,
-    "kvm_mmu_page_fault": 3,
-    "tdx_pamt_get.entry": 4,
-    "tdx_pamt_put.entry": 5,
-    "tdx_topup_pamt_cache.entry": 6,
-    "tdx_pamt_get.return": 7,
-    "tdx_pamt_put.return": 8,
-    "tdx_topup_pamt_cache.return": 9,
-    "tdh_phymem_pamt_add.entry": 10,
-    "tdh_phymem_pamt_add.return": 11,
-    "tdh_phymem_pamt_remove.entry": 12,
-    "tdh_phymem_pamt_remove.return": 13,
-    "tdx_free_pamt_cache.entry": 14,
-    "tdx_alloc_control_page.entry": 15,
-    "tdx_free_control_page.entry": 16,
-    "tdx_free_pamt_cache.return": 17,
-    "tdx_alloc_control_page.return": 18,
-    "tdx_free_control_page.return": 19,
-    "kvm_arch_pre_destroy_vm": 20,
+_CALLS = {
+    "tdx_pamt_get.entry": "get",
+    "tdx_pamt_put.entry": "put",
+    "tdx_topup_pamt_cache.entry": "topup",
+    "tdx_free_pamt_cache.entry": "cache_free",
+    "tdx_alloc_control_page.entry": "control.alloc",
+    "tdx_free_control_page.entry": "control.free",
 }
-_C_FAULT: Final = 1
-_C_SPTE: Final = 2
-_C_ATTEMPT: Final = 3
-_C_GET: Final = 4
-_C_PUT: Final = 5
-_C_TOPUP: Final = 6
-_C_GET_RET: Final = 7
-_C_TOPUP_RET: Final = 9
-_C_ADD: Final = 10
-_C_ADD_RET: Final = 11
-_C_REMOVE: Final = 12
-_C_REMOVE_RET: Final = 13
-_C_DESTROY: Final = 20
-#: The call a code 4-9 or 14-19 is the entry or return of (an index of :data:`_CALL_NAMES`).
-_CALL_OF = (-1, -1, -1, -1, 0, 1, 2, 0, 1, 2, -1, -1, -1, -1, 3, 4, 5, 3, 4, 5, -1)
-_CALL_NAMES = ("get", "put", "topup", "cache_free", "control.alloc", "control.free")
+_RETURNS = {
+    "tdx_pamt_get.return": "get",
+    "tdx_pamt_put.return": "put",
+    "tdx_topup_pamt_cache.return": "topup",
+    "tdx_free_pamt_cache.return": "cache_free",
+    "tdx_alloc_control_page.return": "control.alloc",
+    "tdx_free_control_page.return": "control.free",
+}
+#: Records of the fault path: they stay in their thread's fault window.
+_FAULT_PATH = frozenset(
+    [
+        "kvm_mmu_page_fault",
+        "tdx_topup_pamt_cache.entry",
+        "tdx_topup_pamt_cache.return",
+        "tdx_pamt_get.entry",
+        "tdx_pamt_get.return",
+        "tdh_phymem_pamt_add.entry",
+        "tdh_phymem_pamt_add.return",
+        "tdx_pamt_put.entry",
+        "tdx_pamt_put.return",
+        "tdh_phymem_pamt_remove.entry",
+        "tdh_phymem_pamt_remove.return",
+    ]
+)
 
 
 def _num(fields: dict[str, Any], key: str) -> int:
@@ -258,10 +250,8 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
     ignored = dict(att.ignored())
     lanes: dict[str, list[Op]] = {}
     window: dict[int, list[Op]] = {}  # tid -> the vCPU lane of its open fault window
-    # tid * 8 + the call's index (_CALL_NAMES) -> its operation, until the call's return
-    open_call: dict[int, Op] = {}
-    vcpu_lane: dict[tuple[int, int], list[Op]] = {}  # (td, kernel vCPU id) -> its lane
-    vcpus = imp.vcpus
+    open_call: dict[tuple[int, str], Op] = {}  # (tid, call kind) -> operation
+    vcpu_names = {k: f"vcpu{v}" for k, v in imp.vcpus.items()}
     compared = 0
     adds_probed = any(r.probe.startswith("tdh_phymem_pamt_") for r in att.order)
     shared: set[int] = set()  # threads in a shared-GPA fault (no model event: KVM's own EPT)
@@ -269,35 +259,34 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
     # top-up of that cache subsumes it: the cache's free is compared with it applied.
     shared_topups: dict[int, list[list[Any]]] = {}
     shared_open: dict[int, list[Any]] = {}  # tid -> its shared top-up awaiting the return
-    # The loop runs once per record (a million): each probe tested as its code (one dict
-    # lookup), each lane's list found once per TD or fault window, spte_kind computed once.
+    # The loop runs once per record (a million): lookups bound to locals, each lane's list
+    # found once per TD or fault window (not by name per record), spte_kind computed once.
     why, vm_of, tds, init_at, vms = att.why, att.vm_of, imp.tds, imp.init_at, att.vms
-    codes, call_of, call_names = _CODE, _CALL_OF, _CALL_NAMES
+    fault_path, calls, returns, kvm_probes = _FAULT_PATH, _CALLS, _RETURNS, KVM_PROBES
     td_ops: dict[int, list[Op]] = {}  # td -> its lane
     n_shared = n_novm = n_init = 0
     for r, w, k in zip(att.order, why, vm_of, strict=True):
-        c: int = codes.get(r.probe, 0)
-        if w is not None and _C_FAULT <= c <= _C_ATTEMPT:  # KVM's records of no TD
-            if c == _C_FAULT:
+        p = r.probe
+        if w is not None and p in kvm_probes:
+            if p == "kvm_page_fault":
                 if w == "shared-gpa":
                     shared.add(r.tid)
                 else:
                     shared.discard(r.tid)
             continue
-        tid: int = r.tid
-        in_path = _C_ATTEMPT <= c <= _C_REMOVE_RET
+        tid = r.tid
         if shared and tid in shared:
-            if in_path:  # the top-up tdx_handle_ept_violation does for any fault
+            if p in fault_path:  # the top-up tdx_handle_ept_violation does for any fault
                 n_shared += 1
-                if c == _C_TOPUP:  # remembered for the cache's free
+                if p == "tdx_topup_pamt_cache.entry":  # remembered for the cache's free
                     unreplayed = [_num(r.fields, "npages"), None]
                     shared_topups.setdefault(_num(r.fields, "cache"), []).append(unreplayed)
                     shared_open[tid] = unreplayed
-                elif c == _C_TOPUP_RET and tid in shared_open:
+                elif p == "tdx_topup_pamt_cache.return" and tid in shared_open:
                     shared_open.pop(tid)[1] = _num(r.fields, "ret")
                 continue
             shared.discard(tid)
-        td: int = tds.get(k, -1) if k else -1
+        td = tds.get(k, -1) if k else -1
         if td < 0:
             n_novm += 1
             continue
@@ -306,17 +295,13 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
         if tdl is None:
             tdl = td_ops[td] = lanes.setdefault(f"td{td}", [])
         kind = ""
-        new = 0
-        if c == _C_SPTE:
-            new = _num(fs, "new_spte")
-            kind = spte_kind(_num(fs, "old_spte"), new)
-        if c == _C_FAULT:
-            vid = (td, _num(fs, "vcpu"))
-            ops = vcpu_lane.get(vid)
-            if ops is None:
-                ops = vcpu_lane[vid] = lanes.setdefault(f"vcpu{vcpus[vid]}", [])
+        if p == "kvm_tdp_mmu_spte_changed":
+            old, new = _num(fs, "old_spte"), _num(fs, "new_spte")
+            kind = spte_kind(old, new)
+        if p == "kvm_page_fault":
+            ops = lanes.setdefault(vcpu_names[(td, _num(fs, "vcpu"))], [])
             window[tid] = ops
-        elif not in_path and kind != "map":
+        elif p not in fault_path and kind != "map":
             window.pop(tid, None)
             ops = tdl
         elif tid not in window and r.line in init_at:
@@ -324,45 +309,33 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
             ops = window[tid] = lanes.setdefault(f"vcpu{init_at[r.line]}", [])
         else:
             ops = window.get(tid, tdl)
-        ci: int = call_of[c]
-        if ops is tdl:
-            # KVM_TDX_INIT_MEM_REGION (kvm_tdp_map_page on a VMM thread with a vCPU's cache, no
-            # kvm_page_fault): its top-up, gets with a cache and maps. The trace format has no
-            # event for it (the model builds a TD without its initial image): ignored, counted.
-            if c in (_C_GET, _C_TOPUP):
-                init = _num(fs, "cache") != 0
-            elif c in (_C_GET_RET, _C_TOPUP_RET):
-                init = tid * 8 + ci not in open_call
-            elif c in (_C_ADD, _C_ADD_RET):
-                init = tid * 8 not in open_call  # (no open get)
-            else:
-                init = kind == "map"
-            if init:
-                n_init += 1
-                continue
+        if ops is tdl and _init_mem_region(r, open_call, kind):
+            n_init += 1
+            continue
         compared += 1
-        if ci >= 0 and (c <= _C_TOPUP or c == 14 or c == 15 or c == 16):  # a call's entry
-            call = call_names[ci]
+        call = calls.get(p)
+        if call is not None:
             f: dict[str, Any]
-            if c == _C_GET:
+            if call == "get":
                 f = {"pfn": _num(fs, "pfn"), "cache": _num(fs, "cache")}
                 f["before"] = _num(fs, "cache_count")
-            elif c == _C_PUT:
+            elif call == "put":
                 f = {"pfn": _num(fs, "pfn"), "probed": adds_probed}
-            elif c == _C_TOPUP or c == 14:  # a top-up, a cache's free
+            elif call in ("topup", "cache_free"):
                 f = {"cache": _num(fs, "cache"), "before": _num(fs, "cache_count")}
                 if shared_topups:
                     pending = shared_topups.pop(f["cache"], None)
-                    if pending is not None and c == 14:
+                    if pending is not None and call == "cache_free":
                         f["shared_topups"] = pending
             else:
                 f = {}
             op = Op(call, -1, r, f)
-            open_call[tid * 8 + ci] = op
+            open_call[(tid, call)] = op
             ops.append(op)
             continue
-        if ci >= 0:  # a call's return
-            op2 = open_call.pop(tid * 8 + ci, None)
+        ret = returns.get(p)
+        if ret is not None:
+            op2 = open_call.pop((tid, ret), None)
             if op2 is None:
                 ops.append(_stray(r))
                 continue
@@ -371,35 +344,34 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
             f2["ret"] = _num(fs, "ret")
             if "before" in f2:
                 f2["after"] = _num(fs, "cache_count")
-            if ci == 0:
+            if ret == "get":
                 f2["path"] = _kernel_path(op2, adds_probed)
             continue
-        if _C_ADD <= c <= _C_REMOVE_RET:  # tdh_phymem_pamt_*: part of the open get or put
-            is_add = c <= _C_ADD_RET
-            owner = open_call.get(tid * 8 + (0 if is_add else 1))
+        if p.startswith("tdh_phymem_pamt_"):
+            owner = open_call.get((tid, "get" if "_add" in p else "put"))
             if owner is None:
                 ops.append(_stray(r))
                 continue
             owner.recs.append(r)
-            if c in (_C_ADD, _C_REMOVE):
-                owner.f["add" if is_add else "remove"] = (_num(fs, "pfn") >> 9, r.line)
+            if p.endswith(".entry"):
+                owner.f["add" if "_add" in p else "remove"] = (_num(fs, "pfn") >> 9, r.line)
             continue
-        if c == _C_FAULT:
+        if p == "kvm_page_fault":
             gfn = (_num(fs, "gpa") >> 12) & ~(1 << (vms[k].shared_bit - 12))
             op = Op("fault", -1, r, {"gfn": gfn})
-        elif c == _C_ATTEMPT:
+        elif p == "kvm_mmu_page_fault":
             op = Op("attempt", -1, r)
-        elif c == _C_DESTROY:
+        elif p == "kvm_arch_pre_destroy_vm":
             op = Op("teardown", -1, r)
-        else:  # kvm_tdp_mmu_spte_changed (or a probe not listed: a stray)
+        else:  # kvm_tdp_mmu_spte_changed
             level = _num(fs, "level")
             if kind == "map" and level == 1:
                 op = Op("map.leaf", -1, r, {"gfn": _num(fs, "gfn"), "pfn": spte_pfn(new)})
             elif kind == "map":
                 op = Op("map.table", -1, r)
-            elif (kind == "zap" or kind == "frozen") and level == 1:
+            elif kind in ("zap", "frozen") and level == 1:
                 op = Op(kind, -1, r, {"gfn": _num(fs, "gfn")})
-            elif kind == "zap" or kind == "frozen":
+            elif kind in ("zap", "frozen"):
                 op = Op("table.zap", -1, r)
             else:
                 op = _stray(r)
@@ -457,6 +429,23 @@ _KIND = attrgetter("kind")
 
 def _stray(r: Record) -> Op:
     return Op("stray:" + r.probe, -1, r)
+
+
+def _init_mem_region(r: Record, open_call: dict[tuple[int, str], Op], spte: str) -> bool:
+    """``KVM_TDX_INIT_MEM_REGION`` (``kvm_tdp_map_page`` on a VMM thread with a vCPU's cache,
+    no ``kvm_page_fault``): its top-up, gets with a cache and maps. The trace format has no
+    event for it (the model builds a TD without its initial image): ignored, counted."""
+    p = r.probe
+    if p in ("tdx_topup_pamt_cache.entry", "tdx_pamt_get.entry"):
+        return field_int(r, "cache") != 0
+    if p in ("tdx_topup_pamt_cache.return", "tdx_pamt_get.return"):
+        call = "topup" if p.startswith("tdx_topup") else "get"
+        return (r.tid, call) not in open_call
+    if p.startswith("tdh_phymem_pamt_add"):
+        return (r.tid, "get") not in open_call
+    if p == "kvm_tdp_mmu_spte_changed":
+        return spte == "map"  # (spte_kind of the record, computed by the caller)
+    return False
 
 
 def _kernel_path(op: Op, adds_probed: bool) -> str:
