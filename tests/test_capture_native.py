@@ -74,24 +74,3 @@ def test_the_compiled_capture_path_gives_the_pure_results(tmp_path: Path) -> Non
             compiled = _run([*command, str(path)], pure=False)
             assert compiled == _run([*command, str(path)], pure=True), (command, path.name)
             assert compiled[0] in (0, 1), compiled[2]
-
-
-def test_every_capture_probe_has_a_kernel_lanes_code() -> None:
-    """kernel_lanes reads probes as codes: a probe of the format without one would be a stray."""
-    from explorer.conformance.conform import _CALL_NAMES, _CALL_OF, _CODE
-    from explorer.ingest.capture import PROBES
-
-    assert set(_CODE) == set(PROBES)
-    assert len(set(_CODE.values())) == len(_CODE) and len(_CALL_OF) == max(_CODE.values()) + 1
-    calls = {
-        "tdx_pamt_get": "get",
-        "tdx_pamt_put": "put",
-        "tdx_topup_pamt_cache": "topup",
-        "tdx_free_pamt_cache": "cache_free",
-        "tdx_alloc_control_page": "control.alloc",
-        "tdx_free_control_page": "control.free",
-    }
-    for probe, code in _CODE.items():  # a call's entry and return name its call, others none
-        fn = probe.split(".")[0]
-        got = _CALL_NAMES[_CALL_OF[code]] if _CALL_OF[code] >= 0 else None
-        assert got == calls.get(fn), probe
