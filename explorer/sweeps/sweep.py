@@ -574,9 +574,8 @@ def _signals_deferred() -> Iterator[None]:
     can be set nowhere else); elsewhere nothing changes.
     """
     import signal
-    import threading
 
-    if threading.current_thread() is not threading.main_thread():
+    if not _main_thread():
         yield
         return
     watched = (signal.SIGINT, signal.SIGTERM)
