@@ -17,10 +17,12 @@ PORT   ?= 8501
 # The engine compiled with mypyc (explorer/model/native.py): rebuilt when a model source changes;
 # without a C compiler the build says so and the pure Python engine runs (same results, slower).
 # The capture path (conformance importer and conform) is a second group, stamped apart: editing
-# conform.py rebuilds it alone (explorer.build_native builds whichever group is stale).
+# conform.py rebuilds it alone (explorer.build_native builds whichever group is stale). It also
+# depends on the named tuples it reads by position (the capture's Record, the engine's Effect).
 NATIVE := explorer/model/_native/SOURCES explorer/conformance/_native/SOURCES
 MODEL_SOURCES := $(wildcard explorer/model/*.py)
-CAPTURE_SOURCES := explorer/conformance/importer.py explorer/conformance/conform.py
+CAPTURE_SOURCES := explorer/conformance/importer.py explorer/conformance/conform.py \
+  explorer/ingest/capture.py explorer/model/records.py
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -39,6 +39,25 @@ def test_a_stale_build_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
     assert path == ["x"]
 
 
+def test_the_types_read_by_position_are_part_of_the_stamp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compiled capture path reads the capture's Record and the engine's Effect (named
+    tuples) by position: a change to either file makes its build stale, and the Makefile
+    rebuilds on the same files."""
+    assert {"ingest/capture.py", "model/records.py"} <= set(CAPTURE.depends)
+    assert all(p.is_file() for p in CAPTURE.dependencies())
+    before, deps = CAPTURE.sources_digest(), CAPTURE.dependencies()
+    copy = tmp_path / "capture.py"
+    copy.write_text(deps[0].read_text() + "\n# edited\n")
+    monkeypatch.setattr(Group, "dependencies", lambda self: [copy, *deps[1:]])
+    assert CAPTURE.sources_digest() != before
+    make = (ROOT / "Makefile").read_text()
+    prereqs = make.split("CAPTURE_SOURCES :=", 1)[1].split("\n\n", 1)[0]
+    for dep in CAPTURE.depends:
+        assert f"explorer/{dep}" in prereqs
+
+
 def test_dpamt_pure_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DPAMT_PURE", "1")
     path: list[str] = []

@@ -56,6 +56,10 @@ class Group:
     #: mypyc's group name, the shared library's module name: inside the package, so that
     #: nothing but the package's ``__path__`` has to point at the build.
     lib: str
+    #: Source files outside the group whose types its compiled code was built against (paths
+    #: under ``explorer/``): digested with the group's own sources, so that changing one (a
+    #: named tuple's fields, which compiled code reads by position) makes the build stale.
+    depends: tuple[str, ...] = ()
 
     @property
     def package_dir(self) -> Path:
@@ -76,12 +80,20 @@ class Group:
         """The compiled modules' source files."""
         return [self.package_dir / f"{name}.py" for name in self.modules]
 
+    def dependencies(self) -> list[Path]:
+        """The sources of :attr:`depends`."""
+        return [_EXPLORER_DIR / d for d in self.depends]
+
     def sources_digest(self) -> str:
-        """The SHA-256 of the compiled modules' sources (and of the Python version that built
-        them: an extension built for another interpreter cannot load)."""
+        """The SHA-256 of the compiled modules' sources and of :attr:`depends` (and of the
+        Python version that built them: an extension built for another interpreter cannot
+        load)."""
         h = hashlib.sha256(sys.version.encode())
         for name, path in zip(self.modules, self.sources(), strict=True):
             h.update(name.encode())
+            h.update(path.read_bytes())
+        for dep, path in zip(self.depends, self.dependencies(), strict=True):
+            h.update(dep.encode())
             h.update(path.read_bytes())
         return h.hexdigest()
 
@@ -122,7 +134,13 @@ NATIVE_MODULES = (
 #: The engine: explorer.model's hot loop.
 ENGINE = Group("explorer.model", NATIVE_MODULES, "explorer.model._engine")
 #: The capture path: a kernel capture imported and compared with the engine's replay.
-CAPTURE = Group("explorer.conformance", ("importer", "conform"), "explorer.conformance._capture")
+CAPTURE = Group(
+    "explorer.conformance",
+    ("importer", "conform"),
+    "explorer.conformance._capture",
+    # the capture's Record and the engine's Effect are named tuples read by position
+    depends=("ingest/capture.py", "model/records.py"),
+)
 #: Every compiled group, in build order.
 GROUPS = (ENGINE, CAPTURE)
 
