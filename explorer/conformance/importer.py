@@ -30,7 +30,6 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from itertools import count
 from operator import attrgetter
 
 from explorer.ingest.capture import Capture, Record
@@ -86,7 +85,8 @@ TDX_PROBES = frozenset(
 )
 #: Records that are only KVM's (a VM of any type prints them).
 KVM_PROBES = frozenset(("kvm_page_fault", "kvm_mmu_page_fault", "kvm_tdp_mmu_spte_changed"))
-#: The records :func:`import_capture` derives events from (beside each TD's first record).
+#: The records :func:`import_capture` derives events and control-page counts from (beside
+#: each TD's first record).
 _EVENT_PROBES = frozenset(
     (
         "kvm_page_fault",
@@ -94,6 +94,7 @@ _EVENT_PROBES = frozenset(
         "kvm_tdp_mmu_spte_changed",
         "tdx_topup_pamt_cache.entry",
         "tdx_pamt_get.entry",
+        "tdx_alloc_control_page.entry",
     )
 )
 
@@ -158,69 +159,100 @@ def by_time(records: Sequence[Record]) -> list[Record]:
 
 
 def attribute(capture: Capture) -> Attribution:
-    """Which VM each record belongs to, or why it is ignored (the module docstring's rules)."""
+    """Which VM each record belongs to, or why it is ignored (the module docstring's rules).
+
+    Two passes over the records, not four: the first learns which ``struct kvm *`` are TDs, each
+    process's TDs and which VMs fault on a GPA with bit 51 set (the shared bit of a 5-level
+    EPT TD, ``kvm_gfn_direct_bits``); the second then decides every record, its shared-GPA
+    test included, with nothing left to revise."""
     order = by_time(capture.records)
+    n = len(order)
     tdx_kvms: set[int] = set()
-    pid_tdx: dict[int, set[int]] = {}
+    pid_kvm: set[tuple[int, int]] = set()  # (process, struct kvm *) pairs seen on any record
     pid_tdx_records: set[int] = set()
-    kvms: list[int] = []
-    for r in order:
-        k = r.fields.get("kvm", 0)
-        k = k if isinstance(k, int) else 0
-        kvms.append(k)
-        if r.probe in TDX_PROBES:
+    bit51: set[tuple[int, int]] = set()  # (kvm= or 0, process) of faults with GPA bit 51 set
+    kvms: list[int] = [0] * n
+    last_pid, last_k = 0, 0
+    for i in range(n):
+        r = order[i]
+        kv = r.fields.get("kvm", 0)
+        k = kv if isinstance(kv, int) else 0
+        p = r.probe
+        if k:
+            kvms[i] = k
+            if k != last_k or r.pid != last_pid:  # runs of one thread: one set insert per run
+                last_pid, last_k = r.pid, k
+                pid_kvm.add((last_pid, k))
+        if p in TDX_PROBES:
             if k:
                 tdx_kvms.add(k)
             else:
                 pid_tdx_records.add(r.pid)
-    seen: set[tuple[int, int]] = set()
-    for r, k in zip(order, kvms, strict=True):  # a process's TD, also known from KVM records
-        if k in tdx_kvms and (r.pid, k) not in seen:
-            seen.add((r.pid, k))
-            pid_tdx.setdefault(r.pid, set()).add(k)
-    vms: dict[int, Vm] = {}
-    vm_of: list[int] = []
-    why: list[str | None] = []
-    shared = [False] * len(order)
-    for i, r in enumerate(order):
-        k = kvms[i]
-        w: str | None = None
-        if not k:
-            mine = pid_tdx.get(r.pid, set())
-            if len(mine) == 1:
-                k = next(iter(mine))
-            elif not mine and r.pid in pid_tdx_records:
-                k = -r.pid  # a TD known by its process only (no kvm= probe attached)
-            elif not mine and r.probe in KVM_PROBES:
-                w = "non-tdx-vm"
-            else:
-                w = "no-vm-context"
+        elif p == "kvm_page_fault" and field_int(r, "gpa") >> 51 & 1:
+            bit51.add((k, r.pid))
+    pid_tdx: dict[int, set[int]] = {}  # a process's TDs, also known from KVM records
+    for pid, k in pid_kvm:
+        if k in tdx_kvms:
+            pid_tdx.setdefault(pid, set()).add(k)
+    none: set[int] = set()
+
+    def resolve(k: int, pid: int) -> int:
+        """The VM a record of process ``pid`` with ``kvm=k`` (0: none) is, 0 when no TD."""
         if k:
+            return k if k in tdx_kvms or k < 0 else 0
+        mine = pid_tdx.get(pid, none)
+        if len(mine) == 1:
+            return next(iter(mine))
+        return -pid if not mine and pid in pid_tdx_records else 0
+
+    wide = {v for v in (resolve(k, pid) for k, pid in bit51) if v}  # TDs with a 51 shared bit
+    vms: dict[int, Vm] = {}
+    vm_of: list[int] = [0] * n
+    why: list[str | None] = [None] * n
+    shared = [False] * n
+    one: dict[int, int] = {}  # process -> its only TD, or 0 (the no-kvm= records' rule)
+    for pid, mine in pid_tdx.items():
+        if len(mine) == 1:
+            one[pid] = next(iter(mine))
+    vm: Vm | None = None
+    for i in range(n):
+        r = order[i]
+        k = kvms[i]
+        p = r.probe
+        if not k:
+            k = one.get(r.pid, 0)
+            if not k:
+                if r.pid not in pid_tdx and r.pid in pid_tdx_records:
+                    k = -r.pid  # a TD known by its process only (no kvm= probe attached)
+                elif r.pid not in pid_tdx and p in KVM_PROBES:
+                    why[i] = "non-tdx-vm"
+                    continue
+                else:
+                    why[i] = "no-vm-context"
+                    continue
+        if vm is None or vm.key != k:
             vm = vms.get(k)
             if vm is None:
                 vm = vms[k] = Vm(k, r.pid, k in tdx_kvms or k < 0, first=i)
-            if not vm.tdx:
-                w = "non-tdx-vm"
-            elif r.probe == "kvm_page_fault" and field_int(r, "gpa") >> 51 & 1:
-                vm.shared_bit = 51
-        vm_of.append(k if w is None else 0)
-        why.append(w)
-    td = 0
-    for vm in sorted(vms.values(), key=lambda v: v.first):
-        if vm.tdx:
-            vm.td, td = td, td + 1
-    for i, r in enumerate(order):
-        p = r.probe
-        if p not in KVM_PROBES or not vm_of[i]:
+                if k in wide:
+                    vm.shared_bit = 51
+        if not vm.tdx:
+            why[i] = "non-tdx-vm"
             continue
-        bit = vms[vm_of[i]].shared_bit
-        if p == "kvm_tdp_mmu_spte_changed":
-            s = bool(field_int(r, "gfn") >> (bit - 12) & 1)
-        else:
-            s = bool(field_int(r, "gpa") >> bit & 1)
-        if s:
-            shared[i] = True
-            vm_of[i], why[i] = 0, "shared-gpa"
+        if p in KVM_PROBES:
+            if p == "kvm_tdp_mmu_spte_changed":
+                s = field_int(r, "gfn") >> (vm.shared_bit - 12) & 1
+            else:
+                s = field_int(r, "gpa") >> vm.shared_bit & 1
+            if s:
+                shared[i] = True
+                why[i] = "shared-gpa"
+                continue
+        vm_of[i] = k
+    td = 0
+    for v in sorted(vms.values(), key=lambda v: v.first):
+        if v.tdx:
+            v.td, td = td, td + 1
     return Attribution(order, vm_of, why, vms, shared)
 
 
@@ -238,7 +270,6 @@ class ImportedTrace:
     vcpus: dict[tuple[int, int], int] = field(default_factory=dict)  # (td, kernel id) -> vCPU
     tds: dict[int, int] = field(default_factory=dict)  # VM key -> td
     positions: tuple[int, ...] = ()
-    line_pos: dict[int, int] = field(default_factory=dict)  # capture line -> sorted position
     #: what :func:`attribute` decided for every record (``conform`` reuses it)
     attribution: Attribution | None = field(default=None, repr=False, compare=False)
     #: a vCPU's PAMT cache address -> the vCPU, as its gets show it
@@ -253,6 +284,13 @@ class ImportedTrace:
     def unused(self) -> dict[str, int]:
         """The ignored records per reason (the name the app's earlier pages used)."""
         return self.ignored
+
+    @property
+    def line_pos(self) -> dict[int, int]:
+        """Capture line -> its record's sorted position, built when asked: a million-entry
+        dict that no import or conform reads, so it is not kept with every trace."""
+        att = self.attribution
+        return {} if att is None else {r.line: n for n, r in enumerate(att.order)}
 
     def event_at(self, line: int) -> int:
         """The event whose records a capture line falls among (the last event begun by then)."""
@@ -307,13 +345,20 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
         if got:
             tables[w[0]] = tuple(got)
 
-    # only a TD's KVM records and top-ups make events: most tdx_* records are not visited here
+    # tdx_td_init: TDR + TDCS pages on one thread; tdx_td_vcpu_init: TDVPR + TDCX pages on the
+    # vCPU ioctl's thread: the model allocates as many (Settings.tdcs_pages / tdcx_pages)
+    allocs: dict[tuple[int, int], int] = {}
+    # only a TD's KVM records, top-ups and control-page allocations are visited here (one pass
+    # over the records): most tdx_* records are not
     for i in [i for i, r in enumerate(order) if r.probe in _EVENT_PROBES and vm_of[i]]:
         r = order[i]
         td = tds[vm_of[i]]
+        p = r.probe
+        if p == "tdx_alloc_control_page.entry":
+            allocs[(td, r.tid)] = allocs.get((td, r.tid), 0) + 1
+            continue
         if td in destroyed:
             continue
-        p = r.probe
         if p == "tdx_topup_pamt_cache.entry" or p == "tdx_pamt_get.entry":
             w = window.get(r.tid)
             cache = field_int(r, "cache")
@@ -430,13 +475,6 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
         top_pfn = max(top_pfn, *pfns)
     mib = max(256, -(-(nfaults * 3 + 8192) // 256), (top_pfn >> 8) + 64)
     mib = min(MAX_HOST_MEMORY_MIB, mib + mib % 2)
-    # tdx_td_init: TDR + TDCS pages on one thread; tdx_td_vcpu_init: TDVPR + TDCX pages on the
-    # vCPU ioctl's thread: the model allocates as many (Settings.tdcs_pages / tdcx_pages)
-    allocs: dict[tuple[int, int], int] = {}
-    for i, r in enumerate(order):
-        k = vm_of[i]
-        if r.probe == "tdx_alloc_control_page.entry" and k in tds:
-            allocs[(tds[k], r.tid)] = allocs.get((tds[k], r.tid), 0) + 1
     base = Settings()
     tdcs, tdcx = base.tdcs_pages, base.tdcx_pages
     firsts = sorted({td for td, _ in allocs})
@@ -466,7 +504,6 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
         vcpus,
         tds,
         tuple(p for p, _, _ in out),
-        dict(zip(map(attrgetter("line"), order), count())),
         att,
         caches,
         init_at,
