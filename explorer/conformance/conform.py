@@ -640,7 +640,8 @@ def align(k: list[Op], m: list[Op]) -> list[tuple[Op | None, Op | None]]:
     """Pairs of (kernel, model) operations in order, None where one side has nothing. Equal
     kinds pair; at a mismatch the nearest resynchronisation (``_ANCHOR`` equal kinds in a row,
     or the end) with the fewest operations skipped, kernel skips first on a tie; a pair whose
-    kinds differ inside a skipped span of the same kind pairs them (a value difference)."""
+    kinds differ inside a skipped span of the same kind pairs them (a value difference).
+    (:func:`_conform` walks the same pairs without building this list: :func:`_resync`.)"""
     out: list[tuple[Op | None, Op | None]] = []
     i = j = 0
     nk, nm = len(k), len(m)
@@ -650,24 +651,26 @@ def align(k: list[Op], m: list[Op]) -> list[tuple[Op | None, Op | None]]:
             i += 1
             j += 1
             continue
-        best: tuple[int, int] | None = None
-        for d in range(1, 2 * _WINDOW + 1):
-            for a in range(min(d, _WINDOW), -1, -1):
-                b = d - a
-                if b > _WINDOW:
-                    continue
-                if _anchored(k, m, i + a, j + b):
-                    best = (a, b)
-                    break
-            if best is not None:
-                break
-        a, b = best if best is not None else (1, 1)
+        a, b = _resync(k, m, i, j)
         out.extend((x, None) for x in k[i : i + a])
         out.extend((None, y) for y in m[j : j + b])
         i, j = i + a, j + b
     out.extend((x, None) for x in k[i:])
     out.extend((None, y) for y in m[j:])
     return out
+
+
+def _resync(k: list[Op], m: list[Op], i: int, j: int) -> tuple[int, int]:
+    """At a mismatch of ``k[i]`` and ``m[j]``: the operations to skip on each side (``a``
+    kernel, ``b`` model) to the nearest anchor (:func:`align`), (1, 1) when none is near."""
+    for d in range(1, 2 * _WINDOW + 1):
+        for a in range(min(d, _WINDOW), -1, -1):
+            b = d - a
+            if b > _WINDOW:
+                continue
+            if _anchored(k, m, i + a, j + b):
+                return a, b
+    return 1, 1
 
 
 def _anchored(k: list[Op], m: list[Op], i: int, j: int) -> bool:
@@ -735,8 +738,24 @@ def _conform(capture: Capture, imp: ImportedTrace, settings: Settings | None) ->
     fielded = _COMPARED
     for lane in sorted(set(kern) | set(rec.lanes)):
         last_line, last_step = 0, -1
-        for ko, mo in align(kern.get(lane, []), rec.lanes.get(lane, [])):
-            if ko is not None and mo is not None:
+        ks, ms = kern.get(lane, []), rec.lanes.get(lane, [])
+        i = j = 0
+        nk, nm = len(ks), len(ms)
+        # align()'s pairs, walked in place (no list of a million pairs built and freed)
+        while i < nk or j < nm:
+            if i < nk and j < nm:
+                ko = ks[i]
+                mo = ms[j]
+                if ko.kind != mo.kind:
+                    a, b = _resync(ks, ms, i, j)
+                    for x in range(i, min(i + a, nk)):
+                        _unexplained(ks[x], last_step, unexplained, divs)
+                    for y in range(j, min(j + b, nm)):
+                        _missing(ms[y], last_line, divs)
+                    i, j = i + a, j + b
+                    continue
+                i += 1
+                j += 1
                 recs = ko.recs
                 # (the commonest kinds carry no field to compare: _compare is not called)
                 if ko.kind not in fielded:
@@ -748,16 +767,12 @@ def _conform(capture: Capture, imp: ImportedTrace, settings: Settings | None) ->
                         matches.append((recs[0].line, ko.kind, ko, mo.step))
                 last_line = recs[0].line if len(recs) == 1 else max(map(_LINE, recs))
                 last_step = mo.step
-            elif ko is not None:
-                for r in ko.recs:
-                    unexplained.append({"line": r.line, "text": r.text})
-                divs.append(
-                    Divergence(ko.recs[0].line, "unexplained", ko.recs[0].probe, None, last_step)
-                )
-            elif mo is not None:
-                divs.append(
-                    Divergence(last_line or 1, mo.kind + ".missing", None, _shown(mo), mo.step)
-                )
+            elif i < nk:
+                _unexplained(ks[i], last_step, unexplained, divs)
+                i += 1
+            else:
+                _missing(ms[j], last_line, divs)
+                j += 1
     divs.sort(key=lambda d: (d.line, d.kind))
     unexplained.sort(key=lambda u: u["line"])
     return Conformance(
@@ -769,6 +784,21 @@ def _conform(capture: Capture, imp: ImportedTrace, settings: Settings | None) ->
         unexplained,
         ignored,
     )
+
+
+def _unexplained(
+    ko: Op, last_step: int, unexplained: list[dict[str, Any]], divs: list[Divergence]
+) -> None:
+    """A kernel operation the model did not do: each of its records unexplained, one
+    divergence at its first record."""
+    for r in ko.recs:
+        unexplained.append({"line": r.line, "text": r.text})
+    divs.append(Divergence(ko.recs[0].line, "unexplained", ko.recs[0].probe, None, last_step))
+
+
+def _missing(mo: Op, last_line: int, divs: list[Divergence]) -> None:
+    """A model operation the kernel did not do: reported after the last record that matched."""
+    divs.append(Divergence(last_line or 1, mo.kind + ".missing", None, _shown(mo), mo.step))
 
 
 def _shown(op: Op) -> Any:
