@@ -26,7 +26,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from operator import attrgetter, itemgetter
-from typing import Any, NamedTuple, overload
+from typing import Any, Final, NamedTuple, overload
 
 from explorer.conformance.importer import (
     KVM_PROBES,
@@ -474,30 +474,63 @@ _PATH_OK = {
 
 
 # ------------------------------------------------------------------ the model's side
-#: The labels :class:`_ModelRecorder` makes an operation of (or ends one with); any other step
-#: only updates a PAMT cache's count, unless a get or put is open (its region, its end).
-_RECORDED = frozenset(
-    [
-        "pamt_get.fast",
-        "pamt_get.slow",
-        "pamt_put.fast",
-        "pamt_put.slow",
-        "pamt_cache.free",
-        "pamt_cache.topup_fail",
-        "pamt_cache.topup",
-        "pamt_cache.full",
-        "fault.begin",
-        "fault.retry",
-        "page.aug",
-        "page.add",
-        "sept.add",
-        "zap.page_remove",
-        "sept.reclaim",
-        "control.alloc",
-        "control.reclaim",
-        "td.destroy",
-    ]
-)
+#: Each label :class:`_ModelRecorder` tests, as a small number: one dict lookup per step (a
+#: million), then integer tests on ``Final`` constants (inlined by mypyc), not a chain of string
+#: comparisons. Those from ``_GET_FAST`` on make an operation (or end one); a step with any
+#: other label only updates a PAMT cache's count, unless a get or put is open (its region, its
+#: end: the labels below ``_GET_FAST``).
+_ADD: Final = 1
+_LOST_RACE: Final = 2
+_ENOMEM: Final = 3
+_PARTIAL: Final = 4
+_ADD_FAIL: Final = 5
+_REMOVE: Final = 6
+_REMOVE_FAIL: Final = 7
+_GET_FAST: Final = 8
+_GET_SLOW: Final = 9
+_PUT_FAST: Final = 10
+_PUT_SLOW: Final = 11
+_CACHE_FREE: Final = 12
+_TOPUP_FAIL: Final = 13
+_TOPUP: Final = 14
+_CACHE_FULL: Final = 15
+_FAULT_BEGIN: Final = 16
+_FAULT_RETRY: Final = 17
+_PAGE_AUG: Final = 18
+_PAGE_ADD: Final = 19
+_SEPT_ADD: Final = 20
+_ZAP: Final = 21
+_SEPT_RECLAIM: Final = 22
+_CONTROL_ALLOC: Final = 23
+_CONTROL_RECLAIM: Final = 24
+_TD_DESTROY: Final = 25
+_LABEL_CODE: dict[str, int] = {
+    "pamt_get.add": _ADD,
+    "pamt_get.lost_race": _LOST_RACE,
+    "pamt_get.enomem": _ENOMEM,
+    "pamt_get.partial": _PARTIAL,
+    "pamt_get.add_fail": _ADD_FAIL,
+    "pamt_put.remove": _REMOVE,
+    "pamt_put.remove_fail": _REMOVE_FAIL,
+    "pamt_get.fast": _GET_FAST,
+    "pamt_get.slow": _GET_SLOW,
+    "pamt_put.fast": _PUT_FAST,
+    "pamt_put.slow": _PUT_SLOW,
+    "pamt_cache.free": _CACHE_FREE,
+    "pamt_cache.topup_fail": _TOPUP_FAIL,
+    "pamt_cache.topup": _TOPUP,
+    "pamt_cache.full": _CACHE_FULL,
+    "fault.begin": _FAULT_BEGIN,
+    "fault.retry": _FAULT_RETRY,
+    "page.aug": _PAGE_AUG,
+    "page.add": _PAGE_ADD,
+    "sept.add": _SEPT_ADD,
+    "zap.page_remove": _ZAP,
+    "sept.reclaim": _SEPT_RECLAIM,
+    "control.alloc": _CONTROL_ALLOC,
+    "control.reclaim": _CONTROL_RECLAIM,
+    "td.destroy": _TD_DESTROY,
+}
 
 
 class _ModelRecorder:
@@ -518,7 +551,8 @@ class _ModelRecorder:
     ) -> None:
         """One committed step, as the engine's lean recording hands it over
         (:data:`explorer.model.state.LeanStep`)."""
-        if lab not in _RECORDED and not self.get and not self.put:
+        code = _LABEL_CODE.get(lab, 0)
+        if code < _GET_FAST and not self.get and not self.put:
             # most steps (locks, SEAMCALLs, KVM's walk): only a PAMT cache count to keep
             # (effects unpacked as the tuples they are: no attribute lookups per effect)
             if effects:
@@ -530,98 +564,99 @@ class _ModelRecorder:
         lane = self.lanes.get(cpu)
         if lane is None:
             lane = self.lanes[cpu] = []
+        starts_get = code in (_GET_FAST, _GET_SLOW)
         g = self.get.get(cpu) if self.get else None
-        if g is not None and (fn != "tdx_pamt_get" or lab in ("pamt_get.fast", "pamt_get.slow")):
+        if g is not None and (fn != "tdx_pamt_get" or starts_get):
             self._close_get(cpu, g)
             g = None
         pu = self.put.get(cpu) if self.put else None
-        if pu is not None and (fn != "tdx_pamt_put" or lab in ("pamt_put.fast", "pamt_put.slow")):
+        if pu is not None and (fn != "tdx_pamt_put" or code in (_PUT_FAST, _PUT_SLOW)):
             del self.put[cpu]
             pu = None
         for k, key, old, new in effects:
             if k == "pamt_cache" and isinstance(new, int):
-                if lab == "pamt_cache.free" and not (lane and lane[-1].kind == "cache_free"):
+                if code == _CACHE_FREE and not (lane and lane[-1].kind == "cache_free"):
                     op = Op("cache_free", index, None, {"vcpu": key, "before": old, "after": 0})
                     lane.append(op)
                 self.cache[key] = new
-            elif k in ("refcount", "pair") and g is not None and "region" not in g.f:
+            elif (k == "refcount" or k == "pair") and g is not None and "region" not in g.f:
                 g.f["region"] = key
-            elif k in ("refcount", "pair") and pu is not None and "region" not in pu.f:
+            elif (k == "refcount" or k == "pair") and pu is not None and "region" not in pu.f:
                 pu.f["region"] = key
-        if lab in ("pamt_get.fast", "pamt_get.slow"):
+        if starts_get:
             op = Op(
                 "get",
                 index,
                 None,
                 {"vcpu": int(cpu[4:]) if cpu.startswith("vcpu") else None, "path": "?"},
             )
-            op.f["path"] = "fast" if lab == "pamt_get.fast" else "slow"
+            op.f["path"] = "fast" if code == _GET_FAST else "slow"
             for k, key, _, _ in effects:
                 if k == "refcount":
                     op.f["region"] = key
             lane.append(op)
             self.get[cpu] = op
-            if op.f["path"] == "fast":
+            if code == _GET_FAST:
                 op.f["ret"] = 0
         elif g is not None:
-            if lab == "pamt_get.add":
+            if code == _ADD:
                 g.f["path"], g.f["ret"] = "added", 0
                 g.f["add_step"] = index
                 for k, key, _, _ in effects:
                     if k == "pair":
                         g.f["region"] = key
-            elif lab == "pamt_get.lost_race":
+            elif code == _LOST_RACE:
                 g.f["path"], g.f["ret"] = "lost_race", 0
-            elif lab in ("pamt_get.enomem", "pamt_get.partial"):
+            elif code in (_ENOMEM, _PARTIAL):
                 g.f["path"], g.f["ret"] = "failed", -12
-            elif lab == "pamt_get.add_fail":
+            elif code == _ADD_FAIL:
                 g.f["path"], g.f["ret"] = "failed", -5
                 g.f["add_step"] = index
-        elif lab in ("pamt_put.fast", "pamt_put.slow"):
+        elif code in (_PUT_FAST, _PUT_SLOW):
             op = Op("put", step=index)
             for k, key, _, _ in effects:
                 if k == "refcount":
                     op.f["region"] = key
             lane.append(op)
             self.put[cpu] = op
-        elif pu is not None and lab in ("pamt_put.remove", "pamt_put.remove_fail"):
+        elif pu is not None and code in (_REMOVE, _REMOVE_FAIL):
             pu.f["remove"] = index
         elif fn == "tdx_topup_pamt_cache" and lab.startswith("pamt_cache."):
             op = Op("topup", step=index)
             v = int(cpu[4:]) if cpu.startswith("vcpu") else -1
             op.f = {"vcpu": v, "after": self.cache.get(v, 0)}
-            op.f["ret"] = -12 if lab == "pamt_cache.topup_fail" else 0
+            op.f["ret"] = -12 if code == _TOPUP_FAIL else 0
             lane.append(op)
-        elif lab == "pamt_cache.free" and not (lane and lane[-1].kind == "cache_free"):
+        elif code == _CACHE_FREE and not (lane and lane[-1].kind == "cache_free"):
             op = Op("cache_free", index, None, {"before": 0, "after": 0})
             lane.append(op)
-        elif lab in ("fault.begin", "fault.retry") and event in self.init_faults:
+        elif code in (_FAULT_BEGIN, _FAULT_RETRY) and event in self.init_faults:
             pass  # KVM_TDX_INIT_MEM_REGION: kvm_tdp_map_page, not a page fault
-        elif lab == "fault.begin":
+        elif code == _FAULT_BEGIN:
             op = Op("fault", index, None, {"gfn": getattr(self.events[event], "gfn", None)})
             lane.append(op)
             if self.attempts:
                 lane.append(Op("attempt", step=index))
-        elif lab == "fault.retry" and self.attempts:
+        elif code == _FAULT_RETRY and self.attempts:
             lane.append(Op("attempt", step=index))
-        elif lab in ("page.aug", "page.add"):
+        elif code in (_PAGE_AUG, _PAGE_ADD):
             op = Op("map.leaf", index, None, {"gfn": getattr(self.events[event], "gfn", None)})
             lane.append(op)
-        elif lab == "sept.add":
+        elif code == _SEPT_ADD:
             lane.append(Op("map.table", step=index))
-        elif lab == "zap.page_remove":
+        elif code == _ZAP:
             op = Op(
                 "zap" if self.events[event].op == "zap" else "frozen", index, None, {"gfn": None}
             )
             lane.append(op)
-        elif lab == "sept.reclaim":
+        elif code == _SEPT_RECLAIM:
             lane.append(Op("table.zap", step=index))
             lane.append(Op("control.free", step=index))
-        elif lab == "control.alloc":
+        elif code == _CONTROL_ALLOC:
             lane.append(Op("control.alloc", step=index))
-        elif lab == "control.reclaim":
+        elif code == _CONTROL_RECLAIM:
             lane.append(Op("control.free", step=index))
-        elif lab == "td.destroy":
+        elif code == _TD_DESTROY:
             lane.append(Op("teardown", step=index))
 
     def _close_get(self, cpu: str, g: Op) -> None:
