@@ -71,8 +71,9 @@ class Matches(Sequence[Match]):
     ``observed``: (line, kind, value, x) tuples. With ``starts`` (the record position each event
     starts at, ascending) and ``steps`` (each event's first step, -1: never ran), ``x`` is a
     record position, in ascending order, and a match takes the step of the last event begun at
-    or before it; without them (``None``), ``x`` is the step itself. ``shown``: each value is the
-    kernel's :class:`Op`, shown (:func:`_shown`) when the matches are built.
+    or before it; without them (``None``), ``x`` is the step itself. :meth:`of_ops`: the kernel's
+    matched :class:`Op` and the model's step of each, made tuples (the op shown, :func:`_shown`)
+    only when the matches are built.
     """
 
     def __init__(
@@ -80,14 +81,21 @@ class Matches(Sequence[Match]):
         observed: list[tuple[int, str, Any, int]],
         starts: Sequence[int] | None = None,
         steps: Sequence[int] | None = None,
-        *,
-        shown: bool = False,
     ) -> None:
-        self._ops = shown
+        self._kops: list[Op] | None = None
+        self._ksteps: list[int] | None = None
         self._observed: list[tuple[int, str, Any, int]] | None = observed
         self._starts = starts
         self._steps = steps
         self._items: list[Match] | None = None
+
+    @classmethod
+    def of_ops(cls, ops: list[Op], steps: list[int]) -> Matches:
+        """The matches of :func:`conform`: ``ops[i]`` (a kernel operation) matched at model step
+        ``steps[i]`` (two lists, not a tuple per match: a million matches)."""
+        out = cls([])
+        out._kops, out._ksteps = ops, steps
+        return out
 
     def _built(self) -> list[Match]:
         if self._items is None:
@@ -99,8 +107,12 @@ class Matches(Sequence[Match]):
     def _build(self) -> list[Match]:
         assert self._observed is not None
         starts, steps = self._starts, self._steps
-        if self._ops:  # each value the kernel's operation, shown now (not per match made)
-            self._observed = [(a, b, _shown(c), d) for a, b, c, d in self._observed]
+        if self._kops is not None and self._ksteps is not None:  # each operation shown now
+            self._observed = [
+                (o.recs[0].line, o.kind, _shown(o), s)
+                for o, s in zip(self._kops, self._ksteps, strict=True)
+            ]
+            self._kops = self._ksteps = None
         if starts is None or steps is None:
             items = [_new_match(Match, o) for o in self._observed]
         else:
@@ -116,6 +128,8 @@ class Matches(Sequence[Match]):
         return items
 
     def __len__(self) -> int:
+        if self._kops is not None:
+            return len(self._kops)
         return len(self._observed) if self._observed is not None else len(self._built())
 
     @overload
@@ -197,7 +211,6 @@ class Op:
 
 
 _NO_RECS: list[Record] = []
-_LINE = attrgetter("line")
 
 
 _CALLS = {
@@ -765,7 +778,8 @@ def _conform(capture: Capture, imp: ImportedTrace, settings: Settings | None) ->
     stopped = m.stopped.message if m.stopped is not None else None
     rec.lanes = {n: fold_retries(ops) for n, ops in rec.lanes.items()}
     divs: list[Divergence] = []
-    matches: list[tuple[int, str, Any, int]] = []
+    matched: list[Op] = []  # the kernel's operations matched, and the model's step of each
+    matched_steps: list[int] = []
     unexplained: list[dict[str, Any]] = []
     regions, caches = _Bijection(), _Bijection()
     for c, v in imp.caches.items():  # each vCPU's cache as its own gets name it
@@ -794,13 +808,15 @@ def _conform(capture: Capture, imp: ImportedTrace, settings: Settings | None) ->
                 recs = ko.recs
                 # (the commonest kinds carry no field to compare: _compare is not called)
                 if ko.kind not in fielded:
-                    matches.append((recs[0].line, ko.kind, ko, mo.step))
+                    matched.append(ko)
+                    matched_steps.append(mo.step)
                 else:
                     before = len(divs)
                     _compare(ko, mo, regions, caches, divs)
                     if len(divs) == before:
-                        matches.append((recs[0].line, ko.kind, ko, mo.step))
-                last_line = recs[0].line if len(recs) == 1 else max(map(_LINE, recs))
+                        matched.append(ko)
+                        matched_steps.append(mo.step)
+                last_line = recs[0].line if len(recs) == 1 else _last_line(recs)
                 last_step = mo.step
             elif i < nk:
                 _unexplained(ks[i], last_step, unexplained, divs)
@@ -815,10 +831,19 @@ def _conform(capture: Capture, imp: ImportedTrace, settings: Settings | None) ->
         compared,
         divs,
         stopped,
-        Matches(matches, shown=True),
+        Matches.of_ops(matched, matched_steps),
         unexplained,
         ignored,
     )
+
+
+def _last_line(recs: list[Record]) -> int:
+    """The highest line of an operation's records (a loop: compiled, no ``map`` per call)."""
+    n = recs[0].line
+    for r in recs:
+        if r.line > n:
+            n = r.line
+    return n
 
 
 def _unexplained(
@@ -872,6 +897,12 @@ def _free_count(model: int | None, shared_topups: Sequence[list[Any]]) -> tuple[
 _COMPARED = frozenset(("fault", "map.leaf", "topup", "cache_free", "get", "put"))
 
 
+def _div(divs: list[Divergence], step: int, line: int, kind: str, o: Any, p: Any) -> None:
+    """One divergence found by :func:`_compare` (a module function: a closure per comparison
+    would be built half a million times for the few that diverge)."""
+    divs.append(Divergence(line, kind, o, p, step))
+
+
 def _compare(k: Op, m: Op, regions: _Bijection, caches: _Bijection, divs: list[Divergence]) -> None:
     """Field by field, each difference a divergence at the kernel record that shows it."""
     kind = k.kind
@@ -881,61 +912,58 @@ def _compare(k: Op, m: Op, regions: _Bijection, caches: _Bijection, divs: list[D
     if kind in ("fault", "map.leaf") and kf.get("gfn") == mf.get("gfn"):
         return
 
-    def div(line: int, kind: str, o: Any, p: Any) -> None:
-        divs.append(Divergence(line, kind, o, p, st))
-
     recs = k.recs
     line = recs[0].line
     ret_line = recs[1].line if len(recs) > 1 else line
     if kind in ("fault", "map.leaf") and kf.get("gfn") != mf.get("gfn"):
-        div(line, kind + ".gfn", hex(kf.get("gfn") or 0), hex(mf.get("gfn") or 0))
+        _div(divs, st, line, kind + ".gfn", hex(kf.get("gfn") or 0), hex(mf.get("gfn") or 0))
     elif kind == "topup":
         kc = kf.get("cache") or None
         if not caches.ok(kc, mf.get("vcpu")):
-            div(line, "topup.target", hex(kc or 0), f"vCPU {mf.get('vcpu')}'s cache")
+            _div(divs, st, line, "topup.target", hex(kc or 0), f"vCPU {mf.get('vcpu')}'s cache")
         elif kf.get("ret") is not None and kf.get("ret") != mf.get("ret"):
-            div(ret_line, "topup.ret", kf.get("ret"), mf.get("ret"))
+            _div(divs, st, ret_line, "topup.ret", kf.get("ret"), mf.get("ret"))
         elif kf.get("after") is not None and kf.get("after") != mf.get("after"):
-            div(ret_line, "topup.cache_after", kf.get("after"), mf.get("after"))
+            _div(divs, st, ret_line, "topup.cache_after", kf.get("after"), mf.get("after"))
     elif kind == "cache_free":
         kb = kf.get("before", -1)
         if kb >= 0:
             lo, hi = _free_count(mf.get("before"), kf.get("shared_topups", ()))
             if lo is None or hi is None or not lo <= kb <= hi:
-                div(line, "cache_free.count", kb, lo if lo == hi else f"{lo}..{hi}")
+                _div(divs, st, line, "cache_free.count", kb, lo if lo == hi else f"{lo}..{hi}")
     elif kind == "get":
         kc = kf.get("cache") or None
         kr = kf["pfn"] >> 9
         if not caches.ok(kc, mf.get("vcpu") if kc else None):
-            div(line, "get.cache", hex(kc or 0), f"vCPU {mf.get('vcpu')}'s cache")
+            _div(divs, st, line, "get.cache", hex(kc or 0), f"vCPU {mf.get('vcpu')}'s cache")
         if not regions.ok(kr, mf.get("region")):
-            div(line, "get.region", hex(kr), hex(mf.get("region") or 0))
+            _div(divs, st, line, "get.region", hex(kr), hex(mf.get("region") or 0))
         kp, mp = kf.get("path"), mf.get("path")
         add = kf.get("add")
         if kf.get("ret") is None:
-            div(line, "return.missing", None, mp)
+            _div(divs, st, line, "return.missing", None, mp)
         elif kf.get("ret") != mf.get("ret"):
-            div(ret_line, "get.ret", kf.get("ret"), mf.get("ret"))
+            _div(divs, st, ret_line, "get.ret", kf.get("ret"), mf.get("ret"))
         elif add is not None and mp != "added":
-            div(add[1], "pamt_add", "PAMT.ADD", f"none ({mp})")
+            _div(divs, st, add[1], "pamt_add", "PAMT.ADD", f"none ({mp})")
         elif add is not None and not regions.ok(add[0], mf.get("region")):
-            div(add[1], "pamt_add.region", hex(add[0]), hex(mf.get("region") or 0))
+            _div(divs, st, add[1], "pamt_add.region", hex(add[0]), hex(mf.get("region") or 0))
         elif kp != mp and mp not in _PATH_OK.get(str(kp), ()):
-            div(ret_line, "get.path", kp, mp)
+            _div(divs, st, ret_line, "get.path", kp, mp)
         elif kc and kf.get("after", -1) >= 0 and kf.get("after") != mf.get("after"):
-            div(ret_line, "get.cache_after", kf.get("after"), mf.get("after"))
+            _div(divs, st, ret_line, "get.cache_after", kf.get("after"), mf.get("after"))
         elif mp == "added" and add is None and kp == "fast|lost_race":
-            div(line, "pamt_add.missing", None, "PAMT.ADD")
+            _div(divs, st, line, "pamt_add.missing", None, "PAMT.ADD")
     elif kind == "put":
         kr = kf["pfn"] >> 9
         if not regions.ok(kr, mf.get("region")):
-            div(line, "put.region", hex(kr), hex(mf.get("region") or 0))
+            _div(divs, st, line, "put.region", hex(kr), hex(mf.get("region") or 0))
         rm = kf.get("remove")
         if rm is not None and "remove" not in mf:
-            div(rm[1], "pamt_remove", "PAMT.REMOVE", "none: the region keeps references")
+            _div(divs, st, rm[1], "pamt_remove", "PAMT.REMOVE", "none: the region keeps references")
         elif rm is not None and not regions.ok(rm[0], mf.get("region")):
-            div(rm[1], "pamt_remove.region", hex(rm[0]), hex(mf.get("region") or 0))
+            _div(divs, st, rm[1], "pamt_remove.region", hex(rm[0]), hex(mf.get("region") or 0))
         elif rm is None and "remove" in mf and kf.get("probed"):
-            div(line, "pamt_remove.missing", None, "PAMT.REMOVE")
+            _div(divs, st, line, "pamt_remove.missing", None, "PAMT.REMOVE")
         elif kf.get("ret", 0) is None:
-            div(line, "return.missing", None, "the put's return")
+            _div(divs, st, line, "return.missing", None, "the put's return")
