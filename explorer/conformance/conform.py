@@ -26,7 +26,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from operator import attrgetter, itemgetter
-from typing import Any, NamedTuple, overload
+from typing import Any, Final, NamedTuple, overload
 
 from explorer.conformance.importer import (
     KVM_PROBES,
@@ -71,8 +71,9 @@ class Matches(Sequence[Match]):
     ``observed``: (line, kind, value, x) tuples. With ``starts`` (the record position each event
     starts at, ascending) and ``steps`` (each event's first step, -1: never ran), ``x`` is a
     record position, in ascending order, and a match takes the step of the last event begun at
-    or before it; without them (``None``), ``x`` is the step itself. ``shown``: each value is the
-    kernel's :class:`Op`, shown (:func:`_shown`) when the matches are built.
+    or before it; without them (``None``), ``x`` is the step itself. :meth:`of_ops`: the kernel's
+    matched :class:`Op` and the model's step of each, made tuples (the op shown, :func:`_shown`)
+    only when the matches are built.
     """
 
     def __init__(
@@ -80,14 +81,21 @@ class Matches(Sequence[Match]):
         observed: list[tuple[int, str, Any, int]],
         starts: Sequence[int] | None = None,
         steps: Sequence[int] | None = None,
-        *,
-        shown: bool = False,
     ) -> None:
-        self._ops = shown
+        self._kops: list[Op] | None = None
+        self._ksteps: list[int] | None = None
         self._observed: list[tuple[int, str, Any, int]] | None = observed
         self._starts = starts
         self._steps = steps
         self._items: list[Match] | None = None
+
+    @classmethod
+    def of_ops(cls, ops: list[Op], steps: list[int]) -> Matches:
+        """The matches of :func:`conform`: ``ops[i]`` (a kernel operation) matched at model step
+        ``steps[i]`` (two lists, not a tuple per match: a million matches)."""
+        out = cls([])
+        out._kops, out._ksteps = ops, steps
+        return out
 
     def _built(self) -> list[Match]:
         if self._items is None:
@@ -99,8 +107,12 @@ class Matches(Sequence[Match]):
     def _build(self) -> list[Match]:
         assert self._observed is not None
         starts, steps = self._starts, self._steps
-        if self._ops:  # each value the kernel's operation, shown now (not per match made)
-            self._observed = [(a, b, _shown(c), d) for a, b, c, d in self._observed]
+        if self._kops is not None and self._ksteps is not None:  # each operation shown now
+            self._observed = [
+                (o.recs[0].line, o.kind, _shown(o), s)
+                for o, s in zip(self._kops, self._ksteps, strict=True)
+            ]
+            self._kops = self._ksteps = None
         if starts is None or steps is None:
             items = [_new_match(Match, o) for o in self._observed]
         else:
@@ -116,6 +128,8 @@ class Matches(Sequence[Match]):
         return items
 
     def __len__(self) -> int:
+        if self._kops is not None:
+            return len(self._kops)
         return len(self._observed) if self._observed is not None else len(self._built())
 
     @overload
@@ -197,7 +211,6 @@ class Op:
 
 
 _NO_RECS: list[Record] = []
-_LINE = attrgetter("line")
 
 
 _CALLS = {
@@ -474,30 +487,63 @@ _PATH_OK = {
 
 
 # ------------------------------------------------------------------ the model's side
-#: The labels :class:`_ModelRecorder` makes an operation of (or ends one with); any other step
-#: only updates a PAMT cache's count, unless a get or put is open (its region, its end).
-_RECORDED = frozenset(
-    [
-        "pamt_get.fast",
-        "pamt_get.slow",
-        "pamt_put.fast",
-        "pamt_put.slow",
-        "pamt_cache.free",
-        "pamt_cache.topup_fail",
-        "pamt_cache.topup",
-        "pamt_cache.full",
-        "fault.begin",
-        "fault.retry",
-        "page.aug",
-        "page.add",
-        "sept.add",
-        "zap.page_remove",
-        "sept.reclaim",
-        "control.alloc",
-        "control.reclaim",
-        "td.destroy",
-    ]
-)
+#: Each label :class:`_ModelRecorder` tests, as a small number: one dict lookup per step (a
+#: million), then integer tests on ``Final`` constants (inlined by mypyc), not a chain of string
+#: comparisons. Those from ``_GET_FAST`` on make an operation (or end one); a step with any
+#: other label only updates a PAMT cache's count, unless a get or put is open (its region, its
+#: end: the labels below ``_GET_FAST``).
+_ADD: Final = 1
+_LOST_RACE: Final = 2
+_ENOMEM: Final = 3
+_PARTIAL: Final = 4
+_ADD_FAIL: Final = 5
+_REMOVE: Final = 6
+_REMOVE_FAIL: Final = 7
+_GET_FAST: Final = 8
+_GET_SLOW: Final = 9
+_PUT_FAST: Final = 10
+_PUT_SLOW: Final = 11
+_CACHE_FREE: Final = 12
+_TOPUP_FAIL: Final = 13
+_TOPUP: Final = 14
+_CACHE_FULL: Final = 15
+_FAULT_BEGIN: Final = 16
+_FAULT_RETRY: Final = 17
+_PAGE_AUG: Final = 18
+_PAGE_ADD: Final = 19
+_SEPT_ADD: Final = 20
+_ZAP: Final = 21
+_SEPT_RECLAIM: Final = 22
+_CONTROL_ALLOC: Final = 23
+_CONTROL_RECLAIM: Final = 24
+_TD_DESTROY: Final = 25
+_LABEL_CODE: dict[str, int] = {
+    "pamt_get.add": _ADD,
+    "pamt_get.lost_race": _LOST_RACE,
+    "pamt_get.enomem": _ENOMEM,
+    "pamt_get.partial": _PARTIAL,
+    "pamt_get.add_fail": _ADD_FAIL,
+    "pamt_put.remove": _REMOVE,
+    "pamt_put.remove_fail": _REMOVE_FAIL,
+    "pamt_get.fast": _GET_FAST,
+    "pamt_get.slow": _GET_SLOW,
+    "pamt_put.fast": _PUT_FAST,
+    "pamt_put.slow": _PUT_SLOW,
+    "pamt_cache.free": _CACHE_FREE,
+    "pamt_cache.topup_fail": _TOPUP_FAIL,
+    "pamt_cache.topup": _TOPUP,
+    "pamt_cache.full": _CACHE_FULL,
+    "fault.begin": _FAULT_BEGIN,
+    "fault.retry": _FAULT_RETRY,
+    "page.aug": _PAGE_AUG,
+    "page.add": _PAGE_ADD,
+    "sept.add": _SEPT_ADD,
+    "zap.page_remove": _ZAP,
+    "sept.reclaim": _SEPT_RECLAIM,
+    "control.alloc": _CONTROL_ALLOC,
+    "control.reclaim": _CONTROL_RECLAIM,
+    "td.destroy": _TD_DESTROY,
+}
 
 
 class _ModelRecorder:
@@ -518,7 +564,8 @@ class _ModelRecorder:
     ) -> None:
         """One committed step, as the engine's lean recording hands it over
         (:data:`explorer.model.state.LeanStep`)."""
-        if lab not in _RECORDED and not self.get and not self.put:
+        code = _LABEL_CODE.get(lab, 0)
+        if code < _GET_FAST and not self.get and not self.put:
             # most steps (locks, SEAMCALLs, KVM's walk): only a PAMT cache count to keep
             # (effects unpacked as the tuples they are: no attribute lookups per effect)
             if effects:
@@ -530,98 +577,99 @@ class _ModelRecorder:
         lane = self.lanes.get(cpu)
         if lane is None:
             lane = self.lanes[cpu] = []
+        starts_get = code in (_GET_FAST, _GET_SLOW)
         g = self.get.get(cpu) if self.get else None
-        if g is not None and (fn != "tdx_pamt_get" or lab in ("pamt_get.fast", "pamt_get.slow")):
+        if g is not None and (fn != "tdx_pamt_get" or starts_get):
             self._close_get(cpu, g)
             g = None
         pu = self.put.get(cpu) if self.put else None
-        if pu is not None and (fn != "tdx_pamt_put" or lab in ("pamt_put.fast", "pamt_put.slow")):
+        if pu is not None and (fn != "tdx_pamt_put" or code in (_PUT_FAST, _PUT_SLOW)):
             del self.put[cpu]
             pu = None
         for k, key, old, new in effects:
             if k == "pamt_cache" and isinstance(new, int):
-                if lab == "pamt_cache.free" and not (lane and lane[-1].kind == "cache_free"):
+                if code == _CACHE_FREE and not (lane and lane[-1].kind == "cache_free"):
                     op = Op("cache_free", index, None, {"vcpu": key, "before": old, "after": 0})
                     lane.append(op)
                 self.cache[key] = new
-            elif k in ("refcount", "pair") and g is not None and "region" not in g.f:
+            elif (k == "refcount" or k == "pair") and g is not None and "region" not in g.f:
                 g.f["region"] = key
-            elif k in ("refcount", "pair") and pu is not None and "region" not in pu.f:
+            elif (k == "refcount" or k == "pair") and pu is not None and "region" not in pu.f:
                 pu.f["region"] = key
-        if lab in ("pamt_get.fast", "pamt_get.slow"):
+        if starts_get:
             op = Op(
                 "get",
                 index,
                 None,
                 {"vcpu": int(cpu[4:]) if cpu.startswith("vcpu") else None, "path": "?"},
             )
-            op.f["path"] = "fast" if lab == "pamt_get.fast" else "slow"
+            op.f["path"] = "fast" if code == _GET_FAST else "slow"
             for k, key, _, _ in effects:
                 if k == "refcount":
                     op.f["region"] = key
             lane.append(op)
             self.get[cpu] = op
-            if op.f["path"] == "fast":
+            if code == _GET_FAST:
                 op.f["ret"] = 0
         elif g is not None:
-            if lab == "pamt_get.add":
+            if code == _ADD:
                 g.f["path"], g.f["ret"] = "added", 0
                 g.f["add_step"] = index
                 for k, key, _, _ in effects:
                     if k == "pair":
                         g.f["region"] = key
-            elif lab == "pamt_get.lost_race":
+            elif code == _LOST_RACE:
                 g.f["path"], g.f["ret"] = "lost_race", 0
-            elif lab in ("pamt_get.enomem", "pamt_get.partial"):
+            elif code in (_ENOMEM, _PARTIAL):
                 g.f["path"], g.f["ret"] = "failed", -12
-            elif lab == "pamt_get.add_fail":
+            elif code == _ADD_FAIL:
                 g.f["path"], g.f["ret"] = "failed", -5
                 g.f["add_step"] = index
-        elif lab in ("pamt_put.fast", "pamt_put.slow"):
+        elif code in (_PUT_FAST, _PUT_SLOW):
             op = Op("put", step=index)
             for k, key, _, _ in effects:
                 if k == "refcount":
                     op.f["region"] = key
             lane.append(op)
             self.put[cpu] = op
-        elif pu is not None and lab in ("pamt_put.remove", "pamt_put.remove_fail"):
+        elif pu is not None and code in (_REMOVE, _REMOVE_FAIL):
             pu.f["remove"] = index
         elif fn == "tdx_topup_pamt_cache" and lab.startswith("pamt_cache."):
             op = Op("topup", step=index)
             v = int(cpu[4:]) if cpu.startswith("vcpu") else -1
             op.f = {"vcpu": v, "after": self.cache.get(v, 0)}
-            op.f["ret"] = -12 if lab == "pamt_cache.topup_fail" else 0
+            op.f["ret"] = -12 if code == _TOPUP_FAIL else 0
             lane.append(op)
-        elif lab == "pamt_cache.free" and not (lane and lane[-1].kind == "cache_free"):
+        elif code == _CACHE_FREE and not (lane and lane[-1].kind == "cache_free"):
             op = Op("cache_free", index, None, {"before": 0, "after": 0})
             lane.append(op)
-        elif lab in ("fault.begin", "fault.retry") and event in self.init_faults:
+        elif code in (_FAULT_BEGIN, _FAULT_RETRY) and event in self.init_faults:
             pass  # KVM_TDX_INIT_MEM_REGION: kvm_tdp_map_page, not a page fault
-        elif lab == "fault.begin":
+        elif code == _FAULT_BEGIN:
             op = Op("fault", index, None, {"gfn": getattr(self.events[event], "gfn", None)})
             lane.append(op)
             if self.attempts:
                 lane.append(Op("attempt", step=index))
-        elif lab == "fault.retry" and self.attempts:
+        elif code == _FAULT_RETRY and self.attempts:
             lane.append(Op("attempt", step=index))
-        elif lab in ("page.aug", "page.add"):
+        elif code in (_PAGE_AUG, _PAGE_ADD):
             op = Op("map.leaf", index, None, {"gfn": getattr(self.events[event], "gfn", None)})
             lane.append(op)
-        elif lab == "sept.add":
+        elif code == _SEPT_ADD:
             lane.append(Op("map.table", step=index))
-        elif lab == "zap.page_remove":
+        elif code == _ZAP:
             op = Op(
                 "zap" if self.events[event].op == "zap" else "frozen", index, None, {"gfn": None}
             )
             lane.append(op)
-        elif lab == "sept.reclaim":
+        elif code == _SEPT_RECLAIM:
             lane.append(Op("table.zap", step=index))
             lane.append(Op("control.free", step=index))
-        elif lab == "control.alloc":
+        elif code == _CONTROL_ALLOC:
             lane.append(Op("control.alloc", step=index))
-        elif lab == "control.reclaim":
+        elif code == _CONTROL_RECLAIM:
             lane.append(Op("control.free", step=index))
-        elif lab == "td.destroy":
+        elif code == _TD_DESTROY:
             lane.append(Op("teardown", step=index))
 
     def _close_get(self, cpu: str, g: Op) -> None:
@@ -640,7 +688,8 @@ def align(k: list[Op], m: list[Op]) -> list[tuple[Op | None, Op | None]]:
     """Pairs of (kernel, model) operations in order, None where one side has nothing. Equal
     kinds pair; at a mismatch the nearest resynchronisation (``_ANCHOR`` equal kinds in a row,
     or the end) with the fewest operations skipped, kernel skips first on a tie; a pair whose
-    kinds differ inside a skipped span of the same kind pairs them (a value difference)."""
+    kinds differ inside a skipped span of the same kind pairs them (a value difference).
+    (:func:`_conform` walks the same pairs without building this list: :func:`_resync`.)"""
     out: list[tuple[Op | None, Op | None]] = []
     i = j = 0
     nk, nm = len(k), len(m)
@@ -650,24 +699,26 @@ def align(k: list[Op], m: list[Op]) -> list[tuple[Op | None, Op | None]]:
             i += 1
             j += 1
             continue
-        best: tuple[int, int] | None = None
-        for d in range(1, 2 * _WINDOW + 1):
-            for a in range(min(d, _WINDOW), -1, -1):
-                b = d - a
-                if b > _WINDOW:
-                    continue
-                if _anchored(k, m, i + a, j + b):
-                    best = (a, b)
-                    break
-            if best is not None:
-                break
-        a, b = best if best is not None else (1, 1)
+        a, b = _resync(k, m, i, j)
         out.extend((x, None) for x in k[i : i + a])
         out.extend((None, y) for y in m[j : j + b])
         i, j = i + a, j + b
     out.extend((x, None) for x in k[i:])
     out.extend((None, y) for y in m[j:])
     return out
+
+
+def _resync(k: list[Op], m: list[Op], i: int, j: int) -> tuple[int, int]:
+    """At a mismatch of ``k[i]`` and ``m[j]``: the operations to skip on each side (``a``
+    kernel, ``b`` model) to the nearest anchor (:func:`align`), (1, 1) when none is near."""
+    for d in range(1, 2 * _WINDOW + 1):
+        for a in range(min(d, _WINDOW), -1, -1):
+            b = d - a
+            if b > _WINDOW:
+                continue
+            if _anchored(k, m, i + a, j + b):
+                return a, b
+    return 1, 1
 
 
 def _anchored(k: list[Op], m: list[Op], i: int, j: int) -> bool:
@@ -727,7 +778,8 @@ def _conform(capture: Capture, imp: ImportedTrace, settings: Settings | None) ->
     stopped = m.stopped.message if m.stopped is not None else None
     rec.lanes = {n: fold_retries(ops) for n, ops in rec.lanes.items()}
     divs: list[Divergence] = []
-    matches: list[tuple[int, str, Any, int]] = []
+    matched: list[Op] = []  # the kernel's operations matched, and the model's step of each
+    matched_steps: list[int] = []
     unexplained: list[dict[str, Any]] = []
     regions, caches = _Bijection(), _Bijection()
     for c, v in imp.caches.items():  # each vCPU's cache as its own gets name it
@@ -735,29 +787,43 @@ def _conform(capture: Capture, imp: ImportedTrace, settings: Settings | None) ->
     fielded = _COMPARED
     for lane in sorted(set(kern) | set(rec.lanes)):
         last_line, last_step = 0, -1
-        for ko, mo in align(kern.get(lane, []), rec.lanes.get(lane, [])):
-            if ko is not None and mo is not None:
+        ks, ms = kern.get(lane, []), rec.lanes.get(lane, [])
+        i = j = 0
+        nk, nm = len(ks), len(ms)
+        # align()'s pairs, walked in place (no list of a million pairs built and freed)
+        while i < nk or j < nm:
+            if i < nk and j < nm:
+                ko = ks[i]
+                mo = ms[j]
+                if ko.kind != mo.kind:
+                    a, b = _resync(ks, ms, i, j)
+                    for x in range(i, min(i + a, nk)):
+                        _unexplained(ks[x], last_step, unexplained, divs)
+                    for y in range(j, min(j + b, nm)):
+                        _missing(ms[y], last_line, divs)
+                    i, j = i + a, j + b
+                    continue
+                i += 1
+                j += 1
                 recs = ko.recs
                 # (the commonest kinds carry no field to compare: _compare is not called)
                 if ko.kind not in fielded:
-                    matches.append((recs[0].line, ko.kind, ko, mo.step))
+                    matched.append(ko)
+                    matched_steps.append(mo.step)
                 else:
                     before = len(divs)
                     _compare(ko, mo, regions, caches, divs)
                     if len(divs) == before:
-                        matches.append((recs[0].line, ko.kind, ko, mo.step))
-                last_line = recs[0].line if len(recs) == 1 else max(map(_LINE, recs))
+                        matched.append(ko)
+                        matched_steps.append(mo.step)
+                last_line = recs[0].line if len(recs) == 1 else _last_line(recs)
                 last_step = mo.step
-            elif ko is not None:
-                for r in ko.recs:
-                    unexplained.append({"line": r.line, "text": r.text})
-                divs.append(
-                    Divergence(ko.recs[0].line, "unexplained", ko.recs[0].probe, None, last_step)
-                )
-            elif mo is not None:
-                divs.append(
-                    Divergence(last_line or 1, mo.kind + ".missing", None, _shown(mo), mo.step)
-                )
+            elif i < nk:
+                _unexplained(ks[i], last_step, unexplained, divs)
+                i += 1
+            else:
+                _missing(ms[j], last_line, divs)
+                j += 1
     divs.sort(key=lambda d: (d.line, d.kind))
     unexplained.sort(key=lambda u: u["line"])
     return Conformance(
@@ -765,10 +831,34 @@ def _conform(capture: Capture, imp: ImportedTrace, settings: Settings | None) ->
         compared,
         divs,
         stopped,
-        Matches(matches, shown=True),
+        Matches.of_ops(matched, matched_steps),
         unexplained,
         ignored,
     )
+
+
+def _last_line(recs: list[Record]) -> int:
+    """The highest line of an operation's records (a loop: compiled, no ``map`` per call)."""
+    n = recs[0].line
+    for r in recs:
+        if r.line > n:
+            n = r.line
+    return n
+
+
+def _unexplained(
+    ko: Op, last_step: int, unexplained: list[dict[str, Any]], divs: list[Divergence]
+) -> None:
+    """A kernel operation the model did not do: each of its records unexplained, one
+    divergence at its first record."""
+    for r in ko.recs:
+        unexplained.append({"line": r.line, "text": r.text})
+    divs.append(Divergence(ko.recs[0].line, "unexplained", ko.recs[0].probe, None, last_step))
+
+
+def _missing(mo: Op, last_line: int, divs: list[Divergence]) -> None:
+    """A model operation the kernel did not do: reported after the last record that matched."""
+    divs.append(Divergence(last_line or 1, mo.kind + ".missing", None, _shown(mo), mo.step))
 
 
 def _shown(op: Op) -> Any:
@@ -807,6 +897,12 @@ def _free_count(model: int | None, shared_topups: Sequence[list[Any]]) -> tuple[
 _COMPARED = frozenset(("fault", "map.leaf", "topup", "cache_free", "get", "put"))
 
 
+def _div(divs: list[Divergence], step: int, line: int, kind: str, o: Any, p: Any) -> None:
+    """One divergence found by :func:`_compare` (a module function: a closure per comparison
+    would be built half a million times for the few that diverge)."""
+    divs.append(Divergence(line, kind, o, p, step))
+
+
 def _compare(k: Op, m: Op, regions: _Bijection, caches: _Bijection, divs: list[Divergence]) -> None:
     """Field by field, each difference a divergence at the kernel record that shows it."""
     kind = k.kind
@@ -816,61 +912,58 @@ def _compare(k: Op, m: Op, regions: _Bijection, caches: _Bijection, divs: list[D
     if kind in ("fault", "map.leaf") and kf.get("gfn") == mf.get("gfn"):
         return
 
-    def div(line: int, kind: str, o: Any, p: Any) -> None:
-        divs.append(Divergence(line, kind, o, p, st))
-
     recs = k.recs
     line = recs[0].line
     ret_line = recs[1].line if len(recs) > 1 else line
     if kind in ("fault", "map.leaf") and kf.get("gfn") != mf.get("gfn"):
-        div(line, kind + ".gfn", hex(kf.get("gfn") or 0), hex(mf.get("gfn") or 0))
+        _div(divs, st, line, kind + ".gfn", hex(kf.get("gfn") or 0), hex(mf.get("gfn") or 0))
     elif kind == "topup":
         kc = kf.get("cache") or None
         if not caches.ok(kc, mf.get("vcpu")):
-            div(line, "topup.target", hex(kc or 0), f"vCPU {mf.get('vcpu')}'s cache")
+            _div(divs, st, line, "topup.target", hex(kc or 0), f"vCPU {mf.get('vcpu')}'s cache")
         elif kf.get("ret") is not None and kf.get("ret") != mf.get("ret"):
-            div(ret_line, "topup.ret", kf.get("ret"), mf.get("ret"))
+            _div(divs, st, ret_line, "topup.ret", kf.get("ret"), mf.get("ret"))
         elif kf.get("after") is not None and kf.get("after") != mf.get("after"):
-            div(ret_line, "topup.cache_after", kf.get("after"), mf.get("after"))
+            _div(divs, st, ret_line, "topup.cache_after", kf.get("after"), mf.get("after"))
     elif kind == "cache_free":
         kb = kf.get("before", -1)
         if kb >= 0:
             lo, hi = _free_count(mf.get("before"), kf.get("shared_topups", ()))
             if lo is None or hi is None or not lo <= kb <= hi:
-                div(line, "cache_free.count", kb, lo if lo == hi else f"{lo}..{hi}")
+                _div(divs, st, line, "cache_free.count", kb, lo if lo == hi else f"{lo}..{hi}")
     elif kind == "get":
         kc = kf.get("cache") or None
         kr = kf["pfn"] >> 9
         if not caches.ok(kc, mf.get("vcpu") if kc else None):
-            div(line, "get.cache", hex(kc or 0), f"vCPU {mf.get('vcpu')}'s cache")
+            _div(divs, st, line, "get.cache", hex(kc or 0), f"vCPU {mf.get('vcpu')}'s cache")
         if not regions.ok(kr, mf.get("region")):
-            div(line, "get.region", hex(kr), hex(mf.get("region") or 0))
+            _div(divs, st, line, "get.region", hex(kr), hex(mf.get("region") or 0))
         kp, mp = kf.get("path"), mf.get("path")
         add = kf.get("add")
         if kf.get("ret") is None:
-            div(line, "return.missing", None, mp)
+            _div(divs, st, line, "return.missing", None, mp)
         elif kf.get("ret") != mf.get("ret"):
-            div(ret_line, "get.ret", kf.get("ret"), mf.get("ret"))
+            _div(divs, st, ret_line, "get.ret", kf.get("ret"), mf.get("ret"))
         elif add is not None and mp != "added":
-            div(add[1], "pamt_add", "PAMT.ADD", f"none ({mp})")
+            _div(divs, st, add[1], "pamt_add", "PAMT.ADD", f"none ({mp})")
         elif add is not None and not regions.ok(add[0], mf.get("region")):
-            div(add[1], "pamt_add.region", hex(add[0]), hex(mf.get("region") or 0))
+            _div(divs, st, add[1], "pamt_add.region", hex(add[0]), hex(mf.get("region") or 0))
         elif kp != mp and mp not in _PATH_OK.get(str(kp), ()):
-            div(ret_line, "get.path", kp, mp)
+            _div(divs, st, ret_line, "get.path", kp, mp)
         elif kc and kf.get("after", -1) >= 0 and kf.get("after") != mf.get("after"):
-            div(ret_line, "get.cache_after", kf.get("after"), mf.get("after"))
+            _div(divs, st, ret_line, "get.cache_after", kf.get("after"), mf.get("after"))
         elif mp == "added" and add is None and kp == "fast|lost_race":
-            div(line, "pamt_add.missing", None, "PAMT.ADD")
+            _div(divs, st, line, "pamt_add.missing", None, "PAMT.ADD")
     elif kind == "put":
         kr = kf["pfn"] >> 9
         if not regions.ok(kr, mf.get("region")):
-            div(line, "put.region", hex(kr), hex(mf.get("region") or 0))
+            _div(divs, st, line, "put.region", hex(kr), hex(mf.get("region") or 0))
         rm = kf.get("remove")
         if rm is not None and "remove" not in mf:
-            div(rm[1], "pamt_remove", "PAMT.REMOVE", "none: the region keeps references")
+            _div(divs, st, rm[1], "pamt_remove", "PAMT.REMOVE", "none: the region keeps references")
         elif rm is not None and not regions.ok(rm[0], mf.get("region")):
-            div(rm[1], "pamt_remove.region", hex(rm[0]), hex(mf.get("region") or 0))
+            _div(divs, st, rm[1], "pamt_remove.region", hex(rm[0]), hex(mf.get("region") or 0))
         elif rm is None and "remove" in mf and kf.get("probed"):
-            div(line, "pamt_remove.missing", None, "PAMT.REMOVE")
+            _div(divs, st, line, "pamt_remove.missing", None, "PAMT.REMOVE")
         elif kf.get("ret", 0) is None:
-            div(line, "return.missing", None, "the put's return")
+            _div(divs, st, line, "return.missing", None, "the put's return")
