@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from explorer.conformance.bench import bench_capture
+from explorer.conformance.bench import bench_capture, summary
 from explorer.conformance.conform import conform
 from explorer.conformance.importer import import_capture
 from explorer.conformance.synth import large_capture
@@ -12,9 +12,17 @@ from explorer.ingest.capture import parse_capture
 
 
 def test_bench_capture_reports_each_stage() -> None:
-    r = bench_capture(4000)
+    r = bench_capture(4000, repeats=3)
     assert set(r) >= {"records", "parse_s", "import_s", "import_conform_s", "total_s", "ok"}
     assert 3000 <= r["records"] <= 5000 and r["events"] > 0
+    assert r["repeats"] == 3 and r["ok"] == 1.0
+    assert r["total_cpu_min_s"] <= r["total_cpu_s"] <= r["total_cpu_max_s"]
+    assert "median of 3 runs" in summary(r)
+
+
+def test_bench_capture_refuses_no_run() -> None:
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        bench_capture(100, repeats=0)
 
 
 def test_the_large_capture_has_every_kind_of_noise() -> None:
