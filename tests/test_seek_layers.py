@@ -13,13 +13,7 @@ import pytest
 from explorer.ingest import parse_trace
 from explorer.ingest.shapes import write
 from explorer.model.machine import Machine, StepReached
-from explorer.model.packed import (
-    GROUP,
-    _encode_group_loop,
-    encode_group,
-    group_map,
-    group_regions,
-)
+from explorer.model.packed import GROUP, encode_group, group_map, group_regions
 from explorer.model.records import RegionCounts
 from explorer.model.settings import Settings
 from explorer.replay.timeline import replay
@@ -50,23 +44,6 @@ def test_groups_give_back_every_map(pages: int) -> None:
     for r in range(g * GROUP, (g + 1) * GROUP):
         assert group_map(group, r, 512, inflated) == maps.get(r)
     assert encode_group(maps, g + 1) is None
-
-
-@pytest.mark.parametrize("seed", range(12))
-def test_the_vectorised_encoding_is_the_page_by_page_one(seed: int) -> None:
-    """numpy's encoding of a group gives the very bytes of the page-by-page loop, sparse and
-    dense, empty regions, the highest codes and both ends of a region's map included."""
-    rng = random.Random(seed)
-    g = rng.randrange(1 << 10)
-    regions = sorted(rng.sample(range(g * GROUP, (g + 1) * GROUP), rng.randint(1, GROUP)))
-    maps: dict[int, bytearray] = {}
-    for r in regions:
-        m = bytearray(512)
-        for _ in range(rng.choice((0, 1, 2, 5, 30, 80))):
-            m[rng.choice((0, 511, rng.randrange(512)))] = rng.randint(1, 127)
-        maps[r] = m
-    index = bytearray(r - g * GROUP for r in regions)
-    assert encode_group(maps, g) == _encode_group_loop(index, [maps[r] for r in regions])
 
 
 def _events(shape: str, faults: int, **settings: object):  # type: ignore[no-untyped-def]

@@ -199,47 +199,19 @@ def sparse_header(n: int) -> int:
 
 def encode_group(maps: dict[int, bytearray], g: int) -> SparseGroup | None:
     """Group ``g`` of ``maps`` (512-byte maps keyed by region) in the form above; None when
-    none of its regions is in ``maps``.
-
-    The pages in use are found and encoded by numpy over the group's joined maps (a keyframe
-    of a host whose allocations scatter encodes hundreds of groups, each with pages in use in
-    most of its regions: the loop over those pages in Python was four fifths of a keyframe's
-    cost and two fifths of a bulk replay on the random allocator). The bytes are those of
-    :func:`_encode_group_loop`, the same form written page by page (tests/test_seek_layers.py
-    compares them)."""
+    none of its regions is in ``maps``."""
     base = g << GROUP_SHIFT
     index = bytearray()
     parts: list[bytearray] = []
+    in_use = 0
     for i in range(GROUP):
         m = maps.get(base + i)
         if m is not None:
             index.append(i)
             parts.append(m)
+            in_use += len(m) - m.count(0)
     if not parts:
         return None
-    import numpy as np  # (here: a keyframe needs it, a small CLI run never pays its import)
-
-    n = len(parts)
-    joined = b"".join(parts)
-    if len(joined) != n << _OFFSET_BITS:  # not 512-byte maps: the page-by-page form
-        return _encode_group_loop(index, parts)
-    codes = np.frombuffer(joined, dtype=np.uint8)
-    used = np.flatnonzero(codes)
-    if len(used) > DENSE_PAGES * n:
-        return bytes(index), zlib.compress(joined, 1, _RAW)
-    if len(used) and int(codes.max()) >> (16 - _OFFSET_BITS):  # a code too wide for 16 bits
-        return _encode_group_loop(index, parts)
-    words = np.zeros(n + 1, dtype=np.uint16)  # where each region's entries begin
-    np.cumsum(np.bincount(used >> _OFFSET_BITS, minlength=n), out=words[1:])
-    entries = (used & _OFFSET_MASK) | (codes[used].astype(np.uint16) << _OFFSET_BITS)
-    head = bytes([n]) + bytes(index) + bytes(sparse_header(n) - 1 - n)
-    return head + words.astype("<u2").tobytes() + entries.astype("<u2").tobytes()
-
-
-def _encode_group_loop(index: bytearray, parts: list[bytearray]) -> SparseGroup:
-    """The form of :func:`encode_group` for the regions ``index`` and their maps ``parts``,
-    written page by page (any map size up to 512 bytes; struct refuses a value over 16 bits)."""
-    in_use = sum(len(m) - m.count(0) for m in parts)
     if in_use > DENSE_PAGES * len(parts):
         return bytes(index), zlib.compress(b"".join(parts), 1, _RAW)
     words = [0]  # where each region's entries begin, then the entries
