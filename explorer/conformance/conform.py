@@ -190,24 +190,62 @@ class Conformance:
 
 
 class Op:
-    """One operation of one side: ``kind``; ``f`` its fields; ``recs`` (kernel) the records it
-    covers, first the one it is reported at; ``step`` (model) where it happened. A model
-    operation covers no record: its ``recs`` is the one shared empty list :data:`_NO_RECS` (a million operations: one list less each to build and
-    free), never appended to (only :func:`kernel_lanes` appends, to its own operations)."""
+    """One operation of one side: ``kind``; ``recs`` (kernel) the records it covers, first the
+    one it is reported at; ``step`` (model) where it happened. A model operation covers no
+    record: its ``recs`` is the one shared empty list :data:`_NO_RECS` (a million operations:
+    one list less each to build and free), never appended to (only :func:`kernel_lanes`
+    appends, to its own operations).
 
-    __slots__ = ("f", "kind", "recs", "step")
+    Its fields are typed slots, ``None`` (or the value given) where the kind has no such field:
+    a million operations over both sides, so no dict per operation (its memory and page
+    faults). ``gfn`` (fault, map.leaf, zap); ``pfn`` (kernel get, put, map.leaf); ``cache``
+    (kernel: the cache a get or top-up names); ``before`` / ``after`` (a cache's count around
+    the call); ``ret`` (the call's return; ``no_return``: the kernel's never came); ``path``
+    (a get's: fast, added, ...); ``probed`` (kernel put: PAMT.ADD/REMOVE are probed);
+    ``shared_topups`` (kernel cache free: :func:`_free_count`); ``add`` / ``remove`` (kernel:
+    the PAMT.ADD / PAMT.REMOVE region and line); ``vcpu`` and ``region`` (model: whose cache,
+    which 2M region); ``remove_step`` (model put: the PAMT.REMOVE's step, -1: none)."""
 
-    def __init__(
-        self,
-        kind: str,
-        step: int = -1,
-        rec: Record | None = None,
-        f: dict[str, Any] | None = None,
-    ) -> None:
+    __slots__ = (
+        "add",
+        "after",
+        "before",
+        "cache",
+        "gfn",
+        "kind",
+        "no_return",
+        "path",
+        "pfn",
+        "probed",
+        "recs",
+        "region",
+        "remove",
+        "remove_step",
+        "ret",
+        "shared_topups",
+        "step",
+        "vcpu",
+    )
+
+    def __init__(self, kind: str, step: int = -1, rec: Record | None = None) -> None:
         self.kind = kind
-        self.f: dict[str, Any] = {} if f is None else f
         self.step = step
         self.recs: list[Record] = [rec] if rec is not None else _NO_RECS
+        self.gfn: int | None = None
+        self.pfn = 0
+        self.cache: int | None = None
+        self.before: int | None = None
+        self.after: int | None = None
+        self.ret: int | None = None
+        self.no_return = False
+        self.path: str | None = None
+        self.probed = False
+        self.shared_topups: Sequence[list[Any]] = ()
+        self.add: tuple[int, int] | None = None
+        self.remove: tuple[int, int] | None = None
+        self.remove_step = -1
+        self.vcpu: int | None = None
+        self.region: int | None = None
 
 
 _NO_RECS: list[Record] = []
@@ -328,21 +366,21 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
         compared += 1
         call = calls.get(p)
         if call is not None:
-            f: dict[str, Any]
+            op = Op(call, -1, r)
             if call == "get":
-                f = {"pfn": _num(fs, "pfn"), "cache": _num(fs, "cache")}
-                f["before"] = _num(fs, "cache_count")
+                op.pfn = _num(fs, "pfn")
+                op.cache = _num(fs, "cache")
+                op.before = _num(fs, "cache_count")
             elif call == "put":
-                f = {"pfn": _num(fs, "pfn"), "probed": adds_probed}
+                op.pfn = _num(fs, "pfn")
+                op.probed = adds_probed
             elif call in ("topup", "cache_free"):
-                f = {"cache": _num(fs, "cache"), "before": _num(fs, "cache_count")}
+                c = op.cache = _num(fs, "cache")
+                op.before = _num(fs, "cache_count")
                 if shared_topups:
-                    pending = shared_topups.pop(f["cache"], None)
+                    pending = shared_topups.pop(c, None)
                     if pending is not None and call == "cache_free":
-                        f["shared_topups"] = pending
-            else:
-                f = {}
-            op = Op(call, -1, r, f)
+                        op.shared_topups = pending
             open_call[(tid, call)] = op
             ops.append(op)
             continue
@@ -353,12 +391,11 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
                 ops.append(_stray(r))
                 continue
             op2.recs.append(r)
-            f2 = op2.f
-            f2["ret"] = _num(fs, "ret")
-            if "before" in f2:
-                f2["after"] = _num(fs, "cache_count")
+            op2.ret = _num(fs, "ret")
+            if op2.before is not None:
+                op2.after = _num(fs, "cache_count")
             if ret == "get":
-                f2["path"] = _kernel_path(op2, adds_probed)
+                op2.path = _kernel_path(op2, adds_probed)
             continue
         if p.startswith("tdh_phymem_pamt_"):
             owner = open_call.get((tid, "get" if "_add" in p else "put"))
@@ -366,12 +403,15 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
                 ops.append(_stray(r))
                 continue
             owner.recs.append(r)
-            if p.endswith(".entry"):
-                owner.f["add" if "_add" in p else "remove"] = (_num(fs, "pfn") >> 9, r.line)
+            if p.endswith(".entry") and "_add" in p:
+                owner.add = (_num(fs, "pfn") >> 9, r.line)
+            elif p.endswith(".entry"):
+                owner.remove = (_num(fs, "pfn") >> 9, r.line)
             continue
         if p == "kvm_page_fault":
             gfn = (_num(fs, "gpa") >> 12) & ~(1 << (vms[k].shared_bit - 12))
-            op = Op("fault", -1, r, {"gfn": gfn})
+            op = Op("fault", -1, r)
+            op.gfn = gfn
         elif p == "kvm_mmu_page_fault":
             op = Op("attempt", -1, r)
         elif p == "kvm_arch_pre_destroy_vm":
@@ -379,18 +419,20 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
         else:  # kvm_tdp_mmu_spte_changed
             level = _num(fs, "level")
             if kind == "map" and level == 1:
-                op = Op("map.leaf", -1, r, {"gfn": _num(fs, "gfn"), "pfn": spte_pfn(new)})
+                op = Op("map.leaf", -1, r)
+                op.gfn, op.pfn = _num(fs, "gfn"), spte_pfn(new)
             elif kind == "map":
                 op = Op("map.table", -1, r)
             elif kind in ("zap", "frozen") and level == 1:
-                op = Op(kind, -1, r, {"gfn": _num(fs, "gfn")})
+                op = Op(kind, -1, r)
+                op.gfn = _num(fs, "gfn")
             elif kind in ("zap", "frozen"):
                 op = Op("table.zap", -1, r)
             else:
                 op = _stray(r)
         ops.append(op)
     for op in open_call.values():
-        op.f["ret"] = None  # the return never came
+        op.no_return = True  # the return never came (its ret stays None)
     for why_, n in (
         ("shared-gpa", n_shared),
         ("no-vm-context", n_novm),
@@ -465,12 +507,13 @@ def _kernel_path(op: Op, adds_probed: bool) -> str:
     """The path the kernel's get took, as far as its records show it: ``fast``, ``added``,
     ``lost_race``, ``failed``, ``slow`` (added or lost: no PAMT.ADD probe), ``fast|lost_race``
     (no cache count, PAMT.ADD probed but not seen) or ``?`` (neither)."""
-    if op.f.get("ret"):
+    if op.ret:
         return "failed"
-    if "add" in op.f:
+    if op.add is not None:
         return "added"
-    before, after = op.f.get("before", -1), op.f.get("after", -1)
-    if op.f.get("cache") and before >= 0:
+    before = op.before if op.before is not None else -1
+    after = op.after if op.after is not None else -1
+    if op.cache and before >= 0:
         if before == after:
             return "fast"
         if before - after == 2:
@@ -589,79 +632,74 @@ class _ModelRecorder:
         for k, key, old, new in effects:
             if k == "pamt_cache" and isinstance(new, int):
                 if code == _CACHE_FREE and not (lane and lane[-1].kind == "cache_free"):
-                    op = Op("cache_free", index, None, {"vcpu": key, "before": old, "after": 0})
+                    op = Op("cache_free", index)
+                    op.vcpu, op.before, op.after = key, old, 0
                     lane.append(op)
                 self.cache[key] = new
-            elif (k == "refcount" or k == "pair") and g is not None and "region" not in g.f:
-                g.f["region"] = key
-            elif (k == "refcount" or k == "pair") and pu is not None and "region" not in pu.f:
-                pu.f["region"] = key
+            elif (k == "refcount" or k == "pair") and g is not None and g.region is None:
+                g.region = key
+            elif (k == "refcount" or k == "pair") and pu is not None and pu.region is None:
+                pu.region = key
         if starts_get:
-            op = Op(
-                "get",
-                index,
-                None,
-                {"vcpu": int(cpu[4:]) if cpu.startswith("vcpu") else None, "path": "?"},
-            )
-            op.f["path"] = "fast" if code == _GET_FAST else "slow"
+            op = Op("get", index)
+            op.vcpu = int(cpu[4:]) if cpu.startswith("vcpu") else None
+            op.path = "fast" if code == _GET_FAST else "slow"
             for k, key, _, _ in effects:
                 if k == "refcount":
-                    op.f["region"] = key
+                    op.region = key
             lane.append(op)
             self.get[cpu] = op
             if code == _GET_FAST:
-                op.f["ret"] = 0
+                op.ret = 0
         elif g is not None:
             if code == _ADD:
-                g.f["path"], g.f["ret"] = "added", 0
-                g.f["add_step"] = index
+                g.path, g.ret = "added", 0
                 for k, key, _, _ in effects:
                     if k == "pair":
-                        g.f["region"] = key
+                        g.region = key
             elif code == _LOST_RACE:
-                g.f["path"], g.f["ret"] = "lost_race", 0
+                g.path, g.ret = "lost_race", 0
             elif code in (_ENOMEM, _PARTIAL):
-                g.f["path"], g.f["ret"] = "failed", -12
+                g.path, g.ret = "failed", -12
             elif code == _ADD_FAIL:
-                g.f["path"], g.f["ret"] = "failed", -5
-                g.f["add_step"] = index
+                g.path, g.ret = "failed", -5
         elif code in (_PUT_FAST, _PUT_SLOW):
             op = Op("put", step=index)
             for k, key, _, _ in effects:
                 if k == "refcount":
-                    op.f["region"] = key
+                    op.region = key
             lane.append(op)
             self.put[cpu] = op
         elif pu is not None and code in (_REMOVE, _REMOVE_FAIL):
-            pu.f["remove"] = index
+            pu.remove_step = index
         elif fn == "tdx_topup_pamt_cache" and lab.startswith("pamt_cache."):
             op = Op("topup", step=index)
             v = int(cpu[4:]) if cpu.startswith("vcpu") else -1
-            op.f = {"vcpu": v, "after": self.cache.get(v, 0)}
-            op.f["ret"] = -12 if code == _TOPUP_FAIL else 0
+            op.vcpu, op.after = v, self.cache.get(v, 0)
+            op.ret = -12 if code == _TOPUP_FAIL else 0
             lane.append(op)
         elif code == _CACHE_FREE and not (lane and lane[-1].kind == "cache_free"):
-            op = Op("cache_free", index, None, {"before": 0, "after": 0})
+            op = Op("cache_free", index)
+            op.before, op.after = 0, 0
             lane.append(op)
         elif code in (_FAULT_BEGIN, _FAULT_RETRY) and event in self.init_faults:
             pass  # KVM_TDX_INIT_MEM_REGION: kvm_tdp_map_page, not a page fault
         elif code == _FAULT_BEGIN:
-            op = Op("fault", index, None, {"gfn": getattr(self.events[event], "gfn", None)})
+            op = Op("fault", index)
+            op.gfn = getattr(self.events[event], "gfn", None)
             lane.append(op)
             if self.attempts:
                 lane.append(Op("attempt", step=index))
         elif code == _FAULT_RETRY and self.attempts:
             lane.append(Op("attempt", step=index))
         elif code in (_PAGE_AUG, _PAGE_ADD):
-            op = Op("map.leaf", index, None, {"gfn": getattr(self.events[event], "gfn", None)})
+            op = Op("map.leaf", index)
+            op.gfn = getattr(self.events[event], "gfn", None)
             lane.append(op)
         elif code == _SEPT_ADD:
             lane.append(Op("map.table", step=index))
         elif code == _ZAP:
-            op = Op(
-                "zap" if self.events[event].op == "zap" else "frozen", index, None, {"gfn": None}
-            )
-            lane.append(op)
+            lane.append(Op("zap" if self.events[event].op == "zap" else "frozen", index))
         elif code == _SEPT_RECLAIM:
             lane.append(Op("table.zap", step=index))
             lane.append(Op("control.free", step=index))
@@ -674,9 +712,9 @@ class _ModelRecorder:
 
     def _close_get(self, cpu: str, g: Op) -> None:
         del self.get[cpu]
-        v = g.f.get("vcpu")
+        v = g.vcpu
         if v is not None:
-            g.f["after"] = self.cache.get(v, 0)
+            g.after = self.cache.get(v, 0)
 
 
 # ------------------------------------------------------------------ alignment
@@ -862,10 +900,10 @@ def _missing(mo: Op, last_line: int, divs: list[Divergence]) -> None:
 
 
 def _shown(op: Op) -> Any:
-    if "gfn" in op.f and op.f["gfn"] is not None:
-        return hex(op.f["gfn"])
-    if "path" in op.f:
-        return op.f["path"]
+    if op.gfn is not None:
+        return hex(op.gfn)
+    if op.path is not None:
+        return op.path
     return op.kind
 
 
@@ -908,62 +946,62 @@ def _compare(k: Op, m: Op, regions: _Bijection, caches: _Bijection, divs: list[D
     kind = k.kind
     if kind not in _COMPARED:  # the commonest kinds carry no field to compare
         return
-    kf, mf, st = k.f, m.f, m.step
-    if kind in ("fault", "map.leaf") and kf.get("gfn") == mf.get("gfn"):
+    st = m.step
+    if kind in ("fault", "map.leaf") and k.gfn == m.gfn:
         return
 
     recs = k.recs
     line = recs[0].line
     ret_line = recs[1].line if len(recs) > 1 else line
-    if kind in ("fault", "map.leaf") and kf.get("gfn") != mf.get("gfn"):
-        _div(divs, st, line, kind + ".gfn", hex(kf.get("gfn") or 0), hex(mf.get("gfn") or 0))
+    if kind in ("fault", "map.leaf"):  # (their gfns differ)
+        _div(divs, st, line, kind + ".gfn", hex(k.gfn or 0), hex(m.gfn or 0))
     elif kind == "topup":
-        kc = kf.get("cache") or None
-        if not caches.ok(kc, mf.get("vcpu")):
-            _div(divs, st, line, "topup.target", hex(kc or 0), f"vCPU {mf.get('vcpu')}'s cache")
-        elif kf.get("ret") is not None and kf.get("ret") != mf.get("ret"):
-            _div(divs, st, ret_line, "topup.ret", kf.get("ret"), mf.get("ret"))
-        elif kf.get("after") is not None and kf.get("after") != mf.get("after"):
-            _div(divs, st, ret_line, "topup.cache_after", kf.get("after"), mf.get("after"))
+        kc = k.cache or None
+        if not caches.ok(kc, m.vcpu):
+            _div(divs, st, line, "topup.target", hex(kc or 0), f"vCPU {m.vcpu}'s cache")
+        elif k.ret is not None and k.ret != m.ret:
+            _div(divs, st, ret_line, "topup.ret", k.ret, m.ret)
+        elif k.after is not None and k.after != m.after:
+            _div(divs, st, ret_line, "topup.cache_after", k.after, m.after)
     elif kind == "cache_free":
-        kb = kf.get("before", -1)
+        kb = k.before if k.before is not None else -1
         if kb >= 0:
-            lo, hi = _free_count(mf.get("before"), kf.get("shared_topups", ()))
+            lo, hi = _free_count(m.before, k.shared_topups)
             if lo is None or hi is None or not lo <= kb <= hi:
                 _div(divs, st, line, "cache_free.count", kb, lo if lo == hi else f"{lo}..{hi}")
     elif kind == "get":
-        kc = kf.get("cache") or None
-        kr = kf["pfn"] >> 9
-        if not caches.ok(kc, mf.get("vcpu") if kc else None):
-            _div(divs, st, line, "get.cache", hex(kc or 0), f"vCPU {mf.get('vcpu')}'s cache")
-        if not regions.ok(kr, mf.get("region")):
-            _div(divs, st, line, "get.region", hex(kr), hex(mf.get("region") or 0))
-        kp, mp = kf.get("path"), mf.get("path")
-        add = kf.get("add")
-        if kf.get("ret") is None:
+        kc = k.cache or None
+        kr = k.pfn >> 9
+        if not caches.ok(kc, m.vcpu if kc else None):
+            _div(divs, st, line, "get.cache", hex(kc or 0), f"vCPU {m.vcpu}'s cache")
+        if not regions.ok(kr, m.region):
+            _div(divs, st, line, "get.region", hex(kr), hex(m.region or 0))
+        kp, mp = k.path, m.path
+        add = k.add
+        if k.ret is None:
             _div(divs, st, line, "return.missing", None, mp)
-        elif kf.get("ret") != mf.get("ret"):
-            _div(divs, st, ret_line, "get.ret", kf.get("ret"), mf.get("ret"))
+        elif k.ret != m.ret:
+            _div(divs, st, ret_line, "get.ret", k.ret, m.ret)
         elif add is not None and mp != "added":
             _div(divs, st, add[1], "pamt_add", "PAMT.ADD", f"none ({mp})")
-        elif add is not None and not regions.ok(add[0], mf.get("region")):
-            _div(divs, st, add[1], "pamt_add.region", hex(add[0]), hex(mf.get("region") or 0))
+        elif add is not None and not regions.ok(add[0], m.region):
+            _div(divs, st, add[1], "pamt_add.region", hex(add[0]), hex(m.region or 0))
         elif kp != mp and mp not in _PATH_OK.get(str(kp), ()):
             _div(divs, st, ret_line, "get.path", kp, mp)
-        elif kc and kf.get("after", -1) >= 0 and kf.get("after") != mf.get("after"):
-            _div(divs, st, ret_line, "get.cache_after", kf.get("after"), mf.get("after"))
+        elif kc and k.after is not None and k.after >= 0 and k.after != m.after:
+            _div(divs, st, ret_line, "get.cache_after", k.after, m.after)
         elif mp == "added" and add is None and kp == "fast|lost_race":
             _div(divs, st, line, "pamt_add.missing", None, "PAMT.ADD")
     elif kind == "put":
-        kr = kf["pfn"] >> 9
-        if not regions.ok(kr, mf.get("region")):
-            _div(divs, st, line, "put.region", hex(kr), hex(mf.get("region") or 0))
-        rm = kf.get("remove")
-        if rm is not None and "remove" not in mf:
+        kr = k.pfn >> 9
+        if not regions.ok(kr, m.region):
+            _div(divs, st, line, "put.region", hex(kr), hex(m.region or 0))
+        rm = k.remove
+        if rm is not None and m.remove_step < 0:
             _div(divs, st, rm[1], "pamt_remove", "PAMT.REMOVE", "none: the region keeps references")
-        elif rm is not None and not regions.ok(rm[0], mf.get("region")):
-            _div(divs, st, rm[1], "pamt_remove.region", hex(rm[0]), hex(mf.get("region") or 0))
-        elif rm is None and "remove" in mf and kf.get("probed"):
+        elif rm is not None and not regions.ok(rm[0], m.region):
+            _div(divs, st, rm[1], "pamt_remove.region", hex(rm[0]), hex(m.region or 0))
+        elif rm is None and m.remove_step >= 0 and k.probed:
             _div(divs, st, line, "pamt_remove.missing", None, "PAMT.REMOVE")
-        elif kf.get("ret", 0) is None:
+        elif k.no_return:
             _div(divs, st, line, "return.missing", None, "the put's return")
