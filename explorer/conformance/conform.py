@@ -200,7 +200,7 @@ class Op:
     a million operations over both sides, so no dict per operation (its memory and page
     faults). ``gfn`` (fault, map.leaf, zap); ``pfn`` (kernel get, put, map.leaf); ``cache``
     (kernel: the cache a get or top-up names); ``before`` / ``after`` (a cache's count around
-    the call); ``ret`` (the call's return; ``no_return``: the kernel's never came); ``path``
+    the call); ``ret`` (the call's return; kernel: None when its record never came); ``path``
     (a get's: fast, added, ...); ``probed`` (kernel put: PAMT.ADD/REMOVE are probed);
     ``shared_topups`` (kernel cache free: :func:`_free_count`); ``add`` / ``remove`` (kernel:
     the PAMT.ADD / PAMT.REMOVE region and line); ``vcpu`` and ``region`` (model: whose cache,
@@ -213,7 +213,6 @@ class Op:
         "cache",
         "gfn",
         "kind",
-        "no_return",
         "path",
         "pfn",
         "probed",
@@ -237,7 +236,6 @@ class Op:
         self.before: int | None = None
         self.after: int | None = None
         self.ret: int | None = None
-        self.no_return = False
         self.path: str | None = None
         self.probed = False
         self.shared_topups: Sequence[list[Any]] = ()
@@ -431,8 +429,6 @@ def kernel_lanes(imp: ImportedTrace) -> tuple[dict[str, list[Op]], dict[str, int
             else:
                 op = _stray(r)
         ops.append(op)
-    for op in open_call.values():
-        op.no_return = True  # the return never came (its ret stays None)
     for why_, n in (
         ("shared-gpa", n_shared),
         ("no-vm-context", n_novm),
@@ -1003,5 +999,5 @@ def _compare(k: Op, m: Op, regions: _Bijection, caches: _Bijection, divs: list[D
             _div(divs, st, rm[1], "pamt_remove.region", hex(rm[0]), hex(m.region or 0))
         elif rm is None and m.remove_step >= 0 and k.probed:
             _div(divs, st, line, "pamt_remove.missing", None, "PAMT.REMOVE")
-        elif k.no_return:
+        elif k.ret is None:  # never came, or the thread's next put began first (a lost record)
             _div(divs, st, line, "return.missing", None, "the put's return")
