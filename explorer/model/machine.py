@@ -78,13 +78,19 @@ from explorer.model.steps import (
 )
 from explorer.model.tdx_module import ModuleDelta, ModuleImage
 
+#: the guest mappings of every TD an image holds: one empty table, never written (an image's
+#: TDs are only read, by ``restore``, which builds each TD's tables from the frozen ones). Two
+#: empty tables per TD were a third of a keyframe's TDs (128 TDs: 150 KB per keyframe).
+_IMAGE_MAPPINGS = ChunkedDict()
+
 
 def _copy_td(t: Td, mappings: tuple[FrozenTable, FrozenTable] | None = None) -> Td:
     """A copy of a quiescent TD (its dicts hold ints and tuples: shallow copies suffice). The
     guest mappings are not copied (a keyframe keeps them as tables of frozen chunks, see
-    explorer.model.chunked): empty, or restored from ``mappings``."""
+    explorer.model.chunked): the shared empty table of an image (no ``mappings``), or restored
+    from ``mappings``."""
     leaves, gmem = (
-        (ChunkedDict(), ChunkedDict())
+        (_IMAGE_MAPPINGS, _IMAGE_MAPPINGS)
         if mappings is None
         else (ChunkedDict.from_table(mappings[0]), ChunkedDict.from_table(mappings[1]))
     )
@@ -117,6 +123,9 @@ def _copy_extra(extra: dict[str, Any]) -> dict[str, Any]:
 #: invalidation sequence). A tuple, not a Td: a Td carries empty dicts and tables (about a
 #: kilobyte), and a delta holds one per TD its batches ran on.
 SmallTd = tuple[str, int | None, tuple[int, ...], tuple[tuple[int, str], ...], int | None, int]
+#: a TD's part of a delta: its small tuple (None: equal to the previous checkpoint's), its
+#: mappings' and guest_memfd's changes, its S-EPT entries' changes
+TdPart = tuple[SmallTd | None, ChunkedDelta, ChunkedDelta, dict[Any, Any]]
 
 
 def _small_td(t: Td) -> SmallTd:
@@ -166,6 +175,11 @@ def _thaw_vcpu(f: FrozenVcpu) -> Vcpu:
         caches[name] = KvmCache(name, objects, lo, cap, values[at : at + npfns], nobjs)
         at += npfns
     return Vcpu(f[0], f[1], f[2], pamt_cache, caches, list(f[5]))
+
+
+#: the entries of a TD part of a delta with no S-EPT entry changed: one object for all of them
+#: (read only: apply and apply_deltas only read a delta's entries)
+_NO_ENTRIES: dict[Any, Any] = {}
 
 
 def _resume(gen: KGen) -> StepInfo | None:
@@ -236,7 +250,7 @@ class MachineDelta:
     module: ModuleDelta
     #: the regions whose refcount, orphans or references held changed, and those (0: none)
     regions: tuple[array[int], array[int], array[int], array[int]]
-    tds: dict[int, tuple[SmallTd, ChunkedDelta, ChunkedDelta, dict[Any, Any]]]  # (likewise)
+    tds: dict[int, TdPart]  # (likewise)
     vcpus: dict[int, FrozenVcpu]  # the vCPUs its batches ran on (the others are unchanged)
     counters: array[int]  # in COUNTER_NAMES order
     injections: dict[str, int]
@@ -690,10 +704,8 @@ class Machine(KernelState):
                 int32s([self.orphans.get(r, 0) for r in regions]),
                 int32s([self.gotten.get(r, 0) for r in regions]),
             ),
-            tds={k: self._td_delta(self.tds[k]) for k in sorted(self._delta_tds) if k in self.tds},
-            vcpus={
-                k: _freeze_vcpu(self.vcpus[k]) for k in sorted(self._delta_vcpus) if k in self.vcpus
-            },
+            tds=self._tds_delta(),
+            vcpus=self._vcpus_delta(),
             counters=array("q", self.cnt),
             injections=dict(self.injections),
             nr_steps=self.nr_steps,
@@ -706,13 +718,60 @@ class Machine(KernelState):
         self._delta_vcpus = set()
         return d
 
-    def _td_delta(self, t: Td) -> tuple[SmallTd, ChunkedDelta, ChunkedDelta, dict[Any, Any]]:
-        """A TD's part of a delta. Faults map a gfn to the page guest_memfd gave it, so the
-        mappings' and guest_memfd's changes are usually equal: then one object serves both."""
+    def _vcpus_delta(self) -> dict[int, FrozenVcpu]:
+        """The frozen vCPUs of a delta: those the batches since the last checkpoint ran on,
+        less those whose frozen state equals their state at that checkpoint. A vCPU that ran
+        often tops its caches back up to the same pages (``kvm_mmu_topup_memory_cache``), so on
+        a host of many vCPUs most of them end an interval as they began it: on 128 TDs x 2
+        vCPUs, three in four. Left out, they cost nothing; a vCPU that did change shares its
+        control pages' tuple with its previous frozen state when those are unchanged."""
+        last = self._frozen_vcpus
+        out: dict[int, FrozenVcpu] = {}
+        for k in sorted(self._delta_vcpus):
+            v = self.vcpus.get(k)
+            if v is None:
+                continue
+            f = _freeze_vcpu(v)
+            prev = last.get(k)
+            if prev is not None:
+                if f == prev:
+                    continue
+                if f[5] == prev[5]:
+                    f = (*f[:5], prev[5])
+            out[k] = last[k] = f
+        return out
+
+    def _tds_delta(self) -> dict[int, TdPart]:
+        """The TD parts of a delta, for the TDs the batches since the last checkpoint ran
+        on; a TD with nothing changed since then is left out."""
+        out = {}
+        for k in sorted(self._delta_tds):
+            t = self.tds.get(k)
+            if t is None:
+                continue
+            part = self._td_delta(k, t)
+            if part is not None:
+                out[k] = part
+        return out
+
+    def _td_delta(self, k: int, t: Td) -> TdPart | None:
+        """TD ``k``'s part of a delta (None: nothing changed). Faults map a gfn to the page
+        guest_memfd gave it, so the mappings' and guest_memfd's changes are usually equal: then
+        one object serves both. The small tuple (state, HKID, control pages) rarely changes
+        after the TD is finalized (``tdh_mr_finalize``): when equal to the last one frozen it
+        is None, and a TD without other changes is left out."""
         leaves, gmem = t.leaves.delta(), t.gmem.delta()
         if gmem == leaves:
             gmem = leaves
-        return _small_td(t), leaves, gmem, _tracked(t.entries).delta()
+        entries = _tracked(t.entries).delta()
+        small = _small_td(t)
+        prev = self._small_tds.get(k)
+        if prev is not None and small == prev:
+            if not leaves[0] and not gmem[0] and not entries:
+                return None
+            return None, leaves, gmem, entries if entries else _NO_ENTRIES
+        self._small_tds[k] = small
+        return small, leaves, gmem, entries if entries else _NO_ENTRIES
 
     def apply_deltas(self, deltas: Sequence[MachineDelta]) -> None:
         """Apply consecutive deltas as one (a seek: the deltas between its keyframe and its
@@ -732,12 +791,13 @@ class Machine(KernelState):
             keys, refcounts, orphans, gotten = d.regions
             rows.update(zip(keys, zip(refcounts, orphans, gotten, strict=True), strict=True))
         self._apply_rows(rows)  # (one merge for the three tables, each row written once)
-        per_td: dict[int, list[tuple[SmallTd, ChunkedDelta, ChunkedDelta, dict[Any, Any]]]] = {}
+        per_td: dict[int, list[TdPart]] = {}
         for d in deltas:
             for k, part in d.tds.items():
                 per_td.setdefault(k, []).append(part)
         for k, parts in per_td.items():
-            td = self._td_for_delta(k, parts[-1][0])
+            smalls = [p[0] for p in parts if p[0] is not None]
+            td = self._td_for_delta(k, smalls[-1] if smalls else None)
             leaves = merge_deltas([p[1] for p in parts])
             td.leaves.apply(leaves)
             # a delta whose gmem changes equal its leaves' shares their arrays (:meth:`delta`;
@@ -775,11 +835,14 @@ class Machine(KernelState):
             else:
                 gotten.pop(r, None)
 
-    def _td_for_delta(self, k: int, small: SmallTd) -> Td:
-        """TD ``k`` (created if the delta is its first), its small fields set from ``small``."""
+    def _td_for_delta(self, k: int, small: SmallTd | None) -> Td:
+        """TD ``k`` (created if the delta is its first), its small fields set from ``small``
+        (None: unchanged since the previous checkpoint, where the TD already existed)."""
         td = self.tds.get(k)
         if td is None:
             td = self.tds[k] = Td(k)
+        if small is None:
+            return td
         state, hkid, vcpus, control, mirror_root, seq = small
         td.state, td.hkid, td.vcpus = state, hkid, list(vcpus)
         td.control, td.mirror_root = list(control), mirror_root
@@ -816,6 +879,8 @@ class Machine(KernelState):
         self.q_all = True  # (the rows kept between batches are recounted at the next batch)
         self._delta_tds = set()
         self._delta_vcpus = set()
+        self._frozen_vcpus = {}
+        self._small_tds = {}
         self.gotten_total = sum(self.gotten.values())
 
     def image(self) -> MachineImage:
@@ -823,6 +888,11 @@ class Machine(KernelState):
 
         Shallow copies of int-keyed dicts of ints and tuples (C-speed), not deep copies: the
         big parts (guest mappings, S-EPT entries, page owners) are exactly those."""
+        vcpus = self._image_vcpus()
+        for k in self._delta_tds:  # (the others' small tuples are as last frozen)
+            t = self.tds.get(k)
+            if t is not None:
+                self._small_tds[k] = _small_td(t)
         self._clear_tracking()
         return MachineImage(
             memory=self.mem.image(),
@@ -835,7 +905,7 @@ class Machine(KernelState):
                 k: (t.leaves.frozen_table(), t.gmem.frozen_table(like=t.leaves))
                 for k, t in self.tds.items()
             },
-            vcpus={k: _freeze_vcpu(v) for k, v in self.vcpus.items()},
+            vcpus=vcpus,
             counters=self.counters,
             injections=dict(self.injections),
             nr_steps=self.nr_steps,
@@ -843,6 +913,19 @@ class Machine(KernelState):
             sched_rng=self.sched_rng.state,
             extra=_copy_extra(self.extra),
         )
+
+    def _image_vcpus(self) -> dict[int, FrozenVcpu]:
+        """Every vCPU frozen, for an image: a vCPU unchanged since the last checkpoint froze
+        it (at a checkpoint, the delta taken just before) shares that frozen state. They become
+        the states the next delta compares with (the image is a checkpoint too)."""
+        last = self._frozen_vcpus
+        dirty = self._delta_vcpus
+        out: dict[int, FrozenVcpu] = {}
+        for k, v in self.vcpus.items():
+            f = last.get(k)
+            out[k] = f if f is not None and k not in dirty else _freeze_vcpu(v)
+        self._frozen_vcpus = dict(out)
+        return out
 
     def _clear_tracking(self) -> None:
         self.mem.clear_dirty()
@@ -879,6 +962,8 @@ class Machine(KernelState):
         self._ckpt_regions = set()
         self._delta_tds = set()
         self._delta_vcpus = set()
+        self._frozen_vcpus = {}
+        self._small_tds = {}
         self.q_all = True
 
     def canonical_state(self, ignore: Sequence[str] = ("spins",)) -> tuple[Any, ...]:

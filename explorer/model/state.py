@@ -311,6 +311,12 @@ class KernelState:
         #: (a delta of every TD and vCPU cost O(TDs + vCPUs) each time, and as much memory)
         self._delta_tds: set[int] = set()
         self._delta_vcpus: set[int] = set()
+        #: each vCPU's and TD's frozen state at the last checkpoint that froze it (a delta, or
+        #: an image: all of them): a delta leaves out a vCPU whose frozen state equals it and
+        #: shares the TD's small tuple when equal (explorer.model.machine.Machine.delta).
+        #: Emptied wherever the machine's state is set from outside (restore, apply_delta).
+        self._frozen_vcpus: dict[int, tuple[Any, ...]] = {}
+        self._small_tds: dict[int, tuple[Any, ...]] = {}
         #: the vCPUs and TDs the current batch's events name (``batch_owners``)
         self._batch_vcpus: set[int] = set()
         self._batch_tds: set[int] = set()
