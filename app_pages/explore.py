@@ -18,7 +18,7 @@ from app_pages.ui.keys import STEP_HEADER_KEY, step_keys
 from app_pages.ui.replays import idle_trimmer
 from app_pages.ui.state_panel import export_choice, map_and_caches
 from app_pages.ui.step_panel import COMPACT_CSS, code_and_locks, step_text
-from app_pages.ui.stepper import controls, period, play_clock
+from app_pages.ui.stepper import controls, play_clock, tick_interval
 from explorer.appsupport import Place, place_in, stop_note
 from explorer.model.settings import Settings
 from explorer.replay.timeline import Timeline
@@ -173,7 +173,7 @@ def main() -> None:
     restore_place(tl, loaded, replay_key)
     st.session_state.cursor = min(max(int(st.session_state.cursor), -1), tl.nr_steps - 1)
     playing = st.session_state.get("playing", False)
-    interval = period() if playing else None
+    interval = tick_interval() if playing else None
     st.fragment(run_every=interval)(view)(tl, loaded, settings, replay_key)
 
 

@@ -3,11 +3,13 @@ animation, shared URLs."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from playwright.sync_api import expect
 
 from tests.browser.conftest import settle, shot
@@ -212,6 +214,12 @@ def test_nothing_is_requested_outside_the_server(page, server) -> None:  # type:
     assert not failed, failed
 
 
+#: The stepper's Play/Pause button shows "Play" (playing has stopped).
+_PLAY_SHOWN = (
+    "() => (document.querySelector('.st-key-btn_play button')?.innerText ?? '').includes('Play')"
+)
+
+
 def test_playing_keeps_the_chosen_speed(page, server) -> None:  # type: ignore[no-untyped-def]
     """At 10 steps/s the cursor moves about 10 steps a second of wall time (by the clock, not
     one step per timer tick: a tick costs more than 100 ms), and never backwards."""
@@ -246,11 +254,15 @@ def test_playing_keeps_the_chosen_speed(page, server) -> None:  # type: ignore[n
     rate = (seen[-1] - seen[0]) / (time.monotonic() - t0)
     button = page.locator(".st-key-btn_play button").first
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # a click that lands while a tick's fragment run is
-        button.click()  # replaced is lost (Streamlit drops it with the run): the user clicks
-        settle(page)  # again, as often as a loaded machine needs
-        if "Play" in button.inner_text():
-            break
+    # A click that lands while a tick's fragment run is replaced is lost (Streamlit drops it
+    # with the run): the user clicks again, as often as a loaded machine needs. What is waited
+    # for is the label, not an idle app: while playing, ticks may run back to back and the app
+    # is never idle between them (a loaded CI machine timed out waiting for that).
+    while time.monotonic() < deadline and "Play" not in button.inner_text():
+        button.click()
+        with contextlib.suppress(PlaywrightTimeoutError):
+            page.wait_for_function(_PLAY_SHOWN, timeout=5_000)
+    settle(page)
     assert "Play" in button.inner_text(), "Pause was never taken"
     assert all(b >= a for a, b in itertools.pairwise(seen)), seen
     assert 7 <= rate <= 13, (rate, seen)
