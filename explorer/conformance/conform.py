@@ -718,33 +718,12 @@ _WINDOW = 24
 _ANCHOR = 3
 
 
-def align(k: list[Op], m: list[Op]) -> list[tuple[Op | None, Op | None]]:
-    """Pairs of (kernel, model) operations in order, None where one side has nothing. Equal
-    kinds pair; at a mismatch the nearest resynchronisation (``_ANCHOR`` equal kinds in a row,
-    or the end) with the fewest operations skipped, kernel skips first on a tie; a pair whose
-    kinds differ inside a skipped span of the same kind pairs them (a value difference).
-    (:func:`_conform` walks the same pairs without building this list: :func:`_resync`.)"""
-    out: list[tuple[Op | None, Op | None]] = []
-    i = j = 0
-    nk, nm = len(k), len(m)
-    while i < nk and j < nm:
-        if k[i].kind == m[j].kind:
-            out.append((k[i], m[j]))
-            i += 1
-            j += 1
-            continue
-        a, b = _resync(k, m, i, j)
-        out.extend((x, None) for x in k[i : i + a])
-        out.extend((None, y) for y in m[j : j + b])
-        i, j = i + a, j + b
-    out.extend((x, None) for x in k[i:])
-    out.extend((None, y) for y in m[j:])
-    return out
-
-
 def _resync(k: list[Op], m: list[Op], i: int, j: int) -> tuple[int, int]:
-    """At a mismatch of ``k[i]`` and ``m[j]``: the operations to skip on each side (``a``
-    kernel, ``b`` model) to the nearest anchor (:func:`align`), (1, 1) when none is near."""
+    """At a mismatch of ``k[i]`` and ``m[j]`` (the kernel's and the model's operations of one
+    CPU, aligned in order by :func:`_conform`: equal kinds pair): the operations to skip on each
+    side (``a`` kernel, ``b`` model) to the nearest resynchronisation, ``_ANCHOR`` equal kinds in
+    a row or the end, with the fewest operations skipped, kernel skips first on a tie; (1, 1)
+    when none is within ``_WINDOW`` (one operation skipped on each side)."""
     for d in range(1, 2 * _WINDOW + 1):
         for a in range(min(d, _WINDOW), -1, -1):
             b = d - a
@@ -824,7 +803,7 @@ def _conform(capture: Capture, imp: ImportedTrace, settings: Settings | None) ->
         ks, ms = kern.get(lane, []), rec.lanes.get(lane, [])
         i = j = 0
         nk, nm = len(ks), len(ms)
-        # align()'s pairs, walked in place (no list of a million pairs built and freed)
+        # the pairs walked in place (no list of a million pairs built and freed)
         while i < nk or j < nm:
             if i < nk and j < nm:
                 ko = ks[i]
