@@ -482,10 +482,14 @@ class Explorer:
         threads = m.begin_batch(items)
         by_name = {th.name: th for th in threads}
         info = None
+        # the prefix's turns were recorded when first taken: re-executing them needs no
+        # footprints (the next turn taken starts from empty sets, :meth:`_Reduced._execute`)
+        m.fp_on = False
         for name in prefix:
             info = m.turn(by_name[name], threads)
             if m.stopped is not None:
                 break
+        m.fp_on = self.reduction
         self._replay_label = info[1] if info is not None else ""
         return m, threads
 
