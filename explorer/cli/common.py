@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -46,7 +48,7 @@ def read_trace(path: str) -> Trace:
 def read_trace_and_bytes(path: str) -> tuple[Trace, bytes]:
     """:func:`read_trace`, with the bytes it parsed (for a command that also needs the file's
     bytes: reading the path a second time would be unbounded, and a FIFO gives nothing twice)."""
-    name = "<stdin>" if path == "-" else os.path.basename(path) or path
+    name = "<stdin>" if path == "-" else shown(os.path.basename(path) or path)
     try:
         data = read_bounded(path, L.MAX_UPLOAD_BYTES)
     except InputRefused as exc:
@@ -57,41 +59,132 @@ def read_trace_and_bytes(path: str) -> tuple[Trace, bytes]:
     return parse_trace(data, name), data
 
 
-def check_output_path(path: str, what: str = "output") -> None:
+def shown(path: str) -> str:
+    """``path`` as a message may print it: as is when every character is printable, else its
+    Python repr (a newline, escape or NUL in a name must not forge or garble the lines of a
+    message: round 9), and ``''`` for the empty path (which would otherwise print as nothing)."""
+    return path if path and path.isprintable() else repr(path)
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether paths ``a`` and ``b`` name one file: the same inode when both exist (a symlink or
+    a hard link to the input is caught), else the same resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        try:
+            return os.path.realpath(a) == os.path.realpath(b)
+        except (OSError, ValueError):
+            return False
+
+
+def check_output_path(path: str, what: str = "output", inputs: Sequence[str] = ()) -> None:
     """Refuse, before any work starts, an output path that cannot be written as a regular file.
 
     Checked: the directory exists and is a directory, it is writable (``os.access``, so a
     read-only mount or another user's directory is caught), the path is not a directory, not a
     device, FIFO or socket, and not under /proc or /sys (their files take writes they do not
-    keep). ``-`` (standard output) passes. Raises :class:`UsageError` naming the path and why.
+    keep). ``-`` (standard output) passes. Also refused (round 9): an output that is one of the
+    command's ``inputs`` (the write would replace the trace being read: ``explore-grid --out``
+    and ``sweep --plot`` replaced it with their results), a NUL in the path, and a name or
+    path longer than the file system takes (``NAME_MAX``, ``PATH_MAX``: else the work ran
+    first and the write failed at its end). Raises :class:`UsageError` naming the path and why.
     """
     if path == "-":
         return
     if not path:
         raise UsageError(f"{what}: an empty path")
+    if "\0" in path:
+        raise UsageError(f"{what} {shown(path)}: a path cannot hold a NUL character")
+    for source in inputs:
+        if source != "-" and same_file(path, source):
+            raise UsageError(
+                f"{what} {shown(path)}: is the input {shown(source)}; writing it would replace "
+                "the input (choose another file)"
+            )
+    _check_name_length(path, what)
     real = os.path.realpath(path)
     if real == "/proc" or real.startswith(("/proc/", "/sys/")) or real == "/sys":
         top = "/" + real.split("/")[1]
-        raise UsageError(f"{what} {path}: under {top}, which does not keep the files written there")
+        raise UsageError(
+            f"{what} {shown(path)}: under {top}, which does not keep the files written there"
+        )
     parent = os.path.dirname(os.path.abspath(path)) or "."
     if not os.path.exists(parent):
-        raise UsageError(f"{what} {path}: the directory {parent} does not exist")
+        raise UsageError(f"{what} {shown(path)}: the directory {shown(parent)} does not exist")
     if not os.path.isdir(parent):
-        raise UsageError(f"{what} {path}: {parent} is not a directory")
+        raise UsageError(f"{what} {shown(path)}: {shown(parent)} is not a directory")
     if os.path.lexists(path):
         try:
             mode = os.stat(path).st_mode
         except OSError as exc:
-            raise UsageError(f"{what} {path}: {exc.strerror}") from None
+            raise UsageError(f"{what} {shown(path)}: {exc.strerror}") from None
         if stat.S_ISDIR(mode):
-            raise UsageError(f"{what} {path}: is a directory")
+            raise UsageError(f"{what} {shown(path)}: is a directory")
         if not stat.S_ISREG(mode):
             kind = "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
-            raise UsageError(f"{what} {path}: is {kind}, not a file to write")
+            raise UsageError(f"{what} {shown(path)}: is {kind}, not a file to write")
         if not os.access(path, os.W_OK):
-            raise UsageError(f"{what} {path}: the file is not writable")
+            raise UsageError(f"{what} {shown(path)}: the file is not writable")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{what} {path}: the directory {parent} is not writable")
+        raise UsageError(f"{what} {shown(path)}: the directory {shown(parent)} is not writable")
+
+
+#: The longest temporary name :func:`atomic_output` adds to an output's name: ``.`` before it,
+#: ``.`` and mkstemp's 8 random characters and ``.tmp`` after it.
+_TEMP_EXTRA = 14
+
+
+def _check_name_length(path: str, what: str) -> None:
+    """Refuse a name over ``NAME_MAX`` or a path over ``PATH_MAX`` of the output's file system
+    (255 and 4096 bytes on Linux when it cannot be asked) before any work."""
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    name_max, path_max = 255, 4096
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        name_max = os.pathconf(parent, "PC_NAME_MAX")
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        path_max = os.pathconf(parent, "PC_PATH_MAX")
+    name = len(os.fsencode(os.path.basename(path)))
+    if name > name_max:
+        raise UsageError(
+            f"{what} {shown(path)[:80]}...: the file name is {name} bytes, over the {name_max} "
+            "the file system takes (NAME_MAX)"
+        )
+    full = len(os.fsencode(os.path.abspath(path)))
+    if full >= path_max:
+        raise UsageError(
+            f"{what} {shown(path)[:80]}...: the path is {full} bytes, over the {path_max - 1} "
+            "the system takes (PATH_MAX)"
+        )
+
+
+_INT = re.compile(r"[+-]?[0-9]{1,30}")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
+
+
+def ascii_int(text: str) -> int:
+    """An argparse ``type`` for integer flags: ASCII decimal digits only, at most 30 of them.
+
+    Python's ``int()`` also takes Arabic-Indic or fullwidth digits, ``_`` separators and
+    surrounding spaces, so ``--workers ٣`` ran three workers (round 9); flags now read like the
+    URL parameters and ``--set`` values (decimal digits, a sign)."""
+    if not _INT.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an integer (ASCII decimal digits, at most 30, an optional sign)"
+        )
+    return int(text)
+
+
+def ascii_float(text: str) -> float:
+    """An argparse ``type`` for number flags: an ASCII decimal number, finite (``inf``, ``nan``,
+    ``1e309`` and non-ASCII digits are refused: round 9, ``--max-seconds inf`` was taken as no
+    limit at all)."""
+    value = float(text) if _FLOAT.fullmatch(text) else math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a finite decimal number (ASCII digits, e.g. 2.5 or 1e3)"
+        )
+    return value
 
 
 #: ``--workers`` at most this many per CPU this process may run on. A worker is a whole
@@ -153,12 +246,12 @@ def atomic_output(path: str) -> Iterator[BinaryIO]:
     ``path`` (so a failed or interrupted write leaves the old file, or none, never a partial
     one). An OSError while writing becomes :class:`OutputError` naming the path."""
     directory = os.path.dirname(os.path.abspath(path))
+    # the temporary's name stays within NAME_MAX however long the output's name is (round 9)
+    stem = os.fsencode(os.path.basename(path))[: 255 - _TEMP_EXTRA].decode(errors="ignore")
     try:
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
-        )
+        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=directory)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write: {exc.strerror}") from None
+        raise OutputError(f"{shown(path)}: cannot write: {exc.strerror}") from None
     umask = os.umask(0)
     os.umask(umask)
     try:
@@ -169,7 +262,7 @@ def atomic_output(path: str) -> Iterator[BinaryIO]:
                 raw.flush()
                 os.fsync(raw.fileno())
             except OSError as exc:
-                raise OutputError(f"{path}: the write failed: {exc.strerror}") from None
+                raise OutputError(f"{shown(path)}: the write failed: {exc.strerror}") from None
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

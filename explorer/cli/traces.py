@@ -15,14 +15,19 @@ from explorer.cli.common import (
     EXIT_OK,
     EXIT_VIOLATIONS,
     UsageError,
+    ascii_float,
+    ascii_int,
     atomic_output,
     check_output_path,
     read_trace,
     resolve_settings,
 )
+from explorer.ingest import limits as L
 from explorer.ingest.generate import WORKLOADS
+from explorer.model.errors import TraceError
 from explorer.model.events import reserved_pfns
 from explorer.model.machine import Machine, batches
+from explorer.model.settings import Settings
 from explorer.model.summary import summary
 from explorer.replay.render import format_steps
 
@@ -96,6 +101,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         kwargs["teardown"] = args.teardown
     else:
         kwargs["zap_ratio"] = args.zap_ratio
+    _check_generate_sizes(args)
     check_output_path(args.output, "-o")
     try:
         lines = WORKLOADS[args.workload](**kwargs)
@@ -118,6 +124,36 @@ def cmd_generate(args: argparse.Namespace) -> int:
             plain.flush()
             plain.detach()  # the raw file stays open for atomic_output to sync and rename
     return EXIT_OK
+
+
+def _check_generate_sizes(args: argparse.Namespace) -> None:
+    """Refuse, before writing a line, a workload whose trace ``check`` would refuse anyway.
+
+    Round 9: ``--faults``, ``--vcpus`` or ``--add-pages`` of 10**22 wrote without end (the
+    generator streams, so nothing bounded it), a negative ``--add-pages`` was silently 0, and a
+    ``--host-memory-mib`` of -1 was written into the header of a trace every command then
+    refused. The bounds are the trace format's (:mod:`explorer.ingest.limits`): ids up to
+    MAX_ID, events up to MAX_EVENTS (setup, faults and at most one zap per round), the
+    setting's own range (:class:`explorer.model.settings.Settings`)."""
+    for flag, value in (("--tds", args.tds), ("--vcpus", args.vcpus)):
+        if value > L.MAX_ID + 1:
+            raise UsageError(f"{flag} {value}: at most {L.MAX_ID + 1} (ids up to MAX_ID)")
+    if args.add_pages < 0:
+        raise UsageError(f"--add-pages {args.add_pages}: cannot be negative")
+    if args.faults < 0:
+        raise UsageError(f"--faults {args.faults}: cannot be negative")
+    vcpus = max(1, args.vcpus)
+    events = args.tds * (args.add_pages + 3) + vcpus + args.faults
+    events += args.faults // vcpus + 1  # churn: a zap at most per round
+    if events > L.MAX_EVENTS:
+        raise UsageError(
+            f"the workload would have up to {events:,} events, over the limit of "
+            f"{L.MAX_EVENTS:,} a trace may hold (MAX_EVENTS): fewer --faults, --add-pages or --tds"
+        )
+    try:
+        Settings().with_overrides({"host_memory_mib": args.host_memory_mib}, "--host-memory-mib")
+    except TraceError as exc:
+        raise UsageError("; ".join(str(p) for p in exc.problems)) from None
 
 
 def _write_lines(out: TextIO, first: str, lines: Iterable[str]) -> None:
@@ -150,17 +186,17 @@ def add_generate(sub: Any) -> None:
     """Register ``generate`` on the subcommand parsers ``sub``."""
     g = sub.add_parser("generate", help="write a synthetic workload trace")
     g.add_argument("workload", choices=sorted(WORKLOADS))
-    g.add_argument("--tds", type=int, default=1)
-    g.add_argument("--vcpus", type=int, default=2)
-    g.add_argument("--faults", type=int, default=1000)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--tds", type=ascii_int, default=1)
+    g.add_argument("--vcpus", type=ascii_int, default=2)
+    g.add_argument("--faults", type=ascii_int, default=1000)
+    g.add_argument("--seed", type=ascii_int, default=0)
     g.add_argument(
-        "--add-pages", type=int, default=16, help="PAGE.ADD faults per TD before finalize"
+        "--add-pages", type=ascii_int, default=16, help="PAGE.ADD faults per TD before finalize"
     )
     g.add_argument(
-        "--host-memory-mib", type=int, default=4096, help="setting written in the header"
+        "--host-memory-mib", type=ascii_int, default=4096, help="setting written in the header"
     )
     g.add_argument("--teardown", action="store_true", help="boot: destroy the TDs at the end")
-    g.add_argument("--zap-ratio", type=float, default=0.3, help="churn: zaps per round")
+    g.add_argument("--zap-ratio", type=ascii_float, default=0.3, help="churn: zaps per round")
     g.add_argument("-o", "--output", default="-", help="file (.jsonl or .jsonl.gz) or - (stdout)")
     g.set_defaults(func=cmd_generate)

@@ -49,7 +49,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from explorer.conformance.importer import import_capture
     from explorer.ingest.write import dump_trace
 
-    check_output_path(args.output, "-o")
+    check_output_path(args.output, "-o", [args.capture])
     with gc_paused():  # as in cmd_conform
         cap = _read_capture(args.capture)
         imp = import_capture(cap)

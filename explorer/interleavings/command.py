@@ -14,8 +14,11 @@ from explorer.cli.common import (
     EXIT_OK,
     EXIT_VIOLATIONS,
     UsageError,
+    ascii_float,
+    ascii_int,
     atomic_output,
     check_output_path,
+    check_workers,
     read_trace,
     read_trace_and_bytes,
     resolve_settings,
@@ -38,7 +41,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     if args.trace == "-":
         raise UsageError("explore reads a trace file, not standard input: save it to a file")
     if args.write_pinned:
-        check_output_path(args.write_pinned, "--write-pinned")
+        check_output_path(args.write_pinned, "--write-pinned", [args.trace])
     trace = read_trace(args.trace)
     settings = resolve_settings(trace, args.set or [])
     if NATIVE:
@@ -169,7 +172,8 @@ def cmd_explore_grid(args: argparse.Namespace) -> int:
 
     if args.max_states < 1:
         raise UsageError(f"--max-states must be at least 1, got {args.max_states}")
-    check_output_path(args.out, "--out")
+    check_workers(args.workers)
+    check_output_path(args.out, "--out", args.traces)
     traces = []
     grid = parse_vary(args.vary) if args.vary else {}
     for path in args.traces:
@@ -231,13 +235,13 @@ def add_explore_and_grid(sub: Any) -> None:
     x.add_argument("--compact", action="store_true", help="with --json: on one line")
     x.add_argument(
         "--max-states",
-        type=int,
+        type=ascii_int,
         default=1_000_000,
         help="stop (exit 3, nothing claimed) past this many states (default 1,000,000)",
     )
     x.add_argument(
         "--max-seconds",
-        type=float,
+        type=ascii_float,
         default=None,
         metavar="S",
         help="stop (exit 3, nothing claimed, what was covered printed) after S seconds",
@@ -272,7 +276,7 @@ def add_explore_and_grid(sub: Any) -> None:
     xg.add_argument("traces", nargs="+", help="trace files")
     xg.add_argument("--vary", action="append", metavar="KEY=A..B|KEY=A,B")
     xg.add_argument("--set", action="append", metavar="KEY=VALUE")
-    xg.add_argument("--max-states", type=int, default=1_000_000)
+    xg.add_argument("--max-states", type=ascii_int, default=1_000_000)
     xg.add_argument(
         "--no-reduction",
         action="store_true",
@@ -282,6 +286,6 @@ def add_explore_and_grid(sub: Any) -> None:
     xg.add_argument("--out", default="-", help="FILE.parquet or FILE.csv, or - (CSV on stdout)")
     xg.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="Dask scheduler")
     xg.add_argument(
-        "--workers", type=int, default=None, help="local cluster workers (1: no cluster)"
+        "--workers", type=ascii_int, default=None, help="local cluster workers (1: no cluster)"
     )
     xg.set_defaults(func=cmd_explore_grid)

@@ -12,11 +12,13 @@ from explorer.cli.common import (
     EXIT_OK,
     EXIT_VIOLATIONS,
     UsageError,
+    ascii_int,
     atomic_output,
     check_output_path,
     check_workers,
     read_trace,
     resolve_settings,
+    same_file,
 )
 
 
@@ -43,13 +45,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     )
 
     check_workers(args.workers)
-    check_output_path(args.out, "--out")
+    check_output_path(args.out, "--out", [args.trace])
     if args.plot is not None:
-        check_output_path(args.plot, "--plot")
+        check_output_path(args.plot, "--plot", [args.trace])
     if (
         args.out != "-"
         and args.plot is not None
-        and (os.path.abspath(args.out) == os.path.abspath(args.plot))
+        and same_file(args.out, args.plot)  # a link to --out too (round 9)
     ):
         raise UsageError(f"--out and --plot are the same file: {args.out}")
     trace = read_trace(args.trace)
@@ -126,7 +128,7 @@ def add_sweep(sub: Any) -> None:
     )
     s.add_argument(
         "--workers",
-        type=int,
+        type=ascii_int,
         default=None,
         help="local cluster: worker processes (default: CPUs; 1: run in this process; "
         "at most 4 per CPU: each is a process doing CPU-bound work)",
