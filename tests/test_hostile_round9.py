@@ -161,8 +161,17 @@ def test_generate_refuses_what_check_would_refuse(
     flag: str, value: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "g.jsonl"
-    code, err = _run(["generate", "churn", flag, value, "-o", str(out)], capsys)
-    assert code == 2 and says in err
+    # in a child with a time limit: without the bound the command writes for ever, and the
+    # test must fail then, not hang
+    p = subprocess.run(
+        [sys.executable, "-m", "explorer", "generate", "churn", flag, value, "-o", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        timeout=60,
+    )
+    assert p.returncode == 2 and says in p.stderr
     assert not out.exists()
 
 
