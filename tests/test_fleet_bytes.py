@@ -19,9 +19,12 @@ from explorer.model.machine import (
     MachineDelta,
     MachineImage,
     _freeze_vcpu,
+    _from_varints,
     _pack_entries,
     _small_ints,
+    _thaw_vcpu,
     _unpack_entries,
+    _varints,
     batches,
 )
 from explorer.model.settings import Settings
@@ -192,3 +195,25 @@ def test_region_rows_take_the_narrowest_ints() -> None:
     for values, size in (([], 1), ([0, 0, 0], 1), ([3, 0, 127], 1), ([512, 1], 2), ([1 << 20], 4)):
         a = _small_ints(values)
         assert list(a) == values and a.itemsize == size, (values, a)
+
+
+def test_frozen_vcpu_pages_pack_as_varint_differences() -> None:
+    """A frozen vCPU's counts and page differences round-trip through varints for any value
+    (negative differences, pages past 2**32); a run of pages a stride of 512 apart (a spread
+    allocator's top-up) takes 2 bytes a page, not 4."""
+    values = [0, 1, -1, 63, -64, 64, 8191, -8192, 1 << 33, -(1 << 40), 512]
+    assert _from_varints(_varints(values)) == values
+    run = [1 << 23] + [512] * 40
+    assert len(_varints(run)) <= 4 + 2 * 40
+    events, s = _fleet(600, tds=4, allocator="random")
+    m = Machine(s, record=False, check=True)
+    m.run(events)
+    for v in m.vcpus.values():
+        v.pamt_cache.append((1 << 34) + 5)  # (a page past 32 bits, then a lower one)
+        v.pamt_cache.append(3)
+        f = _freeze_vcpu(v)
+        assert _freeze_vcpu(_thaw_vcpu(f)) == f
+        assert _thaw_vcpu(f).pamt_cache == v.pamt_cache
+        assert {k: c.pfns for k, c in _thaw_vcpu(f).caches.items()} == {
+            k: c.pfns for k, c in v.caches.items()
+        }

@@ -147,39 +147,87 @@ def _small_td(t: Td) -> SmallTd:
 
 
 #: a vCPU frozen for a checkpoint: (id, TD, alive, the caches' names and kinds, every count and
-#: page number packed as 32-bit ints in one bytes object, the control pages). One bytes object,
-#: not arrays and tuples per cache: a delta holds a frozen vCPU for each vCPU its batches ran on
-#: (a host of 256 vCPUs: 252 per delta), and the tuples' and arrays' headers were two thirds of
-#: the 2.3 KB each one took.
+#: page number packed in one bytes object (:func:`_freeze_vcpu`), the control pages). One
+#: bytes object, not arrays and tuples per cache: a delta holds a frozen vCPU for each vCPU its
+#: batches ran changed (a host of 256 vCPUs: about 130 per delta), and the tuples' and arrays'
+#: headers were two thirds of the 2.3 KB each one took.
 FrozenVcpu = tuple[Any, ...]
 
 #: the (name, objects) of a vCPU's caches, one shared tuple per distinct shape
 _CACHE_SHAPES: dict[tuple[tuple[str, bool], ...], tuple[tuple[str, bool], ...]] = {}
 
 
+def _varints(values: list[int]) -> bytes:
+    """``values`` as zigzag LEB128 varints: 1 byte for -64..63, 2 up to +-8191, and so on."""
+    out = bytearray()
+    for v in values:
+        z = v << 1 if v >= 0 else ((-v) << 1) - 1
+        while z >= 0x80:
+            out.append((z & 0x7F) | 0x80)
+            z >>= 7
+        out.append(z)
+    return bytes(out)
+
+
+def _from_varints(packed: bytes) -> list[int]:
+    """The values :func:`_varints` packed."""
+    out: list[int] = []
+    z = shift = 0
+    for byte in packed:
+        z |= (byte & 0x7F) << shift
+        if byte & 0x80:
+            shift += 7
+            continue
+        out.append(z >> 1 if not z & 1 else -((z + 1) >> 1))
+        z = shift = 0
+    return out
+
+
 def _freeze_vcpu(v: Vcpu) -> FrozenVcpu:
-    """(A pfn of the largest host, 4 TiB, fits in 32 bits.)"""
+    """The caches' counts as they are and their pages as differences from the page before
+    (across caches), packed as varints (:func:`_varints`). A cache is topped up from the page
+    allocator in runs (``kvm_mmu_topup_memory_cache``, ``tdx_pamt_cache`` refills): a
+    lowest-first or spread allocator hands out pages one or a fixed stride apart, so most
+    differences take 1 or 2 bytes, and a random one's rarely more than 4. A frozen vCPU of a
+    256-vCPU host took 324 bytes as 4-byte values (issue 28: bytes held per event)."""
     shape = tuple([(c.name, c.objects) for c in v.caches.values()])
     shape = _CACHE_SHAPES.setdefault(shape, shape)
-    ints = [len(v.pamt_cache), *v.pamt_cache]
+    ints = [len(v.pamt_cache)]
+    prev = 0
+    for p in v.pamt_cache:
+        ints.append(p - prev)
+        prev = p
     for c in v.caches.values():
         ints += (c.min, c.capacity, c.nobjs, len(c.pfns))
-        ints += c.pfns
-    return (v.id, v.td, v.alive, shape, int32s(ints).tobytes(), tuple(v.control))
+        for p in c.pfns:
+            ints.append(p - prev)
+            prev = p
+    return (v.id, v.td, v.alive, shape, _varints(ints), tuple(v.control))
+
+
+def _pages(values: list[int], at: int, n: int, prev: int) -> list[int]:
+    """``n`` pages from their differences at ``values[at:]``, after page ``prev``."""
+    out = []
+    for d in values[at : at + n]:
+        prev += d
+        out.append(prev)
+    return out
 
 
 def _thaw_vcpu(f: FrozenVcpu) -> Vcpu:
-    ints = array("i")
-    ints.frombytes(f[4])
-    values = ints.tolist()
+    values = _from_varints(f[4])
     n = values[0]
+    pamt_cache = _pages(values, 1, n, 0)
+    prev = pamt_cache[-1] if pamt_cache else 0
     at = 1 + n
-    pamt_cache = values[1:at]
     caches: dict[str, KvmCache] = {}
     for name, objects in f[3]:
         lo, cap, nobjs, npfns = values[at : at + 4]
         at += 4
-        caches[name] = KvmCache(name, objects, lo, cap, values[at : at + npfns], nobjs)
+        pfns = _pages(values, at, npfns, prev)
+        if pfns:
+            prev = pfns[-1]
+        caches[name] = KvmCache(name, objects, lo, cap, pfns, nobjs)
         at += npfns
     return Vcpu(f[0], f[1], f[2], pamt_cache, caches, list(f[5]))
 
