@@ -99,7 +99,7 @@ def test_a_delta_holds_only_what_changed() -> None:
         for k, f in d.vcpus.items():
             assert before.get(k) != f, k
         for k, (small, leaves, gmem, entries) in d.tds.items():
-            assert small is not None or len(leaves[0]) or (gmem and len(gmem[0])) or entries, k
+            assert small is not None or len(leaves[0]) or len(gmem[0]) or entries, k
             nones += small is None
         held += len(d.vcpus)
         m.apply_delta(d)

@@ -132,8 +132,7 @@ def _copy_extra(extra: dict[str, Any]) -> dict[str, Any]:
 SmallTd = tuple[str, int | None, tuple[int, ...], tuple[tuple[int, str], ...], int | None, int]
 #: a TD's part of a delta: its small tuple (None: equal to the previous checkpoint's), its
 #: mappings' and guest_memfd's changes, its S-EPT entries' changes
-#: (gmem None: equal to the mappings' changes)
-TdPart = tuple[SmallTd | None, ChunkedDelta, ChunkedDelta | None, "dict[Any, Any] | array[int]"]
+TdPart = tuple[SmallTd | None, ChunkedDelta, ChunkedDelta, "dict[Any, Any] | array[int]"]
 
 
 def _small_td(t: Td) -> SmallTd:
@@ -880,18 +879,17 @@ class Machine(KernelState):
     def _td_delta(self, k: int, t: Td) -> TdPart | None:
         """TD ``k``'s part of a delta (None: nothing changed). Faults map a gfn to the page
         guest_memfd gave it, so the mappings' and guest_memfd's changes are usually equal: then
-        guest_memfd's are None (the mappings' serve both). The small tuple (state, HKID, control pages) rarely changes
+        one object serves both. The small tuple (state, HKID, control pages) rarely changes
         after the TD is finalized (``tdh_mr_finalize``): when equal to the last one frozen it
         is None, and a TD without other changes is left out."""
-        leaves, gmem_changes = t.leaves.delta(), t.gmem.delta()
-        # (None, not the same pair: compiled, a tuple is re-boxed where it is stored, and a
-        # second pair per TD part of 128 TDs was 9 bytes per event)
-        gmem = None if gmem_changes == leaves else gmem_changes
+        leaves, gmem = t.leaves.delta(), t.gmem.delta()
+        if gmem == leaves:
+            gmem = leaves
         entries = _pack_entries(_tracked(t.entries).delta())
         small = _small_td(t)
         prev = self._small_tds.get(k)
         if prev is not None and small == prev:
-            if not leaves[0] and (gmem is None or not gmem[0]) and not entries:
+            if not leaves[0] and not gmem[0] and not entries:
                 return None
             return None, leaves, gmem, entries if entries else _NO_ENTRIES
         self._small_tds[k] = small
@@ -924,12 +922,13 @@ class Machine(KernelState):
             td = self._td_for_delta(k, smalls[-1] if smalls else None)
             leaves = merge_deltas([p[1] for p in parts])
             td.leaves.apply(leaves)
-            # a delta whose gmem changes equal its leaves' holds None for them (:meth:`delta`):
-            # the merge is then done once for both tables
-            if all(p[2] is None for p in parts):
+            # a delta whose gmem changes equal its leaves' shares their arrays (:meth:`delta`;
+            # compiled, the pair itself is re-boxed, so the arrays are what is compared): the
+            # merge is then done once for both tables
+            if all(p[2][0] is p[1][0] and p[2][1] is p[1][1] for p in parts):
                 td.gmem.apply(leaves)
             else:
-                td.gmem.apply(merge_deltas([p[1] if p[2] is None else p[2] for p in parts]))
+                td.gmem.apply(merge_deltas([p[2] for p in parts]))
             entries: dict[Any, Any] = {}
             for p in parts:
                 entries.update(_unpack_entries(p[3]))
@@ -982,7 +981,7 @@ class Machine(KernelState):
         for k, (small, leaves, gmem, entries) in d.tds.items():
             td = self._td_for_delta(k, small)
             td.leaves.apply(leaves)
-            td.gmem.apply(leaves if gmem is None else gmem)
+            td.gmem.apply(gmem)
             _tracked(td.entries).apply(_unpack_entries(entries))
         for k, fv in d.vcpus.items():  # (the vCPUs the delta's batches ran on)
             self.vcpus[k] = _thaw_vcpu(fv)

@@ -521,7 +521,7 @@ def _changes_since(tl: Timeline, b: int) -> int:
         if cb <= last:
             break
         for _small, leaves, gmem, _entries in tl._deltas[cb].tds.values():
-            total += len(leaves[0]) + len((leaves if gmem is None else gmem)[0])
+            total += len(leaves[0]) + len(gmem[0])
     return total
 
 
