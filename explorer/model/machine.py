@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from explorer.model.chunked import ChunkedDelta, ChunkedDict, FrozenTable, ints, merge_deltas
+from explorer.model.chunked import ChunkedDict, FrozenTable, ints, merge_deltas
 from explorer.model.errors import ImpossibleEvent
 from explorer.model.events import Event, Fault, Inject, Note, Schedule, TdDestroy
 from explorer.model.invariants import check_global, check_quiescent, check_regions
@@ -132,7 +132,9 @@ def _copy_extra(extra: dict[str, Any]) -> dict[str, Any]:
 SmallTd = tuple[str, int | None, tuple[int, ...], tuple[tuple[int, str], ...], int | None, int]
 #: a TD's part of a delta: its small tuple (None: equal to the previous checkpoint's), its
 #: mappings' and guest_memfd's changes, its S-EPT entries' changes
-TdPart = tuple[SmallTd | None, ChunkedDelta, ChunkedDelta, "dict[Any, Any] | array[int]"]
+#: (the two changes typed Any: compiled, a field of a tuple type is stored unboxed and boxed
+#: again on each read, so equal changes given as one pair would become two pair objects)
+TdPart = tuple[SmallTd | None, Any, Any, "dict[Any, Any] | array[int]"]
 
 
 def _small_td(t: Td) -> SmallTd:
@@ -882,7 +884,8 @@ class Machine(KernelState):
         one object serves both. The small tuple (state, HKID, control pages) rarely changes
         after the TD is finalized (``tdh_mr_finalize``): when equal to the last one frozen it
         is None, and a TD without other changes is left out."""
-        leaves, gmem = t.leaves.delta(), t.gmem.delta()
+        leaves: Any = t.leaves.delta()  # (boxed once: see TdPart)
+        gmem: Any = t.gmem.delta()
         if gmem == leaves:
             gmem = leaves
         entries = _pack_entries(_tracked(t.entries).delta())
