@@ -14,8 +14,21 @@ from explorer.ingest import parse_trace
 from explorer.ingest.shapes import fleet
 from explorer.model.chunked import ChunkedDict, ints
 from explorer.model.events import Event
-from explorer.model.machine import Machine, MachineDelta, MachineImage, _freeze_vcpu, batches
+from explorer.model.machine import (
+    Machine,
+    MachineDelta,
+    MachineImage,
+    _freeze_vcpu,
+    _from_varints,
+    _pack_entries,
+    _small_ints,
+    _thaw_vcpu,
+    _unpack_entries,
+    _varints,
+    batches,
+)
 from explorer.model.settings import Settings
+from explorer.model.state import GONE
 from explorer.replay.timeline import replay
 
 
@@ -156,3 +169,51 @@ def test_fleet_timeline_bytes_per_event() -> None:
     tl = replay(events, s, checkpoint_every=128)
     per_event = sum(tl.memory_bytes().values()) / tl.nr_events
     assert per_event < BYTES_BOUND, per_event
+
+
+def test_sept_entry_changes_pack_into_one_array_and_back() -> None:
+    """A delta's and a keyframe's S-EPT entries: present and gone entries pack as four ints
+    each (8-byte ints past 2**31) and unpack to the same changes; anything else (a ``frozen``
+    entry, never seen between batches) stays a dict, copied, not the live one."""
+    changes: dict[Any, Any] = {(1, 7): ("present", 70, 71), (2, 0): GONE, (3, 1): ("present", 5, 6)}
+    packed = _pack_entries(changes)
+    assert not isinstance(packed, dict) and len(packed) == 12 and packed.itemsize == 4
+    assert _unpack_entries(packed) == changes
+    big = {(1, 1 << 33): ("present", 1 << 32, 9)}
+    packed_big = _pack_entries(big)
+    assert not isinstance(packed_big, dict) and packed_big.itemsize == 8
+    assert _unpack_entries(packed_big) == big
+    odd = {(1, 7): ("frozen", "cpu0"), (1, 8): ("present", 1, 2)}
+    kept = _pack_entries(odd)
+    assert kept == odd and kept is not odd
+    assert _unpack_entries(_pack_entries({})) == {}
+
+
+def test_region_rows_take_the_narrowest_ints() -> None:
+    """A delta's refcounts, orphans and references held: 1 byte per row when they fit (all
+    zero: one zeroed buffer), else 2, else 4; the values are unchanged."""
+    for values, size in (([], 1), ([0, 0, 0], 1), ([3, 0, 127], 1), ([512, 1], 2), ([1 << 20], 4)):
+        a = _small_ints(values)
+        assert list(a) == values and a.itemsize == size, (values, a)
+
+
+def test_frozen_vcpu_pages_pack_as_varint_differences() -> None:
+    """A frozen vCPU's counts and page differences round-trip through varints for any value
+    (negative differences, pages past 2**32); a run of pages a stride of 512 apart (a spread
+    allocator's top-up) takes 2 bytes a page, not 4."""
+    values = [0, 1, -1, 63, -64, 64, 8191, -8192, 1 << 33, -(1 << 40), 512]
+    assert _from_varints(_varints(values)) == values
+    run = [1 << 23] + [512] * 40
+    assert len(_varints(run)) <= 4 + 2 * 40
+    events, s = _fleet(600, tds=4, allocator="random")
+    m = Machine(s, record=False, check=True)
+    m.run(events)
+    for v in m.vcpus.values():
+        v.pamt_cache.append((1 << 34) + 5)  # (a page past 32 bits, then a lower one)
+        v.pamt_cache.append(3)
+        f = _freeze_vcpu(v)
+        assert _freeze_vcpu(_thaw_vcpu(f)) == f
+        assert _thaw_vcpu(f).pamt_cache == v.pamt_cache
+        assert {k: c.pfns for k, c in _thaw_vcpu(f).caches.items()} == {
+            k: c.pfns for k, c in v.caches.items()
+        }

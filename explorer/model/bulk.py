@@ -91,18 +91,38 @@ def idle_pages(m: Machine) -> int:
     return m.mem.counts[_O_PAMT_CACHE]
 
 
-class BatchLog:
-    """What a bulk replay keeps per batch and per event: compact arrays (8 bytes per index,
-    4 per series value, 2 per flag word), appended batch by batch."""
+#: The largest value a 4-byte index holds. A log's step and offset arrays start 4 bytes wide
+#: (every trace the app meets stays far below: 2**31 steps is hours of replay) and are widened
+#: to 8 bytes the first time a value passes ``limit`` (a test lowers it to force the widening).
+INDEX_LIMIT: Final = 2**31 - 1
 
-    def __init__(self, nr_events: int) -> None:
+
+class BatchLog:
+    """What a bulk replay keeps per batch and per event: compact arrays (4 bytes per index, 8
+    once a step number or an offset passes ``limit``; 4 per series value, 2 per flag word),
+    appended batch by batch. The first step of each event is kept for every event, so its
+    width is most of what the arrays cost per event (issue 28: <= 200 bytes per event)."""
+
+    def __init__(self, nr_events: int, limit: int = INDEX_LIMIT) -> None:
+        self.limit = limit
+        self.wide = False  # the step and offset arrays hold 8-byte ints
         self.batch_event = array("i")  # first event of each batch (at most MAX_EVENTS)
-        self.batch_step = array("q")  # first step of each batch
+        self.batch_step = array("i")  # first step of each batch
         self.batch_flags = array("H")
-        self.region_offsets = array("q", [0])  # CSR: the regions touched by each batch
+        self.region_offsets = array("i", [0])  # CSR: the regions touched by each batch
         self.region_values = array("i")  # (a 4 TiB host has 2**21 regions)
-        self.event_step = array("q", [-1]) * nr_events  # first step of each event (-1: never)
+        self.event_step = array("i", [-1]) * nr_events  # first step of each event (-1: never)
         self.series: dict[str, array[int]] = {name: array("i") for name in SERIES}
+
+    def widen(self) -> None:
+        """Copy the step and offset arrays to 8-byte ints (once; new array objects: a holder
+        of the old ones, such as a timeline, takes them again)."""
+        if self.wide:
+            return
+        self.wide = True
+        self.batch_step = array("q", self.batch_step)
+        self.region_offsets = array("q", self.region_offsets)
+        self.event_step = array("q", self.event_step)
 
 
 def run_batches(
@@ -119,6 +139,9 @@ def run_batches(
     early when the replay stops (an impossible event, a step limit); returns the first batch
     not run."""
     event_step = log.event_step
+    # (no value past ``limit`` can be written unwidened: every step number written is at most
+    # the machine's step count, checked after each batch, before its steps are stored)
+    limit = -1 if log.wide else log.limit
     # Per-batch values go to lists and into the arrays once per call: an array's append is a
     # method call through the C API (method lookup, argument parsing), about 800 instructions,
     # eleven of them per batch; a list append is a direct call.
@@ -146,6 +169,10 @@ def run_batches(
         m.batch_labels = set()
         m.batch_regions = set()
         m.run_batch([(i, events[i]) for i in range(start, end)])
+        if limit >= 0 and m.nr_steps > limit:
+            log.widen()
+            event_step = log.event_step
+            limit = -1
         for e, st in m.event_first_step.items():
             event_step[e] = st
         flags = label_flags(m.batch_labels)
@@ -169,10 +196,15 @@ def run_batches(
         b += 1
         if end >= upto_event:
             break
+    if not log.wide and (
+        nr_regions + len(region_values) > log.limit or (batch_step and batch_step[-1] > log.limit)
+    ):
+        log.widen()
     log.batch_event.extend(int32s(batch_event))
-    log.batch_step.frombytes(struct.pack(f"@{len(batch_step)}q", *batch_step))
+    code = log.batch_step.typecode
+    log.batch_step.frombytes(struct.pack(f"@{len(batch_step)}{code}", *batch_step))
     log.batch_flags.frombytes(struct.pack(f"@{len(batch_flags)}H", *batch_flags))
-    log.region_offsets.frombytes(struct.pack(f"@{len(region_offsets)}q", *region_offsets))
+    log.region_offsets.frombytes(struct.pack(f"@{len(region_offsets)}{code}", *region_offsets))
     log.region_values.extend(int32s(region_values))
     s = log.series
     for name, values in (

@@ -28,13 +28,14 @@ events and settings give the same steps, byte for byte.
 
 from __future__ import annotations
 
+import struct
 from array import array
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from explorer.model.chunked import ChunkedDelta, ChunkedDict, FrozenTable, merge_deltas
+from explorer.model.chunked import ChunkedDict, FrozenTable, ints, merge_deltas
 from explorer.model.errors import ImpossibleEvent
 from explorer.model.events import Event, Fault, Inject, Note, Schedule, TdDestroy
 from explorer.model.invariants import check_global, check_quiescent, check_regions
@@ -52,6 +53,7 @@ from explorer.model.records import (
     VcpuView,
 )
 from explorer.model.state import (
+    GONE,
     KernelState,
     KvmCache,
     Td,
@@ -84,16 +86,21 @@ from explorer.model.tdx_module import ModuleDelta, ModuleImage
 _IMAGE_MAPPINGS = ChunkedDict()
 
 
-def _copy_td(t: Td, mappings: tuple[FrozenTable, FrozenTable] | None = None) -> Td:
+def _copy_td(
+    t: Td,
+    mappings: tuple[FrozenTable, FrozenTable, dict[Any, Any] | array[int]] | None = None,
+) -> Td:
     """A copy of a quiescent TD (its dicts hold ints and tuples: shallow copies suffice). The
-    guest mappings are not copied (a keyframe keeps them as tables of frozen chunks, see
-    explorer.model.chunked): the shared empty table of an image (no ``mappings``), or restored
-    from ``mappings``."""
-    leaves, gmem = (
-        (_IMAGE_MAPPINGS, _IMAGE_MAPPINGS)
-        if mappings is None
-        else (ChunkedDict.from_table(mappings[0]), ChunkedDict.from_table(mappings[1]))
-    )
+    guest mappings and S-EPT entries are not copied (a keyframe keeps them as tables of frozen
+    chunks, see explorer.model.chunked, and as one packed array): the shared empty table and
+    no entries in an image (no ``mappings``), or restored from ``mappings``."""
+    if mappings is None:
+        leaves, gmem = _IMAGE_MAPPINGS, _IMAGE_MAPPINGS
+        entries = TrackedDict()
+    else:
+        leaves = ChunkedDict.from_table(mappings[0])
+        gmem = ChunkedDict.from_table(mappings[1])
+        entries = TrackedDict(_unpack_entries(mappings[2]))
     return Td(
         t.id,
         t.state,
@@ -101,7 +108,7 @@ def _copy_td(t: Td, mappings: tuple[FrozenTable, FrozenTable] | None = None) -> 
         list(t.vcpus),
         list(t.control),
         t.mirror_root,
-        TrackedDict(t.entries),
+        entries,
         leaves,
         dict(t.leaf_frozen),
         gmem,
@@ -125,7 +132,9 @@ def _copy_extra(extra: dict[str, Any]) -> dict[str, Any]:
 SmallTd = tuple[str, int | None, tuple[int, ...], tuple[tuple[int, str], ...], int | None, int]
 #: a TD's part of a delta: its small tuple (None: equal to the previous checkpoint's), its
 #: mappings' and guest_memfd's changes, its S-EPT entries' changes
-TdPart = tuple[SmallTd | None, ChunkedDelta, ChunkedDelta, dict[Any, Any]]
+#: (the two changes typed Any: compiled, a field of a tuple type is stored unboxed and boxed
+#: again on each read, so equal changes given as one pair would become two pair objects)
+TdPart = tuple[SmallTd | None, Any, Any, "dict[Any, Any] | array[int]"]
 
 
 def _small_td(t: Td) -> SmallTd:
@@ -140,41 +149,155 @@ def _small_td(t: Td) -> SmallTd:
 
 
 #: a vCPU frozen for a checkpoint: (id, TD, alive, the caches' names and kinds, every count and
-#: page number packed as 32-bit ints in one bytes object, the control pages). One bytes object,
-#: not arrays and tuples per cache: a delta holds a frozen vCPU for each vCPU its batches ran on
-#: (a host of 256 vCPUs: 252 per delta), and the tuples' and arrays' headers were two thirds of
-#: the 2.3 KB each one took.
+#: page number packed in one bytes object (:func:`_freeze_vcpu`), the control pages). One
+#: bytes object, not arrays and tuples per cache: a delta holds a frozen vCPU for each vCPU its
+#: batches ran changed (a host of 256 vCPUs: about 130 per delta), and the tuples' and arrays'
+#: headers were two thirds of the 2.3 KB each one took.
 FrozenVcpu = tuple[Any, ...]
 
 #: the (name, objects) of a vCPU's caches, one shared tuple per distinct shape
 _CACHE_SHAPES: dict[tuple[tuple[str, bool], ...], tuple[tuple[str, bool], ...]] = {}
 
 
+def _varints(values: list[int]) -> bytes:
+    """``values`` as zigzag LEB128 varints: 1 byte for -64..63, 2 up to +-8191, and so on."""
+    out = bytearray()
+    for v in values:
+        z = v << 1 if v >= 0 else ((-v) << 1) - 1
+        while z >= 0x80:
+            out.append((z & 0x7F) | 0x80)
+            z >>= 7
+        out.append(z)
+    return bytes(out)
+
+
+def _from_varints(packed: bytes) -> list[int]:
+    """The values :func:`_varints` packed."""
+    out: list[int] = []
+    z = shift = 0
+    for byte in packed:
+        z |= (byte & 0x7F) << shift
+        if byte & 0x80:
+            shift += 7
+            continue
+        out.append(z >> 1 if not z & 1 else -((z + 1) >> 1))
+        z = shift = 0
+    return out
+
+
 def _freeze_vcpu(v: Vcpu) -> FrozenVcpu:
-    """(A pfn of the largest host, 4 TiB, fits in 32 bits.)"""
+    """The caches' counts as they are and their pages as differences from the page before
+    (across caches), packed as varints (:func:`_varints`). A cache is topped up from the page
+    allocator in runs (``kvm_mmu_topup_memory_cache``, ``tdx_pamt_cache`` refills): a
+    lowest-first or spread allocator hands out pages one or a fixed stride apart, so most
+    differences take 1 or 2 bytes, and a random one's rarely more than 4. A frozen vCPU of a
+    256-vCPU host took 324 bytes as 4-byte values (issue 28: bytes held per event)."""
     shape = tuple([(c.name, c.objects) for c in v.caches.values()])
     shape = _CACHE_SHAPES.setdefault(shape, shape)
-    ints = [len(v.pamt_cache), *v.pamt_cache]
+    ints = [len(v.pamt_cache)]
+    prev = 0
+    for p in v.pamt_cache:
+        ints.append(p - prev)
+        prev = p
     for c in v.caches.values():
         ints += (c.min, c.capacity, c.nobjs, len(c.pfns))
-        ints += c.pfns
-    return (v.id, v.td, v.alive, shape, int32s(ints).tobytes(), tuple(v.control))
+        for p in c.pfns:
+            ints.append(p - prev)
+            prev = p
+    return (v.id, v.td, v.alive, shape, _varints(ints), tuple(v.control))
+
+
+def _pages(values: list[int], at: int, n: int, prev: int) -> list[int]:
+    """``n`` pages from their differences at ``values[at:]``, after page ``prev``."""
+    out = []
+    for d in values[at : at + n]:
+        prev += d
+        out.append(prev)
+    return out
 
 
 def _thaw_vcpu(f: FrozenVcpu) -> Vcpu:
-    ints = array("i")
-    ints.frombytes(f[4])
-    values = ints.tolist()
+    values = _from_varints(f[4])
     n = values[0]
+    pamt_cache = _pages(values, 1, n, 0)
+    prev = pamt_cache[-1] if pamt_cache else 0
     at = 1 + n
-    pamt_cache = values[1:at]
     caches: dict[str, KvmCache] = {}
     for name, objects in f[3]:
         lo, cap, nobjs, npfns = values[at : at + 4]
         at += 4
-        caches[name] = KvmCache(name, objects, lo, cap, values[at : at + npfns], nobjs)
+        pfns = _pages(values, at, npfns, prev)
+        if pfns:
+            prev = pfns[-1]
+        caches[name] = KvmCache(name, objects, lo, cap, pfns, nobjs)
         at += npfns
     return Vcpu(f[0], f[1], f[2], pamt_cache, caches, list(f[5]))
+
+
+def _small_ints(values: list[int]) -> array[int]:
+    """``values`` in the narrowest array that holds them: 1 byte per value when all fit, else 2,
+    else 4. A delta's region rows hold a refcount (at most 512: a 2 MiB region's 4 KiB pages),
+    an orphan count and references held, most of them 0; as 4-byte ints they were a tenth of
+    what a timeline holds per event on scattered hosts (issue 28), as 1 or 2 bytes a third
+    of that. (``struct`` packs them natively, as :func:`int32s` does.)"""
+    if not values:
+        return array("b")
+    lo, hi = min(values), max(values)
+    if lo == hi == 0:
+        return array("b", bytes(len(values)))
+    if lo >= -128 and hi < 128:
+        code = "b"
+    elif lo >= -32768 and hi < 32768:
+        code = "h"
+    else:
+        return int32s(values)
+    out = array(code)
+    out.frombytes(struct.pack(f"@{len(values)}{code}", *values))
+    return out
+
+
+def _pack_entries(delta: dict[Any, Any]) -> dict[Any, Any] | array[int]:
+    """A TD's S-EPT entry changes (``TrackedDict.delta``) for a delta, as one array of ints,
+    four per entry: level, index, then the S-EPT and mirror table pfns of a ``present`` entry
+    (``kvm_tdp_mmu_map`` linking a table: ``tdh_mem_sept_add``), or -1 twice for an entry
+    gone. Between batches no entry is ``frozen`` (a link is finished within its batch), so
+    every change packs; a dict of tuples took about 370 bytes per entry, the array 16 (or 32
+    when a value needs 8 bytes). Anything else (never seen between batches) stays a dict (a
+    copy: a keyframe packs a TD's live entries). A keyframe's entries pack the same way."""
+    out: list[int] = []
+    for key, value in delta.items():
+        if (
+            type(key) is not tuple
+            or len(key) != 2
+            or type(key[0]) is not int
+            or type(key[1]) is not int
+        ):
+            return dict(delta)
+        if value is GONE:
+            out += (key[0], key[1], -1, -1)
+        elif (
+            type(value) is tuple
+            and len(value) == 3
+            and value[0] == "present"
+            and type(value[1]) is int
+            and type(value[2]) is int
+            and value[1] >= 0
+        ):
+            out += (key[0], key[1], value[1], value[2])
+        else:
+            return dict(delta)
+    return ints(out)
+
+
+def _unpack_entries(packed: dict[Any, Any] | array[int]) -> dict[Any, Any]:
+    """The entry changes :func:`_pack_entries` packed, as ``TrackedDict.apply`` takes them."""
+    if isinstance(packed, dict):
+        return packed
+    out: dict[Any, Any] = {}
+    for i in range(0, len(packed), 4):
+        spt = packed[i + 2]
+        out[(packed[i], packed[i + 1])] = GONE if spt < 0 else ("present", spt, packed[i + 3])
+    return out
 
 
 #: the entries of a TD part of a delta with no S-EPT entry changed: one object for all of them
@@ -231,7 +354,8 @@ class MachineImage:
     orphans: PackedInts
     gotten: PackedInts
     tds: dict[int, Td]  # without their guest mappings:
-    mappings: dict[int, tuple[FrozenTable, FrozenTable]]  # (leaves, gmem) per TD
+    #: (leaves, gmem, S-EPT entries packed by :func:`_pack_entries`) per TD
+    mappings: dict[int, tuple[FrozenTable, FrozenTable, dict[Any, Any] | array[int]]]
     vcpus: dict[int, FrozenVcpu]
     counters: dict[str, int]
     injections: dict[str, int]
@@ -699,10 +823,10 @@ class Machine(KernelState):
             mem_scalars=mem.scalars(),
             module=self.module.delta(),
             regions=(
-                int32s(list(regions)),  # (32-bit: regions, refcounts, references)
-                int32s([self.refcount.get(r, 0) for r in regions]),
-                int32s([self.orphans.get(r, 0) for r in regions]),
-                int32s([self.gotten.get(r, 0) for r in regions]),
+                int32s(list(regions)),  # (32-bit: a 4 TiB host has 2**21 regions)
+                _small_ints([self.refcount.get(r, 0) for r in regions]),
+                _small_ints([self.orphans.get(r, 0) for r in regions]),
+                _small_ints([self.gotten.get(r, 0) for r in regions]),
             ),
             tds=self._tds_delta(),
             vcpus=self._vcpus_delta(),
@@ -760,10 +884,11 @@ class Machine(KernelState):
         one object serves both. The small tuple (state, HKID, control pages) rarely changes
         after the TD is finalized (``tdh_mr_finalize``): when equal to the last one frozen it
         is None, and a TD without other changes is left out."""
-        leaves, gmem = t.leaves.delta(), t.gmem.delta()
+        leaves: Any = t.leaves.delta()  # (boxed once: see TdPart)
+        gmem: Any = t.gmem.delta()
         if gmem == leaves:
             gmem = leaves
-        entries = _tracked(t.entries).delta()
+        entries = _pack_entries(_tracked(t.entries).delta())
         small = _small_td(t)
         prev = self._small_tds.get(k)
         if prev is not None and small == prev:
@@ -809,7 +934,7 @@ class Machine(KernelState):
                 td.gmem.apply(merge_deltas([p[2] for p in parts]))
             entries: dict[Any, Any] = {}
             for p in parts:
-                entries.update(p[3])
+                entries.update(_unpack_entries(p[3]))
             _tracked(td.entries).apply(entries)
         frozen: dict[int, FrozenVcpu] = {}
         for d in deltas:
@@ -860,7 +985,7 @@ class Machine(KernelState):
             td = self._td_for_delta(k, small)
             td.leaves.apply(leaves)
             td.gmem.apply(gmem)
-            _tracked(td.entries).apply(entries)
+            _tracked(td.entries).apply(_unpack_entries(entries))
         for k, fv in d.vcpus.items():  # (the vCPUs the delta's batches ran on)
             self.vcpus[k] = _thaw_vcpu(fv)
         self._apply_scalars(d, last)
@@ -902,7 +1027,11 @@ class Machine(KernelState):
             gotten=pack_ints(self.gotten),
             tds={k: _copy_td(t) for k, t in self.tds.items()},
             mappings={
-                k: (t.leaves.frozen_table(), t.gmem.frozen_table(like=t.leaves))
+                k: (
+                    t.leaves.frozen_table(),
+                    t.gmem.frozen_table(like=t.leaves),
+                    _pack_entries(t.entries),
+                )
                 for k, t in self.tds.items()
             },
             vcpus=vcpus,

@@ -460,6 +460,8 @@ def _replay(
         # the batches up to the next checkpoint, run and logged by the compiled loop
         b0 = b
         b = run_batches(m, events, spans, b, nb, log, spans[b][0] + checkpoint_every)
+        if tl.event_step is not log.event_step:  # (widened to 8-byte ints: new arrays)
+            tl._adopt(log)
         if b == b0:
             break
         since_ckpt += spans[b - 1][1] - spans[b0][0]
