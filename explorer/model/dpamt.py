@@ -372,15 +372,13 @@ def tdx_pamt_get(m: KernelState, th: Thread, pfn: int, vcpu: Vcpu | None) -> KGe
     fn = "tdx_pamt_get"
     region = pfn >> PAGES_PER_REGION_SHIFT
     th.stack.append(fn)
-    if m.fp_on:
-        m.fp_add(("R", region))
     inflight = m.inflight
     inflight[region] = inflight.get(region, 0) + 1
     try:
         m.count(K_PAMT_GET)
         if m.mode != "v6-locked":
-            if m.fp_on:  # atomic_inc_not_zero() reads the count lock-free
-                m.fp_read(("R", region))
+            if m.fp_on:  # atomic_inc_not_zero() reads whether the count is zero, lock-free
+                m.fp_read(("Rz", region))
             old = m.refcount.get(region, 0)
             if old:
                 m.set_refcount(region, old + 1)
@@ -404,8 +402,6 @@ def tdx_pamt_get(m: KernelState, th: Thread, pfn: int, vcpu: Vcpu | None) -> KGe
         return (yield from _pamt_get_slow(m, th, fn, region, vcpu))
     finally:
         th.stack.pop()
-        if m.fp_on:
-            m.fp_add(("R", region))
         left = inflight[region] - 1
         if left:
             inflight[region] = left
@@ -436,8 +432,8 @@ def _pamt_get_slow(m: KernelState, th: Thread, fn: str, region: int, vcpu: Vcpu 
             return ENOMEM
         pages.append(page)
     yield from spin_lock(m, th, fn, "pamt_get.lock")
-    if m.fp_on:
-        m.fp_read(("R", region))
+    if m.fp_on:  # the recheck: zero or not
+        m.fp_read(("Rz", region))
     cur = m.refcount.get(region, 0)
     if cur and m.mode == "v6-no-recheck":
         # deliberately broken (explorer.interleavings.search's counterexample): the lost-race recheck under
@@ -474,7 +470,7 @@ def _pamt_get_slow(m: KernelState, th: Thread, fn: str, region: int, vcpu: Vcpu 
         return 0
     pair = (pages[0], pages[1])
     if m.fp_on:  # PAMT.ADD: the region's pair, and the module's use of the two pages
-        m.fp_write(("R", region))
+        m.fp_write(("Rp", region))
         m.fp_write(("page", pair[0]))
         m.fp_write(("page", pair[1]))
     m.count(K_PAMT_ADD)
@@ -553,16 +549,12 @@ def tdx_pamt_put(m: KernelState, th: Thread, pfn: int) -> KGen:
     fn = "tdx_pamt_put"
     region = pfn >> PAGES_PER_REGION_SHIFT
     th.stack.append(fn)
-    if m.fp_on:
-        m.fp_add(("R", region))
     inflight = m.inflight
     inflight[region] = inflight.get(region, 0) + 1
     try:
         yield from _pamt_put(m, th, fn, region)
     finally:
         th.stack.pop()
-        if m.fp_on:
-            m.fp_add(("R", region))
         left = inflight[region] - 1
         if left:
             inflight[region] = left
@@ -575,8 +567,8 @@ def _pamt_put(m: KernelState, th: Thread, fn: str, region: int) -> KGen:
     mode = m.mode
     if mode == "v6-locked":
         yield from spin_lock(m, th, fn, "pamt_put.lock")
-        if m.fp_on:
-            m.fp_read(("R", region))
+        if m.fp_on:  # refcount > 1: the count itself
+            m.fp_read(("Rc", region))
         old = m.refcount.get(region, 0)
         if old > 1:
             m.set_refcount(region, old - 1)
@@ -592,8 +584,8 @@ def _pamt_put(m: KernelState, th: Thread, fn: str, region: int) -> KGen:
         yield from _remove(m, th, fn, region, zero_on_success=True)
         return
     if mode == "v5-hint":
-        if m.fp_on:
-            m.fp_read(("R", region))
+        if m.fp_on:  # atomic_dec_and_test: the count itself
+            m.fp_read(("Rc", region))
         old = m.refcount.get(region, 0)
         m.set_refcount(region, old - 1)
         if old - 1:
@@ -604,8 +596,8 @@ def _pamt_put(m: KernelState, th: Thread, fn: str, region: int) -> KGen:
                 (region, old, old - 1),
             )
             return
-        if m.fp_on:
-            m.fp_write(("R", region))
+        if m.fp_on:  # the window invariant 1 allows (0 with a pair)
+            m.fp_write(("Rv", region))
         m.v5_put_window[region] = m.v5_put_window.get(region, 0) + 1
         yield (
             fn,
@@ -614,8 +606,9 @@ def _pamt_put(m: KernelState, th: Thread, fn: str, region: int) -> KGen:
             (region, old),
         )
         yield from spin_lock(m, th, fn, "pamt_put.lock")
-        if m.fp_on:
-            m.fp_write(("R", region))
+        if m.fp_on:  # the window closes; the recheck reads zero or not
+            m.fp_write(("Rv", region))
+            m.fp_read(("Rz", region))
         left = m.v5_put_window[region] - 1
         if left:
             m.v5_put_window[region] = left
@@ -635,8 +628,8 @@ def _pamt_put(m: KernelState, th: Thread, fn: str, region: int) -> KGen:
         yield from _remove(m, th, fn, region, zero_on_success=False)
         return
     # v6 and the strategies built on it
-    if m.fp_on:
-        m.fp_read(("R", region))
+    if m.fp_on:  # atomic_dec_and_lock(): refcount > 1, the count itself
+        m.fp_read(("Rc", region))
     old = m.refcount.get(region, 0)
     if old > 1:
         m.set_refcount(region, old - 1)
@@ -655,7 +648,7 @@ def _pamt_put(m: KernelState, th: Thread, fn: str, region: int) -> KGen:
     )
     yield from spin_lock(m, th, fn, "pamt_put.lock")
     if m.fp_on:
-        m.fp_read(("R", region))
+        m.fp_read(("Rc", region))
     old = m.refcount.get(region, 0)
     m.set_refcount(region, old - 1)
     if old - 1:
@@ -682,7 +675,7 @@ def _remove(m: KernelState, th: Thread, fn: str, region: int, *, zero_on_success
     """PAMT.REMOVE under ``pamt_lock``; on failure refcount goes (back) to 1 and the pair leaks."""
     m.count(K_PAMT_REMOVE)
     if m.fp_on:  # PAMT.REMOVE: the pair, the region's pages in TD use, the pair's pages
-        m.fp_write(("R", region))
+        m.fp_write(("Rp", region))
         m.fp_read(("used", region))
         old_pair = m.module.pairs.get(region)
         if old_pair is not None:

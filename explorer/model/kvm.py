@@ -708,7 +708,7 @@ def _fp_give(m: KernelState, pfn: int) -> None:
     pages in TD use (an addition)."""
     region = pfn >> C.PAGES_PER_REGION_SHIFT
     m.fp_write(("page", pfn))
-    m.fp_read(("R", region))
+    m.fp_read(("Rp", region))
     m.fp_add(("used", region))
 
 

@@ -161,7 +161,10 @@ class Td:
 
 
 #: Footprint objects shared by every CPU (see :meth:`KernelState.fp_read`); the others are
-#: tuples naming a region's DPAMT state ``("R", r)``, a page ``("page", pfn)`` (its owner and
+#: tuples naming a region's DPAMT state: whether its refcount is zero ``("Rz", r)``, the
+#: refcount ``("Rc", r)``, its pair ``("Rp", r)``, v5-hint's put window ``("Rv", r)`` (the
+#: references held and the orphans are read only by invariant 2, whose reads the search
+#: derives from the region's quiescence: docs/engine.md); a page ``("page", pfn)`` (its owner and
 #: the module's use of it), a TD's ``mmu_lock`` ``("mmu", td)``, an S-EPT entry
 #: ``("sept", td, level, index)``, a leaf ``("leaf", td, gfn)``, guest_memfd's page for a gfn
 #: ``("gmem", td, gfn)``, a TD's invalidation state ``("inval", td)``, its life-cycle state
@@ -374,10 +377,18 @@ class KernelState:
         self.fp_a.add(obj)
 
     def _fp_checked(self, region: int) -> None:
-        """``check_regions`` runs on ``region`` after this step: it reads the region's DPAMT
-        state, and (depending on that state after the step) whether ``pamt_lock`` is free and
-        the region's pages in TD use."""
-        self.fp_r.add(("R", region))
+        """``check_regions`` runs on ``region`` after this step. Invariant 1 reads whether the
+        refcount is zero, the pair, v5-hint's put window and (depending on the state after the
+        step) whether ``pamt_lock`` is free; invariant 3 the region's pages in TD use when it
+        has no pair. Invariant 2 (the refcount against the references held and the orphans)
+        is read only while no get or put is in flight on the region: the search adds those
+        reads from the CPU's in-flight gets and puts before and after the turn
+        (:func:`explorer.interleavings.search._quiescence`), so a step here records only that
+        the region changed (``fp_checked``)."""
+        self.fp_r.add(("Rz", region))
+        self.fp_r.add(("Rp", region))
+        if self.mode == "v5-hint":
+            self.fp_r.add(("Rv", region))
         self.fp_checked.add(region)
 
     def _fp_pair_check(self, pair: Any) -> None:
@@ -428,16 +439,26 @@ class KernelState:
         self.fp_w.add(("page", pfn))
         self.fp_a.add(("counts", old))
         self.fp_a.add(("counts", code))
-        if code == O_FREE:
+        if (code == O_FREE or old == O_FREE) and not self.mem.is_pinned(pfn):
+            # a page joins or leaves the free set: frees and takings of named pages commute
+            # with each other; a pick (alloc_page: "the lowest free page") reads the set and
+            # writes it. A page the trace names (``pfn``) is pinned: the allocator never
+            # picks it, so whether it is free is nothing a pick reads (its page object
+            # orders the turns that take and free it)
             self.fp_a.add(FP_ALLOC)
-        elif old == O_FREE:
-            self.fp_w.add(FP_ALLOC)
         if old in (O_PAIR, O_LEAKED) or code in (O_PAIR, O_LEAKED):
             self._fp_pair_check(None)
 
     def set_refcount(self, region: int, new: int) -> None:
         if self.fp_on:
-            self.fp_w.add(("R", region))
+            if new and self.refcount.get(region, 0):
+                # an increment or decrement that keeps the count above zero (the get's
+                # atomic_inc_not_zero, a lost race, a put that is not the last): additions
+                # commute; what the kernel reads of the count is whether it is zero or > 1
+                self.fp_a.add(("Rc", region))
+            else:  # to or from zero (PAMT.ADD's 1, the last put's 0): both objects
+                self.fp_w.add(("Rc", region))
+                self.fp_w.add(("Rz", region))
             self._fp_checked(region)
         old = self.refcount.get(region, 0)
         if new:
@@ -451,7 +472,6 @@ class KernelState:
 
     def add_orphan(self, region: int) -> None:
         if self.fp_on:
-            self.fp_w.add(("R", region))
             self.fp_w.add(FP_PAIRS)
             self._fp_checked(region)
         old = self.orphans.get(region, 0)
@@ -464,8 +484,7 @@ class KernelState:
     def mark_gotten(self, pfn: int, delta: int) -> None:
         """The caller now holds (+1) or dropped (-1) a DPAMT reference on pfn's region."""
         region = pfn >> C.PAGES_PER_REGION_SHIFT
-        if self.fp_on:
-            self.fp_a.add(("R", region))
+        if self.fp_on:  # (read by invariant 2 only: see _fp_checked)
             self._fp_checked(region)
         n = self.gotten.get(region, 0) + delta
         self.gotten_total += delta
@@ -482,7 +501,7 @@ class KernelState:
 
     def note_pair(self, region: int, old: Any, new: Any) -> None:
         if self.fp_on:
-            self.fp_w.add(("R", region))
+            self.fp_w.add(("Rp", region))
             self.fp_w.add(FP_PAIRS)
             self._fp_checked(region)
             self._fp_pair_check(old)
