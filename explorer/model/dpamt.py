@@ -368,7 +368,10 @@ def tdx_pamt_get(m: KernelState, th: Thread, pfn: int, vcpu: Vcpu | None) -> KGe
     """``tdx_pamt_get(pfn, cache)``: returns 0, -ENOMEM or -EIO (dpamt-model.md section 3).
 
     The region's get is "in flight" from the call to the return: the caller counts its
-    reference (``mark_gotten``) only once it has the result, so invariant 2 waits till then."""
+    reference (``mark_gotten``) only once it has the result, so invariant 2 waits till then.
+    ``explore`` reads this frame's ``region`` to tell a turn that enters or leaves a get
+    (``_IN_FLIGHT_CODE`` in explorer/interleavings/search.py): the in-flight count is kept here
+    and in :func:`tdx_pamt_put`, nowhere else."""
     fn = "tdx_pamt_get"
     region = pfn >> PAGES_PER_REGION_SHIFT
     th.stack.append(fn)
