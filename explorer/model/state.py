@@ -315,6 +315,9 @@ class KernelState:
         #: shares the TD's small tuple when equal (explorer.model.machine.Machine.delta).
         #: Emptied wherever the machine's state is set from outside (restore, apply_delta).
         self._frozen_vcpus: dict[int, tuple[Any, ...]] = {}
+        #: the same states as plain tuples (``machine._vcpu_view``): compared without encoding
+        #: a vCPU, and the page lists a delta's patch is taken against
+        self._frozen_views: dict[int, tuple[Any, ...]] = {}
         self._small_tds: dict[int, tuple[Any, ...]] = {}
         #: the vCPUs and TDs the current batch's events name (``batch_owners``)
         self._batch_vcpus: set[int] = set()
