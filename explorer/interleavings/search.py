@@ -692,21 +692,33 @@ def _identities(m: Machine, threads: list[Thread]) -> dict[int, Any]:
     return ids
 
 
-def _frames(gen: Any, ids: dict[int, Any], abstract: bool = True) -> tuple[Any, ...]:
-    """A generator chain's frames: code, position, locals (``yield from`` followed down)."""
-    out: list[tuple[Any, ...]] = []
+def _chain(gen: Any) -> Iterator[tuple[Any, Any]]:
+    """A generator chain, ``yield from`` followed down (at most 64 deep): each generator and
+    its frame; the last one's frame is None when the chain ends in a finished or compiled
+    generator."""
     depth = 0
     while gen is not None and depth < 64:
         frame = getattr(gen, "gi_frame", None)
+        yield gen, frame
+        if frame is None:
+            return
+        gen = gen.gi_yieldfrom
+        depth += 1
+
+
+def _frames(gen: Any, ids: dict[int, Any], abstract: bool = True) -> tuple[Any, ...]:
+    """A generator chain's frames: code, position, locals (``yield from`` followed down)."""
+    out: list[tuple[Any, ...]] = []
+    for g, frame in _chain(gen):
         if frame is None:  # finished, or a compiled generator (no frame: see the docstring)
-            if not isinstance(gen, types.GeneratorType):
+            if not isinstance(g, types.GeneratorType):
                 raise TypeError(
                     "explore reads generator frames: run it on the pure Python engine "
                     "(DPAMT_PURE=1)"
                 )
             out.append(("done",))
             break
-        name = gen.gi_code.co_qualname
+        name = g.gi_code.co_qualname
         hidden = _ABSTRACT_LOCALS.get(name, ()) if abstract else ()
         out.append(
             (
@@ -726,8 +738,6 @@ def _frames(gen: Any, ids: dict[int, Any], abstract: bool = True) -> tuple[Any, 
                 ),
             )
         )
-        gen = gen.gi_yieldfrom
-        depth += 1
     return tuple(out)
 
 
@@ -1076,18 +1086,13 @@ _IN_FLIGHT_CODE = frozenset({"tdx_pamt_get", "tdx_pamt_put"})
 def _pamt_regions(th: Thread) -> frozenset[int]:
     """The regions ``th`` has a get or put in flight on: the ``region`` of each
     ``tdx_pamt_get``/``tdx_pamt_put`` frame in its generator chain."""
-    out = []
-    gen: Any = th.gen
-    depth = 0
-    while gen is not None and depth < 64:
-        frame = getattr(gen, "gi_frame", None)
-        if frame is None:
-            break
-        if frame.f_code.co_name in _IN_FLIGHT_CODE:
-            out.append(frame.f_locals["region"])
-        gen = gen.gi_yieldfrom
-        depth += 1
-    return frozenset(out)
+    return frozenset(
+        [
+            frame.f_locals["region"]
+            for _, frame in _chain(th.gen)
+            if frame is not None and frame.f_code.co_name in _IN_FLIGHT_CODE
+        ]
+    )
 
 
 def _quiescence(

@@ -239,11 +239,11 @@ def _vcpu_pages(v: Vcpu) -> list[list[int]]:
     return [v.pamt_cache, *[c.pfns for c in v.caches.values()]]
 
 
-def _frozen_pages(f: FrozenVcpu) -> list[list[int]]:
+def _frozen_pages(f: FrozenVcpu) -> list[Sequence[int]]:
     """The page lists of a full frozen vCPU (:func:`_freeze_vcpu`), as :func:`_vcpu_pages`."""
     values = _from_varints(f[4])
     n = values[0]
-    out = [_pages(values, 1, n, 0)]
+    out: list[Sequence[int]] = [_pages(values, 1, n, 0)]
     prev = out[0][-1] if n else 0
     at = 1 + n
     for _ in f[3]:
@@ -300,7 +300,7 @@ def _vcpu_patch(
     lists = _vcpu_pages(v)
     base: list[Sequence[int]] | None = None
     if prev is not None and prev[3] == shape:
-        base = _view_pages(view) if view is not None else list(_frozen_pages(prev))
+        base = _view_pages(view) if view is not None else _frozen_pages(prev)
     ints: list[int] = []
     prevp = 0
     caches = list(v.caches.values())
