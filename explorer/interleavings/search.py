@@ -1078,70 +1078,7 @@ _STAR: Footprint = (frozenset(), frozenset({"*"}), frozenset())
 _ANNOTATED = (Fault, Zap)
 
 
-#: The kernel functions whose frames hold a get or put in flight on their local ``region``
-#: (``m.inflight``: from the call to the return, :func:`explorer.model.dpamt.tdx_pamt_get`).
-_IN_FLIGHT_CODE = frozenset({"tdx_pamt_get", "tdx_pamt_put"})
-
-
-def _pamt_regions(th: Thread) -> frozenset[int]:
-    """The regions ``th`` has a get or put in flight on: the ``region`` of each
-    ``tdx_pamt_get``/``tdx_pamt_put`` frame in its generator chain."""
-    return frozenset(
-        [
-            frame.f_locals["region"]
-            for _, frame in _chain(th.gen)
-            if frame is not None and frame.f_code.co_name in _IN_FLIGHT_CODE
-        ]
-    )
-
-
-def _quiescence(
-    m: Machine, before: frozenset[int], after: frozenset[int]
-) -> tuple[set[Any], set[Any], set[Any]]:
-    """What invariant 2 reads, as accesses of the turn: the reads, writes and updates of the
-    objects ``("Qin", r)`` and ``("Qout", r)`` for each region the turn changed or checked
-    (``m.fp_checked``) or entered or left a get or put on (``before``/``after``: the regions
-    the CPU had one in flight on).
-
-    Invariant 2 (refcount = references held + orphans) is checked only on a region with no
-    get or put in flight (:func:`explorer.model.invariants.check_regions`), and every change
-    of the three counts is an addition but for those to and from zero, which the other
-    objects order. So the counts of a region after any set of turns do not depend on their
-    order, and two turns of different CPUs can change what a check reads only through which
-    states are *quiescent*. Take turns a and b, each run in the other's absence, then both:
-    the states checked are s.a and s.a.b, or s.b and s.b.a = s.a.b. They differ only at s.a
-    against s.b. If b's CPU has a get or put in flight on r before b (b is a *mid* or *exit*
-    turn for r), r is not quiescent at s.a, so a check there reads nothing; if b's CPU has
-    one in flight after b (*mid* or *entry*), r is not quiescent at s.b. So the pair needs an
-    order only when one can leave r quiescent where the other would not: an *entry* against
-    an *exit*, or either against an *outside* turn (no get or put in flight before or after,
-    which changed or checked r). Two entries, two exits, or a mid turn against anything,
-    commute for invariant 2. As accesses: an entry updates ``Qin`` and reads ``Qout``, an
-    exit updates ``Qout`` and reads ``Qin``, an outside turn writes both (a turn that both
-    enters and leaves r, or leaves and enters it again, counts as outside)."""
-    rd: set[Any] = set()
-    wr: set[Any] = set()
-    up: set[Any] = set()
-    for region in m.fp_checked | (before ^ after):
-        was, now = region in before, region in after
-        qin, qout = ("Qin", region), ("Qout", region)
-        if was and now:
-            continue  # mid
-        if now:
-            up.add(qin)
-            rd.add(qout)
-        elif was:
-            up.add(qout)
-            rd.add(qin)
-        else:
-            wr.add(qin)
-            wr.add(qout)
-    return rd, wr, up
-
-
-def _footprint(
-    m: Machine, before: frozenset[int] = frozenset(), after: frozenset[int] = frozenset()
-) -> Footprint:
+def _footprint(m: Machine) -> Footprint:
     """The recorder's sets after a turn, normalised: an object both read and updated is
     written; a written object is neither read nor updated.
 
@@ -1149,12 +1086,8 @@ def _footprint(
     (:func:`explorer.model.invariants.check_regions`): whether ``pamt_lock`` is free matters
     only when the region's refcount and pair disagree, its pages in TD use only when it has no
     pair; both conditions are the region's own state after the turn, which the turn read.
-    Invariant 2's reads come from :func:`_quiescence` (``before``/``after``: the regions the
-    CPU had a get or put in flight on before and after the turn)."""
-    qr, qw, qa = _quiescence(m, before, after)
-    m.fp_r |= qr
-    m.fp_w |= qw
-    m.fp_a |= qa
+    Invariant 2 reads nothing a footprint needs (docs/engine.md, point 6): every change of its
+    terms is an addition that keeps the identity (``KernelState.pamt_enter``)."""
     r = m.fp_r
     if m.fp_checked:
         pairs = m.module.pairs
@@ -1471,11 +1404,8 @@ class _Reduced:
         m.fp_checked.clear()
         m.fp_l.clear()
         held_before = m.pamt_lock == p
-        before = _pamt_regions(th)
         info = m.turn(th, self.threads)
-        fp = (
-            _footprint(m, before, _pamt_regions(th)) if annotated and self._annotated(th) else _STAR
-        )
+        fp = _footprint(m) if annotated and self._annotated(th) else _STAR
         lfp = _lock_aware(fp, m, p, held_before) if fp is not _STAR else fp
         node.fps[p] = fp
         node.lfps[p] = lfp

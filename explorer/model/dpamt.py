@@ -368,15 +368,13 @@ def tdx_pamt_get(m: KernelState, th: Thread, pfn: int, vcpu: Vcpu | None) -> KGe
     """``tdx_pamt_get(pfn, cache)``: returns 0, -ENOMEM or -EIO (dpamt-model.md section 3).
 
     The region's get is "in flight" from the call to the return: the caller counts its
-    reference (``mark_gotten``) only once it has the result, so invariant 2 waits till then.
-    ``explore`` reads this frame's ``region`` to tell a turn that enters or leaves a get
-    (``_IN_FLIGHT_CODE`` in explorer/interleavings/search.py): the in-flight count is kept here
-    and in :func:`tdx_pamt_put`, nowhere else."""
+    reference (``mark_gotten``) only once it has the result, so until then the get owes
+    invariant 2 the increment it made (``KernelState.pamt_enter``/``pamt_leave``, here and in
+    :func:`tdx_pamt_put` only)."""
     fn = "tdx_pamt_get"
     region = pfn >> PAGES_PER_REGION_SHIFT
     th.stack.append(fn)
-    inflight = m.inflight
-    inflight[region] = inflight.get(region, 0) + 1
+    outer = m.pamt_enter(th, region, False)
     try:
         m.count(K_PAMT_GET)
         if m.mode != "v6-locked":
@@ -384,7 +382,7 @@ def tdx_pamt_get(m: KernelState, th: Thread, pfn: int, vcpu: Vcpu | None) -> KGe
                 m.fp_read(("Rz", region))
             old = m.refcount.get(region, 0)
             if old:
-                m.set_refcount(region, old + 1)
+                m.set_refcount(region, old + 1, th)
                 m.count(K_PAMT_GET_FAST)
                 yield (
                     fn,
@@ -405,11 +403,7 @@ def tdx_pamt_get(m: KernelState, th: Thread, pfn: int, vcpu: Vcpu | None) -> KGe
         return (yield from _pamt_get_slow(m, th, fn, region, vcpu))
     finally:
         th.stack.pop()
-        left = inflight[region] - 1
-        if left:
-            inflight[region] = left
-        else:
-            del inflight[region]
+        m.pamt_leave(th, region, outer)
 
 
 def _pamt_get_slow(m: KernelState, th: Thread, fn: str, region: int, vcpu: Vcpu | None) -> KGen:
@@ -448,7 +442,7 @@ def _pamt_get_slow(m: KernelState, th: Thread, fn: str, region: int, vcpu: Vcpu 
             (region, cur),
         )
     elif cur:
-        m.set_refcount(region, cur + 1)
+        m.set_refcount(region, cur + 1, th)
         if m.mode == "v6-locked":
             # patch 05 alone has no lock-free check: finding the pair under the lock is the
             # ordinary path of every get but a region's first, not a race
@@ -484,7 +478,7 @@ def _pamt_get_slow(m: KernelState, th: Thread, fn: str, region: int, vcpu: Vcpu 
         for p in pair:
             m.set_owner(p, O_PAIR)
         m.note_pair(region, None, pair)
-        m.set_refcount(region, 1)
+        m.set_refcount(region, 1, th)
         yield (
             fn,
             "pamt_get.add",
@@ -495,7 +489,7 @@ def _pamt_get_slow(m: KernelState, th: Thread, fn: str, region: int, vcpu: Vcpu 
         yield fn, "pamt_get.unlock", "spin_unlock(&pamt_lock)", ()
         return 0
     if m.mode == "v5-hint" and status == tdx.HPA_RANGE_NOT_FREE:
-        m.set_refcount(region, 1)
+        m.set_refcount(region, 1, th)
         yield (
             fn,
             "pamt_get.add_hint",
@@ -552,17 +546,12 @@ def tdx_pamt_put(m: KernelState, th: Thread, pfn: int) -> KGen:
     fn = "tdx_pamt_put"
     region = pfn >> PAGES_PER_REGION_SHIFT
     th.stack.append(fn)
-    inflight = m.inflight
-    inflight[region] = inflight.get(region, 0) + 1
+    outer = m.pamt_enter(th, region, True)
     try:
         yield from _pamt_put(m, th, fn, region)
     finally:
         th.stack.pop()
-        left = inflight[region] - 1
-        if left:
-            inflight[region] = left
-        else:
-            del inflight[region]
+        m.pamt_leave(th, region, outer)
 
 
 def _pamt_put(m: KernelState, th: Thread, fn: str, region: int) -> KGen:
@@ -574,7 +563,7 @@ def _pamt_put(m: KernelState, th: Thread, fn: str, region: int) -> KGen:
             m.fp_read(("Rc", region))
         old = m.refcount.get(region, 0)
         if old > 1:
-            m.set_refcount(region, old - 1)
+            m.set_refcount(region, old - 1, th)
             yield (
                 fn,
                 "pamt_put.dec",
@@ -590,7 +579,7 @@ def _pamt_put(m: KernelState, th: Thread, fn: str, region: int) -> KGen:
         if m.fp_on:  # atomic_dec_and_test: the count itself
             m.fp_read(("Rc", region))
         old = m.refcount.get(region, 0)
-        m.set_refcount(region, old - 1)
+        m.set_refcount(region, old - 1, th)
         if old - 1:
             yield (
                 fn,
@@ -635,7 +624,7 @@ def _pamt_put(m: KernelState, th: Thread, fn: str, region: int) -> KGen:
         m.fp_read(("Rc", region))
     old = m.refcount.get(region, 0)
     if old > 1:
-        m.set_refcount(region, old - 1)
+        m.set_refcount(region, old - 1, th)
         yield (
             fn,
             "pamt_put.fast",
@@ -653,7 +642,7 @@ def _pamt_put(m: KernelState, th: Thread, fn: str, region: int) -> KGen:
     if m.fp_on:
         m.fp_read(("Rc", region))
     old = m.refcount.get(region, 0)
-    m.set_refcount(region, old - 1)
+    m.set_refcount(region, old - 1, th)
     if old - 1:
         yield (
             fn,
@@ -694,7 +683,7 @@ def _remove(m: KernelState, th: Thread, fn: str, region: int, *, zero_on_success
             m.set_owner(p, O_IN_HAND)
         m.note_pair(region, got, None)
         if zero_on_success:
-            m.set_refcount(region, 0)
+            m.set_refcount(region, 0, th)
         yield (
             fn,
             "pamt_put.remove",
@@ -706,8 +695,8 @@ def _remove(m: KernelState, th: Thread, fn: str, region: int, *, zero_on_success
         yield from free_pamt_array(m, fn, "pamt_put", list(got), False)
         return
     m.count(K_PAMT_REMOVE_FAILED)
-    m.set_refcount(region, 1)
-    m.add_orphan(region)
+    m.set_refcount(region, 1, th)
+    m.add_orphan(region, th)
     if pair is not None:
         for p in pair:
             m.set_owner(p, O_LEAKED)

@@ -7,7 +7,9 @@ broken mode (or a bug in the explorer) must show up in the app at the exact step
    (in ``v5-hint`` also "0 with a pair" inside a put's unlocked-decrement window).
 2. ``refcount[r]`` = references held by callers on r (control pages, linked S-EPT tables, mapped
    guest pages, each counted from the successful ``tdx_pamt_get`` to the ``tdx_pamt_put``) plus
-   one orphan reference per failed PAMT.REMOVE. Checked when no get/put on r is in flight.
+   one orphan reference per failed PAMT.REMOVE. Checked at every step: a get counts from its
+   increment, a put's reference until its decrement (what the gets and puts in flight owe,
+   ``KernelState.pamt_enter``), which at a region with none in flight is the model's identity.
 3. No page is in TD use on a region without a pair (the module's own ``used`` count).
 4. Every installed pair owns exactly two distinct pages that the kernel holds as pair pages
    (``pamt_pair``, or ``leaked`` after a failed REMOVE) and the module holds as PAMT pages.
@@ -51,7 +53,7 @@ def check_regions(m: KernelState, regions: Set[int], all_pairs: bool = False) ->
     otherwise shows in the page counts of invariant 5 (:func:`check_global`)."""
     lock_free = m.pamt_lock is None
     pairs = m.module.pairs
-    refcount, gotten, orphans, inflight = m.refcount, m.gotten, m.orphans, m.inflight
+    refcount, gotten, orphans, owed = m.refcount, m.gotten, m.orphans, m.owed
     used = m.module.used
     pair_dirty = m.pair_dirty
     for r in sorted(regions) if len(regions) > 1 else regions:
@@ -69,16 +71,17 @@ def check_regions(m: KernelState, regions: Set[int], all_pairs: bool = False) ->
                 f"region {r}: refcount {rc} but {'a' if pair else 'no'} PAMT pair "
                 "with pamt_lock free (explorer invariant 1)",
             )
-        if r not in inflight:
-            held = gotten.get(r, 0)
-            orphaned = orphans.get(r, 0) if orphans else 0
-            if rc != held + orphaned:
-                m.diag(
-                    "violation",
-                    "INV2_REFCOUNT_USERS",
-                    f"region {r}: refcount {rc} != {held} pages gotten + {orphaned} orphan(s) "
-                    "(explorer invariant 2)",
-                )
+        held = gotten.get(r, 0)
+        orphaned = orphans.get(r, 0) if orphans else 0
+        pending = owed.get(r, 0) if owed else 0
+        if rc != held + orphaned + pending:
+            flight = f" + {pending} owed by a get or put in flight" if pending else ""
+            m.diag(
+                "violation",
+                "INV2_REFCOUNT_USERS",
+                f"region {r}: refcount {rc} != {held} pages gotten + {orphaned} orphan(s)"
+                f"{flight} (explorer invariant 2)",
+            )
         if pair is None:
             if used.get(r, 0):
                 m.diag(

@@ -1213,6 +1213,7 @@ class Machine(KernelState):
         self.gotten = unpack_ints(img.gotten)
         self.gotten_total = sum(self.gotten.values())
         self.inflight = {}
+        self.owed = {}
         self.v5_put_window = {}
         self.tds = {k: _copy_td(t, img.mappings[k]) for k, t in img.tds.items()}
         self.vcpus = {k: _thaw_vcpu(v) for k, v in img.vcpus.items()}

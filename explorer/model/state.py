@@ -163,8 +163,8 @@ class Td:
 #: Footprint objects shared by every CPU (see :meth:`KernelState.fp_read`); the others are
 #: tuples naming a region's DPAMT state: whether its refcount is zero ``("Rz", r)``, the
 #: refcount ``("Rc", r)``, its pair ``("Rp", r)``, v5-hint's put window ``("Rv", r)`` (the
-#: references held and the orphans are read only by invariant 2, whose reads the search
-#: derives from the region's quiescence: docs/engine.md); a page ``("page", pfn)`` (its owner and
+#: references held, the orphans and what gets and puts in flight owe are read only by
+#: invariant 2, which needs no object: docs/engine.md); a page ``("page", pfn)`` (its owner and
 #: the module's use of it), a TD's ``mmu_lock`` ``("mmu", td)``, an S-EPT entry
 #: ``("sept", td, level, index)``, a leaf ``("leaf", td, gfn)``, guest_memfd's page for a gfn
 #: ``("gmem", td, gfn)``, a TD's invalidation state ``("inval", td)``, its life-cycle state
@@ -223,6 +223,11 @@ class Thread:
     #: while spinning: how to repeat the spin step without resuming the generator
     #: (:class:`explorer.model.dpamt.Spin`)
     respin: Spin | None = None
+    #: what this CPU's ``tdx_pamt_get``/``tdx_pamt_put`` in flight owes its region's
+    #: invariant 2: the changes it made to the refcount and the orphans so far, plus 1 for a
+    #: put (whose caller already dropped its reference): :meth:`KernelState.pamt_enter`.
+    #: A function of the frames (their positions and locals), so not part of a state's key.
+    owe: int = 0
 
     @property
     def done(self) -> bool:
@@ -267,9 +272,10 @@ class KernelState:
         self.refcount: dict[int, int] = {}
         self.orphans: dict[int, int] = {}
         self.pamt_lock: str | None = None
-        # engine bookkeeping (not kernel state): references held by callers, per region, and
-        # regions with a get/put in flight (invariant 2 is checked only when none is).
+        # engine bookkeeping (not kernel state): references held by callers, per region,
+        # regions with a get/put in flight, and what those owe invariant 2 (:meth:`pamt_enter`)
         self.gotten: dict[int, int] = {}
+        self.owed: dict[int, int] = {}
         #: the sum of ``gotten`` (metrics read it after every batch: a sum over every region
         #: was O(regions) per batch)
         self.gotten_total = 0
@@ -379,11 +385,10 @@ class KernelState:
         """``check_regions`` runs on ``region`` after this step. Invariant 1 reads whether the
         refcount is zero, the pair, v5-hint's put window and (depending on the state after the
         step) whether ``pamt_lock`` is free; invariant 3 the region's pages in TD use when it
-        has no pair. Invariant 2 (the refcount against the references held and the orphans)
-        is read only while no get or put is in flight on the region: the search adds those
-        reads from the CPU's in-flight gets and puts before and after the turn
-        (:func:`explorer.interleavings.search._quiescence`), so a step here records only that
-        the region changed (``fp_checked``)."""
+        has no pair. Invariant 2 (the refcount against the references held, the orphans and
+        what the gets and puts in flight owe) reads nothing a footprint needs: every change
+        of its terms is an addition (:meth:`pamt_enter`), so a step here records only that the
+        region changed (``fp_checked``)."""
         self.fp_r.add(("Rz", region))
         self.fp_r.add(("Rp", region))
         if self.mode == "v5-hint":
@@ -451,7 +456,52 @@ class KernelState:
         if old in (O_PAIR, O_LEAKED) or code in (O_PAIR, O_LEAKED):
             self._fp_pair_check(None)
 
-    def set_refcount(self, region: int, new: int) -> None:
+    def pamt_enter(self, th: Thread, region: int, put: bool) -> int:
+        """``th`` enters ``tdx_pamt_get``/``tdx_pamt_put`` on ``region``; returns what an outer
+        get or put of ``th`` owed (restored by :meth:`pamt_leave`).
+
+        Invariant 2 is exact at every step: refcount = references held + orphans + what the
+        gets and puts in flight owe. A get's increment is counted as its caller's reference
+        only when the get returns (``mark_gotten`` in the same turn as the return); a put's
+        caller drops its reference in the turn that calls it, before the put decrements. So
+        each get or put in flight owes the changes it made to the refcount and the orphans,
+        plus one for a put, and gives them back when it returns. Every change of the four
+        counts is then an addition that leaves the identity as it was (docs/engine.md, "Every
+        interleaving", point 6): the check orders no turns in a search, where checking only at
+        quiescent regions made every entry of a get or put dependent on every exit."""
+        self.inflight[region] = self.inflight.get(region, 0) + 1
+        outer = th.owe
+        th.owe = 0
+        if put:
+            self._owe(th, region, 1)
+        return outer
+
+    def pamt_leave(self, th: Thread, region: int, outer: int) -> None:
+        """``th``'s get or put on ``region`` returns: what it owed moves to its caller's
+        references (a get's ``mark_gotten(+1)``) or is settled (a put), in this turn."""
+        left = self.inflight[region] - 1
+        if left:
+            self.inflight[region] = left
+        else:
+            del self.inflight[region]
+        if th.owe:
+            self._owe(th, region, -th.owe)
+        th.owe = outer
+
+    def _owe(self, th: Thread, region: int, delta: int) -> None:
+        n = self.owed.get(region, 0) + delta
+        if n:
+            self.owed[region] = n
+        else:
+            self.owed.pop(region, None)
+        th.owe += delta
+        self._dirty.add(region)  # (every change of invariant 2's terms is checked)
+        if self.fp_on:  # (read by invariant 2 only, which needs no footprint: see above)
+            self._fp_checked(region)
+
+    def set_refcount(self, region: int, new: int, th: Thread) -> None:
+        """``th``'s get or put in flight on ``region`` sets its refcount (and owes the change:
+        :meth:`pamt_enter`)."""
         if self.fp_on:
             if new and self.refcount.get(region, 0):
                 # an increment or decrement that keeps the count above zero (the get's
@@ -467,16 +517,21 @@ class KernelState:
             self.refcount[region] = new
         else:
             self.refcount.pop(region, None)
+        if new != old:
+            self._owe(th, region, new - old)
         self._dirty.add(region)
         self._ckpt_regions.add(region)
         if self.record:
             self._effect("refcount", region, old, new)
 
-    def add_orphan(self, region: int) -> None:
+    def add_orphan(self, region: int, th: Thread) -> None:
+        """``th``'s failed PAMT.REMOVE leaves an orphan reference on ``region`` (the owed
+        count gives it back: :meth:`pamt_enter`)."""
         if self.fp_on:
             self._fp_checked(region)
         old = self.orphans.get(region, 0)
         self.orphans[region] = old + 1
+        self._owe(th, region, -1)
         self._dirty.add(region)
         self._ckpt_regions.add(region)
         if self.record:
