@@ -1098,10 +1098,18 @@ class Machine(KernelState):
         applying the deltas."""
         tables = (self.refcount, self.orphans, self.gotten)
         for table, col in zip(tables, (1, 2, 3), strict=True):
+            zeroed: set[int] = set()
             for part in parts:
-                table.update(zip(part[0], part[col], strict=True))
-            for r in [r for r, v in table.items() if not v]:
-                del table[r]
+                values = part[col]
+                nr_zero = values.count(0)
+                if nr_zero == len(values) and not table:
+                    continue  # (a table left empty: orphans, on most traces)
+                table.update(zip(part[0], values, strict=True))
+                if nr_zero:
+                    zeroed.update([r for r, v in zip(part[0], values, strict=True) if not v])
+            for r in zeroed:
+                if table.get(r) == 0:
+                    del table[r]
 
     def _td_for_delta(self, k: int, small: SmallTd | None) -> Td:
         """TD ``k`` (created if the delta is its first), its small fields set from ``small``
