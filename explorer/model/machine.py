@@ -1042,11 +1042,7 @@ class Machine(KernelState):
         last = deltas[-1]
         self.mem.apply_many([d.mem_pages for d in deltas], last.mem_scalars)
         self.module.apply_many([d.module for d in deltas])
-        rows: dict[int, tuple[int, int, int]] = {}
-        for d in deltas:
-            keys, refcounts, orphans, gotten = d.regions
-            rows.update(zip(keys, zip(refcounts, orphans, gotten, strict=True), strict=True))
-        self._apply_rows(rows)  # (one merge for the three tables, each row written once)
+        self._apply_rows_many([d.regions for d in deltas])
         per_td: dict[int, list[TdPart]] = {}
         for d in deltas:
             for k, part in d.tds.items():
@@ -1091,6 +1087,29 @@ class Machine(KernelState):
                 gotten[r] = held
             else:
                 gotten.pop(r, None)
+
+    def _apply_rows_many(
+        self, parts: list[tuple[array[int], array[int], array[int], array[int]]]
+    ) -> None:
+        """Consecutive deltas' region rows (:meth:`_apply_rows`), each table updated in C from
+        every delta in order (the last value of a region winning), then its regions at 0 taken
+        out. On a host whose allocations scatter a seek merges tens of thousands of rows:
+        building a 3-tuple per row and writing it through three branches was a fifth of
+        applying the deltas."""
+        tables = (self.refcount, self.orphans, self.gotten)
+        for table, col in zip(tables, (1, 2, 3), strict=True):
+            zeroed: set[int] = set()
+            for part in parts:
+                values = part[col]
+                nr_zero = values.count(0)
+                if nr_zero == len(values) and not table:
+                    continue  # (a table left empty: orphans, on most traces)
+                table.update(zip(part[0], values, strict=True))
+                if nr_zero:
+                    zeroed.update([r for r, v in zip(part[0], values, strict=True) if not v])
+            for r in zeroed:
+                if table.get(r) == 0:
+                    del table[r]
 
     def _td_for_delta(self, k: int, small: SmallTd | None) -> Td:
         """TD ``k`` (created if the delta is its first), its small fields set from ``small``
