@@ -1200,8 +1200,8 @@ class _Universe:
             return ((1 << len(self.bit)) - 1) & ~own
         om = self.om
         mask = self.star
-        for o in r:
-            mask |= om.get((o, "w"), 0)
+        for o in r:  # (a read conflicts with a write and with an update: a count's > 1)
+            mask |= om.get((o, "w"), 0) | om.get((o, "a"), 0)
         for o in w:
             mask |= om.get((o, "r"), 0) | om.get((o, "w"), 0) | om.get((o, "a"), 0)
         for o in a:
