@@ -43,16 +43,20 @@ FIND_KINDS = ("op", "region", "label", *FLAG_BITS)
 #: re-runs at most that many events (on the generators, about 10 ms).
 CHECKPOINT_EVERY = 1024
 KEYFRAME_EVERY = 16
-#: Memory the keyframes may take (estimated): at most this, and at most KEYFRAME_BYTES_PER_EVENT
-#: per event of the trace (but always KEYFRAME_MIN_BUDGET). Above it, every other keyframe is
+#: Memory the keyframes may take, in bytes they really hold (:func:`_deep_size`, an object
+#: shared with the previous keyframe counted again: on the safe side): at most the caller's
+#: ``checkpoint_budget``, and at most what is left of TIMELINE_BYTES_PER_EVENT per event of the
+#: trace once the deltas and the per-batch arrays are paid (projected over the whole trace from
+#: what they took so far), but always KEYFRAME_MIN_BUDGET. Above it, every other keyframe is
 #: dropped and their spacing doubles (the deltas chain from any earlier keyframe, so seeking
-#: stays exact; it applies more deltas). A keyframe's tables grow with the machine's state, so
-#: without the per-event share a million-fault timeline spent 94 bytes per event on keyframes.
+#: stays exact; it applies more deltas). Measured rather than estimated from the number of
+#: entries: a keyframe's region tables are deflated (``zpack_ints``) and its page maps sparse,
+#: so an estimate at 16 bytes an entry kept a scattered host to four keyframes where the bytes
+#: allow twice as many (a seek merging half as many deltas), and the share left by the deltas
+#: is what keeps every trace's timeline under its per-event target (issue 28).
 CHECKPOINT_BUDGET_BYTES = 1 << 30
-KEYFRAME_BYTES_PER_EVENT = 96
-KEYFRAME_MIN_BUDGET = 16 << 20
-#: Estimated bytes of keyframe per entry of machine state (packed tables: 8 to 16 bytes).
-_BYTES_PER_ENTRY = 16
+TIMELINE_BYTES_PER_EVENT = 188
+KEYFRAME_MIN_BUDGET = 2 << 20
 #: Re-derived batches kept in memory.
 LRU_BATCHES = 16
 
@@ -421,9 +425,6 @@ def _replay(
     reserved = reserved_pfns(events)
     if reserved:
         m.mem.pin(reserved)
-    checkpoint_budget = min(
-        checkpoint_budget, max(KEYFRAME_MIN_BUDGET, KEYFRAME_BYTES_PER_EVENT * len(events))
-    )
     log = BatchLog(len(events))
     tl._adopt(log)
     tl._pins = m.mem.pin_table()
@@ -434,21 +435,19 @@ def _replay(
     nb = len(spans)
     b = 0
     since_ckpt = checkpoint_every  # events since the last checkpoint: one at batch 0
+    delta_bytes = 0  # bytes the deltas hold so far
     while b < nb and m.stopped is None:
         if since_ckpt >= checkpoint_every:
             since_ckpt = 0
             ordinal = len(tl._ckpt_batches)
-            tl._deltas[b] = m.delta()
+            delta = m.delta()
+            tl._deltas[b] = delta
+            delta_bytes += _deep_size(delta, {})
             tl._ckpt_batches.append(b)
             if ordinal % keyframe_every == 0:
                 image = m.image()
-                size = (_state_entries(m) + _changes_since(tl, b)) * _BYTES_PER_ENTRY + _maps_bytes(
-                    image
-                )
-                while (
-                    len(tl._checkpoints) > 1
-                    and (len(tl._checkpoints) + 1) * size > checkpoint_budget
-                ):
+                budget = _keyframe_budget(tl, checkpoint_budget, delta_bytes, spans[b][0], n)
+                while len(tl._checkpoints) > 1 and _held_with(tl._checkpoints, image) > budget:
                     keyframe_every *= 2  # thin: keep the keyframes on the doubled spacing
                     tl._checkpoints = {
                         k: v
@@ -485,44 +484,30 @@ def _replay(
     return tl
 
 
-def _state_entries(m: Machine) -> int:
-    """Entries a keyframe of ``m`` adds besides its page maps: the tables it copies (chunk
-    tables, S-EPT entries, refcounts and references held, pairs, use and owner counts), and
-    the guest-mapping chunks it shares with the live machine, which copies each one when it
-    next writes to it (about one copy of the mappings written since the last keyframe: counted
-    as the mappings in the chunks held)."""
-    tds = 0
-    for t in m.tds.values():
-        tds += len(t.entries) + t.leaves.chunk_count() + t.gmem.chunk_count()
-    regions = len(m.refcount) + len(m.gotten) + len(m.module.pairs) + len(m.module.used)
-    return tds + regions
+def _held_with(keyframes: dict[int, MachineImage], image: MachineImage) -> int:
+    """Bytes ``keyframes`` and ``image`` hold together, each object once (a page-map group or
+    a chunk of guest mappings unchanged between keyframes is one object): what keeping
+    ``image`` beside them really costs."""
+    seen: dict[int, Any] = {}
+    return _deep_size(keyframes, seen) + _deep_size(image, seen)
 
 
-def _maps_bytes(image: MachineImage) -> int:
-    """Bytes of the page maps (owners, module page kinds: groups in the forms of
-    :data:`explorer.model.packed.SparseGroup`) an image holds, each group counted (a group
-    unchanged since the last image is shared with it: counting it again keeps the estimate on
-    the safe side)."""
-    total = 0
-    for groups in (image.memory.regions, image.module.pages):
-        for group in groups.values():
-            if isinstance(group, bytes):
-                total += len(group) + 33  # (33: a bytes object's header)
-            else:
-                total += len(group[0]) + len(group[1]) + 2 * 33 + 56
-    return total
-
-
-def _changes_since(tl: Timeline, b: int) -> int:
-    """Guest-mapping changes recorded by the deltas since the last keyframe before batch b."""
-    last = max((k for k in tl._checkpoints if k < b), default=-1)
-    total = 0
-    for cb in reversed(tl._ckpt_batches):
-        if cb <= last:
-            break
-        for _small, leaves, gmem, _entries in tl._deltas[cb].tds.values():
-            total += len(leaves[0]) + len(gmem[0])
-    return total
+def _keyframe_budget(tl: Timeline, cap: int, delta_bytes: int, done: int, n: int) -> int:
+    """Bytes the keyframes may hold (see :data:`TIMELINE_BYTES_PER_EVENT`): the per-event
+    target over ``n`` events less what the deltas (``delta_bytes`` over the first ``done``
+    events) and the per-batch arrays take, projected to the whole trace (the per-event array of
+    first steps is allocated whole at the start: taken as it is)."""
+    growing = [
+        tl.batch_event,
+        tl.batch_step,
+        tl.batch_flags,
+        tl.region_offsets,
+        tl.region_values,
+        *tl.series.values(),
+    ]
+    spent = delta_bytes + sum(_deep_size(a, {}) for a in growing)
+    others = (spent * n // done if done else 0) + _deep_size(tl.event_step, {})
+    return min(cap, max(KEYFRAME_MIN_BUDGET, TIMELINE_BYTES_PER_EVENT * n - others))
 
 
 def dpamt_bytes(pairs: int) -> int:
