@@ -22,7 +22,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from explorer.ingest.gcpause import gc_paused
 from explorer.model.bulk import FLAG_BITS, FLAG_LABELS, BatchLog, run_batches
@@ -350,37 +350,66 @@ class Timeline:
         }
 
 
-def _deep_size(obj: Any, seen: dict[int, Any]) -> int:
+def _deep_size(obj: Any, seen: dict[int, Any], known: dict[int, Any] | None = None) -> int:
     """``sys.getsizeof`` of ``obj`` and everything it holds, each object once.
 
     ``seen`` maps the id of each object counted to the object, keeping it alive: reading an
     attribute of a class compiled by mypyc can build a new object (a tuple field is stored
     unboxed), which dies once counted, and a later temporary can take its id; with ids alone,
-    that one (and all it holds: a keyframe's owner maps) was skipped as already counted."""
+    that one (and all it holds: a keyframe's owner maps) was skipped as already counted.
+    ``known``: objects counted before (read only: what the keyframes kept hold)."""
+    if known is None:
+        known = {}
     total = 0
     stack = [obj]
+    getsize = sys.getsizeof
     while stack:
         o = stack.pop()
-        if id(o) in seen:
+        if id(o) in seen or id(o) in known:
             continue
         seen[id(o)] = o
-        total += sys.getsizeof(o)
-        if isinstance(o, (str, bytes, bytearray, int, float, bool, array)) or o is None:
+        total += getsize(o)
+        t = type(o)
+        if t in _LEAVES:
             continue
-        if isinstance(o, dict):
+        if t is dict:
+            stack.extend(o.keys())
+            stack.extend(o.values())
+        elif t in _SEQUENCES:
+            stack.extend(o)
+        elif isinstance(o, (str, bytes, bytearray, int, float, bool, array)):
+            continue
+        elif isinstance(o, dict):
             stack.extend(o.keys())
             stack.extend(o.values())
         elif isinstance(o, (list, tuple, set, frozenset)):
             stack.extend(o)
         else:
-            for cls in type(o).__mro__:
-                # (a class compiled by mypyc lists its attributes in __mypyc_attrs__)
-                for name in (*getattr(cls, "__slots__", ()), *getattr(cls, "__mypyc_attrs__", ())):
-                    if hasattr(o, name):
-                        stack.append(getattr(o, name))
+            stack.extend(getattr(o, name) for name in _attrs(t) if hasattr(o, name))
             if hasattr(o, "__dict__"):
                 stack.append(vars(o))
     return total
+
+
+#: Types :func:`_deep_size` counts without looking inside, and the containers it walks (exact
+#: types first: most of what a checkpoint holds; subclasses go through ``isinstance``).
+_LEAVES: Final = frozenset({str, bytes, bytearray, int, float, bool, array, type(None)})
+_SEQUENCES: Final = frozenset({list, tuple, set, frozenset})
+_ATTRS: dict[type, tuple[str, ...]] = {}
+
+
+def _attrs(t: type) -> tuple[str, ...]:
+    """The attribute names of a class with slots (a class compiled by mypyc lists its own in
+    ``__mypyc_attrs__``), over its bases; cached: a replay measures every checkpoint."""
+    names = _ATTRS.get(t)
+    if names is None:
+        names = tuple(
+            name
+            for cls in t.__mro__
+            for name in (*getattr(cls, "__slots__", ()), *getattr(cls, "__mypyc_attrs__", ()))
+        )
+        _ATTRS[t] = names
+    return names
 
 
 def replay(
@@ -436,6 +465,10 @@ def _replay(
     b = 0
     since_ckpt = checkpoint_every  # events since the last checkpoint: one at batch 0
     delta_bytes = 0  # bytes the deltas hold so far
+    # the objects the keyframes kept hold (each once: groups and chunks are shared), and their
+    # bytes: a new keyframe is measured by what it adds, not by walking every keyframe again
+    held: dict[int, Any] = {}
+    held_bytes = 0
     while b < nb and m.stopped is None:
         if since_ckpt >= checkpoint_every:
             since_ckpt = 0
@@ -447,15 +480,23 @@ def _replay(
             if ordinal % keyframe_every == 0:
                 image = m.image()
                 budget = _keyframe_budget(tl, checkpoint_budget, delta_bytes, spans[b][0], n)
-                while len(tl._checkpoints) > 1 and _held_with(tl._checkpoints, image) > budget:
+                fresh: dict[int, Any] = {}  # what the image holds that no kept keyframe does
+                size = _deep_size(image, fresh, held)
+                while len(tl._checkpoints) > 1 and held_bytes + size > budget:
                     keyframe_every *= 2  # thin: keep the keyframes on the doubled spacing
                     tl._checkpoints = {
                         k: v
                         for k, v in tl._checkpoints.items()
                         if tl._ckpt_ordinal(k) % keyframe_every == 0
                     }
+                    held = {}
+                    held_bytes = _deep_size(tl._checkpoints, held)
+                    fresh = {}
+                    size = _deep_size(image, fresh, held)
                 if ordinal % keyframe_every == 0:
                     tl._checkpoints[b] = image
+                    held.update(fresh)
+                    held_bytes += size
         # the batches up to the next checkpoint, run and logged by the compiled loop
         b0 = b
         b = run_batches(m, events, spans, b, nb, log, spans[b][0] + checkpoint_every)
@@ -482,14 +523,6 @@ def _replay(
     if progress is not None:
         progress(1.0, f"{n:,} events, {m.nr_steps:,} steps")
     return tl
-
-
-def _held_with(keyframes: dict[int, MachineImage], image: MachineImage) -> int:
-    """Bytes ``keyframes`` and ``image`` hold together, each object once (a page-map group or
-    a chunk of guest mappings unchanged between keyframes is one object): what keeping
-    ``image`` beside them really costs."""
-    seen: dict[int, Any] = {}
-    return _deep_size(keyframes, seen) + _deep_size(image, seen)
 
 
 def _keyframe_budget(tl: Timeline, cap: int, delta_bytes: int, done: int, n: int) -> int:
