@@ -41,7 +41,7 @@ from explorer.model.events import Event, Fault, Inject, Note, Schedule, TdDestro
 from explorer.model.invariants import check_global, check_quiescent, check_regions
 from explorer.model.kvm import run_event
 from explorer.model.memory import MemoryImage, PageDelta
-from explorer.model.packed import PackedInts, int32s, pack_ints, unpack_ints
+from explorer.model.packed import Deflated, int32s, zpack_ints, zunpack_ints
 from explorer.model.records import (
     CpuView,
     Diagnostic,
@@ -470,9 +470,10 @@ class MachineImage:
 
     memory: MemoryImage
     module: ModuleImage
-    refcount: PackedInts
-    orphans: PackedInts
-    gotten: PackedInts
+    #: region-keyed counts, deflated (:func:`explorer.model.packed.zpack_ints`)
+    refcount: Deflated
+    orphans: Deflated
+    gotten: Deflated
     tds: dict[int, Td]  # without their guest mappings:
     #: (leaves, gmem, S-EPT entries packed by :func:`_pack_entries`) per TD
     mappings: dict[int, tuple[FrozenTable, FrozenTable, dict[Any, Any] | array[int]]]
@@ -1174,9 +1175,9 @@ class Machine(KernelState):
         return MachineImage(
             memory=self.mem.image(),
             module=self.module.image(),
-            refcount=pack_ints(self.refcount),
-            orphans=pack_ints(self.orphans),
-            gotten=pack_ints(self.gotten),
+            refcount=zpack_ints(self.refcount),
+            orphans=zpack_ints(self.orphans),
+            gotten=zpack_ints(self.gotten),
             tds={k: _copy_td(t) for k, t in self.tds.items()},
             mappings={
                 k: (
@@ -1227,9 +1228,9 @@ class Machine(KernelState):
     def restore(self, img: MachineImage) -> None:
         self.mem.restore(img.memory)
         self.module.restore(img.module)
-        self.refcount = unpack_ints(img.refcount)
-        self.orphans = unpack_ints(img.orphans)
-        self.gotten = unpack_ints(img.gotten)
+        self.refcount = zunpack_ints(img.refcount)
+        self.orphans = zunpack_ints(img.orphans)
+        self.gotten = zunpack_ints(img.gotten)
         self.gotten_total = sum(self.gotten.values())
         self.inflight = {}
         self.owed = {}

@@ -19,16 +19,15 @@ from typing import Final
 from explorer.model.constants import PAGES_PER_REGION, PAGES_PER_REGION_SHIFT
 from explorer.model.packed import (
     GROUP_SHIFT,
+    Deflated,
     LayeredMaps,
-    PackedInts,
-    PackedPairs,
     SparseGroup,
     SparseImages,
     int32s,
-    pack_ints,
-    pack_pairs,
-    unpack_ints,
-    unpack_pairs,
+    zpack_ints,
+    zpack_pairs,
+    zunpack_ints,
+    zunpack_pairs,
 )
 
 SUCCESS: Final = "TDX_SUCCESS"
@@ -79,9 +78,9 @@ def regions_of(pfns: Iterable[int]) -> list[int]:
 
 @dataclass(slots=True)
 class ModuleImage:
-    pairs: PackedPairs  # region -> (pfn, pfn)
+    pairs: Deflated  # region -> (pfn, pfn) (:func:`explorer.model.packed.zpack_pairs`)
     pages: dict[int, SparseGroup]  # page kinds, sparse, by groups of regions (shared)
-    used: PackedInts
+    used: Deflated  # region -> TD pages in use (:func:`explorer.model.packed.zpack_ints`)
 
 
 class TdxModule:
@@ -212,9 +211,9 @@ class TdxModule:
                 for r in layers.regions_in_group(g):
                     self._built(r)
         return ModuleImage(
-            pack_pairs(self.pairs),
+            zpack_pairs(self.pairs),
             self._images.pack(self.pages, dirty),
-            pack_ints(self.used),
+            zpack_ints(self.used),
         )
 
     def restore(self, img: ModuleImage) -> None:
@@ -223,8 +222,8 @@ class TdxModule:
         self._layers = LayeredMaps(img.pages, PAGES_PER_REGION) if img.pages else None
         self._absent = set()
         self._images = SparseImages(dict(img.pages))
-        self.pairs = unpack_pairs(img.pairs)
-        self.used = unpack_ints(img.used)
+        self.pairs = zunpack_pairs(img.pairs)
+        self.used = zunpack_ints(img.used)
         self.used_total = sum(self.used.values())
         self.journal = []
         self.pairs_dirty = set()

@@ -22,7 +22,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from explorer.ingest.gcpause import gc_paused
 from explorer.model.bulk import FLAG_BITS, FLAG_LABELS, BatchLog, run_batches
@@ -43,16 +43,20 @@ FIND_KINDS = ("op", "region", "label", *FLAG_BITS)
 #: re-runs at most that many events (on the generators, about 10 ms).
 CHECKPOINT_EVERY = 1024
 KEYFRAME_EVERY = 16
-#: Memory the keyframes may take (estimated): at most this, and at most KEYFRAME_BYTES_PER_EVENT
-#: per event of the trace (but always KEYFRAME_MIN_BUDGET). Above it, every other keyframe is
+#: Memory the keyframes may take, in bytes they really hold (:func:`_deep_size`, an object
+#: shared with the previous keyframe counted again: on the safe side): at most the caller's
+#: ``checkpoint_budget``, and at most what is left of TIMELINE_BYTES_PER_EVENT per event of the
+#: trace once the deltas and the per-batch arrays are paid (projected over the whole trace from
+#: what they took so far), but always KEYFRAME_MIN_BUDGET. Above it, every other keyframe is
 #: dropped and their spacing doubles (the deltas chain from any earlier keyframe, so seeking
-#: stays exact; it applies more deltas). A keyframe's tables grow with the machine's state, so
-#: without the per-event share a million-fault timeline spent 94 bytes per event on keyframes.
+#: stays exact; it applies more deltas). Measured rather than estimated from the number of
+#: entries: a keyframe's region tables are deflated (``zpack_ints``) and its page maps sparse,
+#: so an estimate at 16 bytes an entry kept a scattered host to four keyframes where the bytes
+#: allow twice as many (a seek merging half as many deltas), and the share left by the deltas
+#: is what keeps every trace's timeline under its per-event target (issue 28).
 CHECKPOINT_BUDGET_BYTES = 1 << 30
-KEYFRAME_BYTES_PER_EVENT = 96
-KEYFRAME_MIN_BUDGET = 16 << 20
-#: Estimated bytes of keyframe per entry of machine state (packed tables: 8 to 16 bytes).
-_BYTES_PER_ENTRY = 16
+TIMELINE_BYTES_PER_EVENT = 188
+KEYFRAME_MIN_BUDGET = 2 << 20
 #: Re-derived batches kept in memory.
 LRU_BATCHES = 16
 
@@ -346,37 +350,66 @@ class Timeline:
         }
 
 
-def _deep_size(obj: Any, seen: dict[int, Any]) -> int:
+def _deep_size(obj: Any, seen: dict[int, Any], known: dict[int, Any] | None = None) -> int:
     """``sys.getsizeof`` of ``obj`` and everything it holds, each object once.
 
     ``seen`` maps the id of each object counted to the object, keeping it alive: reading an
     attribute of a class compiled by mypyc can build a new object (a tuple field is stored
     unboxed), which dies once counted, and a later temporary can take its id; with ids alone,
-    that one (and all it holds: a keyframe's owner maps) was skipped as already counted."""
+    that one (and all it holds: a keyframe's owner maps) was skipped as already counted.
+    ``known``: objects counted before (read only: what the keyframes kept hold)."""
+    if known is None:
+        known = {}
     total = 0
     stack = [obj]
+    getsize = sys.getsizeof
     while stack:
         o = stack.pop()
-        if id(o) in seen:
+        if id(o) in seen or id(o) in known:
             continue
         seen[id(o)] = o
-        total += sys.getsizeof(o)
-        if isinstance(o, (str, bytes, bytearray, int, float, bool, array)) or o is None:
+        total += getsize(o)
+        t = type(o)
+        if t in _LEAVES:
             continue
-        if isinstance(o, dict):
+        if t is dict:
+            stack.extend(o.keys())
+            stack.extend(o.values())
+        elif t in _SEQUENCES:
+            stack.extend(o)
+        elif isinstance(o, (str, bytes, bytearray, int, float, bool, array)):
+            continue
+        elif isinstance(o, dict):
             stack.extend(o.keys())
             stack.extend(o.values())
         elif isinstance(o, (list, tuple, set, frozenset)):
             stack.extend(o)
         else:
-            for cls in type(o).__mro__:
-                # (a class compiled by mypyc lists its attributes in __mypyc_attrs__)
-                for name in (*getattr(cls, "__slots__", ()), *getattr(cls, "__mypyc_attrs__", ())):
-                    if hasattr(o, name):
-                        stack.append(getattr(o, name))
+            stack.extend(getattr(o, name) for name in _attrs(t) if hasattr(o, name))
             if hasattr(o, "__dict__"):
                 stack.append(vars(o))
     return total
+
+
+#: Types :func:`_deep_size` counts without looking inside, and the containers it walks (exact
+#: types first: most of what a checkpoint holds; subclasses go through ``isinstance``).
+_LEAVES: Final = frozenset({str, bytes, bytearray, int, float, bool, array, type(None)})
+_SEQUENCES: Final = frozenset({list, tuple, set, frozenset})
+_ATTRS: dict[type, tuple[str, ...]] = {}
+
+
+def _attrs(t: type) -> tuple[str, ...]:
+    """The attribute names of a class with slots (a class compiled by mypyc lists its own in
+    ``__mypyc_attrs__``), over its bases; cached: a replay measures every checkpoint."""
+    names = _ATTRS.get(t)
+    if names is None:
+        names = tuple(
+            name
+            for cls in t.__mro__
+            for name in (*getattr(cls, "__slots__", ()), *getattr(cls, "__mypyc_attrs__", ()))
+        )
+        _ATTRS[t] = names
+    return names
 
 
 def replay(
@@ -421,9 +454,6 @@ def _replay(
     reserved = reserved_pfns(events)
     if reserved:
         m.mem.pin(reserved)
-    checkpoint_budget = min(
-        checkpoint_budget, max(KEYFRAME_MIN_BUDGET, KEYFRAME_BYTES_PER_EVENT * len(events))
-    )
     log = BatchLog(len(events))
     tl._adopt(log)
     tl._pins = m.mem.pin_table()
@@ -434,29 +464,39 @@ def _replay(
     nb = len(spans)
     b = 0
     since_ckpt = checkpoint_every  # events since the last checkpoint: one at batch 0
+    delta_bytes = 0  # bytes the deltas hold so far
+    # the objects the keyframes kept hold (each once: groups and chunks are shared), and their
+    # bytes: a new keyframe is measured by what it adds, not by walking every keyframe again
+    held: dict[int, Any] = {}
+    held_bytes = 0
     while b < nb and m.stopped is None:
         if since_ckpt >= checkpoint_every:
             since_ckpt = 0
             ordinal = len(tl._ckpt_batches)
-            tl._deltas[b] = m.delta()
+            delta = m.delta()
+            tl._deltas[b] = delta
+            delta_bytes += _deep_size(delta, {})
             tl._ckpt_batches.append(b)
             if ordinal % keyframe_every == 0:
                 image = m.image()
-                size = (_state_entries(m) + _changes_since(tl, b)) * _BYTES_PER_ENTRY + _maps_bytes(
-                    image
-                )
-                while (
-                    len(tl._checkpoints) > 1
-                    and (len(tl._checkpoints) + 1) * size > checkpoint_budget
-                ):
+                budget = _keyframe_budget(tl, checkpoint_budget, delta_bytes, spans[b][0], n)
+                fresh: dict[int, Any] = {}  # what the image holds that no kept keyframe does
+                size = _deep_size(image, fresh, held)
+                while len(tl._checkpoints) > 1 and held_bytes + size > budget:
                     keyframe_every *= 2  # thin: keep the keyframes on the doubled spacing
                     tl._checkpoints = {
                         k: v
                         for k, v in tl._checkpoints.items()
                         if tl._ckpt_ordinal(k) % keyframe_every == 0
                     }
+                    held = {}
+                    held_bytes = _deep_size(tl._checkpoints, held)
+                    fresh = {}
+                    size = _deep_size(image, fresh, held)
                 if ordinal % keyframe_every == 0:
                     tl._checkpoints[b] = image
+                    held.update(fresh)
+                    held_bytes += size
         # the batches up to the next checkpoint, run and logged by the compiled loop
         b0 = b
         b = run_batches(m, events, spans, b, nb, log, spans[b][0] + checkpoint_every)
@@ -485,44 +525,22 @@ def _replay(
     return tl
 
 
-def _state_entries(m: Machine) -> int:
-    """Entries a keyframe of ``m`` adds besides its page maps: the tables it copies (chunk
-    tables, S-EPT entries, refcounts and references held, pairs, use and owner counts), and
-    the guest-mapping chunks it shares with the live machine, which copies each one when it
-    next writes to it (about one copy of the mappings written since the last keyframe: counted
-    as the mappings in the chunks held)."""
-    tds = 0
-    for t in m.tds.values():
-        tds += len(t.entries) + t.leaves.chunk_count() + t.gmem.chunk_count()
-    regions = len(m.refcount) + len(m.gotten) + len(m.module.pairs) + len(m.module.used)
-    return tds + regions
-
-
-def _maps_bytes(image: MachineImage) -> int:
-    """Bytes of the page maps (owners, module page kinds: groups in the forms of
-    :data:`explorer.model.packed.SparseGroup`) an image holds, each group counted (a group
-    unchanged since the last image is shared with it: counting it again keeps the estimate on
-    the safe side)."""
-    total = 0
-    for groups in (image.memory.regions, image.module.pages):
-        for group in groups.values():
-            if isinstance(group, bytes):
-                total += len(group) + 33  # (33: a bytes object's header)
-            else:
-                total += len(group[0]) + len(group[1]) + 2 * 33 + 56
-    return total
-
-
-def _changes_since(tl: Timeline, b: int) -> int:
-    """Guest-mapping changes recorded by the deltas since the last keyframe before batch b."""
-    last = max((k for k in tl._checkpoints if k < b), default=-1)
-    total = 0
-    for cb in reversed(tl._ckpt_batches):
-        if cb <= last:
-            break
-        for _small, leaves, gmem, _entries in tl._deltas[cb].tds.values():
-            total += len(leaves[0]) + len(gmem[0])
-    return total
+def _keyframe_budget(tl: Timeline, cap: int, delta_bytes: int, done: int, n: int) -> int:
+    """Bytes the keyframes may hold (see :data:`TIMELINE_BYTES_PER_EVENT`): the per-event
+    target over ``n`` events less what the deltas (``delta_bytes`` over the first ``done``
+    events) and the per-batch arrays take, projected to the whole trace (the per-event array of
+    first steps is allocated whole at the start: taken as it is)."""
+    growing = [
+        tl.batch_event,
+        tl.batch_step,
+        tl.batch_flags,
+        tl.region_offsets,
+        tl.region_values,
+        *tl.series.values(),
+    ]
+    spent = delta_bytes + sum(_deep_size(a, {}) for a in growing)
+    others = (spent * n // done if done else 0) + _deep_size(tl.event_step, {})
+    return min(cap, max(KEYFRAME_MIN_BUDGET, TIMELINE_BYTES_PER_EVENT * n - others))
 
 
 def dpamt_bytes(pairs: int) -> int:
