@@ -637,10 +637,63 @@ def _digest(obj: Any) -> Digest:
     return hashlib.blake2b(buf.getbuffer(), digest_size=16).digest()
 
 
+#: The pickle opcodes :func:`_keys` assembles a tuple's pickle from (``pickle``'s names).
+_PROTO = b"\x80" + bytes([pickle.HIGHEST_PROTOCOL])
+_FRAME = b"\x95"
+_MARK, _TUPLE, _TUPLE3, _STOP = b"(", b"t", b"\x87", b"."
+#: A pickle whose body (and STOP) is shorter than this is one frame (CPython's
+#: ``FRAME_SIZE_TARGET``); it is framed only from ``FRAME_SIZE_MIN`` bytes on.
+_FRAME_TARGET = 64 * 1024
+_FRAME_MIN = 4
+
+
+def _pickled_body(obj: Any) -> bytes | None:
+    """``obj``'s pickle (as :func:`_digest` makes it) without its protocol header, frame
+    header and STOP: the bytes it contributes inside a tuple's pickle (no memo, so they do
+    not depend on what is pickled around them). None if the pickle is not one frame."""
+    buf = io.BytesIO()
+    p = pickle.Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL)
+    p.fast = True
+    p.dump(obj)
+    data = buf.getvalue()
+    n = len(data)
+    if n - 2 < _FRAME_MIN:  # (too short to be framed)
+        return data[2:-1]
+    if data[2:3] == _FRAME and int.from_bytes(data[3:11], "little") == n - 11:
+        return data[11:-1]
+    return None
+
+
+def _framed_digest(body: bytes) -> Digest | None:
+    """:func:`_digest` of the object whose pickle's body is ``body``, if that pickle is one
+    frame (else None)."""
+    size = len(body) + 1
+    if size >= _FRAME_TARGET:
+        return None
+    head = _PROTO + _FRAME + size.to_bytes(8, "little") if size >= _FRAME_MIN else _PROTO
+    h = hashlib.blake2b(head, digest_size=16)
+    h.update(body)
+    h.update(_STOP)
+    return h.digest()
+
+
 def _keys(bare: Any, counted: Any, ts: Any, codes: Any) -> tuple[Digest, Digest]:
     """A state's key and its key without the counters (``lap_key``, see :func:`_lap_back`).
     Their values order the fair-cycle search (``_fair_cycles`` sorts states), so they stay
-    the digests of these tuples: a livelock's example schedule does not move."""
+    the digests of these tuples (:func:`_digest`): a livelock's example schedule does not move.
+
+    The two tuples share ``bare`` and ``ts``, the bulk of a state: each part is pickled once
+    and the two tuples' pickles are assembled from the parts (a 4-tuple is MARK, items,
+    TUPLE; a 3-tuple items, TUPLE3; without a memo an item's bytes do not depend on its
+    neighbours), the same bytes as pickling each tuple whole. A state too large for one
+    pickle frame takes the plain way."""
+    parts = [_pickled_body(x) for x in (bare, counted, ts, codes)]
+    b, c, t, d = parts
+    if b is not None and c is not None and t is not None and d is not None:
+        key = _framed_digest(b"".join((_MARK, b, c, t, d, _TUPLE)))
+        lap_key = _framed_digest(b"".join((b, t, d, _TUPLE3)))
+        if key is not None and lap_key is not None:
+            return key, lap_key
     return _digest((bare, counted, ts, codes)), _digest((bare, ts, codes))
 
 
@@ -709,6 +762,8 @@ def _chain(gen: Any) -> Iterator[tuple[Any, Any]]:
 def _frames(gen: Any, ids: dict[int, Any], abstract: bool = True) -> tuple[Any, ...]:
     """A generator chain's frames: code, position, locals (``yield from`` followed down)."""
     out: list[tuple[Any, ...]] = []
+    scalars = _SCALARS
+    get = ids.get  # (every value in ids is a non-empty str or tuple: never falsy)
     for g, frame in _chain(gen):
         if frame is None:  # finished, or a compiled generator (no frame: see the docstring)
             if not isinstance(g, types.GeneratorType):
@@ -719,25 +774,30 @@ def _frames(gen: Any, ids: dict[int, Any], abstract: bool = True) -> tuple[Any, 
             out.append(("done",))
             break
         name = g.gi_code.co_qualname
-        hidden = _ABSTRACT_LOCALS.get(name, ()) if abstract else ()
-        out.append(
-            (
-                name,
-                frame.f_lasti,
-                # (a frame's locals come in its code's variable order: no sort needed)
-                tuple(
-                    [
-                        (
-                            k,
-                            "*"
-                            if k in hidden
-                            else (v if type(v) in _SCALARS else _canon(v, ids, 1)),
-                        )
-                        for k, v in frame.f_locals.items()
-                    ]
-                ),
+        hidden = _ABSTRACT_LOCALS.get(name) if abstract else None
+        # (a frame's locals come in its code's variable order: no sort needed). The stand-in
+        # of each local is _canon's, with its two commonest cases (a scalar, an object named
+        # in ``ids``) taken here: this runs for every local of every frame of every state.
+        if hidden is None:
+            locs = tuple(
+                [
+                    (k, v if type(v) in scalars else (get(id(v)) or _canon(v, ids, 1)))
+                    for k, v in frame.f_locals.items()
+                ]
             )
-        )
+        else:
+            locs = tuple(
+                [
+                    (
+                        k,
+                        "*"
+                        if k in hidden
+                        else (v if type(v) in scalars else (get(id(v)) or _canon(v, ids, 1))),
+                    )
+                    for k, v in frame.f_locals.items()
+                ]
+            )
+        out.append((name, frame.f_lasti, locs))
     return tuple(out)
 
 
@@ -761,9 +821,12 @@ def _canon(v: Any, ids: dict[int, Any], depth: int) -> Any:
     if depth > 12:
         raise TypeError(f"explore: a local nested too deep to canonicalize ({type(v).__name__})")
     if isinstance(v, (tuple, list, deque)):
+        items = tuple(v)
+        if _SCALARS.issuperset(map(type, items)):  # (a list of pfns: no per-item call)
+            return (type(v).__name__, items)
         return (
             type(v).__name__,
-            tuple([x if type(x) in _SCALARS else _canon(x, ids, depth + 1) for x in v]),
+            tuple([x if type(x) in _SCALARS else _canon(x, ids, depth + 1) for x in items]),
         )
     if isinstance(v, (set, frozenset)):
         return ("set", tuple(sorted(repr(_canon(x, ids, depth + 1)) for x in v)))
@@ -1526,15 +1589,6 @@ class _Reduced:
             stack.append([c, 0, None, -1, none, 0, -1, path, (pi, clock[pi]), hold])
             clock[pi] = vc
 
-    def _conf(self, fr: list[Any]) -> int:
-        """The conflict bits of a frame's out turn (recomputed when the universe grew)."""
-        size = len(self.u.bit)
-        if fr[6] != size:
-            fr[5] = self.u.conflicts(fr[2], self.nodes[fr[0]].lfps[fr[2]])
-            fr[6] = size
-        conf: int = fr[5]
-        return conf
-
     def _direct_races(
         self,
         stack: list[list[Any]],
@@ -1547,7 +1601,19 @@ class _Reduced:
         stack's turns (source-DPOR); its vector clock."""
         j = len(stack) - 1
         mine = clock[pi]
-        dep = [i for i in range(j) if self._conf(stack[i]) & bits]
+        # each frame's conflict bits (of its out turn) are recomputed only when the
+        # universe grew; inlined: this loop runs once per stack frame per turn
+        size = len(self.u.bit)
+        conflicts = self.u.conflicts
+        nodes = self.nodes
+        dep: list[int] = []
+        for i in range(j):
+            fr = stack[i]
+            if fr[6] != size:
+                fr[5] = conflicts(fr[2], nodes[fr[0]].lfps[fr[2]])
+                fr[6] = size
+            if fr[5] & bits:
+                dep.append(i)
         vc = list(mine)
         for i in dep:
             vci = stack[i][4]
@@ -1628,6 +1694,7 @@ class _Reduced:
         """Each turn on the stack against the summarised accesses of every other CPU that
         it does not happen before (the CPU's clock is before it)."""
         u, nodes = self.u, self.nodes
+        size = len(u.bit)
         for i, fr in enumerate(stack):
             if fr[2] is None:
                 continue
@@ -1635,7 +1702,10 @@ class _Reduced:
             lifted = fr[9][0] is not None and fr[9][1] >= 0
             if len(node.backtrack) >= len(node.enabled) and not lifted:
                 continue
-            hit = self._conf(fr) & summary
+            if fr[6] != size:  # (as in _direct_races)
+                fr[5] = u.conflicts(fr[2], node.lfps[fr[2]])
+                fr[6] = size
+            hit = fr[5] & summary
             if not hit:
                 continue
             qi = fr[3]

@@ -1268,7 +1268,12 @@ class Machine(KernelState):
         (a lap of a retry loop that changed nothing else comes back to the same state, so the
         loop is a cycle of the state graph, not a ladder of states)."""
         mem = self.mem
-        dropped = {COUNTER_NAMES.index(name) for name in ignore}
+        # (the counters kept, found with sets: an exploration passes every counter's name, and
+        # looking each up in COUNTER_NAMES was a quadratic scan per state)
+        ignored = set(ignore)
+        unknown = ignored.difference(COUNTER_NAMES)
+        if unknown:
+            raise ValueError(f"canonical_state: unknown counter {sorted(unknown)[0]!r}")
         tds = []
         for t in sorted(self.tds.values(), key=lambda t: t.id):
             tds.append(
@@ -1311,7 +1316,9 @@ class Machine(KernelState):
             self.pamt_lock,
             tuple(tds),
             tuple(vcpus),
-            tuple(c for i, c in enumerate(self.cnt) if i not in dropped),
+            tuple(
+                [c for c, name in zip(self.cnt, COUNTER_NAMES, strict=True) if name not in ignored]
+            ),
             tuple(sorted(self.injections.items())),
             tuple(sorted((k, repr(v)) for k, v in self.extra.items())),
             self.next_hkid,
