@@ -185,6 +185,7 @@ class Explorer:
         self._next_report = 0.0
         self._groups_total = 0
         self._replay_label = ""
+        self._replayer: Machine | None = None  # the machine _replay resets and returns
         self.progress = progress
         self.cancel = cancel
         self.states = 0
@@ -477,8 +478,12 @@ class Explorer:
     ) -> tuple[Machine | None, list[Thread]]:
         """A machine at the group's start with ``prefix``'s turns taken (the label of the last
         turn's step in ``_replay_label``: "" when it only finished its CPU's event)."""
-        m = self._machine()
-        m.restore(image)
+        # one machine for every replay, reset (Machine.reset): a new one cost as much again
+        # as the restore (the previous replay's machine is not used after this call)
+        m = self._replayer
+        if m is None:
+            m = self._replayer = self._machine()
+        m.reset(image)
         threads = m.begin_batch(items)
         by_name = {th.name: th for th in threads}
         info = None

@@ -1255,6 +1255,50 @@ class Machine(KernelState):
         self._small_tds = {}
         self.q_all = True
 
+    def reset(self, img: MachineImage) -> None:
+        """This machine as a new one restored at ``img`` would be: :meth:`restore`, plus what
+        a run sets that a restore keeps (the record of the steps and diagnostics, the current
+        step's notes, the batch's sets, the invariant totals, the footprints, the CPUs).
+
+        The search re-executes a prefix of turns from a group's start thousands of times
+        (``explorer.interleavings.search``): one machine reset each time instead of a new one
+        built. The CPUs' generators still suspended in kernel code are closed FIRST: a
+        ``tdx_pamt_get``/``tdx_pamt_put`` left mid-way runs its ``finally`` (``pamt_leave``)
+        when closed, and a generator dropped later would run it on the reset state. What is
+        configuration and not state stays: ``fp_on``, ``stop_at``, the step receivers, the
+        memory's pinned pages, the vCPU names."""
+        for th in self._threads_made.values():
+            if th.gen is not None:
+                th.gen.close()
+                th.gen = None
+        self.restore(img)
+        self._threads_made = {}
+        self.steps = []
+        self.diagnostics = []
+        self.event_first_step = {}
+        self.batch_labels = set()
+        self.batch_regions = set()
+        self._fx = []
+        self._dirty = set()
+        self.pair_dirty = set()
+        self._batch_vcpus = set()
+        self._batch_tds = set()
+        self._batch_destroys = set()
+        self._pairs_changed = False
+        self._pinned = deque()
+        self.caches_moved = False
+        self.q_td_rows = {}
+        self.q_vcpu_rows = {}
+        self.q_total = [0] * 7
+        self._changed_counters = {}
+        self._counters_before = {}
+        self._diags = []
+        self.fp_r = set()
+        self.fp_w = set()
+        self.fp_a = set()
+        self.fp_l = set()
+        self.fp_checked = set()
+
     def canonical_state(self, ignore: Sequence[str] = ("spins",)) -> tuple[Any, ...]:
         """Everything the machine's future depends on, as one hashable value, equal for equal
         states whatever path led to them (``explorer.interleavings.search`` hashes it): page owners and the
