@@ -14,6 +14,13 @@ import pytest
 import explorer.interleavings.search as search
 from explorer.ingest import parse_trace
 from explorer.model.settings import Settings
+from tests.purechild import child_runner, in_process, run_pure
+
+
+@child_runner
+def test_on_the_pure_engine() -> None:
+    run_pure(__file__)
+
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_traces"
 
@@ -26,6 +33,7 @@ def _check(bare: Any, counted: Any, ts: Any, codes: Any) -> None:
     assert _KEYS(bare, counted, ts, codes) == want
 
 
+@in_process
 @pytest.mark.parametrize("name", ["lost_race", "put_remove_vs_get", "cold_race_2vcpu"])
 def test_the_keys_of_searched_states_are_the_whole_pickles_digests(
     name: str, monkeypatch: pytest.MonkeyPatch

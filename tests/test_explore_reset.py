@@ -21,6 +21,13 @@ from explorer.model.prng import XorShift32
 from explorer.model.settings import Settings
 from explorer.model.state import Thread
 from explorer.model.steps import COUNTER_NAMES
+from tests.purechild import child_runner, in_process, run_pure
+
+
+@child_runner
+def test_on_the_pure_engine() -> None:
+    run_pure(__file__)
+
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_traces"
 
@@ -107,6 +114,7 @@ def _key(m: Machine, threads: Any) -> Any:
     )
 
 
+@in_process
 @pytest.mark.parametrize(
     ("name", "mode"),
     [
