@@ -86,3 +86,41 @@ def test_keyframes_held_stay_within_a_budget_in_real_bytes() -> None:
         got, want = asdict(tl.state_at(i)), asdict(_from_the_start(trace.events, s, i))
         for key in got:
             assert got[key] == want[key], f"{key} differs at step {i}"
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        {0: (0, 0)},
+        {1: (5, 2), 2: (2, 5), 3: (2**31, 0)},  # second page below the first, a wide gap
+        {4: (2**32 - 1, 2**32 - 1)},  # the largest 4-byte lanes
+        {1: (2**31, 0), 2: (2**31 + 5, 2**31 + 10)},  # a lane's sum carries, its result fits
+        {9: (2**32, 2**32)},  # one past 4 bytes
+        {5: (3 << 30, 5 << 30)},  # only the second pfn past 4 bytes
+        {7: (2**32 + 3, 1), 2**33: (1, 2**40)},  # 8-byte lanes
+    ],
+)
+def test_pairs_in_lanes_come_back_whatever_the_width(
+    pairs: dict[int, tuple[int, int]],
+) -> None:
+    """zunpack_pairs adds the first pfns and the biased distances as two big integers: each
+    lane must come back exactly, with no carry or borrow from its neighbour."""
+    back = zunpack_pairs(zpack_pairs(pairs))
+    assert back == pairs
+    assert list(back) == sorted(pairs)
+
+
+def test_a_scattered_hosts_pairs_come_back_exactly() -> None:
+    rng = random.Random(5)
+    pairs: dict[int, tuple[int, int]] = {}
+    for r in rng.sample(range(65_536), 40_000):
+        a = rng.randrange(1 << 28)
+        pairs[r] = (a, max(0, a + rng.randint(-600, 600)))
+    back = zunpack_pairs(zpack_pairs(pairs))
+    assert back == pairs
+    assert list(back) == sorted(pairs)
+
+
+def test_a_negative_pfn_in_a_pair_is_refused_naming_its_region() -> None:
+    with pytest.raises(ValueError, match="region 12 holds"):
+        zpack_pairs({3: (1, 2), 12: (4, -1)})

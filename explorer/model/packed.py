@@ -16,7 +16,6 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from itertools import accumulate
-from operator import add
 from typing import Any, Final
 
 #: keys and int values
@@ -135,19 +134,83 @@ def zunpack_ints(blob: Deflated) -> dict[int, int]:
     return dict(zip(accumulate(steps), values, strict=True))
 
 
+def _planes(lanes: bytes, width: int) -> bytes:
+    """Little-endian lanes of ``width`` bytes laid out byte plane by byte plane (every lane's
+    low byte, then every second byte, ...): the high planes of small values are runs of one
+    byte that deflate folds, so a column compresses about as well as in its narrowest type,
+    yet comes back as full-width lanes with no per-item conversion (:func:`_lanes`)."""
+    return b"".join(lanes[j::width] for j in range(width))
+
+
+def _lanes(data: bytes | memoryview, at: int, n: int, width: int) -> bytearray:
+    """The ``n`` lanes :func:`_planes` laid out from ``data[at:]``, back in lane order: one
+    strided slice assignment per byte plane, in C."""
+    out = bytearray(width * n)
+    for j in range(width):
+        out[j::width] = data[at + j * n : at + (j + 1) * n]
+    return out
+
+
+#: Unsigned array type codes of the lane widths :func:`zpack_pairs` uses (by item size: the C
+#: types behind the codes vary by platform).
+_LANE_CODES: Final = {w: next(c for c in "HILQ" if array(c).itemsize == w) for w in (4, 8)}
+
+
 def zpack_pairs(d: dict[int, tuple[int, int]]) -> Deflated:
-    """Region -> (pfn, pfn) as :func:`zpack_ints` does counts: key gaps, the first pfn, and
-    the second pfn's distance from the first (the two pages of a pair are allocated one after
-    the other, so often close)."""
+    """Region -> (pfn, pfn) in region order (as :func:`pack_ints`): the regions, the first
+    pfn, and the second pfn's distance from the first plus a bias that makes it non-negative
+    (the two pages of a pair are allocated one after the other, so often close), as unsigned
+    lanes in byte planes (:func:`_planes`), deflated. All three columns share one lane width,
+    4 bytes unless a value (a second pfn included) needs 8, so that :func:`zunpack_pairs`
+    adds the two columns back together as two big integers instead of one ``int`` addition
+    per pair (sum_i (first_i + biased_i - bias) * 2**(8*width*i) is sum_i second_i *
+    2**(8*width*i), whose lanes are the seconds when each fits its lane): restoring a
+    scattered host's pairs (31,000 regions) took 2.2 ms more than unpacking plain arrays with
+    the per-pair addition and the running sum of key gaps, about 1 ms more this way. A
+    region or pfn below zero is refused (a ValueError naming the region): the machine never
+    makes one, and an unsigned lane could not hold it."""
     keys = sorted(d)
     pairs = [d[k] for k in keys]
-    return _deflate_columns([_key_steps(keys), [p[0] for p in pairs], [p[1] - p[0] for p in pairs]])
+    firsts = [p[0] for p in pairs]
+    gaps = [p[1] - p[0] for p in pairs]
+    bias = max(0, -min(gaps, default=0))
+    for k, (a, b) in zip(keys, pairs, strict=True):
+        if k < 0 or a < 0 or b < 0:
+            raise ValueError(f"pair table: region {k} holds ({a}, {b}); a region or pfn below 0")
+    biased = [g + bias for g in gaps]
+    seconds = [p[1] for p in pairs]
+    top = max(max(c, default=0) for c in (keys, firsts, biased, seconds))
+    width = 4 if top < 1 << 32 else 8
+    if top >= 1 << 64:
+        raise OverflowError(f"pair table: a value past 64 bits ({top})")
+    fmt = "<" + str(len(keys)) + ("I" if width == 4 else "Q")  # (struct's standard sizes)
+    head = struct.pack("<IBQ", len(keys), width, bias)
+    cols = [struct.pack(fmt, *c) for c in (keys, firsts, biased)]
+    return zlib.compress(head + b"".join(_planes(c, width) for c in cols), 1, _RAW)
+
+
+_PAIRS_HEAD: Final = struct.calcsize("<IBQ")
 
 
 def zunpack_pairs(blob: Deflated) -> dict[int, tuple[int, int]]:
-    steps, first, gap = _inflate_columns(blob, 3)
-    seconds = map(add, first, gap)
-    return dict(zip(accumulate(steps), zip(first, seconds, strict=True), strict=True))
+    data = zlib.decompress(blob, _RAW)
+    n, width, bias = struct.unpack_from("<IBQ", data)
+    at = _PAIRS_HEAD
+    keys_b = _lanes(data, at, n, width)
+    first_b = _lanes(data, at + width * n, n, width)
+    biased_b = _lanes(data, at + 2 * width * n, n, width)
+    # first + biased - bias for every lane at once: the big integers' sum is exact, and as each
+    # second pfn is >= 0 and fits a lane (zpack_pairs chose the width so), its lanes are them
+    total = int.from_bytes(first_b, "little") + int.from_bytes(biased_b, "little")
+    total -= int.from_bytes(bias.to_bytes(width, "little") * n, "little")
+    code = _LANE_CODES[width]
+    keys = array(code)
+    keys.frombytes(keys_b)
+    firsts = array(code)
+    firsts.frombytes(first_b)
+    seconds = array(code)
+    seconds.frombytes(total.to_bytes(width * n, "little"))
+    return dict(zip(keys, zip(firsts, seconds, strict=True), strict=True))
 
 
 def pack_refs(d: dict[int, Any]) -> PackedRefs:
