@@ -381,7 +381,10 @@ async def drive_instant(
                 step = target
                 result["latencies"].append(0.0)  # drawn in the browser, from the window
                 next_at = pressed + rng.uniform(*pace)
-                if min(step - w["lo"], w["hi"] - step) < w["margin"]:
+                # (the trace's own ends are not edges: the page's rule, instant.js's go())
+                below = step - w["lo"] if w["lo"] > -1 else math.inf
+                above = w["hi"] - step if w["hi"] < total - 1 else math.inf
+                if min(below, above) < w["margin"]:
                     got = await report(s, step, total)  # near the edge: at once
                 elif next_at - time.monotonic() > IDLE_S or think > 0:
                     await asyncio.sleep(IDLE_S)

@@ -138,9 +138,12 @@ function go(st, target) {
   st.root.classList.remove('waiting');
   st.step = target;
   draw(st);
-  // near the window's edge: ask for a re-centred window now (the step is still drawn here)
-  const edge = Math.min(target - w.lo, w.hi - target);
-  report(st, edge < w.margin);
+  // near the window's edge: ask for a re-centred window now (the step is still drawn here).
+  // The trace's own ends are not edges: the server keeps a window that reaches them (_window
+  // in instant.py), so a step there is reported after the quiet time like any other
+  const below = w.lo <= -1 ? Infinity : target - w.lo;
+  const above = w.hi >= w.nr_steps - 1 ? Infinity : w.hi - target;
+  report(st, Math.min(below, above) < w.margin);
 }
 
 // The step the user asked for last: a step beyond the window waits there for its window.
