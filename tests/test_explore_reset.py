@@ -33,7 +33,17 @@ SAMPLES = Path(__file__).resolve().parent.parent / "sample_traces"
 
 #: not state: the memory and module (compared by their own attributes below) and the CPUs
 #: (compared without their generators, whose frames the keys compare)
-_APART = {"mem", "module", "threads", "_threads_made", "settings", "on_step", "on_lean_step"}
+#: (and the reset's kept vCPUs: a cache of the last image reset to, not state)
+_APART = {
+    "mem",
+    "module",
+    "threads",
+    "_threads_made",
+    "settings",
+    "on_step",
+    "on_lean_step",
+    "_thawed",
+}
 
 
 def _attrs(obj: Any) -> dict[str, Any]:
@@ -152,3 +162,34 @@ def test_a_reset_machine_equals_a_new_one_after_every_replay(
     monkeypatch.setattr(search.Explorer, "_replay", replay)
     search.explore(trace.events, settings, reduction=True)
     assert len(checked) >= 5 and max(checked) > 3
+
+
+@in_process
+def test_a_reset_to_another_image_never_reuses_the_kept_vcpus() -> None:
+    """``Machine.reset`` keeps the vCPUs thawed from the last image it reset to and copies
+    them at the next reset to that image: a reset to another image (here, alternating between
+    two whose vCPUs differ, with the vCPUs changed in between) must give what a new machine
+    restored there has, and the kept vCPUs must not be the ones the machine changes."""
+    name = "cold_race_2vcpu"
+    trace = parse_trace((SAMPLES / f"{name}.jsonl").read_bytes(), f"{name}.jsonl")
+    settings = Settings().with_overrides(trace.settings)
+    events = list(trace.events)
+    src = Machine(settings, record=False, check=True)
+    src.run(events[:3])
+    first = src.image()
+    src.run(events[3:])
+    second = src.image()
+    assert _plain(first.vcpus) != _plain(second.vcpus)
+    m = Machine(settings, record=False, check=True)
+    for img in (first, second, second, first, second):
+        m.reset(img)
+        f = Machine(settings, record=False, check=True)
+        f.restore(img)
+        _same(m, f, f"{name} reset")
+        # change every page list of the reset machine's vCPUs: the next reset must not see it
+        for v in m.vcpus.values():
+            v.pamt_cache.append(1)
+            for c in v.caches.values():
+                c.pfns.append(1)
+                c.nobjs += 1
+            v.control.append((1, "tdcx"))

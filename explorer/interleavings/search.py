@@ -1225,6 +1225,23 @@ def _lock_aware(fp: Footprint, m: Machine, cpu: str, held_before: bool) -> Footp
     return (r, w, a)
 
 
+def _racing(stack: list[list[Any]], j: int, pi: int, bits: int, mask: int, star: int) -> list[int]:
+    """The indices below ``j`` of the stack's turns that a turn of CPU ``pi`` with access
+    ``bits`` and conflict mask ``mask`` (:meth:`_Universe.conflicts` of its footprint) is
+    dependent on, in the lock-aware relation: those whose own bits (frame slot 10) meet
+    ``mask``. The relation is symmetric access by access, so this equals testing each turn's
+    conflict mask against ``bits``, without a mask per stack turn recomputed whenever the
+    universe grows (it was a scan of every frame, per turn). Two cases are not symmetric in
+    the masks and are taken as the masks have them: a turn with no access conflicts with
+    nothing, and an unannotated turn (``_STAR``, its bits in ``star``) with every turn of
+    another CPU, accesses or not."""
+    if not bits:
+        return []
+    if bits & star:
+        return [i for i in range(j) if stack[i][3] != pi]
+    return [i for i in range(j) if stack[i][10] & mask]
+
+
 class _Universe:
     """One bit per access (object, mode, CPU) seen so far, so that the set of accesses of a
     whole searched subgraph (a *summary*) is one int and unions are single operations."""
@@ -1502,7 +1519,8 @@ class _Reduced:
         # frame: [state, next index into done, out CPU, out CPU's index, its vector clock,
         #         conflict bits of the out turn, the universe size they were computed at,
         #         path (for _lap_back), (CPU index, clock) to restore when popped,
-        #         (pamt_lock's holder in the state, the stack index of its acquisition or -1)]
+        #         (pamt_lock's holder in the state, the stack index of its acquisition or -1),
+        #         the out turn's own access bits (_direct_races)]
         stack: list[list[Any]] = [
             [
                 root,
@@ -1515,6 +1533,7 @@ class _Reduced:
                 (root, nodes[root].lap_key, None),
                 None,
                 (self.root_holder, -1),
+                0,
             ]
         ]
         seen.add(root)
@@ -1543,7 +1562,7 @@ class _Reduced:
             bits = node.bits[p]
             c = node.succ[p]
             pi = self.cpu_index[p]
-            vc = self._direct_races(stack, p, pi, bits, clock)
+            vc = self._direct_races(stack, p, pi, bits, node.lfps[p], clock)
             sleep = {x: f for x, f in node.sleep.items() if not _dependent(f, fp)}
             for x in node.done[:i]:
                 f = node.fps[x]
@@ -1575,7 +1594,7 @@ class _Reduced:
                 continue
             if c in seen:
                 # the stack's turns and this one against those searched from c
-                fr[2], fr[3], fr[4], fr[6] = p, pi, vc, -1
+                fr[2], fr[3], fr[4], fr[6], fr[10] = p, pi, vc, -1, bits
                 saved = clock[pi]
                 clock[pi] = vc
                 if cn.summary >= 0:
@@ -1587,11 +1606,11 @@ class _Reduced:
                 continue
             seen.add(c)
             on_stack.add(c)
-            fr[2], fr[3], fr[4], fr[6] = p, pi, vc, -1
+            fr[2], fr[3], fr[4], fr[6], fr[10] = p, pi, vc, -1, bits
             h = node.holder[p]
             hold = fr[9] if h == fr[9][0] else (h, len(stack) - 1 if h is not None else -1)
             path = (c, cn.lap_key, fr[7])
-            stack.append([c, 0, None, -1, none, 0, -1, path, (pi, clock[pi]), hold])
+            stack.append([c, 0, None, -1, none, 0, -1, path, (pi, clock[pi]), hold, 0])
             clock[pi] = vc
 
     def _direct_races(
@@ -1600,25 +1619,14 @@ class _Reduced:
         p: str,
         pi: int,
         bits: int,
+        lfp: Footprint,
         clock: list[tuple[int, ...]],
     ) -> tuple[int, ...]:
-        """The races of ``p``'s turn (accesses ``bits``) from the top of the stack with the
-        stack's turns (source-DPOR); its vector clock."""
+        """The races of ``p``'s turn (accesses ``bits``, lock-aware footprint ``lfp``) from
+        the top of the stack with the stack's turns (source-DPOR); its vector clock."""
         j = len(stack) - 1
         mine = clock[pi]
-        # each frame's conflict bits (of its out turn) are recomputed only when the
-        # universe grew; inlined: this loop runs once per stack frame per turn
-        size = len(self.u.bit)
-        conflicts = self.u.conflicts
-        nodes = self.nodes
-        dep: list[int] = []
-        for i in range(j):
-            fr = stack[i]
-            if fr[6] != size:
-                fr[5] = conflicts(fr[2], nodes[fr[0]].lfps[fr[2]])
-                fr[6] = size
-            if fr[5] & bits:
-                dep.append(i)
+        dep = _racing(stack, j, pi, bits, self.u.conflicts(p, lfp) if bits else 0, self.u.star)
         vc = list(mine)
         for i in dep:
             vci = stack[i][4]

@@ -234,6 +234,16 @@ def _thaw_vcpu(f: FrozenVcpu) -> Vcpu:
     return Vcpu(f[0], f[1], f[2], pamt_cache, caches, list(f[5]))
 
 
+def _copy_vcpu(v: Vcpu) -> Vcpu:
+    """A copy of ``v`` that shares nothing mutable with it: its page lists, caches and
+    control pages copied (their items are ints, names and tuples)."""
+    caches = {
+        name: KvmCache(name, c.objects, c.min, c.capacity, list(c.pfns), c.nobjs)
+        for name, c in v.caches.items()
+    }
+    return Vcpu(v.id, v.td, v.alive, list(v.pamt_cache), caches, list(v.control))
+
+
 def _vcpu_pages(v: Vcpu) -> list[list[int]]:
     """A vCPU's page lists, in frozen order: the PAMT page cache, then each cache's pages."""
     return [v.pamt_cache, *[c.pfns for c in v.caches.values()]]
@@ -1225,7 +1235,10 @@ class Machine(KernelState):
             t.gmem.changed = {}
             _tracked(t.entries).changed = set()
 
-    def restore(self, img: MachineImage) -> None:
+    def restore(self, img: MachineImage, *, reuse_vcpus: bool = False) -> None:
+        """The machine's state set to ``img``'s. With ``reuse_vcpus`` (:meth:`reset`), the
+        vCPUs are copied from those thawed at the last such restore when it was to this same
+        image object, and thawed and kept for the next one otherwise."""
         self.mem.restore(img.memory)
         self.module.restore(img.module)
         self.refcount = zunpack_ints(img.refcount)
@@ -1236,7 +1249,13 @@ class Machine(KernelState):
         self.owed = {}
         self.v5_put_window = {}
         self.tds = {k: _copy_td(t, img.mappings[k]) for k, t in img.tds.items()}
-        self.vcpus = {k: _thaw_vcpu(v) for k, v in img.vcpus.items()}
+        if not reuse_vcpus:
+            self.vcpus = {k: _thaw_vcpu(v) for k, v in img.vcpus.items()}
+        else:
+            kept = self._thawed
+            if kept is None or kept[0] is not img:
+                kept = self._thawed = (img, {k: _thaw_vcpu(v) for k, v in img.vcpus.items()})
+            self.vcpus = {k: _copy_vcpu(v) for k, v in kept[1].items()}
         self.cnt = [img.counters[k] for k in COUNTER_NAMES]
         self.injections = dict(img.injections)
         self._injecting = sum(self.injections.values())
@@ -1271,7 +1290,7 @@ class Machine(KernelState):
             if th.gen is not None:
                 th.gen.close()
                 th.gen = None
-        self.restore(img)
+        self.restore(img, reuse_vcpus=True)
         self._threads_made = {}
         self.steps = []
         self.diagnostics = []

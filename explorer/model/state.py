@@ -325,6 +325,12 @@ class KernelState:
         #: a vCPU, and the page lists a delta's patch is taken against
         self._frozen_views: dict[int, tuple[Any, ...]] = {}
         self._small_tds: dict[int, tuple[Any, ...]] = {}
+        #: (the image last ``Machine.reset`` to, its vCPUs thawed): a reset to the SAME image
+        #: object copies these instead of decoding the frozen vCPUs' varints again (the
+        #: search resets to one group start thousands of times). Held with the image itself,
+        #: so its identity cannot be taken by another image; the copies are what the machine
+        #: changes, these never.
+        self._thawed: tuple[Any, dict[int, Vcpu]] | None = None
         #: the vCPUs and TDs the current batch's events name (``batch_owners``)
         self._batch_vcpus: set[int] = set()
         self._batch_tds: set[int] = set()
