@@ -11,7 +11,6 @@ import pytest
 
 from explorer.ingest import parse_trace
 from explorer.ingest.shapes import write
-from explorer.model.machine import Machine, StepReached
 from explorer.model.packed import (
     pack_ints,
     zpack_ints,
@@ -21,6 +20,7 @@ from explorer.model.packed import (
 )
 from explorer.model.settings import Settings
 from explorer.replay.timeline import replay
+from tests.test_seek_layers import _from_the_start
 
 
 @pytest.mark.parametrize(
@@ -57,17 +57,6 @@ def test_a_scattered_hosts_counts_deflate_well() -> None:
     table = {r: rng.randint(1, 300) for r in range(32_768) if rng.random() < 0.95}
     keys, values = pack_ints(table)
     assert len(zpack_ints(table)) * 4 < len(keys) * 4 + len(values) * 4
-
-
-def _from_the_start(events, settings, i: int):  # type: ignore[no-untyped-def]
-    m = Machine(settings, record=False, check=True)
-    m.stop_at = i
-    ev = -1
-    try:
-        m.run(events)
-    except StepReached as reached:
-        ev = reached.event
-    return m.snapshot(step=i, event=ev)
 
 
 def test_keyframes_held_stay_within_a_budget_in_real_bytes() -> None:
