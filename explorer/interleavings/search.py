@@ -1708,13 +1708,17 @@ class _Reduced:
         it does not happen before (the CPU's clock is before it)."""
         u, nodes = self.u, self.nodes
         size = len(u.bit)
+        # each CPU with a summarised access, its bits and its clock (hoisted out of the
+        # stack loop: the loop runs per stack frame, ~56 frames per call)
+        cpus = [(x, xm, clock[self.cpu_index[x]]) for x, xm in u.cpu.items() if xm & summary]
+        if not cpus:
+            return
         for i, fr in enumerate(stack):
             if fr[2] is None:
                 continue
             node = nodes[fr[0]]
-            lifted = fr[9][0] is not None and fr[9][1] >= 0
-            if len(node.backtrack) >= len(node.enabled) and not lifted:
-                continue
+            if len(node.backtrack) >= len(node.enabled) and (fr[9][0] is None or fr[9][1] < 0):
+                continue  # (nothing to add here, and no acquisition to lift to)
             if fr[6] != size:  # (as in _direct_races)
                 fr[5] = u.conflicts(fr[2], node.lfps[fr[2]])
                 fr[6] = size
@@ -1722,10 +1726,10 @@ class _Reduced:
             if not hit:
                 continue
             qi = fr[3]
-            for x, xm in u.cpu.items():
+            for x, xm, xc in cpus:
                 if not hit & xm:
                     continue
-                if clock[self.cpu_index[x]][qi] >= i:  # i happens before x's next turn
+                if xc[qi] >= i:  # i happens before x's next turn
                     continue
                 self._add(node, x)
                 a = self._lift(stack, i, x)
