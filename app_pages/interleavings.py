@@ -16,6 +16,7 @@ import streamlit as st
 
 from app_pages import common
 from explorer.appsupport import content_key, settings_key
+from explorer.interleavings.allocator import EXPLORE_ALLOCATOR, explore_settings
 from explorer.interleavings.job import (
     DEFAULT_MAX_STATES,
     MAX_MAX_STATES,
@@ -233,8 +234,8 @@ def _findings(loaded: common.Loaded, settings: Settings, result: dict[str, Any])
 def main() -> None:
     common.init_session()
     common.sidebar_trace_picker()
-    settings = common.sidebar_settings()
     loaded: common.Loaded = st.session_state.loaded
+    settings = common.sidebar_settings()
     st.title("Interleavings")
     st.caption(
         "Every order of the CPUs' turns in each group of concurrent events (same t), searched "
@@ -246,7 +247,23 @@ def main() -> None:
         "drops the recheck under pamt_lock, and some schedule issues a second PAMT.ADD."
     )
     common.show_upload_errors()
-    st.text(f"trace: {loaded.source}: {loaded.trace.title}\nmode: {mode_label(settings.mode)}")
+    named = "allocator" in loaded.trace.settings or "allocator" in st.session_state.overrides
+    if not named and settings.allocator != EXPLORE_ALLOCATOR:
+        per_cpu = st.toggle(
+            f"per-CPU page lists (allocator {EXPLORE_ALLOCATOR})",
+            value=True,
+            key="explore_percpu",
+            help="On (the search's default when the trace names no allocator): each CPU "
+            "allocates from its own list, as the kernel's order-0 allocations do, so two CPUs' "
+            f"cache top-ups do not race. Off: the trace's allocator ({settings.allocator}), "
+            "whose one global order makes every order of the CPUs' allocations a race.",
+        )
+        if per_cpu:
+            settings = explore_settings(settings, ())
+    st.text(
+        f"trace: {loaded.source}: {loaded.trace.title}\nmode: {mode_label(settings.mode)}, "
+        f"allocator: {settings.allocator}"
+    )
     c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="bottom")
     reduction = c2.toggle(
         "partial-order reduction",

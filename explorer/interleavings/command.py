@@ -24,6 +24,7 @@ from explorer.cli.common import (
     resolve_settings,
 )
 from explorer.ingest import Trace
+from explorer.interleavings.allocator import EXPLORE_ALLOCATOR, explore_settings, named_keys
 from explorer.model.settings import Settings
 
 
@@ -43,7 +44,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
     if args.write_pinned:
         check_output_path(args.write_pinned, "--write-pinned", [args.trace])
     trace = read_trace(args.trace)
-    settings = resolve_settings(trace, args.set or [])
+    named = named_keys(trace.settings, args.set or [])
+    settings = explore_settings(resolve_settings(trace, args.set or []), named)
     if NATIVE:
         from explorer.interleavings.child import run_forwarding
 
@@ -87,6 +89,11 @@ def cmd_explore(args: argparse.Namespace) -> int:
         json.dump(result, out, indent=None if args.compact else 2)
         out.write("\n")
     else:
+        if settings.allocator == EXPLORE_ALLOCATOR and "allocator" not in named:
+            out.write(
+                f"# allocator {EXPLORE_ALLOCATOR}: the search's default (per-CPU page lists, as "
+                "the kernel's; --set allocator=lowest searches the global allocator's orders)\n"
+            )
         _print_exploration(result, out)
     if not result["complete"]:
         return EXIT_INCOMPLETE
@@ -182,7 +189,9 @@ def cmd_explore_grid(args: argparse.Namespace) -> int:
         # the bytes the parse read (a second open would be unbounded, and a FIFO is empty twice)
         trace, data = read_trace_and_bytes(path)
         base = resolve_settings(trace, args.set or [])  # each trace's own header, then --set
-        traces.append((trace.source, data, grid_points(base, grid) if grid else [base]))
+        named = named_keys([*trace.settings, *grid], args.set or [])
+        points = grid_points(base, grid) if grid else [base]
+        traces.append((trace.source, data, [explore_settings(p, named) for p in points]))
     scheduler = args.scheduler or os.environ.get("DPAMT_SCHEDULER") or None
 
     def progress(done: int, total: int) -> None:

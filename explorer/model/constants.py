@@ -59,6 +59,6 @@ def mode_label(mode: str) -> str:
     return f"{mode} (deliberately broken)" if mode in BROKEN_MODES else mode
 
 
-ALLOCATORS = ("lowest", "spread", "random")
+ALLOCATORS = ("lowest", "spread", "random", "percpu")
 SCHEDULES = ("sequential", "round-robin", "random")
 INJECTIONS = ("alloc_fail", "pamt_add_fail", "pamt_remove_fail", "sept_add_busy", "page_aug_busy")

@@ -66,6 +66,7 @@ from explorer.model.state import (
     Td,
     Thread,
     Vcpu,
+    vcpu_thread,
 )
 from explorer.model.steps import (
     K_ALLOCS_ATOMIC,
@@ -1260,6 +1261,7 @@ def tdx_vcpu_create(m: KernelState, th: Thread, idx: int, ev: VcpuCreate) -> KGe
     th.stack.append(fn)
     vcpu = m.vcpus[ev.vcpu] = Vcpu(ev.vcpu, td.id)
     vcpu.caches = new_kvm_caches(m)
+    m.stock_cpu(vcpu_thread(vcpu.id))
     td.vcpus.append(vcpu.id)
     m.note("vcpu", vcpu.id, None, f"td{td.id}")
     yield (

@@ -60,6 +60,7 @@ from explorer.model.state import (
     Thread,
     TrackedDict,
     Vcpu,
+    vcpu_thread,
 )
 from explorer.model.steps import (
     COUNTER_NAMES,
@@ -455,7 +456,7 @@ def thread_name(ev: Event) -> str:
     """vCPU work runs on that vCPU's thread; VM-wide work on the VM's thread."""
     vcpu = getattr(ev, "vcpu", None)
     if vcpu is not None and ev.op != "vcpu_create":
-        return f"vcpu{vcpu}"
+        return vcpu_thread(vcpu)
     return f"td{getattr(ev, 'td', 0)}"
 
 
@@ -1369,6 +1370,7 @@ class Machine(KernelState):
             mem._untouched,
             mem._spread_cursor,
             mem._rng.state,
+            mem.percpu_state(),
             tuple(sorted((r, bytes(b)) for r, b in self.module.kind_maps().items())),
             tuple(sorted(self.module.pairs.items())),
             tuple(sorted(self.refcount.items())),

@@ -12,6 +12,16 @@ Allocator policies (what ``alloc_page()`` returns, deterministically):
 - ``spread``: round-robin over regions, the lowest free page of the next region that has one
   (every allocation lands in a different region: the worst case for DPAMT, each needs a pair).
 - ``random``: a seeded random region, then a seeded random free page in it.
+- ``percpu``: each CPU (each thread of the model: a vCPU, a VM's work) allocates from its own
+  2 MiB blocks, the lowest free page first, and claims the lowest unclaimed region when its
+  blocks are full. That is the kernel's per-CPU page lists (``struct per_cpu_pages``: order-0
+  ``alloc_page()`` takes from this CPU's list, ``rmqueue_pcplist()``; a freed page joins a
+  list, ``free_unref_page()``) with a refill of one whole region. A freed page goes back to the
+  CPU whose block holds it. Why: under the other policies every allocation of one CPU changes
+  what the next allocation of any other CPU gets, so searching every interleaving
+  (``explore``) searches every order of the CPUs' cache top-ups as well, which the kernel's
+  per-CPU lists do not order; with ``percpu`` two CPUs' allocations commute (only claims of
+  new regions, and a full host's fallback, are ordered).
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ class MemoryImage:
     untouched: int
     spread_cursor: int
     rng_state: int  # the random allocator's XorShift32 state
+    percpu: tuple[Any, ...] = ()  # ``percpu``: :meth:`HostMemory.percpu_state`
 
 
 def owner_counts(owners: bytearray) -> list[int]:
@@ -89,6 +100,14 @@ class HostMemory:
         self._images = SparseImages()
         #: pages a trace pins to later events (see :meth:`pin`), by region: never allocated
         self._pins: dict[int, frozenset[int]] = {}
+        # "percpu": each region's CPU, each CPU's regions that may have free pages (lazy
+        # min-heaps), the lowest region not examined for a claim, and whether the last pick
+        # read more than its CPU's own blocks (a claim or a full host's fallback).
+        self.per_cpu = policy == "percpu"
+        self._block_cpu: dict[int, str] = {}
+        self._cpu_heaps: dict[str, list[int]] = {}
+        self._claim_cursor = 0
+        self.picked_shared = False
 
     # -- reading -------------------------------------------------------------------------
     def _built(self, region: int) -> bytearray | None:
@@ -165,9 +184,16 @@ class HostMemory:
         rc = self.rcounts[region]
         rc[old] = rc[old] - 1
         rc[code] = rc[code] + 1
-        if code == FREE and self._lowest and region not in self._in_heap:
-            self._in_heap.add(region)
-            heappush(self._heap, region)
+        if code == FREE:
+            if self._lowest and region not in self._in_heap:
+                self._in_heap.add(region)
+                heappush(self._heap, region)
+            elif self.per_cpu:
+                cpu = self._block_cpu.get(region)
+                if cpu is not None:
+                    heap = self._cpu_heaps[cpu]
+                    if region not in heap:  # (a CPU holds a few blocks: a short scan)
+                        heappush(heap, region)
         return old
 
     def _touch(self, region: int) -> bytearray:
@@ -215,10 +241,14 @@ class HostMemory:
         pins = self._pins.get(pfn >> PAGES_PER_REGION_SHIFT)
         return pins is not None and pfn in pins
 
-    def pick_free(self) -> int | None:
-        """The pfn the policy would allocate next, or None when memory is full (no change)."""
+    def pick_free(self, cpu: str = "") -> int | None:
+        """The pfn the policy would allocate next, or None when memory is full. Changes nothing
+        but, under ``percpu``, which CPU's blocks a claimed region joins (``cpu``: the thread
+        that allocates)."""
         if self.counts[FREE] == 0:
             return None
+        if self.per_cpu:
+            return self._pick_percpu(cpu)
         if self.policy == "lowest":
             pfn = self._pick_lowest()
         elif self.policy == "spread":
@@ -304,6 +334,82 @@ class HostMemory:
             return (region << PAGES_PER_REGION_SHIFT) | self.regions[region].find(FREE)
         return untouched << PAGES_PER_REGION_SHIFT  # a fresh region: its first page
 
+    def block_cpu(self, pfn: int) -> str | None:
+        """``percpu``: the CPU whose block holds ``pfn`` (None: no CPU claimed its region)."""
+        return self._block_cpu.get(pfn >> PAGES_PER_REGION_SHIFT)
+
+    def _pick_percpu(self, cpu: str) -> int | None:
+        """``cpu``'s lowest free unpinned page in its own blocks; else the lowest region no CPU
+        claimed with a free unpinned page, claimed for ``cpu``; else (every region claimed: a
+        full host) the lowest free unpinned page anywhere. ``picked_shared`` says whether the
+        pick read more than ``cpu``'s own blocks."""
+        heap = self._cpu_heaps.get(cpu)
+        if heap is None:
+            heap = self._cpu_heaps[cpu] = []
+        while heap:
+            got = self._unpinned_free_in(heap[0], 0)
+            if got is not None:
+                self.picked_shared = False
+                return got
+            heappop(heap)  # (pushed again when one of its pages is freed)
+        self.picked_shared = True
+        region = self._claim(cpu)
+        if region is not None:
+            return self._unpinned_free_in(region, 0)
+        for region in range(self.nr_regions):  # a full host: any CPU's free page
+            rc = self._rc(region)
+            if rc is not None and rc[FREE] == 0:
+                continue
+            got = self._unpinned_free_in(region, 0)
+            if got is not None:
+                return got
+        return None
+
+    def _claim(self, cpu: str) -> int | None:
+        """Give ``cpu`` the lowest region no CPU claimed that has a free unpinned page (every
+        unpinned page of an unclaimed region is free: only its CPU allocates in a block)."""
+        region = self._claim_cursor
+        while region < self.nr_regions:
+            if region not in self._block_cpu and self._unpinned_free_in(region, 0) is not None:
+                self._block_cpu[region] = cpu
+                heappush(self._cpu_heaps.setdefault(cpu, []), region)
+                self._claim_cursor = region + 1
+                return region
+            region += 1
+        self._claim_cursor = region
+        return None
+
+    def stock_cpu(self, cpu: str) -> bool:
+        """``percpu``: give ``cpu`` its first block now, if it has none (a vCPU's, when the vCPU
+        is created: the kernel's per-CPU lists are stocked long before a TD runs, so the first
+        faults of vCPUs racing each other do not race for blocks). Returns whether a region
+        was claimed (a change of the shared claim table)."""
+        if not self.per_cpu or self._cpu_heaps.get(cpu):
+            return False
+        return self._claim(cpu) is not None
+
+    def percpu_state(self) -> tuple[Any, ...]:
+        """``percpu``'s state for checkpoints and canonical states: each claimed region's CPU,
+        each CPU's heap of regions that may have free pages (as sets: the order of a lazy heap
+        is not state), and the claim cursor. Empty under the other policies."""
+        if not self.per_cpu:
+            return ()
+        return (
+            tuple(sorted(self._block_cpu.items())),
+            tuple(sorted((c, tuple(sorted(set(h)))) for c, h in self._cpu_heaps.items())),
+            self._claim_cursor,
+        )
+
+    def _set_percpu(self, state: tuple[Any, ...]) -> None:
+        if not self.per_cpu:
+            return
+        if not state:
+            self._block_cpu, self._cpu_heaps, self._claim_cursor = {}, {}, 0
+            return
+        blocks, heaps, self._claim_cursor = state
+        self._block_cpu = dict(blocks)
+        self._cpu_heaps = {c: list(h) for c, h in heaps}  # (sorted: a valid heap)
+
     def _is_touched(self, region: int) -> bool:
         if region in self.regions:
             return True
@@ -360,6 +466,7 @@ class HostMemory:
             untouched=self._untouched,
             spread_cursor=self._spread_cursor,
             rng_state=self._rng.state,
+            percpu=self.percpu_state(),
         )
 
     def restore(self, img: MemoryImage) -> None:
@@ -375,6 +482,7 @@ class HostMemory:
         self._untouched = img.untouched
         self._spread_cursor = img.spread_cursor
         self._rng.state = img.rng_state
+        self._set_percpu(img.percpu)
         self.journal = []
 
     def scalars(self) -> tuple[Any, ...]:
@@ -385,6 +493,7 @@ class HostMemory:
             self._untouched,
             self._spread_cursor,
             self._rng.state,
+            self.percpu_state(),
         )
 
     def apply(self, pages: PageDelta, scalars: tuple[Any, ...]) -> None:
@@ -424,7 +533,8 @@ class HostMemory:
                 layers = LayeredMaps(None, PAGES_PER_REGION)
             self._layers = layers.with_pages(merged)
             self._absent = set()
-        counts, heap, self._untouched, self._spread_cursor, self._rng.state = scalars
+        counts, heap, self._untouched, self._spread_cursor, self._rng.state, pcp = scalars
+        self._set_percpu(pcp)
         self.counts = list(counts)
         self._heap = list(heap)
         self._in_heap = set(heap)

@@ -205,6 +205,11 @@ class Spin:
         return self.info
 
 
+def vcpu_thread(vcpu: int) -> str:
+    """The name of the simulated CPU that runs vCPU ``vcpu``'s work (each vCPU on its own)."""
+    return f"vcpu{vcpu}"
+
+
 @dataclass(slots=True)
 class Thread:
     """A simulated CPU running one event's kernel code at a time."""
@@ -458,7 +463,8 @@ class KernelState:
             # writes it. A page the trace names (``pfn``) is pinned: the allocator never
             # picks it, so whether it is free is nothing a pick reads (its page object
             # orders the turns that take and free it)
-            self.fp_a.add(FP_ALLOC)
+            cpu = self.mem.block_cpu(pfn) if self.mem.per_cpu else None
+            self.fp_a.add(FP_ALLOC if cpu is None else ("alloc", cpu))
         if old in (O_PAIR, O_LEAKED) or code in (O_PAIR, O_LEAKED):
             self._fp_pair_check(None)
 
@@ -628,14 +634,32 @@ class KernelState:
         if self.take_injection("alloc_fail"):
             self.count(K_ALLOC_FAILED)
             return None
-        if self.fp_on:  # "the lowest free page": allocations in either order differ
-            self.fp_w.add(FP_ALLOC)
-        pfn = self.mem.pick_free()
+        mem = self.mem
+        pfn = mem.pick_free(th.name)
+        if self.fp_on:
+            # "the lowest free page": allocations in either order differ. Under ``percpu`` a
+            # pick from the CPU's own blocks reads and writes that CPU's free set only; a
+            # claim of a region writes the shared one, and a full host's fallback reads
+            # every CPU's (so it is ordered against everything)
+            if not mem.per_cpu:
+                self.fp_w.add(FP_ALLOC)
+            else:
+                self.fp_w.add(("alloc", th.name))
+                if mem.picked_shared:
+                    self.fp_w.add(FP_ALLOC)
+                    if pfn is not None and mem.block_cpu(pfn) != th.name:
+                        self.fp_w.add("*")
         if pfn is None:
             self.count(K_ALLOC_FAILED)
             return None
         self.set_owner(pfn, owner)
         return pfn
+
+    def stock_cpu(self, cpu: str) -> None:
+        """``percpu``: stock ``cpu``'s page list with its first block (:meth:`HostMemory.stock_cpu`):
+        a claim writes the shared claim table, so it is ordered against other claims."""
+        if self.mem.stock_cpu(cpu) and self.fp_on:
+            self.fp_w.add(FP_ALLOC)
 
     def free_page(self, pfn: int) -> None:
         self.set_owner(pfn, O_FREE)
