@@ -15,8 +15,8 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from app_pages import common
+from app_pages.ui.search_settings import search_settings
 from explorer.appsupport import content_key, settings_key
-from explorer.interleavings.allocator import EXPLORE_ALLOCATOR, explore_settings
 from explorer.interleavings.job import (
     DEFAULT_MAX_STATES,
     MAX_MAX_STATES,
@@ -235,35 +235,18 @@ def main() -> None:
     common.init_session()
     common.sidebar_trace_picker()
     loaded: common.Loaded = st.session_state.loaded
-    settings = common.sidebar_settings()
+    sidebar = common.sidebar_settings()
     st.title("Interleavings")
     st.caption(
         "Every order of the CPUs' turns in each group of concurrent events (same t), searched "
         "on the engine itself: the distinct outcomes, how many schedules reach each, and every "
-        "finding with a schedule that reproduces it."
-    )
-    st.caption(
-        f"To see a finding, try the mode {mode_label('v6-no-recheck')!r} in the sidebar: it "
-        "drops the recheck under pamt_lock, and some schedule issues a second PAMT.ADD."
+        "finding with a schedule that reproduces it. To see a finding, try the mode "
+        f"{mode_label('v6-no-recheck')!r} in the sidebar: it drops the recheck under "
+        "pamt_lock, and some schedule issues a second PAMT.ADD."
     )
     common.show_upload_errors()
-    named = "allocator" in loaded.trace.settings or "allocator" in st.session_state.overrides
-    if not named and settings.allocator != EXPLORE_ALLOCATOR:
-        per_cpu = st.toggle(
-            f"per-CPU page lists (allocator {EXPLORE_ALLOCATOR})",
-            value=True,
-            key="explore_percpu",
-            help="On (the search's default when the trace names no allocator): each CPU "
-            "allocates from its own list, as the kernel's order-0 allocations do, so two CPUs' "
-            f"cache top-ups do not race. Off: the trace's allocator ({settings.allocator}), "
-            "whose one global order makes every order of the CPUs' allocations a race.",
-        )
-        if per_cpu:
-            settings = explore_settings(settings, ())
-    st.text(
-        f"trace: {loaded.source}: {loaded.trace.title}\nmode: {mode_label(settings.mode)}, "
-        f"allocator: {settings.allocator}"
-    )
+    settings = search_settings(loaded, sidebar)
+    st.text(f"trace: {loaded.source}: {loaded.trace.title}\nmode: {mode_label(settings.mode)}")
     c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="bottom")
     reduction = c2.toggle(
         "partial-order reduction",

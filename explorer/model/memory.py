@@ -13,15 +13,15 @@ Allocator policies (what ``alloc_page()`` returns, deterministically):
   (every allocation lands in a different region: the worst case for DPAMT, each needs a pair).
 - ``random``: a seeded random region, then a seeded random free page in it.
 - ``percpu``: each CPU (each thread of the model: a vCPU, a VM's work) allocates from its own
-  2 MiB blocks, the lowest free page first, and claims the lowest unclaimed region when its
-  blocks are full. That is the kernel's per-CPU page lists (``struct per_cpu_pages``: order-0
+  blocks of :data:`PCP_BLOCK_PAGES` pages, the lowest free page first, and claims the lowest
+  unclaimed block when its blocks are full (a vCPU's first block when it is created). That is the kernel's per-CPU page lists (``struct per_cpu_pages``: order-0
   ``alloc_page()`` takes from this CPU's list, ``rmqueue_pcplist()``; a freed page joins a
-  list, ``free_unref_page()``) with a refill of one whole region. A freed page goes back to the
+  list, ``free_unref_page()``) with a refill of one block. A freed page goes back to the
   CPU whose block holds it. Why: under the other policies every allocation of one CPU changes
   what the next allocation of any other CPU gets, so searching every interleaving
   (``explore``) searches every order of the CPUs' cache top-ups as well, which the kernel's
   per-CPU lists do not order; with ``percpu`` two CPUs' allocations commute (only claims of
-  new regions, and a full host's fallback, are ordered).
+  new blocks, and a full host's fallback, are ordered).
 """
 
 from __future__ import annotations
@@ -38,6 +38,13 @@ from explorer.model.prng import XorShift32
 from explorer.model.records import OWNERS, RegionCounts
 
 FREE: Final = 0
+#: ``percpu``: a CPU's list is stocked a block of 128 pages (a quarter of a region) at a time, so
+#: the first fault of a fresh vCPU (about 90 pages of cache top-ups) fits the block its
+#: creation stocked, and the blocks of the first CPUs share region 0 with the TD's control
+#: pages, as consecutive allocations of the other policies do (the kernel's ``pcp->batch``
+#: is 63 pages; a bigger block keeps refills, which CPUs race for, out of the first faults).
+PCP_BLOCK_SHIFT: Final = 7
+PCP_BLOCK_PAGES: Final = 1 << PCP_BLOCK_SHIFT
 _NR_OWNERS: Final = len(OWNERS)
 
 
@@ -189,11 +196,12 @@ class HostMemory:
                 self._in_heap.add(region)
                 heappush(self._heap, region)
             elif self.per_cpu:
-                cpu = self._block_cpu.get(region)
+                block = pfn >> PCP_BLOCK_SHIFT
+                cpu = self._block_cpu.get(block)
                 if cpu is not None:
                     heap = self._cpu_heaps[cpu]
-                    if region not in heap:  # (a CPU holds a few blocks: a short scan)
-                        heappush(heap, region)
+                    if block not in heap:  # (a CPU holds a few blocks: a short scan)
+                        heappush(heap, block)
         return old
 
     def _touch(self, region: int) -> bytearray:
@@ -335,27 +343,33 @@ class HostMemory:
         return untouched << PAGES_PER_REGION_SHIFT  # a fresh region: its first page
 
     def block_cpu(self, pfn: int) -> str | None:
-        """``percpu``: the CPU whose block holds ``pfn`` (None: no CPU claimed its region)."""
-        return self._block_cpu.get(pfn >> PAGES_PER_REGION_SHIFT)
+        """``percpu``: the CPU whose block holds ``pfn`` (None: no CPU claimed its block)."""
+        return self._block_cpu.get(pfn >> PCP_BLOCK_SHIFT)
+
+    def _free_in_block(self, block: int) -> int | None:
+        """The lowest free unpinned page of ``block`` (:data:`PCP_BLOCK_PAGES` pages)."""
+        region = block >> (PAGES_PER_REGION_SHIFT - PCP_BLOCK_SHIFT)
+        got = self._unpinned_free_in(region, (block << PCP_BLOCK_SHIFT) & (PAGES_PER_REGION - 1))
+        return got if got is not None and got >> PCP_BLOCK_SHIFT == block else None
 
     def _pick_percpu(self, cpu: str) -> int | None:
-        """``cpu``'s lowest free unpinned page in its own blocks; else the lowest region no CPU
-        claimed with a free unpinned page, claimed for ``cpu``; else (every region claimed: a
+        """``cpu``'s lowest free unpinned page in its own blocks; else the lowest block no CPU
+        claimed with a free unpinned page, claimed for ``cpu``; else (every block claimed: a
         full host) the lowest free unpinned page anywhere. ``picked_shared`` says whether the
         pick read more than ``cpu``'s own blocks."""
         heap = self._cpu_heaps.get(cpu)
         if heap is None:
             heap = self._cpu_heaps[cpu] = []
         while heap:
-            got = self._unpinned_free_in(heap[0], 0)
+            got = self._free_in_block(heap[0])
             if got is not None:
                 self.picked_shared = False
                 return got
             heappop(heap)  # (pushed again when one of its pages is freed)
         self.picked_shared = True
-        region = self._claim(cpu)
-        if region is not None:
-            return self._unpinned_free_in(region, 0)
+        block = self._claim(cpu)
+        if block is not None:
+            return self._free_in_block(block)
         for region in range(self.nr_regions):  # a full host: any CPU's free page
             rc = self._rc(region)
             if rc is not None and rc[FREE] == 0:
@@ -366,31 +380,32 @@ class HostMemory:
         return None
 
     def _claim(self, cpu: str) -> int | None:
-        """Give ``cpu`` the lowest region no CPU claimed that has a free unpinned page (every
-        unpinned page of an unclaimed region is free: only its CPU allocates in a block)."""
-        region = self._claim_cursor
-        while region < self.nr_regions:
-            if region not in self._block_cpu and self._unpinned_free_in(region, 0) is not None:
-                self._block_cpu[region] = cpu
-                heappush(self._cpu_heaps.setdefault(cpu, []), region)
-                self._claim_cursor = region + 1
-                return region
-            region += 1
-        self._claim_cursor = region
+        """Give ``cpu`` the lowest block no CPU claimed that has a free unpinned page (every
+        unpinned page of an unclaimed block is free: only its CPU allocates in a block)."""
+        block = self._claim_cursor
+        end = self.total_pages >> PCP_BLOCK_SHIFT
+        while block < end:
+            if block not in self._block_cpu and self._free_in_block(block) is not None:
+                self._block_cpu[block] = cpu
+                heappush(self._cpu_heaps.setdefault(cpu, []), block)
+                self._claim_cursor = block + 1
+                return block
+            block += 1
+        self._claim_cursor = block
         return None
 
     def stock_cpu(self, cpu: str) -> bool:
         """``percpu``: give ``cpu`` its first block now, if it has none (a vCPU's, when the vCPU
         is created: the kernel's per-CPU lists are stocked long before a TD runs, so the first
-        faults of vCPUs racing each other do not race for blocks). Returns whether a region
+        faults of vCPUs racing each other do not race for blocks). Returns whether a block
         was claimed (a change of the shared claim table)."""
         if not self.per_cpu or self._cpu_heaps.get(cpu):
             return False
         return self._claim(cpu) is not None
 
     def percpu_state(self) -> tuple[Any, ...]:
-        """``percpu``'s state for checkpoints and canonical states: each claimed region's CPU,
-        each CPU's heap of regions that may have free pages (as sets: the order of a lazy heap
+        """``percpu``'s state for checkpoints and canonical states: each claimed block's CPU,
+        each CPU's heap of blocks that may have free pages (as sets: the order of a lazy heap
         is not state), and the claim cursor. Empty under the other policies."""
         if not self.per_cpu:
             return ()
