@@ -357,21 +357,27 @@ def encode_group(
         return None
     parts = [maps[r] for r in regions]
     index = bytes([r - base for r in regions])
-    free = [m.count(0) for m in parts]
-    in_use = sum(map(len, parts)) - sum(free)
-    if in_use > DENSE_PAGES * len(parts):
-        return index, zlib.compress(b"".join(parts), 1, _RAW)
+    joined = b"".join(parts)
+    size = len(parts[0])
+    if len(joined) != size * len(parts):
+        raise ValueError(f"group {g}: maps of unequal sizes")
+    if len(joined) - joined.count(0) > DENSE_PAGES * len(parts):
+        return index, zlib.compress(joined, 1, _RAW)
+    # one translate and find pass over the group's joined maps, not one per region (a map of
+    # a scattered host holds one to three pages in use: the per-region calls were most of it)
     words = [0]  # where each region's entries begin, then the entries
     entries: list[int] = []
-    for m, nfree in zip(parts, free, strict=True):
-        if nfree != len(m):
-            nonzero = m.translate(_NONZERO)
-            off = nonzero.find(1)
-            while off >= 0:
-                entries.append(off | m[off] << _OFFSET_BITS)
-                off = nonzero.find(1, off + 1)
-        words.append(len(entries))
+    nonzero = joined.translate(_NONZERO)
+    at = nonzero.find(1)
+    while at >= 0:
+        k = at // size
+        while len(words) <= k:
+            words.append(len(entries))
+        entries.append((at - k * size) | joined[at] << _OFFSET_BITS)
+        at = nonzero.find(1, at + 1)
     n = len(parts)
+    while len(words) <= n:
+        words.append(len(entries))
     head = bytes([n]) + index + bytes(sparse_header(n) - 1 - n)
     return head + struct.pack(f"<{len(words) + len(entries)}H", *words, *entries)
 
