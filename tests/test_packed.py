@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import random
 
-from explorer.model.packed import GROUP, ImageCache, pack_pairs, unpack_maps, unpack_pairs
+from explorer.model.packed import (
+    GROUP,
+    ImageCache,
+    SparseImages,
+    encode_group,
+    group_map,
+    pack_pairs,
+    unpack_maps,
+    unpack_pairs,
+)
 
 
 def _maps(rng: random.Random, regions: list[int]) -> dict[int, bytearray]:
@@ -56,3 +65,36 @@ def test_mostly_free_maps_deflate_well() -> None:
 def test_pairs_pack_as_arrays() -> None:
     pairs = {3: (10, 11), 70000: (2**29, 5)}
     assert unpack_pairs(pack_pairs(pairs)) == pairs
+
+
+def _scattered_maps(seed: int, regions: int, touched: int) -> dict[int, bytearray]:
+    """512-byte maps of ``touched`` random regions of ``regions``, inserted in random order
+    (as a random allocator touches them), a few pages in use each, some groups dense."""
+    rng = random.Random(seed)
+    maps: dict[int, bytearray] = {}
+    for r in rng.sample(range(regions), touched):
+        m = bytearray(512)
+        for _ in range(rng.choice((0, 1, 3, 100))):
+            m[rng.randrange(512)] = rng.randrange(1, 7)
+        maps[r] = m
+    return maps
+
+
+def test_sparse_pack_is_the_same_whichever_way_it_finds_a_groups_regions() -> None:
+    """SparseImages.pack lists each group's regions from the maps' keys when most groups are
+    dirty (a scattered host) and looks them up one by one otherwise: the groups it encodes
+    must be identical both ways and decode to the maps (indices ascending whatever order the
+    regions were touched in)."""
+    maps = _scattered_maps(7, 64 * GROUP, 1500)
+    by_lookup = {g: encode_group(maps, g) for g in range(64)}
+    images = SparseImages()
+    every = images.pack(maps, set(maps))  # every group dirty: the keys pass
+    assert every == {g: v for g, v in by_lookup.items() if v is not None}
+    for r, m in maps.items():
+        assert group_map(every[r // GROUP], r, 512) == m
+    few = SparseImages(dict(every))
+    changed = min(maps)
+    maps[changed][5] = 6
+    again = few.pack(maps, {changed})  # one dirty group: the lookups
+    assert again[changed // GROUP] == encode_group(maps, changed // GROUP)
+    assert group_map(again[changed // GROUP], changed, 512) == maps[changed]
