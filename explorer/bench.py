@@ -397,6 +397,7 @@ EXPLORE_CASES: tuple[tuple[str, str, float | None], ...] = (
     ("race_three_cpus", "v6-locked", 10.0),
     # issue 26: the first faults of a fresh 2 MiB range (the S-EPT table race and the DPAMT race)
     ("cold_race_2vcpu", "v6", 2.0),
+    ("fresh_td_race", "v6", 2.0),  # the same with no warm-up: empty caches, every level
     ("cold_race_3vcpu", "v6", 10.0),
     ("cold_race_20vcpu_independent", "v6", 10.0),
 )

@@ -31,7 +31,9 @@ KNOB_HELP = {
     # each mode's summary and where it comes from (explorer.designs.rationale: the seed's own reasons)
     "mode": "v6 as posted, its variants, and the designs the seed rejected:\n\n"
     + "\n\n".join(help_text(m).split("\n")[0] for m in MODES),
-    "allocator": "lowest packs pages into regions; spread scatters them (worst case for DPAMT)",
+    "allocator": "lowest packs pages into regions; spread scatters them (worst case for DPAMT); "
+    "percpu: each CPU allocates from its own blocks, as the kernel's per-CPU lists (the "
+    "Interleavings page's default)",
     "schedule": "how concurrent events (same t) interleave",
     "seed": "seed of the random allocator and schedule",
     "host_memory_mib": "host memory; even, 2 MiB per region",

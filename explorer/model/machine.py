@@ -1370,7 +1370,7 @@ class Machine(KernelState):
             mem._untouched,
             mem._spread_cursor,
             mem._rng.state,
-            mem.percpu_state(),
+            mem.percpu_key(),
             tuple(sorted((r, bytes(b)) for r, b in self.module.kind_maps().items())),
             tuple(sorted(self.module.pairs.items())),
             tuple(sorted(self.refcount.items())),

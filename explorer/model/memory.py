@@ -113,6 +113,7 @@ class HostMemory:
         self.per_cpu = policy == "percpu"
         self._block_cpu: dict[int, str] = {}
         self._cpu_heaps: dict[str, list[int]] = {}
+        self._heaped: set[int] = set()  # the blocks in some CPU's heap (a block has one CPU)
         self._claim_cursor = 0
         self.picked_shared = False
 
@@ -198,10 +199,9 @@ class HostMemory:
             elif self.per_cpu:
                 block = pfn >> PCP_BLOCK_SHIFT
                 cpu = self._block_cpu.get(block)
-                if cpu is not None:
-                    heap = self._cpu_heaps[cpu]
-                    if block not in heap:  # (a CPU holds a few blocks: a short scan)
-                        heappush(heap, block)
+                if cpu is not None and block not in self._heaped:
+                    self._heaped.add(block)
+                    heappush(self._cpu_heaps[cpu], block)
         return old
 
     def _touch(self, region: int) -> bytearray:
@@ -365,7 +365,7 @@ class HostMemory:
             if got is not None:
                 self.picked_shared = False
                 return got
-            heappop(heap)  # (pushed again when one of its pages is freed)
+            self._heaped.discard(heappop(heap))  # (pushed again when a page of it is freed)
         self.picked_shared = True
         block = self._claim(cpu)
         if block is not None:
@@ -388,6 +388,7 @@ class HostMemory:
             if block not in self._block_cpu and self._free_in_block(block) is not None:
                 self._block_cpu[block] = cpu
                 heappush(self._cpu_heaps.setdefault(cpu, []), block)
+                self._heaped.add(block)
                 self._claim_cursor = block + 1
                 return block
             block += 1
@@ -415,15 +416,26 @@ class HostMemory:
             self._claim_cursor,
         )
 
+    def percpu_key(self) -> tuple[Any, ...]:
+        """What of ``percpu``'s state a canonical state needs: each claimed block's CPU and the
+        claim cursor (with the page owners, they decide every later pick; the heaps are an
+        index of the blocks with free pages, and an exhausted block still in one is not a
+        different state)."""
+        if not self.per_cpu:
+            return ()
+        return (tuple(sorted(self._block_cpu.items())), self._claim_cursor)
+
     def _set_percpu(self, state: tuple[Any, ...]) -> None:
         if not self.per_cpu:
             return
         if not state:
             self._block_cpu, self._cpu_heaps, self._claim_cursor = {}, {}, 0
+            self._heaped = set()
             return
         blocks, heaps, self._claim_cursor = state
         self._block_cpu = dict(blocks)
         self._cpu_heaps = {c: list(h) for c, h in heaps}  # (sorted: a valid heap)
+        self._heaped = {b for _, h in heaps for b in h}
 
     def _is_touched(self, region: int) -> bool:
         if region in self.regions:
