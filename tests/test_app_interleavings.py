@@ -81,3 +81,22 @@ def test_a_finding_opens_in_explore_pinned_at_its_departure() -> None:
     assert step >= 0
     # Explore is showing, at that step
     assert any(m.value.startswith(f"**Step {step}** of") for m in at.markdown)
+
+
+def test_the_search_allocates_per_cpu_unless_the_user_says_otherwise() -> None:
+    """The trace names no allocator: the search takes the per-CPU one (a toggle, on), under
+    which v6-locked's lost race has 2 end states; off, the trace's own (lowest), whose end
+    states also differ in which free pages the top-ups got: 4."""
+    at = _page("lost_race", mode="v6-locked")
+    assert at.toggle(key="explore_percpu").value is True
+    assert any(c.value == "allocator: percpu" for c in at.caption)
+    _explore(at)
+    assert any("(2 end states" in m.value for m in at.markdown)
+    at.toggle(key="explore_percpu").set_value(False).run()
+    assert any(c.value == "allocator: lowest" for c in at.caption)
+    _explore(at)
+    assert any("(4 end states" in m.value for m in at.markdown)
+    # named in the sidebar: no toggle, the sidebar's allocator
+    at.selectbox(key="knob_allocator").set_value("spread").run()
+    assert not [t for t in at.toggle if t.key == "explore_percpu"]
+    assert any(c.value == "allocator: spread" for c in at.caption)
