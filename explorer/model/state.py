@@ -639,15 +639,16 @@ class KernelState:
         if self.fp_on:
             # "the lowest free page": allocations in either order differ. Under ``percpu`` a
             # pick from the CPU's own blocks reads and writes that CPU's free set only; a
-            # claim of a region writes the shared one, and a full host's fallback reads
-            # every CPU's (so it is ordered against everything)
+            # claim of a block writes the shared claim table, and a full host's fallback (a
+            # page of another CPU's block, or none at all) reads every CPU's free set, so it
+            # is ordered against everything
             if not mem.per_cpu:
                 self.fp_w.add(FP_ALLOC)
             else:
                 self.fp_w.add(("alloc", th.name))
                 if mem.picked_shared:
                     self.fp_w.add(FP_ALLOC)
-                    if pfn is not None and mem.block_cpu(pfn) != th.name:
+                    if pfn is None or mem.block_cpu(pfn) != th.name:
                         self.fp_w.add("*")
         if pfn is None:
             self.count(K_ALLOC_FAILED)
