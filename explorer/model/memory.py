@@ -254,6 +254,7 @@ class HostMemory:
         but, under ``percpu``, which CPU's blocks a claimed region joins (``cpu``: the thread
         that allocates)."""
         if self.counts[FREE] == 0:
+            self.picked_shared = True  # (nothing free anywhere: read every CPU's free set)
             return None
         if self.per_cpu:
             return self._pick_percpu(cpu)
