@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tests.test_explore_fair_property import traces as two_cpu_traces
+from tests.test_explore_fair_property import traces as _two_cpu_traces
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_traces"
@@ -52,21 +52,40 @@ json.dump([full, reduced], sys.stdout)
 """
 
 
+#: The allocators the property draws: the global lowest free page (every allocation ordered)
+#: and the search's default, per-CPU blocks (picks in a CPU's own blocks unordered)
+ALLOCATORS = ["lowest", "percpu"]
+
+
+@st.composite
+def two_cpu_traces(draw: st.DrawFn) -> str:
+    """The fair search's two-CPU traces (:func:`tests.test_explore_fair_property.traces`), their
+    header naming an allocator of :data:`ALLOCATORS`."""
+    first, _, rest = draw(_two_cpu_traces()).partition("\n")
+    header = json.loads(first)
+    header["settings"]["allocator"] = draw(st.sampled_from(ALLOCATORS))
+    return json.dumps(header) + "\n" + rest
+
+
 @st.composite
 def three_cpu_traces(draw: st.DrawFn) -> str:
     """Three vCPUs of one or two TDs in one concurrent group, after a warm-up fault each (full
     caches, the upper tables present): faults next to the warm-ups (their level-1 table
     present) or on a fresh range (a table race), pages given in one cold region (a DPAMT race),
     in a cold region each (critical sections of ``pamt_lock`` with independent bodies: what the
-    lock-aware relation does not order) or from the allocator, and maybe a zap of a mapped page
-    instead of the first fault."""
+    lock-aware relation does not order) or from the allocator (one of :data:`ALLOCATORS`), and
+    maybe a zap of a mapped page instead of the first fault."""
     mode = draw(st.sampled_from(["v6", "v6-locked", "v5-hint", "v6-no-recheck"]))
     lines: list[dict[str, Any]] = [
         {
             "format": "dpamt-trace",
             "version": 1,
             "title": "random",
-            "settings": {"mode": mode, "max_retries": 3},
+            "settings": {
+                "mode": mode,
+                "max_retries": 3,
+                "allocator": draw(st.sampled_from(ALLOCATORS)),
+            },
         },
         {"op": "td_create", "td": 0},
     ]
