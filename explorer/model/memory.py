@@ -14,10 +14,13 @@ Allocator policies (what ``alloc_page()`` returns, deterministically):
 - ``random``: a seeded random region, then a seeded random free page in it.
 - ``percpu``: each CPU (each thread of the model: a vCPU, a VM's work) allocates from its own
   blocks of :data:`PCP_BLOCK_PAGES` pages, the lowest free page first, and claims the lowest
-  unclaimed block when its blocks are full (a vCPU's first block when it is created). That is the kernel's per-CPU page lists (``struct per_cpu_pages``: order-0
-  ``alloc_page()`` takes from this CPU's list, ``rmqueue_pcplist()``; a freed page joins a
-  list, ``free_unref_page()``) with a refill of one block. A freed page goes back to the
-  CPU whose block holds it. Why: under the other policies every allocation of one CPU changes
+  unclaimed block when its blocks are full (a vCPU's first block when it is created). That is
+  the kernel's per-CPU page lists (``struct per_cpu_pages``: an order-0 ``alloc_page()`` takes
+  from this CPU's list, ``rmqueue_pcplist()``, refilled ``pcp->batch`` pages at a time under
+  the zone lock) with a refill of one block. One difference: the kernel puts a freed page on
+  the freeing CPU's list (``free_unref_page()``), the model gives it back to the CPU whose
+  block holds it, so that each page belongs to one CPU's pool and a CPU's picks depend on its
+  own allocations and the frees into its blocks only. Why: under the other policies every allocation of one CPU changes
   what the next allocation of any other CPU gets, so searching every interleaving
   (``explore``) searches every order of the CPUs' cache top-ups as well, which the kernel's
   per-CPU lists do not order; with ``percpu`` two CPUs' allocations commute (only claims of
