@@ -79,8 +79,18 @@ from explorer.model.summary import summary
 MAX_STATES = 1_000_000
 #: Seconds between two progress reports.
 PROGRESS_SECONDS = 0.5
+#: The most turns of one CPU the reduced search fuses into one edge (turns that touch no
+#: shared object: :meth:`_Reduced._execute`); a bound, so that a CPU looping on its own can
+#: not run away from the search's budget checks
+MAX_FUSED_TURNS = 64
 
 Digest = bytes
+#: The edges of the reduced search that are several turns of one CPU (its turns that touch no
+#: shared object, fused with the turn after them: :meth:`_Reduced._execute`), by (the state
+#: they leave, the CPU): how many turns
+Fused = dict[tuple[Digest, str], int]
+#: An edge's step label, or the labels of a fused edge's turns
+Label = str | tuple[str, ...]
 #: The diagnostics an exploration reports as findings (exit status 1): invariant violations and
 #: the kernel's own WARNs (a WARN_ON_ONCE that fires under some schedule is a bug it found).
 FINDINGS = ("violation", "warning")
@@ -320,7 +330,7 @@ class Explorer:
         the number of turn orders that reach it and one of them."""
         items = self._items(span)
         edges: dict[Digest, list[tuple[str, Digest]]] = {}
-        labels: dict[Digest, list[str]] = {}  # each edge's step label, as edges[...] lists them
+        labels: dict[Digest, list[Label]] = {}  # each edge's step label, as edges[...] lists them
         enabled_at: dict[Digest, tuple[str, ...]] = {}
         parent_of: dict[Digest, tuple[Digest, str]] = {}
         ends: dict[Digest, tuple[list[str], MachineImage, tuple[str, ...]]] = {}
@@ -390,15 +400,16 @@ class Explorer:
         items: list[tuple[int, Event]],
         root: Digest | None,
         edges: dict[Digest, list[tuple[str, Digest]]],
-        labels: dict[Digest, list[str]],
+        labels: dict[Digest, list[Label]],
         enabled_at: dict[Digest, tuple[str, ...]],
         parent_of: dict[Digest, tuple[Digest, str]],
         ends: dict[Digest, tuple[list[str], MachineImage, tuple[str, ...]]],
+        fused: Fused | None = None,
     ) -> list[_End]:
         """A group's searched graph to its end states: the livelock check, the schedules
         reaching each end state and its kernel paths."""
         if self.fair:
-            self._livelocks(k, start, items, edges, enabled_at, parent_of)
+            self._livelocks(k, start, items, edges, enabled_at, parent_of, fused)
         plain = {src: [d for _, d in out] for src, out in edges.items()}
         counts = _count_paths(root, plain, set(ends))
         paths = _kernel_paths(root, edges, labels, set(ends), k)
@@ -423,7 +434,7 @@ class Explorer:
         g = _Reduced(self, k, start, items)
         g.run()
         return self._finish(
-            k, start, items, g.root, g.edges, g.labels, g.enabled_at, g.parent_of, g.ends
+            k, start, items, g.root, g.edges, g.labels, g.enabled_at, g.parent_of, g.ends, g.fused
         )
 
     def _livelocks(
@@ -434,6 +445,7 @@ class Explorer:
         edges: dict[Digest, list[tuple[str, Digest]]],
         enabled_at: dict[Digest, tuple[str, ...]],
         parent_of: dict[Digest, tuple[Digest, str]],
+        fused: Fused | None = None,
     ) -> None:
         """Report a real livelock: a cycle of the state graph some *fair* run never leaves.
 
@@ -452,8 +464,8 @@ class Explorer:
         nodes = list(enabled_at)
         for cycle in _fair_cycles(nodes, edges, enabled_at):
             entry = min(cycle, key=lambda n: _depth(n, parent_of))
-            prefix = _path_to(entry, parent_of)
-            lap = _lap(entry, cycle, edges)
+            prefix = _path_to(entry, parent_of, fused)
+            lap = _lap(entry, cycle, edges, fused)
             m, threads = self._replay(start.image, items, (*prefix, *lap))
             if m is None:
                 continue
@@ -1019,7 +1031,7 @@ def _extend(sig: Signature, k: int, cpu: str, label: str) -> Signature:
 def _kernel_paths(
     root: Digest | None,
     edges: dict[Digest, list[tuple[str, Digest]]],
-    labels: dict[Digest, list[str]],
+    labels: dict[Digest, list[Label]],
     ends: set[Digest],
     k: int = 0,
 ) -> dict[Digest, set[Signature]]:
@@ -1037,7 +1049,12 @@ def _kernel_paths(
     def push(n: Digest, i: int, d: Digest) -> None:
         cpu, label = edges[n][i][0], labels[n][i]
         here = sigs.get(n, set())
-        new = {(_extend(s, k, cpu, label) if label and _telling(label) else s) for s in here}
+        told = [x for x in ((label,) if isinstance(label, str) else label) if x and _telling(x)]
+        new = set()
+        for s in here:
+            for x in told:
+                s = _extend(s, k, cpu, x)
+            new.add(s)
         got = sigs.setdefault(d, set())
         for s in sorted(new):
             if len(got) >= MAX_PATHS:
@@ -1099,20 +1116,28 @@ def _depth(n: Digest, parent_of: dict[Digest, tuple[Digest, str]]) -> int:
     return d
 
 
-def _path_to(n: Digest, parent_of: dict[Digest, tuple[Digest, str]]) -> list[str]:
-    """The turns of the first path the search took to state ``n``."""
+def _path_to(
+    n: Digest, parent_of: dict[Digest, tuple[Digest, str]], fused: Fused | None = None
+) -> list[str]:
+    """The turns of the first path the search took to state ``n`` (an edge that is several
+    turns of one CPU, ``fused``, as that many turns)."""
     turns: list[str] = []
     while n in parent_of:
-        n, cpu = parent_of[n]
-        turns.append(cpu)
+        parent, cpu = parent_of[n]
+        turns.extend([cpu] * (fused.get((parent, cpu), 1) if fused else 1))
+        n = parent
     turns.reverse()
     return turns
 
 
 def _lap(
-    entry: Digest, cycle: set[Digest], edges: dict[Digest, list[tuple[str, Digest]]]
+    entry: Digest,
+    cycle: set[Digest],
+    edges: dict[Digest, list[tuple[str, Digest]]],
+    fused: Fused | None = None,
 ) -> list[str]:
-    """A shortest loop of turns from ``entry`` back to it inside ``cycle``."""
+    """A shortest loop of turns from ``entry`` back to it inside ``cycle`` (a ``fused`` edge as
+    its turns)."""
     back: dict[Digest, tuple[Digest, str]] = {}
     queue = deque([entry])
     seen = {entry}
@@ -1122,10 +1147,10 @@ def _lap(
             if d not in cycle:
                 continue
             if d == entry:
-                turns = [cpu]
+                turns = [cpu] * (fused.get((n, cpu), 1) if fused else 1)
                 while n != entry:
                     n, c = back[n]
-                    turns.append(c)
+                    turns.extend([c] * (fused.get((n, c), 1) if fused else 1))
                 turns.reverse()
                 return turns
             if d not in seen:
@@ -1372,7 +1397,13 @@ class _Reduced:
         self.items = items
         self.nodes: dict[Digest, _Node] = {}
         self.edges: dict[Digest, list[tuple[str, Digest]]] = {}
-        self.labels: dict[Digest, list[str]] = {}
+        self.labels: dict[Digest, list[Label]] = {}
+        #: the edges that are several turns of one CPU (see :meth:`_execute`)
+        self.fused: Fused = {}
+        #: whether turns that touch no shared object are fused with the turn after them: only
+        #: when every event of the group records its accesses (an unannotated one, a TD's or
+        #: vCPU's creation or teardown, may touch what a fault keeps to itself)
+        self.fuse = all(isinstance(ev, _ANNOTATED) for _, ev in items)
         self.enabled_at: dict[Digest, tuple[str, ...]] = {}
         self.parent_of: dict[Digest, tuple[Digest, str]] = {}
         self.ends: dict[Digest, tuple[list[str], MachineImage, tuple[str, ...]]] = {}
@@ -1413,7 +1444,7 @@ class _Reduced:
 
     def _goto(self, key: Digest | None) -> None:
         """Put the machine in state ``key`` (the group's start for None) by re-execution."""
-        turns = _path_to(key, self.parent_of) if key is not None else []
+        turns = _path_to(key, self.parent_of, self.fused) if key is not None else []
         m, threads = self.ex._replay(self.start.image, self.items, turns)
         assert m is not None
         self.m, self.threads = m, threads
@@ -1425,7 +1456,7 @@ class _Reduced:
         return th.event is None or isinstance(self.ex.events[th.event], _ANNOTATED)
 
     def _arrive(
-        self, parent: Digest | None, cpu: str, label: str, path: _Path | None
+        self, parent: Digest | None, cpu: str, label: Label, path: _Path | None
     ) -> tuple[Digest, bool]:
         """The node of the machine's state, reached from ``parent`` by ``cpu``'s turn (the
         plain search's bookkeeping: edge, lap-back, violations, end states, deadlocks);
@@ -1491,6 +1522,36 @@ class _Reduced:
         held_before = m.pamt_lock == p
         info = m.turn(th, self.threads)
         fp = _footprint(m) if annotated and self._annotated(th) else _STAR
+        self.prefix.append(p)
+        first = info[1] if info is not None else ""
+        label: Label = first
+        if self.fuse and not any(fp):
+            # A turn that touched no shared object commutes with every turn of every other
+            # CPU (Lipton's both-mover), so the state after it need not be a scheduling point:
+            # it is fused with the CPU's next turns up to the first that touches one (or
+            # until the CPU is done or waits). The fused edge's turns are counted (``fused``)
+            # and its labels kept, for re-execution, schedules and kernel paths.
+            labels = [first]
+            while (
+                not any(fp)
+                and not th.done
+                and not m.blocked(th)
+                and m.stopped is None
+                and len(labels) < MAX_FUSED_TURNS
+            ):
+                m.fp_r.clear()
+                m.fp_w.clear()
+                m.fp_a.clear()
+                m.fp_checked.clear()
+                m.fp_l.clear()
+                held_before = m.pamt_lock == p
+                info = m.turn(th, self.threads)
+                fp = _footprint(m) if self._annotated(th) else _STAR
+                self.prefix.append(p)
+                labels.append(info[1] if info is not None else "")
+            if len(labels) > 1:
+                self.fused[(key, p)] = len(labels)
+                label = tuple(labels)
         lfp = _lock_aware(fp, m, p, held_before) if fp is not _STAR else fp
         node.fps[p] = fp
         node.lfps[p] = lfp
@@ -1498,8 +1559,7 @@ class _Reduced:
         node.bits[p] = self.u.step_bits(p, lfp)
         node.done.append(p)
         node.backtrack.add(p)
-        self.prefix.append(p)
-        c, new = self._arrive(key, p, info[1] if info is not None else "", path)
+        c, new = self._arrive(key, p, label, path)
         node.succ[p] = c
         self.changed = True
         return new
