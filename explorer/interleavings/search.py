@@ -83,6 +83,11 @@ PROGRESS_SECONDS = 0.5
 #: shared object: :meth:`_Reduced._execute`); a bound, so that a CPU looping on its own can
 #: not run away from the search's budget checks
 MAX_FUSED_TURNS = 64
+#: The step that ends a lap of a fault's retry loop (``tdx_handle_ept_violation()``'s
+#: RET_PF_RETRY): a fused edge ends there, so that the state at the loop's head is a state of
+#: the graph in every lap and a lap that changed nothing comes back to it (the fair search's
+#: cycles), instead of the explorer's ``max_retries`` bound firing inside one edge
+_LAP_ENDS = frozenset({"fault.retry"})
 
 Digest = bytes
 #: The edges of the reduced search that are several turns of one CPU (its turns that touch no
@@ -113,6 +118,15 @@ _ABSTRACT_LOCALS: dict[str, frozenset[str]] = {
 
 class SearchLimit(Exception):
     """The state bound or a cancel stopped the search before it was complete."""
+
+
+class _Refuse(Exception):
+    """A turn fused on the assumption that no other CPU's turn conflicts with it met one: the
+    objects (``shared``) whose accesses broke the assumption (:meth:`_Reduced._fusable`)."""
+
+    def __init__(self, shared: set[Any]) -> None:
+        super().__init__(sorted(map(repr, shared)))
+        self.shared = shared
 
 
 @dataclass
@@ -431,8 +445,17 @@ class Explorer:
         """Group ``k`` from ``start`` with partial-order reduction (:class:`_Reduced`): one
         schedule per class of schedules that differ only in the order of independent turns."""
         items = self._items(span)
-        g = _Reduced(self, k, start, items)
-        g.run()
+        shared: set[Any] = set()
+        states, deadlocks, violations = self.states, self.deadlocks, dict(self.violations)
+        while True:
+            g = _Reduced(self, k, start, items, shared)
+            try:
+                g.run()
+                break
+            except _Refuse as again:  # search the group again without those fusions
+                shared |= again.shared
+                self.states, self.deadlocks = states, deadlocks
+                self.violations = dict(violations)
         return self._finish(
             k, start, items, g.root, g.edges, g.labels, g.enabled_at, g.parent_of, g.ends, g.fused
         )
@@ -1130,6 +1153,17 @@ def _path_to(
     return turns
 
 
+def _apart(access: tuple[frozenset[str], frozenset[str]]) -> bool:
+    """Whether the accesses of an object (the CPUs, the modes) conflict with none of each other:
+    one CPU's, or reads only, or updates only."""
+    cpus, modes = access
+    return len(cpus) == 1 or modes in (_READ_ONLY, _UPDATE_ONLY)
+
+
+_READ_ONLY = frozenset("r")
+_UPDATE_ONLY = frozenset("a")
+
+
 def _lap(
     entry: Digest,
     cycle: set[Digest],
@@ -1390,7 +1424,14 @@ class _Reduced:
     searched graph satisfies the conditions with summaries of the final graph.
     """
 
-    def __init__(self, ex: Explorer, k: int, start: _End, items: list[tuple[int, Event]]) -> None:
+    def __init__(
+        self,
+        ex: Explorer,
+        k: int,
+        start: _End,
+        items: list[tuple[int, Event]],
+        shared: set[Any] | None = None,
+    ) -> None:
         self.ex = ex
         self.k = k
         self.start = start
@@ -1404,6 +1445,13 @@ class _Reduced:
         #: when every event of the group records its accesses (an unannotated one, a TD's or
         #: vCPU's creation or teardown, may touch what a fault keeps to itself)
         self.fuse = all(isinstance(ev, _ANNOTATED) for _, ev in items)
+        #: every object a turn of the group accessed: the CPUs that did, and how (r, w, a)
+        self.seen: dict[Any, tuple[frozenset[str], frozenset[str]]] = {}
+        #: the objects a fusion relied on being independent (see :meth:`_fusable`)
+        self.relied: set[Any] = set()
+        #: the objects a fusion may not rely on (an earlier search of the group found them
+        #: accessed in conflicting ways after a fusion had relied on them)
+        self.shared: set[Any] = shared or set()
         self.enabled_at: dict[Digest, tuple[str, ...]] = {}
         self.parent_of: dict[Digest, tuple[Digest, str]] = {}
         self.ends: dict[Digest, tuple[list[str], MachineImage, tuple[str, ...]]] = {}
@@ -1454,6 +1502,47 @@ class _Reduced:
 
     def _annotated(self, th: Thread) -> bool:
         return th.event is None or isinstance(self.ex.events[th.event], _ANNOTATED)
+
+    def _note(self, p: str, lfp: Footprint) -> None:
+        """Record ``p``'s accesses ``lfp``; a search again (:class:`_Refuse`) if an object a
+        fusion relied on is now accessed in conflicting ways."""
+        seen = self.seen
+        broken: set[Any] = set()
+        for mode, part in zip("rwa", lfp, strict=True):
+            for o in part:
+                was = seen.get(o)
+                if was is None:
+                    seen[o] = (frozenset((p,)), frozenset(mode))
+                    continue
+                cpus, modes = was
+                if p in cpus and mode in modes:
+                    continue
+                now = (cpus | {p}, modes | {mode})
+                seen[o] = now
+                if o in self.relied and not _apart(now):
+                    broken.add(o)
+        if broken:
+            raise _Refuse(broken)
+
+    def _fusable(self, p: str, lfp: Footprint) -> bool:
+        """Whether no turn of another CPU has conflicted with ``p``'s accesses ``lfp`` so far:
+        each object is ``p``'s alone, or only read, or only updated (additions commute), by
+        every CPU that accessed it. The search relies on it staying so (``relied``): when a
+        later turn breaks it, the group is searched again without fusing on that object
+        (:meth:`_note`). Every turn of a conflicting kind is met in some searched schedule
+        (a class of schedules has the same turns), so what the final search did not break
+        holds in every schedule."""
+        if "*" in lfp[1]:
+            return False
+        seen, shared = self.seen, self.shared
+        for part in lfp:
+            for o in part:
+                if o in shared:
+                    return False
+                was = seen.get(o)
+                if was is not None and not _apart(was):
+                    return False
+        return True
 
     def _arrive(
         self, parent: Digest | None, cpu: str, label: Label, path: _Path | None
@@ -1525,20 +1614,24 @@ class _Reduced:
         self.prefix.append(p)
         first = info[1] if info is not None else ""
         label: Label = first
-        if self.fuse and not any(fp):
-            # A turn that touched no shared object commutes with every turn of every other
-            # CPU (Lipton's both-mover), so the state after it need not be a scheduling point:
-            # it is fused with the CPU's next turns up to the first that touches one (or
-            # until the CPU is done or waits). The fused edge's turns are counted (``fused``)
-            # and its labels kept, for re-execution, schedules and kernel paths.
+        lfp = _lock_aware(fp, m, p, held_before) if fp is not _STAR else fp
+        self._note(p, lfp)
+        if self.fuse and first not in _LAP_ENDS and self._fusable(p, lfp):
+            # A turn that no turn of another CPU conflicts with commutes with all of them
+            # (Lipton's both-mover), so the state after it need not be a scheduling point: it
+            # is fused with the CPU's next turns up to the first that may conflict (or until
+            # the CPU is done or waits). The fused edge's turns are counted (``fused``) and
+            # its labels kept, for re-execution, schedules and kernel paths.
             labels = [first]
             while (
-                not any(fp)
+                self._fusable(p, lfp)
+                and labels[-1] not in _LAP_ENDS
                 and not th.done
                 and not m.blocked(th)
                 and m.stopped is None
                 and len(labels) < MAX_FUSED_TURNS
             ):
+                self.relied.update(o for part in lfp for o in part)
                 m.fp_r.clear()
                 m.fp_w.clear()
                 m.fp_a.clear()
@@ -1547,12 +1640,13 @@ class _Reduced:
                 held_before = m.pamt_lock == p
                 info = m.turn(th, self.threads)
                 fp = _footprint(m) if self._annotated(th) else _STAR
+                lfp = _lock_aware(fp, m, p, held_before) if fp is not _STAR else fp
+                self._note(p, lfp)
                 self.prefix.append(p)
                 labels.append(info[1] if info is not None else "")
             if len(labels) > 1:
                 self.fused[(key, p)] = len(labels)
                 label = tuple(labels)
-        lfp = _lock_aware(fp, m, p, held_before) if fp is not _STAR else fp
         node.fps[p] = fp
         node.lfps[p] = lfp
         node.holder[p] = m.pamt_lock
@@ -1630,10 +1724,18 @@ class _Reduced:
                     sleep[x] = f
             cn = nodes[c]
             if new:
-                cn.sleep = sleep
                 first = p if p in cn.enabled and p not in sleep else None
                 if first is None:
                     first = next((x for x in cn.enabled if x not in sleep), None)
+                if first is None and cn.enabled:
+                    # Every enabled CPU asleep: a state sleep sets would leave without a
+                    # successor. Its runs are equivalent to runs searched elsewhere, which is
+                    # enough for what states and end states are reached, not for which loops
+                    # a fair run can stay in: a CPU looping on its own once the others are
+                    # done (a real LIVELOCK) would never be searched there. One CPU wakes.
+                    first = cn.enabled[0]
+                    sleep = {x: f for x, f in sleep.items() if x != first}
+                cn.sleep = sleep
                 if first is not None:
                     cn.backtrack.add(first)
             else:
