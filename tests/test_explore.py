@@ -115,7 +115,10 @@ def test_v6_two_vcpus_on_a_cold_region_by_hand() -> None:
 
     def shape(o: dict[str, Any]) -> tuple[Any, ...]:
         paths = sorted(sorted(map(tuple, p.values())) for p in o["paths"])
-        return (o["counters"], o["pamt_cache"], o["regions"], o["variants"], paths)
+        # (the regions without the pair's page numbers: which end state of an outcome is its
+        # example depends on the order the search met them)
+        regions = {r: (v["refcount"], v["pair"] is not None) for r, v in o["regions"].items()}
+        return (o["counters"], o["pamt_cache"], regions, o["variants"], paths)
 
     assert sorted(map(repr, map(shape, reduced["outcomes"]))) == sorted(
         map(repr, map(shape, r["outcomes"]))
@@ -156,10 +159,10 @@ def test_three_cpus_on_one_region(reduction: bool) -> None:
 
 def test_exit_status_and_messages() -> None:
     lost = str(SAMPLES / "lost_race.jsonl")
-    code, data, _ = run(lost, "--json", "--max-states", "50")
+    code, data, _ = run(lost, "--json", "--max-states", "10")
     assert code == 3 and data is not None
-    assert not data["complete"] and not data["ok"] and "limit of 50 states" in data["stopped"]
-    assert data["outcomes"] == [] and data["states"] == 51
+    assert not data["complete"] and not data["ok"] and "limit of 10 states" in data["stopped"]
+    assert data["outcomes"] == [] and data["states"] == 11
     code, _, err = run(lost, "--set", "mode=v7")
     assert code == 2 and "mode" in err and "v6-no-recheck" in err
     code, _, err = run(lost, "--set", "nonsense")

@@ -110,7 +110,7 @@ def test_stop_ends_a_running_search() -> None:
 
 def test_the_state_limit_ends_a_search_that_claims_nothing() -> None:
     trace, settings = _sample("lost_race")
-    status = ExploreJob(trace.events, settings, 100).wait(60)
+    status = ExploreJob(trace.events, settings, 10).wait(60)
     assert status.state == "done", status.message  # exit status 3 still prints its JSON
     r = status.result
     assert r is not None and not r["complete"] and "stopped" in r
