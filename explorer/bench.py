@@ -420,7 +420,8 @@ def bench_explore(sample: str, mode: str) -> dict[str, Any]:
         "sample": sample,
         "mode": mode,
         "states": r["states"],
-        "outcomes": r["end_states"],
+        "outcomes": len(r["outcomes"]),
+        "end_states": r["end_states"],
         "findings": [v["code"] for v in r["violations"]],
         "complete": r["complete"],
         "seconds": r["seconds"],
@@ -542,7 +543,8 @@ def main(argv: list[str] | None = None) -> int:
             searches.append(e)
             print(
                 f"explore {sample} --set mode={mode}: {e['states']:,} states, "
-                f"{e['outcomes']} outcomes, findings {e['findings'] or 'none'}, "
+                f"{e['outcomes']} outcomes ({e['end_states']} end states), findings "
+                f"{e['findings'] or 'none'}, "
                 + ("" if e["complete"] else f"INCOMPLETE at the {EXPLORE_BUDGET_S} s budget, ")
                 + f"{e['seconds']:.2f} s ({e['states_per_s']:,.0f} states/s; "
                 f"{e['wall_seconds']:.2f} s with the interpreter's start)"
@@ -700,13 +702,15 @@ def render(
             "Every interleaving (`python -m explorer explore SAMPLE --set mode=M`, pure Python "
             "engine, in its own process):",
             "",
-            "| sample | mode | states | outcomes | findings | seconds | states/s | target |",
+            "| sample | mode | states | outcomes (end states) | findings | seconds | states/s "
+            "| target |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for e in searches:
             target = f"<= {e['target_s']:.0f} s" if e.get("target_s") else ""
             out.append(
-                f"| {e['sample']} | {e['mode']} | {e['states']:,} | {e['outcomes']} | "
+                f"| {e['sample']} | {e['mode']} | {e['states']:,} | {e['outcomes']} "
+                f"({e['end_states']}) | "
                 f"{', '.join(e['findings']) or 'none'} | {e['seconds']:.2f} | "
                 f"{e['states_per_s']:,.0f} | {target} |"
             )
