@@ -1419,6 +1419,11 @@ class _Reduced:
       turns independent of its turn; a state met with a smaller sleep set wakes the CPUs that
       dropped out of it and searches them.
     - **Cycle proviso**: a turn back to a state on the stack fully expands its state.
+    - **Fused turns**: a turn no other CPU's turn conflicts with (its objects one CPU's, only
+      read or only updated, over every turn taken) is not a scheduling point; the CPU goes on
+      (:meth:`_execute`). What that relied on is watched, and the group searched again without
+      it when a later turn breaks it (:class:`_Refuse`). A state whose enabled CPUs are all
+      asleep wakes one, so that a CPU looping alone once the others are done is searched.
 
     The walks repeat until one executes nothing and adds nothing: then every path of the
     searched graph satisfies the conditions with summaries of the final graph.
@@ -1441,9 +1446,10 @@ class _Reduced:
         self.labels: dict[Digest, list[Label]] = {}
         #: the edges that are several turns of one CPU (see :meth:`_execute`)
         self.fused: Fused = {}
-        #: whether turns that touch no shared object are fused with the turn after them: only
-        #: when every event of the group records its accesses (an unannotated one, a TD's or
-        #: vCPU's creation or teardown, may touch what a fault keeps to itself)
+        #: whether turns no other CPU's turn conflicts with are fused with the turns after
+        #: them (:meth:`_execute`): only when every event of the group records its accesses
+        #: (an unannotated one, a TD's or vCPU's creation or teardown, may touch what a fault
+        #: keeps to itself)
         self.fuse = all(isinstance(ev, _ANNOTATED) for _, ev in items)
         #: every object a turn of the group accessed: the CPUs that did, and how (r, w, a)
         self.seen: dict[Any, tuple[frozenset[str], frozenset[str]]] = {}
