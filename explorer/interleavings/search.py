@@ -1600,14 +1600,10 @@ class _Reduced:
         node.enabled = enabled
         return key, True
 
-    def _execute(self, key: Digest, node: _Node, p: str, path: _Path | None) -> bool:
-        """Take ``p``'s turn from state ``key`` (re-executing to it if the machine is
-        elsewhere); record its footprint and successor; whether the successor is new."""
-        if self.cur != key:
-            self._goto(key)
-        m = self.m
-        assert m is not None
-        th = self.by_name[p]
+    def _turn(self, m: Machine, th: Thread) -> tuple[str, Footprint, Footprint]:
+        """Take ``th``'s turn with its footprint recorded and noted (:meth:`_note`): its step
+        label ("" when it only finished its CPU's event), its footprint and the lock-aware one."""
+        p = th.name
         annotated = self._annotated(th)
         m.fp_r.clear()
         m.fp_w.clear()
@@ -1617,11 +1613,21 @@ class _Reduced:
         held_before = m.pamt_lock == p
         info = m.turn(th, self.threads)
         fp = _footprint(m) if annotated and self._annotated(th) else _STAR
-        self.prefix.append(p)
-        first = info[1] if info is not None else ""
-        label: Label = first
         lfp = _lock_aware(fp, m, p, held_before) if fp is not _STAR else fp
         self._note(p, lfp)
+        self.prefix.append(p)
+        return (info[1] if info is not None else ""), fp, lfp
+
+    def _execute(self, key: Digest, node: _Node, p: str, path: _Path | None) -> bool:
+        """Take ``p``'s turn from state ``key`` (re-executing to it if the machine is
+        elsewhere); record its footprint and successor; whether the successor is new."""
+        if self.cur != key:
+            self._goto(key)
+        m = self.m
+        assert m is not None
+        th = self.by_name[p]
+        first, fp, lfp = self._turn(m, th)
+        label: Label = first
         if self.fuse and first not in _LAP_ENDS and self._fusable(p, lfp):
             # A turn that no turn of another CPU conflicts with commutes with all of them
             # (Lipton's both-mover), so the state after it need not be a scheduling point: it
@@ -1638,18 +1644,8 @@ class _Reduced:
                 and len(labels) < MAX_FUSED_TURNS
             ):
                 self.relied.update(o for part in lfp for o in part)
-                m.fp_r.clear()
-                m.fp_w.clear()
-                m.fp_a.clear()
-                m.fp_checked.clear()
-                m.fp_l.clear()
-                held_before = m.pamt_lock == p
-                info = m.turn(th, self.threads)
-                fp = _footprint(m) if self._annotated(th) else _STAR
-                lfp = _lock_aware(fp, m, p, held_before) if fp is not _STAR else fp
-                self._note(p, lfp)
-                self.prefix.append(p)
-                labels.append(info[1] if info is not None else "")
+                step, fp, lfp = self._turn(m, th)
+                labels.append(step)
             if len(labels) > 1:
                 self.fused[(key, p)] = len(labels)
                 label = tuple(labels)
