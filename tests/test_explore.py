@@ -73,6 +73,8 @@ def test_clean_modes_explore_completely_with_the_outcomes_written_down(
         assert code == 0 and r["ok"] and r["complete"] and r["violations"] == []
         assert r["reduction"] is reduction
         assert all(k in r for k in (*KEYS, "violations", "seconds"))
+        # the settings the search ran with: the per-CPU allocator, the search's default
+        assert r["settings"]["mode"] == mode and r["settings"]["allocator"] == "percpu"
         assert r["groups"] == 1 and r["end_states"] == expected[(sample, mode)]
         assert r["schedules"] == sum(o["schedules"] for o in r["outcomes"])
         for o in r["outcomes"]:

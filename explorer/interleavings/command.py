@@ -86,7 +86,10 @@ def cmd_explore(args: argparse.Namespace) -> int:
         _write_pinned(trace, settings, result, args.write_pinned)
     out = sys.stdout
     if args.json:
-        json.dump(result, out, indent=None if args.compact else 2)
+        # the settings the search ran with (the allocator its default when none was named)
+        json.dump(
+            {**result, "settings": settings.to_dict()}, out, indent=None if args.compact else 2
+        )
         out.write("\n")
     else:
         if settings.allocator == EXPLORE_ALLOCATOR and "allocator" not in named:
