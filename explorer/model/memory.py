@@ -20,11 +20,11 @@ Allocator policies (what ``alloc_page()`` returns, deterministically):
   the zone lock) with a refill of one block. One difference: the kernel puts a freed page on
   the freeing CPU's list (``free_unref_page()``), the model gives it back to the CPU whose
   block holds it, so that each page belongs to one CPU's pool and a CPU's picks depend on its
-  own allocations and the frees into its blocks only. Why: under the other policies every allocation of one CPU changes
-  what the next allocation of any other CPU gets, so searching every interleaving
-  (``explore``) searches every order of the CPUs' cache top-ups as well, which the kernel's
-  per-CPU lists do not order; with ``percpu`` two CPUs' allocations commute (only claims of
-  new blocks, and a full host's fallback, are ordered).
+  own allocations and the frees into its blocks only. Why: under the other policies every
+  allocation of one CPU changes what the next allocation of any other CPU gets, so searching
+  every interleaving (``explore``) searches every order of the CPUs' cache top-ups as well,
+  which the kernel's per-CPU lists do not order; with ``percpu`` two CPUs' allocations commute
+  (only claims of new blocks, and a full host's fallback, are ordered).
 """
 
 from __future__ import annotations

@@ -657,8 +657,9 @@ class KernelState:
         return pfn
 
     def stock_cpu(self, cpu: str) -> None:
-        """``percpu``: stock ``cpu``'s page list with its first block (:meth:`HostMemory.stock_cpu`):
-        a claim writes the shared claim table, so it is ordered against other claims."""
+        """``percpu``: stock ``cpu``'s page list with its first block
+        (:meth:`HostMemory.stock_cpu`): a claim writes the shared claim table, so it is ordered
+        against other claims."""
         if self.mem.stock_cpu(cpu) and self.fp_on:
             self.fp_w.add(FP_ALLOC)
 
