@@ -240,16 +240,22 @@ def _fill_kvm_cache(m: KernelState, th: Thread, vcpu: Vcpu, cache: KvmCache) -> 
             cache.nobjs += 1
             continue
         install = m.mode == "v5-topup-install" and cache.name == "external_spt"
-        pfn = m.alloc_page(th, O_IN_HAND if install else O_KVM_CACHE, sleeping=True)
+        if not install:  # (the loop's allocations at once: the same pages, in order)
+            want = cache.capacity - cache.count
+            got = m.alloc_pages(th, O_KVM_CACHE, want)
+            cache.pfns.extend(got)
+            if len(got) < want:
+                break
+            continue
+        pfn = m.alloc_page(th, O_IN_HAND, sleeping=True)
         if pfn is None:
             break
-        if install:
-            # DPAMT installed when the S-EPT page is allocated (v5): a get per cached page.
-            if (yield from tdx_pamt_get(m, th, pfn, None)):
-                m.free_page(pfn)
-                break
-            m.mark_gotten(pfn, +1)
-            m.set_owner(pfn, O_KVM_CACHE)
+        # DPAMT installed when the S-EPT page is allocated (v5): a get per cached page.
+        if (yield from tdx_pamt_get(m, th, pfn, None)):
+            m.free_page(pfn)
+            break
+        m.mark_gotten(pfn, +1)
+        m.set_owner(pfn, O_KVM_CACHE)
         cache.pfns.append(pfn)
     m.kvm_cache_changed(vcpu, cache, old)
     if cache.count < cache.min:

@@ -271,6 +271,59 @@ class HostMemory:
             return self._skip_pins(pfn)
         return pfn
 
+    def take_free(self, cpu: str, n: int, code: int) -> tuple[list[int], bool]:
+        """Up to ``n`` pages taken for ``code`` exactly as ``n`` rounds of :meth:`pick_free`
+        and :meth:`set_owner` would take them, in order, stopping at the first pick that finds
+        none (a cache top-up's run of allocations: ``kvm_mmu_topup_memory_cache()``'s loop);
+        and whether any pick read more than ``cpu``'s own blocks (``picked_shared`` is the last
+        pick's, as after those rounds).
+
+        Why: a fresh vCPU's first fault fills its KVM caches with about 80 pages, and the
+        search re-executes those fills on every return to a state. Under ``percpu`` a pick
+        from the CPU's own block takes that block's lowest free unpinned page and taking it
+        changes no heap, so the picks after it are the block's next free unpinned pages: one
+        scan of the block's owner map instead of a pick each. Where the block runs out (or
+        under the other policies) each page is picked as :meth:`pick_free` picks it."""
+        out: list[int] = []
+        shared = False
+        while len(out) < n:
+            pfn = self.pick_free(cpu)
+            shared = shared or self.picked_shared
+            if pfn is None:
+                break
+            self.set_owner(pfn, code)
+            out.append(pfn)
+            if not self.per_cpu or self.picked_shared:
+                continue
+            # the same block is still the CPU's lowest (its heap did not change) and every
+            # page of it below ``pfn`` is taken or pinned: its next picks are the free
+            # unpinned pages after ``pfn``, up to the block's end
+            region = pfn >> PAGES_PER_REGION_SHIFT
+            base = region << PAGES_PER_REGION_SHIFT
+            owners = self.regions[region]
+            pins = self._pins.get(region, frozenset())
+            off = (pfn & (PAGES_PER_REGION - 1)) + 1
+            end = (((pfn >> PCP_BLOCK_SHIFT) + 1) << PCP_BLOCK_SHIFT) - base
+            took = len(out)
+            journal = self.journal
+            while len(out) < n:
+                off = owners.find(FREE, off, end)
+                if off < 0:
+                    break
+                if base | off not in pins:  # (set_owner's work, the counts added once below)
+                    owners[off] = code
+                    journal.append(base | off)
+                    out.append(base | off)
+                off += 1
+            k = len(out) - took
+            if k:
+                counts, rc = self.counts, self.rcounts[region]
+                counts[FREE] -= k
+                counts[code] += k
+                rc[FREE] -= k
+                rc[code] += k
+        return out, shared
+
     def _unpinned_free_in(self, region: int, start: int) -> int | None:
         """The first free page of ``region`` at or after offset ``start`` that no pin holds."""
         pins = self._pins.get(region, frozenset())

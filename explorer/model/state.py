@@ -437,7 +437,11 @@ class KernelState:
         region (refcounts, references and pairs can): the region is noted as touched by the
         batch, and the pair-page counts of invariant 5 are checked after the step when a pair
         page moved."""
-        old = self.mem.set_owner(pfn, code)
+        self._owner_changed(pfn, self.mem.set_owner(pfn, code), code)
+
+    def _owner_changed(self, pfn: int, old: int, code: int) -> None:
+        """What the machine notes when ``pfn``'s owner went from ``old`` to ``code``
+        (:meth:`set_owner`; :meth:`alloc_pages`, whose pages the memory gave at once)."""
         if self.fp_on:
             self._fp_owner(pfn, old, code)
         self.batch_regions.add(pfn >> C.PAGES_PER_REGION_SHIFT)
@@ -655,6 +659,49 @@ class KernelState:
             return None
         self.set_owner(pfn, owner)
         return pfn
+
+    def alloc_pages(self, th: Thread, owner: int, n: int) -> list[int]:
+        """``n`` sleeping allocations in a row (a cache top-up's loop), stopping at the first
+        that fails: the same pages, counters, footprint and effects as :meth:`alloc_page`
+        called until it gives None or ``n`` pages, in one call to the memory
+        (:meth:`HostMemory.take_free`). Under a lock or with an injected failure pending,
+        one :meth:`alloc_page` per page (each may fire a diagnostic or use the injection)."""
+        if th.holds or self._injecting:
+            out: list[int] = []
+            while len(out) < n:
+                pfn = self.alloc_page(th, owner, sleeping=True)
+                if pfn is None:
+                    break
+                out.append(pfn)
+            return out
+        if n <= 0:
+            return []
+        mem = self.mem
+        got, shared = mem.take_free(th.name, n, owner)
+        tries = len(got) + (len(got) < n)
+        self.count(K_ALLOCS_SLEEPING, tries)
+        if len(got) < n:
+            self.count(K_ALLOC_FAILED)
+        if self.fp_on:
+            self.fp_r.add(FP_INJECT)  # (each try's look for an injected failure)
+            if not mem.per_cpu:
+                self.fp_w.add(FP_ALLOC)
+            else:  # (as alloc_page, for the run's picks together)
+                self.fp_w.add(("alloc", th.name))
+                if shared:
+                    self.fp_w.add(FP_ALLOC)
+                    if len(got) < n or any(mem.block_cpu(p) != th.name for p in got):
+                        self.fp_w.add("*")
+        if self.fp_on or self.record:
+            for pfn in got:
+                self._owner_changed(pfn, O_FREE, owner)
+        elif got:  # (a re-execution's fill: _owner_changed's notes for the run at once)
+            self.batch_regions.update({pfn >> C.PAGES_PER_REGION_SHIFT for pfn in got})
+            if owner in (O_PAIR, O_LEAKED):
+                self._pairs_changed = True
+            elif owner in (O_PAMT_CACHE, O_KVM_CACHE):
+                self.caches_moved = True
+        return got
 
     def stock_cpu(self, cpu: str) -> None:
         """``percpu``: stock ``cpu``'s page list with its first block
