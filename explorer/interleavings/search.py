@@ -1301,6 +1301,19 @@ def _racing(stack: list[list[Any]], j: int, pi: int, bits: int, mask: int, star:
     return [i for i in range(j) if stack[i][10] & mask]
 
 
+def _lock_op(m: Machine, op: str) -> bool:
+    """Whether the turn just taken acquired (``op`` "acq") or released ("rel") ``pamt_lock``.
+    The lock-aware relation has acquisitions and releases commute (:func:`_lock_aware`), but
+    as movers they differ (Lipton): an acquisition is no left-mover (taken earlier, it makes
+    another CPU's acquisition in between wait instead: a lost race becomes a won one), a
+    release no right-mover (taken later, it keeps a waiting CPU waiting past the turns fused
+    after it). An edge's turns before its conflicting turn must be right-movers and those
+    after it left-movers (:meth:`_Reduced._execute`, :meth:`_Reduced._trail`), so an
+    acquisition never extends an edge past its conflicting turn and a release ends the
+    turns that lead up to it (it is then the edge's turn in the relations)."""
+    return any(o == op for o, _lock in m.fp_l)
+
+
 class _Universe:
     """One bit per access (object, mode, CPU) seen so far, so that the set of accesses of a
     whole searched subgraph (a *summary*) is one int and unions are single operations."""
@@ -1429,6 +1442,10 @@ class _Reduced:
     searched graph satisfies the conditions with summaries of the final graph.
     """
 
+    #: whether an edge is extended past its conflicting turn by the independent turns after it
+    #: (:meth:`_trail`; off only to compare, in tests)
+    trail = True
+
     def __init__(
         self,
         ex: Explorer,
@@ -1475,6 +1492,10 @@ class _Reduced:
         self.cpus: list[str] = []
         self.cpu_index: dict[str, int] = {}
         self.root_holder: str | None = None
+        #: where the turn after an edge's conflicting turn was found to conflict too:
+        #: (CPU, its kernel functions, the step it last took)
+        self.no_trail: set[tuple[str, tuple[str, ...], str]] = set()
+        self.trail_misses = 0
 
     # -------------------------------------------------------------- driving
     def run(self) -> None:
@@ -1498,13 +1519,56 @@ class _Reduced:
 
     def _goto(self, key: Digest | None) -> None:
         """Put the machine in state ``key`` (the group's start for None) by re-execution."""
-        turns = _path_to(key, self.parent_of, self.fused) if key is not None else []
+        self._reach(_path_to(key, self.parent_of, self.fused) if key is not None else [])
+        self.cur = key
+
+    def _reach(self, turns: list[str]) -> None:
+        """Put the machine where ``turns`` (each the CPU that took it) lead from the group's
+        start, by re-execution; the state is no node's yet (``cur`` None)."""
         m, threads = self.ex._replay(self.start.image, self.items, turns)
         assert m is not None
         self.m, self.threads = m, threads
         self.by_name = {th.name: th for th in threads}
         self.prefix = turns
-        self.cur = key
+        self.cur = None
+
+    def _trail(self, p: str, labels: list[str]) -> list[str]:
+        """``p``'s edge, which ends in a turn that may conflict, extended by the
+        turns after it that no turn of another CPU conflicts with (unlocks, the end of a
+        fault, the step that ends a retry lap): they commute with every turn of every other
+        CPU, so they move left to the conflicting turn (Lipton's left-movers) and the state
+        between is no scheduling point. Without this a CPU that has just taken its
+        conflicting turn and one that has also unlocked were two states for every position
+        of the other CPUs (40 % of the states of three vCPUs racing for a range's tables).
+
+        A turn is only known to be independent once taken: one that is not ends the edge
+        before it, and the machine is put back there by re-execution (:meth:`_reach`). Where
+        that happened (the CPU's kernel functions and the step it last took) the next edge
+        there is not extended (``no_trail``), so a position whose next turn conflicts costs
+        one re-execution, not one per visit. The watch on what the fusion relied on is
+        :meth:`_execute`'s."""
+        m = self.m
+        assert m is not None
+        th = self.by_name[p]
+        while (
+            labels[-1] not in _LAP_ENDS
+            and not th.done
+            and not m.blocked(th)
+            and m.stopped is None
+            and len(labels) < MAX_FUSED_TURNS
+        ):
+            where = (p, tuple(th.stack), labels[-1])
+            if where in self.no_trail:
+                break
+            step, _fp, lfp = self._turn(m, th)
+            if not self._fusable(p, lfp) or _lock_op(m, "acq"):
+                self.no_trail.add(where)
+                self.trail_misses += 1
+                self._reach(self.prefix[:-1])
+                break
+            self.relied.update(o for part in lfp for o in part)
+            labels.append(step)
+        return labels
 
     def _annotated(self, th: Thread) -> bool:
         return th.event is None or isinstance(self.ex.events[th.event], _ANNOTATED)
@@ -1627,16 +1691,18 @@ class _Reduced:
         assert m is not None
         th = self.by_name[p]
         first, fp, lfp = self._turn(m, th)
-        label: Label = first
-        if self.fuse and first not in _LAP_ENDS and self._fusable(p, lfp):
+        labels: list[str] = [first]
+        if self.fuse and first not in _LAP_ENDS:
             # A turn that no turn of another CPU conflicts with commutes with all of them
             # (Lipton's both-mover), so the state after it need not be a scheduling point: it
             # is fused with the CPU's next turns up to the first that may conflict (or until
-            # the CPU is done or waits). The fused edge's turns are counted (``fused``) and
-            # its labels kept, for re-execution, schedules and kernel paths.
-            labels = [first]
+            # the CPU is done or waits), and with the independent turns that follow that one
+            # (:meth:`_trail`). The fused edge's turns are counted (``fused``) and its labels
+            # kept, for re-execution, schedules and kernel paths; its footprint in the race
+            # and sleep relations is its one turn that may conflict (or its last turn).
             while (
                 self._fusable(p, lfp)
+                and not _lock_op(m, "rel")
                 and labels[-1] not in _LAP_ENDS
                 and not th.done
                 and not m.blocked(th)
@@ -1646,9 +1712,14 @@ class _Reduced:
                 self.relied.update(o for part in lfp for o in part)
                 step, fp, lfp = self._turn(m, th)
                 labels.append(step)
-            if len(labels) > 1:
-                self.fused[(key, p)] = len(labels)
-                label = tuple(labels)
+            if self.trail and (not self._fusable(p, lfp) or _lock_op(m, "rel")):
+                labels = self._trail(p, labels)
+                m = self.m
+                assert m is not None
+        label: Label = first
+        if len(labels) > 1:
+            self.fused[(key, p)] = len(labels)
+            label = tuple(labels)
         node.fps[p] = fp
         node.lfps[p] = lfp
         node.holder[p] = m.pamt_lock
