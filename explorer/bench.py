@@ -399,6 +399,10 @@ EXPLORE_CASES: tuple[tuple[str, str, float | None], ...] = (
     ("cold_race_2vcpu", "v6", 2.0),
     ("fresh_td_race", "v6", 2.0),  # the same with no warm-up: empty caches, every level
     ("cold_race_3vcpu", "v6", 10.0),
+    # three vCPUs racing for more than one table: a fresh TD (every level), and a range whose
+    # level-2 table is missing too (warm-ups in another GiB)
+    ("fresh_td_3vcpu", "v6", 10.0),
+    ("table_race_3vcpu", "v6", 10.0),
     ("cold_race_20vcpu_independent", "v6", 10.0),
 )
 #: a search's budget in the bench (``--max-seconds``): one that does not finish says so

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tests.test_explore import ROOT, SAMPLES, run
 
-LONG = str(SAMPLES / "cold_race_3vcpu.jsonl")  # a search of many seconds
+LONG = str(SAMPLES / "fresh_td_3vcpu.jsonl")  # a search of tens of seconds
 
 
 def _env() -> dict[str, str]:

@@ -10,7 +10,8 @@ does not have: an order-0 ``alloc_page()`` takes from the current CPU's own list
 fresh TD whose two vCPUs take their first faults on one 2 MiB range (docs/interleavings.md,
 "The allocator's orders"): unfinished after 260,000 states with ``lowest``, 4,252 states in
 about 1 s with ``percpu``; twenty TDs each faulting its own cold region: 621 states (both
-before fused turns: 1,472 and 21 with them).
+before fused turns: 1,472 and 21 with them, 726 and 21 with edges extended past their
+conflicting turn).
 
 So a search uses ``percpu`` (:mod:`explorer.model.memory`) unless the trace's header or the
 user names an allocator; the settings it returns are what links and pinned traces carry, so a
