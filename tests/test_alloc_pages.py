@@ -1,5 +1,5 @@
 """A run of allocations at once (``KernelState.alloc_pages``, ``HostMemory.take_free``: a KVM
-cache top-up's loop) against the same allocations one by one (``alloc_page``): the same pages
+cache top-up's loop, and ``tdx_topup_pamt_cache``'s when no step is recorded) against the same allocations one by one (``alloc_page``): the same pages
 in the same order, the same memory, counters, footprint and recorded effects, under every
 allocator policy, with pins, frees into the blocks, claims of new blocks, a host that fills
 up, a pending injected failure and a CPU holding a lock."""
@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 
+from explorer.model.dpamt import fill_pamt_cache
 from explorer.model.machine import Machine
 from explorer.model.memory import PCP_BLOCK_PAGES
 from explorer.model.prng import XorShift32
 from explorer.model.records import OWNER_CODE
 from explorer.model.settings import Settings
-from explorer.model.state import Thread
+from explorer.model.state import Thread, Vcpu
 
 CACHE = OWNER_CODE["kvm_cache"]
 GUEST = OWNER_CODE["guest"]
@@ -123,3 +124,21 @@ def test_a_pending_injection_or_a_held_lock_takes_the_one_by_one_path() -> None:
         assert _state(b) == _state(a)
         assert [d[1] for d in b._diags] == [d[1] for d in a._diags]
         th.holds.clear()
+
+
+@pytest.mark.parametrize("free", [600, 7, 0], ids=["room", "runs-out", "full"])
+def test_a_pamt_cache_top_up_unrecorded_matches_the_recorded_loop(free: int) -> None:
+    """``tdx_topup_pamt_cache`` of 16 pages, recorded (page by page, for the step's effects)
+    and not (one run): the same pages on the list, memory, counters and step, with room, with
+    the host running out in the middle, and with none left (one failed try, not two)."""
+    got = []
+    for record in (True, False):
+        m = _machine("percpu", 4, set(), noted=False)
+        th = Thread("vcpu0", deque(), 0)
+        while m.mem.counts[FREE] > free:  # take pages until ``free`` are left
+            m.alloc_page(Thread("vcpu9", deque(), 9), GUEST, sleeping=True)
+        m.record = record
+        vcpu = Vcpu(0, 0)
+        steps = list(fill_pamt_cache(m, th, vcpu, 16, "test"))
+        got.append((steps, list(vcpu.pamt_cache), m.canonical_state(), list(m.cnt)))
+    assert got[0] == got[1]

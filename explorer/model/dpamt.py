@@ -246,17 +246,26 @@ def fill_pamt_cache(m: KernelState, th: Thread, vcpu: Vcpu, target: int, what: s
     targets. ``what`` names the call in the narration."""
     fn = "tdx_topup_pamt_cache"
     old = len(vcpu.pamt_cache)
-    while len(vcpu.pamt_cache) < target:
+    failed = False
+    if not m.record and old < target:
+        # (no step record to keep the effects' order for: the loop's allocations at once,
+        # KernelState.alloc_pages, the same pages, the same failure)
+        vcpu.pamt_cache.extend(m.alloc_pages(th, O_PAMT_CACHE, target - old))
+        failed = len(vcpu.pamt_cache) < target
+    while not failed and len(vcpu.pamt_cache) < target:
         pfn = m.alloc_page(th, O_PAMT_CACHE, sleeping=True)
         if pfn is None:
-            yield (
-                fn,
-                "pamt_cache.topup_fail",
-                "{}: alloc_page failed at {} of {} pages: -ENOMEM",
-                (what, len(vcpu.pamt_cache), target),
-            )
-            return ENOMEM
-        m.pamt_cache_push(vcpu, pfn)
+            failed = True
+        else:
+            m.pamt_cache_push(vcpu, pfn)
+    if failed:
+        yield (
+            fn,
+            "pamt_cache.topup_fail",
+            "{}: alloc_page failed at {} of {} pages: -ENOMEM",
+            (what, len(vcpu.pamt_cache), target),
+        )
+        return ENOMEM
     if old >= target:
         yield fn, "pamt_cache.full", "{}: {} pages, target {}: nothing to do", (what, old, target)
     else:

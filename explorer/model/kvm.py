@@ -235,10 +235,9 @@ def kvm_mmu_topup_memory_cache(
 def _fill_kvm_cache(m: KernelState, th: Thread, vcpu: Vcpu, cache: KvmCache) -> KGen:
     fn = "kvm_mmu_topup_memory_cache"
     old = cache.count
+    if cache.objects:  # slab objects: no host page, no injected failure
+        cache.nobjs = max(cache.nobjs, cache.capacity)
     while cache.count < cache.capacity:
-        if cache.objects:  # slab objects: no host page, no injected failure
-            cache.nobjs += 1
-            continue
         install = m.mode == "v5-topup-install" and cache.name == "external_spt"
         if not install:  # (the loop's allocations at once: the same pages, in order)
             want = cache.capacity - cache.count
