@@ -1301,6 +1301,19 @@ def _racing(stack: list[list[Any]], j: int, pi: int, bits: int, mask: int, star:
     return [i for i in range(j) if stack[i][10] & mask]
 
 
+def _goes_on(m: Machine, th: Thread, labels: list[str]) -> bool:
+    """Whether an edge of ``th``'s turns (their step labels ``labels``) may take its next
+    turn: not past the end of a retry lap (``_LAP_ENDS``), the CPU's end, a wait, a stopped
+    replay or ``MAX_FUSED_TURNS``."""
+    return (
+        labels[-1] not in _LAP_ENDS
+        and not th.done
+        and not m.blocked(th)
+        and m.stopped is None
+        and len(labels) < MAX_FUSED_TURNS
+    )
+
+
 def _lock_op(m: Machine, op: str) -> bool:
     """Whether the turn just taken acquired (``op`` "acq") or released ("rel") ``pamt_lock``.
     The lock-aware relation has acquisitions and releases commute (:func:`_lock_aware`), but
@@ -1550,13 +1563,7 @@ class _Reduced:
         m = self.m
         assert m is not None
         th = self.by_name[p]
-        while (
-            labels[-1] not in _LAP_ENDS
-            and not th.done
-            and not m.blocked(th)
-            and m.stopped is None
-            and len(labels) < MAX_FUSED_TURNS
-        ):
+        while _goes_on(m, th, labels):
             where = (p, tuple(th.stack), labels[-1])
             if where in self.no_trail:
                 break
@@ -1700,19 +1707,14 @@ class _Reduced:
             # (:meth:`_trail`). The fused edge's turns are counted (``fused``) and its labels
             # kept, for re-execution, schedules and kernel paths; its footprint in the race
             # and sleep relations is its one turn that may conflict (or its last turn).
-            while (
-                self._fusable(p, lfp)
-                and not _lock_op(m, "rel")
-                and labels[-1] not in _LAP_ENDS
-                and not th.done
-                and not m.blocked(th)
-                and m.stopped is None
-                and len(labels) < MAX_FUSED_TURNS
-            ):
+            while True:
+                leads = self._fusable(p, lfp) and not _lock_op(m, "rel")
+                if not leads or not _goes_on(m, th, labels):
+                    break
                 self.relied.update(o for part in lfp for o in part)
                 step, fp, lfp = self._turn(m, th)
                 labels.append(step)
-            if self.trail and (not self._fusable(p, lfp) or _lock_op(m, "rel")):
+            if self.trail and not leads:  # (the edge's turn that may conflict is its last)
                 labels = self._trail(p, labels)
                 m = self.m
                 assert m is not None

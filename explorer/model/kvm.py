@@ -237,25 +237,21 @@ def _fill_kvm_cache(m: KernelState, th: Thread, vcpu: Vcpu, cache: KvmCache) -> 
     old = cache.count
     if cache.objects:  # slab objects: no host page, no injected failure
         cache.nobjs = max(cache.nobjs, cache.capacity)
-    while cache.count < cache.capacity:
-        install = m.mode == "v5-topup-install" and cache.name == "external_spt"
-        if not install:  # (the loop's allocations at once: the same pages, in order)
-            want = cache.capacity - cache.count
-            got = m.alloc_pages(th, O_KVM_CACHE, want)
-            cache.pfns.extend(got)
-            if len(got) < want:
+    elif m.mode != "v5-topup-install" or cache.name != "external_spt":
+        # the loop's allocations at once (the same pages, in order; it stops at a failure)
+        cache.pfns.extend(m.alloc_pages(th, O_KVM_CACHE, cache.capacity - cache.count))
+    else:
+        # DPAMT installed when the S-EPT page is allocated (v5): a get per cached page
+        while cache.count < cache.capacity:
+            pfn = m.alloc_page(th, O_IN_HAND, sleeping=True)
+            if pfn is None:
                 break
-            continue
-        pfn = m.alloc_page(th, O_IN_HAND, sleeping=True)
-        if pfn is None:
-            break
-        # DPAMT installed when the S-EPT page is allocated (v5): a get per cached page.
-        if (yield from tdx_pamt_get(m, th, pfn, None)):
-            m.free_page(pfn)
-            break
-        m.mark_gotten(pfn, +1)
-        m.set_owner(pfn, O_KVM_CACHE)
-        cache.pfns.append(pfn)
+            if (yield from tdx_pamt_get(m, th, pfn, None)):
+                m.free_page(pfn)
+                break
+            m.mark_gotten(pfn, +1)
+            m.set_owner(pfn, O_KVM_CACHE)
+            cache.pfns.append(pfn)
     m.kvm_cache_changed(vcpu, cache, old)
     if cache.count < cache.min:
         yield (

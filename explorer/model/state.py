@@ -641,24 +641,31 @@ class KernelState:
         mem = self.mem
         pfn = mem.pick_free(th.name)
         if self.fp_on:
-            # "the lowest free page": allocations in either order differ. Under ``percpu`` a
-            # pick from the CPU's own blocks reads and writes that CPU's free set only; a
-            # claim of a block writes the shared claim table, and a full host's fallback (a
-            # page of another CPU's block, or none at all) reads every CPU's free set, so it
-            # is ordered against everything
-            if not mem.per_cpu:
-                self.fp_w.add(FP_ALLOC)
-            else:
-                self.fp_w.add(("alloc", th.name))
-                if mem.picked_shared:
-                    self.fp_w.add(FP_ALLOC)
-                    if pfn is None or mem.block_cpu(pfn) != th.name:
-                        self.fp_w.add("*")
+            shared = mem.picked_shared
+            self._fp_picks(
+                th.name, shared, shared and (pfn is None or mem.block_cpu(pfn) != th.name)
+            )
         if pfn is None:
             self.count(K_ALLOC_FAILED)
             return None
         self.set_owner(pfn, owner)
         return pfn
+
+    def _fp_picks(self, cpu: str, shared: bool, foreign: bool) -> None:
+        """The footprint of ``cpu``'s picks from the allocator (:meth:`alloc_page`, or a run
+        of them, :meth:`alloc_pages`): "the lowest free page", so allocations in either order
+        differ. Under ``percpu`` a pick from the CPU's own blocks reads and writes that CPU's
+        free set only; a claim of a block (``shared``) writes the shared claim table, and a
+        full host's fallback (``foreign``: a page of another CPU's block, or none at all)
+        reads every CPU's free set, so it is ordered against everything."""
+        if not self.mem.per_cpu:
+            self.fp_w.add(FP_ALLOC)
+            return
+        self.fp_w.add(("alloc", cpu))
+        if shared:
+            self.fp_w.add(FP_ALLOC)
+            if foreign:
+                self.fp_w.add("*")
 
     def alloc_pages(self, th: Thread, owner: int, n: int) -> list[int]:
         """``n`` sleeping allocations in a row (a cache top-up's loop), stopping at the first
@@ -684,14 +691,8 @@ class KernelState:
             self.count(K_ALLOC_FAILED)
         if self.fp_on:
             self.fp_r.add(FP_INJECT)  # (each try's look for an injected failure)
-            if not mem.per_cpu:
-                self.fp_w.add(FP_ALLOC)
-            else:  # (as alloc_page, for the run's picks together)
-                self.fp_w.add(("alloc", th.name))
-                if shared:
-                    self.fp_w.add(FP_ALLOC)
-                    if len(got) < n or any(mem.block_cpu(p) != th.name for p in got):
-                        self.fp_w.add("*")
+            foreign = shared and (len(got) < n or any(mem.block_cpu(p) != th.name for p in got))
+            self._fp_picks(th.name, shared, foreign)
         if self.fp_on or self.record:
             for pfn in got:
                 self._owner_changed(pfn, O_FREE, owner)
