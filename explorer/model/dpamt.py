@@ -76,14 +76,16 @@ def _mmu_writer(m: KernelState, td: Td | None) -> str | None:
 
 
 def _mmu_holders(m: KernelState, td: Td | None) -> str | None:
-    """What keeps a writer of the TD's ``mmu_lock`` out: a writer or any reader."""
+    """What keeps a writer of the TD's ``mmu_lock`` out: a writer or any reader (the readers
+    by name: a rwlock's readers are a count, in no order, so two orders of taking the lock
+    are one state of it, in a spin step's text and in the explorer's states alike)."""
     assert td is not None
     if m.fp_on:
         m.fp_read(("mmu", td.id))
         m.fp_read(("mmu_readers", td.id))
     if td.mmu_writer is not None:
         return td.mmu_writer
-    return ", ".join(td.mmu_readers) if td.mmu_readers else None
+    return ", ".join(sorted(td.mmu_readers)) if td.mmu_readers else None
 
 
 def _spin(
