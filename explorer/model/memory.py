@@ -41,6 +41,8 @@ from explorer.model.prng import XorShift32
 from explorer.model.records import OWNERS, RegionCounts
 
 FREE: Final = 0
+#: a free page in an owner map (``bytes.lstrip``'s argument: the length of a run of free pages)
+_FREE_BYTE: Final = bytes([FREE])
 #: ``percpu``: a CPU's list is stocked a block of 128 pages (a quarter of a region) at a time, so
 #: the first fault of a fresh vCPU (about 90 pages of cache top-ups) fits the block its
 #: creation stocked, and the blocks of the first CPUs share region 0 with the TD's control
@@ -310,11 +312,21 @@ class HostMemory:
                 off = owners.find(FREE, off, end)
                 if off < 0:
                     break
-                if base | off not in pins:  # (set_owner's work, the counts added once below)
-                    owners[off] = code
-                    journal.append(base | off)
-                    out.append(base | off)
-                off += 1
+                # the run of free pages from ``off`` (a fresh block is one run), taken at once
+                # up to what is still wanted and the first pin in it: set_owner's work, the
+                # counts added once below
+                stop = min(end, off + n - len(out))
+                run = stop - off - len(owners[off:stop].lstrip(_FREE_BYTE))
+                if pins:
+                    run = next((i - off for i in range(off, off + run) if base | i in pins), run)
+                if run == 0:  # (a pinned page: skipped)
+                    off += 1
+                    continue
+                owners[off : off + run] = code.to_bytes(1, "little") * run
+                pfns = range(base | off, (base | off) + run)
+                journal.extend(pfns)
+                out.extend(pfns)
+                off += run
             k = len(out) - took
             if k:
                 counts, rc = self.counts, self.rcounts[region]
