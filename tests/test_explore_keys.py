@@ -41,15 +41,24 @@ def test_the_keys_of_searched_states_are_the_whole_pickles_digests(
     seen: list[int] = []
     real = search._keys
 
-    def checked(bare: Any, counted: Any, ts: Any, codes: Any) -> Any:
+    def checked(bare: Any, counted: Any, ts: Any, codes: Any, ts_body: Any = None) -> Any:
         _check(bare, counted, ts, codes)
+        if ts_body is not None:  # (the threads' part, assembled from each CPU's pickle)
+            assert ts_body == search._pickled_body(ts)
         seen.append(1)
-        return real(bare, counted, ts, codes)
+        return real(bare, counted, ts, codes, ts_body)
 
     monkeypatch.setattr(search, "_keys", checked)
     trace = parse_trace((SAMPLES / f"{name}.jsonl").read_bytes(), f"{name}.jsonl")
     search.explore(trace.events, Settings().with_overrides(trace.settings), reduction=True)
     assert len(seen) >= 20
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 7])
+def test_a_tuple_assembled_from_its_items_pickles_is_its_pickle(n: int) -> None:
+    items = [("vcpu", i, ("x",) * i, "y" * (i * 100)) for i in range(n)]
+    body = search._tuple_body([search._pickled_body(x) for x in items])  # type: ignore[misc]
+    assert body == search._pickled_body(tuple(items))
 
 
 @pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 100, 65_000, 65_536, 70_000, 200_000])
@@ -59,3 +68,80 @@ def test_the_keys_around_the_frame_size(size: int) -> None:
     _check((), (), big, ("a", "b"))
     _check(big, big, big, big)
     _check((), (), (), ())
+
+
+def _late(flag: bool) -> Any:
+    if flag:
+        x = 1
+    y = 2
+    yield y
+    x = 3
+    yield x
+
+
+def test_a_frames_part_does_not_depend_on_when_it_was_read() -> None:
+    """``f_locals`` is kept on the frame between reads, in the order the reads first found
+    each local bound: a generator read at every state of a path and one read first after a
+    re-execution listed the same locals in two orders, so one state had two keys (8 % of the
+    states of a fresh TD's three vCPUs were such duplicates)."""
+    read_on_the_way = _late(False)
+    next(read_on_the_way)
+    early = search._frames(read_on_the_way, {})
+    next(read_on_the_way)
+    read_once = _late(False)
+    next(read_once)
+    next(read_once)
+    assert early != search._frames(read_once, {})  # (y alone, then x and y)
+    assert search._frames(read_on_the_way, {}) == search._frames(read_once, {})
+    assert [k for k, _ in search._frames(read_once, {})[0][2]] == ["flag", "x", "y"]
+
+
+@in_process
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [
+        ("lost_race", "v6"),
+        ("cold_race_2vcpu", "v6"),
+        ("cold_race_2vcpu", "v6-locked"),
+        ("race_three_cpus", "v5-hint"),
+        ("stale_fault", "v6"),
+    ],
+)
+def test_the_kept_parts_of_each_cpu_and_the_forward_turns_are_exact(
+    name: str, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reduced search keeps each CPU's part of the state until the CPU moves
+    (``_Reduced._threads_part``) and reaches a state of the stack by the stack's turns from
+    where the machine is (``_Reduced._forward``): at every state, the kept parts are the parts
+    computed afresh, and after every forward the machine is in the state it was sent to."""
+    parts = search._Reduced._threads_part
+    forward = search._Reduced._forward
+    counts = {"parts": 0, "forwards": 0}
+
+    def checked_parts(self: Any) -> Any:
+        ts, body = parts(self)
+        fresh = search._threads_state(self.m, self.threads, self.ex.fair)
+        assert ts == fresh
+        assert body == search._pickled_body(fresh)
+        counts["parts"] += 1
+        return ts, body
+
+    def checked_forward(self: Any, key: bytes) -> bool:
+        went = forward(self, key)
+        if went:
+            m = self.m
+            self.th_parts.clear()
+            ts, body = parts(self)
+            bare = m.canonical_state(search.COUNTER_NAMES)
+            counted = tuple([m.cnt[i] for i in search._COUNTED])
+            got, _ = search._keys(bare, counted, ts, search._diag_codes(m), body)
+            assert got == key
+            counts["forwards"] += 1
+        return went
+
+    monkeypatch.setattr(search._Reduced, "_threads_part", checked_parts)
+    monkeypatch.setattr(search._Reduced, "_forward", checked_forward)
+    trace = parse_trace((SAMPLES / f"{name}.jsonl").read_bytes(), f"{name}.jsonl")
+    settings = Settings().with_overrides({**trace.settings, "mode": mode})
+    search.explore(trace.events, settings, reduction=True)
+    assert counts["parts"] >= 20

@@ -717,7 +717,22 @@ def _framed_digest(body: bytes) -> Digest | None:
     return h.digest()
 
 
-def _keys(bare: Any, counted: Any, ts: Any, codes: Any) -> tuple[Digest, Digest]:
+#: The opcode that ends a tuple of 0 to 3 items (pickled without MARK; more: MARK ... TUPLE).
+_TUPLE_OF = (b")", b"\x85", b"\x86", b"\x87")
+
+
+def _tuple_body(bodies: Sequence[bytes]) -> bytes:
+    """The pickle body (as :func:`_pickled_body` gives it) of the tuple whose items' bodies
+    are ``bodies`` (no memo: an item's bytes do not depend on its neighbours)."""
+    n = len(bodies)
+    if n <= 3:
+        return b"".join((*bodies, _TUPLE_OF[n]))
+    return b"".join((_MARK, *bodies, _TUPLE))
+
+
+def _keys(
+    bare: Any, counted: Any, ts: Any, codes: Any, ts_body: bytes | None = None
+) -> tuple[Digest, Digest]:
     """A state's key and its key without the counters (``lap_key``, see :func:`_lap_back`).
     Their values order the fair-cycle search (``_fair_cycles`` sorts states), so they stay
     the digests of these tuples (:func:`_digest`): a livelock's example schedule does not move.
@@ -726,9 +741,10 @@ def _keys(bare: Any, counted: Any, ts: Any, codes: Any) -> tuple[Digest, Digest]
     and the two tuples' pickles are assembled from the parts (a 4-tuple is MARK, items,
     TUPLE; a 3-tuple items, TUPLE3; without a memo an item's bytes do not depend on its
     neighbours), the same bytes as pickling each tuple whole. A state too large for one
-    pickle frame takes the plain way."""
-    parts = [_pickled_body(x) for x in (bare, counted, ts, codes)]
-    b, c, t, d = parts
+    pickle frame takes the plain way. ``ts_body``: ``ts``' pickle body if the caller has it
+    (:meth:`_Reduced._threads_part` assembles it from each CPU's)."""
+    b, c, d = _pickled_body(bare), _pickled_body(counted), _pickled_body(codes)
+    t = ts_body if ts_body is not None else _pickled_body(ts)
     if b is not None and c is not None and t is not None and d is not None:
         key = _framed_digest(b"".join((_MARK, b, c, t, d, _TUPLE)))
         lap_key = _framed_digest(b"".join((b, t, d, _TUPLE3)))
@@ -742,24 +758,29 @@ def _diag_codes(m: Machine) -> tuple[str, ...]:
 
 
 def _threads_state(m: Machine, threads: list[Thread], abstract: bool = True) -> tuple[Any, ...]:
-    """Each CPU's part of the state: its queue, stack, locks, spin, and its generators' frames."""
+    """Each CPU's part of the state (:func:`_thread_state`)."""
     ids = _identities(m, threads)
-    out = []
-    for th in threads:
-        out.append(
-            (
-                th.name,
-                tuple(i for i, _ in th.queue),
-                th.event,
-                tuple(th.stack),
-                tuple(th.holds),
-                th.spinning,
-                th.softirq,
-                _canon(th.respin, ids, 0),
-                _frames(th.gen, ids, abstract),
-            )
-        )
-    return tuple(out)
+    return tuple([_thread_state(th, ids, abstract) for th in threads])
+
+
+def _thread_state(th: Thread, ids: dict[int, Any], abstract: bool) -> tuple[Any, ...]:
+    """One CPU's part of the state: its queue, stack, locks, spin, and its generators'
+    frames. It changes only when the CPU takes a turn: all of it is the CPU's own, and what
+    its frames hold is a scalar, a frozen value, an object named in ``ids`` (named, not
+    read), or a container of the CPU's own making (tests/test_explore_keys.py checks the
+    reduced search's copies of it, :meth:`_Reduced._threads_part`, against this at every
+    state of several searches)."""
+    return (
+        th.name,
+        tuple(i for i, _ in th.queue),
+        th.event,
+        tuple(th.stack),
+        tuple(th.holds),
+        th.spinning,
+        th.softirq,
+        _canon(th.respin, ids, 0),
+        _frames(th.gen, ids, abstract),
+    )
 
 
 def _identities(m: Machine, threads: list[Thread]) -> dict[int, Any]:
@@ -813,16 +834,25 @@ def _frames(gen: Any, ids: dict[int, Any], abstract: bool = True) -> tuple[Any, 
                 )
             out.append(("done",))
             break
-        name = g.gi_code.co_qualname
+        code = g.gi_code
+        name = code.co_qualname
         hidden = _ABSTRACT_LOCALS.get(name) if abstract else None
-        # (a frame's locals come in its code's variable order: no sort needed). The stand-in
-        # of each local is _canon's, with its two commonest cases (a scalar, an object named
-        # in ``ids``) taken here: this runs for every local of every frame of every state.
+        # The locals in the code's variable order, not in ``f_locals``' order: that dict is
+        # kept on the frame between reads, a local enters it when a read first finds it bound
+        # and leaves it when a read finds it unbound, so its order is the history of when the
+        # frame was read (a generator read at every state of a path, or first read after a
+        # re-execution). Equal states then had two keys (a duplicate state, and one more
+        # re-execution). The stand-in of each local is _canon's, with its two commonest cases
+        # (a scalar, an object named in ``ids``) taken here: this runs for every local of
+        # every frame of every state.
+        f_locals = frame.f_locals
+        names = _varnames(code)
         if hidden is None:
             locs = tuple(
                 [
                     (k, v if type(v) in scalars else (get(id(v)) or _canon(v, ids, 1)))
-                    for k, v in frame.f_locals.items()
+                    for k in names
+                    if (v := f_locals.get(k, _UNBOUND)) is not _UNBOUND
                 ]
             )
         else:
@@ -834,7 +864,8 @@ def _frames(gen: Any, ids: dict[int, Any], abstract: bool = True) -> tuple[Any, 
                         if k in hidden
                         else (v if type(v) in scalars else (get(id(v)) or _canon(v, ids, 1))),
                     )
-                    for k, v in frame.f_locals.items()
+                    for k in names
+                    if (v := f_locals.get(k, _UNBOUND)) is not _UNBOUND
                 ]
             )
         out.append((name, frame.f_lasti, locs))
@@ -842,6 +873,15 @@ def _frames(gen: Any, ids: dict[int, Any], abstract: bool = True) -> tuple[Any, 
 
 
 _SCALARS = frozenset({int, str, bool, float, bytes, type(None)})
+#: (a local's value is never this object: the marker of a local not bound in a frame)
+_UNBOUND = object()
+
+
+@functools.lru_cache(maxsize=4096)
+def _varnames(code: types.CodeType) -> tuple[str, ...]:
+    """Every local a frame of ``code`` can have, in the code's order (arguments and locals,
+    then cells, then free variables: what ``f_locals`` holds when all are bound)."""
+    return code.co_varnames + code.co_cellvars + code.co_freevars
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -1509,6 +1549,13 @@ class _Reduced:
         #: (CPU, its kernel functions, the step it last took)
         self.no_trail: set[tuple[str, tuple[str, ...], str]] = set()
         self.trail_misses = 0
+        #: the current walk's stack and the index of each state on it (:meth:`_forward`)
+        #: each CPU's part of the state where it was last computed (:meth:`_threads_part`):
+        #: (its generator then, the part, the part's pickle body)
+        self.th_parts: dict[str, tuple[Any, tuple[Any, ...], bytes | None]] = {}
+        self.stack: list[list[Any]] = []
+        self.on_stack: dict[Digest, int] = {}
+        self.forwards = 0
 
     # -------------------------------------------------------------- driving
     def run(self) -> None:
@@ -1535,6 +1582,33 @@ class _Reduced:
         self._reach(_path_to(key, self.parent_of, self.fused) if key is not None else [])
         self.cur = key
 
+    def _forward(self, key: Digest) -> bool:
+        """Put the machine in state ``key``, the top of the walk's stack, by taking the
+        turns of the stack's edges from the state the machine is in, if that state is on the
+        stack below it; whether it was. A walk that goes down edges searched before (it takes
+        them from their records) to a state that needs a new turn finds the machine where its
+        last turn left it, often a state on the stack: the turns from there cost what the
+        edges between cost, not a re-execution of the whole path from the group's start
+        (a generator cannot be copied, so the machine only ever goes forward)."""
+        j = self.on_stack.get(self.cur) if self.cur is not None else None
+        stack = self.stack
+        if j is None or stack[-1][0] != key:
+            return False
+        m = self.m
+        assert m is not None
+        threads, by_name, fused = self.threads, self.by_name, self.fused
+        m.fp_on = False  # (as in a re-execution: these turns were recorded when first taken)
+        for fr in stack[j:-1]:
+            p = fr[2]
+            self.th_parts.pop(p, None)
+            for _ in range(fused.get((fr[0], p), 1)):
+                m.turn(by_name[p], threads)
+                self.prefix.append(p)
+        m.fp_on = self.ex.reduction
+        self.cur = key
+        self.forwards += 1
+        return True
+
     def _reach(self, turns: list[str]) -> None:
         """Put the machine where ``turns`` (each the CPU that took it) lead from the group's
         start, by re-execution; the state is no node's yet (``cur`` None)."""
@@ -1544,6 +1618,7 @@ class _Reduced:
         self.by_name = {th.name: th for th in threads}
         self.prefix = turns
         self.cur = None
+        self.th_parts.clear()
 
     def _trail(self, p: str, labels: list[str]) -> list[str]:
         """``p``'s edge, which ends in a turn that may conflict, extended by the
@@ -1630,10 +1705,10 @@ class _Reduced:
         ex, m, threads = self.ex, self.m, self.threads
         assert m is not None
         codes = _diag_codes(m)
-        ts = _threads_state(m, threads, ex.fair)
+        ts, ts_body = self._threads_part()
         bare = m.canonical_state(COUNTER_NAMES)
         counted = tuple([m.cnt[i] for i in (_COUNTED if ex.fair else _ALL_BUT_SPINS)])
-        key, lap_key = _keys(bare, counted, ts, codes)
+        key, lap_key = _keys(bare, counted, ts, codes, ts_body)
         self.cur = key
         if ex.fair and key not in self.nodes and lap_key in self.lap_keys:
             back = _lap_back(lap_key, path)
@@ -1671,6 +1746,34 @@ class _Reduced:
         node.enabled = enabled
         return key, True
 
+    def _threads_part(self) -> tuple[tuple[Any, ...], bytes | None]:
+        """The threads' part of the machine's state (:func:`_threads_state`) and its pickle
+        body (None if a CPU's part is too large for one pickle frame). Each CPU's part is
+        kept from the last state it was computed in until the CPU takes a turn (``th_parts``:
+        :meth:`_turn`, :meth:`_forward`; a re-execution drops them all): a turn moves one CPU,
+        so two of three CPUs' frames were canonicalised and pickled again for nothing."""
+        m = self.m
+        assert m is not None
+        parts = self.th_parts
+        ids: dict[int, Any] | None = None
+        entries = []
+        bodies: list[bytes] | None = []
+        abstract = self.ex.fair
+        for th in self.threads:
+            kept = parts.get(th.name)
+            if kept is None or kept[0] is not th.gen:
+                if ids is None:
+                    ids = _identities(m, self.threads)
+                entry = _thread_state(th, ids, abstract)
+                kept = parts[th.name] = (th.gen, entry, _pickled_body(entry))
+            entries.append(kept[1])
+            if bodies is not None:
+                if kept[2] is None:
+                    bodies = None
+                else:
+                    bodies.append(kept[2])
+        return tuple(entries), (_tuple_body(bodies) if bodies is not None else None)
+
     def _turn(self, m: Machine, th: Thread) -> tuple[str, Footprint, Footprint]:
         """Take ``th``'s turn with its footprint recorded and noted (:meth:`_note`): its step
         label ("" when it only finished its CPU's event), its footprint and the lock-aware one."""
@@ -1682,6 +1785,7 @@ class _Reduced:
         m.fp_checked.clear()
         m.fp_l.clear()
         held_before = m.pamt_lock == p
+        self.th_parts.pop(p, None)
         info = m.turn(th, self.threads)
         fp = _footprint(m) if annotated and self._annotated(th) else _STAR
         lfp = _lock_aware(fp, m, p, held_before) if fp is not _STAR else fp
@@ -1692,7 +1796,7 @@ class _Reduced:
     def _execute(self, key: Digest, node: _Node, p: str, path: _Path | None) -> bool:
         """Take ``p``'s turn from state ``key`` (re-executing to it if the machine is
         elsewhere); record its footprint and successor; whether the successor is new."""
-        if self.cur != key:
+        if self.cur != key and not self._forward(key):
             self._goto(key)
         m = self.m
         assert m is not None
@@ -1743,7 +1847,7 @@ class _Reduced:
         #: each CPU's clock: the vector clock of its last turn on the stack
         clock: list[tuple[int, ...]] = [none] * n_cpu
         seen: set[Digest] = set()
-        on_stack: set[Digest] = set()
+        on_stack = self.on_stack = {}
         root = self.root
         # frame: [state, next index into done, out CPU, out CPU's index, its vector clock,
         #         conflict bits of the out turn, the universe size they were computed at,
@@ -1765,8 +1869,9 @@ class _Reduced:
                 0,
             ]
         ]
+        self.stack = stack
         seen.add(root)
-        on_stack.add(root)
+        on_stack[root] = 0
         while stack:
             fr = stack[-1]
             key = fr[0]
@@ -1776,7 +1881,7 @@ class _Reduced:
                 p = node.next_cpu()
                 if p is None:
                     stack.pop()
-                    on_stack.discard(key)
+                    del on_stack[key]
                     if fr[8] is not None:
                         clock[fr[8][0]] = fr[8][1]
                     if stack:
@@ -1842,7 +1947,7 @@ class _Reduced:
                 fr[2] = None
                 continue
             seen.add(c)
-            on_stack.add(c)
+            on_stack[c] = len(stack)
             fr[2], fr[3], fr[4], fr[6], fr[10] = p, pi, vc, -1, bits
             h = node.holder[p]
             hold = fr[9] if h == fr[9][0] else (h, len(stack) - 1 if h is not None else -1)
