@@ -19,7 +19,10 @@ PORT   ?= 8501
 # The capture path (conformance importer and conform) is a second group, stamped apart: editing
 # conform.py rebuilds it alone (explorer.build_native builds whichever group is stale). It also
 # depends on the named tuples it reads by position (the capture's Record, the engine's Effect).
-NATIVE := explorer/model/_native/SOURCES explorer/conformance/_native/SOURCES
+# The search's build (DPAMT_PURE=search: the search and the engine's modules without kernel
+# generators, compiled; what `explore` runs) is a third group, over the model and the search.
+NATIVE := explorer/model/_native/SOURCES explorer/conformance/_native/SOURCES \
+  explorer/model/_native_search/SOURCES
 MODEL_SOURCES := $(wildcard explorer/model/*.py)
 CAPTURE_SOURCES := explorer/conformance/importer.py explorer/conformance/conform.py \
   explorer/ingest/capture.py explorer/model/records.py
@@ -42,6 +45,10 @@ explorer/model/_native/SOURCES: $(MODEL_SOURCES) explorer/build_native.py | $(ST
 	$(PY) -m explorer.build_native
 
 explorer/conformance/_native/SOURCES: $(CAPTURE_SOURCES) explorer/build_native.py | $(STAMP)
+	$(PY) -m explorer.build_native
+
+explorer/model/_native_search/SOURCES: $(MODEL_SOURCES) explorer/interleavings/search.py \
+  explorer/build_native.py | $(STAMP)
 	$(PY) -m explorer.build_native
 
 native: $(NATIVE)
@@ -102,4 +109,4 @@ goldens: $(TSTAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts explorer/model/_native \
-	  explorer/conformance/_native
+	  explorer/conformance/_native explorer/model/_native_search explorer/interleavings/_native_search

@@ -410,8 +410,8 @@ EXPLORE_BUDGET_S = 60
 
 
 def bench_explore(sample: str, mode: str) -> dict[str, Any]:
-    """One search of ``python -m explorer explore`` (in a child process on the pure Python
-    engine, as the command runs): states, outcomes, findings, seconds, states per second."""
+    """One search of ``python -m explorer explore`` (in a child process on the search's
+    engine, as the command runs it): states, outcomes, findings, seconds, states per second."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.path.join(root, "sample_traces", f"{sample}.jsonl")
     cmd = [sys.executable, "-m", "explorer", "explore", path, "--set", f"mode={mode}", "--json"]
@@ -703,8 +703,9 @@ def render(
     if searches:
         out += [
             "",
-            "Every interleaving (`python -m explorer explore SAMPLE --set mode=M`, pure Python "
-            "engine, in its own process):",
+            "Every interleaving (`python -m explorer explore SAMPLE --set mode=M`, on the "
+            "search's engine as the command runs it: the search compiled, the kernel's "
+            "generators in Python; in its own process):",
             "",
             "| sample | mode | states | outcomes (end states) | findings | seconds | states/s "
             "| target |",

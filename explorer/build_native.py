@@ -2,7 +2,8 @@
 (:mod:`explorer.model`) and the capture path (:mod:`explorer.conformance`'s importer and conform).
 
 ``python -m explorer.build_native`` (``make`` runs it) compiles each group of
-:data:`~explorer.model.native.GROUPS` into its package's ``_native/`` directory with a stamp of
+:data:`~explorer.model.native.GROUPS` into its package's ``_native/`` directory (the search's
+build: ``_native_search/``, beside each of its packages) with a stamp of
 the sources it compiled; nothing to do for a group whose build is current. A missing compiler or
 a failed build leaves that group's pure Python modules in use (slower, the same results) and
 exits 0: the build is an optimisation, never a requirement.
@@ -25,20 +26,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def build_group(group: Group, verbose: bool = False) -> bool:
-    """Compile ``group``'s modules with mypyc into its ``_native/`` directory. Returns False (and
+    """Compile ``group``'s modules with mypyc into its packages' build directories. Returns False (and
     leaves the group's pure Python modules in use) when mypyc or a C compiler is missing or
     fails."""
     if group.ready():
         if verbose:
-            print(f"{group.package}: the compiled modules are up to date")
+            print(f"{group.lib}: the compiled modules are up to date")
         return True
     try:
         from mypyc.build import mypycify
         from setuptools import Distribution  # type: ignore[import-untyped]
     except ImportError as exc:
-        print(
-            f"{group.package}: not compiled ({exc}); the pure Python modules run", file=sys.stderr
-        )
+        print(f"{group.lib}: not compiled ({exc}); the pure Python modules run", file=sys.stderr)
         return False
     files = [str(path.relative_to(ROOT)) for path in group.sources()]
     digest = group.sources_digest()
@@ -64,21 +63,26 @@ def build_group(group: Group, verbose: bool = False) -> bool:
         except (Exception, SystemExit) as exc:  # a compiler error: keep the pure modules
             print(log.getvalue()[-4000:], file=sys.stderr)
             print(
-                f"{group.package}: compiling failed ({exc}); the pure Python modules run",
+                f"{group.lib}: compiling failed ({exc}); the pure Python modules run",
                 file=sys.stderr,
             )
             return False
         finally:
             os.chdir(cwd)
-        built = Path(tmp, "lib", *group.package.split("."))
-        if group.native_dir.exists():
-            shutil.rmtree(group.native_dir)
-        group.native_dir.mkdir()
-        for so in built.iterdir():
-            shutil.copy2(so, group.native_dir / so.name)
+        if group.stamp.exists():  # (no stamp while the build is half copied)
+            group.stamp.unlink()
+        for package in dict.fromkeys((group.package, *(p for p, _ in group.others))):
+            built = Path(tmp, "lib", *package.split("."))
+            target = group.dir_of(package)
+            if target.exists():
+                shutil.rmtree(target)
+            target.mkdir()
+            for so in built.iterdir():
+                if so.is_file():
+                    shutil.copy2(so, target / so.name)
     group.stamp.write_text(digest + "\n")
     if verbose:
-        print(f"{group.package}: compiled {len(group.modules)} modules into {group.native_dir}")
+        print(f"{group.lib}: compiled {len(group.modules)} modules into {group.native_dir}")
     return True
 
 

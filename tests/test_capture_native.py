@@ -12,7 +12,7 @@ import pytest
 
 from explorer import conformance
 from explorer.conformance.synth import large_capture
-from explorer.model.native import CAPTURE, ENGINE, GROUPS, Group
+from explorer.model.native import CAPTURE, ENGINE, GROUPS, SEARCH, Group
 
 ROOT = Path(__file__).resolve().parent.parent
 CAPTURES = sorted((ROOT / "sample_traces" / "captures").glob("*.txt"))
@@ -21,8 +21,9 @@ CAPTURES = sorted((ROOT / "sample_traces" / "captures").glob("*.txt"))
 def test_the_groups_are_apart() -> None:
     """Each group stamps its own sources in its own directory: editing conform.py never makes
     the engine's build stale, nor the other way round."""
-    assert GROUPS == (ENGINE, CAPTURE)
-    assert ENGINE.native_dir != CAPTURE.native_dir
+    assert GROUPS == (ENGINE, CAPTURE, SEARCH)
+    assert len({g.native_dir for g in GROUPS}) == 3
+    assert len({g.lib for g in GROUPS}) == 3
     assert {p.name for p in CAPTURE.sources()} == {"importer.py", "conform.py"}
     assert ENGINE.sources_digest() != CAPTURE.sources_digest()
     assert CAPTURE.lib.startswith(CAPTURE.package + ".")

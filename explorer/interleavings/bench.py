@@ -1,15 +1,15 @@
 """The exploration benchmark: each sample search's states, states per second and time
 (``make bench`` prints it; issue 26's speed targets are read off it, never asserted).
 
-Each search runs as ``python -m explorer explore SAMPLE --json`` in a child on the pure engine
-(the search reads generator frames), with a time budget so that the benchmark ends even where
+Each search runs as ``python -m explorer explore SAMPLE --json`` in a child on the search's
+engine, as ``explore`` runs it (``DPAMT_PURE=search``: the kernel's generators in Python, whose
+frames the search reads; the search and the engine's other modules compiled), with a time budget so that the benchmark ends even where
 a search cannot: such a row says ``complete: False`` and how far it got.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -40,7 +40,7 @@ def bench_explore(
     ``seconds`` (the search's own time, without the child's start), ``outcomes``,
     ``findings``."""
     rows = []
-    env = dict(os.environ, DPAMT_PURE="1")
+    env = child.search_env()
     for sample, mode in searches:
         argv = [
             sys.executable,

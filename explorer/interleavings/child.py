@@ -30,6 +30,18 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
+#: How a search child runs (``DPAMT_PURE``): the kernel's generators in Python (the search
+#: reads their frames), the search and the engine's other modules compiled where the search's
+#: build is present (:data:`explorer.model.native.SEARCH`; all Python otherwise, same results).
+SEARCH_ENGINE = "search"
+
+
+def search_env(**extra: str) -> dict[str, str]:
+    """The environment of a search child: this one, on the search's engine (``SEARCH_ENGINE``),
+    plus ``extra``."""
+    return dict(os.environ, DPAMT_PURE=SEARCH_ENGINE, **extra)
+
+
 #: prctl(2) option: the signal the kernel sends this process when its parent thread dies.
 PR_SET_PDEATHSIG = 1
 #: The signals a parent forwards to its search child and a search treats as "stop now".

@@ -31,8 +31,9 @@ from explorer.model.settings import Settings
 def cmd_explore(args: argparse.Namespace) -> int:
     """Every interleaving of the trace's concurrent groups (explorer.interleavings.search). Needs generator
     frames, which the compiled engine does not have: under it, the search runs in a child
-    process on the pure Python engine (same code, same results; the exit status and output
-    passed through)."""
+    process on the search's engine (``DPAMT_PURE=search``: the kernel's generators in Python,
+    the search compiled; same code, same results; the exit status and output passed
+    through)."""
     from explorer.model import NATIVE
 
     if args.max_states < 1:
@@ -47,9 +48,9 @@ def cmd_explore(args: argparse.Namespace) -> int:
     named = named_keys(trace.settings, args.set or [])
     settings = explore_settings(resolve_settings(trace, args.set or []), named)
     if NATIVE:
-        from explorer.interleavings.child import run_forwarding
+        from explorer.interleavings.child import run_forwarding, search_env
 
-        env = dict(os.environ, DPAMT_PURE="1")
+        env = search_env()
         rest = sys.argv[1:] if args.argv is None else args.argv
         return run_forwarding([sys.executable, "-m", "explorer", *rest], env)
     from explorer.interleavings.child import cancel_on_signals

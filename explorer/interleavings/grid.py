@@ -5,7 +5,8 @@ independent and can take seconds (three CPUs under ``v6-locked``: 8 s), so they 
 Dask distributed, on the same cluster machinery as sweeps (:func:`explorer.sweeps.sweep.dask_client`: a
 LocalCluster by default, or ``--scheduler tcp://HOST:PORT``). A task runs
 ``python -m explorer explore`` in a child process (the search reads generator frames, which
-only the pure Python engine has: the child is started with ``DPAMT_PURE=1``), on the trace's
+only the kernel's generators in Python have: the child is started on the search's engine,
+``DPAMT_PURE=search``), on the trace's
 bytes, which reach each worker once (scattered), and returns one row: the search's figures, the
 findings' codes, the seconds and the worker. Results as Parquet or CSV, one row per task.
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from explorer.cli.common import workers_problem
+from explorer.interleavings.child import search_env
 from explorer.model.settings import Settings
 from explorer.sweeps.sweep import dask_client
 
@@ -61,7 +63,7 @@ def digest(data: bytes) -> str:
 def run_exploration(
     data: bytes, source: str, settings: dict[str, Any], max_states: int, reduction: bool = True
 ) -> dict[str, Any]:
-    """One search, in a child process on the pure Python engine; a row (never raises: a failed
+    """One search, in a child process on the search's engine; a row (never raises: a failed
     search is a row with ``status`` "error" and the reason). ``reduction`` False: the full
     search (``--no-reduction``); the row's ``reduction`` says which its counts are of."""
     row = _error_row(source, data, settings, "", _worker())
@@ -76,7 +78,7 @@ def run_exploration(
             cmd.append("--no-reduction")
         for k, v in settings.items():
             cmd += ["--set", f"{k}={v}"]
-        env = dict(os.environ, DPAMT_PURE="1")
+        env = search_env()
         p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, check=False)
     row["seconds"] = round(time.perf_counter() - t0, 3)
     if p.returncode not in (0, 1, 3) or not p.stdout.strip():

@@ -2,9 +2,9 @@
 shapes of its result (tables, pinned traces, where to open them).
 
 **Why a child process.** The search (:mod:`explorer.interleavings.search`) reads generator frames, which only
-the pure Python engine has; the app's own process runs the compiled engine. So the page runs
-``python -m explorer explore TRACE --json --progress`` in a child, with ``DPAMT_PURE=1`` already
-set: the CLI then runs the search itself instead of re-running itself in a grandchild, so the
+the kernel's generators in Python have; the app's own process runs the compiled engine. So the
+page runs ``python -m explorer explore TRACE --json --progress`` in a child, already on the
+search's engine (``DPAMT_PURE=search``, :func:`explorer.interleavings.child.search_env`): the CLI then runs the search itself instead of re-running itself in a grandchild, so the
 process the page holds is the one doing the work, and stopping it stops the search. A child
 also keeps a long search off the server's threads and lets the user stop it at any time.
 
@@ -20,7 +20,6 @@ The module holds no Streamlit object: a job is plain data behind a lock, safe to
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -142,7 +141,7 @@ class ExploreJob:
         ]
         if not self.reduction:
             argv.append("--no-reduction")
-        env = dict(os.environ, DPAMT_PURE="1")
+        env = child.search_env()
         with open(self._out_path, "wb") as out:
             return child.popen(
                 argv,

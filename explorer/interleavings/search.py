@@ -22,8 +22,10 @@ not expanded again. A state is everything the future depends on:
 
 Two prefixes that reach equal states have equal futures (the generators are deterministic
 functions of their frames and the machine: nothing else is read), so merging them loses no
-outcome and no violation: that is why hashing is sound. Reading frames needs the pure Python
-engine (a compiled generator has no frame): the CLI runs the search with ``DPAMT_PURE=1``.
+outcome and no violation: that is why hashing is sound. Reading frames needs the kernel's generators in
+Python (a compiled generator has no frame): the CLI runs the search with ``DPAMT_PURE=search``,
+the search's build (:data:`explorer.model.native.SEARCH`: this module and the engine's modules
+without generators compiled, the generators Python; ``DPAMT_PURE=1``: all Python).
 
 **Which CPU may take a turn.** Any CPU with work left, except one spinning on a lock whose
 holder has not changed: its turn would repeat the same spin step and change nothing but a
@@ -830,7 +832,7 @@ def _frames(gen: Any, ids: dict[int, Any], abstract: bool = True) -> tuple[Any, 
             if not isinstance(g, types.GeneratorType):
                 raise TypeError(
                     "explore reads generator frames: run it on the pure Python engine "
-                    "(DPAMT_PURE=1)"
+                    "(DPAMT_PURE=search, or DPAMT_PURE=1)"
                 )
             out.append(("done",))
             break

@@ -17,7 +17,8 @@ How it stays safe:
   the sources on disk. An edited source is never shadowed by a stale build: the pure Python
   modules run until the next build.
 - ``DPAMT_PURE=1`` in the environment forces the pure Python modules (for debugging, and for
-  the test that compares the two).
+  the test that compares the two). ``DPAMT_PURE=search`` runs the search's build instead
+  (:data:`SEARCH`: the kernel's generators in Python, whose frames the search reads).
 - No compiler, or a failed build: the pure Python package runs, slower, with the same results.
 
 Modules compiled, in two groups built and stamped apart (:data:`GROUPS`), each a mypyc group
@@ -60,6 +61,14 @@ class Group:
     #: under ``explorer/``): digested with the group's own sources, so that changing one (a
     #: named tuple's fields, which compiled code reads by position) makes the build stale.
     depends: tuple[str, ...] = ()
+    #: The directory beside each package's sources that its compiled modules go to.
+    subdir: str = "_native"
+    #: Modules of other packages compiled in the group, as (package, module): each one's
+    #: extension goes to :attr:`subdir` beside that package's sources, which activates it with
+    #: :meth:`activate` (its ``package`` argument).
+    others: tuple[tuple[str, str], ...] = ()
+    #: The value of ``DPAMT_PURE`` under which the group is used; None: when it is not set.
+    when: str | None = None
 
     @property
     def package_dir(self) -> Path:
@@ -69,7 +78,12 @@ class Group:
     @property
     def native_dir(self) -> Path:
         """Where the build's extension modules go."""
-        return self.package_dir / "_native"
+        return self.package_dir / self.subdir
+
+    def dir_of(self, package: str) -> Path:
+        """Where the build puts the compiled modules of ``package`` (the group's own, or one of
+        :attr:`others`')."""
+        return _EXPLORER_DIR.joinpath(*package.split(".")[1:], self.subdir)
 
     @property
     def stamp(self) -> Path:
@@ -77,8 +91,12 @@ class Group:
         return self.native_dir / "SOURCES"
 
     def sources(self) -> list[Path]:
-        """The compiled modules' source files."""
-        return [self.package_dir / f"{name}.py" for name in self.modules]
+        """The compiled modules' source files (the package's, then :attr:`others`')."""
+        own = [self.package_dir / f"{name}.py" for name in self.modules]
+        return own + [
+            _EXPLORER_DIR.joinpath(*package.split(".")[1:], f"{name}.py")
+            for package, name in self.others
+        ]
 
     def dependencies(self) -> list[Path]:
         """The sources of :attr:`depends`."""
@@ -89,7 +107,8 @@ class Group:
         Python version that built them: an extension built for another interpreter cannot
         load)."""
         h = hashlib.sha256(sys.version.encode())
-        for name, path in zip(self.modules, self.sources(), strict=True):
+        names = [*self.modules, *(f"{package}.{name}" for package, name in self.others)]
+        for name, path in zip(names, self.sources(), strict=True):
             h.update(name.encode())
             h.update(path.read_bytes())
         for dep, path in zip(self.depends, self.dependencies(), strict=True):
@@ -104,13 +123,15 @@ class Group:
         except OSError:
             return False
 
-    def activate(self, package_path: list[str]) -> bool:
-        """Put the compiled modules first on ``package_path`` (the package's ``__path__``) when
-        a fresh build is present and ``DPAMT_PURE`` is not set. Returns whether they are in
-        use."""
-        if os.environ.get("DPAMT_PURE") or not self.ready():
+    def activate(self, package_path: list[str], package: str | None = None) -> bool:
+        """Put the compiled modules of ``package`` (the group's own by default) first on
+        ``package_path`` (that package's ``__path__``) when a fresh build is present and
+        ``DPAMT_PURE`` is what the group runs under (:attr:`when`). Returns whether they are
+        in use."""
+        flag = os.environ.get("DPAMT_PURE") or None
+        if flag != self.when or not self.ready():
             return False
-        package_path.insert(0, str(self.native_dir))
+        package_path.insert(0, str(self.dir_of(package or self.package)))
         return True
 
 
@@ -141,8 +162,35 @@ CAPTURE = Group(
     # the capture's Record and the engine's Effect are named tuples read by position
     depends=("ingest/capture.py", "model/records.py"),
 )
+#: The search's build (``DPAMT_PURE=search``): :mod:`explorer.interleavings.search` and the
+#: engine's modules that define no kernel generator, compiled; the kernel's generators
+#: (:mod:`.kvm`, :mod:`.dpamt`, :mod:`.machine`, :mod:`.state`) stay Python, because the search
+#: reads their frames (a compiled generator has none). ``explore`` runs its search so. The
+#: engine's own build cannot serve: its modules reach the machine's fields as native
+#: attributes, which a Python machine has not. :mod:`.state` stays Python too: the Python
+#: machine subclasses its KernelState, and compiled for interpreted subclasses it measured no
+#: faster (docs/performance.md, "The search's build").
+SEARCH = Group(
+    "explorer.model",
+    ("prng", "packed", "chunked", "memory", "tdx_module", "invariants"),
+    "explorer.model._search",
+    # constants the compiled modules may have folded in, and the classes they were typed with
+    depends=(
+        "model/constants.py",
+        "model/records.py",
+        "model/state.py",
+        "model/steps.py",
+        "model/machine.py",
+        "model/events.py",
+        "model/settings.py",
+        "model/summary.py",
+    ),
+    subdir="_native_search",
+    others=(("explorer.interleavings", "search"),),
+    when="search",
+)
 #: Every compiled group, in build order.
-GROUPS = (ENGINE, CAPTURE)
+GROUPS = (ENGINE, CAPTURE, SEARCH)
 
 PACKAGE_DIR = ENGINE.package_dir
 NATIVE_DIR = ENGINE.native_dir
@@ -161,5 +209,8 @@ def native_ready() -> bool:
 
 
 def activate(package_path: list[str]) -> bool:
-    """The engine's :meth:`Group.activate` (``explorer/model/__init__.py`` calls it)."""
+    """The engine's :meth:`Group.activate`, or under ``DPAMT_PURE=search`` the search's
+    (``explorer/model/__init__.py`` calls it). Returns whether the engine is compiled (the
+    kernel's generators: the search's build leaves them Python)."""
+    SEARCH.activate(package_path)
     return ENGINE.activate(package_path)
