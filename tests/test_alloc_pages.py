@@ -67,9 +67,11 @@ def _state(m: Machine) -> tuple[Any, ...]:
 
 
 def _clear(m: Machine) -> None:
+    """What each run is compared on afresh (the regions it noted, its footprint)."""
     m.fp_r.clear()
     m.fp_w.clear()
     m.fp_a.clear()
+    m.batch_regions.clear()
 
 
 @pytest.mark.parametrize("noted", [True, False], ids=["noted", "re-executed"])

@@ -52,6 +52,7 @@ counts (lost_race's 540 states) are of.
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import io
 import pickle
@@ -79,6 +80,8 @@ from explorer.model.summary import summary
 #: Default bound on the states visited (all groups together): past it the search stops, claims
 #: nothing, and says how far it got.
 MAX_STATES = 1_000_000
+#: The garbage collector's thresholds during a search (Python's default: 700, 10, 10).
+SEARCH_GC = (50_000, 20, 100)
 #: Seconds between two progress reports.
 PROGRESS_SECONDS = 0.5
 #: The most turns of one CPU the reduced search fuses into one edge (turns that touch no
@@ -242,7 +245,20 @@ class Explorer:
 
     # ------------------------------------------------------------------ the search
     def run(self) -> dict[str, Any]:
-        """Search every concurrent group in trace order; the JSON result (``--json``)."""
+        """Search every concurrent group in trace order; the JSON result (``--json``).
+
+        The cyclic garbage collector runs less often meanwhile (:data:`SEARCH_GC`): the
+        search's graph is tens of thousands of long-lived nodes, and every older-generation
+        collection walked all of them (8 % of a three-vCPU search's time in perf); the search
+        makes little cyclic garbage (the same peak memory with the collector off)."""
+        before = gc.get_threshold()
+        gc.set_threshold(*SEARCH_GC)
+        try:
+            return self._run()
+        finally:
+            gc.set_threshold(*before)
+
+    def _run(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         self._t0 = time.monotonic()
         spans = batches(self.events)

@@ -697,7 +697,12 @@ class KernelState:
             for pfn in got:
                 self._owner_changed(pfn, O_FREE, owner)
         elif got:  # (a re-execution's fill: _owner_changed's notes for the run at once)
-            self.batch_regions.update({pfn >> C.PAGES_PER_REGION_SHIFT for pfn in got})
+            lo, hi = got[0], got[-1]
+            if hi - lo == len(got) - 1 and got == list(range(lo, hi + 1)):  # (one run)
+                shift = C.PAGES_PER_REGION_SHIFT
+                self.batch_regions.update(range(lo >> shift, (hi >> shift) + 1))
+            else:
+                self.batch_regions.update({pfn >> C.PAGES_PER_REGION_SHIFT for pfn in got})
             if owner in (O_PAIR, O_LEAKED):
                 self._pairs_changed = True
             elif owner in (O_PAMT_CACHE, O_KVM_CACHE):
