@@ -102,7 +102,7 @@ def _same(a: Any, b: Any, where: str) -> None:
 
 
 def _fresh(ex: search.Explorer, image: Any, items: Any, prefix: Any) -> tuple[Machine, Any]:
-    m = ex._machine()
+    m = ex._search_machine()
     m.restore(image)
     threads = m.begin_batch(items)
     by_name = {th.name: th for th in threads}

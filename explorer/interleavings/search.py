@@ -112,10 +112,14 @@ _IGNORED_COUNTERS = ("spins", "fault_retries")
 #: The indices of the counters a state keeps.
 _COUNTED = tuple(i for i, name in enumerate(COUNTER_NAMES) if name not in _IGNORED_COUNTERS)
 _ALL_BUT_SPINS = tuple(i for i, name in enumerate(COUNTER_NAMES) if name != "spins")
+#: The search's machines' ``max_retries`` under the fair search (:meth:`Explorer._replay`).
+_NO_RETRY_BOUND = 1 << 62
 #: Locals of kernel frames left out of a state for the same reason: the lap counter of
 #: tdx_handle_ept_violation()'s local retry loop. It only decides when the explorer's own
-#: ``max_retries`` bound fires, which a loop that comes back to its state never reaches: the
-#: search finds the loop as a cycle and reports it only when it is fair (_livelocks).
+#: ``max_retries`` bound fires, which the fair search's machines do not have
+#: (``_NO_RETRY_BOUND``): the search finds the loop as a cycle and reports it only when it is
+#: fair (_livelocks). (With a bound, a state first reached a lap before it ran into the bound
+#: where the same state reached sooner closes its loop: which one the search kept decided.)
 _ABSTRACT_LOCALS: dict[str, frozenset[str]] = {
     "tdx_handle_ept_violation": frozenset({"attempt"}),
 }
@@ -232,6 +236,17 @@ class Explorer:
             self._pins = m.mem.pin_table()
         else:
             m.mem.use_pins(self._pins)
+        return m
+
+    def _search_machine(self) -> Machine:
+        """The machine the searches of the groups run on (re-executed to each state): under
+        the fair search without a ``max_retries`` bound. The lap counter is no part of a state
+        (``_ABSTRACT_LOCALS``), so a state is kept with whichever count its first path had,
+        and a bound would fire on that count, not the state's: a loop met first a lap before
+        the bound never closed, and its LIVELOCK was missed. Laps close as cycles."""
+        m = self._machine()
+        if self.fair:
+            m.max_retries = _NO_RETRY_BOUND
         return m
 
     def _items(self, span: tuple[int, int]) -> list[tuple[int, Event]]:
@@ -535,7 +550,7 @@ class Explorer:
         # as the restore (the previous replay's machine is not used after this call)
         m = self._replayer
         if m is None:
-            m = self._replayer = self._machine()
+            m = self._replayer = self._search_machine()
         m.reset(image)
         threads = m.begin_batch(items)
         by_name = {th.name: th for th in threads}
@@ -1571,6 +1586,9 @@ class _Reduced:
         #: each CPU's part of the state where it was last computed (:meth:`_threads_part`):
         #: (its generator then, the part, the part's pickle body)
         self.th_parts: dict[str, tuple[Any, tuple[Any, ...], bytes | None]] = {}
+        #: each state's CPUs' parts (in thread order: the part, its pickle body), given to the
+        #: CPUs a re-execution or forward turns put in that state (:meth:`_known_parts`)
+        self.parts_at: dict[Digest, tuple[tuple[tuple[Any, ...], bytes | None], ...]] = {}
         self.stack: list[list[Any]] = []
         self.on_stack: dict[Digest, int] = {}
         self.forwards = 0
@@ -1599,6 +1617,20 @@ class _Reduced:
         """Put the machine in state ``key`` (the group's start for None) by re-execution."""
         self._reach(_path_to(key, self.parent_of, self.fused) if key is not None else [])
         self.cur = key
+        if key is not None:
+            self._known_parts(key)
+
+    def _known_parts(self, key: Digest) -> None:
+        """The CPUs' parts of state ``key``, where the machine now is, as computed when the
+        state was first reached (a state's key is the digest of its parts too, so another
+        way to it has the same): a re-execution makes new generators, whose parts would
+        otherwise be computed again, all of them, at the next state."""
+        parts = self.parts_at.get(key)
+        if parts is None:
+            return
+        kept = self.th_parts
+        for th, (entry, body) in zip(self.threads, parts, strict=True):
+            kept[th.name] = (th.gen, entry, body)
 
     def _forward(self, key: Digest) -> bool:
         """Put the machine in state ``key``, the top of the walk's stack, by taking the
@@ -1624,6 +1656,7 @@ class _Reduced:
                 self.prefix.append(p)
         m.fp_on = self.ex.reduction
         self.cur = key
+        self._known_parts(key)
         self.forwards += 1
         return True
 
@@ -1741,6 +1774,9 @@ class _Reduced:
         if key in self.nodes:
             return key, False
         node = self.nodes[key] = _Node(len(self.nodes), lap_key)
+        if self.cur == key:  # (the machine is in it: not a lap back to an earlier state)
+            kept = self.th_parts
+            self.parts_at[key] = tuple([kept[th.name][1:] for th in threads])
         self.lap_keys.add(lap_key)
         if parent is not None:
             self.parent_of[key] = (parent, cpu)
