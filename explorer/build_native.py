@@ -1,5 +1,7 @@
 """Build the compiled groups with mypyc (see :mod:`explorer.model.native`): the engine
-(:mod:`explorer.model`) and the capture path (:mod:`explorer.conformance`'s importer and conform).
+(:mod:`explorer.model`), the capture path (:mod:`explorer.conformance`'s importer and conform)
+and the search's build (:mod:`explorer.interleavings.search` with the engine's modules that
+define no kernel generator).
 
 ``python -m explorer.build_native`` (``make`` runs it) compiles each group of
 :data:`~explorer.model.native.GROUPS` into its package's ``_native/`` directory (the search's
@@ -26,9 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def build_group(group: Group, verbose: bool = False) -> bool:
-    """Compile ``group``'s modules with mypyc into its packages' build directories. Returns False (and
-    leaves the group's pure Python modules in use) when mypyc or a C compiler is missing or
-    fails."""
+    """Compile ``group``'s modules with mypyc into its packages' build directories. Returns
+    False (and leaves the group's pure Python modules in use) when mypyc or a C compiler is
+    missing or fails."""
     if group.ready():
         if verbose:
             print(f"{group.lib}: the compiled modules are up to date")

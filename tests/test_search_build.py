@@ -90,18 +90,10 @@ def _without_seconds(x: Any) -> Any:
 
 def _explore(sample: str, mode: str, flag: str) -> tuple[int, Any]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), DPAMT_PURE=flag)
+    trace = str(SAMPLES / f"{sample}.jsonl")
+    argv = [sys.executable, "-m", "explorer", "explore", trace, "--set", f"mode={mode}"]
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "explorer",
-            "explore",
-            str(SAMPLES / f"{sample}.jsonl"),
-            "--set",
-            f"mode={mode}",
-            "--json",
-            "--compact",
-        ],
+        [*argv, "--json"],
         env=env,
         capture_output=True,
         text=True,

@@ -22,10 +22,11 @@ not expanded again. A state is everything the future depends on:
 
 Two prefixes that reach equal states have equal futures (the generators are deterministic
 functions of their frames and the machine: nothing else is read), so merging them loses no
-outcome and no violation: that is why hashing is sound. Reading frames needs the kernel's generators in
-Python (a compiled generator has no frame): the CLI runs the search with ``DPAMT_PURE=search``,
-the search's build (:data:`explorer.model.native.SEARCH`: this module and the engine's modules
-without generators compiled, the generators Python; ``DPAMT_PURE=1``: all Python).
+outcome and no violation: that is why hashing is sound. Reading frames needs the kernel's
+generators in Python (a compiled generator has no frame): the CLI runs the search with
+``DPAMT_PURE=search``, the search's build (:data:`explorer.model.native.SEARCH`: this module and
+the engine's modules without generators compiled, the generators Python; ``DPAMT_PURE=1``: all
+Python).
 
 **Which CPU may take a turn.** Any CPU with work left, except one spinning on a lock whose
 holder has not changed: its turn would repeat the same spin step and change nothing but a
@@ -112,7 +113,7 @@ _IGNORED_COUNTERS = ("spins", "fault_retries")
 #: The indices of the counters a state keeps.
 _COUNTED = tuple(i for i, name in enumerate(COUNTER_NAMES) if name not in _IGNORED_COUNTERS)
 _ALL_BUT_SPINS = tuple(i for i, name in enumerate(COUNTER_NAMES) if name != "spins")
-#: The search's machines' ``max_retries`` under the fair search (:meth:`Explorer._replay`).
+#: The search's machines' ``max_retries`` under the fair search (:meth:`Explorer._search_machine`).
 _NO_RETRY_BOUND = 1 << 62
 #: Locals of kernel frames left out of a state for the same reason: the lap counter of
 #: tdx_handle_ept_violation()'s local retry loop. It only decides when the explorer's own
@@ -862,8 +863,8 @@ def _frames(gen: Any, ids: dict[int, Any], abstract: bool = True) -> tuple[Any, 
         if frame is None:  # finished, or a compiled generator (no frame: see the docstring)
             if not isinstance(g, types.GeneratorType):
                 raise TypeError(
-                    "explore reads generator frames: run it on the pure Python engine "
-                    "(DPAMT_PURE=search, or DPAMT_PURE=1)"
+                    "explore reads generator frames: run it with the kernel's generators in "
+                    "Python (DPAMT_PURE=search, or DPAMT_PURE=1)"
                 )
             out.append(("done",))
             break
@@ -1582,13 +1583,13 @@ class _Reduced:
         #: (CPU, its kernel functions, the step it last took)
         self.no_trail: set[tuple[str, tuple[str, ...], str]] = set()
         self.trail_misses = 0
-        #: the current walk's stack and the index of each state on it (:meth:`_forward`)
         #: each CPU's part of the state where it was last computed (:meth:`_threads_part`):
         #: (its generator then, the part, the part's pickle body)
         self.th_parts: dict[str, tuple[Any, tuple[Any, ...], bytes | None]] = {}
         #: each state's CPUs' parts (in thread order: the part, its pickle body), given to the
         #: CPUs a re-execution or forward turns put in that state (:meth:`_known_parts`)
         self.parts_at: dict[Digest, tuple[tuple[tuple[Any, ...], bytes | None], ...]] = {}
+        #: the current walk's stack and the index of each state on it (:meth:`_forward`)
         self.stack: list[list[Any]] = []
         self.on_stack: dict[Digest, int] = {}
         self.forwards = 0

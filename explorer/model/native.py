@@ -21,8 +21,9 @@ How it stays safe:
   (:data:`SEARCH`: the kernel's generators in Python, whose frames the search reads).
 - No compiler, or a failed build: the pure Python package runs, slower, with the same results.
 
-Modules compiled, in two groups built and stamped apart (:data:`GROUPS`), each a mypyc group
-(one shared library) whose extension modules go to a ``_native/`` directory beside its package:
+Modules compiled, in three groups built and stamped apart (:data:`GROUPS`), each a mypyc group
+(one shared library) whose extension modules go to a ``_native/`` directory beside its package
+(the search's: ``_native_search/`` beside each of its two packages):
 
 - the engine (:data:`ENGINE`): the kernel model proper (:data:`NATIVE_MODULES`). The event,
   settings and record classes stay Python: they are frozen dataclasses shared with the trace
@@ -32,6 +33,9 @@ Modules compiled, in two groups built and stamped apart (:data:`GROUPS`), each a
   activated by ``explorer/conformance/__init__.py``. The capture parser
   (:mod:`explorer.ingest.capture`) stays Python: its time is in ``re`` and ``int``, already C,
   and compiled it ran no faster (docs/capture.md).
+- the search's build (:data:`SEARCH`, used only under ``DPAMT_PURE=search``):
+  :mod:`explorer.interleavings.search` and the engine's modules that define no kernel
+  generator; the search reads the generators' frames, so they stay Python.
 
 A group is current or not on its own: editing ``conform.py`` leaves the compiled engine in use
 and runs the pure capture path until the next build.
