@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from explorer.interleavings import NATIVE as SEARCH_NATIVE
 from explorer.model import NATIVE
+
+#: Whether this process cannot run the search's tests in place: the engine is compiled (no
+#: generator frames), or the search is (``DPAMT_PURE=search``: the tests patch its functions,
+#: which compiled code calls directly).
+COMPILED = NATIVE or SEARCH_NATIVE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,10 +38,10 @@ def run_pure(module_file: str) -> None:
     assert p.returncode == 0, (p.stdout + p.stderr).decode()[-4000:]
 
 
-#: Mark an in-process search test: skipped under the compiled engine, where the module's
-#: ``test_on_the_pure_engine`` (``run_pure``) runs it in a child.
-in_process = pytest.mark.skipif(NATIVE, reason="runs in a pure-engine child (run_pure)")
-#: Mark the one test that calls ``run_pure``: only under the compiled engine.
-child_runner = pytest.mark.skipif(not NATIVE, reason="the pure engine runs the tests here")
+#: Mark an in-process search test: skipped under the compiled engine or search, where the
+#: module's ``test_on_the_pure_engine`` (``run_pure``) runs it in a child.
+in_process = pytest.mark.skipif(COMPILED, reason="runs in a pure-engine child (run_pure)")
+#: Mark the one test that calls ``run_pure``: only under the compiled engine or search.
+child_runner = pytest.mark.skipif(not COMPILED, reason="the pure engine runs the tests here")
 
-__all__ = ["NATIVE", "child_runner", "in_process", "run_pure"]
+__all__ = ["COMPILED", "NATIVE", "child_runner", "in_process", "run_pure"]
