@@ -3,8 +3,9 @@
 
 Each search runs as ``python -m explorer explore SAMPLE --json`` in a child on the search's
 engine, as ``explore`` runs it (``DPAMT_PURE=search``: the kernel's generators in Python, whose
-frames the search reads; the search and the engine's other modules compiled), with a time budget so that the benchmark ends even where
-a search cannot: such a row says ``complete: False`` and how far it got.
+frames the search reads; the search and the engine's other modules compiled), with a time budget
+so that the benchmark ends even where a search cannot: such a row says ``complete: False`` and
+how far it got.
 """
 
 from __future__ import annotations

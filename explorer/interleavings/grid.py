@@ -2,13 +2,13 @@
 
 A design review asks for the race catalogue of every mode over a dozen scenarios. Each search is
 independent and can take seconds (three CPUs under ``v6-locked``: 8 s), so they run as tasks on
-Dask distributed, on the same cluster machinery as sweeps (:func:`explorer.sweeps.sweep.dask_client`: a
-LocalCluster by default, or ``--scheduler tcp://HOST:PORT``). A task runs
-``python -m explorer explore`` in a child process (the search reads generator frames, which
-only the kernel's generators in Python have: the child is started on the search's engine,
-``DPAMT_PURE=search``), on the trace's
-bytes, which reach each worker once (scattered), and returns one row: the search's figures, the
-findings' codes, the seconds and the worker. Results as Parquet or CSV, one row per task.
+Dask distributed, on the same cluster machinery as sweeps
+(:func:`explorer.sweeps.sweep.dask_client`: a LocalCluster by default, or ``--scheduler
+tcp://HOST:PORT``). A task runs ``python -m explorer explore`` in a child process (the search
+reads generator frames, which only the kernel's generators in Python have: the child is started
+on the search's engine, ``DPAMT_PURE=search``), on the trace's bytes, which reach each worker
+once (scattered), and returns one row: the search's figures, the findings' codes, the seconds
+and the worker. Results as Parquet or CSV, one row per task.
 """
 
 from __future__ import annotations

@@ -1,12 +1,15 @@
 """What the app's Interleavings page needs, without Streamlit: a background exploration and the
 shapes of its result (tables, pinned traces, where to open them).
 
-**Why a child process.** The search (:mod:`explorer.interleavings.search`) reads generator frames, which only
-the kernel's generators in Python have; the app's own process runs the compiled engine. So the
-page runs ``python -m explorer explore TRACE --json --progress`` in a child, already on the
-search's engine (``DPAMT_PURE=search``, :func:`explorer.interleavings.child.search_env`): the CLI then runs the search itself instead of re-running itself in a grandchild, so the
-process the page holds is the one doing the work, and stopping it stops the search. A child
-also keeps a long search off the server's threads and lets the user stop it at any time.
+**Why a child process.** The search (:mod:`explorer.interleavings.search`) reads generator
+frames, which only the kernel's generators in Python have; the app's own process runs the
+compiled engine. So the page runs ``python -m explorer explore TRACE --json --progress`` in a
+child, already on the search's engine (``DPAMT_PURE=search``,
+:func:`explorer.interleavings.child.search_env`): the CLI then runs the search itself instead of
+re-running itself in a grandchild, so the process the page holds is the one doing the work, and
+stopping it stops the search. A child also keeps a long search off the server's threads and lets
+the user stop it at any time.
+
 
 **Why a reader thread.** The child prints ``progress states=N ...`` on stderr every 1,000
 states; a thread reads those lines as they come (a full stderr pipe would stall the child) and

@@ -77,7 +77,7 @@ class Group:
     @property
     def package_dir(self) -> Path:
         """The package's source directory."""
-        return _EXPLORER_DIR.joinpath(*self.package.split(".")[1:])
+        return _source_dir(self.package)
 
     @property
     def native_dir(self) -> Path:
@@ -87,7 +87,7 @@ class Group:
     def dir_of(self, package: str) -> Path:
         """Where the build puts the compiled modules of ``package`` (the group's own, or one of
         :attr:`others`')."""
-        return _EXPLORER_DIR.joinpath(*package.split(".")[1:], self.subdir)
+        return _source_dir(package) / self.subdir
 
     @property
     def stamp(self) -> Path:
@@ -97,10 +97,7 @@ class Group:
     def sources(self) -> list[Path]:
         """The compiled modules' source files (the package's, then :attr:`others`')."""
         own = [self.package_dir / f"{name}.py" for name in self.modules]
-        return own + [
-            _EXPLORER_DIR.joinpath(*package.split(".")[1:], f"{name}.py")
-            for package, name in self.others
-        ]
+        return own + [_source_dir(package) / f"{name}.py" for package, name in self.others]
 
     def dependencies(self) -> list[Path]:
         """The sources of :attr:`depends`."""
@@ -141,6 +138,12 @@ class Group:
 
 _EXPLORER_DIR = Path(__file__).resolve().parent.parent
 
+
+def _source_dir(package: str) -> Path:
+    """The source directory of ``package`` (a dotted name under ``explorer``)."""
+    return _EXPLORER_DIR.joinpath(*package.split(".")[1:])
+
+
 #: The modules of explorer.model that are compiled (the hot loop of every replay).
 NATIVE_MODULES = (
     "prng",
@@ -173,7 +176,7 @@ CAPTURE = Group(
 #: engine's own build cannot serve: its modules reach the machine's fields as native
 #: attributes, which a Python machine has not. :mod:`.state` stays Python too: the Python
 #: machine subclasses its KernelState, and compiled for interpreted subclasses it measured no
-#: faster (docs/performance.md, "The search's build").
+#: faster (docs/interleavings.md, "One key per state, and the search compiled").
 SEARCH = Group(
     "explorer.model",
     ("prng", "packed", "chunked", "memory", "tdx_module", "invariants"),
