@@ -832,6 +832,9 @@ def _identities(m: Machine, threads: list[Thread]) -> dict[int, Any]:
         ids[id(v)] = ("vcpu", v.id)
         ids[id(v.pamt_cache)] = ("pamt_cache", v.id)
         ids[id(v.control)] = ("vcpu.control", v.id)
+        # (KVM's caches by name: a fault's frames hold the dict, and reading it out, its four
+        # caches' reprs sorted, was half the cost of such a frame)
+        ids[id(v.caches)] = ("caches", v.id)
         for name, c in v.caches.items():
             ids[id(c)] = ("cache", v.id, name)
             ids[id(c.pfns)] = ("cache.pfns", v.id, name)
@@ -911,11 +914,20 @@ _SCALARS = frozenset({int, str, bool, float, bytes, type(None)})
 _UNBOUND = object()
 
 
-@functools.lru_cache(maxsize=4096)
 def _varnames(code: types.CodeType) -> tuple[str, ...]:
     """Every local a frame of ``code`` can have, in the code's order (arguments and locals,
-    then cells, then free variables: what ``f_locals`` holds when all are bound)."""
-    return code.co_varnames + code.co_cellvars + code.co_freevars
+    then cells, then free variables: what ``f_locals`` holds when all are bound). Kept per
+    code object by its id, the object held with it so the id stays its own: a code object's
+    hash digests its bytecode and constants, a third of a microsecond at every frame read."""
+    hit = _VARNAMES.get(id(code))
+    if hit is not None and hit[0] is code:
+        return hit[1]
+    names = code.co_varnames + code.co_cellvars + code.co_freevars
+    _VARNAMES[id(code)] = (code, names)
+    return names
+
+
+_VARNAMES: dict[int, tuple[types.CodeType, tuple[str, ...]]] = {}
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -960,13 +972,29 @@ def _canon(v: Any, ids: dict[int, Any], depth: int) -> Any:
         return ("gen", _frames(v, ids))
     if isinstance(v, (types.FunctionType, types.BuiltinFunctionType, types.MethodType, type)):
         return ("fn", getattr(v, "__qualname__", repr(v)))
-    slots = getattr(type(v), "__slots__", None)
-    if slots is not None:  # a small value object of the engine (Spin, ...)
+    fields = _fields(type(v))
+    if fields is not None:  # a small value object of the engine (Spin, ...)
         return (
             type(v).__qualname__,
-            tuple(_canon(getattr(v, s, None), ids, depth + 1) for s in slots),
+            tuple(_canon(getattr(v, s, None), ids, depth + 1) for s in fields),
         )
     raise TypeError(f"explore: cannot canonicalize a local of type {type(v).__qualname__}")
+
+
+def _fields(cls: type) -> tuple[str, ...] | None:
+    """The fields of a small value object of the engine, sorted: its ``__slots__`` in Python,
+    its ``__mypyc_attrs__`` compiled (the search's build compiles the machine's module, whose
+    native classes have no ``__slots__``), the same names either way. None: not such a class."""
+    if cls in _FIELDS:
+        return _FIELDS[cls]
+    names = getattr(cls, "__slots__", None)
+    if names is None:
+        names = getattr(cls, "__mypyc_attrs__", None)
+    got = _FIELDS[cls] = None if names is None else tuple(sorted(names))
+    return got
+
+
+_FIELDS: dict[type, tuple[str, ...] | None] = {}
 
 
 def _count_paths(

@@ -170,24 +170,31 @@ CAPTURE = Group(
     depends=("ingest/capture.py", "model/records.py"),
 )
 #: The search's build (``DPAMT_PURE=search``): :mod:`explorer.interleavings.search` and the
-#: engine's modules that define no kernel generator, compiled; the kernel's generators
-#: (:mod:`.kvm`, :mod:`.dpamt`, :mod:`.machine`, :mod:`.state`) stay Python, because the search
-#: reads their frames (a compiled generator has none). ``explore`` runs its search so. The
-#: engine's own build cannot serve: its modules reach the machine's fields as native
-#: attributes, which a Python machine has not. :mod:`.state` stays Python too: the Python
-#: machine subclasses its KernelState, and compiled for interpreted subclasses it measured no
-#: faster (docs/interleavings.md, "One key per state, and the search compiled").
+#: engine's modules that define no kernel generator, compiled (the machine and its state
+#: included); the kernel's generators (:mod:`.kvm`, :mod:`.dpamt`) stay Python, because the
+#: search reads their frames (a compiled generator has none). ``explore`` runs its search so.
+#: The engine's own build cannot serve: its compiled kvm and dpamt are the generators. The
+#: machine (:mod:`.machine`) and the KernelState it subclasses (:mod:`.state`) are compiled
+#: together, so the machine is a native class: a re-execution's turn, the canonical state and
+#: the allocator run compiled (docs/interleavings.md, "The machine compiled for the search").
 SEARCH = Group(
     "explorer.model",
-    ("prng", "packed", "chunked", "memory", "tdx_module", "invariants"),
+    (
+        "prng",
+        "packed",
+        "chunked",
+        "memory",
+        "tdx_module",
+        "invariants",
+        "steps",
+        "state",
+        "machine",
+    ),
     "explorer.model._search",
     # constants the compiled modules may have folded in, and the classes they were typed with
     depends=(
         "model/constants.py",
         "model/records.py",
-        "model/state.py",
-        "model/steps.py",
-        "model/machine.py",
         "model/events.py",
         "model/settings.py",
         "model/summary.py",
