@@ -204,3 +204,31 @@ def test_memory_bytes_counts_every_keyframe_page_map() -> None:
                     blobs[id(part)] = len(part)
     assert sum(blobs.values()) > 50_000
     assert tl.memory_bytes()["keyframes"] > sum(blobs.values())
+
+
+def _keyframe_ordinals(tl) -> list[int]:  # type: ignore[no-untyped-def]
+    return sorted(tl._ckpt_ordinal(k) for k in tl._checkpoints)
+
+
+@pytest.mark.parametrize("small_host", [True, False])
+def test_keyframes_are_closer_on_a_small_host_and_seek_the_same_states(
+    small_host: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host of few regions gets a keyframe every KEYFRAME_EVERY_SMALL checkpoints (its images
+    are cheap; a seek applies half as many deltas), a large one every ``keyframe_every``; seeks
+    from either give the recorded run's states."""
+    import explorer.replay.timeline as T
+
+    if not small_host:
+        monkeypatch.setattr(T, "SMALL_HOST_REGIONS", 0)  # (every host counts as large)
+    settings = Settings(schedule="round-robin")
+    events = [TdCreate(td=0), VcpuCreate(td=0, vcpu=0), VcpuCreate(td=0, vcpu=1)] + [
+        Fault(vcpu=i % 2, gfn=i) for i in range(400)
+    ]
+    m, snaps = _recorded(events, settings)
+    tl = replay(events, settings, checkpoint_every=4, keyframe_every=16)
+    spacing = T.KEYFRAME_EVERY_SMALL if small_host else 16
+    assert T.KEYFRAME_EVERY_SMALL < 16
+    assert _keyframe_ordinals(tl) == list(range(0, len(tl._ckpt_batches), spacing))
+    for i in range(0, tl.nr_steps, 37):
+        _same_state(tl.state_at(i), snaps[i])

@@ -43,6 +43,14 @@ FIND_KINDS = ("op", "region", "label", *FLAG_BITS)
 #: re-runs at most that many events (on the generators, about 10 ms).
 CHECKPOINT_EVERY = 1024
 KEYFRAME_EVERY = 16
+#: On a host whose touched regions are at most SMALL_HOST_REGIONS, a keyframe every
+#: KEYFRAME_EVERY_SMALL checkpoints (if the caller's spacing is not closer already): an image
+#: costs what its regions' maps cost to encode (80 ms for 28,000 regions, a few for hundreds),
+#: and a seek applies on average half a spacing of deltas (a churn of zaps and refaults: 1 ms a
+#: delta, two thirds of its seek at 16). The memory budget still thins them (doubling the
+#: spacing) where their bytes do not fit.
+KEYFRAME_EVERY_SMALL = 8
+SMALL_HOST_REGIONS = 4096
 #: Memory the keyframes may take, in bytes they really hold (:func:`_deep_size`, an object
 #: shared with the previous keyframe counted again: on the safe side): at most the caller's
 #: ``checkpoint_budget``, and at most what is left of TIMELINE_BYTES_PER_EVENT per event of the
@@ -469,10 +477,15 @@ def _replay(
     # bytes: a new keyframe is measured by what it adds, not by walking every keyframe again
     held: dict[int, Any] = {}
     held_bytes = 0
+    # the keyframes' spacing in checkpoints: ``coarse`` on a large host, ``fine`` on a small
+    # one (SMALL_HOST_REGIONS); thinning doubles both
+    coarse = keyframe_every
+    fine = min(keyframe_every, KEYFRAME_EVERY_SMALL)
     while b < nb and m.stopped is None:
         if since_ckpt >= checkpoint_every:
             since_ckpt = 0
             ordinal = len(tl._ckpt_batches)
+            keyframe_every = fine if len(m.mem.regions) <= SMALL_HOST_REGIONS else coarse
             delta = m.delta()
             tl._deltas[b] = delta
             delta_bytes += _deep_size(delta, {})
@@ -484,6 +497,7 @@ def _replay(
                 size = _deep_size(image, fresh, held)
                 while len(tl._checkpoints) > 1 and held_bytes + size > budget:
                     keyframe_every *= 2  # thin: keep the keyframes on the doubled spacing
+                    coarse, fine = coarse * 2, fine * 2
                     tl._checkpoints = {
                         k: v
                         for k, v in tl._checkpoints.items()
