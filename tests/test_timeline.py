@@ -225,7 +225,7 @@ def test_keyframes_are_closer_on_a_small_host_and_seek_the_same_states(
     events = [TdCreate(td=0), VcpuCreate(td=0, vcpu=0), VcpuCreate(td=0, vcpu=1)] + [
         Fault(vcpu=i % 2, gfn=i) for i in range(400)
     ]
-    m, snaps = _recorded(events, settings)
+    _, snaps = _recorded(events, settings)
     tl = replay(events, settings, checkpoint_every=4, keyframe_every=16)
     spacing = T.KEYFRAME_EVERY_SMALL if small_host else 16
     assert T.KEYFRAME_EVERY_SMALL < 16
