@@ -45,10 +45,10 @@ CHECKPOINT_EVERY = 1024
 KEYFRAME_EVERY = 16
 #: On a host whose touched regions are at most SMALL_HOST_REGIONS, a keyframe every
 #: KEYFRAME_EVERY_SMALL checkpoints (if the caller's spacing is not closer already): an image
-#: costs what its regions' maps cost to encode (80 ms for 28,000 regions, a few for hundreds),
-#: and a seek applies on average half a spacing of deltas (a churn of zaps and refaults: 1 ms a
-#: delta, two thirds of its seek at 16). The memory budget still thins them (doubling the
-#: spacing) where their bytes do not fit.
+#: costs what its regions' maps cost to encode (80 ms for 28,000 regions), and a seek applies
+#: on average half a spacing of deltas (a churn of zaps and refaults: 1 to 2 ms a delta, more
+#: than half of its seek at 16; docs/performance.md, "Keyframes closer on small hosts"). The
+#: memory budget still thins them (doubling the spacing) where their bytes do not fit.
 KEYFRAME_EVERY_SMALL = 8
 SMALL_HOST_REGIONS = 4096
 #: Memory the keyframes may take, in bytes they really hold (:func:`_deep_size`, an object
