@@ -485,29 +485,29 @@ def _replay(
         if since_ckpt >= checkpoint_every:
             since_ckpt = 0
             ordinal = len(tl._ckpt_batches)
-            keyframe_every = fine if len(m.mem.regions) <= SMALL_HOST_REGIONS else coarse
+            spacing = fine if len(m.mem.regions) <= SMALL_HOST_REGIONS else coarse
             delta = m.delta()
             tl._deltas[b] = delta
             delta_bytes += _deep_size(delta, {})
             tl._ckpt_batches.append(b)
-            if ordinal % keyframe_every == 0:
+            if ordinal % spacing == 0:
                 image = m.image()
                 budget = _keyframe_budget(tl, checkpoint_budget, delta_bytes, spans[b][0], n)
                 fresh: dict[int, Any] = {}  # what the image holds that no kept keyframe does
                 size = _deep_size(image, fresh, held)
                 while len(tl._checkpoints) > 1 and held_bytes + size > budget:
-                    keyframe_every *= 2  # thin: keep the keyframes on the doubled spacing
+                    spacing *= 2  # thin: keep the keyframes on the doubled spacing
                     coarse, fine = coarse * 2, fine * 2
                     tl._checkpoints = {
                         k: v
                         for k, v in tl._checkpoints.items()
-                        if tl._ckpt_ordinal(k) % keyframe_every == 0
+                        if tl._ckpt_ordinal(k) % spacing == 0
                     }
                     held = {}
                     held_bytes = _deep_size(tl._checkpoints, held)
                     fresh = {}
                     size = _deep_size(image, fresh, held)
-                if ordinal % keyframe_every == 0:
+                if ordinal % spacing == 0:
                     tl._checkpoints[b] = image
                     held.update(fresh)
                     held_bytes += size
