@@ -776,7 +776,7 @@ def _keys(
     TUPLE; a 3-tuple items, TUPLE3; without a memo an item's bytes do not depend on its
     neighbours), the same bytes as pickling each tuple whole. A state too large for one
     pickle frame takes the plain way. ``ts_body``: ``ts``' pickle body if the caller has it
-    (:meth:`_Reduced._threads_part` assembles it from each CPU's)."""
+    (:meth:`_Reduced._threads_part` assembles it from each CPU's, and passes ``ts`` None)."""
     b, c, d = _pickled_body(bare), _pickled_body(counted), _pickled_body(codes)
     t = ts_body if ts_body is not None else _pickled_body(ts)
     if b is not None and c is not None and t is not None and d is not None:
@@ -784,6 +784,9 @@ def _keys(
         lap_key = _framed_digest(b"".join((b, t, d, _TUPLE3)))
         if key is not None and lap_key is not None:
             return key, lap_key
+    if ts is None:  # (only its body given: the tuple it pickles, equal to the one pickled)
+        assert ts_body is not None
+        ts = pickle.loads(b"".join((_PROTO, ts_body, _STOP)))
     return _digest((bare, counted, ts, codes)), _digest((bare, ts, codes))
 
 
@@ -1481,26 +1484,27 @@ class _Universe:
         return mask & ~own
 
 
+#: A searched turn from a state (:attr:`_Node.out`): its footprint in the full relation (sleep
+#: sets), its footprint in the lock-aware one (races, :func:`_lock_aware`), who holds
+#: ``pamt_lock`` after it, its access bits (:class:`_Universe`) and the state it leads to. One
+#: tuple per turn, not one dict per field per state: five small dicts were 1.1 KB of a state.
+_Out = tuple[Footprint, Footprint, str | None, int, Digest]
+
+
 class _Node:
     """A state of the reduced search: its enabled CPUs, the CPUs to search from it
-    (``backtrack``), those searched (``done``, in order) with each turn's footprint, bits and
-    successor, its sleep set (CPU -> the footprint of its turn here), and the summary of the
-    accesses of every turn searched from it and below. ``fps`` are the footprints of the full
-    relation (sleep sets), ``lfps`` those of the lock-aware one (races, :func:`_lock_aware`),
-    ``holder`` who holds ``pamt_lock`` after each turn."""
+    (``backtrack``), those searched (``done``, in order) with each turn's record (``out``,
+    :data:`_Out`), its sleep set (CPU -> the footprint of its turn here), and the summary of
+    the accesses of every turn searched from it and below."""
 
     __slots__ = (
         "backtrack",
-        "bits",
         "done",
         "enabled",
-        "fps",
-        "holder",
         "index",
         "lap_key",
-        "lfps",
+        "out",
         "sleep",
-        "succ",
         "summary",
     )
 
@@ -1510,17 +1514,13 @@ class _Node:
         self.enabled: tuple[str, ...] = ()
         self.backtrack: set[str] = set()
         self.done: list[str] = []
-        self.fps: dict[str, Footprint] = {}
-        self.lfps: dict[str, Footprint] = {}
-        self.holder: dict[str, str | None] = {}
-        self.bits: dict[str, int] = {}
-        self.succ: dict[str, Digest] = {}
+        self.out: dict[str, _Out] = {}
         self.sleep: dict[str, Footprint] = {}
         self.summary = -1  # (unknown: the state is new since the last summaries)
 
     def next_cpu(self) -> str | None:
         for x in self.enabled:
-            if x in self.backtrack and x not in self.sleep and x not in self.fps:
+            if x in self.backtrack and x not in self.sleep and x not in self.out:
                 return x
         return None
 
@@ -1612,15 +1612,17 @@ class _Reduced:
         self.no_trail: set[tuple[str, tuple[str, ...], str]] = set()
         self.trail_misses = 0
         #: each CPU's part of the state where it was last computed (:meth:`_threads_part`):
-        #: (its generator then, the part, the part's pickle body)
-        self.th_parts: dict[str, tuple[Any, tuple[Any, ...], bytes | None]] = {}
-        #: each state's CPUs' parts (in thread order: the part, its pickle body), given to the
-        #: CPUs a re-execution or forward turns put in that state (:meth:`_known_parts`)
-        self.parts_at: dict[Digest, tuple[tuple[tuple[Any, ...], bytes | None], ...]] = {}
+        #: (its generator then, the part's pickle body)
+        self.th_parts: dict[str, tuple[Any, bytes]] = {}
+        #: each state's CPUs' parts' pickle bodies (in thread order), given to the CPUs a
+        #: re-execution or forward turns put in that state (:meth:`_known_parts`)
+        self.parts_at: dict[Digest, tuple[bytes, ...]] = {}
         #: the current walk's stack and the index of each state on it (:meth:`_forward`)
         self.stack: list[list[Any]] = []
         self.on_stack: dict[Digest, int] = {}
         self.forwards = 0
+        #: each distinct footprint kept once (:meth:`_execute`)
+        self.interned: dict[Footprint, Footprint] = {}
 
     # -------------------------------------------------------------- driving
     def run(self) -> None:
@@ -1658,8 +1660,8 @@ class _Reduced:
         if parts is None:
             return
         kept = self.th_parts
-        for th, (entry, body) in zip(self.threads, parts, strict=True):
-            kept[th.name] = (th.gen, entry, body)
+        for th, body in zip(self.threads, parts, strict=True):
+            kept[th.name] = (th.gen, body)
 
     def _forward(self, key: Digest) -> bool:
         """Put the machine in state ``key``, the top of the walk's stack, by taking the
@@ -1803,9 +1805,9 @@ class _Reduced:
         if key in self.nodes:
             return key, False
         node = self.nodes[key] = _Node(len(self.nodes), lap_key)
-        if self.cur == key:  # (the machine is in it: not a lap back to an earlier state)
+        if self.cur == key and ts_body is not None:  # (in it: not a lap back to an earlier one)
             kept = self.th_parts
-            self.parts_at[key] = tuple([kept[th.name][1:] for th in threads])
+            self.parts_at[key] = tuple([kept[th.name][1] for th in threads])
         self.lap_keys.add(lap_key)
         if parent is not None:
             self.parent_of[key] = (parent, cpu)
@@ -1829,33 +1831,32 @@ class _Reduced:
         node.enabled = enabled
         return key, True
 
-    def _threads_part(self) -> tuple[tuple[Any, ...], bytes | None]:
-        """The threads' part of the machine's state (:func:`_threads_state`) and its pickle
-        body (None if a CPU's part is too large for one pickle frame). Each CPU's part is
-        kept from the last state it was computed in until the CPU takes a turn (``th_parts``:
-        :meth:`_turn`, :meth:`_forward`; a re-execution drops them all): a turn moves one CPU,
-        so two of three CPUs' frames were canonicalised and pickled again for nothing."""
+    def _threads_part(self) -> tuple[tuple[Any, ...] | None, bytes | None]:
+        """The threads' part of the machine's state (:func:`_threads_state`) as its pickle
+        body, the part itself None; or, if a CPU's part is too large for one pickle frame,
+        the part and None. Each CPU's pickle body is kept from the last state it was computed
+        in until the CPU takes a turn (``th_parts``: :meth:`_turn`, :meth:`_forward`; a
+        re-execution drops them all): a turn moves one CPU, so two of three CPUs' frames were
+        canonicalised and pickled again for nothing. Only the bytes are kept, not the part
+        they pickle: a state's key is their digest, and ``parts_at`` holds them for every
+        state (the parts themselves were 4.1 of a state's 9 KB)."""
         m = self.m
         assert m is not None
         parts = self.th_parts
         ids: dict[int, Any] | None = None
-        entries = []
-        bodies: list[bytes] | None = []
+        bodies: list[bytes] = []
         abstract = self.ex.fair
         for th in self.threads:
             kept = parts.get(th.name)
             if kept is None or kept[0] is not th.gen:
                 if ids is None:
                     ids = _identities(m, self.threads)
-                entry = _thread_state(th, ids, abstract)
-                kept = parts[th.name] = (th.gen, entry, _pickled_body(entry))
-            entries.append(kept[1])
-            if bodies is not None:
-                if kept[2] is None:
-                    bodies = None
-                else:
-                    bodies.append(kept[2])
-        return tuple(entries), (_tuple_body(bodies) if bodies is not None else None)
+                body = _pickled_body(_thread_state(th, ids, abstract))
+                if body is None:  # (a part too large for one frame: the plain way, whole)
+                    return _threads_state(m, self.threads, abstract), None
+                kept = parts[th.name] = (th.gen, body)
+            bodies.append(kept[1])
+        return None, _tuple_body(bodies)
 
     def _turn(self, m: Machine, th: Thread) -> tuple[str, Footprint, Footprint]:
         """Take ``th``'s turn with its footprint recorded and noted (:meth:`_note`): its step
@@ -1909,14 +1910,16 @@ class _Reduced:
         if len(labels) > 1:
             self.fused[(key, p)] = len(labels)
             label = tuple(labels)
-        node.fps[p] = fp
-        node.lfps[p] = lfp
-        node.holder[p] = m.pamt_lock
-        node.bits[p] = self.u.step_bits(p, lfp)
+        # (one object per distinct footprint: most turns' are one of a few hundred, and each
+        # searched turn kept its own six frozensets)
+        interned = self.interned
+        fp = interned.setdefault(fp, fp)
+        lfp = interned.setdefault(lfp, lfp)
+        holder, bits = m.pamt_lock, self.u.step_bits(p, lfp)
         node.done.append(p)
         node.backtrack.add(p)
         c, new = self._arrive(key, p, label, path)
-        node.succ[p] = c
+        node.out[p] = (fp, lfp, holder, bits, c)
         self.changed = True
         return new
 
@@ -1975,14 +1978,12 @@ class _Reduced:
                 p = node.done[i]
                 new = False
             fr[1] = i + 1
-            fp = node.fps[p]
-            bits = node.bits[p]
-            c = node.succ[p]
+            fp, lfp, h, bits, c = node.out[p]
             pi = self.cpu_index[p]
-            vc = self._direct_races(stack, p, pi, bits, node.lfps[p], clock)
+            vc = self._direct_races(stack, p, pi, bits, lfp, clock)
             sleep = {x: f for x, f in node.sleep.items() if not _dependent(f, fp)}
             for x in node.done[:i]:
-                f = node.fps[x]
+                f = node.out[x][0]
                 if not _dependent(f, fp):
                     sleep[x] = f
             cn = nodes[c]
@@ -2032,7 +2033,6 @@ class _Reduced:
             seen.add(c)
             on_stack[c] = len(stack)
             fr[2], fr[3], fr[4], fr[6], fr[10] = p, pi, vc, -1, bits
-            h = node.holder[p]
             hold = fr[9] if h == fr[9][0] else (h, len(stack) - 1 if h is not None else -1)
             path = (c, cn.lap_key, fr[7])
             stack.append([c, 0, None, -1, none, 0, -1, path, (pi, clock[pi]), hold, 0])
@@ -2145,7 +2145,7 @@ class _Reduced:
             if len(node.backtrack) >= len(node.enabled) and (fr[9][0] is None or fr[9][1] < 0):
                 continue  # (nothing to add here, and no acquisition to lift to)
             if fr[6] != size:  # (as in _direct_races)
-                fr[5] = u.conflicts(fr[2], node.lfps[fr[2]])
+                fr[5] = u.conflicts(fr[2], node.out[fr[2]][1])
                 fr[6] = size
             hit = fr[5] & summary
             if not hit:
@@ -2194,7 +2194,7 @@ class _Reduced:
 
         def succ(n: Digest) -> list[Digest]:
             node = nodes[n]
-            return [node.succ[x] for x in node.done]
+            return [node.out[x][4] for x in node.done]
 
         comps = _sccs([self.root], succ)
         comp_of = {n: i for i, c in enumerate(comps) for n in c}
@@ -2204,8 +2204,9 @@ class _Reduced:
             for n in comp:
                 node = nodes[n]
                 for x in node.done:
-                    s |= node.bits[x]
-                    j = comp_of[node.succ[x]]
+                    _fp, _lfp, _h, bits, c = node.out[x]
+                    s |= bits
+                    j = comp_of[c]
                     if j != i:
                         s |= summaries[j]
             summaries[i] = s
