@@ -153,3 +153,97 @@ def test_the_kept_parts_of_each_cpu_and_the_forward_turns_are_exact(
     settings = Settings().with_overrides({**trace.settings, "mode": mode})
     search.explore(trace.events, settings, reduction=True)
     assert counts["parts"] >= 20
+
+
+# ------------------------------------------------------------------ dead locals
+_STOPS = frozenset({"RETURN_VALUE", "RAISE_VARARGS", "RERAISE"})
+_GOTOS = frozenset(
+    {"JUMP_FORWARD", "JUMP_BACKWARD", "JUMP_BACKWARD_NO_INTERRUPT", "JUMP_NO_INTERRUPT", "JUMP"}
+)
+
+
+def _read_after_a_yield(code: Any, name: str) -> list[int]:
+    """The offsets of the yields after which ``name`` can be read before it is assigned again
+    (a forward walk of the bytecode's control flow from each yield: jumps, fall-throughs and
+    exception handlers). Empty: the local is dead at every point the frame is suspended."""
+    import dis
+
+    ins = list(dis.get_instructions(code))
+    at = {x.offset: k for k, x in enumerate(ins)}
+    handlers = [
+        (e.start, e.end, e.target) for e in getattr(dis.Bytecode(code), "exception_entries", [])
+    ]
+    jumps = set(dis.hasjrel) | set(dis.hasjabs)
+
+    def successors(k: int) -> list[int]:
+        x = ins[k]
+        out = [] if x.opname in _STOPS or x.opname in _GOTOS else [k + 1]
+        if x.opcode in jumps:
+            out.append(at[x.argval])
+        out += [at[t] for s, e, t in handlers if s <= x.offset < e]
+        return [j for j in out if j < len(ins)]
+
+    live = []
+    for k, x in enumerate(ins):
+        if x.opname != "YIELD_VALUE":
+            continue
+        todo, seen = [k + 1], set()
+        while todo:
+            j = todo.pop()
+            if j in seen:
+                continue
+            seen.add(j)
+            y = ins[j]
+            if y.argval == name and y.opname in ("LOAD_FAST", "LOAD_FAST_CHECK"):
+                live.append(x.offset)
+                break
+            if y.argval == name and y.opname in ("STORE_FAST", "DELETE_FAST"):
+                continue
+            todo.extend(successors(j))
+    return live
+
+
+def _kernel_code(qualname: str) -> Any:
+    """The code object of a kernel function, compiled from its source (the engine's build may
+    have compiled the module itself to C, which has no bytecode)."""
+    from explorer.model import kvm
+
+    path = Path(kvm.__file__).with_suffix(".py")
+    if not path.exists():
+        path = Path(__file__).resolve().parent.parent / "explorer" / "model" / "kvm.py"
+    todo = [compile(path.read_text(), str(path), "exec")]
+    while todo:
+        c = todo.pop()
+        if c.co_qualname == qualname:
+            return c
+        todo.extend(k for k in c.co_consts if hasattr(k, "co_code"))
+    raise AssertionError(f"{qualname} not found in {path}")
+
+
+def test_the_dead_locals_are_dead_at_every_yield() -> None:
+    """A local left out of a state (``_DEAD_LOCALS``) must be dead wherever its frame can be
+    suspended: read only after an assignment with no yield between. The check itself finds a
+    local that is live across a yield."""
+    assert search._DEAD_LOCALS, "nothing to check"
+    for qualname, names in search._DEAD_LOCALS.items():
+        code = _kernel_code(qualname)
+        for name in names:
+            assert name in code.co_varnames, (qualname, name)
+            assert _read_after_a_yield(code, name) == [], (qualname, name)
+
+    def live_across() -> Any:
+        ret = 0
+        while True:
+            yield 1
+            ret += 1  # (read after the yield, before any assignment: live)
+
+    def dead_across() -> Any:
+        while True:
+            ret = yield 1
+            if ret:
+                return
+
+    assert _read_after_a_yield(live_across.__code__, "ret") != []
+    # (and in the kernel's own loop: the lap count is read after the laps' yields)
+    assert _read_after_a_yield(_kernel_code("tdx_handle_ept_violation"), "attempt") != []
+    assert _read_after_a_yield(dead_across.__code__, "ret") == []

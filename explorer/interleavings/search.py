@@ -124,6 +124,16 @@ _NO_RETRY_BOUND = 1 << 62
 _ABSTRACT_LOCALS: dict[str, frozenset[str]] = {
     "tdx_handle_ept_violation": frozenset({"attempt"}),
 }
+#: Locals of kernel frames that are dead at every point the frame can be suspended (each read
+#: follows an assignment with no yield between), left out of a state as if unbound: they
+#: cannot change what the CPU does next. tdx_handle_ept_violation()'s ``ret`` is the result of
+#: the lap before, RET_PF_RETRY, at every turn of a later lap, and unbound at every turn of the
+#: first: with it, a vCPU back at the top of the loop after a lost race was a new state, not
+#: the state of its first lap, and every state it met again in its second lap was searched
+#: twice (tests/test_explore_keys.py checks the claim against the function's bytecode).
+_DEAD_LOCALS: dict[str, frozenset[str]] = {
+    "tdx_handle_ept_violation": frozenset({"ret"}),
+}
 
 
 class SearchLimit(Exception):
@@ -886,7 +896,7 @@ def _frames(gen: Any, ids: dict[int, Any], abstract: bool = True) -> tuple[Any, 
         # (a scalar, an object named in ``ids``) taken here: this runs for every local of
         # every frame of every state.
         f_locals = frame.f_locals
-        names = _varnames(code)
+        names = _varnames(code, abstract)
         if hidden is None:
             locs = tuple(
                 [
@@ -917,20 +927,22 @@ _SCALARS = frozenset({int, str, bool, float, bytes, type(None)})
 _UNBOUND = object()
 
 
-def _varnames(code: types.CodeType) -> tuple[str, ...]:
+def _varnames(code: types.CodeType, abstract: bool = False) -> tuple[str, ...]:
     """Every local a frame of ``code`` can have, in the code's order (arguments and locals,
-    then cells, then free variables: what ``f_locals`` holds when all are bound). Kept per
-    code object by its id, the object held with it so the id stays its own: a code object's
-    hash digests its bytecode and constants, a third of a microsecond at every frame read."""
+    then cells, then free variables: what ``f_locals`` holds when all are bound), without its
+    dead locals (:data:`_DEAD_LOCALS`) if ``abstract``. Kept per code object by its id, the
+    object held with it so the id stays its own: a code object's hash digests its bytecode
+    and constants, a third of a microsecond at every frame read."""
     hit = _VARNAMES.get(id(code))
     if hit is not None and hit[0] is code:
-        return hit[1]
+        return hit[2] if abstract else hit[1]
     names = code.co_varnames + code.co_cellvars + code.co_freevars
-    _VARNAMES[id(code)] = (code, names)
-    return names
+    dead = _DEAD_LOCALS.get(code.co_qualname, frozenset())
+    _VARNAMES[id(code)] = (code, names, tuple([k for k in names if k not in dead]))
+    return _varnames(code, abstract)
 
 
-_VARNAMES: dict[int, tuple[types.CodeType, tuple[str, ...]]] = {}
+_VARNAMES: dict[int, tuple[types.CodeType, tuple[str, ...], tuple[str, ...]]] = {}
 
 
 @functools.lru_cache(maxsize=1 << 16)
