@@ -1499,7 +1499,8 @@ class _Universe:
 #: A searched turn from a state (:attr:`_Node.out`): its footprint in the full relation (sleep
 #: sets), its footprint in the lock-aware one (races, :func:`_lock_aware`), who holds
 #: ``pamt_lock`` after it, its access bits (:class:`_Universe`) and the state it leads to. One
-#: tuple per turn, not one dict per field per state: five small dicts were 1.1 KB of a state.
+#: tuple per turn, not one dict per field per state (a node 1,721 -> 1,115 B on
+#: ``fresh_td_3vcpu``).
 _Out = tuple[Footprint, Footprint, str | None, int, Digest]
 
 
@@ -1922,8 +1923,8 @@ class _Reduced:
         if len(labels) > 1:
             self.fused[(key, p)] = len(labels)
             label = tuple(labels)
-        # (one object per distinct footprint: most turns' are one of a few hundred, and each
-        # searched turn kept its own six frozensets)
+        # (one object per distinct footprint: each searched turn kept its own six frozensets,
+        # where fresh_td_3vcpu's 34,000 searched turns have 85 distinct footprints)
         interned = self.interned
         fp = interned.setdefault(fp, fp)
         lfp = interned.setdefault(lfp, lfp)
