@@ -6,6 +6,7 @@ framing shows here rather than as a search that moved."""
 
 from __future__ import annotations
 
+import dis
 import pickle
 from pathlib import Path
 from typing import Any
@@ -166,8 +167,6 @@ def _read_after_a_yield(code: Any, name: str) -> list[int]:
     """The offsets of the yields after which ``name`` can be read before it is assigned again
     (a forward walk of the bytecode's control flow from each yield: jumps, fall-throughs and
     exception handlers). Empty: the local is dead at every point the frame is suspended."""
-    import dis
-
     ins = list(dis.get_instructions(code))
     at = {x.offset: k for k, x in enumerate(ins)}
     handlers = [
@@ -206,11 +205,7 @@ def _read_after_a_yield(code: Any, name: str) -> list[int]:
 def _kernel_code(qualname: str) -> Any:
     """The code object of a kernel function, compiled from its source (the engine's build may
     have compiled the module itself to C, which has no bytecode)."""
-    from explorer.model import kvm
-
-    path = Path(kvm.__file__).with_suffix(".py")
-    if not path.exists():
-        path = Path(__file__).resolve().parent.parent / "explorer" / "model" / "kvm.py"
+    path = Path(__file__).resolve().parent.parent / "explorer" / "model" / "kvm.py"
     todo = [compile(path.read_text(), str(path), "exec")]
     while todo:
         c = todo.pop()

@@ -938,8 +938,9 @@ def _varnames(code: types.CodeType, abstract: bool = False) -> tuple[str, ...]:
         return hit[2] if abstract else hit[1]
     names = code.co_varnames + code.co_cellvars + code.co_freevars
     dead = _DEAD_LOCALS.get(code.co_qualname, frozenset())
-    _VARNAMES[id(code)] = (code, names, tuple([k for k in names if k not in dead]))
-    return _varnames(code, abstract)
+    live = tuple([k for k in names if k not in dead])
+    _VARNAMES[id(code)] = (code, names, live)
+    return live if abstract else names
 
 
 _VARNAMES: dict[int, tuple[types.CodeType, tuple[str, ...], tuple[str, ...]]] = {}
