@@ -27,6 +27,7 @@ from explorer.interleavings.job import (
     first_difference,
     outcome_rows,
     pinned_trace,
+    reached_rows,
     violation_rows,
 )
 from explorer.model.constants import mode_label
@@ -135,7 +136,8 @@ def _summary(result: dict[str, Any]) -> None:
         st.warning(
             f"Incomplete: {states:,} states {searched} in {seconds} s, then the search stopped "
             f"in group {covered.get('groups', '?')} of {covered.get('groups_total', '?')}; "
-            "nothing is claimed. Raise the state limit and run it again."
+            "nothing is claimed about the outcomes it did not reach. Raise the state limit and "
+            "run it again."
         )
         st.text(str(result.get("stopped", "")))
         return
@@ -183,6 +185,40 @@ def _outcomes(loaded: common.Loaded, settings: Settings, result: dict[str, Any])
                 help=f"Open outcome {n} in Explore, pinned to a schedule that reaches it",
             ):
                 _open(loaded, settings, o["orders"], f"outcome {n}", f"outcome-{n}")
+
+
+def _reached(loaded: common.Loaded, settings: Settings, result: dict[str, Any]) -> None:
+    """What a search stopped by its limit (or the Stop button) had reached: real end states,
+    each with a schedule that reaches it, but not every outcome."""
+    rows = reached_rows(result)
+    st.subheader("Reached before the stop")
+    st.caption(
+        "The search did not finish, so these are not every outcome and no schedule counts are "
+        "claimed; each is a real end state, with a schedule that reaches it. Open one to "
+        "replay that schedule."
+    )
+    config = {"regions (refcount)": st.column_config.TextColumn(width="medium")}
+    st.dataframe(
+        common.safe_frame(rows),
+        hide_index=True,
+        width="stretch",
+        key="table_reached",
+        column_config=config,
+    )
+    reached = result["reached"][:MAX_OUTCOME_BUTTONS]
+    if len(result["reached"]) > MAX_OUTCOME_BUTTONS:
+        st.caption(f"Buttons for the first {MAX_OUTCOME_BUTTONS}.")
+    for first in range(0, len(reached), BUTTONS_PER_ROW):
+        cols = st.columns(BUTTONS_PER_ROW)
+        row = enumerate(reached[first : first + BUTTONS_PER_ROW], first + 1)
+        for col, (n, o) in zip(cols, row, strict=False):
+            if col.button(
+                f"Reached {n}",
+                key=f"btn_open_reached_{n}",
+                width="stretch",
+                help=f"Open end state {n} in Explore, pinned to a schedule that reaches it",
+            ):
+                _open(loaded, settings, o["orders"], f"reached {n}", f"reached-{n}")
 
 
 def _findings(loaded: common.Loaded, settings: Settings, result: dict[str, Any]) -> None:
@@ -279,6 +315,8 @@ def main() -> None:
         return
     if status.state == "stopped":
         st.warning(status.message)
+        if status.result is not None and status.result.get("reached"):
+            _reached(loaded, settings, status.result)
         return
     if status.state == "failed" or status.result is None:
         st.error("The search failed:")
@@ -293,6 +331,8 @@ def main() -> None:
         return
     _summary(result)
     _outcomes(loaded, settings, result)
+    if not result["complete"] and result.get("reached"):
+        _reached(loaded, settings, result)
     _findings(loaded, settings, result)
 
 

@@ -100,3 +100,25 @@ def test_the_search_allocates_per_cpu_unless_the_user_says_otherwise() -> None:
     at.selectbox(key="knob_allocator").set_value("spread").run()
     assert not [t for t in at.toggle if t.key == "explore_percpu"]
     assert any(c.value == "allocator: spread" for c in at.caption)
+
+
+def test_a_search_stopped_by_its_limit_shows_and_opens_what_it_reached() -> None:
+    at = _page("cold_race_3vcpu")
+    at.number_input(key="explore_max_states").set_value(1_000).run()
+    at.button(key="btn_explore").click().run()
+    end = time.monotonic() + DEADLINE
+    while not any(w.value.startswith("Incomplete:") for w in at.warning):
+        assert not at.exception, [e.value for e in at.exception]
+        assert not at.error, [e.value for e in at.error]
+        assert time.monotonic() < end, "the search did not stop in time"
+        time.sleep(0.2)
+        at.run()
+    assert any(h.value == "Reached before the stop" for h in at.subheader)
+    reached = _table(at, "reached")
+    assert len(reached) >= 1 and "lost races" in reached.columns
+    assert not any("schedules" in c for c in reached.columns)
+    at.button(key="btn_open_reached_1").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    loaded = at.session_state.loaded
+    assert loaded.name == "cold_race_3vcpu" and loaded.schedule
+    assert any(m.value.startswith("**Step ") for m in at.markdown)

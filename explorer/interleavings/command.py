@@ -114,6 +114,8 @@ def _write_pinned(trace: Trace, settings: Settings, r: dict[str, Any], path: str
         orders, what = r["violations"][0]["orders"], f"finding {r['violations'][0]['code']}"
     elif r["outcomes"]:
         orders, what = r["outcomes"][0]["orders"], "outcome 1"
+    elif r.get("reached"):  # a stopped search: an end state it had reached
+        orders, what = r["reached"][0]["orders"], "the first outcome reached before the stop"
     else:
         print("nothing to pin: the search found no schedule", file=sys.stderr)
         return
@@ -144,27 +146,22 @@ def _print_exploration(r: dict[str, Any], out: TextIO) -> None:
         f"({r['end_states']} end state(s)) in {r['seconds']:.2f} s ({state})\n"
     )
     for i, o in enumerate(r["outcomes"], 1):
-        c = o["counters"]
-        regions = ", ".join(
-            f"r{k}: refcount {v['refcount']}{' pair' if v['pair'] else ''}"
-            for k, v in o["regions"].items()
+        _print_outcome(
+            f"outcome {i}: {o['schedules']:,} schedule(s)"
+            + (" searched" if r.get("reduction") else ""),
+            o,
+            out,
         )
+    reached = r.get("reached", [])
+    if reached:
+        ends = sum(o.get("variants", 1) for o in reached)
         out.write(
-            f"outcome {i}: {o['schedules']:,} schedule(s){' searched' if r.get('reduction') else ''}; lost races {c['pamt_lost_race']}, "
-            f"PAMT.ADD {c['pamt_add']} (failed {c['pamt_add_failed']}), cache pages "
-            f"{sum(o['pamt_cache'].values())}; {regions or 'no region'}"
-            + (f"; {', '.join(o['diagnostics'])}" if o["diagnostics"] else "")
-            + "\n"
+            f"# reached before the stop: {len(reached)} distinct outcome(s) ({ends} end "
+            "state(s)), each with a schedule that reaches it; not every outcome (the search did "
+            "not finish), and no schedule counts\n"
         )
-        if o.get("variants", 1) > 1:
-            out.write(
-                f"  {o['variants']} end states (apart in page numbers or counts of retries)\n"
-            )
-        for p in o.get("paths", [])[:4]:
-            out.write("  path: " + "; ".join(f"{c}: {' > '.join(q)}" for c, q in p.items()) + "\n")
-        if len(o.get("paths", [])) > 4:
-            out.write(f"  ... {len(o['paths']) - 4} more path(s)\n")
-        out.write(f"  e.g. {' '.join(o['example'])}\n")
+        for i, o in enumerate(reached, 1):
+            _print_outcome(f"reached {i}", o, out)
     for v in r["violations"]:
         out.write(
             f"{v['kind'].upper()} {v['code']} at step {v['step']} (group {v['group'] + 1}): "
@@ -173,6 +170,30 @@ def _print_exploration(r: dict[str, Any], out: TextIO) -> None:
         )
     if "impossible" in r:
         out.write(f"# an event is impossible under some interleaving: {r['impossible']}\n")
+
+
+def _print_outcome(head: str, o: dict[str, Any], out: TextIO) -> None:
+    """One outcome (or one reached before a stop): what it leaves, its end states, kernel
+    paths and a schedule that reaches it."""
+    c = o["counters"]
+    regions = ", ".join(
+        f"r{k}: refcount {v['refcount']}{' pair' if v['pair'] else ''}"
+        for k, v in o["regions"].items()
+    )
+    out.write(
+        f"{head}; lost races {c['pamt_lost_race']}, "
+        f"PAMT.ADD {c['pamt_add']} (failed {c['pamt_add_failed']}), cache pages "
+        f"{sum(o['pamt_cache'].values())}; {regions or 'no region'}"
+        + (f"; {', '.join(o['diagnostics'])}" if o["diagnostics"] else "")
+        + "\n"
+    )
+    if o.get("variants", 1) > 1:
+        out.write(f"  {o['variants']} end states (apart in page numbers or counts of retries)\n")
+    for p in o.get("paths", [])[:4]:
+        out.write("  path: " + "; ".join(f"{c}: {' > '.join(q)}" for c, q in p.items()) + "\n")
+    if len(o.get("paths", [])) > 4:
+        out.write(f"  ... {len(o['paths']) - 4} more path(s)\n")
+    out.write(f"  e.g. {' '.join(o['example'])}\n")
 
 
 def cmd_explore_grid(args: argparse.Namespace) -> int:
@@ -274,7 +295,8 @@ def add_explore_and_grid(sub: Any) -> None:
     x.add_argument(
         "--write-pinned",
         metavar="FILE",
-        help="write the trace with the first finding's schedule (else outcome 1's) pinned",
+        help="write the trace with the first finding's schedule (else outcome 1's; of a search "
+        "stopped by a limit, the first outcome it reached) pinned",
     )
     x.add_argument(
         "--progress",

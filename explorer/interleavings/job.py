@@ -181,8 +181,16 @@ class ExploreJob:
             shutil.rmtree(self._dir, ignore_errors=True)
         with self._lock:
             if self._stop_requested:
+                # the child answers the stop signal with what it covered (exit 3, its JSON):
+                # kept, for the outcomes it had reached; a child killed before that left none
                 self._state = "stopped"
                 self._message = f"stopped after {self._states:,} states: nothing is claimed"
+                try:
+                    result = json.loads(text) if code in RESULT_STATUSES else None
+                except ValueError:
+                    result = None
+                if isinstance(result, dict):
+                    self._result = result
                 return
             if code in RESULT_STATUSES:
                 try:
@@ -207,8 +215,9 @@ class ExploreJob:
             return JobStatus(self._state, self._states, self._result, self._message)
 
     def stop(self) -> None:
-        """End the search: terminate the child (it holds no state worth saving: a stopped
-        search claims nothing). The reader thread then reports ``stopped``."""
+        """End the search: terminate the child, which answers with what it covered (the
+        outcomes it had reached, no claim about the others) unless it has not done so within
+        5 s (then it is killed). The reader thread then reports ``stopped``."""
         with self._lock:
             if self._state != "running":
                 return
@@ -257,25 +266,38 @@ def outcome_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     big = any(int(o["schedules"]) > INT64_MAX for o in outcomes)
     rows = []
     for n, o in enumerate(outcomes, 1):
-        counters = o.get("counters", {})
-        rows.append(
-            {
-                "outcome": n,
-                column: f"{o['schedules']:,}" if big else int(o["schedules"]),
-                "lost races": int(o.get("lost_races", 0)),
-                "PAMT.ADD": int(counters.get("pamt_add", 0)),
-                "PAMT.ADD failed": int(counters.get("pamt_add_failed", 0)),
-                "PAMT.REMOVE": int(counters.get("pamt_remove", 0)),
-                "pages in DPAMT caches": sum(int(v) for v in o.get("pamt_cache", {}).values()),
-                "regions (refcount)": _regions_text(o.get("regions", {})),
-                # the engine's codes are "kind:CODE"; every kind is a problem, the code says which
-                "findings": ", ".join(d.split(":", 1)[-1] for d in o.get("diagnostics", [])),
-                "end states": int(o.get("variants", 1)),
-                "kernel paths": paths_text(o.get("paths", [])),
-                "turns": len(o.get("example", [])),
-            }
-        )
+        count = f"{o['schedules']:,}" if big else int(o["schedules"])
+        rows.append({"outcome": n, column: count, **_outcome_row(o)})
     return rows
+
+
+def reached_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of :func:`outcome_rows` for what a stopped search had reached
+    (``result["reached"]``): no schedule counts (the search did not finish counting them) and
+    no kernel paths (not gathered for a search that did not finish)."""
+    rows = []
+    for n, o in enumerate(result.get("reached", []), 1):
+        row = _outcome_row(o)
+        del row["kernel paths"]
+        rows.append({"reached": n, **row})
+    return rows
+
+
+def _outcome_row(o: dict[str, Any]) -> dict[str, Any]:
+    counters = o.get("counters", {})
+    return {
+        "lost races": int(o.get("lost_races", 0)),
+        "PAMT.ADD": int(counters.get("pamt_add", 0)),
+        "PAMT.ADD failed": int(counters.get("pamt_add_failed", 0)),
+        "PAMT.REMOVE": int(counters.get("pamt_remove", 0)),
+        "pages in DPAMT caches": sum(int(v) for v in o.get("pamt_cache", {}).values()),
+        "regions (refcount)": _regions_text(o.get("regions", {})),
+        # the engine's codes are "kind:CODE"; every kind is a problem, the code says which
+        "findings": ", ".join(d.split(":", 1)[-1] for d in o.get("diagnostics", [])),
+        "end states": int(o.get("variants", 1)),
+        "kernel paths": paths_text(o.get("paths", [])),
+        "turns": len(o.get("example", [])),
+    }
 
 
 def paths_text(paths: Sequence[dict[str, list[str]]]) -> str:

@@ -96,6 +96,9 @@ MAX_FUSED_TURNS = 64
 _LAP_ENDS = frozenset({"fault.retry"})
 
 Digest = bytes
+#: An end state as a group's search records it: the turns that reach it, the machine there
+#: and the diagnostics' codes
+_EndSoFar = tuple[list[str], "MachineImage", tuple[str, ...]]
 #: The edges of the reduced search that are several turns of one CPU (its turns that touch no
 #: shared object, fused with the turn after them: :meth:`_Reduced._execute`), by (the state
 #: they leave, the CPU): how many turns
@@ -237,6 +240,9 @@ class Explorer:
         self.violations: dict[str, Violation] = {}
         self.deadlocks = 0
         self.stopped: str | None = None  # an impossible event under some interleaving
+        #: the group being searched: each start's end states reached so far (the dict the
+        #: search fills), for what a stopped search can still show (:meth:`_reached`)
+        self._in_group: list[tuple[_End, dict[Digest, _EndSoFar]]] = []
 
     # ------------------------------------------------------------------ machines
     def _machine(self) -> Machine:
@@ -294,6 +300,7 @@ class Explorer:
         complete = True
         ends: list[_End]
         first = concurrent[0] if concurrent else len(spans)
+        reached: list[dict[str, Any]] = []
         self._run_plain(m, spans[:first])
         ends = [_End(b"", m.image(), [], 1, ())] if m.stopped is None else []
         if m.stopped is not None:
@@ -307,6 +314,8 @@ class Explorer:
         except SearchLimit as exc:
             complete = False
             reason = str(exc)
+            last = bool(concurrent) and len(self.groups) == len(concurrent)
+            reached = self._reached(spans[concurrent[-1] + 1 :]) if last else []
         else:
             reason = ""
             if not concurrent and m.stopped is None:
@@ -333,6 +342,7 @@ class Explorer:
         }
         if reason:
             result["stopped"] = reason
+            result["reached"] = reached
         if self.stopped is not None:
             result["impossible"] = self.stopped
         return result
@@ -359,6 +369,7 @@ class Explorer:
         after the single-CPU batches that follow it, ``after``)."""
         merged: dict[Digest, _End] = {}
         search = self._search_reduced if self.reduction else self._search
+        self._in_group = []
         for start in starts:
             for end in search(k, span, start):
                 m = self._machine()
@@ -392,6 +403,7 @@ class Explorer:
         enabled_at: dict[Digest, tuple[str, ...]] = {}
         parent_of: dict[Digest, tuple[Digest, str]] = {}
         ends: dict[Digest, tuple[list[str], MachineImage, tuple[str, ...]]] = {}
+        self._in_group.append((start, ends))
         visited: set[Digest] = set()
         lap_keys: set[Digest] = set()  # the states' keys without counters (see _lap_back)
         root: Digest | None = None
@@ -493,6 +505,8 @@ class Explorer:
         states, deadlocks, violations = self.states, self.deadlocks, dict(self.violations)
         while True:
             g = _Reduced(self, k, start, items, shared)
+            self._in_group = [e for e in self._in_group if e[0] is not start]
+            self._in_group.append((start, g.ends))
             try:
                 g.run()
                 break
@@ -644,6 +658,27 @@ class Explorer:
                 [name for order in start.orders for name in order] + list(prefix),
                 [*start.orders, list(prefix)],
             )
+
+    def _reached(self, after: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+        """What a search stopped in the trace's last concurrent group had reached: the end
+        states found so far (each by a schedule that reaches it, run on through the batches
+        ``after`` it, as :meth:`_group` does), grouped as outcomes are. Not every outcome: the
+        search did not finish, so nothing is claimed about the others, nor about how many
+        schedules reach these (no ``schedules``, no kernel paths)."""
+        out = []
+        for start, ends in self._in_group:
+            for turns, image, codes in list(ends.values()):
+                m = self._machine()
+                m.restore(image)
+                self._run_plain(m, after)
+                if m.stopped is not None:
+                    continue
+                end = _End(b"", m.image(), [*start.orders, turns], 0, codes, frozenset())
+                out.append(self._outcome(end))
+        grouped = _group_outcomes(out)
+        for o in grouped:
+            del o["schedules"], o["paths"]
+        return grouped
 
     def _outcome(self, end: _End) -> dict[str, Any]:
         m = self._machine()
