@@ -223,7 +223,7 @@ class Timeline:
         m.run_batch((i, self.events[i]) for i in range(start, end))
 
     def _batch_steps(self, b: int) -> list[Step]:
-        with self._lock:
+        with self._lock, gc_paused():  # (as :meth:`state_at`)
             return self._batch_steps_locked(b)
 
     def _batch_steps_locked(self, b: int) -> list[Step]:
@@ -246,7 +246,13 @@ class Timeline:
             m = Machine(self.settings, record=False)
             return m.snapshot(step=-1, event=-1)
         b = self.batch_of_step(i)
-        with self._lock:  # the checkpoints are read-only; this keeps seeks one at a time
+        # the checkpoints are read-only; the lock keeps seeks one at a time. The collector is
+        # paused: a seek builds a machine of tens of thousands of containers (a host's TDs,
+        # vCPUs and tables), and the full collections they set off rescanned every live object
+        # of the process, the timelines and parsed traces included (a third of a seek's samples
+        # on `fleet`, 128 TDs, in perf); a seek leaves no garbage cycle to collect (none found
+        # by gc.collect() after seeks on the compiled engine)
+        with self._lock, gc_paused():
             return self._state_at_locked(i, b)
 
     def _state_at_locked(self, i: int, b: int) -> Snapshot:
