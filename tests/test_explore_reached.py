@@ -10,6 +10,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 from explorer.ingest import parse_trace
 from explorer.interleavings.job import ExploreJob, outcome_rows, reached_rows
 from explorer.interleavings.search import explore, outcome_key, pin
@@ -160,3 +162,20 @@ def test_the_stop_button_keeps_what_the_search_had_reached() -> None:
     r = status.result
     assert r is not None and not r["complete"] and "cancelled" in r["stopped"]
     assert r["reached"] and reached_rows(r)
+
+
+@in_process
+def test_summarising_what_was_reached_is_bounded_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search stopped late may hold tens of thousands of end states: summarising them stops
+    at REACHED_SECONDS, and the result says how many of those found it summarised."""
+    import explorer.interleavings.search as search
+
+    events, settings = _fresh()
+    r = explore(events, settings, max_states=300)
+    c = r["covered"]
+    assert c["end_states_found"] == c["end_states_summarised"] > 0
+    assert sum(o["variants"] for o in r["reached"]) == c["end_states_summarised"]
+    monkeypatch.setattr(search, "REACHED_SECONDS", -1.0)
+    r = explore(events, settings, max_states=300)
+    c = r["covered"]
+    assert c["end_states_found"] > 0 and c["end_states_summarised"] == 0 and r["reached"] == []

@@ -155,10 +155,17 @@ def _print_exploration(r: dict[str, Any], out: TextIO) -> None:
     reached = r.get("reached", [])
     if reached:
         ends = sum(o.get("variants", 1) for o in reached)
+        c = r["covered"]
+        of = (
+            f", of the first {c['end_states_summarised']:,} of {c['end_states_found']:,} end "
+            "states found (the rest not summarised: a time bound)"
+            if c["end_states_summarised"] < c["end_states_found"]
+            else ""
+        )
         out.write(
             f"# reached before the stop: {len(reached)} distinct outcome(s) ({ends} end "
-            "state(s)), each with a schedule that reaches it; not every outcome (the search did "
-            "not finish), and no schedule counts\n"
+            f"state(s){of}), each with a schedule that reaches it; not every outcome (the "
+            "search did not finish), and no schedule counts\n"
         )
         for i, o in enumerate(reached, 1):
             _print_outcome(f"reached {i}", o, out)
