@@ -122,3 +122,27 @@ def test_a_search_stopped_by_its_limit_shows_and_opens_what_it_reached() -> None
     loaded = at.session_state.loaded
     assert loaded.name == "cold_race_3vcpu" and loaded.schedule
     assert any(m.value.startswith("**Step ") for m in at.markdown)
+
+
+def test_an_event_impossible_under_some_order_names_its_line_in_the_users_file() -> None:
+    """The search reads a copy of the upload; the page gives the line of the user's own file
+    (here after two comment lines) and the schedule that reaches it."""
+    from tests.test_explore_plain import ZAP_FIRST
+
+    text = "# a zap racing the fault that maps its gfn\n\n" + ZAP_FIRST
+    at = AppTest.from_file(APP, default_timeout=90)
+    at.run()
+    at.file_uploader[0].set_value(("zap.jsonl", text.encode(), "application/octet-stream")).run()
+    assert at.session_state.loaded.name == "upload"
+    at.switch_page("app_pages/interleavings.py").run()
+    at.button(key="btn_explore").click().run()
+    end = time.monotonic() + DEADLINE
+    while not any("cannot happen" in w.value for w in at.warning):
+        assert not at.exception, [e.value for e in at.exception]
+        assert not at.error, [e.value for e in at.error]
+        assert time.monotonic() < end, "the search did not finish in time"
+        time.sleep(0.2)
+        at.run()
+    (w,) = [w for w in at.warning if "cannot happen" in w.value]
+    assert "line 10 (event 7)" in w.value and "td0" in w.value
+    assert _table(at, "lost races") is not None  # the other orders' outcomes

@@ -99,6 +99,15 @@ def cmd_explore(args: argparse.Namespace) -> int:
                 "the kernel's; --set allocator=lowest searches the global allocator's orders)\n"
             )
         _print_exploration(result, out)
+    if "impossible" in result:  # an event the engine refuses where a schedule brings it
+        at = result["impossible_at"]
+        where = (
+            "before any concurrent group"
+            if at["group"] < 0
+            else f"under the schedule {' '.join(at['schedule'])} (group {at['group'] + 1})"
+        )
+        print(f"{trace.source}:{at['line']}:1: {result['impossible']} ({where})", file=sys.stderr)
+        return EXIT_INVALID
     if not result["complete"]:
         return EXIT_INCOMPLETE
     return EXIT_OK if result["ok"] else EXIT_VIOLATIONS
@@ -171,12 +180,28 @@ def _print_exploration(r: dict[str, Any], out: TextIO) -> None:
             _print_outcome(f"reached {i}", o, out)
     for v in r["violations"]:
         out.write(
-            f"{v['kind'].upper()} {v['code']} at step {v['step']} (group {v['group'] + 1}): "
+            f"{v['kind'].upper()} {v['code']} at step {v['step']} ({_where(v['group'])}): "
             f"{v['message']}\n"
             f"  schedule: {' '.join(v['schedule'])}\n"
         )
     if "impossible" in r:
-        out.write(f"# an event is impossible under some interleaving: {r['impossible']}\n")
+        at = r["impossible_at"]
+        if at["group"] < 0:
+            out.write(
+                f"# line {at['line']} (event {at['event']}) is impossible before any concurrent "
+                f"group, in the trace's one order: {r['impossible']}\n"
+            )
+        else:
+            out.write(
+                f"# line {at['line']} (event {at['event']}) is impossible under some "
+                f"interleaving: {r['impossible']}\n  schedule: {' '.join(at['schedule'])}\n"
+            )
+
+
+def _where(group: int) -> str:
+    """A finding's place: in (or in the single-CPU batches after) group ``group + 1``, or in
+    those before the first group (-1), which run in one order."""
+    return "before the first concurrent group" if group < 0 else f"group {group + 1}"
 
 
 def _print_outcome(head: str, o: dict[str, Any], out: TextIO) -> None:

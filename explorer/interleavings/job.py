@@ -54,6 +54,9 @@ MAX_MAX_STATES = 1_000_000
 STDERR_LINES = 40
 #: The exit statuses after which stdout holds the JSON result: 0 clean, 1 findings, 3 limit.
 RESULT_STATUSES = (0, 1, 3)
+#: The exit status of an invalid trace, which includes an event impossible where some schedule
+#: brings it: then the child still prints its result (see :meth:`ExploreJob._finish`)
+IMPOSSIBLE_STATUS = 2
 #: The largest schedule count a table column holds as a number (int64): past it, as text.
 INT64_MAX = 2**63 - 1
 
@@ -192,6 +195,19 @@ class ExploreJob:
                 if isinstance(result, dict):
                     self._result = result
                 return
+            if code == IMPOSSIBLE_STATUS and text.strip():
+                # an event impossible where some schedule brings it: the child still printed
+                # its result (the outcomes of the other schedules, the event's line and the
+                # schedule reaching it); a usage error or an invalid file prints none
+                try:
+                    result = json.loads(text)
+                except ValueError:
+                    result = None
+                if isinstance(result, dict) and "impossible" in result:
+                    self._state = "done"
+                    self._result = result
+                    self._states = max(self._states, int(result.get("states", 0)))
+                    return
             if code in RESULT_STATUSES:
                 try:
                     result = json.loads(text)

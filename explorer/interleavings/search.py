@@ -243,6 +243,8 @@ class Explorer:
         self.violations: dict[str, Violation] = {}
         self.deadlocks = 0
         self.stopped: str | None = None  # an impossible event under some interleaving
+        #: where the first impossible event was met: its line, event, the schedule reaching it
+        self.stopped_at: dict[str, Any] | None = None
         #: the group being searched: each start's end states reached so far (the dict the
         #: search fills), for what a stopped search can still show (:meth:`_reached`)
         self._in_group: list[tuple[_End, dict[Digest, _EndSoFar]]] = []
@@ -306,9 +308,11 @@ class Explorer:
         reached: list[dict[str, Any]] = []
         found = summarised = 0  # end states a stopped search had found, and summarised
         self._run_plain(m, spans[:first])
-        ends = [_End(b"", m.image(), [], 1, ())] if m.stopped is None else []
+        # the batches before the first group run in one order: their findings have no schedule
+        self._note_plain(m, -1, [])
+        ends = [_End(b"", m.image(), [], 1, _diag_codes(m))] if m.stopped is None else []
         if m.stopped is not None:
-            self.stopped = m.stopped.message
+            self._impossible(m, -1, [])
         try:
             for k, b in enumerate(concurrent):
                 span = spans[b]
@@ -351,6 +355,7 @@ class Explorer:
             result["covered"]["end_states_summarised"] = summarised
         if self.stopped is not None:
             result["impossible"] = self.stopped
+            result["impossible_at"] = self.stopped_at
         return result
 
     def _is_concurrent(self, span: tuple[int, int]) -> bool:
@@ -381,20 +386,19 @@ class Explorer:
                 m = self._machine()
                 m.restore(end.image)
                 self._run_plain(m, after)
+                # the single-CPU batches after the group run in one order from its end state:
+                # their findings are reached by the schedule that reached that state
+                self._note_plain(m, k, end.orders)
                 if m.stopped is not None:
-                    self.stopped = m.stopped.message
+                    self._impossible(m, k, end.orders)
                     continue
+                codes = _merge_codes(end.diag_codes, _diag_codes(m))
                 key = _digest(
-                    (
-                        m.canonical_state(_IGNORED_COUNTERS if self.fair else ("spins",)),
-                        end.diag_codes,
-                    )
+                    (m.canonical_state(_IGNORED_COUNTERS if self.fair else ("spins",)), codes)
                 )
                 seen = merged.get(key)
                 if seen is None:
-                    merged[key] = _End(
-                        key, m.image(), end.orders, end.schedules, end.diag_codes, end.paths
-                    )
+                    merged[key] = _End(key, m.image(), end.orders, end.schedules, codes, end.paths)
                 else:
                     seen.schedules += end.schedules
                     seen.paths = _cap(seen.paths | end.paths)
@@ -447,7 +451,7 @@ class Explorer:
                 self._check_limits(k)
                 self._note_violations(m, k, start, prefix)
                 if m.stopped is not None:
-                    self.stopped = m.stopped.message
+                    self._impossible(m, k, [*start.orders, list(prefix)])
                     break
                 live = [th for th in threads if not th.done]
                 enabled = [th for th in live if not m.blocked(th)]
@@ -497,7 +501,7 @@ class Explorer:
                     image,
                     [*start.orders, turns],
                     start.schedules * counts[key],
-                    codes,
+                    _merge_codes(start.diag_codes, codes),
                     _join_paths(start.paths, paths.get(key, set())),
                 )
             )
@@ -649,6 +653,37 @@ class Explorer:
                     [*start.orders, list(prefix)],
                 )
 
+    def _note_plain(self, m: Machine, k: int, orders: list[list[str]]) -> None:
+        """Findings of single-CPU batches, run in their one order after the groups up to ``k``
+        (-1: before the first group) were run in ``orders``: the schedule that reaches them."""
+        for d in m.diagnostics:
+            if d.kind in FINDINGS and d.code not in self.violations:
+                self.violations[d.code] = Violation(
+                    d.kind,
+                    d.code,
+                    d.message,
+                    d.step,
+                    k,
+                    [name for order in orders for name in order],
+                    [list(order) for order in orders],
+                )
+
+    def _impossible(self, m: Machine, k: int, orders: list[list[str]]) -> None:
+        """Note the first impossible event met (an event the engine refuses in the state a
+        schedule brought it to): its message, line and the schedule that reaches it (``orders``:
+        the turn orders of the groups up to ``k``; -1: before the first group, no schedule)."""
+        stop = m.stopped
+        if stop is None or self.stopped is not None:
+            return
+        self.stopped = stop.message
+        self.stopped_at = {
+            "line": stop.line,
+            "event": stop.event + 1,
+            "group": k,
+            "schedule": [name for order in orders for name in order],
+            "orders": orders,
+        }
+
     def _deadlock(
         self, m: Machine, k: int, start: _End, prefix: Sequence[str], live: list[Thread]
     ) -> None:
@@ -689,6 +724,7 @@ class Explorer:
             m.restore(image)
             self._run_plain(m, after)
             if m.stopped is None:
+                codes = _merge_codes(_merge_codes(start.diag_codes, codes), _diag_codes(m))
                 end = _End(b"", image, [*start.orders, turns], 0, codes, frozenset())
                 out.append(self._outcome(end, m))
         grouped = _group_outcomes(out)
@@ -855,6 +891,12 @@ def _keys(
 
 def _diag_codes(m: Machine) -> tuple[str, ...]:
     return tuple(sorted({f"{d.kind}:{d.code}" for d in m.diagnostics}))
+
+
+def _merge_codes(before: tuple[str, ...], now: tuple[str, ...]) -> tuple[str, ...]:
+    """The diagnostics of a run so far: those of the groups and batches before (a machine's
+    own list starts empty at each group) and those since, sorted, each once."""
+    return tuple(sorted(set(before) | set(now))) if before else now
 
 
 def _threads_state(m: Machine, threads: list[Thread], abstract: bool = True) -> tuple[Any, ...]:
@@ -1882,7 +1924,7 @@ class _Reduced:
         ex._check_limits(self.k)
         ex._note_violations(m, self.k, self.start, self.prefix)
         if m.stopped is not None:
-            ex.stopped = m.stopped.message
+            ex._impossible(m, self.k, [*self.start.orders, list(self.prefix)])
             self.cur = None
             return key, True
         live = [th for th in threads if not th.done]
