@@ -169,3 +169,23 @@ def test_the_app_job_shows_the_result_of_a_search_with_an_impossible_event() -> 
     assert status.state == "done", status.message
     r = status.result
     assert r is not None and r["impossible_at"]["line"] == 8 and r["outcomes"]
+
+
+#: a fault pins a page the other vCPU's first cache top-up (from its per-CPU block) would take
+PINNED_IN_A_BLOCK = (
+    HEAD
+    + SETUP
+    + '{"op": "fault", "vcpu": 0, "gfn": "0x10"}\n'
+    + '{"op": "fault", "vcpu": 0, "gfn": "0x1000", "pfn": "0x10a", "t": 1}\n'
+    + '{"op": "fault", "vcpu": 1, "gfn": "0x2000", "t": 1}\n'
+)
+
+
+@in_process
+def test_a_page_the_trace_names_is_free_for_its_fault_in_every_order() -> None:
+    """The search reserves every page the trace names: no other CPU's allocation takes it
+    first, so no order makes the trace's own fault impossible (or its pfn taken)."""
+    r, settings, events = _explore(PINNED_IN_A_BLOCK)
+    assert r["ok"] and "impossible" not in r and r["violations"] == []
+    assert all(o["diagnostics"] == [] for o in r["outcomes"])
+    assert replay(events, settings).stopped is None

@@ -64,7 +64,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from explorer.model.events import Event, Fault, Zap, reserved_pfns
+from explorer.model.events import Event, Fault, Zap, pinned_pfns
 from explorer.model.machine import (
     Machine,
     MachineImage,
@@ -253,8 +253,13 @@ class Explorer:
     def _machine(self) -> Machine:
         m = Machine(self.settings, record=False, check=True)
         m.fp_on = self.reduction
-        if self._pins is None:  # (an imported capture's pages, reserved as conform replays)
-            m.mem.pin(reserved_pfns(self.events))
+        if self._pins is None:
+            # every page the trace names is reserved (not only an imported capture's, as a
+            # replay reserves them): a hand-written fault's pfn is taken when its fault comes,
+            # and in one schedule of a replay it is free then; among every schedule some other
+            # CPU's allocation (a cache top-up from its per-CPU block) would take it first, and
+            # the trace's own page would make its fault impossible under those orders
+            m.mem.pin(pinned_pfns(self.events))
             self._pins = m.mem.pin_table()
         else:
             m.mem.use_pins(self._pins)
