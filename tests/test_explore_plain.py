@@ -42,10 +42,8 @@ TWO_GROUPS = (
     + '{"op": "fault", "vcpu": 0, "gfn": "0x3000", "t": 2}\n'
     + '{"op": "fault", "vcpu": 1, "gfn": "0x4000", "t": 2}\n'
 )
-#: a pinned pfn that is the TD's own control page: impossible before any group
-PREFIX_IMPOSSIBLE = (
-    HEAD + SETUP + '{"op": "fault", "vcpu": 0, "gfn": "0x5", "pfn": "0x0"}\n' + GROUP
-)
+#: a fault of a vCPU no event created: impossible before any group
+PREFIX_IMPOSSIBLE = HEAD + SETUP + '{"op": "fault", "vcpu": 9, "gfn": "0x5"}\n' + GROUP
 #: a zap of the gfn the concurrent fault maps: impossible in the orders where the zap comes first
 ZAP_FIRST = (
     HEAD
@@ -120,7 +118,7 @@ def test_an_impossible_event_before_any_group_is_exit_2_with_its_line(tmp_path: 
     assert code == 2 and data is not None, err
     at = data["impossible_at"]
     assert at["line"] == 6 and at["group"] == -1 and at["schedule"] == []
-    assert "bad.jsonl:6:1: pfn 0x0 is not free" in err and "before any concurrent group" in err
+    assert "bad.jsonl:6:1:" in err and "vCPU 9" in err and "before any concurrent group" in err
     # check names the same line
     p = run_check(str(f))
     assert "bad.jsonl:6:1:" in p

@@ -1345,6 +1345,80 @@ def _finish(
 ) -> Trace:
     if not c.problems and not b.events:
         c.add(0, 0, "the trace has no events", "", "at least one event line")
+    if not c.problems:
+        _check_groups(c, b.events)
     if c.problems:
         raise TraceError(c.problems)
     return Trace(source, fmt, title, description, settings, tuple(b.events))
+
+
+_OP_OF = operator.attrgetter("op")
+#: Ops whose event cannot share a concurrent group with some other events (:func:`_check_groups`)
+_ORDERED_OPS = ("td_destroy", "vcpu_create")
+
+
+def _check_groups(c: _Collector, events: list[Event]) -> None:
+    """Concurrent groups (consecutive events with one ``t``) the kernel cannot run at once:
+
+    - a vCPU's event beside its own ``vcpu_create``: a vCPU runs (KVM_RUN on its fd) only after
+      KVM_CREATE_VCPU returned that fd;
+    - a ``td_destroy`` beside an event of one of its TD's vCPUs: a VM is destroyed
+      (``kvm_destroy_vm``) only when its last reference is dropped, and every vCPU's fd holds
+      one, so none of its vCPUs is in the kernel then (its vCPUs are freed by the teardown).
+
+    Under some interleavings the engine would run them out of that order (a fault before its
+    vCPU exists, a vCPU faulting on after its TD's teardown): refused here, at the later event's
+    line, naming the other. A trace without either op pays two scans of its ops, in C."""
+    ops = list(map(_OP_OF, events))
+    if not any(op in ops for op in _ORDERED_OPS):
+        return
+    owner: dict[int, int] = {}  # vCPU -> its TD, as created so far
+    n = len(events)
+    i = 0
+    while i < n and not c.full:
+        e = events[i]
+        if e.op == "vcpu_create":
+            owner[e.vcpu] = e.td  # type: ignore[attr-defined]
+        t = e.t
+        j = i + 1
+        while t is not None and j < n and events[j].t == t:
+            j += 1
+        if j - i > 1 and any(ops[k] in _ORDERED_OPS for k in range(i, j)):
+            group = events[i:j]
+            for g in group:
+                if g.op == "vcpu_create":
+                    owner[g.vcpu] = g.td  # type: ignore[attr-defined]
+            _check_group(c, group, owner)
+        i = j
+
+
+def _check_group(c: _Collector, group: list[Event], owner: dict[int, int]) -> None:
+    created = {g.vcpu: g for g in group if g.op == "vcpu_create"}  # type: ignore[attr-defined]
+    destroyed = {g.td: g for g in group if g.op == "td_destroy"}  # type: ignore[attr-defined]
+    told: set[int] = set()  # the td_destroys already reported (once each, at the first vCPU)
+    for g in group:
+        vcpu = getattr(g, "vcpu", None)
+        if vcpu is None or g.op == "vcpu_create":
+            continue
+        made = created.get(vcpu)
+        if made is not None:
+            c.add(
+                g.line,
+                1,
+                f"vCPU {vcpu}'s {g.op} shares t={g.t} with its own vcpu_create (line "
+                f"{made.line}): a vCPU runs only after KVM_CREATE_VCPU returned its fd",
+                "",
+                "a later t than the vcpu_create's",
+            )
+        gone = destroyed.get(owner.get(vcpu, -1))
+        if gone is not None and gone.line not in told:
+            told.add(gone.line)
+            c.add(
+                gone.line,
+                1,
+                f"td_destroy of TD {owner[vcpu]} shares t={g.t} with vCPU {vcpu}'s {g.op} (line "
+                f"{g.line}): a VM is destroyed only once its last vCPU fd is closed "
+                "(kvm_destroy_vm), so none of its vCPUs runs at the same time",
+                "",
+                "a later t than its vCPUs' events",
+            )
