@@ -88,3 +88,19 @@ def test_explore_refuses_it_with_the_line(tmp_path: Path) -> None:
     )
     code, _, err = run(str(f))
     assert code == 2 and "g.jsonl:6:1: td_destroy of TD 0" in err
+
+
+def test_a_vcpu_id_created_again_belongs_to_its_new_td() -> None:
+    """vCPU 1 of TD 0, destroyed with it; vCPU 1 again in TD 1: its fault beside TD 1's teardown
+    is refused (the owner is read as of the group, not the first creation)."""
+    text = (
+        HEAD
+        + '{"op": "td_create", "td": 0}\n{"op": "vcpu_create", "td": 0, "vcpu": 1}\n'
+        + '{"op": "td_destroy", "td": 0}\n'
+        + '{"op": "td_create", "td": 1}\n{"op": "vcpu_create", "td": 1, "vcpu": 1}\n'
+        + '{"op": "td_finalize", "td": 1}\n'
+        + '{"op": "fault", "vcpu": 1, "gfn": "0x1", "t": 1}\n'
+        + '{"op": "td_destroy", "td": 1, "t": 1}\n'
+    )
+    (p,) = _problems(text)
+    assert p.startswith("9:td_destroy of TD 1 shares t=1 with vCPU 1's fault (line 8)")

@@ -1368,28 +1368,43 @@ def _check_groups(c: _Collector, events: list[Event]) -> None:
 
     Under some interleavings the engine would run them out of that order (a fault before its
     vCPU exists, a vCPU faulting on after its TD's teardown): refused here, at the later event's
-    line, naming the other. A trace without either op pays two scans of its ops, in C."""
+    line, naming the other. Only the groups around those two ops are looked at, found by
+    scanning the ops in C (``list.index``): a parse pays about 1 % for it."""
     ops = list(map(_OP_OF, events))
-    if not any(op in ops for op in _ORDERED_OPS):
+    found: list[int] = []
+    for op in _ORDERED_OPS:
+        at = -1
+        try:
+            while True:
+                at = ops.index(op, at + 1)
+                found.append(at)
+        except ValueError:
+            pass
+    if not found:
         return
-    owner: dict[int, int] = {}  # vCPU -> its TD, as created so far
+    found.sort()
+    owner: dict[int, int] = {}  # each vCPU's TD as of the group checked (ids may be reused)
+    created = [i for i in found if ops[i] == "vcpu_create"]
+    k = 0  # the creations taken into ``owner`` so far
+    done = -1  # the last event of the last group checked
     n = len(events)
-    i = 0
-    while i < n and not c.full:
-        e = events[i]
-        if e.op == "vcpu_create":
+    for i in found:
+        t = events[i].t
+        if t is None or i <= done or c.full:
+            continue
+        lo = i
+        while lo > 0 and events[lo - 1].t == t:
+            lo -= 1
+        hi = i + 1
+        while hi < n and events[hi].t == t:
+            hi += 1
+        done = hi - 1
+        while k < len(created) and created[k] < hi:  # creations up to the group's end
+            e = events[created[k]]
             owner[e.vcpu] = e.td  # type: ignore[attr-defined]
-        t = e.t
-        j = i + 1
-        while t is not None and j < n and events[j].t == t:
-            j += 1
-        if j - i > 1 and any(ops[k] in _ORDERED_OPS for k in range(i, j)):
-            group = events[i:j]
-            for g in group:
-                if g.op == "vcpu_create":
-                    owner[g.vcpu] = g.td  # type: ignore[attr-defined]
-            _check_group(c, group, owner)
-        i = j
+            k += 1
+        if hi - lo > 1:
+            _check_group(c, events[lo:hi], owner)
 
 
 def _check_group(c: _Collector, group: list[Event], owner: dict[int, int]) -> None:
