@@ -617,6 +617,7 @@ def _pamt_put(m: KernelState, th: Thread, fn: str, region: int) -> KGen:
             m.v5_put_window[region] = left
         else:
             del m.v5_put_window[region]
+            m.recheck(region)  # (0 with a pair is no longer allowed: checked at the unlock)
         cur = m.refcount.get(region, 0)
         if cur:
             yield (
@@ -711,17 +712,26 @@ def _remove(m: KernelState, th: Thread, fn: str, region: int, *, zero_on_success
     if pair is not None:
         for p in pair:
             m.set_owner(p, O_LEAKED)
+    # (the pair the module holds is leaked; a REMOVE that failed because the module holds
+    # none, as after a racing put removed it, leaks nothing but leaves the refcount at 1)
+    leaked = "pair leaked" if pair is not None else "no pair to leak (the module holds none)"
     m.diag(
         "warning",
         "WARN_PAMT_REMOVE",
-        f"TDH.PHYMEM.PAMT.REMOVE region {region} failed: {status}; refcount left at 1, pair "
-        "leaked (the kernel's WARN_ON_ONCE in tdx_pamt_put)",
+        f"TDH.PHYMEM.PAMT.REMOVE region {region} failed: {status}; refcount left at 1, "
+        f"{leaked} (the kernel's WARN_ON_ONCE in tdx_pamt_put)",
     )
     yield (
         fn,
         "pamt_put.remove_fail",
-        "TDH.PHYMEM.PAMT.REMOVE region {}: {}: WARN_ON_ONCE; refcount back to 1, the pair stays with the TDX module (leaked)",
-        (region, status),
+        "TDH.PHYMEM.PAMT.REMOVE region {}: {}: WARN_ON_ONCE; refcount back to 1, {}",
+        (
+            region,
+            status,
+            "the pair stays with the TDX module (leaked)"
+            if pair is not None
+            else "and no pair: the module holds none for this region",
+        ),
     )
     spin_unlock(m, th)
     yield fn, "pamt_put.unlock", "spin_unlock(&pamt_lock)", ()

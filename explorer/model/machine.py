@@ -866,6 +866,21 @@ class Machine(KernelState):
             info = ("trace", "trace.note", "{}", (ev.text,))
         self._commit(th, info)
 
+    def _fp_held(self, held: set[int]) -> None:
+        """The footprint of the checks the step that frees ``pamt_lock`` runs on the regions
+        changed while it was held: a read of a region's refcount and pair only where they
+        disagree (where the check reports). Where they agree the check reports nothing, and
+        no order of this step with another CPU's independent step checks a state the other
+        order does not: such a step, if it changes the region, is checked itself (the lock
+        free) or, before the unlock, with it (docs/engine.md, "Every interleaving")."""
+        pairs = self.module.pairs
+        refcount = self.refcount
+        for r in held:
+            if (refcount.get(r, 0) > 0) != (r in pairs):
+                self.fp_r.add(("Rz", r))
+                self.fp_r.add(("Rp", r))
+                self.fp_checked.add(r)
+
     def _commit(self, th: Thread, info: StepInfo) -> None:
         index = self.nr_steps
         self.nr_steps = index + 1
@@ -879,6 +894,16 @@ class Machine(KernelState):
                 check_regions(self, set(self.refcount) | set(self.module.pairs) | dirty, True)
                 check_global(self)
             else:
+                if self.pamt_lock is not None:
+                    if dirty:
+                        self._held_dirty |= dirty
+                elif self._held_dirty:  # the lock was freed: what changed while it was held
+                    held = self._held_dirty - dirty
+                    self._held_dirty = set()
+                    if held:
+                        if self.fp_on:
+                            self._fp_held(held)
+                        check_regions(self, held)
                 if dirty:
                     check_regions(self, dirty)
                 if self._pairs_changed:
@@ -1300,6 +1325,7 @@ class Machine(KernelState):
         self.batch_regions = set()
         self._fx = []
         self._dirty = set()
+        self._held_dirty = set()
         self.pair_dirty = set()
         self._batch_vcpus = set()
         self._batch_tds = set()

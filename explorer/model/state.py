@@ -314,6 +314,11 @@ class KernelState:
         self.stop_at = -1
         self._fx: list[Effect] = []
         self._dirty: set[int] = set()
+        #: regions changed in steps taken while ``pamt_lock`` was held: invariant 1 holds only
+        #: with the lock free, so they are checked again at the step that frees it (a region a
+        #: put left at refcount 1 without a pair under the lock is a violation at the unlock,
+        #: not at whichever later step touches the region)
+        self._held_dirty: set[int] = set()
         #: regions whose pair was added or removed in this step (invariant 4 checks them)
         self.pair_dirty: set[int] = set()
         self._ckpt_regions: set[int] = set()  # refcount/orphans/gotten keys since a checkpoint
@@ -513,6 +518,14 @@ class KernelState:
         th.owe += delta
         self._dirty.add(region)  # (every change of invariant 2's terms is checked)
         if self.fp_on:  # (read by invariant 2 only, which needs no footprint: see above)
+            self._fp_checked(region)
+
+    def recheck(self, region: int) -> None:
+        """Check ``region``'s invariants after this step: its state changed in a way the
+        setters below do not record (v5-hint's put window closing, which ends invariant 1's
+        allowance of 0 with a pair)."""
+        self._dirty.add(region)
+        if self.fp_on:
             self._fp_checked(region)
 
     def set_refcount(self, region: int, new: int, th: Thread) -> None:
