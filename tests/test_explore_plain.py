@@ -187,3 +187,20 @@ def test_a_page_the_trace_names_is_free_for_its_fault_in_every_order() -> None:
     assert r["ok"] and "impossible" not in r and r["violations"] == []
     assert all(o["diagnostics"] == [] for o in r["outcomes"])
     assert replay(events, settings).stopped is None
+
+
+#: a 2 MiB fault under v6: KVM_BUG_ON (a WARN_ON_ONCE that bugs the VM) fires
+TWO_MEG = (
+    HEAD
+    + SETUP
+    + '{"op": "fault", "vcpu": 0, "gfn": "0x200", "level": "2m", "t": 1}\n'
+    + '{"op": "fault", "vcpu": 1, "gfn": "0x3000", "t": 1}\n'
+)
+
+
+@in_process
+def test_the_kernels_bug_checks_are_findings() -> None:
+    """KVM_BUG_ON is the kernel's WARN (and bugs the VM): a finding, exit 1, like a WARN."""
+    r, _, _ = _explore(TWO_MEG)
+    (v,) = [v for v in r["violations"] if v["code"] == "KVM_BUG_ON"]
+    assert v["kind"] == "error" and not r["ok"]

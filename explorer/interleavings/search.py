@@ -111,6 +111,14 @@ Label = str | tuple[str, ...]
 #: The diagnostics an exploration reports as findings (exit status 1): invariant violations and
 #: the kernel's own WARNs (a WARN_ON_ONCE that fires under some schedule is a bug it found).
 FINDINGS = ("violation", "warning")
+#: The kernel's bug checks among the engine's "error" diagnostics, findings too: KVM_BUG_ON is a
+#: WARN_ON_ONCE that also marks the VM bugged, BUG_ON would crash the host (the explorer's own
+#: errors, an impossible event or the step limit, are not findings of the kernel)
+FINDING_ERRORS = frozenset({"KVM_BUG_ON", "BUG_ON"})
+
+
+def _finding(kind: str, code: str) -> bool:
+    return kind in FINDINGS or (kind == "error" and code in FINDING_ERRORS)
 
 
 #: Counters left out of a state (Machine.canonical_state): the spin count, and the retry count,
@@ -647,7 +655,7 @@ class Explorer:
 
     def _note_violations(self, m: Machine, k: int, start: _End, prefix: Sequence[str]) -> None:
         for d in m.diagnostics:
-            if d.kind in FINDINGS and d.code not in self.violations:
+            if _finding(d.kind, d.code) and d.code not in self.violations:
                 self.violations[d.code] = Violation(
                     d.kind,
                     d.code,
@@ -662,7 +670,7 @@ class Explorer:
         """Findings of single-CPU batches, run in their one order after the groups up to ``k``
         (-1: before the first group) were run in ``orders``: the schedule that reaches them."""
         for d in m.diagnostics:
-            if d.kind in FINDINGS and d.code not in self.violations:
+            if _finding(d.kind, d.code) and d.code not in self.violations:
                 self.violations[d.code] = Violation(
                     d.kind,
                     d.code,
