@@ -425,7 +425,7 @@ class Explorer:
         labels: dict[Digest, list[Label]] = {}  # each edge's step label, as edges[...] lists them
         enabled_at: dict[Digest, tuple[str, ...]] = {}
         parent_of: dict[Digest, tuple[Digest, str]] = {}
-        ends: dict[Digest, tuple[list[str], MachineImage, tuple[str, ...]]] = {}
+        ends: dict[Digest, _EndSoFar] = {}
         self._in_group.append((start, ends))
         visited: set[Digest] = set()
         lap_keys: set[Digest] = set()  # the states' keys without counters (see _lap_back)
@@ -496,7 +496,7 @@ class Explorer:
         labels: dict[Digest, list[Label]],
         enabled_at: dict[Digest, tuple[str, ...]],
         parent_of: dict[Digest, tuple[Digest, str]],
-        ends: dict[Digest, tuple[list[str], MachineImage, tuple[str, ...]]],
+        ends: dict[Digest, _EndSoFar],
         fused: Fused | None = None,
     ) -> list[_End]:
         """A group's searched graph to its end states: the livelock check, the schedules
@@ -654,21 +654,15 @@ class Explorer:
         )
 
     def _note_violations(self, m: Machine, k: int, start: _End, prefix: Sequence[str]) -> None:
-        for d in m.diagnostics:
-            if _finding(d.kind, d.code) and d.code not in self.violations:
-                self.violations[d.code] = Violation(
-                    d.kind,
-                    d.code,
-                    d.message,
-                    d.step,
-                    k,
-                    [name for order in start.orders for name in order] + list(prefix),
-                    [*start.orders, list(prefix)],
-                )
+        """Findings of a state of group ``k``, reached from ``start`` by the turns ``prefix``
+        (called at every state: the schedule is built only when there is a diagnostic)."""
+        if m.diagnostics:
+            self._note_plain(m, k, [*start.orders, list(prefix)])
 
     def _note_plain(self, m: Machine, k: int, orders: list[list[str]]) -> None:
-        """Findings of single-CPU batches, run in their one order after the groups up to ``k``
-        (-1: before the first group) were run in ``orders``: the schedule that reaches them."""
+        """Findings the machine has raised, reached by the turn orders ``orders`` of the groups
+        up to ``k``: a group's state, or its single-CPU batches run in their one order after
+        (-1: before the first group, no schedule)."""
         for d in m.diagnostics:
             if _finding(d.kind, d.code) and d.code not in self.violations:
                 self.violations[d.code] = Violation(
@@ -721,7 +715,7 @@ class Explorer:
         finish, so nothing is claimed about the others, nor about how many schedules reach
         these (no ``schedules``, no kernel paths).
 
-        Summarising takes about 0.2 ms an end state (a restore and a summary), and a search
+        Summarising takes about 0.1 ms an end state (a restore and a summary), and a search
         stopped late may hold tens of thousands: it stops after :data:`REACHED_SECONDS`, in the
         order the end states were found, so a budget or a stop signal is not overrun by more
         than that (the app's Stop kills a child that has not answered in 5 s)."""
@@ -1714,7 +1708,7 @@ class _Reduced:
         self.shared: set[Any] = shared or set()
         self.enabled_at: dict[Digest, tuple[str, ...]] = {}
         self.parent_of: dict[Digest, tuple[Digest, str]] = {}
-        self.ends: dict[Digest, tuple[list[str], MachineImage, tuple[str, ...]]] = {}
+        self.ends: dict[Digest, _EndSoFar] = {}
         self.lap_keys: set[Digest] = set()
         self.root: Digest | None = None
         self.u = _Universe()
