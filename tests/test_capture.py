@@ -203,7 +203,7 @@ def test_script_doc_and_parser_agree() -> None:
 def test_every_block_is_marked_and_no_kernel_variable_is_read() -> None:
     """preflight.sh drops a block by its marker line; kaddr() needs CONFIG_KALLSYMS_ALL."""
     text = SCRIPT.read_text()
-    blocks = re.findall(r"^((?:k|kret)probe:\S+|tracepoint:\S+)\n\{", text, re.M)
+    blocks = re.findall(r"^((?:k|kret)probe:\S+|tracepoint:\S+)\n(?:/[^\n]*/\n)?\{", text, re.M)
     marked = re.findall(r"^/\* probe (\S+) (?:required|optional): .+ \*/\n(\S+)\n", text, re.M)
     assert len(blocks) == len(marked) > 20 and all(a == b for a, b in marked)
     assert "kaddr(" not in text
@@ -297,3 +297,42 @@ def test_bpftrace_accepts_the_script(tmp_path: Path) -> None:
     kprobes.write_text(re.sub(r"^tracepoint:\S+\n\{\n.*?^\}\n", "", text, flags=re.S | re.M))
     part = subprocess.run([exe, "-d", str(kprobes)], capture_output=True, text=True, timeout=120)
     assert "AST after: Semantic" in part.stdout + part.stderr, (part.stdout + part.stderr)[-2000:]
+
+
+def test_preflight_reads_module_symbols_zeroed_addresses_and_the_tdx_state(tmp_path: Path) -> None:
+    """Without tracefs's function list, kallsyms names a module's symbols with a tab before
+    [kvm]; under kptr_restrict every address is zeros (vmemmap_base unreadable, not 0); the
+    header says whether kvm_intel has TDX on and dmesg mentioned Dynamic PAMT, and --check
+    warns when either is not so."""
+    env = _fake_host(tmp_path, [], TPS)
+    (Path(env["TRACEFS"]) / "available_filter_functions").unlink()
+    Path(env["KALLSYMS"]).write_text(
+        "0000000000000000 D vmemmap_base\n"
+        + "".join(f"0000000000000000 t {f}\t[kvm_intel]\n" for f in REQUIRED)
+    )
+    params = tmp_path / "sys" / "kvm_intel" / "parameters"
+    params.mkdir(parents=True)
+    (params / "tdx").write_text("Y\n")
+    dmesg = tmp_path / "dmesg.sh"
+    dmesg.write_text("#!/bin/sh\necho 'virt/tdx: Enable Dynamic PAMT'\n")
+    dmesg.chmod(0o755)
+    env = {**env, "SYSMODULE": str(tmp_path / "sys"), "DMESG": str(dmesg)}
+    chk = subprocess.run(
+        ["sh", str(PREFLIGHT), "--check"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert chk.returncode == 0, chk.stderr
+    assert re.search(r"present\s+required\s+kprobe:tdx_pamt_get\s", chk.stdout)
+    assert "vmemmap_base=unreadable" in chk.stdout
+    assert "kvm_intel_tdx=Y dpamt_in_dmesg=seen" in chk.stdout and "warning" not in chk.stderr
+    out = subprocess.run(
+        ["sh", str(PREFLIGHT), "--script"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert 'printf("# kvm_intel_tdx=Y\\n");' in out.stdout
+    assert "*(uint64 *)0x" not in out.stdout  # (no read of a zeroed address)
+    (params / "tdx").write_text("N\n")
+    dmesg.write_text("#!/bin/sh\necho 'nothing here'\n")
+    chk = subprocess.run(
+        ["sh", str(PREFLIGHT), "--check"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert "kvm_intel_tdx=N dpamt_in_dmesg=not_seen" in chk.stdout
+    assert "tdx parameter is N" in chk.stderr and "no 'Dynamic PAMT' line" in chk.stderr

@@ -483,7 +483,7 @@ def _stray(r: Record) -> Op:
 
 
 def _init_mem_region(r: Record, open_call: dict[tuple[int, str], Op], spte: str) -> bool:
-    """``KVM_TDX_INIT_MEM_REGION`` (``kvm_tdp_map_page`` on a VMM thread with a vCPU's cache,
+    """``KVM_TDX_INIT_MEM_REGION`` (``kvm_tdp_mmu_map_private_pfn`` on a VMM thread with a vCPU's cache,
     no ``kvm_page_fault``): its top-up, gets with a cache and maps. The trace format has no
     event for it (the model builds a TD without its initial image): ignored, counted."""
     p = r.probe
@@ -679,7 +679,7 @@ class _ModelRecorder:
             op.before, op.after = 0, 0
             lane.append(op)
         elif code in (_FAULT_BEGIN, _FAULT_RETRY) and event in self.init_faults:
-            pass  # KVM_TDX_INIT_MEM_REGION: kvm_tdp_map_page, not a page fault
+            pass  # KVM_TDX_INIT_MEM_REGION: kvm_tdp_mmu_map_private_pfn, not a page fault
         elif code == _FAULT_BEGIN:
             op = Op("fault", index)
             op.gfn = getattr(self.events[event], "gfn", None)

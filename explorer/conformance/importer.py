@@ -19,7 +19,7 @@ records:
   its put, a leaf under a removed table (teardown) ``present -> FROZEN_SPTE``.
 - **Ignored, with a reason each**: a non-TDX VM's records (``non-tdx-vm``), a TD's shared-GPA
   faults and their direct-root SPTE changes (``shared-gpa``), ``KVM_TDX_INIT_MEM_REGION`` maps
-  (``init-mem-region``: ``kvm_tdp_map_page`` without a ``kvm_page_fault``, the model builds its TD
+  (``init-mem-region``: ``kvm_tdp_mmu_map_private_pfn`` without a ``kvm_page_fault``, the model builds its TD
   without them) and records no VM can be told for (``no-vm-context``). The conformance check
   still counts every get and put host-wide (the refcount is per 2 MiB region, shared by TDs).
 """
@@ -438,7 +438,7 @@ def _import(capture: Capture, att: Attribution) -> ImportedTrace:
     for tid, w in list(window.items()):
         if w[1] not in destroyed:
             spurious(w, window_lines[tid])
-    # KVM_TDX_INIT_MEM_REGION (tdx_vcpu_init_mem_region: kvm_tdp_map_page with the vCPU's
+    # KVM_TDX_INIT_MEM_REGION (tdx_vcpu_init_mem_region: kvm_tdp_mmu_map_private_pfn with the vCPU's
     # caches, before KVM_TDX_FINALIZE_VM): a fault of that vCPU before the TD's finalize, which
     # the model runs as TDH.MEM.PAGE.ADD (kvm.py). The vCPU is the one whose own faults top up
     # that cache; a cache no fault uses is a vCPU of its own.
@@ -524,7 +524,7 @@ def _pinned(
 ) -> list[tuple[int, Event, list[int]]]:
     """The events of ``out`` with the pages the kernel chose pinned (docs/capture.md, "Pinned
     pages"): a fault's ``tables`` (the ``tdx_pamt_get`` pfns its thread asked for before the
-    leaf's, i.e. ``tdx_sept_link_private_spt``'s table pages), a TD's ``control`` (the first
+    leaf's, i.e. ``tdx_sept_map_nonleaf_spte``'s table pages), a TD's ``control`` (the first
     ``1 + tdcs`` control-page gets, ``tdx_alloc_control_page``, on the thread of its first
     record) and a vCPU's (the next ``1 + tdcx`` on its fault thread). A control list whose length
     is not what the model allocates is not pinned (the allocator picks, as without the probe)."""

@@ -276,7 +276,7 @@ class HostSim:
 
     def init_mem_region(self, vm: VmSim, vcpu: int, gfn: int, pfn: int) -> None:
         """``KVM_TDX_INIT_MEM_REGION`` on the VMM thread with vCPU ``vcpu``'s cache and no
-        ``kvm_page_fault`` (``kvm_tdp_map_page``)."""
+        ``kvm_page_fault`` (``kvm_tdp_mmu_map_private_pfn``)."""
         _, cache = vm.vcpus[vcpu]
         tid = vm.vmm_tid
         self.topup(tid, vm.pid, cache)

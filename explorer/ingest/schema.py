@@ -48,7 +48,7 @@ class Field:
 
 
 #: The most S-EPT table pages one fault links: the non-root levels of a 5-level EPT (PML4,
-#: PDPT, PD, PT), each a ``tdx_sept_link_private_spt`` with its own page.
+#: PDPT, PD, PT), each a ``tdx_sept_map_nonleaf_spte`` with its own page.
 MAX_TABLE_PINS = 4
 #: The most control pages one ``td_create`` or ``vcpu_create`` takes: the TDR (or TDVPR) and up
 #: to 64 TDCS (or TDCX) pages (the ``tdcs_pages``/``tdcx_pages`` settings' limit).

@@ -24,7 +24,8 @@ has_function() {
 		grep -q -E "^$1( |\$)" "$TRACEFS/available_filter_functions" && return 0
 		return 1
 	fi
-	[ -r "$KALLSYMS" ] && grep -q -E " [tT] $1( |\$)" "$KALLSYMS"
+	# (a module's symbols end in a tab and [module]: "ffff... t name\t[kvm]")
+	[ -r "$KALLSYMS" ] && grep -q -E " [tT] $1([[:space:]]|\$)" "$KALLSYMS"
 }
 
 has_probe() { # attach point
@@ -52,12 +53,26 @@ MISSING=$(printf '%s\n' "$INV" | awk -F'\t' '$2=="required" && $4=="absent" {pri
 # vms_at_start: a TD created before the capture leaves regions whose refcount is unknown
 VMS=$(ls -l /proc/[0-9]*/fd 2>/dev/null | grep -c 'anon_inode:kvm-vm' || true)
 PAGE_SIZE=$(bpftrace -e 'BEGIN { printf("%d\n", sizeof(struct page)); exit(); }' 2>/dev/null | tail -n 1 || true)
-VMEMMAP=$(awk '$3=="vmemmap_base" {print "0x" $1}' "$KALLSYMS" 2>/dev/null || true)
+# (under kptr_restrict every address reads as zeros: then it is unreadable, not address 0)
+VMEMMAP=$(awk '$3=="vmemmap_base" && $1 !~ /^0+$/ {print "0x" $1}' "$KALLSYMS" 2>/dev/null || true)
+# Whether TDX is on in KVM (kvm_intel's tdx parameter) and the kernel said it enabled Dynamic
+# PAMT: on a v6 kernel whose TDX module lacks it every probe still attaches, but tdx_pamt_get
+# returns at once and KVM installs no top-up hook (a valid capture conform cannot match)
+SYSMODULE=${SYSMODULE:-/sys/module}
+TDX=$(cat "$SYSMODULE/kvm_intel/parameters/tdx" 2>/dev/null || echo unknown)
+DMESG=${DMESG:-dmesg}
+if LOG=$($DMESG 2>/dev/null); then
+	if printf '%s\n' "$LOG" | grep -q -i 'dynamic pamt'; then DPAMT=seen; else DPAMT=not_seen; fi
+else
+	DPAMT=unknown
+fi
 
 header() {
 	echo "# bpftrace=$(bpftrace --version 2>/dev/null | awk '{print $2}')"
 	echo "# kernel=$(uname -r)"
 	echo "# vms_at_start=$VMS"
+	echo "# kvm_intel_tdx=$TDX"
+	echo "# dpamt_in_dmesg=$DPAMT"
 	[ -n "$PAGE_SIZE" ] && echo "# page_size=$PAGE_SIZE"
 	printf '%s\n' "$INV" | awk -F'\t' '{ printf "# probe_%s=%s\n", $1, $4 }' | tr ':' '_' |
 		sed 's/^# probe_\([a-z]*\)_/# probe_\1:/'
@@ -67,7 +82,10 @@ header() {
 case "$MODE" in
 --check)
 	printf '%s\n' "$INV" | awk -F'\t' '{ printf "%-8s %-9s %-45s %s\n", $4, $2, $1, ($4=="absent" ? "lost: " $3 : "") }'
-	echo "vms_at_start=$VMS page_size=${PAGE_SIZE:-unknown} vmemmap_base=${VMEMMAP:-unreadable (no CONFIG_KALLSYMS_ALL: pfns of control pages are derived, docs/capture.md)}"
+	echo "vms_at_start=$VMS page_size=${PAGE_SIZE:-unknown} vmemmap_base=${VMEMMAP:-unreadable (no CONFIG_KALLSYMS_ALL, or kptr_restrict: pfns of control pages are derived, docs/capture.md)}"
+	echo "kvm_intel_tdx=$TDX dpamt_in_dmesg=$DPAMT"
+	[ "$TDX" = Y ] || echo "warning: kvm_intel's tdx parameter is $TDX, not Y: no TD can run, nothing to capture" >&2
+	[ "$DPAMT" = seen ] || echo "warning: no 'Dynamic PAMT' line in dmesg ($DPAMT): if the TDX module lacks it, tdx_pamt_get returns at once and the capture shows no DPAMT work (docs/capture.md)" >&2
 	if [ -n "$MISSING" ]; then
 		echo "cannot capture: required probe(s) absent: $(echo $MISSING)" >&2
 		exit 1
