@@ -136,20 +136,7 @@ def outcomes(loaded: common.Loaded, settings: Settings, result: dict[str, Any]) 
         frame, hide_index=True, width="stretch", key="table_outcomes", column_config=config
     )
     st.caption("Open an outcome in Explore:")
-    outcomes = result["outcomes"][:MAX_OUTCOME_BUTTONS]
-    if len(result["outcomes"]) > MAX_OUTCOME_BUTTONS:
-        st.caption(f"Buttons for the first {MAX_OUTCOME_BUTTONS} outcomes.")
-    for first in range(0, len(outcomes), BUTTONS_PER_ROW):
-        cols = st.columns(BUTTONS_PER_ROW)
-        row = enumerate(outcomes[first : first + BUTTONS_PER_ROW], first + 1)
-        for col, (n, o) in zip(cols, row, strict=False):
-            if col.button(
-                f"Outcome {n}",
-                key=f"btn_open_outcome_{n}",
-                width="stretch",
-                help=f"Open outcome {n} in Explore, pinned to a schedule that reaches it",
-            ):
-                open_pinned(loaded, settings, o["orders"], f"outcome {n}", f"outcome-{n}")
+    _open_buttons(loaded, settings, result["outcomes"], "outcome")
 
 
 def reached(loaded: common.Loaded, settings: Settings, result: dict[str, Any]) -> None:
@@ -170,20 +157,29 @@ def reached(loaded: common.Loaded, settings: Settings, result: dict[str, Any]) -
         key="table_reached",
         column_config=config,
     )
-    reached = result["reached"][:MAX_OUTCOME_BUTTONS]
-    if len(result["reached"]) > MAX_OUTCOME_BUTTONS:
+    _open_buttons(loaded, settings, result["reached"], "reached")
+
+
+def _open_buttons(
+    loaded: common.Loaded, settings: Settings, ends: list[dict[str, Any]], what: str
+) -> None:
+    """An "Open in Explore" button per outcome (``what`` "outcome") or end state reached
+    before a stop ("reached"), for the first :data:`MAX_OUTCOME_BUTTONS`, in rows."""
+    shown = ends[:MAX_OUTCOME_BUTTONS]
+    if len(ends) > MAX_OUTCOME_BUTTONS:
         st.caption(f"Buttons for the first {MAX_OUTCOME_BUTTONS}.")
-    for first in range(0, len(reached), BUTTONS_PER_ROW):
+    for first in range(0, len(shown), BUTTONS_PER_ROW):
         cols = st.columns(BUTTONS_PER_ROW)
-        row = enumerate(reached[first : first + BUTTONS_PER_ROW], first + 1)
+        row = enumerate(shown[first : first + BUTTONS_PER_ROW], first + 1)
         for col, (n, o) in zip(cols, row, strict=False):
             if col.button(
-                f"Reached {n}",
-                key=f"btn_open_reached_{n}",
+                f"{what.capitalize()} {n}",
+                key=f"btn_open_{what}_{n}",
                 width="stretch",
-                help=f"Open end state {n} in Explore, pinned to a schedule that reaches it",
+                help=f"Open {'outcome' if what == 'outcome' else 'end state'} {n} in Explore, "
+                "pinned to a schedule that reaches it",
             ):
-                open_pinned(loaded, settings, o["orders"], f"reached {n}", f"reached-{n}")
+                open_pinned(loaded, settings, o["orders"], f"{what} {n}", f"{what}-{n}")
 
 
 def findings(loaded: common.Loaded, settings: Settings, result: dict[str, Any]) -> None:
