@@ -423,3 +423,49 @@ def test_the_idle_trimmer_thread_runs_and_stops() -> None:
     assert done.wait(10)
     t.stop()
     assert t._thread is not None and not t._thread.is_alive()
+
+
+def test_sweep_refuses_a_parquet_it_cannot_resume_before_any_point_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stray file, or another tool's Parquet (explore-grid's catalogue), at ``--out`` was a
+    traceback (pyarrow's, or a KeyError after every point had run): now a usage error first.
+    An empty file is a sweep not yet written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    stray = tmp_path / "stray.parquet"
+    stray.write_bytes(b"PAR1garbage")
+    other = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"trace": ["x"], "outcomes": [3]}), other)
+    for path, said in (
+        (stray, "is not a Parquet file a sweep can resume"),
+        (other, "other columns"),
+    ):
+        assert main([*SWEEP, "--workers", "1", "--out", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err
+        assert not (tmp_path / f"{path.name}.parts").exists()
+    empty = tmp_path / "empty.parquet"
+    empty.write_bytes(b"")
+    assert main([*SWEEP, "--workers", "1", "--out", str(empty)]) == 0
+    assert len(pq.read_table(empty)) == 2
+
+
+def test_a_sweep_csv_cut_in_the_middle_of_a_row_resumes_cleanly(tmp_path: Path) -> None:
+    """The partial last row (a kill or a full disk mid-row) is dropped and its point run again:
+    the rows appended on resume used to be glued to it."""
+    import csv
+
+    out = tmp_path / "s.csv"
+    vary = ["sweep", str(SAMPLES / "lost_race.jsonl"), "--vary", "dpamt_gets_per_fault=0..2"]
+    assert main([*vary, "--workers", "1", "--out", str(out)]) == 0
+    whole = out.read_bytes()
+    out.write_bytes(whole[: whole.rfind(b"\n", 0, len(whole) - 1) + 20])  # 19 bytes of row 3
+    assert main([*vary, "--workers", "1", "--out", str(out)]) == 0
+    with out.open(newline="") as f:
+        rows = list(csv.reader(f))
+    assert len(rows) == 4 and {len(r) for r in rows} == {len(rows[0])}
+    assert sorted(r[rows[0].index("key")] for r in rows[1:]) == sorted(
+        r[rows[0].index("key")] for r in csv.reader(whole.decode().splitlines()[1:])
+    )

@@ -318,6 +318,27 @@ def _typed(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _nonempty(path: str) -> bool:
+    """Whether ``path`` holds something (an empty file is a sweep not yet written)."""
+    return os.path.exists(path) and os.path.getsize(path) > 0
+
+
+def _drop_partial_row(path: str) -> None:
+    """Cut a CSV's last line when it has no end: a sweep killed (or a disk filled) in the middle
+    of a row leaves part of it, and the rows appended on resume would be glued to it. That
+    point's key is then not in the file, so the resumed sweep runs it again."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        data = f.read()
+        f.truncate(data.rfind(b"\n") + 1)
+
+
 class _Sink:
     """Where rows go: nowhere, CSV (file or stdout) or Parquet parts."""
 
@@ -346,6 +367,7 @@ class _Sink:
     def existing(self) -> list[dict[str, Any]]:
         assert self.out is not None
         if self.kind == "csv" and os.path.exists(self.out):
+            _drop_partial_row(self.out)
             with open(self.out, encoding="utf-8", newline="") as f:
                 reader = csv.DictReader(f)
                 if reader.fieldnames is not None and list(reader.fieldnames) != columns():
@@ -355,12 +377,31 @@ class _Sink:
                     )
                 return [_typed(r) for r in reader]
         if self.kind == "parquet":
+            if _nonempty(self.out):
+                self._own_parquet()  # (checked before the parts are merged into it)
             self.merge()
-            if os.path.exists(self.out):
-                pq = importlib.import_module("pyarrow.parquet")
-                rows: list[dict[str, Any]] = pq.read_table(self.out).to_pylist()
-                return rows
+            if _nonempty(self.out):
+                return self._own_parquet()
         return []
+
+    def _own_parquet(self) -> list[dict[str, Any]]:
+        """The rows of an existing ``--out`` Parquet, refused (a usage error, before any point
+        runs) when it is not a Parquet file or not one of a sweep of this version: its rows
+        could not be merged with this sweep's (an explore-grid catalogue, a stray file)."""
+        assert self.out is not None
+        pq = importlib.import_module("pyarrow.parquet")
+        try:
+            table = pq.read_table(self.out)
+        except (ValueError, OSError) as exc:  # (pyarrow's ArrowInvalid is a ValueError)
+            raise SweepOutputError(
+                f"{self.out} is not a Parquet file a sweep can resume ({exc}): write to a new file"
+            ) from None
+        if list(table.column_names) != columns():
+            raise SweepOutputError(
+                f"{self.out} has other columns than a sweep of this version: write to a new file"
+            )
+        rows: list[dict[str, Any]] = table.to_pylist()
+        return rows
 
     def open(self) -> None:
         if self.kind == "stdout":
@@ -413,7 +454,7 @@ class _Sink:
         pa = importlib.import_module("pyarrow")
         pq = importlib.import_module("pyarrow.parquet")
         names = sorted(n for n in os.listdir(self.parts) if n.endswith(".parquet"))
-        sources = ([self.out] if os.path.exists(self.out) else []) + [
+        sources = ([self.out] if _nonempty(self.out) else []) + [
             os.path.join(self.parts, n) for n in names
         ]
         seen: set[str] = set()
