@@ -6,11 +6,16 @@ TD known only by its process) are checked by name."""
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from explorer.conformance.importer import KVM_PROBES, TDX_PROBES, attribute, import_capture
+from explorer.ingest import parse_trace
 from explorer.ingest.capture import Capture, Record
 
 _PROBES = [
@@ -172,3 +177,59 @@ def test_each_process_learns_its_td_even_right_after_another_process() -> None:
     )
     att = attribute(cap)
     assert att.vm_of == [kvm, kvm, kvm] and att.why == [None, None, None]
+
+
+def _races(n: int) -> str:
+    from explorer.conformance.synth import HostSim
+
+    h = HostSim(seed=1)
+    vm = h.new_vm()
+    h.new_vcpu(vm, 0)
+    h.new_vcpu(vm, 1)
+    for i in range(n):
+        p = 0x400000 + i * 512
+        h.race(vm, (0, 0x1000 + 2 * i, p), (1, 0x1001 + 2 * i, p + 1))
+    return str(h.text())
+
+
+def test_many_races_import_to_one_schedule_each_and_conform(tmp_path: Path) -> None:
+    """The trace so far runs once for all the groups (it ran again for every fault of every
+    group: quadratic, 400 races in 17.9 s), and each group still gets its kernel's order."""
+    from tests.test_explore import ROOT
+
+    cap = tmp_path / "races.txt"
+    cap.write_text(_races(40))
+    out = tmp_path / "races.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = [sys.executable, "-m", "explorer"]
+    p = subprocess.run([*run, "import", str(cap), "-o", str(out)], env=env, capture_output=True)
+    assert p.returncode == 0, p.stderr
+    events = parse_trace(out.read_bytes(), "races.jsonl").events
+    orders = [e.order for e in events if e.op == "schedule"]  # type: ignore[attr-defined]
+    assert len(orders) == 40 and all(orders)
+    p = subprocess.run([*run, "conform", str(cap)], env=env, capture_output=True, text=True)
+    assert p.returncode == 0 and "conforms" in p.stdout, p.stdout + p.stderr
+
+
+def test_a_group_after_an_impossible_record_gets_no_empty_schedule(tmp_path: Path) -> None:
+    """A capture whose dry run stops before a group (here maps of a pfn past any host) gave
+    the group a schedule with an empty order, which the trace format refuses: the import then
+    wrote a trace ``check`` could not read. Now the group has no schedule event."""
+    import re
+
+    from tests.test_explore import ROOT
+
+    text = (ROOT / "sample_traces" / "captures" / "conforming.txt").read_text()
+    text = re.sub(r"new_spte=0x[0-9a-f]+", "new_spte=0xffffffffffffffff", text)
+    cap = tmp_path / "weird.txt"
+    cap.write_text(text)
+    out = tmp_path / "weird.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run(
+        [sys.executable, "-m", "explorer", "import", str(cap), "-o", str(out)],
+        env=env,
+        capture_output=True,
+    )
+    assert p.returncode == 0, p.stderr
+    events = parse_trace(out.read_bytes(), "weird.jsonl").events  # (the format holds)
+    assert all(e.order for e in events if e.op == "schedule")  # type: ignore[attr-defined]

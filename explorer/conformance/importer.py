@@ -601,8 +601,12 @@ def _pin_races(
     (``pamt_get.slow``), as the kernel's did before the winner's PAMT.ADD; the configured
     schedule goes on from there (with no PAMT.ADD in the group: the first fault runs whole).
     Turns are counted on the model's own steps (a dry run of the trace so far plus that fault
-    alone): the engine, not the import, decides every path."""
-    from explorer.model.machine import Machine
+    alone): the engine, not the import, decides every path. The trace so far runs once, on one
+    machine carried from group to group, and each fault alone runs from its image (a dry run of
+    the whole prefix per fault made the import quadratic in the groups: 400 races, 17.9 s).
+    Every page the capture pins is reserved from the start, as every replay of the imported
+    trace reserves them (it names control pages: docs/trace-format.md)."""
+    from explorer.model.machine import Machine, MachineImage
 
     tid_of: dict[int, tuple[int, int]] = {}  # fault position -> (group, tid)
     for n, (group, _) in enumerate(groups):
@@ -611,6 +615,10 @@ def _pin_races(
     new: list[tuple[int, Event, list[int]]] = []
     held: dict[int, list[tuple[int, Event, list[int], int]]] = {}
     left = {n: len(group) for n, (group, _) in enumerate(groups)}
+    base = Machine(settings, record=False, check=False)  # the trace so far, run once
+    base.mem.pin(pinned_pfns([e for _, e, _ in out]))
+    pins = base.mem.pin_table()
+    ran = 0  # the events of ``new`` the base machine has run
     for pos, ev, ls in out:
         g = tid_of.get(pos) if isinstance(ev, Fault) else None
         if g is None:
@@ -622,14 +630,19 @@ def _pin_races(
         if left[n]:
             continue
         members = held.pop(n)
-        prefix = [e for _, e, _ in new]
+        base.run([e for _, e, _ in new[ran:]])
+        ran = len(new)
+        image = base.image() if base.stopped is None else None
 
-        def alone(f: Event, prefix: list[Event] = prefix) -> list[str]:
+        def alone(f: Event, image: MachineImage | None = image) -> list[str]:
             assert isinstance(f, Fault)
+            if image is None:  # (an impossible event before: the fault never runs)
+                return []
             m = Machine(settings, record=True, check=False)
-            m.mem.pin(pinned_pfns([*prefix, f]))
-            m.run([*prefix, replace(f, t=None)])
-            return [s.label for s in m.steps if s.event == len(prefix)]
+            m.mem.use_pins(pins)
+            m.restore(image)
+            m.run([replace(f, t=None)])
+            return [s.label for s in m.steps]
 
         # the winner by its position, never by identity: compiled with mypyc, a tuple taken
         # from ``members`` twice is two objects (``is`` was False for the winner itself)
@@ -652,7 +665,9 @@ def _pin_races(
                 if slows:
                     turns += [f"vcpu{getattr(x[1], 'vcpu', 0)}"] * (slows[-1] + 1)
         t = n + 1
-        new.append((members[0][0], Schedule(order=tuple(turns), t=t), []))
+        if turns:  # (no turn to pin, as when the fault alone takes no step: no schedule event,
+            # whose order may not be empty; the configured schedule runs the group)
+            new.append((members[0][0], Schedule(order=tuple(turns), t=t), []))
         for p, ev2, ls2_, _ in members:
             assert isinstance(ev2, Fault)
             new.append((p, replace(ev2, t=t), ls2_))
