@@ -233,3 +233,25 @@ def test_a_group_after_an_impossible_record_gets_no_empty_schedule(tmp_path: Pat
     assert p.returncode == 0, p.stderr
     events = parse_trace(out.read_bytes(), "weird.jsonl").events  # (the format holds)
     assert all(e.order for e in events if e.op == "schedule")  # type: ignore[attr-defined]
+
+
+def test_conform_says_where_its_replay_stopped(tmp_path: Path) -> None:
+    """An impossible event in the imported trace names its event and the capture lines."""
+    import re
+
+    from tests.test_explore import ROOT
+
+    text = (ROOT / "sample_traces" / "captures" / "conforming.txt").read_text()
+    cap = tmp_path / "weird.txt"
+    cap.write_text(re.sub(r"new_spte=0x[0-9a-f]+", "new_spte=0xffffffffffffffff", text))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run(
+        [sys.executable, "-m", "explorer", "conform", str(cap)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 2
+    assert re.search(
+        r"the replay stopped: .* \(imported event \d+, from capture line\(s\) \d+", p.stderr
+    )

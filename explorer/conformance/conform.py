@@ -788,7 +788,14 @@ def _conform(capture: Capture, imp: ImportedTrace, settings: Settings | None) ->
     m.mem.pin(pinned_pfns(events))
     m.on_lean_step = rec  # (no Step built per step: the recorder reads only these fields)
     m.run(events)
-    stopped = m.stopped.message if m.stopped is not None else None
+    stopped: str | None = None
+    if m.stopped is not None:  # where: the imported event and the capture lines it came from
+        ev = m.stopped.event
+        lines = imp.lines[ev] if 0 <= ev < len(imp.lines) else ()
+        shown = ", ".join(str(n) for n in lines[:5]) + (", ..." if len(lines) > 5 else "")
+        stopped = f"{m.stopped.message} (imported event {ev + 1}" + (
+            f", from capture line(s) {shown})" if lines else ")"
+        )
     rec.lanes = {n: fold_retries(ops) for n, ops in rec.lanes.items()}
     divs: list[Divergence] = []
     matched: list[Op] = []  # the kernel's operations matched, and the model's step of each
