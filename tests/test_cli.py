@@ -230,3 +230,25 @@ def test_set_integer_text_accepts_decimal_and_hex() -> None:
     assert int_text("0x10") == 16
     assert int_text("0X0a") == 10
     assert int_text("0" * 30 + "7") == 7  # leading zeros are not significant digits
+
+
+@pytest.mark.parametrize("name", ["td_lifecycle", "v5_hint_aba", "cache_zero", "pamt_add_failure"])
+def test_replay_streams_the_same_lines_as_the_steps_recorded(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`replay` writes each step's line as it is taken (a batch's steps are no longer held to
+    its end: a batch of millions of retries held them all): the same lines as the steps a
+    recording machine keeps, the diagnostics a batch's end adds to its last step included."""
+    from explorer.cli.common import read_trace, resolve_settings
+    from explorer.model.events import reserved_pfns
+    from explorer.model.machine import Machine
+    from explorer.replay.render import format_steps
+
+    path = str(SAMPLES / f"{name}.jsonl")
+    main(["replay", path])
+    got = [ln for ln in capsys.readouterr().out.splitlines() if not ln.startswith("#")]
+    trace = read_trace(path)
+    m = Machine(resolve_settings(trace, []), record=True, check=True)
+    m.mem.pin(reserved_pfns(trace.events))
+    m.run(trace.events)
+    assert got == list(format_steps(m.steps))

@@ -27,7 +27,9 @@ from explorer.ingest.generate import WORKLOADS
 from explorer.model.errors import TraceError
 from explorer.model.events import reserved_pfns
 from explorer.model.machine import Machine, batches
+from explorer.model.records import Step
 from explorer.model.settings import Settings
+from explorer.model.state import KernelState
 from explorer.model.summary import summary
 from explorer.replay.render import format_steps
 
@@ -56,6 +58,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     m = Machine(settings, record=not args.json, check=True)
     m.mem.pin(reserved_pfns(events))
     out = sys.stdout
+    if not args.json:
+        # each step's line as it is taken, not a batch's steps held until its end (a batch of
+        # millions of retries held them all: 1.3 GB for a 265-byte trace); the last step stays
+        # until the batch ends, which may add diagnostics to it
+        def emit(machine: KernelState, step: Step) -> None:
+            held = machine.steps
+            if len(held) > 1:
+                for line in format_steps(held[:-1]):
+                    out.write(line + "\n")
+                del held[:-1]
+
+        m.on_step = emit
     for start, end in batches(events):
         if m.stopped is not None:
             break
