@@ -469,3 +469,30 @@ def test_a_sweep_csv_cut_in_the_middle_of_a_row_resumes_cleanly(tmp_path: Path) 
     assert sorted(r[rows[0].index("key")] for r in rows[1:]) == sorted(
         r[rows[0].index("key")] for r in csv.reader(whole.decode().splitlines()[1:])
     )
+
+
+@pytest.mark.parametrize("kind", ["generate", "import", "explore"])
+def test_a_written_trace_is_what_its_name_says(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trace written as ``x.csv`` was JSON Lines the readers then took for CSV, and one
+    written as ``x.jsonl.gz`` was plain text: now ``.csv`` is refused before any work, and
+    ``.gz`` is compressed, and ``check`` reads what was written."""
+
+    def argv(out: Path) -> list[str]:
+        if kind == "generate":
+            return ["generate", "churn", "--vcpus", "2", "--faults", "20", "-o", str(out)]
+        if kind == "import":
+            cap = str(SAMPLES / "captures" / "conforming.txt")
+            return ["import", cap, "-o", str(out)]
+        sample = str(SAMPLES / "lost_race.jsonl")
+        return ["explore", sample, "--write-pinned", str(out)]
+
+    bad = tmp_path / "x.csv"
+    assert main(argv(bad)) == 2
+    assert "name it .jsonl" in capsys.readouterr().err and not bad.exists()
+    good = tmp_path / "x.jsonl.gz"
+    assert main(argv(good)) in (0, 1)
+    assert good.read_bytes()[:2] == b"\x1f\x8b"
+    capsys.readouterr()
+    assert main(["check", str(good)]) == 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import math
 import os
 import re
@@ -76,6 +77,26 @@ def same_file(a: str, b: str) -> bool:
             return os.path.realpath(a) == os.path.realpath(b)
         except (OSError, ValueError):
             return False
+
+
+def check_trace_output(path: str, what: str, inputs: Sequence[str] = ()) -> None:
+    """:func:`check_output_path` for a trace the command writes (``generate``, ``import``,
+    ``explore --write-pinned``): JSON Lines, so a name the readers take for CSV (``.csv``,
+    ``.csv.gz``: they choose the format by the name) is refused before any work; the file
+    would be read back as a CSV whose header is the JSON header line."""
+    check_output_path(path, what, inputs)
+    if path.lower().endswith((".csv", ".csv.gz")):
+        raise UsageError(
+            f"{what} {shown(path)}: this command writes a trace as JSON Lines, which a reader "
+            "would take for CSV by its name: name it .jsonl (or .jsonl.gz, compressed)"
+        )
+
+
+def trace_file_bytes(path: str, text: str) -> bytes:
+    """The bytes of a trace written to ``path``: gzip-compressed when its name ends in
+    ``.gz`` (as ``generate`` writes it, and the readers expect), else the UTF-8 text."""
+    data = text.encode("utf-8")
+    return gzip.compress(data, 6) if path.lower().endswith(".gz") else data
 
 
 def check_output_path(path: str, what: str = "output", inputs: Sequence[str] = ()) -> None:

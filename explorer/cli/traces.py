@@ -18,7 +18,7 @@ from explorer.cli.common import (
     ascii_float,
     ascii_int,
     atomic_output,
-    check_output_path,
+    check_trace_output,
     read_trace,
     resolve_settings,
 )
@@ -116,7 +116,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         kwargs["zap_ratio"] = args.zap_ratio
     _check_generate_sizes(args)
-    check_output_path(args.output, "-o")
+    check_trace_output(args.output, "-o")
     try:
         lines = WORKLOADS[args.workload](**kwargs)
         first = next(lines)

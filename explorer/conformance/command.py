@@ -15,7 +15,8 @@ from explorer.cli.common import (
     EXIT_OK,
     EXIT_VIOLATIONS,
     atomic_output,
-    check_output_path,
+    check_trace_output,
+    trace_file_bytes,
 )
 from explorer.ingest.bounded import InputRefused, read_bounded
 from explorer.ingest.gcpause import gc_paused
@@ -49,7 +50,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from explorer.conformance.importer import import_capture
     from explorer.ingest.write import dump_trace
 
-    check_output_path(args.output, "-o", [args.capture])
+    check_trace_output(args.output, "-o", [args.capture])
     with gc_paused():  # as in cmd_conform
         cap = _read_capture(args.capture)
         imp = import_capture(cap)
@@ -62,7 +63,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
     else:
         with atomic_output(args.output) as f:
-            f.write(text.encode("utf-8"))
+            f.write(trace_file_bytes(args.output, text))
     for note in cap.unknown:
         print(f"# {note}", file=sys.stderr)
     for why, n in sorted(imp.ignored.items()):

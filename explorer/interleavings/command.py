@@ -18,10 +18,12 @@ from explorer.cli.common import (
     ascii_int,
     atomic_output,
     check_output_path,
+    check_trace_output,
     check_workers,
     read_trace,
     read_trace_and_bytes,
     resolve_settings,
+    trace_file_bytes,
 )
 from explorer.ingest import Trace
 from explorer.interleavings.allocator import EXPLORE_ALLOCATOR, explore_settings, named_keys
@@ -43,7 +45,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     if args.trace == "-":
         raise UsageError("explore reads a trace file, not standard input: save it to a file")
     if args.write_pinned:
-        check_output_path(args.write_pinned, "--write-pinned", [args.trace])
+        check_trace_output(args.write_pinned, "--write-pinned", [args.trace])
     trace = read_trace(args.trace)
     named = named_keys(trace.settings, args.set or [])
     settings = explore_settings(resolve_settings(trace, args.set or []), named)
@@ -135,7 +137,7 @@ def _write_pinned(trace: Trace, settings: Settings, r: dict[str, Any], path: str
         settings=settings.to_dict(),
     )
     with atomic_output(path) as f:
-        f.write(text.encode("utf-8"))
+        f.write(trace_file_bytes(path, text))
     print(f"wrote {path}: the trace pinned to the schedule of {what}", file=sys.stderr)
 
 
