@@ -496,3 +496,29 @@ def test_a_written_trace_is_what_its_name_says(
     assert good.read_bytes()[:2] == b"\x1f\x8b"
     capsys.readouterr()
     assert main(["check", str(good)]) == 0
+
+
+def test_messages_name_the_cause(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Round 16's unclear messages, each now saying what to change: a second header line, a CSV
+    with CR-only line ends, a setting varied twice, the generator's --zap-ratio, a capture name
+    with an escape character (printed escaped, as a trace's name is)."""
+    joined = tmp_path / "joined.jsonl"
+    head = '{"format": "dpamt-trace", "version": 1, "title": "t"}\n'
+    joined.write_text(head + '{"op": "td_create", "td": 0}\n' + head)
+    assert main(["check", str(joined)]) == 2
+    said = capsys.readouterr()
+    assert "joined.jsonl:3:1: a header line" in said.out + said.err
+    cr = tmp_path / "cr.csv"
+    cr.write_bytes(b"op,td\rtd_create,0\rtd_create,1\r")
+    assert main(["check", str(cr)]) == 2
+    out = capsys.readouterr()
+    assert "CR-only line ends" in out.out + out.err and "universal-newline" not in out.out + out.err
+    assert main([*SWEEP[:2], "--vary", "mode=v6", "--vary", "mode=v6-locked"]) == 2
+    assert "mode is varied twice" in capsys.readouterr().err
+    assert main(["generate", "churn", "--zap-ratio", "5", "-o", str(tmp_path / "g.jsonl")]) == 2
+    assert "--zap-ratio 5.0: must be in 0..1" in capsys.readouterr().err
+    odd = tmp_path / "e\x1b[31m.txt"
+    odd.write_bytes((SAMPLES / "captures" / "conforming.txt").read_bytes())
+    assert main(["conform", str(odd)]) == 0
+    said = capsys.readouterr().out
+    assert "\x1b" not in said and "'e\\x1b[31m.txt'" in said

@@ -16,6 +16,7 @@ from explorer.cli.common import (
     EXIT_VIOLATIONS,
     atomic_output,
     check_trace_output,
+    shown,
     trace_file_bytes,
 )
 from explorer.ingest.bounded import InputRefused, read_bounded
@@ -32,7 +33,8 @@ def _read_capture(path: str) -> Any:
     over the limit is refused by its size before anything is read, and named by that size."""
     from explorer.ingest.capture import MAX_CAPTURE_BYTES, parse_capture
 
-    name = "<stdin>" if path == "-" else os.path.basename(path) or path
+    # (escaped as a trace's name is: a newline or an escape in it must not forge message lines)
+    name = "<stdin>" if path == "-" else shown(os.path.basename(path) or path)
     if path != "-":
         with contextlib.suppress(OSError):  # unreadable: read_bounded says why
             st = os.stat(path)

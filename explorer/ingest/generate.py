@@ -125,7 +125,7 @@ def churn(
     """Lines of a fault-and-zap workload (header first)."""
     _check(tds, vcpus, faults)
     if not 0.0 <= zap_ratio <= 1.0:
-        raise ValueError("zap_ratio must be in 0..1")
+        raise ValueError(f"--zap-ratio {zap_ratio}: must be in 0..1 (zap_ratio)")
     rng = random.Random(seed)
     walkers = [_Walker(v, rng) for v in range(vcpus)]
     yield header(

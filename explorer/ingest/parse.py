@@ -594,7 +594,17 @@ class _Builder:
 
         op = obj.get("op")
         if op is None:
-            c.add(line, 1, "missing field 'op'", raw, ", ".join(SCHEMA))
+            if "format" in obj:  # (a second header, as when two traces are concatenated)
+                c.add(
+                    line,
+                    1,
+                    'a header line (it has "format") after the first line: the header comes '
+                    "once, first (two traces joined?)",
+                    raw,
+                    'an event line with "op"',
+                )
+            else:
+                c.add(line, 1, "missing field 'op'", raw, ", ".join(SCHEMA))
             return
         if not isinstance(op, str) or op not in SCHEMA:
             c.add(line, col("op"), f"unknown op {_r(op)}", raw, ", ".join(SCHEMA))
@@ -1175,7 +1185,16 @@ class _Csv:
         try:
             row = next(csv.reader([raw]))
         except csv.Error as exc:
-            c.add(n, 1, f"invalid CSV: {exc}", raw)
+            if "new-line character" in str(exc):  # (the csv module's advice is for Python)
+                c.add(
+                    n,
+                    1,
+                    "invalid CSV: a carriage return (CR) inside the line: lines must end in LF "
+                    "or CRLF (a file with CR-only line ends, old Mac style, is one long line)",
+                    raw,
+                )
+            else:
+                c.add(n, 1, f"invalid CSV: {exc}", raw)
             return
         if self.header is None:
             self.header = [h.strip().lstrip("\ufeff") for h in row]

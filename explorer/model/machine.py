@@ -801,7 +801,9 @@ class Machine(KernelState):
         reason = (
             f"every CPU spun for {MAX_SPIN_STEPS} steps: deadlock (the explorer's limit)"
             if deadlock
-            else f"a batch ran past {MAX_STEPS_PER_BATCH} steps (the explorer's limit)"
+            else f"a batch ran past {MAX_STEPS_PER_BATCH:,} steps (MAX_STEPS_PER_BATCH, the "
+            "explorer's limit on one batch; a fault retrying up to a large max_retries, or "
+            "many injected failures, can reach it)"
         )
         th = next((t for t in order if t.gen is not None), order[0])
         self.stopped = Diagnostic(

@@ -111,6 +111,18 @@ def parse_vary(specs: Sequence[str]) -> dict[str, list[Any]]:
                 Problem("--vary", 0, 0, f"unknown setting {key!r}", spec, ", ".join(SETTING_SPECS))
             )
             continue
+        if key in grid:  # (the second used to replace the first, silently)
+            problems.append(
+                Problem(
+                    "--vary",
+                    0,
+                    0,
+                    f"{key} is varied twice: give its values once",
+                    spec,
+                    f"{key}=a,b,c (or a..b)",
+                )
+            )
+            continue
         texts: list[str]
         if ".." in raw:
             lo_text, _, hi_text = raw.partition("..")
