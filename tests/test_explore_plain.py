@@ -204,3 +204,13 @@ def test_the_kernels_bug_checks_are_findings() -> None:
     r, _, _ = _explore(TWO_MEG)
     (v,) = [v for v in r["violations"] if v["code"] == "KVM_BUG_ON"]
     assert v["kind"] == "error" and not r["ok"]
+
+
+def test_explore_and_check_agree_on_a_page_taken_before_any_group(tmp_path: Path) -> None:
+    """The batches before the first group run as a replay runs them (only a group's own pages
+    are reserved for its search): a fault naming the TD's control page is refused by both."""
+    f = tmp_path / "taken.jsonl"
+    f.write_text(HEAD + SETUP + '{"op": "fault", "vcpu": 0, "gfn": "0x5", "pfn": "0x0"}\n' + GROUP)
+    code, _, err = run(str(f), "--json")
+    assert code == 2 and "taken.jsonl:6:1: pfn 0x0 is not free" in err
+    assert "taken.jsonl:6:1: pfn 0x0 is not free" in run_check(str(f))

@@ -64,7 +64,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from explorer.model.events import Event, Fault, Zap, pinned_pfns
+from explorer.model.events import Event, Fault, Zap, pinned_pfns, reserved_pfns
 from explorer.model.machine import (
     Machine,
     MachineImage,
@@ -226,6 +226,9 @@ class Explorer:
     ) -> None:
         self.events = events
         self._pins: dict[int, frozenset[int]] | None = None
+        #: the pins every machine of the search takes (``_pins``: with the current group's
+        #: own pages, :meth:`_pin_group`)
+        self._base_pins: dict[int, frozenset[int]] | None = None
         #: True (the default): the partial-order reduction (:class:`_Reduced`): one schedule
         #: per class of schedules that differ only in the order of independent turns, so
         #: ``states`` and ``schedules`` count those searched, not all. False: every enabled
@@ -261,17 +264,35 @@ class Explorer:
     def _machine(self) -> Machine:
         m = Machine(self.settings, record=False, check=True)
         m.fp_on = self.reduction
-        if self._pins is None:
-            # every page the trace names is reserved (not only an imported capture's, as a
-            # replay reserves them): a hand-written fault's pfn is taken when its fault comes,
-            # and in one schedule of a replay it is free then; among every schedule some other
-            # CPU's allocation (a cache top-up from its per-CPU block) would take it first, and
-            # the trace's own page would make its fault impossible under those orders
-            m.mem.pin(pinned_pfns(self.events))
-            self._pins = m.mem.pin_table()
+        if self._pins is None:  # (an imported capture's pages, reserved as conform replays)
+            m.mem.pin(reserved_pfns(self.events))
+            self._pins = self._base_pins = m.mem.pin_table()
         else:
             m.mem.use_pins(self._pins)
         return m
+
+    def _pin_group(self, span: tuple[int, int]) -> None:
+        """Reserve, for the search of the group ``span``, the pages its own events name. A
+        hand-written fault's pfn is taken when its fault comes (a replay reserves nothing
+        else): in the replay's one order it is free then, but among every order another CPU
+        of the group (a cache top-up from its per-CPU block) could take it first, and the
+        trace's own page would make its fault impossible under those orders. The batches
+        before the group ran as a replay runs them, without this reservation, so a trace the
+        replay refuses there is refused here too."""
+        if self._base_pins is None:
+            self._machine()
+        base = self._base_pins
+        assert base is not None
+        pfns = pinned_pfns([self.events[i] for i in range(*span)])
+        if pfns:
+            m = Machine(self.settings, record=False, check=False)
+            m.mem.use_pins(base)
+            m.mem.pin(pfns)
+            self._pins = m.mem.pin_table()
+        else:
+            self._pins = base
+        if self._replayer is not None:
+            self._replayer.mem.use_pins(self._pins)
 
     def _search_machine(self) -> Machine:
         """The machine the searches of the groups run on (re-executed to each state): under
@@ -394,6 +415,7 @@ class Explorer:
         merged: dict[Digest, _End] = {}
         search = self._search_reduced if self.reduction else self._search
         self._in_group = []
+        self._pin_group(span)
         for start in starts:
             for end in search(k, span, start):
                 m = self._machine()
