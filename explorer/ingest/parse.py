@@ -1386,8 +1386,8 @@ def _check_groups(c: _Collector, events: list[Event]) -> None:
       one, so none of its vCPUs is in the kernel then (its vCPUs are freed by the teardown).
 
     Under some interleavings the engine would run them out of that order (a fault before its
-    vCPU exists, a vCPU faulting on after its TD's teardown): refused here, at the later event's
-    line, naming the other. Only the groups around those two ops are looked at, found by
+    vCPU exists, a vCPU faulting on after its TD's teardown): refused here, at the vCPU event's
+    line (beside its creation) or the ``td_destroy``'s (beside its vCPUs), naming the other. Only the groups around those two ops are looked at, found by
     scanning the ops in C (``list.index``): a parse pays about 1 % for it."""
     ops = list(map(_OP_OF, events))
     found: list[int] = []

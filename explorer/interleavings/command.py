@@ -103,12 +103,10 @@ def cmd_explore(args: argparse.Namespace) -> int:
         _print_exploration(result, out)
     if "impossible" in result:  # an event the engine refuses where a schedule brings it
         at = result["impossible_at"]
-        where = (
-            "before any concurrent group"
-            if at["group"] < 0
-            else f"under the schedule {' '.join(at['schedule'])} (group {at['group'] + 1})"
+        print(
+            f"{trace.source}:{at['line']}:1: {result['impossible']} ({_impossible_where(at)})",
+            file=sys.stderr,
         )
-        print(f"{trace.source}:{at['line']}:1: {result['impossible']} ({where})", file=sys.stderr)
         return EXIT_INVALID
     if not result["complete"]:
         return EXIT_INCOMPLETE
@@ -188,16 +186,18 @@ def _print_exploration(r: dict[str, Any], out: TextIO) -> None:
         )
     if "impossible" in r:
         at = r["impossible_at"]
-        if at["group"] < 0:
-            out.write(
-                f"# line {at['line']} (event {at['event']}) is impossible before any concurrent "
-                f"group, in the trace's one order: {r['impossible']}\n"
-            )
-        else:
-            out.write(
-                f"# line {at['line']} (event {at['event']}) is impossible under some "
-                f"interleaving: {r['impossible']}\n  schedule: {' '.join(at['schedule'])}\n"
-            )
+        out.write(
+            f"# line {at['line']} (event {at['event']}) is impossible "
+            f"{_impossible_where(at)}: {r['impossible']}\n"
+        )
+
+
+def _impossible_where(at: dict[str, Any]) -> str:
+    """Where an impossible event was met (the result's ``impossible_at``): in the trace's one
+    order before any group, or under the schedule that reaches it."""
+    if at["group"] < 0:
+        return "before any concurrent group"
+    return f"under the schedule {' '.join(at['schedule'])} (group {at['group'] + 1})"
 
 
 def _where(group: int) -> str:
