@@ -522,3 +522,26 @@ def test_messages_name_the_cause(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["conform", str(odd)]) == 0
     said = capsys.readouterr().out
     assert "\x1b" not in said and "'e\\x1b[31m.txt'" in said
+
+
+def test_options_that_change_nothing_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An option that the command would ignore is a usage error that says what it is for
+    (they were silently ignored): --compact without --json, --teardown on churn, --zap-ratio
+    on boot. Nothing is written."""
+    lost = str(SAMPLES / "lost_race.jsonl")
+    for argv in (["replay", lost, "--compact"], ["explore", lost, "--compact"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "--compact prints --json's object on one line" in err
+    out = tmp_path / "g.jsonl"
+    assert main(["generate", "churn", "--teardown", "--faults", "10", "-o", str(out)]) == 2
+    assert "--teardown is boot's" in capsys.readouterr().err
+    assert main(["generate", "boot", "--zap-ratio", "0.5", "--faults", "10", "-o", str(out)]) == 2
+    assert "--zap-ratio is churn's" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["generate", "churn", "--faults", "10", "-o", str(out)]) == 0
+    assert "zaps at 30%" in out.read_text().splitlines()[0]
+    assert main(["replay", lost, "--json", "--compact"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1

@@ -40,6 +40,13 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def check_compact(args: argparse.Namespace) -> None:
+    """``--compact`` only shapes ``--json``'s output (one line); alone it was ignored without a
+    word, and the user got the text output they had not asked to change."""
+    if getattr(args, "compact", False) and not getattr(args, "json", False):
+        raise UsageError("--compact prints --json's object on one line: add --json, or drop it")
+
+
 def read_trace(path: str) -> Trace:
     """Read and parse ``path`` (``-`` for standard input) through the bounded reader: at most
     MAX_UPLOAD_BYTES + 1 bytes from any path (device, FIFO, /proc, stdin), then refused."""

@@ -18,6 +18,7 @@ from explorer.cli.common import (
     ascii_float,
     ascii_int,
     atomic_output,
+    check_compact,
     check_trace_output,
     read_trace,
     resolve_settings,
@@ -52,6 +53,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ replay
 def cmd_replay(args: argparse.Namespace) -> int:
+    check_compact(args)
     trace = read_trace(args.trace)
     settings = resolve_settings(trace, args.set or [])
     events = trace.events
@@ -111,10 +113,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
         "add_pages": args.add_pages,
         "host_memory_mib": args.host_memory_mib,
     }
+    # (each workload's own option, refused on the other: it was ignored without a word)
     if args.workload == "boot":
+        if args.zap_ratio is not None:
+            raise UsageError("--zap-ratio is churn's (zaps per round): boot maps, it does not zap")
         kwargs["teardown"] = args.teardown
     else:
-        kwargs["zap_ratio"] = args.zap_ratio
+        if args.teardown:
+            raise UsageError(
+                "--teardown is boot's (destroy the TDs at the end): churn ends with its TDs "
+                "alive; use boot --teardown, or add td_destroy lines"
+            )
+        kwargs["zap_ratio"] = 0.3 if args.zap_ratio is None else args.zap_ratio
     _check_generate_sizes(args)
     check_trace_output(args.output, "-o")
     try:
@@ -211,6 +221,8 @@ def add_generate(sub: Any) -> None:
         "--host-memory-mib", type=ascii_int, default=4096, help="setting written in the header"
     )
     g.add_argument("--teardown", action="store_true", help="boot: destroy the TDs at the end")
-    g.add_argument("--zap-ratio", type=ascii_float, default=0.3, help="churn: zaps per round")
+    g.add_argument(
+        "--zap-ratio", type=ascii_float, default=None, help="churn: zaps per round (default 0.3)"
+    )
     g.add_argument("-o", "--output", default="-", help="file (.jsonl or .jsonl.gz) or - (stdout)")
     g.set_defaults(func=cmd_generate)

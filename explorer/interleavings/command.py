@@ -17,6 +17,7 @@ from explorer.cli.common import (
     ascii_float,
     ascii_int,
     atomic_output,
+    check_compact,
     check_output_path,
     check_trace_output,
     check_workers,
@@ -38,6 +39,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     through)."""
     from explorer.model import NATIVE
 
+    check_compact(args)
     if args.max_states < 1:
         raise UsageError(f"--max-states must be at least 1, got {args.max_states}")
     if args.max_seconds is not None and not args.max_seconds > 0:
