@@ -66,7 +66,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     else:
         with atomic_output(args.output) as f:
             f.write(trace_file_bytes(args.output, text))
-    for note in cap.unknown:
+    for note in (*cap.derived, *cap.unknown):
         print(f"# {note}", file=sys.stderr)
     for why, n in sorted(imp.ignored.items()):
         print(f"# {n} record(s) ignored: {why}", file=sys.stderr)
@@ -82,6 +82,8 @@ def cmd_conform(args: argparse.Namespace) -> int:
     with gc_paused():
         cap = _read_capture(args.capture)
         result = conform(cap)
+    for note in cap.derived:
+        print(f"# {note}", file=sys.stderr)
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")

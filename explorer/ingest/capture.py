@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 from explorer.ingest import limits as L
 from explorer.ingest.gcpause import gc_paused
+from explorer.ingest.inlined import check_header, derive
 from explorer.model.errors import Problem, TraceError
 from explorer.model.settings import MAX_HOST_MEMORY_MIB
 
@@ -131,6 +132,8 @@ class Capture:
     unknown: tuple[str, ...] = ()
     unknown_counts: dict[tuple[str, str], int] = field(default_factory=dict)
     header: dict[str, str] = field(default_factory=dict)
+    #: what was derived from the records (:mod:`explorer.ingest.inlined`): a note per kind
+    derived: tuple[str, ...] = ()
 
 
 _INT = re.compile(r"-?(?:0|[1-9][0-9]*)|0x[0-9a-fA-F]+")
@@ -279,6 +282,7 @@ def _parse_capture(data: bytes, source: str) -> Capture:
     out = _Problems(source)
     records: list[Record] = []
     header: dict[str, str] = {}
+    header_at: dict[str, int] = {}  # a header key -> its line
     last_ts: dict[int, int] = {}  # cpu -> the timestamp of its last record in order
     open_calls: dict[tuple[int, str], int] = {}  # (tid, function) -> entries not yet returned
     unknown: dict[tuple[str, str], int] = {}
@@ -320,6 +324,7 @@ def _parse_capture(data: bytes, source: str) -> Capture:
                 h = _HEADER.fullmatch(text.strip(" \t"))
                 if h and not records:
                     header[h.group(1)] = h.group(2)
+                    header_at[h.group(1)] = n
                 continue
             rec = _parse_line(text, n, out)
             if rec is None:
@@ -354,13 +359,17 @@ def _parse_capture(data: bytes, source: str) -> Capture:
             f"no capture records in {lines} line(s): only comments and blank lines "
             "(was the script stopped before the TD ran, or is this another file?)",
         )
+    base, size = check_header(header, header_at, out.add)
+    derived, derived_notes = derive(records, base, size, _MAX_HOST_PFN, out.add)
     if out.items:
         raise TraceError(out.items)
+    if derived is not None:
+        records = derived
     notes = tuple(
         f"{probe}: unknown key {key!r} on {cnt} record(s), first at line {first_seen[(probe, key)]}"
         for (probe, key), cnt in sorted(unknown.items())
     )
-    return Capture(source, tuple(records), notes, dict(unknown), header)
+    return Capture(source, tuple(records), notes, dict(unknown), header, tuple(derived_notes))
 
 
 #: probe -> (function, +1 for its entry, -1 for its return, 0: not a call) for the pairing
