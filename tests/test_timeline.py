@@ -232,3 +232,28 @@ def test_keyframes_are_closer_on_a_small_host_and_seek_the_same_states(
     assert _keyframe_ordinals(tl) == list(range(0, len(tl._ckpt_batches), spacing))
     for i in range(0, tl.nr_steps, 37):
         _same_state(tl.state_at(i), snaps[i])
+
+
+def test_a_seek_leaves_no_machine_to_the_collector() -> None:
+    """A seek that stops mid-batch leaves kernel generators suspended; they held the seek's
+    machine, which held them: a cycle of the whole machine that only the collector freed. Now
+    the machine is freed when the seek returns (reference counting)."""
+    import gc
+
+    events, settings = _load("workload_two_tds")
+    tl = replay(events, settings)
+    gc.collect()
+    was = gc.isenabled()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for i in range(1, tl.nr_steps, max(1, tl.nr_steps // 25)):
+            tl.state_at(i)
+        gc.collect()
+        left = {type(o).__name__ for o in gc.garbage}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        if was:
+            gc.enable()
+    assert not left & {"Machine", "Thread", "Vcpu", "Td"}, sorted(left)
