@@ -112,6 +112,23 @@ def test_return_without_entry() -> None:
     assert _problems(text) == [(2, 11, "a return with no open tdx_pamt_put.entry on tid 8")]
 
 
+def test_a_return_on_another_vm_than_its_entry() -> None:
+    """kvm= is the VM the thread last entered KVM for; no ioctl can come inside a call, so a
+    return whose kvm= is not its entry's is a damaged record, reported at that field (it was
+    read as another VM's: conform said 10 divergences at line 1 of the conforming sample)."""
+    text = (
+        "10 0 7 70 tdx_pamt_put.entry pfn=1 kvm=0xa0\n"
+        "15 0 7 70 tdx_pamt_get.entry pfn=2 cache=0x0 cache_count=-1 kvm=0xa0\n"
+        "16 0 7 70 tdx_pamt_get.return ret=0 cache_count=-1 kvm=0xa0\n"
+        "20 0 7 70 tdx_pamt_put.return ret=0 kvm=0xb0\n"
+    )
+    assert _problems(text) == [
+        (4, 37, "kvm= is not its entry's (0xa0, line 1): a call returns on the VM it entered")
+    ]
+    nested = text.replace("kvm=0xb0", "kvm=0xa0")
+    assert len(parse_capture(nested.encode(), "t.txt").records) == 4
+
+
 def test_return_without_ret() -> None:
     text = "10 0 7 70 tdx_pamt_put.entry pfn=1 kvm=0x0\n20 0 7 70 tdx_pamt_put.return kvm=0x0\n"
     assert _problems(text) == [(2, 38, "a return without ret=")]

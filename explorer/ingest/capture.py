@@ -284,7 +284,8 @@ def _parse_capture(data: bytes, source: str) -> Capture:
     header: dict[str, str] = {}
     header_at: dict[str, int] = {}  # a header key -> its line
     last_ts: dict[int, int] = {}  # cpu -> the timestamp of its last record in order
-    open_calls: dict[tuple[int, str], int] = {}  # (tid, function) -> entries not yet returned
+    # (tid, function) -> the entries not yet returned: each one's kvm= and line
+    open_calls: dict[tuple[int, str], list[tuple[Value | None, int]]] = {}
     unknown: dict[tuple[str, str], int] = {}
     first_seen: dict[tuple[str, str], int] = {}
     who: dict[str, _Who] = {}
@@ -344,11 +345,15 @@ def _parse_capture(data: bytes, source: str) -> Capture:
         else:
             last_ts[cpu] = ts
         if step:
-            depth = open_calls.get(call, 0)
+            opened = open_calls.get(call)
             if step > 0:
-                open_calls[call] = depth + 1
-            elif depth:
-                open_calls[call] = depth - 1
+                if opened is None:
+                    opened = open_calls[call] = []
+                opened.append((rec.fields.get("kvm"), n))
+            elif opened:
+                kvm, at = opened.pop()
+                if kvm != rec.fields.get("kvm"):
+                    _other_vm(out, rec, kvm, at)
             else:
                 _no_entry(out, rec, call[1])
     if not records and not out.items:
@@ -460,6 +465,22 @@ def _went_back(out: _Problems, records: list[Record], cpu: int, last: int) -> No
         f"timestamp goes back on cpu {cpu} (line {line} has {last})",
         str(rec.ts),
         f"at least {last}",
+    )
+
+
+def _other_vm(out: _Problems, rec: Record, kvm: Value | None, at: int) -> None:
+    """Report ``rec``, a return whose ``kvm=`` is not its entry's (at line ``at``), at that
+    field. ``kvm=`` is the VM the thread last entered KVM for (its vCPU or VM ioctl), and a
+    thread cannot make another ioctl inside a call, so a call returns on the VM it entered:
+    a damaged or spliced record (it was taken as another VM's, and conform then reported
+    divergences at line 1 of the file, none at this one)."""
+    shown = f"{kvm:#x}" if isinstance(kvm, int) else str(kvm)
+    col = rec.text.find("kvm=") + 1
+    out.add(
+        rec.line,
+        max(col, 1),
+        f"kvm= is not its entry's ({shown}, line {at}): a call returns on the VM it entered",
+        rec.text,
     )
 
 
