@@ -13,8 +13,8 @@ identity the import needs (issue 25). The two tracepoints print what their ``TP_
 The parser is strict: a damaged or misread line is reported at ``source:line:col`` (as
 :class:`~explorer.model.errors.Problem`, up to :data:`~explorer.ingest.limits.MAX_ERRORS`, raised
 together as one :class:`~explorer.model.errors.TraceError`), never skipped. Unknown keys on a
-known probe are kept and noted once each in :attr:`Capture.unknown` (a newer script may print
-more). Header comments ``# key=value`` written by ``tools/capture/preflight.sh`` (the probes
+known probe are noted once each in :attr:`Capture.unknown` (a newer script may print more),
+counted, and dropped from the record's fields (nothing reads their values). Header comments ``# key=value`` written by ``tools/capture/preflight.sh`` (the probes
 attached, ``vmemmap_base``, ``page_size``, ``vms_at_start``) land in :attr:`Capture.header`.
 """
 
@@ -100,7 +100,8 @@ _RANGES: dict[str, tuple[int, int]] = {
 
 
 class Record(NamedTuple):
-    """One probe hit. ``fields`` keeps unknown keys too; ``text`` is the line as read.
+    """One probe hit. ``fields`` holds the probe's keys (unknown ones are noted and dropped);
+    ``text`` is the line as read.
 
     A named tuple, and nothing changes a record once parsed: the parser builds a million of
     them with ``tuple.__new__`` (:data:`_new_record`, one C call; a dataclass's generated
@@ -332,10 +333,14 @@ def _parse_capture(data: bytes, source: str) -> Capture:
                 continue
             keys = PROBES[rec.probe].keys
             if len(rec.fields) != len(keys):
-                for key in rec.fields:
-                    if key not in keys:
-                        unknown[(rec.probe, key)] = unknown.get((rec.probe, key), 0) + 1
-                        first_seen.setdefault((rec.probe, key), n)
+                extra = [key for key in rec.fields if key not in keys]
+                for key in extra:
+                    unknown[(rec.probe, key)] = unknown.get((rec.probe, key), 0) + 1
+                    first_seen.setdefault((rec.probe, key), n)
+                    # noted, then let go: nothing reads an unknown key's value, and a capture
+                    # whose lines carry thousands of them held a dict entry each (about 13
+                    # bytes per byte of the file: 859 MB for 65 MB); the line keeps its text
+                    del rec.fields[key]
             ts, cpu = rec.ts, rec.cpu
             func, step = _CALL[rec.probe]
             call = (rec.tid, func)
