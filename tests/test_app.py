@@ -475,6 +475,22 @@ def test_an_uploaded_capture_shows_its_divergences_and_jumps_to_them() -> None:
     assert at.session_state.cursor == first
 
 
+def test_an_uploaded_capture_of_an_inlining_build_says_what_was_derived() -> None:
+    """A capture without the control-page helpers' gets and puts (a build that inlined them)
+    conforms, and the capture tab says the calls were derived (docs/capture.md)."""
+    from tests.test_capture_inlined import _inlined
+
+    at = _app()
+    text = _inlined((ROOT / "sample_traces" / "captures" / "conforming.txt").read_text())
+    _upload(at, "inlined.txt", text.encode())
+    info = at.session_state.capture_info
+    assert info.conformance.ok and any(
+        "derived from tdx_alloc_control_page" in n for n in info.notes
+    )
+    _open_tab(at, "Kernel capture")
+    assert any("tdx_pamt_put call(s) derived" in c.value for c in at.caption)
+
+
 def test_a_review_note_is_pinned_carried_by_the_link_and_downloaded_in_the_trace() -> None:
     at = _app(sample="lost_race", step="40")
     _open_tab(at, "Review notes")

@@ -143,6 +143,8 @@ def capture_tab(tl: Timeline, loaded: Loaded, i: int) -> None:
         "the model agrees with every observation" if c.ok else f"{len(c.divergences)} divergence(s)"
     )
     st.markdown(f"**{info.source}**: {c.observations} kernel observations compared; {verdict}.")
+    for note in info.notes:  # (derived records, unknown keys: docs/capture.md)
+        st.caption(note)
     if c.stopped:
         st.warning("The imported trace's replay stopped:")
         st.text(c.stopped)

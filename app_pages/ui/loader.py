@@ -215,6 +215,8 @@ class CaptureInfo:
     source: str  # the capture's file name
     trace_key: str  # content_key of the imported trace's bytes: whose views these are
     conformance: Any  # explorer.conformance.conform.Conformance
+    #: what the parse derived (a build's inlined gets and puts) and the unknown keys it noted
+    notes: tuple[str, ...] = ()
 
 
 def _load_capture(name: str, data: bytes) -> tuple[Problem, ...] | None:
@@ -238,7 +240,9 @@ def _load_capture(name: str, data: bytes) -> tuple[Problem, ...] | None:
     key = content_key(text)
     trace = _parse(key, source, text)
     adopt(Loaded("upload", source, text, trace))
-    st.session_state.capture_info = CaptureInfo(name, key, conform(cap, imported=imp))
+    st.session_state.capture_info = CaptureInfo(
+        name, key, conform(cap, imported=imp), (*cap.derived, *cap.unknown)
+    )
     return None
 
 
