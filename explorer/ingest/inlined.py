@@ -21,7 +21,7 @@ of any sensible range is a problem at its line, as a damaged record is.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -39,11 +39,12 @@ _HELPERS = {
     "tdx_alloc_control_page": ("tdx_pamt_get", "get"),
     "tdx_free_control_page": ("tdx_pamt_put", "put"),
 }
+#: A callee's entry -> the helper it is called from
+_CALLEES = {callee + ".entry": helper for helper, (callee, _) in _HELPERS.items()}
 #: Every probe the derivation looks at (a capture holds a million records: the others are
 #: passed over with one set lookup each)
 _WATCHED = frozenset(
-    [f"{h}.{side}" for h in _HELPERS for side in ("entry", "return")]
-    + [f"{callee}.entry" for callee, _ in _HELPERS.values()]
+    [f"{h}.{side}" for h in _HELPERS for side in ("entry", "return")] + [*_CALLEES]
 )
 
 
@@ -97,6 +98,34 @@ def _is_hex(text: str) -> bool:
     )
 
 
+def _windows(records: Sequence[Record]) -> Iterator[tuple[int, int, str]]:
+    """Each helper's window that holds no call of its callee on its thread: (the index of its
+    ``.entry``, of its ``.return``, the helper), a failed allocation's left out (``ret`` not
+    0: ``alloc_page()`` or the get failed, and the capture does not say which)."""
+    open_: dict[tuple[int, str], tuple[int, bool]] = {}  # (tid, helper) -> (entry, callee seen)
+    for i, r in enumerate(records):
+        probe = r.probe
+        if probe not in _WATCHED:
+            continue
+        helper = _CALLEES.get(probe)
+        if helper is not None:  # the callee's entry: inside its helper's window, if one is open
+            key = (r.tid, helper)
+            if key in open_:
+                open_[key] = (open_[key][0], True)
+            continue
+        func, _, side = probe.rpartition(".")
+        key = (r.tid, func)
+        if side == "entry":
+            open_[key] = (i, False)
+            continue
+        window = open_.pop(key, None)
+        if window is None or window[1]:
+            continue
+        if func == "tdx_alloc_control_page" and r.fields.get("ret") != 0:
+            continue
+        yield window[0], i, func
+
+
 def derive(
     records: Sequence[Record], base: int | None, size: int, max_pfn: int, report: Report
 ) -> tuple[list[Record] | None, list[str]]:
@@ -107,66 +136,42 @@ def derive(
 
     if base is None:
         return None, _unbased(records)
-    open_: dict[
-        tuple[int, str], tuple[int, bool]
-    ] = {}  # (tid, helper) -> (its entry's index, callee seen)
     inserts: dict[int, list[Record]] = {}  # index -> records to put before it
     counts = {"get": 0, "put": 0}
-    callees = {callee + ".entry": helper for helper, (callee, _) in _HELPERS.items()}
-    watched = _WATCHED
-    for i, r in enumerate(records):
-        if r.probe not in watched:
+    for at_entry, at_return, func in _windows(records):
+        first, last = records[at_entry], records[at_return]
+        src = first if func == "tdx_free_control_page" else last  # (the one with page=)
+        page = src.fields.get("page")
+        if not isinstance(page, int):
             continue
-        func, _, side = r.probe.rpartition(".")
-        if func in _HELPERS:
-            key = (r.tid, func)
-            if side == "entry":
-                open_[key] = (i, False)
-                continue
-            entry = open_.pop(key, None)
-            if entry is None or entry[1]:
-                continue
-            src = records[entry[0]] if func == "tdx_free_control_page" else r
-            if func == "tdx_alloc_control_page" and r.fields.get("ret") != 0:
-                continue
-            page = src.fields.get("page")
-            if not isinstance(page, int):
-                continue
-            pfn, rem = divmod(page - base, size)
-            if page < base or rem or pfn > max_pfn:
-                col = src.text.find("page=") + 1
-                report(
-                    src.line,
-                    max(col, 1),
-                    f"page={page:#x} is not a struct page * under vmemmap_base={base:#x} with "
-                    f"page_size={size} (the header's)",
-                    src.text,
-                    f"a page whose pfn is within 0..{max_pfn:#x}",
-                )
-                continue
-            callee, kind = _HELPERS[func]
-            kvm = r.fields.get("kvm", 0)
-            kvm = kvm if isinstance(kvm, int) else 0
-            why = f"(derived from line {src.line}: {callee} inlined into {func})"
-            if kind == "get":
-                enter = {"pfn": pfn, "cache": 0, "cache_count": -1, "kvm": kvm}
-                leave = {"ret": 0, "cache_count": -1, "kvm": kvm}
-            else:
-                enter = {"pfn": pfn, "kvm": kvm}
-                leave = {"ret": 0, "kvm": kvm}
-            first, last = records[entry[0]], r
-            inserts.setdefault(entry[0] + 1, []).append(
-                _record(Record, first, callee + ".entry", enter, src.line, why)
+        pfn, rem = divmod(page - base, size)
+        if page < base or rem or pfn > max_pfn:
+            report(
+                src.line,
+                max(src.text.find("page=") + 1, 1),
+                f"page={page:#x} is not a struct page * under vmemmap_base={base:#x} with "
+                f"page_size={size} (the header's)",
+                src.text,
+                f"a page whose pfn is within 0..{max_pfn:#x}",
             )
-            inserts.setdefault(i, []).append(
-                _record(Record, last, callee + ".return", leave, src.line, why)
-            )
-            counts[kind] += 1
-        elif r.probe in callees:
-            key = (r.tid, callees[r.probe])
-            entry = open_.get(key)
-            if entry is not None:
-                open_[key] = (entry[0], True)
+            continue
+        callee, kind = _HELPERS[func]
+        kvm = last.fields.get("kvm", 0)
+        kvm = kvm if isinstance(kvm, int) else 0
+        why = f"(derived from line {src.line}: {callee} inlined into {func})"
+        if kind == "get":
+            enter = {"pfn": pfn, "cache": 0, "cache_count": -1, "kvm": kvm}
+            leave = {"ret": 0, "cache_count": -1, "kvm": kvm}
+        else:
+            enter = {"pfn": pfn, "kvm": kvm}
+            leave = {"ret": 0, "kvm": kvm}
+        inserts.setdefault(at_entry + 1, []).append(
+            _record(Record, first, callee + ".entry", enter, src.line, why)
+        )
+        inserts.setdefault(at_return, []).append(
+            _record(Record, last, callee + ".return", leave, src.line, why)
+        )
+        counts[kind] += 1
     if not inserts:
         return None, []
     out: list[Record] = []
@@ -196,20 +201,7 @@ def _record(
 def _unbased(records: Sequence[Record]) -> list[str]:
     """The note when windows lack their get or put but the header gives no base to derive the
     pfns from."""
-    seen: dict[tuple[int, str], bool] = {}
-    lacking = 0
-    callees = {callee + ".entry": helper for helper, (callee, _) in _HELPERS.items()}
-    for r in records:
-        if r.probe not in _WATCHED:
-            continue
-        func, _, side = r.probe.rpartition(".")
-        if func in _HELPERS:
-            if side == "entry":
-                seen[(r.tid, func)] = False
-            elif not seen.pop((r.tid, func), True):
-                lacking += 1
-        elif r.probe in callees and (r.tid, callees[r.probe]) in seen:
-            seen[(r.tid, callees[r.probe])] = True
+    lacking = sum(1 for _ in _windows(records))
     if not lacking:
         return []
     return [
