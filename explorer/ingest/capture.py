@@ -14,8 +14,10 @@ The parser is strict: a damaged or misread line is reported at ``source:line:col
 :class:`~explorer.model.errors.Problem`, up to :data:`~explorer.ingest.limits.MAX_ERRORS`, raised
 together as one :class:`~explorer.model.errors.TraceError`), never skipped. Unknown keys on a
 known probe are noted once each in :attr:`Capture.unknown` (a newer script may print more),
-counted, and dropped from the record's fields (nothing reads their values). Header comments ``# key=value`` written by ``tools/capture/preflight.sh`` (the probes
-attached, ``vmemmap_base``, ``page_size``, ``vms_at_start``) land in :attr:`Capture.header`.
+counted, and dropped from the record's fields (nothing reads their values). Header comments
+``# key=value`` written by ``tools/capture/preflight.sh`` (the probes attached,
+``vmemmap_base``, ``page_size``, ``vms_at_start``) land in :attr:`Capture.header`; the control-
+page gets and puts a kernel build inlined are derived from them (:mod:`explorer.ingest.inlined`).
 """
 
 from __future__ import annotations
