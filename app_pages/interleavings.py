@@ -29,6 +29,9 @@ JOBS = "interleavings_jobs"
 #: Jobs (and their results) a session keeps; the oldest settled ones go first.
 KEEP_JOBS = 8
 
+#: A job's states before it settles: waiting for a free search, or searching
+_UNSETTLED = ("queued", "running")
+
 #: (the trace's content, its settings, whether the search is reduced)
 JobKey = tuple[str, tuple[tuple[str, Any], ...], bool]
 
@@ -57,11 +60,14 @@ def _progress(key: JobKey) -> None:
     if job is None:
         return
     status = job.poll()
-    if status.state != "running":
+    if status.state not in _UNSETTLED:
         st.rerun()
-    reduced = " (reduced)" if job.reduction else ""
-    text = f"Exploring: {status.states:,} states so far{reduced} (limit {job.max_states:,})"
-    st.progress(min(status.states / job.max_states, 1.0), text=text)
+    if status.state == "queued":  # (the server runs a few searches at once: ExploreJob)
+        st.info(f"Queued: {status.message}.")
+    else:
+        reduced = " (reduced)" if job.reduction else ""
+        text = f"Exploring: {status.states:,} states so far{reduced} (limit {job.max_states:,})"
+        st.progress(min(status.states / job.max_states, 1.0), text=text)
     if st.button("Stop", key="btn_stop_explore"):
         job.stop()
         st.rerun()
@@ -94,7 +100,7 @@ def main() -> None:
     key: JobKey = (content_key(loaded.data), settings_key(settings), reduction)
     job = _jobs().get(key)
     status = job.poll() if job is not None else None
-    running = status is not None and status.state == "running"
+    running = status is not None and status.state in _UNSETTLED
     limit = c1.number_input(
         "state limit",
         min_value=MIN_MAX_STATES,
@@ -110,7 +116,7 @@ def main() -> None:
         st.rerun()
     if job is None or status is None:
         return
-    if status.state == "running":
+    if status.state in _UNSETTLED:
         _progress(key)
         return
     if status.state == "stopped":

@@ -11,6 +11,10 @@ import pytest
 # Explore's instant view (drawn in the browser, app_pages/ui/instant.py); with instant steps on by
 # default they test the server-drawn view. The browser tests set DPAMT_INSTANT for each server.
 os.environ.setdefault("DPAMT_INSTANT", "0")
+# Tests start searches (explorer.interleavings.job) without always waiting for the last one to
+# end; a server's limit of searches at once (one per CPU) would queue the next test's. The
+# limit's own test sets it (tests/test_explore_slots.py).
+os.environ.setdefault("DPAMT_MAX_SEARCHES", "64")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

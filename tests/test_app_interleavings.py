@@ -146,3 +146,43 @@ def test_an_event_impossible_under_some_order_names_its_line_in_the_users_file()
     (w,) = [w for w in at.warning if "cannot happen" in w.value]
     assert "line 10 (event 7)" in w.value and "td0" in w.value
     assert _table(at, "lost races") is not None  # the other orders' outcomes
+
+
+def test_a_search_past_the_servers_limit_waits_and_then_runs() -> None:
+    """With every search slot taken (here: one, by a long search of another session), Explore
+    queues the page's search and says so; it runs once the slot frees."""
+    import threading
+
+    from explorer.cli.main import resolve_settings
+    from explorer.ingest import parse_trace
+    from explorer.interleavings import job as J
+
+    saved = (J.MAX_SEARCHES, J._SLOTS)
+    J.MAX_SEARCHES, J._SLOTS = 1, threading.Semaphore(1)
+    try:
+        at = _page("lost_race")
+        text = (ROOT / "sample_traces" / "race_three_cpus.jsonl").read_bytes()
+        trace = parse_trace(text, "race_three_cpus")
+        other = J.ExploreJob(
+            trace.events,
+            resolve_settings(trace, ["mode=v6-locked"]),
+            1_000_000,
+            reduction=False,  # (the full search: long enough to hold the slot)
+        )
+        at.button(key="btn_explore").click().run()
+        assert any("Queued: waiting for a free search" in i.value for i in at.info)
+        assert at.button(key="btn_explore").disabled
+        other.stop()
+        _explore_wait(at)
+        assert len(_table(at, "lost races")) == 3
+    finally:
+        J.MAX_SEARCHES, J._SLOTS = saved
+
+
+def _explore_wait(at: AppTest) -> None:
+    end = time.monotonic() + DEADLINE
+    while not any("distinct outcomes" in m.value for m in at.markdown):
+        assert not at.exception, [e.value for e in at.exception]
+        assert time.monotonic() < end, "the queued search did not finish in time"
+        time.sleep(0.2)
+        at.run()

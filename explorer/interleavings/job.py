@@ -23,6 +23,7 @@ The module holds no Streamlit object: a job is plain data behind a lock, safe to
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -36,6 +37,7 @@ from pathlib import Path
 from subprocess import Popen
 from typing import Any, Literal
 
+from explorer.cli.common import usable_cpus
 from explorer.ingest import Trace
 from explorer.ingest.write import dump_trace
 from explorer.interleavings import child
@@ -60,7 +62,33 @@ IMPOSSIBLE_STATUS = 2
 #: The largest schedule count a table column holds as a number (int64): past it, as text.
 INT64_MAX = 2**63 - 1
 
-JobState = Literal["running", "done", "failed", "stopped"]
+JobState = Literal["queued", "running", "done", "failed", "stopped"]
+
+
+def _max_searches() -> int:
+    """How many searches one server runs at once: ``DPAMT_MAX_SEARCHES`` if set (a positive
+    integer), else one per CPU this process may use."""
+    text = os.environ.get("DPAMT_MAX_SEARCHES", "")
+    if text.isascii() and text.isdigit() and int(text) > 0:
+        return int(text)
+    return usable_cpus()
+
+
+#: Searches running at once in this process, at most :func:`_max_searches`. A search is a child
+#: process on one core that holds about 3.8 KB a state (eight vCPUs; 200,000 states, the page's
+#: default limit, are about 760 MB), and a class pressing Explore together started one each:
+#: thirty children on two cores, several GB, every search slower than one alone. The others
+#: wait their turn (``queued``), in the order they asked, and can be stopped while they wait.
+MAX_SEARCHES = _max_searches()
+_SLOTS = threading.Semaphore(MAX_SEARCHES)
+_waiting_lock = threading.Lock()
+_waiting: list[object] = []  # the queued jobs, first come first
+
+
+def searches_waiting(job: object) -> int:
+    """How many queued searches asked before ``job`` (0 if it is not queued)."""
+    with _waiting_lock:
+        return _waiting.index(job) if job in _waiting else 0
 
 
 @dataclass(frozen=True)
@@ -100,6 +128,7 @@ class ExploreJob:
         self._result: dict[str, Any] | None = None
         self._message = ""
         self._stop_requested = False
+        self._stop_event = threading.Event()  # (wakes a queued job's wait at once)
         self._stderr: deque[str] = deque(maxlen=STDERR_LINES)
         self._dir = Path(tempfile.mkdtemp(prefix="dpamt-explore-"))
         self._out_path = self._dir / "result.json"
@@ -118,14 +147,60 @@ class ExploreJob:
             raise self._start_error
 
     def _run(self, events: Sequence[Event], settings: Settings, title: str) -> None:
-        try:
-            self._proc = self._start(events, settings, title)
-        except BaseException as exc:  # (handed to the constructor, which raises it)
-            self._start_error = exc
-            self._started.set()
+        if not self._take_slot():
             return
+        try:
+            try:
+                self._proc = self._start(events, settings, title)
+            except BaseException as exc:
+                if self._started.is_set():  # (queued: the constructor has returned)
+                    with self._lock:
+                        self._state = "failed"
+                        self._message = f"the search could not start: {exc}"
+                    shutil.rmtree(self._dir, ignore_errors=True)
+                    return
+                self._start_error = exc  # (handed to the constructor, which raises it)
+                self._started.set()
+                return
+            with self._lock:
+                self._state = "running"
+            self._started.set()
+            self._read()
+        finally:
+            _SLOTS.release()
+
+    def _take_slot(self) -> bool:
+        """Wait for one of the server's search slots (:data:`MAX_SEARCHES`): at once if one
+        is free, else ``queued`` (the constructor returns; the page shows the wait) until one
+        frees, in the order the searches asked. False: stopped while it waited."""
+        with _waiting_lock:
+            free = not _waiting and _SLOTS.acquire(blocking=False)
+            if not free:
+                _waiting.append(self)
+        if free:
+            return True
+        with self._lock:
+            self._state = "queued"
         self._started.set()
-        self._read()
+        try:
+            while True:
+                with self._lock:
+                    stop = self._stop_requested
+                if stop:
+                    with self._lock:
+                        self._state = "stopped"
+                        self._message = "stopped before it started: nothing was searched"
+                    shutil.rmtree(self._dir, ignore_errors=True)
+                    return False
+                with _waiting_lock:
+                    first = _waiting[0] is self
+                if first and _SLOTS.acquire(timeout=0.2):
+                    return True
+                if not first:
+                    self._stop_event.wait(0.2)
+        finally:
+            with _waiting_lock:
+                _waiting.remove(self)
 
     def _start(self, events: Sequence[Event], settings: Settings, title: str) -> Popen[str]:
         """Write the trace and start the child (its stdout to a file, its stderr to a pipe)."""
@@ -228,16 +303,32 @@ class ExploreJob:
     def poll(self) -> JobStatus:
         """How the job stands now (never blocks on the child)."""
         with self._lock:
-            return JobStatus(self._state, self._states, self._result, self._message)
+            state, message = self._state, self._message
+            status = JobStatus(state, self._states, self._result, message)
+        if state == "queued":
+            ahead = searches_waiting(self)
+            status = JobStatus(
+                state,
+                0,
+                None,
+                f"waiting for a free search: this server runs {MAX_SEARCHES} at once"
+                + (f", {ahead} more asked before this one" if ahead else ""),
+            )
+        return status
 
     def stop(self) -> None:
         """End the search: terminate the child, which answers with what it covered (the
         outcomes it had reached, no claim about the others) unless it has not done so within
         5 s (then it is killed). The reader thread then reports ``stopped``."""
         with self._lock:
-            if self._state != "running":
+            if self._state not in ("running", "queued"):
                 return
             self._stop_requested = True
+            queued = self._state == "queued"
+        self._stop_event.set()
+        if queued:  # (its thread ends the wait and says so; no child was started)
+            self._reader.join(5)
+            return
         if self._proc.poll() is None:
             self._proc.terminate()
             try:
