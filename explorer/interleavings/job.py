@@ -104,8 +104,9 @@ class JobStatus:
 
 class ExploreJob:
     """``python -m explorer explore`` on ``events`` and ``settings`` in a child process, started
-    at construction (the partial-order reduction unless ``reduction`` is False). :meth:`poll`
-    says how it goes; :meth:`stop` ends it. Thread-safe: the
+    at construction if one of the server's search slots is free (:data:`MAX_SEARCHES`), else
+    ``queued`` until one is (the partial-order reduction unless ``reduction`` is False).
+    :meth:`poll` says how it goes; :meth:`stop` ends it, or its wait. Thread-safe: the
     reader thread and any number of script runs share it through one lock."""
 
     def __init__(
