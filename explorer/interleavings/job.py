@@ -151,6 +151,15 @@ class ExploreJob:
         if not self._take_slot():
             return
         try:
+            with self._lock:
+                stop = self._stop_requested
+                if stop:  # (stopped as the slot came: nothing starts)
+                    self._state = "stopped"
+                    self._message = "stopped before it started: nothing was searched"
+            if stop:
+                shutil.rmtree(self._dir, ignore_errors=True)
+                self._started.set()
+                return
             try:
                 self._proc = self._start(events, settings, title)
             except BaseException as exc:
