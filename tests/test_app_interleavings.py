@@ -2,6 +2,7 @@
 outcomes and findings, and "Open in Explore" on a finding."""
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
@@ -25,8 +26,18 @@ def _page(sample: str, mode: str | None = None) -> AppTest:
 def _explore(at: AppTest) -> None:
     """Start the search and rerun until its result is shown (or the deadline)."""
     at.button(key="btn_explore").click().run()
+    _rerun_until(at, _has_result)
+
+
+def _has_result(at: AppTest) -> bool:
+    return any("distinct outcomes" in m.value for m in at.markdown)
+
+
+def _rerun_until(at: AppTest, done: Callable[[AppTest], bool]) -> None:
+    """Rerun the page until ``done(at)`` (a running search reports through reruns), failing
+    on an exception, an error element or the deadline."""
     end = time.monotonic() + DEADLINE
-    while not any("distinct outcomes" in m.value for m in at.markdown):
+    while not done(at):
         assert not at.exception, [e.value for e in at.exception]
         assert not at.error, [e.value for e in at.error]
         assert time.monotonic() < end, "the search did not finish in time"
@@ -136,13 +147,7 @@ def test_an_event_impossible_under_some_order_names_its_line_in_the_users_file()
     assert at.session_state.loaded.name == "upload"
     at.switch_page("app_pages/interleavings.py").run()
     at.button(key="btn_explore").click().run()
-    end = time.monotonic() + DEADLINE
-    while not any("cannot happen" in w.value for w in at.warning):
-        assert not at.exception, [e.value for e in at.exception]
-        assert not at.error, [e.value for e in at.error]
-        assert time.monotonic() < end, "the search did not finish in time"
-        time.sleep(0.2)
-        at.run()
+    _rerun_until(at, lambda at: any("cannot happen" in w.value for w in at.warning))
     (w,) = [w for w in at.warning if "cannot happen" in w.value]
     assert "line 10 (event 7)" in w.value and "td0" in w.value
     assert _table(at, "lost races") is not None  # the other orders' outcomes
@@ -173,16 +178,7 @@ def test_a_search_past_the_servers_limit_waits_and_then_runs() -> None:
         assert any("Queued: waiting for a free search" in i.value for i in at.info)
         assert at.button(key="btn_explore").disabled
         other.stop()
-        _explore_wait(at)
+        _rerun_until(at, _has_result)
         assert len(_table(at, "lost races")) == 3
     finally:
         J.MAX_SEARCHES, J._SLOTS = saved
-
-
-def _explore_wait(at: AppTest) -> None:
-    end = time.monotonic() + DEADLINE
-    while not any("distinct outcomes" in m.value for m in at.markdown):
-        assert not at.exception, [e.value for e in at.exception]
-        assert time.monotonic() < end, "the queued search did not finish in time"
-        time.sleep(0.2)
-        at.run()
